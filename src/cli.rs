@@ -1,0 +1,379 @@
+//! The command line: `serve`, `migrate`, `keys …`, `scans …`.
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::app::{self, AppState, Application};
+use crate::config::{DatabaseArgs, ServeArgs, redact_url};
+use crate::domain::ids::AccountGroupId;
+use crate::domain::keys::{AccountGroupAccess, ApiKey, NewApiKey, Permission};
+use crate::domain::scan::{Scan, ScanStatus};
+use crate::store::{KeyToCreate, Store};
+use crate::telemetry::{self, LogFormat};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "signal-scans",
+    version,
+    about = "Cancels asynchronous signal scans over HTTP."
+)]
+pub struct Cli {
+    /// Log format: human text or one JSON object per line (on stderr).
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        global = true,
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run pending migrations, then serve the API until Ctrl-C or SIGTERM.
+    Serve(ServeArgs),
+    /// Run pending database migrations and exit.
+    Migrate(DatabaseArgs),
+    /// Create, list and revoke API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Create scans (seeding and operations).
+    Scans {
+        #[command(subcommand)]
+        command: ScansCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Create a key and print its secret, once.
+    Create(CreateKeyArgs),
+    /// List keys (never their secrets).
+    List {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by id; it stops working at once.
+    Revoke {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        key_id: Uuid,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct CreateKeyArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// A name that tells operators whose key this is.
+    #[arg(long)]
+    name: String,
+    /// A permission to grant: signals:read or signals:write (repeat for several).
+    #[arg(long = "permission", required = true)]
+    permissions: Vec<Permission>,
+    /// An account group the key may reach (repeat for several).
+    #[arg(long = "account-group", conflicts_with = "all_account_groups")]
+    account_groups: Vec<AccountGroupId>,
+    /// Let the key reach every account group.
+    #[arg(long)]
+    all_account_groups: bool,
+    /// Expire the key this many seconds from now.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    expires_in: Option<u32>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScansCommand {
+    /// Create a scan in the given status.
+    Create {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[arg(long)]
+        account_group: AccountGroupId,
+        #[arg(long, default_value = "queued")]
+        status: ScanStatus,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Parses the command line, runs the command, and turns any failure into one line and exit 1.
+pub async fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) if !error.use_stderr() => {
+            // --help and --version
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            // One line naming the setting, not clap's whole usage block.
+            let rendered = error.to_string();
+            eprintln!(
+                "{}",
+                rendered
+                    .lines()
+                    .next()
+                    .unwrap_or("error: invalid arguments")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(cli.log_format);
+    match run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), String> {
+    match command {
+        Command::Serve(args) => serve(args).await,
+        Command::Migrate(database) => {
+            migrated_store(&database).await?;
+            println!("migrations are up to date");
+            Ok(())
+        }
+        Command::Keys { command } => keys(command).await,
+        Command::Scans { command } => scans(command).await,
+    }
+}
+
+/// Connects and brings the schema up to date; every command needs both.
+async fn migrated_store(database: &DatabaseArgs) -> Result<Store, String> {
+    let store = Store::connect(&database.store_options()).map_err(|e| e.to_string())?;
+    store.migrate().await.map_err(|e| {
+        format!(
+            "cannot migrate the database at {}: {e}",
+            redact_url(&database.database_url)
+        )
+    })?;
+    Ok(store)
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let store = migrated_store(&args.database).await?;
+    let state = AppState::new(store, args.rate_limit(), args.request_timeout());
+    let application = Application::bind(args.listen_addr, app::build_router(state))
+        .await
+        .map_err(|e| format!("cannot listen on {} (LISTEN_ADDR): {e}", args.listen_addr))?;
+    let addr = application.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(
+        listen.addr = %addr,
+        database = %redact_url(&args.database.database_url),
+        "signal-scans is serving"
+    );
+    application
+        .serve(app::shutdown_signal())
+        .await
+        .map_err(|e| format!("server failed: {e}"))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// A key as `keys create --json` and `keys list --json` print it (never with its secret, but for
+/// the one answer of `create`).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct KeyView<'a> {
+    id: Uuid,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    name: &'a str,
+    permissions: Vec<&'static str>,
+    /// Empty when `allAccountGroups` is true.
+    account_groups: Vec<&'a str>,
+    all_account_groups: bool,
+    #[serde(with = "time::serde::rfc3339::option")]
+    created_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    expires_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    revoked_at: Option<OffsetDateTime>,
+}
+
+impl<'a> KeyView<'a> {
+    fn of(key: &'a ApiKey, secret: Option<&'a str>) -> Self {
+        let (account_groups, all_account_groups) = match &key.access {
+            AccountGroupAccess::All => (Vec::new(), true),
+            AccountGroupAccess::Only(groups) => {
+                (groups.iter().map(|g| g.as_str()).collect(), false)
+            }
+        };
+        Self {
+            id: key.id,
+            key: secret,
+            name: &key.name,
+            permissions: key.permissions.iter().map(|p| p.as_str()).collect(),
+            account_groups,
+            all_account_groups,
+            created_at: Some(key.created_at),
+            expires_at: key.expires_at,
+            revoked_at: key.revoked_at,
+        }
+    }
+
+    fn groups_text(&self) -> String {
+        if self.all_account_groups {
+            "all".into()
+        } else {
+            self.account_groups.join(",")
+        }
+    }
+}
+
+fn rfc3339(at: Option<OffsetDateTime>) -> String {
+    at.and_then(|at| {
+        at.format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    })
+    .unwrap_or_else(|| "-".into())
+}
+
+fn print_json(value: &impl Serialize) -> Result<(), String> {
+    let text = serde_json::to_string(value).map_err(|e| e.to_string())?;
+    println!("{text}");
+    Ok(())
+}
+
+async fn keys(command: KeysCommand) -> Result<(), String> {
+    match command {
+        KeysCommand::Create(args) => create_key(args).await,
+        KeysCommand::List { database, json } => {
+            let store = migrated_store(&database).await?;
+            let keys = store.list_keys().await.map_err(|e| e.to_string())?;
+            let views: Vec<KeyView> = keys.iter().map(|k| KeyView::of(k, None)).collect();
+            if json {
+                return print_json(&views);
+            }
+            println!(
+                "{:<36}  {:<24}  {:<27}  {:<10}  EXPIRES / REVOKED",
+                "ID", "NAME", "PERMISSIONS", "GROUPS"
+            );
+            for view in &views {
+                println!(
+                    "{:<36}  {:<24}  {:<27}  {:<10}  {} / {}",
+                    view.id,
+                    view.name,
+                    view.permissions.join(","),
+                    view.groups_text(),
+                    rfc3339(view.expires_at),
+                    rfc3339(view.revoked_at),
+                );
+            }
+            Ok(())
+        }
+        KeysCommand::Revoke { database, key_id } => {
+            let store = migrated_store(&database).await?;
+            match store.revoke_key(key_id).await.map_err(|e| e.to_string())? {
+                Some(key) => {
+                    println!(
+                        "revoked key {} ({}) at {}",
+                        key.id,
+                        key.name,
+                        rfc3339(key.revoked_at)
+                    );
+                    Ok(())
+                }
+                None => Err(format!("no API key with id {key_id}")),
+            }
+        }
+    }
+}
+
+async fn create_key(args: CreateKeyArgs) -> Result<(), String> {
+    let name = args.name.trim();
+    if name.is_empty() || name.len() > 200 {
+        return Err("--name must be 1 to 200 characters".into());
+    }
+    let access = match (args.all_account_groups, args.account_groups.is_empty()) {
+        (true, _) => AccountGroupAccess::All,
+        (false, false) => AccountGroupAccess::Only(args.account_groups.clone()),
+        (false, true) => {
+            return Err("give --account-group ID (repeatable) or --all-account-groups".into());
+        }
+    };
+    let mut permissions = args.permissions.clone();
+    permissions.sort();
+    permissions.dedup();
+    let store = migrated_store(&args.database).await?;
+    let new_key = NewApiKey::generate();
+    let key = store
+        .create_key(&KeyToCreate {
+            name: name.to_owned(),
+            hash: new_key.hash,
+            permissions,
+            access,
+            expires_at: args
+                .expires_in
+                .map(|secs| OffsetDateTime::now_utc() + time::Duration::seconds(secs.into())),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let view = KeyView::of(&key, Some(&new_key.secret));
+    if args.json {
+        return print_json(&view);
+    }
+    println!("created API key {} ({})", view.id, view.name);
+    println!("  permissions:    {}", view.permissions.join(", "));
+    println!("  account groups: {}", view.groups_text());
+    println!("  expires:        {}", rfc3339(view.expires_at));
+    println!("the key, shown this once; store it now:");
+    println!("{}", new_key.secret);
+    Ok(())
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ScanView<'a> {
+    scan_id: &'a str,
+    status: ScanStatus,
+}
+
+impl<'a> From<&'a Scan> for ScanView<'a> {
+    fn from(scan: &'a Scan) -> Self {
+        Self {
+            scan_id: scan.id.as_str(),
+            status: scan.status,
+        }
+    }
+}
+
+async fn scans(command: ScansCommand) -> Result<(), String> {
+    match command {
+        ScansCommand::Create {
+            database,
+            account_group,
+            status,
+            json,
+        } => {
+            let store = migrated_store(&database).await?;
+            let scan = store
+                .create_scan(&account_group, status)
+                .await
+                .map_err(|e| e.to_string())?;
+            if json {
+                return print_json(&ScanView::from(&scan));
+            }
+            println!("{} {}", scan.id, scan.status);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Settings from the environment, each also a flag; validated once, secrets redacted in Debug.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use clap::Args;
+use secrecy::SecretString;
+
+use crate::http::rate_limit::RateLimit;
+use crate::store::StoreOptions;
+
+/// How to reach the database: shared by every command that needs it.
+#[derive(Args, Clone)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL, e.g. postgres://user:password@host:5432/signal_scans
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Every database call answers within this many milliseconds, or the request gets a 502.
+    #[arg(long, env = "DB_TIMEOUT_MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub db_timeout_ms: u64,
+
+    /// Most connections this process opens to the database.
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_max_connections: u32,
+}
+
+impl DatabaseArgs {
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            url: SecretString::from(self.database_url.clone()),
+            timeout: Duration::from_millis(self.db_timeout_ms),
+            max_connections: self.db_max_connections,
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseArgs")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("db_timeout_ms", &self.db_timeout_ms)
+            .field("db_max_connections", &self.db_max_connections)
+            .finish()
+    }
+}
+
+/// Settings of `serve`.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Address and port to listen on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen_addr: SocketAddr,
+
+    /// Sustained requests per second allowed to each API key.
+    #[arg(long, env = "RATE_LIMIT_PER_SECOND", default_value = "20")]
+    pub rate_limit_per_second: NonZeroU32,
+
+    /// Requests an API key may send at once above its sustained rate.
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value = "40")]
+    pub rate_limit_burst: NonZeroU32,
+
+    /// A request that has not finished after this many milliseconds answers 500.
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub request_timeout_ms: u64,
+}
+
+impl ServeArgs {
+    pub fn rate_limit(&self) -> RateLimit {
+        RateLimit {
+            per_second: self.rate_limit_per_second,
+            burst: self.rate_limit_burst,
+        }
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// The URL with any password replaced, fit for logs and Debug output.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("redacted"));
+            }
+            // Query parameters may carry a password too (e.g. ?password=...).
+            if url.query().is_some() {
+                url.set_query(Some("redacted"));
+            }
+            url.to_string()
+        }
+        Err(_) => "[unparseable URL redacted]".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_survive_redaction() {
+        let redacted =
+            redact_url("postgres://app:hunter2@db:5432/scans?sslmode=require&password=x");
+        assert!(!redacted.contains("hunter2"));
+        assert!(!redacted.contains("password=x"));
+        assert!(redacted.contains("db:5432/scans"));
+        assert!(!redact_url("not a url hunter2").contains("hunter2"));
+    }
+
+    #[test]
+    fn debug_of_database_settings_hides_the_password() {
+        let args = DatabaseArgs {
+            database_url: "postgres://app:hunter2@db/scans".into(),
+            db_timeout_ms: 2000,
+            db_max_connections: 10,
+        };
+        assert!(!format!("{args:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,99 @@
+//! Identifiers parsed once at the edge; past the handler nothing re-checks them.
+
+use std::fmt;
+
+/// Why a path identifier was refused; the handler names the parameter.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("must be 24 hexadecimal characters")]
+pub struct InvalidId;
+
+const ID_LEN: usize = 24;
+
+fn parse_hex24(raw: &str) -> Result<String, InvalidId> {
+    if raw.len() == ID_LEN && raw.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(raw.to_ascii_lowercase())
+    } else {
+        Err(InvalidId)
+    }
+}
+
+fn random_hex24() -> String {
+    hex::encode(rand::random::<[u8; ID_LEN / 2]>())
+}
+
+macro_rules! hex_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Accepts 24 hexadecimal characters in either case; always held in lowercase.
+            pub fn parse(raw: &str) -> Result<Self, InvalidId> {
+                parse_hex24(raw).map(Self)
+            }
+
+            /// A fresh random identifier (96 bits, like the spec's ObjectId-shaped examples).
+            pub fn generate() -> Self {
+                Self(random_hex24())
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = InvalidId;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::parse(s)
+            }
+        }
+    };
+}
+
+hex_id!(
+    /// The account group that scopes a request.
+    AccountGroupId
+);
+hex_id!(
+    /// A signal scan, as returned when the scan was started.
+    ScanId
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_24_hex_characters_in_either_case_and_held_lowercase() {
+        let id = ScanId::parse("507F1F77BCF86CD799439011").unwrap();
+        assert_eq!(id.as_str(), "507f1f77bcf86cd799439011");
+    }
+
+    #[test]
+    fn malformed_ids_are_refused() {
+        for raw in [
+            "",
+            "507f1f77bcf86cd79943901",
+            "507f1f77bcf86cd7994390111",
+            "507f1f77bcf86cd79943901g",
+            "507f1f77-cf86cd799439011",
+            "５07f1f77bcf86cd79943901",
+        ] {
+            assert_eq!(AccountGroupId::parse(raw), Err(InvalidId), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn generated_ids_parse_back() {
+        let id = ScanId::generate();
+        assert_eq!(ScanId::parse(id.as_str()).unwrap(), id);
+    }
+}

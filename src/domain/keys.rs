@@ -1,0 +1,243 @@
+//! API keys: how they look, how they are stored (only as a SHA-256 hash) and what they allow.
+
+use std::fmt;
+use std::str::FromStr;
+
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::ids::AccountGroupId;
+
+/// Every key starts with this, so a leaked one is recognisable by secret scanners.
+pub const KEY_PREFIX: &str = "ssk_";
+const KEY_RANDOM_BYTES: usize = 32;
+const KEY_LEN: usize = KEY_PREFIX.len() + KEY_RANDOM_BYTES * 2;
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Permission {
+    SignalsRead,
+    SignalsWrite,
+}
+
+impl Permission {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::SignalsRead => "signals:read",
+            Permission::SignalsWrite => "signals:write",
+        }
+    }
+}
+
+impl fmt::Display for Permission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown permission {0:?} (expected signals:read or signals:write)")]
+pub struct UnknownPermission(pub String);
+
+impl FromStr for Permission {
+    type Err = UnknownPermission;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "signals:read" => Ok(Permission::SignalsRead),
+            "signals:write" => Ok(Permission::SignalsWrite),
+            other => Err(UnknownPermission(other.to_owned())),
+        }
+    }
+}
+
+/// Which account groups a key reaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountGroupAccess {
+    All,
+    Only(Vec<AccountGroupId>),
+}
+
+impl AccountGroupAccess {
+    pub fn allows(&self, group: &AccountGroupId) -> bool {
+        match self {
+            AccountGroupAccess::All => true,
+            AccountGroupAccess::Only(groups) => groups.contains(group),
+        }
+    }
+}
+
+/// A freshly generated key: the secret exists only here and in the one answer that shows it.
+pub struct NewApiKey {
+    pub secret: String,
+    pub hash: KeyHash,
+}
+
+impl NewApiKey {
+    pub fn generate() -> Self {
+        let secret = format!(
+            "{KEY_PREFIX}{}",
+            hex::encode(rand::random::<[u8; KEY_RANDOM_BYTES]>())
+        );
+        let hash = KeyHash::of(&secret);
+        Self { secret, hash }
+    }
+}
+
+impl fmt::Debug for NewApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewApiKey")
+            .field("secret", &"[redacted]")
+            .finish()
+    }
+}
+
+/// SHA-256 of a key: what the database holds and what a presented key is looked up by.
+///
+/// A key carries 256 random bits, so a fast unsalted hash is enough; looking up by hash also
+/// means the time to reject a key does not depend on how much of it matches a real one.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyHash(pub [u8; 32]);
+
+impl KeyHash {
+    pub fn of(secret: &str) -> Self {
+        Self(Sha256::digest(secret.as_bytes()).into())
+    }
+}
+
+impl fmt::Debug for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyHash(..)")
+    }
+}
+
+/// Whether a presented string can be one of our keys at all; anything else is refused without a
+/// database round trip.
+pub fn looks_like_key(presented: &str) -> bool {
+    presented.len() == KEY_LEN
+        && presented.starts_with(KEY_PREFIX)
+        && presented[KEY_PREFIX.len()..]
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A key as stored, without its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub id: Uuid,
+    pub name: String,
+    pub permissions: Vec<Permission>,
+    pub access: AccountGroupAccess,
+    pub created_at: OffsetDateTime,
+    pub expires_at: Option<OffsetDateTime>,
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// Why a stored key does not authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyRejected {
+    #[error("API key has been revoked")]
+    Revoked,
+    #[error("API key has expired")]
+    Expired,
+}
+
+impl ApiKey {
+    /// The principal this key authenticates as at `now`, or why it does not.
+    pub fn authenticate(&self, now: OffsetDateTime) -> Result<Principal, KeyRejected> {
+        if self.revoked_at.is_some() {
+            return Err(KeyRejected::Revoked);
+        }
+        if self.expires_at.is_some_and(|expires_at| expires_at <= now) {
+            return Err(KeyRejected::Expired);
+        }
+        Ok(Principal {
+            key_id: self.id,
+            permissions: self.permissions.clone(),
+            access: self.access.clone(),
+        })
+    }
+}
+
+/// Who is calling: an authenticated, current API key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub key_id: Uuid,
+    pub permissions: Vec<Permission>,
+    pub access: AccountGroupAccess,
+}
+
+impl Principal {
+    pub fn has(&self, permission: Permission) -> bool {
+        self.permissions.contains(&permission)
+    }
+
+    pub fn can_access(&self, group: &AccountGroupId) -> bool {
+        self.access.allows(group)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::Duration;
+
+    fn key(expires_at: Option<OffsetDateTime>, revoked_at: Option<OffsetDateTime>) -> ApiKey {
+        ApiKey {
+            id: Uuid::new_v4(),
+            name: "test".into(),
+            permissions: vec![Permission::SignalsWrite],
+            access: AccountGroupAccess::All,
+            created_at: OffsetDateTime::now_utc(),
+            expires_at,
+            revoked_at,
+        }
+    }
+
+    #[test]
+    fn generated_keys_have_the_prefix_and_256_random_bits() {
+        let a = NewApiKey::generate();
+        let b = NewApiKey::generate();
+        assert!(looks_like_key(&a.secret));
+        assert_ne!(a.secret, b.secret);
+        assert_eq!(a.hash, KeyHash::of(&a.secret));
+        assert!(!format!("{a:?}").contains(&a.secret));
+    }
+
+    #[test]
+    fn strings_that_cannot_be_keys_are_recognised() {
+        let good = NewApiKey::generate().secret;
+        assert!(!looks_like_key(""));
+        assert!(!looks_like_key(&good[..good.len() - 1]));
+        assert!(!looks_like_key(&good.to_uppercase()));
+        assert!(!looks_like_key(&good.replacen("ssk_", "sk__", 1)));
+    }
+
+    #[test]
+    fn revoked_and_expired_keys_do_not_authenticate() {
+        let now = OffsetDateTime::now_utc();
+        assert_eq!(
+            key(None, Some(now)).authenticate(now),
+            Err(KeyRejected::Revoked)
+        );
+        assert_eq!(
+            key(Some(now - Duration::seconds(1)), None).authenticate(now),
+            Err(KeyRejected::Expired)
+        );
+        assert!(
+            key(Some(now + Duration::hours(1)), None)
+                .authenticate(now)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn access_is_all_groups_or_a_list() {
+        let a = AccountGroupId::generate();
+        let b = AccountGroupId::generate();
+        assert!(AccountGroupAccess::All.allows(&a));
+        let only = AccountGroupAccess::Only(vec![a.clone()]);
+        assert!(only.allows(&a));
+        assert!(!only.allows(&b));
+    }
+}

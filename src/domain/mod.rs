@@ -1,0 +1,6 @@
+//! The rules of the service, free of HTTP and SQL.
+
+pub mod ids;
+pub mod keys;
+pub mod scan;
+pub mod service;

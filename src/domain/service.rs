@@ -1,0 +1,130 @@
+//! The rules of the API, above the store and below HTTP: who may do what to which scan.
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::ids::{AccountGroupId, ScanId};
+use super::keys::{KeyHash, KeyRejected, Principal, looks_like_key};
+use super::scan::ScanStatus;
+use crate::store::{Store, StoreError, Transition};
+
+/// Who caused a status change, for the audit trail.
+#[derive(Debug, Clone, Copy)]
+pub struct Actor<'a> {
+    pub api_key_id: Option<Uuid>,
+    pub trace_id: Option<&'a str>,
+}
+
+/// A scan that is now cancelled, and what it was before this request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cancellation {
+    pub scan_id: ScanId,
+    /// `Cancelled` when the scan was already cancelled: cancel is idempotent by state.
+    pub previous_status: ScanStatus,
+    pub cancelled_at: OffsetDateTime,
+}
+
+/// Why a presented key does not authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthFailure {
+    #[error("API key is missing: send Authorization: Bearer <key> or X-API-Key: <key>")]
+    Missing,
+    #[error("API key is invalid")]
+    Invalid,
+    #[error(transparent)]
+    Rejected(#[from] KeyRejected),
+}
+
+/// Why a request was refused by the rules, or could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    Unauthenticated(AuthFailure),
+    #[error("API key has no access to account group {0}")]
+    GroupForbidden(AccountGroupId),
+    #[error("scan not found")]
+    ScanNotFound,
+    #[error("scan is {current} and cannot be cancelled")]
+    NotCancellable { current: ScanStatus },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The scan operations, each checking the caller's rights before touching the store.
+#[derive(Clone)]
+pub struct ScanService {
+    store: Store,
+}
+
+impl ScanService {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The principal a presented API key authenticates as.
+    pub async fn authenticate(&self, presented: &str) -> Result<Principal, ServiceError> {
+        if !looks_like_key(presented) {
+            return Err(ServiceError::Unauthenticated(AuthFailure::Invalid));
+        }
+        let key = self
+            .store
+            .find_key(&KeyHash::of(presented))
+            .await?
+            .ok_or(ServiceError::Unauthenticated(AuthFailure::Invalid))?;
+        key.authenticate(OffsetDateTime::now_utc())
+            .map_err(|rejected| ServiceError::Unauthenticated(AuthFailure::Rejected(rejected)))
+    }
+
+    /// Cancels a queued or running scan of `group`.
+    ///
+    /// A scan that is already cancelled answers again with its original `cancelled_at`, so a
+    /// client retrying after a lost response learns the truth; a scan of another group is
+    /// indistinguishable from one that does not exist.
+    pub async fn cancel(
+        &self,
+        principal: &Principal,
+        group: &AccountGroupId,
+        scan: &ScanId,
+        trace_id: &str,
+    ) -> Result<Cancellation, ServiceError> {
+        if !principal.can_access(group) {
+            return Err(ServiceError::GroupForbidden(group.clone()));
+        }
+        let actor = Actor {
+            api_key_id: Some(principal.key_id),
+            trace_id: Some(trace_id),
+        };
+        let outcome = self
+            .store
+            .transition(Some(group), scan, ScanStatus::Cancelled, actor)
+            .await?;
+        match outcome {
+            Transition::Applied { previous, scan } => Ok(Cancellation {
+                previous_status: previous,
+                cancelled_at: cancelled_at(&scan)?,
+                scan_id: scan.id,
+            }),
+            Transition::Refused { scan } if scan.status == ScanStatus::Cancelled => {
+                Ok(Cancellation {
+                    previous_status: ScanStatus::Cancelled,
+                    cancelled_at: cancelled_at(&scan)?,
+                    scan_id: scan.id,
+                })
+            }
+            Transition::Refused { scan } => Err(ServiceError::NotCancellable {
+                current: scan.status,
+            }),
+            Transition::NotFound => Err(ServiceError::ScanNotFound),
+        }
+    }
+}
+
+fn cancelled_at(scan: &super::scan::Scan) -> Result<OffsetDateTime, StoreError> {
+    scan.cancelled_at.ok_or_else(|| {
+        StoreError::Corrupt(format!("cancelled scan {} has no cancelled_at", scan.id))
+    })
+}

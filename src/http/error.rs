@@ -1,0 +1,168 @@
+//! `ApiError`: the only place an outcome becomes a status, a code and an envelope.
+
+use axum::Json;
+use axum::extract::rejection::PathRejection;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::envelope::{Envelope, ErrorBody};
+use crate::domain::scan::ScanStatus;
+use crate::domain::service::ServiceError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request itself is malformed; the string names what.
+    #[error("validation failed: {0}")]
+    Validation(String),
+    /// 401: no usable API key; the string says why.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// 403: the key lacks a permission or access to an account group.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// 404: no such resource, or one the caller may not know about.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// 405: the path exists but not for this method (axum adds `Allow`).
+    #[error("method {0} not allowed")]
+    MethodNotAllowed(String),
+    /// 422: the scan is in a status that does not allow the change.
+    #[error("scan is {current}")]
+    NotCancellable { current: ScanStatus },
+    /// 429: the key is over its rate.
+    #[error("rate limited for {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    /// 500: something we did not expect; the cause is logged, never sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// 502: the database is unreachable or too slow; the cause is logged, never sent.
+    #[error("upstream error: {0}")]
+    Upstream(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Validation(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::NotCancellable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Validation(_) | ApiError::NotCancellable { .. } => "VALIDATION_ERROR",
+            ApiError::Unauthorized(_) => "UNAUTHORIZED",
+            ApiError::Forbidden(_) => "FORBIDDEN",
+            ApiError::NotFound(_) => "NOT_FOUND",
+            ApiError::MethodNotAllowed(_) => "METHOD_NOT_ALLOWED",
+            ApiError::RateLimited { .. } => "RATE_LIMITED",
+            ApiError::Internal(_) => "INTERNAL_ERROR",
+            ApiError::Upstream(_) => "UPSTREAM_ERROR",
+        }
+    }
+
+    /// The human summary, one per status, as the spec names them.
+    fn message(&self) -> &'static str {
+        match self {
+            ApiError::Validation(_) => "Request validation failed",
+            ApiError::Unauthorized(_) => "Invalid or missing API key",
+            ApiError::Forbidden(_) => "Missing required permission",
+            ApiError::NotFound(_) => "Resource not found",
+            ApiError::MethodNotAllowed(_) => "Method not allowed",
+            ApiError::NotCancellable { .. } => "Scan is not in a cancellable status",
+            ApiError::RateLimited { .. } => "Rate limit exceeded",
+            ApiError::Internal(_) => "Internal server error",
+            ApiError::Upstream(_) => "Upstream service error",
+        }
+    }
+
+    /// Exactly what was wrong, for the client; internal causes stay in the logs.
+    fn details(&self) -> Option<String> {
+        match self {
+            ApiError::Validation(details)
+            | ApiError::Unauthorized(details)
+            | ApiError::Forbidden(details)
+            | ApiError::NotFound(details) => Some(details.clone()),
+            ApiError::MethodNotAllowed(method) => Some(format!(
+                "method {method} is not allowed on this path; see the Allow header"
+            )),
+            ApiError::NotCancellable { current } => Some(format!("currentStatus={current}")),
+            ApiError::RateLimited { retry_after_secs } => {
+                Some(format!("retry after {retry_after_secs} s"))
+            }
+            ApiError::Internal(_) => None,
+            ApiError::Upstream(_) => {
+                Some("the database is unavailable or did not answer in time; retry later".into())
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        // Logged once, here, where the error becomes a response.
+        match &self {
+            ApiError::Internal(cause) => tracing::error!(error.cause = %cause, "internal error"),
+            ApiError::Upstream(cause) => tracing::warn!(error.cause = %cause, "upstream error"),
+            _ => {}
+        }
+        let envelope = Envelope::failure(ErrorBody {
+            code: self.code(),
+            message: self.message(),
+            details: self.details(),
+        });
+        let mut response = (self.status(), Json(envelope)).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::RateLimited { retry_after_secs } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(cause) => ApiError::Upstream(cause),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(error: ServiceError) -> Self {
+        match error {
+            ServiceError::Unauthenticated(reason) => ApiError::Unauthorized(reason.to_string()),
+            ServiceError::GroupForbidden(group) => {
+                ApiError::Forbidden(format!("API key has no access to account group {group}"))
+            }
+            ServiceError::ScanNotFound => {
+                ApiError::NotFound("no such scan in this account group".into())
+            }
+            ServiceError::NotCancellable { current } => ApiError::NotCancellable { current },
+            ServiceError::Store(error) => error.into(),
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(_: PathRejection) -> Self {
+        // The only way a string path parameter fails is bad percent-encoding; the raw input is
+        // not echoed back.
+        ApiError::Validation("path parameters must be valid percent-encoded UTF-8".into())
+    }
+}

@@ -1,0 +1,187 @@
+//! The trace id of a request: taken from W3C `traceparent`, else a safe `X-Request-Id`, else new.
+//!
+//! It is held in a task-local for the life of the request so that every envelope, including
+//! those built by axum rejections, the fallback and the panic handler, carries it without each
+//! caller threading it through.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+const TRACEPARENT_HEADER: &str = "traceparent";
+const MAX_REQUEST_ID_LEN: usize = 64;
+
+tokio::task_local! {
+    static CURRENT: TraceId;
+}
+
+/// The id that ties a response to its log lines.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TraceId(Arc<str>);
+
+impl TraceId {
+    fn new_random() -> Self {
+        Self(uuid::Uuid::new_v4().simple().to_string().into())
+    }
+
+    /// The id a request carries, by the documented order of preference.
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+        header(TRACEPARENT_HEADER)
+            .and_then(trace_id_of_traceparent)
+            .or_else(|| header(REQUEST_ID_HEADER).filter(|id| is_safe_request_id(id)))
+            .map(|id| Self(id.into()))
+            .unwrap_or_else(Self::new_random)
+    }
+
+    /// The id of the request being served; a fresh one outside any request.
+    pub fn current() -> Self {
+        CURRENT
+            .try_with(Clone::clone)
+            .unwrap_or_else(|_| Self::new_random())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TraceId({})", self.0)
+    }
+}
+
+impl serde::Serialize for TraceId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for TraceId {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<TraceId>()
+            .cloned()
+            .unwrap_or_else(TraceId::current))
+    }
+}
+
+/// Middleware, outermost: fixes the request's trace id and echoes it in `X-Request-Id`.
+pub async fn assign(mut request: Request, next: Next) -> Response {
+    let id = TraceId::from_headers(request.headers());
+    request.extensions_mut().insert(id.clone());
+    let mut response = CURRENT.scope(id.clone(), next.run(request)).await;
+    if let Ok(value) = HeaderValue::from_str(id.as_str()) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+/// The trace-id field of a valid W3C `traceparent` (version-traceid-parentid-flags).
+fn trace_id_of_traceparent(value: &str) -> Option<&str> {
+    let mut fields = value.trim().split('-');
+    let (version, trace_id, parent_id, flags) = (
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+    );
+    let lower_hex =
+        |s: &str, len| s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let all_zero = |s: &str| s.bytes().all(|b| b == b'0');
+    let valid = lower_hex(version, 2)
+        && version != "ff"
+        // Version 00 has exactly four fields; later versions may append more.
+        && (version != "00" || fields.next().is_none())
+        && lower_hex(trace_id, 32)
+        && !all_zero(trace_id)
+        && lower_hex(parent_id, 16)
+        && !all_zero(parent_id)
+        && lower_hex(flags, 2);
+    valid.then_some(trace_id)
+}
+
+/// A request id we are willing to echo into bodies, headers and logs.
+fn is_safe_request_id(value: &str) -> bool {
+    (1..=MAX_REQUEST_ID_LEN).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn a_valid_traceparent_wins_over_a_request_id() {
+        let id = TraceId::from_headers(&headers(&[
+            ("traceparent", TRACEPARENT),
+            ("x-request-id", "abc"),
+        ]));
+        assert_eq!(id.as_str(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn invalid_traceparents_are_ignored() {
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            assert_eq!(trace_id_of_traceparent(bad), None, "{bad}");
+        }
+        assert!(
+            trace_id_of_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xx")
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn only_safe_request_ids_are_echoed() {
+        assert!(is_safe_request_id("req-123_abc.def:1"));
+        assert!(!is_safe_request_id(""));
+        assert!(!is_safe_request_id(&"a".repeat(65)));
+        assert!(!is_safe_request_id("has space"));
+        assert!(!is_safe_request_id("quote\"d"));
+        let generated = TraceId::from_headers(&headers(&[("x-request-id", "bad value")]));
+        assert_eq!(generated.as_str().len(), 32);
+        assert!(
+            generated
+                .as_str()
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+    }
+}

@@ -1,0 +1,336 @@
+//! The PostgreSQL store: runtime-checked queries with explicit binds, each bounded in time.
+
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{KeyToCreate, StoreError, StoreOptions, Transition};
+use crate::domain::ids::{AccountGroupId, ScanId};
+use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash, Permission};
+use crate::domain::scan::{Scan, ScanStatus};
+use crate::domain::service::Actor;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    timeout: Duration,
+}
+
+impl PgStore {
+    pub fn connect(options: &StoreOptions) -> Result<Self, StoreError> {
+        let timeout_ms = options.timeout.as_millis().to_string();
+        let connect = PgConnectOptions::from_str(options.url.expose_secret())
+            .map_err(|_| StoreError::Config("DATABASE_URL is not a valid PostgreSQL URL".into()))?
+            .application_name("signal-scans")
+            // The server gives up on a statement when we would, so a stalled query does not
+            // keep holding its row locks after the client has answered 502.
+            .options([("statement_timeout", timeout_ms.as_str())]);
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.timeout)
+            // A ping before every acquire would double the round trips of the hot path; a dead
+            // connection fails its query instead, answers 502 once and is replaced.
+            .test_before_acquire(false)
+            .connect_lazy_with(connect);
+        Ok(Self {
+            pool,
+            timeout: options.timeout,
+        })
+    }
+
+    /// Runs `query`, failing as [`StoreError::Unavailable`] when the database does not answer in time.
+    async fn bounded<T>(
+        &self,
+        query: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, query).await {
+            Ok(result) => result.map_err(classify),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no answer within {} ms",
+                self.timeout.as_millis()
+            ))),
+        }
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await.map_err(|error| match error {
+            sqlx::migrate::MigrateError::Execute(error) => classify(error),
+            other => StoreError::Internal(other.to_string()),
+        })
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.bounded(sqlx::query("SELECT 1").execute(&self.pool))
+            .await
+            .map(drop)
+    }
+
+    pub async fn find_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
+        let row: Option<KeyRow> = self
+            .bounded(
+                sqlx::query_as(
+                    "SELECT id, name, permissions, account_group_ids, created_at, expires_at, revoked_at
+                     FROM api_keys WHERE key_hash = $1",
+                )
+                .bind(&hash.0[..])
+                .fetch_optional(&self.pool),
+            )
+            .await?;
+        row.map(ApiKey::try_from).transpose()
+    }
+
+    pub async fn create_key(&self, key: &KeyToCreate) -> Result<ApiKey, StoreError> {
+        let permissions: Vec<&str> = key.permissions.iter().map(|p| p.as_str()).collect();
+        let groups: Option<Vec<&str>> = match &key.access {
+            AccountGroupAccess::All => None,
+            AccountGroupAccess::Only(groups) => Some(groups.iter().map(|g| g.as_str()).collect()),
+        };
+        let row: KeyRow = self
+            .bounded(
+                sqlx::query_as(
+                    "INSERT INTO api_keys (id, name, key_hash, permissions, account_group_ids, expires_at)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     RETURNING id, name, permissions, account_group_ids, created_at, expires_at, revoked_at",
+                )
+                .bind(Uuid::new_v4())
+                .bind(&key.name)
+                .bind(&key.hash.0[..])
+                .bind(permissions)
+                .bind(groups)
+                .bind(key.expires_at)
+                .fetch_one(&self.pool),
+            )
+            .await?;
+        row.try_into()
+    }
+
+    pub async fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        let rows: Vec<KeyRow> = self
+            .bounded(
+                sqlx::query_as(
+                    "SELECT id, name, permissions, account_group_ids, created_at, expires_at, revoked_at
+                     FROM api_keys ORDER BY created_at, id",
+                )
+                .fetch_all(&self.pool),
+            )
+            .await?;
+        rows.into_iter().map(ApiKey::try_from).collect()
+    }
+
+    pub async fn revoke_key(&self, id: Uuid) -> Result<Option<ApiKey>, StoreError> {
+        let row: Option<KeyRow> = self
+            .bounded(
+                sqlx::query_as(
+                    "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1
+                     RETURNING id, name, permissions, account_group_ids, created_at, expires_at, revoked_at",
+                )
+                .bind(id)
+                .fetch_optional(&self.pool),
+            )
+            .await?;
+        row.map(ApiKey::try_from).transpose()
+    }
+
+    pub async fn create_scan(
+        &self,
+        group: &AccountGroupId,
+        status: ScanStatus,
+    ) -> Result<Scan, StoreError> {
+        let row: ScanRow = self
+            .bounded(
+                sqlx::query_as(
+                    "WITH created AS (
+                         INSERT INTO signal_scans
+                             (id, account_group_id, status, started_at, finished_at, cancelled_at)
+                         VALUES ($1, $2, $3,
+                             CASE WHEN $3 IN ('running', 'completed', 'failed') THEN now() END,
+                             CASE WHEN $3 IN ('completed', 'failed', 'cancelled') THEN now() END,
+                             CASE WHEN $3 = 'cancelled' THEN now() END)
+                         RETURNING *
+                     ), audit AS (
+                         INSERT INTO signal_scan_events (scan_id, from_status, to_status, occurred_at)
+                         SELECT id, NULL, status, created_at FROM created
+                     )
+                     SELECT *, NULL::text AS previous_status FROM created",
+                )
+                .bind(ScanId::generate().as_str())
+                .bind(group.as_str())
+                .bind(status.as_str())
+                .fetch_one(&self.pool),
+            )
+            .await?;
+        row.into_scan()
+    }
+
+    pub async fn transition(
+        &self,
+        group: Option<&AccountGroupId>,
+        scan: &ScanId,
+        to: ScanStatus,
+        actor: Actor<'_>,
+    ) -> Result<Transition, StoreError> {
+        let from: Vec<&str> = to.reachable_from().iter().map(|s| s.as_str()).collect();
+        // One statement, so the change and its audit row commit together. `current` locks the row
+        // and, under READ COMMITTED, sees the latest committed version: a request that lost a race
+        // reads the winner's state, never the one its snapshot started with.
+        let row: Option<ScanRow> = self
+            .bounded(
+                sqlx::query_as(
+                    "WITH current AS (
+                         SELECT * FROM signal_scans
+                         WHERE id = $1 AND ($2::text IS NULL OR account_group_id = $2::text)
+                         FOR UPDATE
+                     ), changed AS (
+                         UPDATE signal_scans AS s
+                         SET status = $3::text,
+                             updated_at = now(),
+                             started_at = CASE WHEN $3::text = 'running' THEN now() ELSE s.started_at END,
+                             finished_at = CASE WHEN $3::text IN ('completed', 'failed', 'cancelled')
+                                                THEN now() ELSE s.finished_at END,
+                             cancelled_at = CASE WHEN $3::text = 'cancelled' THEN now() ELSE s.cancelled_at END
+                         FROM current
+                         WHERE s.id = current.id AND current.status = ANY($4::text[])
+                         RETURNING s.*, current.status AS previous_status
+                     ), audit AS (
+                         INSERT INTO signal_scan_events
+                             (scan_id, from_status, to_status, api_key_id, trace_id, occurred_at)
+                         SELECT id, previous_status, status, $5, $6, updated_at FROM changed
+                     )
+                     SELECT * FROM changed
+                     UNION ALL
+                     SELECT *, NULL::text FROM current WHERE NOT EXISTS (SELECT 1 FROM changed)",
+                )
+                .bind(scan.as_str())
+                .bind(group.map(AccountGroupId::as_str))
+                .bind(to.as_str())
+                .bind(from)
+                .bind(actor.api_key_id)
+                .bind(actor.trace_id)
+                .fetch_optional(&self.pool),
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok(Transition::NotFound);
+        };
+        match row
+            .previous_status
+            .as_deref()
+            .map(parse_status)
+            .transpose()?
+        {
+            Some(previous) => Ok(Transition::Applied {
+                previous,
+                scan: row.into_scan()?,
+            }),
+            None => Ok(Transition::Refused {
+                scan: row.into_scan()?,
+            }),
+        }
+    }
+}
+
+/// Sorts driver errors into "try again later" (502) and "something is wrong" (500).
+fn classify(error: sqlx::Error) -> StoreError {
+    let unavailable = match &error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        // Class 08: connection exceptions; 57: operator intervention (shutdown, statement
+        // timeout); 53: insufficient resources (too many connections).
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || code.starts_with("57") || code.starts_with("53")
+        }),
+        _ => false,
+    };
+    if unavailable {
+        StoreError::Unavailable(error.to_string())
+    } else {
+        StoreError::Internal(error.to_string())
+    }
+}
+
+fn parse_status(raw: &str) -> Result<ScanStatus, StoreError> {
+    raw.parse()
+        .map_err(|e: crate::domain::scan::UnknownStatus| StoreError::Corrupt(e.to_string()))
+}
+
+#[derive(sqlx::FromRow)]
+struct ScanRow {
+    id: String,
+    account_group_id: String,
+    status: String,
+    created_at: OffsetDateTime,
+    updated_at: OffsetDateTime,
+    started_at: Option<OffsetDateTime>,
+    finished_at: Option<OffsetDateTime>,
+    cancelled_at: Option<OffsetDateTime>,
+    previous_status: Option<String>,
+}
+
+impl ScanRow {
+    fn into_scan(self) -> Result<Scan, StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("{what} of scan {:?}", self.id));
+        Ok(Scan {
+            id: ScanId::parse(&self.id).map_err(|_| corrupt("id"))?,
+            account_group_id: AccountGroupId::parse(&self.account_group_id)
+                .map_err(|_| corrupt("account group"))?,
+            status: parse_status(&self.status)?,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            cancelled_at: self.cancelled_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    id: Uuid,
+    name: String,
+    permissions: Vec<String>,
+    account_group_ids: Option<Vec<String>>,
+    created_at: OffsetDateTime,
+    expires_at: Option<OffsetDateTime>,
+    revoked_at: Option<OffsetDateTime>,
+}
+
+impl TryFrom<KeyRow> for ApiKey {
+    type Error = StoreError;
+
+    fn try_from(row: KeyRow) -> Result<Self, Self::Error> {
+        let corrupt = |what: String| StoreError::Corrupt(format!("api key {}: {what}", row.id));
+        let permissions = row
+            .permissions
+            .iter()
+            .map(|p| Permission::from_str(p).map_err(|e| corrupt(e.to_string())))
+            .collect::<Result<_, _>>()?;
+        let access = match &row.account_group_ids {
+            None => AccountGroupAccess::All,
+            Some(groups) => AccountGroupAccess::Only(
+                groups
+                    .iter()
+                    .map(|g| AccountGroupId::parse(g).map_err(|e| corrupt(e.to_string())))
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
+        Ok(ApiKey {
+            id: row.id,
+            name: row.name,
+            permissions,
+            access,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+            revoked_at: row.revoked_at,
+        })
+    }
+}
