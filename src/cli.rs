@@ -40,6 +40,12 @@ pub struct Cli {
 pub enum Command {
     /// Run pending migrations, then serve the API until Ctrl-C or SIGTERM.
     Serve(ServeArgs),
+    /// Exit 0 when the service on LISTEN_ADDR answers GET /healthz with 200 (for container
+    /// health checks in images without curl).
+    Healthcheck {
+        #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+        listen_addr: std::net::SocketAddr,
+    },
     /// Run pending database migrations and exit.
     Migrate(DatabaseArgs),
     /// Create, list and revoke API keys.
@@ -151,8 +157,37 @@ async fn run(command: Command) -> Result<(), String> {
             println!("migrations are up to date");
             Ok(())
         }
+        Command::Healthcheck { listen_addr } => healthcheck(listen_addr).await,
         Command::Keys { command } => keys(command).await,
         Command::Scans { command } => scans(command).await,
+    }
+}
+
+async fn healthcheck(listen_addr: std::net::SocketAddr) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A server bound to every interface is reached on loopback.
+    let mut addr = listen_addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let check = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await?;
+        Ok::<_, std::io::Error>(head)
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(3), check).await {
+        Ok(Ok(head)) if head.starts_with(b"HTTP/1.1 200") => Ok(()),
+        Ok(Ok(head)) => Err(format!(
+            "unhealthy: {} answered {}",
+            addr,
+            String::from_utf8_lossy(&head)
+        )),
+        Ok(Err(error)) => Err(format!("unhealthy: cannot reach {addr}: {error}")),
+        Err(_) => Err(format!("unhealthy: {addr} did not answer within 3 s")),
     }
 }
 

@@ -100,6 +100,18 @@ pub struct Scan {
     pub cancelled_at: Option<OffsetDateTime>,
 }
 
+/// One row of a scan's audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanEvent {
+    pub scan_id: ScanId,
+    /// `None` for the row that records the scan's creation.
+    pub from: Option<ScanStatus>,
+    pub to: ScanStatus,
+    pub api_key_id: Option<uuid::Uuid>,
+    pub trace_id: Option<String>,
+    pub at: OffsetDateTime,
+}
+
 #[cfg(test)]
 mod tests {
     use super::ScanStatus::*;

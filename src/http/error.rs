@@ -39,6 +39,9 @@ pub enum ApiError {
     /// 502: the database is unreachable or too slow; the cause is logged, never sent.
     #[error("upstream error: {0}")]
     Upstream(String),
+    /// 503, from `/readyz` only: this instance cannot serve now; the cause is logged.
+    #[error("not ready: {0}")]
+    NotReady(String),
 }
 
 impl ApiError {
@@ -53,6 +56,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -66,6 +70,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => "RATE_LIMITED",
             ApiError::Internal(_) => "INTERNAL_ERROR",
             ApiError::Upstream(_) => "UPSTREAM_ERROR",
+            ApiError::NotReady(_) => "NOT_READY",
         }
     }
 
@@ -81,6 +86,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => "Rate limit exceeded",
             ApiError::Internal(_) => "Internal server error",
             ApiError::Upstream(_) => "Upstream service error",
+            ApiError::NotReady(_) => "Service not ready",
         }
     }
 
@@ -99,7 +105,7 @@ impl ApiError {
                 Some(format!("retry after {retry_after_secs} s"))
             }
             ApiError::Internal(_) => None,
-            ApiError::Upstream(_) => {
+            ApiError::Upstream(_) | ApiError::NotReady(_) => {
                 Some("the database is unavailable or did not answer in time; retry later".into())
             }
         }
@@ -111,7 +117,9 @@ impl IntoResponse for ApiError {
         // Logged once, here, where the error becomes a response.
         match &self {
             ApiError::Internal(cause) => tracing::error!(error.cause = %cause, "internal error"),
-            ApiError::Upstream(cause) => tracing::warn!(error.cause = %cause, "upstream error"),
+            ApiError::Upstream(cause) | ApiError::NotReady(cause) => {
+                tracing::warn!(error.cause = %cause, "upstream error")
+            }
             _ => {}
         }
         let envelope = Envelope::failure(ErrorBody {

@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod envelope;
 pub mod error;
+pub mod health;
 pub mod rate_limit;
 pub mod scans;
 pub mod trace_id;
@@ -15,7 +16,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -56,6 +57,8 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
 
     Router::new()
         .merge(api)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .merge(extra)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

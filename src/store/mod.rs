@@ -12,7 +12,7 @@ pub use postgres::PgStore;
 
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash, Permission};
-use crate::domain::scan::{Scan, ScanStatus};
+use crate::domain::scan::{Scan, ScanEvent, ScanStatus};
 use crate::domain::service::Actor;
 
 /// Why the store could not answer.
@@ -131,6 +131,24 @@ impl Store {
     ) -> Result<Scan, StoreError> {
         match self {
             Store::Postgres(store) => store.create_scan(group, status).await,
+        }
+    }
+
+    /// A scan by id; `group`, when given, must own it.
+    pub async fn find_scan(
+        &self,
+        group: Option<&AccountGroupId>,
+        scan: &ScanId,
+    ) -> Result<Option<Scan>, StoreError> {
+        match self {
+            Store::Postgres(store) => store.find_scan(group, scan).await,
+        }
+    }
+
+    /// A scan's audit trail, oldest first.
+    pub async fn scan_events(&self, scan: &ScanId) -> Result<Vec<ScanEvent>, StoreError> {
+        match self {
+            Store::Postgres(store) => store.scan_events(scan).await,
         }
     }
 

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::{KeyToCreate, StoreError, StoreOptions, Transition};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash, Permission};
-use crate::domain::scan::{Scan, ScanStatus};
+use crate::domain::scan::{Scan, ScanEvent, ScanStatus};
 use crate::domain::service::Actor;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -169,6 +169,39 @@ impl PgStore {
         row.into_scan()
     }
 
+    pub async fn find_scan(
+        &self,
+        group: Option<&AccountGroupId>,
+        scan: &ScanId,
+    ) -> Result<Option<Scan>, StoreError> {
+        let row: Option<ScanRow> = self
+            .bounded(
+                sqlx::query_as(
+                    "SELECT *, NULL::text AS previous_status FROM signal_scans
+                     WHERE id = $1 AND ($2::text IS NULL OR account_group_id = $2::text)",
+                )
+                .bind(scan.as_str())
+                .bind(group.map(AccountGroupId::as_str))
+                .fetch_optional(&self.pool),
+            )
+            .await?;
+        row.map(ScanRow::into_scan).transpose()
+    }
+
+    pub async fn scan_events(&self, scan: &ScanId) -> Result<Vec<ScanEvent>, StoreError> {
+        let rows: Vec<EventRow> = self
+            .bounded(
+                sqlx::query_as(
+                    "SELECT scan_id, from_status, to_status, api_key_id, trace_id, occurred_at
+                     FROM signal_scan_events WHERE scan_id = $1 ORDER BY id",
+                )
+                .bind(scan.as_str())
+                .fetch_all(&self.pool),
+            )
+            .await?;
+        rows.into_iter().map(EventRow::into_event).collect()
+    }
+
     pub async fn transition(
         &self,
         group: Option<&AccountGroupId>,
@@ -289,6 +322,30 @@ impl ScanRow {
             started_at: self.started_at,
             finished_at: self.finished_at,
             cancelled_at: self.cancelled_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    scan_id: String,
+    from_status: Option<String>,
+    to_status: String,
+    api_key_id: Option<Uuid>,
+    trace_id: Option<String>,
+    occurred_at: OffsetDateTime,
+}
+
+impl EventRow {
+    fn into_event(self) -> Result<ScanEvent, StoreError> {
+        Ok(ScanEvent {
+            scan_id: ScanId::parse(&self.scan_id)
+                .map_err(|_| StoreError::Corrupt(format!("event of scan {:?}", self.scan_id)))?,
+            from: self.from_status.as_deref().map(parse_status).transpose()?,
+            to: parse_status(&self.to_status)?,
+            api_key_id: self.api_key_id,
+            trace_id: self.trace_id,
+            at: self.occurred_at,
         })
     }
 }
