@@ -33,9 +33,10 @@ fn presented_key(headers: &HeaderMap) -> Result<&str, ApiError> {
         let value = value
             .to_str()
             .map_err(|_| unauthorized(AuthFailure::Invalid))?;
-        return match value.split_once(' ') {
-            Some((scheme, key)) if scheme.eq_ignore_ascii_case("bearer") => Ok(key.trim()),
-            _ => Err(ApiError::Unauthorized(
+        let (scheme, key) = value.split_once(' ').unwrap_or((value, ""));
+        return match scheme.eq_ignore_ascii_case("bearer") {
+            true => Ok(key.trim()),
+            false => Err(ApiError::Unauthorized(
                 "Authorization header must use the Bearer scheme".into(),
             )),
         };

@@ -1,0 +1,207 @@
+//! Authentication, permissions, account-group access, and the order in which they are checked.
+
+use signal_scans::domain::ids::ScanId;
+use signal_scans::domain::keys::{AccountGroupAccess, Permission};
+use signal_scans::domain::scan::ScanStatus;
+use time::{Duration, OffsetDateTime};
+
+use crate::helpers::{ApiResponse, Backend, TestApp, cancel_path, group};
+use crate::store_test;
+
+async fn missing_unknown_revoked_and_expired_keys_are_401(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let access = || AccountGroupAccess::Only(vec![group.clone()]);
+    let (revoked, revoked_id) = app
+        .key_with(&[Permission::SignalsWrite], access(), None)
+        .await;
+    app.store.revoke_key(revoked_id).await.unwrap().unwrap();
+    let (expired, _) = app
+        .key_with(
+            &[Permission::SignalsWrite],
+            access(),
+            Some(OffsetDateTime::now_utc() - Duration::seconds(1)),
+        )
+        .await;
+    let unknown = signal_scans::domain::keys::NewApiKey::generate().secret;
+
+    let cases: [(Option<&str>, &str); 6] = [
+        (None, "missing"),
+        (Some(""), "invalid"),
+        (Some("not-a-key"), "invalid"),
+        (Some(&unknown), "invalid"),
+        (Some(&revoked), "revoked"),
+        (Some(&expired), "expired"),
+    ];
+    for (key, reason) in cases {
+        let response = app.cancel(key, group.as_str(), scan.as_str()).await;
+
+        let details = response.assert_error(401, "UNAUTHORIZED");
+        assert!(details.contains(reason), "{key:?}: {details}");
+        assert_eq!(response.header("www-authenticate"), Some("Bearer"));
+        assert_eq!(
+            response.header("ratelimit"),
+            None,
+            "not counted against any key"
+        );
+    }
+    assert_eq!(app.status_of(&scan).await, ScanStatus::Queued);
+}
+store_test!(missing_unknown_revoked_and_expired_keys_are_401);
+
+async fn keys_are_read_from_bearer_in_any_case_or_x_api_key(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let path = |scan: &ScanId| app.url(&cancel_path(group.as_str(), scan.as_str()));
+
+    for (header, value) in [
+        ("authorization", format!("Bearer {key}")),
+        ("authorization", format!("bearer {key}")),
+        ("authorization", format!("BEARER {key}")),
+        ("x-api-key", key.clone()),
+    ] {
+        let scan = app.scan(&group, ScanStatus::Queued).await;
+        let response = ApiResponse::from(
+            app.client
+                .post(path(&scan))
+                .header(header, value)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(response.status, 200, "{header}: {response:?}");
+    }
+
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let basic = ApiResponse::from(
+        app.client
+            .post(path(&scan))
+            .header("authorization", format!("Basic {key}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    basic.assert_error(401, "UNAUTHORIZED");
+}
+store_test!(keys_are_read_from_bearer_in_any_case_or_x_api_key);
+
+async fn a_key_without_signals_write_is_403_naming_the_permission(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let (reader, _) = app
+        .key_with(
+            &[Permission::SignalsRead],
+            AccountGroupAccess::Only(vec![group.clone()]),
+            None,
+        )
+        .await;
+
+    let response = app
+        .cancel(Some(&reader), group.as_str(), scan.as_str())
+        .await;
+
+    let details = response.assert_error(403, "FORBIDDEN");
+    assert!(details.contains("signals:write"), "{details}");
+    assert_eq!(app.status_of(&scan).await, ScanStatus::Queued);
+}
+store_test!(a_key_without_signals_write_is_403_naming_the_permission);
+
+async fn a_key_without_access_to_the_group_is_403_whether_or_not_it_exists(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (mine, theirs, empty) = (group(), group(), group());
+    let key = app.writer(&mine).await;
+    let their_scan = app.scan(&theirs, ScanStatus::Queued).await;
+
+    let existing = app
+        .cancel(Some(&key), theirs.as_str(), their_scan.as_str())
+        .await;
+    let missing = app
+        .cancel(Some(&key), empty.as_str(), ScanId::generate().as_str())
+        .await;
+
+    let existing_details = existing.assert_error(403, "FORBIDDEN");
+    let missing_details = missing.assert_error(403, "FORBIDDEN");
+    assert!(existing_details.contains(theirs.as_str()));
+    assert_eq!(
+        existing_details.replace(theirs.as_str(), "G"),
+        missing_details.replace(empty.as_str(), "G"),
+        "the answer does not tell whether the group exists"
+    );
+    assert_eq!(app.status_of(&their_scan).await, ScanStatus::Queued);
+}
+store_test!(a_key_without_access_to_the_group_is_403_whether_or_not_it_exists);
+
+async fn a_key_for_all_groups_reaches_any_group(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (key, _) = app
+        .key_with(&[Permission::SignalsWrite], AccountGroupAccess::All, None)
+        .await;
+    for _ in 0..2 {
+        let group = group();
+        let scan = app.scan(&group, ScanStatus::Queued).await;
+        let response = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+        assert_eq!(response.status, 200, "{response:?}");
+    }
+}
+store_test!(a_key_for_all_groups_reaches_any_group);
+
+/// 401 → 429 → 403 (permission) → 400 → 403 (group) → 404 → 200/422: each row breaks every
+/// later rule too, and must answer with the earliest one.
+async fn checks_run_in_the_documented_order(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (mine, theirs) = (group(), group());
+    let writer = app.writer(&mine).await;
+    let (reader, _) = app
+        .key_with(
+            &[Permission::SignalsRead],
+            AccountGroupAccess::Only(vec![mine.clone()]),
+            None,
+        )
+        .await;
+    let completed = app.scan(&mine, ScanStatus::Completed).await;
+    let their_scan = app.scan(&theirs, ScanStatus::Completed).await;
+    let unknown = ScanId::generate();
+
+    let cases: [(Option<&str>, &str, &str, u16, &str); 6] = [
+        (None, "bad", "bad", 401, "UNAUTHORIZED"),
+        (Some(&reader), "bad", "bad", 403, "FORBIDDEN"),
+        (
+            Some(&writer),
+            theirs.as_str(),
+            "bad",
+            400,
+            "VALIDATION_ERROR",
+        ),
+        (
+            Some(&writer),
+            theirs.as_str(),
+            their_scan.as_str(),
+            403,
+            "FORBIDDEN",
+        ),
+        (
+            Some(&writer),
+            mine.as_str(),
+            unknown.as_str(),
+            404,
+            "NOT_FOUND",
+        ),
+        (
+            Some(&writer),
+            mine.as_str(),
+            completed.as_str(),
+            422,
+            "VALIDATION_ERROR",
+        ),
+    ];
+    for (key, group, scan, status, code) in cases {
+        let response = app.cancel(key, group, scan).await;
+        response.assert_error(status, code);
+    }
+}
+store_test!(checks_run_in_the_documented_order);

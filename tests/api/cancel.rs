@@ -1,0 +1,296 @@
+//! The cancel endpoint's outcomes, as the contract states them.
+
+use signal_scans::domain::keys::{AccountGroupAccess, Permission};
+use signal_scans::domain::scan::ScanStatus;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::helpers::{Backend, TestApp, group};
+use crate::store_test;
+
+async fn cancel_of_queued_scan_answers_200_with_previous_status(backend: Backend) {
+    for status in [ScanStatus::Queued, ScanStatus::Running] {
+        // Arrange
+        let app = TestApp::spawn(backend).await;
+        let group = group();
+        let key = app.writer(&group).await;
+        let scan = app.scan(&group, status).await;
+
+        // Act
+        let before = OffsetDateTime::now_utc() - time::Duration::seconds(1);
+        let response = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+
+        // Assert
+        assert_eq!(response.status, 200, "{response:?}");
+        let data = response.body["data"].as_object().unwrap();
+        let mut keys: Vec<&str> = data.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["cancelledAt", "previousStatus", "scanId", "status"]);
+        assert_eq!(data["scanId"], scan.as_str());
+        assert_eq!(data["status"], "cancelled");
+        assert_eq!(data["previousStatus"], status.as_str());
+        let cancelled_at = data["cancelledAt"].as_str().unwrap();
+        assert!(cancelled_at.ends_with('Z'), "UTC: {cancelled_at}");
+        let cancelled_at = OffsetDateTime::parse(cancelled_at, &Rfc3339).unwrap();
+        assert!(cancelled_at >= before && cancelled_at <= OffsetDateTime::now_utc());
+        assert_eq!(app.status_of(&scan).await, ScanStatus::Cancelled);
+    }
+}
+store_test!(cancel_of_queued_scan_answers_200_with_previous_status);
+
+async fn repeated_cancel_answers_200_with_the_original_cancelled_at(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+
+    let first = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+    let second = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+
+    assert_eq!(second.status, 200, "{second:?}");
+    assert_eq!(second.body["data"]["previousStatus"], "cancelled");
+    assert_eq!(second.body["data"]["status"], "cancelled");
+    assert_eq!(
+        second.body["data"]["cancelledAt"],
+        first.body["data"]["cancelledAt"]
+    );
+    // Only the first request changed anything.
+    let events = app.store.scan_events(&scan).await.unwrap();
+    assert_eq!(events.len(), 2, "creation and one cancel: {events:?}");
+}
+store_test!(repeated_cancel_answers_200_with_the_original_cancelled_at);
+
+async fn cancel_of_a_scan_created_cancelled_answers_its_cancelled_at(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let scan = app.scan(&group, ScanStatus::Cancelled).await;
+    let stored = app.store.find_scan(None, &scan).await.unwrap().unwrap();
+
+    let response = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.body["data"]["previousStatus"], "cancelled");
+    let answered = OffsetDateTime::parse(
+        response.body["data"]["cancelledAt"].as_str().unwrap(),
+        &Rfc3339,
+    )
+    .unwrap();
+    assert_eq!(Some(answered), stored.cancelled_at);
+}
+store_test!(cancel_of_a_scan_created_cancelled_answers_its_cancelled_at);
+
+async fn cancel_of_completed_or_failed_scan_is_422_with_current_status(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let key = app.writer(&group).await;
+    for status in [ScanStatus::Completed, ScanStatus::Failed] {
+        let scan = app.scan(&group, status).await;
+
+        let response = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+
+        let details = response.assert_error(422, "VALIDATION_ERROR");
+        assert_eq!(details, format!("currentStatus={status}"));
+        assert_eq!(
+            response.body["error"]["message"],
+            "Scan is not in a cancellable status"
+        );
+        assert_eq!(app.status_of(&scan).await, status, "nothing changed");
+        assert_eq!(app.store.scan_events(&scan).await.unwrap().len(), 1);
+    }
+}
+store_test!(cancel_of_completed_or_failed_scan_is_422_with_current_status);
+
+async fn cancel_writes_one_audit_row_naming_key_and_trace(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let (key, key_id) = app
+        .key_with(
+            &[Permission::SignalsWrite],
+            AccountGroupAccess::Only(vec![group.clone()]),
+            None,
+        )
+        .await;
+    let scan = app.scan(&group, ScanStatus::Running).await;
+
+    let response = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+
+    assert_eq!(response.status, 200);
+    let events = app.store.scan_events(&scan).await.unwrap();
+    assert_eq!(events.len(), 2, "{events:?}");
+    let (created, cancelled) = (&events[0], &events[1]);
+    assert_eq!((created.from, created.to), (None, ScanStatus::Running));
+    assert_eq!(
+        (cancelled.from, cancelled.to),
+        (Some(ScanStatus::Running), ScanStatus::Cancelled)
+    );
+    assert_eq!(cancelled.api_key_id, Some(key_id));
+    assert_eq!(cancelled.trace_id.as_deref(), Some(response.trace_id()));
+    let cancelled_at = app
+        .store
+        .find_scan(None, &scan)
+        .await
+        .unwrap()
+        .unwrap()
+        .cancelled_at;
+    assert_eq!(Some(cancelled.at), cancelled_at);
+}
+store_test!(cancel_writes_one_audit_row_naming_key_and_trace);
+
+async fn ids_are_accepted_in_either_case_and_answered_lowercase(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+
+    let response = app
+        .cancel(
+            Some(&key),
+            &group.as_str().to_uppercase(),
+            &scan.as_str().to_uppercase(),
+        )
+        .await;
+
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.body["data"]["scanId"], scan.as_str());
+}
+store_test!(ids_are_accepted_in_either_case_and_answered_lowercase);
+
+async fn malformed_ids_are_400_naming_the_parameter(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let long = "a".repeat(25);
+    let cases: [(&str, &str, &str); 6] = [
+        ("507f1f77bcf86cd79943901", scan.as_str(), "accountGroupId"),
+        ("507f1f77bcf86cd79943901z", scan.as_str(), "accountGroupId"),
+        (group.as_str(), "507f1f77bcf86cd79943901", "scanId"),
+        (group.as_str(), &long, "scanId"),
+        (group.as_str(), "%20%20%20", "scanId"),
+        (group.as_str(), "%F0%9F%92%A9", "scanId"),
+    ];
+    for (group_param, scan_param, named) in cases {
+        let response = app.cancel(Some(&key), group_param, scan_param).await;
+
+        let details = response.assert_error(400, "VALIDATION_ERROR");
+        assert!(details.contains(named), "{details:?} names {named}");
+        assert!(details.contains("24 hexadecimal"), "{details:?}");
+    }
+    let both = app.cancel(Some(&key), "x", "y").await;
+    let details = both.assert_error(400, "VALIDATION_ERROR");
+    assert!(
+        details.contains("accountGroupId") && details.contains("scanId"),
+        "{details}"
+    );
+    assert_eq!(
+        app.status_of(&scan).await,
+        ScanStatus::Queued,
+        "nothing changed"
+    );
+}
+store_test!(malformed_ids_are_400_naming_the_parameter);
+
+async fn invalid_percent_encoding_is_a_400_envelope(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let key = app.writer(&group).await;
+
+    let response = app.cancel(Some(&key), group.as_str(), "%FF%FE").await;
+
+    response.assert_error(400, "VALIDATION_ERROR");
+}
+store_test!(invalid_percent_encoding_is_a_400_envelope);
+
+async fn unknown_scan_and_other_groups_scan_are_both_404(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (mine, theirs) = (group(), group());
+    let key = app.writer(&mine).await;
+    let their_scan = app.scan(&theirs, ScanStatus::Queued).await;
+    let nobody = signal_scans::domain::ids::ScanId::generate();
+
+    let unknown = app.cancel(Some(&key), mine.as_str(), nobody.as_str()).await;
+    let foreign = app
+        .cancel(Some(&key), mine.as_str(), their_scan.as_str())
+        .await;
+
+    let unknown_details = unknown.assert_error(404, "NOT_FOUND");
+    let foreign_details = foreign.assert_error(404, "NOT_FOUND");
+    assert_eq!(unknown_details, foreign_details, "indistinguishable");
+    assert_eq!(app.status_of(&their_scan).await, ScanStatus::Queued);
+}
+store_test!(unknown_scan_and_other_groups_scan_are_both_404);
+
+async fn unknown_routes_and_methods_answer_the_envelope(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+
+    let unknown = crate::helpers::ApiResponse::from(
+        app.client
+            .get(app.url("/v1/nothing/here"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    unknown.assert_error(404, "NOT_FOUND");
+
+    for method in [
+        reqwest::Method::GET,
+        reqwest::Method::PUT,
+        reqwest::Method::DELETE,
+    ] {
+        let wrong_method = crate::helpers::ApiResponse::from(
+            app.client
+                .request(
+                    method.clone(),
+                    app.url(&crate::helpers::cancel_path(group.as_str(), scan.as_str())),
+                )
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        let details = wrong_method.assert_error(405, "METHOD_NOT_ALLOWED");
+        assert!(details.contains(method.as_str()), "{details}");
+        assert_eq!(wrong_method.header("allow"), Some("POST"));
+    }
+    assert_eq!(app.status_of(&scan).await, ScanStatus::Queued);
+}
+store_test!(unknown_routes_and_methods_answer_the_envelope);
+
+async fn a_request_body_is_ignored(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+
+    let response = crate::helpers::ApiResponse::from(
+        app.client
+            .post(app.url(&crate::helpers::cancel_path(group.as_str(), scan.as_str())))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(r#"{"status":"completed"}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body["data"]["previousStatus"], "queued");
+}
+store_test!(a_request_body_is_ignored);
+
+async fn health_endpoints_answer_without_a_key(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    for (path, status) in [("/healthz", "ok"), ("/readyz", "ready")] {
+        let response =
+            crate::helpers::ApiResponse::from(app.client.get(app.url(path)).send().await.unwrap())
+                .await;
+        assert_eq!(response.status, 200, "{path}");
+        assert_eq!(response.body["data"]["status"], status);
+    }
+}
+store_test!(health_endpoints_answer_without_a_key);

@@ -1,0 +1,240 @@
+//! The real binary's command line: keys, scans, migrations, and its one-line configuration errors.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use signal_scans::domain::ids::ScanId;
+use signal_scans::domain::scan::ScanStatus;
+
+use crate::helpers::{Backend, TestApp, group};
+use crate::store_test;
+
+fn signal_scans(database_url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_signal-scans"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("DATABASE_URL", database_url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the binary runs")
+}
+
+fn json_of(output: &Output) -> Value {
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|_| panic!("JSON on stdout: {output:?}"))
+}
+
+async fn keys_create_list_and_revoke_work_end_to_end(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let url = app.db.url.clone();
+
+    // Create: the secret is printed once, with what the key may do.
+    let created = json_of(&signal_scans(
+        &url,
+        &[
+            "keys",
+            "create",
+            "--name",
+            "ci",
+            "--permission",
+            "signals:write",
+            "--account-group",
+            group.as_str(),
+            "--expires-in",
+            "3600",
+            "--json",
+        ],
+    ));
+    let secret = created["key"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("ssk_"));
+    assert_eq!(created["name"], "ci");
+    assert_eq!(created["permissions"], serde_json::json!(["signals:write"]));
+    assert_eq!(
+        created["accountGroups"],
+        serde_json::json!([group.as_str()])
+    );
+    assert!(created["expiresAt"].is_string());
+    let id = created["id"].as_str().unwrap().to_owned();
+
+    // A scan made by the CLI cancels with that key.
+    let scan = json_of(&signal_scans(
+        &url,
+        &[
+            "scans",
+            "create",
+            "--account-group",
+            group.as_str(),
+            "--status",
+            "running",
+            "--json",
+        ],
+    ));
+    assert_eq!(scan["status"], "running");
+    let scan_id = ScanId::parse(scan["scanId"].as_str().unwrap()).unwrap();
+    let response = app
+        .cancel(Some(&secret), group.as_str(), scan_id.as_str())
+        .await;
+    assert_eq!(response.status, 200, "{response:?}");
+
+    // List never shows a secret.
+    let listed = signal_scans(&url, &["keys", "list", "--json"]);
+    let text = String::from_utf8(listed.stdout.clone()).unwrap();
+    assert!(
+        !text.contains(&secret) && !text.contains("\"key\""),
+        "{text}"
+    );
+    let listed = json_of(&listed);
+    assert_eq!(listed[0]["id"], id.as_str());
+    let table = signal_scans(&url, &["keys", "list"]);
+    assert!(!String::from_utf8(table.stdout).unwrap().contains(&secret));
+
+    // Revoke: the key stops working.
+    let revoked = signal_scans(&url, &["keys", "revoke", &id]);
+    assert!(revoked.status.success(), "{revoked:?}");
+    let another = app.scan(&group, ScanStatus::Queued).await;
+    let response = app
+        .cancel(Some(&secret), group.as_str(), another.as_str())
+        .await;
+    response.assert_error(401, "UNAUTHORIZED");
+    let unknown = signal_scans(&url, &["keys", "revoke", &uuid::Uuid::new_v4().to_string()]);
+    assert!(!unknown.status.success());
+}
+store_test!(keys_create_list_and_revoke_work_end_to_end);
+
+async fn keys_create_refuses_bad_input_in_one_line(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let url = app.db.url.clone();
+    for (args, names) in [
+        (
+            vec![
+                "keys",
+                "create",
+                "--name",
+                "x",
+                "--permission",
+                "signals:admin",
+                "--all-account-groups",
+            ],
+            "signals:admin",
+        ),
+        (
+            vec![
+                "keys",
+                "create",
+                "--name",
+                "x",
+                "--permission",
+                "signals:read",
+            ],
+            "--account-group",
+        ),
+        (
+            vec![
+                "keys",
+                "create",
+                "--name",
+                "x",
+                "--permission",
+                "signals:read",
+                "--account-group",
+                "nope",
+            ],
+            "nope",
+        ),
+        (vec!["scans", "create", "--account-group", "nope"], "nope"),
+        (
+            vec![
+                "scans",
+                "create",
+                "--account-group",
+                "507f1f77bcf86cd799439011",
+                "--status",
+                "done",
+            ],
+            "done",
+        ),
+    ] {
+        let output = signal_scans(&url, &args);
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(!output.status.success(), "{args:?}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(names), "{args:?}: {stderr}");
+    }
+    assert!(
+        app.store.list_keys().await.unwrap().is_empty(),
+        "nothing was created"
+    );
+}
+store_test!(keys_create_refuses_bad_input_in_one_line);
+
+#[test]
+fn a_missing_or_bad_setting_is_one_line_naming_it() {
+    for (env, args, named) in [
+        (vec![], vec!["migrate"], "DATABASE_URL"),
+        (
+            vec![
+                ("DATABASE_URL", "postgres://x@127.0.0.1:1/x"),
+                ("DB_TIMEOUT_MS", "soon"),
+            ],
+            vec!["migrate"],
+            "DB_TIMEOUT_MS",
+        ),
+        (
+            vec![
+                ("DATABASE_URL", "postgres://x@127.0.0.1:1/x"),
+                ("LISTEN_ADDR", "nowhere"),
+            ],
+            vec!["serve"],
+            "LISTEN_ADDR",
+        ),
+        (
+            vec![
+                ("DATABASE_URL", "postgres://x@127.0.0.1:1/x"),
+                ("RATE_LIMIT_PER_SECOND", "0"),
+            ],
+            vec!["serve"],
+            "RATE_LIMIT_PER_SECOND",
+        ),
+        (
+            vec![
+                ("DATABASE_URL", "postgres://x@127.0.0.1:1/x"),
+                ("LOG_FORMAT", "xml"),
+            ],
+            vec!["serve"],
+            "LOG_FORMAT",
+        ),
+        (
+            vec![("DATABASE_URL", "mysql://x@127.0.0.1/x")],
+            vec!["migrate"],
+            "DATABASE_URL",
+        ),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_signal-scans"))
+            .args(&args)
+            .env_clear()
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(!output.status.success(), "{env:?}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{env:?}: {stderr}");
+        assert!(stderr.contains(named), "{env:?}: {stderr}");
+    }
+}
+
+#[test]
+fn an_unreachable_database_fails_migrate_without_leaking_the_password() {
+    let output = Command::new(env!("CARGO_BIN_EXE_signal-scans"))
+        .arg("migrate")
+        .env_clear()
+        .env("DATABASE_URL", "postgres://app:hunter2@127.0.0.1:1/x")
+        .env("DB_TIMEOUT_MS", "500")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(!output.status.success());
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
+}

@@ -1,0 +1,386 @@
+//! Shared test fixtures: a fresh database per test, the app on port 0, and envelope assertions.
+
+pub mod proxy;
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use secrecy::SecretString;
+use serde_json::Value;
+use signal_scans::app::{AppState, Application};
+use signal_scans::domain::ids::{AccountGroupId, ScanId};
+use signal_scans::domain::keys::{AccountGroupAccess, NewApiKey, Permission};
+use signal_scans::domain::scan::ScanStatus;
+use signal_scans::http::rate_limit::RateLimit;
+use signal_scans::store::{KeyToCreate, Store, StoreOptions};
+use sqlx::{Connection, Executor, PgConnection};
+use time::OffsetDateTime;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// Generates one `#[tokio::test]` per store for an `async fn(Backend)`, so the same suite runs
+/// against each store.
+#[macro_export]
+macro_rules! store_test {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::helpers::Backend::Postgres).await
+            }
+        }
+    };
+}
+
+/// Which store a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+}
+
+/// A database that exists for one test and is dropped after it.
+pub struct TestDatabase {
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+impl TestDatabase {
+    pub async fn create(backend: Backend) -> Self {
+        match backend {
+            Backend::Postgres => Self::create_postgres().await,
+        }
+    }
+
+    async fn create_postgres() -> Self {
+        let admin_url =
+            std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_owned());
+        let mut admin = PgConnection::connect(&admin_url).await.unwrap_or_else(|error| {
+            panic!(
+                "PostgreSQL is not reachable ({error}). The PostgreSQL tests need a server: set \
+                 TEST_DATABASE_URL to an admin URL that may create databases (default \
+                 {DEFAULT_ADMIN_URL}), or start the local one with \
+                 `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`."
+            )
+        });
+        let name = format!("signal_scans_test_{}", Uuid::new_v4().simple());
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
+            .await
+            .expect("create test database");
+        let mut url = url::Url::parse(&admin_url).expect("TEST_DATABASE_URL is a URL");
+        url.set_path(&name);
+        Self {
+            url: url.to_string(),
+            admin_url,
+            name,
+        }
+    }
+}
+
+impl TestDatabase {
+    /// The address of the database server, for a proxy to forward to.
+    pub async fn server_addr(&self) -> SocketAddr {
+        let url = url::Url::parse(&self.url).unwrap();
+        let host = url.host_str().expect("database URL has a host");
+        tokio::net::lookup_host((host, url.port().unwrap_or(5432)))
+            .await
+            .expect("database host resolves")
+            .next()
+            .expect("database host has an address")
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // Drop cannot await; a short-lived runtime on its own thread does the cleanup.
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            runtime.block_on(async {
+                if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
+                    let _ = admin
+                        .execute(sqlx::AssertSqlSafe(format!(
+                            r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#
+                        )))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// How the app under test is configured.
+pub struct Settings {
+    pub rate_limit: RateLimit,
+    pub db_timeout: Duration,
+    pub request_timeout: Duration,
+    /// Routes merged in under the real middleware (e.g. one that panics).
+    pub extra_routes: axum::Router<AppState>,
+    /// Connect the app to its database through a [`proxy::Proxy`] the test can cut.
+    pub through_proxy: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            rate_limit: RateLimit {
+                per_second: NonZeroU32::new(1000).unwrap(),
+                burst: NonZeroU32::new(1000).unwrap(),
+            },
+            db_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(10),
+            extra_routes: axum::Router::new(),
+            through_proxy: false,
+        }
+    }
+}
+
+/// The application, serving on a free port of 127.0.0.1, with its own database.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    /// A store on the test database directly (not through any proxy), for arranging and asserting.
+    pub store: Store,
+    pub db: TestDatabase,
+    /// Present when spawned with `through_proxy`.
+    pub proxy: Option<proxy::Proxy>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+static TELEMETRY: AtomicBool = AtomicBool::new(false);
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, Settings::default()).await
+    }
+
+    pub async fn spawn_with(backend: Backend, settings: Settings) -> Self {
+        if !TELEMETRY.swap(true, Ordering::SeqCst) && std::env::var_os("TEST_LOG").is_some() {
+            signal_scans::telemetry::init(signal_scans::telemetry::LogFormat::Text);
+        }
+        let db = TestDatabase::create(backend).await;
+        let store = Store::connect(&store_options(&db.url, Duration::from_secs(10))).unwrap();
+        store
+            .migrate()
+            .await
+            .expect("migrations run on a fresh database");
+
+        let proxy = match settings.through_proxy {
+            true => Some(proxy::Proxy::start(db.server_addr().await).await),
+            false => None,
+        };
+        let app_url = match &proxy {
+            Some(proxy) => proxy.url_for(&db.url),
+            None => db.url.clone(),
+        };
+        let app_store = Store::connect(&store_options(&app_url, settings.db_timeout)).unwrap();
+        let state = AppState::new(app_store, settings.rate_limit, settings.request_timeout);
+        let router = signal_scans::http::router_with(state, settings.extra_routes);
+        let application = Application::bind("127.0.0.1:0".parse().unwrap(), router)
+            .await
+            .expect("bind port 0");
+        let addr = application.local_addr().unwrap();
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let server = tokio::spawn(application.serve(async {
+            let _ = stop.await;
+        }));
+        Self {
+            addr,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            store,
+            db,
+            proxy,
+            shutdown: Some(shutdown),
+            server: Some(server),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Asks the server to stop and waits until it has: in-flight requests finish first.
+    pub async fn shut_down(&mut self) -> std::io::Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        match self.server.take() {
+            Some(server) => server.await.expect("server task"),
+            None => Ok(()),
+        }
+    }
+
+    /// A key with `permissions` on `access`; returns (secret, key id).
+    pub async fn key_with(
+        &self,
+        permissions: &[Permission],
+        access: AccountGroupAccess,
+        expires_at: Option<OffsetDateTime>,
+    ) -> (String, Uuid) {
+        let new_key = NewApiKey::generate();
+        let key = self
+            .store
+            .create_key(&KeyToCreate {
+                name: "test key".into(),
+                hash: new_key.hash,
+                permissions: permissions.to_vec(),
+                access,
+                expires_at,
+            })
+            .await
+            .expect("create key");
+        (new_key.secret, key.id)
+    }
+
+    /// A `signals:write` key on `group`.
+    pub async fn writer(&self, group: &AccountGroupId) -> String {
+        self.key_with(
+            &[Permission::SignalsWrite],
+            AccountGroupAccess::Only(vec![group.clone()]),
+            None,
+        )
+        .await
+        .0
+    }
+
+    pub async fn scan(&self, group: &AccountGroupId, status: ScanStatus) -> ScanId {
+        self.store
+            .create_scan(group, status)
+            .await
+            .expect("create scan")
+            .id
+    }
+
+    pub async fn status_of(&self, scan: &ScanId) -> ScanStatus {
+        self.store
+            .find_scan(None, scan)
+            .await
+            .expect("read scan")
+            .expect("scan exists")
+            .status
+    }
+
+    /// `POST …/cancel` with `key` as a Bearer token (none when `None`).
+    pub async fn cancel(&self, key: Option<&str>, group: &str, scan: &str) -> ApiResponse {
+        let mut request = self.client.post(self.url(&cancel_path(group, scan)));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        ApiResponse::from(request.send().await.expect("request is answered")).await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+pub fn store_options(url: &str, timeout: Duration) -> StoreOptions {
+    StoreOptions {
+        url: SecretString::from(url.to_owned()),
+        timeout,
+        max_connections: 10,
+    }
+}
+
+pub fn cancel_path(group: &str, scan: &str) -> String {
+    format!("/v1/accounts/{group}/signals/scans/{scan}/cancel")
+}
+
+/// A response read whole: status, headers and the JSON body.
+#[derive(Debug)]
+pub struct ApiResponse {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl ApiResponse {
+    pub async fn from(response: reqwest::Response) -> Self {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("body is readable");
+        let body = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("{status}: body is not JSON: {text:?}"));
+        let response = Self {
+            status,
+            headers,
+            body,
+        };
+        response.assert_is_envelope();
+        response
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().expect("ASCII header"))
+    }
+
+    /// Every response, success or not, is the documented envelope with a trace id that matches
+    /// the `X-Request-Id` header.
+    fn assert_is_envelope(&self) {
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "{self:?}"
+        );
+        let object = self.body.as_object().expect("body is an object");
+        let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["data", "error", "success", "traceId"], "{self:?}");
+        let trace_id = self.body["traceId"].as_str().expect("traceId is a string");
+        assert!(!trace_id.is_empty());
+        assert_eq!(self.header("x-request-id"), Some(trace_id));
+        let success = self.body["success"].as_bool().expect("success is a bool");
+        assert_eq!(success, self.status.is_success(), "{self:?}");
+        if success {
+            assert!(self.body["error"].is_null(), "{self:?}");
+        } else {
+            assert!(self.body["data"].is_null(), "{self:?}");
+            let error = self.body["error"].as_object().expect("error is an object");
+            let mut keys: Vec<&str> = error.keys().map(String::as_str).collect();
+            keys.sort_unstable();
+            assert_eq!(keys, ["code", "details", "message"], "{self:?}");
+            assert!(error["code"].is_string() && error["message"].is_string());
+            assert!(error["details"].is_string() || error["details"].is_null());
+        }
+    }
+
+    /// Asserts an error answer and returns its `details`.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str) -> String {
+        assert_eq!(self.status.as_u16(), status, "{self:?}");
+        assert_eq!(self.body["error"]["code"], code, "{self:?}");
+        self.body["error"]["details"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    pub fn trace_id(&self) -> &str {
+        self.body["traceId"].as_str().unwrap()
+    }
+}
+
+/// `n` fresh ids that name nothing.
+pub fn group() -> AccountGroupId {
+    AccountGroupId::generate()
+}

@@ -1,0 +1,12 @@
+//! Integration tests: the real router on a real port, over real HTTP, against a real database.
+//! Every test gets a fresh database of its own.
+
+mod helpers;
+
+mod auth;
+mod cancel;
+mod cli;
+mod concurrency;
+mod faults;
+mod rate_limit;
+mod trace_id;
