@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::app::{self, AppState, Application};
-use crate::config::{DatabaseArgs, ServeArgs, redact_url};
+use crate::config::{DEFAULT_DATABASE_URL, DatabaseArgs, ServeArgs, redact_url};
 use crate::domain::ids::AccountGroupId;
 use crate::domain::keys::{AccountGroupAccess, ApiKey, NewApiKey, Permission};
 use crate::domain::scan::{Scan, ScanStatus};
@@ -196,13 +196,20 @@ async fn migrated_store(database: &DatabaseArgs) -> Result<Store, String> {
     store.migrate().await.map_err(|e| {
         format!(
             "cannot migrate the database at {}: {e}",
-            redact_url(&database.database_url)
+            redact_url(database.url())
         )
     })?;
     Ok(store)
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
+    if args.database.is_default() {
+        tracing::info!(
+            database = DEFAULT_DATABASE_URL,
+            "DATABASE_URL is not set: using the embedded SQLite store; for production set \
+             DATABASE_URL=postgres://user:password@host:5432/signal_scans"
+        );
+    }
     let store = migrated_store(&args.database).await?;
     let state = AppState::new(store, args.rate_limit(), args.request_timeout());
     let application = Application::bind(args.listen_addr, app::build_router(state))
@@ -211,7 +218,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let addr = application.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(
         listen.addr = %addr,
-        database = %redact_url(&args.database.database_url),
+        database = %redact_url(args.database.url()),
         "signal-scans is serving"
     );
     application

@@ -14,9 +14,10 @@ use crate::store::StoreOptions;
 /// How to reach the database: shared by every command that needs it.
 #[derive(Args, Clone)]
 pub struct DatabaseArgs {
-    /// PostgreSQL URL, e.g. postgres://user:password@host:5432/signal_scans
+    /// postgres://user:password@host:5432/db for PostgreSQL, or sqlite://path/to/file.db for the
+    /// embedded store [default: sqlite://data/signal-scans.db]
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
+    pub database_url: Option<String>,
 
     /// Every database call answers within this many milliseconds, or the request gets a 502.
     #[arg(long, env = "DB_TIMEOUT_MS", default_value_t = 2000,
@@ -29,10 +30,22 @@ pub struct DatabaseArgs {
     pub db_max_connections: u32,
 }
 
+/// The embedded store, used when `DATABASE_URL` is not set.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/signal-scans.db";
+
 impl DatabaseArgs {
+    /// The database to use: `DATABASE_URL`, else the embedded default.
+    pub fn url(&self) -> &str {
+        self.database_url.as_deref().unwrap_or(DEFAULT_DATABASE_URL)
+    }
+
+    pub fn is_default(&self) -> bool {
+        self.database_url.is_none()
+    }
+
     pub fn store_options(&self) -> StoreOptions {
         StoreOptions {
-            url: SecretString::from(self.database_url.clone()),
+            url: SecretString::from(self.url()),
             timeout: Duration::from_millis(self.db_timeout_ms),
             max_connections: self.db_max_connections,
         }
@@ -42,7 +55,7 @@ impl DatabaseArgs {
 impl fmt::Debug for DatabaseArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DatabaseArgs")
-            .field("database_url", &redact_url(&self.database_url))
+            .field("database_url", &redact_url(self.url()))
             .field("db_timeout_ms", &self.db_timeout_ms)
             .field("db_max_connections", &self.db_max_connections)
             .finish()
@@ -120,7 +133,7 @@ mod tests {
     #[test]
     fn debug_of_database_settings_hides_the_password() {
         let args = DatabaseArgs {
-            database_url: "postgres://app:hunter2@db/scans".into(),
+            database_url: Some("postgres://app:hunter2@db/scans".into()),
             db_timeout_ms: 2000,
             db_max_connections: 10,
         };

@@ -1,7 +1,9 @@
 //! Everything that knows SQL. The rest of the service talks to [`Store`] and never to a driver.
 
 mod postgres;
+mod sqlite;
 
+use std::future::Future;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -9,6 +11,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
 
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash, Permission};
@@ -70,6 +73,7 @@ pub struct StoreOptions {
 #[derive(Clone)]
 pub enum Store {
     Postgres(PgStore),
+    Sqlite(SqliteStore),
 }
 
 impl Store {
@@ -79,8 +83,9 @@ impl Store {
         let url = options.url.expose_secret();
         match url.split_once("://").map(|(scheme, _)| scheme) {
             Some("postgres" | "postgresql") => Ok(Store::Postgres(PgStore::connect(options)?)),
+            Some("sqlite") => Ok(Store::Sqlite(SqliteStore::connect(options)?)),
             _ => Err(StoreError::Config(
-                "DATABASE_URL must start with postgres://".into(),
+                "DATABASE_URL must start with postgres:// or sqlite://".into(),
             )),
         }
     }
@@ -88,6 +93,7 @@ impl Store {
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self {
             Store::Postgres(store) => store.migrate().await,
+            Store::Sqlite(store) => store.migrate().await,
         }
     }
 
@@ -95,24 +101,28 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {
             Store::Postgres(store) => store.ping().await,
+            Store::Sqlite(store) => store.ping().await,
         }
     }
 
     pub async fn find_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
         match self {
             Store::Postgres(store) => store.find_key(hash).await,
+            Store::Sqlite(store) => store.find_key(hash).await,
         }
     }
 
     pub async fn create_key(&self, key: &KeyToCreate) -> Result<ApiKey, StoreError> {
         match self {
             Store::Postgres(store) => store.create_key(key).await,
+            Store::Sqlite(store) => store.create_key(key).await,
         }
     }
 
     pub async fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
         match self {
             Store::Postgres(store) => store.list_keys().await,
+            Store::Sqlite(store) => store.list_keys().await,
         }
     }
 
@@ -120,6 +130,7 @@ impl Store {
     pub async fn revoke_key(&self, id: Uuid) -> Result<Option<ApiKey>, StoreError> {
         match self {
             Store::Postgres(store) => store.revoke_key(id).await,
+            Store::Sqlite(store) => store.revoke_key(id).await,
         }
     }
 
@@ -131,6 +142,7 @@ impl Store {
     ) -> Result<Scan, StoreError> {
         match self {
             Store::Postgres(store) => store.create_scan(group, status).await,
+            Store::Sqlite(store) => store.create_scan(group, status).await,
         }
     }
 
@@ -142,6 +154,7 @@ impl Store {
     ) -> Result<Option<Scan>, StoreError> {
         match self {
             Store::Postgres(store) => store.find_scan(group, scan).await,
+            Store::Sqlite(store) => store.find_scan(group, scan).await,
         }
     }
 
@@ -149,6 +162,7 @@ impl Store {
     pub async fn scan_events(&self, scan: &ScanId) -> Result<Vec<ScanEvent>, StoreError> {
         match self {
             Store::Postgres(store) => store.scan_events(scan).await,
+            Store::Sqlite(store) => store.scan_events(scan).await,
         }
     }
 
@@ -163,6 +177,55 @@ impl Store {
     ) -> Result<Transition, StoreError> {
         match self {
             Store::Postgres(store) => store.transition(group, scan, to, actor).await,
+            Store::Sqlite(store) => store.transition(group, scan, to, actor).await,
         }
     }
+}
+
+/// Runs `query`, failing as [`StoreError::Unavailable`] when the database does not answer within
+/// `timeout` (connection acquisition included).
+async fn bounded<T>(
+    timeout: Duration,
+    query: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(timeout, query).await {
+        Ok(result) => result.map_err(classify),
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "no answer within {} ms",
+            timeout.as_millis()
+        ))),
+    }
+}
+
+/// Sorts driver errors into "try again later" (502) and "something is wrong" (500).
+fn classify(error: sqlx::Error) -> StoreError {
+    let unavailable = match &error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| is_transient_code(&code)),
+        _ => false,
+    };
+    if unavailable {
+        StoreError::Unavailable(error.to_string())
+    } else {
+        StoreError::Internal(error.to_string())
+    }
+}
+
+/// PostgreSQL SQLSTATE classes 08 (connection), 53 (resources) and 57 (operator intervention,
+/// statement timeout); SQLite's BUSY (5) and LOCKED (6), with their extended codes.
+fn is_transient_code(code: &str) -> bool {
+    if code.starts_with("08") || code.starts_with("53") || code.starts_with("57") {
+        return true;
+    }
+    code.parse::<i32>()
+        .is_ok_and(|sqlite| matches!(sqlite & 0xff, 5 | 6))
+}
+
+fn parse_status(raw: &str) -> Result<ScanStatus, StoreError> {
+    raw.parse()
+        .map_err(|e: crate::domain::scan::UnknownStatus| StoreError::Corrupt(e.to_string()))
 }

@@ -9,7 +9,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{KeyToCreate, StoreError, StoreOptions, Transition};
+use super::{KeyToCreate, StoreError, StoreOptions, Transition, bounded, classify, parse_status};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash, Permission};
 use crate::domain::scan::{Scan, ScanEvent, ScanStatus};
@@ -45,18 +45,11 @@ impl PgStore {
         })
     }
 
-    /// Runs `query`, failing as [`StoreError::Unavailable`] when the database does not answer in time.
     async fn bounded<T>(
         &self,
         query: impl Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, query).await {
-            Ok(result) => result.map_err(classify),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "no answer within {} ms",
-                self.timeout.as_millis()
-            ))),
-        }
+        bounded(self.timeout, query).await
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
@@ -267,33 +260,6 @@ impl PgStore {
             }),
         }
     }
-}
-
-/// Sorts driver errors into "try again later" (502) and "something is wrong" (500).
-fn classify(error: sqlx::Error) -> StoreError {
-    let unavailable = match &error {
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::WorkerCrashed => true,
-        // Class 08: connection exceptions; 57: operator intervention (shutdown, statement
-        // timeout); 53: insufficient resources (too many connections).
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code.starts_with("08") || code.starts_with("57") || code.starts_with("53")
-        }),
-        _ => false,
-    };
-    if unavailable {
-        StoreError::Unavailable(error.to_string())
-    } else {
-        StoreError::Internal(error.to_string())
-    }
-}
-
-fn parse_status(raw: &str) -> Result<ScanStatus, StoreError> {
-    raw.parse()
-        .map_err(|e: crate::domain::scan::UnknownStatus| StoreError::Corrupt(e.to_string()))
 }
 
 #[derive(sqlx::FromRow)]

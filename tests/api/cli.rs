@@ -172,7 +172,6 @@ store_test!(keys_create_refuses_bad_input_in_one_line);
 #[test]
 fn a_missing_or_bad_setting_is_one_line_naming_it() {
     for (env, args, named) in [
-        (vec![], vec!["migrate"], "DATABASE_URL"),
         (
             vec![
                 ("DATABASE_URL", "postgres://x@127.0.0.1:1/x"),

@@ -65,7 +65,10 @@ async fn a_database_that_stops_answering_gives_502_then_recovers(backend: Backen
     assert_eq!(recovered.status, 200, "{recovered:?}");
     assert_eq!(recovered.body["data"]["previousStatus"], "queued");
 }
-store_test!(a_database_that_stops_answering_gives_502_then_recovers);
+store_test!(
+    a_database_that_stops_answering_gives_502_then_recovers,
+    postgres_only
+);
 
 async fn a_panicking_handler_is_a_500_envelope_and_the_process_keeps_serving(backend: Backend) {
     let app = TestApp::spawn_with(

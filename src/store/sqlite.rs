@@ -1,0 +1,442 @@
+//! The embedded SQLite store: WAL mode, a busy timeout, and write transactions that take the
+//! write lock up front (`BEGIN IMMEDIATE`), so concurrent requests queue instead of failing.
+
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use time::format_description::BorrowedFormatItem;
+use time::macros::format_description;
+use time::{OffsetDateTime, PrimitiveDateTime};
+use uuid::Uuid;
+
+use super::{KeyToCreate, StoreError, StoreOptions, Transition, bounded, classify, parse_status};
+use crate::domain::ids::{AccountGroupId, ScanId};
+use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash, Permission};
+use crate::domain::scan::{Scan, ScanEvent, ScanStatus};
+use crate::domain::service::Actor;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Fixed width, so that text order is time order (listing and pagination compare it in SQL), and
+/// microseconds, as PostgreSQL keeps them, so both stores answer the same instants.
+const TIMESTAMP: &[BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
+
+const SCAN_COLUMNS: &str = "id, account_group_id, status, created_at, updated_at, started_at, \
+                            finished_at, cancelled_at";
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    timeout: Duration,
+}
+
+impl SqliteStore {
+    pub fn connect(options: &StoreOptions) -> Result<Self, StoreError> {
+        let connect = SqliteConnectOptions::from_str(options.url.expose_secret())
+            .map_err(|_| StoreError::Config("DATABASE_URL is not a valid SQLite URL".into()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // Every 200 is a change on disk: FULL syncs the WAL at each commit.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(options.timeout);
+        // A fresh machine has no data/ folder yet; SQLite creates the file but not its folder.
+        if let Some(folder) = connect
+            .get_filename()
+            .parent()
+            .filter(|f| !f.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(folder).map_err(|error| {
+                StoreError::Config(format!("cannot create {}: {error}", folder.display()))
+            })?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.timeout)
+            .connect_lazy_with(connect);
+        Ok(Self {
+            pool,
+            timeout: options.timeout,
+        })
+    }
+
+    async fn bounded<T>(
+        &self,
+        query: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, StoreError> {
+        bounded(self.timeout, query).await
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await.map_err(|error| match error {
+            sqlx::migrate::MigrateError::Execute(error) => classify(error),
+            other => StoreError::Internal(other.to_string()),
+        })
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.bounded(sqlx::query("SELECT 1").execute(&self.pool))
+            .await
+            .map(drop)
+    }
+
+    pub async fn find_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
+        let row: Option<KeyRow> = self
+            .bounded(
+                sqlx::query_as(
+                    "SELECT id, name, permissions, account_group_ids, created_at, expires_at, revoked_at
+                     FROM api_keys WHERE key_hash = ?1",
+                )
+                .bind(&hash.0[..])
+                .fetch_optional(&self.pool),
+            )
+            .await?;
+        row.map(ApiKey::try_from).transpose()
+    }
+
+    pub async fn create_key(&self, key: &KeyToCreate) -> Result<ApiKey, StoreError> {
+        let permissions: Vec<&str> = key.permissions.iter().map(|p| p.as_str()).collect();
+        let groups: Option<Vec<&str>> = match &key.access {
+            AccountGroupAccess::All => None,
+            AccountGroupAccess::Only(groups) => Some(groups.iter().map(|g| g.as_str()).collect()),
+        };
+        let row: KeyRow = self
+            .bounded(
+                sqlx::query_as(
+                    "INSERT INTO api_keys
+                         (id, name, key_hash, permissions, account_group_ids, created_at, expires_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     RETURNING id, name, permissions, account_group_ids, created_at, expires_at, revoked_at",
+                )
+                .bind(Uuid::new_v4().to_string())
+                .bind(&key.name)
+                .bind(&key.hash.0[..])
+                .bind(json(&permissions)?)
+                .bind(groups.map(|groups| json(&groups)).transpose()?)
+                .bind(encode(now()))
+                .bind(key.expires_at.map(encode))
+                .fetch_one(&self.pool),
+            )
+            .await?;
+        row.try_into()
+    }
+
+    pub async fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        let rows: Vec<KeyRow> = self
+            .bounded(
+                sqlx::query_as(
+                    "SELECT id, name, permissions, account_group_ids, created_at, expires_at, revoked_at
+                     FROM api_keys ORDER BY created_at, id",
+                )
+                .fetch_all(&self.pool),
+            )
+            .await?;
+        rows.into_iter().map(ApiKey::try_from).collect()
+    }
+
+    pub async fn revoke_key(&self, id: Uuid) -> Result<Option<ApiKey>, StoreError> {
+        let row: Option<KeyRow> = self
+            .bounded(
+                sqlx::query_as(
+                    "UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?2) WHERE id = ?1
+                     RETURNING id, name, permissions, account_group_ids, created_at, expires_at, revoked_at",
+                )
+                .bind(id.to_string())
+                .bind(encode(now()))
+                .fetch_optional(&self.pool),
+            )
+            .await?;
+        row.map(ApiKey::try_from).transpose()
+    }
+
+    pub async fn create_scan(
+        &self,
+        group: &AccountGroupId,
+        status: ScanStatus,
+    ) -> Result<Scan, StoreError> {
+        let at = encode(now());
+        let reached = |statuses: &[ScanStatus]| statuses.contains(&status).then(|| at.clone());
+        let scan = ScanId::generate();
+        self.bounded(async {
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let row: ScanRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO signal_scans
+                     (id, account_group_id, status, created_at, updated_at,
+                      started_at, finished_at, cancelled_at)
+                 VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7)
+                 RETURNING {SCAN_COLUMNS}"
+            )))
+            .bind(scan.as_str())
+            .bind(group.as_str())
+            .bind(status.as_str())
+            .bind(&at)
+            .bind(reached(&[
+                ScanStatus::Running,
+                ScanStatus::Completed,
+                ScanStatus::Failed,
+            ]))
+            .bind(reached(&[
+                ScanStatus::Completed,
+                ScanStatus::Failed,
+                ScanStatus::Cancelled,
+            ]))
+            .bind(reached(&[ScanStatus::Cancelled]))
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO signal_scan_events (scan_id, from_status, to_status, occurred_at)
+                 VALUES (?1, NULL, ?2, ?3)",
+            )
+            .bind(scan.as_str())
+            .bind(status.as_str())
+            .bind(&at)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(row)
+        })
+        .await?
+        .into_scan()
+    }
+
+    pub async fn find_scan(
+        &self,
+        group: Option<&AccountGroupId>,
+        scan: &ScanId,
+    ) -> Result<Option<Scan>, StoreError> {
+        let row: Option<ScanRow> = self
+            .bounded(
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT {SCAN_COLUMNS} FROM signal_scans
+                     WHERE id = ?1 AND (?2 IS NULL OR account_group_id = ?2)"
+                )))
+                .bind(scan.as_str())
+                .bind(group.map(AccountGroupId::as_str))
+                .fetch_optional(&self.pool),
+            )
+            .await?;
+        row.map(ScanRow::into_scan).transpose()
+    }
+
+    pub async fn scan_events(&self, scan: &ScanId) -> Result<Vec<ScanEvent>, StoreError> {
+        let rows: Vec<EventRow> = self
+            .bounded(
+                sqlx::query_as(
+                    "SELECT scan_id, from_status, to_status, api_key_id, trace_id, occurred_at
+                     FROM signal_scan_events WHERE scan_id = ?1 ORDER BY id",
+                )
+                .bind(scan.as_str())
+                .fetch_all(&self.pool),
+            )
+            .await?;
+        rows.into_iter().map(EventRow::into_event).collect()
+    }
+
+    pub async fn transition(
+        &self,
+        group: Option<&AccountGroupId>,
+        scan: &ScanId,
+        to: ScanStatus,
+        actor: Actor<'_>,
+    ) -> Result<Transition, StoreError> {
+        let from: Vec<&str> = to.reachable_from().iter().map(|s| s.as_str()).collect();
+        let at = encode(now());
+        // BEGIN IMMEDIATE holds SQLite's single write lock for the whole transaction, so the
+        // status read below cannot go stale before the guarded UPDATE; the UPDATE keeps its
+        // from-status guard all the same.
+        let outcome = self
+            .bounded(async {
+                let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+                let current: Option<ScanRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT {SCAN_COLUMNS} FROM signal_scans
+                     WHERE id = ?1 AND (?2 IS NULL OR account_group_id = ?2)"
+                )))
+                .bind(scan.as_str())
+                .bind(group.map(AccountGroupId::as_str))
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(current) = current else {
+                    return Ok(None);
+                };
+                let changed: Option<ScanRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "UPDATE signal_scans
+                     SET status = ?2,
+                         updated_at = ?3,
+                         started_at = CASE WHEN ?2 = 'running' THEN ?3 ELSE started_at END,
+                         finished_at = CASE WHEN ?2 IN ('completed', 'failed', 'cancelled')
+                                            THEN ?3 ELSE finished_at END,
+                         cancelled_at = CASE WHEN ?2 = 'cancelled' THEN ?3 ELSE cancelled_at END
+                     WHERE id = ?1 AND status IN (SELECT value FROM json_each(?4))
+                     RETURNING {SCAN_COLUMNS}"
+                )))
+                .bind(scan.as_str())
+                .bind(to.as_str())
+                .bind(&at)
+                .bind(serde_json::to_string(&from).unwrap_or_default())
+                .fetch_optional(&mut *tx)
+                .await?;
+                if changed.is_some() {
+                    sqlx::query(
+                        "INSERT INTO signal_scan_events
+                             (scan_id, from_status, to_status, api_key_id, trace_id, occurred_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )
+                    .bind(scan.as_str())
+                    .bind(&current.status)
+                    .bind(to.as_str())
+                    .bind(actor.api_key_id.map(|id| id.to_string()))
+                    .bind(actor.trace_id)
+                    .bind(&at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(Some((current, changed)))
+            })
+            .await?;
+        match outcome {
+            None => Ok(Transition::NotFound),
+            Some((current, Some(changed))) => Ok(Transition::Applied {
+                previous: parse_status(&current.status)?,
+                scan: changed.into_scan()?,
+            }),
+            Some((current, None)) => Ok(Transition::Refused {
+                scan: current.into_scan()?,
+            }),
+        }
+    }
+}
+
+fn now() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_microsecond(now.microsecond())
+        .expect("microseconds of a valid instant")
+}
+
+fn encode(at: OffsetDateTime) -> String {
+    at.to_offset(time::UtcOffset::UTC)
+        .format(TIMESTAMP)
+        .expect("every UTC instant formats")
+}
+
+fn decode(raw: &str) -> Result<OffsetDateTime, StoreError> {
+    PrimitiveDateTime::parse(raw, TIMESTAMP)
+        .map(PrimitiveDateTime::assume_utc)
+        .map_err(|_| StoreError::Corrupt(format!("timestamp {raw:?}")))
+}
+
+fn decode_opt(raw: Option<&str>) -> Result<Option<OffsetDateTime>, StoreError> {
+    raw.map(decode).transpose()
+}
+
+fn json(value: &impl serde::Serialize) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Internal(e.to_string()))
+}
+
+#[derive(sqlx::FromRow)]
+struct ScanRow {
+    id: String,
+    account_group_id: String,
+    status: String,
+    created_at: String,
+    updated_at: String,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    cancelled_at: Option<String>,
+}
+
+impl ScanRow {
+    fn into_scan(self) -> Result<Scan, StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("{what} of scan {:?}", self.id));
+        Ok(Scan {
+            id: ScanId::parse(&self.id).map_err(|_| corrupt("id"))?,
+            account_group_id: AccountGroupId::parse(&self.account_group_id)
+                .map_err(|_| corrupt("account group"))?,
+            status: parse_status(&self.status)?,
+            created_at: decode(&self.created_at)?,
+            updated_at: decode(&self.updated_at)?,
+            started_at: decode_opt(self.started_at.as_deref())?,
+            finished_at: decode_opt(self.finished_at.as_deref())?,
+            cancelled_at: decode_opt(self.cancelled_at.as_deref())?,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    scan_id: String,
+    from_status: Option<String>,
+    to_status: String,
+    api_key_id: Option<String>,
+    trace_id: Option<String>,
+    occurred_at: String,
+}
+
+impl EventRow {
+    fn into_event(self) -> Result<ScanEvent, StoreError> {
+        let corrupt = || StoreError::Corrupt(format!("event of scan {:?}", self.scan_id));
+        Ok(ScanEvent {
+            scan_id: ScanId::parse(&self.scan_id).map_err(|_| corrupt())?,
+            from: self.from_status.as_deref().map(parse_status).transpose()?,
+            to: parse_status(&self.to_status)?,
+            api_key_id: self
+                .api_key_id
+                .as_deref()
+                .map(Uuid::parse_str)
+                .transpose()
+                .map_err(|_| corrupt())?,
+            trace_id: self.trace_id.clone(),
+            at: decode(&self.occurred_at)?,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    id: String,
+    name: String,
+    permissions: String,
+    account_group_ids: Option<String>,
+    created_at: String,
+    expires_at: Option<String>,
+    revoked_at: Option<String>,
+}
+
+impl TryFrom<KeyRow> for ApiKey {
+    type Error = StoreError;
+
+    fn try_from(row: KeyRow) -> Result<Self, Self::Error> {
+        let corrupt = |what: String| StoreError::Corrupt(format!("api key {}: {what}", row.id));
+        let list = |raw: &str| -> Result<Vec<String>, StoreError> {
+            serde_json::from_str(raw).map_err(|e| corrupt(e.to_string()))
+        };
+        let permissions = list(&row.permissions)?
+            .iter()
+            .map(|p| Permission::from_str(p).map_err(|e| corrupt(e.to_string())))
+            .collect::<Result<_, _>>()?;
+        let access = match row.account_group_ids.as_deref() {
+            None => AccountGroupAccess::All,
+            Some(raw) => AccountGroupAccess::Only(
+                list(raw)?
+                    .iter()
+                    .map(|g| AccountGroupId::parse(g).map_err(|e| corrupt(e.to_string())))
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
+        Ok(ApiKey {
+            id: Uuid::parse_str(&row.id).map_err(|e| corrupt(e.to_string()))?,
+            name: row.name,
+            permissions,
+            access,
+            created_at: decode(&row.created_at)?,
+            expires_at: decode_opt(row.expires_at.as_deref())?,
+            revoked_at: decode_opt(row.revoked_at.as_deref())?,
+        })
+    }
+}
