@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::app::{self, AppState, Application};
 use crate::config::{DEFAULT_DATABASE_URL, DatabaseArgs, ServeArgs, redact_url};
+use crate::demo;
 use crate::domain::ids::AccountGroupId;
 use crate::domain::keys::{AccountGroupAccess, ApiKey, NewApiKey, Permission};
 use crate::domain::scan::{Scan, ScanStatus};
@@ -211,6 +212,16 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         );
     }
     let store = migrated_store(&args.database).await?;
+    let demo = match args.demo {
+        true => {
+            let seeded = demo::seed(&store).await.map_err(|e| e.to_string())?;
+            if seeded.is_none() {
+                tracing::info!("--demo: the database already holds data; nothing was added");
+            }
+            seeded
+        }
+        false => None,
+    };
     let state = AppState::new(store, args.rate_limit(), args.request_timeout());
     let application = Application::bind(args.listen_addr, app::build_router(state))
         .await
@@ -221,6 +232,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         database = %redact_url(args.database.url()),
         "signal-scans is serving"
     );
+    if let Some(demo) = demo {
+        println!("{}", demo.instructions(addr));
+    }
     application
         .serve(app::shutdown_signal())
         .await

@@ -80,6 +80,10 @@ pub struct ServeArgs {
     #[arg(long, env = "RATE_LIMIT_BURST", default_value = "40")]
     pub rate_limit_burst: NonZeroU32,
 
+    /// On an empty database, create a demo key and scans and print curl commands to try.
+    #[arg(long)]
+    pub demo: bool,
+
     /// A request that has not finished after this many milliseconds answers 500.
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]

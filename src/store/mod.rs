@@ -105,6 +105,14 @@ impl Store {
         }
     }
 
+    /// True when the database holds no API key and no scan (a fresh install).
+    pub async fn is_empty(&self) -> Result<bool, StoreError> {
+        match self {
+            Store::Postgres(store) => store.is_empty().await,
+            Store::Sqlite(store) => store.is_empty().await,
+        }
+    }
+
     pub async fn find_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
         match self {
             Store::Postgres(store) => store.find_key(hash).await,

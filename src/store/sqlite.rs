@@ -86,6 +86,16 @@ impl SqliteStore {
             .map(drop)
     }
 
+    pub async fn is_empty(&self) -> Result<bool, StoreError> {
+        self.bounded(
+            sqlx::query_scalar(
+                "SELECT NOT EXISTS (SELECT 1 FROM api_keys) AND NOT EXISTS (SELECT 1 FROM signal_scans)",
+            )
+            .fetch_one(&self.pool),
+        )
+        .await
+    }
+
     pub async fn find_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
         let row: Option<KeyRow> = self
             .bounded(

@@ -7,6 +7,7 @@ mod auth;
 mod cancel;
 mod cli;
 mod concurrency;
+mod demo;
 mod faults;
 mod rate_limit;
 mod trace_id;

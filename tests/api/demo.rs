@@ -1,0 +1,104 @@
+//! `serve --demo`: the printed curl commands each give the outcome they promise.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::helpers::{ApiResponse, Backend, TestDatabase};
+use crate::store_test;
+
+fn serve_demo(database_url: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_signal-scans"))
+        .args(["serve", "--demo", "--listen-addr", "127.0.0.1:0"])
+        .env("DATABASE_URL", database_url)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts")
+}
+
+/// Reads `(expected status, curl command)` pairs until the last one (the 400) is printed.
+async fn read_instructions(child: &mut Child) -> Vec<(u16, String)> {
+    // Drain stderr (logs) so the server never blocks on a full pipe.
+    let mut logs = BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::spawn(async move { while let Ok(Some(_)) = logs.next_line().await {} });
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut steps = Vec::new();
+    let mut expected = None;
+    let read = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(heading) = line.strip_prefix("# ") {
+                expected = Some(heading[..3].parse::<u16>().expect("heading starts with a status"));
+            } else if line.starts_with("curl ") {
+                steps.push((expected.take().expect("a heading before each command"), line));
+                if steps.last().unwrap().0 == 400 {
+                    break;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("the demo prints its commands");
+    // Keep stdout open while the server runs: a closed pipe would fail its next write.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    steps
+}
+
+/// Sends what a printed `curl -s -X POST [-H 'Authorization: Bearer KEY'] URL` would send.
+async fn run_curl(client: &reqwest::Client, command: &str) -> ApiResponse {
+    let url = command.split_whitespace().last().unwrap();
+    let mut request = client.post(url);
+    if let Some(start) = command.find("-H '") {
+        let header = &command[start + 4..];
+        let header = &header[..header.find('\'').unwrap()];
+        let (name, value) = header.split_once(": ").unwrap();
+        request = request.header(name, value);
+    }
+    ApiResponse::from(request.send().await.unwrap()).await
+}
+
+async fn the_demos_curl_commands_give_the_outcomes_they_promise(backend: Backend) {
+    let db = TestDatabase::create(backend).await;
+    let client = reqwest::Client::new();
+    let mut server = serve_demo(&db.url);
+
+    let steps = read_instructions(&mut server).await;
+
+    let statuses: Vec<u16> = steps.iter().map(|(status, _)| *status).collect();
+    assert_eq!(statuses, [200, 200, 401, 403, 404, 422, 400]);
+    let mut answers = Vec::new();
+    for (expected, command) in &steps {
+        let response = run_curl(&client, command).await;
+        assert_eq!(response.status.as_u16(), *expected, "{command}: {response:?}");
+        answers.push(response);
+    }
+    assert_eq!(answers[0].body["data"]["previousStatus"], "queued");
+    assert_eq!(answers[1].body["data"]["previousStatus"], "cancelled");
+    assert_eq!(
+        answers[0].body["data"]["cancelledAt"],
+        answers[1].body["data"]["cancelledAt"]
+    );
+    server.kill().await.unwrap();
+
+    // A second start on the same data adds nothing and says so.
+    let mut again = serve_demo(&db.url);
+    let mut stderr = BufReader::new(again.stderr.take().unwrap()).lines();
+    let said = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            if line.contains("already holds data") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .expect("the second start logs its decision");
+    assert!(said);
+    again.kill().await.unwrap();
+}
+store_test!(the_demos_curl_commands_give_the_outcomes_they_promise);
