@@ -10,11 +10,13 @@ use uuid::Uuid;
 use crate::app::{self, AppState, Application};
 use crate::config::{DEFAULT_DATABASE_URL, DatabaseArgs, ServeArgs, redact_url};
 use crate::demo;
-use crate::domain::ids::AccountGroupId;
+use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, NewApiKey, Permission};
-use crate::domain::scan::{Scan, ScanStatus};
+use crate::domain::scan::{Scan, ScanStatus, UnknownStatus};
+use crate::domain::service::{Actor, ScanService, ServiceError};
 use crate::store::{KeyToCreate, Store};
 use crate::telemetry::{self, LogFormat};
+use crate::watch;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -113,6 +115,33 @@ pub enum ScansCommand {
         account_group: AccountGroupId,
         #[arg(long, default_value = "queued")]
         status: ScanStatus,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move a scan as a runner does (queued → running → completed | failed), guarded by the
+    /// state machine; exits non-zero naming the current status when the move is not allowed.
+    Transition {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        scan_id: ScanId,
+        #[arg(long, value_parser = ["running", "completed", "failed"])]
+        to: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one JSON line per status change as it happens.
+    Watch {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Only changes of this account group.
+        #[arg(long)]
+        account_group: Option<AccountGroupId>,
+    },
+    /// Show a scan.
+    Show {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        scan_id: ScanId,
         #[arg(long)]
         json: bool,
     },
@@ -429,6 +458,68 @@ async fn scans(command: ScansCommand) -> Result<(), String> {
             }
             println!("{} {}", scan.id, scan.status);
             Ok(())
+        }
+        ScansCommand::Transition {
+            database,
+            scan_id,
+            to,
+            json,
+        } => {
+            let to: ScanStatus = to.parse().map_err(|e: UnknownStatus| e.to_string())?;
+            let service = ScanService::new(migrated_store(&database).await?);
+            let actor = Actor {
+                api_key_id: None,
+                trace_id: None,
+            };
+            match service.advance(&scan_id, to, actor).await {
+                Ok(scan) if json => print_json(&scan),
+                Ok(scan) => {
+                    println!("{} {}", scan.id, scan.status);
+                    Ok(())
+                }
+                Err(ServiceError::InvalidTransition { current, requested }) => Err(format!(
+                    "scan {scan_id} is {current}; it cannot move to {requested}"
+                )),
+                Err(ServiceError::ScanNotFound) => Err(format!("no scan with id {scan_id}")),
+                Err(other) => Err(other.to_string()),
+            }
+        }
+        ScansCommand::Show {
+            database,
+            scan_id,
+            json,
+        } => {
+            let store = migrated_store(&database).await?;
+            let scan = store
+                .find_scan(None, &scan_id)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no scan with id {scan_id}"))?;
+            if json {
+                return print_json(&scan);
+            }
+            println!("scan          {}", scan.id);
+            println!("account group {}", scan.account_group_id);
+            println!("status        {}", scan.status);
+            for (label, at) in [
+                ("created", Some(scan.created_at)),
+                ("updated", Some(scan.updated_at)),
+                ("started", scan.started_at),
+                ("finished", scan.finished_at),
+                ("cancelled", scan.cancelled_at),
+            ] {
+                println!("{label:<13} {}", rfc3339(at));
+            }
+            Ok(())
+        }
+        ScansCommand::Watch {
+            database,
+            account_group,
+        } => {
+            let store = migrated_store(&database).await?;
+            watch::run(&store, account_group.as_ref())
+                .await
+                .map_err(|e| e.to_string())
         }
     }
 }

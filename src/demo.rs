@@ -63,13 +63,49 @@ impl Demo {
         let other_group = "aaaaaaaaaaaaaaaaaaaaaaaa";
         let unknown_scan = ScanId::parse("000000000000000000000000").expect("a valid id");
         let steps = [
-            ("200: cancel a queued scan", format!("curl -s -X POST {auth} {}", url(group, self.queued.as_str()))),
-            ("200 again: a repeated cancel answers the same cancelledAt, previousStatus cancelled", format!("curl -s -X POST {auth} {}", url(group, self.queued.as_str()))),
-            ("401: no API key", format!("curl -s -X POST {}", url(group, self.queued.as_str()))),
-            ("403: an account group this key may not reach", format!("curl -s -X POST {auth} {}", url(other_group, self.queued.as_str()))),
-            ("404: no such scan in this account group", format!("curl -s -X POST {auth} {}", url(group, unknown_scan.as_str()))),
-            ("422: a completed scan cannot be cancelled", format!("curl -s -X POST {auth} {}", url(group, self.completed.as_str()))),
-            ("400: a malformed scan id", format!("curl -s -X POST {auth} {}", url(group, "not-an-id"))),
+            (
+                "200: cancel a queued scan",
+                format!(
+                    "curl -s -X POST {auth} {}",
+                    url(group, self.queued.as_str())
+                ),
+            ),
+            (
+                "200 again: a repeated cancel answers the same cancelledAt, previousStatus cancelled",
+                format!(
+                    "curl -s -X POST {auth} {}",
+                    url(group, self.queued.as_str())
+                ),
+            ),
+            (
+                "401: no API key",
+                format!("curl -s -X POST {}", url(group, self.queued.as_str())),
+            ),
+            (
+                "403: an account group this key may not reach",
+                format!(
+                    "curl -s -X POST {auth} {}",
+                    url(other_group, self.queued.as_str())
+                ),
+            ),
+            (
+                "404: no such scan in this account group",
+                format!(
+                    "curl -s -X POST {auth} {}",
+                    url(group, unknown_scan.as_str())
+                ),
+            ),
+            (
+                "422: a completed scan cannot be cancelled",
+                format!(
+                    "curl -s -X POST {auth} {}",
+                    url(group, self.completed.as_str())
+                ),
+            ),
+            (
+                "400: a malformed scan id",
+                format!("curl -s -X POST {auth} {}", url(group, "not-an-id")),
+            ),
         ];
         let mut text = format!(
             "\nDemo data created: API key (signals:read, signals:write) for account group {group},\n\

@@ -11,3 +11,4 @@ pub mod domain;
 pub mod http;
 pub mod store;
 pub mod telemetry;
+pub mod watch;

@@ -15,7 +15,7 @@ use super::ids::{AccountGroupId, ScanId};
 ///    └──────────┴──────► cancelled
 /// ```
 /// `completed`, `failed` and `cancelled` are final.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ScanStatus {
     Queued,
@@ -87,17 +87,71 @@ impl FromStr for ScanStatus {
     }
 }
 
-/// A scan as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A scan as stored; serialized as the API shows it (nulls where a moment was not reached).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Scan {
+    #[serde(rename = "scanId")]
     pub id: ScanId,
+    #[serde(skip)]
     pub account_group_id: AccountGroupId,
     pub status: ScanStatus,
+    #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
     pub started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
     pub finished_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
     pub cancelled_at: Option<OffsetDateTime>,
+}
+
+/// A status change as published to runners: `{"scanId","accountGroupId","from","to","at"}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScanChange {
+    pub scan_id: ScanId,
+    pub account_group_id: AccountGroupId,
+    pub from: ScanStatus,
+    pub to: ScanStatus,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// Where a page of scans ends: the (created_at, id) of its last scan, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanCursor {
+    pub created_at: OffsetDateTime,
+    pub id: ScanId,
+}
+
+impl ScanCursor {
+    pub fn after(scan: &Scan) -> Self {
+        Self {
+            created_at: scan.created_at,
+            id: scan.id.clone(),
+        }
+    }
+
+    /// An opaque token: clients pass it back, never build it.
+    pub fn encode(&self) -> String {
+        hex::encode(format!(
+            "{}.{}",
+            self.created_at.unix_timestamp_nanos(),
+            self.id
+        ))
+    }
+
+    pub fn decode(token: &str) -> Option<Self> {
+        let raw = String::from_utf8(hex::decode(token).ok()?).ok()?;
+        let (nanos, id) = raw.split_once('.')?;
+        Some(Self {
+            created_at: OffsetDateTime::from_unix_timestamp_nanos(nanos.parse().ok()?).ok()?,
+            id: ScanId::parse(id).ok()?,
+        })
+    }
 }
 
 /// One row of a scan's audit trail.
@@ -142,6 +196,25 @@ mod tests {
         for from in [Completed, Failed, Cancelled] {
             assert!(from.is_final());
             assert!(ScanStatus::ALL.iter().all(|to| !from.can_move_to(*to)));
+        }
+    }
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        let cursor = ScanCursor {
+            created_at: OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_000)
+                .unwrap(),
+            id: ScanId::generate(),
+        };
+        assert_eq!(ScanCursor::decode(&cursor.encode()), Some(cursor));
+        for garbage in [
+            "",
+            "zz",
+            "00",
+            &hex::encode("1.nope"),
+            &hex::encode("x.507f1f77bcf86cd799439011"),
+        ] {
+            assert_eq!(ScanCursor::decode(garbage), None, "{garbage}");
         }
     }
 

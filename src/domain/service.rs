@@ -5,8 +5,8 @@ use uuid::Uuid;
 
 use super::ids::{AccountGroupId, ScanId};
 use super::keys::{KeyHash, KeyRejected, Principal, looks_like_key};
-use super::scan::ScanStatus;
-use crate::store::{Store, StoreError, Transition};
+use super::scan::{Scan, ScanCursor, ScanEvent, ScanStatus};
+use crate::store::{ScanPageQuery, Store, StoreError, Transition};
 
 /// Who caused a status change, for the audit trail.
 #[derive(Debug, Clone, Copy)]
@@ -46,8 +46,20 @@ pub enum ServiceError {
     ScanNotFound,
     #[error("scan is {current} and cannot be cancelled")]
     NotCancellable { current: ScanStatus },
+    #[error("scan is {current}; it cannot move to {requested}")]
+    InvalidTransition {
+        current: ScanStatus,
+        requested: ScanStatus,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// One page of scans, newest first, and where the next one starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanPage {
+    pub scans: Vec<Scan>,
+    pub next: Option<ScanCursor>,
 }
 
 /// The scan operations, each checking the caller's rights before touching the store.
@@ -91,9 +103,7 @@ impl ScanService {
         scan: &ScanId,
         trace_id: &str,
     ) -> Result<Cancellation, ServiceError> {
-        if !principal.can_access(group) {
-            return Err(ServiceError::GroupForbidden(group.clone()));
-        }
+        Self::check_access(principal, group)?;
         let actor = Actor {
             api_key_id: Some(principal.key_id),
             trace_id: Some(trace_id),
@@ -117,6 +127,79 @@ impl ScanService {
             }
             Transition::Refused { scan } => Err(ServiceError::NotCancellable {
                 current: scan.status,
+            }),
+            Transition::NotFound => Err(ServiceError::ScanNotFound),
+        }
+    }
+}
+
+impl ScanService {
+    fn check_access(principal: &Principal, group: &AccountGroupId) -> Result<(), ServiceError> {
+        match principal.can_access(group) {
+            true => Ok(()),
+            false => Err(ServiceError::GroupForbidden(group.clone())),
+        }
+    }
+
+    /// A scan of `group`, as a client checks it before retrying a cancel.
+    pub async fn get_scan(
+        &self,
+        principal: &Principal,
+        group: &AccountGroupId,
+        scan: &ScanId,
+    ) -> Result<Scan, ServiceError> {
+        Self::check_access(principal, group)?;
+        self.store
+            .find_scan(Some(group), scan)
+            .await?
+            .ok_or(ServiceError::ScanNotFound)
+    }
+
+    /// A page of `group`'s scans, newest first.
+    pub async fn list_scans(
+        &self,
+        principal: &Principal,
+        group: &AccountGroupId,
+        query: &ScanPageQuery,
+    ) -> Result<ScanPage, ServiceError> {
+        Self::check_access(principal, group)?;
+        let mut scans = self.store.list_scans(group, query).await?;
+        // The store reads one extra row to tell whether another page exists.
+        let next = match scans.len() > query.limit as usize {
+            true => {
+                scans.truncate(query.limit as usize);
+                scans.last().map(ScanCursor::after)
+            }
+            false => None,
+        };
+        Ok(ScanPage { scans, next })
+    }
+
+    /// The audit trail of a scan of `group`, oldest first.
+    pub async fn scan_events(
+        &self,
+        principal: &Principal,
+        group: &AccountGroupId,
+        scan: &ScanId,
+    ) -> Result<Vec<ScanEvent>, ServiceError> {
+        self.get_scan(principal, group, scan).await?;
+        Ok(self.store.scan_events(scan).await?)
+    }
+
+    /// A runner's (or operator's) move of a scan to `to`, by the state machine: refused with the
+    /// current status when the scan has already moved on, so a late "completed" never overwrites
+    /// a cancel.
+    pub async fn advance(
+        &self,
+        scan: &ScanId,
+        to: ScanStatus,
+        actor: Actor<'_>,
+    ) -> Result<Scan, ServiceError> {
+        match self.store.transition(None, scan, to, actor).await? {
+            Transition::Applied { scan, .. } => Ok(scan),
+            Transition::Refused { scan } => Err(ServiceError::InvalidTransition {
+                current: scan.status,
+                requested: to,
             }),
             Transition::NotFound => Err(ServiceError::ScanNotFound),
         }

@@ -50,16 +50,21 @@ fn presented_key(headers: &HeaderMap) -> Result<&str, ApiError> {
     }
 }
 
-/// Route middleware: the authenticated key must hold `permission`.
+/// Route middleware: the authenticated key must hold at least one of `permissions`.
 pub async fn require_permission(
-    State(permission): State<Permission>,
+    State(permissions): State<&'static [Permission]>,
     principal: Principal,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if !principal.has(permission) {
+    if !permissions
+        .iter()
+        .any(|permission| principal.has(*permission))
+    {
+        let names: Vec<&str> = permissions.iter().map(|p| p.as_str()).collect();
         return Err(ApiError::Forbidden(format!(
-            "API key lacks the {permission} permission"
+            "API key lacks the {} permission",
+            names.join(" or ")
         )));
     }
     Ok(next.run(request).await)

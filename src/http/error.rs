@@ -1,7 +1,7 @@
 //! `ApiError`: the only place an outcome becomes a status, a code and an envelope.
 
 use axum::Json;
-use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -162,6 +162,8 @@ impl From<ServiceError> for ApiError {
                 ApiError::NotFound("no such scan in this account group".into())
             }
             ServiceError::NotCancellable { current } => ApiError::NotCancellable { current },
+            // No route moves a scan other than by cancel; reaching this is a bug.
+            error @ ServiceError::InvalidTransition { .. } => ApiError::Internal(error.to_string()),
             ServiceError::Store(error) => error.into(),
         }
     }
@@ -172,5 +174,12 @@ impl From<PathRejection> for ApiError {
         // The only way a string path parameter fails is bad percent-encoding; the raw input is
         // not echoed back.
         ApiError::Validation("path parameters must be valid percent-encoded UTF-8".into())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        // serde's message names the parameter (unknown, duplicate); it echoes no value.
+        ApiError::Validation(format!("query string: {}", rejection.body_text()))
     }
 }

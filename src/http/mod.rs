@@ -36,15 +36,29 @@ pub fn router(state: AppState) -> Router {
 /// exercise paths the API does not have (a handler that panics, one that stalls).
 pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     let request_timeout = state.request_timeout;
+    let requires = |permissions: &'static [Permission]| {
+        middleware::from_fn_with_state(permissions, auth::require_permission)
+    };
+    const READ: &[Permission] = &[Permission::SignalsRead, Permission::SignalsWrite];
+    const WRITE: &[Permission] = &[Permission::SignalsWrite];
     // route_layer runs only for matched routes, and the last added runs first:
     // authenticate (401) → rate limit (429) → the route's permission (403) → handler.
     let api = Router::new()
         .route(
+            "/v1/accounts/{accountGroupId}/signals/scans",
+            get(scans::list_scans).route_layer(requires(READ)),
+        )
+        .route(
+            "/v1/accounts/{accountGroupId}/signals/scans/{scanId}",
+            get(scans::get_scan).route_layer(requires(READ)),
+        )
+        .route(
+            "/v1/accounts/{accountGroupId}/signals/scans/{scanId}/events",
+            get(scans::scan_events).route_layer(requires(READ)),
+        )
+        .route(
             "/v1/accounts/{accountGroupId}/signals/scans/{scanId}/cancel",
-            post(scans::cancel_scan).route_layer(middleware::from_fn_with_state(
-                Permission::SignalsWrite,
-                auth::require_permission,
-            )),
+            post(scans::cancel_scan).route_layer(requires(WRITE)),
         )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -1,7 +1,7 @@
 //! Scan handlers: parse the path into ids, call the service, shape the answer.
 
 use axum::Json;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -10,13 +10,33 @@ use super::error::ApiError;
 use super::trace_id::TraceId;
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::Principal;
-use crate::domain::scan::ScanStatus;
-use crate::domain::service::{Cancellation, ScanService};
+use crate::domain::scan::{Scan, ScanCursor, ScanEvent, ScanStatus};
+use crate::domain::service::{Cancellation, ScanPage, ScanService};
+use crate::store::ScanPageQuery;
 
 /// `Path`, but its rejection is our envelope.
 #[derive(FromRequestParts)]
 #[from_request(via(Path), rejection(ApiError))]
 pub struct ApiPath<T>(pub T);
+
+/// `Query`, but its rejection (a malformed, duplicate or unknown parameter) is our envelope.
+#[derive(FromRequestParts)]
+#[from_request(via(Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+/// The raw path of a group route.
+#[derive(Deserialize)]
+pub struct GroupPath {
+    #[serde(rename = "accountGroupId")]
+    account_group_id: String,
+}
+
+impl GroupPath {
+    fn parse(&self) -> Result<AccountGroupId, ApiError> {
+        AccountGroupId::parse(&self.account_group_id)
+            .map_err(|e| ApiError::Validation(format!("accountGroupId {e}")))
+    }
+}
 
 /// The raw path of a scan route, before its ids are parsed.
 #[derive(Deserialize)]
@@ -88,4 +108,146 @@ pub async fn cancel_scan(
         "scan cancelled"
     );
     Ok(Json(Envelope::success(cancellation.into())))
+}
+
+/// `GET /v1/accounts/{accountGroupId}/signals/scans/{scanId}`: where a client checks a scan's
+/// state before retrying a cancel.
+pub async fn get_scan(
+    State(service): State<ScanService>,
+    principal: Principal,
+    ApiPath(path): ApiPath<ScanPath>,
+) -> Result<Json<Envelope<Scan>>, ApiError> {
+    let (group, scan) = path.parse()?;
+    let scan = service.get_scan(&principal, &group, &scan).await?;
+    Ok(Json(Envelope::success(scan)))
+}
+
+/// Query parameters of the list, as sent.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    status: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+const DEFAULT_PAGE: u32 = 20;
+const MAX_PAGE: u32 = 100;
+
+impl ListParams {
+    /// Parses every parameter, naming each one that is malformed.
+    fn parse(&self) -> Result<ScanPageQuery, ApiError> {
+        let mut problems = Vec::new();
+        let status = match self.status.as_deref().map(str::parse::<ScanStatus>) {
+            Some(Ok(status)) => Some(status),
+            Some(Err(_)) => {
+                problems.push(
+                    "status must be one of queued, running, completed, failed, cancelled"
+                        .to_owned(),
+                );
+                None
+            }
+            None => None,
+        };
+        let limit = match self.limit.as_deref().map(str::parse::<u32>) {
+            None => DEFAULT_PAGE,
+            Some(Ok(limit)) if (1..=MAX_PAGE).contains(&limit) => limit,
+            Some(_) => {
+                problems.push(format!("limit must be an integer from 1 to {MAX_PAGE}"));
+                DEFAULT_PAGE
+            }
+        };
+        let after = match self.cursor.as_deref().map(ScanCursor::decode) {
+            Some(Some(cursor)) => Some(cursor),
+            Some(None) => {
+                problems.push("cursor must be a nextCursor returned by this list".to_owned());
+                None
+            }
+            None => None,
+        };
+        match problems.is_empty() {
+            true => Ok(ScanPageQuery {
+                status,
+                limit,
+                after,
+            }),
+            false => Err(ApiError::Validation(problems.join("; "))),
+        }
+    }
+}
+
+/// `data` of the list.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScanList {
+    scans: Vec<Scan>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    next_cursor: Option<String>,
+}
+
+impl From<ScanPage> for ScanList {
+    fn from(page: ScanPage) -> Self {
+        Self {
+            scans: page.scans,
+            next_cursor: page.next.map(|cursor| cursor.encode()),
+        }
+    }
+}
+
+/// `GET /v1/accounts/{accountGroupId}/signals/scans?status=&limit=&cursor=`: newest first.
+pub async fn list_scans(
+    State(service): State<ScanService>,
+    principal: Principal,
+    ApiPath(path): ApiPath<GroupPath>,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<Envelope<ScanList>>, ApiError> {
+    let group = path.parse()?;
+    let query = params.parse()?;
+    let page = service.list_scans(&principal, &group, &query).await?;
+    Ok(Json(Envelope::success(page.into())))
+}
+
+/// One row of the audit trail as the API shows it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventView {
+    /// null for the row that records the scan's creation.
+    from: Option<ScanStatus>,
+    to: ScanStatus,
+    #[serde(with = "time::serde::rfc3339")]
+    at: OffsetDateTime,
+    trace_id: Option<String>,
+}
+
+impl From<ScanEvent> for EventView {
+    fn from(event: ScanEvent) -> Self {
+        Self {
+            from: event.from,
+            to: event.to,
+            at: event.at,
+            trace_id: event.trace_id,
+        }
+    }
+}
+
+/// `data` of the events route.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScanEvents {
+    scan_id: ScanId,
+    events: Vec<EventView>,
+}
+
+/// `GET /v1/accounts/{accountGroupId}/signals/scans/{scanId}/events`: the audit trail.
+pub async fn scan_events(
+    State(service): State<ScanService>,
+    principal: Principal,
+    ApiPath(path): ApiPath<ScanPath>,
+) -> Result<Json<Envelope<ScanEvents>>, ApiError> {
+    let (group, scan) = path.parse()?;
+    let events = service.scan_events(&principal, &group, &scan).await?;
+    Ok(Json(Envelope::success(ScanEvents {
+        scan_id: scan,
+        events: events.into_iter().map(EventView::from).collect(),
+    })))
 }

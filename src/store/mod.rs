@@ -15,7 +15,7 @@ pub use sqlite::SqliteStore;
 
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash, Permission};
-use crate::domain::scan::{Scan, ScanEvent, ScanStatus};
+use crate::domain::scan::{Scan, ScanChange, ScanCursor, ScanEvent, ScanStatus};
 use crate::domain::service::Actor;
 
 /// Why the store could not answer.
@@ -49,6 +49,56 @@ pub enum Transition {
     },
     NotFound,
 }
+
+/// Which page of a group's scans to read, newest first.
+#[derive(Debug, Clone)]
+pub struct ScanPageQuery {
+    pub status: Option<ScanStatus>,
+    pub limit: u32,
+    /// Start after this scan (exclusive); `None` for the first page.
+    pub after: Option<ScanCursor>,
+}
+
+/// One item of a change feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedItem {
+    Change(ScanChange),
+    /// Changes may have been missed (a lost connection, a slow reader): catch up from the audit
+    /// trail with [`Store::changes_after`].
+    Gap,
+}
+
+/// Status changes as they commit: PostgreSQL `LISTEN signal_scan_events`, or SQLite's
+/// in-process broadcast.
+pub enum ChangeFeed {
+    Postgres(sqlx::postgres::PgListener),
+    Sqlite(tokio::sync::broadcast::Receiver<ScanChange>),
+}
+
+impl ChangeFeed {
+    pub async fn next(&mut self) -> Result<FeedItem, StoreError> {
+        match self {
+            ChangeFeed::Postgres(listener) => match listener.try_recv().await {
+                Ok(Some(notification)) => serde_json::from_str(notification.payload())
+                    .map(FeedItem::Change)
+                    .map_err(|e| StoreError::Corrupt(format!("notification payload: {e}"))),
+                // The connection dropped; the listener reconnects on the next call.
+                Ok(None) => Ok(FeedItem::Gap),
+                Err(error) => Err(classify(error)),
+            },
+            ChangeFeed::Sqlite(receiver) => match receiver.recv().await {
+                Ok(change) => Ok(FeedItem::Change(change)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Ok(FeedItem::Gap),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    Err(StoreError::Unavailable("the store was closed".into()))
+                }
+            },
+        }
+    }
+}
+
+/// The PostgreSQL channel every status change is published on, in the changing transaction.
+pub const CHANGES_CHANNEL: &str = "signal_scan_events";
 
 /// A key to be stored.
 #[derive(Debug, Clone)]
@@ -171,6 +221,47 @@ impl Store {
         match self {
             Store::Postgres(store) => store.scan_events(scan).await,
             Store::Sqlite(store) => store.scan_events(scan).await,
+        }
+    }
+
+    /// A page of `group`'s scans, newest first; one more than `limit` tells there is a next page.
+    pub async fn list_scans(
+        &self,
+        group: &AccountGroupId,
+        query: &ScanPageQuery,
+    ) -> Result<Vec<Scan>, StoreError> {
+        match self {
+            Store::Postgres(store) => store.list_scans(group, query).await,
+            Store::Sqlite(store) => store.list_scans(group, query).await,
+        }
+    }
+
+    /// Status changes recorded after audit row `after_event` (creations excluded), oldest first,
+    /// with the id of each row: how a watcher catches up on what it missed.
+    pub async fn changes_after(
+        &self,
+        after_event: i64,
+        group: Option<&AccountGroupId>,
+    ) -> Result<Vec<(i64, ScanChange)>, StoreError> {
+        match self {
+            Store::Postgres(store) => store.changes_after(after_event, group).await,
+            Store::Sqlite(store) => store.changes_after(after_event, group).await,
+        }
+    }
+
+    /// The id of the newest audit row (0 when there is none).
+    pub async fn latest_event_id(&self) -> Result<i64, StoreError> {
+        match self {
+            Store::Postgres(store) => store.latest_event_id().await,
+            Store::Sqlite(store) => store.latest_event_id().await,
+        }
+    }
+
+    /// Subscribes to status changes as they commit.
+    pub async fn subscribe(&self) -> Result<ChangeFeed, StoreError> {
+        match self {
+            Store::Postgres(store) => store.subscribe().await.map(ChangeFeed::Postgres),
+            Store::Sqlite(store) => Ok(ChangeFeed::Sqlite(store.subscribe())),
         }
     }
 

@@ -9,10 +9,13 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{KeyToCreate, StoreError, StoreOptions, Transition, bounded, classify, parse_status};
+use super::{
+    CHANGES_CHANNEL, KeyToCreate, ScanPageQuery, StoreError, StoreOptions, Transition, bounded,
+    classify, parse_status,
+};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash, Permission};
-use crate::domain::scan::{Scan, ScanEvent, ScanStatus};
+use crate::domain::scan::{Scan, ScanChange, ScanEvent, ScanStatus};
 use crate::domain::service::Actor;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -205,6 +208,71 @@ impl PgStore {
         rows.into_iter().map(EventRow::into_event).collect()
     }
 
+    pub async fn list_scans(
+        &self,
+        group: &AccountGroupId,
+        query: &ScanPageQuery,
+    ) -> Result<Vec<Scan>, StoreError> {
+        let rows: Vec<ScanRow> = self
+            .bounded(
+                sqlx::query_as(
+                    "SELECT *, NULL::text AS previous_status FROM signal_scans
+                     WHERE account_group_id = $1
+                       AND ($2::text IS NULL OR status = $2::text)
+                       AND ($3::timestamptz IS NULL OR (created_at, id) < ($3::timestamptz, $4::text))
+                     ORDER BY created_at DESC, id DESC
+                     LIMIT $5",
+                )
+                .bind(group.as_str())
+                .bind(query.status.map(ScanStatus::as_str))
+                .bind(query.after.as_ref().map(|c| c.created_at))
+                .bind(query.after.as_ref().map(|c| c.id.as_str()))
+                .bind(i64::from(query.limit) + 1)
+                .fetch_all(&self.pool),
+            )
+            .await?;
+        rows.into_iter().map(ScanRow::into_scan).collect()
+    }
+
+    pub async fn changes_after(
+        &self,
+        after_event: i64,
+        group: Option<&AccountGroupId>,
+    ) -> Result<Vec<(i64, ScanChange)>, StoreError> {
+        let rows: Vec<ChangeRow> = self
+            .bounded(
+                sqlx::query_as(
+                    "SELECT e.id, e.scan_id, s.account_group_id, e.from_status, e.to_status, e.occurred_at
+                     FROM signal_scan_events e JOIN signal_scans s ON s.id = e.scan_id
+                     WHERE e.id > $1 AND e.from_status IS NOT NULL
+                       AND ($2::text IS NULL OR s.account_group_id = $2::text)
+                     ORDER BY e.id
+                     LIMIT 10000",
+                )
+                .bind(after_event)
+                .bind(group.map(AccountGroupId::as_str))
+                .fetch_all(&self.pool),
+            )
+            .await?;
+        rows.into_iter().map(ChangeRow::into_change).collect()
+    }
+
+    pub async fn latest_event_id(&self) -> Result<i64, StoreError> {
+        self.bounded(
+            sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM signal_scan_events")
+                .fetch_one(&self.pool),
+        )
+        .await
+    }
+
+    pub async fn subscribe(&self) -> Result<sqlx::postgres::PgListener, StoreError> {
+        let mut listener = self
+            .bounded(sqlx::postgres::PgListener::connect_with(&self.pool))
+            .await?;
+        self.bounded(listener.listen(CHANGES_CHANNEL)).await?;
+        Ok(listener)
+    }
+
     pub async fn transition(
         &self,
         group: Option<&AccountGroupId>,
@@ -238,8 +306,16 @@ impl PgStore {
                          INSERT INTO signal_scan_events
                              (scan_id, from_status, to_status, api_key_id, trace_id, occurred_at)
                          SELECT id, previous_status, status, $5, $6, updated_at FROM changed
+                     ), notified AS (
+                         -- Delivered to listeners when, and only if, this transaction commits.
+                         SELECT id, pg_notify($7, json_build_object(
+                             'scanId', id, 'accountGroupId', account_group_id,
+                             'from', previous_status, 'to', status,
+                             'at', to_char(updated_at AT TIME ZONE 'UTC',
+                                           'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))::text)
+                         FROM changed
                      )
-                     SELECT * FROM changed
+                     SELECT changed.* FROM changed JOIN notified USING (id)
                      UNION ALL
                      SELECT *, NULL::text FROM current WHERE NOT EXISTS (SELECT 1 FROM changed)",
                 )
@@ -249,6 +325,7 @@ impl PgStore {
                 .bind(from)
                 .bind(actor.api_key_id)
                 .bind(actor.trace_id)
+                .bind(CHANGES_CHANNEL)
                 .fetch_optional(&self.pool),
             )
             .await?;
@@ -323,6 +400,33 @@ impl EventRow {
             trace_id: self.trace_id,
             at: self.occurred_at,
         })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ChangeRow {
+    id: i64,
+    scan_id: String,
+    account_group_id: String,
+    from_status: String,
+    to_status: String,
+    occurred_at: OffsetDateTime,
+}
+
+impl ChangeRow {
+    fn into_change(self) -> Result<(i64, ScanChange), StoreError> {
+        let corrupt = || StoreError::Corrupt(format!("event {}", self.id));
+        Ok((
+            self.id,
+            ScanChange {
+                scan_id: ScanId::parse(&self.scan_id).map_err(|_| corrupt())?,
+                account_group_id: AccountGroupId::parse(&self.account_group_id)
+                    .map_err(|_| corrupt())?,
+                from: parse_status(&self.from_status)?,
+                to: parse_status(&self.to_status)?,
+                at: self.occurred_at,
+            },
+        ))
     }
 }
 

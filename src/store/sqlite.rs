@@ -14,10 +14,13 @@ use time::macros::format_description;
 use time::{OffsetDateTime, PrimitiveDateTime};
 use uuid::Uuid;
 
-use super::{KeyToCreate, StoreError, StoreOptions, Transition, bounded, classify, parse_status};
+use super::{
+    KeyToCreate, ScanPageQuery, StoreError, StoreOptions, Transition, bounded, classify,
+    parse_status,
+};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash, Permission};
-use crate::domain::scan::{Scan, ScanEvent, ScanStatus};
+use crate::domain::scan::{Scan, ScanChange, ScanEvent, ScanStatus};
 use crate::domain::service::Actor;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -30,10 +33,16 @@ const TIMESTAMP: &[BorrowedFormatItem<'static>] =
 const SCAN_COLUMNS: &str = "id, account_group_id, status, created_at, updated_at, started_at, \
                             finished_at, cancelled_at";
 
+/// How many published changes a slow in-process subscriber may fall behind before it is told
+/// it has a gap to catch up on.
+const CHANGE_BUFFER: usize = 1024;
+
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
     timeout: Duration,
+    /// SQLite has no LISTEN/NOTIFY: changes committed by this process are published here.
+    changes: tokio::sync::broadcast::Sender<ScanChange>,
 }
 
 impl SqliteStore {
@@ -63,6 +72,7 @@ impl SqliteStore {
         Ok(Self {
             pool,
             timeout: options.timeout,
+            changes: tokio::sync::broadcast::channel(CHANGE_BUFFER).0,
         })
     }
 
@@ -248,6 +258,67 @@ impl SqliteStore {
         rows.into_iter().map(EventRow::into_event).collect()
     }
 
+    pub async fn list_scans(
+        &self,
+        group: &AccountGroupId,
+        query: &ScanPageQuery,
+    ) -> Result<Vec<Scan>, StoreError> {
+        let rows: Vec<ScanRow> = self
+            .bounded(
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT {SCAN_COLUMNS} FROM signal_scans
+                     WHERE account_group_id = ?1
+                       AND (?2 IS NULL OR status = ?2)
+                       AND (?3 IS NULL OR (created_at, id) < (?3, ?4))
+                     ORDER BY created_at DESC, id DESC
+                     LIMIT ?5"
+                )))
+                .bind(group.as_str())
+                .bind(query.status.map(ScanStatus::as_str))
+                .bind(query.after.as_ref().map(|c| encode(c.created_at)))
+                .bind(query.after.as_ref().map(|c| c.id.as_str()))
+                .bind(i64::from(query.limit) + 1)
+                .fetch_all(&self.pool),
+            )
+            .await?;
+        rows.into_iter().map(ScanRow::into_scan).collect()
+    }
+
+    pub async fn changes_after(
+        &self,
+        after_event: i64,
+        group: Option<&AccountGroupId>,
+    ) -> Result<Vec<(i64, ScanChange)>, StoreError> {
+        let rows: Vec<ChangeRow> = self
+            .bounded(
+                sqlx::query_as(
+                    "SELECT e.id, e.scan_id, s.account_group_id, e.from_status, e.to_status, e.occurred_at
+                     FROM signal_scan_events e JOIN signal_scans s ON s.id = e.scan_id
+                     WHERE e.id > ?1 AND e.from_status IS NOT NULL
+                       AND (?2 IS NULL OR s.account_group_id = ?2)
+                     ORDER BY e.id
+                     LIMIT 10000",
+                )
+                .bind(after_event)
+                .bind(group.map(AccountGroupId::as_str))
+                .fetch_all(&self.pool),
+            )
+            .await?;
+        rows.into_iter().map(ChangeRow::into_change).collect()
+    }
+
+    pub async fn latest_event_id(&self) -> Result<i64, StoreError> {
+        self.bounded(
+            sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM signal_scan_events")
+                .fetch_one(&self.pool),
+        )
+        .await
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ScanChange> {
+        self.changes.subscribe()
+    }
+
     pub async fn transition(
         &self,
         group: Option<&AccountGroupId>,
@@ -312,10 +383,19 @@ impl SqliteStore {
             .await?;
         match outcome {
             None => Ok(Transition::NotFound),
-            Some((current, Some(changed))) => Ok(Transition::Applied {
-                previous: parse_status(&current.status)?,
-                scan: changed.into_scan()?,
-            }),
+            Some((current, Some(changed))) => {
+                let previous = parse_status(&current.status)?;
+                let scan = changed.into_scan()?;
+                // After the commit, like NOTIFY; no subscriber is not an error.
+                let _ = self.changes.send(ScanChange {
+                    scan_id: scan.id.clone(),
+                    account_group_id: scan.account_group_id.clone(),
+                    from: previous,
+                    to: scan.status,
+                    at: scan.updated_at,
+                });
+                Ok(Transition::Applied { previous, scan })
+            }
             Some((current, None)) => Ok(Transition::Refused {
                 scan: current.into_scan()?,
             }),
@@ -404,6 +484,33 @@ impl EventRow {
             trace_id: self.trace_id.clone(),
             at: decode(&self.occurred_at)?,
         })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ChangeRow {
+    id: i64,
+    scan_id: String,
+    account_group_id: String,
+    from_status: String,
+    to_status: String,
+    occurred_at: String,
+}
+
+impl ChangeRow {
+    fn into_change(self) -> Result<(i64, ScanChange), StoreError> {
+        let corrupt = || StoreError::Corrupt(format!("event {}", self.id));
+        Ok((
+            self.id,
+            ScanChange {
+                scan_id: ScanId::parse(&self.scan_id).map_err(|_| corrupt())?,
+                account_group_id: AccountGroupId::parse(&self.account_group_id)
+                    .map_err(|_| corrupt())?,
+                from: parse_status(&self.from_status)?,
+                to: parse_status(&self.to_status)?,
+                at: decode(&self.occurred_at)?,
+            },
+        ))
     }
 }
 

@@ -1,0 +1,84 @@
+//! `scans watch`: one JSON line per status change, as it commits.
+//!
+//! On PostgreSQL it listens on `signal_scan_events`; on SQLite, whose broadcast reaches only the
+//! process that made the change, it reads the audit trail a few times a second. Either way a gap
+//! (a dropped connection, a slow reader) is filled from the audit trail, so nothing is lost.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::time::Duration;
+
+use crate::domain::ids::{AccountGroupId, ScanId};
+use crate::domain::scan::{ScanChange, ScanStatus};
+use crate::store::{FeedItem, Store, StoreError};
+
+const SQLITE_POLL: Duration = Duration::from_millis(200);
+
+/// Prints changes until the process is stopped.
+pub async fn run(store: &Store, group: Option<&AccountGroupId>) -> Result<(), StoreError> {
+    let mut printer = Printer::new(store.latest_event_id().await?);
+    match store {
+        Store::Sqlite(_) => loop {
+            printer.catch_up(store, group).await?;
+            tokio::time::sleep(SQLITE_POLL).await;
+        },
+        Store::Postgres(_) => {
+            let mut feed = store.subscribe().await?;
+            loop {
+                match feed.next().await? {
+                    FeedItem::Change(change) => {
+                        if group.is_none_or(|group| *group == change.account_group_id) {
+                            printer.print(&change);
+                        }
+                    }
+                    FeedItem::Gap => printer.catch_up(store, group).await?,
+                }
+            }
+        }
+    }
+}
+
+/// Prints each change once, whether it came live or from the audit trail.
+struct Printer {
+    /// The newest audit row already read back.
+    after_event: i64,
+    /// A scan reaches each status at most once (the state machine has no cycles), so
+    /// (scan, status) names a change exactly.
+    printed: HashSet<(ScanId, ScanStatus)>,
+}
+
+impl Printer {
+    fn new(after_event: i64) -> Self {
+        Self {
+            after_event,
+            printed: HashSet::new(),
+        }
+    }
+
+    fn print(&mut self, change: &ScanChange) {
+        if self.printed.insert((change.scan_id.clone(), change.to)) {
+            let line = serde_json::to_string(change).expect("a change serializes");
+            let mut stdout = std::io::stdout().lock();
+            let _ = writeln!(stdout, "{line}");
+            let _ = stdout.flush();
+        }
+    }
+
+    async fn catch_up(
+        &mut self,
+        store: &Store,
+        group: Option<&AccountGroupId>,
+    ) -> Result<(), StoreError> {
+        // The store answers in pages; read until it has nothing newer.
+        loop {
+            let page = store.changes_after(self.after_event, group).await?;
+            if page.is_empty() {
+                return Ok(());
+            }
+            for (event, change) in page {
+                self.print(&change);
+                self.after_event = event;
+            }
+        }
+    }
+}
