@@ -17,23 +17,25 @@ const SQLITE_POLL: Duration = Duration::from_millis(200);
 /// Prints changes until the process is stopped.
 pub async fn run(store: &Store, group: Option<&AccountGroupId>) -> Result<(), StoreError> {
     let mut printer = Printer::new(store.latest_event_id().await?);
-    match store {
-        Store::Sqlite(_) => loop {
+    let feed = match store {
+        Store::Postgres(_) => Some(store.subscribe().await?),
+        Store::Sqlite(_) => None,
+    };
+    tracing::info!("watching for status changes");
+    let Some(mut feed) = feed else {
+        loop {
             printer.catch_up(store, group).await?;
             tokio::time::sleep(SQLITE_POLL).await;
-        },
-        Store::Postgres(_) => {
-            let mut feed = store.subscribe().await?;
-            loop {
-                match feed.next().await? {
-                    FeedItem::Change(change) => {
-                        if group.is_none_or(|group| *group == change.account_group_id) {
-                            printer.print(&change);
-                        }
-                    }
-                    FeedItem::Gap => printer.catch_up(store, group).await?,
+        }
+    };
+    loop {
+        match feed.next().await? {
+            FeedItem::Change(change) => {
+                if group.is_none_or(|group| *group == change.account_group_id) {
+                    printer.print(&change);
                 }
             }
+            FeedItem::Gap => printer.catch_up(store, group).await?,
         }
     }
 }

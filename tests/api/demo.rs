@@ -32,9 +32,16 @@ async fn read_instructions(child: &mut Child) -> Vec<(u16, String)> {
     let read = async {
         while let Some(line) = lines.next_line().await.unwrap() {
             if let Some(heading) = line.strip_prefix("# ") {
-                expected = Some(heading[..3].parse::<u16>().expect("heading starts with a status"));
+                expected = Some(
+                    heading[..3]
+                        .parse::<u16>()
+                        .expect("heading starts with a status"),
+                );
             } else if line.starts_with("curl ") {
-                steps.push((expected.take().expect("a heading before each command"), line));
+                steps.push((
+                    expected.take().expect("a heading before each command"),
+                    line,
+                ));
                 if steps.last().unwrap().0 == 400 {
                     break;
                 }
@@ -74,7 +81,11 @@ async fn the_demos_curl_commands_give_the_outcomes_they_promise(backend: Backend
     let mut answers = Vec::new();
     for (expected, command) in &steps {
         let response = run_curl(&client, command).await;
-        assert_eq!(response.status.as_u16(), *expected, "{command}: {response:?}");
+        assert_eq!(
+            response.status.as_u16(),
+            *expected,
+            "{command}: {response:?}"
+        );
         answers.push(response);
     }
     assert_eq!(answers[0].body["data"]["previousStatus"], "queued");

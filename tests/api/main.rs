@@ -9,5 +9,7 @@ mod cli;
 mod concurrency;
 mod demo;
 mod faults;
+mod lifecycle;
 mod rate_limit;
+mod reads;
 mod trace_id;

@@ -215,6 +215,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// A store on the test database directly (not through any proxy), for arranging and asserting.
     pub store: Store,
+    /// The store instance the app itself serves with (SQLite's change broadcast lives in it).
+    pub served_store: Store,
     pub db: TestDatabase,
     /// Present when spawned with `through_proxy`.
     pub proxy: Option<proxy::Proxy>,
@@ -249,6 +251,7 @@ impl TestApp {
             None => db.url.clone(),
         };
         let app_store = Store::connect(&store_options(&app_url, settings.db_timeout)).unwrap();
+        let served_store = app_store.clone();
         let state = AppState::new(app_store, settings.rate_limit, settings.request_timeout);
         let router = signal_scans::http::router_with(state, settings.extra_routes);
         let application = Application::bind("127.0.0.1:0".parse().unwrap(), router)
@@ -266,6 +269,7 @@ impl TestApp {
                 .build()
                 .unwrap(),
             store,
+            served_store,
             db,
             proxy,
             shutdown: Some(shutdown),
@@ -336,6 +340,19 @@ impl TestApp {
             .expect("read scan")
             .expect("scan exists")
             .status
+    }
+
+    /// `GET path` with `key` as a Bearer token.
+    pub async fn get(&self, key: &str, path: &str) -> ApiResponse {
+        ApiResponse::from(
+            self.client
+                .get(self.url(path))
+                .bearer_auth(key)
+                .send()
+                .await
+                .expect("request is answered"),
+        )
+        .await
     }
 
     /// `POST …/cancel` with `key` as a Bearer token (none when `None`).
