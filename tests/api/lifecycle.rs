@@ -95,7 +95,7 @@ async fn concurrent_cancels_racing_completions_leave_one_winner_per_scan(backend
     let (app, group, key) = (&app, &group, &key);
     let races = scans.iter().map(|scan| async move {
         let cancels =
-            join_all((0..3).map(|_| app.cancel(Some(&key), group.as_str(), scan.as_str())));
+            join_all((0..3).map(|_| app.cancel(Some(key), group.as_str(), scan.as_str())));
         let completions = join_all((0..2).map(|_| {
             app.store
                 .transition(None, scan, ScanStatus::Completed, RUNNER)
