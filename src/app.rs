@@ -1,8 +1,9 @@
 //! The application: shared state, the bound listener, and serving until told to stop.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::io;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,23 +13,53 @@ use tokio::net::TcpListener;
 
 use crate::domain::service::ScanService;
 use crate::http;
-use crate::http::rate_limit::{KeyRateLimiter, RateLimit};
+use crate::http::rate_limit::{AuthFailureLimiter, KeyRateLimiter, RateLimit};
 use crate::store::Store;
+
+/// The knobs of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub rate_limit: RateLimit,
+    /// Failed authentications allowed per client address per minute.
+    pub auth_failures_per_minute: NonZeroU32,
+    /// Proxies in front of the service whose `X-Forwarded-For` entries are trusted (0: use the
+    /// peer address).
+    pub trusted_proxy_hops: usize,
+    pub request_timeout: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            rate_limit: RateLimit {
+                per_second: NonZeroU32::new(20).expect("non-zero"),
+                burst: NonZeroU32::new(40).expect("non-zero"),
+            },
+            auth_failures_per_minute: NonZeroU32::new(20).expect("non-zero"),
+            trusted_proxy_hops: 0,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 /// What every handler and middleware may reach, each part extractable on its own.
 #[derive(Clone, FromRef)]
 pub struct AppState {
     pub scans: ScanService,
     pub rate_limiter: Arc<KeyRateLimiter>,
+    pub auth_failures: Arc<AuthFailureLimiter>,
+    pub trusted_proxy_hops: usize,
     pub request_timeout: Duration,
 }
 
 impl AppState {
-    pub fn new(store: Store, rate_limit: RateLimit, request_timeout: Duration) -> Self {
+    pub fn new(store: Store, settings: &HttpSettings) -> Self {
         Self {
             scans: ScanService::new(store),
-            rate_limiter: Arc::new(KeyRateLimiter::new(rate_limit)),
-            request_timeout,
+            rate_limiter: Arc::new(KeyRateLimiter::new(settings.rate_limit)),
+            auth_failures: Arc::new(AuthFailureLimiter::new(settings.auth_failures_per_minute)),
+            trusted_proxy_hops: settings.trusted_proxy_hops,
+            request_timeout: settings.request_timeout,
         }
     }
 }
@@ -50,18 +81,39 @@ impl Application {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests finish.
+    /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests finish,
+    /// for at most `drain` before returning anyway.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
+        drain: Duration,
     ) -> io::Result<()> {
-        axum::serve(
+        let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            let _ = draining.send(());
+        };
+        let server = axum::serve(
             self.listener,
             self.router
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown)
-        .await
+        .with_graceful_shutdown(signal)
+        .into_future();
+        let drain_deadline = async move {
+            match drain_started.await {
+                Ok(()) => tokio::time::sleep(drain).await,
+                // The server ended on its own; the deadline never applies.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = server => result,
+            () = drain_deadline => {
+                tracing::warn!(drain_ms = drain.as_millis() as u64, "requests still in flight after the drain time; stopping anyway");
+                Ok(())
+            }
+        }
     }
 }
 

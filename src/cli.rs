@@ -251,7 +251,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         }
         false => None,
     };
-    let state = AppState::new(store, args.rate_limit(), args.request_timeout());
+    let state = AppState::new(store, &args.http_settings());
     let application = Application::bind(args.listen_addr, app::build_router(state))
         .await
         .map_err(|e| format!("cannot listen on {} (LISTEN_ADDR): {e}", args.listen_addr))?;
@@ -265,7 +265,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         println!("{}", demo.instructions(addr));
     }
     application
-        .serve(app::shutdown_signal())
+        .serve(app::shutdown_signal(), args.shutdown_timeout())
         .await
         .map_err(|e| format!("server failed: {e}"))?;
     tracing::info!("stopped");

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Args;
 use secrecy::SecretString;
 
+use crate::app::HttpSettings;
 use crate::http::rate_limit::RateLimit;
 use crate::store::StoreOptions;
 
@@ -80,6 +81,21 @@ pub struct ServeArgs {
     #[arg(long, env = "RATE_LIMIT_BURST", default_value = "40")]
     pub rate_limit_burst: NonZeroU32,
 
+    /// Failed authentications a client address may make per minute before it gets 429.
+    #[arg(long, env = "AUTH_FAILURES_PER_MINUTE", default_value = "20")]
+    pub auth_failures_per_minute: NonZeroU32,
+
+    /// Load balancers in front of the service whose X-Forwarded-For entries are trusted to name
+    /// the client (0: the peer address is the client).
+    #[arg(long, env = "TRUSTED_PROXY_HOPS", default_value_t = 0,
+          value_parser = clap::value_parser!(u8).range(0..=10))]
+    pub trusted_proxy_hops: u8,
+
+    /// On SIGTERM or Ctrl-C, in-flight requests get this long to finish before the process exits.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub shutdown_timeout_ms: u64,
+
     /// On an empty database, create a demo key and scans and print curl commands to try.
     #[arg(long)]
     pub demo: bool,
@@ -91,15 +107,20 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    pub fn rate_limit(&self) -> RateLimit {
-        RateLimit {
-            per_second: self.rate_limit_per_second,
-            burst: self.rate_limit_burst,
+    pub fn http_settings(&self) -> HttpSettings {
+        HttpSettings {
+            rate_limit: RateLimit {
+                per_second: self.rate_limit_per_second,
+                burst: self.rate_limit_burst,
+            },
+            auth_failures_per_minute: self.auth_failures_per_minute,
+            trusted_proxy_hops: self.trusted_proxy_hops.into(),
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
         }
     }
 
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms)
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
     }
 }
 

@@ -1,6 +1,8 @@
 //! API key extraction → `Principal`, and the per-route permission check.
 
-use axum::extract::{FromRequestParts, Request, State};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
@@ -8,22 +10,72 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::error::ApiError;
+use crate::app::AppState;
 use crate::domain::keys::{Permission, Principal};
-use crate::domain::service::{AuthFailure, ScanService};
+use crate::domain::service::AuthFailure;
 
 const API_KEY_HEADER: &str = "x-api-key";
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
 /// Middleware: authenticates the request's API key and puts its `Principal` in the extensions.
+/// A client address that keeps failing is answered 429 before its key is even looked at.
 pub async fn authenticate(
-    State(service): State<ScanService>,
+    State(state): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let presented = presented_key(request.headers())?;
-    let principal = service.authenticate(presented).await?;
+    let client = client_ip(&request, state.trusted_proxy_hops);
+    if let Some(retry_after_secs) = state.auth_failures.retry_after(client) {
+        return Err(ApiError::RateLimited { retry_after_secs });
+    }
+    let outcome = match presented_key(request.headers()) {
+        Ok(presented) => state
+            .scans
+            .authenticate(presented)
+            .await
+            .map_err(ApiError::from),
+        Err(error) => Err(error),
+    };
+    let principal = match outcome {
+        Ok(principal) => principal,
+        Err(error @ ApiError::Unauthorized(_)) => {
+            tracing::info!(client.address = %client, "authentication failed");
+            return Err(match state.auth_failures.record_failure(client) {
+                Some(retry_after_secs) => ApiError::RateLimited { retry_after_secs },
+                None => error,
+            });
+        }
+        Err(other) => return Err(other),
+    };
     tracing::Span::current().record("api_key.id", tracing::field::display(principal.key_id));
     request.extensions_mut().insert(principal);
     Ok(next.run(request).await)
+}
+
+/// The client's address: the peer, or with `trusted_hops` load balancers in front, the
+/// X-Forwarded-For entry the outermost trusted one appended (entries before it are the client's
+/// own claims and cannot be trusted).
+fn client_ip(request: &Request, trusted_hops: usize) -> IpAddr {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), |info| info.0.ip());
+    if trusted_hops == 0 {
+        return peer;
+    }
+    let forwarded: Vec<&str> = request
+        .headers()
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .collect();
+    forwarded
+        .len()
+        .checked_sub(trusted_hops)
+        .and_then(|index| forwarded[index].parse().ok())
+        .unwrap_or(peer)
 }
 
 /// The key from `Authorization: Bearer <key>` (scheme case-insensitive), else from `X-API-Key`.
@@ -102,6 +154,39 @@ mod tests {
         ] {
             assert_eq!(presented_key(&headers(&[(name, value)])).unwrap(), "ssk_x");
         }
+    }
+
+    fn request_from(peer: &str, forwarded: &[&'static str]) -> Request {
+        let mut request = Request::new(axum::body::Body::empty());
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(SocketAddr::new(peer.parse().unwrap(), 1234)));
+        for value in forwarded {
+            request
+                .headers_mut()
+                .append(X_FORWARDED_FOR, HeaderValue::from_static(value));
+        }
+        request
+    }
+
+    #[test]
+    fn the_client_is_the_peer_unless_proxies_are_trusted() {
+        let request = request_from("10.0.0.9", &["1.1.1.1, 2.2.2.2", "3.3.3.3"]);
+        assert_eq!(
+            client_ip(&request, 0),
+            "10.0.0.9".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_ip(&request, 1), "3.3.3.3".parse::<IpAddr>().unwrap());
+        assert_eq!(client_ip(&request, 2), "2.2.2.2".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(&request, 9),
+            "10.0.0.9".parse::<IpAddr>().unwrap()
+        );
+        let spoofed = request_from("10.0.0.9", &["not-an-ip"]);
+        assert_eq!(
+            client_ip(&spoofed, 1),
+            "10.0.0.9".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]

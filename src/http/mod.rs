@@ -4,6 +4,7 @@ pub mod auth;
 pub mod envelope;
 pub mod error;
 pub mod health;
+pub mod limits;
 pub mod rate_limit;
 pub mod scans;
 pub mod trace_id;
@@ -86,6 +87,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
                         .make_span_with(request_span)
                         .on_response(DefaultOnResponse::new().level(Level::INFO)),
                 )
+                .layer(middleware::from_fn(limits::enforce))
                 .layer(middleware::from_fn_with_state(request_timeout, deadline))
                 .layer(CatchPanicLayer::custom(panic_response)),
         )

@@ -1,12 +1,16 @@
 //! Per-key rate limiting (GCRA, from `governor`) with the IETF `RateLimit` headers.
 
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::{DefaultKeyedRateLimiter, Quota};
@@ -62,14 +66,9 @@ impl KeyRateLimiter {
             Ok(snapshot) => Decision::Allowed {
                 remaining: snapshot.remaining_burst_capacity(),
             },
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(self.clock.now());
-                // Whole seconds, rounded up, and never 0: "retry now" would only earn another 429.
-                let retry_after_secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                Decision::Limited {
-                    retry_after_secs: retry_after_secs.max(1),
-                }
-            }
+            Err(not_until) => Decision::Limited {
+                retry_after_secs: whole_seconds(not_until.wait_time_from(self.clock.now())),
+            },
         }
     }
 
@@ -88,6 +87,65 @@ impl KeyRateLimiter {
             headers.insert(RATELIMIT.clone(), value);
         }
     }
+}
+
+/// Failed authentications per client address: a client guessing keys is answered 429 for every
+/// request, whatever key it sends, until its allowance refills.
+pub struct AuthFailureLimiter {
+    failures: DefaultKeyedRateLimiter<IpAddr>,
+    clock: DefaultClock,
+    /// Addresses over their allowance, and until when. Checked before any key is looked at,
+    /// so a blocked guesser cannot learn whether a guess was right.
+    blocked: DashMap<IpAddr, Instant>,
+    recorded: AtomicU64,
+}
+
+/// How often (in recorded failures) idle per-address state is dropped, bounding memory.
+const PRUNE_EVERY: u64 = 1024;
+
+impl AuthFailureLimiter {
+    pub fn new(per_minute: NonZeroU32) -> Self {
+        Self {
+            failures: DefaultKeyedRateLimiter::keyed(Quota::per_minute(per_minute)),
+            clock: DefaultClock::default(),
+            blocked: DashMap::new(),
+            recorded: AtomicU64::new(0),
+        }
+    }
+
+    /// Seconds to wait while `client` is blocked; `None` when it may try.
+    pub fn retry_after(&self, client: IpAddr) -> Option<u64> {
+        let until = *self.blocked.get(&client)?;
+        match until.checked_duration_since(Instant::now()) {
+            Some(wait) => Some(whole_seconds(wait)),
+            None => {
+                self.blocked.remove(&client);
+                None
+            }
+        }
+    }
+
+    /// Counts a failed authentication; `Some(seconds)` when it took `client` over its allowance.
+    pub fn record_failure(&self, client: IpAddr) -> Option<u64> {
+        if self.recorded.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
+            self.prune();
+        }
+        let not_until = self.failures.check_key(&client).err()?;
+        let wait = not_until.wait_time_from(self.clock.now());
+        self.blocked.insert(client, Instant::now() + wait);
+        Some(whole_seconds(wait))
+    }
+
+    fn prune(&self) {
+        self.failures.retain_recent();
+        let now = Instant::now();
+        self.blocked.retain(|_, until| *until > now);
+    }
+}
+
+/// Whole seconds, rounded up, and never 0: "retry now" would only earn another 429.
+fn whole_seconds(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 /// Seconds in which a full burst is replenished: the window the quota is stated over.
@@ -148,6 +206,22 @@ mod tests {
             Decision::Allowed { remaining: 2 },
             "keys do not share a bucket"
         );
+    }
+
+    #[test]
+    fn an_address_over_its_failure_allowance_is_blocked_whatever_it_sends() {
+        let limiter = AuthFailureLimiter::new(NonZeroU32::new(2).unwrap());
+        let (guesser, bystander): (IpAddr, IpAddr) =
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        assert_eq!(limiter.record_failure(guesser), None);
+        assert_eq!(limiter.record_failure(guesser), None);
+        assert_eq!(limiter.retry_after(guesser), None);
+        let retry_after = limiter
+            .record_failure(guesser)
+            .expect("third failure blocks");
+        assert!((1..=30).contains(&retry_after), "{retry_after}");
+        assert_eq!(limiter.retry_after(guesser), Some(retry_after));
+        assert_eq!(limiter.retry_after(bystander), None);
     }
 
     #[test]

@@ -102,7 +102,10 @@ async fn a_stalled_request_answers_the_envelope_at_the_request_deadline(backend:
     let app = TestApp::spawn_with(
         backend,
         Settings {
-            request_timeout: Duration::from_millis(200),
+            http: signal_scans::app::HttpSettings {
+                request_timeout: Duration::from_millis(200),
+                ..Settings::default().http
+            },
             extra_routes: axum::Router::new().route(
                 "/test/stall",
                 get(|| async {

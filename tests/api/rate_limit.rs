@@ -13,9 +13,12 @@ async fn limited_app(backend: Backend) -> TestApp {
     TestApp::spawn_with(
         backend,
         Settings {
-            rate_limit: RateLimit {
-                per_second: NonZeroU32::new(1).unwrap(),
-                burst: NonZeroU32::new(3).unwrap(),
+            http: signal_scans::app::HttpSettings {
+                rate_limit: RateLimit {
+                    per_second: NonZeroU32::new(1).unwrap(),
+                    burst: NonZeroU32::new(3).unwrap(),
+                },
+                ..Settings::default().http
             },
             ..Settings::default()
         },

@@ -10,7 +10,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::Value;
-use signal_scans::app::{AppState, Application};
+use signal_scans::app::{AppState, Application, HttpSettings};
 use signal_scans::domain::ids::{AccountGroupId, ScanId};
 use signal_scans::domain::keys::{AccountGroupAccess, NewApiKey, Permission};
 use signal_scans::domain::scan::ScanStatus;
@@ -185,9 +185,10 @@ impl Drop for TestDatabase {
 
 /// How the app under test is configured.
 pub struct Settings {
-    pub rate_limit: RateLimit,
+    /// The HTTP layer's settings; by default limits high enough not to interfere.
+    pub http: HttpSettings,
     pub db_timeout: Duration,
-    pub request_timeout: Duration,
+    pub db_max_connections: u32,
     /// Routes merged in under the real middleware (e.g. one that panics).
     pub extra_routes: axum::Router<AppState>,
     /// Connect the app to its database through a [`proxy::Proxy`] the test can cut.
@@ -197,12 +198,16 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            rate_limit: RateLimit {
-                per_second: NonZeroU32::new(1000).unwrap(),
-                burst: NonZeroU32::new(1000).unwrap(),
+            http: HttpSettings {
+                rate_limit: RateLimit {
+                    per_second: NonZeroU32::new(1000).unwrap(),
+                    burst: NonZeroU32::new(1000).unwrap(),
+                },
+                auth_failures_per_minute: NonZeroU32::new(1000).unwrap(),
+                ..HttpSettings::default()
             },
             db_timeout: Duration::from_secs(2),
-            request_timeout: Duration::from_secs(10),
+            db_max_connections: 10,
             extra_routes: axum::Router::new(),
             through_proxy: false,
         }
@@ -250,18 +255,23 @@ impl TestApp {
             Some(proxy) => proxy.url_for(&db.url),
             None => db.url.clone(),
         };
-        let app_store = Store::connect(&store_options(&app_url, settings.db_timeout)).unwrap();
+        let mut options = store_options(&app_url, settings.db_timeout);
+        options.max_connections = settings.db_max_connections;
+        let app_store = Store::connect(&options).unwrap();
         let served_store = app_store.clone();
-        let state = AppState::new(app_store, settings.rate_limit, settings.request_timeout);
+        let state = AppState::new(app_store, &settings.http);
         let router = signal_scans::http::router_with(state, settings.extra_routes);
         let application = Application::bind("127.0.0.1:0".parse().unwrap(), router)
             .await
             .expect("bind port 0");
         let addr = application.local_addr().unwrap();
         let (shutdown, stop) = oneshot::channel::<()>();
-        let server = tokio::spawn(application.serve(async {
-            let _ = stop.await;
-        }));
+        let server = tokio::spawn(application.serve(
+            async {
+                let _ = stop.await;
+            },
+            Duration::from_secs(10),
+        ));
         Self {
             addr,
             client: reqwest::Client::builder()

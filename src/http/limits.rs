@@ -1,0 +1,57 @@
+//! Bounds on what a request may carry, checked before any work: an over-long target, oversized
+//! headers or a body announced larger than we accept get a 400 envelope naming the limit.
+//! (hyper's own, larger buffer limit stays as the backstop for what never parses.)
+
+use axum::extract::Request;
+use axum::http::header::CONTENT_LENGTH;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+
+/// Longest request target (path and query) accepted.
+pub const MAX_TARGET_BYTES: usize = 2048;
+/// Most header bytes (names and values) accepted.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Largest body announced with Content-Length; no route reads a body, so this only bounds waste.
+pub const MAX_BODY_BYTES: u64 = 64 * 1024;
+
+pub async fn enforce(request: Request, next: Next) -> Response {
+    match violation(&request) {
+        Some(details) => ApiError::Validation(details).into_response(),
+        None => next.run(request).await,
+    }
+}
+
+fn violation(request: &Request) -> Option<String> {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |target| target.as_str().len());
+    if target > MAX_TARGET_BYTES {
+        return Some(format!(
+            "request target is {target} bytes; the limit is {MAX_TARGET_BYTES}"
+        ));
+    }
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Some(format!(
+            "headers are {header_bytes} bytes; the limit is {MAX_HEADER_BYTES}"
+        ));
+    }
+    let announced = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    match announced {
+        Some(length) if length > MAX_BODY_BYTES => Some(format!(
+            "request body is {length} bytes; the limit is {MAX_BODY_BYTES} (no route reads a body)"
+        )),
+        _ => None,
+    }
+}
