@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::FromRef;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 use crate::domain::service::ScanService;
@@ -50,6 +51,7 @@ pub struct AppState {
     pub auth_failures: Arc<AuthFailureLimiter>,
     pub trusted_proxy_hops: usize,
     pub request_timeout: Duration,
+    pub metrics: PrometheusHandle,
 }
 
 impl AppState {
@@ -60,6 +62,7 @@ impl AppState {
             auth_failures: Arc::new(AuthFailureLimiter::new(settings.auth_failures_per_minute)),
             trusted_proxy_hops: settings.trusted_proxy_hops,
             request_timeout: settings.request_timeout,
+            metrics: http::metrics::recorder(),
         }
     }
 }

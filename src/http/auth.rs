@@ -10,6 +10,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::error::ApiError;
+use super::metrics::RATE_LIMITED;
 use crate::app::AppState;
 use crate::domain::keys::{Permission, Principal};
 use crate::domain::service::AuthFailure;
@@ -25,8 +26,12 @@ pub async fn authenticate(
     next: Next,
 ) -> Result<Response, ApiError> {
     let client = client_ip(&request, state.trusted_proxy_hops);
+    let blocked = |retry_after_secs| {
+        metrics::counter!(RATE_LIMITED, "limit" => "auth_failures").increment(1);
+        ApiError::RateLimited { retry_after_secs }
+    };
     if let Some(retry_after_secs) = state.auth_failures.retry_after(client) {
-        return Err(ApiError::RateLimited { retry_after_secs });
+        return Err(blocked(retry_after_secs));
     }
     let outcome = match presented_key(request.headers()) {
         Ok(presented) => state
@@ -41,7 +46,7 @@ pub async fn authenticate(
         Err(error @ ApiError::Unauthorized(_)) => {
             tracing::info!(client.address = %client, "authentication failed");
             return Err(match state.auth_failures.record_failure(client) {
-                Some(retry_after_secs) => ApiError::RateLimited { retry_after_secs },
+                Some(retry_after_secs) => blocked(retry_after_secs),
                 None => error,
             });
         }

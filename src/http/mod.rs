@@ -5,6 +5,7 @@ pub mod envelope;
 pub mod error;
 pub mod health;
 pub mod limits;
+pub mod metrics;
 pub mod rate_limit;
 pub mod scans;
 pub mod trace_id;
@@ -74,6 +75,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .merge(api)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::render))
         .merge(extra)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -87,6 +89,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
                         .make_span_with(request_span)
                         .on_response(DefaultOnResponse::new().level(Level::INFO)),
                 )
+                .layer(middleware::from_fn(metrics::track))
                 .layer(middleware::from_fn(limits::enforce))
                 .layer(middleware::from_fn_with_state(request_timeout, deadline))
                 .layer(CatchPanicLayer::custom(panic_response)),

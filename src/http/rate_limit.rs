@@ -165,6 +165,7 @@ pub async fn limit(
         Decision::Allowed { .. } => next.run(request).await,
         Decision::Limited { retry_after_secs } => {
             tracing::info!(api_key.id = %principal.key_id, retry_after_secs, "rate limited");
+            metrics::counter!(super::metrics::RATE_LIMITED, "limit" => "per_key").increment(1);
             ApiError::RateLimited { retry_after_secs }.into_response()
         }
     };

@@ -102,6 +102,11 @@ pub async fn cancel_scan(
     let cancellation = service
         .cancel(&principal, &group, &scan, trace_id.as_str())
         .await?;
+    metrics::counter!(
+        super::metrics::CANCELS,
+        "previous_status" => cancellation.previous_status.as_str()
+    )
+    .increment(1);
     tracing::info!(
         scan.id = %cancellation.scan_id,
         scan.previous_status = %cancellation.previous_status,

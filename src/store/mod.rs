@@ -100,6 +100,14 @@ impl ChangeFeed {
 /// The PostgreSQL channel every status change is published on, in the changing transaction.
 pub const CHANGES_CHANNEL: &str = "signal_scan_events";
 
+/// How the connection pool is used right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUsage {
+    pub in_use: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
 /// A key to be stored.
 #[derive(Debug, Clone)]
 pub struct KeyToCreate {
@@ -137,6 +145,18 @@ impl Store {
             _ => Err(StoreError::Config(
                 "DATABASE_URL must start with postgres:// or sqlite://".into(),
             )),
+        }
+    }
+
+    pub fn pool_usage(&self) -> PoolUsage {
+        let (size, idle, max) = match self {
+            Store::Postgres(store) => store.pool_counts(),
+            Store::Sqlite(store) => store.pool_counts(),
+        };
+        PoolUsage {
+            in_use: size.saturating_sub(idle),
+            idle,
+            max,
         }
     }
 

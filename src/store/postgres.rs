@@ -55,6 +55,16 @@ impl PgStore {
         bounded(self.timeout, query).await
     }
 
+    /// (open connections, idle connections, the most allowed).
+    pub fn pool_counts(&self) -> (u32, u32, u32) {
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+        (
+            self.pool.size(),
+            idle,
+            self.pool.options().get_max_connections(),
+        )
+    }
+
     pub async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.pool).await.map_err(|error| match error {
             sqlx::migrate::MigrateError::Execute(error) => classify(error),

@@ -1,0 +1,75 @@
+//! Prometheus metrics: the `metrics` facade everywhere, rendered by the Prometheus exporter at
+//! `GET /metrics` (no key, like the health checks; keep the port internal).
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::HeaderValue;
+use axum::http::header::CONTENT_TYPE;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::domain::service::ScanService;
+
+pub const REQUESTS: &str = "http_requests_total";
+pub const REQUEST_DURATION: &str = "http_request_duration_seconds";
+pub const RATE_LIMITED: &str = "rate_limited_total";
+pub const CANCELS: &str = "scan_cancels_total";
+pub const DB_POOL: &str = "db_pool_connections";
+
+/// Latency buckets, in seconds: a cancel should sit in the first few.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn recorder() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), LATENCY_BUCKETS)
+                .expect("latency buckets are not empty")
+                .install_recorder()
+                .expect("no other metrics recorder is installed")
+        })
+        .clone()
+}
+
+/// Middleware: counts every request by route template (not raw path), method and status, and
+/// records its latency.
+pub async fn track(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!(REQUESTS, "route" => route.clone(), "method" => method.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!(REQUEST_DURATION, "route" => route, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// `GET /metrics`, in the Prometheus text format.
+pub async fn render(
+    State(handle): State<PrometheusHandle>,
+    State(service): State<ScanService>,
+) -> Response {
+    let pool = service.store().pool_usage();
+    metrics::gauge!(DB_POOL, "state" => "in_use").set(f64::from(pool.in_use));
+    metrics::gauge!(DB_POOL, "state" => "idle").set(f64::from(pool.idle));
+    metrics::gauge!(DB_POOL, "state" => "max").set(f64::from(pool.max));
+    handle.run_upkeep();
+    let mut response = handle.render().into_response();
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
