@@ -9,6 +9,7 @@ mod cli;
 mod concurrency;
 mod demo;
 mod faults;
+mod hardening;
 mod lifecycle;
 mod rate_limit;
 mod reads;

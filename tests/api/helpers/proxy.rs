@@ -1,12 +1,14 @@
-//! A TCP proxy in front of the database that a test can cut and restore.
+//! A TCP proxy in front of the database that a test can cut, slow down and restore.
 //!
 //! Cut: every connection, open or new, stalls (bytes stop flowing, nothing is closed), which is
 //! how a dead network or a hung server looks to a client. Restore: stalled connections are
-//! closed and new ones flow again.
+//! closed and new ones flow again. Slow: every chunk from the database waits before delivery.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use tokio::io::copy_bidirectional;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -15,6 +17,7 @@ pub struct Proxy {
     open: watch::Sender<bool>,
     /// Bumped on restore: connections from an older generation close.
     generation: watch::Sender<u64>,
+    delay: watch::Sender<Duration>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -24,9 +27,9 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let (open, _) = watch::channel(true);
         let (generation, _) = watch::channel(0u64);
+        let (delay, _) = watch::channel(Duration::ZERO);
         let accept = {
-            let open = open.clone();
-            let generation = generation.clone();
+            let (open, generation, delay) = (open.clone(), generation.clone(), delay.clone());
             tokio::spawn(async move {
                 while let Ok((client, _)) = listener.accept().await {
                     tokio::spawn(relay(
@@ -34,6 +37,7 @@ impl Proxy {
                         target,
                         open.subscribe(),
                         generation.subscribe(),
+                        delay.subscribe(),
                     ));
                 }
             })
@@ -42,6 +46,7 @@ impl Proxy {
             addr,
             open,
             generation,
+            delay,
             accept,
         }
     }
@@ -62,6 +67,11 @@ impl Proxy {
         self.generation.send_modify(|g| *g += 1);
         self.open.send_replace(true);
     }
+
+    /// Every chunk the database sends waits `delay` before it is delivered.
+    pub fn slow_down(&self, delay: Duration) {
+        self.delay.send_replace(delay);
+    }
 }
 
 impl Drop for Proxy {
@@ -71,10 +81,11 @@ impl Drop for Proxy {
 }
 
 async fn relay(
-    mut client: TcpStream,
+    client: TcpStream,
     target: SocketAddr,
     mut open: watch::Receiver<bool>,
     mut generation: watch::Receiver<u64>,
+    delay: watch::Receiver<Duration>,
 ) {
     generation.mark_unchanged();
     // A connection made while cut stalls from the start.
@@ -82,13 +93,34 @@ async fn relay(
         let _ = generation.changed().await;
         return;
     }
-    let Ok(mut server) = TcpStream::connect(target).await else {
+    let Ok(server) = TcpStream::connect(target).await else {
         return;
     };
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let no_delay = watch::channel(Duration::ZERO).1;
     tokio::select! {
-        _ = copy_bidirectional(&mut client, &mut server) => return,
+        () = pipe(&mut client_read, &mut server_write, no_delay) => return,
+        () = pipe(&mut server_read, &mut client_write, delay) => return,
         _ = open.wait_for(|open| !*open) => {}
     }
-    // Cut: hold both sockets silently until restored, then close them.
+    // Cut: the sockets stay open, silent, until restored; then they close with this task.
     let _ = generation.changed().await;
+}
+
+async fn pipe(from: &mut OwnedReadHalf, to: &mut OwnedWriteHalf, delay: watch::Receiver<Duration>) {
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        let wait = *delay.borrow();
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
 }
