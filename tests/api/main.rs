@@ -11,6 +11,7 @@ mod demo;
 mod faults;
 mod hardening;
 mod lifecycle;
+mod operations;
 mod rate_limit;
 mod reads;
 mod trace_id;
