@@ -15,7 +15,6 @@ use tokio::net::TcpListener;
 use crate::domain::service::ScanService;
 use crate::http;
 use crate::http::rate_limit::{AuthFailureLimiter, KeyRateLimiter, RateLimit};
-use crate::store::Store;
 
 /// The knobs of the HTTP layer.
 #[derive(Debug, Clone)]
@@ -55,9 +54,9 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(store: Store, settings: &HttpSettings) -> Self {
+    pub fn new(scans: ScanService, settings: &HttpSettings) -> Self {
         Self {
-            scans: ScanService::new(store),
+            scans,
             rate_limiter: Arc::new(KeyRateLimiter::new(settings.rate_limit)),
             auth_failures: Arc::new(AuthFailureLimiter::new(settings.auth_failures_per_minute)),
             trusted_proxy_hops: settings.trusted_proxy_hops,

@@ -96,6 +96,12 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub shutdown_timeout_ms: u64,
 
+    /// How long an authenticated API key is remembered in-process (0 turns the cache off). At
+    /// most 1000: a revoked key must stop working within a second on every instance.
+    #[arg(long, env = "KEY_CACHE_TTL_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub key_cache_ttl_ms: u64,
+
     /// On an empty database, create a demo key and scans and print curl commands to try.
     #[arg(long)]
     pub demo: bool,
@@ -117,6 +123,10 @@ impl ServeArgs {
             trusted_proxy_hops: self.trusted_proxy_hops.into(),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
         }
+    }
+
+    pub fn key_cache_ttl(&self) -> Duration {
+        Duration::from_millis(self.key_cache_ttl_ms)
     }
 
     pub fn shutdown_timeout(&self) -> Duration {

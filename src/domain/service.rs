@@ -1,9 +1,13 @@
 //! The rules of the API, above the store and below HTTP: who may do what to which scan.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::ids::{AccountGroupId, ScanId};
+use super::key_cache::KeyCache;
 use super::keys::{KeyHash, KeyRejected, Principal, looks_like_key};
 use super::scan::{Scan, ScanCursor, ScanEvent, ScanStatus};
 use crate::store::{ScanPageQuery, Store, StoreError, Transition};
@@ -66,11 +70,46 @@ pub struct ScanPage {
 #[derive(Clone)]
 pub struct ScanService {
     store: Store,
+    keys: Arc<KeyCache>,
 }
 
 impl ScanService {
+    /// A service with no key cache: every authentication reads the store.
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self::with_key_cache(store, Duration::ZERO)
+    }
+
+    /// A service that keeps authenticated keys for `ttl` (zero: not at all).
+    pub fn with_key_cache(store: Store, ttl: Duration) -> Self {
+        Self {
+            store,
+            keys: Arc::new(KeyCache::new(ttl)),
+        }
+    }
+
+    /// Clears the key cache whenever a key is revoked on any instance, for as long as the
+    /// process runs (PostgreSQL only; elsewhere the cache's short TTL is the bound).
+    pub fn spawn_revocation_listener(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let Store::Postgres(_) = &self.store else {
+            return None;
+        };
+        let (store, keys) = (self.store.clone(), self.keys.clone());
+        Some(tokio::spawn(async move {
+            loop {
+                match store.subscribe_revocations().await {
+                    Ok(mut feed) => {
+                        // Anything may have been revoked while we were not listening.
+                        keys.clear();
+                        while feed.next().await.is_ok() {
+                            keys.clear();
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot listen for key revocations"),
+                }
+                keys.clear();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }))
     }
 
     pub fn store(&self) -> &Store {
@@ -82,11 +121,21 @@ impl ScanService {
         if !looks_like_key(presented) {
             return Err(ServiceError::Unauthenticated(AuthFailure::Invalid));
         }
-        let key = self
-            .store
-            .find_key(&KeyHash::of(presented))
-            .await?
-            .ok_or(ServiceError::Unauthenticated(AuthFailure::Invalid))?;
+        let hash = KeyHash::of(presented);
+        let key = match self.keys.get(&hash) {
+            Some(key) => key,
+            None => {
+                let key = Arc::new(
+                    self.store
+                        .find_key(&hash)
+                        .await?
+                        .ok_or(ServiceError::Unauthenticated(AuthFailure::Invalid))?,
+                );
+                self.keys.insert(hash, key.clone());
+                key
+            }
+        };
+        // Expiry and revocation are judged now, on the cached copy too.
         key.authenticate(OffsetDateTime::now_utc())
             .map_err(|rejected| ServiceError::Unauthenticated(AuthFailure::Rejected(rejected)))
     }

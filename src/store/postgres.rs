@@ -10,8 +10,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    CHANGES_CHANNEL, KeyToCreate, ScanPageQuery, StoreError, StoreOptions, Transition, bounded,
-    classify, parse_status,
+    CHANGES_CHANNEL, KeyToCreate, REVOCATIONS_CHANNEL, ScanPageQuery, StoreError, StoreOptions,
+    Transition, bounded, classify, parse_status,
 };
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash, Permission};
@@ -144,10 +144,17 @@ impl PgStore {
         let row: Option<KeyRow> = self
             .bounded(
                 sqlx::query_as(
-                    "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1
-                     RETURNING id, name, permissions, account_group_ids, created_at, expires_at, revoked_at",
+                    "WITH revoked AS (
+                         UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1
+                         RETURNING id, name, permissions, account_group_ids, created_at, expires_at, revoked_at
+                     ), notified AS (
+                         -- Every instance's key cache forgets its keys when this commits.
+                         SELECT id, pg_notify($2, id::text) FROM revoked
+                     )
+                     SELECT revoked.* FROM revoked JOIN notified USING (id)",
                 )
                 .bind(id)
+                .bind(REVOCATIONS_CHANNEL)
                 .fetch_optional(&self.pool),
             )
             .await?;
@@ -275,11 +282,11 @@ impl PgStore {
         .await
     }
 
-    pub async fn subscribe(&self) -> Result<sqlx::postgres::PgListener, StoreError> {
+    pub async fn listen(&self, channel: &str) -> Result<sqlx::postgres::PgListener, StoreError> {
         let mut listener = self
             .bounded(sqlx::postgres::PgListener::connect_with(&self.pool))
             .await?;
-        self.bounded(listener.listen(CHANGES_CHANNEL)).await?;
+        self.bounded(listener.listen(channel)).await?;
         Ok(listener)
     }
 

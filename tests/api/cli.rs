@@ -90,14 +90,17 @@ async fn keys_create_list_and_revoke_work_end_to_end(backend: Backend) {
     let table = signal_scans(&url, &["keys", "list"]);
     assert!(!String::from_utf8(table.stdout).unwrap().contains(&secret));
 
-    // Revoke: the key stops working.
+    // Revoke: the key stops working within a second (the key cache's bound), here and
+    // everywhere.
     let revoked = signal_scans(&url, &["keys", "revoke", &id]);
     assert!(revoked.status.success(), "{revoked:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
     let another = app.scan(&group, ScanStatus::Queued).await;
     let response = app
         .cancel(Some(&secret), group.as_str(), another.as_str())
         .await;
     response.assert_error(401, "UNAUTHORIZED");
+    assert_eq!(app.status_of(&another).await, ScanStatus::Queued);
     let unknown = signal_scans(&url, &["keys", "revoke", &uuid::Uuid::new_v4().to_string()]);
     assert!(!unknown.status.success());
 }

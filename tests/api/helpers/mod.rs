@@ -15,6 +15,7 @@ use signal_scans::app::{AppState, Application, HttpSettings};
 use signal_scans::domain::ids::{AccountGroupId, ScanId};
 use signal_scans::domain::keys::{AccountGroupAccess, NewApiKey, Permission};
 use signal_scans::domain::scan::ScanStatus;
+use signal_scans::domain::service::ScanService;
 use signal_scans::http::rate_limit::RateLimit;
 use signal_scans::store::{KeyToCreate, Store, StoreOptions};
 use sqlx::{Connection, Executor, PgConnection};
@@ -194,6 +195,8 @@ pub struct Settings {
     pub extra_routes: axum::Router<AppState>,
     /// Connect the app to its database through a [`proxy::Proxy`] the test can cut.
     pub through_proxy: bool,
+    /// The key cache's TTL, as in production by default.
+    pub key_cache_ttl: Duration,
 }
 
 impl Default for Settings {
@@ -211,6 +214,7 @@ impl Default for Settings {
             db_max_connections: 10,
             extra_routes: axum::Router::new(),
             through_proxy: false,
+            key_cache_ttl: Duration::from_millis(1000),
         }
     }
 }
@@ -226,6 +230,7 @@ pub struct TestApp {
     pub db: TestDatabase,
     /// Present when spawned with `through_proxy`.
     pub proxy: Option<proxy::Proxy>,
+    revocations: Option<tokio::task::JoinHandle<()>>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -260,7 +265,9 @@ impl TestApp {
         options.max_connections = settings.db_max_connections;
         let app_store = Store::connect(&options).unwrap();
         let served_store = app_store.clone();
-        let state = AppState::new(app_store, &settings.http);
+        let scans = ScanService::with_key_cache(app_store, settings.key_cache_ttl);
+        let revocations = scans.spawn_revocation_listener();
+        let state = AppState::new(scans, &settings.http);
         let router = signal_scans::http::router_with(state, settings.extra_routes);
         let application = Application::bind("127.0.0.1:0".parse().unwrap(), router)
             .await
@@ -283,6 +290,7 @@ impl TestApp {
             served_store,
             db,
             proxy,
+            revocations,
             shutdown: Some(shutdown),
             server: Some(server),
         }
@@ -353,6 +361,28 @@ impl TestApp {
             .status
     }
 
+    /// A second instance of the service on the same database, as a horizontally scaled
+    /// deployment runs it: its own key cache, its own revocation listener.
+    pub async fn replica(&self) -> Replica {
+        let store = Store::connect(&store_options(&self.db.url, Duration::from_secs(2))).unwrap();
+        let scans = ScanService::with_key_cache(store, Duration::from_millis(1000));
+        let revocations = scans.spawn_revocation_listener();
+        let state = AppState::new(scans, &Settings::default().http);
+        let application = Application::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            signal_scans::http::router(state),
+        )
+        .await
+        .unwrap();
+        let addr = application.local_addr().unwrap();
+        let server = tokio::spawn(application.serve(std::future::pending(), Duration::ZERO));
+        Replica {
+            addr,
+            server,
+            revocations,
+        }
+    }
+
     /// `GET path` with `key` as a Bearer token.
     pub async fn get(&self, key: &str, path: &str) -> ApiResponse {
         ApiResponse::from(
@@ -376,8 +406,27 @@ impl TestApp {
     }
 }
 
+/// Another instance of the service; see [`TestApp::replica`].
+pub struct Replica {
+    pub addr: SocketAddr,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    revocations: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.server.abort();
+        if let Some(revocations) = &self.revocations {
+            revocations.abort();
+        }
+    }
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
+        if let Some(revocations) = self.revocations.take() {
+            revocations.abort();
+        }
         if let Some(server) = self.server.take() {
             server.abort();
         }

@@ -1,0 +1,133 @@
+//! The in-process key cache: one database round trip per cancel, and revocation that reaches every
+//! instance within a second.
+
+use std::time::{Duration, Instant};
+
+use signal_scans::domain::keys::{AccountGroupAccess, Permission};
+use signal_scans::domain::scan::ScanStatus;
+
+use crate::helpers::{ApiResponse, Backend, TestApp, cancel_path, group};
+use crate::store_test;
+
+async fn cancel_at(
+    app: &TestApp,
+    addr: std::net::SocketAddr,
+    key: &str,
+    path: &str,
+) -> ApiResponse {
+    ApiResponse::from(
+        app.client
+            .post(format!("http://{addr}{path}"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+async fn a_cached_key_needs_no_key_lookup_on_the_hot_path(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let (first, second) = (
+        app.scan(&group, ScanStatus::Queued).await,
+        app.scan(&group, ScanStatus::Queued).await,
+    );
+    assert_eq!(
+        app.cancel(Some(&key), group.as_str(), first.as_str())
+            .await
+            .status,
+        200
+    );
+
+    // Take the keys table away: only a request that skips the key lookup can still succeed.
+    sqlx_execute(&app, "ALTER TABLE api_keys RENAME TO api_keys_away").await;
+    let cached = app
+        .cancel(Some(&key), group.as_str(), second.as_str())
+        .await;
+    sqlx_execute(&app, "ALTER TABLE api_keys_away RENAME TO api_keys").await;
+
+    assert_eq!(cached.status, 200, "{cached:?}");
+    assert_eq!(cached.body["data"]["previousStatus"], "queued");
+}
+store_test!(a_cached_key_needs_no_key_lookup_on_the_hot_path);
+
+async fn sqlx_execute(app: &TestApp, statement: &'static str) {
+    use sqlx::Connection;
+    match app.db.url.split_once("://").unwrap().0 {
+        "sqlite" => {
+            let mut connection = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
+            sqlx::raw_sql(statement)
+                .execute(&mut connection)
+                .await
+                .unwrap();
+        }
+        _ => {
+            let mut connection = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+            sqlx::raw_sql(statement)
+                .execute(&mut connection)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn a_revoked_key_stops_working_within_a_second_on_every_instance(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let replica = app.replica().await;
+    let group = group();
+    let (key, key_id) = app
+        .key_with(
+            &[Permission::SignalsWrite],
+            AccountGroupAccess::Only(vec![group.clone()]),
+            None,
+        )
+        .await;
+    let mut scans = Vec::new();
+    for _ in 0..4 {
+        scans.push(app.scan(&group, ScanStatus::Queued).await);
+    }
+    let path = |i: usize| cancel_path(group.as_str(), scans[i].as_str());
+    // Both instances have the key cached.
+    assert_eq!(cancel_at(&app, app.addr, &key, &path(0)).await.status, 200);
+    assert_eq!(
+        cancel_at(&app, replica.addr, &key, &path(1)).await.status,
+        200
+    );
+
+    app.store.revoke_key(key_id).await.unwrap().unwrap();
+    let revoked_at = Instant::now();
+    if backend == Backend::Postgres {
+        // NOTIFY clears every cache at once; well before the TTL would.
+        let deadline = revoked_at + Duration::from_millis(500);
+        for addr in [app.addr, replica.addr] {
+            loop {
+                let probe = cancel_at(
+                    &app,
+                    addr,
+                    &key,
+                    &cancel_path(group.as_str(), "000000000000000000000000"),
+                )
+                .await;
+                if probe.status == 401 {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{addr} still accepts a revoked key"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    tokio::time::sleep_until((revoked_at + Duration::from_secs(1)).into()).await;
+    let here = cancel_at(&app, app.addr, &key, &path(2)).await;
+    let there = cancel_at(&app, replica.addr, &key, &path(3)).await;
+
+    here.assert_error(401, "UNAUTHORIZED");
+    there.assert_error(401, "UNAUTHORIZED");
+    assert_eq!(app.status_of(&scans[2]).await, ScanStatus::Queued);
+    assert_eq!(app.status_of(&scans[3]).await, ScanStatus::Queued);
+}
+store_test!(a_revoked_key_stops_working_within_a_second_on_every_instance);
