@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 
 use crate::domain::service::ScanService;
 use crate::http;
-use crate::http::rate_limit::{AuthFailureLimiter, KeyRateLimiter, RateLimit};
+use crate::http::rate_limit::{RateLimit, RateLimiter, RedisSettings};
 
 /// The knobs of the HTTP layer.
 #[derive(Debug, Clone)]
@@ -26,6 +26,8 @@ pub struct HttpSettings {
     /// peer address).
     pub trusted_proxy_hops: usize,
     pub request_timeout: Duration,
+    /// Keep the limits in Redis, shared by every replica; `None`: in this process.
+    pub redis: Option<RedisSettings>,
 }
 
 impl Default for HttpSettings {
@@ -38,6 +40,7 @@ impl Default for HttpSettings {
             auth_failures_per_minute: NonZeroU32::new(20).expect("non-zero"),
             trusted_proxy_hops: 0,
             request_timeout: Duration::from_secs(10),
+            redis: None,
         }
     }
 }
@@ -46,23 +49,28 @@ impl Default for HttpSettings {
 #[derive(Clone, FromRef)]
 pub struct AppState {
     pub scans: ScanService,
-    pub rate_limiter: Arc<KeyRateLimiter>,
-    pub auth_failures: Arc<AuthFailureLimiter>,
+    pub limits: Arc<RateLimiter>,
     pub trusted_proxy_hops: usize,
     pub request_timeout: Duration,
     pub metrics: PrometheusHandle,
 }
 
 impl AppState {
-    pub fn new(scans: ScanService, settings: &HttpSettings) -> Self {
-        Self {
+    /// Fails only on settings that cannot work (a malformed `REDIS_URL`). Runs inside a Tokio
+    /// runtime: the Redis connection, if any, is made in the background.
+    pub fn new(scans: ScanService, settings: &HttpSettings) -> Result<Self, String> {
+        let limits = RateLimiter::new(
+            settings.rate_limit,
+            settings.auth_failures_per_minute,
+            settings.redis.as_ref(),
+        )?;
+        Ok(Self {
             scans,
-            rate_limiter: Arc::new(KeyRateLimiter::new(settings.rate_limit)),
-            auth_failures: Arc::new(AuthFailureLimiter::new(settings.auth_failures_per_minute)),
+            limits: Arc::new(limits),
             trusted_proxy_hops: settings.trusted_proxy_hops,
             request_timeout: settings.request_timeout,
             metrics: http::metrics::recorder(),
-        }
+        })
     }
 }
 

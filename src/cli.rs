@@ -89,8 +89,8 @@ pub struct CreateKeyArgs {
     /// A name that tells operators whose key this is.
     #[arg(long)]
     name: String,
-    /// A permission to grant: signals:read or signals:write (repeat for several).
-    #[arg(long = "permission", required = true)]
+    /// A permission to grant: signals:read or signals:write (repeat for several; default both).
+    #[arg(long = "permission")]
     permissions: Vec<Permission>,
     /// An account group the key may reach (repeat for several).
     #[arg(long = "account-group", conflicts_with = "all_account_groups")]
@@ -168,7 +168,10 @@ pub async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(cli.log_format);
+    if let Err(message) = telemetry::init(cli.log_format) {
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
+    }
     match run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -254,7 +257,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let scans = ScanService::with_key_cache(store, args.key_cache_ttl());
     // Lives as long as the process; on PostgreSQL, revocations clear the key cache at once.
     let _revocations = scans.spawn_revocation_listener();
-    let state = AppState::new(scans, &args.http_settings());
+    let state = AppState::new(scans, &args.http_settings())?;
     let application = Application::bind(args.listen_addr, app::build_router(state))
         .await
         .map_err(|e| format!("cannot listen on {} (LISTEN_ADDR): {e}", args.listen_addr))?;
@@ -397,7 +400,10 @@ async fn create_key(args: CreateKeyArgs) -> Result<(), String> {
             return Err("give --account-group ID (repeatable) or --all-account-groups".into());
         }
     };
-    let mut permissions = args.permissions.clone();
+    let mut permissions = match args.permissions.is_empty() {
+        true => vec![Permission::SignalsRead, Permission::SignalsWrite],
+        false => args.permissions.clone(),
+    };
     permissions.sort();
     permissions.dedup();
     let store = migrated_store(&args.database).await?;

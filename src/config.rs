@@ -9,7 +9,7 @@ use clap::Args;
 use secrecy::SecretString;
 
 use crate::app::HttpSettings;
-use crate::http::rate_limit::RateLimit;
+use crate::http::rate_limit::{RateLimit, RedisSettings};
 use crate::store::StoreOptions;
 
 /// How to reach the database: shared by every command that needs it.
@@ -96,6 +96,14 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub shutdown_timeout_ms: u64,
 
+    /// Keep rate limits in this Redis, shared by every replica (unset: per process).
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key this service writes.
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "signal-scans:")]
+    pub redis_key_prefix: String,
+
     /// How long an authenticated API key is remembered in-process (0 turns the cache off). At
     /// most 1000: a revoked key must stop working within a second on every instance.
     #[arg(long, env = "KEY_CACHE_TTL_MS", default_value_t = 1000,
@@ -122,6 +130,10 @@ impl ServeArgs {
             auth_failures_per_minute: self.auth_failures_per_minute,
             trusted_proxy_hops: self.trusted_proxy_hops.into(),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
+            redis: self.redis_url.as_ref().map(|url| RedisSettings {
+                url: url.clone(),
+                prefix: self.redis_key_prefix.clone(),
+            }),
         }
     }
 

@@ -1,6 +1,8 @@
 //! The tracing subscriber: human text or one JSON object per line, always on stderr so that
 //! command output on stdout stays machine-readable.
 
+use std::io::IsTerminal;
+
 use clap::ValueEnum;
 use tracing_subscriber::EnvFilter;
 
@@ -10,13 +12,19 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber; `RUST_LOG` filters (default `info,sqlx=warn`).
-pub fn init(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+/// Installs the global subscriber; `RUST_LOG` filters (default `info,sqlx=warn`). A `RUST_LOG`
+/// that does not parse is refused, not silently ignored.
+pub fn init(format: LogFormat) -> Result<(), String> {
+    let filter = match std::env::var(EnvFilter::DEFAULT_ENV) {
+        Ok(directives) => EnvFilter::try_new(&directives)
+            .map_err(|error| format!("invalid RUST_LOG {directives:?}: {error}"))?,
+        Err(_) => EnvFilter::new("info,sqlx=warn"),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, never into files or collectors.
+        .with_ansi(std::io::stderr().is_terminal());
     // try_init: a second call (tests that start several apps) keeps the first subscriber.
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -27,4 +35,10 @@ pub fn init(format: LogFormat) {
             .with_span_list(false)
             .try_init(),
     };
+    // Panics go through tracing, inside the request's span (so with its trace id), instead of
+    // raw text on stderr.
+    std::panic::set_hook(Box::new(|panic| {
+        tracing::error!(panic = %panic, "panicked");
+    }));
+    Ok(())
 }

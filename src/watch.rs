@@ -13,16 +13,20 @@ use crate::domain::scan::{ScanChange, ScanStatus};
 use crate::store::{FeedItem, Store, StoreError};
 
 const SQLITE_POLL: Duration = Duration::from_millis(200);
+/// How many audit ids behind the newest one read a catch-up reads again.
+const RECHECK_WINDOW: i64 = 1000;
 
 /// Prints changes until the process is stopped.
 pub async fn run(store: &Store, group: Option<&AccountGroupId>) -> Result<(), StoreError> {
-    let mut printer = Printer::new(store.latest_event_id().await?);
-    let feed = match store {
+    // Listen first, then note where the audit trail stands: a change committed in between is
+    // heard live, and one committed before is behind the starting point.
+    let mut feed = match store {
         Store::Postgres(_) => Some(store.subscribe().await?),
         Store::Sqlite(_) => None,
     };
+    let mut printer = Printer::new(store.latest_event_id().await?);
     tracing::info!("watching for status changes");
-    let Some(mut feed) = feed else {
+    let Some(feed) = feed.as_mut() else {
         loop {
             printer.catch_up(store, group).await?;
             tokio::time::sleep(SQLITE_POLL).await;
@@ -35,7 +39,11 @@ pub async fn run(store: &Store, group: Option<&AccountGroupId>) -> Result<(), St
                     printer.print(&change);
                 }
             }
-            FeedItem::Gap => printer.catch_up(store, group).await?,
+            FeedItem::Gap => {
+                // Listen again before catching up, so nothing falls between the two.
+                *feed = store.subscribe().await?;
+                printer.catch_up(store, group).await?;
+            }
         }
     }
 }
@@ -71,15 +79,19 @@ impl Printer {
         store: &Store,
         group: Option<&AccountGroupId>,
     ) -> Result<(), StoreError> {
-        // The store answers in pages; read until it has nothing newer.
+        // Audit ids follow insertion, not commit, order: a change with an id just below the
+        // newest one read may commit later. Re-reading a window behind the mark catches it;
+        // printing is idempotent.
+        let mut after = self.after_event.saturating_sub(RECHECK_WINDOW);
         loop {
-            let page = store.changes_after(self.after_event, group).await?;
+            let page = store.changes_after(after, group).await?;
             if page.is_empty() {
                 return Ok(());
             }
             for (event, change) in page {
                 self.print(&change);
-                self.after_event = event;
+                after = event;
+                self.after_event = self.after_event.max(event);
             }
         }
     }

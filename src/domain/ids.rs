@@ -24,8 +24,13 @@ fn random_hex24() -> String {
 macro_rules! hex_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
         #[serde(try_from = "String", into = "String")]
+        #[schema(
+            value_type = String,
+            pattern = "^[0-9a-fA-F]{24}$",
+            example = "507f1f77bcf86cd799439011"
+        )]
         pub struct $name(String);
 
         impl TryFrom<String> for $name {

@@ -15,7 +15,9 @@ use super::ids::{AccountGroupId, ScanId};
 ///    └──────────┴──────► cancelled
 /// ```
 /// `completed`, `failed` and `cancelled` are final.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ScanStatus {
     Queued,
@@ -88,7 +90,7 @@ impl FromStr for ScanStatus {
 }
 
 /// A scan as stored; serialized as the API shows it (nulls where a moment was not reached).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Scan {
     #[serde(rename = "scanId")]
@@ -101,10 +103,13 @@ pub struct Scan {
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(required = true)]
     pub started_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(required = true)]
     pub finished_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(required = true)]
     pub cancelled_at: Option<OffsetDateTime>,
 }
 
@@ -147,8 +152,13 @@ impl ScanCursor {
     pub fn decode(token: &str) -> Option<Self> {
         let raw = String::from_utf8(hex::decode(token).ok()?).ok()?;
         let (nanos, id) = raw.split_once('.')?;
+        let created_at = OffsetDateTime::from_unix_timestamp_nanos(nanos.parse().ok()?).ok()?;
+        // Only instants a scan can have been created at: both stores can compare them.
+        if !(1970..=9999).contains(&created_at.year()) {
+            return None;
+        }
         Some(Self {
-            created_at: OffsetDateTime::from_unix_timestamp_nanos(nanos.parse().ok()?).ok()?,
+            created_at,
             id: ScanId::parse(id).ok()?,
         })
     }

@@ -30,7 +30,7 @@ pub async fn authenticate(
         metrics::counter!(RATE_LIMITED, "limit" => "auth_failures").increment(1);
         ApiError::RateLimited { retry_after_secs }
     };
-    if let Some(retry_after_secs) = state.auth_failures.retry_after(client) {
+    if let Some(retry_after_secs) = state.limits.auth_blocked(client).await {
         return Err(blocked(retry_after_secs));
     }
     let outcome = match presented_key(request.headers()) {
@@ -45,7 +45,7 @@ pub async fn authenticate(
         Ok(principal) => principal,
         Err(error @ ApiError::Unauthorized(_)) => {
             tracing::info!(client.address = %client, "authentication failed");
-            return Err(match state.auth_failures.record_failure(client) {
+            return Err(match state.limits.record_auth_failure(client).await {
                 Some(retry_after_secs) => blocked(retry_after_secs),
                 None => error,
             });

@@ -8,18 +8,43 @@ use super::envelope::Envelope;
 use super::error::ApiError;
 use crate::domain::service::ScanService;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Health {
+    /// `ok` from /healthz, `ready` from /readyz.
+    #[schema(example = "ok")]
     status: &'static str,
 }
 
 /// `GET /healthz`: the process is up and serving.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "operations",
+    summary = "Liveness: the process is up and serving",
+    description = "No API key needed. Does not touch the database.",
+    responses(
+        (status = 200, description = "The process is serving", body = crate::http::openapi::HealthResponse),
+    )
+)]
 pub async fn healthz() -> Json<Envelope<Health>> {
     Json(Envelope::success(Health { status: "ok" }))
 }
 
 /// `GET /readyz`: the database answers within its timeout; otherwise 503 NOT_READY, so a load
 /// balancer stops sending traffic to an instance that could only fail it.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "operations",
+    summary = "Readiness: the database answers within its timeout",
+    description = "No API key needed. 503 NOT_READY while the database is unreachable or too slow.",
+    responses(
+        (status = 200, description = "Ready to serve", body = crate::http::openapi::HealthResponse),
+        (status = 503, response = crate::http::openapi::NotReady),
+    )
+)]
 pub async fn readyz(
     State(service): State<ScanService>,
 ) -> Result<Json<Envelope<Health>>, ApiError> {

@@ -57,6 +57,19 @@ pub async fn track(request: Request, next: Next) -> Response {
 }
 
 /// `GET /metrics`, in the Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    summary = "Prometheus metrics",
+    description = "No API key needed; keep the port internal. The Prometheus text exposition format 0.0.4.",
+    responses(
+        (status = 200, description = "The metrics, in the Prometheus text format", body = String,
+            content_type = "text/plain",
+            example = "# TYPE http_requests_total counter\nhttp_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"} 1\n"),
+    )
+)]
 pub async fn render(
     State(handle): State<PrometheusHandle>,
     State(service): State<ScanService>,

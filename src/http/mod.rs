@@ -6,6 +6,7 @@ pub mod error;
 pub mod health;
 pub mod limits;
 pub mod metrics;
+pub mod openapi;
 pub mod rate_limit;
 pub mod scans;
 pub mod trace_id;
@@ -76,6 +77,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::render))
+        .route("/openapi.json", get(openapi::openapi_json))
         .merge(extra)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -87,7 +89,9 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
                 .layer(
                     TraceLayer::new_for_http()
                         .make_span_with(request_span)
-                        .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                        .on_response(DefaultOnResponse::new().level(Level::INFO))
+                        // Errors are logged once, where they become responses (ApiError).
+                        .on_failure(()),
                 )
                 .layer(middleware::from_fn(metrics::track))
                 .layer(middleware::from_fn(limits::enforce))

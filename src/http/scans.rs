@@ -70,12 +70,16 @@ impl ScanPath {
 }
 
 /// `data` of a successful cancel.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CancelledScan {
+    #[schema(value_type = ScanId)]
     scan_id: String,
+    /// Always `cancelled`.
     status: ScanStatus,
+    /// `queued` or `running` when cancelled by this request; `cancelled` when it already was.
     previous_status: ScanStatus,
+    /// When the scan was cancelled (the original moment on a repeated cancel).
     #[serde(with = "time::serde::rfc3339")]
     cancelled_at: OffsetDateTime,
 }
@@ -92,6 +96,35 @@ impl From<Cancellation> for CancelledScan {
 }
 
 /// `POST /v1/accounts/{accountGroupId}/signals/scans/{scanId}/cancel`
+#[utoipa::path(
+    post,
+    path = "/v1/accounts/{accountGroupId}/signals/scans/{scanId}/cancel",
+    operation_id = "cancelSignalScan",
+    tag = "signal scans",
+    summary = "Cancel a signal scan",
+    description = "Cancels a signal scan that is still queued or running. Completed or failed scans answer \
+        422 VALIDATION_ERROR. Cancelling a cancelled scan answers 200 with `previousStatus` cancelled and the \
+        original `cancelledAt`. Requires the `signals:write` permission and access to the account group. \
+        No request body; no idempotency keys.",
+    params(
+        ("accountGroupId" = inline(crate::domain::ids::AccountGroupId), Path,
+            description = "Account group ID that scopes the request: 24 hexadecimal characters, either case."),
+        ("scanId" = inline(crate::domain::ids::ScanId), Path,
+            description = "Signal scan ID returned when the scan was started: 24 hexadecimal characters, either case."),
+    ),
+    security(("bearerAuth" = []), ("apiKey" = [])),
+    responses(
+        (status = 200, description = "Scan cancelled, now or before", body = crate::http::openapi::SignalScanCancelSuccessResponse),
+        (status = 400, response = crate::http::openapi::BadRequest),
+        (status = 401, response = crate::http::openapi::Unauthorized),
+        (status = 403, response = crate::http::openapi::Forbidden),
+        (status = 404, response = crate::http::openapi::NotFound),
+        (status = 422, response = crate::http::openapi::NotCancellable),
+        (status = 429, response = crate::http::openapi::RateLimited),
+        (status = 500, response = crate::http::openapi::InternalError),
+        (status = 502, response = crate::http::openapi::UpstreamError),
+    )
+)]
 pub async fn cancel_scan(
     State(service): State<ScanService>,
     principal: Principal,
@@ -117,6 +150,32 @@ pub async fn cancel_scan(
 
 /// `GET /v1/accounts/{accountGroupId}/signals/scans/{scanId}`: where a client checks a scan's
 /// state before retrying a cancel.
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{accountGroupId}/signals/scans/{scanId}",
+    operation_id = "getSignalScan",
+    tag = "signal scans",
+    summary = "Get a signal scan",
+    description = "The scan's status and the moments it reached: where a client checks the state before \
+        retrying a cancel. Requires `signals:read` or `signals:write` and access to the account group.",
+    params(
+        ("accountGroupId" = inline(crate::domain::ids::AccountGroupId), Path,
+            description = "Account group ID that scopes the request: 24 hexadecimal characters, either case."),
+        ("scanId" = inline(crate::domain::ids::ScanId), Path,
+            description = "Signal scan ID returned when the scan was started: 24 hexadecimal characters, either case."),
+    ),
+    security(("bearerAuth" = []), ("apiKey" = [])),
+    responses(
+        (status = 200, description = "The scan", body = crate::http::openapi::SignalScanResponse),
+        (status = 400, response = crate::http::openapi::BadRequest),
+        (status = 401, response = crate::http::openapi::Unauthorized),
+        (status = 403, response = crate::http::openapi::Forbidden),
+        (status = 404, response = crate::http::openapi::NotFound),
+        (status = 429, response = crate::http::openapi::RateLimited),
+        (status = 500, response = crate::http::openapi::InternalError),
+        (status = 502, response = crate::http::openapi::UpstreamError),
+    )
+)]
 pub async fn get_scan(
     State(service): State<ScanService>,
     principal: Principal,
@@ -182,11 +241,13 @@ impl ListParams {
 }
 
 /// `data` of the list.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScanList {
+    /// Newest first.
     scans: Vec<Scan>,
     /// Pass as `cursor` for the next page; null on the last page.
+    #[schema(required = true)]
     next_cursor: Option<String>,
 }
 
@@ -200,6 +261,35 @@ impl From<ScanPage> for ScanList {
 }
 
 /// `GET /v1/accounts/{accountGroupId}/signals/scans?status=&limit=&cursor=`: newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{accountGroupId}/signals/scans",
+    operation_id = "listSignalScans",
+    tag = "signal scans",
+    summary = "List signal scans",
+    description = "The account group's scans, newest first, a page at a time: pass `nextCursor` back as \
+        `cursor`; it is null on the last page. A malformed or unknown query parameter is 400 naming it. \
+        Requires `signals:read` or `signals:write` and access to the account group.",
+    params(
+        ("accountGroupId" = inline(crate::domain::ids::AccountGroupId), Path,
+            description = "Account group ID that scopes the request: 24 hexadecimal characters, either case."),
+        ("status" = Option<ScanStatus>, Query, description = "Only scans in this status."),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100,
+            description = "Scans per page, 1 to 100; 20 when absent."),
+        ("cursor" = Option<String>, Query, pattern = "^(2[bB])?(3[0-9]){1,20}2[eE](3[0-9]|4[1-6]|6[1-6]){24}$",
+            description = "The `nextCursor` of the previous page, passed back unchanged (an opaque token)."),
+    ),
+    security(("bearerAuth" = []), ("apiKey" = [])),
+    responses(
+        (status = 200, description = "A page of scans", body = crate::http::openapi::SignalScanListResponse),
+        (status = 400, response = crate::http::openapi::BadRequest),
+        (status = 401, response = crate::http::openapi::Unauthorized),
+        (status = 403, response = crate::http::openapi::Forbidden),
+        (status = 429, response = crate::http::openapi::RateLimited),
+        (status = 500, response = crate::http::openapi::InternalError),
+        (status = 502, response = crate::http::openapi::UpstreamError),
+    )
+)]
 pub async fn list_scans(
     State(service): State<ScanService>,
     principal: Principal,
@@ -213,14 +303,17 @@ pub async fn list_scans(
 }
 
 /// One row of the audit trail as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventView {
     /// null for the row that records the scan's creation.
+    #[schema(required = true)]
     from: Option<ScanStatus>,
     to: ScanStatus,
     #[serde(with = "time::serde::rfc3339")]
     at: OffsetDateTime,
+    /// The trace id of the request that made the change; null when none did (e.g. the command line).
+    #[schema(required = true)]
     trace_id: Option<String>,
 }
 
@@ -236,14 +329,41 @@ impl From<ScanEvent> for EventView {
 }
 
 /// `data` of the events route.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScanEvents {
     scan_id: ScanId,
+    /// Oldest first.
     events: Vec<EventView>,
 }
 
 /// `GET /v1/accounts/{accountGroupId}/signals/scans/{scanId}/events`: the audit trail.
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{accountGroupId}/signals/scans/{scanId}/events",
+    operation_id = "listSignalScanEvents",
+    tag = "signal scans",
+    summary = "A signal scan's status changes",
+    description = "The scan's audit trail, oldest first; `from` is null for its creation. Requires \
+        `signals:read` or `signals:write` and access to the account group.",
+    params(
+        ("accountGroupId" = inline(crate::domain::ids::AccountGroupId), Path,
+            description = "Account group ID that scopes the request: 24 hexadecimal characters, either case."),
+        ("scanId" = inline(crate::domain::ids::ScanId), Path,
+            description = "Signal scan ID returned when the scan was started: 24 hexadecimal characters, either case."),
+    ),
+    security(("bearerAuth" = []), ("apiKey" = [])),
+    responses(
+        (status = 200, description = "The scan's status changes", body = crate::http::openapi::SignalScanEventsResponse),
+        (status = 400, response = crate::http::openapi::BadRequest),
+        (status = 401, response = crate::http::openapi::Unauthorized),
+        (status = 403, response = crate::http::openapi::Forbidden),
+        (status = 404, response = crate::http::openapi::NotFound),
+        (status = 429, response = crate::http::openapi::RateLimited),
+        (status = 500, response = crate::http::openapi::InternalError),
+        (status = 502, response = crate::http::openapi::UpstreamError),
+    )
+)]
 pub async fn scan_events(
     State(service): State<ScanService>,
     principal: Principal,

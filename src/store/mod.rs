@@ -351,7 +351,11 @@ fn classify(error: sqlx::Error) -> StoreError {
         | sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| is_transient_code(&code)),
+        sqlx::Error::Database(db) => {
+            let sqlite = db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some();
+            db.code()
+                .is_some_and(|code| is_transient_code(&code, sqlite))
+        }
         _ => false,
     };
     if unavailable {
@@ -363,15 +367,37 @@ fn classify(error: sqlx::Error) -> StoreError {
 
 /// PostgreSQL SQLSTATE classes 08 (connection), 53 (resources) and 57 (operator intervention,
 /// statement timeout); SQLite's BUSY (5) and LOCKED (6), with their extended codes.
-fn is_transient_code(code: &str) -> bool {
-    if code.starts_with("08") || code.starts_with("53") || code.starts_with("57") {
-        return true;
+fn is_transient_code(code: &str, sqlite: bool) -> bool {
+    if sqlite {
+        return code
+            .parse::<i32>()
+            .is_ok_and(|code| matches!(code & 0xff, 5 | 6));
     }
-    code.parse::<i32>()
-        .is_ok_and(|sqlite| matches!(sqlite & 0xff, 5 | 6))
+    code.starts_with("08") || code.starts_with("53") || code.starts_with("57")
 }
 
 fn parse_status(raw: &str) -> Result<ScanStatus, StoreError> {
     raw.parse()
         .map_err(|e: crate::domain::scan::UnknownStatus| StoreError::Corrupt(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_transient_code;
+
+    #[test]
+    fn transient_codes_are_read_by_the_rules_of_their_own_database() {
+        for code in ["08006", "53300", "57014", "57P01"] {
+            assert!(is_transient_code(code, false), "{code}");
+        }
+        // 42501 and 22021 end in the byte 5 but are PostgreSQL's, and not transient.
+        for code in ["42501", "22021", "23505", "40001"] {
+            assert!(!is_transient_code(code, false), "{code}");
+        }
+        for code in ["5", "6", "517", "261"] {
+            assert!(is_transient_code(code, true), "{code}");
+        }
+        assert!(!is_transient_code("19", true));
+        assert!(!is_transient_code("2067", true));
+    }
 }

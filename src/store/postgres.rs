@@ -5,7 +5,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -23,6 +24,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Boxed: the options are large and the pool is what every clone needs.
+    migrate_options: Box<PgConnectOptions>,
     timeout: Duration,
 }
 
@@ -31,10 +34,18 @@ impl PgStore {
         let timeout_ms = options.timeout.as_millis().to_string();
         let connect = PgConnectOptions::from_str(options.url.expose_secret())
             .map_err(|_| StoreError::Config("DATABASE_URL is not a valid PostgreSQL URL".into()))?
-            .application_name("signal-scans")
+            .application_name("signal-scans");
+        // Migrations may wait for another replica's migration lock and may take long: they run
+        // on their own connection without the request timeout.
+        let migrate_options = Box::new(connect.clone());
+        let connect = connect.options([
             // The server gives up on a statement when we would, so a stalled query does not
             // keep holding its row locks after the client has answered 502.
-            .options([("statement_timeout", timeout_ms.as_str())]);
+            ("statement_timeout", timeout_ms.as_str()),
+            // The guarded statements rely on READ COMMITTED (a waiter re-reads the winner's
+            // row); a database whose default is stricter would turn races into 500s.
+            ("default_transaction_isolation", "read committed"),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.timeout)
@@ -44,6 +55,7 @@ impl PgStore {
             .connect_lazy_with(connect);
         Ok(Self {
             pool,
+            migrate_options,
             timeout: options.timeout,
         })
     }
@@ -66,10 +78,16 @@ impl PgStore {
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await.map_err(|error| match error {
-            sqlx::migrate::MigrateError::Execute(error) => classify(error),
-            other => StoreError::Internal(other.to_string()),
-        })
+        let mut connection = self
+            .bounded(PgConnection::connect_with(&self.migrate_options))
+            .await?;
+        MIGRATOR
+            .run(&mut connection)
+            .await
+            .map_err(|error| match error {
+                sqlx::migrate::MigrateError::Execute(error) => classify(error),
+                other => StoreError::Internal(other.to_string()),
+            })
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -308,15 +326,19 @@ impl PgStore {
                          SELECT * FROM signal_scans
                          WHERE id = $1 AND ($2::text IS NULL OR account_group_id = $2::text)
                          FOR UPDATE
+                     ), stamp AS (
+                         -- Read after `current` holds the lock: a change that waited behind
+                         -- another is stamped after it, never before.
+                         SELECT clock_timestamp() AS at FROM current
                      ), changed AS (
                          UPDATE signal_scans AS s
                          SET status = $3::text,
-                             updated_at = now(),
-                             started_at = CASE WHEN $3::text = 'running' THEN now() ELSE s.started_at END,
+                             updated_at = stamp.at,
+                             started_at = CASE WHEN $3::text = 'running' THEN stamp.at ELSE s.started_at END,
                              finished_at = CASE WHEN $3::text IN ('completed', 'failed', 'cancelled')
-                                                THEN now() ELSE s.finished_at END,
-                             cancelled_at = CASE WHEN $3::text = 'cancelled' THEN now() ELSE s.cancelled_at END
-                         FROM current
+                                                THEN stamp.at ELSE s.finished_at END,
+                             cancelled_at = CASE WHEN $3::text = 'cancelled' THEN stamp.at ELSE s.cancelled_at END
+                         FROM current, stamp
                          WHERE s.id = current.id AND current.status = ANY($4::text[])
                          RETURNING s.*, current.status AS previous_status
                      ), audit AS (

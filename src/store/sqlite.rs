@@ -337,13 +337,14 @@ impl SqliteStore {
         actor: Actor<'_>,
     ) -> Result<Transition, StoreError> {
         let from: Vec<&str> = to.reachable_from().iter().map(|s| s.as_str()).collect();
-        let at = encode(now());
         // BEGIN IMMEDIATE holds SQLite's single write lock for the whole transaction, so the
         // status read below cannot go stale before the guarded UPDATE; the UPDATE keeps its
         // from-status guard all the same.
         let outcome = self
             .bounded(async {
                 let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+                // Stamped once the write lock is held: never before a change it waited behind.
+                let at = encode(now());
                 let current: Option<ScanRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                     "SELECT {SCAN_COLUMNS} FROM signal_scans
                      WHERE id = ?1 AND (?2 IS NULL OR account_group_id = ?2)"

@@ -202,6 +202,13 @@ async fn checks_run_in_the_documented_order(backend: Backend) {
     for (key, group, scan, status, code) in cases {
         let response = app.cancel(key, group, scan).await;
         response.assert_error(status, code);
+        // Every answer after authentication states the key's rate limit.
+        assert_eq!(
+            response.header("ratelimit").is_some(),
+            status != 401,
+            "{response:?}"
+        );
+        assert_eq!(response.header("ratelimit-policy").is_some(), status != 401);
     }
 }
 store_test!(checks_run_in_the_documented_order);

@@ -172,6 +172,29 @@ async fn keys_create_refuses_bad_input_in_one_line(backend: Backend) {
 }
 store_test!(keys_create_refuses_bad_input_in_one_line);
 
+async fn keys_create_without_permissions_grants_read_and_write(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+
+    let created = json_of(&signal_scans(
+        &app.db.url,
+        &[
+            "keys",
+            "create",
+            "--name",
+            "ops",
+            "--all-account-groups",
+            "--json",
+        ],
+    ));
+
+    assert_eq!(
+        created["permissions"],
+        serde_json::json!(["signals:read", "signals:write"])
+    );
+    assert_eq!(created["allAccountGroups"], true);
+}
+store_test!(keys_create_without_permissions_grants_read_and_write);
+
 #[test]
 fn a_missing_or_bad_setting_is_one_line_naming_it() {
     for (env, args, named) in [
@@ -211,6 +234,16 @@ fn a_missing_or_bad_setting_is_one_line_naming_it() {
             vec![("DATABASE_URL", "mysql://x@127.0.0.1/x")],
             vec!["migrate"],
             "DATABASE_URL",
+        ),
+        (
+            vec![("RUST_LOG", "info,[[[=x")],
+            vec!["migrate"],
+            "RUST_LOG",
+        ),
+        (
+            vec![("KEY_CACHE_TTL_MS", "5000")],
+            vec!["serve"],
+            "KEY_CACHE_TTL_MS",
         ),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_signal-scans"))

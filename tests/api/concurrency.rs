@@ -118,3 +118,50 @@ async fn a_late_completion_after_a_cancel_changes_nothing(backend: Backend) {
     assert_eq!(app.status_of(&scan).await, ScanStatus::Cancelled);
 }
 store_test!(a_late_completion_after_a_cancel_changes_nothing);
+
+/// The guarded statements rely on READ COMMITTED; a database whose default isolation is stricter
+/// must not turn a race into 500s.
+async fn races_hold_even_if_the_database_defaults_to_repeatable_read(backend: Backend) {
+    use sqlx::Connection;
+    let app = TestApp::spawn(backend).await;
+    let name = url::Url::parse(&app.db.url)
+        .unwrap()
+        .path()
+        .trim_start_matches('/')
+        .to_owned();
+    let mut admin = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        r#"ALTER DATABASE "{name}" SET default_transaction_isolation = 'repeatable read'"#
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    // Only new connections take the database default; this app has none open to any scan yet
+    // but may have pooled some, so use a fresh instance.
+    let replica = app.replica().await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let scan = app.scan(&group, ScanStatus::Running).await;
+    let path = crate::helpers::cancel_path(group.as_str(), scan.as_str());
+
+    let responses = join_all((0..20).map(|_| async {
+        crate::helpers::ApiResponse::from(
+            app.client
+                .post(format!("http://{}{path}", replica.addr))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }))
+    .await;
+
+    for response in &responses {
+        assert_eq!(response.status, 200, "{response:?}");
+    }
+}
+store_test!(
+    races_hold_even_if_the_database_defaults_to_repeatable_read,
+    postgres_only
+);

@@ -209,6 +209,11 @@ async fn bad_list_parameters_are_400_naming_the_parameter(backend: Backend) {
         ("?status=CANCELLED", "status"),
         ("?cursor=not-a-cursor", "cursor"),
         ("?cursor=", "cursor"),
+        // A well-formed cursor from before the epoch: refused, not passed to the database.
+        (
+            "?cursor=2d3230303030303030303030303030303030303030302e353037663166373762636638366364373939343339303131",
+            "cursor",
+        ),
         ("?colour=blue", "colour"),
         ("?limit=1&limit=2", "limit"),
     ] {

@@ -24,6 +24,8 @@ async fn trace_id_comes_from_traceparent_then_request_id_then_is_generated(backe
     )
     .await;
     let from_request_id = send(&app, &[("x-request-id", "client-req_42.a:b")]).await;
+    let longest = "b".repeat(64);
+    let from_longest = send(&app, &[("x-request-id", &longest)]).await;
     let too_long = "a".repeat(65);
     let generated = [
         send(&app, &[]).await,
@@ -44,6 +46,11 @@ async fn trace_id_comes_from_traceparent_then_request_id_then_is_generated(backe
         "4bf92f3577b34da6a3ce929d0e0e4736"
     );
     assert_eq!(from_request_id.trace_id(), "client-req_42.a:b");
+    assert_eq!(
+        from_longest.trace_id(),
+        longest,
+        "64 characters is still accepted"
+    );
     let mut seen = std::collections::HashSet::new();
     for response in &generated {
         let id = response.trace_id();

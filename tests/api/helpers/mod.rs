@@ -16,9 +16,10 @@ use signal_scans::domain::ids::{AccountGroupId, ScanId};
 use signal_scans::domain::keys::{AccountGroupAccess, NewApiKey, Permission};
 use signal_scans::domain::scan::ScanStatus;
 use signal_scans::domain::service::ScanService;
-use signal_scans::http::rate_limit::RateLimit;
+use signal_scans::http::rate_limit::{RateLimit, RateLimiter};
 use signal_scans::store::{KeyToCreate, Store, StoreOptions};
 use sqlx::{Connection, Executor, PgConnection};
+use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -230,6 +231,8 @@ pub struct TestApp {
     pub db: TestDatabase,
     /// Present when spawned with `through_proxy`.
     pub proxy: Option<proxy::Proxy>,
+    /// The app's rate limiter, to ask whether Redis is in use.
+    pub limits: Arc<RateLimiter>,
     revocations: Option<tokio::task::JoinHandle<()>>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -244,7 +247,8 @@ impl TestApp {
 
     pub async fn spawn_with(backend: Backend, settings: Settings) -> Self {
         if !TELEMETRY.swap(true, Ordering::SeqCst) && std::env::var_os("TEST_LOG").is_some() {
-            signal_scans::telemetry::init(signal_scans::telemetry::LogFormat::Text);
+            signal_scans::telemetry::init(signal_scans::telemetry::LogFormat::Text)
+                .expect("TEST_LOG with a valid RUST_LOG");
         }
         let db = TestDatabase::create(backend).await;
         let store = Store::connect(&store_options(&db.url, Duration::from_secs(10))).unwrap();
@@ -267,7 +271,8 @@ impl TestApp {
         let served_store = app_store.clone();
         let scans = ScanService::with_key_cache(app_store, settings.key_cache_ttl);
         let revocations = scans.spawn_revocation_listener();
-        let state = AppState::new(scans, &settings.http);
+        let state = AppState::new(scans, &settings.http).expect("valid settings");
+        let limits = state.limits.clone();
         let router = signal_scans::http::router_with(state, settings.extra_routes);
         let application = Application::bind("127.0.0.1:0".parse().unwrap(), router)
             .await
@@ -290,6 +295,7 @@ impl TestApp {
             served_store,
             db,
             proxy,
+            limits,
             revocations,
             shutdown: Some(shutdown),
             server: Some(server),
@@ -364,10 +370,16 @@ impl TestApp {
     /// A second instance of the service on the same database, as a horizontally scaled
     /// deployment runs it: its own key cache, its own revocation listener.
     pub async fn replica(&self) -> Replica {
+        self.replica_with(&Settings::default().http).await
+    }
+
+    /// A second instance with its own HTTP settings.
+    pub async fn replica_with(&self, http: &HttpSettings) -> Replica {
         let store = Store::connect(&store_options(&self.db.url, Duration::from_secs(2))).unwrap();
         let scans = ScanService::with_key_cache(store, Duration::from_millis(1000));
         let revocations = scans.spawn_revocation_listener();
-        let state = AppState::new(scans, &Settings::default().http);
+        let state = AppState::new(scans, http).expect("valid settings");
+        let limits = state.limits.clone();
         let application = Application::bind(
             "127.0.0.1:0".parse().unwrap(),
             signal_scans::http::router(state),
@@ -378,6 +390,7 @@ impl TestApp {
         let server = tokio::spawn(application.serve(std::future::pending(), Duration::ZERO));
         Replica {
             addr,
+            limits,
             server,
             revocations,
         }
@@ -409,6 +422,7 @@ impl TestApp {
 /// Another instance of the service; see [`TestApp::replica`].
 pub struct Replica {
     pub addr: SocketAddr,
+    pub limits: Arc<RateLimiter>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     revocations: Option<tokio::task::JoinHandle<()>>,
 }
@@ -519,6 +533,33 @@ impl ApiResponse {
     pub fn trace_id(&self) -> &str {
         self.body["traceId"].as_str().unwrap()
     }
+}
+
+/// Whether the Redis that shared-limit tests use answers (`TEST_REDIS_URL`, default
+/// redis://127.0.0.1:6379). Without it those tests are skipped and say so; under `CI=true` they fail.
+pub async fn redis_url() -> Option<String> {
+    let url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let reachable = match tokio::net::TcpStream::connect(
+        url.trim_start_matches("redis://").trim_end_matches('/'),
+    )
+    .await
+    {
+        Ok(_) => return Some(url),
+        Err(error) => error,
+    };
+    let how = format!(
+        "Redis is not reachable at {url} ({reachable}); set TEST_REDIS_URL or start it with \
+         `redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no`."
+    );
+    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+        panic!("{how} Under CI=true the shared-limit tests must run.");
+    }
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "\nNOTE: a shared-limit test was NOT run. {how}\n"
+    );
+    None
 }
 
 /// `n` fresh ids that name nothing.

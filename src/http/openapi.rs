@@ -1,0 +1,667 @@
+//! The OpenAPI 3.1 document of the whole API, served at `GET /openapi.json` (no API key).
+//!
+//! It is generated from the code: the handlers' `#[utoipa::path]` attributes, the `ToSchema`
+//! derives on the real response types, and, for the named envelopes and error responses below,
+//! the real `Envelope` schema narrowed to success or failure, with examples rendered from the
+//! real types (an error's example is what `ApiError` itself answers).
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::OnceLock;
+use std::task::{Context, Poll, Waker};
+
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use time::macros::datetime;
+use utoipa::openapi::content::ContentBuilder;
+use utoipa::openapi::example::ExampleBuilder;
+use utoipa::openapi::extensions::Extensions;
+use utoipa::openapi::header::{Header, HeaderBuilder};
+use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::schema::{AdditionalProperties, Object, ObjectBuilder, Schema, Type};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{self, Ref, RefOr};
+use utoipa::{Modify, OpenApi, PartialSchema, ToResponse, ToSchema};
+
+use super::envelope::{Envelope, ErrorBody};
+use super::error::ApiError;
+use super::health::{self, Health};
+use super::scans::{CancelledScan, EventView, ScanEvents, ScanList};
+use crate::domain::ids::{AccountGroupId, InvalidId, ScanId};
+use crate::domain::keys::Permission;
+use crate::domain::scan::{Scan, ScanCursor, ScanEvent, ScanStatus};
+use crate::domain::service::{AuthFailure, Cancellation, ScanPage, ServiceError};
+
+/// The trace id every example shows (a real one is per request).
+const EXAMPLE_TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const EXAMPLE_GROUP: &str = "507f1f77bcf86cd799439011";
+const EXAMPLE_SCAN: &str = "65a1f0c2e4b0a1b2c3d4e5f6";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "signal-scans",
+        version = env!("CARGO_PKG_VERSION"),
+        description = "Cancels asynchronous signal scans over a small, strict HTTP API. Every answer \
+            except /metrics and this document is the JSON envelope \
+            `{\"success\",\"data\",\"error\",\"traceId\"}`, and every response carries the trace id \
+            in `X-Request-Id`. The /v1 routes need an API key, as `Authorization: Bearer <key>` \
+            or `X-API-Key: <key>`.",
+        license(name = "MIT", identifier = "MIT"),
+    ),
+    paths(
+        super::scans::cancel_scan,
+        super::scans::get_scan,
+        super::scans::list_scans,
+        super::scans::scan_events,
+        super::health::healthz,
+        super::health::readyz,
+        super::metrics::render,
+        openapi_json,
+    ),
+    components(
+        schemas(
+            SignalScanCancelSuccessResponse,
+            SignalScanResponse,
+            SignalScanListResponse,
+            SignalScanEventsResponse,
+            HealthResponse,
+            ValidationErrorResponse,
+            ErrorResponse,
+            AccountGroupId,
+            ScanId,
+        ),
+        responses(
+            BadRequest,
+            Unauthorized,
+            Forbidden,
+            NotFound,
+            NotCancellable,
+            RateLimited,
+            InternalError,
+            UpstreamError,
+            NotReady,
+        ),
+    ),
+    modifiers(&SecurityAndHeaders),
+    tags(
+        (name = "signal scans", description = "Read and cancel the signal scans of an account group."),
+        (name = "operations", description = "Health, readiness, metrics and this document; no API key."),
+    ),
+)]
+pub struct ApiDoc;
+
+/// The document, as served: built once.
+pub fn document() -> &'static str {
+    static DOCUMENT: OnceLock<String> = OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        ApiDoc::openapi()
+            .to_pretty_json()
+            .expect("the OpenAPI document serializes")
+    })
+}
+
+/// `GET /openapi.json`
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    operation_id = "openapi",
+    tag = "operations",
+    summary = "This OpenAPI 3.1 document",
+    description = "No API key needed. Generated from the code of the version that serves it.",
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 document of this API", body = Object,
+            content_type = "application/json"),
+    )
+)]
+pub async fn openapi_json() -> Response {
+    let mut response = document().into_response();
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+// ----- Named envelopes: the derived `Envelope<T>` schema, narrowed to success or failure -----
+
+/// Declares a unit type whose schema is the success envelope around `$data`, named `$name`.
+macro_rules! success_envelope {
+    ($(#[$doc:meta])* $name:ident, $data:ty, $example:expr) => {
+        $(#[$doc])*
+        pub struct $name;
+
+        impl PartialSchema for $name {
+            fn schema() -> RefOr<Schema> {
+                success_schema::<$data>($example)
+            }
+        }
+
+        impl ToSchema for $name {
+            fn name() -> Cow<'static, str> {
+                Cow::Borrowed(stringify!($name))
+            }
+
+            fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+                schemas.push((<$data>::name().into_owned(), <$data>::schema()));
+                <$data>::schemas(schemas);
+            }
+        }
+    };
+}
+
+success_envelope!(
+    /// `data` is the cancelled scan.
+    SignalScanCancelSuccessResponse,
+    CancelledScan,
+    example_cancel()
+);
+success_envelope!(
+    /// `data` is the scan.
+    SignalScanResponse,
+    Scan,
+    example_scan()
+);
+success_envelope!(
+    /// `data` is a page of scans.
+    SignalScanListResponse,
+    ScanList,
+    example_list()
+);
+success_envelope!(
+    /// `data` is the scan's status changes.
+    SignalScanEventsResponse,
+    ScanEvents,
+    example_events()
+);
+success_envelope!(
+    /// `data` is the health status.
+    HealthResponse,
+    Health,
+    block_on_ready(health::healthz()).0.to_value()
+);
+
+/// Every error but 400: `error.code` is one of the codes in the descriptions.
+pub struct ErrorResponse;
+
+impl PartialSchema for ErrorResponse {
+    fn schema() -> RefOr<Schema> {
+        failure_schema(None, rendered(ServiceError::ScanNotFound.into()).body)
+    }
+}
+
+impl ToSchema for ErrorResponse {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((ErrorBody::name().into_owned(), error_body_schema(None)));
+    }
+}
+
+/// 400: the request is malformed; `error.code` is `VALIDATION_ERROR` and `details` names what.
+pub struct ValidationErrorResponse;
+
+impl PartialSchema for ValidationErrorResponse {
+    fn schema() -> RefOr<Schema> {
+        failure_schema(
+            Some("VALIDATION_ERROR"),
+            rendered(ApiError::Validation(format!("scanId {InvalidId}"))).body,
+        )
+    }
+}
+
+impl ToSchema for ValidationErrorResponse {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        ErrorResponse::schemas(schemas);
+    }
+}
+
+/// `Envelope<T>` as derived, with `success` true, `data` a `T` and `error` null.
+fn success_schema<T: ToSchema>(example: Value) -> RefOr<Schema> {
+    let mut envelope = envelope_object::<T>();
+    envelope.properties.insert("success".into(), constant(true));
+    envelope
+        .properties
+        .insert("data".into(), Ref::from_schema_name(T::name()).into());
+    envelope.properties.insert("error".into(), null());
+    envelope.example = Some(example);
+    RefOr::T(Schema::Object(envelope))
+}
+
+/// `Envelope<_>` as derived, with `success` false, `data` null and `error` an `ErrorBody`
+/// (its `code` fixed to `code` when given).
+fn failure_schema(code: Option<&'static str>, example: Value) -> RefOr<Schema> {
+    let mut envelope = envelope_object::<Health>();
+    envelope
+        .properties
+        .insert("success".into(), constant(false));
+    envelope.properties.insert("data".into(), null());
+    let error = match code {
+        None => Ref::from_schema_name(ErrorBody::name()).into(),
+        Some(code) => error_body_schema(Some(code)),
+    };
+    envelope.properties.insert("error".into(), error);
+    envelope.example = Some(example);
+    RefOr::T(Schema::Object(envelope))
+}
+
+/// The derived envelope: its property names, `traceId`, descriptions and required list.
+fn envelope_object<T: ToSchema>() -> Object {
+    let mut envelope = object(Envelope::<T>::schema());
+    for property in ["success", "data", "error", "traceId"] {
+        assert!(
+            envelope.properties.contains_key(property),
+            "the envelope has no {property}"
+        );
+        if !envelope.required.iter().any(|name| name == property) {
+            envelope.required.push(property.into());
+        }
+    }
+    envelope.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+    envelope
+}
+
+/// The derived `ErrorBody`, closed, its `code` fixed when given.
+fn error_body_schema(code: Option<&'static str>) -> RefOr<Schema> {
+    let mut body = object(ErrorBody::schema());
+    body.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+    if let Some(code) = code {
+        body.properties.insert(
+            "code".into(),
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some([code]))
+                .into(),
+        );
+    }
+    RefOr::T(Schema::Object(body))
+}
+
+fn object(schema: RefOr<Schema>) -> Object {
+    match schema {
+        RefOr::T(Schema::Object(object)) => object,
+        _ => panic!("a derived struct schema is an inline object"),
+    }
+}
+
+fn constant(value: bool) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::Boolean)
+        .enum_values(Some([value]))
+        .into()
+}
+
+fn null() -> RefOr<Schema> {
+    Object::with_type(Type::Null).into()
+}
+
+// ----- Examples, made of the real types -----
+
+fn example_scan_value() -> Scan {
+    Scan {
+        id: ScanId::parse(EXAMPLE_SCAN).expect("example id"),
+        account_group_id: AccountGroupId::parse(EXAMPLE_GROUP).expect("example id"),
+        status: ScanStatus::Cancelled,
+        created_at: datetime!(2026-11-28 23:58:02.120 UTC),
+        updated_at: datetime!(2026-11-29 00:14:45.778 UTC),
+        started_at: Some(datetime!(2026-11-28 23:58:03.004 UTC)),
+        finished_at: None,
+        cancelled_at: Some(datetime!(2026-11-29 00:14:45.778 UTC)),
+    }
+}
+
+fn example_cancel() -> Value {
+    Envelope::success(CancelledScan::from(Cancellation {
+        scan_id: ScanId::parse(EXAMPLE_SCAN).expect("example id"),
+        previous_status: ScanStatus::Running,
+        cancelled_at: datetime!(2026-11-29 00:14:45.778 UTC),
+    }))
+    .to_value()
+}
+
+fn example_scan() -> Value {
+    Envelope::success(example_scan_value()).to_value()
+}
+
+fn example_list() -> Value {
+    let scan = example_scan_value();
+    let next = Some(ScanCursor::after(&scan));
+    Envelope::success(ScanList::from(ScanPage {
+        scans: vec![scan],
+        next,
+    }))
+    .to_value()
+}
+
+fn example_events() -> Value {
+    let scan = example_scan_value();
+    let event = |from, to, at, trace_id: Option<&str>| {
+        serde_json::to_value(EventView::from(ScanEvent {
+            scan_id: scan.id.clone(),
+            from,
+            to,
+            api_key_id: None,
+            trace_id: trace_id.map(str::to_owned),
+            at,
+        }))
+        .expect("an event serializes")
+    };
+    let events = vec![
+        event(None, ScanStatus::Queued, scan.created_at, None),
+        event(
+            Some(ScanStatus::Queued),
+            ScanStatus::Running,
+            scan.started_at.expect("example is started"),
+            None,
+        ),
+        event(
+            Some(ScanStatus::Running),
+            ScanStatus::Cancelled,
+            scan.updated_at,
+            Some(EXAMPLE_TRACE_ID),
+        ),
+    ];
+    // `ScanEvents` is built by its handler only; its shape is `{"scanId","events"}`.
+    Envelope::success(json!({ "scanId": scan.id, "events": events })).to_value()
+}
+
+trait ExampleValue {
+    fn to_value(&self) -> Value;
+}
+
+impl<T: serde::Serialize> ExampleValue for Envelope<T> {
+    /// The envelope as JSON, with the examples' trace id.
+    fn to_value(&self) -> Value {
+        let mut value = serde_json::to_value(self).expect("an envelope serializes");
+        value["traceId"] = EXAMPLE_TRACE_ID.into();
+        value
+    }
+}
+
+/// An error as the service answers it.
+struct Rendered {
+    status: StatusCode,
+    body: Value,
+}
+
+/// Renders `error` exactly as a handler would answer it (outside any request, so its log line
+/// is suppressed and the trace id replaced by the examples' one).
+fn rendered(error: ApiError) -> Rendered {
+    let response =
+        tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+            error.into_response()
+        });
+    let status = response.status();
+    let bytes = block_on_ready(axum::body::to_bytes(response.into_body(), usize::MAX))
+        .expect("an error body is in memory");
+    let mut body: Value = serde_json::from_slice(&bytes).expect("an error body is JSON");
+    body["traceId"] = EXAMPLE_TRACE_ID.into();
+    Rendered { status, body }
+}
+
+/// Polls a future that completes without waiting (an in-memory body, a handler with no I/O).
+fn block_on_ready<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("the future was expected to complete at once"),
+    }
+}
+
+// ----- Reusable error responses, one per status, with the service's own answers as examples -----
+
+/// Declares a unit type that is a reusable response: the error envelope, with named examples
+/// rendered from `ApiError`s (all of the same status), and the headers `$headers` adds.
+macro_rules! error_response {
+    ($(#[$doc:meta])* $name:ident, $schema:ty, $headers:expr, [$(($example:literal, $error:expr)),+ $(,)?]) => {
+        $(#[$doc])*
+        pub struct $name;
+
+        impl<'r> ToResponse<'r> for $name {
+            fn response() -> (&'r str, RefOr<openapi::Response>) {
+                let examples = vec![$(($example, rendered($error))),+];
+                (stringify!($name), error_response::<$schema>(examples, $headers).into())
+            }
+        }
+    };
+}
+
+fn error_response<S: ToSchema>(
+    examples: Vec<(&'static str, Rendered)>,
+    headers: fn(ResponseBuilder) -> ResponseBuilder,
+) -> openapi::Response {
+    let status = examples[0].1.status;
+    assert!(
+        examples.iter().all(|(_, example)| example.status == status),
+        "one response, one status"
+    );
+    let description = examples[0].1.body["error"]["message"]
+        .as_str()
+        .expect("an error has a message")
+        .to_owned();
+    let content = ContentBuilder::new()
+        .schema(Some(Ref::from_schema_name(S::name())))
+        .examples_from_iter(examples.into_iter().map(|(name, example)| {
+            let summary = example.body["error"]["details"]
+                .as_str()
+                .unwrap_or("no details")
+                .to_owned();
+            (
+                name,
+                ExampleBuilder::new()
+                    .summary(summary)
+                    .value(Some(example.body))
+                    .build(),
+            )
+        }))
+        .build();
+    headers(
+        ResponseBuilder::new()
+            .description(description)
+            .content("application/json", content)
+            .header("X-Request-Id", request_id_header()),
+    )
+    .build()
+}
+
+/// After authentication: the rate-limit headers, when the key's limit was checked.
+fn after_auth(response: ResponseBuilder) -> ResponseBuilder {
+    rate_limit_headers(response, false)
+}
+
+fn no_headers(response: ResponseBuilder) -> ResponseBuilder {
+    response
+}
+
+error_response!(
+    /// 400 VALIDATION_ERROR.
+    BadRequest,
+    ValidationErrorResponse,
+    after_auth,
+    [
+        ("malformedIds", ApiError::Validation(format!("accountGroupId {InvalidId}; scanId {InvalidId}"))),
+        ("badQuery", ApiError::Validation("limit must be an integer from 1 to 100".into())),
+    ]
+);
+error_response!(
+    /// 401 UNAUTHORIZED.
+    Unauthorized,
+    ErrorResponse,
+    |response: ResponseBuilder| response.header(
+        "WWW-Authenticate",
+        required(
+            HeaderBuilder::new()
+                .schema(Some(String::schema()))
+                .description(Some("Always `Bearer`."))
+                .example(Some("Bearer".into()))
+        )
+    ),
+    [
+        ("missingKey", ApiError::Unauthorized(AuthFailure::Missing.to_string())),
+        ("invalidKey", ApiError::Unauthorized(AuthFailure::Invalid.to_string())),
+    ]
+);
+error_response!(
+    /// 403 FORBIDDEN.
+    Forbidden,
+    ErrorResponse,
+    after_auth,
+    [
+        ("missingPermission", ApiError::Forbidden(format!(
+            "API key lacks the {} permission",
+            Permission::SignalsWrite.as_str()
+        ))),
+        ("noGroupAccess", ApiError::from(ServiceError::GroupForbidden(
+            AccountGroupId::parse(EXAMPLE_GROUP).expect("example id")
+        ))),
+    ]
+);
+error_response!(
+    /// 404 NOT_FOUND.
+    NotFound,
+    ErrorResponse,
+    after_auth,
+    [("noSuchScan", ServiceError::ScanNotFound.into())]
+);
+error_response!(
+    /// 422 VALIDATION_ERROR: the scan is completed or failed.
+    NotCancellable,
+    ErrorResponse,
+    after_auth,
+    [
+        ("completed", ApiError::NotCancellable { current: ScanStatus::Completed }),
+        ("failed", ApiError::NotCancellable { current: ScanStatus::Failed }),
+    ]
+);
+error_response!(
+    /// 429 RATE_LIMITED.
+    RateLimited,
+    ErrorResponse,
+    |response: ResponseBuilder| rate_limit_headers(response, false).header(
+        "Retry-After",
+        required(
+            HeaderBuilder::new()
+                .schema(Some(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1))))
+                .description(Some("Whole seconds to wait before retrying; at least 1."))
+                .example(Some(1.into()))
+        )
+    ),
+    [("overRate", ApiError::RateLimited { retry_after_secs: 1 })]
+);
+error_response!(
+    /// 500 INTERNAL_ERROR.
+    InternalError,
+    ErrorResponse,
+    no_headers,
+    [("unexpected", ApiError::Internal(String::new()))]
+);
+error_response!(
+    /// 502 UPSTREAM_ERROR.
+    UpstreamError,
+    ErrorResponse,
+    after_auth,
+    [("databaseUnavailable", ApiError::Upstream(String::new()))]
+);
+error_response!(
+    /// 503 NOT_READY, from /readyz.
+    NotReady,
+    ErrorResponse,
+    no_headers,
+    [("databaseUnavailable", ApiError::NotReady(String::new()))]
+);
+
+// ----- Headers and security, applied to the whole document -----
+
+/// Marks a header `required` (the OpenAPI Header Object has the field; utoipa's type does not).
+fn required(header: HeaderBuilder) -> Header {
+    header
+        .extensions(Some(Extensions::from_iter([("required", true)])))
+        .build()
+}
+
+fn request_id_header() -> Header {
+    required(
+        HeaderBuilder::new()
+            .schema(Some(String::schema()))
+            .description(Some(
+                "The request's trace id, as in the body's `traceId`: the trace-id of a valid W3C \
+                 `traceparent`, else a safe incoming `X-Request-Id`, else a new one.",
+            ))
+            .example(Some(EXAMPLE_TRACE_ID.into())),
+    )
+}
+
+/// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
+fn rate_limit_headers(response: ResponseBuilder, always: bool) -> ResponseBuilder {
+    let header = |description: &str, example: &str| {
+        let header = HeaderBuilder::new()
+            .schema(Some(String::schema()))
+            .description(Some(description))
+            .example(Some(example.into()));
+        match always {
+            true => required(header),
+            false => header.build(),
+        }
+    };
+    response
+        .header(
+            "RateLimit-Policy",
+            header(
+                "The key's quota: `q` requests per window of `w` seconds.",
+                "\"per-key\";q=40;w=2",
+            ),
+        )
+        .header(
+            "RateLimit",
+            header(
+                "What is left of the key's quota: `r` requests, full again in `t` seconds.",
+                "\"per-key\";r=39;t=1",
+            ),
+        )
+}
+
+/// Security schemes, the request id header on every inline response, and the rate-limit
+/// headers on the /v1 routes' successes.
+struct SecurityAndHeaders;
+
+impl Modify for SecurityAndHeaders {
+    fn modify(&self, document: &mut openapi::OpenApi) {
+        let components = document.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearerAuth",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("ssk_<64 hex>")
+                    .description(Some("`Authorization: Bearer <API key>`"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "apiKey",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-API-Key",
+                "`X-API-Key: <API key>`",
+            ))),
+        );
+        for (path, item) in document.paths.paths.iter_mut() {
+            for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+                for (status, response) in operation.responses.responses.iter_mut() {
+                    let RefOr::T(response) = response else {
+                        continue;
+                    };
+                    response
+                        .headers
+                        .insert("X-Request-Id".into(), RefOr::T(request_id_header()));
+                    if path.starts_with("/v1/") && status.starts_with('2') {
+                        let with_limits = rate_limit_headers(ResponseBuilder::new(), true).build();
+                        response.headers.extend(with_limits.headers);
+                    }
+                }
+            }
+        }
+    }
+}

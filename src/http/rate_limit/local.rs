@@ -1,0 +1,81 @@
+//! In-process limits (GCRA from `governor`): the default, and the fallback while Redis is away.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use dashmap::DashMap;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::{DefaultKeyedRateLimiter, Quota};
+use uuid::Uuid;
+
+use super::{Decision, RateLimit, whole_seconds};
+
+/// How often (in recorded failures) idle per-address state is dropped, bounding memory.
+const PRUNE_EVERY: u64 = 1024;
+
+pub struct LocalLimits {
+    keys: DefaultKeyedRateLimiter<Uuid, StateInformationMiddleware>,
+    failures: DefaultKeyedRateLimiter<IpAddr>,
+    clock: DefaultClock,
+    /// Addresses over their failure allowance, and until when (governor cannot look without
+    /// spending a cell, and a blocked address must be refused before its key is looked at).
+    blocked: DashMap<IpAddr, Instant>,
+    recorded: AtomicU64,
+}
+
+impl LocalLimits {
+    pub fn new(limit: RateLimit, auth_failures_per_minute: NonZeroU32) -> Self {
+        Self {
+            keys: DefaultKeyedRateLimiter::keyed(
+                Quota::per_second(limit.per_second).allow_burst(limit.burst),
+            )
+            .with_middleware(),
+            failures: DefaultKeyedRateLimiter::keyed(Quota::per_minute(auth_failures_per_minute)),
+            clock: DefaultClock::default(),
+            blocked: DashMap::new(),
+            recorded: AtomicU64::new(0),
+        }
+    }
+
+    pub fn check_key(&self, key: &Uuid) -> Decision {
+        match self.keys.check_key(key) {
+            Ok(snapshot) => Decision::Allowed {
+                remaining: snapshot.remaining_burst_capacity(),
+            },
+            Err(not_until) => Decision::Limited {
+                retry_after_secs: whole_seconds(not_until.wait_time_from(self.clock.now())),
+            },
+        }
+    }
+
+    pub fn auth_blocked(&self, client: IpAddr) -> Option<u64> {
+        let until = *self.blocked.get(&client)?;
+        match until.checked_duration_since(Instant::now()) {
+            Some(wait) => Some(whole_seconds(wait)),
+            None => {
+                self.blocked.remove(&client);
+                None
+            }
+        }
+    }
+
+    pub fn record_auth_failure(&self, client: IpAddr) -> Option<u64> {
+        if self.recorded.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
+            self.prune();
+        }
+        let not_until = self.failures.check_key(&client).err()?;
+        let wait = not_until.wait_time_from(self.clock.now());
+        self.blocked.insert(client, Instant::now() + wait);
+        Some(whole_seconds(wait))
+    }
+
+    fn prune(&self) {
+        self.failures.retain_recent();
+        self.keys.retain_recent();
+        let now = Instant::now();
+        self.blocked.retain(|_, until| *until > now);
+    }
+}

@@ -1,0 +1,248 @@
+//! Rate limiting: per API key (429 with the IETF `RateLimit` headers) and per client address for
+//! failed authentications. In-process by default; shared by every replica through Redis when
+//! `REDIS_URL` is set.
+//!
+//! When Redis is unreachable or slow, each instance falls back to its own in-process limits (fail
+//! open to local limits, never to none): the API stays up, and a client is still limited, only
+//! per instance until Redis returns.
+
+mod local;
+mod shared;
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use uuid::Uuid;
+
+use self::local::LocalLimits;
+pub use self::shared::RedisSettings;
+use self::shared::{SharedError, SharedLimits};
+use super::error::ApiError;
+use super::metrics::RATE_LIMITED;
+use crate::domain::keys::Principal;
+
+const POLICY_NAME: &str = "per-key";
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const BACKEND_ERRORS: &str = "rate_limit_backend_errors_total";
+
+/// The limit every API key gets: a sustained rate and a burst on top of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_second: NonZeroU32,
+    pub burst: NonZeroU32,
+}
+
+/// What one check decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allowed { remaining: u32 },
+    Limited { retry_after_secs: u64 },
+}
+
+/// Every limit the service applies, wherever it is kept.
+pub struct RateLimiter {
+    limit: RateLimit,
+    policy: HeaderValue,
+    local: LocalLimits,
+    shared: Option<Arc<SharedLimits>>,
+}
+
+impl RateLimiter {
+    /// In-process limits, shared through Redis when `redis` is given. Must run inside a Tokio
+    /// runtime when `redis` is given (it connects in the background).
+    pub fn new(
+        limit: RateLimit,
+        auth_failures_per_minute: NonZeroU32,
+        redis: Option<&RedisSettings>,
+    ) -> Result<Self, String> {
+        let shared = redis
+            .map(|settings| SharedLimits::new(settings, limit, auth_failures_per_minute))
+            .transpose()?
+            .map(Arc::new);
+        if let Some(shared) = &shared {
+            // Detached: it ends once connected; until then the local limits decide.
+            drop(shared.spawn_connector());
+        }
+        let policy = format!(
+            "\"{POLICY_NAME}\";q={};w={}",
+            limit.burst,
+            window_secs(limit)
+        );
+        Ok(Self {
+            limit,
+            policy: HeaderValue::from_str(&policy).expect("policy header is ASCII"),
+            local: LocalLimits::new(limit, auth_failures_per_minute),
+            shared,
+        })
+    }
+
+    /// True once the limits are kept in Redis (false without `REDIS_URL`, and until the first
+    /// connection is made).
+    pub fn is_shared(&self) -> bool {
+        self.shared
+            .as_ref()
+            .is_some_and(|shared| shared.is_connected())
+    }
+
+    /// Spends one request of `key`'s allowance.
+    pub async fn check_key(&self, key: &Uuid) -> Decision {
+        if let Some(shared) = &self.shared {
+            match shared.check_key(key).await {
+                Ok(decision) => return decision,
+                Err(error) => backend_failed(&error),
+            }
+        }
+        self.local.check_key(key)
+    }
+
+    /// Seconds `client` must wait because it failed authentication too often; `None` when it may
+    /// try. Looks without spending.
+    pub async fn auth_blocked(&self, client: IpAddr) -> Option<u64> {
+        if let Some(shared) = &self.shared {
+            match shared.auth_blocked(client).await {
+                Ok(blocked) => return blocked,
+                Err(error) => backend_failed(&error),
+            }
+        }
+        self.local.auth_blocked(client)
+    }
+
+    /// Counts a failed authentication; `Some(seconds)` when it took `client` over its allowance.
+    pub async fn record_auth_failure(&self, client: IpAddr) -> Option<u64> {
+        if let Some(shared) = &self.shared {
+            match shared.record_auth_failure(client).await {
+                Ok(blocked) => return blocked,
+                Err(error) => backend_failed(&error),
+            }
+        }
+        self.local.record_auth_failure(client)
+    }
+
+    /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
+    fn write_headers(&self, decision: Decision, headers: &mut HeaderMap) {
+        let (remaining, reset_secs) = match decision {
+            Decision::Allowed { remaining } => {
+                let used = self.limit.burst.get().saturating_sub(remaining);
+                (remaining, used.div_ceil(self.limit.per_second.get()))
+            }
+            Decision::Limited { retry_after_secs } => {
+                (0, u32::try_from(retry_after_secs).unwrap_or(u32::MAX))
+            }
+        };
+        headers.insert(RATELIMIT_POLICY.clone(), self.policy.clone());
+        let state = format!("\"{POLICY_NAME}\";r={remaining};t={reset_secs}");
+        if let Ok(value) = HeaderValue::from_str(&state) {
+            headers.insert(RATELIMIT.clone(), value);
+        }
+    }
+}
+
+fn backend_failed(error: &SharedError) {
+    metrics::counter!(BACKEND_ERRORS).increment(1);
+    tracing::warn!(%error, "shared rate limits unavailable; using this instance's limits");
+}
+
+/// Whole seconds, rounded up, and never 0: "retry now" would only earn another 429.
+fn whole_seconds(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
+/// Seconds in which a full burst is replenished: the window the quota is stated over.
+fn window_secs(limit: RateLimit) -> u32 {
+    limit.burst.get().div_ceil(limit.per_second.get()).max(1)
+}
+
+/// Middleware, after authentication: spends one request of the caller's key.
+pub async fn limit(
+    State(limiter): State<Arc<RateLimiter>>,
+    principal: Principal,
+    request: Request,
+    next: Next,
+) -> Response {
+    let decision = limiter.check_key(&principal.key_id).await;
+    let mut response = match decision {
+        Decision::Allowed { .. } => next.run(request).await,
+        Decision::Limited { retry_after_secs } => {
+            tracing::info!(api_key.id = %principal.key_id, retry_after_secs, "rate limited");
+            metrics::counter!(RATE_LIMITED, "limit" => "per_key").increment(1);
+            ApiError::RateLimited { retry_after_secs }.into_response()
+        }
+    };
+    limiter.write_headers(decision, response.headers_mut());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(per_second: u32, burst: u32, failures_per_minute: u32) -> RateLimiter {
+        RateLimiter::new(
+            RateLimit {
+                per_second: NonZeroU32::new(per_second).unwrap(),
+                burst: NonZeroU32::new(burst).unwrap(),
+            },
+            NonZeroU32::new(failures_per_minute).unwrap(),
+            None,
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_key_gets_its_burst_then_is_limited_for_at_least_a_second() {
+        let limiter = limiter(1, 3, 20);
+        let key = Uuid::new_v4();
+        for expected in [2, 1, 0] {
+            assert_eq!(
+                limiter.check_key(&key).await,
+                Decision::Allowed {
+                    remaining: expected
+                }
+            );
+        }
+        assert_eq!(
+            limiter.check_key(&key).await,
+            Decision::Limited {
+                retry_after_secs: 1
+            }
+        );
+        assert_eq!(
+            limiter.check_key(&Uuid::new_v4()).await,
+            Decision::Allowed { remaining: 2 },
+            "keys do not share a bucket"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_address_over_its_failure_allowance_is_blocked_whatever_it_sends() {
+        let limiter = limiter(20, 40, 2);
+        let (guesser, bystander): (IpAddr, IpAddr) =
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        assert_eq!(limiter.record_auth_failure(guesser).await, None);
+        assert_eq!(limiter.record_auth_failure(guesser).await, None);
+        assert_eq!(limiter.auth_blocked(guesser).await, None);
+        let retry_after = limiter
+            .record_auth_failure(guesser)
+            .await
+            .expect("third failure blocks");
+        assert!((1..=30).contains(&retry_after), "{retry_after}");
+        assert_eq!(limiter.auth_blocked(guesser).await, Some(retry_after));
+        assert_eq!(limiter.auth_blocked(bystander).await, None);
+    }
+
+    #[tokio::test]
+    async fn headers_state_the_policy_and_what_is_left() {
+        let limiter = limiter(20, 40, 20);
+        let mut headers = HeaderMap::new();
+        limiter.write_headers(Decision::Allowed { remaining: 39 }, &mut headers);
+        assert_eq!(headers["ratelimit-policy"], "\"per-key\";q=40;w=2");
+        assert_eq!(headers["ratelimit"], "\"per-key\";r=39;t=1");
+    }
+}

@@ -1,0 +1,713 @@
+//! The OpenAPI document at /openapi.json: OpenAPI 3.1, every route with every status it answers,
+//! and every real response the suite can provoke matches what the document declares for its
+//! route and status (body schema, content type, required headers).
+
+use std::collections::BTreeSet;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use jsonschema::Draft;
+use reqwest::{Method, RequestBuilder};
+use serde_json::{Value, json};
+use signal_scans::domain::keys::{AccountGroupAccess, Permission};
+use signal_scans::domain::scan::ScanStatus;
+use signal_scans::http::rate_limit::RateLimit;
+
+use crate::helpers::{Backend, Settings, TestApp, group};
+use crate::store_test;
+
+const CANCEL: &str = "/v1/accounts/{accountGroupId}/signals/scans/{scanId}/cancel";
+const SCAN: &str = "/v1/accounts/{accountGroupId}/signals/scans/{scanId}";
+const EVENTS: &str = "/v1/accounts/{accountGroupId}/signals/scans/{scanId}/events";
+const LIST: &str = "/v1/accounts/{accountGroupId}/signals/scans";
+
+/// Every route, its method, and the statuses it must document.
+const ROUTES: &[(&str, &str, &[u16])] = &[
+    (
+        CANCEL,
+        "post",
+        &[200, 400, 401, 403, 404, 422, 429, 500, 502],
+    ),
+    (SCAN, "get", &[200, 400, 401, 403, 404, 429, 500, 502]),
+    (EVENTS, "get", &[200, 400, 401, 403, 404, 429, 500, 502]),
+    (LIST, "get", &[200, 400, 401, 403, 429, 500, 502]),
+    ("/healthz", "get", &[200]),
+    ("/readyz", "get", &[200, 503]),
+    ("/metrics", "get", &[200]),
+    ("/openapi.json", "get", &[200]),
+];
+
+/// The served document, and checks of real responses against it.
+struct Contract {
+    document: Value,
+}
+
+/// A real response, read whole.
+struct Answer {
+    status: u16,
+    body: Value,
+}
+
+impl Contract {
+    async fn of(app: &TestApp) -> Self {
+        let response = app
+            .client
+            .get(app.url("/openapi.json"))
+            .send()
+            .await
+            .expect("the document is served");
+        assert_eq!(response.status(), 200);
+        let document: Value = response.json().await.expect("the document is JSON");
+        Self { document }
+    }
+
+    fn operation(&self, template: &str, method: &str) -> &Value {
+        let operation = &self.document["paths"][template][method];
+        assert!(
+            operation.is_object(),
+            "{method} {template} is not documented"
+        );
+        operation
+    }
+
+    /// The documented response for `status`, following a `$ref` to a reusable response.
+    fn response(&self, template: &str, method: &str, status: u16) -> &Value {
+        let response = &self.operation(template, method)["responses"][status.to_string()];
+        assert!(
+            response.is_object(),
+            "{method} {template} does not document status {status}"
+        );
+        match response["$ref"].as_str() {
+            Some(reference) => self.resolve(reference),
+            None => response,
+        }
+    }
+
+    fn resolve(&self, reference: &str) -> &Value {
+        let pointer = reference
+            .strip_prefix('#')
+            .unwrap_or_else(|| panic!("{reference} is not local"));
+        self.document
+            .pointer(pointer)
+            .unwrap_or_else(|| panic!("{reference} does not resolve"))
+    }
+
+    /// Errors of `instance` against `schema`, a schema inside the document (its `$ref`s resolve
+    /// against the whole document); empty when it matches.
+    fn errors(&self, schema: &Value, instance: &Value) -> Vec<String> {
+        let mut root = self.document.clone();
+        root["$defs"] = json!({ "underTest": schema });
+        root["$ref"] = json!("#/$defs/underTest");
+        let validator = jsonschema::options()
+            .with_draft(Draft::Draft202012)
+            .should_validate_formats(true)
+            .build(&root)
+            .unwrap_or_else(|error| panic!("schema {schema} does not compile: {error}"));
+        validator
+            .iter_errors(instance)
+            .map(|error| format!("{} at {}", error, error.instance_path()))
+            .collect()
+    }
+
+    /// Sends `request` (to a route documented as `method template`) and checks the answer
+    /// against the document: the status is documented, the content type is the documented one,
+    /// the required headers are there, every documented header matches its schema, and the body
+    /// matches the documented schema.
+    async fn check(&self, template: &str, request: RequestBuilder) -> Answer {
+        let request = request.build().expect("a valid request");
+        let method = request.method().as_str().to_ascii_lowercase();
+        let target = format!("{} {}", request.method(), request.url());
+        let response = reqwest::Client::new()
+            .execute(request)
+            .await
+            .expect("the request is answered");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("the body is readable");
+        let context = format!("{target} answered {status} {text}");
+        let documented = self.response(template, &method, status);
+
+        let content_type = headers
+            .get("content-type")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_else(|| panic!("no content type: {context}"));
+        let media_type = content_type.split(';').next().unwrap().trim();
+        let content = &documented["content"][media_type];
+        assert!(
+            content.is_object(),
+            "{media_type} is not a documented content type: {context}"
+        );
+
+        for (name, header) in documented["headers"].as_object().into_iter().flatten() {
+            let header = match header["$ref"].as_str() {
+                Some(reference) => self.resolve(reference),
+                None => header,
+            };
+            let Some(value) = headers.get(name.as_str()) else {
+                assert_ne!(
+                    header["required"],
+                    json!(true),
+                    "required header {name} is missing: {context}"
+                );
+                continue;
+            };
+            let value = value.to_str().expect("an ASCII header");
+            let value = match header["schema"]["type"].as_str() {
+                Some("integer") => json!(value.parse::<i64>().unwrap_or_else(|_| panic!(
+                    "header {name}: {value:?} is not an integer: {context}"
+                ))),
+                _ => json!(value),
+            };
+            let errors = self.errors(&header["schema"], &value);
+            assert!(errors.is_empty(), "header {name}: {errors:?}: {context}");
+        }
+
+        let body = match media_type {
+            "application/json" => serde_json::from_str(&text)
+                .unwrap_or_else(|_| panic!("the body is not JSON: {context}")),
+            _ => Value::String(text),
+        };
+        let errors = self.errors(&content["schema"], &body);
+        assert!(
+            errors.is_empty(),
+            "the body does not match the documented schema: {errors:?}: {context}"
+        );
+        Answer { status, body }
+    }
+
+    /// `check`, and the status must be `expected`.
+    async fn expect(&self, template: &str, request: RequestBuilder, expected: u16) -> Answer {
+        let answer = self.check(template, request).await;
+        assert_eq!(answer.status, expected, "{}", answer.body);
+        answer
+    }
+}
+
+fn cancel_url(app: &TestApp, group: &str, scan: &str) -> String {
+    app.url(&format!("/v1/accounts/{group}/signals/scans/{scan}/cancel"))
+}
+
+fn scan_url(app: &TestApp, group: &str, scan: &str) -> String {
+    app.url(&format!("/v1/accounts/{group}/signals/scans/{scan}"))
+}
+
+fn events_url(app: &TestApp, group: &str, scan: &str) -> String {
+    app.url(&format!("/v1/accounts/{group}/signals/scans/{scan}/events"))
+}
+
+fn list_url(app: &TestApp, group: &str) -> String {
+    app.url(&format!("/v1/accounts/{group}/signals/scans"))
+}
+
+async fn the_document_is_openapi_3_1_with_every_route_and_status(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+
+    let contract = Contract::of(&app).await;
+
+    let document = &contract.document;
+    assert_eq!(document["openapi"], "3.1.0");
+    assert_eq!(document["info"]["title"], "signal-scans");
+    assert_eq!(document["info"]["version"], env!("CARGO_PKG_VERSION"));
+    let paths: BTreeSet<&str> = document["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let expected_paths: BTreeSet<&str> = ROUTES.iter().map(|(path, _, _)| *path).collect();
+    assert_eq!(paths, expected_paths);
+    for (path, method, statuses) in ROUTES {
+        let operation = contract.operation(path, method);
+        let documented: BTreeSet<u16> = operation["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|status| status.parse().unwrap())
+            .collect();
+        assert_eq!(
+            documented,
+            statuses.iter().copied().collect(),
+            "{method} {path}"
+        );
+        for status in *statuses {
+            let response = contract.response(path, method, *status);
+            assert!(
+                response["headers"]["X-Request-Id"]["required"] == json!(true),
+                "{method} {path} {status} documents X-Request-Id"
+            );
+        }
+        let security = operation["security"].clone();
+        if path.starts_with("/v1/") {
+            assert_eq!(
+                security,
+                json!([{ "bearerAuth": [] }, { "apiKey": [] }]),
+                "{path}"
+            );
+        } else {
+            assert!(security.is_null(), "{path} needs no key");
+        }
+    }
+    let schemes = &document["components"]["securitySchemes"];
+    assert_eq!(schemes["bearerAuth"]["type"], "http");
+    assert_eq!(schemes["bearerAuth"]["scheme"], "bearer");
+    assert_eq!(schemes["apiKey"]["type"], "apiKey");
+    assert_eq!(schemes["apiKey"]["in"], "header");
+    assert_eq!(schemes["apiKey"]["name"], "X-API-Key");
+    for name in [
+        "SignalScanCancelSuccessResponse",
+        "ValidationErrorResponse",
+        "ErrorResponse",
+    ] {
+        assert!(
+            document["components"]["schemas"][name].is_object(),
+            "{name} is a component"
+        );
+    }
+    for (path, parameter) in [(CANCEL, 0), (CANCEL, 1), (SCAN, 0), (LIST, 0)] {
+        let method = if path == CANCEL { "post" } else { "get" };
+        let schema = &contract.operation(path, method)["parameters"][parameter]["schema"];
+        assert_eq!(schema["pattern"], "^[0-9a-fA-F]{24}$", "{path}");
+    }
+}
+store_test!(the_document_is_openapi_3_1_with_every_route_and_status);
+
+async fn every_example_in_the_document_matches_its_schema(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let contract = Contract::of(&app).await;
+    let mut checked = 0;
+
+    for (name, schema) in contract.document["components"]["schemas"]
+        .as_object()
+        .unwrap()
+    {
+        if let Some(example) = schema.get("example") {
+            let errors = contract.errors(schema, example);
+            assert!(errors.is_empty(), "schema {name}'s example: {errors:?}");
+            checked += 1;
+        }
+    }
+    let mut responses: Vec<(String, &Value)> = contract.document["components"]["responses"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, response)| (name.clone(), response))
+        .collect();
+    for (path, method, statuses) in ROUTES {
+        for status in *statuses {
+            responses.push((
+                format!("{method} {path} {status}"),
+                contract.response(path, method, *status),
+            ));
+        }
+    }
+    for (name, response) in responses {
+        for (media_type, content) in response["content"].as_object().into_iter().flatten() {
+            let examples = content["examples"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(_, example)| &example["value"])
+                .chain(content.get("example"));
+            for example in examples {
+                let errors = contract.errors(&content["schema"], example);
+                assert!(errors.is_empty(), "{name} {media_type}: {errors:?}");
+                checked += 1;
+            }
+        }
+    }
+
+    assert!(checked >= 15, "only {checked} examples");
+
+    // The checks are not vacuous: wrong bodies are refused, through the $refs.
+    let ok = &contract.response(CANCEL, "post", 200)["content"]["application/json"]["schema"];
+    let not_found = &contract.response(CANCEL, "post", 404)["content"]["application/json"];
+    let good =
+        contract.document["components"]["schemas"]["SignalScanCancelSuccessResponse"]["example"]
+            .clone();
+    assert!(contract.errors(ok, &good).is_empty());
+    let mut paused = good.clone();
+    paused["data"]["previousStatus"] = json!("paused");
+    let mut extra = good.clone();
+    extra["extra"] = json!(1);
+    let mut no_time = good.clone();
+    no_time["data"]["cancelledAt"] = json!("yesterday");
+    for wrong in [
+        &not_found["examples"]["noSuchScan"]["value"],
+        &paused,
+        &extra,
+        &no_time,
+    ] {
+        assert!(
+            !contract.errors(ok, wrong).is_empty(),
+            "{wrong} was accepted"
+        );
+    }
+    let mut no_details = not_found["examples"]["noSuchScan"]["value"].clone();
+    no_details["error"]
+        .as_object_mut()
+        .unwrap()
+        .remove("details");
+    assert!(
+        !contract
+            .errors(&not_found["schema"], &no_details)
+            .is_empty()
+    );
+}
+store_test!(every_example_in_the_document_matches_its_schema);
+
+async fn real_answers_match_the_document(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let contract = Contract::of(&app).await;
+    let group = group();
+    let other_group = crate::helpers::group();
+    let (writer, reader, outsider) = (
+        app.writer(&group).await,
+        app.key_with(
+            &[Permission::SignalsRead],
+            AccountGroupAccess::Only(vec![group.clone()]),
+            None,
+        )
+        .await
+        .0,
+        app.writer(&other_group).await,
+    );
+    let queued = app.scan(&group, ScanStatus::Queued).await;
+    let running = app.scan(&group, ScanStatus::Running).await;
+    let completed = app.scan(&group, ScanStatus::Completed).await;
+    let failed = app.scan(&group, ScanStatus::Failed).await;
+    let (g, missing) = (group.as_str(), "0123456789abcdef01234567");
+    let c = &app.client;
+    let post = |url: String| c.post(url);
+    let get = |url: String| c.get(url);
+
+    // Cancel: 200 (now, again, by X-API-Key), 422, 404, 400, 401, 403.
+    let cancelled = contract
+        .expect(
+            CANCEL,
+            post(cancel_url(&app, g, queued.as_str())).bearer_auth(&writer),
+            200,
+        )
+        .await;
+    assert_eq!(cancelled.body["data"]["previousStatus"], "queued");
+    let again = contract
+        .expect(
+            CANCEL,
+            post(cancel_url(&app, g, queued.as_str())).header("X-API-Key", &writer),
+            200,
+        )
+        .await;
+    assert_eq!(again.body["data"]["previousStatus"], "cancelled");
+    contract
+        .expect(
+            CANCEL,
+            post(cancel_url(&app, &g.to_uppercase(), running.as_str())).bearer_auth(&writer),
+            200,
+        )
+        .await;
+    for scan in [&completed, &failed] {
+        let refused = contract
+            .expect(
+                CANCEL,
+                post(cancel_url(&app, g, scan.as_str())).bearer_auth(&writer),
+                422,
+            )
+            .await;
+        assert_eq!(refused.body["error"]["code"], "VALIDATION_ERROR");
+    }
+    contract
+        .expect(
+            CANCEL,
+            post(cancel_url(&app, g, missing)).bearer_auth(&writer),
+            404,
+        )
+        .await;
+    for (bad_group, bad_scan) in [("nope", queued.as_str()), (g, "nope"), ("x", "y")] {
+        let invalid = contract
+            .expect(
+                CANCEL,
+                post(cancel_url(&app, bad_group, bad_scan)).bearer_auth(&writer),
+                400,
+            )
+            .await;
+        assert_eq!(invalid.body["error"]["code"], "VALIDATION_ERROR");
+    }
+    contract
+        .expect(CANCEL, post(cancel_url(&app, g, queued.as_str())), 401)
+        .await;
+    contract
+        .expect(
+            CANCEL,
+            post(cancel_url(&app, g, queued.as_str())).bearer_auth("ssk_not_a_key"),
+            401,
+        )
+        .await;
+    contract
+        .expect(
+            CANCEL,
+            post(cancel_url(&app, g, queued.as_str())).basic_auth("user", Some("pass")),
+            401,
+        )
+        .await;
+    contract
+        .expect(
+            CANCEL,
+            post(cancel_url(&app, g, queued.as_str())).bearer_auth(&reader),
+            403,
+        )
+        .await;
+    contract
+        .expect(
+            CANCEL,
+            post(cancel_url(&app, g, queued.as_str())).bearer_auth(&outsider),
+            403,
+        )
+        .await;
+
+    // One scan and its events: 200 (both permissions), 400, 401, 403, 404.
+    for (template, url) in [
+        (SCAN, scan_url as fn(&TestApp, &str, &str) -> String),
+        (EVENTS, events_url),
+    ] {
+        for key in [&writer, &reader] {
+            for scan in [&queued, &running, &completed, &failed] {
+                contract
+                    .expect(
+                        template,
+                        get(url(&app, g, scan.as_str())).bearer_auth(key),
+                        200,
+                    )
+                    .await;
+            }
+        }
+        contract
+            .expect(
+                template,
+                get(url(&app, g, "nope")).bearer_auth(&reader),
+                400,
+            )
+            .await;
+        contract
+            .expect(template, get(url(&app, g, queued.as_str())), 401)
+            .await;
+        contract
+            .expect(
+                template,
+                get(url(&app, g, queued.as_str())).bearer_auth(&outsider),
+                403,
+            )
+            .await;
+        contract
+            .expect(
+                template,
+                get(url(&app, g, missing)).bearer_auth(&reader),
+                404,
+            )
+            .await;
+    }
+
+    // The list: 200 (pages, filters, an empty group), 400, 401, 403.
+    let first = contract
+        .expect(
+            LIST,
+            get(format!("{}?limit=2", list_url(&app, g))).bearer_auth(&reader),
+            200,
+        )
+        .await;
+    let cursor = first.body["data"]["nextCursor"]
+        .as_str()
+        .expect("a next page")
+        .to_owned();
+    let cursor_schema = &contract.operation(LIST, "get")["parameters"][3]["schema"];
+    assert!(
+        contract.errors(cursor_schema, &json!(cursor)).is_empty(),
+        "a real cursor matches the documented pattern"
+    );
+    let last = contract
+        .expect(
+            LIST,
+            get(format!("{}?limit=2&cursor={cursor}", list_url(&app, g))).bearer_auth(&reader),
+            200,
+        )
+        .await;
+    assert!(last.body["data"]["nextCursor"].is_null());
+    contract
+        .expect(
+            LIST,
+            get(format!("{}?status=cancelled", list_url(&app, g))).bearer_auth(&writer),
+            200,
+        )
+        .await;
+    contract
+        .expect(
+            LIST,
+            get(list_url(&app, other_group.as_str())).bearer_auth(&outsider),
+            200,
+        )
+        .await;
+    for query in [
+        "limit=0",
+        "limit=101",
+        "limit=many",
+        "status=done",
+        "cursor=zz",
+        "colour=blue",
+    ] {
+        contract
+            .expect(
+                LIST,
+                get(format!("{}?{query}", list_url(&app, g))).bearer_auth(&reader),
+                400,
+            )
+            .await;
+    }
+    contract
+        .expect(LIST, get(list_url(&app, "nope")).bearer_auth(&reader), 400)
+        .await;
+    contract.expect(LIST, get(list_url(&app, g)), 401).await;
+    contract
+        .expect(LIST, get(list_url(&app, g)).bearer_auth(&outsider), 403)
+        .await;
+
+    // The operational routes.
+    contract
+        .expect("/healthz", get(app.url("/healthz")), 200)
+        .await;
+    contract
+        .expect("/readyz", get(app.url("/readyz")), 200)
+        .await;
+    let metrics = contract
+        .expect("/metrics", get(app.url("/metrics")), 200)
+        .await;
+    assert!(
+        metrics
+            .body
+            .as_str()
+            .unwrap()
+            .contains("http_requests_total")
+    );
+    contract
+        .expect("/openapi.json", get(app.url("/openapi.json")), 200)
+        .await;
+}
+store_test!(real_answers_match_the_document);
+
+async fn rate_limited_answers_match_the_document(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        Settings {
+            http: signal_scans::app::HttpSettings {
+                rate_limit: RateLimit {
+                    per_second: NonZeroU32::new(1).unwrap(),
+                    burst: NonZeroU32::new(1).unwrap(),
+                },
+                ..Settings::default().http
+            },
+            ..Settings::default()
+        },
+    )
+    .await;
+    let contract = Contract::of(&app).await;
+    let group = group();
+    let g = group.as_str();
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let c = &app.client;
+
+    for (template, method, url) in [
+        (CANCEL, Method::POST, cancel_url(&app, g, scan.as_str())),
+        (SCAN, Method::GET, scan_url(&app, g, scan.as_str())),
+        (EVENTS, Method::GET, events_url(&app, g, scan.as_str())),
+        (LIST, Method::GET, list_url(&app, g)),
+    ] {
+        let key = app.writer(&group).await;
+        contract
+            .expect(
+                template,
+                c.request(method.clone(), &url).bearer_auth(&key),
+                200,
+            )
+            .await;
+        let limited = contract
+            .expect(template, c.request(method, &url).bearer_auth(&key), 429)
+            .await;
+        assert_eq!(limited.body["error"]["code"], "RATE_LIMITED");
+    }
+}
+store_test!(rate_limited_answers_match_the_document);
+
+async fn answers_without_a_database_match_the_document(backend: Backend) {
+    // 502: the database does not answer within DB_TIMEOUT_MS.
+    let upstream = TestApp::spawn_with(
+        backend,
+        Settings {
+            db_timeout: Duration::from_millis(300),
+            through_proxy: true,
+            ..Settings::default()
+        },
+    )
+    .await;
+    // 500: the request's own deadline passes first.
+    let stalled = TestApp::spawn_with(
+        backend,
+        Settings {
+            db_timeout: Duration::from_secs(5),
+            through_proxy: true,
+            http: signal_scans::app::HttpSettings {
+                request_timeout: Duration::from_millis(300),
+                ..Settings::default().http
+            },
+            ..Settings::default()
+        },
+    )
+    .await;
+    let contract = Contract::of(&upstream).await;
+    let group = group();
+    let g = group.as_str();
+    let mut cases = Vec::new();
+    for app in [&upstream, &stalled] {
+        let key = app.writer(&group).await;
+        let scan = app.scan(&group, ScanStatus::Queued).await;
+        // The key works (and is remembered, if the app caches keys) before the cut.
+        let c = &app.client;
+        contract
+            .expect(
+                SCAN,
+                c.get(scan_url(app, g, scan.as_str())).bearer_auth(&key),
+                200,
+            )
+            .await;
+        app.proxy.as_ref().unwrap().cut();
+        cases.push((app, key, scan));
+    }
+
+    for ((app, key, scan), status) in cases.into_iter().zip([502, 500]) {
+        let c = &app.client;
+        let s = scan.as_str();
+        for (template, request) in [
+            (CANCEL, c.post(cancel_url(app, g, s))),
+            (SCAN, c.get(scan_url(app, g, s))),
+            (EVENTS, c.get(events_url(app, g, s))),
+            (LIST, c.get(list_url(app, g))),
+        ] {
+            let answer = contract
+                .expect(template, request.bearer_auth(&key), status)
+                .await;
+            let code = if status == 502 {
+                "UPSTREAM_ERROR"
+            } else {
+                "INTERNAL_ERROR"
+            };
+            assert_eq!(answer.body["error"]["code"], code);
+        }
+    }
+    contract
+        .expect("/readyz", upstream.client.get(upstream.url("/readyz")), 503)
+        .await;
+    contract
+        .expect(
+            "/healthz",
+            upstream.client.get(upstream.url("/healthz")),
+            200,
+        )
+        .await;
+}
+store_test!(answers_without_a_database_match_the_document, postgres_only);
