@@ -1,6 +1,7 @@
 //! Everything that knows SQL. The rest of the service talks to [`Store`] and never to a driver.
 
 mod postgres;
+mod rows;
 mod sqlite;
 
 use std::future::Future;

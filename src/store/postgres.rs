@@ -7,17 +7,26 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::rows::{ChangeRow, EventRow, KeyRow, ScanRow};
 use super::{
     CHANGES_CHANNEL, KeyToCreate, REVOCATIONS_CHANNEL, ScanPageQuery, StoreError, StoreOptions,
     Transition, bounded, classify, parse_status,
 };
 use crate::domain::ids::{AccountGroupId, ScanId};
-use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash, Permission};
+use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash};
 use crate::domain::scan::{Scan, ScanChange, ScanEvent, ScanStatus};
 use crate::domain::service::Actor;
+
+/// A key's columns shaped as [`KeyRow`] reads them (uuid as text, arrays as JSON).
+macro_rules! key_columns {
+    () => {
+        "id::text AS id, name, array_to_json(permissions)::text AS permissions, \
+         array_to_json(account_group_ids)::text AS account_group_ids, \
+         created_at, expires_at, revoked_at"
+    };
+}
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -109,10 +118,11 @@ impl PgStore {
     pub async fn find_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
         let row: Option<KeyRow> = self
             .bounded(
-                sqlx::query_as(
-                    "SELECT id, name, permissions, account_group_ids, created_at, expires_at, revoked_at
-                     FROM api_keys WHERE key_hash = $1",
-                )
+                sqlx::query_as(concat!(
+                    "SELECT ",
+                    key_columns!(),
+                    " FROM api_keys WHERE key_hash = $1"
+                ))
                 .bind(&hash.0[..])
                 .fetch_optional(&self.pool),
             )
@@ -128,11 +138,12 @@ impl PgStore {
         };
         let row: KeyRow = self
             .bounded(
-                sqlx::query_as(
+                sqlx::query_as(concat!(
                     "INSERT INTO api_keys (id, name, key_hash, permissions, account_group_ids, expires_at)
                      VALUES ($1, $2, $3, $4, $5, $6)
-                     RETURNING id, name, permissions, account_group_ids, created_at, expires_at, revoked_at",
-                )
+                     RETURNING ",
+                    key_columns!()
+                ))
                 .bind(Uuid::new_v4())
                 .bind(&key.name)
                 .bind(&key.hash.0[..])
@@ -148,10 +159,11 @@ impl PgStore {
     pub async fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
         let rows: Vec<KeyRow> = self
             .bounded(
-                sqlx::query_as(
-                    "SELECT id, name, permissions, account_group_ids, created_at, expires_at, revoked_at
-                     FROM api_keys ORDER BY created_at, id",
-                )
+                sqlx::query_as(concat!(
+                    "SELECT ",
+                    key_columns!(),
+                    " FROM api_keys ORDER BY created_at, id"
+                ))
                 .fetch_all(&self.pool),
             )
             .await?;
@@ -161,16 +173,18 @@ impl PgStore {
     pub async fn revoke_key(&self, id: Uuid) -> Result<Option<ApiKey>, StoreError> {
         let row: Option<KeyRow> = self
             .bounded(
-                sqlx::query_as(
+                sqlx::query_as(concat!(
                     "WITH revoked AS (
                          UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1
-                         RETURNING id, name, permissions, account_group_ids, created_at, expires_at, revoked_at
+                         RETURNING *
                      ), notified AS (
                          -- Every instance's key cache forgets its keys when this commits.
                          SELECT id, pg_notify($2, id::text) FROM revoked
                      )
-                     SELECT revoked.* FROM revoked JOIN notified USING (id)",
-                )
+                     SELECT ",
+                    key_columns!(),
+                    " FROM revoked JOIN notified USING (id)"
+                ))
                 .bind(id)
                 .bind(REVOCATIONS_CHANNEL)
                 .fetch_optional(&self.pool),
@@ -233,7 +247,7 @@ impl PgStore {
         let rows: Vec<EventRow> = self
             .bounded(
                 sqlx::query_as(
-                    "SELECT scan_id, from_status, to_status, api_key_id, trace_id, occurred_at
+                    "SELECT scan_id, from_status, to_status, api_key_id::text AS api_key_id, trace_id, occurred_at
                      FROM signal_scan_events WHERE scan_id = $1 ORDER BY id",
                 )
                 .bind(scan.as_str())
@@ -385,128 +399,5 @@ impl PgStore {
                 scan: row.into_scan()?,
             }),
         }
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct ScanRow {
-    id: String,
-    account_group_id: String,
-    status: String,
-    created_at: OffsetDateTime,
-    updated_at: OffsetDateTime,
-    started_at: Option<OffsetDateTime>,
-    finished_at: Option<OffsetDateTime>,
-    cancelled_at: Option<OffsetDateTime>,
-    previous_status: Option<String>,
-}
-
-impl ScanRow {
-    fn into_scan(self) -> Result<Scan, StoreError> {
-        let corrupt = |what: &str| StoreError::Corrupt(format!("{what} of scan {:?}", self.id));
-        Ok(Scan {
-            id: ScanId::parse(&self.id).map_err(|_| corrupt("id"))?,
-            account_group_id: AccountGroupId::parse(&self.account_group_id)
-                .map_err(|_| corrupt("account group"))?,
-            status: parse_status(&self.status)?,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-            started_at: self.started_at,
-            finished_at: self.finished_at,
-            cancelled_at: self.cancelled_at,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct EventRow {
-    scan_id: String,
-    from_status: Option<String>,
-    to_status: String,
-    api_key_id: Option<Uuid>,
-    trace_id: Option<String>,
-    occurred_at: OffsetDateTime,
-}
-
-impl EventRow {
-    fn into_event(self) -> Result<ScanEvent, StoreError> {
-        Ok(ScanEvent {
-            scan_id: ScanId::parse(&self.scan_id)
-                .map_err(|_| StoreError::Corrupt(format!("event of scan {:?}", self.scan_id)))?,
-            from: self.from_status.as_deref().map(parse_status).transpose()?,
-            to: parse_status(&self.to_status)?,
-            api_key_id: self.api_key_id,
-            trace_id: self.trace_id,
-            at: self.occurred_at,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct ChangeRow {
-    id: i64,
-    scan_id: String,
-    account_group_id: String,
-    from_status: String,
-    to_status: String,
-    occurred_at: OffsetDateTime,
-}
-
-impl ChangeRow {
-    fn into_change(self) -> Result<(i64, ScanChange), StoreError> {
-        let corrupt = || StoreError::Corrupt(format!("event {}", self.id));
-        Ok((
-            self.id,
-            ScanChange {
-                scan_id: ScanId::parse(&self.scan_id).map_err(|_| corrupt())?,
-                account_group_id: AccountGroupId::parse(&self.account_group_id)
-                    .map_err(|_| corrupt())?,
-                from: parse_status(&self.from_status)?,
-                to: parse_status(&self.to_status)?,
-                at: self.occurred_at,
-            },
-        ))
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct KeyRow {
-    id: Uuid,
-    name: String,
-    permissions: Vec<String>,
-    account_group_ids: Option<Vec<String>>,
-    created_at: OffsetDateTime,
-    expires_at: Option<OffsetDateTime>,
-    revoked_at: Option<OffsetDateTime>,
-}
-
-impl TryFrom<KeyRow> for ApiKey {
-    type Error = StoreError;
-
-    fn try_from(row: KeyRow) -> Result<Self, Self::Error> {
-        let corrupt = |what: String| StoreError::Corrupt(format!("api key {}: {what}", row.id));
-        let permissions = row
-            .permissions
-            .iter()
-            .map(|p| Permission::from_str(p).map_err(|e| corrupt(e.to_string())))
-            .collect::<Result<_, _>>()?;
-        let access = match &row.account_group_ids {
-            None => AccountGroupAccess::All,
-            Some(groups) => AccountGroupAccess::Only(
-                groups
-                    .iter()
-                    .map(|g| AccountGroupId::parse(g).map_err(|e| corrupt(e.to_string())))
-                    .collect::<Result<_, _>>()?,
-            ),
-        };
-        Ok(ApiKey {
-            id: row.id,
-            name: row.name,
-            permissions,
-            access,
-            created_at: row.created_at,
-            expires_at: row.expires_at,
-            revoked_at: row.revoked_at,
-        })
     }
 }

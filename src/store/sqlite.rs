@@ -9,26 +9,20 @@ use secrecy::ExposeSecret;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use time::format_description::BorrowedFormatItem;
-use time::macros::format_description;
-use time::{OffsetDateTime, PrimitiveDateTime};
+use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::rows::{ChangeRow, EventRow, KeyRow, SQLITE_TIMESTAMP, ScanRow};
 use super::{
     KeyToCreate, ScanPageQuery, StoreError, StoreOptions, Transition, bounded, classify,
     parse_status,
 };
 use crate::domain::ids::{AccountGroupId, ScanId};
-use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash, Permission};
+use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash};
 use crate::domain::scan::{Scan, ScanChange, ScanEvent, ScanStatus};
 use crate::domain::service::Actor;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-
-/// Fixed width, so that text order is time order (listing and pagination compare it in SQL), and
-/// microseconds, as PostgreSQL keeps them, so both stores answer the same instants.
-const TIMESTAMP: &[BorrowedFormatItem<'static>] =
-    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
 
 const SCAN_COLUMNS: &str = "id, account_group_id, status, created_at, updated_at, started_at, \
                             finished_at, cancelled_at";
@@ -422,149 +416,10 @@ fn now() -> OffsetDateTime {
 
 fn encode(at: OffsetDateTime) -> String {
     at.to_offset(time::UtcOffset::UTC)
-        .format(TIMESTAMP)
+        .format(SQLITE_TIMESTAMP)
         .expect("every UTC instant formats")
-}
-
-fn decode(raw: &str) -> Result<OffsetDateTime, StoreError> {
-    PrimitiveDateTime::parse(raw, TIMESTAMP)
-        .map(PrimitiveDateTime::assume_utc)
-        .map_err(|_| StoreError::Corrupt(format!("timestamp {raw:?}")))
-}
-
-fn decode_opt(raw: Option<&str>) -> Result<Option<OffsetDateTime>, StoreError> {
-    raw.map(decode).transpose()
 }
 
 fn json(value: &impl serde::Serialize) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Internal(e.to_string()))
-}
-
-#[derive(sqlx::FromRow)]
-struct ScanRow {
-    id: String,
-    account_group_id: String,
-    status: String,
-    created_at: String,
-    updated_at: String,
-    started_at: Option<String>,
-    finished_at: Option<String>,
-    cancelled_at: Option<String>,
-}
-
-impl ScanRow {
-    fn into_scan(self) -> Result<Scan, StoreError> {
-        let corrupt = |what: &str| StoreError::Corrupt(format!("{what} of scan {:?}", self.id));
-        Ok(Scan {
-            id: ScanId::parse(&self.id).map_err(|_| corrupt("id"))?,
-            account_group_id: AccountGroupId::parse(&self.account_group_id)
-                .map_err(|_| corrupt("account group"))?,
-            status: parse_status(&self.status)?,
-            created_at: decode(&self.created_at)?,
-            updated_at: decode(&self.updated_at)?,
-            started_at: decode_opt(self.started_at.as_deref())?,
-            finished_at: decode_opt(self.finished_at.as_deref())?,
-            cancelled_at: decode_opt(self.cancelled_at.as_deref())?,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct EventRow {
-    scan_id: String,
-    from_status: Option<String>,
-    to_status: String,
-    api_key_id: Option<String>,
-    trace_id: Option<String>,
-    occurred_at: String,
-}
-
-impl EventRow {
-    fn into_event(self) -> Result<ScanEvent, StoreError> {
-        let corrupt = || StoreError::Corrupt(format!("event of scan {:?}", self.scan_id));
-        Ok(ScanEvent {
-            scan_id: ScanId::parse(&self.scan_id).map_err(|_| corrupt())?,
-            from: self.from_status.as_deref().map(parse_status).transpose()?,
-            to: parse_status(&self.to_status)?,
-            api_key_id: self
-                .api_key_id
-                .as_deref()
-                .map(Uuid::parse_str)
-                .transpose()
-                .map_err(|_| corrupt())?,
-            trace_id: self.trace_id.clone(),
-            at: decode(&self.occurred_at)?,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct ChangeRow {
-    id: i64,
-    scan_id: String,
-    account_group_id: String,
-    from_status: String,
-    to_status: String,
-    occurred_at: String,
-}
-
-impl ChangeRow {
-    fn into_change(self) -> Result<(i64, ScanChange), StoreError> {
-        let corrupt = || StoreError::Corrupt(format!("event {}", self.id));
-        Ok((
-            self.id,
-            ScanChange {
-                scan_id: ScanId::parse(&self.scan_id).map_err(|_| corrupt())?,
-                account_group_id: AccountGroupId::parse(&self.account_group_id)
-                    .map_err(|_| corrupt())?,
-                from: parse_status(&self.from_status)?,
-                to: parse_status(&self.to_status)?,
-                at: decode(&self.occurred_at)?,
-            },
-        ))
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct KeyRow {
-    id: String,
-    name: String,
-    permissions: String,
-    account_group_ids: Option<String>,
-    created_at: String,
-    expires_at: Option<String>,
-    revoked_at: Option<String>,
-}
-
-impl TryFrom<KeyRow> for ApiKey {
-    type Error = StoreError;
-
-    fn try_from(row: KeyRow) -> Result<Self, Self::Error> {
-        let corrupt = |what: String| StoreError::Corrupt(format!("api key {}: {what}", row.id));
-        let list = |raw: &str| -> Result<Vec<String>, StoreError> {
-            serde_json::from_str(raw).map_err(|e| corrupt(e.to_string()))
-        };
-        let permissions = list(&row.permissions)?
-            .iter()
-            .map(|p| Permission::from_str(p).map_err(|e| corrupt(e.to_string())))
-            .collect::<Result<_, _>>()?;
-        let access = match row.account_group_ids.as_deref() {
-            None => AccountGroupAccess::All,
-            Some(raw) => AccountGroupAccess::Only(
-                list(raw)?
-                    .iter()
-                    .map(|g| AccountGroupId::parse(g).map_err(|e| corrupt(e.to_string())))
-                    .collect::<Result<_, _>>()?,
-            ),
-        };
-        Ok(ApiKey {
-            id: Uuid::parse_str(&row.id).map_err(|e| corrupt(e.to_string()))?,
-            name: row.name,
-            permissions,
-            access,
-            created_at: decode(&row.created_at)?,
-            expires_at: decode_opt(row.expires_at.as_deref())?,
-            revoked_at: decode_opt(row.revoked_at.as_deref())?,
-        })
-    }
 }

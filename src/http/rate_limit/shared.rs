@@ -161,30 +161,20 @@ impl SharedLimits {
     }
 
     pub async fn auth_blocked(&self, client: IpAddr) -> Result<Option<u64>, SharedError> {
-        let (allowed, wait_ms, _) = self
-            .gcra(
-                self.failure_key(client),
-                self.failure_emission_ms,
-                self.failure_burst,
-                0,
-            )
-            .await?;
-        Ok((!allowed).then(|| wait_ms.div_ceil(1000).max(1)))
+        self.auth_failures(client, 0).await
     }
 
     pub async fn record_auth_failure(&self, client: IpAddr) -> Result<Option<u64>, SharedError> {
-        let (allowed, wait_ms, _) = self
-            .gcra(
-                self.failure_key(client),
-                self.failure_emission_ms,
-                self.failure_burst,
-                1,
-            )
-            .await?;
-        Ok((!allowed).then(|| wait_ms.div_ceil(1000).max(1)))
+        self.auth_failures(client, 1).await
     }
 
-    fn failure_key(&self, client: IpAddr) -> String {
-        format!("{}auth-failures:{client}", self.prefix)
+    /// Looks at (`cost` 0) or spends (`cost` 1) `client`'s failure allowance; `Some(seconds)`
+    /// while it is exhausted.
+    async fn auth_failures(&self, client: IpAddr, cost: u8) -> Result<Option<u64>, SharedError> {
+        let key = format!("{}auth-failures:{client}", self.prefix);
+        let (allowed, wait_ms, _) = self
+            .gcra(key, self.failure_emission_ms, self.failure_burst, cost)
+            .await?;
+        Ok((!allowed).then(|| wait_ms.div_ceil(1000).max(1)))
     }
 }

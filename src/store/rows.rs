@@ -1,0 +1,196 @@
+//! Rows as both stores return them, and their conversion into domain types, written once.
+//!
+//! Each store's SQL shapes its results to these rows: PostgreSQL casts uuids to text and arrays to
+//! JSON, SQLite stores them that way. Only timestamps differ on the wire, which [`Stamp`] hides.
+
+use std::str::FromStr;
+
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgTypeInfo, PgValueRef};
+use sqlx::sqlite::{SqliteTypeInfo, SqliteValueRef};
+use sqlx::{Decode, Postgres, Sqlite, Type};
+use time::format_description::BorrowedFormatItem;
+use time::macros::format_description;
+use time::{OffsetDateTime, PrimitiveDateTime};
+use uuid::Uuid;
+
+use super::{StoreError, parse_status};
+use crate::domain::ids::{AccountGroupId, ScanId};
+use crate::domain::keys::{AccountGroupAccess, ApiKey, Permission};
+use crate::domain::scan::{Scan, ScanChange, ScanEvent};
+
+/// How SQLite keeps instants: fixed width, so text order is time order (listing compares it in
+/// SQL), and microseconds, as PostgreSQL keeps them, so both stores answer the same instants.
+pub(super) const SQLITE_TIMESTAMP: &[BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
+
+/// An instant as either store returns it: PostgreSQL's `timestamptz`, SQLite's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Stamp(pub OffsetDateTime);
+
+impl Type<Postgres> for Stamp {
+    fn type_info() -> PgTypeInfo {
+        <OffsetDateTime as Type<Postgres>>::type_info()
+    }
+}
+
+impl<'r> Decode<'r, Postgres> for Stamp {
+    fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
+        Ok(Self(<OffsetDateTime as Decode<Postgres>>::decode(value)?))
+    }
+}
+
+impl Type<Sqlite> for Stamp {
+    fn type_info() -> SqliteTypeInfo {
+        <String as Type<Sqlite>>::type_info()
+    }
+}
+
+impl<'r> Decode<'r, Sqlite> for Stamp {
+    fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
+        let raw = <&str as Decode<Sqlite>>::decode(value)?;
+        Ok(Self(
+            PrimitiveDateTime::parse(raw, SQLITE_TIMESTAMP)?.assume_utc(),
+        ))
+    }
+}
+
+fn instant(stamp: Option<Stamp>) -> Option<OffsetDateTime> {
+    stamp.map(|stamp| stamp.0)
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct ScanRow {
+    pub id: String,
+    pub account_group_id: String,
+    pub status: String,
+    pub created_at: Stamp,
+    pub updated_at: Stamp,
+    pub started_at: Option<Stamp>,
+    pub finished_at: Option<Stamp>,
+    pub cancelled_at: Option<Stamp>,
+    /// Only a transition's result carries it: the status the scan moved from.
+    #[sqlx(default)]
+    pub previous_status: Option<String>,
+}
+
+impl ScanRow {
+    pub fn into_scan(self) -> Result<Scan, StoreError> {
+        Ok(Scan {
+            id: ScanId::parse(&self.id).map_err(|_| corrupt(format!("scan id {:?}", self.id)))?,
+            account_group_id: AccountGroupId::parse(&self.account_group_id)
+                .map_err(|_| corrupt(format!("account group of scan {}", self.id)))?,
+            status: parse_status(&self.status)?,
+            created_at: self.created_at.0,
+            updated_at: self.updated_at.0,
+            started_at: instant(self.started_at),
+            finished_at: instant(self.finished_at),
+            cancelled_at: instant(self.cancelled_at),
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct EventRow {
+    pub scan_id: String,
+    pub from_status: Option<String>,
+    pub to_status: String,
+    pub api_key_id: Option<String>,
+    pub trace_id: Option<String>,
+    pub occurred_at: Stamp,
+}
+
+impl EventRow {
+    pub fn into_event(self) -> Result<ScanEvent, StoreError> {
+        let bad = || corrupt(format!("event of scan {:?}", self.scan_id));
+        Ok(ScanEvent {
+            scan_id: ScanId::parse(&self.scan_id).map_err(|_| bad())?,
+            from: self.from_status.as_deref().map(parse_status).transpose()?,
+            to: parse_status(&self.to_status)?,
+            api_key_id: self
+                .api_key_id
+                .as_deref()
+                .map(Uuid::parse_str)
+                .transpose()
+                .map_err(|_| bad())?,
+            trace_id: self.trace_id.clone(),
+            at: self.occurred_at.0,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct ChangeRow {
+    pub id: i64,
+    pub scan_id: String,
+    pub account_group_id: String,
+    pub from_status: String,
+    pub to_status: String,
+    pub occurred_at: Stamp,
+}
+
+impl ChangeRow {
+    pub fn into_change(self) -> Result<(i64, ScanChange), StoreError> {
+        let bad = || corrupt(format!("event {}", self.id));
+        Ok((
+            self.id,
+            ScanChange {
+                scan_id: ScanId::parse(&self.scan_id).map_err(|_| bad())?,
+                account_group_id: AccountGroupId::parse(&self.account_group_id)
+                    .map_err(|_| bad())?,
+                from: parse_status(&self.from_status)?,
+                to: parse_status(&self.to_status)?,
+                at: self.occurred_at.0,
+            },
+        ))
+    }
+}
+
+/// A key without its hash; lists are JSON arrays (PostgreSQL selects `array_to_json(…)::text`).
+#[derive(sqlx::FromRow)]
+pub(super) struct KeyRow {
+    pub id: String,
+    pub name: String,
+    pub permissions: String,
+    pub account_group_ids: Option<String>,
+    pub created_at: Stamp,
+    pub expires_at: Option<Stamp>,
+    pub revoked_at: Option<Stamp>,
+}
+
+impl TryFrom<KeyRow> for ApiKey {
+    type Error = StoreError;
+
+    fn try_from(row: KeyRow) -> Result<Self, Self::Error> {
+        let bad = |what: String| corrupt(format!("api key {}: {what}", row.id));
+        let list = |raw: &str| -> Result<Vec<String>, StoreError> {
+            serde_json::from_str(raw).map_err(|e| bad(e.to_string()))
+        };
+        let permissions = list(&row.permissions)?
+            .iter()
+            .map(|p| Permission::from_str(p).map_err(|e| bad(e.to_string())))
+            .collect::<Result<_, _>>()?;
+        let access = match row.account_group_ids.as_deref() {
+            None => AccountGroupAccess::All,
+            Some(raw) => AccountGroupAccess::Only(
+                list(raw)?
+                    .iter()
+                    .map(|g| AccountGroupId::parse(g).map_err(|e| bad(e.to_string())))
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
+        Ok(ApiKey {
+            id: Uuid::parse_str(&row.id).map_err(|e| bad(e.to_string()))?,
+            name: row.name,
+            permissions,
+            access,
+            created_at: row.created_at.0,
+            expires_at: instant(row.expires_at),
+            revoked_at: instant(row.revoked_at),
+        })
+    }
+}
