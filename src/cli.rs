@@ -255,8 +255,6 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         false => None,
     };
     let scans = ScanService::with_key_cache(store, args.key_cache_ttl());
-    // Lives as long as the process; on PostgreSQL, revocations clear the key cache at once.
-    let _revocations = scans.spawn_revocation_listener();
     let state = AppState::new(scans, &args.http_settings())?;
     let application = Application::bind(args.listen_addr, app::build_router(state))
         .await

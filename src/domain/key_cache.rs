@@ -1,10 +1,12 @@
 //! An in-process cache of API keys by hash, so the hot path makes one database round trip (the
 //! cancel) instead of two.
 //!
-//! Entries live at most `ttl` (at most one second by configuration), which bounds how long a
-//! revoked key keeps working on any instance, whatever the store; on PostgreSQL a revocation also
-//! clears every instance's cache at once through `LISTEN api_key_revocations`. Unknown keys are
-//! never cached, so guessing cannot fill the cache or push real keys out.
+//! Entries live at most `ttl` (at most one second by configuration): that alone bounds how long a
+//! revoked key keeps working on any instance, whatever the store, with nothing to listen to and
+//! nothing to miss. (A `LISTEN` for revocations would make them immediate, but PostgreSQL wakes
+//! every listening connection on every `NOTIFY`, so each instance would pay for every cancel's
+//! notification to save at most a second on a rare event.) Unknown keys are never cached, so
+//! guessing cannot fill the cache or push real keys out.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,13 +41,6 @@ impl KeyCache {
             entries.insert(hash, key);
         }
     }
-
-    /// Forgets every key: a revocation happened, or may have while we could not hear it.
-    pub fn clear(&self) {
-        if let Some(entries) = &self.entries {
-            entries.invalidate_all();
-        }
-    }
 }
 
 #[cfg(test)]
@@ -66,14 +61,11 @@ mod tests {
     }
 
     #[test]
-    fn entries_expire_after_the_ttl_and_clear_forgets_all() {
+    fn entries_expire_after_the_ttl() {
         let cache = KeyCache::new(Duration::from_millis(50));
         let hash = KeyHash::of("ssk_a");
         cache.insert(hash, key());
         assert!(cache.get(&hash).is_some());
-        cache.clear();
-        assert!(cache.get(&hash).is_none());
-        cache.insert(hash, key());
         std::thread::sleep(Duration::from_millis(80));
         assert!(cache.get(&hash).is_none(), "expired");
     }

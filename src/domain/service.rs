@@ -87,31 +87,6 @@ impl ScanService {
         }
     }
 
-    /// Clears the key cache whenever a key is revoked on any instance, for as long as the
-    /// process runs (PostgreSQL only; elsewhere the cache's short TTL is the bound).
-    pub fn spawn_revocation_listener(&self) -> Option<tokio::task::JoinHandle<()>> {
-        let Store::Postgres(_) = &self.store else {
-            return None;
-        };
-        let (store, keys) = (self.store.clone(), self.keys.clone());
-        Some(tokio::spawn(async move {
-            loop {
-                match store.subscribe_revocations().await {
-                    Ok(mut feed) => {
-                        // Anything may have been revoked while we were not listening.
-                        keys.clear();
-                        while feed.next().await.is_ok() {
-                            keys.clear();
-                        }
-                    }
-                    Err(error) => tracing::warn!(%error, "cannot listen for key revocations"),
-                }
-                keys.clear();
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }))
-    }
-
     pub fn store(&self) -> &Store {
         &self.store
     }

@@ -101,20 +101,6 @@ impl ChangeFeed {
 /// The PostgreSQL channel every status change is published on, in the changing transaction.
 pub const CHANGES_CHANNEL: &str = "signal_scan_events";
 
-/// The PostgreSQL channel a key revocation is published on, in the revoking statement.
-pub const REVOCATIONS_CHANNEL: &str = "api_key_revocations";
-
-/// Key revocations on PostgreSQL, as they commit.
-pub struct RevocationFeed(sqlx::postgres::PgListener);
-
-impl RevocationFeed {
-    /// Resolves when a key was revoked, or when revocations may have been missed (the
-    /// connection dropped); fails when the database cannot be reached again.
-    pub async fn next(&mut self) -> Result<(), StoreError> {
-        self.0.try_recv().await.map(drop).map_err(classify)
-    }
-}
-
 /// How the connection pool is used right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolUsage {
@@ -300,16 +286,6 @@ impl Store {
                 .await
                 .map(ChangeFeed::Postgres),
             Store::Sqlite(store) => Ok(ChangeFeed::Sqlite(store.subscribe())),
-        }
-    }
-
-    /// Subscribes to key revocations (PostgreSQL only).
-    pub async fn subscribe_revocations(&self) -> Result<RevocationFeed, StoreError> {
-        match self {
-            Store::Postgres(store) => store.listen(REVOCATIONS_CHANNEL).await.map(RevocationFeed),
-            Store::Sqlite(_) => Err(StoreError::Config(
-                "the embedded store has no revocation notifications".into(),
-            )),
         }
     }
 

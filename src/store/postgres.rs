@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use super::rows::{ChangeRow, EventRow, KeyRow, ScanRow};
 use super::{
-    CHANGES_CHANNEL, KeyToCreate, REVOCATIONS_CHANNEL, ScanPageQuery, StoreError, StoreOptions,
-    Transition, bounded, classify, parse_status,
+    CHANGES_CHANNEL, KeyToCreate, ScanPageQuery, StoreError, StoreOptions, Transition, bounded,
+    classify, parse_status,
 };
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash};
@@ -174,19 +174,11 @@ impl PgStore {
         let row: Option<KeyRow> = self
             .bounded(
                 sqlx::query_as(concat!(
-                    "WITH revoked AS (
-                         UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1
-                         RETURNING *
-                     ), notified AS (
-                         -- Every instance's key cache forgets its keys when this commits.
-                         SELECT id, pg_notify($2, id::text) FROM revoked
-                     )
-                     SELECT ",
-                    key_columns!(),
-                    " FROM revoked JOIN notified USING (id)"
+                    "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1
+                     RETURNING ",
+                    key_columns!()
                 ))
                 .bind(id)
-                .bind(REVOCATIONS_CHANNEL)
                 .fetch_optional(&self.pool),
             )
             .await?;

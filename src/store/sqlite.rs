@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
@@ -37,6 +38,8 @@ pub struct SqliteStore {
     timeout: Duration,
     /// SQLite has no LISTEN/NOTIFY: changes committed by this process are published here.
     changes: tokio::sync::broadcast::Sender<ScanChange>,
+    /// This process's writers, one at a time (see [`SqliteStore::as_writer`]).
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SqliteStore {
@@ -67,7 +70,22 @@ impl SqliteStore {
             pool,
             timeout: options.timeout,
             changes: tokio::sync::broadcast::channel(CHANGE_BUFFER).0,
+            writer: Arc::new(tokio::sync::Mutex::new(())),
         })
+    }
+
+    /// Runs `write` with this process's write turn held. SQLite admits one writer at a time;
+    /// queueing for it here, in order, beats every writer retrying in SQLite's busy handler, which
+    /// is unfair under contention and left some requests waiting past the timeout.
+    async fn as_writer<T>(
+        &self,
+        write: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, StoreError> {
+        self.bounded(async {
+            let _turn = self.writer.lock().await;
+            write.await
+        })
+        .await
     }
 
     async fn bounded<T>(
@@ -131,7 +149,7 @@ impl SqliteStore {
             AccountGroupAccess::Only(groups) => Some(groups.iter().map(|g| g.as_str()).collect()),
         };
         let row: KeyRow = self
-            .bounded(
+            .as_writer(
                 sqlx::query_as(
                     "INSERT INTO api_keys
                          (id, name, key_hash, permissions, account_group_ids, created_at, expires_at)
@@ -166,7 +184,7 @@ impl SqliteStore {
 
     pub async fn revoke_key(&self, id: Uuid) -> Result<Option<ApiKey>, StoreError> {
         let row: Option<KeyRow> = self
-            .bounded(
+            .as_writer(
                 sqlx::query_as(
                     "UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?2) WHERE id = ?1
                      RETURNING id, name, permissions, account_group_ids, created_at, expires_at, revoked_at",
@@ -187,7 +205,7 @@ impl SqliteStore {
         let at = encode(now());
         let reached = |statuses: &[ScanStatus]| statuses.contains(&status).then(|| at.clone());
         let scan = ScanId::generate();
-        self.bounded(async {
+        self.as_writer(async {
             let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
             let row: ScanRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO signal_scans
@@ -335,7 +353,7 @@ impl SqliteStore {
         // status read below cannot go stale before the guarded UPDATE; the UPDATE keeps its
         // from-status guard all the same.
         let outcome = self
-            .bounded(async {
+            .as_writer(async {
                 let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
                 // Stamped once the write lock is held: never before a change it waited behind.
                 let at = encode(now());

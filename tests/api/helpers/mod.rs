@@ -233,7 +233,6 @@ pub struct TestApp {
     pub proxy: Option<proxy::Proxy>,
     /// The app's rate limiter, to ask whether Redis is in use.
     pub limits: Arc<RateLimiter>,
-    revocations: Option<tokio::task::JoinHandle<()>>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -270,7 +269,6 @@ impl TestApp {
         let app_store = Store::connect(&options).unwrap();
         let served_store = app_store.clone();
         let scans = ScanService::with_key_cache(app_store, settings.key_cache_ttl);
-        let revocations = scans.spawn_revocation_listener();
         let state = AppState::new(scans, &settings.http).expect("valid settings");
         let limits = state.limits.clone();
         let router = signal_scans::http::router_with(state, settings.extra_routes);
@@ -296,7 +294,6 @@ impl TestApp {
             db,
             proxy,
             limits,
-            revocations,
             shutdown: Some(shutdown),
             server: Some(server),
         }
@@ -368,7 +365,7 @@ impl TestApp {
     }
 
     /// A second instance of the service on the same database, as a horizontally scaled
-    /// deployment runs it: its own key cache, its own revocation listener.
+    /// deployment runs it: its own key cache.
     pub async fn replica(&self) -> Replica {
         self.replica_with(&Settings::default().http).await
     }
@@ -377,7 +374,6 @@ impl TestApp {
     pub async fn replica_with(&self, http: &HttpSettings) -> Replica {
         let store = Store::connect(&store_options(&self.db.url, Duration::from_secs(2))).unwrap();
         let scans = ScanService::with_key_cache(store, Duration::from_millis(1000));
-        let revocations = scans.spawn_revocation_listener();
         let state = AppState::new(scans, http).expect("valid settings");
         let limits = state.limits.clone();
         let application = Application::bind(
@@ -392,7 +388,6 @@ impl TestApp {
             addr,
             limits,
             server,
-            revocations,
         }
     }
 
@@ -424,23 +419,16 @@ pub struct Replica {
     pub addr: SocketAddr,
     pub limits: Arc<RateLimiter>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
-    revocations: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Replica {
     fn drop(&mut self) {
         self.server.abort();
-        if let Some(revocations) = &self.revocations {
-            revocations.abort();
-        }
     }
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        if let Some(revocations) = self.revocations.take() {
-            revocations.abort();
-        }
         if let Some(server) = self.server.take() {
             server.abort();
         }
