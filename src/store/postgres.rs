@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
@@ -33,8 +34,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
-    /// Boxed: the options are large and the pool is what every clone needs.
-    migrate_options: Box<PgConnectOptions>,
+    /// Shared, not copied: the store is cloned into every request (axum state), and the options
+    /// are large; the profile showed their per-request copy and drop.
+    migrate_options: Arc<PgConnectOptions>,
     timeout: Duration,
 }
 
@@ -46,7 +48,7 @@ impl PgStore {
             .application_name("signal-scans");
         // Migrations may wait for another replica's migration lock and may take long: they run
         // on their own connection without the request timeout.
-        let migrate_options = Box::new(connect.clone());
+        let migrate_options = Arc::new(connect.clone());
         let connect = connect.options([
             // The server gives up on a statement when we would, so a stalled query does not
             // keep holding its row locks after the client has answered 502.
