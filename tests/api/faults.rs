@@ -156,3 +156,53 @@ async fn shutdown_lets_in_flight_requests_finish(backend: Backend) {
     );
 }
 store_test!(shutdown_lets_in_flight_requests_finish);
+
+/// A cancel stuck behind another transaction's row lock answers 502 at DB_TIMEOUT_MS, and the
+/// database gives up on the statement too (statement_timeout), so the stuck statement does not
+/// wait on, holding a connection and a place in the lock queue, after the client was answered.
+async fn a_statement_stuck_on_a_lock_is_ended_by_the_database_too(backend: Backend) {
+    use sqlx::Connection;
+    let app = TestApp::spawn_with(
+        backend,
+        Settings {
+            db_timeout: Duration::from_millis(500),
+            ..Settings::default()
+        },
+    )
+    .await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let scan = app.scan(&group, ScanStatus::Running).await;
+    let mut blocker = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    sqlx::raw_sql("BEGIN").execute(&mut blocker).await.unwrap();
+    sqlx::query("SELECT 1 FROM signal_scans WHERE id = $1 FOR UPDATE")
+        .bind(scan.as_str())
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+
+    let stuck = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let still_waiting: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE application_name = 'signal-scans' AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(&mut blocker)
+    .await
+    .unwrap();
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+
+    stuck.assert_error(502, "UPSTREAM_ERROR");
+    assert_eq!(
+        still_waiting, 0,
+        "the database still runs a statement nobody waits for"
+    );
+    assert_eq!(app.status_of(&scan).await, ScanStatus::Running);
+}
+store_test!(
+    a_statement_stuck_on_a_lock_is_ended_by_the_database_too,
+    postgres_only
+);
