@@ -38,12 +38,17 @@ impl GroupPath {
     }
 }
 
-/// The raw path of a scan route, before its ids are parsed.
-#[derive(Deserialize)]
+/// The raw path of a scan route, before its ids are parsed; documented as the ids it must hold.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
 pub struct ScanPath {
+    /// Account group ID that scopes the request: 24 hexadecimal characters, either case.
     #[serde(rename = "accountGroupId")]
+    #[param(value_type = AccountGroupId, inline)]
     account_group_id: String,
+    /// Signal scan ID returned when the scan was started: 24 hexadecimal characters, either case.
     #[serde(rename = "scanId")]
+    #[param(value_type = ScanId, inline)]
     scan_id: String,
 }
 
@@ -106,12 +111,7 @@ impl From<Cancellation> for CancelledScan {
         422 VALIDATION_ERROR. Cancelling a cancelled scan answers 200 with `previousStatus` cancelled and the \
         original `cancelledAt`. Requires the `signals:write` permission and access to the account group. \
         No request body; no idempotency keys.",
-    params(
-        ("accountGroupId" = inline(crate::domain::ids::AccountGroupId), Path,
-            description = "Account group ID that scopes the request: 24 hexadecimal characters, either case."),
-        ("scanId" = inline(crate::domain::ids::ScanId), Path,
-            description = "Signal scan ID returned when the scan was started: 24 hexadecimal characters, either case."),
-    ),
+    params(ScanPath),
     security(("bearerAuth" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "Scan cancelled, now or before", body = crate::http::openapi::SignalScanCancelSuccessResponse),
@@ -158,12 +158,7 @@ pub async fn cancel_scan(
     summary = "Get a signal scan",
     description = "The scan's status and the moments it reached: where a client checks the state before \
         retrying a cancel. Requires `signals:read` or `signals:write` and access to the account group.",
-    params(
-        ("accountGroupId" = inline(crate::domain::ids::AccountGroupId), Path,
-            description = "Account group ID that scopes the request: 24 hexadecimal characters, either case."),
-        ("scanId" = inline(crate::domain::ids::ScanId), Path,
-            description = "Signal scan ID returned when the scan was started: 24 hexadecimal characters, either case."),
-    ),
+    params(ScanPath),
     security(("bearerAuth" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "The scan", body = crate::http::openapi::SignalScanResponse),
@@ -346,12 +341,7 @@ pub struct ScanEvents {
     summary = "A signal scan's status changes",
     description = "The scan's audit trail, oldest first; `from` is null for its creation. Requires \
         `signals:read` or `signals:write` and access to the account group.",
-    params(
-        ("accountGroupId" = inline(crate::domain::ids::AccountGroupId), Path,
-            description = "Account group ID that scopes the request: 24 hexadecimal characters, either case."),
-        ("scanId" = inline(crate::domain::ids::ScanId), Path,
-            description = "Signal scan ID returned when the scan was started: 24 hexadecimal characters, either case."),
-    ),
+    params(ScanPath),
     security(("bearerAuth" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "The scan's status changes", body = crate::http::openapi::SignalScanEventsResponse),
