@@ -37,8 +37,15 @@ pub fn init(format: LogFormat) -> Result<(), String> {
     };
     // Panics go through tracing, inside the request's span (so with its trace id), instead of
     // raw text on stderr.
-    std::panic::set_hook(Box::new(|panic| {
-        tracing::error!(panic = %panic, "panicked");
+    // When logging would drop the event (a RUST_LOG that filters errors out), the default hook
+    // still prints it: a panic is never silent.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |panic| {
+        if tracing::enabled!(target: "panic", tracing::Level::ERROR) {
+            tracing::error!(target: "panic", panic = %panic, "panicked");
+        } else {
+            default_hook(panic);
+        }
     }));
     Ok(())
 }

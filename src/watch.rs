@@ -55,6 +55,8 @@ struct Printer {
     /// A scan reaches each status at most once (the state machine has no cycles), so
     /// (scan, status) names a change exactly.
     printed: HashSet<(ScanId, ScanStatus)>,
+    /// The newest audit row when the watch began.
+    started_at: i64,
 }
 
 impl Printer {
@@ -62,6 +64,7 @@ impl Printer {
         Self {
             after_event,
             printed: HashSet::new(),
+            started_at: after_event,
         }
     }
 
@@ -82,7 +85,11 @@ impl Printer {
         // Audit ids follow insertion, not commit, order: a change with an id just below the
         // newest one read may commit later. Re-reading a window behind the mark catches it;
         // printing is idempotent.
-        let mut after = self.after_event.saturating_sub(RECHECK_WINDOW);
+        // Never behind where the watch started: older changes are not news.
+        let mut after = self
+            .after_event
+            .saturating_sub(RECHECK_WINDOW)
+            .max(self.started_at);
         loop {
             let page = store.changes_after(after, group).await?;
             if page.is_empty() {

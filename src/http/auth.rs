@@ -79,8 +79,24 @@ fn client_ip(request: &Request, trusted_hops: usize) -> IpAddr {
     forwarded
         .len()
         .checked_sub(trusted_hops)
-        .and_then(|index| forwarded[index].parse().ok())
+        .and_then(|index| parse_forwarded(forwarded[index]))
         .unwrap_or(peer)
+}
+
+/// An X-Forwarded-For entry: an address, possibly with a port (`1.2.3.4:5678`, `[::1]:80`) or in
+/// brackets, as load balancers variously write it.
+fn parse_forwarded(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|addr| addr.ip()))
+        .or_else(|| {
+            entry
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse()
+                .ok()
+        })
 }
 
 /// The key from `Authorization: Bearer <key>` (scheme case-insensitive), else from `X-API-Key`.
@@ -186,6 +202,22 @@ mod tests {
         assert_eq!(
             client_ip(&request, 9),
             "10.0.0.9".parse::<IpAddr>().unwrap()
+        );
+        let with_ports = request_from(
+            "10.0.0.9",
+            &["1.1.1.1:5678, [2001:db8::1]:443", "[2001:db8::2]"],
+        );
+        assert_eq!(
+            client_ip(&with_ports, 1),
+            "2001:db8::2".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip(&with_ports, 2),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip(&with_ports, 3),
+            "1.1.1.1".parse::<IpAddr>().unwrap()
         );
         let spoofed = request_from("10.0.0.9", &["not-an-ip"]);
         assert_eq!(

@@ -202,11 +202,12 @@ impl SqliteStore {
         group: &AccountGroupId,
         status: ScanStatus,
     ) -> Result<Scan, StoreError> {
-        let at = encode(now());
-        let reached = |statuses: &[ScanStatus]| statuses.contains(&status).then(|| at.clone());
         let scan = ScanId::generate();
         self.as_writer(async {
             let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            // Stamped once the write lock is held, like a transition.
+            let at = encode(now());
+            let reached = |statuses: &[ScanStatus]| statuses.contains(&status).then(|| at.clone());
             let row: ScanRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO signal_scans
                      (id, account_group_id, status, created_at, updated_at,

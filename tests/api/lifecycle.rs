@@ -185,6 +185,14 @@ async fn the_watch_command_prints_each_cancel_within_a_second(backend: Backend) 
     let other_key = app.writer(&other_group).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
     let other_scan = app.scan(&other_group, ScanStatus::Queued).await;
+    // A change from before the watch began is not news: it must not be printed.
+    let old_news = app.scan(&group, ScanStatus::Queued).await;
+    assert_eq!(
+        app.cancel(Some(&key), group.as_str(), old_news.as_str())
+            .await
+            .status,
+        200
+    );
     let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_signal-scans"))
         .args(["scans", "watch", "--account-group", group.as_str()])
         .env("DATABASE_URL", &app.db.url)

@@ -109,14 +109,24 @@ async fn failed_authentications_are_counted_across_replicas() {
     })
     .await;
     let guess = signal_scans::domain::keys::NewApiKey::generate().secret;
-    let path = cancel_path("507f1f77bcf86cd799439011", "507f1f77bcf86cd799439011");
+    let group = group();
+    let key = app.writer(&group).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let path = cancel_path(group.as_str(), scan.as_str());
 
     let mut statuses = Vec::new();
-    for addr in [app.addr, replica.addr, app.addr, replica.addr] {
+    for addr in [app.addr, replica.addr, app.addr] {
         statuses.push(cancel_at(&app, addr, &guess, &path).await);
     }
+    // Exactly the allowance spent: not yet over it, so the right key still works.
+    statuses.push(cancel_at(&app, replica.addr, &key, &path).await);
+    for addr in [replica.addr, app.addr] {
+        statuses.push(cancel_at(&app, addr, &guess, &path).await);
+    }
+    // Over it: blocked everywhere, whatever key it sends.
+    statuses.push(cancel_at(&app, app.addr, &key, &path).await);
 
-    assert_eq!(statuses, [401, 401, 401, 429]);
+    assert_eq!(statuses, [401, 401, 401, 200, 429, 429, 429]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -146,7 +146,10 @@ impl RateLimiter {
 
 fn backend_failed(error: &SharedError) {
     metrics::counter!(BACKEND_ERRORS).increment(1);
-    tracing::warn!(%error, "shared rate limits unavailable; using this instance's limits");
+    // The failure that started a backoff was logged; the skipped calls after it are not.
+    if !matches!(error, SharedError::BackingOff) {
+        tracing::warn!(%error, "shared rate limits unavailable; using this instance's limits");
+    }
 }
 
 /// Whole seconds, rounded up, and never 0: "retry now" would only earn another 429.

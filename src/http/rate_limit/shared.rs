@@ -3,7 +3,8 @@
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
@@ -14,26 +15,30 @@ use super::{Decision, RateLimit};
 /// How long a limit check may wait for Redis before the in-process limits decide instead.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 
-/// GCRA on one key. ARGV: emission interval (ms per cell), burst (cells), cost (1 to spend a
-/// cell, 0 to only look). Returns {allowed, wait_ms, remaining}.
+/// After a failed call, Redis is left alone for this long: each request would otherwise pay the
+/// timeout again, for every limit it checks, for the whole outage.
+const BACKOFF: Duration = Duration::from_secs(1);
+
+/// GCRA on KEYS[1], spending one cell. ARGV: emission interval (ms per cell), burst (cells).
+/// KEYS[2], when given, is a marker set for the wait whenever a cell is refused (how a blocked
+/// address is recognised without spending). Returns {allowed, wait_ms, remaining}.
 const GCRA: &str = r"
+redis.replicate_commands()
 local emission = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + tonumber(time[2]) / 1000
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then tat = now end
-local new_tat = tat + emission * cost
+local new_tat = tat + emission
 local allow_at = new_tat - emission * burst
-if cost == 0 then allow_at = allow_at + emission end
 if now < allow_at then
-  return {0, math.ceil(allow_at - now), 0}
+  local wait = math.ceil(allow_at - now)
+  if KEYS[2] then redis.call('SET', KEYS[2], '1', 'PX', wait) end
+  return {0, wait, 0}
 end
-if cost > 0 then
-  redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1000)
-end
-return {1, 0, math.floor((now - allow_at) / emission)}
+redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+return {1, 0, math.floor((now - allow_at) / emission + 1e-9)}
 ";
 
 /// Where the shared limits live.
@@ -46,6 +51,9 @@ pub struct RedisSettings {
 
 pub struct SharedLimits {
     connection: OnceCell<ConnectionManager>,
+    /// Milliseconds since `started` before which Redis is not asked (0: ask).
+    backoff_until: AtomicU64,
+    started: Instant,
     client: redis::Client,
     script: redis::Script,
     prefix: String,
@@ -64,6 +72,9 @@ pub enum SharedError {
     Timeout,
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// A recent call failed; Redis is not asked again until the backoff has passed.
+    #[error("redis failed a moment ago; backing off")]
+    BackingOff,
 }
 
 impl SharedLimits {
@@ -76,6 +87,8 @@ impl SharedLimits {
             .map_err(|_| "REDIS_URL is not a valid Redis URL".to_owned())?;
         Ok(Self {
             connection: OnceCell::new(),
+            backoff_until: AtomicU64::new(0),
+            started: Instant::now(),
             client,
             script: redis::Script::new(GCRA),
             prefix: settings.prefix.clone(),
@@ -118,24 +131,48 @@ impl SharedLimits {
         self.connection.initialized()
     }
 
-    async fn gcra(
+    /// Runs one Redis call within the timeout, unless a recent failure says not to try.
+    async fn call<T>(
         &self,
-        key: String,
-        emission_ms: f64,
-        burst: u32,
-        cost: u8,
-    ) -> Result<(bool, u64, u32), SharedError> {
+        call: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
+    ) -> Result<T, SharedError> {
+        let now = self.started.elapsed().as_millis() as u64;
+        if now < self.backoff_until.load(Ordering::Relaxed) {
+            return Err(SharedError::BackingOff);
+        }
         let mut connection = self
             .connection
             .get()
             .ok_or(SharedError::NotConnected)?
             .clone();
-        let mut invocation = self.script.key(key);
-        invocation.arg(emission_ms).arg(burst).arg(cost);
-        let call = invocation.invoke_async::<(i64, i64, i64)>(&mut connection);
-        let (allowed, wait_ms, remaining) = tokio::time::timeout(REDIS_TIMEOUT, call)
-            .await
-            .map_err(|_| SharedError::Timeout)??;
+        let result = match tokio::time::timeout(REDIS_TIMEOUT, call(&mut connection)).await {
+            Ok(result) => result.map_err(SharedError::from),
+            Err(_) => Err(SharedError::Timeout),
+        };
+        if result.is_err() {
+            let until = self.started.elapsed() + BACKOFF;
+            self.backoff_until
+                .store(until.as_millis() as u64, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn gcra(
+        &self,
+        keys: &[String],
+        emission_ms: f64,
+        burst: u32,
+    ) -> Result<(bool, u64, u32), SharedError> {
+        let (allowed, wait_ms, remaining) = self
+            .call(async |connection: &mut ConnectionManager| {
+                let mut invocation = self.script.prepare_invoke();
+                for key in keys {
+                    invocation.key(key);
+                }
+                invocation.arg(emission_ms).arg(burst);
+                invocation.invoke_async::<(i64, i64, i64)>(connection).await
+            })
+            .await?;
         Ok((
             allowed == 1,
             u64::try_from(wait_ms).unwrap_or(0),
@@ -146,10 +183,9 @@ impl SharedLimits {
     pub async fn check_key(&self, key: &Uuid) -> Result<Decision, SharedError> {
         let (allowed, wait_ms, remaining) = self
             .gcra(
-                format!("{}key:{key}", self.prefix),
+                &[format!("{}key:{key}", self.prefix)],
                 self.key_emission_ms,
                 self.key_burst,
-                1,
             )
             .await?;
         Ok(match allowed {
@@ -160,21 +196,37 @@ impl SharedLimits {
         })
     }
 
+    /// Seconds `client` must still wait after its last refused failure; looks without spending.
     pub async fn auth_blocked(&self, client: IpAddr) -> Result<Option<u64>, SharedError> {
-        self.auth_failures(client, 0).await
+        let marker = self.blocked_key(client);
+        let remaining_ms = self
+            .call(async |connection: &mut ConnectionManager| {
+                redis::cmd("PTTL")
+                    .arg(&marker)
+                    .query_async::<i64>(connection)
+                    .await
+            })
+            .await?;
+        Ok(u64::try_from(remaining_ms)
+            .ok()
+            .filter(|ms| *ms > 0)
+            .map(|ms| ms.div_ceil(1000).max(1)))
     }
 
+    /// Spends one of `client`'s failures; `Some(seconds)` when it had none left, which also
+    /// blocks it for that long.
     pub async fn record_auth_failure(&self, client: IpAddr) -> Result<Option<u64>, SharedError> {
-        self.auth_failures(client, 1).await
-    }
-
-    /// Looks at (`cost` 0) or spends (`cost` 1) `client`'s failure allowance; `Some(seconds)`
-    /// while it is exhausted.
-    async fn auth_failures(&self, client: IpAddr, cost: u8) -> Result<Option<u64>, SharedError> {
-        let key = format!("{}auth-failures:{client}", self.prefix);
+        let keys = [
+            format!("{}auth-failures:{client}", self.prefix),
+            self.blocked_key(client),
+        ];
         let (allowed, wait_ms, _) = self
-            .gcra(key, self.failure_emission_ms, self.failure_burst, cost)
+            .gcra(&keys, self.failure_emission_ms, self.failure_burst)
             .await?;
         Ok((!allowed).then(|| wait_ms.div_ceil(1000).max(1)))
+    }
+
+    fn blocked_key(&self, client: IpAddr) -> String {
+        format!("{}auth-blocked:{client}", self.prefix)
     }
 }
