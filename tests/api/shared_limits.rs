@@ -9,7 +9,9 @@ use signal_scans::domain::scan::ScanStatus;
 use signal_scans::http::rate_limit::{RateLimit, RedisSettings};
 
 use crate::helpers::proxy::Proxy;
-use crate::helpers::{ApiResponse, Backend, Settings, TestApp, cancel_path, group, redis_url};
+use crate::helpers::{
+    ApiResponse, Backend, Replica, Settings, TestApp, cancel_path, group, redis_url,
+};
 
 fn limited(redis: Option<RedisSettings>) -> HttpSettings {
     HttpSettings {
@@ -50,9 +52,10 @@ async fn cancel_at(app: &TestApp, addr: std::net::SocketAddr, key: &str, path: &
     ApiResponse::from(response).await.status.as_u16()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_together_allow_what_one_would() {
-    let Some(url) = redis_url().await else { return };
+/// An app and a replica with the same low limits in one Redis, both connected to it; `None` when
+/// no Redis answers (the test is then skipped, and says so).
+async fn two_instances_sharing_redis() -> Option<(TestApp, Replica)> {
+    let url = redis_url().await?;
     let http = limited(Some(settings_for(&url)));
     let app = TestApp::spawn_with(
         Backend::Sqlite,
@@ -67,6 +70,14 @@ async fn two_replicas_together_allow_what_one_would() {
         app.limits.is_shared() && replica.limits.is_shared()
     })
     .await;
+    Some((app, replica))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_together_allow_what_one_would() {
+    let Some((app, replica)) = two_instances_sharing_redis().await else {
+        return;
+    };
     let group = group();
     let key = app.writer(&group).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
@@ -93,21 +104,9 @@ async fn two_replicas_together_allow_what_one_would() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_authentications_are_counted_across_replicas() {
-    let Some(url) = redis_url().await else { return };
-    let http = limited(Some(settings_for(&url)));
-    let app = TestApp::spawn_with(
-        Backend::Sqlite,
-        Settings {
-            http: http.clone(),
-            ..Settings::default()
-        },
-    )
-    .await;
-    let replica = app.replica_with(&http).await;
-    until("both instances reach Redis", || {
-        app.limits.is_shared() && replica.limits.is_shared()
-    })
-    .await;
+    let Some((app, replica)) = two_instances_sharing_redis().await else {
+        return;
+    };
     let guess = signal_scans::domain::keys::NewApiKey::generate().secret;
     let group = group();
     let key = app.writer(&group).await;
