@@ -147,6 +147,10 @@ pub enum ScansCommand {
     },
 }
 
+/// How long a command that changed scans waits, before it exits, for its change notifications
+/// to go out (listeners would otherwise find the changes at their next poll).
+const HINT_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Parses the command line, runs the command, and turns any failure into one line and exit 1.
 pub async fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -254,7 +258,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         }
         false => None,
     };
-    let scans = ScanService::with_key_cache(store, args.key_cache_ttl());
+    let scans = ScanService::with_key_cache(store.clone(), args.key_cache_ttl());
     let state = AppState::new(scans, &args.http_settings())?;
     let application = Application::bind(args.listen_addr, app::build_router(state))
         .await
@@ -272,6 +276,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .serve(app::shutdown_signal(), args.shutdown_timeout())
         .await
         .map_err(|e| format!("server failed: {e}"))?;
+    store.flush_hints(HINT_FLUSH_LIMIT).await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -473,12 +478,16 @@ async fn scans(command: ScansCommand) -> Result<(), String> {
             json,
         } => {
             let to: ScanStatus = to.parse().map_err(|e: UnknownStatus| e.to_string())?;
-            let service = ScanService::new(migrated_store(&database).await?);
+            let store = migrated_store(&database).await?;
+            let service = ScanService::new(store.clone());
             let actor = Actor {
                 api_key_id: None,
                 trace_id: None,
             };
-            match service.advance(&scan_id, to, actor).await {
+            let outcome = service.advance(&scan_id, to, actor).await;
+            // Tell listeners now rather than leave them to find the change at their next poll.
+            store.flush_hints(HINT_FLUSH_LIMIT).await;
+            match outcome {
                 Ok(scan) if json => print_json(&scan),
                 Ok(scan) => {
                     println!("{} {}", scan.id, scan.status);
@@ -524,7 +533,7 @@ async fn scans(command: ScansCommand) -> Result<(), String> {
             account_group,
         } => {
             let store = migrated_store(&database).await?;
-            watch::run(&store, account_group.as_ref())
+            watch::run(store, account_group, database.feed_poll())
                 .await
                 .map_err(|e| e.to_string())
         }

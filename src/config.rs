@@ -29,6 +29,18 @@ pub struct DatabaseArgs {
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_max_connections: u32,
+
+    /// PostgreSQL: committed status changes gather this many milliseconds before one
+    /// notification tells listeners of them all.
+    #[arg(long, env = "PUBLISH_INTERVAL_MS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub publish_interval_ms: u64,
+
+    /// Readers of the change feed read the audit trail at least this often, notification or
+    /// not: the latest a change is delivered when its notification was lost.
+    #[arg(long, env = "FEED_POLL_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub feed_poll_ms: u64,
 }
 
 /// The embedded store, used when `DATABASE_URL` is not set.
@@ -49,7 +61,12 @@ impl DatabaseArgs {
             url: SecretString::from(self.url()),
             timeout: Duration::from_millis(self.db_timeout_ms),
             max_connections: self.db_max_connections,
+            publish_interval: Duration::from_millis(self.publish_interval_ms),
         }
+    }
+
+    pub fn feed_poll(&self) -> Duration {
+        Duration::from_millis(self.feed_poll_ms)
     }
 }
 
@@ -59,6 +76,8 @@ impl fmt::Debug for DatabaseArgs {
             .field("database_url", &redact_url(self.url()))
             .field("db_timeout_ms", &self.db_timeout_ms)
             .field("db_max_connections", &self.db_max_connections)
+            .field("publish_interval_ms", &self.publish_interval_ms)
+            .field("feed_poll_ms", &self.feed_poll_ms)
             .finish()
     }
 }
@@ -183,6 +202,8 @@ mod tests {
             database_url: Some("postgres://app:hunter2@db/scans".into()),
             db_timeout_ms: 2000,
             db_max_connections: 10,
+            publish_interval_ms: 10,
+            feed_poll_ms: 1000,
         };
         assert!(!format!("{args:?}").contains("hunter2"));
     }

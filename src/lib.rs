@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod domain;
+pub mod feed;
 pub mod http;
 pub mod store;
 pub mod telemetry;

@@ -1,5 +1,6 @@
 //! The rules of the service, free of HTTP and SQL.
 
+pub mod feed;
 pub mod ids;
 pub mod key_cache;
 pub mod keys;

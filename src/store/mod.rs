@@ -1,6 +1,7 @@
 //! Everything that knows SQL. The rest of the service talks to [`Store`] and never to a driver.
 
 mod postgres;
+mod publisher;
 mod rows;
 mod sqlite;
 
@@ -14,6 +15,7 @@ use uuid::Uuid;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
+use crate::domain::feed::{FeedCursor, FeedPage};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash, Permission};
 use crate::domain::scan::{Scan, ScanChange, ScanCursor, ScanEvent, ScanStatus};
@@ -60,36 +62,35 @@ pub struct ScanPageQuery {
     pub after: Option<ScanCursor>,
 }
 
-/// One item of a change feed.
+/// A hint that status changes may have committed; the audit trail says which.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FeedItem {
-    Change(ScanChange),
-    /// Changes may have been missed (a lost connection, a slow reader): catch up from the audit
-    /// trail with [`Store::changes_after`].
-    Gap,
+pub enum Hint {
+    /// These changes committed (more may have, in another process that has not told yet).
+    Changes(Vec<ScanChange>),
+    /// Something may have changed: read the trail.
+    Unknown,
 }
 
-/// Status changes as they commit: PostgreSQL `LISTEN signal_scan_events`, or SQLite's
-/// in-process broadcast.
-pub enum ChangeFeed {
+/// Where hints come from: PostgreSQL `LISTEN signal_scan_events` (sent by every process's
+/// publisher), or SQLite's in-process broadcast.
+pub enum ChangeHints {
     Postgres(sqlx::postgres::PgListener),
     Sqlite(tokio::sync::broadcast::Receiver<ScanChange>),
 }
 
-impl ChangeFeed {
-    pub async fn next(&mut self) -> Result<FeedItem, StoreError> {
+impl ChangeHints {
+    /// Waits for the next hint. A lost connection is [`Hint::Unknown`] (the listener connects
+    /// again on the next call); an error means it could not.
+    pub async fn next(&mut self) -> Result<Hint, StoreError> {
         match self {
-            ChangeFeed::Postgres(listener) => match listener.try_recv().await {
-                Ok(Some(notification)) => serde_json::from_str(notification.payload())
-                    .map(FeedItem::Change)
-                    .map_err(|e| StoreError::Corrupt(format!("notification payload: {e}"))),
-                // The connection dropped; the listener reconnects on the next call.
-                Ok(None) => Ok(FeedItem::Gap),
+            ChangeHints::Postgres(listener) => match listener.try_recv().await {
+                Ok(Some(notification)) => Ok(parse_hint(notification.payload())),
+                Ok(None) => Ok(Hint::Unknown),
                 Err(error) => Err(classify(error)),
             },
-            ChangeFeed::Sqlite(receiver) => match receiver.recv().await {
-                Ok(change) => Ok(FeedItem::Change(change)),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Ok(FeedItem::Gap),
+            ChangeHints::Sqlite(receiver) => match receiver.recv().await {
+                Ok(change) => Ok(Hint::Changes(vec![change])),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Ok(Hint::Unknown),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => {
                     Err(StoreError::Unavailable("the store was closed".into()))
                 }
@@ -98,7 +99,30 @@ impl ChangeFeed {
     }
 }
 
-/// The PostgreSQL channel every status change is published on, in the changing transaction.
+impl ChangeHints {
+    /// Drops the hints already received: the read that follows covers them.
+    pub fn discard_queued(&mut self) {
+        match self {
+            ChangeHints::Postgres(listener) => while listener.next_buffered().is_some() {},
+            ChangeHints::Sqlite(receiver) => while receiver.try_recv().is_ok() {},
+        }
+    }
+}
+
+fn parse_hint(payload: &str) -> Hint {
+    #[derive(serde::Deserialize)]
+    struct Payload {
+        changes: Option<Vec<ScanChange>>,
+    }
+    match serde_json::from_str::<Payload>(payload) {
+        Ok(Payload {
+            changes: Some(changes),
+        }) => Hint::Changes(changes),
+        _ => Hint::Unknown,
+    }
+}
+
+/// The PostgreSQL channel on which publishers hint that changes committed.
 pub const CHANGES_CHANNEL: &str = "signal_scan_events";
 
 /// How the connection pool is used right now.
@@ -126,6 +150,8 @@ pub struct StoreOptions {
     /// Every database call answers within this, or fails as [`StoreError::Unavailable`].
     pub timeout: Duration,
     pub max_connections: u32,
+    /// PostgreSQL: how long committed changes gather before one notification tells of them.
+    pub publish_interval: Duration,
 }
 
 /// The store interface: one variant per supported database, chosen by the URL's scheme.
@@ -257,35 +283,44 @@ impl Store {
         }
     }
 
-    /// Status changes recorded after audit row `after_event` (creations excluded), oldest first,
-    /// with the id of each row: how a watcher catches up on what it missed.
-    pub async fn changes_after(
+    /// Status changes after `cursor` (creations excluded), in `(xid, id)` order, at most
+    /// `limit`, with the snapshot they were read under.
+    pub async fn read_feed(
         &self,
-        after_event: i64,
+        cursor: &FeedCursor,
         group: Option<&AccountGroupId>,
-    ) -> Result<Vec<(i64, ScanChange)>, StoreError> {
+        limit: u32,
+    ) -> Result<FeedPage, StoreError> {
         match self {
-            Store::Postgres(store) => store.changes_after(after_event, group).await,
-            Store::Sqlite(store) => store.changes_after(after_event, group).await,
+            Store::Postgres(store) => store.read_feed(cursor, group, limit).await,
+            Store::Sqlite(store) => store.read_feed(cursor, group, limit).await,
         }
     }
 
-    /// The id of the newest audit row (0 when there is none).
-    pub async fn latest_event_id(&self) -> Result<i64, StoreError> {
+    /// A cursor at the head of the audit trail: what commits from now on lies ahead of it.
+    pub async fn feed_head(&self) -> Result<FeedCursor, StoreError> {
         match self {
-            Store::Postgres(store) => store.latest_event_id().await,
-            Store::Sqlite(store) => store.latest_event_id().await,
+            Store::Postgres(store) => store.feed_head().await,
+            Store::Sqlite(store) => store.feed_head().await,
         }
     }
 
-    /// Subscribes to status changes as they commit.
-    pub async fn subscribe(&self) -> Result<ChangeFeed, StoreError> {
+    /// Subscribes to hints that changes committed.
+    pub async fn hints(&self) -> Result<ChangeHints, StoreError> {
         match self {
             Store::Postgres(store) => store
                 .listen(CHANGES_CHANNEL)
                 .await
-                .map(ChangeFeed::Postgres),
-            Store::Sqlite(store) => Ok(ChangeFeed::Sqlite(store.subscribe())),
+                .map(ChangeHints::Postgres),
+            Store::Sqlite(store) => Ok(ChangeHints::Sqlite(store.subscribe())),
+        }
+    }
+
+    /// Sends the hints of changes made by this process that are still queued, for at most
+    /// `limit`: call before the process exits.
+    pub async fn flush_hints(&self, limit: Duration) {
+        if let Store::Postgres(store) = self {
+            store.flush_hints(limit).await;
         }
     }
 

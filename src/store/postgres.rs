@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
@@ -10,11 +10,13 @@ use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use uuid::Uuid;
 
+use super::publisher::Publisher;
 use super::rows::{ChangeRow, EventRow, KeyRow, ScanRow};
 use super::{
-    CHANGES_CHANNEL, KeyToCreate, ScanPageQuery, StoreError, StoreOptions, Transition, bounded,
-    classify, parse_status,
+    KeyToCreate, ScanPageQuery, StoreError, StoreOptions, Transition, bounded, classify,
+    parse_status,
 };
+use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition, Horizon};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash};
 use crate::domain::scan::{Scan, ScanChange, ScanEvent, ScanStatus};
@@ -38,6 +40,9 @@ pub struct PgStore {
     /// are large; the profile showed their per-request copy and drop.
     migrate_options: Arc<PgConnectOptions>,
     timeout: Duration,
+    /// Started by the first change this process commits; shared by every clone.
+    publisher: Arc<OnceLock<Publisher>>,
+    publish_interval: Duration,
 }
 
 impl PgStore {
@@ -68,6 +73,8 @@ impl PgStore {
             pool,
             migrate_options,
             timeout: options.timeout,
+            publisher: Arc::new(OnceLock::new()),
+            publish_interval: options.publish_interval,
         })
     }
 
@@ -277,35 +284,109 @@ impl PgStore {
         rows.into_iter().map(ScanRow::into_scan).collect()
     }
 
-    pub async fn changes_after(
+    pub async fn read_feed(
         &self,
-        after_event: i64,
+        cursor: &FeedCursor,
         group: Option<&AccountGroupId>,
-    ) -> Result<Vec<(i64, ScanChange)>, StoreError> {
-        let rows: Vec<ChangeRow> = self
+        limit: u32,
+    ) -> Result<FeedPage, StoreError> {
+        let (pending_xids, pending_after): (Vec<String>, Vec<i64>) = cursor
+            .pending()
+            .map(|(xid, id)| (xid.to_string(), id))
+            .unzip();
+        let frontier = cursor.frontier();
+        // One statement, so the rows and the snapshot that says which transactions were still
+        // running are read together. Rows past the frontier walk the (xid, id) index; rows of
+        // pending transactions are looked up by xid.
+        let rows: Vec<FeedReadRow> = self
             .bounded(
                 sqlx::query_as(
-                    "SELECT e.id, e.scan_id, s.account_group_id, e.from_status, e.to_status, e.occurred_at
-                     FROM signal_scan_events e JOIN signal_scans s ON s.id = e.scan_id
-                     WHERE e.id > $1 AND e.from_status IS NOT NULL
-                       AND ($2::text IS NULL OR s.account_group_id = $2::text)
-                     ORDER BY e.id
-                     LIMIT 10000",
+                    "WITH snapshot AS (SELECT pg_current_snapshot()::text AS snapshot),
+                     page AS (
+                         (SELECT e.* FROM signal_scan_events e
+                          WHERE (e.xid, e.id) > ($1::text::xid8, $2)
+                            AND e.from_status IS NOT NULL
+                            AND ($5::text IS NULL OR EXISTS (
+                                SELECT 1 FROM signal_scans s
+                                WHERE s.id = e.scan_id AND s.account_group_id = $5::text))
+                          ORDER BY e.xid, e.id
+                          LIMIT $6)
+                         UNION ALL
+                         (SELECT e.* FROM unnest($3::text[]::xid8[], $4::int8[]) AS p(xid, after)
+                          JOIN signal_scan_events e ON e.xid = p.xid AND e.id > p.after
+                          WHERE e.from_status IS NOT NULL
+                            AND ($5::text IS NULL OR EXISTS (
+                                SELECT 1 FROM signal_scans s
+                                WHERE s.id = e.scan_id AND s.account_group_id = $5::text)))
+                     ), limited AS (
+                         SELECT * FROM page ORDER BY xid, id LIMIT $6
+                     )
+                     SELECT snapshot.snapshot, l.xid::text AS xid, l.id, l.scan_id,
+                            s.account_group_id, l.from_status, l.to_status, l.trace_id,
+                            l.occurred_at
+                     FROM snapshot
+                     LEFT JOIN (limited l JOIN signal_scans s ON s.id = l.scan_id) ON true
+                     ORDER BY l.xid, l.id",
                 )
-                .bind(after_event)
+                .bind(frontier.xid.to_string())
+                .bind(frontier.id)
+                .bind(pending_xids)
+                .bind(pending_after)
                 .bind(group.map(AccountGroupId::as_str))
+                .bind(i64::from(limit))
                 .fetch_all(&self.pool),
             )
             .await?;
-        rows.into_iter().map(ChangeRow::into_change).collect()
+        let snapshot = rows.first().map(|row| row.snapshot.as_str()).unwrap_or("");
+        let horizon = Horizon::parse_pg_snapshot(snapshot)
+            .ok_or_else(|| StoreError::Corrupt(format!("snapshot {snapshot:?}")))?;
+        let rows = rows
+            .into_iter()
+            .filter_map(FeedReadRow::into_change)
+            .map(ChangeRow::into_feed_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(FeedPage {
+            full: rows.len() >= limit as usize,
+            rows,
+            horizon: Some(horizon),
+        })
     }
 
-    pub async fn latest_event_id(&self) -> Result<i64, StoreError> {
-        self.bounded(
-            sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM signal_scan_events")
+    pub async fn feed_head(&self) -> Result<FeedCursor, StoreError> {
+        let (newest_xid, newest_id, snapshot): (Option<String>, Option<i64>, String) = self
+            .bounded(
+                sqlx::query_as(
+                    "SELECT newest.xid::text, newest.id, pg_current_snapshot()::text
+                     FROM (SELECT 1) AS one
+                     LEFT JOIN (SELECT xid, id FROM signal_scan_events
+                                ORDER BY xid DESC, id DESC LIMIT 1) AS newest ON true",
+                )
                 .fetch_one(&self.pool),
-        )
-        .await
+            )
+            .await?;
+        let horizon = Horizon::parse_pg_snapshot(&snapshot)
+            .ok_or_else(|| StoreError::Corrupt(format!("snapshot {snapshot:?}")))?;
+        let newest = FeedPosition {
+            xid: newest_xid
+                .map(|xid| xid.parse())
+                .transpose()
+                .map_err(|_| StoreError::Corrupt("audit row xid".into()))?
+                .unwrap_or(0),
+            id: newest_id.unwrap_or(0),
+        };
+        Ok(FeedCursor::at_head(newest, Some(&horizon)))
+    }
+
+    /// The publisher of this process, started on first use (inside the Tokio runtime).
+    fn publisher(&self) -> &Publisher {
+        self.publisher
+            .get_or_init(|| Publisher::start(&self.migrate_options, self.publish_interval))
+    }
+
+    pub async fn flush_hints(&self, limit: Duration) {
+        if let Some(publisher) = self.publisher.get() {
+            publisher.flush(limit).await;
+        }
     }
 
     pub async fn listen(&self, channel: &str) -> Result<sqlx::postgres::PgListener, StoreError> {
@@ -353,16 +434,8 @@ impl PgStore {
                          INSERT INTO signal_scan_events
                              (scan_id, from_status, to_status, api_key_id, trace_id, occurred_at)
                          SELECT id, previous_status, status, $5, $6, updated_at FROM changed
-                     ), notified AS (
-                         -- Delivered to listeners when, and only if, this transaction commits.
-                         SELECT id, pg_notify($7, json_build_object(
-                             'scanId', id, 'accountGroupId', account_group_id,
-                             'from', previous_status, 'to', status,
-                             'at', to_char(updated_at AT TIME ZONE 'UTC',
-                                           'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))::text)
-                         FROM changed
                      )
-                     SELECT changed.* FROM changed JOIN notified USING (id)
+                     SELECT * FROM changed
                      UNION ALL
                      SELECT *, NULL::text FROM current WHERE NOT EXISTS (SELECT 1 FROM changed)",
                 )
@@ -372,7 +445,6 @@ impl PgStore {
                 .bind(from)
                 .bind(actor.api_key_id)
                 .bind(actor.trace_id)
-                .bind(CHANGES_CHANNEL)
                 .fetch_optional(&self.pool),
             )
             .await?;
@@ -385,13 +457,50 @@ impl PgStore {
             .map(parse_status)
             .transpose()?
         {
-            Some(previous) => Ok(Transition::Applied {
-                previous,
-                scan: row.into_scan()?,
-            }),
+            Some(previous) => {
+                let scan = row.into_scan()?;
+                // Committed: now, and only now, listeners may hear of it.
+                self.publisher().publish(ScanChange {
+                    scan_id: scan.id.clone(),
+                    account_group_id: scan.account_group_id.clone(),
+                    from: previous,
+                    to: scan.status,
+                    at: scan.updated_at,
+                });
+                Ok(Transition::Applied { previous, scan })
+            }
             None => Ok(Transition::Refused {
                 scan: row.into_scan()?,
             }),
         }
+    }
+}
+
+/// A row of [`PgStore::read_feed`]: the snapshot, and a change unless the page is empty.
+#[derive(sqlx::FromRow)]
+struct FeedReadRow {
+    snapshot: String,
+    xid: Option<String>,
+    id: Option<i64>,
+    scan_id: Option<String>,
+    account_group_id: Option<String>,
+    from_status: Option<String>,
+    to_status: Option<String>,
+    trace_id: Option<String>,
+    occurred_at: Option<super::rows::Stamp>,
+}
+
+impl FeedReadRow {
+    fn into_change(self) -> Option<ChangeRow> {
+        Some(ChangeRow {
+            xid: self.xid?,
+            id: self.id?,
+            scan_id: self.scan_id?,
+            account_group_id: self.account_group_id?,
+            from_status: self.from_status?,
+            to_status: self.to_status?,
+            trace_id: self.trace_id,
+            occurred_at: self.occurred_at?,
+        })
     }
 }

@@ -15,6 +15,7 @@ use time::{OffsetDateTime, PrimitiveDateTime};
 use uuid::Uuid;
 
 use super::{StoreError, parse_status};
+use crate::domain::feed::{FeedPosition, FeedRow};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, Permission};
 use crate::domain::scan::{Scan, ScanChange, ScanEvent};
@@ -125,20 +126,26 @@ impl EventRow {
 
 #[derive(sqlx::FromRow)]
 pub(super) struct ChangeRow {
+    /// The writing transaction's id as text (PostgreSQL's xid8 has no sqlx type); "0" on SQLite.
+    pub xid: String,
     pub id: i64,
     pub scan_id: String,
     pub account_group_id: String,
     pub from_status: String,
     pub to_status: String,
+    pub trace_id: Option<String>,
     pub occurred_at: Stamp,
 }
 
 impl ChangeRow {
-    pub fn into_change(self) -> Result<(i64, ScanChange), StoreError> {
+    pub fn into_feed_row(self) -> Result<FeedRow, StoreError> {
         let bad = || corrupt(format!("event {}", self.id));
-        Ok((
-            self.id,
-            ScanChange {
+        Ok(FeedRow {
+            position: FeedPosition {
+                xid: self.xid.parse().map_err(|_| bad())?,
+                id: self.id,
+            },
+            change: ScanChange {
                 scan_id: ScanId::parse(&self.scan_id).map_err(|_| bad())?,
                 account_group_id: AccountGroupId::parse(&self.account_group_id)
                     .map_err(|_| bad())?,
@@ -146,7 +153,8 @@ impl ChangeRow {
                 to: parse_status(&self.to_status)?,
                 at: self.occurred_at.0,
             },
-        ))
+            trace_id: self.trace_id,
+        })
     }
 }
 

@@ -18,6 +18,7 @@ use super::{
     KeyToCreate, ScanPageQuery, StoreError, StoreOptions, Transition, bounded, classify,
     parse_status,
 };
+use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash};
 use crate::domain::scan::{Scan, ScanChange, ScanEvent, ScanStatus};
@@ -307,35 +308,53 @@ impl SqliteStore {
         rows.into_iter().map(ScanRow::into_scan).collect()
     }
 
-    pub async fn changes_after(
+    /// On SQLite a writer holds the database's one write lock from its first write to its
+    /// commit, so audit ids follow commit order and the id alone is the cursor.
+    pub async fn read_feed(
         &self,
-        after_event: i64,
+        cursor: &FeedCursor,
         group: Option<&AccountGroupId>,
-    ) -> Result<Vec<(i64, ScanChange)>, StoreError> {
+        limit: u32,
+    ) -> Result<FeedPage, StoreError> {
         let rows: Vec<ChangeRow> = self
             .bounded(
                 sqlx::query_as(
-                    "SELECT e.id, e.scan_id, s.account_group_id, e.from_status, e.to_status, e.occurred_at
+                    "SELECT '0' AS xid, e.id, e.scan_id, s.account_group_id, e.from_status,
+                            e.to_status, e.trace_id, e.occurred_at
                      FROM signal_scan_events e JOIN signal_scans s ON s.id = e.scan_id
                      WHERE e.id > ?1 AND e.from_status IS NOT NULL
                        AND (?2 IS NULL OR s.account_group_id = ?2)
                      ORDER BY e.id
-                     LIMIT 10000",
+                     LIMIT ?3",
                 )
-                .bind(after_event)
+                .bind(cursor.frontier().id)
                 .bind(group.map(AccountGroupId::as_str))
+                .bind(i64::from(limit))
                 .fetch_all(&self.pool),
             )
             .await?;
-        rows.into_iter().map(ChangeRow::into_change).collect()
+        let rows = rows
+            .into_iter()
+            .map(ChangeRow::into_feed_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(FeedPage {
+            full: rows.len() >= limit as usize,
+            rows,
+            horizon: None,
+        })
     }
 
-    pub async fn latest_event_id(&self) -> Result<i64, StoreError> {
-        self.bounded(
-            sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM signal_scan_events")
-                .fetch_one(&self.pool),
-        )
-        .await
+    pub async fn feed_head(&self) -> Result<FeedCursor, StoreError> {
+        let newest: i64 = self
+            .bounded(
+                sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM signal_scan_events")
+                    .fetch_one(&self.pool),
+            )
+            .await?;
+        Ok(FeedCursor::at_head(
+            FeedPosition { xid: 0, id: newest },
+            None,
+        ))
     }
 
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ScanChange> {
@@ -410,7 +429,7 @@ impl SqliteStore {
             Some((current, Some(changed))) => {
                 let previous = parse_status(&current.status)?;
                 let scan = changed.into_scan()?;
-                // After the commit, like NOTIFY; no subscriber is not an error.
+                // After the commit, a hint for this process's readers; none listening is fine.
                 let _ = self.changes.send(ScanChange {
                     scan_id: scan.id.clone(),
                     account_group_id: scan.account_group_id.clone(),

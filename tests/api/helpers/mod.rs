@@ -440,6 +440,7 @@ pub fn store_options(url: &str, timeout: Duration) -> StoreOptions {
         url: SecretString::from(url.to_owned()),
         timeout,
         max_connections: 10,
+        publish_interval: Duration::from_millis(10),
     }
 }
 

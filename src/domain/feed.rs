@@ -1,0 +1,347 @@
+//! Where a reader of the change feed stands in the audit trail, and how it moves, exactly.
+//!
+//! Audit rows are ordered by `(xid, id)`: the transaction that wrote the row, then the row's id.
+//! Neither alone follows commit order: a transaction that started earlier (smaller xid, smaller id)
+//! may commit after a later one. So a reader keeps two things:
+//! - the **frontier**, the greatest position it has delivered;
+//! - the **pending** transactions: those the database reported as still running, below the
+//!   frontier, whose rows may yet appear behind it (with the last id delivered of each).
+//!
+//! A read asks for rows past the frontier plus rows of the pending transactions, and the database
+//! answers with the snapshot it read them under ([`Horizon`]). A pending transaction that the
+//! snapshot shows finished has had all of its rows returned by that read (a transaction's rows
+//! become visible together) and is dropped. Every change is delivered once, none is skipped, and
+//! the state stays small: at most one entry per transaction running in the database at once.
+//!
+//! On SQLite writers take the database's one write lock for the whole transaction, so ids follow
+//! commit order, every xid is 0 and nothing is ever pending.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use super::scan::ScanChange;
+
+/// The place of one audit row: its transaction, then its id.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FeedPosition {
+    pub xid: u64,
+    pub id: i64,
+}
+
+/// What the database could not yet see when it read a page: every transaction below `xmax` that
+/// is not in `running` had finished.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Horizon {
+    pub xmax: u64,
+    pub running: Vec<u64>,
+}
+
+impl Horizon {
+    /// Parses PostgreSQL's `pg_snapshot` text form, `xmin:xmax:xip,xip,…`.
+    pub fn parse_pg_snapshot(text: &str) -> Option<Self> {
+        let mut parts = text.split(':');
+        let _xmin: u64 = parts.next()?.parse().ok()?;
+        let xmax = parts.next()?.parse().ok()?;
+        let running = match parts.next()? {
+            "" => Vec::new(),
+            list => list
+                .split(',')
+                .map(|x| x.parse().ok())
+                .collect::<Option<_>>()?,
+        };
+        parts.next().is_none().then_some(Self { xmax, running })
+    }
+
+    fn finished(&self, xid: u64) -> bool {
+        xid < self.xmax && !self.running.contains(&xid)
+    }
+}
+
+/// A change as the feed delivers it: where it stands, and what it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedRow {
+    pub position: FeedPosition,
+    pub change: ScanChange,
+    /// The trace id of the request that made the change, when one did.
+    pub trace_id: Option<String>,
+}
+
+/// What one read of the audit trail returned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FeedPage {
+    /// In `(xid, id)` order.
+    pub rows: Vec<FeedRow>,
+    /// The snapshot the rows were read under; `None` where ids follow commit order (SQLite).
+    pub horizon: Option<Horizon>,
+    /// True when the read returned as many rows as it was allowed: read again before waiting.
+    pub full: bool,
+}
+
+/// A reader's place in the feed; see the module documentation. Its text form ([`fmt::Display`],
+/// [`FeedCursor::decode`]) is an opaque token that resumes a reader exactly where it stopped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FeedCursor {
+    frontier: FeedPosition,
+    /// Transaction → the last id of it delivered (0: none yet).
+    pending: BTreeMap<u64, i64>,
+}
+
+/// The most pending transactions a cursor may carry: far above what a database runs at once
+/// (PostgreSQL's `max_connections` bounds it), low enough to refuse a forged token cheaply.
+pub const MAX_PENDING: usize = 4096;
+
+impl FeedCursor {
+    /// A cursor at the head of the trail: `newest` is the greatest position visible under
+    /// `horizon`; every row that commits from now on lies ahead of it.
+    pub fn at_head(newest: FeedPosition, horizon: Option<&Horizon>) -> Self {
+        let mut cursor = Self {
+            frontier: newest,
+            pending: BTreeMap::new(),
+        };
+        if let Some(horizon) = horizon {
+            cursor.watch_running(horizon);
+        }
+        cursor
+    }
+
+    pub fn frontier(&self) -> FeedPosition {
+        self.frontier
+    }
+
+    /// The pending transactions and the last id delivered of each, for the next read.
+    pub fn pending(&self) -> impl Iterator<Item = (u64, i64)> + '_ {
+        self.pending.iter().map(|(xid, id)| (*xid, *id))
+    }
+
+    /// Moves past `page`, returning each row not delivered before with the cursor that stands
+    /// right after it (what a client resumes from).
+    pub fn advance(&mut self, page: FeedPage) -> Vec<(FeedRow, FeedCursor)> {
+        let mut delivered = Vec::with_capacity(page.rows.len());
+        for row in page.rows {
+            let FeedPosition { xid, id } = row.position;
+            match self.pending.get_mut(&xid) {
+                Some(last) if id > *last => *last = id,
+                Some(_) => continue,
+                None if row.position > self.frontier => self.frontier = row.position,
+                None => continue,
+            }
+            if let Some(horizon) = &page.horizon {
+                self.watch_running(horizon);
+            }
+            delivered.push((row, self.clone()));
+        }
+        if let Some(horizon) = &page.horizon {
+            self.watch_running(horizon);
+            // A read that was cut short may not hold every row of a finished transaction yet.
+            if !page.full {
+                self.pending.retain(|xid, _| !horizon.finished(*xid));
+            }
+        }
+        delivered
+    }
+
+    /// Running transactions below the frontier may still commit rows behind it.
+    fn watch_running(&mut self, horizon: &Horizon) {
+        for &xid in &horizon.running {
+            if xid < self.frontier.xid {
+                self.pending.entry(xid).or_insert(0);
+            }
+        }
+    }
+
+    /// Reads a token made by [`fmt::Display`]; `None` for anything else.
+    pub fn decode(token: &str) -> Option<Self> {
+        let mut parts = token.split('.');
+        let frontier = parse_position(parts.next()?)?;
+        let mut pending = BTreeMap::new();
+        for part in parts {
+            let FeedPosition { xid, id } = parse_position(part)?;
+            // Pending transactions lie behind the frontier, each named once.
+            if xid >= frontier.xid || pending.insert(xid, id).is_some() {
+                return None;
+            }
+        }
+        (pending.len() <= MAX_PENDING).then_some(Self { frontier, pending })
+    }
+}
+
+fn parse_position(text: &str) -> Option<FeedPosition> {
+    let (xid, id) = text.split_once('-')?;
+    // Digits only: no sign, no spaces, one spelling per number.
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(xid) || !digits(id) || (xid.len() > 1 && xid.starts_with('0')) {
+        return None;
+    }
+    if id.len() > 1 && id.starts_with('0') {
+        return None;
+    }
+    Some(FeedPosition {
+        xid: xid.parse().ok()?,
+        id: id.parse().ok()?,
+    })
+}
+
+impl fmt::Display for FeedCursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.frontier.xid, self.frontier.id)?;
+        for (xid, id) in &self.pending {
+            write!(f, ".{xid}-{id}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::domain::ids::{AccountGroupId, ScanId};
+    use crate::domain::scan::ScanStatus;
+
+    fn row(xid: u64, id: i64) -> FeedRow {
+        FeedRow {
+            position: FeedPosition { xid, id },
+            change: ScanChange {
+                scan_id: ScanId::generate(),
+                account_group_id: AccountGroupId::parse("507f1f77bcf86cd799439011").unwrap(),
+                from: ScanStatus::Queued,
+                to: ScanStatus::Cancelled,
+                at: OffsetDateTime::UNIX_EPOCH,
+            },
+            trace_id: None,
+        }
+    }
+
+    fn page(rows: Vec<FeedRow>, xmax: u64, running: &[u64]) -> FeedPage {
+        FeedPage {
+            rows,
+            horizon: Some(Horizon {
+                xmax,
+                running: running.to_vec(),
+            }),
+            full: false,
+        }
+    }
+
+    fn positions(delivered: &[(FeedRow, FeedCursor)]) -> Vec<(u64, i64)> {
+        delivered
+            .iter()
+            .map(|(row, _)| (row.position.xid, row.position.id))
+            .collect()
+    }
+
+    #[test]
+    fn a_transaction_that_commits_after_a_later_one_is_still_delivered_once() {
+        let mut cursor = FeedCursor::default();
+        // 100 wrote id 1 but has not committed; 101 wrote id 2 and committed.
+        let first = cursor.advance(page(vec![row(101, 2)], 102, &[100]));
+        assert_eq!(positions(&first), [(101, 2)]);
+        assert_eq!(cursor.pending().collect::<Vec<_>>(), [(100, 0)]);
+
+        // 100 commits: its row comes back through the pending entry, then the entry is gone.
+        let second = cursor.advance(page(vec![row(100, 1)], 103, &[]));
+        assert_eq!(positions(&second), [(100, 1)]);
+        assert_eq!(cursor.pending().count(), 0);
+
+        // Reading the same rows again delivers nothing.
+        let again = cursor.advance(page(vec![row(100, 1), row(101, 2)], 103, &[]));
+        assert!(again.is_empty());
+    }
+
+    #[test]
+    fn the_cursor_of_each_row_resumes_exactly_after_it() {
+        let mut cursor = FeedCursor::default();
+        let delivered = cursor.advance(page(vec![row(101, 2), row(104, 3)], 105, &[100, 103]));
+        let after_first = delivered[0].1.clone();
+        // After (101, 2) only 100 lies behind; 103 is still ahead of that frontier.
+        assert_eq!(after_first.to_string(), "101-2.100-0");
+        assert_eq!(delivered[1].1.to_string(), "104-3.100-0.103-0");
+
+        // A client that resumes after the first row gets the second, and 100 when it commits.
+        let mut resumed = FeedCursor::decode(&after_first.to_string()).unwrap();
+        let next = resumed.advance(page(vec![row(100, 1), row(104, 3)], 105, &[103]));
+        assert_eq!(positions(&next), [(100, 1), (104, 3)]);
+    }
+
+    #[test]
+    fn a_page_cut_short_keeps_pending_transactions_until_a_whole_read() {
+        let mut cursor = FeedCursor::at_head(FeedPosition { xid: 50, id: 9 }, None);
+        cursor.pending.insert(40, 0);
+        let mut cut = page(vec![row(40, 3)], 60, &[]);
+        cut.full = true;
+        assert_eq!(positions(&cursor.advance(cut)), [(40, 3)]);
+        assert_eq!(cursor.pending().collect::<Vec<_>>(), [(40, 3)]);
+
+        let rest = cursor.advance(page(vec![row(40, 4)], 60, &[]));
+        assert_eq!(positions(&rest), [(40, 4)]);
+        assert_eq!(cursor.pending().count(), 0);
+    }
+
+    #[test]
+    fn without_a_horizon_ids_alone_order_the_trail() {
+        let mut cursor = FeedCursor::default();
+        let first = cursor.advance(FeedPage {
+            rows: vec![row(0, 1), row(0, 2)],
+            horizon: None,
+            full: false,
+        });
+        assert_eq!(positions(&first), [(0, 1), (0, 2)]);
+        assert_eq!(cursor.to_string(), "0-2");
+    }
+
+    #[test]
+    fn at_head_treats_running_transactions_below_the_newest_row_as_pending() {
+        let horizon = Horizon {
+            xmax: 90,
+            running: vec![70, 95],
+        };
+        let cursor = FeedCursor::at_head(FeedPosition { xid: 80, id: 5 }, Some(&horizon));
+        assert_eq!(cursor.to_string(), "80-5.70-0");
+    }
+
+    #[test]
+    fn tokens_round_trip_and_anything_else_is_refused() {
+        let token = "123-45.100-0.120-44";
+        assert_eq!(FeedCursor::decode(token).unwrap().to_string(), token);
+        for garbage in [
+            "",
+            "-",
+            "1",
+            "1-",
+            "-1",
+            "a-1",
+            "1-2.",
+            "01-2",
+            "1-02",
+            "+1-2",
+            "1-2.3-0",     // pending at or past the frontier
+            "9-2.3-0.3-1", // named twice
+            "1-2 ",
+            "18446744073709551616-1",
+            "1-9223372036854775808",
+        ] {
+            assert_eq!(FeedCursor::decode(garbage), None, "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn pg_snapshots_parse() {
+        assert_eq!(
+            Horizon::parse_pg_snapshot("10:20:10,14"),
+            Some(Horizon {
+                xmax: 20,
+                running: vec![10, 14]
+            })
+        );
+        assert_eq!(
+            Horizon::parse_pg_snapshot("7:7:"),
+            Some(Horizon {
+                xmax: 7,
+                running: vec![]
+            })
+        );
+        assert_eq!(Horizon::parse_pg_snapshot("7:7"), None);
+        assert_eq!(Horizon::parse_pg_snapshot("7:x:"), None);
+    }
+}

@@ -1,0 +1,155 @@
+//! The change feed: every committed status change, delivered once, in cursor order, to whoever
+//! follows changes (`scans watch`, and anything else that must hear of a cancel).
+//!
+//! A notification is only a hint; the audit trail is the truth. A reader listens first, then
+//! finds its place, then reads the trail by its cursor each time a hint arrives, and at least
+//! every `FEED_POLL_MS` without one, so a lost hint (a process killed between its commit and its
+//! publish, a dropped connection) delays a change by at most one poll and loses nothing.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::domain::feed::FeedCursor;
+use crate::domain::ids::AccountGroupId;
+use crate::domain::scan::ScanChange;
+use crate::store::{ChangeHints, Hint, Store, StoreError};
+
+/// Rows read from the trail at once.
+const PAGE: u32 = 1000;
+
+/// A committed change, and the cursor that resumes right after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedEvent {
+    pub change: ScanChange,
+    /// The trace id of the request that made the change, when a request did.
+    pub trace_id: Option<String>,
+    pub cursor: FeedCursor,
+}
+
+/// Where a reader begins.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// With the changes that commit from now on.
+    Now,
+    /// With every change after this cursor.
+    After(FeedCursor),
+}
+
+/// Reads one account group's changes (or every group's) as they commit.
+pub struct FeedReader {
+    store: Store,
+    cursor: FeedCursor,
+    group: Option<AccountGroupId>,
+    poll: Duration,
+    /// `None` after the listening connection failed: the reader polls and listens again.
+    hints: Option<ChangeHints>,
+    ready: VecDeque<FeedEvent>,
+    /// The trail must be read before waiting: at the start, and after a failed read.
+    behind: bool,
+}
+
+impl FeedReader {
+    pub async fn open(
+        store: Store,
+        start: Start,
+        group: Option<AccountGroupId>,
+        poll: Duration,
+    ) -> Result<Self, StoreError> {
+        // Listen before finding the place: a change that commits in between lies ahead of the
+        // place, and its hint is already queued.
+        let hints = store.hints().await?;
+        let cursor = match start {
+            Start::Now => store.feed_head().await?,
+            Start::After(cursor) => cursor,
+        };
+        Ok(Self {
+            store,
+            cursor,
+            group,
+            poll,
+            hints: Some(hints),
+            ready: VecDeque::new(),
+            behind: true,
+        })
+    }
+
+    /// Everything delivered so far lies behind this cursor.
+    pub fn cursor(&self) -> &FeedCursor {
+        &self.cursor
+    }
+
+    /// The next committed change. An error leaves the reader where it was: call again to retry.
+    pub async fn next(&mut self) -> Result<FeedEvent, StoreError> {
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Ok(event);
+            }
+            if !self.behind {
+                self.wait().await;
+            }
+            self.behind = true;
+            self.read().await?;
+            self.behind = false;
+        }
+    }
+
+    /// Reads the trail from the cursor up to its end.
+    async fn read(&mut self) -> Result<(), StoreError> {
+        loop {
+            let page = self
+                .store
+                .read_feed(&self.cursor, self.group.as_ref(), PAGE)
+                .await?;
+            let full = page.full;
+            for (row, cursor) in self.cursor.advance(page) {
+                self.ready.push_back(FeedEvent {
+                    change: row.change,
+                    trace_id: row.trace_id,
+                    cursor,
+                });
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Until a hint that concerns this reader, or the poll interval.
+    async fn wait(&mut self) {
+        let poll = tokio::time::sleep(self.poll);
+        tokio::pin!(poll);
+        loop {
+            let Some(hints) = self.hints.as_mut() else {
+                poll.await;
+                // Listen again before the read that follows, so nothing falls in between.
+                self.hints = self.store.hints().await.ok();
+                return;
+            };
+            tokio::select! {
+                () = &mut poll => return,
+                hint = hints.next() => match hint {
+                    Ok(Hint::Changes(changes)) if !concerns(self.group.as_ref(), &changes) => continue,
+                    Ok(_) => {
+                        // One read covers every hint already queued.
+                        hints.discard_queued();
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "lost the change notifications; polling until they are back");
+                        self.hints = None;
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Whether a hint lists a change of the followed group (any change, when following them all).
+fn concerns(group: Option<&AccountGroupId>, changes: &[ScanChange]) -> bool {
+    match group {
+        None => !changes.is_empty(),
+        Some(group) => changes
+            .iter()
+            .any(|change| change.account_group_id == *group),
+    }
+}
