@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 
 use crate::domain::service::ScanService;
 use crate::http;
+use crate::http::changes::{ChangeStreams, StreamSettings};
 use crate::http::rate_limit::{RateLimit, RateLimiter, RedisSettings};
 
 /// The knobs of the HTTP layer.
@@ -28,6 +29,7 @@ pub struct HttpSettings {
     pub request_timeout: Duration,
     /// Keep the limits in Redis, shared by every replica; `None`: in this process.
     pub redis: Option<RedisSettings>,
+    pub streams: StreamSettings,
 }
 
 impl Default for HttpSettings {
@@ -41,6 +43,7 @@ impl Default for HttpSettings {
             trusted_proxy_hops: 0,
             request_timeout: Duration::from_secs(10),
             redis: None,
+            streams: StreamSettings::default(),
         }
     }
 }
@@ -53,6 +56,7 @@ pub struct AppState {
     pub trusted_proxy_hops: usize,
     pub request_timeout: Duration,
     pub metrics: PrometheusHandle,
+    pub changes: ChangeStreams,
 }
 
 impl AppState {
@@ -70,6 +74,7 @@ impl AppState {
             trusted_proxy_hops: settings.trusted_proxy_hops,
             request_timeout: settings.request_timeout,
             metrics: http::metrics::recorder(),
+            changes: ChangeStreams::new(settings.streams),
         })
     }
 }

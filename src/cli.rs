@@ -258,8 +258,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         }
         false => None,
     };
-    let scans = ScanService::with_key_cache(store.clone(), args.key_cache_ttl());
+    let scans = ScanService::with_key_cache(store.clone(), args.key_cache_ttl())
+        .with_feed_poll(args.database.feed_poll());
     let state = AppState::new(scans, &args.http_settings())?;
+    let streams = state.changes.clone();
     let application = Application::bind(args.listen_addr, app::build_router(state))
         .await
         .map_err(|e| format!("cannot listen on {} (LISTEN_ADDR): {e}", args.listen_addr))?;
@@ -273,7 +275,15 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         println!("{}", demo.instructions(addr));
     }
     application
-        .serve(app::shutdown_signal(), args.shutdown_timeout())
+        .serve(
+            async move {
+                app::shutdown_signal().await;
+                // Change streams never finish on their own: end them, so the drain waits only
+                // for real requests.
+                streams.close();
+            },
+            args.shutdown_timeout(),
+        )
         .await
         .map_err(|e| format!("server failed: {e}"))?;
     store.flush_hints(HINT_FLUSH_LIMIT).await;

@@ -9,6 +9,7 @@ use clap::Args;
 use secrecy::SecretString;
 
 use crate::app::HttpSettings;
+use crate::http::changes::StreamSettings;
 use crate::http::rate_limit::{RateLimit, RedisSettings};
 use crate::store::StoreOptions;
 
@@ -133,6 +134,22 @@ pub struct ServeArgs {
     #[arg(long)]
     pub demo: bool,
 
+    /// Change streams send a `: keep-alive` comment this often, and check the key again.
+    #[arg(long, env = "STREAM_KEEPALIVE_MS", default_value_t = 15_000,
+          value_parser = clap::value_parser!(u64).range(100..=300_000))]
+    pub stream_keepalive_ms: u64,
+
+    /// Change streams one API key may hold open at once on this instance.
+    #[arg(long, env = "STREAM_MAX_PER_KEY", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub stream_max_per_key: u64,
+
+    /// A change stream ends after this many milliseconds; its client reconnects and
+    /// authenticates again.
+    #[arg(long, env = "STREAM_MAX_AGE_MS", default_value_t = 3_600_000,
+          value_parser = clap::value_parser!(u64).range(1000..=86_400_000))]
+    pub stream_max_age_ms: u64,
+
     /// A request that has not finished after this many milliseconds answers 500.
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
@@ -153,6 +170,11 @@ impl ServeArgs {
                 url: url.clone(),
                 prefix: self.redis_key_prefix.clone(),
             }),
+            streams: StreamSettings {
+                keepalive: Duration::from_millis(self.stream_keepalive_ms),
+                max_per_key: self.stream_max_per_key as usize,
+                max_age: Duration::from_millis(self.stream_max_age_ms),
+            },
         }
     }
 

@@ -55,6 +55,21 @@ impl Horizon {
     fn finished(&self, xid: u64) -> bool {
         xid < self.xmax && !self.running.contains(&xid)
     }
+
+    /// What both snapshots together know: a transaction either saw finished is finished.
+    fn merge(&self, other: &Horizon) -> Horizon {
+        let xmax = self.xmax.max(other.xmax);
+        let mut running: Vec<u64> = self
+            .running
+            .iter()
+            .chain(&other.running)
+            .copied()
+            .filter(|&xid| xid < xmax && !self.finished(xid) && !other.finished(xid))
+            .collect();
+        running.sort_unstable();
+        running.dedup();
+        Horizon { xmax, running }
+    }
 }
 
 /// A change as the feed delivers it: where it stands, and what it was.
@@ -84,6 +99,10 @@ pub struct FeedCursor {
     frontier: FeedPosition,
     /// Transaction → the last id of it delivered (0: none yet).
     pending: BTreeMap<u64, i64>,
+    /// Every snapshot applied so far, merged: pages may arrive out of snapshot order (a page read
+    /// by another reader and shared, see `feed::hub`), and a transaction once seen finished
+    /// must not become pending again, or its rows would be delivered twice. Not in the token.
+    known: Option<Horizon>,
 }
 
 /// The most pending transactions a cursor may carry: far above what a database runs at once
@@ -97,8 +116,10 @@ impl FeedCursor {
         let mut cursor = Self {
             frontier: newest,
             pending: BTreeMap::new(),
+            known: None,
         };
         if let Some(horizon) = horizon {
+            cursor.learn(horizon);
             cursor.watch_running(horizon);
         }
         cursor
@@ -115,9 +136,12 @@ impl FeedCursor {
 
     /// Moves past `page`, returning each row not delivered before with the cursor that stands
     /// right after it (what a client resumes from).
-    pub fn advance(&mut self, page: FeedPage) -> Vec<(FeedRow, FeedCursor)> {
+    pub fn advance(&mut self, page: &FeedPage) -> Vec<(FeedRow, FeedCursor)> {
+        if let Some(horizon) = &page.horizon {
+            self.learn(horizon);
+        }
         let mut delivered = Vec::with_capacity(page.rows.len());
-        for row in page.rows {
+        for row in &page.rows {
             let FeedPosition { xid, id } = row.position;
             match self.pending.get_mut(&xid) {
                 Some(last) if id > *last => *last = id,
@@ -128,7 +152,7 @@ impl FeedCursor {
             if let Some(horizon) = &page.horizon {
                 self.watch_running(horizon);
             }
-            delivered.push((row, self.clone()));
+            delivered.push((row.clone(), self.clone()));
         }
         if let Some(horizon) = &page.horizon {
             self.watch_running(horizon);
@@ -140,10 +164,18 @@ impl FeedCursor {
         delivered
     }
 
+    fn learn(&mut self, horizon: &Horizon) {
+        self.known = Some(match &self.known {
+            Some(known) => known.merge(horizon),
+            None => horizon.clone(),
+        });
+    }
+
     /// Running transactions below the frontier may still commit rows behind it.
     fn watch_running(&mut self, horizon: &Horizon) {
+        let known = self.known.as_ref();
         for &xid in &horizon.running {
-            if xid < self.frontier.xid {
+            if xid < self.frontier.xid && !known.is_some_and(|known| known.finished(xid)) {
                 self.pending.entry(xid).or_insert(0);
             }
         }
@@ -161,7 +193,11 @@ impl FeedCursor {
                 return None;
             }
         }
-        (pending.len() <= MAX_PENDING).then_some(Self { frontier, pending })
+        (pending.len() <= MAX_PENDING).then_some(Self {
+            frontier,
+            pending,
+            known: None,
+        })
     }
 }
 
@@ -235,24 +271,24 @@ mod tests {
     fn a_transaction_that_commits_after_a_later_one_is_still_delivered_once() {
         let mut cursor = FeedCursor::default();
         // 100 wrote id 1 but has not committed; 101 wrote id 2 and committed.
-        let first = cursor.advance(page(vec![row(101, 2)], 102, &[100]));
+        let first = cursor.advance(&page(vec![row(101, 2)], 102, &[100]));
         assert_eq!(positions(&first), [(101, 2)]);
         assert_eq!(cursor.pending().collect::<Vec<_>>(), [(100, 0)]);
 
         // 100 commits: its row comes back through the pending entry, then the entry is gone.
-        let second = cursor.advance(page(vec![row(100, 1)], 103, &[]));
+        let second = cursor.advance(&page(vec![row(100, 1)], 103, &[]));
         assert_eq!(positions(&second), [(100, 1)]);
         assert_eq!(cursor.pending().count(), 0);
 
         // Reading the same rows again delivers nothing.
-        let again = cursor.advance(page(vec![row(100, 1), row(101, 2)], 103, &[]));
+        let again = cursor.advance(&page(vec![row(100, 1), row(101, 2)], 103, &[]));
         assert!(again.is_empty());
     }
 
     #[test]
     fn the_cursor_of_each_row_resumes_exactly_after_it() {
         let mut cursor = FeedCursor::default();
-        let delivered = cursor.advance(page(vec![row(101, 2), row(104, 3)], 105, &[100, 103]));
+        let delivered = cursor.advance(&page(vec![row(101, 2), row(104, 3)], 105, &[100, 103]));
         let after_first = delivered[0].1.clone();
         // After (101, 2) only 100 lies behind; 103 is still ahead of that frontier.
         assert_eq!(after_first.to_string(), "101-2.100-0");
@@ -260,8 +296,25 @@ mod tests {
 
         // A client that resumes after the first row gets the second, and 100 when it commits.
         let mut resumed = FeedCursor::decode(&after_first.to_string()).unwrap();
-        let next = resumed.advance(page(vec![row(100, 1), row(104, 3)], 105, &[103]));
+        let next = resumed.advance(&page(vec![row(100, 1), row(104, 3)], 105, &[103]));
         assert_eq!(positions(&next), [(100, 1), (104, 3)]);
+    }
+
+    #[test]
+    fn a_page_read_under_an_older_snapshot_does_not_make_a_finished_transaction_pending_again() {
+        let mut cursor = FeedCursor::default();
+        // A fresh read: 100 committed, and 101 after it.
+        let fresh = cursor.advance(&page(vec![row(100, 1), row(101, 2)], 105, &[]));
+        assert_eq!(positions(&fresh), [(100, 1), (101, 2)]);
+        // A page shared late, read while 100 still ran: it holds nothing new.
+        assert!(cursor.advance(&page(vec![], 102, &[100])).is_empty());
+        assert_eq!(cursor.pending().count(), 0);
+        // So 100's row, passed on again by another reader, is not delivered twice.
+        assert!(
+            cursor
+                .advance(&page(vec![row(100, 1)], 106, &[]))
+                .is_empty()
+        );
     }
 
     #[test]
@@ -270,10 +323,10 @@ mod tests {
         cursor.pending.insert(40, 0);
         let mut cut = page(vec![row(40, 3)], 60, &[]);
         cut.full = true;
-        assert_eq!(positions(&cursor.advance(cut)), [(40, 3)]);
+        assert_eq!(positions(&cursor.advance(&cut)), [(40, 3)]);
         assert_eq!(cursor.pending().collect::<Vec<_>>(), [(40, 3)]);
 
-        let rest = cursor.advance(page(vec![row(40, 4)], 60, &[]));
+        let rest = cursor.advance(&page(vec![row(40, 4)], 60, &[]));
         assert_eq!(positions(&rest), [(40, 4)]);
         assert_eq!(cursor.pending().count(), 0);
     }
@@ -281,7 +334,7 @@ mod tests {
     #[test]
     fn without_a_horizon_ids_alone_order_the_trail() {
         let mut cursor = FeedCursor::default();
-        let first = cursor.advance(FeedPage {
+        let first = cursor.advance(&FeedPage {
             rows: vec![row(0, 1), row(0, 2)],
             horizon: None,
             full: false,

@@ -10,7 +10,11 @@ use super::ids::{AccountGroupId, ScanId};
 use super::key_cache::KeyCache;
 use super::keys::{KeyHash, KeyRejected, Principal, looks_like_key};
 use super::scan::{Scan, ScanCursor, ScanEvent, ScanStatus};
+use crate::feed::{ChangeHub, Follower, Start};
 use crate::store::{ScanPageQuery, Store, StoreError, Transition};
+
+/// `FEED_POLL_MS`'s default.
+const DEFAULT_FEED_POLL: Duration = Duration::from_secs(1);
 
 /// Who caused a status change, for the audit trail.
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +59,9 @@ pub enum ServiceError {
         current: ScanStatus,
         requested: ScanStatus,
     },
+    /// A resume cursor that this feed never issued (ahead of everything in the audit trail).
+    #[error("the cursor is not one this feed issued")]
+    UnknownCursor,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -71,6 +78,7 @@ pub struct ScanPage {
 pub struct ScanService {
     store: Store,
     keys: Arc<KeyCache>,
+    changes: ChangeHub,
 }
 
 impl ScanService {
@@ -82,9 +90,16 @@ impl ScanService {
     /// A service that keeps authenticated keys for `ttl` (zero: not at all).
     pub fn with_key_cache(store: Store, ttl: Duration) -> Self {
         Self {
+            changes: ChangeHub::new(store.clone(), DEFAULT_FEED_POLL),
             store,
             keys: Arc::new(KeyCache::new(ttl)),
         }
+    }
+
+    /// Followers of changes read the audit trail at least every `poll`, hint or not.
+    pub fn with_feed_poll(mut self, poll: Duration) -> Self {
+        self.changes = ChangeHub::new(self.store.clone(), poll);
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -208,6 +223,24 @@ impl ScanService {
     ) -> Result<Vec<ScanEvent>, ServiceError> {
         self.get_scan(principal, group, scan).await?;
         Ok(self.store.scan_events(scan).await?)
+    }
+
+    /// Follows `group`'s status changes from `start`: from now, or exactly after a cursor this
+    /// feed issued (one ahead of the whole audit trail is refused).
+    pub async fn follow_changes(
+        &self,
+        principal: &Principal,
+        group: &AccountGroupId,
+        start: Start,
+    ) -> Result<Follower, ServiceError> {
+        Self::check_access(principal, group)?;
+        if let Start::After(cursor) = &start {
+            let head = self.store.feed_head().await?;
+            if cursor.frontier() > head.frontier() {
+                return Err(ServiceError::UnknownCursor);
+            }
+        }
+        Ok(self.changes.follow(group.clone(), start).await?)
     }
 
     /// A runner's (or operator's) move of a scan to `to`, by the state machine: refused with the

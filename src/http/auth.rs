@@ -100,7 +100,7 @@ fn parse_forwarded(entry: &str) -> Option<IpAddr> {
 }
 
 /// The key from `Authorization: Bearer <key>` (scheme case-insensitive), else from `X-API-Key`.
-fn presented_key(headers: &HeaderMap) -> Result<&str, ApiError> {
+pub(super) fn presented_key(headers: &HeaderMap) -> Result<&str, ApiError> {
     let unauthorized = |failure: AuthFailure| ApiError::Unauthorized(failure.to_string());
     if let Some(value) = headers.get(AUTHORIZATION) {
         let value = value

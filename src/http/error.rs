@@ -164,6 +164,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotCancellable { current } => ApiError::NotCancellable { current },
             // No route moves a scan other than by cancel; reaching this is a bug.
             error @ ServiceError::InvalidTransition { .. } => ApiError::Internal(error.to_string()),
+            ServiceError::UnknownCursor => {
+                ApiError::Validation("the cursor is not one this feed issued".into())
+            }
             ServiceError::Store(error) => error.into(),
         }
     }

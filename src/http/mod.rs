@@ -1,6 +1,7 @@
 //! Everything that knows HTTP: the router, its middleware, and the mapping to the envelope.
 
 pub mod auth;
+pub mod changes;
 pub mod envelope;
 pub mod error;
 pub mod health;
@@ -50,6 +51,11 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .route(
             "/v1/accounts/{accountGroupId}/signals/scans",
             get(scans::list_scans).route_layer(requires(READ)),
+        )
+        .route(
+            // A static segment: `changes` is never taken for a scan id (those are 24 hex).
+            "/v1/accounts/{accountGroupId}/signals/scans/changes",
+            get(changes::follow_changes).route_layer(requires(READ)),
         )
         .route(
             "/v1/accounts/{accountGroupId}/signals/scans/{scanId}",

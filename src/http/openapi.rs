@@ -57,6 +57,7 @@ const EXAMPLE_SCAN: &str = "65a1f0c2e4b0a1b2c3d4e5f6";
         super::scans::get_scan,
         super::scans::list_scans,
         super::scans::scan_events,
+        super::changes::follow_changes,
         super::health::healthz,
         super::health::readyz,
         super::metrics::render,
@@ -73,6 +74,7 @@ const EXAMPLE_SCAN: &str = "65a1f0c2e4b0a1b2c3d4e5f6";
             ErrorResponse,
             AccountGroupId,
             ScanId,
+            super::changes::ScanStatusChanged,
         ),
         responses(
             BadRequest,

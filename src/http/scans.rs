@@ -32,7 +32,7 @@ pub struct GroupPath {
 }
 
 impl GroupPath {
-    fn parse(&self) -> Result<AccountGroupId, ApiError> {
+    pub(super) fn parse(&self) -> Result<AccountGroupId, ApiError> {
         AccountGroupId::parse(&self.account_group_id)
             .map_err(|e| ApiError::Validation(format!("accountGroupId {e}")))
     }

@@ -6,10 +6,14 @@
 //! every `FEED_POLL_MS` without one, so a lost hint (a process killed between its commit and its
 //! publish, a dropped connection) delays a change by at most one poll and loses nothing.
 
+mod hub;
+
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use crate::domain::feed::FeedCursor;
+pub use hub::{ChangeHub, Follower};
+
+use crate::domain::feed::{FeedCursor, FeedPage};
 use crate::domain::ids::AccountGroupId;
 use crate::domain::scan::ScanChange;
 use crate::store::{ChangeHints, Hint, Store, StoreError};
@@ -84,34 +88,31 @@ impl FeedReader {
             if let Some(event) = self.ready.pop_front() {
                 return Ok(event);
             }
-            if !self.behind {
-                self.wait().await;
-            }
-            self.behind = true;
-            self.read().await?;
-            self.behind = false;
+            let page = self.read_page().await?;
+            self.ready.extend(events(&mut self.cursor, &page));
         }
     }
 
-    /// Reads the trail from the cursor up to its end.
-    async fn read(&mut self) -> Result<(), StoreError> {
-        loop {
-            let page = self
-                .store
-                .read_feed(&self.cursor, self.group.as_ref(), PAGE)
-                .await?;
-            let full = page.full;
-            for (row, cursor) in self.cursor.advance(page) {
-                self.ready.push_back(FeedEvent {
-                    change: row.change,
-                    trace_id: row.trace_id,
-                    cursor,
-                });
-            }
-            if !full {
-                return Ok(());
-            }
+    /// The next page read from the trail, as read, with the reader moved past it: what a
+    /// [`ChangeHub`] shares with its followers.
+    pub async fn next_page(&mut self) -> Result<FeedPage, StoreError> {
+        let page = self.read_page().await?;
+        self.cursor.advance(&page);
+        Ok(page)
+    }
+
+    /// Waits for a hint or the poll unless the last read was cut short or failed, then reads.
+    async fn read_page(&mut self) -> Result<FeedPage, StoreError> {
+        if !self.behind {
+            self.wait().await;
         }
+        self.behind = true;
+        let page = self
+            .store
+            .read_feed(&self.cursor, self.group.as_ref(), PAGE)
+            .await?;
+        self.behind = page.full;
+        Ok(page)
     }
 
     /// Until a hint that concerns this reader, or the poll interval.
@@ -142,6 +143,18 @@ impl FeedReader {
             }
         }
     }
+}
+
+/// Moves `cursor` past `page`, with an event for each change it had not delivered.
+fn events(cursor: &mut FeedCursor, page: &FeedPage) -> impl Iterator<Item = FeedEvent> + use<> {
+    cursor
+        .advance(page)
+        .into_iter()
+        .map(|(row, cursor)| FeedEvent {
+            change: row.change,
+            trace_id: row.trace_id,
+            cursor,
+        })
 }
 
 /// Whether a hint lists a change of the followed group (any change, when following them all).

@@ -1,0 +1,172 @@
+//! One reader of the audit trail per process, shared by every follower (the HTTP change streams):
+//! a follower costs no database connection and no query while it keeps up.
+//!
+//! The hub reads pages of every group's changes and broadcasts them whole, with the snapshot they
+//! were read under. Each follower moves its own cursor over those pages, keeping its group's rows,
+//! so its cursor stays exact: what it delivers, and the token a client resumes from, are its own.
+//! A follower that starts from a cursor, or falls behind the broadcast buffer, first subscribes and
+//! then reads the trail by its own cursor until it is level; pages that arrive meanwhile are
+//! mostly rows it has already delivered, which its cursor skips.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OnceCell, broadcast, watch};
+
+use super::{FeedEvent, FeedReader, PAGE, Start, events};
+use crate::domain::feed::{FeedCursor, FeedPage};
+use crate::domain::ids::AccountGroupId;
+use crate::store::{Store, StoreError};
+
+/// Pages kept for followers that read slowly; one that falls further behind reads the trail.
+const BUFFERED_PAGES: usize = 256;
+/// The longest the hub waits before reading again after the database failed it.
+const MAX_RETRY: Duration = Duration::from_secs(5);
+
+/// The process's shared reader; started by its first follower.
+#[derive(Clone)]
+pub struct ChangeHub {
+    store: Store,
+    poll: Duration,
+    running: Arc<OnceCell<Running>>,
+}
+
+struct Running {
+    pages: broadcast::Sender<Arc<FeedPage>>,
+    /// Where the hub stands after its last broadcast page.
+    cursor: watch::Receiver<FeedCursor>,
+}
+
+impl ChangeHub {
+    pub fn new(store: Store, poll: Duration) -> Self {
+        Self {
+            store,
+            poll,
+            running: Arc::new(OnceCell::new()),
+        }
+    }
+
+    /// Follows `group`'s changes from `start`. Starting from a cursor reads the trail up to the
+    /// present on the first [`Follower::next`].
+    pub async fn follow(
+        &self,
+        group: AccountGroupId,
+        start: Start,
+    ) -> Result<Follower, StoreError> {
+        let running = self.running.get_or_try_init(|| self.start()).await?;
+        // Subscribe before taking the place: a page broadcast in between is received, and its
+        // rows already behind the place are skipped by the cursor.
+        let pages = running.pages.subscribe();
+        let (cursor, behind) = match start {
+            Start::Now => (running.cursor.borrow().clone(), false),
+            Start::After(cursor) => (cursor, true),
+        };
+        Ok(Follower {
+            store: self.store.clone(),
+            group,
+            cursor,
+            pages,
+            ready: VecDeque::new(),
+            behind,
+        })
+    }
+
+    async fn start(&self) -> Result<Running, StoreError> {
+        let mut reader = FeedReader::open(self.store.clone(), Start::Now, None, self.poll).await?;
+        let (pages, _) = broadcast::channel(BUFFERED_PAGES);
+        let (place, cursor) = watch::channel(reader.cursor().clone());
+        let sender = pages.clone();
+        tokio::spawn(async move {
+            let mut retry = Duration::from_millis(100);
+            loop {
+                match reader.next_page().await {
+                    Ok(page) => {
+                        retry = Duration::from_millis(100);
+                        // The place first, then the page: a follower that takes the place after
+                        // subscribing receives every later page.
+                        place.send_replace(reader.cursor().clone());
+                        // No follower right now is fine: the hub keeps its place for the next.
+                        let _ = sender.send(Arc::new(page));
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, retry_ms = retry.as_millis() as u64,
+                            "the change hub cannot read the audit trail; retrying");
+                        tokio::time::sleep(retry).await;
+                        retry = (retry * 2).min(MAX_RETRY);
+                    }
+                }
+            }
+        });
+        Ok(Running { pages, cursor })
+    }
+}
+
+/// One group's changes, from the hub's pages and, when behind, from the trail itself.
+pub struct Follower {
+    store: Store,
+    group: AccountGroupId,
+    cursor: FeedCursor,
+    pages: broadcast::Receiver<Arc<FeedPage>>,
+    ready: VecDeque<FeedEvent>,
+    /// Read the trail by the own cursor before taking pages from the hub.
+    behind: bool,
+}
+
+impl Follower {
+    /// Everything delivered so far lies behind this cursor.
+    pub fn cursor(&self) -> &FeedCursor {
+        &self.cursor
+    }
+
+    /// The next change of the group. An error (reading the trail) leaves the follower where it
+    /// was: call again to retry.
+    pub async fn next(&mut self) -> Result<FeedEvent, StoreError> {
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Ok(event);
+            }
+            if self.behind {
+                self.catch_up().await?;
+                self.behind = false;
+                continue;
+            }
+            match self.pages.recv().await {
+                Ok(page) => {
+                    let mine = FeedPage {
+                        rows: page
+                            .rows
+                            .iter()
+                            .filter(|row| row.change.account_group_id == self.group)
+                            .cloned()
+                            .collect(),
+                        horizon: page.horizon.clone(),
+                        full: page.full,
+                    };
+                    self.ready.extend(events(&mut self.cursor, &mine));
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Too slow for the buffer: subscribe afresh, then read what was missed.
+                    self.pages = self.pages.resubscribe();
+                    self.behind = true;
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Err(StoreError::Unavailable("the change hub stopped".into()));
+                }
+            }
+        }
+    }
+
+    async fn catch_up(&mut self) -> Result<(), StoreError> {
+        loop {
+            let page = self
+                .store
+                .read_feed(&self.cursor, Some(&self.group), PAGE)
+                .await?;
+            self.ready.extend(events(&mut self.cursor, &page));
+            if !page.full {
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! `GET /v1/accounts/{accountGroupId}/signals/scans/changes`: an account group's status changes as
+//! Server-Sent Events, resumable exactly from the `id` of the last event received.
+//!
+//! Runners follow cancels here with an API key (`signals:read` is enough) instead of database
+//! credentials. Every stream of a process shares the process's one reader of the audit trail
+//! (`feed::ChangeHub`), so a stream holds no database connection.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use dashmap::DashMap;
+use futures_util::Stream;
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::auth::presented_key;
+use super::error::ApiError;
+use super::scans::{ApiPath, GroupPath};
+use crate::domain::feed::FeedCursor;
+use crate::domain::ids::{AccountGroupId, ScanId};
+use crate::domain::keys::Principal;
+use crate::domain::scan::ScanStatus;
+use crate::domain::service::{ScanService, ServiceError};
+use crate::feed::{FeedEvent, Follower, Start};
+
+/// The SSE event name of a status change.
+pub const EVENT_NAME: &str = "scan.status_changed";
+/// What clients wait before reconnecting (`retry:`), in milliseconds.
+const RECONNECT_MS: u64 = 2000;
+/// `Retry-After` of a key that has all its streams open.
+const STREAM_CAP_RETRY_SECS: u64 = 2;
+/// The most `scanId` filters one stream takes.
+const MAX_SCAN_FILTERS: usize = 100;
+
+/// The limits of change streams.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamSettings {
+    /// A comment line this often keeps proxies from closing an idle stream, notices a client that
+    /// went away, and re-checks the key.
+    pub keepalive: Duration,
+    /// Open streams per API key in this process.
+    pub max_per_key: usize,
+    /// A stream ends after this long, so clients reconnect and authenticate again.
+    pub max_age: Duration,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            keepalive: Duration::from_secs(15),
+            max_per_key: 20,
+            max_age: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The streams of this process: their limits, their count per key, and the signal that ends
+/// them all at shutdown.
+#[derive(Clone)]
+pub struct ChangeStreams {
+    settings: StreamSettings,
+    open: Arc<DashMap<Uuid, usize>>,
+    closing: watch::Sender<bool>,
+}
+
+impl ChangeStreams {
+    pub fn new(settings: StreamSettings) -> Self {
+        Self {
+            settings,
+            open: Arc::new(DashMap::new()),
+            closing: watch::Sender::new(false),
+        }
+    }
+
+    /// Ends every stream now (at shutdown: a stream is not an in-flight request to wait for).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// A slot for one more stream of `key`, or `None` when it has all it may.
+    fn admit(&self, key: Uuid) -> Option<StreamSlot> {
+        let mut count = self.open.entry(key).or_insert(0);
+        if *count >= self.settings.max_per_key {
+            return None;
+        }
+        *count += 1;
+        Some(StreamSlot {
+            open: self.open.clone(),
+            key,
+        })
+    }
+}
+
+/// Holds one of a key's stream slots until the stream is dropped.
+struct StreamSlot {
+    open: Arc<DashMap<Uuid, usize>>,
+    key: Uuid,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.open.remove_if_mut(&self.key, |_, count| {
+            *count -= 1;
+            *count == 0
+        });
+    }
+}
+
+/// The `data` of a `scan.status_changed` event.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScanStatusChanged {
+    #[schema(value_type = ScanId)]
+    scan_id: String,
+    #[schema(value_type = AccountGroupId)]
+    account_group_id: String,
+    from: ScanStatus,
+    to: ScanStatus,
+    /// When the change committed its audit row.
+    #[serde(with = "time::serde::rfc3339")]
+    at: OffsetDateTime,
+    /// The trace id of the request that made the change; null when none did (the command line).
+    #[schema(required = true)]
+    trace_id: Option<String>,
+}
+
+impl From<&FeedEvent> for ScanStatusChanged {
+    fn from(event: &FeedEvent) -> Self {
+        Self {
+            scan_id: event.change.scan_id.to_string(),
+            account_group_id: event.change.account_group_id.to_string(),
+            from: event.change.from,
+            to: event.change.to,
+            at: event.change.at,
+            trace_id: event.trace_id.clone(),
+        }
+    }
+}
+
+/// What a stream was asked for, parsed once.
+struct StreamRequest {
+    start: Start,
+    /// Which parameter the cursor came from, to name it in an error.
+    cursor_source: Option<&'static str>,
+    scans: Option<HashSet<ScanId>>,
+    statuses: Option<HashSet<ScanStatus>>,
+}
+
+impl StreamRequest {
+    /// Every parameter, each problem named. `Last-Event-ID` (what an EventSource sends when it
+    /// reconnects) wins over `after` (what the first connection was opened with).
+    fn parse(query: Option<&str>, headers: &HeaderMap) -> Result<Self, ApiError> {
+        let mut problems = Vec::new();
+        let mut after = None;
+        let mut scans = HashSet::new();
+        let mut statuses = HashSet::new();
+        let mut scan_filters = 0;
+        for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match name.as_ref() {
+                "after" if after.is_some() => problems.push("after may be given once".to_owned()),
+                "after" => after = Some(value.into_owned()),
+                "scanId" => {
+                    scan_filters += 1;
+                    match ScanId::parse(&value) {
+                        Ok(scan) => {
+                            scans.insert(scan);
+                        }
+                        Err(error) => problems.push(format!("scanId {error}")),
+                    }
+                }
+                "status" => match value.parse::<ScanStatus>() {
+                    Ok(status) => {
+                        statuses.insert(status);
+                    }
+                    Err(_) => problems.push(
+                        "status must be one of queued, running, completed, failed, cancelled"
+                            .to_owned(),
+                    ),
+                },
+                _ => problems.push(
+                    "unknown query parameter: only after, scanId and status are accepted"
+                        .to_owned(),
+                ),
+            }
+        }
+        if scan_filters > MAX_SCAN_FILTERS {
+            problems.push(format!(
+                "scanId may be given at most {MAX_SCAN_FILTERS} times"
+            ));
+        }
+        let last_event_id = match headers.get("last-event-id").map(|v| v.to_str()) {
+            Some(Ok(value)) => Some(value.trim().to_owned()),
+            Some(Err(_)) => {
+                problems.push("Last-Event-ID must be an event id this stream sent".to_owned());
+                None
+            }
+            None => None,
+        };
+        let (cursor, cursor_source) = match (last_event_id, after) {
+            (Some(id), _) => (Some(id), Some("Last-Event-ID")),
+            (None, Some(after)) => (Some(after), Some("after")),
+            (None, None) => (None, None),
+        };
+        let start = match (cursor.as_deref().map(FeedCursor::decode), cursor_source) {
+            (Some(Some(cursor)), _) => Start::After(cursor),
+            (Some(None), Some(source)) => {
+                problems.push(format!("{source} must be an event id this stream sent"));
+                Start::Now
+            }
+            _ => Start::Now,
+        };
+        match problems.is_empty() {
+            true => Ok(Self {
+                start,
+                cursor_source,
+                scans: (!scans.is_empty()).then_some(scans),
+                statuses: (!statuses.is_empty()).then_some(statuses),
+            }),
+            false => Err(ApiError::Validation(problems.join("; "))),
+        }
+    }
+
+    fn wants(&self, event: &FeedEvent) -> bool {
+        self.scans
+            .as_ref()
+            .is_none_or(|scans| scans.contains(&event.change.scan_id))
+            && self
+                .statuses
+                .as_ref()
+                .is_none_or(|statuses| statuses.contains(&event.change.to))
+    }
+}
+
+/// `GET /v1/accounts/{accountGroupId}/signals/scans/changes`
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{accountGroupId}/signals/scans/changes",
+    operation_id = "followSignalScanChanges",
+    tag = "signal scans",
+    summary = "Follow status changes",
+    description = "The account group's scan status changes as they commit, as Server-Sent Events: \
+        each change is one `scan.status_changed` event whose `id` is a cursor. Reconnect with \
+        `Last-Event-ID` (or `?after=`) set to the last id received to get every change after it, in \
+        order, none missed and none repeated; without either the stream starts now. Creations are \
+        not sent. The stream opens with `retry: 2000`, sends `: keep-alive` comments, and ends after \
+        `STREAM_MAX_AGE_MS` (reconnect to continue). Errors before the stream opens are the usual \
+        envelope. Requires `signals:read` or `signals:write` and access to the account group; at \
+        most `STREAM_MAX_PER_KEY` open streams per key (429 past it).",
+    params(
+        ("accountGroupId" = inline(crate::domain::ids::AccountGroupId), Path,
+            description = "Account group ID that scopes the request: 24 hexadecimal characters, either case."),
+        ("after" = Option<String>, Query,
+            description = "Resume after this event id (an opaque cursor). `Last-Event-ID` wins when both are sent."),
+        ("scanId" = Option<Vec<crate::domain::ids::ScanId>>, Query, explode = true,
+            description = "Only these scans (repeat the parameter, at most 100)."),
+        ("status" = Option<Vec<ScanStatus>>, Query, explode = true,
+            description = "Only changes to these statuses, e.g. `cancelled`."),
+        ("Last-Event-ID" = Option<String>, Header,
+            description = "The id of the last event received: resume right after it."),
+    ),
+    security(("bearerAuth" = []), ("apiKey" = [])),
+    responses(
+        (status = 200, description = "A stream of `scan.status_changed` events; each `data` is a ScanStatusChanged.",
+            content_type = "text/event-stream", body = String),
+        (status = 400, response = crate::http::openapi::BadRequest),
+        (status = 401, response = crate::http::openapi::Unauthorized),
+        (status = 403, response = crate::http::openapi::Forbidden),
+        (status = 429, response = crate::http::openapi::RateLimited),
+        (status = 500, response = crate::http::openapi::InternalError),
+        (status = 502, response = crate::http::openapi::UpstreamError),
+    )
+)]
+pub async fn follow_changes(
+    State(service): State<ScanService>,
+    State(streams): State<ChangeStreams>,
+    principal: Principal,
+    headers: HeaderMap,
+    ApiPath(path): ApiPath<GroupPath>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let group = path.parse()?;
+    let request = StreamRequest::parse(query.as_deref(), &headers)?;
+    if !principal.can_access(&group) {
+        return Err(ServiceError::GroupForbidden(group).into());
+    }
+    let slot = streams
+        .admit(principal.key_id)
+        .ok_or(ApiError::RateLimited {
+            retry_after_secs: STREAM_CAP_RETRY_SECS,
+        })?;
+    let follower = match service
+        .follow_changes(&principal, &group, request.start.clone())
+        .await
+    {
+        Ok(follower) => follower,
+        Err(ServiceError::UnknownCursor) => {
+            let source = request.cursor_source.unwrap_or("after");
+            return Err(ApiError::Validation(format!(
+                "{source} must be an event id this stream sent"
+            )));
+        }
+        Err(other) => return Err(other.into()),
+    };
+    // The key is checked again at every keep-alive, so a revoked key stops receiving.
+    let key = presented_key(&headers)?.to_owned();
+    let stream = ChangeStream {
+        follower,
+        request,
+        service,
+        key,
+        settings: streams.settings,
+        closing: streams.closing.subscribe(),
+        _slot: slot,
+    };
+    Ok(Sse::new(stream.events()).into_response())
+}
+
+/// One open stream.
+struct ChangeStream {
+    follower: Follower,
+    request: StreamRequest,
+    service: ScanService,
+    key: String,
+    settings: StreamSettings,
+    closing: watch::Receiver<bool>,
+    _slot: StreamSlot,
+}
+
+/// What woke a waiting stream.
+enum Wake {
+    Change(Result<FeedEvent, crate::store::StoreError>),
+    Tick,
+    End,
+}
+
+/// What a stream sends next.
+enum Next {
+    Change(Box<FeedEvent>),
+    KeepAlive,
+    End,
+}
+
+impl ChangeStream {
+    fn events(self) -> impl Stream<Item = Result<Event, Infallible>> {
+        let opening = Event::default().retry(Duration::from_millis(RECONNECT_MS));
+        let deadline = tokio::time::Instant::now() + self.settings.max_age;
+        futures_util::stream::unfold(
+            (Some(self), Some(opening), deadline),
+            |(stream, first, deadline)| async move {
+                if let Some(first) = first {
+                    return Some((Ok(first), (stream, None, deadline)));
+                }
+                let mut stream = stream?;
+                loop {
+                    match stream.next(deadline).await {
+                        Next::Change(event) => {
+                            if !stream.request.wants(&event) {
+                                continue;
+                            }
+                            let data = ScanStatusChanged::from(event.as_ref());
+                            let sse = Event::default()
+                                .id(event.cursor.to_string())
+                                .event(EVENT_NAME)
+                                .json_data(&data)
+                                .expect("a change serializes");
+                            return Some((Ok(sse), (Some(stream), None, deadline)));
+                        }
+                        Next::KeepAlive => {
+                            let comment = Event::default().comment("keep-alive");
+                            return Some((Ok(comment), (Some(stream), None, deadline)));
+                        }
+                        Next::End => {
+                            // A last reconnection hint, then the end of the body.
+                            let last = Event::default().retry(Duration::from_millis(RECONNECT_MS));
+                            return Some((Ok(last), (None, None, deadline)));
+                        }
+                    }
+                }
+            },
+        )
+    }
+
+    async fn next(&mut self, deadline: tokio::time::Instant) -> Next {
+        let tick = tokio::time::sleep(self.settings.keepalive);
+        tokio::pin!(tick);
+        loop {
+            let woken = tokio::select! {
+                event = self.follower.next() => Wake::Change(event),
+                () = &mut tick => Wake::Tick,
+                () = tokio::time::sleep_until(deadline) => Wake::End,
+                _ = self.closing.wait_for(|closing| *closing) => Wake::End,
+            };
+            match woken {
+                Wake::Change(Ok(event)) => return Next::Change(Box::new(event)),
+                Wake::Change(Err(error)) => {
+                    // The database is away: keep the stream; the follower resumes from its
+                    // cursor when it is back.
+                    tracing::warn!(%error, "a change stream cannot read the audit trail; retrying");
+                    tokio::select! {
+                        () = &mut tick => return self.keep_alive().await,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                Wake::Tick => return self.keep_alive().await,
+                Wake::End => return Next::End,
+            }
+        }
+    }
+
+    /// A keep-alive, unless the key no longer authenticates.
+    async fn keep_alive(&self) -> Next {
+        match self.service.authenticate(&self.key).await {
+            Err(ServiceError::Unauthenticated(_)) => Next::End,
+            // A database that cannot answer now does not end the stream.
+            _ => Next::KeepAlive,
+        }
+    }
+}
