@@ -129,13 +129,18 @@ pub enum ScansCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Print one JSON line per status change as it happens.
+    /// Print one JSON line per status change as it commits: from the database, or with
+    /// --server from the service's change stream (API key in SIGNAL_SCANS_API_KEY).
     Watch {
         #[command(flatten)]
         database: DatabaseArgs,
-        /// Only changes of this account group.
+        /// Only changes of this account group (required with --server).
         #[arg(long)]
         account_group: Option<AccountGroupId>,
+        /// Follow the service at this URL (e.g. http://127.0.0.1:8080) instead of the database:
+        /// a runner then needs only the URL and a key with signals:read.
+        #[arg(long, requires = "account_group")]
+        server: Option<url::Url>,
     },
     /// Show a scan.
     Show {
@@ -539,8 +544,20 @@ async fn scans(command: ScansCommand) -> Result<(), String> {
             Ok(())
         }
         ScansCommand::Watch {
+            server: Some(server),
+            account_group: Some(group),
+            ..
+        } => {
+            // From the environment only: a flag would show the key in `ps`.
+            let key = std::env::var("SIGNAL_SCANS_API_KEY").map_err(|_| {
+                "scans watch --server needs the API key in SIGNAL_SCANS_API_KEY".to_owned()
+            })?;
+            watch::follow_server(&server, &group, &key).await
+        }
+        ScansCommand::Watch {
             database,
             account_group,
+            ..
         } => {
             let store = migrated_store(&database).await?;
             watch::run(store, account_group, database.feed_poll())

@@ -1,10 +1,17 @@
-//! `scans watch`: one JSON line per committed status change, read from the change feed.
+//! `scans watch`: one JSON line per committed status change, read from the change feed in the
+//! database, or from the service's HTTP change stream (`--server`), resuming after a dropped
+//! connection from the last event id.
 
 use std::io::Write;
+use std::time::Duration;
 
 use crate::domain::ids::AccountGroupId;
+use crate::domain::scan::ScanChange;
 use crate::feed::{FeedReader, Start};
 use crate::store::{Store, StoreError};
+
+/// The longest pause between two attempts to reach the server.
+const MAX_RECONNECT: Duration = Duration::from_secs(30);
 
 /// Prints changes until the process is stopped. A database that goes away is waited for: the
 /// feed resumes from its cursor, so nothing is printed twice or missed.
@@ -18,14 +25,122 @@ pub async fn run(
     loop {
         match feed.next().await {
             Ok(event) => {
-                let line = serde_json::to_string(&event.change).expect("a change serializes");
-                let mut stdout = std::io::stdout().lock();
-                let _ = writeln!(stdout, "{line}");
-                let _ = stdout.flush();
+                print(&event.change);
             }
             Err(error) => {
                 tracing::warn!(%error, "cannot read the audit trail; trying again");
                 tokio::time::sleep(poll).await;
+            }
+        }
+    }
+}
+
+fn print(change: &ScanChange) {
+    let line = serde_json::to_string(change).expect("a change serializes");
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
+}
+
+/// Follows `GET /v1/accounts/{group}/signals/scans/changes` on `server` until the process is
+/// stopped or the server refuses the key; reconnects with `Last-Event-ID` after anything else.
+pub async fn follow_server(
+    server: &url::Url,
+    group: &AccountGroupId,
+    key: &str,
+) -> Result<(), String> {
+    let url = server
+        .join(&format!("v1/accounts/{group}/signals/scans/changes"))
+        .map_err(|e| format!("--server {server}: {e}"))?;
+    let client = reqwest::Client::new();
+    let mut stream = SseReader::default();
+    let mut reconnect = Duration::from_millis(2000);
+    let mut failures = 0u32;
+    loop {
+        let mut request = client
+            .get(url.clone())
+            .bearer_auth(key)
+            .header("accept", "text/event-stream");
+        if let Some(id) = &stream.last_id {
+            request = request.header("last-event-id", id);
+        }
+        let pause = match request.send().await {
+            Ok(response) if response.status().is_success() => {
+                failures = 0;
+                tracing::info!(server = %server, "watching for status changes");
+                stream.read(response, &mut reconnect).await;
+                reconnect
+            }
+            Ok(response) => {
+                let status = response.status();
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .map(Duration::from_secs);
+                let body = response.text().await.unwrap_or_default();
+                // The key, the permission or the request is wrong: retrying cannot help.
+                if status.is_client_error() && status.as_u16() != 429 {
+                    return Err(format!("{url} answered {status}: {body}"));
+                }
+                tracing::warn!(%status, "the change stream is unavailable; retrying");
+                retry_after.unwrap_or(reconnect)
+            }
+            Err(error) => {
+                failures += 1;
+                tracing::warn!(%error, "cannot reach the change stream; retrying");
+                (reconnect * failures).min(MAX_RECONNECT)
+            }
+        };
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// The Server-Sent Events the watch understands: `id`, `data` and `retry` fields.
+#[derive(Default)]
+struct SseReader {
+    /// The id of the last event printed: where a reconnection resumes.
+    last_id: Option<String>,
+}
+
+impl SseReader {
+    /// Prints every event of `response` until it ends or breaks.
+    async fn read(&mut self, mut response: reqwest::Response, reconnect: &mut Duration) {
+        let mut buffer = Vec::new();
+        let (mut id, mut data) = (None::<String>, String::new());
+        while let Ok(Some(chunk)) = response.chunk().await {
+            buffer.extend_from_slice(&chunk);
+            while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&line);
+                let line = line.trim_end_matches(['\r', '\n']);
+                if line.is_empty() {
+                    // The end of an event: print it, then remember where it stands.
+                    if !data.is_empty() {
+                        match serde_json::from_str::<ScanChange>(&data) {
+                            Ok(change) => print(&change),
+                            Err(error) => tracing::warn!(%error, "an event that is not a change"),
+                        }
+                    }
+                    if id.is_some() {
+                        self.last_id = id.take();
+                    }
+                    data.clear();
+                    continue;
+                }
+                let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                let value = value.strip_prefix(' ').unwrap_or(value);
+                match field {
+                    "id" => id = Some(value.to_owned()),
+                    "data" => data.push_str(value),
+                    "retry" => {
+                        if let Ok(ms) = value.parse() {
+                            *reconnect = Duration::from_millis(ms);
+                        }
+                    }
+                    _ => {} // comments (keep-alives) and event names
+                }
             }
         }
     }
