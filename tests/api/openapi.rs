@@ -22,6 +22,7 @@ const EVENTS: &str = "/v1/accounts/{accountGroupId}/signals/scans/{scanId}/event
 const LIST: &str = "/v1/accounts/{accountGroupId}/signals/scans";
 
 /// Every route, its method, and the statuses it must document.
+const CHANGES: &str = "/v1/accounts/{accountGroupId}/signals/scans/changes";
 const ROUTES: &[(&str, &str, &[u16])] = &[
     (
         CANCEL,
@@ -31,6 +32,7 @@ const ROUTES: &[(&str, &str, &[u16])] = &[
     (SCAN, "get", &[200, 400, 401, 403, 404, 429, 500, 502]),
     (EVENTS, "get", &[200, 400, 401, 403, 404, 429, 500, 502]),
     (LIST, "get", &[200, 400, 401, 403, 429, 500, 502]),
+    (CHANGES, "get", &[200, 400, 401, 403, 429, 500, 502]),
     ("/healthz", "get", &[200]),
     ("/readyz", "get", &[200, 503]),
     ("/metrics", "get", &[200]),
