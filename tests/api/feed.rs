@@ -77,6 +77,9 @@ fn runner() -> Actor<'static> {
 /// an advisory lock the test holds, so that transaction commits only when the test says.
 const HOLD_LOCK: i64 = 4_242;
 
+/// A cancel whose transaction took the smaller audit id and xid commits after a later cancel the
+/// watcher has already printed. A reader paging by id, or by (xid, id) without the transactions
+/// still running below its position, never prints it; one that re-reads prints it twice.
 async fn a_change_committing_after_a_later_one_is_printed_exactly_once(backend: Backend) {
     let app = TestApp::spawn_with(
         backend,
@@ -186,6 +189,8 @@ store_test!(
     postgres_only
 );
 
+/// The service is killed after answering 200 and before its tick, so no hint is ever sent: only
+/// the reader's own poll can deliver the change. A reader that waits for hints alone never does.
 async fn a_change_whose_hint_died_with_the_service_is_printed_by_the_next_poll(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let group = group();
@@ -246,6 +251,10 @@ struct Written {
     rolled_back: usize,
 }
 
+/// Many transactions committing out of order, some rolled back after writing their audit row: the
+/// watcher prints exactly the committed ones, once each. Fails for a reader that pages without
+/// the pending transactions, one that does not walk its page in order, or one that prints what a
+/// hint lists as well as what the trail holds.
 async fn every_committed_change_of_busy_writers_is_printed_once_and_no_rolled_back_one(
     backend: Backend,
 ) {
@@ -480,6 +489,9 @@ fn follow(mut feed: FeedReader) -> tokio::sync::mpsc::UnboundedReceiver<FeedEven
     events
 }
 
+/// The publisher's connection is terminated again and again while cancels go on. Fails for a
+/// publisher on the request path (a failed or slow request) and for one that does not connect
+/// again (the reader, polling once a minute, hears nothing more).
 async fn cutting_the_publishers_connection_delays_no_request_and_loses_no_change(backend: Backend) {
     const DB_TIMEOUT: Duration = Duration::from_secs(4);
     const STREAMS: usize = 4;
@@ -597,6 +609,9 @@ store_test!(
     postgres_only
 );
 
+/// A database made by 0001 alone, with rows, upgraded by the service's own migrate. Fails if 0001
+/// was edited (sqlx refuses a changed checksum), if old rows get a real transaction id (such as
+/// the migration's own), if the index is missing, or if a reader from the start skips old rows.
 async fn the_feed_migration_upgrades_a_database_made_by_0001_with_rows_in_it(backend: Backend) {
     let db = TestDatabase::create(backend).await;
     // sqlx records 0001 as applied, with the checksum of the file the service embeds.
