@@ -9,6 +9,7 @@ mod cli;
 mod concurrency;
 mod demo;
 mod faults;
+mod feed;
 mod fuzz;
 mod hardening;
 mod key_cache;

@@ -2,6 +2,7 @@
 
 pub mod process;
 pub mod proxy;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;

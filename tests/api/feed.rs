@@ -1,0 +1,771 @@
+//! The change feed end to end: every committed status change reaches `scans watch` (or a
+//! `FeedReader`) exactly once, whatever order transactions commit in, whether or not its hint is
+//! ever sent, and none that rolled back.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use serde_json::Value;
+use signal_scans::domain::feed::FeedCursor;
+use signal_scans::domain::ids::ScanId;
+use signal_scans::domain::scan::ScanStatus;
+use signal_scans::domain::service::Actor;
+use signal_scans::feed::{FeedEvent, FeedReader, Start};
+use signal_scans::store::{Store, Transition};
+use sqlx::{Connection, Executor, PgConnection, SqliteConnection};
+
+use crate::helpers::process::ServerProcess;
+use crate::helpers::watch::Watch;
+use crate::helpers::{Backend, Settings, TestApp, TestDatabase, group, store_options};
+use crate::store_test;
+
+/// How long a change may take to be printed when the test only needs to know it was (a loaded
+/// 2-core machine, shared with other builds).
+const PRINTED: Duration = Duration::from_secs(30);
+
+/// A status change as the feed prints it and as the audit trail records it.
+type Change = (String, String, String);
+
+fn printed_change(line: &Value) -> Change {
+    let field = |name: &str| {
+        line[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} in {line}"))
+            .to_owned()
+    };
+    (field("scanId"), field("from"), field("to"))
+}
+
+fn change(scan: &ScanId, from: ScanStatus, to: ScanStatus) -> Change {
+    (scan.to_string(), from.to_string(), to.to_string())
+}
+
+/// Polls `condition` every 20 ms until it holds; fails the test after `limit`.
+async fn wait_until(what: &str, limit: Duration, mut condition: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every status change in the audit trail (creations excluded), read with plain SQL.
+async fn audit_changes(backend: Backend, url: &str) -> Vec<Change> {
+    let query = "SELECT scan_id, from_status, to_status FROM signal_scan_events
+                 WHERE from_status IS NOT NULL ORDER BY id";
+    match backend {
+        Backend::Postgres => {
+            let mut db = PgConnection::connect(url).await.unwrap();
+            sqlx::query_as(query).fetch_all(&mut db).await.unwrap()
+        }
+        Backend::Sqlite => {
+            let mut db = SqliteConnection::connect(url).await.unwrap();
+            sqlx::query_as(query).fetch_all(&mut db).await.unwrap()
+        }
+    }
+}
+
+fn runner() -> Actor<'static> {
+    Actor {
+        api_key_id: None,
+        trace_id: Some("runner"),
+    }
+}
+
+/// Test-only: the audit row of one chosen scan's next change waits, inside its transaction, for
+/// an advisory lock the test holds, so that transaction commits only when the test says.
+const HOLD_LOCK: i64 = 4_242;
+
+/// A cancel whose transaction took the smaller audit id and xid commits after a later cancel the
+/// watcher has already printed. A reader paging by id, or by (xid, id) without the transactions
+/// still running below its position, never prints it; one that re-reads prints it twice.
+async fn a_change_committing_after_a_later_one_is_printed_exactly_once(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        Settings {
+            // The held cancel waits on the test, not on the database.
+            db_timeout: Duration::from_secs(30),
+            ..Settings::default()
+        },
+    )
+    .await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let held = app.scan(&group, ScanStatus::Running).await;
+    let later = app.scan(&group, ScanStatus::Queued).await;
+    let marker = app.scan(&group, ScanStatus::Queued).await;
+    let mut db = PgConnection::connect(&app.db.url).await.unwrap();
+    db.execute(sqlx::AssertSqlSafe(format!(
+        "CREATE FUNCTION hold_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.scan_id = '{held}' AND NEW.from_status IS NOT NULL THEN
+                 PERFORM pg_advisory_xact_lock({HOLD_LOCK});
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER hold_commit AFTER INSERT ON signal_scan_events
+             FOR EACH ROW EXECUTE FUNCTION hold_commit();"
+    )))
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(HOLD_LOCK)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let mut watch = Watch::start(&app.db.url, Some(&group), 200).await;
+
+    let (held_response, printed_while_held) = tokio::join!(
+        app.cancel(Some(&key), group.as_str(), held.as_str()),
+        async {
+            // The held cancel has written its audit row (its id is taken) and waits to commit.
+            wait_until("the held cancel waits on the lock", PRINTED, async || {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database()
+                       AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
+                )
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+                waiting == 1
+            })
+            .await;
+            let response = app.cancel(Some(&key), group.as_str(), later.as_str()).await;
+            assert_eq!(response.status, 200, "{response:?}");
+            // The watcher reads past the held row's id before that row commits.
+            let printed = watch.next(PRINTED).await;
+            sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(HOLD_LOCK)
+                .execute(&mut db)
+                .await
+                .unwrap();
+            printed
+        }
+    );
+    assert_eq!(held_response.status, 200, "{held_response:?}");
+    let response = app
+        .cancel(Some(&key), group.as_str(), marker.as_str())
+        .await;
+    assert_eq!(response.status, 200, "{response:?}");
+    let printed_after: Vec<Change> = watch
+        .until_scan(marker.as_str(), PRINTED)
+        .await
+        .iter()
+        .map(printed_change)
+        .collect();
+
+    assert_eq!(
+        printed_change(&printed_while_held),
+        change(&later, ScanStatus::Queued, ScanStatus::Cancelled)
+    );
+    assert_eq!(
+        printed_after,
+        [
+            change(&held, ScanStatus::Running, ScanStatus::Cancelled),
+            change(&marker, ScanStatus::Queued, ScanStatus::Cancelled),
+        ],
+        "the late commit once, then what came after"
+    );
+    // The case under test did happen: the held row sorts before the later one by id and by
+    // transaction, yet committed after it.
+    let positions: Vec<(String, i64, String)> = sqlx::query_as(
+        "SELECT scan_id, id, xid::text FROM signal_scan_events
+         WHERE from_status IS NOT NULL AND scan_id = ANY($1) ORDER BY id",
+    )
+    .bind([held.to_string(), later.to_string()])
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(positions.len(), 2, "{positions:?}");
+    assert_eq!(positions[0].0, held.as_str(), "{positions:?}");
+    let xid = |text: &str| text.parse::<u64>().unwrap();
+    assert!(xid(&positions[0].2) < xid(&positions[1].2), "{positions:?}");
+    watch.stop().await;
+}
+store_test!(
+    a_change_committing_after_a_later_one_is_printed_exactly_once,
+    postgres_only
+);
+
+/// The service is killed after answering 200 and before its tick, so no hint is ever sent: only
+/// the reader's own poll can deliver the change. A reader that waits for hints alone never does.
+async fn a_change_whose_hint_died_with_the_service_is_printed_by_the_next_poll(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    const POLL_MS: u64 = 300;
+    let service = ServerProcess::start(&[
+        ("DATABASE_URL", app.db.url.as_str()),
+        // The hint of a change waits a whole second: the service dies before it is sent.
+        ("PUBLISH_INTERVAL_MS", "1000"),
+    ])
+    .await;
+    let mut watch = Watch::start(&app.db.url, Some(&group), POLL_MS).await;
+    // Hears every hint sent on this database, to show that none was.
+    let mut hints = sqlx::postgres::PgListener::connect(&app.db.url)
+        .await
+        .unwrap();
+    hints.listen("signal_scan_events").await.unwrap();
+
+    let response = app
+        .client
+        .post(service.url(&crate::helpers::cancel_path(group.as_str(), scan.as_str())))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    drop(service); // SIGKILL (kill_on_drop)
+    let killed = Instant::now();
+    let printed = watch.next(PRINTED).await;
+    let delay = killed.elapsed();
+
+    assert_eq!(status, 200);
+    assert_eq!(
+        printed_change(&printed),
+        change(&scan, ScanStatus::Queued, ScanStatus::Cancelled)
+    );
+    assert!(
+        delay < Duration::from_millis(POLL_MS) + Duration::from_secs(1),
+        "printed {delay:?} after the kill, past FEED_POLL_MS + 1 s"
+    );
+    // Past the tick the dead service would have sent its hint at: none was sent, so the poll
+    // delivered the change.
+    tokio::time::sleep(Duration::from_millis(1500).saturating_sub(killed.elapsed())).await;
+    let hint = tokio::time::timeout(Duration::from_millis(200), hints.recv()).await;
+    assert!(hint.is_err(), "a hint was sent after all: {hint:?}");
+    watch.stop().await;
+}
+store_test!(
+    a_change_whose_hint_died_with_the_service_is_printed_by_the_next_poll,
+    postgres_only
+);
+
+/// What one writer did: the changes that committed, and how many were refused by the trigger.
+#[derive(Default)]
+struct Written {
+    committed: Vec<Change>,
+    rolled_back: usize,
+}
+
+/// Many transactions committing out of order, some rolled back after writing their audit row: the
+/// watcher prints exactly the committed ones, once each. Fails for a reader that pages without
+/// the pending transactions, one that does not walk its page in order, or one that prints what a
+/// hint lists as well as what the trail holds.
+async fn every_committed_change_of_busy_writers_is_printed_once_and_no_rolled_back_one(
+    backend: Backend,
+) {
+    const WRITERS: usize = 32;
+    const FOR: Duration = Duration::from_secs(10);
+    let app = TestApp::spawn_with(
+        backend,
+        Settings {
+            // Thirty-two writers share ten connections on two cores: waiting is not failing.
+            db_timeout: Duration::from_secs(20),
+            ..Settings::default()
+        },
+    )
+    .await;
+    let (group, doomed) = (group(), group());
+    // A change of a doomed scan fails after its audit row is written, and rolls back whole.
+    let refuse = match backend {
+        Backend::Postgres => format!(
+            "CREATE FUNCTION refuse_doomed() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF EXISTS (SELECT 1 FROM signal_scans
+                            WHERE id = NEW.scan_id AND account_group_id = '{doomed}') THEN
+                     RAISE EXCEPTION 'doomed scan %', NEW.scan_id;
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse_doomed AFTER INSERT ON signal_scan_events
+                 FOR EACH ROW WHEN (NEW.from_status IS NOT NULL)
+                 EXECUTE FUNCTION refuse_doomed();"
+        ),
+        Backend::Sqlite => format!(
+            "CREATE TRIGGER refuse_doomed AFTER INSERT ON signal_scan_events
+             WHEN NEW.from_status IS NOT NULL
+              AND (SELECT account_group_id FROM signal_scans WHERE id = NEW.scan_id) = '{doomed}'
+             BEGIN SELECT RAISE(ABORT, 'doomed scan'); END;"
+        ),
+    };
+    match backend {
+        Backend::Postgres => {
+            let mut db = PgConnection::connect(&app.db.url).await.unwrap();
+            db.execute(sqlx::AssertSqlSafe(refuse)).await.unwrap();
+        }
+        Backend::Sqlite => {
+            let mut db = SqliteConnection::connect(&app.db.url).await.unwrap();
+            db.execute(sqlx::AssertSqlSafe(refuse)).await.unwrap();
+        }
+    }
+    // Each writer has its own keys, so no rate limit is shared.
+    let mut keys = Vec::new();
+    for _ in 0..WRITERS {
+        keys.push((app.writer(&group).await, app.writer(&doomed).await));
+    }
+    // SQLite's hints stay in the process that made the change: the watcher polls.
+    let mut watch = Watch::start(&app.db.url, None, 100).await;
+
+    let until = Instant::now() + FOR;
+    let writer = |number: usize| {
+        let (app, keys, group, doomed) = (&app, &keys[number], &group, &doomed);
+        async move {
+            let mut written = Written::default();
+            for round in 0.. {
+                if Instant::now() >= until {
+                    break;
+                }
+                let is_doomed = (number + round).is_multiple_of(7);
+                let (group, key) = match is_doomed {
+                    true => (doomed, &keys.1),
+                    false => (group, &keys.0),
+                };
+                let scan = app
+                    .served_store
+                    .create_scan(group, ScanStatus::Queued)
+                    .await
+                    .expect("create scan")
+                    .id;
+                let cancel = async |from: ScanStatus, written: &mut Written| {
+                    let response = app.cancel(Some(key), group.as_str(), scan.as_str()).await;
+                    match is_doomed {
+                        true => {
+                            response.assert_error(500, "INTERNAL_ERROR");
+                            written.rolled_back += 1;
+                        }
+                        false => {
+                            assert_eq!(response.status, 200, "{response:?}");
+                            assert_eq!(response.body["data"]["previousStatus"], from.as_str());
+                            written
+                                .committed
+                                .push(change(&scan, from, ScanStatus::Cancelled));
+                        }
+                    }
+                };
+                if round % 3 == 0 {
+                    cancel(ScanStatus::Queued, &mut written).await;
+                    continue;
+                }
+                let moved = app
+                    .served_store
+                    .transition(None, &scan, ScanStatus::Running, runner())
+                    .await;
+                match (is_doomed, moved) {
+                    (true, Err(_)) => {
+                        written.rolled_back += 1;
+                        continue;
+                    }
+                    (false, Ok(Transition::Applied { .. })) => written.committed.push(change(
+                        &scan,
+                        ScanStatus::Queued,
+                        ScanStatus::Running,
+                    )),
+                    (_, other) => panic!("{scan} to running: {other:?}"),
+                }
+                if round % 3 == 1 {
+                    cancel(ScanStatus::Running, &mut written).await;
+                    continue;
+                }
+                match app
+                    .served_store
+                    .transition(None, &scan, ScanStatus::Completed, runner())
+                    .await
+                {
+                    Ok(Transition::Applied { .. }) => written.committed.push(change(
+                        &scan,
+                        ScanStatus::Running,
+                        ScanStatus::Completed,
+                    )),
+                    other => panic!("{scan} to completed: {other:?}"),
+                }
+            }
+            written
+        }
+    };
+    let written = join_all((0..WRITERS).map(writer)).await;
+
+    // Everything committed before the marker lies before it in the feed.
+    let marker = app.scan(&group, ScanStatus::Queued).await;
+    let response = app
+        .cancel(Some(&keys[0].0), group.as_str(), marker.as_str())
+        .await;
+    assert_eq!(response.status, 200, "{response:?}");
+    let lines = watch
+        .until_scan(marker.as_str(), Duration::from_secs(120))
+        .await;
+    let mut printed: Vec<Change> = lines.iter().map(printed_change).collect();
+    assert_eq!(
+        printed.pop(),
+        Some(change(&marker, ScanStatus::Queued, ScanStatus::Cancelled))
+    );
+    let mut committed: Vec<Change> = written.iter().flat_map(|w| w.committed.clone()).collect();
+    let rolled_back: usize = written.iter().map(|w| w.rolled_back).sum();
+    let mut audit = audit_changes(backend, &app.db.url).await;
+    assert_eq!(
+        audit.pop(),
+        Some(change(&marker, ScanStatus::Queued, ScanStatus::Cancelled))
+    );
+
+    assert!(committed.len() > WRITERS, "{} changes", committed.len());
+    assert!(rolled_back > 0, "the trigger refused nothing");
+    let count = |changes: &[Change]| {
+        let mut counts = BTreeMap::<Change, usize>::new();
+        for change in changes {
+            *counts.entry(change.clone()).or_default() += 1;
+        }
+        counts
+    };
+    let printed_counts = count(&printed);
+    let twice: Vec<_> = printed_counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "printed more than once: {twice:?}");
+    committed.sort();
+    audit.sort();
+    assert_eq!(
+        audit, committed,
+        "the audit trail holds exactly what the writers were told committed"
+    );
+    let printed_set: HashSet<&Change> = printed.iter().collect();
+    let audit_set: HashSet<&Change> = audit.iter().collect();
+    let missed: Vec<_> = audit_set.difference(&printed_set).collect();
+    let extra: Vec<_> = printed_set.difference(&audit_set).collect();
+    assert!(
+        missed.is_empty() && extra.is_empty(),
+        "{} printed, {} committed; missed {missed:?}; printed but not committed {extra:?}",
+        printed.len(),
+        audit.len()
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|line| line["accountGroupId"] != doomed.as_str()),
+        "a rolled-back change was printed"
+    );
+    watch.stop().await;
+}
+store_test!(every_committed_change_of_busy_writers_is_printed_once_and_no_rolled_back_one);
+
+/// The publisher's session, as `pg_stat_activity` names it.
+const PUBLISHER: &str = "signal-scans publisher";
+
+/// The backends of this test database's publishers.
+async fn publisher_backends(db: &mut PgConnection) -> Vec<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = $1",
+    )
+    .bind(PUBLISHER)
+    .fetch_all(db)
+    .await
+    .unwrap()
+}
+
+/// Terminates this test database's publisher backends; returns how many there were.
+async fn cut_publishers(db: &mut PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = $1",
+    )
+    .bind(PUBLISHER)
+    .fetch_one(db)
+    .await
+    .unwrap()
+}
+
+/// Reads `feed` on a task of its own, so it keeps up while the test does other things.
+fn follow(mut feed: FeedReader) -> tokio::sync::mpsc::UnboundedReceiver<FeedEvent> {
+    let (sender, events) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let event = feed.next().await.expect("the feed reads the trail");
+            if sender.send(event).is_err() {
+                break;
+            }
+        }
+    });
+    events
+}
+
+/// The publisher's connection is terminated again and again while cancels go on. Fails for a
+/// publisher on the request path (a failed or slow request) and for one that does not connect
+/// again (the reader, polling once a minute, hears nothing more).
+async fn cutting_the_publishers_connection_delays_no_request_and_loses_no_change(backend: Backend) {
+    const DB_TIMEOUT: Duration = Duration::from_secs(4);
+    const STREAMS: usize = 4;
+    let app = TestApp::spawn_with(
+        backend,
+        Settings {
+            db_timeout: DB_TIMEOUT,
+            ..Settings::default()
+        },
+    )
+    .await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let mut admin = PgConnection::connect(&app.db.url).await.unwrap();
+    // Polling once a minute: within the bounds below only a hint delivers.
+    let mut events = follow(
+        FeedReader::open(app.store.clone(), Start::Now, None, Duration::from_secs(60))
+            .await
+            .unwrap(),
+    );
+    let cancel = async |scan: &ScanId| {
+        let started = Instant::now();
+        let response = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+        assert_eq!(response.status, 200, "{response:?}");
+        started.elapsed()
+    };
+    let mut cancelled = Vec::new();
+    let mut slowest = Duration::ZERO;
+
+    // The publisher connects with the first change.
+    let first = app.scan(&group, ScanStatus::Queued).await;
+    slowest = slowest.max(cancel(&first).await);
+    cancelled.push(first);
+    wait_until("the publisher connects", PRINTED, async || {
+        !publisher_backends(&mut admin).await.is_empty()
+    })
+    .await;
+
+    // Its connection is cut again and again while cancels go on.
+    let until = Instant::now() + Duration::from_secs(3);
+    let stream = async || {
+        let mut done = Vec::new();
+        while Instant::now() < until {
+            let scan = app.scan(&group, ScanStatus::Queued).await;
+            done.push((cancel(&scan).await, scan));
+        }
+        done
+    };
+    let cutter = async {
+        let mut cuts = 0;
+        while Instant::now() < until {
+            cuts += cut_publishers(&mut admin).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        cuts
+    };
+    let (streams, cuts) = tokio::join!(join_all((0..STREAMS).map(|_| stream())), cutter);
+    for (took, scan) in streams.into_iter().flatten() {
+        slowest = slowest.max(took);
+        cancelled.push(scan);
+    }
+    assert!(cuts >= 3, "the publisher's connection was cut {cuts} times");
+
+    // Once more, at a known moment: the change made right after the cut is heard once the
+    // publisher has connected again.
+    let probe = app.scan(&group, ScanStatus::Queued).await;
+    slowest = slowest.max(cancel(&probe).await);
+    cancelled.push(probe.clone());
+    let mut heard = Vec::new();
+    while heard.last() != Some(&probe) {
+        let event = tokio::time::timeout(PRINTED, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{} of {} heard", heard.len(), cancelled.len()))
+            .unwrap();
+        heard.push(event.change.scan_id);
+    }
+    let before: Vec<i32> = publisher_backends(&mut admin).await;
+    assert_eq!(before.len(), 1, "one publisher, connected: {before:?}");
+    assert_eq!(cut_publishers(&mut admin).await, 1);
+    let last = app.scan(&group, ScanStatus::Queued).await;
+    slowest = slowest.max(cancel(&last).await);
+    cancelled.push(last.clone());
+    let event = tokio::time::timeout(PRINTED, events.recv())
+        .await
+        .expect("the change made after the cut is heard")
+        .unwrap();
+    heard.push(event.change.scan_id);
+    let after = publisher_backends(&mut admin).await;
+
+    assert!(
+        slowest < DB_TIMEOUT / 2,
+        "a cancel took {slowest:?}: the publisher is on the request path"
+    );
+    assert_eq!(heard.last(), Some(&last));
+    assert!(
+        after.len() == 1 && after != before,
+        "the publisher connected again: {before:?} then {after:?}"
+    );
+    let mut heard: Vec<String> = heard.iter().map(ToString::to_string).collect();
+    let mut cancelled: Vec<String> = cancelled.iter().map(ToString::to_string).collect();
+    heard.sort();
+    cancelled.sort();
+    let missed: Vec<_> = cancelled.iter().filter(|s| !heard.contains(s)).collect();
+    let twice: Vec<_> = heard.windows(2).filter(|w| w[0] == w[1]).collect();
+    assert!(
+        heard == cancelled,
+        "{} heard, {} cancelled; missed {missed:?}; heard twice {twice:?}",
+        heard.len(),
+        cancelled.len()
+    );
+    assert!(events.try_recv().is_err(), "heard more than was changed");
+}
+store_test!(
+    cutting_the_publishers_connection_delays_no_request_and_loses_no_change,
+    postgres_only
+);
+
+/// A database made by 0001 alone, with rows, upgraded by the service's own migrate. Fails if 0001
+/// was edited (sqlx refuses a changed checksum), if old rows get a real transaction id (such as
+/// the migration's own), if the index is missing, or if a reader from the start skips old rows.
+async fn the_feed_migration_upgrades_a_database_made_by_0001_with_rows_in_it(backend: Backend) {
+    let db = TestDatabase::create(backend).await;
+    // sqlx records 0001 as applied, with the checksum of the file the service embeds.
+    let folder = std::env::temp_dir().join(format!(
+        "signal-scans-0001-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/migrations/postgres/0001_initial.sql"
+        ),
+        folder.join("0001_initial.sql"),
+    )
+    .unwrap();
+    let only_0001 = sqlx::migrate::Migrator::new(folder.as_path()).await;
+    let _ = std::fs::remove_dir_all(&folder);
+    let mut old = PgConnection::connect(&db.url).await.unwrap();
+    only_0001.unwrap().run(&mut old).await.unwrap();
+    let group = group();
+    let (running, queued, cancelled) = (ScanId::generate(), ScanId::generate(), ScanId::generate());
+    sqlx::query(
+        "INSERT INTO api_keys (id, name, key_hash, permissions, account_group_ids)
+         VALUES ($1, 'made before 0002', $2, ARRAY['signals:write'], ARRAY[$3])",
+    )
+    .bind(uuid::Uuid::new_v4())
+    .bind(vec![7u8; 32])
+    .bind(group.as_str())
+    .execute(&mut old)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO signal_scans (id, account_group_id, status, started_at, finished_at, cancelled_at)
+         VALUES ($1, $4, 'running', now(), NULL, NULL),
+                ($2, $4, 'queued', NULL, NULL, NULL),
+                ($3, $4, 'cancelled', NULL, now(), now())",
+    )
+    .bind(running.as_str())
+    .bind(queued.as_str())
+    .bind(cancelled.as_str())
+    .bind(group.as_str())
+    .execute(&mut old)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO signal_scan_events (scan_id, from_status, to_status, occurred_at)
+         VALUES ($1, NULL, 'queued', now()), ($2, NULL, 'queued', now()),
+                ($3, NULL, 'queued', now()), ($1, 'queued', 'running', now()),
+                ($3, 'queued', 'cancelled', now())",
+    )
+    .bind(running.as_str())
+    .bind(queued.as_str())
+    .bind(cancelled.as_str())
+    .execute(&mut old)
+    .await
+    .unwrap();
+
+    let store = Store::connect(&store_options(&db.url, Duration::from_secs(10))).unwrap();
+    store
+        .migrate()
+        .await
+        .expect("0002 applies over 0001's rows");
+    let xids = async |db: &mut PgConnection| -> Vec<String> {
+        sqlx::query_scalar("SELECT xid::text FROM signal_scan_events ORDER BY id")
+            .fetch_all(db)
+            .await
+            .unwrap()
+    };
+    let old_xids = xids(&mut old).await;
+    let index: Option<String> = sqlx::query_scalar(
+        "SELECT indexdef FROM pg_indexes
+         WHERE tablename = 'signal_scan_events' AND indexname = 'signal_scan_events_feed'",
+    )
+    .fetch_optional(&mut old)
+    .await
+    .unwrap();
+    for (scan, to) in [
+        (&running, ScanStatus::Completed),
+        (&queued, ScanStatus::Cancelled),
+    ] {
+        let moved = store.transition(None, scan, to, runner()).await.unwrap();
+        assert!(matches!(moved, Transition::Applied { .. }), "{moved:?}");
+    }
+    let all_xids = xids(&mut old).await;
+    let mut feed = FeedReader::open(
+        store.clone(),
+        Start::After(FeedCursor::default()),
+        None,
+        Duration::from_millis(100),
+    )
+    .await
+    .unwrap();
+    let mut delivered = Vec::new();
+    for _ in 0..4 {
+        let event = tokio::time::timeout(PRINTED, feed.next())
+            .await
+            .expect("the feed delivers")
+            .unwrap();
+        delivered.push(event.change);
+    }
+    // A change after the old and the new ones: the next thing delivered, nothing again before it.
+    let next = store.create_scan(&group, ScanStatus::Queued).await.unwrap();
+    store
+        .transition(None, &next.id, ScanStatus::Running, runner())
+        .await
+        .unwrap();
+    let after = tokio::time::timeout(PRINTED, feed.next())
+        .await
+        .expect("the feed delivers")
+        .unwrap();
+
+    assert_eq!(old_xids, ["0"; 5], "rows written before 0002 read xid 0");
+    let new_xids: Vec<u64> = all_xids[5..].iter().map(|x| x.parse().unwrap()).collect();
+    assert!(
+        new_xids.len() == 2 && new_xids.iter().all(|xid| *xid > 0),
+        "rows written after 0002 carry their transaction: {all_xids:?}"
+    );
+    assert!(
+        index
+            .as_deref()
+            .is_some_and(|def| def.ends_with("(xid, id)")),
+        "{index:?}"
+    );
+    let delivered: Vec<Change> = delivered
+        .iter()
+        .map(|c| change(&c.scan_id, c.from, c.to))
+        .collect();
+    assert_eq!(
+        delivered,
+        [
+            change(&running, ScanStatus::Queued, ScanStatus::Running),
+            change(&cancelled, ScanStatus::Queued, ScanStatus::Cancelled),
+            change(&running, ScanStatus::Running, ScanStatus::Completed),
+            change(&queued, ScanStatus::Queued, ScanStatus::Cancelled),
+        ],
+        "old changes, then new ones, from the start of the trail"
+    );
+    assert_eq!(
+        change(&after.change.scan_id, after.change.from, after.change.to),
+        change(&next.id, ScanStatus::Queued, ScanStatus::Running)
+    );
+    assert_eq!(
+        store
+            .find_scan(None, &running)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        ScanStatus::Completed,
+        "scans made before 0002 are served"
+    );
+}
+store_test!(
+    the_feed_migration_upgrades_a_database_made_by_0001_with_rows_in_it,
+    postgres_only
+);

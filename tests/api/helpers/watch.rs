@@ -1,0 +1,131 @@
+//! `signal-scans scans watch` as a child process: started, waited for until it watches, and its
+//! printed changes read as they come. Its output is drained all the time, so a busy test never
+//! blocks the watcher on a full pipe.
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use signal_scans::domain::ids::AccountGroupId;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+pub struct Watch {
+    child: Child,
+    printed: mpsc::UnboundedReceiver<String>,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Watch {
+    /// Starts `scans watch` on `database_url` (every group unless `group`), reading the trail at
+    /// least every `poll_ms`, and returns once it says it is watching.
+    pub async fn start(database_url: &str, group: Option<&AccountGroupId>, poll_ms: u64) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_signal-scans"));
+        command.args(["scans", "watch"]);
+        if let Some(group) = group {
+            command.args(["--account-group", group.as_str()]);
+        }
+        let mut child = command
+            .env("DATABASE_URL", database_url)
+            .env("FEED_POLL_MS", poll_ms.to_string())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the binary starts");
+
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (watching, started) = tokio::sync::oneshot::channel();
+        let mut watching = Some(watching);
+        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        let kept = logs.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stderr.next_line().await {
+                if line.contains("watching for status changes")
+                    && let Some(watching) = watching.take()
+                {
+                    let _ = watching.send(());
+                }
+                kept.lock().unwrap().push(line);
+            }
+        });
+
+        let (sender, printed) = mpsc::unbounded_channel();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stdout.next_line().await {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+
+        tokio::time::timeout(Duration::from_secs(30), started)
+            .await
+            .unwrap_or_else(|_| panic!("the watcher did not start; logs: {:?}", logs.lock()))
+            .unwrap_or_else(|_| panic!("the watcher exited; logs: {:?}", logs.lock()));
+        Self {
+            child,
+            printed,
+            logs,
+        }
+    }
+
+    /// The next printed change, or `None` when nothing is printed within `limit`.
+    pub async fn next_within(&mut self, limit: Duration) -> Option<Value> {
+        let line = tokio::time::timeout(limit, self.printed.recv())
+            .await
+            .ok()?
+            .unwrap_or_else(|| panic!("the watcher stopped; logs: {:?}", self.logs()));
+        Some(
+            serde_json::from_str(&line).unwrap_or_else(|_| {
+                panic!("the watcher printed a line that is not JSON: {line:?}")
+            }),
+        )
+    }
+
+    /// The next printed change; fails the test when none comes within `limit`.
+    pub async fn next(&mut self, limit: Duration) -> Value {
+        match self.next_within(limit).await {
+            Some(change) => change,
+            None => panic!(
+                "the watcher printed nothing within {limit:?}; logs: {:?}",
+                self.logs()
+            ),
+        }
+    }
+
+    /// Every change printed up to and including the first one of `scan_id`, which must come
+    /// within `limit`.
+    pub async fn until_scan(&mut self, scan_id: &str, limit: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut printed = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(change) = self.next_within(left).await else {
+                panic!(
+                    "{scan_id} was not printed within {limit:?} ({} changes were); logs: {:?}",
+                    printed.len(),
+                    self.logs()
+                );
+            };
+            let done = change["scanId"] == scan_id;
+            printed.push(change);
+            if done {
+                return printed;
+            }
+        }
+    }
+
+    /// Every stderr line so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
