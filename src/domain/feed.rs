@@ -72,13 +72,24 @@ impl Horizon {
     }
 }
 
-/// A change as the feed delivers it: where it stands, and what it was.
+/// One audit row as the feed reads it: where it stands, and what it was.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeedRow {
     pub position: FeedPosition,
-    pub change: ScanChange,
+    /// `None` for a scan's creation: the cursor moves past it, nobody is told of it.
+    pub change: Option<ScanChange>,
     /// The trace id of the request that made the change, when one did.
     pub trace_id: Option<String>,
+}
+
+/// A change delivered to a reader, and the cursor that resumes right after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedEvent {
+    pub position: FeedPosition,
+    pub change: ScanChange,
+    /// The trace id of the request that made the change, when a request did.
+    pub trace_id: Option<String>,
+    pub cursor: FeedCursor,
 }
 
 /// What one read of the audit trail returned.
@@ -134,13 +145,19 @@ impl FeedCursor {
         self.pending.iter().map(|(xid, id)| (*xid, *id))
     }
 
-    /// Moves past `page`, returning each row not delivered before with the cursor that stands
-    /// right after it (what a client resumes from).
-    pub fn advance(&mut self, page: &FeedPage) -> Vec<(FeedRow, FeedCursor)> {
+    /// Moves past `page`, returning each change not delivered before that `wanted` keeps, with
+    /// the cursor that stands right after it (what a client resumes from). The cursor also moves
+    /// past the rows it does not keep, so a reader of one quiet group never reads the others' rows
+    /// twice.
+    pub fn advance(
+        &mut self,
+        page: &FeedPage,
+        wanted: impl Fn(&ScanChange) -> bool,
+    ) -> Vec<FeedEvent> {
         if let Some(horizon) = &page.horizon {
             self.learn(horizon);
         }
-        let mut delivered = Vec::with_capacity(page.rows.len());
+        let mut delivered = Vec::new();
         for row in &page.rows {
             let FeedPosition { xid, id } = row.position;
             match self.pending.get_mut(&xid) {
@@ -149,10 +166,19 @@ impl FeedCursor {
                 None if row.position > self.frontier => self.frontier = row.position,
                 None => continue,
             }
+            let Some(change) = row.change.as_ref().filter(|change| wanted(change)) else {
+                continue;
+            };
+            // The cursor handed out must name what may still commit behind this row.
             if let Some(horizon) = &page.horizon {
                 self.watch_running(horizon);
             }
-            delivered.push((row.clone(), self.clone()));
+            delivered.push(FeedEvent {
+                position: row.position,
+                change: change.clone(),
+                trace_id: row.trace_id.clone(),
+                cursor: self.clone(),
+            });
         }
         if let Some(horizon) = &page.horizon {
             self.watch_running(horizon);
@@ -238,13 +264,13 @@ mod tests {
     fn row(xid: u64, id: i64) -> FeedRow {
         FeedRow {
             position: FeedPosition { xid, id },
-            change: ScanChange {
+            change: Some(ScanChange {
                 scan_id: ScanId::generate(),
                 account_group_id: AccountGroupId::parse("507f1f77bcf86cd799439011").unwrap(),
                 from: ScanStatus::Queued,
                 to: ScanStatus::Cancelled,
                 at: OffsetDateTime::UNIX_EPOCH,
-            },
+            }),
             trace_id: None,
         }
     }
@@ -260,43 +286,48 @@ mod tests {
         }
     }
 
-    fn positions(delivered: &[(FeedRow, FeedCursor)]) -> Vec<(u64, i64)> {
+    fn positions(delivered: &[FeedEvent]) -> Vec<(u64, i64)> {
         delivered
             .iter()
-            .map(|(row, _)| (row.position.xid, row.position.id))
+            .map(|event| (event.position.xid, event.position.id))
             .collect()
+    }
+
+    fn all(_: &ScanChange) -> bool {
+        true
     }
 
     #[test]
     fn a_transaction_that_commits_after_a_later_one_is_still_delivered_once() {
         let mut cursor = FeedCursor::default();
         // 100 wrote id 1 but has not committed; 101 wrote id 2 and committed.
-        let first = cursor.advance(&page(vec![row(101, 2)], 102, &[100]));
+        let first = cursor.advance(&page(vec![row(101, 2)], 102, &[100]), all);
         assert_eq!(positions(&first), [(101, 2)]);
         assert_eq!(cursor.pending().collect::<Vec<_>>(), [(100, 0)]);
 
         // 100 commits: its row comes back through the pending entry, then the entry is gone.
-        let second = cursor.advance(&page(vec![row(100, 1)], 103, &[]));
+        let second = cursor.advance(&page(vec![row(100, 1)], 103, &[]), all);
         assert_eq!(positions(&second), [(100, 1)]);
         assert_eq!(cursor.pending().count(), 0);
 
         // Reading the same rows again delivers nothing.
-        let again = cursor.advance(&page(vec![row(100, 1), row(101, 2)], 103, &[]));
+        let again = cursor.advance(&page(vec![row(100, 1), row(101, 2)], 103, &[]), all);
         assert!(again.is_empty());
     }
 
     #[test]
     fn the_cursor_of_each_row_resumes_exactly_after_it() {
         let mut cursor = FeedCursor::default();
-        let delivered = cursor.advance(&page(vec![row(101, 2), row(104, 3)], 105, &[100, 103]));
-        let after_first = delivered[0].1.clone();
+        let delivered =
+            cursor.advance(&page(vec![row(101, 2), row(104, 3)], 105, &[100, 103]), all);
+        let after_first = delivered[0].cursor.clone();
         // After (101, 2) only 100 lies behind; 103 is still ahead of that frontier.
         assert_eq!(after_first.to_string(), "101-2.100-0");
-        assert_eq!(delivered[1].1.to_string(), "104-3.100-0.103-0");
+        assert_eq!(delivered[1].cursor.to_string(), "104-3.100-0.103-0");
 
         // A client that resumes after the first row gets the second, and 100 when it commits.
         let mut resumed = FeedCursor::decode(&after_first.to_string()).unwrap();
-        let next = resumed.advance(&page(vec![row(100, 1), row(104, 3)], 105, &[103]));
+        let next = resumed.advance(&page(vec![row(100, 1), row(104, 3)], 105, &[103]), all);
         assert_eq!(positions(&next), [(100, 1), (104, 3)]);
     }
 
@@ -304,17 +335,41 @@ mod tests {
     fn a_page_read_under_an_older_snapshot_does_not_make_a_finished_transaction_pending_again() {
         let mut cursor = FeedCursor::default();
         // A fresh read: 100 committed, and 101 after it.
-        let fresh = cursor.advance(&page(vec![row(100, 1), row(101, 2)], 105, &[]));
+        let fresh = cursor.advance(&page(vec![row(100, 1), row(101, 2)], 105, &[]), all);
         assert_eq!(positions(&fresh), [(100, 1), (101, 2)]);
         // A page shared late, read while 100 still ran: it holds nothing new.
-        assert!(cursor.advance(&page(vec![], 102, &[100])).is_empty());
+        assert!(cursor.advance(&page(vec![], 102, &[100]), all).is_empty());
         assert_eq!(cursor.pending().count(), 0);
         // So 100's row, passed on again by another reader, is not delivered twice.
         assert!(
             cursor
-                .advance(&page(vec![row(100, 1)], 106, &[]))
+                .advance(&page(vec![row(100, 1)], 106, &[]), all)
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn rows_not_kept_and_creations_move_the_cursor_without_being_delivered() {
+        let mut cursor = FeedCursor::default();
+        let mut creation = row(0, 1);
+        creation.change = None;
+        let mut other_group = row(0, 2);
+        if let Some(change) = other_group.change.as_mut() {
+            change.account_group_id = AccountGroupId::parse("aaaaaaaaaaaaaaaaaaaaaaaa").unwrap();
+        }
+        let page = FeedPage {
+            rows: vec![creation, other_group, row(0, 3), row(0, 4)],
+            horizon: None,
+            full: false,
+        };
+        let mine =
+            |change: &ScanChange| change.account_group_id.as_str() == "507f1f77bcf86cd799439011";
+        let delivered = cursor.advance(&page, mine);
+        assert_eq!(positions(&delivered), [(0, 3), (0, 4)]);
+        // The cursor stands past the last row read, kept or not.
+        let mut quiet = FeedCursor::default();
+        assert!(quiet.advance(&page, |_| false).is_empty());
+        assert_eq!(quiet.to_string(), "0-4");
     }
 
     #[test]
@@ -323,10 +378,10 @@ mod tests {
         cursor.pending.insert(40, 0);
         let mut cut = page(vec![row(40, 3)], 60, &[]);
         cut.full = true;
-        assert_eq!(positions(&cursor.advance(&cut)), [(40, 3)]);
+        assert_eq!(positions(&cursor.advance(&cut, all)), [(40, 3)]);
         assert_eq!(cursor.pending().collect::<Vec<_>>(), [(40, 3)]);
 
-        let rest = cursor.advance(&page(vec![row(40, 4)], 60, &[]));
+        let rest = cursor.advance(&page(vec![row(40, 4)], 60, &[]), all);
         assert_eq!(positions(&rest), [(40, 4)]);
         assert_eq!(cursor.pending().count(), 0);
     }
@@ -334,11 +389,14 @@ mod tests {
     #[test]
     fn without_a_horizon_ids_alone_order_the_trail() {
         let mut cursor = FeedCursor::default();
-        let first = cursor.advance(&FeedPage {
-            rows: vec![row(0, 1), row(0, 2)],
-            horizon: None,
-            full: false,
-        });
+        let first = cursor.advance(
+            &FeedPage {
+                rows: vec![row(0, 1), row(0, 2)],
+                horizon: None,
+                full: false,
+            },
+            all,
+        );
         assert_eq!(positions(&first), [(0, 1), (0, 2)]);
         assert_eq!(cursor.to_string(), "0-2");
     }

@@ -2,8 +2,9 @@
 //! a follower costs no database connection and no query while it keeps up.
 //!
 //! The hub reads pages of every group's changes and broadcasts them whole, with the snapshot they
-//! were read under. Each follower moves its own cursor over those pages, keeping its group's rows,
-//! so its cursor stays exact: what it delivers, and the token a client resumes from, are its own.
+//! were read under. Each follower moves its own cursor over those pages, delivering its group's
+//! rows, so its cursor stays exact: what it delivers, and the token a client resumes from, are its
+//! own.
 //! A follower that starts from a cursor, or falls behind the broadcast buffer, first subscribes and
 //! then reads the trail by its own cursor until it is level; pages that arrive meanwhile are
 //! mostly rows it has already delivered, which its cursor skips.
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::{OnceCell, broadcast, watch};
 
-use super::{FeedEvent, FeedReader, PAGE, Start, events};
+use super::{FeedEvent, FeedReader, PAGE, Start};
 use crate::domain::feed::{FeedCursor, FeedPage};
 use crate::domain::ids::AccountGroupId;
 use crate::store::{Store, StoreError};
@@ -133,17 +134,11 @@ impl Follower {
             }
             match self.pages.recv().await {
                 Ok(page) => {
-                    let mine = FeedPage {
-                        rows: page
-                            .rows
-                            .iter()
-                            .filter(|row| row.change.account_group_id == self.group)
-                            .cloned()
-                            .collect(),
-                        horizon: page.horizon.clone(),
-                        full: page.full,
-                    };
-                    self.ready.extend(events(&mut self.cursor, &mine));
+                    let group = &self.group;
+                    self.ready.extend(
+                        self.cursor
+                            .advance(&page, |change| change.account_group_id == *group),
+                    );
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     // Too slow for the buffer: subscribe afresh, then read what was missed.
@@ -159,11 +154,12 @@ impl Follower {
 
     async fn catch_up(&mut self) -> Result<(), StoreError> {
         loop {
-            let page = self
-                .store
-                .read_feed(&self.cursor, Some(&self.group), PAGE)
-                .await?;
-            self.ready.extend(events(&mut self.cursor, &page));
+            let page = self.store.read_feed(&self.cursor, PAGE).await?;
+            let group = &self.group;
+            self.ready.extend(
+                self.cursor
+                    .advance(&page, |change| change.account_group_id == *group),
+            );
             if !page.full {
                 return Ok(());
             }

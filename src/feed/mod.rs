@@ -13,6 +13,7 @@ use std::time::Duration;
 
 pub use hub::{ChangeHub, Follower};
 
+pub use crate::domain::feed::FeedEvent;
 use crate::domain::feed::{FeedCursor, FeedPage};
 use crate::domain::ids::AccountGroupId;
 use crate::domain::scan::ScanChange;
@@ -20,15 +21,6 @@ use crate::store::{ChangeHints, Hint, Store, StoreError};
 
 /// Rows read from the trail at once.
 const PAGE: u32 = 1000;
-
-/// A committed change, and the cursor that resumes right after it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FeedEvent {
-    pub change: ScanChange,
-    /// The trace id of the request that made the change, when a request did.
-    pub trace_id: Option<String>,
-    pub cursor: FeedCursor,
-}
 
 /// Where a reader begins.
 #[derive(Debug, Clone)]
@@ -89,7 +81,9 @@ impl FeedReader {
                 return Ok(event);
             }
             let page = self.read_page().await?;
-            self.ready.extend(events(&mut self.cursor, &page));
+            let group = self.group.as_ref();
+            self.ready
+                .extend(self.cursor.advance(&page, |change| in_group(group, change)));
         }
     }
 
@@ -97,7 +91,7 @@ impl FeedReader {
     /// [`ChangeHub`] shares with its followers.
     pub async fn next_page(&mut self) -> Result<FeedPage, StoreError> {
         let page = self.read_page().await?;
-        self.cursor.advance(&page);
+        self.cursor.advance(&page, |_| false);
         Ok(page)
     }
 
@@ -107,10 +101,7 @@ impl FeedReader {
             self.wait().await;
         }
         self.behind = true;
-        let page = self
-            .store
-            .read_feed(&self.cursor, self.group.as_ref(), PAGE)
-            .await?;
+        let page = self.store.read_feed(&self.cursor, PAGE).await?;
         self.behind = page.full;
         Ok(page)
     }
@@ -145,24 +136,12 @@ impl FeedReader {
     }
 }
 
-/// Moves `cursor` past `page`, with an event for each change it had not delivered.
-fn events(cursor: &mut FeedCursor, page: &FeedPage) -> impl Iterator<Item = FeedEvent> + use<> {
-    cursor
-        .advance(page)
-        .into_iter()
-        .map(|(row, cursor)| FeedEvent {
-            change: row.change,
-            trace_id: row.trace_id,
-            cursor,
-        })
+/// Whether `change` belongs to the followed group (every change does, when following them all).
+fn in_group(group: Option<&AccountGroupId>, change: &ScanChange) -> bool {
+    group.is_none_or(|group| change.account_group_id == *group)
 }
 
 /// Whether a hint lists a change of the followed group (any change, when following them all).
 fn concerns(group: Option<&AccountGroupId>, changes: &[ScanChange]) -> bool {
-    match group {
-        None => !changes.is_empty(),
-        Some(group) => changes
-            .iter()
-            .any(|change| change.account_group_id == *group),
-    }
+    changes.iter().any(|change| in_group(group, change))
 }

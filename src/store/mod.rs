@@ -283,17 +283,13 @@ impl Store {
         }
     }
 
-    /// Status changes after `cursor` (creations excluded), in `(xid, id)` order, at most
-    /// `limit`, with the snapshot they were read under.
-    pub async fn read_feed(
-        &self,
-        cursor: &FeedCursor,
-        group: Option<&AccountGroupId>,
-        limit: u32,
-    ) -> Result<FeedPage, StoreError> {
+    /// Audit rows after `cursor` (every group's, creations included: readers filter, so their
+    /// cursors move past what they skip), in `(xid, id)` order, at most `limit`, with the snapshot
+    /// they were read under.
+    pub async fn read_feed(&self, cursor: &FeedCursor, limit: u32) -> Result<FeedPage, StoreError> {
         match self {
-            Store::Postgres(store) => store.read_feed(cursor, group, limit).await,
-            Store::Sqlite(store) => store.read_feed(cursor, group, limit).await,
+            Store::Postgres(store) => store.read_feed(cursor, limit).await,
+            Store::Sqlite(store) => store.read_feed(cursor, limit).await,
         }
     }
 

@@ -284,12 +284,7 @@ impl PgStore {
         rows.into_iter().map(ScanRow::into_scan).collect()
     }
 
-    pub async fn read_feed(
-        &self,
-        cursor: &FeedCursor,
-        group: Option<&AccountGroupId>,
-        limit: u32,
-    ) -> Result<FeedPage, StoreError> {
+    pub async fn read_feed(&self, cursor: &FeedCursor, limit: u32) -> Result<FeedPage, StoreError> {
         let (pending_xids, pending_after): (Vec<String>, Vec<i64>) = cursor
             .pending()
             .map(|(xid, id)| (xid.to_string(), id))
@@ -305,21 +300,13 @@ impl PgStore {
                      page AS (
                          (SELECT e.* FROM signal_scan_events e
                           WHERE (e.xid, e.id) > ($1::text::xid8, $2)
-                            AND e.from_status IS NOT NULL
-                            AND ($5::text IS NULL OR EXISTS (
-                                SELECT 1 FROM signal_scans s
-                                WHERE s.id = e.scan_id AND s.account_group_id = $5::text))
                           ORDER BY e.xid, e.id
-                          LIMIT $6)
+                          LIMIT $5)
                          UNION ALL
                          (SELECT e.* FROM unnest($3::text[]::xid8[], $4::int8[]) AS p(xid, after)
-                          JOIN signal_scan_events e ON e.xid = p.xid AND e.id > p.after
-                          WHERE e.from_status IS NOT NULL
-                            AND ($5::text IS NULL OR EXISTS (
-                                SELECT 1 FROM signal_scans s
-                                WHERE s.id = e.scan_id AND s.account_group_id = $5::text)))
+                          JOIN signal_scan_events e ON e.xid = p.xid AND e.id > p.after)
                      ), limited AS (
-                         SELECT * FROM page ORDER BY xid, id LIMIT $6
+                         SELECT * FROM page ORDER BY xid, id LIMIT $5
                      )
                      SELECT snapshot.snapshot, l.xid::text AS xid, l.id, l.scan_id,
                             s.account_group_id, l.from_status, l.to_status, l.trace_id,
@@ -332,7 +319,6 @@ impl PgStore {
                 .bind(frontier.id)
                 .bind(pending_xids)
                 .bind(pending_after)
-                .bind(group.map(AccountGroupId::as_str))
                 .bind(i64::from(limit))
                 .fetch_all(&self.pool),
             )
@@ -497,7 +483,7 @@ impl FeedReadRow {
             id: self.id?,
             scan_id: self.scan_id?,
             account_group_id: self.account_group_id?,
-            from_status: self.from_status?,
+            from_status: self.from_status,
             to_status: self.to_status?,
             trace_id: self.trace_id,
             occurred_at: self.occurred_at?,

@@ -131,7 +131,8 @@ pub(super) struct ChangeRow {
     pub id: i64,
     pub scan_id: String,
     pub account_group_id: String,
-    pub from_status: String,
+    /// NULL for a creation.
+    pub from_status: Option<String>,
     pub to_status: String,
     pub trace_id: Option<String>,
     pub occurred_at: Stamp,
@@ -145,13 +146,16 @@ impl ChangeRow {
                 xid: self.xid.parse().map_err(|_| bad())?,
                 id: self.id,
             },
-            change: ScanChange {
-                scan_id: ScanId::parse(&self.scan_id).map_err(|_| bad())?,
-                account_group_id: AccountGroupId::parse(&self.account_group_id)
-                    .map_err(|_| bad())?,
-                from: parse_status(&self.from_status)?,
-                to: parse_status(&self.to_status)?,
-                at: self.occurred_at.0,
+            change: match self.from_status.as_deref() {
+                None => None,
+                Some(from) => Some(ScanChange {
+                    scan_id: ScanId::parse(&self.scan_id).map_err(|_| bad())?,
+                    account_group_id: AccountGroupId::parse(&self.account_group_id)
+                        .map_err(|_| bad())?,
+                    from: parse_status(from)?,
+                    to: parse_status(&self.to_status)?,
+                    at: self.occurred_at.0,
+                }),
             },
             trace_id: self.trace_id,
         })

@@ -310,25 +310,18 @@ impl SqliteStore {
 
     /// On SQLite a writer holds the database's one write lock from its first write to its
     /// commit, so audit ids follow commit order and the id alone is the cursor.
-    pub async fn read_feed(
-        &self,
-        cursor: &FeedCursor,
-        group: Option<&AccountGroupId>,
-        limit: u32,
-    ) -> Result<FeedPage, StoreError> {
+    pub async fn read_feed(&self, cursor: &FeedCursor, limit: u32) -> Result<FeedPage, StoreError> {
         let rows: Vec<ChangeRow> = self
             .bounded(
                 sqlx::query_as(
                     "SELECT '0' AS xid, e.id, e.scan_id, s.account_group_id, e.from_status,
                             e.to_status, e.trace_id, e.occurred_at
                      FROM signal_scan_events e JOIN signal_scans s ON s.id = e.scan_id
-                     WHERE e.id > ?1 AND e.from_status IS NOT NULL
-                       AND (?2 IS NULL OR s.account_group_id = ?2)
+                     WHERE e.id > ?1
                      ORDER BY e.id
-                     LIMIT ?3",
+                     LIMIT ?2",
                 )
                 .bind(cursor.frontier().id)
-                .bind(group.map(AccountGroupId::as_str))
                 .bind(i64::from(limit))
                 .fetch_all(&self.pool),
             )
