@@ -185,10 +185,10 @@ impl StreamRequest {
                             .to_owned(),
                     ),
                 },
-                _ => problems.push(
-                    "unknown query parameter: only after, scanId and status are accepted"
-                        .to_owned(),
-                ),
+                unknown => problems.push(format!(
+                    "unknown query parameter {}: only after, scanId and status are accepted",
+                    printable_name(unknown)
+                )),
             }
         }
         if scan_filters > MAX_SCAN_FILTERS {
@@ -236,6 +236,17 @@ impl StreamRequest {
                 .statuses
                 .as_ref()
                 .is_none_or(|statuses| statuses.contains(&event.change.to))
+    }
+}
+
+/// A parameter name fit to echo: short and plain, or not at all.
+fn printable_name(name: &str) -> String {
+    let plain = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    match plain && !name.is_empty() && name.len() <= 32 {
+        true => format!("`{name}`"),
+        false => "(a name that is not plain text)".to_owned(),
     }
 }
 

@@ -11,6 +11,10 @@ use super::error::ApiError;
 
 /// Longest request target (path and query) accepted.
 pub const MAX_TARGET_BYTES: usize = 2048;
+/// The change stream's longer limit: its query may name up to 100 scans (`scanId=<24 hex>&`, 32
+/// bytes each), which a runner following its own scans needs.
+pub const MAX_STREAM_TARGET_BYTES: usize = 4096;
+const STREAM_PATH_SUFFIX: &str = "/signals/scans/changes";
 /// Most header bytes (names and values) accepted.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Largest body announced with Content-Length; no route reads a body, so this only bounds waste.
@@ -28,9 +32,13 @@ fn violation(request: &Request) -> Option<String> {
         .uri()
         .path_and_query()
         .map_or(0, |target| target.as_str().len());
-    if target > MAX_TARGET_BYTES {
+    let limit = match request.uri().path().ends_with(STREAM_PATH_SUFFIX) {
+        true => MAX_STREAM_TARGET_BYTES,
+        false => MAX_TARGET_BYTES,
+    };
+    if target > limit {
         return Some(format!(
-            "request target is {target} bytes; the limit is {MAX_TARGET_BYTES}"
+            "request target is {target} bytes; the limit is {limit}"
         ));
     }
     let header_bytes: usize = request
