@@ -24,9 +24,10 @@ pub enum ApiError {
     /// 404: no such resource, or one the caller may not know about.
     #[error("not found: {0}")]
     NotFound(String),
-    /// 405: the path exists but not for this method (axum adds `Allow`).
+    /// 405: the path exists but not for this method (axum adds `Allow`); the method as
+    /// `http::method::label` names it, never a client's made-up token.
     #[error("method {0} not allowed")]
-    MethodNotAllowed(String),
+    MethodNotAllowed(&'static str),
     /// 422: the scan is in a status that does not allow the change.
     #[error("scan is {current}")]
     NotCancellable { current: ScanStatus },
@@ -97,6 +98,9 @@ impl ApiError {
             | ApiError::Unauthorized(details)
             | ApiError::Forbidden(details)
             | ApiError::NotFound(details) => Some(details.clone()),
+            ApiError::MethodNotAllowed(super::method::OTHER) => {
+                Some("this method is not allowed on this path; see the Allow header".into())
+            }
             ApiError::MethodNotAllowed(method) => Some(format!(
                 "method {method} is not allowed on this path; see the Allow header"
             )),

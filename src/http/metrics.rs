@@ -38,18 +38,19 @@ pub fn recorder() -> PrometheusHandle {
         .clone()
 }
 
-/// Middleware: counts every request by route template (not raw path), method and status, and
-/// records its latency.
+/// Middleware: counts every request by route template (not raw path), method (a standard one or
+/// `other`) and status, and records its latency. Every label has a bounded set of values: a
+/// client cannot make the exporter keep a new series per request.
 pub async fn track(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
+    let method = super::method::label(request.method());
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
-    metrics::counter!(REQUESTS, "route" => route.clone(), "method" => method.clone(), "status" => status)
+    metrics::counter!(REQUESTS, "route" => route.clone(), "method" => method, "status" => status)
         .increment(1);
     metrics::histogram!(REQUEST_DURATION, "route" => route, "method" => method)
         .record(started.elapsed().as_secs_f64());

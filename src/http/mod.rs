@@ -6,6 +6,7 @@ pub mod envelope;
 pub mod error;
 pub mod health;
 pub mod limits;
+pub mod method;
 pub mod metrics;
 pub mod openapi;
 pub mod rate_limit;
@@ -122,7 +123,7 @@ fn request_span(request: &Request) -> tracing::Span {
     tracing::info_span!(
         "request",
         trace.id = %trace_id,
-        http.method = %request.method(),
+        http.method = method::label(request.method()),
         http.route = route,
         api_key.id = tracing::field::Empty,
     )
@@ -155,5 +156,5 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed(method: Method) -> ApiError {
-    ApiError::MethodNotAllowed(method.to_string())
+    ApiError::MethodNotAllowed(method::label(&method))
 }
