@@ -1,6 +1,6 @@
 //! The application: shared state, the bound listener, and serving until told to stop.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -16,6 +16,7 @@ use crate::domain::service::ScanService;
 use crate::http;
 use crate::http::changes::{ChangeStreams, StreamSettings};
 use crate::http::rate_limit::{RateLimit, RateLimiter, RedisSettings};
+use crate::server::{self, ConnectionLimits};
 
 /// The knobs of the HTTP layer.
 #[derive(Debug, Clone)]
@@ -84,12 +85,23 @@ impl AppState {
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    limits: ConnectionLimits,
 }
 
 impl Application {
     pub async fn bind(addr: SocketAddr, router: Router) -> io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
-        Ok(Self { listener, router })
+        Ok(Self {
+            listener,
+            router,
+            limits: ConnectionLimits::default(),
+        })
+    }
+
+    /// Serve under `limits` instead of the defaults.
+    pub fn with_connection_limits(mut self, limits: ConnectionLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -103,32 +115,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
         drain: Duration,
     ) -> io::Result<()> {
-        let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
-        let signal = async move {
-            shutdown.await;
-            let _ = draining.send(());
-        };
-        let server = axum::serve(
-            self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(signal)
-        .into_future();
-        let drain_deadline = async move {
-            match drain_started.await {
-                Ok(()) => tokio::time::sleep(drain).await,
-                // The server ended on its own; the deadline never applies.
-                Err(_) => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            result = server => result,
-            () = drain_deadline => {
-                tracing::warn!(drain_ms = drain.as_millis() as u64, "requests still in flight after the drain time; stopping anyway");
-                Ok(())
-            }
-        }
+        server::run(self.listener, self.router, self.limits, shutdown, drain).await
     }
 }
 

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::app::{self, AppState, Application};
-use crate::config::{DEFAULT_DATABASE_URL, DatabaseArgs, ServeArgs, redact_url};
+use crate::config::{DEFAULT_DATABASE_URL, DatabaseArgs, ServeArgs};
 use crate::demo;
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, NewApiKey, Permission};
@@ -101,6 +101,14 @@ pub struct CreateKeyArgs {
     /// Expire the key this many seconds from now.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     expires_in: Option<u32>,
+    /// Create the key only when no active (unrevoked, unexpired) key exists; otherwise say so
+    /// and exit 0. For bootstrap jobs that run on every start.
+    #[arg(long)]
+    if_none: bool,
+    /// Write the secret to this new file (mode 0600; an existing file is never overwritten)
+    /// instead of printing it; only the key's id and the path are printed.
+    #[arg(long, value_name = "PATH")]
+    output_file: Option<std::path::PathBuf>,
     #[arg(long)]
     json: bool,
 }
@@ -235,12 +243,10 @@ async fn healthcheck(listen_addr: std::net::SocketAddr) -> Result<(), String> {
 /// Connects and brings the schema up to date; every command needs both.
 async fn migrated_store(database: &DatabaseArgs) -> Result<Store, String> {
     let store = Store::connect(&database.store_options()).map_err(|e| e.to_string())?;
-    store.migrate().await.map_err(|e| {
-        format!(
-            "cannot migrate the database at {}: {e}",
-            redact_url(database.url())
-        )
-    })?;
+    store
+        .migrate()
+        .await
+        .map_err(|e| format!("cannot migrate the database at {}: {e}", database.url()))?;
     Ok(store)
 }
 
@@ -269,11 +275,12 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let streams = state.changes.clone();
     let application = Application::bind(args.listen_addr, app::build_router(state))
         .await
-        .map_err(|e| format!("cannot listen on {} (LISTEN_ADDR): {e}", args.listen_addr))?;
+        .map_err(|e| format!("cannot listen on {} (LISTEN_ADDR): {e}", args.listen_addr))?
+        .with_connection_limits(args.connection_limits());
     let addr = application.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(
         listen.addr = %addr,
-        database = %redact_url(args.database.url()),
+        database = %args.database.url(),
         "signal-scans is serving"
     );
     if let Some(demo) = demo {
@@ -315,6 +322,9 @@ struct KeyView<'a> {
     expires_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     revoked_at: Option<OffsetDateTime>,
+    /// Where `keys create --output-file` wrote the secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_file: Option<String>,
 }
 
 impl<'a> KeyView<'a> {
@@ -335,6 +345,7 @@ impl<'a> KeyView<'a> {
             created_at: Some(key.created_at),
             expires_at: key.expires_at,
             revoked_at: key.revoked_at,
+            key_file: None,
         }
     }
 
@@ -425,8 +436,29 @@ async fn create_key(args: CreateKeyArgs) -> Result<(), String> {
     permissions.sort();
     permissions.dedup();
     let store = migrated_store(&args.database).await?;
+    if args.if_none {
+        let now = OffsetDateTime::now_utc();
+        let keys = store.list_keys().await.map_err(|e| e.to_string())?;
+        if let Some(active) = keys.iter().find(|key| key.authenticate(now).is_ok()) {
+            if args.json {
+                return print_json(
+                    &serde_json::json!({ "created": false, "activeKeyId": active.id }),
+                );
+            }
+            println!(
+                "an active API key exists ({} ({})); none created (--if-none)",
+                active.id, active.name
+            );
+            return Ok(());
+        }
+    }
+    // The file is made before the key, so a path that cannot be written leaves no key behind.
+    let mut secret_file = match &args.output_file {
+        Some(path) => Some(SecretFile::create_new(path)?),
+        None => None,
+    };
     let new_key = NewApiKey::generate();
-    let key = store
+    let created = store
         .create_key(&KeyToCreate {
             name: name.to_owned(),
             hash: new_key.hash,
@@ -437,8 +469,28 @@ async fn create_key(args: CreateKeyArgs) -> Result<(), String> {
                 .map(|secs| OffsetDateTime::now_utc() + time::Duration::seconds(secs.into())),
         })
         .await
-        .map_err(|e| e.to_string())?;
-    let view = KeyView::of(&key, Some(&new_key.secret));
+        .map_err(|e| e.to_string());
+    let key = match created {
+        Ok(key) => key,
+        Err(error) => {
+            if let Some(file) = secret_file.take() {
+                file.discard();
+            }
+            return Err(error);
+        }
+    };
+    let mut view = KeyView::of(&key, Some(&new_key.secret));
+    if let Some(file) = secret_file {
+        let path = file.path.display().to_string();
+        file.write(&new_key.secret).map_err(|e| {
+            format!(
+                "created API key {} but could not write {path}: {e}; revoke it with `keys revoke {}`",
+                key.id, key.id
+            )
+        })?;
+        view.key = None;
+        view.key_file = Some(path);
+    }
     if args.json {
         return print_json(&view);
     }
@@ -446,9 +498,58 @@ async fn create_key(args: CreateKeyArgs) -> Result<(), String> {
     println!("  permissions:    {}", view.permissions.join(", "));
     println!("  account groups: {}", view.groups_text());
     println!("  expires:        {}", rfc3339(view.expires_at));
-    println!("the key, shown this once; store it now:");
-    println!("{}", new_key.secret);
+    match &view.key_file {
+        Some(path) => {
+            println!("the key is in {path} (mode 0600); read it once, then delete the file")
+        }
+        None => {
+            println!("the key, shown this once; store it now:");
+            println!("{}", new_key.secret);
+        }
+    }
     Ok(())
+}
+
+/// A file made for one secret: new (never an existing one), readable by its owner only.
+struct SecretFile {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+}
+
+impl SecretFile {
+    fn create_new(path: &std::path::Path) -> Result<Self, String> {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options.open(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => format!(
+                "--output-file {} already exists; refusing to overwrite it (no key was created)",
+                path.display()
+            ),
+            _ => format!(
+                "cannot create --output-file {}: {e} (no key was created)",
+                path.display()
+            ),
+        })?;
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+        })
+    }
+
+    fn write(mut self, secret: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        self.file.write_all(secret.as_bytes())?;
+        self.file.write_all(b"\n")?;
+        self.file.sync_all()
+    }
+
+    /// Removes the file after the key could not be created.
+    fn discard(self) {
+        drop(self.file);
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 #[derive(Serialize)]

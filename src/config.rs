@@ -3,6 +3,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Args;
@@ -11,15 +12,16 @@ use secrecy::SecretString;
 use crate::app::HttpSettings;
 use crate::http::changes::StreamSettings;
 use crate::http::rate_limit::{RateLimit, RedisSettings};
+use crate::server::ConnectionLimits;
 use crate::store::StoreOptions;
 
 /// How to reach the database: shared by every command that needs it.
-#[derive(Args, Clone)]
+#[derive(Args, Debug, Clone)]
 pub struct DatabaseArgs {
     /// postgres://user:password@host:5432/db for PostgreSQL, or sqlite://path/to/file.db for the
     /// embedded store [default: sqlite://data/signal-scans.db]
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    pub database_url: Option<SecretUrl>,
 
     /// Every database call answers within this many milliseconds, or the request gets a 502.
     #[arg(long, env = "DB_TIMEOUT_MS", default_value_t = 2000,
@@ -49,8 +51,10 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/signal-scans.db";
 
 impl DatabaseArgs {
     /// The database to use: `DATABASE_URL`, else the embedded default.
-    pub fn url(&self) -> &str {
-        self.database_url.as_deref().unwrap_or(DEFAULT_DATABASE_URL)
+    pub fn url(&self) -> SecretUrl {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| SecretUrl::from(DEFAULT_DATABASE_URL.to_owned()))
     }
 
     pub fn is_default(&self) -> bool {
@@ -59,7 +63,7 @@ impl DatabaseArgs {
 
     pub fn store_options(&self) -> StoreOptions {
         StoreOptions {
-            url: SecretString::from(self.url()),
+            url: SecretString::from(self.url().expose()),
             timeout: Duration::from_millis(self.db_timeout_ms),
             max_connections: self.db_max_connections,
             publish_interval: Duration::from_millis(self.publish_interval_ms),
@@ -68,18 +72,6 @@ impl DatabaseArgs {
 
     pub fn feed_poll(&self) -> Duration {
         Duration::from_millis(self.feed_poll_ms)
-    }
-}
-
-impl fmt::Debug for DatabaseArgs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DatabaseArgs")
-            .field("database_url", &redact_url(self.url()))
-            .field("db_timeout_ms", &self.db_timeout_ms)
-            .field("db_max_connections", &self.db_max_connections)
-            .field("publish_interval_ms", &self.publish_interval_ms)
-            .field("feed_poll_ms", &self.feed_poll_ms)
-            .finish()
     }
 }
 
@@ -92,6 +84,27 @@ pub struct ServeArgs {
     /// Address and port to listen on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
     pub listen_addr: SocketAddr,
+
+    /// A client must send a request's whole header block within this many milliseconds, or its
+    /// connection is closed (slow-header attacks).
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub http_header_timeout_ms: u64,
+
+    /// A connection with no request in progress for this many milliseconds is closed.
+    #[arg(long, env = "HTTP_IDLE_TIMEOUT_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub http_idle_timeout_ms: u64,
+
+    /// Connections open at once in this process; past it, new ones wait in the accept backlog.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
+    /// Requests one HTTP/2 connection may have in progress at once.
+    #[arg(long, env = "HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub http2_max_concurrent_streams: u32,
 
     /// Sustained requests per second allowed to each API key.
     #[arg(long, env = "RATE_LIMIT_PER_SECOND", default_value = "20")]
@@ -118,7 +131,7 @@ pub struct ServeArgs {
 
     /// Keep rate limits in this Redis, shared by every replica (unset: per process).
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<String>,
+    pub redis_url: Option<SecretUrl>,
 
     /// Prefix of every Redis key this service writes.
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "signal-scans:")]
@@ -178,12 +191,60 @@ impl ServeArgs {
         }
     }
 
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            header_timeout: Duration::from_millis(self.http_header_timeout_ms),
+            idle_timeout: Duration::from_millis(self.http_idle_timeout_ms),
+            max_connections: self.max_connections as usize,
+            http2_max_concurrent_streams: self.http2_max_concurrent_streams,
+        }
+    }
+
     pub fn key_cache_ttl(&self) -> Duration {
         Duration::from_millis(self.key_cache_ttl_ms)
     }
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+/// A URL that may carry a password (the database's, Redis's). `Debug` and `Display` show it
+/// redacted, so it can sit in any settings struct that is logged or printed; only
+/// [`SecretUrl::expose`] gives the real one, to the one place that connects.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for SecretUrl {
+    fn from(url: String) -> Self {
+        Self(url)
+    }
+}
+
+impl FromStr for SecretUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        Ok(Self(url.to_owned()))
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SecretUrl")
+            .field(&redact_url(&self.0))
+            .finish()
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.0))
     }
 }
 
@@ -221,12 +282,57 @@ mod tests {
     #[test]
     fn debug_of_database_settings_hides_the_password() {
         let args = DatabaseArgs {
-            database_url: Some("postgres://app:hunter2@db/scans".into()),
+            database_url: Some("postgres://app:hunter2@db/scans".parse().unwrap()),
             db_timeout_ms: 2000,
             db_max_connections: 10,
             publish_interval_ms: 10,
             feed_poll_ms: 1000,
         };
         assert!(!format!("{args:?}").contains("hunter2"));
+        assert!(!format!("{}", args.url()).contains("hunter2"));
+        assert!(format!("{args:?}").contains("db/scans"), "{args:?}");
+    }
+
+    #[test]
+    fn neither_debug_nor_display_of_a_secret_url_shows_its_password() {
+        for (raw, kept) in [
+            ("postgres://app:hunter2@db:5432/scans", "db:5432/scans"),
+            ("redis://:hunter2@redis:6379/0", "redis:6379/0"),
+            (
+                "rediss://default:hunter2@cache.internal:6380",
+                "cache.internal:6380",
+            ),
+        ] {
+            let url: SecretUrl = raw.parse().unwrap();
+            for shown in [format!("{url:?}"), format!("{url}"), format!("{url:#?}")] {
+                assert!(!shown.contains("hunter2"), "{shown}");
+                assert!(shown.contains(kept), "{shown}");
+            }
+            assert_eq!(url.expose(), raw);
+        }
+    }
+
+    #[test]
+    fn debug_of_serve_settings_hides_the_redis_and_database_passwords() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Serve {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        let serve = Serve::try_parse_from([
+            "serve",
+            "--database-url",
+            "postgres://app:hunter2@db/scans",
+            "--redis-url",
+            "redis://:hunter3@redis:6379",
+        ])
+        .unwrap();
+        let shown = format!("{:?} {:?}", serve.args, serve.args.http_settings());
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("hunter3"),
+            "{shown}"
+        );
+        assert!(shown.contains("redis:6379"), "{shown}");
     }
 }

@@ -10,6 +10,7 @@ pub mod demo;
 pub mod domain;
 pub mod feed;
 pub mod http;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod watch;

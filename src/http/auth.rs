@@ -26,11 +26,12 @@ pub async fn authenticate(
     next: Next,
 ) -> Result<Response, ApiError> {
     let client = client_ip(&request, state.trusted_proxy_hops);
+    let failures_of = failure_bucket(client);
     let blocked = |retry_after_secs| {
         metrics::counter!(RATE_LIMITED, "limit" => "auth_failures").increment(1);
         ApiError::RateLimited { retry_after_secs }
     };
-    if let Some(retry_after_secs) = state.limits.auth_blocked(client).await {
+    if let Some(retry_after_secs) = state.limits.auth_blocked(failures_of).await {
         return Err(blocked(retry_after_secs));
     }
     let outcome = match presented_key(request.headers()) {
@@ -45,7 +46,7 @@ pub async fn authenticate(
         Ok(principal) => principal,
         Err(error @ ApiError::Unauthorized(_)) => {
             tracing::info!(client.address = %client, "authentication failed");
-            return Err(match state.limits.record_auth_failure(client).await {
+            return Err(match state.limits.record_auth_failure(failures_of).await {
                 Some(retry_after_secs) => blocked(retry_after_secs),
                 None => error,
             });
@@ -81,6 +82,19 @@ fn client_ip(request: &Request, trusted_hops: usize) -> IpAddr {
         .checked_sub(trusted_hops)
         .and_then(|index| parse_forwarded(forwarded[index]))
         .unwrap_or(peer)
+}
+
+/// Whose failed authentications count together: an IPv4 client by its address, an IPv6 client by
+/// its /64. One host is routinely given a whole /64, so counting per /128 would let it walk
+/// around the limit by changing addresses. An IPv4-mapped IPv6 address counts as the IPv4 one.
+fn failure_bucket(client: IpAddr) -> IpAddr {
+    match client {
+        IpAddr::V4(_) => client,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        },
+    }
 }
 
 /// An X-Forwarded-For entry: an address, possibly with a port (`1.2.3.4:5678`, `[::1]:80`) or in
@@ -224,6 +238,20 @@ mod tests {
             client_ip(&spoofed, 1),
             "10.0.0.9".parse::<IpAddr>().unwrap()
         );
+    }
+
+    #[test]
+    fn ipv6_failures_count_per_64_and_ipv4_per_address() {
+        let bucket = |ip: &str| failure_bucket(ip.parse().unwrap());
+        assert_eq!(
+            bucket("2001:db8:1:2:aaaa::1"),
+            bucket("2001:db8:1:2:ffff:1:2:3")
+        );
+        assert_eq!(bucket("2001:db8:1:2:aaaa::1").to_string(), "2001:db8:1:2::");
+        assert_ne!(bucket("2001:db8:1:2::1"), bucket("2001:db8:1:3::1"));
+        assert_eq!(bucket("203.0.113.7").to_string(), "203.0.113.7");
+        assert_ne!(bucket("203.0.113.7"), bucket("203.0.113.8"));
+        assert_eq!(bucket("::ffff:203.0.113.7"), bucket("203.0.113.7"));
     }
 
     #[test]

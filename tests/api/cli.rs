@@ -9,7 +9,7 @@ use signal_scans::domain::scan::ScanStatus;
 use crate::helpers::{Backend, TestApp, group};
 use crate::store_test;
 
-fn signal_scans(database_url: &str, args: &[&str]) -> Output {
+pub(crate) fn signal_scans(database_url: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_signal-scans"))
         .args(args)
         .env_clear()

@@ -12,6 +12,8 @@ mod faults;
 mod feed;
 mod fuzz;
 mod hardening;
+mod hostile;
+mod key_bootstrap;
 mod key_cache;
 mod lifecycle;
 mod openapi;

@@ -27,7 +27,7 @@ fn limited(redis: Option<RedisSettings>) -> HttpSettings {
 
 fn settings_for(url: &str) -> RedisSettings {
     RedisSettings {
-        url: url.to_owned(),
+        url: url.to_owned().into(),
         // Each test its own keys in the shared Redis.
         prefix: format!("signal-scans-test-{}:", uuid::Uuid::new_v4().simple()),
     }

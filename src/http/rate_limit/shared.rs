@@ -11,6 +11,7 @@ use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use super::{Decision, RateLimit};
+use crate::config::SecretUrl;
 
 /// How long a limit check may wait for Redis before the in-process limits decide instead.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
@@ -44,7 +45,8 @@ return {1, 0, math.floor((now - allow_at) / emission + 1e-9)}
 /// Where the shared limits live.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    pub url: String,
+    /// Redacted in `Debug`: it may carry a password.
+    pub url: SecretUrl,
     /// Prepended to every key, so several deployments (or tests) can share one Redis.
     pub prefix: String,
 }
@@ -83,7 +85,7 @@ impl SharedLimits {
         limit: RateLimit,
         auth_failures_per_minute: NonZeroU32,
     ) -> Result<Self, String> {
-        let client = redis::Client::open(settings.url.as_str())
+        let client = redis::Client::open(settings.url.expose())
             .map_err(|_| "REDIS_URL is not a valid Redis URL".to_owned())?;
         Ok(Self {
             connection: OnceCell::new(),

@@ -56,6 +56,11 @@ impl ServerProcess {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The process id, to read its `/proc` entries.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("still running")
+    }
+
     /// Every stderr line so far.
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()

@@ -1,0 +1,318 @@
+//! The accept loop: every TCP connection served by hyper (HTTP/1.1, or HTTP/2 with prior
+//! knowledge) under limits a hostile client cannot stretch: a cap on open connections, a deadline
+//! for a request's header block, an idle timeout, and a cap on concurrent HTTP/2 streams.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::ConnectInfo;
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+/// What one process allows its clients' connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// A new connection must deliver its first request's whole header block within this, and
+    /// an HTTP/1 connection every header block from the moment it starts waiting for one.
+    pub header_timeout: Duration,
+    /// A connection with no request in progress for this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections open at once; past it, new ones wait in the kernel's accept backlog.
+    pub max_connections: usize,
+    /// Requests one HTTP/2 connection may have in progress at once.
+    pub http2_max_concurrent_streams: u32,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            http2_max_concurrent_streams: 100,
+        }
+    }
+}
+
+impl ConnectionLimits {
+    fn builder(&self) -> auto::Builder<TokioExecutor> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_timeout)
+            .keep_alive(true);
+        // hyper's reset-flood protections (max_pending_accept_reset_streams,
+        // max_local_error_reset_streams) keep their defaults: on.
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(self.http2_max_concurrent_streams);
+        builder
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves; then stops accepting, lets open
+/// connections finish their requests for at most `drain`, and returns.
+pub async fn run(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    drain: Duration,
+) -> io::Result<()> {
+    let builder = limits.builder();
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut shutdown = pin!(shutdown);
+    loop {
+        // The slot is taken before accepting, so past the cap the kernel holds new
+        // connections in its backlog instead of this process holding their memory.
+        let slot = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    on_accept_error(error).await;
+                    continue;
+                }
+            },
+        };
+        tokio::spawn(serve_connection(ConnectionTask {
+            builder: builder.clone(),
+            stream,
+            peer,
+            router: router.clone(),
+            limits,
+            watcher: graceful.watcher(),
+            _slot: slot,
+        }));
+    }
+    // New connections are refused from here on.
+    drop(listener);
+    tracing::debug!(connections = graceful.count(), "draining open connections");
+    match tokio::time::timeout(drain, graceful.shutdown()).await {
+        Ok(()) => {}
+        Err(_) => tracing::warn!(
+            drain_ms = drain.as_millis() as u64,
+            "requests still in flight after the drain time; stopping anyway"
+        ),
+    }
+    Ok(())
+}
+
+/// Per-connection failures (the peer gave up before we accepted) are nothing to wait for; any
+/// other (out of file descriptors) is logged and waited out, as hyper 0.14 and axum do.
+async fn on_accept_error(error: io::Error) {
+    if matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(%error, "cannot accept a connection; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+struct ConnectionTask {
+    builder: auto::Builder<TokioExecutor>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    limits: ConnectionLimits,
+    watcher: Watcher,
+    /// Held for as long as the connection is open.
+    _slot: OwnedSemaphorePermit,
+}
+
+async fn serve_connection(task: ConnectionTask) {
+    let activity = Arc::new(Activity::new());
+    let service = ConnectionService {
+        router: task.router,
+        peer: task.peer,
+        activity: activity.clone(),
+    };
+    let connection = task
+        .builder
+        .serve_connection(TokioIo::new(task.stream), service)
+        .into_owned();
+    let connection = task.watcher.watch(connection);
+    tokio::select! {
+        result = connection => {
+            if let Err(error) = result {
+                tracing::debug!(client.address = %task.peer, %error, "connection ended with an error");
+            }
+        }
+        () = activity.expired(task.limits) => {
+            // Nothing is in progress: dropping the connection just closes the socket.
+            tracing::debug!(client.address = %task.peer, "closing an idle connection");
+        }
+    }
+}
+
+/// The router as hyper calls it for one connection: the peer address for handlers (the
+/// failed-authentication limiter counts by it), and every request counted while in progress.
+#[derive(Clone)]
+struct ConnectionService {
+    router: Router,
+    peer: SocketAddr,
+    activity: Arc<Activity>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnectionService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        let in_progress = InProgress::start(self.activity.clone());
+        request.extensions_mut().insert(ConnectInfo(self.peer));
+        let response = self.router.clone().oneshot(request);
+        Box::pin(async move {
+            let response = response.await?;
+            // The request stays in progress until its body is written (or the stream reset).
+            Ok(response.map(|body| {
+                Body::new(CountedBody {
+                    body,
+                    _in_progress: in_progress,
+                })
+            }))
+        })
+    }
+}
+
+/// When a connection last had nothing to do, and whether it has anything to do now.
+struct Activity {
+    state: Mutex<ActivityState>,
+    changed: Notify,
+}
+
+struct ActivityState {
+    in_progress: usize,
+    /// Since when nothing has been in progress (the accept, or the end of the last request).
+    idle_since: Instant,
+    served_any: bool,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(ActivityState {
+                in_progress: 0,
+                idle_since: Instant::now(),
+                served_any: false,
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ActivityState> {
+        // The state is two counters and an instant: a panic elsewhere cannot leave it torn.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Resolves once the connection has had no request in progress for too long: the header
+    /// timeout before its first request (so a client that sends nothing, or never finishes the
+    /// HTTP/2 preface, is dropped as fast as a slow HTTP/1 header), the idle timeout after.
+    async fn expired(&self, limits: ConnectionLimits) {
+        loop {
+            let deadline = {
+                let state = self.lock();
+                match state.in_progress {
+                    0 if state.served_any => Some(state.idle_since + limits.idle_timeout),
+                    0 => Some(state.idle_since + limits.header_timeout),
+                    _ => None,
+                }
+            };
+            match deadline {
+                Some(deadline) if deadline <= Instant::now() => return,
+                Some(deadline) => tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => {}
+                    () = self.changed.notified() => {}
+                },
+                None => self.changed.notified().await,
+            }
+        }
+    }
+}
+
+/// One request in progress on its connection, until dropped.
+struct InProgress(Arc<Activity>);
+
+impl InProgress {
+    fn start(activity: Arc<Activity>) -> Self {
+        {
+            let mut state = activity.lock();
+            state.in_progress += 1;
+            state.served_any = true;
+        }
+        // notify_one keeps a permit when no one waits yet, so the change is never missed.
+        activity.changed.notify_one();
+        Self(activity)
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        {
+            let mut state = self.0.lock();
+            state.in_progress -= 1;
+            if state.in_progress == 0 {
+                state.idle_since = Instant::now();
+            }
+        }
+        self.0.changed.notify_one();
+    }
+}
+
+/// A response body that keeps its request counted as in progress until it is done.
+struct CountedBody {
+    body: Body,
+    _in_progress: InProgress,
+}
+
+impl HttpBody for CountedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -1,0 +1,553 @@
+//! Hostile clients: made-up methods by the thousand, connections that never finish their headers
+//! or sit idle, more connections than allowed, HTTP/2 streams opened and reset by the thousand.
+//! Where memory is the question the real binary runs and its own `/proc/<pid>/status` is read;
+//! bounds on time only prove that a timeout fired, with room for a loaded machine.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::future::join_all;
+use signal_scans::app::HttpSettings;
+use signal_scans::domain::keys::NewApiKey;
+use signal_scans::domain::scan::ScanStatus;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::process::ServerProcess;
+use crate::helpers::{ApiResponse, Backend, Settings, TestApp, cancel_path, group};
+use crate::store_test;
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("Linux /proc");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .expect("a VmRSS line")
+}
+
+/// Memory a process may gain over a run that should leave nothing behind.
+const FLAT_KIB: u64 = 5 * 1024;
+
+/// A 4 KiB method nobody has heard of, different for every `i`.
+fn made_up_method(tag: &str, i: usize) -> reqwest::Method {
+    let name = format!("{tag}{i:05}{}", "X".repeat(4096 - tag.len() - 5));
+    reqwest::Method::from_bytes(name.as_bytes()).unwrap()
+}
+
+/// 5,000 requests with distinct made-up methods, on a known path (405) and an unknown one (404):
+/// no answer, metric or log line carries any of them, `/metrics` stays small, and the process
+/// keeps no memory for them.
+async fn made_up_methods_leave_no_label_log_line_or_memory_behind(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let server = ServerProcess::start(&[("DATABASE_URL", &app.db.url)]).await;
+    let client = reqwest::Client::new();
+    let send = |method: reqwest::Method, i: usize| {
+        let path = if i.is_multiple_of(2) {
+            "/healthz"
+        } else {
+            "/no/such/route"
+        };
+        let request = client.request(method, server.url(path));
+        async move { ApiResponse::from(request.send().await.expect("answered")).await }
+    };
+    // Warm-up with the same shape of traffic: allocator arenas, connections, lazily built state.
+    let warm_up: Vec<ApiResponse> = futures::stream::iter(0..500)
+        .map(|i| send(made_up_method("WARMUP", i), i))
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert_eq!(warm_up.len(), 500);
+    client.get(server.url("/metrics")).send().await.unwrap();
+    let before = rss_kib(server.pid());
+
+    let answers: Vec<ApiResponse> = futures::stream::iter(0..5000)
+        .map(|i| send(made_up_method("HOSTILE", i), i))
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let after = rss_kib(server.pid());
+    let metrics = client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let logs = server.logs();
+
+    assert_eq!(answers.len(), 5000);
+    for answer in &answers {
+        let body = answer.body.to_string();
+        assert!(!body.contains("HOSTILE"), "the method is echoed: {body}");
+        match answer.status.as_u16() {
+            405 => assert_eq!(
+                answer.assert_error(405, "METHOD_NOT_ALLOWED"),
+                "this method is not allowed on this path; see the Allow header"
+            ),
+            _ => {
+                answer.assert_error(404, "NOT_FOUND");
+            }
+        }
+    }
+    assert!(
+        metrics.len() < 200 * 1024,
+        "/metrics is {} bytes",
+        metrics.len()
+    );
+    assert!(!metrics.contains("HOSTILE") && !metrics.contains("WARMUP"));
+    assert!(
+        metrics.contains(r#"http_requests_total{route="/healthz",method="other",status="405"} "#),
+        "{metrics}"
+    );
+    assert!(
+        logs.iter().all(|line| !line.contains("HOSTILE")),
+        "a made-up method reached the logs"
+    );
+    assert!(
+        logs.iter().any(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .is_ok_and(|event| event["span"]["http.method"] == "other")
+        }),
+        "requests with made-up methods are logged as method other"
+    );
+    println!("RSS before {before} KiB, after 5,000 made-up methods {after} KiB");
+    assert!(
+        after.saturating_sub(before) < FLAT_KIB,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+}
+store_test!(made_up_methods_leave_no_label_log_line_or_memory_behind);
+
+/// Reads until the peer closes (EOF or reset); `false` if it is still open after `limit`.
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    let mut sink = Vec::new();
+    tokio::time::timeout(limit, stream.read_to_end(&mut sink))
+        .await
+        .is_ok()
+}
+
+/// 300 connections that send half a request (and a few that start the HTTP/2 preface and stop)
+/// are all closed by the server soon after `HTTP_HEADER_TIMEOUT_MS`, while `/healthz` answers
+/// every probe.
+async fn half_sent_requests_are_cut_off_while_the_service_answers(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let server = ServerProcess::start(&[
+        ("DATABASE_URL", &app.db.url),
+        ("HTTP_HEADER_TIMEOUT_MS", "1000"),
+    ])
+    .await;
+    let mut half_sent = Vec::new();
+    for i in 0..300 {
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        let half: &[u8] = match i % 30 {
+            0 => b"PRI * HTTP/2.0\r\n",
+            _ => b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Never-Finished: ",
+        };
+        stream.write_all(half).await.unwrap();
+        half_sent.push(stream);
+    }
+    let sent = Instant::now();
+
+    let cut_off = async {
+        let closed = join_all(
+            half_sent
+                .iter_mut()
+                .map(|stream| closed_within(stream, Duration::from_secs(10))),
+        )
+        .await;
+        (closed, sent.elapsed())
+    };
+    let probes = async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let mut statuses = Vec::new();
+        while sent.elapsed() < Duration::from_secs(3) {
+            let status = client
+                .get(server.url("/healthz"))
+                .send()
+                .await
+                .map(|response| response.status().as_u16());
+            statuses.push(status.map_err(|error| error.to_string()));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        statuses
+    };
+    let ((closed, all_closed_after), statuses) = tokio::join!(cut_off, probes);
+
+    assert!(closed.iter().all(|closed| *closed), "a connection was kept");
+    assert!(
+        all_closed_after < Duration::from_secs(3),
+        "the last half-sent request was cut off {all_closed_after:?} after sending"
+    );
+    assert!(statuses.len() >= 5, "{statuses:?}");
+    assert!(
+        statuses.iter().all(|status| *status == Ok(200)),
+        "{statuses:?}"
+    );
+}
+store_test!(half_sent_requests_are_cut_off_while_the_service_answers);
+
+/// A client that sends its header block slowly but finishes within `HTTP_HEADER_TIMEOUT_MS`
+/// is served.
+async fn a_slow_but_steady_client_is_served(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let server = ServerProcess::start(&[
+        ("DATABASE_URL", &app.db.url),
+        ("HTTP_HEADER_TIMEOUT_MS", "4000"),
+    ])
+    .await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    for piece in [
+        "GET /healthz HTTP/1.1\r\n",
+        "Host: localhost\r\n",
+        "X-Slow: 1\r\n",
+        "X-Slower: 2\r\n",
+        "Connection: close\r\n",
+        "\r\n",
+    ] {
+        stream.write_all(piece.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+store_test!(a_slow_but_steady_client_is_served);
+
+/// Reads one HTTP/1.1 response (head and Content-Length body) off a kept-alive connection.
+async fn read_response(stream: &mut TcpStream) -> String {
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let read = stream.read(&mut chunk).await.unwrap();
+        assert!(read > 0, "closed before a whole response");
+        received.extend_from_slice(&chunk[..read]);
+        let text = String::from_utf8_lossy(&received).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().unwrap())
+                })
+                .expect("a Content-Length");
+            if body.len() >= length {
+                return text;
+            }
+        }
+    }
+}
+
+/// Opens an HTTP/2 connection (prior knowledge) and sends `GET path`; returns the status and the
+/// connection's driver, which ends when the server closes the connection.
+async fn h2_get(
+    addr: SocketAddr,
+    path: &str,
+) -> (u16, tokio::task::JoinHandle<Result<(), h2::Error>>) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = axum::http::Request::get(format!("http://{addr}{path}"))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let status = response.await.unwrap().status().as_u16();
+    (status, driver)
+}
+
+/// With `HTTP_IDLE_TIMEOUT_MS=1000`, a kept-alive HTTP/1.1 connection and an HTTP/2 connection
+/// are each closed soon after their last request, though the header timeout is far longer.
+async fn idle_connections_are_closed(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let server = ServerProcess::start(&[
+        ("DATABASE_URL", &app.db.url),
+        ("HTTP_IDLE_TIMEOUT_MS", "1000"),
+        ("HTTP_HEADER_TIMEOUT_MS", "30000"),
+    ])
+    .await;
+
+    let mut http1 = TcpStream::connect(server.addr).await.unwrap();
+    http1
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_response(&mut http1).await;
+    let answered = Instant::now();
+    let http1_closed = closed_within(&mut http1, Duration::from_secs(10)).await;
+    let http1_idle_for = answered.elapsed();
+
+    let (status, driver) = h2_get(server.addr, "/healthz").await;
+    let answered = Instant::now();
+    let http2_closed = tokio::time::timeout(Duration::from_secs(10), driver)
+        .await
+        .is_ok();
+    let http2_idle_for = answered.elapsed();
+
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(!answer.to_ascii_lowercase().contains("connection: close"));
+    assert!(http1_closed, "the idle HTTP/1.1 connection was kept");
+    assert!(
+        http1_idle_for < Duration::from_secs(3),
+        "{http1_idle_for:?}"
+    );
+    assert_eq!(status, 200);
+    assert!(http2_closed, "the idle HTTP/2 connection was kept");
+    assert!(
+        http2_idle_for < Duration::from_secs(3),
+        "{http2_idle_for:?}"
+    );
+}
+store_test!(idle_connections_are_closed);
+
+/// With `MAX_CONNECTIONS=4` and four connections open, a fifth is not served (it waits in the
+/// accept backlog) until one of the four goes away; then it is.
+async fn past_max_connections_new_ones_wait_for_a_free_slot(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let server =
+        ServerProcess::start(&[("DATABASE_URL", &app.db.url), ("MAX_CONNECTIONS", "4")]).await;
+    let request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        assert!(read_response(&mut stream).await.starts_with("HTTP/1.1 200"));
+        open.push(stream);
+    }
+
+    let mut fifth = TcpStream::connect(server.addr).await.unwrap();
+    fifth.write_all(request).await.unwrap();
+    let mut first_byte = [0u8; 1];
+    let while_full =
+        tokio::time::timeout(Duration::from_secs(1), fifth.read(&mut first_byte)).await;
+    drop(open.pop());
+    let answer = tokio::time::timeout(Duration::from_secs(10), read_response(&mut fifth)).await;
+
+    assert!(while_full.is_err(), "served past MAX_CONNECTIONS");
+    let answer = answer.expect("served once a slot is free");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+store_test!(past_max_connections_new_ones_wait_for_a_free_slot);
+
+/// Runs `curl --http2-prior-knowledge`; returns the HTTP version curl used, the status and the
+/// body as JSON.
+async fn curl_h2(args: &[&str], url: &str) -> (String, u16, serde_json::Value) {
+    let output = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--http2-prior-knowledge",
+            "-w",
+            "\n%{http_version} %{http_code}",
+        ])
+        .args(args)
+        .arg(url)
+        .output()
+        .await
+        .expect("curl runs");
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let (body, last) = stdout.rsplit_once('\n').unwrap();
+    let (version, status) = last.split_once(' ').unwrap();
+    (
+        version.to_owned(),
+        status.parse().unwrap(),
+        serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}")),
+    )
+}
+
+/// The same port speaks HTTP/2 with prior knowledge (h2c), as proxies may to a backend: a cancel
+/// over it answers the same envelope as over HTTP/1.1, and so does a refusal.
+async fn http2_with_prior_knowledge_cancels_with_the_same_envelope(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let scan = app.scan(&group, ScanStatus::Running).await;
+    let url = app.url(&cancel_path(group.as_str(), scan.as_str()));
+
+    let (version, status, cancelled) = curl_h2(
+        &["-X", "POST", "-H", &format!("Authorization: Bearer {key}")],
+        &url,
+    )
+    .await;
+    let (_, refused_status, refused) = curl_h2(&["-X", "POST"], &url).await;
+    let refused_http1 = app.cancel(None, group.as_str(), scan.as_str()).await;
+
+    assert_eq!(version, "2");
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["success"], true);
+    assert_eq!(cancelled["data"]["scanId"], scan.as_str());
+    assert_eq!(cancelled["data"]["status"], "cancelled");
+    assert_eq!(cancelled["data"]["previousStatus"], "running");
+    assert!(cancelled["error"].is_null());
+    assert!(
+        cancelled["traceId"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty())
+    );
+    assert_eq!(app.status_of(&scan).await, ScanStatus::Cancelled);
+    assert_eq!(refused_status, 401);
+    assert_eq!(refused["error"], refused_http1.body["error"]);
+    assert_eq!(refused["success"], false);
+    assert!(refused["data"].is_null());
+}
+store_test!(http2_with_prior_knowledge_cancels_with_the_same_envelope);
+
+/// Opens `count` HTTP/2 streams to `path` and resets each at once, on as many connections as the
+/// server's reset-flood protection makes it take (it may end a connection that resets too fast).
+/// Returns the number of connections used.
+async fn open_and_reset(addr: SocketAddr, path: &str, key: &str, count: usize) -> usize {
+    let mut reset = 0;
+    let mut connections = 0;
+    while reset < count {
+        connections += 1;
+        assert!(connections <= 500, "cannot open streams any more");
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+        let driver = tokio::spawn(connection);
+        while reset < count {
+            client = match client.ready().await {
+                Ok(client) => client,
+                Err(_) => break,
+            };
+            let request = axum::http::Request::get(format!("http://{addr}{path}"))
+                .header("authorization", format!("Bearer {key}"))
+                .body(())
+                .unwrap();
+            let Ok((_response, mut stream)) = client.send_request(request, false) else {
+                break;
+            };
+            stream.send_reset(h2::Reason::CANCEL);
+            reset += 1;
+        }
+        // Ends the connection (and with it the client's handle).
+        driver.abort();
+    }
+    connections
+}
+
+/// 1,000 streams opened and reset on HTTP/2 leave the service answering and its memory flat.
+async fn http2_streams_reset_by_the_thousand_leave_the_service_answering(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let key = app.writer(&group).await;
+    app.scan(&group, ScanStatus::Queued).await;
+    let server = ServerProcess::start(&[("DATABASE_URL", &app.db.url)]).await;
+    let path = format!("/v1/accounts/{}/signals/scans", group.as_str());
+    open_and_reset(server.addr, &path, &key, 200).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_kib(server.pid());
+
+    let connections = open_and_reset(server.addr, &path, &key, 1000).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status_h2, _) = h2_get(server.addr, "/healthz").await;
+    let listed = reqwest::Client::new()
+        .get(server.url(&path))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    let after = rss_kib(server.pid());
+
+    println!(
+        "1,000 streams reset over {connections} connection(s); RSS {before} KiB -> {after} KiB"
+    );
+    assert_eq!(status_h2, 200);
+    let listed = ApiResponse::from(listed).await;
+    assert_eq!(listed.status, 200, "{listed:?}");
+    assert!(
+        after.saturating_sub(before) < FLAT_KIB,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+}
+store_test!(http2_streams_reset_by_the_thousand_leave_the_service_answering);
+
+/// The peer address reaches the handlers over both protocols: the failed-authentication log
+/// line (and limiter) sees 127.0.0.1, not a placeholder.
+async fn the_peer_address_reaches_the_handlers_over_http1_and_http2(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let server = ServerProcess::start(&[("DATABASE_URL", &app.db.url)]).await;
+    let url = server.url(&cancel_path(group.as_str(), scan.as_str()));
+
+    let http1 = reqwest::Client::new().post(&url).send().await.unwrap();
+    let (_, http2_status, _) = curl_h2(&["-X", "POST"], &url).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    assert_eq!(http1.status(), 401);
+    assert_eq!(http2_status, 401);
+    let peers: Vec<String> = server
+        .logs()
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| event["message"] == "authentication failed")
+        .map(|event| {
+            event["client.address"]
+                .as_str()
+                .unwrap_or("none")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(peers, ["127.0.0.1", "127.0.0.1"]);
+}
+store_test!(the_peer_address_reaches_the_handlers_over_http1_and_http2);
+
+/// Failed authentications from IPv6 clients count per /64: addresses of one /64 share one
+/// allowance, another /64 has its own.
+async fn failed_authentications_from_ipv6_count_per_64(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        Settings {
+            http: HttpSettings {
+                auth_failures_per_minute: NonZeroU32::new(3).unwrap(),
+                trusted_proxy_hops: 1,
+                ..Settings::default().http
+            },
+            ..Settings::default()
+        },
+    )
+    .await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let send = |from: &'static str, key: String| {
+        let request = app
+            .client
+            .get(app.url(&format!(
+                "/v1/accounts/{}/signals/scans/{}",
+                group.as_str(),
+                scan.as_str()
+            )))
+            .header("x-forwarded-for", from)
+            .bearer_auth(key);
+        async move { ApiResponse::from(request.send().await.unwrap()).await }
+    };
+    let guess = || NewApiKey::generate().secret;
+
+    let mut statuses = Vec::new();
+    for from in [
+        "2001:db8:1:2::1",
+        "2001:db8:1:2::2",
+        "2001:db8:1:2:aaaa:bbbb:cccc:dddd",
+        "2001:db8:1:2:ffff::9",
+    ] {
+        statuses.push(send(from, guess()).await.status.as_u16());
+    }
+    let same_64 = send("2001:db8:1:2::42", key.clone()).await;
+    let other_64 = send("2001:db8:1:3::1", key.clone()).await;
+
+    assert_eq!(statuses, [401, 401, 401, 429]);
+    same_64.assert_error(429, "RATE_LIMITED");
+    assert_eq!(other_64.status, 200, "{other_64:?}");
+}
+store_test!(failed_authentications_from_ipv6_count_per_64);
