@@ -24,15 +24,17 @@ COPY --from=planner /app/recipe.json recipe.json
 RUN cargo chef cook --release --locked --bin signal-scans --recipe-path recipe.json
 # The whole context (.dockerignore trims it): sqlx::migrate! embeds migrations/ at compile time.
 COPY . .
-# data/ is where the embedded SQLite store lives when DATABASE_URL is unset; made here because the
-# runtime image has no shell, and owned by nonroot so a volume mounted on it is writable.
+# data/ is where the embedded SQLite store lives when DATABASE_URL is unset, bootstrap/ where compose's
+# bootstrap writes the first key; made here because the runtime image has no shell, and owned by
+# nonroot so a volume mounted on either is writable.
 RUN cargo build --release --locked --bin signal-scans \
-    && mkdir -p /out/data
+    && mkdir -p /out/data /out/bootstrap
 
 # cc = glibc + libgcc + CA certificates, no shell, no package manager; nonroot = uid/gid 65532.
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
 COPY --from=builder /app/target/release/signal-scans /usr/local/bin/signal-scans
 COPY --from=builder --chown=65532:65532 /out/data /home/nonroot/data
+COPY --from=builder --chown=65532:65532 /out/bootstrap /bootstrap
 # Without DATABASE_URL the store is sqlite://data/signal-scans.db, relative to here: mount a volume
 # on /home/nonroot/data to keep it. With a postgres:// URL nothing is written to disk.
 WORKDIR /home/nonroot

