@@ -7,6 +7,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -20,6 +21,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -28,8 +30,8 @@ use tower::ServiceExt;
 /// What one process allows its clients' connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
-    /// A new connection must deliver its first request's whole header block within this, and
-    /// an HTTP/1 connection every header block from the moment it starts waiting for one.
+    /// A new connection must deliver its first request's whole header block within this of being
+    /// accepted; a kept-alive one, each later header block within this of its first byte.
     pub header_timeout: Duration,
     /// A connection with no request in progress for this long is closed.
     pub idle_timeout: Duration,
@@ -51,11 +53,15 @@ impl Default for ConnectionLimits {
 }
 
 impl ConnectionLimits {
-    fn builder(&self) -> auto::Builder<TokioExecutor> {
+    /// A builder for one connection: its HTTP/1 header clock watches that connection's activity.
+    fn builder(&self, activity: &Arc<Activity>) -> auto::Builder<TokioExecutor> {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
-            .timer(TokioTimer::new())
+            .timer(HeaderClock {
+                activity: activity.clone(),
+                header_timeout: self.header_timeout,
+            })
             .header_read_timeout(self.header_timeout)
             .keep_alive(true);
         // hyper's reset-flood protections (max_pending_accept_reset_streams,
@@ -77,7 +83,6 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     drain: Duration,
 ) -> io::Result<()> {
-    let builder = limits.builder();
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut shutdown = pin!(shutdown);
@@ -101,7 +106,6 @@ pub async fn run(
             },
         };
         tokio::spawn(serve_connection(ConnectionTask {
-            builder: builder.clone(),
             stream,
             peer,
             router: router.clone(),
@@ -139,7 +143,6 @@ async fn on_accept_error(error: io::Error) {
 }
 
 struct ConnectionTask {
-    builder: auto::Builder<TokioExecutor>,
     stream: TcpStream,
     peer: SocketAddr,
     router: Router,
@@ -156,9 +159,14 @@ async fn serve_connection(task: ConnectionTask) {
         peer: task.peer,
         activity: activity.clone(),
     };
+    let io = CountedIo {
+        stream: task.stream,
+        activity: activity.clone(),
+    };
     let connection = task
-        .builder
-        .serve_connection(TokioIo::new(task.stream), service)
+        .limits
+        .builder(&activity)
+        .serve_connection(TokioIo::new(io), service)
         .into_owned();
     let connection = task.watcher.watch(connection);
     tokio::select! {
@@ -205,10 +213,12 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
     }
 }
 
-/// When a connection last had nothing to do, and whether it has anything to do now.
+/// When a connection last had nothing to do, whether it has anything to do now, and how many
+/// bytes it has read.
 struct Activity {
     state: Mutex<ActivityState>,
     changed: Notify,
+    bytes_read: AtomicU64,
 }
 
 struct ActivityState {
@@ -227,7 +237,12 @@ impl Activity {
                 served_any: false,
             }),
             changed: Notify::new(),
+            bytes_read: AtomicU64::new(0),
         }
+    }
+
+    fn served_any(&self) -> bool {
+        self.lock().served_any
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ActivityState> {
@@ -316,3 +331,119 @@ impl HttpBody for CountedBody {
         self.body.size_hint()
     }
 }
+
+/// The connection's socket, counting the bytes read so the header clock can tell when a
+/// kept-alive connection's next request starts.
+struct CountedIo {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for CountedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            self.activity
+                .bytes_read
+                .fetch_add(read as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for CountedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// hyper's HTTP/1 header-read timer for one connection. hyper starts it as soon as it waits for
+/// a request head, which on a kept-alive connection is right after the previous response: left
+/// as is, it would close every idle connection after the header timeout, and the idle timeout
+/// would mean nothing. So only the first request's clock starts at once (a new connection that
+/// sends nothing is dropped after the header timeout); a later one starts with the request's
+/// first byte, and until then the idle timeout watches the connection.
+struct HeaderClock {
+    activity: Arc<Activity>,
+    header_timeout: Duration,
+}
+
+impl hyper::rt::Timer for HeaderClock {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep_until(std::time::Instant::now() + duration)
+    }
+
+    fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        let running = match self.activity.served_any() {
+            false => Some(Box::pin(tokio::time::sleep_until(deadline.into()))),
+            true => None,
+        };
+        Box::pin(HeaderDeadline {
+            activity: self.activity.clone(),
+            read_when_waiting: self.activity.bytes_read.load(Ordering::Relaxed),
+            header_timeout: self.header_timeout,
+            running,
+        })
+    }
+}
+
+/// Fires `header_timeout` after the first byte read once it was set (or at once-given deadline
+/// for a connection's first request).
+struct HeaderDeadline {
+    activity: Arc<Activity>,
+    read_when_waiting: u64,
+    header_timeout: Duration,
+    running: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Future for HeaderDeadline {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.running.is_none() {
+            // hyper polls this each time a read leaves the head incomplete, so the first new
+            // byte is seen here without a wake-up of our own.
+            if self.activity.bytes_read.load(Ordering::Relaxed) == self.read_when_waiting {
+                return Poll::Pending;
+            }
+            let started = Box::pin(tokio::time::sleep(self.header_timeout));
+            self.running = Some(started);
+        }
+        match &mut self.running {
+            Some(sleep) => sleep.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl hyper::rt::Sleep for HeaderDeadline {}

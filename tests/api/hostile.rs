@@ -310,6 +310,46 @@ async fn idle_connections_are_closed(backend: Backend) {
 }
 store_test!(idle_connections_are_closed);
 
+/// The header clock of a kept-alive connection's next request starts with that request's first
+/// byte, not when the previous response went out: with `HTTP_HEADER_TIMEOUT_MS=1000` a kept-alive
+/// connection quiet for 2.5 s still serves its next request (the idle timeout governs the wait),
+/// and a next request that stops halfway through its header block is cut off.
+async fn a_kept_alive_connection_gets_a_fresh_header_clock_per_request(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let server = ServerProcess::start(&[
+        ("DATABASE_URL", &app.db.url),
+        ("HTTP_HEADER_TIMEOUT_MS", "1000"),
+        ("HTTP_IDLE_TIMEOUT_MS", "60000"),
+    ])
+    .await;
+    let request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let first = read_response(&mut stream).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stream.write_all(request).await.unwrap();
+    let after_a_quiet_while = read_response(&mut stream).await;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    let half_sent = Instant::now();
+    let cut_off = closed_within(&mut stream, Duration::from_secs(10)).await;
+
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(
+        after_a_quiet_while.starts_with("HTTP/1.1 200"),
+        "{after_a_quiet_while}"
+    );
+    assert!(cut_off, "the half-sent request kept its connection");
+    assert!(
+        half_sent.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        half_sent.elapsed()
+    );
+}
+store_test!(a_kept_alive_connection_gets_a_fresh_header_clock_per_request);
+
 /// With `MAX_CONNECTIONS=4` and four connections open, a fifth is not served (it waits in the
 /// accept backlog) until one of the four goes away; then it is.
 async fn past_max_connections_new_ones_wait_for_a_free_slot(backend: Backend) {
