@@ -417,8 +417,8 @@ impl hyper::rt::Timer for HeaderClock {
     }
 }
 
-/// Fires `header_timeout` after the first byte read once it was set (or at once-given deadline
-/// for a connection's first request).
+/// One header block's deadline: `header_timeout` after the first byte read since hyper set it,
+/// or hyper's own deadline when it is the connection's first request.
 struct HeaderDeadline {
     activity: Arc<Activity>,
     read_when_waiting: u64,
