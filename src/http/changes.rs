@@ -196,7 +196,9 @@ impl StreamRequest {
                 "scanId may be given at most {MAX_SCAN_FILTERS} times"
             ));
         }
+        // An empty id is what an EventSource sends before any event had one: no cursor.
         let last_event_id = match headers.get("last-event-id").map(|v| v.to_str()) {
+            Some(Ok(value)) if value.trim().is_empty() => None,
             Some(Ok(value)) => Some(value.trim().to_owned()),
             Some(Err(_)) => {
                 problems.push("Last-Event-ID must be an event id this stream sent".to_owned());
@@ -206,8 +208,8 @@ impl StreamRequest {
         };
         let (cursor, cursor_source) = match (last_event_id, after) {
             (Some(id), _) => (Some(id), Some("Last-Event-ID")),
-            (None, Some(after)) => (Some(after), Some("after")),
-            (None, None) => (None, None),
+            (None, Some(after)) if !after.is_empty() => (Some(after), Some("after")),
+            (None, _) => (None, None),
         };
         let start = match (cursor.as_deref().map(FeedCursor::decode), cursor_source) {
             (Some(Some(cursor)), _) => Start::After(cursor),
