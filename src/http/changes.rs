@@ -270,14 +270,14 @@ fn printable_name(name: &str) -> String {
     params(
         ("accountGroupId" = inline(crate::domain::ids::AccountGroupId), Path,
             description = "Account group ID that scopes the request: 24 hexadecimal characters, either case."),
-        ("after" = Option<String>, Query, pattern = "^[0-9]{1,20}-[0-9]{1,19}(\\.[0-9]{1,20}-[0-9]{1,19})*$",
-            description = "Resume after this event id (an opaque cursor). `Last-Event-ID` wins when both are sent."),
+        ("after" = Option<String>, Query, pattern = "^([0-9]{1,20}-[0-9]{1,19}(\\.[0-9]{1,20}-[0-9]{1,19})*)?$",
+            description = "Resume after this event id (an opaque cursor; empty: none). `Last-Event-ID` wins when both are sent."),
         ("scanId" = Option<Vec<crate::domain::ids::ScanId>>, Query, explode = true,
             description = "Only these scans (repeat the parameter, at most 100)."),
         ("status" = Option<Vec<ScanStatus>>, Query, explode = true,
             description = "Only changes to these statuses, e.g. `cancelled`."),
-        ("Last-Event-ID" = Option<String>, Header, pattern = "^[0-9]{1,20}-[0-9]{1,19}(\\.[0-9]{1,20}-[0-9]{1,19})*$",
-            description = "The id of the last event received: resume right after it."),
+        ("Last-Event-ID" = Option<String>, Header, pattern = "^([0-9]{1,20}-[0-9]{1,19}(\\.[0-9]{1,20}-[0-9]{1,19})*)?$",
+            description = "The id of the last event received: resume right after it (empty: none)."),
     ),
     security(("bearerAuth" = []), ("apiKey" = [])),
     responses(
