@@ -31,6 +31,8 @@ pub struct HttpSettings {
     /// Keep the limits in Redis, shared by every replica; `None`: in this process.
     pub redis: Option<RedisSettings>,
     pub streams: StreamSettings,
+    /// Serve the API reference at `/docs` (and redirect `/` to it).
+    pub docs_enabled: bool,
 }
 
 impl Default for HttpSettings {
@@ -45,6 +47,7 @@ impl Default for HttpSettings {
             request_timeout: Duration::from_secs(10),
             redis: None,
             streams: StreamSettings::default(),
+            docs_enabled: true,
         }
     }
 }
@@ -58,6 +61,7 @@ pub struct AppState {
     pub request_timeout: Duration,
     pub metrics: PrometheusHandle,
     pub changes: ChangeStreams,
+    pub docs_enabled: bool,
 }
 
 impl AppState {
@@ -76,6 +80,7 @@ impl AppState {
             request_timeout: settings.request_timeout,
             metrics: http::metrics::recorder(),
             changes: ChangeStreams::new(settings.streams),
+            docs_enabled: settings.docs_enabled,
         })
     }
 }

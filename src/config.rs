@@ -143,6 +143,11 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub key_cache_ttl_ms: u64,
 
+    /// Serve the interactive API reference at /docs: true or false.
+    #[arg(long, env = "DOCS_ENABLED", default_value_t = true, action = clap::ArgAction::Set,
+          value_parser = clap::value_parser!(bool))]
+    pub docs_enabled: bool,
+
     /// On an empty database, create a demo key and scans and print curl commands to try.
     #[arg(long)]
     pub demo: bool,
@@ -188,6 +193,7 @@ impl ServeArgs {
                 max_per_key: self.stream_max_per_key as usize,
                 max_age: Duration::from_millis(self.stream_max_age_ms),
             },
+            docs_enabled: self.docs_enabled,
         }
     }
 

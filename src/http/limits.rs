@@ -37,9 +37,7 @@ fn violation(request: &Request) -> Option<String> {
         false => MAX_TARGET_BYTES,
     };
     if target > limit {
-        return Some(format!(
-            "request target is {target} bytes; the limit is {limit}"
-        ));
+        return Some(target_too_long(target, limit));
     }
     let header_bytes: usize = request
         .headers()
@@ -47,9 +45,7 @@ fn violation(request: &Request) -> Option<String> {
         .map(|(name, value)| name.as_str().len() + value.len())
         .sum();
     if header_bytes > MAX_HEADER_BYTES {
-        return Some(format!(
-            "headers are {header_bytes} bytes; the limit is {MAX_HEADER_BYTES}"
-        ));
+        return Some(headers_too_large(header_bytes));
     }
     let announced = request
         .headers()
@@ -57,9 +53,20 @@ fn violation(request: &Request) -> Option<String> {
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
     match announced {
-        Some(length) if length > MAX_BODY_BYTES => Some(format!(
-            "request body is {length} bytes; the limit is {MAX_BODY_BYTES} (no route reads a body)"
-        )),
+        Some(length) if length > MAX_BODY_BYTES => Some(body_too_large(length)),
         _ => None,
     }
+}
+
+/// The `details` of each refusal (also the OpenAPI document's examples).
+pub fn target_too_long(bytes: usize, limit: usize) -> String {
+    format!("request target is {bytes} bytes; the limit is {limit}")
+}
+
+pub fn headers_too_large(bytes: usize) -> String {
+    format!("headers are {bytes} bytes; the limit is {MAX_HEADER_BYTES}")
+}
+
+pub fn body_too_large(bytes: u64) -> String {
+    format!("request body is {bytes} bytes; the limit is {MAX_BODY_BYTES} (no route reads a body)")
 }

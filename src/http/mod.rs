@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod changes;
+pub mod docs;
 pub mod envelope;
 pub mod error;
 pub mod health;
@@ -81,6 +82,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
 
     Router::new()
         .merge(api)
+        .merge(docs::routes(state.docs_enabled))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::render))

@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
 
 use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use time::macros::datetime;
@@ -29,6 +29,7 @@ use utoipa::{Modify, OpenApi, PartialSchema, ToResponse, ToSchema};
 use super::envelope::{Envelope, ErrorBody};
 use super::error::ApiError;
 use super::health::{self, Health};
+use super::limits::{self, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_TARGET_BYTES};
 use super::scans::{CancelledScan, EventView, ScanEvents, ScanList};
 use crate::domain::ids::{AccountGroupId, InvalidId, ScanId};
 use crate::domain::keys::Permission;
@@ -46,7 +47,7 @@ const EXAMPLE_SCAN: &str = "65a1f0c2e4b0a1b2c3d4e5f6";
         title = "signal-scans",
         version = env!("CARGO_PKG_VERSION"),
         description = "Cancels asynchronous signal scans over a small, strict HTTP API. Every answer \
-            except /metrics and this document is the JSON envelope \
+            except /metrics, this document and the reference at /docs is the JSON envelope \
             `{\"success\",\"data\",\"error\",\"traceId\"}`, and every response carries the trace id \
             in `X-Request-Id`. The /v1 routes need an API key, as `Authorization: Bearer <key>` \
             or `X-API-Key: <key>`.",
@@ -70,7 +71,6 @@ const EXAMPLE_SCAN: &str = "65a1f0c2e4b0a1b2c3d4e5f6";
             SignalScanListResponse,
             SignalScanEventsResponse,
             HealthResponse,
-            ValidationErrorResponse,
             ErrorResponse,
             AccountGroupId,
             ScanId,
@@ -78,6 +78,7 @@ const EXAMPLE_SCAN: &str = "65a1f0c2e4b0a1b2c3d4e5f6";
         ),
         responses(
             BadRequest,
+            RequestTooLarge,
             Unauthorized,
             Forbidden,
             NotFound,
@@ -86,6 +87,7 @@ const EXAMPLE_SCAN: &str = "65a1f0c2e4b0a1b2c3d4e5f6";
             InternalError,
             UpstreamError,
             NotReady,
+            OtherError,
         ),
     ),
     modifiers(&SecurityAndHeaders),
@@ -185,36 +187,19 @@ success_envelope!(
     block_on_ready(health::healthz()).0.to_value()
 );
 
-/// Every error but 400: `error.code` is one of the codes in the descriptions.
+/// Every error, whatever its status: one schema, so a generated client has one error type.
+/// `error.code` is one of the codes in the responses' descriptions.
 pub struct ErrorResponse;
 
 impl PartialSchema for ErrorResponse {
     fn schema() -> RefOr<Schema> {
-        failure_schema(None, rendered(ServiceError::ScanNotFound.into()).body)
+        failure_schema(rendered(ServiceError::ScanNotFound.into()).body)
     }
 }
 
 impl ToSchema for ErrorResponse {
     fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
-        schemas.push((ErrorBody::name().into_owned(), error_body_schema(None)));
-    }
-}
-
-/// 400: the request is malformed; `error.code` is `VALIDATION_ERROR` and `details` names what.
-pub struct ValidationErrorResponse;
-
-impl PartialSchema for ValidationErrorResponse {
-    fn schema() -> RefOr<Schema> {
-        failure_schema(
-            Some("VALIDATION_ERROR"),
-            rendered(ApiError::Validation(format!("scanId {InvalidId}"))).body,
-        )
-    }
-}
-
-impl ToSchema for ValidationErrorResponse {
-    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
-        ErrorResponse::schemas(schemas);
+        schemas.push((ErrorBody::name().into_owned(), error_body_schema()));
     }
 }
 
@@ -230,19 +215,17 @@ fn success_schema<T: ToSchema>(example: Value) -> RefOr<Schema> {
     RefOr::T(Schema::Object(envelope))
 }
 
-/// `Envelope<_>` as derived, with `success` false, `data` null and `error` an `ErrorBody`
-/// (its `code` fixed to `code` when given).
-fn failure_schema(code: Option<&'static str>, example: Value) -> RefOr<Schema> {
+/// `Envelope<_>` as derived, with `success` false, `data` null and `error` an `ErrorBody`.
+fn failure_schema(example: Value) -> RefOr<Schema> {
     let mut envelope = envelope_object::<Health>();
     envelope
         .properties
         .insert("success".into(), constant(false));
     envelope.properties.insert("data".into(), null());
-    let error = match code {
-        None => Ref::from_schema_name(ErrorBody::name()).into(),
-        Some(code) => error_body_schema(Some(code)),
-    };
-    envelope.properties.insert("error".into(), error);
+    envelope.properties.insert(
+        "error".into(),
+        Ref::from_schema_name(ErrorBody::name()).into(),
+    );
     envelope.example = Some(example);
     RefOr::T(Schema::Object(envelope))
 }
@@ -263,19 +246,10 @@ fn envelope_object<T: ToSchema>() -> Object {
     envelope
 }
 
-/// The derived `ErrorBody`, closed, its `code` fixed when given.
-fn error_body_schema(code: Option<&'static str>) -> RefOr<Schema> {
+/// The derived `ErrorBody`, closed.
+fn error_body_schema() -> RefOr<Schema> {
     let mut body = object(ErrorBody::schema());
     body.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
-    if let Some(code) = code {
-        body.properties.insert(
-            "code".into(),
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .enum_values(Some([code]))
-                .into(),
-        );
-    }
     RefOr::T(Schema::Object(body))
 }
 
@@ -444,6 +418,15 @@ fn error_response<S: ToSchema>(
         .as_str()
         .expect("an error has a message")
         .to_owned();
+    described_error_response::<S>(description, examples, headers)
+}
+
+/// The error envelope with named examples, whatever their statuses.
+fn described_error_response<S: ToSchema>(
+    description: String,
+    examples: Vec<(&'static str, Rendered)>,
+    headers: fn(ResponseBuilder) -> ResponseBuilder,
+) -> openapi::Response {
     let content = ContentBuilder::new()
         .schema(Some(Ref::from_schema_name(S::name())))
         .examples_from_iter(examples.into_iter().map(|(name, example)| {
@@ -479,13 +462,28 @@ fn no_headers(response: ResponseBuilder) -> ResponseBuilder {
 }
 
 error_response!(
-    /// 400 VALIDATION_ERROR.
+    /// 400 VALIDATION_ERROR: a malformed parameter, or a request over a limit.
     BadRequest,
-    ValidationErrorResponse,
+    ErrorResponse,
     after_auth,
     [
         ("malformedIds", ApiError::Validation(format!("accountGroupId {InvalidId}; scanId {InvalidId}"))),
         ("badQuery", ApiError::Validation("limit must be an integer from 1 to 100".into())),
+        ("targetTooLong", ApiError::Validation(limits::target_too_long(MAX_TARGET_BYTES + 1, MAX_TARGET_BYTES))),
+        ("headersTooLarge", ApiError::Validation(limits::headers_too_large(MAX_HEADER_BYTES + 1))),
+        ("bodyTooLarge", ApiError::Validation(limits::body_too_large(MAX_BODY_BYTES + 1))),
+    ]
+);
+error_response!(
+    /// 400 VALIDATION_ERROR on a route without parameters: the request is over a limit
+    /// (checked before any route).
+    RequestTooLarge,
+    ErrorResponse,
+    no_headers,
+    [
+        ("targetTooLong", ApiError::Validation(limits::target_too_long(MAX_TARGET_BYTES + 1, MAX_TARGET_BYTES))),
+        ("headersTooLarge", ApiError::Validation(limits::headers_too_large(MAX_HEADER_BYTES + 1))),
+        ("bodyTooLarge", ApiError::Validation(limits::body_too_large(MAX_BODY_BYTES + 1))),
     ]
 );
 error_response!(
@@ -575,6 +573,40 @@ error_response!(
     [("databaseUnavailable", ApiError::NotReady(String::new()))]
 );
 
+/// `default`, on every operation: any status the operation does not list answers the same
+/// envelope, so a generated client parses it into `ErrorResponse` too. The answers of the
+/// router's own fallbacks are the examples.
+pub struct OtherError;
+
+impl<'r> ToResponse<'r> for OtherError {
+    fn response() -> (&'r str, RefOr<openapi::Response>) {
+        let examples = vec![
+            ("noSuchRoute", rendered(block_on_ready(super::not_found()))),
+            (
+                "methodNotAllowed",
+                rendered(block_on_ready(super::method_not_allowed(Method::DELETE))),
+            ),
+        ];
+        let response = described_error_response::<ErrorResponse>(
+            "Any other status, as the same envelope: 404 NOT_FOUND for a path no route matches, \
+             405 METHOD_NOT_ALLOWED (with `Allow`) for a known path with another method"
+                .into(),
+            examples,
+            |response| {
+                response.header(
+                    "Allow",
+                    HeaderBuilder::new()
+                        .schema(Some(String::schema()))
+                        .description(Some("On a 405: the methods the path has."))
+                        .example(Some("POST".into()))
+                        .build(),
+                )
+            },
+        );
+        ("OtherError", response.into())
+    }
+}
+
 // ----- Headers and security, applied to the whole document -----
 
 /// Marks a header `required` (the OpenAPI Header Object has the field; utoipa's type does not).
@@ -625,8 +657,9 @@ fn rate_limit_headers(response: ResponseBuilder, always: bool) -> ResponseBuilde
         )
 }
 
-/// Security schemes, the request id header on every inline response, and the rate-limit
-/// headers on the /v1 routes' successes.
+/// Security schemes, the request id header on every inline response, the rate-limit headers on
+/// the /v1 routes' successes, and on every operation the request-limit 400 (unless it lists its
+/// own 400) and the `default` error envelope.
 struct SecurityAndHeaders;
 
 impl Modify for SecurityAndHeaders {
@@ -651,6 +684,14 @@ impl Modify for SecurityAndHeaders {
         );
         for (path, item) in document.paths.paths.iter_mut() {
             for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+                let responses = &mut operation.responses.responses;
+                responses
+                    .entry("400".into())
+                    .or_insert_with(|| Ref::from_response_name("RequestTooLarge").into());
+                responses.insert(
+                    "default".into(),
+                    Ref::from_response_name("OtherError").into(),
+                );
                 for (status, response) in operation.responses.responses.iter_mut() {
                     let RefOr::T(response) = response else {
                         continue;

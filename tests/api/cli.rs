@@ -245,6 +245,7 @@ fn a_missing_or_bad_setting_is_one_line_naming_it() {
             vec!["serve"],
             "KEY_CACHE_TTL_MS",
         ),
+        (vec![("DOCS_ENABLED", "yes")], vec!["serve"], "DOCS_ENABLED"),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_signal-scans"))
             .args(&args)

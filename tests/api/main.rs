@@ -8,6 +8,7 @@ mod cancel;
 mod cli;
 mod concurrency;
 mod demo;
+mod docs;
 mod faults;
 mod feed;
 mod fuzz;

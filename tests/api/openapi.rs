@@ -21,8 +21,10 @@ const SCAN: &str = "/v1/accounts/{accountGroupId}/signals/scans/{scanId}";
 const EVENTS: &str = "/v1/accounts/{accountGroupId}/signals/scans/{scanId}/events";
 const LIST: &str = "/v1/accounts/{accountGroupId}/signals/scans";
 
-/// Every route, its method, and the statuses it must document.
 const CHANGES: &str = "/v1/accounts/{accountGroupId}/signals/scans/changes";
+
+/// Every route, its method, and the statuses it must document (besides `default`, the envelope
+/// of any other status, which every operation has).
 const ROUTES: &[(&str, &str, &[u16])] = &[
     (
         CANCEL,
@@ -33,10 +35,10 @@ const ROUTES: &[(&str, &str, &[u16])] = &[
     (EVENTS, "get", &[200, 400, 401, 403, 404, 429, 500, 502]),
     (LIST, "get", &[200, 400, 401, 403, 429, 500, 502]),
     (CHANGES, "get", &[200, 400, 401, 403, 429, 500, 502]),
-    ("/healthz", "get", &[200]),
-    ("/readyz", "get", &[200, 503]),
-    ("/metrics", "get", &[200]),
-    ("/openapi.json", "get", &[200]),
+    ("/healthz", "get", &[200, 400]),
+    ("/readyz", "get", &[200, 400, 503]),
+    ("/metrics", "get", &[200, 400]),
+    ("/openapi.json", "get", &[200, 400]),
 ];
 
 /// The served document, and checks of real responses against it.
@@ -72,9 +74,14 @@ impl Contract {
         operation
     }
 
-    /// The documented response for `status`, following a `$ref` to a reusable response.
+    /// The documented response for `status` (else the operation's `default`), following a
+    /// `$ref` to a reusable response.
     fn response(&self, template: &str, method: &str, status: u16) -> &Value {
-        let response = &self.operation(template, method)["responses"][status.to_string()];
+        let responses = &self.operation(template, method)["responses"];
+        let response = match &responses[status.to_string()] {
+            listed if listed.is_object() => listed,
+            _ => &responses["default"],
+        };
         assert!(
             response.is_object(),
             "{method} {template} does not document status {status}"
@@ -116,6 +123,16 @@ impl Contract {
     /// the required headers are there, every documented header matches its schema, and the body
     /// matches the documented schema.
     async fn check(&self, template: &str, request: RequestBuilder) -> Answer {
+        self.check_against(Some(template), request).await
+    }
+
+    /// `check` for a request no operation documents (a path no route matches, a method the path
+    /// does not have): against `OtherError`, the `default` response of every operation.
+    async fn check_unrouted(&self, request: RequestBuilder) -> Answer {
+        self.check_against(None, request).await
+    }
+
+    async fn check_against(&self, template: Option<&str>, request: RequestBuilder) -> Answer {
         let request = request.build().expect("a valid request");
         let method = request.method().as_str().to_ascii_lowercase();
         let target = format!("{} {}", request.method(), request.url());
@@ -127,7 +144,10 @@ impl Contract {
         let headers = response.headers().clone();
         let text = response.text().await.expect("the body is readable");
         let context = format!("{target} answered {status} {text}");
-        let documented = self.response(template, &method, status);
+        let documented = match template {
+            Some(template) => self.response(template, &method, status),
+            None => self.resolve("#/components/responses/OtherError"),
+        };
 
         let content_type = headers
             .get("content-type")
@@ -224,8 +244,14 @@ async fn the_document_is_openapi_3_1_with_every_route_and_status(backend: Backen
             .as_object()
             .unwrap()
             .keys()
+            .filter(|status| *status != "default")
             .map(|status| status.parse().unwrap())
             .collect();
+        assert_eq!(
+            operation["responses"]["default"],
+            json!({ "$ref": "#/components/responses/OtherError" }),
+            "{method} {path}: any other status is the error envelope"
+        );
         assert_eq!(
             documented,
             statuses.iter().copied().collect(),
@@ -255,11 +281,7 @@ async fn the_document_is_openapi_3_1_with_every_route_and_status(backend: Backen
     assert_eq!(schemes["apiKey"]["type"], "apiKey");
     assert_eq!(schemes["apiKey"]["in"], "header");
     assert_eq!(schemes["apiKey"]["name"], "X-API-Key");
-    for name in [
-        "SignalScanCancelSuccessResponse",
-        "ValidationErrorResponse",
-        "ErrorResponse",
-    ] {
+    for name in ["SignalScanCancelSuccessResponse", "ErrorResponse"] {
         assert!(
             document["components"]["schemas"][name].is_object(),
             "{name} is a component"
@@ -635,6 +657,79 @@ async fn rate_limited_answers_match_the_document(backend: Backend) {
     }
 }
 store_test!(rate_limited_answers_match_the_document);
+
+async fn unknown_routes_methods_and_oversized_requests_match_the_document(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let contract = Contract::of(&app).await;
+    let group = group();
+    let g = group.as_str();
+    let key = app.writer(&group).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let c = &app.client;
+
+    // 404 and 405 are answered by the router, outside any operation: `default` describes them.
+    let unknown = contract
+        .check_unrouted(c.get(app.url("/v1/nothing/here")).bearer_auth(&key))
+        .await;
+    assert_eq!(unknown.status, 404);
+    assert_eq!(unknown.body["error"]["code"], "NOT_FOUND");
+    let wrong_method = contract
+        .check_unrouted(
+            c.delete(cancel_url(&app, g, scan.as_str()))
+                .bearer_auth(&key),
+        )
+        .await;
+    assert_eq!(wrong_method.status, 405);
+    assert_eq!(wrong_method.body["error"]["code"], "METHOD_NOT_ALLOWED");
+    let on_healthz = contract.check_unrouted(c.post(app.url("/healthz"))).await;
+    assert_eq!(on_healthz.status, 405);
+
+    // The request limits answer 400 on every route, each documented.
+    let long_query = format!("?padding={}", "a".repeat(3000));
+    for (template, method, url) in [
+        (CANCEL, Method::POST, cancel_url(&app, g, scan.as_str())),
+        (SCAN, Method::GET, scan_url(&app, g, scan.as_str())),
+        (EVENTS, Method::GET, events_url(&app, g, scan.as_str())),
+        (LIST, Method::GET, list_url(&app, g)),
+        ("/healthz", Method::GET, app.url("/healthz")),
+        ("/readyz", Method::GET, app.url("/readyz")),
+        ("/metrics", Method::GET, app.url("/metrics")),
+        ("/openapi.json", Method::GET, app.url("/openapi.json")),
+    ] {
+        let too_long = contract
+            .expect(
+                template,
+                c.request(method.clone(), format!("{url}{long_query}"))
+                    .bearer_auth(&key),
+                400,
+            )
+            .await;
+        assert!(
+            too_long.body["error"]["details"]
+                .as_str()
+                .unwrap()
+                .starts_with("request target is"),
+            "{template}: {}",
+            too_long.body
+        );
+        contract
+            .expect(
+                template,
+                c.request(method, &url)
+                    .bearer_auth(&key)
+                    .header("x-padding", "h".repeat(17 * 1024)),
+                400,
+            )
+            .await;
+    }
+    let still_queued = app.store.find_scan(None, &scan).await.unwrap().unwrap();
+    assert_eq!(
+        still_queued.status,
+        ScanStatus::Queued,
+        "a refused cancel changed nothing"
+    );
+}
+store_test!(unknown_routes_methods_and_oversized_requests_match_the_document);
 
 async fn answers_without_a_database_match_the_document(backend: Backend) {
     // 502: the database does not answer within DB_TIMEOUT_MS.

@@ -1,0 +1,223 @@
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from ...client import AuthenticatedClient, Client
+from ...models.error_response import ErrorResponse
+from ...models.signal_scan_events_response import SignalScanEventsResponse
+from ...types import Response
+
+
+def _get_kwargs(
+    account_group_id: str,
+    scan_id: str,
+) -> dict[str, Any]:
+
+    _kwargs: dict[str, Any] = {
+        "method": "get",
+        "url": "/v1/accounts/{account_group_id}/signals/scans/{scan_id}/events".format(
+            account_group_id=quote(str(account_group_id), safe=""),
+            scan_id=quote(str(scan_id), safe=""),
+        ),
+    }
+
+    return _kwargs
+
+
+def _parse_response(
+    *, client: AuthenticatedClient | Client, response: httpx.Response
+) -> ErrorResponse | SignalScanEventsResponse:
+    if response.status_code == 200:
+        response_200 = SignalScanEventsResponse.from_dict(response.json())
+
+        return response_200
+
+    if response.status_code == 400:
+        response_400 = ErrorResponse.from_dict(response.json())
+
+        return response_400
+
+    if response.status_code == 401:
+        response_401 = ErrorResponse.from_dict(response.json())
+
+        return response_401
+
+    if response.status_code == 403:
+        response_403 = ErrorResponse.from_dict(response.json())
+
+        return response_403
+
+    if response.status_code == 404:
+        response_404 = ErrorResponse.from_dict(response.json())
+
+        return response_404
+
+    if response.status_code == 429:
+        response_429 = ErrorResponse.from_dict(response.json())
+
+        return response_429
+
+    if response.status_code == 500:
+        response_500 = ErrorResponse.from_dict(response.json())
+
+        return response_500
+
+    if response.status_code == 502:
+        response_502 = ErrorResponse.from_dict(response.json())
+
+        return response_502
+
+    response_default = ErrorResponse.from_dict(response.json())
+
+    return response_default
+
+
+def _build_response(
+    *, client: AuthenticatedClient | Client, response: httpx.Response
+) -> Response[ErrorResponse | SignalScanEventsResponse]:
+    return Response(
+        status_code=HTTPStatus(response.status_code),
+        content=response.content,
+        headers=response.headers,
+        parsed=_parse_response(client=client, response=response),
+    )
+
+
+def sync_detailed(
+    account_group_id: str,
+    scan_id: str,
+    *,
+    client: AuthenticatedClient,
+) -> Response[ErrorResponse | SignalScanEventsResponse]:
+    """A signal scan's status changes
+
+     The scan's audit trail, oldest first; `from` is null for its creation. Requires `signals:read` or
+    `signals:write` and access to the account group.
+
+    Args:
+        account_group_id (str): The account group that scopes a request. Example:
+            507f1f77bcf86cd799439011.
+        scan_id (str): A signal scan, as returned when the scan was started. Example:
+            507f1f77bcf86cd799439011.
+
+    Raises:
+        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        httpx.TimeoutException: If the request takes longer than Client.timeout.
+
+    Returns:
+        Response[ErrorResponse | SignalScanEventsResponse]
+    """
+
+    kwargs = _get_kwargs(
+        account_group_id=account_group_id,
+        scan_id=scan_id,
+    )
+
+    response = client.get_httpx_client().request(
+        **kwargs,
+    )
+
+    return _build_response(client=client, response=response)
+
+
+def sync(
+    account_group_id: str,
+    scan_id: str,
+    *,
+    client: AuthenticatedClient,
+) -> ErrorResponse | SignalScanEventsResponse | None:
+    """A signal scan's status changes
+
+     The scan's audit trail, oldest first; `from` is null for its creation. Requires `signals:read` or
+    `signals:write` and access to the account group.
+
+    Args:
+        account_group_id (str): The account group that scopes a request. Example:
+            507f1f77bcf86cd799439011.
+        scan_id (str): A signal scan, as returned when the scan was started. Example:
+            507f1f77bcf86cd799439011.
+
+    Raises:
+        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        httpx.TimeoutException: If the request takes longer than Client.timeout.
+
+    Returns:
+        ErrorResponse | SignalScanEventsResponse
+    """
+
+    return sync_detailed(
+        account_group_id=account_group_id,
+        scan_id=scan_id,
+        client=client,
+    ).parsed
+
+
+async def asyncio_detailed(
+    account_group_id: str,
+    scan_id: str,
+    *,
+    client: AuthenticatedClient,
+) -> Response[ErrorResponse | SignalScanEventsResponse]:
+    """A signal scan's status changes
+
+     The scan's audit trail, oldest first; `from` is null for its creation. Requires `signals:read` or
+    `signals:write` and access to the account group.
+
+    Args:
+        account_group_id (str): The account group that scopes a request. Example:
+            507f1f77bcf86cd799439011.
+        scan_id (str): A signal scan, as returned when the scan was started. Example:
+            507f1f77bcf86cd799439011.
+
+    Raises:
+        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        httpx.TimeoutException: If the request takes longer than Client.timeout.
+
+    Returns:
+        Response[ErrorResponse | SignalScanEventsResponse]
+    """
+
+    kwargs = _get_kwargs(
+        account_group_id=account_group_id,
+        scan_id=scan_id,
+    )
+
+    response = await client.get_async_httpx_client().request(**kwargs)
+
+    return _build_response(client=client, response=response)
+
+
+async def asyncio(
+    account_group_id: str,
+    scan_id: str,
+    *,
+    client: AuthenticatedClient,
+) -> ErrorResponse | SignalScanEventsResponse | None:
+    """A signal scan's status changes
+
+     The scan's audit trail, oldest first; `from` is null for its creation. Requires `signals:read` or
+    `signals:write` and access to the account group.
+
+    Args:
+        account_group_id (str): The account group that scopes a request. Example:
+            507f1f77bcf86cd799439011.
+        scan_id (str): A signal scan, as returned when the scan was started. Example:
+            507f1f77bcf86cd799439011.
+
+    Raises:
+        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        httpx.TimeoutException: If the request takes longer than Client.timeout.
+
+    Returns:
+        ErrorResponse | SignalScanEventsResponse
+    """
+
+    return (
+        await asyncio_detailed(
+            account_group_id=account_group_id,
+            scan_id=scan_id,
+            client=client,
+        )
+    ).parsed

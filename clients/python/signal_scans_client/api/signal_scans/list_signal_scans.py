@@ -1,0 +1,288 @@
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from ...client import AuthenticatedClient, Client
+from ...models.error_response import ErrorResponse
+from ...models.scan_status import ScanStatus
+from ...models.signal_scan_list_response import SignalScanListResponse
+from ...types import UNSET, Response, Unset
+
+
+def _get_kwargs(
+    account_group_id: str,
+    *,
+    status: ScanStatus | Unset = UNSET,
+    limit: int | Unset = UNSET,
+    cursor: str | Unset = UNSET,
+) -> dict[str, Any]:
+
+    params: dict[str, Any] = {}
+
+    json_status: str | Unset = UNSET
+    if not isinstance(status, Unset):
+        json_status = status.value
+
+    params["status"] = json_status
+
+    params["limit"] = limit
+
+    params["cursor"] = cursor
+
+    params = {k: v for k, v in params.items() if v is not UNSET and v is not None}
+
+    _kwargs: dict[str, Any] = {
+        "method": "get",
+        "url": "/v1/accounts/{account_group_id}/signals/scans".format(
+            account_group_id=quote(str(account_group_id), safe=""),
+        ),
+        "params": params,
+    }
+
+    return _kwargs
+
+
+def _parse_response(
+    *, client: AuthenticatedClient | Client, response: httpx.Response
+) -> ErrorResponse | SignalScanListResponse:
+    if response.status_code == 200:
+        response_200 = SignalScanListResponse.from_dict(response.json())
+
+        return response_200
+
+    if response.status_code == 400:
+        response_400 = ErrorResponse.from_dict(response.json())
+
+        return response_400
+
+    if response.status_code == 401:
+        response_401 = ErrorResponse.from_dict(response.json())
+
+        return response_401
+
+    if response.status_code == 403:
+        response_403 = ErrorResponse.from_dict(response.json())
+
+        return response_403
+
+    if response.status_code == 429:
+        response_429 = ErrorResponse.from_dict(response.json())
+
+        return response_429
+
+    if response.status_code == 500:
+        response_500 = ErrorResponse.from_dict(response.json())
+
+        return response_500
+
+    if response.status_code == 502:
+        response_502 = ErrorResponse.from_dict(response.json())
+
+        return response_502
+
+    response_default = ErrorResponse.from_dict(response.json())
+
+    return response_default
+
+
+def _build_response(
+    *, client: AuthenticatedClient | Client, response: httpx.Response
+) -> Response[ErrorResponse | SignalScanListResponse]:
+    return Response(
+        status_code=HTTPStatus(response.status_code),
+        content=response.content,
+        headers=response.headers,
+        parsed=_parse_response(client=client, response=response),
+    )
+
+
+def sync_detailed(
+    account_group_id: str,
+    *,
+    client: AuthenticatedClient,
+    status: ScanStatus | Unset = UNSET,
+    limit: int | Unset = UNSET,
+    cursor: str | Unset = UNSET,
+) -> Response[ErrorResponse | SignalScanListResponse]:
+    """List signal scans
+
+     The account group's scans, newest first, a page at a time: pass `nextCursor` back as `cursor`; it is
+    null on the last page. A malformed or unknown query parameter is 400 naming it. Requires
+    `signals:read` or `signals:write` and access to the account group.
+
+    Args:
+        account_group_id (str): The account group that scopes a request. Example:
+            507f1f77bcf86cd799439011.
+        status (ScanStatus | Unset): Where a scan is in its life.
+
+            ```text
+            queued ──► running ──► completed
+               │          │──────► failed
+               └──────────┴──────► cancelled
+            ```
+            `completed`, `failed` and `cancelled` are final.
+        limit (int | Unset):
+        cursor (str | Unset):
+
+    Raises:
+        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        httpx.TimeoutException: If the request takes longer than Client.timeout.
+
+    Returns:
+        Response[ErrorResponse | SignalScanListResponse]
+    """
+
+    kwargs = _get_kwargs(
+        account_group_id=account_group_id,
+        status=status,
+        limit=limit,
+        cursor=cursor,
+    )
+
+    response = client.get_httpx_client().request(
+        **kwargs,
+    )
+
+    return _build_response(client=client, response=response)
+
+
+def sync(
+    account_group_id: str,
+    *,
+    client: AuthenticatedClient,
+    status: ScanStatus | Unset = UNSET,
+    limit: int | Unset = UNSET,
+    cursor: str | Unset = UNSET,
+) -> ErrorResponse | SignalScanListResponse | None:
+    """List signal scans
+
+     The account group's scans, newest first, a page at a time: pass `nextCursor` back as `cursor`; it is
+    null on the last page. A malformed or unknown query parameter is 400 naming it. Requires
+    `signals:read` or `signals:write` and access to the account group.
+
+    Args:
+        account_group_id (str): The account group that scopes a request. Example:
+            507f1f77bcf86cd799439011.
+        status (ScanStatus | Unset): Where a scan is in its life.
+
+            ```text
+            queued ──► running ──► completed
+               │          │──────► failed
+               └──────────┴──────► cancelled
+            ```
+            `completed`, `failed` and `cancelled` are final.
+        limit (int | Unset):
+        cursor (str | Unset):
+
+    Raises:
+        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        httpx.TimeoutException: If the request takes longer than Client.timeout.
+
+    Returns:
+        ErrorResponse | SignalScanListResponse
+    """
+
+    return sync_detailed(
+        account_group_id=account_group_id,
+        client=client,
+        status=status,
+        limit=limit,
+        cursor=cursor,
+    ).parsed
+
+
+async def asyncio_detailed(
+    account_group_id: str,
+    *,
+    client: AuthenticatedClient,
+    status: ScanStatus | Unset = UNSET,
+    limit: int | Unset = UNSET,
+    cursor: str | Unset = UNSET,
+) -> Response[ErrorResponse | SignalScanListResponse]:
+    """List signal scans
+
+     The account group's scans, newest first, a page at a time: pass `nextCursor` back as `cursor`; it is
+    null on the last page. A malformed or unknown query parameter is 400 naming it. Requires
+    `signals:read` or `signals:write` and access to the account group.
+
+    Args:
+        account_group_id (str): The account group that scopes a request. Example:
+            507f1f77bcf86cd799439011.
+        status (ScanStatus | Unset): Where a scan is in its life.
+
+            ```text
+            queued ──► running ──► completed
+               │          │──────► failed
+               └──────────┴──────► cancelled
+            ```
+            `completed`, `failed` and `cancelled` are final.
+        limit (int | Unset):
+        cursor (str | Unset):
+
+    Raises:
+        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        httpx.TimeoutException: If the request takes longer than Client.timeout.
+
+    Returns:
+        Response[ErrorResponse | SignalScanListResponse]
+    """
+
+    kwargs = _get_kwargs(
+        account_group_id=account_group_id,
+        status=status,
+        limit=limit,
+        cursor=cursor,
+    )
+
+    response = await client.get_async_httpx_client().request(**kwargs)
+
+    return _build_response(client=client, response=response)
+
+
+async def asyncio(
+    account_group_id: str,
+    *,
+    client: AuthenticatedClient,
+    status: ScanStatus | Unset = UNSET,
+    limit: int | Unset = UNSET,
+    cursor: str | Unset = UNSET,
+) -> ErrorResponse | SignalScanListResponse | None:
+    """List signal scans
+
+     The account group's scans, newest first, a page at a time: pass `nextCursor` back as `cursor`; it is
+    null on the last page. A malformed or unknown query parameter is 400 naming it. Requires
+    `signals:read` or `signals:write` and access to the account group.
+
+    Args:
+        account_group_id (str): The account group that scopes a request. Example:
+            507f1f77bcf86cd799439011.
+        status (ScanStatus | Unset): Where a scan is in its life.
+
+            ```text
+            queued ──► running ──► completed
+               │          │──────► failed
+               └──────────┴──────► cancelled
+            ```
+            `completed`, `failed` and `cancelled` are final.
+        limit (int | Unset):
+        cursor (str | Unset):
+
+    Raises:
+        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        httpx.TimeoutException: If the request takes longer than Client.timeout.
+
+    Returns:
+        ErrorResponse | SignalScanListResponse
+    """
+
+    return (
+        await asyncio_detailed(
+            account_group_id=account_group_id,
+            client=client,
+            status=status,
+            limit=limit,
+            cursor=cursor,
+        )
+    ).parsed

@@ -1,0 +1,35 @@
+"""Contains all the data models used in inputs/outputs"""
+
+from .cancelled_scan import CancelledScan
+from .error_body import ErrorBody
+from .error_response import ErrorResponse
+from .event_view import EventView
+from .health import Health
+from .health_response import HealthResponse
+from .openapi_response_200 import OpenapiResponse200
+from .scan import Scan
+from .scan_events import ScanEvents
+from .scan_list import ScanList
+from .scan_status import ScanStatus
+from .signal_scan_cancel_success_response import SignalScanCancelSuccessResponse
+from .signal_scan_events_response import SignalScanEventsResponse
+from .signal_scan_list_response import SignalScanListResponse
+from .signal_scan_response import SignalScanResponse
+
+__all__ = (
+    "CancelledScan",
+    "ErrorBody",
+    "ErrorResponse",
+    "EventView",
+    "Health",
+    "HealthResponse",
+    "OpenapiResponse200",
+    "Scan",
+    "ScanEvents",
+    "ScanList",
+    "ScanStatus",
+    "SignalScanCancelSuccessResponse",
+    "SignalScanEventsResponse",
+    "SignalScanListResponse",
+    "SignalScanResponse",
+)

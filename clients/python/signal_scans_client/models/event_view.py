@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+from typing import Any, TypeVar, cast
+
+from attrs import define as _attrs_define
+from attrs import field as _attrs_field
+
+from ..models.scan_status import ScanStatus
+
+T = TypeVar("T", bound="EventView")
+
+
+@_attrs_define
+class EventView:
+    """One row of the audit trail as the API shows it.
+
+    Attributes:
+        at (datetime.datetime):
+        from_ (None | ScanStatus):
+        to (ScanStatus): Where a scan is in its life.
+
+            ```text
+            queued ──► running ──► completed
+               │          │──────► failed
+               └──────────┴──────► cancelled
+            ```
+            `completed`, `failed` and `cancelled` are final.
+        trace_id (None | str): The trace id of the request that made the change; null when none did (e.g. the command
+            line).
+    """
+
+    at: datetime.datetime
+    from_: None | ScanStatus
+    to: ScanStatus
+    trace_id: None | str
+    additional_properties: dict[str, Any] = _attrs_field(init=False, factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        at = self.at.isoformat()
+
+        from_: None | str
+        if isinstance(self.from_, ScanStatus):
+            from_ = self.from_.value
+        else:
+            from_ = self.from_
+
+        to = self.to.value
+
+        trace_id: None | str
+        trace_id = self.trace_id
+
+        field_dict: dict[str, Any] = {}
+        field_dict.update(self.additional_properties)
+        field_dict.update(
+            {
+                "at": at,
+                "from": from_,
+                "to": to,
+                "traceId": trace_id,
+            }
+        )
+
+        return field_dict
+
+    @classmethod
+    def from_dict(cls: type[T], src_dict: Mapping[str, Any]) -> T:
+        d = dict(src_dict)
+        at = datetime.datetime.fromisoformat(d.pop("at"))
+
+        def _parse_from_(data: object) -> None | ScanStatus:
+            if data is None:
+                return data
+            try:
+                if not isinstance(data, str):
+                    raise TypeError()
+                from_type_0 = ScanStatus(data)
+
+                return from_type_0
+            except (TypeError, ValueError, AttributeError, KeyError):
+                pass
+            return cast(None | ScanStatus, data)
+
+        from_ = _parse_from_(d.pop("from"))
+
+        to = ScanStatus(d.pop("to"))
+
+        def _parse_trace_id(data: object) -> None | str:
+            if data is None:
+                return data
+            return cast(None | str, data)
+
+        trace_id = _parse_trace_id(d.pop("traceId"))
+
+        event_view = cls(
+            at=at,
+            from_=from_,
+            to=to,
+            trace_id=trace_id,
+        )
+
+        event_view.additional_properties = d
+        return event_view
+
+    @property
+    def additional_keys(self) -> list[str]:
+        return list(self.additional_properties.keys())
+
+    def __getitem__(self, key: str) -> Any:
+        return self.additional_properties[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.additional_properties[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self.additional_properties[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.additional_properties

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs the generated Python client (clients/python) into a fresh virtual environment and runs
+# scripts/python-client/test_client.py with it against the real service with demo data: a cancel
+# of a queued scan, reading it back, and typed error objects for a 422, a 404, a 400 and a 401.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# shellcheck source=scripts/lib/demo-service.sh
+source scripts/lib/demo-service.sh
+
+python3 -m venv "$WORK/venv"
+"$WORK/venv/bin/pip" install --quiet --disable-pip-version-check ./clients/python
+# From outside the repository, so the installed package is what is imported.
+(cd "$WORK" && "$WORK/venv/bin/python" "$OLDPWD/scripts/python-client/test_client.py")

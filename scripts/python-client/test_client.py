@@ -1,0 +1,134 @@
+"""The generated Python client (clients/python) against the running service with demo data.
+
+Run by scripts/python-client-test.sh, which starts the service and installs the client into a fresh
+virtual environment; reads BASE_URL, DEMO_KEY, DEMO_GROUP, DEMO_QUEUED_SCAN, DEMO_COMPLETED_SCAN.
+"""
+
+import datetime
+import os
+import unittest
+
+from signal_scans_client import AuthenticatedClient, Client
+from signal_scans_client.api.operations import healthz
+from signal_scans_client.api.signal_scans import (
+    cancel_signal_scan,
+    get_signal_scan,
+    list_signal_scan_events,
+    list_signal_scans,
+)
+from signal_scans_client.models import (
+    ErrorResponse,
+    ScanStatus,
+    SignalScanCancelSuccessResponse,
+    SignalScanListResponse,
+    SignalScanResponse,
+)
+
+BASE_URL = os.environ["BASE_URL"]
+KEY = os.environ["DEMO_KEY"]
+GROUP = os.environ["DEMO_GROUP"]
+QUEUED = os.environ["DEMO_QUEUED_SCAN"]
+COMPLETED = os.environ["DEMO_COMPLETED_SCAN"]
+UNKNOWN_SCAN = "000000000000000000000000"
+
+
+def bearer_client() -> AuthenticatedClient:
+    return AuthenticatedClient(base_url=BASE_URL, token=KEY, raise_on_unexpected_status=True)
+
+
+def api_key_client() -> AuthenticatedClient:
+    return AuthenticatedClient(
+        base_url=BASE_URL,
+        token=KEY,
+        auth_header_name="X-API-Key",
+        prefix="",
+        raise_on_unexpected_status=True,
+    )
+
+
+class GeneratedClient(unittest.TestCase):
+    # Runs in name order: the cancel first, the reads of its result after.
+
+    def test_1_cancels_a_queued_scan_and_reads_it_back(self):
+        with bearer_client() as client:
+            answer = cancel_signal_scan.sync_detailed(account_group_id=GROUP, scan_id=QUEUED, client=client)
+            self.assertEqual(answer.status_code, 200)
+            cancelled = answer.parsed
+            self.assertIsInstance(cancelled, SignalScanCancelSuccessResponse)
+            self.assertTrue(cancelled.success)
+            self.assertIsNone(cancelled.error)
+            self.assertEqual(cancelled.data.scan_id, QUEUED)
+            self.assertEqual(cancelled.data.status, ScanStatus.CANCELLED)
+            self.assertEqual(cancelled.data.previous_status, ScanStatus.QUEUED)
+            self.assertIsInstance(cancelled.data.cancelled_at, datetime.datetime)
+            self.assertEqual(answer.headers["x-request-id"], cancelled.trace_id)
+
+        # Read back through the other way of sending the key.
+        with api_key_client() as client:
+            scan = get_signal_scan.sync(account_group_id=GROUP, scan_id=QUEUED, client=client)
+            self.assertIsInstance(scan, SignalScanResponse)
+            self.assertEqual(scan.data.status, ScanStatus.CANCELLED)
+            self.assertEqual(scan.data.cancelled_at, cancelled.data.cancelled_at)
+
+            events = list_signal_scan_events.sync(account_group_id=GROUP, scan_id=QUEUED, client=client)
+            self.assertEqual(
+                [(event.from_, event.to) for event in events.data.events],
+                [(None, ScanStatus.QUEUED), (ScanStatus.QUEUED, ScanStatus.CANCELLED)],
+            )
+            self.assertEqual(events.data.events[-1].trace_id, cancelled.trace_id)
+
+            page = list_signal_scans.sync(account_group_id=GROUP, client=client, status=ScanStatus.CANCELLED)
+            self.assertIsInstance(page, SignalScanListResponse)
+            self.assertIn(QUEUED, [listed.scan_id for listed in page.data.scans])
+            self.assertTrue(all(listed.status == ScanStatus.CANCELLED for listed in page.data.scans))
+
+    def test_2_repeated_cancel_reports_the_original_moment(self):
+        with bearer_client() as client:
+            first = get_signal_scan.sync(account_group_id=GROUP, scan_id=QUEUED, client=client)
+            again = cancel_signal_scan.sync(account_group_id=GROUP, scan_id=QUEUED, client=client)
+            self.assertIsInstance(again, SignalScanCancelSuccessResponse)
+            self.assertEqual(again.data.previous_status, ScanStatus.CANCELLED)
+            self.assertEqual(again.data.cancelled_at, first.data.cancelled_at)
+
+    def test_3_a_completed_scan_is_a_typed_422(self):
+        with bearer_client() as client:
+            answer = cancel_signal_scan.sync_detailed(account_group_id=GROUP, scan_id=COMPLETED, client=client)
+            self.assertEqual(answer.status_code, 422)
+            refused = answer.parsed
+            self.assertIsInstance(refused, ErrorResponse)
+            self.assertFalse(refused.success)
+            self.assertIsNone(refused.data)
+            self.assertEqual(refused.error.code, "VALIDATION_ERROR")
+            self.assertEqual(refused.error.details, "currentStatus=completed")
+            self.assertEqual(answer.headers["x-request-id"], refused.trace_id)
+            scan = get_signal_scan.sync(account_group_id=GROUP, scan_id=COMPLETED, client=client)
+            self.assertEqual(scan.data.status, ScanStatus.COMPLETED, "a refused cancel changes nothing")
+
+    def test_4_an_unknown_scan_is_a_typed_404(self):
+        with bearer_client() as client:
+            answer = cancel_signal_scan.sync_detailed(account_group_id=GROUP, scan_id=UNKNOWN_SCAN, client=client)
+            self.assertEqual(answer.status_code, 404)
+            self.assertIsInstance(answer.parsed, ErrorResponse)
+            self.assertEqual(answer.parsed.error.code, "NOT_FOUND")
+            self.assertEqual(answer.parsed.error.details, "no such scan in this account group")
+
+    def test_5_other_errors_are_the_same_type(self):
+        with bearer_client() as client:
+            malformed = cancel_signal_scan.sync_detailed(account_group_id=GROUP, scan_id="nope", client=client)
+            self.assertEqual(malformed.status_code, 400)
+            self.assertIsInstance(malformed.parsed, ErrorResponse)
+            self.assertIn("scanId", malformed.parsed.error.details)
+        with AuthenticatedClient(base_url=BASE_URL, token="ssk_not_a_key", raise_on_unexpected_status=True) as client:
+            refused = get_signal_scan.sync_detailed(account_group_id=GROUP, scan_id=QUEUED, client=client)
+            self.assertEqual(refused.status_code, 401)
+            self.assertIsInstance(refused.parsed, ErrorResponse)
+            self.assertEqual(refused.parsed.error.code, "UNAUTHORIZED")
+
+    def test_6_operations_need_no_key(self):
+        with Client(base_url=BASE_URL, raise_on_unexpected_status=True) as client:
+            health = healthz.sync(client=client)
+            self.assertTrue(health.success)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

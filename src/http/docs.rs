@@ -1,0 +1,151 @@
+//! `GET /docs`: the interactive API reference (Swagger UI) over `/openapi.json`, every asset
+//! embedded in the binary (`utoipa-swagger-ui` with `vendored`), so the page works offline and
+//! sends no request to another host.
+
+use std::io::Read;
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::http::header::{
+    ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_SECURITY_POLICY, CONTENT_TYPE, VARY,
+};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use utoipa_swagger_ui::Config;
+
+use super::error::ApiError;
+use super::scans::ApiPath;
+
+/// Where the page lives; `/docs` and `/` redirect here (the page's assets are relative to it).
+pub const PAGE: &str = "/docs/";
+
+/// The browser may load only what this service serves: scripts, styles and the document from
+/// this origin, and the `data:` images Swagger UI's stylesheet embeds. Swagger UI sets inline
+/// styles on elements, hence `'unsafe-inline'` for styles (never for scripts).
+const CONTENT_SECURITY_POLICY_VALUE: &str = "default-src 'none'; script-src 'self'; \
+     style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; \
+     font-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// The reference's routes: `GET /` and `GET /docs` redirect to the page, `GET /docs/` is the page,
+/// `GET /docs/{file}` its assets; any other file under `/docs/` is the 404 envelope. None of
+/// them when `enabled` is false (`DOCS_ENABLED`): every such path is then an unknown route.
+pub fn routes<S: Clone + Send + Sync + 'static>(enabled: bool) -> Router<S> {
+    if !enabled {
+        return Router::new();
+    }
+    Router::new()
+        .route("/", get(|| async { Redirect::temporary("/docs") }))
+        .route("/docs", get(|| async { Redirect::permanent(PAGE) }))
+        .route("/docs/", get(index))
+        .route("/docs/{*file}", get(asset))
+}
+
+/// Swagger UI's settings: read `/openapi.json`, never call the public validator service.
+fn config() -> Arc<Config<'static>> {
+    static CONFIG: OnceLock<Arc<Config<'static>>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            Arc::new(
+                Config::from("/openapi.json")
+                    .validator_url("none")
+                    .display_operation_id(true)
+                    .display_request_duration(true),
+            )
+        })
+        .clone()
+}
+
+async fn index(headers: HeaderMap) -> Response {
+    file("index.html", &headers)
+}
+
+async fn asset(ApiPath(name): ApiPath<String>, headers: HeaderMap) -> Response {
+    file(&name, &headers)
+}
+
+/// One embedded file, gzipped when the client accepts it (the assets are stored gzipped).
+fn file(name: &str, request: &HeaderMap) -> Response {
+    let file = match utoipa_swagger_ui::serve(name, config()) {
+        Ok(Some(file)) => file,
+        Ok(None) => {
+            // The name is not echoed back: it is whatever the client sent.
+            return ApiError::NotFound("the API reference has no such file".into()).into_response();
+        }
+        Err(error) => {
+            return ApiError::Internal(format!("cannot render Swagger UI's {name}: {error}"))
+                .into_response();
+        }
+    };
+    let content_type = HeaderValue::from_str(&file.content_type)
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, content_type);
+    headers.insert(
+        CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY_VALUE),
+    );
+    if !file.gzpipped {
+        return (headers, file.bytes.into_owned()).into_response();
+    }
+    headers.insert(VARY, HeaderValue::from_static("accept-encoding"));
+    if accepts_gzip(request) {
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        return (headers, file.bytes.into_owned()).into_response();
+    }
+    let mut plain = Vec::new();
+    match flate2::read::GzDecoder::new(file.bytes.as_ref()).read_to_end(&mut plain) {
+        Ok(_) => (headers, plain).into_response(),
+        Err(error) => {
+            ApiError::Internal(format!("cannot unzip Swagger UI's {name}: {error}")).into_response()
+        }
+    }
+}
+
+/// Whether `Accept-Encoding` allows gzip (`gzip` or `*`, with a non-zero weight).
+fn accepts_gzip(request: &HeaderMap) -> bool {
+    request
+        .get_all(ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            let name = parts.next().unwrap_or_default();
+            let refused = parts.any(|parameter| {
+                parameter
+                    .strip_prefix("q=")
+                    .and_then(|weight| weight.parse::<f32>().ok())
+                    .is_some_and(|weight| weight == 0.0)
+            });
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accepting(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT_ENCODING, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn gzip_is_sent_only_to_clients_that_accept_it() {
+        for (value, expected) in [
+            ("gzip, deflate, br, zstd", true),
+            ("GZIP", true),
+            ("br;q=1.0, gzip;q=0.5", true),
+            ("*", true),
+            ("gzip;q=0", false),
+            ("gzip; q=0.0", false),
+            ("identity", false),
+            ("br, deflate", false),
+        ] {
+            assert_eq!(accepts_gzip(&accepting(value)), expected, "{value}");
+        }
+        assert!(!accepts_gzip(&HeaderMap::new()));
+    }
+}
