@@ -11,6 +11,7 @@ from .scan import Scan
 from .scan_events import ScanEvents
 from .scan_list import ScanList
 from .scan_status import ScanStatus
+from .scan_status_changed import ScanStatusChanged
 from .signal_scan_cancel_success_response import SignalScanCancelSuccessResponse
 from .signal_scan_events_response import SignalScanEventsResponse
 from .signal_scan_list_response import SignalScanListResponse
@@ -28,6 +29,7 @@ __all__ = (
     "ScanEvents",
     "ScanList",
     "ScanStatus",
+    "ScanStatusChanged",
     "SignalScanCancelSuccessResponse",
     "SignalScanEventsResponse",
     "SignalScanListResponse",
