@@ -5,6 +5,7 @@ mod helpers;
 
 mod auth;
 mod cancel;
+mod changes;
 mod cli;
 mod concurrency;
 mod demo;

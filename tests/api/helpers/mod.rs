@@ -2,6 +2,7 @@
 
 pub mod process;
 pub mod proxy;
+pub mod sse;
 pub mod watch;
 
 use std::net::SocketAddr;
