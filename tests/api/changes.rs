@@ -12,6 +12,7 @@ use signal_scans::domain::scan::ScanStatus;
 use signal_scans::domain::service::{Actor, ScanService};
 use signal_scans::http::changes::StreamSettings;
 use signal_scans::store::{KeyToCreate, Store};
+use sqlx::{Connection, Executor, PgConnection};
 use uuid::Uuid;
 
 use crate::helpers::process::ServerProcess;
@@ -300,6 +301,125 @@ async fn a_reconnect_gets_exactly_the_missed_changes_in_order_then_live_ones(bac
     assert_eq!(seen_ids.len(), 103);
 }
 store_test!(a_reconnect_gets_exactly_the_missed_changes_in_order_then_live_ones);
+
+/// Cancels that commit at once interleave their transactions (on PostgreSQL, ids and xids out of
+/// commit order): each still reaches a stream exactly once, and resuming from any event's id gets
+/// exactly the changes delivered after it.
+async fn concurrent_cancels_reach_a_stream_once_each_and_resume_from_any_event_exactly(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let writer = app.writer(&group).await;
+    let (reader, _) = read_key(&app, &group).await;
+    let url = app.url(&changes_path(&group, ""));
+    let mut scans = Vec::new();
+    for _ in 0..60 {
+        scans.push(app.scan(&group, ScanStatus::Running).await);
+    }
+    let mut stream = follow(stream_request(&url, &reader)).await;
+
+    let cancels = futures::future::join_all(
+        scans
+            .iter()
+            .map(|scan| app.cancel(Some(&writer), group.as_str(), scan.as_str())),
+    )
+    .await;
+    let delivered = next_events(&mut stream, scans.len()).await;
+    stream.assert_no_event_for(QUIET).await;
+    let middle = 20;
+    let mut resumed =
+        follow(stream_request(&url, &reader).header("Last-Event-ID", id_of(&delivered[middle])))
+            .await;
+    let rest = next_events(&mut resumed, scans.len() - middle - 1).await;
+    resumed.assert_no_event_for(QUIET).await;
+
+    assert!(cancels.iter().all(|cancel| cancel.status == 200));
+    let scan_ids = |events: &[SseEvent]| -> Vec<String> {
+        moves(events).into_iter().map(|(scan, ..)| scan).collect()
+    };
+    let mut every = scan_ids(&delivered);
+    every.sort();
+    let mut expected: Vec<String> = scans.iter().map(ToString::to_string).collect();
+    expected.sort();
+    assert_eq!(every, expected, "each cancel once");
+    let mut after_middle = scan_ids(&delivered[middle + 1..]);
+    let mut replayed = scan_ids(&rest);
+    after_middle.sort();
+    replayed.sort();
+    assert_eq!(
+        replayed, after_middle,
+        "exactly what was delivered after the cursor"
+    );
+}
+store_test!(concurrent_cancels_reach_a_stream_once_each_and_resume_from_any_event_exactly);
+
+/// A transaction that began before a later one but commits after it (PostgreSQL's ids and xids do
+/// not follow commit order): its change is delivered after the later one's, live and on resume
+/// from the later one's id, and never twice. The held transaction writes as the store does.
+async fn a_change_committed_late_by_an_older_transaction_is_delivered_live_and_on_resume(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let writer = app.writer(&group).await;
+    let (reader, _) = read_key(&app, &group).await;
+    let url = app.url(&changes_path(&group, ""));
+    let (held_scan, quick_scan) = (
+        app.scan(&group, ScanStatus::Running).await,
+        app.scan(&group, ScanStatus::Running).await,
+    );
+    let mut stream = follow(stream_request(&url, &reader)).await;
+    let mut held = PgConnection::connect(&app.db.url).await.unwrap();
+    held.execute("BEGIN").await.unwrap();
+    held.execute("SELECT pg_current_xact_id()").await.unwrap();
+
+    let quick = app
+        .cancel(Some(&writer), group.as_str(), quick_scan.as_str())
+        .await;
+    let quick_event = stream.next_event(SOON).await;
+    sqlx::query(
+        "UPDATE signal_scans SET status = 'cancelled', updated_at = now(), finished_at = now(),
+             cancelled_at = now() WHERE id = $1",
+    )
+    .bind(held_scan.as_str())
+    .execute(&mut held)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO signal_scan_events (scan_id, from_status, to_status, trace_id, occurred_at)
+         VALUES ($1, 'running', 'cancelled', 'held', now())",
+    )
+    .bind(held_scan.as_str())
+    .execute(&mut held)
+    .await
+    .unwrap();
+    held.execute("COMMIT").await.unwrap();
+    let held_event = stream.next_event(SOON).await;
+    stream.assert_no_event_for(QUIET).await;
+    let mut resumed =
+        follow(stream_request(&url, &reader).header("Last-Event-ID", id_of(&quick_event))).await;
+    let replayed = resumed.next_event(SOON).await;
+    resumed.assert_no_event_for(QUIET).await;
+    let mut resumed_after_all =
+        follow(stream_request(&url, &reader).header("Last-Event-ID", id_of(&held_event))).await;
+    resumed_after_all.assert_no_event_for(QUIET).await;
+
+    assert_eq!(quick.status, 200, "{quick:?}");
+    assert_eq!(
+        moves(&[quick_event, held_event.clone()]),
+        cancels_of(&[quick_scan, held_scan.clone()], "running")
+    );
+    assert_eq!(held_event.json()["traceId"], "held");
+    assert_eq!(
+        moves(std::slice::from_ref(&replayed)),
+        cancels_of(&[held_scan], "running")
+    );
+}
+store_test!(
+    a_change_committed_late_by_an_older_transaction_is_delivered_live_and_on_resume,
+    postgres_only
+);
 
 /// A cursor from before every row (an old client, a trimmed trail) replays what exists.
 async fn a_cursor_older_than_the_trail_replays_what_exists(backend: Backend) {
