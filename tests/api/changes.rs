@@ -598,6 +598,58 @@ async fn bad_parameters_and_cursors_are_400_naming_them(backend: Backend) {
 }
 store_test!(bad_parameters_and_cursors_are_400_naming_them);
 
+fn scan_filters(count: usize) -> String {
+    let filters: Vec<String> = (0..count)
+        .map(|_| format!("scanId={}", ScanId::generate()))
+        .collect();
+    format!("?{}", filters.join("&"))
+}
+
+/// The contract allows up to 100 `scanId` filters, so a runner can follow its 100 scans; the
+/// 101st is refused naming `scanId`.
+async fn a_hundred_scan_filters_open_a_stream_and_the_101st_is_400_naming_scan_id(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let (reader, _) = read_key(&app, &group).await;
+
+    let hundred = SseStream::open(stream_request(
+        &app.url(&changes_path(&group, &scan_filters(100))),
+        &reader,
+    ))
+    .await;
+    let hundred_and_one = refused(stream_request(
+        &app.url(&changes_path(&group, &scan_filters(101))),
+        &reader,
+    ))
+    .await;
+
+    if let Err(refused) = hundred {
+        panic!("100 scanId filters were refused: {refused:?}");
+    }
+    let details = hundred_and_one.assert_error(400, "VALIDATION_ERROR");
+    assert!(details.contains("scanId"), "{details}");
+}
+store_test!(a_hundred_scan_filters_open_a_stream_and_the_101st_is_400_naming_scan_id);
+
+/// As the list route does (`?colour=blue` names `colour`), so a client sees its own typo.
+async fn an_unknown_parameter_is_400_naming_it(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let (reader, _) = read_key(&app, &group).await;
+
+    let details = refused(stream_request(
+        &app.url(&changes_path(&group, "?colour=blue")),
+        &reader,
+    ))
+    .await
+    .assert_error(400, "VALIDATION_ERROR");
+
+    assert!(details.contains("colour"), "{details}");
+}
+store_test!(an_unknown_parameter_is_400_naming_it);
+
 /// 401 → 403 (permission) → 400 (path, parameters) → 403 (group) → 400 (unknown cursor): each
 /// row breaks every later rule too, and must answer with the earliest one, as the read routes do.
 async fn checks_run_in_the_read_routes_order(backend: Backend) {
