@@ -955,3 +955,93 @@ async fn changes_is_a_stream_and_never_taken_for_a_scan_id(backend: Backend) {
     }
 }
 store_test!(changes_is_a_stream_and_never_taken_for_a_scan_id);
+
+/// `scans watch --server` as a runner uses it: each change printed once, in order, across the
+/// reconnections that every stream's end forces (here each ends after 1 s).
+async fn scans_watch_server_prints_each_change_once_across_reconnections(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        with_streams(StreamSettings {
+            max_age: Duration::from_secs(1),
+            ..StreamSettings::default()
+        }),
+    )
+    .await;
+    let group = group();
+    let writer = app.writer(&group).await;
+    let (reader, _) = read_key(&app, &group).await;
+    let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_signal-scans"))
+        .args(["scans", "watch", "--server", &app.url("/")])
+        .args(["--account-group", group.as_str()])
+        .env("SIGNAL_SCANS_API_KEY", &reader)
+        .env("RUST_LOG", "info")
+        .env_remove("DATABASE_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts");
+    let mut printed =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(watch.stdout.take().unwrap()));
+    let mut logs =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(watch.stderr.take().unwrap()));
+    let (connected_tx, mut connected) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = logs.next_line().await {
+            if line.contains("watching for status changes") {
+                let _ = connected_tx.send(());
+            }
+        }
+    });
+    tokio::time::timeout(SOON, connected.recv())
+        .await
+        .expect("the watch connects")
+        .expect("the watch runs");
+
+    // Spread over several streams and the pauses between them.
+    let mut cancelled = Vec::new();
+    let mut cancelled_at = Vec::new();
+    for _ in 0..8 {
+        let scan = app.scan(&group, ScanStatus::Running).await;
+        let cancel = app
+            .cancel(Some(&writer), group.as_str(), scan.as_str())
+            .await;
+        assert_eq!(cancel.status, 200, "{cancel:?}");
+        cancelled.push(scan);
+        cancelled_at.push(cancel.body["data"]["cancelledAt"].clone());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut lines = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while lines.len() < cancelled.len() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let line = tokio::time::timeout(left, printed.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("printed only {lines:?}"))
+            .unwrap()
+            .expect("the watch keeps running");
+        lines.push(serde_json::from_str::<Value>(&line).expect("a JSON line"));
+    }
+    // Long enough for another stream to end and the watch to resume once more.
+    let after = tokio::time::timeout(Duration::from_secs(4), printed.next_line()).await;
+    let mut reconnections = 0;
+    while connected.try_recv().is_ok() {
+        reconnections += 1;
+    }
+
+    assert!(
+        after.is_err(),
+        "printed again after the last change: {after:?}"
+    );
+    assert!(reconnections >= 2, "{reconnections} reconnections");
+    for ((line, scan), at) in lines.iter().zip(&cancelled).zip(&cancelled_at) {
+        assert_eq!(line["scanId"], scan.as_str(), "{lines:?}");
+        assert_eq!(line["accountGroupId"], group.as_str());
+        assert_eq!(
+            (&line["from"], &line["to"]),
+            (&json!("running"), &json!("cancelled"))
+        );
+        assert_eq!(&line["at"], at);
+    }
+}
+store_test!(scans_watch_server_prints_each_change_once_across_reconnections);
