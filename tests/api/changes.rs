@@ -1045,3 +1045,70 @@ async fn scans_watch_server_prints_each_change_once_across_reconnections(backend
     }
 }
 store_test!(scans_watch_server_prints_each_change_once_across_reconnections);
+
+/// Every stream of a process shares its one reader of the audit trail: thirty more streams open
+/// no connection beyond what the pool (capped at 2 here) may open anyway, and each gets the change.
+async fn streams_share_the_process_reader_and_hold_no_database_connection(backend: Backend) {
+    let mut settings = with_streams(StreamSettings {
+        max_per_key: 40,
+        ..StreamSettings::default()
+    });
+    settings.db_max_connections = 2;
+    let app = TestApp::spawn_with(backend, settings).await;
+    let group = group();
+    let writer = app.writer(&group).await;
+    let (reader, _) = read_key(&app, &group).await;
+    let url = app.url(&changes_path(&group, ""));
+    let scans = [
+        app.scan(&group, ScanStatus::Running).await,
+        app.scan(&group, ScanStatus::Running).await,
+    ];
+    let mut counter = PgConnection::connect(&app.db.url).await.unwrap();
+    let connections = async |counter: &mut PgConnection| -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()",
+        )
+        .fetch_one(counter)
+        .await
+        .unwrap()
+    };
+    // The first stream starts the process's reader; a cancel starts its publisher.
+    let mut streams = vec![follow(stream_request(&url, &reader)).await];
+    let first = cancel_fresh_scans_of(&app, &writer, &group, &scans[..1]).await;
+    assert_eq!(moves(&[streams[0].next_event(SOON).await]), first);
+    let before = connections(&mut counter).await;
+
+    for _ in 0..30 {
+        streams.push(follow(stream_request(&url, &reader)).await);
+    }
+    let with_streams = connections(&mut counter).await;
+    let second = cancel_fresh_scans_of(&app, &writer, &group, &scans[1..]).await;
+
+    assert!(
+        with_streams <= before + 2,
+        "{before} connections before 30 more streams, {with_streams} with them"
+    );
+    for stream in &mut streams {
+        assert_eq!(moves(&[stream.next_event(SOON).await]), second);
+    }
+}
+store_test!(
+    streams_share_the_process_reader_and_hold_no_database_connection,
+    postgres_only
+);
+
+/// Cancels `scans` one after the other; their moves as a stream shows them.
+async fn cancel_fresh_scans_of(
+    app: &TestApp,
+    writer: &str,
+    group: &AccountGroupId,
+    scans: &[ScanId],
+) -> Vec<(String, String, String)> {
+    for scan in scans {
+        let cancel = app
+            .cancel(Some(writer), group.as_str(), scan.as_str())
+            .await;
+        assert_eq!(cancel.status, 200, "{cancel:?}");
+    }
+    cancels_of(scans, "running")
+}
