@@ -899,6 +899,52 @@ async fn a_stream_outlives_the_request_timeout(backend: Backend) {
 }
 store_test!(a_stream_outlives_the_request_timeout);
 
+/// A quiet stream is a request in progress, not an idle connection: neither the idle timeout nor
+/// the header timeout of its connection closes it.
+async fn a_quiet_stream_outlives_the_connections_idle_and_header_timeouts(backend: Backend) {
+    let (db, store) = database_for_process(backend).await;
+    let server = ServerProcess::start(&[
+        ("DATABASE_URL", db.url.as_str()),
+        ("HTTP_IDLE_TIMEOUT_MS", "200"),
+        ("HTTP_HEADER_TIMEOUT_MS", "200"),
+    ])
+    .await;
+    let group = group();
+    let reader = key_in(&store, Permission::SignalsRead, &group).await;
+    let writer = key_in(&store, Permission::SignalsWrite, &group).await;
+    let scan = store
+        .create_scan(&group, ScanStatus::Running)
+        .await
+        .unwrap()
+        .id;
+    let mut stream = follow(stream_request(
+        &server.url(&changes_path(&group, "")),
+        &reader,
+    ))
+    .await;
+
+    // Several idle timeouts long, and shorter than the 15 s keep-alive: nothing is written.
+    let quiet = frames_during(&mut stream, Duration::from_millis(1500)).await;
+    let cancel = ApiResponse::from(
+        reqwest::Client::new()
+            .post(server.url(&cancel_path(group.as_str(), scan.as_str())))
+            .bearer_auth(&writer)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let event = stream.next_event(SOON).await;
+
+    assert_eq!(quiet, [], "the stream stayed open and quiet");
+    assert_eq!(cancel.status, 200, "{cancel:?}");
+    assert_eq!(
+        moves(std::slice::from_ref(&event)),
+        cancels_of(&[scan], "running")
+    );
+}
+store_test!(a_quiet_stream_outlives_the_connections_idle_and_header_timeouts);
+
 /// SIGTERM ends streams at once: they do not hold the drain for SHUTDOWN_TIMEOUT_MS.
 async fn sigterm_ends_open_streams_and_the_process_exits_promptly(backend: Backend) {
     let (db, store) = database_for_process(backend).await;
