@@ -1185,3 +1185,42 @@ async fn cancel_fresh_scans_of(
     }
     cancels_of(scans, "running")
 }
+
+/// Keep-alives keep their rhythm while other scans' changes pass the stream's filter: the client
+/// (and any proxy) still hears from the stream, and the key is still checked on every tick.
+async fn keep_alives_keep_their_rhythm_while_filtered_out_changes_pass(backend: Backend) {
+    let keepalive = Duration::from_millis(500);
+    let app = TestApp::spawn_with(
+        backend,
+        with_streams(StreamSettings {
+            keepalive,
+            ..StreamSettings::default()
+        }),
+    )
+    .await;
+    let group = group();
+    let writer = app.writer(&group).await;
+    let (reader, _) = read_key(&app, &group).await;
+    let unrelated = ScanId::generate();
+    let mut stream = follow(stream_request(
+        &app.url(&changes_path(&group, &format!("?scanId={unrelated}"))),
+        &reader,
+    ))
+    .await;
+
+    // Changes of other scans, more often than the keep-alive, for several keep-alive periods.
+    let busy = async {
+        for _ in 0..12 {
+            cancel_fresh_scans(&app, &writer, &group, 1).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let (frames, ()) = tokio::join!(frames_during(&mut stream, keepalive * 5), busy);
+
+    assert!(
+        frames.iter().all(|frame| *frame == keep_alive()),
+        "{frames:?}"
+    );
+    assert!(frames.len() >= 2, "keep-alives heard: {frames:?}");
+}
+store_test!(keep_alives_keep_their_rhythm_while_filtered_out_changes_pass);
