@@ -221,8 +221,8 @@ THIN_BIN="$TARGET_DIR/release/thin-peer"
 rm -rf "$OUT" && mkdir -p "$OUT" # bench/out is ours alone (and not committed)
 
 # The thin peer and (a2) replay the service's statement; say so when they no longer match it.
-DRIFT="$(python3 "$BENCH/statement-drift.py" "$ROOT/src/store/postgres.rs" "$BENCH/thin-peer/src/main.rs" \
-  "$BENCH/service-cancel.pgbench")" || die "bench/statement-drift.py failed"
+DRIFT="$(python3 bench/statement-drift.py src/store/postgres.rs bench/thin-peer/src/main.rs \
+  bench/service-cancel.pgbench)" || die "bench/statement-drift.py failed"
 [ -z "$DRIFT" ] || printf 'WARNING: %s\n' "$DRIFT" >&2
 
 # ---------------------------------------------------------------- PostgreSQL
@@ -617,9 +617,16 @@ measure_http() {
   printf -v "${name}_WARMUP_RATE" '%s' "$wrate"
   printf -v "${name}_SEEDED" '%s' "$mcount"
   log "($name) warm-up ran at $wrate/s (fastest so far $FASTEST/s): $mcount fresh scans for the measured run"
+  local warmup_end=$SECONDS
   seed "$mfirst" "$mcount"
 
   [ "$kind" = service-pg ] && start_watch
+  if [ "$kind" != service-sqlite ]; then
+    # pg_stat_database counts a transaction when its backend flushes its statistics: at once when
+    # idle, unless it flushed less than a second before; then up to 10 s later (PGSTAT_IDLE_INTERVAL,
+    # PostgreSQL 15+). Wait that out, so the warm-up's transactions are all in before the count starts.
+    while [ $((SECONDS - warmup_end)) -lt 11 ]; do sleep 0.5; done
+  fi
   printf -v "${name}_IDLE_BUSY" '%s' "$(busy_pct)"
   local before_2xx=0 before_404=0 before_xact=0
   if [ "$server" = service ]; then
@@ -627,9 +634,7 @@ measure_http() {
     before_404="$(metrics_count 404)"
   fi
   if [ "$kind" != service-sqlite ]; then
-    # pg_stat_statements is exact and immediate: reset it after the warm-up. pg_stat_database is
-    # flushed by each backend within a second of going idle (PostgreSQL 15+), and the seeding and
-    # the busy probe above took longer than that.
+    # pg_stat_statements is exact and immediate: reset it after the warm-up.
     [ "$PSS" = 1 ] && psql_bench -Atc "SELECT pg_stat_statements_reset()" >/dev/null
     before_xact="$(xacts_pg)"
   fi
