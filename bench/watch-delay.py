@@ -16,6 +16,7 @@ i.e. a change that did not commit.
 
 import calendar
 import json
+import os
 import re
 import sys
 import time
@@ -26,10 +27,19 @@ RFC3339 = re.compile(
 
 
 def stamp():
-    # readline returns as soon as a whole line has arrived; the stamp is taken right then.
-    out = sys.stdout
-    for line in iter(sys.stdin.readline, ""):
-        out.write(f"{time.time_ns() // 1000}\t{line}")
+    # Raw reads: each returns as soon as the watch has written something, and its lines are stamped
+    # right then. Written out at once, so run.sh can count what has arrived.
+    fd = sys.stdin.fileno()
+    out = sys.stdout.buffer
+    pending = b""
+    while chunk := os.read(fd, 65536):
+        now = time.time_ns() // 1000
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            out.write(b"%d\t%s\n" % (now, line))
+        out.flush()
+    if pending:
+        out.write(b"%d\t%s\n" % (time.time_ns() // 1000, pending))
     out.flush()
 
 
