@@ -515,7 +515,7 @@ measure_pgbench() {
   local wtps wtx
   wtps="$(awk '/^tps = / { printf "%.1f", $3; exit }' "$OUT/pgbench-$name-warmup.txt")"
   wtx="$(awk -F': ' '/number of transactions actually processed/ { split($2, x, "/"); print x[1]; exit }' "$OUT/pgbench-$name-warmup.txt")"
-  [ -n "$wtps" ] && [ -n "$wtx" ] || die "($name) no tps in the warm-up's output"
+  { [ -n "$wtps" ] && [ -n "$wtx" ]; } || die "($name) no tps in the warm-up's output"
   pgbench_check "$name warm-up" "$wfirst" "$wcount" "$wtx" BENCH_WARMUP_RATE_CAP
   saw_rate "$wtps"
   mcount="$(range_size "$SECONDS_PER_RUN")"

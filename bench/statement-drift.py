@@ -62,7 +62,7 @@ def main(argv):
     service = normal(service[0])
     if "pg_notify" in service:
         print(f"the service's statement ({service_rs}) still calls pg_notify; the thin peer and (a2) do not")
-    thin = [s for s in rust_statements(thin_rs)]
+    thin = rust_statements(thin_rs)
     if len(thin) != 1:
         print(f"found {len(thin)} cancel statements in {thin_rs}, expected 1")
     elif normal(thin[0]) != service:
