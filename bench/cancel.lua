@@ -1,46 +1,60 @@
--- wrk script for bench/run.sh: authenticated cancels of random seeded scans.
+-- wrk script for bench/run.sh: every request cancels a fresh queued scan that no other request touches.
 --
 --   POST /v1/accounts/<group>/signals/scans/<id>/cancel   Authorization: Bearer <key>
 --
--- Scan n (1..BENCH_SCANS) has the id lpad(to_hex(n), 24, '0'), exactly as run.sh seeds it
--- (string.format("%024x", n) here). BENCH_ID_OFFSET shifts the ids: the warm-up uses
--- offset = BENCH_SCANS, i.e. ids that do not exist (404, nothing changes).
+-- Scan n has the id lpad(to_hex(n), 24, '0'), exactly as run.sh seeds it (string.format("%024x", n)
+-- here). A run owns the ids BENCH_ID_FIRST .. BENCH_ID_FIRST + BENCH_ID_COUNT - 1; thread t of T
+-- (numbered from 1) takes first + (t - 1), first + (t - 1) + T, ... so threads never share an id, and
+-- no id is asked for twice. No random draws: a request never repeats another's work.
+-- A thread that reaches the end of the range goes on past it (ids that were not seeded, answered 404)
+-- and counts those requests; done() writes the count as "beyond_range", and run.sh fails the run.
 --
 -- Environment (set by run.sh):
 --   BENCH_GROUP        account group id (24 hex)
---   BENCH_KEY          the API key secret
---   BENCH_SCANS        how many scans are seeded
---   BENCH_ID_OFFSET    added to every id number (default 0)
+--   BENCH_KEY          the API key secret (the thin peer ignores it; it is sent all the same)
+--   BENCH_ID_FIRST     the first id number of this run's range
+--   BENCH_ID_COUNT     how many ids the range holds
+--   BENCH_THREADS      wrk's -t
 --   BENCH_LATENCY_OUT  file that done() writes: "key value" lines and "p <percentile> <microseconds>"
 
 local group = os.getenv("BENCH_GROUP")
 local key = os.getenv("BENCH_KEY")
-local scans = tonumber(os.getenv("BENCH_SCANS") or "")
-local offset = tonumber(os.getenv("BENCH_ID_OFFSET") or "0")
+local first = tonumber(os.getenv("BENCH_ID_FIRST") or "")
+local count = tonumber(os.getenv("BENCH_ID_COUNT") or "")
+local threads = tonumber(os.getenv("BENCH_THREADS") or "")
 local out = os.getenv("BENCH_LATENCY_OUT")
 
-if not group or not key or not scans then
-  error("cancel.lua needs BENCH_GROUP, BENCH_KEY and BENCH_SCANS in the environment")
+if not group or not key or not first or not count or not threads then
+  error("cancel.lua needs BENCH_GROUP, BENCH_KEY, BENCH_ID_FIRST, BENCH_ID_COUNT and BENCH_THREADS")
 end
 
 wrk.method = "POST"
 wrk.headers["Authorization"] = "Bearer " .. key
 
-local thread_count = 0
+local last = first + count - 1
+local all_threads = {}
 
 function setup(thread)
-  thread_count = thread_count + 1
-  thread:set("thread_no", thread_count)
+  table.insert(all_threads, thread)
+  thread:set("thread_no", #all_threads)
 end
 
+local next_id
+beyond = 0 -- global: done() reads it through thread:get()
+
 function init(args)
-  -- Different sequences per thread (thread_no is set by setup() before init()).
-  math.randomseed(os.time() + 7919 * (thread_no or 0))
-  for _ = 1, 10 do math.random() end
+  if thread_no > threads then
+    error("wrk started more threads than BENCH_THREADS")
+  end
+  next_id = first + thread_no - 1
 end
 
 function request()
-  local n = offset + math.random(1, scans)
+  local n = next_id
+  next_id = next_id + threads
+  if n > last then
+    beyond = beyond + 1
+  end
   local path = string.format("/v1/accounts/%s/signals/scans/%024x/cancel", group, n)
   return wrk.format(nil, path)
 end
@@ -49,8 +63,12 @@ function done(summary, latency, requests)
   if not out then
     return
   end
+  local beyond_range = 0
+  for _, thread in ipairs(all_threads) do
+    beyond_range = beyond_range + (thread:get("beyond") or 0)
+  end
   local f = assert(io.open(out, "w"))
-  -- wrk counts a response with status > 399 in errors.status; the service sends no 1xx/3xx,
+  -- wrk counts a response with status > 399 in errors.status; the servers send no 1xx/3xx,
   -- so requests - status errors is the number of 2xx answers.
   f:write(string.format("requests %d\n", summary.requests))
   f:write(string.format("duration_us %d\n", summary.duration))
@@ -59,6 +77,7 @@ function done(summary, latency, requests)
   f:write(string.format("errors_read %d\n", summary.errors.read))
   f:write(string.format("errors_write %d\n", summary.errors.write))
   f:write(string.format("errors_timeout %d\n", summary.errors.timeout))
+  f:write(string.format("beyond_range %d\n", beyond_range))
   f:write(string.format("latency_mean_us %.1f\n", latency.mean))
   f:write(string.format("latency_max_us %d\n", latency.max))
   for p = 1, 99 do
