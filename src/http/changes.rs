@@ -330,6 +330,7 @@ pub async fn follow_changes(
         service,
         key,
         settings: streams.settings,
+        keepalive_at: tokio::time::Instant::now() + streams.settings.keepalive,
         closing: streams.closing.subscribe(),
         _slot: slot,
     };
@@ -343,6 +344,8 @@ struct ChangeStream {
     service: ScanService,
     key: String,
     settings: StreamSettings,
+    /// When the next keep-alive is due.
+    keepalive_at: tokio::time::Instant,
     closing: watch::Receiver<bool>,
     _slot: StreamSlot,
 }
@@ -402,7 +405,9 @@ impl ChangeStream {
     }
 
     async fn next(&mut self, deadline: tokio::time::Instant) -> Next {
-        let tick = tokio::time::sleep(self.settings.keepalive);
+        // The keep-alive keeps its own rhythm, however many changes pass (filtered out or not):
+        // it is also when the key is checked again.
+        let tick = tokio::time::sleep_until(self.keepalive_at);
         tokio::pin!(tick);
         loop {
             let woken = tokio::select! {
@@ -429,7 +434,8 @@ impl ChangeStream {
     }
 
     /// A keep-alive, unless the key no longer authenticates.
-    async fn keep_alive(&self) -> Next {
+    async fn keep_alive(&mut self) -> Next {
+        self.keepalive_at = tokio::time::Instant::now() + self.settings.keepalive;
         match self.service.authenticate(&self.key).await {
             Err(ServiceError::Unauthenticated(_)) => Next::End,
             // A database that cannot answer now does not end the stream.
