@@ -22,6 +22,7 @@
 #   BENCH_SECONDS            measured seconds per run (default 20; smoke 2)
 #   BENCH_WARMUP_SECONDS     unmeasured warm-up before each run, on its own fresh scans (default 2; smoke 1)
 #   BENCH_CONNECTIONS        pgbench clients and wrk connections (default 32; smoke 4)
+#   BENCH_STREAMS            change streams held open during run (s) (default 500; smoke 20)
 #   BENCH_WARMUP_RATE_CAP    scans seeded per warm-up second (default 50000; smoke 20000): above any rate
 #                            this box reaches
 #   BENCH_SEED_FACTOR        a measured run gets this many times the scans the fastest rate seen so far
@@ -64,6 +65,7 @@ if [ "$SMOKE" = 1 ]; then
   DB="${BENCH_DB:-signal_scans_bench_smoke}"
   PG_RESTART="${BENCH_PG_RESTART:-0}"
   WARMUP_RATE_CAP="${BENCH_WARMUP_RATE_CAP:-20000}"
+  STREAMS="${BENCH_STREAMS:-20}"
 else
   MODE=full
   SECONDS_PER_RUN="${BENCH_SECONDS:-20}"
@@ -72,7 +74,12 @@ else
   DB="${BENCH_DB:-signal_scans_bench}"
   PG_RESTART="${BENCH_PG_RESTART:-1}"
   WARMUP_RATE_CAP="${BENCH_WARMUP_RATE_CAP:-50000}"
+  STREAMS="${BENCH_STREAMS:-500}"
 fi
+# Of the change streams held open during (s), this many follow the benchmark's group (and must
+# each see every change of the run); the rest follow groups where nothing changes.
+BUSY_STREAMS=10
+if [ "$STREAMS" -lt "$BUSY_STREAMS" ]; then BUSY_STREAMS="$STREAMS"; fi
 SEED_FACTOR="${BENCH_SEED_FACTOR:-3}"
 DB_MAX_CONNECTIONS="${BENCH_DB_MAX_CONNECTIONS:-10}"
 THREADS=2 # wrk threads and pgbench jobs
@@ -110,6 +117,7 @@ TMP="$(mktemp -d /tmp/signal-scans-bench.XXXXXX)"
 SERVICE_PID=""
 WATCH_PID=""
 STAMP_PID=""
+STREAMS_PID=""
 DB_CREATED=0
 
 # stop_pid PID: SIGTERM, then SIGKILL after 10 s; waits for it.
@@ -147,6 +155,7 @@ cleanup() {
   trap - EXIT INT TERM
   stop_service
   stop_watch
+  stop_pid "$STREAMS_PID"
   if [ "$DB_CREATED" = 1 ] && [ "${BENCH_KEEP_DB:-0}" != 1 ]; then
     psql -X -q -d "$ADMIN_DB" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
   fi
@@ -298,6 +307,10 @@ KEY_JSON="$(DATABASE_URL="$DATABASE_URL_PG" "$BIN" keys create --name bench --pe
   --account-group "$GROUP" --json)"
 KEY_PG="$(printf '%s' "$KEY_JSON" | grep -o '"key" *: *"ssk_[0-9a-f]*"' | grep -o 'ssk_[0-9a-f]*')" ||
   die "keys create --json printed no key"
+KEY_JSON="$(DATABASE_URL="$DATABASE_URL_PG" "$BIN" keys create --name bench-streams \
+  --permission signals:read --all-account-groups --json)"
+KEY_STREAMS="$(printf '%s' "$KEY_JSON" | grep -o '"key" *: *"ssk_[0-9a-f]*"' | grep -o 'ssk_[0-9a-f]*')" ||
+  die "keys create --json printed no key (streams)"
 # pgbench's source of ids (bench/*.pgbench); not part of the service's schema.
 psql_bench -c "CREATE SEQUENCE bench_ids AS bigint"
 
@@ -417,7 +430,7 @@ start_server() {
   BASE_URL="http://127.0.0.1:$port"
   if [ "$kind" = service ]; then
     DATABASE_URL="$url" LISTEN_ADDR="127.0.0.1:$port" \
-      RATE_LIMIT_PER_SECOND=1000000 RATE_LIMIT_BURST=1000000 \
+      RATE_LIMIT_PER_SECOND=1000000 RATE_LIMIT_BURST=1000000 STREAM_MAX_PER_KEY=10000 \
       DB_MAX_CONNECTIONS="$DB_MAX_CONNECTIONS" LOG_FORMAT=json RUST_LOG=warn \
       "$BIN" serve >"$logfile" 2>&1 &
     probe="$BASE_URL/readyz"
@@ -581,6 +594,30 @@ start_watch() {
 }
 
 # measure_http NAME KIND SLOT: KIND is service-pg, thin or service-sqlite. Fresh scans, the server,
+# start_streams: BENCH_STREAMS change streams on the service (bench/streams.py), BUSY_STREAMS of them
+# following the benchmark's group, the others one quiet group each; returns once all are open.
+start_streams() {
+  local follows=("$GROUP:$BUSY_STREAMS") i
+  for i in $(seq 1 $((STREAMS - BUSY_STREAMS))); do follows+=("$(printf '%024x' $((0xfeed000000 + i))):1"); done
+  python3 "$BENCH/streams.py" open "$BASE_URL" "$KEY_STREAMS" "$OUT/streams-seen.txt" "${follows[@]}" \
+    >"$OUT/streams-ready.txt" 2>"$OUT/streams.log" &
+  STREAMS_PID=$!
+  for _ in $(seq 1 300); do
+    grep -q ready "$OUT/streams-ready.txt" 2>/dev/null && return 0
+    kill -0 "$STREAMS_PID" 2>/dev/null || { cat "$OUT/streams.log" >&2; die "streams.py exited at start"; }
+    sleep 0.1
+  done
+  die "the $STREAMS change streams did not all open within 30 s (log: $OUT/streams.log)"
+}
+# stop_streams: give the streams the fallback poll and more to receive the run's last changes, then
+# let streams.py write what each stream saw.
+stop_streams() {
+  sleep 2
+  kill -TERM "$STREAMS_PID" 2>/dev/null || true
+  wait "$STREAMS_PID" || die "streams.py failed (log: $OUT/streams.log)"
+  STREAMS_PID=""
+}
+
 # a warm-up, the measured run (with one watch for service-pg); sets NAME_* variables.
 measure_http() {
   local name="$1" kind="$2" slot="$3" lat="$OUT/latency-$1.txt"
@@ -588,7 +625,7 @@ measure_http() {
   wfirst="$(warmup_first "$slot")" wcount=$((WARMUP * WARMUP_RATE_CAP))
   mfirst="$(measured_first "$slot")"
   case "$kind" in
-    service-pg) url="$DATABASE_URL_PG" key="$KEY_PG" server=service ;;
+    service-pg | service-pg-streams) url="$DATABASE_URL_PG" key="$KEY_PG" server=service ;;
     thin) url="$DATABASE_URL_PG" key="$KEY_PG" server=thin ;;
     service-sqlite) url="$SQLITE_URL" key="$KEY_SQLITE" server=service ;;
   esac
@@ -621,6 +658,7 @@ measure_http() {
   seed "$mfirst" "$mcount"
 
   [ "$kind" = service-pg ] && start_watch
+  [ "$kind" = service-pg-streams ] && start_streams
   if [ "$kind" != service-sqlite ]; then
     # pg_stat_database counts a transaction when its backend flushes its statistics: at once when
     # idle, unless it flushed less than a second before; then up to 10 s later (PGSTAT_IDLE_INTERVAL,
@@ -651,6 +689,13 @@ measure_http() {
     not_found=$(($(metrics_count 404) - before_404))
     recancels="$(metrics_recancels)"
   fi
+  local connections=null
+  if [ "$kind" != service-sqlite ]; then
+    connections="$(psql_bench -Atc "SELECT count(*) FROM pg_stat_activity
+      WHERE datname = current_database() AND application_name LIKE 'signal-scans%'")"
+  fi
+  printf -v "${name}_DB_CONNECTIONS" '%s' "$connections"
+  [ "$kind" = service-pg-streams ] && stop_streams
   # The service stops gracefully: requests in flight finish, and what it still has to publish goes out.
   stop_service
   cat "$lat.wrk" >&2
@@ -695,6 +740,17 @@ measure_http() {
   local events
   events="$(changes_pg "$mfirst" "$mcount")"
   [ "$events" = "$changed_rows" ] || die "($name) wrote $events audit rows for $changed_rows changed scans"
+
+  if [ "$kind" = service-pg-streams ]; then
+    psql_bench -Atc "SELECT scan_id FROM signal_scan_events
+      WHERE from_status IS NOT NULL AND scan_id $(in_range "$mfirst" "$mcount")" >"$OUT/streams-expected.txt"
+    python3 "$BENCH/streams.py" report "$OUT/streams-seen.txt" "$GROUP" "$OUT/streams-expected.txt" \
+      >"$OUT/streams-report.txt" || die "streams.py report failed"
+    echo "(streams) $(tr '\n' ' ' <"$OUT/streams-report.txt")" >&2
+    for k in streams busy complete missing_max duplicates foreign; do
+      printf -v "STREAMS_${k^^}" '%s' "$(kv "$OUT/streams-report.txt" "$k")"
+    done
+  fi
 
   if [ "$kind" = service-pg ]; then
     # Every committed change of the run should reach the watch; give it its fallback poll and more.
@@ -741,6 +797,7 @@ measure_pgbench a2 service-cancel.pgbench 2
 [ "$a2_EVENTS" = "$a2_CHANGED" ] || die "(a2) wrote $a2_EVENTS audit rows for $a2_CHANGED cancels"
 measure_http thin thin 3
 measure_http pg service-pg 4
+measure_http streams service-pg-streams 6
 
 log "(c) the service on SQLite: a fresh database file"
 DATABASE_URL="$SQLITE_URL" "$BIN" migrate >/dev/null
@@ -757,6 +814,7 @@ for n in a a2 thin pg sqlite; do
   printf -v "${n}_TO_THIN" '%s' "$(div "${!v}" "$thin_RPS")"
 done
 RATIO_CPU="$(div "$pg_CPU_US" "$thin_CPU_US")"
+STREAMS_TO_PG="$(div "$streams_RPS" "$pg_RPS")"
 MISSED_OR_DUP="$((WATCH_MISSING + WATCH_DUPLICATED + WATCH_EXTRA))"
 CPU_MODEL="$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
 MEM_GB="$(awk '/^MemTotal:/ { printf "%.1f", $2 / 1048576 }' /proc/meminfo)"
@@ -795,6 +853,13 @@ or_dash() { if [ -z "$1" ] || [ "$1" = null ]; then printf '—'; else printf '%
   echo "| watch delivery delay p99 under that load | $WATCH_DELAY_P99_MS ms (p50 $WATCH_DELAY_P50_MS ms, max $WATCH_DELAY_MAX_MS ms) | ≤ 50 ms | $(met "$WATCH_DELAY_P99_MS" 50 "<=") |"
   echo "| changes missed or duplicated by watch | $MISSED_OR_DUP ($WATCH_MISSING missed, $WATCH_DUPLICATED duplicated, $WATCH_EXTRA never committed, of $(fmt_int "$WATCH_EXPECTED")) | 0 | $(met "$MISSED_OR_DUP" 0 "=") |"
   echo "| peak RSS of the service | $pg_RSS_MB MB | < 20 MB | $(met "$pg_RSS_MB" 20 "<") |"
+  echo
+  echo "| measure (issue 11; (s) against (b), from this run) | now | target | met |"
+  echo "|---|---|---|---|"
+  echo "| streams that saw exactly their group's committed changes | $STREAMS_COMPLETE of $STREAMS_STREAMS ($STREAMS_BUSY on the busy group; missing at most $STREAMS_MISSING_MAX, $STREAMS_DUPLICATES duplicates, $STREAMS_FOREIGN of another group) | all | $(met "$STREAMS_COMPLETE" "$STREAMS_STREAMS" "=") |"
+  echo "| peak RSS of the service with $STREAMS_STREAMS streams open | $streams_RSS_MB MB | < 64 MB | $(met "$streams_RSS_MB" 64 "<") |"
+  echo "| database connections of the service with $STREAMS_STREAMS streams open | $streams_DB_CONNECTIONS | ≤ $((DB_MAX_CONNECTIONS + 2)): the pool, the publisher, one shared listener; none per stream | $(met "$streams_DB_CONNECTIONS" "$((DB_MAX_CONNECTIONS + 2))" "<=") |"
+  echo "| cancel throughput with streams ÷ without | $STREAMS_TO_PG ($streams_RPS vs $pg_RPS requests/s) | ≥ 0.9 | $(met "$STREAMS_TO_PG" 0.9 ">=") |"
   echo
   echo "| | (a) pgbench: the bare UPDATE | (a2) pgbench: the service's statement | (t) thin peer | (b) service on PostgreSQL, one watch | (c) service on SQLite |"
   echo "|---|---|---|---|---|---|"
