@@ -1,13 +1,13 @@
 //! Races: concurrent cancels of one scan, and cancels racing a runner's status change.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::join_all;
-use signal_scans::domain::ids::ScanId;
 use signal_scans::domain::scan::ScanStatus;
 use signal_scans::domain::service::Actor;
 use signal_scans::store::Transition;
 
+use crate::helpers::locks::{WriteLock, until_waiting};
 use crate::helpers::{Backend, Settings, TestApp, group};
 use crate::store_test;
 
@@ -144,83 +144,6 @@ async fn cancel_racing_a_completion_has_exactly_one_winner(backend: Backend) {
     }
 }
 store_test!(cancel_racing_a_completion_has_exactly_one_winner);
-
-/// Another session's write lock: a row lock on one scan (PostgreSQL), or the database's write
-/// lock (SQLite). Writers of that scan wait behind it until it is released.
-enum WriteLock {
-    Postgres(sqlx::PgConnection),
-    Sqlite(sqlx::SqliteConnection),
-}
-
-impl WriteLock {
-    async fn hold(app: &TestApp, scan: &ScanId) -> Self {
-        use sqlx::Connection;
-        if app.db.url.starts_with("sqlite:") {
-            let mut connection = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
-            sqlx::raw_sql("BEGIN IMMEDIATE")
-                .execute(&mut connection)
-                .await
-                .unwrap();
-            return Self::Sqlite(connection);
-        }
-        let mut connection = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
-        sqlx::raw_sql("BEGIN")
-            .execute(&mut connection)
-            .await
-            .unwrap();
-        sqlx::query("SELECT 1 FROM signal_scans WHERE id = $1 FOR UPDATE")
-            .bind(scan.as_str())
-            .execute(&mut connection)
-            .await
-            .unwrap();
-        Self::Postgres(connection)
-    }
-
-    async fn release(&mut self) {
-        match self {
-            Self::Postgres(connection) => {
-                drop(sqlx::raw_sql("ROLLBACK").execute(connection).await.unwrap())
-            }
-            Self::Sqlite(connection) => {
-                drop(sqlx::raw_sql("ROLLBACK").execute(connection).await.unwrap())
-            }
-        }
-    }
-}
-
-/// Returns once `n` writers wait behind a [`WriteLock`]. PostgreSQL shows its lock waiters (in
-/// this test's database only); SQLite does not, so there it is the served store's connections in
-/// use: its one writer at a time holds one while it waits and the next queues in the process
-/// without one, so on SQLite this waits for the first writer whatever `n` is.
-async fn until_waiting(app: &TestApp, n: i64) {
-    use sqlx::Connection;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let waiting = if app.db.url.starts_with("sqlite:") {
-            match app.served_store.pool_usage().in_use {
-                0 => 0,
-                _ => n,
-            }
-        } else {
-            let mut observer = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
-            sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .fetch_one(&mut observer)
-            .await
-            .unwrap()
-        };
-        if waiting >= n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{waiting} of {n} writers waiting"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 async fn a_late_completion_after_a_cancel_changes_nothing(backend: Backend) {
     let app = TestApp::spawn(backend).await;
