@@ -12,6 +12,7 @@ use signal_scans::app::HttpSettings;
 use signal_scans::domain::ids::ScanId;
 use signal_scans::domain::keys::{AccountGroupAccess, NewApiKey, Permission};
 use signal_scans::domain::scan::ScanStatus;
+use signal_scans::store::Store;
 
 use crate::helpers::process::ServerProcess;
 use crate::helpers::{ApiResponse, Backend, Settings, TestApp, cancel_path, group};
@@ -131,7 +132,7 @@ store_test!(
     postgres_only
 );
 
-/// Every pooled connection is held (each PostgreSQL change-feed listener keeps one): requests
+/// Every pooled connection is held (a `LISTEN` on the served store's pool keeps one): requests
 /// wait at most DB_TIMEOUT_MS for one and answer 502, all of them at about the same time, not one
 /// after another; once a connection is free again the same process serves.
 async fn an_exhausted_pool_answers_502_not_a_queue(backend: Backend) {
@@ -151,11 +152,14 @@ async fn an_exhausted_pool_answers_502_not_a_queue(backend: Backend) {
     let group = group();
     let key = app.writer(&group).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
+    let Store::Postgres(served) = &app.served_store else {
+        unreachable!("a PostgreSQL test")
+    };
     let mut holders = Vec::new();
     for _ in 0..POOL {
         holders.push(
-            app.served_store
-                .subscribe()
+            served
+                .listen("pool_holder")
                 .await
                 .expect("a free connection"),
         );
