@@ -205,6 +205,28 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_names_the_value_and_hides_the_secret() {
+        let key = NewApiKey::generate();
+        assert_eq!(format!("{key:?}"), r#"NewApiKey { secret: "[redacted]" }"#);
+        assert_eq!(format!("{:?}", key.hash), "KeyHash(..)");
+    }
+
+    #[test]
+    fn permissions_are_written_and_read_by_their_documented_names() {
+        for (permission, name) in [
+            (Permission::SignalsRead, "signals:read"),
+            (Permission::SignalsWrite, "signals:write"),
+        ] {
+            assert_eq!(permission.to_string(), name);
+            assert_eq!(name.parse::<Permission>(), Ok(permission));
+        }
+        assert_eq!(
+            "signals:admin".parse::<Permission>(),
+            Err(UnknownPermission("signals:admin".into()))
+        );
+    }
+
+    #[test]
     fn strings_that_cannot_be_keys_are_recognised() {
         let good = NewApiKey::generate().secret;
         assert!(!looks_like_key(""));

@@ -374,12 +374,13 @@ fn classify(error: sqlx::Error) -> StoreError {
 }
 
 /// PostgreSQL SQLSTATE classes 08 (connection), 53 (resources) and 57 (operator intervention,
-/// statement timeout); SQLite's BUSY (5) and LOCKED (6), with their extended codes.
+/// statement timeout); SQLite's BUSY (5), LOCKED (6) and CANTOPEN (14: the file is out of reach,
+/// e.g. its volume is away), with their extended codes.
 fn is_transient_code(code: &str, sqlite: bool) -> bool {
     if sqlite {
         return code
             .parse::<i32>()
-            .is_ok_and(|code| matches!(code & 0xff, 5 | 6));
+            .is_ok_and(|code| matches!(code & 0xff, 5 | 6 | 14));
     }
     code.starts_with("08") || code.starts_with("53") || code.starts_with("57")
 }
@@ -402,7 +403,7 @@ mod tests {
         for code in ["42501", "22021", "23505", "40001"] {
             assert!(!is_transient_code(code, false), "{code}");
         }
-        for code in ["5", "6", "517", "261"] {
+        for code in ["5", "6", "517", "261", "14", "270"] {
             assert!(is_transient_code(code, true), "{code}");
         }
         assert!(!is_transient_code("19", true));

@@ -17,7 +17,6 @@ async fn cancel_of_queued_scan_answers_200_with_previous_status(backend: Backend
         let scan = app.scan(&group, status).await;
 
         // Act
-        let before = OffsetDateTime::now_utc() - time::Duration::seconds(1);
         let response = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
 
         // Assert
@@ -32,8 +31,11 @@ async fn cancel_of_queued_scan_answers_200_with_previous_status(backend: Backend
         let cancelled_at = data["cancelledAt"].as_str().unwrap();
         assert!(cancelled_at.ends_with('Z'), "UTC: {cancelled_at}");
         let cancelled_at = OffsetDateTime::parse(cancelled_at, &Rfc3339).unwrap();
-        assert!(cancelled_at >= before && cancelled_at <= OffsetDateTime::now_utc());
-        assert_eq!(app.status_of(&scan).await, ScanStatus::Cancelled);
+        // The database's clock against the database's clock: the stored moment, after creation.
+        let stored = app.store.find_scan(None, &scan).await.unwrap().unwrap();
+        assert_eq!(Some(cancelled_at), stored.cancelled_at);
+        assert!(cancelled_at >= stored.created_at, "{stored:?}");
+        assert_eq!(stored.status, ScanStatus::Cancelled);
     }
 }
 store_test!(cancel_of_queued_scan_answers_200_with_previous_status);
@@ -259,6 +261,53 @@ async fn unknown_routes_and_methods_answer_the_envelope(backend: Backend) {
     assert_eq!(app.status_of(&scan).await, ScanStatus::Queued);
 }
 store_test!(unknown_routes_and_methods_answer_the_envelope);
+
+/// The GET routes, sent another method (with a valid key, so only the method is wrong): 405 with
+/// `Allow` naming what the path does accept, and nothing changes.
+async fn get_routes_answer_405_with_allow_for_other_methods(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let base = format!("/v1/accounts/{group}/signals/scans");
+
+    for path in [
+        format!("{base}/{scan}"),
+        format!("{base}/{scan}/events"),
+        base.clone(),
+        "/healthz".into(),
+        "/readyz".into(),
+        "/metrics".into(),
+        "/openapi.json".into(),
+    ] {
+        for method in [
+            reqwest::Method::POST,
+            reqwest::Method::PUT,
+            reqwest::Method::DELETE,
+            reqwest::Method::PATCH,
+        ] {
+            let response = crate::helpers::ApiResponse::from(
+                app.client
+                    .request(method.clone(), app.url(&path))
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
+
+            let details = response.assert_error(405, "METHOD_NOT_ALLOWED");
+            assert!(details.contains(method.as_str()), "{path}: {details}");
+            let allow = response.header("allow").unwrap_or_default();
+            let mut allowed: Vec<&str> = allow.split(',').map(str::trim).collect();
+            allowed.sort_unstable();
+            assert_eq!(allowed, ["GET", "HEAD"], "{method} {path}");
+        }
+    }
+    assert_eq!(app.status_of(&scan).await, ScanStatus::Queued);
+    assert_eq!(app.store.scan_events(&scan).await.unwrap().len(), 1);
+}
+store_test!(get_routes_answer_405_with_allow_for_other_methods);
 
 async fn a_request_body_is_ignored(backend: Backend) {
     let app = TestApp::spawn(backend).await;

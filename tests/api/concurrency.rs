@@ -1,11 +1,14 @@
 //! Races: concurrent cancels of one scan, and cancels racing a runner's status change.
 
+use std::time::Duration;
+
 use futures::future::join_all;
 use signal_scans::domain::scan::ScanStatus;
 use signal_scans::domain::service::Actor;
 use signal_scans::store::Transition;
 
-use crate::helpers::{Backend, TestApp, group};
+use crate::helpers::locks::{WriteLock, until_waiting};
+use crate::helpers::{Backend, Settings, TestApp, group};
 use crate::store_test;
 
 async fn twenty_concurrent_cancels_all_succeed_and_exactly_one_transitions(backend: Backend) {
@@ -38,51 +41,107 @@ async fn twenty_concurrent_cancels_all_succeed_and_exactly_one_transitions(backe
 }
 store_test!(twenty_concurrent_cancels_all_succeed_and_exactly_one_transitions);
 
+/// Who goes first between a client's cancel and a runner's completion of a running scan. Another
+/// session holds the scan's write lock while both contenders line up behind it, in a chosen
+/// order; when it lets go, the first one wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum First {
+    Cancel,
+    Completion,
+}
+
 /// A runner completing a running scan while a client cancels it: exactly one wins, and the loser
-/// is told the winner's state.
+/// is told the winner's state. Both orders are forced, so both outcomes are checked.
 async fn cancel_racing_a_completion_has_exactly_one_winner(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let app = TestApp::spawn_with(
+        backend,
+        Settings {
+            // The contenders wait on the lock while the test lines them up: never long, but
+            // a loaded machine must not turn the wait into a 502.
+            db_timeout: Duration::from_secs(10),
+            // Cached for the whole test: a cancel's only connection is the one its write holds.
+            key_cache_ttl: Duration::from_secs(600),
+            ..Settings::default()
+        },
+    )
+    .await;
     let group = group();
     let key = app.writer(&group).await;
     let runner = Actor {
         api_key_id: None,
         trace_id: Some("runner"),
     };
-    let mut outcomes = (0, 0);
-    for _ in 0..25 {
-        let scan = app.scan(&group, ScanStatus::Running).await;
+    // The key is cached from here on: a cancel's first database work is its guarded write.
+    let warm_up = app.scan(&group, ScanStatus::Queued).await;
+    assert_eq!(
+        app.cancel(Some(&key), group.as_str(), warm_up.as_str())
+            .await
+            .status,
+        200
+    );
 
-        let (response, completion) = tokio::join!(
-            app.cancel(Some(&key), group.as_str(), scan.as_str()),
-            app.store
-                .transition(None, &scan, ScanStatus::Completed, runner)
+    for first in [First::Cancel, First::Completion] {
+        let scan = app.scan(&group, ScanStatus::Running).await;
+        let mut lock = WriteLock::hold(&app, &scan).await;
+        let cancel = app.cancel(Some(&key), group.as_str(), scan.as_str());
+        // The served store: on SQLite its writers queue in order in the process, behind the lock.
+        let completion = app
+            .served_store
+            .transition(None, &scan, ScanStatus::Completed, runner);
+
+        let ((response, completion), ()) = tokio::join!(
+            async {
+                match first {
+                    First::Cancel => tokio::join!(cancel, async {
+                        until_waiting(&app, 1).await;
+                        completion.await
+                    }),
+                    First::Completion => {
+                        let (completion, response) = tokio::join!(completion, async {
+                            until_waiting(&app, 1).await;
+                            cancel.await
+                        });
+                        (response, completion)
+                    }
+                }
+            },
+            async {
+                until_waiting(&app, 2).await;
+                lock.release().await;
+            }
         );
 
         let completion = completion.unwrap();
         let stored = app.status_of(&scan).await;
-        match (&completion, response.status.as_u16()) {
-            (Transition::Applied { previous, .. }, 422) => {
-                assert_eq!(*previous, ScanStatus::Running);
+        match first {
+            First::Completion => {
+                assert!(
+                    matches!(
+                        completion,
+                        Transition::Applied {
+                            previous: ScanStatus::Running,
+                            ..
+                        }
+                    ),
+                    "{completion:?}"
+                );
+                response.assert_error(422, "VALIDATION_ERROR");
                 assert_eq!(response.body["error"]["details"], "currentStatus=completed");
                 assert_eq!(stored, ScanStatus::Completed);
-                outcomes.0 += 1;
             }
-            (Transition::Refused { scan: seen }, 200) => {
-                assert_eq!(
-                    seen.status,
-                    ScanStatus::Cancelled,
-                    "the runner sees the cancel"
+            First::Cancel => {
+                assert!(
+                    matches!(&completion, Transition::Refused { scan } if scan.status == ScanStatus::Cancelled),
+                    "the runner sees the cancel: {completion:?}"
                 );
+                assert_eq!(response.status, 200, "{response:?}");
                 assert_eq!(response.body["data"]["previousStatus"], "running");
                 assert_eq!(stored, ScanStatus::Cancelled);
-                outcomes.1 += 1;
             }
-            other => panic!("both or neither won: {other:?} {response:?}"),
         }
         let events = app.store.scan_events(&scan).await.unwrap();
         assert_eq!(events.len(), 2, "one change only: {events:?}");
     }
-    assert_eq!(outcomes.0 + outcomes.1, 25);
 }
 store_test!(cancel_racing_a_completion_has_exactly_one_winner);
 
@@ -157,9 +216,17 @@ async fn races_hold_even_if_the_database_defaults_to_repeatable_read(backend: Ba
     }))
     .await;
 
+    let mut previous = Vec::new();
     for response in &responses {
         assert_eq!(response.status, 200, "{response:?}");
+        previous.push(response.body["data"]["previousStatus"].as_str().unwrap());
     }
+    previous.sort_unstable();
+    let mut expected = vec!["cancelled"; 19];
+    expected.push("running");
+    assert_eq!(previous, expected, "exactly one request moved the scan");
+    let events = app.store.scan_events(&scan).await.unwrap();
+    assert_eq!(events.len(), 2, "creation + one cancel: {events:?}");
 }
 store_test!(
     races_hold_even_if_the_database_defaults_to_repeatable_read,

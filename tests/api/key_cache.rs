@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use signal_scans::domain::keys::{AccountGroupAccess, Permission};
 use signal_scans::domain::scan::ScanStatus;
 
-use crate::helpers::{ApiResponse, Backend, TestApp, cancel_path, group};
+use crate::helpers::{ApiResponse, Backend, Settings, TestApp, cancel_path, group};
 use crate::store_test;
 
 async fn cancel_at(
@@ -27,7 +27,16 @@ async fn cancel_at(
 }
 
 async fn a_cached_key_needs_no_key_lookup_on_the_hot_path(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    // A lifetime no slow machine can outrun between the two cancels (production caps it at 1 s;
+    // the expiry itself is tested below).
+    let app = TestApp::spawn_with(
+        backend,
+        Settings {
+            key_cache_ttl: Duration::from_secs(600),
+            ..Settings::default()
+        },
+    )
+    .await;
     let group = group();
     let key = app.writer(&group).await;
     let (first, second) = (

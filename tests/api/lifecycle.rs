@@ -106,7 +106,8 @@ async fn concurrent_cancels_racing_completions_leave_one_winner_per_scan(backend
     });
     let results = join_all(races).await;
 
-    let (mut cancelled, mut completed) = (0, 0);
+    // Which side wins each race is up to the scheduler (both outcomes are forced, one each, in
+    // concurrency.rs): here every scan, whichever way it went, must be consistent.
     for (scan, cancels, completions) in results {
         let completions: Vec<Transition> = completions.into_iter().map(Result::unwrap).collect();
         let completion_wins = completions
@@ -120,12 +121,10 @@ async fn concurrent_cancels_racing_completions_leave_one_winner_per_scan(backend
         let final_status = app.status_of(scan).await;
         match final_status {
             ScanStatus::Cancelled => {
-                cancelled += 1;
                 assert_eq!((cancel_wins, completion_wins), (1, 0), "{scan}");
                 assert!(cancels.iter().all(|r| r.status == 200), "{cancels:?}");
             }
             ScanStatus::Completed => {
-                completed += 1;
                 assert_eq!((cancel_wins, completion_wins), (0, 1), "{scan}");
                 for response in &cancels {
                     assert_eq!(response.status, 422, "{response:?}");
@@ -140,7 +139,6 @@ async fn concurrent_cancels_racing_completions_leave_one_winner_per_scan(backend
             "{scan}: one change"
         );
     }
-    assert_eq!(cancelled + completed, 30);
 }
 store_test!(concurrent_cancels_racing_completions_leave_one_winner_per_scan);
 

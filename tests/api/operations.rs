@@ -1,6 +1,7 @@
 //! The real binary as operators run it: draining on SIGTERM, bounded drain, structured logs that
 //! never carry a secret.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -23,23 +24,51 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_0(backend: Backend) {
         scans.push(app.scan(&group, ScanStatus::Queued).await);
     }
     let proxy = Proxy::start(app.db.server_addr().await).await;
-    let mut server = ServerProcess::start(&[("DATABASE_URL", &proxy.url_for(&app.db.url))]).await;
+    let mut server = ServerProcess::start(&[
+        ("DATABASE_URL", &proxy.url_for(&app.db.url)),
+        // tower_http's debug line "started processing request" tells when each is in flight.
+        ("RUST_LOG", "info,tower_http=debug"),
+    ])
+    .await;
     let client = reqwest::Client::new();
     proxy.slow_down(Duration::from_millis(400));
+    let answered = AtomicUsize::new(0);
 
     let in_flight = join_all(scans.iter().map(|scan| {
-        client
+        let request = client
             .post(server.url(&cancel_path(group.as_str(), scan.as_str())))
             .bearer_auth(&key)
-            .send()
+            .send();
+        async {
+            let response = request.await;
+            answered.fetch_add(1, Ordering::SeqCst);
+            response
+        }
     }));
     let terminate = async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        server
+            .until_logged(|_| started_requests(&server) == scans.len())
+            .await;
         server.terminate();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        client.get(server.url("/healthz")).send().await
+        server
+            .until_logged(|event| {
+                event["message"] == "shutdown requested; finishing in-flight requests"
+            })
+            .await;
+        // A fresh client each time: a pooled connection would not show the listener closing.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while reqwest::Client::new()
+            .get(server.url("/healthz"))
+            .send()
+            .await
+            .is_ok()
+        {
+            assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        answered.load(Ordering::SeqCst)
     };
-    let (responses, after_sigterm) = tokio::join!(in_flight, terminate);
+    let (responses, answered_when_refused) = tokio::join!(in_flight, terminate);
     let exit = server.wait(Duration::from_secs(15)).await;
 
     for response in responses {
@@ -47,9 +76,9 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_0(backend: Backend) {
         assert_eq!(response.status, 200, "{response:?}");
         assert_eq!(response.body["data"]["previousStatus"], "queued");
     }
-    assert!(
-        after_sigterm.is_err(),
-        "new connections are refused while draining"
+    assert_eq!(
+        answered_when_refused, 0,
+        "new connections were refused while all of them were in flight"
     );
     assert!(exit.success(), "{exit:?}");
     for scan in &scans {
@@ -72,6 +101,7 @@ async fn a_request_stuck_past_the_drain_time_does_not_keep_the_process(backend: 
         ("SHUTDOWN_TIMEOUT_MS", "300"),
         ("DB_TIMEOUT_MS", "20000"),
         ("REQUEST_TIMEOUT_MS", "30000"),
+        ("RUST_LOG", "info,tower_http=debug"),
     ])
     .await;
     proxy.slow_down(Duration::from_secs(10));
@@ -81,15 +111,34 @@ async fn a_request_stuck_past_the_drain_time_does_not_keep_the_process(backend: 
             .bearer_auth(&key)
             .send(),
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    server
+        .until_logged(|_| started_requests(&server) == 1)
+        .await;
 
     let started = Instant::now();
     server.terminate();
-    let exit = server.wait(Duration::from_secs(5)).await;
+    let exit = server.wait(Duration::from_secs(10)).await;
+    let drained = started.elapsed();
 
     assert!(exit.success(), "{exit:?}");
-    assert!(started.elapsed() < Duration::from_secs(5));
-    stuck.abort();
+    assert!(
+        drained >= Duration::from_millis(300),
+        "left before the drain time: {drained:?}"
+    );
+    let stuck = stuck.await.unwrap();
+    assert!(
+        stuck.is_err(),
+        "the stuck request is cut off with the process, not answered: {stuck:?}"
+    );
+    assert!(
+        server
+            .logs()
+            .iter()
+            .any(|line| line
+                .contains("requests still in flight after the drain time; stopping anyway")),
+        "the abandoned request is logged"
+    );
+    assert_eq!(app.status_of(&scan).await, ScanStatus::Queued);
 }
 store_test!(
     a_request_stuck_past_the_drain_time_does_not_keep_the_process,
@@ -136,7 +185,12 @@ async fn json_logs_carry_request_facts_and_never_a_secret(backend: Backend) {
             .unwrap(),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    server
+        .until_logged(|event| {
+            event["message"] == "finished processing request"
+                && event["span"]["trace.id"] == refused.trace_id()
+        })
+        .await;
     let logs = server.logs();
 
     assert_eq!(cancelled.status, 200);
@@ -172,3 +226,12 @@ async fn json_logs_carry_request_facts_and_never_a_secret(backend: Backend) {
     }
 }
 store_test!(json_logs_carry_request_facts_and_never_a_secret);
+
+/// How many requests the server has started (tower_http's debug line for each).
+fn started_requests(server: &ServerProcess) -> usize {
+    server
+        .logs()
+        .iter()
+        .filter(|line| line.contains("started processing request"))
+        .count()
+}

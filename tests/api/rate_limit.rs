@@ -1,16 +1,28 @@
-//! Per-key rate limiting: 429 with Retry-After, and the RateLimit headers.
+//! Per-key rate limiting: 429 with Retry-After, the RateLimit headers, and refills. The limiter's
+//! clock is stopped and moved by hand, so no sequence here depends on how fast requests are sent.
 
 use std::num::NonZeroU32;
+use std::time::Duration;
 
-use signal_scans::domain::keys::{AccountGroupAccess, Permission};
+use signal_scans::domain::keys::{AccountGroupAccess, NewApiKey, Permission};
 use signal_scans::domain::scan::ScanStatus;
 use signal_scans::http::rate_limit::RateLimit;
 
-use crate::helpers::{Backend, Settings, TestApp, group};
+use crate::helpers::{ApiResponse, Backend, Settings, TestApp, cancel_path, group};
 use crate::store_test;
 
+/// 1 a second, bursts of 3; the limiter's clock stopped.
 async fn limited_app(backend: Backend) -> TestApp {
-    TestApp::spawn_with(
+    limited_app_with(backend, Settings::default().http.auth_failures_per_minute).await
+}
+
+/// [`limited_app`] allowing 3 failed authentications a minute per address.
+async fn guarded_app(backend: Backend) -> TestApp {
+    limited_app_with(backend, NonZeroU32::new(3).unwrap()).await
+}
+
+async fn limited_app_with(backend: Backend, auth_failures_per_minute: NonZeroU32) -> TestApp {
+    let app = TestApp::spawn_with(
         backend,
         Settings {
             http: signal_scans::app::HttpSettings {
@@ -18,12 +30,15 @@ async fn limited_app(backend: Backend) -> TestApp {
                     per_second: NonZeroU32::new(1).unwrap(),
                     burst: NonZeroU32::new(3).unwrap(),
                 },
+                auth_failures_per_minute,
                 ..Settings::default().http
             },
             ..Settings::default()
         },
     )
-    .await
+    .await;
+    app.limits.clock().stop();
+    app
 }
 
 async fn a_key_over_its_rate_gets_429_with_retry_after(backend: Backend) {
@@ -48,26 +63,89 @@ async fn a_key_over_its_rate_gets_429_with_retry_after(backend: Backend) {
         .cancel(Some(&other_key), group.as_str(), scan.as_str())
         .await;
 
-    assert!(
-        remaining[0].starts_with("\"per-key\";r=2;"),
-        "{remaining:?}"
-    );
-    assert!(
-        remaining[2].starts_with("\"per-key\";r=0;"),
-        "{remaining:?}"
+    assert_eq!(
+        remaining,
+        [
+            "\"per-key\";r=2;t=1",
+            "\"per-key\";r=1;t=2",
+            "\"per-key\";r=0;t=3"
+        ]
     );
     limited.assert_error(429, "RATE_LIMITED");
-    let retry_after: u64 = limited.header("retry-after").unwrap().parse().unwrap();
-    assert!(retry_after >= 1, "{retry_after}");
-    assert!(
-        limited
-            .header("ratelimit")
-            .unwrap()
-            .starts_with("\"per-key\";r=0;")
-    );
+    assert_eq!(limited.header("retry-after"), Some("1"));
+    assert_eq!(limited.header("ratelimit"), Some("\"per-key\";r=0;t=1"));
     assert_eq!(other.status, 200, "another key has its own bucket");
 }
 store_test!(a_key_over_its_rate_gets_429_with_retry_after);
+
+/// After exactly `Retry-After` seconds the key may send again; a moment before, it may not.
+async fn a_limited_key_is_served_again_after_retry_after(backend: Backend) {
+    let app = limited_app(backend).await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    for _ in 0..3 {
+        assert_eq!(
+            app.cancel(Some(&key), group.as_str(), scan.as_str())
+                .await
+                .status,
+            200
+        );
+    }
+    let limited = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+    limited.assert_error(429, "RATE_LIMITED");
+    let retry_after: u64 = limited.header("retry-after").unwrap().parse().unwrap();
+
+    app.limits
+        .clock()
+        .advance(Duration::from_secs(retry_after) - Duration::from_millis(1));
+    let too_soon = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+    app.limits.clock().advance(Duration::from_millis(1));
+    let in_time = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+    let once_only = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+
+    too_soon.assert_error(429, "RATE_LIMITED");
+    assert_eq!(in_time.status, 200, "{in_time:?}");
+    assert_eq!(in_time.header("ratelimit"), Some("\"per-key\";r=0;t=3"));
+    once_only.assert_error(429, "RATE_LIMITED");
+}
+store_test!(a_limited_key_is_served_again_after_retry_after);
+
+/// An address blocked for failed authentications may try again after `Retry-After` seconds.
+async fn a_blocked_address_is_served_again_after_retry_after(backend: Backend) {
+    let app = guarded_app(backend).await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let guess = NewApiKey::generate().secret;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(
+            app.cancel(Some(&guess), group.as_str(), scan.as_str())
+                .await
+                .status
+                .as_u16(),
+        );
+    }
+    let blocked = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+    let retry_after: u64 = blocked.header("retry-after").unwrap().parse().unwrap();
+
+    app.limits
+        .clock()
+        .advance(Duration::from_secs(retry_after) - Duration::from_millis(1));
+    let too_soon = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+    app.limits.clock().advance(Duration::from_millis(1));
+    let in_time = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+
+    assert_eq!(statuses, [401, 401, 401, 429]);
+    blocked.assert_error(429, "RATE_LIMITED");
+    // 3 a minute: one failure's allowance comes back every 20 seconds.
+    assert_eq!(retry_after, 20);
+    too_soon.assert_error(429, "RATE_LIMITED");
+    assert_eq!(in_time.status, 200, "{in_time:?}");
+    assert_eq!(in_time.body["data"]["previousStatus"], "queued");
+}
+store_test!(a_blocked_address_is_served_again_after_retry_after);
 
 async fn the_rate_limit_comes_before_the_permission_check(backend: Backend) {
     let app = limited_app(backend).await;
@@ -103,3 +181,39 @@ async fn unauthenticated_requests_are_401_not_429(backend: Backend) {
     }
 }
 store_test!(unauthenticated_requests_are_401_not_429);
+
+/// With `TRUSTED_PROXY_HOPS=0` the peer address is the client: a forged `X-Forwarded-For` neither
+/// escapes a block nor gets a bystander blocked.
+async fn without_trusted_proxies_a_forged_x_forwarded_for_is_ignored(backend: Backend) {
+    let app = guarded_app(backend).await;
+    assert_eq!(
+        Settings::default().http.trusted_proxy_hops,
+        0,
+        "the default under test"
+    );
+    let group = group();
+    let key = app.writer(&group).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let url = app.url(&cancel_path(group.as_str(), scan.as_str()));
+    let send = |forged: String, key: String| {
+        let request = app
+            .client
+            .post(&url)
+            .header("x-forwarded-for", forged)
+            .bearer_auth(key);
+        async move { ApiResponse::from(request.send().await.unwrap()).await }
+    };
+
+    let mut statuses = Vec::new();
+    // Each guess claims a new address: were the header believed, none would reach the allowance.
+    for i in 0..4 {
+        let guess = NewApiKey::generate().secret;
+        statuses.push(send(format!("203.0.113.{i}"), guess).await.status.as_u16());
+    }
+    let escape = send("198.51.100.77".into(), key.clone()).await;
+
+    assert_eq!(statuses, [401, 401, 401, 429]);
+    escape.assert_error(429, "RATE_LIMITED");
+    assert_eq!(app.status_of(&scan).await, ScanStatus::Queued);
+}
+store_test!(without_trusted_proxies_a_forged_x_forwarded_for_is_ignored);

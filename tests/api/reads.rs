@@ -1,10 +1,13 @@
 //! The read side: one scan, the list, and the audit trail, with cancel's checks and envelope.
 
+use std::num::NonZeroU32;
+
 use signal_scans::domain::ids::ScanId;
 use signal_scans::domain::keys::{AccountGroupAccess, Permission};
 use signal_scans::domain::scan::ScanStatus;
+use signal_scans::http::rate_limit::RateLimit;
 
-use crate::helpers::{Backend, TestApp, group};
+use crate::helpers::{ApiResponse, Backend, Settings, TestApp, group};
 use crate::store_test;
 
 fn scan_path(group: &str, scan: &str) -> String {
@@ -69,66 +72,108 @@ async fn a_scan_reads_back_with_every_moment_or_null(backend: Backend) {
 }
 store_test!(a_scan_reads_back_with_every_moment_or_null);
 
+/// A route's path for a group and a scan id.
+type PathFor = fn(&str, &str) -> String;
+
+/// Each request breaks two rules at once; the answer names the one checked first:
+/// 401 → 429 → 403 (permission) → 400 → 403 (account group) → 404, on every read route.
 async fn reads_check_key_permission_ids_group_and_existence_in_order(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let app = TestApp::spawn_with(
+        backend,
+        Settings {
+            http: signal_scans::app::HttpSettings {
+                rate_limit: RateLimit {
+                    per_second: NonZeroU32::new(1).unwrap(),
+                    burst: NonZeroU32::new(1).unwrap(),
+                },
+                ..Settings::default().http
+            },
+            ..Settings::default()
+        },
+    )
+    .await;
+    // Stopped: only the spent key below is ever over its rate.
+    app.limits.clock().stop();
     let (mine, theirs) = (group(), group());
-    let reader = app
-        .key_with(
-            &[Permission::SignalsRead],
-            AccountGroupAccess::Only(vec![mine.clone()]),
-            None,
-        )
-        .await
-        .0;
-    let powerless = app
-        .key_with(&[], AccountGroupAccess::Only(vec![mine.clone()]), None)
-        .await
-        .0;
+    let read_mine = || AccountGroupAccess::Only(vec![mine.clone()]);
+    let new_key =
+        async |permissions: &[Permission]| app.key_with(permissions, read_mine(), None).await.0;
     let their_scan = app.scan(&theirs, ScanStatus::Queued).await;
     let unknown = ScanId::generate();
+    let routes: [(&str, PathFor); 3] = [
+        ("scan", |group, scan| scan_path(group, scan)),
+        ("events", |group, scan| {
+            format!("{}/events", scan_path(group, scan))
+        }),
+        // The list has no scan id: its own parameters stand in for it.
+        ("list", |group, scan| {
+            let limit = if scan == "nope" { "0" } else { "1" };
+            format!("/v1/accounts/{group}/signals/scans?limit={limit}")
+        }),
+    ];
 
-    for path in [
-        scan_path(mine.as_str(), unknown.as_str()),
-        format!("{}/events", scan_path(mine.as_str(), unknown.as_str())),
-        format!("/v1/accounts/{mine}/signals/scans"),
-    ] {
-        let unauthenticated =
-            crate::helpers::ApiResponse::from(app.client.get(app.url(&path)).send().await.unwrap())
-                .await;
-        unauthenticated.assert_error(401, "UNAUTHORIZED");
-        let details = app
-            .get(&powerless, &path)
+    for (route, path) in routes {
+        // Fresh keys per route: each key's single request a second is spent deliberately.
+        let (reader, powerless) = (
+            new_key(&[Permission::SignalsRead]).await,
+            new_key(&[]).await,
+        );
+        let spent_powerless = new_key(&[]).await;
+        app.get(&spent_powerless, &path("nope", "nope"))
             .await
             .assert_error(403, "FORBIDDEN");
+        let spent_reader = new_key(&[Permission::SignalsRead]).await;
+        app.get(&spent_reader, &path(mine.as_str(), unknown.as_str()))
+            .await;
+
+        let unauthenticated = ApiResponse::from(
+            app.client
+                .get(app.url(&path("nope", "nope")))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        let over_rate_and_powerless = app.get(&spent_powerless, &path("nope", "nope")).await;
+        let powerless_and_bad_ids = app.get(&powerless, &path("nope", "nope")).await;
+        let bad_id_and_their_group = app.get(&reader, &path(theirs.as_str(), "nope")).await;
+        let their_group_and_unknown = app
+            .get(
+                &new_key(&[Permission::SignalsRead]).await,
+                &path(theirs.as_str(), unknown.as_str()),
+            )
+            .await;
+        let over_rate_and_unknown = app
+            .get(&spent_reader, &path(mine.as_str(), unknown.as_str()))
+            .await;
+
+        unauthenticated.assert_error(401, "UNAUTHORIZED");
+        over_rate_and_powerless.assert_error(429, "RATE_LIMITED");
+        let details = powerless_and_bad_ids.assert_error(403, "FORBIDDEN");
         assert!(
             details.contains("signals:read or signals:write"),
-            "{details}"
+            "{route}: {details}"
         );
+        bad_id_and_their_group.assert_error(400, "VALIDATION_ERROR");
+        let details = their_group_and_unknown.assert_error(403, "FORBIDDEN");
+        assert_eq!(
+            details,
+            format!("API key has no access to account group {theirs}"),
+            "{route}"
+        );
+        over_rate_and_unknown.assert_error(429, "RATE_LIMITED");
+        if route != "list" {
+            // Someone else's scan under my group is simply not there.
+            let details = app
+                .get(
+                    &new_key(&[Permission::SignalsRead]).await,
+                    &path(mine.as_str(), their_scan.as_str()),
+                )
+                .await
+                .assert_error(404, "NOT_FOUND");
+            assert_eq!(details, "no such scan in this account group", "{route}");
+        }
     }
-    app.get(&reader, &scan_path("nope", "nope"))
-        .await
-        .assert_error(400, "VALIDATION_ERROR");
-    app.get(&reader, &scan_path(theirs.as_str(), their_scan.as_str()))
-        .await
-        .assert_error(403, "FORBIDDEN");
-    app.get(&reader, &format!("/v1/accounts/{theirs}/signals/scans"))
-        .await
-        .assert_error(403, "FORBIDDEN");
-    app.get(
-        &reader,
-        &format!("{}/events", scan_path(theirs.as_str(), their_scan.as_str())),
-    )
-    .await
-    .assert_error(403, "FORBIDDEN");
-    app.get(&reader, &scan_path(mine.as_str(), their_scan.as_str()))
-        .await
-        .assert_error(404, "NOT_FOUND");
-    app.get(
-        &reader,
-        &format!("{}/events", scan_path(mine.as_str(), their_scan.as_str())),
-    )
-    .await
-    .assert_error(404, "NOT_FOUND");
 }
 store_test!(reads_check_key_permission_ids_group_and_existence_in_order);
 
@@ -147,7 +192,19 @@ async fn the_list_pages_newest_first_and_filters_by_status(backend: Backend) {
         created.push(app.scan(&group, status).await);
     }
     app.scan(&other, ScanStatus::Queued).await;
+    // Three scans created at one instant straddle a page boundary: the id breaks the tie.
+    for tied in [&created[1], &created[3]] {
+        same_created_at(&app, tied, &created[2]).await;
+    }
     let list = |query: &str| format!("/v1/accounts/{group}/signals/scans{query}");
+    // The documented order, from the database's own times: created_at, then id, descending.
+    let mut newest_first = Vec::new();
+    for id in &created {
+        let scan = app.store.find_scan(None, id).await.unwrap().unwrap();
+        newest_first.push((scan.created_at, scan.id.to_string()));
+    }
+    newest_first.sort_unstable_by(|a, b| b.cmp(a));
+    let newest_first: Vec<String> = newest_first.into_iter().map(|(_, id)| id).collect();
 
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
@@ -171,7 +228,6 @@ async fn the_list_pages_newest_first_and_filters_by_status(backend: Backend) {
     let queued = app.get(&key, &list("?status=queued")).await;
     let default = app.get(&key, &list("")).await;
 
-    let newest_first: Vec<String> = created.iter().rev().map(|id| id.to_string()).collect();
     assert_eq!(
         seen, newest_first,
         "every scan once, newest first, none of another group"
@@ -183,14 +239,16 @@ async fn the_list_pages_newest_first_and_filters_by_status(backend: Backend) {
         .iter()
         .map(|scan| scan["scanId"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        queued_ids,
-        [
-            created[4].as_str(),
-            created[2].as_str(),
-            created[0].as_str()
-        ]
-    );
+    let queued_in_order: Vec<&str> = newest_first
+        .iter()
+        .map(String::as_str)
+        .filter(|id| {
+            [&created[0], &created[2], &created[4]]
+                .iter()
+                .any(|q| q.as_str() == *id)
+        })
+        .collect();
+    assert_eq!(queued_ids, queued_in_order);
     assert_eq!(default.body["data"]["scans"].as_array().unwrap().len(), 5);
     assert!(default.body["data"]["nextCursor"].is_null());
 }
@@ -253,3 +311,31 @@ async fn the_events_route_shows_the_audit_trail(backend: Backend) {
     assert_eq!(events[1]["at"], cancel.body["data"]["cancelledAt"]);
 }
 store_test!(the_events_route_shows_the_audit_trail);
+
+/// Gives `scan` the creation time of `like`, in the database.
+async fn same_created_at(app: &TestApp, scan: &ScanId, like: &ScanId) {
+    use sqlx::Connection;
+    if app.db.url.starts_with("sqlite:") {
+        let mut connection = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
+        sqlx::query(
+            "UPDATE signal_scans SET created_at = (SELECT created_at FROM signal_scans WHERE id = ?1)
+             WHERE id = ?2",
+        )
+        .bind(like.as_str())
+        .bind(scan.as_str())
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    } else {
+        let mut connection = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+        sqlx::query(
+            "UPDATE signal_scans SET created_at = (SELECT created_at FROM signal_scans WHERE id = $1)
+             WHERE id = $2",
+        )
+        .bind(like.as_str())
+        .bind(scan.as_str())
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    }
+}

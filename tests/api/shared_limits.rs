@@ -8,16 +8,23 @@ use signal_scans::app::HttpSettings;
 use signal_scans::domain::scan::ScanStatus;
 use signal_scans::http::rate_limit::{RateLimit, RedisSettings};
 
+use crate::helpers::process::ServerProcess;
 use crate::helpers::proxy::Proxy;
 use crate::helpers::{
-    ApiResponse, Backend, Replica, Settings, TestApp, cancel_path, group, redis_url,
+    ApiResponse, Backend, Replica, Settings, TestApp, cancel_path, group, redis_server_addr,
+    redis_url,
 };
+
+/// The per-key burst. Redis keeps time by its own clock, which a test cannot stop: at 1 a second a
+/// burst of 40 allows at most one more request per second the test takes, so "two replicas
+/// together allow what one would" (40, not 80) holds however slowly the machine sends them.
+const BURST: u32 = 40;
 
 fn limited(redis: Option<RedisSettings>) -> HttpSettings {
     HttpSettings {
         rate_limit: RateLimit {
             per_second: NonZeroU32::new(1).unwrap(),
-            burst: NonZeroU32::new(4).unwrap(),
+            burst: NonZeroU32::new(BURST).unwrap(),
         },
         auth_failures_per_minute: NonZeroU32::new(3).unwrap(),
         redis,
@@ -83,23 +90,123 @@ async fn two_replicas_together_allow_what_one_would() {
     let scan = app.scan(&group, ScanStatus::Queued).await;
     let path = cancel_path(group.as_str(), scan.as_str());
 
+    let started = Instant::now();
     let mut statuses = Vec::new();
-    for addr in [
-        app.addr,
-        replica.addr,
-        app.addr,
-        replica.addr,
-        app.addr,
-        replica.addr,
-    ] {
-        statuses.push(cancel_at(&app, addr, &key, &path).await);
+    for _ in 0..BURST + 10 {
+        for addr in [app.addr, replica.addr] {
+            statuses.push((addr, cancel_at(&app, addr, &key, &path).await));
+        }
     }
+    let elapsed = started.elapsed();
 
-    assert_eq!(
-        statuses,
-        [200, 200, 200, 200, 429, 429],
-        "one burst of 4 across both"
+    let allowed = statuses.iter().filter(|(_, status)| *status == 200).count();
+    let refilled = usize::try_from(elapsed.as_secs()).unwrap() + 1;
+    assert!(
+        statuses[..BURST as usize].iter().all(|(_, s)| *s == 200),
+        "the whole burst first: {statuses:?}"
     );
+    assert!(
+        allowed <= BURST as usize + refilled,
+        "{allowed} allowed in {elapsed:?}: more than one burst across both"
+    );
+    for addr in [app.addr, replica.addr] {
+        assert!(
+            statuses
+                .iter()
+                .any(|(at, status)| *at == addr && *status == 429),
+            "{addr} limited too"
+        );
+    }
+    for (_, status) in &statuses {
+        assert!(*status == 200 || *status == 429, "{statuses:?}");
+    }
+}
+
+/// Redis's own clock refills a key's allowance: after `Retry-After` seconds it is served again,
+/// on either replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_limit_refills_after_retry_after() {
+    let Some((app, replica)) = two_instances_sharing_redis().await else {
+        return;
+    };
+    let group = group();
+    let key = app.writer(&group).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let path = cancel_path(group.as_str(), scan.as_str());
+    let limited = loop {
+        let response = ApiResponse::from(
+            app.client
+                .post(format!("http://{}{path}", app.addr))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        if response.status == 429 {
+            break response;
+        }
+        assert_eq!(response.status, 200, "{response:?}");
+    };
+    let retry_after: u64 = limited.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        app.limits.is_shared(),
+        "decided by Redis, not a local fallback"
+    );
+
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    let after = cancel_at(&app, replica.addr, &key, &path).await;
+
+    assert_eq!(retry_after, 1, "1 a second");
+    assert_eq!(after, 200);
+}
+
+/// An address blocked (in Redis) for failed authentications may try again after `Retry-After`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_address_block_ends_after_retry_after() {
+    let Some(url) = redis_url().await else { return };
+    // 60 a minute: one failure comes back each second, so the wait is short.
+    let http = HttpSettings {
+        auth_failures_per_minute: NonZeroU32::new(60).unwrap(),
+        ..limited(Some(settings_for(&url)))
+    };
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        Settings {
+            http,
+            ..Settings::default()
+        },
+    )
+    .await;
+    until("the instance reaches Redis", || app.limits.is_shared()).await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let path = cancel_path(group.as_str(), scan.as_str());
+    let guess = signal_scans::domain::keys::NewApiKey::generate().secret;
+    let mut failures = 0;
+    while cancel_at(&app, app.addr, &guess, &path).await == 401 {
+        failures += 1;
+        assert!(failures <= 1000, "never blocked");
+    }
+    let blocked = ApiResponse::from(
+        app.client
+            .post(app.url(&path))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let retry_after: u64 = blocked.header("retry-after").unwrap().parse().unwrap();
+
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    let after = cancel_at(&app, app.addr, &key, &path).await;
+
+    assert!(failures >= 60, "the whole allowance first: {failures}");
+    blocked.assert_error(429, "RATE_LIMITED");
+    assert!(app.limits.is_shared());
+    assert_eq!(after, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,36 +248,32 @@ async fn without_redis_each_instance_keeps_its_own_limits_and_serves() {
     )
     .await;
     let replica = app.replica_with(&http).await;
+    // The local limits decide: stopped clocks make their burst exact.
+    app.limits.clock().stop();
+    replica.limits.clock().stop();
     let group = group();
     let key = app.writer(&group).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
     let path = cancel_path(group.as_str(), scan.as_str());
 
     let mut here = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..=BURST {
         here.push(cancel_at(&app, app.addr, &key, &path).await);
     }
     let there = cancel_at(&app, replica.addr, &key, &path).await;
 
     assert!(!app.limits.is_shared());
-    assert_eq!(
-        here,
-        [200, 200, 200, 200, 429],
-        "still limited, per instance"
-    );
+    let mut expected = vec![200; BURST as usize];
+    expected.push(429);
+    assert_eq!(here, expected, "still limited, per instance");
     assert_eq!(there, 200, "the other instance has its own allowance");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_going_away_mid_flight_falls_back_without_hanging() {
     let Some(url) = redis_url().await else { return };
-    let target = tokio::net::lookup_host(url.trim_start_matches("redis://").trim_end_matches('/'))
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
-    let proxy = Proxy::start(target).await;
-    let http = limited(Some(settings_for(&format!("redis://{}", proxy.addr))));
+    let proxy = Proxy::start(redis_server_addr(&url).await).await;
+    let http = limited(Some(settings_for(&proxy.url_for(&url))));
     let app = TestApp::spawn_with(
         Backend::Sqlite,
         Settings {
@@ -180,6 +283,8 @@ async fn redis_going_away_mid_flight_falls_back_without_hanging() {
     )
     .await;
     until("the instance reaches Redis", || app.limits.is_shared()).await;
+    // The local limits take over below: a stopped clock makes their burst exact.
+    app.limits.clock().stop();
     let group = group();
     let key = app.writer(&group).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
@@ -189,9 +294,7 @@ async fn redis_going_away_mid_flight_falls_back_without_hanging() {
     proxy.cut();
     let started = Instant::now();
     let mut during = Vec::new();
-    // Each answer waits out the Redis timeout, and the local bucket refills meanwhile (1 a
-    // second), so count up to the first 429 rather than expect an exact sequence.
-    while during.last() != Some(&429) && during.len() < 12 {
+    while during.last() != Some(&429) && during.len() <= BURST as usize + 2 {
         during.push(cancel_at(&app, app.addr, &key, &path).await);
     }
 
@@ -205,8 +308,57 @@ async fn redis_going_away_mid_flight_falls_back_without_hanging() {
         Some(&429),
         "the local limits took over: {during:?}"
     );
-    assert!(
-        during[..during.len() - 1].iter().all(|s| *s == 200),
-        "{during:?}"
+    assert_eq!(
+        during.len(),
+        BURST as usize + 1,
+        "this instance's own whole burst: {during:?}"
     );
+}
+
+/// `rate_limit_backend_errors_total` counts the moments the shared limits were out of reach. The
+/// real binary, so the counter is its own: it starts absent and moves only with this test's
+/// requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_out_of_reach_is_counted_in_backend_errors() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    // Nothing listens on port 1.
+    let server = ServerProcess::start(&[
+        ("DATABASE_URL", &app.db.url),
+        ("REDIS_URL", "redis://127.0.0.1:1"),
+    ])
+    .await;
+    let client = reqwest::Client::new();
+    let backend_errors = || async {
+        let text = client
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        crate::helpers::metrics::value(&text, "rate_limit_backend_errors_total")
+    };
+    let before = backend_errors().await;
+
+    let response = ApiResponse::from(
+        client
+            .post(server.url(&cancel_path(group.as_str(), scan.as_str())))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let after = backend_errors().await;
+
+    assert_eq!(before, None, "nothing to count before a request");
+    assert_eq!(
+        response.status, 200,
+        "served on the local limits: {response:?}"
+    );
+    assert!(after.is_some_and(|count| count >= 1.0), "{after:?}");
 }

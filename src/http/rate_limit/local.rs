@@ -3,23 +3,28 @@
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use dashmap::DashMap;
-use governor::clock::{Clock, DefaultClock};
-use governor::middleware::StateInformationMiddleware;
-use governor::{DefaultKeyedRateLimiter, Quota};
+use governor::clock::{Clock, Reference};
+use governor::middleware::{NoOpMiddleware, StateInformationMiddleware};
+use governor::state::keyed::DashMapStateStore;
+use governor::{Quota, RateLimiter};
 use uuid::Uuid;
 
+use super::clock::LimiterClock;
 use super::{Decision, RateLimit, whole_seconds};
+
+type Instant = <LimiterClock as Clock>::Instant;
+type KeyedLimiter<K, MW = NoOpMiddleware<Instant>> =
+    RateLimiter<K, DashMapStateStore<K>, LimiterClock, MW>;
 
 /// How often (in recorded failures) idle per-address state is dropped, bounding memory.
 const PRUNE_EVERY: u64 = 1024;
 
 pub struct LocalLimits {
-    keys: DefaultKeyedRateLimiter<Uuid, StateInformationMiddleware>,
-    failures: DefaultKeyedRateLimiter<IpAddr>,
-    clock: DefaultClock,
+    keys: KeyedLimiter<Uuid, StateInformationMiddleware>,
+    failures: KeyedLimiter<IpAddr>,
+    clock: LimiterClock,
     /// Addresses over their failure allowance, and until when (governor cannot look without
     /// spending a cell, and a blocked address must be refused before its key is looked at).
     blocked: DashMap<IpAddr, Instant>,
@@ -27,14 +32,22 @@ pub struct LocalLimits {
 }
 
 impl LocalLimits {
-    pub fn new(limit: RateLimit, auth_failures_per_minute: NonZeroU32) -> Self {
+    pub fn new(
+        limit: RateLimit,
+        auth_failures_per_minute: NonZeroU32,
+        clock: LimiterClock,
+    ) -> Self {
         Self {
-            keys: DefaultKeyedRateLimiter::keyed(
+            keys: RateLimiter::dashmap_with_clock(
                 Quota::per_second(limit.per_second).allow_burst(limit.burst),
+                clock.clone(),
             )
             .with_middleware(),
-            failures: DefaultKeyedRateLimiter::keyed(Quota::per_minute(auth_failures_per_minute)),
-            clock: DefaultClock::default(),
+            failures: RateLimiter::dashmap_with_clock(
+                Quota::per_minute(auth_failures_per_minute),
+                clock.clone(),
+            ),
+            clock,
             blocked: DashMap::new(),
             recorded: AtomicU64::new(0),
         }
@@ -53,9 +66,10 @@ impl LocalLimits {
 
     pub fn auth_blocked(&self, client: IpAddr) -> Option<u64> {
         let until = *self.blocked.get(&client)?;
-        match until.checked_duration_since(Instant::now()) {
-            Some(wait) => Some(whole_seconds(wait)),
-            None => {
+        let now = self.clock.now();
+        match until > now {
+            true => Some(whole_seconds(until.duration_since(now).into())),
+            false => {
                 self.blocked.remove(&client);
                 None
             }
@@ -67,15 +81,16 @@ impl LocalLimits {
             self.prune();
         }
         let not_until = self.failures.check_key(&client).err()?;
-        let wait = not_until.wait_time_from(self.clock.now());
-        self.blocked.insert(client, Instant::now() + wait);
+        let now = self.clock.now();
+        let wait = not_until.wait_time_from(now);
+        self.blocked.insert(client, now + wait.into());
         Some(whole_seconds(wait))
     }
 
     fn prune(&self) {
         self.failures.retain_recent();
         self.keys.retain_recent();
-        let now = Instant::now();
+        let now = self.clock.now();
         self.blocked.retain(|_, until| *until > now);
     }
 }

@@ -6,6 +6,7 @@
 //! open to local limits, never to none): the API stays up, and a client is still limited, only
 //! per instance until Redis returns.
 
+mod clock;
 mod local;
 mod shared;
 
@@ -20,6 +21,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
+pub use self::clock::LimiterClock;
 use self::local::LocalLimits;
 pub use self::shared::RedisSettings;
 use self::shared::{SharedError, SharedLimits};
@@ -51,6 +53,8 @@ pub struct RateLimiter {
     limit: RateLimit,
     policy: HeaderValue,
     local: LocalLimits,
+    /// The in-process limits' clock (Redis keeps its own).
+    clock: LimiterClock,
     shared: Option<Arc<SharedLimits>>,
 }
 
@@ -75,12 +79,20 @@ impl RateLimiter {
             limit.burst,
             window_secs(limit)
         );
+        let clock = LimiterClock::default();
         Ok(Self {
             limit,
             policy: HeaderValue::from_str(&policy).expect("policy header is ASCII"),
-            local: LocalLimits::new(limit, auth_failures_per_minute),
+            local: LocalLimits::new(limit, auth_failures_per_minute, clock.clone()),
+            clock,
             shared,
         })
+    }
+
+    /// The clock of the in-process limits, which tests stop and advance by hand; the service
+    /// never touches it.
+    pub fn clock(&self) -> &LimiterClock {
+        &self.clock
     }
 
     /// True once the limits are kept in Redis (false without `REDIS_URL`, and until the first

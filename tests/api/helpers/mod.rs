@@ -1,5 +1,7 @@
 //! Shared test fixtures: a fresh database per test, the app on port 0, and envelope assertions.
 
+pub mod locks;
+pub mod metrics;
 pub mod process;
 pub mod proxy;
 pub mod sse;
@@ -85,8 +87,8 @@ pub async fn postgres_available() -> bool {
                  may create databases (default {DEFAULT_ADMIN_URL}), or start the local server with \
                  `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`."
             );
-            if std::env::var("CI").is_ok_and(|ci| ci == "true") {
-                panic!("{how} Under CI=true the PostgreSQL half must run.");
+            if under_ci() {
+                panic!("{how} Under CI the PostgreSQL half must run.");
             }
             use std::io::Write;
             let _ = writeln!(
@@ -526,24 +528,51 @@ impl ApiResponse {
     }
 }
 
-/// Whether the Redis that shared-limit tests use answers (`TEST_REDIS_URL`, default
-/// redis://127.0.0.1:6379). Without it those tests are skipped and say so; under `CI=true` they fail.
+/// Whether this run is CI's, where nothing may be skipped: `CI` set to anything but empty, `0`
+/// or `false` (CI services set `true`, `1` or their own name).
+pub fn under_ci() -> bool {
+    is_ci_value(std::env::var("CI").ok().as_deref())
+}
+
+fn is_ci_value(value: Option<&str>) -> bool {
+    value.is_some_and(|value| {
+        let value = value.trim();
+        !(value.is_empty() || value == "0" || value.eq_ignore_ascii_case("false"))
+    })
+}
+
+#[test]
+fn ci_is_any_value_but_empty_0_and_false() {
+    for (value, ci) in [
+        (None, false),
+        (Some(""), false),
+        (Some("0"), false),
+        (Some("false"), false),
+        (Some("FALSE"), false),
+        (Some("true"), true),
+        (Some("1"), true),
+        (Some("yes"), true),
+        (Some("woodpecker"), true),
+    ] {
+        assert_eq!(is_ci_value(value), ci, "CI={value:?}");
+    }
+}
+
+/// Whether the Redis that shared-limit tests use answers a PING (`TEST_REDIS_URL`, default
+/// redis://127.0.0.1:6379, read by the `redis` crate: a password, a `/db` or no port all work).
+/// Without it those tests are skipped and say so; under CI they fail.
 pub async fn redis_url() -> Option<String> {
     let url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let reachable = match tokio::net::TcpStream::connect(
-        url.trim_start_matches("redis://").trim_end_matches('/'),
-    )
-    .await
-    {
-        Ok(_) => return Some(url),
+    let unreachable = match ping_redis(&url).await {
+        Ok(()) => return Some(url),
         Err(error) => error,
     };
     let how = format!(
-        "Redis is not reachable at {url} ({reachable}); set TEST_REDIS_URL or start it with \
+        "Redis is not reachable at {url} ({unreachable}); set TEST_REDIS_URL or start it with \
          `redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no`."
     );
-    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
-        panic!("{how} Under CI=true the shared-limit tests must run.");
+    if under_ci() {
+        panic!("{how} Under CI the shared-limit tests must run.");
     }
     use std::io::Write;
     let _ = writeln!(
@@ -551,6 +580,35 @@ pub async fn redis_url() -> Option<String> {
         "\nNOTE: a shared-limit test was NOT run. {how}\n"
     );
     None
+}
+
+async fn ping_redis(url: &str) -> Result<(), String> {
+    let client = redis::Client::open(url).map_err(|error| error.to_string())?;
+    let ping = async {
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut connection)
+            .await
+    };
+    match tokio::time::timeout(Duration::from_secs(5), ping).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err("no answer within 5 s".into()),
+    }
+}
+
+/// The TCP address a Redis URL names, as the `redis` crate reads it (for a proxy to forward to).
+pub async fn redis_server_addr(url: &str) -> SocketAddr {
+    use redis::IntoConnectionInfo;
+    let info = url.into_connection_info().expect("a Redis URL");
+    let redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
+        panic!("{url}: the shared-limit tests need Redis over plain TCP");
+    };
+    tokio::net::lookup_host((host.as_str(), *port))
+        .await
+        .expect("Redis host resolves")
+        .next()
+        .expect("Redis host has an address")
 }
 
 /// `n` fresh ids that name nothing.

@@ -66,6 +66,30 @@ impl ServerProcess {
         self.logs.lock().unwrap().clone()
     }
 
+    /// Waits (10 s at most) until a JSON log line matches `what`; returns every JSON line so far.
+    pub async fn until_logged(
+        &self,
+        what: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let events: Vec<serde_json::Value> = self
+                .logs()
+                .iter()
+                .filter_map(|line| serde_json::from_str(line).ok())
+                .collect();
+            if events.iter().any(&what) {
+                return events;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never logged; logs: {:#?}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Sends SIGTERM, as an orchestrator stopping the container does.
     pub fn terminate(&self) {
         let pid = self.child.id().expect("still running").to_string();
