@@ -128,7 +128,9 @@ impl Follower {
                 return Ok(event);
             }
             if self.behind {
-                self.catch_up().await?;
+                // Boxed: a reading future is large, and an idle follower (hundreds per process)
+                // should not carry its space.
+                Box::pin(self.catch_up()).await?;
                 self.behind = false;
                 continue;
             }

@@ -436,7 +436,8 @@ impl ChangeStream {
     /// A keep-alive, unless the key no longer authenticates.
     async fn keep_alive(&mut self) -> Next {
         self.keepalive_at = tokio::time::Instant::now() + self.settings.keepalive;
-        match self.service.authenticate(&self.key).await {
+        // Boxed, like the follower's reads: an open stream should not carry a query's space.
+        match Box::pin(self.service.authenticate(&self.key)).await {
             Err(ServiceError::Unauthenticated(_)) => Next::End,
             // A database that cannot answer now does not end the stream.
             _ => Next::KeepAlive,
