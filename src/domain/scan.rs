@@ -125,6 +125,19 @@ pub struct ScanChange {
     pub at: OffsetDateTime,
 }
 
+impl ScanChange {
+    /// The change that moved `scan` (as it is now) from `previous`.
+    pub fn of(previous: ScanStatus, scan: &Scan) -> Self {
+        Self {
+            scan_id: scan.id.clone(),
+            account_group_id: scan.account_group_id.clone(),
+            from: previous,
+            to: scan.status,
+            at: scan.updated_at,
+        }
+    }
+}
+
 /// Where a page of scans ends: the (created_at, id) of its last scan, newest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanCursor {

@@ -446,13 +446,7 @@ impl PgStore {
             Some(previous) => {
                 let scan = row.into_scan()?;
                 // Committed: now, and only now, listeners may hear of it.
-                self.publisher().publish(ScanChange {
-                    scan_id: scan.id.clone(),
-                    account_group_id: scan.account_group_id.clone(),
-                    from: previous,
-                    to: scan.status,
-                    at: scan.updated_at,
-                });
+                self.publisher().publish(ScanChange::of(previous, &scan));
                 Ok(Transition::Applied { previous, scan })
             }
             None => Ok(Transition::Refused {

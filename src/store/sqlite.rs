@@ -423,13 +423,7 @@ impl SqliteStore {
                 let previous = parse_status(&current.status)?;
                 let scan = changed.into_scan()?;
                 // After the commit, a hint for this process's readers; none listening is fine.
-                let _ = self.changes.send(ScanChange {
-                    scan_id: scan.id.clone(),
-                    account_group_id: scan.account_group_id.clone(),
-                    from: previous,
-                    to: scan.status,
-                    at: scan.updated_at,
-                });
+                let _ = self.changes.send(ScanChange::of(previous, &scan));
                 Ok(Transition::Applied { previous, scan })
             }
             Some((current, None)) => Ok(Transition::Refused {
