@@ -1,132 +1,143 @@
-//! The application: shared state, the bound listener, and serving until told to stop.
+//! The one place the application is wired: settings → store (migrated) → service → HTTP state →
+//! router → bound listener. `serve` and every test build it the same way, so a new setting is
+//! threaded here once.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::FromRef;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
-use crate::domain::service::ScanService;
-use crate::http;
-use crate::http::changes::{ChangeStreams, StreamSettings};
-use crate::http::rate_limit::{RateLimit, RateLimiter, RedisSettings};
+use crate::http::{self, AppState, HttpSettings};
+use crate::secret_url::SecretUrl;
 use crate::server::{self, ConnectionLimits};
+use crate::service::ScanService;
+use crate::store::{Store, StoreError, StoreOptions};
 
-/// The knobs of the HTTP layer.
+/// How long a stopping process waits for its last change notifications to go out (listeners
+/// would otherwise find those changes at their next poll).
+pub const HINT_FLUSH_LIMIT: Duration = Duration::from_secs(2);
+
+/// Everything the application needs to start, read once (from the environment and flags by
+/// `config`, or written out by a test).
 #[derive(Debug, Clone)]
-pub struct HttpSettings {
-    pub rate_limit: RateLimit,
-    /// Failed authentications allowed per client address per minute.
-    pub auth_failures_per_minute: NonZeroU32,
-    /// Proxies in front of the service whose `X-Forwarded-For` entries are trusted (0: use the
-    /// peer address).
-    pub trusted_proxy_hops: usize,
-    pub request_timeout: Duration,
-    /// Keep the limits in Redis, shared by every replica; `None`: in this process.
-    pub redis: Option<RedisSettings>,
-    pub streams: StreamSettings,
-    /// Serve the API reference at `/docs` (and redirect `/` to it).
-    pub docs_enabled: bool,
+pub struct Settings {
+    pub listen_addr: SocketAddr,
+    pub store: StoreOptions,
+    /// How long an authenticated key is kept in memory (zero: not at all).
+    pub key_cache_ttl: Duration,
+    /// Followers of changes read the audit trail at least this often, hint or not.
+    pub feed_poll: Duration,
+    pub http: HttpSettings,
+    pub connections: ConnectionLimits,
+    /// How long in-flight requests may finish once shutdown is asked.
+    pub shutdown_timeout: Duration,
 }
 
-impl Default for HttpSettings {
-    fn default() -> Self {
-        Self {
-            rate_limit: RateLimit {
-                per_second: NonZeroU32::new(20).expect("non-zero"),
-                burst: NonZeroU32::new(40).expect("non-zero"),
-            },
-            auth_failures_per_minute: NonZeroU32::new(20).expect("non-zero"),
-            trusted_proxy_hops: 0,
-            request_timeout: Duration::from_secs(10),
-            redis: None,
-            streams: StreamSettings::default(),
-            docs_enabled: true,
-        }
-    }
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("{0}")]
+    Store(StoreError),
+    #[error("cannot migrate the database at {url}: {source}")]
+    Migrate { url: SecretUrl, source: StoreError },
+    #[error("{0}")]
+    Settings(String),
+    #[error("cannot listen on {addr} (LISTEN_ADDR): {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
 }
 
-/// What every handler and middleware may reach, each part extractable on its own.
-#[derive(Clone, FromRef)]
-pub struct AppState {
-    pub scans: ScanService,
-    pub limits: Arc<RateLimiter>,
-    pub trusted_proxy_hops: usize,
-    pub request_timeout: Duration,
-    pub metrics: PrometheusHandle,
-    pub changes: ChangeStreams,
-    pub docs_enabled: bool,
-}
-
-impl AppState {
-    /// Fails only on settings that cannot work (a malformed `REDIS_URL`). Runs inside a Tokio
-    /// runtime: the Redis connection, if any, is made in the background.
-    pub fn new(scans: ScanService, settings: &HttpSettings) -> Result<Self, String> {
-        let limits = RateLimiter::new(
-            settings.rate_limit,
-            settings.auth_failures_per_minute,
-            settings.redis.as_ref(),
-        )?;
-        Ok(Self {
-            scans,
-            limits: Arc::new(limits),
-            trusted_proxy_hops: settings.trusted_proxy_hops,
-            request_timeout: settings.request_timeout,
-            metrics: http::metrics::recorder(),
-            changes: ChangeStreams::new(settings.streams),
-            docs_enabled: settings.docs_enabled,
-        })
-    }
-}
-
-/// A router bound to its listener. Binding first lets callers (and tests, on port 0) learn the
-/// real address before serving.
+/// The wired application, bound to its listener but not yet serving. Binding first lets callers
+/// (and tests, on port 0) learn the real address before serving.
 pub struct Application {
     listener: TcpListener,
     router: Router,
-    limits: ConnectionLimits,
+    state: AppState,
+    connections: ConnectionLimits,
+    shutdown_timeout: Duration,
 }
 
 impl Application {
-    pub async fn bind(addr: SocketAddr, router: Router) -> io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        Self::build_with_routes(settings, Router::new()).await
+    }
+
+    /// The application with `extra` routes merged in under the real middleware: how tests
+    /// exercise paths the API does not have (a handler that panics, one that stalls).
+    pub async fn build_with_routes(
+        settings: Settings,
+        extra: Router<AppState>,
+    ) -> Result<Self, StartupError> {
+        let store = migrated_store(&settings.store).await?;
+        let scans = ScanService::with_key_cache(store.clone(), settings.key_cache_ttl)
+            .with_feed_poll(settings.feed_poll);
+        let state = AppState::new(store, scans, &settings.http).map_err(StartupError::Settings)?;
+        let router = http::router_with(state.clone(), extra);
+        let listener = TcpListener::bind(settings.listen_addr)
+            .await
+            .map_err(|source| StartupError::Bind {
+                addr: settings.listen_addr,
+                source,
+            })?;
         Ok(Self {
             listener,
             router,
-            limits: ConnectionLimits::default(),
+            state,
+            connections: settings.connections,
+            shutdown_timeout: settings.shutdown_timeout,
         })
-    }
-
-    /// Serve under `limits` instead of the defaults.
-    pub fn with_connection_limits(mut self, limits: ConnectionLimits) -> Self {
-        self.limits = limits;
-        self
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests finish,
-    /// for at most `drain` before returning anyway.
-    pub async fn serve(
+    /// The state handlers see: its store (e.g. to seed the demo) and its limiter.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then ends the change streams, stops accepting, lets
+    /// in-flight requests finish (for at most the shutdown timeout), and sends the last change
+    /// notifications.
+    pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
-        drain: Duration,
     ) -> io::Result<()> {
-        server::run(self.listener, self.router, self.limits, shutdown, drain).await
+        let streams = self.state.changes.clone();
+        let shutdown = async move {
+            shutdown.await;
+            // Change streams never finish on their own: end them, so the drain waits only for
+            // real requests.
+            streams.close();
+        };
+        let served = server::run(
+            self.listener,
+            self.router,
+            self.connections,
+            shutdown,
+            self.shutdown_timeout,
+        )
+        .await;
+        self.state.store.flush_hints(HINT_FLUSH_LIMIT).await;
+        served
     }
 }
 
-/// Builds the production router for `state`.
-pub fn build_router(state: AppState) -> Router {
-    http::router(state)
+/// Connects and brings the schema up to date; every command that touches the database needs both.
+pub async fn migrated_store(options: &StoreOptions) -> Result<Store, StartupError> {
+    use secrecy::ExposeSecret;
+    let store = Store::connect(options).map_err(StartupError::Store)?;
+    store
+        .migrate()
+        .await
+        .map_err(|source| StartupError::Migrate {
+            url: SecretUrl::from(options.url.expose_secret().to_owned()),
+            source,
+        })?;
+    Ok(store)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

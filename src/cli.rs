@@ -7,13 +7,14 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::app::{self, AppState, Application};
+use crate::app::{self, Application, HINT_FLUSH_LIMIT};
 use crate::config::{DEFAULT_DATABASE_URL, DatabaseArgs, ServeArgs};
 use crate::demo;
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, NewApiKey, Permission};
+use crate::domain::scan::Actor;
 use crate::domain::scan::{Scan, ScanStatus, UnknownStatus};
-use crate::domain::service::{Actor, ScanService, ServiceError};
+use crate::service::{ScanService, ServiceError};
 use crate::store::{KeyToCreate, Store};
 use crate::telemetry::{self, LogFormat};
 use crate::watch;
@@ -160,10 +161,6 @@ pub enum ScansCommand {
     },
 }
 
-/// How long a command that changed scans waits, before it exits, for its change notifications
-/// to go out (listeners would otherwise find the changes at their next poll).
-const HINT_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// Parses the command line, runs the command, and turns any failure into one line and exit 1.
 pub async fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -242,12 +239,9 @@ async fn healthcheck(listen_addr: std::net::SocketAddr) -> Result<(), String> {
 
 /// Connects and brings the schema up to date; every command needs both.
 async fn migrated_store(database: &DatabaseArgs) -> Result<Store, String> {
-    let store = Store::connect(&database.store_options()).map_err(|e| e.to_string())?;
-    store
-        .migrate()
+    app::migrated_store(&database.store_options())
         .await
-        .map_err(|e| format!("cannot migrate the database at {}: {e}", database.url()))?;
-    Ok(store)
+        .map_err(|e| e.to_string())
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
@@ -258,10 +252,14 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
              DATABASE_URL=postgres://user:password@host:5432/signal_scans"
         );
     }
-    let store = migrated_store(&args.database).await?;
+    let application = Application::build(args.settings())
+        .await
+        .map_err(|e| e.to_string())?;
     let demo = match args.demo {
         true => {
-            let seeded = demo::seed(&store).await.map_err(|e| e.to_string())?;
+            let seeded = demo::seed(&application.state().store)
+                .await
+                .map_err(|e| e.to_string())?;
             if seeded.is_none() {
                 tracing::info!("--demo: the database already holds data; nothing was added");
             }
@@ -269,14 +267,6 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         }
         false => None,
     };
-    let scans = ScanService::with_key_cache(store.clone(), args.key_cache_ttl())
-        .with_feed_poll(args.database.feed_poll());
-    let state = AppState::new(scans, &args.http_settings())?;
-    let streams = state.changes.clone();
-    let application = Application::bind(args.listen_addr, app::build_router(state))
-        .await
-        .map_err(|e| format!("cannot listen on {} (LISTEN_ADDR): {e}", args.listen_addr))?
-        .with_connection_limits(args.connection_limits());
     let addr = application.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(
         listen.addr = %addr,
@@ -287,18 +277,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         println!("{}", demo.instructions(addr));
     }
     application
-        .serve(
-            async move {
-                app::shutdown_signal().await;
-                // Change streams never finish on their own: end them, so the drain waits only
-                // for real requests.
-                streams.close();
-            },
-            args.shutdown_timeout(),
-        )
+        .run_until(app::shutdown_signal())
         .await
         .map_err(|e| format!("server failed: {e}"))?;
-    store.flush_hints(HINT_FLUSH_LIMIT).await;
     tracing::info!("stopped");
     Ok(())
 }

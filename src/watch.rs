@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::domain::ids::AccountGroupId;
 use crate::domain::scan::ScanChange;
-use crate::feed::{FeedReader, Start};
+use crate::service::feed::{FeedReader, Start};
 use crate::store::{Store, StoreError};
 
 /// The longest pause between two attempts to reach the server.

@@ -1,8 +1,7 @@
-//! The rules of the service, free of HTTP and SQL.
+//! The rules and types of the service: ids, the scan state machine, keys and permissions, the
+//! change feed's cursor. No I/O, and nothing from the layers above (`service`, `store`, `http`).
 
 pub mod feed;
 pub mod ids;
-pub mod key_cache;
 pub mod keys;
 pub mod scan;
-pub mod service;

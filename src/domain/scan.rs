@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use time::OffsetDateTime;
+use uuid::Uuid;
 
 use super::ids::{AccountGroupId, ScanId};
 
@@ -187,6 +188,37 @@ pub struct ScanEvent {
     pub api_key_id: Option<uuid::Uuid>,
     pub trace_id: Option<String>,
     pub at: OffsetDateTime,
+}
+
+/// Who caused a status change, for the audit trail.
+#[derive(Debug, Clone, Copy)]
+pub struct Actor<'a> {
+    pub api_key_id: Option<Uuid>,
+    pub trace_id: Option<&'a str>,
+}
+
+/// What a guarded status change did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    /// The scan moved from `previous` to the requested status; `scan` is its new state.
+    Applied {
+        previous: ScanStatus,
+        scan: Scan,
+    },
+    /// The scan's current status does not allow the change; `scan` is its current state.
+    Refused {
+        scan: Scan,
+    },
+    NotFound,
+}
+
+/// Which page of a group's scans to read, newest first.
+#[derive(Debug, Clone)]
+pub struct ScanPageQuery {
+    pub status: Option<ScanStatus>,
+    pub limit: u32,
+    /// Start after this scan (exclusive); `None` for the first page.
+    pub after: Option<ScanCursor>,
 }
 
 #[cfg(test)]

@@ -9,11 +9,11 @@ use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::Response;
 
+use super::AppState;
 use super::error::ApiError;
 use super::metrics::RATE_LIMITED;
-use crate::app::AppState;
 use crate::domain::keys::{Permission, Principal};
-use crate::domain::service::AuthFailure;
+use crate::service::AuthFailure;
 
 const API_KEY_HEADER: &str = "x-api-key";
 const X_FORWARDED_FOR: &str = "x-forwarded-for";

@@ -28,8 +28,8 @@ use crate::domain::feed::FeedCursor;
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::Principal;
 use crate::domain::scan::ScanStatus;
-use crate::domain::service::{ScanService, ServiceError};
-use crate::feed::{FeedEvent, Follower, Start};
+use crate::service::feed::{FeedEvent, Follower, Start};
+use crate::service::{ScanService, ServiceError};
 
 /// The SSE event name of a status change.
 pub const EVENT_NAME: &str = "scan.status_changed";

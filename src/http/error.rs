@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::envelope::{Envelope, ErrorBody};
 use crate::domain::scan::ScanStatus;
-use crate::domain::service::ServiceError;
+use crate::service::ServiceError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]

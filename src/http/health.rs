@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::envelope::Envelope;
 use super::error::ApiError;
-use crate::domain::service::ScanService;
+use crate::store::Store;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Health {
@@ -45,11 +45,8 @@ pub async fn healthz() -> Json<Envelope<Health>> {
         (status = 503, response = crate::http::openapi::NotReady),
     )
 )]
-pub async fn readyz(
-    State(service): State<ScanService>,
-) -> Result<Json<Envelope<Health>>, ApiError> {
-    service
-        .store()
+pub async fn readyz(State(store): State<Store>) -> Result<Json<Envelope<Health>>, ApiError> {
+    store
         .ping()
         .await
         .map_err(|error| ApiError::NotReady(error.to_string()))?;

@@ -11,7 +11,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::domain::service::ScanService;
+use crate::store::Store;
 
 pub const REQUESTS: &str = "http_requests_total";
 pub const REQUEST_DURATION: &str = "http_request_duration_seconds";
@@ -73,9 +73,9 @@ pub async fn track(request: Request, next: Next) -> Response {
 )]
 pub async fn render(
     State(handle): State<PrometheusHandle>,
-    State(service): State<ScanService>,
+    State(store): State<Store>,
 ) -> Response {
-    let pool = service.store().pool_usage();
+    let pool = store.pool_usage();
     metrics::gauge!(DB_POOL, "state" => "in_use").set(f64::from(pool.in_use));
     metrics::gauge!(DB_POOL, "state" => "idle").set(f64::from(pool.idle));
     metrics::gauge!(DB_POOL, "state" => "max").set(f64::from(pool.max));

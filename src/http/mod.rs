@@ -12,7 +12,10 @@ pub mod metrics;
 pub mod openapi;
 pub mod rate_limit;
 pub mod scans;
+mod state;
 pub mod trace_id;
+
+pub use state::{AppState, HttpSettings};
 
 use std::any::Any;
 use std::time::Duration;
@@ -30,7 +33,6 @@ use tracing::Level;
 
 use self::error::ApiError;
 use self::trace_id::TraceId;
-use crate::app::AppState;
 use crate::domain::keys::Permission;
 
 /// The whole HTTP surface of the service.

@@ -34,7 +34,7 @@ use super::scans::{CancelledScan, EventView, ScanEvents, ScanList};
 use crate::domain::ids::{AccountGroupId, InvalidId, ScanId};
 use crate::domain::keys::Permission;
 use crate::domain::scan::{Scan, ScanCursor, ScanEvent, ScanStatus};
-use crate::domain::service::{AuthFailure, Cancellation, ScanPage, ServiceError};
+use crate::service::{AuthFailure, Cancellation, ScanPage, ServiceError};
 
 /// The trace id every example shows (a real one is per request).
 const EXAMPLE_TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";

@@ -10,9 +10,9 @@ use super::error::ApiError;
 use super::trace_id::TraceId;
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::Principal;
+use crate::domain::scan::ScanPageQuery;
 use crate::domain::scan::{Scan, ScanCursor, ScanEvent, ScanStatus};
-use crate::domain::service::{Cancellation, ScanPage, ScanService};
-use crate::store::ScanPageQuery;
+use crate::service::{Cancellation, ScanPage, ScanService};
 
 /// `Path`, but its rejection is our envelope.
 #[derive(FromRequestParts)]

@@ -18,8 +18,9 @@ pub use sqlite::SqliteStore;
 use crate::domain::feed::{FeedCursor, FeedPage};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash, Permission};
-use crate::domain::scan::{Scan, ScanChange, ScanCursor, ScanEvent, ScanStatus};
-use crate::domain::service::Actor;
+use crate::domain::scan::{
+    Actor, Scan, ScanChange, ScanEvent, ScanPageQuery, ScanStatus, Transition,
+};
 
 /// Why the store could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -36,30 +37,6 @@ pub enum StoreError {
     /// The database URL or settings are not usable.
     #[error("{0}")]
     Config(String),
-}
-
-/// What a guarded status change did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Transition {
-    /// The scan moved from `previous` to the requested status; `scan` is its new state.
-    Applied {
-        previous: ScanStatus,
-        scan: Scan,
-    },
-    /// The scan's current status does not allow the change; `scan` is its current state.
-    Refused {
-        scan: Scan,
-    },
-    NotFound,
-}
-
-/// Which page of a group's scans to read, newest first.
-#[derive(Debug, Clone)]
-pub struct ScanPageQuery {
-    pub status: Option<ScanStatus>,
-    pub limit: u32,
-    /// Start after this scan (exclusive); `None` for the first page.
-    pub after: Option<ScanCursor>,
 }
 
 /// A hint that status changes may have committed; the audit trail says which.
@@ -143,8 +120,8 @@ pub struct KeyToCreate {
     pub expires_at: Option<OffsetDateTime>,
 }
 
-/// How to reach the database.
-#[derive(Clone)]
+/// How to reach the database (`Debug` shows no password).
+#[derive(Clone, Debug)]
 pub struct StoreOptions {
     pub url: SecretString,
     /// Every database call answers within this, or fails as [`StoreError::Unavailable`].

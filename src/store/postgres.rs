@@ -12,15 +12,13 @@ use uuid::Uuid;
 
 use super::publisher::Publisher;
 use super::rows::{ChangeRow, EventRow, KeyRow, ScanRow};
-use super::{
-    KeyToCreate, ScanPageQuery, StoreError, StoreOptions, Transition, bounded, classify,
-    parse_status,
-};
+use super::{KeyToCreate, StoreError, StoreOptions, bounded, classify, parse_status};
 use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition, Horizon};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash};
-use crate::domain::scan::{Scan, ScanChange, ScanEvent, ScanStatus};
-use crate::domain::service::Actor;
+use crate::domain::scan::{
+    Actor, Scan, ScanChange, ScanEvent, ScanPageQuery, ScanStatus, Transition,
+};
 
 /// A key's columns shaped as [`KeyRow`] reads them (uuid as text, arrays as JSON).
 macro_rules! key_columns {

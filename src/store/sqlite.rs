@@ -7,22 +7,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
+use sqlx::Connection;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::rows::{ChangeRow, EventRow, KeyRow, SQLITE_TIMESTAMP, ScanRow};
-use super::{
-    KeyToCreate, ScanPageQuery, StoreError, StoreOptions, Transition, bounded, classify,
-    parse_status,
-};
+use super::{KeyToCreate, StoreError, StoreOptions, bounded, classify, parse_status};
 use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash};
-use crate::domain::scan::{Scan, ScanChange, ScanEvent, ScanStatus};
-use crate::domain::service::Actor;
+use crate::domain::scan::{
+    Actor, Scan, ScanChange, ScanEvent, ScanPageQuery, ScanStatus, Transition,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -36,6 +36,8 @@ const CHANGE_BUFFER: usize = 1024;
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Migrations run on a connection of their own, so the pool stays as lazy as it was made.
+    migrate_options: Arc<SqliteConnectOptions>,
     timeout: Duration,
     /// SQLite has no LISTEN/NOTIFY: changes committed by this process are published here.
     changes: tokio::sync::broadcast::Sender<ScanChange>,
@@ -63,12 +65,14 @@ impl SqliteStore {
                 StoreError::Config(format!("cannot create {}: {error}", folder.display()))
             })?;
         }
+        let migrate_options = Arc::new(connect.clone());
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.timeout)
             .connect_lazy_with(connect);
         Ok(Self {
             pool,
+            migrate_options,
             timeout: options.timeout,
             changes: tokio::sync::broadcast::channel(CHANGE_BUFFER).0,
             writer: Arc::new(tokio::sync::Mutex::new(())),
@@ -107,10 +111,16 @@ impl SqliteStore {
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await.map_err(|error| match error {
-            sqlx::migrate::MigrateError::Execute(error) => classify(error),
-            other => StoreError::Internal(other.to_string()),
-        })
+        let mut connection = self
+            .bounded(SqliteConnection::connect_with(&self.migrate_options))
+            .await?;
+        MIGRATOR
+            .run(&mut connection)
+            .await
+            .map_err(|error| match error {
+                sqlx::migrate::MigrateError::Execute(error) => classify(error),
+                other => StoreError::Internal(other.to_string()),
+            })
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use futures::future::join_all;
+use signal_scans::domain::scan::Actor;
 use signal_scans::domain::scan::ScanStatus;
-use signal_scans::domain::service::Actor;
-use signal_scans::store::Transition;
+use signal_scans::domain::scan::Transition;
 
 use crate::helpers::locks::{WriteLock, until_waiting};
 use crate::helpers::{Backend, Settings, TestApp, group};

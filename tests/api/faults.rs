@@ -108,7 +108,7 @@ async fn a_stalled_request_answers_the_envelope_at_the_request_deadline(backend:
     let app = TestApp::spawn_with(
         backend,
         Settings {
-            http: signal_scans::app::HttpSettings {
+            http: signal_scans::http::HttpSettings {
                 request_timeout: Duration::from_millis(200),
                 ..Settings::default().http
             },

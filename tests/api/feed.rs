@@ -9,10 +9,11 @@ use futures::future::join_all;
 use serde_json::Value;
 use signal_scans::domain::feed::FeedCursor;
 use signal_scans::domain::ids::ScanId;
+use signal_scans::domain::scan::Actor;
 use signal_scans::domain::scan::ScanStatus;
-use signal_scans::domain::service::Actor;
-use signal_scans::feed::{FeedEvent, FeedReader, Start};
-use signal_scans::store::{Store, Transition};
+use signal_scans::domain::scan::Transition;
+use signal_scans::service::feed::{FeedEvent, FeedReader, Start};
+use signal_scans::store::Store;
 use sqlx::{Connection, Executor, PgConnection, SqliteConnection};
 
 use crate::helpers::process::ServerProcess;

@@ -8,10 +8,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use signal_scans::app::HttpSettings;
 use signal_scans::domain::ids::ScanId;
 use signal_scans::domain::keys::{AccountGroupAccess, NewApiKey, Permission};
 use signal_scans::domain::scan::ScanStatus;
+use signal_scans::http::HttpSettings;
 use signal_scans::store::Store;
 
 use crate::helpers::process::ServerProcess;

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::future::join_all;
-use signal_scans::app::HttpSettings;
 use signal_scans::domain::keys::NewApiKey;
 use signal_scans::domain::scan::ScanStatus;
+use signal_scans::http::HttpSettings;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -5,10 +5,11 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use futures::future::join_all;
+use signal_scans::domain::scan::Actor;
 use signal_scans::domain::scan::ScanStatus;
-use signal_scans::domain::service::{Actor, ScanService, ServiceError};
-use signal_scans::feed::{FeedReader, Start};
-use signal_scans::store::Transition;
+use signal_scans::domain::scan::Transition;
+use signal_scans::service::feed::{FeedReader, Start};
+use signal_scans::service::{ScanService, ServiceError};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::helpers::{Backend, TestApp, group};

@@ -619,7 +619,7 @@ async fn rate_limited_answers_match_the_document(backend: Backend) {
     let app = TestApp::spawn_with(
         backend,
         Settings {
-            http: signal_scans::app::HttpSettings {
+            http: signal_scans::http::HttpSettings {
                 rate_limit: RateLimit {
                     per_second: NonZeroU32::new(1).unwrap(),
                     burst: NonZeroU32::new(1).unwrap(),
@@ -748,7 +748,7 @@ async fn answers_without_a_database_match_the_document(backend: Backend) {
         Settings {
             db_timeout: Duration::from_secs(5),
             through_proxy: true,
-            http: signal_scans::app::HttpSettings {
+            http: signal_scans::http::HttpSettings {
                 request_timeout: Duration::from_millis(300),
                 ..Settings::default().http
             },

@@ -25,7 +25,7 @@ async fn limited_app_with(backend: Backend, auth_failures_per_minute: NonZeroU32
     let app = TestApp::spawn_with(
         backend,
         Settings {
-            http: signal_scans::app::HttpSettings {
+            http: signal_scans::http::HttpSettings {
                 rate_limit: RateLimit {
                     per_second: NonZeroU32::new(1).unwrap(),
                     burst: NonZeroU32::new(3).unwrap(),

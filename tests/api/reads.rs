@@ -81,7 +81,7 @@ async fn reads_check_key_permission_ids_group_and_existence_in_order(backend: Ba
     let app = TestApp::spawn_with(
         backend,
         Settings {
-            http: signal_scans::app::HttpSettings {
+            http: signal_scans::http::HttpSettings {
                 rate_limit: RateLimit {
                     per_second: NonZeroU32::new(1).unwrap(),
                     burst: NonZeroU32::new(1).unwrap(),

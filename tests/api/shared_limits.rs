@@ -4,8 +4,8 @@
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-use signal_scans::app::HttpSettings;
 use signal_scans::domain::scan::ScanStatus;
+use signal_scans::http::HttpSettings;
 use signal_scans::http::rate_limit::{RateLimit, RedisSettings};
 
 use crate::helpers::process::ServerProcess;

@@ -11,7 +11,7 @@ use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use super::{Decision, RateLimit};
-use crate::config::SecretUrl;
+use crate::secret_url::SecretUrl;
 
 /// How long a limit check may wait for Redis before the in-process limits decide instead.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(250);

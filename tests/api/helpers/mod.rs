@@ -15,12 +15,13 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::Value;
-use signal_scans::app::{AppState, Application, HttpSettings};
+use signal_scans::app::{Application, Settings as AppSettings};
 use signal_scans::domain::ids::{AccountGroupId, ScanId};
 use signal_scans::domain::keys::{AccountGroupAccess, NewApiKey, Permission};
 use signal_scans::domain::scan::ScanStatus;
-use signal_scans::domain::service::ScanService;
 use signal_scans::http::rate_limit::{RateLimit, RateLimiter};
+use signal_scans::http::{AppState, HttpSettings};
+use signal_scans::server::ConnectionLimits;
 use signal_scans::store::{KeyToCreate, Store, StoreOptions};
 use sqlx::{Connection, Executor, PgConnection};
 use std::sync::Arc;
@@ -254,12 +255,6 @@ impl TestApp {
                 .expect("TEST_LOG with a valid RUST_LOG");
         }
         let db = TestDatabase::create(backend).await;
-        let store = Store::connect(&store_options(&db.url, Duration::from_secs(10))).unwrap();
-        store
-            .migrate()
-            .await
-            .expect("migrations run on a fresh database");
-
         let proxy = match settings.through_proxy {
             true => Some(proxy::Proxy::start(db.server_addr().await).await),
             false => None,
@@ -270,23 +265,19 @@ impl TestApp {
         };
         let mut options = store_options(&app_url, settings.db_timeout);
         options.max_connections = settings.db_max_connections;
-        let app_store = Store::connect(&options).unwrap();
-        let served_store = app_store.clone();
-        let scans = ScanService::with_key_cache(app_store, settings.key_cache_ttl);
-        let state = AppState::new(scans, &settings.http).expect("valid settings");
-        let limits = state.limits.clone();
-        let router = signal_scans::http::router_with(state, settings.extra_routes);
-        let application = Application::bind("127.0.0.1:0".parse().unwrap(), router)
+        let app_settings = app_settings(options, settings.key_cache_ttl, settings.http);
+        let application = Application::build_with_routes(app_settings, settings.extra_routes)
             .await
-            .expect("bind port 0");
+            .expect("the application starts on a fresh database");
+        let served_store = application.state().store.clone();
+        let limits = application.state().limits.clone();
+        // Arranging and asserting go to the database directly, past any proxy.
+        let store = Store::connect(&store_options(&db.url, Duration::from_secs(10))).unwrap();
         let addr = application.local_addr().unwrap();
         let (shutdown, stop) = oneshot::channel::<()>();
-        let server = tokio::spawn(application.serve(
-            async {
-                let _ = stop.await;
-            },
-            Duration::from_secs(10),
-        ));
+        let server = tokio::spawn(application.run_until(async {
+            let _ = stop.await;
+        }));
         Self {
             addr,
             client: reqwest::Client::builder()
@@ -376,18 +367,15 @@ impl TestApp {
 
     /// A second instance with its own HTTP settings.
     pub async fn replica_with(&self, http: &HttpSettings) -> Replica {
-        let store = Store::connect(&store_options(&self.db.url, Duration::from_secs(2))).unwrap();
-        let scans = ScanService::with_key_cache(store, Duration::from_millis(1000));
-        let state = AppState::new(scans, http).expect("valid settings");
-        let limits = state.limits.clone();
-        let application = Application::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            signal_scans::http::router(state),
-        )
-        .await
-        .unwrap();
+        let options = store_options(&self.db.url, Duration::from_secs(2));
+        let mut settings = app_settings(options, Duration::from_millis(1000), http.clone());
+        settings.shutdown_timeout = Duration::ZERO;
+        let application = Application::build(settings)
+            .await
+            .expect("a replica starts");
+        let limits = application.state().limits.clone();
         let addr = application.local_addr().unwrap();
-        let server = tokio::spawn(application.serve(std::future::pending(), Duration::ZERO));
+        let server = tokio::spawn(application.run_until(std::future::pending()));
         Replica {
             addr,
             limits,
@@ -436,6 +424,20 @@ impl Drop for TestApp {
         if let Some(server) = self.server.take() {
             server.abort();
         }
+    }
+}
+
+/// The application's settings in tests: port 0 on loopback, production's connection limits and
+/// feed poll, 10 s to drain.
+fn app_settings(store: StoreOptions, key_cache_ttl: Duration, http: HttpSettings) -> AppSettings {
+    AppSettings {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        store,
+        key_cache_ttl,
+        feed_poll: Duration::from_secs(1),
+        http,
+        connections: ConnectionLimits::default(),
+        shutdown_timeout: Duration::from_secs(10),
     }
 }
 

@@ -1,27 +1,21 @@
-//! The rules of the API, above the store and below HTTP: who may do what to which scan.
+//! `ScanService`: each scan operation, checking the caller's rights before touching the store.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use time::OffsetDateTime;
-use uuid::Uuid;
 
-use super::ids::{AccountGroupId, ScanId};
+use super::feed::{ChangeHub, Follower, Start};
 use super::key_cache::KeyCache;
-use super::keys::{KeyHash, KeyRejected, Principal, looks_like_key};
-use super::scan::{Scan, ScanCursor, ScanEvent, ScanStatus};
-use crate::feed::{ChangeHub, Follower, Start};
-use crate::store::{ScanPageQuery, Store, StoreError, Transition};
+use crate::domain::ids::{AccountGroupId, ScanId};
+use crate::domain::keys::{KeyHash, KeyRejected, Principal, looks_like_key};
+use crate::domain::scan::{
+    Actor, Scan, ScanCursor, ScanEvent, ScanPageQuery, ScanStatus, Transition,
+};
+use crate::store::{Store, StoreError};
 
 /// `FEED_POLL_MS`'s default.
 const DEFAULT_FEED_POLL: Duration = Duration::from_secs(1);
-
-/// Who caused a status change, for the audit trail.
-#[derive(Debug, Clone, Copy)]
-pub struct Actor<'a> {
-    pub api_key_id: Option<Uuid>,
-    pub trace_id: Option<&'a str>,
-}
 
 /// A scan that is now cancelled, and what it was before this request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,10 +94,6 @@ impl ScanService {
     pub fn with_feed_poll(mut self, poll: Duration) -> Self {
         self.changes = ChangeHub::new(self.store.clone(), poll);
         self
-    }
-
-    pub fn store(&self) -> &Store {
-        &self.store
     }
 
     /// The principal a presented API key authenticates as.
@@ -263,7 +253,7 @@ impl ScanService {
     }
 }
 
-fn cancelled_at(scan: &super::scan::Scan) -> Result<OffsetDateTime, StoreError> {
+fn cancelled_at(scan: &Scan) -> Result<OffsetDateTime, StoreError> {
     scan.cancelled_at.ok_or_else(|| {
         StoreError::Corrupt(format!("cancelled scan {} has no cancelled_at", scan.id))
     })

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::keys::{ApiKey, KeyHash};
+use crate::domain::keys::{ApiKey, KeyHash};
 
 /// Most keys held; far above the number of keys a deployment has.
 const CAPACITY: u64 = 10_000;

@@ -1,0 +1,84 @@
+//! What the HTTP layer is given: its settings, and the state every handler and middleware may
+//! extract a part of.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::FromRef;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use super::changes::{ChangeStreams, StreamSettings};
+use super::rate_limit::{RateLimit, RateLimiter, RedisSettings};
+use crate::service::ScanService;
+use crate::store::Store;
+
+/// The knobs of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub rate_limit: RateLimit,
+    /// Failed authentications allowed per client address per minute.
+    pub auth_failures_per_minute: NonZeroU32,
+    /// Proxies in front of the service whose `X-Forwarded-For` entries are trusted (0: use the
+    /// peer address).
+    pub trusted_proxy_hops: usize,
+    pub request_timeout: Duration,
+    /// Keep the limits in Redis, shared by every replica; `None`: in this process.
+    pub redis: Option<RedisSettings>,
+    pub streams: StreamSettings,
+    /// Serve the API reference at `/docs` (and redirect `/` to it).
+    pub docs_enabled: bool,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            rate_limit: RateLimit {
+                per_second: NonZeroU32::new(20).expect("non-zero"),
+                burst: NonZeroU32::new(40).expect("non-zero"),
+            },
+            auth_failures_per_minute: NonZeroU32::new(20).expect("non-zero"),
+            trusted_proxy_hops: 0,
+            request_timeout: Duration::from_secs(10),
+            redis: None,
+            streams: StreamSettings::default(),
+            docs_enabled: true,
+        }
+    }
+}
+
+/// What every handler and middleware may reach, each part extractable on its own.
+#[derive(Clone, FromRef)]
+pub struct AppState {
+    pub scans: ScanService,
+    /// For health and metrics, which ask the database itself, not a use case.
+    pub store: Store,
+    pub limits: Arc<RateLimiter>,
+    pub trusted_proxy_hops: usize,
+    pub request_timeout: Duration,
+    pub metrics: PrometheusHandle,
+    pub changes: ChangeStreams,
+    pub docs_enabled: bool,
+}
+
+impl AppState {
+    /// Fails only on settings that cannot work (a malformed `REDIS_URL`). Runs inside a Tokio
+    /// runtime: the Redis connection, if any, is made in the background.
+    pub fn new(store: Store, scans: ScanService, settings: &HttpSettings) -> Result<Self, String> {
+        let limits = RateLimiter::new(
+            settings.rate_limit,
+            settings.auth_failures_per_minute,
+            settings.redis.as_ref(),
+        )?;
+        Ok(Self {
+            scans,
+            store,
+            limits: Arc::new(limits),
+            trusted_proxy_hops: settings.trusted_proxy_hops,
+            request_timeout: settings.request_timeout,
+            metrics: super::metrics::recorder(),
+            changes: ChangeStreams::new(settings.streams),
+            docs_enabled: settings.docs_enabled,
+        })
+    }
+}
