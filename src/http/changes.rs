@@ -16,16 +16,15 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use dashmap::DashMap;
 use futures_util::Stream;
-use serde::Serialize;
-use time::OffsetDateTime;
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::auth::presented_key;
 use super::error::ApiError;
-use super::scans::{ApiPath, GroupPath};
+use super::extract::{ApiPath, GroupPath};
+use super::views::ScanStatusChanged;
 use crate::domain::feed::FeedCursor;
-use crate::domain::ids::{AccountGroupId, ScanId};
+use crate::domain::ids::ScanId;
 use crate::domain::keys::Principal;
 use crate::domain::scan::ScanStatus;
 use crate::service::feed::{FeedEvent, Follower, Start};
@@ -111,37 +110,6 @@ impl Drop for StreamSlot {
             *count -= 1;
             *count == 0
         });
-    }
-}
-
-/// The `data` of a `scan.status_changed` event.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ScanStatusChanged {
-    #[schema(value_type = ScanId)]
-    scan_id: String,
-    #[schema(value_type = AccountGroupId)]
-    account_group_id: String,
-    from: ScanStatus,
-    to: ScanStatus,
-    /// When the change committed its audit row.
-    #[serde(with = "time::serde::rfc3339")]
-    at: OffsetDateTime,
-    /// The trace id of the request that made the change; null when none did (the command line).
-    #[schema(required = true)]
-    trace_id: Option<String>,
-}
-
-impl From<&FeedEvent> for ScanStatusChanged {
-    fn from(event: &FeedEvent) -> Self {
-        Self {
-            scan_id: event.change.scan_id.to_string(),
-            account_group_id: event.change.account_group_id.to_string(),
-            from: event.change.from,
-            to: event.change.to,
-            at: event.change.at,
-            trace_id: event.trace_id.clone(),
-        }
     }
 }
 
@@ -283,12 +251,12 @@ fn printable_name(name: &str) -> String {
     responses(
         (status = 200, description = "A stream of `scan.status_changed` events; each `data` is a ScanStatusChanged.",
             content_type = "text/event-stream", body = String),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthorized),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 429, response = crate::http::openapi::RateLimited),
-        (status = 500, response = crate::http::openapi::InternalError),
-        (status = 502, response = crate::http::openapi::UpstreamError),
+        (status = 400, response = crate::http::openapi::responses::BadRequest),
+        (status = 401, response = crate::http::openapi::responses::Unauthorized),
+        (status = 403, response = crate::http::openapi::responses::Forbidden),
+        (status = 429, response = crate::http::openapi::responses::RateLimited),
+        (status = 500, response = crate::http::openapi::responses::InternalError),
+        (status = 502, response = crate::http::openapi::responses::UpstreamError),
     )
 )]
 pub async fn follow_changes(

@@ -15,7 +15,7 @@ use axum::routing::get;
 use utoipa_swagger_ui::Config;
 
 use super::error::ApiError;
-use super::scans::ApiPath;
+use super::extract::ApiPath;
 
 /// Where the page lives; `/docs` and `/` redirect here (the page's assets are relative to it).
 pub const PAGE: &str = "/docs/";

@@ -1,8 +1,10 @@
 //! `ApiError`: the only place an outcome becomes a status, a code and an envelope.
 
 use axum::Json;
+use axum::extract::Request;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::envelope::{Envelope, ErrorBody};
@@ -114,24 +116,38 @@ impl ApiError {
             }
         }
     }
-}
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        // Logged once, here, where the error becomes a response.
-        match &self {
-            ApiError::Internal(cause) => tracing::error!(error.cause = %cause, "internal error"),
-            ApiError::Upstream(cause) | ApiError::NotReady(cause) => {
-                tracing::warn!(error.cause = %cause, "upstream error")
-            }
-            _ => {}
-        }
-        let envelope = Envelope::failure(ErrorBody {
+    /// The envelope this error answers with (the trace id is the current request's).
+    pub fn envelope(&self) -> Envelope<()> {
+        Envelope::failure(ErrorBody {
             code: self.code(),
             message: self.message(),
             details: self.details(),
-        });
-        let mut response = (self.status(), Json(envelope)).into_response();
+        })
+    }
+
+    /// The cause an operator needs and a client must never see: for 500, 502 and 503 only.
+    fn hidden_cause(self) -> Option<HiddenCause> {
+        match self {
+            ApiError::Internal(cause) => Some(HiddenCause::Internal(cause)),
+            ApiError::Upstream(cause) | ApiError::NotReady(cause) => {
+                Some(HiddenCause::Upstream(cause))
+            }
+            _ => None,
+        }
+    }
+
+    /// A 404 for a path no route matches (the router's fallback).
+    pub fn no_route() -> Self {
+        ApiError::NotFound("no route matches this path".into())
+    }
+}
+
+/// Turning an error into a response has no side effect: a hidden cause rides along in the
+/// response's extensions, and [`log_hidden_causes`] logs it once, inside the request's span.
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status(), Json(self.envelope())).into_response();
         let headers = response.headers_mut();
         match &self {
             ApiError::Unauthorized(_) => {
@@ -142,8 +158,35 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
+        if let Some(cause) = self.hidden_cause() {
+            response.extensions_mut().insert(cause);
+        }
         response
     }
+}
+
+/// Why a request failed on our side, for the logs only.
+#[derive(Debug, Clone)]
+enum HiddenCause {
+    Internal(String),
+    Upstream(String),
+}
+
+/// Middleware: logs the hidden cause of an error response, once. It sits inside the request's
+/// span and outside everything that can fail a request (handlers, auth, limits, the deadline,
+/// the panic catcher), so every error is logged with its trace id.
+pub async fn log_hidden_causes(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    match response.extensions().get::<HiddenCause>() {
+        Some(HiddenCause::Internal(cause)) => {
+            tracing::error!(error.cause = %cause, "internal error")
+        }
+        Some(HiddenCause::Upstream(cause)) => {
+            tracing::warn!(error.cause = %cause, "upstream error")
+        }
+        None => {}
+    }
+    response
 }
 
 impl From<StoreError> for ApiError {

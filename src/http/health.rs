@@ -2,18 +2,11 @@
 
 use axum::Json;
 use axum::extract::State;
-use serde::Serialize;
 
 use super::envelope::Envelope;
 use super::error::ApiError;
+use super::views::Health;
 use crate::store::Store;
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Health {
-    /// `ok` from /healthz, `ready` from /readyz.
-    #[schema(example = "ok")]
-    status: &'static str,
-}
 
 /// `GET /healthz`: the process is up and serving.
 #[utoipa::path(
@@ -24,11 +17,11 @@ pub struct Health {
     summary = "Liveness: the process is up and serving",
     description = "No API key needed. Does not touch the database.",
     responses(
-        (status = 200, description = "The process is serving", body = crate::http::openapi::HealthResponse),
+        (status = 200, description = "The process is serving", body = crate::http::openapi::responses::HealthResponse),
     )
 )]
 pub async fn healthz() -> Json<Envelope<Health>> {
-    Json(Envelope::success(Health { status: "ok" }))
+    Json(Envelope::success(Health::OK))
 }
 
 /// `GET /readyz`: the database answers within its timeout; otherwise 503 NOT_READY, so a load
@@ -41,8 +34,8 @@ pub async fn healthz() -> Json<Envelope<Health>> {
     summary = "Readiness: the database answers within its timeout",
     description = "No API key needed. 503 NOT_READY while the database is unreachable or too slow.",
     responses(
-        (status = 200, description = "Ready to serve", body = crate::http::openapi::HealthResponse),
-        (status = 503, response = crate::http::openapi::NotReady),
+        (status = 200, description = "Ready to serve", body = crate::http::openapi::responses::HealthResponse),
+        (status = 503, response = crate::http::openapi::responses::NotReady),
     )
 )]
 pub async fn readyz(State(store): State<Store>) -> Result<Json<Envelope<Health>>, ApiError> {
@@ -50,5 +43,5 @@ pub async fn readyz(State(store): State<Store>) -> Result<Json<Envelope<Health>>
         .ping()
         .await
         .map_err(|error| ApiError::NotReady(error.to_string()))?;
-    Ok(Json(Envelope::success(Health { status: "ready" })))
+    Ok(Json(Envelope::success(Health::READY)))
 }

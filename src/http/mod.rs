@@ -5,6 +5,7 @@ pub mod changes;
 pub mod docs;
 pub mod envelope;
 pub mod error;
+pub mod extract;
 pub mod health;
 pub mod limits;
 pub mod method;
@@ -14,22 +15,24 @@ pub mod rate_limit;
 pub mod scans;
 mod state;
 pub mod trace_id;
+pub mod views;
 
 pub use state::{AppState, HttpSettings};
 
 use std::any::Any;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::{Extension, Router};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
+use utoipa_axum::routes;
 
 use self::error::ApiError;
 use self::trace_id::TraceId;
@@ -42,37 +45,22 @@ pub fn router(state: AppState) -> Router {
 
 /// The service's router with `extra` routes merged in under the same middleware: how tests
 /// exercise paths the API does not have (a handler that panics, one that stalls).
+///
+/// Each documented route is listed once, here: `routes!` takes its path and method from the
+/// handler's `#[utoipa::path]`, so the router and `/openapi.json` cannot disagree.
 pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     let request_timeout = state.request_timeout;
-    let requires = |permissions: &'static [Permission]| {
-        middleware::from_fn_with_state(permissions, auth::require_permission)
-    };
     const READ: &[Permission] = &[Permission::SignalsRead, Permission::SignalsWrite];
     const WRITE: &[Permission] = &[Permission::SignalsWrite];
     // route_layer runs only for matched routes, and the last added runs first:
     // authenticate (401) → rate limit (429) → the route's permission (403) → handler.
-    let api = Router::new()
-        .route(
-            "/v1/accounts/{accountGroupId}/signals/scans",
-            get(scans::list_scans).route_layer(requires(READ)),
-        )
-        .route(
-            // A static segment: `changes` is never taken for a scan id (those are 24 hex).
-            "/v1/accounts/{accountGroupId}/signals/scans/changes",
-            get(changes::follow_changes).route_layer(requires(READ)),
-        )
-        .route(
-            "/v1/accounts/{accountGroupId}/signals/scans/{scanId}",
-            get(scans::get_scan).route_layer(requires(READ)),
-        )
-        .route(
-            "/v1/accounts/{accountGroupId}/signals/scans/{scanId}/events",
-            get(scans::scan_events).route_layer(requires(READ)),
-        )
-        .route(
-            "/v1/accounts/{accountGroupId}/signals/scans/{scanId}/cancel",
-            post(scans::cancel_scan).route_layer(requires(WRITE)),
-        )
+    // (`changes` is a static segment, never taken for a scan id: those are 24 hex.)
+    let api = OpenApiRouter::new()
+        .routes(requires(READ, routes!(scans::list_scans)))
+        .routes(requires(READ, routes!(changes::follow_changes)))
+        .routes(requires(READ, routes!(scans::get_scan)))
+        .routes(requires(READ, routes!(scans::scan_events)))
+        .routes(requires(WRITE, routes!(scans::cancel_scan)))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             rate_limit::limit,
@@ -81,14 +69,28 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
             state.clone(),
             auth::authenticate,
         ));
-
-    Router::new()
+    // The document describes itself: its handler is given the rendered text once the routes
+    // are known.
+    let document = openapi::Document::default();
+    let (_, paths, serve_document) = routes!(openapi::openapi_json);
+    let operations = OpenApiRouter::new()
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(metrics::render))
+        .routes((
+            Vec::new(),
+            paths,
+            serve_document.layer(Extension(document.clone())),
+        ));
+    let (routes, paths) = OpenApiRouter::new()
         .merge(api)
+        .merge(operations)
+        .split_for_parts();
+    document.publish(paths);
+
+    routes
+        // The API reference page is a page, not part of the API it documents.
         .merge(docs::routes(state.docs_enabled))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(metrics::render))
-        .route("/openapi.json", get(openapi::openapi_json))
         .merge(extra)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -101,15 +103,25 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
                     TraceLayer::new_for_http()
                         .make_span_with(request_span)
                         .on_response(DefaultOnResponse::new().level(Level::INFO))
-                        // Errors are logged once, where they become responses (ApiError).
+                        // Errors are logged once, by the next layer.
                         .on_failure(()),
                 )
+                .layer(middleware::from_fn(error::log_hidden_causes))
                 .layer(middleware::from_fn(metrics::track))
                 .layer(middleware::from_fn(limits::enforce))
                 .layer(middleware::from_fn_with_state(request_timeout, deadline))
                 .layer(CatchPanicLayer::custom(panic_response)),
         )
         .with_state(state)
+}
+
+/// A documented route that needs one of `permissions` (403 otherwise).
+fn requires(
+    permissions: &'static [Permission],
+    (schemas, paths, handler): UtoipaMethodRouter<AppState>,
+) -> UtoipaMethodRouter<AppState> {
+    let check = middleware::from_fn_with_state(permissions, auth::require_permission);
+    (schemas, paths, handler.route_layer(check))
 }
 
 /// One span per request, named by route template (not the raw path) to keep cardinality low.
@@ -156,7 +168,7 @@ fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::NotFound("no route matches this path".into())
+    ApiError::no_route()
 }
 
 async fn method_not_allowed(method: Method) -> ApiError {

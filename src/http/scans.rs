@@ -1,104 +1,17 @@
 //! Scan handlers: parse the path into ids, call the service, shape the answer.
 
 use axum::Json;
-use axum::extract::{FromRequestParts, Path, Query, State};
-use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
+use axum::extract::State;
+use serde::Deserialize;
 
 use super::envelope::Envelope;
 use super::error::ApiError;
+use super::extract::{ApiPath, ApiQuery, GroupPath, ScanPath};
 use super::trace_id::TraceId;
-use crate::domain::ids::{AccountGroupId, ScanId};
+use super::views::{CancelledScan, ScanEvents, ScanList};
 use crate::domain::keys::Principal;
-use crate::domain::scan::ScanPageQuery;
-use crate::domain::scan::{Scan, ScanCursor, ScanEvent, ScanStatus};
-use crate::service::{Cancellation, ScanPage, ScanService};
-
-/// `Path`, but its rejection is our envelope.
-#[derive(FromRequestParts)]
-#[from_request(via(Path), rejection(ApiError))]
-pub struct ApiPath<T>(pub T);
-
-/// `Query`, but its rejection (a malformed, duplicate or unknown parameter) is our envelope.
-#[derive(FromRequestParts)]
-#[from_request(via(Query), rejection(ApiError))]
-pub struct ApiQuery<T>(pub T);
-
-/// The raw path of a group route.
-#[derive(Deserialize)]
-pub struct GroupPath {
-    #[serde(rename = "accountGroupId")]
-    account_group_id: String,
-}
-
-impl GroupPath {
-    pub(super) fn parse(&self) -> Result<AccountGroupId, ApiError> {
-        AccountGroupId::parse(&self.account_group_id)
-            .map_err(|e| ApiError::Validation(format!("accountGroupId {e}")))
-    }
-}
-
-/// The raw path of a scan route, before its ids are parsed; documented as the ids it must hold.
-#[derive(Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Path)]
-pub struct ScanPath {
-    /// Account group ID that scopes the request: 24 hexadecimal characters, either case.
-    #[serde(rename = "accountGroupId")]
-    #[param(value_type = AccountGroupId, inline)]
-    account_group_id: String,
-    /// Signal scan ID returned when the scan was started: 24 hexadecimal characters, either case.
-    #[serde(rename = "scanId")]
-    #[param(value_type = ScanId, inline)]
-    scan_id: String,
-}
-
-impl ScanPath {
-    /// Parses both ids, naming every parameter that is malformed.
-    fn parse(&self) -> Result<(AccountGroupId, ScanId), ApiError> {
-        match (
-            AccountGroupId::parse(&self.account_group_id),
-            ScanId::parse(&self.scan_id),
-        ) {
-            (Ok(group), Ok(scan)) => Ok((group, scan)),
-            (group, scan) => {
-                let problems: Vec<String> = [
-                    group.err().map(|e| format!("accountGroupId {e}")),
-                    scan.err().map(|e| format!("scanId {e}")),
-                ]
-                .into_iter()
-                .flatten()
-                .collect();
-                Err(ApiError::Validation(problems.join("; ")))
-            }
-        }
-    }
-}
-
-/// `data` of a successful cancel.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct CancelledScan {
-    #[schema(value_type = ScanId)]
-    scan_id: String,
-    /// Always `cancelled`.
-    status: ScanStatus,
-    /// `queued` or `running` when cancelled by this request; `cancelled` when it already was.
-    previous_status: ScanStatus,
-    /// When the scan was cancelled (the original moment on a repeated cancel).
-    #[serde(with = "time::serde::rfc3339")]
-    cancelled_at: OffsetDateTime,
-}
-
-impl From<Cancellation> for CancelledScan {
-    fn from(cancellation: Cancellation) -> Self {
-        Self {
-            scan_id: cancellation.scan_id.to_string(),
-            status: ScanStatus::Cancelled,
-            previous_status: cancellation.previous_status,
-            cancelled_at: cancellation.cancelled_at,
-        }
-    }
-}
+use crate::domain::scan::{Scan, ScanCursor, ScanPageQuery, ScanStatus};
+use crate::service::ScanService;
 
 /// `POST /v1/accounts/{accountGroupId}/signals/scans/{scanId}/cancel`
 #[utoipa::path(
@@ -114,15 +27,15 @@ impl From<Cancellation> for CancelledScan {
     params(ScanPath),
     security(("bearerAuth" = []), ("apiKey" = [])),
     responses(
-        (status = 200, description = "Scan cancelled, now or before", body = crate::http::openapi::SignalScanCancelSuccessResponse),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthorized),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 404, response = crate::http::openapi::NotFound),
-        (status = 422, response = crate::http::openapi::NotCancellable),
-        (status = 429, response = crate::http::openapi::RateLimited),
-        (status = 500, response = crate::http::openapi::InternalError),
-        (status = 502, response = crate::http::openapi::UpstreamError),
+        (status = 200, description = "Scan cancelled, now or before", body = crate::http::openapi::responses::SignalScanCancelSuccessResponse),
+        (status = 400, response = crate::http::openapi::responses::BadRequest),
+        (status = 401, response = crate::http::openapi::responses::Unauthorized),
+        (status = 403, response = crate::http::openapi::responses::Forbidden),
+        (status = 404, response = crate::http::openapi::responses::NotFound),
+        (status = 422, response = crate::http::openapi::responses::NotCancellable),
+        (status = 429, response = crate::http::openapi::responses::RateLimited),
+        (status = 500, response = crate::http::openapi::responses::InternalError),
+        (status = 502, response = crate::http::openapi::responses::UpstreamError),
     )
 )]
 pub async fn cancel_scan(
@@ -161,14 +74,14 @@ pub async fn cancel_scan(
     params(ScanPath),
     security(("bearerAuth" = []), ("apiKey" = [])),
     responses(
-        (status = 200, description = "The scan", body = crate::http::openapi::SignalScanResponse),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthorized),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 404, response = crate::http::openapi::NotFound),
-        (status = 429, response = crate::http::openapi::RateLimited),
-        (status = 500, response = crate::http::openapi::InternalError),
-        (status = 502, response = crate::http::openapi::UpstreamError),
+        (status = 200, description = "The scan", body = crate::http::openapi::responses::SignalScanResponse),
+        (status = 400, response = crate::http::openapi::responses::BadRequest),
+        (status = 401, response = crate::http::openapi::responses::Unauthorized),
+        (status = 403, response = crate::http::openapi::responses::Forbidden),
+        (status = 404, response = crate::http::openapi::responses::NotFound),
+        (status = 429, response = crate::http::openapi::responses::RateLimited),
+        (status = 500, response = crate::http::openapi::responses::InternalError),
+        (status = 502, response = crate::http::openapi::responses::UpstreamError),
     )
 )]
 pub async fn get_scan(
@@ -235,26 +148,6 @@ impl ListParams {
     }
 }
 
-/// `data` of the list.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ScanList {
-    /// Newest first.
-    scans: Vec<Scan>,
-    /// Pass as `cursor` for the next page; null on the last page.
-    #[schema(required = true)]
-    next_cursor: Option<String>,
-}
-
-impl From<ScanPage> for ScanList {
-    fn from(page: ScanPage) -> Self {
-        Self {
-            scans: page.scans,
-            next_cursor: page.next.map(|cursor| cursor.encode()),
-        }
-    }
-}
-
 /// `GET /v1/accounts/{accountGroupId}/signals/scans?status=&limit=&cursor=`: newest first.
 #[utoipa::path(
     get,
@@ -276,13 +169,13 @@ impl From<ScanPage> for ScanList {
     ),
     security(("bearerAuth" = []), ("apiKey" = [])),
     responses(
-        (status = 200, description = "A page of scans", body = crate::http::openapi::SignalScanListResponse),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthorized),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 429, response = crate::http::openapi::RateLimited),
-        (status = 500, response = crate::http::openapi::InternalError),
-        (status = 502, response = crate::http::openapi::UpstreamError),
+        (status = 200, description = "A page of scans", body = crate::http::openapi::responses::SignalScanListResponse),
+        (status = 400, response = crate::http::openapi::responses::BadRequest),
+        (status = 401, response = crate::http::openapi::responses::Unauthorized),
+        (status = 403, response = crate::http::openapi::responses::Forbidden),
+        (status = 429, response = crate::http::openapi::responses::RateLimited),
+        (status = 500, response = crate::http::openapi::responses::InternalError),
+        (status = 502, response = crate::http::openapi::responses::UpstreamError),
     )
 )]
 pub async fn list_scans(
@@ -297,41 +190,6 @@ pub async fn list_scans(
     Ok(Json(Envelope::success(page.into())))
 }
 
-/// One row of the audit trail as the API shows it.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct EventView {
-    /// null for the row that records the scan's creation.
-    #[schema(required = true)]
-    from: Option<ScanStatus>,
-    to: ScanStatus,
-    #[serde(with = "time::serde::rfc3339")]
-    at: OffsetDateTime,
-    /// The trace id of the request that made the change; null when none did (e.g. the command line).
-    #[schema(required = true)]
-    trace_id: Option<String>,
-}
-
-impl From<ScanEvent> for EventView {
-    fn from(event: ScanEvent) -> Self {
-        Self {
-            from: event.from,
-            to: event.to,
-            at: event.at,
-            trace_id: event.trace_id,
-        }
-    }
-}
-
-/// `data` of the events route.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ScanEvents {
-    scan_id: ScanId,
-    /// Oldest first.
-    events: Vec<EventView>,
-}
-
 /// `GET /v1/accounts/{accountGroupId}/signals/scans/{scanId}/events`: the audit trail.
 #[utoipa::path(
     get,
@@ -344,14 +202,14 @@ pub struct ScanEvents {
     params(ScanPath),
     security(("bearerAuth" = []), ("apiKey" = [])),
     responses(
-        (status = 200, description = "The scan's status changes", body = crate::http::openapi::SignalScanEventsResponse),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthorized),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 404, response = crate::http::openapi::NotFound),
-        (status = 429, response = crate::http::openapi::RateLimited),
-        (status = 500, response = crate::http::openapi::InternalError),
-        (status = 502, response = crate::http::openapi::UpstreamError),
+        (status = 200, description = "The scan's status changes", body = crate::http::openapi::responses::SignalScanEventsResponse),
+        (status = 400, response = crate::http::openapi::responses::BadRequest),
+        (status = 401, response = crate::http::openapi::responses::Unauthorized),
+        (status = 403, response = crate::http::openapi::responses::Forbidden),
+        (status = 404, response = crate::http::openapi::responses::NotFound),
+        (status = 429, response = crate::http::openapi::responses::RateLimited),
+        (status = 500, response = crate::http::openapi::responses::InternalError),
+        (status = 502, response = crate::http::openapi::responses::UpstreamError),
     )
 )]
 pub async fn scan_events(
@@ -361,8 +219,5 @@ pub async fn scan_events(
 ) -> Result<Json<Envelope<ScanEvents>>, ApiError> {
     let (group, scan) = path.parse()?;
     let events = service.scan_events(&principal, &group, &scan).await?;
-    Ok(Json(Envelope::success(ScanEvents {
-        scan_id: scan,
-        events: events.into_iter().map(EventView::from).collect(),
-    })))
+    Ok(Json(Envelope::success(ScanEvents::new(scan, events))))
 }

@@ -1,20 +1,11 @@
-//! The OpenAPI 3.1 document of the whole API, served at `GET /openapi.json` (no API key).
-//!
-//! It is generated from the code: the handlers' `#[utoipa::path]` attributes, the `ToSchema`
-//! derives on the real response types, and, for the named envelopes and error responses below,
-//! the real `Envelope` schema narrowed to success or failure, with examples rendered from the
-//! real types (an error's example is what `ApiError` itself answers).
+//! The reusable pieces handlers name in their `#[utoipa::path]`: the success envelopes, the one
+//! error schema, and one response per error status, each with examples rendered from the real
+//! `ApiError` (so an example is exactly what the service answers). A leaf: it imports no handler.
 
 use std::borrow::Cow;
-use std::future::Future;
-use std::pin::pin;
-use std::sync::OnceLock;
-use std::task::{Context, Poll, Waker};
 
-use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderValue, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use axum::http::{Method, StatusCode};
+use serde_json::Value;
 use time::macros::datetime;
 use utoipa::openapi::content::ContentBuilder;
 use utoipa::openapi::example::ExampleBuilder;
@@ -22,112 +13,23 @@ use utoipa::openapi::extensions::Extensions;
 use utoipa::openapi::header::{Header, HeaderBuilder};
 use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::schema::{AdditionalProperties, Object, ObjectBuilder, Schema, Type};
-use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{self, Ref, RefOr};
-use utoipa::{Modify, OpenApi, PartialSchema, ToResponse, ToSchema};
+use utoipa::{PartialSchema, ToResponse, ToSchema};
 
-use super::envelope::{Envelope, ErrorBody};
-use super::error::ApiError;
-use super::health::{self, Health};
-use super::limits::{self, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_TARGET_BYTES};
-use super::scans::{CancelledScan, EventView, ScanEvents, ScanList};
 use crate::domain::ids::{AccountGroupId, InvalidId, ScanId};
 use crate::domain::keys::Permission;
 use crate::domain::scan::{Scan, ScanCursor, ScanEvent, ScanStatus};
+use crate::http::envelope::{Envelope, ErrorBody};
+use crate::http::error::ApiError;
+use crate::http::limits::{self, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_TARGET_BYTES};
+use crate::http::method;
+use crate::http::views::{CancelledScan, Health, ScanEvents, ScanList};
 use crate::service::{AuthFailure, Cancellation, ScanPage, ServiceError};
 
 /// The trace id every example shows (a real one is per request).
 const EXAMPLE_TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const EXAMPLE_GROUP: &str = "507f1f77bcf86cd799439011";
 const EXAMPLE_SCAN: &str = "65a1f0c2e4b0a1b2c3d4e5f6";
-
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "signal-scans",
-        version = env!("CARGO_PKG_VERSION"),
-        description = "Cancels asynchronous signal scans over a small, strict HTTP API. Every answer \
-            except /metrics, this document and the reference at /docs is the JSON envelope \
-            `{\"success\",\"data\",\"error\",\"traceId\"}`, and every response carries the trace id \
-            in `X-Request-Id`. The /v1 routes need an API key, as `Authorization: Bearer <key>` \
-            or `X-API-Key: <key>`.",
-        license(name = "MIT", identifier = "MIT"),
-    ),
-    paths(
-        super::scans::cancel_scan,
-        super::scans::get_scan,
-        super::scans::list_scans,
-        super::scans::scan_events,
-        super::changes::follow_changes,
-        super::health::healthz,
-        super::health::readyz,
-        super::metrics::render,
-        openapi_json,
-    ),
-    components(
-        schemas(
-            SignalScanCancelSuccessResponse,
-            SignalScanResponse,
-            SignalScanListResponse,
-            SignalScanEventsResponse,
-            HealthResponse,
-            ErrorResponse,
-            AccountGroupId,
-            ScanId,
-            super::changes::ScanStatusChanged,
-        ),
-        responses(
-            BadRequest,
-            RequestTooLarge,
-            Unauthorized,
-            Forbidden,
-            NotFound,
-            NotCancellable,
-            RateLimited,
-            InternalError,
-            UpstreamError,
-            NotReady,
-            OtherError,
-        ),
-    ),
-    modifiers(&SecurityAndHeaders),
-    tags(
-        (name = "signal scans", description = "Read and cancel the signal scans of an account group."),
-        (name = "operations", description = "Health, readiness, metrics and this document; no API key."),
-    ),
-)]
-pub struct ApiDoc;
-
-/// The document, as served: built once.
-pub fn document() -> &'static str {
-    static DOCUMENT: OnceLock<String> = OnceLock::new();
-    DOCUMENT.get_or_init(|| {
-        ApiDoc::openapi()
-            .to_pretty_json()
-            .expect("the OpenAPI document serializes")
-    })
-}
-
-/// `GET /openapi.json`
-#[utoipa::path(
-    get,
-    path = "/openapi.json",
-    operation_id = "openapi",
-    tag = "operations",
-    summary = "This OpenAPI 3.1 document",
-    description = "No API key needed. Generated from the code of the version that serves it.",
-    responses(
-        (status = 200, description = "The OpenAPI 3.1 document of this API", body = Object,
-            content_type = "application/json"),
-    )
-)]
-pub async fn openapi_json() -> Response {
-    let mut response = document().into_response();
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
 
 // ----- Named envelopes: the derived `Envelope<T>` schema, narrowed to success or failure -----
 
@@ -184,7 +86,7 @@ success_envelope!(
     /// `data` is the health status.
     HealthResponse,
     Health,
-    block_on_ready(health::healthz()).0.to_value()
+    Envelope::success(Health::OK).to_value()
 );
 
 /// Every error, whatever its status: one schema, so a generated client has one error type.
@@ -311,16 +213,13 @@ fn example_list() -> Value {
 
 fn example_events() -> Value {
     let scan = example_scan_value();
-    let event = |from, to, at, trace_id: Option<&str>| {
-        serde_json::to_value(EventView::from(ScanEvent {
-            scan_id: scan.id.clone(),
-            from,
-            to,
-            api_key_id: None,
-            trace_id: trace_id.map(str::to_owned),
-            at,
-        }))
-        .expect("an event serializes")
+    let event = |from, to, at, trace_id: Option<&str>| ScanEvent {
+        scan_id: scan.id.clone(),
+        from,
+        to,
+        api_key_id: None,
+        trace_id: trace_id.map(str::to_owned),
+        at,
     };
     let events = vec![
         event(None, ScanStatus::Queued, scan.created_at, None),
@@ -337,8 +236,7 @@ fn example_events() -> Value {
             Some(EXAMPLE_TRACE_ID),
         ),
     ];
-    // `ScanEvents` is built by its handler only; its shape is `{"scanId","events"}`.
-    Envelope::success(json!({ "scanId": scan.id, "events": events })).to_value()
+    Envelope::success(ScanEvents::new(scan.id.clone(), events)).to_value()
 }
 
 trait ExampleValue {
@@ -360,30 +258,11 @@ struct Rendered {
     body: Value,
 }
 
-/// Renders `error` exactly as a handler would answer it (outside any request, so its log line
-/// is suppressed and the trace id replaced by the examples' one).
+/// `error` as the service answers it: its status and its envelope, with the examples' trace id.
 fn rendered(error: ApiError) -> Rendered {
-    let response =
-        tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
-            error.into_response()
-        });
-    let status = response.status();
-    let bytes = block_on_ready(axum::body::to_bytes(response.into_body(), usize::MAX))
-        .expect("an error body is in memory");
-    let mut body: Value = serde_json::from_slice(&bytes).expect("an error body is JSON");
-    body["traceId"] = EXAMPLE_TRACE_ID.into();
-    Rendered { status, body }
-}
-
-/// Polls a future that completes without waiting (an in-memory body, a handler with no I/O).
-fn block_on_ready<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("the future was expected to complete at once"),
+    Rendered {
+        status: error.status(),
+        body: error.envelope().to_value(),
     }
 }
 
@@ -581,10 +460,10 @@ pub struct OtherError;
 impl<'r> ToResponse<'r> for OtherError {
     fn response() -> (&'r str, RefOr<openapi::Response>) {
         let examples = vec![
-            ("noSuchRoute", rendered(block_on_ready(super::not_found()))),
+            ("noSuchRoute", rendered(ApiError::no_route())),
             (
                 "methodNotAllowed",
-                rendered(block_on_ready(super::method_not_allowed(Method::DELETE))),
+                rendered(ApiError::MethodNotAllowed(method::label(&Method::DELETE))),
             ),
         ];
         let response = described_error_response::<ErrorResponse>(
@@ -616,7 +495,7 @@ fn required(header: HeaderBuilder) -> Header {
         .build()
 }
 
-fn request_id_header() -> Header {
+pub(super) fn request_id_header() -> Header {
     required(
         HeaderBuilder::new()
             .schema(Some(String::schema()))
@@ -629,7 +508,7 @@ fn request_id_header() -> Header {
 }
 
 /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
-fn rate_limit_headers(response: ResponseBuilder, always: bool) -> ResponseBuilder {
+pub(super) fn rate_limit_headers(response: ResponseBuilder, always: bool) -> ResponseBuilder {
     let header = |description: &str, example: &str| {
         let header = HeaderBuilder::new()
             .schema(Some(String::schema()))
@@ -655,56 +534,4 @@ fn rate_limit_headers(response: ResponseBuilder, always: bool) -> ResponseBuilde
                 "\"per-key\";r=39;t=1",
             ),
         )
-}
-
-/// Security schemes, the request id header on every inline response, the rate-limit headers on
-/// the /v1 routes' successes, and on every operation the request-limit 400 (unless it lists its
-/// own 400) and the `default` error envelope.
-struct SecurityAndHeaders;
-
-impl Modify for SecurityAndHeaders {
-    fn modify(&self, document: &mut openapi::OpenApi) {
-        let components = document.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearerAuth",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("ssk_<64 hex>")
-                    .description(Some("`Authorization: Bearer <API key>`"))
-                    .build(),
-            ),
-        );
-        components.add_security_scheme(
-            "apiKey",
-            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
-                "X-API-Key",
-                "`X-API-Key: <API key>`",
-            ))),
-        );
-        for (path, item) in document.paths.paths.iter_mut() {
-            for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
-                let responses = &mut operation.responses.responses;
-                responses
-                    .entry("400".into())
-                    .or_insert_with(|| Ref::from_response_name("RequestTooLarge").into());
-                responses.insert(
-                    "default".into(),
-                    Ref::from_response_name("OtherError").into(),
-                );
-                for (status, response) in operation.responses.responses.iter_mut() {
-                    let RefOr::T(response) = response else {
-                        continue;
-                    };
-                    response
-                        .headers
-                        .insert("X-Request-Id".into(), RefOr::T(request_id_header()));
-                    if path.starts_with("/v1/") && status.starts_with('2') {
-                        let with_limits = rate_limit_headers(ResponseBuilder::new(), true).build();
-                        response.headers.extend(with_limits.headers);
-                    }
-                }
-            }
-        }
-    }
 }

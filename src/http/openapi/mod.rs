@@ -1,0 +1,161 @@
+//! The OpenAPI 3.1 document of the whole API, served at `GET /openapi.json` (no API key).
+//!
+//! It is generated from the code: the routes the router lists (each handler's
+//! `#[utoipa::path]`), the `ToSchema` derives on the real response types, and the reusable
+//! responses of [`responses`], whose examples are what the real types answer.
+
+pub mod responses;
+
+use std::sync::{Arc, OnceLock};
+
+use axum::Extension;
+use axum::body::Bytes;
+use axum::http::HeaderValue;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{self, Ref, RefOr};
+use utoipa::{Modify, OpenApi};
+
+use self::responses::*;
+use super::views::ScanStatusChanged;
+use crate::domain::ids::{AccountGroupId, ScanId};
+
+/// What the routes do not say: the API's description, the shared components and the tags.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "signal-scans",
+        version = env!("CARGO_PKG_VERSION"),
+        description = "Cancels asynchronous signal scans over a small, strict HTTP API. Every answer \
+            except /metrics, this document and the reference at /docs is the JSON envelope \
+            `{\"success\",\"data\",\"error\",\"traceId\"}`, and every response carries the trace id \
+            in `X-Request-Id`. The /v1 routes need an API key, as `Authorization: Bearer <key>` \
+            or `X-API-Key: <key>`.",
+        license(name = "MIT", identifier = "MIT"),
+    ),
+    components(
+        schemas(
+            SignalScanCancelSuccessResponse,
+            SignalScanResponse,
+            SignalScanListResponse,
+            SignalScanEventsResponse,
+            HealthResponse,
+            ErrorResponse,
+            AccountGroupId,
+            ScanId,
+            ScanStatusChanged,
+        ),
+        responses(
+            BadRequest,
+            RequestTooLarge,
+            Unauthorized,
+            Forbidden,
+            NotFound,
+            NotCancellable,
+            RateLimited,
+            InternalError,
+            UpstreamError,
+            NotReady,
+            OtherError,
+        ),
+    ),
+    tags(
+        (name = "signal scans", description = "Read and cancel the signal scans of an account group."),
+        (name = "operations", description = "Health, readiness, metrics and this document; no API key."),
+    ),
+)]
+pub struct ApiDoc;
+
+/// The rendered document, published once the router knows its routes and shared with the one
+/// handler that serves it.
+#[derive(Clone, Default)]
+pub struct Document(Arc<OnceLock<Bytes>>);
+
+impl Document {
+    /// Completes the document with the router's `routes` and renders it.
+    pub fn publish(&self, routes: openapi::OpenApi) {
+        let mut document = ApiDoc::openapi();
+        document.merge(routes);
+        SecurityAndHeaders.modify(&mut document);
+        let text = document
+            .to_pretty_json()
+            .expect("the OpenAPI document serializes");
+        let _ = self.0.set(Bytes::from(text));
+    }
+}
+
+/// `GET /openapi.json`
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    operation_id = "openapi",
+    tag = "operations",
+    summary = "This OpenAPI 3.1 document",
+    description = "No API key needed. Generated from the code of the version that serves it.",
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 document of this API", body = Object,
+            content_type = "application/json"),
+    )
+)]
+pub async fn openapi_json(Extension(document): Extension<Document>) -> Response {
+    let text = document.0.get().cloned().unwrap_or_default();
+    let mut response = text.into_response();
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Security schemes, the request id header on every inline response, the rate-limit headers on
+/// the /v1 routes' successes, and on every operation the request-limit 400 (unless it lists its
+/// own 400) and the `default` error envelope.
+struct SecurityAndHeaders;
+
+impl Modify for SecurityAndHeaders {
+    fn modify(&self, document: &mut openapi::OpenApi) {
+        let components = document.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearerAuth",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("ssk_<64 hex>")
+                    .description(Some("`Authorization: Bearer <API key>`"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "apiKey",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-API-Key",
+                "`X-API-Key: <API key>`",
+            ))),
+        );
+        for (path, item) in document.paths.paths.iter_mut() {
+            for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+                let responses = &mut operation.responses.responses;
+                responses
+                    .entry("400".into())
+                    .or_insert_with(|| Ref::from_response_name("RequestTooLarge").into());
+                responses.insert(
+                    "default".into(),
+                    Ref::from_response_name("OtherError").into(),
+                );
+                for (status, response) in operation.responses.responses.iter_mut() {
+                    let RefOr::T(response) = response else {
+                        continue;
+                    };
+                    response
+                        .headers
+                        .insert("X-Request-Id".into(), RefOr::T(request_id_header()));
+                    if path.starts_with("/v1/") && status.starts_with('2') {
+                        let with_limits = rate_limit_headers(ResponseBuilder::new(), true).build();
+                        response.headers.extend(with_limits.headers);
+                    }
+                }
+            }
+        }
+    }
+}

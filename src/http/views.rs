@@ -1,0 +1,144 @@
+//! The JSON bodies of successful answers (`data`, and a change event's `data`), as the API shows
+//! them: what clients parse, and what the OpenAPI document describes.
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::domain::ids::{AccountGroupId, ScanId};
+use crate::domain::scan::{Scan, ScanEvent, ScanStatus};
+use crate::service::feed::FeedEvent;
+use crate::service::{Cancellation, ScanPage};
+
+/// `data` of a successful cancel.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CancelledScan {
+    #[schema(value_type = ScanId)]
+    scan_id: String,
+    /// Always `cancelled`.
+    status: ScanStatus,
+    /// `queued` or `running` when cancelled by this request; `cancelled` when it already was.
+    previous_status: ScanStatus,
+    /// When the scan was cancelled (the original moment on a repeated cancel).
+    #[serde(with = "time::serde::rfc3339")]
+    cancelled_at: OffsetDateTime,
+}
+
+impl From<Cancellation> for CancelledScan {
+    fn from(cancellation: Cancellation) -> Self {
+        Self {
+            scan_id: cancellation.scan_id.to_string(),
+            status: ScanStatus::Cancelled,
+            previous_status: cancellation.previous_status,
+            cancelled_at: cancellation.cancelled_at,
+        }
+    }
+}
+
+/// `data` of the list.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScanList {
+    /// Newest first.
+    scans: Vec<Scan>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    #[schema(required = true)]
+    next_cursor: Option<String>,
+}
+
+impl From<ScanPage> for ScanList {
+    fn from(page: ScanPage) -> Self {
+        Self {
+            scans: page.scans,
+            next_cursor: page.next.map(|cursor| cursor.encode()),
+        }
+    }
+}
+
+/// One row of the audit trail as the API shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventView {
+    /// null for the row that records the scan's creation.
+    #[schema(required = true)]
+    from: Option<ScanStatus>,
+    to: ScanStatus,
+    #[serde(with = "time::serde::rfc3339")]
+    at: OffsetDateTime,
+    /// The trace id of the request that made the change; null when none did (e.g. the command line).
+    #[schema(required = true)]
+    trace_id: Option<String>,
+}
+
+impl From<ScanEvent> for EventView {
+    fn from(event: ScanEvent) -> Self {
+        Self {
+            from: event.from,
+            to: event.to,
+            at: event.at,
+            trace_id: event.trace_id,
+        }
+    }
+}
+
+/// `data` of the events route.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScanEvents {
+    scan_id: ScanId,
+    /// Oldest first.
+    events: Vec<EventView>,
+}
+
+impl ScanEvents {
+    pub fn new(scan_id: ScanId, events: Vec<ScanEvent>) -> Self {
+        Self {
+            scan_id,
+            events: events.into_iter().map(EventView::from).collect(),
+        }
+    }
+}
+
+/// The `data` of a `scan.status_changed` event.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScanStatusChanged {
+    #[schema(value_type = ScanId)]
+    scan_id: String,
+    #[schema(value_type = AccountGroupId)]
+    account_group_id: String,
+    from: ScanStatus,
+    to: ScanStatus,
+    /// When the change committed its audit row.
+    #[serde(with = "time::serde::rfc3339")]
+    at: OffsetDateTime,
+    /// The trace id of the request that made the change; null when none did (the command line).
+    #[schema(required = true)]
+    trace_id: Option<String>,
+}
+
+impl From<&FeedEvent> for ScanStatusChanged {
+    fn from(event: &FeedEvent) -> Self {
+        Self {
+            scan_id: event.change.scan_id.to_string(),
+            account_group_id: event.change.account_group_id.to_string(),
+            from: event.change.from,
+            to: event.change.to,
+            at: event.change.at,
+            trace_id: event.trace_id.clone(),
+        }
+    }
+}
+
+// `data` of `/healthz` and `/readyz` (no doc comment: it would change the published schema).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok` from /healthz, `ready` from /readyz.
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+impl Health {
+    pub const OK: Health = Health { status: "ok" };
+    pub const READY: Health = Health { status: "ready" };
+}
