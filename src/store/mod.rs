@@ -110,6 +110,17 @@ pub struct PoolUsage {
     pub max: u32,
 }
 
+impl PoolUsage {
+    fn of<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> Self {
+        let idle = u32::try_from(pool.num_idle()).unwrap_or(u32::MAX);
+        Self {
+            in_use: pool.size().saturating_sub(idle),
+            idle,
+            max: pool.options().get_max_connections(),
+        }
+    }
+}
+
 /// A key to be stored.
 #[derive(Debug, Clone)]
 pub struct KeyToCreate {
@@ -129,6 +140,17 @@ pub struct StoreOptions {
     pub max_connections: u32,
     /// PostgreSQL: how long committed changes gather before one notification tells of them.
     pub publish_interval: Duration,
+}
+
+/// Calls the same method on whichever store is in use, and awaits it: the two stores have the same
+/// methods (their SQL differs on purpose), so `Store` only chooses between them.
+macro_rules! forward {
+    ($store:ident . $method:ident ( $($argument:expr),* )) => {
+        match $store {
+            Store::Postgres(store) => store.$method($($argument),*).await,
+            Store::Sqlite(store) => store.$method($($argument),*).await,
+        }
+    };
 }
 
 /// The store interface: one variant per supported database, chosen by the URL's scheme.
@@ -153,67 +175,41 @@ impl Store {
     }
 
     pub fn pool_usage(&self) -> PoolUsage {
-        let (size, idle, max) = match self {
-            Store::Postgres(store) => store.pool_counts(),
-            Store::Sqlite(store) => store.pool_counts(),
-        };
-        PoolUsage {
-            in_use: size.saturating_sub(idle),
-            idle,
-            max,
+        match self {
+            Store::Postgres(store) => PoolUsage::of(store.pool()),
+            Store::Sqlite(store) => PoolUsage::of(store.pool()),
         }
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        match self {
-            Store::Postgres(store) => store.migrate().await,
-            Store::Sqlite(store) => store.migrate().await,
-        }
+        forward!(self.migrate())
     }
 
     /// Succeeds when the database answers within the timeout.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        match self {
-            Store::Postgres(store) => store.ping().await,
-            Store::Sqlite(store) => store.ping().await,
-        }
+        forward!(self.ping())
     }
 
     /// True when the database holds no API key and no scan (a fresh install).
     pub async fn is_empty(&self) -> Result<bool, StoreError> {
-        match self {
-            Store::Postgres(store) => store.is_empty().await,
-            Store::Sqlite(store) => store.is_empty().await,
-        }
+        forward!(self.is_empty())
     }
 
     pub async fn find_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
-        match self {
-            Store::Postgres(store) => store.find_key(hash).await,
-            Store::Sqlite(store) => store.find_key(hash).await,
-        }
+        forward!(self.find_key(hash))
     }
 
     pub async fn create_key(&self, key: &KeyToCreate) -> Result<ApiKey, StoreError> {
-        match self {
-            Store::Postgres(store) => store.create_key(key).await,
-            Store::Sqlite(store) => store.create_key(key).await,
-        }
+        forward!(self.create_key(key))
     }
 
     pub async fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
-        match self {
-            Store::Postgres(store) => store.list_keys().await,
-            Store::Sqlite(store) => store.list_keys().await,
-        }
+        forward!(self.list_keys())
     }
 
     /// Revokes a key; `None` when there is no such key. Revoking twice keeps the first time.
     pub async fn revoke_key(&self, id: Uuid) -> Result<Option<ApiKey>, StoreError> {
-        match self {
-            Store::Postgres(store) => store.revoke_key(id).await,
-            Store::Sqlite(store) => store.revoke_key(id).await,
-        }
+        forward!(self.revoke_key(id))
     }
 
     /// Creates a scan directly in `status` (seeding and operations), with its audit row.
@@ -222,10 +218,7 @@ impl Store {
         group: &AccountGroupId,
         status: ScanStatus,
     ) -> Result<Scan, StoreError> {
-        match self {
-            Store::Postgres(store) => store.create_scan(group, status).await,
-            Store::Sqlite(store) => store.create_scan(group, status).await,
-        }
+        forward!(self.create_scan(group, status))
     }
 
     /// A scan by id; `group`, when given, must own it.
@@ -234,18 +227,12 @@ impl Store {
         group: Option<&AccountGroupId>,
         scan: &ScanId,
     ) -> Result<Option<Scan>, StoreError> {
-        match self {
-            Store::Postgres(store) => store.find_scan(group, scan).await,
-            Store::Sqlite(store) => store.find_scan(group, scan).await,
-        }
+        forward!(self.find_scan(group, scan))
     }
 
     /// A scan's audit trail, oldest first.
     pub async fn scan_events(&self, scan: &ScanId) -> Result<Vec<ScanEvent>, StoreError> {
-        match self {
-            Store::Postgres(store) => store.scan_events(scan).await,
-            Store::Sqlite(store) => store.scan_events(scan).await,
-        }
+        forward!(self.scan_events(scan))
     }
 
     /// A page of `group`'s scans, newest first; one more than `limit` tells there is a next page.
@@ -254,28 +241,19 @@ impl Store {
         group: &AccountGroupId,
         query: &ScanPageQuery,
     ) -> Result<Vec<Scan>, StoreError> {
-        match self {
-            Store::Postgres(store) => store.list_scans(group, query).await,
-            Store::Sqlite(store) => store.list_scans(group, query).await,
-        }
+        forward!(self.list_scans(group, query))
     }
 
     /// Audit rows after `cursor` (every group's, creations included: readers filter, so their
     /// cursors move past what they skip), in `(xid, id)` order, at most `limit`, with the snapshot
     /// they were read under.
     pub async fn read_feed(&self, cursor: &FeedCursor, limit: u32) -> Result<FeedPage, StoreError> {
-        match self {
-            Store::Postgres(store) => store.read_feed(cursor, limit).await,
-            Store::Sqlite(store) => store.read_feed(cursor, limit).await,
-        }
+        forward!(self.read_feed(cursor, limit))
     }
 
     /// A cursor at the head of the audit trail: what commits from now on lies ahead of it.
     pub async fn feed_head(&self) -> Result<FeedCursor, StoreError> {
-        match self {
-            Store::Postgres(store) => store.feed_head().await,
-            Store::Sqlite(store) => store.feed_head().await,
-        }
+        forward!(self.feed_head())
     }
 
     /// Subscribes to hints that changes committed.
@@ -306,10 +284,7 @@ impl Store {
         to: ScanStatus,
         actor: Actor<'_>,
     ) -> Result<Transition, StoreError> {
-        match self {
-            Store::Postgres(store) => store.transition(group, scan, to, actor).await,
-            Store::Sqlite(store) => store.transition(group, scan, to, actor).await,
-        }
+        forward!(self.transition(group, scan, to, actor))
     }
 }
 
@@ -360,6 +335,19 @@ fn is_transient_code(code: &str, sqlite: bool) -> bool {
             .is_ok_and(|code| matches!(code & 0xff, 5 | 6 | 14));
     }
     code.starts_with("08") || code.starts_with("53") || code.starts_with("57")
+}
+
+/// Both stores' answer to "is this a fresh install?".
+const IS_EMPTY: &str =
+    "SELECT NOT EXISTS (SELECT 1 FROM api_keys) AND NOT EXISTS (SELECT 1 FROM signal_scans)";
+
+/// A failed migration: a database error is sorted like any other; anything else (a changed or
+/// missing migration) is ours to fix.
+fn migration_error(error: sqlx::migrate::MigrateError) -> StoreError {
+    match error {
+        sqlx::migrate::MigrateError::Execute(error) => classify(error),
+        other => StoreError::Internal(other.to_string()),
+    }
 }
 
 fn parse_status(raw: &str) -> Result<ScanStatus, StoreError> {

@@ -16,7 +16,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::rows::{ChangeRow, EventRow, KeyRow, SQLITE_TIMESTAMP, ScanRow};
-use super::{KeyToCreate, StoreError, StoreOptions, bounded, classify, parse_status};
+use super::{
+    IS_EMPTY, KeyToCreate, StoreError, StoreOptions, bounded, migration_error, parse_status,
+};
 use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash};
@@ -100,27 +102,15 @@ impl SqliteStore {
         bounded(self.timeout, query).await
     }
 
-    /// (open connections, idle connections, the most allowed).
-    pub fn pool_counts(&self) -> (u32, u32, u32) {
-        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
-        (
-            self.pool.size(),
-            idle,
-            self.pool.options().get_max_connections(),
-        )
+    pub(super) fn pool(&self) -> &sqlx::Pool<sqlx::Sqlite> {
+        &self.pool
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let mut connection = self
             .bounded(SqliteConnection::connect_with(&self.migrate_options))
             .await?;
-        MIGRATOR
-            .run(&mut connection)
-            .await
-            .map_err(|error| match error {
-                sqlx::migrate::MigrateError::Execute(error) => classify(error),
-                other => StoreError::Internal(other.to_string()),
-            })
+        MIGRATOR.run(&mut connection).await.map_err(migration_error)
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -130,13 +120,8 @@ impl SqliteStore {
     }
 
     pub async fn is_empty(&self) -> Result<bool, StoreError> {
-        self.bounded(
-            sqlx::query_scalar(
-                "SELECT NOT EXISTS (SELECT 1 FROM api_keys) AND NOT EXISTS (SELECT 1 FROM signal_scans)",
-            )
-            .fetch_one(&self.pool),
-        )
-        .await
+        self.bounded(sqlx::query_scalar(IS_EMPTY).fetch_one(&self.pool))
+            .await
     }
 
     pub async fn find_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
