@@ -1,3 +1,5 @@
+//! The `signal-scans` binary: everything it does is in the library, starting at `cli::main`.
+
 use std::process::ExitCode;
 
 #[tokio::main]
