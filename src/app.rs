@@ -37,15 +37,19 @@ pub struct Settings {
 }
 
 /// Why the application could not start.
+///
+/// A message leaves its cause to `source()` rather than repeating it: the command line prints the
+/// chain (`cannot migrate the database at …: database unavailable: …`), which would otherwise name
+/// the cause twice.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error("{0}")]
     Store(StoreError),
-    #[error("cannot migrate the database at {url}: {source}")]
+    #[error("cannot migrate the database at {url}")]
     Migrate { url: SecretUrl, source: StoreError },
     #[error("{0}")]
     Settings(String),
-    #[error("cannot listen on {addr} (LISTEN_ADDR): {source}")]
+    #[error("cannot listen on {addr} (LISTEN_ADDR)")]
     Bind { addr: SocketAddr, source: io::Error },
 }
 

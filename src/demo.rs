@@ -5,9 +5,9 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use crate::domain::ids::{AccountGroupId, ScanId};
-use crate::domain::keys::{AccountGroupAccess, NewApiKey, Permission};
+use crate::domain::keys::{AccountGroupAccess, KeySpec};
 use crate::domain::scan::ScanStatus;
-use crate::store::{KeyToCreate, Store, StoreError};
+use crate::service::{KeyAdmin, ScanService, ServiceError};
 
 /// What the demo created: enough to show every outcome.
 pub struct Demo {
@@ -18,24 +18,23 @@ pub struct Demo {
 }
 
 /// Seeds the demo data, or returns `None` (adding nothing) when the database already holds data.
-pub async fn seed(store: &Store) -> Result<Option<Demo>, StoreError> {
-    if !store.is_empty().await? {
+pub async fn seed(keys: &KeyAdmin, scans: &ScanService) -> Result<Option<Demo>, ServiceError> {
+    if !scans.is_fresh_install().await? {
         return Ok(None);
     }
     let group = AccountGroupId::parse("507f1f77bcf86cd799439011").expect("a valid id");
-    let new_key = NewApiKey::generate();
-    store
-        .create_key(&KeyToCreate {
-            name: "demo".into(),
-            hash: new_key.hash,
-            permissions: vec![Permission::SignalsRead, Permission::SignalsWrite],
-            access: AccountGroupAccess::Only(vec![group.clone()]),
-            expires_at: None,
-        })
-        .await?;
+    // No permissions given: read and write.
+    let spec = KeySpec::new(
+        "demo",
+        &[],
+        AccountGroupAccess::Only(vec![group.clone()]),
+        None,
+    )
+    .expect("a valid key spec");
+    let (_, new_key) = keys.create(&spec).await?;
     let mut created = Vec::new();
     for status in ScanStatus::ALL {
-        created.push(store.create_scan(&group, status).await?);
+        created.push(scans.create_scan(&group, status).await?);
     }
     let id_of = |status| {
         created

@@ -14,4 +14,3 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod telemetry;
-pub mod watch;

@@ -67,6 +67,77 @@ impl AccountGroupAccess {
     }
 }
 
+/// The longest key name, in bytes (the schema allows 200 characters; a byte bound never exceeds it).
+const MAX_NAME_LEN: usize = 200;
+
+/// What a new key is to be: checked once, so whoever holds a `KeySpec` holds a valid one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySpec {
+    name: String,
+    permissions: Vec<Permission>,
+    access: AccountGroupAccess,
+    expires_in: Option<time::Duration>,
+}
+
+/// Why a key cannot be created as asked. Keys are made from the command line (and the demo), so
+/// the messages name its flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeySpecError {
+    #[error("--name must be 1 to 200 characters")]
+    Name,
+    #[error("give --account-group ID (repeatable) or --all-account-groups")]
+    NoAccountGroup,
+}
+
+impl KeySpec {
+    /// The name is trimmed; no permissions means read and write; `access` must reach at least one
+    /// group; the key expires `expires_in` after it is created, or never.
+    pub fn new(
+        name: &str,
+        permissions: &[Permission],
+        access: AccountGroupAccess,
+        expires_in: Option<time::Duration>,
+    ) -> Result<Self, KeySpecError> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > MAX_NAME_LEN {
+            return Err(KeySpecError::Name);
+        }
+        if access == AccountGroupAccess::Only(Vec::new()) {
+            return Err(KeySpecError::NoAccountGroup);
+        }
+        let mut permissions = match permissions.is_empty() {
+            true => vec![Permission::SignalsRead, Permission::SignalsWrite],
+            false => permissions.to_vec(),
+        };
+        permissions.sort();
+        permissions.dedup();
+        Ok(Self {
+            name: name.to_owned(),
+            permissions,
+            access,
+            expires_in,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Sorted, without repeats.
+    pub fn permissions(&self) -> &[Permission] {
+        &self.permissions
+    }
+
+    pub fn access(&self) -> &AccountGroupAccess {
+        &self.access
+    }
+
+    /// When a key created at `now` expires.
+    pub fn expires_at(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        self.expires_in.map(|after| now + after)
+    }
+}
+
 /// A freshly generated key: the secret exists only here and in the one answer that shows it.
 pub struct NewApiKey {
     pub secret: String,
@@ -251,6 +322,66 @@ mod tests {
                 .authenticate(now)
                 .is_ok()
         );
+    }
+
+    /// A spec for every group that never expires.
+    fn spec(name: &str, permissions: &[Permission]) -> Result<KeySpec, KeySpecError> {
+        KeySpec::new(name, permissions, AccountGroupAccess::All, None)
+    }
+
+    #[test]
+    fn a_key_spec_trims_its_name_and_defaults_to_read_and_write() {
+        let spec = spec("  ci  ", &[]).unwrap();
+        assert_eq!(spec.name(), "ci");
+        let both = [Permission::SignalsRead, Permission::SignalsWrite];
+        assert_eq!(spec.permissions(), both);
+        assert_eq!(spec.access(), &AccountGroupAccess::All);
+        assert_eq!(spec.expires_at(OffsetDateTime::now_utc()), None);
+    }
+
+    #[test]
+    fn a_key_spec_sorts_and_deduplicates_its_permissions() {
+        let (read, write) = (Permission::SignalsRead, Permission::SignalsWrite);
+        let given = spec("ci", &[write, read, write]).unwrap();
+        assert_eq!(given.permissions(), [read, write]);
+        assert_eq!(spec("ci", &[write]).unwrap().permissions(), [write]);
+    }
+
+    #[test]
+    fn a_key_spec_needs_a_name_of_1_to_200_bytes() {
+        assert_eq!(spec("", &[]), Err(KeySpecError::Name));
+        assert_eq!(spec("   ", &[]), Err(KeySpecError::Name));
+        assert!(spec(&"n".repeat(200), &[]).is_ok());
+        assert_eq!(spec(&"n".repeat(201), &[]), Err(KeySpecError::Name));
+        // Bytes, not characters: 101 two-byte characters are too long.
+        assert_eq!(spec(&"é".repeat(101), &[]), Err(KeySpecError::Name));
+        assert_eq!(
+            KeySpecError::Name.to_string(),
+            "--name must be 1 to 200 characters"
+        );
+    }
+
+    #[test]
+    fn a_key_spec_reaches_all_groups_or_a_non_empty_list() {
+        let only = AccountGroupAccess::Only(vec![AccountGroupId::generate()]);
+        let spec = KeySpec::new("ci", &[], only.clone(), None).unwrap();
+        assert_eq!(spec.access(), &only);
+        assert_eq!(
+            KeySpec::new("ci", &[], AccountGroupAccess::Only(vec![]), None),
+            Err(KeySpecError::NoAccountGroup)
+        );
+        assert_eq!(
+            KeySpecError::NoAccountGroup.to_string(),
+            "give --account-group ID (repeatable) or --all-account-groups"
+        );
+    }
+
+    #[test]
+    fn a_key_spec_expires_its_lifetime_after_creation() {
+        let now = OffsetDateTime::now_utc();
+        let hour = Some(Duration::hours(1));
+        let spec = KeySpec::new("ci", &[], AccountGroupAccess::All, hour).unwrap();
+        assert_eq!(spec.expires_at(now), Some(now + Duration::hours(1)));
     }
 
     #[test]

@@ -253,6 +253,39 @@ impl ScanService {
     }
 }
 
+/// An operator's scan operations: no principal and no account group to check, since whoever runs
+/// them holds the database itself (the command line, and the demo's seeding).
+impl ScanService {
+    /// Creates a scan directly in `status`, with its audit row.
+    pub async fn create_scan(
+        &self,
+        group: &AccountGroupId,
+        status: ScanStatus,
+    ) -> Result<Scan, ServiceError> {
+        Ok(self.store.create_scan(group, status).await?)
+    }
+
+    /// Any scan, by its id alone.
+    pub async fn find_scan(&self, scan: &ScanId) -> Result<Scan, ServiceError> {
+        self.store
+            .find_scan(None, scan)
+            .await?
+            .ok_or(ServiceError::ScanNotFound)
+    }
+
+    /// True when the database holds no API key and no scan (a fresh install).
+    pub async fn is_fresh_install(&self) -> Result<bool, ServiceError> {
+        Ok(self.store.is_empty().await?)
+    }
+
+    /// Sends the notifications of this process's changes that are still queued, for at most
+    /// `limit`: a short-lived process calls it before it exits, so listeners hear of its changes
+    /// now rather than at their next poll.
+    pub async fn flush_hints(&self, limit: Duration) {
+        self.store.flush_hints(limit).await;
+    }
+}
+
 fn cancelled_at(scan: &Scan) -> Result<OffsetDateTime, StoreError> {
     scan.cancelled_at.ok_or_else(|| {
         StoreError::Corrupt(format!("cancelled scan {} has no cancelled_at", scan.id))

@@ -5,21 +5,25 @@
 use std::io::Write;
 use std::time::Duration;
 
+use anyhow::{Context as _, anyhow, bail};
+
+use super::migrated_store;
+use crate::config::DatabaseArgs;
 use crate::domain::ids::AccountGroupId;
 use crate::domain::scan::ScanChange;
 use crate::service::feed::{FeedReader, Start};
-use crate::store::{Store, StoreError};
 
 /// The longest pause between two attempts to reach the server.
 const MAX_RECONNECT: Duration = Duration::from_secs(30);
 
-/// Prints changes until the process is stopped. A database that goes away is waited for: the
-/// feed resumes from its cursor, so nothing is printed twice or missed.
-pub async fn run(
-    store: Store,
+/// Prints changes from the database until the process is stopped. A database that goes away is
+/// waited for: the feed resumes from its cursor, so nothing is printed twice or missed.
+pub async fn follow_database(
+    database: &DatabaseArgs,
     group: Option<AccountGroupId>,
-    poll: std::time::Duration,
-) -> Result<(), StoreError> {
+) -> anyhow::Result<()> {
+    let poll = database.feed_poll();
+    let store = migrated_store(database).await?;
     let mut feed = FeedReader::open(store, Start::Now, group, poll).await?;
     tracing::info!("watching for status changes");
     loop {
@@ -44,14 +48,13 @@ fn print(change: &ScanChange) {
 
 /// Follows `GET /v1/accounts/{group}/signals/scans/changes` on `server` until the process is
 /// stopped or the server refuses the key; reconnects with `Last-Event-ID` after anything else.
-pub async fn follow_server(
-    server: &url::Url,
-    group: &AccountGroupId,
-    key: &str,
-) -> Result<(), String> {
+pub async fn follow_server(server: &url::Url, group: &AccountGroupId) -> anyhow::Result<()> {
+    // From the environment only: a flag would show the key in `ps`.
+    let key = std::env::var("SIGNAL_SCANS_API_KEY")
+        .map_err(|_| anyhow!("scans watch --server needs the API key in SIGNAL_SCANS_API_KEY"))?;
     let url = server
         .join(&format!("v1/accounts/{group}/signals/scans/changes"))
-        .map_err(|e| format!("--server {server}: {e}"))?;
+        .with_context(|| format!("--server {server}"))?;
     let client = reqwest::Client::new();
     let mut stream = SseReader::default();
     let mut reconnect = Duration::from_millis(2000);
@@ -59,7 +62,7 @@ pub async fn follow_server(
     loop {
         let mut request = client
             .get(url.clone())
-            .bearer_auth(key)
+            .bearer_auth(&key)
             .header("accept", "text/event-stream");
         if let Some(id) = &stream.last_id {
             request = request.header("last-event-id", id);
@@ -82,7 +85,7 @@ pub async fn follow_server(
                 let body = response.text().await.unwrap_or_default();
                 // The key, the permission or the request is wrong: retrying cannot help.
                 if status.is_client_error() && status.as_u16() != 429 {
-                    return Err(format!("{url} answered {status}: {body}"));
+                    bail!("{url} answered {status}: {body}");
                 }
                 tracing::warn!(%status, "the change stream is unavailable; retrying");
                 retry_after.unwrap_or(reconnect)

@@ -1,0 +1,225 @@
+//! `keys create | list | revoke`: how keys are printed (`KeyView`), and the private file a new
+//! key's secret may be written to (`SecretFile`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail};
+use serde::Serialize;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::output::{print_json, rfc3339};
+use super::{CreateKeyArgs, migrated_store};
+use crate::config::DatabaseArgs;
+use crate::domain::keys::{AccountGroupAccess, ApiKey, KeySpec};
+use crate::service::KeyAdmin;
+
+/// A key as `keys create --json` and `keys list --json` print it (never with its secret, but for
+/// the one answer of `create`).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct KeyView<'a> {
+    id: Uuid,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    name: &'a str,
+    permissions: Vec<&'static str>,
+    /// Empty when `allAccountGroups` is true.
+    account_groups: Vec<&'a str>,
+    all_account_groups: bool,
+    #[serde(with = "time::serde::rfc3339::option")]
+    created_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    expires_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    revoked_at: Option<OffsetDateTime>,
+    /// Where `keys create --output-file` wrote the secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_file: Option<String>,
+}
+
+impl<'a> KeyView<'a> {
+    fn of(key: &'a ApiKey, secret: Option<&'a str>) -> Self {
+        let (account_groups, all_account_groups) = match &key.access {
+            AccountGroupAccess::All => (Vec::new(), true),
+            AccountGroupAccess::Only(groups) => {
+                (groups.iter().map(|g| g.as_str()).collect(), false)
+            }
+        };
+        Self {
+            id: key.id,
+            key: secret,
+            name: &key.name,
+            permissions: key.permissions.iter().map(|p| p.as_str()).collect(),
+            account_groups,
+            all_account_groups,
+            created_at: Some(key.created_at),
+            expires_at: key.expires_at,
+            revoked_at: key.revoked_at,
+            key_file: None,
+        }
+    }
+
+    fn groups_text(&self) -> String {
+        if self.all_account_groups {
+            "all".into()
+        } else {
+            self.account_groups.join(",")
+        }
+    }
+}
+
+async fn key_admin(database: &DatabaseArgs) -> anyhow::Result<KeyAdmin> {
+    Ok(KeyAdmin::new(migrated_store(database).await?))
+}
+
+pub async fn list(database: &DatabaseArgs, json: bool) -> anyhow::Result<()> {
+    let keys = key_admin(database).await?.list().await?;
+    let views: Vec<KeyView> = keys.iter().map(|k| KeyView::of(k, None)).collect();
+    if json {
+        return print_json(&views);
+    }
+    println!(
+        "{:<36}  {:<24}  {:<27}  {:<10}  EXPIRES / REVOKED",
+        "ID", "NAME", "PERMISSIONS", "GROUPS"
+    );
+    for view in &views {
+        println!(
+            "{:<36}  {:<24}  {:<27}  {:<10}  {} / {}",
+            view.id,
+            view.name,
+            view.permissions.join(","),
+            view.groups_text(),
+            rfc3339(view.expires_at),
+            rfc3339(view.revoked_at),
+        );
+    }
+    Ok(())
+}
+
+pub async fn revoke(database: &DatabaseArgs, key_id: Uuid) -> anyhow::Result<()> {
+    let key = key_admin(database)
+        .await?
+        .revoke(key_id)
+        .await?
+        .ok_or_else(|| anyhow!("no API key with id {key_id}"))?;
+    println!(
+        "revoked key {} ({}) at {}",
+        key.id,
+        key.name,
+        rfc3339(key.revoked_at)
+    );
+    Ok(())
+}
+
+pub async fn create(args: CreateKeyArgs) -> anyhow::Result<()> {
+    let access = match args.all_account_groups {
+        true => AccountGroupAccess::All,
+        false => AccountGroupAccess::Only(args.account_groups),
+    };
+    let expires_in = args
+        .expires_in
+        .map(|secs| time::Duration::seconds(secs.into()));
+    let spec = KeySpec::new(&args.name, &args.permissions, access, expires_in)?;
+    let keys = key_admin(&args.database).await?;
+    if args.if_none
+        && let Some(active) = keys.active().await?
+    {
+        if args.json {
+            return print_json(&serde_json::json!({ "created": false, "activeKeyId": active.id }));
+        }
+        println!(
+            "an active API key exists ({} ({})); none created (--if-none)",
+            active.id, active.name
+        );
+        return Ok(());
+    }
+    // The file is made before the key, so a path that cannot be written leaves no key behind.
+    let secret_file = args
+        .output_file
+        .as_deref()
+        .map(SecretFile::create_new)
+        .transpose()?;
+    let (key, new_key) = match keys.create(&spec).await {
+        Ok(created) => created,
+        Err(error) => {
+            if let Some(file) = secret_file {
+                file.discard();
+            }
+            return Err(error.into());
+        }
+    };
+    let mut view = KeyView::of(&key, Some(&new_key.secret));
+    if let Some(file) = secret_file {
+        let path = file.path.display().to_string();
+        file.write(&new_key.secret).map_err(|e| {
+            anyhow!(
+                "created API key {} but could not write {path}: {e}; revoke it with `keys revoke {}`",
+                key.id,
+                key.id
+            )
+        })?;
+        view.key = None;
+        view.key_file = Some(path);
+    }
+    if args.json {
+        return print_json(&view);
+    }
+    println!("created API key {} ({})", view.id, view.name);
+    println!("  permissions:    {}", view.permissions.join(", "));
+    println!("  account groups: {}", view.groups_text());
+    println!("  expires:        {}", rfc3339(view.expires_at));
+    match &view.key_file {
+        Some(path) => {
+            println!("the key is in {path} (mode 0600); read it once, then delete the file")
+        }
+        None => {
+            println!("the key, shown this once; store it now:");
+            println!("{}", new_key.secret);
+        }
+    }
+    Ok(())
+}
+
+/// A file made for one secret: new (never an existing one), readable by its owner only.
+struct SecretFile {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl SecretFile {
+    fn create_new(path: &Path) -> anyhow::Result<Self> {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = match options.open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!(
+                "--output-file {} already exists; refusing to overwrite it (no key was created)",
+                path.display()
+            ),
+            Err(e) => bail!(
+                "cannot create --output-file {}: {e} (no key was created)",
+                path.display()
+            ),
+        };
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+        })
+    }
+
+    fn write(mut self, secret: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        self.file.write_all(secret.as_bytes())?;
+        self.file.write_all(b"\n")?;
+        self.file.sync_all()
+    }
+
+    /// Removes the file after the key could not be created.
+    fn discard(self) {
+        drop(self.file);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

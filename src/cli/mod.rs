@@ -1,0 +1,290 @@
+//! The command line: its clap types (every flag and subcommand), the dispatch of each command to
+//! its file, `serve` and `migrate`, and the one line an error is printed as.
+
+mod healthcheck;
+mod keys;
+mod output;
+mod scans;
+mod watch;
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use uuid::Uuid;
+
+use crate::app::{self, Application};
+use crate::config::{DEFAULT_DATABASE_URL, DatabaseArgs, ServeArgs};
+use crate::demo;
+use crate::domain::ids::{AccountGroupId, ScanId};
+use crate::domain::keys::Permission;
+use crate::domain::scan::ScanStatus;
+use crate::service::KeyAdmin;
+use crate::store::Store;
+use crate::telemetry::{self, LogFormat};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "signal-scans",
+    version,
+    about = "Cancels asynchronous signal scans over HTTP."
+)]
+pub struct Cli {
+    /// Log format: human text or one JSON object per line (on stderr).
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        global = true,
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run pending migrations, then serve the API until Ctrl-C or SIGTERM.
+    Serve(ServeArgs),
+    /// Exit 0 when the service on LISTEN_ADDR answers GET /healthz with 200 (for container
+    /// health checks in images without curl).
+    Healthcheck {
+        #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+        listen_addr: std::net::SocketAddr,
+    },
+    /// Run pending database migrations and exit.
+    Migrate(DatabaseArgs),
+    /// Create, list and revoke API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Create scans (seeding and operations).
+    Scans {
+        #[command(subcommand)]
+        command: ScansCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Create a key and print its secret, once.
+    Create(CreateKeyArgs),
+    /// List keys (never their secrets).
+    List {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by id; it stops working at once.
+    Revoke {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        key_id: Uuid,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct CreateKeyArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// A name that tells operators whose key this is.
+    #[arg(long)]
+    name: String,
+    /// A permission to grant: signals:read or signals:write (repeat for several; default both).
+    #[arg(long = "permission")]
+    permissions: Vec<Permission>,
+    /// An account group the key may reach (repeat for several).
+    #[arg(long = "account-group", conflicts_with = "all_account_groups")]
+    account_groups: Vec<AccountGroupId>,
+    /// Let the key reach every account group.
+    #[arg(long)]
+    all_account_groups: bool,
+    /// Expire the key this many seconds from now.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    expires_in: Option<u32>,
+    /// Create the key only when no active (unrevoked, unexpired) key exists; otherwise say so
+    /// and exit 0. For bootstrap jobs that run on every start.
+    #[arg(long)]
+    if_none: bool,
+    /// Write the secret to this new file (mode 0600; an existing file is never overwritten)
+    /// instead of printing it; only the key's id and the path are printed.
+    #[arg(long, value_name = "PATH")]
+    output_file: Option<std::path::PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScansCommand {
+    /// Create a scan in the given status.
+    Create {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[arg(long)]
+        account_group: AccountGroupId,
+        #[arg(long, default_value = "queued")]
+        status: ScanStatus,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move a scan as a runner does (queued → running → completed | failed), guarded by the
+    /// state machine; exits non-zero naming the current status when the move is not allowed.
+    Transition {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        scan_id: ScanId,
+        #[arg(long, value_parser = ["running", "completed", "failed"])]
+        to: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one JSON line per status change as it commits: from the database, or with
+    /// --server from the service's change stream (API key in SIGNAL_SCANS_API_KEY).
+    Watch {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Only changes of this account group (required with --server).
+        #[arg(long)]
+        account_group: Option<AccountGroupId>,
+        /// Follow the service at this URL (e.g. http://127.0.0.1:8080) instead of the database:
+        /// a runner then needs only the URL and a key with signals:read.
+        #[arg(long, requires = "account_group")]
+        server: Option<url::Url>,
+    },
+    /// Show a scan.
+    Show {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        scan_id: ScanId,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Parses the command line, runs the command, and turns any failure into one line and exit 1.
+pub async fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) if !error.use_stderr() => {
+            // --help and --version
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            // One line naming the setting: clap's message up to its usage block, joined.
+            let rendered = error.to_string();
+            let message: Vec<&str> = rendered
+                .lines()
+                .take_while(|line| !line.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!("{}", message.join(" "));
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(message) = telemetry::init(cli.log_format) {
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
+    }
+    match run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // `{:#}`: the error and its causes, joined by ": ", on one line.
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => serve(args).await,
+        Command::Migrate(database) => {
+            migrated_store(&database).await?;
+            println!("migrations are up to date");
+            Ok(())
+        }
+        Command::Healthcheck { listen_addr } => healthcheck::check(listen_addr).await,
+        Command::Keys { command } => match command {
+            KeysCommand::Create(args) => keys::create(args).await,
+            KeysCommand::List { database, json } => keys::list(&database, json).await,
+            KeysCommand::Revoke { database, key_id } => keys::revoke(&database, key_id).await,
+        },
+        Command::Scans { command } => match command {
+            ScansCommand::Create {
+                database,
+                account_group,
+                status,
+                json,
+            } => scans::create(&database, &account_group, status, json).await,
+            ScansCommand::Transition {
+                database,
+                scan_id,
+                to,
+                json,
+            } => scans::transition(&database, &scan_id, &to, json).await,
+            ScansCommand::Show {
+                database,
+                scan_id,
+                json,
+            } => scans::show(&database, &scan_id, json).await,
+            ScansCommand::Watch {
+                server: Some(server),
+                account_group: Some(group),
+                ..
+            } => watch::follow_server(&server, &group).await,
+            ScansCommand::Watch {
+                database,
+                account_group,
+                ..
+            } => watch::follow_database(&database, account_group).await,
+        },
+    }
+}
+
+/// Connects and brings the schema up to date; every command that touches the database needs both.
+/// Commands hand the store to the service they use, and never query it themselves.
+async fn migrated_store(database: &DatabaseArgs) -> anyhow::Result<Store> {
+    Ok(app::migrated_store(&database.store_options()).await?)
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if args.database.is_default() {
+        tracing::info!(
+            database = DEFAULT_DATABASE_URL,
+            "DATABASE_URL is not set: using the embedded SQLite store; for production set \
+             DATABASE_URL=postgres://user:password@host:5432/signal_scans"
+        );
+    }
+    let application = Application::build(args.settings()).await?;
+    let demo = match args.demo {
+        true => {
+            let state = application.state();
+            let seeded = demo::seed(&KeyAdmin::new(state.store.clone()), &state.scans).await?;
+            if seeded.is_none() {
+                tracing::info!("--demo: the database already holds data; nothing was added");
+            }
+            seeded
+        }
+        false => None,
+    };
+    let addr = application.local_addr()?;
+    tracing::info!(
+        listen.addr = %addr,
+        database = %args.database.url(),
+        "signal-scans is serving"
+    );
+    if let Some(demo) = demo {
+        println!("{}", demo.instructions(addr));
+    }
+    application
+        .run_until(app::shutdown_signal())
+        .await
+        .context("server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
