@@ -1,7 +1,8 @@
 //! signal-scans: cancel asynchronous signal scans over a small, strict HTTP API.
 //!
-//! A request travels `http` (trace id, auth, rate limit, handler) → `domain` (the rules) →
-//! `store` (one guarded SQL statement), and every outcome comes back as the documented envelope.
+//! Layers, each depending only on those below it: `http` and `cli` (the edges) → `service` (the
+//! use cases) → `store` (all SQL) → `domain` (rules and types, no I/O). `app` wires them once,
+//! `config` reads the settings. `docs/architecture.md` draws a request's path through them.
 
 pub mod app;
 pub mod cli;
