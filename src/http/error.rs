@@ -1,10 +1,8 @@
 //! `ApiError`: the only place an outcome becomes a status, a code and an envelope.
 
 use axum::Json;
-use axum::extract::Request;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::envelope::{Envelope, ErrorBody};
@@ -172,11 +170,11 @@ enum HiddenCause {
     Upstream(String),
 }
 
-/// Middleware: logs the hidden cause of an error response, once. It sits inside the request's
-/// span and outside everything that can fail a request (handlers, auth, limits, the deadline,
-/// the panic catcher), so every error is logged with its trace id.
-pub async fn log_hidden_causes(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+/// Logs the hidden cause of an error response, once. Applied to every response inside the
+/// request's span and outside everything that can fail a request (handlers, auth, limits, the
+/// deadline, the panic catcher), so every error is logged with its trace id. A plain function
+/// over the response: nothing to box or clone per request.
+pub fn log_hidden_causes(response: Response) -> Response {
     match response.extensions().get::<HiddenCause>() {
         Some(HiddenCause::Internal(cause)) => {
             tracing::error!(error.cause = %cause, "internal error")

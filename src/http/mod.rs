@@ -106,7 +106,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
                         // Errors are logged once, by the next layer.
                         .on_failure(()),
                 )
-                .layer(middleware::from_fn(error::log_hidden_causes))
+                .map_response(error::log_hidden_causes)
                 .layer(middleware::from_fn(metrics::track))
                 .layer(middleware::from_fn(limits::enforce))
                 .layer(middleware::from_fn_with_state(request_timeout, deadline))

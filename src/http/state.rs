@@ -48,8 +48,41 @@ impl Default for HttpSettings {
 }
 
 /// What every handler and middleware may reach, each part extractable on its own.
-#[derive(Clone, FromRef)]
-pub struct AppState {
+///
+/// axum clones the state into every middleware and handler call of every request: behind one
+/// `Arc`, each of those clones is one reference count instead of one per part.
+#[derive(Clone)]
+pub struct AppState(Arc<Parts>);
+
+impl std::ops::Deref for AppState {
+    type Target = Parts;
+
+    fn deref(&self) -> &Parts {
+        &self.0
+    }
+}
+
+/// Declares `FromRef<AppState>` for parts that handlers and middleware extract on their own.
+macro_rules! extractable {
+    ($($part:ident: $type:ty),+ $(,)?) => {
+        $(impl FromRef<AppState> for $type {
+            fn from_ref(state: &AppState) -> Self {
+                state.$part.clone()
+            }
+        })+
+    };
+}
+
+extractable!(
+    scans: ScanService,
+    store: Store,
+    limits: Arc<RateLimiter>,
+    metrics: PrometheusHandle,
+    changes: ChangeStreams,
+);
+
+/// The parts of [`AppState`].
+pub struct Parts {
     pub scans: ScanService,
     /// For health and metrics, which ask the database itself, not a use case.
     pub store: Store,
@@ -70,7 +103,7 @@ impl AppState {
             settings.auth_failures_per_minute,
             settings.redis.as_ref(),
         )?;
-        Ok(Self {
+        Ok(Self(Arc::new(Parts {
             scans,
             store,
             limits: Arc::new(limits),
@@ -79,6 +112,6 @@ impl AppState {
             metrics: super::metrics::recorder(),
             changes: ChangeStreams::new(settings.streams),
             docs_enabled: settings.docs_enabled,
-        })
+        })))
     }
 }

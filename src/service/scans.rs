@@ -68,8 +68,12 @@ pub struct ScanPage {
 }
 
 /// The scan operations, each checking the caller's rights before touching the store.
+///
+/// Cloned into every request (axum state), so a clone is one reference count, not one per part.
 #[derive(Clone)]
-pub struct ScanService {
+pub struct ScanService(Arc<Parts>);
+
+struct Parts {
     store: Store,
     keys: Arc<KeyCache>,
     changes: ChangeHub,
@@ -83,17 +87,20 @@ impl ScanService {
 
     /// A service that keeps authenticated keys for `ttl` (zero: not at all).
     pub fn with_key_cache(store: Store, ttl: Duration) -> Self {
-        Self {
+        Self(Arc::new(Parts {
             changes: ChangeHub::new(store.clone(), DEFAULT_FEED_POLL),
             store,
             keys: Arc::new(KeyCache::new(ttl)),
-        }
+        }))
     }
 
     /// Followers of changes read the audit trail at least every `poll`, hint or not.
-    pub fn with_feed_poll(mut self, poll: Duration) -> Self {
-        self.changes = ChangeHub::new(self.store.clone(), poll);
-        self
+    pub fn with_feed_poll(self, poll: Duration) -> Self {
+        Self(Arc::new(Parts {
+            changes: ChangeHub::new(self.0.store.clone(), poll),
+            store: self.0.store.clone(),
+            keys: self.0.keys.clone(),
+        }))
     }
 
     /// The principal a presented API key authenticates as.
@@ -102,16 +109,17 @@ impl ScanService {
             return Err(ServiceError::Unauthenticated(AuthFailure::Invalid));
         }
         let hash = KeyHash::of(presented);
-        let key = match self.keys.get(&hash) {
+        let key = match self.0.keys.get(&hash) {
             Some(key) => key,
             None => {
                 let key = Arc::new(
-                    self.store
+                    self.0
+                        .store
                         .find_key(&hash)
                         .await?
                         .ok_or(ServiceError::Unauthenticated(AuthFailure::Invalid))?,
                 );
-                self.keys.insert(hash, key.clone());
+                self.0.keys.insert(hash, key.clone());
                 key
             }
         };
@@ -138,6 +146,7 @@ impl ScanService {
             trace_id: Some(trace_id),
         };
         let outcome = self
+            .0
             .store
             .transition(Some(group), scan, ScanStatus::Cancelled, actor)
             .await?;
@@ -178,7 +187,8 @@ impl ScanService {
         scan: &ScanId,
     ) -> Result<Scan, ServiceError> {
         Self::check_access(principal, group)?;
-        self.store
+        self.0
+            .store
             .find_scan(Some(group), scan)
             .await?
             .ok_or(ServiceError::ScanNotFound)
@@ -192,7 +202,7 @@ impl ScanService {
         query: &ScanPageQuery,
     ) -> Result<ScanPage, ServiceError> {
         Self::check_access(principal, group)?;
-        let mut scans = self.store.list_scans(group, query).await?;
+        let mut scans = self.0.store.list_scans(group, query).await?;
         // The store reads one extra row to tell whether another page exists.
         let next = match scans.len() > query.limit as usize {
             true => {
@@ -212,7 +222,7 @@ impl ScanService {
         scan: &ScanId,
     ) -> Result<Vec<ScanEvent>, ServiceError> {
         self.get_scan(principal, group, scan).await?;
-        Ok(self.store.scan_events(scan).await?)
+        Ok(self.0.store.scan_events(scan).await?)
     }
 
     /// Follows `group`'s status changes from `start`: from now, or exactly after a cursor this
@@ -225,12 +235,12 @@ impl ScanService {
     ) -> Result<Follower, ServiceError> {
         Self::check_access(principal, group)?;
         if let Start::After(cursor) = &start {
-            let head = self.store.feed_head().await?;
+            let head = self.0.store.feed_head().await?;
             if cursor.frontier() > head.frontier() {
                 return Err(ServiceError::UnknownCursor);
             }
         }
-        Ok(self.changes.follow(group.clone(), start).await?)
+        Ok(self.0.changes.follow(group.clone(), start).await?)
     }
 
     /// A runner's (or operator's) move of a scan to `to`, by the state machine: refused with the
@@ -242,7 +252,7 @@ impl ScanService {
         to: ScanStatus,
         actor: Actor<'_>,
     ) -> Result<Scan, ServiceError> {
-        match self.store.transition(None, scan, to, actor).await? {
+        match self.0.store.transition(None, scan, to, actor).await? {
             Transition::Applied { scan, .. } => Ok(scan),
             Transition::Refused { scan } => Err(ServiceError::InvalidTransition {
                 current: scan.status,
@@ -262,12 +272,13 @@ impl ScanService {
         group: &AccountGroupId,
         status: ScanStatus,
     ) -> Result<Scan, ServiceError> {
-        Ok(self.store.create_scan(group, status).await?)
+        Ok(self.0.store.create_scan(group, status).await?)
     }
 
     /// Any scan, by its id alone.
     pub async fn find_scan(&self, scan: &ScanId) -> Result<Scan, ServiceError> {
-        self.store
+        self.0
+            .store
             .find_scan(None, scan)
             .await?
             .ok_or(ServiceError::ScanNotFound)
@@ -275,14 +286,14 @@ impl ScanService {
 
     /// True when the database holds no API key and no scan (a fresh install).
     pub async fn is_fresh_install(&self) -> Result<bool, ServiceError> {
-        Ok(self.store.is_empty().await?)
+        Ok(self.0.store.is_empty().await?)
     }
 
     /// Sends the notifications of this process's changes that are still queued, for at most
     /// `limit`: a short-lived process calls it before it exits, so listeners hear of its changes
     /// now rather than at their next poll.
     pub async fn flush_hints(&self, limit: Duration) {
-        self.store.flush_hints(limit).await;
+        self.0.store.flush_hints(limit).await;
     }
 }
 

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Where the service's CPU goes under the benchmark's cancel load: a CPU profile of the release
+# binary on PostgreSQL, with its CPU time per request. See BENCHMARKS.md ("Profile").
+#
+#   bench/profile.sh            profile the service (release build) for PROFILE_SECONDS
+#   bench/profile.sh thin       profile the thin peer instead, the same way
+#
+# It seeds fresh queued scans, starts the server, drives it with wrk + bench/cancel.lua (32
+# connections, every request cancels a fresh scan), and meanwhile runs
+# `perf record -e cpu-clock -g` on the server's process. Prints CPU µs per request (utime + stime
+# from /proc over the profiled window) and perf's top self-time symbols, and leaves the full
+# profile in bench/out/perf-<kind>.data (read it with `perf report -i …`).
+#
+# Environment (all optional): PROFILE_SECONDS (15), BENCH_CONNECTIONS (32), PROFILE_SCANS (200000),
+# PGHOST PGPORT PGUSER (127.0.0.1 5432 postgres). Needs perf (Debian: linux-perf) and wrk.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="$ROOT/bench/out"
+KIND="${1:-service}"
+SECONDS_TO_PROFILE="${PROFILE_SECONDS:-15}"
+CONNECTIONS="${BENCH_CONNECTIONS:-32}"
+SCANS="${PROFILE_SCANS:-200000}"
+export PGHOST="${PGHOST:-127.0.0.1}" PGPORT="${PGPORT:-5432}" PGUSER="${PGUSER:-postgres}"
+DB=signal_scans_profile
+URL="postgres://$PGUSER@$PGHOST:$PGPORT/$DB"
+GROUP=507f1f77bcf86cd799439011
+PORT=18471
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+mkdir -p "$OUT"
+
+for tool in perf wrk psql; do
+  command -v "$tool" >/dev/null || { echo "bench/profile.sh: $tool is not installed" >&2; exit 1; }
+done
+
+case "$KIND" in
+  service) (cd "$ROOT" && cargo build --release --locked -q) ;;
+  thin) (cd "$ROOT/bench/thin-peer" && cargo build --release --locked -q --target-dir "$TARGET") ;;
+  *) echo "bench/profile.sh: unknown kind $KIND (service or thin)" >&2; exit 2 ;;
+esac
+
+psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
+"$TARGET/release/signal-scans" migrate --database-url "$URL" >/dev/null
+KEY="$("$TARGET/release/signal-scans" keys create --database-url "$URL" --name profile \
+  --all-account-groups --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')"
+psql -X -q -d "$DB" <<SQL
+INSERT INTO signal_scans (id, account_group_id, status, created_at, updated_at)
+SELECT lpad(to_hex(n), 24, '0'), '$GROUP', 'queued', now(), now() FROM generate_series(1, $SCANS) AS n;
+INSERT INTO signal_scan_events (scan_id, from_status, to_status, occurred_at)
+SELECT id, NULL, 'queued', created_at FROM signal_scans;
+VACUUM ANALYZE;
+SQL
+
+case "$KIND" in
+  service)
+    DATABASE_URL="$URL" LISTEN_ADDR="127.0.0.1:$PORT" RATE_LIMIT_PER_SECOND=1000000 \
+      RATE_LIMIT_BURST=1000000 LOG_FORMAT=json RUST_LOG=warn \
+      "$TARGET/release/signal-scans" serve >"$OUT/profile-$KIND.log" 2>&1 &
+    ;;
+  thin)
+    DATABASE_URL="$URL" LISTEN_ADDR="127.0.0.1:$PORT" DB_MAX_CONNECTIONS=10 \
+      "$TARGET/release/thin-peer" >"$OUT/profile-$KIND.log" 2>&1 &
+    ;;
+esac
+PID=$!
+trap 'kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true' EXIT
+for _ in $(seq 1 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+  sleep 0.1
+done
+
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$PID/stat"; }
+export BENCH_GROUP="$GROUP" BENCH_KEY="$KEY" BENCH_ID_FIRST=1 BENCH_ID_COUNT="$SCANS" BENCH_THREADS=2
+export BENCH_LATENCY_OUT="$OUT/profile-$KIND.latency"
+# wrk runs one second longer on each side than perf, so the profile sees only steady load.
+wrk -t2 -c"$CONNECTIONS" -d"$((SECONDS_TO_PROFILE + 2))s" --latency -s "$ROOT/bench/cancel.lua" \
+  "http://127.0.0.1:$PORT" >"$OUT/profile-$KIND.wrk" 2>&1 &
+WRK=$!
+sleep 1
+before_ticks="$(cpu_ticks)"
+before_done="$(psql -X -Atq -d "$DB" -c "SELECT count(*) FROM signal_scans WHERE status = 'cancelled'")"
+perf record -e cpu-clock -F 499 -g -p "$PID" -o "$OUT/perf-$KIND.data" -- sleep "$SECONDS_TO_PROFILE" 2>/dev/null
+after_ticks="$(cpu_ticks)"
+after_done="$(psql -X -Atq -d "$DB" -c "SELECT count(*) FROM signal_scans WHERE status = 'cancelled'")"
+wait "$WRK"
+
+requests=$((after_done - before_done))
+hz="$(getconf CLK_TCK)"
+echo "== $KIND: $requests cancels in ${SECONDS_TO_PROFILE} s ($((requests / SECONDS_TO_PROFILE))/s)," \
+  "CPU $(awk -v t=$((after_ticks - before_ticks)) -v n="$requests" -v hz="$hz" \
+  'BEGIN { printf "%.0f", t / hz * 1e6 / n }') µs per request"
+grep -E "Requests/sec|99%" "$OUT/profile-$KIND.wrk" || true
+echo "== top self time (perf report -i $OUT/perf-$KIND.data)"
+perf report -i "$OUT/perf-$KIND.data" --no-children --sort symbol --stdio -g none 2>/dev/null \
+  | grep -E "^ +[0-9]" | sed -E 's/ +$//; s/^ +//' | cut -c1-150 | head -n 40
