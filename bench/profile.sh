@@ -11,7 +11,7 @@
 # from /proc over the profiled window) and perf's top self-time symbols, and leaves the full
 # profile in bench/out/perf-<kind>.data (read it with `perf report -i …`).
 #
-# Environment (all optional): PROFILE_SECONDS (15), BENCH_CONNECTIONS (32), PROFILE_SCANS (200000),
+# Environment (all optional): PROFILE_PERF (1; 0: measure CPU per request only), PROFILE_SECONDS (15), BENCH_CONNECTIONS (32), PROFILE_SCANS (200000),
 # PGHOST PGPORT PGUSER (127.0.0.1 5432 postgres). Needs perf (Debian: linux-perf) and wrk.
 set -euo pipefail
 
@@ -79,7 +79,11 @@ WRK=$!
 sleep 1
 before_ticks="$(cpu_ticks)"
 before_done="$(psql -X -Atq -d "$DB" -c "SELECT count(*) FROM signal_scans WHERE status = 'cancelled'")"
-perf record -e cpu-clock -F 499 -g -p "$PID" -o "$OUT/perf-$KIND.data" -- sleep "$SECONDS_TO_PROFILE" 2>/dev/null
+if [ "${PROFILE_PERF:-1}" = 1 ]; then
+  perf record -e cpu-clock -F 499 --call-graph "${PROFILE_CALL_GRAPH:-fp}" -p "$PID" -o "$OUT/perf-$KIND.data" -- sleep "$SECONDS_TO_PROFILE" 2>/dev/null
+else
+  sleep "$SECONDS_TO_PROFILE"
+fi
 after_ticks="$(cpu_ticks)"
 after_done="$(psql -X -Atq -d "$DB" -c "SELECT count(*) FROM signal_scans WHERE status = 'cancelled'")"
 wait "$WRK"
@@ -90,6 +94,7 @@ echo "== $KIND: $requests cancels in ${SECONDS_TO_PROFILE} s ($((requests / SECO
   "CPU $(awk -v t=$((after_ticks - before_ticks)) -v n="$requests" -v hz="$hz" \
   'BEGIN { printf "%.0f", t / hz * 1e6 / n }') µs per request"
 grep -E "Requests/sec|99%" "$OUT/profile-$KIND.wrk" || true
+[ "${PROFILE_PERF:-1}" = 1 ] || exit 0
 echo "== top self time (perf report -i $OUT/perf-$KIND.data)"
 perf report -i "$OUT/perf-$KIND.data" --no-children --sort symbol --stdio -g none 2>/dev/null \
   | grep -E "^ +[0-9]" | sed -E 's/ +$//; s/^ +//' | cut -c1-150 | head -n 40

@@ -174,7 +174,7 @@ enum HiddenCause {
 /// request's span and outside everything that can fail a request (handlers, auth, limits, the
 /// deadline, the panic catcher), so every error is logged with its trace id. A plain function
 /// over the response: nothing to box or clone per request.
-pub fn log_hidden_causes(response: Response) -> Response {
+pub fn log_hidden_causes<B>(response: Response<B>) -> Response<B> {
     match response.extensions().get::<HiddenCause>() {
         Some(HiddenCause::Internal(cause)) => {
             tracing::error!(error.cause = %cause, "internal error")

@@ -2,10 +2,14 @@
 //! headers or a body announced larger than we accept get a 400 envelope naming the limit.
 //! (hyper's own, larger buffer limit stays as the backstop for what never parses.)
 
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
 use axum::extract::Request;
 use axum::http::header::CONTENT_LENGTH;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::future::{Either, Ready, ready};
+use tower::{Layer, Service};
 
 use super::error::ApiError;
 
@@ -20,10 +24,41 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Largest body announced with Content-Length; no route reads a body, so this only bounds waste.
 pub const MAX_BODY_BYTES: u64 = 64 * 1024;
 
-pub async fn enforce(request: Request, next: Next) -> Response {
-    match violation(&request) {
-        Some(details) => ApiError::Validation(details).into_response(),
-        None => next.run(request).await,
+/// Layer: answers a request over a limit with the 400 envelope before any other work. A tower
+/// layer: it runs on every request, and its future is not boxed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EnforceLimits;
+
+impl<S> Layer<S> for EnforceLimits {
+    type Service = LimitsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        LimitsService { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LimitsService<S> {
+    inner: S,
+}
+
+impl<S> Service<Request> for LimitsService<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<Ready<Result<Response, Infallible>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        match violation(&request) {
+            Some(details) => Either::Left(ready(Ok(ApiError::Validation(details).into_response()))),
+            None => Either::Right(self.inner.call(request)),
+        }
     }
 }
 

@@ -1,15 +1,20 @@
 //! Prometheus metrics: the `metrics` facade everywhere, rendered by the Prometheus exporter at
 //! `GET /metrics` (no key, like the health checks; keep the port internal).
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::OnceLock;
+use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::HeaderValue;
 use axum::http::header::CONTENT_TYPE;
-use axum::middleware::Next;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use metrics::SharedString;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tower::{Layer, Service};
 
 use crate::store::Store;
 
@@ -38,23 +43,88 @@ pub fn recorder() -> PrometheusHandle {
         .clone()
 }
 
-/// Middleware: counts every request by route template (not raw path), method (a standard one or
+/// Layer: counts every request by route template (not raw path), method (a standard one or
 /// `other`) and status, and records its latency. Every label has a bounded set of values: a
-/// client cannot make the exporter keep a new series per request.
-pub async fn track(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let method = super::method::label(request.method());
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!(REQUESTS, "route" => route.clone(), "method" => method, "status" => status)
-        .increment(1);
-    metrics::histogram!(REQUEST_DURATION, "route" => route, "method" => method)
-        .record(started.elapsed().as_secs_f64());
-    response
+/// client cannot make the exporter keep a new series per request. A tower layer: it runs on
+/// every request, and its future is not boxed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Track;
+
+impl<S> Layer<S> for Track {
+    type Service = TrackService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TrackService { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TrackService<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request> for TrackService<S>
+where
+    S: Service<Request, Response = Response<B>, Error = Infallible>,
+{
+    type Response = Response<B>;
+    type Error = Infallible;
+    type Future = TrackFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let route = request.extensions().get::<MatchedPath>().cloned();
+        let method = super::method::label(request.method());
+        TrackFuture {
+            inner: self.inner.call(request),
+            started: Instant::now(),
+            route,
+            method,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    pub struct TrackFuture<F> {
+        #[pin]
+        inner: F,
+        started: Instant,
+        route: Option<MatchedPath>,
+        method: &'static str,
+    }
+}
+
+impl<F, B> Future for TrackFuture<F>
+where
+    F: Future<Output = Result<Response<B>, Infallible>>,
+{
+    type Output = Result<Response<B>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.inner.poll(cx))?;
+        let route: SharedString = match this.route {
+            Some(path) => path.as_str().to_owned().into(),
+            None => SharedString::const_str("unmatched"),
+        };
+        let method = *this.method;
+        let status = SharedString::from_borrowed(status_label(response.status()));
+        metrics::counter!(REQUESTS, "route" => route.clone(), "method" => method, "status" => status)
+            .increment(1);
+        metrics::histogram!(REQUEST_DURATION, "route" => route, "method" => method)
+            .record(this.started.elapsed().as_secs_f64());
+        Poll::Ready(Ok(response))
+    }
+}
+
+/// The status as a label without an allocation: every status a response can carry is 100–999.
+fn status_label(status: StatusCode) -> &'static str {
+    static LABELS: OnceLock<Vec<String>> = OnceLock::new();
+    let labels = LABELS.get_or_init(|| (0..1000).map(|code| code.to_string()).collect());
+    &labels[usize::from(status.as_u16()).min(999)]
 }
 
 /// `GET /metrics`, in the Prometheus text format.

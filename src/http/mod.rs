@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod changes;
+pub mod deadline;
 pub mod docs;
 pub mod envelope;
 pub mod error;
@@ -20,11 +21,10 @@ pub mod views;
 pub use state::{AppState, HttpSettings};
 
 use std::any::Any;
-use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::Method;
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
 use tower::ServiceBuilder;
@@ -34,6 +34,7 @@ use tracing::Level;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 use utoipa_axum::routes;
 
+use self::deadline::Deadline;
 use self::error::ApiError;
 use self::trace_id::TraceId;
 use crate::domain::keys::Permission;
@@ -96,9 +97,12 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(
             // Outermost first: the trace id exists before the span that records it, and every
-            // response below, even a timeout or a panic, is built inside its scope.
+            // response below, even a timeout or a panic, is built inside its scope. These run on
+            // every request, so they are tower layers with their own futures (`from_fn` boxes a
+            // future and clones the inner service per call); the panic catcher sits above the
+            // request limits and the deadline, whose answers are still plain axum bodies.
             ServiceBuilder::new()
-                .layer(middleware::from_fn(trace_id::assign))
+                .layer(trace_id::AssignTraceId)
                 .layer(
                     TraceLayer::new_for_http()
                         .make_span_with(request_span)
@@ -107,10 +111,10 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
                         .on_failure(()),
                 )
                 .map_response(error::log_hidden_causes)
-                .layer(middleware::from_fn(metrics::track))
-                .layer(middleware::from_fn(limits::enforce))
-                .layer(middleware::from_fn_with_state(request_timeout, deadline))
-                .layer(CatchPanicLayer::custom(panic_response)),
+                .layer(metrics::Track)
+                .layer(CatchPanicLayer::custom(panic_response))
+                .layer(limits::EnforceLimits)
+                .layer(Deadline::new(request_timeout)),
         )
         .with_state(state)
 }
@@ -143,19 +147,6 @@ fn request_span(request: &Request) -> tracing::Span {
         http.route = route,
         api_key.id = tracing::field::Empty,
     )
-}
-
-/// A whole-request deadline. Database calls have their own, shorter one and answer 502; this
-/// catches anything else that stalls.
-async fn deadline(State(limit): State<Duration>, request: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::Internal(format!(
-            "request did not finish within {} ms",
-            limit.as_millis()
-        ))
-        .into_response(),
-    }
 }
 
 fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {

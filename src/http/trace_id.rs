@@ -6,13 +6,17 @@
 
 use std::convert::Infallible;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue};
-use axum::middleware::Next;
 use axum::response::Response;
+use tokio::task::futures::TaskLocalFuture;
+use tower::{Layer, Service};
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 const TRACEPARENT_HEADER: &str = "traceparent";
@@ -28,7 +32,10 @@ pub struct TraceId(Arc<str>);
 
 impl TraceId {
     fn new_random() -> Self {
-        Self(uuid::Uuid::new_v4().simple().to_string().into())
+        let mut buffer = uuid::Uuid::encode_buffer();
+        Self(Arc::from(
+            &*uuid::Uuid::new_v4().simple().encode_lower(&mut buffer),
+        ))
     }
 
     /// The id a request carries, by the documented order of preference.
@@ -83,15 +90,74 @@ impl<S: Send + Sync> FromRequestParts<S> for TraceId {
     }
 }
 
-/// Middleware, outermost: fixes the request's trace id and echoes it in `X-Request-Id`.
-pub async fn assign(mut request: Request, next: Next) -> Response {
-    let id = TraceId::from_headers(request.headers());
-    request.extensions_mut().insert(id.clone());
-    let mut response = CURRENT.scope(id.clone(), next.run(request)).await;
-    if let Ok(value) = HeaderValue::from_str(id.as_str()) {
-        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+/// Layer, outermost: fixes the request's trace id, serves the request inside its scope, and
+/// echoes the id in `X-Request-Id`. A tower layer rather than `from_fn`: it runs on every request,
+/// and its future is not boxed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AssignTraceId;
+
+impl<S> Layer<S> for AssignTraceId {
+    type Service = TraceIdService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TraceIdService { inner }
     }
-    response
+}
+
+#[derive(Debug, Clone)]
+pub struct TraceIdService<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request> for TraceIdService<S>
+where
+    S: Service<Request, Response = Response<B>>,
+{
+    type Response = Response<B>;
+    type Error = S::Error;
+    type Future = TraceIdFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let id = TraceId::from_headers(request.headers());
+        request.extensions_mut().insert(id.clone());
+        let header = HeaderValue::from_str(id.as_str()).ok();
+        // The layers below may answer in `call` itself (a request over the limits), so the id is
+        // in scope there as well as while the future runs.
+        let inner = CURRENT.sync_scope(id.clone(), || self.inner.call(request));
+        TraceIdFuture {
+            inner: CURRENT.scope(id, inner),
+            header,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The request's future inside its trace id's scope; adds `X-Request-Id` to the answer.
+    pub struct TraceIdFuture<F: Future> {
+        #[pin]
+        inner: TaskLocalFuture<TraceId, F>,
+        header: Option<HeaderValue>,
+    }
+}
+
+impl<F, B, E> Future for TraceIdFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = ready!(this.inner.poll(cx))?;
+        if let Some(value) = this.header.take() {
+            response.headers_mut().insert(REQUEST_ID_HEADER, value);
+        }
+        Poll::Ready(Ok(response))
+    }
 }
 
 /// The trace-id field of a valid W3C `traceparent` (version-traceid-parentid-flags).

@@ -1,0 +1,92 @@
+//! The whole-request deadline (`REQUEST_TIMEOUT_MS`): a request whose answer has not started by
+//! then answers 500. Database calls have their own, shorter deadline and answer 502; this catches
+//! anything else that stalls. A tower layer: it runs on every request, and its future is not
+//! boxed.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use tokio::time::Timeout;
+use tower::{Layer, Service};
+
+use super::error::ApiError;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    limit: Duration,
+}
+
+impl Deadline {
+    pub fn new(limit: Duration) -> Self {
+        Self { limit }
+    }
+}
+
+impl<S> Layer<S> for Deadline {
+    type Service = DeadlineService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        DeadlineService {
+            inner,
+            limit: self.limit,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DeadlineService<S> {
+    inner: S,
+    limit: Duration,
+}
+
+impl<S> Service<Request> for DeadlineService<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = DeadlineFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        DeadlineFuture {
+            inner: tokio::time::timeout(self.limit, self.inner.call(request)),
+            limit: self.limit,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    pub struct DeadlineFuture<F> {
+        #[pin]
+        inner: Timeout<F>,
+        limit: Duration,
+    }
+}
+
+impl<F> Future for DeadlineFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        Poll::Ready(match ready!(this.inner.poll(cx)) {
+            Ok(answered) => answered,
+            Err(_elapsed) => Ok(ApiError::Internal(format!(
+                "request did not finish within {} ms",
+                this.limit.as_millis()
+            ))
+            .into_response()),
+        })
+    }
+}
