@@ -13,12 +13,8 @@ use tokio::net::TcpListener;
 use crate::http::{self, AppState, HttpSettings};
 use crate::secret_url::SecretUrl;
 use crate::server::{self, ConnectionLimits};
-use crate::service::ScanService;
+use crate::service::{HINT_FLUSH_LIMIT, ScanService};
 use crate::store::{Store, StoreError, StoreOptions};
-
-/// How long a stopping process waits for its last change notifications to go out (listeners
-/// would otherwise find those changes at their next poll).
-pub const HINT_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
 /// Everything the application needs to start, read once (from the environment and flags by
 /// `config`, or written out by a test).

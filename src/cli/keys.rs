@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::output::{print_json, rfc3339};
 use super::{CreateKeyArgs, migrated_store};
 use crate::config::DatabaseArgs;
-use crate::domain::keys::{AccountGroupAccess, ApiKey, KeySpec};
+use crate::domain::keys::{AccountGroupAccess, ApiKey, KeySpec, KeySpecError};
 use crate::service::KeyAdmin;
 
 /// A key as `keys create --json` and `keys list --json` print it (never with its secret, but for
@@ -120,7 +120,14 @@ pub async fn create(args: CreateKeyArgs) -> anyhow::Result<()> {
     let expires_in = args
         .expires_in
         .map(|secs| time::Duration::seconds(secs.into()));
-    let spec = KeySpec::new(&args.name, &args.permissions, access, expires_in)?;
+    let spec = KeySpec::new(&args.name, &args.permissions, access, expires_in).map_err(
+        |error| match error {
+            KeySpecError::Name => anyhow!("--name must be 1 to 200 characters"),
+            KeySpecError::NoAccountGroup => {
+                anyhow!("give --account-group ID (repeatable) or --all-account-groups")
+            }
+        },
+    )?;
     let keys = key_admin(&args.database).await?;
     if args.if_none
         && let Some(active) = keys.active().await?

@@ -6,10 +6,10 @@ use serde::Serialize;
 
 use super::migrated_store;
 use super::output::{print_json, rfc3339};
-use crate::app::HINT_FLUSH_LIMIT;
 use crate::config::DatabaseArgs;
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::scan::{Actor, Scan, ScanStatus};
+use crate::service::HINT_FLUSH_LIMIT;
 use crate::service::{ScanService, ServiceError};
 
 /// A scan as `scans create --json` prints it.

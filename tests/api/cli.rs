@@ -146,6 +146,10 @@ async fn keys_create_refuses_bad_input_in_one_line(backend: Backend) {
             ],
             "nope",
         ),
+        (
+            vec!["keys", "create", "--name", "   ", "--all-account-groups"],
+            "--name must be 1 to 200 characters",
+        ),
         (vec!["scans", "create", "--account-group", "nope"], "nope"),
         (
             vec![
