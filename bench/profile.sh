@@ -11,7 +11,8 @@
 # from /proc over the profiled window) and perf's top self-time symbols, and leaves the full
 # profile in bench/out/perf-<kind>.data (read it with `perf report -i …`).
 #
-# Environment (all optional): PROFILE_PERF (1; 0: measure CPU per request only), PROFILE_SECONDS (15), BENCH_CONNECTIONS (32), PROFILE_SCANS (200000),
+# Environment (all optional): PROFILE_PERF (1; 0: measure CPU per request only; malloc: count
+# malloc and realloc calls per request with uprobes), PROFILE_SECONDS (15), BENCH_CONNECTIONS (32), PROFILE_SCANS (200000),
 # PGHOST PGPORT PGUSER (127.0.0.1 5432 postgres). Needs perf (Debian: linux-perf) and wrk.
 set -euo pipefail
 
@@ -79,7 +80,14 @@ WRK=$!
 sleep 1
 before_ticks="$(cpu_ticks)"
 before_done="$(psql -X -Atq -d "$DB" -c "SELECT count(*) FROM signal_scans WHERE status = 'cancelled'")"
-if [ "${PROFILE_PERF:-1}" = 1 ]; then
+if [ "${PROFILE_PERF:-1}" = malloc ]; then
+  # Allocations per request: uprobes on glibc's malloc and realloc, counted, not sampled.
+  libc="$(ldd "$TARGET/release/signal-scans" | awk '/libc.so/ { print $3 }')"
+  for fn in malloc realloc; do
+    perf probe -q -x "$libc" "$fn" 2>/dev/null || true
+  done
+  perf stat -x, -e probe_libc:malloc,probe_libc:realloc -p "$PID" -o "$OUT/malloc-$KIND.txt" -- sleep "$SECONDS_TO_PROFILE"
+elif [ "${PROFILE_PERF:-1}" = 1 ]; then
   perf record -e cpu-clock -F 499 --call-graph "${PROFILE_CALL_GRAPH:-fp}" -p "$PID" -o "$OUT/perf-$KIND.data" -- sleep "$SECONDS_TO_PROFILE" 2>/dev/null
 else
   sleep "$SECONDS_TO_PROFILE"
@@ -94,6 +102,10 @@ echo "== $KIND: $requests cancels in ${SECONDS_TO_PROFILE} s ($((requests / SECO
   "CPU $(awk -v t=$((after_ticks - before_ticks)) -v n="$requests" -v hz="$hz" \
   'BEGIN { printf "%.0f", t / hz * 1e6 / n }') µs per request"
 grep -E "Requests/sec|99%" "$OUT/profile-$KIND.wrk" || true
+if [ "${PROFILE_PERF:-1}" = malloc ]; then
+  awk -F, -v n="$requests" '/probe_libc/ { printf "== %s per request: %.1f\n", $3, $1 / n }' "$OUT/malloc-$KIND.txt"
+  exit 0
+fi
 [ "${PROFILE_PERF:-1}" = 1 ] || exit 0
 echo "== top self time (perf report -i $OUT/perf-$KIND.data)"
 perf report -i "$OUT/perf-$KIND.data" --no-children --sort symbol --stdio -g none 2>/dev/null \

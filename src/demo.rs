@@ -24,13 +24,8 @@ pub async fn seed(keys: &KeyAdmin, scans: &ScanService) -> Result<Option<Demo>, 
     }
     let group = AccountGroupId::parse("507f1f77bcf86cd799439011").expect("a valid id");
     // No permissions given: read and write.
-    let spec = KeySpec::new(
-        "demo",
-        &[],
-        AccountGroupAccess::Only(vec![group.clone()]),
-        None,
-    )
-    .expect("a valid key spec");
+    let spec = KeySpec::new("demo", &[], AccountGroupAccess::Only(vec![group]), None)
+        .expect("a valid key spec");
     let (_, new_key) = keys.create(&spec).await?;
     let mut created = Vec::new();
     for status in ScanStatus::ALL {
@@ -40,7 +35,7 @@ pub async fn seed(keys: &KeyAdmin, scans: &ScanService) -> Result<Option<Demo>, 
         created
             .iter()
             .find(|scan| scan.status == status)
-            .map(|scan| scan.id.clone())
+            .map(|scan| scan.id)
             .expect("one scan per status")
     };
     Ok(Some(Demo {

@@ -27,11 +27,11 @@ struct KeyView<'a> {
     /// Empty when `allAccountGroups` is true.
     account_groups: Vec<&'a str>,
     all_account_groups: bool,
-    #[serde(with = "time::serde::rfc3339::option")]
+    #[serde(with = "crate::domain::rfc3339::option")]
     created_at: Option<OffsetDateTime>,
-    #[serde(with = "time::serde::rfc3339::option")]
+    #[serde(with = "crate::domain::rfc3339::option")]
     expires_at: Option<OffsetDateTime>,
-    #[serde(with = "time::serde::rfc3339::option")]
+    #[serde(with = "crate::domain::rfc3339::option")]
     revoked_at: Option<OffsetDateTime>,
     /// Where `keys create --output-file` wrote the secret.
     #[serde(skip_serializing_if = "Option::is_none")]

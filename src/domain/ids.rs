@@ -9,29 +9,40 @@ pub struct InvalidId;
 
 const ID_LEN: usize = 24;
 
-fn parse_hex24(raw: &str) -> Result<String, InvalidId> {
-    if raw.len() == ID_LEN && raw.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Ok(raw.to_ascii_lowercase())
-    } else {
-        Err(InvalidId)
+/// An identifier's characters, held inline: ids are parsed, cloned and written on every request,
+/// and a `String` would be an allocation each time.
+type Hex24 = [u8; ID_LEN];
+
+fn parse_hex24(raw: &str) -> Result<Hex24, InvalidId> {
+    let mut id: Hex24 = raw.as_bytes().try_into().map_err(|_| InvalidId)?;
+    if !id.iter().all(u8::is_ascii_hexdigit) {
+        return Err(InvalidId);
     }
+    id.make_ascii_lowercase();
+    Ok(id)
 }
 
-fn random_hex24() -> String {
-    hex::encode(rand::random::<[u8; ID_LEN / 2]>())
+fn random_hex24() -> Hex24 {
+    let mut id = [0; ID_LEN];
+    hex::encode_to_slice(rand::random::<[u8; ID_LEN / 2]>(), &mut id).expect("24 hex digits");
+    id
+}
+
+fn hex24_str(id: &Hex24) -> &str {
+    std::str::from_utf8(id).expect("an id holds only ASCII hex digits")
 }
 
 macro_rules! hex_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-        #[serde(try_from = "String", into = "String")]
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize, utoipa::ToSchema)]
+        #[serde(try_from = "String")]
         #[schema(
             value_type = String,
             pattern = "^[0-9a-fA-F]{24}$",
             example = "507f1f77bcf86cd799439011"
         )]
-        pub struct $name(String);
+        pub struct $name(Hex24);
 
         impl TryFrom<String> for $name {
             type Error = InvalidId;
@@ -42,7 +53,13 @@ macro_rules! hex_id {
 
         impl From<$name> for String {
             fn from(id: $name) -> String {
-                id.0
+                id.as_str().to_owned()
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
             }
         }
 
@@ -58,13 +75,19 @@ macro_rules! hex_id {
             }
 
             pub fn as_str(&self) -> &str {
-                &self.0
+                hex24_str(&self.0)
             }
         }
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), self.as_str())
             }
         }
 

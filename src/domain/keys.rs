@@ -380,7 +380,7 @@ mod tests {
         let a = AccountGroupId::generate();
         let b = AccountGroupId::generate();
         assert!(AccountGroupAccess::All.allows(&a));
-        let only = AccountGroupAccess::Only(vec![a.clone()]);
+        let only = AccountGroupAccess::Only(vec![a]);
         assert!(only.allows(&a));
         assert!(!only.allows(&b));
     }

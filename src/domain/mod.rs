@@ -4,4 +4,5 @@
 pub mod feed;
 pub mod ids;
 pub mod keys;
+pub mod rfc3339;
 pub mod scan;

@@ -99,17 +99,17 @@ pub struct Scan {
     #[serde(skip)]
     pub account_group_id: AccountGroupId,
     pub status: ScanStatus,
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "crate::domain::rfc3339")]
     pub created_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "crate::domain::rfc3339")]
     pub updated_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339::option")]
+    #[serde(with = "crate::domain::rfc3339::option")]
     #[schema(required = true)]
     pub started_at: Option<OffsetDateTime>,
-    #[serde(with = "time::serde::rfc3339::option")]
+    #[serde(with = "crate::domain::rfc3339::option")]
     #[schema(required = true)]
     pub finished_at: Option<OffsetDateTime>,
-    #[serde(with = "time::serde::rfc3339::option")]
+    #[serde(with = "crate::domain::rfc3339::option")]
     #[schema(required = true)]
     pub cancelled_at: Option<OffsetDateTime>,
 }
@@ -122,7 +122,7 @@ pub struct ScanChange {
     pub account_group_id: AccountGroupId,
     pub from: ScanStatus,
     pub to: ScanStatus,
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "crate::domain::rfc3339")]
     pub at: OffsetDateTime,
 }
 
@@ -130,8 +130,8 @@ impl ScanChange {
     /// The change that moved `scan` (as it is now) from `previous`.
     pub fn of(previous: ScanStatus, scan: &Scan) -> Self {
         Self {
-            scan_id: scan.id.clone(),
-            account_group_id: scan.account_group_id.clone(),
+            scan_id: scan.id,
+            account_group_id: scan.account_group_id,
             from: previous,
             to: scan.status,
             at: scan.updated_at,
@@ -150,7 +150,7 @@ impl ScanCursor {
     pub fn after(scan: &Scan) -> Self {
         Self {
             created_at: scan.created_at,
-            id: scan.id.clone(),
+            id: scan.id,
         }
     }
 

@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::OnceLock;
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
@@ -12,7 +12,8 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use metrics::SharedString;
+use dashmap::DashMap;
+use metrics::{Counter, Histogram, SharedString};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tower::{Layer, Service};
 
@@ -106,18 +107,73 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let response = ready!(this.inner.poll(cx))?;
-        let route: SharedString = match this.route {
-            Some(path) => path.as_str().to_owned().into(),
-            None => SharedString::const_str("unmatched"),
-        };
-        let method = *this.method;
-        let status = SharedString::from_borrowed(status_label(response.status()));
-        metrics::counter!(REQUESTS, "route" => route.clone(), "method" => method, "status" => status)
-            .increment(1);
-        metrics::histogram!(REQUEST_DURATION, "route" => route, "method" => method)
+        let route = this.route.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
+        let series = RouteSeries::of(route);
+        series.requests(this.method, response.status()).increment(1);
+        series
+            .duration(this.method)
             .record(this.started.elapsed().as_secs_f64());
         Poll::Ready(Ok(response))
     }
+}
+
+const UNMATCHED: &str = "unmatched";
+
+/// A route's registered series, by their other labels. Registering a series builds its key (the
+/// label list, the route as an owned string) and looks it up in the recorder's registry: about
+/// ten allocations. A handle is the recorder's own counter behind an `Arc`, so a request after
+/// the first of its kind counts through the cached handle without allocating.
+#[derive(Default)]
+struct RouteSeries {
+    route: SharedString,
+    requests: DashMap<(&'static str, u16), Counter>,
+    durations: DashMap<&'static str, Histogram>,
+}
+
+impl RouteSeries {
+    /// The series of a route template (or `unmatched`): a bounded set, the router's routes.
+    fn of(route: &str) -> Arc<RouteSeries> {
+        static ROUTES: LazyLock<DashMap<Box<str>, Arc<RouteSeries>>> = LazyLock::new(DashMap::new);
+        if let Some(series) = ROUTES.get(route) {
+            return Arc::clone(&series);
+        }
+        Arc::clone(&ROUTES.entry(route.into()).or_insert_with(|| {
+            Arc::new(RouteSeries {
+                route: route.to_owned().into(),
+                ..RouteSeries::default()
+            })
+        }))
+    }
+
+    fn requests(&self, method: &'static str, status: StatusCode) -> Counter {
+        let key = (method, status.as_u16());
+        if let Some(counter) = self.requests.get(&key) {
+            return counter.clone();
+        }
+        let status = SharedString::from_borrowed(status_label(status));
+        let counter = metrics::counter!(REQUESTS, "route" => self.route.clone(), "method" => method, "status" => status);
+        self.requests.entry(key).or_insert(counter).clone()
+    }
+
+    fn duration(&self, method: &'static str) -> Histogram {
+        if let Some(histogram) = self.durations.get(method) {
+            return histogram.clone();
+        }
+        let histogram = metrics::histogram!(REQUEST_DURATION, "route" => self.route.clone(), "method" => method);
+        self.durations.entry(method).or_insert(histogram).clone()
+    }
+}
+
+/// Counts a cancel by the status it found (a handle per status, registered once).
+pub fn count_cancel(previous_status: &'static str) {
+    static CANCELLED_FROM: LazyLock<DashMap<&'static str, Counter>> = LazyLock::new(DashMap::new);
+    if let Some(counter) = CANCELLED_FROM.get(previous_status) {
+        return counter.increment(1);
+    }
+    CANCELLED_FROM
+        .entry(previous_status)
+        .or_insert_with(|| metrics::counter!(CANCELS, "previous_status" => previous_status))
+        .increment(1);
 }
 
 /// The status as a label without an allocation: every status a response can carry is 100–999.

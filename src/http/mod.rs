@@ -53,23 +53,20 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     let request_timeout = state.request_timeout;
     const READ: &[Permission] = &[Permission::SignalsRead, Permission::SignalsWrite];
     const WRITE: &[Permission] = &[Permission::SignalsWrite];
-    // route_layer runs only for matched routes, and the last added runs first:
-    // authenticate (401) → rate limit (429) → the route's permission (403) → handler.
+    // Each route's guard runs only once the route matched: the key (401), its rate limit (429),
+    // the route's permission (403), then the handler.
     // (`changes` is a static segment, never taken for a scan id: those are 24 hex.)
+    let requires = |permissions, (schemas, paths, handler): UtoipaMethodRouter<AppState>| {
+        let guard = auth::Guard::requiring(&state, permissions);
+        let handler = handler.route_layer(middleware::from_fn_with_state(guard, auth::guard));
+        (schemas, paths, handler)
+    };
     let api = OpenApiRouter::new()
         .routes(requires(READ, routes!(scans::list_scans)))
         .routes(requires(READ, routes!(changes::follow_changes)))
         .routes(requires(READ, routes!(scans::get_scan)))
         .routes(requires(READ, routes!(scans::scan_events)))
-        .routes(requires(WRITE, routes!(scans::cancel_scan)))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            rate_limit::limit,
-        ))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::authenticate,
-        ));
+        .routes(requires(WRITE, routes!(scans::cancel_scan)));
     // The document describes itself: its handler is given the rendered text once the routes
     // are known.
     let document = openapi::Document::default();
@@ -117,15 +114,6 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
                 .layer(Deadline::new(request_timeout)),
         )
         .with_state(state)
-}
-
-/// A documented route that needs one of `permissions` (403 otherwise).
-fn requires(
-    permissions: &'static [Permission],
-    (schemas, paths, handler): UtoipaMethodRouter<AppState>,
-) -> UtoipaMethodRouter<AppState> {
-    let check = middleware::from_fn_with_state(permissions, auth::require_permission);
-    (schemas, paths, handler.route_layer(check))
 }
 
 /// One span per request, named by route template (not the raw path) to keep cardinality low.

@@ -48,11 +48,7 @@ pub async fn cancel_scan(
     let cancellation = service
         .cancel(&principal, &group, &scan, trace_id.as_str())
         .await?;
-    metrics::counter!(
-        super::metrics::CANCELS,
-        "previous_status" => cancellation.previous_status.as_str()
-    )
-    .increment(1);
+    super::metrics::count_cancel(cancellation.previous_status.as_str());
     tracing::info!(
         scan.id = %cancellation.scan_id,
         scan.previous_status = %cancellation.previous_status,

@@ -13,21 +13,20 @@ use crate::service::{Cancellation, ScanPage};
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CancelledScan {
-    #[schema(value_type = ScanId)]
-    scan_id: String,
+    scan_id: ScanId,
     /// Always `cancelled`.
     status: ScanStatus,
     /// `queued` or `running` when cancelled by this request; `cancelled` when it already was.
     previous_status: ScanStatus,
     /// When the scan was cancelled (the original moment on a repeated cancel).
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "crate::domain::rfc3339")]
     cancelled_at: OffsetDateTime,
 }
 
 impl From<Cancellation> for CancelledScan {
     fn from(cancellation: Cancellation) -> Self {
         Self {
-            scan_id: cancellation.scan_id.to_string(),
+            scan_id: cancellation.scan_id,
             status: ScanStatus::Cancelled,
             previous_status: cancellation.previous_status,
             cancelled_at: cancellation.cancelled_at,
@@ -63,7 +62,7 @@ pub struct EventView {
     #[schema(required = true)]
     from: Option<ScanStatus>,
     to: ScanStatus,
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "crate::domain::rfc3339")]
     at: OffsetDateTime,
     /// The trace id of the request that made the change; null when none did (e.g. the command line).
     #[schema(required = true)]
@@ -110,7 +109,7 @@ pub struct ScanStatusChanged {
     from: ScanStatus,
     to: ScanStatus,
     /// When the change committed its audit row.
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "crate::domain::rfc3339")]
     at: OffsetDateTime,
     /// The trace id of the request that made the change; null when none did (the command line).
     #[schema(required = true)]

@@ -175,7 +175,7 @@ impl ScanService {
     fn check_access(principal: &Principal, group: &AccountGroupId) -> Result<(), ServiceError> {
         match principal.can_access(group) {
             true => Ok(()),
-            false => Err(ServiceError::GroupForbidden(group.clone())),
+            false => Err(ServiceError::GroupForbidden(*group)),
         }
     }
 
@@ -240,7 +240,7 @@ impl ScanService {
                 return Err(ServiceError::UnknownCursor);
             }
         }
-        Ok(self.0.changes.follow(group.clone(), start).await?)
+        Ok(self.0.changes.follow(*group, start).await?)
     }
 
     /// A runner's (or operator's) move of a scan to `to`, by the state machine: refused with the

@@ -12,9 +12,7 @@ use uuid::Uuid;
 
 use super::publisher::Publisher;
 use super::rows::{ChangeRow, EventRow, KeyRow, ScanRow};
-use super::{
-    IS_EMPTY, KeyToCreate, StoreError, StoreOptions, bounded, migration_error, parse_status,
-};
+use super::{IS_EMPTY, KeyToCreate, StoreError, StoreOptions, bounded, migration_error};
 use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition, Horizon};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash};
@@ -420,12 +418,7 @@ impl PgStore {
         let Some(row) = row else {
             return Ok(Transition::NotFound);
         };
-        match row
-            .previous_status
-            .as_deref()
-            .map(parse_status)
-            .transpose()?
-        {
+        match row.previous_status.as_ref().map(|status| status.0) {
             Some(previous) => {
                 let scan = row.into_scan()?;
                 // Committed: now, and only now, listeners may hear of it.

@@ -18,7 +18,7 @@ use super::{StoreError, parse_status};
 use crate::domain::feed::{FeedPosition, FeedRow};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, Permission};
-use crate::domain::scan::{Scan, ScanChange, ScanEvent};
+use crate::domain::scan::{Scan, ScanChange, ScanEvent, ScanStatus};
 
 /// How SQLite keeps instants: fixed width, so text order is time order (listing compares it in
 /// SQL), and microseconds, as PostgreSQL keeps them, so both stores answer the same instants.
@@ -56,6 +56,61 @@ impl<'r> Decode<'r, Sqlite> for Stamp {
     }
 }
 
+/// A text column parsed into a domain type as it is decoded, from the row's bytes: no `String` in
+/// between (a scan's ids and statuses are read on every request). A value that does not parse is
+/// a decode error naming the column and the value: the row breaks the domain's rules.
+pub(super) struct Parsed<T>(pub T);
+
+impl<T> Type<Postgres> for Parsed<T> {
+    fn type_info() -> PgTypeInfo {
+        <&str as Type<Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &PgTypeInfo) -> bool {
+        <&str as Type<Postgres>>::compatible(ty)
+    }
+}
+
+impl<'r, T> Decode<'r, Postgres> for Parsed<T>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
+        parse_text(<&str as Decode<Postgres>>::decode(value)?)
+    }
+}
+
+impl<T> Type<Sqlite> for Parsed<T> {
+    fn type_info() -> SqliteTypeInfo {
+        <&str as Type<Sqlite>>::type_info()
+    }
+
+    fn compatible(ty: &SqliteTypeInfo) -> bool {
+        <&str as Type<Sqlite>>::compatible(ty)
+    }
+}
+
+impl<'r, T> Decode<'r, Sqlite> for Parsed<T>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
+        parse_text(<&str as Decode<Sqlite>>::decode(value)?)
+    }
+}
+
+fn parse_text<T>(raw: &str) -> Result<Parsed<T>, BoxDynError>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    raw.parse()
+        .map(Parsed)
+        .map_err(|error| format!("{raw:?}: {error}").into())
+}
+
 fn instant(stamp: Option<Stamp>) -> Option<OffsetDateTime> {
     stamp.map(|stamp| stamp.0)
 }
@@ -66,9 +121,9 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
 
 #[derive(sqlx::FromRow)]
 pub(super) struct ScanRow {
-    pub id: String,
-    pub account_group_id: String,
-    pub status: String,
+    pub id: Parsed<ScanId>,
+    pub account_group_id: Parsed<AccountGroupId>,
+    pub status: Parsed<ScanStatus>,
     pub created_at: Stamp,
     pub updated_at: Stamp,
     pub started_at: Option<Stamp>,
@@ -76,16 +131,15 @@ pub(super) struct ScanRow {
     pub cancelled_at: Option<Stamp>,
     /// Only a transition's result carries it: the status the scan moved from.
     #[sqlx(default)]
-    pub previous_status: Option<String>,
+    pub previous_status: Option<Parsed<ScanStatus>>,
 }
 
 impl ScanRow {
     pub fn into_scan(self) -> Result<Scan, StoreError> {
         Ok(Scan {
-            id: ScanId::parse(&self.id).map_err(|_| corrupt(format!("scan id {:?}", self.id)))?,
-            account_group_id: AccountGroupId::parse(&self.account_group_id)
-                .map_err(|_| corrupt(format!("account group of scan {}", self.id)))?,
-            status: parse_status(&self.status)?,
+            id: self.id.0,
+            account_group_id: self.account_group_id.0,
+            status: self.status.0,
             created_at: self.created_at.0,
             updated_at: self.updated_at.0,
             started_at: instant(self.started_at),

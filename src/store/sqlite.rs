@@ -16,9 +16,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::rows::{ChangeRow, EventRow, KeyRow, SQLITE_TIMESTAMP, ScanRow};
-use super::{
-    IS_EMPTY, KeyToCreate, StoreError, StoreOptions, bounded, migration_error, parse_status,
-};
+use super::{IS_EMPTY, KeyToCreate, StoreError, StoreOptions, bounded, migration_error};
 use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash};
@@ -400,7 +398,7 @@ impl SqliteStore {
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     )
                     .bind(scan.as_str())
-                    .bind(&current.status)
+                    .bind(current.status.0.as_str())
                     .bind(to.as_str())
                     .bind(actor.api_key_id.map(|id| id.to_string()))
                     .bind(actor.trace_id)
@@ -415,7 +413,7 @@ impl SqliteStore {
         match outcome {
             None => Ok(Transition::NotFound),
             Some((current, Some(changed))) => {
-                let previous = parse_status(&current.status)?;
+                let previous = current.status.0;
                 let scan = changed.into_scan()?;
                 // After the commit, a hint for this process's readers; none listening is fine.
                 let _ = self.changes.send(ScanChange::of(previous, &scan));

@@ -12,7 +12,7 @@ async fn missing_unknown_revoked_and_expired_keys_are_401(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let group = group();
     let scan = app.scan(&group, ScanStatus::Queued).await;
-    let access = || AccountGroupAccess::Only(vec![group.clone()]);
+    let access = || AccountGroupAccess::Only(vec![group]);
     let (revoked, revoked_id) = app
         .key_with(&[Permission::SignalsWrite], access(), None)
         .await;
@@ -96,7 +96,7 @@ async fn a_key_without_signals_write_is_403_naming_the_permission(backend: Backe
     let (reader, _) = app
         .key_with(
             &[Permission::SignalsRead],
-            AccountGroupAccess::Only(vec![group.clone()]),
+            AccountGroupAccess::Only(vec![group]),
             None,
         )
         .await;
@@ -159,7 +159,7 @@ async fn checks_run_in_the_documented_order(backend: Backend) {
     let (reader, _) = app
         .key_with(
             &[Permission::SignalsRead],
-            AccountGroupAccess::Only(vec![mine.clone()]),
+            AccountGroupAccess::Only(vec![mine]),
             None,
         )
         .await;

@@ -109,7 +109,7 @@ async fn cancel_writes_one_audit_row_naming_key_and_trace(backend: Backend) {
     let (key, key_id) = app
         .key_with(
             &[Permission::SignalsWrite],
-            AccountGroupAccess::Only(vec![group.clone()]),
+            AccountGroupAccess::Only(vec![group]),
             None,
         )
         .await;

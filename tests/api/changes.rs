@@ -77,7 +77,7 @@ fn query_after(cursor: &str) -> String {
 async fn read_key(app: &TestApp, group: &AccountGroupId) -> (String, Uuid) {
     app.key_with(
         &[Permission::SignalsRead],
-        AccountGroupAccess::Only(vec![group.clone()]),
+        AccountGroupAccess::Only(vec![*group]),
         None,
     )
     .await
@@ -91,7 +91,7 @@ async fn key_in(store: &Store, permission: Permission, group: &AccountGroupId) -
             name: "test key".into(),
             hash: new_key.hash,
             permissions: vec![permission],
-            access: AccountGroupAccess::Only(vec![group.clone()]),
+            access: AccountGroupAccess::Only(vec![*group]),
             expires_at: None,
         })
         .await
@@ -409,7 +409,7 @@ async fn a_change_committed_late_by_an_older_transaction_is_delivered_live_and_o
     assert_eq!(quick.status, 200, "{quick:?}");
     assert_eq!(
         moves(&[quick_event, held_event.clone()]),
-        cancels_of(&[quick_scan, held_scan.clone()], "running")
+        cancels_of(&[quick_scan, held_scan], "running")
     );
     assert_eq!(held_event.json()["traceId"], "held");
     assert_eq!(
@@ -448,7 +448,7 @@ async fn a_stream_never_carries_another_groups_changes(backend: Backend) {
     let writer = app
         .key_with(
             &[Permission::SignalsWrite],
-            AccountGroupAccess::Only(vec![a.clone(), b.clone()]),
+            AccountGroupAccess::Only(vec![a, b]),
             None,
         )
         .await
@@ -685,7 +685,7 @@ async fn checks_run_in_the_read_routes_order(backend: Backend) {
     let (mine, theirs) = (group(), group());
     let (reader, _) = read_key(&app, &mine).await;
     let (powerless, _) = app
-        .key_with(&[], AccountGroupAccess::Only(vec![mine.clone()]), None)
+        .key_with(&[], AccountGroupAccess::Only(vec![mine]), None)
         .await;
     let forged = query_after("999999999999-1");
     let unknown_key = NewApiKey::generate().secret;

@@ -560,7 +560,7 @@ async fn cutting_the_publishers_connection_delays_no_request_and_loses_no_change
     // publisher has connected again.
     let probe = app.scan(&group, ScanStatus::Queued).await;
     slowest = slowest.max(cancel(&probe).await);
-    cancelled.push(probe.clone());
+    cancelled.push(probe);
     let mut heard = Vec::new();
     while heard.last() != Some(&probe) {
         let event = tokio::time::timeout(PRINTED, events.recv())
@@ -574,7 +574,7 @@ async fn cutting_the_publishers_connection_delays_no_request_and_loses_no_change
     assert_eq!(cut_publishers(&mut admin).await, 1);
     let last = app.scan(&group, ScanStatus::Queued).await;
     slowest = slowest.max(cancel(&last).await);
-    cancelled.push(last.clone());
+    cancelled.push(last);
     let event = tokio::time::timeout(PRINTED, events.recv())
         .await
         .expect("the change made after the cut is heard")

@@ -89,7 +89,7 @@ async fn a_revoked_key_stops_working_within_a_second_on_every_instance(backend: 
     let (key, key_id) = app
         .key_with(
             &[Permission::SignalsWrite],
-            AccountGroupAccess::Only(vec![group.clone()]),
+            AccountGroupAccess::Only(vec![group]),
             None,
         )
         .await;

@@ -388,7 +388,7 @@ async fn real_answers_match_the_document(backend: Backend) {
         app.writer(&group).await,
         app.key_with(
             &[Permission::SignalsRead],
-            AccountGroupAccess::Only(vec![group.clone()]),
+            AccountGroupAccess::Only(vec![group]),
             None,
         )
         .await

@@ -153,7 +153,7 @@ async fn the_rate_limit_comes_before_the_permission_check(backend: Backend) {
     let (reader, _) = app
         .key_with(
             &[Permission::SignalsRead],
-            AccountGroupAccess::Only(vec![group.clone()]),
+            AccountGroupAccess::Only(vec![group]),
             None,
         )
         .await;

@@ -20,7 +20,7 @@ async fn a_scan_reads_back_with_every_moment_or_null(backend: Backend) {
     let (reader, _) = app
         .key_with(
             &[Permission::SignalsRead],
-            AccountGroupAccess::Only(vec![group.clone()]),
+            AccountGroupAccess::Only(vec![group]),
             None,
         )
         .await;
@@ -95,7 +95,7 @@ async fn reads_check_key_permission_ids_group_and_existence_in_order(backend: Ba
     // Stopped: only the spent key below is ever over its rate.
     app.limits.clock().stop();
     let (mine, theirs) = (group(), group());
-    let read_mine = || AccountGroupAccess::Only(vec![mine.clone()]);
+    let read_mine = || AccountGroupAccess::Only(vec![mine]);
     let new_key =
         async |permissions: &[Permission]| app.key_with(permissions, read_mine(), None).await.0;
     let their_scan = app.scan(&theirs, ScanStatus::Queued).await;

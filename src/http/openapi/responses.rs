@@ -214,7 +214,7 @@ fn example_list() -> Value {
 fn example_events() -> Value {
     let scan = example_scan_value();
     let event = |from, to, at, trace_id: Option<&str>| ScanEvent {
-        scan_id: scan.id.clone(),
+        scan_id: scan.id,
         from,
         to,
         api_key_id: None,
@@ -236,7 +236,7 @@ fn example_events() -> Value {
             Some(EXAMPLE_TRACE_ID),
         ),
     ];
-    Envelope::success(ScanEvents::new(scan.id.clone(), events)).to_value()
+    Envelope::success(ScanEvents::new(scan.id, events)).to_value()
 }
 
 trait ExampleValue {

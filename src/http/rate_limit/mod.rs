@@ -15,19 +15,14 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
 pub use self::clock::LimiterClock;
 use self::local::LocalLimits;
 pub use self::shared::RedisSettings;
 use self::shared::{SharedError, SharedLimits};
-use super::error::ApiError;
 use super::metrics::RATE_LIMITED;
-use crate::domain::keys::Principal;
 
 const POLICY_NAME: &str = "per-key";
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -137,8 +132,18 @@ impl RateLimiter {
         self.local.record_auth_failure(client)
     }
 
+    /// Spends one request of an authenticated `key`'s allowance, and counts and logs a refusal.
+    pub async fn spend(&self, key: &Uuid) -> Decision {
+        let decision = self.check_key(key).await;
+        if let Decision::Limited { retry_after_secs } = decision {
+            tracing::info!(api_key.id = %key, retry_after_secs, "rate limited");
+            metrics::counter!(RATE_LIMITED, "limit" => "per_key").increment(1);
+        }
+        decision
+    }
+
     /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
-    fn write_headers(&self, decision: Decision, headers: &mut HeaderMap) {
+    pub fn write_headers(&self, decision: Decision, headers: &mut HeaderMap) {
         let (remaining, reset_secs) = match decision {
             Decision::Allowed { remaining } => {
                 let used = self.limit.burst.get().saturating_sub(remaining);
@@ -172,26 +177,6 @@ fn whole_seconds(wait: Duration) -> u64 {
 /// Seconds in which a full burst is replenished: the window the quota is stated over.
 fn window_secs(limit: RateLimit) -> u32 {
     limit.burst.get().div_ceil(limit.per_second.get()).max(1)
-}
-
-/// Middleware, after authentication: spends one request of the caller's key.
-pub async fn limit(
-    State(limiter): State<Arc<RateLimiter>>,
-    principal: Principal,
-    request: Request,
-    next: Next,
-) -> Response {
-    let decision = limiter.check_key(&principal.key_id).await;
-    let mut response = match decision {
-        Decision::Allowed { .. } => next.run(request).await,
-        Decision::Limited { retry_after_secs } => {
-            tracing::info!(api_key.id = %principal.key_id, retry_after_secs, "rate limited");
-            metrics::counter!(RATE_LIMITED, "limit" => "per_key").increment(1);
-            ApiError::RateLimited { retry_after_secs }.into_response()
-        }
-    };
-    limiter.write_headers(decision, response.headers_mut());
-    response
 }
 
 #[cfg(test)]
