@@ -16,11 +16,20 @@ prints "key value" lines: streams, busy (streams of GROUP), complete (streams th
 they should, each change once), missing_max, duplicates, foreign.
 """
 import asyncio
+import re
 import signal
 import sys
 
 
+# One `data:` line of an event. The body is chunked: each event is a whole chunk, so an event's
+# lines are never split by a chunk-size line.
+DATA_LINE = re.compile(rb"^data: ([^\n]*)", re.M)
+
+
 async def follow(host, port, path, key, ready, stop, result):
+    """Reads one stream in large blocks and finds its events with one regular expression per
+    block: the client shares the service's cores, so it must cost far less per event than the
+    service (a line-by-line reader took a whole core for 10 busy streams at 8,000 changes/s)."""
     reader, writer = await asyncio.open_connection(host, port)
     writer.write(
         (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
@@ -32,27 +41,30 @@ async def follow(host, port, path, key, ready, stop, result):
     while (await reader.readline()) not in (b"\r\n", b""):
         pass  # response headers
     opened = False
-    group = path.split("/")[3].encode()
+    group_field = b'"accountGroupId":"' + path.split("/")[3].encode() + b'"'
     stop_task = asyncio.ensure_future(stop.wait())
+    unfinished = b""
     while True:
-        line_task = asyncio.ensure_future(reader.readline())
-        done, _ = await asyncio.wait({line_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-        if line_task not in done:
-            line_task.cancel()
+        read_task = asyncio.ensure_future(reader.read(1 << 16))
+        done, _ = await asyncio.wait({read_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        if read_task not in done:
+            read_task.cancel()
             break
-        line = line_task.result()
-        if not line:
+        block = read_task.result()
+        if not block:
             break
-        # The body is chunked: chunk-size lines are neither fields nor blank, and are skipped.
-        if line.startswith(b"retry:") and not opened:
+        # Whole lines only; a line cut by the read waits for the next block.
+        block = unfinished + block
+        cut = block.rfind(b"\n") + 1
+        block, unfinished = block[:cut], block[cut:]
+        if not opened and b"retry:" in block:
             opened = True
             ready.release()
-        elif line.startswith(b"data: "):
-            data = line[6:]
-            scan = data[data.index(b'"scanId":"') + 10:][:24]
-            if b'"accountGroupId":"' + group not in data:
+        for data in DATA_LINE.findall(block):
+            at = data.find(b'"scanId":"') + 10
+            result["scans"].append(data[at:at + 24].decode())
+            if group_field not in data:
                 result["foreign"] += 1
-            result["scans"].append(scan.decode())
     writer.close()
 
 
