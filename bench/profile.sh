@@ -12,7 +12,8 @@
 # profile in bench/out/perf-<kind>.data (read it with `perf report -i …`).
 #
 # Environment (all optional): PROFILE_PERF (1; 0: measure CPU per request only; malloc: count
-# malloc and realloc calls per request with uprobes), PROFILE_SECONDS (15), BENCH_CONNECTIONS (32), PROFILE_SCANS (200000),
+# malloc and realloc calls per request with uprobes), PROFILE_WATCH (0; 1: run one `scans watch`
+# meanwhile, as bench/run.sh's (b) does, and print its CPU per change), PROFILE_SECONDS (15), BENCH_CONNECTIONS (32), PROFILE_SCANS (200000),
 # PGHOST PGPORT PGUSER (127.0.0.1 5432 postgres). Needs perf (Debian: linux-perf) and wrk.
 set -euo pipefail
 
@@ -70,7 +71,15 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$PID/stat"; }
+if [ "${PROFILE_WATCH:-0}" = 1 ]; then
+  # As bench/run.sh's (b): one `scans watch` following the changes, its lines stamped.
+  DATABASE_URL="$URL" RUST_LOG=warn "$TARGET/release/signal-scans" scans watch 2>"$OUT/profile-watch.log" \
+    | python3 "$ROOT/bench/watch-delay.py" stamp >/dev/null &
+  sleep 1
+  WATCH_PID="$(pgrep -n -f "signal-scans scans watch")"
+  STAMP_PID="$(pgrep -n -f "watch-delay.py stamp")"
+fi
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/${1:-$PID}/stat"; }
 export BENCH_GROUP="$GROUP" BENCH_KEY="$KEY" BENCH_ID_FIRST=1 BENCH_ID_COUNT="$SCANS" BENCH_THREADS=2
 export BENCH_LATENCY_OUT="$OUT/profile-$KIND.latency"
 # wrk runs one second longer on each side than perf, so the profile sees only steady load.
@@ -79,6 +88,9 @@ wrk -t2 -c"$CONNECTIONS" -d"$((SECONDS_TO_PROFILE + 2))s" --latency -s "$ROOT/be
 WRK=$!
 sleep 1
 before_ticks="$(cpu_ticks)"
+if [ "${PROFILE_WATCH:-0}" = 1 ]; then
+  watch_before="$(cpu_ticks "$WATCH_PID")" stamp_before="$(cpu_ticks "$STAMP_PID")"
+fi
 before_done="$(psql -X -Atq -d "$DB" -c "SELECT count(*) FROM signal_scans WHERE status = 'cancelled'")"
 if [ "${PROFILE_PERF:-1}" = malloc ]; then
   # Allocations per request: uprobes on glibc's malloc and realloc, counted, not sampled.
@@ -93,6 +105,9 @@ else
   sleep "$SECONDS_TO_PROFILE"
 fi
 after_ticks="$(cpu_ticks)"
+if [ "${PROFILE_WATCH:-0}" = 1 ]; then
+  watch_after="$(cpu_ticks "$WATCH_PID")" stamp_after="$(cpu_ticks "$STAMP_PID")"
+fi
 after_done="$(psql -X -Atq -d "$DB" -c "SELECT count(*) FROM signal_scans WHERE status = 'cancelled'")"
 wait "$WRK"
 
@@ -102,6 +117,11 @@ echo "== $KIND: $requests cancels in ${SECONDS_TO_PROFILE} s ($((requests / SECO
   "CPU $(awk -v t=$((after_ticks - before_ticks)) -v n="$requests" -v hz="$hz" \
   'BEGIN { printf "%.0f", t / hz * 1e6 / n }') µs per request"
 grep -E "Requests/sec|99%" "$OUT/profile-$KIND.wrk" || true
+if [ "${PROFILE_WATCH:-0}" = 1 ]; then
+  awk -v w=$((watch_after - watch_before)) -v s=$((stamp_after - stamp_before)) -v n="$requests" -v hz="$hz" \
+    'BEGIN { printf "== the watch: %.1f µs per change, its stamper: %.1f µs per change\n", w / hz * 1e6 / n, s / hz * 1e6 / n }'
+  kill "$WATCH_PID" 2>/dev/null || true
+fi
 if [ "${PROFILE_PERF:-1}" = malloc ]; then
   awk -F, -v n="$requests" '/probe_libc/ { printf "== %s per request: %.1f\n", $3, $1 / n }' "$OUT/malloc-$KIND.txt"
   exit 0

@@ -8,23 +8,32 @@
 //! notification to save at most a second on a rare event.) Unknown keys are never cached, so
 //! guessing cannot fill the cache or push real keys out.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::keys::{ApiKey, KeyHash};
+use crate::store::StoreError;
 
 /// Most keys held; far above the number of keys a deployment has.
 const CAPACITY: u64 = 10_000;
 
 pub struct KeyCache {
-    entries: Option<moka::sync::Cache<KeyHash, Arc<ApiKey>>>,
+    entries: Option<moka::future::Cache<KeyHash, Arc<ApiKey>>>,
+}
+
+/// Why a load put nothing in the cache.
+#[derive(Clone)]
+enum Miss {
+    Unknown,
+    Store(StoreError),
 }
 
 impl KeyCache {
     /// A cache whose entries live `ttl`; a zero `ttl` disables it.
     pub fn new(ttl: Duration) -> Self {
         let entries = (!ttl.is_zero()).then(|| {
-            moka::sync::Cache::builder()
+            moka::future::Cache::builder()
                 .max_capacity(CAPACITY)
                 .time_to_live(ttl)
                 .build()
@@ -32,24 +41,45 @@ impl KeyCache {
         Self { entries }
     }
 
-    pub fn get(&self, hash: &KeyHash) -> Option<Arc<ApiKey>> {
-        self.entries.as_ref()?.get(hash)
-    }
-
-    pub fn insert(&self, hash: KeyHash, key: Arc<ApiKey>) {
-        if let Some(entries) = &self.entries {
-            entries.insert(hash, key);
+    /// The key with this hash: cached, or from `load` (`None`: no such key, not cached).
+    /// Concurrent misses of one key wait for a single load: when a busy key's entry expires,
+    /// every request in flight would otherwise query the database at the same moment.
+    pub async fn get_or_load(
+        &self,
+        hash: KeyHash,
+        load: impl Future<Output = Result<Option<ApiKey>, StoreError>>,
+    ) -> Result<Option<Arc<ApiKey>>, StoreError> {
+        let Some(entries) = &self.entries else {
+            return Ok(load.await?.map(Arc::new));
+        };
+        let loaded = entries
+            .try_get_with(hash, async {
+                match load.await {
+                    Ok(Some(key)) => Ok(Arc::new(key)),
+                    Ok(None) => Err(Miss::Unknown),
+                    Err(error) => Err(Miss::Store(error)),
+                }
+            })
+            .await;
+        match loaded {
+            Ok(key) => Ok(Some(key)),
+            Err(miss) => match Arc::unwrap_or_clone(miss) {
+                Miss::Unknown => Ok(None),
+                Miss::Store(error) => Err(error),
+            },
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
     use crate::domain::keys::{AccountGroupAccess, Permission};
 
-    fn key() -> Arc<ApiKey> {
-        Arc::new(ApiKey {
+    fn key() -> ApiKey {
+        ApiKey {
             id: uuid::Uuid::new_v4(),
             name: "k".into(),
             permissions: vec![Permission::SignalsWrite],
@@ -57,24 +87,66 @@ mod tests {
             created_at: time::OffsetDateTime::now_utc(),
             expires_at: None,
             revoked_at: None,
-        })
+        }
     }
 
-    #[test]
-    fn entries_expire_after_the_ttl() {
+    /// A load that counts its calls and answers `key` (or no key).
+    async fn load(
+        calls: &AtomicUsize,
+        key: Option<ApiKey>,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(key)
+    }
+
+    #[tokio::test]
+    async fn entries_expire_after_the_ttl() {
         let cache = KeyCache::new(Duration::from_millis(50));
         let hash = KeyHash::of("ssk_a");
-        cache.insert(hash, key());
-        assert!(cache.get(&hash).is_some());
-        std::thread::sleep(Duration::from_millis(80));
-        assert!(cache.get(&hash).is_none(), "expired");
+        let calls = AtomicUsize::new(0);
+        for _ in 0..3 {
+            assert!(cache.get_or_load(hash, load(&calls, Some(key()))).await.unwrap().is_some());
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "cached");
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        cache.get_or_load(hash, load(&calls, Some(key()))).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "expired, loaded again");
     }
 
-    #[test]
-    fn a_zero_ttl_caches_nothing() {
+    #[tokio::test]
+    async fn concurrent_misses_wait_for_one_load() {
+        let cache = KeyCache::new(Duration::from_secs(1));
+        let hash = KeyHash::of("ssk_a");
+        let calls = AtomicUsize::new(0);
+        let found = futures::future::join_all(
+            (0..32).map(|_| cache.get_or_load(hash, load(&calls, Some(key())))),
+        )
+        .await;
+        assert!(found.iter().all(|key| matches!(key, Ok(Some(_)))));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn unknown_keys_and_failures_are_not_cached() {
+        let cache = KeyCache::new(Duration::from_secs(1));
+        let hash = KeyHash::of("ssk_a");
+        let calls = AtomicUsize::new(0);
+        assert!(cache.get_or_load(hash, load(&calls, None)).await.unwrap().is_none());
+        let failing = async { Err(StoreError::Unavailable("away".into())) };
+        assert!(cache.get_or_load(hash, failing).await.is_err());
+        assert!(cache.get_or_load(hash, load(&calls, Some(key()))).await.unwrap().is_some());
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "neither the miss nor the failure stayed");
+    }
+
+    #[tokio::test]
+    async fn a_zero_ttl_caches_nothing() {
         let cache = KeyCache::new(Duration::ZERO);
         let hash = KeyHash::of("ssk_a");
-        cache.insert(hash, key());
-        assert!(cache.get(&hash).is_none());
+        let calls = AtomicUsize::new(0);
+        for _ in 0..2 {
+            cache.get_or_load(hash, load(&calls, Some(key()))).await.unwrap();
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 }

@@ -109,20 +109,12 @@ impl ScanService {
             return Err(ServiceError::Unauthenticated(AuthFailure::Invalid));
         }
         let hash = KeyHash::of(presented);
-        let key = match self.0.keys.get(&hash) {
-            Some(key) => key,
-            None => {
-                let key = Arc::new(
-                    self.0
-                        .store
-                        .find_key(&hash)
-                        .await?
-                        .ok_or(ServiceError::Unauthenticated(AuthFailure::Invalid))?,
-                );
-                self.0.keys.insert(hash, key.clone());
-                key
-            }
-        };
+        let key = self
+            .0
+            .keys
+            .get_or_load(hash, self.0.store.find_key(&hash))
+            .await?
+            .ok_or(ServiceError::Unauthenticated(AuthFailure::Invalid))?;
         // Expiry and revocation are judged now, on the cached copy too.
         key.authenticate(OffsetDateTime::now_utc())
             .map_err(|rejected| ServiceError::Unauthenticated(AuthFailure::Rejected(rejected)))

@@ -23,7 +23,7 @@ use crate::domain::scan::{
 };
 
 /// Why the store could not answer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database is unreachable, too slow, or out of connections: the request may succeed later.
     #[error("database unavailable: {0}")]
