@@ -7,6 +7,7 @@
 
 use std::collections::HashSet;
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use dashmap::DashMap;
 use futures_util::Stream;
 use tokio::sync::watch;
+use tokio::time::Sleep;
 use uuid::Uuid;
 
 use super::auth::presented_key;
@@ -298,7 +300,8 @@ pub async fn follow_changes(
         service,
         key,
         settings: streams.settings,
-        keepalive_at: tokio::time::Instant::now() + streams.settings.keepalive,
+        keepalive: Box::pin(tokio::time::sleep(streams.settings.keepalive)),
+        expiry: Box::pin(tokio::time::sleep(streams.settings.max_age)),
         closing: streams.closing.subscribe(),
         _slot: slot,
     };
@@ -312,8 +315,10 @@ struct ChangeStream {
     service: ScanService,
     key: String,
     settings: StreamSettings,
-    /// When the next keep-alive is due.
-    keepalive_at: tokio::time::Instant,
+    /// The next keep-alive, and the end of the stream's life: each one timer for the stream's
+    /// whole life, reset rather than made anew for every change sent.
+    keepalive: Pin<Box<Sleep>>,
+    expiry: Pin<Box<Sleep>>,
     closing: watch::Receiver<bool>,
     _slot: StreamSlot,
 }
@@ -335,53 +340,47 @@ enum Next {
 impl ChangeStream {
     fn events(self) -> impl Stream<Item = Result<Event, Infallible>> {
         let opening = Event::default().retry(Duration::from_millis(RECONNECT_MS));
-        let deadline = tokio::time::Instant::now() + self.settings.max_age;
-        futures_util::stream::unfold(
-            (Some(self), Some(opening), deadline),
-            |(stream, first, deadline)| async move {
-                if let Some(first) = first {
-                    return Some((Ok(first), (stream, None, deadline)));
-                }
-                let mut stream = stream?;
-                loop {
-                    match stream.next(deadline).await {
-                        Next::Change(event) => {
-                            if !stream.request.wants(&event) {
-                                continue;
-                            }
-                            let data = ScanStatusChanged::from(event.as_ref());
-                            let sse = Event::default()
-                                .id(event.cursor.to_string())
-                                .event(EVENT_NAME)
-                                .json_data(&data)
-                                .expect("a change serializes");
-                            return Some((Ok(sse), (Some(stream), None, deadline)));
+        futures_util::stream::unfold((Some(self), Some(opening)), |(stream, first)| async move {
+            if let Some(first) = first {
+                return Some((Ok(first), (stream, None)));
+            }
+            let mut stream = stream?;
+            loop {
+                match stream.next().await {
+                    Next::Change(event) => {
+                        if !stream.request.wants(&event) {
+                            continue;
                         }
-                        Next::KeepAlive => {
-                            let comment = Event::default().comment("keep-alive");
-                            return Some((Ok(comment), (Some(stream), None, deadline)));
-                        }
-                        Next::End => {
-                            // A last reconnection hint, then the end of the body.
-                            let last = Event::default().retry(Duration::from_millis(RECONNECT_MS));
-                            return Some((Ok(last), (None, None, deadline)));
-                        }
+                        let data = ScanStatusChanged::from(event.as_ref());
+                        let sse = Event::default()
+                            .id(&event.cursor)
+                            .event(EVENT_NAME)
+                            .json_data(&data)
+                            .expect("a change serializes");
+                        return Some((Ok(sse), (Some(stream), None)));
+                    }
+                    Next::KeepAlive => {
+                        let comment = Event::default().comment("keep-alive");
+                        return Some((Ok(comment), (Some(stream), None)));
+                    }
+                    Next::End => {
+                        // A last reconnection hint, then the end of the body.
+                        let last = Event::default().retry(Duration::from_millis(RECONNECT_MS));
+                        return Some((Ok(last), (None, None)));
                     }
                 }
-            },
-        )
+            }
+        })
     }
 
-    async fn next(&mut self, deadline: tokio::time::Instant) -> Next {
+    async fn next(&mut self) -> Next {
         // The keep-alive keeps its own rhythm, however many changes pass (filtered out or not):
         // it is also when the key is checked again.
-        let tick = tokio::time::sleep_until(self.keepalive_at);
-        tokio::pin!(tick);
         loop {
             let woken = tokio::select! {
                 event = self.follower.next() => Wake::Change(event),
-                () = &mut tick => Wake::Tick,
-                () = tokio::time::sleep_until(deadline) => Wake::End,
+                () = &mut self.keepalive => Wake::Tick,
+                () = &mut self.expiry => Wake::End,
                 _ = self.closing.wait_for(|closing| *closing) => Wake::End,
             };
             match woken {
@@ -391,7 +390,7 @@ impl ChangeStream {
                     // cursor when it is back.
                     tracing::warn!(%error, "a change stream cannot read the audit trail; retrying");
                     tokio::select! {
-                        () = &mut tick => return self.keep_alive().await,
+                        () = &mut self.keepalive => return self.keep_alive().await,
                         () = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
                 }
@@ -403,7 +402,8 @@ impl ChangeStream {
 
     /// A keep-alive, unless the key no longer authenticates.
     async fn keep_alive(&mut self) -> Next {
-        self.keepalive_at = tokio::time::Instant::now() + self.settings.keepalive;
+        let next = tokio::time::Instant::now() + self.settings.keepalive;
+        self.keepalive.as_mut().reset(next);
         // Boxed, like the follower's reads: an open stream should not carry a query's space.
         match Box::pin(self.service.authenticate(&self.key)).await {
             Err(ServiceError::Unauthenticated(_)) => Next::End,

@@ -101,11 +101,9 @@ impl ScanEvents {
 /// The `data` of a `scan.status_changed` event.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct ScanStatusChanged {
-    #[schema(value_type = ScanId)]
-    scan_id: String,
-    #[schema(value_type = AccountGroupId)]
-    account_group_id: String,
+pub struct ScanStatusChanged<'a> {
+    scan_id: ScanId,
+    account_group_id: AccountGroupId,
     from: ScanStatus,
     to: ScanStatus,
     /// When the change committed its audit row.
@@ -113,18 +111,18 @@ pub struct ScanStatusChanged {
     at: OffsetDateTime,
     /// The trace id of the request that made the change; null when none did (the command line).
     #[schema(required = true)]
-    trace_id: Option<String>,
+    trace_id: Option<&'a str>,
 }
 
-impl From<&FeedEvent> for ScanStatusChanged {
-    fn from(event: &FeedEvent) -> Self {
+impl<'a> From<&'a FeedEvent> for ScanStatusChanged<'a> {
+    fn from(event: &'a FeedEvent) -> Self {
         Self {
-            scan_id: event.change.scan_id.to_string(),
-            account_group_id: event.change.account_group_id.to_string(),
+            scan_id: event.change.scan_id,
+            account_group_id: event.change.account_group_id,
             from: event.change.from,
             to: event.change.to,
             at: event.change.at,
-            trace_id: event.trace_id.clone(),
+            trace_id: event.trace_id.as_deref(),
         }
     }
 }

@@ -91,10 +91,7 @@ mod tests {
     }
 
     /// A load that counts its calls and answers `key` (or no key).
-    async fn load(
-        calls: &AtomicUsize,
-        key: Option<ApiKey>,
-    ) -> Result<Option<ApiKey>, StoreError> {
+    async fn load(calls: &AtomicUsize, key: Option<ApiKey>) -> Result<Option<ApiKey>, StoreError> {
         calls.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(20)).await;
         Ok(key)
@@ -106,11 +103,20 @@ mod tests {
         let hash = KeyHash::of("ssk_a");
         let calls = AtomicUsize::new(0);
         for _ in 0..3 {
-            assert!(cache.get_or_load(hash, load(&calls, Some(key()))).await.unwrap().is_some());
+            assert!(
+                cache
+                    .get_or_load(hash, load(&calls, Some(key())))
+                    .await
+                    .unwrap()
+                    .is_some()
+            );
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1, "cached");
         tokio::time::sleep(Duration::from_millis(80)).await;
-        cache.get_or_load(hash, load(&calls, Some(key()))).await.unwrap();
+        cache
+            .get_or_load(hash, load(&calls, Some(key())))
+            .await
+            .unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 2, "expired, loaded again");
     }
 
@@ -132,11 +138,27 @@ mod tests {
         let cache = KeyCache::new(Duration::from_secs(1));
         let hash = KeyHash::of("ssk_a");
         let calls = AtomicUsize::new(0);
-        assert!(cache.get_or_load(hash, load(&calls, None)).await.unwrap().is_none());
+        assert!(
+            cache
+                .get_or_load(hash, load(&calls, None))
+                .await
+                .unwrap()
+                .is_none()
+        );
         let failing = async { Err(StoreError::Unavailable("away".into())) };
         assert!(cache.get_or_load(hash, failing).await.is_err());
-        assert!(cache.get_or_load(hash, load(&calls, Some(key()))).await.unwrap().is_some());
-        assert_eq!(calls.load(Ordering::SeqCst), 2, "neither the miss nor the failure stayed");
+        assert!(
+            cache
+                .get_or_load(hash, load(&calls, Some(key())))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "neither the miss nor the failure stayed"
+        );
     }
 
     #[tokio::test]
@@ -145,7 +167,10 @@ mod tests {
         let hash = KeyHash::of("ssk_a");
         let calls = AtomicUsize::new(0);
         for _ in 0..2 {
-            cache.get_or_load(hash, load(&calls, Some(key()))).await.unwrap();
+            cache
+                .get_or_load(hash, load(&calls, Some(key())))
+                .await
+                .unwrap();
         }
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }

@@ -422,6 +422,88 @@ store_test!(
     postgres_only
 );
 
+/// A follower is handed only the pages holding its group's changes. A change of its group that
+/// an older transaction commits late, after many pages of another group went by without it, still
+/// reaches it once, and resuming from the event before it replays it.
+async fn a_late_commit_reaches_a_follower_that_skipped_other_groups_pages(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (quiet, busy) = (group(), group());
+    let writer = app
+        .key_with(
+            &[Permission::SignalsWrite],
+            AccountGroupAccess::Only(vec![quiet, busy]),
+            None,
+        )
+        .await
+        .0;
+    let (quiet_reader, _) = read_key(&app, &quiet).await;
+    let (busy_reader, _) = read_key(&app, &busy).await;
+    let quiet_url = app.url(&changes_path(&quiet, ""));
+    let held_scan = app.scan(&quiet, ScanStatus::Running).await;
+    let mut stream = follow(stream_request(&quiet_url, &quiet_reader)).await;
+    let mut busy_stream = follow(stream_request(
+        &app.url(&changes_path(&busy, "")),
+        &busy_reader,
+    ))
+    .await;
+    let mut held = PgConnection::connect(&app.db.url).await.unwrap();
+    held.execute("BEGIN").await.unwrap();
+    held.execute("SELECT pg_current_xact_id()").await.unwrap();
+
+    // A page for the quiet group while the held transaction runs: its cursor now waits for it.
+    let before = cancel_fresh_scans(&app, &writer, &quiet, 1).await;
+    let before_event = stream.next_event(SOON).await;
+    // Pages of the busy group only, one change at a time; the busy stream proves the hub read them.
+    let mut elsewhere = Vec::new();
+    for _ in 0..20 {
+        elsewhere.extend(cancel_fresh_scans(&app, &writer, &busy, 1).await);
+    }
+    let busy_events = next_events(&mut busy_stream, 20).await;
+    sqlx::query(
+        "UPDATE signal_scans SET status = 'cancelled', updated_at = now(), finished_at = now(),
+             cancelled_at = now() WHERE id = $1",
+    )
+    .bind(held_scan.as_str())
+    .execute(&mut held)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO signal_scan_events (scan_id, from_status, to_status, trace_id, occurred_at)
+         VALUES ($1, 'running', 'cancelled', 'held', now())",
+    )
+    .bind(held_scan.as_str())
+    .execute(&mut held)
+    .await
+    .unwrap();
+    held.execute("COMMIT").await.unwrap();
+    let held_event = stream.next_event(SOON).await;
+    let after = cancel_fresh_scans(&app, &writer, &quiet, 1).await;
+    let after_event = stream.next_event(SOON).await;
+    stream.assert_no_event_for(QUIET).await;
+    let mut resumed = follow(
+        stream_request(&quiet_url, &quiet_reader).header("Last-Event-ID", id_of(&before_event)),
+    )
+    .await;
+    let replayed = next_events(&mut resumed, 2).await;
+    resumed.assert_no_event_for(QUIET).await;
+
+    assert_eq!(moves(&busy_events), cancels_of(&elsewhere, "running"));
+    assert_eq!(moves(&[before_event]), cancels_of(&before, "running"));
+    assert_eq!(held_event.json()["traceId"], "held");
+    assert_eq!(
+        moves(&[held_event, after_event]),
+        cancels_of(&[held_scan, after[0]], "running")
+    );
+    assert_eq!(
+        moves(&replayed),
+        cancels_of(&[held_scan, after[0]], "running")
+    );
+}
+store_test!(
+    a_late_commit_reaches_a_follower_that_skipped_other_groups_pages,
+    postgres_only
+);
+
 /// A cursor from before every row (an old client, a trimmed trail) replays what exists.
 async fn a_cursor_older_than_the_trail_replays_what_exists(backend: Backend) {
     let app = TestApp::spawn(backend).await;

@@ -1,16 +1,20 @@
 //! One reader of the audit trail per process, shared by every follower (the HTTP change streams):
 //! a follower costs no database connection and no query while it keeps up.
 //!
-//! The hub reads pages of every group's changes and broadcasts them whole, with the snapshot they
-//! were read under. Each follower moves its own cursor over those pages, delivering its group's
-//! rows, so its cursor stays exact: what it delivers, and the token a client resumes from, are its
-//! own.
+//! The hub reads pages of every group's changes and hands each page whole, with the snapshot it
+//! was read under, to the followers of the groups it holds changes of. Each follower moves its own
+//! cursor over those pages, delivering its group's rows, so its cursor stays exact: what it
+//! delivers, and the token a client resumes from, are its own. A follower is not given the pages
+//! without its group's changes, and does not need them: its cursor moves past them with the next
+//! page it is given, and a transaction that may still commit behind that cursor either was
+//! running when it applied its last page (and is pending in it) or starts later, with a greater
+//! xid than any row the cursor has passed.
 //! A follower that starts from a cursor, or falls behind the broadcast buffer, first subscribes and
 //! then reads the trail by its own cursor until it is level; pages that arrive meanwhile are
 //! mostly rows it has already delivered, which its cursor skips.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{OnceCell, broadcast, watch};
@@ -20,7 +24,8 @@ use crate::domain::feed::{FeedCursor, FeedPage};
 use crate::domain::ids::AccountGroupId;
 use crate::store::{Store, StoreError};
 
-/// Pages kept for followers that read slowly; one that falls further behind reads the trail.
+/// Pages kept per group for followers that read slowly; one that falls further behind reads the
+/// trail.
 const BUFFERED_PAGES: usize = 256;
 /// The longest the hub waits before reading again after the database failed it.
 const MAX_RETRY: Duration = Duration::from_secs(5);
@@ -34,9 +39,47 @@ pub struct ChangeHub {
 }
 
 struct Running {
-    pages: broadcast::Sender<Arc<FeedPage>>,
-    /// Where the hub stands after its last broadcast page.
+    /// The pages of each followed group. A follower of a quiet group is not woken by every other
+    /// group's changes: with hundreds of streams open, that was most of their cost.
+    groups: Arc<Mutex<HashMap<AccountGroupId, broadcast::Sender<Arc<FeedPage>>>>>,
+    /// Where the hub stands after its last page.
     cursor: watch::Receiver<FeedCursor>,
+}
+
+impl Running {
+    fn subscribe(&self, group: AccountGroupId) -> broadcast::Receiver<Arc<FeedPage>> {
+        let mut groups = self
+            .groups
+            .lock()
+            .expect("no panic while holding the groups");
+        groups
+            .entry(group)
+            .or_insert_with(|| broadcast::channel(BUFFERED_PAGES).0)
+            .subscribe()
+    }
+}
+
+/// Hands `page` to the followers of each group it holds changes of, and forgets the groups nobody
+/// follows any more.
+fn dispatch(
+    groups: &Mutex<HashMap<AccountGroupId, broadcast::Sender<Arc<FeedPage>>>>,
+    page: FeedPage,
+) {
+    let page = Arc::new(page);
+    let mut groups = groups.lock().expect("no panic while holding the groups");
+    groups.retain(|_, followers| followers.receiver_count() > 0);
+    let mut given: Vec<AccountGroupId> = Vec::new();
+    for change in page.rows.iter().filter_map(|row| row.change.as_ref()) {
+        let group = change.account_group_id;
+        if given.contains(&group) {
+            continue;
+        }
+        given.push(group);
+        if let Some(followers) = groups.get(&group) {
+            // A follower that went away meanwhile is fine.
+            let _ = followers.send(Arc::clone(&page));
+        }
+    }
 }
 
 impl ChangeHub {
@@ -56,9 +99,9 @@ impl ChangeHub {
         start: Start,
     ) -> Result<Follower, StoreError> {
         let running = self.running.get_or_try_init(|| self.start()).await?;
-        // Subscribe before taking the place: a page broadcast in between is received, and its
+        // Subscribe before taking the place: a page handed out in between is received, and its
         // rows already behind the place are skipped by the cursor.
-        let pages = running.pages.subscribe();
+        let pages = running.subscribe(group);
         let (cursor, behind) = match start {
             Start::Now => (running.cursor.borrow().clone(), false),
             Start::After(cursor) => (cursor, true),
@@ -75,9 +118,9 @@ impl ChangeHub {
 
     async fn start(&self) -> Result<Running, StoreError> {
         let mut reader = FeedReader::open(self.store.clone(), Start::Now, None, self.poll).await?;
-        let (pages, _) = broadcast::channel(BUFFERED_PAGES);
+        let groups = Arc::new(Mutex::new(HashMap::new()));
         let (place, cursor) = watch::channel(reader.cursor().clone());
-        let sender = pages.clone();
+        let followed = Arc::clone(&groups);
         tokio::spawn(async move {
             let mut retry = Duration::from_millis(100);
             loop {
@@ -85,10 +128,10 @@ impl ChangeHub {
                     Ok(page) => {
                         retry = Duration::from_millis(100);
                         // The place first, then the page: a follower that takes the place after
-                        // subscribing receives every later page.
+                        // subscribing receives every later page of its group.
                         place.send_replace(reader.cursor().clone());
                         // No follower right now is fine: the hub keeps its place for the next.
-                        let _ = sender.send(Arc::new(page));
+                        dispatch(&followed, page);
                     }
                     Err(error) => {
                         tracing::warn!(%error, retry_ms = retry.as_millis() as u64,
@@ -99,7 +142,7 @@ impl ChangeHub {
                 }
             }
         });
-        Ok(Running { pages, cursor })
+        Ok(Running { groups, cursor })
     }
 }
 
