@@ -13,12 +13,14 @@ use std::task::{Context, Poll, ready};
 
 use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::Response;
 use tokio::task::futures::TaskLocalFuture;
 use tower::{Layer, Service};
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// As a header name made once: inserting by `&str` copies a non-standard name on every response.
+static REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 const TRACEPARENT_HEADER: &str = "traceparent";
 const MAX_REQUEST_ID_LEN: usize = 64;
 
@@ -31,11 +33,12 @@ tokio::task_local! {
 pub struct TraceId(Arc<str>);
 
 impl TraceId {
+    /// A random (version 4) UUID, from the thread's generator: `Uuid::new_v4` asks the kernel
+    /// (`getrandom`), one system call per request.
     fn new_random() -> Self {
         let mut buffer = uuid::Uuid::encode_buffer();
-        Self(Arc::from(
-            &*uuid::Uuid::new_v4().simple().encode_lower(&mut buffer),
-        ))
+        let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+        Self(Arc::from(&*id.simple().encode_lower(&mut buffer)))
     }
 
     /// The id a request carries, by the documented order of preference.
@@ -154,7 +157,7 @@ where
         let this = self.project();
         let mut response = ready!(this.inner.poll(cx))?;
         if let Some(value) = this.header.take() {
-            response.headers_mut().insert(REQUEST_ID_HEADER, value);
+            response.headers_mut().insert(REQUEST_ID.clone(), value);
         }
         Poll::Ready(Ok(response))
     }

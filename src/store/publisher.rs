@@ -86,14 +86,38 @@ struct Payload<'a> {
 }
 
 fn payload(changes: &[ScanChange], complete: bool) -> String {
-    let listed = serde_json::to_string(&Payload {
-        changes: Some(changes),
-    })
-    .expect("changes serialize");
-    if complete && listed.len() <= MAX_PAYLOAD {
-        return listed;
+    // Written into a buffer that refuses to grow past the limit: under load a tick holds far
+    // more changes than fit, and writing them all only to throw the text away cost CPU per change.
+    let mut listed = Vec::new();
+    let fits = complete
+        && serde_json::to_writer(
+            Bounded(&mut listed),
+            &Payload {
+                changes: Some(changes),
+            },
+        )
+        .is_ok();
+    if fits {
+        return String::from_utf8(listed).expect("JSON is UTF-8");
     }
     serde_json::to_string(&Payload { changes: None }).expect("a null list serializes")
+}
+
+/// A writer that fails once more than `MAX_PAYLOAD` bytes were written to it.
+struct Bounded<'a>(&'a mut Vec<u8>);
+
+impl std::io::Write for Bounded<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + bytes.len() > MAX_PAYLOAD {
+            return Err(std::io::ErrorKind::FileTooLarge.into());
+        }
+        self.0.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 async fn run(
@@ -211,5 +235,26 @@ mod tests {
         let many: Vec<ScanChange> = (0..100).map(|_| change()).collect();
         assert_eq!(payload(&many, true), r#"{"changes":null}"#);
         assert_eq!(payload(&[change()], false), r#"{"changes":null}"#);
+    }
+
+    #[test]
+    fn a_payload_of_exactly_the_limit_is_listed_and_one_byte_more_is_not() {
+        let changes = vec![change(); 100];
+        let listed = |n: usize| {
+            serde_json::to_string(&Payload {
+                changes: Some(&changes[..n]),
+            })
+            .unwrap()
+        };
+        let most = (1..100)
+            .take_while(|&n| listed(n).len() <= MAX_PAYLOAD)
+            .last()
+            .unwrap();
+        assert_eq!(payload(&changes[..most], true), listed(most));
+        assert_eq!(payload(&changes[..most + 1], true), r#"{"changes":null}"#);
+        // The boundary itself: a buffer of exactly MAX_PAYLOAD bytes fits, one more does not.
+        let mut exact = Vec::new();
+        assert!(std::io::Write::write_all(&mut Bounded(&mut exact), &[b' '; MAX_PAYLOAD]).is_ok());
+        assert!(std::io::Write::write_all(&mut Bounded(&mut exact), b" ").is_err());
     }
 }

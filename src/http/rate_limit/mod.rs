@@ -155,7 +155,8 @@ impl RateLimiter {
         };
         headers.insert(RATELIMIT_POLICY.clone(), self.policy.clone());
         let state = format!("\"{POLICY_NAME}\";r={remaining};t={reset_secs}");
-        if let Ok(value) = HeaderValue::from_str(&state) {
+        // The text's own buffer becomes the header's (`from_str` would copy it).
+        if let Ok(value) = HeaderValue::from_maybe_shared(axum::body::Bytes::from(state)) {
             headers.insert(RATELIMIT.clone(), value);
         }
     }
