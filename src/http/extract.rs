@@ -1,10 +1,14 @@
 //! Extractors whose rejections are our envelope, and the raw paths they read.
 
+use std::fmt;
+use std::marker::PhantomData;
+use std::str::FromStr;
+
 use axum::extract::{FromRequestParts, Path, Query};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer, de};
 
 use super::error::ApiError;
-use crate::domain::ids::{AccountGroupId, ScanId};
+use crate::domain::ids::{AccountGroupId, InvalidId, ScanId};
 
 /// `Path`, but its rejection is our envelope.
 #[derive(FromRequestParts)]
@@ -16,41 +20,64 @@ pub struct ApiPath<T>(pub T);
 #[from_request(via(Query), rejection(ApiError))]
 pub struct ApiQuery<T>(pub T);
 
-/// The raw path of a group route.
+/// A path id parsed as the path is read, from the path's own text (no `String` per id per
+/// request); a malformed one is kept as its error, so the handler names every malformed parameter.
+pub struct PathId<T>(Result<T, InvalidId>);
+
+impl<'de, T: FromStr<Err = InvalidId>> Deserialize<'de> for PathId<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Parse<T>(PhantomData<T>);
+
+        impl<T: FromStr<Err = InvalidId>> de::Visitor<'_> for Parse<T> {
+            type Value = PathId<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an identifier")
+            }
+
+            fn visit_str<E: de::Error>(self, raw: &str) -> Result<Self::Value, E> {
+                Ok(PathId(raw.parse()))
+            }
+        }
+
+        deserializer.deserialize_str(Parse(PhantomData))
+    }
+}
+
+/// The path of a group route.
 #[derive(Deserialize)]
 pub struct GroupPath {
     #[serde(rename = "accountGroupId")]
-    account_group_id: String,
+    account_group_id: PathId<AccountGroupId>,
 }
 
 impl GroupPath {
-    pub fn parse(&self) -> Result<AccountGroupId, ApiError> {
-        AccountGroupId::parse(&self.account_group_id)
+    pub fn parse(self) -> Result<AccountGroupId, ApiError> {
+        self.account_group_id
+            .0
             .map_err(|e| ApiError::Validation(format!("accountGroupId {e}")))
     }
 }
 
-/// The raw path of a scan route, before its ids are parsed; documented as the ids it must hold.
+/// The path of a scan route, its ids parsed but not yet judged; documented as the ids it must
+/// hold.
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Path)]
 pub struct ScanPath {
     /// Account group ID that scopes the request: 24 hexadecimal characters, either case.
     #[serde(rename = "accountGroupId")]
     #[param(value_type = AccountGroupId, inline)]
-    account_group_id: String,
+    account_group_id: PathId<AccountGroupId>,
     /// Signal scan ID returned when the scan was started: 24 hexadecimal characters, either case.
     #[serde(rename = "scanId")]
     #[param(value_type = ScanId, inline)]
-    scan_id: String,
+    scan_id: PathId<ScanId>,
 }
 
 impl ScanPath {
-    /// Parses both ids, naming every parameter that is malformed.
-    pub fn parse(&self) -> Result<(AccountGroupId, ScanId), ApiError> {
-        match (
-            AccountGroupId::parse(&self.account_group_id),
-            ScanId::parse(&self.scan_id),
-        ) {
+    /// Both ids, or an error naming every parameter that is malformed.
+    pub fn parse(self) -> Result<(AccountGroupId, ScanId), ApiError> {
+        match (self.account_group_id.0, self.scan_id.0) {
             (Ok(group), Ok(scan)) => Ok((group, scan)),
             (group, scan) => {
                 let problems: Vec<String> = [
