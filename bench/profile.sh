@@ -13,7 +13,8 @@
 #
 # Environment (all optional): PROFILE_PERF (1; 0: measure CPU per request only; malloc: count
 # malloc and realloc calls per request with uprobes), PROFILE_WATCH (0; 1: run one `scans watch`
-# meanwhile, as bench/run.sh's (b) does, and print its CPU per change), PROFILE_SECONDS (15), BENCH_CONNECTIONS (32), PROFILE_SCANS (200000),
+# meanwhile, as bench/run.sh's (b) does, and print its CPU per change), PROFILE_STREAMS (0; N ≥ 10:
+# hold N change streams open meanwhile, as bench/run.sh's (s) does), PROFILE_SECONDS (15), BENCH_CONNECTIONS (32), PROFILE_SCANS (200000),
 # PGHOST PGPORT PGUSER (127.0.0.1 5432 postgres). Needs perf (Debian: linux-perf) and wrk.
 set -euo pipefail
 
@@ -71,6 +72,17 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 
+if [ "${PROFILE_STREAMS:-0}" -gt 0 ]; then
+  # As bench/run.sh's (s): 10 streams follow the load's group, the others a quiet group each.
+  follows=("$GROUP:10")
+  for i in $(seq 1 $((PROFILE_STREAMS - 10))); do follows+=("$(printf '%024x' $((0xfeed000000 + i))):1"); done
+  python3 "$ROOT/bench/streams.py" open "http://127.0.0.1:$PORT" "$KEY" "$OUT/profile-streams.txt" "${follows[@]}" \
+    >"$OUT/profile-streams-ready.txt" 2>"$OUT/profile-streams.log" &
+  for _ in $(seq 1 300); do
+    grep -q ready "$OUT/profile-streams-ready.txt" 2>/dev/null && break
+    sleep 0.1
+  done
+fi
 if [ "${PROFILE_WATCH:-0}" = 1 ]; then
   # As bench/run.sh's (b): one `scans watch` following the changes, its lines stamped.
   DATABASE_URL="$URL" RUST_LOG=warn "$TARGET/release/signal-scans" scans watch 2>"$OUT/profile-watch.log" \
