@@ -355,6 +355,28 @@ async fn concurrent_cancels_reach_a_stream_once_each_and_resume_from_any_event_e
 }
 store_test!(concurrent_cancels_reach_a_stream_once_each_and_resume_from_any_event_exactly);
 
+/// Cancels `scan` in the open transaction `held`, with its audit row (trace id `held`), and
+/// commits: a change whose transaction began before the changes committed meanwhile.
+async fn cancel_and_commit(held: &mut PgConnection, scan: &ScanId) {
+    sqlx::query(
+        "UPDATE signal_scans SET status = 'cancelled', updated_at = now(), finished_at = now(),
+             cancelled_at = now() WHERE id = $1",
+    )
+    .bind(scan.as_str())
+    .execute(&mut *held)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO signal_scan_events (scan_id, from_status, to_status, trace_id, occurred_at)
+         VALUES ($1, 'running', 'cancelled', 'held', now())",
+    )
+    .bind(scan.as_str())
+    .execute(&mut *held)
+    .await
+    .unwrap();
+    held.execute("COMMIT").await.unwrap();
+}
+
 /// A transaction that began before a later one but commits after it (PostgreSQL's ids and xids do
 /// not follow commit order): its change is delivered after the later one's, live and on resume
 /// from the later one's id, and never twice. The held transaction writes as the store does.
@@ -379,23 +401,7 @@ async fn a_change_committed_late_by_an_older_transaction_is_delivered_live_and_o
         .cancel(Some(&writer), group.as_str(), quick_scan.as_str())
         .await;
     let quick_event = stream.next_event(SOON).await;
-    sqlx::query(
-        "UPDATE signal_scans SET status = 'cancelled', updated_at = now(), finished_at = now(),
-             cancelled_at = now() WHERE id = $1",
-    )
-    .bind(held_scan.as_str())
-    .execute(&mut held)
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO signal_scan_events (scan_id, from_status, to_status, trace_id, occurred_at)
-         VALUES ($1, 'running', 'cancelled', 'held', now())",
-    )
-    .bind(held_scan.as_str())
-    .execute(&mut held)
-    .await
-    .unwrap();
-    held.execute("COMMIT").await.unwrap();
+    cancel_and_commit(&mut held, &held_scan).await;
     let held_event = stream.next_event(SOON).await;
     stream.assert_no_event_for(QUIET).await;
     let mut resumed =
@@ -459,23 +465,7 @@ async fn a_late_commit_reaches_a_follower_that_skipped_other_groups_pages(backen
         elsewhere.extend(cancel_fresh_scans(&app, &writer, &busy, 1).await);
     }
     let busy_events = next_events(&mut busy_stream, 20).await;
-    sqlx::query(
-        "UPDATE signal_scans SET status = 'cancelled', updated_at = now(), finished_at = now(),
-             cancelled_at = now() WHERE id = $1",
-    )
-    .bind(held_scan.as_str())
-    .execute(&mut held)
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO signal_scan_events (scan_id, from_status, to_status, trace_id, occurred_at)
-         VALUES ($1, 'running', 'cancelled', 'held', now())",
-    )
-    .bind(held_scan.as_str())
-    .execute(&mut held)
-    .await
-    .unwrap();
-    held.execute("COMMIT").await.unwrap();
+    cancel_and_commit(&mut held, &held_scan).await;
     let held_event = stream.next_event(SOON).await;
     let after = cancel_fresh_scans(&app, &writer, &quiet, 1).await;
     let after_event = stream.next_event(SOON).await;
