@@ -122,7 +122,9 @@ const UNMATCHED: &str = "unmatched";
 /// A route's registered series, by their other labels. Registering a series builds its key (the
 /// label list, the route as an owned string) and looks it up in the recorder's registry: about
 /// ten allocations. A handle is the recorder's own counter behind an `Arc`, so a request after
-/// the first of its kind counts through the cached handle without allocating.
+/// the first of its kind counts through the cached handle without allocating. (A handle taken
+/// before a recorder is installed would count nowhere for good; the state installs it, through
+/// [`recorder`], before the first request is served.)
 #[derive(Default)]
 struct RouteSeries {
     route: SharedString,
