@@ -1,8 +1,10 @@
 //! Prometheus metrics: the `metrics` facade everywhere, rendered by the Prometheus exporter at
 //! `GET /metrics` (no key, like the health checks; keep the port internal).
 
+use std::borrow::Borrow;
 use std::convert::Infallible;
 use std::future::Future;
+use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::task::{Context, Poll, ready};
@@ -135,54 +137,57 @@ struct RouteSeries {
 impl RouteSeries {
     /// The series of a route template (or `unmatched`): a bounded set, the router's routes.
     fn of(route: &str) -> Arc<RouteSeries> {
-        static ROUTES: LazyLock<DashMap<Box<str>, Arc<RouteSeries>>> = LazyLock::new(DashMap::new);
-        if let Some(series) = ROUTES.get(route) {
-            return Arc::clone(&series);
-        }
-        Arc::clone(&ROUTES.entry(route.into()).or_insert_with(|| {
+        static ROUTES: LazyLock<DashMap<String, Arc<RouteSeries>>> = LazyLock::new(DashMap::new);
+        cached(&ROUTES, route, || {
             Arc::new(RouteSeries {
                 route: route.to_owned().into(),
                 ..RouteSeries::default()
             })
-        }))
+        })
     }
 
     fn requests(&self, method: &'static str, status: StatusCode) -> Counter {
-        let key = (method, status.as_u16());
-        if let Some(counter) = self.requests.get(&key) {
-            return counter.clone();
-        }
-        let status = SharedString::from_borrowed(status_label(status));
-        let counter = metrics::counter!(REQUESTS, "route" => self.route.clone(), "method" => method, "status" => status);
-        self.requests.entry(key).or_insert(counter).clone()
+        cached(&self.requests, &(method, status.as_u16()), || {
+            let status = status.as_u16().to_string();
+            metrics::counter!(REQUESTS, "route" => self.route.clone(), "method" => method, "status" => status)
+        })
     }
 
     fn duration(&self, method: &'static str) -> Histogram {
-        if let Some(histogram) = self.durations.get(method) {
-            return histogram.clone();
-        }
-        let histogram = metrics::histogram!(REQUEST_DURATION, "route" => self.route.clone(), "method" => method);
-        self.durations.entry(method).or_insert(histogram).clone()
+        cached(
+            &self.durations,
+            &method,
+            || metrics::histogram!(REQUEST_DURATION, "route" => self.route.clone(), "method" => method),
+        )
     }
+}
+
+/// The handle cached under `key`, made by `register` the first time: looked up without taking
+/// the key's ownership (no allocation on the common path), written only for a new series.
+fn cached<K, Q, V>(handles: &DashMap<K, V>, key: &Q, register: impl FnOnce() -> V) -> V
+where
+    K: Borrow<Q> + Eq + Hash,
+    Q: ToOwned<Owned = K> + Eq + Hash + ?Sized,
+    V: Clone,
+{
+    if let Some(handle) = handles.get(key) {
+        return handle.clone();
+    }
+    handles
+        .entry(key.to_owned())
+        .or_insert_with(register)
+        .clone()
 }
 
 /// Counts a cancel by the status it found (a handle per status, registered once).
 pub fn count_cancel(previous_status: &'static str) {
     static CANCELLED_FROM: LazyLock<DashMap<&'static str, Counter>> = LazyLock::new(DashMap::new);
-    if let Some(counter) = CANCELLED_FROM.get(previous_status) {
-        return counter.increment(1);
-    }
-    CANCELLED_FROM
-        .entry(previous_status)
-        .or_insert_with(|| metrics::counter!(CANCELS, "previous_status" => previous_status))
-        .increment(1);
-}
-
-/// The status as a label without an allocation: every status a response can carry is 100–999.
-fn status_label(status: StatusCode) -> &'static str {
-    static LABELS: OnceLock<Vec<String>> = OnceLock::new();
-    let labels = LABELS.get_or_init(|| (0..1000).map(|code| code.to_string()).collect());
-    &labels[usize::from(status.as_u16()).min(999)]
+    cached(
+        &CANCELLED_FROM,
+        &previous_status,
+        || metrics::counter!(CANCELS, "previous_status" => previous_status),
+    )
+    .increment(1);
 }
 
 /// `GET /metrics`, in the Prometheus text format.
