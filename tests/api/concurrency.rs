@@ -89,27 +89,22 @@ async fn cancel_racing_a_completion_has_exactly_one_winner(backend: Backend) {
             .served_store
             .transition(None, &scan, ScanStatus::Completed, runner);
 
-        let ((response, completion), ()) = tokio::join!(
-            async {
-                match first {
-                    First::Cancel => tokio::join!(cancel, async {
-                        until_waiting(&app, 1).await;
-                        completion.await
-                    }),
-                    First::Completion => {
-                        let (completion, response) = tokio::join!(completion, async {
-                            until_waiting(&app, 1).await;
-                            cancel.await
-                        });
-                        (response, completion)
-                    }
-                }
-            },
-            async {
-                until_waiting(&app, 2).await;
-                lock.release().await;
+        // The second contender starts only once the first is seen waiting, and the lock is let
+        // go only once both are: on SQLite the first is seen by its connection, which it may
+        // take a moment before it reaches the lock, so the release must not race that sighting.
+        let (response, completion) = match first {
+            First::Cancel => tokio::join!(cancel, async {
+                until_waiting(&app, 1).await;
+                behind_the_first(completion, &app, &mut lock).await
+            }),
+            First::Completion => {
+                let (completion, response) = tokio::join!(completion, async {
+                    until_waiting(&app, 1).await;
+                    behind_the_first(cancel, &app, &mut lock).await
+                });
+                (response, completion)
             }
-        );
+        };
 
         let completion = completion.unwrap();
         let stored = app.status_of(&scan).await;
@@ -144,6 +139,19 @@ async fn cancel_racing_a_completion_has_exactly_one_winner(backend: Backend) {
     }
 }
 store_test!(cancel_racing_a_completion_has_exactly_one_winner);
+
+/// Runs `second` while the first contender waits on `lock`, and lets the lock go once both wait.
+async fn behind_the_first<T>(
+    second: impl Future<Output = T>,
+    app: &TestApp,
+    lock: &mut WriteLock,
+) -> T {
+    let (outcome, ()) = tokio::join!(second, async {
+        until_waiting(app, 2).await;
+        lock.release().await;
+    });
+    outcome
+}
 
 async fn a_late_completion_after_a_cancel_changes_nothing(backend: Backend) {
     let app = TestApp::spawn(backend).await;

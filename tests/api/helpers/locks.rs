@@ -23,6 +23,11 @@ impl WriteLock {
                 .execute(&mut connection)
                 .await
                 .unwrap();
+            // On SQLite a waiting writer is seen as a served connection in use (see
+            // `until_waiting`), so none may be left over from before the lock: sqlx gives a
+            // connection back in a task of its own after the query that used it, and under load
+            // that can come late enough to pass for a writer queued here.
+            until_waiting(app, 0).await;
             return Self::Sqlite(connection);
         }
         let mut connection = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
@@ -53,7 +58,8 @@ impl WriteLock {
 /// Returns once exactly `n` writers wait behind a [`WriteLock`] (10 s at most). PostgreSQL shows
 /// its lock waiters (in this test's database only); SQLite does not, so there it is whether the
 /// served store has a connection in use: its one writer at a time holds one while it waits and
-/// the next queues in the process without one, so on SQLite any `n` above 0 means "the first".
+/// the next queues in the process without one, so on SQLite any `n` above 0 means "the first",
+/// and the first is seen from when it takes its connection, a moment before it reaches the lock.
 pub async fn until_waiting(app: &TestApp, n: i64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
