@@ -1,5 +1,6 @@
 //! Everything that knows SQL. The rest of the service talks to [`Store`] and never to a driver.
 
+mod pg_pool;
 mod postgres;
 mod publisher;
 mod rows;
@@ -12,6 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+pub use pg_pool::HeldConnection;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -111,7 +113,7 @@ pub struct PoolUsage {
 }
 
 impl PoolUsage {
-    fn of<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> Self {
+    fn of(pool: &sqlx::SqlitePool) -> Self {
         let idle = u32::try_from(pool.num_idle()).unwrap_or(u32::MAX);
         Self {
             in_use: pool.size().saturating_sub(idle),
@@ -176,7 +178,7 @@ impl Store {
 
     pub fn pool_usage(&self) -> PoolUsage {
         match self {
-            Store::Postgres(store) => PoolUsage::of(store.pool()),
+            Store::Postgres(store) => store.pool_usage(),
             Store::Sqlite(store) => PoolUsage::of(store.pool()),
         }
     }

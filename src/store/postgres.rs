@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use sqlx::Connection;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use uuid::Uuid;
 
+use super::pg_pool::{ConnectionPool, HeldConnection};
 use super::publisher::Publisher;
 use super::rows::{ChangeRow, EventRow, KeyRow, ScanRow};
-use super::{IS_EMPTY, KeyToCreate, StoreError, StoreOptions, bounded, migration_error};
+use super::{IS_EMPTY, KeyToCreate, PoolUsage, StoreError, StoreOptions, bounded, migration_error};
 use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition, Horizon};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash};
@@ -33,7 +34,10 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 
 #[derive(Clone)]
 pub struct PgStore {
-    pool: PgPool,
+    pool: ConnectionPool,
+    /// The options of the store's connections, for the listeners, which each hold one of their
+    /// own for as long as they listen.
+    connect_options: Arc<PgConnectOptions>,
     /// Shared, not copied: the store is cloned into every request (axum state), and the options
     /// are large; the profile showed their per-request copy and drop.
     migrate_options: Arc<PgConnectOptions>,
@@ -60,15 +64,9 @@ impl PgStore {
             // row); a database whose default is stricter would turn races into 500s.
             ("default_transaction_isolation", "read committed"),
         ]);
-        let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections)
-            .acquire_timeout(options.timeout)
-            // A ping before every acquire would double the round trips of the hot path; a dead
-            // connection fails its query instead, answers 502 once and is replaced.
-            .test_before_acquire(false)
-            .connect_lazy_with(connect);
         Ok(Self {
-            pool,
+            pool: ConnectionPool::new(connect.clone(), options.max_connections, options.timeout),
+            connect_options: Arc::new(connect),
             migrate_options,
             timeout: options.timeout,
             publisher: Arc::new(OnceLock::new()),
@@ -83,8 +81,22 @@ impl PgStore {
         bounded(self.timeout, query).await
     }
 
-    pub(super) fn pool(&self) -> &sqlx::Pool<sqlx::Postgres> {
-        &self.pool
+    /// One query on a connection of the pool, bounded by the store's timeout, the wait for a
+    /// connection included.
+    async fn on_connection<T>(
+        &self,
+        query: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, StoreError> {
+        self.bounded(self.pool.run(query)).await
+    }
+
+    /// Holds one of the pool's connections until the guard is dropped (for tests).
+    pub async fn hold_connection(&self) -> Result<HeldConnection, StoreError> {
+        self.bounded(self.pool.hold()).await
+    }
+
+    pub(super) fn pool_usage(&self) -> PoolUsage {
+        self.pool.usage()
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
@@ -95,27 +107,30 @@ impl PgStore {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.bounded(sqlx::query("SELECT 1").execute(&self.pool))
+        self.on_connection(async |connection| sqlx::query("SELECT 1").execute(connection).await)
             .await
             .map(drop)
     }
 
     pub async fn is_empty(&self) -> Result<bool, StoreError> {
-        self.bounded(sqlx::query_scalar(IS_EMPTY).fetch_one(&self.pool))
-            .await
+        self.on_connection(async |connection| {
+            sqlx::query_scalar(IS_EMPTY).fetch_one(connection).await
+        })
+        .await
     }
 
     pub async fn find_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
         let row: Option<KeyRow> = self
-            .bounded(
+            .on_connection(async |connection| {
                 sqlx::query_as(concat!(
                     "SELECT ",
                     key_columns!(),
                     " FROM api_keys WHERE key_hash = $1"
                 ))
                 .bind(&hash.0[..])
-                .fetch_optional(&self.pool),
-            )
+                .fetch_optional(connection)
+                .await
+            })
             .await?;
         row.map(ApiKey::try_from).transpose()
     }
@@ -127,7 +142,7 @@ impl PgStore {
             AccountGroupAccess::Only(groups) => Some(groups.iter().map(|g| g.as_str()).collect()),
         };
         let row: KeyRow = self
-            .bounded(
+            .on_connection(async |connection| {
                 sqlx::query_as(concat!(
                     "INSERT INTO api_keys (id, name, key_hash, permissions, account_group_ids, expires_at)
                      VALUES ($1, $2, $3, $4, $5, $6)
@@ -140,37 +155,40 @@ impl PgStore {
                 .bind(permissions)
                 .bind(groups)
                 .bind(key.expires_at)
-                .fetch_one(&self.pool),
-            )
+                .fetch_one(connection)
+                    .await
+            })
             .await?;
         row.try_into()
     }
 
     pub async fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
         let rows: Vec<KeyRow> = self
-            .bounded(
+            .on_connection(async |connection| {
                 sqlx::query_as(concat!(
                     "SELECT ",
                     key_columns!(),
                     " FROM api_keys ORDER BY created_at, id"
                 ))
-                .fetch_all(&self.pool),
-            )
+                .fetch_all(connection)
+                .await
+            })
             .await?;
         rows.into_iter().map(ApiKey::try_from).collect()
     }
 
     pub async fn revoke_key(&self, id: Uuid) -> Result<Option<ApiKey>, StoreError> {
         let row: Option<KeyRow> = self
-            .bounded(
+            .on_connection(async |connection| {
                 sqlx::query_as(concat!(
                     "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1
                      RETURNING ",
                     key_columns!()
                 ))
                 .bind(id)
-                .fetch_optional(&self.pool),
-            )
+                .fetch_optional(connection)
+                .await
+            })
             .await?;
         row.map(ApiKey::try_from).transpose()
     }
@@ -181,7 +199,7 @@ impl PgStore {
         status: ScanStatus,
     ) -> Result<Scan, StoreError> {
         let row: ScanRow = self
-            .bounded(
+            .on_connection(async |connection| {
                 sqlx::query_as(
                     "WITH created AS (
                          INSERT INTO signal_scans
@@ -200,8 +218,9 @@ impl PgStore {
                 .bind(ScanId::generate().as_str())
                 .bind(group.as_str())
                 .bind(status.as_str())
-                .fetch_one(&self.pool),
-            )
+                .fetch_one(connection)
+                    .await
+            })
             .await?;
         row.into_scan()
     }
@@ -212,29 +231,31 @@ impl PgStore {
         scan: &ScanId,
     ) -> Result<Option<Scan>, StoreError> {
         let row: Option<ScanRow> = self
-            .bounded(
+            .on_connection(async |connection| {
                 sqlx::query_as(
                     "SELECT *, NULL::text AS previous_status FROM signal_scans
                      WHERE id = $1 AND ($2::text IS NULL OR account_group_id = $2::text)",
                 )
                 .bind(scan.as_str())
                 .bind(group.map(AccountGroupId::as_str))
-                .fetch_optional(&self.pool),
-            )
+                .fetch_optional(connection)
+                .await
+            })
             .await?;
         row.map(ScanRow::into_scan).transpose()
     }
 
     pub async fn scan_events(&self, scan: &ScanId) -> Result<Vec<ScanEvent>, StoreError> {
         let rows: Vec<EventRow> = self
-            .bounded(
+            .on_connection(async |connection| {
                 sqlx::query_as(
                     "SELECT scan_id, from_status, to_status, api_key_id::text AS api_key_id, trace_id, occurred_at
                      FROM signal_scan_events WHERE scan_id = $1 ORDER BY id",
                 )
                 .bind(scan.as_str())
-                .fetch_all(&self.pool),
-            )
+                .fetch_all(connection)
+                    .await
+            })
             .await?;
         rows.into_iter().map(EventRow::into_event).collect()
     }
@@ -245,7 +266,7 @@ impl PgStore {
         query: &ScanPageQuery,
     ) -> Result<Vec<Scan>, StoreError> {
         let rows: Vec<ScanRow> = self
-            .bounded(
+            .on_connection(async |connection| {
                 sqlx::query_as(
                     "SELECT *, NULL::text AS previous_status FROM signal_scans
                      WHERE account_group_id = $1
@@ -259,8 +280,9 @@ impl PgStore {
                 .bind(query.after.as_ref().map(|c| c.created_at))
                 .bind(query.after.as_ref().map(|c| c.id.as_str()))
                 .bind(i64::from(query.limit) + 1)
-                .fetch_all(&self.pool),
-            )
+                .fetch_all(connection)
+                    .await
+            })
             .await?;
         rows.into_iter().map(ScanRow::into_scan).collect()
     }
@@ -280,7 +302,7 @@ impl PgStore {
         // against 0.05 ms, measured after a bulk load; a watch under load read that way
         // constantly).
         let rows: Vec<FeedReadRow> = self
-            .bounded(
+            .on_connection(async |connection| {
                 sqlx::query_as(
                     "WITH snapshot AS (SELECT pg_current_snapshot()::text AS snapshot),
                      page AS (
@@ -310,8 +332,9 @@ impl PgStore {
                 .bind(pending_xids)
                 .bind(pending_after)
                 .bind(i64::from(limit))
-                .fetch_all(&self.pool),
-            )
+                .fetch_all(connection)
+                .await
+            })
             .await?;
         let snapshot = rows.first().map(|row| row.snapshot.as_str()).unwrap_or("");
         let horizon = Horizon::parse_pg_snapshot(snapshot)
@@ -330,15 +353,16 @@ impl PgStore {
 
     pub async fn feed_head(&self) -> Result<FeedCursor, StoreError> {
         let (newest_xid, newest_id, snapshot): (Option<String>, Option<i64>, String) = self
-            .bounded(
+            .on_connection(async |connection| {
                 sqlx::query_as(
                     "SELECT newest.xid::text, newest.id, pg_current_snapshot()::text
                      FROM (SELECT 1) AS one
                      LEFT JOIN (SELECT xid, id FROM signal_scan_events
                                 ORDER BY xid DESC, id DESC LIMIT 1) AS newest ON true",
                 )
-                .fetch_one(&self.pool),
-            )
+                .fetch_one(connection)
+                .await
+            })
             .await?;
         let horizon = Horizon::parse_pg_snapshot(&snapshot)
             .ok_or_else(|| StoreError::Corrupt(format!("snapshot {snapshot:?}")))?;
@@ -366,8 +390,15 @@ impl PgStore {
     }
 
     pub async fn listen(&self, channel: &str) -> Result<sqlx::postgres::PgListener, StoreError> {
+        // A pool of its one connection, as `PgListener::connect` makes: the listener reconnects
+        // through it after a lost connection.
+        let connection = PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_lazy_with((*self.connect_options).clone());
         let mut listener = self
-            .bounded(sqlx::postgres::PgListener::connect_with(&self.pool))
+            .bounded(sqlx::postgres::PgListener::connect_with(&connection))
             .await?;
         self.bounded(listener.listen(channel)).await?;
         Ok(listener)
@@ -385,7 +416,7 @@ impl PgStore {
         // and, under READ COMMITTED, sees the latest committed version: a request that lost a race
         // reads the winner's state, never the one its snapshot started with.
         let row: Option<ScanRow> = self
-            .bounded(
+            .on_connection(async |connection| {
                 sqlx::query_as(
                     "WITH current AS (
                          SELECT * FROM signal_scans
@@ -421,8 +452,9 @@ impl PgStore {
                 .bind(from)
                 .bind(actor.api_key_id)
                 .bind(actor.trace_id)
-                .fetch_optional(&self.pool),
-            )
+                .fetch_optional(connection)
+                    .await
+            })
             .await?;
         let Some(row) = row else {
             return Ok(Transition::NotFound);

@@ -243,6 +243,64 @@ store_test!(
     postgres_only
 );
 
+/// The pool's one connection, cut short by the timeout while the server still owed it an answer
+/// (slowed down on its way back), serves the next request only once that answer is read or the
+/// connection is replaced: the next cancel, of another scan, is a 200 about that scan, not the
+/// first statement's late error. (A pool that took the connection back at once handed it over
+/// with that error still to come.)
+async fn a_connection_cut_short_is_settled_before_it_serves_again(backend: Backend) {
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    // Longer than the wait before the next request, shorter than that request's own timeout.
+    const LATE_BY: Duration = Duration::from_millis(500);
+    let app = TestApp::spawn_with(
+        backend,
+        Settings {
+            db_timeout: TIMEOUT,
+            db_max_connections: 1,
+            key_cache_ttl: Duration::from_secs(600),
+            through_proxy: true,
+            ..Settings::default()
+        },
+    )
+    .await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let stuck_scan = app.scan(&group, ScanStatus::Running).await;
+    let free_scan = app.scan(&group, ScanStatus::Queued).await;
+    // The key is cached and the pool's one connection open before the database is slowed down.
+    let warm_up = app.scan(&group, ScanStatus::Queued).await;
+    let warm = app
+        .cancel(Some(&key), group.as_str(), warm_up.as_str())
+        .await;
+    assert_eq!(warm.status, 200, "{warm:?}");
+    let proxy = app.proxy.as_ref().expect("spawned through the proxy");
+    let mut lock = WriteLock::hold(&app, &stuck_scan).await;
+
+    proxy.slow_down(LATE_BY);
+    let stuck = app
+        .cancel(Some(&key), group.as_str(), stuck_scan.as_str())
+        .await;
+    // The statement's own end (statement_timeout, as late as the client's) is on its way back
+    // now, held LATE_BY by the proxy; the next request must not meet it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.slow_down(Duration::ZERO);
+    let next = app
+        .cancel(Some(&key), group.as_str(), free_scan.as_str())
+        .await;
+    lock.release().await;
+
+    stuck.assert_error(502, "UPSTREAM_ERROR");
+    assert_eq!(next.status, 200, "{next:?}");
+    assert_eq!(next.body["data"]["scanId"], free_scan.as_str());
+    assert_eq!(next.body["data"]["previousStatus"], "queued");
+    assert_eq!(app.status_of(&stuck_scan).await, ScanStatus::Running);
+    assert_eq!(app.status_of(&free_scan).await, ScanStatus::Cancelled);
+}
+store_test!(
+    a_connection_cut_short_is_settled_before_it_serves_again,
+    postgres_only
+);
+
 /// On either store: a cancel whose write waits behind another session's lock past DB_TIMEOUT_MS
 /// answers 502 and changes nothing; once the lock is gone the same process serves it.
 async fn a_write_stuck_behind_another_writer_answers_502_and_changes_nothing(backend: Backend) {

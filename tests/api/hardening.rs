@@ -145,7 +145,7 @@ store_test!(
     postgres_only
 );
 
-/// Every pooled connection is held (a `LISTEN` on the served store's pool keeps one): requests
+/// Every pooled connection is held: requests
 /// wait at most DB_TIMEOUT_MS for one and answer 502, all of them at about the same time, not one
 /// after another; once a connection is free again the same process serves.
 async fn an_exhausted_pool_answers_502_not_a_queue(backend: Backend) {
@@ -170,12 +170,7 @@ async fn an_exhausted_pool_answers_502_not_a_queue(backend: Backend) {
     };
     let mut holders = Vec::new();
     for _ in 0..POOL {
-        holders.push(
-            served
-                .listen("pool_holder")
-                .await
-                .expect("a free connection"),
-        );
+        holders.push(served.hold_connection().await.expect("a free connection"));
     }
     assert_eq!(
         app.served_store.pool_usage().in_use,

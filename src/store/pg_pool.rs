@@ -1,0 +1,148 @@
+//! The PostgreSQL store's connections: a pool (deadpool) of sqlx connections that takes a
+//! connection back as soon as its query has run to its end.
+//!
+//! sqlx's own pool tests every connection it is given back with a round trip to the server (a
+//! `Sync` answered by `ReadyForQuery`), in a task spawned for the purpose. On the cancel path
+//! that was a second round trip, a task and a second wake-up of a PostgreSQL backend for every
+//! request: about a third of the service's CPU per cancel, and a sixth of the database's, for
+//! nothing, since sqlx reads every query's answer up to its `ReadyForQuery` before the query
+//! returns. Here a connection whose query returned `Ok` goes back to the pool at once. Only one
+//! whose query failed or was cut short (the store's timeout drops it mid-answer) takes that
+//! round trip, in a task of its own, before it is trusted again; it is closed if that fails.
+
+use std::time::Duration;
+
+use deadpool::managed::{self, Metrics, Object, PoolError, RecycleResult};
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+
+use super::PoolUsage;
+
+/// Opens the pool's connections.
+pub struct Connector {
+    options: PgConnectOptions,
+}
+
+impl managed::Manager for Connector {
+    type Type = PgConnection;
+    type Error = sqlx::Error;
+
+    async fn create(&self) -> Result<PgConnection, sqlx::Error> {
+        PgConnection::connect_with(&self.options).await
+    }
+
+    /// Nothing to test: a connection comes back only once it is known to be ready (see
+    /// [`Checkout`]). A connection the server closed while idle fails its next query, which
+    /// answers 502 once, and is replaced; sqlx's pool, with its test before each acquire turned
+    /// off as ours was, did the same.
+    async fn recycle(&self, _: &mut PgConnection, _: &Metrics) -> RecycleResult<sqlx::Error> {
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+pub struct ConnectionPool {
+    pool: managed::Pool<Connector>,
+    /// How long a connection whose query was cut short may take to show it is ready again.
+    settle_within: Duration,
+}
+
+impl ConnectionPool {
+    /// A pool of at most `max_connections`, each opened on first need. `timeout` is the store's:
+    /// a statement the store gave up on ends within it on the server too (`statement_timeout`).
+    pub fn new(options: PgConnectOptions, max_connections: u32, timeout: Duration) -> Self {
+        let pool = managed::Pool::builder(Connector { options })
+            .max_size(usize::try_from(max_connections).unwrap_or(usize::MAX))
+            .build()
+            .expect("a pool without timeouts or hooks needs no runtime to build");
+        Self {
+            pool,
+            settle_within: timeout + Duration::from_secs(1),
+        }
+    }
+
+    /// Runs `query` on a connection of the pool, waiting for one if all are in use. The caller
+    /// bounds the whole in time.
+    pub async fn run<T>(
+        &self,
+        query: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, sqlx::Error> {
+        let object = self.acquire().await?;
+        let mut checkout = Checkout {
+            object: Some(object),
+            finished: false,
+            settle_within: self.settle_within,
+        };
+        let result = query(checkout.connection()).await;
+        checkout.finished = result.is_ok();
+        result
+    }
+
+    /// One of the pool's connections, kept out of the pool until the guard is dropped: how the
+    /// tests exhaust the pool.
+    pub async fn hold(&self) -> Result<HeldConnection, sqlx::Error> {
+        self.acquire().await.map(HeldConnection)
+    }
+
+    async fn acquire(&self) -> Result<Object<Connector>, sqlx::Error> {
+        self.pool.get().await.map_err(|error| match error {
+            PoolError::Backend(error) => error,
+            PoolError::Closed => sqlx::Error::PoolClosed,
+            _ => sqlx::Error::PoolTimedOut,
+        })
+    }
+
+    pub fn usage(&self) -> PoolUsage {
+        let status = self.pool.status();
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        PoolUsage {
+            in_use: count(status.size.saturating_sub(status.available)),
+            idle: count(status.available),
+            max: count(status.max_size),
+        }
+    }
+}
+
+/// A connection held out of the pool (see [`ConnectionPool::hold`]).
+pub struct HeldConnection(#[allow(dead_code)] Object<Connector>);
+
+/// A connection taken from the pool for one query.
+struct Checkout {
+    object: Option<Object<Connector>>,
+    /// The query returned `Ok`: sqlx read its whole answer, the connection is ready.
+    finished: bool,
+    settle_within: Duration,
+}
+
+impl Checkout {
+    fn connection(&mut self) -> &mut PgConnection {
+        self.object
+            .as_mut()
+            .expect("a checkout holds its connection until dropped")
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        let Some(mut object) = self.object.take() else {
+            return;
+        };
+        if self.finished {
+            // Back to the pool.
+            return drop(object);
+        }
+        // Cut short or failed: the connection may still owe an answer, or be broken. One round
+        // trip reads what is left and shows it is ready; until then it stays out of the pool (and
+        // counts against its size). Without a runtime (shutting down) it is simply closed.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return drop(Object::take(object));
+        };
+        let settle_within = self.settle_within;
+        runtime.spawn(async move {
+            match tokio::time::timeout(settle_within, object.ping()).await {
+                Ok(Ok(())) => drop(object),
+                _ => drop(Object::take(object)),
+            }
+        });
+    }
+}
