@@ -4,11 +4,13 @@
 //! sqlx's own pool tests every connection it is given back with a round trip to the server (a
 //! `Sync` answered by `ReadyForQuery`), in a task spawned for the purpose. On the cancel path
 //! that was a second round trip, a task and a second wake-up of a PostgreSQL backend for every
-//! request: about a third of the service's CPU per cancel, and a sixth of the database's, for
-//! nothing, since sqlx reads every query's answer up to its `ReadyForQuery` before the query
-//! returns. Here a connection whose query returned `Ok` goes back to the pool at once. Only one
-//! whose query failed or was cut short (the store's timeout drops it mid-answer) takes that
-//! round trip, in a task of its own, before it is trusted again; it is closed if that fails.
+//! request, for nothing, since sqlx reads every query's answer up to its `ReadyForQuery` before
+//! the query returns. (In a copy of bench/thin-peer it was a third of that server's CPU per
+//! cancel and a sixth of the database's; BENCHMARKS.md has the figures.)
+//!
+//! Here a connection whose query returned `Ok` goes back to the pool at once. Only one whose
+//! query failed or was cut short (the store's timeout drops it mid-answer) takes that round
+//! trip, in a task of its own, before it is trusted again; it is closed if that fails.
 
 use std::time::Duration;
 
