@@ -15,7 +15,8 @@
 # malloc and realloc calls per request with uprobes), PROFILE_WATCH (0; 1: run one `scans watch`
 # meanwhile, as bench/run.sh's (b) does, and print its CPU per change), PROFILE_STREAMS (0; N ≥ 10:
 # hold N change streams open meanwhile, as bench/run.sh's (s) does), PROFILE_SECONDS (15), BENCH_CONNECTIONS (32), PROFILE_SCANS (200000),
-# PGHOST PGPORT PGUSER (127.0.0.1 5432 postgres). Needs perf (Debian: linux-perf) and wrk.
+# PROFILE_BINARY (another build of the service to profile instead of this one), PGHOST PGPORT PGUSER
+# (127.0.0.1 5432 postgres). Needs perf (Debian: linux-perf) and wrk.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,6 +31,8 @@ URL="postgres://$PGUSER@$PGHOST:$PGPORT/$DB"
 GROUP=507f1f77bcf86cd799439011
 PORT=18471
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+# Another build of the service to profile the same way (say, an older commit's), instead of this one.
+SERVICE_BIN="${PROFILE_BINARY:-$TARGET/release/signal-scans}"
 mkdir -p "$OUT"
 
 for tool in perf wrk psql; do
@@ -37,14 +40,14 @@ for tool in perf wrk psql; do
 done
 
 case "$KIND" in
-  service) (cd "$ROOT" && cargo build --release --locked -q) ;;
+  service) [ -n "${PROFILE_BINARY:-}" ] || (cd "$ROOT" && cargo build --release --locked -q) ;;
   thin) (cd "$ROOT/bench/thin-peer" && cargo build --release --locked -q --target-dir "$TARGET") ;;
   *) echo "bench/profile.sh: unknown kind $KIND (service or thin)" >&2; exit 2 ;;
 esac
 
 psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
-"$TARGET/release/signal-scans" migrate --database-url "$URL" >/dev/null
-KEY="$("$TARGET/release/signal-scans" keys create --database-url "$URL" --name profile \
+"$SERVICE_BIN" migrate --database-url "$URL" >/dev/null
+KEY="$("$SERVICE_BIN" keys create --database-url "$URL" --name profile \
   --all-account-groups --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')"
 psql -X -q -d "$DB" <<SQL
 INSERT INTO signal_scans (id, account_group_id, status, created_at, updated_at)
@@ -58,7 +61,7 @@ case "$KIND" in
   service)
     DATABASE_URL="$URL" LISTEN_ADDR="127.0.0.1:$PORT" RATE_LIMIT_PER_SECOND=1000000 \
       RATE_LIMIT_BURST=1000000 LOG_FORMAT=json RUST_LOG=warn \
-      "$TARGET/release/signal-scans" serve >"$OUT/profile-$KIND.log" 2>&1 &
+      "$SERVICE_BIN" serve >"$OUT/profile-$KIND.log" 2>&1 &
     ;;
   thin)
     DATABASE_URL="$URL" LISTEN_ADDR="127.0.0.1:$PORT" DB_MAX_CONNECTIONS=10 \
@@ -85,7 +88,7 @@ if [ "${PROFILE_STREAMS:-0}" -gt 0 ]; then
 fi
 if [ "${PROFILE_WATCH:-0}" = 1 ]; then
   # As bench/run.sh's (b): one `scans watch` following the changes, its lines stamped.
-  DATABASE_URL="$URL" RUST_LOG=warn "$TARGET/release/signal-scans" scans watch 2>"$OUT/profile-watch.log" \
+  DATABASE_URL="$URL" RUST_LOG=warn "$SERVICE_BIN" scans watch 2>"$OUT/profile-watch.log" \
     | python3 "$ROOT/bench/watch-delay.py" stamp >/dev/null &
   sleep 1
   WATCH_PID="$(pgrep -n -f "signal-scans scans watch")"
@@ -106,7 +109,7 @@ fi
 before_done="$(psql -X -Atq -d "$DB" -c "SELECT count(*) FROM signal_scans WHERE status = 'cancelled'")"
 if [ "${PROFILE_PERF:-1}" = malloc ]; then
   # Allocations per request: uprobes on glibc's malloc and realloc, counted, not sampled.
-  libc="$(ldd "$TARGET/release/signal-scans" | awk '/libc.so/ { print $3 }')"
+  libc="$(ldd "$SERVICE_BIN" | awk '/libc.so/ { print $3 }')"
   for fn in malloc realloc; do
     perf probe -q -x "$libc" "$fn" 2>/dev/null || true
   done
@@ -123,12 +126,14 @@ fi
 after_done="$(psql -X -Atq -d "$DB" -c "SELECT count(*) FROM signal_scans WHERE status = 'cancelled'")"
 wait "$WRK"
 
+peak_rss_kb="$(awk '/^VmHWM/ { print $2 }' "/proc/$PID/status")"
 requests=$((after_done - before_done))
 hz="$(getconf CLK_TCK)"
 echo "== $KIND: $requests cancels in ${SECONDS_TO_PROFILE} s ($((requests / SECONDS_TO_PROFILE))/s)," \
   "CPU $(awk -v t=$((after_ticks - before_ticks)) -v n="$requests" -v hz="$hz" \
   'BEGIN { printf "%.0f", t / hz * 1e6 / n }') µs per request"
 grep -E "Requests/sec|99%" "$OUT/profile-$KIND.wrk" || true
+echo "== peak RSS of the server so far: $((peak_rss_kb / 1024)).$(((peak_rss_kb % 1024) * 10 / 1024)) MB"
 if [ "${PROFILE_WATCH:-0}" = 1 ]; then
   awk -v w=$((watch_after - watch_before)) -v s=$((stamp_after - stamp_before)) -v n="$requests" -v hz="$hz" \
     'BEGIN { printf "== the watch: %.1f µs per change, its stamper: %.1f µs per change\n", w / hz * 1e6 / n, s / hz * 1e6 / n }'
