@@ -59,8 +59,9 @@ SQL
 
 case "$KIND" in
   service)
+    # As bench/run.sh: no rate limit in the way, and room for every stream on one key.
     DATABASE_URL="$URL" LISTEN_ADDR="127.0.0.1:$PORT" RATE_LIMIT_PER_SECOND=1000000 \
-      RATE_LIMIT_BURST=1000000 LOG_FORMAT=json RUST_LOG=warn \
+      RATE_LIMIT_BURST=1000000 STREAM_MAX_PER_KEY=10000 LOG_FORMAT=json RUST_LOG=warn \
       "$SERVICE_BIN" serve >"$OUT/profile-$KIND.log" 2>&1 &
     ;;
   thin)
@@ -81,10 +82,13 @@ if [ "${PROFILE_STREAMS:-0}" -gt 0 ]; then
   for i in $(seq 1 $((PROFILE_STREAMS - 10))); do follows+=("$(printf '%024x' $((0xfeed000000 + i))):1"); done
   python3 "$ROOT/bench/streams.py" open "http://127.0.0.1:$PORT" "$KEY" "$OUT/profile-streams.txt" "${follows[@]}" \
     >"$OUT/profile-streams-ready.txt" 2>"$OUT/profile-streams.log" &
+  STREAMS_PID=$!
   for _ in $(seq 1 300); do
     grep -q ready "$OUT/profile-streams-ready.txt" 2>/dev/null && break
+    kill -0 "$STREAMS_PID" 2>/dev/null || { tail -3 "$OUT/profile-streams.log" >&2; echo "bench/profile.sh: streams.py exited" >&2; exit 1; }
     sleep 0.1
   done
+  grep -q ready "$OUT/profile-streams-ready.txt" || { echo "bench/profile.sh: the streams did not open within 30 s" >&2; exit 1; }
 fi
 if [ "${PROFILE_WATCH:-0}" = 1 ]; then
   # As bench/run.sh's (b): one `scans watch` following the changes, its lines stamped.
