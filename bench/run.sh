@@ -678,10 +678,12 @@ measure_http() {
   fi
   local idle_busy_var="${name}_IDLE_BUSY"
   log "($name) wrk -t$THREADS -c$CONNS -d${SECONDS_PER_RUN}s --latency -s bench/cancel.lua (machine ${!idle_busy_var}% busy just before)"
-  local cpu_before cpu_after
+  local cpu_before cpu_after client_before=0 client_after=0
   cpu_before="$(cpu_ticks "$SERVICE_PID")"
+  [ "$kind" = service-pg-streams ] && client_before="$(cpu_ticks "$STREAMS_PID")"
   run_wrk "$key" "$mfirst" "$mcount" "$SECONDS_PER_RUN" "$lat"
   cpu_after="$(cpu_ticks "$SERVICE_PID")"
+  [ "$kind" = service-pg-streams ] && client_after="$(cpu_ticks "$STREAMS_PID")"
   local rss ok_metrics=null not_found=0 recancels=0
   rss="$(peak_rss_kb "$SERVICE_PID")"
   if [ "$server" = service ]; then
@@ -734,6 +736,10 @@ measure_http() {
   cpu_us="$(awk -v t=$((cpu_after - cpu_before)) -v hz="$CLK_TCK" 'BEGIN { printf "%.0f", t * 1e6 / hz }')"
   printf -v "${name}_CPU_US" '%s' "$(div "$cpu_us" "$requests" '%.0f')"
   printf -v "${name}_CPU_CORES" '%s' "$(div "$cpu_us" "$duration")"
+  # The stream client (bench/streams.py) shares the cores: its CPU per request, to read (s) by.
+  local client_us
+  client_us="$(awk -v t=$((client_after - client_before)) -v hz="$CLK_TCK" 'BEGIN { printf "%.0f", t * 1e6 / hz }')"
+  printf -v "${name}_CLIENT_CPU_US" '%s' "$(div "$client_us" "$requests" '%.0f')"
   awk '$1 == "p" { printf "%s %.3f\n", $2, $3 / 1000 }' "$lat" >"$OUT/latency-$name.dat"
 
   [ "$kind" = service-sqlite ] && return 0
@@ -860,6 +866,8 @@ or_dash() { if [ -z "$1" ] || [ "$1" = null ]; then printf '—'; else printf '%
   echo "| peak RSS of the service with $STREAMS_STREAMS streams open | $streams_RSS_MB MB | < 64 MB | $(met "$streams_RSS_MB" 64 "<") |"
   echo "| database connections of the service with $STREAMS_STREAMS streams open | $streams_DB_CONNECTIONS | ≤ $((DB_MAX_CONNECTIONS + 2)): the pool, the publisher, one shared listener; none per stream | $(met "$streams_DB_CONNECTIONS" "$((DB_MAX_CONNECTIONS + 2))" "<=") |"
   echo "| cancel throughput with streams ÷ without | $STREAMS_TO_PG ($streams_RPS vs $pg_RPS requests/s) | ≥ 0.9 | $(met "$STREAMS_TO_PG" 0.9 ">=") |"
+  echo
+  echo "During (s), per cancel: the service's own CPU $streams_CPU_US µs (without streams, in (b): $pg_CPU_US µs), the stream client's (\`bench/streams.py\`, on the same cores, reading $STREAMS_BUSY events per cancel) $streams_CLIENT_CPU_US µs."
   echo
   echo "| | (a) pgbench: the bare UPDATE | (a2) pgbench: the service's statement | (t) thin peer | (b) service on PostgreSQL, one watch | (c) service on SQLite |"
   echo "|---|---|---|---|---|---|"
