@@ -96,6 +96,11 @@ impl ConnectionPool {
         })
     }
 
+    /// The options the pool's connections are opened with.
+    pub fn connect_options(&self) -> &PgConnectOptions {
+        &self.pool.manager().options
+    }
+
     pub fn usage(&self) -> PoolUsage {
         let status = self.pool.status();
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);

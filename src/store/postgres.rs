@@ -35,9 +35,6 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 #[derive(Clone)]
 pub struct PgStore {
     pool: ConnectionPool,
-    /// The options of the store's connections, for the listeners, which each hold one of their
-    /// own for as long as they listen.
-    connect_options: Arc<PgConnectOptions>,
     /// Shared, not copied: the store is cloned into every request (axum state), and the options
     /// are large; the profile showed their per-request copy and drop.
     migrate_options: Arc<PgConnectOptions>,
@@ -65,8 +62,7 @@ impl PgStore {
             ("default_transaction_isolation", "read committed"),
         ]);
         Ok(Self {
-            pool: ConnectionPool::new(connect.clone(), options.max_connections, options.timeout),
-            connect_options: Arc::new(connect),
+            pool: ConnectionPool::new(connect, options.max_connections, options.timeout),
             migrate_options,
             timeout: options.timeout,
             publisher: Arc::new(OnceLock::new()),
@@ -396,7 +392,7 @@ impl PgStore {
             .max_connections(1)
             .max_lifetime(None)
             .idle_timeout(None)
-            .connect_lazy_with((*self.connect_options).clone());
+            .connect_lazy_with(self.pool.connect_options().clone());
         let mut listener = self
             .bounded(sqlx::postgres::PgListener::connect_with(&connection))
             .await?;
