@@ -14,7 +14,8 @@
 # Environment (all optional): PROFILE_PERF (1; 0: measure CPU per request only; malloc: count
 # malloc and realloc calls per request with uprobes), PROFILE_WATCH (0; 1: run one `scans watch`
 # meanwhile, as bench/run.sh's (b) does, and print its CPU per change), PROFILE_STREAMS (0; N ≥ 10:
-# hold N change streams open meanwhile, as bench/run.sh's (s) does), PROFILE_SECONDS (15), BENCH_CONNECTIONS (32), PROFILE_SCANS (200000),
+# hold N change streams open meanwhile with bench/stream-client, as bench/run.sh's (s) does, and print
+# the client's CPU per cancel), PROFILE_SECONDS (15), BENCH_CONNECTIONS (32), PROFILE_SCANS (200000),
 # PROFILE_BINARY (another build of the service to profile instead of this one), PGHOST PGPORT PGUSER
 # (127.0.0.1 5432 postgres). Needs perf (Debian: linux-perf) and wrk.
 set -euo pipefail
@@ -44,6 +45,9 @@ case "$KIND" in
   thin) (cd "$ROOT/bench/thin-peer" && cargo build --release --locked -q --target-dir "$TARGET") ;;
   *) echo "bench/profile.sh: unknown kind $KIND (service or thin)" >&2; exit 2 ;;
 esac
+if [ "${PROFILE_STREAMS:-0}" -gt 0 ]; then
+  (cd "$ROOT/bench/stream-client" && cargo build --release --locked -q --target-dir "$TARGET")
+fi
 
 psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
 "$SERVICE_BIN" migrate --database-url "$URL" >/dev/null
@@ -70,7 +74,9 @@ case "$KIND" in
     ;;
 esac
 PID=$!
-trap 'kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true' EXIT
+STREAMS_PID="" WATCH_PID="" STAMP_PID=""
+# The stream client and the watch too: once the server is gone they would wait for a signal forever.
+trap 'kill $PID $STREAMS_PID $WATCH_PID $STAMP_PID 2>/dev/null || true; wait "$PID" 2>/dev/null || true; psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true' EXIT
 for _ in $(seq 1 100); do
   (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
   sleep 0.1
@@ -80,12 +86,12 @@ if [ "${PROFILE_STREAMS:-0}" -gt 0 ]; then
   # As bench/run.sh's (s): 10 streams follow the load's group, the others a quiet group each.
   follows=("$GROUP:10")
   for i in $(seq 1 $((PROFILE_STREAMS - 10))); do follows+=("$(printf '%024x' $((0xfeed000000 + i))):1"); done
-  python3 "$ROOT/bench/streams.py" open "http://127.0.0.1:$PORT" "$KEY" "$OUT/profile-streams.txt" "${follows[@]}" \
+  "$TARGET/release/stream-client" "http://127.0.0.1:$PORT" "$KEY" "$OUT/profile-streams.txt" "${follows[@]}" \
     >"$OUT/profile-streams-ready.txt" 2>"$OUT/profile-streams.log" &
   STREAMS_PID=$!
   for _ in $(seq 1 300); do
     grep -q ready "$OUT/profile-streams-ready.txt" 2>/dev/null && break
-    kill -0 "$STREAMS_PID" 2>/dev/null || { tail -3 "$OUT/profile-streams.log" >&2; echo "bench/profile.sh: streams.py exited" >&2; exit 1; }
+    kill -0 "$STREAMS_PID" 2>/dev/null || { tail -3 "$OUT/profile-streams.log" >&2; echo "bench/profile.sh: the stream client exited" >&2; exit 1; }
     sleep 0.1
   done
   grep -q ready "$OUT/profile-streams-ready.txt" || { echo "bench/profile.sh: the streams did not open within 30 s" >&2; exit 1; }
@@ -99,6 +105,9 @@ if [ "${PROFILE_WATCH:-0}" = 1 ]; then
   STAMP_PID="$(pgrep -n -f "watch-delay.py stamp")"
 fi
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/${1:-$PID}/stat"; }
+# All of PostgreSQL's processes together: what the database did for the same cancels, so the
+# service's CPU can be read against it (the machine's speed moves both alike).
+pg_ticks() { for p in $(pgrep -x postgres); do cat "/proc/$p/stat" 2>/dev/null; done | awk '{ s += $14 + $15 } END { print s }'; }
 export BENCH_GROUP="$GROUP" BENCH_KEY="$KEY" BENCH_ID_FIRST=1 BENCH_ID_COUNT="$SCANS" BENCH_THREADS=2
 export BENCH_LATENCY_OUT="$OUT/profile-$KIND.latency"
 # wrk runs one second longer on each side than perf, so the profile sees only steady load.
@@ -106,10 +115,11 @@ wrk -t2 -c"$CONNECTIONS" -d"$((SECONDS_TO_PROFILE + 2))s" --latency -s "$ROOT/be
   "http://127.0.0.1:$PORT" >"$OUT/profile-$KIND.wrk" 2>&1 &
 WRK=$!
 sleep 1
-before_ticks="$(cpu_ticks)"
+before_ticks="$(cpu_ticks)" pg_before="$(pg_ticks)"
 if [ "${PROFILE_WATCH:-0}" = 1 ]; then
   watch_before="$(cpu_ticks "$WATCH_PID")" stamp_before="$(cpu_ticks "$STAMP_PID")"
 fi
+[ "${PROFILE_STREAMS:-0}" -gt 0 ] && streams_before="$(cpu_ticks "$STREAMS_PID")"
 before_done="$(psql -X -Atq -d "$DB" -c "SELECT count(*) FROM signal_scans WHERE status = 'cancelled'")"
 if [ "${PROFILE_PERF:-1}" = malloc ]; then
   # Allocations per request: uprobes on glibc's malloc and realloc, counted, not sampled.
@@ -123,10 +133,11 @@ elif [ "${PROFILE_PERF:-1}" = 1 ]; then
 else
   sleep "$SECONDS_TO_PROFILE"
 fi
-after_ticks="$(cpu_ticks)"
+after_ticks="$(cpu_ticks)" pg_after="$(pg_ticks)"
 if [ "${PROFILE_WATCH:-0}" = 1 ]; then
   watch_after="$(cpu_ticks "$WATCH_PID")" stamp_after="$(cpu_ticks "$STAMP_PID")"
 fi
+[ "${PROFILE_STREAMS:-0}" -gt 0 ] && streams_after="$(cpu_ticks "$STREAMS_PID")"
 after_done="$(psql -X -Atq -d "$DB" -c "SELECT count(*) FROM signal_scans WHERE status = 'cancelled'")"
 wait "$WRK"
 
@@ -136,12 +147,18 @@ hz="$(getconf CLK_TCK)"
 echo "== $KIND: $requests cancels in ${SECONDS_TO_PROFILE} s ($((requests / SECONDS_TO_PROFILE))/s)," \
   "CPU $(awk -v t=$((after_ticks - before_ticks)) -v n="$requests" -v hz="$hz" \
   'BEGIN { printf "%.0f", t / hz * 1e6 / n }') µs per request"
+awk -v t=$((after_ticks - before_ticks)) -v p=$((pg_after - pg_before)) -v n="$requests" -v hz="$hz" \
+  'BEGIN { printf "== PostgreSQL: CPU %.0f µs per request; the server'"'"'s ÷ PostgreSQL'"'"'s: %.2f\n", p / hz * 1e6 / n, t / p }'
 grep -E "Requests/sec|99%" "$OUT/profile-$KIND.wrk" || true
 echo "== peak RSS of the server so far: $((peak_rss_kb / 1024)).$(((peak_rss_kb % 1024) * 10 / 1024)) MB"
 if [ "${PROFILE_WATCH:-0}" = 1 ]; then
   awk -v w=$((watch_after - watch_before)) -v s=$((stamp_after - stamp_before)) -v n="$requests" -v hz="$hz" \
     'BEGIN { printf "== the watch: %.1f µs per change, its stamper: %.1f µs per change\n", w / hz * 1e6 / n, s / hz * 1e6 / n }'
   kill "$WATCH_PID" 2>/dev/null || true
+fi
+if [ "${PROFILE_STREAMS:-0}" -gt 0 ]; then
+  awk -v c=$((streams_after - streams_before)) -v n="$requests" -v hz="$hz" \
+    'BEGIN { printf "== the stream client: %.1f µs per cancel\n", c / hz * 1e6 / n }'
 fi
 if [ "${PROFILE_PERF:-1}" = malloc ]; then
   awk -F, -v n="$requests" '/probe_libc/ { printf "== %s per request: %.1f\n", $3, $1 / n }' "$OUT/malloc-$KIND.txt"

@@ -226,6 +226,11 @@ cargo build --release --locked --manifest-path "$BENCH/thin-peer/Cargo.toml" --t
 THIN_BUILD_SECONDS=$(($(date +%s) - build_start))
 THIN_BIN="$TARGET_DIR/release/thin-peer"
 [ -x "$THIN_BIN" ] || die "no binary at $THIN_BIN after the build"
+# The client that holds run (s)'s streams: compiled, as it shares the cores it measures on.
+log "cargo build --release (the stream client, bench/stream-client)"
+cargo build --release --locked --manifest-path "$BENCH/stream-client/Cargo.toml" --target-dir "$TARGET_DIR"
+STREAM_CLIENT_BIN="$TARGET_DIR/release/stream-client"
+[ -x "$STREAM_CLIENT_BIN" ] || die "no binary at $STREAM_CLIENT_BIN after the build"
 
 rm -rf "$OUT" && mkdir -p "$OUT" # bench/out is ours alone (and not committed)
 
@@ -594,27 +599,27 @@ start_watch() {
 }
 
 # measure_http NAME KIND SLOT: KIND is service-pg, thin or service-sqlite. Fresh scans, the server,
-# start_streams: BENCH_STREAMS change streams on the service (bench/streams.py), BUSY_STREAMS of them
+# start_streams: BENCH_STREAMS change streams on the service (bench/stream-client), BUSY_STREAMS of them
 # following the benchmark's group, the others one quiet group each; returns once all are open.
 start_streams() {
   local follows=("$GROUP:$BUSY_STREAMS") i
   for i in $(seq 1 $((STREAMS - BUSY_STREAMS))); do follows+=("$(printf '%024x' $((0xfeed000000 + i))):1"); done
-  python3 "$BENCH/streams.py" open "$BASE_URL" "$KEY_STREAMS" "$OUT/streams-seen.txt" "${follows[@]}" \
+  "$STREAM_CLIENT_BIN" "$BASE_URL" "$KEY_STREAMS" "$OUT/streams-seen.txt" "${follows[@]}" \
     >"$OUT/streams-ready.txt" 2>"$OUT/streams.log" &
   STREAMS_PID=$!
   for _ in $(seq 1 300); do
     grep -q ready "$OUT/streams-ready.txt" 2>/dev/null && return 0
-    kill -0 "$STREAMS_PID" 2>/dev/null || { cat "$OUT/streams.log" >&2; die "streams.py exited at start"; }
+    kill -0 "$STREAMS_PID" 2>/dev/null || { cat "$OUT/streams.log" >&2; die "the stream client exited at start"; }
     sleep 0.1
   done
   die "the $STREAMS change streams did not all open within 30 s (log: $OUT/streams.log)"
 }
 # stop_streams: give the streams the fallback poll and more to receive the run's last changes, then
-# let streams.py write what each stream saw.
+# let the stream client write what each stream saw.
 stop_streams() {
   sleep 2
   kill -TERM "$STREAMS_PID" 2>/dev/null || true
-  wait "$STREAMS_PID" || die "streams.py failed (log: $OUT/streams.log)"
+  wait "$STREAMS_PID" || die "the stream client failed (log: $OUT/streams.log)"
   STREAMS_PID=""
 }
 
@@ -736,7 +741,7 @@ measure_http() {
   cpu_us="$(awk -v t=$((cpu_after - cpu_before)) -v hz="$CLK_TCK" 'BEGIN { printf "%.0f", t * 1e6 / hz }')"
   printf -v "${name}_CPU_US" '%s' "$(div "$cpu_us" "$requests" '%.0f')"
   printf -v "${name}_CPU_CORES" '%s' "$(div "$cpu_us" "$duration")"
-  # The stream client (bench/streams.py) shares the cores: its CPU per request, to read (s) by.
+  # The stream client (bench/stream-client) shares the cores: its CPU per request, to read (s) by.
   local client_us
   client_us="$(awk -v t=$((client_after - client_before)) -v hz="$CLK_TCK" 'BEGIN { printf "%.0f", t * 1e6 / hz }')"
   printf -v "${name}_CLIENT_CPU_US" '%s' "$(div "$client_us" "$requests" '%.0f')"
@@ -867,7 +872,7 @@ or_dash() { if [ -z "$1" ] || [ "$1" = null ]; then printf '—'; else printf '%
   echo "| database connections of the service with $STREAMS_STREAMS streams open | $streams_DB_CONNECTIONS | ≤ $((DB_MAX_CONNECTIONS + 2)): the pool, the publisher, one shared listener; none per stream | $(met "$streams_DB_CONNECTIONS" "$((DB_MAX_CONNECTIONS + 2))" "<=") |"
   echo "| cancel throughput with streams ÷ without | $STREAMS_TO_PG ($streams_RPS vs $pg_RPS requests/s) | ≥ 0.9 | $(met "$STREAMS_TO_PG" 0.9 ">=") |"
   echo
-  echo "During (s), per cancel: the service's own CPU $streams_CPU_US µs (without streams, in (b): $pg_CPU_US µs), the stream client's (\`bench/streams.py\`, on the same cores, reading $STREAMS_BUSY events per cancel) $streams_CLIENT_CPU_US µs."
+  echo "During (s), per cancel: the service's own CPU $streams_CPU_US µs (without streams, in (b): $pg_CPU_US µs), the stream client's (\`bench/stream-client\`, on the same cores, reading $STREAMS_BUSY events per cancel) $streams_CLIENT_CPU_US µs."
   echo
   echo "| | (a) pgbench: the bare UPDATE | (a2) pgbench: the service's statement | (t) thin peer | (b) service on PostgreSQL, one watch | (c) service on SQLite |"
   echo "|---|---|---|---|---|---|"

@@ -11,10 +11,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
-use axum::response::sse::{Event, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use dashmap::DashMap;
 use futures_util::Stream;
 use tokio::sync::watch;
@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use super::auth::presented_key;
 use super::error::ApiError;
+use super::event_stream::{EventBlocks, event_stream_response};
 use super::extract::{ApiPath, GroupPath};
 use super::views::ScanStatusChanged;
 use crate::domain::feed::FeedCursor;
@@ -40,6 +41,9 @@ const RECONNECT_MS: u64 = 2000;
 const STREAM_CAP_RETRY_SECS: u64 = 2;
 /// The most `scanId` filters one stream takes.
 const MAX_SCAN_FILTERS: usize = 100;
+/// A stream writes the changes it has at hand together, up to about this many bytes a frame
+/// (a thousand-row page read by a stream that fell behind leaves in several).
+const FRAME_BYTES: usize = 64 * 1024;
 
 /// The limits of change streams.
 #[derive(Debug, Clone, Copy)]
@@ -305,7 +309,7 @@ pub async fn follow_changes(
         closing: streams.closing.subscribe(),
         _slot: slot,
     };
-    Ok(Sse::new(stream.events()).into_response())
+    Ok(event_stream_response(stream.frames()))
 }
 
 /// One open stream.
@@ -338,39 +342,56 @@ enum Next {
 }
 
 impl ChangeStream {
-    fn events(self) -> impl Stream<Item = Result<Event, Infallible>> {
-        let opening = Event::default().retry(Duration::from_millis(RECONNECT_MS));
+    /// The body: the opening `retry:`, then one frame per wake-up holding everything there is to
+    /// send (the changes at hand, or a keep-alive), and a last `retry:` at the end.
+    fn frames(self) -> impl Stream<Item = Result<Bytes, Infallible>> {
+        let mut opening = EventBlocks::default();
+        opening.retry(Duration::from_millis(RECONNECT_MS));
+        let opening = opening.take();
         futures_util::stream::unfold((Some(self), Some(opening)), |(stream, first)| async move {
             if let Some(first) = first {
                 return Some((Ok(first), (stream, None)));
             }
             let mut stream = stream?;
+            let mut frame = EventBlocks::default();
             loop {
                 match stream.next().await {
                     Next::Change(event) => {
-                        if !stream.request.wants(&event) {
+                        stream.write_changes(*event, &mut frame);
+                        if frame.is_empty() {
+                            // None this stream asked for.
                             continue;
                         }
-                        let data = ScanStatusChanged::from(event.as_ref());
-                        let sse = Event::default()
-                            .id(&event.cursor)
-                            .event(EVENT_NAME)
-                            .json_data(&data)
-                            .expect("a change serializes");
-                        return Some((Ok(sse), (Some(stream), None)));
+                        return Some((Ok(frame.take()), (Some(stream), None)));
                     }
                     Next::KeepAlive => {
-                        let comment = Event::default().comment("keep-alive");
-                        return Some((Ok(comment), (Some(stream), None)));
+                        frame.comment("keep-alive");
+                        return Some((Ok(frame.take()), (Some(stream), None)));
                     }
                     Next::End => {
                         // A last reconnection hint, then the end of the body.
-                        let last = Event::default().retry(Duration::from_millis(RECONNECT_MS));
-                        return Some((Ok(last), (None, None)));
+                        frame.retry(Duration::from_millis(RECONNECT_MS));
+                        return Some((Ok(frame.take()), (None, None)));
                     }
                 }
             }
         })
+    }
+
+    /// Writes `first`, then every change already at hand, each one the stream asked for, until
+    /// the frame is full.
+    fn write_changes(&mut self, first: FeedEvent, frame: &mut EventBlocks) {
+        let mut next = Some(first);
+        while let Some(event) = next {
+            if self.request.wants(&event) {
+                let data = ScanStatusChanged::from(&event);
+                frame.event(&event.cursor, EVENT_NAME, &data);
+            }
+            if frame.len() >= FRAME_BYTES {
+                return;
+            }
+            next = self.follower.next_at_hand();
+        }
     }
 
     async fn next(&mut self) -> Next {

@@ -6,6 +6,7 @@ pub mod deadline;
 pub mod docs;
 pub mod envelope;
 pub mod error;
+mod event_stream;
 pub mod extract;
 pub mod health;
 pub mod limits;

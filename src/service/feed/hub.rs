@@ -178,18 +178,8 @@ impl Follower {
                 continue;
             }
             match self.pages.recv().await {
-                Ok(page) => {
-                    let group = &self.group;
-                    self.ready.extend(
-                        self.cursor
-                            .advance(&page, |change| change.account_group_id == *group),
-                    );
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    // Too slow for the buffer: subscribe afresh, then read what was missed.
-                    self.pages = self.pages.resubscribe();
-                    self.behind = true;
-                }
+                Ok(page) => self.take(&page),
+                Err(broadcast::error::RecvError::Lagged(_)) => self.fall_behind(),
                 Err(broadcast::error::RecvError::Closed) => {
                     return Err(StoreError::Unavailable("the change hub stopped".into()));
                 }
@@ -197,14 +187,39 @@ impl Follower {
         }
     }
 
+    /// The next change of the group when one is at hand, without waiting or reading the trail:
+    /// a stream takes every change it has before it writes them out together.
+    pub fn next_at_hand(&mut self) -> Option<FeedEvent> {
+        while self.ready.is_empty() && !self.behind {
+            match self.pages.try_recv() {
+                Ok(page) => self.take(&page),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => self.fall_behind(),
+                // Nothing more now; a closed hub is reported by the next `next`.
+                Err(_) => break,
+            }
+        }
+        self.ready.pop_front()
+    }
+
+    /// The group's changes of `page` that the cursor has not passed yet.
+    fn take(&mut self, page: &FeedPage) {
+        let group = &self.group;
+        self.ready.extend(
+            self.cursor
+                .advance(page, |change| change.account_group_id == *group),
+        );
+    }
+
+    /// Too slow for the buffer: subscribe afresh, then read what was missed.
+    fn fall_behind(&mut self) {
+        self.pages = self.pages.resubscribe();
+        self.behind = true;
+    }
+
     async fn catch_up(&mut self) -> Result<(), StoreError> {
         loop {
             let page = self.store.read_feed(&self.cursor, PAGE).await?;
-            let group = &self.group;
-            self.ready.extend(
-                self.cursor
-                    .advance(&page, |change| change.account_group_id == *group),
-            );
+            self.take(&page);
             if !page.full {
                 return Ok(());
             }
