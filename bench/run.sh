@@ -427,6 +427,15 @@ CLK_TCK="$(getconf CLK_TCK)"
 # the command name in field 2 may hold spaces, so count from after its closing parenthesis).
 cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
 peak_rss_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
+# Every PostgreSQL process's utime + stime together, and the whole machine's busy time (/proc/stat,
+# all processes), in clock ticks: with them a run's CPU per request can be read in units of what the
+# database spent on the same requests, which the machine's speed of the moment moves alike.
+pg_ticks() {
+  local p
+  for p in $(pgrep -x postgres); do sed 's/.*) //' "/proc/$p/stat" 2>/dev/null || true; done |
+    awk '{ s += $12 + $13 } END { print s + 0 }'
+}
+machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 
 # start_server KIND URL LOGFILE: KIND service or thin; sets SERVICE_PID and BASE_URL once it answers.
 start_server() {
@@ -683,11 +692,11 @@ measure_http() {
   fi
   local idle_busy_var="${name}_IDLE_BUSY"
   log "($name) wrk -t$THREADS -c$CONNS -d${SECONDS_PER_RUN}s --latency -s bench/cancel.lua (machine ${!idle_busy_var}% busy just before)"
-  local cpu_before cpu_after client_before=0 client_after=0
-  cpu_before="$(cpu_ticks "$SERVICE_PID")"
+  local cpu_before cpu_after client_before=0 client_after=0 pg_before pg_after machine_before machine_after
+  cpu_before="$(cpu_ticks "$SERVICE_PID")" pg_before="$(pg_ticks)" machine_before="$(machine_ticks)"
   [ "$kind" = service-pg-streams ] && client_before="$(cpu_ticks "$STREAMS_PID")"
   run_wrk "$key" "$mfirst" "$mcount" "$SECONDS_PER_RUN" "$lat"
-  cpu_after="$(cpu_ticks "$SERVICE_PID")"
+  cpu_after="$(cpu_ticks "$SERVICE_PID")" pg_after="$(pg_ticks)" machine_after="$(machine_ticks)"
   [ "$kind" = service-pg-streams ] && client_after="$(cpu_ticks "$STREAMS_PID")"
   local rss ok_metrics=null not_found=0 recancels=0
   rss="$(peak_rss_kb "$SERVICE_PID")"
@@ -745,6 +754,8 @@ measure_http() {
   local client_us
   client_us="$(awk -v t=$((client_after - client_before)) -v hz="$CLK_TCK" 'BEGIN { printf "%.0f", t * 1e6 / hz }')"
   printf -v "${name}_CLIENT_CPU_US" '%s' "$(div "$client_us" "$requests" '%.0f')"
+  # The whole machine's CPU per request in units of PostgreSQL's (see pg_ticks).
+  printf -v "${name}_MACHINE_PER_PG" '%s' "$(div $((machine_after - machine_before)) $((pg_after - pg_before)))"
   awk '$1 == "p" { printf "%s %.3f\n", $2, $3 / 1000 }' "$lat" >"$OUT/latency-$name.dat"
 
   [ "$kind" = service-sqlite ] && return 0
@@ -826,6 +837,10 @@ for n in a a2 thin pg sqlite; do
 done
 RATIO_CPU="$(div "$pg_CPU_US" "$thin_CPU_US")"
 STREAMS_TO_PG="$(div "$streams_RPS" "$pg_RPS")"
+# On 2 saturated cores throughput is the machine's speed ÷ its CPU per request; PostgreSQL's CPU per
+# request measures that speed within each run. So this is what (s) ÷ (b) would be had the machine
+# run at one speed through both (an estimate beside the measured ratio, not in its place).
+STREAMS_TO_PG_SAME_SPEED="$(div "$pg_MACHINE_PER_PG" "$streams_MACHINE_PER_PG")"
 MISSED_OR_DUP="$((WATCH_MISSING + WATCH_DUPLICATED + WATCH_EXTRA))"
 CPU_MODEL="$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
 MEM_GB="$(awk '/^MemTotal:/ { printf "%.1f", $2 / 1048576 }' /proc/meminfo)"
@@ -872,7 +887,7 @@ or_dash() { if [ -z "$1" ] || [ "$1" = null ]; then printf '—'; else printf '%
   echo "| database connections of the service with $STREAMS_STREAMS streams open | $streams_DB_CONNECTIONS | ≤ $((DB_MAX_CONNECTIONS + 2)): the pool, the publisher, one shared listener; none per stream | $(met "$streams_DB_CONNECTIONS" "$((DB_MAX_CONNECTIONS + 2))" "<=") |"
   echo "| cancel throughput with streams ÷ without | $STREAMS_TO_PG ($streams_RPS vs $pg_RPS requests/s) | ≥ 0.9 | $(met "$STREAMS_TO_PG" 0.9 ">=") |"
   echo
-  echo "During (s), per cancel: the service's own CPU $streams_CPU_US µs (without streams, in (b): $pg_CPU_US µs), the stream client's (\`bench/stream-client\`, on the same cores, reading $STREAMS_BUSY events per cancel) $streams_CLIENT_CPU_US µs."
+  echo "During (s), per cancel: the service's own CPU $streams_CPU_US µs (without streams, in (b): $pg_CPU_US µs), the stream client's (\`bench/stream-client\`, on the same cores, reading $STREAMS_BUSY events per cancel) $streams_CLIENT_CPU_US µs. The whole machine's CPU per cancel, in units of PostgreSQL's in the same run: $streams_MACHINE_PER_PG in (s), $pg_MACHINE_PER_PG in (b); at one speed of the machine, (s) ÷ (b) would be $STREAMS_TO_PG_SAME_SPEED (this machine's speed changes by tens of percent from one run to the next: see BENCHMARKS.md)."
   echo
   echo "| | (a) pgbench: the bare UPDATE | (a2) pgbench: the service's statement | (t) thin peer | (b) service on PostgreSQL, one watch | (c) service on SQLite |"
   echo "|---|---|---|---|---|---|"
@@ -926,7 +941,7 @@ jstr() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g' | tr '
 jnum() { if [ -z "$1" ] || [ "$1" = null ]; then printf null; else printf '%s' "$1"; fi; }
 jrun() { # NAME: the figures every run has, as JSON members
   local n="$1" k v sep=""
-  for k in RPS TO_THIN REQUESTS CHANGED FAILED P50 P99 MAX WARMUP_RATE SEEDED IDLE_BUSY SOCKERR CPU_US CPU_CORES RSS_MB XACTS_PER_REQ STATEMENTS_PER_REQ; do
+  for k in RPS TO_THIN REQUESTS CHANGED FAILED P50 P99 MAX WARMUP_RATE SEEDED IDLE_BUSY SOCKERR CPU_US CPU_CORES RSS_MB XACTS_PER_REQ STATEMENTS_PER_REQ CLIENT_CPU_US MACHINE_PER_PG; do
     v="${n}_$k"
     if [ -n "${!v+x}" ]; then
       printf '%s"%s": %s' "$sep" "${k,,}" "$(jnum "${!v}")"
@@ -938,11 +953,12 @@ jrun() { # NAME: the figures every run has, as JSON members
   echo "{"
   echo "  \"when\": $(jstr "$WHEN"), \"mode\": $(jstr "$MODE"), \"commit\": $(jstr "$COMMIT"),"
   echo "  \"config\": {\"seconds\": $SECONDS_PER_RUN, \"warmup_seconds\": $WARMUP, \"connections\": $CONNS, \"threads\": $THREADS, \"db_max_connections\": $DB_MAX_CONNECTIONS, \"warmup_rate_cap\": $WARMUP_RATE_CAP, \"seed_factor\": $SEED_FACTOR, \"account_group\": $(jstr "$GROUP")},"
-  echo "  \"targets\": {\"service_to_thin_peer\": $(jnum "$pg_TO_THIN"), \"cpu_per_request_to_thin_peer\": $(jnum "$RATIO_CPU"), \"p99_ms\": $(jnum "$pg_P99"), \"db_transactions_per_cancel\": $(jnum "$pg_XACTS_PER_REQ"), \"watch_delay_p99_ms\": $(jnum "$WATCH_DELAY_P99_MS"), \"watch_missed_or_duplicated\": $MISSED_OR_DUP, \"peak_rss_mb\": $(jnum "$pg_RSS_MB")},"
+  echo "  \"targets\": {\"service_to_thin_peer\": $(jnum "$pg_TO_THIN"), \"cpu_per_request_to_thin_peer\": $(jnum "$RATIO_CPU"), \"p99_ms\": $(jnum "$pg_P99"), \"db_transactions_per_cancel\": $(jnum "$pg_XACTS_PER_REQ"), \"watch_delay_p99_ms\": $(jnum "$WATCH_DELAY_P99_MS"), \"watch_missed_or_duplicated\": $MISSED_OR_DUP, \"peak_rss_mb\": $(jnum "$pg_RSS_MB"), \"streams_to_service\": $(jnum "$STREAMS_TO_PG"), \"streams_to_service_at_one_speed\": $(jnum "$STREAMS_TO_PG_SAME_SPEED")},"
   echo "  \"bare_update_pgbench\": {$(jrun a)},"
   echo "  \"service_statement_pgbench\": {$(jrun a2)},"
   echo "  \"thin_peer\": {$(jrun thin)},"
   echo "  \"service_postgres\": {$(jrun pg)},"
+  echo "  \"service_postgres_streams\": {$(jrun streams)},"
   echo "  \"service_sqlite\": {$(jrun sqlite)},"
   echo "  \"watch\": {\"lines\": $WATCH_LINES, \"expected\": $WATCH_EXPECTED, \"printed_unique\": $WATCH_PRINTED_UNIQUE, \"missing\": $WATCH_MISSING, \"duplicated\": $WATCH_DUPLICATED, \"extra\": $WATCH_EXTRA, \"outside_range\": $WATCH_OUTSIDE_RANGE, \"unparsed\": $WATCH_UNPARSED, \"delay_p50_ms\": $(jnum "$WATCH_DELAY_P50_MS"), \"delay_p99_ms\": $(jnum "$WATCH_DELAY_P99_MS"), \"delay_max_ms\": $(jnum "$WATCH_DELAY_MAX_MS")},"
   echo "  \"statement_drift\": $(jstr "$DRIFT"),"
