@@ -179,7 +179,7 @@ impl FeedCursor {
                 position: row.position,
                 change: change.clone(),
                 trace_id: row.trace_id.clone(),
-                cursor: self.to_string(),
+                cursor: self.token(),
             });
         }
         if let Some(horizon) = &page.horizon {
@@ -207,6 +207,15 @@ impl FeedCursor {
                 self.pending.entry(xid).or_insert(0);
             }
         }
+    }
+
+    /// The text form, written into a string sized for it at once (a token is made for every
+    /// change delivered, and growing the string as it is written cost more than writing it).
+    fn token(&self) -> String {
+        // At most 20 digits for an xid, 19 for an id, and two separators, per position.
+        let mut token = String::with_capacity(41 * (1 + self.pending.len()));
+        fmt::Write::write_fmt(&mut token, format_args!("{self}")).expect("a String takes any text");
+        token
     }
 
     /// Reads a token made by [`fmt::Display`]; `None` for anything else.

@@ -67,6 +67,11 @@ impl EventBlocks {
         self.0.is_empty()
     }
 
+    /// Room for `bytes` more without growing the buffer step by step as events are written.
+    pub fn reserve(&mut self, bytes: usize) {
+        self.0.reserve(bytes);
+    }
+
     /// The frame, leaving this empty for the next one.
     pub fn take(&mut self) -> Bytes {
         Bytes::from(std::mem::take(&mut self.0))
