@@ -217,9 +217,10 @@ impl Stream {
             }
             buffer.reserve(READ_SIZE);
             let read = tokio::select! {
+                // The signal first: a stream that never runs dry must still stop when told.
                 biased;
-                read = socket.read_buf(&mut buffer) => read.map_err(io)?,
                 _ = stopping.wait_for(|stop| *stop) => break,
+                read = socket.read_buf(&mut buffer) => read.map_err(io)?,
             };
             if read == 0 {
                 break;
