@@ -15,14 +15,19 @@
 #        nothing else; the limit the service is measured against
 #   (b)  the service (release build) on PostgreSQL, with one `signal-scans scans watch` running
 #   (c)  the service on its embedded SQLite store
-# (t), (b) and (c) are driven by wrk + bench/cancel.lua.
+#   (s)  the service with BENCH_STREAMS change streams open (bench/stream-client), in short windows
+#        that alternate with windows of the same service without them, (s0), in the order
+#        (s0) (s), (s) (s0), (s0) (s), ... so that a drift of the machine's speed weighs on both alike
+# (t), (b), (c), (s) and (s0) are driven by wrk + bench/cancel.lua.
 # Results: bench/out/results.md, bench/out/results.json, bench/out/latency.svg.
 #
 # Environment (all optional):
 #   BENCH_SECONDS            measured seconds per run (default 20; smoke 2)
 #   BENCH_WARMUP_SECONDS     unmeasured warm-up before each run, on its own fresh scans (default 2; smoke 1)
 #   BENCH_CONNECTIONS        pgbench clients and wrk connections (default 32; smoke 4)
-#   BENCH_STREAMS            change streams held open during run (s) (default 500; smoke 20)
+#   BENCH_STREAMS            change streams held open during each window (s) (default 500; smoke 20)
+#   BENCH_PAIRS              pairs of windows (s0) and (s) (default 4; smoke 1)
+#   BENCH_PAIR_SECONDS       measured seconds per window (default 5; smoke 2)
 #   BENCH_WARMUP_RATE_CAP    scans seeded per warm-up second (default 50000; smoke 20000): above any rate
 #                            this box reaches
 #   BENCH_SEED_FACTOR        a measured run gets this many times the scans the fastest rate seen so far
@@ -66,6 +71,8 @@ if [ "$SMOKE" = 1 ]; then
   PG_RESTART="${BENCH_PG_RESTART:-0}"
   WARMUP_RATE_CAP="${BENCH_WARMUP_RATE_CAP:-20000}"
   STREAMS="${BENCH_STREAMS:-20}"
+  PAIRS="${BENCH_PAIRS:-1}"
+  PAIR_SECONDS="${BENCH_PAIR_SECONDS:-2}"
 else
   MODE=full
   SECONDS_PER_RUN="${BENCH_SECONDS:-20}"
@@ -75,8 +82,10 @@ else
   PG_RESTART="${BENCH_PG_RESTART:-1}"
   WARMUP_RATE_CAP="${BENCH_WARMUP_RATE_CAP:-50000}"
   STREAMS="${BENCH_STREAMS:-500}"
+  PAIRS="${BENCH_PAIRS:-4}"
+  PAIR_SECONDS="${BENCH_PAIR_SECONDS:-5}"
 fi
-# Of the change streams held open during (s), this many follow the benchmark's group (and must
+# Of the change streams held open during a window (s), this many follow the benchmark's group (and must
 # each see every change of the run); the rest follow groups where nothing changes.
 BUSY_STREAMS=10
 if [ "$STREAMS" -lt "$BUSY_STREAMS" ]; then BUSY_STREAMS="$STREAMS"; fi
@@ -95,7 +104,7 @@ export PGHOST="${PGHOST:-127.0.0.1}" PGPORT="${PGPORT:-5432}" PGUSER="${PGUSER:-
 ADMIN_DB=postgres
 DATABASE_URL_PG="postgres://$PGUSER@$PGHOST:$PGPORT/$DB"
 
-for v in SECONDS_PER_RUN WARMUP CONNS DB_MAX_CONNECTIONS WARMUP_RATE_CAP SEED_FACTOR; do
+for v in SECONDS_PER_RUN WARMUP CONNS DB_MAX_CONNECTIONS WARMUP_RATE_CAP SEED_FACTOR STREAMS PAIRS PAIR_SECONDS; do
   if ! [[ "${!v}" =~ ^[0-9]+$ ]] || [ "${!v}" -lt 1 ]; then
     echo "bench/run.sh: $v must be a positive integer, got '${!v}'" >&2
     exit 2
@@ -607,31 +616,24 @@ start_watch() {
   die "scans watch did not say it was watching within 15 s (log: $OUT/watch.log)"
 }
 
-# measure_http NAME KIND SLOT: KIND is service-pg, thin or service-sqlite. Fresh scans, the server,
-# start_streams: BENCH_STREAMS change streams on the service (bench/stream-client), BUSY_STREAMS of them
-# following the benchmark's group, the others one quiet group each; returns once all are open.
-start_streams() {
-  local follows=("$GROUP:$BUSY_STREAMS") i
-  for i in $(seq 1 $((STREAMS - BUSY_STREAMS))); do follows+=("$(printf '%024x' $((0xfeed000000 + i))):1"); done
-  "$STREAM_CLIENT_BIN" "$BASE_URL" "$KEY_STREAMS" "$OUT/streams-seen.txt" "${follows[@]}" \
-    >"$OUT/streams-ready.txt" 2>"$OUT/streams.log" &
-  STREAMS_PID=$!
-  for _ in $(seq 1 300); do
-    grep -q ready "$OUT/streams-ready.txt" 2>/dev/null && return 0
-    kill -0 "$STREAMS_PID" 2>/dev/null || { cat "$OUT/streams.log" >&2; die "the stream client exited at start"; }
-    sleep 0.1
-  done
-  die "the $STREAMS change streams did not all open within 30 s (log: $OUT/streams.log)"
-}
-# stop_streams: give the streams the fallback poll and more to receive the run's last changes, then
-# let the stream client write what each stream saw.
-stop_streams() {
-  sleep 2
-  kill -TERM "$STREAMS_PID" 2>/dev/null || true
-  wait "$STREAMS_PID" || die "the stream client failed (log: $OUT/streams.log)"
-  STREAMS_PID=""
+# check_run NAME LAT CHANGED NOT_FOUND RECANCELS: the run behind latency file LAT did what it should:
+# it completed requests, every 2xx changed a scan of the run's own range (CHANGED scans changed there),
+# no request ran past the range (NOT_FOUND: the service's 404s), none changed nothing (RECANCELS).
+check_run() {
+  local name="$1" lat="$2" changed_rows="$3" not_found="$4" recancels="$5" requests non2xx beyond ok
+  requests="$(kv "$lat" requests)" non2xx="$(kv "$lat" non2xx)" beyond="$(kv "$lat" beyond_range)"
+  ok=$((requests - non2xx))
+  echo "($name) $requests requests, $ok 2xx, $non2xx non-2xx, $changed_rows scans changed in the run's range" >&2
+  [ "$requests" -gt 0 ] || die "($name) wrk completed no request"
+  [ "$ok" -gt 0 ] || die "($name) wrk saw zero 2xx responses ($non2xx errors)"
+  [ "$beyond" = 0 ] || die "($name) ran out of scans: $beyond requests asked for ids past its range (raise BENCH_SEED_FACTOR)"
+  [ "$not_found" = 0 ] || die "($name) the service answered 404 $not_found times: requests for scans nobody seeded"
+  [ "$recancels" = 0 ] || die "($name) the service re-cancelled $recancels scans: requests that changed nothing"
+  # Requests still in flight when wrk stops are not counted by wrk, but they do change their scans.
+  [ "$changed_rows" -ge "$ok" ] || die "($name) $ok 2xx answers but only $changed_rows scans changed: some changed nothing"
 }
 
+# measure_http NAME KIND SLOT: KIND is service-pg, thin or service-sqlite. Fresh scans, the server,
 # a warm-up, the measured run (with one watch for service-pg); sets NAME_* variables.
 measure_http() {
   local name="$1" kind="$2" slot="$3" lat="$OUT/latency-$1.txt"
@@ -639,7 +641,7 @@ measure_http() {
   wfirst="$(warmup_first "$slot")" wcount=$((WARMUP * WARMUP_RATE_CAP))
   mfirst="$(measured_first "$slot")"
   case "$kind" in
-    service-pg | service-pg-streams) url="$DATABASE_URL_PG" key="$KEY_PG" server=service ;;
+    service-pg) url="$DATABASE_URL_PG" key="$KEY_PG" server=service ;;
     thin) url="$DATABASE_URL_PG" key="$KEY_PG" server=thin ;;
     service-sqlite) url="$SQLITE_URL" key="$KEY_SQLITE" server=service ;;
   esac
@@ -672,7 +674,6 @@ measure_http() {
   seed "$mfirst" "$mcount"
 
   [ "$kind" = service-pg ] && start_watch
-  [ "$kind" = service-pg-streams ] && start_streams
   if [ "$kind" != service-sqlite ]; then
     # pg_stat_database counts a transaction when its backend flushes its statistics: at once when
     # idle, unless it flushed less than a second before; then up to 10 s later (PGSTAT_IDLE_INTERVAL,
@@ -692,12 +693,10 @@ measure_http() {
   fi
   local idle_busy_var="${name}_IDLE_BUSY"
   log "($name) wrk -t$THREADS -c$CONNS -d${SECONDS_PER_RUN}s --latency -s bench/cancel.lua (machine ${!idle_busy_var}% busy just before)"
-  local cpu_before cpu_after client_before=0 client_after=0 pg_before pg_after machine_before machine_after
+  local cpu_before cpu_after pg_before pg_after machine_before machine_after
   cpu_before="$(cpu_ticks "$SERVICE_PID")" pg_before="$(pg_ticks)" machine_before="$(machine_ticks)"
-  [ "$kind" = service-pg-streams ] && client_before="$(cpu_ticks "$STREAMS_PID")"
   run_wrk "$key" "$mfirst" "$mcount" "$SECONDS_PER_RUN" "$lat"
   cpu_after="$(cpu_ticks "$SERVICE_PID")" pg_after="$(pg_ticks)" machine_after="$(machine_ticks)"
-  [ "$kind" = service-pg-streams ] && client_after="$(cpu_ticks "$STREAMS_PID")"
   local rss ok_metrics=null not_found=0 recancels=0
   rss="$(peak_rss_kb "$SERVICE_PID")"
   if [ "$server" = service ]; then
@@ -711,28 +710,17 @@ measure_http() {
       WHERE datname = current_database() AND application_name LIKE 'signal-scans%'")"
   fi
   printf -v "${name}_DB_CONNECTIONS" '%s' "$connections"
-  [ "$kind" = service-pg-streams ] && stop_streams
   # The service stops gracefully: requests in flight finish, and what it still has to publish goes out.
   stop_service
   cat "$lat.wrk" >&2
 
-  local requests duration non2xx sockerr beyond ok changed_rows
+  local requests duration non2xx sockerr changed_rows
   requests="$(kv "$lat" requests)"
   duration="$(kv "$lat" duration_us)"
   non2xx="$(kv "$lat" non2xx)"
-  beyond="$(kv "$lat" beyond_range)"
   sockerr=$(($(kv "$lat" errors_connect) + $(kv "$lat" errors_read) + $(kv "$lat" errors_write) + $(kv "$lat" errors_timeout)))
-  ok=$((requests - non2xx))
   changed_rows="$(changed "$mfirst" "$mcount")"
-  echo "($name) $requests requests, $ok 2xx, $non2xx non-2xx, $changed_rows scans changed in the run's range" >&2
-
-  [ "$requests" -gt 0 ] || die "($name) wrk completed no request"
-  [ "$ok" -gt 0 ] || die "($name) wrk saw zero 2xx responses ($non2xx errors; log: $OUT/serve-$name.log)"
-  [ "$beyond" = 0 ] || die "($name) ran out of scans: $beyond requests asked for ids past its $mcount (raise BENCH_SEED_FACTOR)"
-  [ "$not_found" = 0 ] || die "($name) the service answered 404 $not_found times: requests for scans nobody seeded"
-  [ "$recancels" = 0 ] || die "($name) the service re-cancelled $recancels scans: requests that changed nothing"
-  # Requests still in flight when wrk stops are not counted by wrk, but they do change their scans.
-  [ "$changed_rows" -ge "$ok" ] || die "($name) $ok 2xx answers but only $changed_rows scans changed: some changed nothing"
+  check_run "$name" "$lat" "$changed_rows" "$not_found" "$recancels"
 
   printf -v "${name}_REQUESTS" '%s' "$requests"
   printf -v "${name}_RPS" '%s' "$(wrk_rate "$lat")"
@@ -750,10 +738,6 @@ measure_http() {
   cpu_us="$(awk -v t=$((cpu_after - cpu_before)) -v hz="$CLK_TCK" 'BEGIN { printf "%.0f", t * 1e6 / hz }')"
   printf -v "${name}_CPU_US" '%s' "$(div "$cpu_us" "$requests" '%.0f')"
   printf -v "${name}_CPU_CORES" '%s' "$(div "$cpu_us" "$duration")"
-  # The stream client (bench/stream-client) shares the cores: its CPU per request, to read (s) by.
-  local client_us
-  client_us="$(awk -v t=$((client_after - client_before)) -v hz="$CLK_TCK" 'BEGIN { printf "%.0f", t * 1e6 / hz }')"
-  printf -v "${name}_CLIENT_CPU_US" '%s' "$(div "$client_us" "$requests" '%.0f')"
   # The whole machine's CPU per request in units of PostgreSQL's (see pg_ticks).
   printf -v "${name}_MACHINE_PER_PG" '%s' "$(div $((machine_after - machine_before)) $((pg_after - pg_before)))"
   awk '$1 == "p" { printf "%s %.3f\n", $2, $3 / 1000 }' "$lat" >"$OUT/latency-$name.dat"
@@ -762,17 +746,6 @@ measure_http() {
   local events
   events="$(changes_pg "$mfirst" "$mcount")"
   [ "$events" = "$changed_rows" ] || die "($name) wrote $events audit rows for $changed_rows changed scans"
-
-  if [ "$kind" = service-pg-streams ]; then
-    psql_bench -Atc "SELECT scan_id FROM signal_scan_events
-      WHERE from_status IS NOT NULL AND scan_id $(in_range "$mfirst" "$mcount")" >"$OUT/streams-expected.txt"
-    python3 "$BENCH/streams.py" report "$OUT/streams-seen.txt" "$GROUP" "$OUT/streams-expected.txt" \
-      >"$OUT/streams-report.txt" || die "streams.py report failed"
-    echo "(streams) $(tr '\n' ' ' <"$OUT/streams-report.txt")" >&2
-    for k in streams busy complete missing_max duplicates foreign; do
-      printf -v "STREAMS_${k^^}" '%s' "$(kv "$OUT/streams-report.txt" "$k")"
-    done
-  fi
 
   if [ "$kind" = service-pg ]; then
     # Every committed change of the run should reach the watch; give it its fallback poll and more.
@@ -812,6 +785,126 @@ measure_http() {
   printf -v "${name}_STATEMENTS_PER_REQ" '%s' "$(div "$statements" "$requests" '%.3f')"
 }
 
+# ---------------------------------------------------------------- (s) and (s0): the change streams' cost
+# start_streams SEEN: BENCH_STREAMS change streams on the service (bench/stream-client), BUSY_STREAMS of
+# them following the benchmark's group, the others one quiet group each; returns once all are open.
+start_streams() {
+  local seen="$1" follows=("$GROUP:$BUSY_STREAMS") i
+  for i in $(seq 1 $((STREAMS - BUSY_STREAMS))); do follows+=("$(printf '%024x' $((0xfeed000000 + i))):1"); done
+  : >"$OUT/streams-ready.txt"
+  "$STREAM_CLIENT_BIN" "$BASE_URL" "$KEY_STREAMS" "$seen" "${follows[@]}" \
+    >"$OUT/streams-ready.txt" 2>"$OUT/streams.log" &
+  STREAMS_PID=$!
+  for _ in $(seq 1 300); do
+    grep -q ready "$OUT/streams-ready.txt" 2>/dev/null && return 0
+    kill -0 "$STREAMS_PID" 2>/dev/null || { cat "$OUT/streams.log" >&2; die "the stream client exited at start"; }
+    sleep 0.1
+  done
+  die "the $STREAMS change streams did not all open within 30 s (log: $OUT/streams.log)"
+}
+# stop_streams: give the streams the fallback poll and more to receive the run's last changes, then
+# let the stream client write what each stream saw.
+stop_streams() {
+  sleep 2
+  kill -TERM "$STREAMS_PID" 2>/dev/null || true
+  wait "$STREAMS_PID" || die "the stream client failed (log: $OUT/streams.log)"
+  STREAMS_PID=""
+}
+ticks_to_us() { awk -v t="$1" -v hz="$CLK_TCK" 'BEGIN { printf "%.0f", t * 1e6 / hz }'; }
+
+# measure_paired SLOT: what 500 open change streams cost the cancels (issue 11), read as (s) ÷ (s0).
+# Two runs made a minute apart cannot tell a 10 % difference on a machine whose speed drifts by more
+# than that between them (BENCHMARKS.md), so the two sides take turns in windows of PAIR_SECONDS, in
+# the order (s0) (s), (s) (s0), (s0) (s), ...: a drift that is steady over a pair of pairs weighs on
+# both sides alike. Each window is a run of its own: the service started afresh (no change hub
+# left running from an earlier window), a warm-up, the streams opened (for (s)), the measured run,
+# the streams' reports checked. Sets streams_* and nostreams_* (each side's windows together),
+# STREAMS_* (every stream of every window (s)) and PAIR_RATIOS.
+measure_paired() {
+  local slot="$1" order=() i k side wcount mcount
+  for i in $(seq 1 "$PAIRS"); do
+    if [ $((i % 2)) = 1 ]; then order+=(s0 s); else order+=(s s0); fi
+  done
+  wcount="$(range_size "$WARMUP")" mcount="$(range_size "$PAIR_SECONDS")"
+  log "(s) and (s0): ${#order[@]} windows of ${PAIR_SECONDS}s in the order ${order[*]}; $wcount + $mcount fresh scans each"
+  fresh_pg
+  for k in "${!order[@]}"; do
+    seed_pg $(($(warmup_first "$slot") + k * 10000000)) "$wcount"
+    seed_pg $(($(measured_first "$slot") + k * 10000000)) "$mcount"
+  done
+  settle_pg
+  local -A requests=() duration=() service=() client=() pg=() machine=()
+  local -a rates=()
+  STREAMS_STREAMS=0 STREAMS_BUSY=0 STREAMS_COMPLETE=0 STREAMS_MISSING_MAX=0 STREAMS_DUPLICATES=0 STREAMS_FOREIGN=0
+  local rss_max=0 connections_max=0
+  for k in "${!order[@]}"; do
+    side="${order[$k]}"
+    local name="$side #$((k + 1))" lat="$OUT/latency-window-$k.txt" seen="$OUT/streams-seen-$k.txt"
+    local wfirst=$(($(warmup_first "$slot") + k * 10000000)) mfirst=$(($(measured_first "$slot") + k * 10000000))
+    start_server service "$DATABASE_URL_PG" "$OUT/serve-window-$k.log"
+    run_wrk "$KEY_PG" "$wfirst" "$wcount" "$WARMUP" "$OUT/warmup-window-$k.txt"
+    [ "$(kv "$OUT/warmup-window-$k.txt" beyond_range)" = 0 ] || die "($name) the warm-up ran out of scans"
+    [ "$side" = s ] && start_streams "$seen"
+    local before_2xx before_404 cpu0 pg0 machine0 client0=0 client1=0
+    before_2xx="$(metrics_count 2)" before_404="$(metrics_count 404)"
+    cpu0="$(cpu_ticks "$SERVICE_PID")" pg0="$(pg_ticks)" machine0="$(machine_ticks)"
+    [ "$side" = s ] && client0="$(cpu_ticks "$STREAMS_PID")"
+    run_wrk "$KEY_PG" "$mfirst" "$mcount" "$PAIR_SECONDS" "$lat"
+    service[$side]=$((${service[$side]:-0} + $(cpu_ticks "$SERVICE_PID") - cpu0))
+    pg[$side]=$((${pg[$side]:-0} + $(pg_ticks) - pg0))
+    machine[$side]=$((${machine[$side]:-0} + $(machine_ticks) - machine0))
+    [ "$side" = s ] && client1="$(cpu_ticks "$STREAMS_PID")"
+    client[$side]=$((${client[$side]:-0} + client1 - client0))
+    local not_found recancels rss connections
+    not_found=$(($(metrics_count 404) - before_404)) recancels="$(metrics_recancels)"
+    if [ "$side" = s ]; then
+      rss="$(peak_rss_kb "$SERVICE_PID")"
+      connections="$(psql_bench -Atc "SELECT count(*) FROM pg_stat_activity
+        WHERE datname = current_database() AND application_name LIKE 'signal-scans%'")"
+      [ "$rss" -gt "$rss_max" ] && rss_max="$rss"
+      [ "$connections" -gt "$connections_max" ] && connections_max="$connections"
+      stop_streams
+    fi
+    stop_service
+    check_run "$name" "$lat" "$(cancelled_pg "$mfirst" "$mcount")" "$not_found" "$recancels"
+    [ "$(changes_pg "$mfirst" "$mcount")" = "$(cancelled_pg "$mfirst" "$mcount")" ] ||
+      die "($name) the audit rows do not match the changed scans"
+    requests[$side]=$((${requests[$side]:-0} + $(kv "$lat" requests)))
+    duration[$side]=$((${duration[$side]:-0} + $(kv "$lat" duration_us)))
+    rates+=("$(wrk_rate "$lat")")
+    echo "($name) $(wrk_rate "$lat") requests/s" >&2
+    if [ "$side" = s ]; then
+      psql_bench -Atc "SELECT scan_id FROM signal_scan_events
+        WHERE from_status IS NOT NULL AND scan_id $(in_range "$mfirst" "$mcount")" >"$TMP/streams-expected.txt"
+      python3 "$BENCH/streams.py" report "$seen" "$GROUP" "$TMP/streams-expected.txt" \
+        >"$OUT/streams-report-$k.txt" || die "streams.py report failed"
+      echo "($name, streams) $(tr '\n' ' ' <"$OUT/streams-report-$k.txt")" >&2
+      local key
+      for key in streams busy complete duplicates foreign; do
+        printf -v "STREAMS_${key^^}" '%s' $((STREAMS_${key^^} + $(kv "$OUT/streams-report-$k.txt" "$key")))
+      done
+      STREAMS_MISSING_MAX="$(awk -v a="$STREAMS_MISSING_MAX" -v b="$(kv "$OUT/streams-report-$k.txt" missing_max)" \
+        'BEGIN { print (b > a) ? b : a }')"
+    fi
+  done
+  PAIR_RATIOS=""
+  for i in $(seq 0 2 $((${#order[@]} - 1))); do
+    if [ "${order[$i]}" = s ]; then k="$(div "${rates[$i]}" "${rates[$((i + 1))]}")"; else k="$(div "${rates[$((i + 1))]}" "${rates[$i]}")"; fi
+    PAIR_RATIOS="${PAIR_RATIOS:+$PAIR_RATIOS, }$k"
+  done
+  for side in s s0; do
+    local var=streams
+    [ "$side" = s0 ] && var=nostreams
+    printf -v "${var}_REQUESTS" '%s' "${requests[$side]}"
+    printf -v "${var}_RPS" '%s' "$(div "${requests[$side]}" "$(awk -v d="${duration[$side]}" 'BEGIN { print d / 1e6 }')" '%.1f')"
+    printf -v "${var}_CPU_US" '%s' "$(div "$(ticks_to_us "${service[$side]}")" "${requests[$side]}" '%.0f')"
+    printf -v "${var}_CLIENT_CPU_US" '%s' "$(div "$(ticks_to_us "${client[$side]}")" "${requests[$side]}" '%.0f')"
+    printf -v "${var}_MACHINE_PER_PG" '%s' "$(div "${machine[$side]}" "${pg[$side]}")"
+  done
+  streams_RSS_MB="$(div "$rss_max" 1024 '%.1f')"
+  streams_DB_CONNECTIONS="$connections_max"
+}
+
 # ---------------------------------------------------------------- the runs
 # Each run's slot numbers its id range; the SQLite run has its own file and its own numbers.
 measure_pgbench a cancel.pgbench 1
@@ -819,7 +912,7 @@ measure_pgbench a2 service-cancel.pgbench 2
 [ "$a2_EVENTS" = "$a2_CHANGED" ] || die "(a2) wrote $a2_EVENTS audit rows for $a2_CHANGED cancels"
 measure_http thin thin 3
 measure_http pg service-pg 4
-measure_http streams service-pg-streams 6
+measure_paired 6
 
 log "(c) the service on SQLite: a fresh database file"
 DATABASE_URL="$SQLITE_URL" "$BIN" migrate >/dev/null
@@ -836,11 +929,11 @@ for n in a a2 thin pg sqlite; do
   printf -v "${n}_TO_THIN" '%s' "$(div "${!v}" "$thin_RPS")"
 done
 RATIO_CPU="$(div "$pg_CPU_US" "$thin_CPU_US")"
-STREAMS_TO_PG="$(div "$streams_RPS" "$pg_RPS")"
+STREAMS_TO_WITHOUT="$(div "$streams_RPS" "$nostreams_RPS")"
 # On 2 saturated cores throughput is the machine's speed ÷ its CPU per request; PostgreSQL's CPU per
-# request measures that speed within each run. So this is what (s) ÷ (b) would be had the machine
-# run at one speed through both (an estimate beside the measured ratio, not in its place).
-STREAMS_TO_PG_SAME_SPEED="$(div "$pg_MACHINE_PER_PG" "$streams_MACHINE_PER_PG")"
+# request measures that speed within each run. So this is what (s) ÷ (s0) would be had the machine
+# run at one speed through both (a cross-check beside the measured ratio, not in its place).
+STREAMS_TO_WITHOUT_SAME_SPEED="$(div "$nostreams_MACHINE_PER_PG" "$streams_MACHINE_PER_PG")"
 MISSED_OR_DUP="$((WATCH_MISSING + WATCH_DUPLICATED + WATCH_EXTRA))"
 CPU_MODEL="$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
 MEM_GB="$(awk '/^MemTotal:/ { printf "%.1f", $2 / 1048576 }' /proc/meminfo)"
@@ -880,14 +973,14 @@ or_dash() { if [ -z "$1" ] || [ "$1" = null ]; then printf '—'; else printf '%
   echo "| changes missed or duplicated by watch | $MISSED_OR_DUP ($WATCH_MISSING missed, $WATCH_DUPLICATED duplicated, $WATCH_EXTRA never committed, of $(fmt_int "$WATCH_EXPECTED")) | 0 | $(met "$MISSED_OR_DUP" 0 "=") |"
   echo "| peak RSS of the service | $pg_RSS_MB MB | < 20 MB | $(met "$pg_RSS_MB" 20 "<") |"
   echo
-  echo "| measure (issue 11; (s) against (b), from this run) | now | target | met |"
+  echo "| measure (issue 11; (s) against (s0): windows of ${PAIR_SECONDS} s taking turns, $PAIRS of each, from this run) | now | target | met |"
   echo "|---|---|---|---|"
-  echo "| streams that saw exactly their group's committed changes | $STREAMS_COMPLETE of $STREAMS_STREAMS ($STREAMS_BUSY on the busy group; missing at most $STREAMS_MISSING_MAX, $STREAMS_DUPLICATES duplicates, $STREAMS_FOREIGN of another group) | all | $(met "$STREAMS_COMPLETE" "$STREAMS_STREAMS" "=") |"
-  echo "| peak RSS of the service with $STREAMS_STREAMS streams open | $streams_RSS_MB MB | < 64 MB | $(met "$streams_RSS_MB" 64 "<") |"
-  echo "| database connections of the service with $STREAMS_STREAMS streams open | $streams_DB_CONNECTIONS | ≤ $((DB_MAX_CONNECTIONS + 2)): the pool, the publisher, one shared listener; none per stream | $(met "$streams_DB_CONNECTIONS" "$((DB_MAX_CONNECTIONS + 2))" "<=") |"
-  echo "| cancel throughput with streams ÷ without | $STREAMS_TO_PG ($streams_RPS vs $pg_RPS requests/s) | ≥ 0.9 | $(met "$STREAMS_TO_PG" 0.9 ">=") |"
+  echo "| streams that saw exactly their group's committed changes | $STREAMS_COMPLETE of $STREAMS_STREAMS ($STREAMS streams in each window (s), $BUSY_STREAMS of them on the busy group; missing at most $STREAMS_MISSING_MAX, $STREAMS_DUPLICATES duplicates, $STREAMS_FOREIGN of another group) | all | $(met "$STREAMS_COMPLETE" "$STREAMS_STREAMS" "=") |"
+  echo "| peak RSS of the service with $STREAMS streams open | $streams_RSS_MB MB | < 64 MB | $(met "$streams_RSS_MB" 64 "<") |"
+  echo "| database connections of the service with $STREAMS streams open | $streams_DB_CONNECTIONS | ≤ $((DB_MAX_CONNECTIONS + 2)): the pool, the publisher, one shared listener; none per stream | $(met "$streams_DB_CONNECTIONS" "$((DB_MAX_CONNECTIONS + 2))" "<=") |"
+  echo "| cancel throughput with streams ÷ without | $STREAMS_TO_WITHOUT ($streams_RPS vs $nostreams_RPS requests/s; pair by pair $PAIR_RATIOS) | ≥ 0.9 | $(met "$STREAMS_TO_WITHOUT" 0.9 ">=") |"
   echo
-  echo "During (s), per cancel: the service's own CPU $streams_CPU_US µs (without streams, in (b): $pg_CPU_US µs), the stream client's (\`bench/stream-client\`, on the same cores, reading $STREAMS_BUSY events per cancel) $streams_CLIENT_CPU_US µs. The whole machine's CPU per cancel, in units of PostgreSQL's in the same run: $streams_MACHINE_PER_PG in (s), $pg_MACHINE_PER_PG in (b); at one speed of the machine, (s) ÷ (b) would be $STREAMS_TO_PG_SAME_SPEED (this machine's speed changes by tens of percent from one run to the next: see BENCHMARKS.md)."
+  echo "Per cancel, with the streams against without: the service's own CPU $streams_CPU_US against $nostreams_CPU_US µs; the stream client's (\`bench/stream-client\`, on the same cores, reading $BUSY_STREAMS events per cancel) $streams_CLIENT_CPU_US µs; the whole machine's, in units of PostgreSQL's in the same windows, $streams_MACHINE_PER_PG against $nostreams_MACHINE_PER_PG. Had the machine run at one speed through both sides, (s) ÷ (s0) would be $STREAMS_TO_WITHOUT_SAME_SPEED (a cross-check, not the target's figure)."
   echo
   echo "| | (a) pgbench: the bare UPDATE | (a2) pgbench: the service's statement | (t) thin peer | (b) service on PostgreSQL, one watch | (c) service on SQLite |"
   echo "|---|---|---|---|---|---|"
@@ -953,12 +1046,14 @@ jrun() { # NAME: the figures every run has, as JSON members
   echo "{"
   echo "  \"when\": $(jstr "$WHEN"), \"mode\": $(jstr "$MODE"), \"commit\": $(jstr "$COMMIT"),"
   echo "  \"config\": {\"seconds\": $SECONDS_PER_RUN, \"warmup_seconds\": $WARMUP, \"connections\": $CONNS, \"threads\": $THREADS, \"db_max_connections\": $DB_MAX_CONNECTIONS, \"warmup_rate_cap\": $WARMUP_RATE_CAP, \"seed_factor\": $SEED_FACTOR, \"account_group\": $(jstr "$GROUP")},"
-  echo "  \"targets\": {\"service_to_thin_peer\": $(jnum "$pg_TO_THIN"), \"cpu_per_request_to_thin_peer\": $(jnum "$RATIO_CPU"), \"p99_ms\": $(jnum "$pg_P99"), \"db_transactions_per_cancel\": $(jnum "$pg_XACTS_PER_REQ"), \"watch_delay_p99_ms\": $(jnum "$WATCH_DELAY_P99_MS"), \"watch_missed_or_duplicated\": $MISSED_OR_DUP, \"peak_rss_mb\": $(jnum "$pg_RSS_MB"), \"streams_to_service\": $(jnum "$STREAMS_TO_PG"), \"streams_to_service_at_one_speed\": $(jnum "$STREAMS_TO_PG_SAME_SPEED")},"
+  echo "  \"targets\": {\"service_to_thin_peer\": $(jnum "$pg_TO_THIN"), \"cpu_per_request_to_thin_peer\": $(jnum "$RATIO_CPU"), \"p99_ms\": $(jnum "$pg_P99"), \"db_transactions_per_cancel\": $(jnum "$pg_XACTS_PER_REQ"), \"watch_delay_p99_ms\": $(jnum "$WATCH_DELAY_P99_MS"), \"watch_missed_or_duplicated\": $MISSED_OR_DUP, \"peak_rss_mb\": $(jnum "$pg_RSS_MB"), \"streams_to_without\": $(jnum "$STREAMS_TO_WITHOUT"), \"streams_to_without_at_one_speed\": $(jnum "$STREAMS_TO_WITHOUT_SAME_SPEED")},"
   echo "  \"bare_update_pgbench\": {$(jrun a)},"
   echo "  \"service_statement_pgbench\": {$(jrun a2)},"
   echo "  \"thin_peer\": {$(jrun thin)},"
   echo "  \"service_postgres\": {$(jrun pg)},"
-  echo "  \"service_postgres_streams\": {$(jrun streams)},"
+  echo "  \"service_postgres_streams\": {$(jrun streams), \"streams\": $STREAMS, \"windows\": $PAIRS, \"window_seconds\": $PAIR_SECONDS, \"db_connections\": $(jnum "$streams_DB_CONNECTIONS"), \"complete\": $STREAMS_COMPLETE, \"opened\": $STREAMS_STREAMS},"
+  echo "  \"service_postgres_without_streams\": {$(jrun nostreams), \"windows\": $PAIRS, \"window_seconds\": $PAIR_SECONDS},"
+  echo "  \"streams_pair_ratios\": [$PAIR_RATIOS],"
   echo "  \"service_sqlite\": {$(jrun sqlite)},"
   echo "  \"watch\": {\"lines\": $WATCH_LINES, \"expected\": $WATCH_EXPECTED, \"printed_unique\": $WATCH_PRINTED_UNIQUE, \"missing\": $WATCH_MISSING, \"duplicated\": $WATCH_DUPLICATED, \"extra\": $WATCH_EXTRA, \"outside_range\": $WATCH_OUTSIDE_RANGE, \"unparsed\": $WATCH_UNPARSED, \"delay_p50_ms\": $(jnum "$WATCH_DELAY_P50_MS"), \"delay_p99_ms\": $(jnum "$WATCH_DELAY_P99_MS"), \"delay_max_ms\": $(jnum "$WATCH_DELAY_MAX_MS")},"
   echo "  \"statement_drift\": $(jstr "$DRIFT"),"
