@@ -419,10 +419,14 @@ busy_pct() {
     d = y[2] - x[2]; printf "%.0f", (d > 0) ? 100 * (y[1] - x[1]) / d : 0 }'
 }
 
+# free_port: a loopback port nobody listens on, below the kernel's range of ephemeral ports: a port
+# in that range may be the local end of a client's connection (the 500 streams' own, say), which
+# connecting to does not reveal but which a server cannot bind.
+EPHEMERAL_LOW="$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)"
 free_port() {
   local port
   for _ in $(seq 1 200); do
-    port=$((20000 + RANDOM % 40000))
+    port=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       echo "$port"
       return 0

@@ -11,6 +11,8 @@ mod hub;
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 pub use hub::{ChangeHub, Follower};
 
 pub use crate::domain::feed::FeedEvent;
@@ -42,6 +44,9 @@ pub struct FeedReader {
     ready: VecDeque<FeedEvent>,
     /// The trail must be read before waiting: at the start, and after a failed read.
     behind: bool,
+    /// The least time from one read to the next that waited for a hint (see [`Self::spaced`]).
+    gap: Duration,
+    last_read: Option<Instant>,
 }
 
 impl FeedReader {
@@ -66,7 +71,19 @@ impl FeedReader {
             hints: Some(hints),
             ready: VecDeque::new(),
             behind: true,
+            gap: Duration::ZERO,
+            last_read: None,
         })
+    }
+
+    /// Reads at most once per `gap` while the trail keeps changing, so that under load one read
+    /// gathers the changes of many notifications: fewer, larger reads cost the database less per
+    /// change (each read is planned afresh) and each change is late by `gap` at most. A change after
+    /// a quiet spell is read as soon as its notification arrives, and a full page is followed by
+    /// the next at once.
+    pub fn spaced(mut self, gap: Duration) -> Self {
+        self.gap = gap;
+        self
     }
 
     /// Everything delivered so far lies behind this cursor.
@@ -99,11 +116,27 @@ impl FeedReader {
     async fn read_page(&mut self) -> Result<FeedPage, StoreError> {
         if !self.behind {
             self.wait().await;
+            self.keep_gap().await;
         }
         self.behind = true;
+        self.last_read = Some(Instant::now());
         let page = self.store.read_feed(&self.cursor, PAGE).await?;
         self.behind = page.full;
         Ok(page)
+    }
+
+    /// Until `gap` has passed since the last read. The read that follows covers every hint that
+    /// arrives meanwhile: a hint is sent after its change committed.
+    async fn keep_gap(&mut self) {
+        let Some(due) = self.last_read.map(|last| last + self.gap) else {
+            return;
+        };
+        if due > Instant::now() {
+            tokio::time::sleep_until(due).await;
+            if let Some(hints) = self.hints.as_mut() {
+                hints.discard_queued();
+            }
+        }
     }
 
     /// Until a hint that concerns this reader, or the poll interval.
