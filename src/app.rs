@@ -26,6 +26,8 @@ pub struct Settings {
     pub key_cache_ttl: Duration,
     /// Followers of changes read the audit trail at least this often, hint or not.
     pub feed_poll: Duration,
+    /// While changes keep coming, the change streams read the audit trail at most this often.
+    pub stream_batch: Duration,
     pub http: HttpSettings,
     pub connections: ConnectionLimits,
     /// How long in-flight requests may finish once shutdown is asked.
@@ -72,7 +74,7 @@ impl Application {
     ) -> Result<Self, StartupError> {
         let store = migrated_store(&settings.store).await?;
         let scans = ScanService::with_key_cache(store.clone(), settings.key_cache_ttl)
-            .with_feed_poll(settings.feed_poll);
+            .with_feed(settings.feed_poll, settings.stream_batch);
         let state = AppState::new(store, scans, &settings.http).map_err(StartupError::Settings)?;
         let router = http::router_with(state.clone(), extra);
         let listener = TcpListener::bind(settings.listen_addr)

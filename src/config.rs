@@ -162,6 +162,14 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub stream_max_per_key: u64,
 
+    /// While changes keep coming, this instance's change streams read the audit trail at most
+    /// this often (0: on every notification), so that one read gathers many notifications'
+    /// changes: each read costs the database the same per instance however few rows it finds.
+    /// A stream hears of a change up to this much later under load; after a quiet spell, at once.
+    #[arg(long, env = "STREAM_BATCH_MS", default_value_t = 50,
+          value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub stream_batch_ms: u64,
+
     /// A change stream ends after this many milliseconds; its client reconnects and
     /// authenticates again.
     #[arg(long, env = "STREAM_MAX_AGE_MS", default_value_t = 3_600_000,
@@ -213,6 +221,7 @@ impl ServeArgs {
             store: self.database.store_options(),
             key_cache_ttl: self.key_cache_ttl(),
             feed_poll: self.database.feed_poll(),
+            stream_batch: Duration::from_millis(self.stream_batch_ms),
             http: self.http_settings(),
             connections: self.connection_limits(),
             shutdown_timeout: self.shutdown_timeout(),

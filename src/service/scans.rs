@@ -88,16 +88,17 @@ impl ScanService {
     /// A service that keeps authenticated keys for `ttl` (zero: not at all).
     pub fn with_key_cache(store: Store, ttl: Duration) -> Self {
         Self(Arc::new(Parts {
-            changes: ChangeHub::new(store.clone(), DEFAULT_FEED_POLL),
+            changes: ChangeHub::new(store.clone(), DEFAULT_FEED_POLL, Duration::ZERO),
             store,
             keys: Arc::new(KeyCache::new(ttl)),
         }))
     }
 
-    /// Followers of changes read the audit trail at least every `poll`, hint or not.
-    pub fn with_feed_poll(self, poll: Duration) -> Self {
+    /// Followers of changes read the audit trail at least every `poll`, hint or not, and while
+    /// changes keep coming at most every `batch`.
+    pub fn with_feed(self, poll: Duration, batch: Duration) -> Self {
         Self(Arc::new(Parts {
-            changes: ChangeHub::new(self.0.store.clone(), poll),
+            changes: ChangeHub::new(self.0.store.clone(), poll, batch),
             store: self.0.store.clone(),
             keys: self.0.keys.clone(),
         }))

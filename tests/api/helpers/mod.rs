@@ -428,14 +428,15 @@ impl Drop for TestApp {
     }
 }
 
-/// The application's settings in tests: port 0 on loopback, production's connection limits and
-/// feed poll, 10 s to drain.
+/// The application's settings in tests: port 0 on loopback, production's connection limits, feed
+/// poll and stream batching, 10 s to drain.
 fn app_settings(store: StoreOptions, key_cache_ttl: Duration, http: HttpSettings) -> AppSettings {
     AppSettings {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         store,
         key_cache_ttl,
         feed_poll: Duration::from_secs(1),
+        stream_batch: Duration::from_millis(50),
         http,
         connections: ConnectionLimits::default(),
         shutdown_timeout: Duration::from_secs(10),
