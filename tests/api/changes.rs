@@ -243,6 +243,71 @@ async fn a_cancel_reaches_an_open_stream_by_its_hint_long_before_the_poll(backen
 }
 store_test!(a_cancel_reaches_an_open_stream_by_its_hint_long_before_the_poll);
 
+/// `STREAM_BATCH_MS`: while changes keep coming, the instance's streams read the trail at most
+/// that often, so the change right after another waits for the batch; the first change after a
+/// quiet spell is read as soon as its hint arrives, not held for a batch.
+async fn changes_that_keep_coming_wait_for_the_batch_and_one_after_a_quiet_spell_does_not(
+    backend: Backend,
+) {
+    const BATCH: Duration = Duration::from_millis(1000);
+    let (db, store) = database_for_process(backend).await;
+    let server = ServerProcess::start(&[
+        ("DATABASE_URL", db.url.as_str()),
+        ("FEED_POLL_MS", "60000"),
+        ("PUBLISH_INTERVAL_MS", "10"),
+        ("STREAM_BATCH_MS", "1000"),
+    ])
+    .await;
+    let group = group();
+    let reader = key_in(&store, Permission::SignalsRead, &group).await;
+    let writer = key_in(&store, Permission::SignalsWrite, &group).await;
+    let mut scans = Vec::new();
+    for _ in 0..2 {
+        let scan = store
+            .create_scan(&group, ScanStatus::Running)
+            .await
+            .unwrap();
+        scans.push(scan.id);
+    }
+    let mut stream = follow(stream_request(
+        &server.url(&changes_path(&group, "")),
+        &reader,
+    ))
+    .await;
+    let cancel = |scan: ScanId| {
+        let request = reqwest::Client::new()
+            .post(server.url(&cancel_path(group.as_str(), scan.as_str())))
+            .bearer_auth(&writer);
+        async move { ApiResponse::from(request.send().await.unwrap()).await }
+    };
+    // A quiet spell longer than the batch since the hub's first read.
+    tokio::time::sleep(BATCH + Duration::from_millis(500)).await;
+
+    let first_sent = Instant::now();
+    let first = cancel(scans[0]).await;
+    let first_event = stream.next_event(SOON).await;
+    let first_after = first_sent.elapsed();
+    let second = cancel(scans[1]).await;
+    let second_event = stream.next_event(SOON).await;
+    let second_after = first_sent.elapsed();
+
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(second.status, 200, "{second:?}");
+    assert_eq!(first_event.json()["scanId"], scans[0].as_str());
+    assert_eq!(second_event.json()["scanId"], scans[1].as_str());
+    // The read that found the first change began after it was sent; the next read waits for the
+    // batch from there. The bound below is far above an idle machine's tens of milliseconds.
+    assert!(
+        first_after < BATCH * 9 / 10,
+        "the first change after a quiet spell took {first_after:?}: held for the batch"
+    );
+    assert!(
+        second_after >= BATCH,
+        "the change right after another came {second_after:?} after the first was sent, within the batch of {BATCH:?}"
+    );
+}
+store_test!(changes_that_keep_coming_wait_for_the_batch_and_one_after_a_quiet_spell_does_not);
+
 async fn a_reconnect_gets_exactly_the_missed_changes_in_order_then_live_ones(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let group = group();
