@@ -870,9 +870,10 @@ measure_paired() {
       stop_streams
     fi
     stop_service
-    check_run "$name" "$lat" "$(cancelled_pg "$mfirst" "$mcount")" "$not_found" "$recancels"
-    [ "$(changes_pg "$mfirst" "$mcount")" = "$(cancelled_pg "$mfirst" "$mcount")" ] ||
-      die "($name) the audit rows do not match the changed scans"
+    local changed_rows events
+    changed_rows="$(cancelled_pg "$mfirst" "$mcount")" events="$(changes_pg "$mfirst" "$mcount")"
+    check_run "$name" "$lat" "$changed_rows" "$not_found" "$recancels"
+    [ "$events" = "$changed_rows" ] || die "($name) wrote $events audit rows for $changed_rows changed scans"
     requests[$side]=$((${requests[$side]:-0} + $(kv "$lat" requests)))
     duration[$side]=$((${duration[$side]:-0} + $(kv "$lat" duration_us)))
     rates+=("$(wrk_rate "$lat")")
