@@ -23,4 +23,5 @@ mod operations;
 mod rate_limit;
 mod reads;
 mod shared_limits;
+mod tenant_cost;
 mod trace_id;

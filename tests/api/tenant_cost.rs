@@ -1,0 +1,276 @@
+//! A tenant pays only for its own history: a replay of one account group's changes reads that
+//! group's audit rows alone, however long another group's history is (counted in rows and read
+//! from the statements' plans, never timed).
+
+use std::time::Duration;
+
+use serde_json::Value;
+use signal_scans::domain::feed::FeedCursor;
+use signal_scans::domain::ids::{AccountGroupId, ScanId};
+use signal_scans::domain::keys::{AccountGroupAccess, Permission};
+use signal_scans::domain::scan::ScanStatus;
+use signal_scans::service::feed::{FeedReader, Start};
+use signal_scans::store::statements::{POSTGRES_GROUP_FEED, SQLITE_GROUP_FEED};
+use sqlx::{Connection, PgConnection, SqliteConnection};
+
+use crate::helpers::sse::{SseEvent, SseStream};
+use crate::helpers::{Backend, TestApp, group};
+use crate::store_test;
+
+/// Long enough for anything that should happen promptly on a loaded 2-core machine.
+const SOON: Duration = Duration::from_secs(10);
+/// Another group's history: several of the feed's 1,000-row pages.
+const OTHER_HISTORY_SCANS: u32 = 2500;
+
+/// `scans` cancelled scans of `group` written straight into the database, each with its two audit
+/// rows (the creation and the cancel), as a long history looks; `days_ago` old.
+async fn write_history(app: &TestApp, group: &AccountGroupId, scans: u32, days_ago: u32) {
+    match app.db.url.starts_with("postgres") {
+        true => {
+            let mut db = PgConnection::connect(&app.db.url).await.unwrap();
+            sqlx::query(
+                "WITH made AS (
+                     INSERT INTO signal_scans
+                         (id, account_group_id, status, created_at, updated_at, finished_at,
+                          cancelled_at)
+                     SELECT substr(md5(g::text || random()::text), 1, 24), $1, 'cancelled',
+                            at, at, at, at
+                     FROM generate_series(1, $2) g,
+                          (SELECT now() - make_interval(days => $3) AS at) AS stamp
+                     RETURNING id, account_group_id, created_at
+                 )
+                 INSERT INTO signal_scan_events
+                     (scan_id, account_group_id, from_status, to_status, occurred_at)
+                 SELECT id, account_group_id, m.from_status, m.to_status, created_at
+                 FROM made, (VALUES (NULL, 'queued'), ('queued', 'cancelled'))
+                     AS m(from_status, to_status)",
+            )
+            .bind(group.as_str())
+            .bind(scans as i32)
+            .bind(days_ago as i32)
+            .execute(&mut db)
+            .await
+            .unwrap();
+            sqlx::query("ANALYZE signal_scan_events")
+                .execute(&mut db)
+                .await
+                .unwrap();
+        }
+        false => {
+            let mut db = SqliteConnection::connect(&app.db.url).await.unwrap();
+            let at =
+                format!("strftime('%Y-%m-%dT%H:%M:%S', 'now', '-{days_ago} days') || '.000000Z'");
+            let scans_made = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "WITH RECURSIVE n(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM n WHERE g < ?2)
+                 INSERT INTO signal_scans
+                     (id, account_group_id, status, created_at, updated_at, finished_at,
+                      cancelled_at)
+                 SELECT lower(hex(randomblob(12))), ?1, 'cancelled', {at}, {at}, {at}, {at}
+                 FROM n"
+            )))
+            .bind(group.as_str())
+            .bind(scans)
+            .execute(&mut db)
+            .await
+            .unwrap();
+            assert_eq!(scans_made.rows_affected(), u64::from(scans));
+            sqlx::query(
+                "INSERT INTO signal_scan_events
+                     (scan_id, account_group_id, from_status, to_status, occurred_at)
+                 SELECT id, account_group_id, m.from_status, m.to_status, created_at
+                 FROM signal_scans,
+                      (SELECT NULL AS from_status, 'queued' AS to_status
+                       UNION ALL SELECT 'queued', 'cancelled') AS m
+                 WHERE account_group_id = ?1
+                 ORDER BY created_at, id",
+            )
+            .bind(group.as_str())
+            .execute(&mut db)
+            .await
+            .unwrap();
+            sqlx::query("ANALYZE").execute(&mut db).await.unwrap();
+        }
+    }
+}
+
+/// Cancels `count` fresh running scans of `group` through the API, in order.
+async fn cancel_fresh_scans(app: &TestApp, group: &AccountGroupId, count: usize) -> Vec<ScanId> {
+    let writer = app.writer(group).await;
+    let mut scans = Vec::with_capacity(count);
+    for _ in 0..count {
+        let scan = app.scan(group, ScanStatus::Running).await;
+        let cancel = app
+            .cancel(Some(&writer), group.as_str(), scan.as_str())
+            .await;
+        assert_eq!(cancel.status, 200, "{cancel:?}");
+        scans.push(scan);
+    }
+    scans
+}
+
+fn changes_url(app: &TestApp, group: &AccountGroupId, query: &str) -> String {
+    app.url(&format!(
+        "/v1/accounts/{group}/signals/scans/changes{query}"
+    ))
+}
+
+/// A stream of `group`'s changes that must be admitted, its opening `retry:` read.
+async fn follow(app: &TestApp, group: &AccountGroupId, query: &str) -> SseStream {
+    let (reader, _) = app
+        .key_with(
+            &[Permission::SignalsRead],
+            AccountGroupAccess::Only(vec![*group]),
+            None,
+        )
+        .await;
+    let request = reqwest::Client::new()
+        .get(changes_url(app, group, query))
+        .bearer_auth(reader);
+    let mut stream = SseStream::open(request)
+        .await
+        .unwrap_or_else(|refused| panic!("the stream was refused: {refused:?}"));
+    assert!(
+        stream.next_frame(SOON).await.is_some(),
+        "the opening retry:"
+    );
+    stream
+}
+
+fn scan_ids(events: &[SseEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|event| event.json()["scanId"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn strings(scans: &[ScanId]) -> Vec<String> {
+    scans.iter().map(ToString::to_string).collect()
+}
+
+/// Rows the statement that reads one group's feed touches in `group`'s table from the start of
+/// the trail, by its plan: on PostgreSQL the rows every scan of the audit table returned or
+/// filtered out (EXPLAIN ANALYZE); on SQLite, whose plans count nothing, the index and range it
+/// searches.
+async fn group_read_plan(app: &TestApp, group: &AccountGroupId) -> Result<u64, String> {
+    match app.db.url.starts_with("postgres") {
+        true => {
+            let mut db = PgConnection::connect(&app.db.url).await.unwrap();
+            let plan: Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "EXPLAIN (ANALYZE, FORMAT JSON) {POSTGRES_GROUP_FEED}"
+            )))
+            .bind("0")
+            .bind(0i64)
+            .bind(Vec::<String>::new())
+            .bind(Vec::<i64>::new())
+            .bind(1000i64)
+            .bind(group.as_str())
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+            Ok(rows_touched(&plan[0]["Plan"], "signal_scan_events"))
+        }
+        false => {
+            let mut db = SqliteConnection::connect(&app.db.url).await.unwrap();
+            let steps: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "EXPLAIN QUERY PLAN {SQLITE_GROUP_FEED}"
+            )))
+            .bind(0i64)
+            .bind(1000i64)
+            .bind(group.as_str())
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+            Err(steps
+                .into_iter()
+                .map(|(.., detail)| detail)
+                .collect::<Vec<_>>()
+                .join("; "))
+        }
+    }
+}
+
+/// The rows every scan node of `table` in a PostgreSQL plan produced or threw away.
+fn rows_touched(node: &Value, table: &str) -> u64 {
+    let count = |field: &str| node[field].as_f64().unwrap_or(0.0);
+    let own = match node["Relation Name"].as_str() == Some(table) {
+        true => {
+            count("Actual Rows") * count("Actual Loops").max(1.0)
+                + count("Rows Removed by Filter")
+                + count("Rows Removed by Index Recheck")
+        }
+        false => 0.0,
+    };
+    let below: u64 = node["Plans"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|child| rows_touched(child, table))
+        .sum();
+    own as u64 + below
+}
+
+/// A replay from the oldest cursor, beside another group's history of several pages: the stream's
+/// catch-up and `scans watch --account-group` read the group's own rows and nothing else, and the
+/// statement they run touches only those. Fails when the catch-up reads every group's rows and
+/// drops the others' in memory (as it did), or when the statement walks an index that holds the
+/// others' rows and filters them out.
+async fn a_replay_from_the_oldest_cursor_reads_only_its_own_groups_rows(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (mine, other) = (group(), group());
+    write_history(&app, &other, OTHER_HISTORY_SCANS, 0).await;
+    let cancelled = cancel_fresh_scans(&app, &mine, 3).await;
+    // Each scan of mine has two audit rows: its creation and its cancel.
+    let my_rows = 2 * cancelled.len() as u64;
+
+    let before = app.served_store.feed_rows_read();
+    let mut stream = follow(&app, &mine, "?after=0-0").await;
+    let mut replayed = Vec::new();
+    for _ in 0..cancelled.len() {
+        replayed.push(stream.next_event(SOON).await);
+    }
+    stream.assert_no_event_for(Duration::from_millis(300)).await;
+    let after = app.served_store.feed_rows_read();
+
+    let watch_before = app.store.feed_rows_read();
+    let mut watch = FeedReader::open(
+        app.store.clone(),
+        Start::After(FeedCursor::default()),
+        Some(mine),
+        Duration::from_millis(100),
+    )
+    .await
+    .unwrap();
+    let mut watched = Vec::new();
+    for _ in 0..cancelled.len() {
+        let event = tokio::time::timeout(SOON, watch.next()).await.unwrap();
+        watched.push(event.unwrap().change.scan_id);
+    }
+    let watch_after = app.store.feed_rows_read();
+    let plan = group_read_plan(&app, &mine).await;
+
+    assert_eq!(scan_ids(&replayed), strings(&cancelled));
+    assert_eq!(watched, cancelled);
+    assert_eq!(
+        after.one_group - before.one_group,
+        my_rows,
+        "the stream's catch-up read {after:?} (from {before:?}); the group has {my_rows} rows"
+    );
+    assert!(
+        after.every_group - before.every_group < u64::from(OTHER_HISTORY_SCANS),
+        "the shared read replayed the history: {after:?} from {before:?}"
+    );
+    assert_eq!(
+        watch_after.one_group - watch_before.one_group,
+        my_rows,
+        "scans watch --account-group read {watch_after:?} (from {watch_before:?})"
+    );
+    assert_eq!(watch_after.every_group, watch_before.every_group);
+    match plan {
+        Ok(touched) => assert_eq!(touched, my_rows, "rows the group's read touched"),
+        Err(sqlite_plan) => assert!(
+            sqlite_plan.contains("signal_scan_events_group_feed (account_group_id=? AND id>?)"),
+            "{sqlite_plan}"
+        ),
+    }
+}
+store_test!(a_replay_from_the_oldest_cursor_reads_only_its_own_groups_rows);
