@@ -236,8 +236,10 @@ fn printable_name(name: &str) -> String {
     description = "The account group's scan status changes as they commit, as Server-Sent Events: \
         each change is one `scan.status_changed` event whose `id` is a cursor. Reconnect with \
         `Last-Event-ID` (or `?after=`) set to the last id received to get every change after it, in \
-        order, none missed and none repeated; without either the stream starts now. Creations are \
-        not sent. The stream opens with `retry: 2000`, sends `: keep-alive` comments, and ends after \
+        order, none missed and none repeated; without either the stream starts now. A cursor from \
+        before changes that are no longer kept (`AUDIT_RETENTION_DAYS`) answers 410 \
+        `CURSOR_EXPIRED`: reconnect without one and re-read the scans' current state. Event ids are \
+        opaque. Creations are not sent. The stream opens with `retry: 2000`, sends `: keep-alive` comments, and ends after \
         `STREAM_MAX_AGE_MS` (reconnect to continue). Errors before the stream opens are the usual \
         envelope. Requires `signals:read` or `signals:write` and access to the account group; at \
         most `STREAM_MAX_PER_KEY` open streams per key (429 past it).",
@@ -260,6 +262,7 @@ fn printable_name(name: &str) -> String {
         (status = 400, response = crate::http::openapi::responses::BadRequest),
         (status = 401, response = crate::http::openapi::responses::Unauthorized),
         (status = 403, response = crate::http::openapi::responses::Forbidden),
+        (status = 410, response = crate::http::openapi::responses::CursorExpired),
         (status = 429, response = crate::http::openapi::responses::RateLimited),
         (status = 500, response = crate::http::openapi::responses::InternalError),
         (status = 502, response = crate::http::openapi::responses::UpstreamError),

@@ -31,6 +31,10 @@ pub enum ApiError {
     /// 422: the scan is in a status that does not allow the change.
     #[error("scan is {current}")]
     NotCancellable { current: ScanStatus },
+    /// 410: a change stream's cursor from before changes that are no longer kept: start again
+    /// from now and re-read the current state.
+    #[error("cursor expired")]
+    CursorExpired,
     /// 429: the key is over its rate.
     #[error("rate limited for {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
@@ -54,6 +58,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotCancellable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::CursorExpired => StatusCode::GONE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -68,6 +73,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "FORBIDDEN",
             ApiError::NotFound(_) => "NOT_FOUND",
             ApiError::MethodNotAllowed(_) => "METHOD_NOT_ALLOWED",
+            ApiError::CursorExpired => "CURSOR_EXPIRED",
             ApiError::RateLimited { .. } => "RATE_LIMITED",
             ApiError::Internal(_) => "INTERNAL_ERROR",
             ApiError::Upstream(_) => "UPSTREAM_ERROR",
@@ -84,6 +90,7 @@ impl ApiError {
             ApiError::NotFound(_) => "Resource not found",
             ApiError::MethodNotAllowed(_) => "Method not allowed",
             ApiError::NotCancellable { .. } => "Scan is not in a cancellable status",
+            ApiError::CursorExpired => "Cursor expired",
             ApiError::RateLimited { .. } => "Rate limit exceeded",
             ApiError::Internal(_) => "Internal server error",
             ApiError::Upstream(_) => "Upstream service error",
@@ -105,6 +112,11 @@ impl ApiError {
                 "method {method} is not allowed on this path; see the Allow header"
             )),
             ApiError::NotCancellable { current } => Some(format!("currentStatus={current}")),
+            ApiError::CursorExpired => Some(
+                "changes after this cursor are no longer kept (AUDIT_RETENTION_DAYS): \
+                 reconnect without a cursor, then re-read the current state of your scans"
+                    .into(),
+            ),
             ApiError::RateLimited { retry_after_secs } => {
                 Some(format!("retry after {retry_after_secs} s"))
             }
@@ -212,6 +224,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::UnknownCursor => {
                 ApiError::Validation("the cursor is not one this feed issued".into())
             }
+            ServiceError::ExpiredCursor => ApiError::CursorExpired,
             ServiceError::Store(error) => error.into(),
         }
     }

@@ -7,14 +7,16 @@ use std::time::Duration;
 use serde_json::Value;
 use signal_scans::domain::feed::FeedCursor;
 use signal_scans::domain::ids::{AccountGroupId, ScanId};
-use signal_scans::domain::keys::{AccountGroupAccess, Permission};
-use signal_scans::domain::scan::ScanStatus;
+use signal_scans::domain::keys::{AccountGroupAccess, NewApiKey, Permission};
+use signal_scans::domain::scan::{Actor, ScanStatus, Transition};
 use signal_scans::service::feed::{FeedReader, Start};
 use signal_scans::store::statements::{POSTGRES_GROUP_FEED, SQLITE_GROUP_FEED};
+use signal_scans::store::{KeyToCreate, Store};
 use sqlx::{Connection, PgConnection, SqliteConnection};
 
+use crate::helpers::process::ServerProcess;
 use crate::helpers::sse::{SseEvent, SseStream};
-use crate::helpers::{Backend, TestApp, group};
+use crate::helpers::{ApiResponse, Backend, TestApp, TestDatabase, group, store_options};
 use crate::store_test;
 
 /// Long enough for anything that should happen promptly on a loaded 2-core machine.
@@ -24,10 +26,10 @@ const OTHER_HISTORY_SCANS: u32 = 2500;
 
 /// `scans` cancelled scans of `group` written straight into the database, each with its two audit
 /// rows (the creation and the cancel), as a long history looks; `days_ago` old.
-async fn write_history(app: &TestApp, group: &AccountGroupId, scans: u32, days_ago: u32) {
-    match app.db.url.starts_with("postgres") {
+async fn write_history(url: &str, group: &AccountGroupId, scans: u32, days_ago: u32) {
+    match url.starts_with("postgres") {
         true => {
-            let mut db = PgConnection::connect(&app.db.url).await.unwrap();
+            let mut db = PgConnection::connect(url).await.unwrap();
             sqlx::query(
                 "WITH made AS (
                      INSERT INTO signal_scans
@@ -57,7 +59,7 @@ async fn write_history(app: &TestApp, group: &AccountGroupId, scans: u32, days_a
                 .unwrap();
         }
         false => {
-            let mut db = SqliteConnection::connect(&app.db.url).await.unwrap();
+            let mut db = SqliteConnection::connect(url).await.unwrap();
             let at =
                 format!("strftime('%Y-%m-%dT%H:%M:%S', 'now', '-{days_ago} days') || '.000000Z'");
             let scans_made = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -82,6 +84,7 @@ async fn write_history(app: &TestApp, group: &AccountGroupId, scans: u32, days_a
                       (SELECT NULL AS from_status, 'queued' AS to_status
                        UNION ALL SELECT 'queued', 'cancelled') AS m
                  WHERE account_group_id = ?1
+                   AND NOT EXISTS (SELECT 1 FROM signal_scan_events e WHERE e.scan_id = signal_scans.id)
                  ORDER BY created_at, id",
             )
             .bind(group.as_str())
@@ -217,7 +220,7 @@ fn rows_touched(node: &Value, table: &str) -> u64 {
 async fn a_replay_from_the_oldest_cursor_reads_only_its_own_groups_rows(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let (mine, other) = (group(), group());
-    write_history(&app, &other, OTHER_HISTORY_SCANS, 0).await;
+    write_history(&app.db.url, &other, OTHER_HISTORY_SCANS, 0).await;
     let cancelled = cancel_fresh_scans(&app, &mine, 3).await;
     // Each scan of mine has two audit rows: its creation and its cancel.
     let my_rows = 2 * cancelled.len() as u64;
@@ -274,3 +277,200 @@ async fn a_replay_from_the_oldest_cursor_reads_only_its_own_groups_rows(backend:
     }
 }
 store_test!(a_replay_from_the_oldest_cursor_reads_only_its_own_groups_rows);
+
+/// The audit rows of `group` in the database at `url`: (all, older than a day).
+async fn audit_rows(url: &str, group: &AccountGroupId) -> (i64, i64) {
+    match url.starts_with("postgres") {
+        true => {
+            let mut db = PgConnection::connect(url).await.unwrap();
+            sqlx::query_as(
+                "SELECT count(*), count(*) FILTER (WHERE occurred_at < now() - interval '1 day')
+                 FROM signal_scan_events WHERE account_group_id = $1",
+            )
+            .bind(group.as_str())
+            .fetch_one(&mut db)
+            .await
+            .unwrap()
+        }
+        false => {
+            let mut db = SqliteConnection::connect(url).await.unwrap();
+            sqlx::query_as(
+                "SELECT count(*),
+                        count(*) FILTER (WHERE occurred_at <
+                            strftime('%Y-%m-%dT%H:%M:%S', 'now', '-1 days') || '.000000Z')
+                 FROM signal_scan_events WHERE account_group_id = ?1",
+            )
+            .bind(group.as_str())
+            .fetch_one(&mut db)
+            .await
+            .unwrap()
+        }
+    }
+}
+
+/// A scan of `group` that has no audit row left.
+async fn scan_without_rows(url: &str, group: &AccountGroupId) -> String {
+    let query = "SELECT id FROM signal_scans s WHERE account_group_id = $1
+                 AND NOT EXISTS (SELECT 1 FROM signal_scan_events e WHERE e.scan_id = s.id)
+                 LIMIT 1";
+    match url.starts_with("postgres") {
+        true => {
+            let mut db = PgConnection::connect(url).await.unwrap();
+            sqlx::query_scalar(query)
+                .bind(group.as_str())
+                .fetch_one(&mut db)
+                .await
+                .unwrap()
+        }
+        false => {
+            let mut db = SqliteConnection::connect(url).await.unwrap();
+            sqlx::query_scalar(sqlx::AssertSqlSafe(query.replace("$1", "?1")))
+                .bind(group.as_str())
+                .fetch_one(&mut db)
+                .await
+                .unwrap()
+        }
+    }
+}
+
+/// A fresh, migrated database for a server process, and a store on it to arrange with.
+async fn database_for_process(backend: Backend) -> (TestDatabase, Store) {
+    let db = TestDatabase::create(backend).await;
+    let store = Store::connect(&store_options(&db.url, Duration::from_secs(10))).unwrap();
+    store.migrate().await.expect("migrations run");
+    (db, store)
+}
+
+/// A `signals:read` key on `groups`, made straight in `store`.
+async fn reader_in(store: &Store, groups: &[AccountGroupId]) -> String {
+    let new_key = NewApiKey::generate();
+    store
+        .create_key(&KeyToCreate {
+            name: "test key".into(),
+            hash: new_key.hash,
+            permissions: vec![Permission::SignalsRead],
+            access: AccountGroupAccess::Only(groups.to_vec()),
+            expires_at: None,
+        })
+        .await
+        .expect("create key");
+    new_key.secret
+}
+
+/// A change of `group` written by the store now (a scan made queued, moved to running): its scan.
+async fn fresh_change(store: &Store, group: &AccountGroupId) -> ScanId {
+    let scan = store.create_scan(group, ScanStatus::Queued).await.unwrap();
+    let moved = store
+        .transition(None, &scan.id, ScanStatus::Running, RUNNER)
+        .await
+        .unwrap();
+    assert!(matches!(moved, Transition::Applied { .. }), "{moved:?}");
+    scan.id
+}
+
+const RUNNER: Actor<'static> = Actor {
+    api_key_id: None,
+    trace_id: Some("runner"),
+};
+
+/// The real binary with `AUDIT_RETENTION_DAYS=1` over a trail whose oldest rows are ten days old:
+/// its sweep deletes them, and only them, and a cursor of a group from before its deleted rows
+/// answers 410 `CURSOR_EXPIRED`, while a group that lost nothing replays from the oldest cursor and
+/// a cursor after the deleted rows resumes. Fails if the setting is ignored, if young rows are
+/// deleted, or if an expired cursor is served (it would skip the deleted changes silently).
+async fn retention_deletes_old_rows_and_a_cursor_from_before_them_answers_410(backend: Backend) {
+    let (db, store) = database_for_process(backend).await;
+    let (aged, young) = (group(), group());
+    write_history(&db.url, &aged, 600, 10).await;
+    fresh_change(&store, &aged).await;
+    let young_change = fresh_change(&store, &young).await;
+    let reader = reader_in(&store, &[aged, young]).await;
+    // A sweep deletes a bounded batch and no more.
+    let cutoff = time::OffsetDateTime::now_utc() - Duration::from_secs(24 * 3600);
+    let first_batch = store.trim_audit(cutoff, 100).await.unwrap();
+
+    let server = ServerProcess::start(&[
+        ("DATABASE_URL", db.url.as_str()),
+        ("AUDIT_RETENTION_DAYS", "1"),
+    ])
+    .await;
+    let deadline = tokio::time::Instant::now() + SOON;
+    while audit_rows(&db.url, &aged).await.1 > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (aged_rows, aged_old_rows) = audit_rows(&db.url, &aged).await;
+    let (young_rows, _) = audit_rows(&db.url, &young).await;
+    let stream = |group: &AccountGroupId, cursor: Option<&str>| {
+        let mut request = reqwest::Client::new()
+            .get(server.url(&format!("/v1/accounts/{group}/signals/scans/changes")))
+            .bearer_auth(&reader);
+        if let Some(cursor) = cursor {
+            request = request.header("Last-Event-ID", cursor);
+        }
+        SseStream::open(request)
+    };
+    let expired = stream(&aged, Some("0-0")).await.unwrap_err();
+    let mut young_replay = stream(&young, Some("0-0")).await.unwrap();
+    young_replay.next_frame(SOON).await;
+    let young_replayed = young_replay.next_event(SOON).await;
+    // A cursor at the group's kept change: after everything deleted.
+    let mut now = stream(&aged, None).await.unwrap();
+    now.next_frame(SOON).await;
+    // Made by another process: the server hears of it by its poll.
+    let later = fresh_change(&store, &aged).await;
+    let live = now.next_event(SOON).await;
+    let resumed = stream(&aged, live.id.as_deref()).await;
+    let emptied = ApiResponse::from(
+        reqwest::Client::new()
+            .get(server.url(&format!(
+                "/v1/accounts/{aged}/signals/scans/{}/events",
+                scan_without_rows(&db.url, &aged).await
+            )))
+            .bearer_auth(&reader)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+
+    assert_eq!(first_batch, 100, "one delete removes one batch");
+    assert_eq!(aged_old_rows, 0, "rows older than a day are deleted");
+    // The kept scan's creation and its move.
+    assert_eq!(aged_rows, 2, "young rows of the aged group are kept");
+    assert_eq!(young_rows, 2, "the young group keeps every row");
+    let details = expired.assert_error(410, "CURSOR_EXPIRED");
+    assert!(details.contains("without a cursor"), "{details}");
+    assert_eq!(young_replayed.json()["scanId"], young_change.as_str());
+    assert_eq!(live.json()["scanId"], later.as_str());
+    assert!(
+        resumed.is_ok(),
+        "a cursor after the deleted rows resumes: {resumed:?}"
+    );
+    assert_eq!(emptied.status, 200, "{emptied:?}");
+    assert_eq!(emptied.body["data"]["events"], serde_json::json!([]));
+}
+store_test!(retention_deletes_old_rows_and_a_cursor_from_before_them_answers_410);
+
+/// What the sweep deletes is always the head of the trail: it stops at the first row younger than
+/// the cutoff, so old rows behind a young one wait, and each group's mark says exactly what is
+/// gone. Fails if old rows are deleted past a young one (a cursor between them would be served
+/// and skip them).
+async fn the_retention_delete_stops_at_the_first_younger_row(backend: Backend) {
+    let (db, store) = database_for_process(backend).await;
+    let (first, second) = (group(), group());
+    write_history(&db.url, &first, 20, 10).await;
+    fresh_change(&store, &first).await;
+    write_history(&db.url, &second, 20, 10).await;
+    let cutoff = time::OffsetDateTime::now_utc() - Duration::from_secs(24 * 3600);
+
+    let deleted = store.trim_audit(cutoff, 1000).await.unwrap();
+    let again = store.trim_audit(cutoff, 1000).await.unwrap();
+
+    assert_eq!(deleted, 40, "the first group's 20 old scans, two rows each");
+    assert_eq!(again, 0, "the young row holds the rest back");
+    assert_eq!(audit_rows(&db.url, &first).await, (2, 0));
+    assert_eq!(audit_rows(&db.url, &second).await, (40, 40));
+    assert!(store.trimmed_mark(&first).await.unwrap().is_some());
+    assert_eq!(store.trimmed_mark(&second).await.unwrap(), None);
+}
+store_test!(the_retention_delete_stops_at_the_first_younger_row);
