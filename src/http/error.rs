@@ -49,6 +49,63 @@ pub enum ApiError {
     NotReady(String),
 }
 
+/// The most bytes of a `details`: whatever a client sends, an error answer stays small.
+pub const MAX_DETAILS_BYTES: usize = 1024;
+/// The most problems a 400's `details` names; the others are counted.
+const MAX_NAMED_PROBLEMS: usize = 8;
+
+/// What is wrong with one request, for a 400's `details`: each problem named once (a thousand
+/// copies of one bad parameter are one problem), at most [`MAX_NAMED_PROBLEMS`] of them, the rest
+/// counted.
+#[derive(Debug, Default)]
+pub struct Problems {
+    named: Vec<String>,
+    /// Every distinct problem beyond the named ones (bounded by the request's size limits).
+    others: std::collections::HashSet<String>,
+}
+
+impl Problems {
+    pub fn push(&mut self, problem: impl Into<String>) {
+        let problem = problem.into();
+        if self.named.contains(&problem) {
+            return;
+        }
+        match self.named.len() < MAX_NAMED_PROBLEMS {
+            true => self.named.push(problem),
+            false => {
+                self.others.insert(problem);
+            }
+        }
+    }
+
+    /// `Ok` when nothing is wrong, else the 400 naming what is.
+    pub fn into_result(self) -> Result<(), ApiError> {
+        if self.named.is_empty() {
+            return Ok(());
+        }
+        let mut details = self.named.join("; ");
+        match self.others.len() {
+            0 => {}
+            1 => details.push_str("; and 1 more problem"),
+            more => details.push_str(&format!("; and {more} more problems")),
+        }
+        Err(ApiError::Validation(details))
+    }
+}
+
+/// `details` cut to [`MAX_DETAILS_BYTES`] at a character boundary, marked as cut.
+fn bounded(mut details: String) -> String {
+    if details.len() > MAX_DETAILS_BYTES {
+        let mut end = MAX_DETAILS_BYTES - '…'.len_utf8();
+        while !details.is_char_boundary(end) {
+            end -= 1;
+        }
+        details.truncate(end);
+        details.push('…');
+    }
+    details
+}
+
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -132,7 +189,7 @@ impl ApiError {
         Envelope::failure(ErrorBody {
             code: self.code(),
             message: self.message(),
-            details: self.details(),
+            details: self.details().map(bounded),
         })
     }
 

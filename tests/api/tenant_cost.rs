@@ -474,3 +474,130 @@ async fn the_retention_delete_stops_at_the_first_younger_row(backend: Backend) {
     assert_eq!(store.trimmed_mark(&second).await.unwrap(), None);
 }
 store_test!(the_retention_delete_stops_at_the_first_younger_row);
+
+/// `GET path` with `key`: (status, headers, body as text).
+async fn raw_get(
+    app: &TestApp,
+    key: &str,
+    path: &str,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let response = app
+        .client
+        .get(app.url(path))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("request is answered");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, response.text().await.unwrap())
+}
+
+/// A 400's `details` names each problem once and stays small whatever the input: thousands of
+/// copies of one unknown parameter, a thousand distinct ones, a hundred malformed scan ids, a name
+/// as long as the request target allows. Fails when a problem is repeated per occurrence (a 4-KB
+/// request once answered 146 KB) or a name is echoed whole.
+async fn a_400_names_each_problem_once_and_stays_small_whatever_the_input(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let (reader, _) = app
+        .key_with(
+            &[Permission::SignalsRead],
+            AccountGroupAccess::Only(vec![group]),
+            None,
+        )
+        .await;
+    let changes = format!("/v1/accounts/{group}/signals/scans/changes?");
+    // Each within the change stream's 4-KiB request target.
+    let repeated = format!("{changes}{}", "a&".repeat(1900));
+    let distinct: Vec<String> = (0..800).map(|n| format!("p{n}")).collect();
+    let distinct = format!("{changes}{}", distinct.join("&"));
+    let bad_ids = format!("{changes}{}", "scanId=nope&".repeat(100));
+    let long_name = format!("/v1/accounts/{group}/signals/scans?{}=1", "x".repeat(1900));
+
+    let mut answers = Vec::new();
+    for path in [&repeated, &distinct, &bad_ids, &long_name] {
+        assert!(path.len() > 1000, "the request is large: {}", path.len());
+        answers.push(raw_get(&app, &reader, path).await);
+    }
+
+    for (status, _, body) in &answers {
+        assert_eq!(*status, 400, "{body}");
+        assert!(body.len() < 2048, "{} bytes: {}", body.len(), &body[..200]);
+    }
+    let details = |index: usize| -> String {
+        let body: Value = serde_json::from_str(&answers[index].2).unwrap();
+        body["error"]["details"].as_str().unwrap().to_owned()
+    };
+    let repeated = details(0);
+    assert_eq!(repeated.matches("`a`").count(), 1, "{repeated}");
+    assert!(repeated.contains("1900 in all"), "{repeated}");
+    let distinct = details(1);
+    assert!(
+        distinct.contains("800 in all") && distinct.contains("`p0`"),
+        "{distinct}"
+    );
+    let bad_ids = details(2);
+    assert_eq!(bad_ids.matches("scanId").count(), 1, "{bad_ids}");
+    let long_name = details(3);
+    assert!(long_name.len() <= 1024, "{} bytes", long_name.len());
+}
+store_test!(a_400_names_each_problem_once_and_stays_small_whatever_the_input);
+
+/// Every answer carries `X-Content-Type-Options: nosniff`: successes, errors from every layer
+/// (limits, routing, authentication, handlers), the documents and the change stream.
+async fn every_response_carries_nosniff(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let writer = app.writer(&group).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let scans = format!("/v1/accounts/{group}/signals/scans");
+    let paths = [
+        (writer.as_str(), format!("{scans}/{scan}"), 200),
+        (writer.as_str(), format!("{scans}/{scan}/events"), 200),
+        (writer.as_str(), format!("{scans}/nope"), 400),
+        ("ssk_not_a_key", format!("{scans}/{scan}"), 401),
+        (writer.as_str(), "/no/such/route".to_owned(), 404),
+        (writer.as_str(), format!("/{}", "x".repeat(3000)), 400),
+        (writer.as_str(), "/healthz".to_owned(), 200),
+        (writer.as_str(), "/metrics".to_owned(), 200),
+        (writer.as_str(), "/openapi.json".to_owned(), 200),
+        (writer.as_str(), "/docs/".to_owned(), 200),
+    ];
+    let mut seen = Vec::new();
+    for (key, path, status) in &paths {
+        let (answered, headers, _) = raw_get(&app, key, path).await;
+        assert_eq!(answered, *status, "{path}");
+        seen.push((path.clone(), headers.get("x-content-type-options").cloned()));
+    }
+    let cancel = app
+        .client
+        .put(app.url(&format!("{scans}/{scan}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    seen.push((
+        "PUT cancel (405)".into(),
+        cancel.headers().get("x-content-type-options").cloned(),
+    ));
+    let stream = app
+        .client
+        .get(app.url(&format!("{scans}/changes")))
+        .bearer_auth(&writer)
+        .send()
+        .await
+        .unwrap();
+    seen.push((
+        "the change stream".into(),
+        stream.headers().get("x-content-type-options").cloned(),
+    ));
+
+    for (what, header) in seen {
+        assert_eq!(
+            header.as_ref().map(|value| value.to_str().unwrap()),
+            Some("nosniff"),
+            "{what}"
+        );
+    }
+}
+store_test!(every_response_carries_nosniff);

@@ -54,6 +54,7 @@ use crate::domain::ids::{AccountGroupId, ScanId};
             Forbidden,
             NotFound,
             NotCancellable,
+            CursorExpired,
             RateLimited,
             InternalError,
             UpstreamError,
