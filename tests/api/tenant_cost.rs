@@ -601,3 +601,200 @@ async fn every_response_carries_nosniff(backend: Backend) {
     }
 }
 store_test!(every_response_carries_nosniff);
+
+/// The migrations before the one that adds the group column, copied into a folder of their own.
+async fn migrations_before_the_group_column(backend: Backend) -> sqlx::migrate::Migrator {
+    let (store, first_new) = match backend {
+        Backend::Postgres => ("postgres", 4),
+        Backend::Sqlite => ("sqlite", 3),
+    };
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(store);
+    let folder = std::env::temp_dir().join(format!(
+        "signal-scans-before-group-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&folder).unwrap();
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        let version: u32 = name.split('_').next().unwrap().parse().unwrap();
+        if version < first_new {
+            std::fs::copy(&path, folder.join(&name)).unwrap();
+        }
+    }
+    let migrator = sqlx::migrate::Migrator::new(folder.as_path())
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&folder);
+    migrator
+}
+
+/// Every audit row as (id, xid, group), in id order.
+async fn positions_and_groups(url: &str) -> Vec<(i64, String, Option<String>)> {
+    match url.starts_with("postgres") {
+        true => {
+            let mut db = PgConnection::connect(url).await.unwrap();
+            sqlx::query_as(
+                "SELECT id, xid::text, to_jsonb(e) ->> 'account_group_id'
+                 FROM signal_scan_events e ORDER BY id",
+            )
+            .fetch_all(&mut db)
+            .await
+            .unwrap()
+        }
+        false => {
+            let mut db = SqliteConnection::connect(url).await.unwrap();
+            let has_group: bool = sqlx::query_scalar(
+                "SELECT count(*) > 0 FROM pragma_table_info('signal_scan_events')
+                 WHERE name = 'account_group_id'",
+            )
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+            let group = if has_group {
+                "account_group_id"
+            } else {
+                "NULL"
+            };
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT id, '0', {group} FROM signal_scan_events ORDER BY id"
+            )))
+            .fetch_all(&mut db)
+            .await
+            .unwrap()
+        }
+    }
+}
+
+async fn execute(url: &str, sql: String) {
+    match url.starts_with("postgres") {
+        true => {
+            let mut db = PgConnection::connect(url).await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut db)
+                .await
+                .unwrap();
+        }
+        false => {
+            let mut db = SqliteConnection::connect(url).await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut db)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// A database made by the migrations before the group column, with rows of two groups, upgraded
+/// by the service's own migrate: every old row gets its scan's group and keeps its position (so
+/// every cursor stays exact), a writer that does not know the column (an old replica during a
+/// rolling upgrade) still files its rows under the right group, and a reader of one group from the
+/// start replays that group's old changes. Fails if an earlier migration was edited, if the
+/// backfill misses rows or moves them, or if the trigger is missing.
+async fn the_group_migration_fills_old_rows_and_keeps_their_positions(backend: Backend) {
+    let db = TestDatabase::create(backend).await;
+    let before = migrations_before_the_group_column(backend).await;
+    match backend {
+        Backend::Postgres => {
+            let mut old = PgConnection::connect(&db.url).await.unwrap();
+            before.run(&mut old).await.unwrap();
+        }
+        Backend::Sqlite => {
+            let options: sqlx::sqlite::SqliteConnectOptions = db.url.parse().unwrap();
+            std::fs::create_dir_all(options.get_filename().parent().unwrap()).unwrap();
+            let mut old = SqliteConnection::connect_with(&options.create_if_missing(true))
+                .await
+                .unwrap();
+            before.run(&mut old).await.unwrap();
+        }
+    }
+    let (a, b) = (group(), group());
+    let (a1, a2, b1) = (ScanId::generate(), ScanId::generate(), ScanId::generate());
+    let now = match backend {
+        Backend::Postgres => "now()",
+        Backend::Sqlite => "'2026-12-01T10:00:00.000000Z'",
+    };
+    let old_rows = |statement: &str| {
+        format!(
+            "INSERT INTO signal_scans (id, account_group_id, status, created_at, updated_at)
+             VALUES ('{a1}', '{a}', 'running', {now}, {now}), ('{a2}', '{a}', 'queued', {now}, {now}),
+                    ('{b1}', '{b}', 'running', {now}, {now});
+             {statement}"
+        )
+    };
+    let events = |rows: &[(&ScanId, &str, &str)]| {
+        let values: Vec<String> = rows
+            .iter()
+            .map(|(scan, from, to)| format!("('{scan}', {from}, '{to}', {now})"))
+            .collect();
+        format!(
+            "INSERT INTO signal_scan_events (scan_id, from_status, to_status, occurred_at)
+             VALUES {};",
+            values.join(", ")
+        )
+    };
+    execute(
+        &db.url,
+        old_rows(&events(&[
+            (&a1, "NULL", "queued"),
+            (&b1, "NULL", "queued"),
+            (&a1, "'queued'", "running"),
+            (&a2, "NULL", "queued"),
+            (&b1, "'queued'", "running"),
+        ])),
+    )
+    .await;
+    let old_positions = positions_and_groups(&db.url).await;
+
+    let store = Store::connect(&store_options(&db.url, Duration::from_secs(10))).unwrap();
+    store
+        .migrate()
+        .await
+        .expect("the group column applies over old rows");
+    let migrated = positions_and_groups(&db.url).await;
+    // A writer from before the column: its row names no group.
+    execute(&db.url, events(&[(&a2, "'queued'", "cancelled")])).await;
+    let written_without = positions_and_groups(&db.url).await;
+    let mut reader = FeedReader::open(
+        store.clone(),
+        Start::After(FeedCursor::default()),
+        Some(a),
+        Duration::from_millis(100),
+    )
+    .await
+    .unwrap();
+    let mut replayed = Vec::new();
+    for _ in 0..2 {
+        let event = tokio::time::timeout(SOON, reader.next())
+            .await
+            .expect("the group's old changes are replayed")
+            .unwrap();
+        replayed.push((event.change.scan_id, event.change.to));
+    }
+
+    let groups = |rows: &[(i64, String, Option<String>)]| -> Vec<Option<String>> {
+        rows.iter().map(|(.., group)| group.clone()).collect()
+    };
+    let positions = |rows: &[(i64, String, Option<String>)]| -> Vec<(i64, String)> {
+        rows.iter().map(|(id, xid, _)| (*id, xid.clone())).collect()
+    };
+    let (a, b) = (Some(a.to_string()), Some(b.to_string()));
+    assert_eq!(groups(&old_positions), [None, None, None, None, None]);
+    assert_eq!(
+        positions(&migrated),
+        positions(&old_positions),
+        "positions are kept"
+    );
+    assert_eq!(
+        groups(&migrated),
+        [a.clone(), b.clone(), a.clone(), a.clone(), b.clone()]
+    );
+    assert_eq!(written_without.last().unwrap().2, a, "the trigger files it");
+    assert_eq!(
+        replayed,
+        [(a1, ScanStatus::Running), (a2, ScanStatus::Cancelled)]
+    );
+}
+store_test!(the_group_migration_fills_old_rows_and_keeps_their_positions);
