@@ -49,6 +49,7 @@ use crate::domain::ids::{AccountGroupId, ScanId};
             AccountGroupId,
             ScanId,
             ScanStatusChanged,
+            ChangeEvent,
         ),
         responses(
             BadRequest,
