@@ -1,7 +1,7 @@
 //! `ApiError`: the only place an outcome becomes a status, a code and an envelope.
 
 use axum::Json;
-use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -28,13 +28,19 @@ pub enum ApiError {
     /// `http::method::label` names it, never a client's made-up token.
     #[error("method {0} not allowed")]
     MethodNotAllowed(&'static str),
-    /// 422: the scan is in a status that does not allow the change.
+    /// 422: the scan is in a status that does not allow the cancel.
     #[error("scan is {current}")]
     NotCancellable { current: ScanStatus },
     /// 410: a change stream's cursor from before changes that are no longer kept: start again
     /// from now and re-read the current state.
     #[error("cursor expired")]
     CursorExpired,
+    /// 422: the scan is in a status that does not allow a runner's move.
+    #[error("scan is {current}")]
+    NotMovable { current: ScanStatus },
+    /// 422: the `Idempotency-Key` started a scan of another account group.
+    #[error("idempotency key reused for another account group")]
+    IdempotencyKeyReused,
     /// 429: the key is over its rate.
     #[error("rate limited for {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
@@ -114,7 +120,9 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::NotCancellable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NotCancellable { .. }
+            | ApiError::NotMovable { .. }
+            | ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::CursorExpired => StatusCode::GONE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -125,7 +133,10 @@ impl ApiError {
 
     pub fn code(&self) -> &'static str {
         match self {
-            ApiError::Validation(_) | ApiError::NotCancellable { .. } => "VALIDATION_ERROR",
+            ApiError::Validation(_)
+            | ApiError::NotCancellable { .. }
+            | ApiError::NotMovable { .. }
+            | ApiError::IdempotencyKeyReused => "VALIDATION_ERROR",
             ApiError::Unauthorized(_) => "UNAUTHORIZED",
             ApiError::Forbidden(_) => "FORBIDDEN",
             ApiError::NotFound(_) => "NOT_FOUND",
@@ -148,6 +159,8 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "Method not allowed",
             ApiError::NotCancellable { .. } => "Scan is not in a cancellable status",
             ApiError::CursorExpired => "Cursor expired",
+            ApiError::NotMovable { .. } => "Scan is not in a status that allows this change",
+            ApiError::IdempotencyKeyReused => "Idempotency key already used",
             ApiError::RateLimited { .. } => "Rate limit exceeded",
             ApiError::Internal(_) => "Internal server error",
             ApiError::Upstream(_) => "Upstream service error",
@@ -168,10 +181,16 @@ impl ApiError {
             ApiError::MethodNotAllowed(method) => Some(format!(
                 "method {method} is not allowed on this path; see the Allow header"
             )),
-            ApiError::NotCancellable { current } => Some(format!("currentStatus={current}")),
             ApiError::CursorExpired => Some(
                 "changes after this cursor are no longer kept (AUDIT_RETENTION_DAYS): \
                  reconnect without a cursor, then re-read the current state of your scans"
+                    .into(),
+            ),
+            ApiError::NotCancellable { current } | ApiError::NotMovable { current } => {
+                Some(format!("currentStatus={current}"))
+            }
+            ApiError::IdempotencyKeyReused => Some(
+                "Idempotency-Key was used for another account group within 24 hours; send a new key"
                     .into(),
             ),
             ApiError::RateLimited { retry_after_secs } => {
@@ -276,8 +295,8 @@ impl From<ServiceError> for ApiError {
                 ApiError::NotFound("no such scan in this account group".into())
             }
             ServiceError::NotCancellable { current } => ApiError::NotCancellable { current },
-            // No route moves a scan other than by cancel; reaching this is a bug.
-            error @ ServiceError::InvalidTransition { .. } => ApiError::Internal(error.to_string()),
+            ServiceError::InvalidTransition { current, .. } => ApiError::NotMovable { current },
+            ServiceError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
             ServiceError::UnknownCursor => {
                 ApiError::Validation("the cursor is not one this feed issued".into())
             }
@@ -299,5 +318,18 @@ impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
         // serde's message names the parameter (unknown, duplicate); it echoes no value.
         ApiError::Validation(format!("query string: {}", rejection.body_text()))
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        match rejection {
+            // Announced too large bodies are refused before any route (`limits`); this is one
+            // that was not announced (chunked) and outgrew the same limit while read.
+            BytesRejection::FailedToBufferBody(_) if rejection.status().as_u16() == 413 => {
+                ApiError::Validation(super::limits::body_over_limit())
+            }
+            _ => ApiError::Validation("the request body could not be read".into()),
+        }
     }
 }
