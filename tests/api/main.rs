@@ -26,4 +26,5 @@ mod reads;
 mod runner_cli;
 mod runners;
 mod shared_limits;
+mod tenant_cost;
 mod trace_id;
