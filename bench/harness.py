@@ -608,3 +608,24 @@ def replace_between(text: str, begin: str, end: str, section: str) -> str:
     if e < b:
         raise Failed(f"{end} comes before {begin} in BENCHMARKS.md")
     return "\n".join(lines[:b + 1] + ["", section.strip("\n"), ""] + lines[e:])
+
+
+def stamp_lines(source, out) -> None:
+    """Copies SOURCE (a binary file) to OUT, each line prefixed with the wall-clock microseconds at which
+    it was read and a tab. Raw reads: each returns as soon as the writer has written something."""
+    fd, pending = source.fileno(), b""
+    while chunk := os.read(fd, 65536):
+        now = time.time_ns() // 1000
+        *lines, pending = (pending + chunk).split(b"\n")
+        out.write(b"".join(b"%d\t%s\n" % (now, line) for line in lines))
+        out.flush()
+    if pending:
+        out.write(b"%d\t%s\n" % (time.time_ns() // 1000, pending))
+    out.flush()
+
+
+if __name__ == "__main__":
+    # `harness.py stamp`: stdin to stdout, stamped (bench/profile.sh's watch reader).
+    if sys.argv[1:] != ["stamp"]:
+        sys.exit("usage: harness.py stamp  (stdin -> stdout, each line stamped with the microseconds it was read)")
+    stamp_lines(sys.stdin.buffer, sys.stdout.buffer)

@@ -44,7 +44,7 @@ from harness import (BENCH, PROFILE, ROOT, Failed, Postgres, Server, Store, Stre
                      hex_id, log, migrate, need, note, open_fds, pgbench_package, replace_between, run_wrk,
                      status_kb, stream_verdict)
 
-OUT = BENCH / "out"
+OUT = BENCH / "out" / "soak"
 GROUP = "beefcafe0000000000000001"
 CONNECTIONS_CAPACITY = 32
 CONNECTIONS_SOAK = 16
@@ -431,7 +431,7 @@ def main() -> int:
     binaries = build(thin_peer=False) if not args.binary else None
     service_bin = args.binary.resolve() if args.binary else binaries.service
     stream_client_bin = binaries.stream_client if binaries else build_stream_client_only()
-    OUT.mkdir(exist_ok=True)
+    OUT.mkdir(parents=True, exist_ok=True)
     stores = ["postgres", "sqlite"] if args.store == "both" else [args.store]
     results = []
     with tempfile.TemporaryDirectory(prefix="signal-scans-soak.") as work:
