@@ -72,7 +72,7 @@ BUSY_STREAMS = 10  # of the streams of a window (s), those that follow the bench
 # poll is FEED_POLL_MS, 1 s by default).
 WATCH_DRAIN_SECONDS = 10
 # (a2)'s literals for the service's statement's parameters: $1 the next id of the run's range, $2 the group,
-# $3 the new status, $4 the statuses it may leave, $5 and $6 a fixed API key id and trace id.
+# $3 the new status, $4 the statuses it may leave, $5 and $6 a fixed API key id and trace id, $7 no reason.
 A2_PARAMETERS = {
     "$1": "(SELECT lpad(to_hex(nextval('bench_ids')), 24, '0'))",
     "$2": ":group",
@@ -80,6 +80,7 @@ A2_PARAMETERS = {
     "$4": "'{queued,running}'",
     "$5": "'00000000-0000-4000-8000-00000000be4c'::uuid",
     "$6": "'0000000000000000000000000000be4c'",
+    "$7": "NULL",
 }
 
 

@@ -129,8 +129,8 @@ class StatementA2(unittest.TestCase):
         self.assertFalse(any("--" in line for line in body), "comments inside the statement are dropped")
 
     def test_a_statement_with_a_new_parameter_is_refused(self):
-        with self.assertRaisesRegex(Failed, r"\$7"):
-            run.a2_script("SELECT $1, $2, $3, $4, $5, $6, $7")
+        with self.assertRaisesRegex(Failed, r"\$8"):
+            run.a2_script("SELECT $1, $2, $3, $4, $5, $6, $7, $8")
 
     def test_pgbench_percentiles_match_wrks_points(self):
         p = run.pgbench_percentiles(list(range(1000, 0, -1)))

@@ -256,7 +256,7 @@ fn printable_name(name: &str) -> String {
     security(("bearerAuth" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "A stream of `scan.status_changed` events; each `data` is a ScanStatusChanged.",
-            content_type = "text/event-stream", body = String),
+            content_type = "text/event-stream", body = crate::http::openapi::responses::ChangeEvent),
         (status = 400, response = crate::http::openapi::responses::BadRequest),
         (status = 401, response = crate::http::openapi::responses::Unauthorized),
         (status = 403, response = crate::http::openapi::responses::Forbidden),

@@ -33,6 +33,7 @@ const QUIET: Duration = Duration::from_millis(400);
 const RUNNER: Actor<'static> = Actor {
     api_key_id: None,
     trace_id: Some("runner"),
+    reason: None,
 };
 
 fn changes_path(group: &AccountGroupId, query: &str) -> String {
@@ -45,11 +46,14 @@ fn stream_request(url: &str, key: &str) -> reqwest::RequestBuilder {
     reqwest::Client::new().get(url).bearer_auth(key)
 }
 
-/// Opens a stream that must be admitted, and reads its opening `retry:`.
+/// Opens a stream that must be admitted, and reads its opening `retry:`. These tests are about
+/// moves of scans they create while it is open: the creations are passed over (tests/api/runners.rs
+/// follows them).
 async fn follow(request: reqwest::RequestBuilder) -> SseStream {
     let mut stream = SseStream::open(request)
         .await
-        .unwrap_or_else(|refused| panic!("the stream was refused: {refused:?}"));
+        .unwrap_or_else(|refused| panic!("the stream was refused: {refused:?}"))
+        .moves_only();
     assert_eq!(
         stream.next_frame(SOON).await,
         Some(RECONNECT),
@@ -237,6 +241,7 @@ async fn a_cancel_reaches_an_open_stream_by_its_hint_long_before_the_poll(backen
             "to": "cancelled",
             "at": at,
             "traceId": cancel.trace_id(),
+            "reason": null,
         })
     );
     assert_eq!(data["at"], cancel.body["data"]["cancelledAt"]);
@@ -1224,7 +1229,8 @@ async fn scans_watch_server_prints_each_change_once_across_reconnections(backend
     }
     let mut lines = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while lines.len() < cancelled.len() {
+    // Each scan's creation, then its cancel.
+    while lines.len() < 2 * cancelled.len() {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let line = tokio::time::timeout(left, printed.next_line())
             .await
@@ -1245,7 +1251,15 @@ async fn scans_watch_server_prints_each_change_once_across_reconnections(backend
         "printed again after the last change: {after:?}"
     );
     assert!(reconnections >= 2, "{reconnections} reconnections");
-    for ((line, scan), at) in lines.iter().zip(&cancelled).zip(&cancelled_at) {
+    for ((pair, scan), at) in lines.chunks(2).zip(&cancelled).zip(&cancelled_at) {
+        let [created, line] = pair else {
+            panic!("{lines:?}")
+        };
+        assert_eq!(created["scanId"], scan.as_str(), "{lines:?}");
+        assert_eq!(
+            (&created["from"], &created["to"]),
+            (&Value::Null, &json!("running"))
+        );
         assert_eq!(line["scanId"], scan.as_str(), "{lines:?}");
         assert_eq!(line["accountGroupId"], group.as_str());
         assert_eq!(

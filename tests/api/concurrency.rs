@@ -70,6 +70,7 @@ async fn cancel_racing_a_completion_has_exactly_one_winner(backend: Backend) {
     let runner = Actor {
         api_key_id: None,
         trace_id: Some("runner"),
+        reason: None,
     };
     // The key is cached from here on: a cancel's first database work is its guarded write.
     let warm_up = app.scan(&group, ScanStatus::Queued).await;
@@ -141,7 +142,7 @@ async fn cancel_racing_a_completion_has_exactly_one_winner(backend: Backend) {
 store_test!(cancel_racing_a_completion_has_exactly_one_winner);
 
 /// Runs `second` while the first contender waits on `lock`, and lets the lock go once both wait.
-async fn behind_the_first<T>(
+pub(crate) async fn behind_the_first<T>(
     second: impl Future<Output = T>,
     app: &TestApp,
     lock: &mut WriteLock,
@@ -174,6 +175,7 @@ async fn a_late_completion_after_a_cancel_changes_nothing(backend: Backend) {
             Actor {
                 api_key_id: None,
                 trace_id: None,
+                reason: None,
             },
         )
         .await

@@ -18,6 +18,7 @@ use crate::store_test;
 const RUNNER: Actor<'static> = Actor {
     api_key_id: None,
     trace_id: Some("runner"),
+    reason: None,
 };
 
 async fn every_move_the_state_machine_allows_applies_and_every_other_is_refused(backend: Backend) {
@@ -184,7 +185,7 @@ async fn a_subscriber_hears_each_cancel_within_a_second(backend: Backend) {
     assert_eq!(change.account_group_id, group);
     assert_eq!(
         (change.from, change.to),
-        (ScanStatus::Running, ScanStatus::Cancelled)
+        (Some(ScanStatus::Running), ScanStatus::Cancelled)
     );
     let serialized = serde_json::to_value(&change).unwrap();
     let mut keys: Vec<&str> = serialized

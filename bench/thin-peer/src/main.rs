@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 /// `PgStore::transition`'s statement (src/store/postgres.rs), the very file the service includes:
 /// $1 scan id, $2 account group, $3 the new status, $4 the statuses it may leave, $5 the API key id,
-/// $6 the trace id.
+/// $6 the trace id, $7 the reason (a failure's; none for a cancel).
 const CANCEL: &str = include_str!("../../../src/store/postgres_transition.sql");
 
 /// The statuses a cancel may leave, as the service binds them.
@@ -71,6 +71,7 @@ async fn cancel(
         .bind(CANCELLABLE)
         .bind(API_KEY_ID)
         .bind(TRACE_ID)
+        .bind(None::<&str>)
         .fetch_optional(&pool)
         .await;
     match row {

@@ -5,6 +5,7 @@ from urllib.parse import quote
 import httpx
 
 from ...client import AuthenticatedClient, Client
+from ...models.change_event import ChangeEvent
 from ...models.error_response import ErrorResponse
 from ...models.scan_status import ScanStatus
 from ...types import UNSET, Response, Unset
@@ -55,9 +56,10 @@ def _get_kwargs(
     return _kwargs
 
 
-def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Response) -> ErrorResponse | str:
+def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Response) -> ChangeEvent | ErrorResponse:
     if response.status_code == 200:
-        response_200 = response.text
+        response_200 = ChangeEvent.from_dict(response.text)
+
         return response_200
 
     if response.status_code == 400:
@@ -95,7 +97,9 @@ def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Res
     return response_default
 
 
-def _build_response(*, client: AuthenticatedClient | Client, response: httpx.Response) -> Response[ErrorResponse | str]:
+def _build_response(
+    *, client: AuthenticatedClient | Client, response: httpx.Response
+) -> Response[ChangeEvent | ErrorResponse]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -112,7 +116,7 @@ def sync_detailed(
     scan_id: list[str] | Unset = UNSET,
     status: list[ScanStatus] | Unset = UNSET,
     last_event_id: None | str | Unset = UNSET,
-) -> Response[ErrorResponse | str]:
+) -> Response[ChangeEvent | ErrorResponse]:
     """Follow status changes
 
      The account group's scan status changes as they commit, as Server-Sent Events: each change is one
@@ -136,7 +140,7 @@ def sync_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ErrorResponse | str]
+        Response[ChangeEvent | ErrorResponse]
     """
 
     kwargs = _get_kwargs(
@@ -162,7 +166,7 @@ def sync(
     scan_id: list[str] | Unset = UNSET,
     status: list[ScanStatus] | Unset = UNSET,
     last_event_id: None | str | Unset = UNSET,
-) -> ErrorResponse | str | None:
+) -> ChangeEvent | ErrorResponse | None:
     """Follow status changes
 
      The account group's scan status changes as they commit, as Server-Sent Events: each change is one
@@ -186,7 +190,7 @@ def sync(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ErrorResponse | str
+        ChangeEvent | ErrorResponse
     """
 
     return sync_detailed(
@@ -207,7 +211,7 @@ async def asyncio_detailed(
     scan_id: list[str] | Unset = UNSET,
     status: list[ScanStatus] | Unset = UNSET,
     last_event_id: None | str | Unset = UNSET,
-) -> Response[ErrorResponse | str]:
+) -> Response[ChangeEvent | ErrorResponse]:
     """Follow status changes
 
      The account group's scan status changes as they commit, as Server-Sent Events: each change is one
@@ -231,7 +235,7 @@ async def asyncio_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ErrorResponse | str]
+        Response[ChangeEvent | ErrorResponse]
     """
 
     kwargs = _get_kwargs(
@@ -255,7 +259,7 @@ async def asyncio(
     scan_id: list[str] | Unset = UNSET,
     status: list[ScanStatus] | Unset = UNSET,
     last_event_id: None | str | Unset = UNSET,
-) -> ErrorResponse | str | None:
+) -> ChangeEvent | ErrorResponse | None:
     """Follow status changes
 
      The account group's scan status changes as they commit, as Server-Sent Events: each change is one
@@ -279,7 +283,7 @@ async def asyncio(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ErrorResponse | str
+        ChangeEvent | ErrorResponse
     """
 
     return (
