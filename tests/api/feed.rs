@@ -3,22 +3,23 @@
 //! ever sent, and none that rolled back.
 
 use std::collections::{BTreeMap, HashSet};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use serde_json::Value;
 use signal_scans::domain::feed::FeedCursor;
 use signal_scans::domain::ids::ScanId;
-use signal_scans::domain::scan::Actor;
 use signal_scans::domain::scan::ScanStatus;
 use signal_scans::domain::scan::Transition;
 use signal_scans::service::feed::{FeedEvent, FeedReader, Start};
 use signal_scans::store::Store;
 use sqlx::{Connection, Executor, PgConnection, SqliteConnection};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::helpers::process::ServerProcess;
 use crate::helpers::watch::Watch;
-use crate::helpers::{Backend, Settings, TestApp, TestDatabase, group, store_options};
+use crate::helpers::{Backend, RUNNER, Settings, TestApp, TestDatabase, group, store_options};
 use crate::store_test;
 
 /// How long a change may take to be printed when the test only needs to know it was (a loaded
@@ -67,13 +68,6 @@ async fn audit_changes(backend: Backend, url: &str) -> Vec<Change> {
     }
 }
 
-fn runner() -> Actor<'static> {
-    Actor {
-        api_key_id: None,
-        trace_id: Some("runner"),
-    }
-}
-
 /// Test-only: the audit row of one chosen scan's next change waits, inside its transaction, for
 /// an advisory lock the test holds, so that transaction commits only when the test says.
 const HOLD_LOCK: i64 = 4_242;
@@ -84,11 +78,9 @@ const HOLD_LOCK: i64 = 4_242;
 async fn a_change_committing_after_a_later_one_is_printed_exactly_once(backend: Backend) {
     let app = TestApp::spawn_with(
         backend,
-        Settings {
+        Settings::default()
             // The held cancel waits on the test, not on the database.
-            db_timeout: Duration::from_secs(30),
-            ..Settings::default()
-        },
+            .with_db_timeout(Duration::from_secs(30)),
     )
     .await;
     let group = group();
@@ -133,8 +125,7 @@ async fn a_change_committing_after_a_later_one_is_printed_exactly_once(backend: 
                 waiting == 1
             })
             .await;
-            let response = app.cancel(Some(&key), group.as_str(), later.as_str()).await;
-            assert_eq!(response.status, 200, "{response:?}");
+            app.cancel_ok(&key, &group, &later).await;
             // The watcher reads past the held row's id before that row commits.
             let printed = watch.next(PRINTED).await;
             sqlx::query("SELECT pg_advisory_unlock($1)")
@@ -146,10 +137,7 @@ async fn a_change_committing_after_a_later_one_is_printed_exactly_once(backend: 
         }
     );
     assert_eq!(held_response.status, 200, "{held_response:?}");
-    let response = app
-        .cancel(Some(&key), group.as_str(), marker.as_str())
-        .await;
-    assert_eq!(response.status, 200, "{response:?}");
+    app.cancel_ok(&key, &group, &marker).await;
     let printed_after: Vec<Change> = watch
         .until_scan(marker.as_str(), PRINTED)
         .await
@@ -263,11 +251,9 @@ async fn every_committed_change_of_busy_writers_is_printed_once_and_no_rolled_ba
     const FOR: Duration = Duration::from_secs(10);
     let app = TestApp::spawn_with(
         backend,
-        Settings {
+        Settings::default()
             // Thirty-two writers share ten connections on two cores: waiting is not failing.
-            db_timeout: Duration::from_secs(20),
-            ..Settings::default()
-        },
+            .with_db_timeout(Duration::from_secs(20)),
     )
     .await;
     let (group, doomed) = (group(), group());
@@ -353,7 +339,7 @@ async fn every_committed_change_of_busy_writers_is_printed_once_and_no_rolled_ba
                 }
                 let moved = app
                     .served_store
-                    .transition(None, &scan, ScanStatus::Running, runner())
+                    .transition(None, &scan, ScanStatus::Running, RUNNER)
                     .await;
                 match (is_doomed, moved) {
                     (true, Err(_)) => {
@@ -373,7 +359,7 @@ async fn every_committed_change_of_busy_writers_is_printed_once_and_no_rolled_ba
                 }
                 match app
                     .served_store
-                    .transition(None, &scan, ScanStatus::Completed, runner())
+                    .transition(None, &scan, ScanStatus::Completed, RUNNER)
                     .await
                 {
                     Ok(Transition::Applied { .. }) => written.committed.push(change(
@@ -496,14 +482,7 @@ fn follow(mut feed: FeedReader) -> tokio::sync::mpsc::UnboundedReceiver<FeedEven
 async fn cutting_the_publishers_connection_delays_no_request_and_loses_no_change(backend: Backend) {
     const DB_TIMEOUT: Duration = Duration::from_secs(4);
     const STREAMS: usize = 4;
-    let app = TestApp::spawn_with(
-        backend,
-        Settings {
-            db_timeout: DB_TIMEOUT,
-            ..Settings::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(backend, Settings::default().with_db_timeout(DB_TIMEOUT)).await;
     let group = group();
     let key = app.writer(&group).await;
     let mut admin = PgConnection::connect(&app.db.url).await.unwrap();
@@ -515,8 +494,7 @@ async fn cutting_the_publishers_connection_delays_no_request_and_loses_no_change
     );
     let cancel = async |scan: &ScanId| {
         let started = Instant::now();
-        let response = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
-        assert_eq!(response.status, 200, "{response:?}");
+        app.cancel_ok(&key, &group, scan).await;
         started.elapsed()
     };
     let mut cancelled = Vec::new();
@@ -694,7 +672,7 @@ async fn the_feed_migration_upgrades_a_database_made_by_0001_with_rows_in_it(bac
         (&running, ScanStatus::Completed),
         (&queued, ScanStatus::Cancelled),
     ] {
-        let moved = store.transition(None, scan, to, runner()).await.unwrap();
+        let moved = store.transition(None, scan, to, RUNNER).await.unwrap();
         assert!(matches!(moved, Transition::Applied { .. }), "{moved:?}");
     }
     let all_xids = xids(&mut old).await;
@@ -717,7 +695,7 @@ async fn the_feed_migration_upgrades_a_database_made_by_0001_with_rows_in_it(bac
     // A change after the old and the new ones: the next thing delivered, nothing again before it.
     let next = store.create_scan(&group, ScanStatus::Queued).await.unwrap();
     store
-        .transition(None, &next.id, ScanStatus::Running, runner())
+        .transition(None, &next.id, ScanStatus::Running, RUNNER)
         .await
         .unwrap();
     let after = tokio::time::timeout(PRINTED, feed.next())
@@ -770,3 +748,115 @@ store_test!(
     the_feed_migration_upgrades_a_database_made_by_0001_with_rows_in_it,
     postgres_only
 );
+
+async fn a_subscriber_hears_each_cancel_within_a_second(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let first = app.scan(&group, ScanStatus::Queued).await;
+    let scan = app.scan(&group, ScanStatus::Running).await;
+    // Polling far slower than the bound below: past the first read, only a hint delivers in time.
+    let mut feed = FeedReader::open(
+        app.served_store.clone(),
+        Start::Now,
+        None,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    app.cancel_ok(&key, &group, &first).await;
+    let caught_up = feed.next().await.unwrap();
+    assert_eq!(caught_up.change.scan_id, first);
+
+    let response = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+    let heard = tokio::time::timeout(Duration::from_secs(1), feed.next())
+        .await
+        .expect("heard within a second")
+        .unwrap();
+
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        heard.trace_id.as_deref(),
+        response.body["traceId"].as_str(),
+        "the event names the request that made it"
+    );
+    let change = heard.change;
+    assert_eq!(change.scan_id, scan);
+    assert_eq!(change.account_group_id, group);
+    assert_eq!(
+        (change.from, change.to),
+        (ScanStatus::Running, ScanStatus::Cancelled)
+    );
+    let serialized = serde_json::to_value(&change).unwrap();
+    let mut keys: Vec<&str> = serialized
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["accountGroupId", "at", "from", "scanId", "to"]);
+}
+store_test!(a_subscriber_hears_each_cancel_within_a_second);
+
+async fn the_watch_command_prints_each_cancel_within_a_second(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (group, other_group) = (group(), group());
+    let key = app.writer(&group).await;
+    let other_key = app.writer(&other_group).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let other_scan = app.scan(&other_group, ScanStatus::Queued).await;
+    // A change from before the watch began is not news: it must not be printed.
+    let old_news = app.scan(&group, ScanStatus::Queued).await;
+    app.cancel_ok(&key, &group, &old_news).await;
+    let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_signal-scans"))
+        .args(["scans", "watch", "--account-group", group.as_str()])
+        .env("DATABASE_URL", &app.db.url)
+        // SQLite's hints reach only the process that made the change: another process polls.
+        // On PostgreSQL only the notification can deliver within the bound.
+        .env(
+            "FEED_POLL_MS",
+            match backend {
+                Backend::Sqlite => "200",
+                Backend::Postgres => "60000",
+            },
+        )
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut logs = BufReader::new(watch.stderr.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = logs.next_line().await.unwrap() {
+            if line.contains("watching for status changes") {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the watcher starts");
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+
+    app.cancel_ok(&other_key, &other_group, &other_scan).await;
+    app.cancel_ok(&key, &group, &scan).await;
+    let line = tokio::time::timeout(Duration::from_secs(1), lines.next_line())
+        .await
+        .expect("printed within a second")
+        .unwrap()
+        .unwrap();
+
+    let printed: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        printed["scanId"],
+        scan.as_str(),
+        "only the watched group: {line}"
+    );
+    assert_eq!(printed["accountGroupId"], group.as_str());
+    assert_eq!(printed["from"], "queued");
+    assert_eq!(printed["to"], "cancelled");
+    assert!(printed["at"].as_str().unwrap().ends_with('Z'));
+    watch.kill().await.unwrap();
+}
+store_test!(the_watch_command_prints_each_cancel_within_a_second);

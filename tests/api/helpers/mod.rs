@@ -18,7 +18,7 @@ use serde_json::Value;
 use signal_scans::app::{Application, Settings as AppSettings};
 use signal_scans::domain::ids::{AccountGroupId, ScanId};
 use signal_scans::domain::keys::{AccountGroupAccess, NewApiKey, Permission};
-use signal_scans::domain::scan::ScanStatus;
+use signal_scans::domain::scan::{Actor, ScanStatus};
 use signal_scans::http::rate_limit::{RateLimit, RateLimiter};
 use signal_scans::http::{AppState, HttpSettings};
 use signal_scans::server::ConnectionLimits;
@@ -28,6 +28,12 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 use uuid::Uuid;
+
+/// A runner moving scans outside HTTP, as the audit trail names it.
+pub const RUNNER: Actor<'static> = Actor {
+    api_key_id: None,
+    trace_id: Some("runner"),
+};
 
 const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -226,6 +232,59 @@ impl Default for Settings {
     }
 }
 
+/// One setting changed from the default, so a test names only what it is about.
+impl Settings {
+    pub fn with_db_timeout(mut self, timeout: Duration) -> Self {
+        self.db_timeout = timeout;
+        self
+    }
+
+    pub fn with_db_max_connections(mut self, max: u32) -> Self {
+        self.db_max_connections = max;
+        self
+    }
+
+    pub fn with_key_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.key_cache_ttl = ttl;
+        self
+    }
+
+    /// The app reaches its database through a [`proxy::Proxy`] the test can cut.
+    pub fn through_proxy(mut self) -> Self {
+        self.through_proxy = true;
+        self
+    }
+
+    pub fn with_http(mut self, http: HttpSettings) -> Self {
+        self.http = http;
+        self
+    }
+
+    /// Each key may make `burst` requests at once, refilled at `per_second`.
+    pub fn with_rate_limit(mut self, per_second: u32, burst: u32) -> Self {
+        self.http.rate_limit = RateLimit {
+            per_second: NonZeroU32::new(per_second).expect("a rate above 0"),
+            burst: NonZeroU32::new(burst).expect("a burst above 0"),
+        };
+        self
+    }
+
+    pub fn with_auth_failures_per_minute(mut self, failures: u32) -> Self {
+        self.http.auth_failures_per_minute = NonZeroU32::new(failures).expect("above 0");
+        self
+    }
+
+    pub fn with_trusted_proxy_hops(mut self, hops: usize) -> Self {
+        self.http.trusted_proxy_hops = hops;
+        self
+    }
+
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.http.request_timeout = timeout;
+        self
+    }
+}
+
 /// The application, serving on a free port of 127.0.0.1, with its own database.
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -332,15 +391,19 @@ impl TestApp {
         (new_key.secret, key.id)
     }
 
+    /// A key with `permissions` on exactly `groups`, never expiring; returns (secret, key id).
+    pub async fn key_for(
+        &self,
+        permissions: &[Permission],
+        groups: &[AccountGroupId],
+    ) -> (String, Uuid) {
+        self.key_with(permissions, AccountGroupAccess::Only(groups.to_vec()), None)
+            .await
+    }
+
     /// A `signals:write` key on `group`.
     pub async fn writer(&self, group: &AccountGroupId) -> String {
-        self.key_with(
-            &[Permission::SignalsWrite],
-            AccountGroupAccess::Only(vec![*group]),
-            None,
-        )
-        .await
-        .0
+        self.key_for(&[Permission::SignalsWrite], &[*group]).await.0
     }
 
     pub async fn scan(&self, group: &AccountGroupId, status: ScanStatus) -> ScanId {
@@ -404,6 +467,13 @@ impl TestApp {
             request = request.bearer_auth(key);
         }
         ApiResponse::from(request.send().await.expect("request is answered")).await
+    }
+
+    /// A cancel that must answer 200 (arranging a test, or a step that must succeed).
+    pub async fn cancel_ok(&self, key: &str, group: &AccountGroupId, scan: &ScanId) -> ApiResponse {
+        let response = self.cancel(Some(key), group.as_str(), scan.as_str()).await;
+        assert_eq!(response.status, 200, "{response:?}");
+        response
     }
 }
 

@@ -56,6 +56,23 @@ impl ServerProcess {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// `POST path` with `key` as a Bearer token, read whole as the envelope.
+    pub async fn post(&self, key: &str, path: &str) -> super::ApiResponse {
+        let request = reqwest::Client::new().post(self.url(path)).bearer_auth(key);
+        super::ApiResponse::from(request.send().await.expect("request is answered")).await
+    }
+
+    /// `GET /metrics`: the Prometheus text.
+    pub async fn metrics(&self) -> String {
+        let response = reqwest::Client::new()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("request is answered");
+        assert_eq!(response.status(), 200);
+        response.text().await.expect("the body reads")
+    }
+
     /// The process id, to read its `/proc` entries.
     pub fn pid(&self) -> u32 {
         self.child.id().expect("still running")
