@@ -259,7 +259,8 @@ async fn a_statement_stuck_on_a_lock_is_ended_by_the_database_too(backend: Backe
     use sqlx::Connection;
     let app = TestApp::spawn_with(
         backend,
-        Settings::default().with_db_timeout(Duration::from_millis(500)),
+        // Long enough to see the statement waiting before it is ended.
+        Settings::default().with_db_timeout(Duration::from_millis(1000)),
     )
     .await;
     let group = group();
@@ -273,7 +274,12 @@ async fn a_statement_stuck_on_a_lock_is_ended_by_the_database_too(backend: Backe
         .await
         .unwrap();
 
-    let stuck = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+    // The cancel's statement is seen waiting on the lock before it is answered: what is counted
+    // below is that statement's end, not a statement that never reached the lock.
+    let (stuck, ()) = tokio::join!(
+        app.cancel(Some(&key), group.as_str(), scan.as_str()),
+        until_waiting(&app, 1)
+    );
     // Waiting on the lock held above, in this test's database only (other tests run their own
     // app under the same application_name).
     let waiting = || {

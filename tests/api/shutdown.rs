@@ -157,7 +157,8 @@ async fn a_request_stuck_past_the_drain_time_does_not_keep_the_process(backend: 
         ("RUST_LOG", "info,tower_http=debug"),
     ])
     .await;
-    proxy.slow_down(Duration::from_secs(10));
+    // Longer than any drain: the request is still stuck when the process must go.
+    proxy.slow_down(Duration::from_secs(60));
     let stuck = tokio::spawn(
         reqwest::Client::new()
             .post(server.url(&cancel_path(group.as_str(), scan.as_str())))
@@ -170,13 +171,18 @@ async fn a_request_stuck_past_the_drain_time_does_not_keep_the_process(backend: 
 
     let started = Instant::now();
     server.terminate();
-    let exit = server.wait(Duration::from_secs(10)).await;
+    let exit = server.wait(Duration::from_secs(30)).await;
     let drained = started.elapsed();
 
     assert!(exit.success(), "{exit:?}");
     assert!(
         drained >= Duration::from_millis(300),
         "left before the drain time: {drained:?}"
+    );
+    // 300 ms plus room for a loaded machine, and far below the default drain of 10 s.
+    assert!(
+        drained < Duration::from_secs(3),
+        "drained for {drained:?}: SHUTDOWN_TIMEOUT_MS was not kept"
     );
     let stuck = stuck.await.unwrap();
     assert!(

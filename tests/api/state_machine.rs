@@ -103,7 +103,7 @@ async fn the_transition_command_refuses_a_final_scan_naming_its_status(backend: 
     let app = TestApp::spawn(backend).await;
     let scan = app.scan(&group(), ScanStatus::Queued).await;
     let run = |to: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_signal-scans"))
+        crate::helpers::child::signal_scans()
             .args(["scans", "transition", scan.as_str(), "--to", to, "--json"])
             .env("DATABASE_URL", &app.db.url)
             .env("RUST_LOG", "warn")

@@ -14,7 +14,8 @@ async fn a_revoked_keys_stream_ends_within_the_cache_ttl_and_a_tick_while_others
     backend: Backend,
 ) {
     let keepalive = Duration::from_millis(200);
-    let key_cache_ttl = Duration::from_millis(1000);
+    // Long against a loaded machine's delays, so that the bound below tells this TTL from twice it.
+    let key_cache_ttl = Duration::from_millis(2000);
     let mut settings = with_streams(StreamSettings {
         keepalive,
         ..StreamSettings::default()
@@ -35,11 +36,11 @@ async fn a_revoked_keys_stream_ends_within_the_cache_ttl_and_a_tick_while_others
         .unwrap()
         .expect("the key existed");
     let revoked = Instant::now();
-    // The bound of the rule, plus room for a loaded machine; without the check the stream would
-    // run for its hour.
+    // Watched well past the bound, to see when it ends; without the check the stream would run
+    // for its hour.
     let frames = frames_during(
         &mut doomed_stream,
-        key_cache_ttl + keepalive + Duration::from_secs(2),
+        key_cache_ttl + keepalive + Duration::from_secs(3),
     )
     .await;
     let ended_after = revoked.elapsed();
@@ -50,6 +51,11 @@ async fn a_revoked_keys_stream_ends_within_the_cache_ttl_and_a_tick_while_others
         frames.last(),
         Some(&None),
         "the stream ended (after {ended_after:?}): {frames:?}"
+    );
+    // The cached key expires within the TTL of the revocation, and the next tick sees it gone.
+    assert!(
+        ended_after < key_cache_ttl + keepalive + Duration::from_millis(800),
+        "ended {ended_after:?} after the revocation"
     );
     assert_eq!(
         frames[frames.len() - 2],

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use signal_scans::domain::ids::ScanId;
 use signal_scans::domain::keys::Permission;
 use signal_scans::domain::scan::ScanStatus;
@@ -13,6 +13,7 @@ use sqlx::{Connection, Executor, PgConnection};
 
 use super::*;
 use crate::helpers::sse::SseEvent;
+use crate::helpers::watch::Watch;
 use crate::helpers::{Backend, TestApp, group};
 use crate::store_test;
 
@@ -326,33 +327,12 @@ async fn scans_watch_server_prints_each_change_once_across_reconnections(backend
     let group = group();
     let writer = app.writer(&group).await;
     let (reader, _) = read_key(&app, &group).await;
-    let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_signal-scans"))
-        .args(["scans", "watch", "--server", &app.url("/")])
-        .args(["--account-group", group.as_str()])
-        .env("SIGNAL_SCANS_API_KEY", &reader)
-        .env("RUST_LOG", "info")
-        .env_remove("DATABASE_URL")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the binary starts");
-    let mut printed =
-        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(watch.stdout.take().unwrap()));
-    let mut logs =
-        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(watch.stderr.take().unwrap()));
-    let (connected_tx, mut connected) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = logs.next_line().await {
-            if line.contains("watching for status changes") {
-                let _ = connected_tx.send(());
-            }
-        }
-    });
-    tokio::time::timeout(SOON, connected.recv())
-        .await
-        .expect("the watch connects")
-        .expect("the watch runs");
+    let server = app.url("/");
+    let mut watch = Watch::start_with(
+        &["--server", &server, "--account-group", group.as_str()],
+        &[("SIGNAL_SCANS_API_KEY", &reader)],
+    )
+    .await;
 
     // Spread over several streams and the pauses between them.
     let mut cancelled = Vec::new();
@@ -368,22 +348,17 @@ async fn scans_watch_server_prints_each_change_once_across_reconnections(backend
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while lines.len() < cancelled.len() {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let line = tokio::time::timeout(left, printed.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("printed only {lines:?}"))
-            .unwrap()
-            .expect("the watch keeps running");
-        lines.push(serde_json::from_str::<Value>(&line).expect("a JSON line"));
+        match watch.next_within(left).await {
+            Some(line) => lines.push(line),
+            None => panic!("printed only {lines:?}"),
+        }
     }
     // Long enough for another stream to end and the watch to resume once more.
-    let after = tokio::time::timeout(Duration::from_secs(4), printed.next_line()).await;
-    let mut reconnections = 0;
-    while connected.try_recv().is_ok() {
-        reconnections += 1;
-    }
+    let after = watch.next_within(Duration::from_secs(4)).await;
+    let reconnections = watch.times_watching() - 1;
 
     assert!(
-        after.is_err(),
+        after.is_none(),
         "printed again after the last change: {after:?}"
     );
     assert!(reconnections >= 2, "{reconnections} reconnections");
