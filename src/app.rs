@@ -101,13 +101,18 @@ impl Application {
         &self.state
     }
 
-    /// Serves until `shutdown` resolves, then ends the change streams, stops accepting, lets
+    /// Serves (folding the metrics' samples on a timer of their own) until `shutdown` resolves,
+    /// then ends the change streams, stops accepting, lets
     /// in-flight requests finish (for at most the shutdown timeout), and sends the last change
     /// notifications.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> io::Result<()> {
+        let upkeep = tokio::spawn(http::metrics::upkeep(
+            self.state.metrics.clone(),
+            http::metrics::UPKEEP_EVERY,
+        ));
         let streams = self.state.changes.clone();
         let shutdown = async move {
             shutdown.await;
@@ -123,6 +128,7 @@ impl Application {
             self.shutdown_timeout,
         )
         .await;
+        upkeep.abort();
         self.state.store.flush_hints(HINT_FLUSH_LIMIT).await;
         served
     }
