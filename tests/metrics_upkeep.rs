@@ -43,9 +43,10 @@ const ROUNDS: usize = 8;
 async fn histogram_samples_are_folded_on_a_timer_without_a_scrape() {
     let recorder = unregistered_recorder();
     tokio::spawn(upkeep(recorder.handle(), UPKEEP_EVERY));
-    let histogram = metrics::with_local_recorder(&recorder, || {
-        metrics::histogram!("http_request_duration_seconds", "route" => "/", "method" => "POST")
-    });
+    let histogram = metrics::with_local_recorder(
+        &recorder,
+        || metrics::histogram!("http_request_duration_seconds", "route" => "/", "method" => "POST"),
+    );
     let mut round = || {
         for i in 0..SAMPLES_PER_ROUND {
             histogram.record(i as f64 * 1e-6);

@@ -6,10 +6,14 @@
 //!   shared reader, keep-alives);
 //! - `resume.rs`: cursors, so that a client reconnecting gets every change exactly once;
 //! - `requests.rs`: opening a stream (parameters, the order of checks, the per-key cap);
-//! - `lifetime.rs`: what ends a stream and what must not (revocation, max age, timeouts, SIGTERM).
+//! - `lifetime.rs`: what ends a stream and what must not (revocation, max age, timeouts, SIGTERM);
+//! - `outage.rs`: the database or the listener's connection going away under open streams;
+//! - `backlog.rs`: resuming from far back, a follower lagging past the hub's buffer, big frames.
 
+mod backlog;
 mod delivery;
 mod lifetime;
+mod outage;
 mod requests;
 mod resume;
 
@@ -20,6 +24,7 @@ use signal_scans::domain::keys::{AccountGroupAccess, NewApiKey, Permission};
 use signal_scans::domain::scan::ScanStatus;
 use signal_scans::http::changes::StreamSettings;
 use signal_scans::store::{KeyToCreate, Store};
+use sqlx::{Executor, PgConnection};
 use uuid::Uuid;
 
 use crate::helpers::process::ServerProcess;
@@ -214,4 +219,62 @@ fn with_streams(streams: StreamSettings) -> Settings {
     let mut settings = Settings::default();
     settings.http.streams = streams;
     settings
+}
+
+/// Cancels `scan` in the open transaction `held`, with its audit row (trace id `held`), and
+/// commits: a change whose transaction began before the changes committed meanwhile.
+async fn cancel_and_commit(held: &mut PgConnection, scan: &ScanId) {
+    sqlx::query(
+        "UPDATE signal_scans SET status = 'cancelled', updated_at = now(), finished_at = now(),
+             cancelled_at = now() WHERE id = $1",
+    )
+    .bind(scan.as_str())
+    .execute(&mut *held)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO signal_scan_events (scan_id, from_status, to_status, trace_id, occurred_at)
+         VALUES ($1, 'running', 'cancelled', 'held', now())",
+    )
+    .bind(scan.as_str())
+    .execute(&mut *held)
+    .await
+    .unwrap();
+    held.execute("COMMIT").await.unwrap();
+}
+
+/// Reads events until `received` holds `total`, as a client does: when the stream ends, it
+/// reconnects with the id of the last event received (`Last-Event-ID`). Fails after `limit`.
+/// Returns the stream it ends on, and how many times it reconnected.
+async fn read_as_a_client(
+    mut stream: SseStream,
+    url: &str,
+    key: &str,
+    received: &mut Vec<SseEvent>,
+    total: usize,
+    limit: Duration,
+) -> (SseStream, usize) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut reconnections = 0;
+    while received.len() < total {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match stream.try_next_frame(left).await {
+            Some(Some(Frame::Event(event))) => received.push(event),
+            Some(Some(_)) => continue,
+            Some(None) => {
+                let mut request = stream_request(url, key);
+                if let Some(last) = received.last() {
+                    request = request.header("Last-Event-ID", id_of(last));
+                }
+                stream = follow(request).await;
+                reconnections += 1;
+            }
+            None => panic!(
+                "{} of {total} changes within {limit:?} ({reconnections} reconnections): {:?}",
+                received.len(),
+                moves(received)
+            ),
+        }
+    }
+    (stream, reconnections)
 }

@@ -5,7 +5,6 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::json;
-use signal_scans::domain::ids::ScanId;
 use signal_scans::domain::keys::Permission;
 use signal_scans::domain::scan::ScanStatus;
 use signal_scans::http::changes::StreamSettings;
@@ -128,28 +127,6 @@ async fn concurrent_cancels_reach_a_stream_once_each_and_resume_from_any_event_e
     );
 }
 store_test!(concurrent_cancels_reach_a_stream_once_each_and_resume_from_any_event_exactly);
-
-/// Cancels `scan` in the open transaction `held`, with its audit row (trace id `held`), and
-/// commits: a change whose transaction began before the changes committed meanwhile.
-async fn cancel_and_commit(held: &mut PgConnection, scan: &ScanId) {
-    sqlx::query(
-        "UPDATE signal_scans SET status = 'cancelled', updated_at = now(), finished_at = now(),
-             cancelled_at = now() WHERE id = $1",
-    )
-    .bind(scan.as_str())
-    .execute(&mut *held)
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO signal_scan_events (scan_id, from_status, to_status, trace_id, occurred_at)
-         VALUES ($1, 'running', 'cancelled', 'held', now())",
-    )
-    .bind(scan.as_str())
-    .execute(&mut *held)
-    .await
-    .unwrap();
-    held.execute("COMMIT").await.unwrap();
-}
 
 /// A transaction that began before a later one but commits after it (PostgreSQL's ids and xids do
 /// not follow commit order): its change is delivered after the later one's, live and on resume

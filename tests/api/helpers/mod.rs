@@ -210,6 +210,8 @@ pub struct Settings {
     pub through_proxy: bool,
     /// The key cache's TTL, as in production by default.
     pub key_cache_ttl: Duration,
+    /// How often followers of changes read the trail without a hint (`FEED_POLL_MS`).
+    pub feed_poll: Duration,
 }
 
 impl Default for Settings {
@@ -229,6 +231,7 @@ impl Default for Settings {
             extra_routes: axum::Router::new(),
             through_proxy: false,
             key_cache_ttl: Duration::from_millis(1000),
+            feed_poll: Duration::from_secs(1),
         }
     }
 }
@@ -247,6 +250,11 @@ impl Settings {
 
     pub fn with_key_cache_ttl(mut self, ttl: Duration) -> Self {
         self.key_cache_ttl = ttl;
+        self
+    }
+
+    pub fn with_feed_poll(mut self, poll: Duration) -> Self {
+        self.feed_poll = poll;
         self
     }
 
@@ -326,7 +334,8 @@ impl TestApp {
         };
         let mut options = store_options(&app_url, settings.db_timeout);
         options.max_connections = settings.db_max_connections;
-        let app_settings = app_settings(options, settings.key_cache_ttl, settings.http);
+        let mut app_settings = app_settings(options, settings.key_cache_ttl, settings.http);
+        app_settings.feed_poll = settings.feed_poll;
         let application = Application::build_with_routes(app_settings, settings.extra_routes)
             .await
             .expect("the application starts on a fresh database");

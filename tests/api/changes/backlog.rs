@@ -1,0 +1,1 @@
+//! Backlogs: filled in by the next commit.
