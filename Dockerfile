@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 
-# signal-scans: a release build of the `signal-scans` binary on a distroless, non-root runtime.
+# signal-scans: a production-profile build of the `signal-scans` binary on a distroless, non-root runtime.
 # Dependencies are compiled in their own layer (cargo-chef), so a change to src/ rebuilds only the crate.
 #
 #   docker build -t signal-scans .
@@ -21,18 +21,19 @@ FROM chef AS builder
 # Queries are built at run time (no `.sqlx` data); this keeps any macro from reaching for a database.
 ENV SQLX_OFFLINE=true
 COPY --from=planner /app/recipe.json recipe.json
-RUN cargo chef cook --release --locked --bin signal-scans --recipe-path recipe.json
+# The production profile (Cargo.toml: release with fat LTO and one codegen unit), as bench/ measures it.
+RUN cargo chef cook --profile production --locked --bin signal-scans --recipe-path recipe.json
 # The whole context (.dockerignore trims it): sqlx::migrate! embeds migrations/ at compile time.
 COPY . .
 # data/ is where the embedded SQLite store lives when DATABASE_URL is unset, bootstrap/ where compose's
 # bootstrap writes the first key; made here because the runtime image has no shell, and owned by
 # nonroot so a volume mounted on either is writable.
-RUN cargo build --release --locked --bin signal-scans \
+RUN cargo build --profile production --locked --bin signal-scans \
     && mkdir -p /out/data /out/bootstrap
 
 # cc = glibc + libgcc + CA certificates, no shell, no package manager; nonroot = uid/gid 65532.
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
-COPY --from=builder /app/target/release/signal-scans /usr/local/bin/signal-scans
+COPY --from=builder /app/target/production/signal-scans /usr/local/bin/signal-scans
 COPY --from=builder --chown=65532:65532 /out/data /home/nonroot/data
 COPY --from=builder --chown=65532:65532 /out/bootstrap /bootstrap
 # Without DATABASE_URL the store is sqlite://data/signal-scans.db, relative to here: mount a volume

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Where the service's CPU goes under the benchmark's cancel load: a CPU profile of the release
+# Where the service's CPU goes under the benchmark's cancel load: a CPU profile of the production
 # binary on PostgreSQL, with its CPU time per request. See BENCHMARKS.md ("Profile").
 #
-#   bench/profile.sh            profile the service (release build) for PROFILE_SECONDS
+#   bench/profile.sh            profile the service (production build) for PROFILE_SECONDS
 #   bench/profile.sh thin       profile the thin peer instead, the same way
 #
 # It seeds fresh queued scans, starts the server, drives it with wrk + bench/cancel.lua (32
@@ -33,7 +33,7 @@ GROUP=507f1f77bcf86cd799439011
 PORT=18471
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 # Another build of the service to profile the same way (say, an older commit's), instead of this one.
-SERVICE_BIN="${PROFILE_BINARY:-$TARGET/release/signal-scans}"
+SERVICE_BIN="${PROFILE_BINARY:-$TARGET/production/signal-scans}"
 mkdir -p "$OUT"
 
 for tool in perf wrk psql; do
@@ -41,12 +41,12 @@ for tool in perf wrk psql; do
 done
 
 case "$KIND" in
-  service) [ -n "${PROFILE_BINARY:-}" ] || (cd "$ROOT" && cargo build --release --locked -q) ;;
-  thin) (cd "$ROOT/bench/thin-peer" && cargo build --release --locked -q --target-dir "$TARGET") ;;
+  service) [ -n "${PROFILE_BINARY:-}" ] || (cd "$ROOT" && cargo build --profile production --locked -q) ;;
+  thin) (cd "$ROOT/bench/thin-peer" && cargo build --profile production --locked -q --target-dir "$TARGET") ;;
   *) echo "bench/profile.sh: unknown kind $KIND (service or thin)" >&2; exit 2 ;;
 esac
 if [ "${PROFILE_STREAMS:-0}" -gt 0 ]; then
-  (cd "$ROOT/bench/stream-client" && cargo build --release --locked -q --target-dir "$TARGET")
+  (cd "$ROOT/bench/stream-client" && cargo build --profile production --locked -q --target-dir "$TARGET")
 fi
 
 psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
@@ -70,7 +70,7 @@ case "$KIND" in
     ;;
   thin)
     DATABASE_URL="$URL" LISTEN_ADDR="127.0.0.1:$PORT" DB_MAX_CONNECTIONS=10 \
-      "$TARGET/release/thin-peer" >"$OUT/profile-$KIND.log" 2>&1 &
+      "$TARGET/production/thin-peer" >"$OUT/profile-$KIND.log" 2>&1 &
     ;;
 esac
 PID=$!
@@ -86,7 +86,7 @@ if [ "${PROFILE_STREAMS:-0}" -gt 0 ]; then
   # As bench/run.sh's (s): 10 streams follow the load's group, the others a quiet group each.
   follows=("$GROUP:10")
   for i in $(seq 1 $((PROFILE_STREAMS - 10))); do follows+=("$(printf '%024x' $((0xfeed000000 + i))):1"); done
-  "$TARGET/release/stream-client" "http://127.0.0.1:$PORT" "$KEY" "$OUT/profile-streams.txt" "${follows[@]}" \
+  "$TARGET/production/stream-client" "http://127.0.0.1:$PORT" "$KEY" "$OUT/profile-streams.txt" "${follows[@]}" \
     >"$OUT/profile-streams-ready.txt" 2>"$OUT/profile-streams.log" &
   STREAMS_PID=$!
   for _ in $(seq 1 300); do

@@ -11,9 +11,9 @@
 # sequence, wrk's threads count through their own. In one run, for the same duration:
 #   (a)  pgbench -M prepared: the bare guarded UPDATE (the database's own ceiling; informational)
 #   (a2) pgbench -M prepared: the service's cancel statement (UPDATE + audit row)
-#   (t)  the thin peer (bench/thin-peer, release build): the same statement behind axum + sqlx,
+#   (t)  the thin peer (bench/thin-peer, production profile): the same statement behind axum + sqlx,
 #        nothing else; the limit the service is measured against
-#   (b)  the service (release build) on PostgreSQL, with one `signal-scans scans watch` running
+#   (b)  the service (production profile) on PostgreSQL, with one `signal-scans scans watch` running
 #   (c)  the service on its embedded SQLite store
 #   (s)  the service with BENCH_STREAMS change streams open (bench/stream-client), in short windows
 #        that alternate with windows of the same service without them, (s0), in the order
@@ -38,7 +38,7 @@
 #                            (default 1 for a full run, 0 for --smoke); 0: never restart
 #   BENCH_KEEP_DB=1          keep the benchmark database afterwards
 #   PGHOST PGPORT PGUSER     the PostgreSQL server (default 127.0.0.1 5432 postgres; trust auth)
-#   CARGO_TARGET_DIR         honoured by both release builds (the thin peer shares its dependencies)
+#   CARGO_TARGET_DIR         honoured by every build (production profile) (the thin peer shares its dependencies)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -221,24 +221,24 @@ done
 cd "$ROOT"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
-log "cargo build --release (the service)"
+log "cargo build --profile production (the service)"
 build_start=$(date +%s)
-cargo build --release --bin signal-scans
+cargo build --profile production --bin signal-scans
 BUILD_SECONDS=$(($(date +%s) - build_start))
-BIN="$TARGET_DIR/release/signal-scans"
+BIN="$TARGET_DIR/production/signal-scans"
 [ -x "$BIN" ] || die "no binary at $BIN after the build"
 # Its own package and lock file, built into the same target directory so that the dependencies
 # both builds resolve identically (same versions, features and profile) are compiled once.
-log "cargo build --release (the thin peer, bench/thin-peer)"
+log "cargo build --profile production (the thin peer, bench/thin-peer)"
 build_start=$(date +%s)
-cargo build --release --locked --manifest-path "$BENCH/thin-peer/Cargo.toml" --target-dir "$TARGET_DIR"
+cargo build --profile production --locked --manifest-path "$BENCH/thin-peer/Cargo.toml" --target-dir "$TARGET_DIR"
 THIN_BUILD_SECONDS=$(($(date +%s) - build_start))
-THIN_BIN="$TARGET_DIR/release/thin-peer"
+THIN_BIN="$TARGET_DIR/production/thin-peer"
 [ -x "$THIN_BIN" ] || die "no binary at $THIN_BIN after the build"
 # The client that holds run (s)'s streams: compiled, as it shares the cores it measures on.
-log "cargo build --release (the stream client, bench/stream-client)"
-cargo build --release --locked --manifest-path "$BENCH/stream-client/Cargo.toml" --target-dir "$TARGET_DIR"
-STREAM_CLIENT_BIN="$TARGET_DIR/release/stream-client"
+log "cargo build --profile production (the stream client, bench/stream-client)"
+cargo build --profile production --locked --manifest-path "$BENCH/stream-client/Cargo.toml" --target-dir "$TARGET_DIR"
+STREAM_CLIENT_BIN="$TARGET_DIR/production/stream-client"
 [ -x "$STREAM_CLIENT_BIN" ] || die "no binary at $STREAM_CLIENT_BIN after the build"
 
 rm -rf "$OUT" && mkdir -p "$OUT" # bench/out is ours alone (and not committed)
@@ -1018,9 +1018,9 @@ or_dash() { if [ -z "$1" ] || [ "$1" = null ]; then printf '—'; else printf '%
     "warm-up owns its own id range, seeded just before it ($SEED_FACTOR × the fastest rate seen so far × $SECONDS_PER_RUN s for a measured run)," \
     "pgbench takes ids from a sequence, wrk's $THREADS threads count through their own; a run that ran out would fail." \
     "Each run $SECONDS_PER_RUN s at $CONNS connections (wrk -t$THREADS, pgbench -M prepared -j$THREADS)" \
-    "after an unmeasured ${WARMUP}-s warm-up. Service: release build, \`DB_MAX_CONNECTIONS=$DB_MAX_CONNECTIONS\`," \
+    "after an unmeasured ${WARMUP}-s warm-up. Service: production profile, \`DB_MAX_CONNECTIONS=$DB_MAX_CONNECTIONS\`," \
     "rate limit out of the way (\`RATE_LIMIT_PER_SECOND=RATE_LIMIT_BURST=1000000\`), \`LOG_FORMAT=json RUST_LOG=warn\`;" \
-    "thin peer: release build, a pool of $DB_MAX_CONNECTIONS. Client, servers and database share the machine's $NPROC cores."
+    "thin peer: production profile, a pool of $DB_MAX_CONNECTIONS. Client, servers and database share the machine's $NPROC cores."
   echo
   echo "PostgreSQL: $PG_VERSION; $PG_SETTINGS."
   echo

@@ -113,6 +113,7 @@ impl Application {
             self.state.metrics.clone(),
             http::metrics::UPKEEP_EVERY,
         ));
+        let forgetting = tokio::spawn(self.state.scans.clone().forget_idempotency_keys_forever());
         let streams = self.state.changes.clone();
         let shutdown = async move {
             shutdown.await;
@@ -129,6 +130,7 @@ impl Application {
         )
         .await;
         upkeep.abort();
+        forgetting.abort();
         self.state.store.flush_hints(HINT_FLUSH_LIMIT).await;
         served
     }

@@ -73,6 +73,17 @@ impl DatabaseArgs {
     pub fn feed_poll(&self) -> Duration {
         Duration::from_millis(self.feed_poll_ms)
     }
+
+    /// The file of an embedded (SQLite) store, `None` for PostgreSQL or an in-memory store.
+    pub fn sqlite_file(&self) -> Option<std::path::PathBuf> {
+        let url = self.url();
+        let url = url.expose();
+        let rest = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))?;
+        let path = rest.split('?').next().unwrap_or(rest);
+        (!path.is_empty() && path != ":memory:").then(|| std::path::PathBuf::from(path))
+    }
 }
 
 /// Settings of `serve`.

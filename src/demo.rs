@@ -29,7 +29,7 @@ pub async fn seed(keys: &KeyAdmin, scans: &ScanService) -> Result<Option<Demo>, 
     let (_, new_key) = keys.create(&spec).await?;
     let mut created = Vec::new();
     for status in ScanStatus::ALL {
-        created.push(scans.create_scan(&group, status).await?);
+        created.push(scans.seed_scan(&group, status).await?);
     }
     let id_of = |status| {
         created

@@ -47,7 +47,7 @@ async fn histogram_samples_are_folded_on_a_timer_without_a_scrape() {
         &recorder,
         || metrics::histogram!("http_request_duration_seconds", "route" => "/", "method" => "POST"),
     );
-    let mut round = || {
+    let round = || {
         for i in 0..SAMPLES_PER_ROUND {
             histogram.record(i as f64 * 1e-6);
         }

@@ -4,12 +4,13 @@
 mod healthcheck;
 mod keys;
 mod output;
+mod remote;
 mod scans;
 mod watch;
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use uuid::Uuid;
 
@@ -61,7 +62,7 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
-    /// Create scans (seeding and operations).
+    /// Start, move, show and watch scans: in the database, or with --server through the API.
     Scans {
         #[command(subcommand)]
         command: ScansCommand,
@@ -94,7 +95,8 @@ pub struct CreateKeyArgs {
     /// A name that tells operators whose key this is.
     #[arg(long)]
     name: String,
-    /// A permission to grant: signals:read or signals:write (repeat for several; default both).
+    /// A permission to grant: signals:read, signals:write or signals:run (a runner's moves);
+    /// repeat for several; default read and write.
     #[arg(long = "permission")]
     permissions: Vec<Permission>,
     /// An account group the key may reach (repeat for several).
@@ -120,30 +122,45 @@ pub struct CreateKeyArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum ScansCommand {
-    /// Create a scan in the given status.
+    /// Create a scan: in the database in any status, or with --server through the API (queued;
+    /// API key with signals:write in SIGNAL_SCANS_API_KEY).
     Create {
         #[command(flatten)]
         database: DatabaseArgs,
         #[arg(long)]
         account_group: AccountGroupId,
-        #[arg(long, default_value = "queued")]
+        #[arg(long, default_value = "queued", conflicts_with = "server")]
         status: ScanStatus,
+        /// Start the scan through the service at this URL (e.g. http://127.0.0.1:8080).
+        #[arg(long)]
+        server: Option<url::Url>,
         #[arg(long)]
         json: bool,
     },
     /// Move a scan as a runner does (queued → running → completed | failed), guarded by the
     /// state machine; exits non-zero naming the current status when the move is not allowed.
+    /// With --server, through the API (API key with signals:run in SIGNAL_SCANS_API_KEY).
     Transition {
         #[command(flatten)]
         database: DatabaseArgs,
         scan_id: ScanId,
         #[arg(long, value_parser = ["running", "completed", "failed"])]
         to: String,
+        /// Why the scan failed (with --to failed), at most 1,000 characters.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Move the scan through the service at this URL instead of the database.
+        #[arg(long, requires = "account_group")]
+        server: Option<url::Url>,
+        /// The scan's account group (required with --server).
+        #[arg(long)]
+        account_group: Option<AccountGroupId>,
         #[arg(long)]
         json: bool,
     },
-    /// Print one JSON line per status change as it commits: from the database, or with
-    /// --server from the service's change stream (API key in SIGNAL_SCANS_API_KEY).
+    /// Print one JSON line per status change as it commits, each with its cursor (`id`): from
+    /// the database, or with --server from the service's change stream (API key in
+    /// SIGNAL_SCANS_API_KEY).
     Watch {
         #[command(flatten)]
         database: DatabaseArgs,
@@ -154,6 +171,10 @@ pub enum ScansCommand {
         /// a runner then needs only the URL and a key with signals:read.
         #[arg(long, requires = "account_group")]
         server: Option<url::Url>,
+        /// Resume right after this cursor (the `id` of the last line a watch printed) instead of
+        /// from now.
+        #[arg(long, value_name = "CURSOR")]
+        after: Option<String>,
     },
     /// Show a scan.
     Show {
@@ -219,14 +240,27 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 database,
                 account_group,
                 status,
+                server,
                 json,
-            } => scans::create(&database, &account_group, status, json).await,
+            } => scans::create(&database, server.as_ref(), &account_group, status, json).await,
             ScansCommand::Transition {
                 database,
                 scan_id,
                 to,
+                reason,
+                server,
+                account_group,
                 json,
-            } => scans::transition(&database, &scan_id, &to, json).await,
+            } => {
+                let request = scans::Move {
+                    scan_id: &scan_id,
+                    to: to.parse()?,
+                    reason: reason.as_deref(),
+                    json,
+                };
+                let server = server.as_ref().zip(account_group.as_ref());
+                scans::transition(&database, server, request).await
+            }
             ScansCommand::Show {
                 database,
                 scan_id,
@@ -235,13 +269,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
             ScansCommand::Watch {
                 server: Some(server),
                 account_group: Some(group),
+                after,
                 ..
-            } => watch::follow_server(&server, &group).await,
+            } => watch::follow_server(&server, &group, after).await,
             ScansCommand::Watch {
                 database,
                 account_group,
+                after,
                 ..
-            } => watch::follow_database(&database, account_group).await,
+            } => watch::follow_database(&database, account_group, after.as_deref()).await,
         },
     }
 }
@@ -250,6 +286,26 @@ async fn run(command: Command) -> anyhow::Result<()> {
 /// Commands hand the store to the service they use, and never query it themselves.
 async fn migrated_store(database: &DatabaseArgs) -> anyhow::Result<Store> {
     Ok(app::migrated_store(&database.store_options()).await?)
+}
+
+/// The store of a command that reads or moves what is already there: an embedded store that does
+/// not exist is an error naming where it was looked for, never a new empty one (a runner that
+/// forgot DATABASE_URL must not get a fresh database in its working folder).
+async fn existing_store(database: &DatabaseArgs) -> anyhow::Result<Store> {
+    if let Some(file) = database.sqlite_file()
+        && !file.exists()
+    {
+        let source = match database.is_default() {
+            true => "DATABASE_URL is not set, so the embedded default",
+            false => "DATABASE_URL",
+        };
+        bail!(
+            "no database at {} ({source}); set DATABASE_URL to the service's database, or use \
+             --server with the service's URL",
+            file.display()
+        );
+    }
+    migrated_store(database).await
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -1,16 +1,17 @@
 //! `scans create | transition | show`: an operator's (or a runner's) scan operations, through
 //! `ScanService` with no principal.
 
-use anyhow::anyhow;
+use anyhow::{anyhow, bail};
 use serde::Serialize;
 
-use super::migrated_store;
 use super::output::{print_json, rfc3339};
+use super::remote::{self, Answer};
+use super::{existing_store, migrated_store};
 use crate::config::DatabaseArgs;
 use crate::domain::ids::{AccountGroupId, ScanId};
-use crate::domain::scan::{Actor, Scan, ScanStatus};
+use crate::domain::scan::{Actor, ScanStatus};
 use crate::service::HINT_FLUSH_LIMIT;
-use crate::service::{ScanService, ServiceError};
+use crate::service::{Moved, ScanService, ServiceError};
 
 /// A scan as `scans create --json` prints it.
 #[derive(Serialize)]
@@ -18,15 +19,6 @@ use crate::service::{ScanService, ServiceError};
 struct ScanView<'a> {
     scan_id: &'a str,
     status: ScanStatus,
-}
-
-impl<'a> From<&'a Scan> for ScanView<'a> {
-    fn from(scan: &'a Scan) -> Self {
-        Self {
-            scan_id: scan.id.as_str(),
-            status: scan.status,
-        }
-    }
 }
 
 async fn scan_service(database: &DatabaseArgs) -> anyhow::Result<ScanService> {
@@ -44,49 +36,146 @@ fn refused(scan_id: &ScanId, error: ServiceError) -> anyhow::Error {
     }
 }
 
+/// `scans create`: in the database (any status), or with `--server` through the API (queued).
 pub async fn create(
     database: &DatabaseArgs,
+    server: Option<&url::Url>,
     group: &AccountGroupId,
     status: ScanStatus,
     json: bool,
 ) -> anyhow::Result<()> {
-    let scan = scan_service(database)
-        .await?
-        .create_scan(group, status)
-        .await?;
+    let (scan_id, status) = match server {
+        Some(server) => {
+            let key = remote::api_key("scans create")?;
+            let path = remote::scans_path(group);
+            let Answer::Done(data) = remote::post(server, &path, &key, None).await? else {
+                bail!("{server} refused to start a scan");
+            };
+            (field(&data, "scanId")?, field(&data, "status")?.parse()?)
+        }
+        None => {
+            let scan = scan_service(database)
+                .await?
+                .seed_scan(group, status)
+                .await?;
+            (scan.id.to_string(), scan.status)
+        }
+    };
     if json {
-        return print_json(&ScanView::from(&scan));
+        return print_json(&ScanView {
+            scan_id: &scan_id,
+            status,
+        });
     }
-    println!("{} {}", scan.id, scan.status);
+    println!("{scan_id} {status}");
     Ok(())
 }
 
+/// What `scans transition` moves, and how.
+pub struct Move<'a> {
+    pub scan_id: &'a ScanId,
+    pub to: ScanStatus,
+    pub reason: Option<&'a str>,
+    pub json: bool,
+}
+
+/// `scans transition`: a runner's guarded move, in the database or with `--server` through the
+/// API. A move the state machine refuses exits non-zero naming the current status (as JSON on
+/// stdout with `--json`).
 pub async fn transition(
     database: &DatabaseArgs,
-    scan_id: &ScanId,
-    to: &str,
-    json: bool,
+    server: Option<(&url::Url, &AccountGroupId)>,
+    request: Move<'_>,
 ) -> anyhow::Result<()> {
-    let to: ScanStatus = to.parse()?;
-    let service = scan_service(database).await?;
-    let actor = Actor {
-        api_key_id: None,
-        trace_id: None,
+    let Move {
+        scan_id,
+        to,
+        reason,
+        json,
+    } = request;
+    let moved = match server {
+        Some((server, group)) => {
+            let key = remote::api_key("scans transition")?;
+            let path = remote::move_path(group, scan_id, to)?;
+            let body = reason.map(|reason| serde_json::json!({ "reason": reason }));
+            match remote::post(server, &path, &key, body).await? {
+                Answer::Done(data) => Ok(data),
+                Answer::Refused { current } => Err(current),
+            }
+        }
+        None => {
+            let service = ScanService::new(existing_store(database).await?);
+            let actor = Actor {
+                reason,
+                ..Actor::default()
+            };
+            let outcome = service.advance(scan_id, to, actor).await;
+            // Tell listeners now rather than leave them to find the change at their next poll.
+            service.flush_hints(HINT_FLUSH_LIMIT).await;
+            match outcome {
+                Ok(moved) => Ok(serde_json::to_value(MoveView::from(&moved))?),
+                Err(ServiceError::InvalidTransition { current, .. }) => Err(current),
+                Err(error) => return Err(refused(scan_id, error)),
+            }
+        }
     };
-    let outcome = service.advance(scan_id, to, actor).await;
-    // Tell listeners now rather than leave them to find the change at their next poll.
-    service.flush_hints(HINT_FLUSH_LIMIT).await;
-    let scan = outcome.map_err(|error| refused(scan_id, error))?;
-    if json {
-        return print_json(&scan);
+    match moved {
+        Ok(data) if json => print_json(&data),
+        Ok(data) => {
+            println!("{} {}", field(&data, "scanId")?, field(&data, "status")?);
+            Ok(())
+        }
+        Err(current) => {
+            if json {
+                print_json(&serde_json::json!({
+                    "scanId": scan_id,
+                    "currentStatus": current,
+                    "requested": to,
+                }))?;
+            }
+            Err(refused(
+                scan_id,
+                ServiceError::InvalidTransition {
+                    current,
+                    requested: to,
+                },
+            ))
+        }
     }
-    println!("{} {}", scan.id, scan.status);
-    Ok(())
+}
+
+/// A move as `scans transition --json` prints it: as the API answers it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MoveView<'a> {
+    scan_id: &'a str,
+    status: ScanStatus,
+    previous_status: ScanStatus,
+    #[serde(with = "crate::domain::rfc3339")]
+    at: time::OffsetDateTime,
+}
+
+impl<'a> From<&'a Moved> for MoveView<'a> {
+    fn from(moved: &'a Moved) -> Self {
+        Self {
+            scan_id: moved.scan_id.as_str(),
+            status: moved.status,
+            previous_status: moved.previous_status,
+            at: moved.at,
+        }
+    }
+}
+
+/// A string field of an answer's `data`.
+fn field(data: &serde_json::Value, name: &str) -> anyhow::Result<String> {
+    data[name]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("the answer has no {name}: {data}"))
 }
 
 pub async fn show(database: &DatabaseArgs, scan_id: &ScanId, json: bool) -> anyhow::Result<()> {
-    let scan = scan_service(database)
-        .await?
+    let scan = ScanService::new(existing_store(database).await?)
         .find_scan(scan_id)
         .await
         .map_err(|error| refused(scan_id, error))?;

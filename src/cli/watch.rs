@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 
-use super::migrated_store;
+use serde::{Deserialize, Serialize};
+
+use super::{existing_store, remote};
 use crate::config::DatabaseArgs;
+use crate::domain::feed::FeedCursor;
 use crate::domain::ids::AccountGroupId;
 use crate::domain::scan::ScanChange;
 use crate::service::feed::{FeedReader, Start};
@@ -21,15 +24,27 @@ const MAX_RECONNECT: Duration = Duration::from_secs(30);
 pub async fn follow_database(
     database: &DatabaseArgs,
     group: Option<AccountGroupId>,
+    after: Option<&str>,
 ) -> anyhow::Result<()> {
     let poll = database.feed_poll();
-    let store = migrated_store(database).await?;
-    let mut feed = FeedReader::open(store, Start::Now, group, poll).await?;
+    let start = match after {
+        Some(token) => Start::After(
+            FeedCursor::decode(token)
+                .ok_or_else(|| anyhow!("--after {token:?} is not a cursor a watch printed"))?,
+        ),
+        None => Start::Now,
+    };
+    let store = existing_store(database).await?;
+    let mut feed = FeedReader::open(store, start, group, poll).await?;
     tracing::info!("watching for status changes");
     loop {
         match feed.next().await {
             Ok(event) => {
-                print(&event.change);
+                print(&Line {
+                    id: &event.cursor,
+                    change: &event.change,
+                    trace_id: event.trace_id.as_deref(),
+                });
             }
             Err(error) => {
                 tracing::warn!(%error, "cannot read the audit trail; trying again");
@@ -39,8 +54,20 @@ pub async fn follow_database(
     }
 }
 
-fn print(change: &ScanChange) {
-    let line = serde_json::to_string(change).expect("a change serializes");
+/// A printed line: the change, where it stands (what `--after` resumes from) and the request
+/// that made it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Line<'a> {
+    id: &'a str,
+    #[serde(flatten)]
+    change: &'a ScanChange,
+    /// null when the command line made the change.
+    trace_id: Option<&'a str>,
+}
+
+fn print(line: &Line<'_>) {
+    let line = serde_json::to_string(line).expect("a change serializes");
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{line}");
     let _ = stdout.flush();
@@ -48,15 +75,17 @@ fn print(change: &ScanChange) {
 
 /// Follows `GET /v1/accounts/{group}/signals/scans/changes` on `server` until the process is
 /// stopped or the server refuses the key; reconnects with `Last-Event-ID` after anything else.
-pub async fn follow_server(server: &url::Url, group: &AccountGroupId) -> anyhow::Result<()> {
-    // From the environment only: a flag would show the key in `ps`.
-    let key = std::env::var("SIGNAL_SCANS_API_KEY")
-        .map_err(|_| anyhow!("scans watch --server needs the API key in SIGNAL_SCANS_API_KEY"))?;
+pub async fn follow_server(
+    server: &url::Url,
+    group: &AccountGroupId,
+    after: Option<String>,
+) -> anyhow::Result<()> {
+    let key = remote::api_key("scans watch")?;
     let url = server
         .join(&format!("v1/accounts/{group}/signals/scans/changes"))
         .with_context(|| format!("--server {server}"))?;
     let client = reqwest::Client::new();
-    let mut stream = SseReader::default();
+    let mut stream = SseReader { last_id: after };
     let mut reconnect = Duration::from_millis(2000);
     let mut failures = 0u32;
     loop {
@@ -100,8 +129,16 @@ pub async fn follow_server(server: &url::Url, group: &AccountGroupId) -> anyhow:
     }
 }
 
+/// A change event's `data`: the change and the request that made it.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Event {
+    #[serde(flatten)]
+    change: ScanChange,
+    trace_id: Option<String>,
+}
+
 /// The Server-Sent Events the watch understands: `id`, `data` and `retry` fields.
-#[derive(Default)]
 struct SseReader {
     /// The id of the last event printed: where a reconnection resumes.
     last_id: Option<String>,
@@ -121,8 +158,12 @@ impl SseReader {
                 if line.is_empty() {
                     // The end of an event: print it, then remember where it stands.
                     if !data.is_empty() {
-                        match serde_json::from_str::<ScanChange>(&data) {
-                            Ok(change) => print(&change),
+                        match serde_json::from_str::<Event>(&data) {
+                            Ok(event) => print(&Line {
+                                id: id.as_deref().unwrap_or_default(),
+                                change: &event.change,
+                                trace_id: event.trace_id.as_deref(),
+                            }),
                             Err(error) => tracing::warn!(%error, "an event that is not a change"),
                         }
                     }

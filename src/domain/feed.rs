@@ -76,8 +76,8 @@ impl Horizon {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeedRow {
     pub position: FeedPosition,
-    /// `None` for a scan's creation: the cursor moves past it, nobody is told of it.
-    pub change: Option<ScanChange>,
+    /// What changed; a scan's creation is a change from no status (`from` is `None`).
+    pub change: ScanChange,
     /// The trace id of the request that made the change, when one did.
     pub trace_id: Option<String>,
 }
@@ -168,9 +168,10 @@ impl FeedCursor {
                 None if row.position > self.frontier => self.frontier = row.position,
                 None => continue,
             }
-            let Some(change) = row.change.as_ref().filter(|change| wanted(change)) else {
+            let change = &row.change;
+            if !wanted(change) {
                 continue;
-            };
+            }
             // The cursor handed out must name what may still commit behind this row.
             if let Some(horizon) = &page.horizon {
                 self.watch_running(horizon);
@@ -275,13 +276,14 @@ mod tests {
     fn row(xid: u64, id: i64) -> FeedRow {
         FeedRow {
             position: FeedPosition { xid, id },
-            change: Some(ScanChange {
+            change: ScanChange {
                 scan_id: ScanId::generate(),
                 account_group_id: AccountGroupId::parse("507f1f77bcf86cd799439011").unwrap(),
-                from: ScanStatus::Queued,
+                from: Some(ScanStatus::Queued),
                 to: ScanStatus::Cancelled,
                 at: OffsetDateTime::UNIX_EPOCH,
-            }),
+                reason: None,
+            },
             trace_id: None,
         }
     }
@@ -360,14 +362,14 @@ mod tests {
     }
 
     #[test]
-    fn rows_not_kept_and_creations_move_the_cursor_without_being_delivered() {
+    fn rows_not_kept_move_the_cursor_and_creations_are_delivered() {
         let mut cursor = FeedCursor::default();
         let mut creation = row(0, 1);
-        creation.change = None;
+        creation.change.from = None;
+        creation.change.to = ScanStatus::Queued;
         let mut other_group = row(0, 2);
-        if let Some(change) = other_group.change.as_mut() {
-            change.account_group_id = AccountGroupId::parse("aaaaaaaaaaaaaaaaaaaaaaaa").unwrap();
-        }
+        other_group.change.account_group_id =
+            AccountGroupId::parse("aaaaaaaaaaaaaaaaaaaaaaaa").unwrap();
         let page = FeedPage {
             rows: vec![creation, other_group, row(0, 3), row(0, 4)],
             horizon: None,
@@ -376,7 +378,8 @@ mod tests {
         let mine =
             |change: &ScanChange| change.account_group_id.as_str() == "507f1f77bcf86cd799439011";
         let delivered = cursor.advance(&page, mine);
-        assert_eq!(positions(&delivered), [(0, 3), (0, 4)]);
+        assert_eq!(positions(&delivered), [(0, 1), (0, 3), (0, 4)]);
+        assert_eq!(delivered[0].change.from, None);
         // The cursor stands past the last row read, kept or not.
         let mut quiet = FeedCursor::default();
         assert!(quiet.advance(&page, |_| false).is_empty());

@@ -19,6 +19,9 @@ const KEY_LEN: usize = KEY_PREFIX.len() + KEY_RANDOM_BYTES * 2;
 pub enum Permission {
     SignalsRead,
     SignalsWrite,
+    /// A runner's: start, complete or fail a scan, and nothing else (a client holding
+    /// `signals:write` must not be able to forge a completion).
+    SignalsRun,
 }
 
 impl Permission {
@@ -26,6 +29,7 @@ impl Permission {
         match self {
             Permission::SignalsRead => "signals:read",
             Permission::SignalsWrite => "signals:write",
+            Permission::SignalsRun => "signals:run",
         }
     }
 }
@@ -37,7 +41,7 @@ impl fmt::Display for Permission {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown permission {0:?} (expected signals:read or signals:write)")]
+#[error("unknown permission {0:?} (expected signals:read, signals:write or signals:run)")]
 pub struct UnknownPermission(pub String);
 
 impl FromStr for Permission {
@@ -46,6 +50,7 @@ impl FromStr for Permission {
         match s {
             "signals:read" => Ok(Permission::SignalsRead),
             "signals:write" => Ok(Permission::SignalsWrite),
+            "signals:run" => Ok(Permission::SignalsRun),
             other => Err(UnknownPermission(other.to_owned())),
         }
     }
@@ -286,6 +291,7 @@ mod tests {
         for (permission, name) in [
             (Permission::SignalsRead, "signals:read"),
             (Permission::SignalsWrite, "signals:write"),
+            (Permission::SignalsRun, "signals:run"),
         ] {
             assert_eq!(permission.to_string(), name);
             assert_eq!(name.parse::<Permission>(), Ok(permission));

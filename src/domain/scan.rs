@@ -114,30 +114,96 @@ pub struct Scan {
     pub cancelled_at: Option<OffsetDateTime>,
 }
 
-/// A status change as published to runners: `{"scanId","accountGroupId","from","to","at"}`.
+impl Scan {
+    /// When the scan reached `status`, if it has: what a repeated move answers as its `at`.
+    pub fn reached_at(&self, status: ScanStatus) -> Option<OffsetDateTime> {
+        match status {
+            ScanStatus::Queued => Some(self.created_at),
+            ScanStatus::Running => self.started_at,
+            ScanStatus::Completed | ScanStatus::Failed => self.finished_at,
+            ScanStatus::Cancelled => self.cancelled_at,
+        }
+    }
+}
+
+/// A status change as published to runners:
+/// `{"scanId","accountGroupId","from","to","at","reason"}`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ScanChange {
     pub scan_id: ScanId,
     pub account_group_id: AccountGroupId,
-    pub from: ScanStatus,
+    /// `None` for the scan's creation.
+    pub from: Option<ScanStatus>,
     pub to: ScanStatus,
     #[serde(with = "crate::domain::rfc3339")]
     pub at: OffsetDateTime,
+    /// Why a runner failed the scan, when it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl ScanChange {
-    /// The change that moved `scan` (as it is now) from `previous`.
-    pub fn of(previous: ScanStatus, scan: &Scan) -> Self {
+    /// The change that moved `scan` (as it is now) from `previous` (`None`: created).
+    pub fn of(previous: Option<ScanStatus>, scan: &Scan, reason: Option<&str>) -> Self {
         Self {
             scan_id: scan.id,
             account_group_id: scan.account_group_id,
             from: previous,
             to: scan.status,
             at: scan.updated_at,
+            reason: reason.map(str::to_owned),
         }
     }
 }
+
+/// A client's `Idempotency-Key`: 1 to 255 visible ASCII characters, checked once at the edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn parse(raw: &str) -> Option<Self> {
+        let visible = raw.bytes().all(|byte| byte.is_ascii_graphic());
+        ((1..=255).contains(&raw.len()) && visible).then(|| Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// How long an `Idempotency-Key` is remembered: a retry within it answers the first answer again;
+/// after it the key is forgotten and may start a new scan.
+pub const IDEMPOTENCY_WINDOW: time::Duration = time::Duration::hours(24);
+
+/// What a request to start a scan did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Creation {
+    /// A new scan, as created.
+    Created(Scan),
+    /// The same key started this scan within the window: the first answer, again.
+    Replayed(Scan),
+    /// The same key started a scan of another account group within the window.
+    KeyUsedForAnotherGroup,
+}
+
+impl Scan {
+    /// The scan as its creation answered it (queued, no moment but its creation reached): what a
+    /// replayed request answers, whatever happened to the scan since.
+    pub fn as_created(&self) -> Scan {
+        Scan {
+            status: ScanStatus::Queued,
+            updated_at: self.created_at,
+            started_at: None,
+            finished_at: None,
+            cancelled_at: None,
+            ..self.clone()
+        }
+    }
+}
+
+/// The longest reason a runner may give for a failure, in characters.
+pub const MAX_REASON_CHARS: usize = 1000;
 
 /// Where a page of scans ends: the (created_at, id) of its last scan, newest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,13 +254,17 @@ pub struct ScanEvent {
     pub api_key_id: Option<uuid::Uuid>,
     pub trace_id: Option<String>,
     pub at: OffsetDateTime,
+    /// Why a runner failed the scan, when it said.
+    pub reason: Option<String>,
 }
 
-/// Who caused a status change, for the audit trail.
-#[derive(Debug, Clone, Copy)]
+/// Who caused a status change, and why when they said, for the audit trail.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Actor<'a> {
     pub api_key_id: Option<Uuid>,
     pub trace_id: Option<&'a str>,
+    /// A runner's reason for a failure (at most [`MAX_REASON_CHARS`]).
+    pub reason: Option<&'a str>,
 }
 
 /// What a guarded status change did.

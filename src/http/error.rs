@@ -1,7 +1,7 @@
 //! `ApiError`: the only place an outcome becomes a status, a code and an envelope.
 
 use axum::Json;
-use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -28,9 +28,15 @@ pub enum ApiError {
     /// `http::method::label` names it, never a client's made-up token.
     #[error("method {0} not allowed")]
     MethodNotAllowed(&'static str),
-    /// 422: the scan is in a status that does not allow the change.
+    /// 422: the scan is in a status that does not allow the cancel.
     #[error("scan is {current}")]
     NotCancellable { current: ScanStatus },
+    /// 422: the scan is in a status that does not allow a runner's move.
+    #[error("scan is {current}")]
+    NotMovable { current: ScanStatus },
+    /// 422: the `Idempotency-Key` started a scan of another account group.
+    #[error("idempotency key reused for another account group")]
+    IdempotencyKeyReused,
     /// 429: the key is over its rate.
     #[error("rate limited for {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
@@ -53,7 +59,9 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::NotCancellable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NotCancellable { .. }
+            | ApiError::NotMovable { .. }
+            | ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -63,7 +71,10 @@ impl ApiError {
 
     pub fn code(&self) -> &'static str {
         match self {
-            ApiError::Validation(_) | ApiError::NotCancellable { .. } => "VALIDATION_ERROR",
+            ApiError::Validation(_)
+            | ApiError::NotCancellable { .. }
+            | ApiError::NotMovable { .. }
+            | ApiError::IdempotencyKeyReused => "VALIDATION_ERROR",
             ApiError::Unauthorized(_) => "UNAUTHORIZED",
             ApiError::Forbidden(_) => "FORBIDDEN",
             ApiError::NotFound(_) => "NOT_FOUND",
@@ -84,6 +95,8 @@ impl ApiError {
             ApiError::NotFound(_) => "Resource not found",
             ApiError::MethodNotAllowed(_) => "Method not allowed",
             ApiError::NotCancellable { .. } => "Scan is not in a cancellable status",
+            ApiError::NotMovable { .. } => "Scan is not in a status that allows this change",
+            ApiError::IdempotencyKeyReused => "Idempotency key already used",
             ApiError::RateLimited { .. } => "Rate limit exceeded",
             ApiError::Internal(_) => "Internal server error",
             ApiError::Upstream(_) => "Upstream service error",
@@ -104,7 +117,13 @@ impl ApiError {
             ApiError::MethodNotAllowed(method) => Some(format!(
                 "method {method} is not allowed on this path; see the Allow header"
             )),
-            ApiError::NotCancellable { current } => Some(format!("currentStatus={current}")),
+            ApiError::NotCancellable { current } | ApiError::NotMovable { current } => {
+                Some(format!("currentStatus={current}"))
+            }
+            ApiError::IdempotencyKeyReused => Some(
+                "Idempotency-Key was used for another account group within 24 hours; send a new key"
+                    .into(),
+            ),
             ApiError::RateLimited { retry_after_secs } => {
                 Some(format!("retry after {retry_after_secs} s"))
             }
@@ -207,8 +226,8 @@ impl From<ServiceError> for ApiError {
                 ApiError::NotFound("no such scan in this account group".into())
             }
             ServiceError::NotCancellable { current } => ApiError::NotCancellable { current },
-            // No route moves a scan other than by cancel; reaching this is a bug.
-            error @ ServiceError::InvalidTransition { .. } => ApiError::Internal(error.to_string()),
+            ServiceError::InvalidTransition { current, .. } => ApiError::NotMovable { current },
+            ServiceError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
             ServiceError::UnknownCursor => {
                 ApiError::Validation("the cursor is not one this feed issued".into())
             }
@@ -229,5 +248,18 @@ impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
         // serde's message names the parameter (unknown, duplicate); it echoes no value.
         ApiError::Validation(format!("query string: {}", rejection.body_text()))
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        match rejection {
+            // Announced too large bodies are refused before any route (`limits`); this is one
+            // that was not announced (chunked) and outgrew the same limit while read.
+            BytesRejection::FailedToBufferBody(_) if rejection.status().as_u16() == 413 => {
+                ApiError::Validation(super::limits::body_over_limit())
+            }
+            _ => ApiError::Validation("the request body could not be read".into()),
+        }
     }
 }

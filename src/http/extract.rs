@@ -4,7 +4,9 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::str::FromStr;
 
-use axum::extract::{FromRequestParts, Path, Query};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, de};
 
 use super::error::ApiError;
@@ -19,6 +21,47 @@ pub struct ApiPath<T>(pub T);
 #[derive(FromRequestParts)]
 #[from_request(via(Query), rejection(ApiError))]
 pub struct ApiQuery<T>(pub T);
+
+/// The raw body, but its rejection (a body over the limit, a read that failed) is our envelope.
+pub struct ApiBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(Bytes::from_request(request, state).await?))
+    }
+}
+
+/// The most of a client's text a 400 echoes back (a field name, say): the details stay small
+/// whatever the body held.
+const MAX_ECHO_CHARS: usize = 120;
+
+impl ApiBody {
+    /// The body of a route whose fields are all optional: empty, or a JSON object holding only
+    /// the fields `T` knows. Anything else is a 400 that says what is wrong.
+    pub fn optional_fields<T: DeserializeOwned + Default>(&self) -> Result<T, ApiError> {
+        if self.0.iter().all(u8::is_ascii_whitespace) {
+            return Ok(T::default());
+        }
+        let not_an_object =
+            || ApiError::Validation("request body must be empty or a JSON object".into());
+        let value: serde_json::Value =
+            serde_json::from_slice(&self.0).map_err(|_| not_an_object())?;
+        if !value.is_object() {
+            return Err(not_an_object());
+        }
+        serde_json::from_value(value).map_err(|error| {
+            let said: String = error.to_string().chars().take(MAX_ECHO_CHARS).collect();
+            ApiError::Validation(format!("request body: {said}"))
+        })
+    }
+}
+
+/// The body of a route that takes no fields: empty or `{}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoFields {}
 
 /// A path id parsed as the path is read, from the path's own text (no `String` per id per
 /// request); a malformed one is kept as its error, so the handler names every malformed parameter.

@@ -21,8 +21,12 @@ pub const MAX_STREAM_TARGET_BYTES: usize = 4096;
 const STREAM_PATH_SUFFIX: &str = "/signals/scans/changes";
 /// Most header bytes (names and values) accepted.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
-/// Largest body announced with Content-Length; no route reads a body, so this only bounds waste.
+/// Largest body accepted: announced with Content-Length, it is refused before any work; sent in
+/// chunks, when it outgrows this while read. The few routes that read a body read a small JSON
+/// object.
 pub const MAX_BODY_BYTES: u64 = 64 * 1024;
+/// [`MAX_BODY_BYTES`] as a length.
+pub const MAX_BODY_LEN: usize = 64 * 1024;
 
 /// Layer: answers a request over a limit with the 400 envelope before any other work. A tower
 /// layer: it runs on every request, and its future is not boxed.
@@ -103,5 +107,9 @@ pub fn headers_too_large(bytes: usize) -> String {
 }
 
 pub fn body_too_large(bytes: u64) -> String {
-    format!("request body is {bytes} bytes; the limit is {MAX_BODY_BYTES} (no route reads a body)")
+    format!("request body is {bytes} bytes; the limit is {MAX_BODY_BYTES}")
+}
+
+pub fn body_over_limit() -> String {
+    format!("request body is over the limit of {MAX_BODY_BYTES} bytes")
 }

@@ -42,8 +42,7 @@ pub fn recorder() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = unregistered_recorder();
             let handle = recorder.handle();
-            metrics::set_global_recorder(recorder)
-                .expect("no other metrics recorder is installed");
+            metrics::set_global_recorder(recorder).expect("no other metrics recorder is installed");
             handle
         })
         .clone()

@@ -14,6 +14,7 @@ pub mod method;
 pub mod metrics;
 pub mod openapi;
 pub mod rate_limit;
+pub mod runner;
 pub mod scans;
 mod state;
 pub mod trace_id;
@@ -23,7 +24,7 @@ pub use state::{AppState, HttpSettings};
 
 use std::any::Any;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::Method;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -54,6 +55,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     let request_timeout = state.request_timeout;
     const READ: &[Permission] = &[Permission::SignalsRead, Permission::SignalsWrite];
     const WRITE: &[Permission] = &[Permission::SignalsWrite];
+    const RUN: &[Permission] = &[Permission::SignalsRun];
     // Each route's guard runs only once the route matched: the key (401), its rate limit (429),
     // the route's permission (403), then the handler.
     // (`changes` is a static segment, never taken for a scan id: those are 24 hex.)
@@ -67,7 +69,11 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .routes(requires(READ, routes!(changes::follow_changes)))
         .routes(requires(READ, routes!(scans::get_scan)))
         .routes(requires(READ, routes!(scans::scan_events)))
-        .routes(requires(WRITE, routes!(scans::cancel_scan)));
+        .routes(requires(WRITE, routes!(scans::create_scan)))
+        .routes(requires(WRITE, routes!(scans::cancel_scan)))
+        .routes(requires(RUN, routes!(runner::start_scan)))
+        .routes(requires(RUN, routes!(runner::complete_scan)))
+        .routes(requires(RUN, routes!(runner::fail_scan)));
     // The document describes itself: its handler is given the rendered text once the routes
     // are known.
     let document = openapi::Document::default();
@@ -112,6 +118,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
                 .layer(metrics::Track)
                 .layer(CatchPanicLayer::custom(panic_response))
                 .layer(limits::EnforceLimits)
+                .layer(DefaultBodyLimit::max(limits::MAX_BODY_LEN))
                 .layer(Deadline::new(request_timeout)),
         )
         .with_state(state)

@@ -2,16 +2,21 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::envelope::Envelope;
 use super::error::ApiError;
-use super::extract::{ApiPath, ApiQuery, GroupPath, ScanPath};
+use super::extract::{ApiBody, ApiPath, ApiQuery, GroupPath, NoFields, ScanPath};
 use super::trace_id::TraceId;
 use super::views::{CancelledScan, ScanEvents, ScanList};
 use crate::domain::keys::Principal;
-use crate::domain::scan::{Scan, ScanCursor, ScanPageQuery, ScanStatus};
+use crate::domain::scan::{IdempotencyKey, Scan, ScanCursor, ScanPageQuery, ScanStatus};
 use crate::service::ScanService;
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// `POST /v1/accounts/{accountGroupId}/signals/scans/{scanId}/cancel`
 #[utoipa::path(
@@ -55,6 +60,92 @@ pub async fn cancel_scan(
         "scan cancelled"
     );
     Ok(Json(Envelope::success(cancellation.into())))
+}
+
+/// `POST /v1/accounts/{accountGroupId}/signals/scans`: starts a scan (queued).
+#[utoipa::path(
+    post,
+    path = "/v1/accounts/{accountGroupId}/signals/scans",
+    operation_id = "createSignalScan",
+    tag = "signal scans",
+    summary = "Start a signal scan",
+    description = "Starts a signal scan: it is queued until a runner starts it. No request body (or `{}`). \
+        Answers 201 with the scan and its `Location`. With an `Idempotency-Key`, a retry by the same API key \
+        for the same account group within 24 hours answers the first answer again (201, the same scan, \
+        `Idempotent-Replayed: true`) and starts nothing; the same key for another account group is 422. \
+        Requires the `signals:write` permission and access to the account group.",
+    params(
+        ("accountGroupId" = inline(crate::domain::ids::AccountGroupId), Path,
+            description = "Account group ID that scopes the request: 24 hexadecimal characters, either case."),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]{1,255}$",
+            description = "Makes a retry safe: 1 to 255 visible ASCII characters, remembered for 24 hours per API key."),
+    ),
+    security(("bearerAuth" = []), ("apiKey" = [])),
+    responses(
+        (status = 201, description = "Scan started (or, replayed, started before with this Idempotency-Key)",
+            body = crate::http::openapi::responses::SignalScanCreatedResponse,
+            headers(
+                ("Location" = String, description = "The scan's own URL."),
+                ("Idempotent-Replayed" = String, description = "`true` when the answer is a replay of an earlier request with the same Idempotency-Key; absent otherwise."),
+            )),
+        (status = 400, response = crate::http::openapi::responses::BadBody),
+        (status = 401, response = crate::http::openapi::responses::Unauthorized),
+        (status = 403, response = crate::http::openapi::responses::Forbidden),
+        (status = 422, response = crate::http::openapi::responses::IdempotencyKeyReused),
+        (status = 429, response = crate::http::openapi::responses::RateLimited),
+        (status = 500, response = crate::http::openapi::responses::InternalError),
+        (status = 502, response = crate::http::openapi::responses::UpstreamError),
+    )
+)]
+pub async fn create_scan(
+    State(service): State<ScanService>,
+    principal: Principal,
+    trace_id: TraceId,
+    headers: HeaderMap,
+    ApiPath(path): ApiPath<GroupPath>,
+    body: ApiBody,
+) -> Result<Response, ApiError> {
+    let group = path.parse()?;
+    let NoFields {} = body.optional_fields()?;
+    let once = idempotency_key(&headers)?;
+    let started = service
+        .create_scan(&principal, &group, once.as_ref(), trace_id.as_str())
+        .await?;
+    let scan = started.scan;
+    if !started.replayed {
+        tracing::info!(scan.id = %scan.id, "scan created");
+    }
+    let location = format!(
+        "/v1/accounts/{}/signals/scans/{}",
+        scan.account_group_id, scan.id
+    );
+    let mut response = (StatusCode::CREATED, Json(Envelope::success(scan))).into_response();
+    let response_headers = response.headers_mut();
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        response_headers.insert(header::LOCATION, location);
+    }
+    if started.replayed {
+        response_headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// The request's `Idempotency-Key`, if it sent one: once, 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    let mut sent = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = sent.next() else {
+        return Ok(None);
+    };
+    let malformed = || {
+        ApiError::Validation(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters, sent once".into(),
+        )
+    };
+    if sent.next().is_some() {
+        return Err(malformed());
+    }
+    let key = value.to_str().ok().and_then(IdempotencyKey::parse);
+    key.map(Some).ok_or_else(malformed)
 }
 
 /// `GET /v1/accounts/{accountGroupId}/signals/scans/{scanId}`: where a client checks a scan's

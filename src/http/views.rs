@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::scan::{Scan, ScanEvent, ScanStatus};
 use crate::service::feed::FeedEvent;
-use crate::service::{Cancellation, ScanPage};
+use crate::service::{Cancellation, Moved, ScanPage};
 
 /// `data` of a successful cancel.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -30,6 +30,32 @@ impl From<Cancellation> for CancelledScan {
             status: ScanStatus::Cancelled,
             previous_status: cancellation.previous_status,
             cancelled_at: cancellation.cancelled_at,
+        }
+    }
+}
+
+/// `data` of a runner's move (start, complete, fail).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MovedScan {
+    scan_id: ScanId,
+    /// The status the move asked for.
+    status: ScanStatus,
+    /// The status the scan moved from; equal to `status` when it was already there (a repeated
+    /// move answers where the scan is, with the original moment).
+    previous_status: ScanStatus,
+    /// When the scan reached `status`.
+    #[serde(with = "crate::domain::rfc3339")]
+    at: OffsetDateTime,
+}
+
+impl From<Moved> for MovedScan {
+    fn from(moved: Moved) -> Self {
+        Self {
+            scan_id: moved.scan_id,
+            status: moved.status,
+            previous_status: moved.previous_status,
+            at: moved.at,
         }
     }
 }
@@ -67,6 +93,9 @@ pub struct EventView {
     /// The trace id of the request that made the change; null when none did (e.g. the command line).
     #[schema(required = true)]
     trace_id: Option<String>,
+    /// The runner's reason for a failure; null when none was given.
+    #[schema(required = true)]
+    reason: Option<String>,
 }
 
 impl From<ScanEvent> for EventView {
@@ -76,6 +105,7 @@ impl From<ScanEvent> for EventView {
             to: event.to,
             at: event.at,
             trace_id: event.trace_id,
+            reason: event.reason,
         }
     }
 }
@@ -104,7 +134,9 @@ impl ScanEvents {
 pub struct ScanStatusChanged<'a> {
     scan_id: ScanId,
     account_group_id: AccountGroupId,
-    from: ScanStatus,
+    /// null when the change is the scan's creation.
+    #[schema(required = true)]
+    from: Option<ScanStatus>,
     to: ScanStatus,
     /// When the change committed its audit row.
     #[serde(with = "crate::domain::rfc3339")]
@@ -112,6 +144,9 @@ pub struct ScanStatusChanged<'a> {
     /// The trace id of the request that made the change; null when none did (the command line).
     #[schema(required = true)]
     trace_id: Option<&'a str>,
+    /// The runner's reason for a failure; null when none was given.
+    #[schema(required = true)]
+    reason: Option<&'a str>,
 }
 
 impl<'a> From<&'a FeedEvent> for ScanStatusChanged<'a> {
@@ -123,6 +158,7 @@ impl<'a> From<&'a FeedEvent> for ScanStatusChanged<'a> {
             to: event.change.to,
             at: event.change.at,
             trace_id: event.trace_id.as_deref(),
+            reason: event.change.reason.as_deref(),
         }
     }
 }

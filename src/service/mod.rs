@@ -16,4 +16,4 @@ use std::time::Duration;
 /// notifications to go out (listeners would otherwise find those changes at their next poll).
 pub const HINT_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
-pub use scans::{AuthFailure, Cancellation, ScanPage, ScanService, ServiceError};
+pub use scans::{AuthFailure, Cancellation, Moved, ScanPage, ScanService, ServiceError, Started};

@@ -10,12 +10,18 @@ use super::key_cache::KeyCache;
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{KeyHash, KeyRejected, Principal, looks_like_key};
 use crate::domain::scan::{
-    Actor, Scan, ScanCursor, ScanEvent, ScanPageQuery, ScanStatus, Transition,
+    Actor, Creation, IdempotencyKey, Scan, ScanCursor, ScanEvent, ScanPageQuery, ScanStatus,
+    Transition,
 };
 use crate::store::{Store, StoreError};
 
 /// `FEED_POLL_MS`'s default.
 const DEFAULT_FEED_POLL: Duration = Duration::from_secs(1);
+
+/// How often the idempotency keys past their window are swept away.
+const IDEMPOTENCY_SWEEP_EVERY: Duration = Duration::from_secs(600);
+/// How many expired keys one sweeping statement deletes.
+const IDEMPOTENCY_SWEEP_BATCH: u32 = 1000;
 
 /// A scan that is now cancelled, and what it was before this request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +30,25 @@ pub struct Cancellation {
     /// `Cancelled` when the scan was already cancelled: cancel is idempotent by state.
     pub previous_status: ScanStatus,
     pub cancelled_at: OffsetDateTime,
+}
+
+/// A scan a client started, and whether this request only replayed the first answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Started {
+    pub scan: Scan,
+    /// True when an earlier request with the same idempotency key started it.
+    pub replayed: bool,
+}
+
+/// Where a runner's move left the scan: the status it asked for, now or before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moved {
+    pub scan_id: ScanId,
+    pub status: ScanStatus,
+    /// Equal to `status` when the scan was already there: a move is idempotent by state.
+    pub previous_status: ScanStatus,
+    /// When the scan reached `status` (the original moment on a repeated move).
+    pub at: OffsetDateTime,
 }
 
 /// Why a presented key does not authenticate.
@@ -53,6 +78,9 @@ pub enum ServiceError {
         current: ScanStatus,
         requested: ScanStatus,
     },
+    /// The idempotency key started a scan of another account group within the window.
+    #[error("the Idempotency-Key was used for another account group")]
+    IdempotencyKeyReused,
     /// A resume cursor that this feed never issued (ahead of everything in the audit trail).
     #[error("the cursor is not one this feed issued")]
     UnknownCursor,
@@ -137,6 +165,7 @@ impl ScanService {
         let actor = Actor {
             api_key_id: Some(principal.key_id),
             trace_id: Some(trace_id),
+            reason: None,
         };
         let outcome = self
             .0
@@ -160,6 +189,102 @@ impl ScanService {
                 current: scan.status,
             }),
             Transition::NotFound => Err(ServiceError::ScanNotFound),
+        }
+    }
+
+    /// Starts a queued scan of `group` for a client. With an idempotency key, a retry within the
+    /// window answers the first answer again and creates nothing.
+    pub async fn create_scan(
+        &self,
+        principal: &Principal,
+        group: &AccountGroupId,
+        once: Option<&IdempotencyKey>,
+        trace_id: &str,
+    ) -> Result<Started, ServiceError> {
+        Self::check_access(principal, group)?;
+        let actor = Actor {
+            api_key_id: Some(principal.key_id),
+            trace_id: Some(trace_id),
+            reason: None,
+        };
+        let once = once.map(|key| (principal.key_id, key));
+        match self.0.store.create_scan_for(group, actor, once).await? {
+            Creation::Created(scan) => Ok(Started {
+                scan,
+                replayed: false,
+            }),
+            Creation::Replayed(scan) => Ok(Started {
+                scan,
+                replayed: true,
+            }),
+            Creation::KeyUsedForAnotherGroup => Err(ServiceError::IdempotencyKeyReused),
+        }
+    }
+
+    /// A runner's move of a scan of `group` to `to` (running, completed or failed), by the state
+    /// machine, in the same guarded statement as a cancel: exactly one of a completion and a
+    /// cancel racing wins, and the loser learns the winner's status. Moving a scan where it
+    /// already is answers where it is, so a runner retrying after a lost answer learns the truth.
+    pub async fn move_scan(
+        &self,
+        principal: &Principal,
+        group: &AccountGroupId,
+        scan: &ScanId,
+        to: ScanStatus,
+        trace_id: &str,
+        reason: Option<&str>,
+    ) -> Result<Moved, ServiceError> {
+        Self::check_access(principal, group)?;
+        let actor = Actor {
+            api_key_id: Some(principal.key_id),
+            trace_id: Some(trace_id),
+            reason,
+        };
+        let outcome = self
+            .0
+            .store
+            .transition(Some(group), scan, to, actor)
+            .await?;
+        moved(outcome, to)
+    }
+
+    /// Every [`IDEMPOTENCY_SWEEP_EVERY`], forgets the idempotency keys older than their window,
+    /// so their table holds one day of keys at most. Runs while the application serves.
+    pub async fn forget_idempotency_keys_forever(self) {
+        // The first sweep after one interval: starting touches no database it need not.
+        let first = tokio::time::Instant::now() + IDEMPOTENCY_SWEEP_EVERY;
+        let mut ticks = tokio::time::interval_at(first, IDEMPOTENCY_SWEEP_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let forgotten = self.forget_idempotency_keys(IDEMPOTENCY_SWEEP_BATCH).await;
+            if forgotten > 0 {
+                tracing::info!(
+                    idempotency_keys.forgotten = forgotten,
+                    "old idempotency keys forgotten"
+                );
+            }
+        }
+    }
+
+    /// Forgets idempotency keys older than their window, in batches of `batch` (each a short
+    /// write that never holds a cancel back for long), until none is left or the store fails (it
+    /// is tried again at the next sweep); how many it forgot.
+    pub async fn forget_idempotency_keys(&self, batch: u32) -> u64 {
+        let mut forgotten = 0;
+        loop {
+            match self.0.store.forget_idempotency_keys(batch).await {
+                Ok(done) => {
+                    forgotten += done;
+                    if done < u64::from(batch) {
+                        return forgotten;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot forget old idempotency keys; will retry");
+                    return forgotten;
+                }
+            }
         }
     }
 }
@@ -236,23 +361,16 @@ impl ScanService {
         Ok(self.0.changes.follow(*group, start).await?)
     }
 
-    /// A runner's (or operator's) move of a scan to `to`, by the state machine: refused with the
-    /// current status when the scan has already moved on, so a late "completed" never overwrites
-    /// a cancel.
+    /// An operator's move of any scan to `to`, by the state machine, as a runner's is: refused
+    /// with the current status when the scan has moved on (a late "completed" never overwrites a
+    /// cancel), and answered where it is when it is there already.
     pub async fn advance(
         &self,
         scan: &ScanId,
         to: ScanStatus,
         actor: Actor<'_>,
-    ) -> Result<Scan, ServiceError> {
-        match self.0.store.transition(None, scan, to, actor).await? {
-            Transition::Applied { scan, .. } => Ok(scan),
-            Transition::Refused { scan } => Err(ServiceError::InvalidTransition {
-                current: scan.status,
-                requested: to,
-            }),
-            Transition::NotFound => Err(ServiceError::ScanNotFound),
-        }
+    ) -> Result<Moved, ServiceError> {
+        moved(self.0.store.transition(None, scan, to, actor).await?, to)
     }
 }
 
@@ -260,7 +378,7 @@ impl ScanService {
 /// them holds the database itself (the command line, and the demo's seeding).
 impl ScanService {
     /// Creates a scan directly in `status`, with its audit row.
-    pub async fn create_scan(
+    pub async fn seed_scan(
         &self,
         group: &AccountGroupId,
         status: ScanStatus,
@@ -288,6 +406,31 @@ impl ScanService {
     pub async fn flush_hints(&self, limit: Duration) {
         self.0.store.flush_hints(limit).await;
     }
+}
+
+/// Where a move to `to` left the scan: applied, or already there (idempotent by state); any
+/// other status refuses it.
+fn moved(outcome: Transition, to: ScanStatus) -> Result<Moved, ServiceError> {
+    let (previous, scan) = match outcome {
+        Transition::Applied { previous, scan } => (previous, scan),
+        Transition::Refused { scan } if scan.status == to => (to, scan),
+        Transition::Refused { scan } => {
+            return Err(ServiceError::InvalidTransition {
+                current: scan.status,
+                requested: to,
+            });
+        }
+        Transition::NotFound => return Err(ServiceError::ScanNotFound),
+    };
+    let at = scan.reached_at(to).ok_or_else(|| {
+        StoreError::Corrupt(format!("{to} scan {} has no moment for it", scan.id))
+    })?;
+    Ok(Moved {
+        scan_id: scan.id,
+        status: to,
+        previous_status: previous,
+        at,
+    })
 }
 
 fn cancelled_at(scan: &Scan) -> Result<OffsetDateTime, StoreError> {

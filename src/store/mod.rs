@@ -21,7 +21,8 @@ use crate::domain::feed::{FeedCursor, FeedPage};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash, Permission};
 use crate::domain::scan::{
-    Actor, Scan, ScanChange, ScanEvent, ScanPageQuery, ScanStatus, Transition,
+    Actor, Creation, IdempotencyKey, Scan, ScanChange, ScanEvent, ScanPageQuery, ScanStatus,
+    Transition,
 };
 
 /// Why the store could not answer.
@@ -176,6 +177,16 @@ impl Store {
         }
     }
 
+    /// SQLite: this process's writers holding or queued for its one write turn (`None` on
+    /// PostgreSQL, whose lock waiters `pg_stat_activity` shows).
+    #[doc(hidden)] // For tests that force a race: they wait until both contenders queue.
+    pub fn writers_wanting(&self) -> Option<usize> {
+        match self {
+            Store::Postgres(_) => None,
+            Store::Sqlite(store) => Some(store.writers_wanting()),
+        }
+    }
+
     pub fn pool_usage(&self) -> PoolUsage {
         match self {
             Store::Postgres(store) => store.pool_usage(),
@@ -220,7 +231,29 @@ impl Store {
         group: &AccountGroupId,
         status: ScanStatus,
     ) -> Result<Scan, StoreError> {
-        forward!(self.create_scan(group, status))
+        match forward!(self.create_scan(group, status, Actor::default(), None))? {
+            Creation::Created(scan) => Ok(scan),
+            other => Err(StoreError::Internal(format!(
+                "a scan without an idempotency key was not created: {other:?}"
+            ))),
+        }
+    }
+
+    /// Creates a queued scan for a client, with its audit row naming `actor`. With `once` (the
+    /// caller's key id and its idempotency key), a key claimed within the window creates nothing
+    /// and answers what it started.
+    pub async fn create_scan_for(
+        &self,
+        group: &AccountGroupId,
+        actor: Actor<'_>,
+        once: Option<(Uuid, &IdempotencyKey)>,
+    ) -> Result<Creation, StoreError> {
+        forward!(self.create_scan(group, ScanStatus::Queued, actor, once))
+    }
+
+    /// Forgets at most `limit` idempotency keys older than the window; how many it forgot.
+    pub async fn forget_idempotency_keys(&self, limit: u32) -> Result<u64, StoreError> {
+        forward!(self.forget_idempotency_keys(limit))
     }
 
     /// A scan by id; `group`, when given, must own it.
@@ -246,8 +279,8 @@ impl Store {
         forward!(self.list_scans(group, query))
     }
 
-    /// Audit rows after `cursor` (every group's, creations included: readers filter, so their
-    /// cursors move past what they skip), in `(xid, id)` order, at most `limit`, with the snapshot
+    /// Audit rows after `cursor` (every group's: readers filter, so their cursors move past what
+    /// they skip), in `(xid, id)` order, at most `limit`, with the snapshot
     /// they were read under.
     pub async fn read_feed(&self, cursor: &FeedCursor, limit: u32) -> Result<FeedPage, StoreError> {
         forward!(self.read_feed(cursor, limit))

@@ -112,7 +112,7 @@ impl ConnectionPool {
     }
 }
 
-/// A connection held out of the pool (see [`ConnectionPool::hold`]).
+/// A connection held out of the pool by `ConnectionPool::hold` (not a link: the pool is private).
 pub struct HeldConnection(#[allow(dead_code)] Object<Connector>);
 
 /// A connection taken from the pool for one query.

@@ -18,7 +18,8 @@ use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition, Horizon};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash};
 use crate::domain::scan::{
-    Actor, Scan, ScanChange, ScanEvent, ScanPageQuery, ScanStatus, Transition,
+    Actor, Creation, IDEMPOTENCY_WINDOW, IdempotencyKey, Scan, ScanChange, ScanEvent,
+    ScanPageQuery, ScanStatus, Transition,
 };
 
 /// A key's columns shaped as [`KeyRow`] reads them (uuid as text, arrays as JSON).
@@ -189,36 +190,113 @@ impl PgStore {
         row.map(ApiKey::try_from).transpose()
     }
 
+    /// Creates a scan in `status` with its audit row, in one statement. With an idempotency key
+    /// (the caller's key id and the key), the key is claimed in the same statement: a key already
+    /// claimed within the window creates nothing and answers the scan it started.
     pub async fn create_scan(
         &self,
         group: &AccountGroupId,
         status: ScanStatus,
-    ) -> Result<Scan, StoreError> {
-        let row: ScanRow = self
+        actor: Actor<'_>,
+        once: Option<(Uuid, &IdempotencyKey)>,
+    ) -> Result<Creation, StoreError> {
+        let window = format!("{} seconds", IDEMPOTENCY_WINDOW.whole_seconds());
+        let created: Option<ScanRow> = self
             .on_connection(async |connection| {
+                // A key claimed by a transaction still running makes this one wait for it at the
+                // conflict, then find it claimed: concurrent requests with one key create one scan.
                 sqlx::query_as(
-                    "WITH created AS (
+                    "WITH claimed AS (
+                         INSERT INTO idempotency_keys
+                             (api_key_id, key, account_group_id, scan_id, created_at)
+                         SELECT $6, $7, $2, $1, now() WHERE $7::text IS NOT NULL
+                         ON CONFLICT (api_key_id, key) DO UPDATE
+                             SET account_group_id = excluded.account_group_id,
+                                 scan_id = excluded.scan_id,
+                                 created_at = excluded.created_at
+                             WHERE idempotency_keys.created_at < now() - $8::text::interval
+                         RETURNING 1
+                     ), created AS (
                          INSERT INTO signal_scans
                              (id, account_group_id, status, started_at, finished_at, cancelled_at)
-                         VALUES ($1, $2, $3,
+                         SELECT $1, $2, $3,
                              CASE WHEN $3 IN ('running', 'completed', 'failed') THEN now() END,
                              CASE WHEN $3 IN ('completed', 'failed', 'cancelled') THEN now() END,
-                             CASE WHEN $3 = 'cancelled' THEN now() END)
+                             CASE WHEN $3 = 'cancelled' THEN now() END
+                         WHERE $7::text IS NULL OR EXISTS (SELECT 1 FROM claimed)
                          RETURNING *
                      ), audit AS (
-                         INSERT INTO signal_scan_events (scan_id, from_status, to_status, occurred_at)
-                         SELECT id, NULL, status, created_at FROM created
+                         INSERT INTO signal_scan_events
+                             (scan_id, from_status, to_status, api_key_id, trace_id, occurred_at)
+                         SELECT id, NULL, status, $4, $5, created_at FROM created
                      )
                      SELECT *, NULL::text AS previous_status FROM created",
                 )
                 .bind(ScanId::generate().as_str())
                 .bind(group.as_str())
                 .bind(status.as_str())
-                .fetch_one(connection)
-                    .await
+                .bind(actor.api_key_id)
+                .bind(actor.trace_id)
+                .bind(once.map(|(key_id, _)| key_id))
+                .bind(once.map(|(_, key)| key.as_str()))
+                .bind(&window)
+                .fetch_optional(connection)
+                .await
             })
             .await?;
-        row.into_scan()
+        if let Some(row) = created {
+            let scan = row.into_scan()?;
+            // Committed: now, and only now, listeners may hear of it.
+            self.publisher().publish(ScanChange::of(None, &scan, None));
+            return Ok(Creation::Created(scan));
+        }
+        let Some((key_id, key)) = once else {
+            return Err(StoreError::Internal(
+                "a scan without a key was not created".into(),
+            ));
+        };
+        // The key was claimed within the window (by a transaction that has committed, or this
+        // statement would still be waiting): a new statement sees what it started.
+        let claimed: Option<ClaimedKeyRow> = self
+            .on_connection(async |connection| {
+                sqlx::query_as(
+                    "SELECT k.account_group_id AS key_group, s.*, NULL::text AS previous_status
+                     FROM idempotency_keys k JOIN signal_scans s ON s.id = k.scan_id
+                     WHERE k.api_key_id = $1 AND k.key = $2",
+                )
+                .bind(key_id)
+                .bind(key.as_str())
+                .fetch_optional(connection)
+                .await
+            })
+            .await?;
+        let claimed = claimed.ok_or_else(|| {
+            StoreError::Unavailable("an idempotency key was forgotten while it was read".into())
+        })?;
+        match claimed.key_group == group.as_str() {
+            true => Ok(Creation::Replayed(claimed.scan.into_scan()?.as_created())),
+            false => Ok(Creation::KeyUsedForAnotherGroup),
+        }
+    }
+
+    /// Forgets at most `limit` idempotency keys claimed longer than the window ago; how many.
+    pub async fn forget_idempotency_keys(&self, limit: u32) -> Result<u64, StoreError> {
+        let window = format!("{} seconds", IDEMPOTENCY_WINDOW.whole_seconds());
+        let done = self
+            .on_connection(async |connection| {
+                sqlx::query(
+                    "DELETE FROM idempotency_keys WHERE (api_key_id, key) IN (
+                         SELECT api_key_id, key FROM idempotency_keys
+                         WHERE created_at < now() - $1::text::interval
+                         LIMIT $2)",
+                )
+                .bind(&window)
+                .bind(i64::from(limit))
+                .execute(connection)
+                .await
+            })
+            .await?;
+        Ok(done.rows_affected())
     }
 
     pub async fn find_scan(
@@ -245,7 +323,8 @@ impl PgStore {
         let rows: Vec<EventRow> = self
             .on_connection(async |connection| {
                 sqlx::query_as(
-                    "SELECT scan_id, from_status, to_status, api_key_id::text AS api_key_id, trace_id, occurred_at
+                    "SELECT scan_id, from_status, to_status, api_key_id::text AS api_key_id, trace_id,
+                            occurred_at, reason
                      FROM signal_scan_events WHERE scan_id = $1 ORDER BY id",
                 )
                 .bind(scan.as_str())
@@ -318,7 +397,7 @@ impl PgStore {
                      )
                      SELECT snapshot.snapshot, l.xid::text AS xid, l.id, l.scan_id,
                             s.account_group_id, l.from_status, l.to_status, l.trace_id,
-                            l.occurred_at
+                            l.occurred_at, l.reason
                      FROM snapshot
                      LEFT JOIN (limited l JOIN signal_scans s ON s.id = l.scan_id) ON true
                      ORDER BY l.xid, l.id",
@@ -435,8 +514,9 @@ impl PgStore {
                          RETURNING s.*, current.status AS previous_status
                      ), audit AS (
                          INSERT INTO signal_scan_events
-                             (scan_id, from_status, to_status, api_key_id, trace_id, occurred_at)
-                         SELECT id, previous_status, status, $5, $6, updated_at FROM changed
+                             (scan_id, from_status, to_status, api_key_id, trace_id, occurred_at,
+                              reason)
+                         SELECT id, previous_status, status, $5, $6, updated_at, $7 FROM changed
                      )
                      SELECT * FROM changed
                      UNION ALL
@@ -448,8 +528,9 @@ impl PgStore {
                 .bind(from)
                 .bind(actor.api_key_id)
                 .bind(actor.trace_id)
+                .bind(actor.reason)
                 .fetch_optional(connection)
-                    .await
+                .await
             })
             .await?;
         let Some(row) = row else {
@@ -458,8 +539,10 @@ impl PgStore {
         match row.previous_status.as_ref().map(|status| status.0) {
             Some(previous) => {
                 let scan = row.into_scan()?;
-                // Committed: now, and only now, listeners may hear of it.
-                self.publisher().publish(ScanChange::of(previous, &scan));
+                // Committed: now, and only now, listeners may hear of it. A hint carries no
+                // reason (readers take it from the audit trail), so hints stay small.
+                self.publisher()
+                    .publish(ScanChange::of(Some(previous), &scan, None));
                 Ok(Transition::Applied { previous, scan })
             }
             None => Ok(Transition::Refused {
@@ -467,6 +550,14 @@ impl PgStore {
             }),
         }
     }
+}
+
+/// An idempotency key's group and the scan it started.
+#[derive(sqlx::FromRow)]
+struct ClaimedKeyRow {
+    key_group: String,
+    #[sqlx(flatten)]
+    scan: ScanRow,
 }
 
 /// A row of [`PgStore::read_feed`]: the snapshot, and a change unless the page is empty.
@@ -481,6 +572,7 @@ struct FeedReadRow {
     to_status: Option<String>,
     trace_id: Option<String>,
     occurred_at: Option<super::rows::Stamp>,
+    reason: Option<String>,
 }
 
 impl FeedReadRow {
@@ -494,6 +586,7 @@ impl FeedReadRow {
             to_status: self.to_status?,
             trace_id: self.trace_id,
             occurred_at: self.occurred_at?,
+            reason: self.reason,
         })
     }
 }

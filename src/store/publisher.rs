@@ -219,9 +219,10 @@ mod tests {
         ScanChange {
             scan_id: ScanId::generate(),
             account_group_id: AccountGroupId::parse("507f1f77bcf86cd799439011").unwrap(),
-            from: ScanStatus::Running,
+            from: Some(ScanStatus::Running),
             to: ScanStatus::Cancelled,
             at: OffsetDateTime::UNIX_EPOCH,
+            reason: None,
         }
     }
 

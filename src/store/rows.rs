@@ -157,6 +157,7 @@ pub(super) struct EventRow {
     pub api_key_id: Option<String>,
     pub trace_id: Option<String>,
     pub occurred_at: Stamp,
+    pub reason: Option<String>,
 }
 
 impl EventRow {
@@ -174,6 +175,7 @@ impl EventRow {
                 .map_err(|_| bad())?,
             trace_id: self.trace_id.clone(),
             at: self.occurred_at.0,
+            reason: self.reason,
         })
     }
 }
@@ -190,6 +192,7 @@ pub(super) struct ChangeRow {
     pub to_status: String,
     pub trace_id: Option<String>,
     pub occurred_at: Stamp,
+    pub reason: Option<String>,
 }
 
 impl ChangeRow {
@@ -200,16 +203,14 @@ impl ChangeRow {
                 xid: self.xid.parse().map_err(|_| bad())?,
                 id: self.id,
             },
-            change: match self.from_status.as_deref() {
-                None => None,
-                Some(from) => Some(ScanChange {
-                    scan_id: ScanId::parse(&self.scan_id).map_err(|_| bad())?,
-                    account_group_id: AccountGroupId::parse(&self.account_group_id)
-                        .map_err(|_| bad())?,
-                    from: parse_status(from)?,
-                    to: parse_status(&self.to_status)?,
-                    at: self.occurred_at.0,
-                }),
+            change: ScanChange {
+                scan_id: ScanId::parse(&self.scan_id).map_err(|_| bad())?,
+                account_group_id: AccountGroupId::parse(&self.account_group_id)
+                    .map_err(|_| bad())?,
+                from: self.from_status.as_deref().map(parse_status).transpose()?,
+                to: parse_status(&self.to_status)?,
+                at: self.occurred_at.0,
+                reason: self.reason,
             },
             trace_id: self.trace_id,
         })

@@ -21,13 +21,17 @@ use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash};
 use crate::domain::scan::{
-    Actor, Scan, ScanChange, ScanEvent, ScanPageQuery, ScanStatus, Transition,
+    Actor, Creation, IDEMPOTENCY_WINDOW, IdempotencyKey, Scan, ScanChange, ScanEvent,
+    ScanPageQuery, ScanStatus, Transition,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 const SCAN_COLUMNS: &str = "id, account_group_id, status, created_at, updated_at, started_at, \
                             finished_at, cancelled_at";
+/// [`SCAN_COLUMNS`] of a scan joined as `s`.
+const SCAN_COLUMNS_OF_S: &str = "s.id, s.account_group_id, s.status, s.created_at, s.updated_at, \
+                                 s.started_at, s.finished_at, s.cancelled_at";
 
 /// How many published changes a slow in-process subscriber may fall behind before it is told
 /// it has a gap to catch up on.
@@ -43,6 +47,8 @@ pub struct SqliteStore {
     changes: tokio::sync::broadcast::Sender<ScanChange>,
     /// This process's writers, one at a time (see [`SqliteStore::as_writer`]).
     writer: Arc<tokio::sync::Mutex<()>>,
+    /// Writers holding or queued for the write turn: tests see contenders waiting by it.
+    wanting: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl SqliteStore {
@@ -76,6 +82,7 @@ impl SqliteStore {
             timeout: options.timeout,
             changes: tokio::sync::broadcast::channel(CHANGE_BUFFER).0,
             writer: Arc::new(tokio::sync::Mutex::new(())),
+            wanting: Arc::default(),
         })
     }
 
@@ -87,10 +94,16 @@ impl SqliteStore {
         write: impl Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T, StoreError> {
         self.bounded(async {
+            let _wanting = Wanting::count(&self.wanting);
             let _turn = self.writer.lock().await;
             write.await
         })
         .await
+    }
+
+    /// Writers holding or queued for this process's write turn.
+    pub(super) fn writers_wanting(&self) -> usize {
+        self.wanting.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     async fn bounded<T>(
@@ -191,55 +204,126 @@ impl SqliteStore {
         row.map(ApiKey::try_from).transpose()
     }
 
+    /// Creates a scan in `status` with its audit row, in one transaction. With an idempotency key
+    /// (the caller's key id and the key), the key is claimed in the same transaction, under the
+    /// one write lock: a key already claimed within the window creates nothing and answers the
+    /// scan it started.
     pub async fn create_scan(
         &self,
         group: &AccountGroupId,
         status: ScanStatus,
-    ) -> Result<Scan, StoreError> {
+        actor: Actor<'_>,
+        once: Option<(Uuid, &IdempotencyKey)>,
+    ) -> Result<Creation, StoreError> {
         let scan = ScanId::generate();
-        self.as_writer(async {
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            // Stamped once the write lock is held, like a transition.
-            let at = encode(now());
-            let reached = |statuses: &[ScanStatus]| statuses.contains(&status).then(|| at.clone());
-            let row: ScanRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO signal_scans
-                     (id, account_group_id, status, created_at, updated_at,
-                      started_at, finished_at, cancelled_at)
-                 VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7)
-                 RETURNING {SCAN_COLUMNS}"
-            )))
-            .bind(scan.as_str())
-            .bind(group.as_str())
-            .bind(status.as_str())
-            .bind(&at)
-            .bind(reached(&[
-                ScanStatus::Running,
-                ScanStatus::Completed,
-                ScanStatus::Failed,
-            ]))
-            .bind(reached(&[
-                ScanStatus::Completed,
-                ScanStatus::Failed,
-                ScanStatus::Cancelled,
-            ]))
-            .bind(reached(&[ScanStatus::Cancelled]))
-            .fetch_one(&mut *tx)
+        let creation = self
+            .as_writer(async {
+                let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+                // Stamped once the write lock is held, like a transition.
+                let now = now();
+                let at = encode(now);
+                if let Some((key_id, key)) = once {
+                    let claimed: Option<ClaimedKeyRow> =
+                        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                            "SELECT k.account_group_id AS key_group, {SCAN_COLUMNS_OF_S}
+                             FROM idempotency_keys k JOIN signal_scans s ON s.id = k.scan_id
+                             WHERE k.api_key_id = ?1 AND k.key = ?2 AND k.created_at >= ?3"
+                        )))
+                        .bind(key_id.to_string())
+                        .bind(key.as_str())
+                        .bind(encode(now - IDEMPOTENCY_WINDOW))
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if let Some(claimed) = claimed {
+                        return Ok(Err(claimed));
+                    }
+                    sqlx::query(
+                        "INSERT INTO idempotency_keys
+                             (api_key_id, key, account_group_id, scan_id, created_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT (api_key_id, key) DO UPDATE
+                             SET account_group_id = excluded.account_group_id,
+                                 scan_id = excluded.scan_id,
+                                 created_at = excluded.created_at",
+                    )
+                    .bind(key_id.to_string())
+                    .bind(key.as_str())
+                    .bind(group.as_str())
+                    .bind(scan.as_str())
+                    .bind(&at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                let reached =
+                    |statuses: &[ScanStatus]| statuses.contains(&status).then(|| at.clone());
+                let row: ScanRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO signal_scans
+                         (id, account_group_id, status, created_at, updated_at,
+                          started_at, finished_at, cancelled_at)
+                     VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7)
+                     RETURNING {SCAN_COLUMNS}"
+                )))
+                .bind(scan.as_str())
+                .bind(group.as_str())
+                .bind(status.as_str())
+                .bind(&at)
+                .bind(reached(&[
+                    ScanStatus::Running,
+                    ScanStatus::Completed,
+                    ScanStatus::Failed,
+                ]))
+                .bind(reached(&[
+                    ScanStatus::Completed,
+                    ScanStatus::Failed,
+                    ScanStatus::Cancelled,
+                ]))
+                .bind(reached(&[ScanStatus::Cancelled]))
+                .fetch_one(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO signal_scan_events
+                         (scan_id, from_status, to_status, api_key_id, trace_id, occurred_at)
+                     VALUES (?1, NULL, ?2, ?3, ?4, ?5)",
+                )
+                .bind(scan.as_str())
+                .bind(status.as_str())
+                .bind(actor.api_key_id.map(|id| id.to_string()))
+                .bind(actor.trace_id)
+                .bind(&at)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(Ok(row))
+            })
             .await?;
-            sqlx::query(
-                "INSERT INTO signal_scan_events (scan_id, from_status, to_status, occurred_at)
-                 VALUES (?1, NULL, ?2, ?3)",
+        match creation {
+            Ok(row) => {
+                let scan = row.into_scan()?;
+                // After the commit, a hint for this process's readers; none listening is fine.
+                let _ = self.changes.send(ScanChange::of(None, &scan, None));
+                Ok(Creation::Created(scan))
+            }
+            Err(claimed) if claimed.key_group == group.as_str() => {
+                Ok(Creation::Replayed(claimed.scan.into_scan()?.as_created()))
+            }
+            Err(_) => Ok(Creation::KeyUsedForAnotherGroup),
+        }
+    }
+
+    /// Forgets at most `limit` idempotency keys claimed longer than the window ago; how many.
+    pub async fn forget_idempotency_keys(&self, limit: u32) -> Result<u64, StoreError> {
+        let done = self
+            .as_writer(
+                sqlx::query(
+                    "DELETE FROM idempotency_keys WHERE rowid IN (
+                         SELECT rowid FROM idempotency_keys WHERE created_at < ?1 LIMIT ?2)",
+                )
+                .bind(encode(now() - IDEMPOTENCY_WINDOW))
+                .bind(i64::from(limit))
+                .execute(&self.pool),
             )
-            .bind(scan.as_str())
-            .bind(status.as_str())
-            .bind(&at)
-            .execute(&mut *tx)
             .await?;
-            tx.commit().await?;
-            Ok(row)
-        })
-        .await?
-        .into_scan()
+        Ok(done.rows_affected())
     }
 
     pub async fn find_scan(
@@ -265,7 +349,8 @@ impl SqliteStore {
         let rows: Vec<EventRow> = self
             .bounded(
                 sqlx::query_as(
-                    "SELECT scan_id, from_status, to_status, api_key_id, trace_id, occurred_at
+                    "SELECT scan_id, from_status, to_status, api_key_id, trace_id, occurred_at,
+                            reason
                      FROM signal_scan_events WHERE scan_id = ?1 ORDER BY id",
                 )
                 .bind(scan.as_str())
@@ -308,7 +393,7 @@ impl SqliteStore {
             .bounded(
                 sqlx::query_as(
                     "SELECT '0' AS xid, e.id, e.scan_id, s.account_group_id, e.from_status,
-                            e.to_status, e.trace_id, e.occurred_at
+                            e.to_status, e.trace_id, e.occurred_at, e.reason
                      FROM signal_scan_events e JOIN signal_scans s ON s.id = e.scan_id
                      WHERE e.id > ?1
                      ORDER BY e.id
@@ -394,8 +479,9 @@ impl SqliteStore {
                 if changed.is_some() {
                     sqlx::query(
                         "INSERT INTO signal_scan_events
-                             (scan_id, from_status, to_status, api_key_id, trace_id, occurred_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                             (scan_id, from_status, to_status, api_key_id, trace_id, occurred_at,
+                              reason)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     )
                     .bind(scan.as_str())
                     .bind(current.status.0.as_str())
@@ -403,6 +489,7 @@ impl SqliteStore {
                     .bind(actor.api_key_id.map(|id| id.to_string()))
                     .bind(actor.trace_id)
                     .bind(&at)
+                    .bind(actor.reason)
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -416,7 +503,10 @@ impl SqliteStore {
                 let previous = current.status.0;
                 let scan = changed.into_scan()?;
                 // After the commit, a hint for this process's readers; none listening is fine.
-                let _ = self.changes.send(ScanChange::of(previous, &scan));
+                // A hint carries no reason: readers take it from the audit trail.
+                let _ = self
+                    .changes
+                    .send(ScanChange::of(Some(previous), &scan, None));
                 Ok(Transition::Applied { previous, scan })
             }
             Some((current, None)) => Ok(Transition::Refused {
@@ -440,4 +530,28 @@ fn encode(at: OffsetDateTime) -> String {
 
 fn json(value: &impl serde::Serialize) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Internal(e.to_string()))
+}
+
+/// An idempotency key's group and the scan it started.
+#[derive(sqlx::FromRow)]
+struct ClaimedKeyRow {
+    key_group: String,
+    #[sqlx(flatten)]
+    scan: ScanRow,
+}
+
+/// One writer counted in [`SqliteStore::writers_wanting`] while it lives.
+struct Wanting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Wanting<'a> {
+    fn count(wanting: &'a std::sync::atomic::AtomicUsize) -> Self {
+        wanting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(wanting)
+    }
+}
+
+impl Drop for Wanting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }

@@ -9,7 +9,7 @@ use signal_scans::domain::scan::ScanStatus;
 use crate::helpers::{ApiResponse, Backend, Settings, TestApp};
 
 /// What a client may be told; 5xx is never the answer to bad input.
-const DOCUMENTED: &[u16] = &[200, 400, 401, 403, 404, 405, 422, 429];
+const DOCUMENTED: &[u16] = &[200, 201, 400, 401, 403, 404, 405, 422, 429];
 const LEAKS: &[&str] = &[
     "sqlx",
     "SELECT",

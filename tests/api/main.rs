@@ -7,6 +7,7 @@
 //! | `cancel.rs` | the cancel route's outcomes, ids, unknown routes and methods |
 //! | `changes/` | the change stream (`GET …/scans/changes`); its `mod.rs` lists a file per job |
 //! | `cli.rs`, `key_bootstrap.rs` | the binary's commands (keys, scans, migrations, bootstrap) |
+//! | `create.rs` | starting a scan (`POST …/signals/scans`), idempotent replays |
 //! | `connections.rs` | the connection layer against hostile clients (HTTP/1.1 and HTTP/2) |
 //! | `database_outage.rs` | the database cut, stalled, locked, exhausted or out of reach |
 //! | `demo.rs`, `docs.rs`, `openapi.rs` | `serve --demo`, `/docs`, `/openapi.json` |
@@ -17,6 +18,7 @@
 //! | `races.rs` | concurrent cancels, cancels racing completions |
 //! | `rate_limit.rs`, `shared_limits.rs` | per-key and per-address limits, in process and through Redis |
 //! | `reads.rs` | one scan, the list, the audit trail |
+//! | `runners.rs`, `runner_cli.rs` | a runner's moves (start, complete, fail) over HTTP and the CLI |
 //! | `request_limits.rs` | request size limits, the request deadline, a panicking handler |
 //! | `shutdown.rs` | draining in-flight requests, in process and under SIGTERM |
 //! | `state_machine.rs` | every move the scan state machine allows or refuses |
@@ -29,6 +31,7 @@ mod cancel;
 mod changes;
 mod cli;
 mod connections;
+mod create;
 mod database_outage;
 mod demo;
 mod docs;
@@ -42,6 +45,8 @@ mod races;
 mod rate_limit;
 mod reads;
 mod request_limits;
+mod runner_cli;
+mod runners;
 mod shared_limits;
 mod shutdown;
 mod state_machine;

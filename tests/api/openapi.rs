@@ -17,6 +17,9 @@ use crate::store_test;
 const CANCEL: &str = "/v1/accounts/{accountGroupId}/signals/scans/{scanId}/cancel";
 const SCAN: &str = "/v1/accounts/{accountGroupId}/signals/scans/{scanId}";
 const EVENTS: &str = "/v1/accounts/{accountGroupId}/signals/scans/{scanId}/events";
+const START: &str = "/v1/accounts/{accountGroupId}/signals/scans/{scanId}/start";
+const COMPLETE: &str = "/v1/accounts/{accountGroupId}/signals/scans/{scanId}/complete";
+const FAIL: &str = "/v1/accounts/{accountGroupId}/signals/scans/{scanId}/fail";
 const LIST: &str = "/v1/accounts/{accountGroupId}/signals/scans";
 
 const CHANGES: &str = "/v1/accounts/{accountGroupId}/signals/scans/changes";
@@ -30,6 +33,18 @@ const ROUTES: &[(&str, &str, &[u16])] = &[
         &[200, 400, 401, 403, 404, 422, 429, 500, 502],
     ),
     (SCAN, "get", &[200, 400, 401, 403, 404, 429, 500, 502]),
+    (LIST, "post", &[201, 400, 401, 403, 422, 429, 500, 502]),
+    (
+        START,
+        "post",
+        &[200, 400, 401, 403, 404, 422, 429, 500, 502],
+    ),
+    (
+        COMPLETE,
+        "post",
+        &[200, 400, 401, 403, 404, 422, 429, 500, 502],
+    ),
+    (FAIL, "post", &[200, 400, 401, 403, 404, 422, 429, 500, 502]),
     (EVENTS, "get", &[200, 400, 401, 403, 404, 429, 500, 502]),
     (LIST, "get", &[200, 400, 401, 403, 429, 500, 502]),
     (CHANGES, "get", &[200, 400, 401, 403, 429, 500, 502]),

@@ -10,15 +10,35 @@ use crate::helpers::locks::{WriteLock, until_waiting};
 use crate::helpers::{Backend, RUNNER, Settings, TestApp, group};
 use crate::store_test;
 
+/// Twenty cancels of one scan, all forced to contend: another session holds the scan's write
+/// lock until the twenty are seen waiting behind it at once, then lets go.
 async fn twenty_concurrent_cancels_all_succeed_and_exactly_one_transitions(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let app = TestApp::spawn_with(
+        backend,
+        Settings::default()
+            // Each of the twenty waits on the lock on a connection of its own, and a loaded
+            // machine must not turn the wait into a 502.
+            .with_db_max_connections(25)
+            .with_db_timeout(Duration::from_secs(10))
+            // Cached for the whole test: a cancel's only database work is its guarded write.
+            .with_key_cache_ttl(Duration::from_secs(600)),
+    )
+    .await;
     let group = group();
     let key = app.writer(&group).await;
+    let warm_up = app.scan(&group, ScanStatus::Queued).await;
+    app.cancel_ok(&key, &group, &warm_up).await;
     for initial in [ScanStatus::Queued, ScanStatus::Running] {
         let scan = app.scan(&group, initial).await;
+        let mut lock = WriteLock::hold(&app, &scan).await;
 
-        let responses =
-            join_all((0..20).map(|_| app.cancel(Some(&key), group.as_str(), scan.as_str()))).await;
+        let (responses, ()) = tokio::join!(
+            join_all((0..20).map(|_| app.cancel(Some(&key), group.as_str(), scan.as_str()))),
+            async {
+                until_waiting(&app, 20).await;
+                lock.release().await;
+            }
+        );
 
         let mut transitions = 0;
         let mut cancelled_at = std::collections::HashSet::new();
@@ -41,7 +61,9 @@ async fn twenty_concurrent_cancels_all_succeed_and_exactly_one_transitions(backe
 store_test!(twenty_concurrent_cancels_all_succeed_and_exactly_one_transitions);
 
 /// The guarded statements rely on READ COMMITTED; a database whose default isolation is stricter
-/// must not turn a race into 500s.
+/// must not turn a race into 500s. The race is forced: another session holds the scan's row lock
+/// until the replica's ten connections all wait behind it (under REPEATABLE READ those behind the
+/// winner would fail to serialize).
 async fn races_hold_even_if_the_database_defaults_to_repeatable_read(backend: Backend) {
     use sqlx::Connection;
     let app = TestApp::spawn(backend).await;
@@ -64,19 +86,26 @@ async fn races_hold_even_if_the_database_defaults_to_repeatable_read(backend: Ba
     let key = app.writer(&group).await;
     let scan = app.scan(&group, ScanStatus::Running).await;
     let path = crate::helpers::cancel_path(group.as_str(), scan.as_str());
+    let mut lock = WriteLock::hold(&app, &scan).await;
 
-    let responses = join_all((0..20).map(|_| async {
-        crate::helpers::ApiResponse::from(
-            app.client
-                .post(format!("http://{}{path}", replica.addr))
-                .bearer_auth(&key)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await
-    }))
-    .await;
+    let (responses, ()) = tokio::join!(
+        join_all((0..20).map(|_| async {
+            crate::helpers::ApiResponse::from(
+                app.client
+                    .post(format!("http://{}{path}", replica.addr))
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
+        })),
+        async {
+            // The replica's pool: ten connections (the other requests wait for one).
+            until_waiting(&app, 10).await;
+            lock.release().await;
+        }
+    );
 
     let mut previous = Vec::new();
     for response in &responses {
@@ -122,6 +151,7 @@ async fn cancel_racing_a_completion_has_exactly_one_winner(backend: Backend) {
     let runner = Actor {
         api_key_id: None,
         trace_id: Some("runner"),
+        reason: None,
     };
     // The key is cached from here on: a cancel's first database work is its guarded write.
     let warm_up = app.scan(&group, ScanStatus::Queued).await;
@@ -188,7 +218,7 @@ async fn cancel_racing_a_completion_has_exactly_one_winner(backend: Backend) {
 store_test!(cancel_racing_a_completion_has_exactly_one_winner);
 
 /// Runs `second` while the first contender waits on `lock`, and lets the lock go once both wait.
-async fn behind_the_first<T>(
+pub(crate) async fn behind_the_first<T>(
     second: impl Future<Output = T>,
     app: &TestApp,
     lock: &mut WriteLock,

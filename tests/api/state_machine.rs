@@ -87,6 +87,7 @@ async fn a_late_completion_after_a_cancel_changes_nothing(backend: Backend) {
             Actor {
                 api_key_id: None,
                 trace_id: None,
+                reason: None,
             },
         )
         .await

@@ -32,7 +32,8 @@ use crate::domain::ids::{AccountGroupId, ScanId};
             except /metrics, this document and the reference at /docs is the JSON envelope \
             `{\"success\",\"data\",\"error\",\"traceId\"}`, and every response carries the trace id \
             in `X-Request-Id`. The /v1 routes need an API key, as `Authorization: Bearer <key>` \
-            or `X-API-Key: <key>`.",
+            or `X-API-Key: <key>`; the change stream answers the envelope until it opens, then \
+            Server-Sent Events.",
         license(name = "MIT", identifier = "MIT"),
     ),
     components(
@@ -41,6 +42,8 @@ use crate::domain::ids::{AccountGroupId, ScanId};
             SignalScanResponse,
             SignalScanListResponse,
             SignalScanEventsResponse,
+            SignalScanCreatedResponse,
+            SignalScanMoveResponse,
             HealthResponse,
             ErrorResponse,
             AccountGroupId,
@@ -49,11 +52,15 @@ use crate::domain::ids::{AccountGroupId, ScanId};
         ),
         responses(
             BadRequest,
+            BadBody,
             RequestTooLarge,
             Unauthorized,
             Forbidden,
+            RunnerForbidden,
             NotFound,
             NotCancellable,
+            NotMovable,
+            IdempotencyKeyReused,
             RateLimited,
             InternalError,
             UpstreamError,
@@ -62,7 +69,8 @@ use crate::domain::ids::{AccountGroupId, ScanId};
         ),
     ),
     tags(
-        (name = "signal scans", description = "Read and cancel the signal scans of an account group."),
+        (name = "signal scans", description = "Start, read and cancel the signal scans of an account group."),
+        (name = "runners", description = "A runner's moves of a scan: start, complete, fail (the `signals:run` permission)."),
         (name = "operations", description = "Health, readiness, metrics and this document; no API key."),
     ),
 )]

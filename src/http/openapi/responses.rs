@@ -23,8 +23,8 @@ use crate::http::envelope::{Envelope, ErrorBody};
 use crate::http::error::ApiError;
 use crate::http::limits::{self, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_TARGET_BYTES};
 use crate::http::method;
-use crate::http::views::{CancelledScan, Health, ScanEvents, ScanList};
-use crate::service::{AuthFailure, Cancellation, ScanPage, ServiceError};
+use crate::http::views::{CancelledScan, Health, MovedScan, ScanEvents, ScanList};
+use crate::service::{AuthFailure, Cancellation, Moved, ScanPage, ServiceError};
 
 /// The trace id every example shows (a real one is per request).
 const EXAMPLE_TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -69,6 +69,18 @@ success_envelope!(
     SignalScanResponse,
     Scan,
     example_scan()
+);
+success_envelope!(
+    /// `data` is the scan just started (status `queued`).
+    SignalScanCreatedResponse,
+    Scan,
+    example_created()
+);
+success_envelope!(
+    /// `data` is where a runner's move left the scan.
+    SignalScanMoveResponse,
+    MovedScan,
+    example_move()
 );
 success_envelope!(
     /// `data` is a page of scans.
@@ -197,6 +209,20 @@ fn example_cancel() -> Value {
     .to_value()
 }
 
+fn example_created() -> Value {
+    Envelope::success(example_scan_value().as_created()).to_value()
+}
+
+fn example_move() -> Value {
+    Envelope::success(MovedScan::from(Moved {
+        scan_id: ScanId::parse(EXAMPLE_SCAN).expect("example id"),
+        status: ScanStatus::Completed,
+        previous_status: ScanStatus::Running,
+        at: datetime!(2026-11-29 00:14:45.778 UTC),
+    }))
+    .to_value()
+}
+
 fn example_scan() -> Value {
     Envelope::success(example_scan_value()).to_value()
 }
@@ -220,6 +246,7 @@ fn example_events() -> Value {
         api_key_id: None,
         trace_id: trace_id.map(str::to_owned),
         at,
+        reason: None,
     };
     let events = vec![
         event(None, ScanStatus::Queued, scan.created_at, None),
@@ -354,6 +381,21 @@ error_response!(
     ]
 );
 error_response!(
+    /// 400 VALIDATION_ERROR on a route that reads a body: a malformed id, header or body, or a
+    /// request over a limit.
+    BadBody,
+    ErrorResponse,
+    after_auth,
+    [
+        ("malformedIds", ApiError::Validation(format!("accountGroupId {InvalidId}; scanId {InvalidId}"))),
+        ("unexpectedBody", ApiError::Validation("request body must be empty or a JSON object".into())),
+        ("unknownField", ApiError::Validation("request body: unknown field `status`, expected `reason`".into())),
+        ("reasonTooLong", ApiError::Validation("reason must be 1 to 1000 characters; it is 1001".into())),
+        ("badIdempotencyKey", ApiError::Validation("Idempotency-Key must be 1 to 255 visible ASCII characters, sent once".into())),
+        ("bodyTooLarge", ApiError::Validation(limits::body_too_large(MAX_BODY_BYTES + 1))),
+    ]
+);
+error_response!(
     /// 400 VALIDATION_ERROR on a route without parameters: the request is over a limit
     /// (checked before any route).
     RequestTooLarge,
@@ -399,6 +441,21 @@ error_response!(
     ]
 );
 error_response!(
+    /// 403 FORBIDDEN on a runner's route.
+    RunnerForbidden,
+    ErrorResponse,
+    after_auth,
+    [
+        ("missingPermission", ApiError::Forbidden(format!(
+            "API key lacks the {} permission",
+            Permission::SignalsRun.as_str()
+        ))),
+        ("noGroupAccess", ApiError::from(ServiceError::GroupForbidden(
+            AccountGroupId::parse(EXAMPLE_GROUP).expect("example id")
+        ))),
+    ]
+);
+error_response!(
     /// 404 NOT_FOUND.
     NotFound,
     ErrorResponse,
@@ -414,6 +471,23 @@ error_response!(
         ("completed", ApiError::NotCancellable { current: ScanStatus::Completed }),
         ("failed", ApiError::NotCancellable { current: ScanStatus::Failed }),
     ]
+);
+error_response!(
+    /// 422 VALIDATION_ERROR: the scan's status does not allow the runner's move.
+    NotMovable,
+    ErrorResponse,
+    after_auth,
+    [
+        ("cancelled", ApiError::NotMovable { current: ScanStatus::Cancelled }),
+        ("queued", ApiError::NotMovable { current: ScanStatus::Queued }),
+    ]
+);
+error_response!(
+    /// 422 VALIDATION_ERROR: the Idempotency-Key started a scan of another account group.
+    IdempotencyKeyReused,
+    ErrorResponse,
+    after_auth,
+    [("keyReused", ApiError::IdempotencyKeyReused)]
 );
 error_response!(
     /// 429 RATE_LIMITED.

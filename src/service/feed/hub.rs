@@ -74,7 +74,7 @@ fn dispatch(
     let mut groups = groups.lock().expect("no panic while holding the groups");
     groups.retain(|_, followers| followers.receiver_count() > 0);
     let mut given: Vec<AccountGroupId> = Vec::new();
-    for change in page.rows.iter().filter_map(|row| row.change.as_ref()) {
+    for change in page.rows.iter().map(|row| &row.change) {
         let group = change.account_group_id;
         if given.contains(&group) {
             continue;

@@ -61,6 +61,7 @@ async fn a_cancel_reaches_an_open_stream_by_its_hint_long_before_the_poll(backen
             "to": "cancelled",
             "at": at,
             "traceId": cancel.trace_id(),
+            "reason": null,
         })
     );
     assert_eq!(data["at"], cancel.body["data"]["cancelledAt"]);

@@ -50,11 +50,14 @@ fn stream_request(url: &str, key: &str) -> reqwest::RequestBuilder {
     reqwest::Client::new().get(url).bearer_auth(key)
 }
 
-/// Opens a stream that must be admitted, and reads its opening `retry:`.
+/// Opens a stream that must be admitted, and reads its opening `retry:`. These tests are about
+/// moves of scans they create while it is open: the creations are passed over (tests/api/runners.rs
+/// follows them).
 async fn follow(request: reqwest::RequestBuilder) -> SseStream {
     let mut stream = SseStream::open(request)
         .await
-        .unwrap_or_else(|refused| panic!("the stream was refused: {refused:?}"));
+        .unwrap_or_else(|refused| panic!("the stream was refused: {refused:?}"))
+        .moves_only();
     assert_eq!(
         stream.next_frame(SOON).await,
         Some(RECONNECT),
@@ -259,6 +262,8 @@ async fn read_as_a_client(
     while received.len() < total {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match stream.try_next_frame(left).await {
+            // Creations are passed over, as `follow`'s streams do.
+            Some(Some(Frame::Event(event))) if event.json()["from"].is_null() => continue,
             Some(Some(Frame::Event(event))) => received.push(event),
             Some(Some(_)) => continue,
             Some(None) => {

@@ -4,7 +4,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
+use signal_scans::domain::ids::ScanId;
 use signal_scans::domain::keys::Permission;
 use signal_scans::domain::scan::ScanStatus;
 use signal_scans::http::changes::StreamSettings;
@@ -76,55 +77,129 @@ async fn a_reconnect_gets_exactly_the_missed_changes_in_order_then_live_ones(bac
 }
 store_test!(a_reconnect_gets_exactly_the_missed_changes_in_order_then_live_ones);
 
-/// Cancels that commit at once interleave their transactions (on PostgreSQL, ids and xids out of
-/// commit order): each still reaches a stream exactly once, and resuming from any event's id gets
-/// exactly the changes delivered after it.
+/// Cancels that commit at once interleave their transactions: on PostgreSQL the interleaving is
+/// forced, a third of them writing their audit row (taking its id and xid) and then waiting on a
+/// lock the test holds until the others have been delivered, so ids and xids are out of commit
+/// order. Each change still reaches a stream exactly once, and resuming from every event's id gets
+/// exactly the changes delivered after it, once each. (A resumed stream reads what has committed
+/// in the trail's own order, which can differ from the order the live stream saw commits in:
+/// the replays are compared as sets, which duplicates would still fail.)
 async fn concurrent_cancels_reach_a_stream_once_each_and_resume_from_any_event_exactly(
     backend: Backend,
 ) {
-    let app = TestApp::spawn(backend).await;
+    const SCANS: usize = 60;
+    const HELD: usize = SCANS / 3;
+    const HOLD_LOCK: i64 = 4_243;
+    let mut settings = with_streams(StreamSettings {
+        max_per_key: SCANS + 1,
+        ..StreamSettings::default()
+    })
+    // The held cancels keep their connections while the others go on.
+    .with_db_max_connections(HELD as u32 + 10)
+    .with_db_timeout(Duration::from_secs(20));
+    settings.key_cache_ttl = Duration::from_secs(600);
+    let app = TestApp::spawn_with(backend, settings).await;
     let group = group();
     let writer = app.writer(&group).await;
     let (reader, _) = read_key(&app, &group).await;
     let url = app.url(&changes_path(&group, ""));
     let mut scans = Vec::new();
-    for _ in 0..60 {
+    for _ in 0..SCANS {
         scans.push(app.scan(&group, ScanStatus::Running).await);
     }
+    let held: Vec<ScanId> = scans.iter().step_by(3).copied().collect();
+    let mut admin = match backend {
+        Backend::Postgres => Some(hold_commits_of(&app, &held, HOLD_LOCK).await),
+        Backend::Sqlite => None,
+    };
     let mut stream = follow(stream_request(&url, &reader)).await;
 
-    let cancels = futures::future::join_all(
-        scans
-            .iter()
-            .map(|scan| app.cancel(Some(&writer), group.as_str(), scan.as_str())),
-    )
-    .await;
-    let delivered = next_events(&mut stream, scans.len()).await;
+    let (cancels, delivered) = tokio::join!(
+        futures::future::join_all(scans.iter().map(|scan| app.cancel(
+            Some(&writer),
+            group.as_str(),
+            scan.as_str()
+        )),),
+        async {
+            let Some(admin) = admin.as_mut() else {
+                return next_events(&mut stream, SCANS).await;
+            };
+            // The held ones have their ids and xids and wait to commit; the others commit and
+            // are delivered meanwhile.
+            until_advisory_waiters(admin, HELD).await;
+            let mut delivered = next_events(&mut stream, SCANS - HELD).await;
+            sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(HOLD_LOCK)
+                .execute(&mut *admin)
+                .await
+                .unwrap();
+            delivered.extend(next_events(&mut stream, HELD).await);
+            delivered
+        }
+    );
     stream.assert_no_event_for(QUIET).await;
-    let middle = 20;
-    let mut resumed =
-        follow(stream_request(&url, &reader).header("Last-Event-ID", id_of(&delivered[middle])))
-            .await;
-    let rest = next_events(&mut resumed, scans.len() - middle - 1).await;
-    resumed.assert_no_event_for(QUIET).await;
+    let resumed = futures::future::join_all((0..SCANS).map(|i| {
+        let request = stream_request(&url, &reader).header("Last-Event-ID", id_of(&delivered[i]));
+        async move {
+            let mut resumed = follow(request).await;
+            let rest = next_events(&mut resumed, SCANS - i - 1).await;
+            resumed.assert_no_event_for(QUIET).await;
+            rest
+        }
+    }))
+    .await;
 
     assert!(cancels.iter().all(|cancel| cancel.status == 200));
     let scan_ids = |events: &[SseEvent]| -> Vec<String> {
-        moves(events).into_iter().map(|(scan, ..)| scan).collect()
+        let mut ids: Vec<String> = moves(events).into_iter().map(|(scan, ..)| scan).collect();
+        ids.sort();
+        ids
     };
-    let mut every = scan_ids(&delivered);
-    every.sort();
     let mut expected: Vec<String> = scans.iter().map(ToString::to_string).collect();
     expected.sort();
-    assert_eq!(every, expected, "each cancel once");
-    let mut after_middle = scan_ids(&delivered[middle + 1..]);
-    let mut replayed = scan_ids(&rest);
-    after_middle.sort();
-    replayed.sort();
-    assert_eq!(
-        replayed, after_middle,
-        "exactly what was delivered after the cursor"
-    );
+    assert_eq!(scan_ids(&delivered), expected, "each cancel once");
+    for (i, rest) in resumed.iter().enumerate() {
+        assert_eq!(
+            scan_ids(rest),
+            scan_ids(&delivered[i + 1..]),
+            "resumed after event {i}: exactly what was delivered after it"
+        );
+    }
+    if let Some(admin) = admin.as_mut() {
+        let mut held_ids: Vec<String> = held.iter().map(ToString::to_string).collect();
+        held_ids.sort();
+        assert_eq!(
+            scan_ids(&delivered[SCANS - HELD..]),
+            held_ids,
+            "the held ones last"
+        );
+        // The case under test did happen: a held change took its id and xid before a change
+        // that committed, and was delivered, ahead of it.
+        let (held_min, others_max): (i64, i64) = sqlx::query_as(
+            "SELECT min(id) FILTER (WHERE scan_id = ANY($1)),
+                    max(id) FILTER (WHERE NOT scan_id = ANY($1))
+             FROM signal_scan_events WHERE to_status = 'cancelled'",
+        )
+        .bind(&held_ids)
+        .fetch_one(&mut *admin)
+        .await
+        .unwrap();
+        assert!(held_min < others_max, "ids {held_min} and {others_max}");
+        let (held_xid, others_xid): (String, String) = sqlx::query_as(
+            "SELECT min(xid::text::bigint) FILTER (WHERE scan_id = ANY($1))::text,
+                    max(xid::text::bigint) FILTER (WHERE NOT scan_id = ANY($1))::text
+             FROM signal_scan_events WHERE to_status = 'cancelled'",
+        )
+        .bind(&held_ids)
+        .fetch_one(&mut *admin)
+        .await
+        .unwrap();
+        let xid = |text: &str| text.parse::<u64>().unwrap();
+        assert!(
+            xid(&held_xid) < xid(&others_xid),
+            "xids {held_xid} and {others_xid}"
+        );
+    }
 }
 store_test!(concurrent_cancels_reach_a_stream_once_each_and_resume_from_any_event_exactly);
 
@@ -323,15 +398,16 @@ async fn scans_watch_server_prints_each_change_once_across_reconnections(backend
     }
     let mut lines = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while lines.len() < cancelled.len() {
+    // Each scan's creation, then its cancel.
+    while lines.len() < 2 * cancelled.len() {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match watch.next_within(left).await {
+        match watch.next_line_within(left).await {
             Some(line) => lines.push(line),
             None => panic!("printed only {lines:?}"),
         }
     }
     // Long enough for another stream to end and the watch to resume once more.
-    let after = watch.next_within(Duration::from_secs(4)).await;
+    let after = watch.next_line_within(Duration::from_secs(4)).await;
     let reconnections = watch.times_watching() - 1;
 
     assert!(
@@ -339,7 +415,15 @@ async fn scans_watch_server_prints_each_change_once_across_reconnections(backend
         "printed again after the last change: {after:?}"
     );
     assert!(reconnections >= 2, "{reconnections} reconnections");
-    for ((line, scan), at) in lines.iter().zip(&cancelled).zip(&cancelled_at) {
+    for ((pair, scan), at) in lines.chunks(2).zip(&cancelled).zip(&cancelled_at) {
+        let [created, line] = pair else {
+            panic!("{lines:?}")
+        };
+        assert_eq!(created["scanId"], scan.as_str(), "{lines:?}");
+        assert_eq!(
+            (&created["from"], &created["to"]),
+            (&Value::Null, &json!("running"))
+        );
         assert_eq!(line["scanId"], scan.as_str(), "{lines:?}");
         assert_eq!(line["accountGroupId"], group.as_str());
         assert_eq!(
@@ -350,3 +434,54 @@ async fn scans_watch_server_prints_each_change_once_across_reconnections(backend
     }
 }
 store_test!(scans_watch_server_prints_each_change_once_across_reconnections);
+
+/// Makes the cancels of `held` wait, after writing their audit row, for an advisory lock that the
+/// returned session holds (a trigger), so they commit only when the test says.
+async fn hold_commits_of(app: &TestApp, held: &[ScanId], lock: i64) -> PgConnection {
+    let mut admin = PgConnection::connect(&app.db.url).await.unwrap();
+    let listed: Vec<String> = held.iter().map(|scan| format!("'{scan}'")).collect();
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "CREATE FUNCTION hold_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NEW.scan_id IN ({}) AND NEW.to_status = 'cancelled' THEN
+                     PERFORM pg_advisory_xact_lock({lock});
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER hold_commit AFTER INSERT ON signal_scan_events
+                 FOR EACH ROW EXECUTE FUNCTION hold_commit();",
+            listed.join(", ")
+        )))
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(lock)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    admin
+}
+
+/// Until `count` sessions of this database wait on an advisory lock (10 s at most).
+async fn until_advisory_waiters(admin: &mut PgConnection, count: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database()
+               AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
+        )
+        .fetch_one(&mut *admin)
+        .await
+        .unwrap();
+        if waiting == count as i64 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{waiting} waiting on the advisory lock, not {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

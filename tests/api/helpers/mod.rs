@@ -34,6 +34,7 @@ use uuid::Uuid;
 pub const RUNNER: Actor<'static> = Actor {
     api_key_id: None,
     trace_id: Some("runner"),
+    reason: None,
 };
 
 const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -698,4 +699,39 @@ pub async fn redis_server_addr(url: &str) -> SocketAddr {
 /// `n` fresh ids that name nothing.
 pub fn group() -> AccountGroupId {
     AccountGroupId::generate()
+}
+
+/// The scan lifecycle over HTTP: a runner's key, and requests that carry a body.
+impl TestApp {
+    /// A runner's key on `group`: `signals:run` and `signals:read`.
+    pub async fn runner(&self, group: &AccountGroupId) -> String {
+        self.key_with(
+            &[Permission::SignalsRun, Permission::SignalsRead],
+            AccountGroupAccess::Only(vec![*group]),
+            None,
+        )
+        .await
+        .0
+    }
+
+    /// `POST path` with `key` as a Bearer token and `body` (JSON text) when given.
+    pub async fn post(&self, key: &str, path: &str, body: Option<&str>) -> ApiResponse {
+        let mut request = self.client.post(self.url(path)).bearer_auth(key);
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_owned());
+        }
+        ApiResponse::from(request.send().await.expect("request is answered")).await
+    }
+}
+
+/// `POST …/signals/scans`: where a client starts a scan.
+pub fn scans_path(group: &str) -> String {
+    format!("/v1/accounts/{group}/signals/scans")
+}
+
+/// `POST …/scans/{scanId}/{action}`: a runner's move (start, complete, fail).
+pub fn move_path(group: &str, scan: &str, action: &str) -> String {
+    format!("/v1/accounts/{group}/signals/scans/{scan}/{action}")
 }

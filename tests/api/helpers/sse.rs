@@ -37,6 +37,9 @@ impl SseEvent {
 pub struct SseStream {
     response: reqwest::Response,
     buffer: Vec<u8>,
+    /// Pass over scans' creations (events `from` null) like keep-alives: for tests about moves
+    /// that create their scans while the stream is open.
+    moves_only: bool,
 }
 
 impl SseStream {
@@ -55,7 +58,18 @@ impl SseStream {
         Ok(Self {
             response,
             buffer: Vec::new(),
+            moves_only: false,
         })
+    }
+
+    /// From now on, creations are passed over like keep-alives (see `moves_only`).
+    pub fn moves_only(mut self) -> Self {
+        self.moves_only = true;
+        self
+    }
+
+    fn passed_over(&self, event: &SseEvent) -> bool {
+        self.moves_only && event.json()["from"].is_null()
     }
 
     /// The next frame, or `None` when the body ended; panics when none comes within `limit`.
@@ -87,6 +101,7 @@ impl SseStream {
             loop {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 match self.try_next_frame(left).await {
+                    Some(Some(Frame::Event(event))) if self.passed_over(&event) => continue,
                     Some(Some(Frame::Event(event))) => return event,
                     Some(Some(Frame::Comment(_))) => continue,
                     Some(other) => panic!("{caller}: expected an event, got {other:?}"),
@@ -109,6 +124,7 @@ impl SseStream {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 match self.try_next_frame(left).await {
                     None => return,
+                    Some(Some(Frame::Event(event))) if self.passed_over(&event) => continue,
                     Some(Some(Frame::Comment(_))) => continue,
                     Some(other) => panic!("{caller}: expected silence, got {other:?}"),
                 }

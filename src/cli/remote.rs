@@ -1,0 +1,88 @@
+//! The service's API as a command-line client (`--server`): what a runner host or a client runs
+//! with only the service's URL and an API key (from `SIGNAL_SCANS_API_KEY`, never a flag: a flag
+//! would show the key in `ps`). No database credentials.
+
+use anyhow::{Context as _, anyhow, bail};
+use serde_json::Value;
+
+use crate::domain::ids::{AccountGroupId, ScanId};
+use crate::domain::scan::ScanStatus;
+
+/// The API key the commands send, from the environment only.
+pub fn api_key(command: &str) -> anyhow::Result<String> {
+    std::env::var("SIGNAL_SCANS_API_KEY")
+        .map_err(|_| anyhow!("{command} --server needs the API key in SIGNAL_SCANS_API_KEY"))
+}
+
+/// What a command asked the service, and how it answered.
+pub enum Answer {
+    /// 2xx: the envelope's `data`.
+    Done(Value),
+    /// 422: the scan's status does not allow it (`currentStatus`).
+    Refused { current: ScanStatus },
+}
+
+/// `POST path` on `server` with the key and an optional JSON body; the answer's `data`, a refusal
+/// by the state machine, or an error naming the status and the service's words.
+pub async fn post(
+    server: &url::Url,
+    path: &str,
+    key: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Answer> {
+    let url = server
+        .join(path.trim_start_matches('/'))
+        .with_context(|| format!("--server {server}"))?;
+    let mut request = reqwest::Client::new().post(url.clone()).bearer_auth(key);
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let text = response
+        .text()
+        .await
+        .with_context(|| format!("{url} answered {status}, then broke off"))?;
+    let envelope: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{url} answered {status} without the JSON envelope"))?;
+    if status.is_success() {
+        return Ok(Answer::Done(envelope["data"].clone()));
+    }
+    let details = envelope["error"]["details"].as_str().unwrap_or_default();
+    if status.as_u16() == 422
+        && let Some(current) = details.strip_prefix("currentStatus=")
+    {
+        return Ok(Answer::Refused {
+            current: current.parse()?,
+        });
+    }
+    let message = envelope["error"]["message"].as_str().unwrap_or_default();
+    bail!(
+        "{url} answered {status}: {message}{}{details} (trace id {})",
+        if details.is_empty() { "" } else { ": " },
+        envelope["traceId"].as_str().unwrap_or("-")
+    )
+}
+
+/// Where a client starts a scan of `group`.
+pub fn scans_path(group: &AccountGroupId) -> String {
+    format!("/v1/accounts/{group}/signals/scans")
+}
+
+/// Where a runner moves a scan to `to` (running, completed or failed).
+pub fn move_path(group: &AccountGroupId, scan: &ScanId, to: ScanStatus) -> anyhow::Result<String> {
+    let action = match to {
+        ScanStatus::Running => "start",
+        ScanStatus::Completed => "complete",
+        ScanStatus::Failed => "fail",
+        other => bail!("a runner cannot move a scan to {other}"),
+    };
+    Ok(format!(
+        "/v1/accounts/{group}/signals/scans/{scan}/{action}"
+    ))
+}

@@ -1,0 +1,191 @@
+//! A runner's moves of a scan: start, complete, fail. Each is the same guarded statement as a
+//! cancel; only a key holding `signals:run` may make them (a client must not forge a completion).
+
+use axum::Json;
+use axum::extract::State;
+use serde::Deserialize;
+
+use super::envelope::Envelope;
+use super::error::ApiError;
+use super::extract::{ApiBody, ApiPath, NoFields, ScanPath};
+use super::trace_id::TraceId;
+use super::views::MovedScan;
+use crate::domain::ids::{AccountGroupId, ScanId};
+use crate::domain::keys::Principal;
+use crate::domain::scan::{MAX_REASON_CHARS, ScanStatus};
+use crate::service::ScanService;
+
+/// `POST /v1/accounts/{accountGroupId}/signals/scans/{scanId}/start`: queued → running.
+#[utoipa::path(
+    post,
+    path = "/v1/accounts/{accountGroupId}/signals/scans/{scanId}/start",
+    operation_id = "startSignalScan",
+    tag = "runners",
+    summary = "A runner starts a scan",
+    description = "Moves a queued scan to running. No request body (or `{}`). Starting a running scan again \
+        answers 200 with `previousStatus` running and the original `at`; any other status is 422 with \
+        `currentStatus`. Requires the `signals:run` permission and access to the account group.",
+    params(ScanPath),
+    security(("bearerAuth" = []), ("apiKey" = [])),
+    responses(
+        (status = 200, description = "Scan running, now or before", body = crate::http::openapi::responses::SignalScanMoveResponse),
+        (status = 400, response = crate::http::openapi::responses::BadBody),
+        (status = 401, response = crate::http::openapi::responses::Unauthorized),
+        (status = 403, response = crate::http::openapi::responses::RunnerForbidden),
+        (status = 404, response = crate::http::openapi::responses::NotFound),
+        (status = 422, response = crate::http::openapi::responses::NotMovable),
+        (status = 429, response = crate::http::openapi::responses::RateLimited),
+        (status = 500, response = crate::http::openapi::responses::InternalError),
+        (status = 502, response = crate::http::openapi::responses::UpstreamError),
+    )
+)]
+pub async fn start_scan(
+    State(service): State<ScanService>,
+    principal: Principal,
+    trace_id: TraceId,
+    ApiPath(path): ApiPath<ScanPath>,
+    body: ApiBody,
+) -> Result<Json<Envelope<MovedScan>>, ApiError> {
+    let ids = path.parse()?;
+    let NoFields {} = body.optional_fields()?;
+    move_scan(
+        &service,
+        &principal,
+        &trace_id,
+        ids,
+        ScanStatus::Running,
+        None,
+    )
+    .await
+}
+
+/// `POST /v1/accounts/{accountGroupId}/signals/scans/{scanId}/complete`: running → completed.
+#[utoipa::path(
+    post,
+    path = "/v1/accounts/{accountGroupId}/signals/scans/{scanId}/complete",
+    operation_id = "completeSignalScan",
+    tag = "runners",
+    summary = "A runner completes a scan",
+    description = "Moves a running scan to completed. No request body (or `{}`). Completing a completed scan \
+        again answers 200 with `previousStatus` completed; any other status is 422 with `currentStatus` (a \
+        cancelled scan answers `currentStatus=cancelled`: the runner stops). Requires the `signals:run` \
+        permission and access to the account group.",
+    params(ScanPath),
+    security(("bearerAuth" = []), ("apiKey" = [])),
+    responses(
+        (status = 200, description = "Scan completed, now or before", body = crate::http::openapi::responses::SignalScanMoveResponse),
+        (status = 400, response = crate::http::openapi::responses::BadBody),
+        (status = 401, response = crate::http::openapi::responses::Unauthorized),
+        (status = 403, response = crate::http::openapi::responses::RunnerForbidden),
+        (status = 404, response = crate::http::openapi::responses::NotFound),
+        (status = 422, response = crate::http::openapi::responses::NotMovable),
+        (status = 429, response = crate::http::openapi::responses::RateLimited),
+        (status = 500, response = crate::http::openapi::responses::InternalError),
+        (status = 502, response = crate::http::openapi::responses::UpstreamError),
+    )
+)]
+pub async fn complete_scan(
+    State(service): State<ScanService>,
+    principal: Principal,
+    trace_id: TraceId,
+    ApiPath(path): ApiPath<ScanPath>,
+    body: ApiBody,
+) -> Result<Json<Envelope<MovedScan>>, ApiError> {
+    let ids = path.parse()?;
+    let NoFields {} = body.optional_fields()?;
+    move_scan(
+        &service,
+        &principal,
+        &trace_id,
+        ids,
+        ScanStatus::Completed,
+        None,
+    )
+    .await
+}
+
+/// The body of a failure: an optional reason.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailRequest {
+    /// Why the scan failed, 1 to 1,000 characters; kept with the audit row and shown in the
+    /// scan's events, the change stream and `scans watch`.
+    #[schema(min_length = 1, max_length = 1000)]
+    reason: Option<String>,
+}
+
+/// `POST /v1/accounts/{accountGroupId}/signals/scans/{scanId}/fail`: running → failed.
+#[utoipa::path(
+    post,
+    path = "/v1/accounts/{accountGroupId}/signals/scans/{scanId}/fail",
+    operation_id = "failSignalScan",
+    tag = "runners",
+    summary = "A runner fails a scan",
+    description = "Moves a running scan to failed, with an optional `reason` (at most 1,000 characters). \
+        Failing a failed scan again answers 200 with `previousStatus` failed; any other status is 422 with \
+        `currentStatus`. Requires the `signals:run` permission and access to the account group.",
+    params(ScanPath),
+    request_body(content = Option<FailRequest>, description = "Optional; an empty body means no reason."),
+    security(("bearerAuth" = []), ("apiKey" = [])),
+    responses(
+        (status = 200, description = "Scan failed, now or before", body = crate::http::openapi::responses::SignalScanMoveResponse),
+        (status = 400, response = crate::http::openapi::responses::BadBody),
+        (status = 401, response = crate::http::openapi::responses::Unauthorized),
+        (status = 403, response = crate::http::openapi::responses::RunnerForbidden),
+        (status = 404, response = crate::http::openapi::responses::NotFound),
+        (status = 422, response = crate::http::openapi::responses::NotMovable),
+        (status = 429, response = crate::http::openapi::responses::RateLimited),
+        (status = 500, response = crate::http::openapi::responses::InternalError),
+        (status = 502, response = crate::http::openapi::responses::UpstreamError),
+    )
+)]
+pub async fn fail_scan(
+    State(service): State<ScanService>,
+    principal: Principal,
+    trace_id: TraceId,
+    ApiPath(path): ApiPath<ScanPath>,
+    body: ApiBody,
+) -> Result<Json<Envelope<MovedScan>>, ApiError> {
+    let ids = path.parse()?;
+    let FailRequest { reason } = body.optional_fields()?;
+    if let Some(reason) = &reason {
+        let chars = reason.chars().count();
+        if !(1..=MAX_REASON_CHARS).contains(&chars) {
+            return Err(ApiError::Validation(format!(
+                "reason must be 1 to {MAX_REASON_CHARS} characters; it is {chars}"
+            )));
+        }
+    }
+    let reason = reason.as_deref();
+    move_scan(
+        &service,
+        &principal,
+        &trace_id,
+        ids,
+        ScanStatus::Failed,
+        reason,
+    )
+    .await
+}
+
+/// The ids and the body are parsed (400s); the service checks the group (403), the scan (404)
+/// and the move (422).
+async fn move_scan(
+    service: &ScanService,
+    principal: &Principal,
+    trace_id: &TraceId,
+    (group, scan): (AccountGroupId, ScanId),
+    to: ScanStatus,
+    reason: Option<&str>,
+) -> Result<Json<Envelope<MovedScan>>, ApiError> {
+    let moved = service
+        .move_scan(principal, &group, &scan, to, trace_id.as_str(), reason)
+        .await?;
+    tracing::info!(
+        scan.id = %moved.scan_id,
+        scan.status = %moved.status,
+        scan.previous_status = %moved.previous_status,
+        "scan moved"
+    );
+    Ok(Json(Envelope::success(moved.into())))
+}

@@ -1,0 +1,299 @@
+//! Starting a scan over HTTP: `POST …/signals/scans`, its body rule and its Idempotency-Key.
+
+use signal_scans::domain::keys::{AccountGroupAccess, Permission};
+use signal_scans::domain::scan::ScanStatus;
+use sqlx::Connection;
+
+use crate::helpers::{Backend, TestApp, group, scans_path};
+use crate::store_test;
+
+/// How many scans `group` has, read from the store.
+async fn scans_of(app: &TestApp, group: &signal_scans::domain::ids::AccountGroupId) -> usize {
+    let query = signal_scans::domain::scan::ScanPageQuery {
+        status: None,
+        limit: 100,
+        after: None,
+    };
+    app.store.list_scans(group, &query).await.unwrap().len()
+}
+
+/// `POST …/signals/scans` with `key`, `idempotency_key` and a JSON `body` when given.
+async fn create(
+    app: &TestApp,
+    key: &str,
+    group: &str,
+    idempotency_key: Option<&str>,
+) -> crate::helpers::ApiResponse {
+    let mut request = app
+        .client
+        .post(app.url(&scans_path(group)))
+        .bearer_auth(key);
+    if let Some(idempotency_key) = idempotency_key {
+        request = request.header("idempotency-key", idempotency_key);
+    }
+    crate::helpers::ApiResponse::from(request.send().await.unwrap()).await
+}
+
+async fn creating_a_scan_answers_201_with_its_location_and_the_queued_scan(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let (key, key_id) = app
+        .key_with(
+            &[Permission::SignalsWrite],
+            AccountGroupAccess::Only(vec![group]),
+            None,
+        )
+        .await;
+
+    let response = create(&app, &key, group.as_str(), None).await;
+
+    assert_eq!(response.status, 201, "{response:?}");
+    let scan_id = response.body["data"]["scanId"].as_str().unwrap().to_owned();
+    assert_eq!(
+        response.header("location"),
+        Some(format!("/v1/accounts/{group}/signals/scans/{scan_id}").as_str())
+    );
+    assert_eq!(response.header("idempotent-replayed"), None);
+    // The same scan as GET shows it.
+    let shown = app
+        .get(
+            &key,
+            &format!("/v1/accounts/{group}/signals/scans/{scan_id}"),
+        )
+        .await;
+    assert_eq!(shown.status, 200, "{shown:?}");
+    assert_eq!(shown.body["data"], response.body["data"]);
+    assert_eq!(response.body["data"]["status"], "queued");
+    for moment in ["startedAt", "finishedAt", "cancelledAt"] {
+        assert!(response.body["data"][moment].is_null(), "{response:?}");
+    }
+    // One audit row, from nothing to queued, naming the key and the request.
+    let scan = signal_scans::domain::ids::ScanId::parse(&scan_id).unwrap();
+    let events = app.store.scan_events(&scan).await.unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].from, None);
+    assert_eq!(events[0].to, ScanStatus::Queued);
+    assert_eq!(events[0].api_key_id, Some(key_id));
+    assert_eq!(events[0].trace_id.as_deref(), Some(response.trace_id()));
+}
+store_test!(creating_a_scan_answers_201_with_its_location_and_the_queued_scan);
+
+async fn a_creation_takes_no_body_or_an_empty_object_and_refuses_anything_else(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let path = scans_path(group.as_str());
+
+    for accepted in ["", "{}", " { } \n"] {
+        let response = app.post(&key, &path, Some(accepted)).await;
+        assert_eq!(response.status, 201, "{accepted:?}: {response:?}");
+    }
+    for (refused, named) in [
+        (r#"{"status":"running"}"#, "unknown field `status`"),
+        ("[]", "must be empty or a JSON object"),
+        ("\"scan\"", "must be empty or a JSON object"),
+        ("not json", "must be empty or a JSON object"),
+        ("{", "must be empty or a JSON object"),
+    ] {
+        let response = app.post(&key, &path, Some(refused)).await;
+        let details = response.assert_error(400, "VALIDATION_ERROR");
+        assert!(details.contains(named), "{refused:?}: {details}");
+    }
+    // Only the three accepted requests created anything.
+    assert_eq!(scans_of(&app, &group).await, 3);
+}
+store_test!(a_creation_takes_no_body_or_an_empty_object_and_refuses_anything_else);
+
+async fn a_field_name_is_echoed_short_whatever_its_length(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let long_field = "f".repeat(30_000);
+
+    let response = app
+        .post(
+            &key,
+            &scans_path(group.as_str()),
+            Some(&format!(r#"{{"{long_field}":1}}"#)),
+        )
+        .await;
+
+    let details = response.assert_error(400, "VALIDATION_ERROR");
+    assert!(details.len() < 200, "{} bytes of details", details.len());
+    assert_eq!(scans_of(&app, &group).await, 0);
+}
+store_test!(a_field_name_is_echoed_short_whatever_its_length);
+
+async fn a_repeated_idempotency_key_answers_the_first_scan_again_and_creates_nothing(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let other_key = app.writer(&group).await;
+
+    let first = create(&app, &key, group.as_str(), Some("retry-me-1")).await;
+    let again = create(&app, &key, group.as_str(), Some("retry-me-1")).await;
+    let by_another_key = create(&app, &other_key, group.as_str(), Some("retry-me-1")).await;
+    let another = create(&app, &key, group.as_str(), Some("retry-me-2")).await;
+
+    assert_eq!(first.status, 201, "{first:?}");
+    assert_eq!(first.header("idempotent-replayed"), None);
+    assert_eq!(again.status, 201, "{again:?}");
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.header("location"), first.header("location"));
+    assert_eq!(again.body["data"], first.body["data"]);
+    assert_ne!(again.trace_id(), first.trace_id());
+    // Keys are per API key: another key's same string is a new request.
+    assert_eq!(by_another_key.status, 201);
+    assert_eq!(by_another_key.header("idempotent-replayed"), None);
+    assert_ne!(
+        by_another_key.body["data"]["scanId"],
+        first.body["data"]["scanId"]
+    );
+    assert_ne!(another.body["data"]["scanId"], first.body["data"]["scanId"]);
+    assert_eq!(scans_of(&app, &group).await, 3);
+}
+store_test!(a_repeated_idempotency_key_answers_the_first_scan_again_and_creates_nothing);
+
+async fn a_replay_answers_the_first_answer_even_after_the_scan_moved(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let first = create(&app, &key, group.as_str(), Some("k")).await;
+    let scan = first.body["data"]["scanId"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.cancel(Some(&key), group.as_str(), &scan).await.status,
+        200
+    );
+
+    let again = create(&app, &key, group.as_str(), Some("k")).await;
+
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.body["data"], first.body["data"]);
+    assert_eq!(again.body["data"]["status"], "queued");
+}
+store_test!(a_replay_answers_the_first_answer_even_after_the_scan_moved);
+
+async fn an_idempotency_key_reused_for_another_group_is_422_naming_the_header(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (group_a, group_b) = (group(), group());
+    let (key, _) = app
+        .key_with(
+            &[Permission::SignalsWrite],
+            AccountGroupAccess::Only(vec![group_a, group_b]),
+            None,
+        )
+        .await;
+    assert_eq!(
+        create(&app, &key, group_a.as_str(), Some("k")).await.status,
+        201
+    );
+
+    let response = create(&app, &key, group_b.as_str(), Some("k")).await;
+
+    let details = response.assert_error(422, "VALIDATION_ERROR");
+    assert!(details.contains("Idempotency-Key"), "{details}");
+    assert_eq!(scans_of(&app, &group_b).await, 0);
+}
+store_test!(an_idempotency_key_reused_for_another_group_is_422_naming_the_header);
+
+async fn a_malformed_idempotency_key_is_400_and_creates_nothing(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let longest = "k".repeat(255);
+    assert_eq!(
+        create(&app, &key, group.as_str(), Some(&longest))
+            .await
+            .status,
+        201
+    );
+
+    for malformed in [
+        "k".repeat(256),
+        "with space".into(),
+        String::new(),
+        "tab\there".into(),
+    ] {
+        let response = create(&app, &key, group.as_str(), Some(&malformed)).await;
+        let details = response.assert_error(400, "VALIDATION_ERROR");
+        assert!(
+            details.contains("Idempotency-Key"),
+            "{malformed:?}: {details}"
+        );
+    }
+    assert_eq!(scans_of(&app, &group).await, 1);
+}
+store_test!(a_malformed_idempotency_key_is_400_and_creates_nothing);
+
+async fn concurrent_requests_with_one_idempotency_key_create_exactly_one_scan(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let key = app.writer(&group).await;
+
+    let answers = futures::future::join_all(
+        (0..16).map(|_| create(&app, &key, group.as_str(), Some("same-key"))),
+    )
+    .await;
+
+    assert!(
+        answers.iter().all(|answer| answer.status == 201),
+        "{answers:?}"
+    );
+    let first = &answers[0].body["data"]["scanId"];
+    assert!(
+        answers
+            .iter()
+            .all(|answer| &answer.body["data"]["scanId"] == first)
+    );
+    let originals = answers
+        .iter()
+        .filter(|answer| answer.header("idempotent-replayed").is_none())
+        .count();
+    assert_eq!(originals, 1, "exactly one request created the scan");
+    assert_eq!(scans_of(&app, &group).await, 1);
+}
+store_test!(concurrent_requests_with_one_idempotency_key_create_exactly_one_scan);
+
+async fn an_idempotency_key_is_forgotten_after_24_hours(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let first = create(&app, &key, group.as_str(), Some("old")).await;
+    let _kept = create(&app, &key, group.as_str(), Some("fresh")).await;
+    age_key(&app, backend, "old").await;
+
+    // An expired key starts a new scan.
+    let later = create(&app, &key, group.as_str(), Some("old")).await;
+    assert_eq!(later.status, 201);
+    assert_eq!(later.header("idempotent-replayed"), None);
+    assert_ne!(later.body["data"]["scanId"], first.body["data"]["scanId"]);
+
+    // And the sweep deletes only keys past their window.
+    let store = &app.store;
+    age_key(&app, backend, "old").await;
+    assert_eq!(store.forget_idempotency_keys(100).await.unwrap(), 1);
+    assert_eq!(store.forget_idempotency_keys(100).await.unwrap(), 0);
+    let kept = create(&app, &key, group.as_str(), Some("fresh")).await;
+    assert_eq!(kept.header("idempotent-replayed"), Some("true"));
+}
+store_test!(an_idempotency_key_is_forgotten_after_24_hours);
+
+/// Makes idempotency key `key` a day and more old, as the database writes instants.
+async fn age_key(app: &TestApp, backend: Backend, key: &str) {
+    let age = format!(
+        "UPDATE idempotency_keys SET created_at = '2000-01-01T00:00:00.000000Z' WHERE key = '{key}'"
+    );
+    let age = sqlx::AssertSqlSafe(age);
+    match backend {
+        Backend::Postgres => {
+            let mut db = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+            sqlx::raw_sql(age).execute(&mut db).await.unwrap();
+        }
+        Backend::Sqlite => {
+            let mut db = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
+            sqlx::raw_sql(age).execute(&mut db).await.unwrap();
+        }
+    }
+}

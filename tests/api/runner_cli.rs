@@ -1,0 +1,252 @@
+//! The command line as a runner host has it: only the service's URL and an API key
+//! (`SIGNAL_SCANS_API_KEY`), no database credentials; and `scans watch` lines that resume.
+
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use signal_scans::domain::keys::{AccountGroupAccess, Permission};
+use signal_scans::domain::scan::ScanStatus;
+use tokio::io::AsyncBufReadExt;
+
+use crate::helpers::{Backend, TestApp, group};
+use crate::store_test;
+
+/// The binary with a cleared environment: `PATH`, the key and `envs` only (no `DATABASE_URL`),
+/// run in `folder`.
+fn run(folder: &std::path::Path, key: &str, args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_signal-scans"))
+        .args(args)
+        .current_dir(folder)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("SIGNAL_SCANS_API_KEY", key)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the binary runs")
+}
+
+fn stdout_json(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|_| panic!("JSON on stdout: {output:?}"))
+}
+
+/// A folder of its own, removed when dropped: where a runner's commands run.
+struct Folder(std::path::PathBuf);
+
+impl Folder {
+    fn new() -> Self {
+        let path = std::env::temp_dir().join(format!("runner-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for Folder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn a_runner_host_starts_moves_and_fails_scans_with_only_the_url_and_a_key(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let writer = app.writer(&group).await;
+    let (runner, _) = app
+        .key_with(
+            &[Permission::SignalsRun, Permission::SignalsRead],
+            AccountGroupAccess::Only(vec![group]),
+            None,
+        )
+        .await;
+    let folder = Folder::new();
+    let server = app.url("/");
+    let to = |scan: &str, status: &str, extra: &[&str]| {
+        let mut args = vec![
+            "scans",
+            "transition",
+            scan,
+            "--to",
+            status,
+            "--server",
+            &server,
+            "--account-group",
+            group.as_str(),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        run(&folder.0, &runner, &args)
+    };
+
+    let created = run(
+        &folder.0,
+        &writer,
+        &[
+            "scans",
+            "create",
+            "--server",
+            &server,
+            "--account-group",
+            group.as_str(),
+            "--json",
+        ],
+    );
+    assert!(created.status.success(), "{created:?}");
+    let created = stdout_json(&created);
+    assert_eq!(created["status"], "queued");
+    let scan = created["scanId"].as_str().unwrap().to_owned();
+    let started = to(&scan, "running", &[]);
+    let failed = to(&scan, "failed", &["--reason", "out of disk"]);
+    let plain = run(
+        &folder.0,
+        &runner,
+        &[
+            "scans",
+            "transition",
+            &scan,
+            "--to",
+            "failed",
+            "--server",
+            &server,
+            "--account-group",
+            group.as_str(),
+        ],
+    );
+
+    assert!(started.status.success(), "{started:?}");
+    assert_eq!(stdout_json(&started)["status"], "running");
+    assert!(failed.status.success(), "{failed:?}");
+    assert_eq!(stdout_json(&failed)["previousStatus"], "running");
+    assert_eq!(
+        String::from_utf8(plain.stdout).unwrap(),
+        format!("{scan} failed\n")
+    );
+    let scan_id = signal_scans::domain::ids::ScanId::parse(&scan).unwrap();
+    let events = app.store.scan_events(&scan_id).await.unwrap();
+    assert_eq!(
+        events.last().unwrap().reason.as_deref(),
+        Some("out of disk")
+    );
+    // A runner that completes a cancelled scan learns it was cancelled, as JSON, and fails.
+    let cancelled = app.scan(&group, ScanStatus::Cancelled).await;
+    let late = to(cancelled.as_str(), "completed", &[]);
+    assert!(!late.status.success(), "{late:?}");
+    let refused = stdout_json(&late);
+    assert_eq!(refused["currentStatus"], "cancelled", "{late:?}");
+    assert_eq!(refused["scanId"], cancelled.as_str());
+    // Nothing was made in the runner's folder.
+    assert_eq!(std::fs::read_dir(&folder.0).unwrap().count(), 0);
+}
+store_test!(a_runner_host_starts_moves_and_fails_scans_with_only_the_url_and_a_key);
+
+#[test]
+fn a_command_that_needs_a_store_never_creates_one_and_names_where_it_looked() {
+    let folder = Folder::new();
+    for args in [
+        &[
+            "scans",
+            "transition",
+            "507f1f77bcf86cd799439011",
+            "--to",
+            "running",
+        ][..],
+        &["scans", "show", "507f1f77bcf86cd799439011"],
+    ] {
+        let output = run(&folder.0, "", args);
+
+        assert!(!output.status.success(), "{output:?}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(
+            stderr.contains("no database at data/signal-scans.db"),
+            "{stderr}"
+        );
+        assert!(!folder.0.join("data").exists(), "{args:?} made a store");
+    }
+}
+
+/// Reads `scans watch` lines until `count` were printed (30 s at most).
+async fn lines(
+    printed: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    count: usize,
+) -> Vec<Value> {
+    let mut lines = Vec::new();
+    while lines.len() < count {
+        let line = tokio::time::timeout(Duration::from_secs(30), printed.next_line())
+            .await
+            .expect("a line within 30 s")
+            .unwrap()
+            .expect("the watch runs");
+        lines.push(serde_json::from_str(&line).unwrap());
+    }
+    lines
+}
+
+fn watch(app: &TestApp, key: &str, group: &str, after: Option<&str>) -> tokio::process::Child {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_signal-scans"));
+    command
+        .args([
+            "scans",
+            "watch",
+            "--server",
+            &app.url("/"),
+            "--account-group",
+            group,
+        ])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("SIGNAL_SCANS_API_KEY", key)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(after) = after {
+        command.args(["--after", after]);
+    }
+    command.spawn().unwrap()
+}
+
+async fn watch_lines_carry_their_cursor_and_trace_id_and_after_resumes_right_there(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let writer = app.writer(&group).await;
+    let (reader, _) = app
+        .key_with(
+            &[Permission::SignalsRead],
+            AccountGroupAccess::Only(vec![group]),
+            None,
+        )
+        .await;
+    // Two changes before any watch starts, replayed from the oldest cursor.
+    let created = app
+        .post(&writer, &crate::helpers::scans_path(group.as_str()), None)
+        .await;
+    let scan = created.body["data"]["scanId"].as_str().unwrap().to_owned();
+    let cancelled = app.cancel(Some(&writer), group.as_str(), &scan).await;
+
+    let mut first = watch(&app, &reader, group.as_str(), Some("0-0"));
+    let mut printed = tokio::io::BufReader::new(first.stdout.take().unwrap()).lines();
+    let both = lines(&mut printed, 2).await;
+    first.kill().await.unwrap();
+    let mut resumed = watch(&app, &reader, group.as_str(), both[0]["id"].as_str());
+    let mut printed = tokio::io::BufReader::new(resumed.stdout.take().unwrap()).lines();
+    let again = lines(&mut printed, 1).await;
+
+    assert_eq!(both[0]["scanId"], scan.as_str());
+    assert_eq!(
+        (&both[0]["from"], &both[0]["to"]),
+        (&Value::Null, &"queued".into())
+    );
+    assert_eq!(both[0]["traceId"], created.trace_id());
+    assert_eq!(
+        (&both[1]["from"], &both[1]["to"]),
+        (&"queued".into(), &"cancelled".into())
+    );
+    assert_eq!(both[1]["traceId"], cancelled.trace_id());
+    assert!(
+        both.iter()
+            .all(|line| line["id"].as_str().is_some_and(|id| !id.is_empty()))
+    );
+    // Resumed right after the first line: exactly the second, nothing before it.
+    assert_eq!(again[0], both[1]);
+    resumed.kill().await.unwrap();
+}
+store_test!(watch_lines_carry_their_cursor_and_trace_id_and_after_resumes_right_there);
