@@ -207,6 +207,16 @@ impl Store {
         }
     }
 
+    /// SQLite: this process's writers holding or queued for its one write turn (`None` on
+    /// PostgreSQL, whose lock waiters `pg_stat_activity` shows).
+    #[doc(hidden)] // For tests that force a race: they wait until both contenders queue.
+    pub fn writers_wanting(&self) -> Option<usize> {
+        match self {
+            Store::Postgres(_) => None,
+            Store::Sqlite(store) => Some(store.writers_wanting()),
+        }
+    }
+
     pub fn pool_usage(&self) -> PoolUsage {
         match self {
             Store::Postgres(store) => store.pool_usage(),

@@ -1,6 +1,6 @@
 //! The cancel endpoint's outcomes, as the contract states them.
 
-use signal_scans::domain::keys::{AccountGroupAccess, Permission};
+use signal_scans::domain::keys::Permission;
 use signal_scans::domain::scan::ScanStatus;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -47,9 +47,7 @@ async fn repeated_cancel_answers_200_with_the_original_cancelled_at(backend: Bac
     let scan = app.scan(&group, ScanStatus::Queued).await;
 
     let first = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
-    let second = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
-
-    assert_eq!(second.status, 200, "{second:?}");
+    let second = app.cancel_ok(&key, &group, &scan).await;
     assert_eq!(second.body["data"]["previousStatus"], "cancelled");
     assert_eq!(second.body["data"]["status"], "cancelled");
     assert_eq!(
@@ -69,9 +67,7 @@ async fn cancel_of_a_scan_created_cancelled_answers_its_cancelled_at(backend: Ba
     let scan = app.scan(&group, ScanStatus::Cancelled).await;
     let stored = app.store.find_scan(None, &scan).await.unwrap().unwrap();
 
-    let response = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
-
-    assert_eq!(response.status, 200, "{response:?}");
+    let response = app.cancel_ok(&key, &group, &scan).await;
     assert_eq!(response.body["data"]["previousStatus"], "cancelled");
     let answered = OffsetDateTime::parse(
         response.body["data"]["cancelledAt"].as_str().unwrap(),
@@ -106,13 +102,7 @@ store_test!(cancel_of_completed_or_failed_scan_is_422_with_current_status);
 async fn cancel_writes_one_audit_row_naming_key_and_trace(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let group = group();
-    let (key, key_id) = app
-        .key_with(
-            &[Permission::SignalsWrite],
-            AccountGroupAccess::Only(vec![group]),
-            None,
-        )
-        .await;
+    let (key, key_id) = app.key_for(&[Permission::SignalsWrite], &[group]).await;
     let scan = app.scan(&group, ScanStatus::Running).await;
 
     let response = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
