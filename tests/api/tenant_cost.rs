@@ -228,7 +228,8 @@ async fn a_replay_from_the_oldest_cursor_reads_only_its_own_groups_rows(backend:
     let before = app.served_store.feed_rows_read();
     let mut stream = follow(&app, &mine, "?after=0-0").await;
     let mut replayed = Vec::new();
-    for _ in 0..cancelled.len() {
+    // Each scan's creation, then its cancel.
+    for _ in 0..my_rows {
         replayed.push(stream.next_event(SOON).await);
     }
     stream.assert_no_event_for(Duration::from_millis(300)).await;
@@ -244,15 +245,19 @@ async fn a_replay_from_the_oldest_cursor_reads_only_its_own_groups_rows(backend:
     .await
     .unwrap();
     let mut watched = Vec::new();
-    for _ in 0..cancelled.len() {
+    for _ in 0..my_rows {
         let event = tokio::time::timeout(SOON, watch.next()).await.unwrap();
-        watched.push(event.unwrap().change.scan_id);
+        watched.push(event.unwrap().change.scan_id.to_string());
     }
     let watch_after = app.store.feed_rows_read();
     let plan = group_read_plan(&app, &mine).await;
 
-    assert_eq!(scan_ids(&replayed), strings(&cancelled));
-    assert_eq!(watched, cancelled);
+    let created_then_cancelled: Vec<String> = strings(&cancelled)
+        .into_iter()
+        .flat_map(|scan| [scan.clone(), scan])
+        .collect();
+    assert_eq!(scan_ids(&replayed), created_then_cancelled);
+    assert_eq!(watched, created_then_cancelled);
     assert_eq!(
         after.one_group - before.one_group,
         my_rows,
@@ -767,12 +772,12 @@ async fn the_group_migration_fills_old_rows_and_keeps_their_positions(backend: B
     .await
     .unwrap();
     let mut replayed = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..4 {
         let event = tokio::time::timeout(SOON, reader.next())
             .await
             .expect("the group's old changes are replayed")
             .unwrap();
-        replayed.push((event.change.scan_id, event.change.to));
+        replayed.push((event.change.scan_id, event.change.from, event.change.to));
     }
 
     let groups = |rows: &[(i64, String, Option<String>)]| -> Vec<Option<String>> {
@@ -793,9 +798,15 @@ async fn the_group_migration_fills_old_rows_and_keeps_their_positions(backend: B
         [a.clone(), b.clone(), a.clone(), a.clone(), b.clone()]
     );
     assert_eq!(written_without.last().unwrap().2, a, "the trigger files it");
+    use ScanStatus::{Cancelled, Queued, Running};
     assert_eq!(
         replayed,
-        [(a1, ScanStatus::Running), (a2, ScanStatus::Cancelled)]
+        [
+            (a1, None, Queued),
+            (a1, Some(Queued), Running),
+            (a2, None, Queued),
+            (a2, Some(Queued), Cancelled)
+        ]
     );
 }
 store_test!(the_group_migration_fills_old_rows_and_keeps_their_positions);
