@@ -58,9 +58,10 @@ export AUTH_FAILURES_PER_MINUTE=100000
 export STREAM_MAX_AGE_MS=1000
 export RUST_LOG="${RUST_LOG:-warn}"
 
-# A key with both permissions on every account group, and a few scans in each status.
+# A key with every permission on every account group (so the runner's routes are reached too), and
+# a few scans in each status.
 KEY="$("$BIN" keys create --name schemathesis --permission signals:read --permission signals:write \
-  --all-account-groups --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')"
+  --permission signals:run --all-account-groups --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')"
 for status in queued queued running running completed failed cancelled; do
   "$BIN" scans create --account-group "$GROUP" --status "$status" --json >/dev/null
 done
@@ -86,6 +87,24 @@ cat >"$WORK/schemathesis.toml" <<'TOML'
 [[operations]]
 include-operation-id = "cancelSignalScan"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
+
+# A runner's move of a scan whose status does not allow it is the documented 422, as for a cancel;
+# so is an Idempotency-Key reused for another account group.
+[[operations]]
+include-operation-id = "startSignalScan"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "422", "429", "5xx"]
+
+[[operations]]
+include-operation-id = "completeSignalScan"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "422", "429", "5xx"]
+
+[[operations]]
+include-operation-id = "failSignalScan"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "422", "429", "5xx"]
+
+[[operations]]
+include-operation-id = "createSignalScan"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "422", "429", "5xx"]
 
 # A cursor that matches the documented pattern may still be one this feed never issued (400).
 [[operations]]

@@ -5,15 +5,18 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use crate::domain::ids::{AccountGroupId, ScanId};
-use crate::domain::keys::{AccountGroupAccess, KeySpec};
+use crate::domain::keys::{AccountGroupAccess, KeySpec, Permission};
 use crate::domain::scan::ScanStatus;
 use crate::service::{KeyAdmin, ScanService, ServiceError};
 
 /// What the demo created: enough to show every outcome.
 pub struct Demo {
     key: String,
+    /// A runner's key: `signals:run` and `signals:read`.
+    runner_key: String,
     group: AccountGroupId,
     queued: ScanId,
+    running: ScanId,
     completed: ScanId,
 }
 
@@ -27,6 +30,14 @@ pub async fn seed(keys: &KeyAdmin, scans: &ScanService) -> Result<Option<Demo>, 
     let spec = KeySpec::new("demo", &[], AccountGroupAccess::Only(vec![group]), None)
         .expect("a valid key spec");
     let (_, new_key) = keys.create(&spec).await?;
+    let runner_spec = KeySpec::new(
+        "demo runner",
+        &[Permission::SignalsRun, Permission::SignalsRead],
+        AccountGroupAccess::Only(vec![group]),
+        None,
+    )
+    .expect("a valid key spec");
+    let (_, runner_key) = keys.create(&runner_spec).await?;
     let mut created = Vec::new();
     for status in ScanStatus::ALL {
         created.push(scans.seed_scan(&group, status).await?);
@@ -40,7 +51,9 @@ pub async fn seed(keys: &KeyAdmin, scans: &ScanService) -> Result<Option<Demo>, 
     };
     Ok(Some(Demo {
         key: new_key.secret,
+        runner_key: runner_key.secret,
         queued: id_of(ScanStatus::Queued),
+        running: id_of(ScanStatus::Running),
         completed: id_of(ScanStatus::Completed),
         group,
     }))
@@ -101,11 +114,37 @@ impl Demo {
                 format!("curl -s -X POST {auth} {}", url(group, "not-an-id")),
             ),
         ];
+        let runner = format!("-H 'Authorization: Bearer {}'", self.runner_key);
+        let scans = format!("http://{addr}/v1/accounts/{group}/signals/scans");
+        let running = self.running.as_str();
+        let runner_steps = [
+            (
+                "201: a client starts a scan (retry safely with the same Idempotency-Key)",
+                format!("curl -s -X POST {auth} -H 'Idempotency-Key: demo-1' {scans}"),
+            ),
+            (
+                "200: the runner completes the running scan (its key has signals:run)",
+                format!("curl -s -X POST {runner} {scans}/{running}/complete"),
+            ),
+            (
+                "422: completing it again is fine, failing it is not: currentStatus=completed",
+                format!(
+                    "curl -s -X POST {runner} -H 'Content-Type: application/json' -d '{{\"reason\":\"too late\"}}' {scans}/{running}/fail"
+                ),
+            ),
+            (
+                "403: the client's key cannot forge a runner's move",
+                format!("curl -s -X POST {auth} {scans}/{running}/complete"),
+            ),
+        ];
         let mut text = format!(
-            "\nDemo data created: API key (signals:read, signals:write) for account group {group},\n\
-             and one scan in each status. Try, in this order:\n"
+            "\nDemo data created for account group {group}: a client's API key (signals:read,\n\
+             signals:write) {key}, a runner's key (signals:run, signals:read) {runner_key},\n\
+             and one scan in each status. Try, in this order:\n",
+            key = self.key,
+            runner_key = self.runner_key,
         );
-        for (what, command) in steps {
+        for (what, command) in steps.into_iter().chain(runner_steps) {
             let _ = write!(text, "\n# {what}\n{command}\n");
         }
         text

@@ -3,7 +3,7 @@
 # it answers, and reads the demo data from what it prints. Stops it on exit.
 #
 # Sets: BIN, WORK (a temporary folder, removed on exit), BASE_URL, DEMO_KEY, DEMO_GROUP,
-# DEMO_QUEUED_SCAN, DEMO_COMPLETED_SCAN. PROFILE=release uses a release build (default: debug).
+# DEMO_QUEUED_SCAN, DEMO_COMPLETED_SCAN, DEMO_RUNNER_KEY. PROFILE=release uses a release build (default: debug).
 # A script that needs its own clean-up on exit calls demo_service_stop from its trap.
 
 PROFILE="${PROFILE:-debug}"
@@ -54,12 +54,13 @@ demo_command() {
 DEMO_KEY="$(demo_command '200: cancel a queued scan' | sed -E "s/.*Bearer ([^']+)'.*/\1/")"
 DEMO_GROUP="$(demo_command '200: cancel a queued scan' | sed -E 's#.*/v1/accounts/([0-9a-f]+)/.*#\1#')"
 DEMO_QUEUED_SCAN="$(demo_command '200: cancel a queued scan' | sed -E 's#.*/scans/([0-9a-f]+)/cancel.*#\1#')"
-DEMO_COMPLETED_SCAN="$(demo_command '422' | sed -E 's#.*/scans/([0-9a-f]+)/cancel.*#\1#')"
-for value in "$DEMO_KEY" "$DEMO_GROUP" "$DEMO_QUEUED_SCAN" "$DEMO_COMPLETED_SCAN"; do
+DEMO_COMPLETED_SCAN="$(demo_command '422: a completed' | sed -E 's#.*/scans/([0-9a-f]+)/cancel.*#\1#')"
+DEMO_RUNNER_KEY="$(demo_command '200: the runner completes' | sed -E "s/.*Bearer ([^']+)'.*/\1/")"
+for value in "$DEMO_KEY" "$DEMO_GROUP" "$DEMO_QUEUED_SCAN" "$DEMO_COMPLETED_SCAN" "$DEMO_RUNNER_KEY"; do
   if [ -z "$value" ] || [[ "$value" == *" "* ]]; then
     echo "cannot read the demo data from serve --demo's output:" >&2
     cat "$WORK/demo.out" >&2
     exit 1
   fi
 done
-export BASE_URL DEMO_KEY DEMO_GROUP DEMO_QUEUED_SCAN DEMO_COMPLETED_SCAN
+export BASE_URL DEMO_KEY DEMO_GROUP DEMO_QUEUED_SCAN DEMO_COMPLETED_SCAN DEMO_RUNNER_KEY

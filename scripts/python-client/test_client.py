@@ -1,7 +1,8 @@
 """The generated Python client (clients/python) against the running service with demo data.
 
 Run by scripts/python-client-test.sh, which starts the service and installs the client into a fresh
-virtual environment; reads BASE_URL, DEMO_KEY, DEMO_GROUP, DEMO_QUEUED_SCAN, DEMO_COMPLETED_SCAN.
+virtual environment; reads BASE_URL, DEMO_KEY, DEMO_GROUP, DEMO_QUEUED_SCAN, DEMO_COMPLETED_SCAN and
+DEMO_RUNNER_KEY (signals:run and signals:read).
 """
 
 import datetime
@@ -10,8 +11,10 @@ import unittest
 
 from signal_scans_client import AuthenticatedClient, Client
 from signal_scans_client.api.operations import healthz
+from signal_scans_client.api.runners import complete_signal_scan, fail_signal_scan, start_signal_scan
 from signal_scans_client.api.signal_scans import (
     cancel_signal_scan,
+    create_signal_scan,
     get_signal_scan,
     list_signal_scan_events,
     list_signal_scans,
@@ -19,8 +22,11 @@ from signal_scans_client.api.signal_scans import (
 from signal_scans_client.models import (
     ErrorResponse,
     ScanStatus,
+    FailRequest,
     SignalScanCancelSuccessResponse,
+    SignalScanCreatedResponse,
     SignalScanListResponse,
+    SignalScanMoveResponse,
     SignalScanResponse,
 )
 
@@ -29,11 +35,16 @@ KEY = os.environ["DEMO_KEY"]
 GROUP = os.environ["DEMO_GROUP"]
 QUEUED = os.environ["DEMO_QUEUED_SCAN"]
 COMPLETED = os.environ["DEMO_COMPLETED_SCAN"]
+RUNNER_KEY = os.environ["DEMO_RUNNER_KEY"]
 UNKNOWN_SCAN = "000000000000000000000000"
 
 
 def bearer_client() -> AuthenticatedClient:
     return AuthenticatedClient(base_url=BASE_URL, token=KEY, raise_on_unexpected_status=True)
+
+
+def runner_client() -> AuthenticatedClient:
+    return AuthenticatedClient(base_url=BASE_URL, token=RUNNER_KEY, raise_on_unexpected_status=True)
 
 
 def api_key_client() -> AuthenticatedClient:
@@ -124,7 +135,45 @@ class GeneratedClient(unittest.TestCase):
             self.assertIsInstance(refused.parsed, ErrorResponse)
             self.assertEqual(refused.parsed.error.code, "UNAUTHORIZED")
 
-    def test_6_operations_need_no_key(self):
+    def test_6_a_client_starts_a_scan_and_a_runner_moves_it_but_cannot_complete_a_cancelled_one(self):
+        with bearer_client() as client:
+            created = create_signal_scan.sync_detailed(account_group_id=GROUP, client=client, idempotency_key="py-1")
+            self.assertEqual(created.status_code, 201)
+            self.assertIsInstance(created.parsed, SignalScanCreatedResponse)
+            scan = created.parsed.data
+            self.assertEqual(scan.status, ScanStatus.QUEUED)
+            self.assertEqual(created.headers["location"], f"/v1/accounts/{GROUP}/signals/scans/{scan.scan_id}")
+            again = create_signal_scan.sync_detailed(account_group_id=GROUP, client=client, idempotency_key="py-1")
+            self.assertEqual(again.headers["idempotent-replayed"], "true")
+            self.assertEqual(again.parsed.data.scan_id, scan.scan_id)
+            failing = create_signal_scan.sync(account_group_id=GROUP, client=client).data
+
+        with runner_client() as runner:
+            started = start_signal_scan.sync(account_group_id=GROUP, scan_id=scan.scan_id, client=runner)
+            self.assertIsInstance(started, SignalScanMoveResponse)
+            self.assertEqual(started.data.status, ScanStatus.RUNNING)
+            self.assertEqual(started.data.previous_status, ScanStatus.QUEUED)
+            start_signal_scan.sync(account_group_id=GROUP, scan_id=failing.scan_id, client=runner)
+            failed = fail_signal_scan.sync(
+                account_group_id=GROUP, scan_id=failing.scan_id, client=runner, body=FailRequest(reason="no route")
+            )
+            self.assertEqual(failed.data.status, ScanStatus.FAILED)
+
+        with bearer_client() as client:
+            cancel_signal_scan.sync(account_group_id=GROUP, scan_id=scan.scan_id, client=client)
+            events = list_signal_scan_events.sync(account_group_id=GROUP, scan_id=failing.scan_id, client=client)
+            self.assertEqual(events.data.events[-1].reason, "no route")
+            # A client's key cannot make a runner's move.
+            forged = complete_signal_scan.sync_detailed(account_group_id=GROUP, scan_id=scan.scan_id, client=client)
+            self.assertEqual(forged.status_code, 403)
+
+        with runner_client() as runner:
+            late = complete_signal_scan.sync_detailed(account_group_id=GROUP, scan_id=scan.scan_id, client=runner)
+            self.assertEqual(late.status_code, 422)
+            self.assertIsInstance(late.parsed, ErrorResponse)
+            self.assertEqual(late.parsed.error.details, "currentStatus=cancelled")
+
+    def test_7_operations_need_no_key(self):
         with Client(base_url=BASE_URL, raise_on_unexpected_status=True) as client:
             health = healthz.sync(client=client)
             self.assertTrue(health.success)

@@ -147,7 +147,11 @@ pub async fn fail_scan(
     body: ApiBody,
 ) -> Result<Json<Envelope<MovedScan>>, ApiError> {
     let ids = path.parse()?;
-    let FailRequest { reason } = body.optional_fields()?;
+    // The body is optional: JSON `null` says "no body" as an empty one does.
+    let FailRequest { reason } = match body.0.trim_ascii() {
+        b"null" => FailRequest::default(),
+        _ => body.optional_fields()?,
+    };
     if let Some(reason) = &reason {
         let chars = reason.chars().count();
         if !(1..=MAX_REASON_CHARS).contains(&chars) {

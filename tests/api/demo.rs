@@ -21,7 +21,11 @@ fn serve_demo(database_url: &str) -> Child {
         .expect("the binary starts")
 }
 
-/// Reads `(expected status, curl command)` pairs until the last one (the 400) is printed.
+/// How many commands the demo prints: one per outcome of the cancel, then a client's start and a
+/// runner's moves.
+const COMMANDS: usize = 11;
+
+/// Reads `(expected status, curl command)` pairs until the last one is printed.
 async fn read_instructions(child: &mut Child) -> Vec<(u16, String)> {
     // Drain stderr (logs) so the server never blocks on a full pipe.
     let mut logs = BufReader::new(child.stderr.take().unwrap()).lines();
@@ -42,7 +46,7 @@ async fn read_instructions(child: &mut Child) -> Vec<(u16, String)> {
                     expected.take().expect("a heading before each command"),
                     line,
                 ));
-                if steps.last().unwrap().0 == 400 {
+                if steps.len() == COMMANDS {
                     break;
                 }
             }
@@ -56,15 +60,18 @@ async fn read_instructions(child: &mut Child) -> Vec<(u16, String)> {
     steps
 }
 
-/// Sends what a printed `curl -s -X POST [-H 'Authorization: Bearer KEY'] URL` would send.
+/// Sends what a printed `curl -s -X POST [-H 'Name: value']… [-d 'body'] URL` would send.
 async fn run_curl(client: &reqwest::Client, command: &str) -> ApiResponse {
     let url = command.split_whitespace().last().unwrap();
     let mut request = client.post(url);
-    if let Some(start) = command.find("-H '") {
-        let header = &command[start + 4..];
-        let header = &header[..header.find('\'').unwrap()];
-        let (name, value) = header.split_once(": ").unwrap();
-        request = request.header(name, value);
+    for (flag, quoted) in command.split(" '").zip(command.split(" '").skip(1)) {
+        let value = &quoted[..quoted.find('\'').unwrap()];
+        if flag.ends_with("-H") {
+            let (name, value) = value.split_once(": ").unwrap();
+            request = request.header(name, value);
+        } else if flag.ends_with("-d") {
+            request = request.body(value.to_owned());
+        }
     }
     ApiResponse::from(request.send().await.unwrap()).await
 }
@@ -77,7 +84,10 @@ async fn the_demos_curl_commands_give_the_outcomes_they_promise(backend: Backend
     let steps = read_instructions(&mut server).await;
 
     let statuses: Vec<u16> = steps.iter().map(|(status, _)| *status).collect();
-    assert_eq!(statuses, [200, 200, 401, 403, 404, 422, 400]);
+    assert_eq!(
+        statuses,
+        [200, 200, 401, 403, 404, 422, 400, 201, 200, 422, 403]
+    );
     let mut answers = Vec::new();
     for (expected, command) in &steps {
         let response = run_curl(&client, command).await;

@@ -50,4 +50,5 @@ mod runners;
 mod shared_limits;
 mod shutdown;
 mod state_machine;
+mod tenant_cost;
 mod trace_id;

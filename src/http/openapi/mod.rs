@@ -49,6 +49,7 @@ use crate::domain::ids::{AccountGroupId, ScanId};
             AccountGroupId,
             ScanId,
             ScanStatusChanged,
+            ChangeEvent,
         ),
         responses(
             BadRequest,
@@ -61,6 +62,7 @@ use crate::domain::ids::{AccountGroupId, ScanId};
             NotCancellable,
             NotMovable,
             IdempotencyKeyReused,
+            CursorExpired,
             RateLimited,
             InternalError,
             UpstreamError,

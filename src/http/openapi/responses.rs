@@ -101,6 +101,48 @@ success_envelope!(
     Envelope::success(Health::OK).to_value()
 );
 
+/// One event of the change stream, as a Server-Sent Events client parses it: its cursor (`id`),
+/// its name and its `data`, a `ScanStatusChanged` as JSON text. The opening and closing blocks
+/// carry only `retry`.
+pub struct ChangeEvent;
+
+impl PartialSchema for ChangeEvent {
+    fn schema() -> RefOr<Schema> {
+        let text = |description: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some(description))
+        };
+        ObjectBuilder::new()
+            .property(
+                "id",
+                text("The cursor after this change: resume with Last-Event-ID or after."),
+            )
+            .property(
+                "event",
+                text("Always `scan.status_changed`.").enum_values(Some(["scan.status_changed"])),
+            )
+            .property(
+                "data",
+                text("The change, a ScanStatusChanged as compact JSON text.")
+                    .content_media_type("application/json"),
+            )
+            .property(
+                "retry",
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .description(Some("Milliseconds to wait before reconnecting.")),
+            )
+            .into()
+    }
+}
+
+impl ToSchema for ChangeEvent {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("ChangeEvent")
+    }
+}
+
 /// Every error, whatever its status: one schema, so a generated client has one error type.
 /// `error.code` is one of the codes in the responses' descriptions.
 pub struct ErrorResponse;
@@ -488,6 +530,13 @@ error_response!(
     ErrorResponse,
     after_auth,
     [("keyReused", ApiError::IdempotencyKeyReused)]
+);
+error_response!(
+    /// 410 CURSOR_EXPIRED: a change stream's cursor from before changes that are no longer kept.
+    CursorExpired,
+    ErrorResponse,
+    after_auth,
+    [("changesNoLongerKept", ApiError::CursorExpired)]
 );
 error_response!(
     /// 429 RATE_LIMITED.

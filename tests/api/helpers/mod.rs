@@ -531,6 +531,7 @@ fn app_settings(store: StoreOptions, key_cache_ttl: Duration, http: HttpSettings
         key_cache_ttl,
         feed_poll: Duration::from_secs(1),
         stream_batch: Duration::from_millis(50),
+        audit_retention: None,
         http,
         connections: ConnectionLimits::default(),
         shutdown_timeout: Duration::from_secs(10),

@@ -1,11 +1,15 @@
 """Contains all the data models used in inputs/outputs"""
 
 from .cancelled_scan import CancelledScan
+from .change_event import ChangeEvent
+from .change_event_event import ChangeEventEvent
 from .error_body import ErrorBody
 from .error_response import ErrorResponse
 from .event_view import EventView
+from .fail_request import FailRequest
 from .health import Health
 from .health_response import HealthResponse
+from .moved_scan import MovedScan
 from .openapi_response_200 import OpenapiResponse200
 from .scan import Scan
 from .scan_events import ScanEvents
@@ -13,17 +17,23 @@ from .scan_list import ScanList
 from .scan_status import ScanStatus
 from .scan_status_changed import ScanStatusChanged
 from .signal_scan_cancel_success_response import SignalScanCancelSuccessResponse
+from .signal_scan_created_response import SignalScanCreatedResponse
 from .signal_scan_events_response import SignalScanEventsResponse
 from .signal_scan_list_response import SignalScanListResponse
+from .signal_scan_move_response import SignalScanMoveResponse
 from .signal_scan_response import SignalScanResponse
 
 __all__ = (
     "CancelledScan",
+    "ChangeEvent",
+    "ChangeEventEvent",
     "ErrorBody",
     "ErrorResponse",
     "EventView",
+    "FailRequest",
     "Health",
     "HealthResponse",
+    "MovedScan",
     "OpenapiResponse200",
     "Scan",
     "ScanEvents",
@@ -31,7 +41,9 @@ __all__ = (
     "ScanStatus",
     "ScanStatusChanged",
     "SignalScanCancelSuccessResponse",
+    "SignalScanCreatedResponse",
     "SignalScanEventsResponse",
     "SignalScanListResponse",
+    "SignalScanMoveResponse",
     "SignalScanResponse",
 )

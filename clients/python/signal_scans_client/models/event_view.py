@@ -19,6 +19,7 @@ class EventView:
     Attributes:
         at (datetime.datetime):
         from_ (None | ScanStatus):
+        reason (None | str): The runner's reason for a failure; null when none was given.
         to (ScanStatus): Where a scan is in its life.
 
             ```text
@@ -33,6 +34,7 @@ class EventView:
 
     at: datetime.datetime
     from_: None | ScanStatus
+    reason: None | str
     to: ScanStatus
     trace_id: None | str
     additional_properties: dict[str, Any] = _attrs_field(init=False, factory=dict)
@@ -46,6 +48,9 @@ class EventView:
         else:
             from_ = self.from_
 
+        reason: None | str
+        reason = self.reason
+
         to = self.to.value
 
         trace_id: None | str
@@ -57,6 +62,7 @@ class EventView:
             {
                 "at": at,
                 "from": from_,
+                "reason": reason,
                 "to": to,
                 "traceId": trace_id,
             }
@@ -84,6 +90,13 @@ class EventView:
 
         from_ = _parse_from_(d.pop("from"))
 
+        def _parse_reason(data: object) -> None | str:
+            if data is None:
+                return data
+            return cast(None | str, data)
+
+        reason = _parse_reason(d.pop("reason"))
+
         to = ScanStatus(d.pop("to"))
 
         def _parse_trace_id(data: object) -> None | str:
@@ -96,6 +109,7 @@ class EventView:
         event_view = cls(
             at=at,
             from_=from_,
+            reason=reason,
             to=to,
             trace_id=trace_id,
         )

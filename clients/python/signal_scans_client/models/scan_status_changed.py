@@ -19,14 +19,8 @@ class ScanStatusChanged:
     Attributes:
         account_group_id (str): The account group that scopes a request. Example: 507f1f77bcf86cd799439011.
         at (datetime.datetime): When the change committed its audit row.
-        from_ (ScanStatus): Where a scan is in its life.
-
-            ```text
-            queued ──► running ──► completed
-               │          │──────► failed
-               └──────────┴──────► cancelled
-            ```
-            `completed`, `failed` and `cancelled` are final.
+        from_ (None | ScanStatus):
+        reason (None | str): The runner's reason for a failure; null when none was given.
         scan_id (str): A signal scan, as returned when the scan was started. Example: 507f1f77bcf86cd799439011.
         to (ScanStatus): Where a scan is in its life.
 
@@ -41,7 +35,8 @@ class ScanStatusChanged:
 
     account_group_id: str
     at: datetime.datetime
-    from_: ScanStatus
+    from_: None | ScanStatus
+    reason: None | str
     scan_id: str
     to: ScanStatus
     trace_id: None | str
@@ -52,7 +47,14 @@ class ScanStatusChanged:
 
         at = self.at.isoformat()
 
-        from_ = self.from_.value
+        from_: None | str
+        if isinstance(self.from_, ScanStatus):
+            from_ = self.from_.value
+        else:
+            from_ = self.from_
+
+        reason: None | str
+        reason = self.reason
 
         scan_id = self.scan_id
 
@@ -68,6 +70,7 @@ class ScanStatusChanged:
                 "accountGroupId": account_group_id,
                 "at": at,
                 "from": from_,
+                "reason": reason,
                 "scanId": scan_id,
                 "to": to,
                 "traceId": trace_id,
@@ -83,7 +86,27 @@ class ScanStatusChanged:
 
         at = datetime.datetime.fromisoformat(d.pop("at"))
 
-        from_ = ScanStatus(d.pop("from"))
+        def _parse_from_(data: object) -> None | ScanStatus:
+            if data is None:
+                return data
+            try:
+                if not isinstance(data, str):
+                    raise TypeError()
+                from_type_0 = ScanStatus(data)
+
+                return from_type_0
+            except (TypeError, ValueError, AttributeError, KeyError):
+                pass
+            return cast(None | ScanStatus, data)
+
+        from_ = _parse_from_(d.pop("from"))
+
+        def _parse_reason(data: object) -> None | str:
+            if data is None:
+                return data
+            return cast(None | str, data)
+
+        reason = _parse_reason(d.pop("reason"))
 
         scan_id = d.pop("scanId")
 
@@ -100,6 +123,7 @@ class ScanStatusChanged:
             account_group_id=account_group_id,
             at=at,
             from_=from_,
+            reason=reason,
             scan_id=scan_id,
             to=to,
             trace_id=trace_id,

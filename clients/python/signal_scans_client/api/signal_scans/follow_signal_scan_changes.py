@@ -5,6 +5,7 @@ from urllib.parse import quote
 import httpx
 
 from ...client import AuthenticatedClient, Client
+from ...models.change_event import ChangeEvent
 from ...models.error_response import ErrorResponse
 from ...models.scan_status import ScanStatus
 from ...types import UNSET, Response, Unset
@@ -55,9 +56,10 @@ def _get_kwargs(
     return _kwargs
 
 
-def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Response) -> ErrorResponse | str:
+def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Response) -> ChangeEvent | ErrorResponse:
     if response.status_code == 200:
-        response_200 = response.text
+        response_200 = ChangeEvent.from_dict(response.text)
+
         return response_200
 
     if response.status_code == 400:
@@ -74,6 +76,11 @@ def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Res
         response_403 = ErrorResponse.from_dict(response.json())
 
         return response_403
+
+    if response.status_code == 410:
+        response_410 = ErrorResponse.from_dict(response.json())
+
+        return response_410
 
     if response.status_code == 429:
         response_429 = ErrorResponse.from_dict(response.json())
@@ -95,7 +102,9 @@ def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Res
     return response_default
 
 
-def _build_response(*, client: AuthenticatedClient | Client, response: httpx.Response) -> Response[ErrorResponse | str]:
+def _build_response(
+    *, client: AuthenticatedClient | Client, response: httpx.Response
+) -> Response[ChangeEvent | ErrorResponse]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -112,13 +121,15 @@ def sync_detailed(
     scan_id: list[str] | Unset = UNSET,
     status: list[ScanStatus] | Unset = UNSET,
     last_event_id: None | str | Unset = UNSET,
-) -> Response[ErrorResponse | str]:
+) -> Response[ChangeEvent | ErrorResponse]:
     """Follow status changes
 
      The account group's scan status changes as they commit, as Server-Sent Events: each change is one
     `scan.status_changed` event whose `id` is a cursor. Reconnect with `Last-Event-ID` (or `?after=`)
     set to the last id received to get every change after it, in order, none missed and none repeated;
-    without either the stream starts now. Creations are not sent. The stream opens with `retry: 2000`,
+    without either the stream starts now. A cursor from before changes that are no longer kept
+    (`AUDIT_RETENTION_DAYS`) answers 410 `CURSOR_EXPIRED`: reconnect without one and re-read the scans'
+    current state. Event ids are opaque. Creations are not sent. The stream opens with `retry: 2000`,
     sends `: keep-alive` comments, and ends after `STREAM_MAX_AGE_MS` (reconnect to continue). Errors
     before the stream opens are the usual envelope. Requires `signals:read` or `signals:write` and
     access to the account group; at most `STREAM_MAX_PER_KEY` open streams per key (429 past it).
@@ -136,7 +147,7 @@ def sync_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ErrorResponse | str]
+        Response[ChangeEvent | ErrorResponse]
     """
 
     kwargs = _get_kwargs(
@@ -162,13 +173,15 @@ def sync(
     scan_id: list[str] | Unset = UNSET,
     status: list[ScanStatus] | Unset = UNSET,
     last_event_id: None | str | Unset = UNSET,
-) -> ErrorResponse | str | None:
+) -> ChangeEvent | ErrorResponse | None:
     """Follow status changes
 
      The account group's scan status changes as they commit, as Server-Sent Events: each change is one
     `scan.status_changed` event whose `id` is a cursor. Reconnect with `Last-Event-ID` (or `?after=`)
     set to the last id received to get every change after it, in order, none missed and none repeated;
-    without either the stream starts now. Creations are not sent. The stream opens with `retry: 2000`,
+    without either the stream starts now. A cursor from before changes that are no longer kept
+    (`AUDIT_RETENTION_DAYS`) answers 410 `CURSOR_EXPIRED`: reconnect without one and re-read the scans'
+    current state. Event ids are opaque. Creations are not sent. The stream opens with `retry: 2000`,
     sends `: keep-alive` comments, and ends after `STREAM_MAX_AGE_MS` (reconnect to continue). Errors
     before the stream opens are the usual envelope. Requires `signals:read` or `signals:write` and
     access to the account group; at most `STREAM_MAX_PER_KEY` open streams per key (429 past it).
@@ -186,7 +199,7 @@ def sync(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ErrorResponse | str
+        ChangeEvent | ErrorResponse
     """
 
     return sync_detailed(
@@ -207,13 +220,15 @@ async def asyncio_detailed(
     scan_id: list[str] | Unset = UNSET,
     status: list[ScanStatus] | Unset = UNSET,
     last_event_id: None | str | Unset = UNSET,
-) -> Response[ErrorResponse | str]:
+) -> Response[ChangeEvent | ErrorResponse]:
     """Follow status changes
 
      The account group's scan status changes as they commit, as Server-Sent Events: each change is one
     `scan.status_changed` event whose `id` is a cursor. Reconnect with `Last-Event-ID` (or `?after=`)
     set to the last id received to get every change after it, in order, none missed and none repeated;
-    without either the stream starts now. Creations are not sent. The stream opens with `retry: 2000`,
+    without either the stream starts now. A cursor from before changes that are no longer kept
+    (`AUDIT_RETENTION_DAYS`) answers 410 `CURSOR_EXPIRED`: reconnect without one and re-read the scans'
+    current state. Event ids are opaque. Creations are not sent. The stream opens with `retry: 2000`,
     sends `: keep-alive` comments, and ends after `STREAM_MAX_AGE_MS` (reconnect to continue). Errors
     before the stream opens are the usual envelope. Requires `signals:read` or `signals:write` and
     access to the account group; at most `STREAM_MAX_PER_KEY` open streams per key (429 past it).
@@ -231,7 +246,7 @@ async def asyncio_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ErrorResponse | str]
+        Response[ChangeEvent | ErrorResponse]
     """
 
     kwargs = _get_kwargs(
@@ -255,13 +270,15 @@ async def asyncio(
     scan_id: list[str] | Unset = UNSET,
     status: list[ScanStatus] | Unset = UNSET,
     last_event_id: None | str | Unset = UNSET,
-) -> ErrorResponse | str | None:
+) -> ChangeEvent | ErrorResponse | None:
     """Follow status changes
 
      The account group's scan status changes as they commit, as Server-Sent Events: each change is one
     `scan.status_changed` event whose `id` is a cursor. Reconnect with `Last-Event-ID` (or `?after=`)
     set to the last id received to get every change after it, in order, none missed and none repeated;
-    without either the stream starts now. Creations are not sent. The stream opens with `retry: 2000`,
+    without either the stream starts now. A cursor from before changes that are no longer kept
+    (`AUDIT_RETENTION_DAYS`) answers 410 `CURSOR_EXPIRED`: reconnect without one and re-read the scans'
+    current state. Event ids are opaque. Creations are not sent. The stream opens with `retry: 2000`,
     sends `: keep-alive` comments, and ends after `STREAM_MAX_AGE_MS` (reconnect to continue). Errors
     before the stream opens are the usual envelope. Requires `signals:read` or `signals:write` and
     access to the account group; at most `STREAM_MAX_PER_KEY` open streams per key (429 past it).
@@ -279,7 +296,7 @@ async def asyncio(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ErrorResponse | str
+        ChangeEvent | ErrorResponse
     """
 
     return (

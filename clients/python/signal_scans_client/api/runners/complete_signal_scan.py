@@ -1,0 +1,236 @@
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from ...client import AuthenticatedClient, Client
+from ...models.error_response import ErrorResponse
+from ...models.signal_scan_move_response import SignalScanMoveResponse
+from ...types import Response
+
+
+def _get_kwargs(
+    account_group_id: str,
+    scan_id: str,
+) -> dict[str, Any]:
+
+    _kwargs: dict[str, Any] = {
+        "method": "post",
+        "url": "/v1/accounts/{account_group_id}/signals/scans/{scan_id}/complete".format(
+            account_group_id=quote(str(account_group_id), safe=""),
+            scan_id=quote(str(scan_id), safe=""),
+        ),
+    }
+
+    return _kwargs
+
+
+def _parse_response(
+    *, client: AuthenticatedClient | Client, response: httpx.Response
+) -> ErrorResponse | SignalScanMoveResponse:
+    if response.status_code == 200:
+        response_200 = SignalScanMoveResponse.from_dict(response.json())
+
+        return response_200
+
+    if response.status_code == 400:
+        response_400 = ErrorResponse.from_dict(response.json())
+
+        return response_400
+
+    if response.status_code == 401:
+        response_401 = ErrorResponse.from_dict(response.json())
+
+        return response_401
+
+    if response.status_code == 403:
+        response_403 = ErrorResponse.from_dict(response.json())
+
+        return response_403
+
+    if response.status_code == 404:
+        response_404 = ErrorResponse.from_dict(response.json())
+
+        return response_404
+
+    if response.status_code == 422:
+        response_422 = ErrorResponse.from_dict(response.json())
+
+        return response_422
+
+    if response.status_code == 429:
+        response_429 = ErrorResponse.from_dict(response.json())
+
+        return response_429
+
+    if response.status_code == 500:
+        response_500 = ErrorResponse.from_dict(response.json())
+
+        return response_500
+
+    if response.status_code == 502:
+        response_502 = ErrorResponse.from_dict(response.json())
+
+        return response_502
+
+    response_default = ErrorResponse.from_dict(response.json())
+
+    return response_default
+
+
+def _build_response(
+    *, client: AuthenticatedClient | Client, response: httpx.Response
+) -> Response[ErrorResponse | SignalScanMoveResponse]:
+    return Response(
+        status_code=HTTPStatus(response.status_code),
+        content=response.content,
+        headers=response.headers,
+        parsed=_parse_response(client=client, response=response),
+    )
+
+
+def sync_detailed(
+    account_group_id: str,
+    scan_id: str,
+    *,
+    client: AuthenticatedClient,
+) -> Response[ErrorResponse | SignalScanMoveResponse]:
+    """A runner completes a scan
+
+     Moves a running scan to completed. No request body (or `{}`). Completing a completed scan again
+    answers 200 with `previousStatus` completed; any other status is 422 with `currentStatus` (a
+    cancelled scan answers `currentStatus=cancelled`: the runner stops). Requires the `signals:run`
+    permission and access to the account group.
+
+    Args:
+        account_group_id (str): The account group that scopes a request. Example:
+            507f1f77bcf86cd799439011.
+        scan_id (str): A signal scan, as returned when the scan was started. Example:
+            507f1f77bcf86cd799439011.
+
+    Raises:
+        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        httpx.TimeoutException: If the request takes longer than Client.timeout.
+
+    Returns:
+        Response[ErrorResponse | SignalScanMoveResponse]
+    """
+
+    kwargs = _get_kwargs(
+        account_group_id=account_group_id,
+        scan_id=scan_id,
+    )
+
+    response = client.get_httpx_client().request(
+        **kwargs,
+    )
+
+    return _build_response(client=client, response=response)
+
+
+def sync(
+    account_group_id: str,
+    scan_id: str,
+    *,
+    client: AuthenticatedClient,
+) -> ErrorResponse | SignalScanMoveResponse | None:
+    """A runner completes a scan
+
+     Moves a running scan to completed. No request body (or `{}`). Completing a completed scan again
+    answers 200 with `previousStatus` completed; any other status is 422 with `currentStatus` (a
+    cancelled scan answers `currentStatus=cancelled`: the runner stops). Requires the `signals:run`
+    permission and access to the account group.
+
+    Args:
+        account_group_id (str): The account group that scopes a request. Example:
+            507f1f77bcf86cd799439011.
+        scan_id (str): A signal scan, as returned when the scan was started. Example:
+            507f1f77bcf86cd799439011.
+
+    Raises:
+        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        httpx.TimeoutException: If the request takes longer than Client.timeout.
+
+    Returns:
+        ErrorResponse | SignalScanMoveResponse
+    """
+
+    return sync_detailed(
+        account_group_id=account_group_id,
+        scan_id=scan_id,
+        client=client,
+    ).parsed
+
+
+async def asyncio_detailed(
+    account_group_id: str,
+    scan_id: str,
+    *,
+    client: AuthenticatedClient,
+) -> Response[ErrorResponse | SignalScanMoveResponse]:
+    """A runner completes a scan
+
+     Moves a running scan to completed. No request body (or `{}`). Completing a completed scan again
+    answers 200 with `previousStatus` completed; any other status is 422 with `currentStatus` (a
+    cancelled scan answers `currentStatus=cancelled`: the runner stops). Requires the `signals:run`
+    permission and access to the account group.
+
+    Args:
+        account_group_id (str): The account group that scopes a request. Example:
+            507f1f77bcf86cd799439011.
+        scan_id (str): A signal scan, as returned when the scan was started. Example:
+            507f1f77bcf86cd799439011.
+
+    Raises:
+        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        httpx.TimeoutException: If the request takes longer than Client.timeout.
+
+    Returns:
+        Response[ErrorResponse | SignalScanMoveResponse]
+    """
+
+    kwargs = _get_kwargs(
+        account_group_id=account_group_id,
+        scan_id=scan_id,
+    )
+
+    response = await client.get_async_httpx_client().request(**kwargs)
+
+    return _build_response(client=client, response=response)
+
+
+async def asyncio(
+    account_group_id: str,
+    scan_id: str,
+    *,
+    client: AuthenticatedClient,
+) -> ErrorResponse | SignalScanMoveResponse | None:
+    """A runner completes a scan
+
+     Moves a running scan to completed. No request body (or `{}`). Completing a completed scan again
+    answers 200 with `previousStatus` completed; any other status is 422 with `currentStatus` (a
+    cancelled scan answers `currentStatus=cancelled`: the runner stops). Requires the `signals:run`
+    permission and access to the account group.
+
+    Args:
+        account_group_id (str): The account group that scopes a request. Example:
+            507f1f77bcf86cd799439011.
+        scan_id (str): A signal scan, as returned when the scan was started. Example:
+            507f1f77bcf86cd799439011.
+
+    Raises:
+        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        httpx.TimeoutException: If the request takes longer than Client.timeout.
+
+    Returns:
+        ErrorResponse | SignalScanMoveResponse
+    """
+
+    return (
+        await asyncio_detailed(
+            account_group_id=account_group_id,
+            scan_id=scan_id,
+            client=client,
+        )
+    ).parsed

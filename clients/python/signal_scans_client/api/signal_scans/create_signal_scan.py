@@ -1,0 +1,235 @@
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from ...client import AuthenticatedClient, Client
+from ...models.error_response import ErrorResponse
+from ...models.signal_scan_created_response import SignalScanCreatedResponse
+from ...types import UNSET, Response, Unset
+
+
+def _get_kwargs(
+    account_group_id: str,
+    *,
+    idempotency_key: None | str | Unset = UNSET,
+) -> dict[str, Any]:
+    headers: dict[str, Any] = {}
+    if not isinstance(idempotency_key, Unset):
+        headers["Idempotency-Key"] = idempotency_key
+
+    _kwargs: dict[str, Any] = {
+        "method": "post",
+        "url": "/v1/accounts/{account_group_id}/signals/scans".format(
+            account_group_id=quote(str(account_group_id), safe=""),
+        ),
+    }
+
+    _kwargs["headers"] = headers
+    return _kwargs
+
+
+def _parse_response(
+    *, client: AuthenticatedClient | Client, response: httpx.Response
+) -> ErrorResponse | SignalScanCreatedResponse:
+    if response.status_code == 201:
+        response_201 = SignalScanCreatedResponse.from_dict(response.json())
+
+        return response_201
+
+    if response.status_code == 400:
+        response_400 = ErrorResponse.from_dict(response.json())
+
+        return response_400
+
+    if response.status_code == 401:
+        response_401 = ErrorResponse.from_dict(response.json())
+
+        return response_401
+
+    if response.status_code == 403:
+        response_403 = ErrorResponse.from_dict(response.json())
+
+        return response_403
+
+    if response.status_code == 422:
+        response_422 = ErrorResponse.from_dict(response.json())
+
+        return response_422
+
+    if response.status_code == 429:
+        response_429 = ErrorResponse.from_dict(response.json())
+
+        return response_429
+
+    if response.status_code == 500:
+        response_500 = ErrorResponse.from_dict(response.json())
+
+        return response_500
+
+    if response.status_code == 502:
+        response_502 = ErrorResponse.from_dict(response.json())
+
+        return response_502
+
+    response_default = ErrorResponse.from_dict(response.json())
+
+    return response_default
+
+
+def _build_response(
+    *, client: AuthenticatedClient | Client, response: httpx.Response
+) -> Response[ErrorResponse | SignalScanCreatedResponse]:
+    return Response(
+        status_code=HTTPStatus(response.status_code),
+        content=response.content,
+        headers=response.headers,
+        parsed=_parse_response(client=client, response=response),
+    )
+
+
+def sync_detailed(
+    account_group_id: str,
+    *,
+    client: AuthenticatedClient,
+    idempotency_key: None | str | Unset = UNSET,
+) -> Response[ErrorResponse | SignalScanCreatedResponse]:
+    """Start a signal scan
+
+     Starts a signal scan: it is queued until a runner starts it. No request body (or `{}`). Answers 201
+    with the scan and its `Location`. With an `Idempotency-Key`, a retry by the same API key for the
+    same account group within 24 hours answers the first answer again (201, the same scan, `Idempotent-
+    Replayed: true`) and starts nothing; the same key for another account group is 422. Requires the
+    `signals:write` permission and access to the account group.
+
+    Args:
+        account_group_id (str): The account group that scopes a request. Example:
+            507f1f77bcf86cd799439011.
+        idempotency_key (None | str | Unset):
+
+    Raises:
+        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        httpx.TimeoutException: If the request takes longer than Client.timeout.
+
+    Returns:
+        Response[ErrorResponse | SignalScanCreatedResponse]
+    """
+
+    kwargs = _get_kwargs(
+        account_group_id=account_group_id,
+        idempotency_key=idempotency_key,
+    )
+
+    response = client.get_httpx_client().request(
+        **kwargs,
+    )
+
+    return _build_response(client=client, response=response)
+
+
+def sync(
+    account_group_id: str,
+    *,
+    client: AuthenticatedClient,
+    idempotency_key: None | str | Unset = UNSET,
+) -> ErrorResponse | SignalScanCreatedResponse | None:
+    """Start a signal scan
+
+     Starts a signal scan: it is queued until a runner starts it. No request body (or `{}`). Answers 201
+    with the scan and its `Location`. With an `Idempotency-Key`, a retry by the same API key for the
+    same account group within 24 hours answers the first answer again (201, the same scan, `Idempotent-
+    Replayed: true`) and starts nothing; the same key for another account group is 422. Requires the
+    `signals:write` permission and access to the account group.
+
+    Args:
+        account_group_id (str): The account group that scopes a request. Example:
+            507f1f77bcf86cd799439011.
+        idempotency_key (None | str | Unset):
+
+    Raises:
+        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        httpx.TimeoutException: If the request takes longer than Client.timeout.
+
+    Returns:
+        ErrorResponse | SignalScanCreatedResponse
+    """
+
+    return sync_detailed(
+        account_group_id=account_group_id,
+        client=client,
+        idempotency_key=idempotency_key,
+    ).parsed
+
+
+async def asyncio_detailed(
+    account_group_id: str,
+    *,
+    client: AuthenticatedClient,
+    idempotency_key: None | str | Unset = UNSET,
+) -> Response[ErrorResponse | SignalScanCreatedResponse]:
+    """Start a signal scan
+
+     Starts a signal scan: it is queued until a runner starts it. No request body (or `{}`). Answers 201
+    with the scan and its `Location`. With an `Idempotency-Key`, a retry by the same API key for the
+    same account group within 24 hours answers the first answer again (201, the same scan, `Idempotent-
+    Replayed: true`) and starts nothing; the same key for another account group is 422. Requires the
+    `signals:write` permission and access to the account group.
+
+    Args:
+        account_group_id (str): The account group that scopes a request. Example:
+            507f1f77bcf86cd799439011.
+        idempotency_key (None | str | Unset):
+
+    Raises:
+        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        httpx.TimeoutException: If the request takes longer than Client.timeout.
+
+    Returns:
+        Response[ErrorResponse | SignalScanCreatedResponse]
+    """
+
+    kwargs = _get_kwargs(
+        account_group_id=account_group_id,
+        idempotency_key=idempotency_key,
+    )
+
+    response = await client.get_async_httpx_client().request(**kwargs)
+
+    return _build_response(client=client, response=response)
+
+
+async def asyncio(
+    account_group_id: str,
+    *,
+    client: AuthenticatedClient,
+    idempotency_key: None | str | Unset = UNSET,
+) -> ErrorResponse | SignalScanCreatedResponse | None:
+    """Start a signal scan
+
+     Starts a signal scan: it is queued until a runner starts it. No request body (or `{}`). Answers 201
+    with the scan and its `Location`. With an `Idempotency-Key`, a retry by the same API key for the
+    same account group within 24 hours answers the first answer again (201, the same scan, `Idempotent-
+    Replayed: true`) and starts nothing; the same key for another account group is 422. Requires the
+    `signals:write` permission and access to the account group.
+
+    Args:
+        account_group_id (str): The account group that scopes a request. Example:
+            507f1f77bcf86cd799439011.
+        idempotency_key (None | str | Unset):
+
+    Raises:
+        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        httpx.TimeoutException: If the request takes longer than Client.timeout.
+
+    Returns:
+        ErrorResponse | SignalScanCreatedResponse
+    """
+
+    return (
+        await asyncio_detailed(
+            account_group_id=account_group_id,
+            client=client,
+            idempotency_key=idempotency_key,
+        )
+    ).parsed
