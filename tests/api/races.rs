@@ -249,7 +249,7 @@ async fn concurrent_cancels_racing_completions_leave_one_winner_per_scan(backend
     let results = join_all(races).await;
 
     // Which side wins each race is up to the scheduler (both outcomes are forced, one each, in
-    // concurrency.rs): here every scan, whichever way it went, must be consistent.
+    // the test above): here every scan, whichever way it went, must be consistent.
     for (scan, cancels, completions) in results {
         let completions: Vec<Transition> = completions.into_iter().map(Result::unwrap).collect();
         let completion_wins = completions
