@@ -51,9 +51,7 @@ async fn missing_unknown_revoked_and_expired_keys_are_401(backend: Backend) {
 store_test!(missing_unknown_revoked_and_expired_keys_are_401);
 
 async fn keys_are_read_from_bearer_in_any_case_or_x_api_key(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
     let path = |scan: &ScanId| app.url(&cancel_path(group.as_str(), scan.as_str()));
 
     for (header, value) in [
@@ -201,9 +199,7 @@ async fn checks_run_in_the_documented_order(backend: Backend) {
 store_test!(checks_run_in_the_documented_order);
 
 async fn a_near_miss_key_is_rejected_exactly_like_a_random_one(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
     let last = key.chars().last().unwrap();
     let near_miss = format!(

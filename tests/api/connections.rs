@@ -444,9 +444,7 @@ async fn curl_h2(args: &[&str], url: &str) -> (String, u16, serde_json::Value) {
 /// The same port speaks HTTP/2 with prior knowledge (h2c), as proxies may to a backend: a cancel
 /// over it answers the same envelope as over HTTP/1.1, and so does a refusal.
 async fn http2_with_prior_knowledge_cancels_with_the_same_envelope(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
     let scan = app.scan(&group, ScanStatus::Running).await;
     let url = app.url(&cancel_path(group.as_str(), scan.as_str()));
 
@@ -513,9 +511,7 @@ async fn open_and_reset(addr: SocketAddr, path: &str, key: &str, count: usize) -
 
 /// 1,000 streams opened and reset on HTTP/2 leave the service answering and its memory flat.
 async fn http2_streams_reset_by_the_thousand_leave_the_service_answering(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
     app.scan(&group, ScanStatus::Queued).await;
     // A small pool is full after the warm-up, so a connection it opens later is not counted as
     // memory the resets kept.

@@ -25,13 +25,11 @@ const HUNG: Duration = Duration::from_secs(5);
 
 async fn a_database_that_stops_answering_gives_502_then_recovers(backend: Backend) {
     // Arrange: the app reaches its database only through a proxy we can cut.
-    let app = TestApp::spawn_with(
-        backend,
-        Settings::default()
-            .with_db_timeout(DB_TIMEOUT)
-            .through_proxy(),
-    )
-    .await;
+    let app = Settings::default()
+        .with_db_timeout(DB_TIMEOUT)
+        .through_proxy()
+        .spawn(backend)
+        .await;
     let proxy = app.proxy.as_ref().unwrap();
     let group = group();
     let key = app.writer(&group).await;
@@ -82,13 +80,11 @@ store_test!(
 /// hangs, every 200 that moved a scan is backed by exactly one committed audit row, and no
 /// scan is cancelled twice.
 async fn under_load_a_cut_and_a_return_lose_and_double_nothing(backend: Backend) {
-    let app = TestApp::spawn_with(
-        backend,
-        Settings::default()
-            .with_db_timeout(UNDER_LOAD_DB_TIMEOUT)
-            .through_proxy(),
-    )
-    .await;
+    let app = Settings::default()
+        .with_db_timeout(UNDER_LOAD_DB_TIMEOUT)
+        .through_proxy()
+        .spawn(backend)
+        .await;
     let group = group();
     let key = app.writer(&group).await;
     let mut scans = Vec::new();
@@ -207,13 +203,11 @@ async fn an_exhausted_pool_answers_502_not_a_queue(backend: Backend) {
     // Long enough that a queue (10 requests one after another, each waiting this long) would
     // take 10 s, far past the bound below; short enough to keep the test quick.
     const WAIT: Duration = Duration::from_secs(1);
-    let app = TestApp::spawn_with(
-        backend,
-        Settings::default()
-            .with_db_timeout(WAIT)
-            .with_db_max_connections(POOL),
-    )
-    .await;
+    let app = Settings::default()
+        .with_db_timeout(WAIT)
+        .with_db_max_connections(POOL)
+        .spawn(backend)
+        .await;
     let group = group();
     let key = app.writer(&group).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
@@ -321,15 +315,13 @@ async fn a_connection_cut_short_is_settled_before_it_serves_again(backend: Backe
     const TIMEOUT: Duration = Duration::from_secs(1);
     // Longer than the wait before the next request, shorter than that request's own timeout.
     const LATE_BY: Duration = Duration::from_millis(500);
-    let app = TestApp::spawn_with(
-        backend,
-        Settings::default()
-            .with_db_timeout(TIMEOUT)
-            .with_db_max_connections(1)
-            .with_key_cache_ttl(Duration::from_secs(600))
-            .through_proxy(),
-    )
-    .await;
+    let app = Settings::default()
+        .with_db_timeout(TIMEOUT)
+        .with_db_max_connections(1)
+        .with_key_cache_ttl(Duration::from_secs(600))
+        .through_proxy()
+        .spawn(backend)
+        .await;
     let group = group();
     let key = app.writer(&group).await;
     let stuck_scan = app.scan(&group, ScanStatus::Running).await;
@@ -368,7 +360,10 @@ store_test!(
 /// On either store: a cancel whose write waits behind another session's lock past DB_TIMEOUT_MS
 /// answers 502 and changes nothing; once the lock is gone the same process serves it.
 async fn a_write_stuck_behind_another_writer_answers_502_and_changes_nothing(backend: Backend) {
-    let app = TestApp::spawn_with(backend, Settings::default().with_db_timeout(DB_TIMEOUT)).await;
+    let app = Settings::default()
+        .with_db_timeout(DB_TIMEOUT)
+        .spawn(backend)
+        .await;
     let group = group();
     let key = app.writer(&group).await;
     let scan = app.scan(&group, ScanStatus::Running).await;
@@ -400,11 +395,10 @@ store_test!(a_write_stuck_behind_another_writer_answers_502_and_changes_nothing)
 /// `/readyz` is 503 and a cancel 502; both recover when it is back, without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_sqlite_database_is_not_ready_and_answers_502() {
-    let app = TestApp::spawn_with(
-        Backend::Sqlite,
-        Settings::default().with_db_timeout(DB_TIMEOUT),
-    )
-    .await;
+    let app = Settings::default()
+        .with_db_timeout(DB_TIMEOUT)
+        .spawn(Backend::Sqlite)
+        .await;
     let group = group();
     let key = app.writer(&group).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;

@@ -74,13 +74,11 @@ const HOLD_LOCK: i64 = 4_242;
 /// watcher has already printed. A reader paging by id, or by (xid, id) without the transactions
 /// still running below its position, never prints it; one that re-reads prints it twice.
 async fn a_change_committing_after_a_later_one_is_printed_exactly_once(backend: Backend) {
-    let app = TestApp::spawn_with(
-        backend,
-        Settings::default()
-            // The held cancel waits on the test, not on the database.
-            .with_db_timeout(Duration::from_secs(30)),
-    )
-    .await;
+    let app = Settings::default()
+        // The held cancel waits on the test, not on the database.
+        .with_db_timeout(Duration::from_secs(30))
+        .spawn(backend)
+        .await;
     let group = group();
     let key = app.writer(&group).await;
     let held = app.scan(&group, ScanStatus::Running).await;
@@ -179,9 +177,7 @@ store_test!(
 /// The service is killed after answering 200 and before its tick, so no hint is ever sent: only
 /// the reader's own poll can deliver the change. A reader that waits for hints alone never does.
 async fn a_change_whose_hint_died_with_the_service_is_printed_by_the_next_poll(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
     const POLL_MS: u64 = 300;
     let service = ServerProcess::start(&[
@@ -247,13 +243,11 @@ async fn every_committed_change_of_busy_writers_is_printed_once_and_no_rolled_ba
 ) {
     const WRITERS: usize = 32;
     const FOR: Duration = Duration::from_secs(10);
-    let app = TestApp::spawn_with(
-        backend,
-        Settings::default()
-            // Thirty-two writers share ten connections on two cores: waiting is not failing.
-            .with_db_timeout(Duration::from_secs(20)),
-    )
-    .await;
+    let app = Settings::default()
+        // Thirty-two writers share ten connections on two cores: waiting is not failing.
+        .with_db_timeout(Duration::from_secs(20))
+        .spawn(backend)
+        .await;
     let (group, doomed) = (group(), group());
     // A change of a doomed scan fails after its audit row is written, and rolls back whole.
     let refuse = match backend {
@@ -491,7 +485,10 @@ fn follow(mut feed: FeedReader) -> tokio::sync::mpsc::UnboundedReceiver<FeedEven
 async fn cutting_the_publishers_connection_delays_no_request_and_loses_no_change(backend: Backend) {
     const DB_TIMEOUT: Duration = Duration::from_secs(4);
     const STREAMS: usize = 4;
-    let app = TestApp::spawn_with(backend, Settings::default().with_db_timeout(DB_TIMEOUT)).await;
+    let app = Settings::default()
+        .with_db_timeout(DB_TIMEOUT)
+        .spawn(backend)
+        .await;
     let group = group();
     let key = app.writer(&group).await;
     let mut admin = PgConnection::connect(&app.db.url).await.unwrap();
@@ -777,9 +774,7 @@ store_test!(
 );
 
 async fn a_subscriber_hears_each_cancel_by_its_hint_long_before_the_poll(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
     let first = app.scan(&group, ScanStatus::Queued).await;
     let scan = app.scan(&group, ScanStatus::Running).await;
     // Polling far slower than the bound below: past the first read, only a hint delivers in time.

@@ -29,11 +29,10 @@ async fn cancel_at(
 async fn a_cached_key_needs_no_key_lookup_on_the_hot_path(backend: Backend) {
     // A lifetime no slow machine can outrun between the two cancels (production caps it at 1 s;
     // the expiry itself is tested below).
-    let app = TestApp::spawn_with(
-        backend,
-        Settings::default().with_key_cache_ttl(Duration::from_secs(600)),
-    )
-    .await;
+    let app = Settings::default()
+        .with_key_cache_ttl(Duration::from_secs(600))
+        .spawn(backend)
+        .await;
     let group = group();
     let key = app.writer(&group).await;
     let (first, second) = (

@@ -7,16 +7,14 @@ use signal_scans::domain::scan::ScanStatus;
 
 use crate::helpers::locks::WriteLock;
 use crate::helpers::process::ServerProcess;
-use crate::helpers::{ApiResponse, Backend, TestApp, cancel_path, group};
+use crate::helpers::{ApiResponse, Backend, TestApp, cancel_path};
 use crate::store_test;
 
 /// `LOG_FORMAT=json`: one JSON object per line; each request's line carries its trace id,
 /// route, status and latency; and no log line, even at trace level, carries a key or the
 /// database password.
 async fn json_logs_carry_request_facts_and_never_a_secret(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
     let wrong_key = NewApiKey::generate().secret;
     // PostgreSQL here trusts local connections, so a password in the URL is accepted and unused.
@@ -89,9 +87,7 @@ store_test!(json_logs_carry_request_facts_and_never_a_secret);
 /// A 502 and a 500 are each logged exactly once (warn and error), on a line that carries the
 /// response's trace id and the cause. The real binary, so its logs are its own.
 async fn a_502_and_a_500_are_each_logged_once_with_the_trace_id(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
     let scan = app.scan(&group, ScanStatus::Running).await;
     let path = cancel_path(group.as_str(), scan.as_str());
     let mut lock = WriteLock::hold(&app, &scan).await;
@@ -150,9 +146,7 @@ store_test!(a_502_and_a_500_are_each_logged_once_with_the_trace_id);
 /// Counted by the real binary, a process of its own, so no other test's requests are in its
 /// figures: every counter moves by exactly what this test did.
 async fn metrics_count_requests_limits_pool_and_cancels(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
     let scan = app.scan(&group, ScanStatus::Running).await;
     let server = ServerProcess::start(&[
         ("DATABASE_URL", &app.db.url),

@@ -623,7 +623,10 @@ async fn real_answers_match_the_document(backend: Backend) {
 store_test!(real_answers_match_the_document);
 
 async fn rate_limited_answers_match_the_document(backend: Backend) {
-    let app = TestApp::spawn_with(backend, Settings::default().with_rate_limit(1, 1)).await;
+    let app = Settings::default()
+        .with_rate_limit(1, 1)
+        .spawn(backend)
+        .await;
     let contract = Contract::of(&app).await;
     let group = group();
     let g = group.as_str();
@@ -727,22 +730,18 @@ store_test!(unknown_routes_methods_and_oversized_requests_match_the_document);
 
 async fn answers_without_a_database_match_the_document(backend: Backend) {
     // 502: the database does not answer within DB_TIMEOUT_MS.
-    let upstream = TestApp::spawn_with(
-        backend,
-        Settings::default()
-            .with_db_timeout(Duration::from_millis(300))
-            .through_proxy(),
-    )
-    .await;
+    let upstream = Settings::default()
+        .with_db_timeout(Duration::from_millis(300))
+        .through_proxy()
+        .spawn(backend)
+        .await;
     // 500: the request's own deadline passes first.
-    let stalled = TestApp::spawn_with(
-        backend,
-        Settings::default()
-            .with_db_timeout(Duration::from_secs(5))
-            .through_proxy()
-            .with_request_timeout(Duration::from_millis(300)),
-    )
-    .await;
+    let stalled = Settings::default()
+        .with_db_timeout(Duration::from_secs(5))
+        .through_proxy()
+        .with_request_timeout(Duration::from_millis(300))
+        .spawn(backend)
+        .await;
     let contract = Contract::of(&upstream).await;
     let group = group();
     let g = group.as_str();

@@ -13,17 +13,15 @@ use crate::store_test;
 /// Twenty cancels of one scan, all forced to contend: another session holds the scan's write
 /// lock until the twenty are seen waiting behind it at once, then lets go.
 async fn twenty_concurrent_cancels_all_succeed_and_exactly_one_transitions(backend: Backend) {
-    let app = TestApp::spawn_with(
-        backend,
-        Settings::default()
-            // Each of the twenty waits on the lock on a connection of its own, and a loaded
-            // machine must not turn the wait into a 502.
-            .with_db_max_connections(25)
-            .with_db_timeout(Duration::from_secs(10))
-            // Cached for the whole test: a cancel's only database work is its guarded write.
-            .with_key_cache_ttl(Duration::from_secs(600)),
-    )
-    .await;
+    let app = Settings::default()
+        // Each of the twenty waits on the lock on a connection of its own, and a loaded
+        // machine must not turn the wait into a 502.
+        .with_db_max_connections(25)
+        .with_db_timeout(Duration::from_secs(10))
+        // Cached for the whole test: a cancel's only database work is its guarded write.
+        .with_key_cache_ttl(Duration::from_secs(600))
+        .spawn(backend)
+        .await;
     let group = group();
     let key = app.writer(&group).await;
     let warm_up = app.scan(&group, ScanStatus::Queued).await;
@@ -136,16 +134,14 @@ enum First {
 /// A runner completing a running scan while a client cancels it: exactly one wins, and the loser
 /// is told the winner's state. Both orders are forced, so both outcomes are checked.
 async fn cancel_racing_a_completion_has_exactly_one_winner(backend: Backend) {
-    let app = TestApp::spawn_with(
-        backend,
-        Settings::default()
-            // The contenders wait on the lock while the test lines them up: never long, but
-            // a loaded machine must not turn the wait into a 502.
-            .with_db_timeout(Duration::from_secs(10))
-            // Cached for the whole test: a cancel's only connection is the one its write holds.
-            .with_key_cache_ttl(Duration::from_secs(600)),
-    )
-    .await;
+    let app = Settings::default()
+        // The contenders wait on the lock while the test lines them up: never long, but
+        // a loaded machine must not turn the wait into a 502.
+        .with_db_timeout(Duration::from_secs(10))
+        // Cached for the whole test: a cancel's only connection is the one its write holds.
+        .with_key_cache_ttl(Duration::from_secs(600))
+        .spawn(backend)
+        .await;
     let group = group();
     let key = app.writer(&group).await;
     let runner = Actor {
@@ -233,9 +229,7 @@ pub(crate) async fn behind_the_first<T>(
 /// Many scans, each with several cancels (HTTP) racing several completions (a runner): every
 /// scan ends in exactly one final state, and exactly the winning request succeeded.
 async fn concurrent_cancels_racing_completions_leave_one_winner_per_scan(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
     let mut scans = Vec::new();
     for _ in 0..30 {
         scans.push(app.scan(&group, ScanStatus::Running).await);
@@ -255,7 +249,7 @@ async fn concurrent_cancels_racing_completions_leave_one_winner_per_scan(backend
     let results = join_all(races).await;
 
     // Which side wins each race is up to the scheduler (both outcomes are forced, one each, in
-    // concurrency.rs): here every scan, whichever way it went, must be consistent.
+    // the test above): here every scan, whichever way it went, must be consistent.
     for (scan, cancels, completions) in results {
         let completions: Vec<Transition> = completions.into_iter().map(Result::unwrap).collect();
         let completion_wins = completions

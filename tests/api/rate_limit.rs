@@ -208,13 +208,11 @@ async fn without_trusted_proxies_a_forged_x_forwarded_for_is_ignored(backend: Ba
 store_test!(without_trusted_proxies_a_forged_x_forwarded_for_is_ignored);
 
 async fn a_key_guessing_address_gets_429_whatever_it_sends(backend: Backend) {
-    let app = TestApp::spawn_with(
-        backend,
-        Settings::default()
-            .with_auth_failures_per_minute(3)
-            .with_trusted_proxy_hops(1),
-    )
-    .await;
+    let app = Settings::default()
+        .with_auth_failures_per_minute(3)
+        .with_trusted_proxy_hops(1)
+        .spawn(backend)
+        .await;
     let group = group();
     let key = app.writer(&group).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
@@ -250,13 +248,11 @@ store_test!(a_key_guessing_address_gets_429_whatever_it_sends);
 /// Failed authentications from IPv6 clients count per /64: addresses of one /64 share one
 /// allowance, another /64 has its own.
 async fn failed_authentications_from_ipv6_count_per_64(backend: Backend) {
-    let app = TestApp::spawn_with(
-        backend,
-        Settings::default()
-            .with_auth_failures_per_minute(3)
-            .with_trusted_proxy_hops(1),
-    )
-    .await;
+    let app = Settings::default()
+        .with_auth_failures_per_minute(3)
+        .with_trusted_proxy_hops(1)
+        .spawn(backend)
+        .await;
     let group = group();
     let key = app.writer(&group).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;

@@ -6,13 +6,11 @@ use std::time::{Duration, Instant};
 use axum::routing::get;
 use signal_scans::domain::scan::ScanStatus;
 
-use crate::helpers::{ApiResponse, Backend, Settings, TestApp, cancel_path, group};
+use crate::helpers::{ApiResponse, Backend, Settings, TestApp, cancel_path};
 use crate::store_test;
 
 async fn oversized_targets_headers_and_bodies_are_400_envelopes(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
     let url = app.url(&cancel_path(group.as_str(), scan.as_str()));
 
@@ -89,9 +87,7 @@ async fn send_raw(addr: std::net::SocketAddr, request: &[u8]) -> (u16, serde_jso
 /// The limits are inclusive: exactly 2 KiB of target, 16 KiB of headers and 64 KiB of body are
 /// served; one byte more is a 400 naming the limit.
 async fn size_limits_accept_exactly_the_limit_and_refuse_one_byte_more(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
     let path = cancel_path(group.as_str(), scan.as_str());
     let host = format!("host: {}\r\n", app.addr);

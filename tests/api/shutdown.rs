@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 
 use crate::helpers::process::ServerProcess;
 use crate::helpers::proxy::Proxy;
-use crate::helpers::{ApiResponse, Backend, Settings, TestApp, cancel_path, group};
+use crate::helpers::{ApiResponse, Backend, Settings, TestApp, cancel_path};
 use crate::store_test;
 
 async fn shutdown_lets_in_flight_requests_finish(backend: Backend) {
@@ -69,9 +69,7 @@ store_test!(shutdown_lets_in_flight_requests_finish);
 /// SIGTERM while cancels are in flight (the database slowed by a proxy): each gets its real
 /// answer, new connections are refused, and the process exits 0.
 async fn sigterm_lets_in_flight_requests_finish_then_exits_0(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
     let mut scans = Vec::new();
     for _ in 0..5 {
         scans.push(app.scan(&group, ScanStatus::Queued).await);
@@ -144,9 +142,7 @@ store_test!(
 );
 
 async fn a_request_stuck_past_the_drain_time_does_not_keep_the_process(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
     let proxy = Proxy::start(app.db.server_addr().await).await;
     let mut server = ServerProcess::start(&[

@@ -72,9 +72,7 @@ async fn a_refused_move_names_the_current_status(backend: Backend) {
 store_test!(a_refused_move_names_the_current_status);
 
 async fn a_late_completion_after_a_cancel_changes_nothing(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
     let scan = app.scan(&group, ScanStatus::Running).await;
     app.cancel_ok(&key, &group, &scan).await;
 

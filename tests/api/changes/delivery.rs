@@ -190,9 +190,7 @@ async fn a_stream_never_carries_another_groups_changes(backend: Backend) {
 store_test!(a_stream_never_carries_another_groups_changes);
 
 async fn filters_by_scan_id_and_status_deliver_only_matching_changes(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let writer = app.writer(&group).await;
+    let (app, group, writer) = TestApp::with_writer(backend).await;
     let (reader, _) = read_key(&app, &group).await;
     // The served store, so that on SQLite the runner's moves reach the app's feed as hints too.
     let runner = ScanService::new(app.served_store.clone());

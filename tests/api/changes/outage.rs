@@ -19,13 +19,11 @@ use crate::store_test;
 /// commit order. Fails for a hub that gives up after a failed read, and for one that skips or
 /// repeats what committed while it could not read.
 async fn a_stream_through_a_database_cut_gets_every_committed_change_once(backend: Backend) {
-    let app = TestApp::spawn_with(
-        backend,
-        Settings::default()
-            .through_proxy()
-            .with_db_timeout(Duration::from_millis(400)),
-    )
-    .await;
+    let app = Settings::default()
+        .through_proxy()
+        .with_db_timeout(Duration::from_millis(400))
+        .spawn(backend)
+        .await;
     let proxy = app.proxy.as_ref().expect("spawned through the proxy");
     let group = group();
     let writer = app.writer(&group).await;
@@ -96,11 +94,10 @@ async fn listeners(admin: &mut PgConnection) -> Vec<i32> {
 /// the stream by its hint, with the poll a minute away: nothing missed, nothing twice. Fails
 /// for a hub that stops listening after losing its connection (it would wait for the poll).
 async fn a_stream_outlives_the_termination_of_the_listening_session(backend: Backend) {
-    let app = TestApp::spawn_with(
-        backend,
-        Settings::default().with_feed_poll(Duration::from_secs(60)),
-    )
-    .await;
+    let app = Settings::default()
+        .with_feed_poll(Duration::from_secs(60))
+        .spawn(backend)
+        .await;
     let group = group();
     let writer = app.writer(&group).await;
     let (reader, _) = read_key(&app, &group).await;
@@ -144,7 +141,10 @@ store_test!(
 /// FEED_POLL_MS and a moment, once and in order. Fails for a hub that reads only on hints.
 async fn a_stream_fed_by_the_poll_alone_gets_every_change(backend: Backend) {
     const POLL: Duration = Duration::from_millis(300);
-    let app = TestApp::spawn_with(backend, Settings::default().with_feed_poll(POLL)).await;
+    let app = Settings::default()
+        .with_feed_poll(POLL)
+        .spawn(backend)
+        .await;
     let group = group();
     let (reader, _) = read_key(&app, &group).await;
     let mut stream = follow(stream_request(&app.url(&changes_path(&group, "")), &reader)).await;
@@ -193,14 +193,12 @@ store_test!(
 /// back, the same process opens streams again.
 async fn a_stream_opened_with_the_database_gone_is_a_502_envelope(backend: Backend) {
     const DB_TIMEOUT: Duration = Duration::from_millis(400);
-    let app = TestApp::spawn_with(
-        backend,
-        Settings::default()
-            .through_proxy()
-            .with_db_timeout(DB_TIMEOUT)
-            .with_key_cache_ttl(Duration::from_secs(600)),
-    )
-    .await;
+    let app = Settings::default()
+        .through_proxy()
+        .with_db_timeout(DB_TIMEOUT)
+        .with_key_cache_ttl(Duration::from_secs(600))
+        .spawn(backend)
+        .await;
     let proxy = app.proxy.as_ref().expect("spawned through the proxy");
     let group = group();
     let (reader, _) = read_key(&app, &group).await;
@@ -260,9 +258,7 @@ store_test!(
 /// other processes hear of the change by their hint, not a poll later. Fails if the queued hints
 /// are not flushed at shutdown (the process would exit with the tick still ahead).
 async fn the_publishers_last_hint_is_flushed_at_sigterm(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
     let scan = app.scan(&group, ScanStatus::Running).await;
     let mut hints = sqlx::postgres::PgListener::connect(&app.db.url)
         .await

@@ -18,9 +18,7 @@ use crate::helpers::{Backend, TestApp, group};
 use crate::store_test;
 
 async fn a_reconnect_gets_exactly_the_missed_changes_in_order_then_live_ones(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let writer = app.writer(&group).await;
+    let (app, group, writer) = TestApp::with_writer(backend).await;
     let (reader, _) = read_key(&app, &group).await;
     let url = app.url(&changes_path(&group, ""));
     let mut seen_ids = HashSet::new();
@@ -209,9 +207,7 @@ store_test!(concurrent_cancels_reach_a_stream_once_each_and_resume_from_any_even
 async fn a_change_committed_late_by_an_older_transaction_is_delivered_live_and_on_resume(
     backend: Backend,
 ) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let writer = app.writer(&group).await;
+    let (app, group, writer) = TestApp::with_writer(backend).await;
     let (reader, _) = read_key(&app, &group).await;
     let url = app.url(&changes_path(&group, ""));
     let (held_scan, quick_scan) = (
@@ -318,9 +314,7 @@ store_test!(
 
 /// A cursor from before every row (an old client, a trimmed trail) replays what exists.
 async fn a_cursor_older_than_the_trail_replays_what_exists(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let writer = app.writer(&group).await;
+    let (app, group, writer) = TestApp::with_writer(backend).await;
     let (reader, _) = read_key(&app, &group).await;
     let done = cancel_fresh_scans(&app, &writer, &group, 3).await;
 
@@ -339,9 +333,7 @@ store_test!(a_cursor_older_than_the_trail_replays_what_exists);
 /// An EventSource sends an empty `Last-Event-ID` before any event had an id: no cursor, so the
 /// stream starts now, replaying nothing.
 async fn an_empty_cursor_starts_the_stream_now(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let writer = app.writer(&group).await;
+    let (app, group, writer) = TestApp::with_writer(backend).await;
     let (reader, _) = read_key(&app, &group).await;
     cancel_fresh_scans(&app, &writer, &group, 2).await;
 

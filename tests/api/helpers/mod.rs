@@ -254,6 +254,11 @@ impl Settings {
         self
     }
 
+    /// The app with these settings: `Settings::default().with_…(…).spawn(backend)`.
+    pub async fn spawn(self, backend: Backend) -> TestApp {
+        TestApp::spawn_with(backend, self).await
+    }
+
     pub fn with_feed_poll(mut self, poll: Duration) -> Self {
         self.feed_poll = poll;
         self
@@ -317,6 +322,14 @@ static TELEMETRY: AtomicBool = AtomicBool::new(false);
 impl TestApp {
     pub async fn spawn(backend: Backend) -> Self {
         Self::spawn_with(backend, Settings::default()).await
+    }
+
+    /// The app with default settings, a fresh account group and a `signals:write` key on it.
+    pub async fn with_writer(backend: Backend) -> (Self, AccountGroupId, String) {
+        let app = Self::spawn(backend).await;
+        let group = group();
+        let key = app.writer(&group).await;
+        (app, group, key)
     }
 
     pub async fn spawn_with(backend: Backend, settings: Settings) -> Self {
