@@ -13,8 +13,8 @@
 #
 # Environment (all optional): PROFILE_PERF (1; 0: measure CPU per request only; malloc: count
 # malloc and realloc calls per request with uprobes), PROFILE_WATCH (0; 1: run one `scans watch`
-# meanwhile, as bench/run.sh's (b) does, and print its CPU per change), PROFILE_STREAMS (0; N ≥ 10:
-# hold N change streams open meanwhile with bench/stream-client, as bench/run.sh's (s) does, and print
+# meanwhile, as bench/run.py's (b) does, and print its CPU per change), PROFILE_STREAMS (0; N ≥ 10:
+# hold N change streams open meanwhile with bench/stream-client, as bench/run.py's (s) does, and print
 # the client's CPU per cancel), PROFILE_SECONDS (15), BENCH_CONNECTIONS (32), PROFILE_SCANS (200000),
 # PROFILE_BINARY (another build of the service to profile instead of this one), PGHOST PGPORT PGUSER
 # (127.0.0.1 5432 postgres). Needs perf (Debian: linux-perf) and wrk.
@@ -63,7 +63,7 @@ SQL
 
 case "$KIND" in
   service)
-    # As bench/run.sh: no rate limit in the way, and room for every stream on one key.
+    # As bench/run.py: no rate limit in the way, and room for every stream on one key.
     DATABASE_URL="$URL" LISTEN_ADDR="127.0.0.1:$PORT" RATE_LIMIT_PER_SECOND=1000000 \
       RATE_LIMIT_BURST=1000000 STREAM_MAX_PER_KEY=10000 LOG_FORMAT=json RUST_LOG=warn \
       "$SERVICE_BIN" serve >"$OUT/profile-$KIND.log" 2>&1 &
@@ -83,7 +83,7 @@ for _ in $(seq 1 100); do
 done
 
 if [ "${PROFILE_STREAMS:-0}" -gt 0 ]; then
-  # As bench/run.sh's (s): 10 streams follow the load's group, the others a quiet group each.
+  # As bench/run.py's (s): 10 streams follow the load's group, the others a quiet group each.
   follows=("$GROUP:10")
   for i in $(seq 1 $((PROFILE_STREAMS - 10))); do follows+=("$(printf '%024x' $((0xfeed000000 + i))):1"); done
   "$TARGET/production/stream-client" "http://127.0.0.1:$PORT" "$KEY" "$OUT/profile-streams.txt" "${follows[@]}" \
@@ -97,12 +97,12 @@ if [ "${PROFILE_STREAMS:-0}" -gt 0 ]; then
   grep -q ready "$OUT/profile-streams-ready.txt" || { echo "bench/profile.sh: the streams did not open within 30 s" >&2; exit 1; }
 fi
 if [ "${PROFILE_WATCH:-0}" = 1 ]; then
-  # As bench/run.sh's (b): one `scans watch` following the changes, its lines stamped.
+  # As bench/run.py's (b): one `scans watch` following the changes, its lines stamped.
   DATABASE_URL="$URL" RUST_LOG=warn "$SERVICE_BIN" scans watch 2>"$OUT/profile-watch.log" \
-    | python3 "$ROOT/bench/watch-delay.py" stamp >/dev/null &
+    | python3 "$ROOT/bench/harness.py" stamp >/dev/null &
   sleep 1
   WATCH_PID="$(pgrep -n -f "signal-scans scans watch")"
-  STAMP_PID="$(pgrep -n -f "watch-delay.py stamp")"
+  STAMP_PID="$(pgrep -n -f "harness.py stamp")"
 fi
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/${1:-$PID}/stat"; }
 # All of PostgreSQL's processes together: what the database did for the same cancels, so the

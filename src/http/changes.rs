@@ -269,7 +269,8 @@ impl UnknownNames {
         order, none missed and none repeated; without either the stream starts now. A cursor from \
         before changes that are no longer kept (`AUDIT_RETENTION_DAYS`) answers 410 \
         `CURSOR_EXPIRED`: reconnect without one and re-read the scans' current state. Event ids are \
-        opaque. Creations are not sent. The stream opens with `retry: 2000`, sends `: keep-alive` comments, and ends after \
+        opaque. A scan's creation is sent too (`from` null). The stream opens with `retry: 2000`, \
+        sends `: keep-alive` comments, and ends after \
         `STREAM_MAX_AGE_MS` (reconnect to continue). Errors before the stream opens are the usual \
         envelope. Requires `signals:read` or `signals:write` and access to the account group; at \
         most `STREAM_MAX_PER_KEY` open streams per key (429 past it).",

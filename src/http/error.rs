@@ -31,16 +31,16 @@ pub enum ApiError {
     /// 422: the scan is in a status that does not allow the cancel.
     #[error("scan is {current}")]
     NotCancellable { current: ScanStatus },
-    /// 410: a change stream's cursor from before changes that are no longer kept: start again
-    /// from now and re-read the current state.
-    #[error("cursor expired")]
-    CursorExpired,
     /// 422: the scan is in a status that does not allow a runner's move.
     #[error("scan is {current}")]
     NotMovable { current: ScanStatus },
     /// 422: the `Idempotency-Key` started a scan of another account group.
     #[error("idempotency key reused for another account group")]
     IdempotencyKeyReused,
+    /// 410: a change stream's cursor from before changes that are no longer kept: start again
+    /// from now and re-read the current state.
+    #[error("cursor expired")]
+    CursorExpired,
     /// 429: the key is over its rate.
     #[error("rate limited for {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
@@ -158,9 +158,9 @@ impl ApiError {
             ApiError::NotFound(_) => "Resource not found",
             ApiError::MethodNotAllowed(_) => "Method not allowed",
             ApiError::NotCancellable { .. } => "Scan is not in a cancellable status",
-            ApiError::CursorExpired => "Cursor expired",
             ApiError::NotMovable { .. } => "Scan is not in a status that allows this change",
             ApiError::IdempotencyKeyReused => "Idempotency key already used",
+            ApiError::CursorExpired => "Cursor expired",
             ApiError::RateLimited { .. } => "Rate limit exceeded",
             ApiError::Internal(_) => "Internal server error",
             ApiError::Upstream(_) => "Upstream service error",
@@ -181,16 +181,16 @@ impl ApiError {
             ApiError::MethodNotAllowed(method) => Some(format!(
                 "method {method} is not allowed on this path; see the Allow header"
             )),
-            ApiError::CursorExpired => Some(
-                "changes after this cursor are no longer kept (AUDIT_RETENTION_DAYS): \
-                 reconnect without a cursor, then re-read the current state of your scans"
-                    .into(),
-            ),
             ApiError::NotCancellable { current } | ApiError::NotMovable { current } => {
                 Some(format!("currentStatus={current}"))
             }
             ApiError::IdempotencyKeyReused => Some(
                 "Idempotency-Key was used for another account group within 24 hours; send a new key"
+                    .into(),
+            ),
+            ApiError::CursorExpired => Some(
+                "changes after this cursor are no longer kept (AUDIT_RETENTION_DAYS): \
+                 reconnect without a cursor, then re-read the current state of your scans"
                     .into(),
             ),
             ApiError::RateLimited { retry_after_secs } => {

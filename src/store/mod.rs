@@ -207,6 +207,16 @@ impl Store {
         }
     }
 
+    /// SQLite: this process's writers holding or queued for its one write turn (`None` on
+    /// PostgreSQL, whose lock waiters `pg_stat_activity` shows).
+    #[doc(hidden)] // For tests that force a race: they wait until both contenders queue.
+    pub fn writers_wanting(&self) -> Option<usize> {
+        match self {
+            Store::Postgres(_) => None,
+            Store::Sqlite(store) => Some(store.writers_wanting()),
+        }
+    }
+
     pub fn pool_usage(&self) -> PoolUsage {
         match self {
             Store::Postgres(store) => store.pool_usage(),
@@ -299,7 +309,8 @@ impl Store {
         forward!(self.list_scans(group, query))
     }
 
-    /// Audit rows after `cursor`, (readers filter, so their cursors move past what they skip), in `(xid, id)` order, at most `limit`, with the snapshot they were read
+    /// Audit rows after `cursor` (readers filter, so their cursors move past
+    /// what they skip), in `(xid, id)` order, at most `limit`, with the snapshot they were read
     /// under: `group`'s rows only, read through that group's index, so that a reader of one group
     /// pays for that group's changes alone; every group's with `None` (the change hub's shared
     /// read, and `scans watch` without a group).

@@ -553,46 +553,18 @@ impl PgStore {
         // reads the winner's state, never the one its snapshot started with.
         let row: Option<ScanRow> = self
             .on_connection(async |connection| {
-                sqlx::query_as(
-                    "WITH current AS (
-                         SELECT * FROM signal_scans
-                         WHERE id = $1 AND ($2::text IS NULL OR account_group_id = $2::text)
-                         FOR UPDATE
-                     ), stamp AS (
-                         -- Read after `current` holds the lock: a change that waited behind
-                         -- another is stamped after it, never before.
-                         SELECT clock_timestamp() AS at FROM current
-                     ), changed AS (
-                         UPDATE signal_scans AS s
-                         SET status = $3::text,
-                             updated_at = stamp.at,
-                             started_at = CASE WHEN $3::text = 'running' THEN stamp.at ELSE s.started_at END,
-                             finished_at = CASE WHEN $3::text IN ('completed', 'failed', 'cancelled')
-                                                THEN stamp.at ELSE s.finished_at END,
-                             cancelled_at = CASE WHEN $3::text = 'cancelled' THEN stamp.at ELSE s.cancelled_at END
-                         FROM current, stamp
-                         WHERE s.id = current.id AND current.status = ANY($4::text[])
-                         RETURNING s.*, current.status AS previous_status
-                     ), audit AS (
-                         INSERT INTO signal_scan_events
-                             (scan_id, account_group_id, from_status, to_status, api_key_id,
-                              trace_id, occurred_at, reason)
-                         SELECT id, account_group_id, previous_status, status, $5, $6, updated_at, $7
-                         FROM changed
-                     )
-                     SELECT * FROM changed
-                     UNION ALL
-                     SELECT *, NULL::text FROM current WHERE NOT EXISTS (SELECT 1 FROM changed)",
-                )
-                .bind(scan.as_str())
-                .bind(group.map(AccountGroupId::as_str))
-                .bind(to.as_str())
-                .bind(from)
-                .bind(actor.api_key_id)
-                .bind(actor.trace_id)
-                .bind(actor.reason)
-                .fetch_optional(connection)
-                .await
+                // The statement is its own file so that the benchmark's thin peer (bench/thin-peer)
+                // includes the very same text.
+                sqlx::query_as(include_str!("postgres_transition.sql"))
+                    .bind(scan.as_str())
+                    .bind(group.map(AccountGroupId::as_str))
+                    .bind(to.as_str())
+                    .bind(from)
+                    .bind(actor.api_key_id)
+                    .bind(actor.trace_id)
+                    .bind(actor.reason)
+                    .fetch_optional(connection)
+                    .await
             })
             .await?;
         let Some(row) = row else {
@@ -612,6 +584,14 @@ impl PgStore {
             }),
         }
     }
+}
+
+/// An idempotency key's group and the scan it started.
+#[derive(sqlx::FromRow)]
+struct ClaimedKeyRow {
+    key_group: String,
+    #[sqlx(flatten)]
+    scan: ScanRow,
 }
 
 /// One read of the change feed, in one statement so that the rows and the snapshot that says
@@ -673,14 +653,6 @@ pub(super) const ONE_GROUPS_FEED: &str = feed_read!(
      ORDER BY e.xid, e.id
      LIMIT $5"
 );
-
-/// An idempotency key's group and the scan it started.
-#[derive(sqlx::FromRow)]
-struct ClaimedKeyRow {
-    key_group: String,
-    #[sqlx(flatten)]
-    scan: ScanRow,
-}
 
 /// A row of [`PgStore::read_feed`]: the snapshot, and a change unless the page is empty.
 #[derive(sqlx::FromRow)]

@@ -60,6 +60,8 @@ pub struct SqliteStore {
     /// This process's writers, one at a time (see [`SqliteStore::as_writer`]).
     writer: Arc<tokio::sync::Mutex<()>>,
     pub(super) feed_rows: Arc<FeedRowsRead>,
+    /// Writers holding or queued for the write turn: tests see contenders waiting by it.
+    wanting: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl SqliteStore {
@@ -94,6 +96,7 @@ impl SqliteStore {
             changes: tokio::sync::broadcast::channel(CHANGE_BUFFER).0,
             writer: Arc::new(tokio::sync::Mutex::new(())),
             feed_rows: Arc::default(),
+            wanting: Arc::default(),
         })
     }
 
@@ -105,10 +108,16 @@ impl SqliteStore {
         write: impl Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T, StoreError> {
         self.bounded(async {
+            let _wanting = Wanting::count(&self.wanting);
             let _turn = self.writer.lock().await;
             write.await
         })
         .await
+    }
+
+    /// Writers holding or queued for this process's write turn.
+    pub(super) fn writers_wanting(&self) -> usize {
+        self.wanting.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     async fn bounded<T>(
@@ -616,4 +625,20 @@ struct ClaimedKeyRow {
     key_group: String,
     #[sqlx(flatten)]
     scan: ScanRow,
+}
+
+/// One writer counted in [`SqliteStore::writers_wanting`] while it lives.
+struct Wanting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Wanting<'a> {
+    fn count(wanting: &'a std::sync::atomic::AtomicUsize) -> Self {
+        wanting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(wanting)
+    }
+}
+
+impl Drop for Wanting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }

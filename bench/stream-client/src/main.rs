@@ -2,11 +2,13 @@
 //!
 //!     stream-client URL KEY OUT FOLLOW:COUNT [FOLLOW:COUNT ...]
 //!
-//! opens COUNT streams of `GET /v1/accounts/<FOLLOW>/signals/scans/changes` for each account group
-//! FOLLOW, prints `ready` once every stream has received its opening `retry:`, and reads until
-//! SIGTERM or SIGINT. Then it writes OUT: one line per stream, `<group> <events> <distinct scan ids>
-//! <foreign>` followed by the sorted scan ids it received (`foreign` counts events of another
-//! group: it must be 0). `bench/streams.py report` compares OUT with the changes that committed.
+//! opens COUNT streams of `GET /v1/accounts/<GROUP>/signals/scans/changes[?QUERY]` for each FOLLOW,
+//! which is an account group, `GROUP`, or one with the stream's filters, `GROUP?QUERY` (say
+//! `GROUP?scanId=…&scanId=…`); prints `ready` once every stream has received its opening `retry:`,
+//! and reads until SIGTERM or SIGINT. Then it writes OUT: one line per stream, `<FOLLOW> <events>
+//! <distinct scan ids> <foreign>` followed by the sorted scan ids it received (`foreign` counts
+//! events of another group: it must be 0). bench/harness.py compares OUT with the changes that
+//! committed.
 //!
 //! It shares the machine's two cores with the service, the database and the load generator, so it
 //! does as little as it can per event and still checks every one: one read per wake-up, one thread,
@@ -60,17 +62,20 @@ async fn run(url: &str, key: &str, out: &str, follows: &[String]) -> Result<(), 
     let (opened, mut opening) = mpsc::unbounded_channel();
     let mut streams = Vec::new();
     for follow in follows {
-        let (group, count) = follow
-            .split_once(':')
+        let (label, count) = follow
+            .rsplit_once(':')
             .ok_or_else(|| format!("{follow}: expected GROUP:COUNT"))?;
         let count: usize = count
             .parse()
             .map_err(|_| format!("{follow}: COUNT is not a number"))?;
         for _ in 0..count {
+            let (group, query) = label.split_once('?').unwrap_or((label, ""));
             let stream = Stream {
                 authority: authority.to_owned(),
                 key: key.to_owned(),
+                label: label.to_owned(),
                 group: group.to_owned(),
+                query: query.to_owned(),
             };
             streams.push(tokio::spawn(
                 stream.follow(opened.clone(), stopping.clone()),
@@ -103,12 +108,16 @@ async fn run(url: &str, key: &str, out: &str, follows: &[String]) -> Result<(), 
 struct Stream {
     authority: String,
     key: String,
+    /// FOLLOW as given, for the report.
+    label: String,
     group: String,
+    /// The stream's filters, a query string without its `?`; empty for none.
+    query: String,
 }
 
 /// What one stream received.
 struct Seen {
-    group: String,
+    label: String,
     /// The scan id of every event, in the order received.
     scans: Vec<[u8; 24]>,
     /// Events of another group than the stream's.
@@ -116,7 +125,7 @@ struct Seen {
 }
 
 impl Seen {
-    /// `<group> <events> <distinct> <foreign> <sorted scan ids…>`
+    /// `<FOLLOW> <events> <distinct> <foreign> <sorted scan ids…>`
     fn line(mut self) -> String {
         let events = self.scans.len();
         self.scans.sort_unstable();
@@ -124,7 +133,7 @@ impl Seen {
         distinct.dedup();
         let mut line = format!(
             "{} {events} {} {}",
-            self.group,
+            self.label,
             distinct.len(),
             self.foreign
         );
@@ -158,7 +167,10 @@ impl Stream {
         opened: &mpsc::UnboundedSender<Result<(), String>>,
         stopping: &mut watch::Receiver<bool>,
     ) -> Result<Seen, String> {
-        let path = format!("/v1/accounts/{}/signals/scans/changes", self.group);
+        let mut path = format!("/v1/accounts/{}/signals/scans/changes", self.group);
+        if !self.query.is_empty() {
+            path = format!("{path}?{}", self.query);
+        }
         let mut socket = TcpStream::connect(&self.authority)
             .await
             .map_err(|e| format!("connect to {}: {e}", self.authority))?;
@@ -195,7 +207,7 @@ impl Stream {
             own_group: memmem::Finder::new(own_group.as_bytes()),
         };
         let mut seen = Seen {
-            group: self.group.clone(),
+            label: self.label.clone(),
             scans: Vec::new(),
             foreign: 0,
         };

@@ -1,4 +1,4 @@
-//! The thinnest server that cancels a scan the way signal-scans does: bench/run.sh's limit.
+//! The thinnest server that cancels a scan the way signal-scans does: bench/run.py's limit.
 //!
 //! `POST /v1/accounts/{group}/signals/scans/{id}/cancel` runs the service's own changing statement
 //! (the guarded UPDATE with its audit row, one statement, one commit) on a pool as large as the
@@ -23,34 +23,10 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
-/// `PgStore::transition` in src/store/postgres.rs, copied with its parameters: $1 scan id,
-/// $2 account group, $3 the new status, $4 the statuses it may leave, $5 the API key id, $6 the
-/// trace id. Keep it in step with the service; bench/run.sh compares the two and warns on drift.
-const CANCEL: &str = "WITH current AS (
-    SELECT * FROM signal_scans
-    WHERE id = $1 AND ($2::text IS NULL OR account_group_id = $2::text)
-    FOR UPDATE
-), stamp AS (
-    SELECT clock_timestamp() AS at FROM current
-), changed AS (
-    UPDATE signal_scans AS s
-    SET status = $3::text,
-        updated_at = stamp.at,
-        started_at = CASE WHEN $3::text = 'running' THEN stamp.at ELSE s.started_at END,
-        finished_at = CASE WHEN $3::text IN ('completed', 'failed', 'cancelled')
-                           THEN stamp.at ELSE s.finished_at END,
-        cancelled_at = CASE WHEN $3::text = 'cancelled' THEN stamp.at ELSE s.cancelled_at END
-    FROM current, stamp
-    WHERE s.id = current.id AND current.status = ANY($4::text[])
-    RETURNING s.*, current.status AS previous_status
-), audit AS (
-    INSERT INTO signal_scan_events
-        (scan_id, from_status, to_status, api_key_id, trace_id, occurred_at)
-    SELECT id, previous_status, status, $5, $6, updated_at FROM changed
-)
-SELECT * FROM changed
-UNION ALL
-SELECT *, NULL::text FROM current WHERE NOT EXISTS (SELECT 1 FROM changed)";
+/// `PgStore::transition`'s statement (src/store/postgres.rs), the very file the service includes:
+/// $1 scan id, $2 account group, $3 the new status, $4 the statuses it may leave, $5 the API key id,
+/// $6 the trace id, $7 the reason (a failure's; none for a cancel).
+const CANCEL: &str = include_str!("../../../src/store/postgres_transition.sql");
 
 /// The statuses a cancel may leave, as the service binds them.
 const CANCELLABLE: &[&str] = &["queued", "running"];
@@ -95,6 +71,7 @@ async fn cancel(
         .bind(CANCELLABLE)
         .bind(API_KEY_ID)
         .bind(TRACE_ID)
+        .bind(None::<&str>)
         .fetch_optional(&pool)
         .await;
     match row {

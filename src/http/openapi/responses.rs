@@ -515,13 +515,6 @@ error_response!(
     ]
 );
 error_response!(
-    /// 410 CURSOR_EXPIRED: a change stream's cursor from before changes that are no longer kept.
-    CursorExpired,
-    ErrorResponse,
-    after_auth,
-    [("changesNoLongerKept", ApiError::CursorExpired)]
-);
-error_response!(
     /// 422 VALIDATION_ERROR: the scan's status does not allow the runner's move.
     NotMovable,
     ErrorResponse,
@@ -537,6 +530,13 @@ error_response!(
     ErrorResponse,
     after_auth,
     [("keyReused", ApiError::IdempotencyKeyReused)]
+);
+error_response!(
+    /// 410 CURSOR_EXPIRED: a change stream's cursor from before changes that are no longer kept.
+    CursorExpired,
+    ErrorResponse,
+    after_auth,
+    [("changesNoLongerKept", ApiError::CursorExpired)]
 );
 error_response!(
     /// 429 RATE_LIMITED.
