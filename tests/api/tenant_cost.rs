@@ -831,7 +831,7 @@ store_test!(the_group_migration_fills_old_rows_and_keeps_their_positions);
 async fn scans_watch_refuses_a_cursor_from_before_deleted_changes(backend: Backend) {
     let (db, store) = database_for_process(backend).await;
     let aged = group();
-    write_history(&db.url, &aged, 10, 10).await;
+    write_history(&db.url, &aged, 10, 10, true).await;
     let cutoff = time::OffsetDateTime::now_utc() - Duration::from_secs(24 * 3600);
     assert_eq!(store.trim_audit(cutoff, 1000).await.unwrap(), 20);
     let watch = |after: &str| {
