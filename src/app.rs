@@ -10,9 +10,9 @@ use std::time::Duration;
 use axum::Router;
 use tokio::net::TcpListener;
 
+use crate::http::server::{self, ConnectionLimits};
 use crate::http::{self, AppState, HttpSettings};
 use crate::secret_url::SecretUrl;
-use crate::server::{self, ConnectionLimits};
 use crate::service::{HINT_FLUSH_LIMIT, ScanService, retention};
 use crate::store::{Store, StoreError, StoreOptions};
 

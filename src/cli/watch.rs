@@ -9,8 +9,8 @@ use anyhow::{Context as _, anyhow, bail};
 
 use serde::{Deserialize, Serialize};
 
+use super::config::DatabaseArgs;
 use super::{existing_store, remote};
-use crate::config::DatabaseArgs;
 use crate::domain::feed::FeedCursor;
 use crate::domain::ids::AccountGroupId;
 use crate::domain::scan::ScanChange;

@@ -61,7 +61,7 @@ pub const MAX_DETAILS_BYTES: usize = 1024;
 const MAX_NAMED_PROBLEMS: usize = 8;
 
 /// What is wrong with one request, for a 400's `details`: each problem named once (a thousand
-/// copies of one bad parameter are one problem), at most [`MAX_NAMED_PROBLEMS`] of them, the rest
+/// copies of one bad parameter are one problem), at most `MAX_NAMED_PROBLEMS` of them, the rest
 /// counted.
 #[derive(Debug, Default)]
 pub struct Problems {

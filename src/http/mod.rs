@@ -16,6 +16,7 @@ pub mod openapi;
 pub mod rate_limit;
 pub mod runner;
 pub mod scans;
+pub mod server;
 mod state;
 pub mod trace_id;
 pub mod views;

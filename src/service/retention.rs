@@ -18,7 +18,7 @@ const PAUSE: Duration = Duration::from_millis(100);
 /// How often the sweep looks again once nothing is left to delete.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
-/// Deletes the audit rows older than `keep`, now and every [`SWEEP_EVERY`], until the process
+/// Deletes the audit rows older than `keep`, now and every `SWEEP_EVERY`, until the process
 /// ends. Started by `serve` (every replica sweeps; two sweeping at once is harmless).
 pub async fn sweep_forever(store: Store, keep: Duration) {
     loop {

@@ -252,7 +252,7 @@ impl ScanService {
         moved(outcome, to)
     }
 
-    /// Every [`IDEMPOTENCY_SWEEP_EVERY`], forgets the idempotency keys older than their window,
+    /// Every `IDEMPOTENCY_SWEEP_EVERY` (10 minutes), forgets the idempotency keys older than their window,
     /// so their table holds one day of keys at most. Runs while the application serves.
     pub async fn forget_idempotency_keys_forever(self) {
         // The first sweep after one interval: starting touches no database it need not.

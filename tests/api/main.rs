@@ -22,6 +22,7 @@
 //! | `request_limits.rs` | request size limits, the request deadline, a panicking handler |
 //! | `shutdown.rs` | draining in-flight requests, in process and under SIGTERM |
 //! | `state_machine.rs` | every move the scan state machine allows or refuses |
+//! | `tenant_cost.rs` | a tenant pays only for its own history: group-scoped replays, audit retention, bounded error details, `nosniff` |
 //! | `trace_id.rs` | trace ids in answers and the audit trail |
 
 mod helpers;

@@ -129,10 +129,11 @@ def sync_detailed(
     set to the last id received to get every change after it, in order, none missed and none repeated;
     without either the stream starts now. A cursor from before changes that are no longer kept
     (`AUDIT_RETENTION_DAYS`) answers 410 `CURSOR_EXPIRED`: reconnect without one and re-read the scans'
-    current state. Event ids are opaque. Creations are not sent. The stream opens with `retry: 2000`,
-    sends `: keep-alive` comments, and ends after `STREAM_MAX_AGE_MS` (reconnect to continue). Errors
-    before the stream opens are the usual envelope. Requires `signals:read` or `signals:write` and
-    access to the account group; at most `STREAM_MAX_PER_KEY` open streams per key (429 past it).
+    current state. Event ids are opaque. A scan's creation is sent too (`from` null). The stream opens
+    with `retry: 2000`, sends `: keep-alive` comments, and ends after `STREAM_MAX_AGE_MS` (reconnect to
+    continue). Errors before the stream opens are the usual envelope. Requires `signals:read` or
+    `signals:write` and access to the account group; at most `STREAM_MAX_PER_KEY` open streams per key
+    (429 past it).
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
@@ -181,10 +182,11 @@ def sync(
     set to the last id received to get every change after it, in order, none missed and none repeated;
     without either the stream starts now. A cursor from before changes that are no longer kept
     (`AUDIT_RETENTION_DAYS`) answers 410 `CURSOR_EXPIRED`: reconnect without one and re-read the scans'
-    current state. Event ids are opaque. Creations are not sent. The stream opens with `retry: 2000`,
-    sends `: keep-alive` comments, and ends after `STREAM_MAX_AGE_MS` (reconnect to continue). Errors
-    before the stream opens are the usual envelope. Requires `signals:read` or `signals:write` and
-    access to the account group; at most `STREAM_MAX_PER_KEY` open streams per key (429 past it).
+    current state. Event ids are opaque. A scan's creation is sent too (`from` null). The stream opens
+    with `retry: 2000`, sends `: keep-alive` comments, and ends after `STREAM_MAX_AGE_MS` (reconnect to
+    continue). Errors before the stream opens are the usual envelope. Requires `signals:read` or
+    `signals:write` and access to the account group; at most `STREAM_MAX_PER_KEY` open streams per key
+    (429 past it).
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
@@ -228,10 +230,11 @@ async def asyncio_detailed(
     set to the last id received to get every change after it, in order, none missed and none repeated;
     without either the stream starts now. A cursor from before changes that are no longer kept
     (`AUDIT_RETENTION_DAYS`) answers 410 `CURSOR_EXPIRED`: reconnect without one and re-read the scans'
-    current state. Event ids are opaque. Creations are not sent. The stream opens with `retry: 2000`,
-    sends `: keep-alive` comments, and ends after `STREAM_MAX_AGE_MS` (reconnect to continue). Errors
-    before the stream opens are the usual envelope. Requires `signals:read` or `signals:write` and
-    access to the account group; at most `STREAM_MAX_PER_KEY` open streams per key (429 past it).
+    current state. Event ids are opaque. A scan's creation is sent too (`from` null). The stream opens
+    with `retry: 2000`, sends `: keep-alive` comments, and ends after `STREAM_MAX_AGE_MS` (reconnect to
+    continue). Errors before the stream opens are the usual envelope. Requires `signals:read` or
+    `signals:write` and access to the account group; at most `STREAM_MAX_PER_KEY` open streams per key
+    (429 past it).
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
@@ -278,10 +281,11 @@ async def asyncio(
     set to the last id received to get every change after it, in order, none missed and none repeated;
     without either the stream starts now. A cursor from before changes that are no longer kept
     (`AUDIT_RETENTION_DAYS`) answers 410 `CURSOR_EXPIRED`: reconnect without one and re-read the scans'
-    current state. Event ids are opaque. Creations are not sent. The stream opens with `retry: 2000`,
-    sends `: keep-alive` comments, and ends after `STREAM_MAX_AGE_MS` (reconnect to continue). Errors
-    before the stream opens are the usual envelope. Requires `signals:read` or `signals:write` and
-    access to the account group; at most `STREAM_MAX_PER_KEY` open streams per key (429 past it).
+    current state. Event ids are opaque. A scan's creation is sent too (`from` null). The stream opens
+    with `retry: 2000`, sends `: keep-alive` comments, and ends after `STREAM_MAX_AGE_MS` (reconnect to
+    continue). Errors before the stream opens are the usual envelope. Requires `signals:read` or
+    `signals:write` and access to the account group; at most `STREAM_MAX_PER_KEY` open streams per key
+    (429 past it).
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:

@@ -11,8 +11,8 @@ use crate::app::Settings;
 use crate::http::HttpSettings;
 use crate::http::changes::StreamSettings;
 use crate::http::rate_limit::{RateLimit, RedisSettings};
+use crate::http::server::ConnectionLimits;
 use crate::secret_url::SecretUrl;
-use crate::server::ConnectionLimits;
 use crate::store::StoreOptions;
 
 /// How to reach the database: shared by every command that needs it.
