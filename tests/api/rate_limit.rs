@@ -4,6 +4,7 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use signal_scans::domain::ids::{AccountGroupId, ScanId};
 use signal_scans::domain::keys::{NewApiKey, Permission};
 use signal_scans::domain::scan::ScanStatus;
 use signal_scans::http::rate_limit::RateLimit;
@@ -207,7 +208,11 @@ async fn without_trusted_proxies_a_forged_x_forwarded_for_is_ignored(backend: Ba
 }
 store_test!(without_trusted_proxies_a_forged_x_forwarded_for_is_ignored);
 
-async fn a_key_guessing_address_gets_429_whatever_it_sends(backend: Backend) {
+/// An app behind one trusted proxy whose addresses may fail to authenticate 3 times a minute,
+/// with a group, a writer's key on it and a queued scan.
+async fn behind_one_proxy_allowing_three_failures(
+    backend: Backend,
+) -> (TestApp, AccountGroupId, String, ScanId) {
     let app = Settings::default()
         .with_auth_failures_per_minute(3)
         .with_trusted_proxy_hops(1)
@@ -216,6 +221,11 @@ async fn a_key_guessing_address_gets_429_whatever_it_sends(backend: Backend) {
     let group = group();
     let key = app.writer(&group).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
+    (app, group, key, scan)
+}
+
+async fn a_key_guessing_address_gets_429_whatever_it_sends(backend: Backend) {
+    let (app, group, key, scan) = behind_one_proxy_allowing_three_failures(backend).await;
     let send = |from: &'static str, key: String| {
         let request = app
             .client
@@ -248,14 +258,7 @@ store_test!(a_key_guessing_address_gets_429_whatever_it_sends);
 /// Failed authentications from IPv6 clients count per /64: addresses of one /64 share one
 /// allowance, another /64 has its own.
 async fn failed_authentications_from_ipv6_count_per_64(backend: Backend) {
-    let app = Settings::default()
-        .with_auth_failures_per_minute(3)
-        .with_trusted_proxy_hops(1)
-        .spawn(backend)
-        .await;
-    let group = group();
-    let key = app.writer(&group).await;
-    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let (app, group, key, scan) = behind_one_proxy_allowing_three_failures(backend).await;
     let send = |from: &'static str, key: String| {
         let request = app
             .client
