@@ -10,10 +10,10 @@ use std::time::Duration;
 use axum::Router;
 use tokio::net::TcpListener;
 
+use crate::http::server::{self, ConnectionLimits};
 use crate::http::{self, AppState, HttpSettings};
 use crate::secret_url::SecretUrl;
-use crate::server::{self, ConnectionLimits};
-use crate::service::{HINT_FLUSH_LIMIT, ScanService};
+use crate::service::{HINT_FLUSH_LIMIT, ScanService, retention};
 use crate::store::{Store, StoreError, StoreOptions};
 
 /// Everything the application needs to start, read once (from the environment and flags by
@@ -28,6 +28,8 @@ pub struct Settings {
     pub feed_poll: Duration,
     /// While changes keep coming, the change streams read the audit trail at most this often.
     pub stream_batch: Duration,
+    /// Audit rows older than this are deleted in the background (`None`: all are kept).
+    pub audit_retention: Option<Duration>,
     pub http: HttpSettings,
     pub connections: ConnectionLimits,
     /// How long in-flight requests may finish once shutdown is asked.
@@ -75,6 +77,9 @@ impl Application {
         let store = migrated_store(&settings.store).await?;
         let scans = ScanService::with_key_cache(store.clone(), settings.key_cache_ttl)
             .with_feed(settings.feed_poll, settings.stream_batch);
+        if let Some(keep) = settings.audit_retention {
+            tokio::spawn(retention::sweep_forever(store.clone(), keep));
+        }
         let state = AppState::new(store, scans, &settings.http).map_err(StartupError::Settings)?;
         let router = http::router_with(state.clone(), extra);
         let listener = TcpListener::bind(settings.listen_addr)

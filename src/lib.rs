@@ -2,16 +2,13 @@
 //!
 //! Layers, each depending only on those below it: `http` and `cli` (the edges) → `service` (the
 //! use cases) → `store` (all SQL) → `domain` (rules and types, no I/O). `app` wires them once,
-//! `config` reads the settings. `docs/architecture.md` draws a request's path through them.
+//! `cli::config` reads the settings. `docs/architecture.md` draws a request's path through them.
 
 pub mod app;
 pub mod cli;
-pub mod config;
-pub mod demo;
 pub mod domain;
 pub mod http;
 pub mod secret_url;
-pub mod server;
 pub mod service;
 pub mod store;
 pub mod telemetry;

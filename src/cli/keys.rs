@@ -8,9 +8,9 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::config::DatabaseArgs;
 use super::output::{print_json, rfc3339};
 use super::{CreateKeyArgs, migrated_store};
-use crate::config::DatabaseArgs;
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeySpec, KeySpecError};
 use crate::service::KeyAdmin;
 

@@ -1,6 +1,8 @@
 //! The command line: its clap types (every flag and subcommand), the dispatch of each command to
 //! its file, `serve` and `migrate`, and the one line an error is printed as.
 
+pub mod config;
+mod demo;
 mod healthcheck;
 mod keys;
 mod output;
@@ -14,9 +16,8 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use uuid::Uuid;
 
+use self::config::{DEFAULT_DATABASE_URL, DatabaseArgs, ServeArgs};
 use crate::app::{self, Application};
-use crate::config::{DEFAULT_DATABASE_URL, DatabaseArgs, ServeArgs};
-use crate::demo;
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::Permission;
 use crate::domain::scan::ScanStatus;

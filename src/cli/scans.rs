@@ -4,10 +4,10 @@
 use anyhow::{anyhow, bail};
 use serde::Serialize;
 
+use super::config::DatabaseArgs;
 use super::output::{print_json, rfc3339};
 use super::remote::{self, Answer};
 use super::{existing_store, migrated_store};
-use crate::config::DatabaseArgs;
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::scan::{Actor, ScanStatus};
 use crate::service::HINT_FLUSH_LIMIT;

@@ -9,8 +9,8 @@ use anyhow::{Context as _, anyhow, bail};
 
 use serde::{Deserialize, Serialize};
 
+use super::config::DatabaseArgs;
 use super::{existing_store, remote};
-use crate::config::DatabaseArgs;
 use crate::domain::feed::FeedCursor;
 use crate::domain::ids::AccountGroupId;
 use crate::domain::scan::ScanChange;
@@ -74,7 +74,8 @@ fn print(line: &Line<'_>) {
 }
 
 /// Follows `GET /v1/accounts/{group}/signals/scans/changes` on `server` until the process is
-/// stopped or the server refuses the key; reconnects with `Last-Event-ID` after anything else.
+/// stopped or the server refuses the key; reconnects with `Last-Event-ID` after anything else, and
+/// from now (with a warning) when the server no longer keeps the changes after that id (410).
 pub async fn follow_server(
     server: &url::Url,
     group: &AccountGroupId,
@@ -112,6 +113,15 @@ pub async fn follow_server(
                     .and_then(|v| v.parse().ok())
                     .map(Duration::from_secs);
                 let body = response.text().await.unwrap_or_default();
+                if status == reqwest::StatusCode::GONE && stream.last_id.is_some() {
+                    // The changes after the last event were deleted by retention: they cannot
+                    // be printed. Follow from now, and say so, so that whoever reads the lines
+                    // re-reads the scans' current state.
+                    tracing::warn!(%status, "the changes after the last event id are no longer kept; \
+                        following from now: re-read the current state of your scans");
+                    stream.last_id = None;
+                    continue;
+                }
                 // The key, the permission or the request is wrong: retrying cannot help.
                 if status.is_client_error() && status.as_u16() != 429 {
                     bail!("{url} answered {status}: {body}");

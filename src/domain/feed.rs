@@ -147,6 +147,18 @@ impl FeedCursor {
         self.pending.iter().map(|(xid, id)| (*xid, *id))
     }
 
+    /// Whether a row this cursor has yet to deliver may lie at or below `trimmed`, the greatest
+    /// position the retention sweep deleted of the cursor's group: the rows past the frontier, and
+    /// those of each pending transaction past its last delivered id. Conservative: a pending
+    /// transaction below the mark may have had no row deleted.
+    pub fn reaches_below(&self, trimmed: FeedPosition) -> bool {
+        self.frontier < trimmed
+            || self
+                .pending
+                .iter()
+                .any(|(&xid, &id)| FeedPosition { xid, id } < trimmed)
+    }
+
     /// Moves past `page`, returning each change not delivered before that `wanted` keeps, with
     /// the cursor that stands right after it (what a client resumes from). The cursor also moves
     /// past the rows it does not keep, so a reader of one quiet group never reads the others' rows
@@ -448,6 +460,21 @@ mod tests {
         ] {
             assert_eq!(FeedCursor::decode(garbage), None, "{garbage:?}");
         }
+    }
+
+    #[test]
+    fn a_cursor_reaches_below_a_trimmed_mark_by_its_frontier_or_a_pending_transaction() {
+        let cursor = FeedCursor::decode("50-9.40-3").unwrap();
+        assert!(!cursor.reaches_below(FeedPosition { xid: 40, id: 3 }));
+        assert!(!cursor.reaches_below(FeedPosition { xid: 30, id: 100 }));
+        // Rows of transaction 40 past id 3 may have been deleted.
+        assert!(cursor.reaches_below(FeedPosition { xid: 40, id: 4 }));
+        assert!(cursor.reaches_below(FeedPosition { xid: 50, id: 10 }));
+        assert!(
+            !FeedCursor::decode("50-9")
+                .unwrap()
+                .reaches_below(FeedPosition { xid: 50, id: 9 })
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tokio::time::Sleep;
 use uuid::Uuid;
 
 use super::auth::presented_key;
-use super::error::ApiError;
+use super::error::{ApiError, Problems};
 use super::event_stream::{EventBlocks, event_stream_response};
 use super::extract::{ApiPath, GroupPath};
 use super::views::ScanStatusChanged;
@@ -132,14 +132,15 @@ impl StreamRequest {
     /// Every parameter, each problem named. `Last-Event-ID` (what an EventSource sends when it
     /// reconnects) wins over `after` (what the first connection was opened with).
     fn parse(query: Option<&str>, headers: &HeaderMap) -> Result<Self, ApiError> {
-        let mut problems = Vec::new();
+        let mut problems = Problems::default();
         let mut after = None;
         let mut scans = HashSet::new();
         let mut statuses = HashSet::new();
         let mut scan_filters = 0;
+        let mut unknown = UnknownNames::default();
         for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match name.as_ref() {
-                "after" if after.is_some() => problems.push("after may be given once".to_owned()),
+                "after" if after.is_some() => problems.push("after may be given once"),
                 "after" => after = Some(value.into_owned()),
                 "scanId" => {
                     scan_filters += 1;
@@ -155,15 +156,14 @@ impl StreamRequest {
                         statuses.insert(status);
                     }
                     Err(_) => problems.push(
-                        "status must be one of queued, running, completed, failed, cancelled"
-                            .to_owned(),
+                        "status must be one of queued, running, completed, failed, cancelled",
                     ),
                 },
-                unknown => problems.push(format!(
-                    "unknown query parameter {}: only after, scanId and status are accepted",
-                    printable_name(unknown)
-                )),
+                name => unknown.add(name),
             }
+        }
+        if let Some(problem) = unknown.problem() {
+            problems.push(problem);
         }
         if scan_filters > MAX_SCAN_FILTERS {
             problems.push(format!(
@@ -175,7 +175,7 @@ impl StreamRequest {
             Some(Ok(value)) if value.trim().is_empty() => None,
             Some(Ok(value)) => Some(value.trim().to_owned()),
             Some(Err(_)) => {
-                problems.push("Last-Event-ID must be an event id this stream sent".to_owned());
+                problems.push("Last-Event-ID must be an event id this stream sent");
                 None
             }
             None => None,
@@ -193,15 +193,13 @@ impl StreamRequest {
             }
             _ => Start::Now,
         };
-        match problems.is_empty() {
-            true => Ok(Self {
-                start,
-                cursor_source,
-                scans: (!scans.is_empty()).then_some(scans),
-                statuses: (!statuses.is_empty()).then_some(statuses),
-            }),
-            false => Err(ApiError::Validation(problems.join("; "))),
-        }
+        problems.into_result()?;
+        Ok(Self {
+            start,
+            cursor_source,
+            scans: (!scans.is_empty()).then_some(scans),
+            statuses: (!statuses.is_empty()).then_some(statuses),
+        })
     }
 
     fn wants(&self, event: &FeedEvent) -> bool {
@@ -215,14 +213,46 @@ impl StreamRequest {
     }
 }
 
-/// A parameter name fit to echo: short and plain, or not at all.
-fn printable_name(name: &str) -> String {
-    let plain = name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-    match plain && !name.is_empty() && name.len() <= 32 {
-        true => format!("`{name}`"),
-        false => "(a name that is not plain text)".to_owned(),
+/// The unknown query parameters of a request, told as one problem: the first few distinct names
+/// that are fit to echo (short and plain), and how many there were in all.
+#[derive(Default)]
+struct UnknownNames {
+    shown: Vec<String>,
+    count: usize,
+}
+
+/// The most unknown parameter names one answer echoes.
+const UNKNOWN_NAMES_SHOWN: usize = 5;
+
+impl UnknownNames {
+    fn add(&mut self, name: &str) {
+        self.count += 1;
+        let plain = !name.is_empty()
+            && name.len() <= 32
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        let shown = match plain {
+            true => format!("`{name}`"),
+            false => "(a name that is not plain text)".to_owned(),
+        };
+        if self.shown.len() < UNKNOWN_NAMES_SHOWN && !self.shown.contains(&shown) {
+            self.shown.push(shown);
+        }
+    }
+
+    fn problem(&self) -> Option<String> {
+        let names = match self.count {
+            0 => return None,
+            1 => format!("unknown query parameter {}", self.shown[0]),
+            count => format!(
+                "unknown query parameters ({count} in all) {}",
+                self.shown.join(", ")
+            ),
+        };
+        Some(format!(
+            "{names}: only after, scanId and status are accepted"
+        ))
     }
 }
 
@@ -236,8 +266,11 @@ fn printable_name(name: &str) -> String {
     description = "The account group's scan status changes as they commit, as Server-Sent Events: \
         each change is one `scan.status_changed` event whose `id` is a cursor. Reconnect with \
         `Last-Event-ID` (or `?after=`) set to the last id received to get every change after it, in \
-        order, none missed and none repeated; without either the stream starts now. Creations are \
-        not sent. The stream opens with `retry: 2000`, sends `: keep-alive` comments, and ends after \
+        order, none missed and none repeated; without either the stream starts now. A cursor from \
+        before changes that are no longer kept (`AUDIT_RETENTION_DAYS`) answers 410 \
+        `CURSOR_EXPIRED`: reconnect without one and re-read the scans' current state. Event ids are \
+        opaque. A scan's creation is sent too (`from` null). The stream opens with `retry: 2000`, \
+        sends `: keep-alive` comments, and ends after \
         `STREAM_MAX_AGE_MS` (reconnect to continue). Errors before the stream opens are the usual \
         envelope. Requires `signals:read` or `signals:write` and access to the account group; at \
         most `STREAM_MAX_PER_KEY` open streams per key (429 past it).",
@@ -260,6 +293,7 @@ fn printable_name(name: &str) -> String {
         (status = 400, response = crate::http::openapi::responses::BadRequest),
         (status = 401, response = crate::http::openapi::responses::Unauthorized),
         (status = 403, response = crate::http::openapi::responses::Forbidden),
+        (status = 410, response = crate::http::openapi::responses::CursorExpired),
         (status = 429, response = crate::http::openapi::responses::RateLimited),
         (status = 500, response = crate::http::openapi::responses::InternalError),
         (status = 502, response = crate::http::openapi::responses::UpstreamError),

@@ -37,6 +37,10 @@ pub enum ApiError {
     /// 422: the `Idempotency-Key` started a scan of another account group.
     #[error("idempotency key reused for another account group")]
     IdempotencyKeyReused,
+    /// 410: a change stream's cursor from before changes that are no longer kept: start again
+    /// from now and re-read the current state.
+    #[error("cursor expired")]
+    CursorExpired,
     /// 429: the key is over its rate.
     #[error("rate limited for {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
@@ -51,6 +55,63 @@ pub enum ApiError {
     NotReady(String),
 }
 
+/// The most bytes of a `details`: whatever a client sends, an error answer stays small.
+pub const MAX_DETAILS_BYTES: usize = 1024;
+/// The most problems a 400's `details` names; the others are counted.
+const MAX_NAMED_PROBLEMS: usize = 8;
+
+/// What is wrong with one request, for a 400's `details`: each problem named once (a thousand
+/// copies of one bad parameter are one problem), at most `MAX_NAMED_PROBLEMS` of them, the rest
+/// counted.
+#[derive(Debug, Default)]
+pub struct Problems {
+    named: Vec<String>,
+    /// Every distinct problem beyond the named ones (bounded by the request's size limits).
+    others: std::collections::HashSet<String>,
+}
+
+impl Problems {
+    pub fn push(&mut self, problem: impl Into<String>) {
+        let problem = problem.into();
+        if self.named.contains(&problem) {
+            return;
+        }
+        match self.named.len() < MAX_NAMED_PROBLEMS {
+            true => self.named.push(problem),
+            false => {
+                self.others.insert(problem);
+            }
+        }
+    }
+
+    /// `Ok` when nothing is wrong, else the 400 naming what is.
+    pub fn into_result(self) -> Result<(), ApiError> {
+        if self.named.is_empty() {
+            return Ok(());
+        }
+        let mut details = self.named.join("; ");
+        match self.others.len() {
+            0 => {}
+            1 => details.push_str("; and 1 more problem"),
+            more => details.push_str(&format!("; and {more} more problems")),
+        }
+        Err(ApiError::Validation(details))
+    }
+}
+
+/// `details` cut to [`MAX_DETAILS_BYTES`] at a character boundary, marked as cut.
+fn bounded(mut details: String) -> String {
+    if details.len() > MAX_DETAILS_BYTES {
+        let mut end = MAX_DETAILS_BYTES - '…'.len_utf8();
+        while !details.is_char_boundary(end) {
+            end -= 1;
+        }
+        details.truncate(end);
+        details.push('…');
+    }
+    details
+}
+
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -62,6 +123,7 @@ impl ApiError {
             ApiError::NotCancellable { .. }
             | ApiError::NotMovable { .. }
             | ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::CursorExpired => StatusCode::GONE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -79,6 +141,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "FORBIDDEN",
             ApiError::NotFound(_) => "NOT_FOUND",
             ApiError::MethodNotAllowed(_) => "METHOD_NOT_ALLOWED",
+            ApiError::CursorExpired => "CURSOR_EXPIRED",
             ApiError::RateLimited { .. } => "RATE_LIMITED",
             ApiError::Internal(_) => "INTERNAL_ERROR",
             ApiError::Upstream(_) => "UPSTREAM_ERROR",
@@ -97,6 +160,7 @@ impl ApiError {
             ApiError::NotCancellable { .. } => "Scan is not in a cancellable status",
             ApiError::NotMovable { .. } => "Scan is not in a status that allows this change",
             ApiError::IdempotencyKeyReused => "Idempotency key already used",
+            ApiError::CursorExpired => "Cursor expired",
             ApiError::RateLimited { .. } => "Rate limit exceeded",
             ApiError::Internal(_) => "Internal server error",
             ApiError::Upstream(_) => "Upstream service error",
@@ -124,6 +188,11 @@ impl ApiError {
                 "Idempotency-Key was used for another account group within 24 hours; send a new key"
                     .into(),
             ),
+            ApiError::CursorExpired => Some(
+                "changes after this cursor are no longer kept (AUDIT_RETENTION_DAYS): \
+                 reconnect without a cursor, then re-read the current state of your scans"
+                    .into(),
+            ),
             ApiError::RateLimited { retry_after_secs } => {
                 Some(format!("retry after {retry_after_secs} s"))
             }
@@ -139,7 +208,7 @@ impl ApiError {
         Envelope::failure(ErrorBody {
             code: self.code(),
             message: self.message(),
-            details: self.details(),
+            details: self.details().map(bounded),
         })
     }
 
@@ -231,6 +300,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::UnknownCursor => {
                 ApiError::Validation("the cursor is not one this feed issued".into())
             }
+            ServiceError::ExpiredCursor => ApiError::CursorExpired,
             ServiceError::Store(error) => error.into(),
         }
     }

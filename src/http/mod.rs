@@ -16,6 +16,7 @@ pub mod openapi;
 pub mod rate_limit;
 pub mod runner;
 pub mod scans;
+pub mod server;
 mod state;
 pub mod trace_id;
 pub mod views;
@@ -26,11 +27,13 @@ use std::any::Any;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::Method;
+use axum::http::{HeaderValue, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
@@ -106,6 +109,12 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
             // future and clones the inner service per call); the panic catcher sits above the
             // request limits and the deadline, whose answers are still plain axum bodies.
             ServiceBuilder::new()
+                // Outermost, so every answer carries it, whatever layer made it: a browser must
+                // take each body as the type it is declared (an error's JSON is never a script).
+                .layer(SetResponseHeaderLayer::overriding(
+                    header::X_CONTENT_TYPE_OPTIONS,
+                    HeaderValue::from_static("nosniff"),
+                ))
                 .layer(trace_id::AssignTraceId)
                 .layer(
                     TraceLayer::new_for_http()

@@ -106,15 +106,19 @@ mod tests {
             .is_some()
     }
 
+    /// moka keeps its own clock (a paused Tokio clock does not reach it), so the real one runs:
+    /// three lookups in memory take far less than the TTL however loaded the machine, and the
+    /// sleep past it cannot be too short.
     #[tokio::test]
     async fn entries_expire_after_the_ttl() {
-        let cache = KeyCache::new(Duration::from_millis(50));
+        let ttl = Duration::from_millis(500);
+        let cache = KeyCache::new(ttl);
         let calls = AtomicUsize::new(0);
         for _ in 0..3 {
             assert!(found(&cache, &calls).await);
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1, "cached");
-        tokio::time::sleep(Duration::from_millis(80)).await;
+        tokio::time::sleep(ttl + Duration::from_millis(100)).await;
         assert!(found(&cache, &calls).await);
         assert_eq!(calls.load(Ordering::SeqCst), 2, "expired, loaded again");
     }

@@ -1,12 +1,13 @@
 //! The use cases, between the edges (`http`, `cli`) and the `store`: who may do what to which
-//! scan, an operator's keys and scans, the key cache in front of authentication, and the change
-//! feed's readers.
+//! scan, an operator's keys and scans, the key cache in front of authentication, the change
+//! feed's readers, and the audit retention sweep.
 //!
 //! Everything here may wait on the store; nothing here knows HTTP or SQL.
 
 pub mod feed;
 mod key_cache;
 mod keys;
+pub mod retention;
 mod scans;
 
 pub use keys::KeyAdmin;

@@ -84,6 +84,10 @@ pub enum ServiceError {
     /// A resume cursor that this feed never issued (ahead of everything in the audit trail).
     #[error("the cursor is not one this feed issued")]
     UnknownCursor,
+    /// A resume cursor from before changes of its group that the retention sweep has deleted:
+    /// resuming from it would skip them.
+    #[error("changes after the cursor are no longer kept")]
+    ExpiredCursor,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -248,7 +252,7 @@ impl ScanService {
         moved(outcome, to)
     }
 
-    /// Every [`IDEMPOTENCY_SWEEP_EVERY`], forgets the idempotency keys older than their window,
+    /// Every `IDEMPOTENCY_SWEEP_EVERY` (10 minutes), forgets the idempotency keys older than their window,
     /// so their table holds one day of keys at most. Runs while the application serves.
     pub async fn forget_idempotency_keys_forever(self) {
         // The first sweep after one interval: starting touches no database it need not.
@@ -344,7 +348,8 @@ impl ScanService {
     }
 
     /// Follows `group`'s status changes from `start`: from now, or exactly after a cursor this
-    /// feed issued (one ahead of the whole audit trail is refused).
+    /// feed issued (one ahead of the whole audit trail is refused, and so is one from before
+    /// changes of the group that are no longer kept).
     pub async fn follow_changes(
         &self,
         principal: &Principal,
@@ -356,6 +361,10 @@ impl ScanService {
             let head = self.0.store.feed_head().await?;
             if cursor.frontier() > head.frontier() {
                 return Err(ServiceError::UnknownCursor);
+            }
+            let trimmed = self.0.store.trimmed_mark(group).await?;
+            if trimmed.is_some_and(|mark| cursor.reaches_below(mark)) {
+                return Err(ServiceError::ExpiredCursor);
             }
         }
         Ok(self.0.changes.follow(*group, start).await?)

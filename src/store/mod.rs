@@ -7,6 +7,7 @@ mod rows;
 mod sqlite;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -17,7 +18,7 @@ pub use pg_pool::HeldConnection;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
-use crate::domain::feed::{FeedCursor, FeedPage};
+use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash, Permission};
 use crate::domain::scan::{
@@ -124,6 +125,35 @@ impl PoolUsage {
     }
 }
 
+/// Audit rows returned by the feed reads of one store (and its clones), by kind of read.
+#[derive(Debug, Default)]
+pub(crate) struct FeedRowsRead {
+    one_group: AtomicU64,
+    every_group: AtomicU64,
+}
+
+/// A reading of [`Store::feed_rows_read`]: what a replay or a follower costs, in rows, where
+/// timing would say nothing reliable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedRowsCount {
+    /// By reads of one group's rows: a stream's catch-up, a follower that fell behind, `scans
+    /// watch --account-group`.
+    pub one_group: u64,
+    /// By reads of every group's rows: the change hub's shared read, `scans watch` without a
+    /// group.
+    pub every_group: u64,
+}
+
+/// The statements that read one group's rows of the change feed, as each store runs them, for
+/// tests that check their plans: PostgreSQL's binds `$1` the frontier's xid as text, `$2` its id,
+/// `$3` and `$4` the pending transactions (text) and their last ids, `$5` the limit and `$6` the
+/// group; SQLite's `?1` the frontier's id, `?2` the limit and `?3` the group.
+#[doc(hidden)]
+pub mod statements {
+    pub const POSTGRES_GROUP_FEED: &str = super::postgres::ONE_GROUPS_FEED;
+    pub const SQLITE_GROUP_FEED: &str = super::sqlite::ONE_GROUPS_FEED;
+}
+
 /// A key to be stored.
 #[derive(Debug, Clone)]
 pub struct KeyToCreate {
@@ -174,6 +204,16 @@ impl Store {
             _ => Err(StoreError::Config(
                 "DATABASE_URL must start with postgres:// or sqlite://".into(),
             )),
+        }
+    }
+
+    /// SQLite: this process's writers holding or queued for its one write turn (`None` on
+    /// PostgreSQL, whose lock waiters `pg_stat_activity` shows).
+    #[doc(hidden)] // For tests that force a race: they wait until both contenders queue.
+    pub fn writers_wanting(&self) -> Option<usize> {
+        match self {
+            Store::Postgres(_) => None,
+            Store::Sqlite(store) => Some(store.writers_wanting()),
         }
     }
 
@@ -269,16 +309,65 @@ impl Store {
         forward!(self.list_scans(group, query))
     }
 
-    /// Audit rows after `cursor` (every group's: readers filter, so their cursors move past what
-    /// they skip), in `(xid, id)` order, at most `limit`, with the snapshot
-    /// they were read under.
-    pub async fn read_feed(&self, cursor: &FeedCursor, limit: u32) -> Result<FeedPage, StoreError> {
-        forward!(self.read_feed(cursor, limit))
+    /// Audit rows after `cursor` (readers filter, so their cursors move past
+    /// what they skip), in `(xid, id)` order, at most `limit`, with the snapshot they were read
+    /// under: `group`'s rows only, read through that group's index, so that a reader of one group
+    /// pays for that group's changes alone; every group's with `None` (the change hub's shared
+    /// read, and `scans watch` without a group).
+    pub async fn read_feed(
+        &self,
+        cursor: &FeedCursor,
+        group: Option<&AccountGroupId>,
+        limit: u32,
+    ) -> Result<FeedPage, StoreError> {
+        let page = forward!(self.read_feed(cursor, group, limit))?;
+        let rows = page.rows.len() as u64;
+        let counter = match (self.feed_rows(), group) {
+            (read, Some(_)) => &read.one_group,
+            (read, None) => &read.every_group,
+        };
+        counter.fetch_add(rows, Ordering::Relaxed);
+        Ok(page)
     }
 
-    /// A cursor at the head of the audit trail: what commits from now on lies ahead of it.
+    /// How many audit rows this store's feed reads have returned so far.
+    pub fn feed_rows_read(&self) -> FeedRowsCount {
+        let read = self.feed_rows();
+        FeedRowsCount {
+            one_group: read.one_group.load(Ordering::Relaxed),
+            every_group: read.every_group.load(Ordering::Relaxed),
+        }
+    }
+
+    fn feed_rows(&self) -> &FeedRowsRead {
+        match self {
+            Store::Postgres(store) => &store.feed_rows,
+            Store::Sqlite(store) => &store.feed_rows,
+        }
+    }
+
+    /// A cursor at the head of the audit trail: what commits from now on lies ahead of it. It
+    /// also stands past every row the retention sweep deleted, so a cursor issued before the
+    /// trail was emptied is never taken for one that was never issued.
     pub async fn feed_head(&self) -> Result<FeedCursor, StoreError> {
         forward!(self.feed_head())
+    }
+
+    /// The greatest position of `group`'s audit rows that the retention sweep has deleted, if it
+    /// deleted any: a cursor of the group below it may have missed changes that are gone.
+    pub async fn trimmed_mark(
+        &self,
+        group: &AccountGroupId,
+    ) -> Result<Option<FeedPosition>, StoreError> {
+        forward!(self.trimmed_mark(group))
+    }
+
+    /// Deletes at most `batch` of the oldest audit rows written before `cutoff`, in `(xid, id)`
+    /// order and stopping at the first younger row (what is deleted is always the trail's head,
+    /// so each group's high-water mark says exactly what is gone), and raises those marks, in one
+    /// short transaction. Returns how many rows it deleted.
+    pub async fn trim_audit(&self, cutoff: OffsetDateTime, batch: u32) -> Result<u64, StoreError> {
+        forward!(self.trim_audit(cutoff, batch))
     }
 
     /// Subscribes to hints that changes committed.

@@ -8,12 +8,16 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::pg_pool::{ConnectionPool, HeldConnection};
 use super::publisher::Publisher;
 use super::rows::{ChangeRow, EventRow, KeyRow, ScanRow};
-use super::{IS_EMPTY, KeyToCreate, PoolUsage, StoreError, StoreOptions, bounded, migration_error};
+use super::{
+    FeedRowsRead, IS_EMPTY, KeyToCreate, PoolUsage, StoreError, StoreOptions, bounded,
+    migration_error,
+};
 use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition, Horizon};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash};
@@ -43,6 +47,7 @@ pub struct PgStore {
     /// Started by the first change this process commits; shared by every clone.
     publisher: Arc<OnceLock<Publisher>>,
     publish_interval: Duration,
+    pub(super) feed_rows: Arc<FeedRowsRead>,
 }
 
 impl PgStore {
@@ -68,6 +73,7 @@ impl PgStore {
             timeout: options.timeout,
             publisher: Arc::new(OnceLock::new()),
             publish_interval: options.publish_interval,
+            feed_rows: Arc::default(),
         })
     }
 
@@ -227,8 +233,9 @@ impl PgStore {
                          RETURNING *
                      ), audit AS (
                          INSERT INTO signal_scan_events
-                             (scan_id, from_status, to_status, api_key_id, trace_id, occurred_at)
-                         SELECT id, NULL, status, $4, $5, created_at FROM created
+                             (scan_id, account_group_id, from_status, to_status, api_key_id,
+                              trace_id, occurred_at)
+                         SELECT id, account_group_id, NULL, status, $4, $5, created_at FROM created
                      )
                      SELECT *, NULL::text AS previous_status FROM created",
                 )
@@ -362,51 +369,32 @@ impl PgStore {
         rows.into_iter().map(ScanRow::into_scan).collect()
     }
 
-    pub async fn read_feed(&self, cursor: &FeedCursor, limit: u32) -> Result<FeedPage, StoreError> {
+    pub async fn read_feed(
+        &self,
+        cursor: &FeedCursor,
+        group: Option<&AccountGroupId>,
+        limit: u32,
+    ) -> Result<FeedPage, StoreError> {
         let (pending_xids, pending_after): (Vec<String>, Vec<i64>) = cursor
             .pending()
             .map(|(xid, id)| (xid.to_string(), id))
             .unzip();
         let frontier = cursor.frontier();
-        // One statement, so the rows and the snapshot that says which transactions were still
-        // running are read together. Rows past the frontier walk the (xid, id) index, and so do
-        // the rows of each pending transaction: written as an ordered, limited walk of that index
-        // from (xid, after), because a plain join on `xid = p.xid AND id > p.after` let the
-        // planner scan the primary key from `after` (often 0) and filter by xid, the whole table
-        // for every pending transaction, when the statistics saw few distinct xids (27 ms a read
-        // against 0.05 ms, measured after a bulk load; a watch under load read that way
-        // constantly).
         let rows: Vec<FeedReadRow> = self
             .on_connection(async |connection| {
-                sqlx::query_as(
-                    "WITH snapshot AS (SELECT pg_current_snapshot()::text AS snapshot),
-                     page AS (
-                         (SELECT e.* FROM signal_scan_events e
-                          WHERE (e.xid, e.id) > ($1::text::xid8, $2)
-                          ORDER BY e.xid, e.id
-                          LIMIT $5)
-                         UNION ALL
-                         (SELECT e.* FROM unnest($3::text[]::xid8[], $4::int8[]) AS p(xid, after)
-                          CROSS JOIN LATERAL (
-                              SELECT * FROM signal_scan_events e
-                              WHERE (e.xid, e.id) > (p.xid, p.after) AND e.xid = p.xid
-                              ORDER BY e.xid, e.id
-                              LIMIT $5) e)
-                     ), limited AS (
-                         SELECT * FROM page ORDER BY xid, id LIMIT $5
-                     )
-                     SELECT snapshot.snapshot, l.xid::text AS xid, l.id, l.scan_id,
-                            s.account_group_id, l.from_status, l.to_status, l.trace_id,
-                            l.occurred_at, l.reason
-                     FROM snapshot
-                     LEFT JOIN (limited l JOIN signal_scans s ON s.id = l.scan_id) ON true
-                     ORDER BY l.xid, l.id",
-                )
+                let read = sqlx::query_as(match group {
+                    None => EVERY_GROUPS_FEED,
+                    Some(_) => ONE_GROUPS_FEED,
+                })
                 .bind(frontier.xid.to_string())
                 .bind(frontier.id)
                 .bind(pending_xids)
                 .bind(pending_after)
-                .bind(i64::from(limit))
+                .bind(i64::from(limit));
+                match group {
+                    None => read,
+                    Some(group) => read.bind(group.as_str()),
+                }
                 .fetch_all(connection)
                 .await
             })
@@ -432,7 +420,12 @@ impl PgStore {
                 sqlx::query_as(
                     "SELECT newest.xid::text, newest.id, pg_current_snapshot()::text
                      FROM (SELECT 1) AS one
-                     LEFT JOIN (SELECT xid, id FROM signal_scan_events
+                     LEFT JOIN (SELECT xid, id FROM (
+                                    (SELECT xid, id FROM signal_scan_events
+                                     ORDER BY xid DESC, id DESC LIMIT 1)
+                                    UNION ALL
+                                    (SELECT xid, id FROM signal_scan_events_trimmed
+                                     ORDER BY xid DESC, id DESC LIMIT 1)) AS both_newest
                                 ORDER BY xid DESC, id DESC LIMIT 1) AS newest ON true",
                 )
                 .fetch_one(connection)
@@ -450,6 +443,74 @@ impl PgStore {
             id: newest_id.unwrap_or(0),
         };
         Ok(FeedCursor::at_head(newest, Some(&horizon)))
+    }
+
+    pub async fn trimmed_mark(
+        &self,
+        group: &AccountGroupId,
+    ) -> Result<Option<FeedPosition>, StoreError> {
+        let mark: Option<(String, i64)> = self
+            .on_connection(async |connection| {
+                sqlx::query_as(
+                    "SELECT xid::text, id FROM signal_scan_events_trimmed
+                     WHERE account_group_id = $1",
+                )
+                .bind(group.as_str())
+                .fetch_optional(connection)
+                .await
+            })
+            .await?;
+        mark.map(|(xid, id)| {
+            let xid = xid
+                .parse()
+                .map_err(|_| StoreError::Corrupt("trimmed mark xid".into()))?;
+            Ok(FeedPosition { xid, id })
+        })
+        .transpose()
+    }
+
+    /// One statement, so it is one short transaction. It locks only the audit rows it deletes,
+    /// which nothing else locks: cancels insert theirs meanwhile without waiting. Two replicas
+    /// sweeping at once is harmless: the second waits for the first's rows, finds them gone, and
+    /// deletes nothing.
+    pub async fn trim_audit(&self, cutoff: OffsetDateTime, batch: u32) -> Result<u64, StoreError> {
+        let deleted: i64 = self
+            .on_connection(async |connection| {
+                sqlx::query_scalar(
+                    "WITH head AS (
+                         SELECT xid, id, occurred_at FROM signal_scan_events
+                         ORDER BY xid, id
+                         LIMIT $2
+                     ), young AS (
+                         SELECT xid, id FROM head WHERE occurred_at >= $1 ORDER BY xid, id LIMIT 1
+                     ), doomed AS (
+                         SELECT head.id FROM head
+                         WHERE NOT EXISTS (
+                             SELECT 1 FROM young WHERE (young.xid, young.id) <= (head.xid, head.id))
+                     ), deleted AS (
+                         DELETE FROM signal_scan_events e USING doomed
+                         WHERE e.id = doomed.id
+                         RETURNING e.account_group_id, e.xid, e.id
+                     ), marks AS (
+                         SELECT DISTINCT ON (account_group_id) account_group_id, xid, id
+                         FROM deleted
+                         ORDER BY account_group_id, xid DESC, id DESC
+                     ), raised AS (
+                         INSERT INTO signal_scan_events_trimmed AS t (account_group_id, xid, id)
+                         SELECT account_group_id, xid, id FROM marks
+                         ON CONFLICT (account_group_id) DO UPDATE
+                         SET xid = excluded.xid, id = excluded.id
+                         WHERE (t.xid, t.id) < (excluded.xid, excluded.id)
+                     )
+                     SELECT count(*) FROM deleted",
+                )
+                .bind(cutoff)
+                .bind(i64::from(batch))
+                .fetch_one(connection)
+                .await
+            })
+            .await?;
+        Ok(deleted.unsigned_abs())
     }
 
     /// The publisher of this process, started on first use (inside the Tokio runtime).
@@ -532,6 +593,66 @@ struct ClaimedKeyRow {
     #[sqlx(flatten)]
     scan: ScanRow,
 }
+
+/// One read of the change feed, in one statement so that the rows and the snapshot that says
+/// which transactions were still running are read together: the rows past the frontier (`$1`,
+/// `$2`) and those of each pending transaction (`$3`, `$4`), at most `$5` in `(xid, id)` order.
+/// The rows of a pending transaction are written as an ordered, limited walk of an index from
+/// `(xid, after)`, because a plain join on `xid = p.xid AND id > p.after` let the planner scan the
+/// primary key from `after` (often 0) and filter by xid, the whole table for every pending
+/// transaction, when the statistics saw few distinct xids (27 ms a read against 0.05 ms, measured
+/// after a bulk load; a watch under load read that way constantly). The group of each row is its
+/// own column (filled by every insert, or by the trigger of migration 0004).
+macro_rules! feed_read {
+    ($past_frontier:literal, $of_pending:literal) => {
+        concat!(
+            "WITH snapshot AS (SELECT pg_current_snapshot()::text AS snapshot),
+             page AS ((",
+            $past_frontier,
+            ") UNION ALL (
+                 SELECT e.* FROM unnest($3::text[]::xid8[], $4::int8[]) AS p(xid, after)
+                 CROSS JOIN LATERAL (",
+            $of_pending,
+            ") e)
+             ), limited AS (
+                 SELECT * FROM page ORDER BY xid, id LIMIT $5
+             )
+             SELECT snapshot.snapshot, l.xid::text AS xid, l.id, l.scan_id, l.account_group_id,
+                    l.from_status, l.to_status, l.trace_id, l.occurred_at, l.reason
+             FROM snapshot
+             LEFT JOIN limited l ON true
+             ORDER BY l.xid, l.id"
+        )
+    };
+}
+
+/// Every group's rows: the change hub's shared read, and `scans watch` without a group.
+const EVERY_GROUPS_FEED: &str = feed_read!(
+    "SELECT e.* FROM signal_scan_events e
+     WHERE (e.xid, e.id) > ($1::text::xid8, $2)
+     ORDER BY e.xid, e.id
+     LIMIT $5",
+    "SELECT * FROM signal_scan_events e
+     WHERE (e.xid, e.id) > (p.xid, p.after) AND e.xid = p.xid
+     ORDER BY e.xid, e.id
+     LIMIT $5"
+);
+
+/// One group's rows (`$6`): the rows past the frontier are a range of the group's index
+/// `(account_group_id, xid, id)` (ordered by all three so that no plan can walk another index and
+/// filter out the other groups' history); a pending transaction's rows are read by `(xid, id)`,
+/// which holds only that transaction's own rows.
+pub(super) const ONE_GROUPS_FEED: &str = feed_read!(
+    "SELECT e.* FROM signal_scan_events e
+     WHERE e.account_group_id = $6
+       AND (e.account_group_id, e.xid, e.id) > ($6, $1::text::xid8, $2)
+     ORDER BY e.account_group_id, e.xid, e.id
+     LIMIT $5",
+    "SELECT * FROM signal_scan_events e
+     WHERE (e.xid, e.id) > (p.xid, p.after) AND e.xid = p.xid AND e.account_group_id = $6
+     ORDER BY e.xid, e.id
+     LIMIT $5"
+);
 
 /// A row of [`PgStore::read_feed`]: the snapshot, and a change unless the page is empty.
 #[derive(sqlx::FromRow)]

@@ -19,9 +19,9 @@ WITH current AS (
     RETURNING s.*, current.status AS previous_status
 ), audit AS (
     INSERT INTO signal_scan_events
-        (scan_id, from_status, to_status, api_key_id, trace_id, occurred_at,
+        (scan_id, account_group_id, from_status, to_status, api_key_id, trace_id, occurred_at,
          reason)
-    SELECT id, previous_status, status, $5, $6, updated_at, $7 FROM changed
+    SELECT id, account_group_id, previous_status, status, $5, $6, updated_at, $7 FROM changed
 )
 SELECT * FROM changed
 UNION ALL

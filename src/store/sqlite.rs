@@ -1,6 +1,7 @@
 //! The embedded SQLite store: WAL mode, a busy timeout, and write transactions that take the
 //! write lock up front (`BEGIN IMMEDIATE`), so concurrent requests queue instead of failing.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -16,7 +17,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::rows::{ChangeRow, EventRow, KeyRow, SQLITE_TIMESTAMP, ScanRow};
-use super::{IS_EMPTY, KeyToCreate, StoreError, StoreOptions, bounded, migration_error};
+use super::{
+    FeedRowsRead, IS_EMPTY, KeyToCreate, StoreError, StoreOptions, bounded, migration_error,
+};
 use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash};
@@ -33,6 +36,15 @@ const SCAN_COLUMNS: &str = "id, account_group_id, status, created_at, updated_at
 const SCAN_COLUMNS_OF_S: &str = "s.id, s.account_group_id, s.status, s.created_at, s.updated_at, \
                                  s.started_at, s.finished_at, s.cancelled_at";
 
+/// One group's rows past a cursor (`?3`, `?1`), at most `?2`, through the group's index.
+pub(super) const ONE_GROUPS_FEED: &str =
+    "SELECT '0' AS xid, id, scan_id, account_group_id, from_status, to_status, trace_id,
+            occurred_at, reason
+     FROM signal_scan_events
+     WHERE account_group_id = ?3 AND id > ?1
+     ORDER BY account_group_id, id
+     LIMIT ?2";
+
 /// How many published changes a slow in-process subscriber may fall behind before it is told
 /// it has a gap to catch up on.
 const CHANGE_BUFFER: usize = 1024;
@@ -47,6 +59,9 @@ pub struct SqliteStore {
     changes: tokio::sync::broadcast::Sender<ScanChange>,
     /// This process's writers, one at a time (see [`SqliteStore::as_writer`]).
     writer: Arc<tokio::sync::Mutex<()>>,
+    pub(super) feed_rows: Arc<FeedRowsRead>,
+    /// Writers holding or queued for the write turn: tests see contenders waiting by it.
+    wanting: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl SqliteStore {
@@ -80,6 +95,8 @@ impl SqliteStore {
             timeout: options.timeout,
             changes: tokio::sync::broadcast::channel(CHANGE_BUFFER).0,
             writer: Arc::new(tokio::sync::Mutex::new(())),
+            feed_rows: Arc::default(),
+            wanting: Arc::default(),
         })
     }
 
@@ -91,10 +108,16 @@ impl SqliteStore {
         write: impl Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T, StoreError> {
         self.bounded(async {
+            let _wanting = Wanting::count(&self.wanting);
             let _turn = self.writer.lock().await;
             write.await
         })
         .await
+    }
+
+    /// Writers holding or queued for this process's write turn.
+    pub(super) fn writers_wanting(&self) -> usize {
+        self.wanting.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     async fn bounded<T>(
@@ -273,14 +296,16 @@ impl SqliteStore {
                 .await?;
                 sqlx::query(
                     "INSERT INTO signal_scan_events
-                         (scan_id, from_status, to_status, api_key_id, trace_id, occurred_at)
-                     VALUES (?1, NULL, ?2, ?3, ?4, ?5)",
+                         (scan_id, from_status, to_status, api_key_id, trace_id, occurred_at,
+                          account_group_id)
+                     VALUES (?1, NULL, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .bind(scan.as_str())
                 .bind(status.as_str())
                 .bind(actor.api_key_id.map(|id| id.to_string()))
                 .bind(actor.trace_id)
                 .bind(&at)
+                .bind(group.as_str())
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
@@ -378,23 +403,32 @@ impl SqliteStore {
     }
 
     /// On SQLite a writer holds the database's one write lock from its first write to its
-    /// commit, so audit ids follow commit order and the id alone is the cursor.
-    pub async fn read_feed(&self, cursor: &FeedCursor, limit: u32) -> Result<FeedPage, StoreError> {
-        let rows: Vec<ChangeRow> = self
-            .bounded(
-                sqlx::query_as(
-                    "SELECT '0' AS xid, e.id, e.scan_id, s.account_group_id, e.from_status,
-                            e.to_status, e.trace_id, e.occurred_at, e.reason
-                     FROM signal_scan_events e JOIN signal_scans s ON s.id = e.scan_id
-                     WHERE e.id > ?1
-                     ORDER BY e.id
-                     LIMIT ?2",
-                )
-                .bind(cursor.frontier().id)
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool),
-            )
-            .await?;
+    /// commit, so audit ids follow commit order and the id alone is the cursor. One group's rows
+    /// are a range of its index `(account_group_id, id)`.
+    pub async fn read_feed(
+        &self,
+        cursor: &FeedCursor,
+        group: Option<&AccountGroupId>,
+        limit: u32,
+    ) -> Result<FeedPage, StoreError> {
+        let read = sqlx::query_as(match group {
+            None => {
+                "SELECT '0' AS xid, id, scan_id, account_group_id, from_status, to_status,
+                        trace_id, occurred_at, reason
+                 FROM signal_scan_events
+                 WHERE id > ?1
+                 ORDER BY id
+                 LIMIT ?2"
+            }
+            Some(_) => ONE_GROUPS_FEED,
+        })
+        .bind(cursor.frontier().id)
+        .bind(i64::from(limit));
+        let read = match group {
+            None => read,
+            Some(group) => read.bind(group.as_str()),
+        };
+        let rows: Vec<ChangeRow> = self.bounded(read.fetch_all(&self.pool)).await?;
         let rows = rows
             .into_iter()
             .map(ChangeRow::into_feed_row)
@@ -409,14 +443,75 @@ impl SqliteStore {
     pub async fn feed_head(&self) -> Result<FeedCursor, StoreError> {
         let newest: i64 = self
             .bounded(
-                sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM signal_scan_events")
-                    .fetch_one(&self.pool),
+                sqlx::query_scalar(
+                    "SELECT max(coalesce((SELECT max(id) FROM signal_scan_events), 0),
+                                coalesce((SELECT max(id) FROM signal_scan_events_trimmed), 0))",
+                )
+                .fetch_one(&self.pool),
             )
             .await?;
         Ok(FeedCursor::at_head(
             FeedPosition { xid: 0, id: newest },
             None,
         ))
+    }
+
+    pub async fn trimmed_mark(
+        &self,
+        group: &AccountGroupId,
+    ) -> Result<Option<FeedPosition>, StoreError> {
+        let mark: Option<i64> = self
+            .bounded(
+                sqlx::query_scalar(
+                    "SELECT id FROM signal_scan_events_trimmed WHERE account_group_id = ?1",
+                )
+                .bind(group.as_str())
+                .fetch_optional(&self.pool),
+            )
+            .await?;
+        Ok(mark.map(|id| FeedPosition { xid: 0, id }))
+    }
+
+    /// One short write transaction: SQLite has one writer at a time, so a cancel waits for at
+    /// most one batch (a few milliseconds for the default batch).
+    pub async fn trim_audit(&self, cutoff: OffsetDateTime, batch: u32) -> Result<u64, StoreError> {
+        self.as_writer(async {
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            // Timestamps are text of one fixed width, so they compare as the instants they name.
+            let deleted: Vec<(String, i64)> = sqlx::query_as(
+                "WITH head AS (
+                     SELECT id, occurred_at FROM signal_scan_events ORDER BY id LIMIT ?2
+                 ), young AS (
+                     SELECT min(id) AS id FROM head WHERE occurred_at >= ?1
+                 )
+                 DELETE FROM signal_scan_events
+                 WHERE id IN (SELECT id FROM head
+                              WHERE id < coalesce((SELECT id FROM young), 9223372036854775807))
+                 RETURNING account_group_id, id",
+            )
+            .bind(encode(cutoff))
+            .bind(i64::from(batch))
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut marks: HashMap<&str, i64> = HashMap::new();
+            for (group, id) in &deleted {
+                let mark = marks.entry(group.as_str()).or_insert(*id);
+                *mark = (*mark).max(*id);
+            }
+            for (group, id) in marks {
+                sqlx::query(
+                    "INSERT INTO signal_scan_events_trimmed (account_group_id, id) VALUES (?1, ?2)
+                     ON CONFLICT (account_group_id) DO UPDATE SET id = max(id, excluded.id)",
+                )
+                .bind(group)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(deleted.len() as u64)
+        })
+        .await
     }
 
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ScanChange> {
@@ -471,8 +566,8 @@ impl SqliteStore {
                     sqlx::query(
                         "INSERT INTO signal_scan_events
                              (scan_id, from_status, to_status, api_key_id, trace_id, occurred_at,
-                              reason)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                              reason, account_group_id)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                     )
                     .bind(scan.as_str())
                     .bind(current.status.0.as_str())
@@ -481,6 +576,7 @@ impl SqliteStore {
                     .bind(actor.trace_id)
                     .bind(&at)
                     .bind(actor.reason)
+                    .bind(current.account_group_id.0.as_str())
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -529,4 +625,20 @@ struct ClaimedKeyRow {
     key_group: String,
     #[sqlx(flatten)]
     scan: ScanRow,
+}
+
+/// One writer counted in [`SqliteStore::writers_wanting`] while it lives.
+struct Wanting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Wanting<'a> {
+    fn count(wanting: &'a std::sync::atomic::AtomicUsize) -> Self {
+        wanting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(wanting)
+    }
+}
+
+impl Drop for Wanting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }

@@ -1,7 +1,7 @@
 //! Authentication, permissions, account-group access, and the order in which they are checked.
 
 use signal_scans::domain::ids::ScanId;
-use signal_scans::domain::keys::{AccountGroupAccess, Permission};
+use signal_scans::domain::keys::{AccountGroupAccess, NewApiKey, Permission};
 use signal_scans::domain::scan::ScanStatus;
 use time::{Duration, OffsetDateTime};
 
@@ -51,9 +51,7 @@ async fn missing_unknown_revoked_and_expired_keys_are_401(backend: Backend) {
 store_test!(missing_unknown_revoked_and_expired_keys_are_401);
 
 async fn keys_are_read_from_bearer_in_any_case_or_x_api_key(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
     let path = |scan: &ScanId| app.url(&cancel_path(group.as_str(), scan.as_str()));
 
     for (header, value) in [
@@ -93,13 +91,7 @@ async fn a_key_without_signals_write_is_403_naming_the_permission(backend: Backe
     let app = TestApp::spawn(backend).await;
     let group = group();
     let scan = app.scan(&group, ScanStatus::Queued).await;
-    let (reader, _) = app
-        .key_with(
-            &[Permission::SignalsRead],
-            AccountGroupAccess::Only(vec![group]),
-            None,
-        )
-        .await;
+    let (reader, _) = app.key_for(&[Permission::SignalsRead], &[group]).await;
 
     let response = app
         .cancel(Some(&reader), group.as_str(), scan.as_str())
@@ -144,8 +136,7 @@ async fn a_key_for_all_groups_reaches_any_group(backend: Backend) {
     for _ in 0..2 {
         let group = group();
         let scan = app.scan(&group, ScanStatus::Queued).await;
-        let response = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
-        assert_eq!(response.status, 200, "{response:?}");
+        app.cancel_ok(&key, &group, &scan).await;
     }
 }
 store_test!(a_key_for_all_groups_reaches_any_group);
@@ -156,13 +147,7 @@ async fn checks_run_in_the_documented_order(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let (mine, theirs) = (group(), group());
     let writer = app.writer(&mine).await;
-    let (reader, _) = app
-        .key_with(
-            &[Permission::SignalsRead],
-            AccountGroupAccess::Only(vec![mine]),
-            None,
-        )
-        .await;
+    let (reader, _) = app.key_for(&[Permission::SignalsRead], &[mine]).await;
     let completed = app.scan(&mine, ScanStatus::Completed).await;
     let their_scan = app.scan(&theirs, ScanStatus::Completed).await;
     let unknown = ScanId::generate();
@@ -212,3 +197,80 @@ async fn checks_run_in_the_documented_order(backend: Backend) {
     }
 }
 store_test!(checks_run_in_the_documented_order);
+
+async fn a_near_miss_key_is_rejected_exactly_like_a_random_one(backend: Backend) {
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let last = key.chars().last().unwrap();
+    let near_miss = format!(
+        "{}{}",
+        &key[..key.len() - 1],
+        if last == '0' { '1' } else { '0' }
+    );
+    let random = NewApiKey::generate().secret;
+
+    let near = app
+        .cancel(Some(&near_miss), group.as_str(), scan.as_str())
+        .await;
+    let far = app
+        .cancel(Some(&random), group.as_str(), scan.as_str())
+        .await;
+
+    assert_eq!(near.status, far.status);
+    assert_eq!(near.body["error"], far.body["error"]);
+    assert_eq!(app.status_of(&scan).await, ScanStatus::Queued);
+}
+store_test!(a_near_miss_key_is_rejected_exactly_like_a_random_one);
+
+/// A key of one group, guessing ids, can neither cancel nor read nor list another group's scans,
+/// and cannot tell whether they exist.
+async fn tenants_are_isolated_on_every_route(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (mine, theirs) = (group(), group());
+    let (key, _) = app
+        .key_for(
+            &[Permission::SignalsRead, Permission::SignalsWrite],
+            &[mine],
+        )
+        .await;
+    let their_scan = app.scan(&theirs, ScanStatus::Running).await;
+    let nobody = ScanId::generate();
+    let nowhere = group();
+
+    for (target_group, target_scan) in [(&theirs, &their_scan), (&nowhere, &nobody)] {
+        let base = format!("/v1/accounts/{target_group}/signals/scans");
+        let answers = [
+            app.cancel(Some(&key), target_group.as_str(), target_scan.as_str())
+                .await,
+            app.get(&key, &format!("{base}/{target_scan}")).await,
+            app.get(&key, &format!("{base}/{target_scan}/events")).await,
+            app.get(&key, &base).await,
+        ];
+        for answer in answers {
+            let details = answer.assert_error(403, "FORBIDDEN");
+            assert_eq!(
+                details,
+                format!("API key has no access to account group {target_group}")
+            );
+        }
+    }
+    // Their scan id under my own group is just as unknown as an id nobody has.
+    let base = format!("/v1/accounts/{mine}/signals/scans");
+    for target in [&their_scan, &nobody] {
+        let answers = [
+            app.cancel(Some(&key), mine.as_str(), target.as_str()).await,
+            app.get(&key, &format!("{base}/{target}")).await,
+            app.get(&key, &format!("{base}/{target}/events")).await,
+        ];
+        for answer in answers {
+            assert_eq!(
+                answer.assert_error(404, "NOT_FOUND"),
+                "no such scan in this account group"
+            );
+        }
+    }
+    let listed = app.get(&key, &base).await;
+    assert_eq!(listed.body["data"]["scans"], serde_json::json!([]));
+    assert_eq!(app.status_of(&their_scan).await, ScanStatus::Running);
+}
+store_test!(tenants_are_isolated_on_every_route);

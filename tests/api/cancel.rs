@@ -1,6 +1,6 @@
 //! The cancel endpoint's outcomes, as the contract states them.
 
-use signal_scans::domain::keys::{AccountGroupAccess, Permission};
+use signal_scans::domain::keys::Permission;
 use signal_scans::domain::scan::ScanStatus;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -11,9 +11,7 @@ use crate::store_test;
 async fn cancel_of_queued_scan_answers_200_with_previous_status(backend: Backend) {
     for status in [ScanStatus::Queued, ScanStatus::Running] {
         // Arrange
-        let app = TestApp::spawn(backend).await;
-        let group = group();
-        let key = app.writer(&group).await;
+        let (app, group, key) = TestApp::with_writer(backend).await;
         let scan = app.scan(&group, status).await;
 
         // Act
@@ -41,15 +39,11 @@ async fn cancel_of_queued_scan_answers_200_with_previous_status(backend: Backend
 store_test!(cancel_of_queued_scan_answers_200_with_previous_status);
 
 async fn repeated_cancel_answers_200_with_the_original_cancelled_at(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
 
     let first = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
-    let second = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
-
-    assert_eq!(second.status, 200, "{second:?}");
+    let second = app.cancel_ok(&key, &group, &scan).await;
     assert_eq!(second.body["data"]["previousStatus"], "cancelled");
     assert_eq!(second.body["data"]["status"], "cancelled");
     assert_eq!(
@@ -63,15 +57,11 @@ async fn repeated_cancel_answers_200_with_the_original_cancelled_at(backend: Bac
 store_test!(repeated_cancel_answers_200_with_the_original_cancelled_at);
 
 async fn cancel_of_a_scan_created_cancelled_answers_its_cancelled_at(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
     let scan = app.scan(&group, ScanStatus::Cancelled).await;
     let stored = app.store.find_scan(None, &scan).await.unwrap().unwrap();
 
-    let response = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
-
-    assert_eq!(response.status, 200, "{response:?}");
+    let response = app.cancel_ok(&key, &group, &scan).await;
     assert_eq!(response.body["data"]["previousStatus"], "cancelled");
     let answered = OffsetDateTime::parse(
         response.body["data"]["cancelledAt"].as_str().unwrap(),
@@ -83,9 +73,7 @@ async fn cancel_of_a_scan_created_cancelled_answers_its_cancelled_at(backend: Ba
 store_test!(cancel_of_a_scan_created_cancelled_answers_its_cancelled_at);
 
 async fn cancel_of_completed_or_failed_scan_is_422_with_current_status(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
     for status in [ScanStatus::Completed, ScanStatus::Failed] {
         let scan = app.scan(&group, status).await;
 
@@ -106,13 +94,7 @@ store_test!(cancel_of_completed_or_failed_scan_is_422_with_current_status);
 async fn cancel_writes_one_audit_row_naming_key_and_trace(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let group = group();
-    let (key, key_id) = app
-        .key_with(
-            &[Permission::SignalsWrite],
-            AccountGroupAccess::Only(vec![group]),
-            None,
-        )
-        .await;
+    let (key, key_id) = app.key_for(&[Permission::SignalsWrite], &[group]).await;
     let scan = app.scan(&group, ScanStatus::Running).await;
 
     let response = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
@@ -140,9 +122,7 @@ async fn cancel_writes_one_audit_row_naming_key_and_trace(backend: Backend) {
 store_test!(cancel_writes_one_audit_row_naming_key_and_trace);
 
 async fn ids_are_accepted_in_either_case_and_answered_lowercase(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
 
     let response = app
@@ -159,9 +139,7 @@ async fn ids_are_accepted_in_either_case_and_answered_lowercase(backend: Backend
 store_test!(ids_are_accepted_in_either_case_and_answered_lowercase);
 
 async fn malformed_ids_are_400_naming_the_parameter(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
     let long = "a".repeat(25);
     let cases: [(&str, &str, &str); 6] = [
@@ -194,9 +172,7 @@ async fn malformed_ids_are_400_naming_the_parameter(backend: Backend) {
 store_test!(malformed_ids_are_400_naming_the_parameter);
 
 async fn invalid_percent_encoding_is_a_400_envelope(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
 
     let response = app.cancel(Some(&key), group.as_str(), "%FF%FE").await;
 
@@ -266,9 +242,7 @@ store_test!(unknown_routes_and_methods_answer_the_envelope);
 /// (with a valid key, so only the method is wrong): 405 with `Allow` naming what the path does
 /// accept, and nothing changes.
 async fn get_routes_answer_405_with_allow_for_other_methods(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
     let base = format!("/v1/accounts/{group}/signals/scans");
     const GET: &[&str] = &["GET", "HEAD"];
@@ -315,9 +289,7 @@ async fn get_routes_answer_405_with_allow_for_other_methods(backend: Backend) {
 store_test!(get_routes_answer_405_with_allow_for_other_methods);
 
 async fn a_request_body_is_ignored(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
 
     let response = crate::helpers::ApiResponse::from(

@@ -1,19 +1,17 @@
 //! The real binary's command line: keys, scans, migrations, and its one-line configuration errors.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 use signal_scans::domain::ids::ScanId;
 use signal_scans::domain::scan::ScanStatus;
 
-use crate::helpers::{Backend, TestApp, group};
+use crate::helpers::{Backend, TestApp, child, group};
 use crate::store_test;
 
 pub(crate) fn signal_scans(database_url: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_signal-scans"))
+    child::signal_scans()
         .args(args)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("DATABASE_URL", database_url)
         .env("RUST_LOG", "warn")
         .output()
@@ -73,10 +71,7 @@ async fn keys_create_list_and_revoke_work_end_to_end(backend: Backend) {
     ));
     assert_eq!(scan["status"], "running");
     let scan_id = ScanId::parse(scan["scanId"].as_str().unwrap()).unwrap();
-    let response = app
-        .cancel(Some(&secret), group.as_str(), scan_id.as_str())
-        .await;
-    assert_eq!(response.status, 200, "{response:?}");
+    app.cancel_ok(&secret, &group, &scan_id).await;
 
     // List never shows a secret.
     let listed = signal_scans(&url, &["keys", "list", "--json"]);
@@ -251,9 +246,8 @@ fn a_missing_or_bad_setting_is_one_line_naming_it() {
         ),
         (vec![("DOCS_ENABLED", "yes")], vec!["serve"], "DOCS_ENABLED"),
     ] {
-        let output = Command::new(env!("CARGO_BIN_EXE_signal-scans"))
+        let output = child::signal_scans()
             .args(&args)
-            .env_clear()
             .envs(env.iter().copied())
             .output()
             .unwrap();
@@ -266,9 +260,8 @@ fn a_missing_or_bad_setting_is_one_line_naming_it() {
 
 #[test]
 fn an_unreachable_database_fails_migrate_without_leaking_the_password() {
-    let output = Command::new(env!("CARGO_BIN_EXE_signal-scans"))
+    let output = child::signal_scans()
         .arg("migrate")
-        .env_clear()
         .env("DATABASE_URL", "postgres://app:hunter2@127.0.0.1:1/x")
         .env("DB_TIMEOUT_MS", "500")
         .output()

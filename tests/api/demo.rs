@@ -6,11 +6,11 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::helpers::{ApiResponse, Backend, TestDatabase};
+use crate::helpers::{ApiResponse, Backend, TestDatabase, child};
 use crate::store_test;
 
 fn serve_demo(database_url: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_signal-scans"))
+    Command::from(child::signal_scans())
         .args(["serve", "--demo", "--listen-addr", "127.0.0.1:0"])
         .env("DATABASE_URL", database_url)
         .env("RUST_LOG", "info")

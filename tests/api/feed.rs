@@ -9,7 +9,6 @@ use futures::future::join_all;
 use serde_json::Value;
 use signal_scans::domain::feed::FeedCursor;
 use signal_scans::domain::ids::ScanId;
-use signal_scans::domain::scan::Actor;
 use signal_scans::domain::scan::ScanStatus;
 use signal_scans::domain::scan::Transition;
 use signal_scans::service::feed::{FeedEvent, FeedReader, Start};
@@ -18,7 +17,7 @@ use sqlx::{Connection, Executor, PgConnection, SqliteConnection};
 
 use crate::helpers::process::ServerProcess;
 use crate::helpers::watch::Watch;
-use crate::helpers::{Backend, Settings, TestApp, TestDatabase, group, store_options};
+use crate::helpers::{Backend, RUNNER, Settings, TestApp, TestDatabase, group, store_options};
 use crate::store_test;
 
 /// How long a change may take to be printed when the test only needs to know it was (a loaded
@@ -67,14 +66,6 @@ async fn audit_changes(backend: Backend, url: &str) -> Vec<Change> {
     }
 }
 
-fn runner() -> Actor<'static> {
-    Actor {
-        api_key_id: None,
-        trace_id: Some("runner"),
-        reason: None,
-    }
-}
-
 /// Test-only: the audit row of one chosen scan's next change waits, inside its transaction, for
 /// an advisory lock the test holds, so that transaction commits only when the test says.
 const HOLD_LOCK: i64 = 4_242;
@@ -83,15 +74,11 @@ const HOLD_LOCK: i64 = 4_242;
 /// watcher has already printed. A reader paging by id, or by (xid, id) without the transactions
 /// still running below its position, never prints it; one that re-reads prints it twice.
 async fn a_change_committing_after_a_later_one_is_printed_exactly_once(backend: Backend) {
-    let app = TestApp::spawn_with(
-        backend,
-        Settings {
-            // The held cancel waits on the test, not on the database.
-            db_timeout: Duration::from_secs(30),
-            ..Settings::default()
-        },
-    )
-    .await;
+    let app = Settings::default()
+        // The held cancel waits on the test, not on the database.
+        .with_db_timeout(Duration::from_secs(30))
+        .spawn(backend)
+        .await;
     let group = group();
     let key = app.writer(&group).await;
     let held = app.scan(&group, ScanStatus::Running).await;
@@ -134,8 +121,7 @@ async fn a_change_committing_after_a_later_one_is_printed_exactly_once(backend: 
                 waiting == 1
             })
             .await;
-            let response = app.cancel(Some(&key), group.as_str(), later.as_str()).await;
-            assert_eq!(response.status, 200, "{response:?}");
+            app.cancel_ok(&key, &group, &later).await;
             // The watcher reads past the held row's id before that row commits.
             let printed = watch.next(PRINTED).await;
             sqlx::query("SELECT pg_advisory_unlock($1)")
@@ -147,10 +133,7 @@ async fn a_change_committing_after_a_later_one_is_printed_exactly_once(backend: 
         }
     );
     assert_eq!(held_response.status, 200, "{held_response:?}");
-    let response = app
-        .cancel(Some(&key), group.as_str(), marker.as_str())
-        .await;
-    assert_eq!(response.status, 200, "{response:?}");
+    app.cancel_ok(&key, &group, &marker).await;
     let printed_after: Vec<Change> = watch
         .until_scan(marker.as_str(), PRINTED)
         .await
@@ -194,9 +177,7 @@ store_test!(
 /// The service is killed after answering 200 and before its tick, so no hint is ever sent: only
 /// the reader's own poll can deliver the change. A reader that waits for hints alone never does.
 async fn a_change_whose_hint_died_with_the_service_is_printed_by_the_next_poll(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
     const POLL_MS: u64 = 300;
     let service = ServerProcess::start(&[
@@ -262,15 +243,11 @@ async fn every_committed_change_of_busy_writers_is_printed_once_and_no_rolled_ba
 ) {
     const WRITERS: usize = 32;
     const FOR: Duration = Duration::from_secs(10);
-    let app = TestApp::spawn_with(
-        backend,
-        Settings {
-            // Thirty-two writers share ten connections on two cores: waiting is not failing.
-            db_timeout: Duration::from_secs(20),
-            ..Settings::default()
-        },
-    )
-    .await;
+    let app = Settings::default()
+        // Thirty-two writers share ten connections on two cores: waiting is not failing.
+        .with_db_timeout(Duration::from_secs(20))
+        .spawn(backend)
+        .await;
     let (group, doomed) = (group(), group());
     // A change of a doomed scan fails after its audit row is written, and rolls back whole.
     let refuse = match backend {
@@ -354,7 +331,7 @@ async fn every_committed_change_of_busy_writers_is_printed_once_and_no_rolled_ba
                 }
                 let moved = app
                     .served_store
-                    .transition(None, &scan, ScanStatus::Running, runner())
+                    .transition(None, &scan, ScanStatus::Running, RUNNER)
                     .await;
                 match (is_doomed, moved) {
                     (true, Err(_)) => {
@@ -374,7 +351,7 @@ async fn every_committed_change_of_busy_writers_is_printed_once_and_no_rolled_ba
                 }
                 match app
                     .served_store
-                    .transition(None, &scan, ScanStatus::Completed, runner())
+                    .transition(None, &scan, ScanStatus::Completed, RUNNER)
                     .await
                 {
                     Ok(Transition::Applied { .. }) => written.committed.push(change(
@@ -450,6 +427,13 @@ async fn every_committed_change_of_busy_writers_is_printed_once_and_no_rolled_ba
 }
 store_test!(every_committed_change_of_busy_writers_is_printed_once_and_no_rolled_back_one);
 
+/// How long a change delivered by its hint may take, on a loaded machine: far below a poll of a
+/// minute, so only the hint can meet it.
+const HINTED: Duration = Duration::from_secs(5);
+
+/// `migrations/postgres/0001_initial.sql` as released (deployed databases recorded its checksum).
+const RELEASED_0001: &str = include_str!("fixtures/0001_initial.sql");
+
 /// The publisher's session, as `pg_stat_activity` names it.
 const PUBLISHER: &str = "signal-scans publisher";
 
@@ -501,14 +485,10 @@ fn follow(mut feed: FeedReader) -> tokio::sync::mpsc::UnboundedReceiver<FeedEven
 async fn cutting_the_publishers_connection_delays_no_request_and_loses_no_change(backend: Backend) {
     const DB_TIMEOUT: Duration = Duration::from_secs(4);
     const STREAMS: usize = 4;
-    let app = TestApp::spawn_with(
-        backend,
-        Settings {
-            db_timeout: DB_TIMEOUT,
-            ..Settings::default()
-        },
-    )
-    .await;
+    let app = Settings::default()
+        .with_db_timeout(DB_TIMEOUT)
+        .spawn(backend)
+        .await;
     let group = group();
     let key = app.writer(&group).await;
     let mut admin = PgConnection::connect(&app.db.url).await.unwrap();
@@ -529,8 +509,7 @@ async fn cutting_the_publishers_connection_delays_no_request_and_loses_no_change
     );
     let cancel = async |scan: &ScanId| {
         let started = Instant::now();
-        let response = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
-        assert_eq!(response.status, 200, "{response:?}");
+        app.cancel_ok(&key, &group, scan).await;
         started.elapsed()
     };
     let mut cancelled = Vec::new();
@@ -625,24 +604,19 @@ store_test!(
 );
 
 /// A database made by 0001 alone, with rows, upgraded by the service's own migrate. Fails if 0001
-/// was edited (sqlx refuses a changed checksum), if old rows get a real transaction id (such as
-/// the migration's own), if the index is missing, or if a reader from the start skips old rows.
+/// was edited (0001 here is the released file, kept in `tests/api/fixtures/`: sqlx refuses an
+/// embedded 0001 whose checksum differs from the one recorded), if old rows get a real
+/// transaction id (such as the migration's own), if the index is missing, or if a reader from the
+/// start skips old rows.
 async fn the_feed_migration_upgrades_a_database_made_by_0001_with_rows_in_it(backend: Backend) {
     let db = TestDatabase::create(backend).await;
-    // sqlx records 0001 as applied, with the checksum of the file the service embeds.
+    // sqlx records 0001 as applied, with the checksum of the released file.
     let folder = std::env::temp_dir().join(format!(
         "signal-scans-0001-{}",
         uuid::Uuid::new_v4().simple()
     ));
     std::fs::create_dir_all(&folder).unwrap();
-    std::fs::copy(
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/migrations/postgres/0001_initial.sql"
-        ),
-        folder.join("0001_initial.sql"),
-    )
-    .unwrap();
+    std::fs::write(folder.join("0001_initial.sql"), RELEASED_0001).unwrap();
     let only_0001 = sqlx::migrate::Migrator::new(folder.as_path()).await;
     let _ = std::fs::remove_dir_all(&folder);
     let mut old = PgConnection::connect(&db.url).await.unwrap();
@@ -708,7 +682,7 @@ async fn the_feed_migration_upgrades_a_database_made_by_0001_with_rows_in_it(bac
         (&running, ScanStatus::Completed),
         (&queued, ScanStatus::Cancelled),
     ] {
-        let moved = store.transition(None, scan, to, runner()).await.unwrap();
+        let moved = store.transition(None, scan, to, RUNNER).await.unwrap();
         assert!(matches!(moved, Transition::Applied { .. }), "{moved:?}");
     }
     let all_xids = xids(&mut old).await;
@@ -734,7 +708,7 @@ async fn the_feed_migration_upgrades_a_database_made_by_0001_with_rows_in_it(bac
     // A change after the old and the new ones: the next thing delivered, nothing again before it.
     let next = store.create_scan(&group, ScanStatus::Queued).await.unwrap();
     store
-        .transition(None, &next.id, ScanStatus::Running, runner())
+        .transition(None, &next.id, ScanStatus::Running, RUNNER)
         .await
         .unwrap();
     let mut after = tokio::time::timeout(PRINTED, feed.next())
@@ -798,3 +772,90 @@ store_test!(
     the_feed_migration_upgrades_a_database_made_by_0001_with_rows_in_it,
     postgres_only
 );
+
+async fn a_subscriber_hears_each_cancel_by_its_hint_long_before_the_poll(backend: Backend) {
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let first = app.scan(&group, ScanStatus::Queued).await;
+    let scan = app.scan(&group, ScanStatus::Running).await;
+    // Polling far slower than the bound below: past the first read, only a hint delivers in time.
+    let mut feed = FeedReader::open(
+        app.served_store.clone(),
+        Start::Now,
+        None,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    app.cancel_ok(&key, &group, &first).await;
+    let caught_up = feed.next().await.unwrap();
+    assert_eq!(caught_up.change.scan_id, first);
+
+    let response = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+    // Far below the 60 s poll, and far above a hint's milliseconds on a loaded machine.
+    let heard = tokio::time::timeout(HINTED, feed.next())
+        .await
+        .expect("heard by the hint, before any poll")
+        .unwrap();
+
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        heard.trace_id.as_deref(),
+        response.body["traceId"].as_str(),
+        "the event names the request that made it"
+    );
+    let change = heard.change;
+    assert_eq!(change.scan_id, scan);
+    assert_eq!(change.account_group_id, group);
+    assert_eq!(
+        (change.from, change.to),
+        (Some(ScanStatus::Running), ScanStatus::Cancelled)
+    );
+    let serialized = serde_json::to_value(&change).unwrap();
+    let mut keys: Vec<&str> = serialized
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["accountGroupId", "at", "from", "scanId", "to"]);
+}
+store_test!(a_subscriber_hears_each_cancel_by_its_hint_long_before_the_poll);
+
+async fn the_watch_command_prints_its_groups_cancels_by_the_hint_or_within_the_poll(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+    let (group, other_group) = (group(), group());
+    let key = app.writer(&group).await;
+    let other_key = app.writer(&other_group).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let other_scan = app.scan(&other_group, ScanStatus::Queued).await;
+    // A change from before the watch began is not news: it must not be printed.
+    let old_news = app.scan(&group, ScanStatus::Queued).await;
+    app.cancel_ok(&key, &group, &old_news).await;
+    // SQLite's hints reach only the process that made the change: the watcher, another
+    // process, finds it by its poll, within FEED_POLL_MS (and a moment to print it). On
+    // PostgreSQL the poll is a minute away: only the notification delivers within the bound.
+    let (poll_ms, bound) = match backend {
+        Backend::Sqlite => (1000, Duration::from_millis(1000 + 1000)),
+        Backend::Postgres => (60_000, HINTED),
+    };
+    let mut watch = Watch::start(&app.db.url, Some(&group), poll_ms).await;
+
+    app.cancel_ok(&other_key, &other_group, &other_scan).await;
+    app.cancel_ok(&key, &group, &scan).await;
+    let printed = watch.next(bound).await;
+
+    assert_eq!(
+        printed["scanId"],
+        scan.as_str(),
+        "only the watched group: {printed}"
+    );
+    assert_eq!(printed["accountGroupId"], group.as_str());
+    assert_eq!(printed["from"], "queued");
+    assert_eq!(printed["to"], "cancelled");
+    assert!(printed["at"].as_str().unwrap().ends_with('Z'));
+    watch.stop().await;
+}
+store_test!(the_watch_command_prints_its_groups_cancels_by_the_hint_or_within_the_poll);

@@ -59,12 +59,7 @@ async fn keys_create_if_none_twice_creates_one_key_written_to_a_private_file(bac
     let scan = app
         .scan(&group, signal_scans::domain::scan::ScanStatus::Queued)
         .await;
-    assert_eq!(
-        app.cancel(Some(secret), group.as_str(), scan.as_str())
-            .await
-            .status,
-        200
-    );
+    app.cancel_ok(secret, &group, &scan).await;
 
     assert!(second.status.success(), "{second:?}");
     let said = String::from_utf8(second.stdout.clone()).unwrap();

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use signal_scans::domain::keys::{AccountGroupAccess, Permission};
+use signal_scans::domain::keys::Permission;
 use signal_scans::domain::scan::ScanStatus;
 
 use crate::helpers::{ApiResponse, Backend, Settings, TestApp, cancel_path, group};
@@ -29,26 +29,17 @@ async fn cancel_at(
 async fn a_cached_key_needs_no_key_lookup_on_the_hot_path(backend: Backend) {
     // A lifetime no slow machine can outrun between the two cancels (production caps it at 1 s;
     // the expiry itself is tested below).
-    let app = TestApp::spawn_with(
-        backend,
-        Settings {
-            key_cache_ttl: Duration::from_secs(600),
-            ..Settings::default()
-        },
-    )
-    .await;
+    let app = Settings::default()
+        .with_key_cache_ttl(Duration::from_secs(600))
+        .spawn(backend)
+        .await;
     let group = group();
     let key = app.writer(&group).await;
     let (first, second) = (
         app.scan(&group, ScanStatus::Queued).await,
         app.scan(&group, ScanStatus::Queued).await,
     );
-    assert_eq!(
-        app.cancel(Some(&key), group.as_str(), first.as_str())
-            .await
-            .status,
-        200
-    );
+    app.cancel_ok(&key, &group, &first).await;
 
     // Take the keys table away: only a request that skips the key lookup can still succeed.
     sqlx_execute(&app, "ALTER TABLE api_keys RENAME TO api_keys_away").await;
@@ -86,13 +77,7 @@ async fn a_revoked_key_stops_working_within_a_second_on_every_instance(backend: 
     let app = TestApp::spawn(backend).await;
     let replica = app.replica().await;
     let group = group();
-    let (key, key_id) = app
-        .key_with(
-            &[Permission::SignalsWrite],
-            AccountGroupAccess::Only(vec![group]),
-            None,
-        )
-        .await;
+    let (key, key_id) = app.key_for(&[Permission::SignalsWrite], &[group]).await;
     let mut scans = Vec::new();
     for _ in 0..4 {
         scans.push(app.scan(&group, ScanStatus::Queued).await);

@@ -3,15 +3,13 @@
 //! route and status (body schema, content type, required headers).
 
 use std::collections::BTreeSet;
-use std::num::NonZeroU32;
 use std::time::Duration;
 
 use jsonschema::Draft;
 use reqwest::{Method, RequestBuilder};
 use serde_json::{Value, json};
-use signal_scans::domain::keys::{AccountGroupAccess, Permission};
+use signal_scans::domain::keys::Permission;
 use signal_scans::domain::scan::ScanStatus;
-use signal_scans::http::rate_limit::RateLimit;
 
 use crate::helpers::{Backend, Settings, TestApp, group};
 use crate::store_test;
@@ -49,7 +47,7 @@ const ROUTES: &[(&str, &str, &[u16])] = &[
     (FAIL, "post", &[200, 400, 401, 403, 404, 422, 429, 500, 502]),
     (EVENTS, "get", &[200, 400, 401, 403, 404, 429, 500, 502]),
     (LIST, "get", &[200, 400, 401, 403, 429, 500, 502]),
-    (CHANGES, "get", &[200, 400, 401, 403, 429, 500, 502]),
+    (CHANGES, "get", &[200, 400, 401, 403, 410, 429, 500, 502]),
     ("/healthz", "get", &[200, 400]),
     ("/readyz", "get", &[200, 400, 503]),
     ("/metrics", "get", &[200, 400]),
@@ -401,13 +399,7 @@ async fn real_answers_match_the_document(backend: Backend) {
     let other_group = crate::helpers::group();
     let (writer, reader, outsider) = (
         app.writer(&group).await,
-        app.key_with(
-            &[Permission::SignalsRead],
-            AccountGroupAccess::Only(vec![group]),
-            None,
-        )
-        .await
-        .0,
+        app.key_for(&[Permission::SignalsRead], &[group]).await.0,
         app.writer(&other_group).await,
     );
     let queued = app.scan(&group, ScanStatus::Queued).await;
@@ -631,20 +623,10 @@ async fn real_answers_match_the_document(backend: Backend) {
 store_test!(real_answers_match_the_document);
 
 async fn rate_limited_answers_match_the_document(backend: Backend) {
-    let app = TestApp::spawn_with(
-        backend,
-        Settings {
-            http: signal_scans::http::HttpSettings {
-                rate_limit: RateLimit {
-                    per_second: NonZeroU32::new(1).unwrap(),
-                    burst: NonZeroU32::new(1).unwrap(),
-                },
-                ..Settings::default().http
-            },
-            ..Settings::default()
-        },
-    )
-    .await;
+    let app = Settings::default()
+        .with_rate_limit(1, 1)
+        .spawn(backend)
+        .await;
     let contract = Contract::of(&app).await;
     let group = group();
     let g = group.as_str();
@@ -748,29 +730,18 @@ store_test!(unknown_routes_methods_and_oversized_requests_match_the_document);
 
 async fn answers_without_a_database_match_the_document(backend: Backend) {
     // 502: the database does not answer within DB_TIMEOUT_MS.
-    let upstream = TestApp::spawn_with(
-        backend,
-        Settings {
-            db_timeout: Duration::from_millis(300),
-            through_proxy: true,
-            ..Settings::default()
-        },
-    )
-    .await;
+    let upstream = Settings::default()
+        .with_db_timeout(Duration::from_millis(300))
+        .through_proxy()
+        .spawn(backend)
+        .await;
     // 500: the request's own deadline passes first.
-    let stalled = TestApp::spawn_with(
-        backend,
-        Settings {
-            db_timeout: Duration::from_secs(5),
-            through_proxy: true,
-            http: signal_scans::http::HttpSettings {
-                request_timeout: Duration::from_millis(300),
-                ..Settings::default().http
-            },
-            ..Settings::default()
-        },
-    )
-    .await;
+    let stalled = Settings::default()
+        .with_db_timeout(Duration::from_secs(5))
+        .through_proxy()
+        .with_request_timeout(Duration::from_millis(300))
+        .spawn(backend)
+        .await;
     let contract = Contract::of(&upstream).await;
     let group = group();
     let g = group.as_str();

@@ -4,7 +4,7 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use signal_scans::domain::keys::{AccountGroupAccess, NewApiKey, Permission};
+use signal_scans::domain::keys::{NewApiKey, Permission};
 use signal_scans::domain::scan::ScanStatus;
 use signal_scans::http::rate_limit::RateLimit;
 
@@ -85,12 +85,7 @@ async fn a_limited_key_is_served_again_after_retry_after(backend: Backend) {
     let key = app.writer(&group).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
     for _ in 0..3 {
-        assert_eq!(
-            app.cancel(Some(&key), group.as_str(), scan.as_str())
-                .await
-                .status,
-            200
-        );
+        app.cancel_ok(&key, &group, &scan).await;
     }
     let limited = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
     limited.assert_error(429, "RATE_LIMITED");
@@ -150,13 +145,7 @@ store_test!(a_blocked_address_is_served_again_after_retry_after);
 async fn the_rate_limit_comes_before_the_permission_check(backend: Backend) {
     let app = limited_app(backend).await;
     let group = group();
-    let (reader, _) = app
-        .key_with(
-            &[Permission::SignalsRead],
-            AccountGroupAccess::Only(vec![group]),
-            None,
-        )
-        .await;
+    let (reader, _) = app.key_for(&[Permission::SignalsRead], &[group]).await;
 
     let mut statuses = Vec::new();
     for _ in 0..4 {
@@ -217,3 +206,84 @@ async fn without_trusted_proxies_a_forged_x_forwarded_for_is_ignored(backend: Ba
     assert_eq!(app.status_of(&scan).await, ScanStatus::Queued);
 }
 store_test!(without_trusted_proxies_a_forged_x_forwarded_for_is_ignored);
+
+async fn a_key_guessing_address_gets_429_whatever_it_sends(backend: Backend) {
+    let app = Settings::default()
+        .with_auth_failures_per_minute(3)
+        .with_trusted_proxy_hops(1)
+        .spawn(backend)
+        .await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let send = |from: &'static str, key: String| {
+        let request = app
+            .client
+            .post(app.url(&cancel_path(group.as_str(), scan.as_str())))
+            .header("x-forwarded-for", from)
+            .bearer_auth(key);
+        async move { ApiResponse::from(request.send().await.unwrap()).await }
+    };
+    let guess = || NewApiKey::generate().secret;
+
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(send("203.0.113.7", guess()).await.status.as_u16());
+    }
+    let blocked_with_real_key = send("203.0.113.7", key.clone()).await;
+    let bystander = send("198.51.100.1", key.clone()).await;
+
+    assert_eq!(statuses, [401, 401, 401, 429]);
+    blocked_with_real_key.assert_error(429, "RATE_LIMITED");
+    let retry_after: u64 = blocked_with_real_key
+        .header("retry-after")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1);
+    assert_eq!(bystander.status, 200, "{bystander:?}");
+}
+store_test!(a_key_guessing_address_gets_429_whatever_it_sends);
+
+/// Failed authentications from IPv6 clients count per /64: addresses of one /64 share one
+/// allowance, another /64 has its own.
+async fn failed_authentications_from_ipv6_count_per_64(backend: Backend) {
+    let app = Settings::default()
+        .with_auth_failures_per_minute(3)
+        .with_trusted_proxy_hops(1)
+        .spawn(backend)
+        .await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let send = |from: &'static str, key: String| {
+        let request = app
+            .client
+            .get(app.url(&format!(
+                "/v1/accounts/{}/signals/scans/{}",
+                group.as_str(),
+                scan.as_str()
+            )))
+            .header("x-forwarded-for", from)
+            .bearer_auth(key);
+        async move { ApiResponse::from(request.send().await.unwrap()).await }
+    };
+    let guess = || NewApiKey::generate().secret;
+
+    let mut statuses = Vec::new();
+    for from in [
+        "2001:db8:1:2::1",
+        "2001:db8:1:2::2",
+        "2001:db8:1:2:aaaa:bbbb:cccc:dddd",
+        "2001:db8:1:2:ffff::9",
+    ] {
+        statuses.push(send(from, guess()).await.status.as_u16());
+    }
+    let same_64 = send("2001:db8:1:2::42", key.clone()).await;
+    let other_64 = send("2001:db8:1:3::1", key.clone()).await;
+
+    assert_eq!(statuses, [401, 401, 401, 429]);
+    same_64.assert_error(429, "RATE_LIMITED");
+    assert_eq!(other_64.status, 200, "{other_64:?}");
+}
+store_test!(failed_authentications_from_ipv6_count_per_64);

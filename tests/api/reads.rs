@@ -1,11 +1,8 @@
 //! The read side: one scan, the list, and the audit trail, with cancel's checks and envelope.
 
-use std::num::NonZeroU32;
-
 use signal_scans::domain::ids::ScanId;
 use signal_scans::domain::keys::{AccountGroupAccess, Permission};
 use signal_scans::domain::scan::ScanStatus;
-use signal_scans::http::rate_limit::RateLimit;
 
 use crate::helpers::{ApiResponse, Backend, Settings, TestApp, group};
 use crate::store_test;
@@ -17,13 +14,7 @@ fn scan_path(group: &str, scan: &str) -> String {
 async fn a_scan_reads_back_with_every_moment_or_null(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let group = group();
-    let (reader, _) = app
-        .key_with(
-            &[Permission::SignalsRead],
-            AccountGroupAccess::Only(vec![group]),
-            None,
-        )
-        .await;
+    let (reader, _) = app.key_for(&[Permission::SignalsRead], &[group]).await;
     let writer = app.writer(&group).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
 
@@ -78,20 +69,10 @@ type PathFor = fn(&str, &str) -> String;
 /// Each request breaks two rules at once; the answer names the one checked first:
 /// 401 → 429 → 403 (permission) → 400 → 403 (account group) → 404, on every read route.
 async fn reads_check_key_permission_ids_group_and_existence_in_order(backend: Backend) {
-    let app = TestApp::spawn_with(
-        backend,
-        Settings {
-            http: signal_scans::http::HttpSettings {
-                rate_limit: RateLimit {
-                    per_second: NonZeroU32::new(1).unwrap(),
-                    burst: NonZeroU32::new(1).unwrap(),
-                },
-                ..Settings::default().http
-            },
-            ..Settings::default()
-        },
-    )
-    .await;
+    let app = Settings::default()
+        .with_rate_limit(1, 1)
+        .spawn(backend)
+        .await;
     // Stopped: only the spent key below is ever over its rate.
     app.limits.clock().stop();
     let (mine, theirs) = (group(), group());
@@ -255,9 +236,7 @@ async fn the_list_pages_newest_first_and_filters_by_status(backend: Backend) {
 store_test!(the_list_pages_newest_first_and_filters_by_status);
 
 async fn bad_list_parameters_are_400_naming_the_parameter(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
     for (query, named) in [
         ("?limit=0", "limit"),
         ("?limit=101", "limit"),
@@ -286,9 +265,7 @@ async fn bad_list_parameters_are_400_naming_the_parameter(backend: Backend) {
 store_test!(bad_list_parameters_are_400_naming_the_parameter);
 
 async fn the_events_route_shows_the_audit_trail(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
     let cancel = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
 

@@ -7,10 +7,10 @@ use signal_scans::domain::ids::{AccountGroupId, ScanId};
 use signal_scans::domain::keys::{AccountGroupAccess, Permission};
 use signal_scans::domain::scan::ScanStatus;
 
-use crate::concurrency::behind_the_first;
 use crate::helpers::locks::{WriteLock, until_waiting};
 use crate::helpers::sse::SseStream;
 use crate::helpers::{ApiResponse, Backend, TestApp, group, move_path, scans_path};
+use crate::races::behind_the_first;
 use crate::store_test;
 
 /// `POST …/scans/{scan}/{action}` with `key` and an optional JSON body.

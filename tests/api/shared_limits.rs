@@ -64,14 +64,10 @@ async fn cancel_at(app: &TestApp, addr: std::net::SocketAddr, key: &str, path: &
 async fn two_instances_sharing_redis() -> Option<(TestApp, Replica)> {
     let url = redis_url().await?;
     let http = limited(Some(settings_for(&url)));
-    let app = TestApp::spawn_with(
-        Backend::Sqlite,
-        Settings {
-            http: http.clone(),
-            ..Settings::default()
-        },
-    )
-    .await;
+    let app = Settings::default()
+        .with_http(http.clone())
+        .spawn(Backend::Sqlite)
+        .await;
     let replica = app.replica_with(&http).await;
     until("both instances reach Redis", || {
         app.limits.is_shared() && replica.limits.is_shared()
@@ -170,14 +166,10 @@ async fn a_shared_address_block_ends_after_retry_after() {
         auth_failures_per_minute: NonZeroU32::new(60).unwrap(),
         ..limited(Some(settings_for(&url)))
     };
-    let app = TestApp::spawn_with(
-        Backend::Sqlite,
-        Settings {
-            http,
-            ..Settings::default()
-        },
-    )
-    .await;
+    let app = Settings::default()
+        .with_http(http)
+        .spawn(Backend::Sqlite)
+        .await;
     until("the instance reaches Redis", || app.limits.is_shared()).await;
     let group = group();
     let key = app.writer(&group).await;
@@ -239,14 +231,10 @@ async fn failed_authentications_are_counted_across_replicas() {
 async fn without_redis_each_instance_keeps_its_own_limits_and_serves() {
     // Nothing listens on port 1: Redis is "down" from the start.
     let http = limited(Some(settings_for("redis://127.0.0.1:1")));
-    let app = TestApp::spawn_with(
-        Backend::Sqlite,
-        Settings {
-            http: http.clone(),
-            ..Settings::default()
-        },
-    )
-    .await;
+    let app = Settings::default()
+        .with_http(http.clone())
+        .spawn(Backend::Sqlite)
+        .await;
     let replica = app.replica_with(&http).await;
     // The local limits decide: stopped clocks make their burst exact.
     app.limits.clock().stop();
@@ -274,14 +262,10 @@ async fn redis_going_away_mid_flight_falls_back_without_hanging() {
     let Some(url) = redis_url().await else { return };
     let proxy = Proxy::start(redis_server_addr(&url).await).await;
     let http = limited(Some(settings_for(&proxy.url_for(&url))));
-    let app = TestApp::spawn_with(
-        Backend::Sqlite,
-        Settings {
-            http,
-            ..Settings::default()
-        },
-    )
-    .await;
+    let app = Settings::default()
+        .with_http(http)
+        .spawn(Backend::Sqlite)
+        .await;
     until("the instance reaches Redis", || app.limits.is_shared()).await;
     // The local limits take over below: a stopped clock makes their burst exact.
     app.limits.clock().stop();
@@ -330,29 +314,15 @@ async fn redis_out_of_reach_is_counted_in_backend_errors() {
         ("REDIS_URL", "redis://127.0.0.1:1"),
     ])
     .await;
-    let client = reqwest::Client::new();
     let backend_errors = || async {
-        let text = client
-            .get(server.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = server.metrics().await;
         crate::helpers::metrics::value(&text, "rate_limit_backend_errors_total")
     };
     let before = backend_errors().await;
 
-    let response = ApiResponse::from(
-        client
-            .post(server.url(&cancel_path(group.as_str(), scan.as_str())))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let response = server
+        .post(&key, &cancel_path(group.as_str(), scan.as_str()))
+        .await;
     let after = backend_errors().await;
 
     assert_eq!(before, None, "nothing to count before a request");

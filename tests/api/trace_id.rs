@@ -3,7 +3,7 @@
 
 use signal_scans::domain::scan::ScanStatus;
 
-use crate::helpers::{ApiResponse, Backend, TestApp, cancel_path, group};
+use crate::helpers::{ApiResponse, Backend, TestApp, cancel_path};
 use crate::store_test;
 
 async fn send(app: &TestApp, headers: &[(&str, &str)]) -> ApiResponse {
@@ -65,9 +65,7 @@ async fn trace_id_comes_from_traceparent_then_request_id_then_is_generated(backe
 store_test!(trace_id_comes_from_traceparent_then_request_id_then_is_generated);
 
 async fn the_audit_row_carries_the_clients_trace_id(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
 
     let response = ApiResponse::from(

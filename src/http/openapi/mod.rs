@@ -62,6 +62,7 @@ use crate::domain::ids::{AccountGroupId, ScanId};
             NotCancellable,
             NotMovable,
             IdempotencyKeyReused,
+            CursorExpired,
             RateLimited,
             InternalError,
             UpstreamError,

@@ -532,6 +532,13 @@ error_response!(
     [("keyReused", ApiError::IdempotencyKeyReused)]
 );
 error_response!(
+    /// 410 CURSOR_EXPIRED: a change stream's cursor from before changes that are no longer kept.
+    CursorExpired,
+    ErrorResponse,
+    after_auth,
+    [("changesNoLongerKept", ApiError::CursorExpired)]
+);
+error_response!(
     /// 429 RATE_LIMITED.
     RateLimited,
     ErrorResponse,

@@ -10,8 +10,12 @@
 //! running when it applied its last page (and is pending in it) or starts later, with a greater
 //! xid than any row the cursor has passed.
 //! A follower that starts from a cursor, or falls behind the broadcast buffer, first subscribes and
-//! then reads the trail by its own cursor until it is level; pages that arrive meanwhile are
-//! mostly rows it has already delivered, which its cursor skips.
+//! then reads its group's rows of the trail by its own cursor until it is level (through the
+//! group's index: a replay costs that group's changes, never the other groups' history); pages
+//! that arrive meanwhile are mostly rows it has already delivered, which its cursor skips. Reading
+//! only its group's rows is as exact as reading them all: a row of the group that commits late,
+//! behind the cursor, belongs to a transaction that was running when the group's rows were read
+//! (and is pending in the cursor) or that started later (and lies ahead of it).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -226,7 +230,10 @@ impl Follower {
 
     async fn catch_up(&mut self) -> Result<(), StoreError> {
         loop {
-            let page = self.store.read_feed(&self.cursor, PAGE).await?;
+            let page = self
+                .store
+                .read_feed(&self.cursor, Some(&self.group), PAGE)
+                .await?;
             self.take(&page);
             if !page.full {
                 return Ok(());

@@ -120,7 +120,10 @@ impl FeedReader {
         }
         self.behind = true;
         self.last_read = Some(Instant::now());
-        let page = self.store.read_feed(&self.cursor, PAGE).await?;
+        let page = self
+            .store
+            .read_feed(&self.cursor, self.group.as_ref(), PAGE)
+            .await?;
         self.behind = page.full;
         Ok(page)
     }

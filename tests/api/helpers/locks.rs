@@ -23,10 +23,8 @@ impl WriteLock {
                 .execute(&mut connection)
                 .await
                 .unwrap();
-            // On SQLite a waiting writer is seen as a served connection in use (see
-            // `until_waiting`), so none may be left over from before the lock: sqlx gives a
-            // connection back in a task of its own after the query that used it, and under load
-            // that can come late enough to pass for a writer queued here.
+            // No write of the service may be left over from before the lock (sqlx gives a
+            // connection back in a task of its own after the query that used it).
             until_waiting(app, 0).await;
             return Self::Sqlite(connection);
         }
@@ -56,19 +54,16 @@ impl WriteLock {
 }
 
 /// Returns once exactly `n` writers wait behind a [`WriteLock`] (10 s at most). PostgreSQL shows
-/// its lock waiters (in this test's database only); SQLite does not, so there it is whether the
-/// served store has a connection in use: its one writer at a time holds one while it waits and
-/// the next queues in the process without one, so on SQLite any `n` above 0 means "the first",
-/// and the first is seen from when it takes its connection, a moment before it reaches the lock.
+/// its lock waiters (in this test's database only). SQLite does not: there it is the served
+/// store's writers holding or queued for its one write turn (the first holds it, waiting in
+/// SQLite's busy handler, the others queue in the process, in order); and for `n` = 0 also no
+/// connection in use, since a statement the service gave up on runs on in SQLite until its busy
+/// timeout, holding its connection.
 pub async fn until_waiting(app: &TestApp, n: i64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let waiting = waiting_writers(app).await;
-        let reached = match app.db.url.starts_with("sqlite:") {
-            true => (waiting > 0) == (n > 0),
-            false => waiting == n,
-        };
-        if reached {
+        let (waiting, settled) = waiting_writers(app).await;
+        if waiting == n && (n > 0 || settled) {
             return;
         }
         assert!(
@@ -79,17 +74,21 @@ pub async fn until_waiting(app: &TestApp, n: i64) {
     }
 }
 
-async fn waiting_writers(app: &TestApp) -> i64 {
+/// The writers waiting, and whether no statement runs on after its writer gave up (SQLite: no
+/// connection in use).
+async fn waiting_writers(app: &TestApp) -> (i64, bool) {
     use sqlx::Connection;
-    if app.db.url.starts_with("sqlite:") {
-        return i64::from(app.served_store.pool_usage().in_use);
+    if let Some(wanting) = app.served_store.writers_wanting() {
+        let settled = app.served_store.pool_usage().in_use == 0;
+        return (i64::try_from(wanting).unwrap(), settled);
     }
     let mut observer = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
-    sqlx::query_scalar::<_, i64>(
+    let waiting = sqlx::query_scalar::<_, i64>(
         "SELECT count(*) FROM pg_stat_activity
          WHERE datname = current_database() AND wait_event_type = 'Lock'",
     )
     .fetch_one(&mut observer)
     .await
-    .unwrap()
+    .unwrap();
+    (waiting, true)
 }

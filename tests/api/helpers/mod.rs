@@ -1,5 +1,6 @@
 //! Shared test fixtures: a fresh database per test, the app on port 0, and envelope assertions.
 
+pub mod child;
 pub mod locks;
 pub mod metrics;
 pub mod process;
@@ -18,16 +19,23 @@ use serde_json::Value;
 use signal_scans::app::{Application, Settings as AppSettings};
 use signal_scans::domain::ids::{AccountGroupId, ScanId};
 use signal_scans::domain::keys::{AccountGroupAccess, NewApiKey, Permission};
-use signal_scans::domain::scan::ScanStatus;
+use signal_scans::domain::scan::{Actor, ScanStatus};
 use signal_scans::http::rate_limit::{RateLimit, RateLimiter};
+use signal_scans::http::server::ConnectionLimits;
 use signal_scans::http::{AppState, HttpSettings};
-use signal_scans::server::ConnectionLimits;
 use signal_scans::store::{KeyToCreate, Store, StoreOptions};
 use sqlx::{Connection, Executor, PgConnection};
 use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 use uuid::Uuid;
+
+/// A runner moving scans outside HTTP, as the audit trail names it.
+pub const RUNNER: Actor<'static> = Actor {
+    api_key_id: None,
+    trace_id: Some("runner"),
+    reason: None,
+};
 
 const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -203,6 +211,8 @@ pub struct Settings {
     pub through_proxy: bool,
     /// The key cache's TTL, as in production by default.
     pub key_cache_ttl: Duration,
+    /// How often followers of changes read the trail without a hint (`FEED_POLL_MS`).
+    pub feed_poll: Duration,
 }
 
 impl Default for Settings {
@@ -222,7 +232,71 @@ impl Default for Settings {
             extra_routes: axum::Router::new(),
             through_proxy: false,
             key_cache_ttl: Duration::from_millis(1000),
+            feed_poll: Duration::from_secs(1),
         }
+    }
+}
+
+/// One setting changed from the default, so a test names only what it is about.
+impl Settings {
+    pub fn with_db_timeout(mut self, timeout: Duration) -> Self {
+        self.db_timeout = timeout;
+        self
+    }
+
+    pub fn with_db_max_connections(mut self, max: u32) -> Self {
+        self.db_max_connections = max;
+        self
+    }
+
+    pub fn with_key_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.key_cache_ttl = ttl;
+        self
+    }
+
+    /// The app with these settings: `Settings::default().with_…(…).spawn(backend)`.
+    pub async fn spawn(self, backend: Backend) -> TestApp {
+        TestApp::spawn_with(backend, self).await
+    }
+
+    pub fn with_feed_poll(mut self, poll: Duration) -> Self {
+        self.feed_poll = poll;
+        self
+    }
+
+    /// The app reaches its database through a [`proxy::Proxy`] the test can cut.
+    pub fn through_proxy(mut self) -> Self {
+        self.through_proxy = true;
+        self
+    }
+
+    pub fn with_http(mut self, http: HttpSettings) -> Self {
+        self.http = http;
+        self
+    }
+
+    /// Each key may make `burst` requests at once, refilled at `per_second`.
+    pub fn with_rate_limit(mut self, per_second: u32, burst: u32) -> Self {
+        self.http.rate_limit = RateLimit {
+            per_second: NonZeroU32::new(per_second).expect("a rate above 0"),
+            burst: NonZeroU32::new(burst).expect("a burst above 0"),
+        };
+        self
+    }
+
+    pub fn with_auth_failures_per_minute(mut self, failures: u32) -> Self {
+        self.http.auth_failures_per_minute = NonZeroU32::new(failures).expect("above 0");
+        self
+    }
+
+    pub fn with_trusted_proxy_hops(mut self, hops: usize) -> Self {
+        self.http.trusted_proxy_hops = hops;
+        self
+    }
+
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.http.request_timeout = timeout;
+        self
     }
 }
 
@@ -250,6 +324,14 @@ impl TestApp {
         Self::spawn_with(backend, Settings::default()).await
     }
 
+    /// The app with default settings, a fresh account group and a `signals:write` key on it.
+    pub async fn with_writer(backend: Backend) -> (Self, AccountGroupId, String) {
+        let app = Self::spawn(backend).await;
+        let group = group();
+        let key = app.writer(&group).await;
+        (app, group, key)
+    }
+
     pub async fn spawn_with(backend: Backend, settings: Settings) -> Self {
         if !TELEMETRY.swap(true, Ordering::SeqCst) && std::env::var_os("TEST_LOG").is_some() {
             signal_scans::telemetry::init(signal_scans::telemetry::LogFormat::Text)
@@ -266,7 +348,8 @@ impl TestApp {
         };
         let mut options = store_options(&app_url, settings.db_timeout);
         options.max_connections = settings.db_max_connections;
-        let app_settings = app_settings(options, settings.key_cache_ttl, settings.http);
+        let mut app_settings = app_settings(options, settings.key_cache_ttl, settings.http);
+        app_settings.feed_poll = settings.feed_poll;
         let application = Application::build_with_routes(app_settings, settings.extra_routes)
             .await
             .expect("the application starts on a fresh database");
@@ -332,15 +415,19 @@ impl TestApp {
         (new_key.secret, key.id)
     }
 
+    /// A key with `permissions` on exactly `groups`, never expiring; returns (secret, key id).
+    pub async fn key_for(
+        &self,
+        permissions: &[Permission],
+        groups: &[AccountGroupId],
+    ) -> (String, Uuid) {
+        self.key_with(permissions, AccountGroupAccess::Only(groups.to_vec()), None)
+            .await
+    }
+
     /// A `signals:write` key on `group`.
     pub async fn writer(&self, group: &AccountGroupId) -> String {
-        self.key_with(
-            &[Permission::SignalsWrite],
-            AccountGroupAccess::Only(vec![*group]),
-            None,
-        )
-        .await
-        .0
+        self.key_for(&[Permission::SignalsWrite], &[*group]).await.0
     }
 
     pub async fn scan(&self, group: &AccountGroupId, status: ScanStatus) -> ScanId {
@@ -405,6 +492,13 @@ impl TestApp {
         }
         ApiResponse::from(request.send().await.expect("request is answered")).await
     }
+
+    /// A cancel that must answer 200 (arranging a test, or a step that must succeed).
+    pub async fn cancel_ok(&self, key: &str, group: &AccountGroupId, scan: &ScanId) -> ApiResponse {
+        let response = self.cancel(Some(key), group.as_str(), scan.as_str()).await;
+        assert_eq!(response.status, 200, "{response:?}");
+        response
+    }
 }
 
 /// Another instance of the service; see [`TestApp::replica`].
@@ -437,6 +531,7 @@ fn app_settings(store: StoreOptions, key_cache_ttl: Duration, http: HttpSettings
         key_cache_ttl,
         feed_poll: Duration::from_secs(1),
         stream_batch: Duration::from_millis(50),
+        audit_retention: None,
         http,
         connections: ConnectionLimits::default(),
         shutdown_timeout: Duration::from_secs(10),

@@ -3,57 +3,58 @@
 
 use std::net::SocketAddr;
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
+
+use super::child::{self, Lines};
 
 pub struct ServerProcess {
     pub addr: SocketAddr,
     child: Child,
-    logs: Arc<Mutex<Vec<String>>>,
+    logs: Lines,
 }
 
 impl ServerProcess {
-    /// Starts `signal-scans serve` on a free port with `env`, and waits until it serves.
+    /// Starts `signal-scans serve` on a free port with `env` (and nothing else from the caller's
+    /// environment: see [`child`]), and waits until it serves.
     pub async fn start(env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_signal-scans"))
+        let mut command = child::signal_scans();
+        command
             .arg("serve")
             .env("LISTEN_ADDR", "127.0.0.1:0")
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the binary starts");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (ready, addr) = tokio::sync::oneshot::channel();
-        let mut ready = Some(ready);
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let kept = logs.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
-                    && event["message"] == "signal-scans is serving"
-                    && let Some(ready) = ready.take()
-                {
-                    let _ = ready.send(event["listen.addr"].as_str().unwrap().parse().unwrap());
-                }
-                kept.lock().unwrap().push(line);
-            }
-        });
-        let addr = tokio::time::timeout(Duration::from_secs(30), addr)
-            .await
-            .unwrap_or_else(|_| panic!("no 'serving' line; logs: {:?}", logs.lock().unwrap()))
-            .expect("the server logs before it exits");
+            .stdout(Stdio::null());
+        let (child, logs, addr) = child::start_until(command, |line| {
+            let event: serde_json::Value = serde_json::from_str(line).ok()?;
+            (event["message"] == "signal-scans is serving")
+                .then(|| event["listen.addr"].as_str().unwrap().parse().unwrap())
+        })
+        .await;
         Self { addr, child, logs }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// `POST path` with `key` as a Bearer token, read whole as the envelope.
+    pub async fn post(&self, key: &str, path: &str) -> super::ApiResponse {
+        let request = reqwest::Client::new().post(self.url(path)).bearer_auth(key);
+        super::ApiResponse::from(request.send().await.expect("request is answered")).await
+    }
+
+    /// `GET /metrics`: the Prometheus text.
+    pub async fn metrics(&self) -> String {
+        let response = reqwest::Client::new()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("request is answered");
+        assert_eq!(response.status(), 200);
+        response.text().await.expect("the body reads")
     }
 
     /// The process id, to read its `/proc` entries.
@@ -71,6 +72,15 @@ impl ServerProcess {
         &self,
         what: impl Fn(&serde_json::Value) -> bool,
     ) -> Vec<serde_json::Value> {
+        self.until_events(|events| events.iter().any(&what)).await
+    }
+
+    /// Waits (10 s at most) until the JSON log lines so far meet `condition` (a count of lines,
+    /// say); returns them.
+    pub async fn until_events(
+        &self,
+        condition: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let events: Vec<serde_json::Value> = self
@@ -78,7 +88,7 @@ impl ServerProcess {
                 .iter()
                 .filter_map(|line| serde_json::from_str(line).ok())
                 .collect();
-            if events.iter().any(&what) {
+            if condition(&events) {
                 return events;
             }
             assert!(

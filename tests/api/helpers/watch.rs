@@ -3,56 +3,53 @@
 //! blocks the watcher on a full pipe.
 
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
 use signal_scans::domain::ids::AccountGroupId;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::mpsc;
+
+use super::child::{self, Lines};
+
+/// What the watcher logs each time it starts following changes.
+const WATCHING: &str = "watching for status changes";
 
 pub struct Watch {
     child: Child,
     printed: mpsc::UnboundedReceiver<String>,
-    logs: Arc<Mutex<Vec<String>>>,
+    logs: Lines,
 }
 
 impl Watch {
     /// Starts `scans watch` on `database_url` (every group unless `group`), reading the trail at
     /// least every `poll_ms`, and returns once it says it is watching.
     pub async fn start(database_url: &str, group: Option<&AccountGroupId>, poll_ms: u64) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_signal-scans"));
-        command.args(["scans", "watch"]);
+        let mut args = Vec::new();
         if let Some(group) = group {
-            command.args(["--account-group", group.as_str()]);
+            args.extend(["--account-group", group.as_str()]);
         }
-        let mut child = command
-            .env("DATABASE_URL", database_url)
-            .env("FEED_POLL_MS", poll_ms.to_string())
+        let poll_ms = poll_ms.to_string();
+        Self::start_with(
+            &args,
+            &[("DATABASE_URL", database_url), ("FEED_POLL_MS", &poll_ms)],
+        )
+        .await
+    }
+
+    /// Starts `scans watch` with `args` and `env` (and nothing else from the caller's
+    /// environment: see [`child`]), and returns once it says it is watching.
+    pub async fn start_with(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = child::signal_scans();
+        command
+            .args(["scans", "watch"])
+            .args(args)
             .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the binary starts");
-
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (watching, started) = tokio::sync::oneshot::channel();
-        let mut watching = Some(watching);
-        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-        let kept = logs.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = stderr.next_line().await {
-                if line.contains("watching for status changes")
-                    && let Some(watching) = watching.take()
-                {
-                    let _ = watching.send(());
-                }
-                kept.lock().unwrap().push(line);
-            }
-        });
-
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped());
+        let (mut child, logs, ()) =
+            child::start_until(command, |line| line.contains(WATCHING).then_some(())).await;
         let (sender, printed) = mpsc::unbounded_channel();
         let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
         tokio::spawn(async move {
@@ -62,16 +59,19 @@ impl Watch {
                 }
             }
         });
-
-        tokio::time::timeout(Duration::from_secs(30), started)
-            .await
-            .unwrap_or_else(|_| panic!("the watcher did not start; logs: {:?}", logs.lock()))
-            .unwrap_or_else(|_| panic!("the watcher exited; logs: {:?}", logs.lock()));
         Self {
             child,
             printed,
             logs,
         }
+    }
+
+    /// How many times the watcher has said it is watching: once, plus once per reconnection.
+    pub fn times_watching(&self) -> usize {
+        self.logs()
+            .iter()
+            .filter(|line| line.contains(WATCHING))
+            .count()
     }
 
     /// The next printed change, or `None` when nothing is printed within `limit`. The watch tests
@@ -88,7 +88,9 @@ impl Watch {
         }
     }
 
-    async fn next_line_within(&mut self, limit: Duration) -> Option<Value> {
+    /// The next printed line, creations included, or `None` when nothing is printed within
+    /// `limit`.
+    pub async fn next_line_within(&mut self, limit: Duration) -> Option<Value> {
         let line = tokio::time::timeout(limit, self.printed.recv())
             .await
             .ok()?

@@ -77,6 +77,11 @@ def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Res
 
         return response_403
 
+    if response.status_code == 410:
+        response_410 = ErrorResponse.from_dict(response.json())
+
+        return response_410
+
     if response.status_code == 429:
         response_429 = ErrorResponse.from_dict(response.json())
 
@@ -122,10 +127,13 @@ def sync_detailed(
      The account group's scan status changes as they commit, as Server-Sent Events: each change is one
     `scan.status_changed` event whose `id` is a cursor. Reconnect with `Last-Event-ID` (or `?after=`)
     set to the last id received to get every change after it, in order, none missed and none repeated;
-    without either the stream starts now. Creations are not sent. The stream opens with `retry: 2000`,
-    sends `: keep-alive` comments, and ends after `STREAM_MAX_AGE_MS` (reconnect to continue). Errors
-    before the stream opens are the usual envelope. Requires `signals:read` or `signals:write` and
-    access to the account group; at most `STREAM_MAX_PER_KEY` open streams per key (429 past it).
+    without either the stream starts now. A cursor from before changes that are no longer kept
+    (`AUDIT_RETENTION_DAYS`) answers 410 `CURSOR_EXPIRED`: reconnect without one and re-read the scans'
+    current state. Event ids are opaque. A scan's creation is sent too (`from` null). The stream opens
+    with `retry: 2000`, sends `: keep-alive` comments, and ends after `STREAM_MAX_AGE_MS` (reconnect to
+    continue). Errors before the stream opens are the usual envelope. Requires `signals:read` or
+    `signals:write` and access to the account group; at most `STREAM_MAX_PER_KEY` open streams per key
+    (429 past it).
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
@@ -172,10 +180,13 @@ def sync(
      The account group's scan status changes as they commit, as Server-Sent Events: each change is one
     `scan.status_changed` event whose `id` is a cursor. Reconnect with `Last-Event-ID` (or `?after=`)
     set to the last id received to get every change after it, in order, none missed and none repeated;
-    without either the stream starts now. Creations are not sent. The stream opens with `retry: 2000`,
-    sends `: keep-alive` comments, and ends after `STREAM_MAX_AGE_MS` (reconnect to continue). Errors
-    before the stream opens are the usual envelope. Requires `signals:read` or `signals:write` and
-    access to the account group; at most `STREAM_MAX_PER_KEY` open streams per key (429 past it).
+    without either the stream starts now. A cursor from before changes that are no longer kept
+    (`AUDIT_RETENTION_DAYS`) answers 410 `CURSOR_EXPIRED`: reconnect without one and re-read the scans'
+    current state. Event ids are opaque. A scan's creation is sent too (`from` null). The stream opens
+    with `retry: 2000`, sends `: keep-alive` comments, and ends after `STREAM_MAX_AGE_MS` (reconnect to
+    continue). Errors before the stream opens are the usual envelope. Requires `signals:read` or
+    `signals:write` and access to the account group; at most `STREAM_MAX_PER_KEY` open streams per key
+    (429 past it).
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
@@ -217,10 +228,13 @@ async def asyncio_detailed(
      The account group's scan status changes as they commit, as Server-Sent Events: each change is one
     `scan.status_changed` event whose `id` is a cursor. Reconnect with `Last-Event-ID` (or `?after=`)
     set to the last id received to get every change after it, in order, none missed and none repeated;
-    without either the stream starts now. Creations are not sent. The stream opens with `retry: 2000`,
-    sends `: keep-alive` comments, and ends after `STREAM_MAX_AGE_MS` (reconnect to continue). Errors
-    before the stream opens are the usual envelope. Requires `signals:read` or `signals:write` and
-    access to the account group; at most `STREAM_MAX_PER_KEY` open streams per key (429 past it).
+    without either the stream starts now. A cursor from before changes that are no longer kept
+    (`AUDIT_RETENTION_DAYS`) answers 410 `CURSOR_EXPIRED`: reconnect without one and re-read the scans'
+    current state. Event ids are opaque. A scan's creation is sent too (`from` null). The stream opens
+    with `retry: 2000`, sends `: keep-alive` comments, and ends after `STREAM_MAX_AGE_MS` (reconnect to
+    continue). Errors before the stream opens are the usual envelope. Requires `signals:read` or
+    `signals:write` and access to the account group; at most `STREAM_MAX_PER_KEY` open streams per key
+    (429 past it).
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
@@ -265,10 +279,13 @@ async def asyncio(
      The account group's scan status changes as they commit, as Server-Sent Events: each change is one
     `scan.status_changed` event whose `id` is a cursor. Reconnect with `Last-Event-ID` (or `?after=`)
     set to the last id received to get every change after it, in order, none missed and none repeated;
-    without either the stream starts now. Creations are not sent. The stream opens with `retry: 2000`,
-    sends `: keep-alive` comments, and ends after `STREAM_MAX_AGE_MS` (reconnect to continue). Errors
-    before the stream opens are the usual envelope. Requires `signals:read` or `signals:write` and
-    access to the account group; at most `STREAM_MAX_PER_KEY` open streams per key (429 past it).
+    without either the stream starts now. A cursor from before changes that are no longer kept
+    (`AUDIT_RETENTION_DAYS`) answers 410 `CURSOR_EXPIRED`: reconnect without one and re-read the scans'
+    current state. Event ids are opaque. A scan's creation is sent too (`from` null). The stream opens
+    with `retry: 2000`, sends `: keep-alive` comments, and ends after `STREAM_MAX_AGE_MS` (reconnect to
+    continue). Errors before the stream opens are the usual envelope. Requires `signals:read` or
+    `signals:write` and access to the account group; at most `STREAM_MAX_PER_KEY` open streams per key
+    (429 past it).
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:

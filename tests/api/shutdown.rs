@@ -1,24 +1,75 @@
-//! The real binary as operators run it: draining on SIGTERM, bounded drain, structured logs that
-//! never carry a secret.
+//! Shutting down: in-flight requests finish while new connections are refused, the drain is
+//! bounded by `SHUTDOWN_TIMEOUT_MS`, and the process exits 0 (in process and as the real binary
+//! under SIGTERM).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::routing::get;
 use futures::future::join_all;
-use signal_scans::domain::keys::NewApiKey;
 use signal_scans::domain::scan::ScanStatus;
+use tokio::sync::Notify;
 
 use crate::helpers::process::ServerProcess;
 use crate::helpers::proxy::Proxy;
-use crate::helpers::{ApiResponse, Backend, TestApp, cancel_path, group};
+use crate::helpers::{ApiResponse, Backend, Settings, TestApp, cancel_path};
 use crate::store_test;
+
+async fn shutdown_lets_in_flight_requests_finish(backend: Backend) {
+    // The slow route says when it has started, and finishes only when the test lets it: after
+    // the server has begun shutting down.
+    let started = Arc::new(Notify::new());
+    let finish = Arc::new(Notify::new());
+    let mut app = TestApp::spawn_with(
+        backend,
+        Settings {
+            extra_routes: axum::Router::new().route(
+                "/test/slow",
+                get({
+                    let (started, finish) = (started.clone(), finish.clone());
+                    move || async move {
+                        started.notify_one();
+                        finish.notified().await;
+                        axum::Json(signal_scans::http::envelope::Envelope::success("done"))
+                    }
+                }),
+            ),
+            ..Settings::default()
+        },
+    )
+    .await;
+    let in_flight = tokio::spawn(app.client.get(app.url("/test/slow")).send());
+    started.notified().await;
+    let healthz = app.url("/healthz");
+
+    let (stopped, refused_while_in_flight) = tokio::join!(app.shut_down(), async {
+        // A fresh client each time: a pooled connection would not show the listener closing.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while reqwest::Client::new().get(&healthz).send().await.is_ok() {
+            assert!(Instant::now() < deadline, "still accepting after shutdown");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let refused_while_in_flight = !in_flight.is_finished();
+        finish.notify_one();
+        refused_while_in_flight
+    });
+
+    stopped.expect("clean shutdown");
+    assert!(
+        refused_while_in_flight,
+        "new connections refused while the request was in flight"
+    );
+    let response = ApiResponse::from(in_flight.await.unwrap().unwrap()).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body["data"], "done");
+}
+store_test!(shutdown_lets_in_flight_requests_finish);
 
 /// SIGTERM while cancels are in flight (the database slowed by a proxy): each gets its real
 /// answer, new connections are refused, and the process exits 0.
 async fn sigterm_lets_in_flight_requests_finish_then_exits_0(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
     let mut scans = Vec::new();
     for _ in 0..5 {
         scans.push(app.scan(&group, ScanStatus::Queued).await);
@@ -91,9 +142,7 @@ store_test!(
 );
 
 async fn a_request_stuck_past_the_drain_time_does_not_keep_the_process(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
     let proxy = Proxy::start(app.db.server_addr().await).await;
     let mut server = ServerProcess::start(&[
@@ -104,7 +153,8 @@ async fn a_request_stuck_past_the_drain_time_does_not_keep_the_process(backend: 
         ("RUST_LOG", "info,tower_http=debug"),
     ])
     .await;
-    proxy.slow_down(Duration::from_secs(10));
+    // Longer than any drain: the request is still stuck when the process must go.
+    proxy.slow_down(Duration::from_secs(60));
     let stuck = tokio::spawn(
         reqwest::Client::new()
             .post(server.url(&cancel_path(group.as_str(), scan.as_str())))
@@ -117,13 +167,18 @@ async fn a_request_stuck_past_the_drain_time_does_not_keep_the_process(backend: 
 
     let started = Instant::now();
     server.terminate();
-    let exit = server.wait(Duration::from_secs(10)).await;
+    let exit = server.wait(Duration::from_secs(30)).await;
     let drained = started.elapsed();
 
     assert!(exit.success(), "{exit:?}");
     assert!(
         drained >= Duration::from_millis(300),
         "left before the drain time: {drained:?}"
+    );
+    // 300 ms plus room for a loaded machine, and far below the default drain of 10 s.
+    assert!(
+        drained < Duration::from_secs(3),
+        "drained for {drained:?}: SHUTDOWN_TIMEOUT_MS was not kept"
     );
     let stuck = stuck.await.unwrap();
     assert!(
@@ -144,88 +199,6 @@ store_test!(
     a_request_stuck_past_the_drain_time_does_not_keep_the_process,
     postgres_only
 );
-
-/// `LOG_FORMAT=json`: one JSON object per line; each request's line carries its trace id,
-/// route, status and latency; and no log line, even at trace level, carries a key or the
-/// database password.
-async fn json_logs_carry_request_facts_and_never_a_secret(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
-    let scan = app.scan(&group, ScanStatus::Queued).await;
-    let wrong_key = NewApiKey::generate().secret;
-    // PostgreSQL here trusts local connections, so a password in the URL is accepted and unused.
-    let database_url = match backend {
-        Backend::Postgres => {
-            let mut url = url::Url::parse(&app.db.url).unwrap();
-            url.set_password(Some("hunter2-secret")).unwrap();
-            url.to_string()
-        }
-        Backend::Sqlite => app.db.url.clone(),
-    };
-    let server =
-        ServerProcess::start(&[("DATABASE_URL", &database_url), ("RUST_LOG", "trace")]).await;
-    let client = reqwest::Client::new();
-
-    let cancelled = ApiResponse::from(
-        client
-            .post(server.url(&cancel_path(group.as_str(), scan.as_str())))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    let refused = ApiResponse::from(
-        client
-            .post(server.url(&cancel_path(group.as_str(), scan.as_str())))
-            .header("x-api-key", &wrong_key)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    server
-        .until_logged(|event| {
-            event["message"] == "finished processing request"
-                && event["span"]["trace.id"] == refused.trace_id()
-        })
-        .await;
-    let logs = server.logs();
-
-    assert_eq!(cancelled.status, 200);
-    refused.assert_error(401, "UNAUTHORIZED");
-    let events: Vec<serde_json::Value> = logs
-        .iter()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
-        .collect();
-    let finished = events
-        .iter()
-        .find(|event| {
-            event["message"] == "finished processing request"
-                && event["span"]["trace.id"] == cancelled.trace_id()
-        })
-        .unwrap_or_else(|| panic!("no request line for {}: {logs:#?}", cancelled.trace_id()));
-    assert_eq!(
-        finished["span"]["http.route"],
-        "/v1/accounts/{accountGroupId}/signals/scans/{scanId}/cancel"
-    );
-    assert_eq!(finished["status"], 200);
-    assert!(
-        finished["latency"].is_string() || finished["latency"].is_number(),
-        "{finished}"
-    );
-    let everything = logs.join("\n");
-    for secret in [
-        key.as_str(),
-        &key[4..],
-        wrong_key.as_str(),
-        "hunter2-secret",
-    ] {
-        assert!(!everything.contains(secret), "a secret reached the logs");
-    }
-}
-store_test!(json_logs_carry_request_facts_and_never_a_secret);
 
 /// How many requests the server has started (tower_http's debug line for each).
 fn started_requests(server: &ServerProcess) -> usize {

@@ -11,8 +11,8 @@ use crate::app::Settings;
 use crate::http::HttpSettings;
 use crate::http::changes::StreamSettings;
 use crate::http::rate_limit::{RateLimit, RedisSettings};
+use crate::http::server::ConnectionLimits;
 use crate::secret_url::SecretUrl;
-use crate::server::ConnectionLimits;
 use crate::store::StoreOptions;
 
 /// How to reach the database: shared by every command that needs it.
@@ -187,6 +187,14 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1000..=86_400_000))]
     pub stream_max_age_ms: u64,
 
+    /// Audit rows (every scan's status changes, read by `GET …/events` and the change streams)
+    /// older than this many days are deleted in the background, a small batch at a time; a
+    /// stream cursor from before deleted changes of its group answers 410. Unset (the default):
+    /// every row is kept.
+    #[arg(long, env = "AUDIT_RETENTION_DAYS",
+          value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub audit_retention_days: Option<u32>,
+
     /// A request that has not finished after this many milliseconds answers 500.
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
@@ -233,6 +241,9 @@ impl ServeArgs {
             key_cache_ttl: self.key_cache_ttl(),
             feed_poll: self.database.feed_poll(),
             stream_batch: Duration::from_millis(self.stream_batch_ms),
+            audit_retention: self
+                .audit_retention_days
+                .map(|days| Duration::from_secs(u64::from(days) * 24 * 60 * 60)),
             http: self.http_settings(),
             connections: self.connection_limits(),
             shutdown_timeout: self.shutdown_timeout(),

@@ -1,0 +1,344 @@
+//! What reaches an open stream, and when: the publisher's hint, the hub's batching, only the
+//! stream's own group and filters, one reader per process, keep-alives.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use signal_scans::domain::ids::ScanId;
+use signal_scans::domain::keys::{AccountGroupAccess, Permission};
+use signal_scans::domain::scan::ScanStatus;
+use signal_scans::http::changes::StreamSettings;
+use signal_scans::service::ScanService;
+use sqlx::{Connection, PgConnection};
+
+use super::*;
+use crate::helpers::{ApiResponse, Backend, RUNNER, TestApp, cancel_path, group};
+use crate::store_test;
+
+/// The feed is polled only every 60 s here, so only the publisher's hint can bring the change
+/// within the bound.
+async fn a_cancel_reaches_an_open_stream_by_its_hint_long_before_the_poll(backend: Backend) {
+    let Process {
+        server,
+        store,
+        group,
+        reader,
+        writer,
+        _db,
+    } = Process::start(
+        backend,
+        &[("FEED_POLL_MS", "60000"), ("PUBLISH_INTERVAL_MS", "10")],
+    )
+    .await;
+    let scan = store
+        .create_scan(&group, ScanStatus::Running)
+        .await
+        .unwrap()
+        .id;
+    let mut stream = follow(stream_request(
+        &server.url(&changes_path(&group, "")),
+        &reader,
+    ))
+    .await;
+
+    let cancel = server
+        .post(&writer, &cancel_path(group.as_str(), scan.as_str()))
+        .await;
+    let event = stream.next_event(SOON).await;
+
+    assert_eq!(cancel.status, 200, "{cancel:?}");
+    assert_eq!(event.event.as_deref(), Some("scan.status_changed"));
+    id_of(&event);
+    let data = event.json();
+    let at = data["at"].as_str().expect("at is a string");
+    assert!(at.ends_with('Z'), "{at}");
+    assert_eq!(
+        data,
+        json!({
+            "scanId": scan.as_str(),
+            "accountGroupId": group.as_str(),
+            "from": "running",
+            "to": "cancelled",
+            "at": at,
+            "traceId": cancel.trace_id(),
+            "reason": null,
+        })
+    );
+    assert_eq!(data["at"], cancel.body["data"]["cancelledAt"]);
+}
+store_test!(a_cancel_reaches_an_open_stream_by_its_hint_long_before_the_poll);
+
+/// `STREAM_BATCH_MS`: while changes keep coming, the instance's streams read the trail at most
+/// that often, so the change right after another waits for the batch; the first change after a
+/// quiet spell is read as soon as its hint arrives, not held for a batch.
+async fn changes_that_keep_coming_wait_for_the_batch_and_one_after_a_quiet_spell_does_not(
+    backend: Backend,
+) {
+    // The longest STREAM_BATCH_MS allows: "at once" and "held for the batch" stay far apart.
+    const BATCH: Duration = Duration::from_millis(1000);
+    let Process {
+        server,
+        store,
+        group,
+        reader,
+        writer,
+        _db,
+    } = Process::start(
+        backend,
+        &[
+            ("FEED_POLL_MS", "60000"),
+            ("PUBLISH_INTERVAL_MS", "10"),
+            ("STREAM_BATCH_MS", "1000"),
+        ],
+    )
+    .await;
+    let mut scans = Vec::new();
+    for _ in 0..2 {
+        let scan = store
+            .create_scan(&group, ScanStatus::Running)
+            .await
+            .unwrap();
+        scans.push(scan.id);
+    }
+    let mut stream = follow(stream_request(
+        &server.url(&changes_path(&group, "")),
+        &reader,
+    ))
+    .await;
+    let cancel = |scan: ScanId| {
+        let request = reqwest::Client::new()
+            .post(server.url(&cancel_path(group.as_str(), scan.as_str())))
+            .bearer_auth(&writer);
+        async move { ApiResponse::from(request.send().await.unwrap()).await }
+    };
+    // A quiet spell longer than the batch since the hub's first read.
+    tokio::time::sleep(BATCH + Duration::from_millis(500)).await;
+
+    let first_sent = Instant::now();
+    let first = cancel(scans[0]).await;
+    let first_event = stream.next_event(SOON).await;
+    let first_after = first_sent.elapsed();
+    let second = cancel(scans[1]).await;
+    let second_event = stream.next_event(BATCH + SOON).await;
+    let second_after = first_sent.elapsed();
+
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(second.status, 200, "{second:?}");
+    assert_eq!(first_event.json()["scanId"], scans[0].as_str());
+    assert_eq!(second_event.json()["scanId"], scans[1].as_str());
+    // The read that found the first change began after it was sent; the next read waits for the
+    // batch from there. Half the batch: far above an idle machine's tens of milliseconds, and far
+    // below a change held for the batch.
+    assert!(
+        first_after < BATCH / 2,
+        "the first change after a quiet spell took {first_after:?}: held for the batch"
+    );
+    assert!(
+        second_after >= BATCH,
+        "the change right after another came {second_after:?} after the first was sent, within the batch of {BATCH:?}"
+    );
+}
+store_test!(changes_that_keep_coming_wait_for_the_batch_and_one_after_a_quiet_spell_does_not);
+
+async fn a_stream_never_carries_another_groups_changes(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (a, b) = (group(), group());
+    let writer = app.key_for(&[Permission::SignalsWrite], &[a, b]).await.0;
+    let (reader_a, _) = read_key(&app, &a).await;
+    let (reader_b, _) = read_key(&app, &b).await;
+    let (every_group, _) = app
+        .key_with(&[Permission::SignalsRead], AccountGroupAccess::All, None)
+        .await;
+    let mut stream_a = follow(stream_request(&app.url(&changes_path(&a, "")), &reader_a)).await;
+    let mut stream_b = follow(stream_request(&app.url(&changes_path(&b, "")), &reader_b)).await;
+    // A key for every group still follows only the group in the path.
+    let mut stream_a_wide = follow(stream_request(
+        &app.url(&changes_path(&a, "")),
+        &every_group,
+    ))
+    .await;
+
+    let (mut in_a, mut in_b) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        in_a.extend(cancel_fresh_scans(&app, &writer, &a, 1).await);
+        if round < 2 {
+            in_b.extend(cancel_fresh_scans(&app, &writer, &b, 1).await);
+        }
+    }
+    let seen_a = next_events(&mut stream_a, 3).await;
+    let seen_b = next_events(&mut stream_b, 2).await;
+    let seen_a_wide = next_events(&mut stream_a_wide, 3).await;
+    stream_a.assert_no_event_for(QUIET).await;
+    stream_b.assert_no_event_for(QUIET).await;
+    // Resuming reads the trail by cursor rather than the shared pages: the group holds there too.
+    let mut resumed_a = follow(
+        stream_request(&app.url(&changes_path(&a, "")), &reader_a)
+            .header("Last-Event-ID", id_of(&seen_a[0])),
+    )
+    .await;
+    let replayed_a = next_events(&mut resumed_a, 2).await;
+    resumed_a.assert_no_event_for(QUIET).await;
+
+    assert_eq!(moves(&seen_a), cancels_of(&in_a, "running"));
+    assert_eq!(moves(&seen_a_wide), cancels_of(&in_a, "running"));
+    assert_eq!(moves(&seen_b), cancels_of(&in_b, "running"));
+    assert_eq!(moves(&replayed_a), cancels_of(&in_a[1..], "running"));
+    for event in seen_a.iter().chain(&replayed_a) {
+        assert_eq!(event.json()["accountGroupId"], a.as_str());
+    }
+}
+store_test!(a_stream_never_carries_another_groups_changes);
+
+async fn filters_by_scan_id_and_status_deliver_only_matching_changes(backend: Backend) {
+    let (app, group, writer) = TestApp::with_writer(backend).await;
+    let (reader, _) = read_key(&app, &group).await;
+    // The served store, so that on SQLite the runner's moves reach the app's feed as hints too.
+    let runner = ScanService::new(app.served_store.clone());
+    let first = app.scan(&group, ScanStatus::Queued).await;
+    let second = app.scan(&group, ScanStatus::Running).await;
+    let other = app.scan(&group, ScanStatus::Queued).await;
+    let open = |query: String| {
+        follow(stream_request(
+            &app.url(&changes_path(&group, &query)),
+            &reader,
+        ))
+    };
+    let mut by_scan = open(format!("?scanId={first}&scanId={second}")).await;
+    let mut cancels = open("?status=cancelled".into()).await;
+    let mut runner_moves = open("?status=running&status=completed".into()).await;
+
+    runner
+        .advance(&first, ScanStatus::Running, RUNNER)
+        .await
+        .unwrap();
+    let cancel_other = app
+        .cancel(Some(&writer), group.as_str(), other.as_str())
+        .await;
+    runner
+        .advance(&second, ScanStatus::Completed, RUNNER)
+        .await
+        .unwrap();
+    let cancel_first = app
+        .cancel(Some(&writer), group.as_str(), first.as_str())
+        .await;
+
+    assert_eq!(
+        (cancel_other.status.as_u16(), cancel_first.status.as_u16()),
+        (200, 200)
+    );
+    let step = |scan: &ScanId, from: &str, to: &str| (scan.to_string(), from.into(), to.into());
+    assert_eq!(
+        moves(&next_events(&mut by_scan, 3).await),
+        [
+            step(&first, "queued", "running"),
+            step(&second, "running", "completed"),
+            step(&first, "running", "cancelled"),
+        ]
+    );
+    assert_eq!(
+        moves(&next_events(&mut cancels, 2).await),
+        [
+            step(&other, "queued", "cancelled"),
+            step(&first, "running", "cancelled"),
+        ]
+    );
+    assert_eq!(
+        moves(&next_events(&mut runner_moves, 2).await),
+        [
+            step(&first, "queued", "running"),
+            step(&second, "running", "completed"),
+        ]
+    );
+    runner_moves.assert_no_event_for(QUIET).await;
+}
+store_test!(filters_by_scan_id_and_status_deliver_only_matching_changes);
+
+/// Every stream of a process shares its one reader of the audit trail: thirty more streams open
+/// no connection beyond what the pool (capped at 2 here) may open anyway, and each gets the change.
+async fn streams_share_the_process_reader_and_hold_no_database_connection(backend: Backend) {
+    let mut settings = with_streams(StreamSettings {
+        max_per_key: 40,
+        ..StreamSettings::default()
+    });
+    settings.db_max_connections = 2;
+    let app = TestApp::spawn_with(backend, settings).await;
+    let group = group();
+    let writer = app.writer(&group).await;
+    let (reader, _) = read_key(&app, &group).await;
+    let url = app.url(&changes_path(&group, ""));
+    let scans = [
+        app.scan(&group, ScanStatus::Running).await,
+        app.scan(&group, ScanStatus::Running).await,
+    ];
+    let mut counter = PgConnection::connect(&app.db.url).await.unwrap();
+    let connections = async |counter: &mut PgConnection| -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()",
+        )
+        .fetch_one(counter)
+        .await
+        .unwrap()
+    };
+    // The first stream starts the process's reader; a cancel starts its publisher.
+    let mut streams = vec![follow(stream_request(&url, &reader)).await];
+    let first = cancel_fresh_scans_of(&app, &writer, &group, &scans[..1]).await;
+    assert_eq!(moves(&[streams[0].next_event(SOON).await]), first);
+    let before = connections(&mut counter).await;
+
+    for _ in 0..30 {
+        streams.push(follow(stream_request(&url, &reader)).await);
+    }
+    let with_streams = connections(&mut counter).await;
+    let second = cancel_fresh_scans_of(&app, &writer, &group, &scans[1..]).await;
+
+    assert!(
+        with_streams <= before + 2,
+        "{before} connections before 30 more streams, {with_streams} with them"
+    );
+    for stream in &mut streams {
+        assert_eq!(moves(&[stream.next_event(SOON).await]), second);
+    }
+}
+store_test!(
+    streams_share_the_process_reader_and_hold_no_database_connection,
+    postgres_only
+);
+
+/// Keep-alives keep their rhythm while other scans' changes pass the stream's filter: the client
+/// (and any proxy) still hears from the stream, and the key is still checked on every tick.
+async fn keep_alives_keep_their_rhythm_while_filtered_out_changes_pass(backend: Backend) {
+    let keepalive = Duration::from_millis(500);
+    let app = TestApp::spawn_with(
+        backend,
+        with_streams(StreamSettings {
+            keepalive,
+            ..StreamSettings::default()
+        }),
+    )
+    .await;
+    let group = group();
+    let writer = app.writer(&group).await;
+    let (reader, _) = read_key(&app, &group).await;
+    let unrelated = ScanId::generate();
+    let mut stream = follow(stream_request(
+        &app.url(&changes_path(&group, &format!("?scanId={unrelated}"))),
+        &reader,
+    ))
+    .await;
+
+    // Changes of other scans, more often than the keep-alive, for several keep-alive periods.
+    let busy = async {
+        for _ in 0..12 {
+            cancel_fresh_scans(&app, &writer, &group, 1).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let (frames, ()) = tokio::join!(frames_during(&mut stream, keepalive * 5), busy);
+
+    assert!(
+        frames.iter().all(|frame| *frame == keep_alive()),
+        "{frames:?}"
+    );
+    assert!(frames.len() >= 2, "keep-alives heard: {frames:?}");
+}
+store_test!(keep_alives_keep_their_rhythm_while_filtered_out_changes_pass);

@@ -1,0 +1,201 @@
+//! What ends a stream (a revoked key, its max age, SIGTERM) and what must not (the request
+//! deadline, the connection's idle and header timeouts).
+
+use std::time::{Duration, Instant};
+
+use signal_scans::domain::scan::ScanStatus;
+use signal_scans::http::changes::StreamSettings;
+
+use super::*;
+use crate::helpers::{Backend, TestApp, cancel_path, group};
+use crate::store_test;
+
+async fn a_revoked_keys_stream_ends_within_the_cache_ttl_and_a_tick_while_others_go_on(
+    backend: Backend,
+) {
+    let keepalive = Duration::from_millis(200);
+    // Long against a loaded machine's delays, so that the bound below tells this TTL from twice it.
+    let key_cache_ttl = Duration::from_millis(2000);
+    let mut settings = with_streams(StreamSettings {
+        keepalive,
+        ..StreamSettings::default()
+    });
+    settings.key_cache_ttl = key_cache_ttl;
+    let app = TestApp::spawn_with(backend, settings).await;
+    let group = group();
+    let (doomed, doomed_id) = read_key(&app, &group).await;
+    let (live, _) = read_key(&app, &group).await;
+    let url = app.url(&changes_path(&group, ""));
+    let mut doomed_stream = follow(stream_request(&url, &doomed)).await;
+    let mut live_stream = follow(stream_request(&url, &live)).await;
+    assert_eq!(doomed_stream.next_frame(SOON).await, keep_alive());
+
+    app.store
+        .revoke_key(doomed_id)
+        .await
+        .unwrap()
+        .expect("the key existed");
+    let revoked = Instant::now();
+    // Watched well past the bound, to see when it ends; without the check the stream would run
+    // for its hour.
+    let frames = frames_during(
+        &mut doomed_stream,
+        key_cache_ttl + keepalive + Duration::from_secs(3),
+    )
+    .await;
+    let ended_after = revoked.elapsed();
+    let after_end = live_stream.try_next_frame(Duration::ZERO).await;
+    let live_frames = frames_during(&mut live_stream, Duration::from_millis(1500)).await;
+
+    assert_eq!(
+        frames.last(),
+        Some(&None),
+        "the stream ended (after {ended_after:?}): {frames:?}"
+    );
+    // The cached key expires within the TTL of the revocation, and the next tick sees it gone.
+    assert!(
+        ended_after < key_cache_ttl + keepalive + Duration::from_millis(800),
+        "ended {ended_after:?} after the revocation"
+    );
+    assert_eq!(
+        frames[frames.len() - 2],
+        Some(RECONNECT),
+        "a last retry: {frames:?}"
+    );
+    assert!(
+        frames[..frames.len() - 2]
+            .iter()
+            .all(|f| *f == keep_alive()),
+        "{frames:?}"
+    );
+    assert!(after_end.is_none_or(|frame| frame == keep_alive()));
+    assert!(
+        live_frames.iter().all(|frame| *frame == keep_alive()),
+        "the live key's stream goes on: {live_frames:?}"
+    );
+    assert!(live_frames.len() >= 2, "{live_frames:?}");
+}
+store_test!(a_revoked_keys_stream_ends_within_the_cache_ttl_and_a_tick_while_others_go_on);
+
+async fn a_stream_ends_at_its_max_age_with_a_last_retry(backend: Backend) {
+    let max_age = Duration::from_secs(1);
+    let app = TestApp::spawn_with(
+        backend,
+        with_streams(StreamSettings {
+            max_age,
+            ..StreamSettings::default()
+        }),
+    )
+    .await;
+    let group = group();
+    let (reader, _) = read_key(&app, &group).await;
+    let opened = Instant::now();
+    let mut stream = follow(stream_request(&app.url(&changes_path(&group, "")), &reader)).await;
+
+    let last = stream.next_frame(max_age + SOON).await;
+    let lasted = opened.elapsed();
+    let after = stream.next_frame(SOON).await;
+
+    assert_eq!(last, Some(RECONNECT));
+    assert!(lasted >= max_age, "ended after {lasted:?}");
+    assert_eq!(after, None, "the body ends after the last retry");
+}
+store_test!(a_stream_ends_at_its_max_age_with_a_last_retry);
+
+/// The deadline of a request covers the handler, not the body it streams.
+async fn a_stream_outlives_the_request_timeout(backend: Backend) {
+    let mut settings = with_streams(StreamSettings {
+        keepalive: Duration::from_millis(200),
+        ..StreamSettings::default()
+    });
+    settings.http.request_timeout = Duration::from_millis(300);
+    let app = TestApp::spawn_with(backend, settings).await;
+    let group = group();
+    let writer = app.writer(&group).await;
+    let (reader, _) = read_key(&app, &group).await;
+    let mut stream = follow(stream_request(&app.url(&changes_path(&group, "")), &reader)).await;
+
+    let frames = frames_during(&mut stream, Duration::from_secs(1)).await;
+    let cancelled = cancel_fresh_scans(&app, &writer, &group, 1).await;
+    let event = stream.next_event(SOON).await;
+
+    assert!(frames.iter().all(|f| *f == keep_alive()), "{frames:?}");
+    assert_eq!(moves(&[event]), cancels_of(&cancelled, "running"));
+}
+store_test!(a_stream_outlives_the_request_timeout);
+
+/// A quiet stream is a request in progress, not an idle connection: neither the idle timeout nor
+/// the header timeout of its connection closes it.
+async fn a_quiet_stream_outlives_the_connections_idle_and_header_timeouts(backend: Backend) {
+    let Process {
+        server,
+        store,
+        group,
+        reader,
+        writer,
+        _db,
+    } = Process::start(
+        backend,
+        &[
+            ("HTTP_IDLE_TIMEOUT_MS", "200"),
+            ("HTTP_HEADER_TIMEOUT_MS", "200"),
+        ],
+    )
+    .await;
+    let scan = store
+        .create_scan(&group, ScanStatus::Running)
+        .await
+        .unwrap()
+        .id;
+    let mut stream = follow(stream_request(
+        &server.url(&changes_path(&group, "")),
+        &reader,
+    ))
+    .await;
+
+    // Several idle timeouts long, and shorter than the 15 s keep-alive: nothing is written.
+    let quiet = frames_during(&mut stream, Duration::from_millis(1500)).await;
+    let cancel = server
+        .post(&writer, &cancel_path(group.as_str(), scan.as_str()))
+        .await;
+    let event = stream.next_event(SOON).await;
+
+    assert_eq!(quiet, [], "the stream stayed open and quiet");
+    assert_eq!(cancel.status, 200, "{cancel:?}");
+    assert_eq!(
+        moves(std::slice::from_ref(&event)),
+        cancels_of(&[scan], "running")
+    );
+}
+store_test!(a_quiet_stream_outlives_the_connections_idle_and_header_timeouts);
+
+/// SIGTERM ends streams at once: they do not hold the drain for SHUTDOWN_TIMEOUT_MS.
+async fn sigterm_ends_open_streams_and_the_process_exits_promptly(backend: Backend) {
+    let Process {
+        mut server,
+        store: _,
+        group,
+        reader,
+        writer: _,
+        _db,
+    } = Process::start(backend, &[("SHUTDOWN_TIMEOUT_MS", "30000")]).await;
+    let url = server.url(&changes_path(&group, ""));
+    let mut streams = vec![
+        follow(stream_request(&url, &reader)).await,
+        follow(stream_request(&url, &reader)).await,
+    ];
+
+    server.terminate();
+    let exit = server.wait(Duration::from_secs(10)).await;
+
+    assert!(exit.success(), "{exit:?}; logs: {:?}", server.logs());
+    for stream in &mut streams {
+        assert_eq!(stream.next_frame(SOON).await, Some(RECONNECT));
+        assert_eq!(
+            stream.next_frame(SOON).await,
+            None,
+            "a clean end of the body"
+        );
+    }
+}
+store_test!(sigterm_ends_open_streams_and_the_process_exits_promptly);

@@ -1,0 +1,307 @@
+//! The database or the listener's connection going away under open streams (PostgreSQL, through
+//! the suite's fault proxy or by terminating sessions): a client that keeps reading, and resumes
+//! from its last id when a stream ends, gets every committed change exactly once, in order.
+
+use std::time::{Duration, Instant};
+
+use signal_scans::domain::ids::ScanId;
+use signal_scans::domain::scan::{ScanStatus, Transition};
+use sqlx::{Connection, Executor, PgConnection};
+
+use super::*;
+use crate::helpers::process::ServerProcess;
+use crate::helpers::{Backend, RUNNER, Settings, TestApp, group};
+use crate::store_test;
+
+/// The database is cut off from the service for a while (an outage past several of the hub's
+/// reads and keep-alives) while another process commits changes. Once it is back, the stream,
+/// kept open or ended and resumed from its last id, delivers every change exactly once, in
+/// commit order. Fails for a hub that gives up after a failed read, and for one that skips or
+/// repeats what committed while it could not read.
+async fn a_stream_through_a_database_cut_gets_every_committed_change_once(backend: Backend) {
+    let app = Settings::default()
+        .through_proxy()
+        .with_db_timeout(Duration::from_millis(400))
+        .spawn(backend)
+        .await;
+    let proxy = app.proxy.as_ref().expect("spawned through the proxy");
+    let group = group();
+    let writer = app.writer(&group).await;
+    let (reader, _) = read_key(&app, &group).await;
+    let url = app.url(&changes_path(&group, ""));
+    let stream = follow(stream_request(&url, &reader)).await;
+    let before = cancel_fresh_scans(&app, &writer, &group, 2).await;
+    let mut received = Vec::new();
+    let (stream, _) = read_as_a_client(stream, &url, &reader, &mut received, 2, SOON).await;
+
+    proxy.cut();
+    // Another process (the test's own store, past the proxy) goes on committing.
+    let during = move_fresh_scans(&app, &group, 5).await;
+    // The outage lasts past several failed reads of the hub and keep-alives of the stream.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.restore();
+    let after = move_fresh_scans(&app, &group, 2).await;
+    let every: Vec<ScanId> = [before, during, after].concat();
+    // The hub waits at most 5 s between retries; a dead pooled connection may fail once more.
+    let (mut stream, _) = read_as_a_client(
+        stream,
+        &url,
+        &reader,
+        &mut received,
+        every.len(),
+        Duration::from_secs(30),
+    )
+    .await;
+    stream.assert_no_event_for(QUIET).await;
+
+    assert_eq!(moves(&received), cancels_of(&every, "running"));
+}
+store_test!(
+    a_stream_through_a_database_cut_gets_every_committed_change_once,
+    postgres_only
+);
+
+/// Cancels `count` fresh running scans of `group` straight in the test's store, as another
+/// process would, one after the other; returns them in commit order.
+async fn move_fresh_scans(app: &TestApp, group: &AccountGroupId, count: usize) -> Vec<ScanId> {
+    let mut scans = Vec::with_capacity(count);
+    for _ in 0..count {
+        let scan = app.scan(group, ScanStatus::Running).await;
+        let moved = app
+            .store
+            .transition(Some(group), &scan, ScanStatus::Cancelled, RUNNER)
+            .await
+            .expect("the test's store reaches the database");
+        assert!(matches!(moved, Transition::Applied { .. }), "{moved:?}");
+        scans.push(scan);
+    }
+    scans
+}
+
+/// The listening sessions of this test's database (`LISTEN signal_scan_events`).
+async fn listeners(admin: &mut PgConnection) -> Vec<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity
+         WHERE datname = current_database() AND query LIKE 'LISTEN %'",
+    )
+    .fetch_all(admin)
+    .await
+    .unwrap()
+}
+
+/// The hub's listening session is terminated by the server (a restart, an administrator's
+/// `pg_terminate_backend`). The hub listens again on a new session, and the next change reaches
+/// the stream by its hint, with the poll a minute away: nothing missed, nothing twice. Fails
+/// for a hub that stops listening after losing its connection (it would wait for the poll).
+async fn a_stream_outlives_the_termination_of_the_listening_session(backend: Backend) {
+    let app = Settings::default()
+        .with_feed_poll(Duration::from_secs(60))
+        .spawn(backend)
+        .await;
+    let group = group();
+    let writer = app.writer(&group).await;
+    let (reader, _) = read_key(&app, &group).await;
+    let mut admin = PgConnection::connect(&app.db.url).await.unwrap();
+    let mut stream = follow(stream_request(&app.url(&changes_path(&group, "")), &reader)).await;
+    let first = cancel_fresh_scans(&app, &writer, &group, 1).await;
+    let first_event = stream.next_event(SOON).await;
+    let before = listeners(&mut admin).await;
+    assert_eq!(before.len(), 1, "the hub listens: {before:?}");
+
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(before[0])
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + SOON;
+    let mut now = listeners(&mut admin).await;
+    while !(now.len() == 1 && now != before) {
+        assert!(
+            Instant::now() < deadline,
+            "listening again: {before:?} then {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        now = listeners(&mut admin).await;
+    }
+    let second = cancel_fresh_scans(&app, &writer, &group, 2).await;
+    let later = next_events(&mut stream, 2).await;
+    stream.assert_no_event_for(QUIET).await;
+
+    assert!(terminated);
+    assert_eq!(moves(&[first_event]), cancels_of(&first, "running"));
+    assert_eq!(moves(&later), cancels_of(&second, "running"));
+}
+store_test!(
+    a_stream_outlives_the_termination_of_the_listening_session,
+    postgres_only
+);
+
+/// Changes committed without any notification (as by a process killed before its publisher's
+/// tick): a stream, whose hub hears no hint, still gets each of them by the poll, within
+/// FEED_POLL_MS and a moment, once and in order. Fails for a hub that reads only on hints.
+async fn a_stream_fed_by_the_poll_alone_gets_every_change(backend: Backend) {
+    const POLL: Duration = Duration::from_millis(300);
+    let app = Settings::default()
+        .with_feed_poll(POLL)
+        .spawn(backend)
+        .await;
+    let group = group();
+    let (reader, _) = read_key(&app, &group).await;
+    let mut stream = follow(stream_request(&app.url(&changes_path(&group, "")), &reader)).await;
+    let mut silent = PgConnection::connect(&app.db.url).await.unwrap();
+
+    let mut scans = Vec::new();
+    let mut delivered = Vec::new();
+    for _ in 0..3 {
+        // The service's own statements, written by hand: no publisher, so no NOTIFY (not even
+        // for the creation, whose hint would wake the hub just before the cancel commits).
+        let scan = ScanId::generate();
+        sqlx::query(
+            "INSERT INTO signal_scans (id, account_group_id, status, started_at)
+             VALUES ($1, $2, 'running', now())",
+        )
+        .bind(scan.as_str())
+        .bind(group.as_str())
+        .execute(&mut silent)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO signal_scan_events (scan_id, from_status, to_status, occurred_at)
+             VALUES ($1, NULL, 'running', now())",
+        )
+        .bind(scan.as_str())
+        .execute(&mut silent)
+        .await
+        .unwrap();
+        silent.execute("BEGIN").await.unwrap();
+        cancel_and_commit(&mut silent, &scan).await;
+        delivered.push(stream.next_event(POLL + Duration::from_secs(2)).await);
+        scans.push(scan);
+    }
+    stream.assert_no_event_for(QUIET).await;
+
+    assert_eq!(moves(&delivered), cancels_of(&scans, "running"));
+}
+store_test!(
+    a_stream_fed_by_the_poll_alone_gets_every_change,
+    postgres_only
+);
+
+/// A stream opened while the database is out of reach answers the 502 envelope at the database
+/// timeout, not a 200 that never delivers: the first stream of a process (whose hub must start
+/// listening) and a resume (whose cursor is checked against the trail). Once the database is
+/// back, the same process opens streams again.
+async fn a_stream_opened_with_the_database_gone_is_a_502_envelope(backend: Backend) {
+    const DB_TIMEOUT: Duration = Duration::from_millis(400);
+    let app = Settings::default()
+        .through_proxy()
+        .with_db_timeout(DB_TIMEOUT)
+        .with_key_cache_ttl(Duration::from_secs(600))
+        .spawn(backend)
+        .await;
+    let proxy = app.proxy.as_ref().expect("spawned through the proxy");
+    let group = group();
+    let (reader, _) = read_key(&app, &group).await;
+    // The key is cached: what fails below is the stream, not the key's lookup.
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let read = app
+        .get(
+            &reader,
+            &format!("/v1/accounts/{group}/signals/scans/{scan}"),
+        )
+        .await;
+    assert_eq!(read.status, 200, "{read:?}");
+
+    proxy.cut();
+    let started = Instant::now();
+    let first = refused(stream_request(&app.url(&changes_path(&group, "")), &reader)).await;
+    let first_after = started.elapsed();
+    let started = Instant::now();
+    let resume = refused(stream_request(
+        &app.url(&changes_path(&group, &query_after("0-0"))),
+        &reader,
+    ))
+    .await;
+    let resume_after = started.elapsed();
+    proxy.restore();
+    let deadline = Instant::now() + SOON;
+    let reopened = loop {
+        match SseStream::open(stream_request(&app.url(&changes_path(&group, "")), &reader)).await {
+            Ok(stream) => break stream,
+            Err(refused) => {
+                // A pooled connection that died with the cut may fail once more.
+                refused.assert_error(502, "UPSTREAM_ERROR");
+                assert!(
+                    Instant::now() < deadline,
+                    "no stream once the database is back"
+                );
+            }
+        }
+    };
+
+    for (refused, after) in [(&first, first_after), (&resume, resume_after)] {
+        refused.assert_error(502, "UPSTREAM_ERROR");
+        assert_eq!(refused.body["error"]["message"], "Upstream service error");
+        assert!(refused.header("retry-after").is_none(), "{refused:?}");
+        // About DB_TIMEOUT (a few bounded waits at most), never the stream's hour.
+        assert!(after < DB_TIMEOUT * 10, "answered after {after:?}");
+    }
+    drop(reopened);
+}
+store_test!(
+    a_stream_opened_with_the_database_gone_is_a_502_envelope,
+    postgres_only
+);
+
+/// SIGTERM right after a cancel, while its hint still waits for the publisher's tick
+/// (`PUBLISH_INTERVAL_MS` of a second): the process sends it before it exits, so listeners of
+/// other processes hear of the change by their hint, not a poll later. Fails if the queued hints
+/// are not flushed at shutdown (the process would exit with the tick still ahead).
+async fn the_publishers_last_hint_is_flushed_at_sigterm(backend: Backend) {
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let scan = app.scan(&group, ScanStatus::Running).await;
+    let mut hints = sqlx::postgres::PgListener::connect(&app.db.url)
+        .await
+        .unwrap();
+    hints.listen("signal_scan_events").await.unwrap();
+    let mut server = ServerProcess::start(&[
+        ("DATABASE_URL", app.db.url.as_str()),
+        ("PUBLISH_INTERVAL_MS", "1000"),
+    ])
+    .await;
+
+    let cancel = server
+        .post(
+            &key,
+            &crate::helpers::cancel_path(group.as_str(), scan.as_str()),
+        )
+        .await;
+    server.terminate();
+    let exit = server.wait(SOON).await;
+    // The scan's creation (by the test's store) has a hint of its own: the cancel's is looked for.
+    let cancel_hinted = tokio::time::timeout(SOON, async {
+        loop {
+            let hint = hints.recv().await.unwrap();
+            let payload: serde_json::Value = serde_json::from_str(hint.payload()).unwrap();
+            let listed = payload["changes"].as_array().cloned().unwrap_or_default();
+            if listed
+                .iter()
+                .any(|change| change["scanId"] == scan.as_str() && change["to"] == "cancelled")
+            {
+                return payload;
+            }
+        }
+    })
+    .await;
+
+    assert_eq!(cancel.status, 200, "{cancel:?}");
+    assert!(exit.success(), "{exit:?}; logs: {:?}", server.logs());
+    assert!(
+        cancel_hinted.is_ok(),
+        "the cancel's hint was not sent before the exit"
+    );
+}
+store_test!(
+    the_publishers_last_hint_is_flushed_at_sigterm,
+    postgres_only
+);

@@ -1,0 +1,267 @@
+//! Opening a stream: its parameters and cursors, the order of its checks, the path it shares with
+//! the scan routes, and the per-key cap on open streams.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use signal_scans::domain::ids::ScanId;
+use signal_scans::domain::keys::{AccountGroupAccess, NewApiKey};
+use signal_scans::domain::scan::ScanStatus;
+use signal_scans::http::changes::StreamSettings;
+
+use super::*;
+use crate::helpers::sse::SseStream;
+use crate::helpers::{Backend, TestApp, group};
+use crate::store_test;
+
+async fn bad_parameters_and_cursors_are_400_naming_them(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let (reader, _) = read_key(&app, &group).await;
+    // (query, Last-Event-ID, what the details must name)
+    let cases: Vec<(String, Option<&str>, &str)> = vec![
+        ("?scanId=nope".into(), None, "scanId"),
+        ("?status=done".into(), None, "status"),
+        ("?status=CANCELLED".into(), None, "status"),
+        ("?after=garbage".into(), None, "after"),
+        ("?after=1-01".into(), None, "after"),
+        ("?after=1-1&after=1-2".into(), None, "after"),
+        ("".into(), Some("garbage"), "Last-Event-ID"),
+        // Well-formed, but ahead of everything the trail holds: no feed issued it.
+        (query_after("999999999999-1"), None, "after"),
+        ("".into(), Some("999999999999-1"), "Last-Event-ID"),
+    ];
+    for (query, last_event_id, named) in cases {
+        let mut request = stream_request(&app.url(&changes_path(&group, &query)), &reader);
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+
+        let details = refused(request).await.assert_error(400, "VALIDATION_ERROR");
+
+        assert!(
+            details.contains(named),
+            "{query} {last_event_id:?}: {details}"
+        );
+    }
+}
+store_test!(bad_parameters_and_cursors_are_400_naming_them);
+
+fn scan_filters(count: usize) -> String {
+    let filters: Vec<String> = (0..count)
+        .map(|_| format!("scanId={}", ScanId::generate()))
+        .collect();
+    format!("?{}", filters.join("&"))
+}
+
+/// The contract allows up to 100 `scanId` filters, so a runner can follow its 100 scans; the
+/// 101st is refused naming `scanId`.
+async fn a_hundred_scan_filters_open_a_stream_and_the_101st_is_400_naming_scan_id(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let (reader, _) = read_key(&app, &group).await;
+
+    let hundred = SseStream::open(stream_request(
+        &app.url(&changes_path(&group, &scan_filters(100))),
+        &reader,
+    ))
+    .await;
+    let hundred_and_one = refused(stream_request(
+        &app.url(&changes_path(&group, &scan_filters(101))),
+        &reader,
+    ))
+    .await;
+
+    if let Err(refused) = hundred {
+        panic!("100 scanId filters were refused: {refused:?}");
+    }
+    let details = hundred_and_one.assert_error(400, "VALIDATION_ERROR");
+    assert!(details.contains("scanId"), "{details}");
+}
+store_test!(a_hundred_scan_filters_open_a_stream_and_the_101st_is_400_naming_scan_id);
+
+/// As the list route does (`?colour=blue` names `colour`), so a client sees its own typo.
+async fn an_unknown_parameter_is_400_naming_it(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let (reader, _) = read_key(&app, &group).await;
+
+    let details = refused(stream_request(
+        &app.url(&changes_path(&group, "?colour=blue")),
+        &reader,
+    ))
+    .await
+    .assert_error(400, "VALIDATION_ERROR");
+
+    assert!(details.contains("colour"), "{details}");
+}
+store_test!(an_unknown_parameter_is_400_naming_it);
+
+/// 401 → 403 (permission) → 400 (path, parameters) → 403 (group) → 400 (unknown cursor): each
+/// row breaks every later rule too, and must answer with the earliest one, as the read routes do.
+async fn checks_run_in_the_read_routes_order(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (mine, theirs) = (group(), group());
+    let (reader, _) = read_key(&app, &mine).await;
+    let (powerless, _) = app
+        .key_with(&[], AccountGroupAccess::Only(vec![mine]), None)
+        .await;
+    let forged = query_after("999999999999-1");
+    let unknown_key = NewApiKey::generate().secret;
+    let path =
+        |group: &str, query: &str| format!("/v1/accounts/{group}/signals/scans/changes{query}");
+    let cases: [(Option<&str>, String, u16, &str, &str); 8] = [
+        (None, path("nope", "?scanId=nope"), 401, "UNAUTHORIZED", ""),
+        (
+            Some(&unknown_key),
+            path(mine.as_str(), ""),
+            401,
+            "UNAUTHORIZED",
+            "",
+        ),
+        (
+            Some(&powerless),
+            path("nope", "?scanId=nope"),
+            403,
+            "FORBIDDEN",
+            "signals:read or signals:write",
+        ),
+        (
+            Some(&reader),
+            path(theirs.as_str(), "?scanId=nope"),
+            400,
+            "VALIDATION_ERROR",
+            "scanId",
+        ),
+        (
+            Some(&reader),
+            path("nope", ""),
+            400,
+            "VALIDATION_ERROR",
+            "accountGroupId",
+        ),
+        (
+            Some(&reader),
+            path(theirs.as_str(), &forged),
+            403,
+            "FORBIDDEN",
+            "",
+        ),
+        (
+            Some(&reader),
+            path(theirs.as_str(), ""),
+            403,
+            "FORBIDDEN",
+            "",
+        ),
+        (
+            Some(&reader),
+            path(mine.as_str(), &forged),
+            400,
+            "VALIDATION_ERROR",
+            "after",
+        ),
+    ];
+    for (key, path, status, code, named) in cases {
+        let mut request = reqwest::Client::new().get(app.url(&path));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+
+        let response = refused(request).await;
+
+        let details = response.assert_error(status, code);
+        assert!(details.contains(named), "{path}: {details}");
+        // Every answer after authentication states the key's rate limit.
+        assert_eq!(
+            response.header("ratelimit").is_some(),
+            status != 401,
+            "{response:?}"
+        );
+    }
+}
+store_test!(checks_run_in_the_read_routes_order);
+
+async fn changes_is_a_stream_and_never_taken_for_a_scan_id(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let (reader, _) = read_key(&app, &group).await;
+    let writer = app.writer(&group).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let scans = format!("/v1/accounts/{group}/signals/scans");
+
+    follow(stream_request(
+        &app.url(&format!("{scans}/changes")),
+        &reader,
+    ))
+    .await;
+    let read = app.get(&reader, &format!("{scans}/{scan}")).await;
+    let events_of_changes = app.get(&reader, &format!("{scans}/changes/events")).await;
+    let cancel_of_changes = app.cancel(Some(&writer), group.as_str(), "changes").await;
+
+    assert_eq!(read.status, 200, "{read:?}");
+    assert_eq!(read.body["data"]["scanId"], Value::from(scan.as_str()));
+    for response in [events_of_changes, cancel_of_changes] {
+        let details = response.assert_error(400, "VALIDATION_ERROR");
+        assert!(details.contains("scanId"), "{details}");
+    }
+}
+store_test!(changes_is_a_stream_and_never_taken_for_a_scan_id);
+
+async fn a_key_past_its_stream_cap_is_429_until_one_closes(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        with_streams(StreamSettings {
+            // The server notices a closed stream when its next keep-alive cannot be written.
+            keepalive: Duration::from_millis(200),
+            max_per_key: 2,
+            max_age: Duration::from_secs(3600),
+        }),
+    )
+    .await;
+    let group = group();
+    let (reader, _) = read_key(&app, &group).await;
+    let (other_reader, _) = read_key(&app, &group).await;
+    let url = app.url(&changes_path(&group, ""));
+    let first = follow(stream_request(&url, &reader)).await;
+    // Refused requests hold no slot.
+    for _ in 0..3 {
+        refused(stream_request(
+            &app.url(&changes_path(&group, &query_after("999999999999-1"))),
+            &reader,
+        ))
+        .await
+        .assert_error(400, "VALIDATION_ERROR");
+    }
+    let _second = follow(stream_request(&url, &reader)).await;
+
+    let third = refused(stream_request(&url, &reader)).await;
+    let other_key = follow(stream_request(&url, &other_reader)).await;
+
+    third.assert_error(429, "RATE_LIMITED");
+    let retry_after: u64 = third
+        .header("retry-after")
+        .expect("a 429 says when to retry")
+        .parse()
+        .expect("Retry-After in seconds");
+    assert!(retry_after >= 1, "{retry_after}");
+    drop(other_key);
+    drop(first);
+    let deadline = Instant::now() + SOON;
+    loop {
+        match SseStream::open(stream_request(&url, &reader)).await {
+            Ok(_) => break,
+            Err(response) => {
+                response.assert_error(429, "RATE_LIMITED");
+                assert!(
+                    Instant::now() < deadline,
+                    "a slot was not given back within {SOON:?} of its stream closing"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+store_test!(a_key_past_its_stream_cap_is_429_until_one_closes);

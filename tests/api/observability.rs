@@ -1,0 +1,237 @@
+//! What operators see, read from the real binary (a process of its own, so its logs and metrics
+//! are this test's alone): structured logs that never carry a secret, each 5xx logged once with
+//! its trace id, and metrics that count exactly what was done.
+
+use signal_scans::domain::keys::NewApiKey;
+use signal_scans::domain::scan::ScanStatus;
+
+use crate::helpers::locks::WriteLock;
+use crate::helpers::process::ServerProcess;
+use crate::helpers::{ApiResponse, Backend, TestApp, cancel_path};
+use crate::store_test;
+
+/// `LOG_FORMAT=json`: one JSON object per line; each request's line carries its trace id,
+/// route, status and latency; and no log line, even at trace level, carries a key or the
+/// database password.
+async fn json_logs_carry_request_facts_and_never_a_secret(backend: Backend) {
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let wrong_key = NewApiKey::generate().secret;
+    // PostgreSQL here trusts local connections, so a password in the URL is accepted and unused.
+    let database_url = match backend {
+        Backend::Postgres => {
+            let mut url = url::Url::parse(&app.db.url).unwrap();
+            url.set_password(Some("hunter2-secret")).unwrap();
+            url.to_string()
+        }
+        Backend::Sqlite => app.db.url.clone(),
+    };
+    let server =
+        ServerProcess::start(&[("DATABASE_URL", &database_url), ("RUST_LOG", "trace")]).await;
+    let client = reqwest::Client::new();
+
+    let cancelled = server
+        .post(&key, &cancel_path(group.as_str(), scan.as_str()))
+        .await;
+    let refused = ApiResponse::from(
+        client
+            .post(server.url(&cancel_path(group.as_str(), scan.as_str())))
+            .header("x-api-key", &wrong_key)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    server
+        .until_logged(|event| {
+            event["message"] == "finished processing request"
+                && event["span"]["trace.id"] == refused.trace_id()
+        })
+        .await;
+    let logs = server.logs();
+
+    assert_eq!(cancelled.status, 200);
+    refused.assert_error(401, "UNAUTHORIZED");
+    let events: Vec<serde_json::Value> = logs
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let finished = events
+        .iter()
+        .find(|event| {
+            event["message"] == "finished processing request"
+                && event["span"]["trace.id"] == cancelled.trace_id()
+        })
+        .unwrap_or_else(|| panic!("no request line for {}: {logs:#?}", cancelled.trace_id()));
+    assert_eq!(
+        finished["span"]["http.route"],
+        "/v1/accounts/{accountGroupId}/signals/scans/{scanId}/cancel"
+    );
+    assert_eq!(finished["status"], 200);
+    assert!(
+        finished["latency"].is_string() || finished["latency"].is_number(),
+        "{finished}"
+    );
+    let everything = logs.join("\n");
+    for secret in [
+        key.as_str(),
+        &key[4..],
+        wrong_key.as_str(),
+        "hunter2-secret",
+    ] {
+        assert!(!everything.contains(secret), "a secret reached the logs");
+    }
+}
+store_test!(json_logs_carry_request_facts_and_never_a_secret);
+
+/// A 502 and a 500 are each logged exactly once (warn and error), on a line that carries the
+/// response's trace id and the cause. The real binary, so its logs are its own.
+async fn a_502_and_a_500_are_each_logged_once_with_the_trace_id(backend: Backend) {
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let scan = app.scan(&group, ScanStatus::Running).await;
+    let path = cancel_path(group.as_str(), scan.as_str());
+    let mut lock = WriteLock::hold(&app, &scan).await;
+    // The same stuck write: a short database timeout makes it a 502, a short request deadline
+    // (with a long database timeout) a 500.
+    let upstream =
+        ServerProcess::start(&[("DATABASE_URL", &app.db.url), ("DB_TIMEOUT_MS", "300")]).await;
+    let deadline = ServerProcess::start(&[
+        ("DATABASE_URL", &app.db.url),
+        ("DB_TIMEOUT_MS", "20000"),
+        ("REQUEST_TIMEOUT_MS", "300"),
+    ])
+    .await;
+    let client = reqwest::Client::new();
+    let send = |server: &ServerProcess| {
+        let request = client.post(server.url(&path)).bearer_auth(&key);
+        async move { ApiResponse::from(request.send().await.unwrap()).await }
+    };
+
+    let bad_gateway = send(&upstream).await;
+    let internal = send(&deadline).await;
+    lock.release().await;
+
+    bad_gateway.assert_error(502, "UPSTREAM_ERROR");
+    internal.assert_error(500, "INTERNAL_ERROR");
+    for (server, response, level) in [
+        (&upstream, &bad_gateway, "WARN"),
+        (&deadline, &internal, "ERROR"),
+    ] {
+        let trace_id = response.trace_id();
+        let of_this_request = |event: &serde_json::Value| event["span"]["trace.id"] == trace_id;
+        let events = server
+            .until_logged(|event| {
+                of_this_request(event) && event["message"] == "finished processing request"
+            })
+            .await;
+        let problems: Vec<&serde_json::Value> = events
+            .iter()
+            .filter(|event| of_this_request(event))
+            .filter(|event| event["level"] == "WARN" || event["level"] == "ERROR")
+            .collect();
+        assert_eq!(problems.len(), 1, "logged once: {problems:#?}");
+        assert_eq!(problems[0]["level"], level, "{problems:#?}");
+        assert!(
+            problems[0]["error.cause"]
+                .as_str()
+                .is_some_and(|c| !c.is_empty()),
+            "with its cause: {problems:#?}"
+        );
+    }
+    // Whether the abandoned write commits once the lock is gone is not this test's rule: a 5xx
+    // cancel may have happened, and a retry tells (README, "Troubleshoot").
+}
+store_test!(a_502_and_a_500_are_each_logged_once_with_the_trace_id);
+
+/// Counted by the real binary, a process of its own, so no other test's requests are in its
+/// figures: every counter moves by exactly what this test did.
+async fn metrics_count_requests_limits_pool_and_cancels(backend: Backend) {
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let scan = app.scan(&group, ScanStatus::Running).await;
+    let server = ServerProcess::start(&[
+        ("DATABASE_URL", &app.db.url),
+        ("RATE_LIMIT_PER_SECOND", "1"),
+        ("RATE_LIMIT_BURST", "1"),
+        ("AUTH_FAILURES_PER_MINUTE", "1"),
+    ])
+    .await;
+    let client = reqwest::Client::new();
+    let metrics = || async {
+        let response = client.get(server.url("/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain"),
+            "Prometheus text format"
+        );
+        response.text().await.unwrap()
+    };
+    let cancel = |key: String| {
+        let request = client
+            .post(server.url(&cancel_path(group.as_str(), scan.as_str())))
+            .bearer_auth(key);
+        async move { ApiResponse::from(request.send().await.unwrap()).await }
+    };
+    let before = metrics().await;
+
+    let moved = cancel(key.clone()).await;
+    // A burst of 1 at 1 a second: keep asking until limited, however slow the machine.
+    let mut again = Vec::new();
+    while again.last().is_none_or(|status| *status != 429) {
+        again.push(cancel(key.clone()).await.status.as_u16());
+        assert!(again.len() < 100, "never limited: {again:?}");
+    }
+    let guesses = [
+        cancel(NewApiKey::generate().secret).await,
+        cancel(NewApiKey::generate().secret).await,
+    ];
+    let after = metrics().await;
+
+    assert_eq!(moved.body["data"]["previousStatus"], "running");
+    assert_eq!(guesses[0].status, 401);
+    guesses[1].assert_error(429, "RATE_LIMITED");
+    let counted = |series: &str| {
+        crate::helpers::metrics::count(&after, series)
+            - crate::helpers::metrics::count(&before, series)
+    };
+    let mut statuses = vec![moved.status.as_u16()];
+    statuses.extend(&again);
+    statuses.extend(guesses.iter().map(|g| g.status.as_u16()));
+    let answered = |status: u16| statuses.iter().filter(|s| **s == status).count() as f64;
+    let route = "/v1/accounts/{accountGroupId}/signals/scans/{scanId}/cancel";
+    for status in [200, 401, 429] {
+        assert_eq!(
+            counted(&format!(
+                r#"http_requests_total{{route="{route}",method="POST",status="{status}"}}"#
+            )),
+            answered(status),
+            "{status} answers, in:\n{after}"
+        );
+    }
+    assert_eq!(counted(r#"rate_limited_total{limit="per_key"}"#), 1.0);
+    assert_eq!(counted(r#"rate_limited_total{limit="auth_failures"}"#), 1.0);
+    assert_eq!(
+        counted(r#"scan_cancels_total{previous_status="running"}"#),
+        1.0
+    );
+    assert_eq!(
+        counted(&format!(
+            r#"http_request_duration_seconds_count{{route="{route}",method="POST"}}"#
+        )),
+        answered(200) + answered(401) + answered(429)
+    );
+    assert_eq!(
+        crate::helpers::metrics::value(&after, r#"db_pool_connections{state="max"}"#),
+        Some(10.0)
+    );
+    assert!(
+        crate::helpers::metrics::value(&after, r#"db_pool_connections{state="in_use"}"#).is_some()
+    );
+    assert!(
+        !after.contains(scan.as_str()),
+        "no raw paths or ids as labels"
+    );
+}
+store_test!(metrics_count_requests_limits_pool_and_cancels);

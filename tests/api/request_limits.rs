@@ -1,0 +1,212 @@
+//! What one request may be: its target, headers and body within their limits, an answer by the
+//! request deadline, and a panicking handler that costs only its own request.
+
+use std::time::{Duration, Instant};
+
+use axum::routing::get;
+use signal_scans::domain::scan::ScanStatus;
+
+use crate::helpers::{ApiResponse, Backend, Settings, TestApp, cancel_path};
+use crate::store_test;
+
+async fn oversized_targets_headers_and_bodies_are_400_envelopes(backend: Backend) {
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let url = app.url(&cancel_path(group.as_str(), scan.as_str()));
+
+    let long_path = ApiResponse::from(
+        app.client
+            .post(app.url(&format!("/v1/accounts/{}/cancel", "a".repeat(5000))))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let big_header = ApiResponse::from(
+        app.client
+            .post(&url)
+            .bearer_auth(&key)
+            .header("x-padding", "p".repeat(20_000))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let big_body = ApiResponse::from(
+        app.client
+            .post(&url)
+            .bearer_auth(&key)
+            .body(vec![b'x'; 100_000])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+
+    assert!(
+        long_path
+            .assert_error(400, "VALIDATION_ERROR")
+            .contains("request target")
+    );
+    assert!(
+        big_header
+            .assert_error(400, "VALIDATION_ERROR")
+            .contains("headers")
+    );
+    assert!(
+        big_body
+            .assert_error(400, "VALIDATION_ERROR")
+            .contains("body")
+    );
+    assert_eq!(
+        app.status_of(&scan).await,
+        ScanStatus::Queued,
+        "nothing changed"
+    );
+}
+store_test!(oversized_targets_headers_and_bodies_are_400_envelopes);
+
+/// Sends `request` as raw bytes (so the test, not a client library, decides every header byte)
+/// and returns the status and the JSON body, after checking the envelope's shape.
+async fn send_raw(addr: std::net::SocketAddr, request: &[u8]) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let body: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("{answer}"));
+    assert_eq!(body["success"], status == 200, "{answer}");
+    assert!(body["traceId"].is_string(), "{answer}");
+    (status, body)
+}
+
+/// The limits are inclusive: exactly 2 KiB of target, 16 KiB of headers and 64 KiB of body are
+/// served; one byte more is a 400 naming the limit.
+async fn size_limits_accept_exactly_the_limit_and_refuse_one_byte_more(backend: Backend) {
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let path = cancel_path(group.as_str(), scan.as_str());
+    let host = format!("host: {}\r\n", app.addr);
+    let auth = format!("authorization: Bearer {key}\r\n");
+    // Header bytes as the service counts them: names and values, no separators.
+    let fixed_headers =
+        "host".len() + app.addr.to_string().len() + "connection".len() + "close".len();
+
+    let with_target = |length: usize| {
+        let padding = "a".repeat(length - "/healthz?pad=".len());
+        format!("GET /healthz?pad={padding} HTTP/1.1\r\n{host}connection: close\r\n\r\n")
+    };
+    let with_headers = |bytes: usize| {
+        let padding = "p".repeat(bytes - fixed_headers - "x-padding".len());
+        format!("GET /healthz HTTP/1.1\r\n{host}x-padding: {padding}\r\nconnection: close\r\n\r\n")
+    };
+    let with_body = |length: usize| {
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\n{host}{auth}content-length: {length}\r\nconnection: close\r\n\r\n"
+        )
+        .into_bytes();
+        request.resize(request.len() + length, b'x');
+        request
+    };
+
+    for (what, at_limit, over_limit, named) in [
+        (
+            "target",
+            with_target(2048).into_bytes(),
+            with_target(2049).into_bytes(),
+            "request target is 2049 bytes; the limit is 2048",
+        ),
+        (
+            "headers",
+            with_headers(16 * 1024).into_bytes(),
+            with_headers(16 * 1024 + 1).into_bytes(),
+            "headers are 16385 bytes; the limit is 16384",
+        ),
+        (
+            "body",
+            with_body(64 * 1024),
+            with_body(64 * 1024 + 1),
+            "request body is 65537 bytes",
+        ),
+    ] {
+        let (accepted, _) = send_raw(app.addr, &at_limit).await;
+        let (refused, body) = send_raw(app.addr, &over_limit).await;
+
+        assert_eq!(accepted, 200, "{what} exactly at the limit");
+        assert_eq!(refused, 400, "{what} one byte over");
+        assert_eq!(body["error"]["code"], "VALIDATION_ERROR");
+        let details = body["error"]["details"].as_str().unwrap();
+        assert!(details.starts_with(named), "{what}: {details}");
+    }
+    let events = app.store.scan_events(&scan).await.unwrap();
+    assert_eq!(
+        events.len(),
+        2,
+        "only the body-at-the-limit cancel changed anything"
+    );
+}
+store_test!(size_limits_accept_exactly_the_limit_and_refuse_one_byte_more);
+
+async fn a_stalled_request_answers_the_envelope_at_the_request_deadline(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        Settings {
+            http: signal_scans::http::HttpSettings {
+                request_timeout: Duration::from_millis(200),
+                ..Settings::default().http
+            },
+            extra_routes: axum::Router::new().route(
+                "/test/stall",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    ""
+                }),
+            ),
+            ..Settings::default()
+        },
+    )
+    .await;
+
+    let started = Instant::now();
+    let response =
+        ApiResponse::from(app.client.get(app.url("/test/stall")).send().await.unwrap()).await;
+    let waited = started.elapsed();
+
+    response.assert_error(500, "INTERNAL_ERROR");
+    // At the 200 ms deadline: not before it, and far from the 10 s default or the 60 s stall.
+    assert!(waited >= Duration::from_millis(200), "after {waited:?}");
+    assert!(waited < Duration::from_secs(3), "after {waited:?}");
+}
+store_test!(a_stalled_request_answers_the_envelope_at_the_request_deadline);
+
+async fn a_panicking_handler_is_a_500_envelope_and_the_process_keeps_serving(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        Settings {
+            extra_routes: axum::Router::new().route(
+                "/test/panic",
+                get(|| async {
+                    panic!("secret internal detail");
+                    #[allow(unreachable_code)]
+                    ""
+                }),
+            ),
+            ..Settings::default()
+        },
+    )
+    .await;
+
+    let response =
+        ApiResponse::from(app.client.get(app.url("/test/panic")).send().await.unwrap()).await;
+
+    response.assert_error(500, "INTERNAL_ERROR");
+    assert_eq!(response.body["error"]["message"], "Internal server error");
+    assert!(!response.body.to_string().contains("secret internal detail"));
+    let after = ApiResponse::from(app.client.get(app.url("/healthz")).send().await.unwrap()).await;
+    assert_eq!(after.status, 200);
+}
+store_test!(a_panicking_handler_is_a_500_envelope_and_the_process_keeps_serving);

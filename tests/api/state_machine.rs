@@ -1,0 +1,125 @@
+//! The scan state machine on each store: every move it allows applies (with its audit row and
+//! timestamps), every other is refused naming the current status, by the store, the service and
+//! the `scans transition` command.
+
+use signal_scans::domain::scan::{Actor, ScanStatus, Transition};
+use signal_scans::service::{ScanService, ServiceError};
+
+use crate::helpers::{Backend, RUNNER, TestApp, group};
+use crate::store_test;
+
+async fn every_move_the_state_machine_allows_applies_and_every_other_is_refused(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    for from in ScanStatus::ALL {
+        for to in ScanStatus::ALL {
+            let scan = app.scan(&group, from).await;
+
+            let outcome = app.store.transition(None, &scan, to, RUNNER).await.unwrap();
+
+            let events = app.store.scan_events(&scan).await.unwrap();
+            match outcome {
+                Transition::Applied {
+                    previous,
+                    scan: moved,
+                } => {
+                    assert!(from.can_move_to(to), "{from} -> {to} applied");
+                    assert_eq!(previous, from);
+                    assert_eq!(moved.status, to);
+                    assert_eq!(events.len(), 2, "{from} -> {to}: {events:?}");
+                    assert_eq!((events[1].from, events[1].to), (Some(from), to));
+                    assert_eq!(events[1].trace_id.as_deref(), Some("runner"));
+                    assert_eq!(
+                        moved.started_at.is_some(),
+                        to == ScanStatus::Running || from == ScanStatus::Running
+                    );
+                    assert_eq!(moved.finished_at.is_some(), to.is_final());
+                    assert_eq!(moved.cancelled_at.is_some(), to == ScanStatus::Cancelled);
+                }
+                Transition::Refused { scan: current } => {
+                    assert!(!from.can_move_to(to), "{from} -> {to} refused");
+                    assert_eq!(current.status, from);
+                    assert_eq!(events.len(), 1, "nothing written: {events:?}");
+                }
+                Transition::NotFound => panic!("{from} -> {to}: scan not found"),
+            }
+            assert_eq!(
+                app.status_of(&scan).await,
+                if from.can_move_to(to) { to } else { from }
+            );
+        }
+    }
+}
+store_test!(every_move_the_state_machine_allows_applies_and_every_other_is_refused);
+
+async fn a_refused_move_names_the_current_status(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let service = ScanService::new(app.store.clone());
+    let scan = app.scan(&group(), ScanStatus::Cancelled).await;
+
+    let refused = service.advance(&scan, ScanStatus::Completed, RUNNER).await;
+
+    match refused {
+        Err(ServiceError::InvalidTransition { current, requested }) => {
+            assert_eq!(
+                (current, requested),
+                (ScanStatus::Cancelled, ScanStatus::Completed)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+store_test!(a_refused_move_names_the_current_status);
+
+async fn a_late_completion_after_a_cancel_changes_nothing(backend: Backend) {
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let scan = app.scan(&group, ScanStatus::Running).await;
+    app.cancel_ok(&key, &group, &scan).await;
+
+    let late = app
+        .store
+        .transition(
+            None,
+            &scan,
+            ScanStatus::Completed,
+            Actor {
+                api_key_id: None,
+                trace_id: None,
+                reason: None,
+            },
+        )
+        .await
+        .unwrap();
+
+    assert!(
+        matches!(late, Transition::Refused { ref scan } if scan.status == ScanStatus::Cancelled)
+    );
+    assert_eq!(app.status_of(&scan).await, ScanStatus::Cancelled);
+}
+store_test!(a_late_completion_after_a_cancel_changes_nothing);
+
+async fn the_transition_command_refuses_a_final_scan_naming_its_status(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let scan = app.scan(&group(), ScanStatus::Queued).await;
+    let run = |to: &str| {
+        crate::helpers::child::signal_scans()
+            .args(["scans", "transition", scan.as_str(), "--to", to, "--json"])
+            .env("DATABASE_URL", &app.db.url)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+
+    let running = run("running");
+    let completed = run("completed");
+    let late = run("failed");
+
+    assert!(running.status.success(), "{running:?}");
+    let shown: serde_json::Value = serde_json::from_slice(&completed.stdout).unwrap();
+    assert_eq!(shown["status"], "completed");
+    assert!(!late.status.success());
+    let stderr = String::from_utf8(late.stderr).unwrap();
+    assert!(stderr.contains("completed"), "{stderr}");
+    assert_eq!(app.status_of(&scan).await, ScanStatus::Completed);
+}
+store_test!(the_transition_command_refuses_a_final_scan_naming_its_status);

@@ -1,0 +1,826 @@
+//! A tenant pays only for its own history: a replay of one account group's changes reads that
+//! group's audit rows alone, however long another group's history is (counted in rows and read
+//! from the statements' plans, never timed).
+
+use std::time::Duration;
+
+use serde_json::Value;
+use signal_scans::domain::feed::FeedCursor;
+use signal_scans::domain::ids::{AccountGroupId, ScanId};
+use signal_scans::domain::keys::{AccountGroupAccess, NewApiKey, Permission};
+use signal_scans::domain::scan::{Actor, ScanStatus, Transition};
+use signal_scans::service::feed::{FeedReader, Start};
+use signal_scans::store::statements::{POSTGRES_GROUP_FEED, SQLITE_GROUP_FEED};
+use signal_scans::store::{KeyToCreate, Store};
+use sqlx::{Connection, PgConnection, SqliteConnection};
+
+use crate::helpers::process::ServerProcess;
+use crate::helpers::sse::{SseEvent, SseStream};
+use crate::helpers::{ApiResponse, Backend, TestApp, TestDatabase, group, store_options};
+use crate::store_test;
+
+/// Long enough for anything that should happen promptly on a loaded 2-core machine.
+const SOON: Duration = Duration::from_secs(10);
+/// Another group's history: several of the feed's 1,000-row pages.
+const OTHER_HISTORY_SCANS: u32 = 2500;
+
+/// `scans` cancelled scans of `group` written straight into the database, each with its two audit
+/// rows (the creation and the cancel), as a long history looks; `days_ago` old.
+async fn write_history(
+    url: &str,
+    group: &AccountGroupId,
+    scans: u32,
+    days_ago: u32,
+    long_finished: bool,
+) {
+    match url.starts_with("postgres") {
+        true => {
+            let mut db = PgConnection::connect(url).await.unwrap();
+            sqlx::query(
+                "WITH made AS (
+                     INSERT INTO signal_scans
+                         (id, account_group_id, status, created_at, updated_at, finished_at,
+                          cancelled_at)
+                     SELECT substr(md5(g::text || random()::text), 1, 24), $1, 'cancelled',
+                            at, at, at, at
+                     FROM generate_series(1, $2) g,
+                          (SELECT now() - make_interval(days => $3) AS at) AS stamp
+                     RETURNING id, account_group_id, created_at
+                 )
+                 INSERT INTO signal_scan_events
+                     (scan_id, account_group_id, from_status, to_status, occurred_at, xid)
+                 SELECT id, account_group_id, m.from_status, m.to_status, created_at,
+                        -- With `long_finished`, written by a transaction finished long ago, below
+                        -- any that still runs in the cluster (other tests' included), as rows
+                        -- past their retention are in life; else by this one.
+                        CASE WHEN $4 THEN '3'::xid8 ELSE pg_current_xact_id() END
+                 FROM made, (VALUES (NULL, 'queued'), ('queued', 'cancelled'))
+                     AS m(from_status, to_status)",
+            )
+            .bind(group.as_str())
+            .bind(scans as i32)
+            .bind(days_ago as i32)
+            .bind(long_finished)
+            .execute(&mut db)
+            .await
+            .unwrap();
+            sqlx::query("ANALYZE signal_scan_events")
+                .execute(&mut db)
+                .await
+                .unwrap();
+        }
+        false => {
+            let mut db = SqliteConnection::connect(url).await.unwrap();
+            let at =
+                format!("strftime('%Y-%m-%dT%H:%M:%S', 'now', '-{days_ago} days') || '.000000Z'");
+            let scans_made = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "WITH RECURSIVE n(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM n WHERE g < ?2)
+                 INSERT INTO signal_scans
+                     (id, account_group_id, status, created_at, updated_at, finished_at,
+                      cancelled_at)
+                 SELECT lower(hex(randomblob(12))), ?1, 'cancelled', {at}, {at}, {at}, {at}
+                 FROM n"
+            )))
+            .bind(group.as_str())
+            .bind(scans)
+            .execute(&mut db)
+            .await
+            .unwrap();
+            assert_eq!(scans_made.rows_affected(), u64::from(scans));
+            sqlx::query(
+                "INSERT INTO signal_scan_events
+                     (scan_id, account_group_id, from_status, to_status, occurred_at)
+                 SELECT id, account_group_id, m.from_status, m.to_status, created_at
+                 FROM signal_scans,
+                      (SELECT NULL AS from_status, 'queued' AS to_status
+                       UNION ALL SELECT 'queued', 'cancelled') AS m
+                 WHERE account_group_id = ?1
+                   AND NOT EXISTS (SELECT 1 FROM signal_scan_events e WHERE e.scan_id = signal_scans.id)
+                 ORDER BY created_at, id",
+            )
+            .bind(group.as_str())
+            .execute(&mut db)
+            .await
+            .unwrap();
+            sqlx::query("ANALYZE").execute(&mut db).await.unwrap();
+        }
+    }
+}
+
+/// Cancels `count` fresh running scans of `group` through the API, in order.
+async fn cancel_fresh_scans(app: &TestApp, group: &AccountGroupId, count: usize) -> Vec<ScanId> {
+    let writer = app.writer(group).await;
+    let mut scans = Vec::with_capacity(count);
+    for _ in 0..count {
+        let scan = app.scan(group, ScanStatus::Running).await;
+        let cancel = app
+            .cancel(Some(&writer), group.as_str(), scan.as_str())
+            .await;
+        assert_eq!(cancel.status, 200, "{cancel:?}");
+        scans.push(scan);
+    }
+    scans
+}
+
+fn changes_url(app: &TestApp, group: &AccountGroupId, query: &str) -> String {
+    app.url(&format!(
+        "/v1/accounts/{group}/signals/scans/changes{query}"
+    ))
+}
+
+/// A stream of `group`'s changes that must be admitted, its opening `retry:` read.
+async fn follow(app: &TestApp, group: &AccountGroupId, query: &str) -> SseStream {
+    let (reader, _) = app
+        .key_with(
+            &[Permission::SignalsRead],
+            AccountGroupAccess::Only(vec![*group]),
+            None,
+        )
+        .await;
+    let request = reqwest::Client::new()
+        .get(changes_url(app, group, query))
+        .bearer_auth(reader);
+    let mut stream = SseStream::open(request)
+        .await
+        .unwrap_or_else(|refused| panic!("the stream was refused: {refused:?}"));
+    assert!(
+        stream.next_frame(SOON).await.is_some(),
+        "the opening retry:"
+    );
+    stream
+}
+
+fn scan_ids(events: &[SseEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|event| event.json()["scanId"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn strings(scans: &[ScanId]) -> Vec<String> {
+    scans.iter().map(ToString::to_string).collect()
+}
+
+/// Rows the statement that reads one group's feed touches in `group`'s table from the start of
+/// the trail, by its plan: on PostgreSQL the rows every scan of the audit table returned or
+/// filtered out (EXPLAIN ANALYZE); on SQLite, whose plans count nothing, the index and range it
+/// searches.
+async fn group_read_plan(app: &TestApp, group: &AccountGroupId) -> Result<u64, String> {
+    match app.db.url.starts_with("postgres") {
+        true => {
+            let mut db = PgConnection::connect(&app.db.url).await.unwrap();
+            let plan: Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "EXPLAIN (ANALYZE, FORMAT JSON) {POSTGRES_GROUP_FEED}"
+            )))
+            .bind("0")
+            .bind(0i64)
+            .bind(Vec::<String>::new())
+            .bind(Vec::<i64>::new())
+            .bind(1000i64)
+            .bind(group.as_str())
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+            Ok(rows_touched(&plan[0]["Plan"], "signal_scan_events"))
+        }
+        false => {
+            let mut db = SqliteConnection::connect(&app.db.url).await.unwrap();
+            let steps: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "EXPLAIN QUERY PLAN {SQLITE_GROUP_FEED}"
+            )))
+            .bind(0i64)
+            .bind(1000i64)
+            .bind(group.as_str())
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+            Err(steps
+                .into_iter()
+                .map(|(.., detail)| detail)
+                .collect::<Vec<_>>()
+                .join("; "))
+        }
+    }
+}
+
+/// The rows every scan node of `table` in a PostgreSQL plan produced or threw away.
+fn rows_touched(node: &Value, table: &str) -> u64 {
+    let count = |field: &str| node[field].as_f64().unwrap_or(0.0);
+    let own = match node["Relation Name"].as_str() == Some(table) {
+        true => {
+            count("Actual Rows") * count("Actual Loops").max(1.0)
+                + count("Rows Removed by Filter")
+                + count("Rows Removed by Index Recheck")
+        }
+        false => 0.0,
+    };
+    let below: u64 = node["Plans"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|child| rows_touched(child, table))
+        .sum();
+    own as u64 + below
+}
+
+/// A replay from the oldest cursor, beside another group's history of several pages: the stream's
+/// catch-up and `scans watch --account-group` read the group's own rows and nothing else, and the
+/// statement they run touches only those. Fails when the catch-up reads every group's rows and
+/// drops the others' in memory (as it did), or when the statement walks an index that holds the
+/// others' rows and filters them out.
+async fn a_replay_from_the_oldest_cursor_reads_only_its_own_groups_rows(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (mine, other) = (group(), group());
+    write_history(&app.db.url, &other, OTHER_HISTORY_SCANS, 0, false).await;
+    let cancelled = cancel_fresh_scans(&app, &mine, 3).await;
+    // Each scan of mine has two audit rows: its creation and its cancel.
+    let my_rows = 2 * cancelled.len() as u64;
+
+    let before = app.served_store.feed_rows_read();
+    let mut stream = follow(&app, &mine, "?after=0-0").await;
+    let mut replayed = Vec::new();
+    // Each scan's creation, then its cancel.
+    for _ in 0..my_rows {
+        replayed.push(stream.next_event(SOON).await);
+    }
+    stream.assert_no_event_for(Duration::from_millis(300)).await;
+    let after = app.served_store.feed_rows_read();
+
+    let watch_before = app.store.feed_rows_read();
+    let mut watch = FeedReader::open(
+        app.store.clone(),
+        Start::After(FeedCursor::default()),
+        Some(mine),
+        Duration::from_millis(100),
+    )
+    .await
+    .unwrap();
+    let mut watched = Vec::new();
+    for _ in 0..my_rows {
+        let event = tokio::time::timeout(SOON, watch.next()).await.unwrap();
+        watched.push(event.unwrap().change.scan_id.to_string());
+    }
+    let watch_after = app.store.feed_rows_read();
+    let plan = group_read_plan(&app, &mine).await;
+
+    let created_then_cancelled: Vec<String> = strings(&cancelled)
+        .into_iter()
+        .flat_map(|scan| [scan.clone(), scan])
+        .collect();
+    assert_eq!(scan_ids(&replayed), created_then_cancelled);
+    assert_eq!(watched, created_then_cancelled);
+    assert_eq!(
+        after.one_group - before.one_group,
+        my_rows,
+        "the stream's catch-up read {after:?} (from {before:?}); the group has {my_rows} rows"
+    );
+    assert!(
+        after.every_group - before.every_group < u64::from(OTHER_HISTORY_SCANS),
+        "the shared read replayed the history: {after:?} from {before:?}"
+    );
+    assert_eq!(
+        watch_after.one_group - watch_before.one_group,
+        my_rows,
+        "scans watch --account-group read {watch_after:?} (from {watch_before:?})"
+    );
+    assert_eq!(watch_after.every_group, watch_before.every_group);
+    match plan {
+        Ok(touched) => assert_eq!(touched, my_rows, "rows the group's read touched"),
+        Err(sqlite_plan) => assert!(
+            sqlite_plan.contains("signal_scan_events_group_feed (account_group_id=? AND id>?)"),
+            "{sqlite_plan}"
+        ),
+    }
+}
+store_test!(a_replay_from_the_oldest_cursor_reads_only_its_own_groups_rows);
+
+/// The audit rows of `group` in the database at `url`: (all, older than a day).
+async fn audit_rows(url: &str, group: &AccountGroupId) -> (i64, i64) {
+    match url.starts_with("postgres") {
+        true => {
+            let mut db = PgConnection::connect(url).await.unwrap();
+            sqlx::query_as(
+                "SELECT count(*), count(*) FILTER (WHERE occurred_at < now() - interval '1 day')
+                 FROM signal_scan_events WHERE account_group_id = $1",
+            )
+            .bind(group.as_str())
+            .fetch_one(&mut db)
+            .await
+            .unwrap()
+        }
+        false => {
+            let mut db = SqliteConnection::connect(url).await.unwrap();
+            sqlx::query_as(
+                "SELECT count(*),
+                        count(*) FILTER (WHERE occurred_at <
+                            strftime('%Y-%m-%dT%H:%M:%S', 'now', '-1 days') || '.000000Z')
+                 FROM signal_scan_events WHERE account_group_id = ?1",
+            )
+            .bind(group.as_str())
+            .fetch_one(&mut db)
+            .await
+            .unwrap()
+        }
+    }
+}
+
+/// A scan of `group` that has no audit row left.
+async fn scan_without_rows(url: &str, group: &AccountGroupId) -> String {
+    let query = "SELECT id FROM signal_scans s WHERE account_group_id = $1
+                 AND NOT EXISTS (SELECT 1 FROM signal_scan_events e WHERE e.scan_id = s.id)
+                 LIMIT 1";
+    match url.starts_with("postgres") {
+        true => {
+            let mut db = PgConnection::connect(url).await.unwrap();
+            sqlx::query_scalar(query)
+                .bind(group.as_str())
+                .fetch_one(&mut db)
+                .await
+                .unwrap()
+        }
+        false => {
+            let mut db = SqliteConnection::connect(url).await.unwrap();
+            sqlx::query_scalar(sqlx::AssertSqlSafe(query.replace("$1", "?1")))
+                .bind(group.as_str())
+                .fetch_one(&mut db)
+                .await
+                .unwrap()
+        }
+    }
+}
+
+/// A fresh, migrated database for a server process, and a store on it to arrange with.
+async fn database_for_process(backend: Backend) -> (TestDatabase, Store) {
+    let db = TestDatabase::create(backend).await;
+    let store = Store::connect(&store_options(&db.url, Duration::from_secs(10))).unwrap();
+    store.migrate().await.expect("migrations run");
+    (db, store)
+}
+
+/// A `signals:read` key on `groups`, made straight in `store`.
+async fn reader_in(store: &Store, groups: &[AccountGroupId]) -> String {
+    let new_key = NewApiKey::generate();
+    store
+        .create_key(&KeyToCreate {
+            name: "test key".into(),
+            hash: new_key.hash,
+            permissions: vec![Permission::SignalsRead],
+            access: AccountGroupAccess::Only(groups.to_vec()),
+            expires_at: None,
+        })
+        .await
+        .expect("create key");
+    new_key.secret
+}
+
+/// A change of `group` written by the store now (a scan made queued, moved to running): its scan.
+async fn fresh_change(store: &Store, group: &AccountGroupId) -> ScanId {
+    let scan = store.create_scan(group, ScanStatus::Queued).await.unwrap();
+    let moved = store
+        .transition(None, &scan.id, ScanStatus::Running, RUNNER)
+        .await
+        .unwrap();
+    assert!(matches!(moved, Transition::Applied { .. }), "{moved:?}");
+    scan.id
+}
+
+const RUNNER: Actor<'static> = Actor {
+    api_key_id: None,
+    trace_id: Some("runner"),
+    reason: None,
+};
+
+/// The real binary with `AUDIT_RETENTION_DAYS=1` over a trail whose oldest rows are ten days old:
+/// its sweep deletes them, and only them, and a cursor of a group from before its deleted rows
+/// answers 410 `CURSOR_EXPIRED`, while a group that lost nothing replays from the oldest cursor and
+/// a cursor after the deleted rows resumes. Fails if the setting is ignored, if young rows are
+/// deleted, or if an expired cursor is served (it would skip the deleted changes silently).
+async fn retention_deletes_old_rows_and_a_cursor_from_before_them_answers_410(backend: Backend) {
+    let (db, store) = database_for_process(backend).await;
+    let (aged, young) = (group(), group());
+    write_history(&db.url, &aged, 600, 10, true).await;
+    fresh_change(&store, &aged).await;
+    let young_change = fresh_change(&store, &young).await;
+    let reader = reader_in(&store, &[aged, young]).await;
+    // A sweep deletes a bounded batch and no more.
+    let cutoff = time::OffsetDateTime::now_utc() - Duration::from_secs(24 * 3600);
+    let first_batch = store.trim_audit(cutoff, 100).await.unwrap();
+
+    let server = ServerProcess::start(&[
+        ("DATABASE_URL", db.url.as_str()),
+        ("AUDIT_RETENTION_DAYS", "1"),
+    ])
+    .await;
+    let deadline = tokio::time::Instant::now() + SOON;
+    while audit_rows(&db.url, &aged).await.1 > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (aged_rows, aged_old_rows) = audit_rows(&db.url, &aged).await;
+    let (young_rows, _) = audit_rows(&db.url, &young).await;
+    let stream = |group: &AccountGroupId, cursor: Option<&str>| {
+        let mut request = reqwest::Client::new()
+            .get(server.url(&format!("/v1/accounts/{group}/signals/scans/changes")))
+            .bearer_auth(&reader);
+        if let Some(cursor) = cursor {
+            request = request.header("Last-Event-ID", cursor);
+        }
+        SseStream::open(request)
+    };
+    let expired = stream(&aged, Some("0-0")).await.unwrap_err();
+    let mut young_replay = stream(&young, Some("0-0")).await.unwrap();
+    young_replay.next_frame(SOON).await;
+    let young_replayed = young_replay.next_event(SOON).await;
+    // A cursor at the group's kept change: after everything deleted.
+    // Its move, not its creation: the creation's cursor may still name the move's transaction as
+    // running, below the mark of rows this test backdated (written by recent transactions), which
+    // the check counts as possibly deleted.
+    let mut now = stream(&aged, None).await.unwrap().moves_only();
+    now.next_frame(SOON).await;
+    // Made by another process: the server hears of it by its poll.
+    let later = fresh_change(&store, &aged).await;
+    let live = now.next_event(SOON).await;
+    let resumed = stream(&aged, live.id.as_deref()).await;
+    let emptied = ApiResponse::from(
+        reqwest::Client::new()
+            .get(server.url(&format!(
+                "/v1/accounts/{aged}/signals/scans/{}/events",
+                scan_without_rows(&db.url, &aged).await
+            )))
+            .bearer_auth(&reader)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+
+    assert_eq!(first_batch, 100, "one delete removes one batch");
+    assert_eq!(aged_old_rows, 0, "rows older than a day are deleted");
+    // The kept scan's creation and its move.
+    assert_eq!(aged_rows, 2, "young rows of the aged group are kept");
+    assert_eq!(young_rows, 2, "the young group keeps every row");
+    let details = expired.assert_error(410, "CURSOR_EXPIRED");
+    assert!(details.contains("without a cursor"), "{details}");
+    assert_eq!(young_replayed.json()["scanId"], young_change.as_str());
+    assert_eq!(live.json()["scanId"], later.as_str());
+    assert!(
+        resumed.is_ok(),
+        "a cursor after the deleted rows resumes: {resumed:?}"
+    );
+    assert_eq!(emptied.status, 200, "{emptied:?}");
+    assert_eq!(emptied.body["data"]["events"], serde_json::json!([]));
+}
+store_test!(retention_deletes_old_rows_and_a_cursor_from_before_them_answers_410);
+
+/// What the sweep deletes is always the head of the trail: it stops at the first row younger than
+/// the cutoff, so old rows behind a young one wait, and each group's mark says exactly what is
+/// gone. Fails if old rows are deleted past a young one (a cursor between them would be served
+/// and skip them).
+async fn the_retention_delete_stops_at_the_first_younger_row(backend: Backend) {
+    let (db, store) = database_for_process(backend).await;
+    let (first, second) = (group(), group());
+    write_history(&db.url, &first, 20, 10, false).await;
+    fresh_change(&store, &first).await;
+    write_history(&db.url, &second, 20, 10, false).await;
+    let cutoff = time::OffsetDateTime::now_utc() - Duration::from_secs(24 * 3600);
+
+    let deleted = store.trim_audit(cutoff, 1000).await.unwrap();
+    let again = store.trim_audit(cutoff, 1000).await.unwrap();
+
+    assert_eq!(deleted, 40, "the first group's 20 old scans, two rows each");
+    assert_eq!(again, 0, "the young row holds the rest back");
+    assert_eq!(audit_rows(&db.url, &first).await, (2, 0));
+    assert_eq!(audit_rows(&db.url, &second).await, (40, 40));
+    assert!(store.trimmed_mark(&first).await.unwrap().is_some());
+    assert_eq!(store.trimmed_mark(&second).await.unwrap(), None);
+}
+store_test!(the_retention_delete_stops_at_the_first_younger_row);
+
+/// `GET path` with `key`: (status, headers, body as text).
+async fn raw_get(
+    app: &TestApp,
+    key: &str,
+    path: &str,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let response = app
+        .client
+        .get(app.url(path))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("request is answered");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, response.text().await.unwrap())
+}
+
+/// A 400's `details` names each problem once and stays small whatever the input: thousands of
+/// copies of one unknown parameter, a thousand distinct ones, a hundred malformed scan ids, a name
+/// as long as the request target allows. Fails when a problem is repeated per occurrence (a 4-KB
+/// request once answered 146 KB) or a name is echoed whole.
+async fn a_400_names_each_problem_once_and_stays_small_whatever_the_input(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let (reader, _) = app
+        .key_with(
+            &[Permission::SignalsRead],
+            AccountGroupAccess::Only(vec![group]),
+            None,
+        )
+        .await;
+    let changes = format!("/v1/accounts/{group}/signals/scans/changes?");
+    // Each within the change stream's 4-KiB request target.
+    let repeated = format!("{changes}{}", "a&".repeat(1900));
+    let distinct: Vec<String> = (0..800).map(|n| format!("p{n}")).collect();
+    let distinct = format!("{changes}{}", distinct.join("&"));
+    let bad_ids = format!("{changes}{}", "scanId=nope&".repeat(100));
+    let long_name = format!("/v1/accounts/{group}/signals/scans?{}=1", "x".repeat(1900));
+
+    let mut answers = Vec::new();
+    for path in [&repeated, &distinct, &bad_ids, &long_name] {
+        assert!(path.len() > 1000, "the request is large: {}", path.len());
+        answers.push(raw_get(&app, &reader, path).await);
+    }
+
+    for (status, _, body) in &answers {
+        assert_eq!(*status, 400, "{body}");
+        assert!(body.len() < 2048, "{} bytes: {}", body.len(), &body[..200]);
+    }
+    let details = |index: usize| -> String {
+        let body: Value = serde_json::from_str(&answers[index].2).unwrap();
+        body["error"]["details"].as_str().unwrap().to_owned()
+    };
+    let repeated = details(0);
+    assert_eq!(repeated.matches("`a`").count(), 1, "{repeated}");
+    assert!(repeated.contains("1900 in all"), "{repeated}");
+    let distinct = details(1);
+    assert!(
+        distinct.contains("800 in all") && distinct.contains("`p0`"),
+        "{distinct}"
+    );
+    let bad_ids = details(2);
+    assert_eq!(bad_ids.matches("scanId").count(), 1, "{bad_ids}");
+    let long_name = details(3);
+    assert!(long_name.len() <= 1024, "{} bytes", long_name.len());
+}
+store_test!(a_400_names_each_problem_once_and_stays_small_whatever_the_input);
+
+/// Every answer carries `X-Content-Type-Options: nosniff`: successes, errors from every layer
+/// (limits, routing, authentication, handlers), the documents and the change stream.
+async fn every_response_carries_nosniff(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let writer = app.writer(&group).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let scans = format!("/v1/accounts/{group}/signals/scans");
+    let paths = [
+        (writer.as_str(), format!("{scans}/{scan}"), 200),
+        (writer.as_str(), format!("{scans}/{scan}/events"), 200),
+        (writer.as_str(), format!("{scans}/nope"), 400),
+        ("ssk_not_a_key", format!("{scans}/{scan}"), 401),
+        (writer.as_str(), "/no/such/route".to_owned(), 404),
+        (writer.as_str(), format!("/{}", "x".repeat(3000)), 400),
+        (writer.as_str(), "/healthz".to_owned(), 200),
+        (writer.as_str(), "/metrics".to_owned(), 200),
+        (writer.as_str(), "/openapi.json".to_owned(), 200),
+        (writer.as_str(), "/docs/".to_owned(), 200),
+    ];
+    let mut seen = Vec::new();
+    for (key, path, status) in &paths {
+        let (answered, headers, _) = raw_get(&app, key, path).await;
+        assert_eq!(answered, *status, "{path}");
+        seen.push((path.clone(), headers.get("x-content-type-options").cloned()));
+    }
+    let cancel = app
+        .client
+        .put(app.url(&format!("{scans}/{scan}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    seen.push((
+        "PUT cancel (405)".into(),
+        cancel.headers().get("x-content-type-options").cloned(),
+    ));
+    let stream = app
+        .client
+        .get(app.url(&format!("{scans}/changes")))
+        .bearer_auth(&writer)
+        .send()
+        .await
+        .unwrap();
+    seen.push((
+        "the change stream".into(),
+        stream.headers().get("x-content-type-options").cloned(),
+    ));
+
+    for (what, header) in seen {
+        assert_eq!(
+            header.as_ref().map(|value| value.to_str().unwrap()),
+            Some("nosniff"),
+            "{what}"
+        );
+    }
+}
+store_test!(every_response_carries_nosniff);
+
+/// The migrations before the one that adds the group column, copied into a folder of their own.
+async fn migrations_before_the_group_column(backend: Backend) -> sqlx::migrate::Migrator {
+    let (store, first_new) = match backend {
+        Backend::Postgres => ("postgres", 4),
+        Backend::Sqlite => ("sqlite", 3),
+    };
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(store);
+    let folder = std::env::temp_dir().join(format!(
+        "signal-scans-before-group-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&folder).unwrap();
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        let version: u32 = name.split('_').next().unwrap().parse().unwrap();
+        if version < first_new {
+            std::fs::copy(&path, folder.join(&name)).unwrap();
+        }
+    }
+    let migrator = sqlx::migrate::Migrator::new(folder.as_path())
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&folder);
+    migrator
+}
+
+/// Every audit row as (id, xid, group), in id order.
+async fn positions_and_groups(url: &str) -> Vec<(i64, String, Option<String>)> {
+    match url.starts_with("postgres") {
+        true => {
+            let mut db = PgConnection::connect(url).await.unwrap();
+            sqlx::query_as(
+                "SELECT id, xid::text, to_jsonb(e) ->> 'account_group_id'
+                 FROM signal_scan_events e ORDER BY id",
+            )
+            .fetch_all(&mut db)
+            .await
+            .unwrap()
+        }
+        false => {
+            let mut db = SqliteConnection::connect(url).await.unwrap();
+            let has_group: bool = sqlx::query_scalar(
+                "SELECT count(*) > 0 FROM pragma_table_info('signal_scan_events')
+                 WHERE name = 'account_group_id'",
+            )
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+            let group = if has_group {
+                "account_group_id"
+            } else {
+                "NULL"
+            };
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT id, '0', {group} FROM signal_scan_events ORDER BY id"
+            )))
+            .fetch_all(&mut db)
+            .await
+            .unwrap()
+        }
+    }
+}
+
+async fn execute(url: &str, sql: String) {
+    match url.starts_with("postgres") {
+        true => {
+            let mut db = PgConnection::connect(url).await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut db)
+                .await
+                .unwrap();
+        }
+        false => {
+            let mut db = SqliteConnection::connect(url).await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut db)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// A database made by the migrations before the group column, with rows of two groups, upgraded
+/// by the service's own migrate: every old row gets its scan's group and keeps its position (so
+/// every cursor stays exact), a writer that does not know the column (an old replica during a
+/// rolling upgrade) still files its rows under the right group, and a reader of one group from the
+/// start replays that group's old changes. Fails if an earlier migration was edited, if the
+/// backfill misses rows or moves them, or if the trigger is missing.
+async fn the_group_migration_fills_old_rows_and_keeps_their_positions(backend: Backend) {
+    let db = TestDatabase::create(backend).await;
+    let before = migrations_before_the_group_column(backend).await;
+    match backend {
+        Backend::Postgres => {
+            let mut old = PgConnection::connect(&db.url).await.unwrap();
+            before.run(&mut old).await.unwrap();
+        }
+        Backend::Sqlite => {
+            let options: sqlx::sqlite::SqliteConnectOptions = db.url.parse().unwrap();
+            std::fs::create_dir_all(options.get_filename().parent().unwrap()).unwrap();
+            let mut old = SqliteConnection::connect_with(&options.create_if_missing(true))
+                .await
+                .unwrap();
+            before.run(&mut old).await.unwrap();
+        }
+    }
+    let (a, b) = (group(), group());
+    let (a1, a2, b1) = (ScanId::generate(), ScanId::generate(), ScanId::generate());
+    let now = match backend {
+        Backend::Postgres => "now()",
+        Backend::Sqlite => "'2026-12-01T10:00:00.000000Z'",
+    };
+    let old_rows = |statement: &str| {
+        format!(
+            "INSERT INTO signal_scans (id, account_group_id, status, created_at, updated_at)
+             VALUES ('{a1}', '{a}', 'running', {now}, {now}), ('{a2}', '{a}', 'queued', {now}, {now}),
+                    ('{b1}', '{b}', 'running', {now}, {now});
+             {statement}"
+        )
+    };
+    let events = |rows: &[(&ScanId, &str, &str)]| {
+        let values: Vec<String> = rows
+            .iter()
+            .map(|(scan, from, to)| format!("('{scan}', {from}, '{to}', {now})"))
+            .collect();
+        format!(
+            "INSERT INTO signal_scan_events (scan_id, from_status, to_status, occurred_at)
+             VALUES {};",
+            values.join(", ")
+        )
+    };
+    execute(
+        &db.url,
+        old_rows(&events(&[
+            (&a1, "NULL", "queued"),
+            (&b1, "NULL", "queued"),
+            (&a1, "'queued'", "running"),
+            (&a2, "NULL", "queued"),
+            (&b1, "'queued'", "running"),
+        ])),
+    )
+    .await;
+    let old_positions = positions_and_groups(&db.url).await;
+
+    let store = Store::connect(&store_options(&db.url, Duration::from_secs(10))).unwrap();
+    store
+        .migrate()
+        .await
+        .expect("the group column applies over old rows");
+    let migrated = positions_and_groups(&db.url).await;
+    // A writer from before the column: its row names no group.
+    execute(&db.url, events(&[(&a2, "'queued'", "cancelled")])).await;
+    let written_without = positions_and_groups(&db.url).await;
+    let mut reader = FeedReader::open(
+        store.clone(),
+        Start::After(FeedCursor::default()),
+        Some(a),
+        Duration::from_millis(100),
+    )
+    .await
+    .unwrap();
+    let mut replayed = Vec::new();
+    for _ in 0..4 {
+        let event = tokio::time::timeout(SOON, reader.next())
+            .await
+            .expect("the group's old changes are replayed")
+            .unwrap();
+        replayed.push((event.change.scan_id, event.change.from, event.change.to));
+    }
+
+    let groups = |rows: &[(i64, String, Option<String>)]| -> Vec<Option<String>> {
+        rows.iter().map(|(.., group)| group.clone()).collect()
+    };
+    let positions = |rows: &[(i64, String, Option<String>)]| -> Vec<(i64, String)> {
+        rows.iter().map(|(id, xid, _)| (*id, xid.clone())).collect()
+    };
+    let (a, b) = (Some(a.to_string()), Some(b.to_string()));
+    assert_eq!(groups(&old_positions), [None, None, None, None, None]);
+    assert_eq!(
+        positions(&migrated),
+        positions(&old_positions),
+        "positions are kept"
+    );
+    assert_eq!(
+        groups(&migrated),
+        [a.clone(), b.clone(), a.clone(), a.clone(), b.clone()]
+    );
+    assert_eq!(written_without.last().unwrap().2, a, "the trigger files it");
+    use ScanStatus::{Cancelled, Queued, Running};
+    assert_eq!(
+        replayed,
+        [
+            (a1, None, Queued),
+            (a1, Some(Queued), Running),
+            (a2, None, Queued),
+            (a2, Some(Queued), Cancelled)
+        ]
+    );
+}
+store_test!(the_group_migration_fills_old_rows_and_keeps_their_positions);
