@@ -529,7 +529,7 @@ def run_wrk(base_url: str, key: str, group: str, first: int, count: int, seconds
                BENCH_THREADS=str(threads), BENCH_LATENCY_OUT=str(out))
     if rate:
         env["BENCH_RATE"] = str(rate)
-    result = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
+    result = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency",
                              "-s", BENCH / "cancel.lua", base_url], env=env, capture_output=True, text=True)
     Path(f"{out}.wrk").write_text(result.stdout + result.stderr)
     if result.returncode != 0:

@@ -8,6 +8,7 @@ load that nobody watches through /metrics? See bench/README.md.
     bench/soak.py --smoke              30 s a store, samples every 5 s (CI's check that it still works)
     bench/soak.py --update-docs        also rewrite the soak section of BENCHMARKS.md and bench/soak.svg
     bench/soak.py --binary PATH        soak another build of the service (an older commit, say)
+    bench/soak.py --rate 750           cancel at this rate instead of half the measured capacity
 
 For each store, on a service started afresh:
   1. capacity: a short unpaced run of cancels (32 connections, as bench/run.py's) on a service of its own;
@@ -189,7 +190,7 @@ def db_connections(store: Store, pid: int) -> int:
 
 
 def soak_store(kind: str, service_bin: Path, stream_client_bin: Path, seconds: float, sample_every: float,
-               capacity_seconds: float, work: Path) -> dict:
+               capacity_seconds: float, work: Path, rate: float | None = None) -> dict:
     log(f"({kind}) a fresh database")
     if kind == "postgres":
         pg = Postgres(os.environ.get("BENCH_SOAK_DB", "signal_scans_soak"))
@@ -200,14 +201,14 @@ def soak_store(kind: str, service_bin: Path, stream_client_bin: Path, seconds: f
     else:
         store = Store("sqlite", sqlite_file=work / "soak.db")
     try:
-        return soak_on(store, service_bin, stream_client_bin, seconds, sample_every, capacity_seconds, work)
+        return soak_on(store, service_bin, stream_client_bin, seconds, sample_every, capacity_seconds, work, rate)
     finally:
         if store.pg:
             store.pg.drop()
 
 
 def soak_on(store: Store, service_bin: Path, stream_client_bin: Path, seconds: float, sample_every: float,
-            capacity_seconds: float, work: Path) -> dict:
+            capacity_seconds: float, work: Path, rate: float | None) -> dict:
     kind = store.kind
     migrate(service_bin, store.url)
     write_key = create_key(service_bin, store.url, "soak", "--permission", "signals:write",
@@ -233,8 +234,9 @@ def soak_on(store: Store, service_bin: Path, stream_client_bin: Path, seconds: f
         server.stop()
     if capacity.ok == 0 or capacity.beyond_range:
         raise Failed(f"({kind}) the capacity run got {capacity.ok} 2xx answers, {capacity.beyond_range} past its range")
-    target = round(capacity.rate / 2)
-    log(f"({kind}) capacity {capacity.rate}/s at {CONNECTIONS_CAPACITY} connections: the soak cancels at {target}/s")
+    target = round(rate or capacity.rate / 2)
+    log(f"({kind}) capacity {capacity.rate}/s at {CONNECTIONS_CAPACITY} connections: the soak cancels at {target}/s"
+        + (" (--rate)" if rate else ""))
 
     # 2. The soak's scans: enough for the paced rate with room to spare; the filtered streams each follow
     # three scans spread over the part of the range the soak will reach.
@@ -277,8 +279,14 @@ def soak_on(store: Store, service_bin: Path, stream_client_bin: Path, seconds: f
             # On the schedule, and once more at the end unless the last sample was just taken.
             last_due = not wrk.is_alive() and (not samples or now - start - samples[-1].t >= sample_every / 2)
             if now >= next_sample or last_due:
+                try:
+                    connections, changes = db_connections(store, server.pid), store.changes(soak_first, count)
+                except Failed as error:
+                    # The database is shared (a full server refuses our psql): the memory sample still counts.
+                    note(f"({kind}) no database figures for this sample: {error}")
+                    connections = changes = -1
                 sample = Sample(round(now - start, 1), status_kb(server.pid, "VmRSS"), len(open_fds(server.pid)),
-                                db_connections(store, server.pid), store.changes(soak_first, count))
+                                connections, changes)
                 samples.append(sample)
                 note(f"({kind}) t={sample.t:>5.0f}s RSS {sample.rss_kb / 1024:.1f} MB, {sample.fds} fds, "
                      f"{sample.db_connections} database connections, {sample.changes} changes")
@@ -419,6 +427,8 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="short, for CI: the memory rule is reported, not enforced")
     parser.add_argument("--update-docs", action="store_true", help="rewrite BENCHMARKS.md's soak section and bench/soak.svg")
     parser.add_argument("--binary", type=Path, help="the service binary to soak instead of building one")
+    parser.add_argument("--rate", type=float, help="cancels a second instead of half the measured capacity "
+                        "(to compare two builds at one rate on a machine whose speed moves)")
     args = parser.parse_args()
     seconds = args.seconds or (30 if args.smoke else 300)
     sample_every = args.sample_every or (5 if args.smoke else 15)
@@ -437,7 +447,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="signal-scans-soak.") as work:
         for kind in stores:
             result = soak_store(kind, service_bin, stream_client_bin, seconds, sample_every,
-                                2 if args.smoke else 5, Path(work))
+                                2 if args.smoke else 5, Path(work), args.rate)
             if args.smoke and not result["rss"]["flat"]:
                 note(f"({kind}) smoke: resident memory grew ({result['rss']}); a 30-s soak cannot tell a slope "
                      "from the start-up climb, so this is reported, not failed")

@@ -35,6 +35,16 @@ pub async fn follow_database(
         None => Start::Now,
     };
     let store = existing_store(database).await?;
+    // As the HTTP stream answers 410: resuming from before deleted changes would skip them.
+    if let (Start::After(cursor), Some(group)) = (&start, &group)
+        && let Some(mark) = store.trimmed_mark(group).await?
+        && cursor.reaches_below(mark)
+    {
+        bail!(
+            "the changes after --after are no longer kept (AUDIT_RETENTION_DAYS): watch without \
+             --after, then re-read the current state of your scans"
+        );
+    }
     let mut feed = FeedReader::open(store, start, group, poll).await?;
     tracing::info!("watching for status changes");
     loop {

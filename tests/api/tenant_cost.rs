@@ -824,3 +824,46 @@ async fn the_group_migration_fills_old_rows_and_keeps_their_positions(backend: B
     );
 }
 store_test!(the_group_migration_fills_old_rows_and_keeps_their_positions);
+
+/// `scans watch --account-group --after` on the database refuses a cursor from before the group's
+/// deleted changes, as the stream answers 410, instead of skipping them silently; a cursor after
+/// them is followed. Fails if the watch starts from an expired cursor.
+async fn scans_watch_refuses_a_cursor_from_before_deleted_changes(backend: Backend) {
+    let (db, store) = database_for_process(backend).await;
+    let aged = group();
+    write_history(&db.url, &aged, 10, 10, true).await;
+    let cutoff = time::OffsetDateTime::now_utc() - Duration::from_secs(24 * 3600);
+    assert_eq!(store.trim_audit(cutoff, 1000).await.unwrap(), 20);
+    let watch = |after: &str| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_signal-scans"))
+            .args([
+                "scans",
+                "watch",
+                "--account-group",
+                aged.as_str(),
+                "--after",
+                after,
+            ])
+            .env("DATABASE_URL", &db.url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .output()
+    };
+
+    let expired = tokio::time::timeout(SOON, watch("0-0"))
+        .await
+        .expect("the watch refuses at once")
+        .unwrap();
+    let head = store.feed_head().await.unwrap().to_string();
+    let current = tokio::time::timeout(Duration::from_secs(2), watch(&head)).await;
+
+    let stderr = String::from_utf8_lossy(&expired.stderr);
+    assert!(!expired.status.success(), "{stderr}");
+    assert!(stderr.contains("no longer kept"), "{stderr}");
+    assert!(
+        current.is_err(),
+        "a cursor after the deleted rows is followed: {current:?}"
+    );
+}
+store_test!(scans_watch_refuses_a_cursor_from_before_deleted_changes);
