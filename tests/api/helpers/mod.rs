@@ -213,6 +213,8 @@ pub struct Settings {
     pub key_cache_ttl: Duration,
     /// How often followers of changes read the trail without a hint (`FEED_POLL_MS`).
     pub feed_poll: Duration,
+    /// The least time between the change hub's reads while changes keep coming.
+    pub stream_batch: Duration,
 }
 
 impl Default for Settings {
@@ -233,6 +235,7 @@ impl Default for Settings {
             through_proxy: false,
             key_cache_ttl: Duration::from_millis(1000),
             feed_poll: Duration::from_secs(1),
+            stream_batch: Duration::from_millis(50),
         }
     }
 }
@@ -257,6 +260,11 @@ impl Settings {
     /// The app with these settings: `Settings::default().with_…(…).spawn(backend)`.
     pub async fn spawn(self, backend: Backend) -> TestApp {
         TestApp::spawn_with(backend, self).await
+    }
+
+    pub fn with_stream_batch(mut self, batch: Duration) -> Self {
+        self.stream_batch = batch;
+        self
     }
 
     pub fn with_feed_poll(mut self, poll: Duration) -> Self {
@@ -350,6 +358,7 @@ impl TestApp {
         options.max_connections = settings.db_max_connections;
         let mut app_settings = app_settings(options, settings.key_cache_ttl, settings.http);
         app_settings.feed_poll = settings.feed_poll;
+        app_settings.stream_batch = settings.stream_batch;
         let application = Application::build_with_routes(app_settings, settings.extra_routes)
             .await
             .expect("the application starts on a fresh database");
