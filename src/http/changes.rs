@@ -290,9 +290,9 @@ impl UnknownNames {
     responses(
         (status = 200, description = "A stream of `scan.status_changed` events; each `data` is a ScanStatusChanged.",
             content_type = "text/event-stream", body = crate::http::openapi::responses::ChangeEvent),
-        (status = 400, response = crate::http::openapi::responses::BadRequest),
+        (status = 400, response = crate::http::openapi::responses::BadStreamRequest),
         (status = 401, response = crate::http::openapi::responses::Unauthorized),
-        (status = 403, response = crate::http::openapi::responses::Forbidden),
+        (status = 403, response = crate::http::openapi::responses::ReadForbidden),
         (status = 410, response = crate::http::openapi::responses::CursorExpired),
         (status = 429, response = crate::http::openapi::responses::RateLimited),
         (status = 500, response = crate::http::openapi::responses::InternalError),

@@ -35,7 +35,7 @@ pub fn routes<S: Clone + Send + Sync + 'static>(enabled: bool) -> Router<S> {
         return Router::new();
     }
     Router::new()
-        .route("/", get(|| async { Redirect::temporary("/docs") }))
+        .route("/", get(|| async { Redirect::temporary(PAGE) }))
         .route("/docs", get(|| async { Redirect::permanent(PAGE) }))
         .route("/docs/", get(index))
         .route("/docs/{*file}", get(asset))

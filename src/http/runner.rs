@@ -29,7 +29,7 @@ use crate::service::ScanService;
     security(("bearerAuth" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "Scan running, now or before", body = crate::http::openapi::responses::SignalScanMoveResponse),
-        (status = 400, response = crate::http::openapi::responses::BadBody),
+        (status = 400, response = crate::http::openapi::responses::BadMoveRequest),
         (status = 401, response = crate::http::openapi::responses::Unauthorized),
         (status = 403, response = crate::http::openapi::responses::RunnerForbidden),
         (status = 404, response = crate::http::openapi::responses::NotFound),
@@ -74,7 +74,7 @@ pub async fn start_scan(
     security(("bearerAuth" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "Scan completed, now or before", body = crate::http::openapi::responses::SignalScanMoveResponse),
-        (status = 400, response = crate::http::openapi::responses::BadBody),
+        (status = 400, response = crate::http::openapi::responses::BadMoveRequest),
         (status = 401, response = crate::http::openapi::responses::Unauthorized),
         (status = 403, response = crate::http::openapi::responses::RunnerForbidden),
         (status = 404, response = crate::http::openapi::responses::NotFound),
@@ -129,7 +129,7 @@ pub struct FailRequest {
     security(("bearerAuth" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "Scan failed, now or before", body = crate::http::openapi::responses::SignalScanMoveResponse),
-        (status = 400, response = crate::http::openapi::responses::BadBody),
+        (status = 400, response = crate::http::openapi::responses::BadFailRequest),
         (status = 401, response = crate::http::openapi::responses::Unauthorized),
         (status = 403, response = crate::http::openapi::responses::RunnerForbidden),
         (status = 404, response = crate::http::openapi::responses::NotFound),

@@ -58,7 +58,7 @@ async fn the_root_and_docs_redirect_to_the_reference_page(backend: Backend) {
 
     let (status, headers, _) = fetch(&app, "/", "identity").await;
     assert_eq!(status, StatusCode::TEMPORARY_REDIRECT);
-    assert_eq!(header(&headers, LOCATION.as_str()), Some("/docs"));
+    assert_eq!(header(&headers, LOCATION.as_str()), Some("/docs/"));
     let (status, headers, _) = fetch(&app, "/docs", "identity").await;
     assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
     assert_eq!(header(&headers, LOCATION.as_str()), Some("/docs/"));

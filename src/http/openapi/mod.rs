@@ -29,11 +29,11 @@ use crate::domain::ids::{AccountGroupId, ScanId};
         title = "signal-scans",
         version = env!("CARGO_PKG_VERSION"),
         description = "Cancels asynchronous signal scans over a small, strict HTTP API. Every answer \
-            except /metrics, this document and the reference at /docs is the JSON envelope \
-            `{\"success\",\"data\",\"error\",\"traceId\"}`, and every response carries the trace id \
-            in `X-Request-Id`. The /v1 routes need an API key, as `Authorization: Bearer <key>` \
-            or `X-API-Key: <key>`; the change stream answers the envelope until it opens, then \
-            Server-Sent Events.",
+            except /metrics, this document, the reference at /docs and the change stream once it \
+            is open (Server-Sent Events; until then it answers the envelope too) is the JSON \
+            envelope `{\"success\",\"data\",\"error\",\"traceId\"}`, and every response carries \
+            the trace id in `X-Request-Id`. The /v1 routes need an API key, as \
+            `Authorization: Bearer <key>` or `X-API-Key: <key>`.",
         license(name = "MIT", identifier = "MIT"),
     ),
     components(
@@ -52,11 +52,16 @@ use crate::domain::ids::{AccountGroupId, ScanId};
             ChangeEvent,
         ),
         responses(
-            BadRequest,
-            BadBody,
+            BadScanRequest,
+            BadListRequest,
+            BadStreamRequest,
+            BadCreateRequest,
+            BadMoveRequest,
+            BadFailRequest,
             RequestTooLarge,
             Unauthorized,
             Forbidden,
+            ReadForbidden,
             RunnerForbidden,
             NotFound,
             NotCancellable,

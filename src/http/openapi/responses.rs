@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 
+use axum::body::Bytes;
 use axum::http::{Method, StatusCode};
 use serde_json::Value;
 use time::macros::datetime;
@@ -21,7 +22,10 @@ use crate::domain::keys::Permission;
 use crate::domain::scan::{Scan, ScanCursor, ScanEvent, ScanStatus};
 use crate::http::envelope::{Envelope, ErrorBody};
 use crate::http::error::ApiError;
-use crate::http::limits::{self, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_TARGET_BYTES};
+use crate::http::extract::{ApiBody, NoFields};
+use crate::http::limits::{
+    self, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_STREAM_TARGET_BYTES, MAX_TARGET_BYTES,
+};
 use crate::http::method;
 use crate::http::views::{CancelledScan, Health, MovedScan, ScanEvents, ScanList};
 use crate::service::{AuthFailure, Cancellation, Moved, ScanPage, ServiceError};
@@ -338,15 +342,18 @@ fn rendered(error: ApiError) -> Rendered {
 // ----- Reusable error responses, one per status, with the service's own answers as examples -----
 
 /// Declares a unit type that is a reusable response: the error envelope, with named examples
-/// rendered from `ApiError`s (all of the same status), and the headers `$headers` adds.
+/// rendered from `ApiError`s (all of the same status; `+ more` appends already rendered ones), and
+/// the headers `$headers` adds.
 macro_rules! error_response {
-    ($(#[$doc:meta])* $name:ident, $schema:ty, $headers:expr, [$(($example:literal, $error:expr)),+ $(,)?]) => {
+    ($(#[$doc:meta])* $name:ident, $schema:ty, $headers:expr, [$(($example:literal, $error:expr)),* $(,)?] $(+ $more:expr)?) => {
         $(#[$doc])*
         pub struct $name;
 
         impl<'r> ToResponse<'r> for $name {
             fn response() -> (&'r str, RefOr<openapi::Response>) {
-                let examples = vec![$(($example, rendered($error))),+];
+                #[allow(unused_mut)]
+                let mut examples: Vec<(&'static str, Rendered)> = vec![$(($example, rendered($error))),*];
+                $(examples.extend($more);)?
                 (stringify!($name), error_response::<$schema>(examples, $headers).into())
             }
         }
@@ -409,33 +416,110 @@ fn no_headers(response: ResponseBuilder) -> ResponseBuilder {
     response
 }
 
+/// The 400s a request over a limit answers before any route is matched (the target limit is
+/// `target_limit`; the change stream's is larger).
+fn over_limits(target_limit: usize) -> Vec<(&'static str, Rendered)> {
+    vec![
+        (
+            "targetTooLong",
+            rendered(ApiError::Validation(limits::target_too_long(
+                target_limit + 1,
+                target_limit,
+            ))),
+        ),
+        (
+            "headersTooLarge",
+            rendered(ApiError::Validation(limits::headers_too_large(
+                MAX_HEADER_BYTES + 1,
+            ))),
+        ),
+        (
+            "bodyTooLarge",
+            rendered(ApiError::Validation(limits::body_too_large(
+                MAX_BODY_BYTES + 1,
+            ))),
+        ),
+    ]
+}
+
+/// A body the route refuses, as `ApiBody::optional_fields` answers it.
+fn refused_body<T: serde::de::DeserializeOwned + Default>(body: &'static [u8]) -> ApiError {
+    match ApiBody(Bytes::from_static(body)).optional_fields::<T>() {
+        Err(error) => error,
+        Ok(_) => panic!("the example body is refused"),
+    }
+}
+
 error_response!(
-    /// 400 VALIDATION_ERROR: a malformed parameter, or a request over a limit.
-    BadRequest,
+    /// 400 VALIDATION_ERROR on a route with only the two ids: a malformed id, or a request over a
+    /// limit.
+    BadScanRequest,
     ErrorResponse,
     after_auth,
-    [
-        ("malformedIds", ApiError::Validation(format!("accountGroupId {InvalidId}; scanId {InvalidId}"))),
-        ("badQuery", ApiError::Validation("limit must be an integer from 1 to 100".into())),
-        ("targetTooLong", ApiError::Validation(limits::target_too_long(MAX_TARGET_BYTES + 1, MAX_TARGET_BYTES))),
-        ("headersTooLarge", ApiError::Validation(limits::headers_too_large(MAX_HEADER_BYTES + 1))),
-        ("bodyTooLarge", ApiError::Validation(limits::body_too_large(MAX_BODY_BYTES + 1))),
-    ]
+    [("malformedIds", ApiError::Validation(format!("accountGroupId {InvalidId}; scanId {InvalidId}")))]
+        + over_limits(MAX_TARGET_BYTES)
 );
 error_response!(
-    /// 400 VALIDATION_ERROR on a route that reads a body: a malformed id, header or body, or a
+    /// 400 VALIDATION_ERROR on the list: a malformed id or query parameter, or a request over a
+    /// limit.
+    BadListRequest,
+    ErrorResponse,
+    after_auth,
+    [
+        ("malformedGroupId", ApiError::Validation(format!("accountGroupId {InvalidId}"))),
+        ("badQuery", ApiError::Validation("limit must be an integer from 1 to 100".into())),
+    ] + over_limits(MAX_TARGET_BYTES)
+);
+error_response!(
+    /// 400 VALIDATION_ERROR on the change stream: a malformed id, filter or cursor, or a request
+    /// over a limit.
+    BadStreamRequest,
+    ErrorResponse,
+    after_auth,
+    [
+        ("malformedGroupId", ApiError::Validation(format!("accountGroupId {InvalidId}"))),
+        ("badFilter", ApiError::Validation(format!(
+            "scanId {InvalidId}; status must be one of queued, running, completed, failed, cancelled"
+        ))),
+        ("unknownCursor", ApiError::Validation("after must be an event id this stream sent".into())),
+    ] + over_limits(MAX_STREAM_TARGET_BYTES)
+);
+error_response!(
+    /// 400 VALIDATION_ERROR on starting a scan: a malformed id, body or Idempotency-Key, or a
     /// request over a limit.
-    BadBody,
+    BadCreateRequest,
+    ErrorResponse,
+    after_auth,
+    [
+        ("malformedGroupId", ApiError::Validation(format!("accountGroupId {InvalidId}"))),
+        ("unexpectedBody", refused_body::<NoFields>(b"[]")),
+        ("badIdempotencyKey", ApiError::Validation("Idempotency-Key must be 1 to 255 visible ASCII characters, sent once".into())),
+    ] + over_limits(MAX_TARGET_BYTES)
+);
+error_response!(
+    /// 400 VALIDATION_ERROR on a runner's start or complete: a malformed id or body, or a request
+    /// over a limit.
+    BadMoveRequest,
     ErrorResponse,
     after_auth,
     [
         ("malformedIds", ApiError::Validation(format!("accountGroupId {InvalidId}; scanId {InvalidId}"))),
-        ("unexpectedBody", ApiError::Validation("request body must be empty or a JSON object".into())),
+        ("unexpectedBody", refused_body::<NoFields>(b"[]")),
+        ("unknownField", refused_body::<NoFields>(br#"{"status":"completed"}"#)),
+    ] + over_limits(MAX_TARGET_BYTES)
+);
+error_response!(
+    /// 400 VALIDATION_ERROR on a runner's fail: a malformed id, body or reason, or a request over a
+    /// limit.
+    BadFailRequest,
+    ErrorResponse,
+    after_auth,
+    [
+        ("malformedIds", ApiError::Validation(format!("accountGroupId {InvalidId}; scanId {InvalidId}"))),
+        ("unexpectedBody", refused_body::<NoFields>(b"[]")),
         ("unknownField", ApiError::Validation("request body: unknown field `status`, expected `reason`".into())),
         ("reasonTooLong", ApiError::Validation("reason must be 1 to 1000 characters; it is 1001".into())),
-        ("badIdempotencyKey", ApiError::Validation("Idempotency-Key must be 1 to 255 visible ASCII characters, sent once".into())),
-        ("bodyTooLarge", ApiError::Validation(limits::body_too_large(MAX_BODY_BYTES + 1))),
-    ]
+    ] + over_limits(MAX_TARGET_BYTES)
 );
 error_response!(
     /// 400 VALIDATION_ERROR on a route without parameters: the request is over a limit
@@ -443,11 +527,7 @@ error_response!(
     RequestTooLarge,
     ErrorResponse,
     no_headers,
-    [
-        ("targetTooLong", ApiError::Validation(limits::target_too_long(MAX_TARGET_BYTES + 1, MAX_TARGET_BYTES))),
-        ("headersTooLarge", ApiError::Validation(limits::headers_too_large(MAX_HEADER_BYTES + 1))),
-        ("bodyTooLarge", ApiError::Validation(limits::body_too_large(MAX_BODY_BYTES + 1))),
-    ]
+    [] + over_limits(MAX_TARGET_BYTES)
 );
 error_response!(
     /// 401 UNAUTHORIZED.
@@ -467,34 +547,47 @@ error_response!(
         ("invalidKey", ApiError::Unauthorized(AuthFailure::Invalid.to_string())),
     ]
 );
+/// A 403 for a key without any of `permissions`, as the service words it.
+fn lacks(permissions: &[Permission]) -> ApiError {
+    let names: Vec<&str> = permissions.iter().map(|p| p.as_str()).collect();
+    ApiError::Forbidden(format!(
+        "API key lacks the {} permission",
+        names.join(" or ")
+    ))
+}
+
+fn no_group_access() -> ApiError {
+    ServiceError::GroupForbidden(AccountGroupId::parse(EXAMPLE_GROUP).expect("example id")).into()
+}
+
 error_response!(
-    /// 403 FORBIDDEN.
+    /// 403 FORBIDDEN on a route that changes a scan (`signals:write`).
     Forbidden,
     ErrorResponse,
     after_auth,
     [
-        ("missingPermission", ApiError::Forbidden(format!(
-            "API key lacks the {} permission",
-            Permission::SignalsWrite.as_str()
-        ))),
-        ("noGroupAccess", ApiError::from(ServiceError::GroupForbidden(
-            AccountGroupId::parse(EXAMPLE_GROUP).expect("example id")
-        ))),
+        ("missingPermission", lacks(&[Permission::SignalsWrite])),
+        ("noGroupAccess", no_group_access()),
     ]
 );
 error_response!(
-    /// 403 FORBIDDEN on a runner's route.
+    /// 403 FORBIDDEN on a route that reads (`signals:read` or `signals:write`).
+    ReadForbidden,
+    ErrorResponse,
+    after_auth,
+    [
+        ("missingPermission", lacks(&[Permission::SignalsRead, Permission::SignalsWrite])),
+        ("noGroupAccess", no_group_access()),
+    ]
+);
+error_response!(
+    /// 403 FORBIDDEN on a runner's route (`signals:run`).
     RunnerForbidden,
     ErrorResponse,
     after_auth,
     [
-        ("missingPermission", ApiError::Forbidden(format!(
-            "API key lacks the {} permission",
-            Permission::SignalsRun.as_str()
-        ))),
-        ("noGroupAccess", ApiError::from(ServiceError::GroupForbidden(
-            AccountGroupId::parse(EXAMPLE_GROUP).expect("example id")
-        ))),
+        ("missingPermission", lacks(&[Permission::SignalsRun])),
+        ("noGroupAccess", no_group_access()),
     ]
 );
 error_response!(
