@@ -28,6 +28,7 @@ from signal_scans_client.models import (
     SignalScanListResponse,
     SignalScanMoveResponse,
     SignalScanResponse,
+    ValidationErrorResponse,
 )
 
 BASE_URL = os.environ["BASE_URL"]
@@ -123,11 +124,12 @@ class GeneratedClient(unittest.TestCase):
             self.assertEqual(answer.parsed.error.code, "NOT_FOUND")
             self.assertEqual(answer.parsed.error.details, "no such scan in this account group")
 
-    def test_5_other_errors_are_the_same_type(self):
+    def test_5_other_errors_are_typed_too(self):
         with bearer_client() as client:
             malformed = cancel_signal_scan.sync_detailed(account_group_id=GROUP, scan_id="nope", client=client)
             self.assertEqual(malformed.status_code, 400)
-            self.assertIsInstance(malformed.parsed, ErrorResponse)
+            self.assertIsInstance(malformed.parsed, ValidationErrorResponse)
+            self.assertEqual(malformed.parsed.error.code, "VALIDATION_ERROR")
             self.assertIn("scanId", malformed.parsed.error.details)
         with AuthenticatedClient(base_url=BASE_URL, token="ssk_not_a_key", raise_on_unexpected_status=True) as client:
             refused = get_signal_scan.sync_detailed(account_group_id=GROUP, scan_id=QUEUED, client=client)

@@ -25,6 +25,7 @@ use super::auth::presented_key;
 use super::error::{ApiError, Problems};
 use super::event_stream::{EventBlocks, event_stream_response};
 use super::extract::{ApiPath, GroupPath};
+use super::openapi::responses as doc;
 use super::views::ScanStatusChanged;
 use crate::domain::feed::FeedCursor;
 use crate::domain::ids::ScanId;
@@ -286,17 +287,12 @@ impl UnknownNames {
         ("Last-Event-ID" = Option<String>, Header, pattern = "^([0-9]{1,20}-[0-9]{1,19}(\\.[0-9]{1,20}-[0-9]{1,19})*)?$",
             description = "The id of the last event received: resume right after it (empty: none)."),
     ),
-    security(("bearerAuth" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "A stream of `scan.status_changed` events; each `data` is a ScanStatusChanged.",
-            content_type = "text/event-stream", body = crate::http::openapi::responses::ChangeEvent),
-        (status = 400, response = crate::http::openapi::responses::BadStreamRequest),
-        (status = 401, response = crate::http::openapi::responses::Unauthorized),
-        (status = 403, response = crate::http::openapi::responses::ReadForbidden),
-        (status = 410, response = crate::http::openapi::responses::CursorExpired),
-        (status = 429, response = crate::http::openapi::responses::RateLimited),
-        (status = 500, response = crate::http::openapi::responses::InternalError),
-        (status = 502, response = crate::http::openapi::responses::UpstreamError),
+            content_type = "text/event-stream", body = doc::ChangeEvent),
+        (status = 400, response = doc::BadStreamRequest),
+        (status = 403, response = doc::ReadForbidden),
+        (status = 410, response = doc::CursorExpired),
     )
 )]
 pub async fn follow_changes(

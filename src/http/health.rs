@@ -5,6 +5,7 @@ use axum::extract::State;
 
 use super::envelope::Envelope;
 use super::error::ApiError;
+use super::openapi::responses as doc;
 use super::views::Health;
 use crate::store::Store;
 
@@ -17,7 +18,7 @@ use crate::store::Store;
     summary = "Liveness: the process is up and serving",
     description = "No API key needed. Does not touch the database.",
     responses(
-        (status = 200, description = "The process is serving", body = crate::http::openapi::responses::HealthResponse),
+        (status = 200, description = "The process is serving", body = doc::HealthResponse),
     )
 )]
 pub async fn healthz() -> Json<Envelope<Health>> {
@@ -34,8 +35,8 @@ pub async fn healthz() -> Json<Envelope<Health>> {
     summary = "Readiness: the database answers within its timeout",
     description = "No API key needed. 503 NOT_READY while the database is unreachable or too slow.",
     responses(
-        (status = 200, description = "Ready to serve", body = crate::http::openapi::responses::HealthResponse),
-        (status = 503, response = crate::http::openapi::responses::NotReady),
+        (status = 200, description = "Ready to serve", body = doc::HealthResponse),
+        (status = 503, response = doc::NotReady),
     )
 )]
 pub async fn readyz(State(store): State<Store>) -> Result<Json<Envelope<Health>>, ApiError> {

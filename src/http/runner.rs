@@ -8,6 +8,7 @@ use serde::Deserialize;
 use super::envelope::Envelope;
 use super::error::ApiError;
 use super::extract::{ApiBody, ApiPath, NoFields, ScanPath};
+use super::openapi::responses as doc;
 use super::trace_id::TraceId;
 use super::views::MovedScan;
 use crate::domain::ids::{AccountGroupId, ScanId};
@@ -26,17 +27,12 @@ use crate::service::ScanService;
         answers 200 with `previousStatus` running and the original `at`; any other status is 422 with \
         `currentStatus`. Requires the `signals:run` permission and access to the account group.",
     params(ScanPath),
-    security(("bearerAuth" = []), ("apiKey" = [])),
     responses(
-        (status = 200, description = "Scan running, now or before", body = crate::http::openapi::responses::SignalScanMoveResponse),
-        (status = 400, response = crate::http::openapi::responses::BadMoveRequest),
-        (status = 401, response = crate::http::openapi::responses::Unauthorized),
-        (status = 403, response = crate::http::openapi::responses::RunnerForbidden),
-        (status = 404, response = crate::http::openapi::responses::NotFound),
-        (status = 422, response = crate::http::openapi::responses::NotMovable),
-        (status = 429, response = crate::http::openapi::responses::RateLimited),
-        (status = 500, response = crate::http::openapi::responses::InternalError),
-        (status = 502, response = crate::http::openapi::responses::UpstreamError),
+        (status = 200, description = "Scan running, now or before", body = doc::SignalScanMoveResponse),
+        (status = 400, response = doc::BadMoveRequest),
+        (status = 403, response = doc::RunnerForbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 422, response = doc::NotMovable),
     )
 )]
 pub async fn start_scan(
@@ -71,17 +67,12 @@ pub async fn start_scan(
         cancelled scan answers `currentStatus=cancelled`: the runner stops). Requires the `signals:run` \
         permission and access to the account group.",
     params(ScanPath),
-    security(("bearerAuth" = []), ("apiKey" = [])),
     responses(
-        (status = 200, description = "Scan completed, now or before", body = crate::http::openapi::responses::SignalScanMoveResponse),
-        (status = 400, response = crate::http::openapi::responses::BadMoveRequest),
-        (status = 401, response = crate::http::openapi::responses::Unauthorized),
-        (status = 403, response = crate::http::openapi::responses::RunnerForbidden),
-        (status = 404, response = crate::http::openapi::responses::NotFound),
-        (status = 422, response = crate::http::openapi::responses::NotMovable),
-        (status = 429, response = crate::http::openapi::responses::RateLimited),
-        (status = 500, response = crate::http::openapi::responses::InternalError),
-        (status = 502, response = crate::http::openapi::responses::UpstreamError),
+        (status = 200, description = "Scan completed, now or before", body = doc::SignalScanMoveResponse),
+        (status = 400, response = doc::BadMoveRequest),
+        (status = 403, response = doc::RunnerForbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 422, response = doc::NotMovable),
     )
 )]
 pub async fn complete_scan(
@@ -126,17 +117,12 @@ pub struct FailRequest {
         `currentStatus`. Requires the `signals:run` permission and access to the account group.",
     params(ScanPath),
     request_body(content = Option<FailRequest>, description = "Optional; an empty body means no reason."),
-    security(("bearerAuth" = []), ("apiKey" = [])),
     responses(
-        (status = 200, description = "Scan failed, now or before", body = crate::http::openapi::responses::SignalScanMoveResponse),
-        (status = 400, response = crate::http::openapi::responses::BadFailRequest),
-        (status = 401, response = crate::http::openapi::responses::Unauthorized),
-        (status = 403, response = crate::http::openapi::responses::RunnerForbidden),
-        (status = 404, response = crate::http::openapi::responses::NotFound),
-        (status = 422, response = crate::http::openapi::responses::NotMovable),
-        (status = 429, response = crate::http::openapi::responses::RateLimited),
-        (status = 500, response = crate::http::openapi::responses::InternalError),
-        (status = 502, response = crate::http::openapi::responses::UpstreamError),
+        (status = 200, description = "Scan failed, now or before", body = doc::SignalScanMoveResponse),
+        (status = 400, response = doc::BadFailRequest),
+        (status = 403, response = doc::RunnerForbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 422, response = doc::NotMovable),
     )
 )]
 pub async fn fail_scan(

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use super::envelope::Envelope;
 use super::error::ApiError;
 use super::extract::{ApiBody, ApiPath, ApiQuery, GroupPath, NoFields, ScanPath};
+use super::openapi::responses as doc;
 use super::trace_id::TraceId;
 use super::views::{CancelledScan, ScanEvents, ScanList};
 use crate::domain::keys::Principal;
@@ -30,17 +31,12 @@ const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-repl
         original `cancelledAt`. Requires the `signals:write` permission and access to the account group. \
         No request body; no idempotency keys.",
     params(ScanPath),
-    security(("bearerAuth" = []), ("apiKey" = [])),
     responses(
-        (status = 200, description = "Scan cancelled, now or before", body = crate::http::openapi::responses::SignalScanCancelSuccessResponse),
-        (status = 400, response = crate::http::openapi::responses::BadScanRequest),
-        (status = 401, response = crate::http::openapi::responses::Unauthorized),
-        (status = 403, response = crate::http::openapi::responses::Forbidden),
-        (status = 404, response = crate::http::openapi::responses::NotFound),
-        (status = 422, response = crate::http::openapi::responses::NotCancellable),
-        (status = 429, response = crate::http::openapi::responses::RateLimited),
-        (status = 500, response = crate::http::openapi::responses::InternalError),
-        (status = 502, response = crate::http::openapi::responses::UpstreamError),
+        (status = 200, description = "Scan cancelled, now or before", body = doc::SignalScanCancelSuccessResponse),
+        (status = 400, response = doc::BadScanRequest),
+        (status = 403, response = doc::Forbidden),
+        (status = 404, response = doc::NotFound),
+        (status = 422, response = doc::NotCancellable),
     )
 )]
 pub async fn cancel_scan(
@@ -80,21 +76,16 @@ pub async fn cancel_scan(
         ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]{1,255}$",
             description = "Makes a retry safe: 1 to 255 visible ASCII characters, remembered for 24 hours per API key."),
     ),
-    security(("bearerAuth" = []), ("apiKey" = [])),
     responses(
         (status = 201, description = "Scan started (or, replayed, started before with this Idempotency-Key)",
-            body = crate::http::openapi::responses::SignalScanCreatedResponse,
+            body = doc::SignalScanCreatedResponse,
             headers(
                 ("Location" = String, description = "The scan's own URL."),
                 ("Idempotent-Replayed" = String, description = "`true` when the answer is a replay of an earlier request with the same Idempotency-Key; absent otherwise."),
             )),
-        (status = 400, response = crate::http::openapi::responses::BadCreateRequest),
-        (status = 401, response = crate::http::openapi::responses::Unauthorized),
-        (status = 403, response = crate::http::openapi::responses::Forbidden),
-        (status = 422, response = crate::http::openapi::responses::IdempotencyKeyReused),
-        (status = 429, response = crate::http::openapi::responses::RateLimited),
-        (status = 500, response = crate::http::openapi::responses::InternalError),
-        (status = 502, response = crate::http::openapi::responses::UpstreamError),
+        (status = 400, response = doc::BadCreateRequest),
+        (status = 403, response = doc::Forbidden),
+        (status = 422, response = doc::IdempotencyKeyReused),
     )
 )]
 pub async fn create_scan(
@@ -159,16 +150,11 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiErr
     description = "The scan's status and the moments it reached: where a client checks the state before \
         retrying a cancel. Requires `signals:read` or `signals:write` and access to the account group.",
     params(ScanPath),
-    security(("bearerAuth" = []), ("apiKey" = [])),
     responses(
-        (status = 200, description = "The scan", body = crate::http::openapi::responses::SignalScanResponse),
-        (status = 400, response = crate::http::openapi::responses::BadScanRequest),
-        (status = 401, response = crate::http::openapi::responses::Unauthorized),
-        (status = 403, response = crate::http::openapi::responses::ReadForbidden),
-        (status = 404, response = crate::http::openapi::responses::NotFound),
-        (status = 429, response = crate::http::openapi::responses::RateLimited),
-        (status = 500, response = crate::http::openapi::responses::InternalError),
-        (status = 502, response = crate::http::openapi::responses::UpstreamError),
+        (status = 200, description = "The scan", body = doc::SignalScanResponse),
+        (status = 400, response = doc::BadScanRequest),
+        (status = 403, response = doc::ReadForbidden),
+        (status = 404, response = doc::NotFound),
     )
 )]
 pub async fn get_scan(
@@ -254,15 +240,10 @@ impl ListParams {
         ("cursor" = Option<String>, Query, pattern = "^(2[bB])?(3[0-9]){1,20}2[eE](3[0-9]|4[1-6]|6[1-6]){24}$",
             description = "The `nextCursor` of the previous page, passed back unchanged (an opaque token)."),
     ),
-    security(("bearerAuth" = []), ("apiKey" = [])),
     responses(
-        (status = 200, description = "A page of scans", body = crate::http::openapi::responses::SignalScanListResponse),
-        (status = 400, response = crate::http::openapi::responses::BadListRequest),
-        (status = 401, response = crate::http::openapi::responses::Unauthorized),
-        (status = 403, response = crate::http::openapi::responses::ReadForbidden),
-        (status = 429, response = crate::http::openapi::responses::RateLimited),
-        (status = 500, response = crate::http::openapi::responses::InternalError),
-        (status = 502, response = crate::http::openapi::responses::UpstreamError),
+        (status = 200, description = "A page of scans", body = doc::SignalScanListResponse),
+        (status = 400, response = doc::BadListRequest),
+        (status = 403, response = doc::ReadForbidden),
     )
 )]
 pub async fn list_scans(
@@ -287,16 +268,11 @@ pub async fn list_scans(
     description = "The scan's audit trail, oldest first; `from` is null for its creation. Requires \
         `signals:read` or `signals:write` and access to the account group.",
     params(ScanPath),
-    security(("bearerAuth" = []), ("apiKey" = [])),
     responses(
-        (status = 200, description = "The scan's status changes", body = crate::http::openapi::responses::SignalScanEventsResponse),
-        (status = 400, response = crate::http::openapi::responses::BadScanRequest),
-        (status = 401, response = crate::http::openapi::responses::Unauthorized),
-        (status = 403, response = crate::http::openapi::responses::ReadForbidden),
-        (status = 404, response = crate::http::openapi::responses::NotFound),
-        (status = 429, response = crate::http::openapi::responses::RateLimited),
-        (status = 500, response = crate::http::openapi::responses::InternalError),
-        (status = 502, response = crate::http::openapi::responses::UpstreamError),
+        (status = 200, description = "The scan's status changes", body = doc::SignalScanEventsResponse),
+        (status = 400, response = doc::BadScanRequest),
+        (status = 403, response = doc::ReadForbidden),
+        (status = 404, response = doc::NotFound),
     )
 )]
 pub async fn scan_events(

@@ -14,7 +14,9 @@ use axum::http::HeaderValue;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use utoipa::openapi::response::ResponseBuilder;
-use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+};
 use utoipa::openapi::{self, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
@@ -46,6 +48,7 @@ use crate::domain::ids::{AccountGroupId, ScanId};
             SignalScanMoveResponse,
             HealthResponse,
             ErrorResponse,
+            ValidationErrorResponse,
             AccountGroupId,
             ScanId,
             ScanStatusChanged,
@@ -123,9 +126,19 @@ pub async fn openapi_json(Extension(document): Extension<Document>) -> Response 
     response
 }
 
-/// Security schemes, the request id header on every inline response, the rate-limit headers on
-/// the /v1 routes' successes, and on every operation the request-limit 400 (unless it lists its
-/// own 400) and the `default` error envelope.
+/// What every /v1 route answers whatever it does, so its `#[utoipa::path]` lists only its own
+/// outcomes: a key refused (401), over a rate (429), a failure of ours (500) or the database's (502).
+const SHARED_V1_RESPONSES: [(&str, &str); 4] = [
+    ("401", "Unauthorized"),
+    ("429", "RateLimited"),
+    ("500", "InternalError"),
+    ("502", "UpstreamError"),
+];
+
+/// The shared parts of the document, added once: the security schemes, and on every /v1 route
+/// both ways of sending the key and [`SHARED_V1_RESPONSES`]; on every operation the request-limit
+/// 400 (unless it lists its own 400) and the `default` error envelope; the request id header on
+/// every inline response, and the rate-limit headers on the /v1 routes' successes.
 struct SecurityAndHeaders;
 
 impl Modify for SecurityAndHeaders {
@@ -149,8 +162,18 @@ impl Modify for SecurityAndHeaders {
             ))),
         );
         for (path, item) in document.paths.paths.iter_mut() {
+            let v1 = path.starts_with("/v1/");
             for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
                 let responses = &mut operation.responses.responses;
+                if v1 {
+                    for (status, name) in SHARED_V1_RESPONSES {
+                        responses.insert(status.into(), Ref::from_response_name(name).into());
+                    }
+                    operation.security = Some(vec![
+                        SecurityRequirement::new::<_, _, &str>("bearerAuth", []),
+                        SecurityRequirement::new::<_, _, &str>("apiKey", []),
+                    ]);
+                }
                 responses
                     .entry("400".into())
                     .or_insert_with(|| Ref::from_response_name("RequestTooLarge").into());
@@ -165,7 +188,7 @@ impl Modify for SecurityAndHeaders {
                     response
                         .headers
                         .insert("X-Request-Id".into(), RefOr::T(request_id_header()));
-                    if path.starts_with("/v1/") && status.starts_with('2') {
+                    if v1 && status.starts_with('2') {
                         let with_limits = rate_limit_headers(ResponseBuilder::new(), true).build();
                         response.headers.extend(with_limits.headers);
                     }

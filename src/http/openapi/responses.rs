@@ -147,7 +147,8 @@ impl ToSchema for ChangeEvent {
     }
 }
 
-/// Every error, whatever its status: one schema, so a generated client has one error type.
+/// Every error but the 400s (whose body is [`ValidationErrorResponse`], the same fields): one
+/// schema, so a generated client has one error type for them all.
 /// `error.code` is one of the codes in the responses' descriptions.
 pub struct ErrorResponse;
 
@@ -158,6 +159,22 @@ impl PartialSchema for ErrorResponse {
 }
 
 impl ToSchema for ErrorResponse {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((ErrorBody::name().into_owned(), error_body_schema()));
+    }
+}
+
+/// The body of every 400 (`VALIDATION_ERROR`: a malformed parameter, body or header, or a request
+/// over a limit), named as the published contract names it: the same fields as [`ErrorResponse`].
+pub struct ValidationErrorResponse;
+
+impl PartialSchema for ValidationErrorResponse {
+    fn schema() -> RefOr<Schema> {
+        failure_schema(rendered(ApiError::Validation(format!("scanId {InvalidId}"))).body)
+    }
+}
+
+impl ToSchema for ValidationErrorResponse {
     fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
         schemas.push((ErrorBody::name().into_owned(), error_body_schema()));
     }
@@ -454,7 +471,7 @@ error_response!(
     /// 400 VALIDATION_ERROR on a route with only the two ids: a malformed id, or a request over a
     /// limit.
     BadScanRequest,
-    ErrorResponse,
+    ValidationErrorResponse,
     after_auth,
     [("malformedIds", ApiError::Validation(format!("accountGroupId {InvalidId}; scanId {InvalidId}")))]
         + over_limits(MAX_TARGET_BYTES)
@@ -463,7 +480,7 @@ error_response!(
     /// 400 VALIDATION_ERROR on the list: a malformed id or query parameter, or a request over a
     /// limit.
     BadListRequest,
-    ErrorResponse,
+    ValidationErrorResponse,
     after_auth,
     [
         ("malformedGroupId", ApiError::Validation(format!("accountGroupId {InvalidId}"))),
@@ -474,7 +491,7 @@ error_response!(
     /// 400 VALIDATION_ERROR on the change stream: a malformed id, filter or cursor, or a request
     /// over a limit.
     BadStreamRequest,
-    ErrorResponse,
+    ValidationErrorResponse,
     after_auth,
     [
         ("malformedGroupId", ApiError::Validation(format!("accountGroupId {InvalidId}"))),
@@ -488,7 +505,7 @@ error_response!(
     /// 400 VALIDATION_ERROR on starting a scan: a malformed id, body or Idempotency-Key, or a
     /// request over a limit.
     BadCreateRequest,
-    ErrorResponse,
+    ValidationErrorResponse,
     after_auth,
     [
         ("malformedGroupId", ApiError::Validation(format!("accountGroupId {InvalidId}"))),
@@ -500,7 +517,7 @@ error_response!(
     /// 400 VALIDATION_ERROR on a runner's start or complete: a malformed id or body, or a request
     /// over a limit.
     BadMoveRequest,
-    ErrorResponse,
+    ValidationErrorResponse,
     after_auth,
     [
         ("malformedIds", ApiError::Validation(format!("accountGroupId {InvalidId}; scanId {InvalidId}"))),
@@ -512,7 +529,7 @@ error_response!(
     /// 400 VALIDATION_ERROR on a runner's fail: a malformed id, body or reason, or a request over a
     /// limit.
     BadFailRequest,
-    ErrorResponse,
+    ValidationErrorResponse,
     after_auth,
     [
         ("malformedIds", ApiError::Validation(format!("accountGroupId {InvalidId}; scanId {InvalidId}"))),
@@ -525,7 +542,7 @@ error_response!(
     /// 400 VALIDATION_ERROR on a route without parameters: the request is over a limit
     /// (checked before any route).
     RequestTooLarge,
-    ErrorResponse,
+    ValidationErrorResponse,
     no_headers,
     [] + over_limits(MAX_TARGET_BYTES)
 );

@@ -22,6 +22,7 @@ from .signal_scan_events_response import SignalScanEventsResponse
 from .signal_scan_list_response import SignalScanListResponse
 from .signal_scan_move_response import SignalScanMoveResponse
 from .signal_scan_response import SignalScanResponse
+from .validation_error_response import ValidationErrorResponse
 
 __all__ = (
     "CancelledScan",
@@ -46,4 +47,5 @@ __all__ = (
     "SignalScanListResponse",
     "SignalScanMoveResponse",
     "SignalScanResponse",
+    "ValidationErrorResponse",
 )

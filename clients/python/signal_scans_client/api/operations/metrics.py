@@ -5,6 +5,7 @@ import httpx
 
 from ...client import AuthenticatedClient, Client
 from ...models.error_response import ErrorResponse
+from ...models.validation_error_response import ValidationErrorResponse
 from ...types import Response
 
 
@@ -18,13 +19,15 @@ def _get_kwargs() -> dict[str, Any]:
     return _kwargs
 
 
-def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Response) -> ErrorResponse | str:
+def _parse_response(
+    *, client: AuthenticatedClient | Client, response: httpx.Response
+) -> ErrorResponse | ValidationErrorResponse | str:
     if response.status_code == 200:
         response_200 = response.text
         return response_200
 
     if response.status_code == 400:
-        response_400 = ErrorResponse.from_dict(response.json())
+        response_400 = ValidationErrorResponse.from_dict(response.json())
 
         return response_400
 
@@ -33,7 +36,9 @@ def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Res
     return response_default
 
 
-def _build_response(*, client: AuthenticatedClient | Client, response: httpx.Response) -> Response[ErrorResponse | str]:
+def _build_response(
+    *, client: AuthenticatedClient | Client, response: httpx.Response
+) -> Response[ErrorResponse | ValidationErrorResponse | str]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -45,7 +50,7 @@ def _build_response(*, client: AuthenticatedClient | Client, response: httpx.Res
 def sync_detailed(
     *,
     client: AuthenticatedClient | Client,
-) -> Response[ErrorResponse | str]:
+) -> Response[ErrorResponse | ValidationErrorResponse | str]:
     """Prometheus metrics
 
      No API key needed; keep the port internal. The Prometheus text exposition format 0.0.4.
@@ -55,7 +60,7 @@ def sync_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ErrorResponse | str]
+        Response[ErrorResponse | ValidationErrorResponse | str]
     """
 
     kwargs = _get_kwargs()
@@ -70,7 +75,7 @@ def sync_detailed(
 def sync(
     *,
     client: AuthenticatedClient | Client,
-) -> ErrorResponse | str | None:
+) -> ErrorResponse | ValidationErrorResponse | str | None:
     """Prometheus metrics
 
      No API key needed; keep the port internal. The Prometheus text exposition format 0.0.4.
@@ -80,7 +85,7 @@ def sync(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ErrorResponse | str
+        ErrorResponse | ValidationErrorResponse | str
     """
 
     return sync_detailed(
@@ -91,7 +96,7 @@ def sync(
 async def asyncio_detailed(
     *,
     client: AuthenticatedClient | Client,
-) -> Response[ErrorResponse | str]:
+) -> Response[ErrorResponse | ValidationErrorResponse | str]:
     """Prometheus metrics
 
      No API key needed; keep the port internal. The Prometheus text exposition format 0.0.4.
@@ -101,7 +106,7 @@ async def asyncio_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ErrorResponse | str]
+        Response[ErrorResponse | ValidationErrorResponse | str]
     """
 
     kwargs = _get_kwargs()
@@ -114,7 +119,7 @@ async def asyncio_detailed(
 async def asyncio(
     *,
     client: AuthenticatedClient | Client,
-) -> ErrorResponse | str | None:
+) -> ErrorResponse | ValidationErrorResponse | str | None:
     """Prometheus metrics
 
      No API key needed; keep the port internal. The Prometheus text exposition format 0.0.4.
@@ -124,7 +129,7 @@ async def asyncio(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ErrorResponse | str
+        ErrorResponse | ValidationErrorResponse | str
     """
 
     return (

@@ -6,6 +6,7 @@ import httpx
 from ...client import AuthenticatedClient, Client
 from ...models.error_response import ErrorResponse
 from ...models.health_response import HealthResponse
+from ...models.validation_error_response import ValidationErrorResponse
 from ...types import Response
 
 
@@ -21,14 +22,14 @@ def _get_kwargs() -> dict[str, Any]:
 
 def _parse_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> ErrorResponse | HealthResponse:
+) -> ErrorResponse | HealthResponse | ValidationErrorResponse:
     if response.status_code == 200:
         response_200 = HealthResponse.from_dict(response.json())
 
         return response_200
 
     if response.status_code == 400:
-        response_400 = ErrorResponse.from_dict(response.json())
+        response_400 = ValidationErrorResponse.from_dict(response.json())
 
         return response_400
 
@@ -44,7 +45,7 @@ def _parse_response(
 
 def _build_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> Response[ErrorResponse | HealthResponse]:
+) -> Response[ErrorResponse | HealthResponse | ValidationErrorResponse]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -56,7 +57,7 @@ def _build_response(
 def sync_detailed(
     *,
     client: AuthenticatedClient | Client,
-) -> Response[ErrorResponse | HealthResponse]:
+) -> Response[ErrorResponse | HealthResponse | ValidationErrorResponse]:
     """Readiness: the database answers within its timeout
 
      No API key needed. 503 NOT_READY while the database is unreachable or too slow.
@@ -66,7 +67,7 @@ def sync_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ErrorResponse | HealthResponse]
+        Response[ErrorResponse | HealthResponse | ValidationErrorResponse]
     """
 
     kwargs = _get_kwargs()
@@ -81,7 +82,7 @@ def sync_detailed(
 def sync(
     *,
     client: AuthenticatedClient | Client,
-) -> ErrorResponse | HealthResponse | None:
+) -> ErrorResponse | HealthResponse | ValidationErrorResponse | None:
     """Readiness: the database answers within its timeout
 
      No API key needed. 503 NOT_READY while the database is unreachable or too slow.
@@ -91,7 +92,7 @@ def sync(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ErrorResponse | HealthResponse
+        ErrorResponse | HealthResponse | ValidationErrorResponse
     """
 
     return sync_detailed(
@@ -102,7 +103,7 @@ def sync(
 async def asyncio_detailed(
     *,
     client: AuthenticatedClient | Client,
-) -> Response[ErrorResponse | HealthResponse]:
+) -> Response[ErrorResponse | HealthResponse | ValidationErrorResponse]:
     """Readiness: the database answers within its timeout
 
      No API key needed. 503 NOT_READY while the database is unreachable or too slow.
@@ -112,7 +113,7 @@ async def asyncio_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ErrorResponse | HealthResponse]
+        Response[ErrorResponse | HealthResponse | ValidationErrorResponse]
     """
 
     kwargs = _get_kwargs()
@@ -125,7 +126,7 @@ async def asyncio_detailed(
 async def asyncio(
     *,
     client: AuthenticatedClient | Client,
-) -> ErrorResponse | HealthResponse | None:
+) -> ErrorResponse | HealthResponse | ValidationErrorResponse | None:
     """Readiness: the database answers within its timeout
 
      No API key needed. 503 NOT_READY while the database is unreachable or too slow.
@@ -135,7 +136,7 @@ async def asyncio(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ErrorResponse | HealthResponse
+        ErrorResponse | HealthResponse | ValidationErrorResponse
     """
 
     return (

@@ -7,6 +7,7 @@ import httpx
 from ...client import AuthenticatedClient, Client
 from ...models.error_response import ErrorResponse
 from ...models.signal_scan_move_response import SignalScanMoveResponse
+from ...models.validation_error_response import ValidationErrorResponse
 from ...types import Response
 
 
@@ -28,14 +29,14 @@ def _get_kwargs(
 
 def _parse_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> ErrorResponse | SignalScanMoveResponse:
+) -> ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse:
     if response.status_code == 200:
         response_200 = SignalScanMoveResponse.from_dict(response.json())
 
         return response_200
 
     if response.status_code == 400:
-        response_400 = ErrorResponse.from_dict(response.json())
+        response_400 = ValidationErrorResponse.from_dict(response.json())
 
         return response_400
 
@@ -81,7 +82,7 @@ def _parse_response(
 
 def _build_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> Response[ErrorResponse | SignalScanMoveResponse]:
+) -> Response[ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -95,7 +96,7 @@ def sync_detailed(
     scan_id: str,
     *,
     client: AuthenticatedClient,
-) -> Response[ErrorResponse | SignalScanMoveResponse]:
+) -> Response[ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse]:
     """A runner completes a scan
 
      Moves a running scan to completed. No request body (or `{}`). Completing a completed scan again
@@ -114,7 +115,7 @@ def sync_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ErrorResponse | SignalScanMoveResponse]
+        Response[ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse]
     """
 
     kwargs = _get_kwargs(
@@ -134,7 +135,7 @@ def sync(
     scan_id: str,
     *,
     client: AuthenticatedClient,
-) -> ErrorResponse | SignalScanMoveResponse | None:
+) -> ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse | None:
     """A runner completes a scan
 
      Moves a running scan to completed. No request body (or `{}`). Completing a completed scan again
@@ -153,7 +154,7 @@ def sync(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ErrorResponse | SignalScanMoveResponse
+        ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse
     """
 
     return sync_detailed(
@@ -168,7 +169,7 @@ async def asyncio_detailed(
     scan_id: str,
     *,
     client: AuthenticatedClient,
-) -> Response[ErrorResponse | SignalScanMoveResponse]:
+) -> Response[ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse]:
     """A runner completes a scan
 
      Moves a running scan to completed. No request body (or `{}`). Completing a completed scan again
@@ -187,7 +188,7 @@ async def asyncio_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ErrorResponse | SignalScanMoveResponse]
+        Response[ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse]
     """
 
     kwargs = _get_kwargs(
@@ -205,7 +206,7 @@ async def asyncio(
     scan_id: str,
     *,
     client: AuthenticatedClient,
-) -> ErrorResponse | SignalScanMoveResponse | None:
+) -> ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse | None:
     """A runner completes a scan
 
      Moves a running scan to completed. No request body (or `{}`). Completing a completed scan again
@@ -224,7 +225,7 @@ async def asyncio(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ErrorResponse | SignalScanMoveResponse
+        ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse
     """
 
     return (

@@ -8,6 +8,7 @@ from ...client import AuthenticatedClient, Client
 from ...models.error_response import ErrorResponse
 from ...models.fail_request import FailRequest
 from ...models.signal_scan_move_response import SignalScanMoveResponse
+from ...models.validation_error_response import ValidationErrorResponse
 from ...types import UNSET, Response, Unset
 
 
@@ -40,14 +41,14 @@ def _get_kwargs(
 
 def _parse_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> ErrorResponse | SignalScanMoveResponse:
+) -> ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse:
     if response.status_code == 200:
         response_200 = SignalScanMoveResponse.from_dict(response.json())
 
         return response_200
 
     if response.status_code == 400:
-        response_400 = ErrorResponse.from_dict(response.json())
+        response_400 = ValidationErrorResponse.from_dict(response.json())
 
         return response_400
 
@@ -93,7 +94,7 @@ def _parse_response(
 
 def _build_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> Response[ErrorResponse | SignalScanMoveResponse]:
+) -> Response[ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -108,7 +109,7 @@ def sync_detailed(
     *,
     client: AuthenticatedClient,
     body: FailRequest | None | Unset = UNSET,
-) -> Response[ErrorResponse | SignalScanMoveResponse]:
+) -> Response[ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse]:
     """A runner fails a scan
 
      Moves a running scan to failed, with an optional `reason` (at most 1,000 characters). Failing a
@@ -127,7 +128,7 @@ def sync_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ErrorResponse | SignalScanMoveResponse]
+        Response[ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse]
     """
 
     kwargs = _get_kwargs(
@@ -149,7 +150,7 @@ def sync(
     *,
     client: AuthenticatedClient,
     body: FailRequest | None | Unset = UNSET,
-) -> ErrorResponse | SignalScanMoveResponse | None:
+) -> ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse | None:
     """A runner fails a scan
 
      Moves a running scan to failed, with an optional `reason` (at most 1,000 characters). Failing a
@@ -168,7 +169,7 @@ def sync(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ErrorResponse | SignalScanMoveResponse
+        ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse
     """
 
     return sync_detailed(
@@ -185,7 +186,7 @@ async def asyncio_detailed(
     *,
     client: AuthenticatedClient,
     body: FailRequest | None | Unset = UNSET,
-) -> Response[ErrorResponse | SignalScanMoveResponse]:
+) -> Response[ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse]:
     """A runner fails a scan
 
      Moves a running scan to failed, with an optional `reason` (at most 1,000 characters). Failing a
@@ -204,7 +205,7 @@ async def asyncio_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ErrorResponse | SignalScanMoveResponse]
+        Response[ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse]
     """
 
     kwargs = _get_kwargs(
@@ -224,7 +225,7 @@ async def asyncio(
     *,
     client: AuthenticatedClient,
     body: FailRequest | None | Unset = UNSET,
-) -> ErrorResponse | SignalScanMoveResponse | None:
+) -> ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse | None:
     """A runner fails a scan
 
      Moves a running scan to failed, with an optional `reason` (at most 1,000 characters). Failing a
@@ -243,7 +244,7 @@ async def asyncio(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ErrorResponse | SignalScanMoveResponse
+        ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse
     """
 
     return (

@@ -7,6 +7,7 @@ import httpx
 from ...client import AuthenticatedClient, Client
 from ...models.error_response import ErrorResponse
 from ...models.signal_scan_move_response import SignalScanMoveResponse
+from ...models.validation_error_response import ValidationErrorResponse
 from ...types import Response
 
 
@@ -28,14 +29,14 @@ def _get_kwargs(
 
 def _parse_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> ErrorResponse | SignalScanMoveResponse:
+) -> ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse:
     if response.status_code == 200:
         response_200 = SignalScanMoveResponse.from_dict(response.json())
 
         return response_200
 
     if response.status_code == 400:
-        response_400 = ErrorResponse.from_dict(response.json())
+        response_400 = ValidationErrorResponse.from_dict(response.json())
 
         return response_400
 
@@ -81,7 +82,7 @@ def _parse_response(
 
 def _build_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> Response[ErrorResponse | SignalScanMoveResponse]:
+) -> Response[ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -95,7 +96,7 @@ def sync_detailed(
     scan_id: str,
     *,
     client: AuthenticatedClient,
-) -> Response[ErrorResponse | SignalScanMoveResponse]:
+) -> Response[ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse]:
     """A runner starts a scan
 
      Moves a queued scan to running. No request body (or `{}`). Starting a running scan again answers 200
@@ -113,7 +114,7 @@ def sync_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ErrorResponse | SignalScanMoveResponse]
+        Response[ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse]
     """
 
     kwargs = _get_kwargs(
@@ -133,7 +134,7 @@ def sync(
     scan_id: str,
     *,
     client: AuthenticatedClient,
-) -> ErrorResponse | SignalScanMoveResponse | None:
+) -> ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse | None:
     """A runner starts a scan
 
      Moves a queued scan to running. No request body (or `{}`). Starting a running scan again answers 200
@@ -151,7 +152,7 @@ def sync(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ErrorResponse | SignalScanMoveResponse
+        ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse
     """
 
     return sync_detailed(
@@ -166,7 +167,7 @@ async def asyncio_detailed(
     scan_id: str,
     *,
     client: AuthenticatedClient,
-) -> Response[ErrorResponse | SignalScanMoveResponse]:
+) -> Response[ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse]:
     """A runner starts a scan
 
      Moves a queued scan to running. No request body (or `{}`). Starting a running scan again answers 200
@@ -184,7 +185,7 @@ async def asyncio_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ErrorResponse | SignalScanMoveResponse]
+        Response[ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse]
     """
 
     kwargs = _get_kwargs(
@@ -202,7 +203,7 @@ async def asyncio(
     scan_id: str,
     *,
     client: AuthenticatedClient,
-) -> ErrorResponse | SignalScanMoveResponse | None:
+) -> ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse | None:
     """A runner starts a scan
 
      Moves a queued scan to running. No request body (or `{}`). Starting a running scan again answers 200
@@ -220,7 +221,7 @@ async def asyncio(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ErrorResponse | SignalScanMoveResponse
+        ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse
     """
 
     return (

@@ -7,6 +7,7 @@ import httpx
 from ...client import AuthenticatedClient, Client
 from ...models.error_response import ErrorResponse
 from ...models.signal_scan_cancel_success_response import SignalScanCancelSuccessResponse
+from ...models.validation_error_response import ValidationErrorResponse
 from ...types import Response
 
 
@@ -28,14 +29,14 @@ def _get_kwargs(
 
 def _parse_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> ErrorResponse | SignalScanCancelSuccessResponse:
+) -> ErrorResponse | SignalScanCancelSuccessResponse | ValidationErrorResponse:
     if response.status_code == 200:
         response_200 = SignalScanCancelSuccessResponse.from_dict(response.json())
 
         return response_200
 
     if response.status_code == 400:
-        response_400 = ErrorResponse.from_dict(response.json())
+        response_400 = ValidationErrorResponse.from_dict(response.json())
 
         return response_400
 
@@ -81,7 +82,7 @@ def _parse_response(
 
 def _build_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> Response[ErrorResponse | SignalScanCancelSuccessResponse]:
+) -> Response[ErrorResponse | SignalScanCancelSuccessResponse | ValidationErrorResponse]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -95,7 +96,7 @@ def sync_detailed(
     scan_id: str,
     *,
     client: AuthenticatedClient,
-) -> Response[ErrorResponse | SignalScanCancelSuccessResponse]:
+) -> Response[ErrorResponse | SignalScanCancelSuccessResponse | ValidationErrorResponse]:
     """Cancel a signal scan
 
      Cancels a signal scan that is still queued or running. Completed or failed scans answer 422
@@ -114,7 +115,7 @@ def sync_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ErrorResponse | SignalScanCancelSuccessResponse]
+        Response[ErrorResponse | SignalScanCancelSuccessResponse | ValidationErrorResponse]
     """
 
     kwargs = _get_kwargs(
@@ -134,7 +135,7 @@ def sync(
     scan_id: str,
     *,
     client: AuthenticatedClient,
-) -> ErrorResponse | SignalScanCancelSuccessResponse | None:
+) -> ErrorResponse | SignalScanCancelSuccessResponse | ValidationErrorResponse | None:
     """Cancel a signal scan
 
      Cancels a signal scan that is still queued or running. Completed or failed scans answer 422
@@ -153,7 +154,7 @@ def sync(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ErrorResponse | SignalScanCancelSuccessResponse
+        ErrorResponse | SignalScanCancelSuccessResponse | ValidationErrorResponse
     """
 
     return sync_detailed(
@@ -168,7 +169,7 @@ async def asyncio_detailed(
     scan_id: str,
     *,
     client: AuthenticatedClient,
-) -> Response[ErrorResponse | SignalScanCancelSuccessResponse]:
+) -> Response[ErrorResponse | SignalScanCancelSuccessResponse | ValidationErrorResponse]:
     """Cancel a signal scan
 
      Cancels a signal scan that is still queued or running. Completed or failed scans answer 422
@@ -187,7 +188,7 @@ async def asyncio_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ErrorResponse | SignalScanCancelSuccessResponse]
+        Response[ErrorResponse | SignalScanCancelSuccessResponse | ValidationErrorResponse]
     """
 
     kwargs = _get_kwargs(
@@ -205,7 +206,7 @@ async def asyncio(
     scan_id: str,
     *,
     client: AuthenticatedClient,
-) -> ErrorResponse | SignalScanCancelSuccessResponse | None:
+) -> ErrorResponse | SignalScanCancelSuccessResponse | ValidationErrorResponse | None:
     """Cancel a signal scan
 
      Cancels a signal scan that is still queued or running. Completed or failed scans answer 422
@@ -224,7 +225,7 @@ async def asyncio(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ErrorResponse | SignalScanCancelSuccessResponse
+        ErrorResponse | SignalScanCancelSuccessResponse | ValidationErrorResponse
     """
 
     return (

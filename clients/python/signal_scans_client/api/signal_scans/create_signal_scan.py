@@ -7,6 +7,7 @@ import httpx
 from ...client import AuthenticatedClient, Client
 from ...models.error_response import ErrorResponse
 from ...models.signal_scan_created_response import SignalScanCreatedResponse
+from ...models.validation_error_response import ValidationErrorResponse
 from ...types import UNSET, Response, Unset
 
 
@@ -32,14 +33,14 @@ def _get_kwargs(
 
 def _parse_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> ErrorResponse | SignalScanCreatedResponse:
+) -> ErrorResponse | SignalScanCreatedResponse | ValidationErrorResponse:
     if response.status_code == 201:
         response_201 = SignalScanCreatedResponse.from_dict(response.json())
 
         return response_201
 
     if response.status_code == 400:
-        response_400 = ErrorResponse.from_dict(response.json())
+        response_400 = ValidationErrorResponse.from_dict(response.json())
 
         return response_400
 
@@ -80,7 +81,7 @@ def _parse_response(
 
 def _build_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> Response[ErrorResponse | SignalScanCreatedResponse]:
+) -> Response[ErrorResponse | SignalScanCreatedResponse | ValidationErrorResponse]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -94,7 +95,7 @@ def sync_detailed(
     *,
     client: AuthenticatedClient,
     idempotency_key: None | str | Unset = UNSET,
-) -> Response[ErrorResponse | SignalScanCreatedResponse]:
+) -> Response[ErrorResponse | SignalScanCreatedResponse | ValidationErrorResponse]:
     """Start a signal scan
 
      Starts a signal scan: it is queued until a runner starts it. No request body (or `{}`). Answers 201
@@ -113,7 +114,7 @@ def sync_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ErrorResponse | SignalScanCreatedResponse]
+        Response[ErrorResponse | SignalScanCreatedResponse | ValidationErrorResponse]
     """
 
     kwargs = _get_kwargs(
@@ -133,7 +134,7 @@ def sync(
     *,
     client: AuthenticatedClient,
     idempotency_key: None | str | Unset = UNSET,
-) -> ErrorResponse | SignalScanCreatedResponse | None:
+) -> ErrorResponse | SignalScanCreatedResponse | ValidationErrorResponse | None:
     """Start a signal scan
 
      Starts a signal scan: it is queued until a runner starts it. No request body (or `{}`). Answers 201
@@ -152,7 +153,7 @@ def sync(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ErrorResponse | SignalScanCreatedResponse
+        ErrorResponse | SignalScanCreatedResponse | ValidationErrorResponse
     """
 
     return sync_detailed(
@@ -167,7 +168,7 @@ async def asyncio_detailed(
     *,
     client: AuthenticatedClient,
     idempotency_key: None | str | Unset = UNSET,
-) -> Response[ErrorResponse | SignalScanCreatedResponse]:
+) -> Response[ErrorResponse | SignalScanCreatedResponse | ValidationErrorResponse]:
     """Start a signal scan
 
      Starts a signal scan: it is queued until a runner starts it. No request body (or `{}`). Answers 201
@@ -186,7 +187,7 @@ async def asyncio_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ErrorResponse | SignalScanCreatedResponse]
+        Response[ErrorResponse | SignalScanCreatedResponse | ValidationErrorResponse]
     """
 
     kwargs = _get_kwargs(
@@ -204,7 +205,7 @@ async def asyncio(
     *,
     client: AuthenticatedClient,
     idempotency_key: None | str | Unset = UNSET,
-) -> ErrorResponse | SignalScanCreatedResponse | None:
+) -> ErrorResponse | SignalScanCreatedResponse | ValidationErrorResponse | None:
     """Start a signal scan
 
      Starts a signal scan: it is queued until a runner starts it. No request body (or `{}`). Answers 201
@@ -223,7 +224,7 @@ async def asyncio(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ErrorResponse | SignalScanCreatedResponse
+        ErrorResponse | SignalScanCreatedResponse | ValidationErrorResponse
     """
 
     return (

@@ -8,6 +8,7 @@ from ...client import AuthenticatedClient, Client
 from ...models.change_event import ChangeEvent
 from ...models.error_response import ErrorResponse
 from ...models.scan_status import ScanStatus
+from ...models.validation_error_response import ValidationErrorResponse
 from ...types import UNSET, Response, Unset
 
 
@@ -56,14 +57,16 @@ def _get_kwargs(
     return _kwargs
 
 
-def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Response) -> ChangeEvent | ErrorResponse:
+def _parse_response(
+    *, client: AuthenticatedClient | Client, response: httpx.Response
+) -> ChangeEvent | ErrorResponse | ValidationErrorResponse:
     if response.status_code == 200:
         response_200 = ChangeEvent.from_dict(response.text)
 
         return response_200
 
     if response.status_code == 400:
-        response_400 = ErrorResponse.from_dict(response.json())
+        response_400 = ValidationErrorResponse.from_dict(response.json())
 
         return response_400
 
@@ -104,7 +107,7 @@ def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Res
 
 def _build_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> Response[ChangeEvent | ErrorResponse]:
+) -> Response[ChangeEvent | ErrorResponse | ValidationErrorResponse]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -121,7 +124,7 @@ def sync_detailed(
     scan_id: list[str] | Unset = UNSET,
     status: list[ScanStatus] | Unset = UNSET,
     last_event_id: None | str | Unset = UNSET,
-) -> Response[ChangeEvent | ErrorResponse]:
+) -> Response[ChangeEvent | ErrorResponse | ValidationErrorResponse]:
     """Follow status changes
 
      The account group's scan status changes as they commit, as Server-Sent Events: each change is one
@@ -148,7 +151,7 @@ def sync_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ChangeEvent | ErrorResponse]
+        Response[ChangeEvent | ErrorResponse | ValidationErrorResponse]
     """
 
     kwargs = _get_kwargs(
@@ -174,7 +177,7 @@ def sync(
     scan_id: list[str] | Unset = UNSET,
     status: list[ScanStatus] | Unset = UNSET,
     last_event_id: None | str | Unset = UNSET,
-) -> ChangeEvent | ErrorResponse | None:
+) -> ChangeEvent | ErrorResponse | ValidationErrorResponse | None:
     """Follow status changes
 
      The account group's scan status changes as they commit, as Server-Sent Events: each change is one
@@ -201,7 +204,7 @@ def sync(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ChangeEvent | ErrorResponse
+        ChangeEvent | ErrorResponse | ValidationErrorResponse
     """
 
     return sync_detailed(
@@ -222,7 +225,7 @@ async def asyncio_detailed(
     scan_id: list[str] | Unset = UNSET,
     status: list[ScanStatus] | Unset = UNSET,
     last_event_id: None | str | Unset = UNSET,
-) -> Response[ChangeEvent | ErrorResponse]:
+) -> Response[ChangeEvent | ErrorResponse | ValidationErrorResponse]:
     """Follow status changes
 
      The account group's scan status changes as they commit, as Server-Sent Events: each change is one
@@ -249,7 +252,7 @@ async def asyncio_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ChangeEvent | ErrorResponse]
+        Response[ChangeEvent | ErrorResponse | ValidationErrorResponse]
     """
 
     kwargs = _get_kwargs(
@@ -273,7 +276,7 @@ async def asyncio(
     scan_id: list[str] | Unset = UNSET,
     status: list[ScanStatus] | Unset = UNSET,
     last_event_id: None | str | Unset = UNSET,
-) -> ChangeEvent | ErrorResponse | None:
+) -> ChangeEvent | ErrorResponse | ValidationErrorResponse | None:
     """Follow status changes
 
      The account group's scan status changes as they commit, as Server-Sent Events: each change is one
@@ -300,7 +303,7 @@ async def asyncio(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ChangeEvent | ErrorResponse
+        ChangeEvent | ErrorResponse | ValidationErrorResponse
     """
 
     return (

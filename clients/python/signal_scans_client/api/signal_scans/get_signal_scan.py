@@ -7,6 +7,7 @@ import httpx
 from ...client import AuthenticatedClient, Client
 from ...models.error_response import ErrorResponse
 from ...models.signal_scan_response import SignalScanResponse
+from ...models.validation_error_response import ValidationErrorResponse
 from ...types import Response
 
 
@@ -28,14 +29,14 @@ def _get_kwargs(
 
 def _parse_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> ErrorResponse | SignalScanResponse:
+) -> ErrorResponse | SignalScanResponse | ValidationErrorResponse:
     if response.status_code == 200:
         response_200 = SignalScanResponse.from_dict(response.json())
 
         return response_200
 
     if response.status_code == 400:
-        response_400 = ErrorResponse.from_dict(response.json())
+        response_400 = ValidationErrorResponse.from_dict(response.json())
 
         return response_400
 
@@ -76,7 +77,7 @@ def _parse_response(
 
 def _build_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> Response[ErrorResponse | SignalScanResponse]:
+) -> Response[ErrorResponse | SignalScanResponse | ValidationErrorResponse]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -90,7 +91,7 @@ def sync_detailed(
     scan_id: str,
     *,
     client: AuthenticatedClient,
-) -> Response[ErrorResponse | SignalScanResponse]:
+) -> Response[ErrorResponse | SignalScanResponse | ValidationErrorResponse]:
     """Get a signal scan
 
      The scan's status and the moments it reached: where a client checks the state before retrying a
@@ -107,7 +108,7 @@ def sync_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ErrorResponse | SignalScanResponse]
+        Response[ErrorResponse | SignalScanResponse | ValidationErrorResponse]
     """
 
     kwargs = _get_kwargs(
@@ -127,7 +128,7 @@ def sync(
     scan_id: str,
     *,
     client: AuthenticatedClient,
-) -> ErrorResponse | SignalScanResponse | None:
+) -> ErrorResponse | SignalScanResponse | ValidationErrorResponse | None:
     """Get a signal scan
 
      The scan's status and the moments it reached: where a client checks the state before retrying a
@@ -144,7 +145,7 @@ def sync(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ErrorResponse | SignalScanResponse
+        ErrorResponse | SignalScanResponse | ValidationErrorResponse
     """
 
     return sync_detailed(
@@ -159,7 +160,7 @@ async def asyncio_detailed(
     scan_id: str,
     *,
     client: AuthenticatedClient,
-) -> Response[ErrorResponse | SignalScanResponse]:
+) -> Response[ErrorResponse | SignalScanResponse | ValidationErrorResponse]:
     """Get a signal scan
 
      The scan's status and the moments it reached: where a client checks the state before retrying a
@@ -176,7 +177,7 @@ async def asyncio_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ErrorResponse | SignalScanResponse]
+        Response[ErrorResponse | SignalScanResponse | ValidationErrorResponse]
     """
 
     kwargs = _get_kwargs(
@@ -194,7 +195,7 @@ async def asyncio(
     scan_id: str,
     *,
     client: AuthenticatedClient,
-) -> ErrorResponse | SignalScanResponse | None:
+) -> ErrorResponse | SignalScanResponse | ValidationErrorResponse | None:
     """Get a signal scan
 
      The scan's status and the moments it reached: where a client checks the state before retrying a
@@ -211,7 +212,7 @@ async def asyncio(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ErrorResponse | SignalScanResponse
+        ErrorResponse | SignalScanResponse | ValidationErrorResponse
     """
 
     return (

@@ -7,6 +7,7 @@ import httpx
 from ...client import AuthenticatedClient, Client
 from ...models.error_response import ErrorResponse
 from ...models.signal_scan_events_response import SignalScanEventsResponse
+from ...models.validation_error_response import ValidationErrorResponse
 from ...types import Response
 
 
@@ -28,14 +29,14 @@ def _get_kwargs(
 
 def _parse_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> ErrorResponse | SignalScanEventsResponse:
+) -> ErrorResponse | SignalScanEventsResponse | ValidationErrorResponse:
     if response.status_code == 200:
         response_200 = SignalScanEventsResponse.from_dict(response.json())
 
         return response_200
 
     if response.status_code == 400:
-        response_400 = ErrorResponse.from_dict(response.json())
+        response_400 = ValidationErrorResponse.from_dict(response.json())
 
         return response_400
 
@@ -76,7 +77,7 @@ def _parse_response(
 
 def _build_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> Response[ErrorResponse | SignalScanEventsResponse]:
+) -> Response[ErrorResponse | SignalScanEventsResponse | ValidationErrorResponse]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -90,7 +91,7 @@ def sync_detailed(
     scan_id: str,
     *,
     client: AuthenticatedClient,
-) -> Response[ErrorResponse | SignalScanEventsResponse]:
+) -> Response[ErrorResponse | SignalScanEventsResponse | ValidationErrorResponse]:
     """A signal scan's status changes
 
      The scan's audit trail, oldest first; `from` is null for its creation. Requires `signals:read` or
@@ -107,7 +108,7 @@ def sync_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ErrorResponse | SignalScanEventsResponse]
+        Response[ErrorResponse | SignalScanEventsResponse | ValidationErrorResponse]
     """
 
     kwargs = _get_kwargs(
@@ -127,7 +128,7 @@ def sync(
     scan_id: str,
     *,
     client: AuthenticatedClient,
-) -> ErrorResponse | SignalScanEventsResponse | None:
+) -> ErrorResponse | SignalScanEventsResponse | ValidationErrorResponse | None:
     """A signal scan's status changes
 
      The scan's audit trail, oldest first; `from` is null for its creation. Requires `signals:read` or
@@ -144,7 +145,7 @@ def sync(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ErrorResponse | SignalScanEventsResponse
+        ErrorResponse | SignalScanEventsResponse | ValidationErrorResponse
     """
 
     return sync_detailed(
@@ -159,7 +160,7 @@ async def asyncio_detailed(
     scan_id: str,
     *,
     client: AuthenticatedClient,
-) -> Response[ErrorResponse | SignalScanEventsResponse]:
+) -> Response[ErrorResponse | SignalScanEventsResponse | ValidationErrorResponse]:
     """A signal scan's status changes
 
      The scan's audit trail, oldest first; `from` is null for its creation. Requires `signals:read` or
@@ -176,7 +177,7 @@ async def asyncio_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ErrorResponse | SignalScanEventsResponse]
+        Response[ErrorResponse | SignalScanEventsResponse | ValidationErrorResponse]
     """
 
     kwargs = _get_kwargs(
@@ -194,7 +195,7 @@ async def asyncio(
     scan_id: str,
     *,
     client: AuthenticatedClient,
-) -> ErrorResponse | SignalScanEventsResponse | None:
+) -> ErrorResponse | SignalScanEventsResponse | ValidationErrorResponse | None:
     """A signal scan's status changes
 
      The scan's audit trail, oldest first; `from` is null for its creation. Requires `signals:read` or
@@ -211,7 +212,7 @@ async def asyncio(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ErrorResponse | SignalScanEventsResponse
+        ErrorResponse | SignalScanEventsResponse | ValidationErrorResponse
     """
 
     return (

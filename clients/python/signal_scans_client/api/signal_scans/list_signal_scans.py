@@ -8,6 +8,7 @@ from ...client import AuthenticatedClient, Client
 from ...models.error_response import ErrorResponse
 from ...models.scan_status import ScanStatus
 from ...models.signal_scan_list_response import SignalScanListResponse
+from ...models.validation_error_response import ValidationErrorResponse
 from ...types import UNSET, Response, Unset
 
 
@@ -46,14 +47,14 @@ def _get_kwargs(
 
 def _parse_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> ErrorResponse | SignalScanListResponse:
+) -> ErrorResponse | SignalScanListResponse | ValidationErrorResponse:
     if response.status_code == 200:
         response_200 = SignalScanListResponse.from_dict(response.json())
 
         return response_200
 
     if response.status_code == 400:
-        response_400 = ErrorResponse.from_dict(response.json())
+        response_400 = ValidationErrorResponse.from_dict(response.json())
 
         return response_400
 
@@ -89,7 +90,7 @@ def _parse_response(
 
 def _build_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> Response[ErrorResponse | SignalScanListResponse]:
+) -> Response[ErrorResponse | SignalScanListResponse | ValidationErrorResponse]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -105,7 +106,7 @@ def sync_detailed(
     status: ScanStatus | Unset = UNSET,
     limit: int | Unset = UNSET,
     cursor: str | Unset = UNSET,
-) -> Response[ErrorResponse | SignalScanListResponse]:
+) -> Response[ErrorResponse | SignalScanListResponse | ValidationErrorResponse]:
     """List signal scans
 
      The account group's scans, newest first, a page at a time: pass `nextCursor` back as `cursor`; it is
@@ -131,7 +132,7 @@ def sync_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ErrorResponse | SignalScanListResponse]
+        Response[ErrorResponse | SignalScanListResponse | ValidationErrorResponse]
     """
 
     kwargs = _get_kwargs(
@@ -155,7 +156,7 @@ def sync(
     status: ScanStatus | Unset = UNSET,
     limit: int | Unset = UNSET,
     cursor: str | Unset = UNSET,
-) -> ErrorResponse | SignalScanListResponse | None:
+) -> ErrorResponse | SignalScanListResponse | ValidationErrorResponse | None:
     """List signal scans
 
      The account group's scans, newest first, a page at a time: pass `nextCursor` back as `cursor`; it is
@@ -181,7 +182,7 @@ def sync(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ErrorResponse | SignalScanListResponse
+        ErrorResponse | SignalScanListResponse | ValidationErrorResponse
     """
 
     return sync_detailed(
@@ -200,7 +201,7 @@ async def asyncio_detailed(
     status: ScanStatus | Unset = UNSET,
     limit: int | Unset = UNSET,
     cursor: str | Unset = UNSET,
-) -> Response[ErrorResponse | SignalScanListResponse]:
+) -> Response[ErrorResponse | SignalScanListResponse | ValidationErrorResponse]:
     """List signal scans
 
      The account group's scans, newest first, a page at a time: pass `nextCursor` back as `cursor`; it is
@@ -226,7 +227,7 @@ async def asyncio_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ErrorResponse | SignalScanListResponse]
+        Response[ErrorResponse | SignalScanListResponse | ValidationErrorResponse]
     """
 
     kwargs = _get_kwargs(
@@ -248,7 +249,7 @@ async def asyncio(
     status: ScanStatus | Unset = UNSET,
     limit: int | Unset = UNSET,
     cursor: str | Unset = UNSET,
-) -> ErrorResponse | SignalScanListResponse | None:
+) -> ErrorResponse | SignalScanListResponse | ValidationErrorResponse | None:
     """List signal scans
 
      The account group's scans, newest first, a page at a time: pass `nextCursor` back as `cursor`; it is
@@ -274,7 +275,7 @@ async def asyncio(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ErrorResponse | SignalScanListResponse
+        ErrorResponse | SignalScanListResponse | ValidationErrorResponse
     """
 
     return (
