@@ -12,14 +12,11 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber; `RUST_LOG` filters (default `info,sqlx=warn`). A `RUST_LOG`
-/// that does not parse is refused, not silently ignored.
-pub fn init(format: LogFormat) -> Result<(), String> {
-    let filter = match std::env::var(EnvFilter::DEFAULT_ENV) {
-        Ok(directives) => EnvFilter::try_new(&directives)
-            .map_err(|error| format!("invalid RUST_LOG {directives:?}: {error}"))?,
-        Err(_) => EnvFilter::new("info,sqlx=warn"),
-    };
+/// Installs the global subscriber, filtered by `directives` (`RUST_LOG`, read by
+/// `cli::config::log_filter`). Directives that do not parse are refused, not silently ignored.
+pub fn init(format: LogFormat, directives: &str) -> Result<(), String> {
+    let filter = EnvFilter::try_new(directives)
+        .map_err(|error| format!("invalid RUST_LOG {directives:?}: {error}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

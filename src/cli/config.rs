@@ -1,9 +1,12 @@
 //! Settings from the environment, each also a flag; validated once, secrets redacted in Debug.
+//! Every default is written here, once (in clap's attributes), and every environment variable the
+//! program reads is read here; the layers below take plain values.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use anyhow::anyhow;
 use clap::Args;
 use secrecy::SecretString;
 
@@ -14,6 +17,44 @@ use crate::http::rate_limit::{RateLimit, RedisSettings};
 use crate::http::server::ConnectionLimits;
 use crate::secret_url::SecretUrl;
 use crate::store::StoreOptions;
+use crate::telemetry::LogFormat;
+
+/// Where `serve` listens and `healthcheck` asks, unless `LISTEN_ADDR` says otherwise.
+const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:8080";
+
+/// How the program logs: every command's flag.
+#[derive(Args, Debug, Clone)]
+pub struct LogArgs {
+    /// Log format: human text or one JSON object per line (on stderr).
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        global = true,
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+/// The log filter: `RUST_LOG` (tracing's `EnvFilter` syntax), else the service's own; not a flag.
+pub fn log_filter() -> String {
+    std::env::var("RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn".to_owned())
+}
+
+/// The API key the `--server` commands send: from `SIGNAL_SCANS_API_KEY` only, never a flag (a
+/// flag would show the key in `ps`).
+pub fn api_key(command: &str) -> anyhow::Result<String> {
+    std::env::var("SIGNAL_SCANS_API_KEY")
+        .map_err(|_| anyhow!("{command} --server needs the API key in SIGNAL_SCANS_API_KEY"))
+}
+
+/// Settings of `healthcheck`.
+#[derive(Args, Debug, Clone)]
+pub struct HealthcheckArgs {
+    /// Address and port of the service to ask.
+    #[arg(long, env = "LISTEN_ADDR", default_value = DEFAULT_LISTEN_ADDR)]
+    pub listen_addr: SocketAddr,
+}
 
 /// How to reach the database: shared by every command that needs it.
 #[derive(Args, Debug, Clone)]
@@ -93,7 +134,7 @@ pub struct ServeArgs {
     pub database: DatabaseArgs,
 
     /// Address and port to listen on.
-    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "LISTEN_ADDR", default_value = DEFAULT_LISTEN_ADDR)]
     pub listen_addr: SocketAddr,
 
     /// A client must send a request's whole header block within this many milliseconds, or its
@@ -265,13 +306,19 @@ mod tests {
 
     #[test]
     fn debug_of_database_settings_hides_the_password() {
-        let args = DatabaseArgs {
-            database_url: Some("postgres://app:hunter2@db/scans".parse().unwrap()),
-            db_timeout_ms: 2000,
-            db_max_connections: 10,
-            publish_interval_ms: 10,
-            feed_poll_ms: 1000,
-        };
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Migrate {
+            #[command(flatten)]
+            args: DatabaseArgs,
+        }
+        let args = Migrate::try_parse_from([
+            "migrate",
+            "--database-url",
+            "postgres://app:hunter2@db/scans",
+        ])
+        .unwrap()
+        .args;
         assert!(!format!("{args:?}").contains("hunter2"));
         assert!(!format!("{}", args.url()).contains("hunter2"));
         assert!(format!("{args:?}").contains("db/scans"), "{args:?}");

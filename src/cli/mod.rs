@@ -16,14 +16,14 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use uuid::Uuid;
 
-use self::config::{DEFAULT_DATABASE_URL, DatabaseArgs, ServeArgs};
+use self::config::{DEFAULT_DATABASE_URL, DatabaseArgs, HealthcheckArgs, LogArgs, ServeArgs};
 use crate::app::{self, Application};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::Permission;
 use crate::domain::scan::ScanStatus;
 use crate::service::KeyAdmin;
 use crate::store::Store;
-use crate::telemetry::{self, LogFormat};
+use crate::telemetry;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -32,15 +32,8 @@ use crate::telemetry::{self, LogFormat};
     about = "Cancels asynchronous signal scans over HTTP."
 )]
 pub struct Cli {
-    /// Log format: human text or one JSON object per line (on stderr).
-    #[arg(
-        long,
-        env = "LOG_FORMAT",
-        global = true,
-        value_enum,
-        default_value = "text"
-    )]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub log: LogArgs,
 
     #[command(subcommand)]
     pub command: Command,
@@ -52,10 +45,7 @@ pub enum Command {
     Serve(ServeArgs),
     /// Exit 0 when the service on LISTEN_ADDR answers GET /healthz with 200 (for container
     /// health checks in images without curl).
-    Healthcheck {
-        #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
-        listen_addr: std::net::SocketAddr,
-    },
+    Healthcheck(HealthcheckArgs),
     /// Run pending database migrations and exit.
     Migrate(DatabaseArgs),
     /// Create, list and revoke API keys.
@@ -208,7 +198,7 @@ pub async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(message) = telemetry::init(cli.log_format) {
+    if let Err(message) = telemetry::init(cli.log.log_format, &config::log_filter()) {
         eprintln!("error: {message}");
         return ExitCode::from(2);
     }
@@ -230,7 +220,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("migrations are up to date");
             Ok(())
         }
-        Command::Healthcheck { listen_addr } => healthcheck::check(listen_addr).await,
+        Command::Healthcheck(args) => healthcheck::check(args.listen_addr).await,
         Command::Keys { command } => match command {
             KeysCommand::Create(args) => keys::create(args).await,
             KeysCommand::List { database, json } => keys::list(&database, json).await,

@@ -1,18 +1,12 @@
 //! The service's API as a command-line client (`--server`): what a runner host or a client runs
-//! with only the service's URL and an API key (from `SIGNAL_SCANS_API_KEY`, never a flag: a flag
-//! would show the key in `ps`). No database credentials.
+//! with only the service's URL and an API key (`config::api_key`, from `SIGNAL_SCANS_API_KEY`,
+//! never a flag: a flag would show the key in `ps`). No database credentials.
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, bail};
 use serde_json::Value;
 
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::scan::ScanStatus;
-
-/// The API key the commands send, from the environment only.
-pub fn api_key(command: &str) -> anyhow::Result<String> {
-    std::env::var("SIGNAL_SCANS_API_KEY")
-        .map_err(|_| anyhow!("{command} --server needs the API key in SIGNAL_SCANS_API_KEY"))
-}
 
 /// What a command asked the service, and how it answered.
 pub enum Answer {

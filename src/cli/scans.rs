@@ -4,7 +4,7 @@
 use anyhow::{anyhow, bail};
 use serde::Serialize;
 
-use super::config::DatabaseArgs;
+use super::config::{self, DatabaseArgs};
 use super::output::{print_json, rfc3339};
 use super::remote::{self, Answer};
 use super::{existing_store, migrated_store};
@@ -46,7 +46,7 @@ pub async fn create(
 ) -> anyhow::Result<()> {
     let (scan_id, status) = match server {
         Some(server) => {
-            let key = remote::api_key("scans create")?;
+            let key = config::api_key("scans create")?;
             let path = remote::scans_path(group);
             let Answer::Done(data) = remote::post(server, &path, &key, None).await? else {
                 bail!("{server} refused to start a scan");
@@ -95,7 +95,7 @@ pub async fn transition(
     } = request;
     let moved = match server {
         Some((server, group)) => {
-            let key = remote::api_key("scans transition")?;
+            let key = config::api_key("scans transition")?;
             let path = remote::move_path(group, scan_id, to)?;
             let body = reason.map(|reason| serde_json::json!({ "reason": reason }));
             match remote::post(server, &path, &key, body).await? {

@@ -9,8 +9,8 @@ use anyhow::{Context as _, anyhow, bail};
 
 use serde::{Deserialize, Serialize};
 
-use super::config::DatabaseArgs;
-use super::{existing_store, remote};
+use super::config::{self, DatabaseArgs};
+use super::existing_store;
 use crate::domain::feed::FeedCursor;
 use crate::domain::ids::AccountGroupId;
 use crate::domain::scan::ScanChange;
@@ -91,7 +91,7 @@ pub async fn follow_server(
     group: &AccountGroupId,
     after: Option<String>,
 ) -> anyhow::Result<()> {
-    let key = remote::api_key("scans watch")?;
+    let key = config::api_key("scans watch")?;
     let url = server
         .join(&format!("v1/accounts/{group}/signals/scans/changes"))
         .with_context(|| format!("--server {server}"))?;

@@ -58,16 +58,6 @@ pub struct StreamSettings {
     pub max_age: Duration,
 }
 
-impl Default for StreamSettings {
-    fn default() -> Self {
-        Self {
-            keepalive: Duration::from_secs(15),
-            max_per_key: 20,
-            max_age: Duration::from_secs(3600),
-        }
-    }
-}
-
 /// The streams of this process: their limits, their count per key, and the signal that ends
 /// them all at shutdown.
 #[derive(Clone)]

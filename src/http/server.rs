@@ -41,17 +41,6 @@ pub struct ConnectionLimits {
     pub http2_max_concurrent_streams: u32,
 }
 
-impl Default for ConnectionLimits {
-    fn default() -> Self {
-        Self {
-            header_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            max_connections: 10_000,
-            http2_max_concurrent_streams: 100,
-        }
-    }
-}
-
 impl ConnectionLimits {
     /// A builder for one connection: its HTTP/1 header clock watches that connection's activity.
     fn builder(&self, activity: &Arc<Activity>) -> auto::Builder<TokioExecutor> {

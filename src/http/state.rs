@@ -13,7 +13,7 @@ use super::rate_limit::{RateLimit, RateLimiter, RedisSettings};
 use crate::service::ScanService;
 use crate::store::Store;
 
-/// The knobs of the HTTP layer.
+/// The knobs of the HTTP layer; their defaults are `serve`'s (`src/cli/config.rs`).
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     pub rate_limit: RateLimit,
@@ -28,23 +28,6 @@ pub struct HttpSettings {
     pub streams: StreamSettings,
     /// Serve the API reference at `/docs` (and redirect `/` to it).
     pub docs_enabled: bool,
-}
-
-impl Default for HttpSettings {
-    fn default() -> Self {
-        Self {
-            rate_limit: RateLimit {
-                per_second: NonZeroU32::new(20).expect("non-zero"),
-                burst: NonZeroU32::new(40).expect("non-zero"),
-            },
-            auth_failures_per_minute: NonZeroU32::new(20).expect("non-zero"),
-            trusted_proxy_hops: 0,
-            request_timeout: Duration::from_secs(10),
-            redis: None,
-            streams: StreamSettings::default(),
-            docs_enabled: true,
-        }
-    }
 }
 
 /// What every handler and middleware may reach, each part extractable on its own.

@@ -15,9 +15,6 @@ use crate::domain::scan::{
 };
 use crate::store::{Store, StoreError};
 
-/// `FEED_POLL_MS`'s default.
-const DEFAULT_FEED_POLL: Duration = Duration::from_secs(1);
-
 /// How often the idempotency keys past their window are swept away.
 const IDEMPOTENCY_SWEEP_EVERY: Duration = Duration::from_secs(600);
 /// How many expired keys one sweeping statement deletes.
@@ -108,19 +105,20 @@ pub struct ScanService(Arc<Parts>);
 struct Parts {
     store: Store,
     keys: Arc<KeyCache>,
-    changes: ChangeHub,
+    /// Set by [`ScanService::with_feed`], as the server does; the one-shot commands follow nothing.
+    changes: Option<ChangeHub>,
 }
 
 impl ScanService {
-    /// A service with no key cache: every authentication reads the store.
+    /// A service with no key cache (every authentication reads the store) and no change feed.
     pub fn new(store: Store) -> Self {
         Self::with_key_cache(store, Duration::ZERO)
     }
 
-    /// A service that keeps authenticated keys for `ttl` (zero: not at all).
+    /// A service that keeps authenticated keys for `ttl` (zero: not at all); no change feed.
     pub fn with_key_cache(store: Store, ttl: Duration) -> Self {
         Self(Arc::new(Parts {
-            changes: ChangeHub::new(store.clone(), DEFAULT_FEED_POLL, Duration::ZERO),
+            changes: None,
             store,
             keys: Arc::new(KeyCache::new(ttl)),
         }))
@@ -130,7 +128,7 @@ impl ScanService {
     /// changes keep coming at most every `batch`.
     pub fn with_feed(self, poll: Duration, batch: Duration) -> Self {
         Self(Arc::new(Parts {
-            changes: ChangeHub::new(self.0.store.clone(), poll, batch),
+            changes: Some(ChangeHub::new(self.0.store.clone(), poll, batch)),
             store: self.0.store.clone(),
             keys: self.0.keys.clone(),
         }))
@@ -349,7 +347,8 @@ impl ScanService {
 
     /// Follows `group`'s status changes from `start`: from now, or exactly after a cursor this
     /// feed issued (one ahead of the whole audit trail is refused, and so is one from before
-    /// changes of the group that are no longer kept).
+    /// changes of the group that are no longer kept). Only a service built [`Self::with_feed`]
+    /// follows changes; any other panics here.
     pub async fn follow_changes(
         &self,
         principal: &Principal,
@@ -367,7 +366,9 @@ impl ScanService {
                 return Err(ServiceError::ExpiredCursor);
             }
         }
-        Ok(self.0.changes.follow(*group, start).await?)
+        let changes =
+            (self.0.changes.as_ref()).expect("a service that follows changes has with_feed");
+        Ok(changes.follow(*group, start).await?)
     }
 
     /// An operator's move of any scan to `to`, by the state machine, as a runner's is: refused

@@ -12,7 +12,7 @@ use signal_scans::service::ScanService;
 use sqlx::{Connection, PgConnection};
 
 use super::*;
-use crate::helpers::{Backend, RUNNER, TestApp, cancel_path, group};
+use crate::helpers::{Backend, RUNNER, ServeDefault, TestApp, cancel_path, group};
 use crate::store_test;
 
 /// The feed is polled only every 60 s here, so only the publisher's hint can bring the change

@@ -7,7 +7,7 @@ use signal_scans::domain::scan::ScanStatus;
 use signal_scans::http::changes::StreamSettings;
 
 use super::*;
-use crate::helpers::{Backend, TestApp, cancel_path, group};
+use crate::helpers::{Backend, ServeDefault, TestApp, cancel_path, group};
 use crate::store_test;
 
 async fn a_revoked_keys_stream_ends_within_the_cache_ttl_and_a_tick_while_others_go_on(

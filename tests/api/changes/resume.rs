@@ -14,7 +14,7 @@ use sqlx::{Connection, Executor, PgConnection};
 use super::*;
 use crate::helpers::sse::SseEvent;
 use crate::helpers::watch::Watch;
-use crate::helpers::{Backend, TestApp, group};
+use crate::helpers::{Backend, ServeDefault, TestApp, group};
 use crate::store_test;
 
 async fn a_reconnect_gets_exactly_the_missed_changes_in_order_then_live_ones(backend: Backend) {

@@ -13,15 +13,17 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use clap::{CommandFactory, FromArgMatches};
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::Value;
 use signal_scans::app::{Application, Settings as AppSettings};
+use signal_scans::cli::config::ServeArgs;
 use signal_scans::domain::ids::{AccountGroupId, ScanId};
 use signal_scans::domain::keys::{AccountGroupAccess, NewApiKey, Permission};
 use signal_scans::domain::scan::{Actor, ScanStatus};
+use signal_scans::http::changes::StreamSettings;
 use signal_scans::http::rate_limit::{RateLimit, RateLimiter};
-use signal_scans::http::server::ConnectionLimits;
 use signal_scans::http::{AppState, HttpSettings};
 use signal_scans::store::{KeyToCreate, Store, StoreOptions};
 use sqlx::{Connection, Executor, PgConnection};
@@ -217,25 +219,56 @@ pub struct Settings {
     pub stream_batch: Duration,
 }
 
+/// `serve`'s settings as its flags' defaults make them, without reading the environment:
+/// production's defaults, from the one place they are written (`src/cli/config.rs`).
+pub fn serve_defaults() -> ServeArgs {
+    #[derive(clap::Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+    let command = Serve::command().mut_args(|arg| arg.env(None));
+    let matches = command
+        .try_get_matches_from(["serve"])
+        .expect("serve needs no flag");
+    Serve::from_arg_matches(&matches)
+        .expect("serve's defaults are valid")
+        .args
+}
+
+/// `StreamSettings::default()` in the tests: production's stream limits, from [`serve_defaults`]
+/// (the type has no `Default` of its own, so that no second copy of them exists).
+pub trait ServeDefault {
+    fn default() -> Self;
+}
+
+impl ServeDefault for StreamSettings {
+    fn default() -> Self {
+        serve_defaults().http_settings().streams
+    }
+}
+
+/// Production's defaults, but for the limits on keys and addresses: out of the way of any load a
+/// test makes (1,000 a second was reached).
 impl Default for Settings {
     fn default() -> Self {
+        let serve = serve_defaults();
+        let production = serve.settings();
+        let mut http = serve.http_settings();
+        http.rate_limit = RateLimit {
+            per_second: NonZeroU32::new(1_000_000).unwrap(),
+            burst: NonZeroU32::new(1_000_000).unwrap(),
+        };
+        http.auth_failures_per_minute = NonZeroU32::new(1000).unwrap();
         Self {
-            http: HttpSettings {
-                // Out of the way of any load a test makes (1,000 a second was reached).
-                rate_limit: RateLimit {
-                    per_second: NonZeroU32::new(1_000_000).unwrap(),
-                    burst: NonZeroU32::new(1_000_000).unwrap(),
-                },
-                auth_failures_per_minute: NonZeroU32::new(1000).unwrap(),
-                ..HttpSettings::default()
-            },
-            db_timeout: Duration::from_secs(2),
-            db_max_connections: 10,
+            http,
+            db_timeout: production.store.timeout,
+            db_max_connections: production.store.max_connections,
             extra_routes: axum::Router::new(),
             through_proxy: false,
-            key_cache_ttl: Duration::from_millis(1000),
-            feed_poll: Duration::from_secs(1),
-            stream_batch: Duration::from_millis(50),
+            key_cache_ttl: production.key_cache_ttl,
+            feed_poll: production.feed_poll,
+            stream_batch: production.stream_batch,
         }
     }
 }
@@ -342,8 +375,11 @@ impl TestApp {
 
     pub async fn spawn_with(backend: Backend, settings: Settings) -> Self {
         if !TELEMETRY.swap(true, Ordering::SeqCst) && std::env::var_os("TEST_LOG").is_some() {
-            signal_scans::telemetry::init(signal_scans::telemetry::LogFormat::Text)
-                .expect("TEST_LOG with a valid RUST_LOG");
+            signal_scans::telemetry::init(
+                signal_scans::telemetry::LogFormat::Text,
+                &signal_scans::cli::config::log_filter(),
+            )
+            .expect("TEST_LOG with a valid RUST_LOG");
         }
         let db = TestDatabase::create(backend).await;
         let proxy = match settings.through_proxy {
@@ -464,8 +500,9 @@ impl TestApp {
 
     /// A second instance with its own HTTP settings.
     pub async fn replica_with(&self, http: &HttpSettings) -> Replica {
-        let options = store_options(&self.db.url, Duration::from_secs(2));
-        let mut settings = app_settings(options, Duration::from_millis(1000), http.clone());
+        let defaults = Settings::default();
+        let options = store_options(&self.db.url, defaults.db_timeout);
+        let mut settings = app_settings(options, defaults.key_cache_ttl, http.clone());
         settings.shutdown_timeout = Duration::ZERO;
         let application = Application::build(settings)
             .await
@@ -531,28 +568,24 @@ impl Drop for TestApp {
     }
 }
 
-/// The application's settings in tests: port 0 on loopback, production's connection limits, feed
-/// poll and stream batching, 10 s to drain.
+/// The application's settings in tests: port 0 on loopback, and production's defaults for what
+/// the arguments do not say (connection limits, feed poll, stream batching, time to drain).
 fn app_settings(store: StoreOptions, key_cache_ttl: Duration, http: HttpSettings) -> AppSettings {
     AppSettings {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         store,
         key_cache_ttl,
-        feed_poll: Duration::from_secs(1),
-        stream_batch: Duration::from_millis(50),
-        audit_retention: None,
         http,
-        connections: ConnectionLimits::default(),
-        shutdown_timeout: Duration::from_secs(10),
+        ..serve_defaults().settings()
     }
 }
 
+/// The store at `url` with calls bounded by `timeout`, and production's defaults for the rest.
 pub fn store_options(url: &str, timeout: Duration) -> StoreOptions {
     StoreOptions {
         url: SecretString::from(url.to_owned()),
         timeout,
-        max_connections: 10,
-        publish_interval: Duration::from_millis(10),
+        ..serve_defaults().database.store_options()
     }
 }
 
