@@ -44,6 +44,7 @@ use crate::domain::ids::{AccountGroupId, ScanId};
             SignalScanEventsResponse,
             SignalScanCreatedResponse,
             SignalScanMoveResponse,
+            SignalScansCancelResponse,
             HealthResponse,
             ErrorResponse,
             AccountGroupId,

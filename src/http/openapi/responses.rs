@@ -23,8 +23,10 @@ use crate::http::envelope::{Envelope, ErrorBody};
 use crate::http::error::ApiError;
 use crate::http::limits::{self, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_TARGET_BYTES};
 use crate::http::method;
-use crate::http::views::{CancelledScan, Health, MovedScan, ScanEvents, ScanList};
-use crate::service::{AuthFailure, Cancellation, Moved, ScanPage, ServiceError};
+use crate::http::views::{CancelledScan, CancelledScans, Health, MovedScan, ScanEvents, ScanList};
+use crate::service::{
+    AuthFailure, BatchCancellation, CancelOutcome, Cancellation, Moved, ScanPage, ServiceError,
+};
 
 /// The trace id every example shows (a real one is per request).
 const EXAMPLE_TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -63,6 +65,12 @@ success_envelope!(
     SignalScanCancelSuccessResponse,
     CancelledScan,
     example_cancel()
+);
+success_envelope!(
+    /// `data.results` says what became of each requested scan, in order.
+    SignalScansCancelResponse,
+    CancelledScans,
+    example_cancel_all()
 );
 success_envelope!(
     /// `data` is the scan.
@@ -248,6 +256,41 @@ fn example_cancel() -> Value {
         previous_status: ScanStatus::Running,
         cancelled_at: datetime!(2026-11-29 00:14:45.778 UTC),
     }))
+    .to_value()
+}
+
+fn example_cancel_all() -> Value {
+    let at = datetime!(2026-11-29 00:14:45.778 UTC);
+    let line = |id: &str, outcome, status, previous_status, cancelled_at| BatchCancellation {
+        scan_id: ScanId::parse(id).expect("example id"),
+        outcome,
+        status,
+        previous_status,
+        cancelled_at,
+    };
+    Envelope::success(CancelledScans::from(vec![
+        line(
+            EXAMPLE_SCAN,
+            CancelOutcome::Cancelled,
+            Some(ScanStatus::Cancelled),
+            Some(ScanStatus::Running),
+            Some(at),
+        ),
+        line(
+            "65a1f0c2e4b0a1b2c3d4e5f7",
+            CancelOutcome::NotCancellable,
+            Some(ScanStatus::Completed),
+            Some(ScanStatus::Completed),
+            None,
+        ),
+        line(
+            "65a1f0c2e4b0a1b2c3d4e5f8",
+            CancelOutcome::NotFound,
+            None,
+            None,
+            None,
+        ),
+    ]))
     .to_value()
 }
 
