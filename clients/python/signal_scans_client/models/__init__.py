@@ -1,6 +1,10 @@
 """Contains all the data models used in inputs/outputs"""
 
+from .cancel_outcome import CancelOutcome
+from .cancel_result import CancelResult
+from .cancel_scans_request import CancelScansRequest
 from .cancelled_scan import CancelledScan
+from .cancelled_scans import CancelledScans
 from .change_event import ChangeEvent
 from .change_event_event import ChangeEventEvent
 from .error_body import ErrorBody
@@ -22,9 +26,14 @@ from .signal_scan_events_response import SignalScanEventsResponse
 from .signal_scan_list_response import SignalScanListResponse
 from .signal_scan_move_response import SignalScanMoveResponse
 from .signal_scan_response import SignalScanResponse
+from .signal_scans_cancel_response import SignalScansCancelResponse
 
 __all__ = (
     "CancelledScan",
+    "CancelledScans",
+    "CancelOutcome",
+    "CancelResult",
+    "CancelScansRequest",
     "ChangeEvent",
     "ChangeEventEvent",
     "ErrorBody",
@@ -46,4 +55,5 @@ __all__ = (
     "SignalScanListResponse",
     "SignalScanMoveResponse",
     "SignalScanResponse",
+    "SignalScansCancelResponse",
 )
