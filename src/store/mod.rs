@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 pub use pg_pool::HeldConnection;
 use pipeline::ChangeRequest;
-pub use pipeline::{BATCH_SIZE, MAX_BATCH, QUEUE_WAIT};
+pub use pipeline::{BATCH_SIZE, QUEUE_WAIT};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -217,6 +217,15 @@ impl Store {
         match self {
             Store::Postgres(_) => None,
             Store::Sqlite(store) => Some(store.writers_wanting()),
+        }
+    }
+
+    /// Requests whose status changes are queued or committing (group commit).
+    #[doc(hidden)] // For tests that need requests to share a batch: they wait until all queue.
+    pub fn changes_waiting(&self) -> usize {
+        match self {
+            Store::Postgres(store) => store.changes_waiting(),
+            Store::Sqlite(store) => store.changes_waiting(),
         }
     }
 

@@ -546,6 +546,10 @@ impl PgStore {
 
     /// Moves each scan of `changes` if its current status allows it, in one transaction shared
     /// with the other changes waiting (group commit: `store/pipeline.rs`).
+    pub(super) fn changes_waiting(&self) -> usize {
+        self.pipeline.get().map_or(0, Pipeline::waiting)
+    }
+
     pub async fn transitions(
         &self,
         changes: Vec<ChangeRequest>,

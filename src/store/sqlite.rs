@@ -122,8 +122,7 @@ impl SqliteStore {
     /// Writers holding or queued for this process's write turn, status changes waiting for
     /// their batch's commit included.
     pub(super) fn writers_wanting(&self) -> usize {
-        let changes = self.pipeline.get().map_or(0, Pipeline::waiting);
-        self.wanting.load(std::sync::atomic::Ordering::SeqCst) + changes
+        self.wanting.load(std::sync::atomic::Ordering::SeqCst) + self.changes_waiting()
     }
 
     async fn bounded<T>(
@@ -526,6 +525,10 @@ impl SqliteStore {
 
     /// Moves each scan of `changes` if its current status allows it, in arrival order, in one
     /// transaction shared with the other changes waiting (group commit: `store/pipeline.rs`).
+    pub(super) fn changes_waiting(&self) -> usize {
+        self.pipeline.get().map_or(0, Pipeline::waiting)
+    }
+
     pub async fn transitions(
         &self,
         changes: Vec<ChangeRequest>,

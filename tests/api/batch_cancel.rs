@@ -355,3 +355,116 @@ async fn a_stuck_batch_answers_502_and_cancels_none_of_its_scans(backend: Backen
     assert_eq!(outcomes, ["cancelled", "cancelled", "cancelled"]);
 }
 store_test!(a_stuck_batch_answers_502_and_cancels_none_of_its_scans);
+
+/// Until `n` requests' changes are queued or committing in the served store (10 s at most).
+async fn until_changes_waiting(app: &TestApp, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while app.served_store.changes_waiting() != n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} changes waiting, not {n}",
+            app.served_store.changes_waiting()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Three requests committed in one batch lose the database mid-commit: each is answered 502 and
+/// none of their scans moved. (PostgreSQL: one connection, so the three queue behind a first
+/// batch and go together once it commits; their batch then waits on a lock while the proxy
+/// cuts the database off.)
+async fn a_batch_that_loses_the_database_answers_502_to_each_request_and_commits_none(
+    backend: Backend,
+) {
+    let app = Settings::default()
+        .through_proxy()
+        .with_db_max_connections(1)
+        .with_db_timeout(Duration::from_secs(2))
+        .with_key_cache_ttl(Duration::from_secs(600))
+        .spawn(backend)
+        .await;
+    let proxy = app.proxy.as_ref().unwrap();
+    let group = group();
+    let writer = app.writer(&group).await;
+    let mut scans = Vec::new();
+    for _ in 0..5 {
+        scans.push(app.scan(&group, ScanStatus::Running).await);
+    }
+    let [first, a, b, c, warm] = <[ScanId; 5]>::try_from(scans).unwrap();
+    // The key is cached: no request needs the one connection to authenticate.
+    app.cancel_ok(&writer, &group, &warm).await;
+    let mut first_lock = WriteLock::hold(&app, &first).await;
+    let mut c_lock = WriteLock::hold(&app, &c).await;
+
+    let (stuck_first, together) = tokio::join!(
+        app.cancel(Some(&writer), group.as_str(), first.as_str()),
+        async {
+            until_changes_waiting(&app, 1).await;
+            let cancel = |scan: ScanId| {
+                let (app, writer, group) = (&app, &writer, &group);
+                async move {
+                    app.cancel(Some(writer), group.as_str(), scan.as_str())
+                        .await
+                }
+            };
+            let (ra, rb, rc, ()) = tokio::join!(cancel(a), cancel(b), cancel(c), async {
+                // All three queue behind the first batch, which holds the one connection.
+                until_changes_waiting(&app, 4).await;
+                first_lock.release().await;
+                // The first batch committed; the three, one batch, wait on c's lock.
+                while app.status_of(&first).await != ScanStatus::Cancelled {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                until_waiting(&app, 1).await;
+                proxy.cut();
+            });
+            [ra, rb, rc]
+        }
+    );
+    // The database ends the abandoned statement too before c's lock goes: no late commit.
+    until_waiting(&app, 0).await;
+    c_lock.release().await;
+    proxy.restore();
+
+    assert_eq!(stuck_first.status, 200, "{stuck_first:?}");
+    for response in &together {
+        response.assert_error(502, "UPSTREAM_ERROR");
+    }
+    for scan in [&a, &b, &c] {
+        assert_eq!(app.status_of(scan).await, ScanStatus::Running);
+        assert_eq!(app.store.scan_events(scan).await.unwrap().len(), 1);
+    }
+}
+store_test!(
+    a_batch_that_loses_the_database_answers_502_to_each_request_and_commits_none,
+    postgres_only
+);
+
+/// `/metrics` shows the writer's batches: changes per commit and the wait to be taken, as
+/// histograms.
+async fn the_writers_batches_are_histograms_in_metrics(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let writer = app.writer(&group).await;
+    let scan = app.scan(&group, ScanStatus::Running).await;
+    app.cancel_ok(&writer, &group, &scan).await;
+
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+
+    for series in [
+        "scan_write_batch_size_bucket{le=\"1\"}",
+        "scan_write_batch_size_bucket{le=\"128\"}",
+        "scan_write_queue_wait_seconds_bucket{le=\"0.001\"}",
+    ] {
+        assert!(text.contains(series), "no {series} in {text}");
+    }
+}
+store_test!(the_writers_batches_are_histograms_in_metrics);
