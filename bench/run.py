@@ -71,16 +71,17 @@ BUSY_STREAMS = 10  # of the streams of a window (s), those that follow the bench
 # How long the watch may take, after the service has stopped, to print the run's last changes (its fallback
 # poll is FEED_POLL_MS, 1 s by default).
 WATCH_DRAIN_SECONDS = 10
-# (a2)'s literals for the service's statement's parameters: $1 the next id of the run's range, $2 the group,
-# $3 the new status, $4 the statuses it may leave, $5 and $6 a fixed API key id and trace id, $7 no reason.
+# (a2)'s literals for the service's statement's parameters, a batch of one change each (the statement takes
+# arrays, one element per change): $1 the next id of the run's range, $2 the group, $3 the new status, $4 the
+# statuses it may leave (comma-separated), $5 and $6 a fixed API key id and trace id, $7 no reason.
 A2_PARAMETERS = {
-    "$1": "(SELECT lpad(to_hex(nextval('bench_ids')), 24, '0'))",
-    "$2": ":group",
-    "$3": "'cancelled'",
-    "$4": "'{queued,running}'",
-    "$5": "'00000000-0000-4000-8000-00000000be4c'::uuid",
-    "$6": "'0000000000000000000000000000be4c'",
-    "$7": "NULL",
+    "$1": "ARRAY[(SELECT lpad(to_hex(nextval('bench_ids')), 24, '0'))]",
+    "$2": "ARRAY[:group]",
+    "$3": "ARRAY['cancelled']",
+    "$4": "ARRAY['queued,running']",
+    "$5": "ARRAY['00000000-0000-4000-8000-00000000be4c'::uuid]",
+    "$6": "ARRAY['0000000000000000000000000000be4c']",
+    "$7": "ARRAY[NULL::text]",
 }
 
 

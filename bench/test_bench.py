@@ -121,9 +121,10 @@ class StatementA2(unittest.TestCase):
     def test_a2_is_the_services_statement_with_literals(self):
         script = run.a2_script(harness.CANCEL_SQL.read_text())
         self.assertNotRegex(script, r"\$\d")
-        self.assertIn("WHERE id = (SELECT lpad(to_hex(nextval('bench_ids')), 24, '0'))", script)
-        self.assertIn(":group::text", script)
-        self.assertIn("'{queued,running}'::text[]", script)
+        # A batch of one: each parameter an array of one element.
+        self.assertIn("unnest(ARRAY[(SELECT lpad(to_hex(nextval('bench_ids')), 24, '0'))]::text[]", script)
+        self.assertIn("ARRAY[:group]::text[]", script)
+        self.assertIn("ARRAY['queued,running']::text[]", script)
         self.assertTrue(script.endswith(");\n") or script.endswith(";\n"))
         body = [line for line in script.splitlines() if not line.startswith("--")]
         self.assertFalse(any("--" in line for line in body), "comments inside the statement are dropped")

@@ -14,12 +14,15 @@ from signal_scans_client.api.operations import healthz
 from signal_scans_client.api.runners import complete_signal_scan, fail_signal_scan, start_signal_scan
 from signal_scans_client.api.signal_scans import (
     cancel_signal_scan,
+    cancel_signal_scans,
     create_signal_scan,
     get_signal_scan,
     list_signal_scan_events,
     list_signal_scans,
 )
 from signal_scans_client.models import (
+    CancelOutcome,
+    CancelScansRequest,
     ErrorResponse,
     ScanStatus,
     FailRequest,
@@ -175,7 +178,32 @@ class GeneratedClient(unittest.TestCase):
             self.assertIsInstance(late.parsed, ErrorResponse)
             self.assertEqual(late.parsed.error.details, "currentStatus=cancelled")
 
-    def test_7_operations_need_no_key(self):
+    def test_7_a_batch_cancel_answers_each_scan_in_order(self):
+        with bearer_client() as client:
+            fresh = create_signal_scan.sync(account_group_id=GROUP, client=client).data
+            answer = cancel_signal_scans.sync_detailed(
+                account_group_id=GROUP,
+                client=client,
+                body=CancelScansRequest(scan_ids=[fresh.scan_id, COMPLETED, UNKNOWN_SCAN]),
+            )
+            self.assertEqual(answer.status_code, 200)
+            results = answer.parsed.data.results
+            self.assertEqual([r.scan_id for r in results], [fresh.scan_id, COMPLETED, UNKNOWN_SCAN])
+            self.assertEqual(
+                [r.outcome for r in results],
+                [CancelOutcome.CANCELLED, CancelOutcome.NOT_CANCELLABLE, CancelOutcome.NOT_FOUND],
+            )
+            self.assertEqual(results[0].previous_status, ScanStatus.QUEUED)
+            self.assertIsInstance(results[0].cancelled_at, datetime.datetime)
+            self.assertIsNone(results[2].status)
+            repeated = cancel_signal_scans.sync_detailed(
+                account_group_id=GROUP, client=client, body=CancelScansRequest(scan_ids=[COMPLETED, COMPLETED])
+            )
+            self.assertEqual(repeated.status_code, 400)
+            self.assertIsInstance(repeated.parsed, ValidationErrorResponse)
+            self.assertEqual(repeated.parsed.error.details, "scanIds[1] repeats scanIds[0]")
+
+    def test_8_operations_need_no_key(self):
         with Client(base_url=BASE_URL, raise_on_unexpected_status=True) as client:
             health = healthz.sync(client=client)
             self.assertTrue(health.success)

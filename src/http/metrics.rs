@@ -21,7 +21,7 @@ use metrics_exporter_prometheus::{
 };
 use tower::{Layer, Service};
 
-use crate::store::Store;
+use crate::store::{self, Store};
 
 pub const REQUESTS: &str = "http_requests_total";
 pub const REQUEST_DURATION: &str = "http_request_duration_seconds";
@@ -48,12 +48,21 @@ pub fn recorder() -> PrometheusHandle {
         .clone()
 }
 
+/// Changes per commit: powers of two up to the store's batch bound.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+
 /// The recorder [`recorder`] installs, not installed: a test measures what it keeps.
 #[doc(hidden)]
 pub fn unregistered_recorder() -> PrometheusRecorder {
     PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), LATENCY_BUCKETS)
-        .expect("latency buckets are not empty")
+        .and_then(|builder| {
+            builder.set_buckets_for_metric(Matcher::Full(store::QUEUE_WAIT.into()), LATENCY_BUCKETS)
+        })
+        .and_then(|builder| {
+            builder.set_buckets_for_metric(Matcher::Full(store::BATCH_SIZE.into()), BATCH_BUCKETS)
+        })
+        .expect("buckets are not empty")
         .build_recorder()
 }
 

@@ -61,7 +61,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     const RUN: &[Permission] = &[Permission::SignalsRun];
     // Each route's guard runs only once the route matched: the key (401), its rate limit (429),
     // the route's permission (403), then the handler.
-    // (`changes` is a static segment, never taken for a scan id: those are 24 hex.)
+    // (`changes` and `cancel` are static segments, never taken for a scan id: those are 24 hex.)
     let requires = |permissions, (schemas, paths, handler): UtoipaMethodRouter<AppState>| {
         let guard = auth::Guard::requiring(&state, permissions);
         let handler = handler.route_layer(middleware::from_fn_with_state(guard, auth::guard));
@@ -74,6 +74,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .routes(requires(READ, routes!(scans::scan_events)))
         .routes(requires(WRITE, routes!(scans::create_scan)))
         .routes(requires(WRITE, routes!(scans::cancel_scan)))
+        .routes(requires(WRITE, routes!(scans::cancel_scans)))
         .routes(requires(RUN, routes!(runner::start_scan)))
         .routes(requires(RUN, routes!(runner::complete_scan)))
         .routes(requires(RUN, routes!(runner::fail_scan)));

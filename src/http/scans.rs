@@ -11,10 +11,11 @@ use super::error::ApiError;
 use super::extract::{ApiBody, ApiPath, ApiQuery, GroupPath, NoFields, ScanPath};
 use super::openapi::responses as doc;
 use super::trace_id::TraceId;
-use super::views::{CancelledScan, ScanEvents, ScanList};
+use super::views::{CancelledScan, CancelledScans, ScanEvents, ScanList};
+use crate::domain::ids::ScanId;
 use crate::domain::keys::Principal;
 use crate::domain::scan::{IdempotencyKey, Scan, ScanCursor, ScanPageQuery, ScanStatus};
-use crate::service::ScanService;
+use crate::service::{CancelOutcome, ScanService};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -56,6 +57,100 @@ pub async fn cancel_scan(
         "scan cancelled"
     );
     Ok(Json(Envelope::success(cancellation.into())))
+}
+
+/// The most scans one batch cancel names.
+const MAX_BATCH_CANCEL: usize = 100;
+
+/// The body of a batch cancel.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CancelScansRequest {
+    /// The scans to cancel: 1 to 100 distinct ids, 24 hexadecimal characters each.
+    #[schema(value_type = Vec<ScanId>, min_items = 1, max_items = 100)]
+    scan_ids: Option<Vec<String>>,
+}
+
+impl CancelScansRequest {
+    /// The ids, or a 400 naming the first thing wrong with them.
+    fn parse(self) -> Result<Vec<ScanId>, ApiError> {
+        let raw = self
+            .scan_ids
+            .ok_or_else(|| ApiError::Validation("scanIds is required".into()))?;
+        if !(1..=MAX_BATCH_CANCEL).contains(&raw.len()) {
+            return Err(ApiError::Validation(format!(
+                "scanIds must hold 1 to {MAX_BATCH_CANCEL} ids; it holds {}",
+                raw.len()
+            )));
+        }
+        let mut ids: Vec<ScanId> = Vec::with_capacity(raw.len());
+        for (place, raw) in raw.iter().enumerate() {
+            let id = ScanId::parse(raw)
+                .map_err(|e| ApiError::Validation(format!("scanIds[{place}] {e}")))?;
+            if let Some(first) = ids.iter().position(|seen| *seen == id) {
+                return Err(ApiError::Validation(format!(
+                    "scanIds[{place}] repeats scanIds[{first}]"
+                )));
+            }
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+}
+
+/// `POST /v1/accounts/{accountGroupId}/signals/scans/cancel`: cancels up to 100 scans at once.
+#[utoipa::path(
+    post,
+    path = "/v1/accounts/{accountGroupId}/signals/scans/cancel",
+    operation_id = "cancelSignalScans",
+    tag = "signal scans",
+    summary = "Cancel several signal scans at once",
+    description = "Cancels each listed scan that is still queued or running, all in one commit, and answers \
+        one result per id, in the request's order: `cancelled`, `already_cancelled` (with its original \
+        `cancelledAt`), `not_cancellable` (completed or failed; nothing changed) or `not_found` (no such \
+        scan in this account group). One scan's outcome never fails another's. The body names 1 to 100 \
+        distinct ids; more, none, a malformed or a repeated id is 400 and changes nothing. Requires the \
+        `signals:write` permission and access to the account group.",
+    params(
+        ("accountGroupId" = inline(crate::domain::ids::AccountGroupId), Path,
+            description = "Account group ID that scopes the request: 24 hexadecimal characters, either case."),
+    ),
+    request_body = CancelScansRequest,
+    responses(
+        (status = 200, description = "One result per requested scan, in order", body = doc::SignalScansCancelResponse),
+        (status = 400, response = doc::BadBatchCancelRequest),
+        (status = 403, response = doc::Forbidden),
+    )
+)]
+pub async fn cancel_scans(
+    State(service): State<ScanService>,
+    principal: Principal,
+    trace_id: TraceId,
+    ApiPath(path): ApiPath<GroupPath>,
+    body: ApiBody,
+) -> Result<Json<Envelope<CancelledScans>>, ApiError> {
+    let group = path.parse()?;
+    if body.0.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::Validation(
+            "request body must be a JSON object with scanIds".into(),
+        ));
+    }
+    let scans = body.optional_fields::<CancelScansRequest>()?.parse()?;
+    let lines = service
+        .cancel_all(&principal, &group, &scans, trace_id.as_str())
+        .await?;
+    // Counted as single cancels are: each scan that is cancelled now, by its previous status.
+    for line in &lines {
+        let cancelled = matches!(
+            line.outcome,
+            CancelOutcome::Cancelled | CancelOutcome::AlreadyCancelled
+        );
+        if let (true, Some(previous)) = (cancelled, line.previous_status) {
+            super::metrics::count_cancel(previous.as_str());
+        }
+    }
+    tracing::info!(scans = lines.len(), "batch cancel");
+    Ok(Json(Envelope::success(lines.into())))
 }
 
 /// `POST /v1/accounts/{accountGroupId}/signals/scans`: starts a scan (queued).

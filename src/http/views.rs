@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::scan::{Scan, ScanEvent, ScanStatus};
 use crate::service::feed::FeedEvent;
-use crate::service::{Cancellation, Moved, ScanPage};
+use crate::service::{BatchCancellation, CancelOutcome as Outcome, Cancellation, Moved, ScanPage};
 
 /// `data` of a successful cancel.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -31,6 +31,69 @@ impl From<Cancellation> for CancelledScan {
             previous_status: cancellation.previous_status,
             cancelled_at: cancellation.cancelled_at,
         }
+    }
+}
+
+/// `data` of a batch cancel: one result per requested id, in the request's order.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CancelledScans {
+    results: Vec<CancelResult>,
+}
+
+/// What a batch cancel did to one scan.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CancelResult {
+    scan_id: ScanId,
+    outcome: CancelOutcome,
+    /// The scan's status after the request; null when not found.
+    #[schema(required = true)]
+    status: Option<ScanStatus>,
+    /// Its status before the request (equal to `status` when nothing changed); null when not
+    /// found.
+    #[schema(required = true)]
+    previous_status: Option<ScanStatus>,
+    /// When the scan was cancelled, by this request or before; null otherwise.
+    #[serde(with = "crate::domain::rfc3339::option")]
+    #[schema(required = true)]
+    cancelled_at: Option<OffsetDateTime>,
+}
+
+/// `cancelled` by this request, `already_cancelled` before it, `not_cancellable` (completed or
+/// failed: nothing changed), or `not_found` (no such scan in the account group).
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelOutcome {
+    Cancelled,
+    AlreadyCancelled,
+    NotCancellable,
+    NotFound,
+}
+
+impl From<Outcome> for CancelOutcome {
+    fn from(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Cancelled => Self::Cancelled,
+            Outcome::AlreadyCancelled => Self::AlreadyCancelled,
+            Outcome::NotCancellable => Self::NotCancellable,
+            Outcome::NotFound => Self::NotFound,
+        }
+    }
+}
+
+impl From<Vec<BatchCancellation>> for CancelledScans {
+    fn from(lines: Vec<BatchCancellation>) -> Self {
+        let results = lines
+            .into_iter()
+            .map(|line| CancelResult {
+                scan_id: line.scan_id,
+                outcome: line.outcome.into(),
+                status: line.status,
+                previous_status: line.previous_status,
+                cancelled_at: line.cancelled_at,
+            })
+            .collect();
+        Self { results }
     }
 }
 

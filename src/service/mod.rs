@@ -17,4 +17,7 @@ use std::time::Duration;
 /// notifications to go out (listeners would otherwise find those changes at their next poll).
 pub const HINT_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
-pub use scans::{AuthFailure, Cancellation, Moved, ScanPage, ScanService, ServiceError, Started};
+pub use scans::{
+    AuthFailure, BatchCancellation, CancelOutcome, Cancellation, Moved, ScanPage, ScanService,
+    ServiceError, Started,
+};

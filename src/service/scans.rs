@@ -29,6 +29,64 @@ pub struct Cancellation {
     pub cancelled_at: OffsetDateTime,
 }
 
+/// What a batch cancel did to one scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// Queued or running, and cancelled by this request.
+    Cancelled,
+    /// Cancelled before: nothing changed.
+    AlreadyCancelled,
+    /// Completed or failed: nothing changed.
+    NotCancellable,
+    /// No such scan in the account group.
+    NotFound,
+}
+
+/// One scan's line in a batch cancel's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchCancellation {
+    pub scan_id: ScanId,
+    pub outcome: CancelOutcome,
+    /// The scan's status after the request (`None`: not found).
+    pub status: Option<ScanStatus>,
+    /// Its status before the request: equal to `status` when nothing changed.
+    pub previous_status: Option<ScanStatus>,
+    /// When it was cancelled, by this request or before.
+    pub cancelled_at: Option<OffsetDateTime>,
+}
+
+impl BatchCancellation {
+    fn of(scan_id: ScanId, outcome: Transition) -> Result<Self, StoreError> {
+        let line = |outcome, scan: Option<&Scan>, previous_status| Self {
+            scan_id,
+            outcome,
+            status: scan.map(|scan| scan.status),
+            previous_status,
+            cancelled_at: scan.and_then(|scan| scan.cancelled_at),
+        };
+        Ok(match outcome {
+            Transition::Applied { previous, scan } => {
+                cancelled_at(&scan)?;
+                line(CancelOutcome::Cancelled, Some(&scan), Some(previous))
+            }
+            Transition::Refused { scan } if scan.status == ScanStatus::Cancelled => {
+                cancelled_at(&scan)?;
+                line(
+                    CancelOutcome::AlreadyCancelled,
+                    Some(&scan),
+                    Some(scan.status),
+                )
+            }
+            Transition::Refused { scan } => line(
+                CancelOutcome::NotCancellable,
+                Some(&scan),
+                Some(scan.status),
+            ),
+            Transition::NotFound => line(CancelOutcome::NotFound, None, None),
+        })
+    }
+}
+
 /// A scan a client started, and whether this request only replayed the first answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Started {
@@ -192,6 +250,35 @@ impl ScanService {
             }),
             Transition::NotFound => Err(ServiceError::ScanNotFound),
         }
+    }
+
+    /// Cancels each of `scans` (distinct ids) of `group` that is queued or running, all in one
+    /// commit, and says what became of each, in order. A scan of another group is not found, as
+    /// on the single cancel; one scan's outcome never fails another's.
+    pub async fn cancel_all(
+        &self,
+        principal: &Principal,
+        group: &AccountGroupId,
+        scans: &[ScanId],
+        trace_id: &str,
+    ) -> Result<Vec<BatchCancellation>, ServiceError> {
+        Self::check_access(principal, group)?;
+        let actor = Actor {
+            api_key_id: Some(principal.key_id),
+            trace_id: Some(trace_id),
+            reason: None,
+        };
+        let outcomes = self
+            .0
+            .store
+            .transition_all(Some(group), scans, ScanStatus::Cancelled, actor)
+            .await?;
+        scans
+            .iter()
+            .zip(outcomes)
+            .map(|(scan, outcome)| BatchCancellation::of(*scan, outcome))
+            .collect::<Result<_, StoreError>>()
+            .map_err(ServiceError::from)
     }
 
     /// Starts a queued scan of `group` for a client. With an idempotency key, a retry within the

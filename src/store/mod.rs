@@ -1,6 +1,7 @@
 //! Everything that knows SQL. The rest of the service talks to [`Store`] and never to a driver.
 
 mod pg_pool;
+mod pipeline;
 mod postgres;
 mod publisher;
 mod rows;
@@ -15,6 +16,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub use pg_pool::HeldConnection;
+use pipeline::ChangeRequest;
+pub use pipeline::{BATCH_SIZE, QUEUE_WAIT};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -217,6 +220,15 @@ impl Store {
         }
     }
 
+    /// Requests whose status changes are queued or committing (group commit).
+    #[doc(hidden)] // For tests that need requests to share a batch: they wait until all queue.
+    pub fn changes_waiting(&self) -> usize {
+        match self {
+            Store::Postgres(store) => store.changes_waiting(),
+            Store::Sqlite(store) => store.changes_waiting(),
+        }
+    }
+
     pub fn pool_usage(&self) -> PoolUsage {
         match self {
             Store::Postgres(store) => store.pool_usage(),
@@ -390,7 +402,8 @@ impl Store {
     }
 
     /// Moves a scan to `to` if and only if its current status allows it, in one guarded statement
-    /// that also writes the audit row. `group`, when given, must own the scan.
+    /// that also writes the audit row. `group`, when given, must own the scan. The change commits
+    /// in one transaction with whatever other changes wait at the same moment (group commit).
     pub async fn transition(
         &self,
         group: Option<&AccountGroupId>,
@@ -398,7 +411,34 @@ impl Store {
         to: ScanStatus,
         actor: Actor<'_>,
     ) -> Result<Transition, StoreError> {
-        forward!(self.transition(group, scan, to, actor))
+        let change = ChangeRequest::new(group, scan, to, actor);
+        let mut outcomes = self.transitions(vec![change]).await?;
+        outcomes
+            .pop()
+            .ok_or_else(|| StoreError::Internal("a change was answered with nothing".into()))
+    }
+
+    /// Moves each of `scans` (distinct) to `to` where its status allows it, all in one commit:
+    /// each scan's outcome, in order.
+    pub async fn transition_all(
+        &self,
+        group: Option<&AccountGroupId>,
+        scans: &[ScanId],
+        to: ScanStatus,
+        actor: Actor<'_>,
+    ) -> Result<Vec<Transition>, StoreError> {
+        let changes = scans
+            .iter()
+            .map(|scan| ChangeRequest::new(group, scan, to, actor))
+            .collect();
+        self.transitions(changes).await
+    }
+
+    async fn transitions(
+        &self,
+        changes: Vec<ChangeRequest>,
+    ) -> Result<Vec<Transition>, StoreError> {
+        forward!(self.transitions(changes))
     }
 }
 

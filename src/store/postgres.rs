@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::pg_pool::{ConnectionPool, HeldConnection};
+use super::pipeline::{BatchWriter, ChangeRequest, Pipeline, Shape};
 use super::publisher::Publisher;
 use super::rows::{ChangeRow, EventRow, KeyRow, ScanRow};
 use super::{
@@ -48,6 +49,8 @@ pub struct PgStore {
     publisher: Arc<OnceLock<Publisher>>,
     publish_interval: Duration,
     pub(super) feed_rows: Arc<FeedRowsRead>,
+    /// Status changes, committed in batches; started by the first.
+    pipeline: Arc<OnceLock<Pipeline>>,
 }
 
 impl PgStore {
@@ -74,6 +77,7 @@ impl PgStore {
             publisher: Arc::new(OnceLock::new()),
             publish_interval: options.publish_interval,
             feed_rows: Arc::default(),
+            pipeline: Arc::default(),
         })
     }
 
@@ -540,50 +544,108 @@ impl PgStore {
         Ok(listener)
     }
 
-    pub async fn transition(
+    /// Moves each scan of `changes` if its current status allows it, in one transaction shared
+    /// with the other changes waiting (group commit: `store/pipeline.rs`).
+    pub(super) fn changes_waiting(&self) -> usize {
+        self.pipeline.get().map_or(0, Pipeline::waiting)
+    }
+
+    pub async fn transitions(
         &self,
-        group: Option<&AccountGroupId>,
-        scan: &ScanId,
-        to: ScanStatus,
-        actor: Actor<'_>,
-    ) -> Result<Transition, StoreError> {
-        let from: Vec<&str> = to.reachable_from().iter().map(|s| s.as_str()).collect();
-        // One statement, so the change and its audit row commit together. `current` locks the row
-        // and, under READ COMMITTED, sees the latest committed version: a request that lost a race
-        // reads the winner's state, never the one its snapshot started with.
-        let row: Option<ScanRow> = self
-            .on_connection(async |connection| {
-                // The statement is its own file so that the benchmark's thin peer (bench/thin-peer)
-                // includes the very same text.
-                sqlx::query_as(include_str!("postgres_transition.sql"))
-                    .bind(scan.as_str())
-                    .bind(group.map(AccountGroupId::as_str))
-                    .bind(to.as_str())
-                    .bind(from)
-                    .bind(actor.api_key_id)
-                    .bind(actor.trace_id)
-                    .bind(actor.reason)
-                    .fetch_optional(connection)
-                    .await
-            })
-            .await?;
-        let Some(row) = row else {
-            return Ok(Transition::NotFound);
-        };
-        match row.previous_status.as_ref().map(|status| status.0) {
-            Some(previous) => {
-                let scan = row.into_scan()?;
+        changes: Vec<ChangeRequest>,
+    ) -> Result<Vec<Transition>, StoreError> {
+        let writer = self.pipeline.get_or_init(|| {
+            let writer = BatchWrites {
+                pool: self.pool.clone(),
+                timeout: self.timeout,
+            };
+            // As many batches at once as the pool has connections: each is one statement.
+            let shape = Shape {
+                in_flight: self.pool.usage().max as usize,
+                distinct_scans: true,
+            };
+            Pipeline::start(writer, shape, self.timeout)
+        });
+        let outcomes = writer.submit(changes).await?;
+        for outcome in &outcomes {
+            if let Transition::Applied { previous, scan } = outcome {
                 // Committed: now, and only now, listeners may hear of it. A hint carries no
                 // reason (readers take it from the audit trail), so hints stay small.
                 self.publisher()
-                    .publish(ScanChange::of(Some(previous), &scan, None));
-                Ok(Transition::Applied { previous, scan })
+                    .publish(ScanChange::of(Some(*previous), scan, None));
             }
-            None => Ok(Transition::Refused {
-                scan: row.into_scan()?,
-            }),
         }
+        Ok(outcomes)
     }
+}
+
+/// The PostgreSQL store's writer: a batch is one statement over arrays (its own transaction),
+/// so it costs one round trip and one commit however many changes it carries.
+#[derive(Clone)]
+struct BatchWrites {
+    pool: ConnectionPool,
+    timeout: Duration,
+}
+
+impl BatchWriter for BatchWrites {
+    async fn write(&self, changes: &[ChangeRequest]) -> Result<Vec<Transition>, StoreError> {
+        let column = |f: fn(&ChangeRequest) -> Option<String>| -> Vec<Option<String>> {
+            changes.iter().map(f).collect()
+        };
+        let scans = column(|c| Some(c.scan.as_str().to_owned()));
+        let groups = column(|c| c.group.as_ref().map(|g| g.as_str().to_owned()));
+        let to = column(|c| Some(c.to.as_str().to_owned()));
+        let from = column(|c| {
+            let from: Vec<&str> = c.to.reachable_from().iter().map(|s| s.as_str()).collect();
+            Some(from.join(","))
+        });
+        let key_ids: Vec<Option<Uuid>> = changes.iter().map(|c| c.api_key_id).collect();
+        let trace_ids = column(|c| c.trace_id.clone());
+        let reasons = column(|c| c.reason.clone());
+        let rows: Vec<BatchRow> = bounded(
+            self.timeout,
+            self.pool.run(async |connection| {
+                // The statement is its own file so that the benchmark's thin peer
+                // (bench/thin-peer) includes the very same text.
+                sqlx::query_as(include_str!("postgres_transition.sql"))
+                    .bind(scans)
+                    .bind(groups)
+                    .bind(to)
+                    .bind(from)
+                    .bind(key_ids)
+                    .bind(trace_ids)
+                    .bind(reasons)
+                    .fetch_all(connection)
+                    .await
+            }),
+        )
+        .await?;
+        let mut outcomes = vec![Transition::NotFound; changes.len()];
+        for BatchRow { ord, row } in rows {
+            let place = usize::try_from(ord - 1)
+                .ok()
+                .filter(|&place| place < outcomes.len())
+                .ok_or_else(|| StoreError::Corrupt(format!("a batch answered change {ord}")))?;
+            outcomes[place] = match row.previous_status.as_ref().map(|status| status.0) {
+                Some(previous) => Transition::Applied {
+                    previous,
+                    scan: row.into_scan()?,
+                },
+                None => Transition::Refused {
+                    scan: row.into_scan()?,
+                },
+            };
+        }
+        Ok(outcomes)
+    }
+}
+
+/// One row of a batch's answer: the scan, and which change of the batch it answers (from 1).
+#[derive(sqlx::FromRow)]
+struct BatchRow {
+    ord: i64,
+    #[sqlx(flatten)]
+    row: ScanRow,
 }
 
 /// An idempotency key's group and the scan it started.

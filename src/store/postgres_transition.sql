@@ -1,28 +1,58 @@
-WITH current AS (
-    SELECT * FROM signal_scans
-    WHERE id = $1 AND ($2::text IS NULL OR account_group_id = $2::text)
-    FOR UPDATE
+-- A batch of status changes in one statement, so every change and its audit row commit together.
+-- Each input row is one change: its scan, the group that must own it (NULL: any), the status it
+-- asks for, the statuses that status may be reached from (comma-separated), and its audit
+-- columns. A batch never holds two changes of one scan. Answers one row per change whose scan
+-- was found, numbered by `ord` (the change's place in the input, from 1); `previous_status` is
+-- NULL when the scan's status did not allow the change.
+WITH input AS (
+    SELECT *
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::text[],
+                $7::text[])
+         WITH ORDINALITY AS i(scan_id, account_group_id, to_status, from_statuses, api_key_id,
+                              trace_id, reason, ord)
+), current AS (
+    -- Locked in id order, so two batches that share scans never wait for each other in a
+    -- circle. Under READ COMMITTED a change that waited reads the winner's row, never the one its
+    -- snapshot started with.
+    SELECT s.*, input.ord
+    FROM signal_scans AS s
+    JOIN input ON s.id = input.scan_id
+              AND (input.account_group_id IS NULL OR s.account_group_id = input.account_group_id)
+    ORDER BY s.id
+    FOR UPDATE OF s
 ), stamp AS (
-    -- Read after `current` holds the lock: a change that waited behind
-    -- another is stamped after it, never before.
-    SELECT clock_timestamp() AS at FROM current
+    -- Read after `current` holds the locks: a change that waited behind another is stamped after
+    -- it, never before.
+    SELECT ord, clock_timestamp() AS at FROM current
 ), changed AS (
     UPDATE signal_scans AS s
-    SET status = $3::text,
+    SET status = input.to_status,
         updated_at = stamp.at,
-        started_at = CASE WHEN $3::text = 'running' THEN stamp.at ELSE s.started_at END,
-        finished_at = CASE WHEN $3::text IN ('completed', 'failed', 'cancelled')
+        started_at = CASE WHEN input.to_status = 'running' THEN stamp.at ELSE s.started_at END,
+        finished_at = CASE WHEN input.to_status IN ('completed', 'failed', 'cancelled')
                            THEN stamp.at ELSE s.finished_at END,
-        cancelled_at = CASE WHEN $3::text = 'cancelled' THEN stamp.at ELSE s.cancelled_at END
-    FROM current, stamp
-    WHERE s.id = current.id AND current.status = ANY($4::text[])
-    RETURNING s.*, current.status AS previous_status
+        cancelled_at = CASE WHEN input.to_status = 'cancelled' THEN stamp.at
+                            ELSE s.cancelled_at END
+    FROM current
+    JOIN input ON input.ord = current.ord
+    JOIN stamp ON stamp.ord = current.ord
+    WHERE s.id = current.id AND current.status = ANY (string_to_array(input.from_statuses, ','))
+    RETURNING s.id, s.account_group_id, s.status, s.created_at, s.updated_at, s.started_at,
+              s.finished_at, s.cancelled_at, current.status AS previous_status, input.ord,
+              input.api_key_id, input.trace_id, input.reason
 ), audit AS (
     INSERT INTO signal_scan_events
         (scan_id, account_group_id, from_status, to_status, api_key_id, trace_id, occurred_at,
          reason)
-    SELECT id, account_group_id, previous_status, status, $5, $6, updated_at, $7 FROM changed
+    SELECT id, account_group_id, previous_status, status, api_key_id, trace_id, updated_at, reason
+    FROM changed
+    ORDER BY ord
 )
-SELECT * FROM changed
+SELECT id, account_group_id, status, created_at, updated_at, started_at, finished_at,
+       cancelled_at, previous_status, ord
+FROM changed
 UNION ALL
-SELECT *, NULL::text FROM current WHERE NOT EXISTS (SELECT 1 FROM changed)
+SELECT id, account_group_id, status, created_at, updated_at, started_at, finished_at,
+       cancelled_at, NULL::text, ord
+FROM current
+WHERE NOT EXISTS (SELECT 1 FROM changed WHERE changed.ord = current.ord)

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
@@ -16,6 +16,7 @@ use sqlx::sqlite::{
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::pipeline::{BatchWriter, ChangeRequest, Pipeline, Shape};
 use super::rows::{ChangeRow, EventRow, KeyRow, SQLITE_TIMESTAMP, ScanRow};
 use super::{
     FeedRowsRead, IS_EMPTY, KeyToCreate, StoreError, StoreOptions, bounded, migration_error,
@@ -62,6 +63,8 @@ pub struct SqliteStore {
     pub(super) feed_rows: Arc<FeedRowsRead>,
     /// Writers holding or queued for the write turn: tests see contenders waiting by it.
     wanting: Arc<std::sync::atomic::AtomicUsize>,
+    /// Status changes, committed in batches; started by the first.
+    pipeline: Arc<OnceLock<Pipeline>>,
 }
 
 impl SqliteStore {
@@ -97,6 +100,7 @@ impl SqliteStore {
             writer: Arc::new(tokio::sync::Mutex::new(())),
             feed_rows: Arc::default(),
             wanting: Arc::default(),
+            pipeline: Arc::default(),
         })
     }
 
@@ -115,9 +119,10 @@ impl SqliteStore {
         .await
     }
 
-    /// Writers holding or queued for this process's write turn.
+    /// Writers holding or queued for this process's write turn, status changes waiting for
+    /// their batch's commit included.
     pub(super) fn writers_wanting(&self) -> usize {
-        self.wanting.load(std::sync::atomic::Ordering::SeqCst)
+        self.wanting.load(std::sync::atomic::Ordering::SeqCst) + self.changes_waiting()
     }
 
     async fn bounded<T>(
@@ -518,89 +523,144 @@ impl SqliteStore {
         self.changes.subscribe()
     }
 
-    pub async fn transition(
+    /// Moves each scan of `changes` if its current status allows it, in arrival order, in one
+    /// transaction shared with the other changes waiting (group commit: `store/pipeline.rs`).
+    pub(super) fn changes_waiting(&self) -> usize {
+        self.pipeline.get().map_or(0, Pipeline::waiting)
+    }
+
+    pub async fn transitions(
         &self,
-        group: Option<&AccountGroupId>,
-        scan: &ScanId,
-        to: ScanStatus,
-        actor: Actor<'_>,
-    ) -> Result<Transition, StoreError> {
-        let from: Vec<&str> = to.reachable_from().iter().map(|s| s.as_str()).collect();
-        // BEGIN IMMEDIATE holds SQLite's single write lock for the whole transaction, so the
-        // status read below cannot go stale before the guarded UPDATE; the UPDATE keeps its
-        // from-status guard all the same.
-        let outcome = self
-            .as_writer(async {
-                let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-                // Stamped once the write lock is held: never before a change it waited behind.
-                let at = encode(now());
-                let current: Option<ScanRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "SELECT {SCAN_COLUMNS} FROM signal_scans
-                     WHERE id = ?1 AND (?2 IS NULL OR account_group_id = ?2)"
-                )))
-                .bind(scan.as_str())
-                .bind(group.map(AccountGroupId::as_str))
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(current) = current else {
-                    return Ok(None);
-                };
-                let changed: Option<ScanRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "UPDATE signal_scans
-                     SET status = ?2,
-                         updated_at = ?3,
-                         started_at = CASE WHEN ?2 = 'running' THEN ?3 ELSE started_at END,
-                         finished_at = CASE WHEN ?2 IN ('completed', 'failed', 'cancelled')
-                                            THEN ?3 ELSE finished_at END,
-                         cancelled_at = CASE WHEN ?2 = 'cancelled' THEN ?3 ELSE cancelled_at END
-                     WHERE id = ?1 AND status IN (SELECT value FROM json_each(?4))
-                     RETURNING {SCAN_COLUMNS}"
-                )))
-                .bind(scan.as_str())
-                .bind(to.as_str())
-                .bind(&at)
-                .bind(serde_json::to_string(&from).unwrap_or_default())
-                .fetch_optional(&mut *tx)
-                .await?;
-                if changed.is_some() {
-                    sqlx::query(
-                        "INSERT INTO signal_scan_events
-                             (scan_id, from_status, to_status, api_key_id, trace_id, occurred_at,
-                              reason, account_group_id)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    )
-                    .bind(scan.as_str())
-                    .bind(current.status.0.as_str())
-                    .bind(to.as_str())
-                    .bind(actor.api_key_id.map(|id| id.to_string()))
-                    .bind(actor.trace_id)
-                    .bind(&at)
-                    .bind(actor.reason)
-                    .bind(current.account_group_id.0.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                tx.commit().await?;
-                Ok(Some((current, changed)))
-            })
-            .await?;
-        match outcome {
-            None => Ok(Transition::NotFound),
-            Some((current, Some(changed))) => {
-                let previous = current.status.0;
-                let scan = changed.into_scan()?;
+        changes: Vec<ChangeRequest>,
+    ) -> Result<Vec<Transition>, StoreError> {
+        let writer = self.pipeline.get_or_init(|| {
+            let writer = BatchWrites {
+                pool: self.pool.clone(),
+                turn: Arc::clone(&self.writer),
+                timeout: self.timeout,
+            };
+            // One batch at a time: SQLite has one write lock.
+            let shape = Shape {
+                in_flight: 1,
+                distinct_scans: false,
+            };
+            Pipeline::start(writer, shape, self.timeout)
+        });
+        let outcomes = writer.submit(changes).await?;
+        for outcome in &outcomes {
+            if let Transition::Applied { previous, scan } = outcome {
                 // After the commit, a hint for this process's readers; none listening is fine.
                 // A hint carries no reason: readers take it from the audit trail.
                 let _ = self
                     .changes
-                    .send(ScanChange::of(Some(previous), &scan, None));
-                Ok(Transition::Applied { previous, scan })
+                    .send(ScanChange::of(Some(*previous), scan, None));
             }
-            Some((current, None)) => Ok(Transition::Refused {
-                scan: current.into_scan()?,
-            }),
         }
+        Ok(outcomes)
     }
+}
+
+/// The SQLite store's writer: a batch is one `BEGIN IMMEDIATE` transaction, taken with this
+/// process's write turn.
+#[derive(Clone)]
+struct BatchWrites {
+    pool: SqlitePool,
+    turn: Arc<tokio::sync::Mutex<()>>,
+    timeout: Duration,
+}
+
+impl BatchWriter for BatchWrites {
+    async fn write(&self, changes: &[ChangeRequest]) -> Result<Vec<Transition>, StoreError> {
+        let rows = bounded(self.timeout, async {
+            let _turn = self.turn.lock().await;
+            // BEGIN IMMEDIATE holds SQLite's single write lock for the whole transaction, so a
+            // status read below cannot go stale before its guarded UPDATE; the UPDATE keeps its
+            // from-status guard all the same.
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let mut rows = Vec::with_capacity(changes.len());
+            for change in changes {
+                rows.push(apply(&mut tx, change).await?);
+            }
+            tx.commit().await?;
+            Ok(rows)
+        })
+        .await?;
+        rows.into_iter()
+            .map(|row| match row {
+                None => Ok(Transition::NotFound),
+                Some((current, Some(changed))) => Ok(Transition::Applied {
+                    previous: current.status.0,
+                    scan: changed.into_scan()?,
+                }),
+                Some((current, None)) => Ok(Transition::Refused {
+                    scan: current.into_scan()?,
+                }),
+            })
+            .collect()
+    }
+}
+
+/// One change inside a batch's transaction: the scan as it was (`None`: not found, or not the
+/// group's) and as it is now (`None`: its status did not allow the change).
+async fn apply(
+    tx: &mut SqliteConnection,
+    change: &ChangeRequest,
+) -> Result<Option<(ScanRow, Option<ScanRow>)>, sqlx::Error> {
+    // Stamped once the write lock is held: never before a change it waited behind.
+    let at = encode(now());
+    let current: Option<ScanRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {SCAN_COLUMNS} FROM signal_scans
+         WHERE id = ?1 AND (?2 IS NULL OR account_group_id = ?2)"
+    )))
+    .bind(change.scan.as_str())
+    .bind(change.group.as_ref().map(AccountGroupId::as_str))
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(current) = current else {
+        return Ok(None);
+    };
+    let from: Vec<&str> = change
+        .to
+        .reachable_from()
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    let changed: Option<ScanRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE signal_scans
+         SET status = ?2,
+             updated_at = ?3,
+             started_at = CASE WHEN ?2 = 'running' THEN ?3 ELSE started_at END,
+             finished_at = CASE WHEN ?2 IN ('completed', 'failed', 'cancelled')
+                                THEN ?3 ELSE finished_at END,
+             cancelled_at = CASE WHEN ?2 = 'cancelled' THEN ?3 ELSE cancelled_at END
+         WHERE id = ?1 AND status IN (SELECT value FROM json_each(?4))
+         RETURNING {SCAN_COLUMNS}"
+    )))
+    .bind(change.scan.as_str())
+    .bind(change.to.as_str())
+    .bind(&at)
+    .bind(serde_json::to_string(&from).unwrap_or_default())
+    .fetch_optional(&mut *tx)
+    .await?;
+    if changed.is_some() {
+        sqlx::query(
+            "INSERT INTO signal_scan_events
+                 (scan_id, from_status, to_status, api_key_id, trace_id, occurred_at,
+                  reason, account_group_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .bind(change.scan.as_str())
+        .bind(current.status.0.as_str())
+        .bind(change.to.as_str())
+        .bind(change.api_key_id.map(|id| id.to_string()))
+        .bind(change.trace_id.as_deref())
+        .bind(&at)
+        .bind(change.reason.as_deref())
+        .bind(current.account_group_id.0.as_str())
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(Some((current, changed)))
 }
 
 fn now() -> OffsetDateTime {

@@ -28,6 +28,7 @@
 mod helpers;
 
 mod auth;
+mod batch_cancel;
 mod cancel;
 mod changes;
 mod cli;

@@ -21,6 +21,7 @@ const START: &str = "/v1/accounts/{accountGroupId}/signals/scans/{scanId}/start"
 const COMPLETE: &str = "/v1/accounts/{accountGroupId}/signals/scans/{scanId}/complete";
 const FAIL: &str = "/v1/accounts/{accountGroupId}/signals/scans/{scanId}/fail";
 const LIST: &str = "/v1/accounts/{accountGroupId}/signals/scans";
+const CANCEL_ALL: &str = "/v1/accounts/{accountGroupId}/signals/scans/cancel";
 
 const CHANGES: &str = "/v1/accounts/{accountGroupId}/signals/scans/changes";
 
@@ -32,6 +33,7 @@ const ROUTES: &[(&str, &str, &[u16])] = &[
         "post",
         &[200, 400, 401, 403, 404, 422, 429, 500, 502],
     ),
+    (CANCEL_ALL, "post", &[200, 400, 401, 403, 429, 500, 502]),
     (SCAN, "get", &[200, 400, 401, 403, 404, 429, 500, 502]),
     (LIST, "post", &[201, 400, 401, 403, 422, 429, 500, 502]),
     (
@@ -597,6 +599,53 @@ async fn real_answers_match_the_document(backend: Backend) {
     contract.expect(LIST, get(list_url(&app, g)), 401).await;
     contract
         .expect(LIST, get(list_url(&app, g)).bearer_auth(&outsider), 403)
+        .await;
+
+    // Batch cancel: 200 with every outcome, 400, 401, 403.
+    let cancel_all = || post(app.url(&format!("/v1/accounts/{g}/signals/scans/cancel")));
+    let fresh = app.scan(&group, ScanStatus::Running).await;
+    let batch =
+        json!({ "scanIds": [fresh.as_str(), queued.as_str(), completed.as_str(), missing] });
+    let answered = contract
+        .expect(
+            CANCEL_ALL,
+            cancel_all().bearer_auth(&writer).json(&batch),
+            200,
+        )
+        .await;
+    let outcomes: Vec<&str> = answered.body["data"]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|line| line["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            "cancelled",
+            "already_cancelled",
+            "not_cancellable",
+            "not_found"
+        ]
+    );
+    for body in [json!({}), json!({ "scanIds": ["nope"] }), json!([1])] {
+        contract
+            .expect(
+                CANCEL_ALL,
+                cancel_all().bearer_auth(&writer).json(&body),
+                400,
+            )
+            .await;
+    }
+    contract
+        .expect(CANCEL_ALL, cancel_all().json(&batch), 401)
+        .await;
+    contract
+        .expect(
+            CANCEL_ALL,
+            cancel_all().bearer_auth(&reader).json(&batch),
+            403,
+        )
         .await;
 
     // The operational routes.

@@ -27,8 +27,10 @@ use crate::http::limits::{
     self, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_STREAM_TARGET_BYTES, MAX_TARGET_BYTES,
 };
 use crate::http::method;
-use crate::http::views::{CancelledScan, Health, MovedScan, ScanEvents, ScanList};
-use crate::service::{AuthFailure, Cancellation, Moved, ScanPage, ServiceError};
+use crate::http::views::{CancelledScan, CancelledScans, Health, MovedScan, ScanEvents, ScanList};
+use crate::service::{
+    AuthFailure, BatchCancellation, CancelOutcome, Cancellation, Moved, ScanPage, ServiceError,
+};
 
 /// The trace id every example shows (a real one is per request).
 const EXAMPLE_TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -67,6 +69,12 @@ success_envelope!(
     SignalScanCancelSuccessResponse,
     CancelledScan,
     example_cancel()
+);
+success_envelope!(
+    /// `data.results` says what became of each requested scan, in order.
+    SignalScansCancelResponse,
+    CancelledScans,
+    example_cancel_all()
 );
 success_envelope!(
     /// `data` is the scan.
@@ -269,6 +277,41 @@ fn example_cancel() -> Value {
         previous_status: ScanStatus::Running,
         cancelled_at: datetime!(2026-11-29 00:14:45.778 UTC),
     }))
+    .to_value()
+}
+
+fn example_cancel_all() -> Value {
+    let at = datetime!(2026-11-29 00:14:45.778 UTC);
+    let line = |id: &str, outcome, status, previous_status, cancelled_at| BatchCancellation {
+        scan_id: ScanId::parse(id).expect("example id"),
+        outcome,
+        status,
+        previous_status,
+        cancelled_at,
+    };
+    Envelope::success(CancelledScans::from(vec![
+        line(
+            EXAMPLE_SCAN,
+            CancelOutcome::Cancelled,
+            Some(ScanStatus::Cancelled),
+            Some(ScanStatus::Running),
+            Some(at),
+        ),
+        line(
+            "65a1f0c2e4b0a1b2c3d4e5f7",
+            CancelOutcome::NotCancellable,
+            Some(ScanStatus::Completed),
+            Some(ScanStatus::Completed),
+            None,
+        ),
+        line(
+            "65a1f0c2e4b0a1b2c3d4e5f8",
+            CancelOutcome::NotFound,
+            None,
+            None,
+            None,
+        ),
+    ]))
     .to_value()
 }
 
@@ -511,6 +554,20 @@ error_response!(
         ("malformedGroupId", ApiError::Validation(format!("accountGroupId {InvalidId}"))),
         ("unexpectedBody", refused_body::<NoFields>(b"[]")),
         ("badIdempotencyKey", ApiError::Validation("Idempotency-Key must be 1 to 255 visible ASCII characters, sent once".into())),
+    ] + over_limits(MAX_TARGET_BYTES)
+);
+error_response!(
+    /// 400 VALIDATION_ERROR on a batch cancel: a malformed id or body, too many or too few ids, a
+    /// repeated one, or a request over a limit.
+    BadBatchCancelRequest,
+    ValidationErrorResponse,
+    after_auth,
+    [
+        ("malformedGroupId", ApiError::Validation(format!("accountGroupId {InvalidId}"))),
+        ("missingBody", ApiError::Validation("request body must be a JSON object with scanIds".into())),
+        ("tooManyIds", ApiError::Validation("scanIds must hold 1 to 100 ids; it holds 101".into())),
+        ("malformedId", ApiError::Validation(format!("scanIds[1] {InvalidId}"))),
+        ("repeatedId", ApiError::Validation("scanIds[1] repeats scanIds[0]".into())),
     ] + over_limits(MAX_TARGET_BYTES)
 );
 error_response!(

@@ -112,12 +112,33 @@ async fn concurrent_cancels_reach_a_stream_once_each_and_resume_from_any_event_e
     };
     let mut stream = follow(stream_request(&url, &reader)).await;
 
-    let (cancels, delivered) = tokio::join!(
-        futures::future::join_all(scans.iter().map(|scan| app.cancel(
-            Some(&writer),
-            group.as_str(),
-            scan.as_str()
-        )),),
+    // Concurrent cancels share a commit (group commit), and a batch with a held cancel would
+    // hold the others with it. So on PostgreSQL each held cancel is sent once the held ones
+    // before it wait on the lock, alone in a batch (a transaction) of its own, and the others once
+    // every held one waits: they commit around the held transactions, after them in xid order.
+    let (seen_waiting, waiting) = tokio::sync::watch::channel(0);
+    let (cancels, (), delivered) = tokio::join!(
+        futures::future::join_all(scans.iter().enumerate().map(|(i, scan)| {
+            let mut waiting = waiting.clone();
+            let before = if i % 3 == 0 { i / 3 } else { HELD };
+            let (app, writer, group) = (&app, &writer, &group);
+            async move {
+                if backend == Backend::Postgres {
+                    waiting.wait_for(|&n| n >= before).await.unwrap();
+                }
+                app.cancel(Some(writer), group.as_str(), scan.as_str())
+                    .await
+            }
+        })),
+        async {
+            if backend == Backend::Postgres {
+                let mut observer = PgConnection::connect(&app.db.url).await.unwrap();
+                for count in 1..=HELD {
+                    until_advisory_waiters(&mut observer, count).await;
+                    seen_waiting.send_replace(count);
+                }
+            }
+        },
         async {
             let Some(admin) = admin.as_mut() else {
                 return next_events(&mut stream, SCANS).await;

@@ -1,6 +1,10 @@
 """Contains all the data models used in inputs/outputs"""
 
+from .cancel_outcome import CancelOutcome
+from .cancel_result import CancelResult
+from .cancel_scans_request import CancelScansRequest
 from .cancelled_scan import CancelledScan
+from .cancelled_scans import CancelledScans
 from .change_event import ChangeEvent
 from .change_event_event import ChangeEventEvent
 from .error_body import ErrorBody
@@ -22,10 +26,15 @@ from .signal_scan_events_response import SignalScanEventsResponse
 from .signal_scan_list_response import SignalScanListResponse
 from .signal_scan_move_response import SignalScanMoveResponse
 from .signal_scan_response import SignalScanResponse
+from .signal_scans_cancel_response import SignalScansCancelResponse
 from .validation_error_response import ValidationErrorResponse
 
 __all__ = (
     "CancelledScan",
+    "CancelledScans",
+    "CancelOutcome",
+    "CancelResult",
+    "CancelScansRequest",
     "ChangeEvent",
     "ChangeEventEvent",
     "ErrorBody",
@@ -47,5 +56,6 @@ __all__ = (
     "SignalScanListResponse",
     "SignalScanMoveResponse",
     "SignalScanResponse",
+    "SignalScansCancelResponse",
     "ValidationErrorResponse",
 )

@@ -1,0 +1,238 @@
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from ...client import AuthenticatedClient, Client
+from ...models.cancel_scans_request import CancelScansRequest
+from ...models.error_response import ErrorResponse
+from ...models.signal_scans_cancel_response import SignalScansCancelResponse
+from ...models.validation_error_response import ValidationErrorResponse
+from ...types import Response
+
+
+def _get_kwargs(
+    account_group_id: str,
+    *,
+    body: CancelScansRequest,
+) -> dict[str, Any]:
+    headers: dict[str, Any] = {}
+
+    _kwargs: dict[str, Any] = {
+        "method": "post",
+        "url": "/v1/accounts/{account_group_id}/signals/scans/cancel".format(
+            account_group_id=quote(str(account_group_id), safe=""),
+        ),
+    }
+
+    _kwargs["json"] = body.to_dict()
+
+    headers["Content-Type"] = "application/json"
+
+    _kwargs["headers"] = headers
+    return _kwargs
+
+
+def _parse_response(
+    *, client: AuthenticatedClient | Client, response: httpx.Response
+) -> ErrorResponse | SignalScansCancelResponse | ValidationErrorResponse:
+    if response.status_code == 200:
+        response_200 = SignalScansCancelResponse.from_dict(response.json())
+
+        return response_200
+
+    if response.status_code == 400:
+        response_400 = ValidationErrorResponse.from_dict(response.json())
+
+        return response_400
+
+    if response.status_code == 401:
+        response_401 = ErrorResponse.from_dict(response.json())
+
+        return response_401
+
+    if response.status_code == 403:
+        response_403 = ErrorResponse.from_dict(response.json())
+
+        return response_403
+
+    if response.status_code == 429:
+        response_429 = ErrorResponse.from_dict(response.json())
+
+        return response_429
+
+    if response.status_code == 500:
+        response_500 = ErrorResponse.from_dict(response.json())
+
+        return response_500
+
+    if response.status_code == 502:
+        response_502 = ErrorResponse.from_dict(response.json())
+
+        return response_502
+
+    response_default = ErrorResponse.from_dict(response.json())
+
+    return response_default
+
+
+def _build_response(
+    *, client: AuthenticatedClient | Client, response: httpx.Response
+) -> Response[ErrorResponse | SignalScansCancelResponse | ValidationErrorResponse]:
+    return Response(
+        status_code=HTTPStatus(response.status_code),
+        content=response.content,
+        headers=response.headers,
+        parsed=_parse_response(client=client, response=response),
+    )
+
+
+def sync_detailed(
+    account_group_id: str,
+    *,
+    client: AuthenticatedClient,
+    body: CancelScansRequest,
+) -> Response[ErrorResponse | SignalScansCancelResponse | ValidationErrorResponse]:
+    """Cancel several signal scans at once
+
+     Cancels each listed scan that is still queued or running, all in one commit, and answers one result
+    per id, in the request's order: `cancelled`, `already_cancelled` (with its original `cancelledAt`),
+    `not_cancellable` (completed or failed; nothing changed) or `not_found` (no such scan in this
+    account group). One scan's outcome never fails another's. The body names 1 to 100 distinct ids;
+    more, none, a malformed or a repeated id is 400 and changes nothing. Requires the `signals:write`
+    permission and access to the account group.
+
+    Args:
+        account_group_id (str): The account group that scopes a request. Example:
+            507f1f77bcf86cd799439011.
+        body (CancelScansRequest): The body of a batch cancel.
+
+    Raises:
+        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        httpx.TimeoutException: If the request takes longer than Client.timeout.
+
+    Returns:
+        Response[ErrorResponse | SignalScansCancelResponse | ValidationErrorResponse]
+    """
+
+    kwargs = _get_kwargs(
+        account_group_id=account_group_id,
+        body=body,
+    )
+
+    response = client.get_httpx_client().request(
+        **kwargs,
+    )
+
+    return _build_response(client=client, response=response)
+
+
+def sync(
+    account_group_id: str,
+    *,
+    client: AuthenticatedClient,
+    body: CancelScansRequest,
+) -> ErrorResponse | SignalScansCancelResponse | ValidationErrorResponse | None:
+    """Cancel several signal scans at once
+
+     Cancels each listed scan that is still queued or running, all in one commit, and answers one result
+    per id, in the request's order: `cancelled`, `already_cancelled` (with its original `cancelledAt`),
+    `not_cancellable` (completed or failed; nothing changed) or `not_found` (no such scan in this
+    account group). One scan's outcome never fails another's. The body names 1 to 100 distinct ids;
+    more, none, a malformed or a repeated id is 400 and changes nothing. Requires the `signals:write`
+    permission and access to the account group.
+
+    Args:
+        account_group_id (str): The account group that scopes a request. Example:
+            507f1f77bcf86cd799439011.
+        body (CancelScansRequest): The body of a batch cancel.
+
+    Raises:
+        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        httpx.TimeoutException: If the request takes longer than Client.timeout.
+
+    Returns:
+        ErrorResponse | SignalScansCancelResponse | ValidationErrorResponse
+    """
+
+    return sync_detailed(
+        account_group_id=account_group_id,
+        client=client,
+        body=body,
+    ).parsed
+
+
+async def asyncio_detailed(
+    account_group_id: str,
+    *,
+    client: AuthenticatedClient,
+    body: CancelScansRequest,
+) -> Response[ErrorResponse | SignalScansCancelResponse | ValidationErrorResponse]:
+    """Cancel several signal scans at once
+
+     Cancels each listed scan that is still queued or running, all in one commit, and answers one result
+    per id, in the request's order: `cancelled`, `already_cancelled` (with its original `cancelledAt`),
+    `not_cancellable` (completed or failed; nothing changed) or `not_found` (no such scan in this
+    account group). One scan's outcome never fails another's. The body names 1 to 100 distinct ids;
+    more, none, a malformed or a repeated id is 400 and changes nothing. Requires the `signals:write`
+    permission and access to the account group.
+
+    Args:
+        account_group_id (str): The account group that scopes a request. Example:
+            507f1f77bcf86cd799439011.
+        body (CancelScansRequest): The body of a batch cancel.
+
+    Raises:
+        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        httpx.TimeoutException: If the request takes longer than Client.timeout.
+
+    Returns:
+        Response[ErrorResponse | SignalScansCancelResponse | ValidationErrorResponse]
+    """
+
+    kwargs = _get_kwargs(
+        account_group_id=account_group_id,
+        body=body,
+    )
+
+    response = await client.get_async_httpx_client().request(**kwargs)
+
+    return _build_response(client=client, response=response)
+
+
+async def asyncio(
+    account_group_id: str,
+    *,
+    client: AuthenticatedClient,
+    body: CancelScansRequest,
+) -> ErrorResponse | SignalScansCancelResponse | ValidationErrorResponse | None:
+    """Cancel several signal scans at once
+
+     Cancels each listed scan that is still queued or running, all in one commit, and answers one result
+    per id, in the request's order: `cancelled`, `already_cancelled` (with its original `cancelledAt`),
+    `not_cancellable` (completed or failed; nothing changed) or `not_found` (no such scan in this
+    account group). One scan's outcome never fails another's. The body names 1 to 100 distinct ids;
+    more, none, a malformed or a repeated id is 400 and changes nothing. Requires the `signals:write`
+    permission and access to the account group.
+
+    Args:
+        account_group_id (str): The account group that scopes a request. Example:
+            507f1f77bcf86cd799439011.
+        body (CancelScansRequest): The body of a batch cancel.
+
+    Raises:
+        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        httpx.TimeoutException: If the request takes longer than Client.timeout.
+
+    Returns:
+        ErrorResponse | SignalScansCancelResponse | ValidationErrorResponse
+    """
+
+    return (
+        await asyncio_detailed(
+            account_group_id=account_group_id,
+            client=client,
+            body=body,
+        )
+    ).parsed

@@ -1,0 +1,336 @@
+//! Group commit: every status change of a store joins one queue, and a writer commits whatever
+//! is waiting in one transaction, then answers each request with its own outcome.
+//!
+//! Nothing waits for a timer. At low load a batch is one change, committed at once, as before;
+//! under load a batch is whatever queued while the previous commit ran, so one commit (one fsync
+//! on SQLite, one round trip and one WAL flush on PostgreSQL) carries many changes. The changes
+//! of a batch are applied in arrival order, each by the store's own guarded statement with its
+//! audit row: two changes of one scan in a batch give one transition, and the second is told the
+//! first's outcome, exactly as two transactions in a row would.
+//!
+//! A request waits at most the store's timeout to be taken into a batch, then answers
+//! [`StoreError::Unavailable`] (502) and is never committed; once taken, its batch's commit is
+//! bounded by the same timeout, and an error there answers every request of that batch, none of
+//! which committed.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::StoreError;
+use crate::domain::ids::{AccountGroupId, ScanId};
+use crate::domain::scan::{Actor, ScanStatus, Transition};
+
+/// The most changes one commit carries: past this a transaction holds its locks (SQLite's one
+/// write lock) long enough to delay the next batch more than it saves.
+pub const MAX_BATCH: usize = 128;
+/// Requests waiting to be taken before a new one waits for room (within its timeout).
+const QUEUE: usize = 4096;
+
+/// Changes per commit (a histogram).
+pub const BATCH_SIZE: &str = "scan_write_batch_size";
+/// Seconds a request waited in the queue before a writer took it (a histogram).
+pub const QUEUE_WAIT: &str = "scan_write_queue_wait_seconds";
+
+/// One status change as a request asks for it: owned, since it waits in the queue.
+#[derive(Debug, Clone)]
+pub struct ChangeRequest {
+    /// When given, it must own the scan; a scan of another group is not found.
+    pub group: Option<AccountGroupId>,
+    pub scan: ScanId,
+    pub to: ScanStatus,
+    pub api_key_id: Option<Uuid>,
+    pub trace_id: Option<String>,
+    pub reason: Option<String>,
+}
+
+impl ChangeRequest {
+    pub fn new(
+        group: Option<&AccountGroupId>,
+        scan: &ScanId,
+        to: ScanStatus,
+        actor: Actor,
+    ) -> Self {
+        Self {
+            group: group.copied(),
+            scan: *scan,
+            to,
+            api_key_id: actor.api_key_id,
+            trace_id: actor.trace_id.map(str::to_owned),
+            reason: actor.reason.map(str::to_owned),
+        }
+    }
+}
+
+/// Commits a batch of changes in one transaction: each change's outcome, in order, or an error
+/// for the whole batch, of which nothing committed.
+pub trait BatchWriter: Clone + Send + Sync + 'static {
+    fn write(
+        &self,
+        changes: &[ChangeRequest],
+    ) -> impl Future<Output = Result<Vec<Transition>, StoreError>> + Send;
+}
+
+/// How a store's writer takes its batches.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Batches committing at once: 1 for SQLite's single writer, the pool's size on PostgreSQL.
+    pub in_flight: usize,
+    /// A batch never holds two changes of one scan (PostgreSQL's batch is one statement, which
+    /// can change a row once); a later change of a scan waits for the next batch.
+    pub distinct_scans: bool,
+}
+
+/// The sending side, cheap to clone. The writer task ends when every clone is dropped.
+#[derive(Clone)]
+pub struct Pipeline {
+    queue: mpsc::Sender<Entry>,
+    timeout: Duration,
+    /// Requests submitted and not yet answered.
+    waiting: Arc<AtomicUsize>,
+}
+
+/// A request's changes, committed together (a batch cancel is one entry).
+struct Entry {
+    changes: Vec<ChangeRequest>,
+    queued_at: Instant,
+    state: Arc<AtomicU8>,
+    answer: oneshot::Sender<Result<Vec<Transition>, StoreError>>,
+}
+
+/// An entry's state, moved once from `QUEUED` by whoever comes first: the writer taking it, or
+/// its request giving up (timed out or dropped). A withdrawn entry is never committed.
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const WITHDRAWN: u8 = 2;
+
+impl Pipeline {
+    /// Starts the writer task on the current Tokio runtime.
+    pub fn start(writer: impl BatchWriter, shape: Shape, timeout: Duration) -> Self {
+        let (queue, entries) = mpsc::channel(QUEUE);
+        tokio::spawn(run(writer, shape, entries));
+        Self {
+            queue,
+            timeout,
+            waiting: Arc::default(),
+        }
+    }
+
+    /// Requests submitted and not yet answered: tests see contenders waiting by it.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Commits `changes` together, in one transaction shared with whatever else is waiting, and
+    /// answers their outcomes in order.
+    pub async fn submit(&self, changes: Vec<ChangeRequest>) -> Result<Vec<Transition>, StoreError> {
+        let _waiting = Counted::new(&self.waiting);
+        let deadline = Instant::now() + self.timeout;
+        let state = Arc::new(AtomicU8::new(QUEUED));
+        // Dropped with this future (the request's own deadline, a client gone): the writer skips
+        // an entry nobody waits for, unless it took it already.
+        let _withdraw = Withdraw(&state);
+        let (answer, answered) = oneshot::channel();
+        let entry = Entry {
+            changes,
+            queued_at: Instant::now(),
+            state: Arc::clone(&state),
+            answer,
+        };
+        let not_taken = || {
+            StoreError::Unavailable(format!(
+                "no writer took the change within {} ms",
+                self.timeout.as_millis()
+            ))
+        };
+        match tokio::time::timeout_at(deadline, self.queue.send(entry)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(StoreError::Unavailable("the writer stopped".into())),
+            Err(_) => return Err(not_taken()),
+        }
+        tokio::pin!(answered);
+        tokio::select! {
+            answer = &mut answered => return flatten(answer),
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+        if withdraw(&state) {
+            return Err(not_taken());
+        }
+        // Taken: its commit is bounded by the writer's own timeout, and its outcome is the truth.
+        flatten(answered.await)
+    }
+}
+
+fn flatten(
+    answer: Result<Result<Vec<Transition>, StoreError>, oneshot::error::RecvError>,
+) -> Result<Vec<Transition>, StoreError> {
+    answer.unwrap_or_else(|_| Err(StoreError::Unavailable("the writer stopped".into())))
+}
+
+/// Whether this call withdrew a queued entry (false: the writer took it first).
+fn withdraw(state: &AtomicU8) -> bool {
+    state
+        .compare_exchange(QUEUED, WITHDRAWN, Ordering::SeqCst, Ordering::SeqCst)
+        .is_ok()
+}
+
+struct Withdraw<'a>(&'a AtomicU8);
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        withdraw(self.0);
+    }
+}
+
+/// One request counted in [`Pipeline::waiting`] while it lives.
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The writer: as soon as a batch may start, takes everything waiting and commits it.
+async fn run(writer: impl BatchWriter, shape: Shape, mut entries: mpsc::Receiver<Entry>) {
+    let slots = Arc::new(Semaphore::new(shape.in_flight.max(1)));
+    // An entry that did not fit the last batch: it leads the next, keeping arrival order.
+    let mut next: Option<Entry> = None;
+    loop {
+        let slot = Arc::clone(&slots)
+            .acquire_owned()
+            .await
+            .expect("the writer's semaphore is never closed");
+        let first = match next.take() {
+            Some(entry) => entry,
+            None => match entries.recv().await {
+                Some(entry) => entry,
+                None => return, // every sender is gone
+            },
+        };
+        let mut batch = Batch::default();
+        batch.take(first, shape);
+        while batch.len() < MAX_BATCH {
+            let Ok(entry) = entries.try_recv() else {
+                break;
+            };
+            if !batch.admits(&entry, shape) {
+                next = Some(entry);
+                break;
+            }
+            batch.take(entry, shape);
+        }
+        if batch.entries.is_empty() {
+            continue;
+        }
+        let writer = writer.clone();
+        tokio::spawn(async move {
+            batch.commit(&writer).await;
+            drop(slot);
+        });
+    }
+}
+
+#[derive(Default)]
+struct Batch {
+    /// Each taken entry, with how many of `changes` are its own.
+    entries: Vec<(Entry, usize)>,
+    changes: Vec<ChangeRequest>,
+    scans: HashSet<ScanId>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    /// Whether `entry` may join: it fits, and shares no scan when the shape forbids it. An entry
+    /// larger than a batch still leads one of its own.
+    fn admits(&self, entry: &Entry, shape: Shape) -> bool {
+        let fits = self.len() + entry.changes.len() <= MAX_BATCH;
+        let apart =
+            !shape.distinct_scans || entry.changes.iter().all(|c| !self.scans.contains(&c.scan));
+        fits && apart
+    }
+
+    /// Takes `entry` unless its request gave up first.
+    fn take(&mut self, mut entry: Entry, shape: Shape) {
+        let taken = entry
+            .state
+            .compare_exchange(QUEUED, TAKEN, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        if !taken || entry.answer.is_closed() {
+            return;
+        }
+        metrics::histogram!(QUEUE_WAIT).record(entry.queued_at.elapsed().as_secs_f64());
+        if shape.distinct_scans {
+            self.scans.extend(entry.changes.iter().map(|c| c.scan));
+        }
+        let count = entry.changes.len();
+        self.changes.append(&mut entry.changes);
+        self.entries.push((entry, count));
+    }
+
+    /// Commits every change, then answers each entry with its own outcomes. When the batch
+    /// fails for a reason of one change's own (a constraint, a trigger: not the database being
+    /// away), nothing of it committed, and each entry is committed again on its own, so that
+    /// one change's error never fails the others.
+    async fn commit(self, writer: &impl BatchWriter) {
+        metrics::histogram!(BATCH_SIZE).record(self.changes.len() as f64);
+        let error = match written(writer, &self.changes).await {
+            Ok(outcomes) => {
+                let mut outcomes = outcomes.into_iter();
+                for (entry, count) in self.entries {
+                    let own: Vec<Transition> = outcomes.by_ref().take(count).collect();
+                    let _ = entry.answer.send(Ok(own));
+                }
+                return;
+            }
+            Err(error) => error,
+        };
+        if matches!(error, StoreError::Unavailable(_)) || self.entries.len() == 1 {
+            return answer_all(self.entries, &error);
+        }
+        let mut changes = self.changes.as_slice();
+        for (entry, count) in self.entries {
+            let (own, rest) = changes.split_at(count);
+            changes = rest;
+            let _ = entry.answer.send(written(writer, own).await);
+        }
+    }
+}
+
+/// `writer`'s outcomes for `changes`, one per change.
+async fn written(
+    writer: &impl BatchWriter,
+    changes: &[ChangeRequest],
+) -> Result<Vec<Transition>, StoreError> {
+    let outcomes = writer.write(changes).await?;
+    if outcomes.len() != changes.len() {
+        return Err(StoreError::Internal(format!(
+            "{} outcomes for a batch of {} changes",
+            outcomes.len(),
+            changes.len()
+        )));
+    }
+    Ok(outcomes)
+}
+
+fn answer_all(entries: Vec<(Entry, usize)>, error: &StoreError) {
+    for (entry, _) in entries {
+        let _ = entry.answer.send(Err(error.clone()));
+    }
+}

@@ -1,0 +1,470 @@
+//! Group commit and the batch cancel: `POST …/signals/scans/cancel` with `{"scanIds": [...]}`,
+//! one commit for the whole request, one result per id; and changes of different requests that
+//! queue together commit together, each with its own outcome.
+
+use serde_json::{Value, json};
+
+use signal_scans::domain::ids::{AccountGroupId, ScanId};
+use signal_scans::domain::keys::{AccountGroupAccess, Permission};
+use signal_scans::domain::scan::ScanStatus;
+
+use crate::helpers::locks::{WriteLock, until_waiting};
+use std::time::Duration;
+
+use crate::helpers::{ApiResponse, Backend, Settings, TestApp, group, move_path};
+use crate::store_test;
+
+/// How long the store may wait for the database before it answers 502.
+const DB_TIMEOUT: Duration = Duration::from_millis(400);
+
+fn cancel_all_path(group: &AccountGroupId) -> String {
+    format!("/v1/accounts/{group}/signals/scans/cancel")
+}
+
+fn body_of(scans: &[&ScanId]) -> String {
+    let ids: Vec<&str> = scans.iter().map(|scan| scan.as_str()).collect();
+    json!({ "scanIds": ids }).to_string()
+}
+
+/// `(scanId, outcome, status, previousStatus, cancelledAt is set)` of each result.
+fn results(response: &ApiResponse) -> Vec<(String, String, Value, Value, bool)> {
+    response.body["data"]["results"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{response:?}"))
+        .iter()
+        .map(|line| {
+            (
+                line["scanId"].as_str().unwrap().to_owned(),
+                line["outcome"].as_str().unwrap().to_owned(),
+                line["status"].clone(),
+                line["previousStatus"].clone(),
+                line["cancelledAt"].is_string(),
+            )
+        })
+        .collect()
+}
+
+async fn a_batch_cancel_answers_each_scan_in_order_and_commits_once(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (group, other) = (group(), group());
+    let writer = app.writer(&group).await;
+    let queued = app.scan(&group, ScanStatus::Queued).await;
+    let running = app.scan(&group, ScanStatus::Running).await;
+    let cancelled = app.scan(&group, ScanStatus::Running).await;
+    let first = app.cancel_ok(&writer, &group, &cancelled).await;
+    let completed = app.scan(&group, ScanStatus::Completed).await;
+    let elsewhere = app.scan(&other, ScanStatus::Running).await;
+    let unknown = ScanId::generate();
+
+    let response = app
+        .post(
+            &writer,
+            &cancel_all_path(&group),
+            Some(&body_of(&[
+                &running, &completed, &queued, &unknown, &cancelled, &elsewhere,
+            ])),
+        )
+        .await;
+
+    assert_eq!(response.status, 200, "{response:?}");
+    let (c, r, q, n) = ("cancelled", "running", "queued", Value::Null);
+    assert_eq!(
+        results(&response),
+        [
+            (running.to_string(), c.into(), json!(c), json!(r), true),
+            (
+                completed.to_string(),
+                "not_cancellable".into(),
+                json!("completed"),
+                json!("completed"),
+                false
+            ),
+            (queued.to_string(), c.into(), json!(c), json!(q), true),
+            (
+                unknown.to_string(),
+                "not_found".into(),
+                n.clone(),
+                n.clone(),
+                false
+            ),
+            (
+                cancelled.to_string(),
+                "already_cancelled".into(),
+                json!(c),
+                json!(c),
+                true
+            ),
+            (
+                elsewhere.to_string(),
+                "not_found".into(),
+                n.clone(),
+                n,
+                false
+            ),
+        ]
+    );
+    let lines = response.body["data"]["results"].as_array().unwrap();
+    assert_eq!(
+        lines[4]["cancelledAt"], first.body["data"]["cancelledAt"],
+        "an earlier cancel keeps its moment"
+    );
+    assert_eq!(app.status_of(&elsewhere).await, ScanStatus::Running);
+    assert_eq!(app.status_of(&completed).await, ScanStatus::Completed);
+    // One audit row per scan this request cancelled, each with the request's trace id.
+    for scan in [&running, &queued] {
+        assert_eq!(app.status_of(scan).await, ScanStatus::Cancelled);
+        let events = app.store.scan_events(scan).await.unwrap();
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(
+            events[1].trace_id.as_deref(),
+            Some(response.trace_id()),
+            "{events:?}"
+        );
+    }
+    // One commit: on PostgreSQL both rows carry one transaction id.
+    if backend == Backend::Postgres {
+        let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&app.db.url)
+            .await
+            .unwrap();
+        let transactions: i64 = sqlx::query_scalar(
+            "SELECT count(DISTINCT xid) FROM signal_scan_events WHERE trace_id = $1",
+        )
+        .bind(response.trace_id())
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        assert_eq!(transactions, 1);
+    }
+}
+store_test!(a_batch_cancel_answers_each_scan_in_order_and_commits_once);
+
+async fn a_bad_batch_is_400_naming_what_is_wrong_and_changes_nothing(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let writer = app.writer(&group).await;
+    let scan = app.scan(&group, ScanStatus::Running).await;
+    let upper = scan.as_str().to_uppercase();
+    let many: Vec<String> = (0..101).map(|_| ScanId::generate().to_string()).collect();
+    let cases: Vec<(Option<String>, &str)> = vec![
+        (None, "request body must be a JSON object with scanIds"),
+        (Some("{}".into()), "scanIds is required"),
+        (
+            Some("[]".into()),
+            "request body must be empty or a JSON object",
+        ),
+        (
+            Some("not json".into()),
+            "request body must be empty or a JSON object",
+        ),
+        (
+            Some(json!({ "scanIds": [] }).to_string()),
+            "scanIds must hold 1 to 100 ids; it holds 0",
+        ),
+        (
+            Some(json!({ "scanIds": many }).to_string()),
+            "scanIds must hold 1 to 100 ids; it holds 101",
+        ),
+        (
+            Some(json!({ "scanIds": [scan.as_str(), "nope"] }).to_string()),
+            "scanIds[1] ",
+        ),
+        (
+            Some(json!({ "scanIds": [scan.as_str(), upper] }).to_string()),
+            "scanIds[1] repeats scanIds[0]",
+        ),
+        (
+            Some(json!({ "scanIds": [scan.as_str()], "force": true }).to_string()),
+            "unknown field `force`",
+        ),
+        (Some(json!({ "scanIds": [7] }).to_string()), "invalid type"),
+    ];
+
+    for (body, named) in cases {
+        let response = app
+            .post(&writer, &cancel_all_path(&group), body.as_deref())
+            .await;
+        let details = response.assert_error(400, "VALIDATION_ERROR");
+        assert!(
+            details.contains(named),
+            "{body:?}: {details:?} does not say {named:?}"
+        );
+    }
+
+    assert_eq!(app.status_of(&scan).await, ScanStatus::Running);
+    assert_eq!(app.store.scan_events(&scan).await.unwrap().len(), 1);
+}
+store_test!(a_bad_batch_is_400_naming_what_is_wrong_and_changes_nothing);
+
+async fn a_batch_cancel_needs_signals_write_on_the_group(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (group, other) = (group(), group());
+    let scan = app.scan(&group, ScanStatus::Running).await;
+    let body = body_of(&[&scan]);
+    let reader = app
+        .key_with(
+            &[Permission::SignalsRead],
+            AccountGroupAccess::Only(vec![group]),
+            None,
+        )
+        .await
+        .0;
+    let runner = app.runner(&group).await;
+    let other_writer = app.writer(&other).await;
+
+    let unauthenticated = app
+        .client
+        .post(app.url(&cancel_all_path(&group)))
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    let unauthenticated = ApiResponse::from(unauthenticated).await;
+    let by_reader = app
+        .post(&reader, &cancel_all_path(&group), Some(&body))
+        .await;
+    let by_runner = app
+        .post(&runner, &cancel_all_path(&group), Some(&body))
+        .await;
+    let other_group = app
+        .post(&other_writer, &cancel_all_path(&group), Some(&body))
+        .await;
+
+    unauthenticated.assert_error(401, "UNAUTHORIZED");
+    by_reader.assert_error(403, "FORBIDDEN");
+    by_runner.assert_error(403, "FORBIDDEN");
+    other_group.assert_error(403, "FORBIDDEN");
+    assert_eq!(app.status_of(&scan).await, ScanStatus::Running);
+}
+store_test!(a_batch_cancel_needs_signals_write_on_the_group);
+
+/// Requests that queue while a write is stuck commit together once it clears: two cancels of one
+/// scan give one transition (the second told `cancelled`), a completion and a cancel of one scan
+/// have one winner and the loser is told its status, and a scan of another group is 404 without
+/// failing the rest.
+async fn changes_that_queue_together_keep_their_own_outcomes(backend: Backend) {
+    let app = Settings::default()
+        .with_db_timeout(DB_TIMEOUT * 4)
+        .spawn(backend)
+        .await;
+    let (group, other) = (group(), group());
+    let writer = app.writer(&group).await;
+    let runner = app.runner(&group).await;
+    let stuck = app.scan(&group, ScanStatus::Running).await;
+    let twice = app.scan(&group, ScanStatus::Running).await;
+    let raced = app.scan(&group, ScanStatus::Running).await;
+    let elsewhere = app.scan(&other, ScanStatus::Running).await;
+    let mut lock = WriteLock::hold(&app, &stuck).await;
+
+    let (first, (cancels, completed, cancelled, not_ours)) = tokio::join!(
+        app.cancel(Some(&writer), group.as_str(), stuck.as_str()),
+        async {
+            // The stuck write goes first; then the rest queue behind it, and the lock goes.
+            until_waiting(&app, 1).await;
+            let complete = move_path(group.as_str(), raced.as_str(), "complete");
+            let (cancels, completed, cancelled, not_ours, ()) = tokio::join!(
+                futures::future::join_all((0..2).map(|_| app.cancel(
+                    Some(&writer),
+                    group.as_str(),
+                    twice.as_str()
+                ))),
+                app.post(&runner, &complete, None),
+                app.cancel(Some(&writer), group.as_str(), raced.as_str()),
+                app.cancel(Some(&writer), group.as_str(), elsewhere.as_str()),
+                async {
+                    if backend == Backend::Sqlite {
+                        // Behind SQLite's one write lock every change waits: all of them queue.
+                        until_waiting(&app, 6).await;
+                    }
+                    lock.release().await;
+                },
+            );
+            (cancels, completed, cancelled, not_ours)
+        }
+    );
+
+    assert_eq!(first.status, 200, "{first:?}");
+    let mut previous: Vec<&str> = cancels
+        .iter()
+        .map(|cancel| {
+            assert_eq!(cancel.status, 200, "{cancel:?}");
+            cancel.body["data"]["previousStatus"].as_str().unwrap()
+        })
+        .collect();
+    previous.sort_unstable();
+    assert_eq!(previous, ["cancelled", "running"]);
+    assert_eq!(app.store.scan_events(&twice).await.unwrap().len(), 2);
+    // The running scan was completed or cancelled, not both; the loser hears the winner.
+    match app.status_of(&raced).await {
+        ScanStatus::Completed => {
+            assert_eq!(completed.status, 200, "{completed:?}");
+            let details = cancelled.assert_error(422, "VALIDATION_ERROR");
+            assert!(details.contains("completed"), "{details}");
+        }
+        ScanStatus::Cancelled => {
+            assert_eq!(cancelled.status, 200, "{cancelled:?}");
+            let details = completed.assert_error(422, "VALIDATION_ERROR");
+            assert_eq!(details, "currentStatus=cancelled");
+        }
+        other => panic!("the raced scan is {other}"),
+    }
+    assert_eq!(app.store.scan_events(&raced).await.unwrap().len(), 2);
+    not_ours.assert_error(404, "NOT_FOUND");
+    assert_eq!(app.status_of(&elsewhere).await, ScanStatus::Running);
+}
+store_test!(changes_that_queue_together_keep_their_own_outcomes);
+
+/// A batch whose commit cannot happen (a scan's write stuck behind another session past
+/// DB_TIMEOUT_MS) answers 502, and none of its scans is cancelled; the same request succeeds once
+/// the lock is gone.
+async fn a_stuck_batch_answers_502_and_cancels_none_of_its_scans(backend: Backend) {
+    let app = Settings::default()
+        .with_db_timeout(DB_TIMEOUT)
+        .spawn(backend)
+        .await;
+    let group = group();
+    let writer = app.writer(&group).await;
+    let free = app.scan(&group, ScanStatus::Running).await;
+    let stuck = app.scan(&group, ScanStatus::Running).await;
+    let also_free = app.scan(&group, ScanStatus::Queued).await;
+    let body = body_of(&[&free, &stuck, &also_free]);
+    let mut lock = WriteLock::hold(&app, &stuck).await;
+
+    let failed = app
+        .post(&writer, &cancel_all_path(&group), Some(&body))
+        .await;
+    // The database gave up on the statement too before the lock goes: no late commit hides here.
+    until_waiting(&app, 0).await;
+    let during = [
+        app.status_of(&free).await,
+        app.status_of(&stuck).await,
+        app.status_of(&also_free).await,
+    ];
+    lock.release().await;
+    let after = app
+        .post(&writer, &cancel_all_path(&group), Some(&body))
+        .await;
+
+    failed.assert_error(502, "UPSTREAM_ERROR");
+    assert_eq!(
+        during,
+        [ScanStatus::Running, ScanStatus::Running, ScanStatus::Queued]
+    );
+    assert_eq!(after.status, 200, "{after:?}");
+    let outcomes: Vec<String> = results(&after).into_iter().map(|line| line.1).collect();
+    assert_eq!(outcomes, ["cancelled", "cancelled", "cancelled"]);
+}
+store_test!(a_stuck_batch_answers_502_and_cancels_none_of_its_scans);
+
+/// Until `n` requests' changes are queued or committing in the served store (10 s at most).
+async fn until_changes_waiting(app: &TestApp, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while app.served_store.changes_waiting() != n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} changes waiting, not {n}",
+            app.served_store.changes_waiting()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Three requests committed in one batch lose the database mid-commit: each is answered 502 and
+/// none of their scans moved. (PostgreSQL: one connection, so the three queue behind a first
+/// batch and go together once it commits; their batch then waits on a lock while the proxy
+/// cuts the database off.)
+async fn a_batch_that_loses_the_database_answers_502_to_each_request_and_commits_none(
+    backend: Backend,
+) {
+    let app = Settings::default()
+        .through_proxy()
+        .with_db_max_connections(1)
+        .with_db_timeout(Duration::from_secs(2))
+        .with_key_cache_ttl(Duration::from_secs(600))
+        .spawn(backend)
+        .await;
+    let proxy = app.proxy.as_ref().unwrap();
+    let group = group();
+    let writer = app.writer(&group).await;
+    let mut scans = Vec::new();
+    for _ in 0..5 {
+        scans.push(app.scan(&group, ScanStatus::Running).await);
+    }
+    let [first, a, b, c, warm] = <[ScanId; 5]>::try_from(scans).unwrap();
+    // The key is cached: no request needs the one connection to authenticate.
+    app.cancel_ok(&writer, &group, &warm).await;
+    let mut first_lock = WriteLock::hold(&app, &first).await;
+    let mut c_lock = WriteLock::hold(&app, &c).await;
+
+    let (stuck_first, together) = tokio::join!(
+        app.cancel(Some(&writer), group.as_str(), first.as_str()),
+        async {
+            until_changes_waiting(&app, 1).await;
+            let cancel = |scan: ScanId| {
+                let (app, writer, group) = (&app, &writer, &group);
+                async move {
+                    app.cancel(Some(writer), group.as_str(), scan.as_str())
+                        .await
+                }
+            };
+            let (ra, rb, rc, ()) = tokio::join!(cancel(a), cancel(b), cancel(c), async {
+                // All three queue behind the first batch, which holds the one connection.
+                until_changes_waiting(&app, 4).await;
+                first_lock.release().await;
+                // The first batch committed; the three, one batch, wait on c's lock.
+                while app.status_of(&first).await != ScanStatus::Cancelled {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                until_waiting(&app, 1).await;
+                proxy.cut();
+            });
+            [ra, rb, rc]
+        }
+    );
+    // The database ends the abandoned statement too before c's lock goes: no late commit.
+    until_waiting(&app, 0).await;
+    c_lock.release().await;
+    proxy.restore();
+
+    assert_eq!(stuck_first.status, 200, "{stuck_first:?}");
+    for response in &together {
+        response.assert_error(502, "UPSTREAM_ERROR");
+    }
+    for scan in [&a, &b, &c] {
+        assert_eq!(app.status_of(scan).await, ScanStatus::Running);
+        assert_eq!(app.store.scan_events(scan).await.unwrap().len(), 1);
+    }
+}
+store_test!(
+    a_batch_that_loses_the_database_answers_502_to_each_request_and_commits_none,
+    postgres_only
+);
+
+/// `/metrics` shows the writer's batches: changes per commit and the wait to be taken, as
+/// histograms.
+async fn the_writers_batches_are_histograms_in_metrics(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let writer = app.writer(&group).await;
+    let scan = app.scan(&group, ScanStatus::Running).await;
+    app.cancel_ok(&writer, &group, &scan).await;
+
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+
+    for series in [
+        "scan_write_batch_size_bucket{le=\"1\"}",
+        "scan_write_batch_size_bucket{le=\"128\"}",
+        "scan_write_queue_wait_seconds_bucket{le=\"0.001\"}",
+    ] {
+        assert!(text.contains(series), "no {series} in {text}");
+    }
+}
+store_test!(the_writers_batches_are_histograms_in_metrics);
