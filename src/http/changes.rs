@@ -22,7 +22,7 @@ use tokio::time::Sleep;
 use uuid::Uuid;
 
 use super::auth::presented_key;
-use super::error::{ApiError, Problems};
+use super::error::{ApiError, Problems, unknown_cursor};
 use super::event_stream::{EventBlocks, event_stream_response};
 use super::extract::{ApiPath, GroupPath};
 use super::openapi::responses as doc;
@@ -166,7 +166,7 @@ impl StreamRequest {
             Some(Ok(value)) if value.trim().is_empty() => None,
             Some(Ok(value)) => Some(value.trim().to_owned()),
             Some(Err(_)) => {
-                problems.push("Last-Event-ID must be an event id this stream sent");
+                problems.push(unknown_cursor("Last-Event-ID"));
                 None
             }
             None => None,
@@ -179,7 +179,7 @@ impl StreamRequest {
         let start = match (cursor.as_deref().map(FeedCursor::decode), cursor_source) {
             (Some(Some(cursor)), _) => Start::After(cursor),
             (Some(None), Some(source)) => {
-                problems.push(format!("{source} must be an event id this stream sent"));
+                problems.push(unknown_cursor(source));
                 Start::Now
             }
             _ => Start::Now,
@@ -295,27 +295,17 @@ pub async fn follow_changes(
 ) -> Result<Response, ApiError> {
     let group = path.parse()?;
     let request = StreamRequest::parse(query.as_deref(), &headers)?;
-    if !principal.can_access(&group) {
-        return Err(ServiceError::GroupForbidden(group).into());
-    }
+    // The service's own rule, asked before the stream cap so that 403 comes before 429.
+    ScanService::check_access(&principal, &group)?;
     let slot = streams
         .admit(principal.key_id)
         .ok_or(ApiError::RateLimited {
             retry_after_secs: STREAM_CAP_RETRY_SECS,
         })?;
-    let follower = match service
-        .follow_changes(&principal, &group, request.start.clone())
-        .await
-    {
-        Ok(follower) => follower,
-        Err(ServiceError::UnknownCursor) => {
-            let source = request.cursor_source.unwrap_or("after");
-            return Err(ApiError::Validation(format!(
-                "{source} must be an event id this stream sent"
-            )));
-        }
-        Err(other) => return Err(other.into()),
-    };
+    let cursor_named = request.cursor_source.unwrap_or("after");
+    let follower = service
+        .follow_changes(&principal, &group, request.start.clone(), cursor_named)
+        .await?;
     // The key is checked again at every keep-alive, so a revoked key stops receiving.
     let key = presented_key(&headers)?.to_owned();
     let stream = ChangeStream {

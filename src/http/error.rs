@@ -284,6 +284,12 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// The 400's details for a change stream's cursor this feed never issued, named as the client
+/// sent it (`after` or `Last-Event-ID`): malformed, or ahead of the whole trail.
+pub fn unknown_cursor(named: &str) -> String {
+    format!("{named} must be an event id this stream sent")
+}
+
 impl From<ServiceError> for ApiError {
     fn from(error: ServiceError) -> Self {
         match error {
@@ -297,9 +303,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotCancellable { current } => ApiError::NotCancellable { current },
             ServiceError::InvalidTransition { current, .. } => ApiError::NotMovable { current },
             ServiceError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
-            ServiceError::UnknownCursor => {
-                ApiError::Validation("the cursor is not one this feed issued".into())
-            }
+            ServiceError::UnknownCursor { named } => ApiError::Validation(unknown_cursor(named)),
             ServiceError::ExpiredCursor => ApiError::CursorExpired,
             ServiceError::Store(error) => error.into(),
         }

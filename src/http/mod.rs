@@ -52,6 +52,23 @@ pub fn router(state: AppState) -> Router {
 /// The service's router with `extra` routes merged in under the same middleware: how tests
 /// exercise paths the API does not have (a handler that panics, one that stalls).
 ///
+/// # The order of checks
+///
+/// Every request meets its checks in this order, each in one place, so that nothing is revealed
+/// to a caller who may not know it:
+///
+/// 1. 400, a request over the size limits: [`limits::EnforceLimits`], a layer below;
+/// 2. 404 / 405, no such route or method: the router's fallbacks, below;
+/// 3. 429, a client address that keeps failing to authenticate, then 401, the key:
+///    [`auth::guard`], the route's one route layer (`requires` below);
+/// 4. 429, the key's rate, then 403, the route's permission: [`auth::guard`] too;
+/// 5. 400, the ids, query and body: the handler's extractors and parsing (`http/scans.rs`,
+///    `http/runner.rs`, `http/changes.rs`);
+/// 6. 403, the account group, then 404, then 200 / 422 (or 410 for an expired stream cursor):
+///    [`ScanService`](crate::service::ScanService), which the handler calls and whose
+///    [`ServiceError`](crate::service::ServiceError) `http/error.rs` maps, once, to a status.
+///    The change stream asks the same group rule before its per-key cap (429).
+///
 /// Each documented route is listed once, here: `routes!` takes its path and method from the
 /// handler's `#[utoipa::path]`, so the router and `/openapi.json` cannot disagree.
 pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {

@@ -136,9 +136,10 @@ pub enum ServiceError {
     /// The idempotency key started a scan of another account group within the window.
     #[error("the Idempotency-Key was used for another account group")]
     IdempotencyKeyReused,
-    /// A resume cursor that this feed never issued (ahead of everything in the audit trail).
-    #[error("the cursor is not one this feed issued")]
-    UnknownCursor,
+    /// A resume cursor that this feed never issued (ahead of everything in the audit trail),
+    /// `named` as the caller gave it.
+    #[error("{named} is not a cursor this feed issued")]
+    UnknownCursor { named: &'static str },
     /// A resume cursor from before changes of its group that the retention sweep has deleted:
     /// resuming from it would skip them.
     #[error("changes after the cursor are no longer kept")]
@@ -379,7 +380,9 @@ impl ScanService {
 }
 
 impl ScanService {
-    fn check_access(principal: &Principal, group: &AccountGroupId) -> Result<(), ServiceError> {
+    /// The account-group rule every operation on a group applies first (403). Public for the one
+    /// caller that must answer it before a limit of its own: the change stream's per-key cap.
+    pub fn check_access(principal: &Principal, group: &AccountGroupId) -> Result<(), ServiceError> {
         match principal.can_access(group) {
             true => Ok(()),
             false => Err(ServiceError::GroupForbidden(*group)),
@@ -435,18 +438,21 @@ impl ScanService {
     /// Follows `group`'s status changes from `start`: from now, or exactly after a cursor this
     /// feed issued (one ahead of the whole audit trail is refused, and so is one from before
     /// changes of the group that are no longer kept). Only a service built [`Self::with_feed`]
-    /// follows changes; any other panics here.
+    /// follows changes; any other panics here. An unknown cursor is refused as `cursor_named`.
     pub async fn follow_changes(
         &self,
         principal: &Principal,
         group: &AccountGroupId,
         start: Start,
+        cursor_named: &'static str,
     ) -> Result<Follower, ServiceError> {
         Self::check_access(principal, group)?;
         if let Start::After(cursor) = &start {
             let head = self.0.store.feed_head().await?;
             if cursor.frontier() > head.frontier() {
-                return Err(ServiceError::UnknownCursor);
+                return Err(ServiceError::UnknownCursor {
+                    named: cursor_named,
+                });
             }
             let trimmed = self.0.store.trimmed_mark(group).await?;
             if trimmed.is_some_and(|mark| cursor.reaches_below(mark)) {

@@ -21,7 +21,7 @@ use crate::domain::ids::{AccountGroupId, InvalidId, ScanId};
 use crate::domain::keys::Permission;
 use crate::domain::scan::{Scan, ScanCursor, ScanEvent, ScanStatus};
 use crate::http::envelope::{Envelope, ErrorBody};
-use crate::http::error::ApiError;
+use crate::http::error::{self, ApiError};
 use crate::http::extract::{ApiBody, NoFields};
 use crate::http::limits::{
     self, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_STREAM_TARGET_BYTES, MAX_TARGET_BYTES,
@@ -541,7 +541,7 @@ error_response!(
         ("badFilter", ApiError::Validation(format!(
             "scanId {InvalidId}; status must be one of queued, running, completed, failed, cancelled"
         ))),
-        ("unknownCursor", ApiError::Validation("after must be an event id this stream sent".into())),
+        ("unknownCursor", ApiError::Validation(error::unknown_cursor("after"))),
     ] + over_limits(MAX_STREAM_TARGET_BYTES)
 );
 error_response!(
