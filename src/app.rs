@@ -70,6 +70,9 @@ impl Application {
 
     /// The application with `extra` routes merged in under the real middleware: how tests
     /// exercise paths the API does not have (a handler that panics, one that stalls).
+    ///
+    /// A test hook, `#[doc(hidden)]`: public only because `tests/api` is another crate.
+    #[doc(hidden)]
     pub async fn build_with_routes(
         settings: Settings,
         extra: Router<AppState>,
@@ -142,7 +145,7 @@ impl Application {
 }
 
 /// Connects and brings the schema up to date; every command that touches the database needs both.
-pub async fn migrated_store(options: &StoreOptions) -> Result<Store, StartupError> {
+pub(crate) async fn migrated_store(options: &StoreOptions) -> Result<Store, StartupError> {
     use secrecy::ExposeSecret;
     let store = Store::connect(options).map_err(StartupError::Store)?;
     store
@@ -156,7 +159,7 @@ pub async fn migrated_store(options: &StoreOptions) -> Result<Store, StartupErro
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         if let Err(error) = tokio::signal::ctrl_c().await {
             tracing::error!(%error, "cannot listen for Ctrl-C");

@@ -11,7 +11,7 @@ use crate::domain::scan::ScanStatus;
 use crate::service::{KeyAdmin, ScanService, ServiceError};
 
 /// What the demo created: enough to show every outcome.
-pub struct Demo {
+pub(super) struct Demo {
     key: String,
     /// A runner's key: `signals:run` and `signals:read`.
     runner_key: String,
@@ -24,7 +24,10 @@ pub struct Demo {
 }
 
 /// Seeds the demo data, or returns `None` (adding nothing) when the database already holds data.
-pub async fn seed(keys: &KeyAdmin, scans: &ScanService) -> Result<Option<Demo>, ServiceError> {
+pub(super) async fn seed(
+    keys: &KeyAdmin,
+    scans: &ScanService,
+) -> Result<Option<Demo>, ServiceError> {
     if !scans.is_fresh_install().await? {
         return Ok(None);
     }
@@ -71,7 +74,7 @@ const CURL: &str = "-s -w '\\nHTTP %{http_code}\\n'";
 impl Demo {
     /// The curl commands, one per outcome, against the server at `addr`, then how to cancel a scan
     /// from the API reference.
-    pub fn instructions(&self, addr: SocketAddr) -> String {
+    pub(super) fn instructions(&self, addr: SocketAddr) -> String {
         let url = |group: &str, scan: &str| {
             format!("http://{addr}/v1/accounts/{group}/signals/scans/{scan}/cancel")
         };

@@ -7,7 +7,7 @@ use anyhow::{Context as _, anyhow, ensure};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Succeeds when the service on `listen_addr` answers `GET /healthz` with 200 within 3 s.
-pub async fn check(listen_addr: SocketAddr) -> anyhow::Result<()> {
+pub(super) async fn check(listen_addr: SocketAddr) -> anyhow::Result<()> {
     // A server bound to every interface is reached on loopback.
     let mut addr = listen_addr;
     if addr.ip().is_unspecified() {

@@ -73,7 +73,7 @@ async fn key_admin(database: &DatabaseArgs) -> anyhow::Result<KeyAdmin> {
     Ok(KeyAdmin::new(migrated_store(database).await?))
 }
 
-pub async fn list(database: &DatabaseArgs, json: bool) -> anyhow::Result<()> {
+pub(super) async fn list(database: &DatabaseArgs, json: bool) -> anyhow::Result<()> {
     let keys = key_admin(database).await?.list().await?;
     let views: Vec<KeyView> = keys.iter().map(|k| KeyView::of(k, None)).collect();
     if json {
@@ -97,7 +97,7 @@ pub async fn list(database: &DatabaseArgs, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn revoke(database: &DatabaseArgs, key_id: Uuid) -> anyhow::Result<()> {
+pub(super) async fn revoke(database: &DatabaseArgs, key_id: Uuid) -> anyhow::Result<()> {
     let key = key_admin(database)
         .await?
         .revoke(key_id)
@@ -112,7 +112,7 @@ pub async fn revoke(database: &DatabaseArgs, key_id: Uuid) -> anyhow::Result<()>
     Ok(())
 }
 
-pub async fn create(args: CreateKeyArgs) -> anyhow::Result<()> {
+pub(super) async fn create(args: CreateKeyArgs) -> anyhow::Result<()> {
     let access = match args.all_account_groups {
         true => AccountGroupAccess::All,
         false => AccountGroupAccess::Only(args.account_groups),

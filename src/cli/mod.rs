@@ -31,7 +31,7 @@ use crate::telemetry;
     version,
     about = "Cancels asynchronous signal scans over HTTP."
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(flatten)]
     pub log: LogArgs,
 
@@ -40,7 +40,7 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run pending migrations, then serve the API until Ctrl-C or SIGTERM.
     Serve(ServeArgs),
     /// Exit 0 when the service on LISTEN_ADDR answers GET /healthz with 200 (for container
@@ -61,7 +61,7 @@ pub enum Command {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum KeysCommand {
+pub(crate) enum KeysCommand {
     /// Create a key and print its secret, once.
     Create(CreateKeyArgs),
     /// List keys (never their secrets).
@@ -80,7 +80,7 @@ pub enum KeysCommand {
 }
 
 #[derive(Args, Debug)]
-pub struct CreateKeyArgs {
+pub(crate) struct CreateKeyArgs {
     #[command(flatten)]
     database: DatabaseArgs,
     /// A name that tells operators whose key this is.
@@ -112,7 +112,7 @@ pub struct CreateKeyArgs {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum ScansCommand {
+pub(crate) enum ScansCommand {
     /// Create a scan: in the database in any status, or with --server through the API (queued;
     /// API key with signals:write in SIGNAL_SCANS_API_KEY).
     Create {

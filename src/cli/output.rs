@@ -3,13 +3,13 @@
 use serde::Serialize;
 use time::OffsetDateTime;
 
-pub fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+pub(super) fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     let text = serde_json::to_string(value)?;
     println!("{text}");
     Ok(())
 }
 
-pub fn rfc3339(at: Option<OffsetDateTime>) -> String {
+pub(super) fn rfc3339(at: Option<OffsetDateTime>) -> String {
     at.and_then(|at| {
         at.format(&time::format_description::well_known::Rfc3339)
             .ok()

@@ -9,7 +9,7 @@ use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::scan::ScanStatus;
 
 /// What a command asked the service, and how it answered.
-pub enum Answer {
+pub(super) enum Answer {
     /// 2xx: the envelope's `data`.
     Done(Value),
     /// 422: the scan's status does not allow it (`currentStatus`).
@@ -18,7 +18,7 @@ pub enum Answer {
 
 /// `POST path` on `server` with the key and an optional JSON body; the answer's `data`, a refusal
 /// by the state machine, or an error naming the status and the service's words.
-pub async fn post(
+pub(super) async fn post(
     server: &url::Url,
     path: &str,
     key: &str,
@@ -64,12 +64,16 @@ pub async fn post(
 }
 
 /// Where a client starts a scan of `group`.
-pub fn scans_path(group: &AccountGroupId) -> String {
+pub(super) fn scans_path(group: &AccountGroupId) -> String {
     format!("/v1/accounts/{group}/signals/scans")
 }
 
 /// Where a runner moves a scan to `to` (running, completed or failed).
-pub fn move_path(group: &AccountGroupId, scan: &ScanId, to: ScanStatus) -> anyhow::Result<String> {
+pub(super) fn move_path(
+    group: &AccountGroupId,
+    scan: &ScanId,
+    to: ScanStatus,
+) -> anyhow::Result<String> {
     let action = match to {
         ScanStatus::Running => "start",
         ScanStatus::Completed => "complete",

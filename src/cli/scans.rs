@@ -37,7 +37,7 @@ fn refused(scan_id: &ScanId, error: ServiceError) -> anyhow::Error {
 }
 
 /// `scans create`: in the database (any status), or with `--server` through the API (queued).
-pub async fn create(
+pub(super) async fn create(
     database: &DatabaseArgs,
     server: Option<&url::Url>,
     group: &AccountGroupId,
@@ -72,7 +72,7 @@ pub async fn create(
 }
 
 /// What `scans transition` moves, and how.
-pub struct Move<'a> {
+pub(super) struct Move<'a> {
     pub scan_id: &'a ScanId,
     pub to: ScanStatus,
     pub reason: Option<&'a str>,
@@ -82,7 +82,7 @@ pub struct Move<'a> {
 /// `scans transition`: a runner's guarded move, in the database or with `--server` through the
 /// API. A move the state machine refuses exits non-zero naming the current status (as JSON on
 /// stdout with `--json`).
-pub async fn transition(
+pub(super) async fn transition(
     database: &DatabaseArgs,
     server: Option<(&url::Url, &AccountGroupId)>,
     request: Move<'_>,
@@ -174,7 +174,11 @@ fn field(data: &serde_json::Value, name: &str) -> anyhow::Result<String> {
         .ok_or_else(|| anyhow!("the answer has no {name}: {data}"))
 }
 
-pub async fn show(database: &DatabaseArgs, scan_id: &ScanId, json: bool) -> anyhow::Result<()> {
+pub(super) async fn show(
+    database: &DatabaseArgs,
+    scan_id: &ScanId,
+    json: bool,
+) -> anyhow::Result<()> {
     let scan = ScanService::new(existing_store(database).await?)
         .find_scan(scan_id)
         .await

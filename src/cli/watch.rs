@@ -21,7 +21,7 @@ const MAX_RECONNECT: Duration = Duration::from_secs(30);
 
 /// Prints changes from the database until the process is stopped. A database that goes away is
 /// waited for: the feed resumes from its cursor, so nothing is printed twice or missed.
-pub async fn follow_database(
+pub(super) async fn follow_database(
     database: &DatabaseArgs,
     group: Option<AccountGroupId>,
     after: Option<&str>,
@@ -86,7 +86,7 @@ fn print(line: &Line<'_>) {
 /// Follows `GET /v1/accounts/{group}/signals/scans/changes` on `server` until the process is
 /// stopped or the server refuses the key; reconnects with `Last-Event-ID` after anything else, and
 /// from now (with a warning) when the server no longer keeps the changes after that id (410).
-pub async fn follow_server(
+pub(super) async fn follow_server(
     server: &url::Url,
     group: &AccountGroupId,
     after: Option<String>,

@@ -21,14 +21,14 @@ const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
 /// What a route demands of its caller, with what checking it needs.
 #[derive(Clone)]
-pub struct Guard {
+pub(crate) struct Guard {
     state: AppState,
     permissions: &'static [Permission],
 }
 
 impl Guard {
     /// A route that needs a valid key holding one of `permissions`.
-    pub fn requiring(state: &AppState, permissions: &'static [Permission]) -> Self {
+    pub(crate) fn requiring(state: &AppState, permissions: &'static [Permission]) -> Self {
         Self {
             state: state.clone(),
             permissions,
@@ -42,7 +42,7 @@ impl Guard {
 /// the key is known. One layer rather than three: each `from_fn` layer costs a boxed future and
 /// a clone of the boxed route per request. The key's `Principal` goes into the extensions for
 /// the handler.
-pub async fn guard(
+pub(crate) async fn guard(
     State(Guard { state, permissions }): State<Guard>,
     mut request: Request,
     next: Next,

@@ -17,12 +17,12 @@ use tower::{Layer, Service};
 use super::error::ApiError;
 
 #[derive(Debug, Clone, Copy)]
-pub struct Deadline {
+pub(crate) struct Deadline {
     limit: Duration,
 }
 
 impl Deadline {
-    pub fn new(limit: Duration) -> Self {
+    pub(crate) fn new(limit: Duration) -> Self {
         Self { limit }
     }
 }
@@ -39,7 +39,7 @@ impl<S> Layer<S> for Deadline {
 }
 
 #[derive(Debug, Clone)]
-pub struct DeadlineService<S> {
+pub(crate) struct DeadlineService<S> {
     inner: S,
     limit: Duration,
 }

@@ -18,7 +18,7 @@ use super::error::ApiError;
 use super::extract::ApiPath;
 
 /// Where the page lives; `/docs` and `/` redirect here (the page's assets are relative to it).
-pub const PAGE: &str = "/docs/";
+pub(crate) const PAGE: &str = "/docs/";
 
 /// The browser may load only what this service serves: scripts, styles and the document from
 /// this origin, and the `data:` images Swagger UI's stylesheet embeds. Swagger UI sets inline
@@ -30,7 +30,7 @@ const CONTENT_SECURITY_POLICY_VALUE: &str = "default-src 'none'; script-src 'sel
 /// The reference's routes: `GET /` and `GET /docs` redirect to the page, `GET /docs/` is the page,
 /// `GET /docs/{file}` its assets; any other file under `/docs/` is the 404 envelope. None of
 /// them when `enabled` is false (`DOCS_ENABLED`): every such path is then an unknown route.
-pub fn routes<S: Clone + Send + Sync + 'static>(enabled: bool) -> Router<S> {
+pub(crate) fn routes<S: Clone + Send + Sync + 'static>(enabled: bool) -> Router<S> {
     if !enabled {
         return Router::new();
     }

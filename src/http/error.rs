@@ -56,7 +56,7 @@ pub enum ApiError {
 }
 
 /// The most bytes of a `details`: whatever a client sends, an error answer stays small.
-pub const MAX_DETAILS_BYTES: usize = 1024;
+pub(crate) const MAX_DETAILS_BYTES: usize = 1024;
 /// The most problems a 400's `details` names; the others are counted.
 const MAX_NAMED_PROBLEMS: usize = 8;
 
@@ -64,14 +64,14 @@ const MAX_NAMED_PROBLEMS: usize = 8;
 /// copies of one bad parameter are one problem), at most `MAX_NAMED_PROBLEMS` of them, the rest
 /// counted.
 #[derive(Debug, Default)]
-pub struct Problems {
+pub(crate) struct Problems {
     named: Vec<String>,
     /// Every distinct problem beyond the named ones (bounded by the request's size limits).
     others: std::collections::HashSet<String>,
 }
 
 impl Problems {
-    pub fn push(&mut self, problem: impl Into<String>) {
+    pub(crate) fn push(&mut self, problem: impl Into<String>) {
         let problem = problem.into();
         if self.named.contains(&problem) {
             return;
@@ -85,7 +85,7 @@ impl Problems {
     }
 
     /// `Ok` when nothing is wrong, else the 400 naming what is.
-    pub fn into_result(self) -> Result<(), ApiError> {
+    pub(crate) fn into_result(self) -> Result<(), ApiError> {
         if self.named.is_empty() {
             return Ok(());
         }
@@ -262,7 +262,7 @@ enum HiddenCause {
 /// request's span and outside everything that can fail a request (handlers, auth, limits, the
 /// deadline, the panic catcher), so every error is logged with its trace id. A plain function
 /// over the response: nothing to box or clone per request.
-pub fn log_hidden_causes<B>(response: Response<B>) -> Response<B> {
+pub(crate) fn log_hidden_causes<B>(response: Response<B>) -> Response<B> {
     match response.extensions().get::<HiddenCause>() {
         Some(HiddenCause::Internal(cause)) => {
             tracing::error!(error.cause = %cause, "internal error")
@@ -286,7 +286,7 @@ impl From<StoreError> for ApiError {
 
 /// The 400's details for a change stream's cursor this feed never issued, named as the client
 /// sent it (`after` or `Last-Event-ID`): malformed, or ahead of the whole trail.
-pub fn unknown_cursor(named: &str) -> String {
+pub(crate) fn unknown_cursor(named: &str) -> String {
     format!("{named} must be an event id this stream sent")
 }
 

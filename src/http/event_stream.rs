@@ -16,7 +16,7 @@ use futures_util::Stream;
 use serde::Serialize;
 
 /// A `200` whose body is `frames`, each a run of whole blocks written by [`EventBlocks`].
-pub fn event_stream_response<S>(frames: S) -> Response
+pub(super) fn event_stream_response<S>(frames: S) -> Response
 where
     S: Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static,
 {
@@ -32,23 +32,23 @@ where
 
 /// Blocks of Server-Sent Events gathered for one frame of the body.
 #[derive(Debug, Default)]
-pub struct EventBlocks(Vec<u8>);
+pub(super) struct EventBlocks(Vec<u8>);
 
 impl EventBlocks {
     /// `retry:`: how long a client waits before it reconnects.
-    pub fn retry(&mut self, after: Duration) {
+    pub(super) fn retry(&mut self, after: Duration) {
         self.line("retry: ", &after.as_millis().to_string());
         self.0.push(b'\n');
     }
 
     /// A comment (`: text`), which clients ignore: a keep-alive.
-    pub fn comment(&mut self, text: &str) {
+    pub(super) fn comment(&mut self, text: &str) {
         self.line(": ", text);
         self.0.push(b'\n');
     }
 
     /// One event: its `id` (what a client resumes from), its name and its data as JSON.
-    pub fn event(&mut self, id: &str, name: &str, data: &impl Serialize) {
+    pub(super) fn event(&mut self, id: &str, name: &str, data: &impl Serialize) {
         self.line("id: ", id);
         self.line("event: ", name);
         self.0.extend_from_slice(b"data: ");
@@ -59,21 +59,21 @@ impl EventBlocks {
     }
 
     /// The bytes gathered so far.
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.0.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
     /// Room for `bytes` more without growing the buffer step by step as events are written.
-    pub fn reserve(&mut self, bytes: usize) {
+    pub(super) fn reserve(&mut self, bytes: usize) {
         self.0.reserve(bytes);
     }
 
     /// The frame, leaving this empty for the next one.
-    pub fn take(&mut self) -> Bytes {
+    pub(super) fn take(&mut self) -> Bytes {
         Bytes::from(std::mem::take(&mut self.0))
     }
 

@@ -20,10 +20,10 @@ pub struct ApiPath<T>(pub T);
 /// `Query`, but its rejection (a malformed, duplicate or unknown parameter) is our envelope.
 #[derive(FromRequestParts)]
 #[from_request(via(Query), rejection(ApiError))]
-pub struct ApiQuery<T>(pub T);
+pub(crate) struct ApiQuery<T>(pub T);
 
 /// The raw body, but its rejection (a body over the limit, a read that failed) is our envelope.
-pub struct ApiBody(pub Bytes);
+pub(crate) struct ApiBody(pub Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for ApiBody {
     type Rejection = ApiError;
@@ -40,7 +40,7 @@ const MAX_ECHO_CHARS: usize = 120;
 impl ApiBody {
     /// The body of a route whose fields are all optional: empty, or a JSON object holding only
     /// the fields `T` knows. Anything else is a 400 that says what is wrong.
-    pub fn optional_fields<T: DeserializeOwned + Default>(&self) -> Result<T, ApiError> {
+    pub(crate) fn optional_fields<T: DeserializeOwned + Default>(&self) -> Result<T, ApiError> {
         if self.0.iter().all(u8::is_ascii_whitespace) {
             return Ok(T::default());
         }
@@ -61,11 +61,11 @@ impl ApiBody {
 /// The body of a route that takes no fields: empty or `{}`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NoFields {}
+pub(crate) struct NoFields {}
 
 /// A path id parsed as the path is read, from the path's own text (no `String` per id per
 /// request); a malformed one is kept as its error, so the handler names every malformed parameter.
-pub struct PathId<T>(Result<T, InvalidId>);
+pub(crate) struct PathId<T>(Result<T, InvalidId>);
 
 impl<'de, T: FromStr<Err = InvalidId>> Deserialize<'de> for PathId<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -106,7 +106,7 @@ impl GroupPath {
 /// hold.
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Path)]
-pub struct ScanPath {
+pub(crate) struct ScanPath {
     /// Account group ID that scopes the request: 24 hexadecimal characters, either case.
     #[serde(rename = "accountGroupId")]
     #[param(value_type = AccountGroupId, inline)]
@@ -119,7 +119,7 @@ pub struct ScanPath {
 
 impl ScanPath {
     /// Both ids, or an error naming every parameter that is malformed.
-    pub fn parse(self) -> Result<(AccountGroupId, ScanId), ApiError> {
+    pub(crate) fn parse(self) -> Result<(AccountGroupId, ScanId), ApiError> {
         match (self.account_group_id.0, self.scan_id.0) {
             (Ok(group), Ok(scan)) => Ok((group, scan)),
             (group, scan) => {

@@ -21,7 +21,7 @@ use crate::store::Store;
         (status = 200, description = "The process is serving", body = doc::HealthResponse),
     )
 )]
-pub async fn healthz() -> Json<Envelope<Health>> {
+pub(crate) async fn healthz() -> Json<Envelope<Health>> {
     Json(Envelope::success(Health::OK))
 }
 
@@ -39,7 +39,7 @@ pub async fn healthz() -> Json<Envelope<Health>> {
         (status = 503, response = doc::NotReady),
     )
 )]
-pub async fn readyz(State(store): State<Store>) -> Result<Json<Envelope<Health>>, ApiError> {
+pub(crate) async fn readyz(State(store): State<Store>) -> Result<Json<Envelope<Health>>, ApiError> {
     store
         .ping()
         .await

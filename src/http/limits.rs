@@ -14,24 +14,24 @@ use tower::{Layer, Service};
 use super::error::ApiError;
 
 /// Longest request target (path and query) accepted.
-pub const MAX_TARGET_BYTES: usize = 2048;
+pub(crate) const MAX_TARGET_BYTES: usize = 2048;
 /// The change stream's longer limit: its query may name up to 100 scans (`scanId=<24 hex>&`, 32
 /// bytes each), which a runner following its own scans needs.
-pub const MAX_STREAM_TARGET_BYTES: usize = 4096;
+pub(crate) const MAX_STREAM_TARGET_BYTES: usize = 4096;
 const STREAM_PATH_SUFFIX: &str = "/signals/scans/changes";
 /// Most header bytes (names and values) accepted.
-pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Largest body accepted: announced with Content-Length, it is refused before any work; sent in
 /// chunks, when it outgrows this while read. The few routes that read a body read a small JSON
 /// object.
-pub const MAX_BODY_BYTES: u64 = 64 * 1024;
+pub(crate) const MAX_BODY_BYTES: u64 = 64 * 1024;
 /// [`MAX_BODY_BYTES`] as a length.
-pub const MAX_BODY_LEN: usize = 64 * 1024;
+pub(crate) const MAX_BODY_LEN: usize = 64 * 1024;
 
 /// Layer: answers a request over a limit with the 400 envelope before any other work. A tower
 /// layer: it runs on every request, and its future is not boxed.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct EnforceLimits;
+pub(crate) struct EnforceLimits;
 
 impl<S> Layer<S> for EnforceLimits {
     type Service = LimitsService<S>;
@@ -42,7 +42,7 @@ impl<S> Layer<S> for EnforceLimits {
 }
 
 #[derive(Debug, Clone)]
-pub struct LimitsService<S> {
+pub(crate) struct LimitsService<S> {
     inner: S,
 }
 
@@ -98,18 +98,18 @@ fn violation(request: &Request) -> Option<String> {
 }
 
 /// The `details` of each refusal (also the OpenAPI document's examples).
-pub fn target_too_long(bytes: usize, limit: usize) -> String {
+pub(crate) fn target_too_long(bytes: usize, limit: usize) -> String {
     format!("request target is {bytes} bytes; the limit is {limit}")
 }
 
-pub fn headers_too_large(bytes: usize) -> String {
+pub(crate) fn headers_too_large(bytes: usize) -> String {
     format!("headers are {bytes} bytes; the limit is {MAX_HEADER_BYTES}")
 }
 
-pub fn body_too_large(bytes: u64) -> String {
+pub(crate) fn body_too_large(bytes: u64) -> String {
     format!("request body is {bytes} bytes; the limit is {MAX_BODY_BYTES}")
 }
 
-pub fn body_over_limit() -> String {
+pub(crate) fn body_over_limit() -> String {
     format!("request body is over the limit of {MAX_BODY_BYTES} bytes")
 }

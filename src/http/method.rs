@@ -5,10 +5,10 @@
 use axum::http::Method;
 
 /// What stands for every method that is not one of the standard nine.
-pub const OTHER: &str = "other";
+pub(crate) const OTHER: &str = "other";
 
 /// The method's name when it is standard (RFC 9110 and PATCH), else [`OTHER`].
-pub fn label(method: &Method) -> &'static str {
+pub(crate) fn label(method: &Method) -> &'static str {
     match *method {
         Method::GET => "GET",
         Method::HEAD => "HEAD",

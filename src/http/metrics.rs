@@ -23,11 +23,11 @@ use tower::{Layer, Service};
 
 use crate::store::{self, Store};
 
-pub const REQUESTS: &str = "http_requests_total";
-pub const REQUEST_DURATION: &str = "http_request_duration_seconds";
-pub const RATE_LIMITED: &str = "rate_limited_total";
-pub const CANCELS: &str = "scan_cancels_total";
-pub const DB_POOL: &str = "db_pool_connections";
+pub(crate) const REQUESTS: &str = "http_requests_total";
+pub(crate) const REQUEST_DURATION: &str = "http_request_duration_seconds";
+pub(crate) const RATE_LIMITED: &str = "rate_limited_total";
+pub(crate) const CANCELS: &str = "scan_cancels_total";
+pub(crate) const DB_POOL: &str = "db_pool_connections";
 
 /// Latency buckets, in seconds: a cancel should sit in the first few.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -36,7 +36,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 /// The process-wide Prometheus recorder, installed on first use. Its histogram samples are
 /// kept until [`upkeep`] folds them, which whoever serves requests must run.
-pub fn recorder() -> PrometheusHandle {
+pub(crate) fn recorder() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
@@ -51,7 +51,9 @@ pub fn recorder() -> PrometheusHandle {
 /// Changes per commit: powers of two up to the store's batch bound.
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 
-/// The recorder [`recorder`] installs, not installed: a test measures what it keeps.
+/// The recorder `recorder` installs, not installed: a test measures what it keeps.
+///
+/// A test hook, `#[doc(hidden)]`: public only because `tests/api/metrics.rs` is another crate.
 #[doc(hidden)]
 pub fn unregistered_recorder() -> PrometheusRecorder {
     PrometheusBuilder::new()
@@ -68,12 +70,18 @@ pub fn unregistered_recorder() -> PrometheusRecorder {
 
 /// How often [`upkeep`] folds the samples recorded since: what a busy instance holds between
 /// two folds is this many seconds of requests (the exporter's own default interval).
+///
+/// `#[doc(hidden)]`: public only for `tests/api/metrics.rs` (another crate); not an API.
+#[doc(hidden)]
 pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Folds every histogram's recorded samples into its buckets every `every`, forever. The exporter
 /// keeps each sample until upkeep runs, and a recorder installed without the exporter's own HTTP
 /// listener gets no upkeep task: without this, an instance nobody scrapes grows by every
 /// request's samples (about 20 bytes a request).
+///
+/// `#[doc(hidden)]`: public only for `tests/api/metrics.rs` (another crate); not an API.
+#[doc(hidden)]
 pub async fn upkeep(handle: PrometheusHandle, every: Duration) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -88,7 +96,7 @@ pub async fn upkeep(handle: PrometheusHandle, every: Duration) {
 /// client cannot make the exporter keep a new series per request. A tower layer: it runs on
 /// every request, and its future is not boxed.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Track;
+pub(crate) struct Track;
 
 impl<S> Layer<S> for Track {
     type Service = TrackService<S>;
@@ -99,7 +107,7 @@ impl<S> Layer<S> for Track {
 }
 
 #[derive(Debug, Clone)]
-pub struct TrackService<S> {
+pub(crate) struct TrackService<S> {
     inner: S,
 }
 
@@ -217,7 +225,7 @@ where
 }
 
 /// Counts a cancel by the status it found (a handle per status, registered once).
-pub fn count_cancel(previous_status: &'static str) {
+pub(crate) fn count_cancel(previous_status: &'static str) {
     static CANCELLED_FROM: LazyLock<DashMap<&'static str, Counter>> = LazyLock::new(DashMap::new);
     cached(
         &CANCELLED_FROM,
@@ -241,7 +249,7 @@ pub fn count_cancel(previous_status: &'static str) {
             example = "# TYPE http_requests_total counter\nhttp_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"} 1\n"),
     )
 )]
-pub async fn render(
+pub(crate) async fn render(
     State(handle): State<PrometheusHandle>,
     State(store): State<Store>,
 ) -> Response {

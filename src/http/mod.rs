@@ -1,25 +1,25 @@
 //! Everything that knows HTTP: the router, its middleware, and the mapping to the envelope.
 
-pub mod auth;
+pub(crate) mod auth;
 pub mod changes;
-pub mod deadline;
-pub mod docs;
+pub(crate) mod deadline;
+pub(crate) mod docs;
 pub mod envelope;
-pub mod error;
+pub(crate) mod error;
 mod event_stream;
-pub mod extract;
-pub mod health;
-pub mod limits;
-pub mod method;
+pub(crate) mod extract;
+pub(crate) mod health;
+pub(crate) mod limits;
+pub(crate) mod method;
 pub mod metrics;
-pub mod openapi;
+pub(crate) mod openapi;
 pub mod rate_limit;
-pub mod runner;
-pub mod scans;
-pub mod server;
+pub(crate) mod runner;
+pub(crate) mod scans;
+pub(crate) mod server;
 mod state;
-pub mod trace_id;
-pub mod views;
+pub(crate) mod trace_id;
+pub(crate) mod views;
 
 pub use state::{AppState, HttpSettings};
 
@@ -44,11 +44,6 @@ use self::error::ApiError;
 use self::trace_id::TraceId;
 use crate::domain::keys::Permission;
 
-/// The whole HTTP surface of the service.
-pub fn router(state: AppState) -> Router {
-    router_with(state, Router::new())
-}
-
 /// The service's router with `extra` routes merged in under the same middleware: how tests
 /// exercise paths the API does not have (a handler that panics, one that stalls).
 ///
@@ -71,7 +66,7 @@ pub fn router(state: AppState) -> Router {
 ///
 /// Each documented route is listed once, here: `routes!` takes its path and method from the
 /// handler's `#[utoipa::path]`, so the router and `/openapi.json` cannot disagree.
-pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
+pub(crate) fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     let request_timeout = state.request_timeout;
     const READ: &[Permission] = &[Permission::SignalsRead, Permission::SignalsWrite];
     const WRITE: &[Permission] = &[Permission::SignalsWrite];

@@ -35,7 +35,7 @@ use crate::service::ScanService;
         (status = 422, response = doc::NotMovable),
     )
 )]
-pub async fn start_scan(
+pub(crate) async fn start_scan(
     State(service): State<ScanService>,
     principal: Principal,
     trace_id: TraceId,
@@ -75,7 +75,7 @@ pub async fn start_scan(
         (status = 422, response = doc::NotMovable),
     )
 )]
-pub async fn complete_scan(
+pub(crate) async fn complete_scan(
     State(service): State<ScanService>,
     principal: Principal,
     trace_id: TraceId,
@@ -98,7 +98,7 @@ pub async fn complete_scan(
 /// The body of a failure: an optional reason.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct FailRequest {
+pub(crate) struct FailRequest {
     /// Why the scan failed, 1 to 1,000 characters; kept with the audit row and shown in the
     /// scan's events, the change stream and `scans watch`.
     #[schema(min_length = 1, max_length = 1000)]
@@ -125,7 +125,7 @@ pub struct FailRequest {
         (status = 422, response = doc::NotMovable),
     )
 )]
-pub async fn fail_scan(
+pub(crate) async fn fail_scan(
     State(service): State<ScanService>,
     principal: Principal,
     trace_id: TraceId,

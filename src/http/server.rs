@@ -65,7 +65,7 @@ impl ConnectionLimits {
 
 /// Serves `router` on `listener` until `shutdown` resolves; then stops accepting, lets open
 /// connections finish their requests for at most `drain`, and returns.
-pub async fn run(
+pub(crate) async fn run(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,

@@ -18,7 +18,7 @@ use axum::response::Response;
 use tokio::task::futures::TaskLocalFuture;
 use tower::{Layer, Service};
 
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+pub(crate) const REQUEST_ID_HEADER: &str = "x-request-id";
 /// As a header name made once: inserting by `&str` copies a non-standard name on every response.
 static REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 const TRACEPARENT_HEADER: &str = "traceparent";
@@ -97,7 +97,7 @@ impl<S: Send + Sync> FromRequestParts<S> for TraceId {
 /// echoes the id in `X-Request-Id`. A tower layer rather than `from_fn`: it runs on every request,
 /// and its future is not boxed.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct AssignTraceId;
+pub(crate) struct AssignTraceId;
 
 impl<S> Layer<S> for AssignTraceId {
     type Service = TraceIdService<S>;
@@ -108,7 +108,7 @@ impl<S> Layer<S> for AssignTraceId {
 }
 
 #[derive(Debug, Clone)]
-pub struct TraceIdService<S> {
+pub(crate) struct TraceIdService<S> {
     inner: S,
 }
 

@@ -12,7 +12,7 @@ use crate::service::{BatchCancellation, CancelOutcome as Outcome, Cancellation, 
 /// `data` of a successful cancel.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct CancelledScan {
+pub(crate) struct CancelledScan {
     scan_id: ScanId,
     /// Always `cancelled`.
     status: ScanStatus,
@@ -36,14 +36,14 @@ impl From<Cancellation> for CancelledScan {
 
 /// `data` of a batch cancel: one result per requested id, in the request's order.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct CancelledScans {
+pub(crate) struct CancelledScans {
     results: Vec<CancelResult>,
 }
 
 /// What a batch cancel did to one scan.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct CancelResult {
+pub(crate) struct CancelResult {
     scan_id: ScanId,
     outcome: CancelOutcome,
     /// The scan's status after the request; null when not found.
@@ -63,7 +63,7 @@ pub struct CancelResult {
 /// failed: nothing changed), or `not_found` (no such scan in the account group).
 #[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum CancelOutcome {
+pub(crate) enum CancelOutcome {
     Cancelled,
     AlreadyCancelled,
     NotCancellable,
@@ -100,7 +100,7 @@ impl From<Vec<BatchCancellation>> for CancelledScans {
 /// `data` of a runner's move (start, complete, fail).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct MovedScan {
+pub(crate) struct MovedScan {
     scan_id: ScanId,
     /// The status the move asked for.
     status: ScanStatus,
@@ -126,7 +126,7 @@ impl From<Moved> for MovedScan {
 /// `data` of the list.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct ScanList {
+pub(crate) struct ScanList {
     /// Newest first.
     scans: Vec<Scan>,
     /// Pass as `cursor` for the next page; null on the last page.
@@ -146,7 +146,7 @@ impl From<ScanPage> for ScanList {
 /// One row of the audit trail as the API shows it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct EventView {
+pub(crate) struct EventView {
     /// null for the row that records the scan's creation.
     #[schema(required = true)]
     from: Option<ScanStatus>,
@@ -176,14 +176,14 @@ impl From<ScanEvent> for EventView {
 /// `data` of the events route.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct ScanEvents {
+pub(crate) struct ScanEvents {
     scan_id: ScanId,
     /// Oldest first.
     events: Vec<EventView>,
 }
 
 impl ScanEvents {
-    pub fn new(scan_id: ScanId, events: Vec<ScanEvent>) -> Self {
+    pub(crate) fn new(scan_id: ScanId, events: Vec<ScanEvent>) -> Self {
         Self {
             scan_id,
             events: events.into_iter().map(EventView::from).collect(),
@@ -194,7 +194,7 @@ impl ScanEvents {
 /// The `data` of a `scan.status_changed` event.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct ScanStatusChanged<'a> {
+pub(crate) struct ScanStatusChanged<'a> {
     scan_id: ScanId,
     account_group_id: AccountGroupId,
     /// null when the change is the scan's creation.
@@ -228,13 +228,13 @@ impl<'a> From<&'a FeedEvent> for ScanStatusChanged<'a> {
 
 // `data` of `/healthz` and `/readyz` (no doc comment: it would change the published schema).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Health {
+pub(crate) struct Health {
     /// `ok` from /healthz, `ready` from /readyz.
     #[schema(example = "ok")]
     status: &'static str,
 }
 
 impl Health {
-    pub const OK: Health = Health { status: "ok" };
-    pub const READY: Health = Health { status: "ready" };
+    pub(crate) const OK: Health = Health { status: "ok" };
+    pub(crate) const READY: Health = Health { status: "ready" };
 }

@@ -18,7 +18,7 @@ use crate::store::StoreError;
 /// Most keys held; far above the number of keys a deployment has.
 const CAPACITY: u64 = 10_000;
 
-pub struct KeyCache {
+pub(super) struct KeyCache {
     entries: Option<moka::future::Cache<KeyHash, Arc<ApiKey>>>,
 }
 
@@ -31,7 +31,7 @@ enum Miss {
 
 impl KeyCache {
     /// A cache whose entries live `ttl`; a zero `ttl` disables it.
-    pub fn new(ttl: Duration) -> Self {
+    pub(super) fn new(ttl: Duration) -> Self {
         let entries = (!ttl.is_zero()).then(|| {
             moka::future::Cache::builder()
                 .max_capacity(CAPACITY)
@@ -44,7 +44,7 @@ impl KeyCache {
     /// The key with this hash: cached, or from `load` (`None`: no such key, not cached).
     /// Concurrent misses of one key wait for a single load: when a busy key's entry expires,
     /// every request in flight would otherwise query the database at the same moment.
-    pub async fn get_or_load(
+    pub(super) async fn get_or_load(
         &self,
         hash: KeyHash,
         load: impl Future<Output = Result<Option<ApiKey>, StoreError>>,

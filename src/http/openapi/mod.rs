@@ -4,7 +4,7 @@
 //! `#[utoipa::path]`), the `ToSchema` derives on the real response types, and the reusable
 //! responses of [`responses`], whose examples are what the real types answer.
 
-pub mod responses;
+pub(crate) mod responses;
 
 use std::sync::{Arc, OnceLock};
 
@@ -86,16 +86,16 @@ use crate::domain::ids::{AccountGroupId, ScanId};
         (name = "operations", description = "Health, readiness, metrics and this document; no API key."),
     ),
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 /// The rendered document, published once the router knows its routes and shared with the one
 /// handler that serves it.
 #[derive(Clone, Default)]
-pub struct Document(Arc<OnceLock<Bytes>>);
+pub(crate) struct Document(Arc<OnceLock<Bytes>>);
 
 impl Document {
     /// Completes the document with the router's `routes` and renders it.
-    pub fn publish(&self, routes: openapi::OpenApi) {
+    pub(crate) fn publish(&self, routes: openapi::OpenApi) {
         let mut document = ApiDoc::openapi();
         document.merge(routes);
         SecurityAndHeaders.modify(&mut document);
@@ -119,7 +119,7 @@ impl Document {
             content_type = "application/json"),
     )
 )]
-pub async fn openapi_json(Extension(document): Extension<Document>) -> Response {
+pub(crate) async fn openapi_json(Extension(document): Extension<Document>) -> Response {
     let text = document.0.get().cloned().unwrap_or_default();
     let mut response = text.into_response();
     response

@@ -43,7 +43,7 @@ const EXAMPLE_SCAN: &str = "65a1f0c2e4b0a1b2c3d4e5f6";
 macro_rules! success_envelope {
     ($(#[$doc:meta])* $name:ident, $data:ty, $example:expr) => {
         $(#[$doc])*
-        pub struct $name;
+        pub(crate) struct $name;
 
         impl PartialSchema for $name {
             fn schema() -> RefOr<Schema> {
@@ -116,7 +116,7 @@ success_envelope!(
 /// One event of the change stream, as a Server-Sent Events client parses it: its cursor (`id`),
 /// its name and its `data`, a `ScanStatusChanged` as JSON text. The opening and closing blocks
 /// carry only `retry`.
-pub struct ChangeEvent;
+pub(crate) struct ChangeEvent;
 
 impl PartialSchema for ChangeEvent {
     fn schema() -> RefOr<Schema> {
@@ -158,7 +158,7 @@ impl ToSchema for ChangeEvent {
 /// Every error but the 400s (whose body is [`ValidationErrorResponse`], the same fields): one
 /// schema, so a generated client has one error type for them all.
 /// `error.code` is one of the codes in the responses' descriptions.
-pub struct ErrorResponse;
+pub(crate) struct ErrorResponse;
 
 impl PartialSchema for ErrorResponse {
     fn schema() -> RefOr<Schema> {
@@ -174,7 +174,7 @@ impl ToSchema for ErrorResponse {
 
 /// The body of every 400 (`VALIDATION_ERROR`: a malformed parameter, body or header, or a request
 /// over a limit), named as the published contract names it: the same fields as [`ErrorResponse`].
-pub struct ValidationErrorResponse;
+pub(crate) struct ValidationErrorResponse;
 
 impl PartialSchema for ValidationErrorResponse {
     fn schema() -> RefOr<Schema> {
@@ -407,7 +407,7 @@ fn rendered(error: ApiError) -> Rendered {
 macro_rules! error_response {
     ($(#[$doc:meta])* $name:ident, $schema:ty, $headers:expr, [$(($example:literal, $error:expr)),* $(,)?] $(+ $more:expr)?) => {
         $(#[$doc])*
-        pub struct $name;
+        pub(crate) struct $name;
 
         impl<'r> ToResponse<'r> for $name {
             fn response() -> (&'r str, RefOr<openapi::Response>) {
@@ -745,7 +745,7 @@ error_response!(
 /// `default`, on every operation: any status the operation does not list answers the same
 /// envelope, so a generated client parses it into `ErrorResponse` too. The answers of the
 /// router's own fallbacks are the examples.
-pub struct OtherError;
+pub(crate) struct OtherError;
 
 impl<'r> ToResponse<'r> for OtherError {
     fn response() -> (&'r str, RefOr<openapi::Response>) {

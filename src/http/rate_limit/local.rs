@@ -21,7 +21,7 @@ type KeyedLimiter<K, MW = NoOpMiddleware<Instant>> =
 /// How often (in recorded failures) idle per-address state is dropped, bounding memory.
 const PRUNE_EVERY: u64 = 1024;
 
-pub struct LocalLimits {
+pub(super) struct LocalLimits {
     keys: KeyedLimiter<Uuid, StateInformationMiddleware>,
     failures: KeyedLimiter<IpAddr>,
     clock: LimiterClock,
@@ -32,7 +32,7 @@ pub struct LocalLimits {
 }
 
 impl LocalLimits {
-    pub fn new(
+    pub(super) fn new(
         limit: RateLimit,
         auth_failures_per_minute: NonZeroU32,
         clock: LimiterClock,
@@ -53,7 +53,7 @@ impl LocalLimits {
         }
     }
 
-    pub fn check_key(&self, key: &Uuid) -> Decision {
+    pub(super) fn check_key(&self, key: &Uuid) -> Decision {
         match self.keys.check_key(key) {
             Ok(snapshot) => Decision::Allowed {
                 remaining: snapshot.remaining_burst_capacity(),
@@ -64,7 +64,7 @@ impl LocalLimits {
         }
     }
 
-    pub fn auth_blocked(&self, client: IpAddr) -> Option<u64> {
+    pub(super) fn auth_blocked(&self, client: IpAddr) -> Option<u64> {
         let until = *self.blocked.get(&client)?;
         let now = self.clock.now();
         match until > now {
@@ -76,7 +76,7 @@ impl LocalLimits {
         }
     }
 
-    pub fn record_auth_failure(&self, client: IpAddr) -> Option<u64> {
+    pub(super) fn record_auth_failure(&self, client: IpAddr) -> Option<u64> {
         if self.recorded.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
             self.prune();
         }

@@ -51,7 +51,7 @@ pub struct RedisSettings {
     pub prefix: String,
 }
 
-pub struct SharedLimits {
+pub(super) struct SharedLimits {
     connection: OnceCell<ConnectionManager>,
     /// Milliseconds since `started` before which Redis is not asked (0: ask).
     backoff_until: AtomicU64,
@@ -67,7 +67,7 @@ pub struct SharedLimits {
 
 /// Why Redis could not decide.
 #[derive(Debug, thiserror::Error)]
-pub enum SharedError {
+pub(super) enum SharedError {
     #[error("redis is not connected")]
     NotConnected,
     #[error("redis did not answer within {} ms", REDIS_TIMEOUT.as_millis())]
@@ -80,7 +80,7 @@ pub enum SharedError {
 }
 
 impl SharedLimits {
-    pub fn new(
+    pub(super) fn new(
         settings: &RedisSettings,
         limit: RateLimit,
         auth_failures_per_minute: NonZeroU32,
@@ -103,7 +103,7 @@ impl SharedLimits {
 
     /// Connects in the background until Redis answers; the connection then reconnects by itself.
     /// Until the first connection, the in-process limits decide.
-    pub fn spawn_connector(self: &std::sync::Arc<Self>) -> tokio::task::JoinHandle<()> {
+    pub(super) fn spawn_connector(self: &std::sync::Arc<Self>) -> tokio::task::JoinHandle<()> {
         let shared = self.clone();
         tokio::spawn(async move {
             let config = ConnectionManagerConfig::new()
@@ -129,7 +129,7 @@ impl SharedLimits {
         })
     }
 
-    pub fn is_connected(&self) -> bool {
+    pub(super) fn is_connected(&self) -> bool {
         self.connection.initialized()
     }
 
@@ -182,7 +182,7 @@ impl SharedLimits {
         ))
     }
 
-    pub async fn check_key(&self, key: &Uuid) -> Result<Decision, SharedError> {
+    pub(super) async fn check_key(&self, key: &Uuid) -> Result<Decision, SharedError> {
         let (allowed, wait_ms, remaining) = self
             .gcra(
                 &[format!("{}key:{key}", self.prefix)],
@@ -199,7 +199,7 @@ impl SharedLimits {
     }
 
     /// Seconds `client` must still wait after its last refused failure; looks without spending.
-    pub async fn auth_blocked(&self, client: IpAddr) -> Result<Option<u64>, SharedError> {
+    pub(super) async fn auth_blocked(&self, client: IpAddr) -> Result<Option<u64>, SharedError> {
         let marker = self.blocked_key(client);
         let remaining_ms = self
             .call(async |connection: &mut ConnectionManager| {
@@ -217,7 +217,10 @@ impl SharedLimits {
 
     /// Spends one of `client`'s failures; `Some(seconds)` when it had none left, which also
     /// blocks it for that long.
-    pub async fn record_auth_failure(&self, client: IpAddr) -> Result<Option<u64>, SharedError> {
+    pub(super) async fn record_auth_failure(
+        &self,
+        client: IpAddr,
+    ) -> Result<Option<u64>, SharedError> {
         let keys = [
             format!("{}auth-failures:{client}", self.prefix),
             self.blocked_key(client),
