@@ -208,6 +208,21 @@ def metrics_recancels(text: str) -> int:
                if line.startswith("scan_cancels_total{") and 'previous_status="cancelled"' in line)
 
 
+def metrics_value(text: str, name: str) -> float:
+    """The value of an unlabelled series (e.g. a histogram's `_sum` or `_count`); 0 when absent."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def batch_mean(before: str, after: str) -> float | None:
+    """Changes per commit during a run, from the service's `scan_write_batch_size` histogram."""
+    commits = metrics_value(after, "scan_write_batch_size_count") - metrics_value(before, "scan_write_batch_size_count")
+    changes = metrics_value(after, "scan_write_batch_size_sum") - metrics_value(before, "scan_write_batch_size_sum")
+    return round(changes / commits, 2) if commits else None
+
+
 def scrape(base_url: str) -> str:
     import urllib.request
     with urllib.request.urlopen(base_url + "/metrics", timeout=5) as response:
@@ -467,9 +482,10 @@ class Bench:
                           s.threads, s.connections)
             cpu1, pg1, machine1 = cpu_ticks(server.pid), pg_ticks(), machine_ticks()
             rss_kb = status_kb(server.pid, "VmHWM")
-            ok_metrics = not_found = recancels = None
+            ok_metrics = not_found = recancels = batch = None
             if server_kind == "service":
                 after = scrape(server.base_url)
+                batch = batch_mean(before, after)
                 ok_metrics = metrics_count(after, "2") - metrics_count(before, "2")
                 not_found = metrics_count(after, "404") - metrics_count(before, "404")
                 recancels = metrics_recancels(after)
@@ -486,7 +502,7 @@ class Bench:
                       max=round(wrk.latency_max_us / 1000, 2), warmup_rate=warm.rate, seeded=mcount,
                       idle_busy=idle, cpu_us=round(cpu_us / wrk.requests), cpu_cores=ratio(cpu_us, wrk.duration_us),
                       rss_mb=round(rss_kb / 1024, 1), machine_per_pg=ratio(machine1 - machine0, pg1 - pg0),
-                      db_connections=connections)
+                      db_connections=connections, batch_mean=batch)
         self.ranges.saw(wrk.rate)
         self.results[name] = result
         if not on_pg:
@@ -673,6 +689,24 @@ def report_body(r: dict, s: Settings, context: dict) -> str:
         f"| changes missed or duplicated by watch | {missed} ({w['missing']} missed, {w['duplicated']} duplicated, "
         f"{w['extra']} never committed, of {w['expected']}) | 0 | {met(missed, 0, '=')} |",
         f"| peak RSS of the service | {pg['rss_mb']} MB | < 20 MB | {met(pg['rss_mb'], 20, '<')} |",
+        "",
+        "| measure (issue 24, group commit; from this run) | now | target | met |",
+        "|---|---|---|---|",
+        f"| (c) SQLite ÷ (b) PostgreSQL, requests/s | {ratio(sq['rps'], pg['rps'])} ({sq['rps']} vs {pg['rps']}) | "
+        f"≥ 1.2 | {met(ratio(sq['rps'], pg['rps']), 1.2, '>=')} |",
+        f"| (c) CPU per request ÷ (b)'s | {ratio(sq['cpu_us'], pg['cpu_us'])} ({sq['cpu_us']} vs {pg['cpu_us']} µs) "
+        f"| ≤ 1 | {met(ratio(sq['cpu_us'], pg['cpu_us']), 1, '<=')} |",
+        f"| (c) p99 ÷ (b) p99 | {ratio(sq['p99'], pg['p99'])} ({sq['p99']} vs {pg['p99']} ms) | ≤ 1 | "
+        f"{met(ratio(sq['p99'], pg['p99']), 1, '<=')} |",
+        f"| (b) ÷ (t) thin peer, requests/s | {pg['to_thin']} | ≥ 1.5 | {met(pg['to_thin'], 1.5, '>=')} |",
+        f"| (b) p99 ÷ (t) p99 | {ratio(pg['p99'], thin['p99'])} ({pg['p99']} vs {thin['p99']} ms) | ≤ 1 | "
+        f"{met(ratio(pg['p99'], thin['p99']), 1, '<=')} |",
+        f"| (b) database transactions per cancel | {pg['xacts_per_req']} | ≤ 0.5 | "
+        f"{met(pg['xacts_per_req'], 0.5, '<=')} |",
+        f"| peak RSS, (b) / (c) | {pg['rss_mb']} / {sq['rss_mb']} MB | < 20 / < 32 MB | "
+        f"{met(pg['rss_mb'], 20, '<')} / {met(sq['rss_mb'], 32, '<')} |",
+        f"| changes per commit (mean, from `scan_write_batch_size`), (b) / (c) | {pg.get('batch_mean')} / "
+        f"{sq.get('batch_mean')} | (reported) | |",
         "",
         f"| measure (issue 11; (s) against (s0): windows of {s.pair_seconds} s taking turns, {s.pairs} of each, "
         "from this run) | now | target | met |",

@@ -117,6 +117,14 @@ class RunChecks(unittest.TestCase):
         self.assertEqual(run.metrics_recancels(text), 2)
 
 
+class BatchMean(unittest.TestCase):
+    def test_changes_per_commit_come_from_the_histograms_deltas(self):
+        before = "scan_write_batch_size_sum 10\nscan_write_batch_size_count 10\n"
+        after = 'scan_write_batch_size_bucket{le="1"} 12\nscan_write_batch_size_sum 410\nscan_write_batch_size_count 30\n'
+        self.assertEqual(run.batch_mean(before, after), 20.0)
+        self.assertIsNone(run.batch_mean(after, after), "no commit in the run: no mean")
+
+
 class StatementA2(unittest.TestCase):
     def test_a2_is_the_services_statement_with_literals(self):
         script = run.a2_script(harness.CANCEL_SQL.read_text())

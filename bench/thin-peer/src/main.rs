@@ -23,15 +23,14 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
-/// The service's batch statement (src/store/postgres.rs), the very file it includes, here with a
-/// batch of one change per request, as a server without group commit runs it: each parameter is
-/// an array of one element: $1 scan id, $2 account group, $3 the new status, $4 the statuses it
-/// may leave (comma-separated), $5 the API key id, $6 the trace id, $7 the reason (a failure's;
-/// none for a cancel).
-const CANCEL: &str = include_str!("../../../src/store/postgres_transition.sql");
+/// One guarded statement per request, as the service ran it before group commit (and as the
+/// thinnest server would): $1 scan id, $2 account group, $3 the new status, $4 the statuses it may
+/// leave, $5 the API key id, $6 the trace id, $7 the reason (a failure's; none for a cancel). The
+/// service's own statement (src/store/postgres_transition.sql) takes a batch of changes as arrays.
+const CANCEL: &str = include_str!("cancel.sql");
 
 /// The statuses a cancel may leave, as the service binds them.
-const CANCELLABLE: &str = "queued,running";
+const CANCELLABLE: &[&str] = &["queued", "running"];
 /// The audit row's actor: fixed, since there is no authentication (the same size as the service's).
 const API_KEY_ID: Uuid = Uuid::from_u128(0x0000_0000_0000_4000_8000_0000_0000_be4c);
 const TRACE_ID: &str = "0000000000000000000000000000be4c";
@@ -67,13 +66,13 @@ async fn cancel(
     Path((group, scan)): Path<(String, String)>,
 ) -> Response {
     let row = sqlx::query(CANCEL)
-        .bind([scan.as_str()])
-        .bind([group.as_str()])
-        .bind(["cancelled"])
-        .bind([CANCELLABLE])
-        .bind([API_KEY_ID])
-        .bind([TRACE_ID])
-        .bind([None::<&str>])
+        .bind(&scan)
+        .bind(&group)
+        .bind("cancelled")
+        .bind(CANCELLABLE)
+        .bind(API_KEY_ID)
+        .bind(TRACE_ID)
+        .bind(None::<&str>)
         .fetch_optional(&pool)
         .await;
     match row {
