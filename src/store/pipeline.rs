@@ -3,9 +3,9 @@
 //!
 //! Nothing waits for a timer. At low load a batch is one change, committed at once, as before;
 //! under load a batch is whatever queued while the previous commit ran, so one commit (one fsync
-//! on SQLite, one round trip and one WAL flush on PostgreSQL) carries many changes. The changes
-//! of a batch are applied in arrival order, each by the store's own guarded statement with its
-//! audit row: two changes of one scan in a batch give one transition, and the second is told the
+//! on SQLite, one round trip and one WAL flush on PostgreSQL) carries many changes. Each change
+//! of a batch is guarded by its from-status and writes its audit row, in arrival order. Two
+//! changes of one scan never share a batch: the later one leads the next batch and is told the
 //! first's outcome, exactly as two transactions in a row would.
 //!
 //! A request waits at most the store's timeout to be taken into a batch, then answers
@@ -77,16 +77,6 @@ pub trait BatchWriter: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Transition>, StoreError>> + Send;
 }
 
-/// How a store's writer takes its batches.
-#[derive(Debug, Clone, Copy)]
-pub struct Shape {
-    /// Batches committing at once: 1 for SQLite's single writer, the pool's size on PostgreSQL.
-    pub in_flight: usize,
-    /// A batch never holds two changes of one scan (PostgreSQL's batch is one statement, which
-    /// can change a row once); a later change of a scan waits for the next batch.
-    pub distinct_scans: bool,
-}
-
 /// The sending side, cheap to clone. The writer task ends when every clone is dropped.
 #[derive(Clone)]
 pub struct Pipeline {
@@ -111,10 +101,11 @@ const TAKEN: u8 = 1;
 const WITHDRAWN: u8 = 2;
 
 impl Pipeline {
-    /// Starts the writer task on the current Tokio runtime.
-    pub fn start(writer: impl BatchWriter, shape: Shape, timeout: Duration) -> Self {
+    /// Starts the writer task on the current Tokio runtime, with at most `in_flight` batches
+    /// committing at once (1 for SQLite's single writer, the pool's size on PostgreSQL).
+    pub fn start(writer: impl BatchWriter, in_flight: usize, timeout: Duration) -> Self {
         let (queue, entries) = mpsc::channel(QUEUE);
-        tokio::spawn(run(writer, shape, entries));
+        tokio::spawn(run(writer, in_flight, entries));
         Self {
             queue,
             timeout,
@@ -205,8 +196,8 @@ impl Drop for Counted<'_> {
 }
 
 /// The writer: as soon as a batch may start, takes everything waiting and commits it.
-async fn run(writer: impl BatchWriter, shape: Shape, mut entries: mpsc::Receiver<Entry>) {
-    let slots = Arc::new(Semaphore::new(shape.in_flight.max(1)));
+async fn run(writer: impl BatchWriter, in_flight: usize, mut entries: mpsc::Receiver<Entry>) {
+    let slots = Arc::new(Semaphore::new(in_flight.max(1)));
     // An entry that did not fit the last batch: it leads the next, keeping arrival order.
     let mut next: Option<Entry> = None;
     loop {
@@ -222,16 +213,16 @@ async fn run(writer: impl BatchWriter, shape: Shape, mut entries: mpsc::Receiver
             },
         };
         let mut batch = Batch::default();
-        batch.take(first, shape);
+        batch.take(first);
         while batch.len() < MAX_BATCH {
             let Ok(entry) = entries.try_recv() else {
                 break;
             };
-            if !batch.admits(&entry, shape) {
+            if !batch.admits(&entry) {
                 next = Some(entry);
                 break;
             }
-            batch.take(entry, shape);
+            batch.take(entry);
         }
         if batch.entries.is_empty() {
             continue;
@@ -257,17 +248,16 @@ impl Batch {
         self.changes.len()
     }
 
-    /// Whether `entry` may join: it fits, and shares no scan when the shape forbids it. An entry
-    /// larger than a batch still leads one of its own.
-    fn admits(&self, entry: &Entry, shape: Shape) -> bool {
+    /// Whether `entry` may join: it fits, and shares no scan with the batch (a batch's
+    /// statements change each scan once). An entry larger than a batch still leads one of its
+    /// own.
+    fn admits(&self, entry: &Entry) -> bool {
         let fits = self.len() + entry.changes.len() <= MAX_BATCH;
-        let apart =
-            !shape.distinct_scans || entry.changes.iter().all(|c| !self.scans.contains(&c.scan));
-        fits && apart
+        fits && entry.changes.iter().all(|c| !self.scans.contains(&c.scan))
     }
 
     /// Takes `entry` unless its request gave up first.
-    fn take(&mut self, mut entry: Entry, shape: Shape) {
+    fn take(&mut self, mut entry: Entry) {
         let taken = entry
             .state
             .compare_exchange(QUEUED, TAKEN, Ordering::SeqCst, Ordering::SeqCst)
@@ -276,9 +266,7 @@ impl Batch {
             return;
         }
         metrics::histogram!(QUEUE_WAIT).record(entry.queued_at.elapsed().as_secs_f64());
-        if shape.distinct_scans {
-            self.scans.extend(entry.changes.iter().map(|c| c.scan));
-        }
+        self.scans.extend(entry.changes.iter().map(|c| c.scan));
         let count = entry.changes.len();
         self.changes.append(&mut entry.changes);
         self.entries.push((entry, count));

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::pg_pool::{ConnectionPool, HeldConnection};
-use super::pipeline::{BatchWriter, ChangeRequest, Pipeline, Shape};
+use super::pipeline::{BatchWriter, ChangeRequest, Pipeline};
 use super::publisher::Publisher;
 use super::rows::{ChangeRow, EventRow, KeyRow, ScanRow};
 use super::{
@@ -560,11 +560,7 @@ impl PgStore {
                 timeout: self.timeout,
             };
             // As many batches at once as the pool has connections: each is one statement.
-            let shape = Shape {
-                in_flight: self.pool.usage().max as usize,
-                distinct_scans: true,
-            };
-            Pipeline::start(writer, shape, self.timeout)
+            Pipeline::start(writer, self.pool.usage().max as usize, self.timeout)
         });
         let outcomes = writer.submit(changes).await?;
         for outcome in &outcomes {

@@ -16,7 +16,7 @@ use sqlx::sqlite::{
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::pipeline::{BatchWriter, ChangeRequest, Pipeline, Shape};
+use super::pipeline::{BatchWriter, ChangeRequest, Pipeline};
 use super::rows::{ChangeRow, EventRow, KeyRow, SQLITE_TIMESTAMP, ScanRow};
 use super::{
     FeedRowsRead, IS_EMPTY, KeyToCreate, StoreError, StoreOptions, bounded, migration_error,
@@ -540,11 +540,7 @@ impl SqliteStore {
                 timeout: self.timeout,
             };
             // One batch at a time: SQLite has one write lock.
-            let shape = Shape {
-                in_flight: 1,
-                distinct_scans: false,
-            };
-            Pipeline::start(writer, shape, self.timeout)
+            Pipeline::start(writer, 1, self.timeout)
         });
         let outcomes = writer.submit(changes).await?;
         for outcome in &outcomes {
@@ -570,98 +566,150 @@ struct BatchWrites {
 }
 
 impl BatchWriter for BatchWrites {
+    /// At most three statements for the whole batch, however many changes it holds: the audit
+    /// rows of the changes each scan's status allows (read from the scans before they change),
+    /// the guarded update of those scans, and, only when some change did not apply, the scans as
+    /// they are. A batch never holds two changes of one scan, so each statement sees each scan
+    /// once.
     async fn write(&self, changes: &[ChangeRequest]) -> Result<Vec<Transition>, StoreError> {
-        let rows = bounded(self.timeout, async {
+        let batch = batch_json(changes)?;
+        let (audited, changed, unchanged) = bounded(self.timeout, async {
             let _turn = self.turn.lock().await;
-            // BEGIN IMMEDIATE holds SQLite's single write lock for the whole transaction, so a
-            // status read below cannot go stale before its guarded UPDATE; the UPDATE keeps its
-            // from-status guard all the same.
+            // BEGIN IMMEDIATE holds SQLite's single write lock for the whole transaction, so the
+            // statuses the audit rows record cannot go stale before the guarded UPDATE; the
+            // UPDATE keeps its from-status guard all the same.
             let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            let mut rows = Vec::with_capacity(changes.len());
-            for change in changes {
-                rows.push(apply(&mut tx, change).await?);
-            }
+            // Stamped once the write lock is held: never before a change it waited behind.
+            let at = encode(now());
+            let audited: Vec<(String, String)> = sqlx::query_as(AUDIT_BATCH)
+                .bind(&batch)
+                .bind(&at)
+                .fetch_all(&mut *tx)
+                .await?;
+            let changed: Vec<ScanRow> = match audited.is_empty() {
+                true => Vec::new(),
+                false => {
+                    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                        "{UPDATE_BATCH} RETURNING {SCAN_COLUMNS}"
+                    )))
+                    .bind(&batch)
+                    .bind(&at)
+                    .fetch_all(&mut *tx)
+                    .await?
+                }
+            };
+            let unchanged: Vec<ScanRow> = match audited.len() < changes.len() {
+                false => Vec::new(),
+                true => {
+                    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                        "SELECT {SCAN_COLUMNS_OF_S} {SCANS_OF_BATCH}"
+                    )))
+                    .bind(&batch)
+                    .fetch_all(&mut *tx)
+                    .await?
+                }
+            };
             tx.commit().await?;
-            Ok(rows)
+            Ok((audited, changed, unchanged))
         })
         .await?;
-        rows.into_iter()
-            .map(|row| match row {
-                None => Ok(Transition::NotFound),
-                Some((current, Some(changed))) => Ok(Transition::Applied {
-                    previous: current.status.0,
-                    scan: changed.into_scan()?,
-                }),
-                Some((current, None)) => Ok(Transition::Refused {
-                    scan: current.into_scan()?,
-                }),
+        let previous: HashMap<String, String> = audited.into_iter().collect();
+        let by_id = |rows: Vec<ScanRow>| -> HashMap<ScanId, ScanRow> {
+            rows.into_iter().map(|row| (row.id.0, row)).collect()
+        };
+        let (mut changed, mut unchanged) = (by_id(changed), by_id(unchanged));
+        changes
+            .iter()
+            .map(|change| {
+                if let Some(row) = changed.remove(&change.scan) {
+                    let previous = previous.get(change.scan.as_str()).ok_or_else(|| {
+                        StoreError::Corrupt(format!(
+                            "scan {} changed without its audit row",
+                            change.scan
+                        ))
+                    })?;
+                    return Ok(Transition::Applied {
+                        previous: super::parse_status(previous)?,
+                        scan: row.into_scan()?,
+                    });
+                }
+                match unchanged.remove(&change.scan) {
+                    Some(row) => Ok(Transition::Refused {
+                        scan: row.into_scan()?,
+                    }),
+                    None => Ok(Transition::NotFound),
+                }
             })
             .collect()
     }
 }
 
-/// One change inside a batch's transaction: the scan as it was (`None`: not found, or not the
-/// group's) and as it is now (`None`: its status did not allow the change).
-async fn apply(
-    tx: &mut SqliteConnection,
-    change: &ChangeRequest,
-) -> Result<Option<(ScanRow, Option<ScanRow>)>, sqlx::Error> {
-    // Stamped once the write lock is held: never before a change it waited behind.
-    let at = encode(now());
-    let current: Option<ScanRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {SCAN_COLUMNS} FROM signal_scans
-         WHERE id = ?1 AND (?2 IS NULL OR account_group_id = ?2)"
-    )))
-    .bind(change.scan.as_str())
-    .bind(change.group.as_ref().map(AccountGroupId::as_str))
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(current) = current else {
-        return Ok(None);
-    };
-    let from: Vec<&str> = change
-        .to
-        .reachable_from()
-        .iter()
-        .map(|s| s.as_str())
-        .collect();
-    let changed: Option<ScanRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE signal_scans
-         SET status = ?2,
-             updated_at = ?3,
-             started_at = CASE WHEN ?2 = 'running' THEN ?3 ELSE started_at END,
-             finished_at = CASE WHEN ?2 IN ('completed', 'failed', 'cancelled')
-                                THEN ?3 ELSE finished_at END,
-             cancelled_at = CASE WHEN ?2 = 'cancelled' THEN ?3 ELSE cancelled_at END
-         WHERE id = ?1 AND status IN (SELECT value FROM json_each(?4))
-         RETURNING {SCAN_COLUMNS}"
-    )))
-    .bind(change.scan.as_str())
-    .bind(change.to.as_str())
-    .bind(&at)
-    .bind(serde_json::to_string(&from).unwrap_or_default())
-    .fetch_optional(&mut *tx)
-    .await?;
-    if changed.is_some() {
-        sqlx::query(
-            "INSERT INTO signal_scan_events
-                 (scan_id, from_status, to_status, api_key_id, trace_id, occurred_at,
-                  reason, account_group_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )
-        .bind(change.scan.as_str())
-        .bind(current.status.0.as_str())
-        .bind(change.to.as_str())
-        .bind(change.api_key_id.map(|id| id.to_string()))
-        .bind(change.trace_id.as_deref())
-        .bind(&at)
-        .bind(change.reason.as_deref())
-        .bind(current.account_group_id.0.as_str())
-        .execute(&mut *tx)
-        .await?;
+/// A batch as the statements below read it: a JSON array, one object per change, in arrival
+/// order: `scan`, `group` (null: any), `to`, `from` (the statuses `to` may be reached from),
+/// and the audit row's `key`, `trace` and `reason`.
+fn batch_json(changes: &[ChangeRequest]) -> Result<String, StoreError> {
+    #[derive(serde::Serialize)]
+    struct Change<'a> {
+        scan: &'a str,
+        group: Option<&'a str>,
+        to: &'a str,
+        from: Vec<&'a str>,
+        key: Option<String>,
+        trace: Option<&'a str>,
+        reason: Option<&'a str>,
     }
-    Ok(Some((current, changed)))
+    let batch: Vec<Change> = changes
+        .iter()
+        .map(|change| Change {
+            scan: change.scan.as_str(),
+            group: change.group.as_ref().map(AccountGroupId::as_str),
+            to: change.to.as_str(),
+            from: change
+                .to
+                .reachable_from()
+                .iter()
+                .map(|s| s.as_str())
+                .collect(),
+            key: change.api_key_id.map(|id| id.to_string()),
+            trace: change.trace_id.as_deref(),
+            reason: change.reason.as_deref(),
+        })
+        .collect();
+    json(&batch)
 }
+
+/// The batch's changes (`?1`) joined to their scans, each scan of the group it names (if any).
+const SCANS_OF_BATCH: &str = "FROM (SELECT value AS change FROM json_each(?1)) AS c
+     JOIN signal_scans AS s ON s.id = c.change ->> 'scan'
+     WHERE (c.change ->> 'group' IS NULL OR s.account_group_id = c.change ->> 'group')";
+
+/// The audit rows of the changes whose scan's status allows them, stamped `?2`, in arrival order:
+/// each answers its scan and the status it moves from.
+const AUDIT_BATCH: &str = "INSERT INTO signal_scan_events
+         (scan_id, from_status, to_status, api_key_id, trace_id, occurred_at, reason,
+          account_group_id)
+     SELECT s.id, s.status, c.change ->> 'to', c.change ->> 'key', c.change ->> 'trace', ?2,
+            c.change ->> 'reason', s.account_group_id
+     FROM (SELECT key AS place, value AS change FROM json_each(?1)) AS c
+     JOIN signal_scans AS s ON s.id = c.change ->> 'scan'
+     WHERE (c.change ->> 'group' IS NULL OR s.account_group_id = c.change ->> 'group')
+       AND s.status IN (SELECT value FROM json_each(c.change -> 'from'))
+     ORDER BY c.place
+     RETURNING scan_id, from_status";
+
+/// The guarded update of the same changes, stamped `?2`: the state machine's timestamps move
+/// with the status.
+const UPDATE_BATCH: &str = "UPDATE signal_scans
+     SET status = c.change ->> 'to',
+         updated_at = ?2,
+         started_at = CASE WHEN c.change ->> 'to' = 'running' THEN ?2 ELSE started_at END,
+         finished_at = CASE WHEN c.change ->> 'to' IN ('completed', 'failed', 'cancelled')
+                            THEN ?2 ELSE finished_at END,
+         cancelled_at = CASE WHEN c.change ->> 'to' = 'cancelled' THEN ?2 ELSE cancelled_at END
+     FROM (SELECT value AS change FROM json_each(?1)) AS c
+     WHERE signal_scans.id = c.change ->> 'scan'
+       AND (c.change ->> 'group' IS NULL OR signal_scans.account_group_id = c.change ->> 'group')
+       AND signal_scans.status IN (SELECT value FROM json_each(c.change -> 'from'))";
 
 fn now() -> OffsetDateTime {
     let now = OffsetDateTime::now_utc();
