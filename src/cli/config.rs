@@ -74,6 +74,14 @@ pub struct DatabaseArgs {
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_max_connections: u32,
 
+    /// PostgreSQL: at most this many batches of status changes commit at once (group commit;
+    /// never more than DB_MAX_CONNECTIONS). Fewer batches at once make each carry more changes,
+    /// and each change cost the database less; more keep writes going while a batch waits on
+    /// another session's lock. SQLite commits one batch at a time.
+    #[arg(long, env = "DB_WRITE_BATCHES", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_write_batches: u32,
+
     /// PostgreSQL: committed status changes gather this many milliseconds before one
     /// notification tells listeners of them all.
     #[arg(long, env = "PUBLISH_INTERVAL_MS", default_value_t = 10,
@@ -107,6 +115,7 @@ impl DatabaseArgs {
             url: SecretString::from(self.url().expose()),
             timeout: Duration::from_millis(self.db_timeout_ms),
             max_connections: self.db_max_connections,
+            write_batches: self.db_write_batches,
             publish_interval: Duration::from_millis(self.publish_interval_ms),
         }
     }

@@ -174,6 +174,8 @@ pub struct StoreOptions {
     /// Every database call answers within this, or fails as [`StoreError::Unavailable`].
     pub timeout: Duration,
     pub max_connections: u32,
+    /// PostgreSQL: batches of status changes committing at once (at most `max_connections`).
+    pub write_batches: u32,
     /// PostgreSQL: how long committed changes gather before one notification tells of them.
     pub publish_interval: Duration,
 }

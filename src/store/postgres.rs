@@ -51,6 +51,8 @@ pub struct PgStore {
     pub(super) feed_rows: Arc<FeedRowsRead>,
     /// Status changes, committed in batches; started by the first.
     pipeline: Arc<OnceLock<Pipeline>>,
+    /// Batches committing at once, each on a connection of the pool.
+    write_batches: usize,
 }
 
 impl PgStore {
@@ -78,6 +80,7 @@ impl PgStore {
             publish_interval: options.publish_interval,
             feed_rows: Arc::default(),
             pipeline: Arc::default(),
+            write_batches: options.write_batches.min(options.max_connections) as usize,
         })
     }
 
@@ -559,8 +562,7 @@ impl PgStore {
                 pool: self.pool.clone(),
                 timeout: self.timeout,
             };
-            // As many batches at once as the pool has connections: each is one statement.
-            Pipeline::start(writer, self.pool.usage().max as usize, self.timeout)
+            Pipeline::start(writer, self.write_batches, self.timeout)
         });
         let outcomes = writer.submit(changes).await?;
         for outcome in &outcomes {

@@ -17,6 +17,8 @@ async fn twenty_concurrent_cancels_all_succeed_and_exactly_one_transitions(backe
         // Each of the twenty waits on the lock on a connection of its own, and a loaded
         // machine must not turn the wait into a 502.
         .with_db_max_connections(25)
+        // And in a batch of its own, all at once: the race is the database's to decide.
+        .with_db_write_batches(25)
         .with_db_timeout(Duration::from_secs(10))
         // Cached for the whole test: a cancel's only database work is its guarded write.
         .with_key_cache_ttl(Duration::from_secs(600))

@@ -92,8 +92,9 @@ async fn concurrent_cancels_reach_a_stream_once_each_and_resume_from_any_event_e
         max_per_key: SCANS + 1,
         ..StreamSettings::default()
     })
-    // The held cancels keep their connections while the others go on.
+    // The held cancels keep their connections, each its own batch, while the others go on.
     .with_db_max_connections(HELD as u32 + 10)
+    .with_db_write_batches(HELD as u32 + 10)
     .with_db_timeout(Duration::from_secs(20));
     settings.key_cache_ttl = Duration::from_secs(600);
     let app = TestApp::spawn_with(backend, settings).await;

@@ -207,6 +207,8 @@ pub struct Settings {
     pub http: HttpSettings,
     pub db_timeout: Duration,
     pub db_max_connections: u32,
+    /// PostgreSQL: batches of status changes committing at once (`DB_WRITE_BATCHES`).
+    pub db_write_batches: u32,
     /// Routes merged in under the real middleware (e.g. one that panics).
     pub extra_routes: axum::Router<AppState>,
     /// Connect the app to its database through a [`proxy::Proxy`] the test can cut.
@@ -264,6 +266,7 @@ impl Default for Settings {
             http,
             db_timeout: production.store.timeout,
             db_max_connections: production.store.max_connections,
+            db_write_batches: production.store.write_batches,
             extra_routes: axum::Router::new(),
             through_proxy: false,
             key_cache_ttl: production.key_cache_ttl,
@@ -282,6 +285,11 @@ impl Settings {
 
     pub fn with_db_max_connections(mut self, max: u32) -> Self {
         self.db_max_connections = max;
+        self
+    }
+
+    pub fn with_db_write_batches(mut self, batches: u32) -> Self {
+        self.db_write_batches = batches;
         self
     }
 
@@ -392,6 +400,7 @@ impl TestApp {
         };
         let mut options = store_options(&app_url, settings.db_timeout);
         options.max_connections = settings.db_max_connections;
+        options.write_batches = settings.db_write_batches;
         let mut app_settings = app_settings(options, settings.key_cache_ttl, settings.http);
         app_settings.feed_poll = settings.feed_poll;
         app_settings.stream_batch = settings.stream_batch;
@@ -501,7 +510,10 @@ impl TestApp {
     /// A second instance with its own HTTP settings.
     pub async fn replica_with(&self, http: &HttpSettings) -> Replica {
         let defaults = Settings::default();
-        let options = store_options(&self.db.url, defaults.db_timeout);
+        let mut options = store_options(&self.db.url, defaults.db_timeout);
+        // As many batches of changes at once as it has connections, so that a test can force
+        // races at the database with a replica's concurrent writes.
+        options.write_batches = options.max_connections;
         let mut settings = app_settings(options, defaults.key_cache_ttl, http.clone());
         settings.shutdown_timeout = Duration::ZERO;
         let application = Application::build(settings)
