@@ -67,8 +67,22 @@ const MAX_BATCH_CANCEL: usize = 100;
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CancelScansRequest {
     /// The scans to cancel: 1 to 100 distinct ids, 24 hexadecimal characters each.
-    #[schema(value_type = Vec<ScanId>, min_items = 1, max_items = 100)]
+    #[schema(schema_with = scan_id_list, required = true)]
     scan_ids: Option<Vec<String>>,
+}
+
+/// `scanIds`' schema: 1 to 100 distinct scan ids (utoipa's field attributes cannot say
+/// "distinct").
+fn scan_id_list() -> utoipa::openapi::schema::Array {
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(utoipa::openapi::Ref::from_schema_name("ScanId"))
+        .min_items(Some(1))
+        .max_items(Some(MAX_BATCH_CANCEL))
+        .unique_items(true)
+        .description(Some(
+            "The scans to cancel: 1 to 100 distinct ids, 24 hexadecimal characters each.",
+        ))
+        .build()
 }
 
 impl CancelScansRequest {
