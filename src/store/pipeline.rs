@@ -102,7 +102,7 @@ const WITHDRAWN: u8 = 2;
 
 impl Pipeline {
     /// Starts the writer task on the current Tokio runtime, with at most `in_flight` batches
-    /// committing at once (1 for SQLite's single writer, the pool's size on PostgreSQL).
+    /// committing at once (1 for SQLite's single writer, `DB_WRITE_BATCHES` on PostgreSQL).
     pub fn start(writer: impl BatchWriter, in_flight: usize, timeout: Duration) -> Self {
         let (queue, entries) = mpsc::channel(QUEUE);
         tokio::spawn(run(writer, in_flight, entries));
