@@ -118,7 +118,7 @@ status=0
   --checks all \
   --header "Authorization: Bearer $KEY" \
   --max-examples "$MAX_EXAMPLES" \
-  --workers 2 \
+  --workers 1 \
   --request-timeout 10 \
   --generation-database none \
   --no-color || status=$?
