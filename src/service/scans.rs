@@ -55,35 +55,60 @@ pub struct BatchCancellation {
     pub cancelled_at: Option<OffsetDateTime>,
 }
 
+impl Cancellation {
+    /// The store's answer to a cancel: the scan is cancelled now (by this request or before), or
+    /// why it is not.
+    fn of(outcome: Transition) -> Result<Self, ServiceError> {
+        match outcome {
+            Transition::Applied { previous, scan } => Ok(Self {
+                previous_status: previous,
+                cancelled_at: cancelled_at(&scan)?,
+                scan_id: scan.id,
+            }),
+            Transition::Refused { scan } if scan.status == ScanStatus::Cancelled => Ok(Self {
+                previous_status: ScanStatus::Cancelled,
+                cancelled_at: cancelled_at(&scan)?,
+                scan_id: scan.id,
+            }),
+            Transition::Refused { scan } => Err(ServiceError::NotCancellable {
+                current: scan.status,
+            }),
+            Transition::NotFound => Err(ServiceError::ScanNotFound),
+        }
+    }
+}
+
 impl BatchCancellation {
-    fn of(scan_id: ScanId, outcome: Transition) -> Result<Self, StoreError> {
-        let line = |outcome, scan: Option<&Scan>, previous_status| Self {
+    /// The single cancel's outcome as a line: what would be a 404 or 409 there is a line here.
+    fn of(scan_id: ScanId, outcome: Transition) -> Result<Self, ServiceError> {
+        let line = |outcome, status, previous_status, cancelled_at| Self {
             scan_id,
             outcome,
-            status: scan.map(|scan| scan.status),
+            status,
             previous_status,
-            cancelled_at: scan.and_then(|scan| scan.cancelled_at),
+            cancelled_at,
         };
-        Ok(match outcome {
-            Transition::Applied { previous, scan } => {
-                cancelled_at(&scan)?;
-                line(CancelOutcome::Cancelled, Some(&scan), Some(previous))
-            }
-            Transition::Refused { scan } if scan.status == ScanStatus::Cancelled => {
-                cancelled_at(&scan)?;
-                line(
-                    CancelOutcome::AlreadyCancelled,
-                    Some(&scan),
-                    Some(scan.status),
-                )
-            }
-            Transition::Refused { scan } => line(
+        match Cancellation::of(outcome) {
+            Ok(done) => Ok(line(
+                // An applied cancel never starts from `cancelled`: that is refused.
+                if done.previous_status == ScanStatus::Cancelled {
+                    CancelOutcome::AlreadyCancelled
+                } else {
+                    CancelOutcome::Cancelled
+                },
+                Some(ScanStatus::Cancelled),
+                Some(done.previous_status),
+                Some(done.cancelled_at),
+            )),
+            Err(ServiceError::NotCancellable { current }) => Ok(line(
                 CancelOutcome::NotCancellable,
-                Some(&scan),
-                Some(scan.status),
-            ),
-            Transition::NotFound => line(CancelOutcome::NotFound, None, None),
-        })
+                Some(current),
+                Some(current),
+                None,
+            )),
+            Err(ServiceError::ScanNotFound) => Ok(line(CancelOutcome::NotFound, None, None, None)),
+            Err(other) => Err(other),
+        }
     }
 }
 
@@ -223,34 +248,13 @@ impl ScanService {
         trace_id: &str,
     ) -> Result<Cancellation, ServiceError> {
         Self::check_access(principal, group)?;
-        let actor = Actor {
-            api_key_id: Some(principal.key_id),
-            trace_id: Some(trace_id),
-            reason: None,
-        };
+        let actor = actor_of(principal, trace_id, None);
         let outcome = self
             .0
             .store
             .transition(Some(group), scan, ScanStatus::Cancelled, actor)
             .await?;
-        match outcome {
-            Transition::Applied { previous, scan } => Ok(Cancellation {
-                previous_status: previous,
-                cancelled_at: cancelled_at(&scan)?,
-                scan_id: scan.id,
-            }),
-            Transition::Refused { scan } if scan.status == ScanStatus::Cancelled => {
-                Ok(Cancellation {
-                    previous_status: ScanStatus::Cancelled,
-                    cancelled_at: cancelled_at(&scan)?,
-                    scan_id: scan.id,
-                })
-            }
-            Transition::Refused { scan } => Err(ServiceError::NotCancellable {
-                current: scan.status,
-            }),
-            Transition::NotFound => Err(ServiceError::ScanNotFound),
-        }
+        Cancellation::of(outcome)
     }
 
     /// Cancels each of `scans` (distinct ids) of `group` that is queued or running, all in one
@@ -264,11 +268,7 @@ impl ScanService {
         trace_id: &str,
     ) -> Result<Vec<BatchCancellation>, ServiceError> {
         Self::check_access(principal, group)?;
-        let actor = Actor {
-            api_key_id: Some(principal.key_id),
-            trace_id: Some(trace_id),
-            reason: None,
-        };
+        let actor = actor_of(principal, trace_id, None);
         let outcomes = self
             .0
             .store
@@ -278,8 +278,7 @@ impl ScanService {
             .iter()
             .zip(outcomes)
             .map(|(scan, outcome)| BatchCancellation::of(*scan, outcome))
-            .collect::<Result<_, StoreError>>()
-            .map_err(ServiceError::from)
+            .collect()
     }
 
     /// Starts a queued scan of `group` for a client. With an idempotency key, a retry within the
@@ -292,11 +291,7 @@ impl ScanService {
         trace_id: &str,
     ) -> Result<Started, ServiceError> {
         Self::check_access(principal, group)?;
-        let actor = Actor {
-            api_key_id: Some(principal.key_id),
-            trace_id: Some(trace_id),
-            reason: None,
-        };
+        let actor = actor_of(principal, trace_id, None);
         let once = once.map(|key| (principal.key_id, key));
         match self.0.store.create_scan_for(group, actor, once).await? {
             Creation::Created(scan) => Ok(Started {
@@ -325,11 +320,7 @@ impl ScanService {
         reason: Option<&str>,
     ) -> Result<Moved, ServiceError> {
         Self::check_access(principal, group)?;
-        let actor = Actor {
-            api_key_id: Some(principal.key_id),
-            trace_id: Some(trace_id),
-            reason,
-        };
+        let actor = actor_of(principal, trace_id, reason);
         let outcome = self
             .0
             .store
@@ -534,6 +525,15 @@ fn moved(outcome: Transition, to: ScanStatus) -> Result<Moved, ServiceError> {
         previous_status: previous,
         at,
     })
+}
+
+/// The audit trail's "who and why" for a change a caller asked for.
+fn actor_of<'a>(principal: &Principal, trace_id: &'a str, reason: Option<&'a str>) -> Actor<'a> {
+    Actor {
+        api_key_id: Some(principal.key_id),
+        trace_id: Some(trace_id),
+        reason,
+    }
 }
 
 fn cancelled_at(scan: &Scan) -> Result<OffsetDateTime, StoreError> {
