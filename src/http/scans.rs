@@ -40,7 +40,7 @@ const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-repl
         (status = 422, response = doc::NotCancellable),
     )
 )]
-pub async fn cancel_scan(
+pub(crate) async fn cancel_scan(
     State(service): State<ScanService>,
     principal: Principal,
     trace_id: TraceId,
@@ -65,7 +65,7 @@ const MAX_BATCH_CANCEL: usize = 100;
 /// The body of a batch cancel.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct CancelScansRequest {
+pub(crate) struct CancelScansRequest {
     /// The scans to cancel: 1 to 100 distinct ids, 24 hexadecimal characters each.
     #[schema(schema_with = scan_id_list, required = true)]
     scan_ids: Option<Vec<String>>,
@@ -136,7 +136,7 @@ impl CancelScansRequest {
         (status = 403, response = doc::Forbidden),
     )
 )]
-pub async fn cancel_scans(
+pub(crate) async fn cancel_scans(
     State(service): State<ScanService>,
     principal: Principal,
     trace_id: TraceId,
@@ -197,7 +197,7 @@ pub async fn cancel_scans(
         (status = 422, response = doc::IdempotencyKeyReused),
     )
 )]
-pub async fn create_scan(
+pub(crate) async fn create_scan(
     State(service): State<ScanService>,
     principal: Principal,
     trace_id: TraceId,
@@ -266,7 +266,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiErr
         (status = 404, response = doc::NotFound),
     )
 )]
-pub async fn get_scan(
+pub(crate) async fn get_scan(
     State(service): State<ScanService>,
     principal: Principal,
     ApiPath(path): ApiPath<ScanPath>,
@@ -279,7 +279,7 @@ pub async fn get_scan(
 /// Query parameters of the list, as sent.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ListParams {
+pub(crate) struct ListParams {
     status: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
@@ -355,7 +355,7 @@ impl ListParams {
         (status = 403, response = doc::ReadForbidden),
     )
 )]
-pub async fn list_scans(
+pub(crate) async fn list_scans(
     State(service): State<ScanService>,
     principal: Principal,
     ApiPath(path): ApiPath<GroupPath>,
@@ -384,7 +384,7 @@ pub async fn list_scans(
         (status = 404, response = doc::NotFound),
     )
 )]
-pub async fn scan_events(
+pub(crate) async fn scan_events(
     State(service): State<ScanService>,
     principal: Principal,
     ApiPath(path): ApiPath<ScanPath>,

@@ -21,7 +21,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use super::PoolUsage;
 
 /// Opens the pool's connections.
-pub struct Connector {
+pub(super) struct Connector {
     options: PgConnectOptions,
 }
 
@@ -45,7 +45,7 @@ impl managed::Manager for Connector {
 }
 
 #[derive(Clone)]
-pub struct ConnectionPool {
+pub(super) struct ConnectionPool {
     pool: managed::Pool<Connector>,
     /// How long a connection whose query was cut short may take to show it is ready again.
     settle_within: Duration,
@@ -54,7 +54,7 @@ pub struct ConnectionPool {
 impl ConnectionPool {
     /// A pool of at most `max_connections`, each opened on first need. `timeout` is the store's:
     /// a statement the store gave up on ends within it on the server too (`statement_timeout`).
-    pub fn new(options: PgConnectOptions, max_connections: u32, timeout: Duration) -> Self {
+    pub(super) fn new(options: PgConnectOptions, max_connections: u32, timeout: Duration) -> Self {
         let pool = managed::Pool::builder(Connector { options })
             .max_size(usize::try_from(max_connections).unwrap_or(usize::MAX))
             .build()
@@ -67,7 +67,7 @@ impl ConnectionPool {
 
     /// Runs `query` on a connection of the pool, waiting for one if all are in use. The caller
     /// bounds the whole in time.
-    pub async fn run<T>(
+    pub(super) async fn run<T>(
         &self,
         query: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
     ) -> Result<T, sqlx::Error> {
@@ -84,7 +84,7 @@ impl ConnectionPool {
 
     /// One of the pool's connections, kept out of the pool until the guard is dropped: how the
     /// tests exhaust the pool.
-    pub async fn hold(&self) -> Result<HeldConnection, sqlx::Error> {
+    pub(super) async fn hold(&self) -> Result<HeldConnection, sqlx::Error> {
         self.acquire().await.map(HeldConnection)
     }
 
@@ -97,11 +97,11 @@ impl ConnectionPool {
     }
 
     /// The options the pool's connections are opened with.
-    pub fn connect_options(&self) -> &PgConnectOptions {
+    pub(super) fn connect_options(&self) -> &PgConnectOptions {
         &self.pool.manager().options
     }
 
-    pub fn usage(&self) -> PoolUsage {
+    pub(super) fn usage(&self) -> PoolUsage {
         let status = self.pool.status();
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         PoolUsage {

@@ -29,7 +29,7 @@ use crate::domain::scan::{Actor, ScanStatus, Transition};
 
 /// The most changes one commit carries: past this a transaction holds its locks (SQLite's one
 /// write lock) long enough to delay the next batch more than it saves.
-pub const MAX_BATCH: usize = 128;
+pub(super) const MAX_BATCH: usize = 128;
 /// Requests waiting to be taken before a new one waits for room (within its timeout).
 const QUEUE: usize = 4096;
 
@@ -70,7 +70,7 @@ impl ChangeRequest {
 
 /// Commits a batch of changes in one transaction: each change's outcome, in order, or an error
 /// for the whole batch, of which nothing committed.
-pub trait BatchWriter: Clone + Send + Sync + 'static {
+pub(super) trait BatchWriter: Clone + Send + Sync + 'static {
     fn write(
         &self,
         changes: &[ChangeRequest],
@@ -79,7 +79,7 @@ pub trait BatchWriter: Clone + Send + Sync + 'static {
 
 /// The sending side, cheap to clone. The writer task ends when every clone is dropped.
 #[derive(Clone)]
-pub struct Pipeline {
+pub(super) struct Pipeline {
     queue: mpsc::Sender<Entry>,
     timeout: Duration,
     /// Requests submitted and not yet answered.
@@ -103,7 +103,7 @@ const WITHDRAWN: u8 = 2;
 impl Pipeline {
     /// Starts the writer task on the current Tokio runtime, with at most `in_flight` batches
     /// committing at once (1 for SQLite's single writer, `DB_WRITE_BATCHES` on PostgreSQL).
-    pub fn start(writer: impl BatchWriter, in_flight: usize, timeout: Duration) -> Self {
+    pub(super) fn start(writer: impl BatchWriter, in_flight: usize, timeout: Duration) -> Self {
         let (queue, entries) = mpsc::channel(QUEUE);
         tokio::spawn(run(writer, in_flight, entries));
         Self {
@@ -114,13 +114,13 @@ impl Pipeline {
     }
 
     /// Requests submitted and not yet answered: tests see contenders waiting by it.
-    pub fn waiting(&self) -> usize {
+    pub(super) fn waiting(&self) -> usize {
         self.waiting.load(Ordering::SeqCst)
     }
 
     /// Commits `changes` together, in one transaction shared with whatever else is waiting, and
     /// answers their outcomes in order.
-    pub async fn submit(&self, changes: Vec<ChangeRequest>) -> Result<Vec<Transition>, StoreError> {
+    pub(super) async fn submit(&self, changes: Vec<ChangeRequest>) -> Result<Vec<Transition>, StoreError> {
         let _waiting = Counted::new(&self.waiting);
         let deadline = Instant::now() + self.timeout;
         let state = Arc::new(AtomicU8::new(QUEUED));

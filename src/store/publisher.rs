@@ -34,7 +34,7 @@ enum Message {
 
 /// The sending half, cheap to clone; the task ends when every clone is dropped.
 #[derive(Clone)]
-pub struct Publisher {
+pub(super) struct Publisher {
     queue: mpsc::Sender<Message>,
     /// Set when a change could not be queued: the next hint says "read the trail".
     overflowed: Arc<AtomicBool>,
@@ -43,7 +43,7 @@ pub struct Publisher {
 impl Publisher {
     /// Starts the publishing task on the current Tokio runtime. `options` are the database's;
     /// the task's session turns `synchronous_commit` off, since a hint need not be durable.
-    pub fn start(options: &PgConnectOptions, interval: Duration) -> Self {
+    pub(super) fn start(options: &PgConnectOptions, interval: Duration) -> Self {
         let options = options
             .clone()
             .application_name("signal-scans publisher")
@@ -55,7 +55,7 @@ impl Publisher {
     }
 
     /// Queues a committed change for the next tick; never waits.
-    pub fn publish(&self, change: ScanChange) {
+    pub(super) fn publish(&self, change: ScanChange) {
         if self.queue.try_send(Message::Change(change)).is_err() {
             self.overflowed.store(true, Ordering::Relaxed);
         }
@@ -63,7 +63,7 @@ impl Publisher {
 
     /// Sends what is queued now, without waiting for the tick (at shutdown), for at most
     /// `limit`.
-    pub async fn flush(&self, limit: Duration) {
+    pub(super) async fn flush(&self, limit: Duration) {
         let (done, sent) = oneshot::channel();
         let flushed = async {
             if self.queue.send(Message::Flush(done)).await.is_ok() {

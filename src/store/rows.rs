@@ -135,7 +135,7 @@ pub(super) struct ScanRow {
 }
 
 impl ScanRow {
-    pub fn into_scan(self) -> Result<Scan, StoreError> {
+    pub(super) fn into_scan(self) -> Result<Scan, StoreError> {
         Ok(Scan {
             id: self.id.0,
             account_group_id: self.account_group_id.0,
@@ -161,7 +161,7 @@ pub(super) struct EventRow {
 }
 
 impl EventRow {
-    pub fn into_event(self) -> Result<ScanEvent, StoreError> {
+    pub(super) fn into_event(self) -> Result<ScanEvent, StoreError> {
         let bad = || corrupt(format!("event of scan {:?}", self.scan_id));
         Ok(ScanEvent {
             scan_id: ScanId::parse(&self.scan_id).map_err(|_| bad())?,
@@ -196,7 +196,7 @@ pub(super) struct ChangeRow {
 }
 
 impl ChangeRow {
-    pub fn into_feed_row(self) -> Result<FeedRow, StoreError> {
+    pub(super) fn into_feed_row(self) -> Result<FeedRow, StoreError> {
         let bad = || corrupt(format!("event {}", self.id));
         Ok(FeedRow {
             position: FeedPosition {
