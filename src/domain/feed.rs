@@ -38,7 +38,7 @@ pub struct Horizon {
 
 impl Horizon {
     /// Parses PostgreSQL's `pg_snapshot` text form, `xmin:xmax:xip,xip,…`.
-    pub fn parse_pg_snapshot(text: &str) -> Option<Self> {
+    pub(crate) fn parse_pg_snapshot(text: &str) -> Option<Self> {
         let mut parts = text.split(':');
         let _xmin: u64 = parts.next()?.parse().ok()?;
         let xmax = parts.next()?.parse().ok()?;
@@ -106,7 +106,7 @@ pub struct FeedPage {
 }
 
 /// A reader's place in the feed; see the module documentation. Its text form ([`fmt::Display`],
-/// [`FeedCursor::decode`]) is an opaque token that resumes a reader exactly where it stopped.
+/// `FeedCursor::decode`) is an opaque token that resumes a reader exactly where it stopped.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FeedCursor {
     frontier: FeedPosition,
@@ -120,12 +120,12 @@ pub struct FeedCursor {
 
 /// The most pending transactions a cursor may carry: far above what a database runs at once
 /// (PostgreSQL's `max_connections` bounds it), low enough to refuse a forged token cheaply.
-pub const MAX_PENDING: usize = 4096;
+pub(crate) const MAX_PENDING: usize = 4096;
 
 impl FeedCursor {
     /// A cursor at the head of the trail: `newest` is the greatest position visible under
     /// `horizon`; every row that commits from now on lies ahead of it.
-    pub fn at_head(newest: FeedPosition, horizon: Option<&Horizon>) -> Self {
+    pub(crate) fn at_head(newest: FeedPosition, horizon: Option<&Horizon>) -> Self {
         let mut cursor = Self {
             frontier: newest,
             pending: BTreeMap::new(),
@@ -138,7 +138,7 @@ impl FeedCursor {
         cursor
     }
 
-    pub fn frontier(&self) -> FeedPosition {
+    pub(crate) fn frontier(&self) -> FeedPosition {
         self.frontier
     }
 
@@ -151,7 +151,7 @@ impl FeedCursor {
     /// position the retention sweep deleted of the cursor's group: the rows past the frontier, and
     /// those of each pending transaction past its last delivered id. Conservative: a pending
     /// transaction below the mark may have had no row deleted.
-    pub fn reaches_below(&self, trimmed: FeedPosition) -> bool {
+    pub(crate) fn reaches_below(&self, trimmed: FeedPosition) -> bool {
         self.frontier < trimmed
             || self
                 .pending
@@ -232,7 +232,7 @@ impl FeedCursor {
     }
 
     /// Reads a token made by [`fmt::Display`]; `None` for anything else.
-    pub fn decode(token: &str) -> Option<Self> {
+    pub(crate) fn decode(token: &str) -> Option<Self> {
         let mut parts = token.split('.');
         let frontier = parse_position(parts.next()?)?;
         let mut pending = BTreeMap::new();

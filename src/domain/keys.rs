@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::ids::AccountGroupId;
 
 /// Every key starts with this, so a leaked one is recognisable by secret scanners.
-pub const KEY_PREFIX: &str = "ssk_";
+pub(crate) const KEY_PREFIX: &str = "ssk_";
 const KEY_RANDOM_BYTES: usize = 32;
 const KEY_LEN: usize = KEY_PREFIX.len() + KEY_RANDOM_BYTES * 2;
 
@@ -188,7 +188,7 @@ impl fmt::Debug for KeyHash {
 
 /// Whether a presented string can be one of our keys at all; anything else is refused without a
 /// database round trip.
-pub fn looks_like_key(presented: &str) -> bool {
+pub(crate) fn looks_like_key(presented: &str) -> bool {
     presented.len() == KEY_LEN
         && presented.starts_with(KEY_PREFIX)
         && presented[KEY_PREFIX.len()..]
@@ -247,7 +247,7 @@ impl Principal {
         self.permissions.contains(&permission)
     }
 
-    pub fn can_access(&self, group: &AccountGroupId) -> bool {
+    pub(crate) fn can_access(&self, group: &AccountGroupId) -> bool {
         self.access.allows(group)
     }
 }

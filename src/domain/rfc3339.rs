@@ -21,7 +21,9 @@ pub fn serialize<S: Serializer>(at: &OffsetDateTime, serializer: S) -> Result<S:
     serializer.serialize_str(text)
 }
 
-pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<OffsetDateTime, D::Error> {
+pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<OffsetDateTime, D::Error> {
     time::serde::rfc3339::deserialize(deserializer)
 }
 
@@ -39,7 +41,9 @@ pub mod option {
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
+    /// Only the round-trip test below reads these back: the API writes instants, never reads them.
+    #[cfg(test)]
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Option<OffsetDateTime>, D::Error> {
         time::serde::rfc3339::option::deserialize(deserializer)

@@ -49,7 +49,7 @@ impl ScanStatus {
 
     /// The statuses from which a scan may move to `self`: the single source of truth the store's
     /// guarded UPDATE is built from.
-    pub fn reachable_from(self) -> &'static [ScanStatus] {
+    pub(crate) fn reachable_from(self) -> &'static [ScanStatus] {
         match self {
             ScanStatus::Queued => &[],
             ScanStatus::Running => &[ScanStatus::Queued],
@@ -116,7 +116,7 @@ pub struct Scan {
 
 impl Scan {
     /// When the scan reached `status`, if it has: what a repeated move answers as its `at`.
-    pub fn reached_at(&self, status: ScanStatus) -> Option<OffsetDateTime> {
+    pub(crate) fn reached_at(&self, status: ScanStatus) -> Option<OffsetDateTime> {
         match status {
             ScanStatus::Queued => Some(self.created_at),
             ScanStatus::Running => self.started_at,
@@ -174,7 +174,7 @@ impl IdempotencyKey {
 
 /// How long an `Idempotency-Key` is remembered: a retry within it answers the first answer again;
 /// after it the key is forgotten and may start a new scan.
-pub const IDEMPOTENCY_WINDOW: time::Duration = time::Duration::hours(24);
+pub(crate) const IDEMPOTENCY_WINDOW: time::Duration = time::Duration::hours(24);
 
 /// What a request to start a scan did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,7 +190,7 @@ pub enum Creation {
 impl Scan {
     /// The scan as its creation answered it (queued, no moment but its creation reached): what a
     /// replayed request answers, whatever happened to the scan since.
-    pub fn as_created(&self) -> Scan {
+    pub(crate) fn as_created(&self) -> Scan {
         Scan {
             status: ScanStatus::Queued,
             updated_at: self.created_at,
@@ -203,7 +203,7 @@ impl Scan {
 }
 
 /// The longest reason a runner may give for a failure, in characters.
-pub const MAX_REASON_CHARS: usize = 1000;
+pub(crate) const MAX_REASON_CHARS: usize = 1000;
 
 /// Where a page of scans ends: the (created_at, id) of its last scan, newest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,7 +221,7 @@ impl ScanCursor {
     }
 
     /// An opaque token: clients pass it back, never build it.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         hex::encode(format!(
             "{}.{}",
             self.created_at.unix_timestamp_nanos(),
@@ -229,7 +229,7 @@ impl ScanCursor {
         ))
     }
 
-    pub fn decode(token: &str) -> Option<Self> {
+    pub(crate) fn decode(token: &str) -> Option<Self> {
         let raw = String::from_utf8(hex::decode(token).ok()?).ok()?;
         let (nanos, id) = raw.split_once('.')?;
         let created_at = OffsetDateTime::from_unix_timestamp_nanos(nanos.parse().ok()?).ok()?;
@@ -263,7 +263,7 @@ pub struct ScanEvent {
 pub struct Actor<'a> {
     pub api_key_id: Option<Uuid>,
     pub trace_id: Option<&'a str>,
-    /// A runner's reason for a failure (at most [`MAX_REASON_CHARS`]).
+    /// A runner's reason for a failure (at most `MAX_REASON_CHARS`).
     pub reason: Option<&'a str>,
 }
 

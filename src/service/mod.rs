@@ -15,7 +15,7 @@ use std::time::Duration;
 
 /// How long a process that changed scans waits, before it exits, for its last change
 /// notifications to go out (listeners would otherwise find those changes at their next poll).
-pub const HINT_FLUSH_LIMIT: Duration = Duration::from_secs(2);
+pub(crate) const HINT_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
 pub use scans::{
     AuthFailure, BatchCancellation, CancelOutcome, Cancellation, Moved, ScanPage, ScanService,

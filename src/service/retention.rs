@@ -20,7 +20,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// Deletes the audit rows older than `keep`, now and every `SWEEP_EVERY`, until the process
 /// ends. Started by `serve` (every replica sweeps; two sweeping at once is harmless).
-pub async fn sweep_forever(store: Store, keep: Duration) {
+pub(crate) async fn sweep_forever(store: Store, keep: Duration) {
     loop {
         sweep(&store, keep).await;
         tokio::time::sleep(SWEEP_EVERY).await;

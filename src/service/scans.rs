@@ -200,7 +200,7 @@ impl ScanService {
     }
 
     /// A service that keeps authenticated keys for `ttl` (zero: not at all); no change feed.
-    pub fn with_key_cache(store: Store, ttl: Duration) -> Self {
+    pub(crate) fn with_key_cache(store: Store, ttl: Duration) -> Self {
         Self(Arc::new(Parts {
             changes: None,
             store,
@@ -210,7 +210,7 @@ impl ScanService {
 
     /// Followers of changes read the audit trail at least every `poll`, hint or not, and while
     /// changes keep coming at most every `batch`.
-    pub fn with_feed(self, poll: Duration, batch: Duration) -> Self {
+    pub(crate) fn with_feed(self, poll: Duration, batch: Duration) -> Self {
         Self(Arc::new(Parts {
             changes: Some(ChangeHub::new(self.0.store.clone(), poll, batch)),
             store: self.0.store.clone(),
@@ -310,7 +310,7 @@ impl ScanService {
     /// machine, in the same guarded statement as a cancel: exactly one of a completion and a
     /// cancel racing wins, and the loser learns the winner's status. Moving a scan where it
     /// already is answers where it is, so a runner retrying after a lost answer learns the truth.
-    pub async fn move_scan(
+    pub(crate) async fn move_scan(
         &self,
         principal: &Principal,
         group: &AccountGroupId,
@@ -331,7 +331,7 @@ impl ScanService {
 
     /// Every `IDEMPOTENCY_SWEEP_EVERY` (10 minutes), forgets the idempotency keys older than their window,
     /// so their table holds one day of keys at most. Runs while the application serves.
-    pub async fn forget_idempotency_keys_forever(self) {
+    pub(crate) async fn forget_idempotency_keys_forever(self) {
         // The first sweep after one interval: starting touches no database it need not.
         let first = tokio::time::Instant::now() + IDEMPOTENCY_SWEEP_EVERY;
         let mut ticks = tokio::time::interval_at(first, IDEMPOTENCY_SWEEP_EVERY);
@@ -373,7 +373,10 @@ impl ScanService {
 impl ScanService {
     /// The account-group rule every operation on a group applies first (403). Public for the one
     /// caller that must answer it before a limit of its own: the change stream's per-key cap.
-    pub fn check_access(principal: &Principal, group: &AccountGroupId) -> Result<(), ServiceError> {
+    pub(crate) fn check_access(
+        principal: &Principal,
+        group: &AccountGroupId,
+    ) -> Result<(), ServiceError> {
         match principal.can_access(group) {
             true => Ok(()),
             false => Err(ServiceError::GroupForbidden(*group)),
@@ -381,7 +384,7 @@ impl ScanService {
     }
 
     /// A scan of `group`, as a client checks it before retrying a cancel.
-    pub async fn get_scan(
+    pub(crate) async fn get_scan(
         &self,
         principal: &Principal,
         group: &AccountGroupId,
@@ -430,7 +433,7 @@ impl ScanService {
     /// feed issued (one ahead of the whole audit trail is refused, and so is one from before
     /// changes of the group that are no longer kept). Only a service built [`Self::with_feed`]
     /// follows changes; any other panics here. An unknown cursor is refused as `cursor_named`.
-    pub async fn follow_changes(
+    pub(crate) async fn follow_changes(
         &self,
         principal: &Principal,
         group: &AccountGroupId,
@@ -472,7 +475,7 @@ impl ScanService {
 /// them holds the database itself (the command line, and the demo's seeding).
 impl ScanService {
     /// Creates a scan directly in `status`, with its audit row.
-    pub async fn seed_scan(
+    pub(crate) async fn seed_scan(
         &self,
         group: &AccountGroupId,
         status: ScanStatus,
@@ -490,7 +493,7 @@ impl ScanService {
     }
 
     /// True when the database holds no API key and no scan (a fresh install).
-    pub async fn is_fresh_install(&self) -> Result<bool, ServiceError> {
+    pub(crate) async fn is_fresh_install(&self) -> Result<bool, ServiceError> {
         Ok(self.0.store.is_empty().await?)
     }
 

@@ -85,7 +85,7 @@ impl ChangeHints {
 
 impl ChangeHints {
     /// Drops the hints already received: the read that follows covers them.
-    pub fn discard_queued(&mut self) {
+    pub(crate) fn discard_queued(&mut self) {
         match self {
             ChangeHints::Postgres(listener) => while listener.next_buffered().is_some() {},
             ChangeHints::Sqlite(receiver) => while receiver.try_recv().is_ok() {},
@@ -107,7 +107,7 @@ fn parse_hint(payload: &str) -> Hint {
 }
 
 /// The PostgreSQL channel on which publishers hint that changes committed.
-pub const CHANGES_CHANNEL: &str = "signal_scan_events";
+pub(crate) const CHANGES_CHANNEL: &str = "signal_scan_events";
 
 /// How the connection pool is used right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,7 +252,7 @@ impl Store {
         forward!(self.is_empty())
     }
 
-    pub async fn find_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
+    pub(crate) async fn find_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
         forward!(self.find_key(hash))
     }
 
@@ -286,7 +286,7 @@ impl Store {
     /// Creates a queued scan for a client, with its audit row naming `actor`. With `once` (the
     /// caller's key id and its idempotency key), a key claimed within the window creates nothing
     /// and answers what it started.
-    pub async fn create_scan_for(
+    pub(crate) async fn create_scan_for(
         &self,
         group: &AccountGroupId,
         actor: Actor<'_>,
@@ -328,7 +328,7 @@ impl Store {
     /// under: `group`'s rows only, read through that group's index, so that a reader of one group
     /// pays for that group's changes alone; every group's with `None` (the change hub's shared
     /// read, and `scans watch` without a group).
-    pub async fn read_feed(
+    pub(crate) async fn read_feed(
         &self,
         cursor: &FeedCursor,
         group: Option<&AccountGroupId>,
@@ -422,7 +422,7 @@ impl Store {
 
     /// Moves each of `scans` (distinct) to `to` where its status allows it, all in one commit:
     /// each scan's outcome, in order.
-    pub async fn transition_all(
+    pub(crate) async fn transition_all(
         &self,
         group: Option<&AccountGroupId>,
         scans: &[ScanId],

@@ -120,7 +120,10 @@ impl Pipeline {
 
     /// Commits `changes` together, in one transaction shared with whatever else is waiting, and
     /// answers their outcomes in order.
-    pub(super) async fn submit(&self, changes: Vec<ChangeRequest>) -> Result<Vec<Transition>, StoreError> {
+    pub(super) async fn submit(
+        &self,
+        changes: Vec<ChangeRequest>,
+    ) -> Result<Vec<Transition>, StoreError> {
         let _waiting = Counted::new(&self.waiting);
         let deadline = Instant::now() + self.timeout;
         let state = Arc::new(AtomicU8::new(QUEUED));

@@ -100,7 +100,8 @@ impl PgStore {
         self.bounded(self.pool.run(query)).await
     }
 
-    /// Holds one of the pool's connections until the guard is dropped (for tests).
+    /// Holds one of the pool's connections until the guard is dropped.
+    #[doc(hidden)] // For the fault tests that exhaust the pool: `tests/api` is another crate.
     pub async fn hold_connection(&self) -> Result<HeldConnection, StoreError> {
         self.bounded(self.pool.hold()).await
     }
@@ -129,7 +130,7 @@ impl PgStore {
         .await
     }
 
-    pub async fn find_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
+    pub(crate) async fn find_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
         let row: Option<KeyRow> = self
             .on_connection(async |connection| {
                 sqlx::query_as(concat!(
@@ -376,7 +377,7 @@ impl PgStore {
         rows.into_iter().map(ScanRow::into_scan).collect()
     }
 
-    pub async fn read_feed(
+    pub(crate) async fn read_feed(
         &self,
         cursor: &FeedCursor,
         group: Option<&AccountGroupId>,

@@ -154,7 +154,7 @@ impl SqliteStore {
             .await
     }
 
-    pub async fn find_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
+    pub(crate) async fn find_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
         let row: Option<KeyRow> = self
             .bounded(
                 sqlx::query_as(
@@ -410,7 +410,7 @@ impl SqliteStore {
     /// On SQLite a writer holds the database's one write lock from its first write to its
     /// commit, so audit ids follow commit order and the id alone is the cursor. One group's rows
     /// are a range of its index `(account_group_id, id)`.
-    pub async fn read_feed(
+    pub(crate) async fn read_feed(
         &self,
         cursor: &FeedCursor,
         group: Option<&AccountGroupId>,

@@ -92,6 +92,7 @@ impl RateLimiter {
 
     /// True once the limits are kept in Redis (false without `REDIS_URL`, and until the first
     /// connection is made).
+    #[doc(hidden)] // For the tests that wait for Redis before they count: `tests/api` is another crate.
     pub fn is_shared(&self) -> bool {
         self.shared
             .as_ref()

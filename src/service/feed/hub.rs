@@ -201,7 +201,7 @@ impl Follower {
 
     /// The next change of the group when one is at hand, without waiting or reading the trail:
     /// a stream takes every change it has before it writes them out together.
-    pub fn next_at_hand(&mut self) -> Option<FeedEvent> {
+    pub(crate) fn next_at_hand(&mut self) -> Option<FeedEvent> {
         while self.ready.is_empty() && !self.behind {
             match self.pages.try_recv() {
                 Ok(page) => self.take(&page),

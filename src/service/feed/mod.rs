@@ -81,7 +81,7 @@ impl FeedReader {
     /// change (each read is planned afresh) and each change is late by `gap` at most. A change after
     /// a quiet spell is read as soon as its notification arrives, and a full page is followed by
     /// the next at once.
-    pub fn spaced(mut self, gap: Duration) -> Self {
+    pub(crate) fn spaced(mut self, gap: Duration) -> Self {
         self.gap = gap;
         self
     }
@@ -106,7 +106,7 @@ impl FeedReader {
 
     /// The next page read from the trail, as read, with the reader moved past it: what a
     /// [`ChangeHub`] shares with its followers.
-    pub async fn next_page(&mut self) -> Result<FeedPage, StoreError> {
+    pub(crate) async fn next_page(&mut self) -> Result<FeedPage, StoreError> {
         let page = self.read_page().await?;
         self.cursor.advance(&page, |_| false);
         Ok(page)
