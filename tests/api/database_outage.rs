@@ -208,9 +208,7 @@ async fn an_exhausted_pool_answers_502_not_a_queue(backend: Backend) {
         .with_db_max_connections(POOL)
         .spawn(backend)
         .await;
-    let group = group();
-    let key = app.writer(&group).await;
-    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let (group, key, scan) = app.writer_and_queued_scan().await;
     let Store::Postgres(served) = &app.served_store else {
         unreachable!("a PostgreSQL test")
     };
@@ -399,9 +397,7 @@ async fn an_unreachable_sqlite_database_is_not_ready_and_answers_502() {
         .with_db_timeout(DB_TIMEOUT)
         .spawn(Backend::Sqlite)
         .await;
-    let group = group();
-    let key = app.writer(&group).await;
-    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let (group, key, scan) = app.writer_and_queued_scan().await;
     let file = std::path::PathBuf::from(app.db.url.trim_start_matches("sqlite://"));
     let folder = file.parent().unwrap().to_owned();
     let moved = folder.with_extension("away");

@@ -82,9 +82,7 @@ store_test!(a_key_over_its_rate_gets_429_with_retry_after);
 /// After exactly `Retry-After` seconds the key may send again; a moment before, it may not.
 async fn a_limited_key_is_served_again_after_retry_after(backend: Backend) {
     let app = limited_app(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
-    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let (group, key, scan) = app.writer_and_queued_scan().await;
     for _ in 0..3 {
         app.cancel_ok(&key, &group, &scan).await;
     }
@@ -110,9 +108,7 @@ store_test!(a_limited_key_is_served_again_after_retry_after);
 /// An address blocked for failed authentications may try again after `Retry-After` seconds.
 async fn a_blocked_address_is_served_again_after_retry_after(backend: Backend) {
     let app = guarded_app(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
-    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let (group, key, scan) = app.writer_and_queued_scan().await;
     let guess = NewApiKey::generate().secret;
     let mut statuses = Vec::new();
     for _ in 0..4 {
@@ -181,9 +177,7 @@ async fn without_trusted_proxies_a_forged_x_forwarded_for_is_ignored(backend: Ba
         0,
         "the default under test"
     );
-    let group = group();
-    let key = app.writer(&group).await;
-    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let (group, key, scan) = app.writer_and_queued_scan().await;
     let url = app.url(&cancel_path(group.as_str(), scan.as_str()));
     let send = |forged: String, key: String| {
         let request = app
@@ -218,9 +212,7 @@ async fn behind_one_proxy_allowing_three_failures(
         .with_trusted_proxy_hops(1)
         .spawn(backend)
         .await;
-    let group = group();
-    let key = app.writer(&group).await;
-    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let (group, key, scan) = app.writer_and_queued_scan().await;
     (app, group, key, scan)
 }
 

@@ -4,15 +4,13 @@
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-use signal_scans::domain::scan::ScanStatus;
 use signal_scans::http::HttpSettings;
 use signal_scans::http::rate_limit::{RateLimit, RedisSettings};
 
 use crate::helpers::process::ServerProcess;
 use crate::helpers::proxy::Proxy;
 use crate::helpers::{
-    ApiResponse, Backend, Replica, Settings, TestApp, cancel_path, group, redis_server_addr,
-    redis_url,
+    ApiResponse, Backend, Replica, Settings, TestApp, cancel_path, redis_server_addr, redis_url,
 };
 
 /// The per-key burst. Redis keeps time by its own clock, which a test cannot stop: at 1 a second a
@@ -59,6 +57,12 @@ async fn cancel_at(app: &TestApp, addr: std::net::SocketAddr, key: &str, path: &
     ApiResponse::from(response).await.status.as_u16()
 }
 
+/// A writer key of a fresh group, and the cancel path of a queued scan of that group.
+async fn key_and_cancel_path(app: &TestApp) -> (String, String) {
+    let (group, key, scan) = app.writer_and_queued_scan().await;
+    (key, cancel_path(group.as_str(), scan.as_str()))
+}
+
 /// An app and a replica with the same low limits in one Redis, both connected to it; `None` when
 /// no Redis answers (the test is then skipped, and says so).
 async fn two_instances_sharing_redis() -> Option<(TestApp, Replica)> {
@@ -81,10 +85,7 @@ async fn two_replicas_together_allow_what_one_would() {
     let Some((app, replica)) = two_instances_sharing_redis().await else {
         return;
     };
-    let group = group();
-    let key = app.writer(&group).await;
-    let scan = app.scan(&group, ScanStatus::Queued).await;
-    let path = cancel_path(group.as_str(), scan.as_str());
+    let (key, path) = key_and_cancel_path(&app).await;
 
     let started = Instant::now();
     let mut statuses = Vec::new();
@@ -125,10 +126,7 @@ async fn a_shared_limit_refills_after_retry_after() {
     let Some((app, replica)) = two_instances_sharing_redis().await else {
         return;
     };
-    let group = group();
-    let key = app.writer(&group).await;
-    let scan = app.scan(&group, ScanStatus::Queued).await;
-    let path = cancel_path(group.as_str(), scan.as_str());
+    let (key, path) = key_and_cancel_path(&app).await;
     let limited = loop {
         let response = ApiResponse::from(
             app.client
@@ -171,10 +169,7 @@ async fn a_shared_address_block_ends_after_retry_after() {
         .spawn(Backend::Sqlite)
         .await;
     until("the instance reaches Redis", || app.limits.is_shared()).await;
-    let group = group();
-    let key = app.writer(&group).await;
-    let scan = app.scan(&group, ScanStatus::Queued).await;
-    let path = cancel_path(group.as_str(), scan.as_str());
+    let (key, path) = key_and_cancel_path(&app).await;
     let guess = signal_scans::domain::keys::NewApiKey::generate().secret;
     let mut failures = 0;
     while cancel_at(&app, app.addr, &guess, &path).await == 401 {
@@ -207,10 +202,7 @@ async fn failed_authentications_are_counted_across_replicas() {
         return;
     };
     let guess = signal_scans::domain::keys::NewApiKey::generate().secret;
-    let group = group();
-    let key = app.writer(&group).await;
-    let scan = app.scan(&group, ScanStatus::Queued).await;
-    let path = cancel_path(group.as_str(), scan.as_str());
+    let (key, path) = key_and_cancel_path(&app).await;
 
     let mut statuses = Vec::new();
     for addr in [app.addr, replica.addr, app.addr] {
@@ -239,10 +231,7 @@ async fn without_redis_each_instance_keeps_its_own_limits_and_serves() {
     // The local limits decide: stopped clocks make their burst exact.
     app.limits.clock().stop();
     replica.limits.clock().stop();
-    let group = group();
-    let key = app.writer(&group).await;
-    let scan = app.scan(&group, ScanStatus::Queued).await;
-    let path = cancel_path(group.as_str(), scan.as_str());
+    let (key, path) = key_and_cancel_path(&app).await;
 
     let mut here = Vec::new();
     for _ in 0..=BURST {
@@ -269,10 +258,7 @@ async fn redis_going_away_mid_flight_falls_back_without_hanging() {
     until("the instance reaches Redis", || app.limits.is_shared()).await;
     // The local limits take over below: a stopped clock makes their burst exact.
     app.limits.clock().stop();
-    let group = group();
-    let key = app.writer(&group).await;
-    let scan = app.scan(&group, ScanStatus::Queued).await;
-    let path = cancel_path(group.as_str(), scan.as_str());
+    let (key, path) = key_and_cancel_path(&app).await;
     assert_eq!(cancel_at(&app, app.addr, &key, &path).await, 200);
 
     proxy.cut();
@@ -305,9 +291,7 @@ async fn redis_going_away_mid_flight_falls_back_without_hanging() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_out_of_reach_is_counted_in_backend_errors() {
     let app = TestApp::spawn(Backend::Sqlite).await;
-    let group = group();
-    let key = app.writer(&group).await;
-    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let (group, key, scan) = app.writer_and_queued_scan().await;
     // Nothing listens on port 1.
     let server = ServerProcess::start(&[
         ("DATABASE_URL", &app.db.url),

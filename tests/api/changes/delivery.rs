@@ -18,28 +18,20 @@ use crate::store_test;
 /// The feed is polled only every 60 s here, so only the publisher's hint can bring the change
 /// within the bound.
 async fn a_cancel_reaches_an_open_stream_by_its_hint_long_before_the_poll(backend: Backend) {
-    let Process {
-        server,
-        store,
-        group,
-        reader,
-        writer,
-        _db,
-    } = Process::start(
+    let process = Process::start(
         backend,
         &[("FEED_POLL_MS", "60000"), ("PUBLISH_INTERVAL_MS", "10")],
     )
     .await;
-    let scan = store
-        .create_scan(&group, ScanStatus::Running)
-        .await
-        .unwrap()
-        .id;
-    let mut stream = follow(stream_request(
-        &server.url(&changes_path(&group, "")),
-        &reader,
-    ))
-    .await;
+    let (scan, mut stream) = process.running_scan_and_stream().await;
+    let Process {
+        server,
+        store: _store,
+        group,
+        reader: _reader,
+        writer,
+        _db,
+    } = process;
 
     let cancel = server
         .post(&writer, &cancel_path(group.as_str(), scan.as_str()))
@@ -299,12 +291,12 @@ store_test!(
 /// (and any proxy) still hears from the stream, and the key is still checked on every tick.
 async fn keep_alives_keep_their_rhythm_while_filtered_out_changes_pass(backend: Backend) {
     let keepalive = Duration::from_millis(500);
-    let app = TestApp::spawn_with(
+    let app = streams_app(
         backend,
-        with_streams(StreamSettings {
+        StreamSettings {
             keepalive,
             ..StreamSettings::default()
-        }),
+        },
     )
     .await;
     let group = group();

@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use signal_scans::domain::scan::ScanStatus;
 use signal_scans::http::changes::StreamSettings;
 
 use super::*;
@@ -79,12 +78,12 @@ store_test!(a_revoked_keys_stream_ends_within_the_cache_ttl_and_a_tick_while_oth
 
 async fn a_stream_ends_at_its_max_age_with_a_last_retry(backend: Backend) {
     let max_age = Duration::from_secs(1);
-    let app = TestApp::spawn_with(
+    let app = streams_app(
         backend,
-        with_streams(StreamSettings {
+        StreamSettings {
             max_age,
             ..StreamSettings::default()
-        }),
+        },
     )
     .await;
     let group = group();
@@ -127,14 +126,7 @@ store_test!(a_stream_outlives_the_request_timeout);
 /// A quiet stream is a request in progress, not an idle connection: neither the idle timeout nor
 /// the header timeout of its connection closes it.
 async fn a_quiet_stream_outlives_the_connections_idle_and_header_timeouts(backend: Backend) {
-    let Process {
-        server,
-        store,
-        group,
-        reader,
-        writer,
-        _db,
-    } = Process::start(
+    let process = Process::start(
         backend,
         &[
             ("HTTP_IDLE_TIMEOUT_MS", "200"),
@@ -142,16 +134,15 @@ async fn a_quiet_stream_outlives_the_connections_idle_and_header_timeouts(backen
         ],
     )
     .await;
-    let scan = store
-        .create_scan(&group, ScanStatus::Running)
-        .await
-        .unwrap()
-        .id;
-    let mut stream = follow(stream_request(
-        &server.url(&changes_path(&group, "")),
-        &reader,
-    ))
-    .await;
+    let (scan, mut stream) = process.running_scan_and_stream().await;
+    let Process {
+        server,
+        store: _store,
+        group,
+        reader: _reader,
+        writer,
+        _db,
+    } = process;
 
     // Several idle timeouts long, and shorter than the 15 s keep-alive: nothing is written.
     let quiet = frames_during(&mut stream, Duration::from_millis(1500)).await;

@@ -132,6 +132,18 @@ impl Process {
             _db: db,
         }
     }
+
+    /// A running scan of the group, and a stream of the group opened after it was created.
+    async fn running_scan_and_stream(&self) -> (ScanId, SseStream) {
+        let scan = self
+            .store
+            .create_scan(&self.group, ScanStatus::Running)
+            .await
+            .unwrap()
+            .id;
+        let url = self.server.url(&changes_path(&self.group, ""));
+        (scan, follow(stream_request(&url, &self.reader)).await)
+    }
 }
 
 /// Cancels `count` fresh running scans of `group` one after the other (so commit order is
@@ -216,6 +228,11 @@ async fn frames_during(stream: &mut SseStream, period: Duration) -> Vec<Option<F
 
 fn keep_alive() -> Option<Frame> {
     Some(Frame::Comment("keep-alive".into()))
+}
+
+/// A test app with these stream settings and every other setting the default.
+async fn streams_app(backend: Backend, streams: StreamSettings) -> TestApp {
+    TestApp::spawn_with(backend, with_streams(streams)).await
 }
 
 fn with_streams(streams: StreamSettings) -> Settings {

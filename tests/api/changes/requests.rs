@@ -211,14 +211,14 @@ async fn changes_is_a_stream_and_never_taken_for_a_scan_id(backend: Backend) {
 store_test!(changes_is_a_stream_and_never_taken_for_a_scan_id);
 
 async fn a_key_past_its_stream_cap_is_429_until_one_closes(backend: Backend) {
-    let app = TestApp::spawn_with(
+    let app = streams_app(
         backend,
-        with_streams(StreamSettings {
+        StreamSettings {
             // The server notices a closed stream when its next keep-alive cannot be written.
             keepalive: Duration::from_millis(200),
             max_per_key: 2,
             max_age: Duration::from_secs(3600),
-        }),
+        },
     )
     .await;
     let group = group();

@@ -382,12 +382,12 @@ store_test!(an_empty_cursor_starts_the_stream_now);
 /// `scans watch --server` as a runner uses it: each change printed once, in order, across the
 /// reconnections that every stream's end forces (here each ends after 1 s).
 async fn scans_watch_server_prints_each_change_once_across_reconnections(backend: Backend) {
-    let app = TestApp::spawn_with(
+    let app = streams_app(
         backend,
-        with_streams(StreamSettings {
+        StreamSettings {
             max_age: Duration::from_secs(1),
             ..StreamSettings::default()
-        }),
+        },
     )
     .await;
     let group = group();

@@ -484,6 +484,14 @@ impl TestApp {
         self.key_for(&[Permission::SignalsWrite], &[*group]).await.0
     }
 
+    /// A fresh group, a writer's key on it and a queued scan of it: where most cancel tests start.
+    pub async fn writer_and_queued_scan(&self) -> (AccountGroupId, String, ScanId) {
+        let group = group();
+        let key = self.writer(&group).await;
+        let scan = self.scan(&group, ScanStatus::Queued).await;
+        (group, key, scan)
+    }
+
     pub async fn scan(&self, group: &AccountGroupId, status: ScanStatus) -> ScanId {
         self.store
             .create_scan(group, status)
