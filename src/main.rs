@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    signal_scans::cli::main().await
+fn main() -> ExitCode {
+    signal_scans::cli::main()
 }
