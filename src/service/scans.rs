@@ -79,7 +79,7 @@ impl Cancellation {
 }
 
 impl BatchCancellation {
-    /// The single cancel's outcome as a line: what would be a 404 or 409 there is a line here.
+    /// The single cancel's outcome as a line: what would be a 404 or 422 there is a line here.
     fn of(scan_id: ScanId, outcome: Transition) -> Result<Self, ServiceError> {
         let line = |outcome, status, previous_status, cancelled_at| Self {
             scan_id,
