@@ -23,7 +23,7 @@ ENV SQLX_OFFLINE=true
 COPY --from=planner /app/recipe.json recipe.json
 # The production profile (Cargo.toml: release with fat LTO and one codegen unit), as bench/ measures it.
 RUN cargo chef cook --profile production --locked --bin signal-scans --recipe-path recipe.json
-# The whole context (.dockerignore trims it): sqlx::migrate! embeds migrations/ at compile time.
+# The whole context (.dockerignore trims it): src/store/migrations.rs embeds migrations/ at compile time.
 COPY . .
 # data/ is where the embedded SQLite store lives when DATABASE_URL is unset, bootstrap/ where compose's
 # bootstrap writes the first key; made here because the runtime image has no shell, and owned by

@@ -1,5 +1,6 @@
 //! Everything that knows SQL. The rest of the service talks to [`Store`] and never to a driver.
 
+mod migrations;
 mod pg_pool;
 mod pipeline;
 mod postgres;

@@ -6,15 +6,15 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
-use sqlx::Connection;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions, PgRow};
+use sqlx::{Connection, FromRow, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::pg_pool::{ConnectionPool, HeldConnection};
 use super::pipeline::{BatchWriter, ChangeRequest, Pipeline};
 use super::publisher::Publisher;
-use super::rows::{ChangeRow, EventRow, KeyRow, ScanRow};
+use super::rows::{ChangeRow, ClaimedKeyRow, EventRow, KeyRow, ScanRow};
 use super::{
     FeedRowsRead, IS_EMPTY, KeyToCreate, PoolUsage, StoreError, StoreOptions, bounded,
     migration_error,
@@ -35,8 +35,6 @@ macro_rules! key_columns {
          created_at, expires_at, revoked_at"
     };
 }
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -114,7 +112,10 @@ impl PgStore {
         let mut connection = self
             .bounded(PgConnection::connect_with(&self.migrate_options))
             .await?;
-        MIGRATOR.run(&mut connection).await.map_err(migration_error)
+        super::migrations::postgres()
+            .run(&mut connection)
+            .await
+            .map_err(migration_error)
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -412,7 +413,7 @@ impl PgStore {
             .ok_or_else(|| StoreError::Corrupt(format!("snapshot {snapshot:?}")))?;
         let rows = rows
             .into_iter()
-            .filter_map(FeedReadRow::into_change)
+            .filter_map(|row| row.change)
             .map(ChangeRow::into_feed_row)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(FeedPage {
@@ -640,19 +641,18 @@ impl BatchWriter for BatchWrites {
 }
 
 /// One row of a batch's answer: the scan, and which change of the batch it answers (from 1).
-#[derive(sqlx::FromRow)]
 struct BatchRow {
     ord: i64,
-    #[sqlx(flatten)]
     row: ScanRow,
 }
 
-/// An idempotency key's group and the scan it started.
-#[derive(sqlx::FromRow)]
-struct ClaimedKeyRow {
-    key_group: String,
-    #[sqlx(flatten)]
-    scan: ScanRow,
+impl FromRow<'_, PgRow> for BatchRow {
+    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            ord: row.try_get("ord")?,
+            row: ScanRow::from_row(row)?,
+        })
+    }
 }
 
 /// One read of the change feed, in one statement so that the rows and the snapshot that says
@@ -715,33 +715,19 @@ pub(super) const ONE_GROUPS_FEED: &str = feed_read!(
      LIMIT $5"
 );
 
-/// A row of [`PgStore::read_feed`]: the snapshot, and a change unless the page is empty.
-#[derive(sqlx::FromRow)]
+/// A row of [`PgStore::read_feed`]: the snapshot, and a change unless the page is empty (one
+/// row of NULLs beside the snapshot).
 struct FeedReadRow {
     snapshot: String,
-    xid: Option<String>,
-    id: Option<i64>,
-    scan_id: Option<String>,
-    account_group_id: Option<String>,
-    from_status: Option<String>,
-    to_status: Option<String>,
-    trace_id: Option<String>,
-    occurred_at: Option<super::rows::Stamp>,
-    reason: Option<String>,
+    change: Option<ChangeRow>,
 }
 
-impl FeedReadRow {
-    fn into_change(self) -> Option<ChangeRow> {
-        Some(ChangeRow {
-            xid: self.xid?,
-            id: self.id?,
-            scan_id: self.scan_id?,
-            account_group_id: self.account_group_id?,
-            from_status: self.from_status,
-            to_status: self.to_status?,
-            trace_id: self.trace_id,
-            occurred_at: self.occurred_at?,
-            reason: self.reason,
+impl FromRow<'_, PgRow> for FeedReadRow {
+    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+        let empty = row.try_get::<Option<i64>, _>("id")?.is_none();
+        Ok(Self {
+            snapshot: row.try_get("snapshot")?,
+            change: (!empty).then(|| ChangeRow::from_row(row)).transpose()?,
         })
     }
 }

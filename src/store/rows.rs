@@ -8,7 +8,7 @@ use std::str::FromStr;
 use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgTypeInfo, PgValueRef};
 use sqlx::sqlite::{SqliteTypeInfo, SqliteValueRef};
-use sqlx::{Decode, Postgres, Sqlite, Type};
+use sqlx::{ColumnIndex, Decode, FromRow, Postgres, Row, Sqlite, Type};
 use time::format_description::BorrowedFormatItem;
 use time::macros::format_description;
 use time::{OffsetDateTime, PrimitiveDateTime};
@@ -111,6 +111,28 @@ where
         .map_err(|error| format!("{raw:?}: {error}").into())
 }
 
+/// A type a store's rows decode: the bound each row reader below puts on its columns' types.
+///
+/// Rows are read by hand rather than derived: sqlx's derive is its `macros` feature, which compiles
+/// a second copy of sqlx, both drivers and their dependencies for the compiler's host (about a
+/// sixth of a first release build's work).
+pub(super) trait Column<'r, R: Row>: Decode<'r, R::Database> + Type<R::Database> {}
+
+impl<'r, R: Row, T: Decode<'r, R::Database> + Type<R::Database>> Column<'r, R> for T {}
+
+/// A column that only some statements select: `None` where it is absent.
+pub(super) fn optional_column<'r, R, T>(row: &'r R, name: &'r str) -> Result<Option<T>, sqlx::Error>
+where
+    R: Row,
+    &'r str: ColumnIndex<R>,
+    T: Column<'r, R>,
+{
+    match row.try_get(name) {
+        Err(sqlx::Error::ColumnNotFound(_)) => Ok(None),
+        read => read.map(Some),
+    }
+}
+
 fn instant(stamp: Option<Stamp>) -> Option<OffsetDateTime> {
     stamp.map(|stamp| stamp.0)
 }
@@ -119,7 +141,6 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }
 
-#[derive(sqlx::FromRow)]
 pub(super) struct ScanRow {
     pub id: Parsed<ScanId>,
     pub account_group_id: Parsed<AccountGroupId>,
@@ -130,8 +151,30 @@ pub(super) struct ScanRow {
     pub finished_at: Option<Stamp>,
     pub cancelled_at: Option<Stamp>,
     /// Only a transition's result carries it: the status the scan moved from.
-    #[sqlx(default)]
     pub previous_status: Option<Parsed<ScanStatus>>,
+}
+
+impl<'r, R: Row> FromRow<'r, R> for ScanRow
+where
+    &'r str: ColumnIndex<R>,
+    Parsed<ScanId>: Column<'r, R>,
+    Parsed<AccountGroupId>: Column<'r, R>,
+    Parsed<ScanStatus>: Column<'r, R>,
+    Stamp: Column<'r, R>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            id: row.try_get("id")?,
+            account_group_id: row.try_get("account_group_id")?,
+            status: row.try_get("status")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+            started_at: row.try_get("started_at")?,
+            finished_at: row.try_get("finished_at")?,
+            cancelled_at: row.try_get("cancelled_at")?,
+            previous_status: optional_column(row, "previous_status")?.flatten(),
+        })
+    }
 }
 
 impl ScanRow {
@@ -149,7 +192,6 @@ impl ScanRow {
     }
 }
 
-#[derive(sqlx::FromRow)]
 pub(super) struct EventRow {
     pub scan_id: String,
     pub from_status: Option<String>,
@@ -158,6 +200,25 @@ pub(super) struct EventRow {
     pub trace_id: Option<String>,
     pub occurred_at: Stamp,
     pub reason: Option<String>,
+}
+
+impl<'r, R: Row> FromRow<'r, R> for EventRow
+where
+    &'r str: ColumnIndex<R>,
+    String: Column<'r, R>,
+    Stamp: Column<'r, R>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            scan_id: row.try_get("scan_id")?,
+            from_status: row.try_get("from_status")?,
+            to_status: row.try_get("to_status")?,
+            api_key_id: row.try_get("api_key_id")?,
+            trace_id: row.try_get("trace_id")?,
+            occurred_at: row.try_get("occurred_at")?,
+            reason: row.try_get("reason")?,
+        })
+    }
 }
 
 impl EventRow {
@@ -180,7 +241,6 @@ impl EventRow {
     }
 }
 
-#[derive(sqlx::FromRow)]
 pub(super) struct ChangeRow {
     /// The writing transaction's id as text (PostgreSQL's xid8 has no sqlx type); "0" on SQLite.
     pub xid: String,
@@ -193,6 +253,28 @@ pub(super) struct ChangeRow {
     pub trace_id: Option<String>,
     pub occurred_at: Stamp,
     pub reason: Option<String>,
+}
+
+impl<'r, R: Row> FromRow<'r, R> for ChangeRow
+where
+    &'r str: ColumnIndex<R>,
+    String: Column<'r, R>,
+    i64: Column<'r, R>,
+    Stamp: Column<'r, R>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            xid: row.try_get("xid")?,
+            id: row.try_get("id")?,
+            scan_id: row.try_get("scan_id")?,
+            account_group_id: row.try_get("account_group_id")?,
+            from_status: row.try_get("from_status")?,
+            to_status: row.try_get("to_status")?,
+            trace_id: row.try_get("trace_id")?,
+            occurred_at: row.try_get("occurred_at")?,
+            reason: row.try_get("reason")?,
+        })
+    }
 }
 
 impl ChangeRow {
@@ -218,7 +300,6 @@ impl ChangeRow {
 }
 
 /// A key without its hash; lists are JSON arrays (PostgreSQL selects `array_to_json(…)::text`).
-#[derive(sqlx::FromRow)]
 pub(super) struct KeyRow {
     pub id: String,
     pub name: String,
@@ -227,6 +308,45 @@ pub(super) struct KeyRow {
     pub created_at: Stamp,
     pub expires_at: Option<Stamp>,
     pub revoked_at: Option<Stamp>,
+}
+
+impl<'r, R: Row> FromRow<'r, R> for KeyRow
+where
+    &'r str: ColumnIndex<R>,
+    String: Column<'r, R>,
+    Stamp: Column<'r, R>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            permissions: row.try_get("permissions")?,
+            account_group_ids: row.try_get("account_group_ids")?,
+            created_at: row.try_get("created_at")?,
+            expires_at: row.try_get("expires_at")?,
+            revoked_at: row.try_get("revoked_at")?,
+        })
+    }
+}
+
+/// An idempotency key's group and the scan it started.
+pub(super) struct ClaimedKeyRow {
+    pub key_group: String,
+    pub scan: ScanRow,
+}
+
+impl<'r, R: Row> FromRow<'r, R> for ClaimedKeyRow
+where
+    &'r str: ColumnIndex<R>,
+    String: Column<'r, R>,
+    ScanRow: FromRow<'r, R>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            key_group: row.try_get("key_group")?,
+            scan: ScanRow::from_row(row)?,
+        })
+    }
 }
 
 impl TryFrom<KeyRow> for ApiKey {

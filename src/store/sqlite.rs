@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::pipeline::{BatchWriter, ChangeRequest, Pipeline};
-use super::rows::{ChangeRow, EventRow, KeyRow, SQLITE_TIMESTAMP, ScanRow};
+use super::rows::{ChangeRow, ClaimedKeyRow, EventRow, KeyRow, SQLITE_TIMESTAMP, ScanRow};
 use super::{
     FeedRowsRead, IS_EMPTY, KeyToCreate, StoreError, StoreOptions, bounded, migration_error,
 };
@@ -28,8 +28,6 @@ use crate::domain::scan::{
     Actor, Creation, IDEMPOTENCY_WINDOW, IdempotencyKey, Scan, ScanChange, ScanEvent,
     ScanPageQuery, ScanStatus, Transition,
 };
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 const SCAN_COLUMNS: &str = "id, account_group_id, status, created_at, updated_at, started_at, \
                             finished_at, cancelled_at";
@@ -140,7 +138,10 @@ impl SqliteStore {
         let mut connection = self
             .bounded(SqliteConnection::connect_with(&self.migrate_options))
             .await?;
-        MIGRATOR.run(&mut connection).await.map_err(migration_error)
+        super::migrations::sqlite()
+            .run(&mut connection)
+            .await
+            .map_err(migration_error)
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -725,14 +726,6 @@ fn encode(at: OffsetDateTime) -> String {
 
 fn json(value: &impl serde::Serialize) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Internal(e.to_string()))
-}
-
-/// An idempotency key's group and the scan it started.
-#[derive(sqlx::FromRow)]
-struct ClaimedKeyRow {
-    key_group: String,
-    #[sqlx(flatten)]
-    scan: ScanRow,
 }
 
 /// One writer counted in [`SqliteStore::writers_wanting`] while it lives.
