@@ -104,60 +104,32 @@ store_test!(keys_create_list_and_revoke_work_end_to_end);
 async fn keys_create_refuses_bad_input_in_one_line(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let url = app.db.url.clone();
+    // Arguments split at spaces: none of them holds one but the blank name, given on its own.
     for (args, names) in [
         (
-            vec![
-                "keys",
-                "create",
-                "--name",
-                "x",
-                "--permission",
-                "signals:admin",
-                "--all-account-groups",
-            ],
+            "keys create --name x --permission signals:admin --all-account-groups",
             "signals:admin",
         ),
         (
-            vec![
-                "keys",
-                "create",
-                "--name",
-                "x",
-                "--permission",
-                "signals:read",
-            ],
+            "keys create --name x --permission signals:read",
             "--account-group",
         ),
         (
-            vec![
-                "keys",
-                "create",
-                "--name",
-                "x",
-                "--permission",
-                "signals:read",
-                "--account-group",
-                "nope",
-            ],
+            "keys create --name x --permission signals:read --account-group nope",
             "nope",
         ),
+        ("scans create --account-group nope", "nope"),
         (
-            vec!["keys", "create", "--name", "   ", "--all-account-groups"],
-            "--name must be 1 to 200 characters",
-        ),
-        (vec!["scans", "create", "--account-group", "nope"], "nope"),
-        (
-            vec![
-                "scans",
-                "create",
-                "--account-group",
-                "507f1f77bcf86cd799439011",
-                "--status",
-                "done",
-            ],
+            "scans create --account-group 507f1f77bcf86cd799439011 --status done",
             "done",
         ),
-    ] {
+    ]
+    .map(|(args, names)| (args.split(' ').collect::<Vec<_>>(), names))
+    .into_iter()
+    .chain([(
+        vec!["keys", "create", "--name", "   ", "--all-account-groups"],
+        "--name must be 1 to 200 characters",
+    )]) {
         let output = signal_scans(&url, &args);
         let stderr = String::from_utf8(output.stderr).unwrap();
         assert!(!output.status.success(), "{args:?}");

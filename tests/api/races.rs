@@ -10,18 +10,24 @@ use crate::helpers::locks::{WriteLock, until_waiting};
 use crate::helpers::{Backend, RUNNER, Settings, TestApp, group};
 use crate::store_test;
 
-/// Twenty cancels of one scan, all forced to contend: another session holds the scan's write
-/// lock until the twenty are seen waiting behind it at once, then lets go.
-async fn twenty_concurrent_cancels_all_succeed_and_exactly_one_transitions(backend: Backend) {
-    let app = Settings::default()
-        // Each of the twenty waits on the lock on a connection of its own, and a loaded
-        // machine must not turn the wait into a 502.
-        .with_db_max_connections(25)
-        // And in a batch of its own, all at once: the race is the database's to decide.
-        .with_db_write_batches(25)
+/// Settings for requests that contend for one scan's lock.
+fn contenders() -> Settings {
+    Settings::default()
+        // The contenders wait on the lock while the test lines them up: never long, but a
+        // loaded machine must not turn the wait into a 502.
         .with_db_timeout(Duration::from_secs(10))
         // Cached for the whole test: a cancel's only database work is its guarded write.
         .with_key_cache_ttl(Duration::from_secs(600))
+}
+
+/// Twenty cancels of one scan, all forced to contend: another session holds the scan's write
+/// lock until the twenty are seen waiting behind it at once, then lets go.
+async fn twenty_concurrent_cancels_all_succeed_and_exactly_one_transitions(backend: Backend) {
+    let app = contenders()
+        // Each of the twenty waits on the lock on a connection of its own.
+        .with_db_max_connections(25)
+        // And in a batch of its own, all at once: the race is the database's to decide.
+        .with_db_write_batches(25)
         .spawn(backend)
         .await;
     let group = group();
@@ -136,14 +142,7 @@ enum First {
 /// A runner completing a running scan while a client cancels it: exactly one wins, and the loser
 /// is told the winner's state. Both orders are forced, so both outcomes are checked.
 async fn cancel_racing_a_completion_has_exactly_one_winner(backend: Backend) {
-    let app = Settings::default()
-        // The contenders wait on the lock while the test lines them up: never long, but
-        // a loaded machine must not turn the wait into a 502.
-        .with_db_timeout(Duration::from_secs(10))
-        // Cached for the whole test: a cancel's only connection is the one its write holds.
-        .with_key_cache_ttl(Duration::from_secs(600))
-        .spawn(backend)
-        .await;
+    let app = contenders().spawn(backend).await;
     let group = group();
     let key = app.writer(&group).await;
     let runner = Actor {

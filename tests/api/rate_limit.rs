@@ -90,12 +90,7 @@ async fn a_limited_key_is_served_again_after_retry_after(backend: Backend) {
     limited.assert_error(429, "RATE_LIMITED");
     let retry_after: u64 = limited.header("retry-after").unwrap().parse().unwrap();
 
-    app.limits
-        .clock()
-        .advance(Duration::from_secs(retry_after) - Duration::from_millis(1));
-    let too_soon = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
-    app.limits.clock().advance(Duration::from_millis(1));
-    let in_time = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+    let (too_soon, in_time) = cancels_around(&app, retry_after, &key, &group, &scan).await;
     let once_only = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
 
     too_soon.assert_error(429, "RATE_LIMITED");
@@ -104,6 +99,23 @@ async fn a_limited_key_is_served_again_after_retry_after(backend: Backend) {
     once_only.assert_error(429, "RATE_LIMITED");
 }
 store_test!(a_limited_key_is_served_again_after_retry_after);
+
+/// Two cancels on the limiter's stopped clock: one a millisecond before `retry_after` seconds
+/// have passed, one just as they have.
+async fn cancels_around(
+    app: &TestApp,
+    retry_after: u64,
+    key: &str,
+    group: &AccountGroupId,
+    scan: &ScanId,
+) -> (ApiResponse, ApiResponse) {
+    let just_before = Duration::from_secs(retry_after) - Duration::from_millis(1);
+    app.limits.clock().advance(just_before);
+    let too_soon = app.cancel(Some(key), group.as_str(), scan.as_str()).await;
+    app.limits.clock().advance(Duration::from_millis(1));
+    let in_time = app.cancel(Some(key), group.as_str(), scan.as_str()).await;
+    (too_soon, in_time)
+}
 
 /// An address blocked for failed authentications may try again after `Retry-After` seconds.
 async fn a_blocked_address_is_served_again_after_retry_after(backend: Backend) {
@@ -122,12 +134,7 @@ async fn a_blocked_address_is_served_again_after_retry_after(backend: Backend) {
     let blocked = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
     let retry_after: u64 = blocked.header("retry-after").unwrap().parse().unwrap();
 
-    app.limits
-        .clock()
-        .advance(Duration::from_secs(retry_after) - Duration::from_millis(1));
-    let too_soon = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
-    app.limits.clock().advance(Duration::from_millis(1));
-    let in_time = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+    let (too_soon, in_time) = cancels_around(&app, retry_after, &key, &group, &scan).await;
 
     assert_eq!(statuses, [401, 401, 401, 429]);
     blocked.assert_error(429, "RATE_LIMITED");
