@@ -18,8 +18,6 @@ COPY . .
 RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
-# Queries are built at run time (no `.sqlx` data); this keeps any macro from reaching for a database.
-ENV SQLX_OFFLINE=true
 COPY --from=planner /app/recipe.json recipe.json
 # The production profile (Cargo.toml: release with fat LTO and one codegen unit), as bench/ measures it.
 RUN cargo chef cook --profile production --locked --bin signal-scans --recipe-path recipe.json
