@@ -168,8 +168,12 @@ impl Demo {
                accountGroupId  {group}\n  \
                scanId          {scan}   (queued; no command above touches it)\n\
              and choose Execute.\n\
+             \nThe runner guide (docs/runners.md) names these; in another shell:\n\
+             export SERVER=http://{addr} GROUP={group} CLIENT_KEY={key} RUNNER_KEY={runner_key}\n\
              \nCtrl-C stops the server.\n",
             scan = self.for_docs.as_str(),
+            key = self.key,
+            runner_key = self.runner_key,
         );
         text
     }

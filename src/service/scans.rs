@@ -161,8 +161,8 @@ pub enum ServiceError {
     /// The idempotency key started a scan of another account group within the window.
     #[error("the Idempotency-Key was used for another account group")]
     IdempotencyKeyReused,
-    /// A resume cursor that this feed never issued (ahead of everything in the audit trail),
-    /// `named` as the caller gave it.
+    /// A resume cursor that this feed cannot have issued: ahead of everything in the audit trail
+    /// (a malformed one is refused before this). `named` as the caller gave it.
     #[error("{named} is not a cursor this feed issued")]
     UnknownCursor { named: &'static str },
     /// A resume cursor from before changes of its group that the retention sweep has deleted:
