@@ -225,7 +225,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Migrate(database) => {
             migrated_store(&database).await?;
-            println!("migrations are up to date");
+            println!("migrated: every migration this binary holds has run");
             Ok(())
         }
         Command::Healthcheck(args) => healthcheck::check(args.listen_addr).await,
