@@ -716,7 +716,9 @@ pub(super) const ONE_GROUPS_FEED: &str = feed_read!(
 );
 
 /// A row of [`PgStore::read_feed`]: the snapshot, and a change unless the page is empty (one
-/// row of NULLs beside the snapshot).
+/// row of NULLs beside the snapshot, told by its NULL `id`). A change with any other required
+/// column NULL fails the read as corrupt rather than being skipped: a gap in the feed would be
+/// silent.
 struct FeedReadRow {
     snapshot: String,
     change: Option<ChangeRow>,

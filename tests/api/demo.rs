@@ -25,13 +25,15 @@ fn serve_demo(database_url: &str) -> Child {
 /// runner's moves.
 const COMMANDS: usize = 11;
 
-/// Reads `(expected status, curl command)` pairs until the last one is printed.
-async fn read_instructions(child: &mut Child) -> Vec<(u16, String)> {
+/// Reads `(expected status, curl command)` pairs, then the `export` line the runner guide uses:
+/// its `NAME=value` pairs.
+async fn read_instructions(child: &mut Child) -> (Vec<(u16, String)>, Vec<(String, String)>) {
     // Drain stderr (logs) so the server never blocks on a full pipe.
     let mut logs = BufReader::new(child.stderr.take().unwrap()).lines();
     tokio::spawn(async move { while let Ok(Some(_)) = logs.next_line().await {} });
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut steps = Vec::new();
+    let mut exports = Vec::new();
     let mut expected = None;
     let read = async {
         while let Some(line) = lines.next_line().await.unwrap() {
@@ -46,9 +48,13 @@ async fn read_instructions(child: &mut Child) -> Vec<(u16, String)> {
                     expected.take().expect("a heading before each command"),
                     line,
                 ));
-                if steps.len() == COMMANDS {
-                    break;
-                }
+            } else if let Some(names) = line.strip_prefix("export ") {
+                exports = names
+                    .split(' ')
+                    .map(|pair| pair.split_once('=').expect("NAME=value"))
+                    .map(|(name, value)| (name.to_owned(), value.to_owned()))
+                    .collect();
+                break;
             }
         }
     };
@@ -57,7 +63,8 @@ async fn read_instructions(child: &mut Child) -> Vec<(u16, String)> {
         .expect("the demo prints its commands");
     // Keep stdout open while the server runs: a closed pipe would fail its next write.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    steps
+    assert_eq!(steps.len(), COMMANDS, "{steps:?}");
+    (steps, exports)
 }
 
 /// Sends what a printed `curl -s -X POST [-H 'Name: value']… [-d 'body'] URL` would send.
@@ -81,7 +88,7 @@ async fn the_demos_curl_commands_give_the_outcomes_they_promise(backend: Backend
     let client = reqwest::Client::new();
     let mut server = serve_demo(&db.url);
 
-    let steps = read_instructions(&mut server).await;
+    let (steps, exports) = read_instructions(&mut server).await;
 
     let statuses: Vec<u16> = steps.iter().map(|(status, _)| *status).collect();
     assert_eq!(
@@ -104,6 +111,25 @@ async fn the_demos_curl_commands_give_the_outcomes_they_promise(backend: Backend
         answers[0].body["data"]["cancelledAt"],
         answers[1].body["data"]["cancelledAt"]
     );
+    // The runner guide's names are the keys, group and address the commands above used: the
+    // client's key cancels (the first command), the runner's completes (the ninth).
+    let bearer = |command: &str| {
+        let from = command.find("Bearer ").expect("a key") + "Bearer ".len();
+        command[from..from + command[from..].find('\'').unwrap()].to_owned()
+    };
+    let cancel_url = steps[0].1.split_whitespace().last().unwrap();
+    let (server_url, rest) = cancel_url.split_once("/v1/accounts/").unwrap();
+    let named: Vec<(&str, String)> = vec![
+        ("SERVER", server_url.to_owned()),
+        ("GROUP", rest[..24].to_owned()),
+        ("CLIENT_KEY", bearer(&steps[0].1)),
+        ("RUNNER_KEY", bearer(&steps[8].1)),
+    ];
+    let exported: Vec<(&str, String)> = exports
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.clone()))
+        .collect();
+    assert_eq!(exported, named);
     server.kill().await.unwrap();
 
     // A second start on the same data adds nothing and says so.
