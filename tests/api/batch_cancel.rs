@@ -470,3 +470,165 @@ async fn the_writers_batches_are_histograms_in_metrics(backend: Backend) {
     }
 }
 store_test!(the_writers_batches_are_histograms_in_metrics);
+
+/// The transaction that wrote each scan's last audit row: PostgreSQL's xid, or on SQLite the
+/// instant a batch stamps all of its rows with once it holds the write lock.
+async fn commits_of(app: &TestApp, scans: &[ScanId]) -> Vec<String> {
+    use sqlx::Connection;
+    let mut commits = Vec::new();
+    if app.db.url.starts_with("sqlite:") {
+        let mut connection = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
+        for scan in scans {
+            commits.push(
+                sqlx::query_scalar(
+                    "SELECT occurred_at FROM signal_scan_events WHERE scan_id = ?1
+                     ORDER BY id DESC LIMIT 1",
+                )
+                .bind(scan.as_str())
+                .fetch_one(&mut connection)
+                .await
+                .unwrap(),
+            );
+        }
+    } else {
+        let mut connection = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+        for scan in scans {
+            commits.push(
+                sqlx::query_scalar(
+                    "SELECT xid::text FROM signal_scan_events WHERE scan_id = $1
+                     ORDER BY id DESC LIMIT 1",
+                )
+                .bind(scan.as_str())
+                .fetch_one(&mut connection)
+                .await
+                .unwrap(),
+            );
+        }
+    }
+    commits
+}
+
+/// Requests that queue behind a stuck write commit together when it clears, as many as one
+/// batch holds (128 changes): three single cancels and a batch cancel of 100 share one
+/// transaction, and a second batch cancel of 100, which would take it past 128, gets the next.
+async fn changes_queued_behind_a_write_share_its_successor_up_to_128(backend: Backend) {
+    let app = Settings::default()
+        .with_db_timeout(DB_TIMEOUT * 4)
+        // One batch in flight: everything else queues behind the stuck one.
+        .with_db_write_batches(1)
+        .spawn(backend)
+        .await;
+    let group = group();
+    let writer = app.writer(&group).await;
+    let stuck = app.scan(&group, ScanStatus::Running).await;
+    let mut queued = Vec::new();
+    for _ in 0..203 {
+        queued.push(app.scan(&group, ScanStatus::Running).await);
+    }
+    let (singles, rest) = queued.split_at(3);
+    let (hundred, second_hundred) = rest.split_at(100);
+    let mut lock = WriteLock::hold(&app, &stuck).await;
+
+    let (first, (single_answers, batch_answers)) = tokio::join!(
+        app.cancel(Some(&writer), group.as_str(), stuck.as_str()),
+        async {
+            // In this order: the stuck write, the singles, then the two batches.
+            until_changes_waiting(&app, 1).await;
+            let singles = futures::future::join_all(
+                singles
+                    .iter()
+                    .map(|scan| app.cancel(Some(&writer), group.as_str(), scan.as_str())),
+            );
+            let batches = async {
+                until_changes_waiting(&app, 4).await;
+                let all = |scans: &[ScanId]| body_of(&scans.iter().collect::<Vec<_>>());
+                let (first_body, second_body) = (all(hundred), all(second_hundred));
+                let path = cancel_all_path(&group);
+                let first = app.post(&writer, &path, Some(&first_body));
+                let second = async {
+                    until_changes_waiting(&app, 5).await;
+                    let answer = app.post(&writer, &path, Some(&second_body));
+                    let release = async {
+                        until_changes_waiting(&app, 6).await;
+                        lock.release().await;
+                    };
+                    tokio::join!(answer, release).0
+                };
+                tokio::join!(first, second)
+            };
+            tokio::join!(singles, batches)
+        }
+    );
+
+    assert_eq!(first.status, 200, "{first:?}");
+    for answer in single_answers
+        .iter()
+        .chain([&batch_answers.0, &batch_answers.1])
+    {
+        assert_eq!(answer.status, 200, "{answer:?}");
+    }
+    let [stuck_commit] = commits_of(&app, &[stuck]).await.try_into().unwrap();
+    let together = commits_of(&app, &queued[..103]).await;
+    let after = commits_of(&app, second_hundred).await;
+    assert!(
+        together.iter().all(|commit| *commit == together[0]),
+        "the singles and the first hundred in one transaction: {together:?}"
+    );
+    assert!(
+        after.iter().all(|commit| *commit == after[0]),
+        "the second hundred in one transaction: {after:?}"
+    );
+    assert_ne!(
+        together[0], after[0],
+        "past 128 changes, a batch of its own"
+    );
+    assert_ne!(together[0], stuck_commit);
+}
+store_test!(changes_queued_behind_a_write_share_its_successor_up_to_128);
+
+/// A request whose deadline passes while it still waits in the queue is answered 502 and never
+/// written, even when the writer reaches it later: a runner's completion queued behind a start of
+/// the same scan (one batch never holds two changes of a scan), both behind a stuck write. The
+/// start is taken when the stuck write gives up and commits once the lock goes; the completion,
+/// past its deadline by then, must not.
+async fn a_request_that_gives_up_in_the_queue_is_never_written(backend: Backend) {
+    let app = Settings::default()
+        .with_db_timeout(DB_TIMEOUT)
+        .with_db_write_batches(1)
+        .spawn(backend)
+        .await;
+    let group = group();
+    let (writer, runner) = (app.writer(&group).await, app.runner(&group).await);
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let unrelated = app.scan(&group, ScanStatus::Queued).await;
+    let (start, complete) = (
+        move_path(group.as_str(), scan.as_str(), "start"),
+        move_path(group.as_str(), scan.as_str(), "complete"),
+    );
+    let mut lock = WriteLock::hold(&app, &scan).await;
+
+    let (stuck, (started, completed)) = tokio::join!(app.post(&runner, &start, None), async {
+        until_changes_waiting(&app, 1).await;
+        // Halfway through the stuck write's time: the start that follows is taken when that
+        // write gives up, before its own deadline; the completion behind it waits past its own.
+        tokio::time::sleep(DB_TIMEOUT / 2).await;
+        let started = app.post(&runner, &start, None);
+        let completed = async {
+            until_changes_waiting(&app, 2).await;
+            let answer = app.post(&runner, &complete, None).await;
+            // The completion has given up; the start waits on the lock. Let it commit.
+            lock.release().await;
+            answer
+        };
+        tokio::join!(started, completed)
+    });
+    // Everything queued before this has been written or skipped once it is answered.
+    app.cancel_ok(&writer, &group, &unrelated).await;
+
+    stuck.assert_error(502, "UPSTREAM_ERROR");
+    assert_eq!(started.status, 200, "{started:?}");
+    completed.assert_error(502, "UPSTREAM_ERROR");
+    assert_eq!(app.status_of(&scan).await, ScanStatus::Running);
+    assert_eq!(app.store.scan_events(&scan).await.unwrap().len(), 2);
+}
+store_test!(a_request_that_gives_up_in_the_queue_is_never_written);
