@@ -632,3 +632,81 @@ async fn a_request_that_gives_up_in_the_queue_is_never_written(backend: Backend)
     assert_eq!(app.store.scan_events(&scan).await.unwrap().len(), 2);
 }
 store_test!(a_request_that_gives_up_in_the_queue_is_never_written);
+
+/// A change that fails for a reason of its own (here a trigger that refuses to update one scan,
+/// as a constraint would) fails only its own request: alone, it is that request's 500; in a batch
+/// with others, the batch is written again request by request and the others commit.
+async fn one_changes_own_error_fails_only_its_own_request(backend: Backend) {
+    use sqlx::Connection;
+    let app = Settings::default()
+        .with_db_timeout(DB_TIMEOUT * 4)
+        .with_db_write_batches(1)
+        .spawn(backend)
+        .await;
+    let group = group();
+    let writer = app.writer(&group).await;
+    let poisoned = app.scan(&group, ScanStatus::Running).await;
+    let stuck = app.scan(&group, ScanStatus::Running).await;
+    let fine = [
+        app.scan(&group, ScanStatus::Running).await,
+        app.scan(&group, ScanStatus::Running).await,
+    ];
+    if backend == Backend::Sqlite {
+        let mut connection = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE TRIGGER poison BEFORE UPDATE ON signal_scans WHEN OLD.id = '{poisoned}'
+             BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
+        )))
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    } else {
+        let mut connection = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN RAISE EXCEPTION 'poisoned'; END $$;
+             CREATE TRIGGER poison BEFORE UPDATE ON signal_scans
+             FOR EACH ROW WHEN (OLD.id = '{poisoned}') EXECUTE FUNCTION poison()"
+        )))
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    }
+
+    let alone = app
+        .cancel(Some(&writer), group.as_str(), poisoned.as_str())
+        .await;
+    let mut lock = WriteLock::hold(&app, &stuck).await;
+    let (first, (together, others)) = tokio::join!(
+        app.cancel(Some(&writer), group.as_str(), stuck.as_str()),
+        async {
+            until_changes_waiting(&app, 1).await;
+            let together = app.cancel(Some(&writer), group.as_str(), poisoned.as_str());
+            let others = async {
+                until_changes_waiting(&app, 2).await;
+                let others = futures::future::join_all(
+                    fine.iter()
+                        .map(|scan| app.cancel(Some(&writer), group.as_str(), scan.as_str())),
+                );
+                let release = async {
+                    until_changes_waiting(&app, 4).await;
+                    lock.release().await;
+                };
+                tokio::join!(others, release).0
+            };
+            tokio::join!(together, others)
+        }
+    );
+
+    alone.assert_error(500, "INTERNAL_ERROR");
+    assert_eq!(first.status, 200, "{first:?}");
+    together.assert_error(500, "INTERNAL_ERROR");
+    for other in &others {
+        assert_eq!(other.status, 200, "{other:?}");
+    }
+    assert_eq!(app.status_of(&poisoned).await, ScanStatus::Running);
+    for scan in &fine {
+        assert_eq!(app.status_of(scan).await, ScanStatus::Cancelled);
+    }
+}
+store_test!(one_changes_own_error_fails_only_its_own_request);
