@@ -8,7 +8,7 @@ use std::str::FromStr;
 use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgTypeInfo, PgValueRef};
 use sqlx::sqlite::{SqliteTypeInfo, SqliteValueRef};
-use sqlx::{ColumnIndex, Decode, FromRow, Postgres, Row, Sqlite, Type};
+use sqlx::{ColumnIndex, Database, Decode, FromRow, Postgres, Row, Sqlite, Type};
 use time::format_description::BorrowedFormatItem;
 use time::macros::format_description;
 use time::{OffsetDateTime, PrimitiveDateTime};
@@ -61,43 +61,27 @@ impl<'r> Decode<'r, Sqlite> for Stamp {
 /// a decode error naming the column and the value: the row breaks the domain's rules.
 pub(super) struct Parsed<T>(pub T);
 
-impl<T> Type<Postgres> for Parsed<T> {
-    fn type_info() -> PgTypeInfo {
-        <&str as Type<Postgres>>::type_info()
+impl<T, DB: Database> Type<DB> for Parsed<T>
+where
+    for<'a> &'a str: Type<DB>,
+{
+    fn type_info() -> DB::TypeInfo {
+        <&str as Type<DB>>::type_info()
     }
 
-    fn compatible(ty: &PgTypeInfo) -> bool {
-        <&str as Type<Postgres>>::compatible(ty)
+    fn compatible(ty: &DB::TypeInfo) -> bool {
+        <&str as Type<DB>>::compatible(ty)
     }
 }
 
-impl<'r, T> Decode<'r, Postgres> for Parsed<T>
+impl<'r, T, DB: Database> Decode<'r, DB> for Parsed<T>
 where
     T: FromStr,
     T::Err: std::fmt::Display,
+    &'r str: Decode<'r, DB>,
 {
-    fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
-        parse_text(<&str as Decode<Postgres>>::decode(value)?)
-    }
-}
-
-impl<T> Type<Sqlite> for Parsed<T> {
-    fn type_info() -> SqliteTypeInfo {
-        <&str as Type<Sqlite>>::type_info()
-    }
-
-    fn compatible(ty: &SqliteTypeInfo) -> bool {
-        <&str as Type<Sqlite>>::compatible(ty)
-    }
-}
-
-impl<'r, T> Decode<'r, Sqlite> for Parsed<T>
-where
-    T: FromStr,
-    T::Err: std::fmt::Display,
-{
-    fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
-        parse_text(<&str as Decode<Sqlite>>::decode(value)?)
+    fn decode(value: DB::ValueRef<'r>) -> Result<Self, BoxDynError> {
+        parse_text(<&str as Decode<DB>>::decode(value)?)
     }
 }
 
@@ -119,6 +103,29 @@ where
 pub(super) trait Decodes<'r, R: Row>: Decode<'r, R::Database> + Type<R::Database> {}
 
 impl<'r, R: Row, T: Decode<'r, R::Database> + Type<R::Database>> Decodes<'r, R> for T {}
+
+/// A row struct whose fields are read from the columns of their names, each field's type bound
+/// by [`Decodes`]: what sqlx's `#[derive(FromRow)]` writes, without its `macros` feature.
+macro_rules! row {
+    ($(#[$doc:meta])* $name:ident { $($(#[$field_doc:meta])* $field:ident: $type:ty,)* }) => {
+        $(#[$doc])*
+        pub(super) struct $name {
+            $($(#[$field_doc])* pub $field: $type,)*
+        }
+
+        impl<'r, R: Row> FromRow<'r, R> for $name
+        where
+            &'r str: ColumnIndex<R>,
+            $($type: Decodes<'r, R>,)*
+        {
+            fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+                Ok(Self {
+                    $($field: row.try_get(stringify!($field))?,)*
+                })
+            }
+        }
+    };
+}
 
 /// A column that only some statements select: `None` where it is absent.
 fn optional_column<'r, R, T>(row: &'r R, name: &'r str) -> Result<Option<T>, sqlx::Error>
@@ -192,32 +199,16 @@ impl ScanRow {
     }
 }
 
-pub(super) struct EventRow {
-    pub scan_id: String,
-    pub from_status: Option<String>,
-    pub to_status: String,
-    pub api_key_id: Option<String>,
-    pub trace_id: Option<String>,
-    pub occurred_at: Stamp,
-    pub reason: Option<String>,
-}
-
-impl<'r, R: Row> FromRow<'r, R> for EventRow
-where
-    &'r str: ColumnIndex<R>,
-    String: Decodes<'r, R>,
-    Stamp: Decodes<'r, R>,
-{
-    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
-        Ok(Self {
-            scan_id: row.try_get("scan_id")?,
-            from_status: row.try_get("from_status")?,
-            to_status: row.try_get("to_status")?,
-            api_key_id: row.try_get("api_key_id")?,
-            trace_id: row.try_get("trace_id")?,
-            occurred_at: row.try_get("occurred_at")?,
-            reason: row.try_get("reason")?,
-        })
+row! {
+    /// One audit row of a scan.
+    EventRow {
+        scan_id: String,
+        from_status: Option<String>,
+        to_status: String,
+        api_key_id: Option<String>,
+        trace_id: Option<String>,
+        occurred_at: Stamp,
+        reason: Option<String>,
     }
 }
 
@@ -241,39 +232,20 @@ impl EventRow {
     }
 }
 
-pub(super) struct ChangeRow {
-    /// The writing transaction's id as text (PostgreSQL's xid8 has no sqlx type); "0" on SQLite.
-    pub xid: String,
-    pub id: i64,
-    pub scan_id: String,
-    pub account_group_id: String,
-    /// NULL for a creation.
-    pub from_status: Option<String>,
-    pub to_status: String,
-    pub trace_id: Option<String>,
-    pub occurred_at: Stamp,
-    pub reason: Option<String>,
-}
-
-impl<'r, R: Row> FromRow<'r, R> for ChangeRow
-where
-    &'r str: ColumnIndex<R>,
-    String: Decodes<'r, R>,
-    i64: Decodes<'r, R>,
-    Stamp: Decodes<'r, R>,
-{
-    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
-        Ok(Self {
-            xid: row.try_get("xid")?,
-            id: row.try_get("id")?,
-            scan_id: row.try_get("scan_id")?,
-            account_group_id: row.try_get("account_group_id")?,
-            from_status: row.try_get("from_status")?,
-            to_status: row.try_get("to_status")?,
-            trace_id: row.try_get("trace_id")?,
-            occurred_at: row.try_get("occurred_at")?,
-            reason: row.try_get("reason")?,
-        })
+row! {
+    /// One audit row as the change feed reads it.
+    ChangeRow {
+        /// The writing transaction's id as text (PostgreSQL's xid8 has no sqlx type); "0" on SQLite.
+        xid: String,
+        id: i64,
+        scan_id: String,
+        account_group_id: String,
+        /// NULL for a creation.
+        from_status: Option<String>,
+        to_status: String,
+        trace_id: Option<String>,
+        occurred_at: Stamp,
+        reason: Option<String>,
     }
 }
 
@@ -299,33 +271,16 @@ impl ChangeRow {
     }
 }
 
-/// A key without its hash; lists are JSON arrays (PostgreSQL selects `array_to_json(…)::text`).
-pub(super) struct KeyRow {
-    pub id: String,
-    pub name: String,
-    pub permissions: String,
-    pub account_group_ids: Option<String>,
-    pub created_at: Stamp,
-    pub expires_at: Option<Stamp>,
-    pub revoked_at: Option<Stamp>,
-}
-
-impl<'r, R: Row> FromRow<'r, R> for KeyRow
-where
-    &'r str: ColumnIndex<R>,
-    String: Decodes<'r, R>,
-    Stamp: Decodes<'r, R>,
-{
-    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
-        Ok(Self {
-            id: row.try_get("id")?,
-            name: row.try_get("name")?,
-            permissions: row.try_get("permissions")?,
-            account_group_ids: row.try_get("account_group_ids")?,
-            created_at: row.try_get("created_at")?,
-            expires_at: row.try_get("expires_at")?,
-            revoked_at: row.try_get("revoked_at")?,
-        })
+row! {
+    /// A key without its hash; lists are JSON arrays (PostgreSQL selects `array_to_json(…)::text`).
+    KeyRow {
+        id: String,
+        name: String,
+        permissions: String,
+        account_group_ids: Option<String>,
+        created_at: Stamp,
+        expires_at: Option<Stamp>,
+        revoked_at: Option<Stamp>,
     }
 }
 
