@@ -99,7 +99,7 @@ pub(crate) async fn complete_scan(
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct FailRequest {
-    /// Why the scan failed, 1 to 1,000 characters; kept with the audit row and shown in the
+    /// Why the scan failed, 1 to 1,000 characters, none of them NUL; kept with the audit row and shown in the
     /// scan's events, the change stream and `scans watch`.
     #[schema(min_length = 1, max_length = 1000)]
     reason: Option<String>,
@@ -112,7 +112,7 @@ pub(crate) struct FailRequest {
     operation_id = "failSignalScan",
     tag = "runners",
     summary = "A runner fails a scan",
-    description = "Moves a running scan to failed, with an optional `reason` (at most 1,000 characters). \
+    description = "Moves a running scan to failed, with an optional `reason` (1 to 1,000 characters, no NUL). \
         Failing a failed scan again answers 200 with `previousStatus` failed; any other status is 422 with \
         `currentStatus`. Requires the `signals:run` permission and access to the account group.",
     params(ScanPath),
@@ -144,6 +144,12 @@ pub(crate) async fn fail_scan(
             return Err(ApiError::Validation(format!(
                 "reason must be 1 to {MAX_REASON_CHARS} characters; it is {chars}"
             )));
+        }
+        // PostgreSQL's text cannot hold U+0000: refused here, so both stores answer alike.
+        if reason.contains('\0') {
+            return Err(ApiError::Validation(
+                "reason must not contain the NUL character (U+0000)".into(),
+            ));
         }
     }
     let reason = reason.as_deref();

@@ -259,7 +259,7 @@ impl ScanService {
 
     /// Cancels each of `scans` (distinct ids) of `group` that is queued or running, all in one
     /// commit, and says what became of each, in order. A scan of another group is not found, as
-    /// on the single cancel; one scan's outcome never fails another's.
+    /// on the single cancel; one scan's outcome never changes another's, and an error changes none.
     pub async fn cancel_all(
         &self,
         principal: &Principal,

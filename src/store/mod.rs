@@ -460,8 +460,20 @@ async fn bounded<T>(
     }
 }
 
-/// Sorts driver errors into "try again later" (502) and "something is wrong" (500).
+/// Sorts driver errors into "try again later" (502) and "something is wrong" (500): the database
+/// refused a statement ([`StoreError::Internal`]), or answered rows that cannot be read
+/// ([`StoreError::Corrupt`]: the statement ran, and may have committed).
 fn classify(error: sqlx::Error) -> StoreError {
+    if matches!(
+        error,
+        sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::Decode(_)
+            | sqlx::Error::ColumnNotFound(_)
+            | sqlx::Error::ColumnIndexOutOfBounds { .. }
+            | sqlx::Error::TypeNotFound { .. }
+    ) {
+        return StoreError::Corrupt(error.to_string());
+    }
     let unavailable = match &error {
         sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed

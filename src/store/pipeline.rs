@@ -275,10 +275,12 @@ impl Batch {
         self.entries.push((entry, count));
     }
 
-    /// Commits every change, then answers each entry with its own outcomes. When the batch
-    /// fails for a reason of one change's own (a constraint, a trigger: not the database being
-    /// away), nothing of it committed, and each entry is committed again on its own, so that
-    /// one change's error never fails the others.
+    /// Commits every change, then answers each entry with its own outcomes. When the database
+    /// refused the batch for a reason of one change's own (a constraint, a trigger), nothing of
+    /// it committed, and each entry still waited for is committed again on its own, so that one
+    /// change's error never fails the others. Any other error answers every entry: the database
+    /// away (nothing committed), or an answer it could not be read from (it may have committed,
+    /// so writing it again could report a change twice).
     async fn commit(self, writer: &impl BatchWriter) {
         metrics::histogram!(BATCH_SIZE).record(self.changes.len() as f64);
         let error = match written(writer, &self.changes).await {
@@ -292,14 +294,26 @@ impl Batch {
             }
             Err(error) => error,
         };
-        if matches!(error, StoreError::Unavailable(_)) || self.entries.len() == 1 {
+        if !matches!(error, StoreError::Internal(_)) || self.entries.len() == 1 {
             return answer_all(self.entries, &error);
         }
         let mut changes = self.changes.as_slice();
+        let mut away = None;
         for (entry, count) in self.entries {
             let (own, rest) = changes.split_at(count);
             changes = rest;
-            let _ = entry.answer.send(written(writer, own).await);
+            if entry.answer.is_closed() {
+                continue; // its request is gone: never written
+            }
+            // Once the database is away, the rest would each wait out the timeout in turn.
+            let outcome = match &away {
+                Some(error) => Err(StoreError::clone(error)),
+                None => written(writer, own).await,
+            };
+            if let Err(error @ StoreError::Unavailable(_)) = &outcome {
+                away = Some(error.clone());
+            }
+            let _ = entry.answer.send(outcome);
         }
     }
 }

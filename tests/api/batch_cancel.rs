@@ -708,5 +708,19 @@ async fn one_changes_own_error_fails_only_its_own_request(backend: Backend) {
     for scan in &fine {
         assert_eq!(app.status_of(scan).await, ScanStatus::Cancelled);
     }
+
+    // A batch cancel is one commit: the poisoned scan's error answers the whole request, and its
+    // other scan is not cancelled.
+    let beside = app.scan(&group, ScanStatus::Running).await;
+    let batch = app
+        .post(
+            &writer,
+            &cancel_all_path(&group),
+            Some(&body_of(&[&beside, &poisoned])),
+        )
+        .await;
+    batch.assert_error(500, "INTERNAL_ERROR");
+    assert_eq!(app.status_of(&beside).await, ScanStatus::Running);
+    assert_eq!(app.store.scan_events(&beside).await.unwrap().len(), 1);
 }
 store_test!(one_changes_own_error_fails_only_its_own_request);

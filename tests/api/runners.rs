@@ -127,6 +127,10 @@ async fn a_failure_keeps_its_reason_in_the_events_and_the_reason_is_bounded(back
             r#"{"reason":""}"#.to_owned(),
             "reason must be 1 to 1000 characters; it is 0",
         ),
+        (
+            r#"{"reason":"disk\u0000full"}"#.to_owned(),
+            "reason must not contain the NUL character (U+0000)",
+        ),
         (r#"{"reason":7}"#.to_owned(), "request body: invalid type"),
         (r#"{"why":"x"}"#.to_owned(), "unknown field `why`"),
     ] {

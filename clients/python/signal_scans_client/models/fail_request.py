@@ -15,8 +15,8 @@ class FailRequest:
     """The body of a failure: an optional reason.
 
     Attributes:
-        reason (None | str | Unset): Why the scan failed, 1 to 1,000 characters; kept with the audit row and shown in
-            the
+        reason (None | str | Unset): Why the scan failed, 1 to 1,000 characters, none of them NUL; kept with the audit
+            row and shown in the
             scan's events, the change stream and `scans watch`.
     """
 

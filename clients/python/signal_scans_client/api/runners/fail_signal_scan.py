@@ -112,7 +112,7 @@ def sync_detailed(
 ) -> Response[ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse]:
     """A runner fails a scan
 
-     Moves a running scan to failed, with an optional `reason` (at most 1,000 characters). Failing a
+     Moves a running scan to failed, with an optional `reason` (1 to 1,000 characters, no NUL). Failing a
     failed scan again answers 200 with `previousStatus` failed; any other status is 422 with
     `currentStatus`. Requires the `signals:run` permission and access to the account group.
 
@@ -153,7 +153,7 @@ def sync(
 ) -> ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse | None:
     """A runner fails a scan
 
-     Moves a running scan to failed, with an optional `reason` (at most 1,000 characters). Failing a
+     Moves a running scan to failed, with an optional `reason` (1 to 1,000 characters, no NUL). Failing a
     failed scan again answers 200 with `previousStatus` failed; any other status is 422 with
     `currentStatus`. Requires the `signals:run` permission and access to the account group.
 
@@ -189,7 +189,7 @@ async def asyncio_detailed(
 ) -> Response[ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse]:
     """A runner fails a scan
 
-     Moves a running scan to failed, with an optional `reason` (at most 1,000 characters). Failing a
+     Moves a running scan to failed, with an optional `reason` (1 to 1,000 characters, no NUL). Failing a
     failed scan again answers 200 with `previousStatus` failed; any other status is 422 with
     `currentStatus`. Requires the `signals:run` permission and access to the account group.
 
@@ -228,7 +228,7 @@ async def asyncio(
 ) -> ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse | None:
     """A runner fails a scan
 
-     Moves a running scan to failed, with an optional `reason` (at most 1,000 characters). Failing a
+     Moves a running scan to failed, with an optional `reason` (1 to 1,000 characters, no NUL). Failing a
     failed scan again answers 200 with `previousStatus` failed; any other status is 422 with
     `currentStatus`. Requires the `signals:run` permission and access to the account group.
 
