@@ -207,8 +207,8 @@ pub(crate) async fn create_scan(
     body: ApiBody,
 ) -> Result<Response, ApiError> {
     let group = path.parse()?;
-    let NoFields {} = body.optional_fields()?;
     let once = idempotency_key(&headers)?;
+    let NoFields {} = body.optional_fields()?;
     let started = service
         .create_scan(&principal, &group, once.as_ref(), trace_id.as_str())
         .await?;

@@ -223,6 +223,20 @@ async fn a_malformed_idempotency_key_is_400_and_creates_nothing(backend: Backend
             "{malformed:?}: {details}"
         );
     }
+    // The header is checked before the body (the contract's order of checks, step 7).
+    let both_bad = app
+        .client
+        .post(app.url(&scans_path(group.as_str())))
+        .bearer_auth(&key)
+        .header("idempotency-key", "with space")
+        .header("content-type", "application/json")
+        .body(r#"{"unknown":1}"#)
+        .send()
+        .await
+        .unwrap();
+    let response = crate::helpers::ApiResponse::from(both_bad).await;
+    let details = response.assert_error(400, "VALIDATION_ERROR");
+    assert!(details.contains("Idempotency-Key"), "{details}");
     assert_eq!(scans_of(&app, &group).await, 1);
 }
 store_test!(a_malformed_idempotency_key_is_400_and_creates_nothing);
