@@ -5,8 +5,10 @@
 //! under load a batch is whatever queued while the previous commit ran, so one commit (one fsync
 //! on SQLite, one round trip and one WAL flush on PostgreSQL) carries many changes. Each change
 //! of a batch is guarded by its from-status and writes its audit row, in arrival order. Two
-//! changes of one scan never share a batch: the later one leads the next batch and is told the
-//! first's outcome, exactly as two transactions in a row would.
+//! changes of one scan never share a batch: the later one leads the next batch. On SQLite that
+//! batch commits after the first; on PostgreSQL, where `DB_WRITE_BATCHES` batches may commit side
+//! by side, the scan's row lock puts them in some order. Either way the second to commit is told
+//! the first's outcome, exactly as two concurrent transactions would be.
 //!
 //! A request waits at most the store's timeout to be taken into a batch, then answers
 //! [`StoreError::Unavailable`] (502) and is never committed; once taken, its batch's commit is
