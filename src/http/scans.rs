@@ -67,8 +67,9 @@ const MAX_BATCH_CANCEL: usize = 100;
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(crate) struct CancelScansRequest {
     /// The scans to cancel: 1 to 100 distinct ids, 24 hexadecimal characters each.
+    /// Read as any JSON, so that a value of the wrong type is a 400 naming its place.
     #[schema(schema_with = scan_id_list, required = true)]
-    scan_ids: Option<Vec<String>>,
+    scan_ids: Option<serde_json::Value>,
 }
 
 /// `scanIds`' schema: 1 to 100 distinct scan ids (utoipa's field attributes cannot say
@@ -88,9 +89,15 @@ fn scan_id_list() -> utoipa::openapi::schema::Array {
 impl CancelScansRequest {
     /// The ids, or a 400 naming the first thing wrong with them.
     fn parse(self) -> Result<Vec<ScanId>, ApiError> {
-        let raw = self
-            .scan_ids
-            .ok_or_else(|| ApiError::Validation("scanIds is required".into()))?;
+        let raw = match self.scan_ids {
+            None => return Err(ApiError::Validation("scanIds is required".into())),
+            Some(serde_json::Value::Array(raw)) => raw,
+            Some(_) => {
+                return Err(ApiError::Validation(
+                    "scanIds must be an array of scan ids".into(),
+                ));
+            }
+        };
         if !(1..=MAX_BATCH_CANCEL).contains(&raw.len()) {
             return Err(ApiError::Validation(format!(
                 "scanIds must hold 1 to {MAX_BATCH_CANCEL} ids; it holds {}",
@@ -99,6 +106,9 @@ impl CancelScansRequest {
         }
         let mut ids: Vec<ScanId> = Vec::with_capacity(raw.len());
         for (place, raw) in raw.iter().enumerate() {
+            let raw = raw.as_str().ok_or_else(|| {
+                ApiError::Validation(format!("scanIds[{place}] must be a string (a scan id)"))
+            })?;
             let id = ScanId::parse(raw)
                 .map_err(|e| ApiError::Validation(format!("scanIds[{place}] {e}")))?;
             if let Some(first) = ids.iter().position(|seen| *seen == id) {

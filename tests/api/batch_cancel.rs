@@ -178,7 +178,14 @@ async fn a_bad_batch_is_400_naming_what_is_wrong_and_changes_nothing(backend: Ba
             Some(json!({ "scanIds": [scan.as_str()], "force": true }).to_string()),
             "unknown field `force`",
         ),
-        (Some(json!({ "scanIds": [7] }).to_string()), "invalid type"),
+        (
+            Some(json!({ "scanIds": [scan.as_str(), 7] }).to_string()),
+            "scanIds[1] must be a string (a scan id)",
+        ),
+        (
+            Some(json!({ "scanIds": scan.as_str() }).to_string()),
+            "scanIds must be an array of scan ids",
+        ),
     ];
 
     for (body, named) in cases {
