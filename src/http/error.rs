@@ -99,6 +99,21 @@ impl Problems {
     }
 }
 
+/// Both values, or the error of each: a request's parameters, headers and body are each read,
+/// so that a 400 names every part that is wrong, not only the first.
+pub(crate) fn both<A, B>(
+    first: Result<A, ApiError>,
+    second: Result<B, ApiError>,
+) -> Result<(A, B), ApiError> {
+    match (first, second) {
+        (Ok(first), Ok(second)) => Ok((first, second)),
+        (Err(ApiError::Validation(first)), Err(ApiError::Validation(second))) => {
+            Err(ApiError::Validation(format!("{first}; {second}")))
+        }
+        (Err(error), _) | (_, Err(error)) => Err(error),
+    }
+}
+
 /// `details` cut to [`MAX_DETAILS_BYTES`] at a character boundary, marked as cut.
 fn bounded(mut details: String) -> String {
     if details.len() > MAX_DETAILS_BYTES {

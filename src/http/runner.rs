@@ -6,7 +6,7 @@ use axum::extract::State;
 use serde::Deserialize;
 
 use super::envelope::Envelope;
-use super::error::ApiError;
+use super::error::{ApiError, both};
 use super::extract::{ApiBody, ApiPath, NoFields, ScanPath};
 use super::openapi::responses as doc;
 use super::trace_id::TraceId;
@@ -42,8 +42,7 @@ pub(crate) async fn start_scan(
     ApiPath(path): ApiPath<ScanPath>,
     body: ApiBody,
 ) -> Result<Json<Envelope<MovedScan>>, ApiError> {
-    let ids = path.parse()?;
-    let NoFields {} = body.optional_fields()?;
+    let (ids, NoFields {}) = both(path.parse(), body.optional_fields())?;
     move_scan(
         &service,
         &principal,
@@ -82,8 +81,7 @@ pub(crate) async fn complete_scan(
     ApiPath(path): ApiPath<ScanPath>,
     body: ApiBody,
 ) -> Result<Json<Envelope<MovedScan>>, ApiError> {
-    let ids = path.parse()?;
-    let NoFields {} = body.optional_fields()?;
+    let (ids, NoFields {}) = both(path.parse(), body.optional_fields())?;
     move_scan(
         &service,
         &principal,
@@ -132,7 +130,13 @@ pub(crate) async fn fail_scan(
     ApiPath(path): ApiPath<ScanPath>,
     body: ApiBody,
 ) -> Result<Json<Envelope<MovedScan>>, ApiError> {
-    let ids = path.parse()?;
+    let (ids, reason) = both(path.parse(), fail_reason(&body))?;
+    let to = ScanStatus::Failed;
+    move_scan(&service, &principal, &trace_id, ids, to, reason.as_deref()).await
+}
+
+/// The reason of a failure's body, if it gives one: 1 to 1,000 characters, none of them NUL.
+fn fail_reason(body: &ApiBody) -> Result<Option<String>, ApiError> {
     // The body is optional: JSON `null` says "no body" as an empty one does.
     let FailRequest { reason } = match body.0.trim_ascii() {
         b"null" => FailRequest::default(),
@@ -152,16 +156,7 @@ pub(crate) async fn fail_scan(
             ));
         }
     }
-    let reason = reason.as_deref();
-    move_scan(
-        &service,
-        &principal,
-        &trace_id,
-        ids,
-        ScanStatus::Failed,
-        reason,
-    )
-    .await
+    Ok(reason)
 }
 
 /// The ids and the body are parsed (400s); the service checks the group (403), the scan (404)

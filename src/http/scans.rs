@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::envelope::Envelope;
-use super::error::ApiError;
+use super::error::{ApiError, both};
 use super::extract::{ApiBody, ApiPath, ApiQuery, GroupPath, NoFields, ScanPath};
 use super::openapi::responses as doc;
 use super::trace_id::TraceId;
@@ -87,6 +87,16 @@ fn scan_id_list() -> utoipa::openapi::schema::Array {
 }
 
 impl CancelScansRequest {
+    /// The ids `body` names, or a 400 naming the first thing wrong with them.
+    fn read(body: &ApiBody) -> Result<Vec<ScanId>, ApiError> {
+        if body.0.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::Validation(
+                "request body must be a JSON object with scanIds".into(),
+            ));
+        }
+        body.optional_fields::<Self>()?.parse()
+    }
+
     /// The ids, or a 400 naming the first thing wrong with them.
     fn parse(self) -> Result<Vec<ScanId>, ApiError> {
         let raw = match self.scan_ids {
@@ -154,13 +164,7 @@ pub(crate) async fn cancel_scans(
     ApiPath(path): ApiPath<GroupPath>,
     body: ApiBody,
 ) -> Result<Json<Envelope<CancelledScans>>, ApiError> {
-    let group = path.parse()?;
-    if body.0.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::Validation(
-            "request body must be a JSON object with scanIds".into(),
-        ));
-    }
-    let scans = body.optional_fields::<CancelScansRequest>()?.parse()?;
+    let (group, scans) = both(path.parse(), CancelScansRequest::read(&body))?;
     let lines = service
         .cancel_all(&principal, &group, &scans, trace_id.as_str())
         .await?;
@@ -216,9 +220,10 @@ pub(crate) async fn create_scan(
     ApiPath(path): ApiPath<GroupPath>,
     body: ApiBody,
 ) -> Result<Response, ApiError> {
-    let group = path.parse()?;
-    let once = idempotency_key(&headers)?;
-    let NoFields {} = body.optional_fields()?;
+    let (group, (once, NoFields {})) = both(
+        path.parse(),
+        both(idempotency_key(&headers), body.optional_fields()),
+    )?;
     let started = service
         .create_scan(&principal, &group, once.as_ref(), trace_id.as_str())
         .await?;

@@ -199,6 +199,20 @@ async fn a_bad_batch_is_400_naming_what_is_wrong_and_changes_nothing(backend: Ba
         );
     }
 
+    // A malformed group and a bad body are both named.
+    let response = app
+        .post(
+            &writer,
+            "/v1/accounts/nope/signals/scans/cancel",
+            Some("{}"),
+        )
+        .await;
+    let details = response.assert_error(400, "VALIDATION_ERROR");
+    assert!(
+        details.starts_with("accountGroupId ") && details.ends_with("; scanIds is required"),
+        "{details}"
+    );
+
     assert_eq!(app.status_of(&scan).await, ScanStatus::Running);
     assert_eq!(app.store.scan_events(&scan).await.unwrap().len(), 1);
 }

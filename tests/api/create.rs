@@ -236,7 +236,26 @@ async fn a_malformed_idempotency_key_is_400_and_creates_nothing(backend: Backend
         .unwrap();
     let response = crate::helpers::ApiResponse::from(both_bad).await;
     let details = response.assert_error(400, "VALIDATION_ERROR");
-    assert!(details.contains("Idempotency-Key"), "{details}");
+    let (header, body) = details.split_once("; ").expect("two problems");
+    assert!(header.contains("Idempotency-Key"), "{details}");
+    assert!(body.contains("unknown field `unknown`"), "{details}");
+    // Every part that is wrong is named, in the order of checks: path, header, body.
+    let all_bad = app
+        .client
+        .post(app.url(&scans_path("not-a-group")))
+        .bearer_auth(&key)
+        .header("idempotency-key", "with space")
+        .body("[]")
+        .send()
+        .await
+        .unwrap();
+    let response = crate::helpers::ApiResponse::from(all_bad).await;
+    let details = response.assert_error(400, "VALIDATION_ERROR");
+    let named: Vec<&str> = details.split("; ").collect();
+    assert_eq!(named.len(), 3, "{details}");
+    assert!(named[0].starts_with("accountGroupId"), "{details}");
+    assert!(named[1].contains("Idempotency-Key"), "{details}");
+    assert!(named[2].contains("request body"), "{details}");
     assert_eq!(scans_of(&app, &group).await, 1);
 }
 store_test!(a_malformed_idempotency_key_is_400_and_creates_nothing);

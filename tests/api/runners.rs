@@ -138,6 +138,20 @@ async fn a_failure_keeps_its_reason_in_the_events_and_the_reason_is_bounded(back
         let details = response.assert_error(400, "VALIDATION_ERROR");
         assert!(details.contains(named), "{details}");
     }
+    // A malformed scan id and a bad reason are both named.
+    let response = app
+        .post(
+            &runner,
+            &format!("/v1/accounts/{group}/signals/scans/nope/fail"),
+            Some(r#"{"reason":""}"#),
+        )
+        .await;
+    let details = response.assert_error(400, "VALIDATION_ERROR");
+    assert!(
+        details.starts_with("scanId ")
+            && details.ends_with("; reason must be 1 to 1000 characters; it is 0"),
+        "{details}"
+    );
     // start and complete take no reason.
     let response = act(
         &app,
