@@ -136,6 +136,73 @@ store_test!(
     postgres_only
 );
 
+/// The real binary's change hub cannot read the trail: every session of the database is
+/// terminated and the database takes no new connection (`ALLOW_CONNECTIONS false`). The hub logs
+/// each failed read with the database's own error and tries again, waiting twice as long each
+/// time (100 ms, then 200, 400, 800; at most 5 s). Once the database takes connections again,
+/// the stream, kept open all along, gets the next cancel. Fails for a back-off that does not
+/// double (`*` to `/` in `ChangeHub::start`: 100, 50, 25, ... down to a busy loop).
+async fn the_hub_backs_off_doubling_while_the_database_refuses_it(backend: Backend) {
+    const NOT_ACCEPTING: &str = "is not currently accepting connections";
+    let process = Process::start(backend, &[("FEED_POLL_MS", "200")]).await;
+    let (scan, mut stream) = process.running_scan_and_stream().await;
+    let mut admin = PgConnection::connect(&process._db.url).await.unwrap();
+    let hub_failures = |events: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        events
+            .iter()
+            .filter(|event| {
+                event["message"] == "the change hub cannot read the audit trail; retrying"
+            })
+            .cloned()
+            .collect()
+    };
+
+    process._db.allow_connections(false).await;
+    let terminated: i64 = sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    let events = process
+        .server
+        .until_events(|events| hub_failures(events).len() >= 4)
+        .await;
+    process._db.allow_connections(true).await;
+    let cancel = process
+        .server
+        .post(
+            &process.writer,
+            &crate::helpers::cancel_path(process.group.as_str(), scan.as_str()),
+        )
+        .await;
+    let delivered = stream.next_event(Duration::from_secs(30)).await;
+
+    assert!(
+        terminated >= 2,
+        "the hub's sessions were terminated: {terminated}"
+    );
+    let failures = hub_failures(&events);
+    let retries: Vec<u64> = failures
+        .iter()
+        .map(|failure| failure["retry_ms"].as_u64().unwrap())
+        .collect();
+    assert_eq!(retries[..4], [100, 200, 400, 800], "{failures:#?}");
+    assert!(
+        failures
+            .iter()
+            .any(|failure| failure["error"].as_str().unwrap().contains(NOT_ACCEPTING)),
+        "{failures:#?}"
+    );
+    assert_eq!(cancel.status, 200, "{cancel:?}");
+    assert_eq!(moves(&[delivered]), cancels_of(&[scan], "running"));
+}
+store_test!(
+    the_hub_backs_off_doubling_while_the_database_refuses_it,
+    postgres_only
+);
+
 /// Changes committed without any notification (as by a process killed before its publisher's
 /// tick): a stream, whose hub hears no hint, still gets each of them by the poll, within
 /// FEED_POLL_MS and a moment, once and in order. Fails for a hub that reads only on hints.

@@ -172,6 +172,25 @@ impl TestDatabase {
     }
 }
 
+impl TestDatabase {
+    /// Lets this PostgreSQL database take new connections, or refuse them at once
+    /// (`ALLOW_CONNECTIONS`; PostgreSQL answers "is not currently accepting connections"). The
+    /// sessions already open go on. Run from the admin database: PostgreSQL refuses the change
+    /// from a session of the database itself.
+    pub async fn allow_connections(&self, allow: bool) {
+        let Place::Postgres { admin_url, name } = &self.place else {
+            panic!("ALLOW_CONNECTIONS is PostgreSQL's");
+        };
+        let mut admin = PgConnection::connect(admin_url).await.unwrap();
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                r#"ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS {allow}"#
+            )))
+            .await
+            .unwrap();
+    }
+}
+
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let (admin_url, name) = match &self.place {
