@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use serde_json::Value;
 use signal_scans::domain::feed::FeedCursor;
-use signal_scans::domain::ids::ScanId;
+use signal_scans::domain::ids::{AccountGroupId, ScanId};
 use signal_scans::domain::scan::ScanStatus;
 use signal_scans::domain::scan::Transition;
 use signal_scans::service::feed::{FeedEvent, FeedReader, Start};
 use signal_scans::store::Store;
+use sqlx::postgres::PgListener;
 use sqlx::{Connection, Executor, PgConnection, SqliteConnection};
 
 use crate::helpers::process::ServerProcess;
@@ -600,6 +601,111 @@ async fn cutting_the_publishers_connection_delays_no_request_and_loses_no_change
 }
 store_test!(
     cutting_the_publishers_connection_delays_no_request_and_loses_no_change,
+    postgres_only
+);
+
+/// A running scan of `group` written with plain SQL: no store, so no publisher and no hint.
+async fn silent_running_scan(db: &mut PgConnection, group: &AccountGroupId) -> ScanId {
+    let scan = ScanId::generate();
+    sqlx::query(
+        "INSERT INTO signal_scans (id, account_group_id, status, started_at)
+         VALUES ($1, $2, 'running', now())",
+    )
+    .bind(scan.as_str())
+    .bind(group.as_str())
+    .execute(&mut *db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO signal_scan_events (scan_id, from_status, to_status, occurred_at)
+         VALUES ($1, NULL, 'running', now())",
+    )
+    .bind(scan.as_str())
+    .execute(&mut *db)
+    .await
+    .unwrap();
+    scan
+}
+
+/// The payload of the next hint on the changes channel, within `limit`.
+async fn next_hint(hints: &mut PgListener, limit: Duration) -> Value {
+    let hint = tokio::time::timeout(limit, hints.recv())
+        .await
+        .unwrap_or_else(|_| panic!("no hint within {limit:?}"))
+        .unwrap();
+    serde_json::from_str(hint.payload()).unwrap()
+}
+
+/// The real binary's publisher cannot send: its session is terminated and the database takes no
+/// new connection (`ALLOW_CONNECTIONS false`; the pool's open sessions go on committing). It logs
+/// each failure with the database's own error and tries again, waiting twice as long each time
+/// (100 ms, the least back-off with the default `PUBLISH_INTERVAL_MS`, then 200, 400, 800). Once
+/// the database takes connections again it sends the hint it owes without waiting for another
+/// change, and that hint lists nothing ("read the trail": it cannot know what the lost hints
+/// named). Fails for a back-off that does not double (`*` to `/`), for a publisher that keeps an
+/// owed hint until the next change (either half of the "owed or overflowed" condition), and for
+/// one that logs every failure as a timeout.
+async fn a_publisher_that_cannot_send_backs_off_doubling_then_sends_the_hint_it_owes(
+    backend: Backend,
+) {
+    const NOT_ACCEPTING: &str = "is not currently accepting connections";
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let mut admin = PgConnection::connect(&app.db.url).await.unwrap();
+    let first = silent_running_scan(&mut admin, &group).await;
+    let second = silent_running_scan(&mut admin, &group).await;
+    let mut hints = PgListener::connect(&app.db.url).await.unwrap();
+    hints.listen("signal_scan_events").await.unwrap();
+    let server = ServerProcess::start(&[("DATABASE_URL", app.db.url.as_str())]).await;
+    let cancel = async |scan: &ScanId| {
+        server
+            .post(
+                &key,
+                &crate::helpers::cancel_path(group.as_str(), scan.as_str()),
+            )
+            .await
+    };
+    let publisher_failures = |events: &[Value]| -> Vec<Value> {
+        events
+            .iter()
+            .filter(|event| {
+                event["message"]
+                    .as_str()
+                    .is_some_and(|message| message.starts_with("cannot send change notifications"))
+            })
+            .cloned()
+            .collect()
+    };
+
+    let sent = cancel(&first).await;
+    assert_eq!(sent.status, 200, "{sent:?}");
+    let heard = next_hint(&mut hints, PRINTED).await;
+    assert_eq!(heard["changes"][0]["scanId"], first.as_str(), "{heard}");
+
+    app.db.allow_connections(false).await;
+    assert_eq!(cut_publishers(&mut admin).await, 1);
+    let refused = cancel(&second).await;
+    let events = server
+        .until_events(|events| publisher_failures(events).len() >= 4)
+        .await;
+    app.db.allow_connections(true).await;
+    let owed = next_hint(&mut hints, PRINTED).await;
+
+    // The cancel itself committed on a session the pool already had.
+    assert_eq!(refused.status, 200, "{refused:?}");
+    let failures = publisher_failures(&events);
+    let retries: Vec<u64> = failures
+        .iter()
+        .map(|failure| failure["retry_ms"].as_u64().unwrap())
+        .collect();
+    assert_eq!(retries[..4], [100, 200, 400, 800], "{failures:#?}");
+    for failure in &failures[1..] {
+        let error = failure["error"].as_str().unwrap();
+        assert!(error.contains(NOT_ACCEPTING), "{failure}");
+    }
+    assert_eq!(owed, serde_json::json!({ "changes": null }));
+}
+store_test!(
+    a_publisher_that_cannot_send_backs_off_doubling_then_sends_the_hint_it_owes,
     postgres_only
 );
 
