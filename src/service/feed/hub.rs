@@ -241,3 +241,133 @@ impl Follower {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use secrecy::SecretString;
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::domain::feed::{FeedPosition, FeedRow};
+    use crate::domain::ids::ScanId;
+    use crate::domain::scan::{ScanChange, ScanStatus};
+    use crate::store::StoreOptions;
+
+    fn group(hex: &str) -> AccountGroupId {
+        AccountGroupId::parse(hex).unwrap()
+    }
+
+    /// A page of one row per group, at ids `first`, `first + 1`, …, as SQLite reads them (no
+    /// snapshot: ids follow commit order).
+    fn page(first: i64, groups: &[AccountGroupId]) -> FeedPage {
+        let rows = (first..).zip(groups).map(|(id, group)| FeedRow {
+            position: FeedPosition { xid: 0, id },
+            change: ScanChange {
+                scan_id: ScanId::generate(),
+                account_group_id: *group,
+                from: Some(ScanStatus::Running),
+                to: ScanStatus::Cancelled,
+                at: OffsetDateTime::UNIX_EPOCH,
+                reason: None,
+            },
+            trace_id: None,
+        });
+        FeedPage {
+            rows: rows.collect(),
+            horizon: None,
+            full: false,
+        }
+    }
+
+    /// A follower of `group` taking pages from `pages`, level with the hub, over a real SQLite
+    /// store (read only by a catch-up, which these tests leave to `Follower::next`).
+    fn follower(group: AccountGroupId, pages: broadcast::Receiver<Arc<FeedPage>>) -> Follower {
+        // The pool connects lazily: the file is made only if a test reads the trail.
+        let file =
+            std::env::temp_dir().join(format!("signal-scans-hub-{}.db", uuid::Uuid::new_v4()));
+        let store = Store::connect(&StoreOptions {
+            url: SecretString::from(format!("sqlite://{}", file.display())),
+            timeout: Duration::from_secs(1),
+            max_connections: 1,
+            write_batches: 1,
+            publish_interval: Duration::from_millis(10),
+        })
+        .unwrap();
+        Follower {
+            store,
+            group,
+            cursor: FeedCursor::default(),
+            pages,
+            ready: VecDeque::new(),
+            behind: false,
+        }
+    }
+
+    fn ids(events: impl IntoIterator<Item = FeedEvent>) -> Vec<i64> {
+        events.into_iter().map(|event| event.position.id).collect()
+    }
+
+    /// Every page already sent is at hand, in order, and only the follower's group's rows; then
+    /// nothing, without waiting.
+    #[tokio::test]
+    async fn what_is_at_hand_is_every_page_already_sent_then_nothing() {
+        let (mine, other) = (
+            group("507f1f77bcf86cd799439011"),
+            group("507f1f77bcf86cd799439022"),
+        );
+        let (pages, receiver) = broadcast::channel(BUFFERED_PAGES);
+        let mut follower = follower(mine, receiver);
+        pages.send(Arc::new(page(1, &[mine, other, mine]))).unwrap();
+        pages.send(Arc::new(page(4, &[other, mine]))).unwrap();
+
+        let at_hand = ids(std::iter::from_fn(|| follower.next_at_hand()));
+
+        assert_eq!(at_hand, [1, 3, 5]);
+        assert!(!follower.behind);
+    }
+
+    /// A follower that lagged past the buffer takes nothing more from the pages (the next rows
+    /// it would take lie past the ones it lost) and is marked behind, so that `next` reads the
+    /// trail first.
+    #[tokio::test]
+    async fn a_follower_that_lagged_takes_no_page_until_it_has_read_the_trail() {
+        let mine = group("507f1f77bcf86cd799439011");
+        let (pages, receiver) = broadcast::channel(1);
+        let mut follower = follower(mine, receiver);
+        pages.send(Arc::new(page(1, &[mine]))).unwrap();
+        pages.send(Arc::new(page(2, &[mine]))).unwrap();
+
+        let at_hand = follower.next_at_hand();
+
+        assert_eq!(at_hand, None);
+        assert!(follower.behind);
+        assert_eq!(follower.cursor, FeedCursor::default());
+    }
+
+    /// A page goes to the followers of the groups it holds rows of, and a group nobody follows
+    /// any more is forgotten.
+    #[test]
+    fn a_page_reaches_its_groups_followers_and_unfollowed_groups_are_forgotten() {
+        let (followed, left, quiet) = (
+            group("507f1f77bcf86cd799439011"),
+            group("507f1f77bcf86cd799439022"),
+            group("507f1f77bcf86cd799439033"),
+        );
+        let running = Running {
+            groups: Arc::default(),
+            cursor: watch::channel(FeedCursor::default()).1,
+        };
+        let mut follower = running.subscribe(followed);
+        let mut quiet_follower = running.subscribe(quiet);
+        drop(running.subscribe(left));
+
+        dispatch(&running.groups, page(1, &[followed, left]));
+
+        assert_eq!(follower.try_recv().unwrap().rows.len(), 2);
+        assert!(quiet_follower.try_recv().is_err());
+        let mut kept: Vec<AccountGroupId> =
+            running.groups.lock().unwrap().keys().copied().collect();
+        kept.sort_by_key(|group| group.to_string());
+        assert_eq!(kept, [followed, quiet]);
+    }
+}
