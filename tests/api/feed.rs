@@ -604,6 +604,37 @@ store_test!(
     postgres_only
 );
 
+/// A reader's cursor is its place: a reader resumed from the cursor of one that started from now
+/// gets the same next change, and none of the history before it (the change hub hands its
+/// reader's cursor to every stream that starts from now). Fails for a cursor that stays at the
+/// start of the trail.
+async fn a_reader_resumed_from_a_readers_cursor_starts_where_it_stood(backend: Backend) {
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let old = app.scan(&group, ScanStatus::Running).await;
+    app.cancel_ok(&key, &group, &old).await;
+    let poll = Duration::from_millis(100);
+    let mut from_now = FeedReader::open(app.store.clone(), Start::Now, None, poll)
+        .await
+        .unwrap();
+    let mut resumed = FeedReader::open(
+        app.store.clone(),
+        Start::After(from_now.cursor().clone()),
+        None,
+        poll,
+    )
+    .await
+    .unwrap();
+    let new = app.scan(&group, ScanStatus::Running).await;
+    let first = tokio::time::timeout(PRINTED, from_now.next())
+        .await
+        .unwrap();
+    let resumed_first = tokio::time::timeout(PRINTED, resumed.next()).await.unwrap();
+
+    assert_eq!(first.unwrap().change.scan_id, new);
+    assert_eq!(resumed_first.unwrap().change.scan_id, new);
+}
+store_test!(a_reader_resumed_from_a_readers_cursor_starts_where_it_stood);
+
 /// A running scan of `group` written with plain SQL: no store, so no publisher and no hint.
 async fn silent_running_scan(db: &mut PgConnection, group: &AccountGroupId) -> ScanId {
     let scan = ScanId::generate();
