@@ -129,15 +129,17 @@ impl PoolUsage {
     }
 }
 
-/// Audit rows returned by the feed reads of one store (and its clones), by kind of read.
+/// Audit rows returned by the feed reads of one store (and its clones), by kind of read, and the
+/// reads themselves.
 #[derive(Debug, Default)]
 pub(crate) struct FeedRowsRead {
     one_group: AtomicU64,
     every_group: AtomicU64,
+    reads: AtomicU64,
 }
 
-/// A reading of [`Store::feed_rows_read`]: what a replay or a follower costs, in rows, where
-/// timing would say nothing reliable.
+/// A reading of [`Store::feed_rows_read`]: what a replay or a follower costs, in rows and reads,
+/// where timing would say nothing reliable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FeedRowsCount {
     /// By reads of one group's rows: a stream's catch-up, a follower that fell behind, `scans
@@ -146,6 +148,8 @@ pub struct FeedRowsCount {
     /// By reads of every group's rows: the change hub's shared read, `scans watch` without a
     /// group.
     pub every_group: u64,
+    /// Reads (statements) of either kind, whatever they returned: what a waiting reader costs.
+    pub reads: u64,
 }
 
 /// The statements that read one group's rows of the change feed, as each store runs them, for
@@ -342,15 +346,17 @@ impl Store {
             (read, None) => &read.every_group,
         };
         counter.fetch_add(rows, Ordering::Relaxed);
+        self.feed_rows().reads.fetch_add(1, Ordering::Relaxed);
         Ok(page)
     }
 
-    /// How many audit rows this store's feed reads have returned so far.
+    /// How many audit rows this store's feed reads have returned so far, and how many reads.
     pub fn feed_rows_read(&self) -> FeedRowsCount {
         let read = self.feed_rows();
         FeedRowsCount {
             one_group: read.one_group.load(Ordering::Relaxed),
             every_group: read.every_group.load(Ordering::Relaxed),
+            reads: read.reads.load(Ordering::Relaxed),
         }
     }
 

@@ -635,6 +635,89 @@ async fn a_reader_resumed_from_a_readers_cursor_starts_where_it_stood(backend: B
 }
 store_test!(a_reader_resumed_from_a_readers_cursor_starts_where_it_stood);
 
+/// A reader of one group waits between reads, for a hint that names its group or for its poll
+/// (a minute here): other groups' changes cost it no read, and once its own group's change
+/// commits it reads once. The scans are made before the reader listens (on PostgreSQL, once
+/// their hints were heard), so no earlier hint can wake it. Fails for a reader that reads without
+/// waiting, one woken by every group's hints, and one that waits before its first read.
+async fn a_group_reader_reads_only_for_its_groups_hints(backend: Backend) {
+    let (app, mine, _) = TestApp::with_writer(backend).await;
+    let other = group();
+    let mut heard = match backend {
+        Backend::Postgres => {
+            let mut hints = PgListener::connect(&app.db.url).await.unwrap();
+            hints.listen("signal_scan_events").await.unwrap();
+            Some(hints)
+        }
+        Backend::Sqlite => None,
+    };
+    let own = app.scan(&mine, ScanStatus::Running).await;
+    let others = [
+        app.scan(&other, ScanStatus::Running).await,
+        app.scan(&other, ScanStatus::Running).await,
+    ];
+    if let Some(hints) = heard.as_mut() {
+        let mut unheard: HashSet<String> = [&own, &others[0], &others[1]]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        while !unheard.is_empty() {
+            let hint = next_hint(hints, PRINTED).await;
+            for change in hint["changes"].as_array().unwrap() {
+                unheard.remove(change["scanId"].as_str().unwrap());
+            }
+        }
+    }
+    let reads = || app.store.feed_rows_read().reads;
+    let before = reads();
+    let mut events = follow(
+        FeedReader::open(
+            app.store.clone(),
+            Start::Now,
+            Some(mine),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap(),
+    );
+    wait_until("the reader's first read", PRINTED, async || {
+        reads() > before
+    })
+    .await;
+    let first_read = reads();
+
+    for scan in &others {
+        let moved = app
+            .store
+            .transition(Some(&other), scan, ScanStatus::Cancelled, RUNNER)
+            .await
+            .unwrap();
+        assert!(matches!(moved, Transition::Applied { .. }), "{moved:?}");
+    }
+    // Long enough for the other group's hints to reach the reader and be passed over.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after_others = reads();
+    app.store
+        .transition(Some(&mine), &own, ScanStatus::Cancelled, RUNNER)
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(PRINTED, events.recv())
+        .await
+        .expect("the group's change is read")
+        .unwrap();
+    let after_own = reads();
+
+    assert_eq!(first_read, before + 1);
+    assert_eq!(after_others, first_read, "reads for other groups' changes");
+    assert_eq!(event.change.scan_id, own);
+    assert_eq!(
+        after_own,
+        first_read + 1,
+        "reads for the group's one change"
+    );
+}
+store_test!(a_group_reader_reads_only_for_its_groups_hints);
+
 /// A running scan of `group` written with plain SQL: no store, so no publisher and no hint.
 async fn silent_running_scan(db: &mut PgConnection, group: &AccountGroupId) -> ScanId {
     let scan = ScanId::generate();
