@@ -308,7 +308,7 @@ mod tests {
     }
 
     /// Every page already sent is at hand, in order, and only the follower's group's rows; then
-    /// nothing, without waiting.
+    /// nothing, without waiting; the follower's cursor stands after the last of them.
     #[tokio::test]
     async fn what_is_at_hand_is_every_page_already_sent_then_nothing() {
         let (mine, other) = (
@@ -320,10 +320,12 @@ mod tests {
         pages.send(Arc::new(page(1, &[mine, other, mine]))).unwrap();
         pages.send(Arc::new(page(4, &[other, mine]))).unwrap();
 
-        let at_hand = ids(std::iter::from_fn(|| follower.next_at_hand()));
+        let at_hand: Vec<FeedEvent> = std::iter::from_fn(|| follower.next_at_hand()).collect();
 
-        assert_eq!(at_hand, [1, 3, 5]);
+        assert_eq!(ids(at_hand.clone()), [1, 3, 5]);
         assert!(!follower.behind);
+        // What it delivered lies behind its cursor: the last event's own.
+        assert_eq!(follower.cursor().to_string(), at_hand[2].cursor);
     }
 
     /// A follower that lagged past the buffer takes nothing more from the pages (the next rows
