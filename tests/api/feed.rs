@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use serde_json::Value;
 use signal_scans::domain::feed::FeedCursor;
-use signal_scans::domain::ids::{AccountGroupId, ScanId};
+use signal_scans::domain::ids::ScanId;
 use signal_scans::domain::scan::ScanStatus;
 use signal_scans::domain::scan::Transition;
 use signal_scans::service::feed::{FeedEvent, FeedReader, Start};
@@ -18,7 +18,9 @@ use sqlx::{Connection, Executor, PgConnection, SqliteConnection};
 
 use crate::helpers::process::ServerProcess;
 use crate::helpers::watch::Watch;
-use crate::helpers::{Backend, RUNNER, Settings, TestApp, TestDatabase, group, store_options};
+use crate::helpers::{
+    Backend, RUNNER, Settings, TestApp, TestDatabase, group, silent_running_scan, store_options,
+};
 use crate::store_test;
 
 /// How long a change may take to be printed when the test only needs to know it was (a loaded
@@ -717,29 +719,6 @@ async fn a_group_reader_reads_only_for_its_groups_hints(backend: Backend) {
     );
 }
 store_test!(a_group_reader_reads_only_for_its_groups_hints);
-
-/// A running scan of `group` written with plain SQL: no store, so no publisher and no hint.
-async fn silent_running_scan(db: &mut PgConnection, group: &AccountGroupId) -> ScanId {
-    let scan = ScanId::generate();
-    sqlx::query(
-        "INSERT INTO signal_scans (id, account_group_id, status, started_at)
-         VALUES ($1, $2, 'running', now())",
-    )
-    .bind(scan.as_str())
-    .bind(group.as_str())
-    .execute(&mut *db)
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO signal_scan_events (scan_id, from_status, to_status, occurred_at)
-         VALUES ($1, NULL, 'running', now())",
-    )
-    .bind(scan.as_str())
-    .execute(&mut *db)
-    .await
-    .unwrap();
-    scan
-}
 
 /// The payload of the next hint on the changes channel, within `limit`.
 async fn next_hint(hints: &mut PgListener, limit: Duration) -> Value {

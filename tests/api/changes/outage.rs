@@ -10,7 +10,7 @@ use sqlx::{Connection, Executor, PgConnection};
 
 use super::*;
 use crate::helpers::process::ServerProcess;
-use crate::helpers::{Backend, RUNNER, Settings, TestApp, group};
+use crate::helpers::{Backend, RUNNER, Settings, TestApp, group, silent_running_scan};
 use crate::store_test;
 
 /// The database is cut off from the service for a while (an outage past several of the hub's
@@ -222,24 +222,7 @@ async fn a_stream_fed_by_the_poll_alone_gets_every_change(backend: Backend) {
     for _ in 0..3 {
         // The service's own statements, written by hand: no publisher, so no NOTIFY (not even
         // for the creation, whose hint would wake the hub just before the cancel commits).
-        let scan = ScanId::generate();
-        sqlx::query(
-            "INSERT INTO signal_scans (id, account_group_id, status, started_at)
-             VALUES ($1, $2, 'running', now())",
-        )
-        .bind(scan.as_str())
-        .bind(group.as_str())
-        .execute(&mut silent)
-        .await
-        .unwrap();
-        sqlx::query(
-            "INSERT INTO signal_scan_events (scan_id, from_status, to_status, occurred_at)
-             VALUES ($1, NULL, 'running', now())",
-        )
-        .bind(scan.as_str())
-        .execute(&mut silent)
-        .await
-        .unwrap();
+        let scan = silent_running_scan(&mut silent, &group).await;
         silent.execute("BEGIN").await.unwrap();
         cancel_and_commit(&mut silent, &scan).await;
         delivered.push(stream.next_event(POLL + Duration::from_secs(2)).await);

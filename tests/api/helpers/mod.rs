@@ -830,3 +830,26 @@ pub fn scans_path(group: &str) -> String {
 pub fn move_path(group: &str, scan: &str, action: &str) -> String {
     format!("/v1/accounts/{group}/signals/scans/{scan}/{action}")
 }
+
+/// A running scan of `group` written with plain SQL: no store, so no publisher and no hint.
+pub async fn silent_running_scan(db: &mut PgConnection, group: &AccountGroupId) -> ScanId {
+    let scan = ScanId::generate();
+    sqlx::query(
+        "INSERT INTO signal_scans (id, account_group_id, status, started_at)
+         VALUES ($1, $2, 'running', now())",
+    )
+    .bind(scan.as_str())
+    .bind(group.as_str())
+    .execute(&mut *db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO signal_scan_events (scan_id, from_status, to_status, occurred_at)
+         VALUES ($1, NULL, 'running', now())",
+    )
+    .bind(scan.as_str())
+    .execute(&mut *db)
+    .await
+    .unwrap();
+    scan
+}
