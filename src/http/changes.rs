@@ -22,7 +22,7 @@ use tokio::time::Sleep;
 use uuid::Uuid;
 
 use super::auth::presented_key;
-use super::error::{ApiError, Problems, unknown_cursor};
+use super::error::{ApiError, Problems, both, unknown_cursor};
 use super::event_stream::{EventBlocks, event_stream_response};
 use super::extract::{ApiPath, GroupPath};
 use super::openapi::responses as doc;
@@ -293,8 +293,10 @@ pub async fn follow_changes(
     ApiPath(path): ApiPath<GroupPath>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let group = path.parse()?;
-    let request = StreamRequest::parse(query.as_deref(), &headers)?;
+    let (group, request) = both(
+        path.parse(),
+        StreamRequest::parse(query.as_deref(), &headers),
+    )?;
     // The service's own rule, asked before the stream cap so that 403 comes before 429.
     ScanService::check_access(&principal, &group)?;
     let slot = streams

@@ -377,8 +377,7 @@ pub(crate) async fn list_scans(
     ApiPath(path): ApiPath<GroupPath>,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Envelope<ScanList>>, ApiError> {
-    let group = path.parse()?;
-    let query = params.parse()?;
+    let (group, query) = both(path.parse(), params.parse())?;
     let page = service.list_scans(&principal, &group, &query).await?;
     Ok(Json(Envelope::success(page.into())))
 }

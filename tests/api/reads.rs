@@ -261,6 +261,14 @@ async fn bad_list_parameters_are_400_naming_the_parameter(backend: Backend) {
         let details = response.assert_error(400, "VALIDATION_ERROR");
         assert!(details.contains(named), "{query}: {details}");
     }
+    // A malformed group and a bad parameter are both named, the path first.
+    let response = app
+        .get(&key, "/v1/accounts/nope/signals/scans?limit=0")
+        .await;
+    let details = response.assert_error(400, "VALIDATION_ERROR");
+    let (path, query) = details.split_once("; ").expect("two problems");
+    assert!(path.starts_with("accountGroupId"), "{details}");
+    assert!(query.contains("limit"), "{details}");
 }
 store_test!(bad_list_parameters_are_400_naming_the_parameter);
 
