@@ -108,7 +108,12 @@ pub(crate) fn both<A, B>(
     match (first, second) {
         (Ok(first), Ok(second)) => Ok((first, second)),
         (Err(ApiError::Validation(first)), Err(ApiError::Validation(second))) => {
-            Err(ApiError::Validation(format!("{first}; {second}")))
+            let mut problems = Problems::default();
+            problems.push(first);
+            problems.push(second);
+            problems
+                .into_result()
+                .map(|()| unreachable!("two problems were named"))
         }
         (Err(error), _) | (_, Err(error)) => Err(error),
     }
