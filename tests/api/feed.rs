@@ -19,7 +19,8 @@ use sqlx::{Connection, Executor, PgConnection, SqliteConnection};
 use crate::helpers::process::ServerProcess;
 use crate::helpers::watch::Watch;
 use crate::helpers::{
-    Backend, RUNNER, Settings, TestApp, TestDatabase, group, silent_running_scan, store_options,
+    Backend, RUNNER, Settings, TestApp, TestDatabase, assert_backs_off_doubling, group,
+    silent_running_scan, store_options,
 };
 use crate::store_test;
 
@@ -786,11 +787,7 @@ async fn a_publisher_that_cannot_send_backs_off_doubling_then_sends_the_hint_it_
     // The cancel itself committed on a session the pool already had.
     assert_eq!(refused.status, 200, "{refused:?}");
     let failures = publisher_failures(&events);
-    let retries: Vec<u64> = failures
-        .iter()
-        .map(|failure| failure["retry_ms"].as_u64().unwrap())
-        .collect();
-    assert_eq!(retries[..4], [100, 200, 400, 800], "{failures:#?}");
+    assert_backs_off_doubling(&failures);
     for failure in &failures[1..] {
         let error = failure["error"].as_str().unwrap();
         assert!(error.contains(NOT_ACCEPTING), "{failure}");

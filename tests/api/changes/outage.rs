@@ -10,7 +10,9 @@ use sqlx::{Connection, Executor, PgConnection};
 
 use super::*;
 use crate::helpers::process::ServerProcess;
-use crate::helpers::{Backend, RUNNER, Settings, TestApp, group, silent_running_scan};
+use crate::helpers::{
+    Backend, RUNNER, Settings, TestApp, assert_backs_off_doubling, group, silent_running_scan,
+};
 use crate::store_test;
 
 /// The database is cut off from the service for a while (an outage past several of the hub's
@@ -184,11 +186,7 @@ async fn the_hub_backs_off_doubling_while_the_database_refuses_it(backend: Backe
         "the hub's sessions were terminated: {terminated}"
     );
     let failures = hub_failures(&events);
-    let retries: Vec<u64> = failures
-        .iter()
-        .map(|failure| failure["retry_ms"].as_u64().unwrap())
-        .collect();
-    assert_eq!(retries[..4], [100, 200, 400, 800], "{failures:#?}");
+    assert_backs_off_doubling(&failures);
     assert!(
         failures
             .iter()

@@ -853,3 +853,13 @@ pub async fn silent_running_scan(db: &mut PgConnection, group: &AccountGroupId) 
     .unwrap();
     scan
 }
+
+/// The first four of a retrying loop's logged failures wait 100, 200, 400 and 800 ms: a back-off
+/// that doubles from the least.
+pub fn assert_backs_off_doubling(failures: &[Value]) {
+    let retries: Vec<u64> = failures
+        .iter()
+        .map(|failure| failure["retry_ms"].as_u64().unwrap())
+        .collect();
+    assert_eq!(retries[..4], [100, 200, 400, 800], "{failures:#?}");
+}
