@@ -89,6 +89,11 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.timeout)
+            // No ping before each use: a connection here is a file this process holds open, with
+            // no server that could have hung up, and a ping is one more trip to the connection's
+            // thread. On the write path it was one trip in five of every batch, and its wake-ups
+            // cost (c) a third of its throughput (BENCHMARKS.md).
+            .test_before_acquire(false)
             .connect_lazy_with(connect);
         Ok(Self {
             pool,
