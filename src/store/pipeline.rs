@@ -13,7 +13,8 @@
 //! A request waits at most the store's timeout to be taken into a batch, then answers
 //! [`StoreError::Unavailable`] (502) and is never committed; once taken, its batch's commit is
 //! bounded by the same timeout, and an error there answers every request of that batch, none of
-//! which committed.
+//! which committed. (An error of one change's own is the exception: the batch's requests are then
+//! written one by one, each answered its own outcome; see `Batch::commit`.)
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -107,7 +108,7 @@ impl Pipeline {
     /// committing at once (1 for SQLite's single writer, `DB_WRITE_BATCHES` on PostgreSQL).
     pub(super) fn start(writer: impl BatchWriter, in_flight: usize, timeout: Duration) -> Self {
         let (queue, entries) = mpsc::channel(QUEUE);
-        tokio::spawn(run(writer, in_flight, entries));
+        tokio::spawn(run(writer, in_flight, timeout, entries));
         Self {
             queue,
             timeout,
@@ -201,7 +202,12 @@ impl Drop for Counted<'_> {
 }
 
 /// The writer: as soon as a batch may start, takes everything waiting and commits it.
-async fn run(writer: impl BatchWriter, in_flight: usize, mut entries: mpsc::Receiver<Entry>) {
+async fn run(
+    writer: impl BatchWriter,
+    in_flight: usize,
+    timeout: Duration,
+    mut entries: mpsc::Receiver<Entry>,
+) {
     let slots = Arc::new(Semaphore::new(in_flight.max(1)));
     // An entry that did not fit the last batch: it leads the next, keeping arrival order.
     let mut next: Option<Entry> = None;
@@ -234,7 +240,7 @@ async fn run(writer: impl BatchWriter, in_flight: usize, mut entries: mpsc::Rece
         }
         let writer = writer.clone();
         tokio::spawn(async move {
-            batch.commit(&writer).await;
+            batch.commit(&writer, timeout).await;
             drop(slot);
         });
     }
@@ -283,7 +289,14 @@ impl Batch {
     /// change's error never fails the others. Any other error answers every entry: the database
     /// away (nothing committed), or an answer it could not be read from (it may have committed,
     /// so writing it again could report a change twice).
-    async fn commit(self, writer: &impl BatchWriter) {
+    ///
+    /// The writes one by one start within `timeout` of the batch's failure, however many entries
+    /// wait: an entry whose turn comes later is answered [`StoreError::Unavailable`] unwritten.
+    /// So a taken request is answered within three timeouts (its batch, the writes before its
+    /// own, its own), not one more for each entry ahead of it. A write that started is never
+    /// cut short here: its statement would run on in the database and might commit after its
+    /// request was told it did not.
+    async fn commit(self, writer: &impl BatchWriter, timeout: Duration) {
         metrics::histogram!(BATCH_SIZE).record(self.changes.len() as f64);
         let error = match written(writer, &self.changes).await {
             Ok(outcomes) => {
@@ -300,6 +313,7 @@ impl Batch {
             return answer_all(self.entries, &error);
         }
         let mut changes = self.changes.as_slice();
+        let start_by = Instant::now() + timeout;
         let mut away = None;
         for (entry, count) in self.entries {
             let (own, rest) = changes.split_at(count);
@@ -308,6 +322,12 @@ impl Batch {
                 continue; // its request is gone: never written
             }
             // Once the database is away, the rest would each wait out the timeout in turn.
+            if away.is_none() && Instant::now() >= start_by {
+                away = Some(StoreError::Unavailable(format!(
+                    "the batch's changes written one by one did not reach this one within {} ms",
+                    timeout.as_millis()
+                )));
+            }
             let outcome = match &away {
                 Some(error) => Err(StoreError::clone(error)),
                 None => written(writer, own).await,

@@ -8,7 +8,7 @@ use signal_scans::domain::ids::{AccountGroupId, ScanId};
 use signal_scans::domain::keys::{AccountGroupAccess, Permission};
 use signal_scans::domain::scan::ScanStatus;
 
-use crate::helpers::locks::{WriteLock, until_waiting};
+use crate::helpers::locks::{WriteLock, until_advisory_waiters, until_waiting};
 use std::time::Duration;
 
 use crate::helpers::{ApiResponse, Backend, Settings, TestApp, group, move_path};
@@ -380,6 +380,22 @@ async fn a_stuck_batch_answers_502_and_cancels_none_of_its_scans(backend: Backen
 store_test!(a_stuck_batch_answers_502_and_cancels_none_of_its_scans);
 
 /// Until `n` requests' changes are queued or committing in the served store (10 s at most).
+/// A service with one batch in flight at a time, so that requests queue behind a stuck one and
+/// then go together; its account group and a key that cancels there.
+async fn one_batch_at_a_time(
+    backend: Backend,
+    db_timeout: Duration,
+) -> (TestApp, AccountGroupId, String) {
+    let app = Settings::default()
+        .with_db_timeout(db_timeout)
+        .with_db_write_batches(1)
+        .spawn(backend)
+        .await;
+    let group = group();
+    let writer = app.writer(&group).await;
+    (app, group, writer)
+}
+
 async fn until_changes_waiting(app: &TestApp, n: usize) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while app.served_store.changes_waiting() != n {
@@ -533,14 +549,7 @@ async fn commits_of(app: &TestApp, scans: &[ScanId]) -> Vec<String> {
 /// batch holds (128 changes): three single cancels and a batch cancel of 100 share one
 /// transaction, and a second batch cancel of 100, which would take it past 128, gets the next.
 async fn changes_queued_behind_a_write_share_its_successor_up_to_128(backend: Backend) {
-    let app = Settings::default()
-        .with_db_timeout(DB_TIMEOUT * 4)
-        // One batch in flight: everything else queues behind the stuck one.
-        .with_db_write_batches(1)
-        .spawn(backend)
-        .await;
-    let group = group();
-    let writer = app.writer(&group).await;
+    let (app, group, writer) = one_batch_at_a_time(backend, DB_TIMEOUT * 4).await;
     let stuck = app.scan(&group, ScanStatus::Running).await;
     let mut queued = Vec::new();
     for _ in 0..203 {
@@ -659,13 +668,7 @@ store_test!(a_request_that_gives_up_in_the_queue_is_never_written);
 /// with others, the batch is written again request by request and the others commit.
 async fn one_changes_own_error_fails_only_its_own_request(backend: Backend) {
     use sqlx::Connection;
-    let app = Settings::default()
-        .with_db_timeout(DB_TIMEOUT * 4)
-        .with_db_write_batches(1)
-        .spawn(backend)
-        .await;
-    let group = group();
-    let writer = app.writer(&group).await;
+    let (app, group, writer) = one_batch_at_a_time(backend, DB_TIMEOUT * 4).await;
     let poisoned = app.scan(&group, ScanStatus::Running).await;
     let stuck = app.scan(&group, ScanStatus::Running).await;
     let fine = [
@@ -745,3 +748,99 @@ async fn one_changes_own_error_fails_only_its_own_request(backend: Backend) {
     assert_eq!(app.store.scan_events(&beside).await.unwrap().len(), 1);
 }
 store_test!(one_changes_own_error_fails_only_its_own_request);
+
+/// A batch refused for one change's own error is written again request by request, and those
+/// writes start within the store's timeout of the refusal: a request whose turn comes later is
+/// answered 502 and never written, instead of waiting out every write ahead of it. Here the
+/// batch is four cancels: a poisoned scan (its trigger refuses it), two scans whose writes on
+/// their own each take 0.6 of the timeout, and a last one that finds the timeout spent.
+/// (PostgreSQL only: SQLite has no way to make a write slow from a trigger.)
+async fn writes_one_by_one_start_within_the_timeout_of_the_refusal(backend: Backend) {
+    use sqlx::{Connection, Executor};
+    let timeout = DB_TIMEOUT * 4;
+    let (app, group, writer) = one_batch_at_a_time(backend, timeout).await;
+    let stuck = app.scan(&group, ScanStatus::Running).await;
+    let poisoned = app.scan(&group, ScanStatus::Running).await;
+    let slow = [
+        app.scan(&group, ScanStatus::Running).await,
+        app.scan(&group, ScanStatus::Running).await,
+    ];
+    let last = app.scan(&group, ScanStatus::Running).await;
+    let events_of_last = app.store.scan_events(&last).await.unwrap().len();
+    // The poisoned scan's trigger waits for this lock before it refuses: the test knows then that
+    // the batch of four is being written, and makes the slow scans slow only from there on.
+    let lock: i64 = 2_426;
+    let mut admin = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE slow_writes (slow boolean NOT NULL);
+             INSERT INTO slow_writes VALUES (false);
+             CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN PERFORM pg_advisory_xact_lock({lock}); RAISE EXCEPTION 'poisoned'; END $$;
+             CREATE TRIGGER poison BEFORE UPDATE ON signal_scans
+             FOR EACH ROW WHEN (OLD.id = '{poisoned}') EXECUTE FUNCTION poison();
+             CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF (SELECT slow FROM slow_writes) THEN PERFORM pg_sleep({sleep}); END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER slow BEFORE UPDATE ON signal_scans
+             FOR EACH ROW WHEN (OLD.id IN ('{}', '{}')) EXECUTE FUNCTION slow();
+             SELECT pg_advisory_lock({lock});",
+            slow[0],
+            slow[1],
+            sleep = timeout.as_secs_f64() * 0.6,
+        )))
+        .await
+        .unwrap();
+
+    let mut stuck_lock = WriteLock::hold(&app, &stuck).await;
+    let order = [&poisoned, &slow[0], &slow[1], &last];
+    let (first, (answers, ())) = tokio::join!(
+        app.cancel(Some(&writer), group.as_str(), stuck.as_str()),
+        async {
+            // Each queues once the one before it has: the batch keeps this order.
+            let (app, writer, group) = (&app, &writer, &group);
+            let answers = futures::future::join_all(order.iter().enumerate().map(
+                |(ahead, scan)| async move {
+                    until_changes_waiting(app, 1 + ahead).await;
+                    app.cancel(Some(writer), group.as_str(), scan.as_str())
+                        .await
+                },
+            ));
+            let release = async {
+                until_changes_waiting(app, 1 + order.len()).await;
+                stuck_lock.release().await;
+                until_advisory_waiters(&mut admin, 1).await;
+                admin
+                    .execute("UPDATE slow_writes SET slow = true")
+                    .await
+                    .unwrap();
+                sqlx::query("SELECT pg_advisory_unlock($1)")
+                    .bind(lock)
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+            };
+            tokio::join!(answers, release)
+        }
+    );
+
+    assert_eq!(first.status, 200, "{first:?}");
+    answers[0].assert_error(500, "INTERNAL_ERROR");
+    for (answer, scan) in answers[1..3].iter().zip(&slow) {
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert_eq!(app.status_of(scan).await, ScanStatus::Cancelled);
+    }
+    // The two slow writes took 1.2 timeouts: the last one's turn came too late to start.
+    answers[3].assert_error(502, "UPSTREAM_ERROR");
+    assert_eq!(app.status_of(&last).await, ScanStatus::Running);
+    assert_eq!(
+        app.store.scan_events(&last).await.unwrap().len(),
+        events_of_last
+    );
+}
+store_test!(
+    writes_one_by_one_start_within_the_timeout_of_the_refusal,
+    postgres_only
+);

@@ -12,6 +12,7 @@ use signal_scans::http::changes::StreamSettings;
 use sqlx::{Connection, Executor, PgConnection};
 
 use super::*;
+use crate::helpers::locks::until_advisory_waiters;
 use crate::helpers::sse::SseEvent;
 use crate::helpers::watch::Watch;
 use crate::helpers::{Backend, ServeDefault, TestApp, group};
@@ -475,27 +476,4 @@ async fn hold_commits_of(app: &TestApp, held: &[ScanId], lock: i64) -> PgConnect
         .await
         .unwrap();
     admin
-}
-
-/// Until `count` sessions of this database wait on an advisory lock (10 s at most).
-async fn until_advisory_waiters(admin: &mut PgConnection, count: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database()
-               AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
-        )
-        .fetch_one(&mut *admin)
-        .await
-        .unwrap();
-        if waiting == count as i64 {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{waiting} waiting on the advisory lock, not {count}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }

@@ -92,3 +92,26 @@ async fn waiting_writers(app: &TestApp) -> (i64, bool) {
     .unwrap();
     (waiting, true)
 }
+
+/// Until `count` sessions of this database wait on an advisory lock (10 s at most).
+pub async fn until_advisory_waiters(admin: &mut sqlx::PgConnection, count: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database()
+               AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
+        )
+        .fetch_one(&mut *admin)
+        .await
+        .unwrap();
+        if waiting == count as i64 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{waiting} waiting on the advisory lock, not {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

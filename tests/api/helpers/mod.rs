@@ -42,7 +42,8 @@ pub const RUNNER: Actor<'static> = Actor {
 const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// Generates one `#[tokio::test]` per store for an `async fn(Backend)`, so the same suite runs
-/// against each store. `postgres_only` marks a test that needs a network database (a proxy cut).
+/// against each store. `postgres_only` marks a test that needs what only PostgreSQL has (a network
+/// database to cut off, a trigger that sleeps).
 #[macro_export]
 macro_rules! store_test {
     ($name:ident) => {
