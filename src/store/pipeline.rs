@@ -321,7 +321,8 @@ impl Batch {
             if entry.answer.is_closed() {
                 continue; // its request is gone: never written
             }
-            // Once the database is away, the rest would each wait out the timeout in turn.
+            // Once the database is away, or the time to start a write is spent, the rest are
+            // answered at once: each would otherwise wait out the timeout in turn.
             if away.is_none() && Instant::now() >= start_by {
                 away = Some(StoreError::Unavailable(format!(
                     "the batch's changes written one by one did not reach this one within {} ms",

@@ -379,7 +379,6 @@ async fn a_stuck_batch_answers_502_and_cancels_none_of_its_scans(backend: Backen
 }
 store_test!(a_stuck_batch_answers_502_and_cancels_none_of_its_scans);
 
-/// Until `n` requests' changes are queued or committing in the served store (10 s at most).
 /// A service with one batch in flight at a time, so that requests queue behind a stuck one and
 /// then go together; its account group and a key that cancels there.
 async fn one_batch_at_a_time(
@@ -396,6 +395,7 @@ async fn one_batch_at_a_time(
     (app, group, writer)
 }
 
+/// Until `n` requests' changes are queued or committing in the served store (10 s at most).
 async fn until_changes_waiting(app: &TestApp, n: usize) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while app.served_store.changes_waiting() != n {
@@ -622,13 +622,8 @@ store_test!(changes_queued_behind_a_write_share_its_successor_up_to_128);
 /// start is taken when the stuck write gives up and commits once the lock goes; the completion,
 /// past its deadline by then, must not.
 async fn a_request_that_gives_up_in_the_queue_is_never_written(backend: Backend) {
-    let app = Settings::default()
-        .with_db_timeout(DB_TIMEOUT)
-        .with_db_write_batches(1)
-        .spawn(backend)
-        .await;
-    let group = group();
-    let (writer, runner) = (app.writer(&group).await, app.runner(&group).await);
+    let (app, group, writer) = one_batch_at_a_time(backend, DB_TIMEOUT).await;
+    let runner = app.runner(&group).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
     let unrelated = app.scan(&group, ScanStatus::Queued).await;
     let (start, complete) = (
