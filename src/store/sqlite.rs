@@ -652,7 +652,9 @@ impl BatchWriter for BatchWrites {
 
 /// A batch as the statements below read it: a JSON array, one object per change, in arrival
 /// order: `scan`, `group` (null: any), `to`, `from` (the statuses `to` may be reached from),
-/// and the audit row's `key`, `trace` and `reason`.
+/// and the audit row's `key`, `trace` and `reason`. The statements read it with `jsonb_each`,
+/// which hands each change on in SQLite's binary JSON: `json_each` writes every object back out as
+/// text for each `->>` to parse again, a sixth of the writer's CPU under load.
 fn batch_json(changes: &[ChangeRequest]) -> Result<String, StoreError> {
     #[derive(serde::Serialize)]
     struct Change<'a> {
@@ -685,7 +687,7 @@ fn batch_json(changes: &[ChangeRequest]) -> Result<String, StoreError> {
 }
 
 /// The batch's changes (`?1`) joined to their scans, each scan of the group it names (if any).
-const SCANS_OF_BATCH: &str = "FROM (SELECT value AS change FROM json_each(?1)) AS c
+const SCANS_OF_BATCH: &str = "FROM (SELECT value AS change FROM jsonb_each(?1)) AS c
      JOIN signal_scans AS s ON s.id = c.change ->> 'scan'
      WHERE (c.change ->> 'group' IS NULL OR s.account_group_id = c.change ->> 'group')";
 
@@ -696,10 +698,10 @@ const AUDIT_BATCH: &str = "INSERT INTO signal_scan_events
           account_group_id)
      SELECT s.id, s.status, c.change ->> 'to', c.change ->> 'key', c.change ->> 'trace', ?2,
             c.change ->> 'reason', s.account_group_id
-     FROM (SELECT key AS place, value AS change FROM json_each(?1)) AS c
+     FROM (SELECT key AS place, value AS change FROM jsonb_each(?1)) AS c
      JOIN signal_scans AS s ON s.id = c.change ->> 'scan'
      WHERE (c.change ->> 'group' IS NULL OR s.account_group_id = c.change ->> 'group')
-       AND s.status IN (SELECT value FROM json_each(c.change -> 'from'))
+       AND s.status IN (SELECT value FROM json_each(c.change, '$.from'))
      ORDER BY c.place
      RETURNING scan_id, from_status";
 
@@ -712,10 +714,10 @@ const UPDATE_BATCH: &str = "UPDATE signal_scans
          finished_at = CASE WHEN c.change ->> 'to' IN ('completed', 'failed', 'cancelled')
                             THEN ?2 ELSE finished_at END,
          cancelled_at = CASE WHEN c.change ->> 'to' = 'cancelled' THEN ?2 ELSE cancelled_at END
-     FROM (SELECT value AS change FROM json_each(?1)) AS c
+     FROM (SELECT value AS change FROM jsonb_each(?1)) AS c
      WHERE signal_scans.id = c.change ->> 'scan'
        AND (c.change ->> 'group' IS NULL OR signal_scans.account_group_id = c.change ->> 'group')
-       AND signal_scans.status IN (SELECT value FROM json_each(c.change -> 'from'))";
+       AND signal_scans.status IN (SELECT value FROM json_each(c.change, '$.from'))";
 
 fn now() -> OffsetDateTime {
     let now = OffsetDateTime::now_utc();
