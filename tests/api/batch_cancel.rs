@@ -839,3 +839,131 @@ store_test!(
     writes_one_by_one_start_within_the_timeout_of_the_refusal,
     postgres_only
 );
+
+/// When a write on its own finds the database away, the batch's requests still waiting for
+/// theirs are answered 502 at once and never written: each would otherwise wait out the timeout in
+/// turn. The batch is four cancels: a poisoned scan (its trigger refuses it, so the batch is
+/// written again one by one), a scan whose write on its own loses its connection (its trigger
+/// waits on a lock, and the test terminates that session), and two more, which the database
+/// could still have written. (PostgreSQL only: SQLite has no session to terminate.)
+async fn a_write_on_its_own_that_loses_the_database_answers_the_rest_at_once(backend: Backend) {
+    use sqlx::{Connection, Executor};
+    let timeout = DB_TIMEOUT * 4;
+    let (app, group, writer) = one_batch_at_a_time(backend, timeout).await;
+    let stuck = app.scan(&group, ScanStatus::Running).await;
+    let poisoned = app.scan(&group, ScanStatus::Running).await;
+    let dropped = app.scan(&group, ScanStatus::Running).await;
+    let rest = [
+        app.scan(&group, ScanStatus::Running).await,
+        app.scan(&group, ScanStatus::Running).await,
+    ];
+    let events_of_rest = app.store.scan_events(&rest[0]).await.unwrap().len();
+    // The poisoned scan's trigger waits for the first lock before it refuses: the test knows
+    // then that the batch of four is being written. The dropped scan's trigger waits on the
+    // second, only once the batch is refused: that is its write on its own.
+    let (batch_lock, dropped_lock): (i64, i64) = (2_427, 2_428);
+    let mut admin = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE refused (refused boolean NOT NULL);
+             INSERT INTO refused VALUES (false);
+             CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN PERFORM pg_advisory_xact_lock({batch_lock}); RAISE EXCEPTION 'poisoned'; END $$;
+             CREATE TRIGGER poison BEFORE UPDATE ON signal_scans
+             FOR EACH ROW WHEN (OLD.id = '{poisoned}') EXECUTE FUNCTION poison();
+             CREATE FUNCTION hang() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF (SELECT refused FROM refused) THEN
+                     PERFORM pg_advisory_xact_lock({dropped_lock});
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER hang BEFORE UPDATE ON signal_scans
+             FOR EACH ROW WHEN (OLD.id = '{dropped}') EXECUTE FUNCTION hang();
+             SELECT pg_advisory_lock({batch_lock}), pg_advisory_lock({dropped_lock});"
+        )))
+        .await
+        .unwrap();
+
+    let mut stuck_lock = WriteLock::hold(&app, &stuck).await;
+    let order = [&poisoned, &dropped, &rest[0], &rest[1]];
+    let (first, (answers, ())) = tokio::join!(
+        app.cancel(Some(&writer), group.as_str(), stuck.as_str()),
+        async {
+            // Each queues once the one before it has: the batch keeps this order.
+            let (app, writer, group) = (&app, &writer, &group);
+            let answers = futures::future::join_all(order.iter().enumerate().map(
+                |(ahead, scan)| async move {
+                    until_changes_waiting(app, 1 + ahead).await;
+                    app.cancel(Some(writer), group.as_str(), scan.as_str())
+                        .await
+                },
+            ));
+            let cut = async {
+                until_changes_waiting(app, 1 + order.len()).await;
+                stuck_lock.release().await;
+                until_advisory_waiters(&mut admin, 1).await;
+                admin
+                    .execute("UPDATE refused SET refused = true")
+                    .await
+                    .unwrap();
+                sqlx::query("SELECT pg_advisory_unlock($1)")
+                    .bind(batch_lock)
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+                let session = until_waiting_on(&mut admin, dropped_lock).await;
+                let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+                    .bind(session)
+                    .fetch_one(&mut admin)
+                    .await
+                    .unwrap();
+                assert!(terminated);
+            };
+            tokio::join!(answers, cut)
+        }
+    );
+
+    assert_eq!(first.status, 200, "{first:?}");
+    answers[0].assert_error(500, "INTERNAL_ERROR");
+    answers[1].assert_error(502, "UPSTREAM_ERROR");
+    assert_eq!(app.status_of(&dropped).await, ScanStatus::Running);
+    for (answer, scan) in answers[2..].iter().zip(&rest) {
+        answer.assert_error(502, "UPSTREAM_ERROR");
+        assert_eq!(app.status_of(scan).await, ScanStatus::Running);
+        assert_eq!(
+            app.store.scan_events(scan).await.unwrap().len(),
+            events_of_rest
+        );
+    }
+}
+store_test!(
+    a_write_on_its_own_that_loses_the_database_answers_the_rest_at_once,
+    postgres_only
+);
+
+/// The session waiting for advisory lock `key` (10 s at most).
+async fn until_waiting_on(admin: &mut sqlx::PgConnection, key: i64) -> i32 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // A bigint key shows as its high and low 32 bits.
+        let session: Option<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_locks
+             WHERE locktype = 'advisory' AND NOT granted
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND classid = ($1 >> 32)::oid AND objid = ($1 & 4294967295)::oid",
+        )
+        .bind(key)
+        .fetch_optional(&mut *admin)
+        .await
+        .unwrap();
+        if let Some(session) = session {
+            return session;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nobody waits on advisory lock {key}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
