@@ -408,6 +408,23 @@ async fn until_changes_waiting(app: &TestApp, n: usize) {
     }
 }
 
+/// Cancels `scans`, each once the one before it has queued behind `ahead` changes already
+/// waiting: the batch they share keeps this order. Their answers, in the same order.
+async fn cancels_in_order(
+    app: &TestApp,
+    writer: &str,
+    group: &AccountGroupId,
+    scans: &[&ScanId],
+    ahead: usize,
+) -> Vec<ApiResponse> {
+    futures::future::join_all(scans.iter().enumerate().map(|(before, scan)| async move {
+        until_changes_waiting(app, ahead + before).await;
+        app.cancel(Some(writer), group.as_str(), scan.as_str())
+            .await
+    }))
+    .await
+}
+
 /// Three requests committed in one batch lose the database mid-commit: each is answered 502 and
 /// none of their scans moved. (PostgreSQL: one connection, so the three queue behind a first
 /// batch and go together once it commits; their batch then waits on a lock while the proxy
@@ -794,17 +811,9 @@ async fn writes_one_by_one_start_within_the_timeout_of_the_refusal(backend: Back
     let (first, (answers, ())) = tokio::join!(
         app.cancel(Some(&writer), group.as_str(), stuck.as_str()),
         async {
-            // Each queues once the one before it has: the batch keeps this order.
-            let (app, writer, group) = (&app, &writer, &group);
-            let answers = futures::future::join_all(order.iter().enumerate().map(
-                |(ahead, scan)| async move {
-                    until_changes_waiting(app, 1 + ahead).await;
-                    app.cancel(Some(writer), group.as_str(), scan.as_str())
-                        .await
-                },
-            ));
+            let answers = cancels_in_order(&app, &writer, &group, &order, 1);
             let release = async {
-                until_changes_waiting(app, 1 + order.len()).await;
+                until_changes_waiting(&app, 1 + order.len()).await;
                 stuck_lock.release().await;
                 until_advisory_waiters(&mut admin, 1).await;
                 admin
@@ -890,17 +899,9 @@ async fn a_write_on_its_own_that_loses_the_database_answers_the_rest_at_once(bac
     let (first, (answers, ())) = tokio::join!(
         app.cancel(Some(&writer), group.as_str(), stuck.as_str()),
         async {
-            // Each queues once the one before it has: the batch keeps this order.
-            let (app, writer, group) = (&app, &writer, &group);
-            let answers = futures::future::join_all(order.iter().enumerate().map(
-                |(ahead, scan)| async move {
-                    until_changes_waiting(app, 1 + ahead).await;
-                    app.cancel(Some(writer), group.as_str(), scan.as_str())
-                        .await
-                },
-            ));
+            let answers = cancels_in_order(&app, &writer, &group, &order, 1);
             let cut = async {
-                until_changes_waiting(app, 1 + order.len()).await;
+                until_changes_waiting(&app, 1 + order.len()).await;
                 stuck_lock.release().await;
                 until_advisory_waiters(&mut admin, 1).await;
                 admin
