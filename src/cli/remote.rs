@@ -3,11 +3,6 @@
 //! never a flag: a flag would show the key in `ps`). No database credentials.
 
 use anyhow::{Context as _, bail};
-use axum::body::Bytes;
-use http_body_util::{BodyExt as _, Full};
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 use crate::domain::ids::{AccountGroupId, ScanId};
@@ -32,20 +27,19 @@ pub(super) async fn post(
     let url = server
         .join(path.trim_start_matches('/'))
         .with_context(|| format!("--server {server}"))?;
-    let request = request(hyper::Method::POST, &url, key);
-    let request = match body {
-        Some(body) => request
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::from(body.to_string())),
-        None => request.body(Full::default()),
+    let mut request = reqwest::Client::new().post(url.clone()).bearer_auth(key);
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_string());
     }
-    .with_context(|| format!("--server {server}"))?;
-    let response = client()
-        .request(request)
+    let response = request
+        .send()
         .await
         .with_context(|| format!("cannot reach {url}"))?;
     let status = response.status();
-    let text = text(response.into_body())
+    let text = response
+        .text()
         .await
         .with_context(|| format!("{url} answered {status}, then broke off"))?;
     let envelope: Value = serde_json::from_str(&text)
@@ -67,32 +61,6 @@ pub(super) async fn post(
         if details.is_empty() { "" } else { ": " },
         envelope["traceId"].as_str().unwrap_or("-")
     )
-}
-
-/// The command line's HTTP client: hyper's, HTTP/1.1, plain HTTP only (no TLS stack in the
-/// binary), no timeout: as long as the server keeps the connection.
-pub(super) type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-pub(super) fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-/// A request for `url` that carries the API key as its bearer token; the caller adds the body.
-pub(super) fn request(
-    method: hyper::Method,
-    url: &url::Url,
-    key: &str,
-) -> hyper::http::request::Builder {
-    hyper::Request::builder()
-        .method(method)
-        .uri(url.as_str())
-        .header(AUTHORIZATION, format!("Bearer {key}"))
-}
-
-/// A whole answer's body as text (bytes that are not UTF-8 shown as U+FFFD).
-pub(super) async fn text(body: hyper::body::Incoming) -> Result<String, hyper::Error> {
-    let bytes = body.collect().await?.to_bytes();
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// Where a client starts a scan of `group`.

@@ -6,14 +6,11 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Incoming;
-use hyper::header::{ACCEPT, RETRY_AFTER};
+
 use serde::{Deserialize, Serialize};
 
 use super::config::{self, DatabaseArgs};
 use super::existing_store;
-use super::remote;
 use crate::domain::feed::FeedCursor;
 use crate::domain::ids::AccountGroupId;
 use crate::domain::scan::ScanChange;
@@ -98,36 +95,35 @@ pub(super) async fn follow_server(
     let url = server
         .join(&format!("v1/accounts/{group}/signals/scans/changes"))
         .with_context(|| format!("--server {server}"))?;
-    let client = remote::client();
+    let client = reqwest::Client::new();
     let mut stream = SseReader { last_id: after };
     let mut reconnect = Duration::from_millis(2000);
     let mut failures = 0u32;
     loop {
-        let mut request =
-            remote::request(hyper::Method::GET, &url, &key).header(ACCEPT, "text/event-stream");
+        let mut request = client
+            .get(url.clone())
+            .bearer_auth(&key)
+            .header("accept", "text/event-stream");
         if let Some(id) = &stream.last_id {
             request = request.header("last-event-id", id);
         }
-        let request = request
-            .body(Full::default())
-            .with_context(|| format!("--server {server}"))?;
-        let pause = match client.request(request).await {
+        let pause = match request.send().await {
             Ok(response) if response.status().is_success() => {
                 failures = 0;
                 tracing::info!(server = %server, "watching for status changes");
-                stream.read(response.into_body(), &mut reconnect).await;
+                stream.read(response, &mut reconnect).await;
                 reconnect
             }
             Ok(response) => {
                 let status = response.status();
                 let retry_after = response
                     .headers()
-                    .get(RETRY_AFTER)
+                    .get("retry-after")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse().ok())
                     .map(Duration::from_secs);
-                let body = remote::text(response.into_body()).await.unwrap_or_default();
-                if status == hyper::StatusCode::GONE && stream.last_id.is_some() {
+                let body = response.text().await.unwrap_or_default();
+                if status == reqwest::StatusCode::GONE && stream.last_id.is_some() {
                     // The changes after the last event were deleted by retention: they cannot
                     // be printed. Follow from now, and say so, so that whoever reads the lines
                     // re-reads the scans' current state.
@@ -169,14 +165,11 @@ struct SseReader {
 }
 
 impl SseReader {
-    /// Prints every event of `body` until it ends or breaks.
-    async fn read(&mut self, mut body: Incoming, reconnect: &mut Duration) {
+    /// Prints every event of `response` until it ends or breaks.
+    async fn read(&mut self, mut response: reqwest::Response, reconnect: &mut Duration) {
         let mut buffer = Vec::new();
         let (mut id, mut data) = (None::<String>, String::new());
-        while let Some(Ok(frame)) = body.frame().await {
-            let Ok(chunk) = frame.into_data() else {
-                continue; // trailers: none is sent
-            };
+        while let Ok(Some(chunk)) = response.chunk().await {
             buffer.extend_from_slice(&chunk);
             while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = buffer.drain(..=end).collect();

@@ -8,7 +8,7 @@ use signal_scans::domain::ids::{AccountGroupId, ScanId};
 use signal_scans::domain::keys::{AccountGroupAccess, Permission};
 use signal_scans::domain::scan::ScanStatus;
 
-use crate::helpers::locks::{WriteLock, until_advisory_waiters, until_waiting};
+use crate::helpers::locks::{WriteLock, until_advisory_waiters, until_waiting, until_waiting_on};
 use std::time::Duration;
 
 use crate::helpers::{ApiResponse, Backend, Settings, TestApp, group, move_path};
@@ -942,29 +942,3 @@ store_test!(
     a_write_on_its_own_that_loses_the_database_answers_the_rest_at_once,
     postgres_only
 );
-
-/// The session waiting for advisory lock `key` (10 s at most).
-async fn until_waiting_on(admin: &mut sqlx::PgConnection, key: i64) -> i32 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        // A bigint key shows as its high and low 32 bits.
-        let session: Option<i32> = sqlx::query_scalar(
-            "SELECT pid FROM pg_locks
-             WHERE locktype = 'advisory' AND NOT granted
-               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-               AND classid = ($1 >> 32)::oid AND objid = ($1 & 4294967295)::oid",
-        )
-        .bind(key)
-        .fetch_optional(&mut *admin)
-        .await
-        .unwrap();
-        if let Some(session) = session {
-            return session;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nobody waits on advisory lock {key}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}

@@ -115,3 +115,30 @@ pub async fn until_advisory_waiters(admin: &mut sqlx::PgConnection, count: usize
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The session waiting for advisory lock `key` (10 s at most).
+pub async fn until_waiting_on(admin: &mut sqlx::PgConnection, key: i64) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // A bigint key shows as its high and low 32 bits, with objsubid 1 (2 for a pair of int4
+        // keys). Keys here are not negative: `oid` holds no sign.
+        let session: Option<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_locks
+             WHERE locktype = 'advisory' AND NOT granted AND objsubid = 1
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND classid = ($1 >> 32)::oid AND objid = ($1 & 4294967295)::oid",
+        )
+        .bind(key)
+        .fetch_optional(&mut *admin)
+        .await
+        .unwrap();
+        if let Some(session) = session {
+            return session;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nobody waits on advisory lock {key}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
