@@ -761,6 +761,53 @@ async fn one_changes_own_error_fails_only_its_own_request(backend: Backend) {
 }
 store_test!(one_changes_own_error_fails_only_its_own_request);
 
+/// An admin session of `app`'s PostgreSQL database that holds advisory lock `lock`, and a
+/// trigger that makes `poisoned`'s write refuse the batch it is in once that lock is free. Table
+/// `refused` says whether [`refuse_the_batch`] has let it: other triggers of a test act on the
+/// writes one by one that follow, not on the batch.
+async fn poison_the_batch(app: &TestApp, poisoned: &ScanId, lock: i64) -> sqlx::PgConnection {
+    use sqlx::{Connection, Executor};
+    let mut admin = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE refused (refused boolean NOT NULL);
+             INSERT INTO refused VALUES (false);
+             CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN PERFORM pg_advisory_xact_lock({lock}); RAISE EXCEPTION 'poisoned'; END $$;
+             CREATE TRIGGER poison BEFORE UPDATE ON signal_scans
+             FOR EACH ROW WHEN (OLD.id = '{poisoned}') EXECUTE FUNCTION poison();
+             SELECT pg_advisory_lock({lock});"
+        )))
+        .await
+        .unwrap();
+    admin
+}
+
+/// Once `queued` requests wait behind the stuck write, lets it go; once the batch they form is
+/// being written (the poisoned scan's trigger waits on `lock`), marks it refused and lets the
+/// poison refuse it.
+async fn refuse_the_batch(
+    app: &TestApp,
+    admin: &mut sqlx::PgConnection,
+    stuck_lock: &mut WriteLock,
+    queued: usize,
+    lock: i64,
+) {
+    use sqlx::Executor;
+    until_changes_waiting(app, 1 + queued).await;
+    stuck_lock.release().await;
+    until_advisory_waiters(admin, 1).await;
+    admin
+        .execute("UPDATE refused SET refused = true")
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(lock)
+        .execute(&mut *admin)
+        .await
+        .unwrap();
+}
+
 /// A batch refused for one change's own error is written again request by request, and those
 /// writes start within the store's timeout of the refusal: a request whose turn comes later is
 /// answered 502 and never written, instead of waiting out every write ahead of it. Here the
@@ -768,7 +815,7 @@ store_test!(one_changes_own_error_fails_only_its_own_request);
 /// their own each take 0.6 of the timeout, and a last one that finds the timeout spent.
 /// (PostgreSQL only: SQLite has no way to make a write slow from a trigger.)
 async fn writes_one_by_one_start_within_the_timeout_of_the_refusal(backend: Backend) {
-    use sqlx::{Connection, Executor};
+    use sqlx::Executor;
     let timeout = DB_TIMEOUT * 4;
     let (app, group, writer) = one_batch_at_a_time(backend, timeout).await;
     let stuck = app.scan(&group, ScanStatus::Running).await;
@@ -779,26 +826,18 @@ async fn writes_one_by_one_start_within_the_timeout_of_the_refusal(backend: Back
     ];
     let last = app.scan(&group, ScanStatus::Running).await;
     let events_of_last = app.store.scan_events(&last).await.unwrap().len();
-    // The poisoned scan's trigger waits for this lock before it refuses: the test knows then that
-    // the batch of four is being written, and makes the slow scans slow only from there on.
     let lock: i64 = 2_426;
-    let mut admin = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    let mut admin = poison_the_batch(&app, &poisoned, lock).await;
+    // The slow scans' writes are slow only once the batch is refused: their writes on their own.
     admin
         .execute(sqlx::AssertSqlSafe(format!(
-            "CREATE TABLE slow_writes (slow boolean NOT NULL);
-             INSERT INTO slow_writes VALUES (false);
-             CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN PERFORM pg_advisory_xact_lock({lock}); RAISE EXCEPTION 'poisoned'; END $$;
-             CREATE TRIGGER poison BEFORE UPDATE ON signal_scans
-             FOR EACH ROW WHEN (OLD.id = '{poisoned}') EXECUTE FUNCTION poison();
-             CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
              BEGIN
-                 IF (SELECT slow FROM slow_writes) THEN PERFORM pg_sleep({sleep}); END IF;
+                 IF (SELECT refused FROM refused) THEN PERFORM pg_sleep({sleep}); END IF;
                  RETURN NEW;
              END $$;
              CREATE TRIGGER slow BEFORE UPDATE ON signal_scans
-             FOR EACH ROW WHEN (OLD.id IN ('{}', '{}')) EXECUTE FUNCTION slow();
-             SELECT pg_advisory_lock({lock});",
+             FOR EACH ROW WHEN (OLD.id IN ('{}', '{}')) EXECUTE FUNCTION slow();",
             slow[0],
             slow[1],
             sleep = timeout.as_secs_f64() * 0.6,
@@ -812,20 +851,7 @@ async fn writes_one_by_one_start_within_the_timeout_of_the_refusal(backend: Back
         app.cancel(Some(&writer), group.as_str(), stuck.as_str()),
         async {
             let answers = cancels_in_order(&app, &writer, &group, &order, 1);
-            let release = async {
-                until_changes_waiting(&app, 1 + order.len()).await;
-                stuck_lock.release().await;
-                until_advisory_waiters(&mut admin, 1).await;
-                admin
-                    .execute("UPDATE slow_writes SET slow = true")
-                    .await
-                    .unwrap();
-                sqlx::query("SELECT pg_advisory_unlock($1)")
-                    .bind(lock)
-                    .execute(&mut admin)
-                    .await
-                    .unwrap();
-            };
+            let release = refuse_the_batch(&app, &mut admin, &mut stuck_lock, order.len(), lock);
             tokio::join!(answers, release)
         }
     );
@@ -856,7 +882,7 @@ store_test!(
 /// waits on a lock, and the test terminates that session), and two more, which the database
 /// could still have written. (PostgreSQL only: SQLite has no session to terminate.)
 async fn a_write_on_its_own_that_loses_the_database_answers_the_rest_at_once(backend: Backend) {
-    use sqlx::{Connection, Executor};
+    use sqlx::Executor;
     let timeout = DB_TIMEOUT * 4;
     let (app, group, writer) = one_batch_at_a_time(backend, timeout).await;
     let stuck = app.scan(&group, ScanStatus::Running).await;
@@ -867,20 +893,13 @@ async fn a_write_on_its_own_that_loses_the_database_answers_the_rest_at_once(bac
         app.scan(&group, ScanStatus::Running).await,
     ];
     let events_of_rest = app.store.scan_events(&rest[0]).await.unwrap().len();
-    // The poisoned scan's trigger waits for the first lock before it refuses: the test knows
-    // then that the batch of four is being written. The dropped scan's trigger waits on the
-    // second, only once the batch is refused: that is its write on its own.
     let (batch_lock, dropped_lock): (i64, i64) = (2_427, 2_428);
-    let mut admin = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    let mut admin = poison_the_batch(&app, &poisoned, batch_lock).await;
+    // The dropped scan's write waits on the second lock once the batch is refused: its write
+    // on its own.
     admin
         .execute(sqlx::AssertSqlSafe(format!(
-            "CREATE TABLE refused (refused boolean NOT NULL);
-             INSERT INTO refused VALUES (false);
-             CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN PERFORM pg_advisory_xact_lock({batch_lock}); RAISE EXCEPTION 'poisoned'; END $$;
-             CREATE TRIGGER poison BEFORE UPDATE ON signal_scans
-             FOR EACH ROW WHEN (OLD.id = '{poisoned}') EXECUTE FUNCTION poison();
-             CREATE FUNCTION hang() RETURNS trigger LANGUAGE plpgsql AS $$
+            "CREATE FUNCTION hang() RETURNS trigger LANGUAGE plpgsql AS $$
              BEGIN
                  IF (SELECT refused FROM refused) THEN
                      PERFORM pg_advisory_xact_lock({dropped_lock});
@@ -889,7 +908,7 @@ async fn a_write_on_its_own_that_loses_the_database_answers_the_rest_at_once(bac
              END $$;
              CREATE TRIGGER hang BEFORE UPDATE ON signal_scans
              FOR EACH ROW WHEN (OLD.id = '{dropped}') EXECUTE FUNCTION hang();
-             SELECT pg_advisory_lock({batch_lock}), pg_advisory_lock({dropped_lock});"
+             SELECT pg_advisory_lock({dropped_lock});"
         )))
         .await
         .unwrap();
@@ -901,18 +920,7 @@ async fn a_write_on_its_own_that_loses_the_database_answers_the_rest_at_once(bac
         async {
             let answers = cancels_in_order(&app, &writer, &group, &order, 1);
             let cut = async {
-                until_changes_waiting(&app, 1 + order.len()).await;
-                stuck_lock.release().await;
-                until_advisory_waiters(&mut admin, 1).await;
-                admin
-                    .execute("UPDATE refused SET refused = true")
-                    .await
-                    .unwrap();
-                sqlx::query("SELECT pg_advisory_unlock($1)")
-                    .bind(batch_lock)
-                    .execute(&mut admin)
-                    .await
-                    .unwrap();
+                refuse_the_batch(&app, &mut admin, &mut stuck_lock, order.len(), batch_lock).await;
                 let session = until_waiting_on(&mut admin, dropped_lock).await;
                 let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
                     .bind(session)

@@ -95,7 +95,7 @@ async fn waiting_writers(app: &TestApp) -> (i64, bool) {
 
 /// Until `count` sessions of this database wait on an advisory lock (10 s at most).
 pub async fn until_advisory_waiters(admin: &mut sqlx::PgConnection, count: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let waiting: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity
@@ -109,7 +109,7 @@ pub async fn until_advisory_waiters(admin: &mut sqlx::PgConnection, count: usize
             return;
         }
         assert!(
-            tokio::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "{waiting} waiting on the advisory lock, not {count}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
