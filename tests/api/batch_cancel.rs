@@ -950,3 +950,48 @@ store_test!(
     a_write_on_its_own_that_loses_the_database_answers_the_rest_at_once,
     postgres_only
 );
+
+/// SQLite copies its WAL into the database file on the connection that commits once the WAL
+/// passes 1,000 pages, so that batch and the one behind it wait for the copy and a sync of the
+/// database file. The store copies it beside the writer, after every 256 committed changes: here
+/// three batch cancels (300 changes, a few dozen WAL pages) reach the database file with no commit
+/// near SQLite's threshold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_store_copies_its_wal_into_the_database_beside_the_writer() {
+    use sqlx::Connection;
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let group = group();
+    let writer = app.writer(&group).await;
+    let mut scans = Vec::new();
+    for _ in 0..300 {
+        scans.push(app.scan(&group, ScanStatus::Queued).await);
+    }
+    let file = std::path::PathBuf::from(app.db.url.strip_prefix("sqlite://").unwrap());
+    let mut connection = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
+    // Everything so far into the database file, and the WAL emptied: what follows starts from 0.
+    let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(busy, 0, "the idle service let the checkpoint finish");
+    connection.close().await.unwrap();
+    let before = std::fs::metadata(&file).unwrap().len();
+
+    for hundred in scans.chunks(100) {
+        let ids: Vec<&ScanId> = hundred.iter().collect();
+        let response = app
+            .post(&writer, &cancel_all_path(&group), Some(&body_of(&ids)))
+            .await;
+        assert_eq!(response.status, 200, "{response:?}");
+    }
+
+    // The 300 audit rows need new pages: the file grows once they are copied into it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&file).unwrap().len() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file is still {before} bytes 10 s after 300 committed changes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
