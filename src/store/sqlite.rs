@@ -544,7 +544,6 @@ impl SqliteStore {
                 pool: self.pool.clone(),
                 turn: Arc::clone(&self.writer),
                 timeout: self.timeout,
-                checkpoints: Checkpoints::start(self.pool.clone()),
             };
             // One batch at a time: SQLite has one write lock.
             Pipeline::start(writer, 1, self.timeout)
@@ -570,56 +569,6 @@ struct BatchWrites {
     pool: SqlitePool,
     turn: Arc<tokio::sync::Mutex<()>>,
     timeout: Duration,
-    checkpoints: Checkpoints,
-}
-
-/// Changes committed between two background checkpoints. Under load a change writes about one WAL
-/// page (its scan's; the audit rows of a batch share theirs), so the writer's own checkpoint, at
-/// SQLite's default of 1,000 pages, finds about this many still to copy. At one change a commit a
-/// change writes a few pages and the writer checkpoints first, as before: it has no queue to delay.
-const CHECKPOINT_EVERY: usize = 256;
-
-/// Copies the WAL into the database file on a connection of its own, beside the writer. SQLite
-/// checkpoints on the connection that commits once the WAL passes 1,000 pages: the batch that
-/// crosses it waited for 1,000 pages copied and the database file synced (the sync alone 1.6 ms
-/// here, median, every 60 batches or so under load), and so did the batch behind it. Done here, mostly off their
-/// path, the writer's own checkpoint copies what came since and resets the WAL. A `PASSIVE`
-/// checkpoint waits for nobody; one that finds the writer checkpointing just skips its turn.
-#[derive(Clone)]
-struct Checkpoints {
-    since_last: Arc<std::sync::atomic::AtomicUsize>,
-    wake: tokio::sync::mpsc::Sender<()>,
-}
-
-impl Checkpoints {
-    /// Starts the checkpointing task; it ends with the last writer.
-    fn start(pool: SqlitePool) -> Self {
-        let (wake, mut woken) = tokio::sync::mpsc::channel(1);
-        tokio::spawn(async move {
-            while woken.recv().await.is_some() {
-                if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                    .execute(&pool)
-                    .await
-                {
-                    tracing::debug!(%error, "background checkpoint failed; the writer checkpoints");
-                }
-            }
-        });
-        Self {
-            since_last: Arc::default(),
-            wake,
-        }
-    }
-
-    /// Counts committed changes; every [`CHECKPOINT_EVERY`], wakes the task (a wake while it is
-    /// still checkpointing is one more turn, not a queue).
-    fn committed(&self, changes: usize) {
-        use std::sync::atomic::Ordering::Relaxed;
-        if self.since_last.fetch_add(changes, Relaxed) + changes >= CHECKPOINT_EVERY {
-            self.since_last.store(0, Relaxed);
-            let _ = self.wake.try_send(());
-        }
-    }
 }
 
 impl BatchWriter for BatchWrites {
@@ -670,7 +619,6 @@ impl BatchWriter for BatchWrites {
             Ok((audited, changed, unchanged))
         })
         .await?;
-        self.checkpoints.committed(changes.len());
         let previous: HashMap<String, String> = audited.into_iter().collect();
         let by_id = |rows: Vec<ScanRow>| -> HashMap<ScanId, ScanRow> {
             rows.into_iter().map(|row| (row.id.0, row)).collect()
