@@ -6,7 +6,7 @@
 #   scripts/gen-python-client.sh --check   # CI: fail when clients/python/ differs from a fresh generation
 #
 # Warnings fail the generation: a document the generator cannot fully use is fixed in
-# src/http/openapi.rs, never in the generated code.
+# src/http/openapi/ (and the routes' attributes), never in the generated code.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
