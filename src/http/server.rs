@@ -58,10 +58,17 @@ impl ConnectionLimits {
         builder
             .http2()
             .timer(TokioTimer::new())
+            .max_header_list_size(HTTP2_MAX_HEADER_LIST)
             .max_concurrent_streams(self.http2_max_concurrent_streams);
         builder
     }
 }
+
+/// The largest HTTP/2 header block taken, as HTTP/2 counts it: names, values and 32 bytes a field,
+/// pseudo-headers included. hyper's default (16 KiB) refused, with a bare 431, blocks that are
+/// within the service's own limits (`limits.rs`: 16 KiB of names and values, 4 KiB of target);
+/// at 64 KiB every such block reaches those limits, and one past them gets their 400 envelope.
+const HTTP2_MAX_HEADER_LIST: u32 = 64 * 1024;
 
 /// Serves `router` on `listener` until `shutdown` resolves; then stops accepting, lets open
 /// connections finish their requests for at most `drain`, and returns.

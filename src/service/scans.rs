@@ -259,7 +259,8 @@ impl ScanService {
 
     /// Cancels each of `scans` (distinct ids) of `group` that is queued or running, all in one
     /// commit, and says what became of each, in order. A scan of another group is not found, as
-    /// on the single cancel; one scan's outcome never changes another's, and an error changes none.
+    /// on the single cancel; one scan's outcome never changes another's, and an error means none
+    /// committed, short of a database that stopped answering mid-commit (see `store/pipeline.rs`).
     pub async fn cancel_all(
         &self,
         principal: &Principal,

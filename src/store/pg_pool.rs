@@ -20,6 +20,11 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 
 use super::PoolUsage;
 
+/// How much longer than the server's `statement_timeout` (the store's timeout) a statement's
+/// answer is awaited: the server ends a statement at its timeout, and that end still has to
+/// travel back.
+pub(super) const ANSWER_GRACE: Duration = Duration::from_secs(1);
+
 /// Opens the pool's connections.
 pub(super) struct Connector {
     options: PgConnectOptions,
@@ -61,7 +66,7 @@ impl ConnectionPool {
             .expect("a pool without timeouts or hooks needs no runtime to build");
         Self {
             pool,
-            settle_within: timeout + Duration::from_secs(1),
+            settle_within: timeout + ANSWER_GRACE,
         }
     }
 
@@ -71,15 +76,17 @@ impl ConnectionPool {
         &self,
         query: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
     ) -> Result<T, sqlx::Error> {
-        let object = self.acquire().await?;
-        let mut checkout = Checkout {
-            object: Some(object),
+        self.checkout().await?.run(query).await
+    }
+
+    /// A connection of the pool for one query, waiting for one if all are in use: for a caller
+    /// that bounds the wait and the query apart.
+    pub(super) async fn checkout(&self) -> Result<Checkout, sqlx::Error> {
+        Ok(Checkout {
+            object: Some(self.acquire().await?),
             finished: false,
             settle_within: self.settle_within,
-        };
-        let result = query(checkout.connection()).await;
-        checkout.finished = result.is_ok();
-        result
+        })
     }
 
     /// One of the pool's connections, kept out of the pool until the guard is dropped: how the
@@ -116,7 +123,7 @@ impl ConnectionPool {
 pub struct HeldConnection(#[allow(dead_code)] Object<Connector>);
 
 /// A connection taken from the pool for one query.
-struct Checkout {
+pub(super) struct Checkout {
     object: Option<Object<Connector>>,
     /// The query returned `Ok`: sqlx read its whole answer, the connection is ready.
     finished: bool,
@@ -124,10 +131,18 @@ struct Checkout {
 }
 
 impl Checkout {
-    fn connection(&mut self) -> &mut PgConnection {
-        self.object
+    /// Runs `query`; the connection goes back to the pool as [`Drop`] says.
+    pub(super) async fn run<T>(
+        mut self,
+        query: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, sqlx::Error> {
+        let connection = self
+            .object
             .as_mut()
-            .expect("a checkout holds its connection until dropped")
+            .expect("a checkout holds its connection until dropped");
+        let result = query(connection).await;
+        self.finished = result.is_ok();
+        result
     }
 }
 

@@ -11,10 +11,15 @@
 //! the first's outcome, exactly as two concurrent transactions would be.
 //!
 //! A request waits at most the store's timeout to be taken into a batch, then answers
-//! [`StoreError::Unavailable`] (502) and is never committed; once taken, its batch's commit is
-//! bounded by the same timeout, and an error there answers every request of that batch, none of
-//! which committed. (An error of one change's own is the exception: the batch's requests are then
-//! written one by one, each answered its own outcome; see `Batch::commit`.)
+//! [`StoreError::Unavailable`] (502) and is never committed. Once taken, its batch's statements
+//! are bounded by the same timeout (on PostgreSQL it is the server's `statement_timeout` that ends
+//! them, awaited a second longer here), and an error there answers every request of that batch,
+//! none of which committed. (An error of one change's own is the exception: the batch's requests
+//! are then written one by one, each answered its own outcome; see `Batch::commit`.) A COMMIT
+//! once sent is awaited to its end, so no request is told 502 for a change that committed; the
+//! one exception nobody can avoid is a database or network that stops answering mid-commit
+//! (PostgreSQL: no answer a second past the statement's timeout), where the outcome is unknown
+//! and a change repeated answers what happened.
 
 use std::collections::HashSet;
 use std::future::Future;

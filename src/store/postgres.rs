@@ -11,7 +11,7 @@ use sqlx::{Connection, FromRow, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::pg_pool::{ConnectionPool, HeldConnection};
+use super::pg_pool::{ANSWER_GRACE, ConnectionPool, HeldConnection};
 use super::pipeline::{BatchWriter, ChangeRequest, Pipeline};
 use super::publisher::Publisher;
 use super::rows::{ChangeRow, ClaimedKeyRow, EventRow, KeyRow, ScanRow};
@@ -98,6 +98,14 @@ impl PgStore {
         self.bounded(self.pool.run(query)).await
     }
 
+    /// One writing statement on a connection of the pool (see [`writing`]).
+    async fn writing<T>(
+        &self,
+        query: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, StoreError> {
+        writing(&self.pool, self.timeout, query).await
+    }
+
     /// Holds one of the pool's connections until the guard is dropped.
     #[doc(hidden)] // For the fault tests that exhaust the pool: `tests/api` is another crate.
     pub async fn hold_connection(&self) -> Result<HeldConnection, StoreError> {
@@ -154,7 +162,7 @@ impl PgStore {
             AccountGroupAccess::Only(groups) => Some(groups.iter().map(|g| g.as_str()).collect()),
         };
         let row: KeyRow = self
-            .on_connection(async |connection| {
+            .writing(async |connection| {
                 sqlx::query_as(concat!(
                     "INSERT INTO api_keys (id, name, key_hash, permissions, account_group_ids, expires_at)
                      VALUES ($1, $2, $3, $4, $5, $6)
@@ -191,7 +199,7 @@ impl PgStore {
 
     pub async fn revoke_key(&self, id: Uuid) -> Result<Option<ApiKey>, StoreError> {
         let row: Option<KeyRow> = self
-            .on_connection(async |connection| {
+            .writing(async |connection| {
                 sqlx::query_as(concat!(
                     "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1
                      RETURNING ",
@@ -217,7 +225,7 @@ impl PgStore {
     ) -> Result<Creation, StoreError> {
         let window = format!("{} seconds", IDEMPOTENCY_WINDOW.whole_seconds());
         let created: Option<ScanRow> = self
-            .on_connection(async |connection| {
+            .writing(async |connection| {
                 // A key claimed by a transaction still running makes this one wait for it at the
                 // conflict, then find it claimed: concurrent requests with one key create one scan.
                 sqlx::query_as(
@@ -299,7 +307,7 @@ impl PgStore {
     pub async fn forget_idempotency_keys(&self, limit: u32) -> Result<u64, StoreError> {
         let window = format!("{} seconds", IDEMPOTENCY_WINDOW.whole_seconds());
         let done = self
-            .on_connection(async |connection| {
+            .writing(async |connection| {
                 sqlx::query(
                     "DELETE FROM idempotency_keys WHERE (api_key_id, key) IN (
                          SELECT api_key_id, key FROM idempotency_keys
@@ -484,7 +492,7 @@ impl PgStore {
     /// deletes nothing.
     pub async fn trim_audit(&self, cutoff: OffsetDateTime, batch: u32) -> Result<u64, StoreError> {
         let deleted: i64 = self
-            .on_connection(async |connection| {
+            .writing(async |connection| {
                 sqlx::query_scalar(
                     "WITH head AS (
                          SELECT xid, id, occurred_at FROM signal_scan_events
@@ -579,6 +587,21 @@ impl PgStore {
     }
 }
 
+/// Runs one writing statement (its own transaction) on a connection of `pool`. The wait for the
+/// connection is bounded by `timeout`. The statement is bounded by the server, which ends it at the
+/// same `timeout` (`statement_timeout`) and rolls it back; here its answer is awaited
+/// [`ANSWER_GRACE`] longer, so that the server's own answer, committed or not, is the one the
+/// caller gets. Only a server or a network that stops answering altogether is given up on here,
+/// and only then may a [`StoreError::Unavailable`] hide a commit.
+async fn writing<T>(
+    pool: &ConnectionPool,
+    timeout: Duration,
+    query: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+) -> Result<T, StoreError> {
+    let checkout = bounded(timeout, pool.checkout()).await?;
+    bounded(timeout + ANSWER_GRACE, checkout.run(query)).await
+}
+
 /// The PostgreSQL store's writer: a batch is one statement over arrays (its own transaction),
 /// so it costs one round trip and one commit however many changes it carries.
 #[derive(Clone)]
@@ -602,23 +625,20 @@ impl BatchWriter for BatchWrites {
         let key_ids: Vec<Option<Uuid>> = changes.iter().map(|c| c.api_key_id).collect();
         let trace_ids = column(|c| c.trace_id.clone());
         let reasons = column(|c| c.reason.clone());
-        let rows: Vec<BatchRow> = bounded(
-            self.timeout,
-            self.pool.run(async |connection| {
-                // The statement is its own file so that the benchmark's thin peer
-                // (bench/thin-peer) includes the very same text.
-                sqlx::query_as(include_str!("postgres_transition.sql"))
-                    .bind(scans)
-                    .bind(groups)
-                    .bind(to)
-                    .bind(from)
-                    .bind(key_ids)
-                    .bind(trace_ids)
-                    .bind(reasons)
-                    .fetch_all(connection)
-                    .await
-            }),
-        )
+        let rows: Vec<BatchRow> = writing(&self.pool, self.timeout, async |connection| {
+            // The statement is its own file so that the benchmark's thin peer
+            // (bench/thin-peer) includes the very same text.
+            sqlx::query_as(include_str!("postgres_transition.sql"))
+                .bind(scans)
+                .bind(groups)
+                .bind(to)
+                .bind(from)
+                .bind(key_ids)
+                .bind(trace_ids)
+                .bind(reasons)
+                .fetch_all(connection)
+                .await
+        })
         .await?;
         let mut outcomes = vec![Transition::NotFound; changes.len()];
         for BatchRow { ord, row } in rows {

@@ -19,7 +19,8 @@ use uuid::Uuid;
 use super::pipeline::{BatchWriter, ChangeRequest, Pipeline};
 use super::rows::{ChangeRow, ClaimedKeyRow, EventRow, KeyRow, SQLITE_TIMESTAMP, ScanRow};
 use super::{
-    FeedRowsRead, IS_EMPTY, KeyToCreate, StoreError, StoreOptions, bounded, migration_error,
+    FeedRowsRead, IS_EMPTY, KeyToCreate, StoreError, StoreOptions, bounded, classify,
+    migration_error,
 };
 use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition};
 use crate::domain::ids::{AccountGroupId, ScanId};
@@ -107,19 +108,16 @@ impl SqliteStore {
         })
     }
 
-    /// Runs `write` with this process's write turn held. SQLite admits one writer at a time;
-    /// queueing for it here, in order, beats every writer retrying in SQLite's busy handler, which
-    /// is unfair under contention and left some requests waiting past the timeout.
+    /// Runs `write` in one transaction with this process's write turn held (see
+    /// [`in_write_turn`]). SQLite admits one writer at a time; queueing for it here, in order,
+    /// beats every writer retrying in SQLite's busy handler, which is unfair under contention and
+    /// left some requests waiting past the timeout.
     async fn as_writer<T>(
         &self,
-        write: impl Future<Output = Result<T, sqlx::Error>>,
+        write: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T, sqlx::Error>,
     ) -> Result<T, StoreError> {
-        self.bounded(async {
-            let _wanting = Wanting::count(&self.wanting);
-            let _turn = self.writer.lock().await;
-            write.await
-        })
-        .await
+        let _wanting = Wanting::count(&self.wanting);
+        in_write_turn(&self.pool, &self.writer, self.timeout, write).await
     }
 
     /// Writers holding or queued for this process's write turn, status changes waiting for
@@ -180,8 +178,10 @@ impl SqliteStore {
             AccountGroupAccess::All => None,
             AccountGroupAccess::Only(groups) => Some(groups.iter().map(|g| g.as_str()).collect()),
         };
+        let permissions = json(&permissions)?;
+        let groups = groups.map(|groups| json(&groups)).transpose()?;
         let row: KeyRow = self
-            .as_writer(
+            .as_writer(async |connection| {
                 sqlx::query_as(
                     "INSERT INTO api_keys
                          (id, name, key_hash, permissions, account_group_ids, created_at, expires_at)
@@ -191,12 +191,13 @@ impl SqliteStore {
                 .bind(Uuid::new_v4().to_string())
                 .bind(&key.name)
                 .bind(&key.hash.0[..])
-                .bind(json(&permissions)?)
-                .bind(groups.map(|groups| json(&groups)).transpose()?)
+                .bind(permissions)
+                .bind(groups)
                 .bind(encode(now()))
                 .bind(key.expires_at.map(encode))
-                .fetch_one(&self.pool),
-            )
+                .fetch_one(connection)
+                .await
+            })
             .await?;
         row.try_into()
     }
@@ -216,15 +217,16 @@ impl SqliteStore {
 
     pub async fn revoke_key(&self, id: Uuid) -> Result<Option<ApiKey>, StoreError> {
         let row: Option<KeyRow> = self
-            .as_writer(
+            .as_writer(async |connection| {
                 sqlx::query_as(
                     "UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?2) WHERE id = ?1
                      RETURNING id, name, permissions, account_group_ids, created_at, expires_at, revoked_at",
                 )
                 .bind(id.to_string())
                 .bind(encode(now()))
-                .fetch_optional(&self.pool),
-            )
+                .fetch_optional(connection)
+                .await
+            })
             .await?;
         row.map(ApiKey::try_from).transpose()
     }
@@ -242,8 +244,7 @@ impl SqliteStore {
     ) -> Result<Creation, StoreError> {
         let scan = ScanId::generate();
         let creation = self
-            .as_writer(async {
-                let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            .as_writer(async |tx| {
                 // Stamped once the write lock is held, like a transition.
                 let now = now();
                 let at = encode(now);
@@ -319,7 +320,6 @@ impl SqliteStore {
                 .bind(group.as_str())
                 .execute(&mut *tx)
                 .await?;
-                tx.commit().await?;
                 Ok(Ok(row))
             })
             .await?;
@@ -340,15 +340,16 @@ impl SqliteStore {
     /// Forgets at most `limit` idempotency keys claimed longer than the window ago; how many.
     pub async fn forget_idempotency_keys(&self, limit: u32) -> Result<u64, StoreError> {
         let done = self
-            .as_writer(
+            .as_writer(async |connection| {
                 sqlx::query(
                     "DELETE FROM idempotency_keys WHERE rowid IN (
                          SELECT rowid FROM idempotency_keys WHERE created_at < ?1 LIMIT ?2)",
                 )
                 .bind(encode(now() - IDEMPOTENCY_WINDOW))
                 .bind(i64::from(limit))
-                .execute(&self.pool),
-            )
+                .execute(connection)
+                .await
+            })
             .await?;
         Ok(done.rows_affected())
     }
@@ -486,8 +487,7 @@ impl SqliteStore {
     /// One short write transaction: SQLite has one writer at a time, so a cancel waits for at
     /// most one batch (a few milliseconds for the default batch).
     pub async fn trim_audit(&self, cutoff: OffsetDateTime, batch: u32) -> Result<u64, StoreError> {
-        self.as_writer(async {
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        self.as_writer(async |tx| {
             // Timestamps are text of one fixed width, so they compare as the instants they name.
             let deleted: Vec<(String, i64)> = sqlx::query_as(
                 "WITH head AS (
@@ -519,7 +519,6 @@ impl SqliteStore {
                 .execute(&mut *tx)
                 .await?;
             }
-            tx.commit().await?;
             Ok(deleted.len() as u64)
         })
         .await
@@ -579,46 +578,44 @@ impl BatchWriter for BatchWrites {
     /// once.
     async fn write(&self, changes: &[ChangeRequest]) -> Result<Vec<Transition>, StoreError> {
         let batch = batch_json(changes)?;
-        let (audited, changed, unchanged) = bounded(self.timeout, async {
-            let _turn = self.turn.lock().await;
-            // BEGIN IMMEDIATE holds SQLite's single write lock for the whole transaction, so the
-            // statuses the audit rows record cannot go stale before the guarded UPDATE; the
-            // UPDATE keeps its from-status guard all the same.
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            // Stamped once the write lock is held: never before a change it waited behind.
-            let at = encode(now());
-            let audited: Vec<(String, String)> = sqlx::query_as(AUDIT_BATCH)
-                .bind(&batch)
-                .bind(&at)
-                .fetch_all(&mut *tx)
-                .await?;
-            let changed: Vec<ScanRow> = match audited.is_empty() {
-                true => Vec::new(),
-                false => {
-                    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                        "{UPDATE_BATCH} RETURNING {SCAN_COLUMNS}"
-                    )))
+        // BEGIN IMMEDIATE holds SQLite's single write lock for the whole transaction, so the
+        // statuses the audit rows record cannot go stale before the guarded UPDATE; the UPDATE
+        // keeps its from-status guard all the same.
+        let (audited, changed, unchanged) =
+            in_write_turn(&self.pool, &self.turn, self.timeout, async |tx| {
+                // Stamped once the write lock is held: never before a change it waited behind.
+                let at = encode(now());
+                let audited: Vec<(String, String)> = sqlx::query_as(AUDIT_BATCH)
                     .bind(&batch)
                     .bind(&at)
                     .fetch_all(&mut *tx)
-                    .await?
-                }
-            };
-            let unchanged: Vec<ScanRow> = match audited.len() < changes.len() {
-                false => Vec::new(),
-                true => {
-                    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                        "SELECT {SCAN_COLUMNS_OF_S} {SCANS_OF_BATCH}"
-                    )))
-                    .bind(&batch)
-                    .fetch_all(&mut *tx)
-                    .await?
-                }
-            };
-            tx.commit().await?;
-            Ok((audited, changed, unchanged))
-        })
-        .await?;
+                    .await?;
+                let changed: Vec<ScanRow> = match audited.is_empty() {
+                    true => Vec::new(),
+                    false => {
+                        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                            "{UPDATE_BATCH} RETURNING {SCAN_COLUMNS}"
+                        )))
+                        .bind(&batch)
+                        .bind(&at)
+                        .fetch_all(&mut *tx)
+                        .await?
+                    }
+                };
+                let unchanged: Vec<ScanRow> = match audited.len() < changes.len() {
+                    false => Vec::new(),
+                    true => {
+                        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                            "SELECT {SCAN_COLUMNS_OF_S} {SCANS_OF_BATCH}"
+                        )))
+                        .bind(&batch)
+                        .fetch_all(&mut *tx)
+                        .await?
+                    }
+                };
+                Ok((audited, changed, unchanged))
+            })
+            .await?;
         let previous: HashMap<String, String> = audited.into_iter().collect();
         let by_id = |rows: Vec<ScanRow>| -> HashMap<ScanId, ScanRow> {
             rows.into_iter().map(|row| (row.id.0, row)).collect()
@@ -719,6 +716,29 @@ const UPDATE_BATCH: &str = "UPDATE signal_scans
        AND (c.change ->> 'group' IS NULL OR signal_scans.account_group_id = c.change ->> 'group')
        AND signal_scans.status IN (SELECT value FROM json_each(c.change, '$.from'))";
 
+/// Runs `write` in one `BEGIN IMMEDIATE` transaction with `turn` held, and commits it. Waiting
+/// for the turn and the connection, and every statement, are bounded by `timeout`: past it the
+/// transaction is dropped (rolled back: nothing committed) and the caller told
+/// [`StoreError::Unavailable`]. The COMMIT is not bounded: once it is sent SQLite may make the
+/// transaction durable whatever this side does, so it is awaited to its end and its own answer is
+/// the truth. A caller is never told "not written" of a change that committed.
+async fn in_write_turn<T>(
+    pool: &SqlitePool,
+    turn: &tokio::sync::Mutex<()>,
+    timeout: Duration,
+    write: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T, sqlx::Error>,
+) -> Result<T, StoreError> {
+    let (_turn, tx, written) = bounded(timeout, async {
+        let turn = turn.lock().await;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let written = write(&mut tx).await?;
+        Ok((turn, tx, written))
+    })
+    .await?;
+    tx.commit().await.map_err(classify)?;
+    Ok(written)
+}
+
 fn now() -> OffsetDateTime {
     let now = OffsetDateTime::now_utc();
     now.replace_microsecond(now.microsecond())
@@ -748,5 +768,90 @@ impl<'a> Wanting<'a> {
 impl Drop for Wanting<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
+
+    use super::{StoreError, in_write_turn};
+
+    const TIMEOUT: Duration = Duration::from_millis(50);
+
+    /// An in-memory database of one connection (so one database) with a table `t`.
+    async fn database() -> SqlitePool {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE t (x INTEGER)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool
+    }
+
+    async fn rows(pool: &SqlitePool) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM t")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
+
+    /// A COMMIT that takes longer than the timeout (SQLite's commit hook holds it 300 ms) is
+    /// awaited, and the caller told it committed: never "unavailable" for a change that is in.
+    #[tokio::test]
+    async fn a_commit_slower_than_the_timeout_is_awaited_and_told_as_it_ended() {
+        let pool = database().await;
+        {
+            let mut connection = pool.acquire().await.unwrap();
+            let mut handle = connection.lock_handle().await.unwrap();
+            handle.set_commit_hook(|| {
+                std::thread::sleep(Duration::from_millis(300));
+                true // go on with the commit
+            });
+        }
+        let turn = tokio::sync::Mutex::new(());
+        let started = Instant::now();
+
+        let written = in_write_turn(&pool, &turn, TIMEOUT, async |connection| {
+            sqlx::query("INSERT INTO t VALUES (1)")
+                .execute(connection)
+                .await
+        })
+        .await;
+
+        assert!(written.is_ok(), "{written:?}");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert_eq!(rows(&pool).await, 1);
+    }
+
+    /// A statement still running at the timeout is given up on, and its transaction rolled back:
+    /// the caller is told "unavailable" and nothing of it committed.
+    #[tokio::test]
+    async fn a_statement_slower_than_the_timeout_is_unavailable_and_rolled_back() {
+        let pool = database().await;
+        let turn = tokio::sync::Mutex::new(());
+
+        let written = in_write_turn(&pool, &turn, TIMEOUT, async |connection| {
+            sqlx::query(
+                "INSERT INTO t
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000000)
+                 SELECT count(*) FROM n",
+            )
+            .execute(connection)
+            .await
+        })
+        .await;
+
+        assert!(
+            matches!(written, Err(StoreError::Unavailable(_))),
+            "{written:?}"
+        );
+        assert_eq!(rows(&pool).await, 0);
     }
 }

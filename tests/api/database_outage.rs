@@ -311,8 +311,9 @@ store_test!(
 /// with that error still to come.)
 async fn a_connection_cut_short_is_settled_before_it_serves_again(backend: Backend) {
     const TIMEOUT: Duration = Duration::from_secs(1);
-    // Longer than the wait before the next request, shorter than that request's own timeout.
-    const LATE_BY: Duration = Duration::from_millis(500);
+    // Longer than the second the store awaits a statement's answer past its timeout (so it gives
+    // up on the first statement), shorter than that and the next request's wait for a connection.
+    const LATE_BY: Duration = Duration::from_millis(1500);
     let app = Settings::default()
         .with_db_timeout(TIMEOUT)
         .with_db_max_connections(1)
@@ -334,8 +335,8 @@ async fn a_connection_cut_short_is_settled_before_it_serves_again(backend: Backe
     let stuck = app
         .cancel(Some(&key), group.as_str(), stuck_scan.as_str())
         .await;
-    // The statement's own end (statement_timeout, as late as the client's) is on its way back
-    // now, held LATE_BY by the proxy; the next request must not meet it.
+    // The statement's own end (statement_timeout, at TIMEOUT) is on its way back now, held
+    // LATE_BY by the proxy, past the moment the store gave up; the next request must not meet it.
     tokio::time::sleep(Duration::from_millis(100)).await;
     proxy.slow_down(Duration::ZERO);
     let next = app
@@ -352,6 +353,39 @@ async fn a_connection_cut_short_is_settled_before_it_serves_again(backend: Backe
 }
 store_test!(
     a_connection_cut_short_is_settled_before_it_serves_again,
+    postgres_only
+);
+
+/// PostgreSQL ends a statement at DB_TIMEOUT_MS itself (`statement_timeout`). A write whose
+/// answer is still on its way then (every answer held 1.4 s by the proxy; the timeout is 1 s) is
+/// awaited a second longer, so its request is told what the database did: the cancel committed,
+/// and it answers 200, not a 502 that would hide the commit.
+async fn a_write_answered_late_is_told_what_the_database_did(backend: Backend) {
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    let app = Settings::default()
+        .with_db_timeout(TIMEOUT)
+        .with_key_cache_ttl(Duration::from_secs(600))
+        .through_proxy()
+        .spawn(backend)
+        .await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    // The key is cached and a connection open before the database is slowed down.
+    let warm_up = app.scan(&group, ScanStatus::Queued).await;
+    app.cancel_ok(&key, &group, &warm_up).await;
+    let proxy = app.proxy.as_ref().expect("spawned through the proxy");
+
+    proxy.slow_down(TIMEOUT * 14 / 10);
+    let late = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+    proxy.slow_down(Duration::ZERO);
+
+    assert_eq!(late.status, 200, "{late:?}");
+    assert_eq!(late.body["data"]["previousStatus"], "queued");
+    assert_eq!(app.status_of(&scan).await, ScanStatus::Cancelled);
+}
+store_test!(
+    a_write_answered_late_is_told_what_the_database_did,
     postgres_only
 );
 

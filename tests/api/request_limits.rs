@@ -151,6 +151,54 @@ async fn size_limits_accept_exactly_the_limit_and_refuse_one_byte_more(backend: 
 }
 store_test!(size_limits_accept_exactly_the_limit_and_refuse_one_byte_more);
 
+/// Over HTTP/2 the header limit is the service's own too: a block of exactly 16 KiB of names and
+/// values is served and one byte more is the 400 envelope naming the limit, never a bare 431 from
+/// the HTTP/2 layer (which counts 32 bytes more a field, pseudo-headers included).
+async fn over_http2_the_header_limit_is_the_services_own(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut answers = Vec::new();
+    for bytes in [16 * 1024, 16 * 1024 + 1] {
+        let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        let request = axum::http::Request::get(format!("http://{}/healthz", app.addr))
+            .header("x-padding", "p".repeat(bytes - "x-padding".len()))
+            .body(())
+            .unwrap();
+        let (response, _) = client
+            .ready()
+            .await
+            .unwrap()
+            .send_request(request, true)
+            .unwrap();
+        let response = response.await.expect("an answer, not a reset");
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
+        let mut read = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            body.flow_control().release_capacity(chunk.len()).unwrap();
+            read.extend_from_slice(&chunk);
+        }
+        let body: serde_json::Value = serde_json::from_slice(&read)
+            .unwrap_or_else(|_| panic!("{status}: not JSON: {}", String::from_utf8_lossy(&read)));
+        answers.push((status, body));
+    }
+
+    let [(accepted, served), (refused, body)] = &answers[..] else {
+        unreachable!("two requests")
+    };
+    assert_eq!(*accepted, 200, "exactly at the limit: {served}");
+    assert_eq!(*refused, 400, "one byte over: {body}");
+    assert_eq!(body["error"]["code"], "VALIDATION_ERROR");
+    assert_eq!(
+        body["error"]["details"],
+        "headers are 16385 bytes; the limit is 16384"
+    );
+    assert!(body["traceId"].is_string(), "{body}");
+}
+store_test!(over_http2_the_header_limit_is_the_services_own);
+
 async fn a_stalled_request_answers_the_envelope_at_the_request_deadline(backend: Backend) {
     let app = TestApp::spawn_with(
         backend,
