@@ -64,7 +64,9 @@ pub struct DatabaseArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<SecretUrl>,
 
-    /// Every database call answers within this many milliseconds, or the request gets a 502.
+    /// Every database read answers within this many milliseconds, or the request gets a 502. A
+    /// write waits this long for its turn or connection and its statements (also PostgreSQL's
+    /// statement_timeout, whose answer is awaited a second longer); a COMMIT sent is not cut short.
     #[arg(long, env = "DB_TIMEOUT_MS", default_value_t = 2000,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub db_timeout_ms: u64,

@@ -176,7 +176,9 @@ pub struct KeyToCreate {
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
     pub url: SecretString,
-    /// Every database call answers within this, or fails as [`StoreError::Unavailable`].
+    /// Every read answers within this, or fails as [`StoreError::Unavailable`]; a write waits this
+    /// long for its turn or connection and its statements, never cutting a COMMIT short (see
+    /// `sqlite::in_write_turn` and `postgres::writing`).
     pub timeout: Duration,
     pub max_connections: u32,
     /// PostgreSQL: batches of status changes committing at once (at most `max_connections`).

@@ -16,10 +16,11 @@
 //! them, awaited a second longer here), and an error there answers every request of that batch,
 //! none of which committed. (An error of one change's own is the exception: the batch's requests
 //! are then written one by one, each answered its own outcome; see `Batch::commit`.) A COMMIT
-//! once sent is awaited to its end, so no request is told 502 for a change that committed; the
-//! one exception nobody can avoid is a database or network that stops answering mid-commit
-//! (PostgreSQL: no answer a second past the statement's timeout), where the outcome is unknown
-//! and a change repeated answers what happened.
+//! once sent is awaited to its end on SQLite, so no request is told 502 for a change that
+//! committed. On PostgreSQL the commit ends the statement, whose answer is awaited a second past
+//! its timeout: a commit slower than that (a stalled disk, a synchronous standby) or a database
+//! or network that stops answering leaves the outcome unknown, and a change repeated answers what
+//! happened.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -164,7 +165,7 @@ impl Pipeline {
         if withdraw(&state) {
             return Err(not_taken());
         }
-        // Taken: its commit is bounded by the writer's own timeout, and its outcome is the truth.
+        // Taken: its write is bounded by the store (never a COMMIT sent), and its outcome is the truth.
         flatten(answered.await)
     }
 }
@@ -297,8 +298,8 @@ impl Batch {
     ///
     /// The writes one by one start within `timeout` of the batch's failure, however many entries
     /// wait: an entry whose turn comes later is answered [`StoreError::Unavailable`] unwritten.
-    /// So a taken request is answered within three timeouts (its batch, the writes before its
-    /// own, its own), not one more for each entry ahead of it. A write that started is never
+    /// So a taken request is answered within three writes' bounds (its batch, the writes before
+    /// its own, its own), not one more for each entry ahead of it. A write that started is never
     /// cut short here: its statement would run on in the database and might commit after its
     /// request was told it did not.
     async fn commit(self, writer: &impl BatchWriter, timeout: Duration) {

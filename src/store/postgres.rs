@@ -591,8 +591,10 @@ impl PgStore {
 /// connection is bounded by `timeout`. The statement is bounded by the server, which ends it at the
 /// same `timeout` (`statement_timeout`) and rolls it back; here its answer is awaited
 /// [`ANSWER_GRACE`] longer, so that the server's own answer, committed or not, is the one the
-/// caller gets. Only a server or a network that stops answering altogether is given up on here,
-/// and only then may a [`StoreError::Unavailable`] hide a commit.
+/// caller gets. The timeout does not cover the commit that follows the statement (nor, on a
+/// connection's first use of a statement, the round trip that prepares it): a commit that takes
+/// longer than the grace (a stalled disk, a synchronous standby), or a server or network that
+/// stops answering, is given up on, and only then may a [`StoreError::Unavailable`] hide a commit.
 async fn writing<T>(
     pool: &ConnectionPool,
     timeout: Duration,

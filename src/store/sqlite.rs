@@ -779,7 +779,8 @@ mod tests {
 
     use super::{StoreError, in_write_turn};
 
-    const TIMEOUT: Duration = Duration::from_millis(50);
+    /// Room for a loaded machine to take the turn, BEGIN and INSERT; the COMMIT is held 5× longer.
+    const TIMEOUT: Duration = Duration::from_millis(300);
 
     /// An in-memory database of one connection (so one database) with a table `t`.
     async fn database() -> SqlitePool {
@@ -802,7 +803,7 @@ mod tests {
             .unwrap()
     }
 
-    /// A COMMIT that takes longer than the timeout (SQLite's commit hook holds it 300 ms) is
+    /// A COMMIT that takes longer than the timeout (SQLite's commit hook holds it 1.5 s) is
     /// awaited, and the caller told it committed: never "unavailable" for a change that is in.
     #[tokio::test]
     async fn a_commit_slower_than_the_timeout_is_awaited_and_told_as_it_ended() {
@@ -811,7 +812,7 @@ mod tests {
             let mut connection = pool.acquire().await.unwrap();
             let mut handle = connection.lock_handle().await.unwrap();
             handle.set_commit_hook(|| {
-                std::thread::sleep(Duration::from_millis(300));
+                std::thread::sleep(TIMEOUT * 5);
                 true // go on with the commit
             });
         }
@@ -826,7 +827,7 @@ mod tests {
         .await;
 
         assert!(written.is_ok(), "{written:?}");
-        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(started.elapsed() >= TIMEOUT * 5);
         assert_eq!(rows(&pool).await, 1);
     }
 

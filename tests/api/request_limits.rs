@@ -151,20 +151,25 @@ async fn size_limits_accept_exactly_the_limit_and_refuse_one_byte_more(backend: 
 }
 store_test!(size_limits_accept_exactly_the_limit_and_refuse_one_byte_more);
 
-/// Over HTTP/2 the header limit is the service's own too: a block of exactly 16 KiB of names and
-/// values is served and one byte more is the 400 envelope naming the limit, never a bare 431 from
-/// the HTTP/2 layer (which counts 32 bytes more a field, pseudo-headers included).
+/// Over HTTP/2 the header limit is the service's own too: 100 fields of exactly 16 KiB of names
+/// and values in all are served, and one byte more is the 400 envelope naming the limit, never a
+/// bare 431 from the HTTP/2 layer (which counts 32 bytes more a field, pseudo-headers included).
 async fn over_http2_the_header_limit_is_the_services_own(backend: Backend) {
+    const FIELDS: usize = 100;
     let app = TestApp::spawn(backend).await;
     let mut answers = Vec::new();
     for bytes in [16 * 1024, 16 * 1024 + 1] {
         let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
         let (client, connection) = h2::client::handshake(tcp).await.unwrap();
         tokio::spawn(connection);
-        let request = axum::http::Request::get(format!("http://{}/healthz", app.addr))
-            .header("x-padding", "p".repeat(bytes - "x-padding".len()))
-            .body(())
-            .unwrap();
+        // Names of 5 bytes (`x-p00` to `x-p99`); the values share the rest, the first the remainder.
+        let values = bytes - FIELDS * 5;
+        let mut request = axum::http::Request::get(format!("http://{}/healthz", app.addr));
+        for field in 0..FIELDS {
+            let length = values / FIELDS + if field == 0 { values % FIELDS } else { 0 };
+            request = request.header(format!("x-p{field:02}"), "p".repeat(length));
+        }
+        let request = request.body(()).unwrap();
         let (response, _) = client
             .ready()
             .await

@@ -100,11 +100,11 @@ def sync_detailed(
     per id, in the request's order: `cancelled`, `already_cancelled` (with its original `cancelledAt`),
     `not_cancellable` (completed or failed; nothing changed) or `not_found` (no such scan in this
     account group). One scan's outcome never changes another's. The request is one commit: all of its
-    cancels commit or none, and an error (500, 502) means none did, unless the database stopped
-    answering during that commit or the request ran into its deadline; cancelling the same ids again is
-    safe and answers what happened. The body names 1 to 100 distinct ids; more, none, a malformed or a
-    repeated id is 400 and changes nothing. Requires the `signals:write` permission and access to the
-    account group.
+    cancels commit or none. A 502 means none did, unless the commit itself outlasted the database's
+    timeout or the database stopped answering during it; after such a 502 or a 500, cancelling the same
+    ids again is safe and answers what happened. The body names 1 to 100 distinct ids; more, none, a
+    malformed or a repeated id is 400 and changes nothing. Requires the `signals:write` permission and
+    access to the account group.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
@@ -143,11 +143,11 @@ def sync(
     per id, in the request's order: `cancelled`, `already_cancelled` (with its original `cancelledAt`),
     `not_cancellable` (completed or failed; nothing changed) or `not_found` (no such scan in this
     account group). One scan's outcome never changes another's. The request is one commit: all of its
-    cancels commit or none, and an error (500, 502) means none did, unless the database stopped
-    answering during that commit or the request ran into its deadline; cancelling the same ids again is
-    safe and answers what happened. The body names 1 to 100 distinct ids; more, none, a malformed or a
-    repeated id is 400 and changes nothing. Requires the `signals:write` permission and access to the
-    account group.
+    cancels commit or none. A 502 means none did, unless the commit itself outlasted the database's
+    timeout or the database stopped answering during it; after such a 502 or a 500, cancelling the same
+    ids again is safe and answers what happened. The body names 1 to 100 distinct ids; more, none, a
+    malformed or a repeated id is 400 and changes nothing. Requires the `signals:write` permission and
+    access to the account group.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
@@ -181,11 +181,11 @@ async def asyncio_detailed(
     per id, in the request's order: `cancelled`, `already_cancelled` (with its original `cancelledAt`),
     `not_cancellable` (completed or failed; nothing changed) or `not_found` (no such scan in this
     account group). One scan's outcome never changes another's. The request is one commit: all of its
-    cancels commit or none, and an error (500, 502) means none did, unless the database stopped
-    answering during that commit or the request ran into its deadline; cancelling the same ids again is
-    safe and answers what happened. The body names 1 to 100 distinct ids; more, none, a malformed or a
-    repeated id is 400 and changes nothing. Requires the `signals:write` permission and access to the
-    account group.
+    cancels commit or none. A 502 means none did, unless the commit itself outlasted the database's
+    timeout or the database stopped answering during it; after such a 502 or a 500, cancelling the same
+    ids again is safe and answers what happened. The body names 1 to 100 distinct ids; more, none, a
+    malformed or a repeated id is 400 and changes nothing. Requires the `signals:write` permission and
+    access to the account group.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
@@ -222,11 +222,11 @@ async def asyncio(
     per id, in the request's order: `cancelled`, `already_cancelled` (with its original `cancelledAt`),
     `not_cancellable` (completed or failed; nothing changed) or `not_found` (no such scan in this
     account group). One scan's outcome never changes another's. The request is one commit: all of its
-    cancels commit or none, and an error (500, 502) means none did, unless the database stopped
-    answering during that commit or the request ran into its deadline; cancelling the same ids again is
-    safe and answers what happened. The body names 1 to 100 distinct ids; more, none, a malformed or a
-    repeated id is 400 and changes nothing. Requires the `signals:write` permission and access to the
-    account group.
+    cancels commit or none. A 502 means none did, unless the commit itself outlasted the database's
+    timeout or the database stopped answering during it; after such a 502 or a 500, cancelling the same
+    ids again is safe and answers what happened. The body names 1 to 100 distinct ids; more, none, a
+    malformed or a repeated id is 400 and changes nothing. Requires the `signals:write` permission and
+    access to the account group.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
