@@ -247,13 +247,23 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..=36_500))]
     pub audit_retention_days: Option<u32>,
 
-    /// A request that has not finished after this many milliseconds answers 500.
+    /// A request that has not finished after this many milliseconds answers 500. Keep it above
+    /// 3 × DB_TIMEOUT_MS + 1000, the longest a write may take (`serve` warns when it is not).
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub request_timeout_ms: u64,
 }
 
 impl ServeArgs {
+    /// Whether the request deadline outlasts a write as the store bounds it once a request asks
+    /// for it: its wait to be taken, its turn or connection, its statements, each
+    /// `DB_TIMEOUT_MS`, and the second the database's answer is awaited past them. A shorter
+    /// deadline may answer 500 for a write that then commits.
+    pub fn request_timeout_outlasts_a_write(&self) -> bool {
+        let write = 3 * self.database.db_timeout_ms + 1000;
+        self.request_timeout_ms > write
+    }
+
     pub fn http_settings(&self) -> HttpSettings {
         HttpSettings {
             rate_limit: RateLimit {

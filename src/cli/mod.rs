@@ -315,6 +315,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
              DATABASE_URL=postgres://user:password@host:5432/signal_scans"
         );
     }
+    if !args.request_timeout_outlasts_a_write() {
+        tracing::warn!(
+            request_timeout_ms = args.request_timeout_ms,
+            db_timeout_ms = args.database.db_timeout_ms,
+            "REQUEST_TIMEOUT_MS is not above 3 × DB_TIMEOUT_MS + 1000, the longest a write may \
+             take: a request it ends may answer 500 for a change that then commits"
+        );
+    }
     let application = Application::build(args.settings()).await?;
     let demo = match args.demo {
         true => {

@@ -143,6 +143,45 @@ async fn a_502_and_a_500_are_each_logged_once_with_the_trace_id(backend: Backend
 }
 store_test!(a_502_and_a_500_are_each_logged_once_with_the_trace_id);
 
+/// A request deadline that a write can outlast (`DB_TIMEOUT_MS` 5 s: a write may take 16 s, the
+/// default deadline is 10 s) is warned of once at start, naming both settings; the defaults (2 s
+/// and 10 s) and a deadline just past the longest write (3 × 5 s + 1 s) start quietly.
+async fn a_request_deadline_a_write_can_outlast_is_warned_of_at_start(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let url = app.db.url.as_str();
+    let warnings = |server: &ServerProcess| -> Vec<serde_json::Value> {
+        server
+            .logs()
+            .iter()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|event| event["level"] == "WARN")
+            .collect()
+    };
+
+    let short = ServerProcess::start(&[("DATABASE_URL", url), ("DB_TIMEOUT_MS", "5000")]).await;
+    let defaults = ServerProcess::start(&[("DATABASE_URL", url)]).await;
+    let enough = ServerProcess::start(&[
+        ("DATABASE_URL", url),
+        ("DB_TIMEOUT_MS", "5000"),
+        ("REQUEST_TIMEOUT_MS", "16001"),
+    ])
+    .await;
+
+    let warned = warnings(&short);
+    assert_eq!(warned.len(), 1, "{warned:#?}");
+    assert!(
+        warned[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("REQUEST_TIMEOUT_MS is not above 3 × DB_TIMEOUT_MS")),
+        "{warned:#?}"
+    );
+    assert_eq!(warned[0]["request_timeout_ms"], 10_000);
+    assert_eq!(warned[0]["db_timeout_ms"], 5_000);
+    assert_eq!(warnings(&defaults), Vec::<serde_json::Value>::new());
+    assert_eq!(warnings(&enough), Vec::<serde_json::Value>::new());
+}
+store_test!(a_request_deadline_a_write_can_outlast_is_warned_of_at_start);
+
 /// Counted by the real binary, a process of its own, so no other test's requests are in its
 /// figures: every counter moves by exactly what this test did.
 async fn metrics_count_requests_limits_pool_and_cancels(backend: Backend) {
