@@ -455,6 +455,16 @@ impl Store {
 
 /// Runs `query`, failing as [`StoreError::Unavailable`] when the database does not answer within
 /// `timeout` (connection acquisition included).
+/// The hints of a committed batch's applied changes, sent by the writer that committed it (not
+/// by the requests, which may be gone by then). A hint carries no reason: readers take it from
+/// the audit trail, so hints stay small.
+fn hints(outcomes: &[Transition]) -> impl Iterator<Item = ScanChange> + '_ {
+    outcomes.iter().filter_map(|outcome| match outcome {
+        Transition::Applied { previous, scan } => Some(ScanChange::of(Some(*previous), scan, None)),
+        _ => None,
+    })
+}
+
 async fn bounded<T>(
     timeout: Duration,
     query: impl Future<Output = Result<T, sqlx::Error>>,

@@ -571,19 +571,11 @@ impl PgStore {
             let writer = BatchWrites {
                 pool: self.pool.clone(),
                 timeout: self.timeout,
+                publisher: self.publisher().clone(),
             };
             Pipeline::start(writer, self.write_batches, self.timeout)
         });
-        let outcomes = writer.submit(changes).await?;
-        for outcome in &outcomes {
-            if let Transition::Applied { previous, scan } = outcome {
-                // Committed: now, and only now, listeners may hear of it. A hint carries no
-                // reason (readers take it from the audit trail), so hints stay small.
-                self.publisher()
-                    .publish(ScanChange::of(Some(*previous), scan, None));
-            }
-        }
-        Ok(outcomes)
+        writer.submit(changes).await
     }
 }
 
@@ -610,6 +602,8 @@ async fn writing<T>(
 struct BatchWrites {
     pool: ConnectionPool,
     timeout: Duration,
+    /// Told of each committed change: now, and only now, listeners may hear of it.
+    publisher: Publisher,
 }
 
 impl BatchWriter for BatchWrites {
@@ -657,6 +651,9 @@ impl BatchWriter for BatchWrites {
                     scan: row.into_scan()?,
                 },
             };
+        }
+        for hint in super::hints(&outcomes) {
+            self.publisher.publish(hint);
         }
         Ok(outcomes)
     }

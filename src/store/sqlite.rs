@@ -543,21 +543,12 @@ impl SqliteStore {
                 pool: self.pool.clone(),
                 turn: Arc::clone(&self.writer),
                 timeout: self.timeout,
+                changes: self.changes.clone(),
             };
             // One batch at a time: SQLite has one write lock.
             Pipeline::start(writer, 1, self.timeout)
         });
-        let outcomes = writer.submit(changes).await?;
-        for outcome in &outcomes {
-            if let Transition::Applied { previous, scan } = outcome {
-                // After the commit, a hint for this process's readers; none listening is fine.
-                // A hint carries no reason: readers take it from the audit trail.
-                let _ = self
-                    .changes
-                    .send(ScanChange::of(Some(*previous), scan, None));
-            }
-        }
-        Ok(outcomes)
+        writer.submit(changes).await
     }
 }
 
@@ -568,6 +559,8 @@ struct BatchWrites {
     pool: SqlitePool,
     turn: Arc<tokio::sync::Mutex<()>>,
     timeout: Duration,
+    /// This process's readers, told of each committed change (none listening is fine).
+    changes: tokio::sync::broadcast::Sender<ScanChange>,
 }
 
 impl BatchWriter for BatchWrites {
@@ -621,7 +614,7 @@ impl BatchWriter for BatchWrites {
             rows.into_iter().map(|row| (row.id.0, row)).collect()
         };
         let (mut changed, mut unchanged) = (by_id(changed), by_id(unchanged));
-        changes
+        let outcomes = changes
             .iter()
             .map(|change| {
                 if let Some(row) = changed.remove(&change.scan) {
@@ -643,7 +636,11 @@ impl BatchWriter for BatchWrites {
                     None => Ok(Transition::NotFound),
                 }
             })
-            .collect()
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        for hint in super::hints(&outcomes) {
+            let _ = self.changes.send(hint);
+        }
+        Ok(outcomes)
     }
 }
 

@@ -12,7 +12,8 @@ use signal_scans::service::ScanService;
 use sqlx::{Connection, PgConnection};
 
 use super::*;
-use crate::helpers::{Backend, RUNNER, ServeDefault, TestApp, cancel_path, group};
+use crate::helpers::locks::{WriteLock, until_waiting};
+use crate::helpers::{Backend, RUNNER, ServeDefault, Settings, TestApp, cancel_path, group};
 use crate::store_test;
 
 /// The feed is polled only every 60 s here, so only the publisher's hint can bring the change
@@ -59,6 +60,41 @@ async fn a_cancel_reaches_an_open_stream_by_its_hint_long_before_the_poll(backen
     assert_eq!(data["at"], cancel.body["data"]["cancelledAt"]);
 }
 store_test!(a_cancel_reaches_an_open_stream_by_its_hint_long_before_the_poll);
+
+/// The hint goes out from the store's writer once it commits, not from the request: a cancel
+/// whose client hung up while its write waited behind another session's lock still reaches an
+/// open stream by its hint, long before the 60-s poll.
+async fn a_change_whose_client_hung_up_reaches_streams_by_its_hint(backend: Backend) {
+    let app = Settings::default()
+        .with_feed_poll(Duration::from_secs(60))
+        .spawn(backend)
+        .await;
+    let group = group();
+    let writer = app.writer(&group).await;
+    let (reader, _) = read_key(&app, &group).await;
+    let scan = app.scan(&group, ScanStatus::Running).await;
+    app.store.flush_hints(SOON).await;
+    let mut stream = follow(stream_request(&app.url(&changes_path(&group, "")), &reader)).await;
+    let mut lock = WriteLock::hold(&app, &scan).await;
+
+    let cancel = app
+        .client
+        .post(app.url(&cancel_path(group.as_str(), scan.as_str())))
+        .bearer_auth(&writer)
+        .send();
+    let hung_up = tokio::spawn(cancel);
+    until_waiting(&app, 1).await;
+    // The client goes away (its connection closes); the server drops the request.
+    hung_up.abort();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lock.release().await;
+    let event = stream.next_event(SOON).await;
+
+    assert_eq!(event.json()["scanId"], scan.as_str());
+    assert_eq!(event.json()["to"], "cancelled");
+    assert_eq!(app.status_of(&scan).await, ScanStatus::Cancelled);
+}
+store_test!(a_change_whose_client_hung_up_reaches_streams_by_its_hint);
 
 /// `STREAM_BATCH_MS`: while changes keep coming, the instance's streams read the trail at most
 /// that often, so the change right after another waits for the batch; the first change after a
