@@ -255,13 +255,12 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// Whether the request deadline outlasts a write as the store bounds it once a request asks
-    /// for it: its wait to be taken, its turn or connection, its statements, each
-    /// `DB_TIMEOUT_MS`, and the second the database's answer is awaited past them. A shorter
-    /// deadline may answer 500 for a write that then commits.
+    /// Whether the request deadline outlasts the store's longest write
+    /// ([`crate::store::longest_write`]); a shorter one may answer 500 for a write that then
+    /// commits.
     pub fn request_timeout_outlasts_a_write(&self) -> bool {
-        let write = 3 * self.database.db_timeout_ms + 1000;
-        self.request_timeout_ms > write
+        let write = crate::store::longest_write(Duration::from_millis(self.database.db_timeout_ms));
+        Duration::from_millis(self.request_timeout_ms) > write
     }
 
     pub fn http_settings(&self) -> HttpSettings {

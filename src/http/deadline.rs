@@ -1,8 +1,8 @@
 //! The whole-request deadline (`REQUEST_TIMEOUT_MS`): a request whose answer has not started by
 //! then answers 500. Database calls have their own, shorter bounds and answer 502; this catches
 //! anything else that stalls. A write it cuts short may still commit (its COMMIT is not), so keep
-//! it above the store's worst write: `DB_TIMEOUT_MS` three times over and a second. A tower layer: it runs on every request, and its future is not
-//! boxed.
+//! it above the store's longest write (`store::longest_write`). A tower layer: it runs on every
+//! request, and its future is not boxed.
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -453,8 +453,6 @@ impl Store {
     }
 }
 
-/// Runs `query`, failing as [`StoreError::Unavailable`] when the database does not answer within
-/// `timeout` (connection acquisition included).
 /// The hints of a committed batch's applied changes, sent by the writer that committed it (not
 /// by the requests, which may be gone by then). A hint carries no reason: readers take it from
 /// the audit trail, so hints stay small.
@@ -465,6 +463,16 @@ fn hints(outcomes: &[Transition]) -> impl Iterator<Item = ScanChange> + '_ {
     })
 }
 
+/// The longest a write may take once a request asks for it, with the store's `timeout`: its wait
+/// to be taken into a batch, its turn or connection, its statements (each `timeout`), and the
+/// second (`ANSWER_GRACE`) the database's answer is awaited past them. A request deadline not
+/// above it may answer 500 for a write that then commits.
+pub fn longest_write(timeout: Duration) -> Duration {
+    timeout * 3 + pg_pool::ANSWER_GRACE
+}
+
+/// Runs `query`, failing as [`StoreError::Unavailable`] when the database does not answer within
+/// `timeout` (connection acquisition included).
 async fn bounded<T>(
     timeout: Duration,
     query: impl Future<Output = Result<T, sqlx::Error>>,

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use signal_scans::domain::ids::ScanId;
+use signal_scans::domain::ids::{AccountGroupId, ScanId};
 use signal_scans::domain::scan::ScanStatus;
 use signal_scans::store::Store;
 
@@ -308,6 +308,27 @@ store_test!(
     postgres_only
 );
 
+/// An app whose pool of one connection reaches the database through the proxy, with `timeout`,
+/// and a writer's key for a new group. The key is cached and the connection open (a cancel was
+/// made) before the test slows the database down.
+async fn warm_through_proxy(
+    backend: Backend,
+    timeout: Duration,
+) -> (TestApp, AccountGroupId, String) {
+    let app = Settings::default()
+        .with_db_timeout(timeout)
+        .with_db_max_connections(1)
+        .with_key_cache_ttl(Duration::from_secs(600))
+        .through_proxy()
+        .spawn(backend)
+        .await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let warm_up = app.scan(&group, ScanStatus::Queued).await;
+    app.cancel_ok(&key, &group, &warm_up).await;
+    (app, group, key)
+}
+
 /// The pool's one connection, cut short by the timeout while the server still owed it an answer
 /// (slowed down on its way back), serves the next request only once that answer is read or the
 /// connection is replaced: the next cancel, of another scan, is a 200 about that scan, not the
@@ -318,20 +339,9 @@ async fn a_connection_cut_short_is_settled_before_it_serves_again(backend: Backe
     // Longer than the second the store awaits a statement's answer past its timeout (so it gives
     // up on the first statement), shorter than that and the next request's wait for a connection.
     const LATE_BY: Duration = Duration::from_millis(1500);
-    let app = Settings::default()
-        .with_db_timeout(TIMEOUT)
-        .with_db_max_connections(1)
-        .with_key_cache_ttl(Duration::from_secs(600))
-        .through_proxy()
-        .spawn(backend)
-        .await;
-    let group = group();
-    let key = app.writer(&group).await;
+    let (app, group, key) = warm_through_proxy(backend, TIMEOUT).await;
     let stuck_scan = app.scan(&group, ScanStatus::Running).await;
     let free_scan = app.scan(&group, ScanStatus::Queued).await;
-    // The key is cached and the pool's one connection open before the database is slowed down.
-    let warm_up = app.scan(&group, ScanStatus::Queued).await;
-    app.cancel_ok(&key, &group, &warm_up).await;
     let proxy = app.proxy.as_ref().expect("spawned through the proxy");
     let mut lock = WriteLock::hold(&app, &stuck_scan).await;
 
@@ -366,21 +376,10 @@ store_test!(
 /// and it answers 200, not a 502 that would hide the commit.
 async fn a_write_answered_late_is_told_what_the_database_did(backend: Backend) {
     const TIMEOUT: Duration = Duration::from_secs(1);
-    // One connection: the late cancel's is the warm-up's, open, its statement already prepared
-    // (a new one would take round trips of 1.4 s each before the statement is even sent).
-    let app = Settings::default()
-        .with_db_timeout(TIMEOUT)
-        .with_db_max_connections(1)
-        .with_key_cache_ttl(Duration::from_secs(600))
-        .through_proxy()
-        .spawn(backend)
-        .await;
-    let group = group();
-    let key = app.writer(&group).await;
+    // The late cancel's connection is the warm-up's, open, its statement already prepared (a new
+    // one would take round trips of 1.4 s each before the statement is even sent).
+    let (app, group, key) = warm_through_proxy(backend, TIMEOUT).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
-    // The key is cached and the connection open before the database is slowed down.
-    let warm_up = app.scan(&group, ScanStatus::Queued).await;
-    app.cancel_ok(&key, &group, &warm_up).await;
     let proxy = app.proxy.as_ref().expect("spawned through the proxy");
 
     proxy.slow_down(TIMEOUT * 14 / 10);
