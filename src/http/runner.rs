@@ -23,9 +23,9 @@ use crate::service::ScanService;
     operation_id = "startSignalScan",
     tag = "runners",
     summary = "A runner starts a scan",
-    description = "Moves a queued scan to running. No request body (or `{}`). Starting a running scan again \
-        answers 200 with `previousStatus` running and the original `at`; any other status is 422 with \
-        `currentStatus`. Requires the `signals:run` permission and access to the account group.",
+    description = "Moves a queued scan to running. No request body (or `{}`). A start is a claim: the key \
+        that started the scan, starting it again, is answered 200 with `previousStatus` running and the \
+        original `at`; any other key, or any other status, is answered 422 with `currentStatus`. Requires the `signals:run` permission and access to the account group.",
     params(ScanPath),
     responses(
         (status = 200, description = "Scan running, now or before", body = doc::SignalScanMoveResponse),
@@ -61,9 +61,9 @@ pub(crate) async fn start_scan(
     operation_id = "completeSignalScan",
     tag = "runners",
     summary = "A runner completes a scan",
-    description = "Moves a running scan to completed. No request body (or `{}`). Completing a completed scan \
-        again answers 200 with `previousStatus` completed; any other status is 422 with `currentStatus` (a \
-        cancelled scan answers `currentStatus=cancelled`: the runner stops). Requires the `signals:run` \
+    description = "Moves a running scan to completed. No request body (or `{}`). The key that completed the \
+        scan, completing it again, is answered 200 with `previousStatus` completed; any other key, or any \
+        other status, is answered 422 with `currentStatus` (a cancelled scan answers `currentStatus=cancelled`: the runner stops). Requires the `signals:run` \
         permission and access to the account group.",
     params(ScanPath),
     responses(
@@ -111,8 +111,8 @@ pub(crate) struct FailRequest {
     tag = "runners",
     summary = "A runner fails a scan",
     description = "Moves a running scan to failed, with an optional `reason` (1 to 1,000 characters, no NUL). \
-        Failing a failed scan again answers 200 with `previousStatus` failed; any other status is 422 with \
-        `currentStatus`. Requires the `signals:run` permission and access to the account group.",
+        The key that failed the scan, failing it again, is answered 200 with `previousStatus` failed; \
+        any other key, or any other status, is answered 422 with `currentStatus`. Requires the `signals:run` permission and access to the account group.",
     params(ScanPath),
     request_body(content = Option<FailRequest>, description = "Optional; an empty body means no reason."),
     responses(

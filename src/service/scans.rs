@@ -309,8 +309,10 @@ impl ScanService {
 
     /// A runner's move of a scan of `group` to `to` (running, completed or failed), by the state
     /// machine, in the same guarded statement as a cancel: exactly one of a completion and a
-    /// cancel racing wins, and the loser learns the winner's status. Moving a scan where it
-    /// already is answers where it is, so a runner retrying after a lost answer learns the truth.
+    /// cancel racing wins, and the loser learns the winner's status. A move is its key's: made
+    /// again by that key it answers where the scan is, so a runner retrying after a lost answer
+    /// learns the truth; made again by another key it is refused, so a second runner's start of a
+    /// scan that another runner claimed tells it to leave the scan.
     pub(crate) async fn move_scan(
         &self,
         principal: &Principal,
@@ -327,7 +329,30 @@ impl ScanService {
             .store
             .transition(Some(group), scan, to, actor)
             .await?;
+        if let Transition::Refused { scan: current } = &outcome
+            && current.status == to
+            && !self.moved_by(principal, current, to).await?
+        {
+            return Err(ServiceError::InvalidTransition {
+                current: to,
+                requested: to,
+            });
+        }
         moved(outcome, to)
+    }
+
+    /// Whether `principal`'s key made the move that took `scan` to `to`: its latest audit row to
+    /// `to` names the key. Read only when a move is repeated; a row that retention deleted names
+    /// nobody, so the move is then nobody's to repeat.
+    async fn moved_by(
+        &self,
+        principal: &Principal,
+        scan: &Scan,
+        to: ScanStatus,
+    ) -> Result<bool, ServiceError> {
+        let events = self.0.store.scan_events(&scan.id).await?;
+        let made = events.iter().rev().find(|event| event.to == to);
+        Ok(made.is_some_and(|event| event.api_key_id == Some(principal.key_id)))
     }
 
     /// Every `IDEMPOTENCY_SWEEP_EVERY` (10 minutes), forgets the idempotency keys older than their window,

@@ -79,6 +79,48 @@ async fn a_runner_starts_then_completes_a_scan_and_a_repeated_move_answers_where
 }
 store_test!(a_runner_starts_then_completes_a_scan_and_a_repeated_move_answers_where_it_is);
 
+/// A move is its key's: the runner that made it is answered 200 again (a retry after a lost
+/// answer), any other runner 422 with the status the scan is in, so of runners racing to claim a
+/// queued scan exactly one is told it is theirs.
+async fn a_move_repeated_by_another_runners_key_is_refused_and_by_its_own_answered(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let (first, second) = (app.runner(&group).await, app.runner(&group).await);
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+
+    for (action, to) in [("start", "running"), ("complete", "completed")] {
+        let moved = act(&app, &first, &group, &scan, action, None).await;
+        let by_another = act(&app, &second, &group, &scan, action, None).await;
+        let again = act(&app, &first, &group, &scan, action, None).await;
+
+        assert_eq!(moved.status, 200, "{moved:?}");
+        let details = by_another.assert_error(422, "VALIDATION_ERROR");
+        assert_eq!(details, format!("currentStatus={to}"), "{action}");
+        assert_eq!(again.status, 200, "{again:?}");
+        assert_eq!(again.body["data"]["previousStatus"], to);
+        assert_eq!(again.body["data"]["at"], moved.body["data"]["at"]);
+    }
+    assert_eq!(app.store.scan_events(&scan).await.unwrap().len(), 3);
+
+    let runners = futures::future::join_all((0..6).map(|_| app.runner(&group))).await;
+    let contested = app.scan(&group, ScanStatus::Queued).await;
+    let starts = futures::future::join_all(
+        (runners.iter()).map(|runner| act(&app, runner, &group, &contested, "start", None)),
+    )
+    .await;
+    let claimed = starts.iter().filter(|start| start.status == 200).count();
+    assert_eq!(claimed, 1, "{starts:?}");
+    for refused in starts.iter().filter(|start| start.status != 200) {
+        assert_eq!(
+            refused.assert_error(422, "VALIDATION_ERROR"),
+            "currentStatus=running"
+        );
+    }
+}
+store_test!(a_move_repeated_by_another_runners_key_is_refused_and_by_its_own_answered);
+
 async fn a_move_the_state_machine_refuses_is_422_with_the_current_status(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let group = group();

@@ -682,13 +682,14 @@ error_response!(
     ]
 );
 error_response!(
-    /// 422 VALIDATION_ERROR: the scan's status does not allow the runner's move.
+    /// 422 VALIDATION_ERROR: the scan's status does not allow the runner's move, or another key made it.
     NotMovable,
     ErrorResponse,
     after_auth,
     [
         ("cancelled", ApiError::NotMovable { current: ScanStatus::Cancelled }),
         ("queued", ApiError::NotMovable { current: ScanStatus::Queued }),
+        ("startedByAnotherKey", ApiError::NotMovable { current: ScanStatus::Running }),
     ]
 );
 error_response!(

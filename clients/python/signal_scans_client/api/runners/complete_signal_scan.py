@@ -99,10 +99,10 @@ def sync_detailed(
 ) -> Response[ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse]:
     """A runner completes a scan
 
-     Moves a running scan to completed. No request body (or `{}`). Completing a completed scan again
-    answers 200 with `previousStatus` completed; any other status is 422 with `currentStatus` (a
-    cancelled scan answers `currentStatus=cancelled`: the runner stops). Requires the `signals:run`
-    permission and access to the account group.
+     Moves a running scan to completed. No request body (or `{}`). The key that completed the scan,
+    completing it again, is answered 200 with `previousStatus` completed; any other key, or any other
+    status, is answered 422 with `currentStatus` (a cancelled scan answers `currentStatus=cancelled`:
+    the runner stops). Requires the `signals:run` permission and access to the account group.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
@@ -138,10 +138,10 @@ def sync(
 ) -> ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse | None:
     """A runner completes a scan
 
-     Moves a running scan to completed. No request body (or `{}`). Completing a completed scan again
-    answers 200 with `previousStatus` completed; any other status is 422 with `currentStatus` (a
-    cancelled scan answers `currentStatus=cancelled`: the runner stops). Requires the `signals:run`
-    permission and access to the account group.
+     Moves a running scan to completed. No request body (or `{}`). The key that completed the scan,
+    completing it again, is answered 200 with `previousStatus` completed; any other key, or any other
+    status, is answered 422 with `currentStatus` (a cancelled scan answers `currentStatus=cancelled`:
+    the runner stops). Requires the `signals:run` permission and access to the account group.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
@@ -172,10 +172,10 @@ async def asyncio_detailed(
 ) -> Response[ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse]:
     """A runner completes a scan
 
-     Moves a running scan to completed. No request body (or `{}`). Completing a completed scan again
-    answers 200 with `previousStatus` completed; any other status is 422 with `currentStatus` (a
-    cancelled scan answers `currentStatus=cancelled`: the runner stops). Requires the `signals:run`
-    permission and access to the account group.
+     Moves a running scan to completed. No request body (or `{}`). The key that completed the scan,
+    completing it again, is answered 200 with `previousStatus` completed; any other key, or any other
+    status, is answered 422 with `currentStatus` (a cancelled scan answers `currentStatus=cancelled`:
+    the runner stops). Requires the `signals:run` permission and access to the account group.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
@@ -209,10 +209,10 @@ async def asyncio(
 ) -> ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse | None:
     """A runner completes a scan
 
-     Moves a running scan to completed. No request body (or `{}`). Completing a completed scan again
-    answers 200 with `previousStatus` completed; any other status is 422 with `currentStatus` (a
-    cancelled scan answers `currentStatus=cancelled`: the runner stops). Requires the `signals:run`
-    permission and access to the account group.
+     Moves a running scan to completed. No request body (or `{}`). The key that completed the scan,
+    completing it again, is answered 200 with `previousStatus` completed; any other key, or any other
+    status, is answered 422 with `currentStatus` (a cancelled scan answers `currentStatus=cancelled`:
+    the runner stops). Requires the `signals:run` permission and access to the account group.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:

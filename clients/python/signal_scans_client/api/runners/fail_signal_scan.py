@@ -112,9 +112,10 @@ def sync_detailed(
 ) -> Response[ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse]:
     """A runner fails a scan
 
-     Moves a running scan to failed, with an optional `reason` (1 to 1,000 characters, no NUL). Failing a
-    failed scan again answers 200 with `previousStatus` failed; any other status is 422 with
-    `currentStatus`. Requires the `signals:run` permission and access to the account group.
+     Moves a running scan to failed, with an optional `reason` (1 to 1,000 characters, no NUL). The key
+    that failed the scan, failing it again, is answered 200 with `previousStatus` failed; any other key,
+    or any other status, is answered 422 with `currentStatus`. Requires the `signals:run` permission and
+    access to the account group.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
@@ -153,9 +154,10 @@ def sync(
 ) -> ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse | None:
     """A runner fails a scan
 
-     Moves a running scan to failed, with an optional `reason` (1 to 1,000 characters, no NUL). Failing a
-    failed scan again answers 200 with `previousStatus` failed; any other status is 422 with
-    `currentStatus`. Requires the `signals:run` permission and access to the account group.
+     Moves a running scan to failed, with an optional `reason` (1 to 1,000 characters, no NUL). The key
+    that failed the scan, failing it again, is answered 200 with `previousStatus` failed; any other key,
+    or any other status, is answered 422 with `currentStatus`. Requires the `signals:run` permission and
+    access to the account group.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
@@ -189,9 +191,10 @@ async def asyncio_detailed(
 ) -> Response[ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse]:
     """A runner fails a scan
 
-     Moves a running scan to failed, with an optional `reason` (1 to 1,000 characters, no NUL). Failing a
-    failed scan again answers 200 with `previousStatus` failed; any other status is 422 with
-    `currentStatus`. Requires the `signals:run` permission and access to the account group.
+     Moves a running scan to failed, with an optional `reason` (1 to 1,000 characters, no NUL). The key
+    that failed the scan, failing it again, is answered 200 with `previousStatus` failed; any other key,
+    or any other status, is answered 422 with `currentStatus`. Requires the `signals:run` permission and
+    access to the account group.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
@@ -228,9 +231,10 @@ async def asyncio(
 ) -> ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse | None:
     """A runner fails a scan
 
-     Moves a running scan to failed, with an optional `reason` (1 to 1,000 characters, no NUL). Failing a
-    failed scan again answers 200 with `previousStatus` failed; any other status is 422 with
-    `currentStatus`. Requires the `signals:run` permission and access to the account group.
+     Moves a running scan to failed, with an optional `reason` (1 to 1,000 characters, no NUL). The key
+    that failed the scan, failing it again, is answered 200 with `previousStatus` failed; any other key,
+    or any other status, is answered 422 with `currentStatus`. Requires the `signals:run` permission and
+    access to the account group.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:

@@ -99,9 +99,10 @@ def sync_detailed(
 ) -> Response[ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse]:
     """A runner starts a scan
 
-     Moves a queued scan to running. No request body (or `{}`). Starting a running scan again answers 200
-    with `previousStatus` running and the original `at`; any other status is 422 with `currentStatus`.
-    Requires the `signals:run` permission and access to the account group.
+     Moves a queued scan to running. No request body (or `{}`). A start is a claim: the key that started
+    the scan, starting it again, is answered 200 with `previousStatus` running and the original `at`;
+    any other key, or any other status, is answered 422 with `currentStatus`. Requires the `signals:run`
+    permission and access to the account group.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
@@ -137,9 +138,10 @@ def sync(
 ) -> ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse | None:
     """A runner starts a scan
 
-     Moves a queued scan to running. No request body (or `{}`). Starting a running scan again answers 200
-    with `previousStatus` running and the original `at`; any other status is 422 with `currentStatus`.
-    Requires the `signals:run` permission and access to the account group.
+     Moves a queued scan to running. No request body (or `{}`). A start is a claim: the key that started
+    the scan, starting it again, is answered 200 with `previousStatus` running and the original `at`;
+    any other key, or any other status, is answered 422 with `currentStatus`. Requires the `signals:run`
+    permission and access to the account group.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
@@ -170,9 +172,10 @@ async def asyncio_detailed(
 ) -> Response[ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse]:
     """A runner starts a scan
 
-     Moves a queued scan to running. No request body (or `{}`). Starting a running scan again answers 200
-    with `previousStatus` running and the original `at`; any other status is 422 with `currentStatus`.
-    Requires the `signals:run` permission and access to the account group.
+     Moves a queued scan to running. No request body (or `{}`). A start is a claim: the key that started
+    the scan, starting it again, is answered 200 with `previousStatus` running and the original `at`;
+    any other key, or any other status, is answered 422 with `currentStatus`. Requires the `signals:run`
+    permission and access to the account group.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
@@ -206,9 +209,10 @@ async def asyncio(
 ) -> ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse | None:
     """A runner starts a scan
 
-     Moves a queued scan to running. No request body (or `{}`). Starting a running scan again answers 200
-    with `previousStatus` running and the original `at`; any other status is 422 with `currentStatus`.
-    Requires the `signals:run` permission and access to the account group.
+     Moves a queued scan to running. No request body (or `{}`). A start is a claim: the key that started
+    the scan, starting it again, is answered 200 with `previousStatus` running and the original `at`;
+    any other key, or any other status, is answered 422 with `currentStatus`. Requires the `signals:run`
+    permission and access to the account group.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
