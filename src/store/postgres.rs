@@ -16,7 +16,7 @@ use super::pipeline::{BatchWriter, ChangeRequest, Pipeline};
 use super::publisher::Publisher;
 use super::rows::{ChangeRow, ClaimedKeyRow, EventRow, KeyRow, ScanRow};
 use super::{
-    FeedRowsRead, IS_EMPTY, KeyToCreate, PoolUsage, StoreError, StoreOptions, bounded,
+    FeedRowsRead, IS_EMPTY, KeyToCreate, PoolUsage, StoreError, StoreOptions, bounded, classify,
     migration_error,
 };
 use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition, Horizon};
@@ -35,6 +35,13 @@ macro_rules! key_columns {
          created_at, expires_at, revoked_at"
     };
 }
+
+/// The advisory lock that migrating processes take in turn (PostgreSQL's advisory locks are
+/// per database): "SIGNALSC" in ASCII.
+const MIGRATION_LOCK: i64 = 0x5349_474E_414C_5343;
+
+/// How often a process waiting to migrate asks for [`MIGRATION_LOCK`] again.
+const MIGRATION_LOCK_POLL: Duration = Duration::from_millis(100);
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -116,14 +123,33 @@ impl PgStore {
         self.pool.usage()
     }
 
+    /// Runs the migrations not yet applied, one process at a time. sqlx's own lock waits inside
+    /// `SELECT pg_advisory_lock(…)`, a statement whose snapshot the `CREATE INDEX CONCURRENTLY`
+    /// of the process holding the lock waits for in turn: replicas starting together deadlocked,
+    /// and one that PostgreSQL aborted mid-build left an invalid index that no later start got
+    /// past. Here a process waiting for the lock asks for it between pauses, with no statement
+    /// open, and runs sqlx's migrator without its lock.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let mut connection = self
             .bounded(PgConnection::connect_with(&self.migrate_options))
             .await?;
-        super::migrations::postgres()
-            .run(&mut connection)
-            .await
-            .map_err(migration_error)
+        loop {
+            let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(MIGRATION_LOCK)
+                .fetch_one(&mut connection)
+                .await
+                .map_err(classify)?;
+            if taken {
+                break;
+            }
+            tokio::time::sleep(MIGRATION_LOCK_POLL).await;
+        }
+        let mut migrator = super::migrations::postgres();
+        migrator.set_locking(false);
+        let migrated = migrator.run(&mut connection).await.map_err(migration_error);
+        // The lock is the session's: closing the connection lets the next process take it.
+        let _ = connection.close().await;
+        migrated
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

@@ -137,14 +137,29 @@ impl SqliteStore {
         &self.pool
     }
 
+    /// Runs the migrations not yet applied, all in one transaction that holds the database's
+    /// write lock from its start. sqlx takes no lock on SQLite, so processes migrating one fresh
+    /// file together each applied the first migration and all but one failed ("table api_keys
+    /// already exists"); here the others wait for the lock, then find everything applied.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let mut connection = self
             .bounded(SqliteConnection::connect_with(&self.migrate_options))
             .await?;
+        // The busy handler waits `DB_TIMEOUT_MS` for the lock; another process's migrations may
+        // take longer (a backfill of a large table), so a busy lock is waited for again.
+        let mut migrating = loop {
+            match connection.begin_with("BEGIN IMMEDIATE").await {
+                Ok(migrating) => break migrating,
+                Err(error) if is_busy(&error) => continue,
+                Err(error) => return Err(classify(error)),
+            }
+        };
+        // Each migration runs in a savepoint of `migrating` (sqlx nests its transactions).
         super::migrations::sqlite()
-            .run(&mut connection)
+            .run(&mut *migrating)
             .await
-            .map_err(migration_error)
+            .map_err(migration_error)?;
+        migrating.commit().await.map_err(classify)
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -734,6 +749,15 @@ async fn in_write_turn<T>(
     .await?;
     tx.commit().await.map_err(classify)?;
     Ok(written)
+}
+
+/// SQLITE_BUSY or one of its extended codes: another connection holds the lock.
+fn is_busy(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(error) = error else {
+        return false;
+    };
+    let code = error.code().and_then(|code| code.parse::<i32>().ok());
+    code.is_some_and(|code| code & 0xff == 5)
 }
 
 fn now() -> OffsetDateTime {

@@ -1,12 +1,14 @@
 //! The real binary's command line: keys, scans, migrations, and its one-line configuration errors.
 
 use std::process::Output;
+use std::time::Duration;
 
 use serde_json::Value;
 use signal_scans::domain::ids::ScanId;
 use signal_scans::domain::scan::ScanStatus;
+use signal_scans::store::Store;
 
-use crate::helpers::{Backend, TestApp, child, group};
+use crate::helpers::{Backend, TestApp, TestDatabase, child, group, store_options};
 use crate::store_test;
 
 pub(crate) fn signal_scans(database_url: &str, args: &[&str]) -> Output {
@@ -165,6 +167,41 @@ async fn keys_create_without_permissions_grants_read_and_write(backend: Backend)
     assert_eq!(created["allAccountGroups"], true);
 }
 store_test!(keys_create_without_permissions_grants_read_and_write);
+
+/// Replicas that start together on a fresh database each run the migrations: one applies them,
+/// the others wait for it and find them applied. On PostgreSQL a waiting process must hold no
+/// statement open while it waits, or the index built CONCURRENTLY waits for it in turn (a deadlock,
+/// which left an index behind that no later start could get past).
+async fn processes_migrating_one_fresh_database_at_once_all_succeed(backend: Backend) {
+    for round in 0..3 {
+        let database = TestDatabase::create(backend).await;
+        let migrating: Vec<_> = (0..3)
+            .map(|_| {
+                child::signal_scans()
+                    .arg("migrate")
+                    .env("DATABASE_URL", &database.url)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for process in migrating {
+            let output = process.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(output.status.success(), "round {round}: {stderr}");
+        }
+        // The schema is whole: a scan is made and read back.
+        let store = Store::connect(&store_options(&database.url, Duration::from_secs(10))).unwrap();
+        let scan = store
+            .create_scan(&group(), ScanStatus::Queued)
+            .await
+            .unwrap();
+        let found = store.find_scan(None, &scan.id).await.unwrap();
+        assert_eq!(found.map(|scan| scan.status), Some(ScanStatus::Queued));
+    }
+}
+store_test!(processes_migrating_one_fresh_database_at_once_all_succeed);
 
 #[test]
 fn a_missing_or_bad_setting_is_one_line_naming_it() {
