@@ -10,14 +10,27 @@ WITH input AS (
                 $7::text[])
          WITH ORDINALITY AS i(scan_id, account_group_id, to_status, from_statuses, api_key_id,
                               trace_id, reason, ord)
+), claimed AS (
+    -- Every scan of the batch is claimed first, with a transaction-level advisory lock, all in one
+    -- order (so batches never wait for each other in a circle), before any row is locked. Streams
+    -- read changes in transaction-id order, and a transaction takes its id at its first row lock:
+    -- a batch that had locked one scan and then waited for another, changed meanwhile by a batch
+    -- with a later id, would be read before the change it waited for (a scan cancelled from
+    -- running, then started). Waiting here, a batch has no id yet, so it takes one after the
+    -- batch it waited for. An advisory lock takes no transaction id.
+    SELECT count(*) AS scans
+    FROM (SELECT pg_advisory_xact_lock(key)
+          FROM (SELECT DISTINCT hashtextextended(scan_id, 0) AS key FROM input ORDER BY key) AS k
+         ) AS taken
 ), current AS (
-    -- Locked in id order, so two batches that share scans never wait for each other in a
-    -- circle. Under READ COMMITTED a change that waited reads the winner's row, never the one its
-    -- snapshot started with.
+    -- Claimed before the first row is read: `claimed` is a one-time condition of this scan. Locked
+    -- in id order as well. Under READ COMMITTED a change that waited reads the winner's row, never
+    -- the one its snapshot started with.
     SELECT s.*, input.ord
     FROM signal_scans AS s
     JOIN input ON s.id = input.scan_id
               AND (input.account_group_id IS NULL OR s.account_group_id = input.account_group_id)
+    WHERE (SELECT scans FROM claimed) > 0
     ORDER BY s.id
     FOR UPDATE OF s
 ), stamp AS (

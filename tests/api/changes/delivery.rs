@@ -13,7 +13,9 @@ use sqlx::{Connection, PgConnection};
 
 use super::*;
 use crate::helpers::locks::{WriteLock, until_waiting};
-use crate::helpers::{Backend, RUNNER, ServeDefault, Settings, TestApp, cancel_path, group};
+use crate::helpers::{
+    Backend, RUNNER, ServeDefault, Settings, TestApp, cancel_path, group, move_path,
+};
 use crate::store_test;
 
 /// The feed is polled only every 60 s here, so only the publisher's hint can bring the change
@@ -361,3 +363,72 @@ async fn keep_alives_keep_their_rhythm_while_filtered_out_changes_pass(backend: 
     assert!(frames.len() >= 2, "keep-alives heard: {frames:?}");
 }
 store_test!(keep_alives_keep_their_rhythm_while_filtered_out_changes_pass);
+
+/// A change that waited for another change of its scan reaches streams after it. On PostgreSQL
+/// streams read in transaction-id order, and a batch took its id at its first row lock: a batch
+/// cancel that had locked one scan and was held up on the next, while a runner's start of its last
+/// scan committed, was read before that start (the scan cancelled from running, then started).
+async fn a_change_that_waited_for_another_of_its_scan_reaches_streams_after_it(backend: Backend) {
+    let app = Settings::default()
+        .with_db_write_batches(2)
+        .spawn(backend)
+        .await;
+    let group = group();
+    let (writer, runner) = (app.writer(&group).await, app.runner(&group).await);
+    let (reader, _) = read_key(&app, &group).await;
+    let mut scans = Vec::new();
+    for _ in 0..3 {
+        scans.push(app.scan(&group, ScanStatus::Queued).await);
+    }
+    // A batch takes its scans in id order: it locks the first, then waits for the second.
+    scans.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    let mut lock = WriteLock::hold(&app, &scans[1]).await;
+
+    let ids: Vec<&str> = scans.iter().map(ScanId::as_str).collect();
+    let body = json!({ "scanIds": ids }).to_string();
+    let cancel_path = format!("/v1/accounts/{group}/signals/scans/cancel");
+    let start_path = move_path(group.as_str(), scans[2].as_str(), "start");
+    let cancel_all = app.post(&writer, &cancel_path, Some(&body));
+    let start_last = app.post(&runner, &start_path, None);
+    let (cancelled, started) = tokio::join!(cancel_all, async {
+        until_waiting(&app, 1).await;
+        // The start commits at once, or waits behind the cancel: either, before the lock goes.
+        let mut start_last = std::pin::pin!(start_last);
+        let answered = tokio::select! {
+            started = &mut start_last => Some(started),
+            () = until_waiting(&app, 2) => None,
+        };
+        lock.release().await;
+        match answered {
+            Some(started) => started,
+            None => start_last.await,
+        }
+    });
+    assert_eq!(cancelled.status, 200, "{cancelled:?}");
+    assert!([200, 422].contains(&started.status.as_u16()), "{started:?}");
+
+    // Every scan's moves, as a replay of the group's stream shows them, in its events' order.
+    let mut done = Vec::new();
+    for scan in &scans {
+        let events = app.store.scan_events(scan).await.unwrap();
+        // The first is the creation, which `follow` passes over.
+        done.extend((events[1..].iter()).map(|e| {
+            let from = e.from.map(|from| from.to_string()).unwrap_or_default();
+            (scan.to_string(), from, e.to.to_string())
+        }));
+    }
+    let url = app.url(&changes_path(&group, &query_after("0-0")));
+    let mut stream = follow(stream_request(&url, &reader)).await;
+    let replayed = moves(&next_events(&mut stream, done.len()).await);
+    for scan in &scans {
+        let of_scan = |moves: &[(String, String, String)]| -> Vec<(String, String, String)> {
+            moves
+                .iter()
+                .filter(|m| m.0 == scan.as_str())
+                .cloned()
+                .collect()
+        };
+        assert_eq!(of_scan(&replayed), of_scan(&done), "{replayed:?}");
+    }
+}
+store_test!(a_change_that_waited_for_another_of_its_scan_reaches_streams_after_it);
