@@ -185,8 +185,7 @@ impl Follower {
             if self.behind {
                 // Boxed: a reading future is large, and an idle follower (hundreds per process)
                 // should not carry its space.
-                Box::pin(self.catch_up()).await?;
-                self.behind = false;
+                self.behind = Box::pin(self.read_trail_page()).await?;
                 continue;
             }
             match self.pages.recv().await {
@@ -228,17 +227,16 @@ impl Follower {
         self.behind = true;
     }
 
-    async fn catch_up(&mut self) -> Result<(), StoreError> {
-        loop {
-            let page = self
-                .store
-                .read_feed(&self.cursor, Some(&self.group), PAGE)
-                .await?;
-            self.take(&page);
-            if !page.full {
-                return Ok(());
-            }
-        }
+    /// Reads the trail's next page past the cursor; true when it was full, so more may follow.
+    /// One page at a time, each handed out before the next is read: a replay from far back holds
+    /// a page, not the group's history, and its first change comes after one read.
+    async fn read_trail_page(&mut self) -> Result<bool, StoreError> {
+        let page = self
+            .store
+            .read_feed(&self.cursor, Some(&self.group), PAGE)
+            .await?;
+        self.take(&page);
+        Ok(page.full)
     }
 }
 

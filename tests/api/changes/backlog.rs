@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use signal_scans::domain::feed::FeedCursor;
 use signal_scans::domain::ids::{AccountGroupId, ScanId};
 use signal_scans::domain::scan::ScanStatus;
 use signal_scans::service::feed::{ChangeHub, Start};
@@ -88,6 +89,38 @@ async fn a_resume_from_2500_changes_back_gets_each_once_in_order(backend: Backen
     assert_eq!(ids.len(), missed.len(), "each change has an id of its own");
 }
 store_test!(a_resume_from_2500_changes_back_gets_each_once_in_order);
+
+/// The trail's pages, in rows (`PAGE` in `src/service/feed/mod.rs`).
+const PAGE: u64 = 1000;
+
+/// A follower resuming from far back reads the trail a page at a time, each page handed out
+/// before the next is read: a replay of a large history costs a page of memory, and its first
+/// change comes after one read. Fails for a catch-up that reads the whole history first (it did:
+/// 20 streams replaying a group of 200,000 changes held 150 MB).
+async fn a_follower_resuming_from_far_back_reads_the_trail_a_page_at_a_time(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let made = create_scans(&app, &group, 2100).await;
+    let hub = ChangeHub::new(app.store.clone(), Duration::from_secs(60), Duration::ZERO);
+    let mut follower = hub
+        .follow(group, Start::After(FeedCursor::default()))
+        .await
+        .unwrap();
+    let read = || app.store.feed_rows_read().one_group;
+    let before = read();
+
+    let mut replayed = vec![follower.next().await.unwrap().change.scan_id];
+    let for_the_first = read() - before;
+    while replayed.len() < made.len() {
+        let event = tokio::time::timeout(SOON, follower.next()).await;
+        replayed.push(event.expect("the next change").unwrap().change.scan_id);
+    }
+
+    assert_eq!(for_the_first, PAGE, "rows read before the first change");
+    assert_eq!(replayed, made);
+    assert_eq!(read() - before, made.len() as u64, "each row read once");
+}
+store_test!(a_follower_resuming_from_far_back_reads_the_trail_a_page_at_a_time);
 
 /// The hub keeps 256 pages per group for its followers. A follower that reads nothing while 300
 /// pages of its group pass (each change its own page: the next is made once a follower that
