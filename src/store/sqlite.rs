@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use sqlx::Connection;
+use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
@@ -145,6 +146,12 @@ impl SqliteStore {
         let mut connection = self
             .bounded(SqliteConnection::connect_with(&self.migrate_options))
             .await?;
+        let migrator = super::migrations::sqlite();
+        // Nothing to apply (every start but an upgrade's first): sqlx only reads, and the start
+        // waits for no write lock that a long write elsewhere may hold.
+        if !self.bounded(pending(&mut connection, &migrator)).await? {
+            return migrator.run(&mut connection).await.map_err(migration_error);
+        }
         // The busy handler waits `DB_TIMEOUT_MS` for the lock; another process's migrations may
         // take longer (a backfill of a large table), so a busy lock is waited for again.
         let mut migrating = loop {
@@ -155,7 +162,7 @@ impl SqliteStore {
             }
         };
         // Each migration runs in a savepoint of `migrating` (sqlx nests its transactions).
-        super::migrations::sqlite()
+        migrator
             .run(&mut *migrating)
             .await
             .map_err(migration_error)?;
@@ -749,6 +756,28 @@ async fn in_write_turn<T>(
     .await?;
     tx.commit().await.map_err(classify)?;
     Ok(written)
+}
+
+/// Whether `migrator` holds a migration that the database has not applied.
+async fn pending(
+    connection: &mut SqliteConnection,
+    migrator: &Migrator,
+) -> Result<bool, sqlx::Error> {
+    let recorded: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
+    )
+    .fetch_one(&mut *connection)
+    .await?;
+    if !recorded {
+        return Ok(true);
+    }
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(&mut *connection)
+            .await?;
+    Ok(migrator
+        .iter()
+        .any(|migration| !applied.contains(&migration.version)))
 }
 
 /// SQLITE_BUSY or one of its extended codes: another connection holds the lock.

@@ -85,8 +85,13 @@ impl SharedLimits {
         limit: RateLimit,
         auth_failures_per_minute: NonZeroU32,
     ) -> Result<Self, String> {
-        let client = redis::Client::open(settings.url.expose())
-            .map_err(|_| "REDIS_URL is not a valid Redis URL".to_owned())?;
+        let url = settings.url.expose();
+        // The redis crate is built without TLS: say so, rather than call a rediss:// URL invalid.
+        // Its own error is not passed on, since it may quote the URL and its password.
+        let client = redis::Client::open(url).map_err(|_| match url.starts_with("rediss:") {
+            true => "REDIS_URL: rediss:// (TLS) is not supported by this build; use redis://",
+            false => "REDIS_URL is not a valid Redis URL",
+        })?;
         Ok(Self {
             connection: OnceCell::new(),
             backoff_until: AtomicU64::new(0),
