@@ -322,9 +322,7 @@ async fn warm_through_proxy(
         .through_proxy()
         .spawn(backend)
         .await;
-    let group = group();
-    let key = app.writer(&group).await;
-    let warm_up = app.scan(&group, ScanStatus::Queued).await;
+    let (group, key, warm_up) = app.writer_and_queued_scan().await;
     app.cancel_ok(&key, &group, &warm_up).await;
     (app, group, key)
 }

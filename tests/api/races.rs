@@ -30,9 +30,7 @@ async fn twenty_concurrent_cancels_all_succeed_and_exactly_one_transitions(backe
         .with_db_write_batches(25)
         .spawn(backend)
         .await;
-    let group = group();
-    let key = app.writer(&group).await;
-    let warm_up = app.scan(&group, ScanStatus::Queued).await;
+    let (group, key, warm_up) = app.writer_and_queued_scan().await;
     app.cancel_ok(&key, &group, &warm_up).await;
     for initial in [ScanStatus::Queued, ScanStatus::Running] {
         let scan = app.scan(&group, initial).await;
@@ -143,15 +141,13 @@ enum First {
 /// is told the winner's state. Both orders are forced, so both outcomes are checked.
 async fn cancel_racing_a_completion_has_exactly_one_winner(backend: Backend) {
     let app = contenders().spawn(backend).await;
-    let group = group();
-    let key = app.writer(&group).await;
     let runner = Actor {
         api_key_id: None,
         trace_id: Some("runner"),
         reason: None,
     };
     // The key is cached from here on: a cancel's first database work is its guarded write.
-    let warm_up = app.scan(&group, ScanStatus::Queued).await;
+    let (group, key, warm_up) = app.writer_and_queued_scan().await;
     app.cancel_ok(&key, &group, &warm_up).await;
 
     for first in [First::Cancel, First::Completion] {
