@@ -20,7 +20,7 @@ use uuid::Uuid;
 use super::pipeline::{BatchWriter, ChangeRequest, Pipeline};
 use super::rows::{ChangeRow, ClaimedKeyRow, EventRow, KeyRow, SQLITE_TIMESTAMP, ScanRow};
 use super::{
-    FeedRowsRead, IS_EMPTY, KeyToCreate, StoreError, StoreOptions, bounded, classify,
+    IS_EMPTY, KeyToCreate, ReadsCounted, StoreError, StoreOptions, bounded, classify,
     migration_error,
 };
 use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition};
@@ -60,7 +60,7 @@ pub struct SqliteStore {
     changes: tokio::sync::broadcast::Sender<ScanChange>,
     /// This process's writers, one at a time (see [`SqliteStore::as_writer`]).
     writer: Arc<tokio::sync::Mutex<()>>,
-    pub(super) feed_rows: Arc<FeedRowsRead>,
+    pub(super) counted: Arc<ReadsCounted>,
     /// Writers holding or queued for the write turn: tests see contenders waiting by it.
     wanting: Arc<std::sync::atomic::AtomicUsize>,
     /// Status changes, committed in batches; started by the first.
@@ -103,7 +103,7 @@ impl SqliteStore {
             timeout: options.timeout,
             changes: tokio::sync::broadcast::channel(CHANGE_BUFFER).0,
             writer: Arc::new(tokio::sync::Mutex::new(())),
-            feed_rows: Arc::default(),
+            counted: Arc::default(),
             wanting: Arc::default(),
             pipeline: Arc::default(),
         })
@@ -143,8 +143,20 @@ impl SqliteStore {
     /// file together each applied the first migration and all but one failed ("table api_keys
     /// already exists"); here the others wait for the lock, then find everything applied.
     pub async fn migrate(&self) -> Result<(), StoreError> {
+        // A connection turns a fresh file to WAL, which needs the file to itself; SQLite answers
+        // that busy at once, without its busy handler, while another process is doing the same,
+        // so the start tries again (1 start in 60 of three at once failed before).
         let mut connection = self
-            .bounded(SqliteConnection::connect_with(&self.migrate_options))
+            .bounded(async {
+                loop {
+                    match SqliteConnection::connect_with(&self.migrate_options).await {
+                        Err(error) if is_busy(&error) => {
+                            tokio::time::sleep(Duration::from_millis(10)).await
+                        }
+                        connected => return connected,
+                    }
+                }
+            })
             .await?;
         let migrator = super::migrations::sqlite();
         // Nothing to apply (every start but an upgrade's first): sqlx only reads, and the start

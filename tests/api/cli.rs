@@ -173,7 +173,7 @@ store_test!(keys_create_without_permissions_grants_read_and_write);
 /// statement open while it waits, or the index built CONCURRENTLY waits for it in turn (a deadlock,
 /// which left an index behind that no later start could get past).
 async fn processes_migrating_one_fresh_database_at_once_all_succeed(backend: Backend) {
-    for round in 0..3 {
+    for round in 0..8 {
         let database = TestDatabase::create(backend).await;
         let migrating: Vec<_> = (0..3)
             .map(|_| {
