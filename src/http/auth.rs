@@ -70,28 +70,48 @@ pub(crate) async fn guard(
 }
 
 /// The API key in `headers`, checked. A `client` address that keeps failing is answered 429
-/// before its key is even looked at.
+/// before its key is even looked at, and looks keys up one at a time (see
+/// [`super::rate_limit::RateLimiter::lookup_turn`]); a cached key needs no turn.
 async fn authenticate(
     state: &AppState,
     client: IpAddr,
     headers: &HeaderMap,
 ) -> Result<Principal, ApiError> {
     let failures_of = failure_bucket(client);
-    let blocked = |retry_after_secs| {
-        metrics::counter!(RATE_LIMITED, "limit" => "auth_failures").increment(1);
-        ApiError::RateLimited { retry_after_secs }
+    refuse_if_blocked(state, failures_of).await?;
+    let presented = match presented_key(headers) {
+        Ok(presented) => presented,
+        Err(error) => return settle(state, client, Err(error)).await,
     };
-    if let Some(retry_after_secs) = state.limits.auth_blocked(failures_of).await {
-        return Err(blocked(retry_after_secs));
+    if let Some(known) = state.scans.authenticate_cached(presented).await {
+        return settle(state, client, known.map_err(ApiError::from)).await;
     }
-    let outcome = match presented_key(headers) {
-        Ok(presented) => state
-            .scans
-            .authenticate(presented)
-            .await
-            .map_err(ApiError::from),
-        Err(error) => Err(error),
-    };
+    let _turn = state.limits.lookup_turn(failures_of).await;
+    refuse_if_blocked(state, failures_of).await?;
+    let looked_up = state.scans.authenticate(presented).await;
+    settle(state, client, looked_up.map_err(ApiError::from)).await
+}
+
+/// 429 for a `client` (by its [`failure_bucket`]) that failed too often.
+async fn refuse_if_blocked(state: &AppState, failures_of: IpAddr) -> Result<(), ApiError> {
+    match state.limits.auth_blocked(failures_of).await {
+        Some(retry_after_secs) => Err(auth_failures_limited(retry_after_secs)),
+        None => Ok(()),
+    }
+}
+
+fn auth_failures_limited(retry_after_secs: u64) -> ApiError {
+    metrics::counter!(RATE_LIMITED, "limit" => "auth_failures").increment(1);
+    ApiError::RateLimited { retry_after_secs }
+}
+
+/// The authentication's answer: a failure is counted against `client`, and answered 429 when it
+/// used up the address's allowance.
+async fn settle(
+    state: &AppState,
+    client: IpAddr,
+    outcome: Result<Principal, ApiError>,
+) -> Result<Principal, ApiError> {
     match outcome {
         Ok(principal) => {
             tracing::Span::current()
@@ -100,10 +120,16 @@ async fn authenticate(
         }
         Err(error @ ApiError::Unauthorized(_)) => {
             tracing::info!(client.address = %client, "authentication failed");
-            Err(match state.limits.record_auth_failure(failures_of).await {
-                Some(retry_after_secs) => blocked(retry_after_secs),
-                None => error,
-            })
+            Err(
+                match state
+                    .limits
+                    .record_auth_failure(failure_bucket(client))
+                    .await
+                {
+                    Some(retry_after_secs) => auth_failures_limited(retry_after_secs),
+                    None => error,
+                },
+            )
         }
         Err(other) => Err(other),
     }

@@ -41,6 +41,11 @@ impl KeyCache {
         Self { entries }
     }
 
+    /// The cached key with this hash, if any.
+    pub(super) async fn get(&self, hash: &KeyHash) -> Option<Arc<ApiKey>> {
+        self.entries.as_ref()?.get(hash).await
+    }
+
     /// The key with this hash: cached, or from `load` (`None`: no such key, not cached).
     /// Concurrent misses of one key wait for a single load: when a busy key's entry expires,
     /// every request in flight would otherwise query the database at the same moment.

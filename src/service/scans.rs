@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 use super::feed::{ChangeHub, Follower, Start};
 use super::key_cache::KeyCache;
 use crate::domain::ids::{AccountGroupId, ScanId};
-use crate::domain::keys::{KeyHash, KeyRejected, Principal, looks_like_key};
+use crate::domain::keys::{ApiKey, KeyHash, KeyRejected, Principal, looks_like_key};
 use crate::domain::scan::{
     Actor, Creation, IdempotencyKey, Scan, ScanCursor, ScanEvent, ScanPageQuery, ScanStatus,
     Transition,
@@ -228,11 +228,21 @@ impl ScanService {
             .0
             .keys
             .get_or_load(hash, self.0.store.find_key(&hash))
-            .await?
-            .ok_or(ServiceError::Unauthenticated(AuthFailure::Invalid))?;
-        // Expiry and revocation are judged now, on the cached copy too.
-        key.authenticate(OffsetDateTime::now_utc())
-            .map_err(|rejected| ServiceError::Unauthenticated(AuthFailure::Rejected(rejected)))
+            .await?;
+        judge(key.as_deref())
+    }
+
+    /// What [`Self::authenticate`] would answer, when it can answer without a store read: the
+    /// key is cached, or `presented` cannot be a key. `None`: only a lookup can tell.
+    pub async fn authenticate_cached(
+        &self,
+        presented: &str,
+    ) -> Option<Result<Principal, ServiceError>> {
+        if !looks_like_key(presented) {
+            return Some(Err(ServiceError::Unauthenticated(AuthFailure::Invalid)));
+        }
+        let key = self.0.keys.get(&KeyHash::of(presented)).await?;
+        Some(judge(Some(&key)))
     }
 
     /// Cancels a queued or running scan of `group`.
@@ -554,6 +564,14 @@ fn moved(outcome: Transition, to: ScanStatus) -> Result<Moved, ServiceError> {
         previous_status: previous,
         at,
     })
+}
+
+/// The principal of `key` (`None`: no key has the presented hash). Expiry and revocation are
+/// judged now, on a cached copy too.
+fn judge(key: Option<&ApiKey>) -> Result<Principal, ServiceError> {
+    let key = key.ok_or(ServiceError::Unauthenticated(AuthFailure::Invalid))?;
+    key.authenticate(OffsetDateTime::now_utc())
+        .map_err(|rejected| ServiceError::Unauthenticated(AuthFailure::Rejected(rejected)))
 }
 
 /// The audit trail's "who and why" for a change a caller asked for.

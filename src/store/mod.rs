@@ -129,13 +129,15 @@ impl PoolUsage {
     }
 }
 
-/// Audit rows returned by the feed reads of one store (and its clones), by kind of read, and the
-/// reads themselves.
+/// What the reads of one store (and its clones) cost, for tests, where timing would say nothing
+/// reliable: the audit rows its feed reads returned, by kind of read, the feed reads themselves,
+/// and its key lookups.
 #[derive(Debug, Default)]
-pub(crate) struct FeedRowsRead {
+pub(crate) struct ReadsCounted {
     one_group: AtomicU64,
     every_group: AtomicU64,
     reads: AtomicU64,
+    key_lookups: AtomicU64,
 }
 
 /// A reading of [`Store::feed_rows_read`]: what a replay or a follower costs, in rows and reads,
@@ -260,7 +262,13 @@ impl Store {
     }
 
     pub(crate) async fn find_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
+        self.counted().key_lookups.fetch_add(1, Ordering::Relaxed);
         forward!(self.find_key(hash))
+    }
+
+    /// How many keys this store has looked up by hash so far.
+    pub fn key_lookups(&self) -> u64 {
+        self.counted().key_lookups.load(Ordering::Relaxed)
     }
 
     pub async fn create_key(&self, key: &KeyToCreate) -> Result<ApiKey, StoreError> {
@@ -343,18 +351,18 @@ impl Store {
     ) -> Result<FeedPage, StoreError> {
         let page = forward!(self.read_feed(cursor, group, limit))?;
         let rows = page.rows.len() as u64;
-        let counter = match (self.feed_rows(), group) {
+        let counter = match (self.counted(), group) {
             (read, Some(_)) => &read.one_group,
             (read, None) => &read.every_group,
         };
         counter.fetch_add(rows, Ordering::Relaxed);
-        self.feed_rows().reads.fetch_add(1, Ordering::Relaxed);
+        self.counted().reads.fetch_add(1, Ordering::Relaxed);
         Ok(page)
     }
 
     /// How many audit rows this store's feed reads have returned so far, and how many reads.
     pub fn feed_rows_read(&self) -> FeedRowsCount {
-        let read = self.feed_rows();
+        let read = self.counted();
         FeedRowsCount {
             one_group: read.one_group.load(Ordering::Relaxed),
             every_group: read.every_group.load(Ordering::Relaxed),
@@ -362,10 +370,10 @@ impl Store {
         }
     }
 
-    fn feed_rows(&self) -> &FeedRowsRead {
+    fn counted(&self) -> &ReadsCounted {
         match self {
-            Store::Postgres(store) => &store.feed_rows,
-            Store::Sqlite(store) => &store.feed_rows,
+            Store::Postgres(store) => &store.counted,
+            Store::Sqlite(store) => &store.counted,
         }
     }
 

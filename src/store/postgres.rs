@@ -16,7 +16,7 @@ use super::pipeline::{BatchWriter, ChangeRequest, Pipeline};
 use super::publisher::Publisher;
 use super::rows::{ChangeRow, ClaimedKeyRow, EventRow, KeyRow, ScanRow};
 use super::{
-    FeedRowsRead, IS_EMPTY, KeyToCreate, PoolUsage, StoreError, StoreOptions, bounded, classify,
+    IS_EMPTY, KeyToCreate, PoolUsage, ReadsCounted, StoreError, StoreOptions, bounded, classify,
     migration_error,
 };
 use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition, Horizon};
@@ -53,7 +53,7 @@ pub struct PgStore {
     /// Started by the first change this process commits; shared by every clone.
     publisher: Arc<OnceLock<Publisher>>,
     publish_interval: Duration,
-    pub(super) feed_rows: Arc<FeedRowsRead>,
+    pub(super) counted: Arc<ReadsCounted>,
     /// Status changes, committed in batches; started by the first.
     pipeline: Arc<OnceLock<Pipeline>>,
     /// Batches committing at once, each on a connection of the pool.
@@ -83,7 +83,7 @@ impl PgStore {
             timeout: options.timeout,
             publisher: Arc::new(OnceLock::new()),
             publish_interval: options.publish_interval,
-            feed_rows: Arc::default(),
+            counted: Arc::default(),
             pipeline: Arc::default(),
             write_batches: options.write_batches.min(options.max_connections) as usize,
         })

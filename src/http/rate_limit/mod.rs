@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use dashmap::DashMap;
 use uuid::Uuid;
 
 pub use self::clock::LimiterClock;
@@ -51,6 +52,26 @@ pub struct RateLimiter {
     /// The in-process limits' clock (Redis keeps its own).
     clock: LimiterClock,
     shared: Option<Arc<SharedLimits>>,
+    /// Per client address (as its failures count), the turn to look a key up on this instance.
+    lookups: DashMap<IpAddr, Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// A client address's turn to look a key up; the next waiting lookup of the address goes when it
+/// is dropped.
+pub struct LookupTurn<'a> {
+    lookups: &'a DashMap<IpAddr, Arc<tokio::sync::Mutex<()>>>,
+    client: IpAddr,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for LookupTurn<'_> {
+    fn drop(&mut self) {
+        drop(self.held.take());
+        // The last one out removes the address's turn, so idle addresses hold no memory. A
+        // waiter holds a clone of the turn, taken under the map's lock, so none is missed.
+        self.lookups
+            .remove_if(&self.client, |_, turn| Arc::strong_count(turn) == 1);
+    }
 }
 
 impl RateLimiter {
@@ -81,6 +102,7 @@ impl RateLimiter {
             local: LocalLimits::new(limit, auth_failures_per_minute, clock.clone()),
             clock,
             shared,
+            lookups: DashMap::new(),
         })
     }
 
@@ -120,6 +142,20 @@ impl RateLimiter {
             }
         }
         self.local.auth_blocked(client)
+    }
+
+    /// Waits for `client`'s turn to look a key up: one lookup at a time per address on this
+    /// instance. The failure limit is checked and counted inside the turn, so an address that has
+    /// used its allowance gets no more lookups, however many requests it has in flight (checked
+    /// before the lookup and counted after it, every request in flight when a failure was
+    /// allowed again was looked up).
+    pub async fn lookup_turn(&self, client: IpAddr) -> LookupTurn<'_> {
+        let turn = self.lookups.entry(client).or_default().clone();
+        LookupTurn {
+            lookups: &self.lookups,
+            client,
+            held: Some(turn.lock_owned().await),
+        }
     }
 
     /// Counts a failed authentication; `Some(seconds)` when it took `client` over its allowance.
