@@ -22,7 +22,7 @@ use tokio::time::Sleep;
 use uuid::Uuid;
 
 use super::auth::presented_key;
-use super::error::{ApiError, Problems, both, unknown_cursor};
+use super::error::{ApiError, Problems, UnknownNames, both, unknown_cursor};
 use super::event_stream::{EventBlocks, event_stream_response};
 use super::extract::{ApiPath, GroupPath};
 use super::openapi::responses as doc;
@@ -153,7 +153,7 @@ impl StreamRequest {
                 name => unknown.add(name),
             }
         }
-        if let Some(problem) = unknown.problem() {
+        if let Some(problem) = unknown.problem("after, scanId and status") {
             problems.push(problem);
         }
         if scan_filters > MAX_SCAN_FILTERS {
@@ -201,49 +201,6 @@ impl StreamRequest {
                 .statuses
                 .as_ref()
                 .is_none_or(|statuses| statuses.contains(&event.change.to))
-    }
-}
-
-/// The unknown query parameters of a request, told as one problem: the first few distinct names
-/// that are fit to echo (short and plain), and how many there were in all.
-#[derive(Default)]
-struct UnknownNames {
-    shown: Vec<String>,
-    count: usize,
-}
-
-/// The most unknown parameter names one answer echoes.
-const UNKNOWN_NAMES_SHOWN: usize = 5;
-
-impl UnknownNames {
-    fn add(&mut self, name: &str) {
-        self.count += 1;
-        let plain = !name.is_empty()
-            && name.len() <= 32
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-        let shown = match plain {
-            true => format!("`{name}`"),
-            false => "(a name that is not plain text)".to_owned(),
-        };
-        if self.shown.len() < UNKNOWN_NAMES_SHOWN && !self.shown.contains(&shown) {
-            self.shown.push(shown);
-        }
-    }
-
-    fn problem(&self) -> Option<String> {
-        let names = match self.count {
-            0 => return None,
-            1 => format!("unknown query parameter {}", self.shown[0]),
-            count => format!(
-                "unknown query parameters ({count} in all) {}",
-                self.shown.join(", ")
-            ),
-        };
-        Some(format!(
-            "{names}: only after, scanId and status are accepted"
-        ))
     }
 }
 

@@ -1,7 +1,7 @@
 //! `ApiError`: the only place an outcome becomes a status, a code and an envelope.
 
 use axum::Json;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -96,6 +96,48 @@ impl Problems {
             more => details.push_str(&format!("; and {more} more problems")),
         }
         Err(ApiError::Validation(details))
+    }
+}
+
+/// The unknown query parameters of a request, told as one problem: the first few distinct names
+/// that are fit to echo (short and plain), and how many there were in all.
+#[derive(Default)]
+pub(crate) struct UnknownNames {
+    shown: Vec<String>,
+    count: usize,
+}
+
+/// The most unknown parameter names one answer echoes.
+const UNKNOWN_NAMES_SHOWN: usize = 5;
+
+impl UnknownNames {
+    pub(crate) fn add(&mut self, name: &str) {
+        self.count += 1;
+        let plain = !name.is_empty()
+            && name.len() <= 32
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        let shown = match plain {
+            true => format!("`{name}`"),
+            false => "(a name that is not plain text)".to_owned(),
+        };
+        if self.shown.len() < UNKNOWN_NAMES_SHOWN && !self.shown.contains(&shown) {
+            self.shown.push(shown);
+        }
+    }
+
+    /// The problem, if any name was unknown; `accepted` lists the names that are known.
+    pub(crate) fn problem(&self, accepted: &str) -> Option<String> {
+        let names = match self.count {
+            0 => return None,
+            1 => format!("unknown query parameter {}", self.shown[0]),
+            count => format!(
+                "unknown query parameters ({count} in all) {}",
+                self.shown.join(", ")
+            ),
+        };
+        Some(format!("{names}: only {accepted} are accepted"))
     }
 }
 
@@ -335,13 +377,6 @@ impl From<PathRejection> for ApiError {
         // The only way a string path parameter fails is bad percent-encoding; the raw input is
         // not echoed back.
         ApiError::Validation("path parameters must be valid percent-encoded UTF-8".into())
-    }
-}
-
-impl From<QueryRejection> for ApiError {
-    fn from(rejection: QueryRejection) -> Self {
-        // serde's message names the parameter (unknown, duplicate); it echoes no value.
-        ApiError::Validation(format!("query string: {}", rejection.body_text()))
     }
 }
 

@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 use std::str::FromStr;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, de};
 
@@ -16,11 +16,6 @@ use crate::domain::ids::{AccountGroupId, InvalidId, ScanId};
 #[derive(FromRequestParts)]
 #[from_request(via(Path), rejection(ApiError))]
 pub struct ApiPath<T>(pub T);
-
-/// `Query`, but its rejection (a malformed, duplicate or unknown parameter) is our envelope.
-#[derive(FromRequestParts)]
-#[from_request(via(Query), rejection(ApiError))]
-pub(crate) struct ApiQuery<T>(pub T);
 
 /// The raw body, but its rejection (a body over the limit, a read that failed) is our envelope.
 pub(crate) struct ApiBody(pub Bytes);

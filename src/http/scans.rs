@@ -1,14 +1,14 @@
 //! Scan handlers: parse the path into ids, call the service, shape the answer.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::envelope::Envelope;
-use super::error::{ApiError, both};
-use super::extract::{ApiBody, ApiPath, ApiQuery, GroupPath, NoFields, ScanPath};
+use super::error::{ApiError, Problems, UnknownNames, both};
+use super::extract::{ApiBody, ApiPath, GroupPath, NoFields, ScanPath};
 use super::openapi::responses as doc;
 use super::trace_id::TraceId;
 use super::views::{CancelledScan, CancelledScans, ScanEvents, ScanList};
@@ -294,58 +294,62 @@ pub(crate) async fn get_scan(
     Ok(Json(Envelope::success(scan)))
 }
 
-/// Query parameters of the list, as sent.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ListParams {
-    status: Option<String>,
-    limit: Option<String>,
-    cursor: Option<String>,
-}
-
 const DEFAULT_PAGE: u32 = 20;
 const MAX_PAGE: u32 = 100;
 
-impl ListParams {
-    /// Parses every parameter, naming each one that is malformed.
-    fn parse(&self) -> Result<ScanPageQuery, ApiError> {
-        let mut problems = Vec::new();
-        let status = match self.status.as_deref().map(str::parse::<ScanStatus>) {
-            Some(Ok(status)) => Some(status),
-            Some(Err(_)) => {
-                problems.push(
-                    "status must be one of queued, running, completed, failed, cancelled"
-                        .to_owned(),
-                );
-                None
-            }
-            None => None,
-        };
-        let limit = match self.limit.as_deref().map(str::parse::<u32>) {
-            None => DEFAULT_PAGE,
-            Some(Ok(limit)) if (1..=MAX_PAGE).contains(&limit) => limit,
-            Some(_) => {
-                problems.push(format!("limit must be an integer from 1 to {MAX_PAGE}"));
-                DEFAULT_PAGE
+/// The list's query (`status`, `limit`, `cursor`, each at most once), every problem named.
+fn parse_list_query(query: Option<&str>) -> Result<ScanPageQuery, ApiError> {
+    let mut problems = Problems::default();
+    let mut unknown = UnknownNames::default();
+    let (mut status, mut limit, mut cursor) = (None, None, None);
+    for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        let given = match name.as_ref() {
+            "status" => &mut status,
+            "limit" => &mut limit,
+            "cursor" => &mut cursor,
+            name => {
+                unknown.add(name);
+                continue;
             }
         };
-        let after = match self.cursor.as_deref().map(ScanCursor::decode) {
-            Some(Some(cursor)) => Some(cursor),
-            Some(None) => {
-                problems.push("cursor must be a nextCursor returned by this list".to_owned());
-                None
-            }
-            None => None,
-        };
-        match problems.is_empty() {
-            true => Ok(ScanPageQuery {
-                status,
-                limit,
-                after,
-            }),
-            false => Err(ApiError::Validation(problems.join("; "))),
+        match given {
+            Some(_) => problems.push(format!("{name} may be given once")),
+            None => *given = Some(value),
         }
     }
+    let status = match status.as_deref().map(str::parse::<ScanStatus>) {
+        Some(Ok(status)) => Some(status),
+        Some(Err(_)) => {
+            problems.push("status must be one of queued, running, completed, failed, cancelled");
+            None
+        }
+        None => None,
+    };
+    let limit = match limit.as_deref().map(str::parse::<u32>) {
+        None => DEFAULT_PAGE,
+        Some(Ok(limit)) if (1..=MAX_PAGE).contains(&limit) => limit,
+        Some(_) => {
+            problems.push(format!("limit must be an integer from 1 to {MAX_PAGE}"));
+            DEFAULT_PAGE
+        }
+    };
+    let after = match cursor.as_deref().map(ScanCursor::decode) {
+        Some(Some(cursor)) => Some(cursor),
+        Some(None) => {
+            problems.push("cursor must be a nextCursor returned by this list");
+            None
+        }
+        None => None,
+    };
+    if let Some(problem) = unknown.problem("status, limit and cursor") {
+        problems.push(problem);
+    }
+    problems.into_result()?;
+    Ok(ScanPageQuery {
+        status,
+        limit,
+        after,
+    })
 }
 
 /// `GET /v1/accounts/{accountGroupId}/signals/scans?status=&limit=&cursor=`: newest first.
@@ -377,9 +381,9 @@ pub(crate) async fn list_scans(
     State(service): State<ScanService>,
     principal: Principal,
     ApiPath(path): ApiPath<GroupPath>,
-    ApiQuery(params): ApiQuery<ListParams>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<Envelope<ScanList>>, ApiError> {
-    let (group, query) = both(path.parse(), params.parse())?;
+    let (group, query) = both(path.parse(), parse_list_query(query.as_deref()))?;
     let page = service.list_scans(&principal, &group, &query).await?;
     Ok(Json(Envelope::success(page.into())))
 }

@@ -269,6 +269,27 @@ async fn bad_list_parameters_are_400_naming_the_parameter(backend: Backend) {
     let (path, query) = details.split_once("; ").expect("two problems");
     assert!(path.starts_with("accountGroupId"), "{details}");
     assert!(query.contains("limit"), "{details}");
+    // Every problem is named in our words, an unknown parameter with the rest, and the path's
+    // problem too.
+    let response = app
+        .get(
+            &key,
+            "/v1/accounts/nope/signals/scans?colour=blue&limit=0&shade=x&status=done&limit=3",
+        )
+        .await;
+    let details = response.assert_error(400, "VALIDATION_ERROR");
+    assert!(details.starts_with("accountGroupId"), "{details}");
+    for named in [
+        "`colour`",
+        "`shade`",
+        "limit must be",
+        "limit may be given once",
+        "status must be",
+        "only status, limit and cursor are accepted",
+    ] {
+        assert!(details.contains(named), "{named}: {details}");
+    }
+    assert!(!details.contains("deserialize"), "{details}");
 }
 store_test!(bad_list_parameters_are_400_naming_the_parameter);
 
