@@ -158,31 +158,41 @@ pub(crate) async fn migrated_store(options: &StoreOptions) -> Result<Store, Star
     Ok(store)
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when this is called, not
+/// when it is first awaited: as a container's PID 1, the process has no default action for
+/// SIGTERM, and one sent while it still connects to its database must not be lost.
+pub(crate) fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    let (interrupt, terminate) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let received =
+                async |name: &str, listening: std::io::Result<tokio::signal::unix::Signal>| {
+                    match listening {
+                        Ok(mut signal) => drop(signal.recv().await),
+                        Err(error) => {
+                            tracing::error!(%error, "cannot listen for {name}");
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                };
+            tokio::select! {
+                () = received("Ctrl-C", interrupt) => {}
+                () = received("SIGTERM", terminate) => {}
+            }
+        }
+        #[cfg(not(unix))]
         if let Err(error) = tokio::signal::ctrl_c().await {
             tracing::error!(%error, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
+        tracing::info!("shutdown requested; finishing in-flight requests");
     }
-    tracing::info!("shutdown requested; finishing in-flight requests");
 }

@@ -323,7 +323,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
              take: a request it ends may answer 500 for a change that then commits"
         );
     }
-    let application = Application::build(args.settings()).await?;
+    // Listening before the database is reached: a stop while connecting or migrating ends the
+    // start, rather than waiting for it (or, as PID 1, being ignored).
+    let mut shutdown = Box::pin(app::shutdown_signal());
+    let application = tokio::select! {
+        built = Application::build(args.settings()) => built?,
+        () = &mut shutdown => {
+            tracing::info!("stopped before serving");
+            return Ok(());
+        }
+    };
     let demo = match args.demo {
         true => {
             let state = application.state();
@@ -345,7 +354,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("{}", demo.instructions(addr));
     }
     application
-        .run_until(app::shutdown_signal())
+        .run_until(shutdown)
         .await
         .context("server failed")?;
     tracing::info!("stopped");

@@ -208,3 +208,39 @@ fn started_requests(server: &ServerProcess) -> usize {
         .filter(|line| line.contains("started processing request"))
         .count()
 }
+
+/// SIGTERM while `serve` is still reaching its database (one that accepts the connection and
+/// never answers) ends the start at once, exit 0. Its handlers were installed only once serving
+/// began: as a container's PID 1, which has no default action for SIGTERM, the stop was ignored
+/// until the database answered or the start timed out.
+#[tokio::test]
+async fn sigterm_while_reaching_the_database_ends_the_start_with_exit_0() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut command = crate::helpers::child::signal_scans();
+    command
+        .arg("serve")
+        .env(
+            "DATABASE_URL",
+            format!("postgres://app@{}/x", silent.local_addr().unwrap()),
+        )
+        .env("DB_TIMEOUT_MS", "60000")
+        .env("LISTEN_ADDR", "127.0.0.1:0");
+    let mut serving = tokio::process::Command::from(command)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The process is past its settings and waiting for the database's answer.
+    let (_waiting, _) = silent.accept().await.unwrap();
+
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &serving.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    let exited = tokio::time::timeout(Duration::from_secs(20), serving.wait())
+        .await
+        .expect("the start ended on SIGTERM")
+        .unwrap();
+
+    assert!(sent.success());
+    assert!(exited.success(), "{exited:?}");
+}
