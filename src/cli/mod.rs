@@ -143,7 +143,8 @@ pub(crate) enum ScansCommand {
         /// Move the scan through the service at this URL instead of the database.
         #[arg(long, requires = "account_group")]
         server: Option<url::Url>,
-        /// The scan's account group (required with --server).
+        /// The scan's account group (required with --server): a scan of another group is not
+        /// found.
         #[arg(long)]
         account_group: Option<AccountGroupId>,
         #[arg(long)]
@@ -257,8 +258,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     reason: reason.as_deref(),
                     json,
                 };
-                let server = server.as_ref().zip(account_group.as_ref());
-                scans::transition(&database, server, request).await
+                scans::transition(&database, server.as_ref(), account_group.as_ref(), request).await
             }
             ScansCommand::Show {
                 database,

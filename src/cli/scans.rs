@@ -9,7 +9,7 @@ use super::output::{print_json, rfc3339};
 use super::remote::{self, Answer};
 use super::{existing_store, migrated_store};
 use crate::domain::ids::{AccountGroupId, ScanId};
-use crate::domain::scan::{Actor, ScanStatus};
+use crate::domain::scan::{Actor, ScanStatus, check_reason};
 use crate::service::HINT_FLUSH_LIMIT;
 use crate::service::{Moved, ScanService, ServiceError};
 
@@ -84,7 +84,8 @@ pub(super) struct Move<'a> {
 /// stdout with `--json`).
 pub(super) async fn transition(
     database: &DatabaseArgs,
-    server: Option<(&url::Url, &AccountGroupId)>,
+    server: Option<&url::Url>,
+    group: Option<&AccountGroupId>,
     request: Move<'_>,
 ) -> anyhow::Result<()> {
     let Move {
@@ -93,7 +94,14 @@ pub(super) async fn transition(
         reason,
         json,
     } = request;
-    let moved = match server {
+    // What the API would refuse, refused before anything moves, whichever way the move goes.
+    if let Some(reason) = reason {
+        if to != ScanStatus::Failed {
+            bail!("--reason goes only with --to failed");
+        }
+        check_reason(reason).map_err(|problem| anyhow!("--reason: {problem}"))?;
+    }
+    let moved = match server.zip(group) {
         Some((server, group)) => {
             let key = config::api_key("scans transition")?;
             let path = remote::move_path(group, scan_id, to)?;
@@ -109,7 +117,7 @@ pub(super) async fn transition(
                 reason,
                 ..Actor::default()
             };
-            let outcome = service.advance(scan_id, to, actor).await;
+            let outcome = service.advance(group, scan_id, to, actor).await;
             // Tell listeners now rather than leave them to find the change at their next poll.
             service.flush_hints(HINT_FLUSH_LIMIT).await;
             match outcome {

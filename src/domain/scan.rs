@@ -205,6 +205,22 @@ impl Scan {
 /// The longest reason a runner may give for a failure, in characters.
 pub(crate) const MAX_REASON_CHARS: usize = 1000;
 
+/// Whether `reason` may be a failure's reason: 1 to [`MAX_REASON_CHARS`] characters, none of them
+/// NUL (PostgreSQL's text cannot hold U+0000: refused here, so both stores answer alike). The
+/// API and the command line check it before anything moves.
+pub(crate) fn check_reason(reason: &str) -> Result<(), String> {
+    let chars = reason.chars().count();
+    if !(1..=MAX_REASON_CHARS).contains(&chars) {
+        return Err(format!(
+            "reason must be 1 to {MAX_REASON_CHARS} characters; it is {chars}"
+        ));
+    }
+    if reason.contains('\0') {
+        return Err("reason must not contain the NUL character (U+0000)".into());
+    }
+    Ok(())
+}
+
 /// Where a page of scans ends: the (created_at, id) of its last scan, newest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanCursor {

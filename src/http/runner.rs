@@ -13,7 +13,7 @@ use super::trace_id::TraceId;
 use super::views::MovedScan;
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::Principal;
-use crate::domain::scan::{MAX_REASON_CHARS, ScanStatus};
+use crate::domain::scan::{ScanStatus, check_reason};
 use crate::service::ScanService;
 
 /// `POST /v1/accounts/{accountGroupId}/signals/scans/{scanId}/start`: queued → running.
@@ -143,18 +143,7 @@ fn fail_reason(body: &ApiBody) -> Result<Option<String>, ApiError> {
         _ => body.optional_fields()?,
     };
     if let Some(reason) = &reason {
-        let chars = reason.chars().count();
-        if !(1..=MAX_REASON_CHARS).contains(&chars) {
-            return Err(ApiError::Validation(format!(
-                "reason must be 1 to {MAX_REASON_CHARS} characters; it is {chars}"
-            )));
-        }
-        // PostgreSQL's text cannot hold U+0000: refused here, so both stores answer alike.
-        if reason.contains('\0') {
-            return Err(ApiError::Validation(
-                "reason must not contain the NUL character (U+0000)".into(),
-            ));
-        }
+        check_reason(reason).map_err(ApiError::Validation)?;
     }
     Ok(reason)
 }

@@ -494,16 +494,18 @@ impl ScanService {
         Ok(changes.follow(*group, start).await?)
     }
 
-    /// An operator's move of any scan to `to`, by the state machine, as a runner's is: refused
-    /// with the current status when the scan has moved on (a late "completed" never overwrites a
-    /// cancel), and answered where it is when it is there already.
+    /// An operator's move of a scan (of `group`, when given: another group's is not found) to
+    /// `to`, by the state machine, as a runner's is: refused with the current status when the
+    /// scan has moved on (a late "completed" never overwrites a cancel), and answered where it
+    /// is when it is there already.
     pub async fn advance(
         &self,
+        group: Option<&AccountGroupId>,
         scan: &ScanId,
         to: ScanStatus,
         actor: Actor<'_>,
     ) -> Result<Moved, ServiceError> {
-        moved(self.0.store.transition(None, scan, to, actor).await?, to)
+        moved(self.0.store.transition(group, scan, to, actor).await?, to)
     }
 }
 

@@ -57,7 +57,9 @@ async fn a_refused_move_names_the_current_status(backend: Backend) {
     let service = ScanService::new(app.store.clone());
     let scan = app.scan(&group(), ScanStatus::Cancelled).await;
 
-    let refused = service.advance(&scan, ScanStatus::Completed, RUNNER).await;
+    let refused = service
+        .advance(None, &scan, ScanStatus::Completed, RUNNER)
+        .await;
 
     match refused {
         Err(ServiceError::InvalidTransition { current, requested }) => {
@@ -123,3 +125,50 @@ async fn the_transition_command_refuses_a_final_scan_naming_its_status(backend: 
     assert_eq!(app.status_of(&scan).await, ScanStatus::Completed);
 }
 store_test!(the_transition_command_refuses_a_final_scan_naming_its_status);
+
+/// The transition command checks what the API checks, before it touches the scan: a reason
+/// only on a failure, of 1 to 1,000 characters; a scan of another group than `--account-group`
+/// is not found. (Without `--server` the reason reached the database's own check, and the
+/// group was ignored.)
+async fn the_transition_command_refuses_what_the_api_refuses_and_moves_nothing(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mine = group();
+    let scan = app.scan(&mine, ScanStatus::Queued).await;
+    let run = |args: &[&str]| {
+        crate::helpers::child::signal_scans()
+            .args(["scans", "transition", scan.as_str()])
+            .args(args)
+            .env("DATABASE_URL", &app.db.url)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let too_long = "x".repeat(1001);
+    let theirs = group();
+
+    for (args, says) in [
+        (vec!["--to", "running", "--reason", "why"], "--reason"),
+        (
+            vec!["--to", "failed", "--reason", ""],
+            "reason must be 1 to 1000",
+        ),
+        (vec!["--to", "failed", "--reason", &too_long], "it is 1001"),
+        (
+            vec!["--to", "running", "--account-group", theirs.as_str()],
+            "no scan with id",
+        ),
+    ] {
+        let refused = run(&args);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{args:?}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert_eq!(app.status_of(&scan).await, ScanStatus::Queued, "{args:?}");
+    }
+    let started = run(&["--to", "running", "--account-group", mine.as_str()]);
+    assert!(started.status.success(), "{started:?}");
+    let failed = run(&["--to", "failed", "--reason", &"é".repeat(1000)]);
+    assert!(failed.status.success(), "{failed:?}");
+    assert_eq!(app.status_of(&scan).await, ScanStatus::Failed);
+}
+store_test!(the_transition_command_refuses_what_the_api_refuses_and_moves_nothing);

@@ -229,14 +229,14 @@ async fn filters_by_scan_id_and_status_deliver_only_matching_changes(backend: Ba
     let mut runner_moves = open("?status=running&status=completed".into()).await;
 
     runner
-        .advance(&first, ScanStatus::Running, RUNNER)
+        .advance(None, &first, ScanStatus::Running, RUNNER)
         .await
         .unwrap();
     let cancel_other = app
         .cancel(Some(&writer), group.as_str(), other.as_str())
         .await;
     runner
-        .advance(&second, ScanStatus::Completed, RUNNER)
+        .advance(None, &second, ScanStatus::Completed, RUNNER)
         .await
         .unwrap();
     let cancel_first = app
