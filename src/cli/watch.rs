@@ -15,6 +15,7 @@ use crate::domain::feed::FeedCursor;
 use crate::domain::ids::AccountGroupId;
 use crate::domain::scan::ScanChange;
 use crate::service::feed::{FeedReader, Start};
+use crate::service::{ScanService, ServiceError};
 
 /// The longest pause between two attempts to reach the server.
 const MAX_RECONNECT: Duration = Duration::from_secs(30);
@@ -35,15 +36,18 @@ pub(super) async fn follow_database(
         None => Start::Now,
     };
     let store = existing_store(database).await?;
-    // As the HTTP stream answers 410: resuming from before deleted changes would skip them.
-    if let (Start::After(cursor), Some(group)) = (&start, &group)
-        && let Some(mark) = store.trimmed_mark(group).await?
-        && cursor.reaches_below(mark)
-    {
-        bail!(
-            "the changes after --after are no longer kept (AUDIT_RETENTION_DAYS): watch without \
-             --after, then re-read the current state of your scans"
-        );
+    // As the HTTP stream answers 400 and 410.
+    if let Start::After(cursor) = &start {
+        let checked = ScanService::new(store.clone())
+            .check_resume(group.as_ref(), cursor, "--after")
+            .await;
+        match checked {
+            Err(ServiceError::ExpiredCursor) => bail!(
+                "the changes after --after are no longer kept (AUDIT_RETENTION_DAYS): watch \
+                 without --after, then re-read the current state of your scans"
+            ),
+            checked => checked?,
+        }
     }
     let mut feed = FeedReader::open(store, start, group, poll).await?;
     tracing::info!("watching for status changes");

@@ -7,6 +7,7 @@ use time::OffsetDateTime;
 
 use super::feed::{ChangeHub, Follower, Start};
 use super::key_cache::KeyCache;
+use crate::domain::feed::FeedCursor;
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{ApiKey, KeyHash, KeyRejected, Principal, looks_like_key};
 use crate::domain::scan::{
@@ -478,20 +479,35 @@ impl ScanService {
     ) -> Result<Follower, ServiceError> {
         Self::check_access(principal, group)?;
         if let Start::After(cursor) = &start {
-            let head = self.0.store.feed_head().await?;
-            if cursor.frontier() > head.frontier() {
-                return Err(ServiceError::UnknownCursor {
-                    named: cursor_named,
-                });
-            }
-            let trimmed = self.0.store.trimmed_mark(group).await?;
-            if trimmed.is_some_and(|mark| cursor.reaches_below(mark)) {
-                return Err(ServiceError::ExpiredCursor);
-            }
+            self.check_resume(Some(group), cursor, cursor_named).await?;
         }
         let changes =
             (self.0.changes.as_ref()).expect("a service that follows changes has with_feed");
         Ok(changes.follow(*group, start).await?)
+    }
+
+    /// Whether the feed of `group` (every group's, when `None`) may resume after `cursor`: not
+    /// when it is ahead of the whole audit trail (no feed issued it; refused as `cursor_named`),
+    /// nor when changes of the group after it are no longer kept (resuming would skip them).
+    pub async fn check_resume(
+        &self,
+        group: Option<&AccountGroupId>,
+        cursor: &FeedCursor,
+        cursor_named: &'static str,
+    ) -> Result<(), ServiceError> {
+        let head = self.0.store.feed_head().await?;
+        if cursor.frontier() > head.frontier() {
+            return Err(ServiceError::UnknownCursor {
+                named: cursor_named,
+            });
+        }
+        if let Some(group) = group
+            && let Some(mark) = self.0.store.trimmed_mark(group).await?
+            && cursor.reaches_below(mark)
+        {
+            return Err(ServiceError::ExpiredCursor);
+        }
+        Ok(())
     }
 
     /// An operator's move of a scan (of `group`, when given: another group's is not found) to

@@ -826,8 +826,9 @@ async fn the_group_migration_fills_old_rows_and_keeps_their_positions(backend: B
 store_test!(the_group_migration_fills_old_rows_and_keeps_their_positions);
 
 /// `scans watch --account-group --after` on the database refuses a cursor from before the group's
-/// deleted changes, as the stream answers 410, instead of skipping them silently; a cursor after
-/// them is followed. Fails if the watch starts from an expired cursor.
+/// deleted changes, as the stream answers 410, instead of skipping them silently, and one ahead
+/// of the whole trail, as the stream answers 400; a cursor after them is followed. Fails if the
+/// watch starts from an expired cursor.
 async fn scans_watch_refuses_a_cursor_from_before_deleted_changes(backend: Backend) {
     let (db, store) = database_for_process(backend).await;
     let aged = group();
@@ -855,12 +856,23 @@ async fn scans_watch_refuses_a_cursor_from_before_deleted_changes(backend: Backe
         .await
         .expect("the watch refuses at once")
         .unwrap();
+    // Well-formed, but ahead of everything the trail holds: no watch printed it.
+    let ahead = tokio::time::timeout(SOON, watch("999999999999-1"))
+        .await
+        .expect("the watch refuses at once")
+        .unwrap();
     let head = store.feed_head().await.unwrap().to_string();
     let current = tokio::time::timeout(Duration::from_secs(2), watch(&head)).await;
 
     let stderr = String::from_utf8_lossy(&expired.stderr);
     assert!(!expired.status.success(), "{stderr}");
     assert!(stderr.contains("no longer kept"), "{stderr}");
+    let stderr = String::from_utf8_lossy(&ahead.stderr);
+    assert!(!ahead.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--after is not a cursor this feed issued"),
+        "{stderr}"
+    );
     assert!(
         current.is_err(),
         "a cursor after the deleted rows is followed: {current:?}"
