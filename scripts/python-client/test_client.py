@@ -152,6 +152,7 @@ class GeneratedClient(unittest.TestCase):
             self.assertEqual(again.headers["idempotent-replayed"], "true")
             self.assertEqual(again.parsed.data.scan_id, scan.scan_id)
             failing = create_signal_scan.sync(account_group_id=GROUP, client=client).data
+            silent = create_signal_scan.sync(account_group_id=GROUP, client=client).data
 
         with runner_client() as runner:
             started = start_signal_scan.sync(account_group_id=GROUP, scan_id=scan.scan_id, client=runner)
@@ -163,11 +164,17 @@ class GeneratedClient(unittest.TestCase):
                 account_group_id=GROUP, scan_id=failing.scan_id, client=runner, body=FailRequest(reason="no route")
             )
             self.assertEqual(failed.data.status, ScanStatus.FAILED)
+            # The body is optional: a failure without a reason.
+            start_signal_scan.sync(account_group_id=GROUP, scan_id=silent.scan_id, client=runner)
+            failed_silently = fail_signal_scan.sync(account_group_id=GROUP, scan_id=silent.scan_id, client=runner)
+            self.assertEqual(failed_silently.data.status, ScanStatus.FAILED)
 
         with bearer_client() as client:
             cancel_signal_scan.sync(account_group_id=GROUP, scan_id=scan.scan_id, client=client)
             events = list_signal_scan_events.sync(account_group_id=GROUP, scan_id=failing.scan_id, client=client)
             self.assertEqual(events.data.events[-1].reason, "no route")
+            silent_events = list_signal_scan_events.sync(account_group_id=GROUP, scan_id=silent.scan_id, client=client)
+            self.assertIsNone(silent_events.data.events[-1].reason)
             # A client's key cannot make a runner's move.
             forged = complete_signal_scan.sync_detailed(account_group_id=GROUP, scan_id=scan.scan_id, client=client)
             self.assertEqual(forged.status_code, 403)

@@ -114,7 +114,7 @@ pub(crate) struct FailRequest {
         The key that failed the scan, failing it again, is answered 200 with `previousStatus` failed; \
         any other key, or any other status, is answered 422 with `currentStatus`. Requires the `signals:run` permission and access to the account group.",
     params(ScanPath),
-    request_body(content = Option<FailRequest>, description = "Optional; an empty body means no reason."),
+    request_body(content = Option<FailRequest>, description = "Optional; an empty body (or JSON `null`) means no reason."),
     responses(
         (status = 200, description = "Scan failed, now or before", body = doc::SignalScanMoveResponse),
         (status = 400, response = doc::BadFailRequest),

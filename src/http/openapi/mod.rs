@@ -128,6 +128,26 @@ pub(crate) async fn openapi_json(Extension(document): Extension<Document>) -> Re
     response
 }
 
+/// An optional body (`Option<T>` in a route's attribute) is told by `required` left out; utoipa
+/// also makes its schema nullable (`oneOf: [T, null]`), and a generated client then sends its
+/// "no body" marker as the JSON body (the Python client raised `TypeError`). The schema is `T`.
+fn optional_body_not_nullable(body: &mut openapi::request_body::RequestBody) {
+    if body.required == Some(openapi::Required::True) {
+        return;
+    }
+    for content in body.content.values_mut() {
+        let RefOr::T(content) = content else {
+            continue;
+        };
+        if let Some(RefOr::T(openapi::Schema::OneOf(one_of))) = &content.schema
+            && let [schema, null] = one_of.items.as_slice()
+            && serde_json::to_value(null).ok() == Some(serde_json::json!({ "type": "null" }))
+        {
+            content.schema = Some(schema.clone());
+        }
+    }
+}
+
 /// What every /v1 route answers whatever it does, so its `#[utoipa::path]` lists only its own
 /// outcomes: a key refused (401), over a rate (429), a failure of ours (500) or the database's (502).
 const SHARED_V1_RESPONSES: [(&str, &str); 4] = [
@@ -175,6 +195,9 @@ impl Modify for SecurityAndHeaders {
                         SecurityRequirement::new::<_, _, &str>("bearerAuth", []),
                         SecurityRequirement::new::<_, _, &str>("apiKey", []),
                     ]);
+                }
+                if let Some(RefOr::T(body)) = &mut operation.request_body {
+                    optional_body_not_nullable(body);
                 }
                 responses
                     .entry("400".into())

@@ -16,7 +16,7 @@ def _get_kwargs(
     account_group_id: str,
     scan_id: str,
     *,
-    body: FailRequest | None | Unset = UNSET,
+    body: FailRequest | Unset = UNSET,
 ) -> dict[str, Any]:
     headers: dict[str, Any] = {}
 
@@ -28,10 +28,8 @@ def _get_kwargs(
         ),
     }
 
-    if isinstance(body, FailRequest):
+    if not isinstance(body, Unset):
         _kwargs["json"] = body.to_dict()
-    else:
-        _kwargs["json"] = body
 
     headers["Content-Type"] = "application/json"
 
@@ -108,7 +106,7 @@ def sync_detailed(
     scan_id: str,
     *,
     client: AuthenticatedClient,
-    body: FailRequest | None | Unset = UNSET,
+    body: FailRequest | Unset = UNSET,
 ) -> Response[ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse]:
     """A runner fails a scan
 
@@ -122,7 +120,7 @@ def sync_detailed(
             507f1f77bcf86cd799439011.
         scan_id (str): A signal scan, as returned when the scan was started. Example:
             507f1f77bcf86cd799439011.
-        body (FailRequest | None | Unset):
+        body (FailRequest | Unset): The body of a failure: an optional reason.
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
@@ -150,7 +148,7 @@ def sync(
     scan_id: str,
     *,
     client: AuthenticatedClient,
-    body: FailRequest | None | Unset = UNSET,
+    body: FailRequest | Unset = UNSET,
 ) -> ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse | None:
     """A runner fails a scan
 
@@ -164,7 +162,7 @@ def sync(
             507f1f77bcf86cd799439011.
         scan_id (str): A signal scan, as returned when the scan was started. Example:
             507f1f77bcf86cd799439011.
-        body (FailRequest | None | Unset):
+        body (FailRequest | Unset): The body of a failure: an optional reason.
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
@@ -187,7 +185,7 @@ async def asyncio_detailed(
     scan_id: str,
     *,
     client: AuthenticatedClient,
-    body: FailRequest | None | Unset = UNSET,
+    body: FailRequest | Unset = UNSET,
 ) -> Response[ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse]:
     """A runner fails a scan
 
@@ -201,7 +199,7 @@ async def asyncio_detailed(
             507f1f77bcf86cd799439011.
         scan_id (str): A signal scan, as returned when the scan was started. Example:
             507f1f77bcf86cd799439011.
-        body (FailRequest | None | Unset):
+        body (FailRequest | Unset): The body of a failure: an optional reason.
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
@@ -227,7 +225,7 @@ async def asyncio(
     scan_id: str,
     *,
     client: AuthenticatedClient,
-    body: FailRequest | None | Unset = UNSET,
+    body: FailRequest | Unset = UNSET,
 ) -> ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse | None:
     """A runner fails a scan
 
@@ -241,7 +239,7 @@ async def asyncio(
             507f1f77bcf86cd799439011.
         scan_id (str): A signal scan, as returned when the scan was started. Example:
             507f1f77bcf86cd799439011.
-        body (FailRequest | None | Unset):
+        body (FailRequest | Unset): The body of a failure: an optional reason.
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
