@@ -34,21 +34,25 @@ const MAX_ECHO_CHARS: usize = 120;
 
 impl ApiBody {
     /// The body of a route whose fields are all optional: empty, or a JSON object holding only
-    /// the fields `T` knows. Anything else is a 400 that says what is wrong.
+    /// the fields `T` knows, each once. Anything else is a 400 that says what is wrong. Read
+    /// straight into `T`, never through a `Value` (which kept the last of a repeated key).
     pub(crate) fn optional_fields<T: DeserializeOwned + Default>(&self) -> Result<T, ApiError> {
-        if self.0.iter().all(u8::is_ascii_whitespace) {
+        let body = self.0.trim_ascii();
+        if body.is_empty() {
             return Ok(T::default());
         }
-        let not_an_object =
-            || ApiError::Validation("request body must be empty or a JSON object".into());
-        let value: serde_json::Value =
-            serde_json::from_slice(&self.0).map_err(|_| not_an_object())?;
-        if !value.is_object() {
-            return Err(not_an_object());
+        const NOT_AN_OBJECT: &str = "request body must be empty or a JSON object";
+        if !body.starts_with(b"{") {
+            return Err(ApiError::Validation(NOT_AN_OBJECT.into()));
         }
-        serde_json::from_value(value).map_err(|error| {
+        serde_json::from_slice(body).map_err(|error| {
             let said: String = error.to_string().chars().take(MAX_ECHO_CHARS).collect();
-            ApiError::Validation(format!("request body: {said}"))
+            ApiError::Validation(match error.classify() {
+                // The object's fields: unknown, repeated, or of the wrong type.
+                serde_json::error::Category::Data => format!("request body: {said}"),
+                // Not JSON, or not whole (where it broke: line and column).
+                _ => format!("{NOT_AN_OBJECT}: {said}"),
+            })
         })
     }
 }

@@ -175,6 +175,16 @@ async fn a_failure_keeps_its_reason_in_the_events_and_the_reason_is_bounded(back
         ),
         (r#"{"reason":7}"#.to_owned(), "request body: invalid type"),
         (r#"{"why":"x"}"#.to_owned(), "unknown field `why`"),
+        // A key given twice is refused, not settled by the last one.
+        (
+            r#"{"reason":"disk full","reason":"ok"}"#.to_owned(),
+            "request body: duplicate field `reason`",
+        ),
+        // A broken object says where it broke.
+        (
+            r#"{"reason":"disk full""#.to_owned(),
+            "request body must be empty or a JSON object: EOF while parsing an object at line 1",
+        ),
     ] {
         let response = act(&app, &runner, &group, &refused_scan, "fail", Some(&body)).await;
         let details = response.assert_error(400, "VALIDATION_ERROR");
