@@ -3,9 +3,9 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
-use axum::http::HeaderMap;
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, CACHE_CONTROL};
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -66,6 +66,12 @@ pub(crate) async fn guard(
         },
     };
     state.limits.write_headers(decision, response.headers_mut());
+    // What a key's caller reads is its own: no cache on the way may keep it (a route that says
+    // otherwise, the change stream's `no-cache`, keeps its own).
+    response
+        .headers_mut()
+        .entry(CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
     response
 }
 
@@ -193,6 +199,18 @@ fn parse_forwarded(entry: &str) -> Option<IpAddr> {
 /// The key from `Authorization: Bearer <key>` (scheme case-insensitive), else from `X-API-Key`.
 pub(super) fn presented_key(headers: &HeaderMap) -> Result<&str, ApiError> {
     let unauthorized = |failure: AuthFailure| ApiError::Unauthorized(failure.to_string());
+    // Two copies of one credential header are ambiguous (proxies and frameworks disagree on
+    // which counts): neither is used.
+    for (name, shown) in [
+        (AUTHORIZATION.as_str(), "Authorization"),
+        (API_KEY_HEADER, "X-API-Key"),
+    ] {
+        if headers.get_all(name).iter().nth(1).is_some() {
+            return Err(ApiError::Unauthorized(format!(
+                "the {shown} header is given more than once"
+            )));
+        }
+    }
     if let Some(value) = headers.get(AUTHORIZATION) {
         let value = value
             .to_str()

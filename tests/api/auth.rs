@@ -84,6 +84,32 @@ async fn keys_are_read_from_bearer_in_any_case_or_x_api_key(backend: Backend) {
     )
     .await;
     basic.assert_error(401, "UNAUTHORIZED");
+
+    // A credential header given twice is ambiguous: refused, whichever copy holds the key (the
+    // first one used to win).
+    for (header, first, second) in [
+        (
+            "authorization",
+            format!("Bearer {key}"),
+            "Bearer ssk_x".to_owned(),
+        ),
+        ("x-api-key", key.clone(), "ssk_x".to_owned()),
+    ] {
+        let scan = app.scan(&group, ScanStatus::Queued).await;
+        let twice = ApiResponse::from(
+            app.client
+                .post(path(&scan))
+                .header(header, first)
+                .header(header, second)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        let details = twice.assert_error(401, "UNAUTHORIZED");
+        assert!(details.contains("more than once"), "{header}: {details}");
+        assert_eq!(app.status_of(&scan).await, ScanStatus::Queued);
+    }
 }
 store_test!(keys_are_read_from_bearer_in_any_case_or_x_api_key);
 

@@ -345,3 +345,30 @@ async fn same_created_at(app: &TestApp, scan: &ScanId, like: &ScanId) {
         .unwrap();
     }
 }
+
+/// What a key's caller reads is never kept by a cache on the way (`Cache-Control: no-store`),
+/// its answers and its refusals alike; the change stream keeps its own `no-cache`.
+async fn answers_to_a_key_are_never_stored_by_caches(backend: Backend) {
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let scan_path = format!("/v1/accounts/{group}/signals/scans/{scan}");
+
+    let read = app.get(&key, &scan_path).await;
+    let listed = app
+        .get(&key, &format!("/v1/accounts/{group}/signals/scans"))
+        .await;
+    let cancelled = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+    let refused = app
+        .get(&key, &format!("/v1/accounts/{group}/signals/scans?limit=0"))
+        .await;
+
+    for response in [&read, &listed, &cancelled, &refused] {
+        assert_eq!(
+            response.header("cache-control"),
+            Some("no-store"),
+            "{response:?}"
+        );
+    }
+    assert_eq!(refused.status, 400);
+}
+store_test!(answers_to_a_key_are_never_stored_by_caches);

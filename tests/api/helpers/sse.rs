@@ -50,11 +50,15 @@ impl SseStream {
         if response.status() != reqwest::StatusCode::OK {
             return Err(ApiResponse::from(response).await);
         }
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .map(|v| v.to_str().unwrap().to_owned());
-        assert_eq!(content_type.as_deref(), Some("text/event-stream"));
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .map(|v: &reqwest::header::HeaderValue| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(header("content-type").as_deref(), Some("text/event-stream"));
+        // An event stream is never cached (`no-store` from the guard must not replace it).
+        assert_eq!(header("cache-control").as_deref(), Some("no-cache"));
         Ok(Self {
             response,
             buffer: Vec::new(),
