@@ -31,7 +31,10 @@ use tower::ServiceExt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
     /// A new connection must deliver its first request's whole header block within this of being
-    /// accepted; a kept-alive one, each later header block within this of its first byte.
+    /// accepted; a kept-alive HTTP/1 one, each later header block within this of its first byte.
+    /// (A kept-alive HTTP/2 connection's later header blocks are bounded by `idle_timeout`: hyper
+    /// hands over a stream only once its headers are whole, and bytes on an idle HTTP/2
+    /// connection may as well be keep-alive frames, PING or WINDOW_UPDATE.)
     pub header_timeout: Duration,
     /// A connection with no request in progress for this long is closed.
     pub idle_timeout: Duration,
