@@ -76,7 +76,7 @@ pub(crate) async fn guard(
 }
 
 /// The API key in `headers`, checked. A `client` address that keeps failing is answered 429
-/// before its key is even looked at, and looks keys up one at a time (see
+/// before its key is even looked at; one that failed lately looks keys up one at a time (see
 /// [`super::rate_limit::RateLimiter::lookup_turn`]); a cached key needs no turn.
 async fn authenticate(
     state: &AppState,
@@ -92,10 +92,14 @@ async fn authenticate(
     if let Some(known) = state.scans.authenticate_cached(presented).await {
         return settle(state, client, known.map_err(ApiError::from)).await;
     }
-    let _turn = state.limits.lookup_turn(failures_of).await;
-    refuse_if_blocked(state, failures_of).await?;
+    let turn = state.limits.lookup_turn(failures_of).await;
+    if turn.is_some() {
+        refuse_if_blocked(state, failures_of).await?;
+    }
     let looked_up = state.scans.authenticate(presented).await;
-    settle(state, client, looked_up.map_err(ApiError::from)).await
+    let settled = settle(state, client, looked_up.map_err(ApiError::from)).await;
+    drop(turn);
+    settled
 }
 
 /// 429 for a `client` (by its [`failure_bucket`]) that failed too often.

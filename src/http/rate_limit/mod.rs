@@ -54,7 +54,16 @@ pub struct RateLimiter {
     shared: Option<Arc<SharedLimits>>,
     /// Per client address (as its failures count), the turn to look a key up on this instance.
     lookups: DashMap<IpAddr, Arc<tokio::sync::Mutex<()>>>,
+    /// Addresses that failed to authenticate on this instance lately, and when they last did.
+    failed_lately: DashMap<IpAddr, std::time::Instant>,
 }
+
+/// How long an address that failed to authenticate looks its keys up one at a time: the failure
+/// allowance's window.
+const FAILED_LATELY: Duration = Duration::from_secs(60);
+
+/// Addresses remembered in [`RateLimiter::failed_lately`] past which the stale ones are dropped.
+const FAILED_LATELY_KEPT: usize = 10_000;
 
 /// A client address's turn to look a key up; the next waiting lookup of the address goes when it
 /// is dropped.
@@ -103,6 +112,7 @@ impl RateLimiter {
             clock,
             shared,
             lookups: DashMap::new(),
+            failed_lately: DashMap::new(),
         })
     }
 
@@ -144,22 +154,33 @@ impl RateLimiter {
         self.local.auth_blocked(client)
     }
 
-    /// Waits for `client`'s turn to look a key up: one lookup at a time per address on this
-    /// instance. The failure limit is checked and counted inside the turn, so an address that has
-    /// used its allowance gets no more lookups, however many requests it has in flight (checked
-    /// before the lookup and counted after it, every request in flight when a failure was
-    /// allowed again was looked up).
-    pub async fn lookup_turn(&self, client: IpAddr) -> LookupTurn<'_> {
+    /// For a `client` that failed to authenticate lately, waits for its turn to look a key up:
+    /// one lookup at a time per address on this instance. The failure limit is checked and
+    /// counted inside the turn, so such an address that has used its allowance gets no more
+    /// lookups, however many requests it has in flight (checked before the lookup and counted
+    /// after it, every request in flight when a failure was allowed again was looked up). Any
+    /// other address needs no turn (`None`): its lookups, a new key's first ones while the
+    /// database is slow, say, must not queue behind one another.
+    pub async fn lookup_turn(&self, client: IpAddr) -> Option<LookupTurn<'_>> {
+        let failed_at = *self.failed_lately.get(&client)?;
+        if failed_at.elapsed() > FAILED_LATELY {
+            return None;
+        }
         let turn = self.lookups.entry(client).or_default().clone();
-        LookupTurn {
+        Some(LookupTurn {
             lookups: &self.lookups,
             client,
             held: Some(turn.lock_owned().await),
-        }
+        })
     }
 
     /// Counts a failed authentication; `Some(seconds)` when it took `client` over its allowance.
     pub async fn record_auth_failure(&self, client: IpAddr) -> Option<u64> {
+        if self.failed_lately.len() > FAILED_LATELY_KEPT {
+            self.failed_lately
+                .retain(|_, failed_at| failed_at.elapsed() <= FAILED_LATELY);
+        }
+        self.failed_lately.insert(client, std::time::Instant::now());
         if let Some(shared) = &self.shared {
             match shared.record_auth_failure(client).await {
                 Ok(blocked) => return blocked,
