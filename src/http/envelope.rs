@@ -27,9 +27,9 @@ pub struct ErrorBody {
     /// The human summary of the status.
     #[schema(example = "Resource not found")]
     pub message: &'static str,
-    /// Exactly what was wrong; null when there is nothing the client can use.
-    #[schema(required = true, example = "no such scan in this account group")]
-    pub details: Option<String>,
+    /// Exactly what was wrong (on a 500, where the cause is logged: under this trace id).
+    #[schema(example = "no such scan in this account group")]
+    pub details: String,
 }
 
 impl<T: Serialize> Envelope<T> {

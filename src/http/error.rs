@@ -231,36 +231,38 @@ impl ApiError {
     }
 
     /// Exactly what was wrong, for the client; internal causes stay in the logs.
-    fn details(&self) -> Option<String> {
+    fn details(&self) -> String {
         match self {
             ApiError::Validation(details)
             | ApiError::Unauthorized(details)
             | ApiError::Forbidden(details)
-            | ApiError::NotFound(details) => Some(details.clone()),
+            | ApiError::NotFound(details) => details.clone(),
             ApiError::MethodNotAllowed(super::method::OTHER) => {
-                Some("this method is not allowed on this path; see the Allow header".into())
+                "this method is not allowed on this path; see the Allow header".into()
             }
-            ApiError::MethodNotAllowed(method) => Some(format!(
-                "method {method} is not allowed on this path; see the Allow header"
-            )),
+            ApiError::MethodNotAllowed(method) => {
+                format!("method {method} is not allowed on this path; see the Allow header")
+            }
             ApiError::NotCancellable { current } | ApiError::NotMovable { current } => {
-                Some(format!("currentStatus={current}"))
+                format!("currentStatus={current}")
             }
-            ApiError::IdempotencyKeyReused => Some(
+            ApiError::IdempotencyKeyReused => {
                 "Idempotency-Key was used for another account group within 24 hours; send a new key"
-                    .into(),
-            ),
-            ApiError::CursorExpired => Some(
-                "changes after this cursor are no longer kept (AUDIT_RETENTION_DAYS): \
-                 reconnect without a cursor, then re-read the current state of your scans"
-                    .into(),
-            ),
-            ApiError::RateLimited { retry_after_secs } => {
-                Some(format!("retry after {retry_after_secs} s"))
+                    .into()
             }
-            ApiError::Internal(_) => None,
+            ApiError::CursorExpired => "changes after this cursor are no longer kept \
+                (AUDIT_RETENTION_DAYS): reconnect without a cursor, then re-read the current state \
+                of your scans"
+                .into(),
+            ApiError::RateLimited { retry_after_secs } => {
+                format!("retry after {retry_after_secs} s")
+            }
+            // The cause stays in the logs; the client gets where to find it.
+            ApiError::Internal(_) => {
+                "an error of the service; its cause is logged under this traceId".into()
+            }
             ApiError::Upstream(_) | ApiError::NotReady(_) => {
-                Some("the database is unavailable or did not answer in time; retry later".into())
+                "the database is unavailable or did not answer in time; retry later".into()
             }
         }
     }
@@ -270,7 +272,7 @@ impl ApiError {
         Envelope::failure(ErrorBody {
             code: self.code(),
             message: self.message(),
-            details: self.details().map(bounded),
+            details: bounded(self.details()),
         })
     }
 

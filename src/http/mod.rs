@@ -128,6 +128,13 @@ pub(crate) fn router_with(state: AppState, extra: Router<AppState>) -> Router {
                     header::X_CONTENT_TYPE_OPTIONS,
                     HeaderValue::from_static("nosniff"),
                 ))
+                // No cache on the way keeps an answer: what a key reads is its own, and every
+                // other answer (an error, a health check) is of its moment. A route that says
+                // otherwise, the change stream's `no-cache`, keeps its own.
+                .layer(SetResponseHeaderLayer::if_not_present(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("no-store"),
+                ))
                 .layer(trace_id::AssignTraceId)
                 .layer(
                     TraceLayer::new_for_http()

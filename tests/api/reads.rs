@@ -347,8 +347,9 @@ async fn same_created_at(app: &TestApp, scan: &ScanId, like: &ScanId) {
 }
 
 /// What a key's caller reads is never kept by a cache on the way (`Cache-Control: no-store`),
-/// its answers and its refusals alike; the change stream keeps its own `no-cache`.
-async fn answers_to_a_key_are_never_stored_by_caches(backend: Backend) {
+/// its answers and its refusals alike, nor is any other answer; the change stream keeps its own
+/// `no-cache`.
+async fn answers_are_never_stored_by_caches(backend: Backend) {
     let (app, group, key) = TestApp::with_writer(backend).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
     let scan_path = format!("/v1/accounts/{group}/signals/scans/{scan}");
@@ -362,7 +363,17 @@ async fn answers_to_a_key_are_never_stored_by_caches(backend: Backend) {
         .get(&key, &format!("/v1/accounts/{group}/signals/scans?limit=0"))
         .await;
 
-    for response in [&read, &listed, &cancelled, &refused] {
+    let unknown_route = app.get(&key, "/v1/nowhere").await;
+    let unauthenticated = app.get("ssk_nope", &scan_path).await;
+
+    for response in [
+        &read,
+        &listed,
+        &cancelled,
+        &refused,
+        &unknown_route,
+        &unauthenticated,
+    ] {
         assert_eq!(
             response.header("cache-control"),
             Some("no-store"),
@@ -370,5 +381,7 @@ async fn answers_to_a_key_are_never_stored_by_caches(backend: Backend) {
         );
     }
     assert_eq!(refused.status, 400);
+    assert_eq!(unknown_route.status, 404);
+    assert_eq!(unauthenticated.status, 401);
 }
-store_test!(answers_to_a_key_are_never_stored_by_caches);
+store_test!(answers_are_never_stored_by_caches);

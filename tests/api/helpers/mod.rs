@@ -689,7 +689,7 @@ impl ApiResponse {
             keys.sort_unstable();
             assert_eq!(keys, ["code", "details", "message"], "{self:?}");
             assert!(error["code"].is_string() && error["message"].is_string());
-            assert!(error["details"].is_string() || error["details"].is_null());
+            assert!(error["details"].is_string(), "{self:?}");
         }
     }
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from attrs import define as _attrs_define
 
@@ -14,19 +14,18 @@ class ErrorBody:
 
     Attributes:
         code (str): Stable and machine-readable, e.g. `VALIDATION_ERROR`, `NOT_FOUND`. Example: NOT_FOUND.
-        details (None | str): Exactly what was wrong; null when there is nothing the client can use. Example: no such
-            scan in this account group.
+        details (str): Exactly what was wrong (on a 500, where the cause is logged: under this trace id). Example: no
+            such scan in this account group.
         message (str): The human summary of the status. Example: Resource not found.
     """
 
     code: str
-    details: None | str
+    details: str
     message: str
 
     def to_dict(self) -> dict[str, Any]:
         code = self.code
 
-        details: None | str
         details = self.details
 
         message = self.message
@@ -48,12 +47,7 @@ class ErrorBody:
         d = dict(src_dict)
         code = d.pop("code")
 
-        def _parse_details(data: object) -> None | str:
-            if data is None:
-                return data
-            return cast(None | str, data)
-
-        details = _parse_details(d.pop("details"))
+        details = d.pop("details")
 
         message = d.pop("message")
 
