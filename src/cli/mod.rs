@@ -97,7 +97,7 @@ pub(crate) struct CreateKeyArgs {
     #[arg(long)]
     all_account_groups: bool,
     /// Expire the key this many seconds from now.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..))]
     expires_in: Option<u32>,
     /// Create the key only when no active (unrevoked, unexpired) key exists; otherwise say so
     /// and exit 0. For bootstrap jobs that run on every start.
@@ -120,6 +120,7 @@ pub(crate) enum ScansCommand {
         database: DatabaseArgs,
         #[arg(long)]
         account_group: AccountGroupId,
+        /// queued, running, completed, failed or cancelled.
         #[arg(long, default_value = "queued", conflicts_with = "server")]
         status: ScanStatus,
         /// Start the scan through the service at this URL (e.g. http://127.0.0.1:8080).
@@ -313,6 +314,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             database = DEFAULT_DATABASE_URL,
             "DATABASE_URL is not set: using the embedded SQLite store; for production set \
              DATABASE_URL=postgres://user:password@host:5432/signal_scans"
+        );
+    }
+    let database = &args.database;
+    if database.sqlite_file().is_none() && database.db_write_batches > database.db_max_connections {
+        tracing::warn!(
+            db_write_batches = database.db_write_batches,
+            db_max_connections = database.db_max_connections,
+            "DB_WRITE_BATCHES is above DB_MAX_CONNECTIONS: at most DB_MAX_CONNECTIONS batches \
+             commit at once"
         );
     }
     if !args.request_timeout_outlasts_a_write() {

@@ -125,6 +125,10 @@ async fn keys_create_refuses_bad_input_in_one_line(backend: Backend) {
             "scans create --account-group 507f1f77bcf86cd799439011 --status done",
             "done",
         ),
+        (
+            "keys create --name x --all-account-groups --expires-in -5",
+            "--expires-in",
+        ),
     ]
     .map(|(args, names)| (args.split(' ').collect::<Vec<_>>(), names))
     .into_iter()

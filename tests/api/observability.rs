@@ -183,6 +183,28 @@ async fn a_request_deadline_a_write_can_outlast_is_warned_of_at_start(backend: B
     assert_eq!(warned[0]["db_timeout_ms"], 5_000);
     assert_eq!(warnings(&defaults), Vec::<serde_json::Value>::new());
     assert_eq!(warnings(&enough), Vec::<serde_json::Value>::new());
+
+    // More batches at once than connections: only as many commit at once, and PostgreSQL's
+    // start says so (SQLite commits one batch at a time whatever the setting).
+    let batches = ServerProcess::start(&[
+        ("DATABASE_URL", url),
+        ("DB_WRITE_BATCHES", "11"),
+        ("DB_MAX_CONNECTIONS", "10"),
+    ])
+    .await;
+    let warned = warnings(&batches);
+    match backend {
+        Backend::Postgres => {
+            assert_eq!(warned.len(), 1, "{warned:#?}");
+            assert!(
+                warned[0]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("DB_WRITE_BATCHES is above DB_MAX_CONNECTIONS")),
+                "{warned:#?}"
+            );
+        }
+        Backend::Sqlite => assert_eq!(warned, Vec::<serde_json::Value>::new()),
+    }
 }
 store_test!(a_request_deadline_a_write_can_outlast_is_warned_of_at_start);
 
