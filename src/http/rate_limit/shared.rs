@@ -125,6 +125,15 @@ impl SharedLimits {
                         tracing::info!("rate limits are shared through Redis");
                         return;
                     }
+                    // A refused password is a setting to fix, not an outage to wait out.
+                    Err(error) if error.kind() == redis::ErrorKind::AuthenticationFailed => {
+                        tracing::error!(
+                            %error,
+                            "Redis refused the credentials of REDIS_URL; limits stay per instance \
+                             until it accepts them"
+                        );
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
                     Err(error) => {
                         tracing::warn!(%error, "cannot reach Redis; limits stay per instance meanwhile");
                         tokio::time::sleep(Duration::from_secs(1)).await;
