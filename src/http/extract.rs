@@ -33,11 +33,23 @@ impl<S: Send + Sync> FromRequest<S> for ApiBody {
 const MAX_ECHO_CHARS: usize = 120;
 
 impl ApiBody {
+    /// The body without the whitespace JSON allows around a value (space, tab, line feed,
+    /// carriage return; not a form feed, which `trim_ascii` would also take).
+    pub(crate) fn trimmed(&self) -> &[u8] {
+        let json_space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+        let start = self.0.iter().position(|b| !json_space(b));
+        let end = self.0.iter().rposition(|b| !json_space(b));
+        match (start, end) {
+            (Some(start), Some(end)) => &self.0[start..=end],
+            _ => &[],
+        }
+    }
+
     /// The body of a route whose fields are all optional: empty, or a JSON object holding only
     /// the fields `T` knows, each once. Anything else is a 400 that says what is wrong. Read
     /// straight into `T`, never through a `Value` (which kept the last of a repeated key).
     pub(crate) fn optional_fields<T: DeserializeOwned + Default>(&self) -> Result<T, ApiError> {
-        let body = self.0.trim_ascii();
+        let body = self.trimmed();
         if body.is_empty() {
             return Ok(T::default());
         }

@@ -138,7 +138,7 @@ pub(crate) async fn fail_scan(
 /// The reason of a failure's body, if it gives one: 1 to 1,000 characters, none of them NUL.
 fn fail_reason(body: &ApiBody) -> Result<Option<String>, ApiError> {
     // The body is optional: JSON `null` says "no body" as an empty one does.
-    let FailRequest { reason } = match body.0.trim_ascii() {
+    let FailRequest { reason } = match body.trimmed() {
         b"null" => FailRequest::default(),
         _ => body.optional_fields()?,
     };

@@ -94,6 +94,8 @@ async fn a_creation_takes_no_body_or_an_empty_object_and_refuses_anything_else(b
         ("\"scan\"", "must be empty or a JSON object"),
         ("not json", "must be empty or a JSON object"),
         ("{", "must be empty or a JSON object"),
+        // A form feed is not whitespace to JSON.
+        ("\u{c}{}", "must be empty or a JSON object"),
     ] {
         let response = app.post(&key, &path, Some(refused)).await;
         let details = response.assert_error(400, "VALIDATION_ERROR");

@@ -201,7 +201,8 @@ store_test!(
 
 /// Every pooled connection is held: requests
 /// wait at most DB_TIMEOUT_MS for one and answer 502, all of them at about the same time, not one
-/// after another; once a connection is free again the same process serves.
+/// after another, even from an address that failed to authenticate lately (whose lookups take
+/// turns); once a connection is free again the same process serves.
 async fn an_exhausted_pool_answers_502_not_a_queue(backend: Backend) {
     const POOL: u32 = 2;
     // Long enough that a queue (10 requests one after another, each waiting this long) would
@@ -213,6 +214,10 @@ async fn an_exhausted_pool_answers_502_not_a_queue(backend: Backend) {
         .spawn(backend)
         .await;
     let (group, key, scan) = app.writer_and_queued_scan().await;
+    let typo = app
+        .cancel(Some("ssk_typo"), group.as_str(), scan.as_str())
+        .await;
+    typo.assert_error(401, "UNAUTHORIZED");
     let Store::Postgres(served) = &app.served_store else {
         unreachable!("a PostgreSQL test")
     };

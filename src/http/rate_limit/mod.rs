@@ -56,14 +56,22 @@ pub struct RateLimiter {
     lookups: DashMap<IpAddr, Arc<tokio::sync::Mutex<()>>>,
     /// Addresses that failed to authenticate on this instance lately, and when they last did.
     failed_lately: DashMap<IpAddr, std::time::Instant>,
+    /// Failed authentications recorded, to drop stale entries of the maps above now and then.
+    failures_recorded: std::sync::atomic::AtomicU64,
 }
 
 /// How long an address that failed to authenticate looks its keys up one at a time: the failure
 /// allowance's window.
 const FAILED_LATELY: Duration = Duration::from_secs(60);
 
-/// Addresses remembered in [`RateLimiter::failed_lately`] past which the stale ones are dropped.
-const FAILED_LATELY_KEPT: usize = 10_000;
+/// The longest a lookup waits for its turn; then it goes without one. A turn lasts one lookup,
+/// normally a millisecond; while the database stalls it lasts `DB_TIMEOUT_MS`, and waiting
+/// without end would queue an address's requests (a NAT's, after one client's typo) into 500s.
+const TURN_WAIT: Duration = Duration::from_secs(1);
+
+/// How often (in recorded failures) stale entries are dropped: amortized, so that failures
+/// from many addresses cost no more each than failures from one.
+const PRUNE_EVERY: u64 = 1024;
 
 /// A client address's turn to look a key up; the next waiting lookup of the address goes when it
 /// is dropped.
@@ -113,6 +121,7 @@ impl RateLimiter {
             shared,
             lookups: DashMap::new(),
             failed_lately: DashMap::new(),
+            failures_recorded: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -160,25 +169,39 @@ impl RateLimiter {
     /// lookups, however many requests it has in flight (checked before the lookup and counted
     /// after it, every request in flight when a failure was allowed again was looked up). Any
     /// other address needs no turn (`None`): its lookups, a new key's first ones while the
-    /// database is slow, say, must not queue behind one another.
+    /// database is slow, say, must not queue behind one another. Nor does a lookup that waited
+    /// [`TURN_WAIT`] in vain.
     pub async fn lookup_turn(&self, client: IpAddr) -> Option<LookupTurn<'_>> {
         let failed_at = *self.failed_lately.get(&client)?;
         if failed_at.elapsed() > FAILED_LATELY {
             return None;
         }
         let turn = self.lookups.entry(client).or_default().clone();
-        Some(LookupTurn {
+        let mut taken = LookupTurn {
             lookups: &self.lookups,
             client,
-            held: Some(turn.lock_owned().await),
-        })
+            held: None,
+        };
+        // Dropped with its clone of the turn when it ends, in time or not (then `taken` removes
+        // the address's turn if no one else holds it).
+        taken.held = Some(
+            tokio::time::timeout(TURN_WAIT, turn.lock_owned())
+                .await
+                .ok()?,
+        );
+        Some(taken)
     }
 
     /// Counts a failed authentication; `Some(seconds)` when it took `client` over its allowance.
     pub async fn record_auth_failure(&self, client: IpAddr) -> Option<u64> {
-        if self.failed_lately.len() > FAILED_LATELY_KEPT {
+        let recorded = self
+            .failures_recorded
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if recorded % PRUNE_EVERY == PRUNE_EVERY - 1 {
             self.failed_lately
                 .retain(|_, failed_at| failed_at.elapsed() <= FAILED_LATELY);
+            // A turn whose waiters all gave up stays behind; none holds it now.
+            self.lookups.retain(|_, turn| Arc::strong_count(turn) > 1);
         }
         self.failed_lately.insert(client, std::time::Instant::now());
         if let Some(shared) = &self.shared {
