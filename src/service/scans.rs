@@ -488,7 +488,8 @@ impl ScanService {
 
     /// Whether the feed of `group` (every group's, when `None`) may resume after `cursor`: not
     /// when it is ahead of the whole audit trail (no feed issued it; refused as `cursor_named`),
-    /// nor when changes of the group after it are no longer kept (resuming would skip them).
+    /// nor when changes of the group (of any group) after it are no longer kept (resuming would
+    /// skip them).
     pub async fn check_resume(
         &self,
         group: Option<&AccountGroupId>,
@@ -501,8 +502,7 @@ impl ScanService {
                 named: cursor_named,
             });
         }
-        if let Some(group) = group
-            && let Some(mark) = self.0.store.trimmed_mark(group).await?
+        if let Some(mark) = self.0.store.trimmed_mark(group).await?
             && cursor.reaches_below(mark)
         {
             return Err(ServiceError::ExpiredCursor);

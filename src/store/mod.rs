@@ -384,11 +384,12 @@ impl Store {
         forward!(self.feed_head())
     }
 
-    /// The greatest position of `group`'s audit rows that the retention sweep has deleted, if it
-    /// deleted any: a cursor of the group below it may have missed changes that are gone.
+    /// The greatest position of `group`'s audit rows (any group's, with `None`) that the
+    /// retention sweep has deleted, if it deleted any: a cursor of the group (of every group)
+    /// below it may have missed changes that are gone.
     pub async fn trimmed_mark(
         &self,
-        group: &AccountGroupId,
+        group: Option<&AccountGroupId>,
     ) -> Result<Option<FeedPosition>, StoreError> {
         forward!(self.trimmed_mark(group))
     }

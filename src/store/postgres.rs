@@ -490,15 +490,16 @@ impl PgStore {
 
     pub async fn trimmed_mark(
         &self,
-        group: &AccountGroupId,
+        group: Option<&AccountGroupId>,
     ) -> Result<Option<FeedPosition>, StoreError> {
         let mark: Option<(String, i64)> = self
             .on_connection(async |connection| {
                 sqlx::query_as(
                     "SELECT xid::text, id FROM signal_scan_events_trimmed
-                     WHERE account_group_id = $1",
+                     WHERE $1::text IS NULL OR account_group_id = $1
+                     ORDER BY xid DESC, id DESC LIMIT 1",
                 )
-                .bind(group.as_str())
+                .bind(group.map(AccountGroupId::as_str))
                 .fetch_optional(connection)
                 .await
             })

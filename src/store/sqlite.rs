@@ -504,15 +504,16 @@ impl SqliteStore {
 
     pub async fn trimmed_mark(
         &self,
-        group: &AccountGroupId,
+        group: Option<&AccountGroupId>,
     ) -> Result<Option<FeedPosition>, StoreError> {
         let mark: Option<i64> = self
             .bounded(
                 sqlx::query_scalar(
-                    "SELECT id FROM signal_scan_events_trimmed WHERE account_group_id = ?1",
+                    "SELECT max(id) FROM signal_scan_events_trimmed
+                     WHERE ?1 IS NULL OR account_group_id = ?1",
                 )
-                .bind(group.as_str())
-                .fetch_optional(&self.pool),
+                .bind(group.map(AccountGroupId::as_str))
+                .fetch_one(&self.pool),
             )
             .await?;
         Ok(mark.map(|id| FeedPosition { xid: 0, id }))

@@ -490,8 +490,8 @@ async fn the_retention_delete_stops_at_the_first_younger_row(backend: Backend) {
     assert_eq!(again, 0, "the young row holds the rest back");
     assert_eq!(audit_rows(&db.url, &first).await, (2, 0));
     assert_eq!(audit_rows(&db.url, &second).await, (40, 40));
-    assert!(store.trimmed_mark(&first).await.unwrap().is_some());
-    assert_eq!(store.trimmed_mark(&second).await.unwrap(), None);
+    assert!(store.trimmed_mark(Some(&first)).await.unwrap().is_some());
+    assert_eq!(store.trimmed_mark(Some(&second)).await.unwrap(), None);
 }
 store_test!(the_retention_delete_stops_at_the_first_younger_row);
 
@@ -825,8 +825,9 @@ async fn the_group_migration_fills_old_rows_and_keeps_their_positions(backend: B
 }
 store_test!(the_group_migration_fills_old_rows_and_keeps_their_positions);
 
-/// `scans watch --account-group --after` on the database refuses a cursor from before the group's
-/// deleted changes, as the stream answers 410, instead of skipping them silently, and one ahead
+/// `scans watch --after` on the database refuses a cursor from before the group's deleted changes
+/// (of any group's, without `--account-group`), as the stream answers 410, instead of skipping
+/// them silently, and one ahead
 /// of the whole trail, as the stream answers 400; a cursor after them is followed. Fails if the
 /// watch starts from an expired cursor.
 async fn scans_watch_refuses_a_cursor_from_before_deleted_changes(backend: Backend) {
@@ -835,16 +836,11 @@ async fn scans_watch_refuses_a_cursor_from_before_deleted_changes(backend: Backe
     write_history(&db.url, &aged, 10, 10, true).await;
     let cutoff = time::OffsetDateTime::now_utc() - Duration::from_secs(24 * 3600);
     assert_eq!(store.trim_audit(cutoff, 1000).await.unwrap(), 20);
-    let watch = |after: &str| {
+    let watch_of = |group: Option<&str>, after: &str| {
+        let group = group.map(|group| ["--account-group", group]);
         tokio::process::Command::new(env!("CARGO_BIN_EXE_signal-scans"))
-            .args([
-                "scans",
-                "watch",
-                "--account-group",
-                aged.as_str(),
-                "--after",
-                after,
-            ])
+            .args(["scans", "watch", "--after", after])
+            .args(group.iter().flatten())
             .env("DATABASE_URL", &db.url)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -852,7 +848,13 @@ async fn scans_watch_refuses_a_cursor_from_before_deleted_changes(backend: Backe
             .output()
     };
 
+    let watch = |after: &str| watch_of(Some(aged.as_str()), after);
     let expired = tokio::time::timeout(SOON, watch("0-0"))
+        .await
+        .expect("the watch refuses at once")
+        .unwrap();
+    // Every group's watch too: changes of one of them are gone.
+    let expired_for_all = tokio::time::timeout(SOON, watch_of(None, "0-0"))
         .await
         .expect("the watch refuses at once")
         .unwrap();
@@ -864,9 +866,11 @@ async fn scans_watch_refuses_a_cursor_from_before_deleted_changes(backend: Backe
     let head = store.feed_head().await.unwrap().to_string();
     let current = tokio::time::timeout(Duration::from_secs(2), watch(&head)).await;
 
-    let stderr = String::from_utf8_lossy(&expired.stderr);
-    assert!(!expired.status.success(), "{stderr}");
-    assert!(stderr.contains("no longer kept"), "{stderr}");
+    for expired in [&expired, &expired_for_all] {
+        let stderr = String::from_utf8_lossy(&expired.stderr);
+        assert!(!expired.status.success(), "{stderr}");
+        assert!(stderr.contains("no longer kept"), "{stderr}");
+    }
     let stderr = String::from_utf8_lossy(&ahead.stderr);
     assert!(!ahead.status.success(), "{stderr}");
     assert!(
