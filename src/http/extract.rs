@@ -46,16 +46,21 @@ impl ApiBody {
     }
 
     /// The body of a route whose fields are all optional: empty, or a JSON object holding only
-    /// the fields `T` knows, each once. Anything else is a 400 that says what is wrong. Read
-    /// straight into `T`, never through a `Value` (which kept the last of a repeated key).
+    /// the fields `T` knows, each once. Anything else is a 400 that says what is wrong.
     pub(crate) fn optional_fields<T: DeserializeOwned + Default>(&self) -> Result<T, ApiError> {
-        let body = self.trimmed();
-        if body.is_empty() {
+        if self.trimmed().is_empty() {
             return Ok(T::default());
         }
-        const NOT_AN_OBJECT: &str = "request body must be empty or a JSON object";
+        self.object("request body must be empty or a JSON object")
+    }
+
+    /// The body as the JSON object `T`, holding only the fields it knows, each once; a body that
+    /// is not one is a 400 saying it must be what `expected` says. Read straight into `T`, never
+    /// through a `Value` (which kept the last of a repeated key).
+    pub(crate) fn object<T: DeserializeOwned>(&self, expected: &str) -> Result<T, ApiError> {
+        let body = self.trimmed();
         if !body.starts_with(b"{") {
-            return Err(ApiError::Validation(NOT_AN_OBJECT.into()));
+            return Err(ApiError::Validation(expected.into()));
         }
         serde_json::from_slice(body).map_err(|error| {
             let said: String = error.to_string().chars().take(MAX_ECHO_CHARS).collect();
@@ -63,7 +68,7 @@ impl ApiBody {
                 // The object's fields: unknown, repeated, or of the wrong type.
                 serde_json::error::Category::Data => format!("request body: {said}"),
                 // Not JSON, or not whole (where it broke: line and column).
-                _ => format!("{NOT_AN_OBJECT}: {said}"),
+                _ => format!("{expected}: {said}"),
             })
         })
     }

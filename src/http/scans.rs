@@ -63,7 +63,7 @@ pub(crate) async fn cancel_scan(
 const MAX_BATCH_CANCEL: usize = 100;
 
 /// The body of a batch cancel.
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(crate) struct CancelScansRequest {
     /// The scans to cancel: 1 to 100 distinct ids, 24 hexadecimal characters each.
@@ -89,12 +89,8 @@ fn scan_id_list() -> utoipa::openapi::schema::Array {
 impl CancelScansRequest {
     /// The ids `body` names, or a 400 naming the first thing wrong with them.
     fn read(body: &ApiBody) -> Result<Vec<ScanId>, ApiError> {
-        if body.0.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::Validation(
-                "request body must be a JSON object with scanIds".into(),
-            ));
-        }
-        body.optional_fields::<Self>()?.parse()
+        body.object::<Self>("request body must be a JSON object with scanIds")?
+            .parse()
     }
 
     /// The ids, or a 400 naming the first thing wrong with them.

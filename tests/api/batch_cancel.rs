@@ -152,11 +152,16 @@ async fn a_bad_batch_is_400_naming_what_is_wrong_and_changes_nothing(backend: Ba
         (Some("{}".into()), "scanIds is required"),
         (
             Some("[]".into()),
-            "request body must be empty or a JSON object",
+            "request body must be a JSON object with scanIds",
         ),
         (
             Some("not json".into()),
-            "request body must be empty or a JSON object",
+            "request body must be a JSON object with scanIds",
+        ),
+        // An object that breaks off says where, and what the body must be.
+        (
+            Some(r#"{"scanIds": ["#.into()),
+            "request body must be a JSON object with scanIds: EOF while parsing",
         ),
         (
             Some(json!({ "scanIds": [] }).to_string()),
