@@ -170,7 +170,7 @@ impl RateLimiter {
     /// after it, every request in flight when a failure was allowed again was looked up). Any
     /// other address needs no turn (`None`): its lookups, a new key's first ones while the
     /// database is slow, say, must not queue behind one another. Nor does a lookup that waited
-    /// [`TURN_WAIT`] in vain.
+    /// a second (`TURN_WAIT`) in vain.
     pub async fn lookup_turn(&self, client: IpAddr) -> Option<LookupTurn<'_>> {
         let failed_at = *self.failed_lately.get(&client)?;
         if failed_at.elapsed() > FAILED_LATELY {
