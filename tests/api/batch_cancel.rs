@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 
 use signal_scans::domain::ids::{AccountGroupId, ScanId};
-use signal_scans::domain::keys::{AccountGroupAccess, Permission};
+use signal_scans::domain::keys::Permission;
 use signal_scans::domain::scan::ScanStatus;
 
 use crate::helpers::locks::{WriteLock, until_advisory_waiters, until_waiting, until_waiting_on};
@@ -228,14 +228,7 @@ async fn a_batch_cancel_needs_signals_write_on_the_group(backend: Backend) {
     let (group, other) = (group(), group());
     let scan = app.scan(&group, ScanStatus::Running).await;
     let body = body_of(&[&scan]);
-    let reader = app
-        .key_with(
-            &[Permission::SignalsRead],
-            AccountGroupAccess::Only(vec![group]),
-            None,
-        )
-        .await
-        .0;
+    let reader = app.key_for(&[Permission::SignalsRead], &[group]).await.0;
     let runner = app.runner(&group).await;
     let other_writer = app.writer(&other).await;
 
@@ -346,12 +339,10 @@ store_test!(changes_that_queue_together_keep_their_own_outcomes);
 /// DB_TIMEOUT_MS) answers 502, and none of its scans is cancelled; the same request succeeds once
 /// the lock is gone.
 async fn a_stuck_batch_answers_502_and_cancels_none_of_its_scans(backend: Backend) {
-    let app = Settings::default()
+    let (app, group, writer) = Settings::default()
         .with_db_timeout(DB_TIMEOUT)
-        .spawn(backend)
+        .spawn_with_writer(backend)
         .await;
-    let group = group();
-    let writer = app.writer(&group).await;
     let free = app.scan(&group, ScanStatus::Running).await;
     let stuck = app.scan(&group, ScanStatus::Running).await;
     let also_free = app.scan(&group, ScanStatus::Queued).await;
@@ -390,13 +381,11 @@ async fn one_batch_at_a_time(
     backend: Backend,
     db_timeout: Duration,
 ) -> (TestApp, AccountGroupId, String) {
-    let app = Settings::default()
+    let (app, group, writer) = Settings::default()
         .with_db_timeout(db_timeout)
         .with_db_write_batches(1)
-        .spawn(backend)
+        .spawn_with_writer(backend)
         .await;
-    let group = group();
-    let writer = app.writer(&group).await;
     (app, group, writer)
 }
 

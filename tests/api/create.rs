@@ -1,6 +1,6 @@
 //! Starting a scan over HTTP: `POST …/signals/scans`, its body rule and its Idempotency-Key.
 
-use signal_scans::domain::keys::{AccountGroupAccess, Permission};
+use signal_scans::domain::keys::Permission;
 use signal_scans::domain::scan::ScanStatus;
 use sqlx::Connection;
 
@@ -37,13 +37,7 @@ async fn create(
 async fn creating_a_scan_answers_201_with_its_location_and_the_queued_scan(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let group = group();
-    let (key, key_id) = app
-        .key_with(
-            &[Permission::SignalsWrite],
-            AccountGroupAccess::Only(vec![group]),
-            None,
-        )
-        .await;
+    let (key, key_id) = app.key_for(&[Permission::SignalsWrite], &[group]).await;
 
     let response = create(&app, &key, group.as_str(), None).await;
 
@@ -181,11 +175,7 @@ async fn an_idempotency_key_reused_for_another_group_is_422_naming_the_header(ba
     let app = TestApp::spawn(backend).await;
     let (group_a, group_b) = (group(), group());
     let (key, _) = app
-        .key_with(
-            &[Permission::SignalsWrite],
-            AccountGroupAccess::Only(vec![group_a, group_b]),
-            None,
-        )
+        .key_for(&[Permission::SignalsWrite], &[group_a, group_b])
         .await;
     assert_eq!(
         create(&app, &key, group_a.as_str(), Some("k")).await.status,

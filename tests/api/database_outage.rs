@@ -84,13 +84,11 @@ store_test!(
 /// hangs, every 200 that moved a scan is backed by exactly one committed audit row, and no
 /// scan is cancelled twice.
 async fn under_load_a_cut_and_a_return_lose_and_double_nothing(backend: Backend) {
-    let app = Settings::default()
+    let (app, group, key) = Settings::default()
         .with_db_timeout(UNDER_LOAD_DB_TIMEOUT)
         .through_proxy()
-        .spawn(backend)
+        .spawn_with_writer(backend)
         .await;
-    let group = group();
-    let key = app.writer(&group).await;
     let mut scans = Vec::new();
     for _ in 0..400 {
         scans.push(app.scan(&group, ScanStatus::Queued).await);
@@ -401,12 +399,10 @@ store_test!(
 /// On either store: a cancel whose write waits behind another session's lock past DB_TIMEOUT_MS
 /// answers 502 and changes nothing; once the lock is gone the same process serves it.
 async fn a_write_stuck_behind_another_writer_answers_502_and_changes_nothing(backend: Backend) {
-    let app = Settings::default()
+    let (app, group, key) = Settings::default()
         .with_db_timeout(DB_TIMEOUT)
-        .spawn(backend)
+        .spawn_with_writer(backend)
         .await;
-    let group = group();
-    let key = app.writer(&group).await;
     let scan = app.scan(&group, ScanStatus::Running).await;
     let mut lock = WriteLock::hold(&app, &scan).await;
 

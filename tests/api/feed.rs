@@ -489,12 +489,10 @@ fn follow(mut feed: FeedReader) -> tokio::sync::mpsc::UnboundedReceiver<FeedEven
 async fn cutting_the_publishers_connection_delays_no_request_and_loses_no_change(backend: Backend) {
     const DB_TIMEOUT: Duration = Duration::from_secs(4);
     const STREAMS: usize = 4;
-    let app = Settings::default()
+    let (app, group, key) = Settings::default()
         .with_db_timeout(DB_TIMEOUT)
-        .spawn(backend)
+        .spawn_with_writer(backend)
         .await;
-    let group = group();
-    let key = app.writer(&group).await;
     let mut admin = PgConnection::connect(&app.db.url).await.unwrap();
     // Scans are made by the served store: a creation is a change, and the test's own store would
     // start a publisher of its own.

@@ -29,12 +29,10 @@ async fn cancel_at(
 async fn a_cached_key_needs_no_key_lookup_on_the_hot_path(backend: Backend) {
     // A lifetime no slow machine can outrun between the two cancels (production caps it at 1 s;
     // the expiry itself is tested below).
-    let app = Settings::default()
+    let (app, group, key) = Settings::default()
         .with_key_cache_ttl(Duration::from_secs(600))
-        .spawn(backend)
+        .spawn_with_writer(backend)
         .await;
-    let group = group();
-    let key = app.writer(&group).await;
     let (first, second) = (
         app.scan(&group, ScanStatus::Queued).await,
         app.scan(&group, ScanStatus::Queued).await,

@@ -5,7 +5,7 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use signal_scans::domain::keys::{AccountGroupAccess, Permission};
+use signal_scans::domain::keys::Permission;
 use signal_scans::domain::scan::ScanStatus;
 use tokio::io::AsyncBufReadExt;
 
@@ -52,11 +52,7 @@ async fn a_runner_host_starts_moves_and_fails_scans_with_only_the_url_and_a_key(
     let group = group();
     let writer = app.writer(&group).await;
     let (runner, _) = app
-        .key_with(
-            &[Permission::SignalsRun, Permission::SignalsRead],
-            AccountGroupAccess::Only(vec![group]),
-            None,
-        )
+        .key_for(&[Permission::SignalsRun, Permission::SignalsRead], &[group])
         .await;
     let folder = Folder::new();
     let server = app.url("/");
@@ -208,13 +204,7 @@ async fn watch_lines_carry_their_cursor_and_trace_id_and_after_resumes_right_the
     let app = TestApp::spawn(backend).await;
     let group = group();
     let writer = app.writer(&group).await;
-    let (reader, _) = app
-        .key_with(
-            &[Permission::SignalsRead],
-            AccountGroupAccess::Only(vec![group]),
-            None,
-        )
-        .await;
+    let (reader, _) = app.key_for(&[Permission::SignalsRead], &[group]).await;
     // Two changes before any watch starts, replayed from the oldest cursor.
     let created = app
         .post(&writer, &crate::helpers::scans_path(group.as_str()), None)

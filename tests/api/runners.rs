@@ -32,11 +32,7 @@ async fn a_runner_starts_then_completes_a_scan_and_a_repeated_move_answers_where
     let app = TestApp::spawn(backend).await;
     let group = group();
     let (runner, runner_id) = app
-        .key_with(
-            &[Permission::SignalsRun, Permission::SignalsRead],
-            AccountGroupAccess::Only(vec![group]),
-            None,
-        )
+        .key_for(&[Permission::SignalsRun, Permission::SignalsRead], &[group])
         .await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
 

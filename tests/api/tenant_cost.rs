@@ -9,14 +9,16 @@ use signal_scans::domain::feed::FeedCursor;
 use signal_scans::domain::ids::{AccountGroupId, ScanId};
 use signal_scans::domain::keys::{AccountGroupAccess, NewApiKey, Permission};
 use signal_scans::domain::scan::{Actor, ScanStatus, Transition};
-use signal_scans::service::feed::{FeedReader, Start};
+use signal_scans::service::feed::{FeedEvent, FeedReader, Start};
 use signal_scans::store::statements::{POSTGRES_GROUP_FEED, SQLITE_GROUP_FEED};
 use signal_scans::store::{KeyToCreate, Store};
 use sqlx::{Connection, PgConnection, SqliteConnection};
 
 use crate::helpers::process::ServerProcess;
-use crate::helpers::sse::{SseEvent, SseStream};
-use crate::helpers::{ApiResponse, Backend, TestApp, TestDatabase, group, store_options};
+use crate::helpers::sse::{SseStream, scan_ids};
+use crate::helpers::{
+    ApiResponse, Backend, TestApp, TestDatabase, group, id_strings, store_options,
+};
 use crate::store_test;
 
 /// Long enough for anything that should happen promptly on a loaded 2-core machine.
@@ -128,37 +130,34 @@ fn changes_url(app: &TestApp, group: &AccountGroupId, query: &str) -> String {
     ))
 }
 
+/// The first `count` changes of `group`, read by a follower from the start of the trail (as
+/// `scans watch --account-group` reads them).
+async fn replay(store: &Store, group: AccountGroupId, count: u64) -> Vec<FeedEvent> {
+    let mut reader = FeedReader::open(
+        store.clone(),
+        Start::After(FeedCursor::default()),
+        Some(group),
+        Duration::from_millis(100),
+    )
+    .await
+    .unwrap();
+    let mut events = Vec::new();
+    for _ in 0..count {
+        let event = tokio::time::timeout(SOON, reader.next())
+            .await
+            .expect("the group's changes are replayed");
+        events.push(event.unwrap());
+    }
+    events
+}
+
 /// A stream of `group`'s changes that must be admitted, its opening `retry:` read.
 async fn follow(app: &TestApp, group: &AccountGroupId, query: &str) -> SseStream {
-    let (reader, _) = app
-        .key_with(
-            &[Permission::SignalsRead],
-            AccountGroupAccess::Only(vec![*group]),
-            None,
-        )
-        .await;
+    let (reader, _) = app.key_for(&[Permission::SignalsRead], &[*group]).await;
     let request = reqwest::Client::new()
         .get(changes_url(app, group, query))
         .bearer_auth(reader);
-    let mut stream = SseStream::open(request)
-        .await
-        .unwrap_or_else(|refused| panic!("the stream was refused: {refused:?}"));
-    assert!(
-        stream.next_frame(SOON).await.is_some(),
-        "the opening retry:"
-    );
-    stream
-}
-
-fn scan_ids(events: &[SseEvent]) -> Vec<String> {
-    events
-        .iter()
-        .map(|event| event.json()["scanId"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-fn strings(scans: &[ScanId]) -> Vec<String> {
-    scans.iter().map(ToString::to_string).collect()
+    SseStream::opened(request, SOON).await
 }
 
 /// Rows the statement that reads one group's feed touches in `group`'s table from the start of
@@ -247,23 +246,15 @@ async fn a_replay_from_the_oldest_cursor_reads_only_its_own_groups_rows(backend:
     let after = app.served_store.feed_rows_read();
 
     let watch_before = app.store.feed_rows_read();
-    let mut watch = FeedReader::open(
-        app.store.clone(),
-        Start::After(FeedCursor::default()),
-        Some(mine),
-        Duration::from_millis(100),
-    )
-    .await
-    .unwrap();
-    let mut watched = Vec::new();
-    for _ in 0..my_rows {
-        let event = tokio::time::timeout(SOON, watch.next()).await.unwrap();
-        watched.push(event.unwrap().change.scan_id.to_string());
-    }
+    let watched: Vec<String> = replay(&app.store, mine, my_rows)
+        .await
+        .into_iter()
+        .map(|event| event.change.scan_id.to_string())
+        .collect();
     let watch_after = app.store.feed_rows_read();
     let plan = group_read_plan(&app, &mine).await;
 
-    let created_then_cancelled: Vec<String> = strings(&cancelled)
+    let created_then_cancelled: Vec<String> = id_strings(&cancelled)
         .into_iter()
         .flat_map(|scan| [scan.clone(), scan])
         .collect();
@@ -520,13 +511,7 @@ async fn raw_get(
 async fn a_400_names_each_problem_once_and_stays_small_whatever_the_input(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let group = group();
-    let (reader, _) = app
-        .key_with(
-            &[Permission::SignalsRead],
-            AccountGroupAccess::Only(vec![group]),
-            None,
-        )
-        .await;
+    let (reader, _) = app.key_for(&[Permission::SignalsRead], &[group]).await;
     let changes = format!("/v1/accounts/{group}/signals/scans/changes?");
     // Each within the change stream's 4-KiB request target.
     let repeated = format!("{changes}{}", "a&".repeat(1900));
@@ -777,22 +762,11 @@ async fn the_group_migration_fills_old_rows_and_keeps_their_positions(backend: B
     // A writer from before the column: its row names no group.
     execute(&db.url, events(&[(&a2, "'queued'", "cancelled")])).await;
     let written_without = positions_and_groups(&db.url).await;
-    let mut reader = FeedReader::open(
-        store.clone(),
-        Start::After(FeedCursor::default()),
-        Some(a),
-        Duration::from_millis(100),
-    )
-    .await
-    .unwrap();
-    let mut replayed = Vec::new();
-    for _ in 0..4 {
-        let event = tokio::time::timeout(SOON, reader.next())
-            .await
-            .expect("the group's old changes are replayed")
-            .unwrap();
-        replayed.push((event.change.scan_id, event.change.from, event.change.to));
-    }
+    let replayed: Vec<_> = replay(&store, a, 4)
+        .await
+        .into_iter()
+        .map(|event| (event.change.scan_id, event.change.from, event.change.to))
+        .collect();
 
     let groups = |rows: &[(i64, String, Option<String>)]| -> Vec<Option<String>> {
         rows.iter().map(|(.., group)| group.clone()).collect()

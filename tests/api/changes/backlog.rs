@@ -12,7 +12,7 @@ use signal_scans::service::feed::{ChangeHub, Start};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::*;
-use crate::helpers::{Backend, TestApp, group};
+use crate::helpers::{Backend, TestApp, group, id_strings};
 use crate::store_test;
 
 /// How long a backlog of thousands may take to arrive on a loaded machine.
@@ -29,31 +29,15 @@ async fn create_scans(app: &TestApp, group: &AccountGroupId, count: usize) -> Ve
 
 /// The id of the stream's next event: a cursor to resume from. Creates a scan to have one.
 async fn a_cursor(app: &TestApp, group: &AccountGroupId, reader: &str) -> String {
-    let mut stream = opened(stream_request(&app.url(&changes_path(group, "")), reader)).await;
+    let mut stream = SseStream::opened(
+        stream_request(&app.url(&changes_path(group, "")), reader),
+        SOON,
+    )
+    .await;
     let marker = app.scan(group, ScanStatus::Running).await;
     let event = stream.next_event(SOON).await;
     assert_eq!(event.json()["scanId"], marker.as_str());
     id_of(&event)
-}
-
-/// A stream that must open, creations included, past its opening `retry:`.
-async fn opened(request: reqwest::RequestBuilder) -> SseStream {
-    let mut stream = SseStream::open(request)
-        .await
-        .unwrap_or_else(|refused| panic!("the stream was refused: {refused:?}"));
-    assert_eq!(stream.next_frame(SOON).await, Some(RECONNECT));
-    stream
-}
-
-fn scan_ids(events: &[SseEvent]) -> Vec<String> {
-    events
-        .iter()
-        .map(|event| event.json()["scanId"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-fn strings(scans: &[ScanId]) -> Vec<String> {
-    scans.iter().map(ToString::to_string).collect()
 }
 
 /// A client back after 2,500 changes (three pages of the trail): the resumed stream replays each
@@ -66,9 +50,10 @@ async fn a_resume_from_2500_changes_back_gets_each_once_in_order(backend: Backen
     let cursor = a_cursor(&app, &group, &reader).await;
     let missed = create_scans(&app, &group, 2500).await;
 
-    let mut resumed = opened(
+    let mut resumed = SseStream::opened(
         stream_request(&app.url(&changes_path(&group, "")), &reader)
             .header("Last-Event-ID", cursor.as_str()),
+        SOON,
     )
     .await;
     let mut replayed = Vec::with_capacity(missed.len());
@@ -81,8 +66,8 @@ async fn a_resume_from_2500_changes_back_gets_each_once_in_order(backend: Backen
     let live_event = resumed.next_event(SOON).await;
     resumed.assert_no_event_for(QUIET).await;
 
-    assert_eq!(scan_ids(&replayed), strings(&missed));
-    assert_eq!(scan_ids(&[live_event]), strings(&live));
+    assert_eq!(scan_ids(&replayed), id_strings(&missed));
+    assert_eq!(scan_ids(&[live_event]), id_strings(&live));
     let mut ids: Vec<String> = replayed.iter().map(id_of).collect();
     ids.sort();
     ids.dedup();
@@ -227,7 +212,7 @@ async fn a_backlog_leaves_in_frames_of_64_kib_split_between_events(backend: Back
         let data: serde_json::Value = serde_json::from_str(data).unwrap();
         replayed.push(data["scanId"].as_str().unwrap().to_owned());
     }
-    assert_eq!(replayed, strings(&missed));
+    assert_eq!(replayed, id_strings(&missed));
 }
 store_test!(a_backlog_leaves_in_frames_of_64_kib_split_between_events);
 

@@ -67,13 +67,7 @@ store_test!(a_cancel_reaches_an_open_stream_by_its_hint_long_before_the_poll);
 /// whose client hung up while its write waited behind another session's lock still reaches an
 /// open stream by its hint, long before the 60-s poll.
 async fn a_change_whose_client_hung_up_reaches_streams_by_its_hint(backend: Backend) {
-    let app = Settings::default()
-        .with_feed_poll(Duration::from_secs(60))
-        .spawn(backend)
-        .await;
-    let group = group();
-    let writer = app.writer(&group).await;
-    let (reader, _) = read_key(&app, &group).await;
+    let (app, group, writer, reader) = app_without_poll(backend, Settings::default()).await;
     let scan = app.scan(&group, ScanStatus::Running).await;
     app.store.flush_hints(SOON).await;
     let mut stream = follow(stream_request(&app.url(&changes_path(&group, "")), &reader)).await;
@@ -108,14 +102,8 @@ async fn changes_that_keep_coming_wait_for_the_batch_and_one_after_a_quiet_spell
     // loaded machine once took half a second over a hint; "at once" and "held for the batch"
     // must stay apart.
     const BATCH: Duration = Duration::from_secs(4);
-    let app = Settings::default()
-        .with_feed_poll(Duration::from_secs(60))
-        .with_stream_batch(BATCH)
-        .spawn(backend)
-        .await;
-    let group = group();
-    let writer = app.writer(&group).await;
-    let (reader, _) = read_key(&app, &group).await;
+    let (app, group, writer, reader) =
+        app_without_poll(backend, Settings::default().with_stream_batch(BATCH)).await;
     let scans = [
         app.scan(&group, ScanStatus::Running).await,
         app.scan(&group, ScanStatus::Running).await,
@@ -356,11 +344,7 @@ async fn keep_alives_keep_their_rhythm_while_filtered_out_changes_pass(backend: 
     };
     let (frames, ()) = tokio::join!(frames_during(&mut stream, keepalive * 5), busy);
 
-    assert!(
-        frames.iter().all(|frame| *frame == keep_alive()),
-        "{frames:?}"
-    );
-    assert!(frames.len() >= 2, "keep-alives heard: {frames:?}");
+    assert_keep_alives(&frames, 2);
 }
 store_test!(keep_alives_keep_their_rhythm_while_filtered_out_changes_pass);
 

@@ -28,14 +28,11 @@ use sqlx::{Executor, PgConnection};
 use uuid::Uuid;
 
 use crate::helpers::process::ServerProcess;
-use crate::helpers::sse::{Frame, SseEvent, SseStream};
+use crate::helpers::sse::{Frame, RECONNECT, SseEvent, SseStream, scan_ids};
 use crate::helpers::{ApiResponse, Backend, Settings, TestApp, TestDatabase, group, store_options};
 
 /// Long enough for anything that should happen promptly on a loaded 2-core machine.
 const SOON: Duration = Duration::from_secs(5);
-
-/// What the stream tells clients to wait before reconnecting, at its start and its end.
-const RECONNECT: Frame = Frame::Retry(2000);
 
 /// How long a stream is watched to show that nothing more arrives.
 const QUIET: Duration = Duration::from_millis(400);
@@ -54,16 +51,7 @@ fn stream_request(url: &str, key: &str) -> reqwest::RequestBuilder {
 /// moves of scans they create while it is open: the creations are passed over (tests/api/runners.rs
 /// follows them).
 async fn follow(request: reqwest::RequestBuilder) -> SseStream {
-    let mut stream = SseStream::open(request)
-        .await
-        .unwrap_or_else(|refused| panic!("the stream was refused: {refused:?}"))
-        .moves_only();
-    assert_eq!(
-        stream.next_frame(SOON).await,
-        Some(RECONNECT),
-        "a stream opens with retry: 2000"
-    );
-    stream
+    SseStream::opened(request, SOON).await.moves_only()
 }
 
 /// A stream request that must be refused, with the envelope.
@@ -228,6 +216,35 @@ async fn frames_during(stream: &mut SseStream, period: Duration) -> Vec<Option<F
 
 fn keep_alive() -> Option<Frame> {
     Some(Frame::Comment("keep-alive".into()))
+}
+
+/// `frames` are keep-alives only, at least `at_least` of them.
+#[track_caller]
+fn assert_keep_alives(frames: &[Option<Frame>], at_least: usize) {
+    assert!(
+        frames.iter().all(|frame| *frame == keep_alive()),
+        "only keep-alives: {frames:?}"
+    );
+    assert!(
+        frames.len() >= at_least,
+        "{at_least} keep-alives at least: {frames:?}"
+    );
+}
+
+/// A service whose poll is a minute away, so that changes reach streams by their hints alone; a
+/// group of its own, a writer's key and a reader's key of that group.
+async fn app_without_poll(
+    backend: Backend,
+    settings: Settings,
+) -> (TestApp, AccountGroupId, String, String) {
+    let app = settings
+        .with_feed_poll(Duration::from_secs(60))
+        .spawn(backend)
+        .await;
+    let group = group();
+    let writer = app.writer(&group).await;
+    let (reader, _) = read_key(&app, &group).await;
+    (app, group, writer, reader)
 }
 
 /// A test app with these stream settings and every other setting the default.

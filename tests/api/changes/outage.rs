@@ -96,13 +96,7 @@ async fn listeners(admin: &mut PgConnection) -> Vec<i32> {
 /// the stream by its hint, with the poll a minute away: nothing missed, nothing twice. Fails
 /// for a hub that stops listening after losing its connection (it would wait for the poll).
 async fn a_stream_outlives_the_termination_of_the_listening_session(backend: Backend) {
-    let app = Settings::default()
-        .with_feed_poll(Duration::from_secs(60))
-        .spawn(backend)
-        .await;
-    let group = group();
-    let writer = app.writer(&group).await;
-    let (reader, _) = read_key(&app, &group).await;
+    let (app, group, writer, reader) = app_without_poll(backend, Settings::default()).await;
     let mut admin = PgConnection::connect(&app.db.url).await.unwrap();
     let mut stream = follow(stream_request(&app.url(&changes_path(&group, "")), &reader)).await;
     let first = cancel_fresh_scans(&app, &writer, &group, 1).await;

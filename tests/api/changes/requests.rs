@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use signal_scans::domain::ids::ScanId;
-use signal_scans::domain::keys::{AccountGroupAccess, NewApiKey};
+use signal_scans::domain::keys::NewApiKey;
 use signal_scans::domain::scan::ScanStatus;
 use signal_scans::http::changes::StreamSettings;
 
@@ -105,9 +105,7 @@ async fn checks_run_in_the_read_routes_order(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let (mine, theirs) = (group(), group());
     let (reader, _) = read_key(&app, &mine).await;
-    let (powerless, _) = app
-        .key_with(&[], AccountGroupAccess::Only(vec![mine]), None)
-        .await;
+    let (powerless, _) = app.key_for(&[], &[mine]).await;
     let forged = query_after("999999999999-1");
     let unknown_key = NewApiKey::generate().secret;
     let path =

@@ -323,6 +323,14 @@ impl Settings {
         TestApp::spawn_with(backend, self).await
     }
 
+    /// Spawns the app, with a fresh account group and a `signals:write` key on it.
+    pub async fn spawn_with_writer(self, backend: Backend) -> (TestApp, AccountGroupId, String) {
+        let app = self.spawn(backend).await;
+        let group = group();
+        let key = app.writer(&group).await;
+        (app, group, key)
+    }
+
     pub fn with_stream_batch(mut self, batch: Duration) -> Self {
         self.stream_batch = batch;
         self
@@ -395,10 +403,7 @@ impl TestApp {
 
     /// The app with default settings, a fresh account group and a `signals:write` key on it.
     pub async fn with_writer(backend: Backend) -> (Self, AccountGroupId, String) {
-        let app = Self::spawn(backend).await;
-        let group = group();
-        let key = app.writer(&group).await;
-        (app, group, key)
+        Settings::default().spawn_with_writer(backend).await
     }
 
     pub async fn spawn_with(backend: Backend, settings: Settings) -> Self {
@@ -795,6 +800,11 @@ pub async fn redis_server_addr(url: &str) -> SocketAddr {
 /// `n` fresh ids that name nothing.
 pub fn group() -> AccountGroupId {
     AccountGroupId::generate()
+}
+
+/// Each id as a string, in order.
+pub fn id_strings(scans: &[ScanId]) -> Vec<String> {
+    scans.iter().map(ToString::to_string).collect()
 }
 
 /// The scan lifecycle over HTTP: a runner's key, and requests that carry a body.

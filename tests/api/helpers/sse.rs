@@ -7,6 +7,9 @@ use serde_json::Value;
 
 use super::ApiResponse;
 
+/// What the stream tells clients to wait before reconnecting, at its start and its end.
+pub const RECONNECT: Frame = Frame::Retry(2000);
+
 /// One block of the stream, as a client sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -32,6 +35,14 @@ impl SseEvent {
     }
 }
 
+/// The `scanId` of each event, in order.
+pub fn scan_ids(events: &[SseEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|event| event.json()["scanId"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// An open `text/event-stream` response.
 #[derive(Debug)]
 pub struct SseStream {
@@ -43,6 +54,19 @@ pub struct SseStream {
 }
 
 impl SseStream {
+    /// A stream that must open, past its opening `retry:` (read within `limit`).
+    pub async fn opened(request: reqwest::RequestBuilder, limit: Duration) -> Self {
+        let mut stream = Self::open(request)
+            .await
+            .unwrap_or_else(|refused| panic!("the stream was refused: {refused:?}"));
+        assert_eq!(
+            stream.next_frame(limit).await,
+            Some(RECONNECT),
+            "a stream opens with retry: 2000"
+        );
+        stream
+    }
+
     /// Sends `request`: the stream when it answers 200 with `text/event-stream`, otherwise the
     /// answer read whole (which must be the envelope).
     pub async fn open(request: reqwest::RequestBuilder) -> Result<Self, ApiResponse> {
