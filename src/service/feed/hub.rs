@@ -21,7 +21,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{OnceCell, broadcast, watch};
+use tokio::sync::{OnceCell, broadcast};
 
 use super::{FeedEvent, FeedReader, PAGE, Start};
 use crate::domain::feed::{FeedCursor, FeedPage};
@@ -51,8 +51,6 @@ struct Running {
     /// The pages of each followed group. A follower of a quiet group is not woken by every other
     /// group's changes: with hundreds of streams open, that was most of their cost.
     groups: Arc<Mutex<HashMap<AccountGroupId, broadcast::Sender<Arc<FeedPage>>>>>,
-    /// Where the hub stands after its last page.
-    cursor: watch::Receiver<FeedCursor>,
 }
 
 impl Running {
@@ -113,7 +111,10 @@ impl ChangeHub {
         // rows already behind the place are skipped by the cursor.
         let pages = running.subscribe(group);
         let (cursor, behind) = match start {
-            Start::Now => (running.cursor.borrow().clone(), false),
+            // The trail's head, not the hub's place: the hub may be a batch, a lost hint's poll
+            // or a database stall behind, and what committed before the follower started is not
+            // its to deliver. The hub's pages up to the head pass by behind the cursor.
+            Start::Now => (self.store.feed_head().await?, false),
             Start::After(cursor) => (cursor, true),
         };
         Ok(Follower {
@@ -131,7 +132,6 @@ impl ChangeHub {
             .await?
             .spaced(self.batch);
         let groups = Arc::new(Mutex::new(HashMap::new()));
-        let (place, cursor) = watch::channel(reader.cursor().clone());
         let followed = Arc::clone(&groups);
         tokio::spawn(async move {
             let mut retry = Duration::from_millis(100);
@@ -139,9 +139,6 @@ impl ChangeHub {
                 match reader.next_page().await {
                     Ok(page) => {
                         retry = Duration::from_millis(100);
-                        // The place first, then the page: a follower that takes the place after
-                        // subscribing receives every later page of its group.
-                        place.send_replace(reader.cursor().clone());
                         // No follower right now is fine: the hub keeps its place for the next.
                         dispatch(&followed, page);
                     }
@@ -154,7 +151,7 @@ impl ChangeHub {
                 }
             }
         });
-        Ok(Running { groups, cursor })
+        Ok(Running { groups })
     }
 }
 

@@ -15,7 +15,7 @@ use super::*;
 use crate::helpers::locks::until_advisory_waiters;
 use crate::helpers::sse::SseEvent;
 use crate::helpers::watch::Watch;
-use crate::helpers::{Backend, ServeDefault, TestApp, group};
+use crate::helpers::{Backend, ServeDefault, Settings, TestApp, group};
 use crate::store_test;
 
 async fn a_reconnect_gets_exactly_the_missed_changes_in_order_then_live_ones(backend: Backend) {
@@ -379,6 +379,41 @@ async fn an_empty_cursor_starts_the_stream_now(backend: Backend) {
     }
 }
 store_test!(an_empty_cursor_starts_the_stream_now);
+
+/// A stream without a cursor starts at the trail's head, not where the process's shared reader
+/// stands: that reader gathers changes for a batch (here 4 s) before reading them, and a stream
+/// opened meanwhile delivered the changes committed before it opened (a runner took an old
+/// creation for new work).
+async fn a_stream_without_a_cursor_replays_nothing_while_the_shared_reader_lags(backend: Backend) {
+    let (app, group, writer, reader) = app_without_poll(
+        backend,
+        Settings::default().with_stream_batch(Duration::from_secs(4)),
+    )
+    .await;
+    let scans = [
+        app.scan(&group, ScanStatus::Running).await,
+        app.scan(&group, ScanStatus::Running).await,
+        app.scan(&group, ScanStatus::Running).await,
+    ];
+    app.store.flush_hints(SOON).await;
+    let url = app.url(&changes_path(&group, ""));
+    let mut first = follow(stream_request(&url, &reader)).await;
+    // After a quiet spell the shared reader reads at once; the next change waits for the batch.
+    let read_at_once = cancel_fresh_scans_of(&app, &writer, &group, &scans[..1]).await;
+    assert_eq!(moves(&next_events(&mut first, 1).await), read_at_once);
+    let before = cancel_fresh_scans_of(&app, &writer, &group, &scans[1..2]).await;
+
+    let mut opened_after = follow(stream_request(&url, &reader)).await;
+    let after = cancel_fresh_scans_of(&app, &writer, &group, &scans[2..]).await;
+
+    assert_eq!(moves(&next_events(&mut opened_after, 1).await), after);
+    opened_after.assert_no_event_for(QUIET).await;
+    assert_eq!(
+        moves(&next_events(&mut first, 2).await),
+        [before, after].concat()
+    );
+}
+store_test!(a_stream_without_a_cursor_replays_nothing_while_the_shared_reader_lags);
 
 /// `scans watch --server` as a runner uses it: each change printed once, in order, across the
 /// reconnections that every stream's end forces (here each ends after 1 s).
