@@ -352,7 +352,6 @@ mod tests {
         );
         let running = Running {
             groups: Arc::default(),
-            cursor: watch::channel(FeedCursor::default()).1,
         };
         let mut follower = running.subscribe(followed);
         let mut quiet_follower = running.subscribe(quiet);
