@@ -285,11 +285,14 @@ async fn redis_going_away_mid_flight_falls_back_without_hanging() {
     );
 }
 
-/// `rate_limit_backend_errors_total` counts the moments the shared limits were out of reach. The
-/// real binary, so the counter is its own: it starts absent and moves only with this test's
-/// requests.
+/// `rate_limit_backend_errors_total` counts the limit checks the shared limits did not answer,
+/// and the log says Redis is out of reach about once a second, not once a request (a Redis that
+/// was never reached, or refused the password, logged two lines a request). The real binary, so
+/// the counter is its own: it starts absent and moves only with this test's requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_out_of_reach_is_counted_in_backend_errors() {
+async fn redis_out_of_reach_is_counted_in_backend_errors_and_logged_once_a_second() {
+    const REQUESTS: usize = 30;
+    const CANNOT_REACH: &str = "cannot reach Redis; limits stay per instance meanwhile";
     let app = TestApp::spawn(Backend::Sqlite).await;
     let (group, key, scan) = app.writer_and_queued_scan().await;
     // Nothing listens on port 1.
@@ -304,15 +307,35 @@ async fn redis_out_of_reach_is_counted_in_backend_errors() {
     };
     let before = backend_errors().await;
 
-    let response = server
-        .post(&key, &cancel_path(group.as_str(), scan.as_str()))
-        .await;
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    for _ in 0..REQUESTS {
+        let response = server
+            .post(&key, &cancel_path(group.as_str(), scan.as_str()))
+            .await;
+        statuses.push(response.status);
+    }
     let after = backend_errors().await;
+    server
+        .until_logged(|line| line["message"].as_str() == Some(CANNOT_REACH))
+        .await;
+    let seconds = started.elapsed().as_secs() as usize + 1;
+    let logs = server.logs();
+    let lines = |text: &str| logs.iter().filter(|line| line.contains(text)).count();
 
     assert_eq!(before, None, "nothing to count before a request");
-    assert_eq!(
-        response.status, 200,
-        "served on the local limits: {response:?}"
+    assert_eq!(statuses, [200; REQUESTS], "served on the local limits");
+    assert!(
+        after.is_some_and(|count| count >= REQUESTS as f64),
+        "{after:?}"
     );
-    assert!(after.is_some_and(|count| count >= 1.0), "{after:?}");
+    assert_eq!(
+        lines("shared rate limits unavailable"),
+        0,
+        "the connecting task speaks for Redis: {logs:#?}"
+    );
+    assert!(
+        (1..=seconds + 1).contains(&lines(CANNOT_REACH)),
+        "about once a second over {seconds} s: {logs:#?}"
+    );
 }

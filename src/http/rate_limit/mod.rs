@@ -245,8 +245,10 @@ impl RateLimiter {
 
 fn backend_failed(error: &SharedError) {
     metrics::counter!(BACKEND_ERRORS).increment(1);
-    // The failure that started a backoff was logged; the skipped calls after it are not.
-    if !matches!(error, SharedError::BackingOff) {
+    // The failure that started a backoff was logged; the skipped calls after it are not. Nor is
+    // a call made before the first connection: the connecting task logs its own failures, once
+    // a second (a wrong password logged a line per request, two per request past the limit).
+    if !matches!(error, SharedError::BackingOff | SharedError::NotConnected) {
         tracing::warn!(%error, "shared rate limits unavailable; using this instance's limits");
     }
 }
