@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use time::OffsetDateTime;
+use uuid::Uuid;
 
 use super::feed::{ChangeHub, Follower, Start};
 use super::key_cache::KeyCache;
@@ -323,7 +324,8 @@ impl ScanService {
     /// cancel racing wins, and the loser learns the winner's status. A move is its key's: made
     /// again by that key it answers where the scan is, so a runner retrying after a lost answer
     /// learns the truth; made again by another key it is refused, so a second runner's start of a
-    /// scan that another runner claimed tells it to leave the scan.
+    /// scan that another runner claimed tells it to leave the scan. A running scan is finished
+    /// (completed or failed) only by the key that started it: see [`Self::check_claim`].
     pub(crate) async fn move_scan(
         &self,
         principal: &Principal,
@@ -334,6 +336,9 @@ impl ScanService {
         reason: Option<&str>,
     ) -> Result<Moved, ServiceError> {
         Self::check_access(principal, group)?;
+        if to.is_final() {
+            self.check_claim(principal, group, scan, to).await?;
+        }
         let actor = actor_of(principal, trace_id, reason);
         let outcome = self
             .0
@@ -352,6 +357,50 @@ impl ScanService {
         moved(outcome, to)
     }
 
+    /// A start is a claim: of a running scan, only the key that started it may finish it (422
+    /// `currentStatus=running` to any other). A scan that no key started (the command line, or a
+    /// scan made running), or whose start retention deleted, any runner may finish. Read before
+    /// the write, which needs no claim of its own: a running scan's claim never changes, and a
+    /// queued one is refused here, since a start between this read and the write would make the
+    /// write finish another runner's claim.
+    async fn check_claim(
+        &self,
+        principal: &Principal,
+        group: &AccountGroupId,
+        scan: &ScanId,
+        to: ScanStatus,
+    ) -> Result<(), ServiceError> {
+        let Some(current) = self.0.store.find_scan(Some(group), scan).await? else {
+            // The write answers 404.
+            return Ok(());
+        };
+        let refused = Err(ServiceError::InvalidTransition {
+            current: current.status,
+            requested: to,
+        });
+        match current.status {
+            ScanStatus::Queued => refused,
+            ScanStatus::Running => match self.moved_by_key(&current, ScanStatus::Running).await? {
+                Some(Some(key)) if key != principal.key_id => refused,
+                _ => Ok(()),
+            },
+            // Finished: the write refuses it, or answers its own key's repeat.
+            _ => Ok(()),
+        }
+    }
+
+    /// The key of the latest move of `scan` to `to`: `None` when retention deleted its audit row,
+    /// `Some(None)` when no key made it.
+    async fn moved_by_key(
+        &self,
+        scan: &Scan,
+        to: ScanStatus,
+    ) -> Result<Option<Option<Uuid>>, ServiceError> {
+        let events = self.0.store.scan_events(&scan.id).await?;
+        let made = events.iter().rev().find(|event| event.to == to);
+        Ok(made.map(|event| event.api_key_id))
+    }
+
     /// Whether `principal`'s key made the move that took `scan` to `to`: its latest audit row to
     /// `to` names the key. Read only when a move is repeated; a row that retention deleted names
     /// nobody, so the move is then nobody's to repeat.
@@ -361,9 +410,8 @@ impl ScanService {
         scan: &Scan,
         to: ScanStatus,
     ) -> Result<bool, ServiceError> {
-        let events = self.0.store.scan_events(&scan.id).await?;
-        let made = events.iter().rev().find(|event| event.to == to);
-        Ok(made.is_some_and(|event| event.api_key_id == Some(principal.key_id)))
+        let key = self.moved_by_key(scan, to).await?;
+        Ok(key == Some(Some(principal.key_id)))
     }
 
     /// Every `IDEMPOTENCY_SWEEP_EVERY` (10 minutes), forgets the idempotency keys older than their window,

@@ -117,6 +117,38 @@ async fn a_move_repeated_by_another_runners_key_is_refused_and_by_its_own_answer
 }
 store_test!(a_move_repeated_by_another_runners_key_is_refused_and_by_its_own_answered);
 
+/// A start is a claim: only the key that started a scan finishes it. Another runner's complete or
+/// fail is 422 `currentStatus=running` and changes nothing (the runner that lost the start
+/// completed the scan under its claimant); the claimant's complete is then 200. A scan that no key
+/// started (made running outside HTTP) any runner may finish.
+async fn only_the_runner_that_started_a_scan_finishes_it(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let (claimant, other) = (app.runner(&group).await, app.runner(&group).await);
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let started = act(&app, &claimant, &group, &scan, "start", None).await;
+    assert_eq!(started.status, 200, "{started:?}");
+
+    let completed_by_other = act(&app, &other, &group, &scan, "complete", None).await;
+    let reason = Some(r#"{"reason": "mine now"}"#);
+    let failed_by_other = act(&app, &other, &group, &scan, "fail", reason).await;
+    let status_between = app.status_of(&scan).await;
+    let completed = act(&app, &claimant, &group, &scan, "complete", None).await;
+    let started_without_key = app.scan(&group, ScanStatus::Running).await;
+    let finished = act(&app, &other, &group, &started_without_key, "fail", None).await;
+
+    for refused in [&completed_by_other, &failed_by_other] {
+        let details = refused.assert_error(422, "VALIDATION_ERROR");
+        assert_eq!(details, "currentStatus=running");
+    }
+    assert_eq!(status_between, ScanStatus::Running);
+    assert_eq!(completed.status, 200, "{completed:?}");
+    assert_eq!(completed.body["data"]["previousStatus"], "running");
+    assert_eq!(app.store.scan_events(&scan).await.unwrap().len(), 3);
+    assert_eq!(finished.status, 200, "{finished:?}");
+}
+store_test!(only_the_runner_that_started_a_scan_finishes_it);
+
 async fn a_move_the_state_machine_refuses_is_422_with_the_current_status(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let group = group();

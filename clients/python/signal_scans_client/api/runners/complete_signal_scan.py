@@ -100,7 +100,8 @@ def sync_detailed(
     """A runner completes a scan
 
      Moves a running scan to completed. No request body (or `{}`). The key that completed the scan,
-    completing it again, is answered 200 with `previousStatus` completed; any other key, or any other
+    completing it again, is answered 200 with `previousStatus` completed; only the key that started the
+    scan may complete it (any other key: 422 `currentStatus=running`); any other key, or any other
     status, is answered 422 with `currentStatus` (a cancelled scan answers `currentStatus=cancelled`:
     the runner stops). Requires the `signals:run` permission and access to the account group.
 
@@ -139,7 +140,8 @@ def sync(
     """A runner completes a scan
 
      Moves a running scan to completed. No request body (or `{}`). The key that completed the scan,
-    completing it again, is answered 200 with `previousStatus` completed; any other key, or any other
+    completing it again, is answered 200 with `previousStatus` completed; only the key that started the
+    scan may complete it (any other key: 422 `currentStatus=running`); any other key, or any other
     status, is answered 422 with `currentStatus` (a cancelled scan answers `currentStatus=cancelled`:
     the runner stops). Requires the `signals:run` permission and access to the account group.
 
@@ -173,7 +175,8 @@ async def asyncio_detailed(
     """A runner completes a scan
 
      Moves a running scan to completed. No request body (or `{}`). The key that completed the scan,
-    completing it again, is answered 200 with `previousStatus` completed; any other key, or any other
+    completing it again, is answered 200 with `previousStatus` completed; only the key that started the
+    scan may complete it (any other key: 422 `currentStatus=running`); any other key, or any other
     status, is answered 422 with `currentStatus` (a cancelled scan answers `currentStatus=cancelled`:
     the runner stops). Requires the `signals:run` permission and access to the account group.
 
@@ -210,7 +213,8 @@ async def asyncio(
     """A runner completes a scan
 
      Moves a running scan to completed. No request body (or `{}`). The key that completed the scan,
-    completing it again, is answered 200 with `previousStatus` completed; any other key, or any other
+    completing it again, is answered 200 with `previousStatus` completed; only the key that started the
+    scan may complete it (any other key: 422 `currentStatus=running`); any other key, or any other
     status, is answered 422 with `currentStatus` (a cancelled scan answers `currentStatus=cancelled`:
     the runner stops). Requires the `signals:run` permission and access to the account group.
 

@@ -111,8 +111,9 @@ def sync_detailed(
     """A runner fails a scan
 
      Moves a running scan to failed, with an optional `reason` (1 to 1,000 characters, no NUL). The key
-    that failed the scan, failing it again, is answered 200 with `previousStatus` failed; any other key,
-    or any other status, is answered 422 with `currentStatus`. Requires the `signals:run` permission and
+    that failed the scan, failing it again, is answered 200 with `previousStatus` failed; only the key
+    that started the scan may fail it (any other key: 422 `currentStatus=running`); any other key, or
+    any other status, is answered 422 with `currentStatus`. Requires the `signals:run` permission and
     access to the account group.
 
     Args:
@@ -153,8 +154,9 @@ def sync(
     """A runner fails a scan
 
      Moves a running scan to failed, with an optional `reason` (1 to 1,000 characters, no NUL). The key
-    that failed the scan, failing it again, is answered 200 with `previousStatus` failed; any other key,
-    or any other status, is answered 422 with `currentStatus`. Requires the `signals:run` permission and
+    that failed the scan, failing it again, is answered 200 with `previousStatus` failed; only the key
+    that started the scan may fail it (any other key: 422 `currentStatus=running`); any other key, or
+    any other status, is answered 422 with `currentStatus`. Requires the `signals:run` permission and
     access to the account group.
 
     Args:
@@ -190,8 +192,9 @@ async def asyncio_detailed(
     """A runner fails a scan
 
      Moves a running scan to failed, with an optional `reason` (1 to 1,000 characters, no NUL). The key
-    that failed the scan, failing it again, is answered 200 with `previousStatus` failed; any other key,
-    or any other status, is answered 422 with `currentStatus`. Requires the `signals:run` permission and
+    that failed the scan, failing it again, is answered 200 with `previousStatus` failed; only the key
+    that started the scan may fail it (any other key: 422 `currentStatus=running`); any other key, or
+    any other status, is answered 422 with `currentStatus`. Requires the `signals:run` permission and
     access to the account group.
 
     Args:
@@ -230,8 +233,9 @@ async def asyncio(
     """A runner fails a scan
 
      Moves a running scan to failed, with an optional `reason` (1 to 1,000 characters, no NUL). The key
-    that failed the scan, failing it again, is answered 200 with `previousStatus` failed; any other key,
-    or any other status, is answered 422 with `currentStatus`. Requires the `signals:run` permission and
+    that failed the scan, failing it again, is answered 200 with `previousStatus` failed; only the key
+    that started the scan may fail it (any other key: 422 `currentStatus=running`); any other key, or
+    any other status, is answered 422 with `currentStatus`. Requires the `signals:run` permission and
     access to the account group.
 
     Args:
