@@ -42,8 +42,8 @@ impl managed::Manager for Connector {
 
     /// Nothing to test: a connection comes back only once it is known to be ready (see
     /// [`Checkout`]). A connection the server closed while idle fails its next query, which
-    /// answers 502 once, and is replaced; sqlx's pool, with its test before each acquire turned
-    /// off as ours was, did the same.
+    /// answers 502, and is replaced; the idle ones are then dropped with it (see
+    /// [`Checkout::run`]), so that one lost connection is one 502, not one for each of them.
     async fn recycle(&self, _: &mut PgConnection, _: &Metrics) -> RecycleResult<sqlx::Error> {
         Ok(())
     }
@@ -142,7 +142,31 @@ impl Checkout {
             .expect("a checkout holds its connection until dropped");
         let result = query(connection).await;
         self.finished = result.is_ok();
+        if let Err(error) = &result
+            && connection_lost(error)
+            && let Some(pool) = self.object.as_ref().and_then(Object::pool)
+        {
+            // The server restarted, failed over, or ended its sessions: the idle connections
+            // are most likely gone too, and each would fail its next query with a 502 of its
+            // own. New ones are opened as they are needed.
+            let dropped = pool.retain(|_, _| false).removed.len();
+            tracing::debug!(dropped, "a connection was lost; the idle ones are dropped");
+        }
         result
+    }
+}
+
+/// Whether `error` says the connection itself is gone (the server ended the session, or the
+/// socket broke), rather than that one statement failed.
+fn connection_lost(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
+        // Class 08, connection exception; 57P, the server shutting down or ending sessions
+        // (not 57014, a statement cancelled by its timeout, whose connection is fine).
+        sqlx::Error::Database(error) => error
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
     }
 }
 

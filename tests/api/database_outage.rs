@@ -461,3 +461,48 @@ async fn an_unreachable_sqlite_database_is_not_ready_and_answers_502() {
     assert_eq!(cancel_again.status, 200, "{cancel_again:?}");
     assert_eq!(cancel_again.body["data"]["previousStatus"], "queued");
 }
+
+/// The server ends every session of the service (a restart, a failover, an administrator): the
+/// next request finds its connection gone and answers 502, and the pool drops its other idle
+/// connections with it, so the requests after it are served on new ones. Each idle connection
+/// used to fail a request of its own first.
+async fn sessions_ended_by_the_server_cost_one_request_not_one_per_idle_connection(
+    backend: Backend,
+) {
+    const IDLE: u32 = 4;
+    let app = TestApp::spawn(backend).await;
+    let (group, key, scan) = app.writer_and_queued_scan().await;
+    let path = format!("/v1/accounts/{group}/signals/scans/{scan}");
+    // Concurrent reads open connections; the pool keeps them idle afterwards.
+    while app.served_store.pool_usage().idle < IDLE {
+        let reads = join_all((0..16).map(|_| app.get(&key, &path))).await;
+        assert!(reads.iter().all(|read| read.status == 200), "{reads:?}");
+    }
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&app.db.url)
+        .await
+        .unwrap();
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'signal-scans'",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(ended >= i64::from(IDLE), "{ended} sessions ended");
+
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(app.get(&key, &path).await.status.as_u16());
+    }
+
+    let failed = statuses.iter().filter(|status| **status != 200).count();
+    assert!(
+        failed <= 1,
+        "one request finds the lost connection: {statuses:?}"
+    );
+    assert_eq!(statuses.last(), Some(&200), "{statuses:?}");
+}
+store_test!(
+    sessions_ended_by_the_server_cost_one_request_not_one_per_idle_connection,
+    postgres_only
+);
