@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -110,9 +111,8 @@ impl Application {
     }
 
     /// Serves (folding the metrics' samples on a timer of their own) until `shutdown` resolves,
-    /// then ends the change streams, stops accepting, lets
-    /// in-flight requests finish (for at most the shutdown timeout), and sends the last change
-    /// notifications.
+    /// then ends the change streams, stops accepting, lets in-flight requests finish, and sends
+    /// the last change notifications, all within the shutdown timeout.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -123,8 +123,11 @@ impl Application {
         ));
         let forgetting = tokio::spawn(self.state.scans.clone().forget_idempotency_keys_forever());
         let streams = self.state.changes.clone();
+        let asked_to_stop = Arc::new(OnceLock::new());
+        let stop_asked = Arc::clone(&asked_to_stop);
         let shutdown = async move {
             shutdown.await;
+            let _ = stop_asked.set(tokio::time::Instant::now());
             // Change streams never finish on their own: end them, so the drain waits only for
             // real requests.
             streams.close();
@@ -139,7 +142,15 @@ impl Application {
         .await;
         upkeep.abort();
         forgetting.abort();
-        self.state.store.flush_hints(HINT_FLUSH_LIMIT).await;
+        // Within the shutdown timeout, which bounds the whole stop: a hint that misses it is only
+        // late (listeners find its change at their next poll).
+        let flush_within = match asked_to_stop.get() {
+            Some(asked) => (*asked + self.shutdown_timeout)
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(HINT_FLUSH_LIMIT),
+            None => HINT_FLUSH_LIMIT,
+        };
+        self.state.store.flush_hints(flush_within).await;
         served
     }
 }

@@ -200,6 +200,42 @@ store_test!(
     postgres_only
 );
 
+/// `SHUTDOWN_TIMEOUT_MS` bounds the whole stop, the last change notifications included: a process
+/// whose hint could not reach a stalled database waited 2 s more for it after the drain.
+async fn the_last_change_notifications_wait_within_the_shutdown_timeout(backend: Backend) {
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let proxy = Proxy::start(app.db.server_addr().await).await;
+    let mut server = ServerProcess::start(&[
+        ("DATABASE_URL", &proxy.url_for(&app.db.url)),
+        ("SHUTDOWN_TIMEOUT_MS", "300"),
+        // The change's hint waits for the next tick, a second away.
+        ("PUBLISH_INTERVAL_MS", "1000"),
+    ])
+    .await;
+    let cancelled = server
+        .post(&key, &cancel_path(group.as_str(), scan.as_str()))
+        .await;
+    assert_eq!(cancelled.status, 200, "{cancelled:?}");
+    proxy.slow_down(Duration::from_secs(60));
+
+    let started = Instant::now();
+    server.terminate();
+    let exit = server.wait(Duration::from_secs(30)).await;
+    let stopped = started.elapsed();
+
+    assert!(exit.success(), "{exit:?}");
+    // 300 ms plus room for a loaded machine, and well below the 2.3 s of a flush past the drain.
+    assert!(
+        stopped < Duration::from_millis(1500),
+        "stopped after {stopped:?}: SHUTDOWN_TIMEOUT_MS was not kept"
+    );
+}
+store_test!(
+    the_last_change_notifications_wait_within_the_shutdown_timeout,
+    postgres_only
+);
+
 /// How many requests the server has started (tower_http's debug line for each).
 fn started_requests(server: &ServerProcess) -> usize {
     server
