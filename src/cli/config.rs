@@ -37,8 +37,13 @@ pub struct LogArgs {
 }
 
 /// The log filter: `RUST_LOG` (tracing's `EnvFilter` syntax), else the service's own; not a flag.
+/// An empty `RUST_LOG` counts as unset (as an empty filter it kept errors only, the "serving"
+/// line included, which looks like a process that never started).
 pub fn log_filter() -> String {
-    std::env::var("RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn".to_owned())
+    std::env::var("RUST_LOG")
+        .ok()
+        .filter(|filter| !filter.trim().is_empty())
+        .unwrap_or_else(|| "info,sqlx=warn".to_owned())
 }
 
 /// The API key the `--server` commands send: from `SIGNAL_SCANS_API_KEY` only, never a flag (a

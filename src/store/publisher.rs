@@ -160,7 +160,9 @@ async fn run(
             match tokio::time::timeout(SEND_TIMEOUT, notify(&mut connection, &options, &hint)).await
             {
                 Ok(Ok(())) => {
-                    owed = false;
+                    if std::mem::take(&mut owed) {
+                        tracing::info!("change notifications are sent again");
+                    }
                     backoff = interval.max(Duration::from_millis(100));
                 }
                 failure => {

@@ -300,3 +300,19 @@ async fn metrics_count_requests_limits_pool_and_cancels(backend: Backend) {
     );
 }
 store_test!(metrics_count_requests_limits_pool_and_cancels);
+
+/// An empty `RUST_LOG` (a compose file's `RUST_LOG: ${RUST_LOG}` with nothing set) logs as an
+/// unset one: as an empty filter it kept errors only, and the process looked as if it never
+/// started. `ServerProcess::start` waits for the INFO line "signal-scans is serving".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_rust_log_logs_as_an_unset_one() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+
+    let server = ServerProcess::start(&[("DATABASE_URL", &app.db.url), ("RUST_LOG", "")]).await;
+
+    assert!(
+        server.logs().iter().any(|line| line.contains("\"INFO\"")),
+        "{:#?}",
+        server.logs()
+    );
+}

@@ -339,3 +339,48 @@ async fn redis_out_of_reach_is_counted_in_backend_errors_and_logged_once_a_secon
         "about once a second over {seconds} s: {logs:#?}"
     );
 }
+
+/// Redis going away and coming back, as the real binary logs it: a warning when the shared limits
+/// fail, and a line when Redis answers again (an operator at 3 a.m. saw the warnings stop, and
+/// nothing say the limits were shared again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_coming_back_is_logged() {
+    const BACK: &str = "Redis answers again; rate limits are shared again";
+    let Some(url) = redis_url().await else { return };
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let (group, key, scan) = app.writer_and_queued_scan().await;
+    let proxy = Proxy::start(redis_server_addr(&url).await).await;
+    let server = ServerProcess::start(&[
+        ("DATABASE_URL", &app.db.url),
+        ("REDIS_URL", &proxy.url_for(&url)),
+    ])
+    .await;
+    let path = cancel_path(group.as_str(), scan.as_str());
+    server
+        .until_logged(|line| line["message"] == "rate limits are shared through Redis")
+        .await;
+
+    proxy.cut();
+    assert_eq!(server.post(&key, &path).await.status, 200);
+    server
+        .until_logged(|line| {
+            line["message"] == "shared rate limits unavailable; using this instance's limits"
+        })
+        .await;
+    proxy.restore();
+    // The backoff after a failure lasts a moment: ask until Redis is asked again.
+    let started = Instant::now();
+    while !server.logs().iter().any(|line| line.contains(BACK)) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:#?}",
+            server.logs()
+        );
+        assert_eq!(server.post(&key, &path).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let lines = server.logs();
+    let back = lines.iter().filter(|line| line.contains(BACK)).count();
+    assert_eq!(back, 1, "{lines:#?}");
+}

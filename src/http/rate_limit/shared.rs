@@ -53,7 +53,8 @@ pub struct RedisSettings {
 
 pub(super) struct SharedLimits {
     connection: OnceCell<ConnectionManager>,
-    /// Milliseconds since `started` before which Redis is not asked (0: ask).
+    /// Milliseconds since `started` before which Redis is not asked (0: ask, and the last call
+    /// was answered).
     backoff_until: AtomicU64,
     started: Instant,
     client: redis::Client,
@@ -169,6 +170,10 @@ impl SharedLimits {
             let until = self.started.elapsed() + BACKOFF;
             self.backoff_until
                 .store(until.as_millis() as u64, Ordering::Relaxed);
+        } else if self.backoff_until.load(Ordering::Relaxed) != 0
+            && self.backoff_until.swap(0, Ordering::Relaxed) != 0
+        {
+            tracing::info!("Redis answers again; rate limits are shared again");
         }
         result
     }

@@ -135,9 +135,13 @@ impl ChangeHub {
         let followed = Arc::clone(&groups);
         tokio::spawn(async move {
             let mut retry = Duration::from_millis(100);
+            let mut failing = false;
             loop {
                 match reader.next_page().await {
                     Ok(page) => {
+                        if std::mem::take(&mut failing) {
+                            tracing::info!("the change hub reads the audit trail again");
+                        }
                         retry = Duration::from_millis(100);
                         // No follower right now is fine: the hub keeps its place for the next.
                         dispatch(&followed, page);
@@ -145,6 +149,7 @@ impl ChangeHub {
                     Err(error) => {
                         tracing::warn!(%error, retry_ms = retry.as_millis() as u64,
                             "the change hub cannot read the audit trail; retrying");
+                        failing = true;
                         tokio::time::sleep(retry).await;
                         retry = (retry * 2).min(MAX_RETRY);
                     }

@@ -136,10 +136,11 @@ store_test!(
 /// terminated and the database takes no new connection (`ALLOW_CONNECTIONS false`). The hub logs
 /// each failed read with the database's own error and tries again, waiting twice as long each
 /// time (100 ms, then 200, 400, 800; at most 5 s). Once the database takes connections again,
-/// the stream, kept open all along, gets the next cancel. Fails for a back-off that does not
-/// double (`*` to `/` in `ChangeHub::start`: 100, 50, 25, ... down to a busy loop).
+/// the stream, kept open all along, gets the next cancel, and the log says the hub reads again.
+/// Fails for a back-off that does not double (`*` to `/` in `ChangeHub::start`: 100, 50, 25, ... down to a busy loop).
 async fn the_hub_backs_off_doubling_while_the_database_refuses_it(backend: Backend) {
     const NOT_ACCEPTING: &str = "is not currently accepting connections";
+    const HUB_BACK: &str = "the change hub reads the audit trail again";
     let process = Process::start(backend, &[("FEED_POLL_MS", "200")]).await;
     let (scan, mut stream) = process.running_scan_and_stream().await;
     let mut admin = PgConnection::connect(&process._db.url).await.unwrap();
@@ -174,6 +175,10 @@ async fn the_hub_backs_off_doubling_while_the_database_refuses_it(backend: Backe
         )
         .await;
     let delivered = stream.next_event(Duration::from_secs(30)).await;
+    let recovered = process
+        .server
+        .until_logged(|event| event["message"] == HUB_BACK)
+        .await;
 
     assert!(
         terminated >= 2,
@@ -189,6 +194,10 @@ async fn the_hub_backs_off_doubling_while_the_database_refuses_it(backend: Backe
     );
     assert_eq!(cancel.status, 200, "{cancel:?}");
     assert_eq!(moves(&[delivered]), cancels_of(&[scan], "running"));
+    let said_back = recovered
+        .iter()
+        .filter(|event| event["message"] == HUB_BACK);
+    assert_eq!(said_back.count(), 1, "the recovery is said once");
 }
 store_test!(
     the_hub_backs_off_doubling_while_the_database_refuses_it,
