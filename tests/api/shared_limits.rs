@@ -384,3 +384,27 @@ async fn redis_coming_back_is_logged() {
     let back = lines.iter().filter(|line| line.contains(BACK)).count();
     assert_eq!(back, 1, "{lines:#?}");
 }
+
+/// A fresh key's first request leaves its whole burst less one, at any rate: at 10,000 a second
+/// (0.1 ms a cell) the script's arithmetic on epoch milliseconds lost a cell to rounding (r=9998).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_key_has_its_whole_burst_less_one_left_at_any_rate() {
+    let Some(url) = redis_url().await else { return };
+    let app = Settings::default()
+        .with_http(limited(Some(settings_for(&url))))
+        .with_rate_limit(10_000, 10_000)
+        .spawn(Backend::Sqlite)
+        .await;
+    until("the instance reaches Redis", || app.limits.is_shared()).await;
+    let mut left = Vec::new();
+    for _ in 0..20 {
+        let (group, key, scan) = app.writer_and_queued_scan().await;
+        let response = app.cancel_ok(&key, &group, &scan).await;
+        left.push(response.header("ratelimit").unwrap_or_default().to_owned());
+    }
+
+    assert!(
+        left.iter().all(|state| state.contains(";r=9999;")),
+        "{left:#?}"
+    );
+}
