@@ -628,42 +628,43 @@ async fn changes_queued_behind_a_write_share_its_successor_up_to_128(backend: Ba
 store_test!(changes_queued_behind_a_write_share_its_successor_up_to_128);
 
 /// A request whose deadline passes while it still waits in the queue is answered 502 and never
-/// written, even when the writer reaches it later: a runner's completion queued behind a start of
-/// the same scan (one batch never holds two changes of a scan), both behind a stuck write. The
-/// start is taken when the stuck write gives up and commits once the lock goes; the completion,
-/// past its deadline by then, must not.
+/// written, even when the writer reaches it later: a client's cancel queued behind a runner's
+/// start of the same scan (one batch never holds two changes of a scan), both behind a stuck
+/// write. The start is taken when the stuck write gives up and commits once the lock goes; the
+/// cancel, past its deadline by then, must not. (A completion would not wait in the queue: it is
+/// refused at once while its scan is still queued.)
 async fn a_request_that_gives_up_in_the_queue_is_never_written(backend: Backend) {
     let (app, group, writer) = one_batch_at_a_time(backend, DB_TIMEOUT).await;
     let runner = app.runner(&group).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
     let unrelated = app.scan(&group, ScanStatus::Queued).await;
-    let (start, complete) = (
+    let (start, cancel) = (
         move_path(group.as_str(), scan.as_str(), "start"),
-        move_path(group.as_str(), scan.as_str(), "complete"),
+        move_path(group.as_str(), scan.as_str(), "cancel"),
     );
     let mut lock = WriteLock::hold(&app, &scan).await;
 
-    let (stuck, (started, completed)) = tokio::join!(app.post(&runner, &start, None), async {
+    let (stuck, (started, cancelled)) = tokio::join!(app.post(&runner, &start, None), async {
         until_changes_waiting(&app, 1).await;
         // Halfway through the stuck write's time: the start that follows is taken when that
         // write gives up, before its own deadline; the completion behind it waits past its own.
         tokio::time::sleep(DB_TIMEOUT / 2).await;
         let started = app.post(&runner, &start, None);
-        let completed = async {
+        let cancelled = async {
             until_changes_waiting(&app, 2).await;
-            let answer = app.post(&runner, &complete, None).await;
-            // The completion has given up; the start waits on the lock. Let it commit.
+            let answer = app.post(&writer, &cancel, None).await;
+            // The cancel has given up; the start waits on the lock. Let it commit.
             lock.release().await;
             answer
         };
-        tokio::join!(started, completed)
+        tokio::join!(started, cancelled)
     });
     // Everything queued before this has been written or skipped once it is answered.
     app.cancel_ok(&writer, &group, &unrelated).await;
 
     stuck.assert_error(502, "UPSTREAM_ERROR");
     assert_eq!(started.status, 200, "{started:?}");
-    completed.assert_error(502, "UPSTREAM_ERROR");
+    cancelled.assert_error(502, "UPSTREAM_ERROR");
     assert_eq!(app.status_of(&scan).await, ScanStatus::Running);
     assert_eq!(app.store.scan_events(&scan).await.unwrap().len(), 2);
 }

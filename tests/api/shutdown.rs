@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use futures::future::join_all;
+use signal_scans::domain::ids::ScanId;
 use signal_scans::domain::scan::ScanStatus;
 use tokio::sync::Notify;
 
@@ -141,23 +142,68 @@ store_test!(
     postgres_only
 );
 
-async fn a_request_stuck_past_the_drain_time_does_not_keep_the_process(backend: Backend) {
+/// A queued scan of a writer's group, and `serve` with `SHUTDOWN_TIMEOUT_MS=300` and `env`,
+/// reaching the test's database through a proxy the test can stall.
+struct Served {
+    app: TestApp,
+    cancel_path: String,
+    key: String,
+    scan: ScanId,
+    proxy: Proxy,
+    server: ServerProcess,
+}
+
+async fn served_through_a_proxy(backend: Backend, env: &[(&str, &str)]) -> Served {
     let (app, group, key) = TestApp::with_writer(backend).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
     let proxy = Proxy::start(app.db.server_addr().await).await;
-    let mut server = ServerProcess::start(&[
-        ("DATABASE_URL", &proxy.url_for(&app.db.url)),
+    let url = proxy.url_for(&app.db.url);
+    let mut vars = vec![
+        ("DATABASE_URL", url.as_str()),
         ("SHUTDOWN_TIMEOUT_MS", "300"),
-        ("DB_TIMEOUT_MS", "20000"),
-        ("REQUEST_TIMEOUT_MS", "30000"),
-        ("RUST_LOG", "info,tower_http=debug"),
-    ])
+    ];
+    vars.extend_from_slice(env);
+    let server = ServerProcess::start(&vars).await;
+    Served {
+        cancel_path: cancel_path(group.as_str(), scan.as_str()),
+        app,
+        key,
+        scan,
+        proxy,
+        server,
+    }
+}
+
+/// SIGTERM; how the process ended, and how long after the signal.
+async fn stopped(server: &mut ServerProcess) -> (std::process::ExitStatus, Duration) {
+    let started = Instant::now();
+    server.terminate();
+    let exit = server.wait(Duration::from_secs(30)).await;
+    (exit, started.elapsed())
+}
+
+async fn a_request_stuck_past_the_drain_time_does_not_keep_the_process(backend: Backend) {
+    let Served {
+        app,
+        cancel_path,
+        key,
+        scan,
+        proxy,
+        mut server,
+    } = served_through_a_proxy(
+        backend,
+        &[
+            ("DB_TIMEOUT_MS", "20000"),
+            ("REQUEST_TIMEOUT_MS", "30000"),
+            ("RUST_LOG", "info,tower_http=debug"),
+        ],
+    )
     .await;
     // Longer than any drain: the request is still stuck when the process must go.
     proxy.slow_down(Duration::from_secs(60));
     let stuck = tokio::spawn(
         reqwest::Client::new()
-            .post(server.url(&cancel_path(group.as_str(), scan.as_str())))
+            .post(server.url(&cancel_path))
             .bearer_auth(&key)
             .send(),
     );
@@ -165,10 +211,7 @@ async fn a_request_stuck_past_the_drain_time_does_not_keep_the_process(backend: 
         .until_logged(|_| started_requests(&server) == 1)
         .await;
 
-    let started = Instant::now();
-    server.terminate();
-    let exit = server.wait(Duration::from_secs(30)).await;
-    let drained = started.elapsed();
+    let (exit, drained) = stopped(&mut server).await;
 
     assert!(exit.success(), "{exit:?}");
     assert!(
@@ -203,26 +246,13 @@ store_test!(
 /// `SHUTDOWN_TIMEOUT_MS` bounds the whole stop, the last change notifications included: a process
 /// whose hint could not reach a stalled database waited 2 s more for it after the drain.
 async fn the_last_change_notifications_wait_within_the_shutdown_timeout(backend: Backend) {
-    let (app, group, key) = TestApp::with_writer(backend).await;
-    let scan = app.scan(&group, ScanStatus::Queued).await;
-    let proxy = Proxy::start(app.db.server_addr().await).await;
-    let mut server = ServerProcess::start(&[
-        ("DATABASE_URL", &proxy.url_for(&app.db.url)),
-        ("SHUTDOWN_TIMEOUT_MS", "300"),
-        // The change's hint waits for the next tick, a second away.
-        ("PUBLISH_INTERVAL_MS", "1000"),
-    ])
-    .await;
-    let cancelled = server
-        .post(&key, &cancel_path(group.as_str(), scan.as_str()))
-        .await;
+    // The change's hint waits for the next tick, a second away.
+    let mut served = served_through_a_proxy(backend, &[("PUBLISH_INTERVAL_MS", "1000")]).await;
+    let cancelled = served.server.post(&served.key, &served.cancel_path).await;
     assert_eq!(cancelled.status, 200, "{cancelled:?}");
-    proxy.slow_down(Duration::from_secs(60));
+    served.proxy.slow_down(Duration::from_secs(60));
 
-    let started = Instant::now();
-    server.terminate();
-    let exit = server.wait(Duration::from_secs(30)).await;
-    let stopped = started.elapsed();
+    let (exit, stopped) = stopped(&mut served.server).await;
 
     assert!(exit.success(), "{exit:?}");
     // 300 ms plus room for a loaded machine, and well below the 2.3 s of a flush past the drain.
