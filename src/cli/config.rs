@@ -254,7 +254,7 @@ pub struct ServeArgs {
 
     /// A request whose answer has not started after this many milliseconds answers 500 (an open
     /// change stream is not cut). Keep it above
-    /// 3 × DB_TIMEOUT_MS + 1000, the longest a write may take (`serve` warns when it is not).
+    /// 4 × DB_TIMEOUT_MS + 1000, the longest a write may take (`serve` warns when it is not).
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub request_timeout_ms: u64,

@@ -62,7 +62,7 @@ pub(crate) async fn start_scan(
     tag = "runners",
     summary = "A runner completes a scan",
     description = "Moves a running scan to completed. No request body (or `{}`). The key that completed the \
-        scan, completing it again, is answered 200 with `previousStatus` completed; only the key that started the scan may complete it (any other key: 422 `currentStatus=running`); any other key, or any \
+        scan, completing it again, is answered 200 with `previousStatus` completed; only the key that started the scan may complete it (another key: 422 `currentStatus=running`); another key repeating the completion, or any \
         other status, is answered 422 with `currentStatus` (a cancelled scan answers `currentStatus=cancelled`: the runner stops). Requires the `signals:run` \
         permission and access to the account group.",
     params(ScanPath),
@@ -112,8 +112,8 @@ pub(crate) struct FailRequest {
     summary = "A runner fails a scan",
     description = "Moves a running scan to failed, with an optional `reason` (1 to 1,000 characters, no NUL). \
         The key that failed the scan, failing it again, is answered 200 with `previousStatus` failed; \
-        only the key that started the scan may fail it (any other key: 422 `currentStatus=running`); \
-        any other key, or any other status, is answered 422 with `currentStatus`. Requires the `signals:run` permission and access to the account group.",
+        only the key that started the scan may fail it (another key: 422 `currentStatus=running`); \
+        another key repeating the failure, or any other status, is answered 422 with `currentStatus`. Requires the `signals:run` permission and access to the account group.",
     params(ScanPath),
     request_body(content = Option<FailRequest>, description = "Optional; an empty body (or JSON `null`) means no reason."),
     responses(

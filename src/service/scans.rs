@@ -362,7 +362,8 @@ impl ScanService {
     /// scan made running), or whose start retention deleted, any runner may finish. Read before
     /// the write, which needs no claim of its own: a running scan's claim never changes, and a
     /// queued one is refused here, since a start between this read and the write would make the
-    /// write finish another runner's claim.
+    /// write finish another runner's claim. The scan and its trail are read at once, so the
+    /// check takes one `DB_TIMEOUT_MS` at most (see [`crate::store::longest_write`]).
     async fn check_claim(
         &self,
         principal: &Principal,
@@ -370,7 +371,10 @@ impl ScanService {
         scan: &ScanId,
         to: ScanStatus,
     ) -> Result<(), ServiceError> {
-        let Some(current) = self.0.store.find_scan(Some(group), scan).await? else {
+        let store = &self.0.store;
+        let (current, events) =
+            tokio::join!(store.find_scan(Some(group), scan), store.scan_events(scan));
+        let Some(current) = current? else {
             // The write answers 404.
             return Ok(());
         };
@@ -380,25 +384,13 @@ impl ScanService {
         });
         match current.status {
             ScanStatus::Queued => refused,
-            ScanStatus::Running => match self.moved_by_key(&current, ScanStatus::Running).await? {
+            ScanStatus::Running => match last_move_to(&events?, ScanStatus::Running) {
                 Some(Some(key)) if key != principal.key_id => refused,
                 _ => Ok(()),
             },
             // Finished: the write refuses it, or answers its own key's repeat.
             _ => Ok(()),
         }
-    }
-
-    /// The key of the latest move of `scan` to `to`: `None` when retention deleted its audit row,
-    /// `Some(None)` when no key made it.
-    async fn moved_by_key(
-        &self,
-        scan: &Scan,
-        to: ScanStatus,
-    ) -> Result<Option<Option<Uuid>>, ServiceError> {
-        let events = self.0.store.scan_events(&scan.id).await?;
-        let made = events.iter().rev().find(|event| event.to == to);
-        Ok(made.map(|event| event.api_key_id))
     }
 
     /// Whether `principal`'s key made the move that took `scan` to `to`: its latest audit row to
@@ -410,8 +402,8 @@ impl ScanService {
         scan: &Scan,
         to: ScanStatus,
     ) -> Result<bool, ServiceError> {
-        let key = self.moved_by_key(scan, to).await?;
-        Ok(key == Some(Some(principal.key_id)))
+        let events = self.0.store.scan_events(&scan.id).await?;
+        Ok(last_move_to(&events, to) == Some(Some(principal.key_id)))
     }
 
     /// Every `IDEMPOTENCY_SWEEP_EVERY` (10 minutes), forgets the idempotency keys older than their window,
@@ -609,6 +601,13 @@ impl ScanService {
 
 /// Where a move to `to` left the scan: applied, or already there (idempotent by state); any
 /// other status refuses it.
+/// The key of the latest move to `to` in a scan's trail: `None` when there is none (retention
+/// deleted it), `Some(None)` when no key made it.
+fn last_move_to(events: &[ScanEvent], to: ScanStatus) -> Option<Option<Uuid>> {
+    let made = events.iter().rev().find(|event| event.to == to);
+    made.map(|event| event.api_key_id)
+}
+
 fn moved(outcome: Transition, to: ScanStatus) -> Result<Moved, ServiceError> {
     let (previous, scan) = match outcome {
         Transition::Applied { previous, scan } => (previous, scan),

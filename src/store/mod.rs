@@ -472,12 +472,13 @@ fn hints(outcomes: &[Transition]) -> impl Iterator<Item = ScanChange> + '_ {
     })
 }
 
-/// The longest a write may take once a request asks for it, with the store's `timeout`: its wait
-/// to be taken into a batch, its turn or connection, its statements (each `timeout`), and the
-/// second (`ANSWER_GRACE`) the database's answer is awaited past them. A request deadline not
-/// above it may answer 500 for a write that then commits.
+/// The longest a request's write may take, with the store's `timeout`: the read of a runner's
+/// claim before it finishes a scan, the write's wait to be taken into a batch, its turn or
+/// connection, its statements (each `timeout`), and the second (`ANSWER_GRACE`) the database's
+/// answer is awaited past them. A request deadline not above it may answer 500 for a write that
+/// then commits.
 pub fn longest_write(timeout: Duration) -> Duration {
-    timeout * 3 + pg_pool::ANSWER_GRACE
+    timeout * 4 + pg_pool::ANSWER_GRACE
 }
 
 /// Runs `query`, failing as [`StoreError::Unavailable`] when the database does not answer within

@@ -150,7 +150,10 @@ impl Checkout {
             // are most likely gone too, and each would fail its next query with a 502 of its
             // own. New ones are opened as they are needed.
             let dropped = pool.retain(|_, _| false).removed.len();
-            tracing::debug!(dropped, "a connection was lost; the idle ones are dropped");
+            tracing::info!(
+                dropped,
+                "a database connection was lost; the idle ones are dropped"
+            );
         }
         result
     }

@@ -286,11 +286,12 @@ async fn redis_going_away_mid_flight_falls_back_without_hanging() {
 }
 
 /// `rate_limit_backend_errors_total` counts the limit checks the shared limits did not answer,
-/// and the log says Redis is out of reach about once a second, not once a request (a Redis that
-/// was never reached, or refused the password, logged two lines a request). The real binary, so
+/// and the log says Redis is out of reach once per attempt to reach it (every few seconds: the
+/// redis crate retries inside each), not once a request (a Redis that was never reached, or
+/// refused the password, logged two lines a request). The real binary, so
 /// the counter is its own: it starts absent and moves only with this test's requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_out_of_reach_is_counted_in_backend_errors_and_logged_once_a_second() {
+async fn redis_out_of_reach_is_counted_in_backend_errors_and_not_logged_per_request() {
     const REQUESTS: usize = 30;
     const CANNOT_REACH: &str = "cannot reach Redis; limits stay per instance meanwhile";
     let app = TestApp::spawn(Backend::Sqlite).await;
@@ -336,7 +337,7 @@ async fn redis_out_of_reach_is_counted_in_backend_errors_and_logged_once_a_secon
     );
     assert!(
         (1..=seconds + 1).contains(&lines(CANNOT_REACH)),
-        "about once a second over {seconds} s: {logs:#?}"
+        "at most once a second over {seconds} s: {logs:#?}"
     );
 }
 

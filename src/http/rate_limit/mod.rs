@@ -246,8 +246,9 @@ impl RateLimiter {
 fn backend_failed(error: &SharedError) {
     metrics::counter!(BACKEND_ERRORS).increment(1);
     // The failure that started a backoff was logged; the skipped calls after it are not. Nor is
-    // a call made before the first connection: the connecting task logs its own failures, once
-    // a second (a wrong password logged a line per request, two per request past the limit).
+    // a call made before the first connection: the connecting task logs its own failures, every
+    // few seconds (the redis crate retries inside each attempt; a wrong password logged a line
+    // per request, two per request past the limit).
     if !matches!(error, SharedError::BackingOff | SharedError::NotConnected) {
         tracing::warn!(%error, "shared rate limits unavailable; using this instance's limits");
     }

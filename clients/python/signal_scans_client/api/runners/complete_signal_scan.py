@@ -101,9 +101,10 @@ def sync_detailed(
 
      Moves a running scan to completed. No request body (or `{}`). The key that completed the scan,
     completing it again, is answered 200 with `previousStatus` completed; only the key that started the
-    scan may complete it (any other key: 422 `currentStatus=running`); any other key, or any other
-    status, is answered 422 with `currentStatus` (a cancelled scan answers `currentStatus=cancelled`:
-    the runner stops). Requires the `signals:run` permission and access to the account group.
+    scan may complete it (another key: 422 `currentStatus=running`); another key repeating the
+    completion, or any other status, is answered 422 with `currentStatus` (a cancelled scan answers
+    `currentStatus=cancelled`: the runner stops). Requires the `signals:run` permission and access to
+    the account group.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
@@ -141,9 +142,10 @@ def sync(
 
      Moves a running scan to completed. No request body (or `{}`). The key that completed the scan,
     completing it again, is answered 200 with `previousStatus` completed; only the key that started the
-    scan may complete it (any other key: 422 `currentStatus=running`); any other key, or any other
-    status, is answered 422 with `currentStatus` (a cancelled scan answers `currentStatus=cancelled`:
-    the runner stops). Requires the `signals:run` permission and access to the account group.
+    scan may complete it (another key: 422 `currentStatus=running`); another key repeating the
+    completion, or any other status, is answered 422 with `currentStatus` (a cancelled scan answers
+    `currentStatus=cancelled`: the runner stops). Requires the `signals:run` permission and access to
+    the account group.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
@@ -176,9 +178,10 @@ async def asyncio_detailed(
 
      Moves a running scan to completed. No request body (or `{}`). The key that completed the scan,
     completing it again, is answered 200 with `previousStatus` completed; only the key that started the
-    scan may complete it (any other key: 422 `currentStatus=running`); any other key, or any other
-    status, is answered 422 with `currentStatus` (a cancelled scan answers `currentStatus=cancelled`:
-    the runner stops). Requires the `signals:run` permission and access to the account group.
+    scan may complete it (another key: 422 `currentStatus=running`); another key repeating the
+    completion, or any other status, is answered 422 with `currentStatus` (a cancelled scan answers
+    `currentStatus=cancelled`: the runner stops). Requires the `signals:run` permission and access to
+    the account group.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
@@ -214,9 +217,10 @@ async def asyncio(
 
      Moves a running scan to completed. No request body (or `{}`). The key that completed the scan,
     completing it again, is answered 200 with `previousStatus` completed; only the key that started the
-    scan may complete it (any other key: 422 `currentStatus=running`); any other key, or any other
-    status, is answered 422 with `currentStatus` (a cancelled scan answers `currentStatus=cancelled`:
-    the runner stops). Requires the `signals:run` permission and access to the account group.
+    scan may complete it (another key: 422 `currentStatus=running`); another key repeating the
+    completion, or any other status, is answered 422 with `currentStatus` (a cancelled scan answers
+    `currentStatus=cancelled`: the runner stops). Requires the `signals:run` permission and access to
+    the account group.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:

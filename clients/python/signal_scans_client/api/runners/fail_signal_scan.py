@@ -112,9 +112,9 @@ def sync_detailed(
 
      Moves a running scan to failed, with an optional `reason` (1 to 1,000 characters, no NUL). The key
     that failed the scan, failing it again, is answered 200 with `previousStatus` failed; only the key
-    that started the scan may fail it (any other key: 422 `currentStatus=running`); any other key, or
-    any other status, is answered 422 with `currentStatus`. Requires the `signals:run` permission and
-    access to the account group.
+    that started the scan may fail it (another key: 422 `currentStatus=running`); another key repeating
+    the failure, or any other status, is answered 422 with `currentStatus`. Requires the `signals:run`
+    permission and access to the account group.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
@@ -155,9 +155,9 @@ def sync(
 
      Moves a running scan to failed, with an optional `reason` (1 to 1,000 characters, no NUL). The key
     that failed the scan, failing it again, is answered 200 with `previousStatus` failed; only the key
-    that started the scan may fail it (any other key: 422 `currentStatus=running`); any other key, or
-    any other status, is answered 422 with `currentStatus`. Requires the `signals:run` permission and
-    access to the account group.
+    that started the scan may fail it (another key: 422 `currentStatus=running`); another key repeating
+    the failure, or any other status, is answered 422 with `currentStatus`. Requires the `signals:run`
+    permission and access to the account group.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
@@ -193,9 +193,9 @@ async def asyncio_detailed(
 
      Moves a running scan to failed, with an optional `reason` (1 to 1,000 characters, no NUL). The key
     that failed the scan, failing it again, is answered 200 with `previousStatus` failed; only the key
-    that started the scan may fail it (any other key: 422 `currentStatus=running`); any other key, or
-    any other status, is answered 422 with `currentStatus`. Requires the `signals:run` permission and
-    access to the account group.
+    that started the scan may fail it (another key: 422 `currentStatus=running`); another key repeating
+    the failure, or any other status, is answered 422 with `currentStatus`. Requires the `signals:run`
+    permission and access to the account group.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
@@ -234,9 +234,9 @@ async def asyncio(
 
      Moves a running scan to failed, with an optional `reason` (1 to 1,000 characters, no NUL). The key
     that failed the scan, failing it again, is answered 200 with `previousStatus` failed; only the key
-    that started the scan may fail it (any other key: 422 `currentStatus=running`); any other key, or
-    any other status, is answered 422 with `currentStatus`. Requires the `signals:run` permission and
-    access to the account group.
+    that started the scan may fail it (another key: 422 `currentStatus=running`); another key repeating
+    the failure, or any other status, is answered 422 with `currentStatus`. Requires the `signals:run`
+    permission and access to the account group.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
