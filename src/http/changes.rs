@@ -217,7 +217,8 @@ impl StreamRequest {
         order, none missed and none repeated; without either the stream starts now. A cursor from \
         before changes that are no longer kept (`AUDIT_RETENTION_DAYS`) answers 410 \
         `CURSOR_EXPIRED`: reconnect without one and re-read the scans' current state. Event ids are \
-        opaque. A scan's creation is sent too (`from` null). The stream opens with `retry: 2000`, \
+        opaque. A scan's creation is sent too (`from` null). The stream opens with `retry: 2000` and \
+        an `id:` of where it starts (no event), so a reconnection before any event resumes from there, \
         sends `: keep-alive` comments, and ends after \
         `STREAM_MAX_AGE_MS` (reconnect to continue). Errors before the stream opens are the usual \
         envelope. Requires `signals:read` or `signals:write` and access to the account group; at \
@@ -311,11 +312,13 @@ enum Next {
 }
 
 impl ChangeStream {
-    /// The body: the opening `retry:`, then one frame per wake-up holding everything there is to
-    /// send (the changes at hand, or a keep-alive), and a last `retry:` at the end.
+    /// The body: the opening `retry:` with the id of where the stream starts, then one frame per
+    /// wake-up holding everything there is to send (the changes at hand, or a keep-alive), and a
+    /// last `retry:` at the end.
     fn frames(self) -> impl Stream<Item = Result<Bytes, Infallible>> {
         let mut opening = EventBlocks::default();
-        opening.retry(Duration::from_millis(RECONNECT_MS));
+        let start = self.follower.cursor().to_string();
+        opening.opening(Duration::from_millis(RECONNECT_MS), &start);
         let opening = opening.take();
         futures_util::stream::unfold((Some(self), Some(opening)), |(stream, first)| async move {
             if let Some(first) = first {

@@ -41,6 +41,16 @@ impl EventBlocks {
         self.0.push(b'\n');
     }
 
+    /// The opening block: `retry:` and the `id:` of where the stream starts, with no event. A client
+    /// takes the id as its last event id (EventSource sets `lastEventId` at the block's end, data
+    /// or not), so a reconnection before any event arrives resumes where this stream started
+    /// rather than from the new stream's start, which would skip what committed in between.
+    pub(super) fn opening(&mut self, after: Duration, id: &str) {
+        self.line("retry: ", &after.as_millis().to_string());
+        self.line("id: ", id);
+        self.0.push(b'\n');
+    }
+
     /// A comment (`: text`), which clients ignore: a keep-alive.
     pub(super) fn comment(&mut self, text: &str) {
         self.line(": ", text);
@@ -97,6 +107,7 @@ mod tests {
     #[test]
     fn blocks_are_written_as_clients_read_them() {
         let mut blocks = EventBlocks::default();
+        blocks.opening(Duration::from_secs(2), "7-11");
         blocks.retry(Duration::from_secs(2));
         blocks.comment("keep-alive");
         blocks.event(
@@ -106,7 +117,7 @@ mod tests {
         );
         assert_eq!(
             String::from_utf8(blocks.take().to_vec()).unwrap(),
-            "retry: 2000\n\n: keep-alive\n\nid: 7-12.5-0\nevent: scan.status_changed\n\
+            "retry: 2000\nid: 7-11\n\nretry: 2000\n\n: keep-alive\n\nid: 7-12.5-0\nevent: scan.status_changed\n\
              data: {\"a\":\"x\\ny\"}\n\n"
         );
         assert!(blocks.is_empty(), "take leaves it empty");

@@ -189,7 +189,11 @@ async fn a_backlog_leaves_in_frames_of_64_kib_split_between_events(backend: Back
 
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(head.contains("transfer-encoding: chunked"), "{head}");
-    assert_eq!(chunks[0], "retry: 2000\n\n");
+    assert_eq!(
+        chunks[0],
+        format!("retry: 2000\nid: {cursor}\n\n"),
+        "the opening block"
+    );
     let frames = &chunks[1..];
     let sizes: Vec<usize> = frames.iter().map(String::len).collect();
     assert!(frames.len() >= 2, "split into frames: {sizes:?}");

@@ -485,6 +485,76 @@ async fn scans_watch_server_prints_each_change_once_across_reconnections(backend
 }
 store_test!(scans_watch_server_prints_each_change_once_across_reconnections);
 
+/// A stream opens with the id of where it starts: a client whose stream ends before any event
+/// reconnects with it and gets what committed in between. Reconnecting without an id started
+/// "now" again, after those changes: `scans watch --server` lost every change made while it
+/// reconnected until its first event (0 of 60 printed with streams of a second).
+async fn a_stream_ended_before_any_event_is_resumed_from_where_it_started(backend: Backend) {
+    let (app, group, writer) = TestApp::with_writer(backend).await;
+    let (reader, _) = read_key(&app, &group).await;
+    let url = app.url(&changes_path(&group, ""));
+    let (first, start) = SseStream::opened_at(stream_request(&url, &reader), SOON).await;
+    drop(first);
+    let missed = cancel_fresh_scans(&app, &writer, &group, 2).await;
+
+    let mut resumed = follow(stream_request(&url, &reader).header("Last-Event-ID", start)).await;
+
+    assert_eq!(
+        moves(&next_events(&mut resumed, 2).await),
+        cancels_of(&missed, "running")
+    );
+    resumed.assert_no_event_for(QUIET).await;
+}
+store_test!(a_stream_ended_before_any_event_is_resumed_from_where_it_started);
+
+/// `scans watch --server` started without `--after` keeps the opening id of its stream: a change
+/// made while it reconnects, before it has printed anything, is printed.
+async fn scans_watch_server_prints_a_change_made_while_it_reconnects_before_any_event(
+    backend: Backend,
+) {
+    let app = streams_app(
+        backend,
+        StreamSettings {
+            max_age: Duration::from_secs(1),
+            ..StreamSettings::default()
+        },
+    )
+    .await;
+    let group = group();
+    let writer = app.writer(&group).await;
+    let (reader, _) = read_key(&app, &group).await;
+    let mut watch = Watch::start_with(
+        &["--server", &app.url("/"), "--account-group", group.as_str()],
+        &[("SIGNAL_SCANS_API_KEY", &reader)],
+    )
+    .await;
+    // The first stream ends at 1 s; the watch reconnects 2 s later.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let scan = app.scan(&group, ScanStatus::Running).await;
+    app.cancel_ok(&writer, &group, &scan).await;
+
+    let mut lines = Vec::new();
+    for _ in 0..2 {
+        let line = watch.next_line_within(Duration::from_secs(15)).await;
+        lines.push(line.unwrap_or_else(|| panic!("printed {lines:?}; logs: {:?}", watch.logs())));
+    }
+
+    // The scan's creation, then its cancel.
+    let moves: Vec<_> = lines
+        .iter()
+        .map(|line| (&line["scanId"], &line["to"]))
+        .collect();
+    let scan_id = json!(scan.as_str());
+    assert_eq!(
+        moves,
+        [
+            (&scan_id, &json!("running")),
+            (&scan_id, &json!("cancelled"))
+        ]
+    );
+}
+store_test!(scans_watch_server_prints_a_change_made_while_it_reconnects_before_any_event);
+
 /// Makes the cancels of `held` wait, after writing their audit row, for an advisory lock that the
 /// returned session holds (a trigger), so they commit only when the test says.
 async fn hold_commits_of(app: &TestApp, held: &[ScanId], lock: i64) -> PgConnection {

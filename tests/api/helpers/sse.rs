@@ -13,8 +13,10 @@ pub const RECONNECT: Frame = Frame::Retry(2000);
 /// One block of the stream, as a client sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    /// `retry: <ms>` alone: how long to wait before reconnecting.
+    /// `retry: <ms>` alone: how long to wait before reconnecting (at the end of a stream).
     Retry(u64),
+    /// The opening block: `retry: <ms>` and the `id:` of where the stream starts, no event.
+    Opening { retry: u64, id: String },
     /// `: <text>` alone, e.g. a keep-alive.
     Comment(String),
     /// An event: `id:`, `event:` and `data:` fields.
@@ -54,17 +56,21 @@ pub struct SseStream {
 }
 
 impl SseStream {
-    /// A stream that must open, past its opening `retry:` (read within `limit`).
+    /// A stream that must open, past its opening block (read within `limit`).
     pub async fn opened(request: reqwest::RequestBuilder, limit: Duration) -> Self {
+        Self::opened_at(request, limit).await.0
+    }
+
+    /// A stream that must open, and the id of where it starts, from its opening block: `retry:
+    /// 2000` and that `id:` (read within `limit`).
+    pub async fn opened_at(request: reqwest::RequestBuilder, limit: Duration) -> (Self, String) {
         let mut stream = Self::open(request)
             .await
             .unwrap_or_else(|refused| panic!("the stream was refused: {refused:?}"));
-        assert_eq!(
-            stream.next_frame(limit).await,
-            Some(RECONNECT),
-            "a stream opens with retry: 2000"
-        );
-        stream
+        match stream.next_frame(limit).await {
+            Some(Frame::Opening { retry: 2000, id }) => (stream, id),
+            other => panic!("a stream opens with retry: 2000 and its id: {other:?}"),
+        }
     }
 
     /// Sends `request`: the stream when it answers 200 with `text/event-stream`, otherwise the
@@ -210,6 +216,7 @@ fn parse_block(block: &str) -> Frame {
     }
     match (id, event, data, retry, comment) {
         (None, None, None, Some(retry), None) => Frame::Retry(retry),
+        (Some(id), None, None, Some(retry), None) => Frame::Opening { retry, id },
         (None, None, None, None, Some(comment)) => Frame::Comment(comment),
         (id, event, Some(data), None, None) => Frame::Event(SseEvent { id, event, data }),
         _ => panic!("a block that is neither a retry, a comment nor an event: {block:?}"),

@@ -133,7 +133,8 @@ def sync_detailed(
     without either the stream starts now. A cursor from before changes that are no longer kept
     (`AUDIT_RETENTION_DAYS`) answers 410 `CURSOR_EXPIRED`: reconnect without one and re-read the scans'
     current state. Event ids are opaque. A scan's creation is sent too (`from` null). The stream opens
-    with `retry: 2000`, sends `: keep-alive` comments, and ends after `STREAM_MAX_AGE_MS` (reconnect to
+    with `retry: 2000` and an `id:` of where it starts (no event), so a reconnection before any event
+    resumes from there, sends `: keep-alive` comments, and ends after `STREAM_MAX_AGE_MS` (reconnect to
     continue). Errors before the stream opens are the usual envelope. Requires `signals:read` or
     `signals:write` and access to the account group; at most `STREAM_MAX_PER_KEY` open streams per key
     (429 past it).
@@ -186,7 +187,8 @@ def sync(
     without either the stream starts now. A cursor from before changes that are no longer kept
     (`AUDIT_RETENTION_DAYS`) answers 410 `CURSOR_EXPIRED`: reconnect without one and re-read the scans'
     current state. Event ids are opaque. A scan's creation is sent too (`from` null). The stream opens
-    with `retry: 2000`, sends `: keep-alive` comments, and ends after `STREAM_MAX_AGE_MS` (reconnect to
+    with `retry: 2000` and an `id:` of where it starts (no event), so a reconnection before any event
+    resumes from there, sends `: keep-alive` comments, and ends after `STREAM_MAX_AGE_MS` (reconnect to
     continue). Errors before the stream opens are the usual envelope. Requires `signals:read` or
     `signals:write` and access to the account group; at most `STREAM_MAX_PER_KEY` open streams per key
     (429 past it).
@@ -234,7 +236,8 @@ async def asyncio_detailed(
     without either the stream starts now. A cursor from before changes that are no longer kept
     (`AUDIT_RETENTION_DAYS`) answers 410 `CURSOR_EXPIRED`: reconnect without one and re-read the scans'
     current state. Event ids are opaque. A scan's creation is sent too (`from` null). The stream opens
-    with `retry: 2000`, sends `: keep-alive` comments, and ends after `STREAM_MAX_AGE_MS` (reconnect to
+    with `retry: 2000` and an `id:` of where it starts (no event), so a reconnection before any event
+    resumes from there, sends `: keep-alive` comments, and ends after `STREAM_MAX_AGE_MS` (reconnect to
     continue). Errors before the stream opens are the usual envelope. Requires `signals:read` or
     `signals:write` and access to the account group; at most `STREAM_MAX_PER_KEY` open streams per key
     (429 past it).
@@ -285,7 +288,8 @@ async def asyncio(
     without either the stream starts now. A cursor from before changes that are no longer kept
     (`AUDIT_RETENTION_DAYS`) answers 410 `CURSOR_EXPIRED`: reconnect without one and re-read the scans'
     current state. Event ids are opaque. A scan's creation is sent too (`from` null). The stream opens
-    with `retry: 2000`, sends `: keep-alive` comments, and ends after `STREAM_MAX_AGE_MS` (reconnect to
+    with `retry: 2000` and an `id:` of where it starts (no event), so a reconnection before any event
+    resumes from there, sends `: keep-alive` comments, and ends after `STREAM_MAX_AGE_MS` (reconnect to
     continue). Errors before the stream opens are the usual envelope. Requires `signals:read` or
     `signals:write` and access to the account group; at most `STREAM_MAX_PER_KEY` open streams per key
     (429 past it).
