@@ -79,12 +79,15 @@ pub(super) async fn list(database: &DatabaseArgs, json: bool) -> anyhow::Result<
     if json {
         return print_json(&views);
     }
-    println!(
+    out!(
         "{:<36}  {:<24}  {:<27}  {:<10}  EXPIRES / REVOKED",
-        "ID", "NAME", "PERMISSIONS", "GROUPS"
+        "ID",
+        "NAME",
+        "PERMISSIONS",
+        "GROUPS"
     );
     for view in &views {
-        println!(
+        out!(
             "{:<36}  {:<24}  {:<27}  {:<10}  {} / {}",
             view.id,
             view.name,
@@ -103,7 +106,7 @@ pub(super) async fn revoke(database: &DatabaseArgs, key_id: Uuid) -> anyhow::Res
         .revoke(key_id)
         .await?
         .ok_or_else(|| anyhow!("no API key with id {key_id}"))?;
-    println!(
+    out!(
         "revoked key {} ({}) at {}",
         key.id,
         key.name,
@@ -135,9 +138,10 @@ pub(super) async fn create(args: CreateKeyArgs) -> anyhow::Result<()> {
         if args.json {
             return print_json(&serde_json::json!({ "created": false, "activeKeyId": active.id }));
         }
-        println!(
+        out!(
             "an active API key exists ({} ({})); none created (--if-none)",
-            active.id, active.name
+            active.id,
+            active.name
         );
         return Ok(());
     }
@@ -172,17 +176,17 @@ pub(super) async fn create(args: CreateKeyArgs) -> anyhow::Result<()> {
     if args.json {
         return print_json(&view);
     }
-    println!("created API key {} ({})", view.id, view.name);
-    println!("  permissions:    {}", view.permissions.join(", "));
-    println!("  account groups: {}", view.groups_text());
-    println!("  expires:        {}", rfc3339(view.expires_at));
+    out!("created API key {} ({})", view.id, view.name);
+    out!("  permissions:    {}", view.permissions.join(", "));
+    out!("  account groups: {}", view.groups_text());
+    out!("  expires:        {}", rfc3339(view.expires_at));
     match &view.key_file {
         Some(path) => {
-            println!("the key is in {path} (mode 0600); read it once, then delete the file")
+            out!("the key is in {path} (mode 0600); read it once, then delete the file")
         }
         None => {
-            println!("the key, shown this once; store it now:");
-            println!("{}", new_key.secret);
+            out!("the key, shown this once; store it now:");
+            out!("{}", new_key.secret);
         }
     }
     Ok(())

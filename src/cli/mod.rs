@@ -1,11 +1,13 @@
 //! The command line: its clap types (every flag and subcommand), the dispatch of each command to
 //! its file, `serve` and `migrate`, and the one line an error is printed as.
 
+// First: its `out!` serves the modules below.
+#[macro_use]
+mod output;
 pub mod config;
 mod demo;
 mod healthcheck;
 mod keys;
-mod output;
 mod remote;
 mod scans;
 mod watch;
@@ -71,7 +73,7 @@ pub(crate) enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Revoke a key by id; it stops working at once.
+    /// Revoke a key by id; it stops working within KEY_CACHE_TTL_MS (1 s) on every serving instance.
     Revoke {
         #[command(flatten)]
         database: DatabaseArgs,
@@ -227,7 +229,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Migrate(database) => {
             migrated_store(&database).await?;
-            println!("migrated: every migration this binary holds has run");
+            out!("migrated: every migration this binary holds has run");
             Ok(())
         }
         Command::Healthcheck(args) => healthcheck::check(args.listen_addr).await,
@@ -361,7 +363,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "signal-scans is serving"
     );
     if let Some(demo) = demo {
-        println!("{}", demo.instructions(addr));
+        out!("{}", demo.instructions(addr));
     }
     application
         .run_until(shutdown)

@@ -1,11 +1,39 @@
-//! How commands print: one JSON document per line, and times as RFC 3339 (`-` when absent).
+//! How commands print: lines on stdout through `out!`, one JSON document per line, and times as
+//! RFC 3339 (`-` when absent).
+
+use std::fmt;
+use std::io::Write as _;
 
 use serde::Serialize;
 use time::OffsetDateTime;
 
+/// `println!` for what a command prints: a reader that went away (`| head`) ends the command
+/// quietly, as it ends any Unix tool, where `println!` panicked and a watch printed on into the
+/// void for good.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_line(format_args!($($arg)*))
+    };
+}
+
+/// Writes one line to stdout at once. Exits 0 when the reader is gone (nobody is left to tell),
+/// and 1, saying why on stderr, when stdout cannot be written otherwise (a full disk).
+pub(super) fn write_line(line: fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    let written = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+    match written {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(error) => {
+            eprintln!("error: cannot write to standard output: {error}");
+            std::process::exit(1);
+        }
+    }
+}
+
 pub(super) fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     let text = serde_json::to_string(value)?;
-    println!("{text}");
+    out!("{text}");
     Ok(())
 }
 

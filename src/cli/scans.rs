@@ -9,7 +9,7 @@ use super::output::{print_json, rfc3339};
 use super::remote::{self, Answer};
 use super::{existing_store, migrated_store};
 use crate::domain::ids::{AccountGroupId, ScanId};
-use crate::domain::scan::{Actor, ScanStatus, check_reason};
+use crate::domain::scan::{Actor, Scan, ScanStatus, check_reason};
 use crate::service::HINT_FLUSH_LIMIT;
 use crate::service::{Moved, ScanService, ServiceError};
 
@@ -54,10 +54,10 @@ pub(super) async fn create(
             (field(&data, "scanId")?, field(&data, "status")?.parse()?)
         }
         None => {
-            let scan = scan_service(database)
-                .await?
-                .seed_scan(group, status)
-                .await?;
+            let service = scan_service(database).await?;
+            let scan = service.seed_scan(group, status).await?;
+            // Tell listeners now rather than leave them to find the creation at their next poll.
+            service.flush_hints(HINT_FLUSH_LIMIT).await;
             (scan.id.to_string(), scan.status)
         }
     };
@@ -67,7 +67,7 @@ pub(super) async fn create(
             status,
         });
     }
-    println!("{scan_id} {status}");
+    out!("{scan_id} {status}");
     Ok(())
 }
 
@@ -130,7 +130,7 @@ pub(super) async fn transition(
     match moved {
         Ok(data) if json => print_json(&data),
         Ok(data) => {
-            println!("{} {}", field(&data, "scanId")?, field(&data, "status")?);
+            out!("{} {}", field(&data, "scanId")?, field(&data, "status")?);
             Ok(())
         }
         Err(current) => {
@@ -192,11 +192,22 @@ pub(super) async fn show(
         .await
         .map_err(|error| refused(scan_id, error))?;
     if json {
-        return print_json(&scan);
+        /// The scan as the API shows it, and its account group (which the API's path names).
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct ShownScan<'a> {
+            #[serde(flatten)]
+            scan: &'a Scan,
+            account_group_id: &'a AccountGroupId,
+        }
+        return print_json(&ShownScan {
+            scan: &scan,
+            account_group_id: &scan.account_group_id,
+        });
     }
-    println!("scan          {}", scan.id);
-    println!("account group {}", scan.account_group_id);
-    println!("status        {}", scan.status);
+    out!("scan          {}", scan.id);
+    out!("account group {}", scan.account_group_id);
+    out!("status        {}", scan.status);
     for (label, at) in [
         ("created", Some(scan.created_at)),
         ("updated", Some(scan.updated_at)),
@@ -204,7 +215,7 @@ pub(super) async fn show(
         ("finished", scan.finished_at),
         ("cancelled", scan.cancelled_at),
     ] {
-        println!("{label:<13} {}", rfc3339(at));
+        out!("{label:<13} {}", rfc3339(at));
     }
     Ok(())
 }

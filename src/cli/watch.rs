@@ -2,7 +2,6 @@
 //! database, or from the service's HTTP change stream (`--server`), resuming after a dropped
 //! connection from the last event id.
 
-use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
@@ -19,6 +18,10 @@ use crate::service::{ScanService, ServiceError};
 
 /// The longest pause between two attempts to reach the server.
 const MAX_RECONNECT: Duration = Duration::from_secs(30);
+/// A stream that sends nothing for this long is taken as dead and reconnected: four keep-alives
+/// at the server's default `STREAM_KEEPALIVE_MS` (15 s). A connection that a network device
+/// dropped without a word gives no error, and would be waited on for good.
+const SILENCE: Duration = Duration::from_secs(60);
 
 /// Prints changes from the database until the process is stopped. A database that goes away is
 /// waited for: the feed resumes from its cursor, so nothing is printed twice or missed.
@@ -82,9 +85,7 @@ struct Line<'a> {
 
 fn print(line: &Line<'_>) {
     let line = serde_json::to_string(line).expect("a change serializes");
-    let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "{line}");
-    let _ = stdout.flush();
+    out!("{line}");
 }
 
 /// Follows `GET /v1/accounts/{group}/signals/scans/changes` on `server` until the process is
@@ -169,11 +170,22 @@ struct SseReader {
 }
 
 impl SseReader {
-    /// Prints every event of `response` until it ends or breaks.
+    /// Prints every event of `response` until it ends, breaks or falls silent for `SILENCE`.
     async fn read(&mut self, mut response: reqwest::Response, reconnect: &mut Duration) {
         let mut buffer = Vec::new();
         let (mut id, mut data) = (None::<String>, String::new());
-        while let Ok(Some(chunk)) = response.chunk().await {
+        loop {
+            let chunk = match tokio::time::timeout(SILENCE, response.chunk()).await {
+                Ok(Ok(Some(chunk))) => chunk,
+                Ok(_) => return,
+                Err(_) => {
+                    tracing::warn!(
+                        silent_secs = SILENCE.as_secs(),
+                        "the change stream fell silent; reconnecting"
+                    );
+                    return;
+                }
+            };
             buffer.extend_from_slice(&chunk);
             while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = buffer.drain(..=end).collect();

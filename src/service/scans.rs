@@ -553,7 +553,9 @@ impl ScanService {
     /// An operator's move of a scan (of `group`, when given: another group's is not found) to
     /// `to`, by the state machine, as a runner's is: refused with the current status when the
     /// scan has moved on (a late "completed" never overwrites a cancel), and answered where it
-    /// is when it is there already.
+    /// is when it is there already by a move no key made (the command line's own, repeated). A
+    /// move a key made is that runner's: repeating it here is refused, as it is to another key
+    /// (a runner's claim was answered as this command's own).
     pub async fn advance(
         &self,
         group: Option<&AccountGroupId>,
@@ -561,7 +563,19 @@ impl ScanService {
         to: ScanStatus,
         actor: Actor<'_>,
     ) -> Result<Moved, ServiceError> {
-        moved(self.0.store.transition(group, scan, to, actor).await?, to)
+        let outcome = self.0.store.transition(group, scan, to, actor).await?;
+        if let Transition::Refused { scan: current } = &outcome
+            && current.status == to
+        {
+            let events = self.0.store.scan_events(&current.id).await?;
+            if matches!(last_move_to(&events, to), Some(Some(_))) {
+                return Err(ServiceError::InvalidTransition {
+                    current: to,
+                    requested: to,
+                });
+            }
+        }
+        moved(outcome, to)
     }
 }
 
@@ -599,8 +613,6 @@ impl ScanService {
     }
 }
 
-/// Where a move to `to` left the scan: applied, or already there (idempotent by state); any
-/// other status refuses it.
 /// The key of the latest move to `to` in a scan's trail: `None` when there is none (retention
 /// deleted it), `Some(None)` when no key made it.
 fn last_move_to(events: &[ScanEvent], to: ScanStatus) -> Option<Option<Uuid>> {
@@ -608,6 +620,8 @@ fn last_move_to(events: &[ScanEvent], to: ScanStatus) -> Option<Option<Uuid>> {
     made.map(|event| event.api_key_id)
 }
 
+/// Where a move to `to` left the scan: applied, or already there (idempotent by state); any
+/// other status refuses it.
 fn moved(outcome: Transition, to: ScanStatus) -> Result<Moved, ServiceError> {
     let (previous, scan) = match outcome {
         Transition::Applied { previous, scan } => (previous, scan),

@@ -284,3 +284,20 @@ fn an_unreachable_database_fails_migrate_without_leaking_the_password() {
     assert!(!stderr.contains("hunter2"), "{stderr}");
     assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
 }
+
+/// `scans show --json` says what the text says: the account group too (it was left out).
+async fn scans_show_json_names_the_account_group(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+
+    let shown = json_of(&signal_scans(
+        &app.db.url,
+        &["scans", "show", scan.as_str(), "--json"],
+    ));
+
+    assert_eq!(shown["scanId"], scan.as_str());
+    assert_eq!(shown["accountGroupId"], group.as_str());
+    assert_eq!(shown["status"], "queued");
+}
+store_test!(scans_show_json_names_the_account_group);

@@ -1053,3 +1053,34 @@ async fn the_watch_command_prints_its_groups_cancels_by_the_hint_or_within_the_p
     watch.stop().await;
 }
 store_test!(the_watch_command_prints_its_groups_cancels_by_the_hint_or_within_the_poll);
+
+/// `scans create` on the database tells listeners of the scan it made, as `scans transition`
+/// does: a watch whose poll is a minute away prints the creation by its hint. (It was left to
+/// the next poll.)
+async fn a_scan_created_on_the_command_line_reaches_watches_by_its_hint(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = crate::helpers::group();
+    let mut watch = Watch::start(&app.db.url, Some(&group), 60_000).await;
+
+    let created = crate::cli::signal_scans(
+        &app.db.url,
+        &[
+            "scans",
+            "create",
+            "--account-group",
+            group.as_str(),
+            "--json",
+        ],
+    );
+
+    assert!(created.status.success(), "{created:?}");
+    let created: Value = serde_json::from_slice(&created.stdout).unwrap();
+    let line = watch.next_line_within(Duration::from_secs(20)).await;
+    let line = line.unwrap_or_else(|| panic!("not printed; logs: {:?}", watch.logs()));
+    assert_eq!(line["scanId"], created["scanId"]);
+    assert_eq!(line["to"], "queued");
+}
+store_test!(
+    a_scan_created_on_the_command_line_reaches_watches_by_its_hint,
+    postgres_only
+);

@@ -240,3 +240,26 @@ async fn watch_lines_carry_their_cursor_and_trace_id_and_after_resumes_right_the
     resumed.kill().await.unwrap();
 }
 store_test!(watch_lines_carry_their_cursor_and_trace_id_and_after_resumes_right_there);
+
+/// `scans watch … | head -1`: once its reader is gone, the watch ends at its next line, exit 0.
+/// It printed on into the void for good (holding a stream against the key's cap), and `keys
+/// list | head` panicked.
+async fn a_watch_whose_reader_went_away_ends_quietly(backend: Backend) {
+    let (app, group, writer) = TestApp::with_writer(backend).await;
+    let (reader, _) = app.key_for(&[Permission::SignalsRead], &[group]).await;
+    let first = app.scan(&group, ScanStatus::Running).await;
+    let mut child = watch(&app, &reader, group.as_str(), Some("0-0"));
+    let mut printed = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let replayed = lines(&mut printed, 1).await;
+    assert_eq!(replayed[0]["scanId"], first.as_str());
+
+    drop(printed);
+    app.cancel_ok(&writer, &group, &first).await;
+    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("the watch ends once its reader is gone")
+        .unwrap();
+
+    assert!(exit.success(), "{exit:?}");
+}
+store_test!(a_watch_whose_reader_went_away_ends_quietly);

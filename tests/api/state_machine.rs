@@ -172,3 +172,39 @@ async fn the_transition_command_refuses_what_the_api_refuses_and_moves_nothing(b
     assert_eq!(app.status_of(&scan).await, ScanStatus::Failed);
 }
 store_test!(the_transition_command_refuses_what_the_api_refuses_and_moves_nothing);
+
+/// On the database, `scans transition` repeats only a move no key made: a runner's claim made
+/// with its key is refused naming the status (it was answered as the command's own, exit 0, so
+/// two runners both held the scan), while the command's own start, repeated, is answered again.
+async fn the_transition_command_repeats_its_own_move_but_not_a_runners(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let runner = app.runner(&group).await;
+    let (claimed, own) = (
+        app.scan(&group, ScanStatus::Queued).await,
+        app.scan(&group, ScanStatus::Queued).await,
+    );
+    let path = crate::helpers::move_path(group.as_str(), claimed.as_str(), "start");
+    assert_eq!(app.post(&runner, &path, None).await.status, 200);
+    let run = |scan: &signal_scans::domain::ids::ScanId| {
+        crate::helpers::child::signal_scans()
+            .args(["scans", "transition", scan.as_str(), "--to", "running"])
+            .env("DATABASE_URL", &app.db.url)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+
+    let over_a_claim = run(&claimed);
+    let started = run(&own);
+    let again = run(&own);
+
+    assert!(!over_a_claim.status.success(), "{over_a_claim:?}");
+    let stderr = String::from_utf8_lossy(&over_a_claim.stderr);
+    assert!(stderr.contains("is running"), "{stderr}");
+    assert!(started.status.success(), "{started:?}");
+    assert!(again.status.success(), "{again:?}");
+    assert_eq!(app.store.scan_events(&claimed).await.unwrap().len(), 2);
+    assert_eq!(app.store.scan_events(&own).await.unwrap().len(), 2);
+}
+store_test!(the_transition_command_repeats_its_own_move_but_not_a_runners);
