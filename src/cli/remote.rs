@@ -8,6 +8,21 @@ use serde_json::Value;
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::scan::ScanStatus;
 
+/// `--server`: the service's URL, as the base the API's paths are joined to. A path is kept as a
+/// prefix (`http://gateway/signals` serves `/signals/v1/…`): without a trailing `/`, joining
+/// replaced its last segment.
+pub(super) fn server_url(text: &str) -> Result<url::Url, String> {
+    let mut url = url::Url::parse(text).map_err(|error| format!("not a URL: {error}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("an http:// or https:// URL, not {}:", url.scheme()));
+    }
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
+}
+
 /// What a command asked the service, and how it answered.
 pub(super) enum Answer {
     /// 2xx: the envelope's `data`.
@@ -83,4 +98,35 @@ pub(super) fn move_path(
     Ok(format!(
         "/v1/accounts/{group}/signals/scans/{scan}/{action}"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_url_keeps_its_path_as_the_prefix_of_the_apis_paths() {
+        let join = |server: &str| {
+            server_url(server)
+                .unwrap()
+                .join("v1/accounts")
+                .unwrap()
+                .to_string()
+        };
+
+        assert_eq!(
+            join("http://127.0.0.1:8080"),
+            "http://127.0.0.1:8080/v1/accounts"
+        );
+        assert_eq!(
+            join("http://gateway/signals"),
+            "http://gateway/signals/v1/accounts"
+        );
+        assert_eq!(
+            join("https://gateway/signals/"),
+            "https://gateway/signals/v1/accounts"
+        );
+        assert!(server_url("ftp://gateway").unwrap_err().contains("http://"));
+        assert!(server_url("gateway:8080").is_err());
+    }
 }
