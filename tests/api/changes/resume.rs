@@ -415,9 +415,11 @@ async fn a_stream_without_a_cursor_replays_nothing_while_the_shared_reader_lags(
 }
 store_test!(a_stream_without_a_cursor_replays_nothing_while_the_shared_reader_lags);
 
-/// `scans watch --server` as a runner uses it: each change printed once, in order, across the
-/// reconnections that every stream's end forces (here each ends after 1 s).
-async fn scans_watch_server_prints_each_change_once_across_reconnections(backend: Backend) {
+/// A service whose streams end after 1 s, a group with a writer's key, and `scans watch
+/// --server` following the group with a reader's key, from now.
+async fn watching_streams_of_a_second(
+    backend: Backend,
+) -> (TestApp, AccountGroupId, String, Watch) {
     let app = streams_app(
         backend,
         StreamSettings {
@@ -429,12 +431,18 @@ async fn scans_watch_server_prints_each_change_once_across_reconnections(backend
     let group = group();
     let writer = app.writer(&group).await;
     let (reader, _) = read_key(&app, &group).await;
-    let server = app.url("/");
-    let mut watch = Watch::start_with(
-        &["--server", &server, "--account-group", group.as_str()],
+    let watch = Watch::start_with(
+        &["--server", &app.url("/"), "--account-group", group.as_str()],
         &[("SIGNAL_SCANS_API_KEY", &reader)],
     )
     .await;
+    (app, group, writer, watch)
+}
+
+/// `scans watch --server` as a runner uses it: each change printed once, in order, across the
+/// reconnections that every stream's end forces (here each ends after 1 s).
+async fn scans_watch_server_prints_each_change_once_across_reconnections(backend: Backend) {
+    let (app, group, writer, mut watch) = watching_streams_of_a_second(backend).await;
 
     // Spread over several streams and the pauses between them.
     let mut cancelled = Vec::new();
@@ -512,22 +520,7 @@ store_test!(a_stream_ended_before_any_event_is_resumed_from_where_it_started);
 async fn scans_watch_server_prints_a_change_made_while_it_reconnects_before_any_event(
     backend: Backend,
 ) {
-    let app = streams_app(
-        backend,
-        StreamSettings {
-            max_age: Duration::from_secs(1),
-            ..StreamSettings::default()
-        },
-    )
-    .await;
-    let group = group();
-    let writer = app.writer(&group).await;
-    let (reader, _) = read_key(&app, &group).await;
-    let mut watch = Watch::start_with(
-        &["--server", &app.url("/"), "--account-group", group.as_str()],
-        &[("SIGNAL_SCANS_API_KEY", &reader)],
-    )
-    .await;
+    let (app, group, writer, mut watch) = watching_streams_of_a_second(backend).await;
     // The first stream ends at 1 s; the watch reconnects 2 s later.
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let scan = app.scan(&group, ScanStatus::Running).await;
