@@ -176,6 +176,16 @@ impl IdempotencyKey {
 /// after it the key is forgotten and may start a new scan.
 pub(crate) const IDEMPOTENCY_WINDOW: time::Duration = time::Duration::hours(24);
 
+/// A scan as a runner's finish checks its claim: the scan, and the key that started it, read in
+/// one statement (one snapshot), so that a start committing meanwhile is seen whole or not at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedScan {
+    pub scan: Scan,
+    /// The key of the scan's latest audit row to running; `None` when no key made it (the
+    /// command line on the database), when the scan never ran, or when retention deleted it.
+    pub started_by: Option<Uuid>,
+}
+
 /// What a request to start a scan did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Creation {

@@ -12,8 +12,8 @@ use crate::domain::feed::FeedCursor;
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{ApiKey, KeyHash, KeyRejected, Principal, looks_like_key};
 use crate::domain::scan::{
-    Actor, Creation, IdempotencyKey, Scan, ScanCursor, ScanEvent, ScanPageQuery, ScanStatus,
-    Transition,
+    Actor, ClaimedScan, Creation, IdempotencyKey, Scan, ScanCursor, ScanEvent, ScanPageQuery,
+    ScanStatus, Transition,
 };
 use crate::store::{Store, StoreError};
 
@@ -362,8 +362,10 @@ impl ScanService {
     /// scan made running), or whose start retention deleted, any runner may finish. Read before
     /// the write, which needs no claim of its own: a running scan's claim never changes, and a
     /// queued one is refused here, since a start between this read and the write would make the
-    /// write finish another runner's claim. The scan and its trail are read at once, so the
-    /// check takes one `DB_TIMEOUT_MS` at most (see [`crate::store::longest_write`]).
+    /// write finish another runner's claim. The scan and its start are read in one statement:
+    /// read apart, a start committing between the two reads showed a running scan that no key
+    /// had started, and another runner's finish went through. One statement, so the check takes
+    /// one `DB_TIMEOUT_MS` at most (see [`crate::store::longest_write`]).
     async fn check_claim(
         &self,
         principal: &Principal,
@@ -371,23 +373,19 @@ impl ScanService {
         scan: &ScanId,
         to: ScanStatus,
     ) -> Result<(), ServiceError> {
-        let store = &self.0.store;
-        let (current, events) =
-            tokio::join!(store.find_scan(Some(group), scan), store.scan_events(scan));
-        let Some(current) = current? else {
+        let Some(ClaimedScan { scan, started_by }) =
+            self.0.store.find_claimed_scan(group, scan).await?
+        else {
             // The write answers 404.
             return Ok(());
         };
         let refused = Err(ServiceError::InvalidTransition {
-            current: current.status,
+            current: scan.status,
             requested: to,
         });
-        match current.status {
-            ScanStatus::Queued => refused,
-            ScanStatus::Running => match last_move_to(&events?, ScanStatus::Running) {
-                Some(Some(key)) if key != principal.key_id => refused,
-                _ => Ok(()),
-            },
+        match (scan.status, started_by) {
+            (ScanStatus::Queued, _) => refused,
+            (ScanStatus::Running, Some(key)) if key != principal.key_id => refused,
             // Finished: the write refuses it, or answers its own key's repeat.
             _ => Ok(()),
         }

@@ -26,8 +26,8 @@ use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash, Permission};
 use crate::domain::scan::{
-    Actor, Creation, IdempotencyKey, Scan, ScanChange, ScanEvent, ScanPageQuery, ScanStatus,
-    Transition,
+    Actor, ClaimedScan, Creation, IdempotencyKey, Scan, ScanChange, ScanEvent, ScanPageQuery,
+    ScanStatus, Transition,
 };
 
 /// Why the store could not answer.
@@ -322,6 +322,15 @@ impl Store {
         scan: &ScanId,
     ) -> Result<Option<Scan>, StoreError> {
         forward!(self.find_scan(group, scan))
+    }
+
+    /// A scan of `group` with the key that started it, in one statement: see [`ClaimedScan`].
+    pub async fn find_claimed_scan(
+        &self,
+        group: &AccountGroupId,
+        scan: &ScanId,
+    ) -> Result<Option<ClaimedScan>, StoreError> {
+        forward!(self.find_claimed_scan(group, scan))
     }
 
     /// A scan's audit trail, oldest first.

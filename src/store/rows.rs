@@ -18,7 +18,7 @@ use super::{StoreError, parse_status};
 use crate::domain::feed::{FeedPosition, FeedRow};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, Permission};
-use crate::domain::scan::{Scan, ScanChange, ScanEvent, ScanStatus};
+use crate::domain::scan::{ClaimedScan, Scan, ScanChange, ScanEvent, ScanStatus};
 
 /// How SQLite keeps instants: fixed width, so text order is time order (listing compares it in
 /// SQL), and microseconds, as PostgreSQL keeps them, so both stores answer the same instants.
@@ -159,6 +159,8 @@ pub(super) struct ScanRow {
     pub cancelled_at: Option<Stamp>,
     /// Only a transition's result carries it: the status the scan moved from.
     pub previous_status: Option<Parsed<ScanStatus>>,
+    /// Only a claim's read carries it: the key of the scan's latest audit row to running.
+    pub started_by: Option<String>,
 }
 
 impl<'r, R: Row> FromRow<'r, R> for ScanRow
@@ -168,6 +170,7 @@ where
     Parsed<AccountGroupId>: Decodes<'r, R>,
     Parsed<ScanStatus>: Decodes<'r, R>,
     Stamp: Decodes<'r, R>,
+    String: Decodes<'r, R>,
 {
     fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
         Ok(Self {
@@ -180,11 +183,23 @@ where
             finished_at: row.try_get("finished_at")?,
             cancelled_at: row.try_get("cancelled_at")?,
             previous_status: optional_column(row, "previous_status")?.flatten(),
+            started_by: optional_column(row, "started_by")?.flatten(),
         })
     }
 }
 
 impl ScanRow {
+    pub(super) fn into_claimed(mut self) -> Result<ClaimedScan, StoreError> {
+        let started_by = self.started_by.take();
+        let scan = self.into_scan()?;
+        let started_by = started_by
+            .as_deref()
+            .map(Uuid::parse_str)
+            .transpose()
+            .map_err(|_| corrupt(format!("start of scan {}", scan.id)))?;
+        Ok(ClaimedScan { scan, started_by })
+    }
+
     pub(super) fn into_scan(self) -> Result<Scan, StoreError> {
         Ok(Scan {
             id: self.id.0,

@@ -27,7 +27,7 @@ use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash};
 use crate::domain::scan::{
-    Actor, Creation, IDEMPOTENCY_WINDOW, IdempotencyKey, Scan, ScanChange, ScanEvent,
+    Actor, ClaimedScan, Creation, IDEMPOTENCY_WINDOW, IdempotencyKey, Scan, ScanChange, ScanEvent,
     ScanPageQuery, ScanStatus, Transition,
 };
 
@@ -405,6 +405,28 @@ impl SqliteStore {
             )
             .await?;
         row.map(ScanRow::into_scan).transpose()
+    }
+
+    pub async fn find_claimed_scan(
+        &self,
+        group: &AccountGroupId,
+        scan: &ScanId,
+    ) -> Result<Option<ClaimedScan>, StoreError> {
+        let row: Option<ScanRow> = self
+            .bounded(
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT {SCAN_COLUMNS_OF_S},
+                            (SELECT e.api_key_id FROM signal_scan_events AS e
+                             WHERE e.scan_id = s.id AND e.to_status = 'running'
+                             ORDER BY e.id DESC LIMIT 1) AS started_by
+                     FROM signal_scans AS s WHERE s.id = ?1 AND s.account_group_id = ?2"
+                )))
+                .bind(scan.as_str())
+                .bind(group.as_str())
+                .fetch_optional(&self.pool),
+            )
+            .await?;
+        row.map(ScanRow::into_claimed).transpose()
     }
 
     pub async fn scan_events(&self, scan: &ScanId) -> Result<Vec<ScanEvent>, StoreError> {

@@ -4,10 +4,11 @@
 use std::time::Duration;
 
 use futures::future::join_all;
+use signal_scans::domain::keys::Permission;
 use signal_scans::domain::scan::{Actor, ScanStatus, Transition};
 
 use crate::helpers::locks::{WriteLock, until_waiting};
-use crate::helpers::{Backend, RUNNER, Settings, TestApp, group};
+use crate::helpers::{Backend, RUNNER, Settings, TestApp, group, move_path, scans_path};
 use crate::store_test;
 
 /// Settings for requests that contend for one scan's lock.
@@ -280,3 +281,88 @@ async fn concurrent_cancels_racing_completions_leave_one_winner_per_scan(backend
     }
 }
 store_test!(concurrent_cancels_racing_completions_leave_one_winner_per_scan);
+
+/// Runner A's start commits while runner B's completion checks its claim: B is refused, and the
+/// scan stays A's. Forced on PostgreSQL: the test's transaction locks the scans table (stalling
+/// every read of a scan) and makes A's start in it; the start commits once B's check waits behind
+/// the lock. Read apart, B's check read the trail at once (no start yet) and the scan after the
+/// start (running): a running scan that no key had started, which any runner may finish, and B's
+/// completion went through. SQLite has no lock that stalls the reads of one table only.
+async fn a_start_committing_during_another_runners_claim_check_keeps_the_claim(backend: Backend) {
+    use sqlx::Connection;
+    let app = contenders().spawn(backend).await;
+    let group = group();
+    let (_, starter) = app
+        .key_for(&[Permission::SignalsRun, Permission::SignalsRead], &[group])
+        .await;
+    let other = app.runner(&group).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    // The other runner's key is cached: its completion's first database work is its claim check.
+    let read = app
+        .get(&other, &format!("{}/{scan}", scans_path(group.as_str())))
+        .await;
+    assert_eq!(read.status, 200, "{read:?}");
+
+    let mut db = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE signal_scans IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let complete = move_path(group.as_str(), scan.as_str(), "complete");
+    let completion = app.post(&other, &complete, None);
+    let (response, ()) = tokio::join!(completion, async {
+        until_waiting_on_the_scans_table(&mut db).await;
+        // What is not behind the lock (a read of the trail alone) has been read by now.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sqlx::query(
+            "UPDATE signal_scans SET status = 'running', started_at = now(), updated_at = now()
+             WHERE id = $1",
+        )
+        .bind(scan.as_str())
+        .execute(&mut db)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO signal_scan_events
+                 (scan_id, account_group_id, from_status, to_status, api_key_id, occurred_at)
+             VALUES ($1, $2, 'queued', 'running', $3, now())",
+        )
+        .bind(scan.as_str())
+        .bind(group.as_str())
+        .bind(starter)
+        .execute(&mut db)
+        .await
+        .unwrap();
+        sqlx::raw_sql("COMMIT").execute(&mut db).await.unwrap();
+    });
+
+    response.assert_error(422, "VALIDATION_ERROR");
+    assert_eq!(response.body["error"]["details"], "currentStatus=running");
+    assert_eq!(app.status_of(&scan).await, ScanStatus::Running);
+}
+store_test!(
+    a_start_committing_during_another_runners_claim_check_keeps_the_claim,
+    postgres_only
+);
+
+/// Until some session of this database waits for a lock on a table (10 s at most).
+async fn until_waiting_on_the_scans_table(db: &mut sqlx::PgConnection) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event = 'relation'",
+        )
+        .fetch_one(&mut *db)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no read waits on the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
