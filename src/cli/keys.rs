@@ -125,7 +125,9 @@ pub(super) async fn create(args: CreateKeyArgs) -> anyhow::Result<()> {
         .map(|secs| time::Duration::seconds(secs.into()));
     let spec = KeySpec::new(&args.name, &args.permissions, access, expires_in).map_err(
         |error| match error {
-            KeySpecError::Name => anyhow!("--name must be 1 to 200 characters"),
+            KeySpecError::Name => {
+                anyhow!("--name must be 1 to 200 characters, none of them a control character")
+            }
             KeySpecError::NoAccountGroup => {
                 anyhow!("give --account-group ID (repeatable) or --all-account-groups")
             }

@@ -85,7 +85,7 @@ pub(crate) enum KeysCommand {
 pub(crate) struct CreateKeyArgs {
     #[command(flatten)]
     database: DatabaseArgs,
-    /// A name that tells operators whose key this is.
+    /// A name that tells operators whose key this is: 1 to 200 characters, no control characters.
     #[arg(long)]
     name: String,
     /// A permission to grant: signals:read, signals:write or signals:run (a runner's moves);

@@ -72,8 +72,8 @@ impl AccountGroupAccess {
     }
 }
 
-/// The longest key name, in bytes (the schema allows 200 characters; a byte bound never exceeds it).
-const MAX_NAME_LEN: usize = 200;
+/// The longest key name, in characters, as the schema counts them (`length(name)`).
+const MAX_NAME_CHARS: usize = 200;
 
 /// What a new key is to be: checked once, so whoever holds a `KeySpec` holds a valid one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,7 +87,7 @@ pub struct KeySpec {
 /// Why a key cannot be created as asked (the command line words these in its own flags).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum KeySpecError {
-    #[error("a key's name must be 1 to 200 characters")]
+    #[error("a key's name must be 1 to 200 characters, none of them a control character")]
     Name,
     #[error("a key must reach at least one account group, or all of them")]
     NoAccountGroup,
@@ -103,7 +103,11 @@ impl KeySpec {
         expires_in: Option<time::Duration>,
     ) -> Result<Self, KeySpecError> {
         let name = name.trim();
-        if name.is_empty() || name.len() > MAX_NAME_LEN {
+        // A control character (a newline, an escape) would break the lines `keys list` prints.
+        if name.is_empty()
+            || name.chars().count() > MAX_NAME_CHARS
+            || name.chars().any(char::is_control)
+        {
             return Err(KeySpecError::Name);
         }
         if access == AccountGroupAccess::Only(Vec::new()) {
@@ -353,13 +357,16 @@ mod tests {
     }
 
     #[test]
-    fn a_key_spec_needs_a_name_of_1_to_200_bytes() {
+    fn a_key_spec_needs_a_name_of_1_to_200_characters_without_control_characters() {
         assert_eq!(spec("", &[]), Err(KeySpecError::Name));
         assert_eq!(spec("   ", &[]), Err(KeySpecError::Name));
         assert!(spec(&"n".repeat(200), &[]).is_ok());
         assert_eq!(spec(&"n".repeat(201), &[]), Err(KeySpecError::Name));
-        // Bytes, not characters: 101 two-byte characters are too long.
-        assert_eq!(spec(&"é".repeat(101), &[]), Err(KeySpecError::Name));
+        // Characters, as the schema counts them: 200 two-byte characters are a name.
+        assert!(spec(&"é".repeat(200), &[]).is_ok());
+        assert_eq!(spec(&"é".repeat(201), &[]), Err(KeySpecError::Name));
+        assert_eq!(spec("ci\nops", &[]), Err(KeySpecError::Name));
+        assert_eq!(spec("ci\u{1b}[2J", &[]), Err(KeySpecError::Name));
     }
 
     #[test]

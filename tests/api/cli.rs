@@ -172,6 +172,26 @@ async fn keys_create_without_permissions_grants_read_and_write(backend: Backend)
 }
 store_test!(keys_create_without_permissions_grants_read_and_write);
 
+/// A name is counted in characters, as both schemas count it: 200 of a two-byte script are kept.
+async fn keys_create_keeps_a_name_of_200_characters_of_any_script(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let name = "é".repeat(200);
+
+    let args = [
+        "keys",
+        "create",
+        "--name",
+        &name,
+        "--all-account-groups",
+        "--json",
+    ];
+    let created = json_of(&signal_scans(&app.db.url, &args));
+
+    assert_eq!(created["name"], name.as_str());
+    assert_eq!(app.store.list_keys().await.unwrap()[0].name, name);
+}
+store_test!(keys_create_keeps_a_name_of_200_characters_of_any_script);
+
 /// Replicas that start together on a fresh database each run the migrations: one applies them,
 /// the others wait for it and find them applied. On PostgreSQL a waiting process must hold no
 /// statement open while it waits, or the index built CONCURRENTLY waits for it in turn (a deadlock,
