@@ -150,18 +150,20 @@ fn client_ip(request: &Request, trusted_hops: usize) -> IpAddr {
     if trusted_hops == 0 {
         return peer;
     }
-    let forwarded: Vec<&str> = request
+    // Split as bytes: the client's own entries may hold bytes that are not text (a proxy passes
+    // them on, and appends its entry to the same line), and must not hide the proxy's entry.
+    let forwarded: Vec<&[u8]> = request
         .headers()
         .get_all(X_FORWARDED_FOR)
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(str::trim)
+        .flat_map(|value| value.as_bytes().split(|byte| *byte == b','))
+        .map(<[u8]>::trim_ascii)
         .collect();
     forwarded
         .len()
         .checked_sub(trusted_hops)
-        .and_then(|index| parse_forwarded(forwarded[index]))
+        .and_then(|index| std::str::from_utf8(forwarded[index]).ok())
+        .and_then(parse_forwarded)
         .unwrap_or(peer)
 }
 

@@ -254,6 +254,43 @@ async fn a_key_guessing_address_gets_429_whatever_it_sends(backend: Backend) {
 }
 store_test!(a_key_guessing_address_gets_429_whatever_it_sends);
 
+/// Bytes that are not text in the client's own X-Forwarded-For entries (a proxy passes them on,
+/// and appends its entry to the same line) neither hide the entry the proxy appended nor charge
+/// the client's failures to the proxy's address.
+async fn failures_behind_a_line_of_forwarded_entries_that_is_not_text_count_for_the_client(
+    backend: Backend,
+) {
+    let (app, group, key, scan) = behind_one_proxy_allowing_three_failures(backend).await;
+    let send = |from: Option<&'static [u8]>, key: String| {
+        let mut request = app
+            .client
+            .post(app.url(&cancel_path(group.as_str(), scan.as_str())))
+            .bearer_auth(key);
+        if let Some(from) = from {
+            let value = reqwest::header::HeaderValue::from_bytes(from).unwrap();
+            request = request.header("x-forwarded-for", value);
+        }
+        async move { ApiResponse::from(request.send().await.unwrap()).await }
+    };
+
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let guess = NewApiKey::generate().secret;
+        let answer = send(Some(b"\xff, 203.0.113.7"), guess).await;
+        statuses.push(answer.status.as_u16());
+    }
+    let client = send(Some(b"203.0.113.7"), key.clone()).await;
+    let proxy = send(None, key.clone()).await;
+
+    assert_eq!(statuses, [401, 401, 401, 429]);
+    client.assert_error(429, "RATE_LIMITED");
+    assert_eq!(
+        proxy.status, 200,
+        "the proxy's own address is not charged: {proxy:?}"
+    );
+}
+store_test!(failures_behind_a_line_of_forwarded_entries_that_is_not_text_count_for_the_client);
+
 /// Once an address has failed, its guesses in flight together are looked up one at a time, each
 /// after the last one's failure was counted: once its allowance is spent, the rest are refused
 /// without a lookup. (Checked before and counted after, each of the 30 was looked up.)
