@@ -102,24 +102,31 @@ fn file(name: &str, request: &HeaderMap) -> Response {
     }
 }
 
-/// Whether `Accept-Encoding` allows gzip (`gzip` or `*`, with a non-zero weight).
+/// Whether `Accept-Encoding` allows gzip: its weight is gzip's own when gzip is named, else that
+/// of `*` (which stands only for codings not named), and gzip is sent when that weight is not 0.
 fn accepts_gzip(request: &HeaderMap) -> bool {
-    request
+    let (mut gzip, mut any) = (None, None);
+    let codings = request
         .get_all(ACCEPT_ENCODING)
         .iter()
         .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|coding| {
-            let mut parts = coding.split(';').map(str::trim);
-            let name = parts.next().unwrap_or_default();
-            let refused = parts.any(|parameter| {
-                parameter
-                    .strip_prefix("q=")
-                    .and_then(|weight| weight.parse::<f32>().ok())
-                    .is_some_and(|weight| weight == 0.0)
-            });
-            (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
-        })
+        .flat_map(|value| value.split(','));
+    for coding in codings {
+        let mut parts = coding.split(';').map(str::trim);
+        let name = parts.next().unwrap_or_default();
+        let allowed = parts
+            .find_map(|parameter| {
+                let (key, value) = parameter.split_once('=')?;
+                key.trim().eq_ignore_ascii_case("q").then(|| value.trim())
+            })
+            .is_none_or(|weight| weight.parse::<f32>().is_ok_and(|q| q > 0.0));
+        if name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip") {
+            gzip = Some(gzip.unwrap_or(false) || allowed);
+        } else if name == "*" {
+            any = Some(any.unwrap_or(false) || allowed);
+        }
+    }
+    gzip.or(any).unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -143,6 +150,13 @@ mod tests {
             ("gzip; q=0.0", false),
             ("identity", false),
             ("br, deflate", false),
+            // `*` stands only for codings not named: a refused gzip stays refused.
+            ("gzip;q=0, *", false),
+            ("*, gzip;q=0", false),
+            ("gzip;Q=0", false),
+            ("*;q=0, gzip", true),
+            ("*;q=0", false),
+            ("x-gzip", true),
         ] {
             assert_eq!(accepts_gzip(&accepting(value)), expected, "{value}");
         }
