@@ -6,11 +6,13 @@ DEMO_RUNNER_KEY (signals:run and signals:read).
 """
 
 import datetime
+import itertools
 import os
 import unittest
 
 from signal_scans_client import AuthenticatedClient, Client
 from signal_scans_client.api.operations import healthz
+from signal_scans_client.changes import StreamRefused, follow_changes
 from signal_scans_client.api.runners import complete_signal_scan, fail_signal_scan, start_signal_scan
 from signal_scans_client.api.signal_scans import (
     cancel_signal_scan,
@@ -214,6 +216,44 @@ class GeneratedClient(unittest.TestCase):
         with Client(base_url=BASE_URL, raise_on_unexpected_status=True) as client:
             health = healthz.sync(client=client)
             self.assertTrue(health.success)
+
+    def test_9_follows_changes_from_a_cursor_live_and_after_a_resume(self):
+        with bearer_client() as client:
+            scan = create_signal_scan.sync(account_group_id=GROUP, client=client).data
+            other = create_signal_scan.sync(account_group_id=GROUP, client=client).data
+            with runner_client() as runner:
+                # From the trail's start, only the scan asked for: its creation, replayed.
+                changes = follow_changes(runner, GROUP, after="0-0", scan_ids=[scan.scan_id])
+                created = next(changes)
+                self.assertEqual(created.data.scan_id, scan.scan_id)
+                self.assertIsNone(created.data.from_)
+                self.assertEqual(created.data.to, ScanStatus.QUEUED)
+                # Live, on the same stream: a change made after the stream opened.
+                cancel_signal_scan.sync(account_group_id=GROUP, scan_id=other.scan_id, client=client)
+                cancel_signal_scan.sync(account_group_id=GROUP, scan_id=scan.scan_id, client=client)
+                cancelled = next(changes)
+                changes.close()
+                self.assertEqual((cancelled.data.scan_id, cancelled.data.to), (scan.scan_id, ScanStatus.CANCELLED))
+                self.assertEqual(cancelled.data.from_, ScanStatus.QUEUED)
+                # Resumed after the creation: the cancel, with its own cursor, and nothing before it.
+                resumed = follow_changes(runner, GROUP, after=created.id, scan_ids=[scan.scan_id])
+                self.assertEqual(next(resumed), cancelled)
+                resumed.close()
+                # Every change of the group, in order: the creation of `other` comes after that of `scan`.
+                every = [c.data.scan_id for c in itertools.islice(follow_changes(runner, GROUP, after=created.id), 2)]
+                self.assertEqual(every, [other.scan_id, other.scan_id])
+
+    def test_10_a_refused_stream_raises_with_the_envelope(self):
+        with runner_client() as runner:
+            with self.assertRaises(StreamRefused) as raised:
+                next(follow_changes(runner, GROUP, after="not-a-cursor"))
+            self.assertEqual((raised.exception.status, raised.exception.code), (400, "VALIDATION_ERROR"))
+            self.assertIn("Last-Event-ID", raised.exception.details)
+            self.assertTrue(raised.exception.trace_id)
+        with AuthenticatedClient(base_url=BASE_URL, token="ssk_not_a_key") as stranger:
+            with self.assertRaises(StreamRefused) as raised:
+                next(follow_changes(stranger, GROUP))
+            self.assertEqual(raised.exception.status, 401)
 
 
 if __name__ == "__main__":

@@ -232,7 +232,7 @@ impl StreamRequest {
             description = "Only these scans (repeat the parameter, at most 100)."),
         ("status" = Option<Vec<ScanStatus>>, Query, explode = true,
             description = "Only changes to these statuses, e.g. `cancelled`."),
-        ("Last-Event-ID" = Option<String>, Header, pattern = "^([0-9]{1,20}-[0-9]{1,19}(\\.[0-9]{1,20}-[0-9]{1,19})*)?$",
+        ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = "^([0-9]{1,20}-[0-9]{1,19}(\\.[0-9]{1,20}-[0-9]{1,19})*)?$",
             description = "The id of the last event received: resume right after it (empty: none)."),
     ),
     responses(

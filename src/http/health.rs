@@ -35,7 +35,8 @@ pub(crate) async fn healthz() -> Json<Envelope<Health>> {
     summary = "Readiness: the database answers within its timeout",
     description = "No API key needed. 503 NOT_READY while the database is unreachable or too slow.",
     responses(
-        (status = 200, description = "Ready to serve", body = doc::HealthResponse),
+        (status = 200, description = "Ready to serve", body = doc::HealthResponse,
+            example = doc::example_ready),
         (status = 503, response = doc::NotReady),
     )
 )]

@@ -28,11 +28,12 @@ use crate::service::ScanService;
         original `at`; any other key, or any other status, is answered 422 with `currentStatus`. Requires the `signals:run` permission and access to the account group.",
     params(ScanPath),
     responses(
-        (status = 200, description = "Scan running, now or before", body = doc::SignalScanMoveResponse),
+        (status = 200, description = "Scan running, now or before", body = doc::SignalScanMoveResponse,
+            example = doc::example_start),
         (status = 400, response = doc::BadMoveRequest),
         (status = 403, response = doc::RunnerForbidden),
         (status = 404, response = doc::NotFound),
-        (status = 422, response = doc::NotMovable),
+        (status = 422, response = doc::NotStartable),
     )
 )]
 pub(crate) async fn start_scan(
@@ -117,7 +118,8 @@ pub(crate) struct FailRequest {
     params(ScanPath),
     request_body(content = Option<FailRequest>, description = "Optional; an empty body (or JSON `null`) means no reason."),
     responses(
-        (status = 200, description = "Scan failed, now or before", body = doc::SignalScanMoveResponse),
+        (status = 200, description = "Scan failed, now or before", body = doc::SignalScanMoveResponse,
+            example = doc::example_fail),
         (status = 400, response = doc::BadFailRequest),
         (status = 403, response = doc::RunnerForbidden),
         (status = 404, response = doc::NotFound),

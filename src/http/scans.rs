@@ -195,7 +195,7 @@ pub(crate) async fn cancel_scans(
     params(
         ("accountGroupId" = inline(crate::domain::ids::AccountGroupId), Path,
             description = "Account group ID that scopes the request: 24 hexadecimal characters, either case."),
-        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]{1,255}$",
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = "^[!-~]{1,255}$",
             description = "Makes a retry safe: 1 to 255 visible ASCII characters, remembered for 24 hours per API key."),
     ),
     responses(

@@ -843,3 +843,84 @@ async fn answers_without_a_database_match_the_document(backend: Backend) {
         .await;
 }
 store_test!(answers_without_a_database_match_the_document, postgres_only);
+
+/// Each operation's examples are its own: a runner's start shows a scan started (and no 422 it
+/// cannot answer: a queued scan starts), a failure one failed, a completion one completed, and
+/// `/readyz` what it answers, where a shared schema's example would show another operation's.
+async fn each_operations_examples_are_its_own(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let contract = Contract::of(&app).await;
+    let success_example = |template: &str, method: &str, status: u16| {
+        let content = &contract.response(template, method, status)["content"]["application/json"];
+        match content.get("example") {
+            Some(example) => example.clone(),
+            None => {
+                contract.resolve(content["schema"]["$ref"].as_str().unwrap())["example"].clone()
+            }
+        }
+    };
+    let details_of_422 = |template: &str| -> Vec<String> {
+        let content = &contract.response(template, "post", 422)["content"]["application/json"];
+        let examples = content["examples"].as_object().unwrap().values();
+        examples
+            .map(|example| {
+                example["value"]["error"]["details"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+
+    for (template, status, previous) in [
+        (START, "running", "queued"),
+        (COMPLETE, "completed", "running"),
+        (FAIL, "failed", "running"),
+    ] {
+        let data = &success_example(template, "post", 200)["data"];
+        assert_eq!(
+            (data["status"].as_str(), data["previousStatus"].as_str()),
+            (Some(status), Some(previous)),
+            "{template}: {data}"
+        );
+    }
+    let start_refusals = details_of_422(START);
+    assert!(!start_refusals.is_empty());
+    assert!(
+        !start_refusals.contains(&"currentStatus=queued".to_owned()),
+        "{start_refusals:?}"
+    );
+    assert!(details_of_422(COMPLETE).contains(&"currentStatus=queued".to_owned()));
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(
+        success_example("/readyz", "get", 200)["data"],
+        ready["data"]
+    );
+}
+store_test!(each_operations_examples_are_its_own);
+
+/// An optional header is left out or sent as a string: never `null`, which no header can carry
+/// (a generated client typed it nullable, and sent None into its HTTP library).
+async fn optional_headers_are_typed_as_strings_never_null(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let contract = Contract::of(&app).await;
+    let mut headers = Vec::new();
+    for (_, operations) in contract.document["paths"].as_object().unwrap() {
+        for (_, operation) in operations.as_object().unwrap() {
+            let parameters = operation["parameters"].as_array().into_iter().flatten();
+            headers.extend(parameters.filter(|p| p["in"] == "header"));
+        }
+    }
+
+    let names: BTreeSet<&str> = headers
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, BTreeSet::from(["Idempotency-Key", "Last-Event-ID"]));
+    for header in headers {
+        assert_eq!(header["schema"]["type"], "string", "{header}");
+        assert_eq!(header["required"], false, "{header}");
+    }
+}
+store_test!(optional_headers_are_typed_as_strings_never_null);

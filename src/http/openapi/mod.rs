@@ -71,6 +71,7 @@ use crate::domain::ids::{AccountGroupId, ScanId};
             NotFound,
             NotCancellable,
             NotMovable,
+            NotStartable,
             IdempotencyKeyReused,
             CursorExpired,
             RateLimited,

@@ -27,6 +27,7 @@ use crate::http::limits::{
     self, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_STREAM_TARGET_BYTES, MAX_TARGET_BYTES,
 };
 use crate::http::method;
+use crate::http::runner::FailRequest;
 use crate::http::views::{CancelledScan, CancelledScans, Health, MovedScan, ScanEvents, ScanList};
 use crate::service::{
     AuthFailure, BatchCancellation, CancelOutcome, Cancellation, Moved, ScanPage, ServiceError,
@@ -319,11 +320,31 @@ fn example_created() -> Value {
     Envelope::success(example_scan_value().as_created()).to_value()
 }
 
+/// The schema's example: a completion. The start and fail routes show their own.
 fn example_move() -> Value {
+    example_move_to(ScanStatus::Completed, ScanStatus::Running)
+}
+
+/// The 200 of a start.
+pub(crate) fn example_start() -> Value {
+    example_move_to(ScanStatus::Running, ScanStatus::Queued)
+}
+
+/// The 200 of a failure.
+pub(crate) fn example_fail() -> Value {
+    example_move_to(ScanStatus::Failed, ScanStatus::Running)
+}
+
+/// The 200 of `/readyz` (the schema's example is that of `/healthz`).
+pub(crate) fn example_ready() -> Value {
+    Envelope::success(Health::READY).to_value()
+}
+
+fn example_move_to(status: ScanStatus, previous_status: ScanStatus) -> Value {
     Envelope::success(MovedScan::from(Moved {
         scan_id: ScanId::parse(EXAMPLE_SCAN).expect("example id"),
-        status: ScanStatus::Completed,
-        previous_status: ScanStatus::Running,
+        status,
+        previous_status,
         at: datetime!(2026-11-29 00:14:45.778 UTC),
     }))
     .to_value()
@@ -591,7 +612,7 @@ error_response!(
     [
         ("malformedIds", ApiError::Validation(format!("accountGroupId {InvalidId}; scanId {InvalidId}"))),
         ("unexpectedBody", refused_body::<NoFields>(b"[]")),
-        ("unknownField", ApiError::Validation("request body: unknown field `status`, expected `reason`".into())),
+        ("unknownField", refused_body::<FailRequest>(br#"{"status":"failed"}"#)),
         ("reasonTooLong", ApiError::Validation("reason must be 1 to 1000 characters; it is 1001".into())),
     ] + over_limits(MAX_TARGET_BYTES)
 );
@@ -682,7 +703,19 @@ error_response!(
     ]
 );
 error_response!(
-    /// 422 VALIDATION_ERROR: the scan's status does not allow the runner's move, or another key made it.
+    /// 422 VALIDATION_ERROR on a start: the scan is not queued, or another key started it.
+    NotStartable,
+    ErrorResponse,
+    after_auth,
+    [
+        ("startedByAnotherKey", ApiError::NotMovable { current: ScanStatus::Running }),
+        ("cancelled", ApiError::NotMovable { current: ScanStatus::Cancelled }),
+        ("completed", ApiError::NotMovable { current: ScanStatus::Completed }),
+    ]
+);
+error_response!(
+    /// 422 VALIDATION_ERROR on a complete or fail: the scan's status does not allow it, or another
+    /// key started the scan or finished it.
     NotMovable,
     ErrorResponse,
     after_auth,

@@ -14,7 +14,7 @@ from ...types import UNSET, Response, Unset
 def _get_kwargs(
     account_group_id: str,
     *,
-    idempotency_key: None | str | Unset = UNSET,
+    idempotency_key: str | Unset = UNSET,
 ) -> dict[str, Any]:
     headers: dict[str, Any] = {}
     if not isinstance(idempotency_key, Unset):
@@ -94,7 +94,7 @@ def sync_detailed(
     account_group_id: str,
     *,
     client: AuthenticatedClient,
-    idempotency_key: None | str | Unset = UNSET,
+    idempotency_key: str | Unset = UNSET,
 ) -> Response[ErrorResponse | SignalScanCreatedResponse | ValidationErrorResponse]:
     """Start a signal scan
 
@@ -107,7 +107,7 @@ def sync_detailed(
     Args:
         account_group_id (str): The account group that scopes a request. Example:
             507f1f77bcf86cd799439011.
-        idempotency_key (None | str | Unset):
+        idempotency_key (str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
@@ -133,7 +133,7 @@ def sync(
     account_group_id: str,
     *,
     client: AuthenticatedClient,
-    idempotency_key: None | str | Unset = UNSET,
+    idempotency_key: str | Unset = UNSET,
 ) -> ErrorResponse | SignalScanCreatedResponse | ValidationErrorResponse | None:
     """Start a signal scan
 
@@ -146,7 +146,7 @@ def sync(
     Args:
         account_group_id (str): The account group that scopes a request. Example:
             507f1f77bcf86cd799439011.
-        idempotency_key (None | str | Unset):
+        idempotency_key (str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
@@ -167,7 +167,7 @@ async def asyncio_detailed(
     account_group_id: str,
     *,
     client: AuthenticatedClient,
-    idempotency_key: None | str | Unset = UNSET,
+    idempotency_key: str | Unset = UNSET,
 ) -> Response[ErrorResponse | SignalScanCreatedResponse | ValidationErrorResponse]:
     """Start a signal scan
 
@@ -180,7 +180,7 @@ async def asyncio_detailed(
     Args:
         account_group_id (str): The account group that scopes a request. Example:
             507f1f77bcf86cd799439011.
-        idempotency_key (None | str | Unset):
+        idempotency_key (str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
@@ -204,7 +204,7 @@ async def asyncio(
     account_group_id: str,
     *,
     client: AuthenticatedClient,
-    idempotency_key: None | str | Unset = UNSET,
+    idempotency_key: str | Unset = UNSET,
 ) -> ErrorResponse | SignalScanCreatedResponse | ValidationErrorResponse | None:
     """Start a signal scan
 
@@ -217,7 +217,7 @@ async def asyncio(
     Args:
         account_group_id (str): The account group that scopes a request. Example:
             507f1f77bcf86cd799439011.
-        idempotency_key (None | str | Unset):
+        idempotency_key (str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.

@@ -1,0 +1,116 @@
+"""Following an account group's change stream: every status change after a cursor, in order.
+
+Written by hand: scripts/gen-python-client.sh copies it from scripts/python-client/changes.py, and
+leaves the stream's operation out of the generated modules, which read a whole body before they
+parse it (a stream's body does not end).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import httpx
+
+from .client import AuthenticatedClient
+from .models import ScanStatus, ScanStatusChanged
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change and its cursor: pass `id` as `after` to resume right after this change."""
+
+    id: str
+    data: ScanStatusChanged
+
+
+class StreamRefused(Exception):
+    """The service refused the stream, and asking again will not change that: 400 (a malformed
+    parameter or cursor), 401 or 403 (the key), 404, or 410 `CURSOR_EXPIRED` (changes after the
+    cursor are no longer kept: follow again without `after`, then re-read the scans you track)."""
+
+    def __init__(self, status: int, code: str | None, details: str | None, trace_id: str | None):
+        super().__init__(f"{status} {code}: {details} (trace id {trace_id})")
+        self.status = status
+        self.code = code
+        self.details = details
+        self.trace_id = trace_id
+
+
+def follow_changes(
+    client: AuthenticatedClient,
+    account_group_id: str,
+    *,
+    after: str | None = None,
+    scan_ids: Iterable[str] = (),
+    statuses: Iterable[ScanStatus | str] = (),
+    silence_seconds: float = 60.0,
+) -> Iterator[Change]:
+    """Yields each change of the account group after `after` (None: from now), for ever.
+
+    The stream is opened again after the last id received whenever it ends (the service ends each
+    after `STREAM_MAX_AGE_MS`, and at its shutdown), drops, falls silent for `silence_seconds`
+    (four keep-alives at the service's default), or is refused for a while (429 after its
+    `Retry-After`, 5xx, no connection: after the stream's `retry` delay, 2 s). No change is missed
+    or repeated across reconnections. Raises `StreamRefused` where asking again would not help.
+    `scan_ids` and `statuses` filter the changes, as the stream's `scanId` and `status` parameters.
+    """
+    params = [("scanId", scan) for scan in scan_ids]
+    params += [("status", str(status)) for status in statuses]
+    path = f"/v1/accounts/{account_group_id}/signals/scans/changes"
+    timeout = httpx.Timeout(10.0, read=silence_seconds)
+    cursor, retry = after, 2.0
+    while True:
+        headers = {"Accept": "text/event-stream"}
+        if cursor:
+            headers["Last-Event-ID"] = cursor
+        wait = retry
+        try:
+            request = client.get_httpx_client().stream("GET", path, params=params, headers=headers, timeout=timeout)
+            with request as response:
+                if response.status_code != 200:
+                    response.read()
+                    wait = _refusal_wait(response, retry)
+                else:
+                    for block in _blocks(response.iter_lines()):
+                        if "retry" in block and block["retry"].isdigit():
+                            retry = int(block["retry"]) / 1000
+                        if "id" in block:
+                            cursor = block["id"]
+                        if "data" in block:
+                            data = ScanStatusChanged.from_dict(json.loads(block["data"]))
+                            yield Change(id=cursor, data=data)
+                    wait = retry
+        except httpx.TransportError:
+            pass
+        time.sleep(wait)
+
+
+def _blocks(lines: Iterable[str]) -> Iterator[dict[str, str]]:
+    """The stream's blocks (fields up to a blank line), each field by name; comments skipped."""
+    block: dict[str, str] = {}
+    for line in lines:
+        if line == "":
+            if block:
+                yield block
+            block = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            block[name] = block[name] + "\n" + value if name == "data" and name in block else value
+
+
+def _refusal_wait(response: httpx.Response, retry: float) -> float:
+    """How long to wait before asking again after a refusal, or `StreamRefused` if that is no use."""
+    if response.status_code == 429 or response.status_code >= 500:
+        after = response.headers.get("Retry-After", "")
+        return float(after) if after.isdigit() else retry
+    try:
+        envelope = response.json()
+        error = envelope.get("error") or {}
+        code, details, trace_id = error.get("code"), error.get("details"), envelope.get("traceId")
+    except ValueError:
+        code = details = trace_id = None
+    raise StreamRefused(response.status_code, code, details, trace_id)
