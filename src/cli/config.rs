@@ -159,7 +159,8 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub http_header_timeout_ms: u64,
 
-    /// A connection with no request in progress for this many milliseconds is closed.
+    /// A connection with no request in progress for this many milliseconds is closed (a response
+    /// still being written to a slow reader is in progress while its bytes move).
     #[arg(long, env = "HTTP_IDLE_TIMEOUT_MS", default_value_t = 60_000,
           value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub http_idle_timeout_ms: u64,

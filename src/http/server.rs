@@ -212,12 +212,18 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
     }
 }
 
-/// When a connection last had nothing to do, whether it has anything to do now, and how many
-/// bytes it has read.
+/// When a connection last had nothing to do, whether it has anything to do now, how many bytes
+/// it has read, and when it last wrote.
 struct Activity {
     state: Mutex<ActivityState>,
     changed: Notify,
     bytes_read: AtomicU64,
+    /// When the connection last wrote, in nanoseconds from `opened`. A request is done for the
+    /// service once its body's last frame is taken, but a slow reader may not have it yet: hyper
+    /// and h2 hold what the socket (or the client's flow-control window) cannot take, and while
+    /// those bytes still move the connection is not idle.
+    wrote_at: AtomicU64,
+    opened: Instant,
 }
 
 struct ActivityState {
@@ -237,7 +243,18 @@ impl Activity {
             }),
             changed: Notify::new(),
             bytes_read: AtomicU64::new(0),
+            wrote_at: AtomicU64::new(0),
+            opened: Instant::now(),
         }
+    }
+
+    fn wrote(&self) {
+        let since_open = u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.wrote_at.store(since_open, Ordering::Relaxed);
+    }
+
+    fn last_write(&self) -> Instant {
+        self.opened + Duration::from_nanos(self.wrote_at.load(Ordering::Relaxed))
     }
 
     fn served_any(&self) -> bool {
@@ -253,13 +270,16 @@ impl Activity {
 
     /// Resolves once the connection has had no request in progress for too long: the header
     /// timeout before its first request (so a client that sends nothing, or never finishes the
-    /// HTTP/2 preface, is dropped as fast as a slow HTTP/1 header), the idle timeout after.
+    /// HTTP/2 preface, is dropped as fast as a slow HTTP/1 header), the idle timeout after, and
+    /// after the last write of a response still on its way.
     async fn expired(&self, limits: ConnectionLimits) {
         loop {
             let deadline = {
                 let state = self.lock();
                 match state.in_progress {
-                    0 if state.served_any => Some(state.idle_since + limits.idle_timeout),
+                    0 if state.served_any => {
+                        Some(state.idle_since.max(self.last_write()) + limits.idle_timeout)
+                    }
                     0 => Some(state.idle_since + limits.header_timeout),
                     _ => None,
                 }
@@ -332,10 +352,18 @@ impl HttpBody for CountedBody {
 }
 
 /// The connection's socket, counting the bytes read so the header clock can tell when a
-/// kept-alive connection's next request starts.
+/// kept-alive connection's next request starts, and noting each write for the idle clock.
 struct CountedIo {
     stream: TcpStream,
     activity: Arc<Activity>,
+}
+
+impl CountedIo {
+    fn count_written(&self, polled: &Poll<io::Result<usize>>) {
+        if matches!(polled, Poll::Ready(Ok(written)) if *written > 0) {
+            self.activity.wrote();
+        }
+    }
 }
 
 impl AsyncRead for CountedIo {
@@ -362,7 +390,9 @@ impl AsyncWrite for CountedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.count_written(&polled);
+        polled
     }
 
     fn poll_write_vectored(
@@ -370,7 +400,9 @@ impl AsyncWrite for CountedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.count_written(&polled);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -346,6 +346,55 @@ async fn idle_connections_are_closed(backend: Backend) {
 }
 store_test!(idle_connections_are_closed);
 
+/// A response its client reads slowly is delivered whole: while its bytes still move, the
+/// connection is not idle. Over HTTP/2 the client grants its window 8 KiB at a time, every
+/// 100 ms, so the server holds most of `/openapi.json` after the handler is done with it; with
+/// `HTTP_IDLE_TIMEOUT_MS=500` the connection was dropped mid-body.
+async fn a_response_read_slowly_is_delivered_whole(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let server = ServerProcess::start(&[
+        ("DATABASE_URL", &app.db.url),
+        ("HTTP_IDLE_TIMEOUT_MS", "500"),
+    ])
+    .await;
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(8192)
+        .handshake::<_, axum::body::Bytes>(tcp)
+        .await
+        .unwrap();
+    let _driver = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = axum::http::Request::get(format!("http://{}/openapi.json", server.addr))
+        .body(())
+        .unwrap();
+    let started = Instant::now();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    let length: usize = response.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut body = response.into_body();
+    let mut received = 0;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap_or_else(|error| panic!("cut off after {received} bytes: {error}"));
+        received += chunk.len();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+    }
+
+    assert_eq!(received, length);
+    // The read outlasted the idle timeout several times over.
+    assert!(
+        started.elapsed() > Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
+store_test!(a_response_read_slowly_is_delivered_whole);
+
 /// The header clock of a kept-alive connection's next request starts with that request's first
 /// byte, not when the previous response went out: with `HTTP_HEADER_TIMEOUT_MS=1000` a kept-alive
 /// connection quiet for 2.5 s still serves its next request (the idle timeout governs the wait),
