@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::config::DatabaseArgs;
 use super::output::{print_json, rfc3339};
-use super::{CreateKeyArgs, migrated_store};
+use super::{CreateKeyArgs, NO_OTHER_WAY, existing_store, migrated_store};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeySpec, KeySpecError};
 use crate::service::KeyAdmin;
 
@@ -69,8 +69,10 @@ impl<'a> KeyView<'a> {
     }
 }
 
+/// The keys of the database there is: listing or revoking keys of a database that does not
+/// exist is an error, never a new empty one (a mistyped path answered "no keys").
 async fn key_admin(database: &DatabaseArgs) -> anyhow::Result<KeyAdmin> {
-    Ok(KeyAdmin::new(migrated_store(database).await?))
+    Ok(KeyAdmin::new(existing_store(database, NO_OTHER_WAY).await?))
 }
 
 pub(super) async fn list(database: &DatabaseArgs, json: bool) -> anyhow::Result<()> {
@@ -133,7 +135,8 @@ pub(super) async fn create(args: CreateKeyArgs) -> anyhow::Result<()> {
             }
         },
     )?;
-    let keys = key_admin(&args.database).await?;
+    // A first key is made before the service has ever run: the database may be new.
+    let keys = KeyAdmin::new(migrated_store(&args.database).await?);
     if args.if_none
         && let Some(active) = keys.active().await?
     {

@@ -171,11 +171,19 @@ pub(crate) enum ScansCommand {
         #[arg(long, value_name = "CURSOR")]
         after: Option<String>,
     },
-    /// Show a scan.
+    /// Show a scan: from the database, or with --server through the API (API key with
+    /// signals:read in SIGNAL_SCANS_API_KEY).
     Show {
         #[command(flatten)]
         database: DatabaseArgs,
         scan_id: ScanId,
+        /// Ask the service at this URL instead of the database.
+        #[arg(long, requires = "account_group", value_parser = remote::server_url)]
+        server: Option<url::Url>,
+        /// The scan's account group (required with --server): a scan of another group is not
+        /// found.
+        #[arg(long)]
+        account_group: Option<AccountGroupId>,
         #[arg(long)]
         json: bool,
     },
@@ -266,8 +274,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             ScansCommand::Show {
                 database,
                 scan_id,
+                server,
+                account_group,
                 json,
-            } => scans::show(&database, &scan_id, json).await,
+            } => {
+                let server = server.as_ref().zip(account_group.as_ref());
+                scans::show(&database, &scan_id, server, json).await
+            }
             ScansCommand::Watch {
                 server: Some(server),
                 account_group: Some(group),
@@ -293,7 +306,7 @@ async fn migrated_store(database: &DatabaseArgs) -> anyhow::Result<Store> {
 /// The store of a command that reads or moves what is already there: an embedded store that does
 /// not exist is an error naming where it was looked for, never a new empty one (a runner that
 /// forgot DATABASE_URL must not get a fresh database in its working folder).
-async fn existing_store(database: &DatabaseArgs) -> anyhow::Result<Store> {
+async fn existing_store(database: &DatabaseArgs, or_else: Option<&str>) -> anyhow::Result<Store> {
     if let Some(file) = database.sqlite_file()
         && !file.exists()
     {
@@ -302,13 +315,21 @@ async fn existing_store(database: &DatabaseArgs) -> anyhow::Result<Store> {
             false => "DATABASE_URL",
         };
         bail!(
-            "no database at {} ({source}); set DATABASE_URL to the service's database, or use \
-             --server with the service's URL",
-            file.display()
+            "no database at {} ({source}); set DATABASE_URL to the service's database{}",
+            file.display(),
+            or_else
+                .map(|other| format!(", or {other}"))
+                .unwrap_or_default()
         );
     }
     migrated_store(database).await
 }
+
+/// What a scans command can do without the database.
+const OR_SERVER: Option<&str> = Some("use --server with the service's URL");
+
+/// What a key command can do without the database: nothing (keys live in it).
+const NO_OTHER_WAY: Option<&str> = None;
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.database.is_default() {

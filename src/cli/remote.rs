@@ -6,7 +6,9 @@ use anyhow::{Context as _, bail};
 use serde_json::Value;
 
 use crate::domain::ids::{AccountGroupId, ScanId};
-use crate::domain::scan::ScanStatus;
+use crate::domain::scan::{Scan, ScanStatus};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 /// `--server`: the service's URL, as the base the API's paths are joined to. A path is kept as a
 /// prefix (`http://gateway/signals` serves `/signals/v1/…`): without a trailing `/`, joining
@@ -39,10 +41,56 @@ pub(super) async fn post(
     key: &str,
     body: Option<Value>,
 ) -> anyhow::Result<Answer> {
+    ask(reqwest::Method::POST, server, path, key, body).await
+}
+
+/// A scan of `group` as `GET …/scans/{scanId}` shows it.
+pub(super) async fn scan(
+    server: &url::Url,
+    group: &AccountGroupId,
+    scan: &ScanId,
+    key: &str,
+) -> anyhow::Result<Scan> {
+    let path = format!("{}/{scan}", scans_path(group));
+    let Answer::Done(data) = ask(reqwest::Method::GET, server, &path, key, None).await? else {
+        bail!("{server} refused to show scan {scan}");
+    };
+    let text = |name: &str| {
+        data[name]
+            .as_str()
+            .with_context(|| format!("the scan has no {name}: {data}"))
+    };
+    let at = |name: &str| -> anyhow::Result<Option<OffsetDateTime>> {
+        match &data[name] {
+            Value::Null => Ok(None),
+            _ => Ok(Some(OffsetDateTime::parse(text(name)?, &Rfc3339)?)),
+        }
+    };
+    Ok(Scan {
+        id: ScanId::parse(text("scanId")?)?,
+        account_group_id: *group,
+        status: text("status")?.parse()?,
+        created_at: at("createdAt")?.context("the scan has no createdAt")?,
+        updated_at: at("updatedAt")?.context("the scan has no updatedAt")?,
+        started_at: at("startedAt")?,
+        finished_at: at("finishedAt")?,
+        cancelled_at: at("cancelledAt")?,
+    })
+}
+
+async fn ask(
+    method: reqwest::Method,
+    server: &url::Url,
+    path: &str,
+    key: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Answer> {
     let url = server
         .join(path.trim_start_matches('/'))
         .with_context(|| format!("--server {server}"))?;
-    let mut request = reqwest::Client::new().post(url.clone()).bearer_auth(key);
+    let mut request = reqwest::Client::new()
+        .request(method, url.clone())
+        .bearer_auth(key);
     if let Some(body) = body {
         request = request
             .header("content-type", "application/json")

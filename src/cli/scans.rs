@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::config::{self, DatabaseArgs};
 use super::output::{print_json, rfc3339};
 use super::remote::{self, Answer};
-use super::{existing_store, migrated_store};
+use super::{OR_SERVER, existing_store, migrated_store};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::scan::{Actor, Scan, ScanStatus, check_reason};
 use crate::service::HINT_FLUSH_LIMIT;
@@ -112,7 +112,7 @@ pub(super) async fn transition(
             }
         }
         None => {
-            let service = ScanService::new(existing_store(database).await?);
+            let service = ScanService::new(existing_store(database, OR_SERVER).await?);
             let actor = Actor {
                 reason,
                 ..Actor::default()
@@ -182,15 +182,23 @@ fn field(data: &serde_json::Value, name: &str) -> anyhow::Result<String> {
         .ok_or_else(|| anyhow!("the answer has no {name}: {data}"))
 }
 
+/// `scans show`: from the database, or with `--server` (and its account group) through the API.
 pub(super) async fn show(
     database: &DatabaseArgs,
     scan_id: &ScanId,
+    server: Option<(&url::Url, &AccountGroupId)>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let scan = ScanService::new(existing_store(database).await?)
-        .find_scan(scan_id)
-        .await
-        .map_err(|error| refused(scan_id, error))?;
+    let scan = match server {
+        Some((server, group)) => {
+            let key = config::api_key("scans show")?;
+            remote::scan(server, group, scan_id, &key).await?
+        }
+        None => ScanService::new(existing_store(database, OR_SERVER).await?)
+            .find_scan(scan_id)
+            .await
+            .map_err(|error| refused(scan_id, error))?,
+    };
     if json {
         /// The scan as the API shows it, and its account group (which the API's path names).
         #[derive(Serialize)]

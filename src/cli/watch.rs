@@ -9,7 +9,7 @@ use anyhow::{Context as _, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use super::config::{self, DatabaseArgs};
-use super::existing_store;
+use super::{OR_SERVER, existing_store};
 use crate::domain::feed::FeedCursor;
 use crate::domain::ids::AccountGroupId;
 use crate::domain::scan::ScanChange;
@@ -38,7 +38,7 @@ pub(super) async fn follow_database(
         ),
         None => Start::Now,
     };
-    let store = existing_store(database).await?;
+    let store = existing_store(database, OR_SERVER).await?;
     // As the HTTP stream answers 400 and 410.
     if let Start::After(cursor) = &start {
         let checked = ScanService::new(store.clone())

@@ -134,6 +134,51 @@ async fn a_runner_host_starts_moves_and_fails_scans_with_only_the_url_and_a_key(
 }
 store_test!(a_runner_host_starts_moves_and_fails_scans_with_only_the_url_and_a_key);
 
+/// `scans show --server` shows what `scans show` on the database shows, text and JSON; a scan of
+/// another account group is not found there.
+async fn scans_show_through_the_api_says_what_the_database_says(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (group, other) = (group(), group());
+    let (reader, _) = app
+        .key_for(&[Permission::SignalsRead], &[group, other])
+        .await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    app.cancel_ok(&app.writer(&group).await, &group, &scan)
+        .await;
+    let folder = Folder::new();
+    let server = app.url("/");
+    let on_database = |extra: &[&str]| {
+        let mut args = vec![
+            "scans",
+            "show",
+            scan.as_str(),
+            "--database-url",
+            &app.db.url,
+        ];
+        args.extend_from_slice(extra);
+        run(&folder.0, "", &args)
+    };
+    let through_api = |group: &str, extra: &[&str]| {
+        let mut args = vec!["scans", "show", scan.as_str(), "--server", &server];
+        args.extend_from_slice(&["--account-group", group]);
+        args.extend_from_slice(extra);
+        run(&folder.0, &reader, &args)
+    };
+
+    let text = through_api(group.as_str(), &[]);
+    let json = through_api(group.as_str(), &["--json"]);
+    let elsewhere = through_api(other.as_str(), &[]);
+
+    assert!(text.status.success(), "{text:?}");
+    assert_eq!(text.stdout, on_database(&[]).stdout);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("cancelled"));
+    assert_eq!(stdout_json(&json), stdout_json(&on_database(&["--json"])));
+    assert!(!elsewhere.status.success());
+    let stderr = String::from_utf8(elsewhere.stderr).unwrap();
+    assert!(stderr.contains("404"), "{stderr}");
+}
+store_test!(scans_show_through_the_api_says_what_the_database_says);
+
 #[test]
 fn a_command_that_needs_a_store_never_creates_one_and_names_where_it_looked() {
     let folder = Folder::new();
@@ -146,6 +191,8 @@ fn a_command_that_needs_a_store_never_creates_one_and_names_where_it_looked() {
             "running",
         ][..],
         &["scans", "show", "507f1f77bcf86cd799439011"],
+        &["keys", "list"],
+        &["keys", "revoke", "0b0e7a8e-5d4c-4f2a-9a58-3f1c2d1e0f00"],
     ] {
         let output = run(&folder.0, "", args);
 
