@@ -48,6 +48,7 @@ pub(crate) async fn guard(
     next: Next,
 ) -> Response {
     let client = client_ip(&request, state.trusted_proxy_hops);
+    tracing::Span::current().record("client.address", tracing::field::display(client));
     let principal = match authenticate(&state, client, request.headers()).await {
         Ok(principal) => principal,
         Err(error) => return error.into_response(),
