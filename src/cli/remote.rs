@@ -118,8 +118,19 @@ async fn ask(
             current: current.parse()?,
         });
     }
+    Err(refusal(&url, status, &envelope))
+}
+
+/// A refusal in the service's own words: the status, the envelope's message and details, and
+/// the trace id to look the request up by.
+pub(super) fn refusal(
+    url: &url::Url,
+    status: reqwest::StatusCode,
+    envelope: &Value,
+) -> anyhow::Error {
     let message = envelope["error"]["message"].as_str().unwrap_or_default();
-    bail!(
+    let details = envelope["error"]["details"].as_str().unwrap_or_default();
+    anyhow::anyhow!(
         "{url} answered {status}: {message}{}{details} (trace id {})",
         if details.is_empty() { "" } else { ": " },
         envelope["traceId"].as_str().unwrap_or("-")

@@ -9,7 +9,7 @@ use anyhow::{Context as _, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use super::config::{self, DatabaseArgs};
-use super::{OR_SERVER, existing_store};
+use super::{OR_SERVER, existing_store, remote};
 use crate::domain::feed::FeedCursor;
 use crate::domain::ids::AccountGroupId;
 use crate::domain::scan::ScanChange;
@@ -139,7 +139,10 @@ pub(super) async fn follow_server(
                 }
                 // The key, the permission or the request is wrong: retrying cannot help.
                 if status.is_client_error() && status.as_u16() != 429 {
-                    bail!("{url} answered {status}: {body}");
+                    return Err(match serde_json::from_str(&body) {
+                        Ok(envelope) => remote::refusal(&url, status, &envelope),
+                        Err(_) => anyhow!("{url} answered {status}: {body}"),
+                    });
                 }
                 tracing::warn!(%status, "the change stream is unavailable; retrying");
                 retry_after.unwrap_or(reconnect)

@@ -179,6 +179,33 @@ async fn scans_show_through_the_api_says_what_the_database_says(backend: Backend
 }
 store_test!(scans_show_through_the_api_says_what_the_database_says);
 
+/// A watch the service refuses for good (a key without access to the group) ends with one line in
+/// the service's words and the trace id, not its raw JSON.
+async fn a_refused_watch_says_why_in_one_line(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (reader, _) = app.key_for(&[Permission::SignalsRead], &[group()]).await;
+    let folder = Folder::new();
+    let server = app.url("/");
+
+    let args = ["scans", "watch", "--server", &server, "--account-group"];
+    let refused = run(
+        &folder.0,
+        &reader,
+        &[&args[..], &[group().as_str()]].concat(),
+    );
+
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8(refused.stderr).unwrap();
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("answered 403 Forbidden: Missing required permission"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("(trace id "), "{stderr}");
+    assert!(!stderr.contains('{'), "{stderr}");
+}
+store_test!(a_refused_watch_says_why_in_one_line);
+
 #[test]
 fn a_command_that_needs_a_store_never_creates_one_and_names_where_it_looked() {
     let folder = Folder::new();
