@@ -197,6 +197,8 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         let in_progress = InProgress::start(self.activity.clone());
+        // A HEAD's body is never sent: it owes nothing.
+        let owes = request.method() != hyper::Method::HEAD;
         request.extensions_mut().insert(ConnectInfo(self.peer));
         let response = self.router.clone().oneshot(request);
         Box::pin(async move {
@@ -205,7 +207,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
             Ok(response.map(|body| {
                 Body::new(CountedBody {
                     body,
-                    _in_progress: in_progress,
+                    owes,
+                    ended: false,
+                    in_progress,
                 })
             }))
         })
@@ -218,10 +222,15 @@ struct Activity {
     state: Mutex<ActivityState>,
     changed: Notify,
     bytes_read: AtomicU64,
-    /// When the connection last wrote, in nanoseconds from `opened`. A request is done for the
-    /// service once its body's last frame is taken, but a slow reader may not have it yet: hyper
-    /// and h2 hold what the socket (or the client's flow-control window) cannot take, and while
-    /// those bytes still move the connection is not idle.
+    /// Bytes of response bodies handed to hyper and not yet written out (as far as this side
+    /// can tell: a write takes its framing from it too, never below 0).
+    owed: AtomicU64,
+    /// When the connection last wrote what a response owed, in nanoseconds from `opened`. A
+    /// request is done for the service once its body's last frame is taken, but a slow reader
+    /// may not have it yet: hyper and h2 hold what the socket (or the client's flow-control
+    /// window) cannot take, and while those bytes still move the connection is not idle. What
+    /// no response owes (an HTTP/2 PING's answer) does not count: a client could keep an idle
+    /// connection open for good with it.
     wrote_at: AtomicU64,
     opened: Instant,
 }
@@ -243,14 +252,31 @@ impl Activity {
             }),
             changed: Notify::new(),
             bytes_read: AtomicU64::new(0),
+            owed: AtomicU64::new(0),
             wrote_at: AtomicU64::new(0),
             opened: Instant::now(),
         }
     }
 
-    fn wrote(&self) {
-        let since_open = u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.wrote_at.store(since_open, Ordering::Relaxed);
+    /// `written` bytes went out: while a response still owed some, that is activity. A write
+    /// as small as an HTTP/2 control frame's answer is not (a PING's is 17 bytes): a stream
+    /// reset after its whole body was handed over leaves it owed, and pings must not draw on it.
+    fn wrote(&self, written: usize) {
+        const CONTROL_FRAMES: usize = 64;
+        if written <= CONTROL_FRAMES {
+            return;
+        }
+        let written = written as u64;
+        let before = self
+            .owed
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |owed| {
+                Some(owed.saturating_sub(written))
+            })
+            .unwrap_or_default();
+        if before > 0 {
+            let since_open = u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.wrote_at.store(since_open, Ordering::Relaxed);
+        }
     }
 
     fn last_write(&self) -> Instant {
@@ -328,7 +354,10 @@ impl Drop for InProgress {
 /// A response body that keeps its request counted as in progress until it is done.
 struct CountedBody {
     body: Body,
-    _in_progress: InProgress,
+    /// Whether its bytes are owed to the client (not a HEAD's).
+    owes: bool,
+    ended: bool,
+    in_progress: InProgress,
 }
 
 impl HttpBody for CountedBody {
@@ -339,7 +368,20 @@ impl HttpBody for CountedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) if self.owes => {
+                if let Some(data) = frame.data_ref() {
+                    let activity = &self.in_progress.0;
+                    activity
+                        .owed
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(None) => self.ended = true,
+            _ => {}
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -348,6 +390,16 @@ impl HttpBody for CountedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+impl Drop for CountedBody {
+    fn drop(&mut self) {
+        if !self.ended && !self.body.is_end_stream() {
+            // Dropped before its end (the stream was reset, the connection lost): what it handed
+            // over and was not sent never will be.
+            self.in_progress.0.owed.store(0, Ordering::Relaxed);
+        }
     }
 }
 
@@ -360,8 +412,10 @@ struct CountedIo {
 
 impl CountedIo {
     fn count_written(&self, polled: &Poll<io::Result<usize>>) {
-        if matches!(polled, Poll::Ready(Ok(written)) if *written > 0) {
-            self.activity.wrote();
+        if let Poll::Ready(Ok(written)) = polled
+            && *written > 0
+        {
+            self.activity.wrote(*written);
         }
     }
 }

@@ -395,6 +395,65 @@ async fn a_response_read_slowly_is_delivered_whole(backend: Backend) {
 }
 store_test!(a_response_read_slowly_is_delivered_whole);
 
+/// What the server writes that no response owes does not keep a connection: an HTTP/2 client
+/// that, its answer read, sends a PING every 100 ms (each answered, a write) is closed at the
+/// 500-ms idle timeout all the same, and so is one whose stream it reset before reading it
+/// (what was never sent is owed no more).
+async fn pings_do_not_keep_an_idle_connection(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let server = ServerProcess::start(&[
+        ("DATABASE_URL", &app.db.url),
+        ("HTTP_IDLE_TIMEOUT_MS", "500"),
+    ])
+    .await;
+    for reset in [false, true] {
+        let tcp = TcpStream::connect(server.addr).await.unwrap();
+        let (client, mut connection) = h2::client::Builder::new()
+            .initial_window_size(1024)
+            .handshake::<_, axum::body::Bytes>(tcp)
+            .await
+            .unwrap();
+        let mut pings = connection.ping_pong().unwrap();
+        let driver = tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        let request = axum::http::Request::get(format!("http://{}/openapi.json", server.addr))
+            .body(())
+            .unwrap();
+        let (response, mut stream) = client.send_request(request, true).unwrap();
+        let mut body = response.await.unwrap().into_body();
+        if reset {
+            // Most of the answer is still the server's to send: it was held back by the window.
+            stream.send_reset(h2::Reason::CANCEL);
+        } else {
+            while let Some(chunk) = body.data().await {
+                body.flow_control()
+                    .release_capacity(chunk.unwrap().len())
+                    .unwrap();
+            }
+        }
+        drop(body);
+        let quiet = Instant::now();
+        let kept = async {
+            while pings.ping(h2::Ping::opaque()).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let closed = tokio::time::timeout(Duration::from_secs(5), kept)
+            .await
+            .is_ok();
+        let idle_for = quiet.elapsed();
+
+        assert!(closed, "pings kept the connection (reset: {reset})");
+        assert!(
+            idle_for < Duration::from_secs(3),
+            "{idle_for:?} (reset: {reset})"
+        );
+        driver.abort();
+        drop(client);
+    }
+}
+store_test!(pings_do_not_keep_an_idle_connection);
+
 /// The header clock of a kept-alive connection's next request starts with that request's first
 /// byte, not when the previous response went out: with `HTTP_HEADER_TIMEOUT_MS=1000` a kept-alive
 /// connection quiet for 2.5 s still serves its next request (the idle timeout governs the wait),
