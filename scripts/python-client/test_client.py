@@ -8,6 +8,7 @@ DEMO_RUNNER_KEY (signals:run and signals:read).
 import datetime
 import itertools
 import os
+import time
 import unittest
 
 from signal_scans_client import AuthenticatedClient, Client
@@ -242,6 +243,38 @@ class GeneratedClient(unittest.TestCase):
                 # Every change of the group, in order: the creation of `other` comes after that of `scan`.
                 every = [c.data.scan_id for c in itertools.islice(follow_changes(runner, GROUP, after=created.id), 2)]
                 self.assertEqual(every, [other.scan_id, other.scan_id])
+
+    def test_11_a_change_whose_text_holds_unicode_line_separators_arrives_whole(self):
+        # JSON text keeps U+2028 and U+0085 as they are; a stream's lines end only at CR or LF.
+        reason = "disk\u2028full\u0085 again"
+        with bearer_client() as client:
+            scan = create_signal_scan.sync(account_group_id=GROUP, client=client).data
+        with runner_client() as runner:
+            start_signal_scan.sync(account_group_id=GROUP, scan_id=scan.scan_id, client=runner)
+            fail_signal_scan.sync(
+                account_group_id=GROUP, scan_id=scan.scan_id, client=runner, body=FailRequest(reason=reason)
+            )
+            changes = follow_changes(runner, GROUP, after="0-0", scan_ids=[scan.scan_id])
+            failed = list(itertools.islice(changes, 3))[-1]
+            changes.close()
+            self.assertEqual((failed.data.to, failed.data.reason), (ScanStatus.FAILED, reason))
+
+    def test_12_follows_on_across_the_ends_of_streams(self):
+        # The service here ends each stream after 1.5 s (scripts/python-client-test.sh): changes
+        # made over several streams all arrive, in order, once.
+        with bearer_client() as client:
+            scans = [create_signal_scan.sync(account_group_id=GROUP, client=client).data.scan_id for _ in range(3)]
+            with runner_client() as runner:
+                changes = follow_changes(runner, GROUP, after="0-0", scan_ids=scans)
+                created = [next(changes) for _ in scans]
+                for scan in scans:
+                    time.sleep(1.0)
+                    cancel_signal_scan.sync(account_group_id=GROUP, scan_id=scan, client=client)
+                cancelled = [next(changes) for _ in scans]
+                changes.close()
+        self.assertEqual([c.data.scan_id for c in created], scans)
+        self.assertEqual([(c.data.scan_id, c.data.to) for c in cancelled], [(s, ScanStatus.CANCELLED) for s in scans])
+        self.assertEqual(len({c.id for c in created + cancelled}), 6)
 
     def test_10_a_refused_stream_raises_with_the_envelope(self):
         with runner_client() as runner:

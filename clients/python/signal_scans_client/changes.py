@@ -8,6 +8,7 @@ parse it (a stream's body does not end).
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -74,7 +75,7 @@ def follow_changes(
                     response.read()
                     wait = _refusal_wait(response, retry)
                 else:
-                    for block in _blocks(response.iter_lines()):
+                    for block in _blocks(_lines(response.iter_bytes())):
                         if "retry" in block and block["retry"].isdigit():
                             retry = int(block["retry"]) / 1000
                         if "id" in block:
@@ -86,6 +87,24 @@ def follow_changes(
         except httpx.TransportError:
             pass
         time.sleep(wait)
+
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def _lines(chunks: Iterable[bytes]) -> Iterator[str]:
+    """The stream's lines, ended by CR, LF or CRLF only: httpx's `iter_lines` (as `str.splitlines`)
+    also breaks at U+2028, U+0085 and others, which a change's JSON text may hold (in a reason)."""
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        # A CR at the very end may be the first half of a CRLF: it waits for the next chunk.
+        end = len(pending) - 1 if pending.endswith(b"\r") else len(pending)
+        start = 0
+        for line_end in _LINE_END.finditer(pending, 0, end):
+            yield pending[start : line_end.start()].decode("utf-8", errors="replace")
+            start = line_end.end()
+        pending = pending[start:]
 
 
 def _blocks(lines: Iterable[str]) -> Iterator[dict[str, str]]:
