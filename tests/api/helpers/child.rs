@@ -54,12 +54,12 @@ pub async fn start_until<T: Send + 'static>(
     let kept = lines.clone();
     tokio::spawn(async move {
         while let Ok(Some(line)) = stderr.next_line().await {
-            if found.is_some()
-                && let Some(what) = ready(&line)
-            {
+            let what = found.is_some().then(|| ready(&line)).flatten();
+            // Kept before readiness is told: the caller's first look at the lines sees this one.
+            kept.lock().unwrap().push(line);
+            if let Some(what) = what {
                 let _ = found.take().expect("checked above").send(what);
             }
-            kept.lock().unwrap().push(line);
         }
     });
     let what = tokio::time::timeout(Duration::from_secs(30), readiness)
