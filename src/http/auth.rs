@@ -88,8 +88,16 @@ async fn authenticate(
         return settle(state, client, known.map_err(ApiError::from)).await;
     }
     let turn = state.limits.lookup_turn(failures_of).await;
-    if turn.is_some() {
+    if let Some(turn) = &turn {
+        if turn.is_busy() {
+            // One lookup of this address is in progress and has taken a second: ask again soon.
+            return Err(auth_failures_limited(1));
+        }
         refuse_if_blocked(state, failures_of).await?;
+        // The key may have been looked up by the turn before this one.
+        if let Some(known) = state.scans.authenticate_cached(presented).await {
+            return settle(state, client, known.map_err(ApiError::from)).await;
+        }
     }
     let looked_up = state.scans.authenticate(presented).await;
     let settled = settle(state, client, looked_up.map_err(ApiError::from)).await;

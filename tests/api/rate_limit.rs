@@ -321,6 +321,62 @@ async fn an_address_over_its_failures_gets_no_more_lookups_however_many_are_in_f
 }
 store_test!(an_address_over_its_failures_gets_no_more_lookups_however_many_are_in_flight);
 
+/// While the database is slow (each answer 1.5 s late), an address that failed lately gets one
+/// lookup at a time still: the requests that waited a second for the turn are answered 429
+/// (`Retry-After: 1`) without a lookup, where they went ahead beside it. PostgreSQL, behind the
+/// test's proxy.
+async fn a_slow_database_does_not_let_a_failing_address_look_keys_up_side_by_side(
+    backend: Backend,
+) {
+    let app = Settings::default()
+        .with_auth_failures_per_minute(20)
+        .with_trusted_proxy_hops(1)
+        .with_db_timeout(Duration::from_secs(10))
+        .with_request_timeout(Duration::from_secs(60))
+        .through_proxy()
+        .spawn(backend)
+        .await;
+    let (group, _, scan) = app.writer_and_queued_scan().await;
+    let path = cancel_path(group.as_str(), scan.as_str());
+    let guess = || {
+        let request = app
+            .client
+            .post(app.url(&path))
+            .header("x-forwarded-for", "203.0.113.11")
+            .bearer_auth(NewApiKey::generate().secret);
+        async move { ApiResponse::from(request.send().await.unwrap()).await }
+    };
+    assert_eq!(guess().await.status, 401, "the address failed lately");
+    let looked_up_before = app.served_store.key_lookups();
+
+    app.proxy
+        .as_ref()
+        .unwrap()
+        .slow_down(Duration::from_millis(1500));
+    let answers = futures::future::join_all((0..5).map(|_| guess())).await;
+    app.proxy.as_ref().unwrap().slow_down(Duration::ZERO);
+
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status.as_u16()).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 401).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        4,
+        "{statuses:?}"
+    );
+    for busy in answers.iter().filter(|a| a.status == 429) {
+        assert_eq!(busy.header("retry-after"), Some("1"), "{busy:?}");
+    }
+    assert_eq!(app.served_store.key_lookups() - looked_up_before, 1);
+}
+store_test!(
+    a_slow_database_does_not_let_a_failing_address_look_keys_up_side_by_side,
+    postgres_only
+);
+
 /// Failed authentications from IPv6 clients count per /64: addresses of one /64 share one
 /// allowance, another /64 has its own.
 async fn failed_authentications_from_ipv6_count_per_64(backend: Backend) {

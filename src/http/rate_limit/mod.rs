@@ -74,11 +74,20 @@ const TURN_WAIT: Duration = Duration::from_secs(1);
 const PRUNE_EVERY: u64 = 1024;
 
 /// A client address's turn to look a key up; the next waiting lookup of the address goes when it
-/// is dropped.
+/// is dropped. Or, when another lookup of the address held it for all of `TURN_WAIT`, the word
+/// that it is busy ([`LookupTurn::is_busy`]).
 pub struct LookupTurn<'a> {
     lookups: &'a DashMap<IpAddr, Arc<tokio::sync::Mutex<()>>>,
     client: IpAddr,
     held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl LookupTurn<'_> {
+    /// Another lookup of the address held the turn for all of `TURN_WAIT` (a slow database):
+    /// this one must not go ahead beside it.
+    pub fn is_busy(&self) -> bool {
+        self.held.is_none()
+    }
 }
 
 impl Drop for LookupTurn<'_> {
@@ -169,8 +178,9 @@ impl RateLimiter {
     /// lookups, however many requests it has in flight (checked before the lookup and counted
     /// after it, every request in flight when a failure was allowed again was looked up). Any
     /// other address needs no turn (`None`): its lookups, a new key's first ones while the
-    /// database is slow, say, must not queue behind one another. Nor does a lookup that waited
-    /// a second (`TURN_WAIT`) in vain.
+    /// database is slow, say, must not queue behind one another. A lookup that waited a second
+    /// (`TURN_WAIT`) in vain gets a busy turn: it went ahead beside the one in progress before,
+    /// and so every request of a burst was looked up while the database was slow.
     pub async fn lookup_turn(&self, client: IpAddr) -> Option<LookupTurn<'_>> {
         let failed_at = *self.failed_lately.get(&client)?;
         if failed_at.elapsed() > FAILED_LATELY {
@@ -184,11 +194,9 @@ impl RateLimiter {
         };
         // Dropped with its clone of the turn when it ends, in time or not (then `taken` removes
         // the address's turn if no one else holds it).
-        taken.held = Some(
-            tokio::time::timeout(TURN_WAIT, turn.lock_owned())
-                .await
-                .ok()?,
-        );
+        taken.held = tokio::time::timeout(TURN_WAIT, turn.lock_owned())
+            .await
+            .ok();
         Some(taken)
     }
 
