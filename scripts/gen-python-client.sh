@@ -62,6 +62,17 @@ RUFF_NO_CACHE=true PATH="$VENV/bin:$PATH" "$VENV/bin/openapi-python-client" gene
   --overwrite \
   --fail-on-warning
 cp scripts/python-client/changes.py "$OUTPUT/signal_scans_client/changes.py"
+# The API key is never shown: attrs puts every field in a client's repr, and a logged client, or an
+# error reporter that records local variables, would write the key out.
+python3 - "$OUTPUT/signal_scans_client/client.py" <<'PY'
+import sys
+path = sys.argv[1]
+text = open(path).read()
+field = "\n    token: str\n"
+if text.count(field) != 1:
+    sys.exit(f"{path}: no one `token: str` field to keep out of the repr")
+open(path, "w").write(text.replace(field, "\n    token: str = field(repr=False)\n"))
+PY
 
 if [ "$CHECK" = true ]; then
   if ! diff -r -u "$CLIENT_DIR" "$OUTPUT"; then

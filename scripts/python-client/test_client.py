@@ -276,6 +276,12 @@ class GeneratedClient(unittest.TestCase):
         self.assertEqual([(c.data.scan_id, c.data.to) for c in cancelled], [(s, ScanStatus.CANCELLED) for s in scans])
         self.assertEqual(len({c.id for c in created + cancelled}), 6)
 
+    def test_13_a_client_never_shows_its_key(self):
+        client = bearer_client()
+        self.assertNotIn(KEY, repr(client))
+        self.assertNotIn(KEY, str(client))
+        self.assertIn("AuthenticatedClient(", repr(client))
+
     def test_10_a_refused_stream_raises_with_the_envelope(self):
         with runner_client() as runner:
             with self.assertRaises(StreamRefused) as raised:
