@@ -90,8 +90,12 @@ async fn authenticate(
     let turn = state.limits.lookup_turn(failures_of).await;
     if let Some(turn) = &turn {
         if turn.is_busy() {
-            // One lookup of this address is in progress and has taken a second: ask again soon.
-            return Err(auth_failures_limited(1));
+            // The address's lookup in progress has taken a second: the database is slow, which
+            // is what a 502 says (and what an operator should see, not a limit that was hit).
+            return Err(ApiError::Upstream(
+                "a key lookup of this client address took over a second; no second one beside it"
+                    .into(),
+            ));
         }
         refuse_if_blocked(state, failures_of).await?;
         // The key may have been looked up by the turn before this one.
