@@ -113,6 +113,19 @@ impl KeySpec {
         if access == AccountGroupAccess::Only(Vec::new()) {
             return Err(KeySpecError::NoAccountGroup);
         }
+        // A group named twice is one group: kept once, in the order given.
+        let access = match access {
+            AccountGroupAccess::Only(groups) => {
+                let mut once = Vec::with_capacity(groups.len());
+                for group in groups {
+                    if !once.contains(&group) {
+                        once.push(group);
+                    }
+                }
+                AccountGroupAccess::Only(once)
+            }
+            all => all,
+        };
         let mut permissions = match permissions.is_empty() {
             true => vec![Permission::SignalsRead, Permission::SignalsWrite],
             false => permissions.to_vec(),
@@ -367,6 +380,14 @@ mod tests {
         assert_eq!(spec(&"é".repeat(201), &[]), Err(KeySpecError::Name));
         assert_eq!(spec("ci\nops", &[]), Err(KeySpecError::Name));
         assert_eq!(spec("ci\u{1b}[2J", &[]), Err(KeySpecError::Name));
+    }
+
+    #[test]
+    fn a_key_spec_keeps_each_group_once_in_the_order_given() {
+        let (a, b) = (AccountGroupId::generate(), AccountGroupId::generate());
+        let access = AccountGroupAccess::Only(vec![b, a, b, a]);
+        let spec = KeySpec::new("ci", &[], access, None).unwrap();
+        assert_eq!(spec.access(), &AccountGroupAccess::Only(vec![b, a]));
     }
 
     #[test]
