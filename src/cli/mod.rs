@@ -143,13 +143,8 @@ pub(crate) enum ScansCommand {
         /// Why the scan failed (with --to failed), at most 1,000 characters.
         #[arg(long)]
         reason: Option<String>,
-        /// Move the scan through the service at this URL instead of the database.
-        #[arg(long, requires = "account_group", value_parser = remote::server_url)]
-        server: Option<url::Url>,
-        /// The scan's account group (required with --server): a scan of another group is not
-        /// found.
-        #[arg(long)]
-        account_group: Option<AccountGroupId>,
+        #[command(flatten)]
+        through: ThroughServer,
         #[arg(long)]
         json: bool,
     },
@@ -177,16 +172,30 @@ pub(crate) enum ScansCommand {
         #[command(flatten)]
         database: DatabaseArgs,
         scan_id: ScanId,
-        /// Ask the service at this URL instead of the database.
-        #[arg(long, requires = "account_group", value_parser = remote::server_url)]
-        server: Option<url::Url>,
-        /// The scan's account group (required with --server): a scan of another group is not
-        /// found.
-        #[arg(long)]
-        account_group: Option<AccountGroupId>,
+        #[command(flatten)]
+        through: ThroughServer,
         #[arg(long)]
         json: bool,
     },
+}
+
+/// A command on one scan through the service (`--server`, with the scan's account group)
+/// instead of the database.
+#[derive(Args, Debug)]
+pub(crate) struct ThroughServer {
+    /// Go through the service at this URL (e.g. http://127.0.0.1:8080) instead of the database.
+    #[arg(long, requires = "account_group", value_parser = remote::server_url)]
+    server: Option<url::Url>,
+    /// The scan's account group (required with --server): a scan of another group is not found.
+    #[arg(long)]
+    account_group: Option<AccountGroupId>,
+}
+
+impl ThroughServer {
+    /// The service's URL and the scan's account group, with --server.
+    fn server(&self) -> Option<(&url::Url, &AccountGroupId)> {
+        self.server.as_ref().zip(self.account_group.as_ref())
+    }
 }
 
 /// The binary's entry point: Tokio's runtime, then the command line. Here rather than in
@@ -259,8 +268,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 scan_id,
                 to,
                 reason,
-                server,
-                account_group,
+                through,
                 json,
             } => {
                 let request = scans::Move {
@@ -269,18 +277,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     reason: reason.as_deref(),
                     json,
                 };
-                scans::transition(&database, server.as_ref(), account_group.as_ref(), request).await
+                let group = through.account_group.as_ref();
+                scans::transition(&database, through.server.as_ref(), group, request).await
             }
             ScansCommand::Show {
                 database,
                 scan_id,
-                server,
-                account_group,
+                through,
                 json,
-            } => {
-                let server = server.as_ref().zip(account_group.as_ref());
-                scans::show(&database, &scan_id, server, json).await
-            }
+            } => scans::show(&database, &scan_id, through.server(), json).await,
             ScansCommand::Watch {
                 server: Some(server),
                 account_group: Some(group),
