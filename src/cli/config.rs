@@ -254,7 +254,7 @@ pub struct ServeArgs {
     pub audit_retention_days: Option<u32>,
 
     /// A request whose answer has not started after this many milliseconds answers 500 (an open
-    /// change stream is not cut). Keep it above
+    /// change stream is not cut; a body still arriving answers 400). Keep it above
     /// 4 × DB_TIMEOUT_MS + 1000, the longest a write may take (`serve` warns when it is not).
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]

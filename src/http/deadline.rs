@@ -1,8 +1,10 @@
 //! The whole-request deadline (`REQUEST_TIMEOUT_MS`): a request whose answer has not started by
 //! then answers 500. Database calls have their own, shorter bounds and answer 502; this catches
 //! anything else that stalls. A write it cuts short may still commit (its COMMIT is not), so keep
-//! it above the store's longest write (`store::longest_write`). A tower layer: it runs on every
-//! request, and its future is not boxed.
+//! it above the store's longest write (`store::longest_write`). A request whose body has not
+//! arrived by then is the client's doing, not ours: the deadline rides in the request's extensions
+//! ([`RequestDeadline`]) so that the body's reader answers that 400 itself. A tower layer: it runs
+//! on every request, and its future is not boxed.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,10 +14,17 @@ use std::time::Duration;
 
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
-use tokio::time::Timeout;
+use tokio::time::{Instant, Timeout};
 use tower::{Layer, Service};
 
 use super::error::ApiError;
+
+/// When a request's deadline passes, for what waits on the client within it (its body).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RequestDeadline {
+    pub(crate) at: Instant,
+    pub(crate) limit: Duration,
+}
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Deadline {
@@ -57,9 +66,16 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let deadline = RequestDeadline {
+            at: Instant::now() + self.limit,
+            limit: self.limit,
+        };
+        request.extensions_mut().insert(deadline);
         DeadlineFuture {
-            inner: tokio::time::timeout(self.limit, self.inner.call(request)),
+            // The inner future is polled before the timer: a body read that gives up at the
+            // same instant answers its 400 rather than this 500.
+            inner: tokio::time::timeout_at(deadline.at, self.inner.call(request)),
             limit: self.limit,
         }
     }

@@ -9,6 +9,7 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, de};
 
+use super::deadline::RequestDeadline;
 use super::error::ApiError;
 use crate::domain::ids::{AccountGroupId, InvalidId, ScanId};
 
@@ -18,13 +19,26 @@ use crate::domain::ids::{AccountGroupId, InvalidId, ScanId};
 pub struct ApiPath<T>(pub T);
 
 /// The raw body, but its rejection (a body over the limit, a read that failed) is our envelope.
+/// A body still arriving at the request's deadline is the client's fault, a 400, not the
+/// deadline's 500 (which says the service stalled).
 pub(crate) struct ApiBody(pub Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for ApiBody {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(Bytes::from_request(request, state).await?))
+        let deadline = request.extensions().get::<RequestDeadline>().copied();
+        let read = Bytes::from_request(request, state);
+        let Some(deadline) = deadline else {
+            return Ok(Self(read.await?));
+        };
+        match tokio::time::timeout_at(deadline.at, read).await {
+            Ok(body) => Ok(Self(body?)),
+            Err(_elapsed) => Err(ApiError::Validation(format!(
+                "request body did not arrive within {} ms",
+                deadline.limit.as_millis()
+            ))),
+        }
     }
 }
 

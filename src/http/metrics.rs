@@ -26,7 +26,6 @@ use crate::store::{self, Store};
 pub(crate) const REQUESTS: &str = "http_requests_total";
 pub(crate) const REQUEST_DURATION: &str = "http_request_duration_seconds";
 pub(crate) const RATE_LIMITED: &str = "rate_limited_total";
-pub(crate) const CANCELS: &str = "scan_cancels_total";
 pub(crate) const DB_POOL: &str = "db_pool_connections";
 
 /// Latency buckets, in seconds: a cancel should sit in the first few.
@@ -222,17 +221,6 @@ where
         .entry(key.to_owned())
         .or_insert_with(register)
         .clone()
-}
-
-/// Counts a cancel by the status it found (a handle per status, registered once).
-pub(crate) fn count_cancel(previous_status: &'static str) {
-    static CANCELLED_FROM: LazyLock<DashMap<&'static str, Counter>> = LazyLock::new(DashMap::new);
-    cached(
-        &CANCELLED_FROM,
-        &previous_status,
-        || metrics::counter!(CANCELS, "previous_status" => previous_status),
-    )
-    .increment(1);
 }
 
 /// `GET /metrics`, in the Prometheus text format.

@@ -15,7 +15,7 @@ use super::views::{CancelledScan, CancelledScans, ScanEvents, ScanList};
 use crate::domain::ids::ScanId;
 use crate::domain::keys::Principal;
 use crate::domain::scan::{IdempotencyKey, Scan, ScanCursor, ScanPageQuery, ScanStatus};
-use crate::service::{CancelOutcome, ScanService};
+use crate::service::ScanService;
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -50,7 +50,6 @@ pub(crate) async fn cancel_scan(
     let cancellation = service
         .cancel(&principal, &group, &scan, trace_id.as_str())
         .await?;
-    super::metrics::count_cancel(cancellation.previous_status.as_str());
     tracing::info!(
         scan.id = %cancellation.scan_id,
         scan.previous_status = %cancellation.previous_status,
@@ -166,16 +165,6 @@ pub(crate) async fn cancel_scans(
     let lines = service
         .cancel_all(&principal, &group, &scans, trace_id.as_str())
         .await?;
-    // Counted as single cancels are: each scan that is cancelled now, by its previous status.
-    for line in &lines {
-        let cancelled = matches!(
-            line.outcome,
-            CancelOutcome::Cancelled | CancelOutcome::AlreadyCancelled
-        );
-        if let (true, Some(previous)) = (cancelled, line.previous_status) {
-            super::metrics::count_cancel(previous.as_str());
-        }
-    }
     tracing::info!(scans = lines.len(), "batch cancel");
     Ok(Json(Envelope::success(lines.into())))
 }

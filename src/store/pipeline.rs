@@ -42,10 +42,14 @@ pub(super) const MAX_BATCH: usize = 128;
 /// Requests waiting to be taken before a new one waits for room (within its timeout).
 const QUEUE: usize = 4096;
 
-/// Changes per commit (a histogram).
+/// Changes per commit (a histogram): a batch that did not commit is not counted.
 pub const BATCH_SIZE: &str = "scan_write_batch_size";
-/// Seconds a request waited in the queue before a writer took it (a histogram).
+/// Seconds a request waited in the queue until a writer took it, or until it gave up (timed out,
+/// or its client gone) without being taken (a histogram).
 pub const QUEUE_WAIT: &str = "scan_write_queue_wait_seconds";
+/// Cancels whose outcome a commit settled, by the status each found (`cancelled`: a repeat): a
+/// counter, counted where the commit is, so a cancel whose client left before its answer counts.
+pub const CANCELS: &str = "scan_cancels_total";
 
 /// One status change as a request asks for it: owned, since it waits in the queue.
 #[derive(Debug, Clone)]
@@ -134,15 +138,19 @@ impl Pipeline {
         changes: Vec<ChangeRequest>,
     ) -> Result<Vec<Transition>, StoreError> {
         let _waiting = Counted::new(&self.waiting);
-        let deadline = Instant::now() + self.timeout;
+        let queued_at = Instant::now();
+        let deadline = queued_at + self.timeout;
         let state = Arc::new(AtomicU8::new(QUEUED));
         // Dropped with this future (the request's own deadline, a client gone): the writer skips
         // an entry nobody waits for, unless it took it already.
-        let _withdraw = Withdraw(&state);
+        let withdraw = Withdraw {
+            state: &state,
+            queued_at,
+        };
         let (answer, answered) = oneshot::channel();
         let entry = Entry {
             changes,
-            queued_at: Instant::now(),
+            queued_at,
             state: Arc::clone(&state),
             answer,
         };
@@ -162,7 +170,7 @@ impl Pipeline {
             answer = &mut answered => return flatten(answer),
             () = tokio::time::sleep_until(deadline) => {}
         }
-        if withdraw(&state) {
+        if withdraw.now() {
             return Err(not_taken());
         }
         // Taken: its write is bounded by the store (never a COMMIT sent), and its outcome is the truth.
@@ -176,18 +184,31 @@ fn flatten(
     answer.unwrap_or_else(|_| Err(StoreError::Unavailable("the writer stopped".into())))
 }
 
-/// Whether this call withdrew a queued entry (false: the writer took it first).
-fn withdraw(state: &AtomicU8) -> bool {
-    state
-        .compare_exchange(QUEUED, WITHDRAWN, Ordering::SeqCst, Ordering::SeqCst)
-        .is_ok()
+/// Withdraws a request's entry unless the writer took it first.
+struct Withdraw<'a> {
+    state: &'a AtomicU8,
+    queued_at: Instant,
 }
 
-struct Withdraw<'a>(&'a AtomicU8);
+impl Withdraw<'_> {
+    /// Whether this call withdrew the entry (false: the writer took it, or it was withdrawn
+    /// before). A withdrawn entry's wait is in [`QUEUE_WAIT`] as a taken one's is: the requests
+    /// that waited longest are the ones that gave up.
+    fn now(&self) -> bool {
+        let withdrawn = self
+            .state
+            .compare_exchange(QUEUED, WITHDRAWN, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        if withdrawn {
+            metrics::histogram!(QUEUE_WAIT).record(self.queued_at.elapsed().as_secs_f64());
+        }
+        withdrawn
+    }
+}
 
 impl Drop for Withdraw<'_> {
     fn drop(&mut self) {
-        withdraw(self.0);
+        self.now();
     }
 }
 
@@ -303,7 +324,6 @@ impl Batch {
     /// cut short here: its statement would run on in the database and might commit after its
     /// request was told it did not.
     async fn commit(self, writer: &impl BatchWriter, timeout: Duration) {
-        metrics::histogram!(BATCH_SIZE).record(self.changes.len() as f64);
         let error = match written(writer, &self.changes).await {
             Ok(outcomes) => {
                 let mut outcomes = outcomes.into_iter();
@@ -347,7 +367,7 @@ impl Batch {
     }
 }
 
-/// `writer`'s outcomes for `changes`, one per change.
+/// `writer`'s outcomes for `changes`, one per change, committed together, and counted.
 async fn written(
     writer: &impl BatchWriter,
     changes: &[ChangeRequest],
@@ -360,7 +380,40 @@ async fn written(
             changes.len()
         )));
     }
+    count_commit(changes, &outcomes);
     Ok(outcomes)
+}
+
+/// Tells `/metrics` what one commit carried: its size, and its cancels by the status each found.
+fn count_commit(changes: &[ChangeRequest], outcomes: &[Transition]) {
+    metrics::histogram!(BATCH_SIZE).record(changes.len() as f64);
+    let (mut queued, mut running, mut repeated) = (0, 0, 0);
+    for (change, outcome) in changes.iter().zip(outcomes) {
+        if change.to != ScanStatus::Cancelled {
+            continue;
+        }
+        match outcome {
+            Transition::Applied {
+                previous: ScanStatus::Queued,
+                ..
+            } => queued += 1,
+            Transition::Applied {
+                previous: ScanStatus::Running,
+                ..
+            } => running += 1,
+            Transition::Refused { scan } if scan.status == ScanStatus::Cancelled => repeated += 1,
+            _ => {}
+        }
+    }
+    for (found, count) in [
+        (ScanStatus::Queued, queued),
+        (ScanStatus::Running, running),
+        (ScanStatus::Cancelled, repeated),
+    ] {
+        if count > 0 {
+            metrics::counter!(CANCELS, "previous_status" => found.as_str()).increment(count);
+        }
+    }
 }
 
 fn answer_all(entries: Vec<(Entry, usize)>, error: &StoreError) {

@@ -2,11 +2,15 @@
 //! are this test's alone): structured logs that never carry a secret, each 5xx logged once with
 //! its trace id, and metrics that count exactly what was done.
 
+use std::time::{Duration, Instant};
+
+use signal_scans::domain::ids::ScanId;
 use signal_scans::domain::keys::NewApiKey;
 use signal_scans::domain::scan::ScanStatus;
 
 use crate::helpers::locks::WriteLock;
 use crate::helpers::process::ServerProcess;
+use crate::helpers::proxy::Proxy;
 use crate::helpers::{ApiResponse, Backend, TestApp, cancel_path};
 use crate::store_test;
 
@@ -315,3 +319,116 @@ async fn an_empty_rust_log_logs_as_an_unset_one() {
         server.logs()
     );
 }
+
+/// The writer's metrics count every request and only commits, read from the real binary: a
+/// request that gave up waiting to be taken is in `scan_write_queue_wait_seconds` with its wait
+/// (they were missing: the queue looked empty in an outage, when the waits were longest); a
+/// cancel whose client left after its batch was taken is in `scan_cancels_total` once the batch
+/// commits (it was counted when answered, so never); and `scan_write_batch_size` counts commits.
+///
+/// PostgreSQL only: a request gives up in the queue only while a batch ahead of it takes longer
+/// than the write timeout, which the proxy arranges by answering late. SQLite's own wait for its
+/// lock is bounded by the same timeout as the queue's, so no batch outlasts a queued request.
+async fn write_metrics_count_requests_that_gave_up_and_cancels_whose_client_left(backend: Backend) {
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let warm = app.scan(&group, ScanStatus::Queued).await;
+    let left = app.scan(&group, ScanStatus::Queued).await;
+    let mut queued = Vec::new();
+    for _ in 0..3 {
+        queued.push(app.scan(&group, ScanStatus::Queued).await);
+    }
+    let proxy = Proxy::start(app.db.server_addr().await).await;
+    let url = proxy.url_for(&app.db.url);
+    // One batch at a time, so that the requests behind the slow one wait in the queue.
+    let server = ServerProcess::start(&[
+        ("DATABASE_URL", url.as_str()),
+        ("DB_TIMEOUT_MS", "500"),
+        ("DB_WRITE_BATCHES", "1"),
+    ])
+    .await;
+    let path = |scan: &ScanId| cancel_path(group.as_str(), scan.as_str());
+    // The key is cached and the pool warm: from here on only the writes reach the database.
+    assert_eq!(server.post(&key, &path(&warm)).await.status, 200);
+    let before = server.metrics().await;
+    let counted = |after: &str, series: &str| {
+        crate::helpers::metrics::count(after, series)
+            - crate::helpers::metrics::count(&before, series)
+    };
+    let waits = "scan_write_queue_wait_seconds_count";
+    proxy.slow_down(Duration::from_millis(1200));
+
+    // A client that leaves 300 ms in: its batch is taken by then and commits later.
+    let leaving = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap()
+        .post(server.url(&path(&left)))
+        .bearer_auth(&key)
+        .send();
+    let (gone, ()) = tokio::join!(leaving, async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while counted(&server.metrics().await, waits) < 1.0 {
+            assert!(
+                Instant::now() < deadline,
+                "the first cancel was never taken"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    assert!(
+        gone.unwrap_err().is_timeout(),
+        "the client left before its answer"
+    );
+    // Behind it, three requests give up in the queue after 500 ms.
+    let paths: Vec<String> = queued.iter().map(path).collect();
+    let answers =
+        futures_util::future::join_all(paths.iter().map(|path| server.post(&key, path))).await;
+    for answer in &answers {
+        answer.assert_error(502, "UPSTREAM_ERROR");
+    }
+    // The commit's answer reaches the service 1.2 s after the database made it.
+    let commits = "scan_write_batch_size_count";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counted(&server.metrics().await, commits) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the taken cancel's batch never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.slow_down(Duration::ZERO);
+    let after = server.metrics().await;
+
+    assert_eq!(app.status_of(&left).await, ScanStatus::Cancelled);
+    for scan in &queued {
+        assert_eq!(
+            app.status_of(scan).await,
+            ScanStatus::Queued,
+            "never taken, never written"
+        );
+    }
+    assert_eq!(
+        counted(&after, waits),
+        4.0,
+        "every request's wait, in:\n{after}"
+    );
+    assert!(
+        counted(&after, "scan_write_queue_wait_seconds_sum") >= 1.45,
+        "three waits of 500 ms, in:\n{after}"
+    );
+    assert_eq!(counted(&after, commits), 1.0, "one commit, in:\n{after}");
+    assert_eq!(
+        counted(&after, "scan_write_batch_size_sum"),
+        1.0,
+        "of one change, in:\n{after}"
+    );
+    assert_eq!(
+        counted(&after, r#"scan_cancels_total{previous_status="queued"}"#),
+        1.0,
+        "the cancel whose client left, in:\n{after}"
+    );
+}
+store_test!(
+    write_metrics_count_requests_that_gave_up_and_cancels_whose_client_left,
+    postgres_only
+);

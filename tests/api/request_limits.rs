@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use axum::routing::get;
 use signal_scans::domain::scan::ScanStatus;
 
-use crate::helpers::{ApiResponse, Backend, Settings, TestApp, cancel_path};
+use crate::helpers::{ApiResponse, Backend, Settings, TestApp, cancel_path, scans_path};
 use crate::store_test;
 
 async fn oversized_targets_headers_and_bodies_are_400_envelopes(backend: Backend) {
@@ -235,6 +235,68 @@ async fn a_stalled_request_answers_the_envelope_at_the_request_deadline(backend:
     assert!(waited < Duration::from_secs(3), "after {waited:?}");
 }
 store_test!(a_stalled_request_answers_the_envelope_at_the_request_deadline);
+
+/// A body that has not arrived by the request deadline is the client's fault: a 400 that says so,
+/// not the 500 of a service that stalled, and nothing changes. On each route that reads a body.
+async fn a_body_still_arriving_at_the_deadline_is_a_400(backend: Backend) {
+    let app = Settings::default()
+        .with_request_timeout(Duration::from_millis(300))
+        .spawn(backend)
+        .await;
+    let group = crate::helpers::group();
+    let key = app.writer(&group).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let g = group.as_str();
+    let body = format!(r#"{{"scanIds":["{scan}"]}}"#);
+    for path in [
+        format!("/v1/accounts/{g}/signals/scans/cancel"),
+        scans_path(g),
+    ] {
+        // The headers announce the whole body; a tenth of it is sent, then nothing.
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {key}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+            app.addr,
+            body.len(),
+            &body[..body.len() / 10],
+        );
+        let started = Instant::now();
+        let (status, answer) = send_raw(app.addr, request.as_bytes()).await;
+        let waited = started.elapsed();
+        assert_eq!(status, 400, "{path}: {answer}");
+        assert_eq!(
+            answer["error"]["code"], "VALIDATION_ERROR",
+            "{path}: {answer}"
+        );
+        assert_eq!(
+            answer["error"]["details"], "request body did not arrive within 300 ms",
+            "{path}"
+        );
+        assert!(
+            waited >= Duration::from_millis(300),
+            "{path}: after {waited:?}"
+        );
+        assert!(waited < Duration::from_secs(3), "{path}: after {waited:?}");
+    }
+    assert_eq!(
+        app.status_of(&scan).await,
+        ScanStatus::Queued,
+        "nothing changed"
+    );
+    let listed = ApiResponse::from(
+        app.client
+            .get(app.url(&scans_path(g)))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let scans = listed.body["data"]["scans"].as_array().unwrap();
+    assert_eq!(scans.len(), 1, "no scan was started: {}", listed.body);
+}
+store_test!(a_body_still_arriving_at_the_deadline_is_a_400);
 
 async fn a_panicking_handler_is_a_500_envelope_and_the_process_keeps_serving(backend: Backend) {
     let app = TestApp::spawn_with(
