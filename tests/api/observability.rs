@@ -365,16 +365,15 @@ async fn write_metrics_count_requests_that_gave_up_and_cancels_whose_client_left
         .post(server.url(&path(&left)))
         .bearer_auth(&key)
         .send();
-    let (gone, ()) = tokio::join!(leaving, async {
+    let until_counted = async |series: &str| {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while counted(&server.metrics().await, waits) < 1.0 {
-            assert!(
-                Instant::now() < deadline,
-                "the first cancel was never taken"
-            );
+        while counted(&server.metrics().await, series) < 1.0 {
+            assert!(Instant::now() < deadline, "no {series} within 10 s");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-    });
+    };
+    // Taken: its wait is counted.
+    let (gone, ()) = tokio::join!(leaving, until_counted(waits));
     assert!(
         gone.unwrap_err().is_timeout(),
         "the client left before its answer"
@@ -388,14 +387,7 @@ async fn write_metrics_count_requests_that_gave_up_and_cancels_whose_client_left
     }
     // The commit's answer reaches the service 1.2 s after the database made it.
     let commits = "scan_write_batch_size_count";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while counted(&server.metrics().await, commits) < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the taken cancel's batch never ended"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_counted(commits).await;
     proxy.slow_down(Duration::ZERO);
     let after = server.metrics().await;
 
