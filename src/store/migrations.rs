@@ -68,8 +68,32 @@ pub(super) fn sqlite() -> Migrator {
     migrator(SQLITE)
 }
 
+/// Whether any migration this binary knows is not among `applied` (the versions a database
+/// records as applied), and warns once when the database records versions this binary does not
+/// know: a newer version migrated it.
+pub(super) fn pending(migrator: &Migrator, applied: &[i64]) -> bool {
+    let newer: Vec<i64> = applied
+        .iter()
+        .copied()
+        .filter(|version| !migrator.version_exists(*version))
+        .collect();
+    if !newer.is_empty() {
+        tracing::warn!(
+            migrations = ?newer,
+            "a newer version of signal-scans migrated this database; serving with the schema this one knows"
+        );
+    }
+    migrator
+        .iter()
+        .any(|migration| !applied.contains(&migration.version))
+}
+
+/// A database a newer version migrated is served, not refused: during a rolling upgrade the
+/// previous version's replicas restart on it (a crash, a drained node), and a rollback runs the
+/// previous image on it. Every migration is written for that: it adds, and the previous version
+/// keeps working on what it added (docs/architecture.md, "Add a migration").
 fn migrator(files: &[Embedded]) -> Migrator {
-    Migrator::with_migrations(
+    let mut migrator = Migrator::with_migrations(
         files
             .iter()
             .map(|&(version, description, sql)| {
@@ -83,7 +107,9 @@ fn migrator(files: &[Embedded]) -> Migrator {
                 )
             })
             .collect(),
-    )
+    );
+    migrator.set_ignore_missing(true);
+    migrator
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
+use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions, PgRow};
 use sqlx::{Connection, FromRow, Row};
 use time::OffsetDateTime;
@@ -42,6 +43,12 @@ const MIGRATION_LOCK: i64 = 0x5349_474E_414C_5343;
 
 /// How often a process waiting to migrate asks for [`MIGRATION_LOCK`] again.
 const MIGRATION_LOCK_POLL: Duration = Duration::from_millis(100);
+/// How often a process still waiting for [`MIGRATION_LOCK`] says so.
+const MIGRATION_WAIT_TOLD: Duration = Duration::from_secs(30);
+
+/// The migration that builds an index `CONCURRENTLY`, and the index: see
+/// [`adopt_group_feed_index`].
+const GROUP_FEED_INDEX: (i64, &str) = (5, "signal_scan_events_group_feed");
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -128,25 +135,29 @@ impl PgStore {
     /// of the process holding the lock waits for in turn: replicas starting together deadlocked,
     /// and one that PostgreSQL aborted mid-build left an invalid index that no later start got
     /// past. Here a process waiting for the lock asks for it between pauses, with no statement
-    /// open, and runs sqlx's migrator without its lock.
+    /// open, and runs sqlx's migrator without its lock. With nothing to apply (every start but
+    /// an upgrade's first) it takes no lock: a restart, or `keys revoke` in an incident, never
+    /// waits behind another process's long migration.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let mut connection = self
             .bounded(PgConnection::connect_with(&self.migrate_options))
             .await?;
-        loop {
-            let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(MIGRATION_LOCK)
-                .fetch_one(&mut connection)
-                .await
-                .map_err(classify)?;
-            if taken {
-                break;
-            }
-            tokio::time::sleep(MIGRATION_LOCK_POLL).await;
-        }
         let mut migrator = super::migrations::postgres();
         migrator.set_locking(false);
-        let migrated = migrator.run(&mut connection).await.map_err(migration_error);
+        let migrated = async {
+            if self.bounded(pending(&mut connection, &migrator)).await? {
+                take_migration_lock(&mut connection).await?;
+                migrator
+                    .run_to(GROUP_FEED_INDEX.0 - 1, &mut connection)
+                    .await
+                    .map_err(migration_error)?;
+                adopt_group_feed_index(&mut connection, &migrator).await?;
+            }
+            // Applies what is left; with nothing left it only reads (and checks the applied
+            // files' checksums).
+            migrator.run(&mut connection).await.map_err(migration_error)
+        }
+        .await;
         // The lock is the session's: closing the connection lets the next process take it.
         let _ = connection.close().await;
         migrated
@@ -626,6 +637,105 @@ impl PgStore {
         });
         writer.submit(changes).await
     }
+}
+
+/// Whether `migrator` has migrations the database has not applied.
+async fn pending(connection: &mut PgConnection, migrator: &Migrator) -> Result<bool, sqlx::Error> {
+    let recorded: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(&mut *connection)
+        .await?;
+    if !recorded {
+        return Ok(true);
+    }
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(&mut *connection)
+            .await?;
+    Ok(super::migrations::pending(migrator, &applied))
+}
+
+/// Takes [`MIGRATION_LOCK`], asking between pauses, and says when another process holds it.
+async fn take_migration_lock(connection: &mut PgConnection) -> Result<(), StoreError> {
+    let started = tokio::time::Instant::now();
+    let mut told = None;
+    loop {
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .fetch_one(&mut *connection)
+            .await
+            .map_err(classify)?;
+        if taken {
+            return Ok(());
+        }
+        if told.is_none_or(|at: tokio::time::Instant| at.elapsed() >= MIGRATION_WAIT_TOLD) {
+            tracing::info!(
+                waited_s = started.elapsed().as_secs(),
+                "another process is migrating the database; waiting for it to finish"
+            );
+            told = Some(tokio::time::Instant::now());
+        }
+        tokio::time::sleep(MIGRATION_LOCK_POLL).await;
+    }
+}
+
+/// Migration 0005 builds its index `CONCURRENTLY`, outside a transaction. A build whose
+/// process went away (a SIGTERM or a kill mid-upgrade) runs on in PostgreSQL to its end, and
+/// the migration, never recorded as applied, then failed at every start on the index that
+/// already exists; a build PostgreSQL aborted leaves the index invalid. A valid index is the
+/// migration's work done, so the migration is recorded as applied; an invalid one is dropped,
+/// and the migration builds it again.
+async fn adopt_group_feed_index(
+    connection: &mut PgConnection,
+    migrator: &Migrator,
+) -> Result<(), StoreError> {
+    let (version, index) = GROUP_FEED_INDEX;
+    if !not_applied(connection, version).await? {
+        return Ok(());
+    }
+    let valid: Option<bool> =
+        sqlx::query_scalar("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)")
+            .bind(index)
+            .fetch_optional(&mut *connection)
+            .await
+            .map_err(classify)?;
+    match valid {
+        Some(true) => {
+            tracing::warn!(
+                index,
+                "an earlier start built this index; recording its migration as applied"
+            );
+            migrator
+                .skip(&mut *connection, Some(version))
+                .await
+                .map_err(migration_error)
+        }
+        Some(false) => {
+            tracing::warn!(
+                index,
+                "an earlier start left this index invalid; building it again"
+            );
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP INDEX CONCURRENTLY {index}"
+            )))
+            .execute(&mut *connection)
+            .await
+            .map(drop)
+            .map_err(classify)
+        }
+        None => Ok(()),
+    }
+}
+
+/// Whether the database has not applied migration `version`.
+async fn not_applied(connection: &mut PgConnection, version: i64) -> Result<bool, StoreError> {
+    let applied: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version = $1 AND success)",
+    )
+    .bind(version)
+    .fetch_one(&mut *connection)
+    .await
+    .map_err(classify)?;
+    Ok(!applied)
 }
 
 /// Runs one writing statement (its own transaction) on a connection of `pool`. The wait for the

@@ -810,9 +810,7 @@ async fn pending(
         sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
             .fetch_all(&mut *connection)
             .await?;
-    Ok(migrator
-        .iter()
-        .any(|migration| !applied.contains(&migration.version)))
+    Ok(super::migrations::pending(migrator, &applied))
 }
 
 /// SQLITE_BUSY or one of its extended codes: another connection holds the lock.

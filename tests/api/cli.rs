@@ -227,6 +227,192 @@ async fn processes_migrating_one_fresh_database_at_once_all_succeed(backend: Bac
 }
 store_test!(processes_migrating_one_fresh_database_at_once_all_succeed);
 
+/// `signal-scans migrate` on `database`: its output, after checking that it succeeded.
+fn migrated(database: &TestDatabase) -> Output {
+    let output = child::signal_scans()
+        .arg("migrate")
+        .env("DATABASE_URL", &database.url)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    output
+}
+
+/// A process stopped while migration 0005 built its index CONCURRENTLY (a SIGTERM or a kill
+/// mid-upgrade) leaves the build running on in PostgreSQL: a valid index that the migration,
+/// never recorded as applied, then failed to create at every later start ("already exists"), so
+/// no replica could start; or, had PostgreSQL aborted the build, an invalid index. The next start
+/// takes a valid one as the migration's work, and builds an invalid one again.
+async fn an_index_left_by_an_interrupted_upgrade_never_stops_a_start(backend: Backend) {
+    use sqlx::Connection;
+    for invalid in [false, true] {
+        let database = TestDatabase::create(backend).await;
+        migrated(&database);
+        let mut db = sqlx::PgConnection::connect(&database.url).await.unwrap();
+        // As the interrupted start left it: the index built, its migration not recorded.
+        sqlx::raw_sql("DELETE FROM _sqlx_migrations WHERE version = 5")
+            .execute(&mut db)
+            .await
+            .unwrap();
+        if invalid {
+            sqlx::raw_sql(
+                "UPDATE pg_index SET indisvalid = false
+                 WHERE indexrelid = 'signal_scan_events_group_feed'::regclass",
+            )
+            .execute(&mut db)
+            .await
+            .unwrap();
+        }
+
+        migrated(&database);
+
+        let (recorded, valid): (bool, bool) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version = 5 AND success),
+                    (SELECT indisvalid FROM pg_index
+                     WHERE indexrelid = 'signal_scan_events_group_feed'::regclass)",
+        )
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        assert!(
+            recorded && valid,
+            "invalid: {invalid}: recorded {recorded}, valid {valid}"
+        );
+    }
+}
+store_test!(
+    an_index_left_by_an_interrupted_upgrade_never_stops_a_start,
+    postgres_only
+);
+
+/// A database that a newer version migrated is served, with a warning naming what this binary
+/// does not know: during a rolling upgrade the previous version's replicas restart on it, and a
+/// rollback runs the previous image on it. Every command refused it ("migration 99 was
+/// previously applied but is missing").
+async fn a_database_a_newer_version_migrated_is_served_with_a_warning(backend: Backend) {
+    use sqlx::Connection;
+    let database = TestDatabase::create(backend).await;
+    migrated(&database);
+    let from_the_future = "INSERT INTO _sqlx_migrations
+         (version, description, success, checksum, execution_time)
+         VALUES (99, 'from a newer version', true, X'00', 0)";
+    match backend {
+        Backend::Postgres => {
+            let mut db = sqlx::PgConnection::connect(&database.url).await.unwrap();
+            let statement = from_the_future.replace("X'00'", "'\\x00'::bytea");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+                .execute(&mut db)
+                .await
+                .unwrap();
+        }
+        Backend::Sqlite => {
+            let mut db = sqlx::SqliteConnection::connect(&database.url)
+                .await
+                .unwrap();
+            sqlx::raw_sql(from_the_future)
+                .execute(&mut db)
+                .await
+                .unwrap();
+        }
+    }
+
+    let output = migrated(&database);
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("a newer version of signal-scans migrated this database")
+            && stderr.contains("99"),
+        "{stderr}"
+    );
+    let listed = child::signal_scans()
+        .args(["keys", "list"])
+        .env("DATABASE_URL", &database.url)
+        .output()
+        .unwrap();
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+}
+store_test!(a_database_a_newer_version_migrated_is_served_with_a_warning);
+
+/// A command with nothing to migrate takes no migration lock: while another process holds it
+/// for a long migration, `keys list` (say, before a `keys revoke` in an incident) answers at
+/// once rather than waiting, silent, for the lock. A process that has something to migrate
+/// waits, and says so.
+async fn nothing_to_migrate_waits_for_no_lock_and_a_wait_is_told(backend: Backend) {
+    use sqlx::Connection;
+    let database = TestDatabase::create(backend).await;
+    migrated(&database);
+    let mut holder = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    sqlx::raw_sql("SELECT pg_advisory_lock(6001406379876438851)")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+
+    let listed = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::from(child::signal_scans())
+            .args(["keys", "list"])
+            .env("DATABASE_URL", &database.url)
+            .output(),
+    )
+    .await
+    .expect("keys list answered while another process held the migration lock")
+    .unwrap();
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+
+    // With a migration pending, the wait is told, and ends when the lock is let go.
+    let mut db = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    sqlx::raw_sql(
+        "DELETE FROM _sqlx_migrations WHERE version = 5; DROP INDEX signal_scan_events_group_feed",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let mut waiting = tokio::process::Command::from(child::signal_scans())
+        .kill_on_drop(true)
+        .arg("migrate")
+        .env("DATABASE_URL", &database.url)
+        .env("LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(waiting.stderr.take().unwrap()).lines();
+    let told = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("another process is migrating the database") {
+                return line;
+            }
+        }
+        panic!("migrate ended without saying it waited");
+    })
+    .await
+    .expect("the wait was told");
+    assert!(told.contains("waited_s"), "{told}");
+    sqlx::raw_sql("SELECT pg_advisory_unlock(6001406379876438851)")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), waiting.wait())
+        .await
+        .expect("migrate ended once the lock was let go")
+        .unwrap();
+    assert!(status.success());
+}
+store_test!(
+    nothing_to_migrate_waits_for_no_lock_and_a_wait_is_told,
+    postgres_only
+);
+
 #[test]
 fn a_missing_or_bad_setting_is_one_line_naming_it() {
     for (env, args, named) in [
