@@ -227,6 +227,14 @@ async fn processes_migrating_one_fresh_database_at_once_all_succeed(backend: Bac
 }
 store_test!(processes_migrating_one_fresh_database_at_once_all_succeed);
 
+/// Runs `sql` on `db`, which must accept it.
+async fn run_sql(db: &mut sqlx::PgConnection, sql: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(db)
+        .await
+        .unwrap();
+}
+
 /// `signal-scans migrate` on `database`: its output, after checking that it succeeded.
 fn migrated(database: &TestDatabase) -> Output {
     let output = child::signal_scans()
@@ -251,18 +259,14 @@ async fn an_index_left_by_an_interrupted_upgrade_never_stops_a_start(backend: Ba
         migrated(&database);
         let mut db = sqlx::PgConnection::connect(&database.url).await.unwrap();
         // As the interrupted start left it: the index built, its migration not recorded.
-        sqlx::raw_sql("DELETE FROM _sqlx_migrations WHERE version = 5")
-            .execute(&mut db)
-            .await
-            .unwrap();
+        run_sql(&mut db, "DELETE FROM _sqlx_migrations WHERE version = 5").await;
         if invalid {
-            sqlx::raw_sql(
+            run_sql(
+                &mut db,
                 "UPDATE pg_index SET indisvalid = false
                  WHERE indexrelid = 'signal_scan_events_group_feed'::regclass",
             )
-            .execute(&mut db)
-            .await
-            .unwrap();
+            .await;
         }
 
         migrated(&database);
@@ -347,10 +351,7 @@ async fn nothing_to_migrate_waits_for_no_lock_and_a_wait_is_told(backend: Backen
     let database = TestDatabase::create(backend).await;
     migrated(&database);
     let mut holder = sqlx::PgConnection::connect(&database.url).await.unwrap();
-    sqlx::raw_sql("SELECT pg_advisory_lock(6001406379876438851)")
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    run_sql(&mut holder, "SELECT pg_advisory_lock(6001406379876438851)").await;
 
     let listed = tokio::time::timeout(
         Duration::from_secs(20),
@@ -370,12 +371,11 @@ async fn nothing_to_migrate_waits_for_no_lock_and_a_wait_is_told(backend: Backen
 
     // With a migration pending, the wait is told, and ends when the lock is let go.
     let mut db = sqlx::PgConnection::connect(&database.url).await.unwrap();
-    sqlx::raw_sql(
+    run_sql(
+        &mut db,
         "DELETE FROM _sqlx_migrations WHERE version = 5; DROP INDEX signal_scan_events_group_feed",
     )
-    .execute(&mut db)
-    .await
-    .unwrap();
+    .await;
     let mut waiting = tokio::process::Command::from(child::signal_scans())
         .kill_on_drop(true)
         .arg("migrate")
@@ -398,10 +398,11 @@ async fn nothing_to_migrate_waits_for_no_lock_and_a_wait_is_told(backend: Backen
     .await
     .expect("the wait was told");
     assert!(told.contains("waited_s"), "{told}");
-    sqlx::raw_sql("SELECT pg_advisory_unlock(6001406379876438851)")
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    run_sql(
+        &mut holder,
+        "SELECT pg_advisory_unlock(6001406379876438851)",
+    )
+    .await;
     let status = tokio::time::timeout(Duration::from_secs(20), waiting.wait())
         .await
         .expect("migrate ended once the lock was let go")
