@@ -46,6 +46,24 @@ pub fn log_filter() -> String {
         .unwrap_or_else(|| "info,sqlx=warn".to_owned())
 }
 
+/// `TOKIO_WORKER_THREADS`: the runtime's worker threads (unset or empty: Tokio's default, one
+/// per CPU). Read here rather than by Tokio, which panics with a backtrace on a bad value.
+pub fn worker_threads() -> Result<Option<usize>, String> {
+    let Some(raw) = std::env::var_os("TOKIO_WORKER_THREADS") else {
+        return Ok(None);
+    };
+    let raw = raw.to_string_lossy();
+    if raw.trim().is_empty() {
+        return Ok(None);
+    }
+    match raw.trim().parse::<usize>() {
+        Ok(threads) if threads >= 1 => Ok(Some(threads)),
+        _ => Err(format!(
+            "TOKIO_WORKER_THREADS must be a whole number of threads from 1, not {raw:?}"
+        )),
+    }
+}
+
 /// The API key the `--server` commands send: from `SIGNAL_SCANS_API_KEY` only, never a flag (a
 /// flag would show the key in `ps`).
 pub fn api_key(command: &str) -> anyhow::Result<String> {

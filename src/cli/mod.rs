@@ -198,22 +198,54 @@ impl ThroughServer {
     }
 }
 
-/// The binary's entry point: Tokio's runtime, then the command line. Here rather than in
-/// `main.rs`, so the program is compiled once, in this crate: with an async `main` in the binary,
-/// every future it awaits was compiled a second time there (37 s of a clean release build; now 1).
-#[tokio::main]
-pub async fn main() -> ExitCode {
-    parse_and_run().await
+/// The binary's entry point: the command line, then Tokio's runtime for its command. Here rather
+/// than in `main.rs`, so the program is compiled once, in this crate: with an async `main` in the
+/// binary, every future it awaits was compiled a second time there (37 s of a clean release
+/// build; now 1).
+pub fn main() -> ExitCode {
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    let runtime = match runtime(&cli.command) {
+        Ok(runtime) => runtime,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(run_command(cli))
 }
 
-/// Parses the command line, runs the command, and turns any failure into one line and exit 1.
-async fn parse_and_run() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+/// `healthcheck` runs on this thread alone: it is one request, and a container's process limit
+/// counts its threads (with a worker per CPU it failed to start on a host of many CPUs, and the
+/// container went unhealthy). Every other command has a worker per CPU, or
+/// `TOKIO_WORKER_THREADS`.
+fn runtime(command: &Command) -> Result<tokio::runtime::Runtime, String> {
+    let mut builder = match command {
+        Command::Healthcheck(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if let Some(threads) = config::worker_threads()? {
+                builder.worker_threads(threads);
+            }
+            builder
+        }
+    };
+    builder
+        .enable_all()
+        .build()
+        .map_err(|error| format!("cannot start the runtime: {error}"))
+}
+
+/// The command line, or the exit code of having printed help, the version or a usage error.
+fn parse() -> Result<Cli, ExitCode> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
         Err(error) if !error.use_stderr() => {
             // --help and --version
             let _ = error.print();
-            return ExitCode::SUCCESS;
+            Err(ExitCode::SUCCESS)
         }
         Err(error) => {
             // One line naming the setting: clap's message up to its usage block, joined.
@@ -224,9 +256,13 @@ async fn parse_and_run() -> ExitCode {
                 .map(str::trim)
                 .collect();
             eprintln!("{}", message.join(" "));
-            return ExitCode::from(2);
+            Err(ExitCode::from(2))
         }
-    };
+    }
+}
+
+/// Runs the command, and turns any failure into one line and exit 1.
+async fn run_command(cli: Cli) -> ExitCode {
     if let Err(message) = telemetry::init(cli.log.log_format, &config::log_filter()) {
         eprintln!("error: {message}");
         return ExitCode::from(2);

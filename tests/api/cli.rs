@@ -414,6 +414,47 @@ store_test!(
     postgres_only
 );
 
+/// `healthcheck`, a container's probe: 0 while the service answers, 1 with the reason when it
+/// does not. It runs on one thread whatever `TOKIO_WORKER_THREADS` or the host's CPUs say: a
+/// container's process limit counts threads, and with a worker per CPU the probe failed to start
+/// on a host of many CPUs, so the container never became healthy.
+#[tokio::test]
+async fn healthcheck_answers_on_one_thread() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let healthy = tokio::process::Command::from(child::signal_scans())
+        .arg("healthcheck")
+        .env("LISTEN_ADDR", app.addr.to_string())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        healthy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&healthy.stderr)
+    );
+
+    // A port that takes the connection and never answers: the probe waits, and is counted.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let check = tokio::process::Command::from(child::signal_scans())
+        .arg("healthcheck")
+        .env("LISTEN_ADDR", silent.local_addr().unwrap().to_string())
+        .env("TOKIO_WORKER_THREADS", "16")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = check.id().unwrap();
+    let _connected = silent.accept().await.unwrap();
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count();
+    assert_eq!(threads, 1, "the probe's threads");
+    let unhealthy = check.wait_with_output().await.unwrap();
+    assert_eq!(unhealthy.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&unhealthy.stderr);
+    assert!(stderr.contains("did not answer within 3 s"), "{stderr}");
+}
+
 #[test]
 fn a_missing_or_bad_setting_is_one_line_naming_it() {
     for (env, args, named) in [
@@ -465,6 +506,16 @@ fn a_missing_or_bad_setting_is_one_line_naming_it() {
             "KEY_CACHE_TTL_MS",
         ),
         (vec![("DOCS_ENABLED", "yes")], vec!["serve"], "DOCS_ENABLED"),
+        (
+            vec![("TOKIO_WORKER_THREADS", "0")],
+            vec!["serve"],
+            "TOKIO_WORKER_THREADS",
+        ),
+        (
+            vec![("TOKIO_WORKER_THREADS", "many")],
+            vec!["migrate"],
+            "TOKIO_WORKER_THREADS",
+        ),
     ] {
         let output = child::signal_scans()
             .args(&args)
