@@ -135,16 +135,27 @@ async fn settle(
                 .record("api_key.id", tracing::field::display(principal.key_id));
             Ok(principal)
         }
-        Err(error @ ApiError::Unauthorized(_)) => {
-            tracing::info!(client.address = %client, "authentication failed");
+        Err(ApiError::Unauthorized(reason)) => {
+            // The reason is the 401's own details: never the key, and what an operator chasing
+            // "401 for a key that should work" needs (missing, malformed, unknown, expired, revoked).
+            tracing::info!(client.address = %client, reason = %reason, "authentication failed");
             Err(
                 match state
                     .limits
                     .record_auth_failure(failure_bucket(client))
                     .await
                 {
-                    Some(retry_after_secs) => auth_failures_limited(retry_after_secs),
-                    None => error,
+                    Some(retry_after_secs) => {
+                        // This failure used up the allowance: later requests from the address
+                        // are refused before authentication, unlogged, until it is free again.
+                        tracing::warn!(
+                            client.address = %client,
+                            retry_after_s = retry_after_secs,
+                            "address blocked after repeated authentication failures"
+                        );
+                        auth_failures_limited(retry_after_secs)
+                    }
+                    None => ApiError::Unauthorized(reason),
                 },
             )
         }

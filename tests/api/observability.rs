@@ -424,3 +424,73 @@ store_test!(
     write_metrics_count_requests_that_gave_up_and_cancels_whose_client_left,
     postgres_only
 );
+
+/// A failed authentication's log line says why (what the 401 said: never the key), and the
+/// failure that blocks an address is logged once, as a warning: an operator chasing "401 for a
+/// key that should work", or a storm of bad keys, learns it from the logs.
+async fn failed_authentications_are_logged_with_their_reason_and_a_block_once(backend: Backend) {
+    let (app, group, _key) = TestApp::with_writer(backend).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let server = ServerProcess::start(&[
+        ("DATABASE_URL", &app.db.url),
+        ("AUTH_FAILURES_PER_MINUTE", "2"),
+    ])
+    .await;
+    let path = cancel_path(group.as_str(), scan.as_str());
+    let url = server.url(&path);
+    let client = reqwest::Client::new();
+    let statuses = [
+        client.post(&url).send().await.unwrap().status().as_u16(),
+        client
+            .post(&url)
+            .bearer_auth("not-a-key")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        server
+            .post(&NewApiKey::generate().secret, &path)
+            .await
+            .status
+            .as_u16(),
+        server
+            .post(&NewApiKey::generate().secret, &path)
+            .await
+            .status
+            .as_u16(),
+    ];
+    assert_eq!(statuses, [401, 401, 429, 429]);
+    server
+        .until_events(|events| {
+            events.iter().any(|event| {
+                event["message"] == "address blocked after repeated authentication failures"
+            })
+        })
+        .await;
+
+    let events: Vec<serde_json::Value> = server
+        .logs()
+        .iter()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let reasons: Vec<&str> = events
+        .iter()
+        .filter(|event| event["message"] == "authentication failed")
+        .map(|event| event["reason"].as_str().unwrap_or("none"))
+        .collect();
+    assert_eq!(reasons.len(), 3, "{events:#?}");
+    assert!(reasons[0].starts_with("API key is missing"), "{reasons:?}");
+    assert_eq!(reasons[1], "API key is invalid");
+    assert_eq!(reasons[2], "API key is invalid");
+    let blocked: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|event| {
+            event["message"] == "address blocked after repeated authentication failures"
+        })
+        .collect();
+    assert_eq!(blocked.len(), 1, "{events:#?}");
+    assert_eq!(blocked[0]["level"], "WARN");
+    assert_eq!(blocked[0]["client.address"], "127.0.0.1");
+}
+store_test!(failed_authentications_are_logged_with_their_reason_and_a_block_once);
