@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use axum::routing::get;
+use signal_scans::domain::ids::ScanId;
 use signal_scans::domain::scan::ScanStatus;
 
 use crate::helpers::{ApiResponse, Backend, Settings, TestApp, cancel_path, scans_path};
@@ -325,3 +326,80 @@ async fn a_panicking_handler_is_a_500_envelope_and_the_process_keeps_serving(bac
     assert_eq!(after.status, 200);
 }
 store_test!(a_panicking_handler_is_a_500_envelope_and_the_process_keeps_serving);
+
+/// `body` sent as HTTP/1.1 chunked transfer coding (in chunks of 8 KiB), without a length: what
+/// the `Content-Length` check cannot see.
+fn chunked_post(addr: std::net::SocketAddr, path: &str, key: &str, body: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {key}\r\n\
+         content-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for chunk in body.chunks(8 * 1024) {
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(chunk);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    request
+}
+
+/// A body sent chunked, without its length, passes the `Content-Length` check; a route that reads
+/// a body (the batch cancel) still reads at most 64 KiB of it: exactly the limit is served, one
+/// byte more is the 400 `request body is over the limit of 65536 bytes` and changes nothing. The
+/// cancel, which takes no body, leaves one past the limit unread and answers. Without the read's
+/// own limit a client could stream any amount into a handler's buffer.
+async fn a_chunked_body_is_refused_once_past_the_limit_by_a_route_that_reads_one(backend: Backend) {
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let (at_limit, over_limit, single) = (
+        app.scan(&group, ScanStatus::Queued).await,
+        app.scan(&group, ScanStatus::Queued).await,
+        app.scan(&group, ScanStatus::Queued).await,
+    );
+    let batch_path = format!("/v1/accounts/{group}/signals/scans/cancel");
+    // `{"scanIds":["…"]}` and JSON's own whitespace after it, to `length` bytes.
+    let padded = |scan: &ScanId, length: usize| {
+        let mut body = format!(r#"{{"scanIds":["{scan}"]}}"#).into_bytes();
+        body.resize(length, b' ');
+        body
+    };
+
+    let (accepted, served) = send_raw(
+        app.addr,
+        &chunked_post(app.addr, &batch_path, &key, &padded(&at_limit, 64 * 1024)),
+    )
+    .await;
+    let (refused, body) = send_raw(
+        app.addr,
+        &chunked_post(
+            app.addr,
+            &batch_path,
+            &key,
+            &padded(&over_limit, 64 * 1024 + 1),
+        ),
+    )
+    .await;
+    let (ignored, _) = send_raw(
+        app.addr,
+        &chunked_post(
+            app.addr,
+            &cancel_path(group.as_str(), single.as_str()),
+            &key,
+            &vec![b'x'; 64 * 1024 + 1],
+        ),
+    )
+    .await;
+
+    assert_eq!(accepted, 200, "exactly the limit, chunked: {served}");
+    assert_eq!(served["data"]["results"][0]["outcome"], "cancelled");
+    assert_eq!(refused, 400, "one byte over, chunked: {body}");
+    assert_eq!(body["error"]["code"], "VALIDATION_ERROR");
+    assert_eq!(
+        body["error"]["details"],
+        "request body is over the limit of 65536 bytes"
+    );
+    assert_eq!(app.status_of(&over_limit).await, ScanStatus::Queued);
+    assert_eq!(ignored, 200, "the cancel reads no body, however long");
+    assert_eq!(app.status_of(&single).await, ScanStatus::Cancelled);
+}
+store_test!(a_chunked_body_is_refused_once_past_the_limit_by_a_route_that_reads_one);
