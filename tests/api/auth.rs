@@ -73,17 +73,30 @@ async fn keys_are_read_from_bearer_in_any_case_or_x_api_key(backend: Backend) {
         assert_eq!(response.status, 200, "{header}: {response:?}");
     }
 
-    let scan = app.scan(&group, ScanStatus::Queued).await;
-    let basic = ApiResponse::from(
-        app.client
+    // When `Authorization` is present it alone decides: another scheme is a 401 naming the
+    // scheme, and a valid `X-API-Key` beside it (or beside a Bearer that is not a key) is not
+    // read. Falling through to `X-API-Key` would let a request authenticate as a key its
+    // `Authorization` did not name.
+    let bearer_only = "Authorization header must use the Bearer scheme";
+    for (authorization, x_api_key, details) in [
+        (format!("Basic {key}"), None, bearer_only),
+        (format!("Basic {key}"), Some(&key), bearer_only),
+        ("Bearer ssk_x".to_owned(), Some(&key), "API key is invalid"),
+    ] {
+        let scan = app.scan(&group, ScanStatus::Queued).await;
+        let mut request = app
+            .client
             .post(path(&scan))
-            .header("authorization", format!("Basic {key}"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    basic.assert_error(401, "UNAUTHORIZED");
+            .header("authorization", &authorization);
+        if let Some(x_api_key) = x_api_key {
+            request = request.header("x-api-key", x_api_key);
+        }
+        let refused = ApiResponse::from(request.send().await.unwrap()).await;
+        let said = refused.assert_error(401, "UNAUTHORIZED");
+        let case = (authorization.split(' ').next(), x_api_key.is_some());
+        assert_eq!(said, details, "{case:?}");
+        assert_eq!(app.status_of(&scan).await, ScanStatus::Queued, "{case:?}");
+    }
 
     // A credential header given twice is ambiguous: refused, whichever copy holds the key (the
     // first one used to win).
@@ -247,6 +260,51 @@ async fn a_near_miss_key_is_rejected_exactly_like_a_random_one(backend: Backend)
     assert_eq!(app.status_of(&scan).await, ScanStatus::Queued);
 }
 store_test!(a_near_miss_key_is_rejected_exactly_like_a_random_one);
+
+/// Anything not shaped like a key (`ssk_` and 64 lowercase hexadecimal characters) is refused
+/// without a database lookup: guesses that cannot match cost the database nothing, and a client
+/// cannot make the service hash and look up whatever it sends. A well-shaped unknown key, by
+/// contrast, is looked up once.
+async fn a_value_not_shaped_like_a_key_is_refused_without_a_lookup(backend: Backend) {
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let hex = &key["ssk_".len()..];
+    let malformed = [
+        "not-a-key".to_owned(),
+        format!("ssk_{}", hex.to_uppercase()),
+        key[..key.len() - 1].to_owned(),
+        format!("{key}0"),
+        format!("ssk-{hex}"),
+        format!("ssk_{}g", &hex[1..]),
+        hex.to_owned(),
+    ];
+    let looked_up_before = app.served_store.key_lookups();
+
+    for presented in &malformed {
+        let refused = app
+            .cancel(Some(presented), group.as_str(), scan.as_str())
+            .await;
+        assert_eq!(
+            refused.assert_error(401, "UNAUTHORIZED"),
+            "API key is invalid",
+            "{presented}"
+        );
+    }
+    let no_lookups = app.served_store.key_lookups() - looked_up_before;
+    let unknown = NewApiKey::generate().secret;
+    app.cancel(Some(&unknown), group.as_str(), scan.as_str())
+        .await
+        .assert_error(401, "UNAUTHORIZED");
+
+    assert_eq!(no_lookups, 0, "malformed keys were looked up");
+    assert_eq!(
+        app.served_store.key_lookups() - looked_up_before,
+        1,
+        "a key-shaped value is looked up once"
+    );
+    assert_eq!(app.status_of(&scan).await, ScanStatus::Queued);
+}
+store_test!(a_value_not_shaped_like_a_key_is_refused_without_a_lookup);
 
 /// A key of one group, guessing ids, can neither cancel nor read nor list another group's scans,
 /// and cannot tell whether they exist.
