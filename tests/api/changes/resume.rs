@@ -380,6 +380,41 @@ async fn an_empty_cursor_starts_the_stream_now(backend: Backend) {
 }
 store_test!(an_empty_cursor_starts_the_stream_now);
 
+/// A non-empty `Last-Event-ID` wins over `after`, whichever is further on: an `EventSource`
+/// opened with `?after=` keeps that URL and reconnects with the header, so the header is where
+/// it got to. Taking `after` would replay what it already had, or skip what it missed.
+async fn last_event_id_wins_over_after(backend: Backend) {
+    let (app, group, writer) = TestApp::with_writer(backend).await;
+    let (reader, _) = read_key(&app, &group).await;
+    let url = app.url(&changes_path(&group, ""));
+    let mut stream = follow(stream_request(&url, &reader)).await;
+    let done = cancel_fresh_scans(&app, &writer, &group, 3).await;
+    let ids: Vec<String> = next_events(&mut stream, 3)
+        .await
+        .iter()
+        .map(id_of)
+        .collect();
+    drop(stream);
+
+    for (after, last_event_id, replays) in [(0, 1, &done[2..]), (1, 0, &done[1..])] {
+        let query = query_after(&ids[after]);
+        let mut resumed = follow(
+            stream_request(&app.url(&changes_path(&group, &query)), &reader)
+                .header("Last-Event-ID", ids[last_event_id].as_str()),
+        )
+        .await;
+        let replayed = next_events(&mut resumed, replays.len()).await;
+        resumed.assert_no_event_for(QUIET).await;
+
+        assert_eq!(
+            moves(&replayed),
+            cancels_of(replays, "running"),
+            "after the event {after}, Last-Event-ID of the event {last_event_id}"
+        );
+    }
+}
+store_test!(last_event_id_wins_over_after);
+
 /// A stream without a cursor starts at the trail's head, not where the process's shared reader
 /// stands: that reader gathers changes for a batch (here 4 s) before reading them, and a stream
 /// opened meanwhile delivered the changes committed before it opened (a runner took an old
