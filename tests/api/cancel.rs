@@ -5,7 +5,7 @@ use signal_scans::domain::scan::ScanStatus;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::helpers::{Backend, TestApp, group};
+use crate::helpers::{Backend, CANCEL_422, TestApp, group};
 use crate::store_test;
 
 async fn cancel_of_queued_scan_answers_200_with_previous_status(backend: Backend) {
@@ -81,10 +81,7 @@ async fn cancel_of_completed_or_failed_scan_is_422_with_current_status(backend: 
 
         let details = response.assert_error(422, "VALIDATION_ERROR");
         assert_eq!(details, format!("currentStatus={status}"));
-        assert_eq!(
-            response.body["error"]["message"],
-            "Scan is not in a cancellable status"
-        );
+        assert_eq!(response.body["error"]["message"], CANCEL_422);
         assert_eq!(app.status_of(&scan).await, status, "nothing changed");
         assert_eq!(app.store.scan_events(&scan).await.unwrap().len(), 1);
     }

@@ -4,7 +4,7 @@ use signal_scans::domain::keys::Permission;
 use signal_scans::domain::scan::ScanStatus;
 use sqlx::Connection;
 
-use crate::helpers::{Backend, TestApp, group, scans_path};
+use crate::helpers::{Backend, IDEMPOTENCY_422, TestApp, group, scans_path};
 use crate::store_test;
 
 /// How many scans `group` has, read from the store.
@@ -185,7 +185,11 @@ async fn an_idempotency_key_reused_for_another_group_is_422_naming_the_header(ba
     let response = create(&app, &key, group_b.as_str(), Some("k")).await;
 
     let details = response.assert_error(422, "VALIDATION_ERROR");
-    assert!(details.contains("Idempotency-Key"), "{details}");
+    assert_eq!(
+        details,
+        "Idempotency-Key was used for another account group within 24 hours; send a new key"
+    );
+    assert_eq!(response.body["error"]["message"], IDEMPOTENCY_422);
     assert_eq!(scans_of(&app, &group_b).await, 0);
 }
 store_test!(an_idempotency_key_reused_for_another_group_is_422_naming_the_header);

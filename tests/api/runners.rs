@@ -9,7 +9,7 @@ use signal_scans::domain::scan::ScanStatus;
 
 use crate::helpers::locks::{WriteLock, until_waiting};
 use crate::helpers::sse::SseStream;
-use crate::helpers::{ApiResponse, Backend, TestApp, group, move_path, scans_path};
+use crate::helpers::{ApiResponse, Backend, MOVE_422, TestApp, group, move_path, scans_path};
 use crate::races::behind_the_first;
 use crate::store_test;
 
@@ -173,6 +173,8 @@ async fn a_move_the_state_machine_refuses_is_422_with_the_current_status(backend
             format!("currentStatus={status}"),
             "{action} a {status} scan"
         );
+        // The move's own words: a cancel's ("not in a cancellable status") would mislead.
+        assert_eq!(response.body["error"]["message"], MOVE_422);
         assert_eq!(app.status_of(&scan).await, status);
         assert_eq!(app.store.scan_events(&scan).await.unwrap().len(), 1);
     }

@@ -695,6 +695,12 @@ impl ApiResponse {
             assert_eq!(keys, ["code", "details", "message"], "{self:?}");
             assert!(error["code"].is_string() && error["message"].is_string());
             assert!(error["details"].is_string(), "{self:?}");
+            let message = error["message"].as_str().unwrap();
+            assert!(
+                documented_messages(self.status.as_u16()).contains(&message),
+                "not the contract's message for {}: {self:?}",
+                self.status
+            );
         }
     }
 
@@ -713,6 +719,31 @@ impl ApiResponse {
         self.body["traceId"].as_str().unwrap()
     }
 }
+
+/// The `message`s the contract's table (§3) gives a status: fixed per status, but for a 422,
+/// whose words are the operation's (a cancel, a runner's move, a creation).
+pub fn documented_messages(status: u16) -> &'static [&'static str] {
+    match status {
+        400 => &["Request validation failed"],
+        401 => &["Invalid or missing API key"],
+        403 => &["Missing required permission"],
+        404 => &["Resource not found"],
+        405 => &["Method not allowed"],
+        410 => &["Cursor expired"],
+        422 => &[CANCEL_422, MOVE_422, IDEMPOTENCY_422],
+        429 => &["Rate limit exceeded"],
+        500 => &["Internal server error"],
+        502 => &["Upstream service error"],
+        503 => &["Service not ready"],
+        _ => &[],
+    }
+}
+
+/// A 422's `message` on a cancel, on a runner's move, and on a creation whose `Idempotency-Key`
+/// was used for another group.
+pub const CANCEL_422: &str = "Scan is not in a cancellable status";
+pub const MOVE_422: &str = "Scan is not in a status that allows this change";
+pub const IDEMPOTENCY_422: &str = "Idempotency key already used";
 
 /// Whether this run is CI's, where nothing may be skipped: `CI` set to anything but empty, `0`
 /// or `false` (CI services set `true`, `1` or their own name).
