@@ -5,7 +5,7 @@ use signal_scans::domain::scan::ScanStatus;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::helpers::{Backend, CANCEL_422, TestApp, group};
+use crate::helpers::{ApiResponse, Backend, CANCEL_422, TestApp, group};
 use crate::store_test;
 
 async fn cancel_of_queued_scan_answers_200_with_previous_status(backend: Backend) {
@@ -317,3 +317,71 @@ async fn health_endpoints_answer_without_a_key(backend: Backend) {
     }
 }
 store_test!(health_endpoints_answer_without_a_key);
+
+/// HEAD is answered wherever GET is, with the GET's status and headers and no body; on the cancel,
+/// a POST route, it is a 405 naming `POST`, and so is OPTIONS on every known path (there is no
+/// CORS handling, so a preflight must not look granted). A trailing slash makes another path: a
+/// 404 envelope, never a redirect nor the route without it. Nothing changes.
+async fn head_options_and_trailing_slashes_answer_as_the_contract_says(backend: Backend) {
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let base = format!("/v1/accounts/{group}/signals/scans");
+    let cancel = crate::helpers::cancel_path(group.as_str(), scan.as_str());
+    let send = |method: reqwest::Method, path: &str| {
+        app.client
+            .request(method, app.url(path))
+            .bearer_auth(&key)
+            .send()
+    };
+
+    let head_cancel = send(reqwest::Method::HEAD, &cancel).await.unwrap();
+    assert_eq!(head_cancel.status(), 405, "HEAD on the cancel");
+    assert_eq!(head_cancel.headers()["allow"], "POST");
+    assert!(head_cancel.headers().contains_key("x-request-id"));
+    let head_scan = send(reqwest::Method::HEAD, &format!("{base}/{scan}"))
+        .await
+        .unwrap();
+    assert_eq!(head_scan.status(), 200, "HEAD where GET is");
+    assert_eq!(head_scan.headers()["content-type"], "application/json");
+    assert_eq!(head_scan.bytes().await.unwrap().len(), 0, "no body");
+
+    for path in [
+        cancel.clone(),
+        format!("{base}/cancel"),
+        base.clone(),
+        format!("{base}/{scan}"),
+        format!("{base}/{scan}/events"),
+        format!("{base}/{scan}/start"),
+        format!("{base}/changes"),
+        "/healthz".into(),
+        "/metrics".into(),
+        "/openapi.json".into(),
+    ] {
+        let options = ApiResponse::from(send(reqwest::Method::OPTIONS, &path).await.unwrap()).await;
+        let details = options.assert_error(405, "METHOD_NOT_ALLOWED");
+        assert!(details.contains("OPTIONS"), "{path}: {details}");
+        let allow = options.header("allow").unwrap_or_default();
+        assert!(
+            !allow.is_empty() && !allow.contains("OPTIONS"),
+            "{path}: {allow}"
+        );
+    }
+
+    for (method, path) in [
+        (reqwest::Method::POST, format!("{cancel}/")),
+        (reqwest::Method::POST, format!("{base}/cancel/")),
+        (reqwest::Method::GET, format!("{base}/")),
+        (reqwest::Method::GET, format!("{base}/{scan}/")),
+        (reqwest::Method::GET, format!("{base}/changes/")),
+        (reqwest::Method::GET, "/healthz/".into()),
+    ] {
+        let slashed = ApiResponse::from(send(method.clone(), &path).await.unwrap()).await;
+        assert_eq!(
+            slashed.assert_error(404, "NOT_FOUND"),
+            "no route matches this path",
+            "{method} {path}"
+        );
+    }
+    assert_eq!(app.status_of(&scan).await, ScanStatus::Queued);
+}
+store_test!(head_options_and_trailing_slashes_answer_as_the_contract_says);
