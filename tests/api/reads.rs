@@ -235,6 +235,29 @@ async fn the_list_pages_newest_first_and_filters_by_status(backend: Backend) {
 }
 store_test!(the_list_pages_newest_first_and_filters_by_status);
 
+/// Without `limit` a page holds 20 scans, and the next page the rest: a client that never names a
+/// limit gets neither a page of everything (a tenant with years of scans) nor more round trips
+/// than the contract promises.
+async fn the_list_holds_20_scans_a_page_when_limit_is_absent(backend: Backend) {
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    for _ in 0..21 {
+        app.scan(&group, ScanStatus::Queued).await;
+    }
+    let list = format!("/v1/accounts/{group}/signals/scans");
+    let count = |page: &ApiResponse| page.body["data"]["scans"].as_array().unwrap().len();
+
+    let first = app.get(&key, &list).await;
+    let cursor = first.body["data"]["nextCursor"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a second page: {first:?}"));
+    let second = app.get(&key, &format!("{list}?cursor={cursor}")).await;
+
+    assert_eq!(count(&first), 20);
+    assert_eq!(count(&second), 1);
+    assert!(second.body["data"]["nextCursor"].is_null(), "{second:?}");
+}
+store_test!(the_list_holds_20_scans_a_page_when_limit_is_absent);
+
 async fn bad_list_parameters_are_400_naming_the_parameter(backend: Backend) {
     let (app, group, key) = TestApp::with_writer(backend).await;
     for (query, named) in [
