@@ -309,11 +309,49 @@ async fn an_idempotency_key_is_forgotten_after_24_hours(backend: Backend) {
 }
 store_test!(an_idempotency_key_is_forgotten_after_24_hours);
 
+/// The window is 24 hours, neither less nor more: a key used 23 h 55 min ago still answers its
+/// first scan again, one used 24 h 5 min ago starts a new one. A shorter window would let a
+/// client's late retry start a second scan; a longer one would refuse a new scan the contract
+/// allows.
+async fn an_idempotency_key_is_remembered_for_24_hours_and_no_longer(backend: Backend) {
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let first = create(&app, &key, group.as_str(), Some("day")).await;
+    let minutes = time::Duration::minutes;
+
+    age_key_by(&app, backend, "day", minutes(24 * 60 - 5)).await;
+    let within = create(&app, &key, group.as_str(), Some("day")).await;
+    age_key_by(&app, backend, "day", minutes(24 * 60 + 5)).await;
+    let after = create(&app, &key, group.as_str(), Some("day")).await;
+
+    assert_eq!(within.status, 201);
+    assert_eq!(within.header("idempotent-replayed"), Some("true"));
+    assert_eq!(within.body["data"], first.body["data"]);
+    assert_eq!(after.status, 201);
+    assert_eq!(after.header("idempotent-replayed"), None);
+    assert_ne!(after.body["data"]["scanId"], first.body["data"]["scanId"]);
+    assert_eq!(scans_of(&app, &group).await, 2);
+}
+store_test!(an_idempotency_key_is_remembered_for_24_hours_and_no_longer);
+
 /// Makes idempotency key `key` a day and more old, as the database writes instants.
 async fn age_key(app: &TestApp, backend: Backend, key: &str) {
-    let age = format!(
-        "UPDATE idempotency_keys SET created_at = '2000-01-01T00:00:00.000000Z' WHERE key = '{key}'"
+    age_key_by(app, backend, key, time::Duration::days(9000)).await;
+}
+
+/// Makes idempotency key `key` `age` old, as the database writes instants (UTC, microseconds).
+async fn age_key_by(app: &TestApp, backend: Backend, key: &str, age: time::Duration) {
+    let at = time::OffsetDateTime::now_utc() - age;
+    let at = format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.microsecond()
     );
+    let age = format!("UPDATE idempotency_keys SET created_at = '{at}' WHERE key = '{key}'");
     let age = sqlx::AssertSqlSafe(age);
     match backend {
         Backend::Postgres => {
