@@ -100,3 +100,48 @@ async fn a_revoked_key_stops_working_within_a_second_on_every_instance(backend: 
     assert_eq!(app.status_of(&scans[3]).await, ScanStatus::Queued);
 }
 store_test!(a_revoked_key_stops_working_within_a_second_on_every_instance);
+
+/// Expiry is checked on every request, cached or not: a key that expires while its entry is
+/// cached (a cache that keeps it for 10 minutes here) is refused `API key has expired` from its
+/// expiry on, without a lookup, and changes nothing. A cache that skipped the check would let an
+/// expired key work for as long as its entry lives.
+async fn a_key_that_expires_while_cached_is_refused_from_its_expiry(backend: Backend) {
+    let app = Settings::default()
+        .with_key_cache_ttl(Duration::from_secs(600))
+        .spawn(backend)
+        .await;
+    let group = group();
+    let lifetime = time::Duration::milliseconds(1500);
+    let expires_at = time::OffsetDateTime::now_utc() + lifetime;
+    let (key, _) = app
+        .key_with(
+            &[Permission::SignalsWrite],
+            signal_scans::domain::keys::AccountGroupAccess::Only(vec![group]),
+            Some(expires_at),
+        )
+        .await;
+    let (first, second) = (
+        app.scan(&group, ScanStatus::Queued).await,
+        app.scan(&group, ScanStatus::Queued).await,
+    );
+    app.cancel_ok(&key, &group, &first).await;
+    let looked_up = app.served_store.key_lookups();
+
+    let left = expires_at - time::OffsetDateTime::now_utc();
+    tokio::time::sleep(Duration::try_from(left).unwrap_or_default()).await;
+    let expired = app
+        .cancel(Some(&key), group.as_str(), second.as_str())
+        .await;
+
+    assert_eq!(
+        expired.assert_error(401, "UNAUTHORIZED"),
+        "API key has expired"
+    );
+    assert_eq!(
+        app.served_store.key_lookups(),
+        looked_up,
+        "judged from the cache"
+    );
+    assert_eq!(app.status_of(&second).await, ScanStatus::Queued);
+}
+store_test!(a_key_that_expires_while_cached_is_refused_from_its_expiry);
