@@ -146,6 +146,61 @@ async fn a_blocked_address_is_served_again_after_retry_after(backend: Backend) {
 }
 store_test!(a_blocked_address_is_served_again_after_retry_after);
 
+/// Routing comes before the limits: a 404 (no such path) or a 405 (a known path, another method)
+/// needs no key and spends none of its rate, and an address blocked for failed authentications
+/// still gets its 404 and 405. A 404 or 405 costs the service no lookup, so it must cost the
+/// client nothing either, nor let it tell a blocked address from a wrong URL.
+async fn routing_answers_spend_no_rate_and_ignore_a_block(backend: Backend) {
+    let app = guarded_app(backend).await;
+    let (group, key, scan) = app.writer_and_queued_scan().await;
+    let cancel = cancel_path(group.as_str(), scan.as_str());
+    let routing_answers = || async {
+        let mut answers = Vec::new();
+        for (method, path) in [
+            (
+                reqwest::Method::POST,
+                format!("/v1/accounts/{group}/nothing"),
+            ),
+            (reqwest::Method::GET, format!("{cancel}/")),
+            (reqwest::Method::GET, cancel.clone()),
+            (reqwest::Method::DELETE, cancel.clone()),
+        ] {
+            let request = app.client.request(method, app.url(&path)).bearer_auth(&key);
+            let answer = ApiResponse::from(request.send().await.unwrap()).await;
+            assert_eq!(answer.header("ratelimit"), None, "{answer:?}");
+            answers.push(answer.status.as_u16());
+        }
+        answers
+    };
+
+    // Twice the key's burst of 3.
+    let mut routed = routing_answers().await;
+    routed.extend(routing_answers().await);
+    let first_cancel = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+    let mut guesses = Vec::new();
+    for _ in 0..4 {
+        let guess = NewApiKey::generate().secret;
+        let answer = app
+            .cancel(Some(&guess), group.as_str(), scan.as_str())
+            .await;
+        guesses.push(answer.status.as_u16());
+    }
+    let routed_while_blocked = routing_answers().await;
+    let blocked = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+
+    assert_eq!(routed, [404, 404, 405, 405, 404, 404, 405, 405]);
+    assert_eq!(first_cancel.status, 200, "{first_cancel:?}");
+    assert_eq!(
+        first_cancel.header("ratelimit"),
+        Some("\"per-key\";r=2;t=1"),
+        "the whole burst was left"
+    );
+    assert_eq!(guesses, [401, 401, 401, 429]);
+    assert_eq!(routed_while_blocked, [404, 404, 405, 405]);
+    blocked.assert_error(429, "RATE_LIMITED");
+}
+store_test!(routing_answers_spend_no_rate_and_ignore_a_block);
+
 async fn the_rate_limit_comes_before_the_permission_check(backend: Backend) {
     let app = limited_app(backend).await;
     let group = group();
