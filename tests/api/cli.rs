@@ -559,3 +559,43 @@ async fn scans_show_json_names_the_account_group(backend: Backend) {
     assert_eq!(shown["status"], "queued");
 }
 store_test!(scans_show_json_names_the_account_group);
+
+/// The command line cannot cancel: `scans transition --to` takes only `running`, `completed` or
+/// `failed` (nor can it move a scan back to `queued`), whether the move would go to the database
+/// or through the API. A cancel is a client's, made with a `signals:write` key over HTTP; an
+/// operator holding only the database has no path around that rule.
+async fn scans_transition_cannot_cancel(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let queued = app.scan(&group, ScanStatus::Queued).await;
+    let running = app.scan(&group, ScanStatus::Running).await;
+    let server = format!("http://{}", app.addr);
+
+    for (scan, to, through) in [
+        (&queued, "cancelled", None),
+        (&running, "cancelled", None),
+        (&running, "queued", None),
+        (&running, "cancelled", Some(server.as_str())),
+    ] {
+        let mut args = vec!["scans", "transition", scan.as_str(), "--to", to];
+        if let Some(server) = through {
+            args.extend(["--server", server, "--account-group", group.as_str()]);
+        }
+        let output = signal_scans(&app.db.url, &args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+
+        assert!(!output.status.success(), "{args:?}: {output:?}");
+        assert!(
+            stderr.contains("[possible values: running, completed, failed]"),
+            "{args:?}: {stderr}"
+        );
+    }
+    for (scan, status) in [
+        (&queued, ScanStatus::Queued),
+        (&running, ScanStatus::Running),
+    ] {
+        assert_eq!(app.status_of(scan).await, status);
+        assert_eq!(app.store.scan_events(scan).await.unwrap().len(), 1);
+    }
+}
+store_test!(scans_transition_cannot_cancel);
