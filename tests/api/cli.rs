@@ -20,6 +20,15 @@ pub(crate) fn signal_scans(database_url: &str, args: &[&str]) -> Output {
         .expect("the binary runs")
 }
 
+/// `scans create --json` on the database for `group`, which must succeed: what it printed.
+pub(crate) fn scan_created_on_the_command_line(database_url: &str, group: &str) -> Value {
+    let created = signal_scans(
+        database_url,
+        &["scans", "create", "--account-group", group, "--json"],
+    );
+    json_of(&created)
+}
+
 fn json_of(output: &Output) -> Value {
     assert!(output.status.success(), "{output:?}");
     serde_json::from_slice(&output.stdout).unwrap_or_else(|_| panic!("JSON on stdout: {output:?}"))

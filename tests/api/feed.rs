@@ -1062,19 +1062,8 @@ async fn a_scan_created_on_the_command_line_reaches_watches_by_its_hint(backend:
     let group = crate::helpers::group();
     let mut watch = Watch::start(&app.db.url, Some(&group), 60_000).await;
 
-    let created = crate::cli::signal_scans(
-        &app.db.url,
-        &[
-            "scans",
-            "create",
-            "--account-group",
-            group.as_str(),
-            "--json",
-        ],
-    );
+    let created = crate::cli::scan_created_on_the_command_line(&app.db.url, group.as_str());
 
-    assert!(created.status.success(), "{created:?}");
-    let created: Value = serde_json::from_slice(&created.stdout).unwrap();
     let line = watch.next_line_within(Duration::from_secs(20)).await;
     let line = line.unwrap_or_else(|| panic!("not printed; logs: {:?}", watch.logs()));
     assert_eq!(line["scanId"], created["scanId"]);

@@ -1,8 +1,12 @@
 //! Trace ids: from `traceparent`, else a safe `X-Request-Id`, else a new one; in the body, the
 //! `X-Request-Id` header and the audit trail.
 
+use std::time::Duration;
+
+use serde_json::{Value, json};
 use signal_scans::domain::scan::ScanStatus;
 
+use crate::helpers::sse::SseStream;
 use crate::helpers::{ApiResponse, Backend, TestApp, cancel_path};
 use crate::store_test;
 
@@ -88,3 +92,67 @@ async fn the_audit_row_carries_the_clients_trace_id(backend: Backend) {
     );
 }
 store_test!(the_audit_row_carries_the_clients_trace_id);
+
+/// A change made from the command line has no request, so no trace id: its audit row's `traceId`
+/// is null in `events` and on the change stream, while the cancel a request made beside it
+/// carries the request's. A made-up id would send an operator looking for logs of a request that
+/// never was.
+async fn a_change_made_from_the_command_line_has_a_null_trace_id(backend: Backend) {
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let created = crate::cli::scan_created_on_the_command_line(&app.db.url, group.as_str());
+    let scan = created["scanId"].as_str().unwrap().to_owned();
+    let moved = crate::cli::signal_scans(
+        &app.db.url,
+        &["scans", "transition", &scan, "--to", "running"],
+    );
+    assert!(moved.status.success(), "{moved:?}");
+    let cancelled = ApiResponse::from(
+        app.client
+            .post(app.url(&cancel_path(group.as_str(), &scan)))
+            .bearer_auth(&key)
+            .header("x-request-id", "client-1")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(cancelled.status, 200, "{cancelled:?}");
+    let expected = [
+        (Value::Null, json!("queued"), Value::Null),
+        (json!("queued"), json!("running"), Value::Null),
+        (json!("running"), json!("cancelled"), json!("client-1")),
+    ];
+    let shown = |change: &Value| {
+        (
+            change["from"].clone(),
+            change["to"].clone(),
+            change["traceId"].clone(),
+        )
+    };
+
+    let scans = format!("/v1/accounts/{group}/signals/scans");
+    let events = app.get(&key, &format!("{scans}/{scan}/events")).await;
+    let mut stream = SseStream::opened(
+        app.client
+            .get(app.url(&format!("{scans}/changes?after=0-0")))
+            .bearer_auth(&key),
+        Duration::from_secs(5),
+    )
+    .await;
+    let mut streamed = Vec::new();
+    for _ in 0..expected.len() {
+        streamed.push(shown(
+            &stream.next_event(Duration::from_secs(5)).await.json(),
+        ));
+    }
+
+    let listed: Vec<_> = events.body["data"]["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{events:?}"))
+        .iter()
+        .map(shown)
+        .collect();
+    assert_eq!(listed, expected, "events");
+    assert_eq!(streamed, expected, "the change stream");
+}
+store_test!(a_change_made_from_the_command_line_has_a_null_trace_id);
