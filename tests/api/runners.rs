@@ -117,17 +117,24 @@ async fn a_move_repeated_by_another_runners_key_is_refused_and_by_its_own_answer
 }
 store_test!(a_move_repeated_by_another_runners_key_is_refused_and_by_its_own_answered);
 
-/// A start is a claim: only the key that started a scan finishes it. Another runner's complete or
-/// fail is 422 `currentStatus=running` and changes nothing (the runner that lost the start
-/// completed the scan under its claimant); the claimant's complete is then 200. A scan that no key
-/// started (made running outside HTTP) any runner may finish.
-async fn only_the_runner_that_started_a_scan_finishes_it(backend: Backend) {
+/// Two runners of a group, and a scan of it that the first (the claimant) started: (app, group,
+/// claimant, other, scan).
+async fn a_claimed_scan(backend: Backend) -> (TestApp, AccountGroupId, String, String, ScanId) {
     let app = TestApp::spawn(backend).await;
     let group = group();
     let (claimant, other) = (app.runner(&group).await, app.runner(&group).await);
     let scan = app.scan(&group, ScanStatus::Queued).await;
     let started = act(&app, &claimant, &group, &scan, "start", None).await;
     assert_eq!(started.status, 200, "{started:?}");
+    (app, group, claimant, other, scan)
+}
+
+/// A start is a claim: only the key that started a scan finishes it. Another runner's complete or
+/// fail is 422 `currentStatus=running` and changes nothing (the runner that lost the start
+/// completed the scan under its claimant); the claimant's complete is then 200. A scan that no key
+/// started (made running outside HTTP) any runner may finish.
+async fn only_the_runner_that_started_a_scan_finishes_it(backend: Backend) {
+    let (app, group, claimant, other, scan) = a_claimed_scan(backend).await;
 
     let completed_by_other = act(&app, &other, &group, &scan, "complete", None).await;
     let reason = Some(r#"{"reason": "mine now"}"#);
@@ -148,6 +155,29 @@ async fn only_the_runner_that_started_a_scan_finishes_it(backend: Backend) {
     assert_eq!(finished.status, 200, "{finished:?}");
 }
 store_test!(only_the_runner_that_started_a_scan_finishes_it);
+
+/// Whose move it was is read from its audit row: once retention has deleted the row of a scan's
+/// start, the claim is gone. The starter's own repeat of the start is then nobody's to repeat
+/// (422 `currentStatus=running`, not the 200 of a retry), and any runner may finish the scan, so
+/// a scan whose claimant vanished with its history is not stuck running for ever.
+async fn once_retention_deleted_a_start_any_runner_may_finish_the_scan(backend: Backend) {
+    let (app, group, claimant, other, scan) = a_claimed_scan(backend).await;
+    // Retention with every row older than its cutoff: the whole trail goes, the start with it.
+    let cutoff = time::OffsetDateTime::now_utc() + time::Duration::minutes(1);
+    assert_eq!(app.store.trim_audit(cutoff, 100).await.unwrap(), 2);
+
+    let repeated = act(&app, &claimant, &group, &scan, "start", None).await;
+    let completed = act(&app, &other, &group, &scan, "complete", None).await;
+
+    assert_eq!(
+        repeated.assert_error(422, "VALIDATION_ERROR"),
+        "currentStatus=running"
+    );
+    assert_eq!(completed.status, 200, "{completed:?}");
+    assert_eq!(completed.body["data"]["previousStatus"], "running");
+    assert_eq!(app.status_of(&scan).await, ScanStatus::Completed);
+}
+store_test!(once_retention_deleted_a_start_any_runner_may_finish_the_scan);
 
 async fn a_move_the_state_machine_refuses_is_422_with_the_current_status(backend: Backend) {
     let app = TestApp::spawn(backend).await;
