@@ -259,17 +259,13 @@ async fn a_batch_cancel_needs_signals_write_on_the_group(backend: Backend) {
 }
 store_test!(a_batch_cancel_needs_signals_write_on_the_group);
 
-/// Requests that queue while a write is stuck commit together once it clears: two cancels of one
-/// scan give one transition (the second told `cancelled`), a completion and a cancel of one scan
-/// have one winner and the loser is told its status, and a scan of another group is 404 without
-/// failing the rest.
+/// Requests that queue while a write is stuck commit together once it clears (one transaction,
+/// on both stores): two cancels of one scan give one transition (the second told `cancelled`), a
+/// completion and a cancel of one scan have one winner and the loser is told its status, and a
+/// scan of another group is 404 without failing the rest.
 async fn changes_that_queue_together_keep_their_own_outcomes(backend: Backend) {
-    let app = Settings::default()
-        .with_db_timeout(DB_TIMEOUT * 4)
-        .spawn(backend)
-        .await;
-    let (group, other) = (group(), group());
-    let writer = app.writer(&group).await;
+    let (app, group, writer) = one_batch_at_a_time(backend, DB_TIMEOUT * 4).await;
+    let other = crate::helpers::group();
     let runner = app.runner(&group).await;
     let stuck = app.scan(&group, ScanStatus::Running).await;
     let twice = app.scan(&group, ScanStatus::Running).await;
@@ -293,10 +289,8 @@ async fn changes_that_queue_together_keep_their_own_outcomes(backend: Backend) {
                 app.cancel(Some(&writer), group.as_str(), raced.as_str()),
                 app.cancel(Some(&writer), group.as_str(), elsewhere.as_str()),
                 async {
-                    if backend == Backend::Sqlite {
-                        // Behind SQLite's one write lock every change waits: all of them queue.
-                        until_waiting(&app, 6).await;
-                    }
+                    // One batch at a time: the five changes queue behind the stuck one.
+                    until_changes_waiting(&app, 6).await;
                     lock.release().await;
                 },
             );
@@ -332,6 +326,9 @@ async fn changes_that_queue_together_keep_their_own_outcomes(backend: Backend) {
     assert_eq!(app.store.scan_events(&raced).await.unwrap().len(), 2);
     not_ours.assert_error(404, "NOT_FOUND");
     assert_eq!(app.status_of(&elsewhere).await, ScanStatus::Running);
+    let commits = commits_of(&app, &[stuck, twice, raced]).await;
+    assert_ne!(commits[0], commits[1], "the stuck write commits on its own");
+    assert_eq!(commits[1], commits[2], "the queued changes commit together");
 }
 store_test!(changes_that_queue_together_keep_their_own_outcomes);
 
