@@ -276,24 +276,30 @@ async fn changes_that_queue_together_keep_their_own_outcomes(backend: Backend) {
     let (first, (cancels, completed, cancelled, not_ours)) = tokio::join!(
         app.cancel(Some(&writer), group.as_str(), stuck.as_str()),
         async {
-            // The stuck write goes first; then the rest queue behind it, and the lock goes.
+            // The stuck write goes first; then the rest queue behind it, and the lock goes. The
+            // first cancel of `twice` and the completion queue first, in that order, so that the
+            // next batch holds both (two changes of one scan never share a batch: the second of
+            // each may lead a batch of its own).
             until_waiting(&app, 1).await;
+            let (app, writer, group) = (&app, &writer, &group);
+            let cancel = |scan: ScanId| async move {
+                app.cancel(Some(writer), group.as_str(), scan.as_str())
+                    .await
+            };
             let complete = move_path(group.as_str(), raced.as_str(), "complete");
-            let (cancels, completed, cancelled, not_ours, ()) = tokio::join!(
-                futures::future::join_all((0..2).map(|_| app.cancel(
-                    Some(&writer),
-                    group.as_str(),
-                    twice.as_str()
-                ))),
-                app.post(&runner, &complete, None),
-                app.cancel(Some(&writer), group.as_str(), raced.as_str()),
-                app.cancel(Some(&writer), group.as_str(), elsewhere.as_str()),
-                async {
-                    // One batch at a time: the five changes queue behind the stuck one.
-                    until_changes_waiting(&app, 6).await;
-                    lock.release().await;
-                },
-            );
+            let (first_twice, (completed, (second_twice, cancelled, not_ours, ()))) =
+                tokio::join!(cancel(twice), async {
+                    until_changes_waiting(app, 2).await;
+                    tokio::join!(app.post(&runner, &complete, None), async {
+                        until_changes_waiting(app, 3).await;
+                        tokio::join!(cancel(twice), cancel(raced), cancel(elsewhere), async {
+                            // One batch at a time: the five changes queue behind the stuck one.
+                            until_changes_waiting(app, 6).await;
+                            lock.release().await;
+                        })
+                    })
+                });
+            let cancels = vec![first_twice, second_twice];
             (cancels, completed, cancelled, not_ours)
         }
     );
