@@ -394,3 +394,48 @@ impl From<BytesRejection> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn details_of(problems: Problems) -> String {
+        match problems.into_result() {
+            Err(ApiError::Validation(details)) => details,
+            other => panic!("not a 400: {other:?}"),
+        }
+    }
+
+    /// No request reaches more than seven distinct problems today; past eight the rest are
+    /// counted, each once, so that no request can make a 400 list everything it got wrong.
+    #[test]
+    fn problems_past_eight_are_counted_not_named() {
+        let mut problems = Problems::default();
+        for n in 0..11 {
+            problems.push(format!("p{n}"));
+            problems.push(format!("p{n}"));
+        }
+        assert_eq!(
+            details_of(problems),
+            "p0; p1; p2; p3; p4; p5; p6; p7; and 3 more problems"
+        );
+        let mut problems = Problems::default();
+        (0..9).for_each(|n| problems.push(format!("p{n}")));
+        assert!(details_of(problems).ends_with("p7; and 1 more problem"));
+        assert!(Problems::default().into_result().is_ok());
+    }
+
+    /// `details` stays within 1 KiB whatever it holds: cut at a character boundary, ending in
+    /// `…`; one exactly at the limit is kept whole.
+    #[test]
+    fn details_over_a_kibibyte_are_cut_at_a_character_boundary() {
+        let cut = bounded("é".repeat(600));
+        assert!(cut.len() <= MAX_DETAILS_BYTES, "{} bytes", cut.len());
+        assert!(cut.len() > MAX_DETAILS_BYTES - 4, "{} bytes", cut.len());
+        let (kept, mark) = cut.split_at(cut.len() - '…'.len_utf8());
+        assert_eq!(mark, "…");
+        assert!(kept.chars().all(|c| c == 'é'));
+        let whole = "a".repeat(MAX_DETAILS_BYTES);
+        assert_eq!(bounded(whole.clone()), whole);
+    }
+}
