@@ -79,6 +79,7 @@ impl Application {
         extra: Router<AppState>,
     ) -> Result<Self, StartupError> {
         let store = migrated_store(&settings.store).await?;
+        store.check_writable().await.map_err(StartupError::Store)?;
         let scans = ScanService::with_key_cache(store.clone(), settings.key_cache_ttl)
             .with_feed(settings.feed_poll, settings.stream_batch);
         if let Some(keep) = settings.audit_retention {

@@ -251,6 +251,17 @@ impl Store {
         forward!(self.migrate())
     }
 
+    /// Fails when this process cannot write the database, which the service must: see
+    /// [`SqliteStore::check_writable`]. On PostgreSQL a standby, a read-only transaction default
+    /// or a role without rights on the schema already fails the start's migration step, whose
+    /// `CREATE TABLE IF NOT EXISTS` of the migrations table is checked for them.
+    pub async fn check_writable(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(_) => Ok(()),
+            Store::Sqlite(store) => store.check_writable().await,
+        }
+    }
+
     /// Succeeds when the database answers within the timeout.
     pub async fn ping(&self) -> Result<(), StoreError> {
         forward!(self.ping())

@@ -181,6 +181,24 @@ impl SqliteStore {
         migrating.commit().await.map_err(classify)
     }
 
+    /// Fails when this process cannot write the database (a read-only file, directory or mount,
+    /// `mode=ro`): the service started, reported ready and answered every write 500. A write
+    /// that changes nothing asks SQLite, which refuses it at once on such a database; a lock
+    /// held elsewhere means it can be written.
+    pub async fn check_writable(&self) -> Result<(), StoreError> {
+        let write = sqlx::query("UPDATE api_keys SET name = name WHERE 0").execute(&self.pool);
+        match tokio::time::timeout(self.timeout, write).await {
+            Ok(Err(error)) if primary_code(&error) == Some(SQLITE_READONLY) => Err(
+                StoreError::Config(format!("this process cannot write the database: {error}")),
+            ),
+            Ok(Err(error)) if primary_code(&error) != Some(SQLITE_BUSY) => {
+                Err(super::classify(error))
+            }
+            // Written, or waiting for a lock another connection holds: writable.
+            _ => Ok(()),
+        }
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.bounded(sqlx::query("SELECT 1").execute(&self.pool))
             .await
@@ -813,13 +831,22 @@ async fn pending(
     Ok(super::migrations::pending(migrator, &applied))
 }
 
-/// SQLITE_BUSY or one of its extended codes: another connection holds the lock.
-fn is_busy(error: &sqlx::Error) -> bool {
+/// SQLite's primary result codes this store acts on (an extended code's low byte is its primary).
+const SQLITE_BUSY: i32 = 5;
+const SQLITE_READONLY: i32 = 8;
+
+/// The primary result code of a database error.
+fn primary_code(error: &sqlx::Error) -> Option<i32> {
     let sqlx::Error::Database(error) = error else {
-        return false;
+        return None;
     };
     let code = error.code().and_then(|code| code.parse::<i32>().ok());
-    code.is_some_and(|code| code & 0xff == 5)
+    code.map(|code| code & 0xff)
+}
+
+/// SQLITE_BUSY or one of its extended codes: another connection holds the lock.
+fn is_busy(error: &sqlx::Error) -> bool {
+    primary_code(error) == Some(SQLITE_BUSY)
 }
 
 fn now() -> OffsetDateTime {

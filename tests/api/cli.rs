@@ -464,6 +464,43 @@ async fn healthcheck_answers_on_one_thread() {
     assert!(stderr.contains("did not answer within 3 s"), "{stderr}");
 }
 
+/// A SQLite database this process cannot write (a read-only file, directory or mount; here
+/// `mode=ro`) stops `serve` at start with one line saying so. It started, reported ready and
+/// answered every cancel 500. Commands that only read it still run.
+#[tokio::test]
+async fn serve_refuses_a_database_it_cannot_write() {
+    let database = TestDatabase::create(Backend::Sqlite).await;
+    migrated(&database);
+    let read_only = format!("{}?mode=ro", database.url);
+    let served = tokio::process::Command::from(child::signal_scans())
+        .arg("serve")
+        .env("DATABASE_URL", &read_only)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .kill_on_drop(true)
+        .output();
+    let served = tokio::time::timeout(Duration::from_secs(20), served)
+        .await
+        .expect("serve stopped at start")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&served.stderr);
+    assert_eq!(served.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("this process cannot write the database"),
+        "{stderr}"
+    );
+    let listed = child::signal_scans()
+        .args(["keys", "list"])
+        .env("DATABASE_URL", &read_only)
+        .output()
+        .unwrap();
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+}
+
 #[test]
 fn a_missing_or_bad_setting_is_one_line_naming_it() {
     for (env, args, named) in [
