@@ -186,8 +186,14 @@ impl SqliteStore {
     /// that changes nothing asks SQLite, which refuses it at once on such a database; a lock
     /// held elsewhere means it can be written.
     pub async fn check_writable(&self) -> Result<(), StoreError> {
-        let write = sqlx::query("UPDATE api_keys SET name = name WHERE 0").execute(&self.pool);
-        match tokio::time::timeout(self.timeout, write).await {
+        // On a connection of its own, as the migrations: the pool opens its own when serving.
+        let mut connection = self
+            .bounded(SqliteConnection::connect_with(&self.migrate_options))
+            .await?;
+        let write = sqlx::query("UPDATE api_keys SET name = name WHERE 0").execute(&mut connection);
+        let written = tokio::time::timeout(self.timeout, write).await;
+        let _ = connection.close().await;
+        match written {
             Ok(Err(error)) if primary_code(&error) == Some(SQLITE_READONLY) => Err(
                 StoreError::Config(format!("this process cannot write the database: {error}")),
             ),
