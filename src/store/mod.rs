@@ -85,6 +85,12 @@ impl ChangeHints {
 }
 
 impl ChangeHints {
+    /// Whether these hints can stop without an error: a PostgreSQL connection that its network
+    /// dropped silently waits forever. SQLite's come from this process's own writes.
+    pub(crate) fn may_go_silent(&self) -> bool {
+        matches!(self, ChangeHints::Postgres(_))
+    }
+
     /// Drops the hints already received: the read that follows covers them.
     pub(crate) fn discard_queued(&mut self) {
         match self {

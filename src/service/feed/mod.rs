@@ -47,6 +47,10 @@ pub struct FeedReader {
     /// The least time from one read to the next that waited for a hint (see [`Self::spaced`]).
     gap: Duration,
     last_read: Option<Instant>,
+    /// The poll, not a hint, woke the reader, and no read has succeeded since.
+    polled: bool,
+    /// Polls in a row that found changes no hint announced (see [`Self::suspect_the_listener`]).
+    unannounced: u8,
 }
 
 impl FeedReader {
@@ -73,6 +77,8 @@ impl FeedReader {
             behind: true,
             gap: Duration::ZERO,
             last_read: None,
+            polled: false,
+            unannounced: 0,
         })
     }
 
@@ -115,7 +121,7 @@ impl FeedReader {
     /// Waits for a hint or the poll unless the last read was cut short or failed, then reads.
     async fn read_page(&mut self) -> Result<FeedPage, StoreError> {
         if !self.behind {
-            self.wait().await;
+            self.polled = !self.wait().await;
             self.keep_gap().await;
         }
         self.behind = true;
@@ -125,7 +131,33 @@ impl FeedReader {
             .read_feed(&self.cursor, self.group.as_ref(), PAGE)
             .await?;
         self.behind = page.full;
+        if std::mem::take(&mut self.polled) && !page.rows.is_empty() {
+            self.unannounced += 1;
+            // Twice in a row: a poll that falls between a commit and its hint, milliseconds
+            // later, finds one unannounced change now and then.
+            if self.unannounced >= 2 {
+                self.unannounced = 0;
+                self.suspect_the_listener().await;
+            }
+        }
         Ok(page)
+    }
+
+    /// Polls found changes that no hint announced. On PostgreSQL that is what a listening
+    /// connection that died silently looks like (a NAT or firewall dropping it, a failover behind
+    /// one address: no reset ever arrives, so it waits forever), which would leave every change
+    /// to the poll for the life of the process. Listen afresh, then read once more, so that
+    /// nothing committed in between is left to the next poll. (A hint can also be lost by a
+    /// process killed between its commit and its publish: listening afresh costs a connection.)
+    async fn suspect_the_listener(&mut self) {
+        if !self.hints.as_ref().is_some_and(ChangeHints::may_go_silent) {
+            return;
+        }
+        tracing::warn!(
+            "polls found changes no notification announced: listening for them on a new connection"
+        );
+        self.hints = self.store.hints().await.ok();
+        self.behind = true;
     }
 
     /// Until `gap` has passed since the last read. The read that follows covers every hint that
@@ -142,8 +174,8 @@ impl FeedReader {
         }
     }
 
-    /// Until a hint that concerns this reader, or the poll interval.
-    async fn wait(&mut self) {
+    /// Until a hint that concerns this reader (true), or the poll interval (false).
+    async fn wait(&mut self) -> bool {
         let poll = tokio::time::sleep(self.poll);
         tokio::pin!(poll);
         loop {
@@ -151,16 +183,21 @@ impl FeedReader {
                 poll.await;
                 // Listen again before the read that follows, so nothing falls in between.
                 self.hints = self.store.hints().await.ok();
-                return;
+                return true;
             };
             tokio::select! {
-                () = &mut poll => return,
+                () = &mut poll => return false,
                 hint = hints.next() => match hint {
-                    Ok(Hint::Changes(changes)) if !concerns(self.group.as_ref(), &changes) => continue,
+                    Ok(Hint::Changes(changes)) if !concerns(self.group.as_ref(), &changes) => {
+                        // Of another group, but the listener is alive.
+                        self.unannounced = 0;
+                        continue;
+                    }
                     Ok(_) => {
+                        self.unannounced = 0;
                         // One read covers every hint already queued.
                         hints.discard_queued();
-                        return;
+                        return true;
                     }
                     Err(error) => {
                         tracing::warn!(%error, "lost the change notifications; polling until they are back");

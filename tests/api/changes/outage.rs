@@ -63,6 +63,65 @@ store_test!(
     postgres_only
 );
 
+/// The listener's connection dies silently while new connections work: a NAT or a firewall
+/// dropping it, a failover behind one address. No reset ever arrives, so the listener waits
+/// forever, and every change reached the streams only at the hub's poll, for the life of the
+/// process. Polls that find changes no notification announced now listen on a new connection (a
+/// second LISTEN session appears), and the stream still gets every change once, in order. Fails
+/// for a hub that keeps waiting on the dead listener.
+async fn a_listener_that_died_silently_is_replaced(backend: Backend) {
+    let app = Settings::default()
+        .through_proxy()
+        .with_db_timeout(Duration::from_millis(400))
+        .with_feed_poll(Duration::from_millis(300))
+        .spawn(backend)
+        .await;
+    let proxy = app.proxy.as_ref().expect("spawned through the proxy");
+    let group = group();
+    let (reader, _) = read_key(&app, &group).await;
+    let url = app.url(&changes_path(&group, ""));
+    let stream = follow(stream_request(&url, &reader)).await;
+    let before = move_fresh_scans(&app, &group, 1).await;
+    let mut received = Vec::new();
+    let (stream, _) = read_as_a_client(stream, &url, &reader, &mut received, 1, SOON).await;
+    let mut db = PgConnection::connect(&app.db.url).await.unwrap();
+    let listeners = async |db: &mut PgConnection| -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND query LIKE 'LISTEN %'",
+        )
+        .fetch_one(db)
+        .await
+        .unwrap()
+    };
+    assert_eq!(listeners(&mut db).await, 1);
+
+    proxy.stall_open_connections();
+    // Changes keep coming, each found only by a poll, until the hub listens again.
+    let mut after = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while listeners(&mut db).await < 2 {
+        assert!(Instant::now() < deadline, "the hub never listened again");
+        after.extend(move_fresh_scans(&app, &group, 1).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    after.extend(move_fresh_scans(&app, &group, 1).await);
+    let every: Vec<ScanId> = [before, after].concat();
+    let (mut stream, _) = read_as_a_client(
+        stream,
+        &url,
+        &reader,
+        &mut received,
+        every.len(),
+        Duration::from_secs(30),
+    )
+    .await;
+    stream.assert_no_event_for(QUIET).await;
+
+    assert_eq!(moves(&received), cancels_of(&every, "running"));
+}
+store_test!(a_listener_that_died_silently_is_replaced, postgres_only);
+
 /// Cancels `count` fresh running scans of `group` straight in the test's store, as another
 /// process would, one after the other; returns them in commit order.
 async fn move_fresh_scans(app: &TestApp, group: &AccountGroupId, count: usize) -> Vec<ScanId> {

@@ -3,8 +3,12 @@
 //! Cut: every connection, open or new, stalls (bytes stop flowing, nothing is closed), which is
 //! how a dead network or a hung server looks to a client. Restore: stalled connections are
 //! closed and new ones flow again. Slow: every chunk from the database waits before delivery.
+//! Stall the open ones: the connections open now stall and new ones flow, as when a NAT, a
+//! firewall or a failover drops connections without a reset.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,6 +22,10 @@ pub struct Proxy {
     /// Bumped on restore: connections from an older generation close.
     generation: watch::Sender<u64>,
     delay: watch::Sender<Duration>,
+    /// Connections numbered below this stall.
+    stall_below: watch::Sender<u64>,
+    /// How many connections were accepted so far: the next one's number.
+    accepted: Arc<AtomicU64>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -28,16 +36,25 @@ impl Proxy {
         let (open, _) = watch::channel(true);
         let (generation, _) = watch::channel(0u64);
         let (delay, _) = watch::channel(Duration::ZERO);
+        let (stall_below, _) = watch::channel(0u64);
+        let accepted = Arc::new(AtomicU64::new(0));
         let accept = {
             let (open, generation, delay) = (open.clone(), generation.clone(), delay.clone());
+            let (stall_below, accepted) = (stall_below.clone(), Arc::clone(&accepted));
             tokio::spawn(async move {
                 while let Ok((client, _)) = listener.accept().await {
+                    let number = accepted.fetch_add(1, Ordering::SeqCst);
+                    let stalled = stall_below.subscribe();
                     tokio::spawn(relay(
                         client,
                         target,
                         open.subscribe(),
                         generation.subscribe(),
                         delay.subscribe(),
+                        async move {
+                            let mut stalled = stalled;
+                            let _ = stalled.wait_for(|below| number < *below).await;
+                        },
                     ));
                 }
             })
@@ -47,6 +64,8 @@ impl Proxy {
             open,
             generation,
             delay,
+            stall_below,
+            accepted,
             accept,
         }
     }
@@ -68,6 +87,12 @@ impl Proxy {
         self.open.send_replace(true);
     }
 
+    /// The connections open now stall (bytes stop flowing, nothing is closed); new ones flow.
+    pub fn stall_open_connections(&self) {
+        self.stall_below
+            .send_replace(self.accepted.load(Ordering::SeqCst));
+    }
+
     /// Every chunk the database sends waits `delay` before it is delivered.
     pub fn slow_down(&self, delay: Duration) {
         self.delay.send_replace(delay);
@@ -86,6 +111,7 @@ async fn relay(
     mut open: watch::Receiver<bool>,
     mut generation: watch::Receiver<u64>,
     delay: watch::Receiver<Duration>,
+    stalled: impl std::future::Future<Output = ()>,
 ) {
     generation.mark_unchanged();
     // A connection made while cut stalls from the start.
@@ -103,6 +129,7 @@ async fn relay(
         () = pipe(&mut client_read, &mut server_write, no_delay) => return,
         () = pipe(&mut server_read, &mut client_write, delay) => return,
         _ = open.wait_for(|open| !*open) => {}
+        () = stalled => {}
     }
     // Cut: the sockets stay open, silent, until restored; then they close with this task.
     let _ = generation.changed().await;
