@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use super::AppState;
 use super::error::ApiError;
 use super::metrics::RATE_LIMITED;
-use super::rate_limit::Decision;
+use super::rate_limit::{Decision, Failure};
 use crate::domain::keys::{Permission, Principal};
 use crate::service::AuthFailure;
 
@@ -122,8 +122,8 @@ fn auth_failures_limited(retry_after_secs: u64) -> ApiError {
     ApiError::RateLimited { retry_after_secs }
 }
 
-/// The authentication's answer: a failure is counted against `client`, and answered 429 when it
-/// used up the address's allowance.
+/// The authentication's answer: a failure is counted against `client` (the one that spends the
+/// address's last allowance blocks it), and answered 429 when the address had none left.
 async fn settle(
     state: &AppState,
     client: IpAddr,
@@ -139,25 +139,26 @@ async fn settle(
             // The reason is the 401's own details: never the key, and what an operator chasing
             // "401 for a key that should work" needs (missing, malformed, unknown, expired, revoked).
             tracing::info!(client.address = %client, reason = %reason, "authentication failed");
-            Err(
-                match state
-                    .limits
-                    .record_auth_failure(failure_bucket(client))
-                    .await
-                {
-                    Some(retry_after_secs) => {
-                        // This failure used up the allowance: later requests from the address
-                        // are refused before authentication, unlogged, until it is free again.
-                        tracing::warn!(
-                            client.address = %client,
-                            retry_after_s = retry_after_secs,
-                            "address blocked after repeated authentication failures"
-                        );
-                        auth_failures_limited(retry_after_secs)
-                    }
-                    None => ApiError::Unauthorized(reason),
-                },
-            )
+            let failure = state
+                .limits
+                .record_auth_failure(failure_bucket(client))
+                .await;
+            if let Some(retry_after_secs) = failure.blocked_for {
+                // Its requests are refused before authentication from now on, unlogged, until
+                // the address may fail again.
+                tracing::warn!(
+                    client.address = %client,
+                    retry_after_s = retry_after_secs,
+                    "address blocked after repeated authentication failures"
+                );
+            }
+            Err(match failure {
+                Failure {
+                    refused: true,
+                    blocked_for,
+                } => auth_failures_limited(blocked_for.unwrap_or(1)),
+                Failure { refused: false, .. } => ApiError::Unauthorized(reason),
+            })
         }
         Err(other) => Err(other),
     }

@@ -370,11 +370,55 @@ async fn an_address_over_its_failures_gets_no_more_lookups_however_many_are_in_f
     let count = |status| statuses.iter().filter(|s| **s == status).count();
     assert_eq!(first, 401);
     assert_eq!((count(401), count(429)), (2, 28), "{statuses:?}");
-    // Three failures allowed, the fourth over the allowance: four lookups.
-    assert_eq!(app.served_store.key_lookups() - looked_up_before, 4);
+    // Three failures allowed, and the third blocks the address: three lookups. (The block began
+    // at a refused failure before, so a fourth was looked up, and its 429 told a wrong key.)
+    assert_eq!(app.served_store.key_lookups() - looked_up_before, 3);
     assert_eq!(app.status_of(&scan).await, ScanStatus::Queued);
 }
 store_test!(an_address_over_its_failures_gets_no_more_lookups_however_many_are_in_flight);
+
+/// Past its allowance an address gets one key lookup each time a failure comes back, not two:
+/// the failure that spends the last one blocks the address, so the request after it is refused
+/// before its key is looked up. The block began only at a failure refused after its lookup, so
+/// each refill let two keys be tried, and the second's 429 still told a wrong key from a right
+/// one. On the in-process limiter's stopped clock (3 failures a minute: one back every 20 s).
+async fn past_its_allowance_an_address_gets_one_lookup_per_failure_that_comes_back(
+    backend: Backend,
+) {
+    let (app, group, key, scan) = behind_one_proxy_allowing_three_failures(backend).await;
+    let path = cancel_path(group.as_str(), scan.as_str());
+    let send = |key: String| {
+        let request = app
+            .client
+            .post(app.url(&path))
+            .header("x-forwarded-for", "203.0.113.11")
+            .bearer_auth(key);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let guess = || send(NewApiKey::generate().secret);
+    let lookups = || app.served_store.key_lookups();
+    let mut statuses = Vec::new();
+    let before = lookups();
+    for _ in 0..5 {
+        statuses.push(guess().await);
+    }
+    let spent = lookups() - before;
+    app.limits.clock().advance(Duration::from_secs(20));
+    let before = lookups();
+    let mut refilled = Vec::new();
+    for _ in 0..3 {
+        refilled.push(guess().await);
+    }
+    let after_refill = lookups() - before;
+    let right_key = send(key.clone()).await;
+
+    assert_eq!(statuses, [401, 401, 401, 429, 429]);
+    assert_eq!(spent, 3, "one lookup a failure allowed");
+    assert_eq!(refilled, [401, 429, 429]);
+    assert_eq!(after_refill, 1, "one failure came back: one lookup");
+    assert_eq!(right_key, 429, "blocked whatever it sends");
+}
+store_test!(past_its_allowance_an_address_gets_one_lookup_per_failure_that_comes_back);
 
 /// While the database is slow (each answer 1.5 s late), an address that failed lately gets one
 /// lookup at a time still: the requests that waited a second for the turn are answered 502 (the

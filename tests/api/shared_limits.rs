@@ -196,6 +196,39 @@ async fn a_shared_address_block_ends_after_retry_after() {
     assert_eq!(after, 200);
 }
 
+/// Through Redis too, the failure that spends an address's last allowance blocks it: the request
+/// after it is refused before its key is looked up. Each 401 was one lookup, and so is nothing
+/// else: the 429 that ends the run of failures was looked up before (and told a wrong key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_shared_allowance_blocks_before_the_next_lookup() {
+    let Some(url) = redis_url().await else { return };
+    let http = HttpSettings {
+        auth_failures_per_minute: NonZeroU32::new(60).unwrap(),
+        ..limited(Some(settings_for(&url)))
+    };
+    let app = Settings::default()
+        .with_http(http)
+        .spawn(Backend::Sqlite)
+        .await;
+    until("the instance reaches Redis", || app.limits.is_shared()).await;
+    let (_, path) = key_and_cancel_path(&app).await;
+    let guess = signal_scans::domain::keys::NewApiKey::generate().secret;
+    let looked_up_before = app.served_store.key_lookups();
+    let mut failures = 0;
+    while cancel_at(&app, app.addr, &guess, &path).await == 401 {
+        failures += 1;
+        assert!(failures <= 1000, "never blocked");
+    }
+
+    assert!(failures >= 60, "the whole allowance first: {failures}");
+    assert_eq!(
+        app.served_store.key_lookups() - looked_up_before,
+        failures,
+        "one lookup a failure, none for the request refused"
+    );
+    assert!(app.limits.is_shared());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_authentications_are_counted_across_replicas() {
     let Some((app, replica)) = two_instances_sharing_redis().await else {
@@ -208,15 +241,15 @@ async fn failed_authentications_are_counted_across_replicas() {
     for addr in [app.addr, replica.addr, app.addr] {
         statuses.push(cancel_at(&app, addr, &guess, &path).await);
     }
-    // Exactly the allowance spent: not yet over it, so the right key still works.
+    // The allowance spent: blocked on every replica, whatever key it sends (looking the right
+    // key up would tell it from a wrong one).
     statuses.push(cancel_at(&app, replica.addr, &key, &path).await);
     for addr in [replica.addr, app.addr] {
         statuses.push(cancel_at(&app, addr, &guess, &path).await);
     }
-    // Over it: blocked everywhere, whatever key it sends.
     statuses.push(cancel_at(&app, app.addr, &key, &path).await);
 
-    assert_eq!(statuses, [401, 401, 401, 200, 429, 429, 429]);
+    assert_eq!(statuses, [401, 401, 401, 429, 429, 429, 429]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use governor::{Quota, RateLimiter};
 use uuid::Uuid;
 
 use super::clock::LimiterClock;
-use super::{Decision, RateLimit, whole_seconds};
+use super::{Decision, Failure, RateLimit, whole_seconds};
 
 type Instant = <LimiterClock as Clock>::Instant;
 type KeyedLimiter<K, MW = NoOpMiddleware<Instant>> =
@@ -23,7 +23,7 @@ const PRUNE_EVERY: u64 = 1024;
 
 pub(super) struct LocalLimits {
     keys: KeyedLimiter<Uuid, StateInformationMiddleware>,
-    failures: KeyedLimiter<IpAddr>,
+    failures: KeyedLimiter<IpAddr, StateInformationMiddleware>,
     clock: LimiterClock,
     /// Addresses over their failure allowance, and until when (governor cannot look without
     /// spending a cell, and a blocked address must be refused before its key is looked at).
@@ -46,7 +46,8 @@ impl LocalLimits {
             failures: RateLimiter::dashmap_with_clock(
                 Quota::per_minute(auth_failures_per_minute),
                 clock.clone(),
-            ),
+            )
+            .with_middleware(),
             clock,
             blocked: DashMap::new(),
             recorded: AtomicU64::new(0),
@@ -76,15 +77,31 @@ impl LocalLimits {
         }
     }
 
-    pub(super) fn record_auth_failure(&self, client: IpAddr) -> Option<u64> {
+    /// Spends one of `client`'s failures: see [`Failure`]. An address left without one is
+    /// blocked until the next is due.
+    pub(super) fn record_auth_failure(&self, client: IpAddr) -> Failure {
         if self.recorded.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
             self.prune();
         }
-        let not_until = self.failures.check_key(&client).err()?;
-        let now = self.clock.now();
-        let wait = not_until.wait_time_from(now);
-        self.blocked.insert(client, now + wait.into());
-        Some(whole_seconds(wait))
+        let (refused, not_until) = match self.failures.check_key(&client) {
+            Err(not_until) => (true, Some(not_until)),
+            // That was the last: a check now is refused, spends nothing, and says when the next
+            // is due.
+            Ok(left) if left.remaining_burst_capacity() == 0 => {
+                (false, self.failures.check_key(&client).err())
+            }
+            Ok(_) => (false, None),
+        };
+        let blocked_for = not_until.map(|not_until| {
+            let now = self.clock.now();
+            let wait = not_until.wait_time_from(now);
+            self.blocked.insert(client, now + wait.into());
+            whole_seconds(wait)
+        });
+        Failure {
+            refused,
+            blocked_for,
+        }
     }
 
     fn prune(&self) {

@@ -44,6 +44,17 @@ pub enum Decision {
     Limited { retry_after_secs: u64 },
 }
 
+/// What counting one failed authentication of an address decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure {
+    /// The address had no failure left: this one is answered 429.
+    pub refused: bool,
+    /// The address has none left now, for this many seconds: until then its requests are
+    /// refused before any lookup. Set by the failure that spends the last one, so the request
+    /// after it is never looked up.
+    pub blocked_for: Option<u64>,
+}
+
 /// Every limit the service applies, wherever it is kept.
 pub struct RateLimiter {
     limit: RateLimit,
@@ -200,8 +211,8 @@ impl RateLimiter {
         Some(taken)
     }
 
-    /// Counts a failed authentication; `Some(seconds)` when it took `client` over its allowance.
-    pub async fn record_auth_failure(&self, client: IpAddr) -> Option<u64> {
+    /// Counts a failed authentication of `client`: see [`Failure`].
+    pub async fn record_auth_failure(&self, client: IpAddr) -> Failure {
         let recorded = self
             .failures_recorded
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -313,20 +324,30 @@ mod tests {
         );
     }
 
+    /// The failure that spends an address's last allowance blocks it at once: the request after
+    /// it is refused before its key is looked up. A failure past the allowance (requests in
+    /// flight together) is refused itself.
     #[tokio::test]
-    async fn an_address_over_its_failure_allowance_is_blocked_whatever_it_sends() {
+    async fn an_address_that_spent_its_failure_allowance_is_blocked_whatever_it_sends() {
         let limiter = limiter(20, 40, 2);
         let (guesser, bystander): (IpAddr, IpAddr) =
             ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        assert_eq!(limiter.record_auth_failure(guesser).await, None);
-        assert_eq!(limiter.record_auth_failure(guesser).await, None);
+        let first = limiter.record_auth_failure(guesser).await;
+        assert_eq!(
+            first,
+            Failure {
+                refused: false,
+                blocked_for: None
+            }
+        );
         assert_eq!(limiter.auth_blocked(guesser).await, None);
-        let retry_after = limiter
-            .record_auth_failure(guesser)
-            .await
-            .expect("third failure blocks");
-        assert!((1..=30).contains(&retry_after), "{retry_after}");
-        assert_eq!(limiter.auth_blocked(guesser).await, Some(retry_after));
+        let last = limiter.record_auth_failure(guesser).await;
+        assert!(!last.refused, "the second of two is allowed");
+        let blocked_for = last.blocked_for.expect("the last failure blocks");
+        assert!((1..=30).contains(&blocked_for), "{blocked_for}");
+        assert_eq!(limiter.auth_blocked(guesser).await, Some(blocked_for));
+        let past = limiter.record_auth_failure(guesser).await;
+        assert!(past.refused && past.blocked_for.is_some(), "{past:?}");
         assert_eq!(limiter.auth_blocked(bystander).await, None);
     }
 

@@ -10,7 +10,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
-use super::{Decision, RateLimit};
+use super::{Decision, Failure, RateLimit};
 use crate::secret_url::SecretUrl;
 
 /// How long a limit check may wait for Redis before the in-process limits decide instead.
@@ -21,8 +21,10 @@ const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 const BACKOFF: Duration = Duration::from_secs(1);
 
 /// GCRA on KEYS[1], spending one cell. ARGV: emission interval (ms per cell), burst (cells).
-/// KEYS[2], when given, is a marker set for the wait whenever a cell is refused (how a blocked
-/// address is recognised without spending). Returns {allowed, wait_ms, remaining}. The cells left
+/// KEYS[2], when given, is a marker set until the next cell is due whenever none is left: when a
+/// cell is refused, and when the one spent was the last (how a blocked address is recognised
+/// without spending: the request after its last allowed failure is refused before its key is
+/// looked up). Returns {allowed, wait_ms, remaining}; wait_ms is the marker's, or 0. The cells left
 /// are counted from `tat - now`, a small difference: differences of epoch milliseconds (about
 /// 1.7e12, kept to some 2e-4 ms) cost a whole cell at 0.1 ms a cell.
 const GCRA: &str = r"
@@ -41,8 +43,13 @@ if now < allow_at then
   return {0, wait, 0}
 end
 redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1000)
-local remaining = burst - 1 - (tat - now) / emission
-return {1, 0, math.floor(remaining + 1e-6)}
+local remaining = math.floor(burst - 1 - (tat - now) / emission + 1e-6)
+local next_wait = math.ceil(new_tat - emission * (burst - 1) - now)
+if KEYS[2] and remaining <= 0 and next_wait > 0 then
+  redis.call('SET', KEYS[2], '1', 'PX', next_wait)
+  return {1, next_wait, 0}
+end
+return {1, 0, remaining}
 ";
 
 /// Where the shared limits live.
@@ -237,12 +244,8 @@ impl SharedLimits {
             .map(|ms| ms.div_ceil(1000).max(1)))
     }
 
-    /// Spends one of `client`'s failures; `Some(seconds)` when it had none left, which also
-    /// blocks it for that long.
-    pub(super) async fn record_auth_failure(
-        &self,
-        client: IpAddr,
-    ) -> Result<Option<u64>, SharedError> {
+    /// Spends one of `client`'s failures: see [`Failure`].
+    pub(super) async fn record_auth_failure(&self, client: IpAddr) -> Result<Failure, SharedError> {
         let keys = [
             format!("{}auth-failures:{client}", self.prefix),
             self.blocked_key(client),
@@ -250,7 +253,11 @@ impl SharedLimits {
         let (allowed, wait_ms, _) = self
             .gcra(&keys, self.failure_emission_ms, self.failure_burst)
             .await?;
-        Ok((!allowed).then(|| wait_ms.div_ceil(1000).max(1)))
+        let blocked_for = (wait_ms > 0).then(|| wait_ms.div_ceil(1000).max(1));
+        Ok(Failure {
+            refused: !allowed,
+            blocked_for,
+        })
     }
 
     fn blocked_key(&self, client: IpAddr) -> String {
