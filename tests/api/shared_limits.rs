@@ -156,6 +156,8 @@ async fn a_shared_limit_refills_after_retry_after() {
 }
 
 /// An address blocked (in Redis) for failed authentications may try again after `Retry-After`.
+/// The failure that spends its last allowance blocks it: each 401 was one lookup, and nothing
+/// else was (the 429 that ended the run of failures was looked up before, and told a wrong key).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_address_block_ends_after_retry_after() {
     let Some(url) = redis_url().await else { return };
@@ -171,11 +173,13 @@ async fn a_shared_address_block_ends_after_retry_after() {
     until("the instance reaches Redis", || app.limits.is_shared()).await;
     let (key, path) = key_and_cancel_path(&app).await;
     let guess = signal_scans::domain::keys::NewApiKey::generate().secret;
+    let looked_up_before = app.served_store.key_lookups();
     let mut failures = 0;
     while cancel_at(&app, app.addr, &guess, &path).await == 401 {
         failures += 1;
         assert!(failures <= 1000, "never blocked");
     }
+    let looked_up = app.served_store.key_lookups() - looked_up_before;
     let blocked = ApiResponse::from(
         app.client
             .post(app.url(&path))
@@ -191,42 +195,13 @@ async fn a_shared_address_block_ends_after_retry_after() {
     let after = cancel_at(&app, app.addr, &key, &path).await;
 
     assert!(failures >= 60, "the whole allowance first: {failures}");
+    assert_eq!(
+        looked_up, failures,
+        "one lookup a failure, none for the request refused"
+    );
     blocked.assert_error(429, "RATE_LIMITED");
     assert!(app.limits.is_shared());
     assert_eq!(after, 200);
-}
-
-/// Through Redis too, the failure that spends an address's last allowance blocks it: the request
-/// after it is refused before its key is looked up. Each 401 was one lookup, and so is nothing
-/// else: the 429 that ends the run of failures was looked up before (and told a wrong key).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_spent_shared_allowance_blocks_before_the_next_lookup() {
-    let Some(url) = redis_url().await else { return };
-    let http = HttpSettings {
-        auth_failures_per_minute: NonZeroU32::new(60).unwrap(),
-        ..limited(Some(settings_for(&url)))
-    };
-    let app = Settings::default()
-        .with_http(http)
-        .spawn(Backend::Sqlite)
-        .await;
-    until("the instance reaches Redis", || app.limits.is_shared()).await;
-    let (_, path) = key_and_cancel_path(&app).await;
-    let guess = signal_scans::domain::keys::NewApiKey::generate().secret;
-    let looked_up_before = app.served_store.key_lookups();
-    let mut failures = 0;
-    while cancel_at(&app, app.addr, &guess, &path).await == 401 {
-        failures += 1;
-        assert!(failures <= 1000, "never blocked");
-    }
-
-    assert!(failures >= 60, "the whole allowance first: {failures}");
-    assert_eq!(
-        app.served_store.key_lookups() - looked_up_before,
-        failures,
-        "one lookup a failure, none for the request refused"
-    );
-    assert!(app.limits.is_shared());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
