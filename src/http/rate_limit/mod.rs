@@ -243,15 +243,20 @@ impl RateLimiter {
     }
 
     /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
+    /// `t` is when the whole burst is back: after a 429 that is the whole burst's refill, not
+    /// the `Retry-After` of the next request (a client that waited `t` for a full burst got half).
     pub fn write_headers(&self, decision: Decision, headers: &mut HeaderMap) {
+        let full_in = |used: u32| used.div_ceil(self.limit.per_second.get());
         let (remaining, reset_secs) = match decision {
-            Decision::Allowed { remaining } => {
-                let used = self.limit.burst.get().saturating_sub(remaining);
-                (remaining, used.div_ceil(self.limit.per_second.get()))
-            }
-            Decision::Limited { retry_after_secs } => {
-                (0, u32::try_from(retry_after_secs).unwrap_or(u32::MAX))
-            }
+            Decision::Allowed { remaining } => (
+                remaining,
+                full_in(self.limit.burst.get().saturating_sub(remaining)),
+            ),
+            Decision::Limited { retry_after_secs } => (
+                0,
+                full_in(self.limit.burst.get())
+                    .max(u32::try_from(retry_after_secs).unwrap_or(u32::MAX)),
+            ),
         };
         headers.insert(RATELIMIT_POLICY.clone(), self.policy.clone());
         let state = format!("\"{POLICY_NAME}\";r={remaining};t={reset_secs}");
@@ -358,5 +363,13 @@ mod tests {
         limiter.write_headers(Decision::Allowed { remaining: 39 }, &mut headers);
         assert_eq!(headers["ratelimit-policy"], "\"per-key\";q=40;w=2");
         assert_eq!(headers["ratelimit"], "\"per-key\";r=39;t=1");
+        // A 429's next request is due in a second; the whole burst of 40 only in 2.
+        limiter.write_headers(
+            Decision::Limited {
+                retry_after_secs: 1,
+            },
+            &mut headers,
+        );
+        assert_eq!(headers["ratelimit"], "\"per-key\";r=0;t=2");
     }
 }
