@@ -46,15 +46,17 @@ pub fn log_filter() -> String {
         .unwrap_or_else(|| "info,sqlx=warn".to_owned())
 }
 
-/// `TOKIO_WORKER_THREADS`: the runtime's worker threads (unset or empty: Tokio's default, one
-/// per CPU). Read here rather than by Tokio, which panics with a backtrace on a bad value.
+/// `TOKIO_WORKER_THREADS`: the runtime's worker threads (unset: Tokio's default, one per CPU;
+/// empty: the same, counted here). Read here rather than by Tokio, which panics with a backtrace
+/// on a bad value, an empty one included, whenever the runtime is not given a count.
 pub fn worker_threads() -> Result<Option<usize>, String> {
     let Some(raw) = std::env::var_os("TOKIO_WORKER_THREADS") else {
         return Ok(None);
     };
     let raw = raw.to_string_lossy();
     if raw.trim().is_empty() {
-        return Ok(None);
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        return Ok(Some(cpus));
     }
     match raw.trim().parse::<usize>() {
         Ok(threads) if threads >= 1 => Ok(Some(threads)),

@@ -143,9 +143,10 @@ async fn settle(
                 .limits
                 .record_auth_failure(failure_bucket(client))
                 .await;
-            if let Some(retry_after_secs) = failure.blocked_for {
-                // Its requests are refused before authentication from now on, unlogged, until
-                // the address may fail again.
+            if let (false, Some(retry_after_secs)) = (failure.refused, failure.blocked_for) {
+                // The failure that spent the last allowance: its requests are refused before
+                // authentication from now on, unlogged, until the address may fail again. (A
+                // refused one, in flight when the block began, is not logged again.)
                 tracing::warn!(
                     client.address = %client,
                     retry_after_s = retry_after_secs,

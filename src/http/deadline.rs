@@ -73,9 +73,13 @@ where
         };
         request.extensions_mut().insert(deadline);
         DeadlineFuture {
-            // The inner future is polled before the timer: a body read that gives up at the
-            // same instant answers its 400 rather than this 500.
-            inner: tokio::time::timeout_at(deadline.at, self.inner.call(request)),
+            // A millisecond after the body's own deadline: timers that expire together are
+            // fired in batches, and the task may be polled between them, so with the same
+            // instant this 500 could win over the body's 400.
+            inner: tokio::time::timeout_at(
+                deadline.at + Duration::from_millis(1),
+                self.inner.call(request),
+            ),
             limit: self.limit,
         }
     }

@@ -300,10 +300,15 @@ impl Batch {
             .state
             .compare_exchange(QUEUED, TAKEN, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok();
-        if !taken || entry.answer.is_closed() {
+        if !taken {
+            return; // withdrawn: its request counted its wait
+        }
+        // Counted here when taken, its request gone or not: a request dropped while the writer
+        // takes it finds its entry taken, and counts nothing.
+        metrics::histogram!(QUEUE_WAIT).record(entry.queued_at.elapsed().as_secs_f64());
+        if entry.answer.is_closed() {
             return;
         }
-        metrics::histogram!(QUEUE_WAIT).record(entry.queued_at.elapsed().as_secs_f64());
         self.scans.extend(entry.changes.iter().map(|c| c.scan));
         let count = entry.changes.len();
         self.changes.append(&mut entry.changes);

@@ -501,6 +501,25 @@ async fn serve_refuses_a_database_it_cannot_write() {
     );
 }
 
+/// An empty `TOKIO_WORKER_THREADS` (an orchestrator's `value: ""`) is unset, as the other
+/// settings' empty values are: Tokio, reading it itself, panicked with a backtrace.
+#[tokio::test]
+async fn an_empty_tokio_worker_threads_is_unset() {
+    let database = TestDatabase::create(Backend::Sqlite).await;
+    migrated(&database);
+    let listed = child::signal_scans()
+        .args(["keys", "list"])
+        .env("DATABASE_URL", &database.url)
+        .env("TOKIO_WORKER_THREADS", "")
+        .output()
+        .unwrap();
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+}
+
 #[test]
 fn a_missing_or_bad_setting_is_one_line_naming_it() {
     for (env, args, named) in [

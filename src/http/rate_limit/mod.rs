@@ -246,16 +246,14 @@ impl RateLimiter {
     /// `t` is when the whole burst is back: after a 429 that is the whole burst's refill, not
     /// the `Retry-After` of the next request (a client that waited `t` for a full burst got half).
     pub fn write_headers(&self, decision: Decision, headers: &mut HeaderMap) {
-        let full_in = |used: u32| used.div_ceil(self.limit.per_second.get());
         let (remaining, reset_secs) = match decision {
-            Decision::Allowed { remaining } => (
-                remaining,
-                full_in(self.limit.burst.get().saturating_sub(remaining)),
-            ),
+            Decision::Allowed { remaining } => {
+                let used = self.limit.burst.get().saturating_sub(remaining);
+                (remaining, used.div_ceil(self.limit.per_second.get()))
+            }
             Decision::Limited { retry_after_secs } => (
                 0,
-                full_in(self.limit.burst.get())
-                    .max(u32::try_from(retry_after_secs).unwrap_or(u32::MAX)),
+                window_secs(self.limit).max(u32::try_from(retry_after_secs).unwrap_or(u32::MAX)),
             ),
         };
         headers.insert(RATELIMIT_POLICY.clone(), self.policy.clone());

@@ -131,10 +131,14 @@ impl FeedReader {
             .read_feed(&self.cursor, self.group.as_ref(), PAGE)
             .await?;
         self.behind = page.full;
-        if std::mem::take(&mut self.polled) && !page.rows.is_empty() {
-            self.unannounced += 1;
+        if std::mem::take(&mut self.polled) {
             // Twice in a row: a poll that falls between a commit and its hint, milliseconds
-            // later, finds one unannounced change now and then.
+            // later, finds one unannounced change now and then. A poll that finds nothing ends
+            // the run.
+            self.unannounced = match page.rows.is_empty() {
+                true => 0,
+                false => self.unannounced + 1,
+            };
             if self.unannounced >= 2 {
                 self.unannounced = 0;
                 self.suspect_the_listener().await;
@@ -149,6 +153,8 @@ impl FeedReader {
     /// to the poll for the life of the process. Listen afresh, then read once more, so that
     /// nothing committed in between is left to the next poll. (A hint can also be lost by a
     /// process killed between its commit and its publish: listening afresh costs a connection.)
+    /// The old listener, dropped, sends `UNLISTEN` from a task of its own, which on a dead
+    /// connection waits until TCP gives up on it (minutes): one socket a replacement, for a while.
     async fn suspect_the_listener(&mut self) {
         if !self.hints.as_ref().is_some_and(ChangeHints::may_go_silent) {
             return;
