@@ -44,19 +44,25 @@ async fn a_stream_through_a_database_cut_gets_every_committed_change_once(backen
     proxy.restore();
     let after = move_fresh_scans(&app, &group, 2).await;
     let every: Vec<ScanId> = [before, during, after].concat();
-    // The hub waits at most 5 s between retries; a dead pooled connection may fail once more.
-    let (mut stream, _) = read_as_a_client(
-        stream,
-        &url,
-        &reader,
-        &mut received,
-        every.len(),
-        Duration::from_secs(30),
-    )
-    .await;
+    read_every_cancel_once(stream, &url, &reader, &mut received, &every).await;
+}
+
+/// Reads on as a client (reconnecting from its last id when a stream ends) until `received`
+/// holds a change for each of `every`, then checks that nothing more comes and that each of
+/// `every` was cancelled from running exactly once, in commit order. 30 s at most: the hub waits
+/// up to 5 s between retries, and a dead pooled connection may fail once more.
+async fn read_every_cancel_once(
+    stream: SseStream,
+    url: &str,
+    reader: &str,
+    received: &mut Vec<SseEvent>,
+    every: &[ScanId],
+) {
+    let limit = Duration::from_secs(30);
+    let (mut stream, _) = read_as_a_client(stream, url, reader, received, every.len(), limit).await;
     stream.assert_no_event_for(QUIET).await;
 
-    assert_eq!(moves(&received), cancels_of(&every, "running"));
+    assert_eq!(moves(received), cancels_of(every, "running"));
 }
 store_test!(
     a_stream_through_a_database_cut_gets_every_committed_change_once,
@@ -84,41 +90,21 @@ async fn a_listener_that_died_silently_is_replaced(backend: Backend) {
     let before = move_fresh_scans(&app, &group, 1).await;
     let mut received = Vec::new();
     let (stream, _) = read_as_a_client(stream, &url, &reader, &mut received, 1, SOON).await;
-    let mut db = PgConnection::connect(&app.db.url).await.unwrap();
-    let listeners = async |db: &mut PgConnection| -> i64 {
-        sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND query LIKE 'LISTEN %'",
-        )
-        .fetch_one(db)
-        .await
-        .unwrap()
-    };
-    assert_eq!(listeners(&mut db).await, 1);
+    let mut admin = PgConnection::connect(&app.db.url).await.unwrap();
+    assert_eq!(listeners(&mut admin).await.len(), 1);
 
     proxy.stall_open_connections();
     // Changes keep coming, each found only by a poll, until the hub listens again.
     let mut after = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while listeners(&mut db).await < 2 {
+    while listeners(&mut admin).await.len() < 2 {
         assert!(Instant::now() < deadline, "the hub never listened again");
         after.extend(move_fresh_scans(&app, &group, 1).await);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     after.extend(move_fresh_scans(&app, &group, 1).await);
     let every: Vec<ScanId> = [before, after].concat();
-    let (mut stream, _) = read_as_a_client(
-        stream,
-        &url,
-        &reader,
-        &mut received,
-        every.len(),
-        Duration::from_secs(30),
-    )
-    .await;
-    stream.assert_no_event_for(QUIET).await;
-
-    assert_eq!(moves(&received), cancels_of(&every, "running"));
+    read_every_cancel_once(stream, &url, &reader, &mut received, &every).await;
 }
 store_test!(a_listener_that_died_silently_is_replaced, postgres_only);
 
