@@ -2,14 +2,11 @@
 //! headers or a body announced larger than we accept get a 400 envelope naming the limit.
 //! (hyper's own, larger buffer limit stays as the backstop for what never parses.)
 
-use std::convert::Infallible;
-use std::task::{Context, Poll};
-
-use axum::extract::Request;
+use axum::body::Body;
+use axum::http::Request;
 use axum::http::header::CONTENT_LENGTH;
 use axum::response::{IntoResponse, Response};
-use futures_util::future::{Either, Ready, ready};
-use tower::{Layer, Service};
+use tower_http::validate_request::ValidateRequest;
 
 use super::error::ApiError;
 
@@ -28,45 +25,23 @@ pub(crate) const MAX_BODY_BYTES: u64 = 64 * 1024;
 /// [`MAX_BODY_BYTES`] as a length.
 pub(crate) const MAX_BODY_LEN: usize = 64 * 1024;
 
-/// Layer: answers a request over a limit with the 400 envelope before any other work. A tower
-/// layer: it runs on every request, and its future is not boxed.
+/// Answers a request over a limit with the 400 envelope before any other work, as tower-http's
+/// `ValidateRequestHeaderLayer::custom` (it runs on every request, and its future is not boxed).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct EnforceLimits;
 
-impl<S> Layer<S> for EnforceLimits {
-    type Service = LimitsService<S>;
+impl<B> ValidateRequest<B> for EnforceLimits {
+    type ResponseBody = Body;
 
-    fn layer(&self, inner: S) -> Self::Service {
-        LimitsService { inner }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct LimitsService<S> {
-    inner: S,
-}
-
-impl<S> Service<Request> for LimitsService<S>
-where
-    S: Service<Request, Response = Response, Error = Infallible>,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = Either<Ready<Result<Response, Infallible>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        match violation(&request) {
-            Some(details) => Either::Left(ready(Ok(ApiError::Validation(details).into_response()))),
-            None => Either::Right(self.inner.call(request)),
+    fn validate(&mut self, request: &mut Request<B>) -> Result<(), Response> {
+        match violation(request) {
+            Some(details) => Err(ApiError::Validation(details).into_response()),
+            None => Ok(()),
         }
     }
 }
 
-fn violation(request: &Request) -> Option<String> {
+fn violation<B>(request: &Request<B>) -> Option<String> {
     let target = request
         .uri()
         .path_and_query()

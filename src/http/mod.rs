@@ -36,6 +36,7 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
+use tower_http::validate_request::ValidateRequestHeaderLayer;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 use utoipa_axum::routes;
 
@@ -146,7 +147,7 @@ pub(crate) fn router_with(state: AppState, extra: Router<AppState>) -> Router {
                 .map_response(error::log_hidden_causes)
                 .layer(metrics::Track)
                 .layer(CatchPanicLayer::custom(panic_response))
-                .layer(limits::EnforceLimits)
+                .layer(ValidateRequestHeaderLayer::custom(limits::EnforceLimits))
                 .layer(DefaultBodyLimit::max(limits::MAX_BODY_LEN))
                 .layer(Deadline::new(request_timeout)),
         )
