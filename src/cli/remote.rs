@@ -18,6 +18,15 @@ pub(super) fn server_url(text: &str) -> Result<url::Url, String> {
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!("an http:// or https:// URL, not {}:", url.scheme()));
     }
+    // The API key is the one credential sent: a user and password would go out as a second
+    // Authorization header (in clear over http), which the service refuses as a 401.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "a URL without a user or password: the API key, from SIGNAL_SCANS_API_KEY, is \
+            the only credential sent"
+                .into(),
+        );
+    }
     if !url.path().ends_with('/') {
         let path = format!("{}/", url.path());
         url.set_path(&path);
@@ -187,5 +196,20 @@ mod tests {
         );
         assert!(server_url("ftp://gateway").unwrap_err().contains("http://"));
         assert!(server_url("gateway:8080").is_err());
+    }
+
+    #[test]
+    fn a_server_url_carrying_a_user_or_password_is_refused() {
+        for url in [
+            "http://user:secret@127.0.0.1:8080",
+            "http://user@gateway/signals",
+            "https://:secret@gateway",
+        ] {
+            let refusal = server_url(url).unwrap_err();
+            assert!(
+                refusal.contains("without a user or password"),
+                "{url}: {refusal}"
+            );
+        }
     }
 }
