@@ -20,6 +20,10 @@ pub fn init(format: LogFormat, directives: &str) -> Result<(), String> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (a full disk, a reader of the pipe gone) is lost, and
+        // the service goes on. Reported, tracing-subscriber's `eprintln!` panics on the same
+        // stderr, the panic hook logs through it again, and the process aborts.
+        .log_internal_errors(false)
         // Colours only for a person at a terminal, never into files or collectors.
         .with_ansi(std::io::stderr().is_terminal());
     // try_init: a second call (tests that start several apps) keeps the first subscriber.

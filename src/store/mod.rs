@@ -557,13 +557,14 @@ fn classify(error: sqlx::Error) -> StoreError {
 }
 
 /// PostgreSQL SQLSTATE classes 08 (connection), 53 (resources) and 57 (operator intervention,
-/// statement timeout); SQLite's BUSY (5), LOCKED (6) and CANTOPEN (14: the file is out of reach,
-/// e.g. its volume is away), with their extended codes.
+/// statement timeout, and class 53 holds a full disk); SQLite's BUSY (5), LOCKED (6), FULL (13: the
+/// disk is full) and CANTOPEN (14: the file is out of reach, e.g. its volume is away), with their
+/// extended codes.
 fn is_transient_code(code: &str, sqlite: bool) -> bool {
     if sqlite {
         return code
             .parse::<i32>()
-            .is_ok_and(|code| matches!(code & 0xff, 5 | 6 | 14));
+            .is_ok_and(|code| matches!(code & 0xff, 5 | 6 | 13 | 14));
     }
     code.starts_with("08") || code.starts_with("53") || code.starts_with("57")
 }

@@ -8,12 +8,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
-use sqlx::Connection;
 use sqlx::migrate::Migrator;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
+use sqlx::{Connection, Sqlite};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -96,7 +97,9 @@ impl SqliteStore {
             // thread. On the write path it was one trip in five of every batch, and its wake-ups
             // cost (c) a third of its throughput (BENCHMARKS.md).
             .test_before_acquire(false)
-            .connect_lazy_with(connect);
+            // Only the start creates the file (it migrates it): a connection opened later to a
+            // file deleted under the running service would make an empty database beside it.
+            .connect_lazy_with(connect.clone().create_if_missing(false));
         Ok(Self {
             pool,
             migrate_options,
@@ -800,15 +803,40 @@ const UPDATE_BATCH: &str = "UPDATE signal_scans
 /// [`StoreError::Unavailable`]. The COMMIT is not bounded: once it is sent SQLite may make the
 /// transaction durable whatever this side does, so it is awaited to its end and its own answer is
 /// the truth. A caller is never told "not written" of a change that committed.
+///
+/// A connection whose transaction failed is closed, not given back to the pool: SQLite rolls a
+/// transaction back itself on some errors (a COMMIT that finds the disk full), sqlx's ROLLBACK
+/// then fails, and the connection would refuse every later BEGIN ("non-zero transaction depth")
+/// until the process restarted.
 async fn in_write_turn<T>(
     pool: &SqlitePool,
     turn: &tokio::sync::Mutex<()>,
     timeout: Duration,
     write: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T, sqlx::Error>,
 ) -> Result<T, StoreError> {
-    let (_turn, tx, written) = bounded(timeout, async {
+    let mut connection = None;
+    let written = write_and_commit(pool, turn, timeout, &mut connection, write).await;
+    if written.is_err()
+        && let Some(connection) = connection.as_mut()
+    {
+        connection.close_on_drop();
+    }
+    written
+}
+
+/// [`in_write_turn`]'s transaction, on a connection left in `connection` for the caller to close
+/// when this fails.
+async fn write_and_commit<T>(
+    pool: &SqlitePool,
+    turn: &tokio::sync::Mutex<()>,
+    timeout: Duration,
+    connection: &mut Option<PoolConnection<Sqlite>>,
+    write: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T, sqlx::Error>,
+) -> Result<T, StoreError> {
+    let (_turn, tx, written) = bounded(timeout, async move {
         let turn = turn.lock().await;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let acquired = connection.insert(pool.acquire().await?);
+        let mut tx = acquired.begin_with("BEGIN IMMEDIATE").await?;
         let written = write(&mut tx).await?;
         Ok((turn, tx, written))
     })

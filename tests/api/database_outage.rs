@@ -462,6 +462,125 @@ async fn an_unreachable_sqlite_database_is_not_ready_and_answers_502() {
     assert_eq!(cancel_again.body["data"]["previousStatus"], "queued");
 }
 
+/// The SQLite file deleted under the running service: the connections it opens after that fail
+/// (502) and make no empty database in its place, which a restart would have migrated and served,
+/// with every key and scan gone and nothing said. They used to create one and answer 500 ("no
+/// such table").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_database_deleted_while_serving_is_not_made_again() {
+    let app = Settings::default()
+        .with_db_timeout(DB_TIMEOUT)
+        .spawn(Backend::Sqlite)
+        .await;
+    let (group, key, scan) = app.writer_and_queued_scan().await;
+    let file = std::path::PathBuf::from(app.db.url.trim_start_matches("sqlite://"));
+    // The served store has opened no connection yet (it connects lazily): every one it needs
+    // now must open the file.
+    assert_eq!(
+        app.served_store.pool_usage().in_use + app.served_store.pool_usage().idle,
+        0
+    );
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+    }
+
+    let cancel = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+
+    cancel.assert_error(502, "UPSTREAM_ERROR");
+    assert!(!file.exists(), "a database was made again at {file:?}");
+}
+
+/// A folder with a 4-MiB tmpfs mounted on it, unmounted and removed when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount() -> Self {
+        let folder = std::env::temp_dir().join(format!(
+            "signal-scans-full-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&folder).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+            .arg(&folder)
+            .status()
+            .expect("mount runs");
+        assert!(
+            mounted.success(),
+            "mounting a tmpfs at {folder:?} needs root, as TESTING.md says"
+        );
+        Self(folder)
+    }
+
+    /// Writes zeros to a file of the disk until it is full; returns the file.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.0.join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        while file.write_all(&[0; 64 * 1024]).is_ok() {}
+        let _ = file.sync_all();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// SQLite's disk full at a write: the write fails as the database unavailable (502), commits
+/// nothing, and every write succeeds once space is back, with no restart. SQLite rolls such a
+/// transaction back itself, so sqlx's ROLLBACK failed, and the connection went back to the pool
+/// refusing every later BEGIN ("non-zero transaction depth"): 500 after 500 until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_a_write_and_writes_succeed_once_space_is_back() {
+    use signal_scans::domain::scan::Actor;
+    use signal_scans::store::StoreError;
+    let disk = SmallDisk::mount();
+    let url = format!("sqlite://{}", disk.0.join("signal-scans.db").display());
+    let store = Store::connect(&crate::helpers::store_options(&url, DB_TIMEOUT)).unwrap();
+    store.migrate().await.unwrap();
+    let group = group();
+    let mut scans = Vec::new();
+    for _ in 0..20 {
+        scans.push(
+            store
+                .create_scan(&group, ScanStatus::Queued)
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let actor = || Actor {
+        api_key_id: None,
+        trace_id: None,
+        reason: None,
+    };
+    let cancel = |scan| store.transition(Some(&group), scan, ScanStatus::Cancelled, actor());
+
+    let filler = disk.fill();
+    let full = cancel(&scans[0]).await;
+    std::fs::remove_file(filler).unwrap();
+    let mut after = Vec::new();
+    for scan in &scans[1..] {
+        after.push(cancel(scan).await.map(drop));
+    }
+
+    assert!(matches!(full, Err(StoreError::Unavailable(_))), "{full:?}");
+    assert!(after.iter().all(Result::is_ok), "{after:?}");
+    let first = store.find_scan(None, &scans[0]).await.unwrap().unwrap();
+    assert_eq!(
+        first.status,
+        ScanStatus::Queued,
+        "the failed write committed nothing"
+    );
+}
+
 /// The server ends every session of the service (a restart, a failover, an administrator): the
 /// next request finds its connection gone and answers 502, and the pool drops its other idle
 /// connections with it, so the requests after it are served on new ones. Each idle connection

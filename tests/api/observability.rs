@@ -494,3 +494,60 @@ async fn failed_authentications_are_logged_with_their_reason_and_a_block_once(ba
     assert_eq!(blocked[0]["client.address"], "127.0.0.1");
 }
 store_test!(failed_authentications_are_logged_with_their_reason_and_a_block_once);
+
+/// A log line that cannot be written (stderr on a full disk) is lost, and the service goes on
+/// serving. tracing-subscriber used to report the failed write with `eprintln!`, which panicked
+/// on the same stderr; the panic hook logged through it again, and the process aborted at its
+/// first line.
+async fn a_log_line_that_cannot_be_written_never_stops_the_service(backend: Backend) {
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let mut command = tokio::process::Command::from(crate::helpers::child::signal_scans());
+    let mut server = command
+        .arg("serve")
+        .env("DATABASE_URL", &app.db.url)
+        .env("LISTEN_ADDR", addr.to_string())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(full)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("http://{addr}{path}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(ready) = client.get(url("/readyz")).send().await
+            && ready.status() == 200
+        {
+            break;
+        }
+        assert_eq!(server.try_wait().unwrap(), None, "the server exited");
+        assert!(Instant::now() < deadline, "the server never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let cancel = client
+        .post(url(&cancel_path(group.as_str(), scan.as_str())))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("the cancel is answered");
+    let cancel = ApiResponse::from(cancel).await;
+    for _ in 0..20 {
+        let health = client.get(url("/healthz")).send().await.expect("answered");
+        assert_eq!(health.status(), 200);
+    }
+
+    assert_eq!(cancel.status, 200, "{cancel:?}");
+    assert_eq!(server.try_wait().unwrap(), None, "the server exited");
+}
+store_test!(a_log_line_that_cannot_be_written_never_stops_the_service);
