@@ -11,6 +11,8 @@ import os
 import time
 import unittest
 
+import httpx
+
 from signal_scans_client import AuthenticatedClient, Client
 from signal_scans_client.api.operations import healthz
 from signal_scans_client.changes import StreamRefused, follow_changes
@@ -293,6 +295,29 @@ class GeneratedClient(unittest.TestCase):
             with self.assertRaises(StreamRefused) as raised:
                 next(follow_changes(stranger, GROUP))
             self.assertEqual(raised.exception.status, 401)
+
+    def test_16_with_headers_cookies_and_timeout_leave_the_original_alone(self):
+        # The service answers an X-Request-Id it is sent as the request's trace id.
+        for original in [bearer_client(), api_key_client()]:
+            with original:
+                get_signal_scan.sync(account_group_id=GROUP, scan_id=QUEUED, client=original)  # its httpx client made
+                traced = original.with_headers({"X-Request-Id": "py-with-headers"})
+                with traced:
+                    answer = get_signal_scan.sync_detailed(account_group_id=GROUP, scan_id=QUEUED, client=traced)
+                    self.assertEqual(answer.headers["x-request-id"], "py-with-headers")
+                    self.assertIsInstance(answer.parsed, SignalScanResponse)
+                again = get_signal_scan.sync_detailed(account_group_id=GROUP, scan_id=QUEUED, client=original)
+                self.assertNotEqual(again.headers["x-request-id"], "py-with-headers")
+                self.assertIsInstance(again.parsed, SignalScanResponse)
+                before = original.get_httpx_client()
+                timeout = httpx.Timeout(1.0)
+                with original.with_cookies({"session": "other"}) as other, original.with_timeout(timeout) as quick:
+                    self.assertEqual(other.get_httpx_client().cookies.get("session"), "other")
+                    self.assertEqual(quick.get_httpx_client().timeout, timeout)
+                self.assertIs(original.get_httpx_client(), before)
+                self.assertIsNone(before.cookies.get("session"))
+                self.assertNotIn("x-request-id", before.headers)
+                self.assertNotEqual(before.timeout, timeout)
 
 
 if __name__ == "__main__":

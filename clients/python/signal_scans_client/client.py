@@ -46,28 +46,27 @@ class Client:
     _async_client: httpx.AsyncClient | None = field(default=None, init=False)
 
     def with_headers(self, headers: dict[str, str]) -> "Client":
-        """Get a new client matching this one with additional headers"""
-        if self._client is not None:
-            self._client.headers.update(headers)
-        if self._async_client is not None:
-            self._async_client.headers.update(headers)
-        return evolve(self, headers={**self._headers, **headers})
+        """Get a new client matching this one with additional headers
+
+        This client, and the httpx clients it has made, are left as they are. The new client makes
+        its own httpx clients, from its settings, when first used (one given to this client with
+        `set_httpx_client` is not carried over): use it in a `with` block, or close it.
+        """
+        return evolve(self, headers={**self._headers, **headers}, cookies=dict(self._cookies))
 
     def with_cookies(self, cookies: dict[str, str]) -> "Client":
-        """Get a new client matching this one with additional cookies"""
-        if self._client is not None:
-            self._client.cookies.update(cookies)
-        if self._async_client is not None:
-            self._async_client.cookies.update(cookies)
-        return evolve(self, cookies={**self._cookies, **cookies})
+        """Get a new client matching this one with additional cookies
+
+        This client is left as it is; the new one makes its own httpx clients (see `with_headers`).
+        """
+        return evolve(self, headers=dict(self._headers), cookies={**self._cookies, **cookies})
 
     def with_timeout(self, timeout: httpx.Timeout) -> "Client":
-        """Get a new client matching this one with a new timeout configuration"""
-        if self._client is not None:
-            self._client.timeout = timeout
-        if self._async_client is not None:
-            self._async_client.timeout = timeout
-        return evolve(self, timeout=timeout)
+        """Get a new client matching this one with a new timeout configuration
+
+        This client is left as it is; the new one makes its own httpx clients (see `with_headers`).
+        """
+        return evolve(self, headers=dict(self._headers), cookies=dict(self._cookies), timeout=timeout)
 
     def set_httpx_client(self, client: httpx.Client) -> Self:
         """Manually set the underlying httpx.Client
@@ -180,28 +179,27 @@ class AuthenticatedClient:
     auth_header_name: str = "Authorization"
 
     def with_headers(self, headers: dict[str, str]) -> "AuthenticatedClient":
-        """Get a new client matching this one with additional headers"""
-        if self._client is not None:
-            self._client.headers.update(headers)
-        if self._async_client is not None:
-            self._async_client.headers.update(headers)
-        return evolve(self, headers={**self._headers, **headers})
+        """Get a new client matching this one with additional headers
+
+        This client, and the httpx clients it has made, are left as they are. The new client makes
+        its own httpx clients, from its settings, when first used (one given to this client with
+        `set_httpx_client` is not carried over): use it in a `with` block, or close it.
+        """
+        return evolve(self, headers={**self._headers, **headers}, cookies=dict(self._cookies))
 
     def with_cookies(self, cookies: dict[str, str]) -> "AuthenticatedClient":
-        """Get a new client matching this one with additional cookies"""
-        if self._client is not None:
-            self._client.cookies.update(cookies)
-        if self._async_client is not None:
-            self._async_client.cookies.update(cookies)
-        return evolve(self, cookies={**self._cookies, **cookies})
+        """Get a new client matching this one with additional cookies
+
+        This client is left as it is; the new one makes its own httpx clients (see `with_headers`).
+        """
+        return evolve(self, headers=dict(self._headers), cookies={**self._cookies, **cookies})
 
     def with_timeout(self, timeout: httpx.Timeout) -> "AuthenticatedClient":
-        """Get a new client matching this one with a new timeout configuration"""
-        if self._client is not None:
-            self._client.timeout = timeout
-        if self._async_client is not None:
-            self._async_client.timeout = timeout
-        return evolve(self, timeout=timeout)
+        """Get a new client matching this one with a new timeout configuration
+
+        This client is left as it is; the new one makes its own httpx clients (see `with_headers`).
+        """
+        return evolve(self, headers=dict(self._headers), cookies=dict(self._cookies), timeout=timeout)
 
     def set_httpx_client(self, client: httpx.Client) -> Self:
         """Manually set the underlying httpx.Client
