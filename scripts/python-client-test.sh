@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the generated Python client (clients/python) into a fresh virtual environment and runs
 # scripts/python-client/test_client.py with it against the real service with demo data: a cancel
-# of a queued scan, reading it back, and typed error objects for a 422, a 404, a 400 and a 401.
+# of a queued scan, reading it back, and typed error objects for a 422, a 404, a 400 and a 401. Answers
+# the service never gives (a proxy's or a CDN's) come from small fake servers the test starts itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

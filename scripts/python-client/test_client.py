@@ -5,15 +5,19 @@ virtual environment; reads BASE_URL, DEMO_KEY, DEMO_GROUP, DEMO_QUEUED_SCAN, DEM
 DEMO_RUNNER_KEY (signals:run and signals:read).
 """
 
+import contextlib
 import datetime
+import http.server
 import itertools
+import json
 import os
+import threading
 import time
 import unittest
 
 import httpx
 
-from signal_scans_client import AuthenticatedClient, Client
+from signal_scans_client import AuthenticatedClient, Client, errors
 from signal_scans_client.api.operations import healthz
 from signal_scans_client.changes import StreamRefused, follow_changes
 from signal_scans_client.api.runners import complete_signal_scan, fail_signal_scan, start_signal_scan
@@ -63,6 +67,73 @@ def api_key_client() -> AuthenticatedClient:
         auth_header_name="X-API-Key",
         prefix="",
         raise_on_unexpected_status=True,
+    )
+
+
+@contextlib.contextmanager
+def fake_server(*answers):
+    """A server on 127.0.0.1 that is not the service, for answers the service never gives (a proxy's
+    page, a CDN's status, a captive portal, a stream that drips). The n-th request gets answers[n-1],
+    and any after the last the last again; each answer is `answer(handler, stopping)`. Yields the
+    server's base URL and the list of the paths it was asked for."""
+    asked, lock, stopping = [], threading.Lock(), threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            with lock:
+                asked.append(self.path)
+                answer = answers[min(len(asked), len(answers)) - 1]
+            self.close_connection = True
+            try:
+                answer(self, stopping)
+            except OSError:  # the client went away
+                pass
+
+        do_POST = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", asked
+    finally:
+        stopping.set()
+        server.shutdown()
+        server.server_close()
+
+
+def whole(status, content_type, body):
+    """An answer with a whole body (no Content-Type header when `content_type` is None)."""
+
+    def answer(handler, stopping):
+        handler.send_response(status)
+        if content_type is not None:
+            handler.send_header("Content-Type", content_type)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    return answer
+
+
+def envelope(status, code, details):
+    return whole(
+        status,
+        "application/json",
+        json.dumps(
+            {
+                "success": False,
+                "data": None,
+                "error": {"code": code, "message": code.lower(), "details": details},
+                "traceId": "0af7651916cd43dd8448eb211c80319c",
+            }
+        ).encode(),
     )
 
 
@@ -295,6 +366,32 @@ class GeneratedClient(unittest.TestCase):
             with self.assertRaises(StreamRefused) as raised:
                 next(follow_changes(stranger, GROUP))
             self.assertEqual(raised.exception.status, 401)
+
+    def test_14_an_answer_that_is_not_the_envelope_keeps_its_status_and_body(self):
+        # The service's HTTP layer refuses more than 100 header fields with a bare 431, no body.
+        padding = {f"X-Padding-{n}": "x" for n in range(100)}
+        with AuthenticatedClient(base_url=BASE_URL, token=KEY).with_headers(padding) as client:
+            bare = get_signal_scan.sync_detailed(account_group_id=GROUP, scan_id=QUEUED, client=client)
+            self.assertEqual((bare.status_code, bare.content, bare.parsed), (431, b"", None))
+        with bearer_client().with_headers(padding) as client:
+            with self.assertRaises(errors.UnexpectedStatus) as raised:
+                get_signal_scan.sync(account_group_id=GROUP, scan_id=QUEUED, client=client)
+            self.assertEqual((raised.exception.status_code, raised.exception.content), (431, b""))
+        # What a proxy or a captive portal may answer in the service's place.
+        html = b"<html><body>502 Bad Gateway</body></html>"
+        no_upstream = b'{"message":"no healthy upstream"}'
+        portal = b"<html><body>Log in to use the Wi-Fi</body></html>"
+        answers = [(502, "text/html", html), (503, "application/json", no_upstream), (200, "text/html", portal)]
+        with fake_server(*[whole(*answer) for answer in answers * 2]) as (url, _):
+            with AuthenticatedClient(base_url=url, token=KEY) as client:
+                for status, _, body in answers:
+                    answer = cancel_signal_scan.sync_detailed(account_group_id=GROUP, scan_id=QUEUED, client=client)
+                    self.assertEqual((answer.status_code, answer.content, answer.parsed), (status, body, None))
+            with AuthenticatedClient(base_url=url, token=KEY, raise_on_unexpected_status=True) as client:
+                for status, _, body in answers:
+                    with self.assertRaises(errors.UnexpectedStatus) as raised:
+                        cancel_signal_scan.sync(account_group_id=GROUP, scan_id=QUEUED, client=client)
+                    self.assertEqual((raised.exception.status_code, raised.exception.content), (status, body))
 
     def test_16_with_headers_cookies_and_timeout_leave_the_original_alone(self):
         # The service answers an X-Request-Id it is sent as the request's trace id.

@@ -2,7 +2,9 @@
 
 
 class UnexpectedStatus(Exception):
-    """Raised by api functions when the response status an undocumented status and Client.raise_on_unexpected_status is True"""
+    """Raised by api functions when Client.raise_on_unexpected_status is True and the response has an undocumented
+    status, or a body that is not the one documented for its status (not JSON, or JSON without its fields, such as
+    an empty 431 or a proxy's own error page): `status_code` and the raw body, `content`, say what came"""
 
     def __init__(self, status_code: int, content: bytes):
         self.status_code = status_code

@@ -3,6 +3,7 @@ from typing import Any
 
 import httpx
 
+from ... import errors
 from ...client import AuthenticatedClient, Client
 from ...models.error_response import ErrorResponse
 from ...models.health_response import HealthResponse
@@ -21,6 +22,20 @@ def _get_kwargs() -> dict[str, Any]:
 
 
 def _parse_response(
+    *, client: AuthenticatedClient | Client, response: httpx.Response
+) -> ErrorResponse | HealthResponse | ValidationErrorResponse | None:
+    # A body that is not the one documented for its status (no JSON, or JSON without its fields:
+    # an empty 431 from the service's HTTP layer, a proxy's own page) is parsed as None, and the
+    # status and the raw body stay on the Response; or raised as errors.UnexpectedStatus.
+    try:
+        return _parse_documented(client=client, response=response)
+    except (KeyError, TypeError, ValueError) as error:
+        if client.raise_on_unexpected_status:
+            raise errors.UnexpectedStatus(response.status_code, response.content) from error
+        return None
+
+
+def _parse_documented(
     *, client: AuthenticatedClient | Client, response: httpx.Response
 ) -> ErrorResponse | HealthResponse | ValidationErrorResponse:
     if response.status_code == 200:
@@ -58,7 +73,9 @@ def sync_detailed(
      No API key needed. Does not touch the database.
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
+            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
+            is True; without it, that response's `parsed` is None.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
@@ -83,7 +100,9 @@ def sync(
      No API key needed. Does not touch the database.
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
+            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
+            is True; without it, that response's `parsed` is None.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
@@ -104,7 +123,9 @@ async def asyncio_detailed(
      No API key needed. Does not touch the database.
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
+            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
+            is True; without it, that response's `parsed` is None.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
@@ -127,7 +148,9 @@ async def asyncio(
      No API key needed. Does not touch the database.
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
+            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
+            is True; without it, that response's `parsed` is None.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:

@@ -4,6 +4,7 @@ from urllib.parse import quote
 
 import httpx
 
+from ... import errors
 from ...client import AuthenticatedClient, Client
 from ...models.error_response import ErrorResponse
 from ...models.signal_scan_cancel_success_response import SignalScanCancelSuccessResponse
@@ -28,6 +29,20 @@ def _get_kwargs(
 
 
 def _parse_response(
+    *, client: AuthenticatedClient | Client, response: httpx.Response
+) -> ErrorResponse | SignalScanCancelSuccessResponse | ValidationErrorResponse | None:
+    # A body that is not the one documented for its status (no JSON, or JSON without its fields:
+    # an empty 431 from the service's HTTP layer, a proxy's own page) is parsed as None, and the
+    # status and the raw body stay on the Response; or raised as errors.UnexpectedStatus.
+    try:
+        return _parse_documented(client=client, response=response)
+    except (KeyError, TypeError, ValueError) as error:
+        if client.raise_on_unexpected_status:
+            raise errors.UnexpectedStatus(response.status_code, response.content) from error
+        return None
+
+
+def _parse_documented(
     *, client: AuthenticatedClient | Client, response: httpx.Response
 ) -> ErrorResponse | SignalScanCancelSuccessResponse | ValidationErrorResponse:
     if response.status_code == 200:
@@ -111,7 +126,9 @@ def sync_detailed(
             507f1f77bcf86cd799439011.
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
+            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
+            is True; without it, that response's `parsed` is None.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
@@ -150,7 +167,9 @@ def sync(
             507f1f77bcf86cd799439011.
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
+            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
+            is True; without it, that response's `parsed` is None.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
@@ -184,7 +203,9 @@ async def asyncio_detailed(
             507f1f77bcf86cd799439011.
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
+            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
+            is True; without it, that response's `parsed` is None.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
@@ -221,7 +242,9 @@ async def asyncio(
             507f1f77bcf86cd799439011.
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
+            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
+            is True; without it, that response's `parsed` is None.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:

@@ -4,6 +4,7 @@ from urllib.parse import quote
 
 import httpx
 
+from ... import errors
 from ...client import AuthenticatedClient, Client
 from ...models.error_response import ErrorResponse
 from ...models.signal_scan_created_response import SignalScanCreatedResponse
@@ -32,6 +33,20 @@ def _get_kwargs(
 
 
 def _parse_response(
+    *, client: AuthenticatedClient | Client, response: httpx.Response
+) -> ErrorResponse | SignalScanCreatedResponse | ValidationErrorResponse | None:
+    # A body that is not the one documented for its status (no JSON, or JSON without its fields:
+    # an empty 431 from the service's HTTP layer, a proxy's own page) is parsed as None, and the
+    # status and the raw body stay on the Response; or raised as errors.UnexpectedStatus.
+    try:
+        return _parse_documented(client=client, response=response)
+    except (KeyError, TypeError, ValueError) as error:
+        if client.raise_on_unexpected_status:
+            raise errors.UnexpectedStatus(response.status_code, response.content) from error
+        return None
+
+
+def _parse_documented(
     *, client: AuthenticatedClient | Client, response: httpx.Response
 ) -> ErrorResponse | SignalScanCreatedResponse | ValidationErrorResponse:
     if response.status_code == 201:
@@ -110,7 +125,9 @@ def sync_detailed(
         idempotency_key (str | Unset):
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
+            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
+            is True; without it, that response's `parsed` is None.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
@@ -149,7 +166,9 @@ def sync(
         idempotency_key (str | Unset):
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
+            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
+            is True; without it, that response's `parsed` is None.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
@@ -183,7 +202,9 @@ async def asyncio_detailed(
         idempotency_key (str | Unset):
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
+            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
+            is True; without it, that response's `parsed` is None.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
@@ -220,7 +241,9 @@ async def asyncio(
         idempotency_key (str | Unset):
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
+            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
+            is True; without it, that response's `parsed` is None.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:

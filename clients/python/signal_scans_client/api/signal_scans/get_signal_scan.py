@@ -4,6 +4,7 @@ from urllib.parse import quote
 
 import httpx
 
+from ... import errors
 from ...client import AuthenticatedClient, Client
 from ...models.error_response import ErrorResponse
 from ...models.signal_scan_response import SignalScanResponse
@@ -28,6 +29,20 @@ def _get_kwargs(
 
 
 def _parse_response(
+    *, client: AuthenticatedClient | Client, response: httpx.Response
+) -> ErrorResponse | SignalScanResponse | ValidationErrorResponse | None:
+    # A body that is not the one documented for its status (no JSON, or JSON without its fields:
+    # an empty 431 from the service's HTTP layer, a proxy's own page) is parsed as None, and the
+    # status and the raw body stay on the Response; or raised as errors.UnexpectedStatus.
+    try:
+        return _parse_documented(client=client, response=response)
+    except (KeyError, TypeError, ValueError) as error:
+        if client.raise_on_unexpected_status:
+            raise errors.UnexpectedStatus(response.status_code, response.content) from error
+        return None
+
+
+def _parse_documented(
     *, client: AuthenticatedClient | Client, response: httpx.Response
 ) -> ErrorResponse | SignalScanResponse | ValidationErrorResponse:
     if response.status_code == 200:
@@ -104,7 +119,9 @@ def sync_detailed(
             507f1f77bcf86cd799439011.
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
+            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
+            is True; without it, that response's `parsed` is None.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
@@ -141,7 +158,9 @@ def sync(
             507f1f77bcf86cd799439011.
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
+            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
+            is True; without it, that response's `parsed` is None.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
@@ -173,7 +192,9 @@ async def asyncio_detailed(
             507f1f77bcf86cd799439011.
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
+            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
+            is True; without it, that response's `parsed` is None.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
@@ -208,7 +229,9 @@ async def asyncio(
             507f1f77bcf86cd799439011.
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
+            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
+            is True; without it, that response's `parsed` is None.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
