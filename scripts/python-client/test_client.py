@@ -393,6 +393,23 @@ class GeneratedClient(unittest.TestCase):
                         cancel_signal_scan.sync(account_group_id=GROUP, scan_id=QUEUED, client=client)
                     self.assertEqual((raised.exception.status_code, raised.exception.content), (status, body))
 
+    def test_15_a_status_python_does_not_name_is_handled_like_any_other(self):
+        # A CDN's 520, with the envelope and with its own page.
+        page = b"<html><body>Web server is returning an unknown error</body></html>"
+        answers = [envelope(520, "UPSTREAM_ERROR", "unknown"), whole(520, "text/html", page), whole(520, None, page)]
+        with fake_server(*answers) as (url, _):
+            with AuthenticatedClient(base_url=url, token=KEY) as client:
+                typed = get_signal_scan.sync_detailed(account_group_id=GROUP, scan_id=QUEUED, client=client)
+                self.assertEqual(typed.status_code, 520)
+                self.assertIsInstance(typed.parsed, ErrorResponse)
+                self.assertEqual(typed.parsed.error.code, "UPSTREAM_ERROR")
+                untyped = get_signal_scan.sync_detailed(account_group_id=GROUP, scan_id=QUEUED, client=client)
+                self.assertEqual((untyped.status_code, untyped.content, untyped.parsed), (520, page, None))
+            with AuthenticatedClient(base_url=url, token=KEY, raise_on_unexpected_status=True) as client:
+                with self.assertRaises(errors.UnexpectedStatus) as raised:
+                    get_signal_scan.sync(account_group_id=GROUP, scan_id=QUEUED, client=client)
+                self.assertEqual((raised.exception.status_code, raised.exception.content), (520, page))
+
     def test_16_with_headers_cookies_and_timeout_leave_the_original_alone(self):
         # The service answers an X-Request-Id it is sent as the request's trace id.
         for original in [bearer_client(), api_key_client()]:

@@ -45,7 +45,8 @@ T = TypeVar("T")
 class Response(Generic[T]):
     """A response from an endpoint"""
 
-    status_code: HTTPStatus
+    status_code: HTTPStatus | int
+    """An `HTTPStatus`, or for a status Python does not name (such as a CDN's 520) its number"""
     content: bytes
     headers: MutableMapping[str, str]
     parsed: T | None

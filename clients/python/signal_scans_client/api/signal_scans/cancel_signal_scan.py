@@ -98,8 +98,12 @@ def _parse_documented(
 def _build_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
 ) -> Response[ErrorResponse | SignalScanCancelSuccessResponse | ValidationErrorResponse]:
+    try:
+        status_code: HTTPStatus | int = HTTPStatus(response.status_code)
+    except ValueError:  # a status Python does not name, such as a CDN's 520: kept as its number
+        status_code = response.status_code
     return Response(
-        status_code=HTTPStatus(response.status_code),
+        status_code=status_code,
         content=response.content,
         headers=response.headers,
         parsed=_parse_response(client=client, response=response),
