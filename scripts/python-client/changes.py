@@ -40,6 +40,16 @@ class StreamRefused(Exception):
         self.trace_id = trace_id
 
 
+class NotAnEventStream(StreamRefused):
+    """A 200 that is not the service's event stream: its Content-Type is not `text/event-stream`
+    (a captive portal's login page, a proxy's own page). Something answers in the service's place,
+    and asking again will not help until that changes. `status` is 200, `code` and `trace_id` None,
+    `details` says what came instead."""
+
+    def __init__(self, status: int, details: str):
+        super().__init__(status, None, details, None)
+
+
 def follow_changes(
     client: AuthenticatedClient,
     account_group_id: str,
@@ -55,7 +65,8 @@ def follow_changes(
     after `STREAM_MAX_AGE_MS`, and at its shutdown), drops, falls silent for `silence_seconds`
     (four keep-alives at the service's default), or is refused for a while (429 after its
     `Retry-After`, 5xx, no connection: after the stream's `retry` delay, 2 s). No change is missed
-    or repeated across reconnections. Raises `StreamRefused` where asking again would not help.
+    or repeated across reconnections. Raises `StreamRefused` where asking again would not help, and
+    its subclass `NotAnEventStream` for a 200 that is not an event stream.
     `scan_ids` and `statuses` filter the changes, as the stream's `scanId` and `status` parameters.
     """
     params = [("scanId", scan) for scan in scan_ids]
@@ -74,6 +85,9 @@ def follow_changes(
                 if response.status_code != 200:
                     response.read()
                     wait = _refusal_wait(response, retry)
+                elif not _is_event_stream(response):
+                    content_type = response.headers.get("Content-Type", "no Content-Type")
+                    raise NotAnEventStream(200, f"the answer is {content_type}, not text/event-stream")
                 else:
                     for block in _blocks(_lines(response.iter_bytes())):
                         if "retry" in block and block["retry"].isdigit():
@@ -87,6 +101,11 @@ def follow_changes(
         except httpx.TransportError:
             pass
         time.sleep(wait)
+
+
+def _is_event_stream(response: httpx.Response) -> bool:
+    media_type = response.headers.get("Content-Type", "").partition(";")[0]
+    return media_type.strip().lower() == "text/event-stream"
 
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")

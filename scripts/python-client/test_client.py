@@ -19,7 +19,7 @@ import httpx
 
 from signal_scans_client import AuthenticatedClient, Client, errors
 from signal_scans_client.api.operations import healthz
-from signal_scans_client.changes import StreamRefused, follow_changes
+from signal_scans_client.changes import NotAnEventStream, StreamRefused, follow_changes
 from signal_scans_client.api.runners import complete_signal_scan, fail_signal_scan, start_signal_scan
 from signal_scans_client.api.signal_scans import (
     cancel_signal_scan,
@@ -135,6 +135,24 @@ def envelope(status, code, details):
             }
         ).encode(),
     )
+
+
+def within(test, seconds, call):
+    """What `call()` returns or raises, from a thread of its own; fails the test when it has not
+    finished after `seconds` (it is left running, a daemon thread, rather than hang the test)."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = call()
+        except Exception as error:  # noqa: BLE001 - handed to the test
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    test.assertFalse(thread.is_alive(), f"still running after {seconds} s")
+    return outcome.get("value"), outcome.get("error")
 
 
 class GeneratedClient(unittest.TestCase):
@@ -432,6 +450,16 @@ class GeneratedClient(unittest.TestCase):
                 self.assertIsNone(before.cookies.get("session"))
                 self.assertNotIn("x-request-id", before.headers)
                 self.assertNotEqual(before.timeout, timeout)
+
+    def test_19_a_200_that_is_not_an_event_stream_is_refused(self):
+        portal = whole(200, "text/html; charset=utf-8", b"<html><body>Log in to use the Wi-Fi</body></html>")
+        with fake_server(portal) as (url, asked), AuthenticatedClient(base_url=url, token=KEY) as client:
+            _, error = within(self, 5, lambda: next(follow_changes(client, GROUP)))
+            self.assertIsInstance(error, NotAnEventStream)
+            self.assertIsInstance(error, StreamRefused)
+            self.assertEqual((error.status, error.code), (200, None))
+            self.assertIn("text/html", error.details)
+            self.assertEqual(len(asked), 1)
 
 
 if __name__ == "__main__":
