@@ -42,8 +42,9 @@ class StreamRefused(Exception):
 
 class NotAnEventStream(StreamRefused):
     """A 200 that is not the service's event stream: its Content-Type is not `text/event-stream`
-    (a captive portal's login page, a proxy's own page). Something answers in the service's place,
-    and asking again will not help until that changes. `status` is 200, `code` and `trace_id` None,
+    (a captive portal's login page, a proxy's own page), or a line or an event of it runs past
+    64 KiB (the service's are well under that). Something answers in the service's place, and
+    asking again will not help until that changes. `status` is 200, `code` and `trace_id` None,
     `details` says what came instead."""
 
     def __init__(self, status: int, details: str):
@@ -62,12 +63,15 @@ def follow_changes(
     """Yields each change of the account group after `after` (None: from now), for ever.
 
     The stream is opened again after the last id received whenever it ends (the service ends each
-    after `STREAM_MAX_AGE_MS`, and at its shutdown), drops, falls silent for `silence_seconds`
-    (four keep-alives at the service's default), or is refused for a while (429 after its
-    `Retry-After`, 5xx, no connection: after the stream's `retry` delay, 2 s). No change is missed
-    or repeated across reconnections. Raises `StreamRefused` where asking again would not help, and
-    its subclass `NotAnEventStream` for a 200 that is not an event stream.
-    `scan_ids` and `statuses` filter the changes, as the stream's `scanId` and `status` parameters.
+    after `STREAM_MAX_AGE_MS`, and at its shutdown), drops, falls silent, or is refused for a while
+    (429 after its `Retry-After`, 5xx, no connection: after the stream's `retry` delay, 2 s). Silent
+    is `silence_seconds` (four keep-alives at the service's default) without a whole event or
+    keep-alive line, however many bytes come meanwhile: noticed as the next byte arrives, or, if none
+    does, `silence_seconds` after the last one (the read timeout), so within twice `silence_seconds`
+    at most. No change is missed or repeated across reconnections. Raises `StreamRefused` where
+    asking again would not help, and its subclass `NotAnEventStream` for a 200 that is not an event
+    stream. `scan_ids` and `statuses` filter the changes, as the stream's `scanId` and `status`
+    parameters.
     """
     params = [("scanId", scan) for scan in scan_ids]
     params += [("status", str(status)) for status in statuses]
@@ -89,7 +93,8 @@ def follow_changes(
                     content_type = response.headers.get("Content-Type", "no Content-Type")
                     raise NotAnEventStream(200, f"the answer is {content_type}, not text/event-stream")
                 else:
-                    for block in _blocks(_lines(response.iter_bytes())):
+                    silence = _Silence(silence_seconds)
+                    for block in _blocks(_lines(silence.until(response.iter_bytes())), silence):
                         if "retry" in block and block["retry"].isdigit():
                             retry = int(block["retry"]) / 1000
                         if "id" in block:
@@ -108,33 +113,68 @@ def _is_event_stream(response: httpx.Response) -> bool:
     return media_type.strip().lower() == "text/event-stream"
 
 
+class _Silence:
+    """When a stream counts as silent: `seconds` after its last whole event or keep-alive line (or
+    after the caller last asked for the next one), not after its last byte."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.heard()
+
+    def heard(self) -> None:
+        self.deadline = time.monotonic() + self.seconds
+
+    def until(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        """`chunks` until the stream is silent, checked after each is read (and its lines taken)."""
+        for chunk in chunks:
+            yield chunk
+            if time.monotonic() > self.deadline:
+                return
+
+
+# A line or an event of the service's stream is well under this; a longer one is not its stream,
+# and is refused rather than kept in memory.
+_MAX_EVENT_BYTES = 64 * 1024
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 def _lines(chunks: Iterable[bytes]) -> Iterator[str]:
     """The stream's lines, ended by CR, LF or CRLF only: httpx's `iter_lines` (as `str.splitlines`)
     also breaks at U+2028, U+0085 and others, which a change's JSON text may hold (in a reason)."""
-    pending = b""
+    pending = bytearray()
     for chunk in chunks:
+        # What was pending holds no line end, but for a CR at its very end.
+        searched = max(len(pending) - 1, 0)
         pending += chunk
         # A CR at the very end may be the first half of a CRLF: it waits for the next chunk.
         end = len(pending) - 1 if pending.endswith(b"\r") else len(pending)
         start = 0
-        for line_end in _LINE_END.finditer(pending, 0, end):
+        for line_end in _LINE_END.finditer(pending, searched, end):
             yield pending[start : line_end.start()].decode("utf-8", errors="replace")
             start = line_end.end()
-        pending = pending[start:]
+        del pending[:start]
+        if len(pending) > _MAX_EVENT_BYTES:
+            raise NotAnEventStream(200, f"a line runs past {_MAX_EVENT_BYTES} bytes")
 
 
-def _blocks(lines: Iterable[str]) -> Iterator[dict[str, str]]:
-    """The stream's blocks (fields up to a blank line), each field by name; comments skipped."""
+def _blocks(lines: Iterable[str], silence: _Silence) -> Iterator[dict[str, str]]:
+    """The stream's blocks (fields up to a blank line), each field by name; comments skipped. A
+    block, or a comment (the service's keep-alive), is news from the stream: `silence` is told."""
     block: dict[str, str] = {}
+    size = 0
     for line in lines:
         if line == "":
             if block:
+                silence.heard()
                 yield block
-            block = {}
-        elif not line.startswith(":"):
+                silence.heard()
+            block, size = {}, 0
+        elif line.startswith(":"):
+            silence.heard()
+        else:
+            size += len(line) + 1
+            if size > _MAX_EVENT_BYTES:
+                raise NotAnEventStream(200, f"an event runs past {_MAX_EVENT_BYTES} bytes")
             name, _, value = line.partition(":")
             value = value.removeprefix(" ")
             block[name] = block[name] + "\n" + value if name == "data" and name in block else value

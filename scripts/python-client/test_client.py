@@ -137,6 +137,26 @@ def envelope(status, code, details):
     )
 
 
+def sent_slowly(*writes, every=0.0, content_type="text/event-stream", hold=False):
+    """A 200 whose body is `writes`, one every `every` seconds, without a length: ended after the
+    last, or held open until the server stops (`hold`)."""
+
+    def answer(handler, stopping):
+        handler.send_response(200)
+        handler.send_header("Content-Type", content_type)
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        for write in writes:
+            handler.wfile.write(write)
+            handler.wfile.flush()
+            if stopping.wait(every):
+                return
+        if hold:
+            stopping.wait()
+
+    return answer
+
+
 def within(test, seconds, call):
     """What `call()` returns or raises, from a thread of its own; fails the test when it has not
     finished after `seconds` (it is left running, a daemon thread, rather than hang the test)."""
@@ -450,6 +470,51 @@ class GeneratedClient(unittest.TestCase):
                 self.assertIsNone(before.cookies.get("session"))
                 self.assertNotIn("x-request-id", before.headers)
                 self.assertNotEqual(before.timeout, timeout)
+
+    def test_17_a_timeout_bounds_each_wait_and_the_docs_say_so(self):
+        # A body sent a byte at a time, more often than the timeout: the call takes longer than it.
+        body = json.dumps({"success": True, "data": {"status": "ok"}, "error": None, "traceId": "t"}).encode()
+        dripped = sent_slowly(*[bytes([byte]) for byte in body], every=0.02, content_type="application/json")
+        with fake_server(dripped) as (url, _), Client(base_url=url, timeout=httpx.Timeout(0.5)) as client:
+            started = time.monotonic()
+            answer = healthz.sync_detailed(client=client)
+            self.assertGreater(time.monotonic() - started, 1.0)
+            self.assertEqual(answer.status_code, 200)
+        for documented in [Client.__doc__, AuthenticatedClient.__doc__, cancel_signal_scan.sync.__doc__]:
+            words = " ".join(documented.split())
+            self.assertNotIn("maximum amount of a time a request can take", words)
+            self.assertNotIn("If the request takes longer than Client.timeout", words)
+            self.assertIn("not the whole call", words)
+
+    def test_18_a_stream_that_drips_or_runs_on_is_dropped(self):
+        refusal = envelope(404, "NOT_FOUND", "no such stream")
+        # Bytes more often than silence_seconds, but never a whole event or keep-alive: dropped after
+        # silence_seconds and asked again (then refused, which ends the test).
+        drip = sent_slowly(b"retry: 100\n\n", *[b"x"] * 10000, every=0.1)
+        with fake_server(drip, refusal) as (url, asked), AuthenticatedClient(base_url=url, token=KEY) as client:
+            started = time.monotonic()
+            _, error = within(self, 10, lambda: next(follow_changes(client, GROUP, silence_seconds=1.0)))
+            self.assertIsInstance(error, StreamRefused)
+            self.assertEqual(error.status, 404)
+            self.assertEqual(len(asked), 2)
+            self.assertLess(time.monotonic() - started, 5)
+        # Keep-alives more often than silence_seconds hold the stream: not asked again until it ends.
+        keep_alive = sent_slowly(b"retry: 100\n\n", *[b": keep-alive\n"] * 6, every=0.4)
+        with fake_server(keep_alive, refusal) as (url, asked), AuthenticatedClient(base_url=url, token=KEY) as client:
+            started = time.monotonic()
+            _, error = within(self, 10, lambda: next(follow_changes(client, GROUP, silence_seconds=1.0)))
+            self.assertIsInstance(error, StreamRefused)
+            self.assertEqual(len(asked), 2)
+            self.assertGreater(time.monotonic() - started, 2.0)
+        # A line, or an event, past 64 KiB is not the service's: refused, not kept in memory.
+        long_line = sent_slowly(b"data: " + b"x" * 70_000, hold=True)
+        long_event = sent_slowly(*[b"data: " + b"x" * 1000 + b"\n"] * 70, hold=True)
+        for answer in [long_line, long_event]:
+            with fake_server(answer) as (url, asked), AuthenticatedClient(base_url=url, token=KEY) as client:
+                _, error = within(self, 5, lambda: next(follow_changes(client, GROUP)))
+                self.assertIsInstance(error, NotAnEventStream)
+                self.assertIn("65536", error.details)
+                self.assertEqual(len(asked), 1)
 
     def test_19_a_200_that_is_not_an_event_stream_is_refused(self):
         portal = whole(200, "text/html; charset=utf-8", b"<html><body>Log in to use the Wi-Fi</body></html>")

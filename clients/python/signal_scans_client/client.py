@@ -17,8 +17,11 @@ class Client:
 
         ``headers``: A dictionary of headers to be sent with every request
 
-        ``timeout``: The maximum amount of a time a request can take. API functions will raise
-        httpx.TimeoutException if this is exceeded.
+        ``timeout``: How long each wait of a request may take (httpx's timeout): connecting, sending,
+        waiting for a connection from the pool, and each read of the answer, not the whole call. API
+        functions raise httpx.TimeoutException when one wait exceeds it; an answer that keeps coming,
+        however slowly (a byte every few seconds), can hold a call for longer. None (the default):
+        no limit on any of them.
 
         ``verify_ssl``: Whether or not to verify the SSL certificate of the API server. This should be True in production,
         but can be set to False for testing purposes.
@@ -145,8 +148,11 @@ class AuthenticatedClient:
 
         ``headers``: A dictionary of headers to be sent with every request
 
-        ``timeout``: The maximum amount of a time a request can take. API functions will raise
-        httpx.TimeoutException if this is exceeded.
+        ``timeout``: How long each wait of a request may take (httpx's timeout): connecting, sending,
+        waiting for a connection from the pool, and each read of the answer, not the whole call. API
+        functions raise httpx.TimeoutException when one wait exceeds it; an answer that keeps coming,
+        however slowly (a byte every few seconds), can hold a call for longer. None (the default):
+        no limit on any of them.
 
         ``verify_ssl``: Whether or not to verify the SSL certificate of the API server. This should be True in production,
         but can be set to False for testing purposes.

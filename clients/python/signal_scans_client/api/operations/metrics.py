@@ -78,7 +78,8 @@ def sync_detailed(
         errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
             documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
             is True; without it, that response's `parsed` is None.
-        httpx.TimeoutException: If the request takes longer than Client.timeout.
+        httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
+            a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
 
     Returns:
         Response[ErrorResponse | ValidationErrorResponse | str]
@@ -105,7 +106,8 @@ def sync(
         errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
             documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
             is True; without it, that response's `parsed` is None.
-        httpx.TimeoutException: If the request takes longer than Client.timeout.
+        httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
+            a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
 
     Returns:
         ErrorResponse | ValidationErrorResponse | str
@@ -128,7 +130,8 @@ async def asyncio_detailed(
         errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
             documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
             is True; without it, that response's `parsed` is None.
-        httpx.TimeoutException: If the request takes longer than Client.timeout.
+        httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
+            a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
 
     Returns:
         Response[ErrorResponse | ValidationErrorResponse | str]
@@ -153,7 +156,8 @@ async def asyncio(
         errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
             documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
             is True; without it, that response's `parsed` is None.
-        httpx.TimeoutException: If the request takes longer than Client.timeout.
+        httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
+            a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
 
     Returns:
         ErrorResponse | ValidationErrorResponse | str

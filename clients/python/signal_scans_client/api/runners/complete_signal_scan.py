@@ -135,7 +135,8 @@ def sync_detailed(
         errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
             documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
             is True; without it, that response's `parsed` is None.
-        httpx.TimeoutException: If the request takes longer than Client.timeout.
+        httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
+            a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
 
     Returns:
         Response[ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse]
@@ -178,7 +179,8 @@ def sync(
         errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
             documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
             is True; without it, that response's `parsed` is None.
-        httpx.TimeoutException: If the request takes longer than Client.timeout.
+        httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
+            a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
 
     Returns:
         ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse
@@ -216,7 +218,8 @@ async def asyncio_detailed(
         errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
             documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
             is True; without it, that response's `parsed` is None.
-        httpx.TimeoutException: If the request takes longer than Client.timeout.
+        httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
+            a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
 
     Returns:
         Response[ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse]
@@ -257,7 +260,8 @@ async def asyncio(
         errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
             documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
             is True; without it, that response's `parsed` is None.
-        httpx.TimeoutException: If the request takes longer than Client.timeout.
+        httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
+            a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
 
     Returns:
         ErrorResponse | SignalScanMoveResponse | ValidationErrorResponse

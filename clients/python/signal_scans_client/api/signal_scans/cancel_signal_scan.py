@@ -133,7 +133,8 @@ def sync_detailed(
         errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
             documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
             is True; without it, that response's `parsed` is None.
-        httpx.TimeoutException: If the request takes longer than Client.timeout.
+        httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
+            a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
 
     Returns:
         Response[ErrorResponse | SignalScanCancelSuccessResponse | ValidationErrorResponse]
@@ -174,7 +175,8 @@ def sync(
         errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
             documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
             is True; without it, that response's `parsed` is None.
-        httpx.TimeoutException: If the request takes longer than Client.timeout.
+        httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
+            a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
 
     Returns:
         ErrorResponse | SignalScanCancelSuccessResponse | ValidationErrorResponse
@@ -210,7 +212,8 @@ async def asyncio_detailed(
         errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
             documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
             is True; without it, that response's `parsed` is None.
-        httpx.TimeoutException: If the request takes longer than Client.timeout.
+        httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
+            a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
 
     Returns:
         Response[ErrorResponse | SignalScanCancelSuccessResponse | ValidationErrorResponse]
@@ -249,7 +252,8 @@ async def asyncio(
         errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
             documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
             is True; without it, that response's `parsed` is None.
-        httpx.TimeoutException: If the request takes longer than Client.timeout.
+        httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
+            a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
 
     Returns:
         ErrorResponse | SignalScanCancelSuccessResponse | ValidationErrorResponse
