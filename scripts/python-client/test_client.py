@@ -526,6 +526,21 @@ class GeneratedClient(unittest.TestCase):
             self.assertIn("text/html", error.details)
             self.assertEqual(len(asked), 1)
 
+    def test_20_a_refusal_of_the_stream_that_is_not_the_envelope_keeps_its_status(self):
+        # A proxy's refusals: a JSON list, an `error` that is not an object, an HTML page.
+        answers = [
+            whole(403, "application/json", b"[]"),
+            whole(403, "application/json", b'{"error": "forbidden", "traceId": 7}'),
+            whole(404, "text/html", b"<html><body>Not Found</body></html>"),
+        ]
+        with fake_server(*answers) as (url, asked), AuthenticatedClient(base_url=url, token=KEY) as client:
+            for status in [403, 403, 404]:
+                with self.assertRaises(StreamRefused) as raised:
+                    next(follow_changes(client, GROUP))
+                refused = raised.exception
+                self.assertEqual((refused.status, refused.code, refused.details), (status, None, None))
+            self.assertEqual(len(asked), 3)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

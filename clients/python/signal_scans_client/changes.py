@@ -187,8 +187,14 @@ def _refusal_wait(response: httpx.Response, retry: float) -> float:
         return float(after) if after.isdigit() else retry
     try:
         envelope = response.json()
-        error = envelope.get("error") or {}
-        code, details, trace_id = error.get("code"), error.get("details"), envelope.get("traceId")
     except ValueError:
-        code = details = trace_id = None
+        envelope = None
+    # What a proxy answers in the service's place need not be the envelope: its status still is.
+    envelope = envelope if isinstance(envelope, dict) else {}
+    error = envelope.get("error") if isinstance(envelope.get("error"), dict) else {}
+    code, details, trace_id = _text(error.get("code")), _text(error.get("details")), _text(envelope.get("traceId"))
     raise StreamRefused(response.status_code, code, details, trace_id)
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
