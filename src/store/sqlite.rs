@@ -60,7 +60,7 @@ pub struct SqliteStore {
     /// SQLite has no LISTEN/NOTIFY: changes committed by this process are published here.
     changes: tokio::sync::broadcast::Sender<ScanChange>,
     /// This process's writers, one at a time (see [`SqliteStore::as_writer`]).
-    writer: Arc<tokio::sync::Mutex<()>>,
+    writer: Arc<WriteTurn>,
     pub(super) counted: Arc<ReadsCounted>,
     /// Writers holding or queued for the write turn: tests see contenders waiting by it.
     wanting: Arc<std::sync::atomic::AtomicUsize>,
@@ -105,7 +105,7 @@ impl SqliteStore {
             migrate_options,
             timeout: options.timeout,
             changes: tokio::sync::broadcast::channel(CHANGE_BUFFER).0,
-            writer: Arc::new(tokio::sync::Mutex::new(())),
+            writer: Arc::new(WriteTurn::on(connect_file(&connect))),
             counted: Arc::default(),
             wanting: Arc::default(),
             pipeline: Arc::default(),
@@ -161,6 +161,8 @@ impl SqliteStore {
                 }
             })
             .await?;
+        // The file exists now: the one the writes will be made to.
+        self.writer.file.remember();
         let migrator = super::migrations::sqlite();
         // Nothing to apply (every start but an upgrade's first): sqlx only reads, and the start
         // waits for no write lock that a long write elsewhere may hold.
@@ -209,6 +211,7 @@ impl SqliteStore {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
+        self.writer.file.check()?;
         self.bounded(sqlx::query("SELECT 1").execute(&self.pool))
             .await
             .map(drop)
@@ -641,7 +644,7 @@ impl SqliteStore {
 #[derive(Clone)]
 struct BatchWrites {
     pool: SqlitePool,
-    turn: Arc<tokio::sync::Mutex<()>>,
+    turn: Arc<WriteTurn>,
     timeout: Duration,
     /// This process's readers, told of each committed change (none listening is fine).
     changes: tokio::sync::broadcast::Sender<ScanChange>,
@@ -797,6 +800,67 @@ const UPDATE_BATCH: &str = "UPDATE signal_scans
        AND (c.change ->> 'group' IS NULL OR signal_scans.account_group_id = c.change ->> 'group')
        AND signal_scans.status IN (SELECT value FROM json_each(c.change, '$.from'))";
 
+/// This process's turn to write, and the file the writes go to.
+pub(super) struct WriteTurn {
+    lock: tokio::sync::Mutex<()>,
+    file: DatabaseFile,
+}
+
+impl WriteTurn {
+    fn on(file: DatabaseFile) -> Self {
+        Self {
+            lock: tokio::sync::Mutex::new(()),
+            file,
+        }
+    }
+}
+
+/// The database file as the store opened it, to tell when its path no longer names it: a
+/// connection opened before the file was deleted or replaced goes on writing to the old one, so
+/// every change it commits after that is lost.
+pub(super) struct DatabaseFile {
+    path: std::path::PathBuf,
+    /// Device and inode, once the store has opened the file; none for an in-memory database.
+    opened: OnceLock<(u64, u64)>,
+}
+
+fn connect_file(options: &SqliteConnectOptions) -> DatabaseFile {
+    DatabaseFile {
+        path: options.get_filename().to_owned(),
+        opened: OnceLock::new(),
+    }
+}
+
+impl DatabaseFile {
+    fn identity(&self) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = std::fs::metadata(&self.path).ok()?;
+        Some((metadata.dev(), metadata.ino()))
+    }
+
+    fn remember(&self) {
+        if let Some(identity) = self.identity() {
+            let _ = self.opened.set(identity);
+        }
+    }
+
+    /// Fails, as the database unavailable, when the path no longer names the file opened.
+    fn check(&self) -> Result<(), StoreError> {
+        let Some(opened) = self.opened.get() else {
+            return Ok(());
+        };
+        let what = match self.identity() {
+            Some(now) if now == *opened => return Ok(()),
+            Some(_) => "replaced",
+            None => "deleted",
+        };
+        Err(StoreError::Unavailable(format!(
+            "the database file {} was {what} while this process had it open: restart the service",
+            self.path.display()
+        )))
+    }
+}
+
 /// Runs `write` in one `BEGIN IMMEDIATE` transaction with `turn` held, and commits it. Waiting
 /// for the turn and the connection, and every statement, are bounded by `timeout`: past it the
 /// transaction is dropped (rolled back: nothing committed) and the caller told
@@ -810,10 +874,11 @@ const UPDATE_BATCH: &str = "UPDATE signal_scans
 /// until the process restarted.
 async fn in_write_turn<T>(
     pool: &SqlitePool,
-    turn: &tokio::sync::Mutex<()>,
+    turn: &WriteTurn,
     timeout: Duration,
     write: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T, sqlx::Error>,
 ) -> Result<T, StoreError> {
+    turn.file.check()?;
     let mut connection = None;
     let written = write_and_commit(pool, turn, timeout, &mut connection, write).await;
     if written.is_err()
@@ -828,13 +893,13 @@ async fn in_write_turn<T>(
 /// when this fails.
 async fn write_and_commit<T>(
     pool: &SqlitePool,
-    turn: &tokio::sync::Mutex<()>,
+    turn: &WriteTurn,
     timeout: Duration,
     connection: &mut Option<PoolConnection<Sqlite>>,
     write: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T, sqlx::Error>,
 ) -> Result<T, StoreError> {
     let (_turn, tx, written) = bounded(timeout, async move {
-        let turn = turn.lock().await;
+        let turn = turn.lock.lock().await;
         let acquired = connection.insert(pool.acquire().await?);
         let mut tx = acquired.begin_with("BEGIN IMMEDIATE").await?;
         let written = write(&mut tx).await?;
@@ -919,25 +984,47 @@ impl Drop for Wanting<'_> {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
-    use super::{StoreError, in_write_turn};
+    use super::{StoreError, WriteTurn, connect_file, in_write_turn};
 
     /// Room for a loaded machine to take the turn, BEGIN and INSERT; the COMMIT is held 5× longer.
     const TIMEOUT: Duration = Duration::from_millis(300);
 
-    /// An in-memory database of one connection (so one database) with a table `t`.
-    async fn database() -> SqlitePool {
+    /// A database file of its own, removed when dropped, with a table `t`; one connection. A file,
+    /// not memory: a write that fails closes its connection, and an in-memory database with it.
+    struct Database {
+        pool: SqlitePool,
+        folder: std::path::PathBuf,
+    }
+
+    impl Drop for Database {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.folder);
+        }
+    }
+
+    async fn database() -> Database {
+        let folder = std::env::temp_dir().join(format!("sqlite-turn-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&folder).unwrap();
+        let options = SqliteConnectOptions::new()
+            .filename(folder.join("t.db"))
+            .create_if_missing(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect("sqlite::memory:")
+            .connect_with(options)
             .await
             .unwrap();
         sqlx::query("CREATE TABLE t (x INTEGER)")
             .execute(&pool)
             .await
             .unwrap();
-        pool
+        Database { pool, folder }
+    }
+
+    /// A write turn that checks no file (the test's own stays where it is).
+    fn turn() -> WriteTurn {
+        WriteTurn::on(connect_file(&SqliteConnectOptions::new()))
     }
 
     async fn rows(pool: &SqlitePool) -> i64 {
@@ -951,7 +1038,8 @@ mod tests {
     /// awaited, and the caller told it committed: never "unavailable" for a change that is in.
     #[tokio::test]
     async fn a_commit_slower_than_the_timeout_is_awaited_and_told_as_it_ended() {
-        let pool = database().await;
+        let database = database().await;
+        let pool = &database.pool;
         {
             let mut connection = pool.acquire().await.unwrap();
             let mut handle = connection.lock_handle().await.unwrap();
@@ -960,10 +1048,10 @@ mod tests {
                 true // go on with the commit
             });
         }
-        let turn = tokio::sync::Mutex::new(());
+        let turn = turn();
         let started = Instant::now();
 
-        let written = in_write_turn(&pool, &turn, TIMEOUT, async |connection| {
+        let written = in_write_turn(pool, &turn, TIMEOUT, async |connection| {
             sqlx::query("INSERT INTO t VALUES (1)")
                 .execute(connection)
                 .await
@@ -972,17 +1060,18 @@ mod tests {
 
         assert!(written.is_ok(), "{written:?}");
         assert!(started.elapsed() >= TIMEOUT * 5);
-        assert_eq!(rows(&pool).await, 1);
+        assert_eq!(rows(pool).await, 1);
     }
 
     /// A statement still running at the timeout is given up on, and its transaction rolled back:
     /// the caller is told "unavailable" and nothing of it committed.
     #[tokio::test]
     async fn a_statement_slower_than_the_timeout_is_unavailable_and_rolled_back() {
-        let pool = database().await;
-        let turn = tokio::sync::Mutex::new(());
+        let database = database().await;
+        let pool = &database.pool;
+        let turn = turn();
 
-        let written = in_write_turn(&pool, &turn, TIMEOUT, async |connection| {
+        let written = in_write_turn(pool, &turn, TIMEOUT, async |connection| {
             sqlx::query(
                 "INSERT INTO t
                  WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000000)
@@ -997,6 +1086,6 @@ mod tests {
             matches!(written, Err(StoreError::Unavailable(_))),
             "{written:?}"
         );
-        assert_eq!(rows(&pool).await, 0);
+        assert_eq!(rows(pool).await, 0);
     }
 }

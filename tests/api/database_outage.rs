@@ -462,32 +462,57 @@ async fn an_unreachable_sqlite_database_is_not_ready_and_answers_502() {
     assert_eq!(cancel_again.body["data"]["previousStatus"], "queued");
 }
 
-/// The SQLite file deleted under the running service: the connections it opens after that fail
-/// (502) and make no empty database in its place, which a restart would have migrated and served,
-/// with every key and scan gone and nothing said. They used to create one and answer 500 ("no
-/// such table").
+/// The SQLite file deleted under the running service: writes answer 502 and `/readyz` 503, on the
+/// connections opened before (which would commit to the deleted file, every change lost) and on
+/// new ones (which must not make an empty database in its place, which a restart would have
+/// migrated and served with every key and scan gone). The old ones answered 200, the new ones
+/// created the file and answered 500 ("no such table").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sqlite_database_deleted_while_serving_is_not_made_again() {
+async fn a_sqlite_database_deleted_while_serving_is_not_written_or_made_again() {
     let app = Settings::default()
         .with_db_timeout(DB_TIMEOUT)
         .spawn(Backend::Sqlite)
         .await;
     let (group, key, scan) = app.writer_and_queued_scan().await;
+    let other = app.scan(&group, ScanStatus::Queued).await;
     let file = std::path::PathBuf::from(app.db.url.trim_start_matches("sqlite://"));
-    // The served store has opened no connection yet (it connects lazily): every one it needs
-    // now must open the file.
-    assert_eq!(
-        app.served_store.pool_usage().in_use + app.served_store.pool_usage().idle,
-        0
-    );
+    // A connection of the served store is open on the file from here on.
+    let before = app.cancel(Some(&key), group.as_str(), other.as_str()).await;
+    assert_eq!(before.status, 200, "{before:?}");
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
     }
 
     let cancel = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+    let ready = ApiResponse::from(app.client.get(app.url("/readyz")).send().await.unwrap()).await;
 
     cancel.assert_error(502, "UPSTREAM_ERROR");
+    ready.assert_error(503, "NOT_READY");
     assert!(!file.exists(), "a database was made again at {file:?}");
+}
+
+/// The same file, replaced under the running service (a backup moved over it): writes answer 502
+/// and `/readyz` 503 until a restart serves the new file, instead of committing to the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_database_replaced_while_serving_is_not_written() {
+    let app = Settings::default()
+        .with_db_timeout(DB_TIMEOUT)
+        .spawn(Backend::Sqlite)
+        .await;
+    let (group, key, scan) = app.writer_and_queued_scan().await;
+    let other = app.scan(&group, ScanStatus::Queued).await;
+    let file = std::path::PathBuf::from(app.db.url.trim_start_matches("sqlite://"));
+    let before = app.cancel(Some(&key), group.as_str(), other.as_str()).await;
+    assert_eq!(before.status, 200, "{before:?}");
+    let copy = file.with_extension("copy");
+    std::fs::copy(&file, &copy).unwrap();
+    std::fs::rename(&copy, &file).unwrap();
+
+    let cancel = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+    let ready = ApiResponse::from(app.client.get(app.url("/readyz")).send().await.unwrap()).await;
+
+    cancel.assert_error(502, "UPSTREAM_ERROR");
+    ready.assert_error(503, "NOT_READY");
 }
 
 /// A folder with a 4-MiB tmpfs mounted on it, unmounted and removed when dropped.
