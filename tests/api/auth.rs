@@ -61,15 +61,7 @@ async fn keys_are_read_from_bearer_in_any_case_or_x_api_key(backend: Backend) {
         ("x-api-key", key.clone()),
     ] {
         let scan = app.scan(&group, ScanStatus::Queued).await;
-        let response = ApiResponse::from(
-            app.client
-                .post(path(&scan))
-                .header(header, value)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let response = ApiResponse::of(app.client.post(path(&scan)).header(header, value)).await;
         assert_eq!(response.status, 200, "{header}: {response:?}");
     }
 
@@ -91,7 +83,7 @@ async fn keys_are_read_from_bearer_in_any_case_or_x_api_key(backend: Backend) {
         if let Some(x_api_key) = x_api_key {
             request = request.header("x-api-key", x_api_key);
         }
-        let refused = ApiResponse::from(request.send().await.unwrap()).await;
+        let refused = ApiResponse::of(request).await;
         let said = refused.assert_error(401, "UNAUTHORIZED");
         let case = (authorization.split(' ').next(), x_api_key.is_some());
         assert_eq!(said, details, "{case:?}");
@@ -109,14 +101,11 @@ async fn keys_are_read_from_bearer_in_any_case_or_x_api_key(backend: Backend) {
         ("x-api-key", key.clone(), "ssk_x".to_owned()),
     ] {
         let scan = app.scan(&group, ScanStatus::Queued).await;
-        let twice = ApiResponse::from(
+        let twice = ApiResponse::of(
             app.client
                 .post(path(&scan))
                 .header(header, first)
-                .header(header, second)
-                .send()
-                .await
-                .unwrap(),
+                .header(header, second),
         )
         .await;
         let details = twice.assert_error(401, "UNAUTHORIZED");

@@ -201,14 +201,8 @@ async fn unknown_routes_and_methods_answer_the_envelope(backend: Backend) {
     let group = group();
     let scan = app.scan(&group, ScanStatus::Queued).await;
 
-    let unknown = crate::helpers::ApiResponse::from(
-        app.client
-            .get(app.url("/v1/nothing/here"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let unknown =
+        crate::helpers::ApiResponse::of(app.client.get(app.url("/v1/nothing/here"))).await;
     unknown.assert_error(404, "NOT_FOUND");
 
     for method in [
@@ -216,16 +210,10 @@ async fn unknown_routes_and_methods_answer_the_envelope(backend: Backend) {
         reqwest::Method::PUT,
         reqwest::Method::DELETE,
     ] {
-        let wrong_method = crate::helpers::ApiResponse::from(
-            app.client
-                .request(
-                    method.clone(),
-                    app.url(&crate::helpers::cancel_path(group.as_str(), scan.as_str())),
-                )
-                .send()
-                .await
-                .unwrap(),
-        )
+        let wrong_method = crate::helpers::ApiResponse::of(app.client.request(
+            method.clone(),
+            app.url(&crate::helpers::cancel_path(group.as_str(), scan.as_str())),
+        ))
         .await;
         let details = wrong_method.assert_error(405, "METHOD_NOT_ALLOWED");
         assert!(details.contains(method.as_str()), "{details}");
@@ -262,13 +250,10 @@ async fn get_routes_answer_405_with_allow_for_other_methods(backend: Backend) {
             if accepted.contains(&method.as_str()) {
                 continue;
             }
-            let response = crate::helpers::ApiResponse::from(
+            let response = crate::helpers::ApiResponse::of(
                 app.client
                     .request(method.clone(), app.url(&path))
-                    .bearer_auth(&key)
-                    .send()
-                    .await
-                    .unwrap(),
+                    .bearer_auth(&key),
             )
             .await;
 
@@ -289,15 +274,12 @@ async fn a_request_body_is_ignored(backend: Backend) {
     let (app, group, key) = TestApp::with_writer(backend).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
 
-    let response = crate::helpers::ApiResponse::from(
+    let response = crate::helpers::ApiResponse::of(
         app.client
             .post(app.url(&crate::helpers::cancel_path(group.as_str(), scan.as_str())))
             .bearer_auth(&key)
             .header("content-type", "application/json")
-            .body(r#"{"status":"completed"}"#)
-            .send()
-            .await
-            .unwrap(),
+            .body(r#"{"status":"completed"}"#),
     )
     .await;
 
@@ -309,9 +291,7 @@ store_test!(a_request_body_is_ignored);
 async fn health_endpoints_answer_without_a_key(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     for (path, status) in [("/healthz", "ok"), ("/readyz", "ready")] {
-        let response =
-            crate::helpers::ApiResponse::from(app.client.get(app.url(path)).send().await.unwrap())
-                .await;
+        let response = crate::helpers::ApiResponse::of(app.client.get(app.url(path))).await;
         assert_eq!(response.status, 200, "{path}");
         assert_eq!(response.body["data"]["status"], status);
     }

@@ -31,7 +31,7 @@ async fn create(
     if let Some(idempotency_key) = idempotency_key {
         request = request.header("idempotency-key", idempotency_key);
     }
-    crate::helpers::ApiResponse::from(request.send().await.unwrap()).await
+    crate::helpers::ApiResponse::of(request).await
 }
 
 async fn creating_a_scan_answers_201_with_its_location_and_the_queued_scan(backend: Backend) {

@@ -44,7 +44,7 @@ async fn a_database_that_stops_answering_gives_502_then_recovers(backend: Backen
         .cancel(Some(&key), group.as_str(), during_cut.as_str())
         .await;
     let waited = started.elapsed();
-    let ready = ApiResponse::from(app.client.get(app.url("/readyz")).send().await.unwrap()).await;
+    let ready = ApiResponse::of(app.client.get(app.url("/readyz"))).await;
 
     // Assert: a 502 in about DB_TIMEOUT and the second a write's answer is awaited past it
     // (generous bound: it must not hang), nothing applied.
@@ -448,11 +448,10 @@ async fn an_unreachable_sqlite_database_is_not_ready_and_answers_502() {
     );
     std::fs::rename(&folder, &moved).unwrap();
 
-    let ready = ApiResponse::from(app.client.get(app.url("/readyz")).send().await.unwrap()).await;
+    let ready = ApiResponse::of(app.client.get(app.url("/readyz"))).await;
     let cancel = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
     std::fs::rename(&moved, &folder).unwrap();
-    let ready_again =
-        ApiResponse::from(app.client.get(app.url("/readyz")).send().await.unwrap()).await;
+    let ready_again = ApiResponse::of(app.client.get(app.url("/readyz"))).await;
     let cancel_again = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
 
     ready.assert_error(503, "NOT_READY");
@@ -469,25 +468,12 @@ async fn an_unreachable_sqlite_database_is_not_ready_and_answers_502() {
 /// created the file and answered 500 ("no such table").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sqlite_database_deleted_while_serving_is_not_written_or_made_again() {
-    let app = Settings::default()
-        .with_db_timeout(DB_TIMEOUT)
-        .spawn(Backend::Sqlite)
-        .await;
-    let (group, key, scan) = app.writer_and_queued_scan().await;
-    let other = app.scan(&group, ScanStatus::Queued).await;
-    let file = std::path::PathBuf::from(app.db.url.trim_start_matches("sqlite://"));
-    // A connection of the served store is open on the file from here on.
-    let before = app.cancel(Some(&key), group.as_str(), other.as_str()).await;
-    assert_eq!(before.status, 200, "{before:?}");
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
-    }
-
-    let cancel = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
-    let ready = ApiResponse::from(app.client.get(app.url("/readyz")).send().await.unwrap()).await;
-
-    cancel.assert_error(502, "UPSTREAM_ERROR");
-    ready.assert_error(503, "NOT_READY");
+    let (_app, file) = with_the_file_changed_while_serving(|file| {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+        }
+    })
+    .await;
     assert!(!file.exists(), "a database was made again at {file:?}");
 }
 
@@ -495,6 +481,20 @@ async fn a_sqlite_database_deleted_while_serving_is_not_written_or_made_again() 
 /// and `/readyz` 503 until a restart serves the new file, instead of committing to the old one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sqlite_database_replaced_while_serving_is_not_written() {
+    with_the_file_changed_while_serving(|file| {
+        let copy = file.with_extension("copy");
+        std::fs::copy(file, &copy).unwrap();
+        std::fs::rename(&copy, file).unwrap();
+    })
+    .await;
+}
+
+/// Serves SQLite with a connection open on its file (a cancel made), lets `change` do what it will
+/// to the file, then checks that a cancel answers 502 and `/readyz` 503; returns the app, still
+/// serving (its database removed only when it is dropped), and the file's path.
+async fn with_the_file_changed_while_serving(
+    change: impl FnOnce(&std::path::Path),
+) -> (TestApp, std::path::PathBuf) {
     let app = Settings::default()
         .with_db_timeout(DB_TIMEOUT)
         .spawn(Backend::Sqlite)
@@ -504,15 +504,14 @@ async fn a_sqlite_database_replaced_while_serving_is_not_written() {
     let file = std::path::PathBuf::from(app.db.url.trim_start_matches("sqlite://"));
     let before = app.cancel(Some(&key), group.as_str(), other.as_str()).await;
     assert_eq!(before.status, 200, "{before:?}");
-    let copy = file.with_extension("copy");
-    std::fs::copy(&file, &copy).unwrap();
-    std::fs::rename(&copy, &file).unwrap();
+    change(&file);
 
     let cancel = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
-    let ready = ApiResponse::from(app.client.get(app.url("/readyz")).send().await.unwrap()).await;
+    let ready = ApiResponse::of(app.client.get(app.url("/readyz"))).await;
 
     cancel.assert_error(502, "UPSTREAM_ERROR");
     ready.assert_error(503, "NOT_READY");
+    (app, file)
 }
 
 /// A folder with a 4-MiB tmpfs mounted on it, unmounted and removed when dropped.

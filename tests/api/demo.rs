@@ -80,7 +80,7 @@ async fn run_curl(client: &reqwest::Client, command: &str) -> ApiResponse {
             request = request.body(value.to_owned());
         }
     }
-    ApiResponse::from(request.send().await.unwrap()).await
+    ApiResponse::of(request).await
 }
 
 async fn the_demos_curl_commands_give_the_outcomes_they_promise(backend: Backend) {

@@ -15,13 +15,10 @@ async fn cancel_at(
     key: &str,
     path: &str,
 ) -> ApiResponse {
-    ApiResponse::from(
+    ApiResponse::of(
         app.client
             .post(format!("http://{addr}{path}"))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap(),
+            .bearer_auth(key),
     )
     .await
 }

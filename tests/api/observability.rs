@@ -37,13 +37,10 @@ async fn json_logs_carry_request_facts_and_never_a_secret(backend: Backend) {
     let cancelled = server
         .post(&key, &cancel_path(group.as_str(), scan.as_str()))
         .await;
-    let refused = ApiResponse::from(
+    let refused = ApiResponse::of(
         client
             .post(server.url(&cancel_path(group.as_str(), scan.as_str())))
-            .header("x-api-key", &wrong_key)
-            .send()
-            .await
-            .unwrap(),
+            .header("x-api-key", &wrong_key),
     )
     .await;
     server
@@ -107,7 +104,7 @@ async fn a_502_and_a_500_are_each_logged_once_with_the_trace_id(backend: Backend
     let client = reqwest::Client::new();
     let send = |server: &ServerProcess| {
         let request = client.post(server.url(&path)).bearer_auth(&key);
-        async move { ApiResponse::from(request.send().await.unwrap()).await }
+        async move { ApiResponse::of(request).await }
     };
 
     let bad_gateway = send(&upstream).await;
@@ -240,7 +237,7 @@ async fn metrics_count_requests_limits_pool_and_cancels(backend: Backend) {
         let request = client
             .post(server.url(&cancel_path(group.as_str(), scan.as_str())))
             .bearer_auth(key);
-        async move { ApiResponse::from(request.send().await.unwrap()).await }
+        async move { ApiResponse::of(request).await }
     };
     let before = metrics().await;
 

@@ -95,13 +95,10 @@ async fn races_hold_even_if_the_database_defaults_to_repeatable_read(backend: Ba
 
     let (responses, ()) = tokio::join!(
         join_all((0..20).map(|_| async {
-            crate::helpers::ApiResponse::from(
+            crate::helpers::ApiResponse::of(
                 app.client
                     .post(format!("http://{}{path}", replica.addr))
-                    .bearer_auth(&key)
-                    .send()
-                    .await
-                    .unwrap(),
+                    .bearer_auth(&key),
             )
             .await
         })),

@@ -167,7 +167,7 @@ async fn routing_answers_spend_no_rate_and_ignore_a_block(backend: Backend) {
             (reqwest::Method::DELETE, cancel.clone()),
         ] {
             let request = app.client.request(method, app.url(&path)).bearer_auth(&key);
-            let answer = ApiResponse::from(request.send().await.unwrap()).await;
+            let answer = ApiResponse::of(request).await;
             assert_eq!(answer.header("ratelimit"), None, "{answer:?}");
             answers.push(answer.status.as_u16());
         }
@@ -248,7 +248,7 @@ async fn without_trusted_proxies_a_forged_x_forwarded_for_is_ignored(backend: Ba
             .post(&url)
             .header("x-forwarded-for", forged)
             .bearer_auth(key);
-        async move { ApiResponse::from(request.send().await.unwrap()).await }
+        async move { ApiResponse::of(request).await }
     };
 
     let mut statuses = Vec::new();
@@ -287,7 +287,7 @@ async fn a_key_guessing_address_gets_429_whatever_it_sends(backend: Backend) {
             .post(app.url(&cancel_path(group.as_str(), scan.as_str())))
             .header("x-forwarded-for", from)
             .bearer_auth(key);
-        async move { ApiResponse::from(request.send().await.unwrap()).await }
+        async move { ApiResponse::of(request).await }
     };
     let guess = || NewApiKey::generate().secret;
 
@@ -326,7 +326,7 @@ async fn failures_behind_a_line_of_forwarded_entries_that_is_not_text_count_for_
             let value = reqwest::header::HeaderValue::from_bytes(from).unwrap();
             request = request.header("x-forwarded-for", value);
         }
-        async move { ApiResponse::from(request.send().await.unwrap()).await }
+        async move { ApiResponse::of(request).await }
     };
 
     let mut statuses = Vec::new();
@@ -444,7 +444,7 @@ async fn a_slow_database_does_not_let_a_failing_address_look_keys_up_side_by_sid
             .post(app.url(&path))
             .header("x-forwarded-for", "203.0.113.11")
             .bearer_auth(NewApiKey::generate().secret);
-        async move { ApiResponse::from(request.send().await.unwrap()).await }
+        async move { ApiResponse::of(request).await }
     };
     assert_eq!(guess().await.status, 401, "the address failed lately");
     let looked_up_before = app.served_store.key_lookups();
@@ -491,7 +491,7 @@ async fn failed_authentications_from_ipv6_count_per_64(backend: Backend) {
             )))
             .header("x-forwarded-for", from)
             .bearer_auth(key);
-        async move { ApiResponse::from(request.send().await.unwrap()).await }
+        async move { ApiResponse::of(request).await }
     };
     let guess = || NewApiKey::generate().secret;
 

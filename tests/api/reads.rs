@@ -107,14 +107,7 @@ async fn reads_check_key_permission_ids_group_and_existence_in_order(backend: Ba
         app.get(&spent_reader, &path(mine.as_str(), unknown.as_str()))
             .await;
 
-        let unauthenticated = ApiResponse::from(
-            app.client
-                .get(app.url(&path("nope", "nope")))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let unauthenticated = ApiResponse::of(app.client.get(app.url(&path("nope", "nope")))).await;
         let over_rate_and_powerless = app.get(&spent_powerless, &path("nope", "nope")).await;
         let powerless_and_bad_ids = app.get(&powerless, &path("nope", "nope")).await;
         let bad_id_and_their_group = app.get(&reader, &path(theirs.as_str(), "nope")).await;

@@ -15,23 +15,17 @@ async fn oversized_targets_headers_and_bodies_are_400_envelopes(backend: Backend
     let scan = app.scan(&group, ScanStatus::Queued).await;
     let url = app.url(&cancel_path(group.as_str(), scan.as_str()));
 
-    let long_path = ApiResponse::from(
+    let long_path = ApiResponse::of(
         app.client
             .post(app.url(&format!("/v1/accounts/{}/cancel", "a".repeat(5000))))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap(),
+            .bearer_auth(&key),
     )
     .await;
-    let big_header = ApiResponse::from(
+    let big_header = ApiResponse::of(
         app.client
             .post(&url)
             .bearer_auth(&key)
-            .header("x-padding", "p".repeat(20_000))
-            .send()
-            .await
-            .unwrap(),
+            .header("x-padding", "p".repeat(20_000)),
     )
     .await;
     let big_body = ApiResponse::from(
@@ -226,8 +220,7 @@ async fn a_stalled_request_answers_the_envelope_at_the_request_deadline(backend:
     .await;
 
     let started = Instant::now();
-    let response =
-        ApiResponse::from(app.client.get(app.url("/test/stall")).send().await.unwrap()).await;
+    let response = ApiResponse::of(app.client.get(app.url("/test/stall"))).await;
     let waited = started.elapsed();
 
     response.assert_error(500, "INTERNAL_ERROR");
@@ -284,15 +277,7 @@ async fn a_body_still_arriving_at_the_deadline_is_a_400(backend: Backend) {
         ScanStatus::Queued,
         "nothing changed"
     );
-    let listed = ApiResponse::from(
-        app.client
-            .get(app.url(&scans_path(g)))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let listed = ApiResponse::of(app.client.get(app.url(&scans_path(g))).bearer_auth(&key)).await;
     assert_eq!(listed.status, 200, "{}", listed.body);
     let scans = listed.body["data"]["scans"].as_array().unwrap();
     assert_eq!(scans.len(), 1, "no scan was started: {}", listed.body);
@@ -316,13 +301,12 @@ async fn a_panicking_handler_is_a_500_envelope_and_the_process_keeps_serving(bac
     )
     .await;
 
-    let response =
-        ApiResponse::from(app.client.get(app.url("/test/panic")).send().await.unwrap()).await;
+    let response = ApiResponse::of(app.client.get(app.url("/test/panic"))).await;
 
     response.assert_error(500, "INTERNAL_ERROR");
     assert_eq!(response.body["error"]["message"], "Internal server error");
     assert!(!response.body.to_string().contains("secret internal detail"));
-    let after = ApiResponse::from(app.client.get(app.url("/healthz")).send().await.unwrap()).await;
+    let after = ApiResponse::of(app.client.get(app.url("/healthz"))).await;
     assert_eq!(after.status, 200);
 }
 store_test!(a_panicking_handler_is_a_500_envelope_and_the_process_keeps_serving);

@@ -128,13 +128,10 @@ async fn a_shared_limit_refills_after_retry_after() {
     };
     let (key, path) = key_and_cancel_path(&app).await;
     let limited = loop {
-        let response = ApiResponse::from(
+        let response = ApiResponse::of(
             app.client
                 .post(format!("http://{}{path}", app.addr))
-                .bearer_auth(&key)
-                .send()
-                .await
-                .unwrap(),
+                .bearer_auth(&key),
         )
         .await;
         if response.status == 429 {
@@ -180,15 +177,7 @@ async fn a_shared_address_block_ends_after_retry_after() {
         assert!(failures <= 1000, "never blocked");
     }
     let looked_up = app.served_store.key_lookups() - looked_up_before;
-    let blocked = ApiResponse::from(
-        app.client
-            .post(app.url(&path))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let blocked = ApiResponse::of(app.client.post(app.url(&path)).bearer_auth(&key)).await;
     let retry_after: u64 = blocked.header("retry-after").unwrap().parse().unwrap();
 
     tokio::time::sleep(Duration::from_secs(retry_after)).await;

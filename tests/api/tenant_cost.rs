@@ -431,16 +431,13 @@ async fn retention_deletes_old_rows_and_a_cursor_from_before_them_answers_410(ba
     let later = fresh_change(&store, &aged).await;
     let live = now.next_event(SOON).await;
     let resumed = stream(&aged, live.id.as_deref()).await;
-    let emptied = ApiResponse::from(
+    let emptied = ApiResponse::of(
         reqwest::Client::new()
             .get(server.url(&format!(
                 "/v1/accounts/{aged}/signals/scans/{}/events",
                 scan_without_rows(&db.url, &aged).await
             )))
-            .bearer_auth(&reader)
-            .send()
-            .await
-            .unwrap(),
+            .bearer_auth(&reader),
     )
     .await;
 

@@ -15,7 +15,7 @@ async fn send(app: &TestApp, headers: &[(&str, &str)]) -> ApiResponse {
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    ApiResponse::from(request.send().await.unwrap()).await
+    ApiResponse::of(request).await
 }
 
 async fn trace_id_comes_from_traceparent_then_request_id_then_is_generated(backend: Backend) {
@@ -72,14 +72,11 @@ async fn the_audit_row_carries_the_clients_trace_id(backend: Backend) {
     let (app, group, key) = TestApp::with_writer(backend).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
 
-    let response = ApiResponse::from(
+    let response = ApiResponse::of(
         app.client
             .post(app.url(&cancel_path(group.as_str(), scan.as_str())))
             .bearer_auth(&key)
-            .header("x-request-id", "runbook-7")
-            .send()
-            .await
-            .unwrap(),
+            .header("x-request-id", "runbook-7"),
     )
     .await;
 
@@ -106,14 +103,11 @@ async fn a_change_made_from_the_command_line_has_a_null_trace_id(backend: Backen
         &["scans", "transition", &scan, "--to", "running"],
     );
     assert!(moved.status.success(), "{moved:?}");
-    let cancelled = ApiResponse::from(
+    let cancelled = ApiResponse::of(
         app.client
             .post(app.url(&cancel_path(group.as_str(), &scan)))
             .bearer_auth(&key)
-            .header("x-request-id", "client-1")
-            .send()
-            .await
-            .unwrap(),
+            .header("x-request-id", "client-1"),
     )
     .await;
     assert_eq!(cancelled.status, 200, "{cancelled:?}");

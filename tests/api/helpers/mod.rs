@@ -647,6 +647,11 @@ pub struct ApiResponse {
 }
 
 impl ApiResponse {
+    /// Sends `request` and reads its answer whole (see [`Self::from`]).
+    pub async fn of(request: reqwest::RequestBuilder) -> Self {
+        Self::from(request.send().await.expect("the request is answered")).await
+    }
+
     pub async fn from(response: reqwest::Response) -> Self {
         let status = response.status();
         let headers = response.headers().clone();
