@@ -509,7 +509,11 @@ class GeneratedClient(unittest.TestCase):
         # A line, or an event, past 64 KiB is not the service's: refused, not kept in memory.
         long_line = sent_slowly(b"data: " + b"x" * 70_000, hold=True)
         long_event = sent_slowly(*[b"data: " + b"x" * 1000 + b"\n"] * 70, hold=True)
-        for answer in [long_line, long_event]:
+        # Counted in bytes, not characters: 12 lines of 2,000 three-byte characters are 72 KB.
+        wide_event = sent_slowly(*[b"data: " + "\u20ac".encode() * 2000 + b"\n"] * 12, hold=True)
+        # A whole line, its end included, in one piece.
+        whole_line = sent_slowly(b"data: " + b"x" * 90_000 + b"\n", hold=True)
+        for answer in [long_line, long_event, wide_event, whole_line]:
             with fake_server(answer) as (url, asked), AuthenticatedClient(base_url=url, token=KEY) as client:
                 _, error = within(self, 5, lambda: next(follow_changes(client, GROUP)))
                 self.assertIsInstance(error, NotAnEventStream)

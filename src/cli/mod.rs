@@ -126,7 +126,7 @@ pub(crate) enum ScansCommand {
         #[arg(long, default_value = "queued", conflicts_with = "server")]
         status: ScanStatus,
         /// Start the scan through the service at this URL (e.g. http://127.0.0.1:8080).
-        #[arg(long, value_parser = remote::server_url)]
+        #[arg(long, value_parser = remote::ServerUrlParser)]
         server: Option<url::Url>,
         #[arg(long)]
         json: bool,
@@ -159,7 +159,7 @@ pub(crate) enum ScansCommand {
         account_group: Option<AccountGroupId>,
         /// Follow the service at this URL (e.g. http://127.0.0.1:8080) instead of the database:
         /// a runner then needs only the URL and a key with signals:read.
-        #[arg(long, requires = "account_group", value_parser = remote::server_url)]
+        #[arg(long, requires = "account_group", value_parser = remote::ServerUrlParser)]
         server: Option<url::Url>,
         /// Resume right after this cursor (the `id` of the last line a watch printed) instead of
         /// from now.
@@ -184,7 +184,7 @@ pub(crate) enum ScansCommand {
 #[derive(Args, Debug)]
 pub(crate) struct ThroughServer {
     /// Go through the service at this URL (e.g. http://127.0.0.1:8080) instead of the database.
-    #[arg(long, requires = "account_group", value_parser = remote::server_url)]
+    #[arg(long, requires = "account_group", value_parser = remote::ServerUrlParser)]
     server: Option<url::Url>,
     /// The scan's account group (required with --server): a scan of another group is not found.
     #[arg(long)]

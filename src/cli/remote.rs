@@ -10,6 +10,32 @@ use crate::domain::scan::{Scan, ScanStatus};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+/// `--server`'s parser: [`server_url`], with a refusal that does not repeat the value (clap's own
+/// does, and a URL may carry a password).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ServerUrlParser;
+
+impl clap::builder::TypedValueParser for ServerUrlParser {
+    type Value = url::Url;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        _: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<url::Url, clap::Error> {
+        let refused = |reason: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value for --server: {reason}\n"),
+            )
+            .with_cmd(command)
+        };
+        let text = value.to_str().ok_or_else(|| refused("not UTF-8".into()))?;
+        server_url(text).map_err(refused)
+    }
+}
+
 /// `--server`: the service's URL, as the base the API's paths are joined to. A path is kept as a
 /// prefix (`http://gateway/signals` serves `/signals/v1/…`): without a trailing `/`, joining
 /// replaced its last segment.

@@ -832,31 +832,36 @@ fn connect_file(options: &SqliteConnectOptions) -> DatabaseFile {
 }
 
 impl DatabaseFile {
-    fn identity(&self) -> Option<(u64, u64)> {
-        use std::os::unix::fs::MetadataExt;
-        let metadata = std::fs::metadata(&self.path).ok()?;
-        Some((metadata.dev(), metadata.ino()))
-    }
-
     fn remember(&self) {
-        if let Some(identity) = self.identity() {
-            let _ = self.opened.set(identity);
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(metadata) = std::fs::metadata(&self.path) {
+            let _ = self.opened.set((metadata.dev(), metadata.ino()));
         }
     }
 
     /// Fails, as the database unavailable, when the path no longer names the file opened.
     fn check(&self) -> Result<(), StoreError> {
+        use std::os::unix::fs::MetadataExt;
         let Some(opened) = self.opened.get() else {
             return Ok(());
         };
-        let what = match self.identity() {
-            Some(now) if now == *opened => return Ok(()),
-            Some(_) => "replaced",
-            None => "deleted",
+        let file = self.path.display();
+        let what = match std::fs::metadata(&self.path) {
+            Ok(now) if (now.dev(), now.ino()) == *opened => return Ok(()),
+            Ok(_) => "was replaced",
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => "was deleted",
+            Err(error) => {
+                return Err(StoreError::Unavailable(format!(
+                    "the database file {file} cannot be checked ({error}), so nothing is written"
+                )));
+            }
         };
+        // A restart now would serve an empty database in place of a deleted one, or replay the
+        // old file's write-ahead log over a restored one: README's "Troubleshoot" says what to do.
         Err(StoreError::Unavailable(format!(
-            "the database file {} was {what} while this process had it open: restart the service",
-            self.path.display()
+            "the database file {file} {what} while this process had it open, so nothing is \
+             written to it; stop the service and restore the file before starting it again \
+             (README, Troubleshoot)"
         )))
     }
 }

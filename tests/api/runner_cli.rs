@@ -337,3 +337,29 @@ async fn a_watch_whose_reader_went_away_ends_quietly(backend: Backend) {
     assert!(exit.success(), "{exit:?}");
 }
 store_test!(a_watch_whose_reader_went_away_ends_quietly);
+
+/// `--server` with a user and password in its URL is refused before any request, and the refusal
+/// does not repeat the password (clap's own refusal printed the whole value).
+#[test]
+fn a_server_url_with_a_password_is_refused_without_repeating_it() {
+    let folder = Folder::new();
+    let scan = "507f1f77bcf86cd799439011";
+    let output = run(
+        &folder.0,
+        "ssk_unused",
+        &[
+            "scans",
+            "show",
+            scan,
+            "--account-group",
+            scan,
+            "--server",
+            "http://runner:s3cr3t-pw@127.0.0.1:9",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(stderr.contains("without a user or password"), "{stderr}");
+    assert!(!stderr.contains("s3cr3t-pw"), "{stderr}");
+}

@@ -150,6 +150,8 @@ def _lines(chunks: Iterable[bytes]) -> Iterator[str]:
         end = len(pending) - 1 if pending.endswith(b"\r") else len(pending)
         start = 0
         for line_end in _LINE_END.finditer(pending, searched, end):
+            if line_end.start() - start > _MAX_EVENT_BYTES:
+                raise NotAnEventStream(200, f"a line runs past {_MAX_EVENT_BYTES} bytes")
             yield pending[start : line_end.start()].decode("utf-8", errors="replace")
             start = line_end.end()
         del pending[:start]
@@ -172,7 +174,7 @@ def _blocks(lines: Iterable[str], silence: _Silence) -> Iterator[dict[str, str]]
         elif line.startswith(":"):
             silence.heard()
         else:
-            size += len(line) + 1
+            size += len(line.encode("utf-8")) + 1
             if size > _MAX_EVENT_BYTES:
                 raise NotAnEventStream(200, f"an event runs past {_MAX_EVENT_BYTES} bytes")
             name, _, value = line.partition(":")
