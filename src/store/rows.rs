@@ -327,10 +327,13 @@ impl TryFrom<KeyRow> for ApiKey {
         let list = |raw: &str| -> Result<Vec<String>, StoreError> {
             serde_json::from_str(raw).map_err(|e| bad(e.to_string()))
         };
+        // A permission this version does not know (one a newer version added, seen during a
+        // rolling upgrade or after a rollback) is one the key does not have here: refusing the
+        // whole row answered its requests 500 and failed `keys list` for every key.
         let permissions = list(&row.permissions)?
             .iter()
-            .map(|p| Permission::from_str(p).map_err(|e| bad(e.to_string())))
-            .collect::<Result<_, _>>()?;
+            .filter_map(|p| Permission::from_str(p).ok())
+            .collect();
         let access = match row.account_group_ids.as_deref() {
             None => AccountGroupAccess::All,
             Some(raw) => AccountGroupAccess::Only(

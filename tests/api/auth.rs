@@ -347,3 +347,55 @@ async fn tenants_are_isolated_on_every_route(backend: Backend) {
     assert_eq!(app.status_of(&their_scan).await, ScanStatus::Running);
 }
 store_test!(tenants_are_isolated_on_every_route);
+
+/// A key whose row holds a permission this version does not know (a newer version's, seen during
+/// a rolling upgrade or after a rollback) works with the permissions it knows, and `keys list`
+/// still lists every key. The whole row was taken as corrupt: its requests answered 500, and
+/// `keys list` failed for every key.
+async fn a_permission_this_version_does_not_know_is_one_the_key_lacks(backend: Backend) {
+    use sqlx::Connection;
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let (key, id) = app.key_for(&[Permission::SignalsRead], &[group]).await;
+    match backend {
+        Backend::Postgres => {
+            let mut db = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+            sqlx::query(
+                "UPDATE api_keys SET permissions = array_append(permissions, 'signals:admin')
+                 WHERE id = $1",
+            )
+            .bind(id)
+            .execute(&mut db)
+            .await
+            .unwrap();
+        }
+        Backend::Sqlite => {
+            let mut db = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
+            sqlx::query(
+                "UPDATE api_keys SET permissions = json_insert(permissions, '$[#]', 'signals:admin')
+                 WHERE id = ?1",
+            )
+            .bind(id.to_string())
+            .execute(&mut db)
+            .await
+            .unwrap();
+        }
+    }
+
+    let read = app
+        .get(&key, &format!("/v1/accounts/{group}/signals/scans"))
+        .await;
+    let write = app
+        .cancel(Some(&key), group.as_str(), "aaaaaaaaaaaaaaaaaaaaaaaa")
+        .await;
+    let listed = crate::cli::signal_scans(&app.db.url, &["keys", "list", "--json"]);
+
+    assert_eq!(read.status, 200, "{read:?}");
+    write.assert_error(403, "FORBIDDEN");
+    assert!(listed.status.success(), "{listed:?}");
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains(&id.to_string()),
+        "{listed:?}"
+    );
+}
+store_test!(a_permission_this_version_does_not_know_is_one_the_key_lacks);
