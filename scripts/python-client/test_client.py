@@ -14,6 +14,7 @@ import os
 import threading
 import time
 import unittest
+import unittest.mock
 
 import httpx
 
@@ -107,13 +108,16 @@ def fake_server(*answers):
         server.server_close()
 
 
-def whole(status, content_type, body):
-    """An answer with a whole body (no Content-Type header when `content_type` is None)."""
+def whole(status, content_type, body, headers=()):
+    """An answer with a whole body (no Content-Type header when `content_type` is None), and
+    `headers`, pairs of a name and a value."""
 
     def answer(handler, stopping):
         handler.send_response(status)
         if content_type is not None:
             handler.send_header("Content-Type", content_type)
+        for name, value in headers:
+            handler.send_header(name, value)
         handler.send_header("Content-Length", str(len(body)))
         handler.send_header("Connection", "close")
         handler.end_headers()
@@ -544,6 +548,30 @@ class GeneratedClient(unittest.TestCase):
                 refused = raised.exception
                 self.assertEqual((refused.status, refused.code, refused.details), (status, None, None))
             self.assertEqual(len(asked), 3)
+
+    def test_21_no_server_makes_the_follower_wait_past_five_minutes(self):
+        # A proxy's 429 asking for eleven days, then a stream whose `retry` asks for three years.
+        refusal = whole(429, "text/plain", b"slow down", headers=[("Retry-After", "999999")])
+        stream = sent_slowly(b"retry: 99999999999\n\n")
+        waits = []
+
+        class Stop(Exception):
+            pass
+
+        def sleep(seconds):
+            waits.append(seconds)
+            if len(waits) == 2:
+                raise Stop
+
+        with (
+            fake_server(refusal, stream) as (url, asked),
+            AuthenticatedClient(base_url=url, token=KEY) as client,
+            unittest.mock.patch("signal_scans_client.changes.time.sleep", sleep),
+        ):
+            with self.assertRaises(Stop):
+                next(follow_changes(client, GROUP))
+            self.assertEqual(len(asked), 2)
+        self.assertEqual(waits, [300.0, 300.0])
 
 
 if __name__ == "__main__":

@@ -64,7 +64,8 @@ def follow_changes(
 
     The stream is opened again after the last id received whenever it ends (the service ends each
     after `STREAM_MAX_AGE_MS`, and at its shutdown), drops, falls silent, or is refused for a while
-    (429 after its `Retry-After`, 5xx, no connection: after the stream's `retry` delay, 2 s). Silent
+    (429 after its `Retry-After`, 5xx, no connection: after the stream's `retry` delay, 2 s; either
+    wait is at most `MAX_WAIT_SECONDS`, five minutes, whatever a server or proxy asks). Silent
     is `silence_seconds` (four keep-alives at the service's default) without a whole event or
     keep-alive line, however many bytes come meanwhile: noticed as the next byte arrives, or, if none
     does, `silence_seconds` after the last one (the read timeout), so within twice `silence_seconds`
@@ -96,7 +97,7 @@ def follow_changes(
                     silence = _Silence(silence_seconds)
                     for block in _blocks(_lines(silence.until(response.iter_bytes())), silence):
                         if "retry" in block and block["retry"].isdigit():
-                            retry = int(block["retry"]) / 1000
+                            retry = min(int(block["retry"]) / 1000, MAX_WAIT_SECONDS)
                         if "id" in block:
                             cursor = block["id"]
                         if "data" in block:
@@ -131,6 +132,10 @@ class _Silence:
             if time.monotonic() > self.deadline:
                 return
 
+
+# The longest wait before asking for the stream again: a `Retry-After` or `retry` beyond it (a
+# proxy's mistake, a hostile server's "never") would stop the follower for good, silently.
+MAX_WAIT_SECONDS = 300.0
 
 # A line or an event of the service's stream is well under this; a longer one is not its stream,
 # and is refused rather than kept in memory.
@@ -186,7 +191,7 @@ def _refusal_wait(response: httpx.Response, retry: float) -> float:
     """How long to wait before asking again after a refusal, or `StreamRefused` if that is no use."""
     if response.status_code == 429 or response.status_code >= 500:
         after = response.headers.get("Retry-After", "")
-        return float(after) if after.isdigit() else retry
+        return min(float(after), MAX_WAIT_SECONDS) if after.isdigit() else retry
     try:
         envelope = response.json()
     except ValueError:
