@@ -43,7 +43,7 @@ impl fmt::Display for SecretUrl {
 }
 
 /// The URL with any password replaced, fit for logs and Debug output.
-pub fn redact_url(raw: &str) -> String {
+pub(crate) fn redact_url(raw: &str) -> String {
     match url::Url::parse(raw) {
         Ok(mut url) => {
             if url.password().is_some() {

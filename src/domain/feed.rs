@@ -120,7 +120,7 @@ pub struct FeedCursor {
 
 /// The most pending transactions a cursor may carry: far above what a database runs at once
 /// (PostgreSQL's `max_connections` bounds it), low enough to refuse a forged token cheaply.
-pub(crate) const MAX_PENDING: usize = 4096;
+const MAX_PENDING: usize = 4096;
 
 impl FeedCursor {
     /// A cursor at the head of the trail: `newest` is the greatest position visible under

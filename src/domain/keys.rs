@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::ids::AccountGroupId;
 
 /// Every key starts with this, so a leaked one is recognisable by secret scanners.
-pub(crate) const KEY_PREFIX: &str = "ssk_";
+const KEY_PREFIX: &str = "ssk_";
 const KEY_RANDOM_BYTES: usize = 32;
 const KEY_LEN: usize = KEY_PREFIX.len() + KEY_RANDOM_BYTES * 2;
 

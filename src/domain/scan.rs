@@ -126,8 +126,10 @@ impl Scan {
     }
 }
 
-/// A status change as published to runners:
-/// `{"scanId","accountGroupId","from","to","at","reason"}`.
+/// A status change of a scan: a row of the audit trail as the feed reads it (`FeedRow`), the hint a
+/// committed change publishes in this process (without its reason, which readers take from the
+/// trail), and a line of `scans watch`. The change streams show it, with its trace id, as
+/// `http::views::ScanStatusChanged`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ScanChange {
@@ -213,7 +215,7 @@ impl Scan {
 }
 
 /// The longest reason a runner may give for a failure, in characters.
-pub(crate) const MAX_REASON_CHARS: usize = 1000;
+const MAX_REASON_CHARS: usize = 1000;
 
 /// Whether `reason` may be a failure's reason: 1 to [`MAX_REASON_CHARS`] characters, none of them
 /// NUL (PostgreSQL's text cannot hold U+0000: refused here, so both stores answer alike). The

@@ -35,7 +35,7 @@ use crate::service::feed::{FeedEvent, Follower, Start};
 use crate::service::{ScanService, ServiceError};
 
 /// The SSE event name of a status change.
-pub const EVENT_NAME: &str = "scan.status_changed";
+pub(crate) const EVENT_NAME: &str = "scan.status_changed";
 /// What clients wait before reconnecting (`retry:`), in milliseconds.
 const RECONNECT_MS: u64 = 2000;
 /// `Retry-After` of a key that has all its streams open.
@@ -243,7 +243,7 @@ impl StreamRequest {
         (status = 410, response = doc::CursorExpired),
     )
 )]
-pub async fn follow_changes(
+pub(crate) async fn follow_changes(
     State(service): State<ScanService>,
     State(streams): State<ChangeStreams>,
     principal: Principal,

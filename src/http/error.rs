@@ -56,7 +56,7 @@ pub enum ApiError {
 }
 
 /// The most bytes of a `details`: whatever a client sends, an error answer stays small.
-pub(crate) const MAX_DETAILS_BYTES: usize = 1024;
+const MAX_DETAILS_BYTES: usize = 1024;
 /// The most problems a 400's `details` names; the others are counted.
 const MAX_NAMED_PROBLEMS: usize = 8;
 

@@ -16,7 +16,7 @@ use crate::domain::ids::{AccountGroupId, InvalidId, ScanId};
 /// `Path`, but its rejection is our envelope.
 #[derive(FromRequestParts)]
 #[from_request(via(Path), rejection(ApiError))]
-pub struct ApiPath<T>(pub T);
+pub(crate) struct ApiPath<T>(pub(crate) T);
 
 /// The raw body, but its rejection (a body over the limit, a read that failed) is our envelope.
 /// A body still arriving at the request's deadline is the client's fault, a 400, not the
@@ -119,13 +119,13 @@ impl<'de, T: FromStr<Err = InvalidId>> Deserialize<'de> for PathId<T> {
 
 /// The path of a group route.
 #[derive(Deserialize)]
-pub struct GroupPath {
+pub(crate) struct GroupPath {
     #[serde(rename = "accountGroupId")]
     account_group_id: PathId<AccountGroupId>,
 }
 
 impl GroupPath {
-    pub fn parse(self) -> Result<AccountGroupId, ApiError> {
+    pub(crate) fn parse(self) -> Result<AccountGroupId, ApiError> {
         self.account_group_id
             .0
             .map_err(|e| ApiError::Validation(format!("accountGroupId {e}")))

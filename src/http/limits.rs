@@ -23,7 +23,7 @@ pub(crate) const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// object.
 pub(crate) const MAX_BODY_BYTES: u64 = 64 * 1024;
 /// [`MAX_BODY_BYTES`] as a length.
-pub(crate) const MAX_BODY_LEN: usize = 64 * 1024;
+pub(crate) const MAX_BODY_LEN: usize = MAX_BODY_BYTES as usize;
 
 /// Answers a request over a limit with the 400 envelope before any other work, as tower-http's
 /// `ValidateRequestHeaderLayer::custom` (it runs on every request, and its future is not boxed).

@@ -288,7 +288,7 @@ impl Activity {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ActivityState> {
-        // The state is two counters and an instant: a panic elsewhere cannot leave it torn.
+        // The state is a counter, an instant and a flag: a panic elsewhere cannot leave it torn.
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

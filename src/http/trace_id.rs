@@ -18,7 +18,7 @@ use axum::response::Response;
 use tokio::task::futures::TaskLocalFuture;
 use tower::{Layer, Service};
 
-pub(crate) const REQUEST_ID_HEADER: &str = "x-request-id";
+const REQUEST_ID_HEADER: &str = "x-request-id";
 /// As a header name made once: inserting by `&str` copies a non-standard name on every response.
 static REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 const TRACEPARENT_HEADER: &str = "traceparent";

@@ -11,7 +11,7 @@ use crate::store::Store;
 /// The most audit rows one delete removes: one short transaction. On SQLite, where writers take
 /// turns, a cancel waits behind at most one batch (milliseconds); on PostgreSQL cancels do not
 /// wait for it at all (the delete locks only the rows it removes, which nothing else locks).
-pub const BATCH: u32 = 500;
+pub(crate) const BATCH: u32 = 500;
 /// The pause between two full batches while a backlog is worked off, leaving the database to the
 /// requests: at most `BATCH` rows per pause.
 const PAUSE: Duration = Duration::from_millis(100);

@@ -49,7 +49,7 @@ pub const BATCH_SIZE: &str = "scan_write_batch_size";
 pub const QUEUE_WAIT: &str = "scan_write_queue_wait_seconds";
 /// Cancels whose outcome a commit settled, by the status each found (`cancelled`: a repeat): a
 /// counter, counted where the commit is, so a cancel whose client left before its answer counts.
-pub const CANCELS: &str = "scan_cancels_total";
+pub(super) const CANCELS: &str = "scan_cancels_total";
 
 /// One status change as a request asks for it: owned, since it waits in the queue.
 #[derive(Debug, Clone)]
@@ -379,7 +379,8 @@ async fn written(
 ) -> Result<Vec<Transition>, StoreError> {
     let outcomes = writer.write(changes).await?;
     if outcomes.len() != changes.len() {
-        return Err(StoreError::Internal(format!(
+        // Corrupt, not Internal: the batch committed, and must not be written again one by one.
+        return Err(StoreError::Corrupt(format!(
             "{} outcomes for a batch of {} changes",
             outcomes.len(),
             changes.len()

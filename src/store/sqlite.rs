@@ -615,12 +615,13 @@ impl SqliteStore {
         self.changes.subscribe()
     }
 
-    /// Moves each scan of `changes` if its current status allows it, in arrival order, in one
-    /// transaction shared with the other changes waiting (group commit: `store/pipeline.rs`).
+    /// Requests waiting for their changes to commit (tests wait on it to line contenders up).
     pub(super) fn changes_waiting(&self) -> usize {
         self.pipeline.get().map_or(0, Pipeline::waiting)
     }
 
+    /// Moves each scan of `changes` if its current status allows it, in arrival order, in one
+    /// transaction shared with the other changes waiting (group commit: `store/pipeline.rs`).
     pub async fn transitions(
         &self,
         changes: Vec<ChangeRequest>,

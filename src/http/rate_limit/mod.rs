@@ -161,7 +161,7 @@ impl RateLimiter {
     }
 
     /// Spends one request of `key`'s allowance.
-    pub async fn check_key(&self, key: &Uuid) -> Decision {
+    pub(crate) async fn check_key(&self, key: &Uuid) -> Decision {
         if let Some(shared) = &self.shared {
             match shared.check_key(key).await {
                 Ok(decision) => return decision,
@@ -173,7 +173,7 @@ impl RateLimiter {
 
     /// Seconds `client` must wait because it failed authentication too often; `None` when it may
     /// try. Looks without spending.
-    pub async fn auth_blocked(&self, client: IpAddr) -> Option<u64> {
+    pub(crate) async fn auth_blocked(&self, client: IpAddr) -> Option<u64> {
         if let Some(shared) = &self.shared {
             match shared.auth_blocked(client).await {
                 Ok(blocked) => return blocked,
@@ -192,7 +192,7 @@ impl RateLimiter {
     /// database is slow, say, must not queue behind one another. A lookup that waited a second
     /// (`TURN_WAIT`) in vain gets a busy turn: it went ahead beside the one in progress before,
     /// and so every request of a burst was looked up while the database was slow.
-    pub async fn lookup_turn(&self, client: IpAddr) -> Option<LookupTurn<'_>> {
+    pub(crate) async fn lookup_turn(&self, client: IpAddr) -> Option<LookupTurn<'_>> {
         let failed_at = *self.failed_lately.get(&client)?;
         if failed_at.elapsed() > FAILED_LATELY {
             return None;
@@ -212,7 +212,7 @@ impl RateLimiter {
     }
 
     /// Counts a failed authentication of `client`: see [`Failure`].
-    pub async fn record_auth_failure(&self, client: IpAddr) -> Failure {
+    pub(crate) async fn record_auth_failure(&self, client: IpAddr) -> Failure {
         let recorded = self
             .failures_recorded
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -233,7 +233,7 @@ impl RateLimiter {
     }
 
     /// Spends one request of an authenticated `key`'s allowance, and counts and logs a refusal.
-    pub async fn spend(&self, key: &Uuid) -> Decision {
+    pub(crate) async fn spend(&self, key: &Uuid) -> Decision {
         let decision = self.check_key(key).await;
         if let Decision::Limited { retry_after_secs } = decision {
             tracing::info!(api_key.id = %key, retry_after_secs, "rate limited");
@@ -245,7 +245,7 @@ impl RateLimiter {
     /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
     /// `t` is when the whole burst is back: after a 429 that is the whole burst's refill, not
     /// the `Retry-After` of the next request (a client that waited `t` for a full burst got half).
-    pub fn write_headers(&self, decision: Decision, headers: &mut HeaderMap) {
+    pub(crate) fn write_headers(&self, decision: Decision, headers: &mut HeaderMap) {
         let (remaining, reset_secs) = match decision {
             Decision::Allowed { remaining } => {
                 let used = self.limit.burst.get().saturating_sub(remaining);
