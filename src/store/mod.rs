@@ -556,17 +556,22 @@ fn classify(error: sqlx::Error) -> StoreError {
     }
 }
 
-/// PostgreSQL SQLSTATE classes 08 (connection), 53 (resources) and 57 (operator intervention,
-/// statement timeout, and class 53 holds a full disk); SQLite's BUSY (5), LOCKED (6), FULL (13: the
-/// disk is full) and CANTOPEN (14: the file is out of reach, e.g. its volume is away), with their
-/// extended codes.
+/// PostgreSQL SQLSTATE classes 08 (connection), 53 (resources: a full disk too) and 57 (operator
+/// intervention, statement timeout), and the database refusing to serve now: 25006 (read only: a
+/// standby, or `default_transaction_read_only`), class 28 (the login refused), 3D000 (no such
+/// database), 55000 (not accepting connections), 55P03 (a lock not had within `lock_timeout`).
+/// SQLite's BUSY (5), LOCKED (6), FULL (13: the disk is full) and CANTOPEN (14: the file is out of
+/// reach, e.g. its volume is away), with their extended codes.
 fn is_transient_code(code: &str, sqlite: bool) -> bool {
     if sqlite {
         return code
             .parse::<i32>()
             .is_ok_and(|code| matches!(code & 0xff, 5 | 6 | 13 | 14));
     }
-    code.starts_with("08") || code.starts_with("53") || code.starts_with("57")
+    ["08", "53", "57", "28"]
+        .iter()
+        .any(|class| code.starts_with(class))
+        || ["25006", "3D000", "55000", "55P03"].contains(&code)
 }
 
 /// Both stores' answer to "is this a fresh install?".
@@ -593,11 +598,15 @@ mod tests {
 
     #[test]
     fn transient_codes_are_read_by_the_rules_of_their_own_database() {
-        for code in ["08006", "53300", "57014", "57P01"] {
+        for code in [
+            "08006", "53300", "57014", "57P01", "25006", "28000", "28P01", "3D000", "55000",
+            "55P03",
+        ] {
             assert!(is_transient_code(code, false), "{code}");
         }
-        // 42501 and 22021 end in the byte 5 but are PostgreSQL's, and not transient.
-        for code in ["42501", "22021", "23505", "40001"] {
+        // 42501 and 22021 end in the byte 5 but are PostgreSQL's, and not transient; 25001 (a
+        // transaction already begun) and 55006 (an object in use) are a statement's own.
+        for code in ["42501", "22021", "23505", "40001", "25001", "55006"] {
             assert!(!is_transient_code(code, false), "{code}");
         }
         for code in ["5", "6", "517", "261", "14", "270"] {

@@ -10,11 +10,14 @@
 //!
 //! Here a connection whose query returned `Ok` goes back to the pool at once. Only one whose
 //! query failed or was cut short (the store's timeout drops it mid-answer) takes that round
-//! trip, in a task of its own, before it is trusted again; it is closed if that fails.
+//! trip, in a task of its own, before it is trusted again; it is closed if that fails. And one
+//! that sat idle for [`IDLE_CHECK_AFTER`] or more takes it before it is given a query: the server
+//! or a device on the way may have ended it meanwhile (`idle_session_timeout`, a NAT's idle
+//! timeout), which would otherwise cost the next request a 502 after every quiet spell.
 
 use std::time::Duration;
 
-use deadpool::managed::{self, Metrics, Object, PoolError, RecycleResult};
+use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult};
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 
@@ -24,6 +27,11 @@ use super::PoolUsage;
 /// answer is awaited: the server ends a statement at its timeout, and that end still has to
 /// travel back.
 pub(super) const ANSWER_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a connection may sit idle before it is asked whether it is still there (one round
+/// trip) before its next query. Under load connections are busy and never asked; after a quiet
+/// spell the first query pays the round trip instead of a 502.
+const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// Opens the pool's connections.
 pub(super) struct Connector {
@@ -40,12 +48,21 @@ impl managed::Manager for Connector {
         Box::pin(PgConnection::connect_with(&self.options)).await
     }
 
-    /// Nothing to test: a connection comes back only once it is known to be ready (see
-    /// [`Checkout`]). A connection the server closed while idle fails its next query, which
-    /// answers 502, and is replaced; the idle ones are then dropped with it (see
-    /// [`Checkout::run`]), so that one lost connection is one 502, not one for each of them.
-    async fn recycle(&self, _: &mut PgConnection, _: &Metrics) -> RecycleResult<sqlx::Error> {
-        Ok(())
+    /// A connection comes back only once it is known to be ready (see [`Checkout`]); one idle
+    /// for [`IDLE_CHECK_AFTER`] or more is asked first, and one that does not answer is closed
+    /// and another taken or opened. A connection the server closed under a busy pool fails its
+    /// next query, which answers 502, and is replaced; the idle ones are then dropped with it
+    /// (see [`Checkout::run`]), so that one lost connection is one 502, not one for each of them.
+    async fn recycle(
+        &self,
+        connection: &mut PgConnection,
+        metrics: &Metrics,
+    ) -> RecycleResult<sqlx::Error> {
+        // `last_used` counts from the connection's last checkout: its query took a moment of it.
+        if metrics.last_used() < IDLE_CHECK_AFTER {
+            return Ok(());
+        }
+        connection.ping().await.map_err(RecycleError::Backend)
     }
 }
 
@@ -85,6 +102,7 @@ impl ConnectionPool {
         Ok(Checkout {
             object: Some(self.acquire().await?),
             finished: false,
+            unusable: false,
             settle_within: self.settle_within,
         })
     }
@@ -127,6 +145,8 @@ pub(super) struct Checkout {
     object: Option<Object<Connector>>,
     /// The query returned `Ok`: sqlx read its whole answer, the connection is ready.
     finished: bool,
+    /// The query's error says the session is of no more use: closed rather than given back.
+    unusable: bool,
     settle_within: Duration,
 }
 
@@ -142,33 +162,35 @@ impl Checkout {
             .expect("a checkout holds its connection until dropped");
         let result = query(connection).await;
         self.finished = result.is_ok();
-        if let Err(error) = &result
-            && connection_lost(error)
+        self.unusable = result.as_ref().is_err_and(session_unusable);
+        if self.unusable
             && let Some(pool) = self.object.as_ref().and_then(Object::pool)
         {
             // The server restarted, failed over, or ended its sessions: the idle connections
-            // are most likely gone too, and each would fail its next query with a 502 of its
-            // own. New ones are opened as they are needed.
+            // are most likely gone too, or read only as this one, and each would fail its next
+            // query with a 502 of its own. New ones are opened as they are needed.
             let dropped = pool.retain(|_, _| false).removed.len();
             tracing::info!(
                 dropped,
-                "a database connection was lost; the idle ones are dropped"
+                "a database session is of no more use; the idle ones are dropped"
             );
         }
         result
     }
 }
 
-/// Whether `error` says the connection itself is gone (the server ended the session, or the
-/// socket broke), rather than that one statement failed.
-fn connection_lost(error: &sqlx::Error) -> bool {
+/// Whether `error` says the session itself is of no more use, rather than that one statement
+/// failed: the connection is gone (the server ended the session, or the socket broke), or the
+/// session is read only (25006: the server is a standby now, after a failover, or the database
+/// was made read only; a session keeps that from its start, so only a new one can write again).
+fn session_unusable(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
         // Class 08, connection exception; 57P, the server shutting down or ending sessions
         // (not 57014, a statement cancelled by its timeout, whose connection is fine).
-        sqlx::Error::Database(error) => error
-            .code()
-            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        sqlx::Error::Database(error) => error.code().is_some_and(|code| {
+            code.starts_with("08") || code.starts_with("57P") || code == "25006"
+        }),
         _ => false,
     }
 }
@@ -181,6 +203,9 @@ impl Drop for Checkout {
         if self.finished {
             // Back to the pool.
             return drop(object);
+        }
+        if self.unusable {
+            return drop(Object::take(object));
         }
         // Cut short or failed: the connection may still owe an answer, or be broken. One round
         // trip reads what is left and shows it is ready; until then it stays out of the pool (and

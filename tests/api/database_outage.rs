@@ -13,7 +13,7 @@ use signal_scans::domain::scan::ScanStatus;
 use signal_scans::store::Store;
 
 use crate::helpers::locks::{WriteLock, until_waiting};
-use crate::helpers::{ApiResponse, Backend, Settings, TestApp, group};
+use crate::helpers::{ApiResponse, Backend, Settings, TestApp, group, scans_path};
 use crate::store_test;
 
 const DB_TIMEOUT: Duration = Duration::from_millis(400);
@@ -621,16 +621,7 @@ async fn sessions_ended_by_the_server_cost_one_request_not_one_per_idle_connecti
         let reads = join_all((0..16).map(|_| app.get(&key, &path))).await;
         assert!(reads.iter().all(|read| read.status == 200), "{reads:?}");
     }
-    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&app.db.url)
-        .await
-        .unwrap();
-    let ended: i64 = sqlx::query_scalar(
-        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
-         WHERE datname = current_database() AND application_name = 'signal-scans'",
-    )
-    .fetch_one(&mut admin)
-    .await
-    .unwrap();
+    let ended = end_sessions(&app).await;
     assert!(ended >= i64::from(IDLE), "{ended} sessions ended");
 
     let mut statuses = Vec::new();
@@ -647,5 +638,115 @@ async fn sessions_ended_by_the_server_cost_one_request_not_one_per_idle_connecti
 }
 store_test!(
     sessions_ended_by_the_server_cost_one_request_not_one_per_idle_connection,
+    postgres_only
+);
+
+/// Ends every session of the service's (and of the test's own store) on the test database, as
+/// an administrator or a restart would; the sessions opened after take the database's settings.
+async fn end_sessions(app: &TestApp) -> i64 {
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&app.db.url)
+        .await
+        .unwrap();
+    sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'signal-scans'",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap()
+}
+
+/// The answers to `request()` until one is not a 502, at most `tries`: the request that finds a
+/// session ended under the pool answers 502 (it may have been sent), and the next is served.
+async fn past_a_lost_session<F: Future<Output = ApiResponse>>(
+    tries: usize,
+    request: impl Fn() -> F,
+) -> Vec<ApiResponse> {
+    let mut answers = Vec::new();
+    while answers.len() < tries {
+        let answer = request().await;
+        let lost = answer.status == 502;
+        answers.push(answer);
+        if !lost {
+            break;
+        }
+    }
+    answers
+}
+
+/// A database that takes no writes (a standby after a failover, `default_transaction_read_only`):
+/// writes answer 502, the database's refusal, not 500, "a bug", and change nothing; reads are
+/// served. Once it takes writes again, the same process writes again: the read-only sessions are
+/// not kept (each one kept answered 500 until a restart).
+async fn a_read_only_database_answers_writes_502_and_is_written_again_without_a_restart(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+    let (group, key, scan) = app.writer_and_queued_scan().await;
+    let scan_path = format!("/v1/accounts/{group}/signals/scans/{scan}");
+    let cancel = || app.cancel(Some(&key), group.as_str(), scan.as_str());
+
+    app.db.alter("SET default_transaction_read_only = on").await;
+    end_sessions(&app).await;
+    let reads = past_a_lost_session(2, || app.get(&key, &scan_path)).await;
+    let refused = [cancel().await, cancel().await];
+    let created = app
+        .post(&key, &scans_path(group.as_str()), Some("{}"))
+        .await;
+    let read = app.get(&key, &scan_path).await;
+
+    assert_eq!(reads.last().unwrap().status, 200, "{reads:?}");
+    for refusal in &refused {
+        refusal.assert_error(502, "UPSTREAM_ERROR");
+    }
+    created.assert_error(502, "UPSTREAM_ERROR");
+    assert_eq!(read.status, 200, "{read:?}");
+    assert_eq!(read.body["data"]["status"], "queued", "{read:?}");
+
+    app.db.alter("RESET default_transaction_read_only").await;
+    // A session opened while read only may still be idle in the pool: its refusal drops it.
+    let written = past_a_lost_session(2, cancel).await;
+    let last = written.last().unwrap();
+    assert_eq!(last.status, 200, "{written:?}");
+    assert_eq!(last.body["data"]["previousStatus"], "queued");
+}
+store_test!(
+    a_read_only_database_answers_writes_502_and_is_written_again_without_a_restart,
+    postgres_only
+);
+
+/// A server that ends idle sessions (`idle_session_timeout`, or a device on the way that drops
+/// idle connections) costs no request: a connection idle for a while is asked whether it is
+/// still there before it is used. The first request after every quiet spell answered 502.
+async fn a_server_ending_idle_sessions_costs_no_request(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let mut scans = Vec::new();
+    for _ in 0..3 {
+        scans.push(app.scan(&group, ScanStatus::Queued).await);
+    }
+    let scan_path = format!("/v1/accounts/{group}/signals/scans/{}", scans[0]);
+
+    app.db.alter("SET idle_session_timeout = '300ms'").await;
+    end_sessions(&app).await;
+    let warmed = past_a_lost_session(2, || app.get(&key, &scan_path)).await;
+    assert_eq!(warmed.last().unwrap().status, 200, "{warmed:?}");
+    let mut answers = Vec::new();
+    for scan in &scans {
+        // Past the server's idle timeout and past the pool's idle check.
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        answers.push(app.get(&key, &scan_path).await);
+        answers.push(app.cancel(Some(&key), group.as_str(), scan.as_str()).await);
+    }
+
+    let statuses: Vec<u16> = answers
+        .iter()
+        .map(|answer| answer.status.as_u16())
+        .collect();
+    assert_eq!(statuses, [200; 6], "{answers:?}");
+}
+store_test!(
+    a_server_ending_idle_sessions_costs_no_request,
     postgres_only
 );

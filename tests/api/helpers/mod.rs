@@ -179,13 +179,19 @@ impl TestDatabase {
     /// sessions already open go on. Run from the admin database: PostgreSQL refuses the change
     /// from a session of the database itself.
     pub async fn allow_connections(&self, allow: bool) {
+        self.alter(&format!("WITH ALLOW_CONNECTIONS {allow}")).await;
+    }
+
+    /// `ALTER DATABASE <this one> <clause>`, e.g. `SET idle_session_timeout = '300ms'`: a setting
+    /// that the sessions opened from now on take.
+    pub async fn alter(&self, clause: &str) {
         let Place::Postgres { admin_url, name } = &self.place else {
-            panic!("ALLOW_CONNECTIONS is PostgreSQL's");
+            panic!("ALTER DATABASE is PostgreSQL's");
         };
         let mut admin = PgConnection::connect(admin_url).await.unwrap();
         admin
             .execute(sqlx::AssertSqlSafe(format!(
-                r#"ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS {allow}"#
+                r#"ALTER DATABASE "{name}" {clause}"#
             )))
             .await
             .unwrap();
