@@ -155,7 +155,11 @@ impl PgStore {
             }
             // Applies what is left; with nothing left it only reads (and checks the applied
             // files' checksums).
-            migrator.run(&mut connection).await.map_err(migration_error)
+            migrator
+                .run(&mut connection)
+                .await
+                .map_err(migration_error)?;
+            rebase_positions_of_another_cluster(&mut connection).await
         }
         .await;
         // The lock is the session's: closing the connection lets the next process take it.
@@ -656,6 +660,42 @@ async fn pending(connection: &mut PgConnection, migrator: &Migrator) -> Result<b
 }
 
 /// Takes [`MIGRATION_LOCK`], asking between pauses, and says when another process holds it.
+/// Moves audit rows (and retention marks) whose transaction ids this cluster has not reached yet
+/// to xid 0, before every change it makes. Such rows come from another cluster: a database
+/// restored from a logical dump (`pg_dump`, `pg_restore`) keeps the ids its rows had there, and
+/// when that cluster's counter was ahead, every change made here sorted behind them, so behind the
+/// head every stream starts from: the change streams and `scans watch` stayed silent until this
+/// cluster's counter passed the other's, for good in effect. The moved rows keep their order by id,
+/// as the rows from before migration 0002 do; a cursor handed out before the restore now lies past
+/// the feed's head and is refused as unknown (400). In normal running no row is ahead of the
+/// snapshot's `xmax`, and this reads one index entry.
+async fn rebase_positions_of_another_cluster(
+    connection: &mut PgConnection,
+) -> Result<(), StoreError> {
+    let mut moved = 0;
+    for statement in [
+        "UPDATE signal_scan_events SET xid = '0'
+         WHERE xid >= pg_snapshot_xmax(pg_current_snapshot())",
+        "UPDATE signal_scan_events_trimmed SET xid = '0'
+         WHERE xid >= pg_snapshot_xmax(pg_current_snapshot())",
+    ] {
+        moved += sqlx::query(statement)
+            .execute(&mut *connection)
+            .await
+            .map_err(super::classify)?
+            .rows_affected();
+    }
+    if moved > 0 {
+        tracing::warn!(
+            moved,
+            "audit rows from another PostgreSQL cluster (a database restored from a dump) were \
+             moved before this cluster's changes, so that change streams deliver what this one \
+             commits; followers resume without a cursor and re-read their scans"
+        );
+    }
+    Ok(())
+}
+
 async fn take_migration_lock(connection: &mut PgConnection) -> Result<(), StoreError> {
     let started = tokio::time::Instant::now();
     let mut told = None;

@@ -401,3 +401,57 @@ store_test!(
     the_publishers_last_hint_is_flushed_at_sigterm,
     postgres_only
 );
+
+/// A database restored from a dump into another cluster whose transaction counter is behind the
+/// old one's: its audit rows carry transaction ids this cluster has not reached. The service
+/// started on it moves them before this cluster's changes, so a stream opened then gets every
+/// change made after, and a cursor from before the restore is refused rather than followed in
+/// silence. Each new change sorted behind the restored rows, so behind every stream's start: the
+/// streams stayed silent.
+async fn a_database_restored_into_another_cluster_streams_its_new_changes(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let writer = app.writer(&group).await;
+    let (reader, _) = read_key(&app, &group).await;
+    cancel_fresh_scans(&app, &writer, &group, 1).await;
+    // As a restore leaves them: the rows' transaction ids a million ahead of this cluster's.
+    let mut admin = PgConnection::connect(&app.db.url).await.unwrap();
+    admin
+        .execute(
+            "UPDATE signal_scan_events
+             SET xid = (pg_snapshot_xmax(pg_current_snapshot())::text::numeric + 1000000)::text::xid8",
+        )
+        .await
+        .unwrap();
+    // What a stream of the old cluster handed out at its last change.
+    let old_cursor: String = sqlx::query_scalar(
+        "SELECT xid::text || '-' || id FROM signal_scan_events ORDER BY xid DESC, id DESC LIMIT 1",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+
+    // The service starts on the restored database.
+    let restored = app.replica().await;
+    let url = format!("http://{}{}", restored.addr, changes_path(&group, ""));
+    let stream = follow(stream_request(&url, &reader)).await;
+    let after = cancel_fresh_scans(&app, &writer, &group, 2).await;
+    let received = read_events(stream, 2).await;
+    let resumed = refused(stream_request(&url, &reader).header("last-event-id", &old_cursor)).await;
+
+    assert_eq!(received, crate::helpers::id_strings(&after));
+    resumed.assert_error(400, "VALIDATION_ERROR");
+}
+store_test!(
+    a_database_restored_into_another_cluster_streams_its_new_changes,
+    postgres_only
+);
+
+/// The scan ids of the next `count` events of `stream`.
+async fn read_events(mut stream: SseStream, count: usize) -> Vec<String> {
+    let mut events = Vec::new();
+    for _ in 0..count {
+        events.push(stream.next_event(SOON).await);
+    }
+    scan_ids(&events)
+}
