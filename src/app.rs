@@ -62,6 +62,7 @@ pub struct Application {
     state: AppState,
     connections: ConnectionLimits,
     shutdown_timeout: Duration,
+    audit_retention: Option<Duration>,
 }
 
 impl Application {
@@ -82,9 +83,6 @@ impl Application {
         store.check_writable().await.map_err(StartupError::Store)?;
         let scans = ScanService::with_key_cache(store.clone(), settings.key_cache_ttl)
             .with_feed(settings.feed_poll, settings.stream_batch);
-        if let Some(keep) = settings.audit_retention {
-            tokio::spawn(retention::sweep_forever(store.clone(), keep));
-        }
         let state = AppState::new(store, scans, &settings.http).map_err(StartupError::Settings)?;
         let router = http::router_with(state.clone(), extra);
         let listener = TcpListener::bind(settings.listen_addr)
@@ -99,6 +97,7 @@ impl Application {
             state,
             connections: settings.connections,
             shutdown_timeout: settings.shutdown_timeout,
+            audit_retention: settings.audit_retention,
         })
     }
 
@@ -123,6 +122,9 @@ impl Application {
             http::metrics::UPKEEP_EVERY,
         ));
         let forgetting = tokio::spawn(self.state.scans.clone().forget_idempotency_keys_forever());
+        let sweeping = self
+            .audit_retention
+            .map(|keep| tokio::spawn(retention::sweep_forever(self.state.store.clone(), keep)));
         let streams = self.state.changes.clone();
         let asked_to_stop = Arc::new(OnceLock::new());
         let stop_asked = Arc::clone(&asked_to_stop);
@@ -143,6 +145,10 @@ impl Application {
         .await;
         upkeep.abort();
         forgetting.abort();
+        // Stopped before the last hints go: on SQLite a sweep would take the write turn.
+        if let Some(sweeping) = &sweeping {
+            sweeping.abort();
+        }
         // Within the shutdown timeout, which bounds the whole stop: a hint that misses it is only
         // late (listeners find its change at their next poll).
         let flush_within = match asked_to_stop.get() {

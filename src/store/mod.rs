@@ -502,7 +502,11 @@ fn hints(outcomes: &[Transition]) -> impl Iterator<Item = ScanChange> + '_ {
 /// claim before it finishes a scan, the write's wait to be taken into a batch, its turn or
 /// connection, its statements (each `timeout`), and the second (`ANSWER_GRACE`) the database's
 /// answer is awaited past them. A request deadline not above it may answer 500 for a write that
-/// then commits.
+/// then commits. Not counted: a batch the database refused for one change's own reason (a
+/// constraint or a trigger, so a bug or an operator's trigger), whose changes are then written one
+/// by one (`pipeline.rs`): that path may take up to three `timeout`s and a second more, and its
+/// request may then answer 500 at the deadline while its own write still commits, which a resend
+/// shows, as after any 500.
 pub fn longest_write(timeout: Duration) -> Duration {
     timeout * 4 + pg_pool::ANSWER_GRACE
 }

@@ -51,6 +51,17 @@ struct Running {
     /// The pages of each followed group. A follower of a quiet group is not woken by every other
     /// group's changes: with hundreds of streams open, that was most of their cost.
     groups: Arc<Mutex<HashMap<AccountGroupId, broadcast::Sender<Arc<FeedPage>>>>>,
+    /// The task reading the trail, stopped with the hub (the application that made it is gone):
+    /// it would otherwise poll the database, and hold its listening connection, for good.
+    reader: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(reader) = &self.reader {
+            reader.abort();
+        }
+    }
 }
 
 impl Running {
@@ -133,7 +144,7 @@ impl ChangeHub {
             .spaced(self.batch);
         let groups = Arc::new(Mutex::new(HashMap::new()));
         let followed = Arc::clone(&groups);
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut retry = Duration::from_millis(100);
             let mut failing = false;
             loop {
@@ -156,7 +167,10 @@ impl ChangeHub {
                 }
             }
         });
-        Ok(Running { groups })
+        Ok(Running {
+            groups,
+            reader: Some(reader.abort_handle()),
+        })
     }
 }
 
@@ -357,6 +371,7 @@ mod tests {
         );
         let running = Running {
             groups: Arc::default(),
+            reader: None,
         };
         let mut follower = running.subscribe(followed);
         let mut quiet_follower = running.subscribe(quiet);

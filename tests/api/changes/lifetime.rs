@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use signal_scans::http::changes::StreamSettings;
+use sqlx::Connection;
 
 use super::*;
 use crate::helpers::{Backend, ServeDefault, TestApp, cancel_path, group};
@@ -182,3 +183,38 @@ async fn sigterm_ends_open_streams_and_the_process_exits_promptly(backend: Backe
     }
 }
 store_test!(sigterm_ends_open_streams_and_the_process_exits_promptly);
+
+/// The change hub's reader stops with the application that started it: its listening session
+/// ends once the service has shut down. It polled the database and held that session for as long
+/// as the process lived (an application built again in the same process, as the tests do, left
+/// one behind each time).
+async fn the_hubs_reader_stops_with_the_application(backend: Backend) {
+    let mut app = TestApp::spawn(backend).await;
+    let group = group();
+    let (reader, _) = read_key(&app, &group).await;
+    let stream = follow(stream_request(&app.url(&changes_path(&group, "")), &reader)).await;
+    let mut admin = PgConnection::connect(&app.db.url).await.unwrap();
+    let listening = async |admin: &mut PgConnection| -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND query LIKE 'LISTEN %'",
+        )
+        .fetch_one(admin)
+        .await
+        .unwrap()
+    };
+    let while_serving = listening(&mut admin).await;
+
+    drop(stream);
+    app.shut_down().await.unwrap();
+    let deadline = Instant::now() + SOON;
+    let mut after = listening(&mut admin).await;
+    while after > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        after = listening(&mut admin).await;
+    }
+
+    assert_eq!(while_serving, 1, "the hub listens while it serves");
+    assert_eq!(after, 0, "the hub's session outlived the application");
+}
+store_test!(the_hubs_reader_stops_with_the_application, postgres_only);
