@@ -73,6 +73,27 @@ pub fn api_key(command: &str) -> anyhow::Result<String> {
         .map_err(|_| anyhow!("{command} --server needs the API key in SIGNAL_SCANS_API_KEY"))
 }
 
+/// How long `scans watch --server` waits for a whole event or keep-alive before it drops the
+/// stream and asks again: four keep-alives at the server's default `STREAM_KEEPALIVE_MS` (15 s).
+/// A connection that a network device dropped without a word gives no error, and would be waited
+/// on for good.
+const WATCH_SILENCE: Duration = Duration::from_secs(60);
+
+/// `scans watch --server`'s silence: [`WATCH_SILENCE`], or `SCANS_WATCH_SILENCE_MS`, hidden (not
+/// a flag, not documented): for the tests, which cannot wait a minute to see a stream dropped.
+#[doc(hidden)]
+pub fn watch_silence() -> anyhow::Result<Duration> {
+    let Ok(raw) = std::env::var("SCANS_WATCH_SILENCE_MS") else {
+        return Ok(WATCH_SILENCE);
+    };
+    match raw.trim().parse::<u64>() {
+        Ok(ms) if ms >= 1 => Ok(Duration::from_millis(ms)),
+        _ => Err(anyhow!(
+            "SCANS_WATCH_SILENCE_MS must be a whole number of milliseconds from 1, not {raw:?}"
+        )),
+    }
+}
+
 /// Settings of `healthcheck`.
 #[derive(Args, Debug, Clone)]
 pub struct HealthcheckArgs {

@@ -16,12 +16,17 @@ use crate::domain::scan::ScanChange;
 use crate::service::feed::{FeedReader, Start};
 use crate::service::{ScanService, ServiceError};
 
-/// The longest pause between two attempts to reach the server.
+/// The longest pause between two attempts to reach the server, and the longest a stream's `retry`
+/// may ask.
 const MAX_RECONNECT: Duration = Duration::from_secs(30);
-/// A stream that sends nothing for this long is taken as dead and reconnected: four keep-alives
-/// at the server's default `STREAM_KEEPALIVE_MS` (15 s). A connection that a network device
-/// dropped without a word gives no error, and would be waited on for good.
-const SILENCE: Duration = Duration::from_secs(60);
+/// The shortest pause a stream's `retry` may ask: 0 asked again in a tight loop.
+const MIN_RECONNECT: Duration = Duration::from_millis(100);
+/// The longest a refusal's `Retry-After` is waited (as the Python client's `MAX_WAIT_SECONDS`): a
+/// proxy's mistake or a hostile server's "never" stopped the watch for good, silently.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// A line or an event of the service's stream is well under this; a longer one is not its stream,
+/// and is refused rather than kept in memory for as long as it grows.
+const MAX_EVENT_BYTES: usize = 64 * 1024;
 
 /// Prints changes from the database until the process is stopped. A database that goes away is
 /// waited for: the feed resumes from its cursor, so nothing is printed twice or missed.
@@ -97,11 +102,15 @@ pub(super) async fn follow_server(
     after: Option<String>,
 ) -> anyhow::Result<()> {
     let key = config::api_key("scans watch")?;
+    let silence = config::watch_silence()?;
     let url = server
         .join(&format!("v1/accounts/{group}/signals/scans/changes"))
         .with_context(|| format!("--server {server}"))?;
     let client = reqwest::Client::new();
-    let mut stream = SseReader { last_id: after };
+    let mut stream = SseReader {
+        last_id: after,
+        silence,
+    };
     let mut reconnect = Duration::from_millis(2000);
     let mut failures = 0u32;
     loop {
@@ -115,8 +124,12 @@ pub(super) async fn follow_server(
         let pause = match request.send().await {
             Ok(response) if response.status().is_success() => {
                 failures = 0;
+                event_stream(&url, &response)?;
                 tracing::info!(server = %server, "watching for status changes");
-                stream.read(response, &mut reconnect).await;
+                stream
+                    .read(response, &mut reconnect)
+                    .await
+                    .with_context(|| format!("{url} is not the service's change stream"))?;
                 reconnect
             }
             Ok(response) => {
@@ -126,7 +139,7 @@ pub(super) async fn follow_server(
                     .get("retry-after")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse().ok())
-                    .map(Duration::from_secs);
+                    .map(retry_after_pause);
                 let body = response.text().await.unwrap_or_default();
                 if status == reqwest::StatusCode::GONE && stream.last_id.is_some() {
                     // The changes after the last event were deleted by retention: they cannot
@@ -166,65 +179,180 @@ struct Event {
     trace_id: Option<String>,
 }
 
+/// Refuses a 200 that is not an event stream: a captive portal's login page or a proxy's own page
+/// answers in the service's place, and, read as a stream, printed nothing and was asked again
+/// for good.
+fn event_stream(url: &url::Url, response: &reqwest::Response) -> anyhow::Result<()> {
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
+    let content_type = content_type.as_deref().unwrap_or("no content-type");
+    let media_type = content_type.split(';').next().unwrap_or_default().trim();
+    if media_type.eq_ignore_ascii_case("text/event-stream") {
+        return Ok(());
+    }
+    bail!(
+        "{url} answered {} with {content_type}, not text/event-stream: not the service's change \
+         stream",
+        response.status()
+    )
+}
+
+/// The pause a stream's `retry: ms` asks, within [`MIN_RECONNECT`] and [`MAX_RECONNECT`].
+fn retry_pause(ms: u64) -> Duration {
+    Duration::from_millis(ms).clamp(MIN_RECONNECT, MAX_RECONNECT)
+}
+
+/// The pause a refusal's `Retry-After: secs` asks, at most [`MAX_RETRY_AFTER`].
+fn retry_after_pause(secs: u64) -> Duration {
+    Duration::from_secs(secs).min(MAX_RETRY_AFTER)
+}
+
 /// The Server-Sent Events the watch understands: `id`, `data` and `retry` fields.
 struct SseReader {
     /// The id of the last event printed: where a reconnection resumes.
     last_id: Option<String>,
+    /// A stream without a whole event or keep-alive for this long is taken as dead and asked
+    /// again (`config::watch_silence`).
+    silence: Duration,
+}
+
+/// The event being read: its fields so far.
+#[derive(Default)]
+struct Pending {
+    id: Option<String>,
+    data: String,
+    /// Its lines' bytes, held to [`MAX_EVENT_BYTES`]; 0 while no field came.
+    bytes: usize,
 }
 
 impl SseReader {
-    /// Prints every event of `response` until it ends, breaks or falls silent for `SILENCE`.
-    async fn read(&mut self, mut response: reqwest::Response, reconnect: &mut Duration) {
+    /// Prints every event of `response` until it ends, breaks or goes `silence` without a whole
+    /// event or keep-alive, however many bytes come meanwhile: counted from the last chunk, a
+    /// server dripping a byte at a time held the watch for good. An error for a line or an
+    /// event past [`MAX_EVENT_BYTES`].
+    async fn read(
+        &mut self,
+        mut response: reqwest::Response,
+        reconnect: &mut Duration,
+    ) -> anyhow::Result<()> {
         let mut buffer = Vec::new();
-        let (mut id, mut data) = (None::<String>, String::new());
+        // The buffer's first bytes, known to hold no line end: each byte is searched once.
+        let mut searched = 0;
+        let mut event = Pending::default();
+        let mut silent_at = tokio::time::Instant::now() + self.silence;
         loop {
-            let chunk = match tokio::time::timeout(SILENCE, response.chunk()).await {
+            let chunk = match tokio::time::timeout_at(silent_at, response.chunk()).await {
                 Ok(Ok(Some(chunk))) => chunk,
-                Ok(_) => return,
+                Ok(_) => return Ok(()),
                 Err(_) => {
                     tracing::warn!(
-                        silent_secs = SILENCE.as_secs(),
-                        "the change stream fell silent; reconnecting"
+                        silence = ?self.silence,
+                        "the change stream sent no event or keep-alive; reconnecting"
                     );
-                    return;
+                    return Ok(());
                 }
             };
             buffer.extend_from_slice(&chunk);
-            while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = buffer.drain(..=end).collect();
+            while let Some(at) = buffer[searched..].iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=searched + at).collect();
+                searched = 0;
                 let line = String::from_utf8_lossy(&line);
                 let line = line.trim_end_matches(['\r', '\n']);
-                if line.is_empty() {
-                    // The end of an event: print it, then remember where it stands.
-                    if !data.is_empty() {
-                        match serde_json::from_str::<Event>(&data) {
-                            Ok(event) => print(&Line {
-                                id: id.as_deref().unwrap_or_default(),
-                                change: &event.change,
-                                trace_id: event.trace_id.as_deref(),
-                            }),
-                            Err(error) => tracing::warn!(%error, "an event that is not a change"),
-                        }
-                    }
-                    if id.is_some() {
-                        self.last_id = id.take();
-                    }
-                    data.clear();
-                    continue;
+                if line.len() > MAX_EVENT_BYTES {
+                    return Err(too_long("a line"));
                 }
-                let (field, value) = line.split_once(':').unwrap_or((line, ""));
-                let value = value.strip_prefix(' ').unwrap_or(value);
-                match field {
-                    "id" => id = Some(value.to_owned()),
-                    "data" => data.push_str(value),
-                    "retry" => {
-                        if let Ok(ms) = value.parse() {
-                            *reconnect = Duration::from_millis(ms);
-                        }
-                    }
-                    _ => {} // comments (keep-alives) and event names
+                if self.take(line, &mut event, reconnect)? {
+                    silent_at = tokio::time::Instant::now() + self.silence;
                 }
             }
+            searched = buffer.len();
+            if buffer.len() > MAX_EVENT_BYTES {
+                return Err(too_long("a line"));
+            }
         }
+    }
+
+    /// Takes one line into `event`, printing the event a blank line ends. Whether the line was
+    /// news from the stream, a whole event or a comment (the server's keep-alive): what silence
+    /// counts from. A blank line alone is not: a server could drip those.
+    fn take(
+        &mut self,
+        line: &str,
+        event: &mut Pending,
+        reconnect: &mut Duration,
+    ) -> anyhow::Result<bool> {
+        if line.is_empty() {
+            let whole = event.bytes > 0;
+            self.end(std::mem::take(event));
+            return Ok(whole);
+        }
+        if line.starts_with(':') {
+            return Ok(true);
+        }
+        event.bytes += line.len() + 1;
+        if event.bytes > MAX_EVENT_BYTES {
+            return Err(too_long("an event"));
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "id" => event.id = Some(value.to_owned()),
+            "data" => event.data.push_str(value),
+            "retry" => {
+                if let Ok(ms) = value.parse() {
+                    *reconnect = retry_pause(ms);
+                }
+            }
+            _ => {} // event names
+        }
+        Ok(false)
+    }
+
+    /// The end of an event: print it, then remember where it stands.
+    fn end(&mut self, event: Pending) {
+        if !event.data.is_empty() {
+            match serde_json::from_str::<Event>(&event.data) {
+                Ok(parsed) => print(&Line {
+                    id: event.id.as_deref().unwrap_or_default(),
+                    change: &parsed.change,
+                    trace_id: parsed.trace_id.as_deref(),
+                }),
+                Err(error) => tracing::warn!(%error, "an event that is not a change"),
+            }
+        }
+        if event.id.is_some() {
+            self.last_id = event.id;
+        }
+    }
+}
+
+/// Why a stream is refused for a line or an event past [`MAX_EVENT_BYTES`].
+fn too_long(what: &str) -> anyhow::Error {
+    anyhow!(
+        "{what} over {} KiB (the service's are well under that)",
+        MAX_EVENT_BYTES / 1024
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_streams_retry_is_held_between_100_ms_and_30_s() {
+        assert_eq!(retry_pause(0), Duration::from_millis(100));
+        assert_eq!(retry_pause(2000), Duration::from_millis(2000));
+        assert_eq!(retry_pause(94_608_000_000), MAX_RECONNECT);
+        assert_eq!(retry_pause(u64::MAX), MAX_RECONNECT);
+    }
+
+    #[test]
+    fn a_refusals_retry_after_is_waited_at_most_five_minutes() {
+        assert_eq!(retry_after_pause(0), Duration::ZERO);
+        assert_eq!(retry_after_pause(2), Duration::from_secs(2));
+        assert_eq!(retry_after_pause(999_999), Duration::from_secs(300));
+        assert_eq!(retry_after_pause(u64::MAX), Duration::from_secs(300));
     }
 }

@@ -1,15 +1,19 @@
 //! The command line as a runner host has it: only the service's URL and an API key
 //! (`SIGNAL_SCANS_API_KEY`), no database credentials; and `scans watch` lines that resume.
 
+use std::future::Future;
 use std::process::{Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
 use signal_scans::domain::keys::Permission;
 use signal_scans::domain::scan::ScanStatus;
-use tokio::io::AsyncBufReadExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
-use crate::helpers::{Backend, TestApp, group};
+use crate::helpers::{Backend, TestApp, child, group};
 use crate::store_test;
 
 /// The binary with a cleared environment: `PATH`, the key and `envs` only (no `DATABASE_URL`),
@@ -362,4 +366,157 @@ fn a_server_url_with_a_password_is_refused_without_repeating_it() {
     assert_eq!(output.status.code(), Some(2), "{output:?}");
     assert!(stderr.contains("without a user or password"), "{stderr}");
     assert!(!stderr.contains("s3cr3t-pw"), "{stderr}");
+}
+
+/// A fake service on a port of its own: each connection's request head is read and counted, then
+/// `answer` writes raw HTTP/1.1 bytes to it. The URL to pass as `--server`, and the count.
+async fn fake_server<F, Fut>(answer: F) -> (String, Arc<AtomicUsize>)
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let asked = Arc::new(AtomicUsize::new(0));
+    let count = asked.clone();
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let (count, answer) = (count.clone(), answer.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && socket.read(&mut byte).await.unwrap_or(0) == 1
+                {
+                    head.push(byte[0]);
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                answer(socket).await;
+            });
+        }
+    });
+    (url, asked)
+}
+
+/// A 200 event stream's head, then `body`, then the connection held open (a minute).
+fn stream_of(body: Vec<u8>) -> impl Fn(TcpStream) -> BoxFuture + Send + Sync + 'static {
+    move |mut socket| {
+        let body = body.clone();
+        Box::pin(async move {
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n";
+            let _ = socket.write_all(head.as_bytes()).await;
+            let _ = socket.write_all(&body).await;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        })
+    }
+}
+
+type BoxFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// `scans watch --server server` with `envs` and a made-up key; the watch's process.
+fn watch_server(server: &str, envs: &[(&str, &str)]) -> tokio::process::Child {
+    tokio::process::Command::from(child::signal_scans())
+        .args(["scans", "watch", "--server", server, "--account-group"])
+        .arg(group().as_str())
+        .env("SIGNAL_SCANS_API_KEY", "ssk_fake")
+        .env("RUST_LOG", "error")
+        .envs(envs.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// How the watch ended, if it did within `within` (killed if not).
+async fn ended_within(watch: tokio::process::Child, within: Duration) -> Option<Output> {
+    tokio::time::timeout(within, watch.wait_with_output())
+        .await
+        .ok()
+        .map(Result::unwrap)
+}
+
+/// A 200 that is not an event stream (a captive portal's login page) ends the watch with one line
+/// naming what came instead, after one request: it was read as a stream that printed nothing, and
+/// asked again every 2 s for good.
+#[tokio::test]
+async fn a_watch_answered_a_page_instead_of_a_stream_ends_naming_it() {
+    let (server, asked) = fake_server(|mut socket: TcpStream| async move {
+        let page = "<html>Sign in to the hotel's Wi-Fi</html>";
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\n\
+             content-length: {}\r\n\r\n{page}",
+            page.len()
+        );
+        let _ = socket.write_all(answer.as_bytes()).await;
+    })
+    .await;
+
+    let ended = ended_within(watch_server(&server, &[]), Duration::from_secs(10)).await;
+
+    let output = ended.expect("the watch ends");
+    assert!(!output.status.success(), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("text/html"), "{stderr}");
+    assert!(stderr.contains("text/event-stream"), "{stderr}");
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+}
+
+/// A stream dripping bytes but never a whole event or keep-alive is silent: dropped after the
+/// silence (here 500 ms) and asked again: silence was counted from the last chunk, so a byte every
+/// 100 ms held the watch for good. Keep-alives as often still hold a stream (silence 1 s).
+#[tokio::test]
+async fn a_watch_drops_a_stream_that_drips_bytes_but_no_event() {
+    let drip = |line: &'static [u8]| {
+        move |mut socket: TcpStream| async move {
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\nretry: 100\n\n";
+            let _ = socket.write_all(head.as_bytes()).await;
+            for _ in 0..600 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if socket.write_all(line).await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    let (dripping, asked_again) = fake_server(drip(b"x")).await;
+    let (keeping_alive, asked_once) = fake_server(drip(b": keep-alive\n")).await;
+    let _first = watch_server(&dripping, &[("SCANS_WATCH_SILENCE_MS", "500")]);
+    let _second = watch_server(&keeping_alive, &[("SCANS_WATCH_SILENCE_MS", "1000")]);
+    let asked_twice = tokio::time::timeout(Duration::from_secs(10), async {
+        while asked_again.load(Ordering::SeqCst) < 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+
+    assert!(asked_twice.is_ok(), "the dripping stream was never dropped");
+    // Twice its silence: a stream whose keep-alives went unheard would have been asked again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(asked_once.load(Ordering::SeqCst), 1, "keep-alives hold it");
+}
+
+/// A line or an event past 64 KiB ends the watch naming the limit, whether the line is whole or
+/// still coming: it was kept in memory, growing for as long as the server sent.
+#[tokio::test]
+async fn a_watch_refuses_a_line_or_an_event_past_64_kib() {
+    let long_line = [b"data: ".as_slice(), &[b'x'; 70_000]].concat();
+    let line_end = [long_line.as_slice(), b"\n"].concat();
+    let long_event = "data: ".to_owned() + &"€".repeat(2_000) + "\n";
+    for (body, what) in [
+        (long_line, "line"),
+        (line_end, "line"),
+        (long_event.repeat(12).into_bytes(), "event"),
+    ] {
+        let (server, _) = fake_server(stream_of(body)).await;
+
+        let ended = ended_within(watch_server(&server, &[]), Duration::from_secs(10)).await;
+
+        let output = ended.unwrap_or_else(|| panic!("a long {what} ends the watch"));
+        assert!(!output.status.success(), "{output:?}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(&format!("{what} over 64 KiB")), "{stderr}");
+    }
 }
