@@ -204,9 +204,10 @@ fn retry_pause(ms: u64) -> Duration {
     Duration::from_millis(ms).clamp(MIN_RECONNECT, MAX_RECONNECT)
 }
 
-/// The pause a refusal's `Retry-After: secs` asks, at most [`MAX_RETRY_AFTER`].
+/// The pause a refusal's `Retry-After: secs` asks, within [`MIN_RECONNECT`] and
+/// [`MAX_RETRY_AFTER`]: a proxy's `Retry-After: 0` would otherwise be asked again in a tight loop.
 fn retry_after_pause(secs: u64) -> Duration {
-    Duration::from_secs(secs).min(MAX_RETRY_AFTER)
+    Duration::from_secs(secs).clamp(MIN_RECONNECT, MAX_RETRY_AFTER)
 }
 
 /// The Server-Sent Events the watch understands: `id`, `data` and `retry` fields.
@@ -350,7 +351,7 @@ mod tests {
 
     #[test]
     fn a_refusals_retry_after_is_waited_at_most_five_minutes() {
-        assert_eq!(retry_after_pause(0), Duration::ZERO);
+        assert_eq!(retry_after_pause(0), MIN_RECONNECT);
         assert_eq!(retry_after_pause(2), Duration::from_secs(2));
         assert_eq!(retry_after_pause(999_999), Duration::from_secs(300));
         assert_eq!(retry_after_pause(u64::MAX), Duration::from_secs(300));

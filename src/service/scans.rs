@@ -534,6 +534,15 @@ impl ScanService {
         cursor: &FeedCursor,
         cursor_named: &'static str,
     ) -> Result<(), ServiceError> {
+        // A cursor of the cluster a restored database came from: its changes are not this
+        // trail's to resume, though it may lie past the head.
+        let frontier = cursor.frontier();
+        if frontier.xid > 0
+            && let Some(rebased) = self.0.store.rebased_through().await?
+            && frontier.id <= rebased
+        {
+            return Err(ServiceError::ExpiredCursor);
+        }
         let head = self.0.store.feed_head().await?;
         if cursor.frontier() > head.frontier() {
             return Err(ServiceError::UnknownCursor {

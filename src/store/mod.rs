@@ -410,6 +410,13 @@ impl Store {
         forward!(self.feed_head())
     }
 
+    /// On PostgreSQL, the greatest id of the positions at xid 0 (rows from before feed positions
+    /// were kept, or moved there from another cluster after a restore); a cursor at a real xid
+    /// and an id at or below it comes from another cluster. `None` on SQLite.
+    pub async fn rebased_through(&self) -> Result<Option<i64>, StoreError> {
+        forward!(self.rebased_through())
+    }
+
     /// The greatest position of `group`'s audit rows (any group's, with `None`) that the
     /// retention sweep has deleted, if it deleted any: a cursor of the group (of every group)
     /// below it may have missed changes that are gone.
@@ -562,8 +569,9 @@ fn classify(error: sqlx::Error) -> StoreError {
 
 /// PostgreSQL SQLSTATE classes 08 (connection), 53 (resources: a full disk too) and 57 (operator
 /// intervention, statement timeout), and the database refusing to serve now: 25006 (read only: a
-/// standby, or `default_transaction_read_only`), class 28 (the login refused), 3D000 (no such
-/// database), 55000 (not accepting connections), 55P03 (a lock not had within `lock_timeout`).
+/// standby, or `default_transaction_read_only`) and 55P03 (a lock not had within `lock_timeout`).
+/// A session that cannot open (the login refused, no such database, one not accepting
+/// connections) is unavailable whatever its code: the pool says so (`pg_pool.rs`).
 /// SQLite's BUSY (5), LOCKED (6), FULL (13: the disk is full) and CANTOPEN (14: the file is out of
 /// reach, e.g. its volume is away), with their extended codes.
 fn is_transient_code(code: &str, sqlite: bool) -> bool {
@@ -572,10 +580,10 @@ fn is_transient_code(code: &str, sqlite: bool) -> bool {
             .parse::<i32>()
             .is_ok_and(|code| matches!(code & 0xff, 5 | 6 | 13 | 14));
     }
-    ["08", "53", "57", "28"]
+    ["08", "53", "57"]
         .iter()
         .any(|class| code.starts_with(class))
-        || ["25006", "3D000", "55000", "55P03"].contains(&code)
+        || ["25006", "55P03"].contains(&code)
 }
 
 /// Both stores' answer to "is this a fresh install?".
@@ -604,13 +612,16 @@ mod tests {
     fn transient_codes_are_read_by_the_rules_of_their_own_database() {
         // The connection, resources, an operator; then the database refusing to serve now.
         let away = ["08006", "53300", "57014", "57P01"];
-        let refusing = ["25006", "28000", "28P01", "3D000", "55000", "55P03"];
+        let refusing = ["25006", "55P03"];
         for code in away.into_iter().chain(refusing) {
             assert!(is_transient_code(code, false), "{code}");
         }
         // 42501 and 22021 end in the byte 5 but are PostgreSQL's, and not transient; 25001 (a
-        // transaction already begun) and 55006 (an object in use) are a statement's own.
-        for code in ["42501", "22021", "23505", "40001", "25001", "55006"] {
+        // transaction already begun), 55000 and 55006 (an object not ready, or in use) are a
+        // statement's own.
+        for code in [
+            "42501", "22021", "23505", "40001", "25001", "55000", "55006",
+        ] {
             assert!(!is_transient_code(code, false), "{code}");
         }
         for code in ["5", "6", "517", "261", "14", "270"] {

@@ -12,8 +12,8 @@
 //! query failed or was cut short (the store's timeout drops it mid-answer) takes that round
 //! trip, in a task of its own, before it is trusted again; it is closed if that fails. And one
 //! that sat idle for [`IDLE_CHECK_AFTER`] or more takes it before it is given a query: the server
-//! or a device on the way may have ended it meanwhile (`idle_session_timeout`, a NAT's idle
-//! timeout), which would otherwise cost the next request a 502 after every quiet spell.
+//! may have ended it meanwhile (`idle_session_timeout`), which would otherwise cost the next
+//! request a 502 after every quiet spell.
 
 use std::time::Duration;
 
@@ -32,6 +32,8 @@ pub(super) const ANSWER_GRACE: Duration = Duration::from_secs(1);
 /// trip) before its next query. Under load connections are busy and never asked; after a quiet
 /// spell the first query pays the round trip instead of a 502.
 const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
+/// How long that round trip may take before the connection is taken as gone.
+const IDLE_PING_WITHIN: Duration = Duration::from_millis(250);
 
 /// Opens the pool's connections.
 pub(super) struct Connector {
@@ -62,7 +64,15 @@ impl managed::Manager for Connector {
         if metrics.last_used() < IDLE_CHECK_AFTER {
             return Ok(());
         }
-        connection.ping().await.map_err(RecycleError::Backend)
+        // Bounded: a connection that a device on the way dropped without a word never answers,
+        // and the caller's whole wait would go on it. Past the bound it is closed, and another
+        // taken or opened.
+        match tokio::time::timeout(IDLE_PING_WITHIN, connection.ping()).await {
+            Ok(answered) => answered.map_err(RecycleError::Backend),
+            Err(_) => Err(RecycleError::message(
+                "no answer to a ping of an idle connection",
+            )),
+        }
     }
 }
 
@@ -79,6 +89,10 @@ impl ConnectionPool {
     pub(super) fn new(options: PgConnectOptions, max_connections: u32, timeout: Duration) -> Self {
         let pool = managed::Pool::builder(Connector { options })
             .max_size(usize::try_from(max_connections).unwrap_or(usize::MAX))
+            // The connection given back last is the next one taken: under a steady load below the
+            // pool's size the same few stay busy, and the others idle (and are asked before use)
+            // rather than each in turn idling past IDLE_CHECK_AFTER and costing a ping.
+            .queue_mode(managed::QueueMode::Lifo)
             .build()
             .expect("a pool without timeouts or hooks needs no runtime to build");
         Self {
@@ -115,6 +129,12 @@ impl ConnectionPool {
 
     async fn acquire(&self) -> Result<Object<Connector>, sqlx::Error> {
         self.pool.get().await.map_err(|error| match error {
+            // Whatever keeps a session from opening (the server away, the login refused, no
+            // such database, one not accepting connections) is the database unavailable: an
+            // I/O error, which the store answers as such, carrying the server's own words.
+            PoolError::Backend(error @ sqlx::Error::Database(_)) => {
+                sqlx::Error::Io(std::io::Error::other(error))
+            }
             PoolError::Backend(error) => error,
             PoolError::Closed => sqlx::Error::PoolClosed,
             _ => sqlx::Error::PoolTimedOut,

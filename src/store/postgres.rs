@@ -525,6 +525,23 @@ impl PgStore {
         Ok(FeedCursor::at_head(newest, Some(&horizon)))
     }
 
+    /// The greatest id at xid 0, in the trail or its retention marks: rows from before migration
+    /// 0002, or moved there from another cluster. A cursor at a real xid with an id at or below
+    /// it was not handed out by this cluster's trail, whose rows at real xids all have greater
+    /// ids.
+    pub async fn rebased_through(&self) -> Result<Option<i64>, StoreError> {
+        self.on_connection(async |connection| {
+            sqlx::query_scalar(
+                "SELECT greatest(
+                     (SELECT max(id) FROM signal_scan_events WHERE xid = '0'),
+                     (SELECT max(id) FROM signal_scan_events_trimmed WHERE xid = '0'))",
+            )
+            .fetch_one(connection)
+            .await
+        })
+        .await
+    }
+
     pub async fn trimmed_mark(
         &self,
         group: Option<&AccountGroupId>,
@@ -659,43 +676,74 @@ async fn pending(connection: &mut PgConnection, migrator: &Migrator) -> Result<b
     Ok(super::migrations::pending(migrator, &applied))
 }
 
-/// Takes [`MIGRATION_LOCK`], asking between pauses, and says when another process holds it.
-/// Moves audit rows (and retention marks) whose transaction ids this cluster has not reached yet
-/// to xid 0, before every change it makes. Such rows come from another cluster: a database
-/// restored from a logical dump (`pg_dump`, `pg_restore`) keeps the ids its rows had there, and
-/// when that cluster's counter was ahead, every change made here sorted behind them, so behind the
-/// head every stream starts from: the change streams and `scans watch` stayed silent until this
-/// cluster's counter passed the other's, for good in effect. The moved rows keep their order by id,
-/// as the rows from before migration 0002 do; a cursor handed out before the restore now lies past
-/// the feed's head and is refused as unknown (400). In normal running no row is ahead of the
-/// snapshot's `xmax`, and this reads one index entry.
+/// Whether a row or retention mark holds a transaction id this cluster has not reached: one
+/// read of the `(xid, id)` index's last entry. No row this cluster wrote can be past the
+/// snapshot's `xmax`.
+const FROM_ANOTHER_CLUSTER: &str = "SELECT EXISTS (SELECT 1 FROM signal_scan_events
+                                WHERE xid >= pg_snapshot_xmax(pg_current_snapshot()))
+        OR EXISTS (SELECT 1 FROM signal_scan_events_trimmed
+                   WHERE xid >= pg_snapshot_xmax(pg_current_snapshot()))";
+
+/// Audit rows moved to xid 0 per transaction when they came from another cluster.
+const REBASE_BATCH: i64 = 10_000;
+
+/// Moves every audit row and retention mark to xid 0 when some came from another cluster. A
+/// database restored from a logical dump (`pg_dump`, `pg_restore`) keeps the transaction ids its
+/// rows had there; when that cluster's counter was ahead, every change made here sorted behind
+/// them, so behind the head every stream starts from, and the change streams and `scans watch`
+/// stayed silent until this cluster's counter passed the other's, for good in effect. At xid 0
+/// they sort before every change this cluster makes, by id, as the rows from before migration
+/// 0002 do; a cursor the other cluster handed out (a real xid with an id among them) is then told
+/// its changes are no longer kept (410: [`PgStore::rebased_through`]). In id ranges, each its own
+/// transaction, under the migration lock: a start stopped halfway goes on at the next.
 async fn rebase_positions_of_another_cluster(
     connection: &mut PgConnection,
 ) -> Result<(), StoreError> {
-    let mut moved = 0;
-    for statement in [
-        "UPDATE signal_scan_events SET xid = '0'
-         WHERE xid >= pg_snapshot_xmax(pg_current_snapshot())",
-        "UPDATE signal_scan_events_trimmed SET xid = '0'
-         WHERE xid >= pg_snapshot_xmax(pg_current_snapshot())",
-    ] {
-        moved += sqlx::query(statement)
-            .execute(&mut *connection)
+    let ahead = async |connection: &mut PgConnection| -> Result<bool, StoreError> {
+        sqlx::query_scalar(FROM_ANOTHER_CLUSTER)
+            .fetch_one(connection)
             .await
-            .map_err(super::classify)?
-            .rows_affected();
+            .map_err(super::classify)
+    };
+    if !ahead(connection).await? {
+        return Ok(());
     }
-    if moved > 0 {
-        tracing::warn!(
-            moved,
-            "audit rows from another PostgreSQL cluster (a database restored from a dump) were \
-             moved before this cluster's changes, so that change streams deliver what this one \
-             commits; followers resume without a cursor and re-read their scans"
-        );
+    take_migration_lock(connection).await?;
+    // Another process may have moved them while this one waited.
+    if !ahead(connection).await? {
+        return Ok(());
     }
+    let last: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM signal_scan_events")
+        .fetch_one(&mut *connection)
+        .await
+        .map_err(super::classify)?;
+    let mut moved = 0;
+    for start in (0..last).step_by(REBASE_BATCH as usize) {
+        moved += sqlx::query(
+            "UPDATE signal_scan_events SET xid = '0'
+             WHERE id > $1 AND id <= $1 + $2 AND xid <> '0'",
+        )
+        .bind(start)
+        .bind(REBASE_BATCH)
+        .execute(&mut *connection)
+        .await
+        .map_err(super::classify)?
+        .rows_affected();
+    }
+    sqlx::query("UPDATE signal_scan_events_trimmed SET xid = '0' WHERE xid <> '0'")
+        .execute(&mut *connection)
+        .await
+        .map_err(super::classify)?;
+    tracing::warn!(
+        moved,
+        "audit rows from another PostgreSQL cluster (a database restored from a dump) were moved \
+         before this cluster's changes, so that change streams deliver what this one commits; \
+         cursors from before the restore answer 410: follow without one and re-read your scans"
+    );
     Ok(())
 }
 
+/// Takes [`MIGRATION_LOCK`], asking between pauses, and says when another process holds it.
 async fn take_migration_lock(connection: &mut PgConnection) -> Result<(), StoreError> {
     let started = tokio::time::Instant::now();
     let mut told = None;

@@ -554,6 +554,11 @@ impl SqliteStore {
         ))
     }
 
+    /// On SQLite every position is at xid 0: none is another database's.
+    pub async fn rebased_through(&self) -> Result<Option<i64>, StoreError> {
+        Ok(None)
+    }
+
     pub async fn trimmed_mark(
         &self,
         group: Option<&AccountGroupId>,

@@ -644,16 +644,7 @@ store_test!(
 /// Ends every session of the service's (and of the test's own store) on the test database, as
 /// an administrator or a restart would; the sessions opened after take the database's settings.
 async fn end_sessions(app: &TestApp) -> i64 {
-    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&app.db.url)
-        .await
-        .unwrap();
-    sqlx::query_scalar(
-        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
-         WHERE datname = current_database() AND application_name = 'signal-scans'",
-    )
-    .fetch_one(&mut admin)
-    .await
-    .unwrap()
+    app.db.end_sessions().await
 }
 
 /// The answers to `request()` until one is not a 502, at most `tries`: the request that finds a
@@ -715,6 +706,30 @@ store_test!(
     postgres_only
 );
 
+/// A database that refuses new sessions (here `ALLOW_CONNECTIONS false`; a refused login, a
+/// dropped database alike) answers 502, the database unavailable, not 500, "a bug"; and the same
+/// process serves once it takes them again.
+async fn a_database_refusing_new_sessions_answers_502(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (group, key, scan) = app.writer_and_queued_scan().await;
+    let scan_path = format!("/v1/accounts/{group}/signals/scans/{scan}");
+
+    app.db.allow_connections(false).await;
+    end_sessions(&app).await;
+    let refused = [
+        app.get(&key, &scan_path).await,
+        app.get(&key, &scan_path).await,
+    ];
+    app.db.allow_connections(true).await;
+    let served = app.get(&key, &scan_path).await;
+
+    for refusal in &refused {
+        refusal.assert_error(502, "UPSTREAM_ERROR");
+    }
+    assert_eq!(served.status, 200, "{served:?}");
+}
+store_test!(a_database_refusing_new_sessions_answers_502, postgres_only);
+
 /// A server that ends idle sessions (`idle_session_timeout`, or a device on the way that drops
 /// idle connections) costs no request: a connection idle for a while is asked whether it is
 /// still there before it is used. The first request after every quiet spell answered 502.
@@ -728,14 +743,15 @@ async fn a_server_ending_idle_sessions_costs_no_request(backend: Backend) {
     }
     let scan_path = format!("/v1/accounts/{group}/signals/scans/{}", scans[0]);
 
-    app.db.alter("SET idle_session_timeout = '300ms'").await;
+    // Not below the pool's idle check (a second): a connection idle for less is not asked.
+    app.db.alter("SET idle_session_timeout = '1s'").await;
     end_sessions(&app).await;
     let warmed = past_a_lost_session(2, || app.get(&key, &scan_path)).await;
     assert_eq!(warmed.last().unwrap().status, 200, "{warmed:?}");
     let mut answers = Vec::new();
     for scan in &scans {
         // Past the server's idle timeout and past the pool's idle check.
-        tokio::time::sleep(Duration::from_millis(1300)).await;
+        tokio::time::sleep(Duration::from_millis(2000)).await;
         answers.push(app.get(&key, &scan_path).await);
         answers.push(app.cancel(Some(&key), group.as_str(), scan.as_str()).await);
     }

@@ -405,21 +405,23 @@ store_test!(
 /// A database restored from a dump into another cluster whose transaction counter is behind the
 /// old one's: its audit rows carry transaction ids this cluster has not reached. The service
 /// started on it moves them before this cluster's changes, so a stream opened then gets every
-/// change made after, and a cursor from before the restore is refused rather than followed in
-/// silence. Each new change sorted behind the restored rows, so behind every stream's start: the
-/// streams stayed silent.
+/// change made after; a cursor from before the restore is told its changes are gone (410), also
+/// once this cluster's counter has passed it, rather than followed past what this cluster wrote.
+/// Each new change sorted behind the restored rows, so behind every stream's start: the streams
+/// stayed silent.
 async fn a_database_restored_into_another_cluster_streams_its_new_changes(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let group = group();
     let writer = app.writer(&group).await;
     let (reader, _) = read_key(&app, &group).await;
     cancel_fresh_scans(&app, &writer, &group, 1).await;
-    // As a restore leaves them: the rows' transaction ids a million ahead of this cluster's.
+    // As a restore leaves them: the rows' transaction ids ahead of this cluster's, by a little,
+    // so that the test can take this cluster's counter past them.
     let mut admin = PgConnection::connect(&app.db.url).await.unwrap();
     admin
         .execute(
             "UPDATE signal_scan_events
-             SET xid = (pg_snapshot_xmax(pg_current_snapshot())::text::numeric + 1000000)::text::xid8",
+             SET xid = (pg_snapshot_xmax(pg_current_snapshot())::text::numeric + 100)::text::xid8",
         )
         .await
         .unwrap();
@@ -437,10 +439,19 @@ async fn a_database_restored_into_another_cluster_streams_its_new_changes(backen
     let stream = follow(stream_request(&url, &reader)).await;
     let after = cancel_fresh_scans(&app, &writer, &group, 2).await;
     let received = read_events(stream, 2).await;
-    let resumed = refused(stream_request(&url, &reader).header("last-event-id", &old_cursor)).await;
+    let ahead_of_the_counter =
+        refused(stream_request(&url, &reader).header("last-event-id", &old_cursor)).await;
+    // This cluster's counter past the restored rows' ids; a change written at such an id.
+    for _ in 0..120 {
+        admin.execute("SELECT pg_current_xact_id()").await.unwrap();
+    }
+    cancel_fresh_scans(&app, &writer, &group, 1).await;
+    let behind_the_counter =
+        refused(stream_request(&url, &reader).header("last-event-id", &old_cursor)).await;
 
     assert_eq!(received, crate::helpers::id_strings(&after));
-    resumed.assert_error(400, "VALIDATION_ERROR");
+    ahead_of_the_counter.assert_error(410, "CURSOR_EXPIRED");
+    behind_the_counter.assert_error(410, "CURSOR_EXPIRED");
 }
 store_test!(
     a_database_restored_into_another_cluster_streams_its_new_changes,

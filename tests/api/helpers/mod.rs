@@ -182,6 +182,24 @@ impl TestDatabase {
         self.alter(&format!("WITH ALLOW_CONNECTIONS {allow}")).await;
     }
 
+    /// Ends the service's sessions on this PostgreSQL database (the test's own store's too), as an
+    /// administrator or a restart would, from the admin database: this one may refuse sessions.
+    /// Returns how many it ended.
+    pub async fn end_sessions(&self) -> i64 {
+        let Place::Postgres { admin_url, name } = &self.place else {
+            panic!("sessions are PostgreSQL's");
+        };
+        let mut admin = PgConnection::connect(admin_url).await.unwrap();
+        sqlx::query_scalar(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = $1 AND application_name = 'signal-scans'",
+        )
+        .bind(name)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap()
+    }
+
     /// `ALTER DATABASE <this one> <clause>`, e.g. `SET idle_session_timeout = '300ms'`: a setting
     /// that the sessions opened from now on take.
     pub async fn alter(&self, clause: &str) {
