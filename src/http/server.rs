@@ -7,7 +7,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -204,14 +204,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
         Box::pin(async move {
             let response = response.await?;
             // The request stays in progress until its body is written (or the stream reset).
-            Ok(response.map(|body| {
-                Body::new(CountedBody {
-                    body,
-                    owes,
-                    ended: false,
-                    in_progress,
-                })
-            }))
+            Ok(response.map(|body| Body::new(CountedBody::new(body, owes, in_progress))))
         })
     }
 }
@@ -232,6 +225,15 @@ struct Activity {
     /// no response owes (an HTTP/2 PING's answer) does not count: a client could keep an idle
     /// connection open for good with it.
     wrote_at: AtomicU64,
+    /// Response bodies that hyper owes a poll: one not polled yet, or whose last poll gave a
+    /// frame. hyper polls a body again as soon as it can send what it took; one that has nothing
+    /// to send (a quiet change stream) answered its last poll `Pending`, and wakes hyper itself.
+    /// So a body owed a poll for long is one whose client stopped taking bytes (a full socket,
+    /// an HTTP/2 window left closed), and no timer of the body can run.
+    bodies_owed_a_poll: AtomicUsize,
+    /// When hyper last polled a response's body, or a body was made, in nanoseconds from
+    /// `opened`.
+    polled_at: AtomicU64,
     opened: Instant,
 }
 
@@ -254,8 +256,35 @@ impl Activity {
             bytes_read: AtomicU64::new(0),
             owed: AtomicU64::new(0),
             wrote_at: AtomicU64::new(0),
+            bodies_owed_a_poll: AtomicUsize::new(0),
+            polled_at: AtomicU64::new(0),
             opened: Instant::now(),
         }
+    }
+
+    /// Nanoseconds from `opened` to now.
+    fn now(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// A body was polled (or made): its clock starts again.
+    fn polled(&self) {
+        self.polled_at.store(self.now(), Ordering::Relaxed);
+    }
+
+    /// A body is now owed a poll (`true`), or no longer (`false`). No wake-up: while requests
+    /// are in progress the idle clock looks again every idle timeout (see [`Self::expired`]),
+    /// rather than every request waking it twice more.
+    fn owe_a_poll(&self, owed: bool) {
+        if owed {
+            self.bodies_owed_a_poll.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.bodies_owed_a_poll.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn last_poll(&self) -> Instant {
+        self.opened + Duration::from_nanos(self.polled_at.load(Ordering::Relaxed))
     }
 
     /// `written` bytes went out: while a response still owed some, that is activity. A write
@@ -274,8 +303,7 @@ impl Activity {
             })
             .unwrap_or_default();
         if before > 0 {
-            let since_open = u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            self.wrote_at.store(since_open, Ordering::Relaxed);
+            self.wrote_at.store(self.now(), Ordering::Relaxed);
         }
     }
 
@@ -297,26 +325,34 @@ impl Activity {
     /// Resolves once the connection has had no request in progress for too long: the header
     /// timeout before its first request (so a client that sends nothing, or never finishes the
     /// HTTP/2 preface, is dropped as fast as a slow HTTP/1 header), the idle timeout after, and
-    /// after the last write of a response still on its way.
+    /// after the last write of a response still on its way. A request in progress keeps its
+    /// connection, however quiet (a change stream with nothing to send), except while a response
+    /// body is owed a poll: then the idle timeout runs from the last poll or write, so a client
+    /// that stops taking a response's bytes cannot hold its connection (and a stream its key's
+    /// slot) for good, past every timer of the body. Such a connection is closed within twice the
+    /// idle timeout: while requests are in progress, the clock looks every idle timeout.
     async fn expired(&self, limits: ConnectionLimits) {
         loop {
             let deadline = {
                 let state = self.lock();
                 match state.in_progress {
                     0 if state.served_any => {
-                        Some(state.idle_since.max(self.last_write()) + limits.idle_timeout)
+                        state.idle_since.max(self.last_write()) + limits.idle_timeout
                     }
-                    0 => Some(state.idle_since + limits.header_timeout),
-                    _ => None,
+                    0 => state.idle_since + limits.header_timeout,
+                    _ if self.bodies_owed_a_poll.load(Ordering::Relaxed) > 0 => {
+                        self.last_poll().max(self.last_write()) + limits.idle_timeout
+                    }
+                    // Looked at again then (a later turn of this loop, not an expiry).
+                    _ => Instant::now() + limits.idle_timeout,
                 }
             };
-            match deadline {
-                Some(deadline) if deadline <= Instant::now() => return,
-                Some(deadline) => tokio::select! {
-                    () = tokio::time::sleep_until(deadline) => {}
-                    () = self.changed.notified() => {}
-                },
-                None => self.changed.notified().await,
+            if deadline <= Instant::now() {
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {}
+                () = self.changed.notified() => {}
             }
         }
     }
@@ -357,7 +393,31 @@ struct CountedBody {
     /// Whether its bytes are owed to the client (not a HEAD's).
     owes: bool,
     ended: bool,
+    /// hyper owes it a poll ([`Activity::bodies_owed_a_poll`]).
+    owed_a_poll: bool,
     in_progress: InProgress,
+}
+
+impl CountedBody {
+    fn new(body: Body, owes: bool, in_progress: InProgress) -> Self {
+        let activity = &in_progress.0;
+        activity.polled();
+        activity.owe_a_poll(true);
+        Self {
+            body,
+            owes,
+            ended: false,
+            owed_a_poll: true,
+            in_progress,
+        }
+    }
+
+    fn set_owed_a_poll(&mut self, owed: bool) {
+        if self.owed_a_poll != owed {
+            self.owed_a_poll = owed;
+            self.in_progress.0.owe_a_poll(owed);
+        }
+    }
 }
 
 impl HttpBody for CountedBody {
@@ -368,7 +428,10 @@ impl HttpBody for CountedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        self.in_progress.0.polled();
         let polled = Pin::new(&mut self.body).poll_frame(cx);
+        // A frame taken: hyper polls again once it has sent it. Pending: the body wakes hyper.
+        self.set_owed_a_poll(matches!(polled, Poll::Ready(Some(Ok(_)))));
         match &polled {
             Poll::Ready(Some(Ok(frame))) if self.owes => {
                 if let Some(data) = frame.data_ref() {
@@ -395,6 +458,7 @@ impl HttpBody for CountedBody {
 
 impl Drop for CountedBody {
     fn drop(&mut self) {
+        self.set_owed_a_poll(false);
         if !self.ended && !self.body.is_end_stream() {
             // Dropped before its end (the stream was reset, the connection lost): what it handed
             // over and was not sent never will be.

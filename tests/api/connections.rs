@@ -346,6 +346,44 @@ async fn idle_connections_are_closed(backend: Backend) {
 }
 store_test!(idle_connections_are_closed);
 
+/// An HTTP/2 client that opens no window takes none of its answer's body, and its connection is
+/// closed after the idle timeout: any route (here `/healthz`, no key needed) held a connection
+/// for good that way, so a few such clients used up `MAX_CONNECTIONS`.
+async fn a_connection_whose_client_opens_no_window_is_closed(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let server = ServerProcess::start(&[
+        ("DATABASE_URL", &app.db.url),
+        ("HTTP_IDLE_TIMEOUT_MS", "500"),
+    ])
+    .await;
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, axum::body::Bytes>(tcp)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = axum::http::Request::get(format!("http://{}/healthz", server.addr))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let answered = response.await.unwrap();
+    let since = Instant::now();
+
+    let closed = tokio::time::timeout(Duration::from_secs(10), connection).await;
+
+    assert_eq!(answered.status(), 200);
+    assert!(closed.is_ok(), "the connection was still open after 10 s");
+    assert!(
+        since.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        since.elapsed()
+    );
+    drop(client);
+}
+store_test!(a_connection_whose_client_opens_no_window_is_closed);
+
 /// A response its client reads slowly is delivered whole: while its bytes still move, the
 /// connection is not idle. Over HTTP/2 the client grants its window 8 KiB at a time, every
 /// 100 ms, so the server holds most of `/openapi.json` after the handler is done with it; with

@@ -218,3 +218,52 @@ async fn the_hubs_reader_stops_with_the_application(backend: Backend) {
     assert_eq!(after, 0, "the hub's session outlived the application");
 }
 store_test!(the_hubs_reader_stops_with_the_application, postgres_only);
+
+/// A change stream whose client stops taking its bytes (here an HTTP/2 window left closed; a
+/// reader that stops reading fills the socket alike) ends once nothing of it has moved for
+/// `HTTP_IDLE_TIMEOUT_MS`: its connection is closed and its key's slot freed. The service polls a
+/// body only while it can be sent, so the stream's own timers never ran: it held its connection
+/// and its slot for as long as the client stayed, and every later stream of the key was a 429.
+async fn a_stream_whose_client_stops_taking_bytes_ends_and_frees_its_slot(backend: Backend) {
+    let process = Process::start(
+        backend,
+        &[
+            ("HTTP_IDLE_TIMEOUT_MS", "1000"),
+            ("STREAM_KEEPALIVE_MS", "100"),
+            ("STREAM_MAX_PER_KEY", "1"),
+        ],
+    )
+    .await;
+    let url = process.server.url(&changes_path(&process.group, ""));
+    let tcp = tokio::net::TcpStream::connect(process.server.addr)
+        .await
+        .unwrap();
+    // Room for the opening block and a keep-alive or two, then a window that never opens.
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(64)
+        .handshake::<_, axum::body::Bytes>(tcp)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = axum::http::Request::get(&url)
+        .header("authorization", format!("Bearer {}", process.reader))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let opened = response.await.unwrap();
+    let stuck_since = Instant::now();
+
+    let closed = tokio::time::timeout(Duration::from_secs(10), connection).await;
+    let closed_after = stuck_since.elapsed();
+    let next = follow(stream_request(&url, &process.reader)).await;
+
+    assert_eq!(opened.status(), 200);
+    assert!(closed.is_ok(), "the connection was still open after 10 s");
+    assert!(
+        closed_after >= Duration::from_millis(900),
+        "closed after {closed_after:?}"
+    );
+    drop((next, client));
+}
+store_test!(a_stream_whose_client_stops_taking_bytes_ends_and_frees_its_slot);
