@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::process::ServerProcess;
-use crate::helpers::{ApiResponse, Backend, TestApp, cancel_path, child, group};
+use crate::helpers::{ApiResponse, Backend, TestApp, cancel_path, child, group, h2_client};
 use crate::store_test;
 
 /// Resident memory of a process, in KiB.
@@ -278,10 +278,8 @@ struct H2Exchange {
 
 /// Opens an HTTP/2 connection (prior knowledge) and sends `GET path`.
 async fn h2_get(addr: SocketAddr, path: &str) -> H2Exchange {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-    let driver = tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
+    // HTTP/2's own initial window.
+    let (mut client, driver) = h2_client(addr, 65_535).await;
     let request = axum::http::Request::get(format!("http://{addr}{path}"))
         .body(())
         .unwrap();
@@ -356,14 +354,7 @@ async fn a_connection_whose_client_opens_no_window_is_closed(backend: Backend) {
         ("HTTP_IDLE_TIMEOUT_MS", "500"),
     ])
     .await;
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
-    let (client, connection) = h2::client::Builder::new()
-        .initial_window_size(0)
-        .handshake::<_, axum::body::Bytes>(tcp)
-        .await
-        .unwrap();
-    let connection = tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
+    let (mut client, connection) = h2_client(server.addr, 0).await;
     let request = axum::http::Request::get(format!("http://{}/healthz", server.addr))
         .body(())
         .unwrap();
@@ -395,14 +386,7 @@ async fn a_response_read_slowly_is_delivered_whole(backend: Backend) {
         ("HTTP_IDLE_TIMEOUT_MS", "500"),
     ])
     .await;
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
-    let (client, connection) = h2::client::Builder::new()
-        .initial_window_size(8192)
-        .handshake::<_, axum::body::Bytes>(tcp)
-        .await
-        .unwrap();
-    let _driver = tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
+    let (mut client, _driver) = h2_client(server.addr, 8192).await;
     let request = axum::http::Request::get(format!("http://{}/openapi.json", server.addr))
         .body(())
         .unwrap();

@@ -7,7 +7,7 @@ use signal_scans::http::changes::StreamSettings;
 use sqlx::Connection;
 
 use super::*;
-use crate::helpers::{Backend, ServeDefault, TestApp, cancel_path, group};
+use crate::helpers::{Backend, ServeDefault, TestApp, cancel_path, group, h2_client};
 use crate::store_test;
 
 async fn a_revoked_keys_stream_ends_within_the_cache_ttl_and_a_tick_while_others_go_on(
@@ -235,17 +235,8 @@ async fn a_stream_whose_client_stops_taking_bytes_ends_and_frees_its_slot(backen
     )
     .await;
     let url = process.server.url(&changes_path(&process.group, ""));
-    let tcp = tokio::net::TcpStream::connect(process.server.addr)
-        .await
-        .unwrap();
     // Room for the opening block and a keep-alive or two, then a window that never opens.
-    let (client, connection) = h2::client::Builder::new()
-        .initial_window_size(64)
-        .handshake::<_, axum::body::Bytes>(tcp)
-        .await
-        .unwrap();
-    let connection = tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
+    let (mut client, connection) = h2_client(process.server.addr, 64).await;
     let request = axum::http::Request::get(&url)
         .header("authorization", format!("Bearer {}", process.reader))
         .body(())

@@ -892,6 +892,26 @@ impl TestApp {
     }
 }
 
+/// An HTTP/2 client handle (prior knowledge) to `addr`, ready to send, whose client grants each
+/// stream a window of `window` bytes and never more unless a test releases capacity; and the
+/// connection's driver, which ends when the server closes the connection.
+pub async fn h2_client(
+    addr: SocketAddr,
+    window: u32,
+) -> (
+    h2::client::SendRequest<axum::body::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(window)
+        .handshake(tcp)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    (client.ready().await.unwrap(), driver)
+}
+
 /// `POST …/signals/scans`: where a client starts a scan.
 pub fn scans_path(group: &str) -> String {
     format!("/v1/accounts/{group}/signals/scans")
