@@ -25,6 +25,7 @@ use super::auth::presented_key;
 use super::error::{ApiError, Problems, UnknownNames, both, unknown_cursor};
 use super::event_stream::{EventBlocks, event_stream_response};
 use super::extract::{ApiPath, GroupPath};
+use super::metrics::RATE_LIMITED;
 use super::openapi::responses as doc;
 use super::views::ScanStatusChanged;
 use crate::domain::feed::FeedCursor;
@@ -81,10 +82,12 @@ impl ChangeStreams {
         self.closing.send_replace(true);
     }
 
-    /// A slot for one more stream of `key`, or `None` when it has all it may.
+    /// A slot for one more stream of `key`, or `None` when it has all it may (counted with the
+    /// other limits' refusals).
     fn admit(&self, key: Uuid) -> Option<StreamSlot> {
         let mut count = self.open.entry(key).or_insert(0);
         if *count >= self.settings.max_per_key {
+            metrics::counter!(RATE_LIMITED, "limit" => "streams_per_key").increment(1);
             return None;
         }
         *count += 1;

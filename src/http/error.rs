@@ -315,6 +315,15 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The 500 of a handler that panicked. The panic hook (`telemetry::init`) has logged the panic
+/// already, with its place in the code and inside the request's span: the answer carries no cause
+/// for [`log_hidden_causes`] to log a second time.
+pub(crate) fn panicked() -> Response {
+    let mut response = ApiError::Internal(String::new()).into_response();
+    response.extensions_mut().remove::<HiddenCause>();
+    response
+}
+
 /// Why a request failed on our side, for the logs only.
 #[derive(Debug, Clone)]
 enum HiddenCause {
@@ -397,7 +406,43 @@ impl From<BytesRejection> for ApiError {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+
+    /// What `log_hidden_causes` writes for `response`, under a subscriber of this thread only.
+    fn logged_for(response: Response) -> String {
+        let written = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+        let sink = Arc::clone(&written);
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || SinkWriter(Arc::clone(&sink)))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || log_hidden_causes(response));
+        String::from_utf8(written.lock().unwrap().clone()).unwrap()
+    }
+
+    struct SinkWriter(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for SinkWriter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A panic is logged once, by the panic hook: its 500 is an internal error's answer with
+    /// nothing more to log, where any other internal error's cause is logged there.
+    #[test]
+    fn a_panics_answer_is_a_500_with_no_cause_to_log_again() {
+        let panicked = panicked();
+        assert_eq!(panicked.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(logged_for(panicked), "");
+        let other = ApiError::Internal("a cause".into()).into_response();
+        assert!(logged_for(other).contains("a cause"));
+    }
 
     fn details_of(problems: Problems) -> String {
         match problems.into_result() {

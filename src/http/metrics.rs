@@ -11,8 +11,8 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::HeaderValue;
 use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use dashmap::DashMap;
 use metrics::{Counter, Histogram, SharedString};
@@ -94,6 +94,12 @@ pub async fn upkeep(handle: PrometheusHandle, every: Duration) {
 /// `other`) and status, and records its latency. Every label has a bounded set of values: a
 /// client cannot make the exporter keep a new series per request. A tower layer: it runs on
 /// every request, and its future is not boxed.
+///
+/// A request whose client left before its answer (a closed connection, a reset HTTP/2 stream)
+/// never has a response: it is counted with status 499, as nginx counts one, and its closing
+/// log line is written here, for the trace layer above sees no response to log. Its work may
+/// have committed all the same (a cancel is counted by `scan_cancels_total` at its commit), so
+/// a database that stalls past clients' own timeouts shows in the 499s, not in silence.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Track;
 
@@ -130,6 +136,9 @@ where
             started: Instant::now(),
             route,
             method,
+            // Called inside the trace layer's span: the request's.
+            span: tracing::Span::current(),
+            answered: false,
         }
     }
 }
@@ -141,6 +150,26 @@ pin_project_lite::pin_project! {
         started: Instant,
         route: Option<MatchedPath>,
         method: &'static str,
+        span: tracing::Span,
+        answered: bool,
+    }
+
+    impl<F> PinnedDrop for TrackFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if *this.answered {
+                return;
+            }
+            let latency = this.started.elapsed();
+            count(this.route.as_ref(), this.method, CLIENT_CLOSED_REQUEST, latency);
+            this.span.in_scope(|| {
+                tracing::info!(
+                    status = CLIENT_CLOSED_REQUEST,
+                    latency_ms = latency.as_secs_f64() * 1000.0,
+                    "finished processing request: the client left before its answer"
+                );
+            });
+        }
     }
 }
 
@@ -153,14 +182,26 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let response = ready!(this.inner.poll(cx))?;
-        let route = this.route.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
-        let series = RouteSeries::of(route);
-        series.requests(this.method, response.status()).increment(1);
-        series
-            .duration(this.method)
-            .record(this.started.elapsed().as_secs_f64());
+        *this.answered = true;
+        let status = response.status().as_u16();
+        count(
+            this.route.as_ref(),
+            this.method,
+            status,
+            this.started.elapsed(),
+        );
         Poll::Ready(Ok(response))
     }
+}
+
+/// The status a request whose client left before its answer is counted and logged with (nginx's
+/// "client closed request"); no client is ever sent it.
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+fn count(route: Option<&MatchedPath>, method: &'static str, status: u16, latency: Duration) {
+    let series = RouteSeries::of(route.map_or(UNMATCHED, MatchedPath::as_str));
+    series.requests(method, status).increment(1);
+    series.duration(method).record(latency.as_secs_f64());
 }
 
 const UNMATCHED: &str = "unmatched";
@@ -190,9 +231,9 @@ impl RouteSeries {
         })
     }
 
-    fn requests(&self, method: &'static str, status: StatusCode) -> Counter {
-        cached(&self.requests, &(method, status.as_u16()), || {
-            let status = status.as_u16().to_string();
+    fn requests(&self, method: &'static str, status: u16) -> Counter {
+        cached(&self.requests, &(method, status), || {
+            let status = status.to_string();
             metrics::counter!(REQUESTS, "route" => self.route.clone(), "method" => method, "status" => status)
         })
     }

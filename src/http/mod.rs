@@ -30,7 +30,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::Method;
 use axum::http::{HeaderValue, header};
 use axum::middleware;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::{Extension, Router};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -186,13 +186,9 @@ fn log_response<B>(response: &axum::http::Response<B>, latency: Duration, _span:
     );
 }
 
-fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
-    let message = panic
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| panic.downcast_ref::<&str>().copied())
-        .unwrap_or("non-string panic payload");
-    ApiError::Internal(format!("handler panicked: {message}")).into_response()
+/// The panic's message and place are logged by the panic hook, in the request's span.
+fn panic_response(_panic: Box<dyn Any + Send + 'static>) -> Response {
+    error::panicked()
 }
 
 async fn not_found() -> ApiError {

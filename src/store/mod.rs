@@ -2,6 +2,7 @@
 
 mod migrations;
 mod pg_pool;
+mod pg_url;
 mod pipeline;
 mod postgres;
 mod publisher;

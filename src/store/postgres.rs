@@ -1,7 +1,6 @@
 //! The PostgreSQL store: runtime-checked queries with explicit binds, each bounded in time.
 
 use std::future::Future;
-use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -13,6 +12,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::pg_pool::{ANSWER_GRACE, ConnectionPool, HeldConnection};
+use super::pg_url;
 use super::pipeline::{BatchWriter, ChangeRequest, Pipeline};
 use super::publisher::Publisher;
 use super::rows::{ChangeRow, ClaimedKeyRow, EventRow, KeyRow, ScanRow};
@@ -70,9 +70,7 @@ pub struct PgStore {
 impl PgStore {
     pub fn connect(options: &StoreOptions) -> Result<Self, StoreError> {
         let timeout_ms = options.timeout.as_millis().to_string();
-        let connect = PgConnectOptions::from_str(options.url.expose_secret())
-            .map_err(|_| StoreError::Config("DATABASE_URL is not a valid PostgreSQL URL".into()))?
-            .application_name("signal-scans");
+        let connect = pg_url::parse(options.url.expose_secret())?.application_name("signal-scans");
         // Migrations may wait for another replica's migration lock and may take long: they run
         // on their own connection without the request timeout.
         let migrate_options = Arc::new(connect.clone());

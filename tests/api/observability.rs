@@ -26,6 +26,11 @@ async fn json_logs_carry_request_facts_and_never_a_secret(backend: Backend) {
         Backend::Postgres => {
             let mut url = url::Url::parse(&app.db.url).unwrap();
             url.set_password(Some("hunter2-secret")).unwrap();
+            // Parameters the driver does not know, one of them libpq's key password: named in
+            // a warning, their values never.
+            url.query_pairs_mut()
+                .append_pair("sslpassword", "keyfile-secret")
+                .append_pair("passwd", "misspelt-secret");
             url.to_string()
         }
         Backend::Sqlite => app.db.url.clone(),
@@ -78,8 +83,23 @@ async fn json_logs_carry_request_facts_and_never_a_secret(backend: Backend) {
         &key[4..],
         wrong_key.as_str(),
         "hunter2-secret",
+        "keyfile-secret",
+        "misspelt-secret",
     ] {
         assert!(!everything.contains(secret), "a secret reached the logs");
+    }
+    if backend == Backend::Postgres {
+        let ignored: Vec<&str> = events
+            .iter()
+            .filter(|event| event["level"] == "WARN")
+            .filter(|event| {
+                event["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("unrecognized connect parameter"))
+            })
+            .filter_map(|event| event["key"].as_str())
+            .collect();
+        assert_eq!(ignored, ["sslpassword", "passwd"], "{logs:#?}");
     }
 }
 store_test!(json_logs_carry_request_facts_and_never_a_secret);
@@ -146,6 +166,100 @@ async fn a_502_and_a_500_are_each_logged_once_with_the_trace_id(backend: Backend
     // cancel may have happened, and a retry tells (README, "Troubleshoot").
 }
 store_test!(a_502_and_a_500_are_each_logged_once_with_the_trace_id);
+
+/// A request whose client leaves before its answer (here while its write waits on a lock) is
+/// counted with status 499 and has its closing log line, with its trace id, though its change
+/// commits later: a stalled database shows in the metrics and the logs, not in silence.
+async fn a_request_whose_client_leaves_is_counted_and_logged_as_499(backend: Backend) {
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let server =
+        ServerProcess::start(&[("DATABASE_URL", &app.db.url), ("DB_TIMEOUT_MS", "5000")]).await;
+    let route = "/v1/accounts/{accountGroupId}/signals/scans/{scanId}/cancel";
+    let abandoned = format!(r#"http_requests_total{{route="{route}",method="POST",status="499"}}"#);
+    let timed = format!(r#"http_request_duration_seconds_count{{route="{route}",method="POST"}}"#);
+    let before = server.metrics().await;
+    let mut lock = WriteLock::hold(&app, &scan).await;
+
+    let trace_id = "client-left-before-its-answer";
+    let gone = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap()
+        .post(server.url(&cancel_path(group.as_str(), scan.as_str())))
+        .bearer_auth(&key)
+        .header("x-request-id", trace_id)
+        .send()
+        .await;
+    assert!(gone.unwrap_err().is_timeout(), "the client left first");
+    let of_this_request = |event: &serde_json::Value| event["span"]["trace.id"] == trace_id;
+    let events = server
+        .until_logged(|event| {
+            of_this_request(event)
+                && event["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("finished processing request"))
+        })
+        .await;
+    lock.release().await;
+
+    let closing = events.iter().rfind(|event| of_this_request(event)).unwrap();
+    assert_eq!(closing["status"], 499, "{closing:#}");
+    assert!(
+        closing["latency_ms"].as_f64().unwrap() >= 250.0,
+        "{closing:#}"
+    );
+    let after = server.metrics().await;
+    let counted = |series: &str| {
+        crate::helpers::metrics::count(&after, series)
+            - crate::helpers::metrics::count(&before, series)
+    };
+    assert_eq!(counted(&abandoned), 1.0, "counted as 499, in:\n{after}");
+    assert_eq!(counted(&timed), 1.0, "and timed, in:\n{after}");
+    // The change itself was taken before the client left, and commits once the lock is gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.status_of(&scan).await != ScanStatus::Cancelled {
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned cancel never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+store_test!(a_request_whose_client_leaves_is_counted_and_logged_as_499);
+
+/// A key's change streams past `STREAM_MAX_PER_KEY` are refused with 429, and counted with the
+/// other limits' refusals: an alert on `rate_limited_total` sees every 429 a limit gave.
+async fn a_stream_past_its_keys_cap_is_counted_as_rate_limited(backend: Backend) {
+    let (app, group, _) = TestApp::with_writer(backend).await;
+    let (reader, _) = app
+        .key_for(
+            &[signal_scans::domain::keys::Permission::SignalsRead],
+            &[group],
+        )
+        .await;
+    let server =
+        ServerProcess::start(&[("DATABASE_URL", &app.db.url), ("STREAM_MAX_PER_KEY", "1")]).await;
+    let before = server.metrics().await;
+    let client = reqwest::Client::new();
+    let url = server.url(&format!("/v1/accounts/{group}/signals/scans/changes"));
+    let open = || client.get(&url).bearer_auth(&reader).send();
+
+    let first = open().await.unwrap();
+    let second = open().await.unwrap();
+
+    assert_eq!(first.status(), 200);
+    assert_eq!(second.status(), 429);
+    let after = server.metrics().await;
+    let series = r#"rate_limited_total{limit="streams_per_key"}"#;
+    assert_eq!(
+        crate::helpers::metrics::count(&after, series)
+            - crate::helpers::metrics::count(&before, series),
+        1.0,
+        "in:\n{after}"
+    );
+}
+store_test!(a_stream_past_its_keys_cap_is_counted_as_rate_limited);
 
 /// A request deadline that a write can outlast (`DB_TIMEOUT_MS` 5 s: a write may take 21 s, the
 /// default deadline is 10 s) is warned of once at start, naming both settings; the defaults (2 s

@@ -1,0 +1,104 @@
+//! `DATABASE_URL` read into sqlx's connection options without its secrets reaching the logs.
+//!
+//! sqlx's parser warns of every query parameter it does not know with the parameter's value
+//! (`ignoring unrecognized connect parameter key=sslpassword value=…`): libpq's `sslpassword`,
+//! or a misspelt `password`, would put a secret in the log. The parse runs under a subscriber of
+//! its own, on this thread only, and each of its warnings is logged again with the parameter's
+//! name and never its value.
+
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use sqlx::postgres::PgConnectOptions;
+use tracing::field::{Field, Visit};
+use tracing::level_filters::LevelFilter;
+use tracing::span::{Attributes, Id, Record};
+use tracing::subscriber::Interest;
+use tracing::{Event, Metadata, Subscriber};
+
+use super::StoreError;
+
+/// The options of a `postgres://` URL. What the parse warned of is logged by name only.
+pub(super) fn parse(url: &str) -> Result<PgConnectOptions, StoreError> {
+    let warnings = Warnings::default();
+    let heard = Arc::clone(&warnings.0);
+    let parsed = tracing::subscriber::with_default(warnings, || PgConnectOptions::from_str(url));
+    for Warning { message, key } in heard.lock().map(|w| w.clone()).unwrap_or_default() {
+        match key {
+            Some(key) => tracing::warn!(%key, "DATABASE_URL: {message}"),
+            None => tracing::warn!("DATABASE_URL: {message}"),
+        }
+    }
+    parsed.map_err(|_| StoreError::Config("DATABASE_URL is not a valid PostgreSQL URL".into()))
+}
+
+/// One event of the parse: its message and the parameter it names, nothing else.
+#[derive(Debug, Clone, Default)]
+struct Warning {
+    message: String,
+    key: Option<String>,
+}
+
+impl Warning {
+    fn keep(&mut self, field: &Field, value: String) {
+        match field.name() {
+            "message" => self.message = value,
+            "key" => self.key = Some(value),
+            _ => {}
+        }
+    }
+}
+
+impl Visit for Warning {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.keep(field, value.to_owned());
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.keep(field, format!("{value:?}"));
+    }
+}
+
+/// A subscriber that keeps each event's message and `key`, and no span.
+#[derive(Default)]
+struct Warnings(Arc<Mutex<Vec<Warning>>>);
+
+/// Warnings and errors only. Said in the interest and the hint too: a subscriber, while it
+/// exists, has a say in every callsite's interest and in the level every event is first compared
+/// with, and a wider one would leave debug events costing a filter's check after it is gone.
+impl Subscriber for Warnings {
+    fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
+        match self.enabled(metadata) {
+            true => Interest::always(),
+            false => Interest::never(),
+        }
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(LevelFilter::WARN)
+    }
+
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.is_event() && *metadata.level() <= tracing::Level::WARN
+    }
+
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        Id::from_u64(1)
+    }
+
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+
+    fn event(&self, event: &Event<'_>) {
+        let mut warning = Warning::default();
+        event.record(&mut warning);
+        if let Ok(mut heard) = self.0.lock() {
+            heard.push(warning);
+        }
+    }
+
+    fn enter(&self, _: &Id) {}
+
+    fn exit(&self, _: &Id) {}
+}
