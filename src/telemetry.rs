@@ -38,12 +38,13 @@ pub fn init(format: LogFormat, directives: &str) -> Result<(), String> {
     };
     // Panics go through tracing, inside the request's span (so with its trace id), instead of
     // raw text on stderr.
-    // When logging would drop the event (a RUST_LOG that filters errors out), the default hook
-    // still prints it: a panic is never silent.
+    // Under this crate's own target, so a RUST_LOG that keeps the service's lines
+    // (`signal_scans=info`) keeps this one. When logging would drop the event (a RUST_LOG that
+    // filters errors out), the default hook still prints it: a panic is never silent.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |panic| {
-        if tracing::enabled!(target: "panic", tracing::Level::ERROR) {
-            tracing::error!(target: "panic", panic = %panic, "panicked");
+        if tracing::enabled!(tracing::Level::ERROR) {
+            tracing::error!(panic = %panic, "panicked");
         } else {
             default_hook(panic);
         }

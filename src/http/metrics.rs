@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -160,15 +161,18 @@ pin_project_lite::pin_project! {
             if *this.answered {
                 return;
             }
-            let latency = this.started.elapsed();
-            count(this.route.as_ref(), this.method, CLIENT_CLOSED_REQUEST, latency);
-            this.span.in_scope(|| {
-                tracing::info!(
-                    status = CLIENT_CLOSED_REQUEST,
-                    latency_ms = latency.as_secs_f64() * 1000.0,
-                    "finished processing request: the client left before its answer"
-                );
-            });
+            let latency_ms = this.started.elapsed().as_secs_f64() * 1000.0;
+            let _entered = this.span.enter();
+            if STOPPED_UNANSWERED.load(Ordering::Relaxed) {
+                tracing::info!(latency_ms, "finished processing request: the service stopped before its answer");
+                return;
+            }
+            count(this.route.as_ref(), this.method, CLIENT_CLOSED_REQUEST, this.started.elapsed());
+            tracing::info!(
+                status = CLIENT_CLOSED_REQUEST,
+                latency_ms,
+                "finished processing request: the client left before its answer"
+            );
         }
     }
 }
@@ -197,6 +201,16 @@ where
 /// The status a request whose client left before its answer is counted and logged with (nginx's
 /// "client closed request"); no client is ever sent it.
 const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// Set when the service stops with requests still unanswered (its drain time ran out): what is
+/// dropped from then on was cut off by the service, not left by its client. Process-wide, as the
+/// stop is: the runtime drops the connections' tasks as the process ends.
+static STOPPED_UNANSWERED: AtomicBool = AtomicBool::new(false);
+
+/// The service stops now, whatever requests are still in flight.
+pub(crate) fn stopping_unanswered() {
+    STOPPED_UNANSWERED.store(true, Ordering::Relaxed);
+}
 
 fn count(route: Option<&MatchedPath>, method: &'static str, status: u16, latency: Duration) {
     let series = RouteSeries::of(route.map_or(UNMATCHED, MatchedPath::as_str));

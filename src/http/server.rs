@@ -118,10 +118,13 @@ pub(crate) async fn run(
     tracing::debug!(connections = graceful.count(), "draining open connections");
     match tokio::time::timeout(drain, graceful.shutdown()).await {
         Ok(()) => {}
-        Err(_) => tracing::warn!(
-            drain_ms = drain.as_millis() as u64,
-            "requests still in flight after the drain time; stopping anyway"
-        ),
+        Err(_) => {
+            tracing::warn!(
+                drain_ms = drain.as_millis() as u64,
+                "requests still in flight after the drain time; stopping anyway"
+            );
+            super::metrics::stopping_unanswered();
+        }
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! (`ignoring unrecognized connect parameter key=sslpassword value=…`): libpq's `sslpassword`,
 //! or a misspelt `password`, would put a secret in the log. The parse runs under a subscriber of
 //! its own, on this thread only, and each of its warnings is logged again with the parameter's
-//! name and never its value.
+//! name (when it is one of libpq's) and never its value.
 
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -18,25 +18,81 @@ use tracing::{Event, Metadata, Subscriber};
 
 use super::StoreError;
 
-/// The options of a `postgres://` URL. What the parse warned of is logged by name only.
+/// The options of a `postgres://` URL. What the parse warned of is logged again, naming a
+/// parameter only when its name is one of libpq's: any other "name" may be the tail of a password
+/// holding an unencoded `&`.
 pub(super) fn parse(url: &str) -> Result<PgConnectOptions, StoreError> {
     let warnings = Warnings::default();
     let heard = Arc::clone(&warnings.0);
     let parsed = tracing::subscriber::with_default(warnings, || PgConnectOptions::from_str(url));
-    for Warning { message, key } in heard.lock().map(|w| w.clone()).unwrap_or_default() {
-        match key {
-            Some(key) => tracing::warn!(%key, "DATABASE_URL: {message}"),
-            None => tracing::warn!("DATABASE_URL: {message}"),
-        }
+    // The scoped subscriber had its say in the interest of every callsite it saw; asked again
+    // without it, those callsites cost what the global filter says, as before.
+    tracing::callsite::rebuild_interest_cache();
+    for Warning { message, key, path } in heard.lock().map(|w| w.clone()).unwrap_or_default() {
+        let key = key.map(|key| match LIBPQ_KEYWORDS.contains(&key.as_str()) {
+            true => key,
+            false => "(not a libpq parameter; its name is not shown)".to_owned(),
+        });
+        tracing::warn!(key, path, "DATABASE_URL: {message}");
     }
     parsed.map_err(|_| StoreError::Config("DATABASE_URL is not a valid PostgreSQL URL".into()))
 }
 
-/// One event of the parse: its message and the parameter it names, nothing else.
+/// libpq's connection parameters (PostgreSQL 17's list), which sqlx may not all honour: a name an
+/// operator can be shown.
+const LIBPQ_KEYWORDS: &[&str] = &[
+    "application_name",
+    "channel_binding",
+    "client_encoding",
+    "connect_timeout",
+    "dbname",
+    "fallback_application_name",
+    "gssdelegation",
+    "gssencmode",
+    "gsslib",
+    "host",
+    "hostaddr",
+    "keepalives",
+    "keepalives_count",
+    "keepalives_idle",
+    "keepalives_interval",
+    "krbsrvname",
+    "load_balance_hosts",
+    "options",
+    "passfile",
+    "password",
+    "port",
+    "replication",
+    "require_auth",
+    "requirepeer",
+    "requiressl",
+    "service",
+    "sslcert",
+    "sslcertmode",
+    "sslcompression",
+    "sslcrl",
+    "sslcrldir",
+    "sslkey",
+    "sslkeylogfile",
+    "sslmode",
+    "sslnegotiation",
+    "sslpassword",
+    "sslrootcert",
+    "sslsni",
+    "ssl_max_protocol_version",
+    "ssl_min_protocol_version",
+    "target_session_attrs",
+    "tcp_user_timeout",
+    "user",
+];
+
+/// One event of the parse: its message, the parameter and the file (a `.pgpass`) it names,
+/// nothing else.
 #[derive(Debug, Clone, Default)]
 struct Warning {
     message: String,
     key: Option<String>,
+    path: Option<String>,
 }
 
 impl Warning {
@@ -44,6 +100,7 @@ impl Warning {
         match field.name() {
             "message" => self.message = value,
             "key" => self.key = Some(value),
+            "path" => self.path = Some(value),
             _ => {}
         }
     }

@@ -236,6 +236,19 @@ async fn a_request_stuck_past_the_drain_time_does_not_keep_the_process(backend: 
                 .contains("requests still in flight after the drain time; stopping anyway")),
         "the abandoned request is logged"
     );
+    // Cut off by the service, not left by its client: its closing line says so.
+    let unanswered = |event: &serde_json::Value| {
+        event["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("finished processing request:"))
+    };
+    let events = server.until_logged(unanswered).await;
+    let closing: Vec<&serde_json::Value> = events.iter().filter(|e| unanswered(e)).collect();
+    assert_eq!(closing.len(), 1, "{closing:#?}");
+    assert_eq!(
+        closing[0]["message"],
+        "finished processing request: the service stopped before its answer"
+    );
     assert_eq!(app.status_of(&scan).await, ScanStatus::Queued);
 }
 store_test!(
