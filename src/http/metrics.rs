@@ -161,13 +161,14 @@ pin_project_lite::pin_project! {
             if *this.answered {
                 return;
             }
-            let latency_ms = this.started.elapsed().as_secs_f64() * 1000.0;
+            let latency = this.started.elapsed();
+            let latency_ms = latency.as_secs_f64() * 1000.0;
             let _entered = this.span.enter();
             if STOPPED_UNANSWERED.load(Ordering::Relaxed) {
                 tracing::info!(latency_ms, "finished processing request: the service stopped before its answer");
                 return;
             }
-            count(this.route.as_ref(), this.method, CLIENT_CLOSED_REQUEST, this.started.elapsed());
+            count(this.route.as_ref(), this.method, CLIENT_CLOSED_REQUEST, latency);
             tracing::info!(
                 status = CLIENT_CLOSED_REQUEST,
                 latency_ms,

@@ -28,7 +28,11 @@ pub(super) fn parse(url: &str) -> Result<PgConnectOptions, StoreError> {
     // The scoped subscriber had its say in the interest of every callsite it saw; asked again
     // without it, those callsites cost what the global filter says, as before.
     tracing::callsite::rebuild_interest_cache();
-    for Warning { message, key, path } in heard.lock().map(|w| w.clone()).unwrap_or_default() {
+    for Warning { message, key, path } in heard
+        .lock()
+        .map(|mut w| std::mem::take(&mut *w))
+        .unwrap_or_default()
+    {
         let key = key.map(|key| match LIBPQ_KEYWORDS.contains(&key.as_str()) {
             true => key,
             false => "(not a libpq parameter; its name is not shown)".to_owned(),
