@@ -13,7 +13,7 @@ use super::{OR_SERVER, existing_store, remote};
 use crate::domain::feed::FeedCursor;
 use crate::domain::ids::AccountGroupId;
 use crate::domain::scan::ScanChange;
-use crate::service::feed::{FeedReader, Start};
+use crate::service::feed::{FeedError, FeedReader, Start};
 use crate::service::{ScanService, ServiceError};
 
 /// The longest pause between two attempts to reach the server, and the longest a stream's `retry`
@@ -68,7 +68,12 @@ pub(super) async fn follow_database(
                     trace_id: event.trace_id.as_deref(),
                 });
             }
-            Err(error) => {
+            Err(FeedError::Expired) => bail!(
+                "the retention sweep deleted changes this watch had yet to print \
+                 (AUDIT_RETENTION_DAYS): watch again without --after, then re-read the current \
+                 state of your scans"
+            ),
+            Err(FeedError::Store(error)) => {
                 tracing::warn!(%error, "cannot read the audit trail; trying again");
                 tokio::time::sleep(poll).await;
             }

@@ -103,6 +103,17 @@ pub struct FeedPage {
     pub horizon: Option<Horizon>,
     /// True when the read returned as many rows as it was allowed: read again before waiting.
     pub full: bool,
+    /// The greatest position the retention sweep had deleted when the rows were read: of the
+    /// read's group, or of every group for a read of them all; `None` while it has deleted none.
+    pub trimmed: Option<FeedPosition>,
+}
+
+impl FeedPage {
+    /// Whether rows `cursor` has yet to deliver may have been deleted before this read, so that
+    /// the page may lack them: a reader moving past it would skip them without a trace.
+    pub(crate) fn may_lack_rows_of(&self, cursor: &FeedCursor) -> bool {
+        self.trimmed.is_some_and(|mark| cursor.reaches_below(mark))
+    }
 }
 
 /// A reader's place in the feed; see the module documentation. Its text form ([`fmt::Display`],
@@ -308,6 +319,7 @@ mod tests {
                 running: running.to_vec(),
             }),
             full: false,
+            trimmed: None,
         }
     }
 
@@ -386,6 +398,7 @@ mod tests {
             rows: vec![creation, other_group, row(0, 3), row(0, 4)],
             horizon: None,
             full: false,
+            trimmed: None,
         };
         let mine =
             |change: &ScanChange| change.account_group_id.as_str() == "507f1f77bcf86cd799439011";
@@ -420,6 +433,7 @@ mod tests {
                 rows: vec![row(0, 1), row(0, 2)],
                 horizon: None,
                 full: false,
+                trimmed: None,
             },
             all,
         );

@@ -32,7 +32,7 @@ use crate::domain::feed::FeedCursor;
 use crate::domain::ids::ScanId;
 use crate::domain::keys::Principal;
 use crate::domain::scan::ScanStatus;
-use crate::service::feed::{FeedEvent, Follower, Start};
+use crate::service::feed::{FeedError, FeedEvent, Follower, Start};
 use crate::service::{ScanService, ServiceError};
 
 /// The SSE event name of a status change.
@@ -302,7 +302,7 @@ struct ChangeStream {
 
 /// What woke a waiting stream.
 enum Wake {
-    Change(Result<FeedEvent, crate::store::StoreError>),
+    Change(Result<FeedEvent, FeedError>),
     Tick,
     End,
 }
@@ -383,7 +383,16 @@ impl ChangeStream {
             };
             match woken {
                 Wake::Change(Ok(event)) => return Next::Change(Box::new(event)),
-                Wake::Change(Err(error)) => {
+                Wake::Change(Err(FeedError::Expired)) => {
+                    // Going on would skip the deleted changes: the client reconnects from its
+                    // last id, and is answered 410.
+                    tracing::info!(
+                        "a change stream ends: the retention sweep deleted changes it had yet \
+                         to send"
+                    );
+                    return Next::End;
+                }
+                Wake::Change(Err(FeedError::Store(error))) => {
                     // The database is away: keep the stream; the follower resumes from its
                     // cursor when it is back.
                     tracing::warn!(%error, "a change stream cannot read the audit trail; retrying");

@@ -480,6 +480,11 @@ impl PgStore {
         let snapshot = rows.first().map(|row| row.snapshot.as_str()).unwrap_or("");
         let horizon = Horizon::parse_pg_snapshot(snapshot)
             .ok_or_else(|| StoreError::Corrupt(format!("snapshot {snapshot:?}")))?;
+        let trimmed = rows
+            .first()
+            .and_then(|row| row.trimmed.as_ref())
+            .map(|(xid, id)| trimmed_position(xid, *id))
+            .transpose()?;
         let rows = rows
             .into_iter()
             .filter_map(|row| row.change)
@@ -489,6 +494,7 @@ impl PgStore {
             full: rows.len() >= limit as usize,
             rows,
             horizon: Some(horizon),
+            trimmed,
         })
     }
 
@@ -556,13 +562,7 @@ impl PgStore {
                 .await
             })
             .await?;
-        mark.map(|(xid, id)| {
-            let xid = xid
-                .parse()
-                .map_err(|_| StoreError::Corrupt("trimmed mark xid".into()))?;
-            Ok(FeedPosition { xid, id })
-        })
-        .transpose()
+        mark.map(|(xid, id)| trimmed_position(&xid, id)).transpose()
     }
 
     /// One statement, so it is one short transaction. It locks only the audit rows it deletes,
@@ -928,11 +928,16 @@ impl FromRow<'_, PgRow> for BatchRow {
 /// primary key from `after` (often 0) and filter by xid, the whole table for every pending
 /// transaction, when the statistics saw few distinct xids (27 ms a read against 0.05 ms, measured
 /// after a bulk load; a watch under load read that way constantly). The group of each row is its
-/// own column (filled by every insert, or by the trigger of migration 0004).
+/// own column (filled by every insert, or by the trigger of migration 0004). The retention
+/// sweep's mark of the rows' scope (`$marks`: a filter of `signal_scan_events_trimmed`) is read
+/// under the same snapshot: a row past the cursor deleted before the read raised it.
 macro_rules! feed_read {
-    ($past_frontier:literal, $of_pending:literal) => {
+    ($past_frontier:literal, $of_pending:literal, $marks:literal) => {
         concat!(
             "WITH snapshot AS (SELECT pg_current_snapshot()::text AS snapshot),
+             trimmed AS (SELECT xid, id FROM signal_scan_events_trimmed",
+            $marks,
+            " ORDER BY xid DESC, id DESC LIMIT 1),
              page AS ((",
             $past_frontier,
             ") UNION ALL (
@@ -943,9 +948,11 @@ macro_rules! feed_read {
              ), limited AS (
                  SELECT * FROM page ORDER BY xid, id LIMIT $5
              )
-             SELECT snapshot.snapshot, l.xid::text AS xid, l.id, l.scan_id, l.account_group_id,
+             SELECT snapshot.snapshot, t.xid::text AS trimmed_xid, t.id AS trimmed_id,
+                    l.xid::text AS xid, l.id, l.scan_id, l.account_group_id,
                     l.from_status, l.to_status, l.trace_id, l.occurred_at, l.reason
              FROM snapshot
+             LEFT JOIN trimmed t ON true
              LEFT JOIN limited l ON true
              ORDER BY l.xid, l.id"
         )
@@ -961,7 +968,8 @@ const EVERY_GROUPS_FEED: &str = feed_read!(
     "SELECT * FROM signal_scan_events e
      WHERE (e.xid, e.id) > (p.xid, p.after) AND e.xid = p.xid
      ORDER BY e.xid, e.id
-     LIMIT $5"
+     LIMIT $5",
+    ""
 );
 
 /// One group's rows (`$6`): the rows past the frontier are a range of the group's index
@@ -977,7 +985,8 @@ pub(super) const ONE_GROUPS_FEED: &str = feed_read!(
     "SELECT * FROM signal_scan_events e
      WHERE (e.xid, e.id) > (p.xid, p.after) AND e.xid = p.xid AND e.account_group_id = $6
      ORDER BY e.xid, e.id
-     LIMIT $5"
+     LIMIT $5",
+    " WHERE account_group_id = $6"
 );
 
 /// A row of [`PgStore::read_feed`]: the snapshot, and a change unless the page is empty (one
@@ -986,15 +995,28 @@ pub(super) const ONE_GROUPS_FEED: &str = feed_read!(
 /// silent.
 struct FeedReadRow {
     snapshot: String,
+    /// The retention sweep's mark, under the same snapshot as the rows.
+    trimmed: Option<(String, i64)>,
     change: Option<ChangeRow>,
 }
 
 impl FromRow<'_, PgRow> for FeedReadRow {
     fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
         let empty = row.try_get::<Option<i64>, _>("id")?.is_none();
+        let trimmed_xid: Option<String> = row.try_get("trimmed_xid")?;
+        let trimmed_id: Option<i64> = row.try_get("trimmed_id")?;
         Ok(Self {
             snapshot: row.try_get("snapshot")?,
+            trimmed: trimmed_xid.zip(trimmed_id),
             change: (!empty).then(|| ChangeRow::from_row(row)).transpose()?,
         })
     }
+}
+
+/// A retention mark as read (its xid as text: sqlx has no `xid8`).
+fn trimmed_position(xid: &str, id: i64) -> Result<FeedPosition, StoreError> {
+    let xid = xid
+        .parse()
+        .map_err(|_| StoreError::Corrupt("trimmed mark xid".into()))?;
+    Ok(FeedPosition { xid, id })
 }

@@ -12,9 +12,9 @@ use sqlx::migrate::Migrator;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
+    SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Connection, Sqlite};
+use sqlx::{Connection, FromRow, Row, Sqlite};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -38,14 +38,52 @@ const SCAN_COLUMNS: &str = "id, account_group_id, status, created_at, updated_at
 const SCAN_COLUMNS_OF_S: &str = "s.id, s.account_group_id, s.status, s.created_at, s.updated_at, \
                                  s.started_at, s.finished_at, s.cancelled_at";
 
+/// One read of the change feed, in one statement (one snapshot): the retention sweep's mark of
+/// the rows' scope (`$marks`: a filter of `signal_scan_events_trimmed`: a row past the cursor
+/// deleted before the read raised it) beside the rows (`$rows`), or beside one row of NULLs when
+/// there are none.
+macro_rules! feed_read {
+    ($marks:literal, $rows:literal) => {
+        concat!(
+            "SELECT t.trimmed_id, e.*
+             FROM (SELECT max(id) AS trimmed_id FROM signal_scan_events_trimmed",
+            $marks,
+            ") AS t
+             LEFT JOIN (SELECT '0' AS xid, id, scan_id, account_group_id, from_status, to_status,
+                               trace_id, occurred_at, reason
+                        FROM signal_scan_events ",
+            $rows,
+            ") AS e ON true
+             ORDER BY e.id"
+        )
+    };
+}
+
+/// Every group's rows past a cursor (`?1`), at most `?2`.
+const EVERY_GROUPS_FEED: &str = feed_read!("", "WHERE id > ?1 ORDER BY id LIMIT ?2");
+
 /// One group's rows past a cursor (`?3`, `?1`), at most `?2`, through the group's index.
-pub(super) const ONE_GROUPS_FEED: &str =
-    "SELECT '0' AS xid, id, scan_id, account_group_id, from_status, to_status, trace_id,
-            occurred_at, reason
-     FROM signal_scan_events
-     WHERE account_group_id = ?3 AND id > ?1
-     ORDER BY account_group_id, id
-     LIMIT ?2";
+pub(super) const ONE_GROUPS_FEED: &str = feed_read!(
+    " WHERE account_group_id = ?3",
+    "WHERE account_group_id = ?3 AND id > ?1 ORDER BY account_group_id, id LIMIT ?2"
+);
+
+/// A row of [`SqliteStore::read_feed`]: the retention mark, and a change unless the page is
+/// empty (the one row of NULLs, told by its NULL `id`).
+struct FeedReadRow {
+    trimmed: Option<i64>,
+    change: Option<ChangeRow>,
+}
+
+impl FromRow<'_, SqliteRow> for FeedReadRow {
+    fn from_row(row: &SqliteRow) -> Result<Self, sqlx::Error> {
+        let empty = row.try_get::<Option<i64>, _>("id")?.is_none();
+        Ok(Self {
+            trimmed: row.try_get("trimmed_id")?,
+            change: (!empty).then(|| ChangeRow::from_row(row)).transpose()?,
+        })
+    }
+}
 
 /// How many published changes a slow in-process subscriber may fall behind before it is told
 /// it has a gap to catch up on.
@@ -510,14 +548,7 @@ impl SqliteStore {
         limit: u32,
     ) -> Result<FeedPage, StoreError> {
         let read = sqlx::query_as(match group {
-            None => {
-                "SELECT '0' AS xid, id, scan_id, account_group_id, from_status, to_status,
-                        trace_id, occurred_at, reason
-                 FROM signal_scan_events
-                 WHERE id > ?1
-                 ORDER BY id
-                 LIMIT ?2"
-            }
+            None => EVERY_GROUPS_FEED,
             Some(_) => ONE_GROUPS_FEED,
         })
         .bind(cursor.frontier().id)
@@ -526,15 +557,18 @@ impl SqliteStore {
             None => read,
             Some(group) => read.bind(group.as_str()),
         };
-        let rows: Vec<ChangeRow> = self.bounded(read.fetch_all(&self.pool)).await?;
+        let rows: Vec<FeedReadRow> = self.bounded(read.fetch_all(&self.pool)).await?;
+        let trimmed = rows.first().and_then(|row| row.trimmed);
         let rows = rows
             .into_iter()
+            .filter_map(|row| row.change)
             .map(ChangeRow::into_feed_row)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(FeedPage {
             full: rows.len() >= limit as usize,
             rows,
             horizon: None,
+            trimmed: trimmed.map(|id| FeedPosition { xid: 0, id }),
         })
     }
 

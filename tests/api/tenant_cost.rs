@@ -9,7 +9,7 @@ use signal_scans::domain::feed::FeedCursor;
 use signal_scans::domain::ids::{AccountGroupId, ScanId};
 use signal_scans::domain::keys::{AccountGroupAccess, NewApiKey, Permission};
 use signal_scans::domain::scan::{Actor, ScanStatus, Transition};
-use signal_scans::service::feed::{FeedEvent, FeedReader, Start};
+use signal_scans::service::feed::{ChangeHub, FeedError, FeedEvent, FeedReader, Start};
 use signal_scans::store::statements::{POSTGRES_GROUP_FEED, SQLITE_GROUP_FEED};
 use signal_scans::store::{KeyToCreate, Store};
 use sqlx::{Connection, PgConnection, SqliteConnection};
@@ -482,6 +482,148 @@ async fn the_retention_delete_stops_at_the_first_younger_row(backend: Backend) {
     assert_eq!(store.trimmed_mark(Some(&second)).await.unwrap(), None);
 }
 store_test!(the_retention_delete_stops_at_the_first_younger_row);
+
+/// Readers replaying from far back when the sweep deletes changes they have yet to read (a client
+/// resuming close to the retention age, replaying slowly): each delivers the page it had read,
+/// then says its place expired rather than go on past the gap, and keeps saying it. Both readers:
+/// a change stream's follower and `scans watch`'s. Fails for a reader that reads on from its
+/// cursor (both did: the rows left past the deleted ones came next, the gap without a trace).
+async fn a_reader_whose_unread_changes_are_swept_stops_rather_than_skip_them(backend: Backend) {
+    let (db, store) = database_for_process(backend).await;
+    let group = group();
+    // 3,000 rows ten days old: three of the trail's pages.
+    write_history(&db.url, &group, 1500, 10, true).await;
+    let hub = ChangeHub::new(store.clone(), Duration::from_secs(60), Duration::ZERO);
+    let from_the_start = || Start::After(FeedCursor::default());
+    let mut follower = hub.follow(group, from_the_start()).await.unwrap();
+    let poll = Duration::from_secs(60);
+    let mut watch = FeedReader::open(store.clone(), from_the_start(), Some(group), poll)
+        .await
+        .unwrap();
+    // Each reads its first page and delivers its first change.
+    follower.next().await.unwrap();
+    watch.next().await.unwrap();
+    let cutoff = time::OffsetDateTime::now_utc() - Duration::from_secs(24 * 3600);
+    let swept = store.trim_audit(cutoff, 10_000).await.unwrap();
+    let later = fresh_change(&store, &group).await;
+
+    let mut outcomes = Vec::new();
+    for reader in [Reader::Follower(&mut follower), Reader::Watch(&mut watch)] {
+        outcomes.push(reader.drain(&later).await);
+    }
+
+    assert_eq!(swept, 3000);
+    for (delivered, stopped, again) in outcomes {
+        assert_eq!(delivered, 999, "the rest of the page read before the sweep");
+        assert!(matches!(stopped, Err(FeedError::Expired)), "{stopped:?}");
+        assert!(matches!(again, Err(FeedError::Expired)), "{again:?}");
+    }
+}
+store_test!(a_reader_whose_unread_changes_are_swept_stops_rather_than_skip_them);
+
+/// A stream replaying a long backlog to a client that reads slowly while the sweep deletes
+/// changes the stream has yet to send (a resume close to the retention age): it sends what it
+/// had read, then ends with its last `retry:`, never a change from past the deleted ones; the
+/// client's reconnect from its last id is answered 410. Fails for a stream that reads on from its
+/// cursor (it did: thousands of changes skipped, on a connection that stayed open).
+async fn a_stream_whose_unsent_changes_are_swept_ends_and_its_resume_is_410(backend: Backend) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    // 40,000 rows ten days old, 40 of the trail's pages: more than the socket buffers hold.
+    write_history(&app.db.url, &group, 20_000, 10, true).await;
+    let (reader, _) = app.key_for(&[Permission::SignalsRead], &[group]).await;
+    // A client that reads nothing more than the head until the sweep is done: the stream stops
+    // reading the trail once the sockets' buffers are full, a few MB into the backlog.
+    let mut socket = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let request = format!(
+        "GET /v1/accounts/{group}/signals/scans/changes HTTP/1.1\r\nhost: {}\r\n\
+         authorization: Bearer {reader}\r\nlast-event-id: 0-0\r\nconnection: close\r\n\r\n",
+        app.addr
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut socket = BufReader::new(socket);
+    let mut received = Vec::new();
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        socket.read_until(b'\n', &mut received).await.unwrap();
+        head = String::from_utf8_lossy(&received).into_owned();
+    }
+    let cutoff = time::OffsetDateTime::now_utc() - Duration::from_secs(24 * 3600);
+    let swept = app.store.trim_audit(cutoff, 50_000).await.unwrap();
+    let later = fresh_change(&app.store, &group).await;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), socket.read_to_end(&mut rest))
+        .await
+        .expect("the stream ends")
+        .unwrap();
+    let body = String::from_utf8_lossy(&rest).into_owned();
+    let ids: Vec<&str> = body
+        .lines()
+        .filter_map(|line| line.strip_prefix("id: "))
+        .collect();
+    let last = ids.last().copied().unwrap_or("0-0").to_owned();
+    let resumed = ApiResponse::of(
+        app.client
+            .get(app.url(&format!("/v1/accounts/{group}/signals/scans/changes")))
+            .bearer_auth(&reader)
+            .header("Last-Event-ID", &last),
+    )
+    .await;
+
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(swept, 40_000);
+    assert!(
+        !body.contains(later.as_str()),
+        "a change past the deleted ones was sent"
+    );
+    assert!(ids.len() < 40_000, "{} events", ids.len());
+    assert!(
+        body.ends_with("retry: 2000\n\n\r\n0\r\n\r\n"),
+        "{:?}",
+        &body[body.len().saturating_sub(200)..]
+    );
+    resumed.assert_error(410, "CURSOR_EXPIRED");
+}
+store_test!(a_stream_whose_unsent_changes_are_swept_ends_and_its_resume_is_410);
+
+/// A change stream's follower or `scans watch`'s reader.
+enum Reader<'a> {
+    Follower(&'a mut signal_scans::service::feed::Follower),
+    Watch(&'a mut FeedReader),
+}
+
+impl Reader<'_> {
+    async fn next(&mut self) -> Result<FeedEvent, FeedError> {
+        let next = async {
+            match self {
+                Reader::Follower(follower) => follower.next().await,
+                Reader::Watch(watch) => watch.next().await,
+            }
+        };
+        tokio::time::timeout(SOON, next).await.expect("an answer")
+    }
+
+    /// The changes delivered before the first that is not a change of the history (`later`, or
+    /// an error), that answer, and the next call's.
+    async fn drain(
+        mut self,
+        later: &ScanId,
+    ) -> (
+        usize,
+        Result<FeedEvent, FeedError>,
+        Result<FeedEvent, FeedError>,
+    ) {
+        let mut delivered = 0;
+        loop {
+            match self.next().await {
+                Ok(event) if event.change.scan_id != *later => delivered += 1,
+                stopped => return (delivered, stopped, self.next().await),
+            }
+        }
+    }
+}
 
 /// `GET path` with `key`: (status, headers, body as text).
 async fn raw_get(

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use tokio::sync::{OnceCell, broadcast};
 
-use super::{FeedEvent, FeedReader, PAGE, Start};
+use super::{FeedError, FeedEvent, FeedReader, PAGE, Start};
 use crate::domain::feed::{FeedCursor, FeedPage};
 use crate::domain::ids::AccountGroupId;
 use crate::store::{Store, StoreError};
@@ -191,9 +191,9 @@ impl Follower {
         &self.cursor
     }
 
-    /// The next change of the group. An error (reading the trail) leaves the follower where it
-    /// was: call again to retry.
-    pub async fn next(&mut self) -> Result<FeedEvent, StoreError> {
+    /// The next change of the group. An error leaves the follower where it was: call again to
+    /// retry a [`FeedError::Store`] (reading the trail).
+    pub async fn next(&mut self) -> Result<FeedEvent, FeedError> {
         loop {
             if let Some(event) = self.ready.pop_front() {
                 return Ok(event);
@@ -208,7 +208,8 @@ impl Follower {
                 Ok(page) => self.take(&page),
                 Err(broadcast::error::RecvError::Lagged(_)) => self.fall_behind(),
                 Err(broadcast::error::RecvError::Closed) => {
-                    return Err(StoreError::Unavailable("the change hub stopped".into()));
+                    let stopped = StoreError::Unavailable("the change hub stopped".into());
+                    return Err(stopped.into());
                 }
             }
         }
@@ -228,8 +229,15 @@ impl Follower {
         self.ready.pop_front()
     }
 
-    /// The group's changes of `page` that the cursor has not passed yet.
+    /// The group's changes of `page` that the cursor has not passed yet; or, when the sweep had
+    /// deleted rows of any group past the cursor before the hub read the page (a hub that lagged
+    /// by the whole retention time), a read of the trail by the cursor, which tells whether the
+    /// group's own were among them.
     fn take(&mut self, page: &FeedPage) {
+        if page.may_lack_rows_of(&self.cursor) {
+            self.fall_behind();
+            return;
+        }
         let group = &self.group;
         self.ready.extend(
             self.cursor
@@ -246,11 +254,14 @@ impl Follower {
     /// Reads the trail's next page past the cursor; true when it was full, so more may follow.
     /// One page at a time, each handed out before the next is read: a replay from far back holds
     /// a page, not the group's history, and its first change comes after one read.
-    async fn read_trail_page(&mut self) -> Result<bool, StoreError> {
+    async fn read_trail_page(&mut self) -> Result<bool, FeedError> {
         let page = self
             .store
             .read_feed(&self.cursor, Some(&self.group), PAGE)
             .await?;
+        if page.may_lack_rows_of(&self.cursor) {
+            return Err(FeedError::Expired);
+        }
         self.take(&page);
         Ok(page.full)
     }
@@ -290,6 +301,7 @@ mod tests {
             rows: rows.collect(),
             horizon: None,
             full: false,
+            trimmed: None,
         }
     }
 
@@ -358,6 +370,28 @@ mod tests {
         assert_eq!(at_hand, None);
         assert!(follower.behind);
         assert_eq!(follower.cursor, FeedCursor::default());
+    }
+
+    /// A page read after the sweep had deleted rows past the follower's cursor (a hub that lagged
+    /// by the whole retention time) may lack rows of the follower's group: it takes nothing from
+    /// it and reads the trail by its own cursor, whose group mark says whether it lost any. A page
+    /// whose mark lies behind the cursor is taken as any other.
+    #[tokio::test]
+    async fn a_page_read_past_deleted_rows_sends_the_follower_to_the_trail() {
+        let mine = group("507f1f77bcf86cd799439011");
+        let (pages, receiver) = broadcast::channel(BUFFERED_PAGES);
+        let mut follower = follower(mine, receiver);
+        let swept_before = |mut page: FeedPage, id| {
+            page.trimmed = Some(FeedPosition { xid: 0, id });
+            Arc::new(page)
+        };
+        pages.send(swept_before(page(1, &[mine]), 0)).unwrap();
+        pages.send(swept_before(page(3, &[mine]), 2)).unwrap();
+
+        let at_hand: Vec<FeedEvent> = std::iter::from_fn(|| follower.next_at_hand()).collect();
+
+        assert_eq!(ids(at_hand), [1], "the page before the deleted row 2 only");
+        assert!(follower.behind);
     }
 
     /// A page goes to the followers of the groups it holds rows of, and a group nobody follows

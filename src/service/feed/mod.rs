@@ -24,6 +24,20 @@ use crate::store::{ChangeHints, Hint, Store, StoreError};
 /// Rows read from the trail at once.
 const PAGE: u32 = 1000;
 
+/// Why a reader did not deliver its next change.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    /// Reading the trail failed. The reader is where it was: call again to retry.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The retention sweep deleted changes the reader had yet to deliver, so going on would skip
+    /// them without a trace. The reader is where it was, and a reader resuming from its place is
+    /// refused as expired (`check_resume`): a stream ends, so that its client's reconnect hears
+    /// the 410.
+    #[error("changes this reader had yet to deliver are no longer kept (AUDIT_RETENTION_DAYS)")]
+    Expired,
+}
+
 /// Where a reader begins.
 #[derive(Debug, Clone)]
 pub enum Start {
@@ -97,13 +111,19 @@ impl FeedReader {
         &self.cursor
     }
 
-    /// The next committed change. An error leaves the reader where it was: call again to retry.
-    pub async fn next(&mut self) -> Result<FeedEvent, StoreError> {
+    /// The next committed change. An error leaves the reader where it was: call again to retry
+    /// a [`FeedError::Store`].
+    pub async fn next(&mut self) -> Result<FeedEvent, FeedError> {
         loop {
             if let Some(event) = self.ready.pop_front() {
                 return Ok(event);
             }
             let page = self.read_page().await?;
+            if page.may_lack_rows_of(&self.cursor) {
+                // Read again when called again: the next read finds the same mark.
+                self.behind = true;
+                return Err(FeedError::Expired);
+            }
             let group = self.group.as_ref();
             self.ready
                 .extend(self.cursor.advance(&page, |change| in_group(group, change)));
@@ -111,7 +131,8 @@ impl FeedReader {
     }
 
     /// The next page read from the trail, as read, with the reader moved past it: what a
-    /// [`ChangeHub`] shares with its followers.
+    /// [`ChangeHub`] shares with its followers, each of which checks the page's retention mark
+    /// against its own cursor.
     pub(crate) async fn next_page(&mut self) -> Result<FeedPage, StoreError> {
         let page = self.read_page().await?;
         self.cursor.advance(&page, |_| false);
