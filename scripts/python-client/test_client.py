@@ -5,6 +5,7 @@ virtual environment; reads BASE_URL, DEMO_KEY, DEMO_GROUP, DEMO_QUEUED_SCAN, DEM
 DEMO_RUNNER_KEY (signals:run and signals:read).
 """
 
+import asyncio
 import contextlib
 import datetime
 import http.server
@@ -572,6 +573,38 @@ class GeneratedClient(unittest.TestCase):
                 next(follow_changes(client, GROUP))
             self.assertEqual(len(asked), 2)
         self.assertEqual(waits, [300.0, 300.0])
+
+    def test_22_clients_sharing_a_headers_dict_keep_their_own_keys(self):
+        # A runner's move answers 403 to the client's key (no signals:run), 404 (no such scan) to the
+        # runner's: each client is seen sending its own key, Authorization and X-API-Key alike.
+        shared = {"X-Shared": "yes"}
+
+        def made():
+            client = AuthenticatedClient(base_url=BASE_URL, token=KEY, headers=shared)
+            runner = AuthenticatedClient(
+                base_url=BASE_URL, token=RUNNER_KEY, auth_header_name="X-API-Key", prefix="", headers=shared
+            )
+            return client, runner
+
+        clients = made()
+        with clients[0], clients[1]:  # the client's httpx client is made first
+            moves = [
+                start_signal_scan.sync_detailed(account_group_id=GROUP, scan_id=UNKNOWN_SCAN, client=c) for c in clients
+            ]
+            self.assertEqual([move.status_code for move in moves], [403, 404])
+        self.assertEqual(shared, {"X-Shared": "yes"}, "the caller's dict is left as it was, and holds no key")
+
+        async def async_moves():
+            clients = made()
+            async with clients[0], clients[1]:
+                moves = [
+                    await start_signal_scan.asyncio_detailed(account_group_id=GROUP, scan_id=UNKNOWN_SCAN, client=c)
+                    for c in clients
+                ]
+            return [move.status_code for move in moves]
+
+        self.assertEqual(asyncio.run(async_moves()), [403, 404])
+        self.assertEqual(shared, {"X-Shared": "yes"})
 
 
 if __name__ == "__main__":
