@@ -142,12 +142,12 @@ def envelope(status, code, details):
     )
 
 
-def sent_slowly(*writes, every=0.0, content_type="text/event-stream", hold=False):
-    """A 200 whose body is `writes`, one every `every` seconds, without a length: ended after the
-    last, or held open until the server stops (`hold`)."""
+def sent_slowly(*writes, every=0.0, content_type="text/event-stream", hold=False, status=200):
+    """A `status` (200 unless told) whose body is `writes`, one every `every` seconds, without a
+    length: ended after the last, or held open until the server stops (`hold`)."""
 
     def answer(handler, stopping):
-        handler.send_response(200)
+        handler.send_response(status)
         handler.send_header("Content-Type", content_type)
         handler.send_header("Connection", "close")
         handler.end_headers()
@@ -605,6 +605,25 @@ class GeneratedClient(unittest.TestCase):
 
         self.assertEqual(asyncio.run(async_moves()), [403, 404])
         self.assertEqual(shared, {"X-Shared": "yes"})
+
+    def test_23_a_refusals_body_is_read_only_so_far_and_so_long(self):
+        # A refusal whose body never ends, and one whose body drips: refused with their status as a
+        # body that is not the envelope, within twice silence_seconds, having kept at most 64 KiB.
+        def endless(handler, stopping):
+            handler.send_response(404)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Connection", "close")
+            handler.end_headers()
+            while not stopping.is_set():
+                handler.wfile.write(b" " * 65536)
+
+        dripping = sent_slowly(b'{"error": ', *[b" "] * 200, every=0.1, content_type="application/json", status=410)
+        for answer, status in [(endless, 404), (dripping, 410)]:
+            with fake_server(answer) as (url, asked), AuthenticatedClient(base_url=url, token=KEY) as client:
+                _, error = within(self, 5, lambda: next(follow_changes(client, GROUP, silence_seconds=1.0)))
+                self.assertIsInstance(error, StreamRefused)
+                self.assertEqual((error.status, error.code, error.details), (status, None, None))
+                self.assertEqual(len(asked), 1)
 
 
 if __name__ == "__main__":

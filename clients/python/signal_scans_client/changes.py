@@ -71,7 +71,10 @@ def follow_changes(
     does, `silence_seconds` after the last one (the read timeout), so within twice `silence_seconds`
     at most. No change is missed or repeated across reconnections. Raises `StreamRefused` where
     asking again would not help, and its subclass `NotAnEventStream` for a 200 that is not an event
-    stream. `scan_ids` and `statuses` filter the changes, as the stream's `scanId` and `status`
+    stream. A refusal's body is read up to 64 KiB and within the same bound as silence (each read
+    `silence_seconds` at most, the whole body noticed past `silence_seconds` as its next byte
+    arrives): a longer or slower one is a refusal that is not the envelope (`code`, `details` and
+    `trace_id` None), as a body that is not JSON is. `scan_ids` and `statuses` filter the changes, as the stream's `scanId` and `status`
     parameters.
     """
     params = [("scanId", scan) for scan in scan_ids]
@@ -88,8 +91,7 @@ def follow_changes(
             request = client.get_httpx_client().stream("GET", path, params=params, headers=headers, timeout=timeout)
             with request as response:
                 if response.status_code != 200:
-                    response.read()
-                    wait = _refusal_wait(response, retry)
+                    wait = _refusal_wait(response, retry, silence_seconds)
                 elif not _is_event_stream(response):
                     content_type = response.headers.get("Content-Type", "no Content-Type")
                     raise NotAnEventStream(200, f"the answer is {content_type}, not text/event-stream")
@@ -187,13 +189,13 @@ def _blocks(lines: Iterable[str], silence: _Silence) -> Iterator[dict[str, str]]
             block[name] = block[name] + "\n" + value if name == "data" and name in block else value
 
 
-def _refusal_wait(response: httpx.Response, retry: float) -> float:
+def _refusal_wait(response: httpx.Response, retry: float, silence_seconds: float) -> float:
     """How long to wait before asking again after a refusal, or `StreamRefused` if that is no use."""
     if response.status_code == 429 or response.status_code >= 500:
         after = response.headers.get("Retry-After", "")
         return min(float(after), MAX_WAIT_SECONDS) if after.isdigit() else retry
     try:
-        envelope = response.json()
+        envelope = json.loads(_refusal_body(response, silence_seconds))
     except ValueError:
         envelope = None
     # What a proxy answers in the service's place need not be the envelope: its status still is.
@@ -201,6 +203,21 @@ def _refusal_wait(response: httpx.Response, retry: float) -> float:
     error = envelope.get("error") if isinstance(envelope.get("error"), dict) else {}
     code, details, trace_id = _text(error.get("code")), _text(error.get("details")), _text(envelope.get("traceId"))
     raise StreamRefused(response.status_code, code, details, trace_id)
+
+
+def _refusal_body(response: httpx.Response, silence_seconds: float) -> bytes:
+    """A refusal's body, or nothing when it runs past `_MAX_EVENT_BYTES` or is still coming after
+    `silence_seconds` (each read waits at most that long too). The service's envelope is well under
+    both; a body that never ends, or drips, would hold the follower and fill its memory for ever."""
+    body, deadline = bytearray(), time.monotonic() + silence_seconds
+    try:
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > _MAX_EVENT_BYTES or time.monotonic() > deadline:
+                return b""
+    except httpx.TimeoutException:
+        return b""
+    return bytes(body)
 
 
 def _text(value: object) -> str | None:
