@@ -625,6 +625,30 @@ class GeneratedClient(unittest.TestCase):
                 self.assertEqual((error.status, error.code, error.details), (status, None, None))
                 self.assertEqual(len(asked), 1)
 
+    def test_24_no_server_makes_the_follower_ask_again_at_once(self):
+        # A 429 asking for no wait, then a stream whose `retry` asks for none: 100 ms each.
+        refusal = whole(429, "text/plain", b"slow down", headers=[("Retry-After", "0")])
+        stream = sent_slowly(b"retry: 0\n\n")
+        waits = []
+
+        class Stop(Exception):
+            pass
+
+        def sleep(seconds):
+            waits.append(seconds)
+            if len(waits) == 2:
+                raise Stop
+
+        with (
+            fake_server(refusal, stream) as (url, asked),
+            AuthenticatedClient(base_url=url, token=KEY) as client,
+            unittest.mock.patch("signal_scans_client.changes.time.sleep", sleep),
+        ):
+            with self.assertRaises(Stop):
+                next(follow_changes(client, GROUP))
+            self.assertEqual(len(asked), 2)
+        self.assertEqual(waits, [0.1, 0.1])
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -65,17 +65,17 @@ def follow_changes(
     The stream is opened again after the last id received whenever it ends (the service ends each
     after `STREAM_MAX_AGE_MS`, and at its shutdown), drops, falls silent, or is refused for a while
     (429 after its `Retry-After`, 5xx, no connection: after the stream's `retry` delay, 2 s; either
-    wait is at most `MAX_WAIT_SECONDS`, five minutes, whatever a server or proxy asks). Silent
-    is `silence_seconds` (four keep-alives at the service's default) without a whole event or
-    keep-alive line, however many bytes come meanwhile: noticed as the next byte arrives, or, if none
-    does, `silence_seconds` after the last one (the read timeout), so within twice `silence_seconds`
-    at most. No change is missed or repeated across reconnections. Raises `StreamRefused` where
-    asking again would not help, and its subclass `NotAnEventStream` for a 200 that is not an event
-    stream. A refusal's body is read up to 64 KiB and within the same bound as silence (each read
-    `silence_seconds` at most, the whole body noticed past `silence_seconds` as its next byte
-    arrives): a longer or slower one is a refusal that is not the envelope (`code`, `details` and
-    `trace_id` None), as a body that is not JSON is. `scan_ids` and `statuses` filter the changes, as the stream's `scanId` and `status`
-    parameters.
+    wait is at least `MIN_WAIT_SECONDS`, 100 ms, and at most `MAX_WAIT_SECONDS`, five minutes,
+    whatever a server or proxy asks). Silent is `silence_seconds` (four keep-alives at the service's
+    default) without a whole event or keep-alive line, however many bytes come meanwhile: noticed as
+    the next byte arrives, or, if none does, `silence_seconds` after the last one (the read
+    timeout), so within twice `silence_seconds` at most. No change is missed or repeated across
+    reconnections. Raises `StreamRefused` where asking again would not help, and its subclass
+    `NotAnEventStream` for a 200 that is not an event stream. A refusal's body is read up to 64 KiB
+    and within the same bound as silence (each read `silence_seconds` at most, the whole body
+    noticed past `silence_seconds` as its next byte arrives): a longer or slower one is a refusal
+    that is not the envelope (`code`, `details` and `trace_id` None), as a body that is not JSON is.
+    `scan_ids` and `statuses` filter the changes, as the stream's `scanId` and `status` parameters.
     """
     params = [("scanId", scan) for scan in scan_ids]
     params += [("status", str(status)) for status in statuses]
@@ -99,7 +99,7 @@ def follow_changes(
                     silence = _Silence(silence_seconds)
                     for block in _blocks(_lines(silence.until(response.iter_bytes())), silence):
                         if "retry" in block and block["retry"].isdigit():
-                            retry = min(int(block["retry"]) / 1000, MAX_WAIT_SECONDS)
+                            retry = _held(int(block["retry"]) / 1000)
                         if "id" in block:
                             cursor = block["id"]
                         if "data" in block:
@@ -138,6 +138,14 @@ class _Silence:
 # The longest wait before asking for the stream again: a `Retry-After` or `retry` beyond it (a
 # proxy's mistake, a hostile server's "never") would stop the follower for good, silently.
 MAX_WAIT_SECONDS = 300.0
+# The shortest: a `Retry-After: 0` or `retry: 0` would have the follower ask again in a tight loop
+# (thousands of requests a second). The same floor as `scans watch --server`'s.
+MIN_WAIT_SECONDS = 0.1
+
+
+def _held(seconds: float) -> float:
+    """A wait a server or a proxy asks for, held within `MIN_WAIT_SECONDS` and `MAX_WAIT_SECONDS`."""
+    return min(max(seconds, MIN_WAIT_SECONDS), MAX_WAIT_SECONDS)
 
 # A line or an event of the service's stream is well under this; a longer one is not its stream,
 # and is refused rather than kept in memory.
@@ -193,7 +201,7 @@ def _refusal_wait(response: httpx.Response, retry: float, silence_seconds: float
     """How long to wait before asking again after a refusal, or `StreamRefused` if that is no use."""
     if response.status_code == 429 or response.status_code >= 500:
         after = response.headers.get("Retry-After", "")
-        return min(float(after), MAX_WAIT_SECONDS) if after.isdigit() else retry
+        return _held(float(after)) if after.isdigit() else retry
     try:
         envelope = json.loads(_refusal_body(response, silence_seconds))
     except ValueError:
