@@ -21,7 +21,9 @@ from .models import ScanStatus, ScanStatusChanged
 
 @dataclass(frozen=True)
 class Change:
-    """One change and its cursor: pass `id` as `after` to resume right after this change."""
+    """One change and its cursor: pass `id` as `after` to resume right after this change. Every
+    change has one, its own: an event without an `id:` line of its own is not the service's
+    stream (`NotAnEventStream`), never a change with another's cursor or none."""
 
     id: str
     data: ScanStatusChanged
@@ -30,12 +32,22 @@ class Change:
 class StreamRefused(Exception):
     """The service refused the stream, and asking again will not change that: 400 (a malformed
     parameter or cursor), 401 or 403 (the key), 404, or 410 `CURSOR_EXPIRED` (changes after the
-    cursor are no longer kept: follow again without `after`, then re-read the scans you track)."""
+    cursor are no longer kept: follow again without `after`, then re-read the scans you track).
+    `code`, `message`, `details` and `trace_id` are the error envelope's (as in the generated
+    operations' `ErrorResponse`), None when the body is not the envelope."""
 
-    def __init__(self, status: int, code: str | None, details: str | None, trace_id: str | None):
-        super().__init__(f"{status} {code}: {details} (trace id {trace_id})")
+    def __init__(
+        self,
+        status: int,
+        code: str | None,
+        details: str | None,
+        trace_id: str | None,
+        message: str | None = None,
+    ):
+        super().__init__(f"{status} {code}: {message}: {details} (trace id {trace_id})")
         self.status = status
         self.code = code
+        self.message = message
         self.details = details
         self.trace_id = trace_id
 
@@ -44,8 +56,9 @@ class NotAnEventStream(StreamRefused):
     """A 200 that is not the service's event stream: its Content-Type is not `text/event-stream`
     (a captive portal's login page, a proxy's own page), or a line or an event of it runs past
     64 KiB (the service's are well under that). Something answers in the service's place, and
-    asking again will not help until that changes. `status` is 200, `code` and `trace_id` None,
-    `details` says what came instead."""
+    asking again will not help until that changes; so does a change without an `id:` line of its
+    own (no cursor to resume right after it). `status` is 200, `code`, `message` and `trace_id`
+    None, `details` says what came instead."""
 
     def __init__(self, status: int, details: str):
         super().__init__(status, None, details, None)
@@ -100,9 +113,13 @@ def follow_changes(
                     for block in _blocks(_lines(silence.until(response.iter_bytes())), silence):
                         if "retry" in block and block["retry"].isdigit():
                             retry = _held(int(block["retry"]) / 1000)
-                        if "id" in block:
+                        # An empty `id:` would reset the cursor: the next stream would start from
+                        # now and miss what came meanwhile. The cursor is only ever moved on.
+                        if block.get("id"):
                             cursor = block["id"]
                         if "data" in block:
+                            if not block.get("id"):
+                                raise NotAnEventStream(200, "a change without an id of its own")
                             data = ScanStatusChanged.from_dict(json.loads(block["data"]))
                             yield Change(id=cursor, data=data)
                     wait = retry
@@ -210,7 +227,7 @@ def _refusal_wait(response: httpx.Response, retry: float, silence_seconds: float
     envelope = envelope if isinstance(envelope, dict) else {}
     error = envelope.get("error") if isinstance(envelope.get("error"), dict) else {}
     code, details, trace_id = _text(error.get("code")), _text(error.get("details")), _text(envelope.get("traceId"))
-    raise StreamRefused(response.status_code, code, details, trace_id)
+    raise StreamRefused(response.status_code, code, details, trace_id, message=_text(error.get("message")))
 
 
 def _refusal_body(response: httpx.Response, silence_seconds: float) -> bytes:

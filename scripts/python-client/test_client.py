@@ -404,6 +404,7 @@ class GeneratedClient(unittest.TestCase):
                 next(follow_changes(runner, GROUP, after="not-a-cursor"))
             self.assertEqual((raised.exception.status, raised.exception.code), (400, "VALIDATION_ERROR"))
             self.assertIn("Last-Event-ID", raised.exception.details)
+            self.assertTrue(raised.exception.message)  # the envelope's, as the generated operations keep it
             self.assertTrue(raised.exception.trace_id)
         with AuthenticatedClient(base_url=BASE_URL, token="ssk_not_a_key") as stranger:
             with self.assertRaises(StreamRefused) as raised:
@@ -500,7 +501,7 @@ class GeneratedClient(unittest.TestCase):
             started = time.monotonic()
             _, error = within(self, 10, lambda: next(follow_changes(client, GROUP, silence_seconds=1.0)))
             self.assertIsInstance(error, StreamRefused)
-            self.assertEqual(error.status, 404)
+            self.assertEqual((error.status, error.code, error.message), (404, "NOT_FOUND", "not_found"))
             self.assertEqual(len(asked), 2)
             self.assertLess(time.monotonic() - started, 5)
         # Keep-alives more often than silence_seconds hold the stream: not asked again until it ends.
@@ -648,6 +649,46 @@ class GeneratedClient(unittest.TestCase):
                 next(follow_changes(client, GROUP))
             self.assertEqual(len(asked), 2)
         self.assertEqual(waits, [0.1, 0.1])
+
+    def test_25_every_change_carries_its_own_cursor(self):
+        change = json.dumps(
+            {
+                "accountGroupId": GROUP,
+                "at": "2026-12-05T00:00:00Z",
+                "from": None,
+                "reason": None,
+                "scanId": UNKNOWN_SCAN,
+                "to": "queued",
+                "traceId": None,
+            }
+        ).encode()
+        # A change with no id (none yet, or only an earlier block's): no cursor to resume right after
+        # it, so not the service's stream.
+        for stream in [b"retry: 100\n\ndata: " + change + b"\n\n", b"id: 7-1\n\ndata: " + change + b"\n\n"]:
+            answer = sent_slowly(stream, hold=True)
+            with fake_server(answer) as (url, asked), AuthenticatedClient(base_url=url, token=KEY) as client:
+                _, error = within(self, 5, lambda: next(follow_changes(client, GROUP)))
+                self.assertIsInstance(error, NotAnEventStream)
+                self.assertIn("id", error.details)
+                self.assertEqual(len(asked), 1)
+        # An empty `id:` does not wipe the cursor: the next stream resumes after the last change.
+        cursors = []
+
+        def answer(*writes):
+            def recorded(handler, stopping):
+                cursors.append(handler.headers.get("Last-Event-ID"))
+                sent_slowly(*writes)(handler, stopping)
+
+            return recorded
+
+        first = answer(b"retry: 100\nid: 7-1\n\nid: 7-2\ndata: " + change + b"\n\nid:\n\n")
+        with fake_server(first, answer(b"id: 7-3\ndata: " + change + b"\n\n")) as (url, _):
+            with AuthenticatedClient(base_url=url, token=KEY) as client:
+                changes = follow_changes(client, GROUP, after="7-0")
+                received, _ = within(self, 5, lambda: [next(changes).id for _ in range(2)])
+                changes.close()
+        self.assertEqual(received, ["7-2", "7-3"])
+        self.assertEqual(cursors, ["7-0", "7-2"])
 
 
 if __name__ == "__main__":
