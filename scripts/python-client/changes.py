@@ -21,7 +21,9 @@ from .models import ScanStatus, ScanStatusChanged
 
 @dataclass(frozen=True)
 class Change:
-    """One change and its cursor: pass `id` as `after` to resume right after this change."""
+    """One change and its cursor: pass `id` as `after` to resume right after this change. Every
+    change has one, its own: an event without an `id:` line of its own is not the service's
+    stream (`NotAnEventStream`), never a change with another's cursor or none."""
 
     id: str
     data: ScanStatusChanged
@@ -30,12 +32,22 @@ class Change:
 class StreamRefused(Exception):
     """The service refused the stream, and asking again will not change that: 400 (a malformed
     parameter or cursor), 401 or 403 (the key), 404, or 410 `CURSOR_EXPIRED` (changes after the
-    cursor are no longer kept: follow again without `after`, then re-read the scans you track)."""
+    cursor are no longer kept: follow again without `after`, then re-read the scans you track).
+    `code`, `message`, `details` and `trace_id` are the error envelope's (as in the generated
+    operations' `ErrorResponse`), None when the body is not the envelope."""
 
-    def __init__(self, status: int, code: str | None, details: str | None, trace_id: str | None):
-        super().__init__(f"{status} {code}: {details} (trace id {trace_id})")
+    def __init__(
+        self,
+        status: int,
+        code: str | None,
+        details: str | None,
+        trace_id: str | None,
+        message: str | None = None,
+    ):
+        super().__init__(f"{status} {code}: {message}: {details} (trace id {trace_id})")
         self.status = status
         self.code = code
+        self.message = message
         self.details = details
         self.trace_id = trace_id
 
@@ -44,8 +56,9 @@ class NotAnEventStream(StreamRefused):
     """A 200 that is not the service's event stream: its Content-Type is not `text/event-stream`
     (a captive portal's login page, a proxy's own page), or a line or an event of it runs past
     64 KiB (the service's are well under that). Something answers in the service's place, and
-    asking again will not help until that changes. `status` is 200, `code` and `trace_id` None,
-    `details` says what came instead."""
+    asking again will not help until that changes; so does a change without an `id:` line of its
+    own (no cursor to resume right after it). `status` is 200, `code`, `message` and `trace_id`
+    None, `details` says what came instead."""
 
     def __init__(self, status: int, details: str):
         super().__init__(status, None, details, None)
@@ -65,14 +78,17 @@ def follow_changes(
     The stream is opened again after the last id received whenever it ends (the service ends each
     after `STREAM_MAX_AGE_MS`, and at its shutdown), drops, falls silent, or is refused for a while
     (429 after its `Retry-After`, 5xx, no connection: after the stream's `retry` delay, 2 s; either
-    wait is at most `MAX_WAIT_SECONDS`, five minutes, whatever a server or proxy asks). Silent
-    is `silence_seconds` (four keep-alives at the service's default) without a whole event or
-    keep-alive line, however many bytes come meanwhile: noticed as the next byte arrives, or, if none
-    does, `silence_seconds` after the last one (the read timeout), so within twice `silence_seconds`
-    at most. No change is missed or repeated across reconnections. Raises `StreamRefused` where
-    asking again would not help, and its subclass `NotAnEventStream` for a 200 that is not an event
-    stream. `scan_ids` and `statuses` filter the changes, as the stream's `scanId` and `status`
-    parameters.
+    wait is at least `MIN_WAIT_SECONDS`, 100 ms, and at most `MAX_WAIT_SECONDS`, five minutes,
+    whatever a server or proxy asks). Silent is `silence_seconds` (four keep-alives at the service's
+    default) without a whole event or keep-alive line, however many bytes come meanwhile: noticed as
+    the next byte arrives, or, if none does, `silence_seconds` after the last one (the read
+    timeout), so within twice `silence_seconds` at most. No change is missed or repeated across
+    reconnections. Raises `StreamRefused` where asking again would not help, and its subclass
+    `NotAnEventStream` for a 200 that is not an event stream. A refusal's body is read up to 64 KiB
+    and within the same bound as silence (each read `silence_seconds` at most, the whole body
+    noticed past `silence_seconds` as its next byte arrives): a longer or slower one is a refusal
+    that is not the envelope (`code`, `details` and `trace_id` None), as a body that is not JSON is.
+    `scan_ids` and `statuses` filter the changes, as the stream's `scanId` and `status` parameters.
     """
     params = [("scanId", scan) for scan in scan_ids]
     params += [("status", str(status)) for status in statuses]
@@ -88,8 +104,7 @@ def follow_changes(
             request = client.get_httpx_client().stream("GET", path, params=params, headers=headers, timeout=timeout)
             with request as response:
                 if response.status_code != 200:
-                    response.read()
-                    wait = _refusal_wait(response, retry)
+                    wait = _refusal_wait(response, retry, silence_seconds)
                 elif not _is_event_stream(response):
                     content_type = response.headers.get("Content-Type", "no Content-Type")
                     raise NotAnEventStream(200, f"the answer is {content_type}, not text/event-stream")
@@ -97,10 +112,14 @@ def follow_changes(
                     silence = _Silence(silence_seconds)
                     for block in _blocks(_lines(silence.until(response.iter_bytes())), silence):
                         if "retry" in block and block["retry"].isdigit():
-                            retry = min(int(block["retry"]) / 1000, MAX_WAIT_SECONDS)
-                        if "id" in block:
+                            retry = _held(int(block["retry"]) / 1000)
+                        # An empty `id:` would reset the cursor: the next stream would start from
+                        # now and miss what came meanwhile. The cursor is only ever moved on.
+                        if block.get("id"):
                             cursor = block["id"]
                         if "data" in block:
+                            if not block.get("id"):
+                                raise NotAnEventStream(200, "a change without an id of its own")
                             data = ScanStatusChanged.from_dict(json.loads(block["data"]))
                             yield Change(id=cursor, data=data)
                     wait = retry
@@ -136,6 +155,14 @@ class _Silence:
 # The longest wait before asking for the stream again: a `Retry-After` or `retry` beyond it (a
 # proxy's mistake, a hostile server's "never") would stop the follower for good, silently.
 MAX_WAIT_SECONDS = 300.0
+# The shortest: a `Retry-After: 0` or `retry: 0` would have the follower ask again in a tight loop
+# (thousands of requests a second). The same floor as `scans watch --server`'s.
+MIN_WAIT_SECONDS = 0.1
+
+
+def _held(seconds: float) -> float:
+    """A wait a server or a proxy asks for, held within `MIN_WAIT_SECONDS` and `MAX_WAIT_SECONDS`."""
+    return min(max(seconds, MIN_WAIT_SECONDS), MAX_WAIT_SECONDS)
 
 # A line or an event of the service's stream is well under this; a longer one is not its stream,
 # and is refused rather than kept in memory.
@@ -187,20 +214,35 @@ def _blocks(lines: Iterable[str], silence: _Silence) -> Iterator[dict[str, str]]
             block[name] = block[name] + "\n" + value if name == "data" and name in block else value
 
 
-def _refusal_wait(response: httpx.Response, retry: float) -> float:
+def _refusal_wait(response: httpx.Response, retry: float, silence_seconds: float) -> float:
     """How long to wait before asking again after a refusal, or `StreamRefused` if that is no use."""
     if response.status_code == 429 or response.status_code >= 500:
         after = response.headers.get("Retry-After", "")
-        return min(float(after), MAX_WAIT_SECONDS) if after.isdigit() else retry
+        return _held(float(after)) if after.isdigit() else retry
     try:
-        envelope = response.json()
+        envelope = json.loads(_refusal_body(response, silence_seconds))
     except ValueError:
         envelope = None
     # What a proxy answers in the service's place need not be the envelope: its status still is.
     envelope = envelope if isinstance(envelope, dict) else {}
     error = envelope.get("error") if isinstance(envelope.get("error"), dict) else {}
     code, details, trace_id = _text(error.get("code")), _text(error.get("details")), _text(envelope.get("traceId"))
-    raise StreamRefused(response.status_code, code, details, trace_id)
+    raise StreamRefused(response.status_code, code, details, trace_id, message=_text(error.get("message")))
+
+
+def _refusal_body(response: httpx.Response, silence_seconds: float) -> bytes:
+    """A refusal's body, or nothing when it runs past `_MAX_EVENT_BYTES` or is still coming after
+    `silence_seconds` (each read waits at most that long too). The service's envelope is well under
+    both; a body that never ends, or drips, would hold the follower and fill its memory for ever."""
+    body, deadline = bytearray(), time.monotonic() + silence_seconds
+    try:
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > _MAX_EVENT_BYTES or time.monotonic() > deadline:
+                return b""
+    except httpx.TimeoutException:
+        return b""
+    return bytes(body)
 
 
 def _text(value: object) -> str | None:

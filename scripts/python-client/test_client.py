@@ -5,6 +5,7 @@ virtual environment; reads BASE_URL, DEMO_KEY, DEMO_GROUP, DEMO_QUEUED_SCAN, DEM
 DEMO_RUNNER_KEY (signals:run and signals:read).
 """
 
+import asyncio
 import contextlib
 import datetime
 import http.server
@@ -141,12 +142,12 @@ def envelope(status, code, details):
     )
 
 
-def sent_slowly(*writes, every=0.0, content_type="text/event-stream", hold=False):
-    """A 200 whose body is `writes`, one every `every` seconds, without a length: ended after the
-    last, or held open until the server stops (`hold`)."""
+def sent_slowly(*writes, every=0.0, content_type="text/event-stream", hold=False, status=200):
+    """A `status` (200 unless told) whose body is `writes`, one every `every` seconds, without a
+    length: ended after the last, or held open until the server stops (`hold`)."""
 
     def answer(handler, stopping):
-        handler.send_response(200)
+        handler.send_response(status)
         handler.send_header("Content-Type", content_type)
         handler.send_header("Connection", "close")
         handler.end_headers()
@@ -403,6 +404,7 @@ class GeneratedClient(unittest.TestCase):
                 next(follow_changes(runner, GROUP, after="not-a-cursor"))
             self.assertEqual((raised.exception.status, raised.exception.code), (400, "VALIDATION_ERROR"))
             self.assertIn("Last-Event-ID", raised.exception.details)
+            self.assertTrue(raised.exception.message)  # the envelope's, as the generated operations keep it
             self.assertTrue(raised.exception.trace_id)
         with AuthenticatedClient(base_url=BASE_URL, token="ssk_not_a_key") as stranger:
             with self.assertRaises(StreamRefused) as raised:
@@ -499,7 +501,7 @@ class GeneratedClient(unittest.TestCase):
             started = time.monotonic()
             _, error = within(self, 10, lambda: next(follow_changes(client, GROUP, silence_seconds=1.0)))
             self.assertIsInstance(error, StreamRefused)
-            self.assertEqual(error.status, 404)
+            self.assertEqual((error.status, error.code, error.message), (404, "NOT_FOUND", "not_found"))
             self.assertEqual(len(asked), 2)
             self.assertLess(time.monotonic() - started, 5)
         # Keep-alives more often than silence_seconds hold the stream: not asked again until it ends.
@@ -572,6 +574,121 @@ class GeneratedClient(unittest.TestCase):
                 next(follow_changes(client, GROUP))
             self.assertEqual(len(asked), 2)
         self.assertEqual(waits, [300.0, 300.0])
+
+    def test_22_clients_sharing_a_headers_dict_keep_their_own_keys(self):
+        # A runner's move answers 403 to the client's key (no signals:run), 404 (no such scan) to the
+        # runner's: each client is seen sending its own key, Authorization and X-API-Key alike.
+        shared = {"X-Shared": "yes"}
+
+        def made():
+            client = AuthenticatedClient(base_url=BASE_URL, token=KEY, headers=shared)
+            runner = AuthenticatedClient(
+                base_url=BASE_URL, token=RUNNER_KEY, auth_header_name="X-API-Key", prefix="", headers=shared
+            )
+            return client, runner
+
+        clients = made()
+        with clients[0], clients[1]:  # the client's httpx client is made first
+            moves = [
+                start_signal_scan.sync_detailed(account_group_id=GROUP, scan_id=UNKNOWN_SCAN, client=c) for c in clients
+            ]
+            self.assertEqual([move.status_code for move in moves], [403, 404])
+        self.assertEqual(shared, {"X-Shared": "yes"}, "the caller's dict is left as it was, and holds no key")
+
+        async def async_moves():
+            clients = made()
+            async with clients[0], clients[1]:
+                moves = [
+                    await start_signal_scan.asyncio_detailed(account_group_id=GROUP, scan_id=UNKNOWN_SCAN, client=c)
+                    for c in clients
+                ]
+            return [move.status_code for move in moves]
+
+        self.assertEqual(asyncio.run(async_moves()), [403, 404])
+        self.assertEqual(shared, {"X-Shared": "yes"})
+
+    def test_23_a_refusals_body_is_read_only_so_far_and_so_long(self):
+        # A refusal whose body never ends, and one whose body drips: refused with their status as a
+        # body that is not the envelope, within twice silence_seconds, having kept at most 64 KiB.
+        def endless(handler, stopping):
+            handler.send_response(404)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Connection", "close")
+            handler.end_headers()
+            while not stopping.is_set():
+                handler.wfile.write(b" " * 65536)
+
+        dripping = sent_slowly(b'{"error": ', *[b" "] * 200, every=0.1, content_type="application/json", status=410)
+        for answer, status in [(endless, 404), (dripping, 410)]:
+            with fake_server(answer) as (url, asked), AuthenticatedClient(base_url=url, token=KEY) as client:
+                _, error = within(self, 5, lambda: next(follow_changes(client, GROUP, silence_seconds=1.0)))
+                self.assertIsInstance(error, StreamRefused)
+                self.assertEqual((error.status, error.code, error.details), (status, None, None))
+                self.assertEqual(len(asked), 1)
+
+    def test_24_no_server_makes_the_follower_ask_again_at_once(self):
+        # A 429 asking for no wait, then a stream whose `retry` asks for none: 100 ms each.
+        refusal = whole(429, "text/plain", b"slow down", headers=[("Retry-After", "0")])
+        stream = sent_slowly(b"retry: 0\n\n")
+        waits = []
+
+        class Stop(Exception):
+            pass
+
+        def sleep(seconds):
+            waits.append(seconds)
+            if len(waits) == 2:
+                raise Stop
+
+        with (
+            fake_server(refusal, stream) as (url, asked),
+            AuthenticatedClient(base_url=url, token=KEY) as client,
+            unittest.mock.patch("signal_scans_client.changes.time.sleep", sleep),
+        ):
+            with self.assertRaises(Stop):
+                next(follow_changes(client, GROUP))
+            self.assertEqual(len(asked), 2)
+        self.assertEqual(waits, [0.1, 0.1])
+
+    def test_25_every_change_carries_its_own_cursor(self):
+        change = json.dumps(
+            {
+                "accountGroupId": GROUP,
+                "at": "2026-12-05T00:00:00Z",
+                "from": None,
+                "reason": None,
+                "scanId": UNKNOWN_SCAN,
+                "to": "queued",
+                "traceId": None,
+            }
+        ).encode()
+        # A change with no id (none yet, or only an earlier block's): no cursor to resume right after
+        # it, so not the service's stream.
+        for stream in [b"retry: 100\n\ndata: " + change + b"\n\n", b"id: 7-1\n\ndata: " + change + b"\n\n"]:
+            answer = sent_slowly(stream, hold=True)
+            with fake_server(answer) as (url, asked), AuthenticatedClient(base_url=url, token=KEY) as client:
+                _, error = within(self, 5, lambda: next(follow_changes(client, GROUP)))
+                self.assertIsInstance(error, NotAnEventStream)
+                self.assertIn("id", error.details)
+                self.assertEqual(len(asked), 1)
+        # An empty `id:` does not wipe the cursor: the next stream resumes after the last change.
+        cursors = []
+
+        def answer(*writes):
+            def recorded(handler, stopping):
+                cursors.append(handler.headers.get("Last-Event-ID"))
+                sent_slowly(*writes)(handler, stopping)
+
+            return recorded
+
+        first = answer(b"retry: 100\nid: 7-1\n\nid: 7-2\ndata: " + change + b"\n\nid:\n\n")
+        with fake_server(first, answer(b"id: 7-3\ndata: " + change + b"\n\n")) as (url, _):
+            with AuthenticatedClient(base_url=url, token=KEY) as client:
+                changes = follow_changes(client, GROUP, after="7-0")
+                received, _ = within(self, 5, lambda: [next(changes).id for _ in range(2)])
+                changes.close()
+        self.assertEqual(received, ["7-2", "7-3"])
+        self.assertEqual(cursors, ["7-0", "7-2"])
 
 
 if __name__ == "__main__":

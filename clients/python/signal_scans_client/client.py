@@ -222,7 +222,6 @@ class AuthenticatedClient:
     def get_httpx_client(self) -> httpx.Client:
         """Get the underlying httpx.Client, constructing a new one if not previously set"""
         if self._client is None:
-            self._headers[self.auth_header_name] = f"{self.prefix} {self.token}" if self.prefix else self.token
             self._client = httpx.Client(
                 base_url=self._base_url,
                 cookies=self._cookies,
@@ -232,6 +231,7 @@ class AuthenticatedClient:
                 follow_redirects=self._follow_redirects,
                 **self._httpx_args,
             )
+            self._client.headers[self.auth_header_name] = f"{self.prefix} {self.token}" if self.prefix else self.token
         return self._client
 
     def __enter__(self) -> Self:
@@ -254,7 +254,6 @@ class AuthenticatedClient:
     def get_async_httpx_client(self) -> httpx.AsyncClient:
         """Get the underlying httpx.AsyncClient, constructing a new one if not previously set"""
         if self._async_client is None:
-            self._headers[self.auth_header_name] = f"{self.prefix} {self.token}" if self.prefix else self.token
             self._async_client = httpx.AsyncClient(
                 base_url=self._base_url,
                 cookies=self._cookies,
@@ -263,6 +262,9 @@ class AuthenticatedClient:
                 verify=self._verify_ssl,
                 follow_redirects=self._follow_redirects,
                 **self._httpx_args,
+            )
+            self._async_client.headers[self.auth_header_name] = (
+                f"{self.prefix} {self.token}" if self.prefix else self.token
             )
         return self._async_client
 
