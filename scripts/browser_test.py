@@ -158,6 +158,10 @@ def main() -> int:
         assert driver.current_url == BASE_URL + "/docs/", driver.current_url
         path = operation.find_element(By.CSS_SELECTOR, ".opblock-summary-path").get_attribute("data-path")
         assert path == CANCEL_PATH, path
+        # The page links to nothing outside the service (it once linked the license to spdx.org).
+        links = [link.get_attribute("href") or "" for link in driver.find_elements(By.CSS_SELECTOR, "a[href]")]
+        outside = [href for href in links if href.startswith(("http:", "https:", "//")) and not href.startswith(BASE_URL)]
+        assert not outside, f"the page links outside the service: {outside}"
         driver.save_screenshot(os.path.join(ARTIFACTS, "docs-page.png"))
 
         operation.find_element(By.CSS_SELECTOR, ".opblock-summary-control").click()

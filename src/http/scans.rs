@@ -30,7 +30,8 @@ const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-repl
     description = "Cancels a signal scan that is still queued or running. Completed or failed scans answer \
         422 VALIDATION_ERROR. Cancelling a cancelled scan answers 200 with `previousStatus` cancelled and the \
         original `cancelledAt`. Requires the `signals:write` permission and access to the account group. \
-        No request body; no idempotency keys.",
+        No request body. Idempotency keys are not supported: check the scan's current state \
+        (`GET …/scans/{scanId}`) before retrying a cancel that got no answer.",
     params(ScanPath),
     responses(
         (status = 200, description = "Scan cancelled, now or before", body = doc::SignalScanCancelSuccessResponse),

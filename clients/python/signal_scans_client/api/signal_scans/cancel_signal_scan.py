@@ -121,7 +121,8 @@ def sync_detailed(
      Cancels a signal scan that is still queued or running. Completed or failed scans answer 422
     VALIDATION_ERROR. Cancelling a cancelled scan answers 200 with `previousStatus` cancelled and the
     original `cancelledAt`. Requires the `signals:write` permission and access to the account group. No
-    request body; no idempotency keys.
+    request body. Idempotency keys are not supported: check the scan's current state (`GET
+    …/scans/{scanId}`) before retrying a cancel that got no answer.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
@@ -163,7 +164,8 @@ def sync(
      Cancels a signal scan that is still queued or running. Completed or failed scans answer 422
     VALIDATION_ERROR. Cancelling a cancelled scan answers 200 with `previousStatus` cancelled and the
     original `cancelledAt`. Requires the `signals:write` permission and access to the account group. No
-    request body; no idempotency keys.
+    request body. Idempotency keys are not supported: check the scan's current state (`GET
+    …/scans/{scanId}`) before retrying a cancel that got no answer.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
@@ -200,7 +202,8 @@ async def asyncio_detailed(
      Cancels a signal scan that is still queued or running. Completed or failed scans answer 422
     VALIDATION_ERROR. Cancelling a cancelled scan answers 200 with `previousStatus` cancelled and the
     original `cancelledAt`. Requires the `signals:write` permission and access to the account group. No
-    request body; no idempotency keys.
+    request body. Idempotency keys are not supported: check the scan's current state (`GET
+    …/scans/{scanId}`) before retrying a cancel that got no answer.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
@@ -240,7 +243,8 @@ async def asyncio(
      Cancels a signal scan that is still queued or running. Completed or failed scans answer 422
     VALIDATION_ERROR. Cancelling a cancelled scan answers 200 with `previousStatus` cancelled and the
     original `cancelledAt`. Requires the `signals:write` permission and access to the account group. No
-    request body; no idempotency keys.
+    request body. Idempotency keys are not supported: check the scan's current state (`GET
+    …/scans/{scanId}`) before retrying a cancel that got no answer.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
