@@ -44,7 +44,8 @@ class StreamRefused(Exception):
         trace_id: str | None,
         message: str | None = None,
     ):
-        super().__init__(f"{status} {code}: {message}: {details} (trace id {trace_id})")
+        said = ": ".join(part for part in (code, message, details) if part)
+        super().__init__(f"{status} {said}" + (f" (trace id {trace_id})" if trace_id else ""))
         self.status = status
         self.code = code
         self.message = message
@@ -111,7 +112,7 @@ def follow_changes(
                 else:
                     silence = _Silence(silence_seconds)
                     for block in _blocks(_lines(silence.until(response.iter_bytes())), silence):
-                        if "retry" in block and block["retry"].isdigit():
+                        if "retry" in block and _is_number(block["retry"]):
                             retry = _held(int(block["retry"]) / 1000)
                         # An empty `id:` would reset the cursor: the next stream would start from
                         # now and miss what came meanwhile. The cursor is only ever moved on.
@@ -158,6 +159,11 @@ MAX_WAIT_SECONDS = 300.0
 # The shortest: a `Retry-After: 0` or `retry: 0` would have the follower ask again in a tight loop
 # (thousands of requests a second). The same floor as `scans watch --server`'s.
 MIN_WAIT_SECONDS = 0.1
+
+
+def _is_number(text: str) -> bool:
+    """ASCII digits only: `str.isdigit` also takes "²" and other digits `int` refuses."""
+    return text.isascii() and text.isdigit()
 
 
 def _held(seconds: float) -> float:
@@ -218,7 +224,7 @@ def _refusal_wait(response: httpx.Response, retry: float, silence_seconds: float
     """How long to wait before asking again after a refusal, or `StreamRefused` if that is no use."""
     if response.status_code == 429 or response.status_code >= 500:
         after = response.headers.get("Retry-After", "")
-        return _held(float(after)) if after.isdigit() else retry
+        return _held(float(after)) if _is_number(after) else retry
     try:
         envelope = json.loads(_refusal_body(response, silence_seconds))
     except ValueError:

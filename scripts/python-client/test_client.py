@@ -650,6 +650,31 @@ class GeneratedClient(unittest.TestCase):
             self.assertEqual(len(asked), 2)
         self.assertEqual(waits, [0.1, 0.1])
 
+    def test_26_a_wait_that_is_not_a_number_of_seconds_is_ignored(self):
+        # "²" is a digit to str.isdigit, not to int: a 429 and a stream asking for it are waited
+        # on as if they had not asked (the stream's 2 s), rather than ending the follower.
+        refusal = whole(429, "text/plain", b"slow down", headers=[("Retry-After", "\u00b2")])
+        stream = sent_slowly("retry: \u00b2\n\n".encode())
+        waits = []
+
+        class Stop(Exception):
+            pass
+
+        def sleep(seconds):
+            waits.append(seconds)
+            if len(waits) == 2:
+                raise Stop
+
+        with (
+            fake_server(refusal, stream) as (url, asked),
+            AuthenticatedClient(base_url=url, token=KEY) as client,
+            unittest.mock.patch("signal_scans_client.changes.time.sleep", sleep),
+        ):
+            with self.assertRaises(Stop):
+                next(follow_changes(client, GROUP))
+            self.assertEqual(len(asked), 2)
+        self.assertEqual(waits, [2.0, 2.0])
+
     def test_25_every_change_carries_its_own_cursor(self):
         change = json.dumps(
             {

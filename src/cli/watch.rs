@@ -70,8 +70,8 @@ pub(super) async fn follow_database(
             }
             Err(FeedError::Expired) => bail!(
                 "the retention sweep deleted changes this watch had yet to print \
-                 (AUDIT_RETENTION_DAYS): watch again without --after, then re-read the current \
-                 state of your scans"
+                 (AUDIT_RETENTION_DAYS): watch again from now (without --after), then re-read \
+                 the current state of your scans"
             ),
             Err(FeedError::Store(error)) => {
                 tracing::warn!(%error, "cannot read the audit trail; trying again");

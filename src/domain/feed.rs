@@ -112,7 +112,8 @@ impl FeedPage {
     /// Whether rows `cursor` has yet to deliver may have been deleted before this read, so that
     /// the page may lack them: a reader moving past it would skip them without a trace.
     pub(crate) fn may_lack_rows_of(&self, cursor: &FeedCursor) -> bool {
-        self.trimmed.is_some_and(|mark| cursor.reaches_below(mark))
+        self.trimmed
+            .is_some_and(|mark| cursor.reaches_below(mark, self.horizon.as_ref()))
     }
 }
 
@@ -160,14 +161,29 @@ impl FeedCursor {
 
     /// Whether a row this cursor has yet to deliver may lie at or below `trimmed`, the greatest
     /// position the retention sweep deleted of the cursor's group: the rows past the frontier, and
-    /// those of each pending transaction past its last delivered id. Conservative: a pending
-    /// transaction below the mark may have had no row deleted.
-    pub(crate) fn reaches_below(&self, trimmed: FeedPosition) -> bool {
+    /// those of each pending transaction past its last delivered id. A pending transaction still
+    /// running under `read_under`, a snapshot taken when the mark was read or after, had no rows
+    /// any sweep behind that mark could see, so none deleted: a transaction left open for days
+    /// must not expire every cursor that names it. One that finished (or with no snapshot to
+    /// tell, SQLite's case, where no cursor has pending transactions) counts when it lies below
+    /// the mark: it may have had no row deleted, but the rows are gone and cannot tell.
+    pub(crate) fn reaches_below(
+        &self,
+        trimmed: FeedPosition,
+        read_under: Option<&Horizon>,
+    ) -> bool {
+        let may_have_been_swept = |xid: u64| read_under.is_none_or(|horizon| horizon.finished(xid));
         self.frontier < trimmed
             || self
                 .pending
                 .iter()
-                .any(|(&xid, &id)| FeedPosition { xid, id } < trimmed)
+                .any(|(&xid, &id)| FeedPosition { xid, id } < trimmed && may_have_been_swept(xid))
+    }
+
+    /// The snapshots this cursor has learnt from, merged: for a cursor fresh from the head of
+    /// the trail, the snapshot the head was read under.
+    pub(crate) fn horizon(&self) -> Option<&Horizon> {
+        self.known.as_ref()
     }
 
     /// Moves past `page`, returning each change not delivered before that `wanted` keeps, with
@@ -479,16 +495,37 @@ mod tests {
     #[test]
     fn a_cursor_reaches_below_a_trimmed_mark_by_its_frontier_or_a_pending_transaction() {
         let cursor = FeedCursor::decode("50-9.40-3").unwrap();
-        assert!(!cursor.reaches_below(FeedPosition { xid: 40, id: 3 }));
-        assert!(!cursor.reaches_below(FeedPosition { xid: 30, id: 100 }));
+        assert!(!cursor.reaches_below(FeedPosition { xid: 40, id: 3 }, None));
+        assert!(!cursor.reaches_below(FeedPosition { xid: 30, id: 100 }, None));
         // Rows of transaction 40 past id 3 may have been deleted.
-        assert!(cursor.reaches_below(FeedPosition { xid: 40, id: 4 }));
-        assert!(cursor.reaches_below(FeedPosition { xid: 50, id: 10 }));
+        assert!(cursor.reaches_below(FeedPosition { xid: 40, id: 4 }, None));
+        assert!(cursor.reaches_below(FeedPosition { xid: 50, id: 10 }, None));
         assert!(
             !FeedCursor::decode("50-9")
                 .unwrap()
-                .reaches_below(FeedPosition { xid: 50, id: 9 })
+                .reaches_below(FeedPosition { xid: 50, id: 9 }, None)
         );
+    }
+
+    /// A pending transaction still running when the mark was read had no rows a sweep could
+    /// see: it does not count, however far the mark has passed it; once finished, it does.
+    #[test]
+    fn a_pending_transaction_still_running_under_the_marks_snapshot_had_nothing_swept() {
+        let cursor = FeedCursor::decode("50-9.40-0").unwrap();
+        let mark = FeedPosition { xid: 45, id: 20 };
+        let running = Horizon {
+            xmax: 60,
+            running: vec![40],
+        };
+        let finished = Horizon {
+            xmax: 60,
+            running: vec![],
+        };
+        assert!(!cursor.reaches_below(mark, Some(&running)));
+        assert!(cursor.reaches_below(mark, Some(&finished)));
+        assert!(cursor.reaches_below(mark, None));
+        // The frontier counts whatever the snapshot.
+        assert!(cursor.reaches_below(FeedPosition { xid: 55, id: 1 }, Some(&running)));
     }
 
     #[test]

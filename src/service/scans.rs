@@ -543,14 +543,17 @@ impl ScanService {
         {
             return Err(ServiceError::ExpiredCursor);
         }
+        // The mark before the head: a transaction still running under the head's snapshot was
+        // running when the mark was read, so no sweep behind the mark saw its rows.
+        let mark = self.0.store.trimmed_mark(group).await?;
         let head = self.0.store.feed_head().await?;
         if cursor.frontier() > head.frontier() {
             return Err(ServiceError::UnknownCursor {
                 named: cursor_named,
             });
         }
-        if let Some(mark) = self.0.store.trimmed_mark(group).await?
-            && cursor.reaches_below(mark)
+        if let Some(mark) = mark
+            && cursor.reaches_below(mark, head.horizon())
         {
             return Err(ServiceError::ExpiredCursor);
         }

@@ -40,6 +40,11 @@ const POSTGRES: &[Embedded] = &[
         "events group feed index",
         include_str!("../../migrations/postgres/0005_events_group_feed_index.sql"),
     ),
+    (
+        6,
+        "trimmed mark position index",
+        include_str!("../../migrations/postgres/0006_trimmed_mark_position_index.sql"),
+    ),
 ];
 
 const SQLITE: &[Embedded] = &[
@@ -57,6 +62,11 @@ const SQLITE: &[Embedded] = &[
         3,
         "events account group",
         include_str!("../../migrations/sqlite/0003_events_account_group.sql"),
+    ),
+    (
+        4,
+        "trimmed mark position index",
+        include_str!("../../migrations/sqlite/0004_trimmed_mark_position_index.sql"),
     ),
 ];
 

@@ -588,6 +588,54 @@ async fn a_stream_whose_unsent_changes_are_swept_ends_and_its_resume_is_410(back
 }
 store_test!(a_stream_whose_unsent_changes_are_swept_ends_and_its_resume_is_410);
 
+/// A transaction left open (an idle session, in any database of the cluster) is named by every
+/// cursor as one that may still commit rows behind it. Once the sweep deletes rows written after
+/// it began, it lies below the group's mark, but it had no rows the sweep could see: a stream
+/// from now still delivers, its ids resume, and `scans watch` reads on. Fails for a check that
+/// counts such a transaction as possibly swept (every stream then ended at its first change,
+/// every resume answered 410 and every watch exited, for as long as the transaction stayed open).
+async fn a_transaction_left_open_past_the_retention_time_expires_no_cursor(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let mut idle = PgConnection::connect(&app.db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut idle).await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut idle)
+        .await
+        .unwrap();
+    // Written, ten days old, by a transaction that began after the open one.
+    write_history(&app.db.url, &group, 1, 10, false).await;
+    let cutoff = time::OffsetDateTime::now_utc() - Duration::from_secs(24 * 3600);
+    let swept = app.store.trim_audit(cutoff, 100).await.unwrap();
+    let mut stream = follow(&app, &group, "").await;
+    let poll = Duration::from_secs(60);
+    let mut watch = FeedReader::open(app.store.clone(), Start::Now, Some(group), poll)
+        .await
+        .unwrap();
+
+    let later = fresh_change(&app.store, &group).await;
+    let streamed = stream.next_event(SOON).await;
+    let watched = tokio::time::timeout(SOON, watch.next()).await.unwrap();
+    let (reader, _) = app.key_for(&[Permission::SignalsRead], &[group]).await;
+    let resumed = SseStream::open(
+        reqwest::Client::new()
+            .get(changes_url(&app, &group, ""))
+            .bearer_auth(reader)
+            .header("Last-Event-ID", streamed.id.as_deref().unwrap()),
+    )
+    .await;
+    sqlx::query("ROLLBACK").execute(&mut idle).await.unwrap();
+
+    assert_eq!(swept, 2);
+    assert_eq!(streamed.json()["scanId"], later.as_str());
+    assert_eq!(watched.unwrap().change.scan_id, later);
+    assert!(resumed.is_ok(), "the stream's id resumes: {resumed:?}");
+}
+store_test!(
+    a_transaction_left_open_past_the_retention_time_expires_no_cursor,
+    postgres_only
+);
+
 /// A change stream's follower or `scans watch`'s reader.
 enum Reader<'a> {
     Follower(&'a mut signal_scans::service::feed::Follower),
