@@ -550,14 +550,21 @@ impl PgStore {
         &self,
         group: Option<&AccountGroupId>,
     ) -> Result<Option<FeedPosition>, StoreError> {
+        // Two statements, not one with `$1 IS NULL OR …`: a prepared statement's generic plan
+        // could walk the position index for one group's mark instead of its primary key.
         let mark: Option<(String, i64)> = self
             .on_connection(async |connection| {
-                sqlx::query_as(
-                    "SELECT xid::text, id FROM signal_scan_events_trimmed
-                     WHERE $1::text IS NULL OR account_group_id = $1
-                     ORDER BY xid DESC, id DESC LIMIT 1",
-                )
-                .bind(group.map(AccountGroupId::as_str))
+                match group {
+                    None => sqlx::query_as(
+                        "SELECT xid::text, id FROM signal_scan_events_trimmed
+                         ORDER BY xid DESC, id DESC LIMIT 1",
+                    ),
+                    Some(group) => sqlx::query_as(
+                        "SELECT xid::text, id FROM signal_scan_events_trimmed
+                         WHERE account_group_id = $1",
+                    )
+                    .bind(group.as_str()),
+                }
                 .fetch_optional(connection)
                 .await
             })

@@ -597,16 +597,18 @@ impl SqliteStore {
         &self,
         group: Option<&AccountGroupId>,
     ) -> Result<Option<FeedPosition>, StoreError> {
-        let mark: Option<i64> = self
-            .bounded(
-                sqlx::query_scalar(
-                    "SELECT max(id) FROM signal_scan_events_trimmed
-                     WHERE ?1 IS NULL OR account_group_id = ?1",
-                )
-                .bind(group.map(AccountGroupId::as_str))
-                .fetch_one(&self.pool),
+        // Two statements: `?1 IS NULL OR …` cannot use the primary key for one group's mark.
+        let read = match group {
+            None => sqlx::query_scalar("SELECT max(id) FROM signal_scan_events_trimmed"),
+            Some(group) => sqlx::query_scalar(
+                "SELECT id FROM signal_scan_events_trimmed WHERE account_group_id = ?1",
             )
-            .await?;
+            .bind(group.as_str()),
+        };
+        let mark: Option<i64> = self
+            .bounded(read.fetch_optional(&self.pool))
+            .await?
+            .flatten();
         Ok(mark.map(|id| FeedPosition { xid: 0, id }))
     }
 
