@@ -551,10 +551,9 @@ class GeneratedClient(unittest.TestCase):
                 self.assertEqual((refused.status, refused.code, refused.details), (status, None, None))
             self.assertEqual(len(asked), 3)
 
-    def test_21_no_server_makes_the_follower_wait_past_five_minutes(self):
-        # A proxy's 429 asking for eleven days, then a stream whose `retry` asks for three years.
-        refusal = whole(429, "text/plain", b"slow down", headers=[("Retry-After", "999999")])
-        stream = sent_slowly(b"retry: 99999999999\n\n")
+    def waits_after(self, refusal, stream):
+        """The follower's two waits: after `refusal` (its first answer), then after `stream` ends
+        (its second), each seen asked for once."""
         waits = []
 
         class Stop(Exception):
@@ -573,7 +572,13 @@ class GeneratedClient(unittest.TestCase):
             with self.assertRaises(Stop):
                 next(follow_changes(client, GROUP))
             self.assertEqual(len(asked), 2)
-        self.assertEqual(waits, [300.0, 300.0])
+        return waits
+
+    def test_21_no_server_makes_the_follower_wait_past_five_minutes(self):
+        # A proxy's 429 asking for eleven days, then a stream whose `retry` asks for three years.
+        refusal = whole(429, "text/plain", b"slow down", headers=[("Retry-After", "999999")])
+        stream = sent_slowly(b"retry: 99999999999\n\n")
+        self.assertEqual(self.waits_after(refusal, stream), [300.0, 300.0])
 
     def test_22_clients_sharing_a_headers_dict_keep_their_own_keys(self):
         # A runner's move answers 403 to the client's key (no signals:run), 404 (no such scan) to the
@@ -630,50 +635,14 @@ class GeneratedClient(unittest.TestCase):
         # A 429 asking for no wait, then a stream whose `retry` asks for none: 100 ms each.
         refusal = whole(429, "text/plain", b"slow down", headers=[("Retry-After", "0")])
         stream = sent_slowly(b"retry: 0\n\n")
-        waits = []
-
-        class Stop(Exception):
-            pass
-
-        def sleep(seconds):
-            waits.append(seconds)
-            if len(waits) == 2:
-                raise Stop
-
-        with (
-            fake_server(refusal, stream) as (url, asked),
-            AuthenticatedClient(base_url=url, token=KEY) as client,
-            unittest.mock.patch("signal_scans_client.changes.time.sleep", sleep),
-        ):
-            with self.assertRaises(Stop):
-                next(follow_changes(client, GROUP))
-            self.assertEqual(len(asked), 2)
-        self.assertEqual(waits, [0.1, 0.1])
+        self.assertEqual(self.waits_after(refusal, stream), [0.1, 0.1])
 
     def test_26_a_wait_that_is_not_a_number_of_seconds_is_ignored(self):
         # "²" is a digit to str.isdigit, not to int: a 429 and a stream asking for it are waited
         # on as if they had not asked (the stream's 2 s), rather than ending the follower.
         refusal = whole(429, "text/plain", b"slow down", headers=[("Retry-After", "\u00b2")])
         stream = sent_slowly("retry: \u00b2\n\n".encode())
-        waits = []
-
-        class Stop(Exception):
-            pass
-
-        def sleep(seconds):
-            waits.append(seconds)
-            if len(waits) == 2:
-                raise Stop
-
-        with (
-            fake_server(refusal, stream) as (url, asked),
-            AuthenticatedClient(base_url=url, token=KEY) as client,
-            unittest.mock.patch("signal_scans_client.changes.time.sleep", sleep),
-        ):
-            with self.assertRaises(Stop):
-                next(follow_changes(client, GROUP))
-            self.assertEqual(len(asked), 2)
-        self.assertEqual(waits, [2.0, 2.0])
+        self.assertEqual(self.waits_after(refusal, stream), [2.0, 2.0])
 
     def test_25_every_change_carries_its_own_cursor(self):
         change = json.dumps(
