@@ -599,14 +599,16 @@ async fn a_transaction_left_open_past_the_retention_time_expires_no_cursor(backe
     let group = group();
     let mut idle = PgConnection::connect(&app.db.url).await.unwrap();
     sqlx::query("BEGIN").execute(&mut idle).await.unwrap();
-    sqlx::query("SELECT pg_current_xact_id()")
-        .execute(&mut idle)
+    let open: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text")
+        .fetch_one(&mut idle)
         .await
         .unwrap();
     // Written, ten days old, by a transaction that began after the open one.
     write_history(&app.db.url, &group, 1, 10, false).await;
     let cutoff = time::OffsetDateTime::now_utc() - Duration::from_secs(24 * 3600);
     let swept = app.store.trim_audit(cutoff, 100).await.unwrap();
+    let mark = app.store.trimmed_mark(Some(&group)).await.unwrap().unwrap();
+    only_the_open_transaction_runs_below(&app.db.url, &open, mark.xid).await;
     let mut stream = follow(&app, &group, "").await;
     let poll = Duration::from_secs(60);
     let mut watch = FeedReader::open(app.store.clone(), Start::Now, Some(group), poll)
@@ -635,6 +637,34 @@ store_test!(
     a_transaction_left_open_past_the_retention_time_expires_no_cursor,
     postgres_only
 );
+
+/// Waits until the open transaction is the only one still running in the cluster below `mark`:
+/// the backdated rows were written seconds ago, so another test's transaction that began before
+/// them, still running when a cursor is made and finished later, would lie below the mark, and
+/// rightly count as one that may have lost rows (in life the mark is days old).
+async fn only_the_open_transaction_runs_below(url: &str, open: &str, mark: u64) {
+    let mut db = PgConnection::connect(url).await.unwrap();
+    let deadline = tokio::time::Instant::now() + SOON;
+    loop {
+        let alone: bool = sqlx::query_scalar(
+            "SELECT coalesce(bool_and(x = $1::text::xid8 OR x > $2::text::xid8), true)
+             FROM pg_snapshot_xip(pg_current_snapshot()) AS x",
+        )
+        .bind(open)
+        .bind(mark.to_string())
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        if alone {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "other transactions stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 /// A change stream's follower or `scans watch`'s reader.
 enum Reader<'a> {
