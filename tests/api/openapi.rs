@@ -900,6 +900,34 @@ async fn each_operations_examples_are_its_own(backend: Backend) {
 }
 store_test!(each_operations_examples_are_its_own);
 
+/// A failure's reason the document rejects is refused, and one it accepts is taken: a generated
+/// client (or schemathesis) that follows the document never gets a 400 for it.
+async fn a_failures_reason_is_refused_exactly_when_the_document_rejects_it(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let contract = Contract::of(&app).await;
+    let g = group();
+    let runner = app.runner(&g).await;
+    let body_schema =
+        &contract.operation(FAIL, "post")["requestBody"]["content"]["application/json"]["schema"];
+
+    for reason in [
+        "disk full".to_owned(),
+        "é".repeat(1000),
+        String::new(),
+        "x".repeat(1001),
+        "disk\0full".to_owned(),
+    ] {
+        let body = json!({ "reason": reason });
+        let documented = contract.errors(body_schema, &body).is_empty();
+        let scan = app.scan(&g, ScanStatus::Running).await;
+        let path = format!("/v1/accounts/{g}/signals/scans/{scan}/fail");
+        let answer = app.post(&runner, &path, Some(&body.to_string())).await;
+        let expected = if documented { 200 } else { 400 };
+        assert_eq!(answer.status, expected, "{reason:?}: {:?}", answer.body);
+    }
+}
+store_test!(a_failures_reason_is_refused_exactly_when_the_document_rejects_it);
+
 /// An optional header is left out or sent as a string: never `null`, which no header can carry
 /// (a generated client typed it nullable, and sent None into its HTTP library).
 async fn optional_headers_are_typed_as_strings_never_null(backend: Backend) {
