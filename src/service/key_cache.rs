@@ -1,16 +1,18 @@
 //! An in-process cache of API keys by hash, so the hot path makes one database round trip (the
 //! cancel) instead of two.
 //!
-//! Entries live at most `ttl` (at most one second by configuration): that alone bounds how long a
-//! revoked key keeps working on any instance, whatever the store, with nothing to listen to and
-//! nothing to miss. (A `LISTEN` for revocations would make them immediate, but PostgreSQL wakes
-//! every listening connection on every `NOTIFY`, so each instance would pay for every cancel's
-//! notification to save at most a second on a rare event.) Unknown keys are never cached, so
-//! guessing cannot fill the cache or push real keys out.
+//! Entries live at most `ttl` (at most one second by configuration) from the moment their read
+//! began: that alone bounds how long a revoked key keeps working on any instance, whatever the
+//! store, with nothing to listen to and nothing to miss. Counting from the end of the read
+//! instead would stretch the bound by the read's latency, and a slow database would keep a
+//! revoked key working for seconds. (A `LISTEN` for revocations would make them immediate, but
+//! PostgreSQL wakes every listening connection on every `NOTIFY`, so each instance would pay for
+//! every cancel's notification to save at most a second on a rare event.) Unknown keys are never
+//! cached, so guessing cannot fill the cache or push real keys out.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::domain::keys::{ApiKey, KeyHash};
 use crate::store::StoreError;
@@ -19,7 +21,27 @@ use crate::store::StoreError;
 const CAPACITY: u64 = 10_000;
 
 pub(super) struct KeyCache {
-    entries: Option<moka::future::Cache<KeyHash, Arc<ApiKey>>>,
+    entries: Option<moka::future::Cache<KeyHash, Cached>>,
+    ttl: Duration,
+}
+
+/// A key as read, and when its read began.
+#[derive(Clone)]
+struct Cached {
+    key: Arc<ApiKey>,
+    read_from: Instant,
+}
+
+/// An entry lives `ttl` from the moment its read began, not from its insertion.
+struct FromTheRead {
+    ttl: Duration,
+}
+
+impl moka::Expiry<KeyHash, Cached> for FromTheRead {
+    fn expire_after_create(&self, _: &KeyHash, cached: &Cached, now: Instant) -> Option<Duration> {
+        let age = now.saturating_duration_since(cached.read_from);
+        Some(self.ttl.saturating_sub(age))
+    }
 }
 
 /// Why a load put nothing in the cache.
@@ -35,39 +57,71 @@ impl KeyCache {
         let entries = (!ttl.is_zero()).then(|| {
             moka::future::Cache::builder()
                 .max_capacity(CAPACITY)
-                .time_to_live(ttl)
+                .expire_after(FromTheRead { ttl })
                 .build()
         });
-        Self { entries }
+        Self { entries, ttl }
     }
 
     /// The cached key with this hash, if any.
     pub(super) async fn get(&self, hash: &KeyHash) -> Option<Arc<ApiKey>> {
-        self.entries.as_ref()?.get(hash).await
+        Some(self.entries.as_ref()?.get(hash).await?.key)
     }
 
     /// The key with this hash: cached, or from `load` (`None`: no such key, not cached).
     /// Concurrent misses of one key wait for a single load: when a busy key's entry expires,
     /// every request in flight would otherwise query the database at the same moment.
-    pub(super) async fn get_or_load(
+    pub(super) async fn get_or_load<Load, Loading>(
         &self,
         hash: KeyHash,
-        load: impl Future<Output = Result<Option<ApiKey>, StoreError>>,
-    ) -> Result<Option<Arc<ApiKey>>, StoreError> {
+        load: Load,
+    ) -> Result<Option<Arc<ApiKey>>, StoreError>
+    where
+        Load: Fn() -> Loading,
+        Loading: Future<Output = Result<Option<ApiKey>, StoreError>>,
+    {
         let Some(entries) = &self.entries else {
-            return Ok(load.await?.map(Arc::new));
+            return Ok(load().await?.map(Arc::new));
         };
+        let arrived = Instant::now();
+        let cached = Self::load_once(entries, hash, &load).await?;
+        match cached {
+            // The load this request waited for began more than `ttl` before it arrived (a slow
+            // store): too old to answer it, and already expired in the cache. One more round
+            // reads again: no load still running began before the one just waited for ended.
+            Some(cached) if arrived.saturating_duration_since(cached.read_from) > self.ttl => {
+                let cached = Self::load_once(entries, hash, &load).await?;
+                Ok(cached.map(|cached| cached.key))
+            }
+            cached => Ok(cached.map(|cached| cached.key)),
+        }
+    }
+
+    /// The cached entry, or one loaded now (joining a load of the same key already running).
+    async fn load_once<Load, Loading>(
+        entries: &moka::future::Cache<KeyHash, Cached>,
+        hash: KeyHash,
+        load: &Load,
+    ) -> Result<Option<Cached>, StoreError>
+    where
+        Load: Fn() -> Loading,
+        Loading: Future<Output = Result<Option<ApiKey>, StoreError>>,
+    {
         let loaded = entries
             .try_get_with(hash, async {
-                match load.await {
-                    Ok(Some(key)) => Ok(Arc::new(key)),
+                let read_from = Instant::now();
+                match load().await {
+                    Ok(Some(key)) => Ok(Cached {
+                        key: Arc::new(key),
+                        read_from,
+                    }),
                     Ok(None) => Err(Miss::Unknown),
                     Err(error) => Err(Miss::Store(error)),
                 }
             })
             .await;
         match loaded {
-            Ok(key) => Ok(Some(key)),
+            Ok(cached) => Ok(Some(cached)),
             Err(miss) => match Arc::unwrap_or_clone(miss) {
                 Miss::Unknown => Ok(None),
                 Miss::Store(error) => Err(error),
@@ -105,7 +159,7 @@ mod tests {
     /// Whether the cache answered a key, counting the loads in `calls`.
     async fn found(cache: &KeyCache, calls: &AtomicUsize) -> bool {
         cache
-            .get_or_load(KeyHash::of("ssk_a"), load(calls, Some(key())))
+            .get_or_load(KeyHash::of("ssk_a"), || load(calls, Some(key())))
             .await
             .unwrap()
             .is_some()
@@ -128,13 +182,51 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 2, "expired, loaded again");
     }
 
+    /// A read that took long (a slow store) leaves its entry only what remains of the TTL counted
+    /// from when it began: a key revoked while it ran keeps working no longer than the TTL.
+    #[tokio::test]
+    async fn an_entry_lives_the_ttl_from_when_its_read_began() {
+        let ttl = Duration::from_millis(500);
+        let cache = KeyCache::new(ttl);
+        let hash = KeyHash::of("ssk_a");
+        let slow = || async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok(Some(key()))
+        };
+        assert!(cache.get_or_load(hash, slow).await.unwrap().is_some());
+        // 550 ms or more since the read began: past the TTL, however late this runs.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(cache.get(&hash).await.is_none(), "expired");
+    }
+
+    /// A request that joins a read begun more than the TTL before it arrived does not take that
+    /// read's answer: it reads again (and sees the key revoked meanwhile).
+    #[tokio::test]
+    async fn a_read_begun_more_than_the_ttl_before_a_request_does_not_answer_it() {
+        let cache = KeyCache::new(Duration::from_millis(200));
+        let hash = KeyHash::of("ssk_a");
+        let before_revoking = || async {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            Ok(Some(key()))
+        };
+        let after_revoking = || async { Ok(None) };
+        let first = cache.get_or_load(hash, before_revoking);
+        let late = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            cache.get_or_load(hash, after_revoking).await
+        };
+        let (first, late) = tokio::join!(first, late);
+        assert!(first.unwrap().is_some(), "read when the request arrived");
+        assert!(late.unwrap().is_none(), "the old read's answer was taken");
+    }
+
     #[tokio::test]
     async fn concurrent_misses_wait_for_one_load() {
         let cache = KeyCache::new(Duration::from_secs(1));
         let hash = KeyHash::of("ssk_a");
         let calls = AtomicUsize::new(0);
         let found = futures::future::join_all(
-            (0..32).map(|_| cache.get_or_load(hash, load(&calls, Some(key())))),
+            (0..32).map(|_| cache.get_or_load(hash, || load(&calls, Some(key())))),
         )
         .await;
         assert!(found.iter().all(|key| matches!(key, Ok(Some(_)))));
@@ -148,12 +240,12 @@ mod tests {
         let calls = AtomicUsize::new(0);
         assert!(
             cache
-                .get_or_load(hash, load(&calls, None))
+                .get_or_load(hash, || load(&calls, None))
                 .await
                 .unwrap()
                 .is_none()
         );
-        let failing = async { Err(StoreError::Unavailable("away".into())) };
+        let failing = || async { Err(StoreError::Unavailable("away".into())) };
         assert!(cache.get_or_load(hash, failing).await.is_err());
         assert!(found(&cache, &calls).await);
         assert_eq!(

@@ -229,7 +229,7 @@ impl ScanService {
         let key = self
             .0
             .keys
-            .get_or_load(hash, self.0.store.find_key(&hash))
+            .get_or_load(hash, || self.0.store.find_key(&hash))
             .await?;
         judge(key.as_deref())
     }

@@ -142,3 +142,89 @@ async fn a_key_that_expires_while_cached_is_refused_from_its_expiry(backend: Bac
     assert_eq!(app.status_of(&second).await, ScanStatus::Queued);
 }
 store_test!(a_key_that_expires_while_cached_is_refused_from_its_expiry);
+
+/// A key's entry is as old as its read: a request that joins a key read begun more than the TTL
+/// before it arrived (a slow database) reads the key again, so a key revoked while that read was
+/// on its way back is refused. Before, the old read answered it, and its entry then lived one TTL
+/// more from its arrival: a revoked key kept working for the TTL plus the read's latency.
+async fn a_slow_key_read_does_not_stretch_how_long_a_revoked_key_works(backend: Backend) {
+    let app = Settings::default()
+        .with_key_cache_ttl(Duration::from_secs(1))
+        .with_db_timeout(Duration::from_secs(30))
+        .with_request_timeout(Duration::from_secs(90))
+        .through_proxy()
+        .spawn(backend)
+        .await;
+    let group = group();
+    let (key, key_id) = app.key_for(&[Permission::SignalsWrite], &[group]).await;
+    let (reader, _) = app.key_for(&[Permission::SignalsRead], &[group]).await;
+    let (first, second) = (
+        app.scan(&group, ScanStatus::Queued).await,
+        app.scan(&group, ScanStatus::Queued).await,
+    );
+    // Another key's read leaves the pool's next connection just used (so not pinged first) with
+    // the lookup's statement prepared: the early request's lookup shows in pg_stat_activity once
+    // it has run, not when it is prepared (before it runs).
+    let warm = app
+        .client
+        .get(app.url(&format!("/v1/accounts/{group}/signals/scans/{first}")))
+        .bearer_auth(&reader);
+    assert_eq!(ApiResponse::of(warm).await.status, 200);
+    let since = database_clock(&app).await;
+    app.proxy
+        .as_ref()
+        .unwrap()
+        .slow_down(Duration::from_secs(3));
+
+    let early = app.cancel(Some(&key), group.as_str(), first.as_str());
+    let late = async {
+        // The early request's key read has run (its answer is on its way, three seconds slow):
+        // revoke behind it, then ask once the read is older than the TTL.
+        until_a_key_read_has_run(&app, since).await;
+        app.store.revoke_key(key_id).await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        app.cancel(Some(&key), group.as_str(), second.as_str())
+            .await
+    };
+    let (early, late) = tokio::join!(early, late);
+
+    assert_eq!(early.status, 200, "read before the revocation: {early:?}");
+    late.assert_error(401, "UNAUTHORIZED");
+    assert_eq!(app.status_of(&second).await, ScanStatus::Queued);
+}
+store_test!(
+    a_slow_key_read_does_not_stretch_how_long_a_revoked_key_works,
+    postgres_only
+);
+
+/// Waits until a key lookup begun after `since` (the database's clock) has run in PostgreSQL,
+/// whatever its answer's delay.
+async fn until_a_key_read_has_run(app: &TestApp, since: time::OffsetDateTime) {
+    use sqlx::Connection;
+    let mut connection = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    for _ in 0..600 {
+        let done: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND state <> 'active' AND query_start > $1
+                AND query LIKE '%FROM api_keys WHERE key_hash = $1%'",
+        )
+        .bind(since)
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+        if done > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no key lookup ran in 30 s");
+}
+
+async fn database_clock(app: &TestApp) -> time::OffsetDateTime {
+    use sqlx::Connection;
+    let mut connection = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap()
+}
