@@ -260,11 +260,13 @@ impl ScanCursor {
     pub(crate) fn decode(token: &str) -> Option<Self> {
         let raw = String::from_utf8(hex::decode(token).ok()?).ok()?;
         let (nanos, id) = raw.split_once('.')?;
-        let created_at = OffsetDateTime::from_unix_timestamp_nanos(nanos.parse().ok()?).ok()?;
-        // Only instants a scan can have been created at: both stores can compare them.
-        if !(1970..=9999).contains(&created_at.year()) {
+        // As the OpenAPI document's pattern says: an optional `+`, then 1 to 20 digits. So only
+        // instants from 1970 to the year 5138, which both stores compare alike.
+        let digits = nanos.strip_prefix('+').unwrap_or(nanos);
+        if !(1..=20).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
+        let created_at = OffsetDateTime::from_unix_timestamp_nanos(digits.parse().ok()?).ok()?;
         Some(Self {
             created_at,
             id: ScanId::parse(id).ok()?,
@@ -360,12 +362,23 @@ mod tests {
             id: ScanId::generate(),
         };
         assert_eq!(ScanCursor::decode(&cursor.encode()), Some(cursor));
+        for edge in ["0", "+0", "99999999999999999999", "+99999999999999999999"] {
+            let token = hex::encode(format!("{edge}.507f1f77bcf86cd799439011"));
+            assert!(ScanCursor::decode(&token).is_some(), "{edge}");
+        }
         for garbage in [
             "",
             "zz",
             "00",
             &hex::encode("1.nope"),
             &hex::encode("x.507f1f77bcf86cd799439011"),
+            // A sign but `+`, more than 20 digits, or none: what the document's pattern refuses.
+            &hex::encode("-0.507f1f77bcf86cd799439011"),
+            &hex::encode("-1.507f1f77bcf86cd799439011"),
+            &hex::encode("000000000000000000001.507f1f77bcf86cd799439011"),
+            &hex::encode("253402300799000000000.507f1f77bcf86cd799439011"),
+            &hex::encode("+.507f1f77bcf86cd799439011"),
+            &hex::encode(" 1.507f1f77bcf86cd799439011"),
         ] {
             assert_eq!(ScanCursor::decode(garbage), None, "{garbage}");
         }

@@ -175,7 +175,15 @@ impl StreamRequest {
             None => None,
         };
         let (cursor, cursor_source) = match (last_event_id, after) {
-            (Some(id), _) => (Some(id), Some("Last-Event-ID")),
+            (Some(id), after) => {
+                // The `after` a stream was opened with comes back on every reconnect: it no
+                // longer counts, yet it must still be a cursor, as the document says it is.
+                let after = after.filter(|after| !after.is_empty());
+                if after.is_some_and(|after| FeedCursor::decode(&after).is_none()) {
+                    problems.push(unknown_cursor("after"));
+                }
+                (Some(id), Some("Last-Event-ID"))
+            }
             (None, Some(after)) if !after.is_empty() => (Some(after), Some("after")),
             (None, _) => (None, None),
         };
@@ -231,7 +239,7 @@ impl StreamRequest {
             description = "Account group ID that scopes the request: 24 hexadecimal characters, either case."),
         ("after" = Option<String>, Query, pattern = "^([0-9]{1,20}-[0-9]{1,19}(\\.[0-9]{1,20}-[0-9]{1,19})*)?$",
             description = "Resume after this event id (an opaque cursor; empty: none). `Last-Event-ID` wins when both are sent."),
-        ("scanId" = Option<Vec<crate::domain::ids::ScanId>>, Query, explode = true,
+        ("scanId" = Option<Vec<crate::domain::ids::ScanId>>, Query, explode = true, max_items = 100,
             description = "Only these scans (repeat the parameter, at most 100)."),
         ("status" = Option<Vec<ScanStatus>>, Query, explode = true,
             description = "Only changes to these statuses, e.g. `cancelled`."),

@@ -116,7 +116,7 @@ pub(crate) struct FailRequest {
         only the key that started the scan may fail it (another key: 422 `currentStatus=running`); \
         another key repeating the failure, or any other status, is answered 422 with `currentStatus`. Requires the `signals:run` permission and access to the account group.",
     params(ScanPath),
-    request_body(content = Option<FailRequest>, description = "Optional; an empty body (or JSON `null`) means no reason."),
+    request_body(content = Option<FailRequest>, description = "Optional; an empty body (or `{}`) means no reason."),
     responses(
         (status = 200, description = "Scan failed, now or before", body = doc::SignalScanMoveResponse,
             example = doc::example_fail),
@@ -140,11 +140,9 @@ pub(crate) async fn fail_scan(
 
 /// The reason of a failure's body, if it gives one: 1 to 1,000 characters, none of them NUL.
 fn fail_reason(body: &ApiBody) -> Result<Option<String>, ApiError> {
-    // The body is optional: JSON `null` says "no body" as an empty one does.
-    let FailRequest { reason } = match body.trimmed() {
-        b"null" => FailRequest::default(),
-        _ => body.optional_fields()?,
-    };
+    // Empty, or an object: JSON `null` is refused as for start and complete, and as the
+    // document's schema says (an object).
+    let FailRequest { reason } = body.optional_fields()?;
     if let Some(reason) = &reason {
         check_reason(reason).map_err(ApiError::Validation)?;
     }

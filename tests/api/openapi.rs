@@ -900,9 +900,10 @@ async fn each_operations_examples_are_its_own(backend: Backend) {
 }
 store_test!(each_operations_examples_are_its_own);
 
-/// A failure's reason the document rejects is refused, and one it accepts is taken: a generated
-/// client (or schemathesis) that follows the document never gets a 400 for it.
-async fn a_failures_reason_is_refused_exactly_when_the_document_rejects_it(backend: Backend) {
+/// A failure's body the document rejects is refused, and one it accepts is taken: a generated
+/// client (or schemathesis) that follows the document never gets a 400 for it, nor a 200 for
+/// what it calls invalid.
+async fn a_failures_body_is_refused_exactly_when_the_document_rejects_it(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let contract = Contract::of(&app).await;
     let g = group();
@@ -910,23 +911,81 @@ async fn a_failures_reason_is_refused_exactly_when_the_document_rejects_it(backe
     let body_schema =
         &contract.operation(FAIL, "post")["requestBody"]["content"]["application/json"]["schema"];
 
-    for reason in [
-        "disk full".to_owned(),
-        "é".repeat(1000),
-        String::new(),
-        "x".repeat(1001),
-        "disk\0full".to_owned(),
+    for body in [
+        json!({ "reason": "disk full" }),
+        json!({ "reason": "é".repeat(1000) }),
+        json!({ "reason": null }),
+        json!({}),
+        Value::Null,
+        json!({ "reason": "" }),
+        json!({ "reason": "x".repeat(1001) }),
+        json!({ "reason": "disk\0full" }),
+        json!({ "reason": 7 }),
+        json!([]),
     ] {
-        let body = json!({ "reason": reason });
         let documented = contract.errors(body_schema, &body).is_empty();
         let scan = app.scan(&g, ScanStatus::Running).await;
         let path = format!("/v1/accounts/{g}/signals/scans/{scan}/fail");
         let answer = app.post(&runner, &path, Some(&body.to_string())).await;
         let expected = if documented { 200 } else { 400 };
-        assert_eq!(answer.status, expected, "{reason:?}: {:?}", answer.body);
+        assert_eq!(answer.status, expected, "{body}: {:?}", answer.body);
     }
 }
-store_test!(a_failures_reason_is_refused_exactly_when_the_document_rejects_it);
+store_test!(a_failures_body_is_refused_exactly_when_the_document_rejects_it);
+
+/// Query parameters at and past their documented bounds: the list's cursor (its sign and its
+/// digits) and the stream's `scanId` filters (at most 100) are refused exactly when the document
+/// rejects them.
+async fn parameters_are_refused_exactly_when_the_document_rejects_them(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let contract = Contract::of(&app).await;
+    let g = group();
+    let (reader, _) = app.key_for(&[Permission::SignalsRead], &[g]).await;
+    let parameter = |template: &str, name: &str| -> Value {
+        let parameters = contract.operation(template, "get")["parameters"]
+            .as_array()
+            .unwrap();
+        let found = parameters.iter().find(|p| p["name"] == name);
+        found.unwrap_or_else(|| panic!("{template} has no {name}"))["schema"].clone()
+    };
+    let status_of = |url: String| {
+        let request = app.client.get(url).bearer_auth(&reader);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+
+    let cursor_schema = parameter(LIST, "cursor");
+    let id = "507f1f77bcf86cd799439011";
+    for position in [
+        "0",
+        "+0",
+        "99999999999999999999",
+        "-0",
+        "-1",
+        "000000000000000000001",
+    ] {
+        let cursor = hex::encode(format!("{position}.{id}"));
+        let documented = contract.errors(&cursor_schema, &json!(cursor)).is_empty();
+        let status = status_of(format!("{}?cursor={cursor}", list_url(&app, g.as_str()))).await;
+        assert_eq!(status, if documented { 200 } else { 400 }, "{position}");
+    }
+
+    let filters_schema = parameter(CHANGES, "scanId");
+    for count in [100, 101] {
+        let ids: Vec<String> = (0..count).map(|i| format!("{i:024x}")).collect();
+        let documented = contract.errors(&filters_schema, &json!(ids)).is_empty();
+        let query: Vec<String> = ids.iter().map(|id| format!("scanId={id}")).collect();
+        let url = app.url(&format!(
+            "/v1/accounts/{g}/signals/scans/changes?{}",
+            query.join("&")
+        ));
+        assert_eq!(
+            status_of(url).await,
+            if documented { 200 } else { 400 },
+            "{count}"
+        );
+    }
+}
+store_test!(parameters_are_refused_exactly_when_the_document_rejects_them);
 
 /// An optional header is left out or sent as a string: never `null`, which no header can carry
 /// (a generated client typed it nullable, and sent None into its HTTP library).

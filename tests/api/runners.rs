@@ -234,6 +234,10 @@ async fn a_failure_keeps_its_reason_in_the_events_and_the_reason_is_bounded(back
             "reason must not contain the NUL character (U+0000)",
         ),
         (r#"{"reason":7}"#.to_owned(), "request body: invalid type"),
+        (
+            "null".to_owned(),
+            "request body must be empty or a JSON object",
+        ),
         (r#"{"why":"x"}"#.to_owned(), "unknown field `why`"),
         // A key given twice is refused, not settled by the last one.
         (

@@ -27,6 +27,8 @@ async fn bad_parameters_and_cursors_are_400_naming_them(backend: Backend) {
         ("?after=1-01".into(), None, "after"),
         ("?after=1-1&after=1-2".into(), None, "after"),
         ("".into(), Some("garbage"), "Last-Event-ID"),
+        // The header wins, but the `after` beside it must still be a cursor.
+        ("?after=garbage".into(), Some("0-0"), "after"),
         // Well-formed, but ahead of everything the trail holds: no feed issued it.
         (query_after("999999999999-1"), None, "after"),
         ("".into(), Some("999999999999-1"), "Last-Event-ID"),
