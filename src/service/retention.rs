@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use time::OffsetDateTime;
-
 use crate::store::Store;
 
 /// The most audit rows one delete removes: one short transaction. On SQLite, where writers take
@@ -30,7 +28,14 @@ pub(crate) async fn sweep_forever(store: Store, keep: Duration) {
 /// One sweep: batches until one finds less than a full batch to delete, or the database fails
 /// (the next sweep tries again).
 async fn sweep(store: &Store, keep: Duration) {
-    let cutoff = OffsetDateTime::now_utc() - keep;
+    // The rows' age by the clock that stamped them (the database's, on PostgreSQL).
+    let cutoff = match store.clock().await {
+        Ok(now) => now - keep,
+        Err(error) => {
+            tracing::warn!(%error, "the audit retention sweep cannot read the time; trying later");
+            return;
+        }
+    };
     let mut deleted = 0u64;
     loop {
         match store.trim_audit(cutoff, BATCH).await {

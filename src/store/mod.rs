@@ -428,6 +428,13 @@ impl Store {
         forward!(self.trimmed_mark(group))
     }
 
+    /// The clock this store stamps its rows with: PostgreSQL's, or this process's on SQLite (where
+    /// the process writes the times). An age measured against the rows' times reads this clock,
+    /// not the process's: a replica whose clock is off would misjudge every row.
+    pub async fn clock(&self) -> Result<OffsetDateTime, StoreError> {
+        forward!(self.clock())
+    }
+
     /// Deletes at most `batch` of the oldest audit rows written before `cutoff`, in `(xid, id)`
     /// order and stopping at the first younger row (what is deleted is always the trail's head,
     /// so each group's high-water mark says exactly what is gone), and raises those marks, in one

@@ -236,6 +236,15 @@ impl PgStore {
         rows.into_iter().map(ApiKey::try_from).collect()
     }
 
+    pub(crate) async fn clock(&self) -> Result<OffsetDateTime, StoreError> {
+        self.on_connection(async |connection| {
+            sqlx::query_scalar("SELECT clock_timestamp()")
+                .fetch_one(connection)
+                .await
+        })
+        .await
+    }
+
     pub async fn revoke_key(&self, id: Uuid) -> Result<Option<ApiKey>, StoreError> {
         let row: Option<KeyRow> = self
             .writing(async |connection| {

@@ -317,6 +317,10 @@ impl SqliteStore {
         rows.into_iter().map(ApiKey::try_from).collect()
     }
 
+    pub(crate) async fn clock(&self) -> Result<OffsetDateTime, StoreError> {
+        Ok(now())
+    }
+
     pub async fn revoke_key(&self, id: Uuid) -> Result<Option<ApiKey>, StoreError> {
         let row: Option<KeyRow> = self
             .as_writer(async |connection| {

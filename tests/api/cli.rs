@@ -8,7 +8,7 @@ use signal_scans::domain::ids::ScanId;
 use signal_scans::domain::scan::ScanStatus;
 use signal_scans::store::Store;
 
-use crate::helpers::{Backend, TestApp, TestDatabase, child, group, store_options};
+use crate::helpers::{Backend, TestApp, TestDatabase, child, clock_shift, group, store_options};
 use crate::store_test;
 
 pub(crate) fn signal_scans(database_url: &str, args: &[&str]) -> Output {
@@ -111,6 +111,36 @@ async fn keys_create_list_and_revoke_work_end_to_end(backend: Backend) {
     assert!(!unknown.status.success());
 }
 store_test!(keys_create_list_and_revoke_work_end_to_end);
+
+/// On PostgreSQL the database's clock stamps a key's creation, so its expiry counts from that
+/// clock too: from a machine whose clock is an hour behind, `--expires-in 600` still expires ten
+/// minutes after the key's `createdAt` (before, 50 minutes before it, refused at once).
+async fn a_keys_expiry_follows_its_creation_whatever_the_machines_clock(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let shifted = clock_shift::env(-3600);
+    let created = child::signal_scans()
+        .args(["keys", "create", "--name", "behind", "--all-account-groups"])
+        .args(["--expires-in", "600", "--json"])
+        .env("DATABASE_URL", &app.db.url)
+        .envs(shifted.iter().map(|(name, value)| (name, value)))
+        .output()
+        .expect("the binary runs");
+    let created = json_of(&created);
+
+    let at = |field: &str| {
+        let stamp = created[field].as_str().unwrap();
+        time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339).unwrap()
+    };
+    let lifetime = at("expiresAt") - at("createdAt");
+    assert!(
+        (time::Duration::seconds(599)..=time::Duration::seconds(600)).contains(&lifetime),
+        "{lifetime}: {created}"
+    );
+}
+store_test!(
+    a_keys_expiry_follows_its_creation_whatever_the_machines_clock,
+    postgres_only
+);
 
 async fn keys_create_refuses_bad_input_in_one_line(backend: Backend) {
     let app = TestApp::spawn(backend).await;

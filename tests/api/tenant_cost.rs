@@ -14,6 +14,7 @@ use signal_scans::store::statements::{POSTGRES_GROUP_FEED, SQLITE_GROUP_FEED};
 use signal_scans::store::{KeyToCreate, Store};
 use sqlx::{Connection, PgConnection, SqliteConnection};
 
+use crate::helpers::clock_shift;
 use crate::helpers::process::ServerProcess;
 use crate::helpers::sse::{SseStream, scan_ids};
 use crate::helpers::{
@@ -1090,3 +1091,50 @@ async fn scans_watch_refuses_a_cursor_from_before_deleted_changes(backend: Backe
     );
 }
 store_test!(scans_watch_refuses_a_cursor_from_before_deleted_changes);
+
+/// On PostgreSQL the database's clock stamps the audit rows, so the sweep measures their age by
+/// that clock: a replica whose own clock runs two days ahead deletes the rows older than a day by
+/// the database's clock, and keeps the rest. Before, it measured them by its own clock and
+/// deleted every row, seconds old or not (expiring every cursor).
+async fn a_replica_whose_clock_runs_ahead_sweeps_by_the_databases_clock(backend: Backend) {
+    let (db, store) = database_for_process(backend).await;
+    let (aged, young) = (group(), group());
+    write_history(&db.url, &aged, 10, 10, true).await;
+    fresh_change(&store, &young).await;
+
+    let two_days = 2 * 24 * 3600;
+    let shifted = clock_shift::env(two_days);
+    let mut env = vec![
+        ("DATABASE_URL", db.url.as_str()),
+        ("AUDIT_RETENTION_DAYS", "1"),
+    ];
+    env.extend(shifted.iter().map(|(name, value)| (*name, value.as_str())));
+    let server = ServerProcess::start(&env).await;
+    let logged = server
+        .until_logged(|event| event["message"] == "deleted audit rows past their retention")
+        .await;
+
+    // The shift took: the replica's own log lines are two days ahead.
+    let stamped = logged
+        .iter()
+        .find_map(|event| event["timestamp"].as_str())
+        .unwrap();
+    let stamped =
+        time::OffsetDateTime::parse(stamped, &time::format_description::well_known::Rfc3339)
+            .unwrap();
+    let ahead = stamped - time::OffsetDateTime::now_utc();
+    assert!(
+        ahead > time::Duration::days(1),
+        "the clock runs {ahead} ahead"
+    );
+    assert_eq!(
+        audit_rows(&db.url, &aged).await.0,
+        0,
+        "ten days old: deleted"
+    );
+    assert_eq!(audit_rows(&db.url, &young).await.0, 2, "seconds old: kept");
+}
+store_test!(
+    a_replica_whose_clock_runs_ahead_sweeps_by_the_databases_clock,
+    postgres_only
+);

@@ -1,6 +1,7 @@
 //! Shared test fixtures: a fresh database per test, the app on port 0, and envelope assertions.
 
 pub mod child;
+pub mod clock_shift;
 pub mod locks;
 pub mod metrics;
 pub mod process;
