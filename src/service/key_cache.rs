@@ -42,6 +42,17 @@ impl moka::Expiry<KeyHash, Cached> for FromTheRead {
         let age = now.saturating_duration_since(cached.read_from);
         Some(self.ttl.saturating_sub(age))
     }
+
+    /// A load over an expired entry replaces it: its time counts from its own read too.
+    fn expire_after_update(
+        &self,
+        key: &KeyHash,
+        cached: &Cached,
+        now: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(key, cached, now)
+    }
 }
 
 /// Why a load put nothing in the cache.
@@ -180,6 +191,8 @@ mod tests {
         tokio::time::sleep(ttl + Duration::from_millis(100)).await;
         assert!(found(&cache, &calls).await);
         assert_eq!(calls.load(Ordering::SeqCst), 2, "expired, loaded again");
+        assert!(found(&cache, &calls).await);
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "and cached again");
     }
 
     /// A read that took long (a slow store) leaves its entry only what remains of the TTL counted

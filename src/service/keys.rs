@@ -1,7 +1,6 @@
 //! `KeyAdmin`: an operator's management of API keys (create, list, revoke). There is no principal:
 //! whoever runs these holds the database itself.
 
-use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::ServiceError;
@@ -46,7 +45,7 @@ impl KeyAdmin {
 
     /// A key that authenticates now (neither revoked nor expired), if there is one.
     pub async fn active(&self) -> Result<Option<ApiKey>, ServiceError> {
-        let now = OffsetDateTime::now_utc();
+        let now = self.store.clock().await?;
         let keys = self.list().await?;
         Ok(keys.into_iter().find(|key| key.authenticate(now).is_ok()))
     }

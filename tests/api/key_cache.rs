@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use sqlx::Connection;
+
 use signal_scans::domain::keys::Permission;
 use signal_scans::domain::scan::ScanStatus;
 
@@ -49,7 +51,6 @@ async fn a_cached_key_needs_no_key_lookup_on_the_hot_path(backend: Backend) {
 store_test!(a_cached_key_needs_no_key_lookup_on_the_hot_path);
 
 async fn sqlx_execute(app: &TestApp, statement: &'static str) {
-    use sqlx::Connection;
     match app.db.url.split_once("://").unwrap().0 {
         "sqlite" => {
             let mut connection = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
@@ -162,6 +163,8 @@ async fn a_slow_key_read_does_not_stretch_how_long_a_revoked_key_works(backend: 
         app.scan(&group, ScanStatus::Queued).await,
         app.scan(&group, ScanStatus::Queued).await,
     );
+    // Opened now: opening it after the warm request could take past the pool's idle check.
+    let mut watcher = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
     // Another key's read leaves the pool's next connection just used (so not pinged first) with
     // the lookup's statement prepared: the early request's lookup shows in pg_stat_activity once
     // it has run, not when it is prepared (before it runs).
@@ -170,7 +173,10 @@ async fn a_slow_key_read_does_not_stretch_how_long_a_revoked_key_works(backend: 
         .get(app.url(&format!("/v1/accounts/{group}/signals/scans/{first}")))
         .bearer_auth(&reader);
     assert_eq!(ApiResponse::of(warm).await.status, 200);
-    let since = database_clock(&app).await;
+    let since: time::OffsetDateTime = sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(&mut watcher)
+        .await
+        .unwrap();
     app.proxy
         .as_ref()
         .unwrap()
@@ -180,7 +186,7 @@ async fn a_slow_key_read_does_not_stretch_how_long_a_revoked_key_works(backend: 
     let late = async {
         // The early request's key read has run (its answer is on its way, three seconds slow):
         // revoke behind it, then ask once the read is older than the TTL.
-        until_a_key_read_has_run(&app, since).await;
+        until_a_key_read_has_run(&mut watcher, since).await;
         app.store.revoke_key(key_id).await.unwrap().unwrap();
         tokio::time::sleep(Duration::from_millis(1200)).await;
         app.cancel(Some(&key), group.as_str(), second.as_str())
@@ -199,9 +205,7 @@ store_test!(
 
 /// Waits until a key lookup begun after `since` (the database's clock) has run in PostgreSQL,
 /// whatever its answer's delay.
-async fn until_a_key_read_has_run(app: &TestApp, since: time::OffsetDateTime) {
-    use sqlx::Connection;
-    let mut connection = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+async fn until_a_key_read_has_run(watcher: &mut sqlx::PgConnection, since: time::OffsetDateTime) {
     for _ in 0..600 {
         let done: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity
@@ -209,7 +213,7 @@ async fn until_a_key_read_has_run(app: &TestApp, since: time::OffsetDateTime) {
                 AND query LIKE '%FROM api_keys WHERE key_hash = $1%'",
         )
         .bind(since)
-        .fetch_one(&mut connection)
+        .fetch_one(&mut *watcher)
         .await
         .unwrap();
         if done > 0 {
@@ -218,13 +222,4 @@ async fn until_a_key_read_has_run(app: &TestApp, since: time::OffsetDateTime) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("no key lookup ran in 30 s");
-}
-
-async fn database_clock(app: &TestApp) -> time::OffsetDateTime {
-    use sqlx::Connection;
-    let mut connection = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
-    sqlx::query_scalar("SELECT clock_timestamp()")
-        .fetch_one(&mut connection)
-        .await
-        .unwrap()
 }

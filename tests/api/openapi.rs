@@ -969,6 +969,29 @@ async fn parameters_are_refused_exactly_when_the_document_rejects_them(backend: 
         assert_eq!(status, if documented { 200 } else { 400 }, "{position}");
     }
 
+    // An `after` beside a `Last-Event-ID` (which wins) is held to its documented form only.
+    let after_schema = parameter(CHANGES, "after");
+    for after in [
+        "01-1",
+        "5-0.5-0",
+        "99999999999999999999-0",
+        "zzz",
+        "1-",
+        "1-1.",
+    ] {
+        let documented = contract.errors(&after_schema, &json!(after)).is_empty();
+        let url = app.url(&format!(
+            "/v1/accounts/{g}/signals/scans/changes?after={after}"
+        ));
+        let request = app
+            .client
+            .get(url)
+            .bearer_auth(&reader)
+            .header("Last-Event-ID", "0-0");
+        let status = request.send().await.unwrap().status().as_u16();
+        assert_eq!(status, if documented { 200 } else { 400 }, "{after}");
+    }
+
     let filters_schema = parameter(CHANGES, "scanId");
     for count in [100, 101] {
         let ids: Vec<String> = (0..count).map(|i| format!("{i:024x}")).collect();
