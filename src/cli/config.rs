@@ -296,18 +296,21 @@ pub struct ServeArgs {
 
     /// A request whose answer has not started after this many milliseconds answers 500 (an open
     /// change stream is not cut; a body still arriving answers 400). Keep it above
-    /// 4 × DB_TIMEOUT_MS + 1000, the longest a write may take (`serve` warns when it is not).
-    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000,
+    /// 5 × DB_TIMEOUT_MS + 2000, the longest a request that writes may take (`serve` warns when
+    /// it is not).
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 15_000,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub request_timeout_ms: u64,
 }
 
 impl ServeArgs {
-    /// Whether the request deadline outlasts the store's longest write
-    /// ([`crate::store::longest_write`]); a shorter one may answer 500 for a write that then
+    /// Whether the request deadline outlasts the longest request that writes
+    /// ([`crate::store::longest_writing_request`]); a shorter one may answer 500 for a write that then
     /// commits.
     pub fn request_timeout_outlasts_a_write(&self) -> bool {
-        let write = crate::store::longest_write(Duration::from_millis(self.database.db_timeout_ms));
+        let write = crate::store::longest_writing_request(Duration::from_millis(
+            self.database.db_timeout_ms,
+        ));
         Duration::from_millis(self.request_timeout_ms) > write
     }
 

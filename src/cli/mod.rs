@@ -393,8 +393,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!(
             request_timeout_ms = args.request_timeout_ms,
             db_timeout_ms = args.database.db_timeout_ms,
-            "REQUEST_TIMEOUT_MS is not above 4 × DB_TIMEOUT_MS + 1000, the longest a write may \
-             take: a request it ends may answer 500 for a change that then commits"
+            "REQUEST_TIMEOUT_MS is not above 5 × DB_TIMEOUT_MS + 2000, the longest a request \
+             that writes may take: a request it ends may answer 500 for a change that then \
+             commits"
         );
     }
     // Listening before the database is reached: a stop while connecting or migrating ends the

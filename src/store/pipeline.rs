@@ -5,7 +5,9 @@
 //! under load a batch is whatever queued while the previous commit ran, so one commit (one fsync
 //! on SQLite, one round trip and one WAL flush on PostgreSQL) carries many changes. Each change
 //! of a batch is guarded by its from-status and writes its audit row, in arrival order. Two
-//! changes of one scan never share a batch: the later one leads the next batch. On SQLite that
+//! changes of one scan never share a batch: the later one is passed over, with any later change
+//! of that scan, for the next batch, while the changes of other scans queued behind it still
+//! join this one (a flood of one scan's changes does not hold the others up). On SQLite that
 //! batch commits after the first; on PostgreSQL, where `DB_WRITE_BATCHES` batches may commit side
 //! by side, the scan's row lock puts them in some order. Either way the second to commit is told
 //! the first's outcome, exactly as two concurrent transactions would be.
@@ -22,7 +24,7 @@
 //! or network that stops answering leaves the outcome unknown, and a change repeated answers what
 //! happened.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -236,31 +238,31 @@ async fn run(
     mut entries: mpsc::Receiver<Entry>,
 ) {
     let slots = Arc::new(Semaphore::new(in_flight.max(1)));
-    // An entry that did not fit the last batch: it leads the next, keeping arrival order.
-    let mut next: Option<Entry> = None;
+    // Entries that did not fit the last batch, in arrival order: they are offered first.
+    let mut passed_over: VecDeque<Entry> = VecDeque::new();
     loop {
         let slot = Arc::clone(&slots)
             .acquire_owned()
             .await
             .expect("the writer's semaphore is never closed");
-        let first = match next.take() {
-            Some(entry) => entry,
-            None => match entries.recv().await {
-                Some(entry) => entry,
+        if passed_over.is_empty() {
+            match entries.recv().await {
+                Some(entry) => passed_over.push_back(entry),
                 None => return, // every sender is gone
-            },
-        };
+            }
+        }
         let mut batch = Batch::default();
-        batch.take(first);
-        while batch.len() < MAX_BATCH {
+        for entry in std::mem::take(&mut passed_over) {
+            batch.offer(entry, &mut passed_over);
+        }
+        // An entry that cannot join (its scan is in the batch) is passed over, not waited
+        // behind: the changes queued after it, of other scans, still join. Bounded by the queue's
+        // size, so a flood of one scan's changes cannot hold more than the queue would.
+        while batch.len() < MAX_BATCH && passed_over.len() < QUEUE {
             let Ok(entry) = entries.try_recv() else {
                 break;
             };
-            if !batch.admits(&entry) {
-                next = Some(entry);
-                break;
-            }
-            batch.take(entry);
+            batch.offer(entry, &mut passed_over);
         }
         if batch.entries.is_empty() {
             continue;
@@ -279,6 +281,9 @@ struct Batch {
     entries: Vec<(Entry, usize)>,
     changes: Vec<ChangeRequest>,
     scans: HashSet<ScanId>,
+    /// The scans of the entries passed over: a later change of one of them is passed over too,
+    /// so that one scan's changes keep their arrival order.
+    passed_over: HashSet<ScanId>,
 }
 
 impl Batch {
@@ -286,12 +291,23 @@ impl Batch {
         self.changes.len()
     }
 
-    /// Whether `entry` may join: it fits, and shares no scan with the batch (a batch's
-    /// statements change each scan once). An entry larger than a batch still leads one of its
-    /// own.
-    fn admits(&self, entry: &Entry) -> bool {
-        let fits = self.len() + entry.changes.len() <= MAX_BATCH;
-        fits && entry.changes.iter().all(|c| !self.scans.contains(&c.scan))
+    /// Takes `entry`, or passes it over (onto `passed_over`, for a later batch) when it shares a
+    /// scan with the batch or with an entry passed over before it (a batch's statements change
+    /// each scan once), or does not fit. The first entry is always taken: one larger than a
+    /// batch leads one of its own.
+    fn offer(&mut self, entry: Entry, passed_over: &mut VecDeque<Entry>) {
+        let fits = self.changes.is_empty() || self.len() + entry.changes.len() <= MAX_BATCH;
+        let free = entry
+            .changes
+            .iter()
+            .all(|c| !self.scans.contains(&c.scan) && !self.passed_over.contains(&c.scan));
+        if fits && free {
+            self.take(entry);
+        } else {
+            self.passed_over
+                .extend(entry.changes.iter().map(|c| c.scan));
+            passed_over.push_back(entry);
+        }
     }
 
     /// Takes `entry` unless its request gave up first.

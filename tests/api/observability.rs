@@ -304,7 +304,7 @@ async fn a_request_deadline_a_write_can_outlast_is_warned_of_at_start(backend: B
     let enough = ServerProcess::start(&[
         ("DATABASE_URL", url),
         ("DB_TIMEOUT_MS", "5000"),
-        ("REQUEST_TIMEOUT_MS", "21001"),
+        ("REQUEST_TIMEOUT_MS", "27001"),
     ])
     .await;
 
@@ -313,10 +313,10 @@ async fn a_request_deadline_a_write_can_outlast_is_warned_of_at_start(backend: B
     assert!(
         warned[0]["message"]
             .as_str()
-            .is_some_and(|m| m.starts_with("REQUEST_TIMEOUT_MS is not above 4 × DB_TIMEOUT_MS")),
+            .is_some_and(|m| m.starts_with("REQUEST_TIMEOUT_MS is not above 5 × DB_TIMEOUT_MS")),
         "{warned:#?}"
     );
-    assert_eq!(warned[0]["request_timeout_ms"], 10_000);
+    assert_eq!(warned[0]["request_timeout_ms"], 15_000);
     assert_eq!(warned[0]["db_timeout_ms"], 5_000);
     assert_eq!(warnings(&defaults), Vec::<serde_json::Value>::new());
     assert_eq!(warnings(&enough), Vec::<serde_json::Value>::new());

@@ -363,3 +363,65 @@ async fn until_waiting_on_the_scans_table(db: &mut sqlx::PgConnection) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// One scan's changes take a batch each, but never hold up the changes of other scans queued
+/// behind them: with every answer of the database 200 ms late and 30 cancels of one scan among
+/// 100 cancels of other scans, each of the 100 is answered 200, and the one scan is cancelled
+/// once. Before, each of the one scan's changes ended the batch it could not join and everything
+/// queued behind it waited for the next: a third of the others were answered 502, not taken
+/// within the store's timeout.
+async fn one_scans_changes_never_hold_up_the_changes_of_others(backend: Backend) {
+    let (app, group, key) = Settings::default()
+        .with_db_timeout(Duration::from_secs(2))
+        .with_request_timeout(Duration::from_secs(60))
+        .with_key_cache_ttl(Duration::from_secs(600))
+        .through_proxy()
+        .spawn_with_writer(backend)
+        .await;
+    let hot = app.scan(&group, ScanStatus::Queued).await;
+    let mut others = Vec::new();
+    for _ in 0..100 {
+        others.push(app.scan(&group, ScanStatus::Queued).await);
+    }
+    app.cancel_ok(&key, &group, &others[0]).await; // the key is cached: no lookup to wait for
+    app.proxy
+        .as_ref()
+        .unwrap()
+        .slow_down(Duration::from_millis(200));
+
+    // One of the hot scan's cancels after every three of the others.
+    let mut order = Vec::new();
+    for (i, other) in others.iter().enumerate().skip(1) {
+        if i % 3 == 1 && order.iter().filter(|s| **s == hot).count() < 30 {
+            order.push(hot);
+        }
+        order.push(*other);
+    }
+    let answers = join_all(
+        order
+            .iter()
+            .map(|scan| app.cancel(Some(&key), group.as_str(), scan.as_str())),
+    )
+    .await;
+    app.proxy.as_ref().unwrap().slow_down(Duration::ZERO);
+
+    let mut first_cancels = 0;
+    for (scan, answer) in order.iter().zip(&answers) {
+        if *scan != hot {
+            assert_eq!(answer.status, 200, "another scan's cancel: {answer:?}");
+            continue;
+        }
+        match answer.status.as_u16() {
+            200 if answer.body["data"]["previousStatus"] == "queued" => first_cancels += 1,
+            200 => assert_eq!(answer.body["data"]["previousStatus"], "cancelled"),
+            _ => {
+                answer.assert_error(502, "UPSTREAM_ERROR");
+            }
+        }
+    }
+    assert_eq!(first_cancels, 1, "the hot scan is cancelled once");
+}
+store_test!(
+    one_scans_changes_never_hold_up_the_changes_of_others,
+    postgres_only
+);
