@@ -235,7 +235,7 @@ pub struct ServeArgs {
     pub trusted_proxy_hops: u8,
 
     /// On SIGTERM or Ctrl-C, in-flight requests get this long to finish before the process exits.
-    #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000,
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 15_000,
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub shutdown_timeout_ms: u64,
 
@@ -295,23 +295,28 @@ pub struct ServeArgs {
     pub audit_retention_days: Option<u32>,
 
     /// A request whose answer has not started after this many milliseconds answers 500 (an open
-    /// change stream is not cut; a body still arriving answers 400). Keep it above
-    /// 5 × DB_TIMEOUT_MS + 2000, the longest a request that writes may take (`serve` warns when
-    /// it is not).
+    /// change stream is not cut; a body still arriving answers 400). Keep it above the longest a
+    /// request that writes may take: 5 × DB_TIMEOUT_MS, plus DB_TIMEOUT_MS − KEY_CACHE_TTL_MS when
+    /// positive, plus 2750 (`serve` warns when it is not).
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 15_000,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub request_timeout_ms: u64,
 }
 
 impl ServeArgs {
-    /// Whether the request deadline outlasts the longest request that writes
-    /// ([`crate::store::longest_writing_request`]); a shorter one may answer 500 for a write that then
-    /// commits.
+    /// The longest a request that writes may take with these settings (see
+    /// `http::deadline::longest_writing_request`).
+    pub fn longest_writing_request(&self) -> Duration {
+        crate::http::deadline::longest_writing_request(
+            Duration::from_millis(self.database.db_timeout_ms),
+            self.key_cache_ttl(),
+        )
+    }
+
+    /// Whether the request deadline outlasts the longest request that writes; a shorter one may
+    /// answer 500 for a write that then commits.
     pub fn request_timeout_outlasts_a_write(&self) -> bool {
-        let write = crate::store::longest_writing_request(Duration::from_millis(
-            self.database.db_timeout_ms,
-        ));
-        Duration::from_millis(self.request_timeout_ms) > write
+        Duration::from_millis(self.request_timeout_ms) > self.longest_writing_request()
     }
 
     pub fn http_settings(&self) -> HttpSettings {

@@ -393,9 +393,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!(
             request_timeout_ms = args.request_timeout_ms,
             db_timeout_ms = args.database.db_timeout_ms,
-            "REQUEST_TIMEOUT_MS is not above 5 × DB_TIMEOUT_MS + 2000, the longest a request \
-             that writes may take: a request it ends may answer 500 for a change that then \
-             commits"
+            longest_writing_request_ms =
+                u64::try_from(args.longest_writing_request().as_millis()).unwrap_or(u64::MAX),
+            "REQUEST_TIMEOUT_MS is not above the longest a request that writes may take \
+             (5 × DB_TIMEOUT_MS, plus DB_TIMEOUT_MS − KEY_CACHE_TTL_MS when positive, plus \
+             2750): a request it ends may answer 500 for a change that then commits"
         );
     }
     // Listening before the database is reached: a stop while connecting or migrating ends the

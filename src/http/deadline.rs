@@ -1,7 +1,7 @@
 //! The whole-request deadline (`REQUEST_TIMEOUT_MS`): a request whose answer has not started by
 //! then answers 500. Database calls have their own, shorter bounds and answer 502; this catches
 //! anything else that stalls. A write it cuts short may still commit (its COMMIT is not), so keep
-//! it above the longest request that writes (`store::longest_writing_request`). A request whose body has not
+//! it above the longest request that writes ([`longest_writing_request`]). A request whose body has not
 //! arrived by then is the client's doing, not ours: the deadline rides in the request's extensions
 //! ([`RequestDeadline`]) so that the body's reader answers that 400 itself. A tower layer: it runs
 //! on every request, and its future is not boxed.
@@ -18,6 +18,24 @@ use tokio::time::{Instant, Timeout};
 use tower::{Layer, Service};
 
 use super::error::ApiError;
+
+/// The longest a request that writes may take, with the store's `db_timeout` and the key cache's
+/// `key_cache_ttl`: the shared limits' calls to Redis (three at most, each bounded), the wait for
+/// its client address's turn to look a key up (an address that failed lately), the key's lookup
+/// (which may first wait for a lookup begun more than the TTL earlier, then read again), and the
+/// write ([`crate::store::longest_write`]). A request deadline not above it may answer 500 for a
+/// write that then commits.
+pub fn longest_writing_request(db_timeout: Duration, key_cache_ttl: Duration) -> Duration {
+    let stale_lookup = match key_cache_ttl.is_zero() {
+        true => Duration::ZERO, // no cache: one lookup
+        false => db_timeout.saturating_sub(key_cache_ttl),
+    };
+    super::rate_limit::MOST_REDIS_WAIT
+        + super::rate_limit::TURN_WAIT
+        + db_timeout
+        + stale_lookup
+        + crate::store::longest_write(db_timeout)
+}
 
 /// When a request's deadline passes, for what waits on the client within it (its body).
 #[derive(Debug, Clone, Copy)]

@@ -513,20 +513,17 @@ fn hints(outcomes: &[Transition]) -> impl Iterator<Item = ScanChange> + '_ {
     })
 }
 
-/// The longest a request that writes may take, with the store's `timeout`: its key's lookup, the
-/// shared rate limits' calls to Redis (when set: a second covers them), the read of a runner's
+/// The longest a request's write may take, with the store's `timeout`: the read of a runner's
 /// claim before it finishes a scan, the write's wait to be taken into a batch, its turn or
 /// connection, its statements (each `timeout`), and the second (`ANSWER_GRACE`) the database's
-/// answer is awaited past them. A request deadline not above it may answer 500 for a write that
-/// then commits. Not counted: a batch the database refused for one change's own reason (a
-/// constraint or a trigger, so a bug or an operator's trigger), whose changes are then written one
-/// by one (`pipeline.rs`): that path may take up to three `timeout`s and a second more, and its
-/// request may then answer 500 at the deadline while its own write still commits, which a resend
-/// shows, as after any 500.
-pub fn longest_writing_request(timeout: Duration) -> Duration {
-    /// The shared limits' Redis calls of one request, each bounded at 250 ms, rounded up.
-    const REDIS_CALLS: Duration = Duration::from_secs(1);
-    timeout * 5 + REDIS_CALLS + pg_pool::ANSWER_GRACE
+/// answer is awaited past them (the whole request's bound adds what comes before the write:
+/// `http::deadline::longest_writing_request`). Not counted: a batch the database refused for one
+/// change's own reason (a constraint or a trigger, so a bug or an operator's trigger), whose
+/// changes are then written one by one (`pipeline.rs`): that path may take up to three `timeout`s
+/// and a second more, and its request may then answer 500 at the deadline while its own write
+/// still commits, which a resend shows, as after any 500.
+pub fn longest_write(timeout: Duration) -> Duration {
+    timeout * 4 + pg_pool::ANSWER_GRACE
 }
 
 /// Runs `query`, failing as [`StoreError::Unavailable`] when the database does not answer within

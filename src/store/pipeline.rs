@@ -7,9 +7,9 @@
 //! of a batch is guarded by its from-status and writes its audit row, in arrival order. Two
 //! changes of one scan never share a batch: the later one is passed over, with any later change
 //! of that scan, for the next batch, while the changes of other scans queued behind it still
-//! join this one (a flood of one scan's changes does not hold the others up). On SQLite that
-//! batch commits after the first; on PostgreSQL, where `DB_WRITE_BATCHES` batches may commit side
-//! by side, the scan's row lock puts them in some order. Either way the second to commit is told
+//! join this one (one scan's changes do not hold the others up, up to `QUEUE` passed over). On
+//! SQLite that batch commits after the first; on PostgreSQL, where `DB_WRITE_BATCHES` batches may
+//! commit side by side, the scan's lock puts them in some order. Either way the second to commit is told
 //! the first's outcome, exactly as two concurrent transactions would be.
 //!
 //! A request waits at most the store's timeout to be taken into a batch, then answers
@@ -256,8 +256,10 @@ async fn run(
             batch.offer(entry, &mut passed_over);
         }
         // An entry that cannot join (its scan is in the batch) is passed over, not waited
-        // behind: the changes queued after it, of other scans, still join. Bounded by the queue's
-        // size, so a flood of one scan's changes cannot hold more than the queue would.
+        // behind: the changes queued after it, of other scans, still join. At most `QUEUE` wait
+        // passed over (besides the channel's `QUEUE`); past that the channel is left alone until
+        // they drain, and a flood of one scan's changes holds the others up again, as each
+        // request's own timeout bounds.
         while batch.len() < MAX_BATCH && passed_over.len() < QUEUE {
             let Ok(entry) = entries.try_recv() else {
                 break;
@@ -296,6 +298,11 @@ impl Batch {
     /// each scan once), or does not fit. The first entry is always taken: one larger than a
     /// batch leads one of its own.
     fn offer(&mut self, entry: Entry, passed_over: &mut VecDeque<Entry>) {
+        // One whose request gave up is dropped now (by `take`), not passed over: passed over, it
+        // would hold back the later changes of its scans for nothing.
+        if entry.state.load(Ordering::SeqCst) != QUEUED || entry.answer.is_closed() {
+            return self.take(entry);
+        }
         let fits = self.changes.is_empty() || self.len() + entry.changes.len() <= MAX_BATCH;
         let free = entry
             .changes
@@ -441,5 +448,112 @@ fn count_commit(changes: &[ChangeRequest], outcomes: &[Transition]) {
 fn answer_all(entries: Vec<(Entry, usize)>, error: &StoreError) {
     for (entry, _) in entries {
         let _ = entry.answer.send(Err(error.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// A writer that records the scans of each batch it is given, and answers each change
+    /// `NotFound`; every write first waits for one of `permits`.
+    #[derive(Clone)]
+    struct Recording {
+        batches: Arc<Mutex<Vec<Vec<ScanId>>>>,
+        permits: Arc<Semaphore>,
+    }
+
+    impl Recording {
+        fn holding_each_write() -> Self {
+            Self {
+                batches: Arc::default(),
+                permits: Arc::new(Semaphore::new(0)),
+            }
+        }
+    }
+
+    impl BatchWriter for Recording {
+        async fn write(&self, changes: &[ChangeRequest]) -> Result<Vec<Transition>, StoreError> {
+            let scans = changes.iter().map(|c| c.scan).collect();
+            self.batches.lock().unwrap().push(scans);
+            self.permits.acquire().await.unwrap().forget();
+            Ok(changes.iter().map(|_| Transition::NotFound).collect())
+        }
+    }
+
+    async fn until(condition: impl Fn() -> bool) {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Behind a batch in progress, requests queue as S, then S and X (a batch cancel), then X, then
+    /// Y. The next batch takes S and Y: the second request is passed over (its S is in the batch),
+    /// and so is the third (its X is passed over), but Y is not held up behind them; the passed
+    /// over follow in their order.
+    #[tokio::test]
+    async fn a_change_whose_scan_is_taken_is_passed_over_and_others_still_join() {
+        let writer = Recording::holding_each_write();
+        let pipeline = Pipeline::start(writer.clone(), 1, Duration::from_secs(30));
+        let [z, s, x, y] = [(); 4].map(|()| ScanId::generate());
+        let mut answers = Vec::new();
+        for scans in [vec![z], vec![s], vec![s, x], vec![x], vec![y]] {
+            let changes = scans
+                .iter()
+                .map(|scan| ChangeRequest::new(None, scan, ScanStatus::Cancelled, Actor::default()))
+                .collect();
+            let submitting = pipeline.clone();
+            answers.push(tokio::spawn(
+                async move { submitting.submit(changes).await },
+            ));
+            let queued = answers.len();
+            until(|| pipeline.waiting() == queued).await;
+            // The first is taken alone before the others queue.
+            until(|| !writer.batches.lock().unwrap().is_empty()).await;
+        }
+        writer.permits.add_permits(100);
+        for answer in answers {
+            answer.await.unwrap().unwrap();
+        }
+
+        let batches = writer.batches.lock().unwrap().clone();
+        assert_eq!(batches, vec![vec![z], vec![s, y], vec![s, x], vec![x]]);
+    }
+
+    /// A request that gave up while queued holds nothing back: behind a batch in progress, S, then
+    /// S and X (a batch cancel whose request is then dropped), then X. The next batch takes S and
+    /// X: the dropped request is not passed over, so its X does not hold the later X back.
+    #[tokio::test]
+    async fn a_request_that_gave_up_holds_back_no_later_change() {
+        let writer = Recording::holding_each_write();
+        let pipeline = Pipeline::start(writer.clone(), 1, Duration::from_secs(30));
+        let [z, s, x] = [(); 3].map(|()| ScanId::generate());
+        let submit = |scans: Vec<ScanId>| {
+            let changes = scans
+                .iter()
+                .map(|scan| ChangeRequest::new(None, scan, ScanStatus::Cancelled, Actor::default()))
+                .collect();
+            let submitting = pipeline.clone();
+            tokio::spawn(async move { submitting.submit(changes).await })
+        };
+        let first = submit(vec![z]);
+        until(|| !writer.batches.lock().unwrap().is_empty()).await;
+        let kept = submit(vec![s]);
+        until(|| pipeline.waiting() == 2).await;
+        let gone = submit(vec![s, x]);
+        until(|| pipeline.waiting() == 3).await;
+        gone.abort();
+        until(|| pipeline.waiting() == 2).await;
+        let later = submit(vec![x]);
+        until(|| pipeline.waiting() == 3).await;
+        writer.permits.add_permits(100);
+        for answer in [first, kept, later] {
+            answer.await.unwrap().unwrap();
+        }
+
+        let batches = writer.batches.lock().unwrap().clone();
+        assert_eq!(batches, vec![vec![z], vec![s, x]]);
     }
 }

@@ -279,7 +279,7 @@ async fn changes_that_queue_together_keep_their_own_outcomes(backend: Backend) {
             // The stuck write goes first; then the rest queue behind it, and the lock goes. The
             // first cancel of `twice` and the completion queue first, in that order, so that the
             // next batch holds both (two changes of one scan never share a batch: the second of
-            // each may lead a batch of its own).
+            // each is passed over for a later one).
             until_waiting(&app, 1).await;
             let (app, writer, group) = (&app, &writer, &group);
             let cancel = |scan: ScanId| async move {

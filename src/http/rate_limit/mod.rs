@@ -78,7 +78,12 @@ const FAILED_LATELY: Duration = Duration::from_secs(60);
 /// The longest a lookup waits for its turn; then it goes without one. A turn lasts one lookup,
 /// normally a millisecond; while the database stalls it lasts `DB_TIMEOUT_MS`, and waiting
 /// without end would queue an address's requests (a NAT's, after one client's typo) into 500s.
-const TURN_WAIT: Duration = Duration::from_secs(1);
+pub(crate) const TURN_WAIT: Duration = Duration::from_secs(1);
+
+/// The longest one request may wait on Redis: its calls (the failed-login block, asked again in a
+/// lookup turn, and the key's limit), each bounded.
+pub(crate) const MOST_REDIS_WAIT: Duration =
+    Duration::from_millis(3 * shared::REDIS_TIMEOUT.as_millis() as u64);
 
 /// How often (in recorded failures) stale entries are dropped: amortized, so that failures
 /// from many addresses cost no more each than failures from one.

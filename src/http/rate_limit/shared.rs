@@ -14,7 +14,7 @@ use super::{Decision, Failure, RateLimit};
 use crate::secret_url::SecretUrl;
 
 /// How long a limit check may wait for Redis before the in-process limits decide instead.
-const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+pub(super) const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// After a failed call, Redis is left alone for this long: each request would otherwise pay the
 /// timeout again, for every limit it checks, for the whole outage.
