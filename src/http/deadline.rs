@@ -1,10 +1,10 @@
 //! The whole-request deadline (`REQUEST_TIMEOUT_MS`): a request whose answer has not started by
 //! then answers 500. Database calls have their own, shorter bounds and answer 502; this catches
 //! anything else that stalls. A write it cuts short may still commit (its COMMIT is not), so keep
-//! it above the longest request that writes ([`longest_writing_request`]). A request whose body has not
-//! arrived by then is the client's doing, not ours: the deadline rides in the request's extensions
-//! ([`RequestDeadline`]) so that the body's reader answers that 400 itself. A tower layer: it runs
-//! on every request, and its future is not boxed.
+//! it above the longest request that writes ([`longest_writing_request`]). A request whose body
+//! has not arrived by then is the client's doing, not ours: the deadline rides in the request's
+//! extensions ([`RequestDeadline`]) so that the body's reader answers that 400 itself. A tower
+//! layer: it runs on every request, and its future is not boxed.
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -95,17 +95,17 @@ impl KeyCache {
             return Ok(load().await?.map(Arc::new));
         };
         let arrived = Instant::now();
-        let cached = Self::load_once(entries, hash, &load).await?;
-        match cached {
-            // The load this request waited for began more than `ttl` before it arrived (a slow
-            // store): too old to answer it, and already expired in the cache. One more round
-            // reads again: no load still running began before the one just waited for ended.
-            Some(cached) if arrived.saturating_duration_since(cached.read_from) > self.ttl => {
-                let cached = Self::load_once(entries, hash, &load).await?;
-                Ok(cached.map(|cached| cached.key))
-            }
-            cached => Ok(cached.map(|cached| cached.key)),
+        let mut cached = Self::load_once(entries, hash, &load).await?;
+        // The load this request waited for began more than `ttl` before it arrived (a slow
+        // store): too old to answer it, and already expired in the cache. One more round reads
+        // again: no load still running began before the one just waited for ended.
+        if cached
+            .as_ref()
+            .is_some_and(|cached| arrived.saturating_duration_since(cached.read_from) > self.ttl)
+        {
+            cached = Self::load_once(entries, hash, &load).await?;
         }
+        Ok(cached.map(|cached| cached.key))
     }
 
     /// The cached entry, or one loaded now (joining a load of the same key already running).

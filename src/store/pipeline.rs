@@ -9,8 +9,8 @@
 //! of that scan, for the next batch, while the changes of other scans queued behind it still
 //! join this one (one scan's changes do not hold the others up, up to `QUEUE` passed over). On
 //! SQLite that batch commits after the first; on PostgreSQL, where `DB_WRITE_BATCHES` batches may
-//! commit side by side, the scan's lock puts them in some order. Either way the second to commit is told
-//! the first's outcome, exactly as two concurrent transactions would be.
+//! commit side by side, the scan's lock puts them in some order. Either way the second to commit
+//! is told the first's outcome, exactly as two concurrent transactions would be.
 //!
 //! A request waits at most the store's timeout to be taken into a batch, then answers
 //! [`StoreError::Unavailable`] (502) and is never committed. Once taken, its batch's statements
@@ -483,6 +483,19 @@ mod tests {
         }
     }
 
+    /// Submits a cancel of each of `scans`, as one request, in a task of its own.
+    fn submit(
+        pipeline: &Pipeline,
+        scans: &[ScanId],
+    ) -> tokio::task::JoinHandle<Result<Vec<Transition>, StoreError>> {
+        let changes = scans
+            .iter()
+            .map(|scan| ChangeRequest::new(None, scan, ScanStatus::Cancelled, Actor::default()))
+            .collect();
+        let pipeline = pipeline.clone();
+        tokio::spawn(async move { pipeline.submit(changes).await })
+    }
+
     async fn until(condition: impl Fn() -> bool) {
         while !condition() {
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -500,14 +513,7 @@ mod tests {
         let [z, s, x, y] = [(); 4].map(|()| ScanId::generate());
         let mut answers = Vec::new();
         for scans in [vec![z], vec![s], vec![s, x], vec![x], vec![y]] {
-            let changes = scans
-                .iter()
-                .map(|scan| ChangeRequest::new(None, scan, ScanStatus::Cancelled, Actor::default()))
-                .collect();
-            let submitting = pipeline.clone();
-            answers.push(tokio::spawn(
-                async move { submitting.submit(changes).await },
-            ));
+            answers.push(submit(&pipeline, &scans));
             let queued = answers.len();
             until(|| pipeline.waiting() == queued).await;
             // The first is taken alone before the others queue.
@@ -530,23 +536,15 @@ mod tests {
         let writer = Recording::holding_each_write();
         let pipeline = Pipeline::start(writer.clone(), 1, Duration::from_secs(30));
         let [z, s, x] = [(); 3].map(|()| ScanId::generate());
-        let submit = |scans: Vec<ScanId>| {
-            let changes = scans
-                .iter()
-                .map(|scan| ChangeRequest::new(None, scan, ScanStatus::Cancelled, Actor::default()))
-                .collect();
-            let submitting = pipeline.clone();
-            tokio::spawn(async move { submitting.submit(changes).await })
-        };
-        let first = submit(vec![z]);
+        let first = submit(&pipeline, &[z]);
         until(|| !writer.batches.lock().unwrap().is_empty()).await;
-        let kept = submit(vec![s]);
+        let kept = submit(&pipeline, &[s]);
         until(|| pipeline.waiting() == 2).await;
-        let gone = submit(vec![s, x]);
+        let gone = submit(&pipeline, &[s, x]);
         until(|| pipeline.waiting() == 3).await;
         gone.abort();
         until(|| pipeline.waiting() == 2).await;
-        let later = submit(vec![x]);
+        let later = submit(&pipeline, &[x]);
         until(|| pipeline.waiting() == 3).await;
         writer.permits.add_permits(100);
         for answer in [first, kept, later] {
