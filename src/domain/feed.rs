@@ -94,6 +94,9 @@ pub struct FeedEvent {
     pub cursor: String,
 }
 
+/// The most rows one read of the audit trail returns.
+pub const PAGE_ROWS: u32 = 1000;
+
 /// What one read of the audit trail returned.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FeedPage {
@@ -101,7 +104,7 @@ pub struct FeedPage {
     pub rows: Vec<FeedRow>,
     /// The snapshot the rows were read under; `None` where ids follow commit order (SQLite).
     pub horizon: Option<Horizon>,
-    /// True when the read returned as many rows as it was allowed: read again before waiting.
+    /// True when the read returned [`PAGE_ROWS`] rows: read again before waiting.
     pub full: bool,
     /// The greatest position the retention sweep had deleted when the rows were read: of the
     /// read's group, or of every group for a read of them all; `None` while it has deleted none.

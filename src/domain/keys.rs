@@ -34,12 +34,6 @@ impl Permission {
     }
 }
 
-impl fmt::Display for Permission {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown permission {0:?} (expected signals:read, signals:write or signals:run)")]
 pub struct UnknownPermission(pub String);
@@ -310,7 +304,7 @@ mod tests {
             (Permission::SignalsWrite, "signals:write"),
             (Permission::SignalsRun, "signals:run"),
         ] {
-            assert_eq!(permission.to_string(), name);
+            assert_eq!(permission.as_str(), name);
             assert_eq!(name.parse::<Permission>(), Ok(permission));
         }
         assert_eq!(

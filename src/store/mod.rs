@@ -365,18 +365,17 @@ impl Store {
         forward!(self.list_scans(group, query))
     }
 
-    /// Audit rows after `cursor` (readers filter, so their cursors move past
-    /// what they skip), in `(xid, id)` order, at most `limit`, with the snapshot they were read
-    /// under: `group`'s rows only, read through that group's index, so that a reader of one group
-    /// pays for that group's changes alone; every group's with `None` (the change hub's shared
-    /// read, and `scans watch` without a group).
+    /// Audit rows after `cursor` (readers filter, so their cursors move past what they skip), in
+    /// `(xid, id)` order, at most [`PAGE_ROWS`](crate::domain::feed::PAGE_ROWS), with the
+    /// snapshot they were read under: `group`'s rows only, read through that group's index, so
+    /// that a reader of one group pays for that group's changes alone; every group's with `None`
+    /// (the change hub's shared read, and `scans watch` without a group).
     pub(crate) async fn read_feed(
         &self,
         cursor: &FeedCursor,
         group: Option<&AccountGroupId>,
-        limit: u32,
     ) -> Result<FeedPage, StoreError> {
-        let page = forward!(self.read_feed(cursor, group, limit))?;
+        let page = forward!(self.read_feed(cursor, group))?;
         let rows = page.rows.len() as u64;
         let counter = match (self.counted(), group) {
             (read, Some(_)) => &read.one_group,

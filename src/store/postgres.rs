@@ -20,7 +20,7 @@ use super::{
     IS_EMPTY, KeyToCreate, PoolUsage, ReadsCounted, StoreError, StoreOptions, bounded, classify,
     migration_error,
 };
-use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition, Horizon};
+use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition, Horizon, PAGE_ROWS};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash};
 use crate::domain::scan::{
@@ -460,7 +460,6 @@ impl PgStore {
         &self,
         cursor: &FeedCursor,
         group: Option<&AccountGroupId>,
-        limit: u32,
     ) -> Result<FeedPage, StoreError> {
         let (pending_xids, pending_after): (Vec<String>, Vec<i64>) = cursor
             .pending()
@@ -477,7 +476,7 @@ impl PgStore {
                 .bind(frontier.id)
                 .bind(pending_xids)
                 .bind(pending_after)
-                .bind(i64::from(limit));
+                .bind(i64::from(PAGE_ROWS));
                 match group {
                     None => read,
                     Some(group) => read.bind(group.as_str()),
@@ -500,7 +499,7 @@ impl PgStore {
             .map(ChangeRow::into_feed_row)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(FeedPage {
-            full: rows.len() >= limit as usize,
+            full: rows.len() >= PAGE_ROWS as usize,
             rows,
             horizon: Some(horizon),
             trimmed,

@@ -24,7 +24,7 @@ use super::{
     IS_EMPTY, KeyToCreate, ReadsCounted, StoreError, StoreOptions, bounded, classify,
     migration_error,
 };
-use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition};
+use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition, PAGE_ROWS};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash};
 use crate::domain::scan::{
@@ -549,14 +549,13 @@ impl SqliteStore {
         &self,
         cursor: &FeedCursor,
         group: Option<&AccountGroupId>,
-        limit: u32,
     ) -> Result<FeedPage, StoreError> {
         let read = sqlx::query_as(match group {
             None => EVERY_GROUPS_FEED,
             Some(_) => ONE_GROUPS_FEED,
         })
         .bind(cursor.frontier().id)
-        .bind(i64::from(limit));
+        .bind(i64::from(PAGE_ROWS));
         let read = match group {
             None => read,
             Some(group) => read.bind(group.as_str()),
@@ -569,7 +568,7 @@ impl SqliteStore {
             .map(ChangeRow::into_feed_row)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(FeedPage {
-            full: rows.len() >= limit as usize,
+            full: rows.len() >= PAGE_ROWS as usize,
             rows,
             horizon: None,
             trimmed: trimmed.map(|id| FeedPosition { xid: 0, id }),

@@ -151,9 +151,7 @@ store_test!(a_key_that_expires_while_cached_is_refused_from_its_expiry);
 async fn a_slow_key_read_does_not_stretch_how_long_a_revoked_key_works(backend: Backend) {
     let app = Settings::default()
         .with_key_cache_ttl(Duration::from_secs(1))
-        .with_db_timeout(Duration::from_secs(30))
-        .with_request_timeout(Duration::from_secs(90))
-        .through_proxy()
+        .through_proxy_with_timeouts(Duration::from_secs(30), Duration::from_secs(90))
         .spawn(backend)
         .await;
     let group = group();

@@ -372,10 +372,8 @@ async fn until_waiting_on_the_scans_table(db: &mut sqlx::PgConnection) {
 /// within the store's timeout.
 async fn one_scans_changes_never_hold_up_the_changes_of_others(backend: Backend) {
     let (app, group, key) = Settings::default()
-        .with_db_timeout(Duration::from_secs(2))
-        .with_request_timeout(Duration::from_secs(60))
         .with_key_cache_ttl(Duration::from_secs(600))
-        .through_proxy()
+        .through_proxy_with_timeouts(Duration::from_secs(2), Duration::from_secs(60))
         .spawn_with_writer(backend)
         .await;
     let hot = app.scan(&group, ScanStatus::Queued).await;

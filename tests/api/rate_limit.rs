@@ -431,9 +431,7 @@ async fn a_slow_database_does_not_let_a_failing_address_look_keys_up_side_by_sid
     let app = Settings::default()
         .with_auth_failures_per_minute(20)
         .with_trusted_proxy_hops(1)
-        .with_db_timeout(Duration::from_secs(10))
-        .with_request_timeout(Duration::from_secs(60))
-        .through_proxy()
+        .through_proxy_with_timeouts(Duration::from_secs(10), Duration::from_secs(60))
         .spawn(backend)
         .await;
     let (group, _, scan) = app.writer_and_queued_scan().await;

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use tokio::sync::{OnceCell, broadcast};
 
-use super::{FeedError, FeedEvent, FeedReader, PAGE, Start};
+use super::{FeedError, FeedEvent, FeedReader, Start};
 use crate::domain::feed::{FeedCursor, FeedPage};
 use crate::domain::ids::AccountGroupId;
 use crate::store::{Store, StoreError};
@@ -257,7 +257,7 @@ impl Follower {
     async fn read_trail_page(&mut self) -> Result<bool, FeedError> {
         let page = self
             .store
-            .read_feed(&self.cursor, Some(&self.group), PAGE)
+            .read_feed(&self.cursor, Some(&self.group))
             .await?;
         if page.may_lack_rows_of(&self.cursor) {
             return Err(FeedError::Expired);

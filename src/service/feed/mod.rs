@@ -21,9 +21,6 @@ use crate::domain::ids::AccountGroupId;
 use crate::domain::scan::ScanChange;
 use crate::store::{ChangeHints, Hint, Store, StoreError};
 
-/// Rows read from the trail at once.
-const PAGE: u32 = 1000;
-
 /// Why a reader did not deliver its next change.
 #[derive(Debug, thiserror::Error)]
 pub enum FeedError {
@@ -149,7 +146,7 @@ impl FeedReader {
         self.last_read = Some(Instant::now());
         let page = self
             .store
-            .read_feed(&self.cursor, self.group.as_ref(), PAGE)
+            .read_feed(&self.cursor, self.group.as_ref())
             .await?;
         self.behind = page.full;
         if std::mem::take(&mut self.polled) {

@@ -372,6 +372,14 @@ impl Settings {
         self
     }
 
+    /// Through the proxy, to slow the database down: the store's timeout `db`, and the request
+    /// deadline `request`, which must stay above what a slowed write can take.
+    pub fn through_proxy_with_timeouts(self, db: Duration, request: Duration) -> Self {
+        self.with_db_timeout(db)
+            .with_request_timeout(request)
+            .through_proxy()
+    }
+
     pub fn with_http(mut self, http: HttpSettings) -> Self {
         self.http = http;
         self
