@@ -392,6 +392,38 @@ class GeneratedClient(unittest.TestCase):
         self.assertEqual([(c.data.scan_id, c.data.to) for c in cancelled], [(s, ScanStatus.CANCELLED) for s in scans])
         self.assertEqual(len({c.id for c in created + cancelled}), 6)
 
+    def test_27_on_open_is_called_once_a_stream_is_open_and_again_at_each_reconnection(self):
+        # A runner's start: open the stream, then list the queued scans from `on_open`. A scan
+        # queued before the call is in the list; one queued after it arrives on the stream.
+        with bearer_client() as client:
+            before = create_signal_scan.sync(account_group_id=GROUP, client=client).data.scan_id
+            with runner_client() as runner:
+                opened, listed, after = [], [], []
+
+                def list_queued(cursor):
+                    opened.append(cursor)
+                    if len(opened) == 1:
+                        page = list_signal_scans.sync(account_group_id=GROUP, client=runner, status=ScanStatus.QUEUED)
+                        listed.extend(scan.scan_id for scan in page.data.scans)
+                        after.append(create_signal_scan.sync(account_group_id=GROUP, client=client).data.scan_id)
+
+                changes = follow_changes(runner, GROUP, statuses=["queued"], on_open=list_queued)
+                first, error = within(self, 10, lambda: next(changes))
+                self.assertIsNone(error)
+                self.assertEqual(len(opened), 1)
+                self.assertIn(before, listed)
+                self.assertEqual(first.data.scan_id, after[0])
+                # The service here ends each stream after 1.5 s: the next opening calls it again,
+                # with the id of the last change yielded, and nothing is missed in between.
+                time.sleep(2.0)
+                later = create_signal_scan.sync(account_group_id=GROUP, client=client).data.scan_id
+                latest, error = within(self, 10, lambda: next(changes))
+                self.assertIsNone(error)
+                self.assertEqual(latest.data.scan_id, later)
+                changes.close()
+                self.assertGreaterEqual(len(opened), 2)
+                self.assertEqual(opened[1], first.id)
+
     def test_13_a_client_never_shows_its_key(self):
         client = bearer_client()
         self.assertNotIn(KEY, repr(client))

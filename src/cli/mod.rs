@@ -261,7 +261,8 @@ fn parse() -> Result<Cli, ExitCode> {
     }
 }
 
-/// Runs the command, and turns any failure into one line and exit 1.
+/// Runs the command, and turns any failure into one line and exit 1 (75 where the service asked
+/// to be asked again later, or did not answer: see [`remote::TryLater`]).
 async fn run_command(cli: Cli) -> ExitCode {
     if let Err(message) = telemetry::init(cli.log.log_format, &config::log_filter()) {
         eprintln!("error: {message}");
@@ -272,7 +273,10 @@ async fn run_command(cli: Cli) -> ExitCode {
         Err(error) => {
             // `{:#}`: the error and its causes, joined by ": ", on one line.
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            match error.downcast_ref::<remote::TryLater>() {
+                Some(_) => ExitCode::from(remote::TryLater::EXIT_CODE),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -60,6 +60,23 @@ pub(super) fn server_url(text: &str) -> Result<url::Url, String> {
     Ok(url)
 }
 
+/// The service gave no answer now, or asked to be asked later: no connection, an answer broken
+/// off, a 429 or a 5xx. Nothing says the request did not commit (a 500 or a lost answer may
+/// follow one that did): a move repeated answers where the scan is. The command exits
+/// [`TryLater::EXIT_CODE`], so that a script tells it from a refusal (1).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(super) struct TryLater(String);
+
+impl TryLater {
+    /// `EX_TEMPFAIL` of sysexits.h: "temporary failure; the user is invited to retry".
+    pub(super) const EXIT_CODE: u8 = 75;
+
+    fn answered(status: reqwest::StatusCode) -> bool {
+        status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+    }
+}
+
 /// What a command asked the service, and how it answered.
 pub(super) enum Answer {
     /// 2xx: the envelope's `data`.
@@ -134,14 +151,22 @@ async fn ask(
     let response = request
         .send()
         .await
-        .with_context(|| format!("cannot reach {url}"))?;
+        .with_context(|| TryLater(format!("cannot reach {url}")))?;
     let status = response.status();
     let text = response
         .text()
         .await
-        .with_context(|| format!("{url} answered {status}, then broke off"))?;
-    let envelope: Value = serde_json::from_str(&text)
-        .with_context(|| format!("{url} answered {status} without the JSON envelope"))?;
+        .with_context(|| TryLater(format!("{url} answered {status}, then broke off")))?;
+    let envelope = serde_json::from_str::<Value>(&text);
+    if TryLater::answered(status) {
+        let said = match &envelope {
+            Ok(envelope) => refusal(&url, status, envelope).to_string(),
+            Err(_) => format!("{url} answered {status} without the JSON envelope"),
+        };
+        return Err(TryLater(said).into());
+    }
+    let envelope =
+        envelope.with_context(|| format!("{url} answered {status} without the JSON envelope"))?;
     if status.is_success() {
         return Ok(Answer::Done(envelope["data"].clone()));
     }

@@ -194,11 +194,14 @@ impl SqliteStore {
                         Err(error) if is_busy(&error) => {
                             tokio::time::sleep(Duration::from_millis(10)).await
                         }
-                        connected => return connected,
+                        Err(error) if primary_code(&error) == Some(SQLITE_CANTOPEN) => {
+                            return Ok(Err(self.cannot_write(error)));
+                        }
+                        connected => return connected.map(Ok),
                     }
                 }
             })
-            .await?;
+            .await??;
         // The file exists now: the one the writes will be made to.
         self.writer.file.remember();
         let migrator = super::migrations::sqlite();
@@ -237,15 +240,28 @@ impl SqliteStore {
         let written = tokio::time::timeout(self.timeout, write).await;
         let _ = connection.close().await;
         match written {
-            Ok(Err(error)) if primary_code(&error) == Some(SQLITE_READONLY) => Err(
-                StoreError::Config(format!("this process cannot write the database: {error}")),
-            ),
+            Ok(Err(error)) if primary_code(&error) == Some(SQLITE_READONLY) => {
+                Err(self.cannot_write(error))
+            }
             Ok(Err(error)) if primary_code(&error) != Some(SQLITE_BUSY) => {
                 Err(super::classify(error))
             }
             // Written, or waiting for a lock another connection holds: writable.
             _ => Ok(()),
         }
+    }
+
+    /// A start refused on a database this process cannot open for writing or write, in words an
+    /// operator can act on: SQLite also writes two files beside the database, which a WAL
+    /// database cannot be opened without (a read-only mount answers "unable to open database
+    /// file"), and which a start refused as another user may leave behind read-only.
+    fn cannot_write(&self, error: sqlx::Error) -> StoreError {
+        let file = self.migrate_options.get_filename().display();
+        StoreError::Config(format!(
+            "this process cannot write the database: {error} ({file} must be a file this \
+             process can read and write, and so must {file}-wal and {file}-shm beside it, in a \
+             folder it can write)"
+        ))
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -983,6 +999,7 @@ async fn pending(
 /// SQLite's primary result codes this store acts on (an extended code's low byte is its primary).
 const SQLITE_BUSY: i32 = 5;
 const SQLITE_READONLY: i32 = 8;
+const SQLITE_CANTOPEN: i32 = 14;
 
 /// The primary result code of a database error.
 fn primary_code(error: &sqlx::Error) -> Option<i32> {

@@ -529,6 +529,27 @@ async fn serve_refuses_a_database_it_cannot_write() {
         "{}",
         String::from_utf8_lossy(&listed.stderr)
     );
+
+    // A path SQLite cannot open at all (a read-only mount without the database's `-shm` file
+    // answers the same "unable to open database file"; here, a folder): named, with the files the
+    // process must be able to write. It said "database unavailable", as for a passing outage.
+    let folder = std::env::temp_dir().join(format!("not-a-file-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir(&folder).unwrap();
+    let unopenable = child::signal_scans()
+        .arg("serve")
+        .env("DATABASE_URL", format!("sqlite://{}", folder.display()))
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir(&folder);
+    let stderr = String::from_utf8_lossy(&unopenable.stderr);
+    assert_eq!(unopenable.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("this process cannot write the database")
+            && stderr.contains(&format!("{}-shm", folder.display())),
+        "{stderr}"
+    );
 }
 
 /// An empty `TOKIO_WORKER_THREADS` (an orchestrator's `value: ""`) is unset, as the other

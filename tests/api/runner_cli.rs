@@ -13,7 +13,7 @@ use signal_scans::domain::scan::ScanStatus;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::helpers::{Backend, TestApp, child, group};
+use crate::helpers::{Backend, Settings, TestApp, child, group};
 use crate::store_test;
 
 /// The binary with a cleared environment: `PATH`, the key and `envs` only (no `DATABASE_URL`),
@@ -129,7 +129,7 @@ async fn a_runner_host_starts_moves_and_fails_scans_with_only_the_url_and_a_key(
     // A runner that completes a cancelled scan learns it was cancelled, as JSON, and fails.
     let cancelled = app.scan(&group, ScanStatus::Cancelled).await;
     let late = to(cancelled.as_str(), "completed", &[]);
-    assert!(!late.status.success(), "{late:?}");
+    assert_eq!(late.status.code(), Some(1), "{late:?}");
     let refused = stdout_json(&late);
     assert_eq!(refused["currentStatus"], "cancelled", "{late:?}");
     assert_eq!(refused["scanId"], cancelled.as_str());
@@ -137,6 +137,62 @@ async fn a_runner_host_starts_moves_and_fails_scans_with_only_the_url_and_a_key(
     assert_eq!(std::fs::read_dir(&folder.0).unwrap().count(), 0);
 }
 store_test!(a_runner_host_starts_moves_and_fails_scans_with_only_the_url_and_a_key);
+
+/// A move the service did not make now (a 429, a 5xx, no answer) exits 75 (`EX_TEMPFAIL`) with
+/// nothing on stdout, so that a runner's script tells "ask again" from a refusal (exit 1, with the
+/// current status as JSON). Before, both exited 1.
+async fn a_move_to_ask_again_later_exits_75(backend: Backend) {
+    let app = Settings::default()
+        .with_rate_limit(1, 1)
+        .spawn(backend)
+        .await;
+    let group = group();
+    let (runner, _) = app.key_for(&[Permission::SignalsRun], &[group]).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let folder = Folder::new();
+    let start = |server: &str| {
+        let args = [
+            "scans",
+            "transition",
+            scan.as_str(),
+            "--to",
+            "running",
+            "--server",
+            server,
+            "--account-group",
+            group.as_str(),
+            "--json",
+        ];
+        run(&folder.0, &runner, &args)
+    };
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nobody_there = format!("http://{}/", nobody.local_addr().unwrap());
+    drop(nobody);
+    let (proxy, _) = fake_server(|mut socket| async move {
+        let page = "HTTP/1.1 502 Bad Gateway\r\ncontent-length: 5\r\n\r\noops!";
+        let _ = socket.write_all(page.as_bytes()).await;
+    })
+    .await;
+
+    let started = start(&app.url("/"));
+    let limited = start(&app.url("/"));
+    let unreachable = start(&nobody_there);
+    let bad_gateway = start(&proxy);
+
+    assert!(started.status.success(), "{started:?}");
+    for (output, said) in [
+        (&limited, "429 Too Many Requests"),
+        (&unreachable, "cannot reach"),
+        (&bad_gateway, "502 Bad Gateway without the JSON envelope"),
+    ] {
+        assert_eq!(output.status.code(), Some(75), "{output:?}");
+        assert!(output.stdout.is_empty(), "{output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(said), "{stderr}");
+    }
+    assert_eq!(app.status_of(&scan).await, ScanStatus::Running);
+}
+store_test!(a_move_to_ask_again_later_exits_75);
 
 /// `scans show --server` shows what `scans show` on the database shows, text and JSON; a scan of
 /// another account group is not found there.

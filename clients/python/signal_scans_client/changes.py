@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -73,6 +73,7 @@ def follow_changes(
     scan_ids: Iterable[str] = (),
     statuses: Iterable[ScanStatus | str] = (),
     silence_seconds: float = 60.0,
+    on_open: Callable[[str], None] | None = None,
 ) -> Iterator[Change]:
     """Yields each change of the account group after `after` (None: from now), for ever.
 
@@ -90,6 +91,12 @@ def follow_changes(
     noticed past `silence_seconds` as its next byte arrives): a longer or slower one is a refusal
     that is not the envelope (`code`, `details` and `trace_id` None), as a body that is not JSON is.
     `scan_ids` and `statuses` filter the changes, as the stream's `scanId` and `status` parameters.
+    `on_open`, when given, is called with the id the stream starts after, each time a stream is
+    open (its opening block has arrived) and before any of its changes is yielded: what was
+    committed before the call is behind that id, and anything later arrives on the stream. A runner
+    lists the queued scans there: a scan queued meanwhile is in the list or the stream, never in
+    neither. An `httpx.TransportError` it raises counts as the stream's own: the stream is opened
+    again after the wait, and `on_open` called again; any other exception ends the following.
     """
     params = [("scanId", scan) for scan in scan_ids]
     params += [("status", str(status)) for status in statuses]
@@ -111,6 +118,7 @@ def follow_changes(
                     raise NotAnEventStream(200, f"the answer is {content_type}, not text/event-stream")
                 else:
                     silence = _Silence(silence_seconds)
+                    opening = True
                     for block in _blocks(_lines(silence.until(response.iter_bytes())), silence):
                         if "retry" in block and _is_number(block["retry"]):
                             retry = _held(int(block["retry"]) / 1000)
@@ -118,6 +126,9 @@ def follow_changes(
                         # now and miss what came meanwhile. The cursor is only ever moved on.
                         if block.get("id"):
                             cursor = block["id"]
+                        if opening and on_open is not None and cursor:
+                            on_open(cursor)
+                        opening = False
                         if "data" in block:
                             if not block.get("id"):
                                 raise NotAnEventStream(200, "a change without an id of its own")
