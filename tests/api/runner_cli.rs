@@ -142,6 +142,7 @@ store_test!(a_runner_host_starts_moves_and_fails_scans_with_only_the_url_and_a_k
 /// nothing on stdout, so that a runner's script tells "ask again" from a refusal (exit 1, with the
 /// current status as JSON). Before, both exited 1.
 async fn a_move_to_ask_again_later_exits_75(backend: Backend) {
+    let folder = Folder::new();
     let app = Settings::default()
         .with_rate_limit(1, 1)
         .spawn(backend)
@@ -149,7 +150,6 @@ async fn a_move_to_ask_again_later_exits_75(backend: Backend) {
     let group = group();
     let (runner, _) = app.key_for(&[Permission::SignalsRun], &[group]).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
-    let folder = Folder::new();
     let start = |server: &str| {
         let args = [
             "scans",
@@ -180,6 +180,7 @@ async fn a_move_to_ask_again_later_exits_75(backend: Backend) {
     let bad_gateway = start(&proxy);
 
     assert!(started.status.success(), "{started:?}");
+    assert_eq!(app.status_of(&scan).await, ScanStatus::Running);
     for (output, said) in [
         (&limited, "429 Too Many Requests"),
         (&unreachable, "cannot reach"),
@@ -190,7 +191,6 @@ async fn a_move_to_ask_again_later_exits_75(backend: Backend) {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(said), "{stderr}");
     }
-    assert_eq!(app.status_of(&scan).await, ScanStatus::Running);
 }
 store_test!(a_move_to_ask_again_later_exits_75);
 
