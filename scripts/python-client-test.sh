@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Change streams end after 1.5 s here, so that the client's change-stream helper is seen to
-# reconnect (test 12).
+# reconnect (tests 12 and 27).
 export STREAM_MAX_AGE_MS=1500
 # shellcheck source=scripts/lib/demo-service.sh
 source scripts/lib/demo-service.sh

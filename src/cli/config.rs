@@ -36,6 +36,15 @@ pub struct LogArgs {
     pub log_format: LogFormat,
 }
 
+/// `LOG_FORMAT` as it is when the command line itself was refused, for the one line that says
+/// so: text unless it says json.
+pub fn log_format_before_parsing() -> LogFormat {
+    std::env::var("LOG_FORMAT")
+        .ok()
+        .and_then(|format| clap::ValueEnum::from_str(format.trim(), true).ok())
+        .unwrap_or(LogFormat::Text)
+}
+
 /// The log filter: `RUST_LOG` (tracing's `EnvFilter` syntax), else the service's own; not a flag.
 /// An empty `RUST_LOG` counts as unset (as an empty filter it kept errors only, the "serving"
 /// line included, which looks like a process that never started).

@@ -25,7 +25,7 @@ use crate::domain::keys::Permission;
 use crate::domain::scan::ScanStatus;
 use crate::service::KeyAdmin;
 use crate::store::Store;
-use crate::telemetry;
+use crate::telemetry::{self, LogFormat};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -210,7 +210,7 @@ pub fn main() -> ExitCode {
     let runtime = match runtime(&cli.command) {
         Ok(runtime) => runtime,
         Err(message) => {
-            eprintln!("error: {message}");
+            report_failure(cli.log.log_format, &message);
             return ExitCode::from(2);
         }
     };
@@ -255,10 +255,33 @@ fn parse() -> Result<Cli, ExitCode> {
                 .take_while(|line| !line.trim().is_empty())
                 .map(str::trim)
                 .collect();
-            eprintln!("{}", message.join(" "));
+            let message = message.join(" ");
+            match config::log_format_before_parsing() {
+                LogFormat::Json => {
+                    let message = message.strip_prefix("error: ").unwrap_or(&message);
+                    report_failure(LogFormat::Json, message)
+                }
+                // clap's own words, which already start with "error: ".
+                LogFormat::Text => eprintln!("{message}"),
+            }
             Err(ExitCode::from(2))
         }
     }
+}
+
+/// A command's last word when it fails, one line on stderr: `error: …`, or under
+/// `LOG_FORMAT=json` a JSON log line at level ERROR, so that a collector that reads JSON keeps the
+/// one line that says why the service stopped. The subscriber may not be installed yet (a setting
+/// clap refused): it is then, for this line.
+fn report_failure(format: LogFormat, message: &str) {
+    if format == LogFormat::Json {
+        let _ = telemetry::init(format, "error");
+        if tracing::enabled!(tracing::Level::ERROR) {
+            tracing::error!(error = message, "the command failed");
+            return;
+        }
+    }
+    eprintln!("error: {message}");
 }
 
 /// Runs the command, and turns any failure into one line and exit 1 (75 where the service asked
@@ -272,7 +295,7 @@ async fn run_command(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             // `{:#}`: the error and its causes, joined by ": ", on one line.
-            eprintln!("error: {error:#}");
+            report_failure(cli.log.log_format, &format!("{error:#}"));
             match error.downcast_ref::<remote::TryLater>() {
                 Some(_) => ExitCode::from(remote::TryLater::EXIT_CODE),
                 None => ExitCode::FAILURE,

@@ -60,8 +60,14 @@ pub(super) fn server_url(text: &str) -> Result<url::Url, String> {
     Ok(url)
 }
 
-/// The service gave no answer now, or asked to be asked later: no connection, an answer broken
-/// off, a 429 or a 5xx. Nothing says the request did not commit (a 500 or a lost answer may
+/// How long a command waits for a connection, and for the whole answer: above the service's own
+/// request deadline (`REQUEST_TIMEOUT_MS`, 15 s by default), so that a slow answer arrives as the
+/// service's 500 or 502 rather than as none.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The service gave no answer now, or asked to be asked later: no connection, no answer within
+/// [`ANSWER_TIMEOUT`], an answer broken off, a 429 or a 5xx. Nothing says the request did not commit (a 500 or a lost answer may
 /// follow one that did): a move repeated answers where the scan is. The command exits
 /// [`TryLater::EXIT_CODE`], so that a script tells it from a refusal (1).
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +78,7 @@ impl TryLater {
     /// `EX_TEMPFAIL` of sysexits.h: "temporary failure; the user is invited to retry".
     pub(super) const EXIT_CODE: u8 = 75;
 
-    fn answered(status: reqwest::StatusCode) -> bool {
+    fn asks_to_retry(status: reqwest::StatusCode) -> bool {
         status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
     }
 }
@@ -140,25 +146,33 @@ async fn ask(
     let url = server
         .join(path.trim_start_matches('/'))
         .with_context(|| format!("--server {server}"))?;
-    let mut request = reqwest::Client::new()
-        .request(method, url.clone())
-        .bearer_auth(key);
+    let client = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(ANSWER_TIMEOUT)
+        .build()
+        .context("cannot make an HTTP client")?;
+    let mut request = client.request(method, url.clone()).bearer_auth(key);
     if let Some(body) = body {
         request = request
             .header("content-type", "application/json")
             .body(body.to_string());
     }
-    let response = request
-        .send()
-        .await
-        .with_context(|| TryLater(format!("cannot reach {url}")))?;
+    let response = match request.send().await {
+        Ok(response) => response,
+        // The request could not be made (a key holding a line break, from a file that ends in
+        // CRLF): asking again cannot help.
+        Err(error) if error.is_builder() => {
+            return Err(error).with_context(|| format!("cannot ask {url}"));
+        }
+        Err(error) => return Err(error).with_context(|| TryLater(format!("cannot reach {url}"))),
+    };
     let status = response.status();
     let text = response
         .text()
         .await
         .with_context(|| TryLater(format!("{url} answered {status}, then broke off")))?;
     let envelope = serde_json::from_str::<Value>(&text);
-    if TryLater::answered(status) {
+    if TryLater::asks_to_retry(status) {
         let said = match &envelope {
             Ok(envelope) => refusal(&url, status, envelope).to_string(),
             Err(_) => format!("{url} answered {status} without the JSON envelope"),

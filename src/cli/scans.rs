@@ -80,8 +80,9 @@ pub(super) struct Move<'a> {
 }
 
 /// `scans transition`: a runner's guarded move, in the database or with `--server` through the
-/// API. A move the state machine refuses exits non-zero naming the current status (as JSON on
-/// stdout with `--json`).
+/// API. A move the state machine refuses exits 1 naming the current status (as JSON on stdout
+/// with `--json`); through the API, one the service did not answer, or answered 429 or a 5xx,
+/// exits 75 (see [`remote::TryLater`](super::remote::TryLater)).
 pub(super) async fn transition(
     database: &DatabaseArgs,
     server: Option<&url::Url>,

@@ -10,7 +10,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, Limit};
 use super::metrics::RATE_LIMITED;
 use super::rate_limit::{Decision, Failure};
 use crate::domain::keys::{Permission, Principal};
@@ -55,9 +55,11 @@ pub(crate) async fn guard(
     };
     let decision = state.limits.spend(&principal.key_id).await;
     let mut response = match decision {
-        Decision::Limited { retry_after_secs } => {
-            ApiError::RateLimited { retry_after_secs }.into_response()
+        Decision::Limited { retry_after_secs } => ApiError::RateLimited {
+            limit: Limit::KeyRate,
+            retry_after_secs,
         }
+        .into_response(),
         Decision::Allowed { .. } => match permitted(&principal, permissions) {
             Ok(()) => {
                 request.extensions_mut().insert(principal);
@@ -119,7 +121,10 @@ async fn refuse_if_blocked(state: &AppState, failures_of: IpAddr) -> Result<(), 
 
 fn auth_failures_limited(retry_after_secs: u64) -> ApiError {
     metrics::counter!(RATE_LIMITED, "limit" => "auth_failures").increment(1);
-    ApiError::RateLimited { retry_after_secs }
+    ApiError::RateLimited {
+        limit: Limit::AuthFailures,
+        retry_after_secs,
+    }
 }
 
 /// The authentication's answer: a failure is counted against `client` (the one that spends the

@@ -22,7 +22,7 @@ use tokio::time::Sleep;
 use uuid::Uuid;
 
 use super::auth::presented_key;
-use super::error::{ApiError, Problems, UnknownNames, both, unknown_cursor};
+use super::error::{ApiError, Limit, Problems, UnknownNames, both, unknown_cursor};
 use super::event_stream::{EventBlocks, event_stream_response};
 use super::extract::{ApiPath, GroupPath};
 use super::metrics::RATE_LIMITED;
@@ -87,6 +87,7 @@ impl ChangeStreams {
     fn admit(&self, key: Uuid) -> Option<StreamSlot> {
         let mut count = self.open.entry(key).or_insert(0);
         if *count >= self.settings.max_per_key {
+            tracing::info!(api_key.id = %key, open = *count, "too many change streams for this key");
             metrics::counter!(RATE_LIMITED, "limit" => "streams_per_key").increment(1);
             return None;
         }
@@ -285,6 +286,7 @@ pub(crate) async fn follow_changes(
     let slot = streams
         .admit(principal.key_id)
         .ok_or(ApiError::RateLimited {
+            limit: Limit::StreamsPerKey,
             retry_after_secs: STREAM_CAP_RETRY_SECS,
         })?;
     let cursor_named = request.cursor_source.unwrap_or("after");

@@ -41,9 +41,9 @@ pub enum ApiError {
     /// from now and re-read the current state.
     #[error("cursor expired")]
     CursorExpired,
-    /// 429: the key is over its rate.
-    #[error("rate limited for {retry_after_secs} s")]
-    RateLimited { retry_after_secs: u64 },
+    /// 429: a limit was reached; its details say which.
+    #[error("rate limited ({limit:?}) for {retry_after_secs} s")]
+    RateLimited { limit: Limit, retry_after_secs: u64 },
     /// 500: something we did not expect; the cause is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -174,6 +174,28 @@ fn bounded(mut details: String) -> String {
     details
 }
 
+/// Which limit a 429 met: its details name it, so that a client, and an operator reading them,
+/// know whether to slow down, fix a key or close a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// The key's request rate (`RATE_LIMIT_PER_SECOND`, `RATE_LIMIT_BURST`).
+    KeyRate,
+    /// The address's failed authentications (`AUTH_FAILURES_PER_MINUTE`).
+    AuthFailures,
+    /// The key's open change streams (`STREAM_MAX_PER_KEY`).
+    StreamsPerKey,
+}
+
+impl Limit {
+    fn reached(self) -> &'static str {
+        match self {
+            Limit::KeyRate => "this API key is over its request rate",
+            Limit::AuthFailures => "too many failed authentications from this address",
+            Limit::StreamsPerKey => "this API key has as many change streams open as it may",
+        }
+    }
+}
+
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -254,9 +276,10 @@ impl ApiError {
                 (AUDIT_RETENTION_DAYS): reconnect without a cursor, then re-read the current state \
                 of your scans"
                 .into(),
-            ApiError::RateLimited { retry_after_secs } => {
-                format!("retry after {retry_after_secs} s")
-            }
+            ApiError::RateLimited {
+                limit,
+                retry_after_secs,
+            } => format!("{}; retry after {retry_after_secs} s", limit.reached()),
             // The cause stays in the logs; the client gets where to find it.
             ApiError::Internal(_) => {
                 "an error of the service; its cause is logged under this traceId".into()
@@ -303,7 +326,9 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::RateLimited { retry_after_secs } => {
+            ApiError::RateLimited {
+                retry_after_secs, ..
+            } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             _ => {}

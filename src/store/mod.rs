@@ -580,12 +580,15 @@ fn classify(error: sqlx::Error) -> StoreError {
 /// A session that cannot open (the login refused, no such database, one not accepting
 /// connections) is unavailable whatever its code: the pool says so (`pg_pool.rs`).
 /// SQLite's BUSY (5), LOCKED (6), FULL (13: the disk is full) and CANTOPEN (14: the file is out of
-/// reach, e.g. its volume is away), with their extended codes.
+/// reach, e.g. its volume is away), with their extended codes; and the I/O errors of the shared
+/// memory index (`-shm`) a transaction reads before it writes anything (IOERR_SHMOPEN, SHMSIZE,
+/// SHMLOCK, SHMMAP: a full disk answers SHMSIZE to the first write of a process). Other I/O
+/// errors stay 500s: one while a commit syncs may come after the commit reached the disk.
 fn is_transient_code(code: &str, sqlite: bool) -> bool {
     if sqlite {
-        return code
-            .parse::<i32>()
-            .is_ok_and(|code| matches!(code & 0xff, 5 | 6 | 13 | 14));
+        return code.parse::<i32>().is_ok_and(|code| {
+            matches!(code & 0xff, 5 | 6 | 13 | 14) || matches!(code, 4618 | 4874 | 5130 | 5386)
+        });
     }
     ["08", "53", "57"]
         .iter()
@@ -634,7 +637,13 @@ mod tests {
         for code in ["5", "6", "517", "261", "14", "270"] {
             assert!(is_transient_code(code, true), "{code}");
         }
-        assert!(!is_transient_code("19", true));
-        assert!(!is_transient_code("2067", true));
+        // The `-shm` index's I/O errors (a full disk's SHMSIZE, 4874, first); not a failed sync or
+        // write (IOERR_FSYNC 1034, IOERR_WRITE 778), nor the plain IOERR.
+        for code in ["4874", "4618", "5130", "5386"] {
+            assert!(is_transient_code(code, true), "{code}");
+        }
+        for code in ["19", "2067", "10", "778", "1034"] {
+            assert!(!is_transient_code(code, true), "{code}");
+        }
     }
 }

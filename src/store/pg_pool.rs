@@ -101,17 +101,8 @@ impl ConnectionPool {
         }
     }
 
-    /// Runs `query` on a connection of the pool, waiting for one if all are in use. The caller
-    /// bounds the whole in time.
-    pub(super) async fn run<T>(
-        &self,
-        query: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
-    ) -> Result<T, sqlx::Error> {
-        self.checkout().await?.run(query).await
-    }
-
-    /// A connection of the pool for one query, waiting for one if all are in use: for a caller
-    /// that bounds the wait and the query apart.
+    /// A connection of the pool for one query, waiting for one if all are in use; the caller
+    /// bounds the wait.
     pub(super) async fn checkout(&self) -> Result<Checkout, sqlx::Error> {
         Ok(Checkout {
             object: Some(self.acquire().await?),

@@ -11,7 +11,7 @@ use sqlx::{Connection, FromRow, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::pg_pool::{ANSWER_GRACE, ConnectionPool, HeldConnection};
+use super::pg_pool::{ANSWER_GRACE, Checkout, ConnectionPool, HeldConnection};
 use super::pg_url;
 use super::pipeline::{BatchWriter, ChangeRequest, Pipeline};
 use super::publisher::Publisher;
@@ -107,7 +107,15 @@ impl PgStore {
         &self,
         query: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
     ) -> Result<T, StoreError> {
-        self.bounded(self.pool.run(query)).await
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let checkout = checkout_until(&self.pool, deadline, self.timeout).await?;
+        match tokio::time::timeout_at(deadline, checkout.run(query)).await {
+            Ok(answer) => answer.map_err(classify),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no answer within {} ms",
+                self.timeout.as_millis()
+            ))),
+        }
     }
 
     /// One writing statement on a connection of the pool (see [`writing`]).
@@ -853,8 +861,32 @@ async fn writing<T>(
     timeout: Duration,
     query: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
 ) -> Result<T, StoreError> {
-    let checkout = bounded(timeout, pool.checkout()).await?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let checkout = checkout_until(pool, deadline, timeout).await?;
     bounded(timeout + ANSWER_GRACE, checkout.run(query)).await
+}
+
+/// A connection of `pool` by `deadline`. A wait that ends there says how many of the pool's
+/// connections were in use: all of them is a pool too small for the load (`DB_MAX_CONNECTIONS`),
+/// fewer is a database slow to open a session; both answered "no answer" alike before, the same
+/// words as a slow statement.
+async fn checkout_until(
+    pool: &ConnectionPool,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+) -> Result<Checkout, StoreError> {
+    match tokio::time::timeout_at(deadline, pool.checkout()).await {
+        Ok(checkout) => checkout.map_err(classify),
+        Err(_) => {
+            let usage = pool.usage();
+            Err(StoreError::Unavailable(format!(
+                "no connection of the pool within {} ms ({} of DB_MAX_CONNECTIONS={} in use)",
+                timeout.as_millis(),
+                usage.in_use,
+                usage.max
+            )))
+        }
+    }
 }
 
 /// The PostgreSQL store's writer: a batch is one statement over arrays (its own transaction),

@@ -187,6 +187,7 @@ impl SqliteStore {
         // A connection turns a fresh file to WAL, which needs the file to itself; SQLite answers
         // that busy at once, without its busy handler, while another process is doing the same,
         // so the start tries again (1 start in 60 of three at once failed before).
+        let was_there = self.writer.file.exists();
         let mut connection = self
             .bounded(async {
                 loop {
@@ -195,7 +196,7 @@ impl SqliteStore {
                             tokio::time::sleep(Duration::from_millis(10)).await
                         }
                         Err(error) if primary_code(&error) == Some(SQLITE_CANTOPEN) => {
-                            return Ok(Err(self.cannot_write(error)));
+                            return Ok(Err(self.cannot_open(error)));
                         }
                         connected => return connected.map(Ok),
                     }
@@ -204,6 +205,12 @@ impl SqliteStore {
             .await??;
         // The file exists now: the one the writes will be made to.
         self.writer.file.remember();
+        if !was_there && self.writer.file.exists() {
+            // Said, since it is also what a restart does after the file was deleted under the
+            // service: it then serves an empty database, and every key is refused.
+            tracing::info!(database = %self.writer.file.path.display(),
+                "no database file was there: made a new, empty one");
+        }
         let migrator = super::migrations::sqlite();
         // Nothing to apply (every start but an upgrade's first): sqlx only reads, and the start
         // waits for no write lock that a long write elsewhere may hold.
@@ -251,16 +258,26 @@ impl SqliteStore {
         }
     }
 
-    /// A start refused on a database this process cannot open for writing or write, in words an
-    /// operator can act on: SQLite also writes two files beside the database, which a WAL
-    /// database cannot be opened without (a read-only mount answers "unable to open database
-    /// file"), and which a start refused as another user may leave behind read-only.
+    /// A database this process cannot write, in words an operator can act on: SQLite also
+    /// writes two files beside the database, which a start refused as another user may leave
+    /// behind read-only.
     fn cannot_write(&self, error: sqlx::Error) -> StoreError {
         let file = self.migrate_options.get_filename().display();
         StoreError::Config(format!(
             "this process cannot write the database: {error} ({file} must be a file this \
              process can read and write, and so must {file}-wal and {file}-shm beside it, in a \
              folder it can write)"
+        ))
+    }
+
+    /// A database SQLite cannot open when a command starts: "unable to open database file" says
+    /// nothing of why, and "database unavailable" read as a passing outage. A WAL database
+    /// cannot be opened without its `-shm` file, which a read-only mount cannot make.
+    fn cannot_open(&self, error: sqlx::Error) -> StoreError {
+        let file = self.migrate_options.get_filename().display();
+        StoreError::Config(format!(
+            "cannot open the database: {error} (is {file} a file, on a volume that is mounted \
+             and writable, and may this process read and write it, {file}-wal and {file}-shm?)"
         ))
     }
 
@@ -893,6 +910,11 @@ fn connect_file(options: &SqliteConnectOptions) -> DatabaseFile {
 }
 
 impl DatabaseFile {
+    /// Whether the path names a file now (never, for an in-memory database).
+    fn exists(&self) -> bool {
+        std::fs::metadata(&self.path).is_ok()
+    }
+
     fn remember(&self) {
         use std::os::unix::fs::MetadataExt;
         if let Ok(metadata) = std::fs::metadata(&self.path) {

@@ -532,24 +532,94 @@ async fn serve_refuses_a_database_it_cannot_write() {
 
     // A path SQLite cannot open at all (a read-only mount without the database's `-shm` file
     // answers the same "unable to open database file"; here, a folder): named, with the files the
-    // process must be able to write. It said "database unavailable", as for a passing outage.
+    // process must be able to open, by `serve` and by any command that opens the database. They
+    // said "database unavailable", as for a passing outage.
     let folder = std::env::temp_dir().join(format!("not-a-file-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir(&folder).unwrap();
-    let unopenable = child::signal_scans()
+    for command in [&["serve"][..], &["keys", "list"]] {
+        let unopenable = child::signal_scans()
+            .args(command)
+            .env("DATABASE_URL", format!("sqlite://{}", folder.display()))
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&unopenable.stderr);
+        assert_eq!(unopenable.status.code(), Some(1), "{command:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("cannot open the database")
+                && stderr.contains(&format!("{}-shm", folder.display())),
+            "{command:?}: {stderr}"
+        );
+    }
+    let _ = std::fs::remove_dir(&folder);
+}
+
+/// A start that finds no SQLite database file says it made a new, empty one, once. It is also
+/// what a restart does after the file was deleted under the service: it then serves an empty
+/// database, every key refused, and nothing said so.
+#[test]
+fn a_new_database_file_is_announced() {
+    let folder = std::env::temp_dir().join(format!("fresh-{}", uuid::Uuid::new_v4().simple()));
+    let url = format!("sqlite://{}/signal-scans.db", folder.display());
+    let migrate = || {
+        child::signal_scans()
+            .arg("migrate")
+            .env("DATABASE_URL", &url)
+            .output()
+            .unwrap()
+    };
+    let (first, again) = (migrate(), migrate());
+    let _ = std::fs::remove_dir_all(&folder);
+    let said = "no database file was there: made a new, empty one";
+    assert!(first.status.success() && again.status.success());
+    assert!(
+        String::from_utf8_lossy(&first.stderr).contains(said),
+        "{first:?}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&again.stderr).contains(said),
+        "{again:?}"
+    );
+}
+
+/// Under `LOG_FORMAT=json` the line that says why a command failed is a JSON log line too, a
+/// setting clap refused included: it was `error: …` text, which a collector reading JSON drops,
+/// and with it the one line that said why the service stopped.
+#[test]
+fn under_log_format_json_a_failure_is_a_json_line() {
+    let unreachable = child::signal_scans()
         .arg("serve")
-        .env("DATABASE_URL", format!("sqlite://{}", folder.display()))
-        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("LOG_FORMAT", "json")
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nowhere")
         .output()
         .unwrap();
-    let _ = std::fs::remove_dir(&folder);
-    let stderr = String::from_utf8_lossy(&unopenable.stderr);
-    assert_eq!(unopenable.status.code(), Some(1), "{stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.contains("this process cannot write the database")
-            && stderr.contains(&format!("{}-shm", folder.display())),
-        "{stderr}"
-    );
+    let refused_setting = child::signal_scans()
+        .arg("serve")
+        .env("LOG_FORMAT", "json")
+        .env("DB_TIMEOUT_MS", "soon")
+        .output()
+        .unwrap();
+    for (output, said) in [
+        (&unreachable, "cannot migrate the database"),
+        (
+            &refused_setting,
+            "invalid value 'soon' for '--db-timeout-ms",
+        ),
+    ] {
+        assert!(!output.status.success(), "{output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<serde_json::Value> = stderr
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+            .collect();
+        let last = lines.last().expect("a line");
+        assert_eq!(last["level"], "ERROR", "{stderr}");
+        assert!(
+            last["error"].as_str().unwrap().starts_with(said),
+            "{stderr}"
+        );
+    }
 }
 
 /// An empty `TOKIO_WORKER_THREADS` (an orchestrator's `value: ""`) is unset, as the other

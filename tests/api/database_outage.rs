@@ -235,8 +235,16 @@ async fn an_exhausted_pool_answers_502_not_a_queue(backend: Backend) {
         (response, started.elapsed())
     }))
     .await;
+    // The cause an operator reads says the pool was the wait, not a slow database.
+    let waited = app.served_store.find_scan(None, &scan).await.unwrap_err();
     drop(holders);
     let after = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+
+    assert_eq!(
+        waited.to_string(),
+        "database unavailable: no connection of the pool within 1000 ms \
+         (2 of DB_MAX_CONNECTIONS=2 in use)"
+    );
 
     for (response, elapsed) in &answered {
         response.assert_error(502, "UPSTREAM_ERROR");

@@ -72,7 +72,10 @@ async fn a_key_over_its_rate_gets_429_with_retry_after(backend: Backend) {
             "\"per-key\";r=0;t=3"
         ]
     );
-    limited.assert_error(429, "RATE_LIMITED");
+    assert_eq!(
+        limited.assert_error(429, "RATE_LIMITED"),
+        "this API key is over its request rate; retry after 1 s"
+    );
     assert_eq!(limited.header("retry-after"), Some("1"));
     // The next request in a second; the whole burst back in 3, as the last 200 said.
     assert_eq!(limited.header("ratelimit"), Some("\"per-key\";r=0;t=3"));
@@ -138,7 +141,10 @@ async fn a_blocked_address_is_served_again_after_retry_after(backend: Backend) {
     let (too_soon, in_time) = cancels_around(&app, retry_after, &key, &group, &scan).await;
 
     assert_eq!(statuses, [401, 401, 401, 429]);
-    blocked.assert_error(429, "RATE_LIMITED");
+    assert_eq!(
+        blocked.assert_error(429, "RATE_LIMITED"),
+        "too many failed authentications from this address; retry after 20 s"
+    );
     // 3 a minute: one failure's allowance comes back every 20 seconds.
     assert_eq!(retry_after, 20);
     too_soon.assert_error(429, "RATE_LIMITED");

@@ -140,7 +140,8 @@ store_test!(a_runner_host_starts_moves_and_fails_scans_with_only_the_url_and_a_k
 
 /// A move the service did not make now (a 429, a 5xx, no answer) exits 75 (`EX_TEMPFAIL`) with
 /// nothing on stdout, so that a runner's script tells "ask again" from a refusal (exit 1, with the
-/// current status as JSON). Before, both exited 1.
+/// current status as JSON). Before, both exited 1. A request that asking again cannot help (a key
+/// the service refuses, or one that cannot be sent) still exits 1.
 async fn a_move_to_ask_again_later_exits_75(backend: Backend) {
     let folder = Folder::new();
     let app = Settings::default()
@@ -150,7 +151,7 @@ async fn a_move_to_ask_again_later_exits_75(backend: Backend) {
     let group = group();
     let (runner, _) = app.key_for(&[Permission::SignalsRun], &[group]).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
-    let start = |server: &str| {
+    let start = |server: &str, key: &str| {
         let args = [
             "scans",
             "transition",
@@ -163,7 +164,7 @@ async fn a_move_to_ask_again_later_exits_75(backend: Backend) {
             group.as_str(),
             "--json",
         ];
-        run(&folder.0, &runner, &args)
+        run(&folder.0, key, &args)
     };
     let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let nobody_there = format!("http://{}/", nobody.local_addr().unwrap());
@@ -173,11 +174,27 @@ async fn a_move_to_ask_again_later_exits_75(backend: Backend) {
         let _ = socket.write_all(page.as_bytes()).await;
     })
     .await;
+    let (unavailable, _) = fake_server(|mut socket| async move {
+        let envelope = r#"{"success":false,"data":null,"error":{"code":"UPSTREAM_ERROR","message":"Upstream service error","details":"retry later"},"traceId":"t"}"#;
+        let head = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-length: {}\r\n\r\n",
+            envelope.len()
+        );
+        let _ = socket.write_all((head + envelope).as_bytes()).await;
+    })
+    .await;
 
-    let started = start(&app.url("/"));
-    let limited = start(&app.url("/"));
-    let unreachable = start(&nobody_there);
-    let bad_gateway = start(&proxy);
+    let started = start(&app.url("/"), &runner);
+    // Repeated, the start is the key's own claim (200) until the key is over its rate.
+    let limited = (0..5)
+        .map(|_| start(&app.url("/"), &runner))
+        .find(|output| !output.status.success())
+        .expect("a key over its rate of 1 a second");
+    let unreachable = start(&nobody_there, &runner);
+    let bad_gateway = start(&proxy, &runner);
+    let service_unavailable = start(&unavailable, &runner);
+    let unknown_key = start(&app.url("/"), &format!("ssk_{}", "0".repeat(64)));
+    let unsendable_key = start(&app.url("/"), &format!("{runner}\r"));
 
     assert!(started.status.success(), "{started:?}");
     assert_eq!(app.status_of(&scan).await, ScanStatus::Running);
@@ -185,9 +202,21 @@ async fn a_move_to_ask_again_later_exits_75(backend: Backend) {
         (&limited, "429 Too Many Requests"),
         (&unreachable, "cannot reach"),
         (&bad_gateway, "502 Bad Gateway without the JSON envelope"),
+        (
+            &service_unavailable,
+            "503 Service Unavailable: Upstream service error",
+        ),
     ] {
         assert_eq!(output.status.code(), Some(75), "{output:?}");
         assert!(output.stdout.is_empty(), "{output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(said), "{stderr}");
+    }
+    for (output, said) in [
+        (&unknown_key, "401 Unauthorized"),
+        (&unsendable_key, "cannot ask"),
+    ] {
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(said), "{stderr}");
     }

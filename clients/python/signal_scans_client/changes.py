@@ -91,11 +91,12 @@ def follow_changes(
     noticed past `silence_seconds` as its next byte arrives): a longer or slower one is a refusal
     that is not the envelope (`code`, `details` and `trace_id` None), as a body that is not JSON is.
     `scan_ids` and `statuses` filter the changes, as the stream's `scanId` and `status` parameters.
-    `on_open`, when given, is called with the id the stream starts after, each time a stream is
-    open (its opening block has arrived) and before any of its changes is yielded: what was
-    committed before the call is behind that id, and anything later arrives on the stream. A runner
-    lists the queued scans there: a scan queued meanwhile is in the list or the stream, never in
-    neither. An `httpx.TransportError` it raises counts as the stream's own: the stream is opened
+    `on_open`, when given, is called with the id a stream starts after, each time a stream is
+    open (its opening block, which the service always sends, has arrived) and before any of its
+    changes is yielded: what committed before the stream opened is behind that id, and anything
+    later arrives on the stream. A runner lists the queued scans there: a scan queued meanwhile is
+    in the list or the stream, never in neither. It is called at every reconnection too, where
+    the stream resumes after the last change yielded and listing again finds nothing new. An `httpx.TransportError` it raises counts as the stream's own: the stream is opened
     again after the wait, and `on_open` called again; any other exception ends the following.
     """
     params = [("scanId", scan) for scan in scan_ids]

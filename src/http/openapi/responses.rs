@@ -21,7 +21,7 @@ use crate::domain::ids::{AccountGroupId, InvalidId, ScanId};
 use crate::domain::keys::Permission;
 use crate::domain::scan::{Scan, ScanCursor, ScanEvent, ScanStatus};
 use crate::http::envelope::{Envelope, ErrorBody};
-use crate::http::error::{self, ApiError};
+use crate::http::error::{self, ApiError, Limit};
 use crate::http::extract::{ApiBody, NoFields};
 use crate::http::limits::{
     self, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_STREAM_TARGET_BYTES, MAX_TARGET_BYTES,
@@ -752,7 +752,22 @@ error_response!(
                 .example(Some(1.into()))
         )
     ),
-    [("overRate", ApiError::RateLimited { retry_after_secs: 1 })]
+    [
+        (
+            "overRate",
+            ApiError::RateLimited {
+                limit: Limit::KeyRate,
+                retry_after_secs: 1
+            }
+        ),
+        (
+            "tooManyFailedAuthentications",
+            ApiError::RateLimited {
+                limit: Limit::AuthFailures,
+                retry_after_secs: 3
+            }
+        ),
+    ]
 );
 error_response!(
     /// 500 INTERNAL_ERROR.

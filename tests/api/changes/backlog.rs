@@ -75,8 +75,8 @@ async fn a_resume_from_2500_changes_back_gets_each_once_in_order(backend: Backen
 }
 store_test!(a_resume_from_2500_changes_back_gets_each_once_in_order);
 
-/// The trail's pages, in rows (`PAGE` in `src/service/feed/mod.rs`).
-const PAGE: u64 = 1000;
+/// The trail's pages, in rows.
+const PAGE: u64 = signal_scans::domain::feed::PAGE_ROWS as u64;
 
 /// A follower resuming from far back reads the trail a page at a time, each page handed out
 /// before the next is read: a replay of a large history costs a page of memory, and its first

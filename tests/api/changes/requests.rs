@@ -270,7 +270,10 @@ async fn a_key_past_its_stream_cap_is_429_until_one_closes(backend: Backend) {
 
     // The contract's `Retry-After: 2`: a slot frees as soon as a stream ends, so a client is
     // told to come back soon, not after a rate's refill.
-    assert_eq!(third.assert_error(429, "RATE_LIMITED"), "retry after 2 s");
+    assert_eq!(
+        third.assert_error(429, "RATE_LIMITED"),
+        "this API key has as many change streams open as it may; retry after 2 s"
+    );
     assert_eq!(third.header("retry-after"), Some("2"), "{third:?}");
     drop(other_key);
     drop(first);
