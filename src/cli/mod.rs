@@ -125,14 +125,19 @@ pub(crate) enum ScansCommand {
         /// queued, running, completed, failed or cancelled.
         #[arg(long, default_value = "queued", conflicts_with = "server")]
         status: ScanStatus,
-        /// Start the scan through the service at this URL (e.g. http://127.0.0.1:8080).
+        /// Create the scan through the service at this URL (e.g. http://127.0.0.1:8080).
         #[arg(long, value_parser = remote::ServerUrlParser)]
         server: Option<url::Url>,
+        /// With --server: sent as the Idempotency-Key header, so that the same command run again
+        /// (after exit 75, say) answers the scan the first one created instead of a second one.
+        #[arg(long, requires = "server")]
+        idempotency_key: Option<String>,
         #[arg(long)]
         json: bool,
     },
     /// Move a scan as a runner does (queued → running → completed | failed), guarded by the
-    /// state machine; exits non-zero naming the current status when the move is not allowed.
+    /// state machine; exits 1 naming the current status when the move is not allowed (75: see
+    /// README, ask again later).
     /// With --server, through the API (API key with signals:run in SIGNAL_SCANS_API_KEY).
     Transition {
         #[command(flatten)]
@@ -324,8 +329,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 account_group,
                 status,
                 server,
+                idempotency_key,
                 json,
-            } => scans::create(&database, server.as_ref(), &account_group, status, json).await,
+            } => {
+                let once = idempotency_key.as_deref();
+                scans::create(
+                    &database,
+                    server.as_ref(),
+                    &account_group,
+                    status,
+                    once,
+                    json,
+                )
+                .await
+            }
             ScansCommand::Transition {
                 database,
                 scan_id,

@@ -99,7 +99,27 @@ pub(super) async fn post(
     key: &str,
     body: Option<Value>,
 ) -> anyhow::Result<Answer> {
-    ask(reqwest::Method::POST, server, path, key, body).await
+    ask(reqwest::Method::POST, server, path, key, body, None).await
+}
+
+/// `POST …/scans` on `server`: a scan of `group` created, or, with an `Idempotency-Key` the key
+/// used before for `group`, the scan that first request created.
+pub(super) async fn create(
+    server: &url::Url,
+    group: &AccountGroupId,
+    key: &str,
+    idempotency_key: Option<&str>,
+) -> anyhow::Result<Answer> {
+    let once = idempotency_key.map(|once| ("idempotency-key", once));
+    ask(
+        reqwest::Method::POST,
+        server,
+        &scans_path(group),
+        key,
+        None,
+        once,
+    )
+    .await
 }
 
 /// A scan of `group` as `GET …/scans/{scanId}` shows it.
@@ -110,7 +130,8 @@ pub(super) async fn scan(
     key: &str,
 ) -> anyhow::Result<Scan> {
     let path = format!("{}/{scan}", scans_path(group));
-    let Answer::Done(data) = ask(reqwest::Method::GET, server, &path, key, None).await? else {
+    let Answer::Done(data) = ask(reqwest::Method::GET, server, &path, key, None, None).await?
+    else {
         bail!("{server} refused to show scan {scan}");
     };
     let text = |name: &str| {
@@ -142,6 +163,7 @@ async fn ask(
     path: &str,
     key: &str,
     body: Option<Value>,
+    header: Option<(&str, &str)>,
 ) -> anyhow::Result<Answer> {
     let url = server
         .join(path.trim_start_matches('/'))
@@ -152,6 +174,9 @@ async fn ask(
         .build()
         .context("cannot make an HTTP client")?;
     let mut request = client.request(method, url.clone()).bearer_auth(key);
+    if let Some((name, value)) = header {
+        request = request.header(name, value);
+    }
     if let Some(body) = body {
         request = request
             .header("content-type", "application/json")
@@ -182,6 +207,10 @@ async fn ask(
     let envelope =
         envelope.with_context(|| format!("{url} answered {status} without the JSON envelope"))?;
     if status.is_success() {
+        // A 2xx of something in the service's place (a proxy's, a captive portal's) is no answer.
+        if envelope["success"] != Value::Bool(true) || !envelope["data"].is_object() {
+            bail!("{url} answered {status} without the JSON envelope");
+        }
         return Ok(Answer::Done(envelope["data"].clone()));
     }
     let details = envelope["error"]["details"].as_str().unwrap_or_default();

@@ -42,13 +42,14 @@ pub(super) async fn create(
     server: Option<&url::Url>,
     group: &AccountGroupId,
     status: ScanStatus,
+    idempotency_key: Option<&str>,
     json: bool,
 ) -> anyhow::Result<()> {
     let (scan_id, status) = match server {
         Some(server) => {
             let key = config::api_key("scans create")?;
-            let path = remote::scans_path(group);
-            let Answer::Done(data) = remote::post(server, &path, &key, None).await? else {
+            let created = remote::create(server, group, &key, idempotency_key).await?;
+            let Answer::Done(data) = created else {
                 bail!("{server} refused to start a scan");
             };
             (field(&data, "scanId")?, field(&data, "status")?.parse()?)

@@ -932,7 +932,9 @@ impl DatabaseFile {
         let what = match std::fs::metadata(&self.path) {
             Ok(now) if (now.dev(), now.ino()) == *opened => return Ok(()),
             Ok(_) => "was replaced",
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => "was deleted",
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                "was deleted or moved away"
+            }
             Err(error) => {
                 return Err(StoreError::Unavailable(format!(
                     "the database file {file} cannot be checked ({error}), so nothing is written"
@@ -943,8 +945,9 @@ impl DatabaseFile {
         // old file's write-ahead log over a restored one: README's "Troubleshoot" says what to do.
         Err(StoreError::Unavailable(format!(
             "the database file {file} {what} while this process had it open, so nothing is \
-             written to it; stop the service and restore the file before starting it again \
-             (README, Troubleshoot)"
+             written to it: a file moved away can be moved back, and writes resume; otherwise \
+             stop the service and restore the file before starting it again (README, \
+             Troubleshoot)"
         )))
     }
 }

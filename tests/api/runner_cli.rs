@@ -60,39 +60,34 @@ async fn a_runner_host_starts_moves_and_fails_scans_with_only_the_url_and_a_key(
         .await;
     let folder = Folder::new();
     let server = app.url("/");
-    let to = |scan: &str, status: &str, extra: &[&str]| {
-        let mut args = vec![
-            "scans",
-            "transition",
-            scan,
-            "--to",
-            status,
+    // `command` through the service, for the group, with `--json`.
+    let through = |key: &str, command: Vec<&str>| {
+        let mut args = command;
+        args.extend([
             "--server",
             &server,
             "--account-group",
             group.as_str(),
             "--json",
-        ];
-        args.extend_from_slice(extra);
-        run(&folder.0, &runner, &args)
+        ]);
+        run(&folder.0, key, &args)
     };
+    let to = |scan: &str, status: &str, extra: &[&str]| {
+        let command = ["scans", "transition", scan, "--to", status];
+        through(&runner, [&command[..], extra].concat())
+    };
+    let create = |extra: &[&str]| through(&writer, [&["scans", "create"][..], extra].concat());
 
-    let created = run(
-        &folder.0,
-        &writer,
-        &[
-            "scans",
-            "create",
-            "--server",
-            &server,
-            "--account-group",
-            group.as_str(),
-            "--json",
-        ],
-    );
+    let created = create(&[]);
     assert!(created.status.success(), "{created:?}");
     let created = stdout_json(&created);
     assert_eq!(created["status"], "queued");
+    // With an Idempotency-Key, the same command run again answers the scan it created.
+    let once = |key: &str| stdout_json(&create(&["--idempotency-key", key]))["scanId"].clone();
+    let (first, again, other) = (once("order-1"), once("order-1"), once("order-2"));
+    assert!(first.is_string(), "{first}");
+    assert_eq!(first, again);
+    assert_ne!(first, other);
     let scan = created["scanId"].as_str().unwrap().to_owned();
     let started = to(&scan, "running", &[]);
     let failed = to(&scan, "failed", &["--reason", "out of disk"]);
@@ -193,6 +188,12 @@ async fn a_move_to_ask_again_later_exits_75(backend: Backend) {
     let unreachable = start(&nobody_there, &runner);
     let bad_gateway = start(&proxy, &runner);
     let service_unavailable = start(&unavailable, &runner);
+    let (portal, _) = fake_server(|mut socket| async move {
+        let page = "HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n{\"hello\":1}";
+        let _ = socket.write_all(page.as_bytes()).await;
+    })
+    .await;
+    let not_the_service = start(&portal, &runner);
     let unknown_key = start(&app.url("/"), &format!("ssk_{}", "0".repeat(64)));
     let unsendable_key = start(&app.url("/"), &format!("{runner}\r"));
 
@@ -213,6 +214,7 @@ async fn a_move_to_ask_again_later_exits_75(backend: Backend) {
         assert!(stderr.contains(said), "{stderr}");
     }
     for (output, said) in [
+        (&not_the_service, "200 OK without the JSON envelope"),
         (&unknown_key, "401 Unauthorized"),
         (&unsendable_key, "cannot ask"),
     ] {
