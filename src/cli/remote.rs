@@ -67,9 +67,10 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// The service gave no answer now, or asked to be asked later: no connection, no answer within
-/// [`ANSWER_TIMEOUT`], an answer broken off, a 429 or a 5xx. Nothing says the request did not commit (a 500 or a lost answer may
-/// follow one that did): a move repeated answers where the scan is. The command exits
-/// [`TryLater::EXIT_CODE`], so that a script tells it from a refusal (1).
+/// [`ANSWER_TIMEOUT`], an answer broken off, a 429 or a 5xx. Nothing says the request did not
+/// commit (a 500 or a lost answer may follow one that did): a move repeated answers where the
+/// scan is. The command exits [`TryLater::EXIT_CODE`], so that a script tells it from a refusal
+/// (1).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub(super) struct TryLater(String);

@@ -531,7 +531,16 @@ async fn bounded<T>(
     timeout: Duration,
     query: impl Future<Output = Result<T, sqlx::Error>>,
 ) -> Result<T, StoreError> {
-    match tokio::time::timeout(timeout, query).await {
+    bounded_until(tokio::time::Instant::now() + timeout, timeout, query).await
+}
+
+/// [`bounded`] by a `deadline` set `timeout` ago, which a step before `query` shared.
+async fn bounded_until<T>(
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+    query: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout_at(deadline, query).await {
         Ok(result) => result.map_err(classify),
         Err(_) => Err(StoreError::Unavailable(format!(
             "no answer within {} ms",

@@ -17,8 +17,8 @@ use super::pipeline::{BatchWriter, ChangeRequest, Pipeline};
 use super::publisher::Publisher;
 use super::rows::{ChangeRow, ClaimedKeyRow, EventRow, KeyRow, ScanRow};
 use super::{
-    IS_EMPTY, KeyToCreate, PoolUsage, ReadsCounted, StoreError, StoreOptions, bounded, classify,
-    migration_error,
+    IS_EMPTY, KeyToCreate, PoolUsage, ReadsCounted, StoreError, StoreOptions, bounded,
+    bounded_until, classify, migration_error,
 };
 use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition, Horizon, PAGE_ROWS};
 use crate::domain::ids::{AccountGroupId, ScanId};
@@ -109,13 +109,7 @@ impl PgStore {
     ) -> Result<T, StoreError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let checkout = checkout_until(&self.pool, deadline, self.timeout).await?;
-        match tokio::time::timeout_at(deadline, checkout.run(query)).await {
-            Ok(answer) => answer.map_err(classify),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "no answer within {} ms",
-                self.timeout.as_millis()
-            ))),
-        }
+        bounded_until(deadline, self.timeout, checkout.run(query)).await
     }
 
     /// One writing statement on a connection of the pool (see [`writing`]).
