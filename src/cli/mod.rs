@@ -196,13 +196,6 @@ pub(crate) struct ThroughServer {
     account_group: Option<AccountGroupId>,
 }
 
-impl ThroughServer {
-    /// The service's URL and the scan's account group, with --server.
-    fn server(&self) -> Option<(&url::Url, &AccountGroupId)> {
-        self.server.as_ref().zip(self.account_group.as_ref())
-    }
-}
-
 /// The binary's entry point: the command line, then Tokio's runtime for its command. Here rather
 /// than in `main.rs`, so the program is compiled once, in this crate: with an async `main` in the
 /// binary, every future it awaits was compiled a second time there (37 s of a clean release
@@ -365,7 +358,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 scan_id,
                 through,
                 json,
-            } => scans::show(&database, &scan_id, through.server(), json).await,
+            } => {
+                let (server, group) = (through.server.as_ref(), through.account_group.as_ref());
+                scans::show(&database, &scan_id, server, group, json).await
+            }
             ScansCommand::Watch {
                 server: Some(server),
                 account_group: Some(group),

@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::config::{self, DatabaseArgs};
 use super::output::{print_json, rfc3339};
 use super::remote::{self, Answer};
-use super::{OR_SERVER, existing_store, migrated_store};
+use super::{OR_SERVER, existing_store};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::scan::{Actor, Scan, ScanStatus, check_reason};
 use crate::service::HINT_FLUSH_LIMIT;
@@ -19,10 +19,6 @@ use crate::service::{Moved, ScanService, ServiceError};
 struct ScanView<'a> {
     scan_id: &'a str,
     status: ScanStatus,
-}
-
-async fn scan_service(database: &DatabaseArgs) -> anyhow::Result<ScanService> {
-    Ok(ScanService::new(migrated_store(database).await?))
 }
 
 /// The command line's words for what the service refused.
@@ -55,7 +51,9 @@ pub(super) async fn create(
             (field(&data, "scanId")?, field(&data, "status")?.parse()?)
         }
         None => {
-            let service = scan_service(database).await?;
+            // Into the database the other commands use, never a new one (a mistyped or
+            // forgotten DATABASE_URL would make a scan that no service ever serves).
+            let service = ScanService::new(existing_store(database, OR_SERVER).await?);
             let scan = service.seed_scan(group, status).await?;
             // Tell listeners now rather than leave them to find the creation at their next poll.
             service.flush_hints(HINT_FLUSH_LIMIT).await;
@@ -184,20 +182,22 @@ fn field(data: &serde_json::Value, name: &str) -> anyhow::Result<String> {
         .ok_or_else(|| anyhow!("the answer has no {name}: {data}"))
 }
 
-/// `scans show`: from the database, or with `--server` (and its account group) through the API.
+/// `scans show`: from the database (a scan of `group`, when given, as `scans transition` finds
+/// it), or with `--server` (and its account group) through the API.
 pub(super) async fn show(
     database: &DatabaseArgs,
     scan_id: &ScanId,
-    server: Option<(&url::Url, &AccountGroupId)>,
+    server: Option<&url::Url>,
+    group: Option<&AccountGroupId>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let scan = match server {
+    let scan = match server.zip(group) {
         Some((server, group)) => {
             let key = config::api_key("scans show")?;
             remote::scan(server, group, scan_id, &key).await?
         }
         None => ScanService::new(existing_store(database, OR_SERVER).await?)
-            .find_scan(scan_id)
+            .find_scan(group, scan_id)
             .await
             .map_err(|error| refused(scan_id, error))?,
     };

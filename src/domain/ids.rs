@@ -33,14 +33,14 @@ fn hex24_str(id: &Hex24) -> &str {
 }
 
 macro_rules! hex_id {
-    ($(#[$doc:meta])* $name:ident) => {
+    ($(#[$doc:meta])* $name:ident, example = $example:literal) => {
         $(#[$doc])*
         #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize, utoipa::ToSchema)]
         #[serde(try_from = "String")]
         #[schema(
             value_type = String,
             pattern = "^[0-9a-fA-F]{24}$",
-            example = "507f1f77bcf86cd799439011"
+            example = $example
         )]
         pub struct $name(Hex24);
 
@@ -102,11 +102,15 @@ macro_rules! hex_id {
 
 hex_id!(
     /// The account group that scopes a request.
-    AccountGroupId
+    AccountGroupId,
+    example = "507f1f77bcf86cd799439011"
 );
+// Its example differs from the group's, so that a request the API page fills in names a scan,
+// not the group again.
 hex_id!(
     /// A signal scan, as returned when the scan was started.
-    ScanId
+    ScanId,
+    example = "65a1f0c2e4b0a1b2c3d4e5f6"
 );
 
 #[cfg(test)]

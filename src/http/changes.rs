@@ -243,12 +243,15 @@ fn has_event_id_form(id: &str) -> bool {
         order, none missed and none repeated; without either the stream starts now. A cursor from \
         before changes that are no longer kept (`AUDIT_RETENTION_DAYS`) answers 410 \
         `CURSOR_EXPIRED`: reconnect without one and re-read the scans' current state. Event ids are \
-        opaque. A scan's creation is sent too (`from` null). The stream opens with `retry: 2000` and \
+        opaque. A scan's creation is sent too (`from` null, `to` the status it was created in: \
+        `queued` through the API). The stream opens with `retry: 2000` and \
         an `id:` of where it starts (no event), so a reconnection before any event resumes from there, \
         sends `: keep-alive` comments, and ends after \
         `STREAM_MAX_AGE_MS` (reconnect to continue). Errors before the stream opens are the usual \
         envelope. Requires `signals:read` or `signals:write` and access to the account group; at \
-        most `STREAM_MAX_PER_KEY` open streams per key (429 past it).",
+        most `STREAM_MAX_PER_KEY` open streams per key (429 past it). This page cannot show a \
+        stream, whose answer never ends, and \"Try it out\" holds one of the key's streams until the page \
+        is closed: follow one with `curl -N` and the key in `Authorization`.",
     params(
         ("accountGroupId" = inline(crate::domain::ids::AccountGroupId), Path,
             description = "Account group ID that scopes the request: 24 hexadecimal characters, either case."),

@@ -6,6 +6,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::envelope::{Envelope, ErrorBody};
+use super::metrics::ClientLeft;
 use crate::domain::scan::ScanStatus;
 use crate::service::ServiceError;
 use crate::store::StoreError;
@@ -15,6 +16,10 @@ pub enum ApiError {
     /// 400: the request itself is malformed; the string names what.
     #[error("validation failed: {0}")]
     Validation(String),
+    /// A 400 in form only: the client went away while sending its body, so nobody reads the
+    /// answer, which is counted and logged as 499 (see [`ClientLeft`]).
+    #[error("the client left while sending its body")]
+    ClientLeft,
     /// 401: no usable API key; the string says why.
     #[error("unauthorized: {0}")]
     Unauthorized(String),
@@ -199,7 +204,7 @@ impl Limit {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Validation(_) => StatusCode::BAD_REQUEST,
+            ApiError::Validation(_) | ApiError::ClientLeft => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -218,6 +223,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::Validation(_)
+            | ApiError::ClientLeft
             | ApiError::NotCancellable { .. }
             | ApiError::NotMovable { .. }
             | ApiError::IdempotencyKeyReused => "VALIDATION_ERROR",
@@ -236,7 +242,7 @@ impl ApiError {
     /// The human summary, one per status, as the spec names them.
     fn message(&self) -> &'static str {
         match self {
-            ApiError::Validation(_) => "Request validation failed",
+            ApiError::Validation(_) | ApiError::ClientLeft => "Request validation failed",
             ApiError::Unauthorized(_) => "Invalid or missing API key",
             ApiError::Forbidden(_) => "Missing required permission",
             ApiError::NotFound(_) => "Resource not found",
@@ -259,6 +265,7 @@ impl ApiError {
             | ApiError::Unauthorized(details)
             | ApiError::Forbidden(details)
             | ApiError::NotFound(details) => details.clone(),
+            ApiError::ClientLeft => BODY_UNREADABLE.into(),
             ApiError::MethodNotAllowed(super::method::OTHER) => {
                 "this method is not allowed on this path; see the Allow header".into()
             }
@@ -332,6 +339,9 @@ impl IntoResponse for ApiError {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             _ => {}
+        }
+        if let ApiError::ClientLeft = self {
+            response.extensions_mut().insert(ClientLeft);
         }
         if let Some(cause) = self.hidden_cause() {
             response.extensions_mut().insert(cause);
@@ -424,9 +434,38 @@ impl From<BytesRejection> for ApiError {
             BytesRejection::FailedToBufferBody(_) if rejection.status().as_u16() == 413 => {
                 ApiError::Validation(super::limits::body_over_limit())
             }
-            _ => ApiError::Validation("the request body could not be read".into()),
+            _ if client_left(&rejection) => ApiError::ClientLeft,
+            _ => ApiError::Validation(BODY_UNREADABLE.into()),
         }
     }
+}
+
+const BODY_UNREADABLE: &str = "the request body could not be read";
+
+/// The body stopped because its client went away: HTTP/1.1's connection closed before the
+/// announced length (end of file), an HTTP/2 stream the client reset, or its connection gone.
+/// Not a body the service refused (over the limit, a malformed chunk): its client may still read
+/// the 400.
+fn client_left(rejection: &BytesRejection) -> bool {
+    use std::io::ErrorKind;
+    let causes =
+        std::iter::successors(Some(rejection as &(dyn std::error::Error + 'static)), |e| {
+            e.source()
+        });
+    causes.into_iter().any(|cause| {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ErrorKind::UnexpectedEof
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::BrokenPipe
+            );
+        }
+        cause
+            .downcast_ref::<h2::Error>()
+            .is_some_and(|h2| h2.is_remote() || h2.is_io())
+    })
 }
 
 #[cfg(test)]

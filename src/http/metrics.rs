@@ -188,7 +188,10 @@ where
         let this = self.project();
         let response = ready!(this.inner.poll(cx))?;
         *this.answered = true;
-        let status = response.status().as_u16();
+        let status = match response.extensions().get::<ClientLeft>() {
+            Some(ClientLeft) => CLIENT_CLOSED_REQUEST,
+            None => response.status().as_u16(),
+        };
         count(
             this.route.as_ref(),
             this.method,
@@ -201,7 +204,13 @@ where
 
 /// The status a request whose client left before its answer is counted and logged with (nginx's
 /// "client closed request"); no client is ever sent it.
-const CLIENT_CLOSED_REQUEST: u16 = 499;
+pub(crate) const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// Marks an answer nobody will read: its client left while sending the request's body. The
+/// handler answered (a 400, in form), so the request is not dropped unanswered; it is counted
+/// and logged as one that was.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientLeft;
 
 /// Set when the service stops with requests still unanswered (its drain time ran out): what is
 /// dropped from then on was cut off by the service, not left by its client. Process-wide, as the

@@ -179,9 +179,18 @@ fn request_span(request: &Request) -> tracing::Span {
 /// The closing line of a request: its status and its latency in milliseconds, a number (tower-http's
 /// own line gives the latency as text with its unit, which a log query cannot sum or compare).
 fn log_response<B>(response: &axum::http::Response<B>, latency: Duration, _span: &tracing::Span) {
+    let latency_ms = latency.as_secs_f64() * 1000.0;
+    if response.extensions().get::<metrics::ClientLeft>().is_some() {
+        tracing::info!(
+            status = metrics::CLIENT_CLOSED_REQUEST,
+            latency_ms,
+            "finished processing request: the client left before its answer"
+        );
+        return;
+    }
     tracing::info!(
         status = response.status().as_u16(),
-        latency_ms = latency.as_secs_f64() * 1000.0,
+        latency_ms,
         "finished processing request"
     );
 }

@@ -100,7 +100,13 @@ pub(crate) async fn complete_scan(
 pub(crate) struct FailRequest {
     /// Why the scan failed, 1 to 1,000 characters, none of them NUL; kept with the audit row and shown in the
     /// scan's events, the change stream and `scans watch`.
-    #[schema(min_length = 1, max_length = 1000, pattern = "^[^\\x00]*$")]
+    // The example keeps the API page from filling the field with text made from the pattern.
+    #[schema(
+        min_length = 1,
+        max_length = 1000,
+        pattern = "^[^\\x00]*$",
+        example = "target unreachable"
+    )]
     reason: Option<String>,
 }
 

@@ -601,11 +601,15 @@ impl ScanService {
         Ok(self.0.store.create_scan(group, status).await?)
     }
 
-    /// Any scan, by its id alone.
-    pub async fn find_scan(&self, scan: &ScanId) -> Result<Scan, ServiceError> {
+    /// A scan by its id (of `group`, when given: another group's is not found).
+    pub async fn find_scan(
+        &self,
+        group: Option<&AccountGroupId>,
+        scan: &ScanId,
+    ) -> Result<Scan, ServiceError> {
         self.0
             .store
-            .find_scan(None, scan)
+            .find_scan(group, scan)
             .await?
             .ok_or(ServiceError::ScanNotFound)
     }

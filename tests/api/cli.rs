@@ -729,7 +729,8 @@ fn an_unreachable_database_fails_migrate_without_leaking_the_password() {
     assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
 }
 
-/// `scans show --json` says what the text says: the account group too (it was left out).
+/// `scans show --json` says what the text says: the account group too (it was left out); and
+/// `--account-group` narrows it to that group's scans.
 async fn scans_show_json_names_the_account_group(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let group = group();
@@ -743,6 +744,20 @@ async fn scans_show_json_names_the_account_group(backend: Backend) {
     assert_eq!(shown["scanId"], scan.as_str());
     assert_eq!(shown["accountGroupId"], group.as_str());
     assert_eq!(shown["status"], "queued");
+
+    // With --account-group, the scan of that group, as `scans transition` finds it: another
+    // group's is not found (the flag was ignored, and the scan printed).
+    let show_in = |group: &str| {
+        let args = ["scans", "show", scan.as_str(), "--account-group", group];
+        signal_scans(&app.db.url, &args)
+    };
+    let own = show_in(group.as_str());
+    assert!(own.status.success(), "{own:?}");
+    let other = show_in("aaaaaaaaaaaaaaaaaaaaaaaa");
+    let said = String::from_utf8_lossy(&other.stderr);
+    let not_found = format!("no scan with id {scan}");
+    let refused = !other.status.success() && other.stdout.is_empty() && said.contains(&not_found);
+    assert!(refused, "{other:?}");
 }
 store_test!(scans_show_json_names_the_account_group);
 

@@ -251,6 +251,102 @@ async fn a_request_whose_client_leaves_is_counted_and_logged_as_499(backend: Bac
 }
 store_test!(a_request_whose_client_leaves_is_counted_and_logged_as_499);
 
+/// A client that leaves while sending its body (HTTP/1.1: the connection closed short of its
+/// `Content-Length`; HTTP/2: the stream reset, and a connection closed) is counted and logged as
+/// 499, as one that leaves while waiting for its answer: it was counted a 400, a client's mistake
+/// in the series an operator watches. Nothing changes.
+async fn a_client_that_leaves_mid_body_is_counted_as_499_not_400(backend: Backend) {
+    use tokio::io::AsyncWriteExt;
+
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let server = ServerProcess::start(&[("DATABASE_URL", &app.db.url)]).await;
+    let path = format!("/v1/accounts/{group}/signals/scans/cancel");
+    let series = |status: u16| {
+        format!(
+            r#"http_requests_total{{route="/v1/accounts/{{accountGroupId}}/signals/scans/cancel",method="POST",status="{status}"}}"#
+        )
+    };
+    let part = format!(r#"{{"scanIds": ["{scan}""#);
+    let before = server.metrics().await;
+
+    let mut http1 = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+         X-Request-Id: left-mid-body-1\r\nContent-Length: 100\r\n\r\n{part}"
+    );
+    http1.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(http1);
+    for (trace_id, reset) in [("left-mid-body-2", true), ("left-mid-body-3", false)] {
+        let (mut client, driver) = crate::helpers::h2_client(server.addr, 65_535).await;
+        let request = axum::http::Request::post(server.url(&path))
+            .header("authorization", format!("Bearer {key}"))
+            .header("x-request-id", trace_id)
+            .header("content-length", "100")
+            .body(())
+            .unwrap();
+        let (_answer, mut body) = client.send_request(request, false).unwrap();
+        body.send_data(part.clone().into(), false).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if reset {
+            body.send_reset(h2::Reason::CANCEL);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drop((client, body));
+        driver.abort();
+    }
+
+    let events = server
+        .until_events(|events| {
+            let left = |event: &&serde_json::Value| {
+                event["span"]["trace.id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with("left-mid-body"))
+                    && event["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("finished processing request"))
+            };
+            events.iter().filter(left).count() >= 3
+        })
+        .await;
+    for trace_id in ["left-mid-body-1", "left-mid-body-2", "left-mid-body-3"] {
+        let closing = events
+            .iter()
+            .find(|event| event["span"]["trace.id"] == trace_id)
+            .unwrap_or_else(|| panic!("no closing line for {trace_id}"));
+        assert_eq!(closing["status"], 499, "{closing:#}");
+        assert_eq!(
+            closing["message"],
+            "finished processing request: the client left before its answer"
+        );
+    }
+    let after = server.metrics().await;
+    let counted = |status| {
+        crate::helpers::metrics::count(&after, &series(status))
+            - crate::helpers::metrics::count(&before, &series(status))
+    };
+    assert_eq!(counted(499), 3.0, "in:\n{after}");
+    assert_eq!(counted(400), 0.0, "in:\n{after}");
+    assert_eq!(app.status_of(&scan).await, ScanStatus::Queued);
+
+    // A body the service refuses while its client waits is still a 400 the client reads.
+    let refused = reqwest::Client::new()
+        .post(server.url(&path))
+        .bearer_auth(&key)
+        .body(part.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let refused = crate::helpers::metrics::count(&server.metrics().await, &series(400));
+    assert_eq!(
+        refused - crate::helpers::metrics::count(&before, &series(400)),
+        1.0
+    );
+}
+store_test!(a_client_that_leaves_mid_body_is_counted_as_499_not_400);
+
 /// A key's change streams past `STREAM_MAX_PER_KEY` are refused with 429, and counted with the
 /// other limits' refusals: an alert on `rate_limited_total` sees every 429 a limit gave.
 async fn a_stream_past_its_keys_cap_is_counted_as_rate_limited(backend: Backend) {

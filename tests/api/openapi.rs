@@ -900,6 +900,53 @@ async fn each_operations_examples_are_its_own(backend: Backend) {
 }
 store_test!(each_operations_examples_are_its_own);
 
+/// What "Try it out" fills in works as given, and the examples keep the contract's rules: the scan
+/// id's example is not the account group's (the page filled the group in as the scan: 404), the
+/// 403 names a group other than the one the examples use, a cancelled scan's `finishedAt` is its
+/// `cancelledAt`, and a failure's reason is an example, not text made up from its pattern.
+async fn the_examples_fill_in_requests_that_work_and_keep_the_rules(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let contract = Contract::of(&app).await;
+    let schemas = &contract.document["components"]["schemas"];
+    let group = &schemas["AccountGroupId"]["example"];
+    let scan = &schemas["ScanId"]["example"];
+    assert!(group.is_string() && scan.is_string(), "{group} {scan}");
+    assert_ne!(group, scan);
+
+    let forbidden = &contract.response(CANCEL, "post", 403)["content"]["application/json"];
+    let details = forbidden["examples"]["noGroupAccess"]["value"]["error"]["details"]
+        .as_str()
+        .unwrap();
+    assert!(details.contains("no access to account group"), "{details}");
+    assert!(!details.contains(group.as_str().unwrap()), "{details}");
+
+    let mut cancelled = Vec::new();
+    let mut pending = vec![&contract.document];
+    while let Some(value) = pending.pop() {
+        match value {
+            Value::Object(object) => {
+                if object.get("status") == Some(&json!("cancelled"))
+                    && object.contains_key("finishedAt")
+                {
+                    cancelled.push(value);
+                }
+                pending.extend(object.values());
+            }
+            Value::Array(items) => pending.extend(items),
+            _ => {}
+        }
+    }
+    assert!(cancelled.len() >= 2, "{cancelled:?}");
+    for scan in cancelled {
+        assert_eq!(scan["finishedAt"], scan["cancelledAt"], "{scan}");
+        assert!(scan["finishedAt"].is_string(), "{scan}");
+    }
+
+    let reason = &schemas["FailRequest"]["properties"]["reason"];
+    assert_eq!(reason["example"], "target unreachable", "{reason}");
+}
+store_test!(the_examples_fill_in_requests_that_work_and_keep_the_rules);
+
 /// A failure's body the document rejects is refused, and one it accepts is taken: a generated
 /// client (or schemathesis) that follows the document never gets a 400 for it, nor a 200 for
 /// what it calls invalid.

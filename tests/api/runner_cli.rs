@@ -309,6 +309,12 @@ fn a_command_that_needs_a_store_never_creates_one_and_names_where_it_looked() {
             "running",
         ][..],
         &["scans", "show", "507f1f77bcf86cd799439011"],
+        &[
+            "scans",
+            "create",
+            "--account-group",
+            "507f1f77bcf86cd799439011",
+        ],
         &["keys", "list"],
         &["keys", "revoke", "0b0e7a8e-5d4c-4f2a-9a58-3f1c2d1e0f00"],
     ] {

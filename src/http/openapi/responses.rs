@@ -267,7 +267,8 @@ fn example_scan_value() -> Scan {
         created_at: datetime!(2026-11-28 23:58:02.120 UTC),
         updated_at: datetime!(2026-11-29 00:14:45.778 UTC),
         started_at: Some(datetime!(2026-11-28 23:58:03.004 UTC)),
-        finished_at: None,
+        // A cancelled scan's finishedAt is its cancelledAt.
+        finished_at: Some(datetime!(2026-11-29 00:14:45.778 UTC)),
         cancelled_at: Some(datetime!(2026-11-29 00:14:45.778 UTC)),
     }
 }
@@ -651,8 +652,11 @@ fn lacks(permissions: &[Permission]) -> ApiError {
     ))
 }
 
+/// A group other than the examples' own, which the demo's keys may use: the refusal names a group
+/// the key has no access to.
 fn no_group_access() -> ApiError {
-    ServiceError::GroupForbidden(AccountGroupId::parse(EXAMPLE_GROUP).expect("example id")).into()
+    let other = AccountGroupId::parse("5f1d7a3e9c4b2a1f0e8d7c6b").expect("example id");
+    ServiceError::GroupForbidden(other).into()
 }
 
 error_response!(

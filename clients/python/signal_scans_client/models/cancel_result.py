@@ -23,7 +23,7 @@ class CancelResult:
             (completed or
             failed: nothing changed), or `not_found` (no such scan in the account group).
         previous_status (None | ScanStatus):
-        scan_id (str): A signal scan, as returned when the scan was started. Example: 507f1f77bcf86cd799439011.
+        scan_id (str): A signal scan, as returned when the scan was started. Example: 65a1f0c2e4b0a1b2c3d4e5f6.
         status (None | ScanStatus):
     """
 

@@ -26,7 +26,7 @@ class CancelledScan:
                └──────────┴──────► cancelled
             ```
             `completed`, `failed` and `cancelled` are final.
-        scan_id (str): A signal scan, as returned when the scan was started. Example: 507f1f77bcf86cd799439011.
+        scan_id (str): A signal scan, as returned when the scan was started. Example: 65a1f0c2e4b0a1b2c3d4e5f6.
         status (ScanStatus): Where a scan is in its life.
 
             ```text

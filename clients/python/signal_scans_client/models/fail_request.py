@@ -17,7 +17,7 @@ class FailRequest:
     Attributes:
         reason (None | str | Unset): Why the scan failed, 1 to 1,000 characters, none of them NUL; kept with the audit
             row and shown in the
-            scan's events, the change stream and `scans watch`.
+            scan's events, the change stream and `scans watch`. Example: target unreachable.
     """
 
     reason: None | str | Unset = UNSET

@@ -20,7 +20,7 @@ class Scan:
         cancelled_at (datetime.datetime | None):
         created_at (datetime.datetime):
         finished_at (datetime.datetime | None):
-        scan_id (str): A signal scan, as returned when the scan was started. Example: 507f1f77bcf86cd799439011.
+        scan_id (str): A signal scan, as returned when the scan was started. Example: 65a1f0c2e4b0a1b2c3d4e5f6.
         started_at (datetime.datetime | None):
         status (ScanStatus): Where a scan is in its life.
 

@@ -19,7 +19,7 @@ class ScanEvents:
 
     Attributes:
         events (list[EventView]): Oldest first.
-        scan_id (str): A signal scan, as returned when the scan was started. Example: 507f1f77bcf86cd799439011.
+        scan_id (str): A signal scan, as returned when the scan was started. Example: 65a1f0c2e4b0a1b2c3d4e5f6.
     """
 
     events: list[EventView]

@@ -21,7 +21,7 @@ class ScanStatusChanged:
         at (datetime.datetime): When the change committed its audit row.
         from_ (None | ScanStatus):
         reason (None | str): The runner's reason for a failure; null when none was given.
-        scan_id (str): A signal scan, as returned when the scan was started. Example: 507f1f77bcf86cd799439011.
+        scan_id (str): A signal scan, as returned when the scan was started. Example: 65a1f0c2e4b0a1b2c3d4e5f6.
         to (ScanStatus): Where a scan is in its life.
 
             ```text

@@ -139,7 +139,7 @@ def sync_detailed(
         account_group_id (str): The account group that scopes a request. Example:
             507f1f77bcf86cd799439011.
         scan_id (str): A signal scan, as returned when the scan was started. Example:
-            507f1f77bcf86cd799439011.
+            65a1f0c2e4b0a1b2c3d4e5f6.
         body (FailRequest | Unset): The body of a failure: an optional reason.
 
     Raises:
@@ -185,7 +185,7 @@ def sync(
         account_group_id (str): The account group that scopes a request. Example:
             507f1f77bcf86cd799439011.
         scan_id (str): A signal scan, as returned when the scan was started. Example:
-            507f1f77bcf86cd799439011.
+            65a1f0c2e4b0a1b2c3d4e5f6.
         body (FailRequest | Unset): The body of a failure: an optional reason.
 
     Raises:
@@ -226,7 +226,7 @@ async def asyncio_detailed(
         account_group_id (str): The account group that scopes a request. Example:
             507f1f77bcf86cd799439011.
         scan_id (str): A signal scan, as returned when the scan was started. Example:
-            507f1f77bcf86cd799439011.
+            65a1f0c2e4b0a1b2c3d4e5f6.
         body (FailRequest | Unset): The body of a failure: an optional reason.
 
     Raises:
@@ -270,7 +270,7 @@ async def asyncio(
         account_group_id (str): The account group that scopes a request. Example:
             507f1f77bcf86cd799439011.
         scan_id (str): A signal scan, as returned when the scan was started. Example:
-            507f1f77bcf86cd799439011.
+            65a1f0c2e4b0a1b2c3d4e5f6.
         body (FailRequest | Unset): The body of a failure: an optional reason.
 
     Raises:

@@ -128,7 +128,7 @@ def sync_detailed(
         account_group_id (str): The account group that scopes a request. Example:
             507f1f77bcf86cd799439011.
         scan_id (str): A signal scan, as returned when the scan was started. Example:
-            507f1f77bcf86cd799439011.
+            65a1f0c2e4b0a1b2c3d4e5f6.
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
@@ -171,7 +171,7 @@ def sync(
         account_group_id (str): The account group that scopes a request. Example:
             507f1f77bcf86cd799439011.
         scan_id (str): A signal scan, as returned when the scan was started. Example:
-            507f1f77bcf86cd799439011.
+            65a1f0c2e4b0a1b2c3d4e5f6.
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
@@ -209,7 +209,7 @@ async def asyncio_detailed(
         account_group_id (str): The account group that scopes a request. Example:
             507f1f77bcf86cd799439011.
         scan_id (str): A signal scan, as returned when the scan was started. Example:
-            507f1f77bcf86cd799439011.
+            65a1f0c2e4b0a1b2c3d4e5f6.
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
@@ -250,7 +250,7 @@ async def asyncio(
         account_group_id (str): The account group that scopes a request. Example:
             507f1f77bcf86cd799439011.
         scan_id (str): A signal scan, as returned when the scan was started. Example:
-            507f1f77bcf86cd799439011.
+            65a1f0c2e4b0a1b2c3d4e5f6.
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one

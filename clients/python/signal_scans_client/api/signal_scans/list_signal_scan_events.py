@@ -120,7 +120,7 @@ def sync_detailed(
         account_group_id (str): The account group that scopes a request. Example:
             507f1f77bcf86cd799439011.
         scan_id (str): A signal scan, as returned when the scan was started. Example:
-            507f1f77bcf86cd799439011.
+            65a1f0c2e4b0a1b2c3d4e5f6.
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
@@ -160,7 +160,7 @@ def sync(
         account_group_id (str): The account group that scopes a request. Example:
             507f1f77bcf86cd799439011.
         scan_id (str): A signal scan, as returned when the scan was started. Example:
-            507f1f77bcf86cd799439011.
+            65a1f0c2e4b0a1b2c3d4e5f6.
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
@@ -195,7 +195,7 @@ async def asyncio_detailed(
         account_group_id (str): The account group that scopes a request. Example:
             507f1f77bcf86cd799439011.
         scan_id (str): A signal scan, as returned when the scan was started. Example:
-            507f1f77bcf86cd799439011.
+            65a1f0c2e4b0a1b2c3d4e5f6.
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
@@ -233,7 +233,7 @@ async def asyncio(
         account_group_id (str): The account group that scopes a request. Example:
             507f1f77bcf86cd799439011.
         scan_id (str): A signal scan, as returned when the scan was started. Example:
-            507f1f77bcf86cd799439011.
+            65a1f0c2e4b0a1b2c3d4e5f6.
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
