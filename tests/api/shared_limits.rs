@@ -338,13 +338,10 @@ async fn redis_out_of_reach_is_counted_in_backend_errors_and_not_logged_per_requ
     );
 }
 
-/// Redis going away and coming back, as the real binary logs it: a warning when the shared limits
-/// fail, and a line when Redis answers again (an operator at 3 a.m. saw the warnings stop, and
-/// nothing say the limits were shared again).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_coming_back_is_logged() {
-    const BACK: &str = "Redis answers again; rate limits are shared again";
-    let Some(url) = redis_url().await else { return };
+/// The real binary sharing its limits through Redis behind a proxy (to cut or stall), once it
+/// says so; with a writer's key and the path of a queued scan's cancel. `None` without Redis.
+async fn sharing_through_a_proxy() -> Option<(TestApp, ServerProcess, Proxy, String, String)> {
+    let url = redis_url().await?;
     let app = TestApp::spawn(Backend::Sqlite).await;
     let (group, key, scan) = app.writer_and_queued_scan().await;
     let proxy = Proxy::start(redis_server_addr(&url).await).await;
@@ -353,10 +350,22 @@ async fn redis_coming_back_is_logged() {
         ("REDIS_URL", &proxy.url_for(&url)),
     ])
     .await;
-    let path = cancel_path(group.as_str(), scan.as_str());
     server
         .until_logged(|line| line["message"] == "rate limits are shared through Redis")
         .await;
+    let path = cancel_path(group.as_str(), scan.as_str());
+    Some((app, server, proxy, key, path))
+}
+
+/// Redis going away and coming back, as the real binary logs it: a warning when the shared limits
+/// fail, and a line when Redis answers again (an operator at 3 a.m. saw the warnings stop, and
+/// nothing say the limits were shared again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_coming_back_is_logged() {
+    const BACK: &str = "Redis answers again; rate limits are shared again";
+    let Some((_app, server, proxy, key, path)) = sharing_through_a_proxy().await else {
+        return;
+    };
 
     proxy.cut();
     assert_eq!(server.post(&key, &path).await.status, 200);
@@ -381,6 +390,40 @@ async fn redis_coming_back_is_logged() {
     let lines = server.logs();
     let back = lines.iter().filter(|line| line.contains(BACK)).count();
     assert_eq!(back, 1, "{lines:#?}");
+}
+
+/// A Redis that hangs fails every request in flight at once, at its timeout: that is one warning,
+/// as README says (at most about once a second), not one per request in flight (8 clients gave 8
+/// lines a second, 100 would give 100). Every request is still answered, on this instance's limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_is_warned_of_once_a_second_not_once_per_request_in_flight() {
+    const UNAVAILABLE: &str = "shared rate limits unavailable; using this instance's limits";
+    const IN_FLIGHT: usize = 8;
+    let Some((_app, server, proxy, key, path)) = sharing_through_a_proxy().await else {
+        return;
+    };
+
+    proxy.stall_open_connections();
+    let mut waves = Vec::new();
+    for _ in 0..2 {
+        let wave = (0..IN_FLIGHT).map(|_| server.post(&key, &path));
+        let statuses: Vec<_> = futures::future::join_all(wave)
+            .await
+            .iter()
+            .map(|response| response.status.as_u16())
+            .collect();
+        waves.push(statuses);
+        // Past the backoff: the next wave asks Redis again, and fails again.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+
+    assert_eq!(waves, [[200; IN_FLIGHT]; 2], "answered on the local limits");
+    let logs = server.logs();
+    let warned = logs
+        .iter()
+        .filter(|line| line.contains(UNAVAILABLE))
+        .count();
+    assert_eq!(warned, 2, "one line a wave: {logs:#?}");
 }
 
 /// A fresh key's first request leaves its whole burst less one, at any rate: at 10,000 a second

@@ -22,7 +22,7 @@ use uuid::Uuid;
 pub use self::clock::LimiterClock;
 use self::local::LocalLimits;
 pub use self::shared::RedisSettings;
-use self::shared::{SharedError, SharedLimits};
+use self::shared::SharedLimits;
 use super::metrics::RATE_LIMITED;
 
 const POLICY_NAME: &str = "per-key";
@@ -170,7 +170,7 @@ impl RateLimiter {
         if let Some(shared) = &self.shared {
             match shared.check_key(key).await {
                 Ok(decision) => return decision,
-                Err(error) => backend_failed(&error),
+                Err(_) => backend_failed(),
             }
         }
         self.local.check_key(key)
@@ -182,7 +182,7 @@ impl RateLimiter {
         if let Some(shared) = &self.shared {
             match shared.auth_blocked(client).await {
                 Ok(blocked) => return blocked,
-                Err(error) => backend_failed(&error),
+                Err(_) => backend_failed(),
             }
         }
         self.local.auth_blocked(client)
@@ -231,7 +231,7 @@ impl RateLimiter {
         if let Some(shared) = &self.shared {
             match shared.record_auth_failure(client).await {
                 Ok(blocked) => return blocked,
-                Err(error) => backend_failed(&error),
+                Err(_) => backend_failed(),
             }
         }
         self.local.record_auth_failure(client)
@@ -270,15 +270,12 @@ impl RateLimiter {
     }
 }
 
-fn backend_failed(error: &SharedError) {
+/// Counts a decision Redis did not make. The log is the shared limits' own: the failure that
+/// started a backoff is logged there, the calls failing with it or skipped after it are not, nor a
+/// call made before the first connection (the connecting task logs its own failures, every few
+/// seconds; a wrong password logged a line per request, two per request past the limit).
+fn backend_failed() {
     metrics::counter!(BACKEND_ERRORS).increment(1);
-    // The failure that started a backoff was logged; the skipped calls after it are not. Nor is
-    // a call made before the first connection: the connecting task logs its own failures, every
-    // few seconds (the redis crate retries inside each attempt; a wrong password logged a line
-    // per request, two per request past the limit).
-    if !matches!(error, SharedError::BackingOff | SharedError::NotConnected) {
-        tracing::warn!(%error, "shared rate limits unavailable; using this instance's limits");
-    }
 }
 
 /// Whole seconds, rounded up, and never 0: "retry now" would only earn another 429.

@@ -176,10 +176,16 @@ impl SharedLimits {
             Ok(result) => result.map_err(SharedError::from),
             Err(_) => Err(SharedError::Timeout),
         };
-        if result.is_err() {
-            let until = self.started.elapsed() + BACKOFF;
-            self.backoff_until
-                .store(until.as_millis() as u64, Ordering::Relaxed);
+        if let Err(error) = &result {
+            let failed_at = self.started.elapsed();
+            let until = (failed_at + BACKOFF).as_millis() as u64;
+            let before = self.backoff_until.swap(until, Ordering::Relaxed);
+            // One line a backoff: the calls already in flight when Redis stopped answering fail
+            // together (a hung Redis: every request of that moment, at its timeout), and only the
+            // first of them starts the backoff; in a long outage, once a second.
+            if before <= failed_at.as_millis() as u64 {
+                tracing::warn!(%error, "shared rate limits unavailable; using this instance's limits");
+            }
         } else if self.backoff_until.load(Ordering::Relaxed) != 0
             && self.backoff_until.swap(0, Ordering::Relaxed) != 0
         {
