@@ -53,7 +53,7 @@ const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 
 /// The recorder `recorder` installs, not installed: a test measures what it keeps.
 ///
-/// A test hook, `#[doc(hidden)]`: public only because `tests/api/metrics.rs` is another crate.
+/// A test hook, `#[doc(hidden)]`: public only because `tests/metrics_upkeep.rs` is another crate.
 #[doc(hidden)]
 pub fn unregistered_recorder() -> PrometheusRecorder {
     PrometheusBuilder::new()
@@ -71,7 +71,7 @@ pub fn unregistered_recorder() -> PrometheusRecorder {
 /// How often [`upkeep`] folds the samples recorded since: what a busy instance holds between
 /// two folds is this many seconds of requests (the exporter's own default interval).
 ///
-/// `#[doc(hidden)]`: public only for `tests/api/metrics.rs` (another crate); not an API.
+/// `#[doc(hidden)]`: public only for `tests/metrics_upkeep.rs` (another crate); not an API.
 #[doc(hidden)]
 pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
@@ -80,7 +80,7 @@ pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 /// listener gets no upkeep task: without this, an instance nobody scrapes grows by every
 /// request's samples (about 20 bytes a request).
 ///
-/// `#[doc(hidden)]`: public only for `tests/api/metrics.rs` (another crate); not an API.
+/// `#[doc(hidden)]`: public only for `tests/metrics_upkeep.rs` (another crate); not an API.
 #[doc(hidden)]
 pub async fn upkeep(handle: PrometheusHandle, every: Duration) {
     let mut ticks = tokio::time::interval(every);

@@ -909,8 +909,8 @@ impl BatchWriter for BatchWrites {
         let trace_ids = column(|c| c.trace_id.clone());
         let reasons = column(|c| c.reason.clone());
         let rows: Vec<BatchRow> = writing(&self.pool, self.timeout, async |connection| {
-            // The statement is its own file so that the benchmark's thin peer
-            // (bench/thin-peer) includes the very same text.
+            // The statement is its own file so that the benchmark's run (a2) (bench/harness.py)
+            // runs the very same text with pgbench.
             sqlx::query_as(include_str!("postgres_transition.sql"))
                 .bind(scans)
                 .bind(groups)
