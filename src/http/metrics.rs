@@ -208,7 +208,10 @@ pub(crate) const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 /// Marks an answer nobody will read: its client left while sending the request's body. The
 /// handler answered (a 400, in form), so the request is not dropped unanswered; it is counted
-/// and logged as one that was.
+/// and logged as one that was. HTTP/1.1 cannot tell a client gone from one that only stopped
+/// writing (a half-close short of its `Content-Length`) and still reads: that rare client gets
+/// its 400 and is counted 499. An HTTP/2 stream reset with `NO_ERROR` ends the body as if whole
+/// (hyper), so it is answered, or dropped, as any request.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ClientLeft;
 

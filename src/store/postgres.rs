@@ -7,7 +7,7 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions, PgRow};
-use sqlx::{Connection, FromRow, Row};
+use sqlx::{ConnectOptions, Connection, FromRow, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -139,13 +139,17 @@ impl PgStore {
     /// an upgrade's first) it takes no lock: a restart, or `keys revoke` in an incident, never
     /// waits behind another process's long migration.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let mut connection = self
-            .bounded(PgConnection::connect_with(&self.migrate_options))
-            .await?;
+        // A migration's statement may run for minutes on a large table, as expected: sqlx's
+        // slow-statement warning printed the whole text of one; the start and end say it here.
+        let options = (*self.migrate_options).clone().disable_statement_logging();
+        let mut connection = self.bounded(PgConnection::connect_with(&options)).await?;
         let mut migrator = super::migrations::postgres();
         migrator.set_locking(false);
+        let started = std::time::Instant::now();
         let migrated = async {
-            if self.bounded(pending(&mut connection, &migrator)).await? {
+            let upgrading = self.bounded(pending(&mut connection, &migrator)).await?;
+            if upgrading {
+                tracing::info!("applying this version's new migrations to the database");
                 take_migration_lock(&mut connection).await?;
                 migrator
                     .run_to(GROUP_FEED_INDEX.0 - 1, &mut connection)
@@ -159,6 +163,10 @@ impl PgStore {
                 .run(&mut connection)
                 .await
                 .map_err(migration_error)?;
+            if upgrading {
+                let seconds = started.elapsed().as_secs_f64();
+                tracing::info!(seconds, "the database is migrated");
+            }
             rebase_positions_of_another_cluster(&mut connection).await
         }
         .await;

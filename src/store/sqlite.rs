@@ -14,7 +14,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Connection, FromRow, Row, Sqlite};
+use sqlx::{ConnectOptions, Connection, FromRow, Row, Sqlite};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -126,7 +126,10 @@ impl SqliteStore {
                 StoreError::Config(format!("cannot create {}: {error}", folder.display()))
             })?;
         }
-        let migrate_options = Arc::new(connect.clone());
+        // The connection of the migrations (and of the writability check): a migration's
+        // statement may run long on a large table, as expected, and sqlx's slow-statement warning
+        // printed its whole text; `migrate` says when it starts and ends.
+        let migrate_options = Arc::new(connect.clone().disable_statement_logging());
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.timeout)
@@ -217,6 +220,8 @@ impl SqliteStore {
         if !self.bounded(pending(&mut connection, &migrator)).await? {
             return migrator.run(&mut connection).await.map_err(migration_error);
         }
+        tracing::info!("applying this version's new migrations to the database");
+        let started = std::time::Instant::now();
         // The busy handler waits `DB_TIMEOUT_MS` for the lock; another process's migrations may
         // take longer (a backfill of a large table), so a busy lock is waited for again.
         let mut migrating = loop {
@@ -231,7 +236,10 @@ impl SqliteStore {
             .run(&mut *migrating)
             .await
             .map_err(migration_error)?;
-        migrating.commit().await.map_err(classify)
+        migrating.commit().await.map_err(classify)?;
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(seconds, "the database is migrated");
+        Ok(())
     }
 
     /// Fails when this process cannot write the database (a read-only file, directory or mount,

@@ -329,6 +329,28 @@ store_test!(
     postgres_only
 );
 
+/// An upgrade says when it starts applying migrations and when it is done, with how long it took
+/// (a backfill of a large table takes minutes, and sqlx's own slow-statement warning, which printed
+/// a migration's whole text, is off on the migrations' connection); a start with nothing to apply
+/// says neither.
+async fn an_upgrade_says_when_it_starts_and_ends(backend: Backend) {
+    const STARTS: &str = "applying this version's new migrations to the database";
+    const ENDS: &str = "the database is migrated";
+    let database = TestDatabase::create(backend).await;
+
+    let first = String::from_utf8(migrated(&database).stderr).unwrap();
+    let again = String::from_utf8(migrated(&database).stderr).unwrap();
+
+    let starts = first.find(STARTS).unwrap_or_else(|| panic!("{first}"));
+    let ends = first.find(ENDS).unwrap_or_else(|| panic!("{first}"));
+    assert!(
+        starts < ends && first[ends..].contains("seconds"),
+        "{first}"
+    );
+    assert!(!again.contains(STARTS) && !again.contains(ENDS), "{again}");
+}
+store_test!(an_upgrade_says_when_it_starts_and_ends);
+
 /// A database that a newer version migrated is served, with a warning naming what this binary
 /// does not know: during a rolling upgrade the previous version's replicas restart on it, and a
 /// rollback runs the previous image on it. Every command refused it ("migration 99 was
