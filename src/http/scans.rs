@@ -27,14 +27,15 @@ const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-repl
     operation_id = "cancelSignalScan",
     tag = "signal scans",
     summary = "Cancel a signal scan",
-    description = "Cancels a signal scan that is still queued or running. Completed or failed scans answer \
-        422 VALIDATION_ERROR. Cancelling a cancelled scan answers 200 with `previousStatus` cancelled and the \
-        original `cancelledAt`. Requires the `signals:write` permission and access to the account group. \
+    description = "Cancels a public signal scan when the scan is still in a cancellable status. Only \
+        queued or running scans can be cancelled. Completed or failed scans return 422 VALIDATION_ERROR \
+        when cancellation is attempted. Cancelling a cancelled scan answers 200 with `previousStatus` \
+        cancelled and the original `cancelledAt`. Requires the `signals:write` permission and access to the account group. \
         No request body. Idempotency keys are not supported: check the scan's current state \
         (`GET …/scans/{scanId}`) before retrying a cancel that got no answer.",
     params(ScanPath),
     responses(
-        (status = 200, description = "Scan cancelled, now or before", body = doc::SignalScanCancelSuccessResponse),
+        (status = 200, description = "Scan cancelled (by this request, or before it: see `previousStatus`)", body = doc::SignalScanCancelSuccessResponse),
         (status = 400, response = doc::BadScanRequest),
         (status = 403, response = doc::Forbidden),
         (status = 404, response = doc::NotFound),

@@ -947,6 +947,38 @@ async fn the_examples_fill_in_requests_that_work_and_keep_the_rules(backend: Bac
 }
 store_test!(the_examples_fill_in_requests_that_work_and_keep_the_rules);
 
+/// The cancel operation says what the published page says, in its words: its description opens
+/// with the page's sentences, and the 200 is "Scan cancelled" (it had dropped "public", and said
+/// the page's cancellable states in its own words).
+async fn the_cancel_operation_says_what_the_published_page_says(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let contract = Contract::of(&app).await;
+    let cancel = contract.operation(CANCEL, "post");
+
+    let description = cancel["description"].as_str().unwrap();
+    assert!(
+        description.starts_with(
+            "Cancels a public signal scan when the scan is still in a cancellable status. \
+             Only queued or running scans can be cancelled. Completed or failed scans return \
+             422 VALIDATION_ERROR when cancellation is attempted."
+        ),
+        "{description}"
+    );
+    assert_eq!(cancel["summary"], "Cancel a signal scan");
+    let ok = contract.response(CANCEL, "post", 200)["description"]
+        .as_str()
+        .unwrap();
+    assert!(ok.starts_with("Scan cancelled"), "{ok}");
+    for (status, words) in [
+        (400, "Request validation failed"),
+        (422, "Scan is not in a cancellable status"),
+    ] {
+        let response = contract.response(CANCEL, "post", status);
+        assert_eq!(response["description"], words, "{status}");
+    }
+}
+store_test!(the_cancel_operation_says_what_the_published_page_says);
+
 /// A failure's body the document rejects is refused, and one it accepts is taken: a generated
 /// client (or schemathesis) that follows the document never gets a 400 for it, nor a 200 for
 /// what it calls invalid.

@@ -118,11 +118,12 @@ def sync_detailed(
 ) -> Response[ErrorResponse | SignalScanCancelSuccessResponse | ValidationErrorResponse]:
     """Cancel a signal scan
 
-     Cancels a signal scan that is still queued or running. Completed or failed scans answer 422
-    VALIDATION_ERROR. Cancelling a cancelled scan answers 200 with `previousStatus` cancelled and the
-    original `cancelledAt`. Requires the `signals:write` permission and access to the account group. No
-    request body. Idempotency keys are not supported: check the scan's current state (`GET
-    …/scans/{scanId}`) before retrying a cancel that got no answer.
+     Cancels a public signal scan when the scan is still in a cancellable status. Only queued or running
+    scans can be cancelled. Completed or failed scans return 422 VALIDATION_ERROR when cancellation is
+    attempted. Cancelling a cancelled scan answers 200 with `previousStatus` cancelled and the original
+    `cancelledAt`. Requires the `signals:write` permission and access to the account group. No request
+    body. Idempotency keys are not supported: check the scan's current state (`GET …/scans/{scanId}`)
+    before retrying a cancel that got no answer.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
@@ -161,11 +162,12 @@ def sync(
 ) -> ErrorResponse | SignalScanCancelSuccessResponse | ValidationErrorResponse | None:
     """Cancel a signal scan
 
-     Cancels a signal scan that is still queued or running. Completed or failed scans answer 422
-    VALIDATION_ERROR. Cancelling a cancelled scan answers 200 with `previousStatus` cancelled and the
-    original `cancelledAt`. Requires the `signals:write` permission and access to the account group. No
-    request body. Idempotency keys are not supported: check the scan's current state (`GET
-    …/scans/{scanId}`) before retrying a cancel that got no answer.
+     Cancels a public signal scan when the scan is still in a cancellable status. Only queued or running
+    scans can be cancelled. Completed or failed scans return 422 VALIDATION_ERROR when cancellation is
+    attempted. Cancelling a cancelled scan answers 200 with `previousStatus` cancelled and the original
+    `cancelledAt`. Requires the `signals:write` permission and access to the account group. No request
+    body. Idempotency keys are not supported: check the scan's current state (`GET …/scans/{scanId}`)
+    before retrying a cancel that got no answer.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
@@ -199,11 +201,12 @@ async def asyncio_detailed(
 ) -> Response[ErrorResponse | SignalScanCancelSuccessResponse | ValidationErrorResponse]:
     """Cancel a signal scan
 
-     Cancels a signal scan that is still queued or running. Completed or failed scans answer 422
-    VALIDATION_ERROR. Cancelling a cancelled scan answers 200 with `previousStatus` cancelled and the
-    original `cancelledAt`. Requires the `signals:write` permission and access to the account group. No
-    request body. Idempotency keys are not supported: check the scan's current state (`GET
-    …/scans/{scanId}`) before retrying a cancel that got no answer.
+     Cancels a public signal scan when the scan is still in a cancellable status. Only queued or running
+    scans can be cancelled. Completed or failed scans return 422 VALIDATION_ERROR when cancellation is
+    attempted. Cancelling a cancelled scan answers 200 with `previousStatus` cancelled and the original
+    `cancelledAt`. Requires the `signals:write` permission and access to the account group. No request
+    body. Idempotency keys are not supported: check the scan's current state (`GET …/scans/{scanId}`)
+    before retrying a cancel that got no answer.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
@@ -240,11 +243,12 @@ async def asyncio(
 ) -> ErrorResponse | SignalScanCancelSuccessResponse | ValidationErrorResponse | None:
     """Cancel a signal scan
 
-     Cancels a signal scan that is still queued or running. Completed or failed scans answer 422
-    VALIDATION_ERROR. Cancelling a cancelled scan answers 200 with `previousStatus` cancelled and the
-    original `cancelledAt`. Requires the `signals:write` permission and access to the account group. No
-    request body. Idempotency keys are not supported: check the scan's current state (`GET
-    …/scans/{scanId}`) before retrying a cancel that got no answer.
+     Cancels a public signal scan when the scan is still in a cancellable status. Only queued or running
+    scans can be cancelled. Completed or failed scans return 422 VALIDATION_ERROR when cancellation is
+    attempted. Cancelling a cancelled scan answers 200 with `previousStatus` cancelled and the original
+    `cancelledAt`. Requires the `signals:write` permission and access to the account group. No request
+    body. Idempotency keys are not supported: check the scan's current state (`GET …/scans/{scanId}`)
+    before retrying a cancel that got no answer.
 
     Args:
         account_group_id (str): The account group that scopes a request. Example:
