@@ -448,11 +448,11 @@ const BODY_UNREADABLE: &str = "the request body could not be read";
 /// the 400.
 fn client_left(rejection: &BytesRejection) -> bool {
     use std::io::ErrorKind;
-    let causes =
+    let mut causes =
         std::iter::successors(Some(rejection as &(dyn std::error::Error + 'static)), |e| {
             e.source()
         });
-    causes.into_iter().any(|cause| {
+    causes.any(|cause| {
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             return matches!(
                 io.kind(),

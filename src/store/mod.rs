@@ -609,6 +609,20 @@ fn is_transient_code(code: &str, sqlite: bool) -> bool {
 const IS_EMPTY: &str =
     "SELECT NOT EXISTS (SELECT 1 FROM api_keys) AND NOT EXISTS (SELECT 1 FROM signal_scans)";
 
+/// Runs an upgrade's `migrations`, saying when they start and when the database is migrated, with
+/// the seconds it took: a backfill of a large table takes minutes, and the backends' migration
+/// connections leave out sqlx's slow-statement warning, which printed a migration's whole text.
+async fn announced<T>(
+    migrations: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tracing::info!("applying this version's new migrations to the database");
+    let started = std::time::Instant::now();
+    let migrated = migrations.await?;
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::info!(seconds, "the database is migrated");
+    Ok(migrated)
+}
+
 /// A failed migration: a database error is sorted like any other; anything else (a changed or
 /// missing migration) is ours to fix.
 fn migration_error(error: sqlx::migrate::MigrateError) -> StoreError {

@@ -17,7 +17,7 @@ use super::pipeline::{BatchWriter, ChangeRequest, Pipeline};
 use super::publisher::Publisher;
 use super::rows::{ChangeRow, ClaimedKeyRow, EventRow, KeyRow, ScanRow};
 use super::{
-    IS_EMPTY, KeyToCreate, PoolUsage, ReadsCounted, StoreError, StoreOptions, bounded,
+    IS_EMPTY, KeyToCreate, PoolUsage, ReadsCounted, StoreError, StoreOptions, announced, bounded,
     bounded_until, classify, migration_error,
 };
 use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition, Horizon, PAGE_ROWS};
@@ -139,33 +139,29 @@ impl PgStore {
     /// an upgrade's first) it takes no lock: a restart, or `keys revoke` in an incident, never
     /// waits behind another process's long migration.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        // A migration's statement may run for minutes on a large table, as expected: sqlx's
-        // slow-statement warning printed the whole text of one; the start and end say it here.
+        // Without sqlx's slow-statement warning: see `announced`.
         let options = (*self.migrate_options).clone().disable_statement_logging();
         let mut connection = self.bounded(PgConnection::connect_with(&options)).await?;
         let mut migrator = super::migrations::postgres();
         migrator.set_locking(false);
-        let started = std::time::Instant::now();
         let migrated = async {
             let upgrading = self.bounded(pending(&mut connection, &migrator)).await?;
-            if upgrading {
-                tracing::info!("applying this version's new migrations to the database");
-                take_migration_lock(&mut connection).await?;
-                migrator
-                    .run_to(GROUP_FEED_INDEX.0 - 1, &mut connection)
-                    .await
-                    .map_err(migration_error)?;
-                adopt_group_feed_index(&mut connection, &migrator).await?;
-            }
-            // Applies what is left; with nothing left it only reads (and checks the applied
-            // files' checksums).
-            migrator
-                .run(&mut connection)
-                .await
-                .map_err(migration_error)?;
-            if upgrading {
-                let seconds = started.elapsed().as_secs_f64();
-                tracing::info!(seconds, "the database is migrated");
+            let apply = async {
+                if upgrading {
+                    take_migration_lock(&mut connection).await?;
+                    migrator
+                        .run_to(GROUP_FEED_INDEX.0 - 1, &mut connection)
+                        .await
+                        .map_err(migration_error)?;
+                    adopt_group_feed_index(&mut connection, &migrator).await?;
+                }
+                // Applies what is left; with nothing left it only reads (and checks the applied
+                // files' checksums).
+                migrator.run(&mut connection).await.map_err(migration_error)
+            };
+            match upgrading {
+                true => announced(apply).await?,
+                false => apply.await?,
             }
             rebase_positions_of_another_cluster(&mut connection).await
         }

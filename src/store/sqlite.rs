@@ -21,7 +21,7 @@ use uuid::Uuid;
 use super::pipeline::{BatchWriter, ChangeRequest, Pipeline};
 use super::rows::{ChangeRow, ClaimedKeyRow, EventRow, KeyRow, SQLITE_TIMESTAMP, ScanRow};
 use super::{
-    IS_EMPTY, KeyToCreate, ReadsCounted, StoreError, StoreOptions, bounded, classify,
+    IS_EMPTY, KeyToCreate, ReadsCounted, StoreError, StoreOptions, announced, bounded, classify,
     migration_error,
 };
 use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition, PAGE_ROWS};
@@ -126,9 +126,8 @@ impl SqliteStore {
                 StoreError::Config(format!("cannot create {}: {error}", folder.display()))
             })?;
         }
-        // The connection of the migrations (and of the writability check): a migration's
-        // statement may run long on a large table, as expected, and sqlx's slow-statement warning
-        // printed its whole text; `migrate` says when it starts and ends.
+        // The connection of the migrations (and of the writability check), without sqlx's
+        // slow-statement warning: see `announced`.
         let migrate_options = Arc::new(connect.clone().disable_statement_logging());
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections)
@@ -220,26 +219,24 @@ impl SqliteStore {
         if !self.bounded(pending(&mut connection, &migrator)).await? {
             return migrator.run(&mut connection).await.map_err(migration_error);
         }
-        tracing::info!("applying this version's new migrations to the database");
-        let started = std::time::Instant::now();
-        // The busy handler waits `DB_TIMEOUT_MS` for the lock; another process's migrations may
-        // take longer (a backfill of a large table), so a busy lock is waited for again.
-        let mut migrating = loop {
-            match connection.begin_with("BEGIN IMMEDIATE").await {
-                Ok(migrating) => break migrating,
-                Err(error) if is_busy(&error) => continue,
-                Err(error) => return Err(classify(error)),
-            }
-        };
-        // Each migration runs in a savepoint of `migrating` (sqlx nests its transactions).
-        migrator
-            .run(&mut *migrating)
-            .await
-            .map_err(migration_error)?;
-        migrating.commit().await.map_err(classify)?;
-        let seconds = started.elapsed().as_secs_f64();
-        tracing::info!(seconds, "the database is migrated");
-        Ok(())
+        announced(async {
+            // The busy handler waits `DB_TIMEOUT_MS` for the lock; another process's migrations
+            // may take longer (a backfill of a large table), so a busy lock is waited for again.
+            let mut migrating = loop {
+                match connection.begin_with("BEGIN IMMEDIATE").await {
+                    Ok(migrating) => break migrating,
+                    Err(error) if is_busy(&error) => continue,
+                    Err(error) => return Err(classify(error)),
+                }
+            };
+            // Each migration runs in a savepoint of `migrating` (sqlx nests its transactions).
+            migrator
+                .run(&mut *migrating)
+                .await
+                .map_err(migration_error)?;
+            migrating.commit().await.map_err(classify)
+        })
+        .await
     }
 
     /// Fails when this process cannot write the database (a read-only file, directory or mount,
