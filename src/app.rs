@@ -1,6 +1,7 @@
-//! The one place the application is wired: settings → store (migrated) → service → HTTP state →
-//! router → bound listener. `serve` and every test build it the same way, so a new setting is
-//! threaded here once.
+//! The one place the application is wired: settings → bound listener and rate limits (what can
+//! fail without the database, checked before it is touched) → store (migrated) → service → HTTP
+//! state → router. `serve` and every test build it the same way, so a new setting is threaded
+//! here once.
 
 use std::future::Future;
 use std::io;
@@ -79,18 +80,25 @@ impl Application {
         settings: Settings,
         extra: Router<AppState>,
     ) -> Result<Self, StartupError> {
-        let store = migrated_store(&settings.store).await?;
-        store.check_writable().await.map_err(StartupError::Store)?;
-        let scans = ScanService::with_key_cache(store.clone(), settings.key_cache_ttl)
-            .with_feed(settings.feed_poll, settings.stream_batch);
-        let state = AppState::new(store, scans, &settings.http).map_err(StartupError::Settings)?;
-        let router = http::router_with(state.clone(), extra);
+        // A port another process holds and a setting that cannot work (a malformed `REDIS_URL`)
+        // stop the start before the database is touched: an upgrade with a mistyped setting
+        // must not migrate it first. The listener takes no connection before `run_until`.
         let listener = TcpListener::bind(settings.listen_addr)
             .await
             .map_err(|source| StartupError::Bind {
                 addr: settings.listen_addr,
                 source,
             })?;
+        let limits = settings
+            .http
+            .rate_limiter()
+            .map_err(StartupError::Settings)?;
+        let store = migrated_store(&settings.store).await?;
+        store.check_writable().await.map_err(StartupError::Store)?;
+        let scans = ScanService::with_key_cache(store.clone(), settings.key_cache_ttl)
+            .with_feed(settings.feed_poll, settings.stream_batch);
+        let state = AppState::new(store, scans, limits, &settings.http);
+        let router = http::router_with(state.clone(), extra);
         Ok(Self {
             listener,
             router,

@@ -43,20 +43,52 @@ impl fmt::Display for SecretUrl {
 }
 
 /// The URL with any password replaced, fit for logs and Debug output.
+///
+/// Read as text rather than by a URL parser: a password written without percent-encoding may hold
+/// `/`, `?` or `#`, which a parser takes for the start of the path, query or fragment, leaving no
+/// password to replace (`postgres://app:/9xQ+k==@db/x` has the path `/9xQ+k==@db/x`). What comes
+/// before the last `@` is the user and password, of which only a user without `/` is shown. Query
+/// parameters may carry a password too (`?password=…`): the query and any fragment are replaced
+/// whole.
 pub(crate) fn redact_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut url) => {
-            if url.password().is_some() {
-                let _ = url.set_password(Some("redacted"));
-            }
-            // Query parameters may carry a password too (e.g. ?password=...).
-            if url.query().is_some() {
-                url.set_query(Some("redacted"));
-            }
-            url.to_string()
+    let Some((scheme, rest)) = raw.split_once(':').filter(|(scheme, _)| {
+        !scheme.is_empty()
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    }) else {
+        return "[unparseable URL redacted]".into();
+    };
+    let (slashes, rest) = match rest.strip_prefix("//") {
+        Some(rest) => ("//", rest),
+        None => ("", rest),
+    };
+    let (user, place) = match rest.rsplit_once('@') {
+        // A `?` or `#` before the `@`: either the password holds one, or the query or fragment
+        // holds the `@` (`?password=a@b`). Which is unknowable, so nothing after the scheme shows.
+        Some((userinfo, _)) if userinfo.contains(['?', '#']) => {
+            return format!("{scheme}:{slashes}redacted");
         }
-        Err(_) => "[unparseable URL redacted]".into(),
-    }
+        Some((userinfo, place)) => {
+            let (user, password) = match userinfo.split_once(':') {
+                Some((user, _)) => (user, true),
+                None => (userinfo, false),
+            };
+            let plain = !user.contains('/');
+            let shown = match (plain, password) {
+                (true, true) => format!("{user}:redacted@"),
+                (true, false) => format!("{user}@"),
+                (false, _) => "redacted@".to_owned(),
+            };
+            (shown, place)
+        }
+        None => (String::new(), rest),
+    };
+    let (place, hidden) = match place.find(['?', '#']) {
+        Some(end) => (&place[..end], "?redacted"),
+        None => (place, ""),
+    };
+    format!("{scheme}:{slashes}{user}{place}{hidden}")
 }
 
 #[cfg(test)]
@@ -71,6 +103,46 @@ mod tests {
         assert!(!redacted.contains("password=x"));
         assert!(redacted.contains("db:5432/scans"));
         assert!(!redact_url("not a url hunter2").contains("hunter2"));
+    }
+
+    /// A password written without percent-encoding that holds `/`, `?` or `#` is read by a URL
+    /// parser as the path, query or fragment: it was printed whole (configuration review).
+    #[test]
+    fn a_password_a_url_parser_would_misread_is_redacted_too() {
+        for (raw, shown) in [
+            (
+                "postgres://app:/9xQ+Secr3t==@db.internal:5432/scans",
+                "postgres://app:redacted@db.internal:5432/scans",
+            ),
+            (
+                "postgres://app:#Secr3t@db.internal:5432/scans",
+                "postgres://redacted",
+            ),
+            (
+                "postgres://postgres:1234/Secr3t@127.0.0.1:5432/x",
+                "postgres://postgres:redacted@127.0.0.1:5432/x",
+            ),
+            (
+                "postgres://app:a?b@Secr3t@db:5432/x?sslmode=require",
+                "postgres://redacted",
+            ),
+            (
+                "postgres://db:5432/x?password=Sec@r3t",
+                "postgres://redacted",
+            ),
+            (
+                "redis://:Secr3t@redis:6379/0",
+                "redis://:redacted@redis:6379/0",
+            ),
+            ("redis://redis:6379/0", "redis://redis:6379/0"),
+            (
+                "sqlite://data/signal-scans.db",
+                "sqlite://data/signal-scans.db",
+            ),
+            ("sqlite:data.db?mode=rwc", "sqlite:data.db?redacted"),
+        ] {
+            assert_eq!(redact_url(raw), shown, "{raw}");
+        }
     }
 
     #[test]

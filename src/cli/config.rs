@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use anyhow::anyhow;
+use anyhow::{anyhow, bail};
 use clap::Args;
 use secrecy::SecretString;
 
@@ -16,7 +16,7 @@ use crate::http::changes::StreamSettings;
 use crate::http::rate_limit::{RateLimit, RedisSettings};
 use crate::http::server::ConnectionLimits;
 use crate::secret_url::SecretUrl;
-use crate::store::StoreOptions;
+use crate::store::{SqliteStore, StoreOptions};
 use crate::telemetry::LogFormat;
 
 /// Where `serve` listens and `healthcheck` asks, unless `LISTEN_ADDR` says otherwise.
@@ -59,6 +59,9 @@ pub fn log_filter() -> String {
 /// empty: the same, counted here). Read here rather than by Tokio, which panics with a backtrace
 /// on a bad value, an empty one included, whenever the runtime is not given a count.
 pub fn worker_threads() -> Result<Option<usize>, String> {
+    // Far above any machine's CPUs: a larger count was taken, and its threads' space asked for
+    // at once aborted the process (`memory allocation of 799999999992 bytes failed`).
+    const MAX_WORKER_THREADS: usize = 1024;
     let Some(raw) = std::env::var_os("TOKIO_WORKER_THREADS") else {
         return Ok(None);
     };
@@ -68,9 +71,10 @@ pub fn worker_threads() -> Result<Option<usize>, String> {
         return Ok(Some(cpus));
     }
     match raw.trim().parse::<usize>() {
-        Ok(threads) if threads >= 1 => Ok(Some(threads)),
+        Ok(threads @ 1..=MAX_WORKER_THREADS) => Ok(Some(threads)),
         _ => Err(format!(
-            "TOKIO_WORKER_THREADS must be a whole number of threads from 1, not {raw:?}"
+            "TOKIO_WORKER_THREADS must be a whole number of threads from 1 to \
+             {MAX_WORKER_THREADS}, not {raw:?}"
         )),
     }
 }
@@ -78,8 +82,17 @@ pub fn worker_threads() -> Result<Option<usize>, String> {
 /// The API key the `--server` commands send: from `SIGNAL_SCANS_API_KEY` only, never a flag (a
 /// flag would show the key in `ps`).
 pub fn api_key(command: &str) -> anyhow::Result<String> {
-    std::env::var("SIGNAL_SCANS_API_KEY")
-        .map_err(|_| anyhow!("{command} --server needs the API key in SIGNAL_SCANS_API_KEY"))
+    let key = std::env::var("SIGNAL_SCANS_API_KEY")
+        .map_err(|_| anyhow!("{command} --server needs the API key in SIGNAL_SCANS_API_KEY"))?;
+    // A key read from a file often ends in a line break, which no header may hold: said here,
+    // by name, rather than as the HTTP client's "failed to parse header value".
+    if !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ') || key.trim() != key {
+        bail!(
+            "SIGNAL_SCANS_API_KEY holds white space at its start or end, a line break or another \
+             character no API key has"
+        );
+    }
+    Ok(key)
 }
 
 /// How long `scans watch --server` waits for a whole event or keep-alive before it drops the
@@ -126,7 +139,8 @@ pub struct DatabaseArgs {
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub db_timeout_ms: u64,
 
-    /// Most connections this process opens to the database.
+    /// Most connections this process's pool opens to the database (on PostgreSQL the change
+    /// notifications' publisher and listener add one each).
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_max_connections: u32,
@@ -183,13 +197,7 @@ impl DatabaseArgs {
 
     /// The file of an embedded (SQLite) store, `None` for PostgreSQL or an in-memory store.
     pub fn sqlite_file(&self) -> Option<std::path::PathBuf> {
-        let url = self.url();
-        let url = url.expose();
-        let rest = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))?;
-        let path = rest.split('?').next().unwrap_or(rest);
-        (!path.is_empty() && path != ":memory:").then(|| std::path::PathBuf::from(path))
+        SqliteStore::file_of(self.url().expose())
     }
 }
 
@@ -229,7 +237,7 @@ pub struct ServeArgs {
     #[arg(long, env = "RATE_LIMIT_PER_SECOND", default_value = "20")]
     pub rate_limit_per_second: NonZeroU32,
 
-    /// Requests an API key may send at once above its sustained rate.
+    /// Requests an API key may send at once (its bucket's size, refilled at the sustained rate).
     #[arg(long, env = "RATE_LIMIT_BURST", default_value = "40")]
     pub rate_limit_burst: NonZeroU32,
 
@@ -305,8 +313,9 @@ pub struct ServeArgs {
 
     /// A request whose answer has not started after this many milliseconds answers 500 (an open
     /// change stream is not cut; a body still arriving answers 400). Keep it above the longest a
-    /// request that writes may take: 5 × DB_TIMEOUT_MS, plus DB_TIMEOUT_MS − KEY_CACHE_TTL_MS when
-    /// positive, plus 2750 (`serve` warns when it is not).
+    /// request that writes may take: 5 × DB_TIMEOUT_MS plus 2750, plus DB_TIMEOUT_MS −
+    /// KEY_CACHE_TTL_MS while the key cache is on and that is positive (`serve` warns when it is
+    /// not).
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 15_000,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub request_timeout_ms: u64,

@@ -286,7 +286,8 @@ fn report_failure(format: LogFormat, message: &str) {
 /// to be asked again later, or did not answer: see [`remote::TryLater`]).
 async fn run_command(cli: Cli) -> ExitCode {
     if let Err(message) = telemetry::init(cli.log.log_format, &config::log_filter()) {
-        eprintln!("error: {message}");
+        // A bad `RUST_LOG`: under `LOG_FORMAT=json` a JSON line too, as every other failure.
+        report_failure(cli.log.log_format, &message);
         return ExitCode::from(2);
     }
     match run(cli.command).await {
@@ -436,8 +437,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             longest_writing_request_ms =
                 u64::try_from(args.longest_writing_request().as_millis()).unwrap_or(u64::MAX),
             "REQUEST_TIMEOUT_MS is not above the longest a request that writes may take \
-             (5 × DB_TIMEOUT_MS, plus DB_TIMEOUT_MS − KEY_CACHE_TTL_MS when positive, plus \
-             2750): a request it ends may answer 500 for a change that then commits"
+             (5 × DB_TIMEOUT_MS plus 2750, plus DB_TIMEOUT_MS − KEY_CACHE_TTL_MS while the key \
+             cache is on and that is positive): a request it ends may answer 500 for a change \
+             that then commits"
         );
     }
     // Listening before the database is reached: a stop while connecting or migrating ends the

@@ -77,16 +77,27 @@ pub struct Parts {
     pub docs_enabled: bool,
 }
 
-impl AppState {
-    /// Fails only on settings that cannot work (a malformed `REDIS_URL`). Runs inside a Tokio
+impl HttpSettings {
+    /// The rate limits these settings ask for. Fails only on settings that cannot work (a
+    /// malformed `REDIS_URL`), so it is made before the database is touched. Runs inside a Tokio
     /// runtime: the Redis connection, if any, is made in the background.
-    pub fn new(store: Store, scans: ScanService, settings: &HttpSettings) -> Result<Self, String> {
-        let limits = RateLimiter::new(
-            settings.rate_limit,
-            settings.auth_failures_per_minute,
-            settings.redis.as_ref(),
-        )?;
-        Ok(Self(Arc::new(Parts {
+    pub fn rate_limiter(&self) -> Result<RateLimiter, String> {
+        RateLimiter::new(
+            self.rate_limit,
+            self.auth_failures_per_minute,
+            self.redis.as_ref(),
+        )
+    }
+}
+
+impl AppState {
+    pub fn new(
+        store: Store,
+        scans: ScanService,
+        limits: RateLimiter,
+        settings: &HttpSettings,
+    ) -> Self {
+        Self(Arc::new(Parts {
             scans,
             store,
             limits: Arc::new(limits),
@@ -95,6 +106,6 @@ impl AppState {
             metrics: super::metrics::recorder(),
             changes: ChangeStreams::new(settings.streams),
             docs_enabled: settings.docs_enabled,
-        })))
+        }))
     }
 }

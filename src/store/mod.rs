@@ -219,6 +219,13 @@ impl Store {
     /// comes back, rather than keeping the process from starting.
     pub fn connect(options: &StoreOptions) -> Result<Store, StoreError> {
         let url = options.url.expose_secret();
+        // A trailing space made a SQLite file of another name (`….db `), served empty while the
+        // log, trimming nothing but showing nothing either, named the right one.
+        if url.trim() != url {
+            return Err(StoreError::Config(
+                "DATABASE_URL has white space at its start or end".into(),
+            ));
+        }
         match url.split_once("://").map(|(scheme, _)| scheme) {
             Some("postgres" | "postgresql") => Ok(Store::Postgres(PgStore::connect(options)?)),
             Some("sqlite") => Ok(Store::Sqlite(SqliteStore::connect(options)?)),

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -107,6 +108,21 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// The file a SQLite `url` names, its path decoded as the store decodes it when it opens
+    /// it (`%20` is a space: `scans show` looked for `my%20dir/…` where `serve` had made
+    /// `my dir/…`); `None` for another kind of URL, or one naming no file (`:memory:`).
+    pub fn file_of(url: &str) -> Option<PathBuf> {
+        let rest = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))?;
+        let path = rest.split('?').next().unwrap_or(rest);
+        if path.is_empty() || path == ":memory:" {
+            return None;
+        }
+        let options = SqliteConnectOptions::from_str(url).ok()?;
+        Some(options.get_filename().to_owned())
+    }
+
     pub fn connect(options: &StoreOptions) -> Result<Self, StoreError> {
         let connect = SqliteConnectOptions::from_str(options.url.expose_secret())
             .map_err(|_| StoreError::Config("DATABASE_URL is not a valid SQLite URL".into()))?
@@ -205,6 +221,21 @@ impl SqliteStore {
                 }
             })
             .await??;
+        // Each connection sees an in-memory (or temporary) database of its own, empty: the
+        // migrations went to one, the requests read another (`no such table`).
+        let file: String = self
+            .bounded(
+                sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                    .fetch_one(&mut connection),
+            )
+            .await?;
+        if file.is_empty() {
+            return Err(StoreError::Config(
+                "DATABASE_URL names no file but an in-memory or temporary SQLite database, which \
+                 every connection sees empty: name a file, e.g. sqlite://data/signal-scans.db"
+                    .into(),
+            ));
+        }
         // The file exists now: the one the writes will be made to.
         self.writer.file.remember();
         if !was_there && self.writer.file.exists() {
@@ -902,7 +933,7 @@ impl WriteTurn {
 /// connection opened before the file was deleted or replaced goes on writing to the old one, so
 /// every change it commits after that is lost.
 pub(super) struct DatabaseFile {
-    path: std::path::PathBuf,
+    path: PathBuf,
     /// Device and inode, once the store has opened the file; none for an in-memory database.
     opened: OnceLock<(u64, u64)>,
 }

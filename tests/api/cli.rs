@@ -577,6 +577,96 @@ async fn serve_refuses_a_database_it_cannot_write() {
     let _ = std::fs::remove_dir(&folder);
 }
 
+/// A setting that cannot work stops `serve` before the database is touched, so an upgrade with a
+/// mistyped setting does not migrate first (configuration review): a malformed `REDIS_URL` and a
+/// port another process holds were refused only after the migrations had made the file; a
+/// trailing space in `DATABASE_URL` made and served a file of another name (`….db `) while the
+/// log named the right one; an in-memory database was migrated, then every request failed.
+#[test]
+fn a_setting_that_cannot_work_stops_serve_before_the_database_is_touched() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held = held.local_addr().unwrap().to_string();
+    let folder = std::env::temp_dir().join(format!("untouched-{}", uuid::Uuid::new_v4().simple()));
+    let file = folder.join("signal-scans.db");
+    let url = format!("sqlite://{}", file.display());
+    let trailing_space = format!("{url} ");
+    for (env, said) in [
+        (vec![("REDIS_URL", "notaurl")], "REDIS_URL"),
+        (vec![("REDIS_URL", "rediss://cache:6380")], "rediss://"),
+        (vec![("LISTEN_ADDR", held.as_str())], "(LISTEN_ADDR)"),
+        (
+            vec![("DATABASE_URL", trailing_space.as_str())],
+            "DATABASE_URL has white space at its start or end",
+        ),
+    ] {
+        let output = child::signal_scans()
+            .arg("serve")
+            .env("DATABASE_URL", &url)
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{env:?}: {stderr}");
+        assert!(stderr.contains(said), "{env:?}: {stderr}");
+        assert!(
+            !folder.exists(),
+            "{env:?}: the database was touched: {:?}",
+            std::fs::read_dir(&folder).map(|files| files.count())
+        );
+    }
+    for memory in ["sqlite://:memory:", "sqlite://?mode=memory", "sqlite://"] {
+        let output = child::signal_scans()
+            .args(["keys", "list"])
+            .env("DATABASE_URL", memory)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{memory}: {stderr}");
+        assert!(
+            stderr.contains("DATABASE_URL names no file"),
+            "{memory}: {stderr}"
+        );
+    }
+}
+
+/// A percent-encoded SQLite path (`%20`, the only way to write a `?` or `#` in a file name) is
+/// the same file for every command: `serve` and `keys create` decoded it, the commands that need
+/// an existing database looked for the raw text and said there was none.
+#[test]
+fn a_percent_encoded_sqlite_path_is_one_file_for_every_command() {
+    let folder = std::env::temp_dir().join(format!("encoded-{}", uuid::Uuid::new_v4().simple()));
+    let url = format!("sqlite://{}/my%20dir/keys.db", folder.display());
+    let run = |args: &[&str]| {
+        child::signal_scans()
+            .args(args)
+            .env("DATABASE_URL", &url)
+            .output()
+            .unwrap()
+    };
+    let created = run(&[
+        "keys",
+        "create",
+        "--name",
+        "encoded",
+        "--all-account-groups",
+    ]);
+    let decoded = folder.join("my dir/keys.db").exists();
+    let listed = run(&["keys", "list"]);
+    let _ = std::fs::remove_dir_all(&folder);
+    assert!(created.status.success(), "{created:?}");
+    assert!(decoded, "the file is `my dir/keys.db`");
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("encoded"),
+        "{listed:?}"
+    );
+}
+
 /// A start that finds no SQLite database file says it made a new, empty one, once. It is also
 /// what a restart does after the file was deleted under the service: it then serves an empty
 /// database, every key refused, and nothing said so.
@@ -622,12 +712,20 @@ fn under_log_format_json_a_failure_is_a_json_line() {
         .env("DB_TIMEOUT_MS", "soon")
         .output()
         .unwrap();
+    // Refused once clap is done, by the log's own set-up: it printed `error: …` text.
+    let refused_filter = child::signal_scans()
+        .arg("serve")
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "=[")
+        .output()
+        .unwrap();
     for (output, said) in [
         (&unreachable, "cannot migrate the database"),
         (
             &refused_setting,
             "invalid value 'soon' for '--db-timeout-ms",
         ),
+        (&refused_filter, "invalid RUST_LOG"),
     ] {
         assert!(!output.status.success(), "{output:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -724,6 +822,26 @@ fn a_missing_or_bad_setting_is_one_line_naming_it() {
             vec!["migrate"],
             "TOKIO_WORKER_THREADS",
         ),
+        // Taken, it aborted the process asking for the threads' space at once.
+        (
+            vec![("TOKIO_WORKER_THREADS", "99999999999")],
+            vec!["migrate"],
+            "TOKIO_WORKER_THREADS",
+        ),
+        // A key read from a file, its line break kept: "failed to parse header value".
+        (
+            vec![("SIGNAL_SCANS_API_KEY", "ss_key\n")],
+            vec![
+                "scans",
+                "show",
+                "--server",
+                "http://127.0.0.1:1",
+                "--account-group",
+                "507f1f77bcf86cd799439011",
+                "507f1f77bcf86cd799439012",
+            ],
+            "SIGNAL_SCANS_API_KEY",
+        ),
     ] {
         let output = child::signal_scans()
             .args(&args)
@@ -737,18 +855,30 @@ fn a_missing_or_bad_setting_is_one_line_naming_it() {
     }
 }
 
+/// Also when the password, not percent-encoded, holds a `/` or `#` that moves it into the URL's
+/// path or fragment (a base64 password may start with `/`): the message printed it whole.
 #[test]
 fn an_unreachable_database_fails_migrate_without_leaking_the_password() {
-    let output = child::signal_scans()
-        .arg("migrate")
-        .env("DATABASE_URL", "postgres://app:hunter2@127.0.0.1:1/x")
-        .env("DB_TIMEOUT_MS", "500")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8(output.stderr).unwrap();
-    assert!(!output.status.success());
-    assert!(!stderr.contains("hunter2"), "{stderr}");
-    assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
+    for url in [
+        "postgres://app:hunter2@127.0.0.1:1/x",
+        "postgres://app:/9xQ+hunter2==@127.0.0.1:1/x",
+        "postgres://app:#hunter2@127.0.0.1:1/x",
+        "postgres://postgres:1234/hunter2@127.0.0.1:1/x",
+    ] {
+        let output = child::signal_scans()
+            .arg("migrate")
+            .env("DATABASE_URL", url)
+            .env("DB_TIMEOUT_MS", "500")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(!output.status.success(), "{url}");
+        assert!(!stderr.contains("hunter2"), "{url}: {stderr}");
+        assert!(
+            stderr.contains("cannot migrate the database at postgres://"),
+            "{url}: {stderr}"
+        );
+    }
 }
 
 /// `scans show --json` says what the text says: the account group too (it was left out); and

@@ -216,7 +216,7 @@ async fn a_move_to_ask_again_later_exits_75(backend: Backend) {
     for (output, said) in [
         (&not_the_service, "200 OK without the JSON envelope"),
         (&unknown_key, "401 Unauthorized"),
-        (&unsendable_key, "cannot ask"),
+        (&unsendable_key, "SIGNAL_SCANS_API_KEY holds white space"),
     ] {
         assert_eq!(output.status.code(), Some(1), "{output:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
