@@ -43,8 +43,19 @@ const MIGRATION_LOCK: i64 = 0x5349_474E_414C_5343;
 
 /// How often a process waiting to migrate asks for [`MIGRATION_LOCK`] again.
 const MIGRATION_LOCK_POLL: Duration = Duration::from_millis(100);
-/// How often a process still waiting for [`MIGRATION_LOCK`] says so.
+/// How often a process still waiting for [`MIGRATION_LOCK`] says so, and a migration still
+/// waiting on other sessions says which.
 const MIGRATION_WAIT_TOLD: Duration = Duration::from_secs(30);
+/// How long migrations run before the first look at whether other sessions hold them up.
+const MIGRATION_BLOCKERS_FIRST_TOLD: Duration = Duration::from_secs(5);
+
+/// The sessions that hold up the backend `$1`, each with its state and how long its transaction
+/// has been open; NULL for none.
+const BLOCKERS: &str = "SELECT string_agg(format('pid %s (%s, its transaction open %s s%s)',
+           pid, coalesce(state, 'unknown'),
+           coalesce(extract(epoch FROM now() - xact_start)::bigint, 0),
+           coalesce(', application ' || nullif(application_name, ''), '')), '; ' ORDER BY pid)
+    FROM pg_stat_activity WHERE pid = ANY (pg_blocking_pids($1))";
 
 /// The migration that builds an index `CONCURRENTLY`, and the index: see
 /// [`adopt_group_feed_index`].
@@ -146,6 +157,9 @@ impl PgStore {
         migrator.set_locking(false);
         let migrated = async {
             let upgrading = self.bounded(pending(&mut connection, &migrator)).await?;
+            let migrating: i32 = self
+                .bounded(sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut connection))
+                .await?;
             let apply = async {
                 if upgrading {
                     take_migration_lock(&mut connection).await?;
@@ -160,7 +174,7 @@ impl PgStore {
                 migrator.run(&mut connection).await.map_err(migration_error)
             };
             match upgrading {
-                true => announced(apply).await?,
+                true => announced(self.telling_what_blocks(migrating, apply)).await?,
                 false => apply.await?,
             }
             rebase_positions_of_another_cluster(&mut connection).await
@@ -169,6 +183,48 @@ impl PgStore {
         // The lock is the session's: closing the connection lets the next process take it.
         let _ = connection.close().await;
         migrated
+    }
+
+    /// Runs `migrations` (on the backend `migrating`), saying which sessions hold them up while
+    /// any do: first after [`MIGRATION_BLOCKERS_FIRST_TOLD`], then every [`MIGRATION_WAIT_TOLD`].
+    /// An index built `CONCURRENTLY` (migration 0005) waits for every older transaction of the
+    /// database to end: a `pg_dump`, or a session left idle in a transaction, held a start for as
+    /// long as it lasted, with nothing said after "applying this version's new migrations"
+    /// (operations review).
+    async fn telling_what_blocks<T>(
+        &self,
+        migrating: i32,
+        migrations: impl Future<Output = T>,
+    ) -> T {
+        let mut migrations = std::pin::pin!(migrations);
+        let started = tokio::time::Instant::now();
+        let mut next = started + MIGRATION_BLOCKERS_FIRST_TOLD;
+        loop {
+            tokio::select! {
+                migrated = &mut migrations => return migrated,
+                () = tokio::time::sleep_until(next) => {}
+            }
+            next += MIGRATION_WAIT_TOLD;
+            // On a connection of the pool: the migrations' own is busy. Only a hint, so a
+            // failed look says nothing.
+            let blockers = self
+                .on_connection(async |connection| {
+                    sqlx::query_scalar(BLOCKERS)
+                        .bind(migrating)
+                        .fetch_one(connection)
+                        .await
+                })
+                .await;
+            if let Ok(Some::<String>(blockers)) = blockers {
+                tracing::warn!(
+                    waited_s = started.elapsed().as_secs(),
+                    blocked_by = %blockers,
+                    "the migrations wait for other sessions of the database to end their \
+                     transactions (an index built CONCURRENTLY waits for every transaction older \
+                     than it: a pg_dump, a session idle in transaction); they go on once those end"
+                );
+            }
+        }
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -865,9 +921,12 @@ async fn writing<T>(
 }
 
 /// A connection of `pool` by `deadline`. A wait that ends there says how many of the pool's
-/// connections were in use: all of them is a pool too small for the load (`DB_MAX_CONNECTIONS`),
-/// fewer is a database slow to open a session; both answered "no answer" alike before, the same
-/// words as a slow statement.
+/// connections were in use, and what that means: all of them is a pool too small for the load
+/// (`DB_MAX_CONNECTIONS`) or held by slow statements; fewer is a database that opened no session,
+/// nor answered the ping of an idle connection, in time (a stalled database after a quiet
+/// second: its idle connections, asked before use, are dropped unanswered, and the new ones do
+/// not open, so none is in use). Both answered "no answer" alike before, the same words as a
+/// slow statement, and then the second alone named the pool, as if it were too small.
 async fn checkout_until(
     pool: &ConnectionPool,
     deadline: tokio::time::Instant,
@@ -877,8 +936,12 @@ async fn checkout_until(
         Ok(checkout) => checkout.map_err(classify),
         Err(_) => {
             let usage = pool.usage();
+            let why = match usage.in_use >= usage.max {
+                true => "every connection is in use",
+                false => "the database opened no session, nor answered a ping of an idle one",
+            };
             Err(StoreError::Unavailable(format!(
-                "no connection of the pool within {} ms ({} of DB_MAX_CONNECTIONS={} in use)",
+                "no connection of the pool within {} ms ({} of DB_MAX_CONNECTIONS={} in use: {why})",
                 timeout.as_millis(),
                 usage.in_use,
                 usage.max

@@ -216,6 +216,10 @@ impl SqliteStore {
                         Err(error) if primary_code(&error) == Some(SQLITE_CANTOPEN) => {
                             return Ok(Err(self.cannot_open(error)));
                         }
+                        // Turning a fresh file to WAL writes it.
+                        Err(error) if primary_code(&error) == Some(SQLITE_READONLY) => {
+                            return Ok(Err(self.cannot_write(error)));
+                        }
                         connected => return connected.map(Ok),
                     }
                 }
@@ -248,7 +252,10 @@ impl SqliteStore {
         // Nothing to apply (every start but an upgrade's first): sqlx only reads, and the start
         // waits for no write lock that a long write elsewhere may hold.
         if !self.bounded(pending(&mut connection, &migrator)).await? {
-            return migrator.run(&mut connection).await.map_err(migration_error);
+            return migrator
+                .run(&mut connection)
+                .await
+                .map_err(|error| self.migration_failed(error));
         }
         announced(async {
             // The busy handler waits `DB_TIMEOUT_MS` for the lock; another process's migrations
@@ -257,15 +264,18 @@ impl SqliteStore {
                 match connection.begin_with("BEGIN IMMEDIATE").await {
                     Ok(migrating) => break migrating,
                     Err(error) if is_busy(&error) => continue,
-                    Err(error) => return Err(classify(error)),
+                    Err(error) => return Err(self.write_failed(error)),
                 }
             };
             // Each migration runs in a savepoint of `migrating` (sqlx nests its transactions).
             migrator
                 .run(&mut *migrating)
                 .await
-                .map_err(migration_error)?;
-            migrating.commit().await.map_err(classify)
+                .map_err(|error| self.migration_failed(error))?;
+            migrating
+                .commit()
+                .await
+                .map_err(|error| self.write_failed(error))
         })
         .await
     }
@@ -291,6 +301,24 @@ impl SqliteStore {
             }
             // Written, or waiting for a lock another connection holds: writable.
             _ => Ok(()),
+        }
+    }
+
+    /// A migration that failed. One refused as a write to a read-only database (a folder this
+    /// process cannot write, where SQLite cannot make the `-wal` and `-shm` files, says only
+    /// "attempt to write a readonly database") is told as [`Self::check_writable`] tells it.
+    fn migration_failed(&self, error: sqlx::migrate::MigrateError) -> StoreError {
+        use sqlx::migrate::MigrateError::{Execute, ExecuteMigration};
+        match error {
+            Execute(error) | ExecuteMigration(error, _) => self.write_failed(error),
+            other => migration_error(other),
+        }
+    }
+
+    fn write_failed(&self, error: sqlx::Error) -> StoreError {
+        match primary_code(&error) == Some(SQLITE_READONLY) {
+            true => self.cannot_write(error),
+            false => classify(error),
         }
     }
 

@@ -475,6 +475,70 @@ store_test!(
     postgres_only
 );
 
+/// A migration held up by another session's open transaction says which session: the index
+/// migration 0005 builds `CONCURRENTLY` waits for every older transaction of the database to
+/// end (a `pg_dump`'s, or one left idle), and a start waited for as long as it lasted with
+/// nothing said after "applying this version's new migrations" (operations review). It goes on
+/// once that transaction ends.
+async fn a_migration_held_up_by_an_open_transaction_names_the_session(backend: Backend) {
+    use sqlx::Connection;
+    use tokio::io::AsyncBufReadExt;
+    let database = TestDatabase::create(backend).await;
+    migrated(&database);
+    let mut db = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    run_sql(
+        &mut db,
+        "DELETE FROM _sqlx_migrations WHERE version = 5; DROP INDEX signal_scan_events_group_feed",
+    )
+    .await;
+    // What a running pg_dump holds: a snapshot, in a transaction left open.
+    let mut dump = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    run_sql(&mut dump, "BEGIN ISOLATION LEVEL REPEATABLE READ").await;
+    let dump_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut dump)
+        .await
+        .unwrap();
+
+    let mut migrating = tokio::process::Command::from(child::signal_scans())
+        .kill_on_drop(true)
+        .arg("migrate")
+        .env("DATABASE_URL", &database.url)
+        .env("LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(migrating.stderr.take().unwrap()).lines();
+    let told = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("the migrations wait for other sessions") {
+                return line;
+            }
+        }
+        panic!("migrate ended without naming what held it up");
+    })
+    .await
+    .expect("what held the migration up was told");
+    let told: Value = serde_json::from_str(&told).unwrap();
+    assert_eq!(told["level"], "WARN", "{told}");
+    assert!(
+        told["blocked_by"].as_str().unwrap().starts_with(&format!(
+            "pid {dump_pid} (idle in transaction, its transaction open "
+        )),
+        "{told}"
+    );
+    run_sql(&mut dump, "COMMIT").await;
+    let status = tokio::time::timeout(Duration::from_secs(30), migrating.wait())
+        .await
+        .expect("migrate ended once the transaction did")
+        .unwrap();
+    assert!(status.success());
+}
+store_test!(
+    a_migration_held_up_by_an_open_transaction_names_the_session,
+    postgres_only
+);
+
 /// `healthcheck`, a container's probe: 0 while the service answers, 1 with the reason when it
 /// does not. It runs on one thread whatever `TOKIO_WORKER_THREADS` or the host's CPUs say: a
 /// container's process limit counts threads, and with a worker per CPU the probe failed to start
@@ -575,6 +639,27 @@ async fn serve_refuses_a_database_it_cannot_write() {
         );
     }
     let _ = std::fs::remove_dir(&folder);
+
+    // A database still to be migrated that this process cannot write (here an empty file opened
+    // read only; a folder it cannot write, where SQLite cannot make `-wal` and `-shm`, answers
+    // the same code): the same words, where the migrations said only "attempt to write a
+    // readonly database" (operations review).
+    let empty = TestDatabase::create(Backend::Sqlite).await;
+    let file = std::path::Path::new(empty.url.trim_start_matches("sqlite://"));
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::File::create(file).unwrap();
+    let unmigrated = child::signal_scans()
+        .arg("migrate")
+        .env("DATABASE_URL", format!("{}?mode=ro", empty.url))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&unmigrated.stderr);
+    assert_eq!(unmigrated.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("this process cannot write the database")
+            && stderr.contains("in a folder it can write"),
+        "{stderr}"
+    );
 }
 
 /// A setting that cannot work stops `serve` before the database is touched, so an upgrade with a

@@ -243,7 +243,7 @@ async fn an_exhausted_pool_answers_502_not_a_queue(backend: Backend) {
     assert_eq!(
         waited.to_string(),
         "database unavailable: no connection of the pool within 1000 ms \
-         (2 of DB_MAX_CONNECTIONS=2 in use)"
+         (2 of DB_MAX_CONNECTIONS=2 in use: every connection is in use)"
     );
 
     for (response, elapsed) in &answered {
@@ -316,6 +316,35 @@ async fn a_statement_stuck_on_a_lock_is_ended_by_the_database_too(backend: Backe
 }
 store_test!(
     a_statement_stuck_on_a_lock_is_ended_by_the_database_too,
+    postgres_only
+);
+
+/// A database that stalls after a quiet second: the idle connection, asked before use, is
+/// dropped unanswered, and a new one does not open in time, so none of the pool is in use. The
+/// cause an operator reads says the database opened no session; it named only the pool ("0 of
+/// DB_MAX_CONNECTIONS=1 in use"), which README read as a pool too small (operations review).
+async fn a_database_stalled_after_a_quiet_spell_is_named_not_the_pool(backend: Backend) {
+    let (app, group, key) = warm_through_proxy(backend, Duration::from_secs(1)).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    app.proxy
+        .as_ref()
+        .unwrap()
+        .slow_down(Duration::from_secs(30));
+
+    let stalled = app.served_store.find_scan(None, &scan).await.unwrap_err();
+    let refused = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+
+    assert_eq!(
+        stalled.to_string(),
+        "database unavailable: no connection of the pool within 1000 ms (0 of \
+         DB_MAX_CONNECTIONS=1 in use: the database opened no session, nor answered a ping of an \
+         idle one)"
+    );
+    refused.assert_error(502, "UPSTREAM_ERROR");
+}
+store_test!(
+    a_database_stalled_after_a_quiet_spell_is_named_not_the_pool,
     postgres_only
 );
 
