@@ -403,6 +403,53 @@ async fn a_database_a_newer_version_migrated_is_served_with_a_warning(backend: B
 }
 store_test!(a_database_a_newer_version_migrated_is_served_with_a_warning);
 
+/// Makes migration 0005 (the index built `CONCURRENTLY`) pending again on a migrated database,
+/// then starts `migrate` on it, logging JSON: the process, and the first line of its log that
+/// holds `said` (within 30 s).
+async fn migrate_0005_again_until_it_says(
+    database: &TestDatabase,
+    said: &str,
+) -> (tokio::process::Child, Value) {
+    use sqlx::Connection;
+    use tokio::io::AsyncBufReadExt;
+    let mut db = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    run_sql(
+        &mut db,
+        "DELETE FROM _sqlx_migrations WHERE version = 5; DROP INDEX signal_scan_events_group_feed",
+    )
+    .await;
+    let mut migrating = tokio::process::Command::from(child::signal_scans())
+        .kill_on_drop(true)
+        .arg("migrate")
+        .env("DATABASE_URL", &database.url)
+        .env("LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(migrating.stderr.take().unwrap()).lines();
+    let told = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains(said) {
+                return serde_json::from_str(&line).unwrap();
+            }
+        }
+        panic!("migrate ended without saying {said:?}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("migrate did not say {said:?}"));
+    (migrating, told)
+}
+
+/// `migrate` ends, and well, within 30 s (once what held it up let go).
+async fn ends_migrated(migrating: &mut tokio::process::Child) {
+    let status = tokio::time::timeout(Duration::from_secs(30), migrating.wait())
+        .await
+        .expect("migrate ended once what held it up let go")
+        .unwrap();
+    assert!(status.success());
+}
+
 /// A command with nothing to migrate takes no migration lock: while another process holds it
 /// for a long migration, `keys list` (say, before a `keys revoke` in an incident) answers at
 /// once rather than waiting, silent, for the lock. A process that has something to migrate
@@ -431,44 +478,16 @@ async fn nothing_to_migrate_waits_for_no_lock_and_a_wait_is_told(backend: Backen
     );
 
     // With a migration pending, the wait is told, and ends when the lock is let go.
-    let mut db = sqlx::PgConnection::connect(&database.url).await.unwrap();
-    run_sql(
-        &mut db,
-        "DELETE FROM _sqlx_migrations WHERE version = 5; DROP INDEX signal_scan_events_group_feed",
-    )
-    .await;
-    let mut waiting = tokio::process::Command::from(child::signal_scans())
-        .kill_on_drop(true)
-        .arg("migrate")
-        .env("DATABASE_URL", &database.url)
-        .env("LOG_FORMAT", "json")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use tokio::io::AsyncBufReadExt;
-    let mut lines = tokio::io::BufReader::new(waiting.stderr.take().unwrap()).lines();
-    let told = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("another process is migrating the database") {
-                return line;
-            }
-        }
-        panic!("migrate ended without saying it waited");
-    })
-    .await
-    .expect("the wait was told");
-    assert!(told.contains("waited_s"), "{told}");
+    let (mut waiting, told) =
+        migrate_0005_again_until_it_says(&database, "another process is migrating the database")
+            .await;
+    assert!(told["waited_s"].is_u64(), "{told}");
     run_sql(
         &mut holder,
         "SELECT pg_advisory_unlock(6001406379876438851)",
     )
     .await;
-    let status = tokio::time::timeout(Duration::from_secs(20), waiting.wait())
-        .await
-        .expect("migrate ended once the lock was let go")
-        .unwrap();
-    assert!(status.success());
+    ends_migrated(&mut waiting).await;
 }
 store_test!(
     nothing_to_migrate_waits_for_no_lock_and_a_wait_is_told,
@@ -482,15 +501,8 @@ store_test!(
 /// once that transaction ends.
 async fn a_migration_held_up_by_an_open_transaction_names_the_session(backend: Backend) {
     use sqlx::Connection;
-    use tokio::io::AsyncBufReadExt;
     let database = TestDatabase::create(backend).await;
     migrated(&database);
-    let mut db = sqlx::PgConnection::connect(&database.url).await.unwrap();
-    run_sql(
-        &mut db,
-        "DELETE FROM _sqlx_migrations WHERE version = 5; DROP INDEX signal_scan_events_group_feed",
-    )
-    .await;
     // What a running pg_dump holds: a snapshot, in a transaction left open.
     let mut dump = sqlx::PgConnection::connect(&database.url).await.unwrap();
     run_sql(&mut dump, "BEGIN ISOLATION LEVEL REPEATABLE READ").await;
@@ -499,27 +511,8 @@ async fn a_migration_held_up_by_an_open_transaction_names_the_session(backend: B
         .await
         .unwrap();
 
-    let mut migrating = tokio::process::Command::from(child::signal_scans())
-        .kill_on_drop(true)
-        .arg("migrate")
-        .env("DATABASE_URL", &database.url)
-        .env("LOG_FORMAT", "json")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(migrating.stderr.take().unwrap()).lines();
-    let told = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("the migrations wait for other sessions") {
-                return line;
-            }
-        }
-        panic!("migrate ended without naming what held it up");
-    })
-    .await
-    .expect("what held the migration up was told");
-    let told: Value = serde_json::from_str(&told).unwrap();
+    let (mut migrating, told) =
+        migrate_0005_again_until_it_says(&database, "the migrations wait for other sessions").await;
     assert_eq!(told["level"], "WARN", "{told}");
     assert!(
         told["blocked_by"].as_str().unwrap().starts_with(&format!(
@@ -528,11 +521,7 @@ async fn a_migration_held_up_by_an_open_transaction_names_the_session(backend: B
         "{told}"
     );
     run_sql(&mut dump, "COMMIT").await;
-    let status = tokio::time::timeout(Duration::from_secs(30), migrating.wait())
-        .await
-        .expect("migrate ended once the transaction did")
-        .unwrap();
-    assert!(status.success());
+    ends_migrated(&mut migrating).await;
 }
 store_test!(
     a_migration_held_up_by_an_open_transaction_names_the_session,

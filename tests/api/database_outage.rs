@@ -259,6 +259,35 @@ async fn an_exhausted_pool_answers_502_not_a_queue(backend: Backend) {
 }
 store_test!(an_exhausted_pool_answers_502_not_a_queue, postgres_only);
 
+/// A database that stalls after a quiet second: the idle connection, asked before use, is
+/// dropped unanswered, and a new one does not open in time, so none of the pool is in use. The
+/// cause an operator reads says the database opened no session; it named only the pool ("0 of
+/// DB_MAX_CONNECTIONS=1 in use"), which README read as a pool too small (operations review).
+async fn a_database_stalled_after_a_quiet_spell_is_named_not_the_pool(backend: Backend) {
+    let (app, group, key) = warm_through_proxy(backend, Duration::from_secs(1)).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    app.proxy
+        .as_ref()
+        .unwrap()
+        .slow_down(Duration::from_secs(30));
+
+    let stalled = app.served_store.find_scan(None, &scan).await.unwrap_err();
+    let refused = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+
+    assert_eq!(
+        stalled.to_string(),
+        "database unavailable: no connection of the pool within 1000 ms (0 of \
+         DB_MAX_CONNECTIONS=1 in use: the database opened no session, nor answered a ping of an \
+         idle one)"
+    );
+    refused.assert_error(502, "UPSTREAM_ERROR");
+}
+store_test!(
+    a_database_stalled_after_a_quiet_spell_is_named_not_the_pool,
+    postgres_only
+);
+
 /// A cancel stuck behind another transaction's row lock answers 502 at DB_TIMEOUT_MS, and the
 /// database gives up on the statement too (statement_timeout), so the stuck statement does not
 /// wait on, holding a connection and a place in the lock queue, after the client was answered.
@@ -316,35 +345,6 @@ async fn a_statement_stuck_on_a_lock_is_ended_by_the_database_too(backend: Backe
 }
 store_test!(
     a_statement_stuck_on_a_lock_is_ended_by_the_database_too,
-    postgres_only
-);
-
-/// A database that stalls after a quiet second: the idle connection, asked before use, is
-/// dropped unanswered, and a new one does not open in time, so none of the pool is in use. The
-/// cause an operator reads says the database opened no session; it named only the pool ("0 of
-/// DB_MAX_CONNECTIONS=1 in use"), which README read as a pool too small (operations review).
-async fn a_database_stalled_after_a_quiet_spell_is_named_not_the_pool(backend: Backend) {
-    let (app, group, key) = warm_through_proxy(backend, Duration::from_secs(1)).await;
-    let scan = app.scan(&group, ScanStatus::Queued).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    app.proxy
-        .as_ref()
-        .unwrap()
-        .slow_down(Duration::from_secs(30));
-
-    let stalled = app.served_store.find_scan(None, &scan).await.unwrap_err();
-    let refused = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
-
-    assert_eq!(
-        stalled.to_string(),
-        "database unavailable: no connection of the pool within 1000 ms (0 of \
-         DB_MAX_CONNECTIONS=1 in use: the database opened no session, nor answered a ping of an \
-         idle one)"
-    );
-    refused.assert_error(502, "UPSTREAM_ERROR");
-}
-store_test!(
-    a_database_stalled_after_a_quiet_spell_is_named_not_the_pool,
     postgres_only
 );
 
