@@ -8,6 +8,7 @@ parse it (a stream's body does not end).
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -17,6 +18,10 @@ import httpx
 
 from .client import AuthenticatedClient
 from .models import ScanStatus, ScanStatusChanged
+
+# Each attempt that fails (no connection, a 429 or a 5xx) is told here, at WARNING: a follower that
+# never reaches the service (a mistyped URL) would otherwise look like one with no changes to yield.
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,10 @@ def follow_changes(
     in the list or the stream, never in neither. It is called at every reconnection too, where
     the stream resumes after the last change yielded and listing again finds nothing new. An `httpx.TransportError` it raises counts as the stream's own: the stream is opened
     again after the wait, and `on_open` called again; any other exception ends the following.
+    Each attempt that fails (a refusal waited out, a connection that cannot be made or is lost) is
+    logged at WARNING by the `signal_scans_client.changes` logger, with what failed and the wait: a
+    follower that never reaches the service says so there (a stream the service ends is not a
+    failure, and is not logged).
     """
     params = [("scanId", scan) for scan in scan_ids]
     params += [("status", str(status)) for status in statuses]
@@ -114,6 +123,12 @@ def follow_changes(
             with request as response:
                 if response.status_code != 200:
                     wait = _refusal_wait(response, retry, silence_seconds)
+                    logger.warning(
+                        "the change stream of %s answered %s; asking again in %s s",
+                        account_group_id,
+                        response.status_code,
+                        wait,
+                    )
                 elif not _is_event_stream(response):
                     content_type = response.headers.get("Content-Type", "no Content-Type")
                     raise NotAnEventStream(200, f"the answer is {content_type}, not text/event-stream")
@@ -136,8 +151,14 @@ def follow_changes(
                             data = ScanStatusChanged.from_dict(json.loads(block["data"]))
                             yield Change(id=cursor, data=data)
                     wait = retry
-        except httpx.TransportError:
-            pass
+        except httpx.TransportError as error:
+            logger.warning(
+                "the change stream of %s failed (%s: %s); asking again in %s s",
+                account_group_id,
+                type(error).__name__,
+                error,
+                wait,
+            )
         time.sleep(wait)
 
 

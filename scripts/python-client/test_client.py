@@ -16,6 +16,7 @@ import threading
 import time
 import unittest
 import unittest.mock
+from http import HTTPStatus
 
 import httpx
 
@@ -451,6 +452,8 @@ class GeneratedClient(unittest.TestCase):
             with self.assertRaises(errors.UnexpectedStatus) as raised:
                 get_signal_scan.sync(account_group_id=GROUP, scan_id=QUEUED, client=client)
             self.assertEqual((raised.exception.status_code, raised.exception.content), (431, b""))
+            # An HTTPStatus, as a Response's (the README says so): it was a plain int.
+            self.assertIs(raised.exception.status_code, HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
         # What a proxy or a captive portal may answer in the service's place.
         html = b"<html><body>502 Bad Gateway</body></html>"
         no_upstream = b'{"message":"no healthy upstream"}'
@@ -483,6 +486,7 @@ class GeneratedClient(unittest.TestCase):
                 with self.assertRaises(errors.UnexpectedStatus) as raised:
                     get_signal_scan.sync(account_group_id=GROUP, scan_id=QUEUED, client=client)
                 self.assertEqual((raised.exception.status_code, raised.exception.content), (520, page))
+                self.assertIs(type(raised.exception.status_code), int)
 
     def test_16_with_headers_cookies_and_timeout_leave_the_original_alone(self):
         # The service answers an X-Request-Id it is sent as the request's trace id.
@@ -660,6 +664,31 @@ class GeneratedClient(unittest.TestCase):
                 self.assertIsInstance(error, StreamRefused)
                 self.assertEqual((error.status, error.code, error.details), (status, None, None))
                 self.assertEqual(len(asked), 1)
+
+    def test_28_a_follower_that_cannot_reach_the_service_says_so(self):
+        # Nothing listens there: each attempt is told at WARNING, with the error and the wait. It
+        # retried every 2 s, silent, as a follower with no changes to yield would be.
+        nobody = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+        url = f"http://127.0.0.1:{nobody.server_address[1]}"
+        nobody.server_close()
+        waits = []
+
+        def sleep(seconds):
+            waits.append(seconds)
+            if len(waits) == 2:
+                raise KeyboardInterrupt
+
+        with (
+            AuthenticatedClient(base_url=url, token=KEY) as client,
+            unittest.mock.patch("signal_scans_client.changes.time.sleep", sleep),
+            self.assertLogs("signal_scans_client.changes", "WARNING") as logged,
+        ):
+            with self.assertRaises(KeyboardInterrupt):
+                next(follow_changes(client, GROUP))
+        self.assertEqual(waits, [2.0, 2.0])
+        self.assertEqual(len(logged.records), 2, logged.output)
+        self.assertIn(f"the change stream of {GROUP} failed (ConnectError", logged.output[0])
+        self.assertIn("asking again in 2.0 s", logged.output[0])
 
     def test_24_no_server_makes_the_follower_ask_again_at_once(self):
         # A 429 asking for no wait, then a stream whose `retry` asks for none: 100 ms each.

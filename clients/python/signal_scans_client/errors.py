@@ -1,5 +1,7 @@
 """Contains shared errors types that can be raised from API functions"""
 
+from http import HTTPStatus
+
 
 class UnexpectedStatus(Exception):
     """Raised by api functions when Client.raise_on_unexpected_status is True and the response has an undocumented
@@ -7,7 +9,12 @@ class UnexpectedStatus(Exception):
     an empty 431 or a proxy's own error page): `status_code` and the raw body, `content`, say what came"""
 
     def __init__(self, status_code: int, content: bytes):
-        self.status_code = status_code
+        # As a `Response`'s: an `HTTPStatus`, or for a status Python does not name its number.
+        self.status_code: HTTPStatus | int
+        try:
+            self.status_code = HTTPStatus(status_code)
+        except ValueError:
+            self.status_code = status_code
         self.content = content
 
         super().__init__(

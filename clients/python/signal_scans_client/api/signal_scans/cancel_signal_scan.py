@@ -137,6 +137,8 @@ def sync_detailed(
             is True; without it, that response's `parsed` is None.
         httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
             a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
+        httpx.TransportError: If the connection cannot be made, or is lost before the whole answer arrived
+            (TimeoutException is one of these). A change sent may have committed all the same.
 
     Returns:
         Response[ErrorResponse | SignalScanCancelSuccessResponse | ValidationErrorResponse]
@@ -181,6 +183,8 @@ def sync(
             is True; without it, that response's `parsed` is None.
         httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
             a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
+        httpx.TransportError: If the connection cannot be made, or is lost before the whole answer arrived
+            (TimeoutException is one of these). A change sent may have committed all the same.
 
     Returns:
         ErrorResponse | SignalScanCancelSuccessResponse | ValidationErrorResponse
@@ -220,6 +224,8 @@ async def asyncio_detailed(
             is True; without it, that response's `parsed` is None.
         httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
             a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
+        httpx.TransportError: If the connection cannot be made, or is lost before the whole answer arrived
+            (TimeoutException is one of these). A change sent may have committed all the same.
 
     Returns:
         Response[ErrorResponse | SignalScanCancelSuccessResponse | ValidationErrorResponse]
@@ -262,6 +268,8 @@ async def asyncio(
             is True; without it, that response's `parsed` is None.
         httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
             a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
+        httpx.TransportError: If the connection cannot be made, or is lost before the whole answer arrived
+            (TimeoutException is one of these). A change sent may have committed all the same.
 
     Returns:
         ErrorResponse | SignalScanCancelSuccessResponse | ValidationErrorResponse

@@ -128,6 +128,8 @@ def sync_detailed(
             is True; without it, that response's `parsed` is None.
         httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
             a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
+        httpx.TransportError: If the connection cannot be made, or is lost before the whole answer arrived
+            (TimeoutException is one of these). A change sent may have committed all the same.
 
     Returns:
         Response[ErrorResponse | SignalScanResponse | ValidationErrorResponse]
@@ -168,6 +170,8 @@ def sync(
             is True; without it, that response's `parsed` is None.
         httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
             a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
+        httpx.TransportError: If the connection cannot be made, or is lost before the whole answer arrived
+            (TimeoutException is one of these). A change sent may have committed all the same.
 
     Returns:
         ErrorResponse | SignalScanResponse | ValidationErrorResponse
@@ -203,6 +207,8 @@ async def asyncio_detailed(
             is True; without it, that response's `parsed` is None.
         httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
             a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
+        httpx.TransportError: If the connection cannot be made, or is lost before the whole answer arrived
+            (TimeoutException is one of these). A change sent may have committed all the same.
 
     Returns:
         Response[ErrorResponse | SignalScanResponse | ValidationErrorResponse]
@@ -241,6 +247,8 @@ async def asyncio(
             is True; without it, that response's `parsed` is None.
         httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
             a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
+        httpx.TransportError: If the connection cannot be made, or is lost before the whole answer arrived
+            (TimeoutException is one of these). A change sent may have committed all the same.
 
     Returns:
         ErrorResponse | SignalScanResponse | ValidationErrorResponse
