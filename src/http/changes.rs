@@ -165,6 +165,11 @@ impl StreamRequest {
                 "scanId may be given at most {MAX_SCAN_FILTERS} times"
             ));
         }
+        // Sent twice, which copy counts would differ between proxies (some join them into one
+        // line, a 400 then): refused, as a doubled `after` is.
+        if headers.get_all("last-event-id").iter().nth(1).is_some() {
+            problems.push("Last-Event-ID may be given once");
+        }
         // An empty id is what an EventSource sends before any event had one: no cursor.
         let last_event_id = match headers.get("last-event-id").map(|v| v.to_str()) {
             Some(Ok(value)) if value.trim().is_empty() => None,

@@ -88,13 +88,14 @@ fn scan_id_list() -> utoipa::openapi::schema::Array {
 }
 
 impl CancelScansRequest {
-    /// The ids `body` names, or a 400 naming the first thing wrong with them.
+    /// The ids `body` names, or a 400 naming what is wrong with them.
     fn read(body: &ApiBody) -> Result<Vec<ScanId>, ApiError> {
         body.object::<Self>("request body must be a JSON object with scanIds")?
             .parse()
     }
 
-    /// The ids, or a 400 naming the first thing wrong with them.
+    /// The ids, or a 400 naming each id that is not one or repeats another (a client sees all
+    /// its mistakes at once, as on the other routes: the first alone was named).
     fn parse(self) -> Result<Vec<ScanId>, ApiError> {
         let raw = match self.scan_ids {
             None => return Err(ApiError::Validation("scanIds is required".into())),
@@ -111,21 +112,26 @@ impl CancelScansRequest {
                 raw.len()
             )));
         }
-        let mut ids: Vec<ScanId> = Vec::with_capacity(raw.len());
+        let mut problems = Problems::default();
+        // Each id with its place, which a repeat names.
+        let mut ids: Vec<(usize, ScanId)> = Vec::with_capacity(raw.len());
         for (place, raw) in raw.iter().enumerate() {
-            let raw = raw.as_str().ok_or_else(|| {
-                ApiError::Validation(format!("scanIds[{place}] must be a string (a scan id)"))
-            })?;
-            let id = ScanId::parse(raw)
-                .map_err(|e| ApiError::Validation(format!("scanIds[{place}] {e}")))?;
-            if let Some(first) = ids.iter().position(|seen| *seen == id) {
-                return Err(ApiError::Validation(format!(
-                    "scanIds[{place}] repeats scanIds[{first}]"
-                )));
+            let Some(raw) = raw.as_str() else {
+                problems.push(format!("scanIds[{place}] must be a string (a scan id)"));
+                continue;
+            };
+            match ScanId::parse(raw) {
+                Err(error) => problems.push(format!("scanIds[{place}] {error}")),
+                Ok(id) => match ids.iter().find(|(_, seen)| *seen == id) {
+                    Some((first, _)) => {
+                        problems.push(format!("scanIds[{place}] repeats scanIds[{first}]"));
+                    }
+                    None => ids.push((place, id)),
+                },
             }
-            ids.push(id);
         }
-        Ok(ids)
+        problems.into_result()?;
+        Ok(ids.into_iter().map(|(_, id)| id).collect())
     }
 }
 

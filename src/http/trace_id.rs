@@ -41,9 +41,17 @@ impl TraceId {
         Self(Arc::from(&*id.simple().encode_lower(&mut buffer)))
     }
 
-    /// The id a request carries, by the documented order of preference.
+    /// The id a request carries, by the documented order of preference. A header sent more
+    /// than once is not taken: which copy counts differs between proxies (some join them into
+    /// one line), and W3C's trace context discards a duplicated `traceparent`.
     pub fn from_headers(headers: &HeaderMap) -> Self {
-        let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+        let header = |name| {
+            let mut values = headers.get_all(name).iter();
+            match (values.next(), values.next()) {
+                (Some(value), None) => value.to_str().ok(),
+                _ => None,
+            }
+        };
         header(TRACEPARENT_HEADER)
             .and_then(trace_id_of_traceparent)
             .or_else(|| header(REQUEST_ID_HEADER).filter(|id| is_safe_request_id(id)))
@@ -202,7 +210,7 @@ mod tests {
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
-            map.insert(*name, HeaderValue::from_str(value).unwrap());
+            map.append(*name, HeaderValue::from_str(value).unwrap());
         }
         map
     }
@@ -216,6 +224,25 @@ mod tests {
             ("x-request-id", "abc"),
         ]));
         assert_eq!(id.as_str(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    /// Which copy of a header sent twice counts differs between proxies, and W3C discards a
+    /// doubled `traceparent`: neither is taken (HTTP review; the first copy was).
+    #[test]
+    fn a_header_sent_twice_is_not_taken() {
+        let other = "00-11111111111111111111111111111111-00f067aa0ba902b7-01";
+        let id = TraceId::from_headers(&headers(&[
+            ("traceparent", TRACEPARENT),
+            ("traceparent", other),
+            ("x-request-id", "abc"),
+        ]));
+        assert_eq!(id.as_str(), "abc");
+        let id = TraceId::from_headers(&headers(&[
+            ("x-request-id", "abc"),
+            ("x-request-id", "abc"),
+        ]));
+        assert_ne!(id.as_str(), "abc");
+        assert_eq!(id.as_str().len(), 32);
     }
 
     #[test]

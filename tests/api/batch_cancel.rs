@@ -191,6 +191,12 @@ async fn a_bad_batch_is_400_naming_what_is_wrong_and_changes_nothing(backend: Ba
             Some(json!({ "scanIds": scan.as_str() }).to_string()),
             "scanIds must be an array of scan ids",
         ),
+        // Every bad id and every repeat is named, not only the first (HTTP review).
+        (
+            Some(json!({ "scanIds": ["zz", scan.as_str(), 7, upper] }).to_string()),
+            "scanIds[0] must be 24 hexadecimal characters; scanIds[2] must be a string (a scan id); \
+             scanIds[3] repeats scanIds[1]",
+        ),
     ];
 
     for (body, named) in cases {
