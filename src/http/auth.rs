@@ -236,7 +236,7 @@ pub(super) fn presented_key(headers: &HeaderMap) -> Result<&str, ApiError> {
         (AUTHORIZATION.as_str(), "Authorization"),
         (API_KEY_HEADER, "X-API-Key"),
     ] {
-        if headers.get_all(name).iter().nth(1).is_some() {
+        if super::headers::single(headers, name).is_err() {
             return Err(ApiError::Unauthorized(format!(
                 "the {shown} header is given more than once"
             )));

@@ -25,6 +25,7 @@ use super::auth::presented_key;
 use super::error::{ApiError, Limit, Problems, UnknownNames, both, unknown_cursor};
 use super::event_stream::{EventBlocks, event_stream_response};
 use super::extract::{ApiPath, GroupPath};
+use super::headers::{SentTwice, single};
 use super::metrics::RATE_LIMITED;
 use super::openapi::responses as doc;
 use super::views::ScanStatusChanged;
@@ -165,20 +166,21 @@ impl StreamRequest {
                 "scanId may be given at most {MAX_SCAN_FILTERS} times"
             ));
         }
-        // Sent twice, which copy counts would differ between proxies (some join them into one
-        // line, a 400 then): refused, as a doubled `after` is.
-        if headers.get_all("last-event-id").iter().nth(1).is_some() {
-            problems.push("Last-Event-ID may be given once");
-        }
-        // An empty id is what an EventSource sends before any event had one: no cursor.
-        let last_event_id = match headers.get("last-event-id").map(|v| v.to_str()) {
-            Some(Ok(value)) if value.trim().is_empty() => None,
-            Some(Ok(value)) => Some(value.trim().to_owned()),
-            Some(Err(_)) => {
+        // An empty id is what an EventSource sends before any event had one: no cursor. Sent
+        // twice, it is refused, as a doubled `after` is.
+        let sent = single(headers, "last-event-id");
+        let last_event_id = match sent.map(|value| value.map(|v| v.to_str())) {
+            Err(SentTwice) => {
+                problems.push("Last-Event-ID may be given once");
+                None
+            }
+            Ok(Some(Ok(value))) if value.trim().is_empty() => None,
+            Ok(Some(Ok(value))) => Some(value.trim().to_owned()),
+            Ok(Some(Err(_))) => {
                 problems.push(unknown_cursor("Last-Event-ID"));
                 None
             }
-            None => None,
+            Ok(None) => None,
         };
         let (cursor, cursor_source) = match (last_event_id, after) {
             (Some(id), after) => {

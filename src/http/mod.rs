@@ -8,6 +8,7 @@ pub mod envelope;
 pub(crate) mod error;
 mod event_stream;
 pub(crate) mod extract;
+mod headers;
 pub(crate) mod health;
 pub(crate) mod limits;
 pub(crate) mod method;

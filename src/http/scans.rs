@@ -9,6 +9,7 @@ use serde::Deserialize;
 use super::envelope::Envelope;
 use super::error::{ApiError, Problems, UnknownNames, both};
 use super::extract::{ApiBody, ApiPath, GroupPath, NoFields, ScanPath};
+use super::headers::single;
 use super::openapi::responses as doc;
 use super::trace_id::TraceId;
 use super::views::{CancelledScan, CancelledScans, ScanEvents, ScanList};
@@ -243,18 +244,14 @@ pub(crate) async fn create_scan(
 
 /// The request's `Idempotency-Key`, if it sent one: once, 1 to 255 visible ASCII characters.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
-    let mut sent = headers.get_all(IDEMPOTENCY_KEY).iter();
-    let Some(value) = sent.next() else {
-        return Ok(None);
-    };
     let malformed = || {
         ApiError::Validation(
             "Idempotency-Key must be 1 to 255 visible ASCII characters, sent once".into(),
         )
     };
-    if sent.next().is_some() {
-        return Err(malformed());
-    }
+    let Some(value) = single(headers, IDEMPOTENCY_KEY).map_err(|_| malformed())? else {
+        return Ok(None);
+    };
     let key = value.to_str().ok().and_then(IdempotencyKey::parse);
     key.map(Some).ok_or_else(malformed)
 }

@@ -46,11 +46,8 @@ impl TraceId {
     /// one line), and W3C's trace context discards a duplicated `traceparent`.
     pub fn from_headers(headers: &HeaderMap) -> Self {
         let header = |name| {
-            let mut values = headers.get_all(name).iter();
-            match (values.next(), values.next()) {
-                (Some(value), None) => value.to_str().ok(),
-                _ => None,
-            }
+            let value = super::headers::single(headers, name).ok().flatten();
+            value.and_then(|v| v.to_str().ok())
         };
         header(TRACEPARENT_HEADER)
             .and_then(trace_id_of_traceparent)

@@ -157,9 +157,16 @@ impl PgStore {
         migrator.set_locking(false);
         let migrated = async {
             let upgrading = self.bounded(pending(&mut connection, &migrator)).await?;
-            let migrating: i32 = self
-                .bounded(sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut connection))
-                .await?;
+            // The backend whose waits an upgrade looks into; nothing to ask when none is due.
+            let migrating: Option<i32> = match upgrading {
+                true => Some(
+                    self.bounded(
+                        sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut connection),
+                    )
+                    .await?,
+                ),
+                false => None,
+            };
             let apply = async {
                 if upgrading {
                     take_migration_lock(&mut connection).await?;
@@ -173,9 +180,9 @@ impl PgStore {
                 // files' checksums).
                 migrator.run(&mut connection).await.map_err(migration_error)
             };
-            match upgrading {
-                true => announced(self.telling_what_blocks(migrating, apply)).await?,
-                false => apply.await?,
+            match migrating {
+                Some(migrating) => announced(self.telling_what_blocks(migrating, apply)).await?,
+                None => apply.await?,
             }
             rebase_positions_of_another_cluster(&mut connection).await
         }

@@ -293,11 +293,8 @@ impl SqliteStore {
         let written = tokio::time::timeout(self.timeout, write).await;
         let _ = connection.close().await;
         match written {
-            Ok(Err(error)) if primary_code(&error) == Some(SQLITE_READONLY) => {
-                Err(self.cannot_write(error))
-            }
             Ok(Err(error)) if primary_code(&error) != Some(SQLITE_BUSY) => {
-                Err(super::classify(error))
+                Err(self.write_failed(error))
             }
             // Written, or waiting for a lock another connection holds: writable.
             _ => Ok(()),
