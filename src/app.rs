@@ -184,10 +184,19 @@ pub(crate) async fn migrated_store(options: &StoreOptions) -> Result<Store, Star
     Ok(store)
 }
 
+/// [`stop_signal`], said in the log as `serve` then stops: it drains first.
+pub(crate) fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    let stop = stop_signal();
+    async move {
+        stop.await;
+        tracing::info!("shutdown requested; finishing in-flight requests");
+    }
+}
+
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when this is called, not
 /// when it is first awaited: as a container's PID 1, the process has no default action for
 /// SIGTERM, and one sent while it still connects to its database must not be lost.
-pub(crate) fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+pub(crate) fn stop_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     let (interrupt, terminate) = {
         use tokio::signal::unix::{SignalKind, signal};
@@ -219,6 +228,5 @@ pub(crate) fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
             tracing::error!(%error, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
-        tracing::info!("shutdown requested; finishing in-flight requests");
     }
 }

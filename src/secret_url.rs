@@ -103,6 +103,11 @@ mod tests {
         assert!(!redacted.contains("password=x"));
         assert!(redacted.contains("db:5432/scans"));
         assert!(!redact_url("not a url hunter2").contains("hunter2"));
+        // Text before the first `:` that is no scheme (empty, or with a space) is no URL: the
+        // rest could be anything, a password written as a user included.
+        for raw in ["://hunter2@db/scans", "my db:hunter2@db/scans"] {
+            assert_eq!(redact_url(raw), "[unparseable URL redacted]", "{raw}");
+        }
     }
 
     /// A password written without percent-encoding that holds `/`, `?` or `#` is read by a URL

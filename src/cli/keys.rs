@@ -178,23 +178,60 @@ pub(super) async fn create(args: CreateKeyArgs) -> anyhow::Result<()> {
         view.key = None;
         view.key_file = Some(path);
     }
-    if args.json {
-        return print_json(&view);
+    let mut text = match args.json {
+        true => serde_json::to_string(&view)?,
+        false => {
+            let mut text = format!(
+                "created API key {} ({})\n  permissions:    {}\n  account groups: {}\n  \
+                 expires:        {}\n",
+                view.id,
+                view.name,
+                view.permissions.join(", "),
+                view.groups_text(),
+                rfc3339(view.expires_at)
+            );
+            match &view.key_file {
+                Some(path) => text.push_str(&format!(
+                    "the key is in {path} (mode 0600); read it once, then delete the file"
+                )),
+                None => text.push_str(&format!(
+                    "the key, shown this once; store it now:\n{}",
+                    new_key.secret
+                )),
+            }
+            text
+        }
+    };
+    text.push('\n');
+    if view.key.is_none() {
+        out!("{}", text.trim_end());
+        return Ok(());
     }
-    out!("created API key {} ({})", view.id, view.name);
-    out!("  permissions:    {}", view.permissions.join(", "));
-    out!("  account groups: {}", view.groups_text());
-    out!("  expires:        {}", rfc3339(view.expires_at));
-    match &view.key_file {
-        Some(path) => {
-            out!("the key is in {path} (mode 0600); read it once, then delete the file")
-        }
-        None => {
-            out!("the key, shown this once; store it now:");
-            out!("{}", new_key.secret);
-        }
+    // The secret exists nowhere else: a key whose secret nobody received is revoked, so that a
+    // retry (`--if-none` included) makes one that can be used.
+    if let Err(error) = print_secret(&text) {
+        let (id, undone) = (key.id, keys.revoke(key.id).await);
+        bail!(match undone {
+            Ok(_) => format!(
+                "created API key {id} but could not print its secret ({error}): the key is \
+                 revoked; create another"
+            ),
+            Err(_) => format!(
+                "created API key {id} but could not print its secret ({error}); revoke it with \
+                 `keys revoke {id}`"
+            ),
+        });
     }
     Ok(())
+}
+
+/// Writes `text` to stdout, reporting every failure: `out!` takes a reader gone as the end of
+/// the command (exit 0), which would leave a key whose secret nobody received.
+fn print_secret(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()
 }
 
 /// A file made for one secret: new (never an existing one), readable by its owner only.

@@ -364,17 +364,32 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 scans::show(&database, &scan_id, server, group, json).await
             }
             ScansCommand::Watch {
-                server: Some(server),
-                account_group: Some(group),
-                after,
-                ..
-            } => watch::follow_server(&server, &group, after).await,
-            ScansCommand::Watch {
                 database,
+                server,
                 account_group,
                 after,
-                ..
-            } => watch::follow_database(&database, account_group, after.as_deref()).await,
+            } => {
+                // A watch follows until it is stopped: Ctrl-C or SIGTERM end it with exit 0, also
+                // as a container's PID 1, which has no default action for SIGTERM.
+                let stop = app::stop_signal();
+                let watching = async {
+                    match (server, account_group) {
+                        (Some(server), Some(group)) => {
+                            watch::follow_server(&server, &group, after).await
+                        }
+                        (_, group) => {
+                            watch::follow_database(&database, group, after.as_deref()).await
+                        }
+                    }
+                };
+                tokio::select! {
+                    watched = watching => watched,
+                    () = stop => {
+                        tracing::info!("stopped");
+                        Ok(())
+                    }
+                }
+            }
         },
     }
 }
@@ -412,6 +427,10 @@ const OR_SERVER: Option<&str> = Some("use --server with the service's URL");
 
 /// What a key command can do without the database: nothing (keys live in it).
 const NO_OTHER_WAY: Option<&str> = None;
+
+/// The longest a stopping `serve` waits for its database connections to close (a connection is
+/// in use only while a request that outlived the drain still runs).
+const STORE_CLOSE_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.database.is_default() {
@@ -472,10 +491,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(demo) = demo {
         out!("{}", demo.instructions(addr));
     }
+    let store = application.state().store.clone();
     application
         .run_until(shutdown)
         .await
         .context("server failed")?;
+    store.close(STORE_CLOSE_LIMIT).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -47,12 +47,17 @@ pub(super) async fn follow_database(
     // As the HTTP stream answers 400 and 410.
     if let Start::After(cursor) = &start {
         let checked = ScanService::new(store.clone())
-            .check_resume(group.as_ref(), cursor, "--after")
+            .check_resume(group.as_ref(), cursor)
             .await;
         match checked {
             Err(ServiceError::ExpiredCursor) => bail!(
                 "the changes after --after are no longer kept (AUDIT_RETENTION_DAYS): watch \
                  without --after, then re-read the current state of your scans"
+            ),
+            Err(ServiceError::ForeignCursor) => bail!(
+                "--after is no place in this database's change history (the database was \
+                 restored from a backup taken before it, or no watch printed it): watch without \
+                 --after, then re-read the current state of your scans"
             ),
             checked => checked?,
         }
@@ -147,11 +152,17 @@ pub(super) async fn follow_server(
                     .map(retry_after_pause);
                 let body = response.text().await.unwrap_or_default();
                 if status == reqwest::StatusCode::GONE && stream.last_id.is_some() {
-                    // The changes after the last event were deleted by retention: they cannot
-                    // be printed. Follow from now, and say so, so that whoever reads the lines
-                    // re-reads the scans' current state.
-                    tracing::warn!(%status, "the changes after the last event id are no longer kept; \
-                        following from now: re-read the current state of your scans");
+                    // The changes after the last event cannot be printed: retention deleted them,
+                    // or the database was restored from a backup taken before them. Follow from
+                    // now, and say so, so that whoever reads the lines re-reads the scans' state.
+                    let details = serde_json::from_str::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|envelope| {
+                            envelope["error"]["details"].as_str().map(str::to_owned)
+                        })
+                        .unwrap_or(body);
+                    tracing::warn!(%status, %details, "the changes after the last event id cannot \
+                        be printed; following from now: re-read the current state of your scans");
                     stream.last_id = None;
                     continue;
                 }

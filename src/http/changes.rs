@@ -118,8 +118,6 @@ impl Drop for StreamSlot {
 /// What a stream was asked for, parsed once.
 struct StreamRequest {
     start: Start,
-    /// Which parameter the cursor came from, to name it in an error.
-    cursor_source: Option<&'static str>,
     scans: Option<HashSet<ScanId>>,
     statuses: Option<HashSet<ScanStatus>>,
 }
@@ -208,7 +206,6 @@ impl StreamRequest {
         problems.into_result()?;
         Ok(Self {
             start,
-            cursor_source,
             scans: (!scans.is_empty()).then_some(scans),
             statuses: (!statuses.is_empty()).then_some(statuses),
         })
@@ -249,7 +246,9 @@ fn has_event_id_form(id: &str) -> bool {
         `Last-Event-ID` (or `?after=`) set to the last id received to get every change after it, in \
         order, none missed and none repeated; without either the stream starts now. A cursor from \
         before changes that are no longer kept (`AUDIT_RETENTION_DAYS`) answers 410 \
-        `CURSOR_EXPIRED`: reconnect without one and re-read the scans' current state. Event ids are \
+        `CURSOR_EXPIRED`: reconnect without one and re-read the scans' current state; so does one \
+        that is no place in this database's change history (handed out before the database was \
+        restored from a backup, or ahead of every change). Event ids are \
         opaque. A scan's creation is sent too (`from` null, `to` the status it was created in: \
         `queued` through the API). The stream opens with `retry: 2000` and \
         an `id:` of where it starts (no event), so a reconnection before any event resumes from there, \
@@ -299,9 +298,8 @@ pub(crate) async fn follow_changes(
             limit: Limit::StreamsPerKey,
             retry_after_secs: STREAM_CAP_RETRY_SECS,
         })?;
-    let cursor_named = request.cursor_source.unwrap_or("after");
     let follower = service
-        .follow_changes(&principal, &group, request.start.clone(), cursor_named)
+        .follow_changes(&principal, &group, request.start.clone())
         .await?;
     // The key is checked again at every keep-alive, so a revoked key stops receiving.
     let key = presented_key(&headers)?.to_owned();

@@ -46,6 +46,10 @@ pub enum ApiError {
     /// from now and re-read the current state.
     #[error("cursor expired")]
     CursorExpired,
+    /// 410 too: a change stream's cursor that is no place in this database's change history
+    /// (from before the database was restored from a backup, or made up): the same remedy.
+    #[error("cursor from another history")]
+    CursorForeign,
     /// 429: a limit was reached; its details say which.
     #[error("rate limited ({limit:?}) for {retry_after_secs} s")]
     RateLimited { limit: Limit, retry_after_secs: u64 },
@@ -212,7 +216,7 @@ impl ApiError {
             ApiError::NotCancellable { .. }
             | ApiError::NotMovable { .. }
             | ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::CursorExpired => StatusCode::GONE,
+            ApiError::CursorExpired | ApiError::CursorForeign => StatusCode::GONE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -231,7 +235,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "FORBIDDEN",
             ApiError::NotFound(_) => "NOT_FOUND",
             ApiError::MethodNotAllowed(_) => "METHOD_NOT_ALLOWED",
-            ApiError::CursorExpired => "CURSOR_EXPIRED",
+            ApiError::CursorExpired | ApiError::CursorForeign => "CURSOR_EXPIRED",
             ApiError::RateLimited { .. } => "RATE_LIMITED",
             ApiError::Internal(_) => "INTERNAL_ERROR",
             ApiError::Upstream(_) => "UPSTREAM_ERROR",
@@ -250,7 +254,7 @@ impl ApiError {
             ApiError::NotCancellable { .. } => "Scan is not in a cancellable status",
             ApiError::NotMovable { .. } => "Scan is not in a status that allows this change",
             ApiError::IdempotencyKeyReused => "Idempotency key already used",
-            ApiError::CursorExpired => "Cursor expired",
+            ApiError::CursorExpired | ApiError::CursorForeign => "Cursor expired",
             ApiError::RateLimited { .. } => "Rate limit exceeded",
             ApiError::Internal(_) => "Internal server error",
             ApiError::Upstream(_) => "Upstream service error",
@@ -282,6 +286,11 @@ impl ApiError {
             ApiError::CursorExpired => "changes after this cursor are no longer kept \
                 (AUDIT_RETENTION_DAYS): reconnect without a cursor, then re-read the current state \
                 of your scans"
+                .into(),
+            ApiError::CursorForeign => "this cursor is no place in this database's change \
+                history (the database was restored from a backup taken before it, or the cursor \
+                was not sent by this service): reconnect without a cursor, then re-read the \
+                current state of your scans"
                 .into(),
             ApiError::RateLimited {
                 limit,
@@ -392,8 +401,8 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// The 400's details for a change stream's cursor this feed never issued, named as the client
-/// sent it (`after` or `Last-Event-ID`): malformed, or ahead of the whole trail.
+/// The 400's details for a change stream's cursor that is not one, named as the client sent it
+/// (`after` or `Last-Event-ID`).
 pub(crate) fn unknown_cursor(named: &str) -> String {
     format!("{named} must be an event id this stream sent")
 }
@@ -411,8 +420,8 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotCancellable { current } => ApiError::NotCancellable { current },
             ServiceError::InvalidTransition { current, .. } => ApiError::NotMovable { current },
             ServiceError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
-            ServiceError::UnknownCursor { named } => ApiError::Validation(unknown_cursor(named)),
             ServiceError::ExpiredCursor => ApiError::CursorExpired,
+            ServiceError::ForeignCursor => ApiError::CursorForeign,
             ServiceError::Store(error) => error.into(),
         }
     }

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::feed::{ChangeHub, Follower, Start};
 use super::key_cache::KeyCache;
-use crate::domain::feed::FeedCursor;
+use crate::domain::feed::{FeedCursor, FeedPosition};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{ApiKey, KeyHash, KeyRejected, Principal, looks_like_key};
 use crate::domain::scan::{
@@ -163,10 +163,11 @@ pub enum ServiceError {
     /// The idempotency key started a scan of another account group within the window.
     #[error("the Idempotency-Key was used for another account group")]
     IdempotencyKeyReused,
-    /// A resume cursor that this feed cannot have issued: ahead of everything in the audit trail
-    /// (a malformed one is refused before this). `named` as the caller gave it.
-    #[error("{named} is not a cursor this feed issued")]
-    UnknownCursor { named: &'static str },
+    /// A resume cursor that is no place in this audit trail (a malformed one is refused before
+    /// this): from before a restore of the database, or made up. Resuming from it could skip
+    /// changes, as from an expired one.
+    #[error("the cursor is no place in this database's change history")]
+    ForeignCursor,
     /// A resume cursor from before changes of its group that the retention sweep has deleted:
     /// resuming from it would skip them.
     #[error("changes after the cursor are no longer kept")]
@@ -505,19 +506,18 @@ impl ScanService {
     }
 
     /// Follows `group`'s status changes from `start`: from now, or exactly after a cursor this
-    /// feed issued (one ahead of the whole audit trail is refused, and so is one from before
-    /// changes of the group that are no longer kept). Only a service built [`Self::with_feed`]
-    /// follows changes; any other panics here. An unknown cursor is refused as `cursor_named`.
+    /// feed issued (one that is no place in this trail is refused, and so is one from before
+    /// changes of the group that are no longer kept: [`Self::check_resume`]). Only a service
+    /// built [`Self::with_feed`] follows changes; any other panics here.
     pub(crate) async fn follow_changes(
         &self,
         principal: &Principal,
         group: &AccountGroupId,
         start: Start,
-        cursor_named: &'static str,
     ) -> Result<Follower, ServiceError> {
         Self::check_access(principal, group)?;
         if let Start::After(cursor) = &start {
-            self.check_resume(Some(group), cursor, cursor_named).await?;
+            self.check_resume(Some(group), cursor).await?;
         }
         let changes =
             (self.0.changes.as_ref()).expect("a service that follows changes has with_feed");
@@ -525,14 +525,14 @@ impl ScanService {
     }
 
     /// Whether the feed of `group` (every group's, when `None`) may resume after `cursor`: not
-    /// when it is ahead of the whole audit trail (no feed issued it; refused as `cursor_named`),
-    /// nor when changes of the group (of any group) after it are no longer kept (resuming would
-    /// skip them).
+    /// when the cursor is no place in this trail (ahead of it, or at a change it never held: the
+    /// database was restored from a backup taken before the cursor, whose changes it lacks, or the
+    /// cursor was made up), nor when changes of the group (of any group) after it are no longer
+    /// kept (resuming would skip them).
     pub async fn check_resume(
         &self,
         group: Option<&AccountGroupId>,
         cursor: &FeedCursor,
-        cursor_named: &'static str,
     ) -> Result<(), ServiceError> {
         // A cursor of the cluster a restored database came from: its changes are not this
         // trail's to resume, though it may lie past the head.
@@ -541,16 +541,20 @@ impl ScanService {
             && let Some(rebased) = self.0.store.rebased_through().await?
             && frontier.id <= rebased
         {
-            return Err(ServiceError::ExpiredCursor);
+            return Err(ServiceError::ForeignCursor);
         }
         // The mark before the head: a transaction still running under the head's snapshot was
         // running when the mark was read, so no sweep behind the mark saw its rows.
         let mark = self.0.store.trimmed_mark(group).await?;
         let head = self.0.store.feed_head().await?;
-        if cursor.frontier() > head.frontier() {
-            return Err(ServiceError::UnknownCursor {
-                named: cursor_named,
-            });
+        // A cursor's frontier is always a row the trail held when it was handed out (or the
+        // start of an empty trail): anything else comes from another history. Refused as
+        // expired, not as malformed: the client's remedy is the same as after retention
+        // (re-read the state, follow from now), and a 400 would tell it to stop for good.
+        if frontier > head.frontier()
+            || (frontier != FeedPosition::default() && !self.0.store.feed_knows(frontier).await?)
+        {
+            return Err(ServiceError::ForeignCursor);
         }
         if let Some(mark) = mark
             && cursor.reaches_below(mark, head.horizon())

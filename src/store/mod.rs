@@ -424,6 +424,14 @@ impl Store {
         forward!(self.rebased_through())
     }
 
+    /// Whether `position` is a place in this trail: a row it holds, or one the retention sweep
+    /// deleted (at or below a mark). One read, so a row deleted meanwhile is seen in one or the
+    /// other. A cursor whose frontier is neither was not handed out by this trail: the database
+    /// was restored from a backup taken before it (its changes are lost), or it was made up.
+    pub async fn feed_knows(&self, position: FeedPosition) -> Result<bool, StoreError> {
+        forward!(self.feed_knows(position))
+    }
+
     /// The greatest position of `group`'s audit rows (any group's, with `None`) that the
     /// retention sweep has deleted, if it deleted any: a cursor of the group (of every group)
     /// below it may have missed changes that are gone.
@@ -465,6 +473,16 @@ impl Store {
     pub async fn flush_hints(&self, limit: Duration) {
         if let Store::Postgres(store) = self {
             store.flush_hints(limit).await;
+        }
+    }
+
+    /// Closes the store's connections at the end of the process, waiting at most `limit` for
+    /// those in use. On SQLite the last connection to close writes the write-ahead log back into
+    /// the database file and deletes it: the file alone then holds every commit, which a copy of
+    /// it, or a restore put in its place, relies on. On PostgreSQL nothing is left behind.
+    pub async fn close(&self, limit: Duration) {
+        if let Store::Sqlite(store) = self {
+            store.close(limit).await;
         }
     }
 

@@ -623,6 +623,22 @@ impl PgStore {
         .await
     }
 
+    pub async fn feed_knows(&self, position: FeedPosition) -> Result<bool, StoreError> {
+        self.on_connection(async |connection| {
+            sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM signal_scan_events
+                                WHERE id = $2 AND xid = $1::text::xid8)
+                     OR EXISTS (SELECT 1 FROM signal_scan_events_trimmed
+                                WHERE (xid, id) >= ($1::text::xid8, $2))",
+            )
+            .bind(position.xid.to_string())
+            .bind(position.id)
+            .fetch_one(connection)
+            .await
+        })
+        .await
+    }
+
     pub async fn trimmed_mark(
         &self,
         group: Option<&AccountGroupId>,

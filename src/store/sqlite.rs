@@ -685,9 +685,37 @@ impl SqliteStore {
         ))
     }
 
+    pub async fn close(&self, limit: Duration) {
+        if tokio::time::timeout(limit, self.pool.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                limit_ms = limit.as_millis(),
+                "a connection to the database was still in use at the stop: its write-ahead log \
+                 stays beside it until it is next opened"
+            );
+        }
+    }
+
     /// On SQLite every position is at xid 0: none is another database's.
     pub async fn rebased_through(&self) -> Result<Option<i64>, StoreError> {
         Ok(None)
+    }
+
+    pub async fn feed_knows(&self, position: FeedPosition) -> Result<bool, StoreError> {
+        if position.xid != 0 {
+            return Ok(false);
+        }
+        self.bounded(
+            sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM signal_scan_events WHERE id = ?1)
+                     OR EXISTS (SELECT 1 FROM signal_scan_events_trimmed WHERE id >= ?1)",
+            )
+            .bind(position.id)
+            .fetch_one(&self.pool),
+        )
+        .await
     }
 
     pub async fn trimmed_mark(
@@ -941,17 +969,54 @@ const UPDATE_BATCH: &str = "UPDATE signal_scans
 
 /// This process's turn to write, and the file the writes go to.
 pub(super) struct WriteTurn {
-    lock: tokio::sync::Mutex<()>,
+    lock: tokio::sync::Mutex<AuditIds>,
     file: DatabaseFile,
 }
 
 impl WriteTurn {
     fn on(file: DatabaseFile) -> Self {
         Self {
-            lock: tokio::sync::Mutex::new(()),
+            lock: tokio::sync::Mutex::new(AuditIds::MayFollowAnotherHistory),
             file,
         }
     }
+}
+
+/// Whether this process has moved the audit trail's next id past the present. A change's id is
+/// its place in the change feed, and a cursor names one: were ids reused, a cursor handed out
+/// before the database was restored from a backup (or a copy put in its place) would come to name
+/// another change of the restored trail, and a stream resumed from it would skip the changes
+/// between, unseen. So the first write of each process moves the next id to the present in
+/// microseconds (where a restored database's ids stand far below), and no id handed out before a
+/// restore is ever given again: ids still follow commit order (there is one writer), and a cursor
+/// from the lost history names no change of this trail, which a resume refuses with 410
+/// (`ScanService::check_resume`). Ids grow by one a change, far slower than the clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AuditIds {
+    MayFollowAnotherHistory,
+    PastThisProcessStart,
+}
+
+/// Moves the audit trail's next id to at least `now` in microseconds since the epoch (SQLite's
+/// `AUTOINCREMENT` takes the greater of this and the greatest id, plus one).
+async fn move_audit_ids_past_now(connection: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    let now = now().unix_timestamp_nanos() / 1_000;
+    let now = i64::try_from(now).unwrap_or(i64::MAX / 2);
+    sqlx::query(
+        "INSERT INTO sqlite_sequence (name, seq)
+         SELECT 'signal_scan_events', ?1
+         WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'signal_scan_events')",
+    )
+    .bind(now)
+    .execute(&mut *connection)
+    .await?;
+    sqlx::query(
+        "UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'signal_scan_events' AND seq < ?1",
+    )
+    .bind(now)
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
 }
 
 /// The database file as the store opened it, to tell when its path no longer names it: a
@@ -1050,15 +1115,19 @@ async fn write_and_commit<T>(
     connection: &mut Option<PoolConnection<Sqlite>>,
     write: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T, sqlx::Error>,
 ) -> Result<T, StoreError> {
-    let (_turn, tx, written) = bounded(timeout, async move {
+    let (mut turn, tx, written) = bounded(timeout, async move {
         let turn = turn.lock.lock().await;
         let acquired = connection.insert(pool.acquire().await?);
         let mut tx = acquired.begin_with("BEGIN IMMEDIATE").await?;
+        if *turn == AuditIds::MayFollowAnotherHistory {
+            move_audit_ids_past_now(&mut tx).await?;
+        }
         let written = write(&mut tx).await?;
         Ok((turn, tx, written))
     })
     .await?;
     tx.commit().await.map_err(classify)?;
+    *turn = AuditIds::PastThisProcessStart;
     Ok(written)
 }
 
@@ -1177,7 +1246,10 @@ mod tests {
 
     /// A write turn that checks no file (the test's own stays where it is).
     fn turn() -> WriteTurn {
-        WriteTurn::on(connect_file(&SqliteConnectOptions::new()))
+        let turn = WriteTurn::on(connect_file(&SqliteConnectOptions::new()));
+        // These databases hold no audit trail to number.
+        *turn.lock.try_lock().expect("a new turn is free") = super::AuditIds::PastThisProcessStart;
+        turn
     }
 
     async fn rows(pool: &SqlitePool) -> i64 {

@@ -1073,3 +1073,25 @@ store_test!(
     a_scan_created_on_the_command_line_reaches_watches_by_its_hint,
     postgres_only
 );
+
+/// `scans watch` ends with exit 0 on SIGTERM and on Ctrl-C, following the database or the
+/// service. It had no handler: it died by the signal, and, as a container's PID 1 (which has no
+/// default action for SIGTERM), it ignored SIGTERM and ran on until killed (command line review).
+async fn scans_watch_stops_with_exit_0_on_sigterm_and_ctrl_c(backend: Backend) {
+    let (app, group, _) = TestApp::with_writer(backend).await;
+    let reader = app.reader(&group).await;
+    let server = app.url("");
+    let from_the_database = Watch::start(&app.db.url, Some(&group), 200).await;
+    let from_the_service = Watch::start_with(
+        &["--server", &server, "--account-group", group.as_str()],
+        &[("SIGNAL_SCANS_API_KEY", &reader)],
+    )
+    .await;
+
+    let terminated = from_the_database.signal_and_wait("TERM").await;
+    let interrupted = from_the_service.signal_and_wait("INT").await;
+
+    assert_eq!(terminated.code(), Some(0), "{terminated:?}");
+    assert_eq!(interrupted.code(), Some(0), "{interrupted:?}");
+}
+store_test!(scans_watch_stops_with_exit_0_on_sigterm_and_ctrl_c);

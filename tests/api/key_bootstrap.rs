@@ -131,3 +131,46 @@ fn tempdir() -> TempDir {
     std::fs::create_dir_all(&folder).unwrap();
     TempDir(folder)
 }
+
+/// A secret that cannot be printed (stdout on a full disk; or its reader gone) leaves no usable
+/// key behind: the key is revoked and the command fails naming it, so that a bootstrap job run
+/// again (`--if-none`) makes one it receives. The key stayed active with its secret lost
+/// (command line review).
+async fn a_key_whose_secret_cannot_be_printed_is_revoked(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let url = app.db.url.clone();
+    let args = [
+        "keys",
+        "create",
+        "--name",
+        "boot",
+        "--all-account-groups",
+        "--if-none",
+        "--json",
+    ];
+    let full_disk = crate::helpers::child::signal_scans()
+        .args(args)
+        .env("DATABASE_URL", &url)
+        .env("RUST_LOG", "warn")
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .output()
+        .expect("the binary runs");
+
+    let received = signal_scans(&url, &args);
+
+    let stderr = String::from_utf8_lossy(&full_disk.stderr);
+    assert_eq!(full_disk.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the key is revoked; create another"),
+        "{stderr}"
+    );
+    assert!(received.status.success(), "{received:?}");
+    let made: serde_json::Value = serde_json::from_slice(&received.stdout).unwrap();
+    assert!(made["key"].as_str().unwrap().starts_with("ssk_"), "{made}");
+    let keys = app.store.list_keys().await.unwrap();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let active: Vec<_> = keys.iter().filter(|key| key.revoked_at.is_none()).collect();
+    assert_eq!(active.len(), 1, "{keys:?}");
+    assert_eq!(active[0].id.to_string(), made["id"]);
+}
+store_test!(a_key_whose_secret_cannot_be_printed_is_revoked);

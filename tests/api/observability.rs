@@ -351,12 +351,7 @@ store_test!(a_client_that_leaves_mid_body_is_counted_as_499_not_400);
 /// other limits' refusals: an alert on `rate_limited_total` sees every 429 a limit gave.
 async fn a_stream_past_its_keys_cap_is_counted_as_rate_limited(backend: Backend) {
     let (app, group, _) = TestApp::with_writer(backend).await;
-    let (reader, _) = app
-        .key_for(
-            &[signal_scans::domain::keys::Permission::SignalsRead],
-            &[group],
-        )
-        .await;
+    let reader = app.reader(&group).await;
     let server =
         ServerProcess::start(&[("DATABASE_URL", &app.db.url), ("STREAM_MAX_PER_KEY", "1")]).await;
     let before = server.metrics().await;

@@ -7,18 +7,19 @@ use std::time::Duration;
 use serde_json::Value;
 use signal_scans::domain::feed::FeedCursor;
 use signal_scans::domain::ids::{AccountGroupId, ScanId};
-use signal_scans::domain::keys::{AccountGroupAccess, NewApiKey, Permission};
+use signal_scans::domain::keys::Permission;
 use signal_scans::domain::scan::{Actor, ScanStatus, Transition};
 use signal_scans::service::feed::{ChangeHub, FeedError, FeedEvent, FeedReader, Start};
+use signal_scans::store::Store;
 use signal_scans::store::statements::{POSTGRES_GROUP_FEED, SQLITE_GROUP_FEED};
-use signal_scans::store::{KeyToCreate, Store};
 use sqlx::{Connection, PgConnection, SqliteConnection};
 
 use crate::helpers::clock_shift;
 use crate::helpers::process::ServerProcess;
 use crate::helpers::sse::{SseStream, scan_ids};
 use crate::helpers::{
-    ApiResponse, Backend, TestApp, TestDatabase, group, id_strings, store_options,
+    ApiResponse, Backend, TestApp, TestDatabase, group, id_strings, key_in, migrated_database,
+    store_options,
 };
 use crate::store_test;
 
@@ -341,30 +342,6 @@ async fn scan_without_rows(url: &str, group: &AccountGroupId) -> String {
     }
 }
 
-/// A fresh, migrated database for a server process, and a store on it to arrange with.
-async fn database_for_process(backend: Backend) -> (TestDatabase, Store) {
-    let db = TestDatabase::create(backend).await;
-    let store = Store::connect(&store_options(&db.url, Duration::from_secs(10))).unwrap();
-    store.migrate().await.expect("migrations run");
-    (db, store)
-}
-
-/// A `signals:read` key on `groups`, made straight in `store`.
-async fn reader_in(store: &Store, groups: &[AccountGroupId]) -> String {
-    let new_key = NewApiKey::generate();
-    store
-        .create_key(&KeyToCreate {
-            name: "test key".into(),
-            hash: new_key.hash,
-            permissions: vec![Permission::SignalsRead],
-            access: AccountGroupAccess::Only(groups.to_vec()),
-            expires_at: None,
-        })
-        .await
-        .expect("create key");
-    new_key.secret
-}
-
 /// A change of `group` written by the store now (a scan made queued, moved to running): its scan.
 async fn fresh_change(store: &Store, group: &AccountGroupId) -> ScanId {
     let scan = store.create_scan(group, ScanStatus::Queued).await.unwrap();
@@ -388,12 +365,12 @@ const RUNNER: Actor<'static> = Actor {
 /// a cursor after the deleted rows resumes. Fails if the setting is ignored, if young rows are
 /// deleted, or if an expired cursor is served (it would skip the deleted changes silently).
 async fn retention_deletes_old_rows_and_a_cursor_from_before_them_answers_410(backend: Backend) {
-    let (db, store) = database_for_process(backend).await;
+    let (db, store) = migrated_database(backend).await;
     let (aged, young) = (group(), group());
     write_history(&db.url, &aged, 600, 10, true).await;
     fresh_change(&store, &aged).await;
     let young_change = fresh_change(&store, &young).await;
-    let reader = reader_in(&store, &[aged, young]).await;
+    let reader = key_in(&store, Permission::SignalsRead, &[aged, young]).await;
     // A sweep deletes a bounded batch and no more.
     let cutoff = time::OffsetDateTime::now_utc() - Duration::from_secs(24 * 3600);
     let first_batch = store.trim_audit(cutoff, 100).await.unwrap();
@@ -465,7 +442,7 @@ store_test!(retention_deletes_old_rows_and_a_cursor_from_before_them_answers_410
 /// gone. Fails if old rows are deleted past a young one (a cursor between them would be served
 /// and skip them).
 async fn the_retention_delete_stops_at_the_first_younger_row(backend: Backend) {
-    let (db, store) = database_for_process(backend).await;
+    let (db, store) = migrated_database(backend).await;
     let (first, second) = (group(), group());
     write_history(&db.url, &first, 20, 10, false).await;
     fresh_change(&store, &first).await;
@@ -490,7 +467,7 @@ store_test!(the_retention_delete_stops_at_the_first_younger_row);
 /// a change stream's follower and `scans watch`'s. Fails for a reader that reads on from its
 /// cursor (both did: the rows left past the deleted ones came next, the gap without a trace).
 async fn a_reader_whose_unread_changes_are_swept_stops_rather_than_skip_them(backend: Backend) {
-    let (db, store) = database_for_process(backend).await;
+    let (db, store) = migrated_database(backend).await;
     let group = group();
     // 3,000 rows ten days old: three of the trail's pages.
     write_history(&db.url, &group, 1500, 10, true).await;
@@ -1039,7 +1016,7 @@ store_test!(the_group_migration_fills_old_rows_and_keeps_their_positions);
 /// of the whole trail, as the stream answers 400; a cursor after them is followed. Fails if the
 /// watch starts from an expired cursor.
 async fn scans_watch_refuses_a_cursor_from_before_deleted_changes(backend: Backend) {
-    let (db, store) = database_for_process(backend).await;
+    let (db, store) = migrated_database(backend).await;
     let aged = group();
     write_history(&db.url, &aged, 10, 10, true).await;
     let cutoff = time::OffsetDateTime::now_utc() - Duration::from_secs(24 * 3600);
@@ -1082,7 +1059,7 @@ async fn scans_watch_refuses_a_cursor_from_before_deleted_changes(backend: Backe
     let stderr = String::from_utf8_lossy(&ahead.stderr);
     assert!(!ahead.status.success(), "{stderr}");
     assert!(
-        stderr.contains("--after is not a cursor this feed issued"),
+        stderr.contains("--after is no place in this database's change history"),
         "{stderr}"
     );
     assert!(
@@ -1097,7 +1074,7 @@ store_test!(scans_watch_refuses_a_cursor_from_before_deleted_changes);
 /// the database's clock, and keeps the rest. Before, it measured them by its own clock and
 /// deleted every row, seconds old or not (expiring every cursor).
 async fn a_replica_whose_clock_runs_ahead_sweeps_by_the_databases_clock(backend: Backend) {
-    let (db, store) = database_for_process(backend).await;
+    let (db, store) = migrated_database(backend).await;
     let (aged, young) = (group(), group());
     write_history(&db.url, &aged, 10, 10, true).await;
     fresh_change(&store, &young).await;

@@ -737,11 +737,15 @@ error_response!(
     [("keyReused", ApiError::IdempotencyKeyReused)]
 );
 error_response!(
-    /// 410 CURSOR_EXPIRED: a change stream's cursor from before changes that are no longer kept.
+    /// 410 CURSOR_EXPIRED: a change stream's cursor from before changes that are no longer kept,
+    /// or one that is no place in this database's change history (from before a restore).
     CursorExpired,
     ErrorResponse,
     after_auth,
-    [("changesNoLongerKept", ApiError::CursorExpired)]
+    [
+        ("changesNoLongerKept", ApiError::CursorExpired),
+        ("notInThisHistory", ApiError::CursorForeign)
+    ]
 );
 error_response!(
     /// 429 RATE_LIMITED.

@@ -20,16 +20,19 @@ mod resume;
 use std::time::Duration;
 
 use signal_scans::domain::ids::{AccountGroupId, ScanId};
-use signal_scans::domain::keys::{AccountGroupAccess, NewApiKey, Permission};
+use signal_scans::domain::keys::Permission;
 use signal_scans::domain::scan::ScanStatus;
 use signal_scans::http::changes::StreamSettings;
-use signal_scans::store::{KeyToCreate, Store};
+use signal_scans::store::Store;
 use sqlx::{Executor, PgConnection};
 use uuid::Uuid;
 
 use crate::helpers::process::ServerProcess;
 use crate::helpers::sse::{Frame, RECONNECT, SseEvent, SseStream, scan_ids};
-use crate::helpers::{ApiResponse, Backend, Settings, TestApp, TestDatabase, group, store_options};
+use crate::helpers::{
+    ApiResponse, Backend, Settings, TestApp, TestDatabase, group, key_in, migrated_database,
+    store_options,
+};
 
 /// Long enough for anything that should happen promptly on a loaded 2-core machine.
 const SOON: Duration = Duration::from_secs(5);
@@ -74,22 +77,6 @@ async fn read_key(app: &TestApp, group: &AccountGroupId) -> (String, Uuid) {
     app.key_for(&[Permission::SignalsRead], &[*group]).await
 }
 
-/// A key made straight in `store`, for a server process that shares the database.
-async fn key_in(store: &Store, permission: Permission, group: &AccountGroupId) -> String {
-    let new_key = NewApiKey::generate();
-    store
-        .create_key(&KeyToCreate {
-            name: "test key".into(),
-            hash: new_key.hash,
-            permissions: vec![permission],
-            access: AccountGroupAccess::Only(vec![*group]),
-            expires_at: None,
-        })
-        .await
-        .expect("create key");
-    new_key.secret
-}
-
 /// The real binary serving a fresh, migrated database (with `env` added to its settings), a
 /// store on that database to arrange with, and a group with a reader's and a writer's key.
 struct Process {
@@ -104,17 +91,15 @@ struct Process {
 
 impl Process {
     async fn start(backend: Backend, env: &[(&str, &str)]) -> Self {
-        let db = TestDatabase::create(backend).await;
-        let store = Store::connect(&store_options(&db.url, Duration::from_secs(10))).unwrap();
-        store.migrate().await.expect("migrations run");
+        let (db, store) = migrated_database(backend).await;
         let mut settings = vec![("DATABASE_URL", db.url.as_str())];
         settings.extend_from_slice(env);
         let server = ServerProcess::start(&settings).await;
         let group = group();
         Self {
             server,
-            reader: key_in(&store, Permission::SignalsRead, &group).await,
-            writer: key_in(&store, Permission::SignalsWrite, &group).await,
+            reader: key_in(&store, Permission::SignalsRead, &[group]).await,
+            writer: key_in(&store, Permission::SignalsWrite, &[group]).await,
             store,
             group,
             _db: db,

@@ -29,9 +29,6 @@ async fn bad_parameters_and_cursors_are_400_naming_them(backend: Backend) {
         ("".into(), &["garbage"], "Last-Event-ID"),
         // The header wins, but the `after` beside it must still be a cursor.
         ("?after=garbage".into(), &["0-0"], "after"),
-        // Well-formed, but ahead of everything the trail holds: no feed issued it.
-        (query_after("999999999999-1"), &[], "after"),
-        ("".into(), &["999999999999-1"], "Last-Event-ID"),
         // Which copy counts would differ between proxies: the first was taken (HTTP review).
         (
             "".into(),
@@ -50,6 +47,25 @@ async fn bad_parameters_and_cursors_are_400_naming_them(backend: Backend) {
         assert!(
             details.contains(named),
             "{query} {last_event_ids:?}: {details}"
+        );
+    }
+    // Well-formed, but ahead of everything the trail holds: no place in it, as a cursor from
+    // before a restore of the database is, so expired rather than malformed (a client told 400
+    // stops for good).
+    for (query, last_event_id) in [
+        (query_after("999999999999-1"), None),
+        (String::new(), Some("999999999999-1")),
+    ] {
+        let mut request = stream_request(&app.url(&changes_path(&group, &query)), &reader);
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+
+        let details = refused(request).await.assert_error(410, "CURSOR_EXPIRED");
+
+        assert!(
+            details.contains("no place in this database's change history"),
+            "{details}"
         );
     }
 }
@@ -135,7 +151,7 @@ async fn an_unknown_parameter_is_400_naming_it(backend: Backend) {
 }
 store_test!(an_unknown_parameter_is_400_naming_it);
 
-/// 401 → 403 (permission) → 400 (path, parameters) → 403 (group) → 400 (unknown cursor): each
+/// 401 → 403 (permission) → 400 (path, parameters) → 403 (group) → 410 (unknown cursor): each
 /// row breaks every later rule too, and must answer with the earliest one, as the read routes do.
 async fn checks_run_in_the_read_routes_order(backend: Backend) {
     let app = TestApp::spawn(backend).await;
@@ -193,9 +209,9 @@ async fn checks_run_in_the_read_routes_order(backend: Backend) {
         (
             Some(&reader),
             path(mine.as_str(), &forged),
-            400,
-            "VALIDATION_ERROR",
-            "after",
+            410,
+            "CURSOR_EXPIRED",
+            "",
         ),
     ];
     for (key, path, status, code, named) in cases {
@@ -267,7 +283,7 @@ async fn a_key_past_its_stream_cap_is_429_until_one_closes(backend: Backend) {
             &reader,
         ))
         .await
-        .assert_error(400, "VALIDATION_ERROR");
+        .assert_error(410, "CURSOR_EXPIRED");
     }
     let _second = follow(stream_request(&url, &reader)).await;
 

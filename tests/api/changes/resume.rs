@@ -610,3 +610,121 @@ async fn hold_commits_of(app: &TestApp, held: &[ScanId], lock: i64) -> PgConnect
         .unwrap();
     admin
 }
+
+/// A database restored from a backup lacks the changes made after the backup, and its new changes
+/// take their places in the trail. A cursor handed out after the backup named one of the lost
+/// changes: resumed on the restored database, it was refused as malformed (400, which tells a
+/// client to stop for good) while the trail was behind it; then, on SQLite, once new changes had
+/// reused its place, it was followed from there, skipping every new change before it; on
+/// PostgreSQL nothing told its client that what it had seen was undone (backup and restore
+/// review). It is refused with 410, as an expired cursor is; a cursor from before the backup
+/// resumes exactly. The restore is played by hand: the trail cut back to the backup's last
+/// change, the lost scan gone, the trail's id sequence set back, as the backup held them.
+async fn a_cursor_from_before_a_restore_is_refused_not_followed_past_new_changes(backend: Backend) {
+    let (db, store) = migrated_database(backend).await;
+    let arranging = || Store::connect(&store_options(&db.url, Duration::from_secs(10))).unwrap();
+    let group = group();
+    let reader = key_in(&store, Permission::SignalsRead, &[group]).await;
+    let writer = key_in(&store, Permission::SignalsWrite, &[group]).await;
+    let settings = [("DATABASE_URL", db.url.as_str())];
+    let mut server = ServerProcess::start(&settings).await;
+    let url = server.url(&changes_path(&group, ""));
+    let mut stream = follow(stream_request(&url, &reader)).await;
+    let backed_up = cancel_through(&server, &store, &writer, &group).await;
+    let backup_point = stream.next_event(SOON).await;
+    let lost = cancel_through(&server, &store, &writer, &group).await;
+    let lost_change = stream.next_event(SOON).await;
+    drop(stream);
+    server.terminate();
+    server.wait(SOON).await;
+    drop(store);
+    restore_without(&db.url, backend, &backed_up, &lost).await;
+
+    let server = ServerProcess::start(&settings).await;
+    let store = arranging();
+    let ahead_of_the_trail = refused(
+        stream_request(&url_of(&server, &group), &reader)
+            .header("last-event-id", id_of(&lost_change)),
+    )
+    .await;
+    let mut made_after = Vec::new();
+    for _ in 0..3 {
+        made_after.push(cancel_through(&server, &store, &writer, &group).await);
+    }
+    let within_the_trail = refused(
+        stream_request(&url_of(&server, &group), &reader)
+            .header("last-event-id", id_of(&lost_change)),
+    )
+    .await;
+    let mut resumed = follow(
+        stream_request(&url_of(&server, &group), &reader)
+            .header("last-event-id", id_of(&backup_point)),
+    )
+    .await;
+    let replayed = next_events(&mut resumed, 3).await;
+
+    assert_eq!(moves(&[backup_point]), cancels_of(&[backed_up], "running"));
+    ahead_of_the_trail.assert_error(410, "CURSOR_EXPIRED");
+    within_the_trail.assert_error(410, "CURSOR_EXPIRED");
+    assert_eq!(moves(&replayed), cancels_of(&made_after, "running"));
+}
+store_test!(a_cursor_from_before_a_restore_is_refused_not_followed_past_new_changes);
+
+fn url_of(server: &ServerProcess, group: &AccountGroupId) -> String {
+    server.url(&changes_path(group, ""))
+}
+
+/// A running scan of `group` made in `store`, cancelled through `server`.
+async fn cancel_through(
+    server: &ServerProcess,
+    store: &Store,
+    writer: &str,
+    group: &AccountGroupId,
+) -> ScanId {
+    let scan = store
+        .create_scan(group, ScanStatus::Running)
+        .await
+        .unwrap()
+        .id;
+    let cancelled = server
+        .post(
+            writer,
+            &crate::helpers::cancel_path(group.as_str(), scan.as_str()),
+        )
+        .await;
+    assert_eq!(cancelled.status, 200, "{cancelled:?}");
+    scan
+}
+
+/// The database as a backup taken right after `backed_up`'s cancel holds it: the audit rows after
+/// that cancel and the `lost` scan gone, and the trail's id sequence where it then stood.
+async fn restore_without(url: &str, backend: Backend, backed_up: &ScanId, lost: &ScanId) {
+    let sequence_set_back = match backend {
+        Backend::Sqlite => {
+            "UPDATE sqlite_sequence SET seq = (SELECT max(id) FROM signal_scan_events)
+             WHERE name = 'signal_scan_events'"
+        }
+        Backend::Postgres => {
+            "SELECT setval(pg_get_serial_sequence('signal_scan_events', 'id'),
+                           (SELECT max(id) FROM signal_scan_events))"
+        }
+    };
+    // The ids are the test's own, of hex digits.
+    let restore = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM signal_scan_events WHERE id > (SELECT id FROM signal_scan_events
+             WHERE scan_id = '{backed_up}' AND to_status = 'cancelled');
+         DELETE FROM signal_scans WHERE id = '{lost}';
+         {sequence_set_back}"
+    )));
+    match backend {
+        Backend::Sqlite => restore
+            .execute(&mut sqlx::SqliteConnection::connect(url).await.unwrap())
+            .await
+            .map(drop),
+        Backend::Postgres => restore
+            .execute(&mut PgConnection::connect(url).await.unwrap())
+            .await
+            .map(drop),
+    }
+    .unwrap();
+}

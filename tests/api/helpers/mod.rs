@@ -542,6 +542,11 @@ impl TestApp {
         self.key_for(&[Permission::SignalsWrite], &[*group]).await.0
     }
 
+    /// A `signals:read` key on `group`.
+    pub async fn reader(&self, group: &AccountGroupId) -> String {
+        self.key_for(&[Permission::SignalsRead], &[*group]).await.0
+    }
+
     /// A fresh group, a writer's key on it and a queued scan of it: where most cancel tests start.
     pub async fn writer_and_queued_scan(&self) -> (AccountGroupId, String, ScanId) {
         let group = group();
@@ -665,6 +670,32 @@ pub fn store_options(url: &str, timeout: Duration) -> StoreOptions {
         timeout,
         ..serve_defaults().database.store_options()
     }
+}
+
+/// A fresh, migrated database with no service on it, and a store to arrange with: for a test that
+/// starts the real binary on it.
+pub async fn migrated_database(backend: Backend) -> (TestDatabase, Store) {
+    let db = TestDatabase::create(backend).await;
+    let store = Store::connect(&store_options(&db.url, Duration::from_secs(10))).unwrap();
+    store.migrate().await.expect("migrations run");
+    (db, store)
+}
+
+/// A key with `permission` on `groups`, made straight in `store`, for a server process that shares
+/// the database: its secret.
+pub async fn key_in(store: &Store, permission: Permission, groups: &[AccountGroupId]) -> String {
+    let new_key = NewApiKey::generate();
+    store
+        .create_key(&KeyToCreate {
+            name: "test key".into(),
+            hash: new_key.hash,
+            permissions: vec![permission],
+            access: AccountGroupAccess::Only(groups.to_vec()),
+            expires_at: None,
+        })
+        .await
+        .expect("create key");
+    new_key.secret
 }
 
 pub fn cancel_path(group: &str, scan: &str) -> String {

@@ -140,6 +140,20 @@ impl Watch {
         self.logs.lock().unwrap().clone()
     }
 
+    /// Sends `signal` (`TERM`, `INT`) and waits, 10 s at most, for the watcher to exit.
+    pub async fn signal_and_wait(mut self, signal: &str) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("still running").to_string();
+        let sent = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("the watcher exits in time")
+            .unwrap()
+    }
+
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
