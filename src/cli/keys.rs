@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::config::DatabaseArgs;
-use super::output::{print_json, rfc3339};
+use super::output::{print_json, rfc3339, try_write_line};
 use super::{CreateKeyArgs, NO_OTHER_WAY, existing_store, migrated_store};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeySpec, KeySpecError};
 use crate::service::KeyAdmin;
@@ -81,23 +81,40 @@ pub(super) async fn list(database: &DatabaseArgs, json: bool) -> anyhow::Result<
     if json {
         return print_json(&views);
     }
-    out!(
-        "{:<36}  {:<24}  {:<27}  {:<10}  EXPIRES / REVOKED",
-        "ID",
-        "NAME",
-        "PERMISSIONS",
-        "GROUPS"
-    );
-    for view in &views {
-        out!(
-            "{:<36}  {:<24}  {:<27}  {:<10}  {} / {}",
-            view.id,
-            view.name,
-            view.permissions.join(","),
-            view.groups_text(),
-            rfc3339(view.expires_at),
-            rfc3339(view.revoked_at),
-        );
+    let rows: Vec<[String; 5]> = views
+        .iter()
+        .map(|view| {
+            [
+                view.id.to_string(),
+                view.name.to_owned(),
+                view.permissions.join(","),
+                view.groups_text(),
+                format!(
+                    "{} / {}",
+                    rfc3339(view.expires_at),
+                    rfc3339(view.revoked_at)
+                ),
+            ]
+        })
+        .collect();
+    let header = ["ID", "NAME", "PERMISSIONS", "GROUPS", "EXPIRES / REVOKED"].map(String::from);
+    // Each column as wide as its widest cell (names and group lists have no fixed width).
+    let widths: Vec<usize> = (0..header.len())
+        .map(|column| {
+            std::iter::once(&header)
+                .chain(&rows)
+                .map(|row| row[column].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out!("{}", cells.join("  ").trim_end());
     }
     Ok(())
 }
@@ -178,7 +195,7 @@ pub(super) async fn create(args: CreateKeyArgs) -> anyhow::Result<()> {
         view.key = None;
         view.key_file = Some(path);
     }
-    let mut text = match args.json {
+    let text = match args.json {
         true => serde_json::to_string(&view)?,
         false => {
             let mut text = format!(
@@ -202,14 +219,13 @@ pub(super) async fn create(args: CreateKeyArgs) -> anyhow::Result<()> {
             text
         }
     };
-    text.push('\n');
     if view.key.is_none() {
-        out!("{}", text.trim_end());
+        out!("{text}");
         return Ok(());
     }
     // The secret exists nowhere else: a key whose secret nobody received is revoked, so that a
     // retry (`--if-none` included) makes one that can be used.
-    if let Err(error) = print_secret(&text) {
+    if let Err(error) = try_write_line(format_args!("{text}")) {
         let (id, undone) = (key.id, keys.revoke(key.id).await);
         bail!(match undone {
             Ok(_) => format!(
@@ -223,15 +239,6 @@ pub(super) async fn create(args: CreateKeyArgs) -> anyhow::Result<()> {
         });
     }
     Ok(())
-}
-
-/// Writes `text` to stdout, reporting every failure: `out!` takes a reader gone as the end of
-/// the command (exit 0), which would leave a key whose secret nobody received.
-fn print_secret(text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(text.as_bytes())?;
-    stdout.flush()
 }
 
 /// A file made for one secret: new (never an existing one), readable by its owner only.

@@ -488,8 +488,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         database = %args.database.url(),
         "signal-scans is serving"
     );
-    if let Some(demo) = demo {
-        out!("{}", demo.instructions(addr));
+    // The demo's keys are in the text alone; a text that cannot be printed is said in the log,
+    // and the service serves all the same.
+    if let Some(demo) = demo
+        && let Err(error) = output::try_write_line(format_args!("{}", demo.instructions(addr)))
+    {
+        tracing::warn!(%error, "cannot print the demo's instructions (its keys are in them)");
     }
     let store = application.state().store.clone();
     application

@@ -19,9 +19,7 @@ macro_rules! out {
 /// Writes one line to stdout at once. Exits 0 when the reader is gone (nobody is left to tell),
 /// and 1, saying why on stderr, when stdout cannot be written otherwise (a full disk).
 pub(super) fn write_line(line: fmt::Arguments<'_>) {
-    let mut stdout = std::io::stdout().lock();
-    let written = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
-    match written {
+    match try_write_line(line) {
         Ok(()) => {}
         Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
         Err(error) => {
@@ -29,6 +27,13 @@ pub(super) fn write_line(line: fmt::Arguments<'_>) {
             std::process::exit(1);
         }
     }
+}
+
+/// Writes one line to stdout at once, and says whether it could: for a line whose loss the caller
+/// handles itself (a key's only secret; the demo's instructions, which must not stop the service).
+pub(super) fn try_write_line(line: fmt::Arguments<'_>) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}").and_then(|()| stdout.flush())
 }
 
 pub(super) fn print_json(value: &impl Serialize) -> anyhow::Result<()> {

@@ -56,8 +56,8 @@ pub(super) async fn follow_database(
             ),
             Err(ServiceError::ForeignCursor) => bail!(
                 "--after is no place in this database's change history (the database was \
-                 restored from a backup taken before it, or no watch printed it): watch without \
-                 --after, then re-read the current state of your scans"
+                 restored from a backup or moved from another cluster, or no watch printed it): \
+                 watch without --after, then re-read the current state of your scans"
             ),
             checked => checked?,
         }

@@ -288,9 +288,9 @@ impl ApiError {
                 of your scans"
                 .into(),
             ApiError::CursorForeign => "this cursor is no place in this database's change \
-                history (the database was restored from a backup taken before it, or the cursor \
-                was not sent by this service): reconnect without a cursor, then re-read the \
-                current state of your scans"
+                history (the database was restored from a backup or moved from another cluster, \
+                or the cursor was not sent by this service): reconnect without a cursor, then \
+                re-read the current state of your scans"
                 .into(),
             ApiError::RateLimited {
                 limit,

@@ -427,7 +427,8 @@ impl Store {
     /// Whether `position` is a place in this trail: a row it holds, or one the retention sweep
     /// deleted (at or below a mark). One read, so a row deleted meanwhile is seen in one or the
     /// other. A cursor whose frontier is neither was not handed out by this trail: the database
-    /// was restored from a backup taken before it (its changes are lost), or it was made up.
+    /// was restored from a backup taken before it (its changes are lost) or moved from another
+    /// cluster, or it was made up.
     pub async fn feed_knows(&self, position: FeedPosition) -> Result<bool, StoreError> {
         forward!(self.feed_knows(position))
     }

@@ -93,8 +93,18 @@ async fn keys_create_list_and_revoke_work_end_to_end(backend: Backend) {
     );
     let listed = json_of(&listed);
     assert_eq!(listed[0]["id"], id.as_str());
-    let table = signal_scans(&url, &["keys", "list"]);
-    assert!(!String::from_utf8(table.stdout).unwrap().contains(&secret));
+    let table = String::from_utf8(signal_scans(&url, &["keys", "list"]).stdout).unwrap();
+    assert!(!table.contains(&secret));
+    // Columns line up under their headers, a 24-character group id included (the groups column
+    // was 10 wide: command line review).
+    let (header, row) = (table.lines().next().unwrap(), table.lines().nth(1).unwrap());
+    assert_eq!(row.find(group.as_str()), header.find("GROUPS"), "{table}");
+    assert_eq!(
+        row.rfind(" / ")
+            .map(|slash| row[..slash].trim_end().rfind(' ').unwrap() + 1),
+        header.find("EXPIRES / REVOKED"),
+        "{table}"
+    );
 
     // Revoke: the key stops working within a second (the key cache's bound), here and
     // everywhere.

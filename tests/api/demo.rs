@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use crate::helpers::process::ServerProcess;
 use crate::helpers::{ApiResponse, Backend, TestDatabase, child};
 use crate::store_test;
 
@@ -149,3 +150,29 @@ async fn the_demos_curl_commands_give_the_outcomes_they_promise(backend: Backend
     again.kill().await.unwrap();
 }
 store_test!(the_demos_curl_commands_give_the_outcomes_they_promise);
+
+/// `serve --demo` whose instructions cannot be printed (stdout on a full disk, or read by nobody)
+/// says so in its log and serves all the same: it stopped, exit 1 on a full disk and 0, silently,
+/// when the reader had gone (command line review).
+#[tokio::test]
+async fn serve_demo_serves_when_its_instructions_cannot_be_printed() {
+    let db = TestDatabase::create(Backend::Sqlite).await;
+    let full_disk = std::fs::File::create("/dev/full").unwrap();
+    let server = ServerProcess::start_with(
+        &["--demo"],
+        &[("DATABASE_URL", db.url.as_str())],
+        full_disk.into(),
+    )
+    .await;
+
+    server
+        .until_logged(|event| {
+            event["message"] == "cannot print the demo's instructions (its keys are in them)"
+        })
+        .await;
+    // Past the moment it stopped.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let health = reqwest::get(server.url("/healthz")).await.unwrap();
+
+    assert_eq!(health.status(), 200);
+}

@@ -19,14 +19,20 @@ impl ServerProcess {
     /// Starts `signal-scans serve` on a free port with `env` (and nothing else from the caller's
     /// environment: see [`child`]), and waits until it serves.
     pub async fn start(env: &[(&str, &str)]) -> Self {
+        Self::start_with(&[], env, Stdio::null()).await
+    }
+
+    /// [`Self::start`] with `args` after `serve`, and its stdout to `stdout`.
+    pub async fn start_with(args: &[&str], env: &[(&str, &str)], stdout: Stdio) -> Self {
         let mut command = child::signal_scans();
         command
             .arg("serve")
+            .args(args)
             .env("LISTEN_ADDR", "127.0.0.1:0")
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
-            .stdout(Stdio::null());
+            .stdout(stdout);
         let (child, logs, addr) = child::start_until(command, |line| {
             let event: serde_json::Value = serde_json::from_str(line).ok()?;
             (event["message"] == "signal-scans is serving")
