@@ -496,11 +496,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!(%error, "cannot print the demo's instructions (its keys are in them)");
     }
     let store = application.state().store.clone();
-    application
-        .run_until(shutdown)
-        .await
-        .context("server failed")?;
+    let served = application.run_until(shutdown).await;
     store.close(STORE_CLOSE_LIMIT).await;
+    served.context("server failed")?;
     tracing::info!("stopped");
     Ok(())
 }

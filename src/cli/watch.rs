@@ -44,7 +44,7 @@ pub(super) async fn follow_database(
         None => Start::Now,
     };
     let store = existing_store(database, OR_SERVER).await?;
-    // As the HTTP stream answers 400 and 410.
+    // As the HTTP stream answers its two 410s.
     if let Start::After(cursor) = &start {
         let checked = ScanService::new(store.clone())
             .check_resume(group.as_ref(), cursor)

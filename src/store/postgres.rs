@@ -792,7 +792,7 @@ const REBASE_BATCH: i64 = 10_000;
 /// stayed silent until this cluster's counter passed the other's, for good in effect. At xid 0
 /// they sort before every change this cluster makes, by id, as the rows from before migration
 /// 0002 do; a cursor the other cluster handed out (a real xid with an id among them) is then told
-/// its changes are no longer kept (410: [`PgStore::rebased_through`]). In id ranges, each its own
+/// it is no place in this trail (410: [`PgStore::rebased_through`]). In id ranges, each its own
 /// transaction, under the migration lock: a start stopped halfway goes on at the next.
 async fn rebase_positions_of_another_cluster(
     connection: &mut PgConnection,

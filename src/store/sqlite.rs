@@ -990,7 +990,9 @@ impl WriteTurn {
 /// microseconds (where a restored database's ids stand far below), and no id handed out before a
 /// restore is ever given again: ids still follow commit order (there is one writer), and a cursor
 /// from the lost history names no change of this trail, which a resume refuses with 410
-/// (`ScanService::check_resume`). Ids grow by one a change, far slower than the clock.
+/// (`ScanService::check_resume`). Ids grow by one a change, far slower than the clock. A clock
+/// set back across a restore, below the time the lost ids were given at, could give one again:
+/// that cannot be told from here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AuditIds {
     MayFollowAnotherHistory,

@@ -362,9 +362,13 @@ async fn a_sqlite_service_stopped_under_load_leaves_every_commit_in_its_file() {
             })
         })
         .collect();
-    while created.load(Ordering::SeqCst) < 200 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while created.load(Ordering::SeqCst) < 200 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("200 scans created within 30 s");
 
     server.terminate();
     let exit = server.wait(Duration::from_secs(15)).await;

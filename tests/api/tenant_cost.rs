@@ -1013,7 +1013,7 @@ store_test!(the_group_migration_fills_old_rows_and_keeps_their_positions);
 /// `scans watch --after` on the database refuses a cursor from before the group's deleted changes
 /// (of any group's, without `--account-group`), as the stream answers 410, instead of skipping
 /// them silently, and one ahead
-/// of the whole trail, as the stream answers 400; a cursor after them is followed. Fails if the
+/// of the whole trail, as the stream answers its other 410; a cursor after them is followed. Fails if the
 /// watch starts from an expired cursor.
 async fn scans_watch_refuses_a_cursor_from_before_deleted_changes(backend: Backend) {
     let (db, store) = migrated_database(backend).await;

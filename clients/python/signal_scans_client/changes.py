@@ -37,7 +37,8 @@ class Change:
 class StreamRefused(Exception):
     """The service refused the stream, and asking again will not change that: 400 (a malformed
     parameter or cursor), 401 or 403 (the key), 404, or 410 `CURSOR_EXPIRED` (changes after the
-    cursor are no longer kept: follow again without `after`, then re-read the scans you track).
+    cursor are no longer kept, or the cursor is no place in the database's change history, as after
+    a restore from a backup: follow again without `after`, then re-read the scans you track).
     `code`, `message`, `details` and `trace_id` are the error envelope's (as in the generated
     operations' `ErrorResponse`), None when the body is not the envelope."""
 
