@@ -644,9 +644,9 @@ async fn serve_refuses_a_database_it_cannot_write() {
     // the same code): the same words, where the migrations said only "attempt to write a
     // readonly database" (operations review).
     let empty = TestDatabase::create(Backend::Sqlite).await;
-    let file = std::path::Path::new(empty.url.trim_start_matches("sqlite://"));
+    let file = empty.sqlite_file();
     std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-    std::fs::File::create(file).unwrap();
+    std::fs::File::create(&file).unwrap();
     let unmigrated = child::signal_scans()
         .arg("migrate")
         .env("DATABASE_URL", format!("{}?mode=ro", empty.url))

@@ -474,7 +474,7 @@ async fn an_unreachable_sqlite_database_is_not_ready_and_answers_502() {
         .spawn(Backend::Sqlite)
         .await;
     let (group, key, scan) = app.writer_and_queued_scan().await;
-    let file = std::path::PathBuf::from(app.db.url.trim_start_matches("sqlite://"));
+    let file = app.db.sqlite_file();
     let folder = file.parent().unwrap().to_owned();
     let moved = folder.with_extension("away");
     // The served store has opened no connection yet (it connects lazily): every one it needs

@@ -374,13 +374,13 @@ async fn a_sqlite_service_stopped_under_load_leaves_every_commit_in_its_file() {
     let exit = server.wait(Duration::from_secs(15)).await;
     join_all(clients).await;
 
-    let file = std::path::PathBuf::from(db.url.strip_prefix("sqlite://").unwrap());
+    let file = db.sqlite_file();
     let log = file.with_extension("db-wal");
     assert!(exit.success(), "{exit:?}");
     assert!(!log.exists(), "{} is left beside the file", log.display());
     // The file alone, copied elsewhere, holds every scan whose creation was answered.
     let copy = TestDatabase::create(Backend::Sqlite).await;
-    let copied = std::path::PathBuf::from(copy.url.strip_prefix("sqlite://").unwrap());
+    let copied = copy.sqlite_file();
     std::fs::create_dir_all(copied.parent().unwrap()).unwrap();
     std::fs::copy(&file, &copied).unwrap();
     let mut connection = sqlx::SqliteConnection::connect(&copy.url).await.unwrap();

@@ -162,6 +162,14 @@ impl TestDatabase {
 }
 
 impl TestDatabase {
+    /// The SQLite database's file (its folder is made when the store first opens it).
+    pub fn sqlite_file(&self) -> std::path::PathBuf {
+        let Place::Sqlite { folder } = &self.place else {
+            panic!("a file is SQLite's");
+        };
+        folder.join("test.db")
+    }
+
     /// The address of the database server, for a proxy to forward to.
     pub async fn server_addr(&self) -> SocketAddr {
         let url = url::Url::parse(&self.url).unwrap();
