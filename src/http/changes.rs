@@ -83,6 +83,11 @@ impl ChangeStreams {
         self.closing.send_replace(true);
     }
 
+    /// The streams open now, every key's.
+    pub(crate) fn open_count(&self) -> usize {
+        self.open.iter().map(|entry| *entry.value()).sum()
+    }
+
     /// A slot for one more stream of `key`, or `None` when it has all it may (counted with the
     /// other limits' refusals).
     fn admit(&self, key: Uuid) -> Option<StreamSlot> {

@@ -22,12 +22,16 @@ use metrics_exporter_prometheus::{
 };
 use tower::{Layer, Service};
 
+use super::changes::ChangeStreams;
 use crate::store::{self, Store};
 
 pub(crate) const REQUESTS: &str = "http_requests_total";
 pub(crate) const REQUEST_DURATION: &str = "http_request_duration_seconds";
 pub(crate) const RATE_LIMITED: &str = "rate_limited_total";
 pub(crate) const DB_POOL: &str = "db_pool_connections";
+pub(crate) const CONNECTIONS: &str = "http_connections";
+pub(crate) const REQUESTS_IN_PROGRESS: &str = "http_requests_in_progress";
+pub(crate) const STREAMS_OPEN: &str = "change_streams_open";
 
 /// Latency buckets, in seconds: a cancel should sit in the first few.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -308,7 +312,9 @@ where
 pub(crate) async fn render(
     State(handle): State<PrometheusHandle>,
     State(store): State<Store>,
+    State(streams): State<ChangeStreams>,
 ) -> Response {
+    metrics::gauge!(STREAMS_OPEN).set(streams.open_count() as f64);
     let pool = store.pool_usage();
     metrics::gauge!(DB_POOL, "state" => "in_use").set(f64::from(pool.in_use));
     metrics::gauge!(DB_POOL, "state" => "idle").set(f64::from(pool.idle));

@@ -21,11 +21,14 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use metrics::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tower::ServiceExt;
+
+use super::metrics::{CONNECTIONS, REQUESTS_IN_PROGRESS};
 
 /// What one process allows its clients' connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +87,9 @@ pub(crate) async fn run(
 ) -> io::Result<()> {
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    metrics::gauge!(CONNECTIONS, "state" => "max").set(limits.max_connections as f64);
+    let open_connections = metrics::gauge!(CONNECTIONS, "state" => "open");
+    let requests_in_progress = metrics::gauge!(REQUESTS_IN_PROGRESS);
     let mut shutdown = pin!(shutdown);
     loop {
         // The slot is taken before accepting, so past the cap the kernel holds new
@@ -110,7 +116,8 @@ pub(crate) async fn run(
             router: router.clone(),
             limits,
             watcher: graceful.watcher(),
-            _slot: slot,
+            _open: OpenConnection::new(slot, open_connections.clone()),
+            requests_in_progress: requests_in_progress.clone(),
         }));
     }
     // New connections are refused from here on.
@@ -151,11 +158,31 @@ struct ConnectionTask {
     limits: ConnectionLimits,
     watcher: Watcher,
     /// Held for as long as the connection is open.
+    _open: OpenConnection,
+    requests_in_progress: Gauge,
+}
+
+/// A connection's slot under the cap, held and counted open in `/metrics` until its task ends.
+struct OpenConnection {
     _slot: OwnedSemaphorePermit,
+    open: Gauge,
+}
+
+impl OpenConnection {
+    fn new(slot: OwnedSemaphorePermit, open: Gauge) -> Self {
+        open.increment(1.0);
+        Self { _slot: slot, open }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.open.decrement(1.0);
+    }
 }
 
 async fn serve_connection(task: ConnectionTask) {
-    let activity = Arc::new(Activity::new());
+    let activity = Arc::new(Activity::new(task.requests_in_progress));
     let service = ConnectionService {
         router: task.router,
         peer: task.peer,
@@ -238,6 +265,8 @@ struct Activity {
     /// `opened`.
     polled_at: AtomicU64,
     opened: Instant,
+    /// The process's count of requests in progress, for `/metrics`.
+    requests_in_progress: Gauge,
 }
 
 struct ActivityState {
@@ -248,7 +277,7 @@ struct ActivityState {
 }
 
 impl Activity {
-    fn new() -> Self {
+    fn new(requests_in_progress: Gauge) -> Self {
         Self {
             state: Mutex::new(ActivityState {
                 in_progress: 0,
@@ -262,6 +291,7 @@ impl Activity {
             bodies_owed_a_poll: AtomicUsize::new(0),
             polled_at: AtomicU64::new(0),
             opened: Instant::now(),
+            requests_in_progress,
         }
     }
 
@@ -361,11 +391,12 @@ impl Activity {
     }
 }
 
-/// One request in progress on its connection, until dropped.
+/// One request in progress on its connection (and in the process's count), until dropped.
 struct InProgress(Arc<Activity>);
 
 impl InProgress {
     fn start(activity: Arc<Activity>) -> Self {
+        activity.requests_in_progress.increment(1.0);
         {
             let mut state = activity.lock();
             state.in_progress += 1;
@@ -379,6 +410,7 @@ impl InProgress {
 
 impl Drop for InProgress {
     fn drop(&mut self) {
+        self.0.requests_in_progress.decrement(1.0);
         {
             let mut state = self.0.lock();
             state.in_progress -= 1;

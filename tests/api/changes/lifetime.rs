@@ -258,3 +258,46 @@ async fn a_stream_whose_client_stops_taking_bytes_ends_and_frees_its_slot(backen
     drop((next, client));
 }
 store_test!(a_stream_whose_client_stops_taking_bytes_ends_and_frees_its_slot);
+
+/// `/metrics` shows what the process holds now: its connections open (and their cap), its
+/// requests in progress (a stream is one until it ends; a scrape counts itself) and its open
+/// change streams, each back down once its client has left. Requests piling up tell a stalled
+/// database; connections piling up without them, idle clients.
+async fn metrics_show_open_connections_requests_in_progress_and_streams(backend: Backend) {
+    const SERIES: [&str; 4] = [
+        r#"http_connections{state="open"}"#,
+        r#"http_connections{state="max"}"#,
+        "http_requests_in_progress",
+        "change_streams_open",
+    ];
+    let process = Process::start(backend, &[("MAX_CONNECTIONS", "50")]).await;
+    // What the scrapes show once the connections of earlier scrapes (each its own client) have
+    // closed on the service's side too.
+    let settled = async |expected: [f64; 4]| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let metrics = process.server.metrics().await;
+            let seen = SERIES.map(|series| crate::helpers::metrics::count(&metrics, series));
+            if seen == expected || Instant::now() > deadline {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+
+    let before = settled([1.0, 50.0, 1.0, 0.0]).await;
+    let url = process.server.url(&changes_path(&process.group, ""));
+    let stream = follow(stream_request(&url, &process.reader)).await;
+    // A connection that has sent nothing yet.
+    let idle = tokio::net::TcpStream::connect(process.server.addr)
+        .await
+        .unwrap();
+    let open = settled([3.0, 50.0, 2.0, 1.0]).await;
+    drop((stream, idle));
+    let after = settled([1.0, 50.0, 1.0, 0.0]).await;
+
+    assert_eq!(before, [1.0, 50.0, 1.0, 0.0], "{SERIES:?}");
+    assert_eq!(open, [3.0, 50.0, 2.0, 1.0], "{SERIES:?}");
+    assert_eq!(after, [1.0, 50.0, 1.0, 0.0], "{SERIES:?}");
+}
+store_test!(metrics_show_open_connections_requests_in_progress_and_streams);
