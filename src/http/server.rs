@@ -181,7 +181,19 @@ impl Drop for OpenConnection {
     }
 }
 
+/// What the kernel may hold of a connection's response bytes not yet sent (`TCP_NOTSENT_LOWAT`):
+/// past it the socket takes no more writes. A client that stops reading (a stuck consumer of a
+/// change stream whose group is busy) then holds about this much of the machine's memory, not
+/// the send buffer's autotuned maximum (4 MiB by Linux's default), and is seen stuck (the idle
+/// clock) as soon as it is reached. Throughput does not pay: what is in flight is still sized by
+/// TCP; only the queue behind it is bounded. Linux only; elsewhere the send buffer's own limit.
+const UNSENT_BYTES: u32 = 128 * 1024;
+
 async fn serve_connection(task: ConnectionTask) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(error) = socket2::SockRef::from(&task.stream).set_tcp_notsent_lowat(UNSENT_BYTES) {
+        tracing::debug!(client.address = %task.peer, %error, "cannot bound the connection's unsent bytes");
+    }
     let activity = Arc::new(Activity::new(task.requests_in_progress));
     let service = ConnectionService {
         router: task.router,

@@ -168,12 +168,7 @@ async fn a_backlog_leaves_in_frames_of_64_kib_split_between_events(backend: Back
     let missed = create_scans(&app, &group, BACKLOG_EVENTS).await;
 
     let mut socket = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    let request = format!(
-        "GET {} HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {reader}\r\n\
-         last-event-id: {cursor}\r\n\r\n",
-        changes_path(&group, ""),
-        app.addr
-    );
+    let request = raw_resume(&app, &group, &reader, &cursor);
     socket.write_all(request.as_bytes()).await.unwrap();
     let mut socket = BufReader::new(socket);
     let head = read_head(&mut socket).await;
@@ -220,6 +215,16 @@ async fn a_backlog_leaves_in_frames_of_64_kib_split_between_events(backend: Back
 }
 store_test!(a_backlog_leaves_in_frames_of_64_kib_split_between_events);
 
+/// An HTTP/1.1 request, as written on a raw socket, resuming `group`'s stream after `cursor`.
+fn raw_resume(app: &TestApp, group: &AccountGroupId, reader: &str, cursor: &str) -> String {
+    format!(
+        "GET {} HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {reader}\r\n\
+         last-event-id: {cursor}\r\n\r\n",
+        changes_path(group, ""),
+        app.addr
+    )
+}
+
 /// The response's status line and headers (lower-cased), up to the blank line.
 async fn read_head(socket: &mut BufReader<tokio::net::TcpStream>) -> String {
     let mut head = String::new();
@@ -248,4 +253,58 @@ async fn read_chunk(socket: &mut BufReader<tokio::net::TcpStream>) -> String {
     assert_eq!(&chunk[size..], b"\r\n");
     chunk.truncate(size);
     String::from_utf8(chunk).expect("SSE is UTF-8")
+}
+
+/// A client that stops reading a stream with a backlog of about 850 KiB (3,000 changes) holds at
+/// most a few hundred KiB of this machine's memory in its connection's send queue, not the whole
+/// backlog (Linux autotunes a send buffer up to 4 MiB): the service's side of the socket takes
+/// no more once 128 KiB wait unsent. Read from `/proc/net/tcp`, the kernel's own count.
+async fn a_client_that_stops_reading_holds_little_of_the_machines_memory(backend: Backend) {
+    const BACKLOG_EVENTS: usize = 3000;
+    const MOST: u64 = 256 * 1024;
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let (reader, _) = read_key(&app, &group).await;
+    let cursor = a_cursor(&app, &group, &reader).await;
+    create_scans(&app, &group, BACKLOG_EVENTS).await;
+
+    // A small receive window, so that what the client's side takes does not hide the queue.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut client = socket.connect(app.addr).await.unwrap();
+    let request = raw_resume(&app, &group, &reader, &cursor);
+    client.write_all(request.as_bytes()).await.unwrap();
+    let ends = (app.addr.port(), client.local_addr().unwrap().port());
+    // Until the queue has stopped growing for half a second (or 10 s have passed).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (mut queued, mut still_since) = (0, tokio::time::Instant::now());
+    while tokio::time::Instant::now() < deadline
+        && still_since.elapsed() < Duration::from_millis(500)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = send_queue(ends).expect("the service's end of the connection is open");
+        if now != queued {
+            (queued, still_since) = (now, tokio::time::Instant::now());
+        }
+    }
+
+    assert!(queued > 0, "nothing was sent");
+    assert!(queued <= MOST, "{queued} bytes wait in the send queue");
+    drop(client);
+}
+store_test!(a_client_that_stops_reading_holds_little_of_the_machines_memory);
+
+/// The bytes in the send queue (sent and not acknowledged, or not sent yet) of the IPv4 TCP
+/// socket with local port `ends.0` and remote port `ends.1`, from `/proc/net/tcp`.
+fn send_queue(ends: (u16, u16)) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let port = |address: &str| u16::from_str_radix(address.rsplit(':').next()?, 16).ok();
+        if (port(fields[1])?, port(fields[2])?) != ends {
+            return None;
+        }
+        let (tx, _) = fields[4].split_once(':')?;
+        u64::from_str_radix(tx, 16).ok()
+    })
 }
