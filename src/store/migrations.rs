@@ -45,6 +45,11 @@ const POSTGRES: &[Embedded] = &[
         "trimmed mark position index",
         include_str!("../../migrations/postgres/0006_trimmed_mark_position_index.sql"),
     ),
+    (
+        7,
+        "scans group status index",
+        include_str!("../../migrations/postgres/0007_scans_group_status_index.sql"),
+    ),
 ];
 
 const SQLITE: &[Embedded] = &[
@@ -67,6 +72,11 @@ const SQLITE: &[Embedded] = &[
         4,
         "trimmed mark position index",
         include_str!("../../migrations/sqlite/0004_trimmed_mark_position_index.sql"),
+    ),
+    (
+        5,
+        "scans group status index",
+        include_str!("../../migrations/sqlite/0005_scans_group_status_index.sql"),
     ),
 ];
 
@@ -155,12 +165,12 @@ mod tests {
         let sqlite_folder = as_sqlx_reads("migrations/sqlite").await;
         assert_eq!(described(&postgres()), described(&postgres_folder));
         assert_eq!(described(&sqlite()), described(&sqlite_folder));
-        // The two PostgreSQL migrations that must run outside a transaction do.
+        // The PostgreSQL migrations that must run outside a transaction do.
         let no_tx: Vec<i64> = postgres()
             .iter()
             .filter(|m| m.no_tx)
             .map(|m| m.version)
             .collect();
-        assert_eq!(no_tx, [4, 5]);
+        assert_eq!(no_tx, [4, 5, 7]);
     }
 }

@@ -165,10 +165,15 @@ pub struct FeedRowsCount {
 /// tests that check their plans: PostgreSQL's binds `$1` the frontier's xid as text, `$2` its id,
 /// `$3` and `$4` the pending transactions (text) and their last ids, `$5` the limit and `$6` the
 /// group; SQLite's `?1` the frontier's id, `?2` the limit and `?3` the group.
+/// The same for a page of a group's scans, by the query's shape: `postgres_scan_page` and
+/// `sqlite_scan_page` bind the group, then the status if asked for, then the cursor's
+/// `createdAt` and id if any, then the limit.
 #[doc(hidden)]
 pub mod statements {
     pub const POSTGRES_GROUP_FEED: &str = super::postgres::ONE_GROUPS_FEED;
     pub const SQLITE_GROUP_FEED: &str = super::sqlite::ONE_GROUPS_FEED;
+    pub use super::postgres::list_scans_statement as postgres_scan_page;
+    pub use super::sqlite::list_scans_statement as sqlite_scan_page;
 }
 
 /// A key to be stored.

@@ -503,22 +503,22 @@ impl PgStore {
         group: &AccountGroupId,
         query: &ScanPageQuery,
     ) -> Result<Vec<Scan>, StoreError> {
+        let status = query.status.map(ScanStatus::as_str);
+        let after = query.after.as_ref();
         let rows: Vec<ScanRow> = self
             .on_connection(async |connection| {
-                sqlx::query_as(
-                    "SELECT *, NULL::text AS previous_status FROM signal_scans
-                     WHERE account_group_id = $1
-                       AND ($2::text IS NULL OR status = $2::text)
-                       AND ($3::timestamptz IS NULL OR (created_at, id) < ($3::timestamptz, $4::text))
-                     ORDER BY created_at DESC, id DESC
-                     LIMIT $5",
-                )
-                .bind(group.as_str())
-                .bind(query.status.map(ScanStatus::as_str))
-                .bind(query.after.as_ref().map(|c| c.created_at))
-                .bind(query.after.as_ref().map(|c| c.id.as_str()))
-                .bind(i64::from(query.limit) + 1)
-                .fetch_all(connection)
+                let page = sqlx::query_as(list_scans_statement(status.is_some(), after.is_some()))
+                    .bind(group.as_str());
+                let page = match status {
+                    Some(status) => page.bind(status),
+                    None => page,
+                };
+                let page = match after {
+                    Some(after) => page.bind(after.created_at).bind(after.id.as_str()),
+                    None => page,
+                };
+                page.bind(i64::from(query.limit) + 1)
+                    .fetch_all(connection)
                     .await
             })
             .await?;
@@ -1104,13 +1104,17 @@ const EVERY_GROUPS_FEED: &str = feed_read!(
 );
 
 /// One group's rows (`$6`): the rows past the frontier are a range of the group's index
-/// `(account_group_id, xid, id)` (ordered by all three so that no plan can walk another index and
-/// filter out the other groups' history); a pending transaction's rows are read by `(xid, id)`,
-/// which holds only that transaction's own rows.
+/// `(account_group_id, xid, id)`. The same bound on `(xid, id)` alone is said again, for a plan
+/// that walks the trail's `(xid, id)` index instead (one the planner may take for a group that
+/// holds much of the trail): it then starts at the frontier, not at the trail's first row, and
+/// filters out only the other groups' rows past it (494 ms to resume 2.2 million rows into such a
+/// group's trail without it, 0.7 ms with it). A pending transaction's rows are read by
+/// `(xid, id)`, which holds only that transaction's own rows.
 pub(super) const ONE_GROUPS_FEED: &str = feed_read!(
     "SELECT e.* FROM signal_scan_events e
      WHERE e.account_group_id = $6
        AND (e.account_group_id, e.xid, e.id) > ($6, $1::text::xid8, $2)
+       AND (e.xid, e.id) > ($1::text::xid8, $2)
      ORDER BY e.account_group_id, e.xid, e.id
      LIMIT $5",
     "SELECT * FROM signal_scan_events e
@@ -1119,6 +1123,35 @@ pub(super) const ONE_GROUPS_FEED: &str = feed_read!(
      LIMIT $5",
     " WHERE account_group_id = $6"
 );
+
+/// A page of a group's scans, newest first, `limit + 1` rows: one statement for each shape of
+/// the query (a status or not, a cursor or not), each a range of an index. Not one statement
+/// with `$n IS NULL OR …`: its generic plan, which a connection takes after five runs, can bound
+/// the index by neither, and read the group from its newest scan down to the cursor at every page
+/// (151 ms a page 2,000 pages down a group of 300,000 scans, against 0.3 ms).
+#[doc(hidden)]
+pub fn list_scans_statement(status: bool, after: bool) -> &'static str {
+    macro_rules! page {
+        ($filter:literal, $limit:literal) => {
+            concat!(
+                "SELECT *, NULL::text AS previous_status FROM signal_scans
+                 WHERE account_group_id = $1",
+                $filter,
+                " ORDER BY created_at DESC, id DESC LIMIT ",
+                $limit
+            )
+        };
+    }
+    match (status, after) {
+        (false, false) => page!("", "$2"),
+        (true, false) => page!(" AND status = $2", "$3"),
+        (false, true) => page!(" AND (created_at, id) < ($2::timestamptz, $3::text)", "$4"),
+        (true, true) => page!(
+            " AND status = $2 AND (created_at, id) < ($3::timestamptz, $4::text)",
+            "$5"
+        ),
+    }
+}
 
 /// A row of [`PgStore::read_feed`]: the snapshot, and a change unless the page is empty (one
 /// row of NULLs beside the snapshot, told by its NULL `id`). A change with any other required

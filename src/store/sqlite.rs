@@ -69,6 +69,26 @@ pub(super) const ONE_GROUPS_FEED: &str = feed_read!(
     "WHERE account_group_id = ?3 AND id > ?1 ORDER BY account_group_id, id LIMIT ?2"
 );
 
+/// A page of a group's scans, newest first, `limit + 1` rows: one statement for each shape of
+/// the query (a status or not, a cursor or not), each a range of an index. Under `?n IS NULL OR
+/// …` SQLite bounds the index by the group alone, and reads the group from its newest scan down
+/// to the cursor at every page (57 ms a page 300,000 scans down, against 0.5 ms).
+#[doc(hidden)]
+pub fn list_scans_statement(status: bool, after: bool) -> String {
+    let status = match status {
+        true => " AND status = ?",
+        false => "",
+    };
+    let after = match after {
+        true => " AND (created_at, id) < (?, ?)",
+        false => "",
+    };
+    format!(
+        "SELECT {SCAN_COLUMNS} FROM signal_scans WHERE account_group_id = ?{status}{after}
+         ORDER BY created_at DESC, id DESC LIMIT ?"
+    )
+}
+
 /// A row of [`SqliteStore::read_feed`]: the retention mark, and a change unless the page is
 /// empty (the one row of NULLs, told by its NULL `id`).
 struct FeedReadRow {
@@ -615,23 +635,18 @@ impl SqliteStore {
         group: &AccountGroupId,
         query: &ScanPageQuery,
     ) -> Result<Vec<Scan>, StoreError> {
+        let statement = list_scans_statement(query.status.is_some(), query.after.is_some());
+        let page = sqlx::query_as(sqlx::AssertSqlSafe(statement)).bind(group.as_str());
+        let page = match query.status {
+            Some(status) => page.bind(status.as_str()),
+            None => page,
+        };
+        let page = match &query.after {
+            Some(after) => page.bind(encode(after.created_at)).bind(after.id.as_str()),
+            None => page,
+        };
         let rows: Vec<ScanRow> = self
-            .bounded(
-                sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "SELECT {SCAN_COLUMNS} FROM signal_scans
-                     WHERE account_group_id = ?1
-                       AND (?2 IS NULL OR status = ?2)
-                       AND (?3 IS NULL OR (created_at, id) < (?3, ?4))
-                     ORDER BY created_at DESC, id DESC
-                     LIMIT ?5"
-                )))
-                .bind(group.as_str())
-                .bind(query.status.map(ScanStatus::as_str))
-                .bind(query.after.as_ref().map(|c| encode(c.created_at)))
-                .bind(query.after.as_ref().map(|c| c.id.as_str()))
-                .bind(i64::from(query.limit) + 1)
-                .fetch_all(&self.pool),
-            )
+            .bounded(page.bind(i64::from(query.limit) + 1).fetch_all(&self.pool))
             .await?;
         rows.into_iter().map(ScanRow::into_scan).collect()
     }

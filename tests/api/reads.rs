@@ -1,9 +1,14 @@
 //! The read side: one scan, the list, and the audit trail, with cancel's checks and envelope.
 
-use signal_scans::domain::ids::ScanId;
+use serde_json::Value;
+use signal_scans::domain::ids::{AccountGroupId, ScanId};
 use signal_scans::domain::keys::{AccountGroupAccess, Permission};
-use signal_scans::domain::scan::ScanStatus;
+use signal_scans::domain::scan::{Scan, ScanStatus};
+use signal_scans::store::statements::{postgres_scan_page, sqlite_scan_page};
+use sqlx::{Connection, PgConnection, SqliteConnection};
+use time::format_description::well_known::Rfc3339;
 
+use crate::helpers::plans::rows_touched;
 use crate::helpers::{ApiResponse, Backend, Settings, TestApp, group};
 use crate::store_test;
 
@@ -401,3 +406,118 @@ async fn answers_are_never_stored_by_caches(backend: Backend) {
     assert_eq!(unauthenticated.status, 401);
 }
 store_test!(answers_are_never_stored_by_caches);
+
+/// A page deep in a large group reads its own rows and no others, whatever the query's shape (a
+/// status or not, a cursor or not), also under PostgreSQL's generic plan (a connection's after
+/// five runs of a statement): each statement is a range of an index from the cursor. Fails for
+/// a statement whose plan bounds the index by the group alone and filters the group's newer scans
+/// out (`$n IS NULL OR …` did: 2,101 rows for a page of 101), or that reads a group's scans of
+/// every status to find those of one (3,000 rows for 50).
+async fn a_page_deep_in_a_large_group_reads_only_its_own_rows(backend: Backend) {
+    const ROWS_A_PAGE: u64 = 101;
+    let app = TestApp::spawn(backend).await;
+    let (group, other) = (group(), group());
+    // 3,000 scans, every 60th queued (50 of them), the others completed; newest first.
+    let mut scans = Vec::new();
+    for i in 0..3000 {
+        let status = match i % 60 {
+            59 => ScanStatus::Queued,
+            _ => ScanStatus::Completed,
+        };
+        scans.push(app.store.create_scan(&group, status).await.unwrap());
+    }
+    scans.reverse();
+    for _ in 0..1000 {
+        app.scan(&other, ScanStatus::Completed).await;
+    }
+    // 2,000 scans down the group, and 40 queued scans down.
+    let deep = &scans[1999];
+    let queued = ScanStatus::Queued;
+    let deep_queued = scans.iter().filter(|scan| scan.status == queued).nth(39);
+
+    let shapes = [
+        (None, None, ROWS_A_PAGE),
+        (Some(queued), None, 50),
+        (None, Some(deep), ROWS_A_PAGE),
+        (Some(queued), deep_queued, 10),
+    ];
+    for (status, after, rows) in shapes {
+        let shape = format!("status {status:?}, after {:?}", after.map(|scan| &scan.id));
+        match backend {
+            Backend::Postgres => {
+                let read = postgres_page_reads(&app.db.url, &group, status, after).await;
+                assert_eq!(read, rows, "{shape}");
+            }
+            Backend::Sqlite => {
+                let plan = sqlite_page_plan(&app.db.url, status.is_some(), after.is_some()).await;
+                let bounds = [
+                    Some("account_group_id=?"),
+                    status.map(|_| "status=?"),
+                    after.map(|_| "(created_at,id)<(?,?)"),
+                ];
+                let bounds: Vec<&str> = bounds.into_iter().flatten().collect();
+                let range = format!("({})", bounds.join(" AND "));
+                assert!(
+                    plan.starts_with("SEARCH signal_scans USING INDEX") && plan.contains(&range),
+                    "{shape}: {plan}"
+                );
+                assert!(!plan.contains("TEMP B-TREE"), "{shape}: {plan}");
+            }
+        }
+    }
+}
+store_test!(a_page_deep_in_a_large_group_reads_only_its_own_rows);
+
+/// The rows of `signal_scans` that a page's statement reads, run under its generic plan.
+async fn postgres_page_reads(
+    url: &str,
+    group: &AccountGroupId,
+    status: Option<ScanStatus>,
+    after: Option<&Scan>,
+) -> u64 {
+    let mut db = PgConnection::connect(url).await.unwrap();
+    sqlx::raw_sql("ANALYZE signal_scans; SET plan_cache_mode = force_generic_plan")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let statement = postgres_scan_page(status.is_some(), after.is_some());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PREPARE page AS {statement}")))
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let mut arguments = vec![group.to_string()];
+    arguments.extend(status.map(|status| status.as_str().to_owned()));
+    if let Some(scan) = after {
+        arguments.push(scan.created_at.format(&Rfc3339).unwrap());
+        arguments.push(scan.id.to_string());
+    }
+    let quoted: Vec<String> = arguments.iter().map(|value| format!("'{value}'")).collect();
+    let plan: Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE page({}, 101)",
+        quoted.join(", ")
+    )))
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    rows_touched(&plan[0]["Plan"], "signal_scans")
+}
+
+/// SQLite's plan of a page's statement, its steps joined by `; `.
+async fn sqlite_page_plan(url: &str, status: bool, after: bool) -> String {
+    let mut db = SqliteConnection::connect(url).await.unwrap();
+    let statement = sqlite_scan_page(status, after);
+    // The values do not change the plan: one for each parameter.
+    let parameters = statement.matches('?').count();
+    let mut explain = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN QUERY PLAN {statement}"
+    )));
+    for _ in 0..parameters {
+        explain = explain.bind("");
+    }
+    let steps: Vec<(i64, i64, i64, String)> = explain.fetch_all(&mut db).await.unwrap();
+    steps
+        .into_iter()
+        .map(|(.., detail)| detail)
+        .collect::<Vec<_>>()
+        .join("; ")
+}

@@ -15,6 +15,7 @@ use signal_scans::store::statements::{POSTGRES_GROUP_FEED, SQLITE_GROUP_FEED};
 use sqlx::{Connection, PgConnection, SqliteConnection};
 
 use crate::helpers::clock_shift;
+use crate::helpers::plans::rows_touched;
 use crate::helpers::process::ServerProcess;
 use crate::helpers::sse::{SseStream, scan_ids};
 use crate::helpers::{
@@ -202,26 +203,6 @@ async fn group_read_plan(app: &TestApp, group: &AccountGroupId) -> Result<u64, S
                 .join("; "))
         }
     }
-}
-
-/// The rows every scan node of `table` in a PostgreSQL plan produced or threw away.
-fn rows_touched(node: &Value, table: &str) -> u64 {
-    let count = |field: &str| node[field].as_f64().unwrap_or(0.0);
-    let own = match node["Relation Name"].as_str() == Some(table) {
-        true => {
-            count("Actual Rows") * count("Actual Loops").max(1.0)
-                + count("Rows Removed by Filter")
-                + count("Rows Removed by Index Recheck")
-        }
-        false => 0.0,
-    };
-    let below: u64 = node["Plans"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|child| rows_touched(child, table))
-        .sum();
-    own as u64 + below
 }
 
 /// A replay from the oldest cursor, beside another group's history of several pages: the stream's

@@ -4,6 +4,7 @@ pub mod child;
 pub mod clock_shift;
 pub mod locks;
 pub mod metrics;
+pub mod plans;
 pub mod process;
 pub mod proxy;
 pub mod sse;
