@@ -5,8 +5,8 @@
 -- the group (123 ms for the queued scans of a group of 300,000 mostly finished ones).
 --
 -- Built CONCURRENTLY for the reasons of 0005 (writes go on during the build; it must be the
--- only statement of this file). An interrupted build leaves an invalid index of this name, and
--- this migration then fails at the next start naming it: drop it (`DROP INDEX CONCURRENTLY
--- signal_scans_group_status_newest`) and start again.
+-- only statement of this file). A start stopped mid-build leaves the index built, or invalid,
+-- with this migration not recorded: the next start takes a built one as this migration's work
+-- and drops an invalid one before building it again (`PgStore::migrate`).
 CREATE INDEX CONCURRENTLY signal_scans_group_status_newest
     ON signal_scans (account_group_id, status, created_at DESC, id DESC);

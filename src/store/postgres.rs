@@ -57,9 +57,12 @@ const BLOCKERS: &str = "SELECT string_agg(format('pid %s (%s, its transaction op
            coalesce(', application ' || nullif(application_name, ''), '')), '; ' ORDER BY pid)
     FROM pg_stat_activity WHERE pid = ANY (pg_blocking_pids($1))";
 
-/// The migration that builds an index `CONCURRENTLY`, and the index: see
-/// [`adopt_group_feed_index`].
-const GROUP_FEED_INDEX: (i64, &str) = (5, "signal_scan_events_group_feed");
+/// The migrations that build an index `CONCURRENTLY`, in order, and their indexes: see
+/// [`adopt_concurrent_index`].
+const CONCURRENT_INDEXES: [(i64, &str); 2] = [
+    (5, "signal_scan_events_group_feed"),
+    (7, "signal_scans_group_status_newest"),
+];
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -170,11 +173,13 @@ impl PgStore {
             let apply = async {
                 if upgrading {
                     take_migration_lock(&mut connection).await?;
-                    migrator
-                        .run_to(GROUP_FEED_INDEX.0 - 1, &mut connection)
-                        .await
-                        .map_err(migration_error)?;
-                    adopt_group_feed_index(&mut connection, &migrator).await?;
+                    for (version, index) in CONCURRENT_INDEXES {
+                        migrator
+                            .run_to(version - 1, &mut connection)
+                            .await
+                            .map_err(migration_error)?;
+                        adopt_concurrent_index(&mut connection, &migrator, version, index).await?;
+                    }
                 }
                 // Applies what is left; with nothing left it only reads (and checks the applied
                 // files' checksums).
@@ -865,17 +870,18 @@ async fn take_migration_lock(connection: &mut PgConnection) -> Result<(), StoreE
     }
 }
 
-/// Migration 0005 builds its index `CONCURRENTLY`, outside a transaction. A build whose
-/// process went away (a SIGTERM or a kill mid-upgrade) runs on in PostgreSQL to its end, and
-/// the migration, never recorded as applied, then failed at every start on the index that
-/// already exists; a build PostgreSQL aborted leaves the index invalid. A valid index is the
-/// migration's work done, so the migration is recorded as applied; an invalid one is dropped,
-/// and the migration builds it again.
-async fn adopt_group_feed_index(
+/// Migrations 0005 and 0007 build their index `CONCURRENTLY`, outside a transaction. A build
+/// whose process went away (a SIGTERM or a kill mid-upgrade) runs on in PostgreSQL to its end,
+/// and the migration `version`, never recorded as applied, then failed at every start on the
+/// index that already exists; a build PostgreSQL aborted leaves the index invalid. A valid
+/// `index` is the migration's work done, so the migration is recorded as applied; an invalid one
+/// is dropped, and the migration builds it again.
+async fn adopt_concurrent_index(
     connection: &mut PgConnection,
     migrator: &Migrator,
+    version: i64,
+    index: &str,
 ) -> Result<(), StoreError> {
-    let (version, index) = GROUP_FEED_INDEX;
     if !not_applied(connection, version).await? {
         return Ok(());
     }

@@ -296,41 +296,43 @@ fn migrated(database: &TestDatabase) -> Output {
     output
 }
 
-/// A process stopped while migration 0005 built its index CONCURRENTLY (a SIGTERM or a kill
-/// mid-upgrade) leaves the build running on in PostgreSQL: a valid index that the migration,
+/// A process stopped while migration 0005 or 0007 built its index CONCURRENTLY (a SIGTERM or a
+/// kill mid-upgrade) leaves the build running on in PostgreSQL: a valid index that the migration,
 /// never recorded as applied, then failed to create at every later start ("already exists"), so
 /// no replica could start; or, had PostgreSQL aborted the build, an invalid index. The next start
 /// takes a valid one as the migration's work, and builds an invalid one again.
 async fn an_index_left_by_an_interrupted_upgrade_never_stops_a_start(backend: Backend) {
     use sqlx::Connection;
-    for invalid in [false, true] {
+    let indexes = [
+        (5, "signal_scan_events_group_feed"),
+        (7, "signal_scans_group_status_newest"),
+    ];
+    for ((version, index), invalid) in indexes.into_iter().flat_map(|i| [(i, false), (i, true)]) {
         let database = TestDatabase::create(backend).await;
         migrated(&database);
         let mut db = sqlx::PgConnection::connect(&database.url).await.unwrap();
         // As the interrupted start left it: the index built, its migration not recorded.
-        run_sql(&mut db, "DELETE FROM _sqlx_migrations WHERE version = 5").await;
+        let forget = format!("DELETE FROM _sqlx_migrations WHERE version = {version}");
+        run_sql(&mut db, &forget).await;
         if invalid {
-            run_sql(
-                &mut db,
-                "UPDATE pg_index SET indisvalid = false
-                 WHERE indexrelid = 'signal_scan_events_group_feed'::regclass",
-            )
-            .await;
+            let spoil = format!(
+                "UPDATE pg_index SET indisvalid = false WHERE indexrelid = '{index}'::regclass"
+            );
+            run_sql(&mut db, &spoil).await;
         }
 
         migrated(&database);
 
-        let (recorded, valid): (bool, bool) = sqlx::query_as(
-            "SELECT EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version = 5 AND success),
-                    (SELECT indisvalid FROM pg_index
-                     WHERE indexrelid = 'signal_scan_events_group_feed'::regclass)",
-        )
+        let (recorded, valid): (bool, bool) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version = {version} AND success),
+                    (SELECT indisvalid FROM pg_index WHERE indexrelid = '{index}'::regclass)"
+        )))
         .fetch_one(&mut db)
         .await
         .unwrap();
         assert!(
             recorded && valid,
-            "invalid: {invalid}: recorded {recorded}, valid {valid}"
+            "{index}, invalid: {invalid}: recorded {recorded}, valid {valid}"
         );
     }
 }

@@ -185,25 +185,8 @@ async fn the_list_pages_newest_first_and_filters_by_status(backend: Backend) {
     newest_first.sort_unstable_by(|a, b| b.cmp(a));
     let newest_first: Vec<String> = newest_first.into_iter().map(|(_, id)| id).collect();
 
-    let mut seen = Vec::new();
-    let mut cursor: Option<String> = None;
-    let mut pages = 0;
-    loop {
-        let query = match &cursor {
-            Some(cursor) => format!("?limit=2&cursor={cursor}"),
-            None => "?limit=2".to_owned(),
-        };
-        let page = app.get(&key, &list(&query)).await;
-        assert_eq!(page.status, 200, "{page:?}");
-        pages += 1;
-        for scan in page.body["data"]["scans"].as_array().unwrap() {
-            seen.push(scan["scanId"].as_str().unwrap().to_owned());
-        }
-        match page.body["data"]["nextCursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => break,
-        }
-    }
+    let (seen, pages) = page_through(&app, &key, &list("?limit=2")).await;
+    let (queued_paged, _) = page_through(&app, &key, &list("?status=queued&limit=1")).await;
     let queued = app.get(&key, &list("?status=queued")).await;
     let default = app.get(&key, &list("")).await;
 
@@ -228,10 +211,33 @@ async fn the_list_pages_newest_first_and_filters_by_status(backend: Backend) {
         })
         .collect();
     assert_eq!(queued_ids, queued_in_order);
+    assert_eq!(queued_paged, queued_in_order, "a page at a time");
     assert_eq!(default.body["data"]["scans"].as_array().unwrap().len(), 5);
     assert!(default.body["data"]["nextCursor"].is_null());
 }
 store_test!(the_list_pages_newest_first_and_filters_by_status);
+
+/// The scan ids of every page of the list at `path` (which has a query), following `nextCursor`
+/// to the end, and how many pages there were.
+async fn page_through(app: &TestApp, key: &str, path: &str) -> (Vec<String>, usize) {
+    let (mut seen, mut pages) = (Vec::new(), 0);
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = match &cursor {
+            Some(cursor) => app.get(key, &format!("{path}&cursor={cursor}")).await,
+            None => app.get(key, path).await,
+        };
+        assert_eq!(page.status, 200, "{page:?}");
+        pages += 1;
+        for scan in page.body["data"]["scans"].as_array().unwrap() {
+            seen.push(scan["scanId"].as_str().unwrap().to_owned());
+        }
+        match page.body["data"]["nextCursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return (seen, pages),
+        }
+    }
+}
 
 /// Without `limit` a page holds 20 scans, and the next page the rest: a client that never names a
 /// limit gets neither a page of everything (a tenant with years of scans) nor more round trips
