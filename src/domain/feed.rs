@@ -472,8 +472,9 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_and_anything_else_is_refused() {
-        let token = "123-45.100-0.120-44";
-        assert_eq!(FeedCursor::decode(token).unwrap().to_string(), token);
+        for token in ["123-45.100-0.120-44", "0-4"] {
+            assert_eq!(FeedCursor::decode(token).unwrap().to_string(), token);
+        }
         for garbage in [
             "",
             "-",
@@ -529,6 +530,74 @@ mod tests {
         assert!(cursor.reaches_below(mark, None));
         // The frontier counts whatever the snapshot.
         assert!(cursor.reaches_below(FeedPosition { xid: 55, id: 1 }, Some(&running)));
+    }
+
+    /// A snapshot saw finished only what began before its `xmax` and was not running then.
+    #[test]
+    fn a_snapshot_finished_only_what_began_before_it_and_no_longer_ran() {
+        let horizon = Horizon {
+            xmax: 100,
+            running: vec![90],
+        };
+        assert!(horizon.finished(89));
+        assert!(!horizon.finished(90), "running");
+        assert!(!horizon.finished(100), "not begun");
+        assert!(!horizon.finished(101));
+    }
+
+    /// Merged snapshots keep running what neither saw finished, so a later row of it is still
+    /// awaited; what either saw finished is finished.
+    #[test]
+    fn merged_snapshots_keep_running_what_neither_saw_finished() {
+        let older = Horizon {
+            xmax: 105,
+            running: vec![100],
+        };
+        let newer = Horizon {
+            xmax: 106,
+            running: vec![100, 105],
+        };
+        assert_eq!(older.merge(&newer), newer);
+        assert_eq!(newer.merge(&older), newer);
+        let later = Horizon {
+            xmax: 110,
+            running: vec![],
+        };
+        assert_eq!(newer.merge(&later), later);
+    }
+
+    /// A cursor fresh from the head knows the snapshot the head was read under (what a resume
+    /// checks a pending transaction against), and none without one.
+    #[test]
+    fn a_cursor_at_the_head_keeps_its_snapshot() {
+        let horizon = Horizon {
+            xmax: 90,
+            running: vec![70],
+        };
+        let head = FeedPosition { xid: 80, id: 5 };
+        assert_eq!(
+            FeedCursor::at_head(head, Some(&horizon)).horizon(),
+            Some(&horizon)
+        );
+        assert_eq!(FeedCursor::at_head(head, None).horizon(), None);
+    }
+
+    /// A pending transaction's rows already delivered are not delivered again when a shared page
+    /// holds them.
+    #[test]
+    fn a_pending_transactions_rows_are_delivered_once() {
+        let mut cursor = FeedCursor::decode("50-9.40-3").unwrap();
+        let page = page(vec![row(40, 2), row(40, 3), row(40, 4)], 60, &[40]);
+        assert_eq!(positions(&cursor.advance(&page, all)), [(40, 4)]);
+    }
+
+    /// The frontier's own transaction is not pending: its rows up to the frontier are delivered,
+    /// and a later one lies past it.
+    #[test]
+    fn the_frontiers_own_transaction_is_not_pending() {
+        let mut cursor = FeedCursor::decode("101-2").unwrap();
+        assert!(cursor.advance(&page(vec![], 103, &[101]), all).is_empty());
+        assert_eq!(cursor.to_string(), "101-2");
     }
 
     #[test]

@@ -352,6 +352,34 @@ mod tests {
             assert!(from.is_final());
             assert!(ScanStatus::ALL.iter().all(|to| !from.can_move_to(*to)));
         }
+        assert!(!Queued.is_final() && !Running.is_final());
+    }
+
+    /// A replay answers what the creation answered: queued, with no moment but its creation,
+    /// however far the scan has moved since.
+    #[test]
+    fn a_scan_as_created_has_no_moment_but_its_creation() {
+        let at =
+            |seconds: i64| OffsetDateTime::from_unix_timestamp(1_700_000_000 + seconds).unwrap();
+        let group = AccountGroupId::parse("507f1f77bcf86cd799439011").unwrap();
+        let completed = Scan {
+            id: ScanId::generate(),
+            account_group_id: group,
+            status: Completed,
+            created_at: at(0),
+            updated_at: at(20),
+            started_at: Some(at(10)),
+            finished_at: Some(at(20)),
+            cancelled_at: None,
+        };
+        let created = Scan {
+            status: Queued,
+            updated_at: at(0),
+            started_at: None,
+            finished_at: None,
+            ..completed.clone()
+        };
+        assert_eq!(completed.as_created(), created);
     }
 
     #[test]

@@ -129,3 +129,22 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// README's sum: 5 × `DB_TIMEOUT_MS` plus 2,750 ms, plus `DB_TIMEOUT_MS` − `KEY_CACHE_TTL_MS`
+    /// while the cache is on and that is positive.
+    #[test]
+    fn the_longest_writing_request_is_the_documented_sum() {
+        let ms = Duration::from_millis;
+        assert_eq!(longest_writing_request(ms(2000), ms(1000)), ms(13_750));
+        assert_eq!(longest_writing_request(ms(5000), ms(1000)), ms(31_750));
+        assert_eq!(longest_writing_request(ms(2000), ms(5000)), ms(12_750));
+        assert_eq!(
+            longest_writing_request(ms(2000), Duration::ZERO),
+            ms(12_750)
+        );
+    }
+}

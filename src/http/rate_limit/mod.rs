@@ -356,6 +356,72 @@ mod tests {
         assert_eq!(limiter.auth_blocked(bystander).await, None);
     }
 
+    /// An address's turn to look keys up is forgotten once its last holder is done, and an
+    /// address whose last failure is older than the failure window takes none.
+    #[tokio::test]
+    async fn a_turn_is_taken_after_a_recent_failure_and_forgotten_when_done() {
+        let limiter = limiter(20, 40, 20);
+        let (client, long_ago): (IpAddr, IpAddr) =
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        assert!(
+            limiter.lookup_turn(client).await.is_none(),
+            "no failure yet"
+        );
+        limiter.record_auth_failure(client).await;
+        let turn = limiter.lookup_turn(client).await.expect("a failure lately");
+        assert!(!turn.is_busy());
+        drop(turn);
+        assert!(limiter.lookups.is_empty(), "an idle address holds no turn");
+
+        limiter
+            .failed_lately
+            .insert(long_ago, a_minute_and_a_second_ago());
+        assert!(limiter.lookup_turn(long_ago).await.is_none());
+    }
+
+    /// Every `PRUNE_EVERY` failures, the addresses whose last failure left the window are dropped,
+    /// and so are turns nobody holds; recent failures and turns in use stay.
+    #[tokio::test]
+    async fn stale_failures_and_idle_turns_are_dropped_now_and_then() {
+        let limiter = limiter(20, 40, 20);
+        let address = |last: u8| IpAddr::from([10, 0, 0, last]);
+        let (stale, recent, idle, held) = (address(1), address(2), address(3), address(4));
+        limiter
+            .failed_lately
+            .insert(stale, a_minute_and_a_second_ago());
+        limiter.lookups.insert(idle, Arc::default());
+        let in_use = Arc::default();
+        limiter.lookups.insert(held, Arc::clone(&in_use));
+
+        for _ in 0..PRUNE_EVERY - 1 {
+            limiter.record_auth_failure(recent).await;
+        }
+        assert!(limiter.failed_lately.contains_key(&stale), "not yet");
+        limiter.record_auth_failure(recent).await;
+
+        assert!(!limiter.failed_lately.contains_key(&stale));
+        assert!(limiter.failed_lately.contains_key(&recent));
+        assert!(!limiter.lookups.contains_key(&idle));
+        assert!(limiter.lookups.contains_key(&held));
+        drop(in_use);
+    }
+
+    fn a_minute_and_a_second_ago() -> std::time::Instant {
+        std::time::Instant::now()
+            .checked_sub(FAILED_LATELY + Duration::from_secs(1))
+            .expect("the machine has been up for more than a minute")
+    }
+
+    /// A wait is told in whole seconds, rounded up (a client retrying on time must not come
+    /// early), and never as 0.
+    #[test]
+    fn waits_are_told_in_whole_seconds_rounded_up() {
+        assert_eq!(whole_seconds(Duration::from_millis(19_400)), 20);
+        assert_eq!(whole_seconds(Duration::from_secs(20)), 20);
+        assert_eq!(whole_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(whole_seconds(Duration::ZERO), 1);
+    }
+
     #[tokio::test]
     async fn headers_state_the_policy_and_what_is_left() {
         let limiter = limiter(20, 40, 20);
