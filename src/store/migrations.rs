@@ -45,11 +45,6 @@ const POSTGRES: &[Embedded] = &[
         "trimmed mark position index",
         include_str!("../../migrations/postgres/0006_trimmed_mark_position_index.sql"),
     ),
-    (
-        7,
-        "scans group status index",
-        include_str!("../../migrations/postgres/0007_scans_group_status_index.sql"),
-    ),
 ];
 
 const SQLITE: &[Embedded] = &[
@@ -72,11 +67,6 @@ const SQLITE: &[Embedded] = &[
         4,
         "trimmed mark position index",
         include_str!("../../migrations/sqlite/0004_trimmed_mark_position_index.sql"),
-    ),
-    (
-        5,
-        "scans group status index",
-        include_str!("../../migrations/sqlite/0005_scans_group_status_index.sql"),
     ),
 ];
 
@@ -171,6 +161,6 @@ mod tests {
             .filter(|m| m.no_tx)
             .map(|m| m.version)
             .collect();
-        assert_eq!(no_tx, [4, 5, 7]);
+        assert_eq!(no_tx, [4, 5]);
     }
 }

@@ -59,10 +59,7 @@ const BLOCKERS: &str = "SELECT string_agg(format('pid %s (%s, its transaction op
 
 /// The migrations that build an index `CONCURRENTLY`, in order, and their indexes: see
 /// [`adopt_concurrent_index`].
-const CONCURRENT_INDEXES: [(i64, &str); 2] = [
-    (5, "signal_scan_events_group_feed"),
-    (7, "signal_scans_group_status_newest"),
-];
+const CONCURRENT_INDEXES: [(i64, &str); 1] = [(5, "signal_scan_events_group_feed")];
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -870,7 +867,8 @@ async fn take_migration_lock(connection: &mut PgConnection) -> Result<(), StoreE
     }
 }
 
-/// Migrations 0005 and 0007 build their index `CONCURRENTLY`, outside a transaction. A build
+/// Migration 0005 builds its index `CONCURRENTLY`, outside a transaction (as any later one that
+/// does must, listed in [`CONCURRENT_INDEXES`]). A build
 /// whose process went away (a SIGTERM or a kill mid-upgrade) runs on in PostgreSQL to its end,
 /// and the migration `version`, never recorded as applied, then failed at every start on the
 /// index that already exists; a build PostgreSQL aborted leaves the index invalid. A valid
@@ -1131,10 +1129,13 @@ pub(super) const ONE_GROUPS_FEED: &str = feed_read!(
 );
 
 /// A page of a group's scans, newest first, `limit + 1` rows: one statement for each shape of
-/// the query (a status or not, a cursor or not), each a range of an index. Not one statement
-/// with `$n IS NULL OR …`: its generic plan, which a connection takes after five runs, can bound
-/// the index by neither, and read the group from its newest scan down to the cursor at every page
-/// (151 ms a page 2,000 pages down a group of 300,000 scans, against 0.3 ms).
+/// the query (a status or not, a cursor or not), each a range of the group's index from the
+/// cursor (a status is filtered along it). Not one statement with `$n IS NULL OR …`: its generic
+/// plan, which a connection takes after five runs, cannot bound the index by the cursor, and read
+/// the group from its newest scan down to the cursor at every page (151 ms a page 2,000 pages
+/// down a group of 300,000 scans, against 0.3 ms). No index by status: it would cost every status
+/// change an index entry (and on PostgreSQL its in-place update), for the one filter that can
+/// read far: see `BENCHMARKS.md`.
 #[doc(hidden)]
 pub fn list_scans_statement(status: bool, after: bool) -> &'static str {
     macro_rules! page {

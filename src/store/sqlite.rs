@@ -70,9 +70,10 @@ pub(super) const ONE_GROUPS_FEED: &str = feed_read!(
 );
 
 /// A page of a group's scans, newest first, `limit + 1` rows: one statement for each shape of
-/// the query (a status or not, a cursor or not), each a range of an index. Under `?n IS NULL OR
-/// …` SQLite bounds the index by the group alone, and reads the group from its newest scan down
-/// to the cursor at every page (57 ms a page 300,000 scans down, against 0.5 ms).
+/// the query (a status or not, a cursor or not), each a range of the group's index from the
+/// cursor (a status is filtered along it). Under `?n IS NULL OR …` SQLite bounds the index by the
+/// group alone, and reads the group from its newest scan down to the cursor at every page (57 ms
+/// a page 300,000 scans down, against 0.5 ms).
 #[doc(hidden)]
 pub fn list_scans_statement(status: bool, after: bool) -> String {
     let status = match status {
