@@ -185,8 +185,9 @@ impl Drop for OpenConnection {
 /// past it the socket takes no more writes. A client that stops reading (a stuck consumer of a
 /// change stream whose group is busy) then holds about this much of the kernel's memory, not the
 /// send buffer's autotuned maximum (4 MiB by Linux's default), beside hyper's own write queue in
-/// the process (up to about 400 KiB), and is seen stuck (the idle clock) once both are full. Throughput does not pay: what is in flight is still sized by
-/// TCP; only the queue behind it is bounded. Linux only; elsewhere the send buffer's own limit.
+/// the process (up to about 400 KiB), and is seen stuck (the idle clock) once both are full.
+/// Throughput does not pay: what is in flight is still sized by TCP; only the queue behind it is
+/// bounded. Linux only; elsewhere the send buffer's own limit.
 const UNSENT_BYTES: u32 = 128 * 1024;
 
 async fn serve_connection(task: ConnectionTask) {

@@ -868,12 +868,11 @@ async fn take_migration_lock(connection: &mut PgConnection) -> Result<(), StoreE
 }
 
 /// Migration 0005 builds its index `CONCURRENTLY`, outside a transaction (as any later one that
-/// does must, listed in [`CONCURRENT_INDEXES`]). A build
-/// whose process went away (a SIGTERM or a kill mid-upgrade) runs on in PostgreSQL to its end,
-/// and the migration `version`, never recorded as applied, then failed at every start on the
-/// index that already exists; a build PostgreSQL aborted leaves the index invalid. A valid
-/// `index` is the migration's work done, so the migration is recorded as applied; an invalid one
-/// is dropped, and the migration builds it again.
+/// does must, listed in [`CONCURRENT_INDEXES`]). A build whose process went away (a SIGTERM or a
+/// kill mid-upgrade) runs on in PostgreSQL to its end, and the migration `version`, never recorded
+/// as applied, then failed at every start on the index that already exists; a build PostgreSQL
+/// aborted leaves the index invalid. A valid `index` is the migration's work done, so the
+/// migration is recorded as applied; an invalid one is dropped, and the migration builds it again.
 async fn adopt_concurrent_index(
     connection: &mut PgConnection,
     migrator: &Migrator,
