@@ -167,10 +167,12 @@ pub struct FeedRowsCount {
 /// group; SQLite's `?1` the frontier's id, `?2` the limit and `?3` the group.
 /// The same for a page of a group's scans, by the query's shape: `postgres_scan_page` and
 /// `sqlite_scan_page` bind the group, then the status if asked for, then the cursor's
-/// `createdAt` and id if any, then the limit.
+/// `createdAt` and id if any, then the limit. And PostgreSQL's batch of the retention sweep,
+/// binding the cutoff, then the batch.
 #[doc(hidden)]
 pub mod statements {
     pub const POSTGRES_GROUP_FEED: &str = super::postgres::ONE_GROUPS_FEED;
+    pub const POSTGRES_TRIM_AUDIT: &str = super::postgres::TRIM_AUDIT;
     pub const SQLITE_GROUP_FEED: &str = super::sqlite::ONE_GROUPS_FEED;
     pub use super::postgres::list_scans_statement as postgres_scan_page;
     pub use super::sqlite::list_scans_statement as sqlite_scan_page;
