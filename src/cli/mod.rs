@@ -23,8 +23,8 @@ use crate::app::{self, Application};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::Permission;
 use crate::domain::scan::ScanStatus;
-use crate::service::KeyAdmin;
-use crate::store::Store;
+use crate::service::{KeyAdmin, ServiceError};
+use crate::store::{Store, StoreError};
 use crate::telemetry::{self, LogFormat};
 
 #[derive(Parser, Debug)]
@@ -283,7 +283,8 @@ fn report_failure(format: LogFormat, message: &str) {
 }
 
 /// Runs the command, and turns any failure into one line and exit 1 (75 where the service asked
-/// to be asked again later, or did not answer: see [`remote::TryLater`]).
+/// to be asked again later, or did not answer: see [`remote::TryLater`]; and where the database
+/// did not: see [`try_later`]).
 async fn run_command(cli: Cli) -> ExitCode {
     if let Err(message) = telemetry::init(cli.log.log_format, &config::log_filter()) {
         // A bad `RUST_LOG`: under `LOG_FORMAT=json` a JSON line too, as every other failure.
@@ -295,12 +296,31 @@ async fn run_command(cli: Cli) -> ExitCode {
         Err(error) => {
             // `{:#}`: the error and its causes, joined by ": ", on one line.
             report_failure(cli.log.log_format, &format!("{error:#}"));
-            match error.downcast_ref::<remote::TryLater>() {
-                Some(_) => ExitCode::from(remote::TryLater::EXIT_CODE),
-                None => ExitCode::FAILURE,
+            match try_later(&error) {
+                true => ExitCode::from(remote::TryLater::EXIT_CODE),
+                false => ExitCode::FAILURE,
             }
         }
     }
+}
+
+/// Whether asking again later may succeed: the service did not answer, or asked to be asked
+/// later ([`remote::TryLater`]); or the database was unavailable, what the API answers 502 for
+/// (unreachable, too slow, out of connections, its disk full, its lock held). A command on the
+/// database so exits as the same command through `--server` does, and a script retries both.
+fn try_later(error: &anyhow::Error) -> bool {
+    // `TryLater` is also a context (`with_context`), which only `downcast_ref` finds: the chain
+    // yields a context as the text it says.
+    error.downcast_ref::<remote::TryLater>().is_some()
+        || error.chain().any(|cause| {
+            matches!(
+                cause.downcast_ref::<StoreError>(),
+                Some(StoreError::Unavailable(_))
+            ) || matches!(
+                cause.downcast_ref::<ServiceError>(),
+                Some(ServiceError::Store(StoreError::Unavailable(_)))
+            )
+        })
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
@@ -432,6 +452,31 @@ const NO_OTHER_WAY: Option<&str> = None;
 /// in use only while a request that outlived the drain still runs).
 const STORE_CLOSE_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Raises the process's open-file limit to its hard limit: each client connection is a file
+/// descriptor, and the soft limit many hosts start a process with (1,024: systemd's, recent
+/// Docker's) would stop accepting connections long before `MAX_CONNECTIONS`. Warns when even the
+/// hard limit leaves too few for the settings.
+fn raise_open_file_limit(args: &ServeArgs) {
+    // Descriptors that are no client's connection: the listener, the runtime's, the database's
+    // files and the connections outside its pool, Redis's.
+    const ROOM: u64 = 64;
+    let wanted =
+        u64::from(args.max_connections) + u64::from(args.database.db_max_connections) + ROOM;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < wanted => tracing::warn!(
+            open_file_limit = limit,
+            max_connections = args.max_connections,
+            db_max_connections = args.database.db_max_connections,
+            "the open-file limit is below MAX_CONNECTIONS + DB_MAX_CONNECTIONS + 64, and this \
+             process cannot raise it further: past it, connections wait unaccepted (the log says \
+             `cannot accept a connection`); lower MAX_CONNECTIONS or raise the hard limit \
+             (`ulimit -Hn`, systemd's LimitNOFILE, compose's ulimits)"
+        ),
+        Ok(limit) => tracing::debug!(open_file_limit = limit, "open-file limit"),
+        Err(error) => tracing::warn!(%error, "cannot read or raise the open-file limit"),
+    }
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.database.is_default() {
         tracing::info!(
@@ -461,6 +506,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
              that then commits"
         );
     }
+    raise_open_file_limit(&args);
     // Listening before the database is reached: a stop while connecting or migrating ends the
     // start, rather than waiting for it (or, as PID 1, being ignored).
     let mut shutdown = Box::pin(app::shutdown_signal());

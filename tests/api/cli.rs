@@ -8,6 +8,7 @@ use signal_scans::domain::ids::ScanId;
 use signal_scans::domain::scan::ScanStatus;
 use signal_scans::store::Store;
 
+use crate::helpers::locks::WriteLock;
 use crate::helpers::{Backend, TestApp, TestDatabase, child, clock_shift, group, store_options};
 use crate::store_test;
 
@@ -955,7 +956,8 @@ fn an_unreachable_database_fails_migrate_without_leaking_the_password() {
             .output()
             .unwrap();
         let stderr = String::from_utf8(output.stderr).unwrap();
-        assert!(!output.status.success(), "{url}");
+        // Unreachable: ask again later, as a command through `--server` does.
+        assert_eq!(output.status.code(), Some(75), "{url}: {stderr}");
         assert!(!stderr.contains("hunter2"), "{url}: {stderr}");
         assert!(
             stderr.contains("cannot migrate the database at postgres://"),
@@ -1035,3 +1037,44 @@ async fn scans_transition_cannot_cancel(backend: Backend) {
     }
 }
 store_test!(scans_transition_cannot_cancel);
+
+/// A command on the database that cannot have it now (another session holds the scan's lock, or
+/// SQLite's write lock, past `DB_TIMEOUT_MS`) exits 75 with nothing on stdout, as the same
+/// command through `--server` does when the service answers 502: a script asks again later. A
+/// move the state machine refuses still exits 1; a move the lock held up did not happen.
+async fn a_command_the_database_cannot_answer_now_exits_75(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let (url, id) = (app.db.url.clone(), scan.to_string());
+    let transition = move |to: &str| {
+        child::signal_scans()
+            .args(["scans", "transition", &id, "--to", to, "--json"])
+            .env("DATABASE_URL", &url)
+            .env("DB_TIMEOUT_MS", "300")
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("the binary runs")
+    };
+
+    let mut lock = WriteLock::hold(&app, &scan).await;
+    let held_up = tokio::task::spawn_blocking({
+        let transition = transition.clone();
+        move || transition("running")
+    })
+    .await
+    .unwrap();
+    lock.release().await;
+    let refused = transition("completed");
+
+    assert_eq!(held_up.status.code(), Some(75), "{held_up:?}");
+    assert!(held_up.stdout.is_empty(), "{held_up:?}");
+    assert!(
+        String::from_utf8_lossy(&held_up.stderr).contains("database unavailable"),
+        "{held_up:?}"
+    );
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert_eq!(app.status_of(&scan).await, ScanStatus::Queued);
+    assert_eq!(app.store.scan_events(&scan).await.unwrap().len(), 1);
+}
+store_test!(a_command_the_database_cannot_answer_now_exits_75);

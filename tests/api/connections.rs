@@ -14,7 +14,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::process::ServerProcess;
-use crate::helpers::{ApiResponse, Backend, TestApp, cancel_path, child, group, h2_client};
+use crate::helpers::{
+    ApiResponse, Backend, TestApp, TestDatabase, cancel_path, child, group, h2_client,
+};
 use crate::store_test;
 
 /// Resident memory of a process, in KiB.
@@ -544,6 +546,46 @@ async fn past_max_connections_new_ones_wait_for_a_free_slot(backend: Backend) {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 store_test!(past_max_connections_new_ones_wait_for_a_free_slot);
+
+/// A process's open-file limit, soft and hard, from `/proc/<pid>/limits`.
+fn open_file_limit(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .unwrap();
+    let mut numbers = line.split_whitespace().filter_map(|word| word.parse().ok());
+    (numbers.next().unwrap(), numbers.next().unwrap())
+}
+
+/// Each connection is a file descriptor. `serve` raises the soft open-file limit it was started
+/// with to the hard one (a soft limit of 1,024, systemd's and recent Docker's, stopped it
+/// accepting at about 1,020 connections, far below `MAX_CONNECTIONS`), and warns when even the
+/// hard limit is below what the settings may open. Fails if the inherited limit is kept, or if the
+/// warning is missing or given for enough.
+#[tokio::test]
+async fn serve_raises_its_open_file_limit_and_says_when_it_is_too_low() {
+    let database = TestDatabase::create(Backend::Sqlite).await;
+    let env = [
+        ("DATABASE_URL", database.url.as_str()),
+        ("MAX_CONNECTIONS", "400"),
+    ];
+    let too_low = "the open-file limit is below MAX_CONNECTIONS";
+
+    let soft_only = ServerProcess::start_after("ulimit -Sn 256", &env).await;
+    // 400 connections, 10 of the pool and 64 more: 474.
+    let short = ServerProcess::start_after("ulimit -n 300", &env).await;
+    let enough = ServerProcess::start_after("ulimit -n 600", &env).await;
+
+    let (soft, hard) = open_file_limit(soft_only.pid());
+    assert!(hard > 256, "this machine's hard limit: {hard}");
+    assert_eq!(soft, hard, "the soft limit is raised to the hard one");
+    assert_eq!(open_file_limit(short.pid()), (300, 300));
+    let warned = |server: &ServerProcess| server.logs().iter().any(|line| line.contains(too_low));
+    assert!(warned(&short), "{:?}", short.logs());
+    assert!(!warned(&enough), "{:?}", enough.logs());
+    assert!(!warned(&soft_only), "{:?}", soft_only.logs());
+}
 
 /// Runs `curl --http2-prior-knowledge`; returns the HTTP version curl used, the status and the
 /// body as JSON.

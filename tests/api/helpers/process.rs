@@ -25,14 +25,28 @@ impl ServerProcess {
     /// [`Self::start`] with `args` after `serve`, and its stdout to `stdout`.
     pub async fn start_with(args: &[&str], env: &[(&str, &str)], stdout: Stdio) -> Self {
         let mut command = child::signal_scans();
+        command.arg("serve").args(args).stdout(stdout);
+        Self::serving(command, env).await
+    }
+
+    /// [`Self::start`] by a shell that runs `setup` first (`ulimit -n 256`): what a process
+    /// inherits from whoever starts it.
+    pub async fn start_after(setup: &str, env: &[(&str, &str)]) -> Self {
+        let mut command = child::cleared("bash");
         command
-            .arg("serve")
-            .args(args)
+            .arg("-c")
+            .arg(format!("{setup} && exec \"$0\" serve"))
+            .arg(env!("CARGO_BIN_EXE_signal-scans"))
+            .stdout(Stdio::null());
+        Self::serving(command, env).await
+    }
+
+    async fn serving(mut command: std::process::Command, env: &[(&str, &str)]) -> Self {
+        command
             .env("LISTEN_ADDR", "127.0.0.1:0")
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
-            .stdout(stdout);
+            .envs(env.iter().copied());
         let (child, logs, addr) = child::start_until(command, |line| {
             let event: serde_json::Value = serde_json::from_str(line).ok()?;
             (event["message"] == "signal-scans is serving")
