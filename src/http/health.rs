@@ -1,8 +1,9 @@
 //! Liveness and readiness, for load balancers and orchestrators; no API key needed.
 
-use axum::Json;
 use axum::extract::State;
+use axum::{Extension, Json};
 
+use super::Probe;
 use super::envelope::Envelope;
 use super::error::ApiError;
 use super::openapi::responses as doc;
@@ -21,8 +22,8 @@ use crate::store::Store;
         (status = 200, description = "The process is serving", body = doc::HealthResponse),
     )
 )]
-pub(crate) async fn healthz() -> Json<Envelope<Health>> {
-    Json(Envelope::success(Health::OK))
+pub(crate) async fn healthz() -> (Extension<Probe>, Json<Envelope<Health>>) {
+    (Extension(Probe), Json(Envelope::success(Health::OK)))
 }
 
 /// `GET /readyz`: the database answers within its timeout; otherwise 503 NOT_READY, so a load
@@ -40,10 +41,12 @@ pub(crate) async fn healthz() -> Json<Envelope<Health>> {
         (status = 503, response = doc::NotReady),
     )
 )]
-pub(crate) async fn readyz(State(store): State<Store>) -> Result<Json<Envelope<Health>>, ApiError> {
+pub(crate) async fn readyz(
+    State(store): State<Store>,
+) -> Result<(Extension<Probe>, Json<Envelope<Health>>), ApiError> {
     store
         .ping()
         .await
         .map_err(|error| ApiError::NotReady(error.to_string()))?;
-    Ok(Json(Envelope::success(Health::READY)))
+    Ok((Extension(Probe), Json(Envelope::success(Health::READY))))
 }

@@ -177,6 +177,13 @@ fn request_span(request: &Request) -> tracing::Span {
     )
 }
 
+/// Marks the answer of a probe that succeeded (`/healthz`, `/readyz` and `/metrics` answering 200):
+/// its closing line is at `debug`. An orchestrator's health check every 10 s and a scrape every
+/// 15 s would otherwise be most of a quiet service's log; a probe that fails is logged as any
+/// request is.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Probe;
+
 /// The closing line of a request: its status and its latency in milliseconds, a number (tower-http's
 /// own line gives the latency as text with its unit, which a log query cannot sum or compare).
 fn log_response<B>(response: &axum::http::Response<B>, latency: Duration, _span: &tracing::Span) {
@@ -189,11 +196,11 @@ fn log_response<B>(response: &axum::http::Response<B>, latency: Duration, _span:
         );
         return;
     }
-    tracing::info!(
-        status = response.status().as_u16(),
-        latency_ms,
-        "finished processing request"
-    );
+    let status = response.status().as_u16();
+    match response.extensions().get::<Probe>() {
+        Some(Probe) => tracing::debug!(status, latency_ms, "finished processing request"),
+        None => tracing::info!(status, latency_ms, "finished processing request"),
+    }
 }
 
 /// The panic's message and place are logged by the panic hook, in the request's span.

@@ -547,6 +547,50 @@ async fn an_empty_rust_log_logs_as_an_unset_one() {
     );
 }
 
+/// A probe that succeeds (`/healthz`, `/readyz` and `/metrics` answering 200) closes at `debug`: a
+/// health check every 10 s and a scrape every 15 s made most of a quiet service's log at `info`.
+/// A probe that fails is logged as any request: `/readyz` answering 503 while the database file is
+/// away. Fails if a successful probe's closing line is at `info`, or a failed one's is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_probe_that_fails_is_logged_at_info() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let server = ServerProcess::start(&[("DATABASE_URL", &app.db.url)]).await;
+    let client = reqwest::Client::new();
+    let status = async |path: &str| {
+        let response = client.get(server.url(path)).send().await.unwrap();
+        response.status().as_u16()
+    };
+
+    let mut probes = Vec::new();
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        probes.push(status(path).await);
+    }
+    let file = app.db.sqlite_file();
+    let away = file.with_extension("away");
+    std::fs::rename(&file, &away).unwrap();
+    let unready = status("/readyz").await;
+    std::fs::rename(&away, &file).unwrap();
+    let events = server
+        .until_logged(|event| {
+            event["message"] == "finished processing request" && event["status"] == 503
+        })
+        .await;
+
+    assert_eq!(probes, [200, 200, 200]);
+    assert_eq!(unready, 503);
+    let closing: Vec<(&str, &serde_json::Value)> = events
+        .iter()
+        .filter(|event| event["message"] == "finished processing request")
+        .map(|event| {
+            (
+                event["span"]["http.route"].as_str().unwrap(),
+                &event["status"],
+            )
+        })
+        .collect();
+    assert_eq!(closing, [("/readyz", &serde_json::json!(503))]);
+}
+
 /// The writer's metrics count every request and only commits, read from the real binary: a
 /// request that gave up waiting to be taken is in `scan_write_queue_wait_seconds` with its wait
 /// (they were missing: the queue looked empty in an outage, when the waits were longest); a
