@@ -9,7 +9,7 @@
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
-use sqlx::postgres::PgConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use tracing::field::{Field, Visit};
 use tracing::level_filters::LevelFilter;
 use tracing::span::{Attributes, Id, Record};
@@ -39,7 +39,22 @@ pub(super) fn parse(url: &str) -> Result<PgConnectOptions, StoreError> {
         });
         tracing::warn!(key, path, "DATABASE_URL: {message}");
     }
-    parsed.map_err(|_| StoreError::Config("DATABASE_URL is not a valid PostgreSQL URL".into()))
+    let options = parsed
+        .map_err(|_| StoreError::Config("DATABASE_URL is not a valid PostgreSQL URL".into()))?;
+    // No connection could be made: a setting to change, not a database to wait for (sqlx's TLS
+    // error reads as an unavailable database, which commands exit 75 for and scripts retry).
+    if matches!(
+        options.get_ssl_mode(),
+        PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
+    ) {
+        return Err(StoreError::Config(
+            "DATABASE_URL (or PGSSLMODE) asks for TLS (sslmode=require, verify-ca or \
+             verify-full), which this binary is built without: reach the database over a private \
+             network or a TLS tunnel, with sslmode=disable or prefer"
+                .into(),
+        ));
+    }
+    Ok(options)
 }
 
 /// libpq's connection parameters (PostgreSQL 17's list), which sqlx may not all honour: a name an

@@ -748,16 +748,23 @@ async fn pending(connection: &mut PgConnection, migrator: &Migrator) -> Result<b
             .await?;
     Ok(super::migrations::pending(migrator, &applied))
 }
+
 /// One batch of the retention sweep (`$1` the cutoff, `$2` the batch): the oldest rows of the
 /// trail, in feed order, up to the first younger than the cutoff, deleted, and each group's mark
-/// raised to its last deleted row. The batch starts past the greatest mark: every row at or
-/// before it is gone (each batch deletes a head of the trail; a row committing behind it later
-/// would be a transaction's that began writing before the cutoff, which the service's timeouts
-/// end long before, and would only be kept), while a batch read from the trail's start met the
-/// dead rows of every batch before it until vacuum removed them (36 ms a batch after 830,000
-/// deletions with autovacuum off).
+/// raised to its last deleted row. A batch read from the trail's start met the dead rows of every
+/// batch before it until vacuum removed them (36 ms a batch after 830,000 deletions with
+/// autovacuum off), so it starts past the greatest mark at a transaction id of this cluster's:
+/// every row before that is gone, since each batch deletes a head of the trail, and the rows at
+/// xid 0 come first (a row committing behind the mark later would be a transaction's that began
+/// writing before the cutoff, which the service's timeouts end long before; it would only be
+/// kept). Marks at xid 0 are left out: rows moved there from another cluster are ordered by id
+/// alone, and one its sweep left, of a transaction that overlapped the one it deleted last, lies
+/// behind that mark. So are marks at transaction ids this cluster has not reached: another
+/// cluster's, not yet moved to 0.
 pub(super) const TRIM_AUDIT: &str = "WITH floor AS (
-    SELECT xid, id FROM signal_scan_events_trimmed ORDER BY xid DESC, id DESC LIMIT 1
+    SELECT xid, id FROM signal_scan_events_trimmed
+    WHERE xid > '0' AND xid < pg_snapshot_xmax(pg_current_snapshot())
+    ORDER BY xid DESC, id DESC LIMIT 1
 ), head AS (
     SELECT xid, id, occurred_at FROM signal_scan_events
     WHERE (xid, id) > (coalesce((SELECT xid FROM floor), '0'), coalesce((SELECT id FROM floor), 0))

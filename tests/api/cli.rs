@@ -966,6 +966,28 @@ fn an_unreachable_database_fails_migrate_without_leaking_the_password() {
     }
 }
 
+/// This binary has no TLS for its database: a URL (or `PGSSLMODE`) that asks for it is refused
+/// as a setting, exit 1, before any connection, and never as an unavailable database (exit 75,
+/// which a script retries for ever). Both read as sqlx's TLS error, and the commands exited 75.
+#[test]
+fn a_database_url_asking_for_tls_is_refused_as_a_setting() {
+    let plain = "postgres://app:hunter2@127.0.0.1:1/x";
+    let asking = "postgres://app:hunter2@127.0.0.1:1/x?sslmode=require";
+    for (url, pg_ssl_mode) in [(asking, None), (plain, Some("verify-full"))] {
+        let mut command = child::signal_scans();
+        command.args(["keys", "list"]).env("DATABASE_URL", url);
+        if let Some(mode) = pg_ssl_mode {
+            command.env("PGSSLMODE", mode);
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+
+        assert_eq!(output.status.code(), Some(1), "{url}: {stderr}");
+        assert!(stderr.contains("asks for TLS"), "{url}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "{url}: {stderr}");
+    }
+}
+
 /// `scans show --json` says what the text says: the account group too (it was left out); and
 /// `--account-group` narrows it to that group's scans.
 async fn scans_show_json_names_the_account_group(backend: Backend) {

@@ -1099,6 +1099,71 @@ store_test!(
     postgres_only
 );
 
+/// A database restored from another cluster has its trail and marks moved to xid 0 at start,
+/// ordered by id alone there. Two transactions of the old cluster that overlapped may have taken
+/// their ids in the other order than their xids, so its sweep may have left a row with an id below
+/// its group's mark: that row is swept here all the same. Fails for a sweep that starts past the
+/// greatest mark at xid 0 (the row past its retention was kept for good; the diff review found
+/// it).
+async fn rows_a_restore_moved_behind_a_mark_are_still_swept(backend: Backend) {
+    let (db, store) = migrated_database(backend).await;
+    let group = group();
+    write_history(&db.url, &group, 2, 100, true).await;
+    let mut connection = PgConnection::connect(&db.url).await.unwrap();
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM signal_scan_events WHERE account_group_id = $1 ORDER BY id",
+    )
+    .bind(group.as_str())
+    .fetch_all(&mut connection)
+    .await
+    .unwrap();
+    // As the old cluster left them, at transaction ids this one has not reached: its sweep deleted
+    // the second row, first in its (xid, id) order, and marked it; the first row's transaction
+    // came after.
+    sqlx::query(
+        "WITH ahead AS (
+             SELECT pg_snapshot_xmax(pg_current_snapshot())::text::numeric + 100 AS base)
+         UPDATE signal_scan_events
+         SET xid = (base + array_position($1::bigint[], id))::text::xid8 FROM ahead
+         WHERE id = ANY($1)",
+    )
+    .bind([ids[1], ids[0], ids[2], ids[3]])
+    .execute(&mut connection)
+    .await
+    .unwrap();
+    sqlx::query(
+        "WITH gone AS (DELETE FROM signal_scan_events WHERE id = $1 RETURNING account_group_id, xid, id)
+         INSERT INTO signal_scan_events_trimmed (account_group_id, xid, id) SELECT * FROM gone",
+    )
+    .bind(ids[1])
+    .execute(&mut connection)
+    .await
+    .unwrap();
+    // The start on the restored database moves the rows and the mark to xid 0.
+    store.migrate().await.unwrap();
+    let moved: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM signal_scan_events_trimmed WHERE xid = '0' AND id = $1",
+    )
+    .bind(ids[1])
+    .fetch_one(&mut connection)
+    .await
+    .unwrap();
+    let cutoff = time::OffsetDateTime::now_utc() - Duration::from_secs(24 * 3600);
+
+    let swept = store.trim_audit(cutoff, 500).await.unwrap();
+
+    assert_eq!(moved, 1, "the mark was moved to xid 0");
+    assert_eq!(
+        swept, 3,
+        "the three rows left, the first of them behind the mark"
+    );
+    assert_eq!(audit_rows(&db.url, &group).await, (0, 0));
+}
+store_test!(
+    rows_a_restore_moved_behind_a_mark_are_still_swept,
+    postgres_only
+);
+
 /// PostgreSQL keeps a deleted row, and its index entries, until vacuum removes them. Each batch of
 /// the retention sweep starts past what the batches before it deleted, so what a batch reads does
 /// not grow with the trail's deleted past. Fails for a batch that starts at the trail's start:
