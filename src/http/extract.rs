@@ -165,3 +165,80 @@ impl ScanPath {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Reason {
+        reason: Option<String>,
+    }
+
+    fn body(text: &str) -> ApiBody {
+        ApiBody(Bytes::copy_from_slice(text.as_bytes()))
+    }
+
+    fn refusal(read: Result<Reason, ApiError>) -> String {
+        match read {
+            Err(ApiError::Validation(details)) => details,
+            other => panic!("not a 400: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_the_white_space_json_allows_is_trimmed_around_a_body() {
+        assert_eq!(body(" \t\r\n{} \n").trimmed(), b"{}");
+        assert_eq!(body("x").trimmed(), b"x");
+        assert_eq!(body(" \n ").trimmed(), b"");
+        assert_eq!(body("").trimmed(), b"");
+        // A form feed is not JSON's white space: it stays, and the body is refused as not JSON.
+        assert_eq!(body("\x0c{}").trimmed(), b"\x0c{}");
+    }
+
+    #[test]
+    fn an_optional_body_is_nothing_or_an_object_of_known_fields_each_once() {
+        let read = |text: &str| body(text).optional_fields::<Reason>();
+        let gone = Reason {
+            reason: Some("gone".into()),
+        };
+        let not_an_object = "request body must be empty or a JSON object";
+
+        assert_eq!(read(" \n").unwrap(), Reason::default());
+        assert_eq!(read("{}").unwrap(), Reason::default());
+        assert_eq!(read(" {\"reason\": \"gone\"} ").unwrap(), gone);
+        assert_eq!(refusal(read("null")), not_an_object);
+        assert_eq!(refusal(read("[]")), not_an_object);
+        // The object's own faults are its fields'; a body that is not whole JSON says where.
+        let unknown = refusal(read(r#"{"status": "running"}"#));
+        assert!(
+            unknown.starts_with("request body: unknown field `status`"),
+            "{unknown}"
+        );
+        let twice = refusal(read(r#"{"reason": "a", "reason": "b"}"#));
+        assert!(
+            twice.starts_with("request body: duplicate field `reason`"),
+            "{twice}"
+        );
+        let broken = refusal(read(r#"{"reason": "#));
+        assert!(
+            broken.starts_with(&format!("{not_an_object}: EOF")),
+            "{broken}"
+        );
+    }
+
+    #[test]
+    fn a_refusal_echoes_a_bounded_part_of_what_the_client_sent() {
+        let long = format!(r#"{{"{}": 1}}"#, "x".repeat(1000));
+        let said = refusal(body(&long).optional_fields());
+        assert!(
+            said.starts_with("request body: unknown field `xxx"),
+            "{said}"
+        );
+        assert_eq!(
+            said.chars().count(),
+            "request body: ".len() + MAX_ECHO_CHARS
+        );
+    }
+}
