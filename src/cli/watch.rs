@@ -63,7 +63,11 @@ pub(super) async fn follow_database(
         }
     }
     let mut feed = FeedReader::open(store, start, group, poll).await?;
-    tracing::info!("watching for status changes");
+    // Said before any change is printed: a runner that stops before the first one resumes here.
+    tracing::info!(
+        after = %feed.cursor(),
+        "watching for status changes (--after this cursor resumes from here)"
+    );
     loop {
         match feed.next().await {
             Ok(event) => {
@@ -327,8 +331,13 @@ impl SseReader {
         Ok(false)
     }
 
-    /// The end of an event: print it, then remember where it stands.
+    /// The end of an event: print it, then remember where it stands. A block with an id and no
+    /// data is the stream's opening (where it starts): said, for a runner that stops before the
+    /// first change to resume there.
     fn end(&mut self, event: Pending) {
+        if let (Some(id), true) = (&event.id, event.data.is_empty()) {
+            tracing::info!(after = %id, "the stream opened at this cursor (--after it resumes from here)");
+        }
         if !event.data.is_empty() {
             match serde_json::from_str::<Event>(&event.data) {
                 Ok(parsed) => print(&Line {

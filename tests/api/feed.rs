@@ -1095,3 +1095,44 @@ async fn scans_watch_stops_with_exit_0_on_sigterm_and_ctrl_c(backend: Backend) {
     assert_eq!(interrupted.code(), Some(0), "{interrupted:?}");
 }
 store_test!(scans_watch_stops_with_exit_0_on_sigterm_and_ctrl_c);
+
+/// A watch says where it starts (`after=` in its log), on the database and through the service: a
+/// runner stopped before any change was printed resumes there with `--after` and misses nothing.
+/// No cursor came before the first change, and a restart from now lost the changes in between.
+async fn a_watch_says_where_it_starts_and_after_resumes_there(backend: Backend) {
+    let (app, group, _) = TestApp::with_writer(backend).await;
+    let reader = app.reader(&group).await;
+    let server = app.url("");
+    let on_the_database: (&[&str], _) = (
+        &["--account-group", group.as_str()],
+        [
+            ("DATABASE_URL", app.db.url.as_str()),
+            ("FEED_POLL_MS", "200"),
+        ],
+    );
+    let through_the_service: (&[&str], _) = (
+        &["--server", &server, "--account-group", group.as_str()],
+        [
+            ("SIGNAL_SCANS_API_KEY", reader.as_str()),
+            ("FEED_POLL_MS", "200"),
+        ],
+    );
+    for (args, env) in [on_the_database, through_the_service] {
+        let first = Watch::start_with(args, &env).await;
+        let start = first.starts_at().await;
+        first.stop().await;
+        let scan = app.scan(&group, ScanStatus::Queued).await;
+
+        let mut resumed = Watch::start_with(&[args, &["--after", &start]].concat(), &env).await;
+        let line = resumed.next_line_within(Duration::from_secs(10)).await;
+        resumed.stop().await;
+
+        let line = line.unwrap_or_else(|| panic!("nothing printed after {start} ({args:?})"));
+        assert_eq!(line["scanId"], scan.as_str(), "{args:?}");
+        assert_eq!(
+            (&line["from"], &line["to"]),
+            (&Value::Null, &Value::from("queued"))
+        );
+    }
+}
+store_test!(a_watch_says_where_it_starts_and_after_resumes_there);
