@@ -73,3 +73,19 @@ pub async fn start_until<T: Send + 'static>(
         .unwrap_or_else(|_| panic!("the child exited first; stderr: {:?}", lines.lock()));
     (child, lines, what)
 }
+
+/// Waits, 10 s at most, until `find` finds what it looks for in the stderr `lines` so far.
+pub async fn until_found<T>(lines: &Lines, find: impl Fn(&[String]) -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(found) = find(&lines.lock().unwrap()) {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never logged in 10 s; stderr: {:#?}",
+            lines.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

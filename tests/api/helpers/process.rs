@@ -101,23 +101,14 @@ impl ServerProcess {
         &self,
         condition: impl Fn(&[serde_json::Value]) -> bool,
     ) -> Vec<serde_json::Value> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let events: Vec<serde_json::Value> = self
-                .logs()
+        child::until_found(&self.logs, |lines| {
+            let events: Vec<serde_json::Value> = lines
                 .iter()
                 .filter_map(|line| serde_json::from_str(line).ok())
                 .collect();
-            if condition(&events) {
-                return events;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "never logged; logs: {:#?}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            condition(&events).then_some(events)
+        })
+        .await
     }
 
     /// Sends SIGTERM, as an orchestrator stopping the container does.

@@ -137,22 +137,13 @@ impl Watch {
 
     /// The cursor the watcher says it starts at (`after=` in its log), waited for 10 s at most.
     pub async fn starts_at(&self) -> String {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let said = self.logs().iter().find_map(|line| {
+        child::until_found(&self.logs, |lines| {
+            lines.iter().find_map(|line| {
                 let (_, rest) = line.split_once("after=")?;
                 rest.split_whitespace().next().map(str::to_owned)
-            });
-            if let Some(cursor) = said {
-                return cursor;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the watcher said no cursor within 10 s; logs: {:?}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            })
+        })
+        .await
     }
 
     /// Every stderr line so far.
