@@ -4,13 +4,16 @@
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
+use signal_scans::domain::keys::Permission;
+use signal_scans::domain::scan::ScanStatus;
 use signal_scans::http::HttpSettings;
 use signal_scans::http::rate_limit::{RateLimit, RedisSettings};
 
 use crate::helpers::process::ServerProcess;
 use crate::helpers::proxy::Proxy;
 use crate::helpers::{
-    ApiResponse, Backend, Replica, Settings, TestApp, cancel_path, redis_server_addr, redis_url,
+    ApiResponse, Backend, Replica, Settings, TestApp, cancel_path, group, redis_server_addr,
+    redis_url,
 };
 
 /// The per-key burst. Redis keeps time by its own clock, which a test cannot stop: at 1 a second a
@@ -448,4 +451,68 @@ async fn a_fresh_key_has_its_whole_burst_less_one_left_at_any_rate() {
         left.iter().all(|state| state.contains(";r=9999;")),
         "{left:#?}"
     );
+}
+
+/// What a Redis clock set back an hour (an NTP step, a failover to a host an hour behind) finds:
+/// a key's allowance and an address's block written an hour ahead of its clock.
+async fn as_if_written_an_hour_ahead(url: &str, allowance: &str, block: &str) {
+    let client = redis::Client::open(url).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    redis::Script::new(
+        r"local time = redis.call('TIME')
+          local now = tonumber(time[1]) * 1000 + tonumber(time[2]) / 1000
+          redis.call('SET', KEYS[1], string.format('%.3f', now + 3600000), 'PX', 3660000)
+          redis.call('SET', KEYS[2], '1', 'PX', 3600000)
+          return 1",
+    )
+    .key(allowance)
+    .key(block)
+    .invoke_async::<i64>(&mut connection)
+    .await
+    .unwrap();
+}
+
+/// Entries a Redis clock set back finds ahead of it hold a key and an address off for at most
+/// one interval of their limits, on every replica: for as long as the step before (429 with
+/// `Retry-After: 3600` for an hour's), though no allowance leaves more than one interval to wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_clock_set_back_holds_clients_off_for_one_interval_at_most() {
+    let Some(url) = redis_url().await else { return };
+    let redis = settings_for(&url);
+    // One a second for keys and for failures: an interval is a second.
+    let http = HttpSettings {
+        auth_failures_per_minute: NonZeroU32::new(60).unwrap(),
+        ..limited(Some(redis.clone()))
+    };
+    let app = Settings::default()
+        .with_http(http)
+        .spawn(Backend::Sqlite)
+        .await;
+    until("the instance reaches Redis", || app.limits.is_shared()).await;
+    let group = group();
+    let (key, key_id) = app.key_for(&[Permission::SignalsWrite], &[group]).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let path = cancel_path(group.as_str(), scan.as_str());
+    as_if_written_an_hour_ahead(
+        &url,
+        &format!("{}key:{key_id}", redis.prefix),
+        &format!("{}auth-blocked:127.0.0.1", redis.prefix),
+    )
+    .await;
+
+    // The address's block passed over; the key's allowance refused once at most.
+    let mut waits = Vec::new();
+    let served = loop {
+        let response = ApiResponse::of(app.client.post(app.url(&path)).bearer_auth(&key)).await;
+        if response.status != 429 || waits.len() == 2 {
+            break response;
+        }
+        let wait: u64 = response.header("retry-after").unwrap().parse().unwrap();
+        waits.push(wait);
+        tokio::time::sleep(Duration::from_secs(wait.min(5))).await;
+    };
+
+    assert!(waits.iter().all(|wait| *wait <= 1), "waits {waits:?}");
+    assert_eq!(served.status, 200, "after waits {waits:?}: {served:?}");
+    assert!(app.limits.is_shared());
 }

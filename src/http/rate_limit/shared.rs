@@ -27,6 +27,13 @@ const BACKOFF: Duration = Duration::from_secs(1);
 /// looked up). Returns {allowed, wait_ms, remaining}; wait_ms is the marker's, or 0. The cells left
 /// are counted from `tat - now`, a small difference: differences of epoch milliseconds (about
 /// 1.7e12, kept to some 2e-4 ms) cost a whole cell at 0.1 ms a cell.
+///
+/// No allowance leaves `tat` past `now + emission * burst`, nor a marker longer than one
+/// emission interval: an entry past that was written by a clock since set back (an NTP step, a
+/// failover to a host behind). Held to the bound (and stored so), it refuses for one interval, not
+/// for as long as the step. Redis keeps expiry times by the same clock, so such a marker outlives its interval by
+/// the step: one longer than an interval is passed over where it is read
+/// ([`SharedLimits::auth_blocked`]), and the next failure's refusal sets it anew.
 const GCRA: &str = r"
 redis.replicate_commands()
 local emission = tonumber(ARGV[1])
@@ -35,6 +42,10 @@ local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + tonumber(time[2]) / 1000
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then tat = now end
+if tat > now + emission * burst then
+  tat = now + emission * burst
+  redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1000)
+end
 local new_tat = tat + emission
 local allow_at = new_tat - emission * burst
 if now < allow_at then
@@ -234,6 +245,8 @@ impl SharedLimits {
     }
 
     /// Seconds `client` must still wait after its last refused failure; looks without spending.
+    /// A marker with more than one failure's interval left was set under a clock since set back
+    /// (see [`GCRA`]): it blocks nobody.
     pub(super) async fn auth_blocked(&self, client: IpAddr) -> Result<Option<u64>, SharedError> {
         let marker = self.blocked_key(client);
         let remaining_ms = self
@@ -244,9 +257,10 @@ impl SharedLimits {
                     .await
             })
             .await?;
+        let longest_ms = self.failure_emission_ms.ceil() as u64;
         Ok(u64::try_from(remaining_ms)
             .ok()
-            .filter(|ms| *ms > 0)
+            .filter(|ms| (1..=longest_ms).contains(ms))
             .map(|ms| ms.div_ceil(1000).max(1)))
     }
 
