@@ -35,8 +35,9 @@ WITH input AS (
     FOR UPDATE OF s
 ), stamp AS (
     -- Read after `current` holds the locks: a change that waited behind another is stamped after
-    -- it, never before.
-    SELECT ord, clock_timestamp() AS at FROM current
+    -- it, never before. Nor before the scan's last change: under a clock set back since (an NTP
+    -- step), a scan's instants would run backwards (`cancelledAt` before `startedAt`).
+    SELECT ord, greatest(clock_timestamp(), updated_at) AS at FROM current
 ), changed AS (
     UPDATE signal_scans AS s
     SET status = input.to_status,

@@ -955,13 +955,14 @@ const SCANS_OF_BATCH: &str = "FROM (SELECT value AS change FROM jsonb_each(?1)) 
      JOIN signal_scans AS s ON s.id = c.change ->> 'scan'
      WHERE (c.change ->> 'group' IS NULL OR s.account_group_id = c.change ->> 'group')";
 
-/// The audit rows of the changes whose scan's status allows them, stamped `?2`, in arrival order:
-/// each answers its scan and the status it moves from.
+/// The audit rows of the changes whose scan's status allows them, stamped `?2` (or the scan's last
+/// change, should the clock have been set back since: a scan's instants never run backwards), in
+/// arrival order: each answers its scan and the status it moves from.
 const AUDIT_BATCH: &str = "INSERT INTO signal_scan_events
          (scan_id, from_status, to_status, api_key_id, trace_id, occurred_at, reason,
           account_group_id)
-     SELECT s.id, s.status, c.change ->> 'to', c.change ->> 'key', c.change ->> 'trace', ?2,
-            c.change ->> 'reason', s.account_group_id
+     SELECT s.id, s.status, c.change ->> 'to', c.change ->> 'key', c.change ->> 'trace',
+            max(?2, s.updated_at), c.change ->> 'reason', s.account_group_id
      FROM (SELECT key AS place, value AS change FROM jsonb_each(?1)) AS c
      JOIN signal_scans AS s ON s.id = c.change ->> 'scan'
      WHERE (c.change ->> 'group' IS NULL OR s.account_group_id = c.change ->> 'group')
@@ -969,15 +970,17 @@ const AUDIT_BATCH: &str = "INSERT INTO signal_scan_events
      ORDER BY c.place
      RETURNING scan_id, from_status";
 
-/// The guarded update of the same changes, stamped `?2`: the state machine's timestamps move
-/// with the status.
+/// The guarded update of the same changes, stamped as their audit rows (text order is time
+/// order): the state machine's timestamps move with the status.
 const UPDATE_BATCH: &str = "UPDATE signal_scans
      SET status = c.change ->> 'to',
-         updated_at = ?2,
-         started_at = CASE WHEN c.change ->> 'to' = 'running' THEN ?2 ELSE started_at END,
+         updated_at = max(?2, updated_at),
+         started_at = CASE WHEN c.change ->> 'to' = 'running' THEN max(?2, updated_at)
+                           ELSE started_at END,
          finished_at = CASE WHEN c.change ->> 'to' IN ('completed', 'failed', 'cancelled')
-                            THEN ?2 ELSE finished_at END,
-         cancelled_at = CASE WHEN c.change ->> 'to' = 'cancelled' THEN ?2 ELSE cancelled_at END
+                            THEN max(?2, updated_at) ELSE finished_at END,
+         cancelled_at = CASE WHEN c.change ->> 'to' = 'cancelled' THEN max(?2, updated_at)
+                             ELSE cancelled_at END
      FROM (SELECT value AS change FROM jsonb_each(?1)) AS c
      WHERE signal_scans.id = c.change ->> 'scan'
        AND (c.change ->> 'group' IS NULL OR signal_scans.account_group_id = c.change ->> 'group')

@@ -208,3 +208,75 @@ async fn the_transition_command_repeats_its_own_move_but_not_a_runners(backend: 
     assert_eq!(app.store.scan_events(&own).await.unwrap().len(), 2);
 }
 store_test!(the_transition_command_repeats_its_own_move_but_not_a_runners);
+
+/// A scan's instants never run backwards: a change made under a clock set back since the scan's
+/// last change (an NTP step on the database's host; on SQLite, this process's clock) is stamped at
+/// that change's instant, not before it. Under a clock set back, a cancel answered `cancelledAt`
+/// before `startedAt` and the scan's events ran out of order (the time-and-clocks review).
+async fn a_scans_instants_never_run_backwards_under_a_clock_set_back(backend: Backend) {
+    use sqlx::Connection;
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let scan = app.scan(&group, ScanStatus::Running).await;
+    // Stamped by a clock an hour ahead, since set back.
+    let ahead = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    match backend {
+        Backend::Postgres => {
+            let mut db = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+            for statement in [
+                "UPDATE signal_scans SET created_at = $2, updated_at = $2, started_at = $2
+                 WHERE id = $1",
+                "UPDATE signal_scan_events SET occurred_at = $2 WHERE scan_id = $1",
+            ] {
+                sqlx::query(statement)
+                    .bind(scan.as_str())
+                    .bind(ahead)
+                    .execute(&mut db)
+                    .await
+                    .unwrap();
+            }
+        }
+        Backend::Sqlite => {
+            let format = time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+            );
+            let ahead = ahead.format(format).unwrap();
+            let mut db = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
+            for statement in [
+                "UPDATE signal_scans SET created_at = ?2, updated_at = ?2, started_at = ?2
+                 WHERE id = ?1",
+                "UPDATE signal_scan_events SET occurred_at = ?2 WHERE scan_id = ?1",
+            ] {
+                sqlx::query(statement)
+                    .bind(scan.as_str())
+                    .bind(&ahead)
+                    .execute(&mut db)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    let cancelled = app.cancel_ok(&key, &group, &scan).await;
+    let now = app
+        .store
+        .find_scan(Some(&group), &scan)
+        .await
+        .unwrap()
+        .unwrap();
+    let events = app.store.scan_events(&scan).await.unwrap();
+
+    let started = now.started_at.unwrap();
+    assert_eq!(now.status, ScanStatus::Cancelled);
+    assert!(now.cancelled_at >= Some(started), "{now:?}");
+    assert_eq!((now.updated_at, now.finished_at), (started, Some(started)));
+    assert_eq!(
+        cancelled.body["data"]["cancelledAt"],
+        started
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    );
+    let instants: Vec<_> = events.iter().map(|event| event.at).collect();
+    assert!(instants.is_sorted(), "{events:?}");
+    assert_eq!(instants.len(), 2);
+}
+store_test!(a_scans_instants_never_run_backwards_under_a_clock_set_back);
