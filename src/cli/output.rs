@@ -43,9 +43,5 @@ pub(super) fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
 }
 
 pub(super) fn rfc3339(at: Option<OffsetDateTime>) -> String {
-    at.and_then(|at| {
-        at.format(&time::format_description::well_known::Rfc3339)
-            .ok()
-    })
-    .unwrap_or_else(|| "-".into())
+    at.map_or_else(|| "-".into(), crate::domain::rfc3339::text)
 }

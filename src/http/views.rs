@@ -201,7 +201,7 @@ pub(crate) struct ScanStatusChanged<'a> {
     #[schema(required = true)]
     from: Option<ScanStatus>,
     to: ScanStatus,
-    /// When the change committed its audit row.
+    /// When the change was written (its commit may come later): order by the cursor, not by this.
     #[serde(with = "crate::domain::rfc3339")]
     at: OffsetDateTime,
     /// The trace id of the request that made the change; null when none did (the command line).

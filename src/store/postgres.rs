@@ -37,6 +37,21 @@ macro_rules! key_columns {
     };
 }
 
+/// A scan's columns, each named: an answer's columns never follow the table's (`*`). A migration
+/// that adds a column changes what `*` means under every connection's prepared statements, and
+/// PostgreSQL refuses each of them ("cached plan must not change result type") until the process
+/// restarts: the running version must keep working while the next one migrates.
+macro_rules! scan_columns {
+    () => {
+        "id, account_group_id, status, created_at, updated_at, started_at, finished_at, \
+         cancelled_at"
+    };
+    (s) => {
+        "s.id, s.account_group_id, s.status, s.created_at, s.updated_at, s.started_at, \
+         s.finished_at, s.cancelled_at"
+    };
+}
+
 /// The advisory lock that migrating processes take in turn (PostgreSQL's advisory locks are
 /// per database): "SIGNALSC" in ASCII.
 const MIGRATION_LOCK: i64 = 0x5349_474E_414C_5343;
@@ -347,7 +362,7 @@ impl PgStore {
             .writing(async |connection| {
                 // A key claimed by a transaction still running makes this one wait for it at the
                 // conflict, then find it claimed: concurrent requests with one key create one scan.
-                sqlx::query_as(
+                sqlx::query_as(concat!(
                     "WITH claimed AS (
                          INSERT INTO idempotency_keys
                              (api_key_id, key, account_group_id, scan_id, created_at)
@@ -366,15 +381,19 @@ impl PgStore {
                              CASE WHEN $3 IN ('completed', 'failed', 'cancelled') THEN now() END,
                              CASE WHEN $3 = 'cancelled' THEN now() END
                          WHERE $7::text IS NULL OR EXISTS (SELECT 1 FROM claimed)
-                         RETURNING *
+                         RETURNING ",
+                    scan_columns!(),
+                    "
                      ), audit AS (
                          INSERT INTO signal_scan_events
                              (scan_id, account_group_id, from_status, to_status, api_key_id,
                               trace_id, occurred_at)
                          SELECT id, account_group_id, NULL, status, $4, $5, created_at FROM created
                      )
-                     SELECT *, NULL::text AS previous_status FROM created",
-                )
+                     SELECT ",
+                    scan_columns!(),
+                    ", NULL::text AS previous_status FROM created"
+                ))
                 .bind(ScanId::generate().as_str())
                 .bind(group.as_str())
                 .bind(status.as_str())
@@ -402,11 +421,13 @@ impl PgStore {
         // statement would still be waiting): a new statement sees what it started.
         let claimed: Option<ClaimedKeyRow> = self
             .on_connection(async |connection| {
-                sqlx::query_as(
-                    "SELECT k.account_group_id AS key_group, s.*, NULL::text AS previous_status
+                sqlx::query_as(concat!(
+                    "SELECT k.account_group_id AS key_group, ",
+                    scan_columns!(s),
+                    ", NULL::text AS previous_status
                      FROM idempotency_keys k JOIN signal_scans s ON s.id = k.scan_id
-                     WHERE k.api_key_id = $1 AND k.key = $2",
-                )
+                     WHERE k.api_key_id = $1 AND k.key = $2"
+                ))
                 .bind(key_id)
                 .bind(key.as_str())
                 .fetch_optional(connection)
@@ -449,10 +470,12 @@ impl PgStore {
     ) -> Result<Option<Scan>, StoreError> {
         let row: Option<ScanRow> = self
             .on_connection(async |connection| {
-                sqlx::query_as(
-                    "SELECT *, NULL::text AS previous_status FROM signal_scans
-                     WHERE id = $1 AND ($2::text IS NULL OR account_group_id = $2::text)",
-                )
+                sqlx::query_as(concat!(
+                    "SELECT ",
+                    scan_columns!(),
+                    ", NULL::text AS previous_status FROM signal_scans
+                     WHERE id = $1 AND ($2::text IS NULL OR account_group_id = $2::text)"
+                ))
                 .bind(scan.as_str())
                 .bind(group.map(AccountGroupId::as_str))
                 .fetch_optional(connection)
@@ -469,12 +492,14 @@ impl PgStore {
     ) -> Result<Option<ClaimedScan>, StoreError> {
         let row: Option<ScanRow> = self
             .on_connection(async |connection| {
-                sqlx::query_as(
-                    "SELECT *, (SELECT e.api_key_id::text FROM signal_scan_events AS e
-                                WHERE e.scan_id = s.id AND e.to_status = 'running'
-                                ORDER BY e.id DESC LIMIT 1) AS started_by
-                     FROM signal_scans AS s WHERE id = $1 AND account_group_id = $2",
-                )
+                sqlx::query_as(concat!(
+                    "SELECT ",
+                    scan_columns!(s),
+                    ", (SELECT e.api_key_id::text FROM signal_scan_events AS e
+                        WHERE e.scan_id = s.id AND e.to_status = 'running'
+                        ORDER BY e.id DESC LIMIT 1) AS started_by
+                     FROM signal_scans AS s WHERE s.id = $1 AND s.account_group_id = $2"
+                ))
                 .bind(scan.as_str())
                 .bind(group.as_str())
                 .fetch_optional(connection)
@@ -1157,7 +1182,9 @@ pub fn list_scans_statement(status: bool, after: bool) -> &'static str {
     macro_rules! page {
         ($filter:literal, $limit:literal) => {
             concat!(
-                "SELECT *, NULL::text AS previous_status FROM signal_scans
+                "SELECT ",
+                scan_columns!(),
+                ", NULL::text AS previous_status FROM signal_scans
                  WHERE account_group_id = $1",
                 $filter,
                 " ORDER BY created_at DESC, id DESC LIMIT ",

@@ -10,7 +10,6 @@ use sqlx::postgres::{PgTypeInfo, PgValueRef};
 use sqlx::sqlite::{SqliteTypeInfo, SqliteValueRef};
 use sqlx::{ColumnIndex, Database, Decode, FromRow, Postgres, Row, Sqlite, Type};
 use time::format_description::BorrowedFormatItem;
-use time::macros::format_description;
 use time::{OffsetDateTime, PrimitiveDateTime};
 use uuid::Uuid;
 
@@ -20,10 +19,10 @@ use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, Permission};
 use crate::domain::scan::{ClaimedScan, Scan, ScanChange, ScanEvent, ScanStatus};
 
-/// How SQLite keeps instants: fixed width, so text order is time order (listing compares it in
-/// SQL), and microseconds, as PostgreSQL keeps them, so both stores answer the same instants.
-pub(super) const SQLITE_TIMESTAMP: &[BorrowedFormatItem<'static>] =
-    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
+/// How SQLite keeps instants: the API's text form, fixed width, so text order is time order
+/// (listing and stamping compare it in SQL), and microseconds, as PostgreSQL keeps them, so both
+/// stores answer the same instants.
+pub(super) const SQLITE_TIMESTAMP: &[BorrowedFormatItem<'static>] = crate::domain::rfc3339::FORMAT;
 
 /// An instant as either store returns it: PostgreSQL's `timestamptz`, SQLite's text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,12 +4,15 @@ use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
-use signal_scans::domain::ids::ScanId;
+use signal_scans::domain::ids::{AccountGroupId, ScanId};
 use signal_scans::domain::scan::ScanStatus;
 use signal_scans::store::Store;
 
 use crate::helpers::locks::WriteLock;
-use crate::helpers::{Backend, TestApp, TestDatabase, child, clock_shift, group, store_options};
+use crate::helpers::{
+    ApiResponse, Backend, Settings, TestApp, TestDatabase, child, clock_shift, group, move_path,
+    store_options,
+};
 use crate::store_test;
 
 pub(crate) fn signal_scans(database_url: &str, args: &[&str]) -> Output {
@@ -412,6 +415,97 @@ async fn a_database_a_newer_version_migrated_is_served_with_a_warning(backend: B
     );
 }
 store_test!(a_database_a_newer_version_migrated_is_served_with_a_warning);
+
+/// What a client's requests answer, one of each statement that reads a scan: a create, one with
+/// an idempotency key and its replay, a read, a list, the events, a runner's start and its repeat
+/// (the claim's read), a cancel.
+async fn every_read_of_a_scan(app: &TestApp, group: &AccountGroupId, round: usize) -> Vec<u16> {
+    let (writer, runner) = (app.writer(group).await, app.runner(group).await);
+    let scans = crate::helpers::scans_path(group.as_str());
+    let create = |once: Option<String>| {
+        let request = app.client.post(app.url(&scans)).bearer_auth(&writer);
+        ApiResponse::of(match once {
+            Some(once) => request.header("idempotency-key", once),
+            None => request,
+        })
+    };
+    let created = create(None).await;
+    let scan = created.body["data"]["scanId"].as_str().unwrap_or_default();
+    let once = format!("round-{round}");
+    let mut answers = vec![
+        created.status.as_u16(),
+        create(Some(once.clone())).await.status.as_u16(),
+        create(Some(once)).await.status.as_u16(),
+    ];
+    for path in [
+        format!("{scans}/{scan}"),
+        scans.clone(),
+        format!("{scans}/{scan}/events"),
+    ] {
+        answers.push(app.get(&runner, &path).await.status.as_u16());
+    }
+    for _ in 0..2 {
+        let start = move_path(group.as_str(), scan, "start");
+        answers.push(app.post(&runner, &start, None).await.status.as_u16());
+    }
+    answers.push(
+        app.cancel(Some(&writer), group.as_str(), scan)
+            .await
+            .status
+            .as_u16(),
+    );
+    answers
+}
+
+/// A column that a later version's migration adds to every table, as a rolling upgrade runs it
+/// under the running version, breaks none of the running version's statements. PostgreSQL
+/// refused every prepared statement that answered `*` ("cached plan must not change result
+/// type"): creates, reads and lists answered 500 until the process restarted (the upgrade review).
+async fn a_column_a_later_version_adds_breaks_no_statement_of_the_running_one(backend: Backend) {
+    use sqlx::Connection;
+    let group = group();
+    // Two connections, each of which has prepared every statement before the migration.
+    let app = Settings::default()
+        .with_db_max_connections(2)
+        .spawn(backend)
+        .await;
+    let mut before = Vec::new();
+    for round in 0..3 {
+        before.push(every_read_of_a_scan(&app, &group, round).await);
+    }
+    let added = [
+        "ALTER TABLE signal_scans ADD COLUMN added_later text",
+        "ALTER TABLE signal_scan_events ADD COLUMN added_later text",
+        "ALTER TABLE api_keys ADD COLUMN added_later text",
+        "ALTER TABLE idempotency_keys ADD COLUMN added_later text",
+    ];
+    match backend {
+        Backend::Postgres => {
+            let mut db = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+            for statement in added {
+                sqlx::raw_sql(statement).execute(&mut db).await.unwrap();
+            }
+        }
+        Backend::Sqlite => {
+            let mut db = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
+            for statement in added {
+                sqlx::raw_sql(statement).execute(&mut db).await.unwrap();
+            }
+        }
+    }
+
+    let mut after = Vec::new();
+    for round in 3..6 {
+        after.push(every_read_of_a_scan(&app, &group, round).await);
+    }
+
+    assert!(
+        before.iter().flatten().all(|status| *status < 300),
+        "{before:?}"
+    );
+    assert_eq!(after, before);
+}
+store_test!(a_column_a_later_version_adds_breaks_no_statement_of_the_running_one);
 
 /// Makes migration 0005 (the index built `CONCURRENTLY`) pending again on a migrated database,
 /// then starts `migrate` on it, logging JSON: the process, and the first line of its log that

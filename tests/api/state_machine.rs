@@ -219,6 +219,10 @@ async fn a_scans_instants_never_run_backwards_under_a_clock_set_back(backend: Ba
     let scan = app.scan(&group, ScanStatus::Running).await;
     // Stamped by a clock an hour ahead, since set back.
     let ahead = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    // What the API writes, and SQLite keeps.
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+    );
     match backend {
         Backend::Postgres => {
             let mut db = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
@@ -236,9 +240,6 @@ async fn a_scans_instants_never_run_backwards_under_a_clock_set_back(backend: Ba
             }
         }
         Backend::Sqlite => {
-            let format = time::macros::format_description!(
-                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
-            );
             let ahead = ahead.format(format).unwrap();
             let mut db = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
             for statement in [
@@ -271,9 +272,7 @@ async fn a_scans_instants_never_run_backwards_under_a_clock_set_back(backend: Ba
     assert_eq!((now.updated_at, now.finished_at), (started, Some(started)));
     assert_eq!(
         cancelled.body["data"]["cancelledAt"],
-        started
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap()
+        started.format(format).unwrap()
     );
     let instants: Vec<_> = events.iter().map(|event| event.at).collect();
     assert!(instants.is_sorted(), "{events:?}");

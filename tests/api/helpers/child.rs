@@ -74,17 +74,18 @@ pub async fn start_until<T: Send + 'static>(
     (child, lines, what)
 }
 
-/// Waits, 10 s at most, until `find` finds what it looks for in the stderr `lines` so far.
+/// Waits, 10 s at most, until `find` finds what it looks for in the stderr `lines` so far (a copy:
+/// `find` may read the lines again itself).
 pub async fn until_found<T>(lines: &Lines, find: impl Fn(&[String]) -> Option<T>) -> T {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(found) = find(&lines.lock().unwrap()) {
+        let so_far = lines.lock().unwrap().clone();
+        if let Some(found) = find(&so_far) {
             return found;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "never logged in 10 s; stderr: {:#?}",
-            lines.lock().unwrap()
+            "never logged in 10 s; stderr: {so_far:#?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

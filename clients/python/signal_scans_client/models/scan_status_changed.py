@@ -18,7 +18,8 @@ class ScanStatusChanged:
 
     Attributes:
         account_group_id (str): The account group that scopes a request. Example: 507f1f77bcf86cd799439011.
-        at (datetime.datetime): When the change committed its audit row.
+        at (datetime.datetime): When the change was written (its commit may come later): order by the cursor, not by
+            this.
         from_ (None | ScanStatus):
         reason (None | str): The runner's reason for a failure; null when none was given.
         scan_id (str): A signal scan, as returned when the scan was started. Example: 65a1f0c2e4b0a1b2c3d4e5f6.

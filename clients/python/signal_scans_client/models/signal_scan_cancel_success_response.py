@@ -16,7 +16,7 @@ T = TypeVar("T", bound="SignalScanCancelSuccessResponse")
 class SignalScanCancelSuccessResponse:
     """
     Example:
-        {'data': {'cancelledAt': '2026-11-29T00:14:45.778Z', 'previousStatus': 'running', 'scanId':
+        {'data': {'cancelledAt': '2026-11-29T00:14:45.778000Z', 'previousStatus': 'running', 'scanId':
             '65a1f0c2e4b0a1b2c3d4e5f6', 'status': 'cancelled'}, 'error': None, 'success': True, 'traceId':
             '4bf92f3577b34da6a3ce929d0e0e4736'}
 

@@ -16,8 +16,8 @@ T = TypeVar("T", bound="SignalScanCreatedResponse")
 class SignalScanCreatedResponse:
     """
     Example:
-        {'data': {'cancelledAt': None, 'createdAt': '2026-11-28T23:58:02.12Z', 'finishedAt': None, 'scanId':
-            '65a1f0c2e4b0a1b2c3d4e5f6', 'startedAt': None, 'status': 'queued', 'updatedAt': '2026-11-28T23:58:02.12Z'},
+        {'data': {'cancelledAt': None, 'createdAt': '2026-11-28T23:58:02.120000Z', 'finishedAt': None, 'scanId':
+            '65a1f0c2e4b0a1b2c3d4e5f6', 'startedAt': None, 'status': 'queued', 'updatedAt': '2026-11-28T23:58:02.120000Z'},
             'error': None, 'success': True, 'traceId': '4bf92f3577b34da6a3ce929d0e0e4736'}
 
     Attributes:

@@ -16,11 +16,11 @@ T = TypeVar("T", bound="SignalScanEventsResponse")
 class SignalScanEventsResponse:
     """
     Example:
-        {'data': {'events': [{'at': '2026-11-28T23:58:02.12Z', 'from': None, 'reason': None, 'to': 'queued', 'traceId':
-            None}, {'at': '2026-11-28T23:58:03.004Z', 'from': 'queued', 'reason': None, 'to': 'running', 'traceId': None},
-            {'at': '2026-11-29T00:14:45.778Z', 'from': 'running', 'reason': None, 'to': 'cancelled', 'traceId':
-            '4bf92f3577b34da6a3ce929d0e0e4736'}], 'scanId': '65a1f0c2e4b0a1b2c3d4e5f6'}, 'error': None, 'success': True,
-            'traceId': '4bf92f3577b34da6a3ce929d0e0e4736'}
+        {'data': {'events': [{'at': '2026-11-28T23:58:02.120000Z', 'from': None, 'reason': None, 'to': 'queued',
+            'traceId': None}, {'at': '2026-11-28T23:58:03.004000Z', 'from': 'queued', 'reason': None, 'to': 'running',
+            'traceId': None}, {'at': '2026-11-29T00:14:45.778000Z', 'from': 'running', 'reason': None, 'to': 'cancelled',
+            'traceId': '4bf92f3577b34da6a3ce929d0e0e4736'}], 'scanId': '65a1f0c2e4b0a1b2c3d4e5f6'}, 'error': None,
+            'success': True, 'traceId': '4bf92f3577b34da6a3ce929d0e0e4736'}
 
     Attributes:
         data (ScanEvents): `data` of the events route.

@@ -18,9 +18,9 @@ class SignalScanListResponse:
     Example:
         {'data': {'nextCursor':
             '313739353931303238323132303030303030302e363561316630633265346230613162326333643465356636', 'scans':
-            [{'cancelledAt': '2026-11-29T00:14:45.778Z', 'createdAt': '2026-11-28T23:58:02.12Z', 'finishedAt':
-            '2026-11-29T00:14:45.778Z', 'scanId': '65a1f0c2e4b0a1b2c3d4e5f6', 'startedAt': '2026-11-28T23:58:03.004Z',
-            'status': 'cancelled', 'updatedAt': '2026-11-29T00:14:45.778Z'}]}, 'error': None, 'success': True, 'traceId':
+            [{'cancelledAt': '2026-11-29T00:14:45.778000Z', 'createdAt': '2026-11-28T23:58:02.120000Z', 'finishedAt':
+            '2026-11-29T00:14:45.778000Z', 'scanId': '65a1f0c2e4b0a1b2c3d4e5f6', 'startedAt': '2026-11-28T23:58:03.004000Z',
+            'status': 'cancelled', 'updatedAt': '2026-11-29T00:14:45.778000Z'}]}, 'error': None, 'success': True, 'traceId':
             '4bf92f3577b34da6a3ce929d0e0e4736'}
 
     Attributes:

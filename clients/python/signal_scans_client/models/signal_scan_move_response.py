@@ -16,8 +16,9 @@ T = TypeVar("T", bound="SignalScanMoveResponse")
 class SignalScanMoveResponse:
     """
     Example:
-        {'data': {'at': '2026-11-29T00:14:45.778Z', 'previousStatus': 'running', 'scanId': '65a1f0c2e4b0a1b2c3d4e5f6',
-            'status': 'completed'}, 'error': None, 'success': True, 'traceId': '4bf92f3577b34da6a3ce929d0e0e4736'}
+        {'data': {'at': '2026-11-29T00:14:45.778000Z', 'previousStatus': 'running', 'scanId':
+            '65a1f0c2e4b0a1b2c3d4e5f6', 'status': 'completed'}, 'error': None, 'success': True, 'traceId':
+            '4bf92f3577b34da6a3ce929d0e0e4736'}
 
     Attributes:
         data (MovedScan): `data` of a runner's move (start, complete, fail).

@@ -16,10 +16,10 @@ T = TypeVar("T", bound="SignalScanResponse")
 class SignalScanResponse:
     """
     Example:
-        {'data': {'cancelledAt': '2026-11-29T00:14:45.778Z', 'createdAt': '2026-11-28T23:58:02.12Z', 'finishedAt':
-            '2026-11-29T00:14:45.778Z', 'scanId': '65a1f0c2e4b0a1b2c3d4e5f6', 'startedAt': '2026-11-28T23:58:03.004Z',
-            'status': 'cancelled', 'updatedAt': '2026-11-29T00:14:45.778Z'}, 'error': None, 'success': True, 'traceId':
-            '4bf92f3577b34da6a3ce929d0e0e4736'}
+        {'data': {'cancelledAt': '2026-11-29T00:14:45.778000Z', 'createdAt': '2026-11-28T23:58:02.120000Z',
+            'finishedAt': '2026-11-29T00:14:45.778000Z', 'scanId': '65a1f0c2e4b0a1b2c3d4e5f6', 'startedAt':
+            '2026-11-28T23:58:03.004000Z', 'status': 'cancelled', 'updatedAt': '2026-11-29T00:14:45.778000Z'}, 'error':
+            None, 'success': True, 'traceId': '4bf92f3577b34da6a3ce929d0e0e4736'}
 
     Attributes:
         data (Scan): A scan as stored; serialized as the API shows it (nulls where a moment was not reached).

@@ -16,7 +16,7 @@ T = TypeVar("T", bound="SignalScansCancelResponse")
 class SignalScansCancelResponse:
     """
     Example:
-        {'data': {'results': [{'cancelledAt': '2026-11-29T00:14:45.778Z', 'outcome': 'cancelled', 'previousStatus':
+        {'data': {'results': [{'cancelledAt': '2026-11-29T00:14:45.778000Z', 'outcome': 'cancelled', 'previousStatus':
             'running', 'scanId': '65a1f0c2e4b0a1b2c3d4e5f6', 'status': 'cancelled'}, {'cancelledAt': None, 'outcome':
             'not_cancellable', 'previousStatus': 'completed', 'scanId': '65a1f0c2e4b0a1b2c3d4e5f7', 'status': 'completed'},
             {'cancelledAt': None, 'outcome': 'not_found', 'previousStatus': None, 'scanId': '65a1f0c2e4b0a1b2c3d4e5f8',
