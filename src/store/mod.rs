@@ -659,8 +659,21 @@ async fn announced<T>(
 /// A failed migration: a database error is sorted like any other; anything else (a changed or
 /// missing migration) is ours to fix.
 fn migration_error(error: sqlx::migrate::MigrateError) -> StoreError {
+    use sqlx::migrate::MigrateError;
     match error {
-        sqlx::migrate::MigrateError::Execute(error) => classify(error),
+        MigrateError::Execute(error) => classify(error),
+        // A migration's own statement failed: a database cut off mid-migration (an operator
+        // ending the session, a failover) is as unavailable as anywhere else, so a command exits
+        // 75 for it and a script tries again.
+        MigrateError::ExecuteMigration(error, version) => {
+            let during = |why: String| format!("while executing migration {version}: {why}");
+            match classify(error) {
+                StoreError::Unavailable(why) => StoreError::Unavailable(during(why)),
+                StoreError::Corrupt(why) => StoreError::Corrupt(during(why)),
+                StoreError::Internal(why) => StoreError::Internal(during(why)),
+                StoreError::Config(why) => StoreError::Config(during(why)),
+            }
+        }
         other => StoreError::Internal(other.to_string()),
     }
 }
@@ -672,7 +685,28 @@ fn parse_status(raw: &str) -> Result<ScanStatus, StoreError> {
 
 #[cfg(test)]
 mod tests {
-    use super::is_transient_code;
+    use super::{StoreError, is_transient_code, migration_error};
+
+    #[test]
+    fn a_migration_cut_off_by_the_database_is_unavailable_and_says_which() {
+        use sqlx::migrate::MigrateError;
+        let cut_off = || sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into());
+        let refused = || sqlx::Error::Protocol("unexpected message".into());
+
+        let during = migration_error(MigrateError::ExecuteMigration(cut_off(), 5));
+        let between = migration_error(MigrateError::Execute(cut_off()));
+        let broken = migration_error(MigrateError::ExecuteMigration(refused(), 5));
+
+        assert!(
+            matches!(&during, StoreError::Unavailable(why) if why.starts_with("while executing migration 5: ")),
+            "{during:?}"
+        );
+        assert!(matches!(between, StoreError::Unavailable(_)), "{between:?}");
+        assert!(
+            matches!(&broken, StoreError::Internal(why) if why.contains("migration 5")),
+            "{broken:?}"
+        );
+    }
 
     #[test]
     fn transient_codes_are_read_by_the_rules_of_their_own_database() {
