@@ -149,6 +149,56 @@ mod tests {
             .collect()
     }
 
+    /// A migration's version and the start of its checksum (SHA-384 of its file, as sqlx takes it).
+    fn checksums(migrator: &Migrator) -> Vec<(i64, String)> {
+        migrator
+            .iter()
+            .map(|m| (m.version, hex::encode(&m.checksum[..8])))
+            .collect()
+    }
+
+    /// Deployed databases record each applied file's checksum, and refuse a binary whose file of
+    /// that number differs ("previously applied but has been modified"): a released migration
+    /// never changes, and the numbers of files applied by builds and then removed (PostgreSQL
+    /// 0007, SQLite 0005, on 2026-12-05) are never used again. A new migration adds its line here.
+    #[test]
+    fn released_migrations_never_change_and_retired_numbers_stay_unused() {
+        let released = |pinned: &[(i64, &str)]| -> Vec<(i64, String)> {
+            pinned.iter().map(|&(v, sum)| (v, sum.to_owned())).collect()
+        };
+        assert_eq!(
+            checksums(&postgres()),
+            released(&[
+                (1, "f4bd99440cc2c7d8"),
+                (2, "44d93c8c96a37fb9"),
+                (3, "b5600657eb0486b0"),
+                (4, "1f2936b233c96d50"),
+                (5, "4cd7d1fa79d6f4be"),
+                (6, "280f7244c15fdd0e"),
+            ]),
+            "a released PostgreSQL migration changed, or a new one is not pinned"
+        );
+        assert_eq!(
+            checksums(&sqlite()),
+            released(&[
+                (1, "0b472128dd33ac39"),
+                (2, "3bf65be64c20abe3"),
+                (3, "cd23a49c1a41fa86"),
+                (4, "6349fb21e2452879"),
+            ]),
+            "a released SQLite migration changed, or a new one is not pinned"
+        );
+        // Retired: a database those builds migrated would refuse another file of the number.
+        assert!(
+            !postgres().version_exists(7),
+            "PostgreSQL's 0007 is retired: take 0008"
+        );
+        assert!(
+            !sqlite().version_exists(5),
+            "SQLite's 0005 is retired: take 0006"
+        );
+    }
+
     #[tokio::test]
     async fn the_lists_are_what_sqlx_reads_from_the_folders() {
         let postgres_folder = as_sqlx_reads("migrations/postgres").await;
