@@ -72,6 +72,20 @@ const BLOCKERS: &str = "SELECT string_agg(format('pid %s (%s, its transaction op
            coalesce(', application ' || nullif(application_name, ''), '')), '; ' ORDER BY pid)
     FROM pg_stat_activity WHERE pid = ANY (pg_blocking_pids($1))";
 
+/// The sessions holding the migration lock (`$1`, an advisory lock of one `int8`: its high and
+/// low halves are `classid` and `objid`), in [`BLOCKERS`]' words and with what each runs: a
+/// `migrate` killed mid-way leaves its session running its statement (an index build, a backfill)
+/// until it ends, and the waiting process named no one.
+const LOCK_HOLDERS: &str =
+    "SELECT string_agg(format('pid %s (%s, its transaction open %s s%s): %s',
+           a.pid, coalesce(a.state, 'unknown'),
+           coalesce(extract(epoch FROM now() - a.xact_start)::bigint, 0),
+           coalesce(', application ' || nullif(a.application_name, ''), ''),
+           left(a.query, 120)), '; ' ORDER BY a.pid)
+    FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
+    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+      AND l.classid = ($1 >> 32)::oid AND l.objid = ($1 & 4294967295)::oid";
+
 /// The migrations that build an index `CONCURRENTLY`, in order, and their indexes: see
 /// [`adopt_concurrent_index`].
 const CONCURRENT_INDEXES: [(i64, &str); 1] = [(5, "signal_scan_events_group_feed")];
@@ -899,8 +913,16 @@ async fn take_migration_lock(connection: &mut PgConnection) -> Result<(), StoreE
             return Ok(());
         }
         if told.is_none_or(|at: tokio::time::Instant| at.elapsed() >= MIGRATION_WAIT_TOLD) {
+            // Only a hint: a failed look names no one.
+            let holders: Option<String> = sqlx::query_scalar(LOCK_HOLDERS)
+                .bind(MIGRATION_LOCK)
+                .fetch_one(&mut *connection)
+                .await
+                .ok()
+                .flatten();
             tracing::info!(
                 waited_s = started.elapsed().as_secs(),
+                held_by = holders.as_deref().unwrap_or("unknown"),
                 "another process is migrating the database; waiting for it to finish"
             );
             told = Some(tokio::time::Instant::now());

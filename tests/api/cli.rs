@@ -557,12 +557,17 @@ async fn ends_migrated(migrating: &mut tokio::process::Child) {
 /// A command with nothing to migrate takes no migration lock: while another process holds it
 /// for a long migration, `keys list` (say, before a `keys revoke` in an incident) answers at
 /// once rather than waiting, silent, for the lock. A process that has something to migrate
-/// waits, and says so.
+/// waits, and says so, naming the session that holds the lock and what it runs (a killed
+/// `migrate`'s session runs on: the wait named no one, the upgrade review).
 async fn nothing_to_migrate_waits_for_no_lock_and_a_wait_is_told(backend: Backend) {
     use sqlx::Connection;
     let database = TestDatabase::create(backend).await;
     migrated(&database);
     let mut holder = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    let holder_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut holder)
+        .await
+        .unwrap();
     run_sql(&mut holder, "SELECT pg_advisory_lock(6001406379876438851)").await;
 
     let listed = tokio::time::timeout(
@@ -586,6 +591,13 @@ async fn nothing_to_migrate_waits_for_no_lock_and_a_wait_is_told(backend: Backen
         migrate_0005_again_until_it_says(&database, "another process is migrating the database")
             .await;
     assert!(told["waited_s"].is_u64(), "{told}");
+    // Who holds it, and what it runs: a killed migrate's session goes on running its statement.
+    let held_by = told["held_by"].as_str().unwrap_or_default();
+    assert!(
+        held_by.starts_with(&format!("pid {holder_pid} (idle, "))
+            && held_by.contains("pg_advisory_lock"),
+        "{told}"
+    );
     run_sql(
         &mut holder,
         "SELECT pg_advisory_unlock(6001406379876438851)",
