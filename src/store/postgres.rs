@@ -73,7 +73,8 @@ const BLOCKERS: &str = "SELECT string_agg(format('pid %s (%s, its transaction op
     FROM pg_stat_activity WHERE pid = ANY (pg_blocking_pids($1))";
 
 /// The sessions holding the migration lock (`$1`, an advisory lock of one `int8`: its high and
-/// low halves are `classid` and `objid`), in [`BLOCKERS`]' words and with what each runs: a
+/// low halves are `classid` and `objid`) in this database (`pg_locks` shows every database's, and
+/// the lock is each database's own), in [`BLOCKERS`]' words and with what each runs: a
 /// `migrate` killed mid-way leaves its session running its statement (an index build, a backfill)
 /// until it ends, and the waiting process named no one.
 const LOCK_HOLDERS: &str =
@@ -81,9 +82,10 @@ const LOCK_HOLDERS: &str =
            a.pid, coalesce(a.state, 'unknown'),
            coalesce(extract(epoch FROM now() - a.xact_start)::bigint, 0),
            coalesce(', application ' || nullif(a.application_name, ''), ''),
-           left(a.query, 120)), '; ' ORDER BY a.pid)
+           left(regexp_replace(a.query, '[[:space:]]+', ' ', 'g'), 120)), '; ' ORDER BY a.pid)
     FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
       AND l.classid = ($1 >> 32)::oid AND l.objid = ($1 & 4294967295)::oid";
 
 /// The migrations that build an index `CONCURRENTLY`, in order, and their indexes: see

@@ -569,6 +569,14 @@ async fn nothing_to_migrate_waits_for_no_lock_and_a_wait_is_told(backend: Backen
         .await
         .unwrap();
     run_sql(&mut holder, "SELECT pg_advisory_lock(6001406379876438851)").await;
+    // The same lock held in another database of the cluster: that database's, not this one's.
+    let elsewhere = TestDatabase::create(backend).await;
+    let mut stranger = sqlx::PgConnection::connect(&elsewhere.url).await.unwrap();
+    run_sql(
+        &mut stranger,
+        "SELECT pg_advisory_lock(6001406379876438851)",
+    )
+    .await;
 
     let listed = tokio::time::timeout(
         Duration::from_secs(20),
@@ -595,7 +603,8 @@ async fn nothing_to_migrate_waits_for_no_lock_and_a_wait_is_told(backend: Backen
     let held_by = told["held_by"].as_str().unwrap_or_default();
     assert!(
         held_by.starts_with(&format!("pid {holder_pid} (idle, "))
-            && held_by.contains("pg_advisory_lock"),
+            && held_by.contains("pg_advisory_lock")
+            && !held_by.contains(';'),
         "{told}"
     );
     run_sql(

@@ -115,8 +115,9 @@ success_envelope!(
 );
 
 /// One event of the change stream, as a Server-Sent Events client parses it: its cursor (`id`),
-/// its name and its `data`, a `ScanStatusChanged` as JSON text. The opening and closing blocks
-/// carry only `retry`.
+/// its name and its `data`, a `ScanStatusChanged` as JSON text. The opening block carries `retry`
+/// and the `id` the stream starts at (no `data`: a client resumes there before any change); the
+/// closing block only `retry`.
 pub(crate) struct ChangeEvent;
 
 impl PartialSchema for ChangeEvent {
