@@ -642,6 +642,10 @@ fn is_transient_code(code: &str, sqlite: bool) -> bool {
 const IS_EMPTY: &str =
     "SELECT NOT EXISTS (SELECT 1 FROM api_keys) AND NOT EXISTS (SELECT 1 FROM signal_scans)";
 
+/// How often a process still waiting to migrate (for PostgreSQL's migration lock, SQLite's write
+/// lock) says so, and a migration still waiting on other sessions says which.
+const MIGRATION_WAIT_TOLD: Duration = Duration::from_secs(30);
+
 /// Runs an upgrade's `migrations`, saying when they start and when the database is migrated, with
 /// the seconds it took: a backfill of a large table takes minutes, and the backends' migration
 /// connections leave out sqlx's slow-statement warning, which printed a migration's whole text.

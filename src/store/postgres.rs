@@ -17,8 +17,8 @@ use super::pipeline::{BatchWriter, ChangeRequest, Pipeline};
 use super::publisher::Publisher;
 use super::rows::{ChangeRow, ClaimedKeyRow, EventRow, KeyRow, ScanRow};
 use super::{
-    IS_EMPTY, KeyToCreate, PoolUsage, ReadsCounted, StoreError, StoreOptions, announced, bounded,
-    bounded_until, classify, migration_error,
+    IS_EMPTY, KeyToCreate, MIGRATION_WAIT_TOLD, PoolUsage, ReadsCounted, StoreError, StoreOptions,
+    announced, bounded, bounded_until, classify, migration_error,
 };
 use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition, Horizon, PAGE_ROWS};
 use crate::domain::ids::{AccountGroupId, ScanId};
@@ -58,9 +58,6 @@ const MIGRATION_LOCK: i64 = 0x5349_474E_414C_5343;
 
 /// How often a process waiting to migrate asks for [`MIGRATION_LOCK`] again.
 const MIGRATION_LOCK_POLL: Duration = Duration::from_millis(100);
-/// How often a process still waiting for [`MIGRATION_LOCK`] says so, and a migration still
-/// waiting on other sessions says which.
-const MIGRATION_WAIT_TOLD: Duration = Duration::from_secs(30);
 /// How long migrations run before the first look at whether other sessions hold them up.
 const MIGRATION_BLOCKERS_FIRST_TOLD: Duration = Duration::from_secs(5);
 

@@ -22,8 +22,8 @@ use uuid::Uuid;
 use super::pipeline::{BatchWriter, ChangeRequest, Pipeline};
 use super::rows::{ChangeRow, ClaimedKeyRow, EventRow, KeyRow, SQLITE_TIMESTAMP, ScanRow};
 use super::{
-    IS_EMPTY, KeyToCreate, ReadsCounted, StoreError, StoreOptions, announced, bounded, classify,
-    migration_error,
+    IS_EMPTY, KeyToCreate, MIGRATION_WAIT_TOLD, ReadsCounted, StoreError, StoreOptions, announced,
+    bounded, classify, migration_error,
 };
 use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition, PAGE_ROWS};
 use crate::domain::ids::{AccountGroupId, ScanId};
@@ -280,11 +280,23 @@ impl SqliteStore {
         }
         announced(async {
             // The busy handler waits `DB_TIMEOUT_MS` for the lock; another process's migrations
-            // may take longer (a backfill of a large table), so a busy lock is waited for again.
+            // may take longer (a backfill of a large table), so a busy lock is waited for again,
+            // and said: a start held up said nothing until it had the lock.
+            let started = tokio::time::Instant::now();
+            let mut told: Option<tokio::time::Instant> = None;
             let mut migrating = loop {
                 match connection.begin_with("BEGIN IMMEDIATE").await {
                     Ok(migrating) => break migrating,
-                    Err(error) if is_busy(&error) => continue,
+                    Err(error) if is_busy(&error) => {
+                        if told.is_none_or(|at| at.elapsed() >= MIGRATION_WAIT_TOLD) {
+                            tracing::info!(
+                                waited_s = started.elapsed().as_secs(),
+                                "another connection holds the database's write lock (another \
+                                 process migrating it, or a long write); waiting to migrate"
+                            );
+                            told = Some(tokio::time::Instant::now());
+                        }
+                    }
                     Err(error) => return Err(self.write_failed(error)),
                 }
             };

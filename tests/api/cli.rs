@@ -515,13 +515,22 @@ async fn migrate_0005_again_until_it_says(
     said: &str,
 ) -> (tokio::process::Child, Value) {
     use sqlx::Connection;
-    use tokio::io::AsyncBufReadExt;
     let mut db = sqlx::PgConnection::connect(&database.url).await.unwrap();
     run_sql(
         &mut db,
         "DELETE FROM _sqlx_migrations WHERE version = 5; DROP INDEX signal_scan_events_group_feed",
     )
     .await;
+    migrate_until_it_says(database, said).await
+}
+
+/// Starts `migrate` on `database`, logging JSON: the process, and the first line of its log that
+/// holds `said` (within 30 s).
+async fn migrate_until_it_says(
+    database: &TestDatabase,
+    said: &str,
+) -> (tokio::process::Child, Value) {
+    use tokio::io::AsyncBufReadExt;
     let mut migrating = tokio::process::Command::from(child::signal_scans())
         .kill_on_drop(true)
         .arg("migrate")
@@ -543,6 +552,37 @@ async fn migrate_0005_again_until_it_says(
     .await
     .unwrap_or_else(|_| panic!("migrate did not say {said:?}"));
     (migrating, told)
+}
+
+/// A SQLite start that has migrations to apply while another connection holds the database's
+/// write lock says it waits (every 30 s), and migrates once the lock is let go. It said nothing
+/// until it had the lock (20 s of silence in the upgrade review).
+#[tokio::test]
+async fn a_sqlite_migration_waiting_for_the_write_lock_says_so() {
+    use sqlx::Connection;
+    let database = TestDatabase::create(Backend::Sqlite).await;
+    migrated(&database);
+    let mut holder = sqlx::SqliteConnection::connect(&database.url)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "DELETE FROM _sqlx_migrations WHERE version = 4;
+         DROP INDEX signal_scan_events_trimmed_position;
+         BEGIN IMMEDIATE",
+    )
+    .execute(&mut holder)
+    .await
+    .unwrap();
+
+    let (mut waiting, told) =
+        migrate_until_it_says(&database, "holds the database's write lock").await;
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+
+    assert!(told["waited_s"].is_u64(), "{told}");
+    ends_migrated(&mut waiting).await;
 }
 
 /// `migrate` ends, and well, within 30 s (once what held it up let go).
