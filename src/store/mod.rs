@@ -670,13 +670,13 @@ fn migration_error(error: sqlx::migrate::MigrateError) -> StoreError {
         // ending the session, a failover) is as unavailable as anywhere else, so a command exits
         // 75 for it and a script tries again.
         MigrateError::ExecuteMigration(error, version) => {
-            let during = |why: String| format!("while executing migration {version}: {why}");
-            match classify(error) {
-                StoreError::Unavailable(why) => StoreError::Unavailable(during(why)),
-                StoreError::Corrupt(why) => StoreError::Corrupt(during(why)),
-                StoreError::Internal(why) => StoreError::Internal(during(why)),
-                StoreError::Config(why) => StoreError::Config(during(why)),
-            }
+            let mut classified = classify(error);
+            let (StoreError::Unavailable(why)
+            | StoreError::Corrupt(why)
+            | StoreError::Internal(why)
+            | StoreError::Config(why)) = &mut classified;
+            *why = format!("while executing migration {version}: {why}");
+            classified
         }
         other => StoreError::Internal(other.to_string()),
     }

@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::pipeline::{BatchWriter, ChangeRequest, Pipeline};
-use super::rows::{ChangeRow, ClaimedKeyRow, EventRow, KeyRow, SQLITE_TIMESTAMP, ScanRow};
+use super::rows::{ChangeRow, ClaimedKeyRow, EventRow, KeyRow, ScanRow};
 use super::{
     IS_EMPTY, KeyToCreate, MIGRATION_WAIT_TOLD, ReadsCounted, StoreError, StoreOptions, announced,
     bounded, classify, migration_error,
@@ -28,6 +28,7 @@ use super::{
 use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition, PAGE_ROWS};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeyHash};
+use crate::domain::rfc3339;
 use crate::domain::scan::{
     Actor, ClaimedScan, Creation, IDEMPOTENCY_WINDOW, IdempotencyKey, Scan, ScanChange, ScanEvent,
     ScanPageQuery, ScanStatus, Transition,
@@ -422,8 +423,8 @@ impl SqliteStore {
                 .bind(&key.hash.0[..])
                 .bind(permissions)
                 .bind(groups)
-                .bind(encode(now()))
-                .bind(key.expires_at.map(encode))
+                .bind(rfc3339::text(now()))
+                .bind(key.expires_at.map(rfc3339::text))
                 .fetch_one(connection)
                 .await
             })
@@ -456,7 +457,7 @@ impl SqliteStore {
                      RETURNING id, name, permissions, account_group_ids, created_at, expires_at, revoked_at",
                 )
                 .bind(id.to_string())
-                .bind(encode(now()))
+                .bind(rfc3339::text(now()))
                 .fetch_optional(connection)
                 .await
             })
@@ -480,7 +481,7 @@ impl SqliteStore {
             .as_writer(async |tx| {
                 // Stamped once the write lock is held, like a transition.
                 let now = now();
-                let at = encode(now);
+                let at = rfc3339::text(now);
                 if let Some((key_id, key)) = once {
                     let claimed: Option<ClaimedKeyRow> =
                         sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -490,7 +491,7 @@ impl SqliteStore {
                         )))
                         .bind(key_id.to_string())
                         .bind(key.as_str())
-                        .bind(encode(now - IDEMPOTENCY_WINDOW))
+                        .bind(rfc3339::text(now - IDEMPOTENCY_WINDOW))
                         .fetch_optional(&mut *tx)
                         .await?;
                     if let Some(claimed) = claimed {
@@ -578,7 +579,7 @@ impl SqliteStore {
                     "DELETE FROM idempotency_keys WHERE rowid IN (
                          SELECT rowid FROM idempotency_keys WHERE created_at < ?1 LIMIT ?2)",
                 )
-                .bind(encode(now() - IDEMPOTENCY_WINDOW))
+                .bind(rfc3339::text(now() - IDEMPOTENCY_WINDOW))
                 .bind(i64::from(limit))
                 .execute(connection)
                 .await
@@ -655,7 +656,9 @@ impl SqliteStore {
             None => page,
         };
         let page = match &query.after {
-            Some(after) => page.bind(encode(after.created_at)).bind(after.id.as_str()),
+            Some(after) => page
+                .bind(rfc3339::text(after.created_at))
+                .bind(after.id.as_str()),
             None => page,
         };
         let rows: Vec<ScanRow> = self
@@ -781,7 +784,7 @@ impl SqliteStore {
                               WHERE id < coalesce((SELECT id FROM young), 9223372036854775807))
                  RETURNING account_group_id, id",
             )
-            .bind(encode(cutoff))
+            .bind(rfc3339::text(cutoff))
             .bind(i64::from(batch))
             .fetch_all(&mut *tx)
             .await?;
@@ -859,7 +862,7 @@ impl BatchWriter for BatchWrites {
         let (audited, changed, unchanged) =
             in_write_turn(&self.pool, &self.turn, self.timeout, async |tx| {
                 // Stamped once the write lock is held: never before a change it waited behind.
-                let at = encode(now());
+                let at = rfc3339::text(now());
                 let audited: Vec<(String, String)> = sqlx::query_as(AUDIT_BATCH)
                     .bind(&batch)
                     .bind(&at)
@@ -1207,12 +1210,6 @@ fn now() -> OffsetDateTime {
     let now = OffsetDateTime::now_utc();
     now.replace_microsecond(now.microsecond())
         .expect("microseconds of a valid instant")
-}
-
-fn encode(at: OffsetDateTime) -> String {
-    at.to_offset(time::UtcOffset::UTC)
-        .format(SQLITE_TIMESTAMP)
-        .expect("every UTC instant formats")
 }
 
 fn json(value: &impl serde::Serialize) -> Result<String, StoreError> {

@@ -31,8 +31,8 @@ const BACKOFF: Duration = Duration::from_secs(1);
 /// No allowance leaves `tat` past `now + emission * burst`, nor a marker longer than one
 /// emission interval: an entry past that was written by a clock since set back (an NTP step, a
 /// failover to a host behind). Held to the bound (and stored so), it refuses for one interval, not
-/// for as long as the step. Redis keeps expiry times by the same clock, so such a marker outlives its interval by
-/// the step: one longer than an interval is passed over where it is read
+/// for as long as the step. Redis keeps expiry times by the same clock, so such a marker outlives
+/// its interval by the step: one longer than an interval is passed over where it is read
 /// ([`SharedLimits::auth_blocked`]), and the next failure's refusal sets it anew.
 const GCRA: &str = r"
 redis.replicate_commands()
