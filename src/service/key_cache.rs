@@ -14,22 +14,47 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use time::OffsetDateTime;
+
 use crate::domain::keys::{ApiKey, KeyHash};
-use crate::store::StoreError;
+use crate::store::{FoundKey, StoreError};
 
 /// Most keys held; far above the number of keys a deployment has.
 const CAPACITY: u64 = 10_000;
 
 pub(super) struct KeyCache {
-    entries: Option<moka::future::Cache<KeyHash, Cached>>,
+    entries: Option<moka::future::Cache<KeyHash, KeyRead>>,
     ttl: Duration,
 }
 
-/// A key as read, and when its read began.
+/// A key as read, when its read began, and the store's clock at the read.
 #[derive(Clone)]
-struct Cached {
+pub(super) struct KeyRead {
     key: Arc<ApiKey>,
     read_from: Instant,
+    store_clock: OffsetDateTime,
+}
+
+impl KeyRead {
+    fn new(found: FoundKey, read_from: Instant) -> Self {
+        Self {
+            key: Arc::new(found.key),
+            read_from,
+            store_clock: found.clock,
+        }
+    }
+
+    pub(super) fn key(&self) -> &ApiKey {
+        &self.key
+    }
+
+    /// The store's clock now, run on from the read by this process's monotonic clock: a key's
+    /// expiry is judged by the clock that stamped it, whatever this machine's wall clock says.
+    /// Counted from when the read began, so a key is refused early by up to the read's latency,
+    /// never late.
+    pub(super) fn store_now(&self) -> OffsetDateTime {
+        self.store_clock + self.read_from.elapsed()
+    }
 }
 
 /// An entry lives `ttl` from the moment its read began, not from its insertion.
@@ -37,8 +62,8 @@ struct FromTheRead {
     ttl: Duration,
 }
 
-impl moka::Expiry<KeyHash, Cached> for FromTheRead {
-    fn expire_after_create(&self, _: &KeyHash, cached: &Cached, now: Instant) -> Option<Duration> {
+impl moka::Expiry<KeyHash, KeyRead> for FromTheRead {
+    fn expire_after_create(&self, _: &KeyHash, cached: &KeyRead, now: Instant) -> Option<Duration> {
         let age = now.saturating_duration_since(cached.read_from);
         Some(self.ttl.saturating_sub(age))
     }
@@ -47,7 +72,7 @@ impl moka::Expiry<KeyHash, Cached> for FromTheRead {
     fn expire_after_update(
         &self,
         key: &KeyHash,
-        cached: &Cached,
+        cached: &KeyRead,
         now: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
@@ -75,8 +100,8 @@ impl KeyCache {
     }
 
     /// The cached key with this hash, if any.
-    pub(super) async fn get(&self, hash: &KeyHash) -> Option<Arc<ApiKey>> {
-        Some(self.entries.as_ref()?.get(hash).await?.key)
+    pub(super) async fn get(&self, hash: &KeyHash) -> Option<KeyRead> {
+        self.entries.as_ref()?.get(hash).await
     }
 
     /// The key with this hash: cached, or from `load` (`None`: no such key, not cached).
@@ -86,13 +111,14 @@ impl KeyCache {
         &self,
         hash: KeyHash,
         load: Load,
-    ) -> Result<Option<Arc<ApiKey>>, StoreError>
+    ) -> Result<Option<KeyRead>, StoreError>
     where
         Load: Fn() -> Loading,
-        Loading: Future<Output = Result<Option<ApiKey>, StoreError>>,
+        Loading: Future<Output = Result<Option<FoundKey>, StoreError>>,
     {
         let Some(entries) = &self.entries else {
-            return Ok(load().await?.map(Arc::new));
+            let read_from = Instant::now();
+            return Ok(load().await?.map(|found| KeyRead::new(found, read_from)));
         };
         let arrived = Instant::now();
         let mut cached = Self::load_once(entries, hash, &load).await?;
@@ -105,27 +131,24 @@ impl KeyCache {
         {
             cached = Self::load_once(entries, hash, &load).await?;
         }
-        Ok(cached.map(|cached| cached.key))
+        Ok(cached)
     }
 
     /// The cached entry, or one loaded now (joining a load of the same key already running).
     async fn load_once<Load, Loading>(
-        entries: &moka::future::Cache<KeyHash, Cached>,
+        entries: &moka::future::Cache<KeyHash, KeyRead>,
         hash: KeyHash,
         load: &Load,
-    ) -> Result<Option<Cached>, StoreError>
+    ) -> Result<Option<KeyRead>, StoreError>
     where
         Load: Fn() -> Loading,
-        Loading: Future<Output = Result<Option<ApiKey>, StoreError>>,
+        Loading: Future<Output = Result<Option<FoundKey>, StoreError>>,
     {
         let loaded = entries
             .try_get_with(hash, async {
                 let read_from = Instant::now();
                 match load().await {
-                    Ok(Some(key)) => Ok(Cached {
-                        key: Arc::new(key),
-                        read_from,
-                    }),
+                    Ok(Some(found)) => Ok(KeyRead::new(found, read_from)),
                     Ok(None) => Err(Miss::Unknown),
                     Err(error) => Err(Miss::Store(error)),
                 }
@@ -154,21 +177,32 @@ mod tests {
             name: "k".into(),
             permissions: vec![Permission::SignalsWrite],
             access: AccountGroupAccess::All,
-            created_at: time::OffsetDateTime::now_utc(),
+            created_at: OffsetDateTime::now_utc(),
             expires_at: None,
             revoked_at: None,
         }
     }
 
+    /// `key` as a store with this machine's clock finds it.
+    fn found(key: ApiKey) -> FoundKey {
+        FoundKey {
+            key,
+            clock: OffsetDateTime::now_utc(),
+        }
+    }
+
     /// A load that counts its calls and answers `key` (or no key).
-    async fn load(calls: &AtomicUsize, key: Option<ApiKey>) -> Result<Option<ApiKey>, StoreError> {
+    async fn load(
+        calls: &AtomicUsize,
+        key: Option<ApiKey>,
+    ) -> Result<Option<FoundKey>, StoreError> {
         calls.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(20)).await;
-        Ok(key)
+        Ok(key.map(found))
     }
 
     /// Whether the cache answered a key, counting the loads in `calls`.
-    async fn found(cache: &KeyCache, calls: &AtomicUsize) -> bool {
+    async fn answered(cache: &KeyCache, calls: &AtomicUsize) -> bool {
         cache
             .get_or_load(KeyHash::of("ssk_a"), || load(calls, Some(key())))
             .await
@@ -185,13 +219,13 @@ mod tests {
         let cache = KeyCache::new(ttl);
         let calls = AtomicUsize::new(0);
         for _ in 0..3 {
-            assert!(found(&cache, &calls).await);
+            assert!(answered(&cache, &calls).await);
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1, "cached");
         tokio::time::sleep(ttl + Duration::from_millis(100)).await;
-        assert!(found(&cache, &calls).await);
+        assert!(answered(&cache, &calls).await);
         assert_eq!(calls.load(Ordering::SeqCst), 2, "expired, loaded again");
-        assert!(found(&cache, &calls).await);
+        assert!(answered(&cache, &calls).await);
         assert_eq!(calls.load(Ordering::SeqCst), 2, "and cached again");
     }
 
@@ -204,7 +238,7 @@ mod tests {
         let hash = KeyHash::of("ssk_a");
         let slow = || async {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            Ok(Some(key()))
+            Ok(Some(found(key())))
         };
         assert!(cache.get_or_load(hash, slow).await.unwrap().is_some());
         // 550 ms or more since the read began: past the TTL, however late this runs.
@@ -220,7 +254,7 @@ mod tests {
         let hash = KeyHash::of("ssk_a");
         let before_revoking = || async {
             tokio::time::sleep(Duration::from_millis(600)).await;
-            Ok(Some(key()))
+            Ok(Some(found(key())))
         };
         let after_revoking = || async { Ok(None) };
         let first = cache.get_or_load(hash, before_revoking);
@@ -260,7 +294,7 @@ mod tests {
         );
         let failing = || async { Err(StoreError::Unavailable("away".into())) };
         assert!(cache.get_or_load(hash, failing).await.is_err());
-        assert!(found(&cache, &calls).await);
+        assert!(answered(&cache, &calls).await);
         assert_eq!(
             calls.load(Ordering::SeqCst),
             2,
@@ -273,8 +307,32 @@ mod tests {
         let cache = KeyCache::new(Duration::ZERO);
         let calls = AtomicUsize::new(0);
         for _ in 0..2 {
-            assert!(found(&cache, &calls).await);
+            assert!(answered(&cache, &calls).await);
         }
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// The store's clock runs on from the read by this process's monotonic clock, from when the
+    /// read began: a store an hour behind this machine keeps its hour, and the time the read
+    /// took counts.
+    #[tokio::test]
+    async fn the_stores_clock_runs_on_from_the_read() {
+        let store_clock = OffsetDateTime::now_utc() - time::Duration::HOUR;
+        let slow = || async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok(Some(FoundKey {
+                key: key(),
+                clock: store_clock,
+            }))
+        };
+        for ttl in [Duration::ZERO, Duration::from_secs(1)] {
+            let cache = KeyCache::new(ttl);
+            let read = cache.get_or_load(KeyHash::of("ssk_a"), slow).await;
+            let ran_on = read.unwrap().unwrap().store_now() - store_clock;
+            assert!(
+                (time::Duration::milliseconds(200)..time::Duration::minutes(1)).contains(&ran_on),
+                "{ran_on} (ttl {ttl:?})"
+            );
+        }
     }
 }

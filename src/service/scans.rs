@@ -7,10 +7,10 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::feed::{ChangeHub, Follower, Start};
-use super::key_cache::KeyCache;
+use super::key_cache::{KeyCache, KeyRead};
 use crate::domain::feed::{FeedCursor, FeedPosition};
 use crate::domain::ids::{AccountGroupId, ScanId};
-use crate::domain::keys::{ApiKey, KeyHash, KeyRejected, Principal, looks_like_key};
+use crate::domain::keys::{KeyHash, KeyRejected, Principal, looks_like_key};
 use crate::domain::scan::{
     Actor, ClaimedScan, Creation, IdempotencyKey, Scan, ScanCursor, ScanEvent, ScanPageQuery,
     ScanStatus, Transition,
@@ -232,7 +232,7 @@ impl ScanService {
             .keys
             .get_or_load(hash, || self.0.store.find_key(&hash))
             .await?;
-        judge(key.as_deref())
+        judge(key.as_ref())
     }
 
     /// What [`Self::authenticate`] would answer, when it can answer without a store read: the
@@ -664,10 +664,11 @@ fn moved(outcome: Transition, to: ScanStatus) -> Result<Moved, ServiceError> {
 }
 
 /// The principal of `key` (`None`: no key has the presented hash). Expiry and revocation are
-/// judged now, on a cached copy too.
-fn judge(key: Option<&ApiKey>) -> Result<Principal, ServiceError> {
+/// judged now, on a cached copy too; expiry by the store's clock, which stamped it.
+fn judge(key: Option<&KeyRead>) -> Result<Principal, ServiceError> {
     let key = key.ok_or(ServiceError::Unauthenticated(AuthFailure::Invalid))?;
-    key.authenticate(OffsetDateTime::now_utc())
+    key.key()
+        .authenticate(key.store_now())
         .map_err(|rejected| ServiceError::Unauthenticated(AuthFailure::Rejected(rejected)))
 }
 

@@ -188,6 +188,15 @@ pub struct KeyToCreate {
     pub expires_at: Option<OffsetDateTime>,
 }
 
+/// A key as stored, and the store's clock when it was read: the clock that stamps keys' creation
+/// and expiry (the database's, on PostgreSQL), so that whether the key has expired is judged by it
+/// and not by the wall clock of the instance serving the request.
+#[derive(Debug, Clone)]
+pub struct FoundKey {
+    pub key: ApiKey,
+    pub clock: OffsetDateTime,
+}
+
 /// How to reach the database (`Debug` shows no password).
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -293,7 +302,7 @@ impl Store {
         forward!(self.is_empty())
     }
 
-    pub(crate) async fn find_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
+    pub(crate) async fn find_key(&self, hash: &KeyHash) -> Result<Option<FoundKey>, StoreError> {
         self.counted().key_lookups.fetch_add(1, Ordering::Relaxed);
         forward!(self.find_key(hash))
     }

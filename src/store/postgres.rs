@@ -17,8 +17,8 @@ use super::pipeline::{BatchWriter, ChangeRequest, Pipeline};
 use super::publisher::Publisher;
 use super::rows::{ChangeRow, ClaimedKeyRow, EventRow, KeyRow, ScanRow};
 use super::{
-    IS_EMPTY, KeyToCreate, MIGRATION_WAIT_TOLD, PoolUsage, ReadsCounted, StoreError, StoreOptions,
-    announced, bounded, bounded_until, classify, migration_error,
+    FoundKey, IS_EMPTY, KeyToCreate, MIGRATION_WAIT_TOLD, PoolUsage, ReadsCounted, StoreError,
+    StoreOptions, announced, bounded, bounded_until, classify, migration_error,
 };
 use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition, Horizon, PAGE_ROWS};
 use crate::domain::ids::{AccountGroupId, ScanId};
@@ -277,20 +277,28 @@ impl PgStore {
         .await
     }
 
-    pub(crate) async fn find_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
-        let row: Option<KeyRow> = self
+    pub(crate) async fn find_key(&self, hash: &KeyHash) -> Result<Option<FoundKey>, StoreError> {
+        let row = self
             .on_connection(async |connection| {
-                sqlx::query_as(concat!(
+                sqlx::query(concat!(
                     "SELECT ",
                     key_columns!(),
-                    " FROM api_keys WHERE key_hash = $1"
+                    ", clock_timestamp() AS clock FROM api_keys WHERE key_hash = $1"
                 ))
                 .bind(&hash.0[..])
                 .fetch_optional(connection)
-                .await
+                .await?
+                .map(|row| Ok((KeyRow::from_row(&row)?, row.try_get("clock")?)))
+                .transpose()
             })
             .await?;
-        row.map(ApiKey::try_from).transpose()
+        row.map(|(row, clock)| {
+            Ok(FoundKey {
+                key: ApiKey::try_from(row)?,
+                clock,
+            })
+        })
+        .transpose()
     }
 
     pub async fn create_key(&self, key: &KeyToCreate) -> Result<ApiKey, StoreError> {

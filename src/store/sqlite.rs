@@ -22,8 +22,8 @@ use uuid::Uuid;
 use super::pipeline::{BatchWriter, ChangeRequest, Pipeline};
 use super::rows::{ChangeRow, ClaimedKeyRow, EventRow, KeyRow, ScanRow};
 use super::{
-    IS_EMPTY, KeyToCreate, MIGRATION_WAIT_TOLD, ReadsCounted, StoreError, StoreOptions, announced,
-    bounded, classify, migration_error,
+    FoundKey, IS_EMPTY, KeyToCreate, MIGRATION_WAIT_TOLD, ReadsCounted, StoreError, StoreOptions,
+    announced, bounded, classify, migration_error,
 };
 use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition, PAGE_ROWS};
 use crate::domain::ids::{AccountGroupId, ScanId};
@@ -388,7 +388,9 @@ impl SqliteStore {
             .await
     }
 
-    pub(crate) async fn find_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
+    pub(crate) async fn find_key(&self, hash: &KeyHash) -> Result<Option<FoundKey>, StoreError> {
+        // This process's clock stamps the keys it creates: the read's clock is its own.
+        let clock = now();
         let row: Option<KeyRow> = self
             .bounded(
                 sqlx::query_as(
@@ -399,7 +401,13 @@ impl SqliteStore {
                 .fetch_optional(&self.pool),
             )
             .await?;
-        row.map(ApiKey::try_from).transpose()
+        row.map(|row| {
+            Ok(FoundKey {
+                key: ApiKey::try_from(row)?,
+                clock,
+            })
+        })
+        .transpose()
     }
 
     pub async fn create_key(&self, key: &KeyToCreate) -> Result<ApiKey, StoreError> {

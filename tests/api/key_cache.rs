@@ -5,10 +5,12 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 
+use signal_scans::domain::ids::ScanId;
 use signal_scans::domain::keys::Permission;
 use signal_scans::domain::scan::ScanStatus;
 
-use crate::helpers::{ApiResponse, Backend, Settings, TestApp, cancel_path, group};
+use crate::helpers::process::ServerProcess;
+use crate::helpers::{ApiResponse, Backend, Settings, TestApp, cancel_path, clock_shift, group};
 use crate::store_test;
 
 async fn cancel_at(
@@ -143,6 +145,38 @@ async fn a_key_that_expires_while_cached_is_refused_from_its_expiry(backend: Bac
     assert_eq!(app.status_of(&second).await, ScanStatus::Queued);
 }
 store_test!(a_key_that_expires_while_cached_is_refused_from_its_expiry);
+
+/// Whether a key has expired is judged by the database's clock, which stamped its expiry, run on
+/// by the instance's monotonic clock: an instance whose wall clock runs an hour fast takes a key
+/// with half an hour left, and one running an hour slow refuses a key that expired a second ago.
+/// Before, each judged by its own wall clock and answered the other way round.
+async fn a_keys_expiry_is_judged_by_the_databases_clock_not_the_instances(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let now = time::OffsetDateTime::now_utc();
+    let key = async |expires_at| {
+        let access = signal_scans::domain::keys::AccountGroupAccess::All;
+        let permissions = [Permission::SignalsWrite];
+        app.key_with(&permissions, access, Some(expires_at)).await.0
+    };
+    let current = key(now + time::Duration::minutes(30)).await;
+    let expired = key(now - time::Duration::seconds(1)).await;
+    let unknown_scan = cancel_path(group().as_str(), ScanId::generate().as_str());
+
+    for (shift, key, status) in [(3600, &current, 404), (-3600, &expired, 401)] {
+        let shifted = clock_shift::env(shift);
+        let mut env = vec![("DATABASE_URL", app.db.url.as_str())];
+        env.extend(shifted.iter().map(|(name, value)| (*name, value.as_str())));
+        let instance = ServerProcess::start(&env).await;
+
+        let response = instance.post(key, &unknown_scan).await;
+
+        assert_eq!(response.status, status, "clock {shift:+} s: {response:?}");
+    }
+}
+store_test!(
+    a_keys_expiry_is_judged_by_the_databases_clock_not_the_instances,
+    postgres_only
+);
 
 /// A key's entry is as old as its read: a request that joins a key read begun more than the TTL
 /// before it arrived (a slow database) reads the key again, so a key revoked while that read was
