@@ -45,6 +45,14 @@ import json, sys
 path = sys.argv[1]
 document = json.load(open(path))
 del document["paths"]["/v1/accounts/{accountGroupId}/signals/scans/changes"]
+# The generator documents a parameter by its schema's description alone: a parameter's own (what an
+# Idempotency-Key is for, a page's limit) would not reach the function's docstring.
+for item in document["paths"].values():
+    for operation in item.values():
+        for parameter in operation.get("parameters", []):
+            # (Not beside a `$ref`: the generator keeps the referenced schema's description.)
+            if "description" in parameter and "$ref" not in parameter["schema"]:
+                parameter["schema"]["description"] = parameter["description"]
 json.dump(document, open(path, "w"))
 PY
 

@@ -34,6 +34,7 @@ from signal_scans_client.api.signal_scans import (
 )
 from signal_scans_client.models import (
     CancelOutcome,
+    CancelResult,
     CancelScansRequest,
     ErrorResponse,
     ScanStatus,
@@ -742,6 +743,24 @@ class GeneratedClient(unittest.TestCase):
                 changes.close()
         self.assertEqual(received, ["7-2", "7-3"])
         self.assertEqual(cursors, ["7-0", "7-2"])
+
+    def test_29_the_docstrings_say_what_a_caller_passes_and_gets(self):
+        # The parameters' own descriptions, and what a nullable field's None means, reach the
+        # docstrings (the generator read neither where the document had them).
+        words = lambda documented: " ".join(documented.split())
+        self.assertIn("Makes a retry safe", words(create_signal_scan.sync.__doc__))
+        self.assertIn("limit (int | Unset): Scans per page, 1 to 100", words(list_signal_scans.sync.__doc__))
+        self.assertIn("null when not found", words(CancelResult.__doc__))
+        # Every status is documented (the `default` answer is the error envelope): an envelope
+        # under a status the service does not list is an ErrorResponse, never raised, and the
+        # docstrings say the flag raises for a body that is not the envelope, not for a status.
+        with fake_server(envelope(418, "TEAPOT", "short and stout")) as (url, _):
+            with AuthenticatedClient(base_url=url, token=KEY, raise_on_unexpected_status=True) as client:
+                parsed = cancel_signal_scan.sync(account_group_id=GROUP, scan_id=QUEUED, client=client)
+        self.assertIsInstance(parsed, ErrorResponse)
+        for documented in [Client.__doc__, cancel_signal_scan.sync.__doc__, errors.UnexpectedStatus.__doc__]:
+            self.assertIn("every status is documented", words(documented).lower())
+            self.assertNotIn("undocumented status", words(documented))
 
 
 if __name__ == "__main__":

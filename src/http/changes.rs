@@ -22,7 +22,9 @@ use tokio::time::Sleep;
 use uuid::Uuid;
 
 use super::auth::presented_key;
-use super::error::{ApiError, Limit, Problems, UnknownNames, both, unknown_cursor};
+use super::error::{
+    ApiError, Limit, Problems, STREAM_CAP_RETRY_SECS, UnknownNames, both, unknown_cursor,
+};
 use super::event_stream::{EventBlocks, event_stream_response};
 use super::extract::{ApiPath, GroupPath};
 use super::headers::{SentTwice, single};
@@ -40,8 +42,6 @@ use crate::service::{ScanService, ServiceError};
 pub(crate) const EVENT_NAME: &str = "scan.status_changed";
 /// What clients wait before reconnecting (`retry:`), in milliseconds.
 const RECONNECT_MS: u64 = 2000;
-/// `Retry-After` of a key that has all its streams open.
-const STREAM_CAP_RETRY_SECS: u64 = 2;
 /// The most `scanId` filters one stream takes.
 const MAX_SCAN_FILTERS: usize = 100;
 /// A stream writes the changes it has at hand together, up to about this many bytes a frame
@@ -281,6 +281,7 @@ fn has_event_id_form(id: &str) -> bool {
         (status = 400, response = doc::BadStreamRequest),
         (status = 403, response = doc::ReadForbidden),
         (status = 410, response = doc::CursorExpired),
+        (status = 429, response = doc::StreamRateLimited),
     )
 )]
 pub(crate) async fn follow_changes(

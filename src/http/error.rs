@@ -195,6 +195,9 @@ pub enum Limit {
     StreamsPerKey,
 }
 
+/// `Retry-After` of a key that has all its streams open ([`Limit::StreamsPerKey`]).
+pub(crate) const STREAM_CAP_RETRY_SECS: u64 = 2;
+
 impl Limit {
     fn reached(self) -> &'static str {
         match self {

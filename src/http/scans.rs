@@ -349,9 +349,10 @@ fn parse_list_query(query: Option<&str>) -> Result<ScanPageQuery, ApiError> {
     operation_id = "listSignalScans",
     tag = "signal scans",
     summary = "List signal scans",
-    description = "The account group's scans, newest first, a page at a time: pass `nextCursor` back as \
-        `cursor`; it is null on the last page. A malformed or unknown query parameter is 400 naming it. \
-        Requires `signals:read` or `signals:write` and access to the account group.",
+    description = "The account group's scans (or only those in one `status`), newest first, a page \
+        at a time: pass `nextCursor` back as `cursor`; it is null on the last page. A malformed or \
+        unknown query parameter is 400 naming it. Requires `signals:read` or `signals:write` and \
+        access to the account group.",
     params(
         ("accountGroupId" = inline(crate::domain::ids::AccountGroupId), Path,
             description = "Account group ID that scopes the request: 24 hexadecimal characters, either case."),

@@ -49,8 +49,7 @@ pub(crate) struct CancelResult {
     /// The scan's status after the request; null when not found.
     #[schema(required = true)]
     status: Option<ScanStatus>,
-    /// Its status before the request (equal to `status` when nothing changed); null when not
-    /// found.
+    /// Its status before the request (`status` when nothing changed); null when not found.
     #[schema(required = true)]
     previous_status: Option<ScanStatus>,
     /// When the scan was cancelled, by this request or before; null otherwise.
@@ -151,6 +150,7 @@ pub(crate) struct EventView {
     #[schema(required = true)]
     from: Option<ScanStatus>,
     to: ScanStatus,
+    /// When the change was written.
     #[serde(with = "crate::domain::rfc3339")]
     at: OffsetDateTime,
     /// The trace id of the request that made the change; null when none did (e.g. the command line).

@@ -307,6 +307,24 @@ async fn the_document_is_openapi_3_1_with_every_route_and_status(backend: Backen
         let schema = &contract.operation(path, method)["parameters"][parameter]["schema"];
         assert_eq!(schema["pattern"], "^[0-9a-fA-F]{24}$", "{path}");
     }
+    // A nullable field's description is the field's, where generators read it: utoipa put it
+    // beside the `$ref` in its `oneOf`, and the Python client's `previous_status` went undescribed.
+    let schemas = document["components"]["schemas"].as_object().unwrap();
+    for (name, schema) in schemas {
+        for (field, property) in schema["properties"].as_object().into_iter().flatten() {
+            let branches = property["oneOf"].as_array().into_iter().flatten();
+            for branch in branches {
+                assert!(
+                    branch.get("description").is_none(),
+                    "{name}.{field}: {property}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        schemas["CancelResult"]["properties"]["previousStatus"]["description"],
+        "Its status before the request (`status` when nothing changed); null when not found."
+    );
 }
 store_test!(the_document_is_openapi_3_1_with_every_route_and_status);
 

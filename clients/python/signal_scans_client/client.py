@@ -33,10 +33,10 @@ class Client:
 
     Attributes:
         raise_on_unexpected_status: Whether or not to raise an errors.UnexpectedStatus if the API returns a
-            status code that was not documented in the source OpenAPI document, or a body that is not the one
-            documented for its status (not JSON, or JSON without its fields, such as a proxy's own error page);
-            without it, such a body is parsed as None. Can also be provided as a keyword argument to the
-            constructor.
+            body that is not the one documented for its status (not JSON, or JSON without its fields, such as a
+            proxy's own error page; every status is documented, one without an answer of its own as the error
+            envelope); without it, such a body is parsed as None. Can also be provided as a keyword argument to
+            the constructor.
     """
 
     raise_on_unexpected_status: bool = field(default=False, kw_only=True)
@@ -164,10 +164,10 @@ class AuthenticatedClient:
 
     Attributes:
         raise_on_unexpected_status: Whether or not to raise an errors.UnexpectedStatus if the API returns a
-            status code that was not documented in the source OpenAPI document, or a body that is not the one
-            documented for its status (not JSON, or JSON without its fields, such as a proxy's own error page);
-            without it, such a body is parsed as None. Can also be provided as a keyword argument to the
-            constructor.
+            body that is not the one documented for its status (not JSON, or JSON without its fields, such as a
+            proxy's own error page; every status is documented, one without an answer of its own as the error
+            envelope); without it, such a body is parsed as None. Can also be provided as a keyword argument to
+            the constructor.
         token: The token to use for authentication
         prefix: The prefix to use for the Authorization header
         auth_header_name: The name of the Authorization header

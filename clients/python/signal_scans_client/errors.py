@@ -4,9 +4,10 @@ from http import HTTPStatus
 
 
 class UnexpectedStatus(Exception):
-    """Raised by api functions when Client.raise_on_unexpected_status is True and the response has an undocumented
-    status, or a body that is not the one documented for its status (not JSON, or JSON without its fields, such as
-    an empty 431 or a proxy's own error page): `status_code` and the raw body, `content`, say what came"""
+    """Raised by api functions when Client.raise_on_unexpected_status is True and the response's body is not the one
+    documented for its status (not JSON, or JSON without its fields, such as an empty 431 or a proxy's own error
+    page; every status is documented, one without an answer of its own as the error envelope): `status_code` and
+    the raw body, `content`, say what came"""
 
     def __init__(self, status_code: int, content: bytes):
         # As a `Response`'s: an `HTTPStatus`, or for a status Python does not name its number.

@@ -77,6 +77,7 @@ use crate::domain::ids::{AccountGroupId, ScanId};
             IdempotencyKeyReused,
             CursorExpired,
             RateLimited,
+            StreamRateLimited,
             InternalError,
             UpstreamError,
             NotReady,
@@ -102,6 +103,15 @@ impl Document {
         let mut document = ApiDoc::openapi();
         document.merge(routes);
         SecurityAndHeaders.modify(&mut document);
+        for schema in document
+            .components
+            .iter_mut()
+            .flat_map(|c| c.schemas.values_mut())
+        {
+            if let RefOr::T(openapi::Schema::Object(object)) = schema {
+                object.properties.values_mut().for_each(nullable_described);
+            }
+        }
         let text = document
             .to_pretty_json()
             .expect("the OpenAPI document serializes");
@@ -131,6 +141,20 @@ pub(crate) async fn openapi_json(Extension(document): Extension<Document>) -> Re
     response
 }
 
+/// A field of type `Option<T>`, `T` a named schema, is `oneOf: [$ref T, null]`, and utoipa puts
+/// the field's doc comment beside the `$ref`, where generators do not look for it (the Python
+/// client's `previous_status`, whose `None` the description explains, went undescribed): it
+/// belongs to the field.
+fn nullable_described(property: &mut RefOr<openapi::Schema>) {
+    if let RefOr::T(openapi::Schema::OneOf(one_of)) = property
+        && one_of.description.is_none()
+        && let Some(RefOr::Ref(reference)) = one_of.items.first_mut()
+        && !reference.description.is_empty()
+    {
+        one_of.description = Some(std::mem::take(&mut reference.description));
+    }
+}
+
 /// An optional body (`Option<T>` in a route's attribute) is told by `required` left out; utoipa
 /// also makes its schema nullable (`oneOf: [T, null]`), and a generated client then sends its
 /// "no body" marker as the JSON body (the Python client raised `TypeError`). The schema is `T`.
@@ -153,6 +177,7 @@ fn optional_body_not_nullable(body: &mut openapi::request_body::RequestBody) {
 
 /// What every /v1 route answers whatever it does, so its `#[utoipa::path]` lists only its own
 /// outcomes: a key refused (401), over a rate (429), a failure of ours (500) or the database's (502).
+/// A route that names one of these statuses itself (the change stream's 429) keeps its own.
 const SHARED_V1_RESPONSES: [(&str, &str); 4] = [
     ("401", "Unauthorized"),
     ("429", "RateLimited"),
@@ -192,7 +217,9 @@ impl Modify for SecurityAndHeaders {
                 let responses = &mut operation.responses.responses;
                 if v1 {
                     for (status, name) in SHARED_V1_RESPONSES {
-                        responses.insert(status.into(), Ref::from_response_name(name).into());
+                        responses
+                            .entry(status.into())
+                            .or_insert_with(|| Ref::from_response_name(name).into());
                     }
                     operation.security = Some(vec![
                         SecurityRequirement::new::<_, _, &str>("bearerAuth", []),

@@ -21,7 +21,7 @@ use crate::domain::ids::{AccountGroupId, InvalidId, ScanId};
 use crate::domain::keys::Permission;
 use crate::domain::scan::{Scan, ScanCursor, ScanEvent, ScanStatus};
 use crate::http::envelope::{Envelope, ErrorBody};
-use crate::http::error::{self, ApiError, Limit};
+use crate::http::error::{self, ApiError, Limit, STREAM_CAP_RETRY_SECS};
 use crate::http::extract::{ApiBody, NoFields};
 use crate::http::limits::{
     self, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_STREAM_TARGET_BYTES, MAX_TARGET_BYTES,
@@ -752,32 +752,63 @@ error_response!(
     /// 429 RATE_LIMITED.
     RateLimited,
     ErrorResponse,
-    |response: ResponseBuilder| rate_limit_headers(response, false).header(
+    retry_after_header,
+    [] + over_rates()
+);
+error_response!(
+    /// 429 RATE_LIMITED on the change stream: [`RateLimited`]'s, or the key's streams open.
+    StreamRateLimited,
+    ErrorResponse,
+    retry_after_header,
+    [(
+        "tooManyStreams",
+        ApiError::RateLimited {
+            limit: Limit::StreamsPerKey,
+            retry_after_secs: STREAM_CAP_RETRY_SECS
+        }
+    )] + over_rates()
+);
+
+/// `Retry-After` beside the rate-limit headers, as every 429 sends them.
+fn retry_after_header(response: ResponseBuilder) -> ResponseBuilder {
+    rate_limit_headers(response, false).header(
         "Retry-After",
         required(
             HeaderBuilder::new()
-                .schema(Some(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1))))
+                .schema(Some(
+                    ObjectBuilder::new()
+                        .schema_type(Type::Integer)
+                        .minimum(Some(1)),
+                ))
                 .description(Some("Whole seconds to wait before retrying; at least 1."))
-                .example(Some(1.into()))
-        )
-    ),
+                .example(Some(1.into())),
+        ),
+    )
+}
+
+/// The 429s of every /v1 route: the key's rate, and the address's failed authentications.
+fn over_rates() -> Vec<(&'static str, Rendered)> {
     [
         (
             "overRate",
             ApiError::RateLimited {
                 limit: Limit::KeyRate,
-                retry_after_secs: 1
-            }
+                retry_after_secs: 1,
+            },
         ),
         (
             "tooManyFailedAuthentications",
             ApiError::RateLimited {
                 limit: Limit::AuthFailures,
-                retry_after_secs: 3
-            }
+                retry_after_secs: 3,
+            },
         ),
     ]
-);
+    .into_iter()
+    .map(|(name, error)| (name, rendered(error)))
+    .collect()
+}
+
 error_response!(
     /// 500 INTERNAL_ERROR.
     InternalError,

@@ -299,6 +299,31 @@ async fn a_key_past_its_stream_cap_is_429_until_one_closes(backend: Backend) {
         "this API key has as many change streams open as it may; retry after 2 s"
     );
     assert_eq!(third.header("retry-after"), Some("2"), "{third:?}");
+    // The document shows this answer among the stream's own 429s (it showed only the limits every
+    // route has: the key's rate and the address's failures).
+    let document: Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let operation =
+        &document["paths"]["/v1/accounts/{accountGroupId}/signals/scans/changes"]["get"];
+    let response = operation["responses"]["429"]["$ref"].as_str().unwrap();
+    let name = response.rsplit('/').next().unwrap();
+    let examples =
+        document["components"]["responses"][name]["content"]["application/json"]["examples"]
+            .as_object()
+            .unwrap();
+    assert!(
+        examples
+            .values()
+            .any(|example| example["value"]["error"] == third.body["error"]),
+        "{name}: {examples:?}"
+    );
     drop(other_key);
     drop(first);
     let deadline = Instant::now() + SOON;

@@ -22,9 +22,10 @@ class CancelResult:
         outcome (CancelOutcome): `cancelled` by this request, `already_cancelled` before it, `not_cancellable`
             (completed or
             failed: nothing changed), or `not_found` (no such scan in the account group).
-        previous_status (None | ScanStatus):
+        previous_status (None | ScanStatus): Its status before the request (`status` when nothing changed); null when
+            not found.
         scan_id (str): A signal scan, as returned when the scan was started. Example: 65a1f0c2e4b0a1b2c3d4e5f6.
-        status (None | ScanStatus):
+        status (None | ScanStatus): The scan's status after the request; null when not found.
     """
 
     cancelled_at: datetime.datetime | None

@@ -17,8 +17,8 @@ class EventView:
     """One row of the audit trail as the API shows it.
 
     Attributes:
-        at (datetime.datetime):
-        from_ (None | ScanStatus):
+        at (datetime.datetime): When the change was written.
+        from_ (None | ScanStatus): null for the row that records the scan's creation.
         reason (None | str): The runner's reason for a failure; null when none was given.
         to (ScanStatus): Where a scan is in its life.
 

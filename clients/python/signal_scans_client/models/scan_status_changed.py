@@ -20,7 +20,7 @@ class ScanStatusChanged:
         account_group_id (str): The account group that scopes a request. Example: 507f1f77bcf86cd799439011.
         at (datetime.datetime): When the change was written (its commit may come later): order by the cursor, not by
             this.
-        from_ (None | ScanStatus):
+        from_ (None | ScanStatus): null when the change is the scan's creation.
         reason (None | str): The runner's reason for a failure; null when none was given.
         scan_id (str): A signal scan, as returned when the scan was started. Example: 65a1f0c2e4b0a1b2c3d4e5f6.
         to (ScanStatus): Where a scan is in its life.

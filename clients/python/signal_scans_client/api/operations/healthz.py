@@ -77,9 +77,10 @@ def sync_detailed(
      No API key needed. Does not touch the database.
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
-            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
-            is True; without it, that response's `parsed` is None.
+        errors.UnexpectedStatus: If the server returns a body that is not the one documented for its status (not
+            JSON, or JSON without its fields: a proxy's own error page) and Client.raise_on_unexpected_status is
+            True; without it, that response's `parsed` is None. Every status is documented: one without an answer
+            of its own is the error envelope, ErrorResponse.
         httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
             a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
         httpx.TransportError: If the connection cannot be made, or is lost before the whole answer arrived
@@ -107,9 +108,10 @@ def sync(
      No API key needed. Does not touch the database.
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
-            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
-            is True; without it, that response's `parsed` is None.
+        errors.UnexpectedStatus: If the server returns a body that is not the one documented for its status (not
+            JSON, or JSON without its fields: a proxy's own error page) and Client.raise_on_unexpected_status is
+            True; without it, that response's `parsed` is None. Every status is documented: one without an answer
+            of its own is the error envelope, ErrorResponse.
         httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
             a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
         httpx.TransportError: If the connection cannot be made, or is lost before the whole answer arrived
@@ -133,9 +135,10 @@ async def asyncio_detailed(
      No API key needed. Does not touch the database.
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
-            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
-            is True; without it, that response's `parsed` is None.
+        errors.UnexpectedStatus: If the server returns a body that is not the one documented for its status (not
+            JSON, or JSON without its fields: a proxy's own error page) and Client.raise_on_unexpected_status is
+            True; without it, that response's `parsed` is None. Every status is documented: one without an answer
+            of its own is the error envelope, ErrorResponse.
         httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
             a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
         httpx.TransportError: If the connection cannot be made, or is lost before the whole answer arrived
@@ -161,9 +164,10 @@ async def asyncio(
      No API key needed. Does not touch the database.
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
-            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
-            is True; without it, that response's `parsed` is None.
+        errors.UnexpectedStatus: If the server returns a body that is not the one documented for its status (not
+            JSON, or JSON without its fields: a proxy's own error page) and Client.raise_on_unexpected_status is
+            True; without it, that response's `parsed` is None. Every status is documented: one without an answer
+            of its own is the error envelope, ErrorResponse.
         httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
             a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
         httpx.TransportError: If the connection cannot be made, or is lost before the whole answer arrived

@@ -124,15 +124,16 @@ def sync_detailed(
     permission and access to the account group.
 
     Args:
-        account_group_id (str): The account group that scopes a request. Example:
-            507f1f77bcf86cd799439011.
-        scan_id (str): A signal scan, as returned when the scan was started. Example:
-            65a1f0c2e4b0a1b2c3d4e5f6.
+        account_group_id (str): Account group ID that scopes the request: 24 hexadecimal
+            characters, either case. Example: 507f1f77bcf86cd799439011.
+        scan_id (str): Signal scan ID returned when the scan was started: 24 hexadecimal
+            characters, either case. Example: 65a1f0c2e4b0a1b2c3d4e5f6.
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
-            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
-            is True; without it, that response's `parsed` is None.
+        errors.UnexpectedStatus: If the server returns a body that is not the one documented for its status (not
+            JSON, or JSON without its fields: a proxy's own error page) and Client.raise_on_unexpected_status is
+            True; without it, that response's `parsed` is None. Every status is documented: one without an answer
+            of its own is the error envelope, ErrorResponse.
         httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
             a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
         httpx.TransportError: If the connection cannot be made, or is lost before the whole answer arrived
@@ -168,15 +169,16 @@ def sync(
     permission and access to the account group.
 
     Args:
-        account_group_id (str): The account group that scopes a request. Example:
-            507f1f77bcf86cd799439011.
-        scan_id (str): A signal scan, as returned when the scan was started. Example:
-            65a1f0c2e4b0a1b2c3d4e5f6.
+        account_group_id (str): Account group ID that scopes the request: 24 hexadecimal
+            characters, either case. Example: 507f1f77bcf86cd799439011.
+        scan_id (str): Signal scan ID returned when the scan was started: 24 hexadecimal
+            characters, either case. Example: 65a1f0c2e4b0a1b2c3d4e5f6.
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
-            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
-            is True; without it, that response's `parsed` is None.
+        errors.UnexpectedStatus: If the server returns a body that is not the one documented for its status (not
+            JSON, or JSON without its fields: a proxy's own error page) and Client.raise_on_unexpected_status is
+            True; without it, that response's `parsed` is None. Every status is documented: one without an answer
+            of its own is the error envelope, ErrorResponse.
         httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
             a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
         httpx.TransportError: If the connection cannot be made, or is lost before the whole answer arrived
@@ -207,15 +209,16 @@ async def asyncio_detailed(
     permission and access to the account group.
 
     Args:
-        account_group_id (str): The account group that scopes a request. Example:
-            507f1f77bcf86cd799439011.
-        scan_id (str): A signal scan, as returned when the scan was started. Example:
-            65a1f0c2e4b0a1b2c3d4e5f6.
+        account_group_id (str): Account group ID that scopes the request: 24 hexadecimal
+            characters, either case. Example: 507f1f77bcf86cd799439011.
+        scan_id (str): Signal scan ID returned when the scan was started: 24 hexadecimal
+            characters, either case. Example: 65a1f0c2e4b0a1b2c3d4e5f6.
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
-            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
-            is True; without it, that response's `parsed` is None.
+        errors.UnexpectedStatus: If the server returns a body that is not the one documented for its status (not
+            JSON, or JSON without its fields: a proxy's own error page) and Client.raise_on_unexpected_status is
+            True; without it, that response's `parsed` is None. Every status is documented: one without an answer
+            of its own is the error envelope, ErrorResponse.
         httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
             a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
         httpx.TransportError: If the connection cannot be made, or is lost before the whole answer arrived
@@ -249,15 +252,16 @@ async def asyncio(
     permission and access to the account group.
 
     Args:
-        account_group_id (str): The account group that scopes a request. Example:
-            507f1f77bcf86cd799439011.
-        scan_id (str): A signal scan, as returned when the scan was started. Example:
-            65a1f0c2e4b0a1b2c3d4e5f6.
+        account_group_id (str): Account group ID that scopes the request: 24 hexadecimal
+            characters, either case. Example: 507f1f77bcf86cd799439011.
+        scan_id (str): Signal scan ID returned when the scan was started: 24 hexadecimal
+            characters, either case. Example: 65a1f0c2e4b0a1b2c3d4e5f6.
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
-            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
-            is True; without it, that response's `parsed` is None.
+        errors.UnexpectedStatus: If the server returns a body that is not the one documented for its status (not
+            JSON, or JSON without its fields: a proxy's own error page) and Client.raise_on_unexpected_status is
+            True; without it, that response's `parsed` is None. Every status is documented: one without an answer
+            of its own is the error envelope, ErrorResponse.
         httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
             a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
         httpx.TransportError: If the connection cannot be made, or is lost before the whole answer arrived

@@ -126,14 +126,15 @@ def sync_detailed(
     access to the account group.
 
     Args:
-        account_group_id (str): The account group that scopes a request. Example:
-            507f1f77bcf86cd799439011.
+        account_group_id (str): Account group ID that scopes the request: 24 hexadecimal
+            characters, either case. Example: 507f1f77bcf86cd799439011.
         body (CancelScansRequest): The body of a batch cancel.
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
-            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
-            is True; without it, that response's `parsed` is None.
+        errors.UnexpectedStatus: If the server returns a body that is not the one documented for its status (not
+            JSON, or JSON without its fields: a proxy's own error page) and Client.raise_on_unexpected_status is
+            True; without it, that response's `parsed` is None. Every status is documented: one without an answer
+            of its own is the error envelope, ErrorResponse.
         httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
             a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
         httpx.TransportError: If the connection cannot be made, or is lost before the whole answer arrived
@@ -174,14 +175,15 @@ def sync(
     access to the account group.
 
     Args:
-        account_group_id (str): The account group that scopes a request. Example:
-            507f1f77bcf86cd799439011.
+        account_group_id (str): Account group ID that scopes the request: 24 hexadecimal
+            characters, either case. Example: 507f1f77bcf86cd799439011.
         body (CancelScansRequest): The body of a batch cancel.
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
-            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
-            is True; without it, that response's `parsed` is None.
+        errors.UnexpectedStatus: If the server returns a body that is not the one documented for its status (not
+            JSON, or JSON without its fields: a proxy's own error page) and Client.raise_on_unexpected_status is
+            True; without it, that response's `parsed` is None. Every status is documented: one without an answer
+            of its own is the error envelope, ErrorResponse.
         httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
             a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
         httpx.TransportError: If the connection cannot be made, or is lost before the whole answer arrived
@@ -217,14 +219,15 @@ async def asyncio_detailed(
     access to the account group.
 
     Args:
-        account_group_id (str): The account group that scopes a request. Example:
-            507f1f77bcf86cd799439011.
+        account_group_id (str): Account group ID that scopes the request: 24 hexadecimal
+            characters, either case. Example: 507f1f77bcf86cd799439011.
         body (CancelScansRequest): The body of a batch cancel.
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
-            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
-            is True; without it, that response's `parsed` is None.
+        errors.UnexpectedStatus: If the server returns a body that is not the one documented for its status (not
+            JSON, or JSON without its fields: a proxy's own error page) and Client.raise_on_unexpected_status is
+            True; without it, that response's `parsed` is None. Every status is documented: one without an answer
+            of its own is the error envelope, ErrorResponse.
         httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
             a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
         httpx.TransportError: If the connection cannot be made, or is lost before the whole answer arrived
@@ -263,14 +266,15 @@ async def asyncio(
     access to the account group.
 
     Args:
-        account_group_id (str): The account group that scopes a request. Example:
-            507f1f77bcf86cd799439011.
+        account_group_id (str): Account group ID that scopes the request: 24 hexadecimal
+            characters, either case. Example: 507f1f77bcf86cd799439011.
         body (CancelScansRequest): The body of a batch cancel.
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
-            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
-            is True; without it, that response's `parsed` is None.
+        errors.UnexpectedStatus: If the server returns a body that is not the one documented for its status (not
+            JSON, or JSON without its fields: a proxy's own error page) and Client.raise_on_unexpected_status is
+            True; without it, that response's `parsed` is None. Every status is documented: one without an answer
+            of its own is the error envelope, ErrorResponse.
         httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
             a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
         httpx.TransportError: If the connection cannot be made, or is lost before the whole answer arrived

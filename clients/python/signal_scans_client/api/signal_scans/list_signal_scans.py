@@ -128,13 +128,13 @@ def sync_detailed(
 ) -> Response[ErrorResponse | SignalScanListResponse | ValidationErrorResponse]:
     """List signal scans
 
-     The account group's scans, newest first, a page at a time: pass `nextCursor` back as `cursor`; it is
-    null on the last page. A malformed or unknown query parameter is 400 naming it. Requires
-    `signals:read` or `signals:write` and access to the account group.
+     The account group's scans (or only those in one `status`), newest first, a page at a time: pass
+    `nextCursor` back as `cursor`; it is null on the last page. A malformed or unknown query parameter
+    is 400 naming it. Requires `signals:read` or `signals:write` and access to the account group.
 
     Args:
-        account_group_id (str): The account group that scopes a request. Example:
-            507f1f77bcf86cd799439011.
+        account_group_id (str): Account group ID that scopes the request: 24 hexadecimal
+            characters, either case. Example: 507f1f77bcf86cd799439011.
         status (ScanStatus | Unset): Where a scan is in its life.
 
             ```text
@@ -143,13 +143,15 @@ def sync_detailed(
                └──────────┴──────► cancelled
             ```
             `completed`, `failed` and `cancelled` are final.
-        limit (int | Unset):
-        cursor (str | Unset):
+        limit (int | Unset): Scans per page, 1 to 100; 20 when absent.
+        cursor (str | Unset): The `nextCursor` of the previous page, passed back unchanged (an
+            opaque token).
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
-            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
-            is True; without it, that response's `parsed` is None.
+        errors.UnexpectedStatus: If the server returns a body that is not the one documented for its status (not
+            JSON, or JSON without its fields: a proxy's own error page) and Client.raise_on_unexpected_status is
+            True; without it, that response's `parsed` is None. Every status is documented: one without an answer
+            of its own is the error envelope, ErrorResponse.
         httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
             a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
         httpx.TransportError: If the connection cannot be made, or is lost before the whole answer arrived
@@ -183,13 +185,13 @@ def sync(
 ) -> ErrorResponse | SignalScanListResponse | ValidationErrorResponse | None:
     """List signal scans
 
-     The account group's scans, newest first, a page at a time: pass `nextCursor` back as `cursor`; it is
-    null on the last page. A malformed or unknown query parameter is 400 naming it. Requires
-    `signals:read` or `signals:write` and access to the account group.
+     The account group's scans (or only those in one `status`), newest first, a page at a time: pass
+    `nextCursor` back as `cursor`; it is null on the last page. A malformed or unknown query parameter
+    is 400 naming it. Requires `signals:read` or `signals:write` and access to the account group.
 
     Args:
-        account_group_id (str): The account group that scopes a request. Example:
-            507f1f77bcf86cd799439011.
+        account_group_id (str): Account group ID that scopes the request: 24 hexadecimal
+            characters, either case. Example: 507f1f77bcf86cd799439011.
         status (ScanStatus | Unset): Where a scan is in its life.
 
             ```text
@@ -198,13 +200,15 @@ def sync(
                └──────────┴──────► cancelled
             ```
             `completed`, `failed` and `cancelled` are final.
-        limit (int | Unset):
-        cursor (str | Unset):
+        limit (int | Unset): Scans per page, 1 to 100; 20 when absent.
+        cursor (str | Unset): The `nextCursor` of the previous page, passed back unchanged (an
+            opaque token).
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
-            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
-            is True; without it, that response's `parsed` is None.
+        errors.UnexpectedStatus: If the server returns a body that is not the one documented for its status (not
+            JSON, or JSON without its fields: a proxy's own error page) and Client.raise_on_unexpected_status is
+            True; without it, that response's `parsed` is None. Every status is documented: one without an answer
+            of its own is the error envelope, ErrorResponse.
         httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
             a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
         httpx.TransportError: If the connection cannot be made, or is lost before the whole answer arrived
@@ -233,13 +237,13 @@ async def asyncio_detailed(
 ) -> Response[ErrorResponse | SignalScanListResponse | ValidationErrorResponse]:
     """List signal scans
 
-     The account group's scans, newest first, a page at a time: pass `nextCursor` back as `cursor`; it is
-    null on the last page. A malformed or unknown query parameter is 400 naming it. Requires
-    `signals:read` or `signals:write` and access to the account group.
+     The account group's scans (or only those in one `status`), newest first, a page at a time: pass
+    `nextCursor` back as `cursor`; it is null on the last page. A malformed or unknown query parameter
+    is 400 naming it. Requires `signals:read` or `signals:write` and access to the account group.
 
     Args:
-        account_group_id (str): The account group that scopes a request. Example:
-            507f1f77bcf86cd799439011.
+        account_group_id (str): Account group ID that scopes the request: 24 hexadecimal
+            characters, either case. Example: 507f1f77bcf86cd799439011.
         status (ScanStatus | Unset): Where a scan is in its life.
 
             ```text
@@ -248,13 +252,15 @@ async def asyncio_detailed(
                └──────────┴──────► cancelled
             ```
             `completed`, `failed` and `cancelled` are final.
-        limit (int | Unset):
-        cursor (str | Unset):
+        limit (int | Unset): Scans per page, 1 to 100; 20 when absent.
+        cursor (str | Unset): The `nextCursor` of the previous page, passed back unchanged (an
+            opaque token).
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
-            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
-            is True; without it, that response's `parsed` is None.
+        errors.UnexpectedStatus: If the server returns a body that is not the one documented for its status (not
+            JSON, or JSON without its fields: a proxy's own error page) and Client.raise_on_unexpected_status is
+            True; without it, that response's `parsed` is None. Every status is documented: one without an answer
+            of its own is the error envelope, ErrorResponse.
         httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
             a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
         httpx.TransportError: If the connection cannot be made, or is lost before the whole answer arrived
@@ -286,13 +292,13 @@ async def asyncio(
 ) -> ErrorResponse | SignalScanListResponse | ValidationErrorResponse | None:
     """List signal scans
 
-     The account group's scans, newest first, a page at a time: pass `nextCursor` back as `cursor`; it is
-    null on the last page. A malformed or unknown query parameter is 400 naming it. Requires
-    `signals:read` or `signals:write` and access to the account group.
+     The account group's scans (or only those in one `status`), newest first, a page at a time: pass
+    `nextCursor` back as `cursor`; it is null on the last page. A malformed or unknown query parameter
+    is 400 naming it. Requires `signals:read` or `signals:write` and access to the account group.
 
     Args:
-        account_group_id (str): The account group that scopes a request. Example:
-            507f1f77bcf86cd799439011.
+        account_group_id (str): Account group ID that scopes the request: 24 hexadecimal
+            characters, either case. Example: 507f1f77bcf86cd799439011.
         status (ScanStatus | Unset): Where a scan is in its life.
 
             ```text
@@ -301,13 +307,15 @@ async def asyncio(
                └──────────┴──────► cancelled
             ```
             `completed`, `failed` and `cancelled` are final.
-        limit (int | Unset):
-        cursor (str | Unset):
+        limit (int | Unset): Scans per page, 1 to 100; 20 when absent.
+        cursor (str | Unset): The `nextCursor` of the previous page, passed back unchanged (an
+            opaque token).
 
     Raises:
-        errors.UnexpectedStatus: If the server returns an undocumented status code, or a body that is not the one
-            documented for its status (not JSON, or JSON without its fields), and Client.raise_on_unexpected_status
-            is True; without it, that response's `parsed` is None.
+        errors.UnexpectedStatus: If the server returns a body that is not the one documented for its status (not
+            JSON, or JSON without its fields: a proxy's own error page) and Client.raise_on_unexpected_status is
+            True; without it, that response's `parsed` is None. Every status is documented: one without an answer
+            of its own is the error envelope, ErrorResponse.
         httpx.TimeoutException: If one wait takes longer than Client.timeout allows: connecting, sending, waiting for
             a pooled connection, or any one read of the answer. It bounds each wait, not the whole call.
         httpx.TransportError: If the connection cannot be made, or is lost before the whole answer arrived
