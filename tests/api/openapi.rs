@@ -69,15 +69,9 @@ struct Answer {
 
 impl Contract {
     async fn of(app: &TestApp) -> Self {
-        let response = app
-            .client
-            .get(app.url("/openapi.json"))
-            .send()
-            .await
-            .expect("the document is served");
-        assert_eq!(response.status(), 200);
-        let document: Value = response.json().await.expect("the document is JSON");
-        Self { document }
+        Self {
+            document: app.document().await,
+        }
     }
 
     fn operation(&self, template: &str, method: &str) -> &Value {

@@ -301,15 +301,7 @@ async fn a_key_past_its_stream_cap_is_429_until_one_closes(backend: Backend) {
     assert_eq!(third.header("retry-after"), Some("2"), "{third:?}");
     // The document shows this answer among the stream's own 429s (it showed only the limits every
     // route has: the key's rate and the address's failures).
-    let document: Value = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let document = app.document().await;
     let operation =
         &document["paths"]["/v1/accounts/{accountGroupId}/signals/scans/changes"]["get"];
     let response = operation["responses"]["429"]["$ref"].as_str().unwrap();

@@ -610,6 +610,18 @@ impl TestApp {
     }
 
     /// `GET path` with `key` as a Bearer token.
+    /// The OpenAPI document the application serves.
+    pub async fn document(&self) -> serde_json::Value {
+        let response = self
+            .client
+            .get(self.url("/openapi.json"))
+            .send()
+            .await
+            .expect("the document is served");
+        assert_eq!(response.status(), 200);
+        response.json().await.expect("the document is JSON")
+    }
+
     pub async fn get(&self, key: &str, path: &str) -> ApiResponse {
         ApiResponse::from(
             self.client
