@@ -411,13 +411,17 @@ impl ChangeStream {
 
     async fn next(&mut self) -> Next {
         // The keep-alive keeps its own rhythm, however many changes pass (filtered out or not):
-        // it is also when the key is checked again.
+        // it is also when the key is checked again. Biased, the stream's end and the key's check
+        // come before any change when they are due: a client that took no bytes for long (an
+        // HTTP/2 window left closed) is polled again only when it opens it, and then received
+        // what was committed meanwhile, after its key was revoked or its stream's age was up.
         loop {
             let woken = tokio::select! {
-                event = self.follower.next() => Wake::Change(event),
-                () = &mut self.keepalive => Wake::Tick,
+                biased;
                 () = &mut self.expiry => Wake::End,
                 _ = self.closing.wait_for(|closing| *closing) => Wake::End,
+                () = &mut self.keepalive => Wake::Tick,
+                event = self.follower.next() => Wake::Change(event),
             };
             match woken {
                 Wake::Change(Ok(event)) => return Next::Change(Box::new(event)),

@@ -69,6 +69,62 @@ async fn a_revoked_keys_stream_ends_within_the_cache_ttl_and_a_tick_while_others
 }
 store_test!(a_revoked_keys_stream_ends_within_the_cache_ttl_and_a_tick_while_others_go_on);
 
+/// A stream whose client took no bytes for long (an HTTP/2 window left closed) is polled again
+/// only once the client opens its window; its end and its key's check come first then, so a key
+/// revoked meanwhile is sent nothing committed past a revocation's bound. Before, the changes
+/// waiting raced the overdue keep-alive and won half the time (the reviewer's client was sent 87
+/// changes committed up to 90 s after its key was revoked): eight streams make that race show.
+async fn a_stream_held_back_by_its_client_sends_nothing_after_its_key_is_revoked(backend: Backend) {
+    const STREAMS: usize = 8;
+    let keepalive = Duration::from_millis(100);
+    let mut settings = with_streams(StreamSettings {
+        keepalive,
+        ..StreamSettings::default()
+    });
+    settings.key_cache_ttl = Duration::from_millis(200);
+    let app = TestApp::spawn_with(backend, settings).await;
+    let group = group();
+    let (reader, reader_id) = read_key(&app, &group).await;
+    // Room for the opening block and a keep-alive or two, then windows that stay closed.
+    let (mut client, _connection) = h2_client(app.addr, 64).await;
+    let mut bodies = Vec::new();
+    for _ in 0..STREAMS {
+        let request = axum::http::Request::get(app.url(&changes_path(&group, "")))
+            .header("authorization", format!("Bearer {reader}"))
+            .body(())
+            .unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        bodies.push(response.into_body());
+    }
+    // Each window has closed, and each stream was polled last for the keep-alive it holds back.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    app.store.revoke_key(reader_id).await.unwrap().unwrap();
+    // Changes committed past a revocation's bound (the key cache's TTL and a keep-alive).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for _ in 0..3 {
+        app.scan(&group, ScanStatus::Queued).await;
+    }
+    // The changes have reached the streams (a store's poll finds them), and keep-alives are
+    // overdue, when the windows open.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for mut body in bodies {
+        let mut received = Vec::new();
+        while let Some(chunk) = tokio::time::timeout(SOON, body.data()).await.unwrap() {
+            let chunk = chunk.unwrap();
+            body.flow_control().release_capacity(chunk.len()).unwrap();
+            received.extend_from_slice(&chunk);
+        }
+        let received = String::from_utf8(received).unwrap();
+
+        assert!(!received.contains("scan.status_changed"), "{received}");
+        assert!(received.ends_with("retry: 2000\n\n"), "{received}");
+    }
+}
+store_test!(a_stream_held_back_by_its_client_sends_nothing_after_its_key_is_revoked);
+
 async fn a_stream_ends_at_its_max_age_with_a_last_retry(backend: Backend) {
     let max_age = Duration::from_secs(1);
     let app = streams_app(
