@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -292,8 +293,8 @@ impl SqliteStore {
                         if told.is_none_or(|at| at.elapsed() >= MIGRATION_WAIT_TOLD) {
                             tracing::info!(
                                 waited_s = started.elapsed().as_secs(),
-                                "another connection holds the database's write lock (another \
-                                 process migrating it, or a long write); waiting to migrate"
+                                "{WRITE_LOCK_HELD} (another process migrating it, or a long \
+                                 write); waiting to migrate"
                             );
                             told = Some(tokio::time::Instant::now());
                         }
@@ -1159,17 +1160,28 @@ async fn write_and_commit<T>(
     connection: &mut Option<PoolConnection<Sqlite>>,
     write: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T, sqlx::Error>,
 ) -> Result<T, StoreError> {
-    let (mut turn, tx, written) = bounded(timeout, async move {
+    // This process's writers queue for `turn`: a wait for SQLite's write lock after it is one
+    // for another connection's write (another process, a command), which the timeout then names.
+    let locking = AtomicBool::new(false);
+    let (mut turn, tx, written) = bounded(timeout, async {
         let turn = turn.lock.lock().await;
         let acquired = connection.insert(pool.acquire().await?);
+        locking.store(true, Ordering::Relaxed);
         let mut tx = acquired.begin_with("BEGIN IMMEDIATE").await?;
+        locking.store(false, Ordering::Relaxed);
         if *turn == AuditIds::MayFollowAnotherHistory {
             move_audit_ids_past_now(&mut tx).await?;
         }
         let written = write(&mut tx).await?;
         Ok((turn, tx, written))
     })
-    .await?;
+    .await
+    .map_err(|error| match error {
+        StoreError::Unavailable(timed_out) if locking.load(Ordering::Relaxed) => {
+            StoreError::Unavailable(format!("{timed_out}: {WRITE_LOCK_HELD}"))
+        }
+        other => other,
+    })?;
     tx.commit().await.map_err(classify)?;
     *turn = AuditIds::PastThisProcessStart;
     Ok(written)
@@ -1194,6 +1206,9 @@ async fn pending(
             .await?;
     Ok(super::migrations::pending(migrator, &applied))
 }
+
+/// What a wait for SQLite's write lock is told as: another connection has it.
+const WRITE_LOCK_HELD: &str = "another connection holds the database's write lock";
 
 /// SQLite's primary result codes this store acts on (an extended code's low byte is its primary).
 const SQLITE_BUSY: i32 = 5;

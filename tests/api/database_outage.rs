@@ -465,6 +465,41 @@ async fn a_write_stuck_behind_another_writer_answers_502_and_changes_nothing(bac
 }
 store_test!(a_write_stuck_behind_another_writer_answers_502_and_changes_nothing);
 
+/// SQLite: a write held up past DB_TIMEOUT_MS by another connection's write lock (another process
+/// writing, a command, an operator's `sqlite3` shell) says so in its error, which the 502's log
+/// line carries. It said only "no answer within 400 ms", which on a local file sent the operator
+/// looking for a slow database (the operator review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_write_held_up_by_another_connections_lock_says_so() {
+    use signal_scans::domain::scan::Actor;
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let store = Store::connect(&crate::helpers::store_options(&app.db.url, DB_TIMEOUT)).unwrap();
+    let group = group();
+    let scan = app.scan(&group, ScanStatus::Running).await;
+    let mut lock = WriteLock::hold(&app, &scan).await;
+    let actor = Actor {
+        api_key_id: None,
+        trace_id: None,
+        reason: None,
+    };
+
+    let held_up = store
+        .transition(Some(&group), &scan, ScanStatus::Cancelled, actor)
+        .await;
+    lock.release().await;
+
+    let error = held_up
+        .expect_err("the write waited for the lock")
+        .to_string();
+    assert!(
+        error.contains(
+            "no answer within 400 ms: another connection holds the database's write lock"
+        ),
+        "{error}"
+    );
+    assert_eq!(app.status_of(&scan).await, ScanStatus::Running);
+}
+
 /// SQLite's file out of reach (its folder moved away, as an unmounted volume would leave it):
 /// `/readyz` is 503 and a cancel 502; both recover when it is back, without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -395,6 +395,94 @@ async fn redis_coming_back_is_logged() {
     assert_eq!(back, 1, "{lines:#?}");
 }
 
+/// Redis's password changed under a running service (`requirepass` set, its clients cut off) is
+/// a setting to fix: the error that names REDIS_URL's credentials, as at start, not the warning of
+/// a Redis away, which sent the operator to wait for it to come back (the operator review). A
+/// Redis of the test's own, since its password changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_changed_under_a_running_service_is_told_as_refused_credentials() {
+    const REFUSED: &str = "Redis refused the credentials of REDIS_URL; limits stay per instance until it accepts them";
+    if redis_url().await.is_none() {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let _redis = tokio::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-server runs (it serves the shared Redis)");
+    let redis_cli = |args: &[&str]| {
+        std::process::Command::new("redis-cli")
+            .args(["-p", &port])
+            .args(args)
+            .output()
+            .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    let started = Instant::now();
+    while redis_cli(&["ping"]) != "PONG" {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "redis-server answers"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let (group, key, scan) = app.writer_and_queued_scan().await;
+    let server = ServerProcess::start(&[
+        ("DATABASE_URL", &app.db.url),
+        ("REDIS_URL", &format!("redis://127.0.0.1:{port}")),
+    ])
+    .await;
+    server
+        .until_logged(|line| line["message"] == "rate limits are shared through Redis")
+        .await;
+
+    assert_eq!(
+        redis_cli(&["config", "set", "requirepass", "changed"]),
+        "OK"
+    );
+    redis_cli(&[
+        "-a",
+        "changed",
+        "--no-auth-warning",
+        "client",
+        "kill",
+        "type",
+        "normal",
+    ]);
+    let path = cancel_path(group.as_str(), scan.as_str());
+    let mut statuses = Vec::new();
+    let told = loop {
+        statuses.push(server.post(&key, &path).await.status);
+        let logs = server.logs();
+        if let Some(told) = logs.iter().find(|line| line.contains(REFUSED)) {
+            break told.clone();
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{logs:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    let told: serde_json::Value = serde_json::from_str(&told).unwrap();
+    assert_eq!(told["level"], "ERROR", "{told}");
+    assert!(statuses.iter().all(|status| *status == 200), "{statuses:?}");
+}
+
 /// A Redis that hangs fails every request in flight at once, at its timeout: that is one warning,
 /// as README says (at most about once a second), not one per request in flight (8 clients gave 8
 /// lines a second, 100 would give 100). Every request is still answered, on this instance's limits.

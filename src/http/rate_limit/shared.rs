@@ -101,6 +101,18 @@ pub(super) enum SharedError {
     BackingOff,
 }
 
+/// Told at `error`: a refused password is a setting to fix, not an outage to wait out.
+const CREDENTIALS_REFUSED: &str =
+    "Redis refused the credentials of REDIS_URL; limits stay per instance until it accepts them";
+
+/// Whether Redis refused this process's credentials: as a connection is made (at start), or, once
+/// its password changed under a running service, on each call (`NOAUTH`, then `WRONGPASS` as the
+/// connection comes back).
+fn refuses_credentials(error: &redis::RedisError) -> bool {
+    error.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(error.code(), Some("NOAUTH" | "WRONGPASS"))
+}
+
 impl SharedLimits {
     pub(super) fn new(
         settings: &RedisSettings,
@@ -147,13 +159,8 @@ impl SharedLimits {
                         tracing::info!("rate limits are shared through Redis");
                         return;
                     }
-                    // A refused password is a setting to fix, not an outage to wait out.
-                    Err(error) if error.kind() == redis::ErrorKind::AuthenticationFailed => {
-                        tracing::error!(
-                            %error,
-                            "Redis refused the credentials of REDIS_URL; limits stay per instance \
-                             until it accepts them"
-                        );
+                    Err(error) if refuses_credentials(&error) => {
+                        tracing::error!(%error, "{CREDENTIALS_REFUSED}");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                     Err(error) => {
@@ -195,7 +202,15 @@ impl SharedLimits {
             // together (a hung Redis: every request of that moment, at its timeout), and only the
             // first of them starts the backoff; in a long outage, once a second.
             if before <= failed_at.as_millis() as u64 {
-                tracing::warn!(%error, "shared rate limits unavailable; using this instance's limits");
+                match error {
+                    SharedError::Redis(refused) if refuses_credentials(refused) => {
+                        tracing::error!(%error, "{CREDENTIALS_REFUSED}");
+                    }
+                    _ => tracing::warn!(
+                        %error,
+                        "shared rate limits unavailable; using this instance's limits"
+                    ),
+                }
             }
         } else if self.backoff_until.load(Ordering::Relaxed) != 0
             && self.backoff_until.swap(0, Ordering::Relaxed) != 0
