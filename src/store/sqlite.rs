@@ -1167,8 +1167,9 @@ async fn write_and_commit<T>(
         let turn = turn.lock.lock().await;
         let acquired = connection.insert(pool.acquire().await?);
         locking.store(true, Ordering::Relaxed);
-        let mut tx = acquired.begin_with("BEGIN IMMEDIATE").await?;
+        let begun = acquired.begin_with("BEGIN IMMEDIATE").await;
         locking.store(false, Ordering::Relaxed);
+        let mut tx = begun?;
         if *turn == AuditIds::MayFollowAnotherHistory {
             move_audit_ids_past_now(&mut tx).await?;
         }
