@@ -73,7 +73,8 @@ pub(crate) enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Revoke a key by id; it stops working within KEY_CACHE_TTL_MS (1 s) on every serving instance.
+    /// Revoke a key by id; its requests are refused within KEY_CACHE_TTL_MS (1 s) on every serving
+    /// instance, and its open change streams end within STREAM_KEEPALIVE_MS (15 s) more.
     Revoke {
         #[command(flatten)]
         database: DatabaseArgs,

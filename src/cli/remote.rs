@@ -60,9 +60,10 @@ pub(super) fn server_url(text: &str) -> Result<url::Url, String> {
     Ok(url)
 }
 
-/// How long a command waits for a connection, and for the whole answer: above the service's own
-/// request deadline (`REQUEST_TIMEOUT_MS`, 15 s by default), so that a slow answer arrives as the
-/// service's 500 or 502 rather than as none.
+/// How long a command waits for a connection, and for the whole answer. The answer's wait is above
+/// the service's default request deadline (`REQUEST_TIMEOUT_MS`, 15 s), so that a slow answer
+/// arrives as the service's 500 or 502 rather than as none; a service given a longer deadline may
+/// still be working when the command gives up (exit 75: a move repeated answers where it stands).
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 

@@ -25,7 +25,7 @@ use super::error::ApiError;
 /// (which may first wait for a lookup begun more than the TTL earlier, then read again), and the
 /// write ([`crate::store::longest_write`]). A request deadline not above it may answer 500 for a
 /// write that then commits.
-pub fn longest_writing_request(db_timeout: Duration, key_cache_ttl: Duration) -> Duration {
+pub(crate) fn longest_writing_request(db_timeout: Duration, key_cache_ttl: Duration) -> Duration {
     let stale_lookup = match key_cache_ttl.is_zero() {
         true => Duration::ZERO, // no cache: one lookup
         false => db_timeout.saturating_sub(key_cache_ttl),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::store::Store;
 
 /// The most audit rows one delete removes: one short transaction. On SQLite, where writers take
-/// turns, a cancel waits behind at most one batch (milliseconds); on PostgreSQL cancels do not
+/// turns, a cancel waits behind at most one batch (about 30 ms); on PostgreSQL cancels do not
 /// wait for it at all (the delete locks only the rows it removes, which nothing else locks).
 pub(crate) const BATCH: u32 = 500;
 /// The pause between two full batches while a backlog is worked off, leaving the database to the

@@ -366,7 +366,7 @@ impl ScanService {
     /// write finish another runner's claim. The scan and its start are read in one statement:
     /// read apart, a start committing between the two reads showed a running scan that no key
     /// had started, and another runner's finish went through. One statement, so the check takes
-    /// one `DB_TIMEOUT_MS` at most (see [`crate::store::longest_writing_request`]).
+    /// one `DB_TIMEOUT_MS` at most (see `http::deadline::longest_writing_request`).
     async fn check_claim(
         &self,
         principal: &Principal,
