@@ -440,6 +440,8 @@ struct CountedBody {
     body: Body,
     /// Whether its bytes are owed to the client (not a HEAD's).
     owes: bool,
+    /// The bytes it handed over, counted in [`Activity::owed`].
+    handed_over: u64,
     ended: bool,
     /// hyper owes it a poll ([`Activity::bodies_owed_a_poll`]).
     owed_a_poll: bool,
@@ -454,6 +456,7 @@ impl CountedBody {
         Self {
             body,
             owes,
+            handed_over: 0,
             ended: false,
             owed_a_poll: true,
             in_progress,
@@ -483,10 +486,9 @@ impl HttpBody for CountedBody {
         match &polled {
             Poll::Ready(Some(Ok(frame))) if self.owes => {
                 if let Some(data) = frame.data_ref() {
-                    let activity = &self.in_progress.0;
-                    activity
-                        .owed
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    let handed = data.len() as u64;
+                    self.in_progress.0.owed.fetch_add(handed, Ordering::Relaxed);
+                    self.handed_over += handed;
                 }
             }
             Poll::Ready(None) => self.ended = true,
@@ -509,8 +511,16 @@ impl Drop for CountedBody {
         self.set_owed_a_poll(false);
         if !self.ended && !self.body.is_end_stream() {
             // Dropped before its end (the stream was reset, the connection lost): what it handed
-            // over and was not sent never will be.
-            self.in_progress.0.owed.store(0, Ordering::Relaxed);
+            // over and was not sent never will be. Which of the connection's writes were its own
+            // is not known, so all it handed over is taken off: the others' bytes may then be
+            // counted short, never long. (Forgetting every response's bytes let one reset stream
+            // close a connection still sending another's.)
+            let handed = self.handed_over;
+            let _ = self.in_progress.0.owed.fetch_update(
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+                |owed| Some(owed.saturating_sub(handed)),
+            );
         }
     }
 }

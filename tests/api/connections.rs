@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::future::join_all;
+use signal_scans::domain::keys::Permission;
 use signal_scans::domain::scan::ScanStatus;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -380,7 +381,10 @@ store_test!(a_connection_whose_client_opens_no_window_is_closed);
 /// A response its client reads slowly is delivered whole: while its bytes still move, the
 /// connection is not idle. Over HTTP/2 the client grants its window 8 KiB at a time, every
 /// 100 ms, so the server holds most of `/openapi.json` after the handler is done with it; with
-/// `HTTP_IDLE_TIMEOUT_MS=500` the connection was dropped mid-body.
+/// `HTTP_IDLE_TIMEOUT_MS=500` the connection was dropped mid-body. The second time, the client
+/// also opens a change stream on the connection and resets it while the document is on its way:
+/// the reset stream's end forgot what the document still owed, and the connection was dropped
+/// 500 ms later with its bytes still moving.
 async fn a_response_read_slowly_is_delivered_whole(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let server = ServerProcess::start(&[
@@ -388,34 +392,52 @@ async fn a_response_read_slowly_is_delivered_whole(backend: Backend) {
         ("HTTP_IDLE_TIMEOUT_MS", "500"),
     ])
     .await;
-    let (mut client, _driver) = h2_client(server.addr, 8192).await;
-    let request = axum::http::Request::get(format!("http://{}/openapi.json", server.addr))
-        .body(())
-        .unwrap();
-    let started = Instant::now();
-    let (response, _) = client.send_request(request, true).unwrap();
-    let response = response.await.unwrap();
-    let length: usize = response.headers()["content-length"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let mut body = response.into_body();
-    let mut received = 0;
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.unwrap_or_else(|error| panic!("cut off after {received} bytes: {error}"));
-        received += chunk.len();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        body.flow_control().release_capacity(chunk.len()).unwrap();
-    }
+    let group = group();
+    let (reader, _) = app.key_for(&[Permission::SignalsRead], &[group]).await;
+    for reset_another in [false, true] {
+        let (mut client, _driver) = h2_client(server.addr, 8192).await;
+        let get = |path: String| {
+            axum::http::Request::get(format!("http://{}{path}", server.addr))
+                .header("authorization", format!("Bearer {reader}"))
+                .body(())
+                .unwrap()
+        };
+        let started = Instant::now();
+        let (response, _) = client
+            .send_request(get("/openapi.json".into()), true)
+            .unwrap();
+        let response = response.await.unwrap();
+        let length: usize = response.headers()["content-length"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        if reset_another {
+            let changes = format!("/v1/accounts/{group}/signals/scans/changes");
+            let (stream, mut request) = client.send_request(get(changes), true).unwrap();
+            let mut stream = stream.await.unwrap().into_body();
+            assert!(stream.data().await.is_some(), "the stream's opening block");
+            request.send_reset(h2::Reason::CANCEL);
+        }
+        let mut body = response.into_body();
+        let mut received = 0;
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap_or_else(|error| {
+                panic!("cut off after {received} bytes (reset another: {reset_another}): {error}")
+            });
+            received += chunk.len();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            body.flow_control().release_capacity(chunk.len()).unwrap();
+        }
 
-    assert_eq!(received, length);
-    // The read outlasted the idle timeout several times over.
-    assert!(
-        started.elapsed() > Duration::from_secs(1),
-        "{:?}",
-        started.elapsed()
-    );
+        assert_eq!(received, length, "reset another: {reset_another}");
+        // The read outlasted the idle timeout several times over.
+        assert!(
+            started.elapsed() > Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
 }
 store_test!(a_response_read_slowly_is_delivered_whole);
 
