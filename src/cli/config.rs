@@ -82,8 +82,12 @@ pub fn worker_threads() -> Result<Option<usize>, String> {
 /// The API key the `--server` commands send: from `SIGNAL_SCANS_API_KEY` only, never a flag (a
 /// flag would show the key in `ps`).
 pub fn api_key(command: &str) -> anyhow::Result<String> {
+    // Set but empty is unset too: sent, it was refused as a failed authentication, and twenty
+    // of those a minute blocked the host's good keys as well.
     let key = std::env::var("SIGNAL_SCANS_API_KEY")
-        .map_err(|_| anyhow!("{command} --server needs the API key in SIGNAL_SCANS_API_KEY"))?;
+        .ok()
+        .filter(|key| !key.is_empty())
+        .ok_or_else(|| anyhow!("{command} --server needs the API key in SIGNAL_SCANS_API_KEY"))?;
     // A key read from a file often ends in a line break, which no header may hold: said here,
     // by name, rather than as the HTTP client's "failed to parse header value".
     if !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ') || key.trim() != key {

@@ -169,7 +169,8 @@ pub(crate) enum ScansCommand {
         server: Option<url::Url>,
         /// Resume right after this cursor (the `id` of the last line a watch printed) instead of
         /// from now.
-        #[arg(long, value_name = "CURSOR")]
+        // Not empty: the service takes an empty Last-Event-ID as none, and followed from now.
+        #[arg(long, value_name = "CURSOR", value_parser = clap::builder::NonEmptyStringValueParser::new())]
         after: Option<String>,
     },
     /// Show a scan: from the database, or with --server through the API (API key with
@@ -292,7 +293,9 @@ async fn run_command(cli: Cli) -> ExitCode {
         report_failure(cli.log.log_format, &message);
         return ExitCode::from(2);
     }
-    match run(cli.command).await {
+    let ran = run(cli.command).await;
+    close_opened_stores().await;
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             // `{:#}`: the error and its causes, joined by ": ", on one line.
@@ -418,7 +421,29 @@ async fn run(command: Command) -> anyhow::Result<()> {
 /// Connects and brings the schema up to date; every command that touches the database needs both.
 /// Commands hand the store to the service they use, and never query it themselves.
 async fn migrated_store(database: &DatabaseArgs) -> anyhow::Result<Store> {
-    Ok(app::migrated_store(&database.store_options()).await?)
+    let store = app::migrated_store(&database.store_options()).await?;
+    opened_stores().push(store.clone());
+    Ok(store)
+}
+
+/// The stores the command opened, closed as it ends ([`close_opened_stores`]). Held here rather
+/// than by each command, which drops its store at any `?`.
+fn opened_stores() -> std::sync::MutexGuard<'static, Vec<Store>> {
+    static OPENED: std::sync::Mutex<Vec<Store>> = std::sync::Mutex::new(Vec::new());
+    OPENED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Closes the stores the command opened. A SQLite file's last connection closed checkpoints its
+/// write-ahead log into the file and removes it; dropped at the process's end, the connections
+/// left the command's changes in `-wal` alone, which README's Troubleshoot says may be deleted
+/// once no process has the file open.
+async fn close_opened_stores() {
+    let opened = std::mem::take(&mut *opened_stores());
+    for store in opened {
+        store.close(STORE_CLOSE_LIMIT).await;
+    }
 }
 
 /// The store of a command that reads or moves what is already there: an embedded store that does

@@ -182,6 +182,8 @@ pub(super) async fn follow_server(
             }
             Err(error) => {
                 failures += 1;
+                // With its causes (`{:#}`): reqwest's own words name only the URL.
+                let error = format!("{:#}", anyhow::Error::from(error));
                 tracing::warn!(%error, "cannot reach the change stream; retrying");
                 (reconnect * failures).min(MAX_RECONNECT)
             }

@@ -435,30 +435,65 @@ async fn a_watch_whose_reader_went_away_ends_quietly(backend: Backend) {
 }
 store_test!(a_watch_whose_reader_went_away_ends_quietly);
 
-/// `--server` with a user and password in its URL is refused before any request, and the refusal
-/// does not repeat the password (clap's own refusal printed the whole value).
+/// A runner host's mistakes in its settings are refused before any request, exit 1 or 2 and not
+/// 75 ("try again later", which a script retries for ever): `--server` with a user and password in
+/// its URL (the refusal does not repeat the password: clap's own printed the whole value), an
+/// `https://` one (this build speaks plain HTTP: every call failed, and exited 75), an empty
+/// `SIGNAL_SCANS_API_KEY` (it was sent, refused as a failed authentication, and twenty a minute
+/// blocked the host's good keys too), an empty `--after` (the service took it as none: the watch
+/// followed from now, silently skipping what the runner had missed). Nothing listens on port 9.
 #[test]
-fn a_server_url_with_a_password_is_refused_without_repeating_it() {
+fn mistakes_in_a_runner_hosts_settings_are_refused_before_any_request() {
     let folder = Folder::new();
     let scan = "507f1f77bcf86cd799439011";
-    let output = run(
-        &folder.0,
-        "ssk_unused",
-        &[
-            "scans",
-            "show",
-            scan,
-            "--account-group",
-            scan,
-            "--server",
-            "http://runner:s3cr3t-pw@127.0.0.1:9",
-        ],
-    );
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let server = |url| ["--account-group", scan, "--server", url];
+    let show = |url| [&["scans", "show", scan][..], &server(url)].concat();
+    let watch = |after: &[&'static str]| [&["scans", "watch"][..], after].concat();
+    let password = "http://runner:s3cr3t-pw@127.0.0.1:9";
+    let cases: [(&str, Vec<&str>, i32, &str); 5] = [
+        (
+            "ssk_unused",
+            show(password),
+            2,
+            "without a user or password",
+        ),
+        (
+            "ssk_unused",
+            show("https://127.0.0.1:9"),
+            2,
+            "speak plain HTTP",
+        ),
+        (
+            "",
+            show("http://127.0.0.1:9"),
+            1,
+            "needs the API key in SIGNAL_SCANS_API_KEY",
+        ),
+        (
+            "ssk_unused",
+            watch(&["--after", ""]),
+            2,
+            "a value is required for '--after",
+        ),
+        (
+            "ssk_unused",
+            [
+                watch(&["--after", ""]),
+                server("http://127.0.0.1:9").to_vec(),
+            ]
+            .concat(),
+            2,
+            "a value is required for '--after",
+        ),
+    ];
+    for (key, args, code, says) in cases {
+        let output = run(&folder.0, key, &args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
 
-    assert_eq!(output.status.code(), Some(2), "{output:?}");
-    assert!(stderr.contains("without a user or password"), "{stderr}");
-    assert!(!stderr.contains("s3cr3t-pw"), "{stderr}");
+        assert_eq!(output.status.code(), Some(code), "{args:?}: {output:?}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(!stderr.contains("s3cr3t-pw"), "{stderr}");
+    }
 }
 
 /// A fake service on a port of its own: each connection's request head is read and counted, then
