@@ -522,13 +522,49 @@ async fn shared_limits_return_within_the_backoff_once_redis_answers_again() {
     );
 }
 
+/// What the real binary logs, as an error, while Redis refuses `REDIS_URL`'s password.
+const REFUSED: &str =
+    "Redis refused the credentials of REDIS_URL; limits stay per instance until it accepts them";
+
+/// A password Redis refuses at start is a setting to fix: told at once, as an error, and then
+/// every 10 s, though it is tried every second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_refused_at_start_are_told_at_once_then_every_10_s() {
+    if redis_url().await.is_none() {
+        return;
+    }
+    let port = free_port();
+    let _redis = own_redis_server(&port).await;
+    assert_eq!(
+        redis_cli(&port, &["config", "set", "requirepass", "right"]),
+        "OK"
+    );
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let launched = Instant::now();
+    let server = ServerProcess::start(&[
+        ("DATABASE_URL", &app.db.url),
+        ("REDIS_URL", &format!("redis://:wrong@127.0.0.1:{port}")),
+    ])
+    .await;
+    let refused = |line: &serde_json::Value| line["message"].as_str() == Some(REFUSED);
+    let events = server.until_logged(refused).await;
+    let told = events.into_iter().find(refused).unwrap();
+    // Tried every second: long enough for a few tries, each told if every one were.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let told_at_most = launched.elapsed().as_secs() as usize / 10 + 1;
+    let logs = server.logs();
+    let lines = logs.iter().filter(|line| line.contains(REFUSED)).count();
+    assert_eq!(told["level"], "ERROR", "{told}");
+    assert!((1..=told_at_most).contains(&lines), "{logs:#?}");
+}
+
 /// Redis's password changed under a running service (`requirepass` set, its clients cut off) is
 /// a setting to fix: the error that names REDIS_URL's credentials, as at start, not the warning of
 /// a Redis away, which sent the operator to wait for it to come back (the operator review). A
 /// Redis of the test's own, since its password changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_changed_under_a_running_service_is_told_as_refused_credentials() {
-    const REFUSED: &str = "Redis refused the credentials of REDIS_URL; limits stay per instance until it accepts them";
     if redis_url().await.is_none() {
         return;
     }

@@ -20,7 +20,8 @@ pub(super) const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 /// timeout again, for every limit it checks, for the whole outage.
 const BACKOFF: Duration = Duration::from_secs(1);
 
-/// How often a process that has not reached Redis since it started says so (it tries every second).
+/// How often a process that has not reached Redis since it started (or whose credentials it
+/// refused) says so: it tries every second.
 const UNREACHABLE_TOLD: Duration = Duration::from_secs(10);
 
 /// GCRA on KEYS[1], spending one cell. ARGV: emission interval (ms per cell), burst (cells).
@@ -168,13 +169,15 @@ impl SharedLimits {
                         tracing::info!("rate limits are shared through Redis");
                         return;
                     }
-                    Err(error) if refuses_credentials(&error) => {
-                        tracing::error!(%error, "{CREDENTIALS_REFUSED}");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
                     Err(error) => {
                         if told.is_none_or(|at| at.elapsed() >= UNREACHABLE_TOLD) {
-                            tracing::warn!(%error, "cannot reach Redis; limits stay per instance meanwhile");
+                            match refuses_credentials(&error) {
+                                true => tracing::error!(%error, "{CREDENTIALS_REFUSED}"),
+                                false => tracing::warn!(
+                                    %error,
+                                    "cannot reach Redis; limits stay per instance meanwhile"
+                                ),
+                            }
                             told = Some(Instant::now());
                         }
                         tokio::time::sleep(Duration::from_secs(1)).await;
