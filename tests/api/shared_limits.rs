@@ -471,9 +471,18 @@ fn redis_cli(port: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-/// A `redis-server` of the test's own on `port`, keeping nothing, answering once this returns;
-/// killed when dropped. For tests that stop Redis or change its password: never the shared one.
-async fn own_redis_server(port: &str) -> tokio::process::Child {
+/// A `redis-server` of the test's own on a free port, keeping nothing, answering once this
+/// returns; killed when dropped. For tests that stop Redis or change its password: never the
+/// shared one. `None` where the shared Redis is missing too (said there).
+async fn own_redis_server() -> Option<(String, tokio::process::Child)> {
+    redis_url().await?;
+    let port = free_port();
+    let server = redis_server_on(&port).await;
+    Some((port, server))
+}
+
+/// A `redis-server` on `port`, as [`own_redis_server`] starts it.
+async fn redis_server_on(port: &str) -> tokio::process::Child {
     let server = tokio::process::Command::new("redis-server")
         .args(["--port", port, "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
@@ -498,11 +507,9 @@ async fn own_redis_server(port: &str) -> tokio::process::Child {
 /// review: each replica on its own limits for 3.4 to 4.6 s after Redis answered; 5.6 s here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_limits_return_within_the_backoff_once_redis_answers_again() {
-    if redis_url().await.is_none() {
+    let Some((port, mut redis)) = own_redis_server().await else {
         return;
-    }
-    let port = free_port();
-    let mut redis = own_redis_server(&port).await;
+    };
     let (_app, server, key, path) =
         sharing_through(&format!("redis://127.0.0.1:{port}"), &[]).await;
     redis.kill().await.unwrap();
@@ -512,7 +519,7 @@ async fn shared_limits_return_within_the_backoff_once_redis_answers_again() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let _redis = own_redis_server(&port).await;
+    let _redis = redis_server_on(&port).await;
     let lag = until_shared_again(&server, &key, &path).await;
 
     // The backoff (1 s) and a request's interval, with room for a loaded machine.
@@ -530,11 +537,9 @@ const REFUSED: &str =
 /// every 10 s, though it is tried every second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_refused_at_start_are_told_at_once_then_every_10_s() {
-    if redis_url().await.is_none() {
+    let Some((port, _redis)) = own_redis_server().await else {
         return;
-    }
-    let port = free_port();
-    let _redis = own_redis_server(&port).await;
+    };
     assert_eq!(
         redis_cli(&port, &["config", "set", "requirepass", "right"]),
         "OK"
@@ -565,11 +570,9 @@ async fn credentials_refused_at_start_are_told_at_once_then_every_10_s() {
 /// Redis of the test's own, since its password changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_changed_under_a_running_service_is_told_as_refused_credentials() {
-    if redis_url().await.is_none() {
+    let Some((port, _redis)) = own_redis_server().await else {
         return;
-    }
-    let port = free_port();
-    let _redis = own_redis_server(&port).await;
+    };
     let redis_cli = |args: &[&str]| redis_cli(&port, args);
     let started = Instant::now();
     let (_app, server, key, path) =
