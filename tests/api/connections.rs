@@ -20,6 +20,16 @@ use crate::helpers::{
 };
 use crate::store_test;
 
+/// The real binary serving `backend`'s fresh database with `env` added to its settings; the
+/// application that made the database, to arrange with.
+async fn serving(backend: Backend, env: &[(&str, &str)]) -> (TestApp, ServerProcess) {
+    let app = TestApp::spawn(backend).await;
+    let mut settings = vec![("DATABASE_URL", app.db.url.as_str())];
+    settings.extend_from_slice(env);
+    let server = ServerProcess::start(&settings).await;
+    (app, server)
+}
+
 /// Resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("Linux /proc");
@@ -157,12 +167,7 @@ async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
 /// are all closed by the server soon after `HTTP_HEADER_TIMEOUT_MS`, while `/healthz` answers
 /// every probe.
 async fn half_sent_requests_are_cut_off_while_the_service_answers(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let server = ServerProcess::start(&[
-        ("DATABASE_URL", &app.db.url),
-        ("HTTP_HEADER_TIMEOUT_MS", "1000"),
-    ])
-    .await;
+    let (_app, server) = serving(backend, &[("HTTP_HEADER_TIMEOUT_MS", "1000")]).await;
     let mut half_sent = Vec::new();
     for i in 0..300 {
         let mut stream = TcpStream::connect(server.addr).await.unwrap();
@@ -219,12 +224,7 @@ store_test!(half_sent_requests_are_cut_off_while_the_service_answers);
 /// A client that sends its header block slowly but finishes within `HTTP_HEADER_TIMEOUT_MS`
 /// is served.
 async fn a_slow_but_steady_client_is_served(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let server = ServerProcess::start(&[
-        ("DATABASE_URL", &app.db.url),
-        ("HTTP_HEADER_TIMEOUT_MS", "4000"),
-    ])
-    .await;
+    let (_app, server) = serving(backend, &[("HTTP_HEADER_TIMEOUT_MS", "4000")]).await;
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
     for piece in [
         "GET /healthz HTTP/1.1\r\n",
@@ -302,13 +302,14 @@ async fn h2_get(addr: SocketAddr, path: &str) -> H2Exchange {
 /// are each closed soon after their last request, though the header timeout is far longer; the
 /// HTTP/2 connection advertises `HTTP2_MAX_CONCURRENT_STREAMS`.
 async fn idle_connections_are_closed(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let server = ServerProcess::start(&[
-        ("DATABASE_URL", &app.db.url),
-        ("HTTP_IDLE_TIMEOUT_MS", "1000"),
-        ("HTTP_HEADER_TIMEOUT_MS", "30000"),
-        ("HTTP2_MAX_CONCURRENT_STREAMS", "7"),
-    ])
+    let (_app, server) = serving(
+        backend,
+        &[
+            ("HTTP_IDLE_TIMEOUT_MS", "1000"),
+            ("HTTP_HEADER_TIMEOUT_MS", "30000"),
+            ("HTTP2_MAX_CONCURRENT_STREAMS", "7"),
+        ],
+    )
     .await;
 
     let mut http1 = TcpStream::connect(server.addr).await.unwrap();
@@ -351,12 +352,7 @@ store_test!(idle_connections_are_closed);
 /// closed after the idle timeout: any route (here `/healthz`, no key needed) held a connection
 /// for good that way, so a few such clients used up `MAX_CONNECTIONS`.
 async fn a_connection_whose_client_opens_no_window_is_closed(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let server = ServerProcess::start(&[
-        ("DATABASE_URL", &app.db.url),
-        ("HTTP_IDLE_TIMEOUT_MS", "500"),
-    ])
-    .await;
+    let (_app, server) = serving(backend, &[("HTTP_IDLE_TIMEOUT_MS", "500")]).await;
     let (mut client, connection) = h2_client(server.addr, 0).await;
     let request = axum::http::Request::get(format!("http://{}/healthz", server.addr))
         .body(())
@@ -386,12 +382,7 @@ store_test!(a_connection_whose_client_opens_no_window_is_closed);
 /// the reset stream's end forgot what the document still owed, and the connection was dropped
 /// 500 ms later with its bytes still moving.
 async fn a_response_read_slowly_is_delivered_whole(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let server = ServerProcess::start(&[
-        ("DATABASE_URL", &app.db.url),
-        ("HTTP_IDLE_TIMEOUT_MS", "500"),
-    ])
-    .await;
+    let (app, server) = serving(backend, &[("HTTP_IDLE_TIMEOUT_MS", "500")]).await;
     let group = group();
     let (reader, _) = app.key_for(&[Permission::SignalsRead], &[group]).await;
     for reset_another in [false, true] {
@@ -446,12 +437,7 @@ store_test!(a_response_read_slowly_is_delivered_whole);
 /// 500-ms idle timeout all the same, and so is one whose stream it reset before reading it
 /// (what was never sent is owed no more).
 async fn pings_do_not_keep_an_idle_connection(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let server = ServerProcess::start(&[
-        ("DATABASE_URL", &app.db.url),
-        ("HTTP_IDLE_TIMEOUT_MS", "500"),
-    ])
-    .await;
+    let (_app, server) = serving(backend, &[("HTTP_IDLE_TIMEOUT_MS", "500")]).await;
     for reset in [false, true] {
         let tcp = TcpStream::connect(server.addr).await.unwrap();
         let (client, mut connection) = h2::client::Builder::new()
@@ -505,12 +491,13 @@ store_test!(pings_do_not_keep_an_idle_connection);
 /// connection quiet for 2.5 s still serves its next request (the idle timeout governs the wait),
 /// and a next request that stops halfway through its header block is cut off.
 async fn a_kept_alive_connection_gets_a_fresh_header_clock_per_request(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let server = ServerProcess::start(&[
-        ("DATABASE_URL", &app.db.url),
-        ("HTTP_HEADER_TIMEOUT_MS", "1000"),
-        ("HTTP_IDLE_TIMEOUT_MS", "60000"),
-    ])
+    let (_app, server) = serving(
+        backend,
+        &[
+            ("HTTP_HEADER_TIMEOUT_MS", "1000"),
+            ("HTTP_IDLE_TIMEOUT_MS", "60000"),
+        ],
+    )
     .await;
     let request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
@@ -543,9 +530,7 @@ store_test!(a_kept_alive_connection_gets_a_fresh_header_clock_per_request);
 /// With `MAX_CONNECTIONS=4` and four connections open, a fifth is not served (it waits in the
 /// accept backlog) until one of the four goes away; then it is.
 async fn past_max_connections_new_ones_wait_for_a_free_slot(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let server =
-        ServerProcess::start(&[("DATABASE_URL", &app.db.url), ("MAX_CONNECTIONS", "4")]).await;
+    let (_app, server) = serving(backend, &[("MAX_CONNECTIONS", "4")]).await;
     let request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
     let mut open = Vec::new();
     for _ in 0..4 {
