@@ -630,15 +630,16 @@ fn classify(error: sqlx::Error) -> StoreError {
 /// standby, or `default_transaction_read_only`) and 55P03 (a lock not had within `lock_timeout`).
 /// A session that cannot open (the login refused, no such database, one not accepting
 /// connections) is unavailable whatever its code: the pool says so (`pg_pool.rs`).
-/// SQLite's BUSY (5), LOCKED (6), FULL (13: the disk is full) and CANTOPEN (14: the file is out of
-/// reach, e.g. its volume is away), with their extended codes; and the I/O errors of the shared
+/// SQLite's BUSY (5), LOCKED (6), READONLY (8: the file lost its write permission, or its volume
+/// was remounted read-only; as PostgreSQL's 25006), FULL (13: the disk is full) and CANTOPEN (14:
+/// the file is out of reach, e.g. its volume is away), with their extended codes; and the I/O errors of the shared
 /// memory index (`-shm`) a transaction reads before it writes anything (IOERR_SHMOPEN, SHMSIZE,
 /// SHMLOCK, SHMMAP: a full disk answers SHMSIZE to the first write of a process). Other I/O
 /// errors stay 500s: one while a commit syncs may come after the commit reached the disk.
 fn is_transient_code(code: &str, sqlite: bool) -> bool {
     if sqlite {
         return code.parse::<i32>().is_ok_and(|code| {
-            matches!(code & 0xff, 5 | 6 | 13 | 14) || matches!(code, 4618 | 4874 | 5130 | 5386)
+            matches!(code & 0xff, 5 | 6 | 8 | 13 | 14) || matches!(code, 4618 | 4874 | 5130 | 5386)
         });
     }
     ["08", "53", "57"]
@@ -737,7 +738,7 @@ mod tests {
         ] {
             assert!(!is_transient_code(code, false), "{code}");
         }
-        for code in ["5", "6", "517", "261", "14", "270"] {
+        for code in ["5", "6", "517", "261", "8", "1032", "14", "270"] {
             assert!(is_transient_code(code, true), "{code}");
         }
         // The `-shm` index's I/O errors (a full disk's SHMSIZE, 4874, first); not a failed sync or

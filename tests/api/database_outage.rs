@@ -500,6 +500,63 @@ async fn a_sqlite_write_held_up_by_another_connections_lock_says_so() {
     assert_eq!(app.status_of(&scan).await, ScanStatus::Running);
 }
 
+/// SQLite: a database file that lost its write permission under the service (an operator's
+/// `chmod`, a volume remounted read-only) answers writes 502, as PostgreSQL's read-only database
+/// does, and changes nothing; once it is writable again, writes succeed without a restart (the
+/// connections opened read-only meanwhile, here the key lookup's, are each replaced at the write
+/// they refuse: 502 too). Writes answered 500, "a bug", logged at ERROR (the SQLite review,
+/// serving as another user). Here the file is made immutable, which binds root too; the served
+/// store has no connection open yet, so the ones it needs must open the file, read-only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_database_made_read_only_under_the_service_answers_writes_502() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let (group, key, scan) = app.writer_and_queued_scan().await;
+    let usage = app.served_store.pool_usage();
+    assert_eq!(usage.in_use + usage.idle, 0);
+
+    let immutable = Immutable::set(&app.db.sqlite_file());
+    let refused = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+    let status_meanwhile = app.status_of(&scan).await;
+    drop(immutable);
+    let mut after = Vec::new();
+    while after.len() < 10 && after.last() != Some(&200) {
+        let cancel = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+        after.push(cancel.status.as_u16());
+    }
+
+    refused.assert_error(502, "UPSTREAM_ERROR");
+    assert_eq!(status_meanwhile, ScanStatus::Queued);
+    let (succeeded, before) = after.split_last().unwrap();
+    assert_eq!(*succeeded, 200, "{after:?}");
+    assert!(before.iter().all(|status| *status == 502), "{after:?}");
+}
+
+/// A file made immutable (`chattr +i`, which binds root too) until dropped.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn set(file: &std::path::Path) -> Self {
+        let set = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(file)
+            .status();
+        assert!(
+            set.is_ok_and(|status| status.success()),
+            "chattr +i {file:?}: the test needs root and a file system with the immutable flag"
+        );
+        Self(file.to_owned())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
 /// SQLite's file out of reach (its folder moved away, as an unmounted volume would leave it):
 /// `/readyz` is 503 and a cancel 502; both recover when it is back, without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
