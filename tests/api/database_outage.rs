@@ -550,11 +550,13 @@ impl Immutable {
 
 impl Drop for Immutable {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("chattr")
-            .arg("-i")
-            .arg(&self.0)
-            .status();
+        undo("chattr", &["-i".as_ref(), self.0.as_os_str()]);
     }
+}
+
+/// Runs `program` with `args`, whatever comes of it: a `Drop` undoing what a test set up.
+fn undo(program: &str, args: &[&std::ffi::OsStr]) {
+    let _ = std::process::Command::new(program).args(args).status();
 }
 
 /// SQLite's file out of reach (its folder moved away, as an unmounted volume would leave it):
@@ -678,10 +680,7 @@ impl SmallDisk {
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
+        undo("umount", &["-l".as_ref(), self.0.as_os_str()]);
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
