@@ -248,12 +248,25 @@ impl SqliteStore {
                 }
             })
             .await??;
+        let migrated = self.migrate_on(&mut connection, was_there).await;
+        // Closed, not dropped: a command's process may end before a dropped connection closes,
+        // and the last connection closed writes the log back into the file and removes it.
+        let _ = connection.close().await;
+        migrated
+    }
+
+    /// [`Self::migrate`] on its connection; `was_there`: whether the file existed before it.
+    async fn migrate_on(
+        &self,
+        connection: &mut SqliteConnection,
+        was_there: bool,
+    ) -> Result<(), StoreError> {
         // Each connection sees an in-memory (or temporary) database of its own, empty: the
         // migrations went to one, the requests read another (`no such table`).
         let file: String = self
             .bounded(
                 sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
-                    .fetch_one(&mut connection),
+                    .fetch_one(&mut *connection),
             )
             .await?;
         if file.is_empty() {
@@ -274,9 +287,9 @@ impl SqliteStore {
         let migrator = super::migrations::sqlite();
         // Nothing to apply (every start but an upgrade's first): sqlx only reads, and the start
         // waits for no write lock that a long write elsewhere may hold.
-        if !self.bounded(pending(&mut connection, &migrator)).await? {
+        if !self.bounded(pending(&mut *connection, &migrator)).await? {
             return migrator
-                .run(&mut connection)
+                .run(&mut *connection)
                 .await
                 .map_err(|error| self.migration_failed(error));
         }
@@ -1122,6 +1135,33 @@ impl DatabaseFile {
              Troubleshoot)"
         )))
     }
+
+    /// Fails, as the database unavailable, when the write-ahead log or its index (`-wal`, `-shm`)
+    /// is gone from beside the file while a connection has them open (an operator deleting them
+    /// as if to restore): SQLite writes on into the deleted files, and a crash or a restart loses
+    /// every change they hold; another process, a command, would open new ones and see another
+    /// database. A graceful stop still writes the deleted log's changes into the file.
+    fn check_companions(&self) -> Result<(), StoreError> {
+        if self.opened.get().is_none() {
+            return Ok(());
+        }
+        for suffix in ["-wal", "-shm"] {
+            let mut companion = self.path.clone().into_os_string();
+            companion.push(suffix);
+            if std::fs::symlink_metadata(&companion)
+                .is_err_and(|error| error.kind() == std::io::ErrorKind::NotFound)
+            {
+                return Err(StoreError::Unavailable(format!(
+                    "{} was deleted while this process had the database open, so nothing more is \
+                     written: the changes since the last stop may be in the deleted file alone; \
+                     stop the service gracefully (SIGTERM), which writes them into the database, \
+                     then start it again (README, Troubleshoot)",
+                    std::path::Path::new(&companion).display()
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Runs `write` in one `BEGIN IMMEDIATE` transaction with `turn` held, and commits it. Waiting
@@ -1161,6 +1201,7 @@ async fn write_and_commit<T>(
     connection: &mut Option<PoolConnection<Sqlite>>,
     write: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T, sqlx::Error>,
 ) -> Result<T, StoreError> {
+    let file = &turn.file;
     // This process's writers queue for `turn`: a wait for SQLite's write lock after it is one
     // for another connection's write (another process, a command), which the timeout then names.
     let locking = AtomicBool::new(false);
@@ -1184,6 +1225,8 @@ async fn write_and_commit<T>(
         }
         other => other,
     })?;
+    // In a transaction, the connection has both files open: one missing was deleted.
+    file.check_companions()?;
     tx.commit().await.map_err(classify)?;
     *turn = AuditIds::PastThisProcessStart;
     Ok(written)

@@ -13,7 +13,7 @@ use signal_scans::domain::scan::ScanStatus;
 use signal_scans::store::Store;
 
 use crate::helpers::locks::{WriteLock, until_waiting};
-use crate::helpers::{ApiResponse, Backend, Settings, TestApp, group, scans_path};
+use crate::helpers::{ApiResponse, Backend, RUNNER, Settings, TestApp, group, scans_path};
 use crate::store_test;
 
 const DB_TIMEOUT: Duration = Duration::from_millis(400);
@@ -529,6 +529,39 @@ async fn a_sqlite_database_made_read_only_under_the_service_answers_writes_502()
     let (succeeded, before) = after.split_last().unwrap();
     assert_eq!(*succeeded, 200, "{after:?}");
     assert!(before.iter().all(|status| *status == 502), "{after:?}");
+}
+
+/// SQLite: the write-ahead log or its index (`-wal`, `-shm`) deleted under the service, as an
+/// operator restoring a backup might: writes answer 502 and change nothing, their log line saying
+/// what to do. SQLite wrote on into the deleted files and every write answered 200 (the SQLite
+/// review): a crash or a restart then lost them all, and a command saw another database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_write_ahead_log_deleted_under_the_service_stops_the_writes() {
+    for suffix in ["-wal", "-shm"] {
+        let app = TestApp::spawn(Backend::Sqlite).await;
+        let (group, key, scan) = app.writer_and_queued_scan().await;
+        let other = app.scan(&group, ScanStatus::Queued).await;
+        app.cancel_ok(&key, &group, &other).await;
+        let mut companion = app.db.sqlite_file().into_os_string();
+        companion.push(suffix);
+
+        std::fs::remove_file(&companion).unwrap();
+        let refused = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+        let error = app
+            .served_store
+            .transition(Some(&group), &scan, ScanStatus::Cancelled, RUNNER)
+            .await
+            .expect_err("no write")
+            .to_string();
+
+        refused.assert_error(502, "UPSTREAM_ERROR");
+        assert!(
+            error.contains("was deleted while this process had the database open")
+                && error.contains("SIGTERM"),
+            "{suffix}: {error}"
+        );
+        assert_eq!(app.status_of(&scan).await, ScanStatus::Queued, "{suffix}");
+    }
 }
 
 /// A file made immutable (`chattr +i`, which binds root too) until dropped.
