@@ -1184,7 +1184,10 @@ async fn in_write_turn<T>(
     turn.file.check()?;
     let mut connection = None;
     let written = write_and_commit(pool, turn, timeout, &mut connection, write).await;
+    // Kept when its log is gone: a connection opened in its place would make a new, empty log
+    // beside the old index and fail on it (`disk I/O error`), not be refused as this one is.
     if written.is_err()
+        && turn.file.check_companions().is_ok()
         && let Some(connection) = connection.as_mut()
     {
         connection.close_on_drop();
@@ -1205,7 +1208,7 @@ async fn write_and_commit<T>(
     // This process's writers queue for `turn`: a wait for SQLite's write lock after it is one
     // for another connection's write (another process, a command), which the timeout then names.
     let locking = AtomicBool::new(false);
-    let (mut turn, tx, written) = bounded(timeout, async {
+    let done = bounded(timeout, async {
         let turn = turn.lock.lock().await;
         let acquired = connection.insert(pool.acquire().await?);
         locking.store(true, Ordering::Relaxed);
@@ -1224,9 +1227,15 @@ async fn write_and_commit<T>(
             StoreError::Unavailable(format!("{timed_out}: {WRITE_LOCK_HELD}"))
         }
         other => other,
-    })?;
-    // In a transaction, the connection has both files open: one missing was deleted.
-    file.check_companions()?;
+    });
+    // In a transaction the connection has both files open: one missing was deleted. A connection
+    // opened since cannot even read the database without them (`disk I/O error`), which is then
+    // that too. (Not after a timeout: a pool that had closed its last connection, and with it the
+    // log, may not have opened one.)
+    if !matches!(done, Err(StoreError::Unavailable(_))) {
+        file.check_companions()?;
+    }
+    let (mut turn, tx, written) = done?;
     tx.commit().await.map_err(classify)?;
     *turn = AuditIds::PastThisProcessStart;
     Ok(written)
