@@ -341,16 +341,18 @@ impl Activity {
         if written <= CONTROL_FRAMES {
             return;
         }
-        let written = written as u64;
-        let before = self
-            .owed
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |owed| {
-                Some(owed.saturating_sub(written))
-            })
-            .unwrap_or_default();
-        if before > 0 {
+        if self.owe_less(written as u64) > 0 {
             self.wrote_at.store(self.now(), Ordering::Relaxed);
         }
+    }
+
+    /// Takes `bytes` off what responses owe (never below 0); what they owed before.
+    fn owe_less(&self, bytes: u64) -> u64 {
+        self.owed
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |owed| {
+                Some(owed.saturating_sub(bytes))
+            })
+            .unwrap_or_default()
     }
 
     fn last_write(&self) -> Instant {
@@ -515,12 +517,7 @@ impl Drop for CountedBody {
             // is not known, so all it handed over is taken off: the others' bytes may then be
             // counted short, never long. (Forgetting every response's bytes let one reset stream
             // close a connection still sending another's.)
-            let handed = self.handed_over;
-            let _ = self.in_progress.0.owed.fetch_update(
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-                |owed| Some(owed.saturating_sub(handed)),
-            );
+            self.in_progress.0.owe_less(self.handed_over);
         }
     }
 }
