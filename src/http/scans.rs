@@ -68,8 +68,8 @@ const MAX_BATCH_CANCEL: usize = 100;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(crate) struct CancelScansRequest {
-    /// The scans to cancel: 1 to 100 distinct ids, 24 hexadecimal characters each.
-    /// Read as any JSON, so that a value of the wrong type is a 400 naming its place.
+    /// The scans to cancel: 1 to 100 distinct ids, 24 hexadecimal characters each; ids are
+    /// compared in either case. Read as any JSON, so that a value of the wrong type is a 400 naming its place.
     #[schema(schema_with = scan_id_list, required = true)]
     scan_ids: Option<serde_json::Value>,
 }
@@ -83,7 +83,9 @@ fn scan_id_list() -> utoipa::openapi::schema::Array {
         .max_items(Some(MAX_BATCH_CANCEL))
         .unique_items(true)
         .description(Some(
-            "The scans to cancel: 1 to 100 distinct ids, 24 hexadecimal characters each.",
+            "The scans to cancel: 1 to 100 distinct ids, 24 hexadecimal characters each. Ids are \
+             compared in either case: one id twice in different cases is a repeat (400), which \
+             `uniqueItems` alone does not say.",
         ))
         .build()
 }

@@ -22,9 +22,6 @@ impl KeyAdmin {
     /// stored: this answer is the one place the secret can be read.
     pub async fn create(&self, spec: &KeySpec) -> Result<(ApiKey, NewApiKey), ServiceError> {
         let new_key = NewApiKey::generate();
-        // By the clock that stamps the key's creation (the database's, on PostgreSQL): from a
-        // machine whose clock is off, the expiry would not follow the creation by what was asked.
-        let now = self.store.clock().await?;
         let key = self
             .store
             .create_key(&KeyToCreate {
@@ -32,7 +29,7 @@ impl KeyAdmin {
                 hash: new_key.hash,
                 permissions: spec.permissions().to_vec(),
                 access: spec.access().clone(),
-                expires_at: spec.expires_at(now),
+                expires_in: spec.expires_in(),
             })
             .await?;
         Ok((key, new_key))

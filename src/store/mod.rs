@@ -185,7 +185,9 @@ pub struct KeyToCreate {
     pub hash: KeyHash,
     pub permissions: Vec<Permission>,
     pub access: AccountGroupAccess,
-    pub expires_at: Option<OffsetDateTime>,
+    /// How long after its creation the key expires (`None`: never); the store stamps both from
+    /// one reading of its clock.
+    pub expires_in: Option<time::Duration>,
 }
 
 /// A key as stored, and the store's clock when it was read: the clock that stamps keys' creation

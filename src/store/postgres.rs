@@ -310,8 +310,10 @@ impl PgStore {
         let row: KeyRow = self
             .writing(async |connection| {
                 sqlx::query_as(concat!(
+                    // `created_at` defaults to the same `now()`: the expiry follows the creation
+                    // by exactly what was asked, by the database's clock.
                     "INSERT INTO api_keys (id, name, key_hash, permissions, account_group_ids, expires_at)
-                     VALUES ($1, $2, $3, $4, $5, $6)
+                     VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))
                      RETURNING ",
                     key_columns!()
                 ))
@@ -320,7 +322,7 @@ impl PgStore {
                 .bind(&key.hash.0[..])
                 .bind(permissions)
                 .bind(groups)
-                .bind(key.expires_at)
+                .bind(key.expires_in.map(time::Duration::as_seconds_f64))
                 .fetch_one(connection)
                     .await
             })

@@ -434,6 +434,8 @@ impl SqliteStore {
         let groups = groups.map(|groups| json(&groups)).transpose()?;
         let row: KeyRow = self
             .as_writer(async |connection| {
+                // One reading stamps both: the expiry follows the creation by exactly what was asked.
+                let created = now();
                 sqlx::query_as(
                     "INSERT INTO api_keys
                          (id, name, key_hash, permissions, account_group_ids, created_at, expires_at)
@@ -445,8 +447,8 @@ impl SqliteStore {
                 .bind(&key.hash.0[..])
                 .bind(permissions)
                 .bind(groups)
-                .bind(rfc3339::text(now()))
-                .bind(key.expires_at.map(rfc3339::text))
+                .bind(rfc3339::text(created))
+                .bind(key.expires_in.map(|lifetime| rfc3339::text(created + lifetime)))
                 .fetch_one(connection)
                 .await
             })

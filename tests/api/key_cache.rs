@@ -112,14 +112,17 @@ async fn a_key_that_expires_while_cached_is_refused_from_its_expiry(backend: Bac
         .await;
     let group = group();
     let lifetime = time::Duration::milliseconds(1500);
-    let expires_at = time::OffsetDateTime::now_utc() + lifetime;
-    let (key, _) = app
+    let (key, id) = app
         .key_with(
             &[Permission::SignalsWrite],
             signal_scans::domain::keys::AccountGroupAccess::Only(vec![group]),
-            Some(expires_at),
+            Some(time::OffsetDateTime::now_utc() + lifetime),
         )
         .await;
+    // As stamped by the store, from its clock's reading at the creation.
+    let keys = app.store.list_keys().await.unwrap();
+    let stored = keys.iter().find(|stored| stored.id == id).unwrap();
+    let expires_at = stored.expires_at.unwrap();
     let (first, second) = (
         app.scan(&group, ScanStatus::Queued).await,
         app.scan(&group, ScanStatus::Queued).await,

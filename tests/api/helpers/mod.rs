@@ -529,7 +529,9 @@ impl TestApp {
                 hash: new_key.hash,
                 permissions: permissions.to_vec(),
                 access,
-                expires_at,
+                // The store stamps creation and expiry from one clock reading: the lifetime that
+                // ends at `expires_at` by this process's clock.
+                expires_in: expires_at.map(|at| at - OffsetDateTime::now_utc()),
             })
             .await
             .expect("create key");
@@ -712,7 +714,7 @@ pub async fn key_in(store: &Store, permission: Permission, groups: &[AccountGrou
             hash: new_key.hash,
             permissions: vec![permission],
             access: AccountGroupAccess::Only(groups.to_vec()),
-            expires_at: None,
+            expires_in: None,
         })
         .await
         .expect("create key");

@@ -13,7 +13,9 @@ class CancelScansRequest:
     """The body of a batch cancel.
 
     Attributes:
-        scan_ids (list[str]): The scans to cancel: 1 to 100 distinct ids, 24 hexadecimal characters each.
+        scan_ids (list[str]): The scans to cancel: 1 to 100 distinct ids, 24 hexadecimal characters each. Ids are
+            compared in either case: one id twice in different cases is a repeat (400), which `uniqueItems` alone does not
+            say.
     """
 
     scan_ids: list[str]
