@@ -46,6 +46,15 @@ impl<S: Send + Sync> FromRequest<S> for ApiBody {
 /// whatever the body held.
 const MAX_ECHO_CHARS: usize = 120;
 
+/// `text`, or its first `MAX_ECHO_CHARS` characters ending in `…` when it is longer: a reader
+/// sees it was cut, not a field name that ends mid-word.
+fn bounded_echo(text: &str) -> String {
+    match text.char_indices().nth(MAX_ECHO_CHARS) {
+        None => text.to_owned(),
+        Some(_) => text.chars().take(MAX_ECHO_CHARS - 1).chain(['…']).collect(),
+    }
+}
+
 impl ApiBody {
     /// The body without the whitespace JSON allows around a value (space, tab, line feed,
     /// carriage return; not a form feed, which `trim_ascii` would also take).
@@ -77,7 +86,7 @@ impl ApiBody {
             return Err(ApiError::Validation(expected.into()));
         }
         serde_json::from_slice(body).map_err(|error| {
-            let said: String = error.to_string().chars().take(MAX_ECHO_CHARS).collect();
+            let said = bounded_echo(&error.to_string());
             ApiError::Validation(match error.classify() {
                 // The object's fields: unknown, repeated, or of the wrong type.
                 serde_json::error::Category::Data => format!("request body: {said}"),
@@ -240,5 +249,8 @@ mod tests {
             said.chars().count(),
             "request body: ".len() + MAX_ECHO_CHARS
         );
+        assert!(said.ends_with('…'), "a cut is shown: {said}");
+        let short = r#"{"y": 1}"#;
+        assert!(!refusal(body(short).optional_fields()).contains('…'));
     }
 }
