@@ -126,13 +126,23 @@ pub struct PoolUsage {
 }
 
 impl PoolUsage {
-    fn of(pool: &sqlx::SqlitePool) -> Self {
-        let idle = u32::try_from(pool.num_idle()).unwrap_or(u32::MAX);
-        Self {
-            in_use: pool.size().saturating_sub(idle),
-            idle,
-            max: pool.options().get_max_connections(),
-        }
+    /// The connections of `pools` together.
+    fn of(pools: &[&sqlx::SqlitePool]) -> Self {
+        pools.iter().fold(
+            Self {
+                in_use: 0,
+                idle: 0,
+                max: 0,
+            },
+            |usage, pool| {
+                let idle = u32::try_from(pool.num_idle()).unwrap_or(u32::MAX);
+                Self {
+                    in_use: usage.in_use + pool.size().saturating_sub(idle),
+                    idle: usage.idle + idle,
+                    max: usage.max + pool.options().get_max_connections(),
+                }
+            },
+        )
     }
 }
 
@@ -275,7 +285,7 @@ impl Store {
     pub fn pool_usage(&self) -> PoolUsage {
         match self {
             Store::Postgres(store) => store.pool_usage(),
-            Store::Sqlite(store) => PoolUsage::of(store.pool()),
+            Store::Sqlite(store) => PoolUsage::of(&store.pools()),
         }
     }
 
@@ -633,7 +643,8 @@ fn classify(error: sqlx::Error) -> StoreError {
 /// A session that cannot open (the login refused, no such database, one not accepting
 /// connections) is unavailable whatever its code: the pool says so (`pg_pool.rs`).
 /// SQLite's BUSY (5), LOCKED (6), READONLY (8: the file lost its write permission, or its volume
-/// was remounted read-only; as PostgreSQL's 25006), FULL (13: the disk is full) and CANTOPEN (14:
+/// was remounted read-only; as PostgreSQL's 25006), INTERRUPT (9: a read stopped at its deadline,
+/// as PostgreSQL's statement timeout), FULL (13: the disk is full) and CANTOPEN (14:
 /// the file is out of reach, e.g. its volume is away), with their extended codes; and the I/O errors of the shared
 /// memory index (`-shm`) a transaction reads before it writes anything (IOERR_SHMOPEN, SHMSIZE,
 /// SHMLOCK, SHMMAP: a full disk answers SHMSIZE to the first write of a process). Other I/O
@@ -641,7 +652,8 @@ fn classify(error: sqlx::Error) -> StoreError {
 fn is_transient_code(code: &str, sqlite: bool) -> bool {
     if sqlite {
         return code.parse::<i32>().is_ok_and(|code| {
-            matches!(code & 0xff, 5 | 6 | 8 | 13 | 14) || matches!(code, 4618 | 4874 | 5130 | 5386)
+            matches!(code & 0xff, 5 | 6 | 8 | 9 | 13 | 14)
+                || matches!(code, 4618 | 4874 | 5130 | 5386)
         });
     }
     ["08", "53", "57"]

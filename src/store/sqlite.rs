@@ -115,7 +115,10 @@ const CHANGE_BUFFER: usize = 1024;
 
 #[derive(Clone)]
 pub struct SqliteStore {
+    /// The reads' connections: `DB_MAX_CONNECTIONS` less the writes' one.
     pool: SqlitePool,
+    /// The writes' connection, taken with the write turn.
+    writes: SqlitePool,
     /// Migrations run on a connection of their own, so the pool stays as lazy as it was made.
     migrate_options: Arc<SqliteConnectOptions>,
     timeout: Duration,
@@ -168,19 +171,22 @@ impl SqliteStore {
         // The connection of the migrations (and of the writability check), without sqlx's
         // slow-statement warning: see `announced`.
         let migrate_options = Arc::new(connect.clone().disable_statement_logging());
-        let pool = SqlitePoolOptions::new()
-            .max_connections(options.max_connections)
-            .acquire_timeout(options.timeout)
-            // No ping before each use: a connection here is a file this process holds open, with
-            // no server that could have hung up, and a ping is one more trip to the connection's
-            // thread. On the write path it was one trip in five of every batch, and its wake-ups
-            // cost (c) a third of its throughput (BENCHMARKS.md).
-            .test_before_acquire(false)
-            // Only the start creates the file (it migrates it): a connection opened later to a
-            // file deleted under the running service would make an empty database beside it.
-            .connect_lazy_with(connect.clone().create_if_missing(false));
+        // Only the start creates the file (it migrates it): a connection opened later to a file
+        // deleted under the running service would make an empty database beside it.
+        let file = connect.clone().create_if_missing(false);
+        let timeout = options.timeout;
+        // The writes have a connection of their own (one writes at a time: the write turn), so
+        // reads, however many and slow, never take the connection a write waits for.
+        let pool = pool_options(options.max_connections.saturating_sub(1).max(1), timeout)
+            .after_connect(move |connection, _| Box::pin(end_reads_at(connection, timeout)))
+            .before_acquire(move |connection, _| {
+                Box::pin(async move { end_reads_at(connection, timeout).await.map(|()| true) })
+            })
+            .connect_lazy_with(file.clone());
+        let writes = pool_options(1, timeout).connect_lazy_with(file);
         Ok(Self {
             pool,
+            writes,
             migrate_options,
             timeout: options.timeout,
             changes: tokio::sync::broadcast::channel(CHANGE_BUFFER).0,
@@ -200,7 +206,7 @@ impl SqliteStore {
         write: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T, sqlx::Error>,
     ) -> Result<T, StoreError> {
         let _wanting = Wanting::count(&self.wanting);
-        in_write_turn(&self.pool, &self.writer, self.timeout, write).await
+        in_write_turn(&self.writes, &self.writer, self.timeout, write).await
     }
 
     /// Writers holding or queued for this process's write turn, status changes waiting for
@@ -216,8 +222,9 @@ impl SqliteStore {
         bounded(self.timeout, query).await
     }
 
-    pub(super) fn pool(&self) -> &sqlx::Pool<sqlx::Sqlite> {
-        &self.pool
+    /// The reads' pool and the writes'.
+    pub(super) fn pools(&self) -> [&SqlitePool; 2] {
+        [&self.pool, &self.writes]
     }
 
     /// Runs the migrations not yet applied, all in one transaction that holds the database's
@@ -741,10 +748,8 @@ impl SqliteStore {
     }
 
     pub async fn close(&self, limit: Duration) {
-        if tokio::time::timeout(limit, self.pool.close())
-            .await
-            .is_err()
-        {
+        let closed = async { tokio::join!(self.pool.close(), self.writes.close()) };
+        if tokio::time::timeout(limit, closed).await.is_err() {
             tracing::warn!(
                 limit_ms = limit.as_millis(),
                 "a connection to the database was still in use at the stop: its write-ahead log \
@@ -850,7 +855,7 @@ impl SqliteStore {
     ) -> Result<Vec<Transition>, StoreError> {
         let writer = self.pipeline.get_or_init(|| {
             let writer = BatchWrites {
-                pool: self.pool.clone(),
+                pool: self.writes.clone(),
                 turn: Arc::clone(&self.writer),
                 timeout: self.timeout,
                 changes: self.changes.clone(),
@@ -1261,6 +1266,41 @@ async fn pending(
             .fetch_all(&mut *connection)
             .await?;
     Ok(super::migrations::pending(migrator, &applied))
+}
+
+/// A pool of at most `connections` to the file, each waited for at most `timeout`.
+fn pool_options(connections: u32, timeout: Duration) -> SqlitePoolOptions {
+    SqlitePoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(timeout)
+        // No ping before each use: a connection here is a file this process holds open, with no
+        // server that could have hung up, and a ping is one more trip to the connection's thread.
+        // On the write path it was one trip in five of every batch, and its wake-ups cost (c) a
+        // third of its throughput (BENCHMARKS.md).
+        .test_before_acquire(false)
+}
+
+/// How many of SQLite's virtual-machine steps a read runs between looks at its deadline: a
+/// look is a clock reading, a few nanoseconds against a few microseconds of steps.
+const STEPS_BETWEEN_LOOKS: i32 = 1000;
+
+/// Makes SQLite itself stop (`SQLITE_INTERRUPT`) whatever statement `connection` runs once
+/// `timeout` has passed from now, the moment a read takes it from the pool. The request was
+/// answered 502 at that deadline already (the read is bounded by it from before it waited for
+/// the connection); without this its statement ran on to its end, a long page for seconds,
+/// holding its connection and a core while the client retried into the next one.
+async fn end_reads_at(
+    connection: &mut SqliteConnection,
+    timeout: Duration,
+) -> Result<(), sqlx::Error> {
+    let deadline = std::time::Instant::now() + timeout;
+    connection
+        .lock_handle()
+        .await?
+        .set_progress_handler(STEPS_BETWEEN_LOOKS, move || {
+            std::time::Instant::now() < deadline
+        });
+    Ok(())
 }
 
 /// What a wait for SQLite's write lock is told as: another connection has it.

@@ -544,6 +544,9 @@ async fn a_sqlite_write_ahead_log_deleted_under_the_service_stops_the_writes() {
         app.cancel_ok(&key, &group, &other).await;
         let mut companion = app.db.sqlite_file().into_os_string();
         companion.push(suffix);
+        // The read below on a connection opened before the deletion: one opened after it cannot
+        // read the database (`disk I/O error`).
+        assert_eq!(app.status_of(&scan).await, ScanStatus::Queued);
 
         std::fs::remove_file(&companion).unwrap();
         let refused = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;

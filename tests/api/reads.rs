@@ -529,3 +529,59 @@ async fn sqlite_page_plan(url: &str, status: bool, after: bool) -> String {
         .collect::<Vec<_>>()
         .join("; ")
 }
+
+/// `scans` cancelled scans of `group` written straight into a SQLite database: a long history
+/// that a page filtered by another status reads through to its end.
+async fn write_cancelled_scans(url: &str, group: &AccountGroupId, scans: u32) {
+    let mut db = SqliteConnection::connect(url).await.unwrap();
+    let at = "strftime('%Y-%m-%dT%H:%M:%f000Z', 'now')";
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "WITH RECURSIVE n(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM n WHERE g < ?2)
+         INSERT INTO signal_scans
+             (id, account_group_id, status, created_at, updated_at, cancelled_at)
+         SELECT lower(hex(randomblob(12))), ?1, 'cancelled', {at}, {at}, {at} FROM n"
+    )))
+    .bind(group.as_str())
+    .bind(scans)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE").execute(&mut db).await.unwrap();
+}
+
+/// A read cut off at `DB_TIMEOUT_MS` ends in the database too, and never holds up a write: pages
+/// that outran it (a status filter reading a long history through, as runners.md's restart does)
+/// each answered 502, and the requests after them, another tenant's cancel and read, answer 200.
+/// The cut-off statements ran on in SQLite for seconds, each holding a connection and a core, and
+/// the writes shared their pool: the other tenant's cancel and read answered 502 (the read-side
+/// review). SQLite's alone: PostgreSQL ends a statement at the same deadline itself
+/// (`statement_timeout`), and its reads wait for no write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_read_past_its_deadline_ends_there_and_holds_up_no_write() {
+    const SLOW_READS: usize = 6;
+    let app = Settings::default()
+        .with_db_timeout(std::time::Duration::from_millis(300))
+        .with_db_max_connections(3)
+        .with_rate_limit(1000, 1000)
+        .spawn(Backend::Sqlite)
+        .await;
+    let (long, other) = (group(), group());
+    let (reader, _) = app.key_for(&[Permission::SignalsRead], &[long]).await;
+    let writer = app.writer(&other).await;
+    let scan = app.scan(&other, ScanStatus::Queued).await;
+    write_cancelled_scans(&app.db.url, &long, 400_000).await;
+    let queued = format!("/v1/accounts/{long}/signals/scans?status=queued");
+
+    let slow = futures::future::join_all((0..SLOW_READS).map(|_| app.get(&reader, &queued))).await;
+    for answer in &slow {
+        answer.assert_error(502, "UPSTREAM_ERROR");
+    }
+    let cancelled = app
+        .cancel(Some(&writer), other.as_str(), scan.as_str())
+        .await;
+    let read = app
+        .get(&writer, &scan_path(other.as_str(), scan.as_str()))
+        .await;
+    assert_eq!(cancelled.status, 200, "{cancelled:?}");
+    assert_eq!(read.status, 200, "{read:?}");
+}
