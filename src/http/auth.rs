@@ -150,7 +150,8 @@ async fn settle(
                 .await;
             if let (false, Some(retry_after_secs)) = (failure.refused, failure.blocked_for) {
                 // The failure that spent the last allowance: its requests are refused before
-                // authentication from now on, unlogged, until the address may fail again. (A
+                // authentication from now on, until the address may fail again, their closing
+                // lines at `debug` (`http::Quiet`). (A
                 // refused one, in flight when the block began, is not logged again.)
                 tracing::warn!(
                     client.address = %client,

@@ -352,8 +352,17 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        if let ApiError::ClientLeft = self {
-            response.extensions_mut().insert(ClientLeft);
+        match self {
+            ApiError::ClientLeft => {
+                response.extensions_mut().insert(ClientLeft);
+            }
+            ApiError::RateLimited {
+                limit: Limit::AuthFailures,
+                ..
+            } => {
+                response.extensions_mut().insert(super::Quiet);
+            }
+            _ => {}
         }
         if let Some(cause) = self.hidden_cause() {
             response.extensions_mut().insert(cause);

@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::{Extension, Json};
 
-use super::Probe;
+use super::Quiet;
 use super::envelope::Envelope;
 use super::error::ApiError;
 use super::openapi::responses as doc;
@@ -22,8 +22,8 @@ use crate::store::Store;
         (status = 200, description = "The process is serving", body = doc::HealthResponse),
     )
 )]
-pub(crate) async fn healthz() -> (Extension<Probe>, Json<Envelope<Health>>) {
-    (Extension(Probe), Json(Envelope::success(Health::OK)))
+pub(crate) async fn healthz() -> (Extension<Quiet>, Json<Envelope<Health>>) {
+    (Extension(Quiet), Json(Envelope::success(Health::OK)))
 }
 
 /// `GET /readyz`: the database answers within its timeout; otherwise 503 NOT_READY, so a load
@@ -43,10 +43,10 @@ pub(crate) async fn healthz() -> (Extension<Probe>, Json<Envelope<Health>>) {
 )]
 pub(crate) async fn readyz(
     State(store): State<Store>,
-) -> Result<(Extension<Probe>, Json<Envelope<Health>>), ApiError> {
+) -> Result<(Extension<Quiet>, Json<Envelope<Health>>), ApiError> {
     store
         .ping()
         .await
         .map_err(|error| ApiError::NotReady(error.to_string()))?;
-    Ok((Extension(Probe), Json(Envelope::success(Health::READY))))
+    Ok((Extension(Quiet), Json(Envelope::success(Health::READY))))
 }

@@ -325,6 +325,6 @@ pub(crate) async fn render(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
-    response.extensions_mut().insert(super::Probe);
+    response.extensions_mut().insert(super::Quiet);
     response
 }

@@ -177,12 +177,13 @@ fn request_span(request: &Request) -> tracing::Span {
     )
 }
 
-/// Marks the answer of a probe that succeeded (`/healthz`, `/readyz` and `/metrics` answering 200):
-/// its closing line is at `debug`. An orchestrator's health check every 10 s and a scrape every
-/// 15 s would otherwise be most of a quiet service's log; a probe that fails is logged as any
-/// request is.
+/// Marks an answer whose closing line is at `debug`: a probe that succeeded (`/healthz`, `/readyz`
+/// and `/metrics` answering 200), since an orchestrator's health check every 10 s and a scrape
+/// every 15 s would otherwise be most of a quiet service's log (a probe that fails is logged as
+/// any request is); and a 429 of an address blocked for failed authentications, whose block is
+/// logged once as it begins (a client with a wrong key in a loop wrote about 9 MB a second).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Probe;
+pub(crate) struct Quiet;
 
 /// The closing line of a request: its status and its latency in milliseconds, a number (tower-http's
 /// own line gives the latency as text with its unit, which a log query cannot sum or compare).
@@ -197,8 +198,8 @@ fn log_response<B>(response: &axum::http::Response<B>, latency: Duration, _span:
         return;
     }
     let status = response.status().as_u16();
-    match response.extensions().get::<Probe>() {
-        Some(Probe) => tracing::debug!(status, latency_ms, "finished processing request"),
+    match response.extensions().get::<Quiet>() {
+        Some(Quiet) => tracing::debug!(status, latency_ms, "finished processing request"),
         None => tracing::info!(status, latency_ms, "finished processing request"),
     }
 }

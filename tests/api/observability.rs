@@ -763,6 +763,18 @@ async fn failed_authentications_are_logged_with_their_reason_and_a_block_once(ba
     assert_eq!(blocked.len(), 1, "{events:#?}");
     assert_eq!(blocked[0]["level"], "WARN");
     assert_eq!(blocked[0]["client.address"], "127.0.0.1");
+    // Past the block, an address's requests write nothing at `info`: one client with a wrong key
+    // in a loop wrote a closing line for each of its 429s, about 9 MB of log a second (the
+    // resource review).
+    let closed = |status: u16| {
+        events
+            .iter()
+            .filter(|event| {
+                event["message"] == "finished processing request" && event["status"] == status
+            })
+            .count()
+    };
+    assert_eq!((closed(401), closed(429)), (2, 0), "{events:#?}");
 }
 store_test!(failed_authentications_are_logged_with_their_reason_and_a_block_once);
 
