@@ -144,8 +144,8 @@ pub struct DatabaseArgs {
     pub db_timeout_ms: u64,
 
     /// Most connections this process's pool opens to the database (on SQLite one of them is the
-    /// writes' own and the reads share the rest, at least one; on PostgreSQL the change
-    /// notifications' publisher and listener add one each).
+    /// writes' own and the reads share the rest, at least one, so 1 opens two; on PostgreSQL the
+    /// change notifications' publisher and listener add one each).
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_max_connections: u32,

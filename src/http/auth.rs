@@ -151,8 +151,8 @@ async fn settle(
             if let (false, Some(retry_after_secs)) = (failure.refused, failure.blocked_for) {
                 // The failure that spent the last allowance: its requests are refused before
                 // authentication from now on, until the address may fail again, their closing
-                // lines at `debug` (`http::Quiet`). (A
-                // refused one, in flight when the block began, is not logged again.)
+                // lines at `debug` (`http::Quiet`). (A refused one, in flight when the block
+                // began, is not logged again.)
                 tracing::warn!(
                     client.address = %client,
                     retry_after_s = retry_after_secs,

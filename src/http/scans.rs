@@ -69,7 +69,8 @@ const MAX_BATCH_CANCEL: usize = 100;
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(crate) struct CancelScansRequest {
     /// The scans to cancel: 1 to 100 distinct ids, 24 hexadecimal characters each; ids are
-    /// compared in either case. Read as any JSON, so that a value of the wrong type is a 400 naming its place.
+    /// compared in either case. Read as any JSON, so that a value of the wrong type is a 400
+    /// naming its place.
     #[schema(schema_with = scan_id_list, required = true)]
     scan_ids: Option<serde_json::Value>,
 }

@@ -215,11 +215,16 @@ impl SqliteStore {
         self.wanting.load(std::sync::atomic::Ordering::SeqCst) + self.changes_waiting()
     }
 
+    /// `query` bounded by the store's timeout, counted from now; a read's statement is stopped
+    /// inside SQLite at the same deadline ([`end_reads_at`]), however long it waited for its
+    /// connection.
     async fn bounded<T>(
         &self,
         query: impl Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T, StoreError> {
-        bounded(self.timeout, query).await
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let bounded = super::bounded_until(deadline, self.timeout, query);
+        READ_DEADLINE.scope(deadline.into_std(), bounded).await
     }
 
     /// The reads' pool and the writes'.
@@ -1284,16 +1289,24 @@ fn pool_options(connections: u32, timeout: Duration) -> SqlitePoolOptions {
 /// look is a clock reading, a few nanoseconds against a few microseconds of steps.
 const STEPS_BETWEEN_LOOKS: i32 = 1000;
 
-/// Makes SQLite itself stop (`SQLITE_INTERRUPT`) whatever statement `connection` runs once
-/// `timeout` has passed from now, the moment a read takes it from the pool. The request was
-/// answered 502 at that deadline already (the read is bounded by it from before it waited for
-/// the connection); without this its statement ran on to its end, a long page for seconds,
-/// holding its connection and a core while the client retried into the next one.
+tokio::task_local! {
+    /// The deadline of the read this task is making ([`SqliteStore::bounded`]), which the pool's
+    /// hooks run in: the instant [`end_reads_at`] stops its statement at.
+    static READ_DEADLINE: std::time::Instant;
+}
+
+/// Makes SQLite itself stop (`SQLITE_INTERRUPT`) whatever statement `connection` runs once the
+/// read taking it from the pool is past its deadline (`timeout` from now for one with none),
+/// when its request has been answered 502 already. Without this the statement ran on to its end,
+/// a long page for seconds, holding its connection and a core while the client retried into the
+/// next one.
 async fn end_reads_at(
     connection: &mut SqliteConnection,
     timeout: Duration,
 ) -> Result<(), sqlx::Error> {
-    let deadline = std::time::Instant::now() + timeout;
+    let deadline = READ_DEADLINE
+        .try_with(|deadline| *deadline)
+        .unwrap_or_else(|_| std::time::Instant::now() + timeout);
     connection
         .lock_handle()
         .await?

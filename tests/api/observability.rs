@@ -732,10 +732,14 @@ async fn failed_authentications_are_logged_with_their_reason_and_a_block_once(ba
             .as_u16(),
     ];
     assert_eq!(statuses, [401, 401, 429, 429]);
+    // A request logged at `info` after them: once its closing line is read, so is every line
+    // before it.
+    let after = client.get(server.url("/after")).send().await.unwrap();
+    assert_eq!(after.status(), 404);
     server
         .until_events(|events| {
             events.iter().any(|event| {
-                event["message"] == "address blocked after repeated authentication failures"
+                event["message"] == "finished processing request" && event["status"] == 404
             })
         })
         .await;
