@@ -118,7 +118,7 @@ fn parse_hint(payload: &str) -> Hint {
 pub(crate) const CHANGES_CHANNEL: &str = "signal_scan_events";
 
 /// How the connection pool is used right now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolUsage {
     pub in_use: u32,
     pub idle: u32,
@@ -128,21 +128,14 @@ pub struct PoolUsage {
 impl PoolUsage {
     /// The connections of `pools` together.
     fn of(pools: &[&sqlx::SqlitePool]) -> Self {
-        pools.iter().fold(
+        pools.iter().fold(Self::default(), |usage, pool| {
+            let idle = u32::try_from(pool.num_idle()).unwrap_or(u32::MAX);
             Self {
-                in_use: 0,
-                idle: 0,
-                max: 0,
-            },
-            |usage, pool| {
-                let idle = u32::try_from(pool.num_idle()).unwrap_or(u32::MAX);
-                Self {
-                    in_use: usage.in_use + pool.size().saturating_sub(idle),
-                    idle: usage.idle + idle,
-                    max: usage.max + pool.options().get_max_connections(),
-                }
-            },
-        )
+                in_use: usage.in_use + pool.size().saturating_sub(idle),
+                idle: usage.idle + idle,
+                max: usage.max + pool.options().get_max_connections(),
+            }
+        })
     }
 }
 

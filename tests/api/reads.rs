@@ -8,6 +8,7 @@ use signal_scans::store::statements::{postgres_scan_page, sqlite_scan_page};
 use sqlx::{Connection, PgConnection, SqliteConnection};
 use time::format_description::well_known::Rfc3339;
 
+use crate::helpers::history::write_cancelled_scans;
 use crate::helpers::plans::rows_touched;
 use crate::helpers::{ApiResponse, Backend, Settings, TestApp, group};
 use crate::store_test;
@@ -530,25 +531,6 @@ async fn sqlite_page_plan(url: &str, status: bool, after: bool) -> String {
         .join("; ")
 }
 
-/// `scans` cancelled scans of `group` written straight into a SQLite database: a long history
-/// that a page filtered by another status reads through to its end.
-async fn write_cancelled_scans(url: &str, group: &AccountGroupId, scans: u32) {
-    let mut db = SqliteConnection::connect(url).await.unwrap();
-    let at = "strftime('%Y-%m-%dT%H:%M:%f000Z', 'now')";
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "WITH RECURSIVE n(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM n WHERE g < ?2)
-         INSERT INTO signal_scans
-             (id, account_group_id, status, created_at, updated_at, cancelled_at)
-         SELECT lower(hex(randomblob(12))), ?1, 'cancelled', {at}, {at}, {at} FROM n"
-    )))
-    .bind(group.as_str())
-    .bind(scans)
-    .execute(&mut db)
-    .await
-    .unwrap();
-    sqlx::query("ANALYZE").execute(&mut db).await.unwrap();
-}
-
 /// A read cut off at `DB_TIMEOUT_MS` ends in the database too, and never holds up a write: pages
 /// that outran it (a status filter reading a long history through, as runners.md's restart does)
 /// each answered 502, and the requests after them, another tenant's cancel and read, answer 200.
@@ -569,7 +551,9 @@ async fn a_sqlite_read_past_its_deadline_ends_there_and_holds_up_no_write() {
     let (reader, _) = app.key_for(&[Permission::SignalsRead], &[long]).await;
     let writer = app.writer(&other).await;
     let scan = app.scan(&other, ScanStatus::Queued).await;
-    write_cancelled_scans(&app.db.url, &long, 400_000).await;
+    let mut db = SqliteConnection::connect(&app.db.url).await.unwrap();
+    write_cancelled_scans(&mut db, &long, 400_000, 0).await;
+    sqlx::query("ANALYZE").execute(&mut db).await.unwrap();
     let queued = format!("/v1/accounts/{long}/signals/scans?status=queued");
 
     let slow = futures::future::join_all((0..SLOW_READS).map(|_| app.get(&reader, &queued))).await;

@@ -2,6 +2,7 @@
 
 pub mod child;
 pub mod clock_shift;
+pub mod history;
 pub mod locks;
 pub mod metrics;
 pub mod plans;
