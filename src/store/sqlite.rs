@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::PathBuf;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -164,7 +165,7 @@ impl SqliteStore {
             .parent()
             .filter(|f| !f.as_os_str().is_empty())
         {
-            std::fs::create_dir_all(folder).map_err(|error| {
+            private_folder(folder).map_err(|error| {
                 StoreError::Config(format!("cannot create {}: {error}", folder.display()))
             })?;
         }
@@ -241,6 +242,11 @@ impl SqliteStore {
         // that busy at once, without its busy handler, while another process is doing the same,
         // so the start tries again (1 start in 60 of three at once failed before).
         let was_there = self.writer.file.exists();
+        if !was_there {
+            // Whatever keeps it from being made keeps SQLite from making it too, which says so
+            // below as it always has.
+            let _ = private_file(&self.writer.file.path);
+        }
         let mut connection = self
             .bounded(async {
                 loop {
@@ -1283,6 +1289,27 @@ fn pool_options(connections: u32, timeout: Duration) -> SqlitePoolOptions {
         // On the write path it was one trip in five of every batch, and its wake-ups cost (c) a
         // third of its throughput (BENCHMARKS.md).
         .test_before_acquire(false)
+}
+
+/// Creates `folder` and the folders above it that are missing, each for its owner alone
+/// (`0700`); folders that exist are left as they are.
+fn private_folder(folder: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(folder)
+}
+
+/// Creates the database `file`, empty (which SQLite reads as a database with nothing in it), for
+/// its owner alone (`0600`), unless it exists: it holds every tenant's scans and audit trail, and
+/// SQLite gives the `-wal` and `-shm` beside it the same mode. Left to SQLite, all three were
+/// readable by every local user (`0644` under the usual umask).
+fn private_file(file: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
 }
 
 /// How many of SQLite's virtual-machine steps a read runs between looks at its deadline: a

@@ -1,5 +1,7 @@
 //! `serve --demo`: the printed curl commands each give the outcome they promise.
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -175,4 +177,28 @@ async fn serve_demo_serves_when_its_instructions_cannot_be_printed() {
     let health = reqwest::get(server.url("/healthz")).await.unwrap();
 
     assert_eq!(health.status(), 200);
+}
+
+/// What `serve` creates on a fresh machine, the database's folder and its file with the `-wal`
+/// and `-shm` beside it, is its owner's alone: the file holds every tenant's scans and audit
+/// trail. All were readable by every local user (`0755` and `0644` under the usual umask: the
+/// security review).
+#[tokio::test]
+async fn the_database_serve_creates_is_its_owners_alone() {
+    let db = TestDatabase::create(Backend::Sqlite).await;
+    let file = db.sqlite_file();
+    let _server = ServerProcess::start_with(
+        &["--demo"],
+        &[("DATABASE_URL", db.url.as_str())],
+        Stdio::null(),
+    )
+    .await;
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+
+    assert_eq!(mode(file.parent().unwrap()), 0o700);
+    // The demo's scans were written: the log and its index are there while the service runs.
+    for companion in ["", "-wal", "-shm"] {
+        let path = PathBuf::from(format!("{}{companion}", file.display()));
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
 }
