@@ -125,6 +125,17 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> io::Result<()> {
+        self.run_until_hurried(shutdown, std::future::pending())
+            .await
+    }
+
+    /// [`Self::run_until`], whose wait for in-flight requests also ends when `hurry` resolves
+    /// (a second Ctrl-C or SIGTERM).
+    pub async fn run_until_hurried(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        hurry: impl Future<Output = ()>,
+    ) -> io::Result<()> {
         let upkeep = tokio::spawn(http::metrics::upkeep(
             self.state.metrics.clone(),
             http::metrics::UPKEEP_EVERY,
@@ -148,6 +159,7 @@ impl Application {
             self.router,
             self.connections,
             shutdown,
+            hurry,
             self.shutdown_timeout,
         )
         .await;
@@ -184,43 +196,52 @@ pub(crate) async fn migrated_store(options: &StoreOptions) -> Result<Store, Star
     Ok(store)
 }
 
-/// [`stop_signal`], said in the log as `serve` then stops: it drains first.
-pub(crate) fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
-    let stop = stop_signal();
-    async move {
-        stop.await;
-        tracing::info!("shutdown requested; finishing in-flight requests");
-    }
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM: [`StopSignals::next`] once.
+pub(crate) fn stop_signal() -> impl Future<Output = ()> + Send + 'static {
+    let mut signals = StopSignals::install();
+    async move { signals.next().await }
 }
 
-/// Resolves on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when this is called, not
-/// when it is first awaited: as a container's PID 1, the process has no default action for
-/// SIGTERM, and one sent while it still connects to its database must not be lost.
-pub(crate) fn stop_signal() -> impl Future<Output = ()> + Send + 'static {
+/// Ctrl-C (SIGINT) and SIGTERM, each time they come. The handlers are installed by
+/// [`Self::install`], not when first awaited: as a container's PID 1, the process has no default
+/// action for SIGTERM, and one sent while it still connects to its database must not be lost.
+pub(crate) struct StopSignals {
     #[cfg(unix)]
-    let (interrupt, terminate) = {
-        use tokio::signal::unix::{SignalKind, signal};
-        (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        )
-    };
-    async move {
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    pub(crate) fn install() -> Self {
         #[cfg(unix)]
         {
-            let received =
-                async |name: &str, listening: std::io::Result<tokio::signal::unix::Signal>| {
-                    match listening {
-                        Ok(mut signal) => drop(signal.recv().await),
-                        Err(error) => {
-                            tracing::error!(%error, "cannot listen for {name}");
-                            std::future::pending::<()>().await;
-                        }
-                    }
-                };
+            use tokio::signal::unix::{SignalKind, signal};
+            let listen = |name: &str, kind: SignalKind| {
+                signal(kind)
+                    .inspect_err(|error| tracing::error!(%error, "cannot listen for {name}"))
+                    .ok()
+            };
+            Self {
+                interrupt: listen("Ctrl-C", SignalKind::interrupt()),
+                terminate: listen("SIGTERM", SignalKind::terminate()),
+            }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// The next Ctrl-C or SIGTERM (never, for a signal that could not be listened for).
+    pub(crate) async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            let received = async |signal: &mut Option<tokio::signal::unix::Signal>| match signal {
+                Some(signal) => drop(signal.recv().await),
+                None => std::future::pending().await,
+            };
             tokio::select! {
-                () = received("Ctrl-C", interrupt) => {}
-                () = received("SIGTERM", terminate) => {}
+                () = received(&mut self.interrupt) => {}
+                () = received(&mut self.terminate) => {}
             }
         }
         #[cfg(not(unix))]

@@ -256,7 +256,8 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u8).range(0..=10))]
     pub trusted_proxy_hops: u8,
 
-    /// On SIGTERM or Ctrl-C, in-flight requests get this long to finish before the process exits.
+    /// On SIGTERM or Ctrl-C, in-flight requests get this long to finish before the process exits
+    /// (a second SIGTERM or Ctrl-C: at once).
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 15_000,
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub shutdown_timeout_ms: u64,

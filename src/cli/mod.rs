@@ -13,9 +13,11 @@ mod scans;
 mod watch;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use self::config::{DEFAULT_DATABASE_URL, DatabaseArgs, HealthcheckArgs, LogArgs, ServeArgs};
@@ -535,10 +537,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     raise_open_file_limit(&args);
     // Listening before the database is reached: a stop while connecting or migrating ends the
     // start, rather than waiting for it (or, as PID 1, being ignored).
-    let mut shutdown = Box::pin(app::shutdown_signal());
+    let mut signals = app::StopSignals::install();
     let application = tokio::select! {
         built = Application::build(args.settings()) => built?,
-        () = &mut shutdown => {
+        () = signals.next() => {
             tracing::info!("stopped before serving");
             return Ok(());
         }
@@ -568,7 +570,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!(%error, "cannot print the demo's instructions (its keys are in them)");
     }
     let store = application.state().store.clone();
-    let served = application.run_until(shutdown).await;
+    // The first Ctrl-C or SIGTERM drains; a second ends the drain at once (an operator who will
+    // not wait, as with any long-running command).
+    let (asked, hurried) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let listening = tokio::spawn({
+        let (asked, hurried) = (Arc::clone(&asked), Arc::clone(&hurried));
+        async move {
+            signals.next().await;
+            tracing::info!(
+                "shutdown requested; finishing in-flight requests (asked again: stopping at once)"
+            );
+            asked.notify_one();
+            signals.next().await;
+            hurried.notify_one();
+        }
+    });
+    let served = application
+        .run_until_hurried(async move { asked.notified().await }, async move {
+            hurried.notified().await
+        })
+        .await;
+    listening.abort();
     store.close(STORE_CLOSE_LIMIT).await;
     served.context("server failed")?;
     tracing::info!("stopped");

@@ -77,12 +77,13 @@ impl ConnectionLimits {
 const HTTP2_MAX_HEADER_LIST: u32 = 64 * 1024;
 
 /// Serves `router` on `listener` until `shutdown` resolves; then stops accepting, lets open
-/// connections finish their requests for at most `drain`, and returns.
+/// connections finish their requests for at most `drain`, or until `hurry` resolves, and returns.
 pub(crate) async fn run(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    hurry: impl Future<Output = ()>,
     drain: Duration,
 ) -> io::Result<()> {
     let graceful = GracefulShutdown::new();
@@ -123,13 +124,17 @@ pub(crate) async fn run(
     // New connections are refused from here on.
     drop(listener);
     tracing::debug!(connections = graceful.count(), "draining open connections");
-    match tokio::time::timeout(drain, graceful.shutdown()).await {
-        Ok(()) => {}
-        Err(_) => {
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(drain) => {
             tracing::warn!(
                 drain_ms = drain.as_millis() as u64,
                 "requests still in flight after the drain time; stopping anyway"
             );
+            super::metrics::stopping_unanswered();
+        }
+        () = hurry => {
+            tracing::warn!("asked to stop again; stopping without waiting for the requests in flight");
             super::metrics::stopping_unanswered();
         }
     }

@@ -14,6 +14,7 @@ use signal_scans::domain::scan::ScanStatus;
 use sqlx::Connection;
 use tokio::sync::Notify;
 
+use crate::helpers::locks::WriteLock;
 use crate::helpers::process::ServerProcess;
 use crate::helpers::proxy::Proxy;
 use crate::helpers::{
@@ -108,9 +109,7 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_0(backend: Backend) {
             .await;
         server.terminate();
         server
-            .until_logged(|event| {
-                event["message"] == "shutdown requested; finishing in-flight requests"
-            })
+            .until_logged(|event| event["message"] == SHUTDOWN_REQUESTED)
             .await;
         // A fresh client each time: a pooled connection would not show the listener closing.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -146,6 +145,55 @@ store_test!(
     sigterm_lets_in_flight_requests_finish_then_exits_0,
     postgres_only
 );
+
+/// What `serve` logs at the first SIGTERM or Ctrl-C.
+const SHUTDOWN_REQUESTED: &str =
+    "shutdown requested; finishing in-flight requests (asked again: stopping at once)";
+
+/// A second SIGTERM during the drain ends it at once: the process exits 0, the request in flight
+/// gets no answer (as at the end of `SHUTDOWN_TIMEOUT_MS`: it may have committed), and the log
+/// says why. The second signal was swallowed, and the process waited out its drain, so that an
+/// operator's second Ctrl-C could not hurry a stop (the lifecycle review).
+async fn a_second_sigterm_ends_the_drain_at_once(backend: Backend) {
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let mut server = ServerProcess::start(&[
+        ("DATABASE_URL", app.db.url.as_str()),
+        ("DB_TIMEOUT_MS", "30000"),
+        ("SHUTDOWN_TIMEOUT_MS", "30000"),
+        ("RUST_LOG", "info,tower_http=debug"),
+    ])
+    .await;
+    let mut lock = WriteLock::hold(&app, &scan).await;
+    let in_flight = tokio::spawn(
+        reqwest::Client::new()
+            .post(server.url(&cancel_path(group.as_str(), scan.as_str())))
+            .bearer_auth(&key)
+            .send(),
+    );
+    server
+        .until_logged(|_| started_requests(&server) == 1)
+        .await;
+
+    server.terminate();
+    server
+        .until_logged(|event| event["message"] == SHUTDOWN_REQUESTED)
+        .await;
+    server.terminate();
+    // Far below the request's own end (REQUEST_TIMEOUT_MS, 15 s), which the drain waited for.
+    let exit = server.wait(Duration::from_secs(8)).await;
+
+    assert!(exit.success(), "{exit:?}");
+    assert!(in_flight.await.unwrap().is_err(), "no answer");
+    assert!(
+        server.logs().iter().any(|line| line
+            .contains("asked to stop again; stopping without waiting for the requests in flight")),
+        "{:?}",
+        server.logs()
+    );
+    lock.release().await;
+}
+store_test!(a_second_sigterm_ends_the_drain_at_once);
 
 /// A queued scan of a writer's group, and `serve` with `SHUTDOWN_TIMEOUT_MS=300` and `env`,
 /// reaching the test's database through a proxy the test can stall.
