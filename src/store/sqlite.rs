@@ -24,8 +24,8 @@ use uuid::Uuid;
 use super::pipeline::{BatchWriter, ChangeRequest, Pipeline};
 use super::rows::{ChangeRow, ClaimedKeyRow, EventRow, KeyRow, ScanRow};
 use super::{
-    FoundKey, IS_EMPTY, KeyToCreate, MIGRATION_WAIT_TOLD, ReadsCounted, StoreError, StoreOptions,
-    announced, bounded, classify, migration_error,
+    FoundKey, IS_EMPTY, KeyToCreate, MIGRATION_WAIT_TOLD, PoolUsage, ReadsCounted, StoreError,
+    StoreOptions, announced, bounded, classify, migration_error, no_answer_within,
 };
 use crate::domain::feed::{FeedCursor, FeedPage, FeedPosition, PAGE_ROWS};
 use crate::domain::ids::{AccountGroupId, ScanId};
@@ -224,8 +224,35 @@ impl SqliteStore {
         query: impl Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T, StoreError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let bounded = super::bounded_until(deadline, self.timeout, query);
-        READ_DEADLINE.scope(deadline.into_std(), bounded).await
+        let bounded = tokio::time::timeout_at(deadline, query);
+        match READ_DEADLINE.scope(deadline.into_std(), bounded).await {
+            Ok(answered) => answered.map_err(|error| self.read_failed(error)),
+            Err(_) => Err(no_answer_within(self.timeout)),
+        }
+    }
+
+    /// A read's error, in the words PostgreSQL's reads are told in: a statement SQLite stopped at
+    /// its deadline is one that gave no answer within it, and a wait for a connection that ran
+    /// out says how many were in use. They were logged in the driver's words (`(code: 9)
+    /// interrupted`, `pool timed out while waiting for an open connection`), which README's
+    /// Troubleshoot does not name and which do not say that the timeout ran out.
+    fn read_failed(&self, error: sqlx::Error) -> StoreError {
+        match error {
+            sqlx::Error::PoolTimedOut => {
+                let usage = PoolUsage::of(&[&self.pool]);
+                StoreError::Unavailable(format!(
+                    "no connection of the pool within {} ms ({} of its {} read connections in \
+                     use: slow reads hold them, or the pool is too small for the load)",
+                    self.timeout.as_millis(),
+                    usage.in_use,
+                    usage.max
+                ))
+            }
+            error if primary_code(&error) == Some(SQLITE_INTERRUPT) => {
+                no_answer_within(self.timeout)
+            }
+            error => classify(error),
+        }
     }
 
     /// The reads' pool and the writes'.
@@ -1349,6 +1376,7 @@ const WRITE_LOCK_HELD: &str = "another connection holds the database's write loc
 /// SQLite's primary result codes this store acts on (an extended code's low byte is its primary).
 const SQLITE_BUSY: i32 = 5;
 const SQLITE_READONLY: i32 = 8;
+const SQLITE_INTERRUPT: i32 = 9;
 const SQLITE_CANTOPEN: i32 = 14;
 
 /// The primary result code of a database error.
@@ -1501,5 +1529,51 @@ mod tests {
             "{written:?}"
         );
         assert_eq!(rows(pool).await, 0);
+    }
+
+    /// A read that SQLite stopped at its deadline, and one that found no read connection in time,
+    /// are told in the words PostgreSQL's are, which README's Troubleshoot names: they were the
+    /// driver's own (`(code: 9) interrupted`; `pool timed out while waiting for an open
+    /// connection`), which neither README named nor said that the timeout ran out (the SQLite
+    /// review).
+    #[tokio::test]
+    async fn a_read_out_of_time_is_told_in_the_words_readme_names() {
+        let folder = std::env::temp_dir().join(format!("sqlite-read-{}", uuid::Uuid::new_v4()));
+        let store = super::SqliteStore::connect(&super::StoreOptions {
+            url: format!("sqlite://{}", folder.join("t.db").display()).into(),
+            timeout: TIMEOUT,
+            max_connections: 2,
+            write_batches: 1,
+            publish_interval: Duration::ZERO,
+        })
+        .unwrap();
+        store.migrate().await.unwrap();
+        let endless = sqlx::query_scalar::<_, i64>(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n",
+        )
+        .fetch_one(&store.pool);
+        // Stopped by SQLite well before the store's own timer would end the wait.
+        let stopped_early = super::READ_DEADLINE
+            .scope(std::time::Instant::now() + TIMEOUT / 10, async {
+                store.bounded(endless).await
+            });
+
+        let interrupted = stopped_early.await.unwrap_err().to_string();
+        let held = store.pool.acquire().await.unwrap();
+        let no_connection = store
+            .bounded(async { Err::<(), _>(sqlx::Error::PoolTimedOut) })
+            .await
+            .unwrap_err()
+            .to_string();
+
+        assert_eq!(interrupted, "database unavailable: no answer within 300 ms");
+        assert_eq!(
+            no_connection,
+            "database unavailable: no connection of the pool within 300 ms (1 of its 1 read \
+             connections in use: slow reads hold them, or the pool is too small for the load)"
+        );
+        drop(held);
+        store.close(Duration::from_secs(1)).await;
+        let _ = std::fs::remove_dir_all(&folder);
     }
 }
