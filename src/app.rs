@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -154,6 +155,14 @@ impl Application {
             // real requests.
             streams.close();
         };
+        let hurried = Arc::new(AtomicBool::new(false));
+        let hurry = {
+            let hurried = Arc::clone(&hurried);
+            async move {
+                hurry.await;
+                hurried.store(true, Ordering::Relaxed);
+            }
+        };
         let served = server::run(
             self.listener,
             self.router,
@@ -170,8 +179,9 @@ impl Application {
             sweeping.abort();
         }
         // Within the shutdown timeout, which bounds the whole stop: a hint that misses it is only
-        // late (listeners find its change at their next poll).
+        // late (listeners find its change at their next poll). Asked again, none is waited for.
         let flush_within = match asked_to_stop.get() {
+            _ if hurried.load(Ordering::Relaxed) => Duration::ZERO,
             Some(asked) => (*asked + self.shutdown_timeout)
                 .saturating_duration_since(tokio::time::Instant::now())
                 .min(HINT_FLUSH_LIMIT),

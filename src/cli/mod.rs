@@ -205,6 +205,7 @@ pub(crate) struct ThroughServer {
 /// binary, every future it awaits was compiled a second time there (37 s of a clean release
 /// build; now 1).
 pub fn main() -> ExitCode {
+    owners_files_alone();
     let cli = match parse() {
         Ok(cli) => cli,
         Err(code) => return code,
@@ -217,6 +218,18 @@ pub fn main() -> ExitCode {
         }
     };
     runtime.block_on(run_command(cli))
+}
+
+/// Whatever the process creates is its user's alone (umask `077`, as PostgreSQL's server sets):
+/// the SQLite database holds every tenant's scans and audit trail, and its folder, its file and
+/// the `-wal` and `-shm` beside it were readable by every local user (`0755`, `0644` under the
+/// usual umask: the security review). A file that exists keeps its mode (SQLite gives its `-wal`
+/// and `-shm` the file's).
+fn owners_files_alone() {
+    // SAFETY: umask(2) cannot fail and touches no memory; it is set before any thread starts.
+    unsafe {
+        libc::umask(0o077);
+    }
 }
 
 /// `healthcheck` runs on this thread alone: it is one request, and a container's process limit

@@ -3,8 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -165,7 +164,7 @@ impl SqliteStore {
             .parent()
             .filter(|f| !f.as_os_str().is_empty())
         {
-            private_folder(folder).map_err(|error| {
+            std::fs::create_dir_all(folder).map_err(|error| {
                 StoreError::Config(format!("cannot create {}: {error}", folder.display()))
             })?;
         }
@@ -269,11 +268,6 @@ impl SqliteStore {
         // that busy at once, without its busy handler, while another process is doing the same,
         // so the start tries again (1 start in 60 of three at once failed before).
         let was_there = self.writer.file.exists();
-        if !was_there {
-            // Whatever keeps it from being made keeps SQLite from making it too, which says so
-            // below as it always has.
-            let _ = private_file(&self.writer.file.path);
-        }
         let mut connection = self
             .bounded(async {
                 loop {
@@ -1130,12 +1124,16 @@ pub(super) struct DatabaseFile {
     path: PathBuf,
     /// Device and inode, once the store has opened the file; none for an in-memory database.
     opened: OnceLock<(u64, u64)>,
+    /// The path with its symbolic links followed, once the store has opened the file: SQLite
+    /// keeps the `-wal` and `-shm` beside the file a link leads to, not beside the link.
+    resolved: OnceLock<PathBuf>,
 }
 
 fn connect_file(options: &SqliteConnectOptions) -> DatabaseFile {
     DatabaseFile {
         path: options.get_filename().to_owned(),
         opened: OnceLock::new(),
+        resolved: OnceLock::new(),
     }
 }
 
@@ -1149,6 +1147,9 @@ impl DatabaseFile {
         use std::os::unix::fs::MetadataExt;
         if let Ok(metadata) = std::fs::metadata(&self.path) {
             let _ = self.opened.set((metadata.dev(), metadata.ino()));
+        }
+        if let Ok(resolved) = std::fs::canonicalize(&self.path) {
+            let _ = self.resolved.set(resolved);
         }
     }
 
@@ -1190,8 +1191,9 @@ impl DatabaseFile {
         if self.opened.get().is_none() {
             return Ok(());
         }
+        let file = self.resolved.get().unwrap_or(&self.path);
         for suffix in ["-wal", "-shm"] {
-            let mut companion = self.path.clone().into_os_string();
+            let mut companion = file.clone().into_os_string();
             companion.push(suffix);
             if std::fs::symlink_metadata(&companion)
                 .is_err_and(|error| error.kind() == std::io::ErrorKind::NotFound)
@@ -1316,27 +1318,6 @@ fn pool_options(connections: u32, timeout: Duration) -> SqlitePoolOptions {
         // On the write path it was one trip in five of every batch, and its wake-ups cost (c) a
         // third of its throughput (BENCHMARKS.md).
         .test_before_acquire(false)
-}
-
-/// Creates `folder` and the folders above it that are missing, each for its owner alone
-/// (`0700`); folders that exist are left as they are.
-fn private_folder(folder: &Path) -> std::io::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(folder)
-}
-
-/// Creates the database `file`, empty (which SQLite reads as a database with nothing in it), for
-/// its owner alone (`0600`), unless it exists: it holds every tenant's scans and audit trail, and
-/// SQLite gives the `-wal` and `-shm` beside it the same mode. Left to SQLite, all three were
-/// readable by every local user (`0644` under the usual umask).
-fn private_file(file: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(file)
 }
 
 /// How many of SQLite's virtual-machine steps a read runs between looks at its deadline: a
@@ -1552,13 +1533,12 @@ mod tests {
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n",
         )
         .fetch_one(&store.pool);
-        // Stopped by SQLite well before the store's own timer would end the wait.
-        let stopped_early = super::READ_DEADLINE
-            .scope(std::time::Instant::now() + TIMEOUT / 10, async {
-                store.bounded(endless).await
-            });
+        // Stopped by SQLite well before the store's own timer would end the wait: the pool's hook
+        // arms the handler with the deadline of the scope nearest the query.
+        let stopped_early =
+            super::READ_DEADLINE.scope(std::time::Instant::now() + TIMEOUT / 10, endless);
 
-        let interrupted = stopped_early.await.unwrap_err().to_string();
+        let interrupted = store.bounded(stopped_early).await.unwrap_err().to_string();
         let held = store.pool.acquire().await.unwrap();
         let no_connection = store
             .bounded(async { Err::<(), _>(sqlx::Error::PoolTimedOut) })

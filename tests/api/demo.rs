@@ -202,3 +202,31 @@ async fn the_database_serve_creates_is_its_owners_alone() {
         assert_eq!(mode(&path), 0o600, "{}", path.display());
     }
 }
+
+/// A database path that is a symbolic link to a file not made yet: `serve` makes the file where
+/// the link leads, its user's alone, and writes to it, its `-wal` and `-shm` beside it. Every
+/// write answered 502, `…link.db-wal was deleted while this process had the database open`: the
+/// check looked for them beside the link (the diff review); and the file was made `0644`.
+#[tokio::test]
+async fn a_database_reached_through_a_symbolic_link_is_written_and_its_users_alone() {
+    let db = TestDatabase::create(Backend::Sqlite).await;
+    let folder = db.sqlite_file().parent().unwrap().to_owned();
+    std::fs::create_dir_all(folder.join("real")).unwrap();
+    let link = folder.join("link.db");
+    std::os::unix::fs::symlink(folder.join("real/signal-scans.db"), &link).unwrap();
+    let url = format!("sqlite://{}", link.display());
+
+    // The demo seeds its scans and keys through the store's writes before it serves.
+    let _server = ServerProcess::start_with(
+        &["--demo"],
+        &[("DATABASE_URL", url.as_str())],
+        Stdio::null(),
+    )
+    .await;
+
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    for companion in ["", "-wal", "-shm"] {
+        let path = folder.join(format!("real/signal-scans.db{companion}"));
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
+}
