@@ -7,7 +7,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -263,6 +263,13 @@ struct Activity {
     state: Mutex<ActivityState>,
     changed: Notify,
     bytes_read: AtomicU64,
+    /// When the connection first read a byte since it was last left with nothing in progress, in
+    /// nanoseconds from `opened`, plus one (0: none yet): on HTTP/1, a next request's header
+    /// has begun.
+    first_read_since_idle: AtomicU64,
+    /// The client opened with HTTP/2's preface: what it sends while idle (a PING, a SETTINGS
+    /// acknowledgement) is no request's header.
+    http2: AtomicBool,
     /// Bytes of response bodies handed to hyper and not yet written out (as far as this side
     /// can tell: a write takes its framing from it too, never below 0).
     owed: AtomicU64,
@@ -304,6 +311,8 @@ impl Activity {
             }),
             changed: Notify::new(),
             bytes_read: AtomicU64::new(0),
+            first_read_since_idle: AtomicU64::new(0),
+            http2: AtomicBool::new(false),
             owed: AtomicU64::new(0),
             wrote_at: AtomicU64::new(0),
             bodies_owed_a_poll: AtomicUsize::new(0),
@@ -390,7 +399,18 @@ impl Activity {
                 let state = self.lock();
                 match state.in_progress {
                     0 if state.served_any => {
-                        state.idle_since.max(self.last_write()) + limits.idle_timeout
+                        let idle = state.idle_since.max(self.last_write()) + limits.idle_timeout;
+                        // An HTTP/1 request begun before then has the whole header timeout from
+                        // its first byte, as hyper gives it: it was cut off at the idle deadline,
+                        // unanswered. Only the first byte counts, so this extends the idle time
+                        // once, by the header timeout at most.
+                        match self.first_read_since_idle.load(Ordering::Relaxed) {
+                            0 => idle,
+                            _ if self.http2.load(Ordering::Relaxed) => idle,
+                            at => idle.max(
+                                self.opened + Duration::from_nanos(at - 1) + limits.header_timeout,
+                            ),
+                        }
                     }
                     0 => state.idle_since + limits.header_timeout,
                     _ if self.bodies_owed_a_poll.load(Ordering::Relaxed) > 0 => {
@@ -436,6 +456,7 @@ impl Drop for InProgress {
             state.in_progress -= 1;
             if state.in_progress == 0 {
                 state.idle_since = Instant::now();
+                self.0.first_read_since_idle.store(0, Ordering::Relaxed);
             }
         }
         self.0.changed.notify_one();
@@ -554,9 +575,23 @@ impl AsyncRead for CountedIo {
         let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
         let read = buf.filled().len() - before;
         if read > 0 {
-            self.activity
+            let activity = &self.activity;
+            if activity
                 .bytes_read
-                .fetch_add(read as u64, Ordering::Relaxed);
+                .fetch_add(read as u64, Ordering::Relaxed)
+                == 0
+                && buf.filled()[before..].starts_with(b"PRI")
+            {
+                activity.http2.store(true, Ordering::Relaxed);
+            }
+            if activity.first_read_since_idle.load(Ordering::Relaxed) == 0 {
+                let _ = activity.first_read_since_idle.compare_exchange(
+                    0,
+                    activity.now().saturating_add(1),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
         }
         polled
     }

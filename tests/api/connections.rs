@@ -30,6 +30,19 @@ async fn serving(backend: Backend, env: &[(&str, &str)]) -> (TestApp, ServerProc
     (app, server)
 }
 
+/// [`serving`] with `HTTP_HEADER_TIMEOUT_MS` and `HTTP_IDLE_TIMEOUT_MS` set.
+async fn serving_with_clocks(
+    backend: Backend,
+    header_ms: &str,
+    idle_ms: &str,
+) -> (TestApp, ServerProcess) {
+    let settings = [
+        ("HTTP_HEADER_TIMEOUT_MS", header_ms),
+        ("HTTP_IDLE_TIMEOUT_MS", idle_ms),
+    ];
+    serving(backend, &settings).await
+}
+
 /// Resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("Linux /proc");
@@ -268,6 +281,18 @@ async fn read_response(stream: &mut TcpStream) -> String {
     }
 }
 
+/// A kept-alive HTTP/1.1 connection that has just been answered `GET /healthz`: the answer, and
+/// when it was read.
+async fn healthz_kept_alive(addr: SocketAddr) -> (TcpStream, String, Instant) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_response(&mut stream).await;
+    (stream, answer, Instant::now())
+}
+
 /// An HTTP/2 exchange: the answer's status, the concurrent streams the server allows, and the
 /// connection's driver, which ends when the server closes the connection.
 struct H2Exchange {
@@ -312,13 +337,7 @@ async fn idle_connections_are_closed(backend: Backend) {
     )
     .await;
 
-    let mut http1 = TcpStream::connect(server.addr).await.unwrap();
-    http1
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let answer = read_response(&mut http1).await;
-    let answered = Instant::now();
+    let (mut http1, answer, answered) = healthz_kept_alive(server.addr).await;
     let http1_closed = closed_within(&mut http1, Duration::from_secs(10)).await;
     let http1_idle_for = answered.elapsed();
 
@@ -491,14 +510,7 @@ store_test!(pings_do_not_keep_an_idle_connection);
 /// connection quiet for 2.5 s still serves its next request (the idle timeout governs the wait),
 /// and a next request that stops halfway through its header block is cut off.
 async fn a_kept_alive_connection_gets_a_fresh_header_clock_per_request(backend: Backend) {
-    let (_app, server) = serving(
-        backend,
-        &[
-            ("HTTP_HEADER_TIMEOUT_MS", "1000"),
-            ("HTTP_IDLE_TIMEOUT_MS", "60000"),
-        ],
-    )
-    .await;
+    let (_app, server) = serving_with_clocks(backend, "1000", "60000").await;
     let request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
     stream.write_all(request).await.unwrap();
@@ -526,6 +538,28 @@ async fn a_kept_alive_connection_gets_a_fresh_header_clock_per_request(backend: 
     );
 }
 store_test!(a_kept_alive_connection_gets_a_fresh_header_clock_per_request);
+
+/// A kept-alive connection's next request begun just before the idle timeout has the whole
+/// header timeout from its first byte: with both at 2 s, a header begun at 1.5 s and finished at
+/// 2.5 s is answered. The idle clock closed the connection at 2 s, the request half-read and
+/// unanswered (the HTTP review).
+async fn a_request_begun_before_the_idle_timeout_is_answered(backend: Backend) {
+    let (_app, server) = serving_with_clocks(backend, "2000", "2000").await;
+    let (mut stream, first, answered) = healthz_kept_alive(server.addr).await;
+
+    tokio::time::sleep_until((answered + Duration::from_millis(1500)).into()).await;
+    stream.write_all(b"GET /hea").await.unwrap();
+    tokio::time::sleep_until((answered + Duration::from_millis(2500)).into()).await;
+    stream
+        .write_all(b"lthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let second = read_response(&mut stream).await;
+
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+}
+store_test!(a_request_begun_before_the_idle_timeout_is_answered);
 
 /// With `MAX_CONNECTIONS=4` and four connections open, a fifth is not served (it waits in the
 /// accept backlog) until one of the four goes away; then it is.
