@@ -33,9 +33,12 @@ pub(crate) const CONNECTIONS: &str = "http_connections";
 pub(crate) const REQUESTS_IN_PROGRESS: &str = "http_requests_in_progress";
 pub(crate) const STREAMS_OPEN: &str = "change_streams_open";
 
-/// Latency buckets, in seconds: a cancel should sit in the first few.
+/// Latency buckets, in seconds: a cancel should sit in the first few; the last ones hold what a
+/// stalled database costs, up to past `REQUEST_TIMEOUT_MS` (15 s by default), which a request
+/// reaches in full before it is answered 500.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0,
+    30.0, 60.0,
 ];
 
 /// The process-wide Prometheus recorder, installed on first use. Its histogram samples are
@@ -47,9 +50,66 @@ pub(crate) fn recorder() -> PrometheusHandle {
             let recorder = unregistered_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).expect("no other metrics recorder is installed");
+            describe();
             handle
         })
         .clone()
+}
+
+/// Each metric's `# HELP` line (README's `/metrics` row says more), and the counters whose labels
+/// are known in advance at 0: Prometheus's `rate()` and `increase()` count from a series' first
+/// sample, so a counter that appeared at its first event hid that event (a first burst of 429s,
+/// a Redis that never answered) from every alert (the SRE review).
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        REQUESTS,
+        "Requests answered, by route template, method and status (499: the client left first)."
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "Time from a request's arrival to its answer, by route template and method."
+    );
+    describe_counter!(RATE_LIMITED, "429s given, by the limit that gave them.");
+    describe_counter!(
+        super::rate_limit::BACKEND_ERRORS,
+        "Limit checks that Redis did not answer (each instance then limits alone)."
+    );
+    describe_gauge!(
+        DB_POOL,
+        "Database connections in use and idle, and the pool's size (state=max)."
+    );
+    describe_gauge!(
+        CONNECTIONS,
+        "Client connections open, and MAX_CONNECTIONS (state=max)."
+    );
+    describe_gauge!(
+        REQUESTS_IN_PROGRESS,
+        "Requests received and not yet answered in full (an open change stream is one)."
+    );
+    describe_gauge!(STREAMS_OPEN, "Change streams open.");
+    describe_counter!(
+        store::CANCELS,
+        "Cancels a commit settled, by the status each found (cancelled: a repeat)."
+    );
+    describe_histogram!(
+        store::BATCH_SIZE,
+        metrics::Unit::Count,
+        "Status changes per commit."
+    );
+    describe_histogram!(
+        store::QUEUE_WAIT,
+        metrics::Unit::Seconds,
+        "A request's wait until a writer took its changes, or until it gave up."
+    );
+    for limit in ["per_key", "auth_failures", "streams_per_key"] {
+        metrics::counter!(RATE_LIMITED, "limit" => limit).increment(0);
+    }
+    metrics::counter!(super::rate_limit::BACKEND_ERRORS).increment(0);
+    for found in ["queued", "running", "cancelled"] {
+        metrics::counter!(store::CANCELS, "previous_status" => found).increment(0);
+    }
 }
 
 /// Changes per commit: powers of two up to the store's batch bound.

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 pub use pg_pool::HeldConnection;
 use pipeline::ChangeRequest;
-pub use pipeline::{BATCH_SIZE, QUEUE_WAIT};
+pub use pipeline::{BATCH_SIZE, CANCELS, QUEUE_WAIT};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 

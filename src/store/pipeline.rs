@@ -51,7 +51,7 @@ pub const BATCH_SIZE: &str = "scan_write_batch_size";
 pub const QUEUE_WAIT: &str = "scan_write_queue_wait_seconds";
 /// Cancels whose outcome a commit settled, by the status each found (`cancelled`: a repeat): a
 /// counter, counted where the commit is, so a cancel whose client left before its answer counts.
-pub(super) const CANCELS: &str = "scan_cancels_total";
+pub const CANCELS: &str = "scan_cancels_total";
 
 /// One status change as a request asks for it: owned, since it waits in the queue.
 #[derive(Debug, Clone)]

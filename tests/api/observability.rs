@@ -531,6 +531,56 @@ async fn metrics_count_requests_limits_pool_and_cancels(backend: Backend) {
 }
 store_test!(metrics_count_requests_limits_pool_and_cancels);
 
+/// A fresh process's `/metrics` has every counter whose labels are known in advance at 0, and a
+/// `# HELP` line for each metric: a counter appeared at its first event, which Prometheus's
+/// `rate()` and `increase()` then never counted, so a first burst of 429s or a Redis that never
+/// answered raised no alert; and no metric said what it was (the SRE review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_process_shows_its_counters_at_zero_and_says_what_each_metric_is() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let server = ServerProcess::start(&[("DATABASE_URL", &app.db.url)]).await;
+
+    let metrics = server.metrics().await;
+    let answered = reqwest::get(server.url("/healthz")).await.unwrap();
+    assert_eq!(answered.status(), 200);
+    let after_a_request = server.metrics().await;
+
+    for series in [
+        r#"rate_limited_total{limit="per_key"} 0"#,
+        r#"rate_limited_total{limit="auth_failures"} 0"#,
+        r#"rate_limited_total{limit="streams_per_key"} 0"#,
+        "rate_limit_backend_errors_total 0",
+        r#"scan_cancels_total{previous_status="queued"} 0"#,
+        r#"scan_cancels_total{previous_status="running"} 0"#,
+        r#"scan_cancels_total{previous_status="cancelled"} 0"#,
+    ] {
+        assert!(
+            metrics.lines().any(|line| line == series),
+            "{series}\n{metrics}"
+        );
+    }
+    // Each metric shown (a histogram shows once it has a sample) says what it is.
+    let shown: Vec<&str> = after_a_request
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split_once(' ').map(|(metric, _)| metric))
+        .collect();
+    assert!(
+        shown.contains(&"http_request_duration_seconds"),
+        "{after_a_request}"
+    );
+    assert!(shown.len() >= 9, "{after_a_request}");
+    for metric in shown {
+        let help = format!("# HELP {metric} ");
+        assert!(
+            after_a_request
+                .lines()
+                .any(|line| line.starts_with(&help) && line.len() > help.len() + 10),
+            "{help}\n{after_a_request}"
+        );
+    }
+}
+
 /// An empty `RUST_LOG` (a compose file's `RUST_LOG: ${RUST_LOG}` with nothing set) logs as an
 /// unset one: as an empty filter it kept errors only, and the process looked as if it never
 /// started. `ServerProcess::start` waits for the INFO line "signal-scans is serving".

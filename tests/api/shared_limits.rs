@@ -289,7 +289,7 @@ async fn redis_going_away_mid_flight_falls_back_without_hanging() {
 /// and the log says Redis is out of reach at start and then every 10 s (it is tried every
 /// second), not once a request (a Redis that was never reached, or
 /// refused the password, logged two lines a request). The real binary, so
-/// the counter is its own: it starts absent and moves only with this test's requests.
+/// the counter is its own: it starts at 0 and moves only with this test's requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_out_of_reach_is_counted_in_backend_errors_and_not_logged_per_request() {
     const REQUESTS: usize = 30;
@@ -326,7 +326,7 @@ async fn redis_out_of_reach_is_counted_in_backend_errors_and_not_logged_per_requ
     let logs = server.logs();
     let lines = |text: &str| logs.iter().filter(|line| line.contains(text)).count();
 
-    assert_eq!(before, None, "nothing to count before a request");
+    assert_eq!(before, Some(0.0), "nothing counted before a request");
     assert_eq!(statuses, [200; REQUESTS], "served on the local limits");
     assert!(
         after.is_some_and(|count| count >= REQUESTS as f64),

@@ -28,7 +28,7 @@ use super::metrics::RATE_LIMITED;
 const POLICY_NAME: &str = "per-key";
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-const BACKEND_ERRORS: &str = "rate_limit_backend_errors_total";
+pub(crate) const BACKEND_ERRORS: &str = "rate_limit_backend_errors_total";
 
 /// The limit every API key gets: a sustained rate and a burst on top of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
