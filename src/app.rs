@@ -178,10 +178,14 @@ impl Application {
         if let Some(sweeping) = &sweeping {
             sweeping.abort();
         }
+        // Asked again: no last notification is sent (listeners find their changes at their next
+        // poll).
+        if hurried.load(Ordering::Relaxed) {
+            return served;
+        }
         // Within the shutdown timeout, which bounds the whole stop: a hint that misses it is only
-        // late (listeners find its change at their next poll). Asked again, none is waited for.
+        // late (listeners find its change at their next poll).
         let flush_within = match asked_to_stop.get() {
-            _ if hurried.load(Ordering::Relaxed) => Duration::ZERO,
             Some(asked) => (*asked + self.shutdown_timeout)
                 .saturating_duration_since(tokio::time::Instant::now())
                 .min(HINT_FLUSH_LIMIT),

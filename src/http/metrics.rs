@@ -366,7 +366,7 @@ where
     responses(
         (status = 200, description = "The metrics, in the Prometheus text format", body = String,
             content_type = "text/plain",
-            example = "# TYPE http_requests_total counter\nhttp_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"} 1\n"),
+            example = "# HELP http_requests_total Requests answered, by route template, method and status (499: the client left first).\n# TYPE http_requests_total counter\nhttp_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"} 1\n"),
     )
 )]
 pub(crate) async fn render(

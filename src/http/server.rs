@@ -39,7 +39,8 @@ pub struct ConnectionLimits {
     /// hands over a stream only once its headers are whole, and bytes on an idle HTTP/2
     /// connection may as well be keep-alive frames, PING or WINDOW_UPDATE.)
     pub header_timeout: Duration,
-    /// A connection with no request in progress for this long is closed.
+    /// A connection with no request in progress for this long is closed; an HTTP/1 one whose
+    /// next header block began before then, at that block's first byte plus `header_timeout`.
     pub idle_timeout: Duration,
     /// Connections open at once; past it, new ones wait in the kernel's accept backlog.
     pub max_connections: usize,
@@ -217,6 +218,9 @@ async fn serve_connection(task: ConnectionTask) {
         .into_owned();
     let connection = task.watcher.watch(connection);
     tokio::select! {
+        // The connection first: a byte that arrives as the idle clock runs out is read (and its
+        // request given the header timeout) rather than closed on.
+        biased;
         result = connection => {
             if let Err(error) = result {
                 tracing::debug!(client.address = %task.peer, %error, "connection ended with an error");
@@ -244,6 +248,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
     type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        if request.version() == hyper::Version::HTTP_2 {
+            self.activity.http2.store(true, Ordering::Relaxed);
+        }
         let in_progress = InProgress::start(self.activity.clone());
         // A HEAD's body is never sent: it owes nothing.
         let owes = request.method() != hyper::Method::HEAD;
@@ -267,8 +274,9 @@ struct Activity {
     /// nanoseconds from `opened`, plus one (0: none yet): on HTTP/1, a next request's header
     /// has begun.
     first_read_since_idle: AtomicU64,
-    /// The client opened with HTTP/2's preface: what it sends while idle (a PING, a SETTINGS
-    /// acknowledgement) is no request's header.
+    /// The connection speaks HTTP/2 (known from its first request, before which the header
+    /// timeout runs anyway): what it sends while idle (a PING, a SETTINGS acknowledgement) is no
+    /// request's header.
     http2: AtomicBool,
     /// Bytes of response bodies handed to hyper and not yet written out (as far as this side
     /// can tell: a write takes its framing from it too, never below 0).
@@ -387,7 +395,8 @@ impl Activity {
     /// Resolves once the connection has had no request in progress for too long: the header
     /// timeout before its first request (so a client that sends nothing, or never finishes the
     /// HTTP/2 preface, is dropped as fast as a slow HTTP/1 header), the idle timeout after, and
-    /// after the last write of a response still on its way. A request in progress keeps its
+    /// after the last write of a response still on its way (on HTTP/1, or the header timeout
+    /// from the first byte read since, whichever is later). A request in progress keeps its
     /// connection, however quiet (a change stream with nothing to send), except while a response
     /// body is owed a poll: then the idle timeout runs from the last poll or write, so a client
     /// that stops taking a response's bytes cannot hold its connection (and a stream its key's
@@ -576,14 +585,9 @@ impl AsyncRead for CountedIo {
         let read = buf.filled().len() - before;
         if read > 0 {
             let activity = &self.activity;
-            if activity
+            activity
                 .bytes_read
-                .fetch_add(read as u64, Ordering::Relaxed)
-                == 0
-                && buf.filled()[before..].starts_with(b"PRI")
-            {
-                activity.http2.store(true, Ordering::Relaxed);
-            }
+                .fetch_add(read as u64, Ordering::Relaxed);
             if activity.first_read_since_idle.load(Ordering::Relaxed) == 0 {
                 let _ = activity.first_read_since_idle.compare_exchange(
                     0,

@@ -315,8 +315,9 @@ impl SqliteStore {
                     .into(),
             ));
         }
-        // The file exists now: the one the writes will be made to.
-        self.writer.file.remember();
+        // The file exists now: the one the writes will be made to, where SQLite keeps its
+        // companions (a symbolic link's target).
+        self.writer.file.remember(PathBuf::from(file));
         if !was_there && self.writer.file.exists() {
             // Said, since it is also what a restart does after the file was deleted under the
             // service: it then serves an empty database, and every key is refused.
@@ -1124,8 +1125,9 @@ pub(super) struct DatabaseFile {
     path: PathBuf,
     /// Device and inode, once the store has opened the file; none for an in-memory database.
     opened: OnceLock<(u64, u64)>,
-    /// The path with its symbolic links followed, once the store has opened the file: SQLite
-    /// keeps the `-wal` and `-shm` beside the file a link leads to, not beside the link.
+    /// The path SQLite opened the file by (`pragma_database_list`), once the store has: its
+    /// symbolic links followed, since SQLite keeps the `-wal` and `-shm` beside the file a link
+    /// leads to, not beside the link.
     resolved: OnceLock<PathBuf>,
 }
 
@@ -1143,13 +1145,12 @@ impl DatabaseFile {
         std::fs::metadata(&self.path).is_ok()
     }
 
-    fn remember(&self) {
+    /// `resolved`: the path SQLite opened it by, its symbolic links followed.
+    fn remember(&self, resolved: PathBuf) {
+        let _ = self.resolved.set(resolved);
         use std::os::unix::fs::MetadataExt;
         if let Ok(metadata) = std::fs::metadata(&self.path) {
             let _ = self.opened.set((metadata.dev(), metadata.ino()));
-        }
-        if let Ok(resolved) = std::fs::canonicalize(&self.path) {
-            let _ = self.resolved.set(resolved);
         }
     }
 
@@ -1538,7 +1539,9 @@ mod tests {
         let stopped_early =
             super::READ_DEADLINE.scope(std::time::Instant::now() + TIMEOUT / 10, endless);
 
+        let started = Instant::now();
         let interrupted = store.bounded(stopped_early).await.unwrap_err().to_string();
+        let stopped_after = started.elapsed();
         let held = store.pool.acquire().await.unwrap();
         let no_connection = store
             .bounded(async { Err::<(), _>(sqlx::Error::PoolTimedOut) })
@@ -1547,6 +1550,10 @@ mod tests {
             .to_string();
 
         assert_eq!(interrupted, "database unavailable: no answer within 300 ms");
+        assert!(
+            stopped_after < TIMEOUT / 2,
+            "{stopped_after:?}: not SQLite's stop"
+        );
         assert_eq!(
             no_connection,
             "database unavailable: no connection of the pool within 300 ms (1 of its 1 read \

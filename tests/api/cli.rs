@@ -850,10 +850,15 @@ fn a_setting_that_cannot_work_stops_serve_before_the_database_is_touched() {
             std::fs::read_dir(&folder).map(|files| files.count())
         );
     }
+    // Run where a file made by mistake would show: a version that made the database file itself
+    // made one for the first (`file:sqlx-in-memory-0`: the diff review).
+    let scratch = std::env::temp_dir().join(format!("scratch-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&scratch).unwrap();
     for memory in ["sqlite://:memory:", "sqlite://?mode=memory", "sqlite://"] {
         let output = child::signal_scans()
             .args(["keys", "list"])
             .env("DATABASE_URL", memory)
+            .current_dir(&scratch)
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -862,7 +867,10 @@ fn a_setting_that_cannot_work_stops_serve_before_the_database_is_touched() {
             stderr.contains("DATABASE_URL names no file"),
             "{memory}: {stderr}"
         );
+        let made: Vec<_> = std::fs::read_dir(&scratch).unwrap().collect();
+        assert!(made.is_empty(), "{memory}: {made:?}");
     }
+    let _ = std::fs::remove_dir_all(&scratch);
 }
 
 /// A percent-encoded SQLite path (`%20`, the only way to write a `?` or `#` in a file name) is
