@@ -531,10 +531,11 @@ async fn metrics_count_requests_limits_pool_and_cancels(backend: Backend) {
 }
 store_test!(metrics_count_requests_limits_pool_and_cancels);
 
-/// A fresh process's `/metrics` has every counter whose labels are known in advance at 0, and a
-/// `# HELP` line for each metric: a counter appeared at its first event, which Prometheus's
-/// `rate()` and `increase()` then never counted, so a first burst of 429s or a Redis that never
-/// answered raised no alert; and no metric said what it was (the SRE review).
+/// A fresh process's `/metrics` has every counter whose labels are known in advance at 0, a
+/// `# HELP` line for each metric, and latency buckets past `REQUEST_TIMEOUT_MS`: a counter
+/// appeared at its first event, which Prometheus's `rate()` and `increase()` then never counted,
+/// so a first burst of 429s or a Redis that never answered raised no alert; no metric said what
+/// it was; and the last bucket was 10 s (the SRE review).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_process_shows_its_counters_at_zero_and_says_what_each_metric_is() {
     let app = TestApp::spawn(Backend::Sqlite).await;
@@ -570,6 +571,18 @@ async fn a_fresh_process_shows_its_counters_at_zero_and_says_what_each_metric_is
         "{after_a_request}"
     );
     assert!(shown.len() >= 9, "{after_a_request}");
+    // A request held to REQUEST_TIMEOUT_MS's default 15 s was counted in `+Inf` alone.
+    for bucket in ["15", "30", "60"] {
+        let series = format!(
+            r#"http_request_duration_seconds_bucket{{route="/healthz",method="GET",le="{bucket}"}}"#
+        );
+        assert!(
+            after_a_request
+                .lines()
+                .any(|line| line.starts_with(&series)),
+            "{series}\n{after_a_request}"
+        );
+    }
     for metric in shown {
         let help = format!("# HELP {metric} ");
         assert!(
