@@ -1261,7 +1261,11 @@ async fn write_and_commit<T>(
         let acquired = connection.insert(pool.acquire().await?);
         locking.store(true, Ordering::Relaxed);
         let begun = acquired.begin_with("BEGIN IMMEDIATE").await;
-        locking.store(false, Ordering::Relaxed);
+        // SQLite's own wait for the lock (its busy handler, as long as the timeout) may end a
+        // moment before the timer does: that is the same wait, told the same way.
+        if !begun.as_ref().is_err_and(is_busy) {
+            locking.store(false, Ordering::Relaxed);
+        }
         let mut tx = begun?;
         if *turn == AuditIds::MayFollowAnotherHistory {
             move_audit_ids_past_now(&mut tx).await?;
@@ -1271,8 +1275,11 @@ async fn write_and_commit<T>(
     })
     .await
     .map_err(|error| match error {
-        StoreError::Unavailable(timed_out) if locking.load(Ordering::Relaxed) => {
-            StoreError::Unavailable(format!("{timed_out}: {WRITE_LOCK_HELD}"))
+        StoreError::Unavailable(_) if locking.load(Ordering::Relaxed) => {
+            StoreError::Unavailable(format!(
+                "no answer within {} ms: {WRITE_LOCK_HELD}",
+                timeout.as_millis()
+            ))
         }
         other => other,
     });
