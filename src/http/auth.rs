@@ -120,7 +120,7 @@ async fn refuse_if_blocked(state: &AppState, failures_of: IpAddr) -> Result<(), 
 }
 
 fn auth_failures_limited(retry_after_secs: u64) -> ApiError {
-    metrics::counter!(RATE_LIMITED, "limit" => "auth_failures").increment(1);
+    metrics::counter!(RATE_LIMITED, "limit" => Limit::AuthFailures.label()).increment(1);
     ApiError::RateLimited {
         limit: Limit::AuthFailures,
         retry_after_secs,

@@ -94,7 +94,7 @@ impl ChangeStreams {
         let mut count = self.open.entry(key).or_insert(0);
         if *count >= self.settings.max_per_key {
             tracing::info!(api_key.id = %key, open = *count, "too many change streams for this key");
-            metrics::counter!(RATE_LIMITED, "limit" => "streams_per_key").increment(1);
+            metrics::counter!(RATE_LIMITED, "limit" => Limit::StreamsPerKey.label()).increment(1);
             return None;
         }
         *count += 1;

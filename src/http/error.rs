@@ -199,6 +199,17 @@ pub enum Limit {
 pub(crate) const STREAM_CAP_RETRY_SECS: u64 = 2;
 
 impl Limit {
+    pub(crate) const ALL: [Limit; 3] = [Limit::KeyRate, Limit::AuthFailures, Limit::StreamsPerKey];
+
+    /// Its `limit` label in `rate_limited_total`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Limit::KeyRate => "per_key",
+            Limit::AuthFailures => "auth_failures",
+            Limit::StreamsPerKey => "streams_per_key",
+        }
+    }
+
     fn reached(self) -> &'static str {
         match self {
             Limit::KeyRate => "this API key is over its request rate",

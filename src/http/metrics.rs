@@ -23,6 +23,7 @@ use metrics_exporter_prometheus::{
 use tower::{Layer, Service};
 
 use super::changes::ChangeStreams;
+use crate::domain::scan::ScanStatus;
 use crate::store::{self, Store};
 
 pub(crate) const REQUESTS: &str = "http_requests_total";
@@ -103,12 +104,17 @@ fn describe() {
         metrics::Unit::Seconds,
         "A request's wait until a writer took its changes, or until it gave up."
     );
-    for limit in ["per_key", "auth_failures", "streams_per_key"] {
-        metrics::counter!(RATE_LIMITED, "limit" => limit).increment(0);
+    for limit in super::error::Limit::ALL {
+        metrics::counter!(RATE_LIMITED, "limit" => limit.label()).increment(0);
     }
     metrics::counter!(super::rate_limit::BACKEND_ERRORS).increment(0);
-    for found in ["queued", "running", "cancelled"] {
-        metrics::counter!(store::CANCELS, "previous_status" => found).increment(0);
+    // The statuses a cancel can find (store/pipeline.rs counts them).
+    for found in [
+        ScanStatus::Queued,
+        ScanStatus::Running,
+        ScanStatus::Cancelled,
+    ] {
+        metrics::counter!(store::CANCELS, "previous_status" => found.as_str()).increment(0);
     }
 }
 

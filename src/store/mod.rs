@@ -589,13 +589,13 @@ async fn bounded_until<T>(
 ) -> Result<T, StoreError> {
     match tokio::time::timeout_at(deadline, query).await {
         Ok(result) => result.map_err(classify),
-        Err(_) => Err(no_answer_within(timeout)),
+        Err(_) => Err(StoreError::Unavailable(no_answer_within(timeout))),
     }
 }
 
 /// What a read or write that ran out of `timeout` is told as.
-fn no_answer_within(timeout: Duration) -> StoreError {
-    StoreError::Unavailable(format!("no answer within {} ms", timeout.as_millis()))
+fn no_answer_within(timeout: Duration) -> String {
+    format!("no answer within {} ms", timeout.as_millis())
 }
 
 /// Sorts driver errors into "try again later" (502) and "something is wrong" (500): the database

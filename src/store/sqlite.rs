@@ -226,7 +226,7 @@ impl SqliteStore {
         let bounded = tokio::time::timeout_at(deadline, query);
         match READ_DEADLINE.scope(deadline.into_std(), bounded).await {
             Ok(answered) => answered.map_err(|error| self.read_failed(error)),
-            Err(_) => Err(no_answer_within(self.timeout)),
+            Err(_) => Err(StoreError::Unavailable(no_answer_within(self.timeout))),
         }
     }
 
@@ -248,7 +248,7 @@ impl SqliteStore {
                 ))
             }
             error if primary_code(&error) == Some(SQLITE_INTERRUPT) => {
-                no_answer_within(self.timeout)
+                StoreError::Unavailable(no_answer_within(self.timeout))
             }
             error => classify(error),
         }
@@ -1147,8 +1147,8 @@ impl DatabaseFile {
 
     /// `resolved`: the path SQLite opened it by, its symbolic links followed.
     fn remember(&self, resolved: PathBuf) {
-        let _ = self.resolved.set(resolved);
         use std::os::unix::fs::MetadataExt;
+        let _ = self.resolved.set(resolved);
         if let Ok(metadata) = std::fs::metadata(&self.path) {
             let _ = self.opened.set((metadata.dev(), metadata.ino()));
         }
@@ -1276,10 +1276,7 @@ async fn write_and_commit<T>(
     .await
     .map_err(|error| match error {
         StoreError::Unavailable(_) if locking.load(Ordering::Relaxed) => {
-            StoreError::Unavailable(format!(
-                "no answer within {} ms: {WRITE_LOCK_HELD}",
-                timeout.as_millis()
-            ))
+            StoreError::Unavailable(format!("{}: {WRITE_LOCK_HELD}", no_answer_within(timeout)))
         }
         other => other,
     });

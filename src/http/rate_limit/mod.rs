@@ -23,6 +23,7 @@ pub use self::clock::LimiterClock;
 use self::local::LocalLimits;
 pub use self::shared::RedisSettings;
 use self::shared::SharedLimits;
+use super::error::Limit;
 use super::metrics::RATE_LIMITED;
 
 const POLICY_NAME: &str = "per-key";
@@ -242,7 +243,7 @@ impl RateLimiter {
         let decision = self.check_key(key).await;
         if let Decision::Limited { retry_after_secs } = decision {
             tracing::info!(api_key.id = %key, retry_after_secs, "rate limited");
-            metrics::counter!(RATE_LIMITED, "limit" => "per_key").increment(1);
+            metrics::counter!(RATE_LIMITED, "limit" => Limit::KeyRate.label()).increment(1);
         }
         decision
     }
