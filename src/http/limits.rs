@@ -1,10 +1,12 @@
 //! Bounds on what a request may carry, checked before any work: an over-long target, oversized
-//! headers or a body announced larger than we accept get a 400 envelope naming the limit.
-//! (hyper's own, larger buffer limit stays as the backstop for what never parses.)
+//! headers or a body announced larger than we accept get a 400 envelope naming the limit, as does
+//! a request without exactly one valid `Host` where HTTP requires it. (hyper's own, larger buffer
+//! limit stays as the backstop for what never parses.)
 
 use axum::body::Body;
-use axum::http::Request;
-use axum::http::header::CONTENT_LENGTH;
+use axum::http::header::{CONTENT_LENGTH, HOST};
+use axum::http::uri::Authority;
+use axum::http::{HeaderValue, Request, Version};
 use axum::response::{IntoResponse, Response};
 use tower_http::validate_request::ValidateRequest;
 
@@ -42,6 +44,9 @@ impl<B> ValidateRequest<B> for EnforceLimits {
 }
 
 fn violation<B>(request: &Request<B>) -> Option<String> {
+    if let Some(details) = host_violation(request) {
+        return Some(details.to_owned());
+    }
     let target = request
         .uri()
         .path_and_query()
@@ -72,6 +77,31 @@ fn violation<B>(request: &Request<B>) -> Option<String> {
     }
 }
 
+/// HTTP's rule for `Host` (RFC 9112, section 3.2: a server must answer 400): an HTTP/1.1 request
+/// has exactly one, and on any version one that is sent holds a host and an optional port. hyper
+/// checks none of it; the service never reads `Host`, but a proxy or cache in front that keys on
+/// it could be led to take one request for another. (HTTP/2 names the host in `:authority`; an
+/// HTTP/1.0 request may have no `Host`.)
+fn host_violation<B>(request: &Request<B>) -> Option<&'static str> {
+    let mut hosts = request.headers().get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if request.version() == Version::HTTP_11 => Some(HOST_MISSING),
+        (None, _) => None,
+        (Some(_), Some(_)) => Some(HOST_REPEATED),
+        (Some(host), None) if !is_host_and_port(host) => Some(HOST_INVALID),
+        (Some(_), None) => None,
+    }
+}
+
+/// `uri-host [ ":" port ]`: an authority without user information.
+fn is_host_and_port(value: &HeaderValue) -> bool {
+    !value.as_bytes().contains(&b'@') && Authority::try_from(value.as_bytes()).is_ok()
+}
+
+pub(crate) const HOST_MISSING: &str = "an HTTP/1.1 request must have a Host header";
+const HOST_REPEATED: &str = "a request may have only one Host header";
+const HOST_INVALID: &str = "the Host header must be a host name or address with an optional port";
+
 /// The `details` of each refusal (also the OpenAPI document's examples).
 pub(crate) fn target_too_long(bytes: usize, limit: usize) -> String {
     format!("request target is {bytes} bytes; the limit is {limit}")
@@ -87,4 +117,35 @@ pub(crate) fn body_too_large(bytes: u64) -> String {
 
 pub(crate) fn body_over_limit() -> String {
     format!("request body is over the limit of {MAX_BODY_BYTES} bytes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host_of(value: &'static str) -> bool {
+        is_host_and_port(&HeaderValue::from_static(value))
+    }
+
+    #[test]
+    fn a_host_is_a_name_or_address_with_an_optional_port() {
+        for good in [
+            "localhost",
+            "api.example.com:8443",
+            "127.0.0.1:80",
+            "[::1]:8080",
+        ] {
+            assert!(host_of(good), "{good} was refused");
+        }
+        for bad in [
+            "",
+            "a b",
+            "user@example.com",
+            "example.com/path",
+            "exa mple:80",
+            "[::1",
+        ] {
+            assert!(!host_of(bad), "{bad:?} was taken");
+        }
+    }
 }

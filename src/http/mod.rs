@@ -54,7 +54,8 @@ use crate::domain::keys::Permission;
 /// Every request meets its checks in this order, each in one place, so that nothing is revealed
 /// to a caller who may not know it:
 ///
-/// 1. 400, a request over the size limits: [`limits::EnforceLimits`], a layer below;
+/// 1. 400, a request over the size limits or without one valid `Host`: [`limits::EnforceLimits`],
+///    a layer below;
 /// 2. 404 / 405, no such route or method: the router's fallbacks, below;
 /// 3. 429, a client address that keeps failing to authenticate, then 401, the key:
 ///    [`auth::guard`], the route's one route layer (`requires` below);

@@ -146,6 +146,52 @@ async fn size_limits_accept_exactly_the_limit_and_refuse_one_byte_more(backend: 
 }
 store_test!(size_limits_accept_exactly_the_limit_and_refuse_one_byte_more);
 
+/// HTTP's rule for `Host`: an HTTP/1.1 request without one, any request with two, or one whose
+/// value is no host and port is a 400 envelope naming it, and changes nothing; an HTTP/1.0
+/// request may go without.
+async fn a_request_without_one_valid_host_is_a_400_and_changes_nothing(backend: Backend) {
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let path = cancel_path(group.as_str(), scan.as_str());
+    let cancel = |version: &str, hosts: &str| {
+        format!(
+            "POST {path} {version}\r\n{hosts}authorization: Bearer {key}\r\n\
+             content-length: 0\r\nconnection: close\r\n\r\n"
+        )
+    };
+    let host = format!("host: {}\r\n", app.addr);
+
+    for (hosts, named) in [
+        (String::new(), "an HTTP/1.1 request must have a Host header"),
+        (
+            format!("{host}{host}"),
+            "a request may have only one Host header",
+        ),
+        ("host: \r\n".to_owned(), "the Host header must be"),
+        (
+            "host: user@localhost\r\n".to_owned(),
+            "the Host header must be",
+        ),
+        ("host: local host\r\n".to_owned(), "the Host header must be"),
+    ] {
+        let (status, body) = send_raw(app.addr, cancel("HTTP/1.1", &hosts).as_bytes()).await;
+        assert_eq!(status, 400, "{hosts:?}: {body}");
+        assert_eq!(body["error"]["code"], "VALIDATION_ERROR", "{hosts:?}");
+        let details = body["error"]["details"].as_str().unwrap();
+        assert!(details.starts_with(named), "{hosts:?}: {details}");
+    }
+    assert_eq!(
+        app.status_of(&scan).await,
+        ScanStatus::Queued,
+        "nothing changed"
+    );
+
+    let (status, body) = send_raw(app.addr, cancel("HTTP/1.0", "").as_bytes()).await;
+    assert_eq!(status, 200, "HTTP/1.0 without Host: {body}");
+    assert_eq!(app.status_of(&scan).await, ScanStatus::Cancelled);
+}
+store_test!(a_request_without_one_valid_host_is_a_400_and_changes_nothing);
+
 /// Over HTTP/2 the header limit is the service's own too: 100 fields of exactly 16 KiB of names
 /// and values in all are served, and one byte more is the 400 envelope naming the limit, never a
 /// bare 431 from the HTTP/2 layer (which counts 32 bytes more a field, pseudo-headers included).

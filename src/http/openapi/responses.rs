@@ -499,10 +499,14 @@ fn no_headers(response: ResponseBuilder) -> ResponseBuilder {
     response
 }
 
-/// The 400s a request over a limit answers before any route is matched (the target limit is
-/// `target_limit`; the change stream's is larger).
+/// The 400s a request over a limit, or without its `Host`, answers before any route is matched
+/// (the target limit is `target_limit`; the change stream's is larger).
 fn over_limits(target_limit: usize) -> Vec<(&'static str, Rendered)> {
     vec![
+        (
+            "hostMissing",
+            rendered(ApiError::Validation(limits::HOST_MISSING.to_owned())),
+        ),
         (
             "targetTooLong",
             rendered(ApiError::Validation(limits::target_too_long(
