@@ -6,7 +6,6 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -122,10 +121,7 @@ impl Application {
     /// Serves (folding the metrics' samples on a timer of their own) until `shutdown` resolves,
     /// then ends the change streams, stops accepting, lets in-flight requests finish, and sends
     /// the last change notifications, all within the shutdown timeout.
-    pub async fn run_until(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> io::Result<()> {
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         self.run_until_hurried(shutdown, std::future::pending())
             .await
     }
@@ -136,7 +132,7 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
         hurry: impl Future<Output = ()>,
-    ) -> io::Result<()> {
+    ) {
         let upkeep = tokio::spawn(http::metrics::upkeep(
             self.state.metrics.clone(),
             http::metrics::UPKEEP_EVERY,
@@ -155,15 +151,7 @@ impl Application {
             // real requests.
             streams.close();
         };
-        let hurried = Arc::new(AtomicBool::new(false));
-        let hurry = {
-            let hurried = Arc::clone(&hurried);
-            async move {
-                hurry.await;
-                hurried.store(true, Ordering::Relaxed);
-            }
-        };
-        let served = server::run(
+        let drained = server::run(
             self.listener,
             self.router,
             self.connections,
@@ -180,8 +168,8 @@ impl Application {
         }
         // Asked again: no last notification is sent (listeners find their changes at their next
         // poll).
-        if hurried.load(Ordering::Relaxed) {
-            return served;
+        if drained == server::Drained::Hurried {
+            return;
         }
         // Within the shutdown timeout, which bounds the whole stop: a hint that misses it is only
         // late (listeners find its change at their next poll).
@@ -192,7 +180,6 @@ impl Application {
             None => HINT_FLUSH_LIMIT,
         };
         self.state.store.flush_hints(flush_within).await;
-        served
     }
 }
 

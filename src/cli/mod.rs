@@ -15,7 +15,7 @@ mod watch;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -563,7 +563,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let state = application.state();
             let seeded = demo::seed(&KeyAdmin::new(state.store.clone()), &state.scans).await?;
             if seeded.is_none() {
-                tracing::info!("--demo: the database already holds data; nothing was added");
+                tracing::info!(
+                    database = %args.database.url(),
+                    "--demo: the database already holds data; nothing was added (the demo's keys \
+                     were printed when it was first seeded; delete the database file to start over)"
+                );
             }
             seeded
         }
@@ -598,14 +602,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             hurried.notify_one();
         }
     });
-    let served = application
+    application
         .run_until_hurried(async move { asked.notified().await }, async move {
             hurried.notified().await
         })
         .await;
     listening.abort();
     store.close(STORE_CLOSE_LIMIT).await;
-    served.context("server failed")?;
     tracing::info!("stopped");
     Ok(())
 }

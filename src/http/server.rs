@@ -77,8 +77,20 @@ impl ConnectionLimits {
 /// at 64 KiB every such block reaches those limits, and one past them gets their 400 envelope.
 const HTTP2_MAX_HEADER_LIST: u32 = 64 * 1024;
 
+/// How the requests in flight at the stop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Drained {
+    /// Every one was answered.
+    All,
+    /// The drain time ran out first.
+    OutOfTime,
+    /// Asked to stop again, the process did not wait for them.
+    Hurried,
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves; then stops accepting, lets open
-/// connections finish their requests for at most `drain`, or until `hurry` resolves, and returns.
+/// connections finish their requests for at most `drain`, or until `hurry` resolves, and says
+/// which came first.
 pub(crate) async fn run(
     listener: TcpListener,
     router: Router,
@@ -86,7 +98,7 @@ pub(crate) async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     hurry: impl Future<Output = ()>,
     drain: Duration,
-) -> io::Result<()> {
+) -> Drained {
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     metrics::gauge!(CONNECTIONS, "state" => "max").set(limits.max_connections as f64);
@@ -125,21 +137,22 @@ pub(crate) async fn run(
     // New connections are refused from here on.
     drop(listener);
     tracing::debug!(connections = graceful.count(), "draining open connections");
-    tokio::select! {
-        () = graceful.shutdown() => {}
+    let drained = tokio::select! {
+        () = graceful.shutdown() => return Drained::All,
         () = tokio::time::sleep(drain) => {
             tracing::warn!(
                 drain_ms = drain.as_millis() as u64,
                 "requests still in flight after the drain time; stopping anyway"
             );
-            super::metrics::stopping_unanswered();
+            Drained::OutOfTime
         }
         () = hurry => {
             tracing::warn!("asked to stop again; stopping without waiting for the requests in flight");
-            super::metrics::stopping_unanswered();
+            Drained::Hurried
         }
-    }
-    Ok(())
+    };
+    super::metrics::stopping_unanswered();
+    drained
 }
 
 /// Per-connection failures (the peer gave up before we accepted) are nothing to wait for; any

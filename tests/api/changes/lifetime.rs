@@ -262,7 +262,7 @@ async fn the_hubs_reader_stops_with_the_application(backend: Backend) {
     let while_serving = listening(&mut admin).await;
 
     drop(stream);
-    app.shut_down().await.unwrap();
+    app.shut_down().await;
     let deadline = Instant::now() + SOON;
     let mut after = listening(&mut admin).await;
     while after > 0 && Instant::now() < deadline {
