@@ -169,8 +169,9 @@ async fn a_key_for_all_groups_reaches_any_group(backend: Backend) {
 }
 store_test!(a_key_for_all_groups_reaches_any_group);
 
-/// 401 → 429 → 403 (permission) → 400 → 403 (group) → 404 → 200/422: each row breaks every
-/// later rule too, and must answer with the earliest one.
+/// 401 → 403 (permission) → 400 → 403 (group) → 404 → 200/422: each row breaks every later rule
+/// too, and must answer with the earliest one. (The key's rate, 429, between 401 and 403, has its
+/// own tests in `rate_limit.rs`: its limit is spent by every request here.)
 async fn checks_run_in_the_documented_order(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let (mine, theirs) = (group(), group());

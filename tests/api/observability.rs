@@ -5,13 +5,13 @@
 use std::time::{Duration, Instant};
 
 use signal_scans::domain::ids::ScanId;
-use signal_scans::domain::keys::NewApiKey;
+use signal_scans::domain::keys::{NewApiKey, Permission};
 use signal_scans::domain::scan::ScanStatus;
 
 use crate::helpers::locks::WriteLock;
 use crate::helpers::process::ServerProcess;
 use crate::helpers::proxy::Proxy;
-use crate::helpers::{ApiResponse, Backend, TestApp, cancel_path};
+use crate::helpers::{ApiResponse, Backend, TestApp, cancel_path, move_path};
 use crate::store_test;
 
 /// `LOG_FORMAT=json`: one JSON object per line; each request's line carries its trace id,
@@ -478,13 +478,26 @@ async fn metrics_count_requests_limits_pool_and_cancels(backend: Backend) {
         again.push(cancel(key.clone()).await.status.as_u16());
         assert!(again.len() < 100, "never limited: {again:?}");
     }
+    // A repeat, by a key of its own (the first is limited now).
+    let (second_writer, _) = app.key_for(&[Permission::SignalsWrite], &[group]).await;
+    let repeated = cancel(second_writer).await;
+    // A runner's move is no cancel: it is counted by no `scan_cancels_total` series.
+    let (runner, _) = app.key_for(&[Permission::SignalsRun], &[group]).await;
+    let queued = app.scan(&group, ScanStatus::Queued).await;
+    let started = client
+        .post(server.url(&move_path(group.as_str(), queued.as_str(), "start")))
+        .bearer_auth(runner);
+    let started = ApiResponse::of(started).await;
+    // Last: the second failed authentication blocks this address.
     let guesses = [
         cancel(NewApiKey::generate().secret).await,
         cancel(NewApiKey::generate().secret).await,
     ];
     let after = metrics().await;
 
+    assert_eq!(started.status, 200, "{:?}", started.body);
     assert_eq!(moved.body["data"]["previousStatus"], "running");
+    assert_eq!(repeated.body["data"]["previousStatus"], "cancelled");
     assert_eq!(guesses[0].status, 401);
     guesses[1].assert_error(429, "RATE_LIMITED");
     let counted = |series: &str| {
@@ -493,6 +506,7 @@ async fn metrics_count_requests_limits_pool_and_cancels(backend: Backend) {
     };
     let mut statuses = vec![moved.status.as_u16()];
     statuses.extend(&again);
+    statuses.push(repeated.status.as_u16());
     statuses.extend(guesses.iter().map(|g| g.status.as_u16()));
     let answered = |status: u16| statuses.iter().filter(|s| **s == status).count() as f64;
     let route = "/v1/accounts/{accountGroupId}/signals/scans/{scanId}/cancel";
@@ -510,6 +524,16 @@ async fn metrics_count_requests_limits_pool_and_cancels(backend: Backend) {
     assert_eq!(
         counted(r#"scan_cancels_total{previous_status="running"}"#),
         1.0
+    );
+    // Every 200 after the first repeats the cancel.
+    assert_eq!(
+        counted(r#"scan_cancels_total{previous_status="cancelled"}"#),
+        answered(200) - 1.0,
+        "{again:?}"
+    );
+    assert_eq!(
+        counted(r#"scan_cancels_total{previous_status="queued"}"#),
+        0.0
     );
     assert_eq!(
         counted(&format!(

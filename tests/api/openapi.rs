@@ -1024,9 +1024,9 @@ async fn a_failures_body_is_refused_exactly_when_the_document_rejects_it(backend
 }
 store_test!(a_failures_body_is_refused_exactly_when_the_document_rejects_it);
 
-/// Query parameters at and past their documented bounds: the list's cursor (its sign and its
-/// digits) and the stream's `scanId` filters (at most 100) are refused exactly when the document
-/// rejects them.
+/// Query parameters at and past their documented bounds: the list's `limit` (1 to 100), its
+/// cursor (its sign and its digits) and the stream's `scanId` filters (at most 100) are refused
+/// exactly when the document rejects them.
 async fn parameters_are_refused_exactly_when_the_document_rejects_them(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let contract = Contract::of(&app).await;
@@ -1058,6 +1058,13 @@ async fn parameters_are_refused_exactly_when_the_document_rejects_them(backend: 
         let documented = contract.errors(&cursor_schema, &json!(cursor)).is_empty();
         let status = status_of(format!("{}?cursor={cursor}", list_url(&app, g.as_str()))).await;
         assert_eq!(status, if documented { 200 } else { 400 }, "{position}");
+    }
+
+    let limit_schema = parameter(LIST, "limit");
+    for limit in [0, 1, 100, 101] {
+        let documented = contract.errors(&limit_schema, &json!(limit)).is_empty();
+        let status = status_of(format!("{}?limit={limit}", list_url(&app, g.as_str()))).await;
+        assert_eq!(status, if documented { 200 } else { 400 }, "limit={limit}");
     }
 
     // An `after` beside a `Last-Event-ID` (which wins) is held to its documented form only.

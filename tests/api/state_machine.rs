@@ -8,11 +8,21 @@ use signal_scans::service::{ScanService, ServiceError};
 use crate::helpers::{Backend, RUNNER, TestApp, group};
 use crate::store_test;
 
+/// The moves the contract allows, written out here rather than asked of the code under test.
+const ALLOWED: [(ScanStatus, ScanStatus); 5] = [
+    (ScanStatus::Queued, ScanStatus::Running),
+    (ScanStatus::Queued, ScanStatus::Cancelled),
+    (ScanStatus::Running, ScanStatus::Completed),
+    (ScanStatus::Running, ScanStatus::Failed),
+    (ScanStatus::Running, ScanStatus::Cancelled),
+];
+
 async fn every_move_the_state_machine_allows_applies_and_every_other_is_refused(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let group = group();
     for from in ScanStatus::ALL {
         for to in ScanStatus::ALL {
+            let allowed = ALLOWED.contains(&(from, to));
             let scan = app.scan(&group, from).await;
 
             let outcome = app.store.transition(None, &scan, to, RUNNER).await.unwrap();
@@ -23,7 +33,7 @@ async fn every_move_the_state_machine_allows_applies_and_every_other_is_refused(
                     previous,
                     scan: moved,
                 } => {
-                    assert!(from.can_move_to(to), "{from} -> {to} applied");
+                    assert!(allowed, "{from} -> {to} applied");
                     assert_eq!(previous, from);
                     assert_eq!(moved.status, to);
                     assert_eq!(events.len(), 2, "{from} -> {to}: {events:?}");
@@ -37,16 +47,13 @@ async fn every_move_the_state_machine_allows_applies_and_every_other_is_refused(
                     assert_eq!(moved.cancelled_at.is_some(), to == ScanStatus::Cancelled);
                 }
                 Transition::Refused { scan: current } => {
-                    assert!(!from.can_move_to(to), "{from} -> {to} refused");
+                    assert!(!allowed, "{from} -> {to} refused");
                     assert_eq!(current.status, from);
                     assert_eq!(events.len(), 1, "nothing written: {events:?}");
                 }
                 Transition::NotFound => panic!("{from} -> {to}: scan not found"),
             }
-            assert_eq!(
-                app.status_of(&scan).await,
-                if from.can_move_to(to) { to } else { from }
-            );
+            assert_eq!(app.status_of(&scan).await, if allowed { to } else { from });
         }
     }
 }

@@ -638,6 +638,11 @@ async fn a_400_names_each_problem_once_and_stays_small_whatever_the_input(backen
         distinct.contains("800 in all") && distinct.contains("`p0`"),
         "{distinct}"
     );
+    assert_eq!(
+        distinct.matches("`p").count(),
+        5,
+        "five names shown: {distinct}"
+    );
     let bad_ids = details(2);
     assert_eq!(bad_ids.matches("scanId").count(), 1, "{bad_ids}");
     // A name is echoed only when it is short and plain (32 bytes at most): a longer one is
