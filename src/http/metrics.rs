@@ -104,6 +104,7 @@ fn describe() {
         metrics::Unit::Seconds,
         "A request's wait until a writer took its changes, or until it gave up."
     );
+    PROCESS.describe();
     for limit in super::error::Limit::ALL {
         metrics::counter!(RATE_LIMITED, "limit" => limit.label()).increment(0);
     }
@@ -117,6 +118,13 @@ fn describe() {
         metrics::counter!(store::CANCELS, "previous_status" => found.as_str()).increment(0);
     }
 }
+
+/// The process's own figures, read at each scrape under the names every Prometheus client gives
+/// them (`process_resident_memory_bytes`, `process_open_fds` against `process_max_fds`,
+/// `process_cpu_seconds_total`, `process_start_time_seconds`, `process_threads`): what an
+/// operator watches for a leak, descriptors running out, or a restart.
+static PROCESS: LazyLock<metrics_process::Collector> =
+    LazyLock::new(metrics_process::Collector::default);
 
 /// Changes per commit: powers of two up to the store's batch bound.
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
@@ -385,6 +393,7 @@ pub(crate) async fn render(
     metrics::gauge!(DB_POOL, "state" => "in_use").set(f64::from(pool.in_use));
     metrics::gauge!(DB_POOL, "state" => "idle").set(f64::from(pool.idle));
     metrics::gauge!(DB_POOL, "state" => "max").set(f64::from(pool.max));
+    PROCESS.collect();
     handle.run_upkeep();
     let mut response = handle.render().into_response();
     response.headers_mut().insert(

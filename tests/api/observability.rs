@@ -618,6 +618,66 @@ async fn a_fresh_process_shows_its_counters_at_zero_and_says_what_each_metric_is
     }
 }
 
+/// Every scrape shows the process's own figures under the names Prometheus clients give them,
+/// as `/proc` tells them: its memory, its descriptors against their limit, its CPU time, its
+/// threads and when it started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrape_shows_the_processs_memory_descriptors_cpu_and_start() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let before_start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let server = ServerProcess::start(&[("DATABASE_URL", &app.db.url)]).await;
+
+    let metrics = server.metrics().await;
+    let proc_file = |name: &str| {
+        std::fs::read_to_string(format!("/proc/{}/{name}", server.pid())).expect("Linux /proc")
+    };
+    let (status, limits) = (proc_file("status"), proc_file("limits"));
+    let open_fds = std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+        .unwrap()
+        .count() as f64;
+    let value = |series: &str| {
+        crate::helpers::metrics::value(&metrics, series)
+            .unwrap_or_else(|| panic!("{series}\n{metrics}"))
+    };
+    let field = |text: &str, prefix: &str| -> f64 {
+        let line = text.lines().find(|line| line.starts_with(prefix)).unwrap();
+        line[prefix.len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+
+    let resident = value("process_resident_memory_bytes");
+    let rss = field(&status, "VmRSS:") * 1024.0;
+    assert!(
+        resident > rss / 2.0 && resident < rss * 2.0,
+        "{resident} bytes against VmRSS {rss}"
+    );
+    assert!(
+        (value("process_open_fds") - open_fds).abs() <= 4.0,
+        "{} open against {open_fds} in /proc",
+        value("process_open_fds")
+    );
+    assert_eq!(value("process_max_fds"), field(&limits, "Max open files"));
+    let started = value("process_start_time_seconds");
+    assert!(
+        started >= before_start.floor() - 1.0 && started <= before_start + 60.0,
+        "started at {started}, the test at {before_start}"
+    );
+    // Shown; a counter of whole seconds (the `metrics` facade's counters are integers), so a
+    // process this young may show 0.
+    value("process_cpu_seconds_total");
+    assert!(value("process_threads") >= 2.0, "{metrics}");
+    for metric in ["process_resident_memory_bytes", "process_open_fds"] {
+        assert!(metrics.contains(&format!("# HELP {metric} ")), "{metric}");
+    }
+}
+
 /// An empty `RUST_LOG` (a compose file's `RUST_LOG: ${RUST_LOG}` with nothing set) logs as an
 /// unset one: as an empty filter it kept errors only, and the process looked as if it never
 /// started. `ServerProcess::start` waits for the INFO line "signal-scans is serving".
