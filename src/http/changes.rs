@@ -28,7 +28,7 @@ use super::error::{
 use super::event_stream::{EventBlocks, event_stream_response};
 use super::extract::{ApiPath, GroupPath};
 use super::headers::{SentTwice, single};
-use super::metrics::RATE_LIMITED;
+use super::metrics::{RATE_LIMITED, STREAMS_ENDED};
 use super::openapi::responses as doc;
 use super::views::ScanStatusChanged;
 use crate::domain::feed::FeedCursor;
@@ -47,6 +47,42 @@ const MAX_SCAN_FILTERS: usize = 100;
 /// A stream writes the changes it has at hand together, up to about this many bytes a frame
 /// (a thousand-row page read by a stream that fell behind leaves in several).
 const FRAME_BYTES: usize = 64 * 1024;
+
+/// Why a stream ended: its `reason` in the closing log line and in
+/// `change_streams_ended_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// Its `STREAM_MAX_AGE_MS` was up.
+    Age,
+    /// The process is stopping.
+    Shutdown,
+    /// Its key no longer authenticates (revoked or expired).
+    KeyInvalid,
+    /// The retention sweep deleted changes it had yet to send.
+    Swept,
+    /// Its client left, or stopped reading and its connection was closed (`HTTP_IDLE_TIMEOUT_MS`).
+    ClientGone,
+}
+
+impl Ending {
+    pub(crate) const ALL: [Self; 5] = [
+        Self::Age,
+        Self::Shutdown,
+        Self::KeyInvalid,
+        Self::Swept,
+        Self::ClientGone,
+    ];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Age => "age",
+            Self::Shutdown => "shutdown",
+            Self::KeyInvalid => "key_invalid",
+            Self::Swept => "swept",
+            Self::ClientGone => "client_gone",
+        }
+    }
+}
 
 /// The limits of change streams.
 #[derive(Debug, Clone, Copy)]
@@ -319,6 +355,9 @@ pub(crate) async fn follow_changes(
         expiry: Box::pin(tokio::time::sleep(streams.settings.max_age)),
         closing: streams.closing.subscribe(),
         _slot: slot,
+        ending: None,
+        opened: tokio::time::Instant::now(),
+        span: tracing::Span::current(),
     };
     Ok(event_stream_response(stream.frames()))
 }
@@ -336,20 +375,40 @@ struct ChangeStream {
     expiry: Pin<Box<Sleep>>,
     closing: watch::Receiver<bool>,
     _slot: StreamSlot,
+    /// Why it ends, once it does on its own; a stream dropped with none was its client's doing.
+    ending: Option<Ending>,
+    opened: tokio::time::Instant,
+    /// The request's span, for the closing line (the body outlives the handler).
+    span: tracing::Span,
+}
+
+/// Every stream's end is one line and one count, whoever ended it: a stream lives long after its
+/// request's own closing line, which is written when its answer begins.
+impl Drop for ChangeStream {
+    fn drop(&mut self) {
+        let reason = self.ending.unwrap_or(Ending::ClientGone).label();
+        metrics::counter!(STREAMS_ENDED, "reason" => reason).increment(1);
+        let _request = self.span.enter();
+        tracing::info!(
+            reason,
+            lived_ms = self.opened.elapsed().as_millis() as u64,
+            "a change stream ended"
+        );
+    }
 }
 
 /// What woke a waiting stream.
 enum Wake {
     Change(Result<FeedEvent, FeedError>),
     Tick,
-    End,
+    End(Ending),
 }
 
 /// What a stream sends next.
 enum Next {
     Change(Box<FeedEvent>),
     KeepAlive,
-    End,
+    End(Ending),
 }
 
 impl ChangeStream {
@@ -381,7 +440,8 @@ impl ChangeStream {
                         frame.comment("keep-alive");
                         return Some((Ok(frame.take()), (Some(stream), None)));
                     }
-                    Next::End => {
+                    Next::End(ending) => {
+                        stream.ending = Some(ending);
                         // A last reconnection hint, then the end of the body.
                         frame.retry(Duration::from_millis(RECONNECT_MS));
                         return Some((Ok(frame.take()), (None, None)));
@@ -418,8 +478,8 @@ impl ChangeStream {
         loop {
             let woken = tokio::select! {
                 biased;
-                () = &mut self.expiry => Wake::End,
-                _ = self.closing.wait_for(|closing| *closing) => Wake::End,
+                () = &mut self.expiry => Wake::End(Ending::Age),
+                _ = self.closing.wait_for(|closing| *closing) => Wake::End(Ending::Shutdown),
                 () = &mut self.keepalive => Wake::Tick,
                 event = self.follower.next() => Wake::Change(event),
             };
@@ -428,11 +488,7 @@ impl ChangeStream {
                 Wake::Change(Err(FeedError::Expired)) => {
                     // Going on would skip the deleted changes: the client reconnects from its
                     // last id, and is answered 410.
-                    tracing::info!(
-                        "a change stream ends: the retention sweep deleted changes it had yet \
-                         to send"
-                    );
-                    return Next::End;
+                    return Next::End(Ending::Swept);
                 }
                 Wake::Change(Err(FeedError::Store(error))) => {
                     // The database is away: keep the stream; the follower resumes from its
@@ -444,7 +500,7 @@ impl ChangeStream {
                     }
                 }
                 Wake::Tick => return self.keep_alive().await,
-                Wake::End => return Next::End,
+                Wake::End(ending) => return Next::End(ending),
             }
         }
     }
@@ -455,7 +511,7 @@ impl ChangeStream {
         self.keepalive.as_mut().reset(next);
         // Boxed, like the follower's reads: an open stream should not carry a query's space.
         match Box::pin(self.service.authenticate(&self.key)).await {
-            Err(ServiceError::Unauthenticated(_)) => Next::End,
+            Err(ServiceError::Unauthenticated(_)) => Next::End(Ending::KeyInvalid),
             // A database that cannot answer now does not end the stream.
             _ => Next::KeepAlive,
         }

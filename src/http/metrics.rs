@@ -33,6 +33,7 @@ pub(crate) const DB_POOL: &str = "db_pool_connections";
 pub(crate) const CONNECTIONS: &str = "http_connections";
 pub(crate) const REQUESTS_IN_PROGRESS: &str = "http_requests_in_progress";
 pub(crate) const STREAMS_OPEN: &str = "change_streams_open";
+pub(crate) const STREAMS_ENDED: &str = "change_streams_ended_total";
 
 /// Latency buckets, in seconds: a cancel should sit in the first few; the last ones hold what a
 /// stalled database costs, up to past `REQUEST_TIMEOUT_MS` (15 s by default), which a request
@@ -91,6 +92,10 @@ fn describe() {
     );
     describe_gauge!(STREAMS_OPEN, "Change streams open.");
     describe_counter!(
+        STREAMS_ENDED,
+        "Change streams ended, by why (client_gone: the client left, or stopped reading)."
+    );
+    describe_counter!(
         store::CANCELS,
         "Cancels a commit settled, by the status each found (cancelled: a repeat)."
     );
@@ -109,6 +114,9 @@ fn describe() {
         metrics::counter!(RATE_LIMITED, "limit" => limit.label()).increment(0);
     }
     metrics::counter!(super::rate_limit::BACKEND_ERRORS).increment(0);
+    for ending in super::changes::Ending::ALL {
+        metrics::counter!(STREAMS_ENDED, "reason" => ending.label()).increment(0);
+    }
     // The statuses a cancel can find (store/pipeline.rs counts them).
     for found in [
         ScanStatus::Queued,

@@ -309,6 +309,25 @@ async fn an_idempotency_key_is_forgotten_after_24_hours(backend: Backend) {
 }
 store_test!(an_idempotency_key_is_forgotten_after_24_hours);
 
+/// The sweep deletes in batches until a batch comes back short: five old keys in batches of two
+/// are all forgotten in one sweep (2, 2, 1), and a key within its window is kept.
+async fn one_sweep_forgets_every_old_key_however_many_batches_it_takes(backend: Backend) {
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let old = ["a", "b", "c", "d", "e"];
+    for name in old {
+        create(&app, &key, group.as_str(), Some(name)).await;
+        age_key(&app, backend, name).await;
+    }
+    create(&app, &key, group.as_str(), Some("fresh")).await;
+    let service = signal_scans::service::ScanService::new(app.store.clone());
+
+    assert_eq!(service.forget_idempotency_keys(2).await, 5);
+    assert_eq!(app.store.forget_idempotency_keys(100).await.unwrap(), 0);
+    let kept = create(&app, &key, group.as_str(), Some("fresh")).await;
+    assert_eq!(kept.header("idempotent-replayed"), Some("true"));
+}
+store_test!(one_sweep_forgets_every_old_key_however_many_batches_it_takes);
+
 /// The window is 24 hours, neither less nor more: a key used 23 h 55 min ago still answers its
 /// first scan again, one used 24 h 5 min ago starts a new one. A shorter window would let a
 /// client's late retry start a second scan; a longer one would refuse a new scan the contract

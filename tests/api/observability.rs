@@ -578,6 +578,7 @@ async fn a_fresh_process_shows_its_counters_at_zero_and_says_what_each_metric_is
         r#"scan_cancels_total{previous_status="queued"} 0"#,
         r#"scan_cancels_total{previous_status="running"} 0"#,
         r#"scan_cancels_total{previous_status="cancelled"} 0"#,
+        r#"change_streams_ended_total{reason="client_gone"} 0"#,
     ] {
         assert!(
             metrics.lines().any(|line| line == series),

@@ -7,7 +7,9 @@ use signal_scans::http::changes::StreamSettings;
 use sqlx::Connection;
 
 use super::*;
-use crate::helpers::{Backend, ServeDefault, TestApp, cancel_path, group, h2_client};
+use crate::helpers::{
+    Backend, ServeDefault, TestApp, cancel_path, group, h2_client, key_and_id_in,
+};
 use crate::store_test;
 
 async fn a_revoked_keys_stream_ends_within_the_cache_ttl_and_a_tick_while_others_go_on(
@@ -239,6 +241,81 @@ async fn sigterm_ends_open_streams_and_the_process_exits_promptly(backend: Backe
     }
 }
 store_test!(sigterm_ends_open_streams_and_the_process_exits_promptly);
+
+/// Whatever ends a stream, its end is one log line with the request's trace id and the reason,
+/// and one count of `change_streams_ended_total` by that reason: its age, a key that no longer
+/// authenticates, a client gone, the process stopping.
+async fn every_streams_end_is_logged_and_counted_with_its_reason(backend: Backend) {
+    let Process {
+        server,
+        store,
+        group,
+        reader,
+        writer: _,
+        _db,
+    } = Process::start(
+        backend,
+        &[
+            ("STREAM_MAX_AGE_MS", "1500"),
+            ("STREAM_KEEPALIVE_MS", "200"),
+            ("KEY_CACHE_TTL_MS", "0"),
+        ],
+    )
+    .await;
+    let url = server.url(&changes_path(&group, ""));
+    let ended = |reason: &'static str| {
+        move |event: &serde_json::Value| {
+            event["message"] == "a change stream ended" && event["reason"] == reason
+        }
+    };
+
+    let mut aged = follow(stream_request(&url, &reader)).await;
+    let gone = follow(stream_request(&url, &reader)).await;
+    let (doomed_key, doomed_id) = key_and_id_in(&store, Permission::SignalsRead, &[group]).await;
+    let mut doomed = follow(stream_request(&url, &doomed_key)).await;
+    drop(gone);
+    store.revoke_key(doomed_id).await.unwrap();
+    let doomed_frames = frames_during(&mut doomed, Duration::from_secs(1)).await;
+    let aged_frames = frames_during(&mut aged, Duration::from_secs(3)).await;
+    assert_eq!(doomed_frames.last(), Some(&None), "{doomed_frames:?}");
+    assert_eq!(aged_frames.last(), Some(&None), "{aged_frames:?}");
+    let logs = server
+        .until_events(|events| {
+            ["client_gone", "key_invalid", "age"]
+                .iter()
+                .all(|reason| events.iter().any(ended(reason)))
+        })
+        .await;
+    let metrics = server.metrics().await;
+    let still_open = follow(stream_request(&url, &reader)).await;
+    server.terminate();
+    let after_stop = server.until_logged(ended("shutdown")).await;
+    drop(still_open);
+
+    for (reason, count) in [
+        ("client_gone", 1.0),
+        ("key_invalid", 1.0),
+        ("age", 1.0),
+        ("shutdown", 0.0),
+        ("swept", 0.0),
+    ] {
+        let series = format!(r#"change_streams_ended_total{{reason="{reason}"}}"#);
+        let counted = crate::helpers::metrics::value(&metrics, &series);
+        assert_eq!(counted, Some(count), "{reason}:\n{metrics}");
+        let line = logs.iter().find(|event| ended(reason)(event));
+        assert_eq!(line.is_some(), count > 0.0, "{reason} logged as counted");
+        if let Some(line) = line {
+            assert!(line["span"]["trace.id"].is_string(), "{line}");
+            assert!(line["span"]["api_key.id"].is_string(), "{line}");
+            assert!(line["lived_ms"].as_u64().is_some(), "{line}");
+        }
+    }
+    assert_eq!(
+        after_stop.iter().filter(|e| ended("shutdown")(e)).count(),
+        1
+    );
+}
+store_test!(every_streams_end_is_logged_and_counted_with_its_reason);
 
 /// The change hub's reader stops with the application that started it: its listening session
 /// ends once the service has shut down. It polled the database and held that session for as long

@@ -707,8 +707,17 @@ pub async fn migrated_database(backend: Backend) -> (TestDatabase, Store) {
 /// A key with `permission` on `groups`, made straight in `store`, for a server process that shares
 /// the database: its secret.
 pub async fn key_in(store: &Store, permission: Permission, groups: &[AccountGroupId]) -> String {
+    key_and_id_in(store, permission, groups).await.0
+}
+
+/// [`key_in`], with the key's id (to revoke it).
+pub async fn key_and_id_in(
+    store: &Store,
+    permission: Permission,
+    groups: &[AccountGroupId],
+) -> (String, Uuid) {
     let new_key = NewApiKey::generate();
-    store
+    let key = store
         .create_key(&KeyToCreate {
             name: "test key".into(),
             hash: new_key.hash,
@@ -718,7 +727,7 @@ pub async fn key_in(store: &Store, permission: Permission, groups: &[AccountGrou
         })
         .await
         .expect("create key");
-    new_key.secret
+    (new_key.secret, key.id)
 }
 
 pub fn cancel_path(group: &str, scan: &str) -> String {
