@@ -206,6 +206,7 @@ pub(crate) struct ThroughServer {
 /// build; now 1).
 pub fn main() -> ExitCode {
     owners_files_alone();
+    file_size_limit_fails_the_write();
     let cli = match parse() {
         Ok(cli) => cli,
         Err(code) => return code,
@@ -229,6 +230,18 @@ fn owners_files_alone() {
     // SAFETY: umask(2) cannot fail and touches no memory; it is set before any thread starts.
     unsafe {
         libc::umask(0o077);
+    }
+}
+
+/// A write past the process's file-size limit (`ulimit -f`, systemd's `LimitFSIZE`) fails, as
+/// SQLite's `disk I/O error` (a 500, the process serving on), instead of killing the process with
+/// SIGXFSZ, which logged nothing and left a restart loop to explain (the Troubleshoot review).
+/// PostgreSQL's server ignores it too.
+fn file_size_limit_fails_the_write() {
+    // SAFETY: setting a signal's disposition to SIG_IGN touches no memory and needs no handler;
+    // it is done before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
 }
 

@@ -769,6 +769,52 @@ async fn a_full_disk_fails_a_write_and_writes_succeed_once_space_is_back() {
     );
 }
 
+/// SQLite: a write past the process's file-size limit (`ulimit -f`, systemd's `LimitFSIZE`) fails
+/// as a 500 naming SQLite's `disk I/O error`, and the process serves on. SIGXFSZ killed it, with
+/// no line logged (the Troubleshoot review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_past_the_file_size_limit_fails_and_the_process_serves_on() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let file = app.db.sqlite_file();
+    let largest = [file.clone(), file.with_extension("db-wal")]
+        .iter()
+        .filter_map(|path| std::fs::metadata(path).ok())
+        .map(|metadata| metadata.len())
+        .max()
+        .unwrap();
+    // Room for a few writes past what the files hold now (`ulimit -f` counts KiB).
+    let limit = format!("ulimit -f {}", largest / 1024 + 64);
+    let server = crate::helpers::process::ServerProcess::start_after(
+        &limit,
+        &[("DATABASE_URL", &app.db.url)],
+    )
+    .await;
+
+    let mut created = 0;
+    let refused = loop {
+        let answer = server.post(&key, &scans_path(group.as_str())).await;
+        match answer.status.as_u16() {
+            201 if created < 2000 => created += 1,
+            _ => break answer,
+        }
+    };
+    let health = reqwest::get(server.url("/healthz")).await.unwrap();
+
+    assert!(created > 0, "some writes fit");
+    refused.assert_error(500, "INTERNAL_ERROR");
+    assert_eq!(health.status(), 200, "the process serves on");
+    let logs = server
+        .until_logged(|event| {
+            event["error.cause"]
+                .as_str()
+                .is_some_and(|cause| cause.contains("disk I/O error"))
+        })
+        .await;
+    assert!(!logs.is_empty());
+}
+
 /// The server ends every session of the service (a restart, a failover, an administrator): the
 /// next request finds its connection gone and answers 502, and the pool drops its other idle
 /// connections with it, so the requests after it are served on new ones. Each idle connection
