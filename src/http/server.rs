@@ -239,9 +239,18 @@ async fn serve_connection(task: ConnectionTask) {
                 tracing::debug!(client.address = %task.peer, %error, "connection ended with an error");
             }
         }
-        () = activity.expired(task.limits) => {
+        expiry = activity.expired(task.limits) => match expiry {
             // Nothing is in progress: dropping the connection just closes the socket.
-            tracing::debug!(client.address = %task.peer, "closing an idle connection");
+            Expiry::Idle => {
+                tracing::debug!(client.address = %task.peer, "closing an idle connection");
+            }
+            // Its answers end with it (a change stream: `client_gone`); said, since a client
+            // stuck this way (a runner that stopped reading its stream) is one to find.
+            Expiry::Stuck => tracing::info!(
+                client.address = %task.peer,
+                idle_timeout_ms = task.limits.idle_timeout.as_millis() as u64,
+                "closing a connection whose client stopped taking its answers"
+            ),
         }
     }
 }
@@ -415,9 +424,9 @@ impl Activity {
     /// that stops taking a response's bytes cannot hold its connection (and a stream its key's
     /// slot) for good, past every timer of the body. Such a connection is closed within twice the
     /// idle timeout: while requests are in progress, the clock looks every idle timeout.
-    async fn expired(&self, limits: ConnectionLimits) {
+    async fn expired(&self, limits: ConnectionLimits) -> Expiry {
         loop {
-            let deadline = {
+            let (deadline, expiry) = {
                 let state = self.lock();
                 match state.in_progress {
                     0 if state.served_any => {
@@ -426,24 +435,26 @@ impl Activity {
                         // its first byte, as hyper gives it: it was cut off at the idle deadline,
                         // unanswered. Only the first byte counts, so this extends the idle time
                         // once, by the header timeout at most.
-                        match self.first_read_since_idle.load(Ordering::Relaxed) {
+                        let deadline = match self.first_read_since_idle.load(Ordering::Relaxed) {
                             0 => idle,
                             _ if self.http2.load(Ordering::Relaxed) => idle,
                             at => idle.max(
                                 self.opened + Duration::from_nanos(at - 1) + limits.header_timeout,
                             ),
-                        }
+                        };
+                        (deadline, Expiry::Idle)
                     }
-                    0 => state.idle_since + limits.header_timeout,
+                    0 => (state.idle_since + limits.header_timeout, Expiry::Idle),
                     _ if self.bodies_owed_a_poll.load(Ordering::Relaxed) > 0 => {
-                        self.last_poll().max(self.last_write()) + limits.idle_timeout
+                        let polled = self.last_poll().max(self.last_write());
+                        (polled + limits.idle_timeout, Expiry::Stuck)
                     }
                     // Looked at again then (a later turn of this loop, not an expiry).
-                    _ => Instant::now() + limits.idle_timeout,
+                    _ => (Instant::now() + limits.idle_timeout, Expiry::Idle),
                 }
             };
             if deadline <= Instant::now() {
-                return;
+                return expiry;
             }
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => {}
@@ -451,6 +462,15 @@ impl Activity {
             }
         }
     }
+}
+
+/// Why a connection's clock closed it.
+enum Expiry {
+    /// Nothing in progress for the idle timeout (or no whole first request in the header's).
+    Idle,
+    /// Its answers owed a poll that their client's full socket or closed window kept back for
+    /// the idle timeout.
+    Stuck,
 }
 
 /// One request in progress on its connection (and in the process's count), until dropped.

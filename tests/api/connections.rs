@@ -368,8 +368,8 @@ async fn idle_connections_are_closed(backend: Backend) {
 store_test!(idle_connections_are_closed);
 
 /// An HTTP/2 client that opens no window takes none of its answer's body, and its connection is
-/// closed after the idle timeout: any route (here `/healthz`, no key needed) held a connection
-/// for good that way, so a few such clients used up `MAX_CONNECTIONS`.
+/// closed after the idle timeout, saying so: any route (here `/healthz`, no key needed) held a
+/// connection for good that way, so a few such clients used up `MAX_CONNECTIONS`.
 async fn a_connection_whose_client_opens_no_window_is_closed(backend: Backend) {
     let (_app, server) = serving(backend, &[("HTTP_IDLE_TIMEOUT_MS", "500")]).await;
     let (mut client, connection) = h2_client(server.addr, 0).await;
@@ -389,6 +389,12 @@ async fn a_connection_whose_client_opens_no_window_is_closed(backend: Backend) {
         "{:?}",
         since.elapsed()
     );
+    server
+        .until_logged(|event| {
+            event["message"] == "closing a connection whose client stopped taking its answers"
+                && event["level"] == "INFO"
+        })
+        .await;
     drop(client);
 }
 store_test!(a_connection_whose_client_opens_no_window_is_closed);
