@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Method};
 use axum::response::Response;
 use dashmap::DashMap;
 use futures_util::Stream;
@@ -324,6 +324,7 @@ pub(crate) async fn follow_changes(
     State(service): State<ScanService>,
     State(streams): State<ChangeStreams>,
     principal: Principal,
+    method: Method,
     headers: HeaderMap,
     ApiPath(path): ApiPath<GroupPath>,
     RawQuery(query): RawQuery,
@@ -343,6 +344,11 @@ pub(crate) async fn follow_changes(
     let follower = service
         .follow_changes(&principal, &group, request.start.clone())
         .await?;
+    // A HEAD (axum routes it to this GET) is answered as its GET would be, without a stream:
+    // one opened only to be dropped unread was counted as a client gone.
+    if method == Method::HEAD {
+        return Ok(event_stream_response(futures_util::stream::empty()));
+    }
     // The key is checked again at every keep-alive, so a revoked key stops receiving.
     let key = presented_key(&headers)?.to_owned();
     let stream = ChangeStream {

@@ -6,7 +6,7 @@
 use axum::body::Body;
 use axum::http::header::{CONTENT_LENGTH, HOST};
 use axum::http::uri::Authority;
-use axum::http::{HeaderValue, Request, Version};
+use axum::http::{Request, Version};
 use axum::response::{IntoResponse, Response};
 use tower_http::validate_request::ValidateRequest;
 
@@ -78,29 +78,88 @@ fn violation<B>(request: &Request<B>) -> Option<String> {
 }
 
 /// HTTP's rule for `Host` (RFC 9112, section 3.2: a server must answer 400): an HTTP/1.1 request
-/// has exactly one, and on any version one that is sent holds a host and an optional port. hyper
-/// checks none of it; the service never reads `Host`, but a proxy or cache in front that keys on
-/// it could be led to take one request for another. (HTTP/2 names the host in `:authority`; an
-/// HTTP/1.0 request may have no `Host`.)
+/// has exactly one, and on any version one that is sent holds a host and an optional port. A
+/// request target that names its host (HTTP/2's `:authority`, HTTP/1's absolute form) is held to
+/// the same form, and on HTTP/2 a `Host` beside it must name the same (RFC 9113, section 8.3.1;
+/// HTTP/1 ignores `Host` then). hyper checks none of it; the service never reads either, but a
+/// proxy or cache in front that keys on them could be led to take one request for another.
+/// (An HTTP/1.0 request may have no `Host`.)
 fn host_violation<B>(request: &Request<B>) -> Option<&'static str> {
+    let authority = request.uri().authority().map(Authority::as_str);
+    if authority.is_some_and(|authority| !is_host_and_port(authority.as_bytes())) {
+        return Some(AUTHORITY_INVALID);
+    }
     let mut hosts = request.headers().get_all(HOST).iter();
     match (hosts.next(), hosts.next()) {
         (None, _) if request.version() == Version::HTTP_11 => Some(HOST_MISSING),
         (None, _) => None,
         (Some(_), Some(_)) => Some(HOST_REPEATED),
-        (Some(host), None) if !is_host_and_port(host) => Some(HOST_INVALID),
-        (Some(_), None) => None,
+        (Some(host), None) if !is_host_and_port(host.as_bytes()) => Some(HOST_INVALID),
+        (Some(host), None) => match authority {
+            Some(authority)
+                if request.version() == Version::HTTP_2
+                    && !host.as_bytes().eq_ignore_ascii_case(authority.as_bytes()) =>
+            {
+                Some(HOST_NOT_AUTHORITY)
+            }
+            _ => None,
+        },
     }
 }
 
-/// `uri-host [ ":" port ]`: an authority without user information.
-fn is_host_and_port(value: &HeaderValue) -> bool {
-    !value.as_bytes().contains(&b'@') && Authority::try_from(value.as_bytes()).is_ok()
+/// `uri-host [ ":" port ]` (RFC 3986): an IPv6 address in brackets, or a name (an IPv4 address
+/// among them) of unreserved characters, sub-delimiters and percent-escapes, not empty; then, if
+/// a colon follows, a port of at most 65535 (or none).
+fn is_host_and_port(value: &[u8]) -> bool {
+    let Ok(value) = std::str::from_utf8(value) else {
+        return false;
+    };
+    let (host_ok, port) = match value.strip_prefix('[') {
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((address, rest)) => (address.parse::<std::net::Ipv6Addr>().is_ok(), rest),
+            None => return false,
+        },
+        None => {
+            let end = value.find(':').unwrap_or(value.len());
+            (is_reg_name(&value[..end]), &value[end..])
+        }
+    };
+    let port_ok = match port.strip_prefix(':') {
+        None => port.is_empty(),
+        Some("") => true,
+        Some(digits) => digits.bytes().all(|b| b.is_ascii_digit()) && digits.parse::<u16>().is_ok(),
+    };
+    host_ok && port_ok
+}
+
+/// A registered name, not empty: `*( unreserved / pct-encoded / sub-delims )`.
+fn is_reg_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let mut at = 0;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'%' if bytes
+                .get(at + 1..at + 3)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) =>
+            {
+                at += 3;
+                continue;
+            }
+            b if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b) => {}
+            _ => return false,
+        }
+        at += 1;
+    }
+    !name.is_empty()
 }
 
 pub(crate) const HOST_MISSING: &str = "an HTTP/1.1 request must have a Host header";
 const HOST_REPEATED: &str = "a request may have only one Host header";
 const HOST_INVALID: &str = "the Host header must be a host name or address with an optional port";
+const HOST_NOT_AUTHORITY: &str =
+    "the Host header must name the host the request's :authority names";
+const AUTHORITY_INVALID: &str =
+    "the request target's host must be a host name or address with an optional port";
 
 /// The `details` of each refusal (also the OpenAPI document's examples).
 pub(crate) fn target_too_long(bytes: usize, limit: usize) -> String {
@@ -124,7 +183,7 @@ mod tests {
     use super::*;
 
     fn host_of(value: &'static str) -> bool {
-        is_host_and_port(&HeaderValue::from_static(value))
+        is_host_and_port(value.as_bytes())
     }
 
     #[test]

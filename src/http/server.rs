@@ -138,6 +138,8 @@ pub(crate) async fn run(
     drop(listener);
     tracing::debug!(connections = graceful.count(), "draining open connections");
     let drained = tokio::select! {
+        // Biased: a drain that ends as its time runs out ended in time.
+        biased;
         () = graceful.shutdown() => return Drained::All,
         () = tokio::time::sleep(drain) => {
             tracing::warn!(

@@ -192,6 +192,61 @@ async fn a_request_without_one_valid_host_is_a_400_and_changes_nothing(backend: 
 }
 store_test!(a_request_without_one_valid_host_is_a_400_and_changes_nothing);
 
+/// Over HTTP/2 the host is `:authority`'s: one with user information is a 400, and so is a `Host`
+/// beside it naming another host (RFC 9113, section 8.3.1); one naming the same, in any case, or
+/// none, is served.
+async fn over_http2_a_host_beside_authority_must_name_the_same(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (mut client, _driver) = crate::helpers::h2_client(app.addr, 65_535).await;
+    let port = app.addr.port();
+    let mut get = async |authority: &str, host: Option<&str>| {
+        let mut request = axum::http::Request::get(format!("http://{authority}/healthz"));
+        if let Some(host) = host {
+            request = request.header("host", host);
+        }
+        let (response, _) = client
+            .send_request(request.body(()).unwrap(), true)
+            .unwrap();
+        let response = response.await.unwrap();
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.data().await {
+            bytes.extend_from_slice(&chunk.unwrap());
+        }
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        (
+            status,
+            body["error"]["details"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    let here = format!("localhost:{port}");
+
+    let served = [
+        get(&here, None).await,
+        get(&here, Some(&here.to_uppercase())).await,
+    ];
+    let elsewhere = get(&here, Some("elsewhere.example")).await;
+    let with_user = get(&format!("user@{here}"), None).await;
+
+    assert_eq!(served.map(|(status, _)| status), [200, 200]);
+    assert_eq!(elsewhere.0, 400);
+    assert!(
+        elsewhere
+            .1
+            .starts_with("the Host header must name the host"),
+        "{}",
+        elsewhere.1
+    );
+    assert_eq!(with_user.0, 400);
+    assert!(
+        with_user.1.starts_with("the request target's host"),
+        "{}",
+        with_user.1
+    );
+}
+store_test!(over_http2_a_host_beside_authority_must_name_the_same);
+
 /// Over HTTP/2 the header limit is the service's own too: 100 fields of exactly 16 KiB of names
 /// and values in all are served, and one byte more is the 400 envelope naming the limit, never a
 /// bare 431 from the HTTP/2 layer (which counts 32 bytes more a field, pseudo-headers included).

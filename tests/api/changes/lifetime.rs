@@ -269,6 +269,14 @@ async fn every_streams_end_is_logged_and_counted_with_its_reason(backend: Backen
         }
     };
 
+    // A HEAD opens no stream, so it ends none (axum answers it with the GET's handler).
+    let head = reqwest::Client::new()
+        .head(&url)
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
     let mut aged = follow(stream_request(&url, &reader)).await;
     let gone = follow(stream_request(&url, &reader)).await;
     let (doomed_key, doomed_id) = key_and_id_in(&store, Permission::SignalsRead, &[group]).await;
