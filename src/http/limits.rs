@@ -193,6 +193,10 @@ mod tests {
             "api.example.com:8443",
             "127.0.0.1:80",
             "[::1]:8080",
+            "[::1]",
+            "ex%61mple.com",
+            "example.com:",
+            "host:65535",
         ] {
             assert!(host_of(good), "{good} was refused");
         }
@@ -203,6 +207,16 @@ mod tests {
             "example.com/path",
             "exa mple:80",
             "[::1",
+            "example.com:abc",
+            "localhost:-1",
+            "localhost:+80",
+            "host:65536",
+            "[hello]",
+            "exa[mple]:80",
+            ":80",
+            "a:1:2",
+            "ex%6",
+            "[::1]x",
         ] {
             assert!(!host_of(bad), "{bad:?} was taken");
         }
