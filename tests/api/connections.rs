@@ -43,17 +43,6 @@ async fn serving_with_clocks(
     serving(backend, &settings).await
 }
 
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("Linux /proc");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .expect("a VmRSS line")
-}
-
 /// Memory a process may gain over a run that should leave nothing behind.
 const FLAT_KIB: u64 = 5 * 1024;
 
@@ -88,14 +77,14 @@ async fn made_up_methods_leave_no_label_log_line_or_memory_behind(backend: Backe
         .await;
     assert_eq!(warm_up.len(), 500);
     let metrics_before = server.metrics().await;
-    let before = rss_kib(server.pid());
+    let before = server.rss_kib();
 
     let answers: Vec<ApiResponse> = futures::stream::iter(0..5000)
         .map(|i| send(made_up_method("HOSTILE", i), i))
         .buffer_unordered(16)
         .collect()
         .await;
-    let after = rss_kib(server.pid());
+    let after = server.rss_kib();
     let metrics = server.metrics().await;
     // Each answer's own line is written before the answer: the last of them is on its way.
     server
@@ -594,17 +583,6 @@ async fn past_max_connections_new_ones_wait_for_a_free_slot(backend: Backend) {
 }
 store_test!(past_max_connections_new_ones_wait_for_a_free_slot);
 
-/// A process's open-file limit, soft and hard, from `/proc/<pid>/limits`.
-fn open_file_limit(pid: u32) -> (u64, u64) {
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-    let line = limits
-        .lines()
-        .find(|line| line.starts_with("Max open files"))
-        .unwrap();
-    let mut numbers = line.split_whitespace().filter_map(|word| word.parse().ok());
-    (numbers.next().unwrap(), numbers.next().unwrap())
-}
-
 /// Each connection is a file descriptor. `serve` raises the soft open-file limit it was started
 /// with to the hard one (a soft limit of 1,024, systemd's and recent Docker's, stopped it
 /// accepting at about 1,020 connections, far below `MAX_CONNECTIONS`), and warns when even the
@@ -624,10 +602,10 @@ async fn serve_raises_its_open_file_limit_and_says_when_it_is_too_low() {
     let short = ServerProcess::start_after("ulimit -n 300", &env).await;
     let enough = ServerProcess::start_after("ulimit -n 600", &env).await;
 
-    let (soft, hard) = open_file_limit(soft_only.pid());
+    let (soft, hard) = soft_only.open_file_limit();
     assert!(hard > 256, "this machine's hard limit: {hard}");
     assert_eq!(soft, hard, "the soft limit is raised to the hard one");
-    assert_eq!(open_file_limit(short.pid()), (300, 300));
+    assert_eq!(short.open_file_limit(), (300, 300));
     let warned = |server: &ServerProcess| server.logs().iter().any(|line| line.contains(too_low));
     assert!(warned(&short), "{:?}", short.logs());
     assert!(!warned(&enough), "{:?}", enough.logs());
@@ -658,12 +636,12 @@ async fn clients_that_never_read_the_docs_hold_no_copy_of_them_each() {
     assert!(whole.bytes().await.unwrap().len() > 1_000_000);
     let _first = stalled().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = rss_kib(server.pid());
+    let before = server.rss_kib();
 
     let _clients = join_all((0..CLIENTS).map(|_| stalled())).await;
     // The service has written what the sockets take and holds the rest of each response.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = rss_kib(server.pid());
+    let after = server.rss_kib();
 
     println!("{CLIENTS} stalled readers of the bundle: RSS {before} KiB -> {after} KiB");
     assert!(
@@ -778,7 +756,7 @@ async fn http2_streams_reset_by_the_thousand_leave_the_service_answering(backend
     // Warm-up with the same traffic: the database pool fills, allocator arenas settle.
     open_and_reset(server.addr, &path, &key, 1000).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = rss_kib(server.pid());
+    let before = server.rss_kib();
 
     let connections = open_and_reset(server.addr, &path, &key, 1000).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -789,7 +767,7 @@ async fn http2_streams_reset_by_the_thousand_leave_the_service_answering(backend
         .send()
         .await
         .unwrap();
-    let after = rss_kib(server.pid());
+    let after = server.rss_kib();
 
     println!(
         "1,000 streams reset over {connections} connection(s); RSS {before} KiB -> {after} KiB"

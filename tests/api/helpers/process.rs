@@ -82,6 +82,29 @@ impl ServerProcess {
         self.child.id().expect("still running")
     }
 
+    /// Its resident memory, in KiB, from `/proc/<pid>/status`.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("Linux /proc");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .expect("a VmRSS line")
+    }
+
+    /// Its open-file limit, soft and hard, from `/proc/<pid>/limits`.
+    pub fn open_file_limit(&self) -> (u64, u64) {
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", self.pid())).unwrap();
+        let line = limits
+            .lines()
+            .find(|line| line.starts_with("Max open files"))
+            .unwrap();
+        let mut numbers = line.split_whitespace().filter_map(|word| word.parse().ok());
+        (numbers.next().unwrap(), numbers.next().unwrap())
+    }
+
     /// Every stderr line so far.
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
