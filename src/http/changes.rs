@@ -381,7 +381,9 @@ struct ChangeStream {
     expiry: Pin<Box<Sleep>>,
     closing: watch::Receiver<bool>,
     _slot: StreamSlot,
-    /// Why it ends, once it does on its own; a stream dropped with none was its client's doing.
+    /// Why it ends, once it does on its own; a stream dropped with none was its client's doing,
+    /// unless the process was stopping (a stream its client left unread is cut at the drain's
+    /// end, never having seen the signal).
     ending: Option<Ending>,
     opened: tokio::time::Instant,
     /// The request's span, for the closing line (the body outlives the handler).
@@ -392,7 +394,15 @@ struct ChangeStream {
 /// request's own closing line, which is written when its answer begins.
 impl Drop for ChangeStream {
     fn drop(&mut self) {
-        let reason = self.ending.unwrap_or(Ending::ClientGone).label();
+        let stopping = *self.closing.borrow();
+        let reason = self
+            .ending
+            .unwrap_or(if stopping {
+                Ending::Shutdown
+            } else {
+                Ending::ClientGone
+            })
+            .label();
         metrics::counter!(STREAMS_ENDED, "reason" => reason).increment(1);
         let _request = self.span.enter();
         tracing::info!(

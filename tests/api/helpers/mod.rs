@@ -984,6 +984,21 @@ pub async fn h2_client(
     (client.ready().await.unwrap(), driver)
 }
 
+/// Sends `GET url` with `key` on `client` (from [`h2_client`]) and waits for its answer's head; its
+/// body is read as the test chooses (dropped, its stream is reset).
+pub async fn h2_get(
+    client: &mut h2::client::SendRequest<axum::body::Bytes>,
+    url: &str,
+    key: &str,
+) -> axum::http::Response<h2::RecvStream> {
+    let request = axum::http::Request::get(url)
+        .header("authorization", format!("Bearer {key}"))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    response.await.unwrap()
+}
+
 /// `POST …/signals/scans`: where a client starts a scan.
 pub fn scans_path(group: &str) -> String {
     format!("/v1/accounts/{group}/signals/scans")
