@@ -369,7 +369,7 @@ impl ServeArgs {
         ConnectionLimits {
             header_timeout: Duration::from_millis(self.http_header_timeout_ms),
             idle_timeout: Duration::from_millis(self.http_idle_timeout_ms),
-            max_connections: self.max_connections as usize,
+            max_connections: self.max_connections,
             http2_max_concurrent_streams: self.http2_max_concurrent_streams,
         }
     }

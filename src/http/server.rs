@@ -20,11 +20,10 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use metrics::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tower::ServiceExt;
 
@@ -43,7 +42,7 @@ pub struct ConnectionLimits {
     /// next header block began before then, at that block's first byte plus `header_timeout`.
     pub idle_timeout: Duration,
     /// Connections open at once; past it, new ones wait in the kernel's accept backlog.
-    pub max_connections: usize,
+    pub max_connections: u32,
     /// Requests one HTTP/2 connection may have in progress at once.
     pub http2_max_concurrent_streams: u32,
 }
@@ -99,8 +98,8 @@ pub(crate) async fn run(
     hurry: impl Future<Output = ()>,
     drain: Duration,
 ) -> Drained {
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
+    let (stopping, stop) = watch::channel(false);
     metrics::gauge!(CONNECTIONS, "state" => "max").set(limits.max_connections as f64);
     let open_connections = metrics::gauge!(CONNECTIONS, "state" => "open");
     let requests_in_progress = metrics::gauge!(REQUESTS_IN_PROGRESS);
@@ -129,18 +128,22 @@ pub(crate) async fn run(
             peer,
             router: router.clone(),
             limits,
-            watcher: graceful.watcher(),
+            stop: stop.clone(),
             _open: OpenConnection::new(slot, open_connections.clone()),
             requests_in_progress: requests_in_progress.clone(),
         }));
     }
     // New connections are refused from here on.
     drop(listener);
-    tracing::debug!(connections = graceful.count(), "draining open connections");
+    stopping.send_replace(true);
+    let open = limits.max_connections as usize - slots.available_permits();
+    tracing::debug!(connections = open, "draining open connections");
+    // Every connection has closed once each has given its slot back.
+    let all_closed = slots.acquire_many(limits.max_connections);
     let drained = tokio::select! {
         // Biased: a drain that ends as its time runs out ended in time.
         biased;
-        () = graceful.shutdown() => return Drained::All,
+        _ = all_closed => return Drained::All,
         () = tokio::time::sleep(drain) => {
             tracing::warn!(
                 drain_ms = drain.as_millis() as u64,
@@ -177,7 +180,8 @@ struct ConnectionTask {
     peer: SocketAddr,
     router: Router,
     limits: ConnectionLimits,
-    watcher: Watcher,
+    /// Turns `true` when the process stops.
+    stop: watch::Receiver<bool>,
     /// Held for as long as the connection is open.
     _open: OpenConnection,
     requests_in_progress: Gauge,
@@ -226,33 +230,52 @@ async fn serve_connection(task: ConnectionTask) {
         stream: task.stream,
         activity: activity.clone(),
     };
-    let connection = task
-        .limits
-        .builder(&activity)
-        .serve_connection(TokioIo::new(io), service)
-        .into_owned();
-    let connection = task.watcher.watch(connection);
-    tokio::select! {
-        // The connection first: a byte that arrives as the idle clock runs out is read (and its
-        // request given the header timeout) rather than closed on.
-        biased;
-        result = connection => {
-            if let Err(error) = result {
-                tracing::debug!(client.address = %task.peer, %error, "connection ended with an error");
+    let mut connection = pin!(
+        task.limits
+            .builder(&activity)
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned()
+    );
+    let mut stop = task.stop;
+    // Once asked to close, a connection answers what it has in progress and takes no new request:
+    // HTTP/1 closes after its answer, HTTP/2 sends GOAWAY naming the last stream it took, so that
+    // its client knows which requests it may send again elsewhere.
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            // The connection first: a byte that arrives as the idle clock runs out is read (and
+            // its request given the header timeout) rather than closed on.
+            biased;
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(client.address = %task.peer, %error, "connection ended with an error");
+                }
+                return;
             }
-        }
-        expiry = activity.expired(task.limits) => match expiry {
-            // Nothing is in progress: dropping the connection just closes the socket.
-            Expiry::Idle => {
-                tracing::debug!(client.address = %task.peer, "closing an idle connection");
+            _ = stop.wait_for(|stopping| *stopping), if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
             }
-            // Its answers end with it (a change stream: `client_gone`); said, since a client
-            // stuck this way (a runner that stopped reading its stream) is one to find.
-            Expiry::Stuck => tracing::info!(
-                client.address = %task.peer,
-                idle_timeout_ms = task.limits.idle_timeout.as_millis() as u64,
-                "closing a connection whose client stopped taking its answers"
-            ),
+            expiry = activity.expired(task.limits) => match expiry {
+                Expiry::Idle if !closing => {
+                    tracing::debug!(client.address = %task.peer, "closing an idle connection");
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                // Asked to close, and idle for as long again (an HTTP/2 client that does not
+                // answer the GOAWAY's PING): nothing is lost by dropping it.
+                Expiry::Idle => return,
+                // Its answers end with it (a change stream: `client_gone`); said, since a client
+                // stuck this way (a runner that stopped reading its stream) is one to find.
+                Expiry::Stuck => {
+                    tracing::info!(
+                        client.address = %task.peer,
+                        idle_timeout_ms = task.limits.idle_timeout.as_millis() as u64,
+                        "closing a connection whose client stopped taking its answers"
+                    );
+                    return;
+                }
+            }
         }
     }
 }

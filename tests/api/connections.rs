@@ -290,7 +290,7 @@ struct H2Exchange {
     driver: tokio::task::JoinHandle<Result<(), h2::Error>>,
     /// Held so that the client does not end the connection itself: h2 closes a connection once
     /// its last handle is dropped and no stream is open.
-    _client: h2::client::SendRequest<axum::body::Bytes>,
+    client: h2::client::SendRequest<axum::body::Bytes>,
 }
 
 /// Opens an HTTP/2 connection (prior knowledge) and sends `GET path`.
@@ -308,13 +308,13 @@ async fn h2_get(addr: SocketAddr, path: &str) -> H2Exchange {
         status,
         max_concurrent_streams,
         driver,
-        _client: client,
+        client,
     }
 }
 
 /// With `HTTP_IDLE_TIMEOUT_MS=1000`, a kept-alive HTTP/1.1 connection and an HTTP/2 connection
 /// are each closed soon after their last request, though the header timeout is far longer; the
-/// HTTP/2 connection advertises `HTTP2_MAX_CONCURRENT_STREAMS`.
+/// HTTP/2 connection advertises `HTTP2_MAX_CONCURRENT_STREAMS`, and is closed with a GOAWAY.
 async fn idle_connections_are_closed(backend: Backend) {
     let (_app, server) = serving(
         backend,
@@ -330,12 +330,17 @@ async fn idle_connections_are_closed(backend: Backend) {
     let http1_closed = closed_within(&mut http1, Duration::from_secs(10)).await;
     let http1_idle_for = answered.elapsed();
 
-    let http2 = h2_get(server.addr, "/healthz").await;
+    let mut http2 = h2_get(server.addr, "/healthz").await;
     let answered = Instant::now();
-    let http2_closed = tokio::time::timeout(Duration::from_secs(10), http2.driver)
+    let http2_closed = tokio::time::timeout(Duration::from_secs(10), &mut http2.driver)
         .await
         .is_ok();
     let http2_idle_for = answered.elapsed();
+    let after_close = http2
+        .client
+        .send_request(axum::http::Request::get("/healthz").body(()).unwrap(), true)
+        .map(|_| ())
+        .unwrap_err();
 
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(!answer.to_ascii_lowercase().contains("connection: close"));
@@ -349,6 +354,12 @@ async fn idle_connections_are_closed(backend: Backend) {
     assert_eq!(http2.status, 200);
     assert_eq!(http2.max_concurrent_streams, 7);
     assert!(http2_closed, "the idle HTTP/2 connection was kept");
+    // Closed with a GOAWAY, which tells its client that no request of its was left unanswered;
+    // a connection simply closed is a broken pipe to it.
+    assert!(
+        after_close.is_go_away() && after_close.reason() == Some(h2::Reason::NO_ERROR),
+        "{after_close:?}"
+    );
     assert!(
         http2_idle_for >= Duration::from_millis(900) && http2_idle_for < Duration::from_secs(3),
         "{http2_idle_for:?}"

@@ -8,7 +8,7 @@ use sqlx::Connection;
 
 use super::*;
 use crate::helpers::{
-    Backend, ServeDefault, TestApp, cancel_path, group, h2_client, h2_get, key_and_id_in,
+    Backend, ServeDefault, TestApp, cancel_path, group, h2_client, h2_get_as, key_and_id_in,
 };
 use crate::store_test;
 
@@ -91,7 +91,7 @@ async fn a_stream_held_back_by_its_client_sends_nothing_after_its_key_is_revoked
     let (mut client, _connection) = h2_client(app.addr, 64).await;
     let mut bodies = Vec::new();
     for _ in 0..STREAMS {
-        let response = h2_get(&mut client, &app.url(&changes_path(&group, "")), &reader).await;
+        let response = h2_get_as(&mut client, &app.url(&changes_path(&group, "")), &reader).await;
         assert_eq!(response.status(), 200);
         bodies.push(response.into_body());
     }
@@ -294,7 +294,7 @@ async fn every_streams_end_is_logged_and_counted_with_its_reason(backend: Backen
     let metrics = server.metrics().await;
     let still_open = follow(stream_request(&url, &reader)).await;
     let (mut unread, _connection) = h2_client(server.addr, 0).await;
-    let unread_stream = h2_get(&mut unread, &url, &reader).await;
+    let unread_stream = h2_get_as(&mut unread, &url, &reader).await;
     assert_eq!(unread_stream.status(), 200);
     server.terminate();
     let after_stop = server
@@ -380,7 +380,7 @@ async fn a_stream_whose_client_stops_taking_bytes_ends_and_frees_its_slot(backen
     let url = process.server.url(&changes_path(&process.group, ""));
     // Room for the opening block and a keep-alive or two, then a window that never opens.
     let (mut client, connection) = h2_client(process.server.addr, 64).await;
-    let opened = h2_get(&mut client, &url, &process.reader).await;
+    let opened = h2_get_as(&mut client, &url, &process.reader).await;
     let stuck_since = Instant::now();
 
     let closed = tokio::time::timeout(Duration::from_secs(10), connection).await;

@@ -986,7 +986,7 @@ pub async fn h2_client(
 
 /// Sends `GET url` with `key` on `client` (from [`h2_client`]) and waits for its answer's head; its
 /// body is read as the test chooses (dropped, its stream is reset).
-pub async fn h2_get(
+pub async fn h2_get_as(
     client: &mut h2::client::SendRequest<axum::body::Bytes>,
     url: &str,
     key: &str,
