@@ -227,7 +227,8 @@ impl PgStore {
     /// An index built `CONCURRENTLY` (migration 0005) waits for every older transaction of the
     /// database to end: a `pg_dump`, or a session left idle in a transaction, held a start for as
     /// long as it lasted, with nothing said after "applying this version's new migrations"
-    /// (operations review).
+    /// (operations review). Any other statement waits for the sessions holding a lock on its
+    /// table (0006's index, behind a session that wrote the retention marks and stays open).
     async fn telling_what_blocks<T>(
         &self,
         migrating: i32,
@@ -258,7 +259,8 @@ impl PgStore {
                     blocked_by = %blockers,
                     "the migrations wait for other sessions of the database to end their \
                      transactions (an index built CONCURRENTLY waits for every transaction older \
-                     than it: a pg_dump, a session idle in transaction); they go on once those end"
+                     than it: a pg_dump, a session idle in transaction; another statement waits \
+                     for a session holding a lock on its table); they go on once those end"
                 );
             }
         }
