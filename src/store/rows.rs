@@ -328,10 +328,21 @@ impl TryFrom<KeyRow> for ApiKey {
         };
         // A permission this version does not know (one a newer version added, seen during a
         // rolling upgrade or after a rollback) is one the key does not have here: refusing the
-        // whole row answered its requests 500 and failed `keys list` for every key.
+        // whole row answered its requests 500 and failed `keys list` for every key. Said, so that
+        // `keys list` does not show the key as holding less than it does without a word.
         let permissions = list(&row.permissions)?
             .iter()
-            .filter_map(|p| Permission::from_str(p).ok())
+            .filter_map(|p| {
+                let known = Permission::from_str(p).ok();
+                if known.is_none() {
+                    tracing::warn!(
+                        api_key.id = %row.id,
+                        permission = %p,
+                        "a key holds a permission this version does not know; taken as one it lacks"
+                    );
+                }
+                known
+            })
             .collect();
         let access = match row.account_group_ids.as_deref() {
             None => AccountGroupAccess::All,

@@ -351,8 +351,8 @@ store_test!(tenants_are_isolated_on_every_route);
 
 /// A key whose row holds a permission this version does not know (a newer version's, seen during
 /// a rolling upgrade or after a rollback) works with the permissions it knows, and `keys list`
-/// still lists every key. The whole row was taken as corrupt: its requests answered 500, and
-/// `keys list` failed for every key.
+/// still lists every key, saying which permission it leaves out. The whole row was taken as
+/// corrupt: its requests answered 500, and `keys list` failed for every key.
 async fn a_permission_this_version_does_not_know_is_one_the_key_lacks(backend: Backend) {
     use sqlx::Connection;
     let app = TestApp::spawn(backend).await;
@@ -397,6 +397,13 @@ async fn a_permission_this_version_does_not_know_is_one_the_key_lacks(backend: B
     assert!(
         String::from_utf8_lossy(&listed.stdout).contains(&id.to_string()),
         "{listed:?}"
+    );
+    let warning = String::from_utf8_lossy(&listed.stderr);
+    assert!(
+        warning.contains("a key holds a permission this version does not know")
+            && warning.contains("signals:admin")
+            && warning.contains(&id.to_string()),
+        "{warning}"
     );
 }
 store_test!(a_permission_this_version_does_not_know_is_one_the_key_lacks);
