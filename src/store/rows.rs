@@ -4,7 +4,9 @@
 //! JSON, SQLite stores them that way. Only timestamps differ on the wire, which [`Stamp`] hides.
 
 use std::str::FromStr;
+use std::sync::LazyLock;
 
+use dashmap::DashSet;
 use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgTypeInfo, PgValueRef};
 use sqlx::sqlite::{SqliteTypeInfo, SqliteValueRef};
@@ -318,6 +320,9 @@ where
     }
 }
 
+/// The keys' permissions this process does not know and has said so of (bounded by the keys).
+static UNKNOWN_PERMISSIONS_TOLD: LazyLock<DashSet<(String, String)>> = LazyLock::new(DashSet::new);
+
 impl TryFrom<KeyRow> for ApiKey {
     type Error = StoreError;
 
@@ -328,13 +333,14 @@ impl TryFrom<KeyRow> for ApiKey {
         };
         // A permission this version does not know (one a newer version added, seen during a
         // rolling upgrade or after a rollback) is one the key does not have here: refusing the
-        // whole row answered its requests 500 and failed `keys list` for every key. Said, so that
-        // `keys list` does not show the key as holding less than it does without a word.
+        // whole row answered its requests 500 and failed `keys list` for every key. Said once a
+        // process, so that `keys list` does not show the key as holding less than it does
+        // without a word, and a replica does not say it again at every read of the key.
         let permissions = list(&row.permissions)?
             .iter()
             .filter_map(|p| {
                 let known = Permission::from_str(p).ok();
-                if known.is_none() {
+                if known.is_none() && UNKNOWN_PERMISSIONS_TOLD.insert((row.id.clone(), p.clone())) {
                     tracing::warn!(
                         api_key.id = %row.id,
                         permission = %p,

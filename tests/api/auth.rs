@@ -5,6 +5,7 @@ use signal_scans::domain::keys::{AccountGroupAccess, NewApiKey, Permission};
 use signal_scans::domain::scan::ScanStatus;
 use time::{Duration, OffsetDateTime};
 
+use crate::helpers::process::ServerProcess;
 use crate::helpers::{ApiResponse, Backend, TestApp, cancel_path, group};
 use crate::store_test;
 
@@ -405,5 +406,31 @@ async fn a_permission_this_version_does_not_know_is_one_the_key_lacks(backend: B
             && warning.contains(&id.to_string()),
         "{warning}"
     );
+    // A serving process says it once, however often it reads the key.
+    let server = ServerProcess::start(&[
+        ("DATABASE_URL", app.db.url.as_str()),
+        ("KEY_CACHE_TTL_MS", "0"),
+    ])
+    .await;
+    for _ in 0..3 {
+        let read = reqwest::Client::new()
+            .get(server.url(&format!("/v1/accounts/{group}/signals/scans")))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(read.status(), 200);
+    }
+    let said = |event: &serde_json::Value| {
+        event["message"]
+            == "a key holds a permission this version does not know; taken as one it lacks"
+    };
+    let logs = server
+        .until_events(|events| {
+            let finished = |e: &&serde_json::Value| e["message"] == "finished processing request";
+            events.iter().filter(finished).count() == 3
+        })
+        .await;
+    assert_eq!(logs.iter().filter(|e| said(e)).count(), 1, "{logs:?}");
 }
 store_test!(a_permission_this_version_does_not_know_is_one_the_key_lacks);
