@@ -239,8 +239,8 @@ async fn serve_connection(task: ConnectionTask) {
     let mut stop = task.stop;
     // Once asked to close, a connection answers what it has in progress and takes no new request:
     // HTTP/1 closes after its answer, HTTP/2 sends GOAWAY naming the last stream it took, so that
-    // its client knows which requests it may send again elsewhere.
-    let mut closing = false;
+    // its client knows which requests it may send again elsewhere. Since when, if it is.
+    let mut closing: Option<Instant> = None;
     loop {
         tokio::select! {
             // The connection first: a byte that arrives as the idle clock runs out is read (and
@@ -252,18 +252,19 @@ async fn serve_connection(task: ConnectionTask) {
                 }
                 return;
             }
-            _ = stop.wait_for(|stopping| *stopping), if !closing => {
+            _ = stop.wait_for(|stopping| *stopping), if closing.is_none() => {
                 connection.as_mut().graceful_shutdown();
-                closing = true;
+                closing = Some(Instant::now());
             }
-            expiry = activity.expired(task.limits) => match expiry {
-                Expiry::Idle if !closing => {
+            expiry = activity.expired(task.limits, closing) => match expiry {
+                Expiry::Idle if closing.is_none() => {
                     tracing::debug!(client.address = %task.peer, "closing an idle connection");
                     connection.as_mut().graceful_shutdown();
-                    closing = true;
+                    closing = Some(Instant::now());
                 }
-                // Asked to close, and idle for as long again (an HTTP/2 client that does not
-                // answer the GOAWAY's PING): nothing is lost by dropping it.
+                // Closing, with nothing in progress for `CLOSING_GRACE` (an HTTP/2 client that
+                // does not answer the GOAWAY's PING, so is never told its last stream): nothing
+                // is lost by dropping it.
                 Expiry::Idle => return,
                 // Its answers end with it (a change stream: `client_gone`); said, since a client
                 // stuck this way (a runner that stopped reading its stream) is one to find.
@@ -449,11 +450,18 @@ impl Activity {
     /// that stops taking a response's bytes cannot hold its connection (and a stream its key's
     /// slot) for good, past every timer of the body. Such a connection is closed within twice the
     /// idle timeout: while requests are in progress, the clock looks every idle timeout.
-    async fn expired(&self, limits: ConnectionLimits) -> Expiry {
+    ///
+    /// A connection `closing` (since then) with nothing in progress has [`CLOSING_GRACE`] from
+    /// then, or from its last answer, instead.
+    async fn expired(&self, limits: ConnectionLimits, closing: Option<Instant>) -> Expiry {
         loop {
             let (deadline, expiry) = {
                 let state = self.lock();
                 match state.in_progress {
+                    0 if let Some(since) = closing => (
+                        since.max(state.idle_since).max(self.last_write()) + CLOSING_GRACE,
+                        Expiry::Idle,
+                    ),
                     0 if state.served_any => {
                         let idle = state.idle_since.max(self.last_write()) + limits.idle_timeout;
                         // An HTTP/1 request begun before then has the whole header timeout from
@@ -488,6 +496,11 @@ impl Activity {
         }
     }
 }
+
+/// How long a closing connection with nothing in progress is kept: over HTTP/2, the round trip
+/// of the GOAWAY's PING, after whose answer h2 sends the GOAWAY naming the last stream it took
+/// and closes. A client that never answers it is not waited for (Go's server waits 1 s too).
+const CLOSING_GRACE: Duration = Duration::from_secs(1);
 
 /// Why a connection's clock closed it.
 enum Expiry {

@@ -5,6 +5,7 @@
 //! timeout fired, with room for a loaded machine.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -14,6 +15,7 @@ use signal_scans::domain::scan::ScanStatus;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::helpers::http2::{Wire, goaways_of_an_idle_connection, h2_recorded_client};
 use crate::helpers::process::ServerProcess;
 use crate::helpers::{
     ApiResponse, Backend, TestApp, TestDatabase, cancel_path, child, group, h2_client,
@@ -291,12 +293,12 @@ struct H2Exchange {
     /// Held so that the client does not end the connection itself: h2 closes a connection once
     /// its last handle is dropped and no stream is open.
     client: h2::client::SendRequest<axum::body::Bytes>,
+    wire: Arc<Wire>,
 }
 
 /// Opens an HTTP/2 connection (prior knowledge) and sends `GET path`.
 async fn h2_get(addr: SocketAddr, path: &str) -> H2Exchange {
-    // HTTP/2's own initial window.
-    let (mut client, driver) = h2_client(addr, 65_535).await;
+    let (mut client, driver, wire) = h2_recorded_client(addr).await;
     let request = axum::http::Request::get(format!("http://{addr}{path}"))
         .body(())
         .unwrap();
@@ -309,6 +311,7 @@ async fn h2_get(addr: SocketAddr, path: &str) -> H2Exchange {
         max_concurrent_streams,
         driver,
         client,
+        wire,
     }
 }
 
@@ -355,10 +358,15 @@ async fn idle_connections_are_closed(backend: Backend) {
     assert_eq!(http2.max_concurrent_streams, 7);
     assert!(http2_closed, "the idle HTTP/2 connection was kept");
     // Closed with a GOAWAY, which tells its client that no request of its was left unanswered;
-    // a connection simply closed is a broken pipe to it.
+    // a connection simply closed is a broken pipe to it. The first says only that no more are
+    // taken; the last, sent once its PING is answered, names the last stream taken (its one).
     assert!(
         after_close.is_go_away() && after_close.reason() == Some(h2::Reason::NO_ERROR),
         "{after_close:?}"
+    );
+    assert_eq!(
+        goaways_of_an_idle_connection(server.addr).await,
+        [i32::MAX as u32, 1]
     );
     assert!(
         http2_idle_for >= Duration::from_millis(900) && http2_idle_for < Duration::from_secs(3),
@@ -398,6 +406,36 @@ async fn a_connection_whose_client_opens_no_window_is_closed(backend: Backend) {
     drop(client);
 }
 store_test!(a_connection_whose_client_opens_no_window_is_closed);
+
+/// An idle HTTP/2 client that answers no PING (so is never sent the GOAWAY naming its last
+/// stream) holds no stop: its connection is closed a moment after the first GOAWAY. It held the
+/// whole `SHUTDOWN_TIMEOUT_MS`, logged as requests still in flight.
+async fn a_client_that_answers_no_ping_does_not_hold_the_stop(backend: Backend) {
+    let (_app, mut server) = serving(backend, &[("SHUTDOWN_TIMEOUT_MS", "10000")]).await;
+    let http2 = h2_get(server.addr, "/healthz").await;
+    http2.wire.stop_reading();
+    let asked = Instant::now();
+    server.terminate();
+    let exit = server.wait(Duration::from_secs(15)).await;
+
+    assert_eq!(http2.status, 200);
+    assert!(exit.success(), "{exit:?}");
+    // The closing grace (1 s), far from the drain's 10.
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    let logs = server
+        .until_logged(|event| event["message"] == "stopped")
+        .await;
+    assert!(
+        !logs.iter().any(|event| event["message"]
+            == "requests still in flight after the drain time; stopping anyway"),
+        "{logs:?}"
+    );
+}
+store_test!(a_client_that_answers_no_ping_does_not_hold_the_stop);
 
 /// A response its client reads slowly is delivered whole: while its bytes still move, the
 /// connection is not idle. Over HTTP/2 the client grants its window 8 KiB at a time, every

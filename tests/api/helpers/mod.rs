@@ -3,6 +3,7 @@
 pub mod child;
 pub mod clock_shift;
 pub mod history;
+pub mod http2;
 pub mod locks;
 pub mod metrics;
 pub mod plans;
@@ -10,6 +11,8 @@ pub mod process;
 pub mod proxy;
 pub mod sse;
 pub mod watch;
+
+pub use http2::{h2_client, h2_get_as};
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -962,41 +965,6 @@ impl TestApp {
         }
         ApiResponse::from(request.send().await.expect("request is answered")).await
     }
-}
-
-/// An HTTP/2 client handle (prior knowledge) to `addr`, ready to send, whose client grants each
-/// stream a window of `window` bytes and never more unless a test releases capacity; and the
-/// connection's driver, which ends when the server closes the connection.
-pub async fn h2_client(
-    addr: SocketAddr,
-    window: u32,
-) -> (
-    h2::client::SendRequest<axum::body::Bytes>,
-    tokio::task::JoinHandle<Result<(), h2::Error>>,
-) {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (client, connection) = h2::client::Builder::new()
-        .initial_window_size(window)
-        .handshake(tcp)
-        .await
-        .unwrap();
-    let driver = tokio::spawn(connection);
-    (client.ready().await.unwrap(), driver)
-}
-
-/// Sends `GET url` with `key` on `client` (from [`h2_client`]) and waits for its answer's head; its
-/// body is read as the test chooses (dropped, its stream is reset).
-pub async fn h2_get_as(
-    client: &mut h2::client::SendRequest<axum::body::Bytes>,
-    url: &str,
-    key: &str,
-) -> axum::http::Response<h2::RecvStream> {
-    let request = axum::http::Request::get(url)
-        .header("authorization", format!("Bearer {key}"))
-        .body(())
-        .unwrap();
-    let (response, _) = client.send_request(request, true).unwrap();
-    response.await.unwrap()
 }
 
 /// `POST …/signals/scans`: where a client starts a scan.
