@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use self::config::{DEFAULT_DATABASE_URL, DatabaseArgs, HealthcheckArgs, LogArgs, ServeArgs};
-use crate::app::{self, Application};
+use crate::app::{self, Application, StartupError};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::Permission;
 use crate::domain::scan::ScanStatus;
@@ -328,12 +328,30 @@ async fn run_command(cli: Cli) -> ExitCode {
         Err(error) => {
             // `{:#}`: the error and its causes, joined by ": ", on one line.
             report_failure(cli.log.log_format, &format!("{error:#}"));
-            match try_later(&error) {
-                true => ExitCode::from(remote::TryLater::EXIT_CODE),
-                false => ExitCode::FAILURE,
+            if bad_setting(&error) {
+                ExitCode::from(2)
+            } else if try_later(&error) {
+                ExitCode::from(remote::TryLater::EXIT_CODE)
+            } else {
+                ExitCode::FAILURE
             }
         }
     }
+}
+
+/// Whether a setting's value was refused once the command ran (a URL the command line could not
+/// judge): exit 2, as for the settings it refuses itself, so a supervisor does not restart a
+/// process for what only an operator can fix.
+fn bad_setting(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<StartupError>(),
+            Some(StartupError::Settings(_) | StartupError::Store(StoreError::Setting(_)))
+        ) || matches!(
+            cause.downcast_ref::<StoreError>(),
+            Some(StoreError::Setting(_))
+        )
+    })
 }
 
 /// Whether asking again later may succeed: the service did not answer, or asked to be asked

@@ -43,9 +43,14 @@ pub enum StoreError {
     /// A stored row breaks an invariant of the domain.
     #[error("corrupt data: {0}")]
     Corrupt(String),
-    /// The database URL or settings are not usable.
+    /// The database cannot be used where the settings point: a file this process cannot open
+    /// or write, a folder it cannot make.
     #[error("{0}")]
     Config(String),
+    /// A setting's value is not one the store can take (`DATABASE_URL` malformed, of another
+    /// scheme, naming no file, asking for TLS): nothing was tried; exit 2, as for any bad setting.
+    #[error("{0}")]
+    Setting(String),
 }
 
 /// A hint that status changes may have committed; the audit trail says which.
@@ -243,14 +248,14 @@ impl Store {
         // A trailing space made a SQLite file of another name (`….db `), served empty while the
         // log, trimming nothing but showing nothing either, named the right one.
         if url.trim() != url {
-            return Err(StoreError::Config(
+            return Err(StoreError::Setting(
                 "DATABASE_URL has white space at its start or end".into(),
             ));
         }
         match url.split_once("://").map(|(scheme, _)| scheme) {
             Some("postgres" | "postgresql") => Ok(Store::Postgres(PgStore::connect(options)?)),
             Some("sqlite") => Ok(Store::Sqlite(SqliteStore::connect(options)?)),
-            _ => Err(StoreError::Config(
+            _ => Err(StoreError::Setting(
                 "DATABASE_URL must start with postgres:// or sqlite://".into(),
             )),
         }
@@ -693,7 +698,8 @@ fn migration_error(error: sqlx::migrate::MigrateError) -> StoreError {
             let (StoreError::Unavailable(why)
             | StoreError::Corrupt(why)
             | StoreError::Internal(why)
-            | StoreError::Config(why)) = &mut classified;
+            | StoreError::Config(why)
+            | StoreError::Setting(why)) = &mut classified;
             *why = format!("while executing migration {version}: {why}");
             classified
         }

@@ -40,14 +40,14 @@ pub(super) fn parse(url: &str) -> Result<PgConnectOptions, StoreError> {
         tracing::warn!(key, path, "DATABASE_URL: {message}");
     }
     let options = parsed
-        .map_err(|_| StoreError::Config("DATABASE_URL is not a valid PostgreSQL URL".into()))?;
+        .map_err(|_| StoreError::Setting("DATABASE_URL is not a valid PostgreSQL URL".into()))?;
     // No connection could be made: a setting to change, not a database to wait for (sqlx's TLS
     // error reads as an unavailable database, which commands exit 75 for and scripts retry).
     if matches!(
         options.get_ssl_mode(),
         PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
     ) {
-        return Err(StoreError::Config(
+        return Err(StoreError::Setting(
             "DATABASE_URL (or PGSSLMODE) asks for TLS (sslmode=require, verify-ca or \
              verify-full), which this binary is built without: reach the database over a private \
              network or a TLS tunnel, with sslmode=disable or prefer"

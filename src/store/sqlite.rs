@@ -151,7 +151,7 @@ impl SqliteStore {
 
     pub fn connect(options: &StoreOptions) -> Result<Self, StoreError> {
         let connect = SqliteConnectOptions::from_str(options.url.expose_secret())
-            .map_err(|_| StoreError::Config("DATABASE_URL is not a valid SQLite URL".into()))?
+            .map_err(|_| StoreError::Setting("DATABASE_URL is not a valid SQLite URL".into()))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // Every 200 is a change on disk: FULL syncs the WAL at each commit.
@@ -309,7 +309,7 @@ impl SqliteStore {
             )
             .await?;
         if file.is_empty() {
-            return Err(StoreError::Config(
+            return Err(StoreError::Setting(
                 "DATABASE_URL names no file but an in-memory or temporary SQLite database, which \
                  every connection sees empty: name a file, e.g. sqlite://data/signal-scans.db"
                     .into(),

@@ -816,7 +816,8 @@ async fn serve_refuses_a_database_it_cannot_write() {
 /// mistyped setting does not migrate first (configuration review): a malformed `REDIS_URL` and a
 /// port another process holds were refused only after the migrations had made the file; a
 /// trailing space in `DATABASE_URL` made and served a file of another name (`….db `) while the
-/// log named the right one; an in-memory database was migrated, then every request failed.
+/// log named the right one; an in-memory database was migrated, then every request failed. A bad
+/// value exits 2, as a setting the command line refuses does (it exited 1); a port held, 1.
 #[test]
 fn a_setting_that_cannot_work_stops_serve_before_the_database_is_touched() {
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -825,13 +826,19 @@ fn a_setting_that_cannot_work_stops_serve_before_the_database_is_touched() {
     let file = folder.join("signal-scans.db");
     let url = format!("sqlite://{}", file.display());
     let trailing_space = format!("{url} ");
-    for (env, said) in [
-        (vec![("REDIS_URL", "notaurl")], "REDIS_URL"),
-        (vec![("REDIS_URL", "rediss://cache:6380")], "rediss://"),
-        (vec![("LISTEN_ADDR", held.as_str())], "(LISTEN_ADDR)"),
+    for (env, said, code) in [
+        (vec![("REDIS_URL", "notaurl")], "REDIS_URL", 2),
+        (vec![("REDIS_URL", "rediss://cache:6380")], "rediss://", 2),
+        (vec![("LISTEN_ADDR", held.as_str())], "(LISTEN_ADDR)", 1),
         (
             vec![("DATABASE_URL", trailing_space.as_str())],
             "DATABASE_URL has white space at its start or end",
+            2,
+        ),
+        (
+            vec![("DATABASE_URL", "mysql://db/x")],
+            "DATABASE_URL must start with postgres:// or sqlite://",
+            2,
         ),
     ] {
         let output = child::signal_scans()
@@ -842,7 +849,7 @@ fn a_setting_that_cannot_work_stops_serve_before_the_database_is_touched() {
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(1), "{env:?}: {stderr}");
+        assert_eq!(output.status.code(), Some(code), "{env:?}: {stderr}");
         assert!(stderr.contains(said), "{env:?}: {stderr}");
         assert!(
             !folder.exists(),
@@ -862,7 +869,7 @@ fn a_setting_that_cannot_work_stops_serve_before_the_database_is_touched() {
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(1), "{memory}: {stderr}");
+        assert_eq!(output.status.code(), Some(2), "{memory}: {stderr}");
         assert!(
             stderr.contains("DATABASE_URL names no file"),
             "{memory}: {stderr}"
@@ -1157,7 +1164,7 @@ fn an_unreachable_database_fails_migrate_without_leaking_the_password() {
 }
 
 /// This binary has no TLS for its database: a URL (or `PGSSLMODE`) that asks for it is refused
-/// as a setting, exit 1, before any connection, and never as an unavailable database (exit 75,
+/// as a setting, exit 2, before any connection, and never as an unavailable database (exit 75,
 /// which a script retries for ever). Both read as sqlx's TLS error, and the commands exited 75.
 #[test]
 fn a_database_url_asking_for_tls_is_refused_as_a_setting() {
@@ -1172,7 +1179,7 @@ fn a_database_url_asking_for_tls_is_refused_as_a_setting() {
         let output = command.output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
 
-        assert_eq!(output.status.code(), Some(1), "{url}: {stderr}");
+        assert_eq!(output.status.code(), Some(2), "{url}: {stderr}");
         assert!(stderr.contains("asks for TLS"), "{url}: {stderr}");
         assert!(!stderr.contains("hunter2"), "{url}: {stderr}");
     }
