@@ -451,17 +451,23 @@ impl Activity {
     /// slot) for good, past every timer of the body. Such a connection is closed within twice the
     /// idle timeout: while requests are in progress, the clock looks every idle timeout.
     ///
-    /// A connection `closing` (since then) with nothing in progress has [`CLOSING_GRACE`] from
-    /// then, or from its last answer, instead.
+    /// A connection `closing` (since then) with nothing in progress and no answer's bytes still
+    /// on their way has [`CLOSING_GRACE`] from then, or from its last write, instead.
     async fn expired(&self, limits: ConnectionLimits, closing: Option<Instant>) -> Expiry {
         loop {
             let (deadline, expiry) = {
                 let state = self.lock();
                 match state.in_progress {
-                    0 if let Some(since) = closing => (
-                        since.max(state.idle_since).max(self.last_write()) + CLOSING_GRACE,
-                        Expiry::Idle,
-                    ),
+                    // Only once its answers are out: a slow reader's response, handed to hyper
+                    // whole, still has the idle timeout from its last write (and the drain's).
+                    0 if let Some(since) =
+                        closing.filter(|_| self.owed.load(Ordering::Relaxed) == 0) =>
+                    {
+                        (
+                            since.max(state.idle_since).max(self.last_write()) + CLOSING_GRACE,
+                            Expiry::Idle,
+                        )
+                    }
                     0 if state.served_any => {
                         let idle = state.idle_since.max(self.last_write()) + limits.idle_timeout;
                         // An HTTP/1 request begun before then has the whole header timeout from

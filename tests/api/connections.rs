@@ -437,6 +437,53 @@ async fn a_client_that_answers_no_ping_does_not_hold_the_stop(backend: Backend) 
 }
 store_test!(a_client_that_answers_no_ping_does_not_hold_the_stop);
 
+/// A response its client reads slowly is delivered whole through a stop: hyper holds its last
+/// bytes, no request is in progress any more, and the connection was dropped a second after the
+/// SIGTERM, its answer short of its `Content-Length` (every answer over about 130 KB to a client
+/// slower than about 100 KB/s, in a rolling deploy).
+async fn a_response_read_slowly_is_delivered_whole_through_a_stop(backend: Backend) {
+    let (_app, mut server) = serving(backend, &[("SHUTDOWN_TIMEOUT_MS", "30000")]).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"GET /openapi.json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let started = Instant::now();
+    let mut asked_to_stop = false;
+    // About 40 KB/s: the kernel's queue (`UNSENT_BYTES`) takes seconds to drain.
+    loop {
+        let read = stream.read(&mut chunk).await.unwrap();
+        if read == 0 {
+            break;
+        }
+        received.extend_from_slice(&chunk[..read]);
+        if !asked_to_stop && started.elapsed() > Duration::from_secs(1) {
+            server.terminate();
+            asked_to_stop = true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let exit = server.wait(Duration::from_secs(30)).await;
+
+    let answer = String::from_utf8_lossy(&received);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(asked_to_stop);
+    assert!(length > 100_000, "{length}");
+    assert_eq!(body.len(), length);
+    assert!(exit.success(), "{exit:?}");
+}
+store_test!(a_response_read_slowly_is_delivered_whole_through_a_stop);
+
 /// A response its client reads slowly is delivered whole: while its bytes still move, the
 /// connection is not idle. Over HTTP/2 the client grants its window 8 KiB at a time, every
 /// 100 ms, so the server holds most of `/openapi.json` after the handler is done with it; with
