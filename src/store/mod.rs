@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+use sqlx::postgres::PgDatabaseError;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -630,10 +631,28 @@ fn classify(error: sqlx::Error) -> StoreError {
         }
         _ => false,
     };
+    let text = described(&error);
     if unavailable {
-        StoreError::Unavailable(error.to_string())
+        StoreError::Unavailable(text)
     } else {
-        StoreError::Internal(error.to_string())
+        StoreError::Internal(text)
+    }
+}
+
+/// A driver error as an operator reads it. PostgreSQL's error is told with its SQLSTATE, not as
+/// sqlx prints it, with the line of the server's C source that raised it (`database "x" does not
+/// exist at line 948`: a line of nothing the operator has).
+pub(super) fn described(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(db) => match db.try_downcast_ref::<PgDatabaseError>() {
+            Some(pg) => format!(
+                "error returned from database: {} (SQLSTATE {})",
+                pg.message(),
+                pg.code()
+            ),
+            None => error.to_string(),
+        },
+        _ => error.to_string(),
     }
 }
 

@@ -124,7 +124,7 @@ impl ConnectionPool {
             // such database, one not accepting connections) is the database unavailable: an
             // I/O error, which the store answers as such, carrying the server's own words.
             PoolError::Backend(error @ sqlx::Error::Database(_)) => {
-                sqlx::Error::Io(std::io::Error::other(error))
+                sqlx::Error::Io(std::io::Error::other(super::described(&error)))
             }
             PoolError::Backend(error) => error,
             PoolError::Closed => sqlx::Error::PoolClosed,

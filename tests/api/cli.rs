@@ -360,6 +360,35 @@ async fn an_upgrade_says_when_it_starts_and_ends(backend: Backend) {
 }
 store_test!(an_upgrade_says_when_it_starts_and_ends);
 
+/// PostgreSQL's refusals are told with their SQLSTATE, what an operator can look up, not with the
+/// line of the server's C source that raised them (`database "…" does not exist at line 948`, as
+/// sqlx prints them).
+async fn a_database_that_does_not_exist_is_told_with_its_sqlstate(backend: Backend) {
+    let database = TestDatabase::create(backend).await;
+    let (server, name) = database.url.rsplit_once('/').unwrap();
+    let missing = format!("{name}_missing");
+
+    let output = child::signal_scans()
+        .arg("migrate")
+        .env("DATABASE_URL", format!("{server}/{missing}"))
+        .output()
+        .unwrap();
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "database \"{missing}\" does not exist (SQLSTATE 3D000)"
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(" at line "), "{stderr}");
+}
+store_test!(
+    a_database_that_does_not_exist_is_told_with_its_sqlstate,
+    postgres_only
+);
+
 /// A database that a newer version migrated is served, with a warning naming what this binary
 /// does not know: during a rolling upgrade the previous version's replicas restart on it, and a
 /// rollback runs the previous image on it. Every command refused it ("migration 99 was
