@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail};
+use anyhow::bail;
 use clap::Args;
 use secrecy::SecretString;
 
+use super::BadInput;
 use crate::app::Settings;
 use crate::http::HttpSettings;
 use crate::http::changes::StreamSettings;
@@ -87,14 +88,19 @@ pub fn api_key(command: &str) -> anyhow::Result<String> {
     let key = std::env::var("SIGNAL_SCANS_API_KEY")
         .ok()
         .filter(|key| !key.is_empty())
-        .ok_or_else(|| anyhow!("{command} --server needs the API key in SIGNAL_SCANS_API_KEY"))?;
+        .ok_or_else(|| {
+            BadInput(format!(
+                "{command} --server needs the API key in SIGNAL_SCANS_API_KEY"
+            ))
+        })?;
     // A key read from a file often ends in a line break, which no header may hold: said here,
     // by name, rather than as the HTTP client's "failed to parse header value".
     if !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ') || key.trim() != key {
-        bail!(
+        bail!(BadInput(
             "SIGNAL_SCANS_API_KEY holds white space at its start or end, a line break or another \
              character no API key has"
-        );
+                .into()
+        ));
     }
     Ok(key)
 }
@@ -114,9 +120,10 @@ pub fn watch_silence() -> anyhow::Result<Duration> {
     };
     match raw.trim().parse::<u64>() {
         Ok(ms) if ms >= 1 => Ok(Duration::from_millis(ms)),
-        _ => Err(anyhow!(
+        _ => Err(BadInput(format!(
             "SCANS_WATCH_SILENCE_MS must be a whole number of milliseconds from 1, not {raw:?}"
-        )),
+        ))
+        .into()),
     }
 }
 

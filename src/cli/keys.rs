@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::config::DatabaseArgs;
 use super::output::{print_json, rfc3339, try_write_line};
-use super::{CreateKeyArgs, NO_OTHER_WAY, existing_store, migrated_store};
+use super::{BadInput, CreateKeyArgs, NO_OTHER_WAY, existing_store, migrated_store};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeySpec, KeySpecError};
 use crate::service::KeyAdmin;
 
@@ -144,11 +144,11 @@ pub(super) async fn create(args: CreateKeyArgs) -> anyhow::Result<()> {
         .map(|secs| time::Duration::seconds(secs.into()));
     let spec = KeySpec::new(&args.name, &args.permissions, access, expires_in).map_err(
         |error| match error {
-            KeySpecError::Name => {
-                anyhow!("--name must be 1 to 200 characters, none of them a control character")
-            }
+            KeySpecError::Name => BadInput(
+                "--name must be 1 to 200 characters, none of them a control character".into(),
+            ),
             KeySpecError::NoAccountGroup => {
-                anyhow!("give --account-group ID (repeatable) or --all-account-groups")
+                BadInput("give --account-group ID (repeatable) or --all-account-groups".into())
             }
         },
     )?;

@@ -339,18 +339,26 @@ async fn run_command(cli: Cli) -> ExitCode {
     }
 }
 
+/// An argument or setting a command refused itself, past what clap judges (a key's name, a
+/// failure's reason, a cursor, the API key): exit 2, as for clap's refusals.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct BadInput(pub String);
+
 /// Whether a setting's value was refused once the command ran (a URL the command line could not
-/// judge): exit 2, as for the settings it refuses itself, so a supervisor does not restart a
-/// process for what only an operator can fix.
+/// judge, or what [`BadInput`] says): exit 2, as for the settings it refuses itself, so a
+/// supervisor does not restart a process for what only an operator can fix.
 fn bad_setting(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<StartupError>(),
-            Some(StartupError::Settings(_) | StartupError::Store(StoreError::Setting(_)))
-        ) || matches!(
-            cause.downcast_ref::<StoreError>(),
-            Some(StoreError::Setting(_))
-        )
+        cause.is::<BadInput>()
+            || matches!(
+                cause.downcast_ref::<StartupError>(),
+                Some(StartupError::Settings(_) | StartupError::Store(StoreError::Setting(_)))
+            )
+            || matches!(
+                cause.downcast_ref::<StoreError>(),
+                Some(StoreError::Setting(_))
+            )
     })
 }
 

@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::config::{self, DatabaseArgs};
 use super::output::{print_json, rfc3339};
 use super::remote::{self, Answer};
-use super::{OR_SERVER, existing_store};
+use super::{BadInput, OR_SERVER, existing_store};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::scan::{Actor, Scan, ScanStatus, check_reason};
 use crate::service::HINT_FLUSH_LIMIT;
@@ -97,9 +97,9 @@ pub(super) async fn transition(
     // What the API would refuse, refused before anything moves, whichever way the move goes.
     if let Some(reason) = reason {
         if to != ScanStatus::Failed {
-            bail!("--reason goes only with --to failed");
+            bail!(BadInput("--reason goes only with --to failed".into()));
         }
-        check_reason(reason).map_err(|problem| anyhow!("--reason: {problem}"))?;
+        check_reason(reason).map_err(|problem| BadInput(format!("--reason: {problem}")))?;
     }
     let moved = match server.zip(group) {
         Some((server, group)) => {

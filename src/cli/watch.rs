@@ -9,7 +9,7 @@ use anyhow::{Context as _, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use super::config::{self, DatabaseArgs};
-use super::{OR_SERVER, existing_store, remote};
+use super::{BadInput, OR_SERVER, existing_store, remote};
 use crate::domain::feed::FeedCursor;
 use crate::domain::ids::AccountGroupId;
 use crate::domain::scan::ScanChange;
@@ -37,10 +37,9 @@ pub(super) async fn follow_database(
 ) -> anyhow::Result<()> {
     let poll = database.feed_poll();
     let start = match after {
-        Some(token) => Start::After(
-            FeedCursor::decode(token)
-                .ok_or_else(|| anyhow!("--after {token:?} is not a cursor a watch printed"))?,
-        ),
+        Some(token) => Start::After(FeedCursor::decode(token).ok_or_else(|| {
+            BadInput(format!("--after {token:?} is not a cursor a watch printed"))
+        })?),
         None => Start::Now,
     };
     let store = existing_store(database, OR_SERVER).await?;

@@ -435,13 +435,14 @@ async fn a_watch_whose_reader_went_away_ends_quietly(backend: Backend) {
 }
 store_test!(a_watch_whose_reader_went_away_ends_quietly);
 
-/// A runner host's mistakes in its settings are refused before any request, exit 1 or 2 and not
-/// 75 ("try again later", which a script retries for ever): `--server` with a user and password in
+/// A runner host's mistakes in its settings are refused before any request, exit 2 and not 75
+/// ("try again later", which a script retries for ever): `--server` with a user and password in
 /// its URL (the refusal does not repeat the password: clap's own printed the whole value), an
 /// `https://` one (this build speaks plain HTTP: every call failed, and exited 75), an empty
 /// `SIGNAL_SCANS_API_KEY` (it was sent, refused as a failed authentication, and twenty a minute
 /// blocked the host's good keys too), an empty `--after` (the service took it as none: the watch
-/// followed from now, silently skipping what the runner had missed). Nothing listens on port 9.
+/// followed from now, silently skipping what the runner had missed) or one no watch printed.
+/// Nothing listens on port 9.
 #[test]
 fn mistakes_in_a_runner_hosts_settings_are_refused_before_any_request() {
     let folder = Folder::new();
@@ -450,7 +451,7 @@ fn mistakes_in_a_runner_hosts_settings_are_refused_before_any_request() {
     let show = |url| [&["scans", "show", scan][..], &server(url)].concat();
     let watch = |after: &[&'static str]| [&["scans", "watch"][..], after].concat();
     let password = "http://runner:s3cr3t-pw@127.0.0.1:9";
-    let cases: [(&str, Vec<&str>, i32, &str); 5] = [
+    let cases: [(&str, Vec<&str>, i32, &str); 6] = [
         (
             "ssk_unused",
             show(password),
@@ -466,8 +467,14 @@ fn mistakes_in_a_runner_hosts_settings_are_refused_before_any_request() {
         (
             "",
             show("http://127.0.0.1:9"),
-            1,
+            2,
             "needs the API key in SIGNAL_SCANS_API_KEY",
+        ),
+        (
+            "ssk_unused",
+            watch(&["--after", "zz"]),
+            2,
+            "--after \"zz\" is not a cursor a watch printed",
         ),
         (
             "ssk_unused",

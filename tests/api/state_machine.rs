@@ -153,21 +153,28 @@ async fn the_transition_command_refuses_what_the_api_refuses_and_moves_nothing(b
     let too_long = "x".repeat(1001);
     let theirs = group();
 
-    for (args, says) in [
-        (vec!["--to", "running", "--reason", "why"], "--reason"),
+    // 2 for an argument refused, as clap's refusals; 1 for a move the scan does not allow.
+    for (args, code, says) in [
+        (vec!["--to", "running", "--reason", "why"], 2, "--reason"),
         (
             vec!["--to", "failed", "--reason", ""],
+            2,
             "reason must be 1 to 1000",
         ),
-        (vec!["--to", "failed", "--reason", &too_long], "it is 1001"),
+        (
+            vec!["--to", "failed", "--reason", &too_long],
+            2,
+            "it is 1001",
+        ),
         (
             vec!["--to", "running", "--account-group", theirs.as_str()],
+            1,
             "no scan with id",
         ),
     ] {
         let refused = run(&args);
         let stderr = String::from_utf8_lossy(&refused.stderr);
-        assert!(!refused.status.success(), "{args:?}");
+        assert_eq!(refused.status.code(), Some(code), "{args:?}: {stderr}");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
         assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
         assert_eq!(app.status_of(&scan).await, ScanStatus::Queued, "{args:?}");
