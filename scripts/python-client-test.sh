@@ -13,6 +13,8 @@ export STREAM_MAX_AGE_MS=1500
 source scripts/lib/demo-service.sh
 
 python3 -m venv "$WORK/venv"
-"$WORK/venv/bin/pip" install --quiet --disable-pip-version-check ./clients/python
+# h2: httpx's `http2` extra, for the test that follows changes over HTTP/2 (test 30).
+"$WORK/venv/bin/pip" install --quiet --disable-pip-version-check ./clients/python "h2>=4,<5"
+export SIGNAL_SCANS_BIN="$BIN"
 # From outside the repository, so the installed package is what is imported.
 (cd "$WORK" && "$WORK/venv/bin/python" "$OLDPWD/scripts/python-client/test_client.py")

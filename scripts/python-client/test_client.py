@@ -2,7 +2,8 @@
 
 Run by scripts/python-client-test.sh, which starts the service and installs the client into a fresh
 virtual environment; reads BASE_URL, DEMO_KEY, DEMO_GROUP, DEMO_QUEUED_SCAN, DEMO_COMPLETED_SCAN and
-DEMO_RUNNER_KEY (signals:run and signals:read).
+DEMO_RUNNER_KEY (signals:run and signals:read), and SIGNAL_SCANS_BIN (the binary, for a service of
+a test's own).
 """
 
 import asyncio
@@ -12,6 +13,9 @@ import http.server
 import itertools
 import json
 import os
+import socket
+import subprocess
+import tempfile
 import threading
 import time
 import unittest
@@ -423,6 +427,56 @@ class GeneratedClient(unittest.TestCase):
                 self.assertEqual(latest.data.scan_id, later)
                 changes.close()
                 self.assertGreaterEqual(len(opened), 2)
+
+    def test_30_follows_on_over_http2_across_a_stop_of_the_service(self):
+        # Over HTTP/2 (h2c, httpx's `http2` extra) a service that stops closes its connections
+        # gracefully: a GOAWAY, then a PING, which the h2 package refuses with its own
+        # ProtocolError, not an httpx error. The follower takes it as the connection lost, asks
+        # again until the service is back, and misses nothing committed meanwhile.
+        binary = os.environ["SIGNAL_SCANS_BIN"]
+        folder = tempfile.mkdtemp()
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        env = dict(os.environ, DATABASE_URL=f"sqlite://{folder}/h2.db", LISTEN_ADDR=f"127.0.0.1:{port}", RUST_LOG="warn")
+
+        def command(*args):
+            done = subprocess.run([binary, *args], env=env, check=True, capture_output=True, text=True)
+            return done.stdout
+
+        def serve():
+            service = subprocess.Popen([binary, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for _ in range(100):
+                if subprocess.run([binary, "healthcheck"], env=env, capture_output=True).returncode == 0:
+                    return service
+                time.sleep(0.1)
+            service.kill()
+            self.fail("the service of this test did not start")
+
+        key = json.loads(command("keys", "create", "--name", "h2", "--all-account-groups", "--json"))["key"]
+        first = json.loads(command("scans", "create", "--account-group", GROUP, "--json"))["scanId"]
+        service = serve()
+        try:
+            client = AuthenticatedClient(
+                base_url=f"http://127.0.0.1:{port}", token=key, httpx_args={"http2": True, "http1": False}
+            )
+            with client:
+                changes = follow_changes(client, GROUP, after="0-0")
+                created, error = within(self, 10, lambda: next(changes))
+                self.assertIsNone(error)
+                self.assertEqual(created.data.scan_id, first)
+                service.terminate()
+                self.assertEqual(service.wait(20), 0)
+                second = json.loads(command("scans", "create", "--account-group", GROUP, "--json"))["scanId"]
+                service = serve()
+                resumed, error = within(self, 20, lambda: next(changes))
+                changes.close()
+        finally:
+            service.terminate()
+            service.wait(20)
+        self.assertIsNone(error)
+        self.assertEqual(resumed.data.scan_id, second)
+        self.assertNotEqual(resumed.id, created.id)
 
     def test_13_a_client_never_shows_its_key(self):
         client = bearer_client()

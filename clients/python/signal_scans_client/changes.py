@@ -16,6 +16,16 @@ from dataclasses import dataclass
 
 import httpx
 
+try:
+    # With `httpx_args={"http2": True}` (httpx's `http2` extra): the h2 package raises its own
+    # ProtocolError, unwrapped by httpx, for a PING that follows the service's GOAWAY as it closes
+    # the connection gracefully (at its stop, or idle), which RFC 9113 allows and h2 refuses.
+    from h2.exceptions import ProtocolError as _Http2ProtocolError
+except ImportError:  # HTTP/1.1 only: nothing raises it.
+
+    class _Http2ProtocolError(Exception):  # type: ignore[no-redef]
+        pass
+
 from .client import AuthenticatedClient
 from .models import ScanStatus, ScanStatusChanged
 
@@ -103,7 +113,9 @@ def follow_changes(
     later arrives on the stream. A runner lists the queued scans there: a scan queued meanwhile is
     in the list or the stream, never in neither. It is called at every reconnection too, where
     the stream resumes after the last change yielded and listing again finds nothing new. An `httpx.TransportError` it raises counts as the stream's own: the stream is opened
-    again after the wait, and `on_open` called again; any other exception ends the following.
+    again after the wait, and `on_open` called again; any other exception ends the following. A
+    connection lost is the stream's own too, over HTTP/2 as well (the h2 package's `ProtocolError`
+    at the service's graceful close, which httpx does not wrap): the stream is opened again.
     Each attempt that fails (a refusal waited out, a connection that cannot be made or is lost) is
     logged at WARNING by the `signal_scans_client.changes` logger, with what failed and the wait: a
     follower that never reaches the service says so there (a stream the service ends is not a
@@ -152,7 +164,7 @@ def follow_changes(
                             data = ScanStatusChanged.from_dict(json.loads(block["data"]))
                             yield Change(id=cursor, data=data)
                     wait = retry
-        except httpx.TransportError as error:
+        except (httpx.TransportError, _Http2ProtocolError) as error:
             logger.warning(
                 "the change stream of %s failed (%s: %s); asking again in %s s",
                 account_group_id,
