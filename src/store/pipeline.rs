@@ -458,11 +458,13 @@ mod tests {
     use super::*;
 
     /// A writer that records the scans of each batch it is given, and answers each change
-    /// `NotFound`; every write first waits for one of `permits`.
+    /// `NotFound`, or the whole batch the first of `refusals` while any is left (taken as the
+    /// write starts); every write first waits for one of `permits`.
     #[derive(Clone)]
     struct Recording {
         batches: Arc<Mutex<Vec<Vec<ScanId>>>>,
         permits: Arc<Semaphore>,
+        refusals: Arc<Mutex<VecDeque<StoreError>>>,
     }
 
     impl Recording {
@@ -470,6 +472,7 @@ mod tests {
             Self {
                 batches: Arc::default(),
                 permits: Arc::new(Semaphore::new(0)),
+                refusals: Arc::default(),
             }
         }
     }
@@ -478,8 +481,12 @@ mod tests {
         async fn write(&self, changes: &[ChangeRequest]) -> Result<Vec<Transition>, StoreError> {
             let scans = changes.iter().map(|c| c.scan).collect();
             self.batches.lock().unwrap().push(scans);
+            let refusal = self.refusals.lock().unwrap().pop_front();
             self.permits.acquire().await.unwrap().forget();
-            Ok(changes.iter().map(|_| Transition::NotFound).collect())
+            match refusal {
+                Some(error) => Err(error),
+                None => Ok(changes.iter().map(|_| Transition::NotFound).collect()),
+            }
         }
     }
 
@@ -500,6 +507,22 @@ mod tests {
         while !condition() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+    }
+
+    /// A writer holding each write, and its pipeline (one batch at a time) with a first batch in
+    /// progress, a cancel of `z` (returned with its request): what is submitted next queues.
+    async fn behind_a_batch_in_progress() -> (
+        Recording,
+        Pipeline,
+        ScanId,
+        tokio::task::JoinHandle<Result<Vec<Transition>, StoreError>>,
+    ) {
+        let writer = Recording::holding_each_write();
+        let pipeline = Pipeline::start(writer.clone(), 1, Duration::from_secs(30));
+        let z = ScanId::generate();
+        let first = submit(&pipeline, &[z]);
+        until(|| !writer.batches.lock().unwrap().is_empty()).await;
+        (writer, pipeline, z, first)
     }
 
     /// Behind a batch in progress, requests queue as S, then S and X (a batch cancel), then X, then
@@ -533,11 +556,8 @@ mod tests {
     /// X: the dropped request is not passed over, so its X does not hold the later X back.
     #[tokio::test]
     async fn a_request_that_gave_up_holds_back_no_later_change() {
-        let writer = Recording::holding_each_write();
-        let pipeline = Pipeline::start(writer.clone(), 1, Duration::from_secs(30));
-        let [z, s, x] = [(); 3].map(|()| ScanId::generate());
-        let first = submit(&pipeline, &[z]);
-        until(|| !writer.batches.lock().unwrap().is_empty()).await;
+        let (writer, pipeline, z, first) = behind_a_batch_in_progress().await;
+        let [s, x] = [(); 2].map(|()| ScanId::generate());
         let kept = submit(&pipeline, &[s]);
         until(|| pipeline.waiting() == 2).await;
         let gone = submit(&pipeline, &[s, x]);
@@ -553,5 +573,103 @@ mod tests {
 
         let batches = writer.batches.lock().unwrap().clone();
         assert_eq!(batches, vec![vec![z], vec![s, x]]);
+    }
+
+    /// A batch refused for a reason not of one change's own (the database away: nothing
+    /// committed; or an answer that could not be read: it may have committed) answers that error
+    /// to every request of it, and nothing of it is written again one by one.
+    #[tokio::test]
+    async fn a_batch_refused_for_no_changes_own_error_is_answered_whole_and_not_written_again() {
+        for refusal in [
+            StoreError::Unavailable("away".into()),
+            StoreError::Corrupt("unreadable".into()),
+        ] {
+            let (writer, pipeline, z, first) = behind_a_batch_in_progress().await;
+            let [a, b] = [(); 2].map(|()| ScanId::generate());
+            writer.refusals.lock().unwrap().push_back(refusal.clone());
+            let mut answers = Vec::new();
+            for scan in [a, b] {
+                answers.push(submit(&pipeline, &[scan]));
+                let queued = 1 + answers.len();
+                until(|| pipeline.waiting() == queued).await;
+            }
+            writer.permits.add_permits(100);
+            first.await.unwrap().unwrap();
+            for answer in answers {
+                let answer = answer.await.unwrap();
+                assert_eq!(
+                    std::mem::discriminant(&answer.unwrap_err()),
+                    std::mem::discriminant(&refusal),
+                    "{refusal:?}"
+                );
+            }
+
+            let batches = writer.batches.lock().unwrap().clone();
+            assert_eq!(batches, vec![vec![z], vec![a, b]], "{refusal:?}");
+        }
+    }
+
+    /// Past `QUEUE` changes passed over, the writer reads no more of the channel until they
+    /// drain: behind a batch in progress, `QUEUE` cancels of S fill the channel; the next batch
+    /// takes one and passes the others over. Then two more of S and one of Y queue: the batch
+    /// after takes the next S, and with the second of the two more there are `QUEUE` passed
+    /// over, so Y waits in the channel for the batch after that.
+    #[tokio::test]
+    async fn past_queue_changes_passed_over_the_writer_leaves_the_channel_alone() {
+        let writer = Recording::holding_each_write();
+        let pipeline = Pipeline::start(writer.clone(), 1, Duration::from_secs(300));
+        let [z, s, y] = [(); 3].map(|()| ScanId::generate());
+        let batches = || writer.batches.lock().unwrap().len();
+        let mut answers = vec![submit(&pipeline, &[z])];
+        until(|| batches() == 1).await;
+        for _ in 0..QUEUE {
+            answers.push(submit(&pipeline, &[s]));
+        }
+        until(|| pipeline.waiting() == 1 + QUEUE).await;
+        writer.permits.add_permits(1);
+        until(|| batches() == 2).await;
+        for scans in [[s], [s], [y]] {
+            answers.push(submit(&pipeline, &scans));
+            let queued = answers.len() - 1; // z is answered
+            until(|| pipeline.waiting() == queued).await;
+        }
+        writer.permits.add_permits(2);
+        until(|| batches() == 4).await;
+
+        let batches = writer.batches.lock().unwrap().clone();
+        assert_eq!(batches, vec![vec![z], vec![s], vec![s], vec![s, y]]);
+    }
+
+    /// A request whose client is gone while it waits in the queue counts its wait then, in
+    /// [`QUEUE_WAIT`], not when the writer reaches its entry: while a write is stuck, the waits of
+    /// the requests it holds up that gave up show. The writer then skips its entry, counting
+    /// nothing more.
+    #[tokio::test]
+    async fn a_request_dropped_in_the_queue_counts_its_wait_as_it_leaves() {
+        let recorder = crate::http::metrics::unregistered_recorder();
+        // This test's runtime runs every task on this thread: the writer's too.
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let waits = || {
+            let text = recorder.handle().render();
+            text.lines()
+                .find_map(|line| line.strip_prefix(&format!("{QUEUE_WAIT}_count ")))
+                .map_or(0, |count| count.trim().parse::<u64>().unwrap())
+        };
+        let (writer, pipeline, z, first) = behind_a_batch_in_progress().await;
+        let [s, x] = [(); 2].map(|()| ScanId::generate());
+        let gone = submit(&pipeline, &[s]);
+        until(|| pipeline.waiting() == 2).await;
+        assert_eq!(waits(), 1, "the first, taken");
+
+        gone.abort();
+        until(|| pipeline.waiting() == 1).await;
+        assert_eq!(waits(), 2, "the one gone, as it left");
+        writer.permits.add_permits(100);
+        first.await.unwrap().unwrap();
+        submit(&pipeline, &[x]).await.unwrap().unwrap();
+
+        assert_eq!(waits(), 3, "the one gone is not counted again");
+        let batches = writer.batches.lock().unwrap().clone();
+        assert_eq!(batches, vec![vec![z], vec![x]]);
     }
 }

@@ -9,6 +9,7 @@ use signal_scans::domain::keys::Permission;
 use signal_scans::domain::scan::ScanStatus;
 
 use crate::helpers::locks::{WriteLock, until_advisory_waiters, until_waiting, until_waiting_on};
+use crate::helpers::process::ServerProcess;
 use std::time::Duration;
 
 use crate::helpers::{ApiResponse, Backend, Settings, TestApp, group, move_path};
@@ -527,6 +528,63 @@ async fn the_writers_batches_are_histograms_in_metrics(backend: Backend) {
     }
 }
 store_test!(the_writers_batches_are_histograms_in_metrics);
+
+/// `/metrics` counts each cancel a commit settled by the status it found, a batch cancel's as a
+/// single cancel's: the queued, the running and the repeated one once each, and none of the
+/// scans the state machine would not cancel (completed, failed) or that were not found. Read
+/// from the real binary, whose counters are this test's alone.
+async fn a_batch_cancel_counts_each_cancel_by_the_status_it_found(backend: Backend) {
+    let (app, group, writer) = TestApp::with_writer(backend).await;
+    let mut scans = Vec::new();
+    for status in [
+        ScanStatus::Queued,
+        ScanStatus::Running,
+        ScanStatus::Cancelled,
+        ScanStatus::Completed,
+        ScanStatus::Failed,
+    ] {
+        scans.push(app.scan(&group, status).await);
+    }
+    let unknown = ScanId::generate();
+    let server = ServerProcess::start(&[("DATABASE_URL", &app.db.url)]).await;
+    let before = server.metrics().await;
+
+    let ids: Vec<&ScanId> = scans.iter().chain([&unknown]).collect();
+    let response = ApiResponse::of(
+        reqwest::Client::new()
+            .post(server.url(&cancel_all_path(&group)))
+            .bearer_auth(&writer)
+            .header("content-type", "application/json")
+            .body(body_of(&ids)),
+    )
+    .await;
+    let after = server.metrics().await;
+
+    assert_eq!(response.status, 200, "{response:?}");
+    let outcomes: Vec<String> = results(&response).into_iter().map(|line| line.1).collect();
+    assert_eq!(
+        outcomes,
+        [
+            "cancelled",
+            "cancelled",
+            "already_cancelled",
+            "not_cancellable",
+            "not_cancellable",
+            "not_found"
+        ]
+    );
+    let counted = |found: &str| {
+        let series = format!(r#"scan_cancels_total{{previous_status="{found}"}}"#);
+        crate::helpers::metrics::count(&after, &series)
+            - crate::helpers::metrics::count(&before, &series)
+    };
+    assert_eq!(
+        [counted("queued"), counted("running"), counted("cancelled")],
+        [1.0, 1.0, 1.0],
+        "in:\n{after}"
+    );
+}
+store_test!(a_batch_cancel_counts_each_cancel_by_the_status_it_found);
 
 /// The transaction that wrote each scan's last audit row: PostgreSQL's xid, or on SQLite the
 /// instant a batch stamps all of its rows with once it holds the write lock.
