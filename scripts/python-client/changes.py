@@ -18,8 +18,9 @@ import httpx
 
 try:
     # With `httpx_args={"http2": True}` (httpx's `http2` extra): the h2 package raises its own
-    # ProtocolError, unwrapped by httpx, for a PING that follows the service's GOAWAY as it closes
-    # the connection gracefully (at its stop, or idle), which RFC 9113 allows and h2 refuses.
+    # ProtocolError for a PING that follows the service's GOAWAY as it closes the connection
+    # gracefully (at its stop, or idle), which RFC 9113 allows and h2 refuses; httpx does not wrap
+    # it while a response's body is read (a stream open at the stop).
     from h2.exceptions import ProtocolError as _Http2ProtocolError
 except ImportError:  # HTTP/1.1 only: nothing raises it.
 
