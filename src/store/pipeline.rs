@@ -128,7 +128,7 @@ impl Pipeline {
         }
     }
 
-    /// Requests submitted and not yet answered: tests see contenders waiting by it.
+    /// Requests queued or committing, not yet answered: tests see contenders waiting by it.
     pub(super) fn waiting(&self) -> usize {
         self.waiting.load(Ordering::SeqCst)
     }
@@ -139,7 +139,6 @@ impl Pipeline {
         &self,
         changes: Vec<ChangeRequest>,
     ) -> Result<Vec<Transition>, StoreError> {
-        let _waiting = Counted::new(&self.waiting);
         let queued_at = Instant::now();
         let deadline = queued_at + self.timeout;
         let state = Arc::new(AtomicU8::new(QUEUED));
@@ -167,6 +166,9 @@ impl Pipeline {
             Ok(Err(_)) => return Err(StoreError::Unavailable("the writer stopped".into())),
             Err(_) => return Err(not_taken()),
         }
+        // Counted once queued, not before: a test that lines requests up behind a batch by this
+        // count must not go on while one is still on its way into the channel.
+        let _waiting = Counted::new(&self.waiting);
         tokio::pin!(answered);
         tokio::select! {
             answer = &mut answered => return flatten(answer),
@@ -638,6 +640,30 @@ mod tests {
 
         let batches = writer.batches.lock().unwrap().clone();
         assert_eq!(batches, vec![vec![z], vec![s], vec![s], vec![s, y]]);
+    }
+
+    /// A request waiting for room in a full channel is not counted as waiting until its change is
+    /// in the channel: tests count requests to know they will share the next batch.
+    #[tokio::test]
+    async fn a_request_counts_as_waiting_once_its_change_is_queued() {
+        let (writer, pipeline, _z, first) = behind_a_batch_in_progress().await;
+        let s = ScanId::generate();
+        let mut answers: Vec<_> = (0..QUEUE).map(|_| submit(&pipeline, &[s])).collect();
+        until(|| pipeline.waiting() == 1 + QUEUE).await;
+
+        answers.push(submit(&pipeline, &[ScanId::generate()]));
+        // This test's runtime has one thread: each yield lets the new request run until it waits.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(pipeline.waiting(), 1 + QUEUE, "the channel is full");
+
+        writer.permits.add_permits(usize::MAX >> 4);
+        first.await.unwrap().unwrap();
+        for answer in answers {
+            answer.await.unwrap().unwrap();
+        }
+        assert_eq!(pipeline.waiting(), 0);
     }
 
     /// A request whose client is gone while it waits in the queue counts its wait then, in
