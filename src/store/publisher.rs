@@ -167,7 +167,7 @@ async fn run(
                 }
                 failure => {
                     let error = match failure {
-                        Ok(Err(error)) => error.to_string(),
+                        Ok(Err(error)) => super::described(&error),
                         _ => format!("no answer within {} ms", SEND_TIMEOUT.as_millis()),
                     };
                     tracing::warn!(%error, retry_ms = backoff.as_millis() as u64,

@@ -730,8 +730,9 @@ async fn next_hint(hints: &mut PgListener, limit: Duration) -> Value {
 
 /// The real binary's publisher cannot send: its session is terminated and the database takes no
 /// new connection (`ALLOW_CONNECTIONS false`; the pool's open sessions go on committing). It logs
-/// each failure with the database's own error and tries again, waiting twice as long each time
-/// (100 ms, the least back-off with the default `PUBLISH_INTERVAL_MS`, then 200, 400, 800). Once
+/// each failure with the database's own error and its SQLSTATE, and tries again, waiting twice as
+/// long each time (100 ms, the least back-off with the default `PUBLISH_INTERVAL_MS`, then 200,
+/// 400, 800). Once
 /// the database takes connections again it sends the hint it owes without waiting for another
 /// change, and that hint lists nothing ("read the trail": it cannot know what the lost hints
 /// named). Fails for a back-off that does not double (`*` to `/`), for a publisher that keeps an
@@ -789,6 +790,8 @@ async fn a_publisher_that_cannot_send_backs_off_doubling_then_sends_the_hint_it_
     for failure in &failures[1..] {
         let error = failure["error"].as_str().unwrap();
         assert!(error.contains(NOT_ACCEPTING), "{failure}");
+        // Told as the operator can look it up, not with a line of PostgreSQL's C source.
+        assert!(error.ends_with("(SQLSTATE 55000)"), "{failure}");
     }
     assert_eq!(owed, serde_json::json!({ "changes": null }));
 }
