@@ -24,7 +24,7 @@ use self::config::{DEFAULT_DATABASE_URL, DatabaseArgs, HealthcheckArgs, LogArgs,
 use crate::app::{self, Application, StartupError};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::keys::Permission;
-use crate::domain::scan::ScanStatus;
+use crate::domain::scan::{IdempotencyKey, ScanStatus};
 use crate::service::{KeyAdmin, ServiceError};
 use crate::store::{Store, StoreError};
 use crate::telemetry::{self, LogFormat};
@@ -133,8 +133,8 @@ pub(crate) enum ScansCommand {
         server: Option<url::Url>,
         /// With --server: sent as the Idempotency-Key header, so that the same command run again
         /// (after exit 75, say) answers the scan the first one created instead of a second one.
-        #[arg(long, requires = "server")]
-        idempotency_key: Option<String>,
+        #[arg(long, requires = "server", value_parser = remote::idempotency_key)]
+        idempotency_key: Option<IdempotencyKey>,
         #[arg(long)]
         json: bool,
     },
@@ -404,7 +404,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 idempotency_key,
                 json,
             } => {
-                let once = idempotency_key.as_deref();
+                let once = idempotency_key.as_ref().map(IdempotencyKey::as_str);
                 scans::create(
                     &database,
                     server.as_ref(),

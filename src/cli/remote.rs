@@ -6,7 +6,7 @@ use anyhow::{Context as _, bail};
 use serde_json::Value;
 
 use crate::domain::ids::{AccountGroupId, ScanId};
-use crate::domain::scan::{Scan, ScanStatus};
+use crate::domain::scan::{IdempotencyKey, Scan, ScanStatus};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -34,6 +34,12 @@ impl clap::builder::TypedValueParser for ServerUrlParser {
         let text = value.to_str().ok_or_else(|| refused("not UTF-8".into()))?;
         server_url(text).map_err(refused)
     }
+}
+
+/// `--idempotency-key`: refused here, as the service would refuse the header (a newline could not
+/// even be sent as one).
+pub(super) fn idempotency_key(text: &str) -> Result<IdempotencyKey, String> {
+    IdempotencyKey::parse(text).ok_or_else(|| "1 to 255 visible ASCII characters, no spaces".into())
 }
 
 /// `--server`: the service's URL, as the base the API's paths are joined to. A path is kept as a

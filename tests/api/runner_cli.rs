@@ -442,7 +442,8 @@ store_test!(a_watch_whose_reader_went_away_ends_quietly);
 /// `https://` one (this build speaks plain HTTP: every call failed, and exited 75), an empty
 /// `SIGNAL_SCANS_API_KEY` (it was sent, refused as a failed authentication, and twenty a minute
 /// blocked the host's good keys too), an empty `--after` (the service took it as none: the watch
-/// followed from now, silently skipping what the runner had missed) or one no watch printed.
+/// followed from now, silently skipping what the runner had missed) or one no watch printed, an
+/// `--idempotency-key` the service would refuse (one with a newline could not be sent at all).
 /// Nothing listens on port 9.
 #[test]
 fn mistakes_in_a_runner_hosts_settings_are_refused_before_any_request() {
@@ -452,7 +453,12 @@ fn mistakes_in_a_runner_hosts_settings_are_refused_before_any_request() {
     let show = |url| [&["scans", "show", scan][..], &server(url)].concat();
     let watch = |after: &[&'static str]| [&["scans", "watch"][..], after].concat();
     let password = "http://runner:s3cr3t-pw@127.0.0.1:9";
-    let cases: [(&str, Vec<&str>, i32, &str); 6] = [
+    let long = "k".repeat(256);
+    let create = |once| {
+        let command = ["scans", "create", "--idempotency-key", once];
+        [&command[..], &server("http://127.0.0.1:9")].concat()
+    };
+    let cases: [(&str, Vec<&str>, i32, &str); 8] = [
         (
             "ssk_unused",
             show(password),
@@ -492,6 +498,18 @@ fn mistakes_in_a_runner_hosts_settings_are_refused_before_any_request() {
             .concat(),
             2,
             "a value is required for '--after",
+        ),
+        (
+            "ssk_unused",
+            create("order\n1"),
+            2,
+            "1 to 255 visible ASCII characters, no spaces",
+        ),
+        (
+            "ssk_unused",
+            create(&long),
+            2,
+            "1 to 255 visible ASCII characters, no spaces",
         ),
     ];
     for (key, args, code, says) in cases {
