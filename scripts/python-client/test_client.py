@@ -13,6 +13,7 @@ import http.server
 import itertools
 import json
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -435,6 +436,7 @@ class GeneratedClient(unittest.TestCase):
         # again until the service is back, and misses nothing committed meanwhile.
         binary = os.environ["SIGNAL_SCANS_BIN"]
         folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, ignore_errors=True)
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
