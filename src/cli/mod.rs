@@ -33,7 +33,10 @@ use crate::telemetry::{self, LogFormat};
 #[command(
     name = "signal-scans",
     version,
-    about = "Cancels asynchronous signal scans over HTTP."
+    about = "Cancels asynchronous signal scans over HTTP.",
+    // A missing command is a usage error like another (one line naming what to give, exit 2),
+    // not the whole help, which `parse` would cut to its first line: the description alone.
+    arg_required_else_help = false
 )]
 pub(crate) struct Cli {
     #[command(flatten)]
@@ -53,11 +56,13 @@ pub(crate) enum Command {
     /// Run pending database migrations and exit.
     Migrate(DatabaseArgs),
     /// Create, list and revoke API keys.
+    #[command(arg_required_else_help = false)]
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
     },
     /// Start, move, show and watch scans: in the database, or with --server through the API.
+    #[command(arg_required_else_help = false)]
     Scans {
         #[command(subcommand)]
         command: ScansCommand,
