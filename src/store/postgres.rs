@@ -180,7 +180,20 @@ impl PgStore {
     pub async fn migrate(&self) -> Result<(), StoreError> {
         // Without sqlx's slow-statement warning: see `announced`.
         let options = (*self.migrate_options).clone().disable_statement_logging();
-        let mut connection = self.bounded(PgConnection::connect_with(&options)).await?;
+        let connect = async {
+            PgConnection::connect_with(&options)
+                .await
+                .map_err(|error| match &error {
+                    // A database taking no session now (`ALLOW_CONNECTIONS false`: maintenance)
+                    // is unavailable, as the pool takes it, so a command exits 75 (try later).
+                    // One that does not exist, or a login refused, stays a setting to mend.
+                    sqlx::Error::Database(db) if db.code().as_deref() == Some("55000") => {
+                        sqlx::Error::Io(std::io::Error::other(super::described(&error)))
+                    }
+                    _ => error,
+                })
+        };
+        let mut connection = self.bounded(connect).await?;
         let mut migrator = super::migrations::postgres();
         migrator.set_locking(false);
         let migrated = async {

@@ -363,8 +363,10 @@ store_test!(an_upgrade_says_when_it_starts_and_ends);
 
 /// PostgreSQL's refusals are told with their SQLSTATE, what an operator can look up, not with the
 /// line of the server's C source that raised them (`database "…" does not exist at line 948`, as
-/// sqlx prints them).
-async fn a_database_that_does_not_exist_is_told_with_its_sqlstate(backend: Backend) {
+/// sqlx prints them). A database that does not exist is a setting to mend (exit 1); one taking no
+/// session for now (`ALLOW_CONNECTIONS false`, maintenance) is unavailable (75: try later), as a
+/// running service answers 502 for it. That one exited 1, and a supervisor gave up.
+async fn a_database_refusing_a_session_is_told_with_its_sqlstate(backend: Backend) {
     let database = TestDatabase::create(backend).await;
     let (server, name) = database.url.rsplit_once('/').unwrap();
     let missing = format!("{name}_missing");
@@ -384,9 +386,25 @@ async fn a_database_that_does_not_exist_is_told_with_its_sqlstate(backend: Backe
         "{stderr}"
     );
     assert!(!stderr.contains(" at line "), "{stderr}");
+
+    // One taking no session now (maintenance) is the database unavailable: try later.
+    database.allow_connections(false).await;
+    let output = child::signal_scans()
+        .arg("migrate")
+        .env("DATABASE_URL", &database.url)
+        .output()
+        .unwrap();
+    database.allow_connections(true).await;
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(75), "{stderr}");
+    assert!(
+        stderr.contains("is not currently accepting connections (SQLSTATE 55000)"),
+        "{stderr}"
+    );
 }
 store_test!(
-    a_database_that_does_not_exist_is_told_with_its_sqlstate,
+    a_database_refusing_a_session_is_told_with_its_sqlstate,
     postgres_only
 );
 
@@ -1153,6 +1171,13 @@ fn a_missing_or_bad_setting_is_one_line_naming_it() {
             ],
             "SIGNAL_SCANS_API_KEY",
         ),
+        // No command: what to give, not only the description (the first line of the help).
+        (
+            vec![],
+            vec![],
+            "requires a subcommand but one was not provided [subcommands: serve,",
+        ),
+        (vec![], vec!["keys"], "[subcommands: create, list, revoke"),
     ] {
         let output = child::signal_scans()
             .args(&args)
