@@ -18,6 +18,26 @@ use tracing::{Event, Metadata, Subscriber};
 
 use super::StoreError;
 
+/// Which part of a URL sqlx refused, never with the URL's text (sqlx's own message may quote a
+/// value, which a password holding an unencoded `?` or `&` could reach).
+fn what_is_wrong(error: &sqlx::Error) -> String {
+    let sqlx::Error::Configuration(cause) = error else {
+        return "sqlx could not read it".into();
+    };
+    if let Some(syntax) = cause.downcast_ref::<url::ParseError>() {
+        // The URL's own syntax: `invalid port number`, `empty host`, never the text.
+        syntax.to_string()
+    } else if cause.is::<std::str::Utf8Error>() {
+        "its user, password or database name is not UTF-8 once percent-decoded".into()
+    } else if cause.is::<std::num::ParseIntError>() {
+        "its port (or statement-cache-capacity) parameter is not a number in range".into()
+    } else if cause.is::<std::net::AddrParseError>() {
+        "its hostaddr parameter is not an IP address".into()
+    } else {
+        "its sslmode is none of disable, allow, prefer, require, verify-ca and verify-full".into()
+    }
+}
+
 /// The options of a `postgres://` URL. What the parse warned of is logged again, naming a
 /// parameter only when its name is one of libpq's: any other "name" may be the tail of a password
 /// holding an unencoded `&`.
@@ -39,8 +59,12 @@ pub(super) fn parse(url: &str) -> Result<PgConnectOptions, StoreError> {
         });
         tracing::warn!(key, path, "DATABASE_URL: {message}");
     }
-    let options = parsed
-        .map_err(|_| StoreError::Setting("DATABASE_URL is not a valid PostgreSQL URL".into()))?;
+    let options = parsed.map_err(|error| {
+        StoreError::Setting(format!(
+            "DATABASE_URL is not a valid PostgreSQL URL: {}",
+            what_is_wrong(&error)
+        ))
+    })?;
     // No connection could be made: a setting to change, not a database to wait for (sqlx's TLS
     // error reads as an unavailable database, which commands exit 75 for and scripts retry).
     if matches!(

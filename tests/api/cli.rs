@@ -1130,6 +1130,17 @@ fn a_missing_or_bad_setting_is_one_line_naming_it() {
             vec!["migrate"],
             "DATABASE_URL",
         ),
+        // Which part is wrong, never the URL's text.
+        (
+            vec![("DATABASE_URL", "postgres://x@127.0.0.1:notaport/x")],
+            vec!["migrate"],
+            "DATABASE_URL is not a valid PostgreSQL URL: invalid port number",
+        ),
+        (
+            vec![("DATABASE_URL", "postgres://x@127.0.0.1/x?sslmode=bogus")],
+            vec!["migrate"],
+            "DATABASE_URL is not a valid PostgreSQL URL: its sslmode is none of",
+        ),
         (
             vec![("RUST_LOG", "info,[[[=x")],
             vec!["migrate"],
