@@ -686,3 +686,126 @@ fn cancelled_at(scan: &Scan) -> Result<OffsetDateTime, StoreError> {
         StoreError::Corrupt(format!("cancelled scan {} has no cancelled_at", scan.id))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use sqlx::Connection;
+
+    use super::*;
+    use crate::store::StoreOptions;
+
+    /// A service over a migrated SQLite store in a file of its own, and the file's URL.
+    async fn service_over_a_fresh_file() -> (ScanService, String) {
+        let file = std::env::temp_dir().join(format!("signal-scans-sweep-{}.db", Uuid::new_v4()));
+        let url = format!("sqlite://{}", file.display());
+        let store = Store::connect(&StoreOptions {
+            url: url.clone().into(),
+            timeout: Duration::from_secs(5),
+            max_connections: 2,
+            write_batches: 1,
+            publish_interval: Duration::ZERO,
+        })
+        .unwrap();
+        store.migrate().await.unwrap();
+        (ScanService::new(store), url)
+    }
+
+    /// Runs `statement` on the store's file, beside the service.
+    async fn execute(url: &str, statement: &str) -> i64 {
+        let mut connection = sqlx::SqliteConnection::connect(url).await.unwrap();
+        let statement = sqlx::AssertSqlSafe(statement.to_owned());
+        sqlx::query_scalar(statement)
+            .fetch_optional(&mut connection)
+            .await
+            .unwrap()
+            .unwrap_or_default()
+    }
+
+    async fn keys_left(url: &str) -> i64 {
+        execute(url, "SELECT count(*) FROM idempotency_keys").await
+    }
+
+    /// Moves the service's clock on by `by` at once (paused only meanwhile: the store's
+    /// timeouts run on the same clock, and a paused clock jumps to the next timer while the
+    /// runtime waits for SQLite), so that what `by` makes due runs in real time.
+    async fn after(by: Duration) {
+        tokio::time::pause();
+        tokio::time::advance(by).await;
+        tokio::time::resume();
+    }
+
+    /// Until `done` holds (10 s at most).
+    async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done().await {
+            assert!(std::time::Instant::now() < deadline, "not {what} in 10 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The sweep of old idempotency keys runs one interval (10 minutes) after the start, not at
+    /// it (starting touches no database it need not), and every interval after; a sweep that
+    /// forgot keys says how many, one that forgot none says nothing. Each absence is watched for
+    /// 300 ms of real time (absence needs a window); the clock is moved on by hand.
+    #[tokio::test]
+    async fn old_idempotency_keys_are_swept_each_interval_from_the_first_on_and_counted_once() {
+        let (service, url) = service_over_a_fresh_file().await;
+        for key in ["a", "b"] {
+            execute(
+                &url,
+                &format!(
+                    "INSERT INTO idempotency_keys VALUES
+                     ('{}', '{key}', 'g', 's', '2000-01-01T00:00:00.000000Z')",
+                    Uuid::new_v4()
+                ),
+            )
+            .await;
+        }
+        // This thread's events (the test's runtime polls the sweeping task on this thread), and
+        // only this module's: the driver's warning of a slow statement is not the sweep's.
+        let log = std::env::temp_dir().join(format!("signal-scans-sweep-{}.log", Uuid::new_v4()));
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("signal_scans::service::scans=info")
+            .with_ansi(false)
+            .with_writer(Mutex::new(std::fs::File::create(&log).unwrap()))
+            .finish();
+        let _logging = tracing::subscriber::set_default(subscriber);
+        let lines = || -> Vec<String> {
+            let written = std::fs::read_to_string(&log).unwrap();
+            written.lines().map(str::to_owned).collect()
+        };
+        let sweeping = tokio::spawn(service.forget_idempotency_keys_forever());
+        // Its first poll reads the start: before the clock is moved.
+        tokio::task::yield_now().await;
+        let window = Duration::from_millis(300);
+
+        after(IDEMPOTENCY_SWEEP_EVERY - Duration::from_secs(10)).await;
+        tokio::time::sleep(window).await;
+        let before_the_first = (keys_left(&url).await, lines());
+        after(Duration::from_secs(10)).await;
+        until("swept", async || keys_left(&url).await == 0).await;
+        until("told", async || !lines().is_empty()).await;
+        let told = lines();
+        after(IDEMPOTENCY_SWEEP_EVERY).await;
+        tokio::time::sleep(window).await;
+        let after_an_empty_sweep = lines();
+        sweeping.abort();
+
+        assert_eq!(before_the_first, (2, vec![]));
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert!(
+            told[0].contains("old idempotency keys forgotten idempotency_keys.forgotten=2"),
+            "{told:?}"
+        );
+        assert_eq!(after_an_empty_sweep, told);
+        let database = url.trim_start_matches("sqlite://");
+        for file in [log.display().to_string(), database.to_owned()] {
+            let _ = std::fs::remove_file(&file);
+        }
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{database}{suffix}"));
+        }
+    }
+}

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use sqlx::Connection;
 
 use signal_scans::domain::ids::ScanId;
-use signal_scans::domain::keys::Permission;
+use signal_scans::domain::keys::{NewApiKey, Permission};
 use signal_scans::domain::scan::ScanStatus;
 
 use crate::helpers::process::ServerProcess;
@@ -51,6 +51,54 @@ async fn a_cached_key_needs_no_key_lookup_on_the_hot_path(backend: Backend) {
     assert_eq!(cached.body["data"]["previousStatus"], "queued");
 }
 store_test!(a_cached_key_needs_no_key_lookup_on_the_hot_path);
+
+/// A cached key needs no lookup turn either: an address that failed lately looks keys up one at
+/// a time, and a request of it whose key is cached is served beside a slow lookup of its guess
+/// (the database answering 1.5 s late). Queued for the turn, it would be answered 502 after the
+/// turn's second, as a second lookup is. PostgreSQL, behind the test's proxy.
+async fn a_cached_key_takes_no_turn_beside_a_slow_lookup_from_its_address(backend: Backend) {
+    let app = Settings::default()
+        .with_key_cache_ttl(Duration::from_secs(600))
+        .with_trusted_proxy_hops(1)
+        .through_proxy_with_timeouts(Duration::from_secs(10), Duration::from_secs(60))
+        .spawn(backend)
+        .await;
+    let (group, key, scan) = app.writer_and_queued_scan().await;
+    let read = |key: &str| {
+        let path = format!("/v1/accounts/{group}/signals/scans/{scan}");
+        let request = (app.client.get(app.url(&path)))
+            .header("x-forwarded-for", "203.0.113.12")
+            .bearer_auth(key);
+        ApiResponse::of(request)
+    };
+    let guess = || NewApiKey::generate().secret;
+    assert_eq!(read(&key).await.status, 200, "the key is cached");
+    assert_eq!(
+        read(&guess()).await.status,
+        401,
+        "the address failed lately"
+    );
+    let looked_up = app.served_store.key_lookups();
+
+    let proxy = app.proxy.as_ref().unwrap();
+    proxy.slow_down(Duration::from_millis(1500));
+    let (slow, cached) = tokio::join!(read(&guess()), async {
+        // The guess holds the turn once its lookup has started.
+        while app.served_store.key_lookups() == looked_up {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        read(&key).await
+    });
+    proxy.slow_down(Duration::ZERO);
+
+    slow.assert_error(401, "UNAUTHORIZED");
+    assert_eq!(cached.status, 200, "{cached:?}");
+    assert_eq!(app.served_store.key_lookups(), looked_up + 1);
+}
+store_test!(
+    a_cached_key_takes_no_turn_beside_a_slow_lookup_from_its_address,
+    postgres_only
+);
 
 async fn sqlx_execute(app: &TestApp, statement: &'static str) {
     match app.db.url.split_once("://").unwrap().0 {

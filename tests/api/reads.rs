@@ -187,7 +187,8 @@ async fn the_list_pages_newest_first_and_filters_by_status(backend: Backend) {
     let newest_first: Vec<String> = newest_first.into_iter().map(|(_, id)| id).collect();
 
     let (seen, pages) = page_through(&app, &key, &list("?limit=2")).await;
-    let (queued_paged, _) = page_through(&app, &key, &list("?status=queued&limit=1")).await;
+    let (queued_paged, queued_pages) =
+        page_through(&app, &key, &list("?status=queued&limit=1")).await;
     let queued = app.get(&key, &list("?status=queued")).await;
     let default = app.get(&key, &list("")).await;
 
@@ -213,6 +214,8 @@ async fn the_list_pages_newest_first_and_filters_by_status(backend: Backend) {
         .collect();
     assert_eq!(queued_ids, queued_in_order);
     assert_eq!(queued_paged, queued_in_order, "a page at a time");
+    // The last page is full and says that nothing follows: no cursor to an empty page.
+    assert_eq!(queued_pages, 3);
     assert_eq!(default.body["data"]["scans"].as_array().unwrap().len(), 5);
     assert!(default.body["data"]["nextCursor"].is_null());
 }

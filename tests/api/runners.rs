@@ -9,7 +9,9 @@ use signal_scans::domain::scan::ScanStatus;
 
 use crate::helpers::locks::{WriteLock, until_waiting};
 use crate::helpers::sse::SseStream;
-use crate::helpers::{ApiResponse, Backend, MOVE_422, TestApp, group, move_path, scans_path};
+use crate::helpers::{
+    ApiResponse, Backend, MOVE_422, Settings, TestApp, group, move_path, scans_path,
+};
 use crate::races::behind_the_first;
 use crate::store_test;
 
@@ -484,6 +486,47 @@ async fn a_completion_racing_a_cancel_over_http_has_exactly_one_winner_either_wa
     }
 }
 store_test!(a_completion_racing_a_cancel_over_http_has_exactly_one_winner_either_way);
+
+/// A finish of a queued scan is refused by the claim check, before its write: let through to the
+/// write (which would refuse queued → completed too), it would wait there behind a start by
+/// another runner and then finish that runner's claim. The claimant's start waits behind a lock;
+/// the other runner's complete, sent meanwhile, is answered 422 `currentStatus=queued` without
+/// waiting; the start then goes through, and the scan is the claimant's to finish.
+async fn a_finish_of_a_queued_scan_is_refused_before_a_racing_start_commits(backend: Backend) {
+    // The start may wait out the window below and still commit.
+    let app = Settings::default()
+        .with_db_timeout(Duration::from_secs(10))
+        .with_request_timeout(Duration::from_secs(60))
+        .spawn(backend)
+        .await;
+    let group = group();
+    let (claimant, other) = (app.runner(&group).await, app.runner(&group).await);
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let mut lock = WriteLock::hold(&app, &scan).await;
+
+    let (started, completed) =
+        tokio::join!(act(&app, &claimant, &group, &scan, "start", None), async {
+            until_waiting(&app, 1).await;
+            let complete = act(&app, &other, &group, &scan, "complete", None);
+            tokio::pin!(complete);
+            // Answered at once when refused before its write; if it waits on the write instead, the
+            // start goes first, as when it commits between the check and the write.
+            let early = tokio::time::timeout(Duration::from_secs(5), &mut complete).await;
+            lock.release().await;
+            match early {
+                Ok(answer) => answer,
+                Err(_) => complete.await,
+            }
+        });
+
+    assert_eq!(started.status, 200, "{started:?}");
+    let details = completed.assert_error(422, "VALIDATION_ERROR");
+    assert_eq!(details, "currentStatus=queued");
+    assert_eq!(app.status_of(&scan).await, ScanStatus::Running);
+    let finished = act(&app, &claimant, &group, &scan, "complete", None).await;
+    assert_eq!(finished.status, 200, "{finished:?}");
+}
+store_test!(a_finish_of_a_queued_scan_is_refused_before_a_racing_start_commits);
 
 /// A scan started, run and failed over HTTP reaches a runner's stream as three changes, in order,
 /// the creation (from null) first and the failure with its reason.

@@ -188,6 +188,76 @@ async fn a_replay_from_the_oldest_cursor_reads_only_its_own_groups_rows(backend:
 }
 store_test!(a_replay_from_the_oldest_cursor_reads_only_its_own_groups_rows);
 
+/// A cursor at a row of transaction id 0 (written before positions were kept, or moved there by
+/// a restore from another cluster) is a place in this trail, and a stream resumes after it, as
+/// after a row written since (a real transaction id, an id above those at 0). A cursor at a real
+/// transaction id and an id at or below the greatest at 0 comes from another cluster and is
+/// refused, even where the trail holds a place past it (another group's sweep deleted rows
+/// there): followed, it would skip every row at 0. PostgreSQL: SQLite's positions are all at 0.
+async fn rows_of_transaction_id_0_are_resumed_after_and_another_clusters_cursor_is_refused(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+    let mine = group();
+    let cancelled = cancel_fresh_scans(&app, &mine, 2).await;
+    // As migration 0002 left the rows written before it.
+    let mut admin = PgConnection::connect(&app.db.url).await.unwrap();
+    sqlx::raw_sql("UPDATE signal_scan_events SET xid = '0'")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let created = follow(&app, &mine, "?after=0-0")
+        .await
+        .next_event(SOON)
+        .await;
+    let cursor = created.id.clone().expect("an event has an id");
+
+    let mut resumed = follow(&app, &mine, &format!("?after={cursor}")).await;
+    let next = resumed.next_event(SOON).await.json();
+    let mut live = follow(&app, &mine, "").await;
+    let written_since = cancel_fresh_scans(&app, &mine, 1).await;
+    let since = live.next_event(SOON).await.id.expect("an event has an id");
+    let mut resumed_since = follow(&app, &mine, &format!("?after={since}")).await;
+    let after_since = resumed_since.next_event(SOON).await.json();
+    let among_them = cursor["0-".len()..].split('.').next().unwrap();
+    let past_it = format!(
+        "INSERT INTO signal_scan_events_trimmed VALUES ('{}', '4', {among_them})",
+        group()
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(past_it))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let (reader, _) = app.key_for(&[Permission::SignalsRead], &[mine]).await;
+    let another_clusters = changes_url(&app, &mine, &format!("?after=3-{among_them}"));
+    let another_clusters = SseStream::open(
+        reqwest::Client::new()
+            .get(another_clusters)
+            .bearer_auth(reader),
+    )
+    .await;
+
+    assert!(cursor.starts_with("0-"), "{cursor}");
+    assert_eq!(created.json()["scanId"], cancelled[0].as_str());
+    assert_eq!(next["scanId"], cancelled[0].as_str());
+    assert_eq!(next["to"], "cancelled");
+    assert!(!since.starts_with("0-"), "{since}");
+    assert_eq!(after_since["scanId"], written_since[0].as_str());
+    assert_eq!(after_since["to"], "cancelled");
+    let Err(refused) = another_clusters else {
+        panic!("another cluster's cursor is followed");
+    };
+    let details = refused.assert_error(410, "CURSOR_EXPIRED");
+    assert!(
+        details.contains("no place in this database's change history"),
+        "{details}"
+    );
+}
+store_test!(
+    rows_of_transaction_id_0_are_resumed_after_and_another_clusters_cursor_is_refused,
+    postgres_only
+);
+
 /// The audit rows of `group` in the database at `url`: (all, older than a day).
 async fn audit_rows(url: &str, group: &AccountGroupId) -> (i64, i64) {
     match url.starts_with("postgres") {
