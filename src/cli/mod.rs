@@ -281,12 +281,18 @@ fn parse() -> Result<Cli, ExitCode> {
             Err(ExitCode::SUCCESS)
         }
         Err(error) => {
-            // One line naming the setting: clap's message up to its usage block, joined.
+            // One line naming the setting: clap's message up to its usage block (or its hint
+            // of --help), joined; a value quoted in it may hold a blank line of its own.
             let rendered = error.to_string();
-            let message: Vec<&str> = rendered
+            let end = ["\n\nUsage:", "\n\nFor more information"]
+                .iter()
+                .filter_map(|block| rendered.find(block))
+                .min()
+                .unwrap_or(rendered.len());
+            let message: Vec<&str> = rendered[..end]
                 .lines()
-                .take_while(|line| !line.trim().is_empty())
                 .map(str::trim)
+                .filter(|line| !line.is_empty())
                 .collect();
             let message = message.join(" ");
             match config::log_format_before_parsing() {

@@ -696,12 +696,30 @@ mod tests {
     use super::*;
     use crate::store::StoreOptions;
 
-    /// A service over a migrated SQLite store in a file of its own, and the file's URL.
-    async fn service_over_a_fresh_file() -> (ScanService, String) {
+    /// A SQLite database file of a test's own, removed with its log and index, and the test's
+    /// log beside it, when dropped.
+    struct DatabaseFile(String);
+
+    impl Drop for DatabaseFile {
+        fn drop(&mut self) {
+            for suffix in ["", "-wal", "-shm", ".log"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", self.0));
+            }
+        }
+    }
+
+    impl DatabaseFile {
+        fn url(&self) -> String {
+            format!("sqlite://{}", self.0)
+        }
+    }
+
+    /// A service over a migrated SQLite store in a file of its own.
+    async fn service_over_a_fresh_file() -> (ScanService, DatabaseFile) {
         let file = std::env::temp_dir().join(format!("signal-scans-sweep-{}.db", Uuid::new_v4()));
-        let url = format!("sqlite://{}", file.display());
+        let file = DatabaseFile(file.display().to_string());
         let store = Store::connect(&StoreOptions {
-            url: url.clone().into(),
+            url: file.url().into(),
             timeout: Duration::from_secs(5),
             max_connections: 2,
             write_batches: 1,
@@ -709,7 +727,7 @@ mod tests {
         })
         .unwrap();
         store.migrate().await.unwrap();
-        (ScanService::new(store), url)
+        (ScanService::new(store), file)
     }
 
     /// Runs `statement` on the store's file, beside the service.
@@ -725,6 +743,17 @@ mod tests {
 
     async fn keys_left(url: &str) -> i64 {
         execute(url, "SELECT count(*) FROM idempotency_keys").await
+    }
+
+    /// An idempotency key written long ago, as the sweep finds it.
+    async fn old_key(url: &str) {
+        let statement = format!(
+            "INSERT INTO idempotency_keys VALUES
+             ('{}', '{}', 'g', 's', '2000-01-01T00:00:00.000000Z')",
+            Uuid::new_v4(),
+            Uuid::new_v4()
+        );
+        execute(url, &statement).await;
     }
 
     /// Moves the service's clock on by `by` at once (paused only meanwhile: the store's
@@ -747,25 +776,18 @@ mod tests {
 
     /// The sweep of old idempotency keys runs one interval (10 minutes) after the start, not at
     /// it (starting touches no database it need not), and every interval after; a sweep that
-    /// forgot keys says how many, one that forgot none says nothing. Each absence is watched for
-    /// 300 ms of real time (absence needs a window); the clock is moved on by hand.
+    /// forgot keys says how many, one that forgot none says nothing. The clock is moved on by
+    /// hand. Absences are watched for 300 ms of real time (absence needs a window: only a slow
+    /// machine could let a mutant slip past one, never fail the code as it is).
     #[tokio::test]
     async fn old_idempotency_keys_are_swept_each_interval_from_the_first_on_and_counted_once() {
-        let (service, url) = service_over_a_fresh_file().await;
-        for key in ["a", "b"] {
-            execute(
-                &url,
-                &format!(
-                    "INSERT INTO idempotency_keys VALUES
-                     ('{}', '{key}', 'g', 's', '2000-01-01T00:00:00.000000Z')",
-                    Uuid::new_v4()
-                ),
-            )
-            .await;
-        }
+        let (service, file) = service_over_a_fresh_file().await;
+        let url = file.url();
+        old_key(&url).await;
+        old_key(&url).await;
         // This thread's events (the test's runtime polls the sweeping task on this thread), and
         // only this module's: the driver's warning of a slow statement is not the sweep's.
-        let log = std::env::temp_dir().join(format!("signal-scans-sweep-{}.log", Uuid::new_v4()));
+        let log = format!("{}.log", file.0);
         let subscriber = tracing_subscriber::fmt()
             .with_env_filter("signal_scans::service::scans=info")
             .with_ansi(false)
@@ -779,33 +801,30 @@ mod tests {
         let sweeping = tokio::spawn(service.forget_idempotency_keys_forever());
         // Its first poll reads the start: before the clock is moved.
         tokio::task::yield_now().await;
-        let window = Duration::from_millis(300);
 
         after(IDEMPOTENCY_SWEEP_EVERY - Duration::from_secs(10)).await;
-        tokio::time::sleep(window).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let before_the_first = (keys_left(&url).await, lines());
         after(Duration::from_secs(10)).await;
         until("swept", async || keys_left(&url).await == 0).await;
-        until("told", async || !lines().is_empty()).await;
-        let told = lines();
+        until("told", async || lines().len() == 1).await;
+        // A sweep that forgets nothing (given 300 ms to run, an empty DELETE: were it slower,
+        // it would forget the next key itself, and this test could not fail for it), then one
+        // that forgets a key: each interval sweeps, and the empty one says nothing before it.
         after(IDEMPOTENCY_SWEEP_EVERY).await;
-        tokio::time::sleep(window).await;
-        let after_an_empty_sweep = lines();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        old_key(&url).await;
+        after(IDEMPOTENCY_SWEEP_EVERY).await;
+        until("swept again", async || keys_left(&url).await == 0).await;
+        until("told again", async || lines().len() >= 2).await;
+        let told = lines();
         sweeping.abort();
 
         assert_eq!(before_the_first, (2, vec![]));
-        assert_eq!(told.len(), 1, "{told:?}");
-        assert!(
-            told[0].contains("old idempotency keys forgotten idempotency_keys.forgotten=2"),
-            "{told:?}"
-        );
-        assert_eq!(after_an_empty_sweep, told);
-        let database = url.trim_start_matches("sqlite://");
-        for file in [log.display().to_string(), database.to_owned()] {
-            let _ = std::fs::remove_file(&file);
-        }
-        for suffix in ["-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{database}{suffix}"));
-        }
+        let forgotten =
+            |n: u64| format!("old idempotency keys forgotten idempotency_keys.forgotten={n}");
+        assert_eq!(told.len(), 2, "{told:?}");
+        assert!(told[0].contains(&forgotten(2)), "{told:?}");
+        assert!(told[1].contains(&forgotten(1)), "{told:?}");
     }
 }

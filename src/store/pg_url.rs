@@ -28,13 +28,16 @@ fn what_is_wrong(error: &sqlx::Error) -> String {
         // The URL's own syntax: `invalid port number`, `empty host`, never the text.
         syntax.to_string()
     } else if cause.is::<std::str::Utf8Error>() {
-        "its user, password or database name is not UTF-8 once percent-decoded".into()
+        "its user, password, database name or socket path is not UTF-8 once percent-decoded".into()
     } else if cause.is::<std::num::ParseIntError>() {
         "its port (or statement-cache-capacity) parameter is not a number in range".into()
     } else if cause.is::<std::net::AddrParseError>() {
         "its hostaddr parameter is not an IP address".into()
-    } else {
+    } else if cause.is::<sqlx::Error>() {
+        // sqlx's own refusal of a value: in 0.9 only `sslmode`'s.
         "its sslmode is none of disable, allow, prefer, require, verify-ca and verify-full".into()
+    } else {
+        "sqlx could not read it".into()
     }
 }
 

@@ -97,7 +97,7 @@ pub(super) trait BatchWriter: Clone + Send + Sync + 'static {
 pub(super) struct Pipeline {
     queue: mpsc::Sender<Entry>,
     timeout: Duration,
-    /// Requests submitted and not yet answered.
+    /// Requests queued or committing, not yet answered.
     waiting: Arc<AtomicUsize>,
 }
 
@@ -652,7 +652,8 @@ mod tests {
         until(|| pipeline.waiting() == 1 + QUEUE).await;
 
         answers.push(submit(&pipeline, &[ScanId::generate()]));
-        // This test's runtime has one thread: each yield lets the new request run until it waits.
+        // This test's runtime has one thread: each yield lets the new request run until it waits
+        // (for room in the channel). Counted before its send, it made 2 + QUEUE here.
         for _ in 0..10 {
             tokio::task::yield_now().await;
         }

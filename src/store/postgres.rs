@@ -184,10 +184,18 @@ impl PgStore {
             PgConnection::connect_with(&options)
                 .await
                 .map_err(|error| match &error {
-                    // A database taking no session now (`ALLOW_CONNECTIONS false`: maintenance)
-                    // is unavailable, as the pool takes it, so a command exits 75 (try later).
-                    // One that does not exist, or a login refused, stays a setting to mend.
-                    sqlx::Error::Database(db) if db.code().as_deref() == Some("55000") => {
+                    // A database taking no session for now (`ALLOW_CONNECTIONS false`:
+                    // maintenance) is unavailable, as the pool takes it, so a command exits 75
+                    // (try later). By its words, not its code alone: 55000 also refuses an
+                    // invalid database (a `DROP DATABASE` interrupted), which never comes back.
+                    // That, one that does not exist, a login refused (and, on a server whose
+                    // messages are not in English, this one too) stay a setting to mend: exit 1.
+                    sqlx::Error::Database(db)
+                        if db.code().as_deref() == Some("55000")
+                            && db
+                                .message()
+                                .contains("is not currently accepting connections") =>
+                    {
                         sqlx::Error::Io(std::io::Error::other(super::described(&error)))
                     }
                     _ => error,

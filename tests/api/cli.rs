@@ -365,8 +365,10 @@ store_test!(an_upgrade_says_when_it_starts_and_ends);
 /// line of the server's C source that raised them (`database "…" does not exist at line 948`, as
 /// sqlx prints them). A database that does not exist is a setting to mend (exit 1); one taking no
 /// session for now (`ALLOW_CONNECTIONS false`, maintenance) is unavailable (75: try later), as a
-/// running service answers 502 for it. That one exited 1, and a supervisor gave up.
+/// running service answers 502 for it. That one exited 1, and a supervisor gave up. An invalid
+/// database, refused with the same code, stays 1.
 async fn a_database_refusing_a_session_is_told_with_its_sqlstate(backend: Backend) {
+    use sqlx::Connection;
     let database = TestDatabase::create(backend).await;
     let (server, name) = database.url.rsplit_once('/').unwrap();
     let missing = format!("{name}_missing");
@@ -400,6 +402,35 @@ async fn a_database_refusing_a_session_is_told_with_its_sqlstate(backend: Backen
     assert_eq!(output.status.code(), Some(75), "{stderr}");
     assert!(
         stderr.contains("is not currently accepting connections (SQLSTATE 55000)"),
+        "{stderr}"
+    );
+
+    // One left invalid (a `DROP DATABASE` interrupted), refused with the same code, never comes
+    // back: a setting to mend, not a wait.
+    // As PostgreSQL 15.4 and later mark one (ALTER DATABASE takes no -2).
+    let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres"))
+        .await
+        .unwrap();
+    let mark = async |admin: &mut sqlx::PgConnection, limit: i32| {
+        sqlx::query("UPDATE pg_database SET datconnlimit = $1 WHERE datname = $2")
+            .bind(limit)
+            .bind(name)
+            .execute(admin)
+            .await
+            .unwrap();
+    };
+    mark(&mut admin, -2).await;
+    let output = child::signal_scans()
+        .arg("migrate")
+        .env("DATABASE_URL", &database.url)
+        .output()
+        .unwrap();
+    mark(&mut admin, -1).await;
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot connect to invalid database"),
         "{stderr}"
     );
 }
@@ -1189,6 +1220,21 @@ fn a_missing_or_bad_setting_is_one_line_naming_it() {
             "requires a subcommand but one was not provided [subcommands: serve,",
         ),
         (vec![], vec!["keys"], "[subcommands: create, list, revoke"),
+        // A value with a blank line of its own, quoted in the refusal: the flag is still named.
+        (
+            vec![],
+            vec![
+                "scans",
+                "create",
+                "--account-group",
+                "507f1f77bcf86cd799439011",
+                "--server",
+                "http://127.0.0.1:1",
+                "--idempotency-key",
+                "a\n\nb",
+            ],
+            "for '--idempotency-key <IDEMPOTENCY_KEY>': 1 to 255 visible ASCII characters",
+        ),
     ] {
         let output = child::signal_scans()
             .args(&args)
@@ -1196,9 +1242,14 @@ fn a_missing_or_bad_setting_is_one_line_naming_it() {
             .output()
             .unwrap();
         let stderr = String::from_utf8(output.stderr).unwrap();
-        assert!(!output.status.success(), "{env:?}");
+        assert_eq!(output.status.code(), Some(2), "{env:?}: {stderr}");
         assert_eq!(stderr.trim_end().lines().count(), 1, "{env:?}: {stderr}");
         assert!(stderr.contains(named), "{env:?}: {stderr}");
+        // A URL's part at fault is named, its text never shown.
+        assert!(
+            !stderr.contains("notaport") && !stderr.contains("bogus"),
+            "{stderr}"
+        );
     }
 }
 

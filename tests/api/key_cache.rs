@@ -84,7 +84,12 @@ async fn a_cached_key_takes_no_turn_beside_a_slow_lookup_from_its_address(backen
     proxy.slow_down(Duration::from_millis(1500));
     let (slow, cached) = tokio::join!(read(&guess()), async {
         // The guess holds the turn once its lookup has started.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while app.served_store.key_lookups() == looked_up {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the guess was never looked up"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         read(&key).await

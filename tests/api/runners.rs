@@ -511,7 +511,7 @@ async fn a_finish_of_a_queued_scan_is_refused_before_a_racing_start_commits(back
             tokio::pin!(complete);
             // Answered at once when refused before its write; if it waits on the write instead, the
             // start goes first, as when it commits between the check and the write.
-            let early = tokio::time::timeout(Duration::from_secs(5), &mut complete).await;
+            let early = tokio::time::timeout(Duration::from_secs(8), &mut complete).await;
             lock.release().await;
             match early {
                 Ok(answer) => answer,
