@@ -505,8 +505,15 @@ mod tests {
         tokio::spawn(async move { pipeline.submit(changes).await })
     }
 
+    /// Waits for `condition`, 10 s at most: a regression fails here rather than hanging until
+    /// the harness gives up.
     async fn until(condition: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !condition() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not reached within 10 s"
+            );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }

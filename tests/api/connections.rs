@@ -72,12 +72,12 @@ async fn made_up_methods_leave_no_label_log_line_or_memory_behind(backend: Backe
         async move { ApiResponse::from(request.send().await.expect("answered")).await }
     };
     // Warm-up with the same shape of traffic: allocator arenas, connections, lazily built state.
-    let warm_up: Vec<ApiResponse> = futures::stream::iter(0..500)
+    // (Each answer is checked as it is read: `ApiResponse::from` holds it to the envelope.)
+    let _warm_up: Vec<ApiResponse> = futures::stream::iter(0..500)
         .map(|i| send(made_up_method("WARMUP", i), i))
         .buffer_unordered(16)
         .collect()
         .await;
-    assert_eq!(warm_up.len(), 500);
     let metrics_before = server.metrics().await;
     let before = server.rss_kib();
 
@@ -94,7 +94,6 @@ async fn made_up_methods_leave_no_label_log_line_or_memory_behind(backend: Backe
         .await;
     let logs = server.logs();
 
-    assert_eq!(answers.len(), 5000);
     for answer in &answers {
         let body = answer.body.to_string();
         assert!(!body.contains("HOSTILE"), "the method is echoed: {body}");

@@ -70,25 +70,43 @@ async fn read_instructions(child: &mut Child) -> (Vec<(u16, String)>, Vec<(Strin
     (steps, exports)
 }
 
-/// Sends what a printed `curl -s -X POST [-H 'Name: value']… [-d 'body'] URL` would send.
-async fn run_curl(client: &reqwest::Client, command: &str) -> ApiResponse {
-    let url = command.split_whitespace().last().unwrap();
-    let mut request = client.post(url);
-    for (flag, quoted) in command.split(" '").zip(command.split(" '").skip(1)) {
-        let value = &quoted[..quoted.find('\'').unwrap()];
-        if flag.ends_with("-H") {
-            let (name, value) = value.split_once(": ").unwrap();
-            request = request.header(name, value);
-        } else if flag.ends_with("-d") {
-            request = request.body(value.to_owned());
-        }
-    }
-    ApiResponse::of(request).await
+/// Runs a printed command as a reader would, in a shell with the real curl, asked to put the
+/// answer's head before its body (`-i`).
+async fn run_curl(command: &str) -> ApiResponse {
+    let output = Command::from(child::cleared("sh"))
+        .args(["-c", &format!("{command} -i")])
+        .output()
+        .await
+        .expect("sh runs");
+    assert!(output.status.success(), "{command}: {output:?}");
+    let text = String::from_utf8(output.stdout).expect("curl prints UTF-8");
+    let (head, rest) = text.split_once("\r\n\r\n").expect("a head, then the body");
+    // The commands print the status after the body (`-w`), for a reader who reads no head.
+    let (body, printed) = rest
+        .rsplit_once("\nHTTP ")
+        .expect("the status printed last");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status: reqwest::StatusCode = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("{status_line}"));
+    let headers = lines
+        .map(|line| line.split_once(": ").expect("a header line"))
+        .map(|(name, value)| {
+            (
+                reqwest::header::HeaderName::try_from(name).unwrap(),
+                reqwest::header::HeaderValue::try_from(value).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(printed.trim_end(), status.as_str(), "{text}");
+    ApiResponse::read(status, headers, body)
 }
 
 async fn the_demos_curl_commands_give_the_outcomes_they_promise(backend: Backend) {
     let db = TestDatabase::create(backend).await;
-    let client = reqwest::Client::new();
     let mut server = serve_demo(&db.url);
 
     let (steps, exports) = read_instructions(&mut server).await;
@@ -100,7 +118,7 @@ async fn the_demos_curl_commands_give_the_outcomes_they_promise(backend: Backend
     );
     let mut answers = Vec::new();
     for (expected, command) in &steps {
-        let response = run_curl(&client, command).await;
+        let response = run_curl(command).await;
         assert_eq!(
             response.status.as_u16(),
             *expected,

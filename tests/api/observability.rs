@@ -202,10 +202,7 @@ async fn a_request_whose_client_leaves_is_counted_and_logged_as_499(backend: Bac
     // Once a writer has taken the change (it waits on the lock), the client leaves, 200 ms on.
     let taken = "scan_write_queue_wait_seconds_count";
     let deadline = Instant::now() + Duration::from_secs(10);
-    while crate::helpers::metrics::count(&server.metrics().await, taken)
-        - crate::helpers::metrics::count(&before, taken)
-        < 1.0
-    {
+    while crate::helpers::metrics::delta(&before, &server.metrics().await, taken) < 1.0 {
         assert!(Instant::now() < deadline, "the change was never taken");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -233,10 +230,7 @@ async fn a_request_whose_client_leaves_is_counted_and_logged_as_499(backend: Bac
         "{closing:#}"
     );
     let after = server.metrics().await;
-    let counted = |series: &str| {
-        crate::helpers::metrics::count(&after, series)
-            - crate::helpers::metrics::count(&before, series)
-    };
+    let counted = |series: &str| crate::helpers::metrics::delta(&before, &after, series);
     assert_eq!(counted(&abandoned), 1.0, "counted as 499, in:\n{after}");
     assert_eq!(counted(&timed), 1.0, "and timed, in:\n{after}");
     // The change itself was taken before the client left, and commits once the lock is gone.
@@ -322,10 +316,7 @@ async fn a_client_that_leaves_mid_body_is_counted_as_499_not_400(backend: Backen
         );
     }
     let after = server.metrics().await;
-    let counted = |status| {
-        crate::helpers::metrics::count(&after, &series(status))
-            - crate::helpers::metrics::count(&before, &series(status))
-    };
+    let counted = |status| crate::helpers::metrics::delta(&before, &after, &series(status));
     assert_eq!(counted(499), 3.0, "in:\n{after}");
     assert_eq!(counted(400), 0.0, "in:\n{after}");
     assert_eq!(app.status_of(&scan).await, ScanStatus::Queued);
@@ -339,9 +330,9 @@ async fn a_client_that_leaves_mid_body_is_counted_as_499_not_400(backend: Backen
         .await
         .unwrap();
     assert_eq!(refused.status(), 400);
-    let refused = crate::helpers::metrics::count(&server.metrics().await, &series(400));
+    let after = server.metrics().await;
     assert_eq!(
-        refused - crate::helpers::metrics::count(&before, &series(400)),
+        crate::helpers::metrics::delta(&before, &after, &series(400)),
         1.0
     );
 }
@@ -367,8 +358,7 @@ async fn a_stream_past_its_keys_cap_is_counted_as_rate_limited(backend: Backend)
     let after = server.metrics().await;
     let series = r#"rate_limited_total{limit="streams_per_key"}"#;
     assert_eq!(
-        crate::helpers::metrics::count(&after, series)
-            - crate::helpers::metrics::count(&before, series),
+        crate::helpers::metrics::delta(&before, &after, series),
         1.0,
         "in:\n{after}"
     );
@@ -500,10 +490,7 @@ async fn metrics_count_requests_limits_pool_and_cancels(backend: Backend) {
     assert_eq!(repeated.body["data"]["previousStatus"], "cancelled");
     assert_eq!(guesses[0].status, 401);
     guesses[1].assert_error(429, "RATE_LIMITED");
-    let counted = |series: &str| {
-        crate::helpers::metrics::count(&after, series)
-            - crate::helpers::metrics::count(&before, series)
-    };
+    let counted = |series: &str| crate::helpers::metrics::delta(&before, &after, series);
     let mut statuses = vec![moved.status.as_u16()];
     statuses.extend(&again);
     statuses.push(repeated.status.as_u16());
@@ -757,10 +744,8 @@ async fn write_metrics_count_requests_that_gave_up_and_cancels_whose_client_left
     // The key is cached and the pool warm: from here on only the writes reach the database.
     assert_eq!(server.post(&key, &path(&warm)).await.status, 200);
     let before = server.metrics().await;
-    let counted = |after: &str, series: &str| {
-        crate::helpers::metrics::count(after, series)
-            - crate::helpers::metrics::count(&before, series)
-    };
+    let counted =
+        |after: &str, series: &str| crate::helpers::metrics::delta(&before, after, series);
     let waits = "scan_write_queue_wait_seconds_count";
     proxy.slow_down(Duration::from_millis(1200));
 

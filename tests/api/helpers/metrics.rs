@@ -13,3 +13,8 @@ pub fn value(text: &str, series: &str) -> Option<f64> {
 pub fn count(text: &str, series: &str) -> f64 {
     value(text, series).unwrap_or(0.0)
 }
+
+/// How much a counter rose from the scrape `before` to the scrape `after`.
+pub fn delta(before: &str, after: &str, series: &str) -> f64 {
+    count(after, series) - count(before, series)
+}

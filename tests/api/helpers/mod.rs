@@ -755,7 +755,12 @@ impl ApiResponse {
         let status = response.status();
         let headers = response.headers().clone();
         let text = response.text().await.expect("body is readable");
-        let body = serde_json::from_str(&text)
+        Self::read(status, headers, &text)
+    }
+
+    /// An answer read by other means (curl's output), held to the same envelope.
+    pub fn read(status: StatusCode, headers: reqwest::header::HeaderMap, text: &str) -> Self {
+        let body = serde_json::from_str(text)
             .unwrap_or_else(|_| panic!("{status}: body is not JSON: {text:?}"));
         let response = Self {
             status,
