@@ -32,6 +32,7 @@ pub struct LogArgs {
         env = "LOG_FORMAT",
         global = true,
         value_enum,
+        ignore_case = true,
         default_value = "text"
     )]
     pub log_format: LogFormat,
@@ -273,8 +274,10 @@ pub struct ServeArgs {
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<SecretUrl>,
 
-    /// Prefix of every Redis key this service writes.
-    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "signal-scans:")]
+    /// Prefix of every Redis key this service writes; not empty (the service's keys would mix
+    /// with those of whatever else shares the Redis database).
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "signal-scans:",
+          value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub redis_key_prefix: String,
 
     /// How long an authenticated API key is remembered in-process (0 turns the cache off). At

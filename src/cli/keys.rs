@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::config::DatabaseArgs;
 use super::output::{print_json, rfc3339, try_write_line};
-use super::{BadInput, CreateKeyArgs, NO_OTHER_WAY, existing_store, migrated_store};
+use super::{BadInput, CreateKeyArgs, NO_OTHER_WAY, existing_store, migrated_store, writable};
 use crate::domain::keys::{AccountGroupAccess, ApiKey, KeySpec, KeySpecError};
 use crate::service::KeyAdmin;
 
@@ -120,8 +120,8 @@ pub(super) async fn list(database: &DatabaseArgs, json: bool) -> anyhow::Result<
 }
 
 pub(super) async fn revoke(database: &DatabaseArgs, key_id: Uuid) -> anyhow::Result<()> {
-    let key = key_admin(database)
-        .await?
+    let store = writable(existing_store(database, NO_OTHER_WAY).await?).await?;
+    let key = KeyAdmin::new(store)
         .revoke(key_id)
         .await?
         .ok_or_else(|| anyhow!("no API key with id {key_id}"))?;
@@ -153,7 +153,7 @@ pub(super) async fn create(args: CreateKeyArgs) -> anyhow::Result<()> {
         },
     )?;
     // A first key is made before the service has ever run: the database may be new.
-    let keys = KeyAdmin::new(migrated_store(&args.database).await?);
+    let keys = KeyAdmin::new(writable(migrated_store(&args.database).await?).await?);
     if args.if_none
         && let Some(active) = keys.active().await?
     {

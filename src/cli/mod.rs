@@ -533,6 +533,15 @@ async fn existing_store(database: &DatabaseArgs, or_else: Option<&str>) -> anyho
     migrated_store(database).await
 }
 
+/// The store of a command that writes: one this process can never write (a read-only file or
+/// folder, a SQLite URL with `mode=ro`) is refused as `serve` refuses it, exit 1; the first write
+/// was told "attempt to write a readonly database", exit 75, as a volume remounted read-only for a
+/// while is, and a supervisor retried a setting that can never work.
+async fn writable(store: Store) -> anyhow::Result<Store> {
+    store.check_writable().await?;
+    Ok(store)
+}
+
 /// What a scans command can do without the database.
 const OR_SERVER: Option<&str> = Some("use --server with the service's URL");
 

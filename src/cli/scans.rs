@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::config::{self, DatabaseArgs};
 use super::output::{print_json, rfc3339};
 use super::remote::{self, Answer};
-use super::{BadInput, OR_SERVER, existing_store};
+use super::{BadInput, OR_SERVER, existing_store, writable};
 use crate::domain::ids::{AccountGroupId, ScanId};
 use crate::domain::scan::{Actor, Scan, ScanStatus, check_reason};
 use crate::service::HINT_FLUSH_LIMIT;
@@ -53,7 +53,8 @@ pub(super) async fn create(
         None => {
             // Into the database the other commands use, never a new one (a mistyped or
             // forgotten DATABASE_URL would make a scan that no service ever serves).
-            let service = ScanService::new(existing_store(database, OR_SERVER).await?);
+            let store = writable(existing_store(database, OR_SERVER).await?).await?;
+            let service = ScanService::new(store);
             let scan = service.seed_scan(group, status).await?;
             // Tell listeners now rather than leave them to find the creation at their next poll.
             service.flush_hints(HINT_FLUSH_LIMIT).await;
@@ -112,7 +113,8 @@ pub(super) async fn transition(
             }
         }
         None => {
-            let service = ScanService::new(existing_store(database, OR_SERVER).await?);
+            let store = writable(existing_store(database, OR_SERVER).await?).await?;
+            let service = ScanService::new(store);
             let actor = Actor {
                 reason,
                 ..Actor::default()

@@ -643,17 +643,19 @@ fn classify(error: sqlx::Error) -> StoreError {
 /// sqlx prints it, with the line of the server's C source that raised it (`database "x" does not
 /// exist at line 948`: a line of nothing the operator has).
 pub(super) fn described(error: &sqlx::Error) -> String {
-    match error {
-        sqlx::Error::Database(db) => match db.try_downcast_ref::<PgDatabaseError>() {
-            Some(pg) => format!(
-                "error returned from database: {} (SQLSTATE {})",
-                pg.message(),
-                pg.code()
-            ),
-            None => error.to_string(),
-        },
-        _ => error.to_string(),
+    match server_words(error) {
+        Some(words) => format!("error returned from database: {words}"),
+        None => error.to_string(),
     }
+}
+
+/// PostgreSQL's message with its SQLSTATE, for an error the server sent.
+pub(super) fn server_words(error: &sqlx::Error) -> Option<String> {
+    let sqlx::Error::Database(db) = error else {
+        return None;
+    };
+    let pg = db.try_downcast_ref::<PgDatabaseError>()?;
+    Some(format!("{} (SQLSTATE {})", pg.message(), pg.code()))
 }
 
 /// PostgreSQL SQLSTATE classes 08 (connection), 53 (resources: a full disk too) and 57 (operator

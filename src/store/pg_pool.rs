@@ -123,9 +123,7 @@ impl ConnectionPool {
             // Whatever keeps a session from opening (the server away, the login refused, no
             // such database, one not accepting connections) is the database unavailable: an
             // I/O error, which the store answers as such, carrying the server's own words.
-            PoolError::Backend(error @ sqlx::Error::Database(_)) => {
-                sqlx::Error::Io(std::io::Error::other(super::described(&error)))
-            }
+            PoolError::Backend(error @ sqlx::Error::Database(_)) => unavailable(&error),
             PoolError::Backend(error) => error,
             PoolError::Closed => sqlx::Error::PoolClosed,
             _ => sqlx::Error::PoolTimedOut,
@@ -232,4 +230,12 @@ impl Drop for Checkout {
             }
         });
     }
+}
+
+/// A session the server refused, as the database unavailable: an I/O error, which the store
+/// answers as such (502, exit 75), carrying the server's own words and SQLSTATE (sqlx prefixes
+/// "error communicating with database").
+pub(super) fn unavailable(refused: &sqlx::Error) -> sqlx::Error {
+    let words = super::server_words(refused).unwrap_or_else(|| refused.to_string());
+    sqlx::Error::Io(std::io::Error::other(format!("session refused: {words}")))
 }

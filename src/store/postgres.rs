@@ -196,7 +196,7 @@ impl PgStore {
                                 .message()
                                 .contains("is not currently accepting connections") =>
                     {
-                        sqlx::Error::Io(std::io::Error::other(super::described(&error)))
+                        super::pg_pool::unavailable(&error)
                     }
                     _ => error,
                 })

@@ -401,9 +401,13 @@ async fn a_database_refusing_a_session_is_told_with_its_sqlstate(backend: Backen
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(75), "{stderr}");
     assert!(
-        stderr.contains("is not currently accepting connections (SQLSTATE 55000)"),
+        stderr.contains("session refused: database")
+            && stderr.contains("is not currently accepting connections (SQLSTATE 55000)"),
         "{stderr}"
     );
+    // Said once: not sqlx's two prefixes, "error communicating with database: error returned
+    // from database: …".
+    assert!(!stderr.contains("error returned from database"), "{stderr}");
 
     // One left invalid (a `DROP DATABASE` interrupted), refused with the same code, never comes
     // back: a setting to mend, not a wait.
@@ -844,6 +848,31 @@ async fn serve_refuses_a_database_it_cannot_write() {
         "{}",
         String::from_utf8_lossy(&listed.stderr)
     );
+    // Nor do the commands that write it: `scans create` was told "attempt to write a readonly
+    // database", exit 75 (try later), as a volume remounted read-only for a while is.
+    let (key_id, scan_id) = (
+        uuid::Uuid::new_v4().to_string(),
+        ScanId::generate().to_string(),
+    );
+    for command in [
+        &[
+            "scans",
+            "create",
+            "--account-group",
+            "507f1f77bcf86cd799439011",
+        ][..],
+        &["scans", "transition", &scan_id, "--to", "running"],
+        &["keys", "create", "--name", "ro", "--all-account-groups"],
+        &["keys", "revoke", &key_id],
+    ] {
+        let refused = signal_scans(&read_only, command);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(1), "{command:?}: {stderr}");
+        assert!(
+            stderr.contains("this process cannot write the database"),
+            "{command:?}: {stderr}"
+        );
+    }
 
     // A path SQLite cannot open at all (a read-only mount without the database's `-shm` file
     // answers the same "unable to open database file"; here, a folder): named, with the files the
@@ -1060,9 +1089,10 @@ fn a_new_database_file_is_announced() {
 /// and with it the one line that said why the service stopped.
 #[test]
 fn under_log_format_json_a_failure_is_a_json_line() {
+    // In capitals, taken as the refusals' own line took it: it was refused (in JSON).
     let unreachable = child::signal_scans()
         .arg("serve")
-        .env("LOG_FORMAT", "json")
+        .env("LOG_FORMAT", "JSON")
         .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nowhere")
         .output()
         .unwrap();
@@ -1183,6 +1213,14 @@ fn a_missing_or_bad_setting_is_one_line_naming_it() {
             "KEY_CACHE_TTL_MS",
         ),
         (vec![("DOCS_ENABLED", "yes")], vec!["serve"], "DOCS_ENABLED"),
+        (
+            vec![
+                ("DATABASE_URL", "postgres://x@127.0.0.1:1/x"),
+                ("REDIS_KEY_PREFIX", ""),
+            ],
+            vec!["serve"],
+            "REDIS_KEY_PREFIX",
+        ),
         (
             vec![("TOKIO_WORKER_THREADS", "0")],
             vec!["serve"],
