@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use futures::future::join_all;
-use signal_scans::domain::ids::ScanId;
 use signal_scans::domain::keys::Permission;
 use signal_scans::domain::scan::ScanStatus;
 use sqlx::Connection;
@@ -194,38 +193,6 @@ async fn a_second_sigterm_ends_the_drain_at_once(backend: Backend) {
 }
 store_test!(a_second_sigterm_ends_the_drain_at_once);
 
-/// A queued scan of a writer's group, and `serve` with `SHUTDOWN_TIMEOUT_MS=300` and `env`,
-/// reaching the test's database through a proxy the test can stall.
-struct Served {
-    app: TestApp,
-    cancel_path: String,
-    key: String,
-    scan: ScanId,
-    proxy: Proxy,
-    server: ServerProcess,
-}
-
-async fn served_through_a_proxy(backend: Backend, env: &[(&str, &str)]) -> Served {
-    let (app, group, key) = TestApp::with_writer(backend).await;
-    let scan = app.scan(&group, ScanStatus::Queued).await;
-    let proxy = Proxy::start(app.db.server_addr().await).await;
-    let url = proxy.url_for(&app.db.url);
-    let mut vars = vec![
-        ("DATABASE_URL", url.as_str()),
-        ("SHUTDOWN_TIMEOUT_MS", "300"),
-    ];
-    vars.extend_from_slice(env);
-    let server = ServerProcess::start(&vars).await;
-    Served {
-        cancel_path: cancel_path(group.as_str(), scan.as_str()),
-        app,
-        key,
-        scan,
-        proxy,
-        server,
-    }
-}
-
 /// SIGTERM; how the process ended, and how long after the signal.
 async fn stopped(server: &mut ServerProcess) -> (std::process::ExitStatus, Duration) {
     let started = Instant::now();
@@ -234,28 +201,24 @@ async fn stopped(server: &mut ServerProcess) -> (std::process::ExitStatus, Durat
     (exit, started.elapsed())
 }
 
+/// A request stuck past `SHUTDOWN_TIMEOUT_MS` (its scan's write held by another session, longer
+/// than any drain) is cut off with the process, which exits 0 once the drain time is over, and
+/// nothing of it commits.
 async fn a_request_stuck_past_the_drain_time_does_not_keep_the_process(backend: Backend) {
-    let Served {
-        app,
-        cancel_path,
-        key,
-        scan,
-        proxy,
-        mut server,
-    } = served_through_a_proxy(
-        backend,
-        &[
-            ("DB_TIMEOUT_MS", "20000"),
-            ("REQUEST_TIMEOUT_MS", "30000"),
-            ("RUST_LOG", "info,tower_http=debug"),
-        ],
-    )
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let mut server = ServerProcess::start(&[
+        ("DATABASE_URL", app.db.url.as_str()),
+        ("SHUTDOWN_TIMEOUT_MS", "300"),
+        ("DB_TIMEOUT_MS", "20000"),
+        ("REQUEST_TIMEOUT_MS", "30000"),
+        ("RUST_LOG", "info,tower_http=debug"),
+    ])
     .await;
-    // Longer than any drain: the request is still stuck when the process must go.
-    proxy.slow_down(Duration::from_secs(60));
+    let mut lock = WriteLock::hold(&app, &scan).await;
     let stuck = tokio::spawn(
         reqwest::Client::new()
-            .post(server.url(&cancel_path))
+            .post(server.url(&cancel_path(group.as_str(), scan.as_str())))
             .bearer_auth(&key)
             .send(),
     );
@@ -301,23 +264,31 @@ async fn a_request_stuck_past_the_drain_time_does_not_keep_the_process(backend: 
         closing[0]["message"],
         "finished processing request: the service stopped before its answer"
     );
+    lock.release().await;
     assert_eq!(app.status_of(&scan).await, ScanStatus::Queued);
 }
-store_test!(
-    a_request_stuck_past_the_drain_time_does_not_keep_the_process,
-    postgres_only
-);
+store_test!(a_request_stuck_past_the_drain_time_does_not_keep_the_process);
 
 /// `SHUTDOWN_TIMEOUT_MS` bounds the whole stop, the last change notifications included: a process
 /// whose hint could not reach a stalled database waited 2 s more for it after the drain.
 async fn the_last_change_notifications_wait_within_the_shutdown_timeout(backend: Backend) {
-    // The change's hint waits for the next tick, a second away.
-    let mut served = served_through_a_proxy(backend, &[("PUBLISH_INTERVAL_MS", "1000")]).await;
-    let cancelled = served.server.post(&served.key, &served.cancel_path).await;
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let proxy = Proxy::start(app.db.server_addr().await).await;
+    let mut server = ServerProcess::start(&[
+        ("DATABASE_URL", &proxy.url_for(&app.db.url)),
+        ("SHUTDOWN_TIMEOUT_MS", "300"),
+        // The change's hint waits for the next tick, a second away.
+        ("PUBLISH_INTERVAL_MS", "1000"),
+    ])
+    .await;
+    let cancelled = server
+        .post(&key, &cancel_path(group.as_str(), scan.as_str()))
+        .await;
     assert_eq!(cancelled.status, 200, "{cancelled:?}");
-    served.proxy.slow_down(Duration::from_secs(60));
+    proxy.slow_down(Duration::from_secs(60));
 
-    let (exit, stopped) = stopped(&mut served.server).await;
+    let (exit, stopped) = stopped(&mut server).await;
 
     assert!(exit.success(), "{exit:?}");
     // 300 ms plus room for a loaded machine, and well below the 2.3 s of a flush past the drain.
