@@ -438,6 +438,9 @@ const HINTED: Duration = Duration::from_secs(5);
 /// `migrations/postgres/0001_initial.sql` as released (deployed databases recorded its checksum).
 const RELEASED_0001: &str = include_str!("fixtures/0001_initial.sql");
 
+/// `migrations/sqlite/0001_initial.sql` as released (embedded databases recorded its checksum).
+const RELEASED_SQLITE_0001: &str = include_str!("fixtures/sqlite_0001_initial.sql");
+
 /// The publisher's session, as `pg_stat_activity` names it.
 const PUBLISHER: &str = "signal-scans publisher";
 
@@ -969,6 +972,113 @@ store_test!(
     the_feed_migration_upgrades_a_database_made_by_0001_with_rows_in_it,
     postgres_only
 );
+
+/// The embedded store's twin of the test above: a file made by SQLite's released 0001 alone, with
+/// rows, upgraded by the service's own migrate. Fails if that 0001 was edited (sqlx refuses an
+/// embedded migration whose checksum differs from the one the file recorded: every embedded
+/// install would stop at start), if a later migration cannot apply over old rows, if old audit
+/// rows are not filed under their scan's group (0003's fill: a group's stream reads by it), or if
+/// a row written the old way, without its group, is not filed by the trigger.
+#[tokio::test]
+async fn the_sqlite_migrations_upgrade_a_file_made_by_0001_with_rows_in_it() {
+    let db = TestDatabase::create(Backend::Sqlite).await;
+    let folder = db.sqlite_file().parent().unwrap().to_owned();
+    let released = folder.join("released");
+    std::fs::create_dir_all(&released).unwrap();
+    std::fs::write(released.join("0001_initial.sql"), RELEASED_SQLITE_0001).unwrap();
+    let only_0001 = sqlx::migrate::Migrator::new(released.as_path())
+        .await
+        .unwrap();
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(db.sqlite_file())
+        .create_if_missing(true);
+    let mut old = SqliteConnection::connect_with(&options).await.unwrap();
+    only_0001.run(&mut old).await.unwrap();
+    let (group, elsewhere) = (group(), group());
+    let (running, queued) = (ScanId::generate(), ScanId::generate());
+    let at = "2026-11-29T00:00:00.000000Z";
+    // The ids are hex: written into the statements as they are.
+    let old_rows = format!(
+        "INSERT INTO signal_scans (id, account_group_id, status, created_at, updated_at)
+         VALUES ('{running}', '{group}', 'running', '{at}', '{at}'),
+                ('{queued}', '{elsewhere}', 'queued', '{at}', '{at}');
+         INSERT INTO signal_scan_events (scan_id, from_status, to_status, occurred_at)
+         VALUES ('{running}', NULL, 'queued', '{at}'), ('{queued}', NULL, 'queued', '{at}'),
+                ('{running}', 'queued', 'running', '{at}');"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(old_rows))
+        .execute(&mut old)
+        .await
+        .unwrap();
+    old.close().await.unwrap();
+
+    let store = Store::connect(&store_options(&db.url, Duration::from_secs(10))).unwrap();
+    store
+        .migrate()
+        .await
+        .expect("the later migrations apply over 0001's rows");
+    // A writer of the old shape, which knows no group (the trigger files its row).
+    let old_cancel = format!(
+        "INSERT INTO signal_scan_events (scan_id, from_status, to_status, occurred_at)
+         VALUES ('{queued}', 'queued', 'cancelled', '{at}');
+         UPDATE signal_scans SET status = 'cancelled', cancelled_at = '{at}' WHERE id = '{queued}';"
+    );
+    let mut old = SqliteConnection::connect_with(&options).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(old_cancel))
+        .execute(&mut old)
+        .await
+        .unwrap();
+    old.close().await.unwrap();
+    let moved = store
+        .transition(None, &running, ScanStatus::Completed, RUNNER)
+        .await
+        .unwrap();
+    assert!(matches!(moved, Transition::Applied { .. }), "{moved:?}");
+
+    // Each group's stream, from the start, reads its own rows, old and new, and no other's.
+    let mut read = BTreeMap::new();
+    for of in [&group, &elsewhere] {
+        let mut feed = FeedReader::open(
+            store.clone(),
+            Start::After(FeedCursor::default()),
+            Some(*of),
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap();
+        let mut changes = Vec::new();
+        for _ in 0..if of == &group { 3 } else { 2 } {
+            let event = tokio::time::timeout(PRINTED, feed.next())
+                .await
+                .expect("the feed delivers")
+                .unwrap();
+            assert_eq!(event.change.account_group_id, *of, "{event:?}");
+            changes.push((event.change.scan_id, event.change.from, event.change.to));
+        }
+        read.insert(of.to_string(), changes);
+    }
+    let (queued_status, running_status) = (ScanStatus::Queued, ScanStatus::Running);
+    assert_eq!(
+        read[group.as_str()],
+        [
+            (running, None, queued_status),
+            (running, Some(queued_status), running_status),
+            (running, Some(running_status), ScanStatus::Completed),
+        ]
+    );
+    assert_eq!(
+        read[elsewhere.as_str()],
+        [
+            (queued, None, queued_status),
+            (queued, Some(queued_status), ScanStatus::Cancelled),
+        ]
+    );
+    let served = store.find_scan(None, &queued).await.unwrap();
+    assert!(
+        served.is_some_and(|scan| scan.status == ScanStatus::Cancelled),
+        "scans made by 0001 are served"
+    );
+}
 
 async fn a_subscriber_hears_each_cancel_by_its_hint_long_before_the_poll(backend: Backend) {
     let (app, group, key) = TestApp::with_writer(backend).await;
