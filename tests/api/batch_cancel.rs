@@ -494,49 +494,11 @@ store_test!(
     postgres_only
 );
 
-/// `/metrics` shows the writer's batches: changes per commit and the wait to be taken, as
-/// histograms. Read from the real binary, whose samples are this test's alone (the in-process
-/// recorder is the test binary's, filled by every test).
-async fn the_writers_batches_are_histograms_in_metrics(backend: Backend) {
-    let (app, group, writer) = TestApp::with_writer(backend).await;
-    let scan = app.scan(&group, ScanStatus::Running).await;
-    let server = ServerProcess::start(&[("DATABASE_URL", &app.db.url)]).await;
-    let before = server.metrics().await;
-
-    let cancelled = server
-        .post(
-            &writer,
-            &crate::helpers::cancel_path(group.as_str(), scan.as_str()),
-        )
-        .await;
-    assert_eq!(cancelled.status, 200, "{cancelled:?}");
-
-    let after = server.metrics().await;
-    for series in [
-        "scan_write_batch_size_bucket{le=\"1\"}",
-        "scan_write_batch_size_bucket{le=\"128\"}",
-        "scan_write_batch_size_count",
-        "scan_write_queue_wait_seconds_count",
-    ] {
-        assert_eq!(
-            crate::helpers::metrics::delta(&before, &after, series),
-            1.0,
-            "{series} in:\n{after}"
-        );
-    }
-    // Its wait, however long, has buckets from a millisecond on.
-    let bucket = "scan_write_queue_wait_seconds_bucket{le=\"0.001\"}";
-    assert!(
-        crate::helpers::metrics::value(&after, bucket).is_some(),
-        "{after}"
-    );
-}
-store_test!(the_writers_batches_are_histograms_in_metrics);
-
 /// `/metrics` counts each cancel a commit settled by the status it found, a batch cancel's as a
 /// single cancel's: the queued, the running and the repeated one once each, and none of the
-/// scans the state machine would not cancel (completed, failed) or that were not found. Read
-/// from the real binary, whose counters are this test's alone.
+/// scans the state machine would not cancel (completed, failed) or that were not found; and the
+/// writer's batches, as histograms. Read from the real binary, whose counters are this test's
+/// alone (the in-process recorder is the test binary's, filled by every test).
 async fn a_batch_cancel_counts_each_cancel_by_the_status_it_found(backend: Backend) {
     let (app, group, writer) = TestApp::with_writer(backend).await;
     let mut scans = Vec::new();
@@ -586,6 +548,23 @@ async fn a_batch_cancel_counts_each_cancel_by_the_status_it_found(backend: Backe
         [1.0, 1.0, 1.0],
         "in:\n{after}"
     );
+    // The writer's histograms: one commit (its size), one request's wait to be taken.
+    for series in [
+        "scan_write_batch_size_count",
+        "scan_write_queue_wait_seconds_count",
+    ] {
+        let delta = crate::helpers::metrics::delta(&before, &after, series);
+        assert_eq!(delta, 1.0, "{series} in:\n{after}");
+    }
+    for bucket in [
+        r#"scan_write_batch_size_bucket{le="128"}"#,
+        r#"scan_write_queue_wait_seconds_bucket{le="0.001"}"#,
+    ] {
+        assert!(
+            crate::helpers::metrics::value(&after, bucket).is_some(),
+            "{after}"
+        );
+    }
 }
 store_test!(a_batch_cancel_counts_each_cancel_by_the_status_it_found);
 

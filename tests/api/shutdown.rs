@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use futures::future::join_all;
+use signal_scans::domain::ids::ScanId;
 use signal_scans::domain::keys::Permission;
 use signal_scans::domain::scan::ScanStatus;
 use sqlx::Connection;
@@ -153,25 +154,18 @@ const SHUTDOWN_REQUESTED: &str =
 /// says why. The second signal was swallowed, and the process waited out its drain, so that an
 /// operator's second Ctrl-C could not hurry a stop (the lifecycle review).
 async fn a_second_sigterm_ends_the_drain_at_once(backend: Backend) {
-    let (app, group, key) = TestApp::with_writer(backend).await;
-    let scan = app.scan(&group, ScanStatus::Queued).await;
-    let mut server = ServerProcess::start(&[
-        ("DATABASE_URL", app.db.url.as_str()),
-        ("DB_TIMEOUT_MS", "30000"),
-        ("SHUTDOWN_TIMEOUT_MS", "30000"),
-        ("RUST_LOG", "info,tower_http=debug"),
-    ])
+    // The test's database lives as long as its app: kept to the end.
+    let HeldCancel {
+        app: _app,
+        mut server,
+        mut lock,
+        in_flight,
+        ..
+    } = HeldCancel::start(
+        backend,
+        &[("DB_TIMEOUT_MS", "30000"), ("SHUTDOWN_TIMEOUT_MS", "30000")],
+    )
     .await;
-    let mut lock = WriteLock::hold(&app, &scan).await;
-    let in_flight = tokio::spawn(
-        reqwest::Client::new()
-            .post(server.url(&cancel_path(group.as_str(), scan.as_str())))
-            .bearer_auth(&key)
-            .send(),
-    );
-    server
-        .until_logged(|_| started_requests(&server) == 1)
-        .await;
 
     server.terminate();
     server
@@ -193,6 +187,46 @@ async fn a_second_sigterm_ends_the_drain_at_once(backend: Backend) {
 }
 store_test!(a_second_sigterm_ends_the_drain_at_once);
 
+/// `serve` with `env` and a cancel of a writer's queued scan in flight in it, held behind another
+/// session's write lock until the test releases it.
+struct HeldCancel {
+    app: TestApp,
+    scan: ScanId,
+    server: ServerProcess,
+    lock: WriteLock,
+    in_flight: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+}
+
+impl HeldCancel {
+    async fn start(backend: Backend, env: &[(&str, &str)]) -> Self {
+        let (app, group, key) = TestApp::with_writer(backend).await;
+        let scan = app.scan(&group, ScanStatus::Queued).await;
+        let mut vars = vec![
+            ("DATABASE_URL", app.db.url.as_str()),
+            ("RUST_LOG", "info,tower_http=debug"),
+        ];
+        vars.extend_from_slice(env);
+        let server = ServerProcess::start(&vars).await;
+        let lock = WriteLock::hold(&app, &scan).await;
+        let in_flight = tokio::spawn(
+            reqwest::Client::new()
+                .post(server.url(&cancel_path(group.as_str(), scan.as_str())))
+                .bearer_auth(&key)
+                .send(),
+        );
+        server
+            .until_logged(|_| started_requests(&server) == 1)
+            .await;
+        Self {
+            app,
+            scan,
+            server,
+            lock,
+            in_flight,
+        }
+    }
+}
+
 /// SIGTERM; how the process ended, and how long after the signal.
 async fn stopped(server: &mut ServerProcess) -> (std::process::ExitStatus, Duration) {
     let started = Instant::now();
@@ -205,26 +239,21 @@ async fn stopped(server: &mut ServerProcess) -> (std::process::ExitStatus, Durat
 /// than any drain) is cut off with the process, which exits 0 once the drain time is over, and
 /// nothing of it commits.
 async fn a_request_stuck_past_the_drain_time_does_not_keep_the_process(backend: Backend) {
-    let (app, group, key) = TestApp::with_writer(backend).await;
-    let scan = app.scan(&group, ScanStatus::Queued).await;
-    let mut server = ServerProcess::start(&[
-        ("DATABASE_URL", app.db.url.as_str()),
-        ("SHUTDOWN_TIMEOUT_MS", "300"),
-        ("DB_TIMEOUT_MS", "20000"),
-        ("REQUEST_TIMEOUT_MS", "30000"),
-        ("RUST_LOG", "info,tower_http=debug"),
-    ])
+    let HeldCancel {
+        app,
+        scan,
+        mut server,
+        mut lock,
+        in_flight: stuck,
+    } = HeldCancel::start(
+        backend,
+        &[
+            ("SHUTDOWN_TIMEOUT_MS", "300"),
+            ("DB_TIMEOUT_MS", "20000"),
+            ("REQUEST_TIMEOUT_MS", "30000"),
+        ],
+    )
     .await;
-    let mut lock = WriteLock::hold(&app, &scan).await;
-    let stuck = tokio::spawn(
-        reqwest::Client::new()
-            .post(server.url(&cancel_path(group.as_str(), scan.as_str())))
-            .bearer_auth(&key)
-            .send(),
-    );
-    server
-        .until_logged(|_| started_requests(&server) == 1)
-        .await;
 
     let (exit, drained) = stopped(&mut server).await;
 
