@@ -4,6 +4,7 @@ use signal_scans::domain::keys::Permission;
 use signal_scans::domain::scan::ScanStatus;
 use sqlx::Connection;
 
+use crate::helpers::process::ServerProcess;
 use crate::helpers::{Backend, IDEMPOTENCY_422, TestApp, group, scans_path};
 use crate::store_test;
 
@@ -170,6 +171,48 @@ async fn a_replay_answers_the_first_answer_even_after_the_scan_moved(backend: Ba
     assert_eq!(again.body["data"]["status"], "queued");
 }
 store_test!(a_replay_answers_the_first_answer_even_after_the_scan_moved);
+
+/// A creation is logged once, `scan created` with the scan's id on its request's trace id, and
+/// its replay is not (a replay starts nothing): an operator who counts the scans started from the
+/// logs counts scans, not retries. No other test reads the line, so a handler that logged
+/// replays instead of creations passed the suite.
+async fn a_creation_is_logged_once_and_its_replay_is_not(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let key = app.writer(&group).await;
+    let server = ServerProcess::start(&[("DATABASE_URL", &app.db.url)]).await;
+    let create = || {
+        reqwest::Client::new()
+            .post(server.url(&scans_path(group.as_str())))
+            .bearer_auth(&key)
+            .header("idempotency-key", "logged-once")
+    };
+
+    let first = crate::helpers::ApiResponse::of(create()).await;
+    let again = crate::helpers::ApiResponse::of(create()).await;
+    // The replay's own request line comes after anything its handler logged.
+    let events = server
+        .until_logged(|event| {
+            event["message"] == "finished processing request"
+                && event["span"]["trace.id"] == again.trace_id()
+        })
+        .await;
+
+    assert_eq!(first.status, 201, "{first:?}");
+    assert_eq!(
+        again.header("idempotent-replayed"),
+        Some("true"),
+        "{again:?}"
+    );
+    let created: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|event| event["message"] == "scan created")
+        .collect();
+    assert_eq!(created.len(), 1, "{created:#?}");
+    assert_eq!(created[0]["scan.id"], first.body["data"]["scanId"]);
+    assert_eq!(created[0]["span"]["trace.id"], first.trace_id());
+}
+store_test!(a_creation_is_logged_once_and_its_replay_is_not);
 
 async fn an_idempotency_key_reused_for_another_group_is_422_naming_the_header(backend: Backend) {
     let app = TestApp::spawn(backend).await;
