@@ -21,6 +21,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use tokio::sync::{OnceCell, broadcast};
 
 use super::{FeedError, FeedEvent, FeedReader, Start};
@@ -135,6 +136,7 @@ impl ChangeHub {
             pages,
             ready: VecDeque::new(),
             behind,
+            reading: None,
         })
     }
 
@@ -183,6 +185,9 @@ pub struct Follower {
     ready: VecDeque<FeedEvent>,
     /// Read the trail by the own cursor before taking pages from the hub.
     behind: bool,
+    /// The read of the trail in progress, kept across calls of [`Self::next`]: see
+    /// [`Self::read_trail_page`].
+    reading: Option<BoxFuture<'static, Result<FeedPage, StoreError>>>,
 }
 
 impl Follower {
@@ -199,9 +204,7 @@ impl Follower {
                 return Ok(event);
             }
             if self.behind {
-                // Boxed: a reading future is large, and an idle follower (hundreds per process)
-                // should not carry its space.
-                self.behind = Box::pin(self.read_trail_page()).await?;
+                self.behind = self.read_trail_page().await?;
                 continue;
             }
             match self.pages.recv().await {
@@ -254,11 +257,22 @@ impl Follower {
     /// Reads the trail's next page past the cursor; true when it was full, so more may follow.
     /// One page at a time, each handed out before the next is read: a replay from far back holds
     /// a page, not the group's history, and its first change comes after one read.
+    ///
+    /// The read is the follower's until it ends, so a caller that stops waiting for it (a stream
+    /// sending its keep-alive, or checking its key) takes it up again at its next call. Started
+    /// afresh at each call, a read slower than the keep-alive never finished: the stream sent
+    /// keep-alives only, and each read given up held a database connection until its statement
+    /// ended. Boxed: a reading future is large, and an idle follower (hundreds per process)
+    /// should not carry its space. The cursor stays put meanwhile (pages are not taken while
+    /// behind), so the page read is still the one past it.
     async fn read_trail_page(&mut self) -> Result<bool, FeedError> {
-        let page = self
-            .store
-            .read_feed(&self.cursor, Some(&self.group))
-            .await?;
+        let reading = self.reading.get_or_insert_with(|| {
+            let (store, cursor, group) = (self.store.clone(), self.cursor.clone(), self.group);
+            Box::pin(async move { store.read_feed(&cursor, Some(&group)).await })
+        });
+        let read = reading.await;
+        self.reading = None;
+        let page = read?;
         if page.may_lack_rows_of(&self.cursor) {
             return Err(FeedError::Expired);
         }
@@ -326,6 +340,7 @@ mod tests {
             pages,
             ready: VecDeque::new(),
             behind: false,
+            reading: None,
         }
     }
 

@@ -9,6 +9,7 @@ use signal_scans::domain::scan::{ScanStatus, Transition};
 use sqlx::{Connection, Executor, PgConnection};
 
 use super::*;
+use crate::helpers::ServeDefault;
 use crate::helpers::process::ServerProcess;
 use crate::helpers::{
     Backend, RUNNER, Settings, TestApp, assert_backs_off_doubling, group, silent_running_scan,
@@ -455,6 +456,48 @@ async fn a_database_restored_into_another_cluster_streams_its_new_changes(backen
 }
 store_test!(
     a_database_restored_into_another_cluster_streams_its_new_changes,
+    postgres_only
+);
+
+/// A stream that must catch up (`?after=`) while each read of the trail takes longer than its
+/// keep-alive: the read goes on across the keep-alives, and the changes arrive. Started afresh
+/// after each keep-alive, the read never finished: the stream sent keep-alives only, and each
+/// read given up held a database connection until its statement ended (the cancellation
+/// review: 0 changes and 49 keep-alives in 5 s, 10 of 11 connections busy with one stream).
+/// PostgreSQL: the proxy slows every answer; nothing slows a SQLite read from outside.
+async fn a_catch_up_read_slower_than_the_keep_alive_goes_on_across_it(backend: Backend) {
+    let app = with_streams(StreamSettings {
+        keepalive: Duration::from_millis(100),
+        ..StreamSettings::default()
+    })
+    .through_proxy()
+    .with_db_timeout(Duration::from_secs(5))
+    .spawn(backend)
+    .await;
+    let group = group();
+    let writer = app.writer(&group).await;
+    let (reader, _) = read_key(&app, &group).await;
+    let cancelled = cancel_fresh_scans(&app, &writer, &group, 3).await;
+    // The key is cached for the stream's checks; the trail's reads wait 300 ms per answer.
+    app.proxy
+        .as_ref()
+        .unwrap()
+        .slow_down(Duration::from_millis(300));
+
+    let url = app.url(&changes_path(&group, "?after=0-0"));
+    let stream = follow(stream_request(&url, &reader)).await;
+    let mut received = Vec::new();
+    // About 1.5 s here (opening the stream takes twice that, over the slowed proxy); with the
+    // read started again at each keep-alive, never.
+    let limit = Duration::from_secs(15);
+    let (_stream, reconnections) =
+        read_as_a_client(stream, &url, &reader, &mut received, 3, limit).await;
+
+    assert_eq!(moves(&received), cancels_of(&cancelled, "running"));
+    assert_eq!(reconnections, 0, "one stream caught up");
+}
+store_test!(
+    a_catch_up_read_slower_than_the_keep_alive_goes_on_across_it,
     postgres_only
 );
 
