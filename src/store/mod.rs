@@ -353,13 +353,33 @@ impl Store {
     /// Creates a queued scan for a client, with its audit row naming `actor`. With `once` (the
     /// caller's key id and its idempotency key), a key claimed within the window creates nothing
     /// and answers what it started.
+    ///
+    /// In a task of its own, as the pipeline commits a change: a request given up (its client
+    /// gone, its deadline) is dropped at whatever it awaits, and dropped between the commit and
+    /// the hint that follows it, its scan reached the streams only at their next poll (the other
+    /// replicas' too: no notification), and two such polls in a row made the listener suspect
+    /// itself and reconnect. The task ends within the store's own timeouts.
     pub(crate) async fn create_scan_for(
         &self,
         group: &AccountGroupId,
         actor: Actor<'_>,
         once: Option<(Uuid, &IdempotencyKey)>,
     ) -> Result<Creation, StoreError> {
-        forward!(self.create_scan(group, ScanStatus::Queued, actor, once))
+        let (store, group) = (self.clone(), *group);
+        let (api_key_id, trace_id) = (actor.api_key_id, actor.trace_id.map(str::to_owned));
+        let once = once.map(|(key_id, key)| (key_id, key.clone()));
+        let creating = tokio::spawn(async move {
+            let actor = Actor {
+                api_key_id,
+                trace_id: trace_id.as_deref(),
+                reason: None,
+            };
+            let once = once.as_ref().map(|(key_id, key)| (*key_id, key));
+            forward!(store.create_scan(&group, ScanStatus::Queued, actor, once))
+        });
+        creating
+            .await
+            .map_err(|error| StoreError::Internal(format!("a scan's creation stopped: {error}")))?
     }
 
     /// Forgets at most `limit` idempotency keys older than the window; how many it forgot.

@@ -19,7 +19,7 @@ use sqlx::{Connection, Executor, PgConnection, SqliteConnection};
 use crate::helpers::process::ServerProcess;
 use crate::helpers::watch::Watch;
 use crate::helpers::{
-    Backend, RUNNER, Settings, TestApp, TestDatabase, assert_backs_off_doubling, group,
+    Backend, RUNNER, Settings, TestApp, TestDatabase, assert_backs_off_doubling, group, scans_path,
     silent_running_scan, store_options,
 };
 use crate::store_test;
@@ -1080,19 +1080,67 @@ async fn the_sqlite_migrations_upgrade_a_file_made_by_0001_with_rows_in_it() {
     );
 }
 
-async fn a_subscriber_hears_each_cancel_by_its_hint_long_before_the_poll(backend: Backend) {
-    let (app, group, key) = TestApp::with_writer(backend).await;
-    let first = app.scan(&group, ScanStatus::Queued).await;
-    let scan = app.scan(&group, ScanStatus::Running).await;
-    // Polling far slower than the bound below: past the first read, only a hint delivers in time.
-    let mut feed = FeedReader::open(
+/// A reader from now that polls once a minute: past its first read, only a hint reaches it within
+/// a test's wait.
+async fn hearing_hints_only(app: &TestApp) -> FeedReader {
+    FeedReader::open(
         app.served_store.clone(),
         Start::Now,
         None,
         Duration::from_secs(60),
     )
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// A creation whose client leaves once its insert is sent (slowed by a trigger) commits, and its
+/// hint goes out: a reader polling once a minute hears of it in about a second. The request's
+/// future was dropped between the commit and the hint, so the scan reached readers only at their
+/// next poll, other replicas' too (the cancellation review: 9 s late with a 60 s poll).
+/// PostgreSQL: a trigger slows the insert; nothing holds a SQLite commit from outside.
+async fn a_creation_whose_client_left_during_its_insert_is_still_announced(backend: Backend) {
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let mut feed = hearing_hints_only(&app).await;
+    let mut admin = PgConnection::connect(&app.db.url).await.unwrap();
+    admin
+        .execute(
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN PERFORM pg_sleep(1); RETURN NEW; END $$;
+             CREATE TRIGGER slow BEFORE INSERT ON signal_scans
+             FOR EACH ROW EXECUTE FUNCTION slow();",
+        )
+        .await
+        .unwrap();
+
+    let gave_up = reqwest::Client::new()
+        .post(app.url(&scans_path(group.as_str())))
+        .bearer_auth(&key)
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    let heard = tokio::time::timeout(HINTED, feed.next())
+        .await
+        .expect("heard by the hint, before any poll")
+        .unwrap();
+
+    assert!(gave_up.is_err_and(|error| error.is_timeout()));
+    assert_eq!(heard.change.account_group_id, group);
+    assert_eq!(
+        (heard.change.from, heard.change.to),
+        (None, ScanStatus::Queued)
+    );
+}
+store_test!(
+    a_creation_whose_client_left_during_its_insert_is_still_announced,
+    postgres_only
+);
+
+async fn a_subscriber_hears_each_cancel_by_its_hint_long_before_the_poll(backend: Backend) {
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let first = app.scan(&group, ScanStatus::Queued).await;
+    let scan = app.scan(&group, ScanStatus::Running).await;
+    // Polling far slower than the bound below: past the first read, only a hint delivers in time.
+    let mut feed = hearing_hints_only(&app).await;
     app.cancel_ok(&key, &group, &first).await;
     let caught_up = feed.next().await.unwrap();
     assert_eq!(caught_up.change.scan_id, first);
