@@ -236,8 +236,8 @@ async fn stopped(server: &mut ServerProcess) -> (std::process::ExitStatus, Durat
 }
 
 /// A request stuck past `SHUTDOWN_TIMEOUT_MS` (its scan's write held by another session, longer
-/// than any drain) is cut off with the process, which exits 0 once the drain time is over, and
-/// nothing of it commits.
+/// than any drain) is cut off with the process, which exits 0 once the drain time is over and
+/// logs the request as cut off.
 async fn a_request_stuck_past_the_drain_time_does_not_keep_the_process(backend: Backend) {
     let HeldCancel {
         app,
@@ -294,7 +294,12 @@ async fn a_request_stuck_past_the_drain_time_does_not_keep_the_process(backend: 
         "finished processing request: the service stopped before its answer"
     );
     lock.release().await;
-    assert_eq!(app.status_of(&scan).await, ScanStatus::Queued);
+    // SQLite's write ended with the process. A PostgreSQL statement already waiting on the row
+    // runs on in the server once the lock goes (README: a request cut off at the end of the drain
+    // may commit after the process has gone), so there the outcome is the server's.
+    if backend == Backend::Sqlite {
+        assert_eq!(app.status_of(&scan).await, ScanStatus::Queued);
+    }
 }
 store_test!(a_request_stuck_past_the_drain_time_does_not_keep_the_process);
 
