@@ -153,7 +153,8 @@ pub(super) async fn create(args: CreateKeyArgs) -> anyhow::Result<()> {
         },
     )?;
     // A first key is made before the service has ever run: the database may be new.
-    let keys = KeyAdmin::new(writable(migrated_store(&args.database).await?).await?);
+    let store = migrated_store(&args.database).await?;
+    let keys = KeyAdmin::new(store.clone());
     if args.if_none
         && let Some(active) = keys.active().await?
     {
@@ -167,6 +168,8 @@ pub(super) async fn create(args: CreateKeyArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    // Only now: `--if-none` finding a key writes nothing, so it runs on a read-only database too.
+    writable(store).await?;
     // The file is made before the key, so a path that cannot be written leaves no key behind.
     let secret_file = args
         .output_file

@@ -16,6 +16,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::PgDatabaseError;
 use time::OffsetDateTime;
+use tracing::Instrument;
 use uuid::Uuid;
 
 pub use pg_pool::HeldConnection;
@@ -358,7 +359,9 @@ impl Store {
     /// gone, its deadline) is dropped at whatever it awaits, and dropped between the commit and
     /// the hint that follows it, its scan reached the streams only at their next poll (the other
     /// replicas' too: no notification), and two such polls in a row made the listener suspect
-    /// itself and reconnect. The task ends within the store's own timeouts.
+    /// itself and reconnect. The task ends within the store's own timeouts, in the request's
+    /// span (its lines keep the trace id), and a panic in it goes on in the request, as if the
+    /// creation had run there (one `panicked` line, then the 500).
     pub(crate) async fn create_scan_for(
         &self,
         group: &AccountGroupId,
@@ -366,20 +369,29 @@ impl Store {
         once: Option<(Uuid, &IdempotencyKey)>,
     ) -> Result<Creation, StoreError> {
         let (store, group) = (self.clone(), *group);
-        let (api_key_id, trace_id) = (actor.api_key_id, actor.trace_id.map(str::to_owned));
+        let Actor {
+            api_key_id,
+            trace_id,
+            reason,
+        } = actor;
+        let (trace_id, reason) = (trace_id.map(str::to_owned), reason.map(str::to_owned));
         let once = once.map(|(key_id, key)| (key_id, key.clone()));
-        let creating = tokio::spawn(async move {
+        let creating = async move {
             let actor = Actor {
                 api_key_id,
                 trace_id: trace_id.as_deref(),
-                reason: None,
+                reason: reason.as_deref(),
             };
             let once = once.as_ref().map(|(key_id, key)| (*key_id, key));
             forward!(store.create_scan(&group, ScanStatus::Queued, actor, once))
-        });
-        creating
-            .await
-            .map_err(|error| StoreError::Internal(format!("a scan's creation stopped: {error}")))?
+        };
+        match tokio::spawn(creating.in_current_span()).await {
+            Ok(created) => created,
+            Err(stopped) if stopped.is_panic() => std::panic::resume_unwind(stopped.into_panic()),
+            Err(stopped) => Err(StoreError::Internal(format!(
+                "a scan's creation stopped: {stopped}"
+            ))),
+        }
     }
 
     /// Forgets at most `limit` idempotency keys older than the window; how many it forgot.

@@ -848,6 +848,25 @@ async fn serve_refuses_a_database_it_cannot_write() {
         "{}",
         String::from_utf8_lossy(&listed.stderr)
     );
+    // `keys create --if-none` finding a key writes nothing: it runs there too.
+    let first = signal_scans(
+        &database.url,
+        &["keys", "create", "--name", "first", "--all-account-groups"],
+    );
+    assert!(first.status.success(), "{first:?}");
+    let none_made = signal_scans(
+        &read_only,
+        &[
+            "keys",
+            "create",
+            "--if-none",
+            "--name",
+            "ro",
+            "--all-account-groups",
+        ],
+    );
+    assert!(none_made.status.success(), "{none_made:?}");
+    assert!(String::from_utf8_lossy(&none_made.stdout).contains("none created (--if-none)"));
     // Nor do the commands that write it: `scans create` was told "attempt to write a readonly
     // database", exit 75 (try later), as a volume remounted read-only for a while is.
     let (key_id, scan_id) = (

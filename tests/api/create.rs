@@ -214,6 +214,35 @@ async fn a_creation_is_logged_once_and_its_replay_is_not(backend: Backend) {
 }
 store_test!(a_creation_is_logged_once_and_its_replay_is_not);
 
+/// A creation runs in a task of its own (a client leaving cannot drop its hint), in its request's
+/// span: a line written inside it, here sqlx's warning of a slow insert, carries the request's
+/// trace id (the diff review: spawned bare, the task's lines had none). PostgreSQL: a trigger
+/// makes the insert slow.
+async fn a_creations_own_lines_carry_its_requests_trace_id(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let key = app.writer(&group).await;
+    crate::helpers::slow_scan_inserts(&app, 1.2).await;
+    let server =
+        ServerProcess::start(&[("DATABASE_URL", &app.db.url), ("DB_TIMEOUT_MS", "5000")]).await;
+
+    let created = server.post(&key, &scans_path(group.as_str())).await;
+    let slow = |event: &serde_json::Value| {
+        event["message"]
+            .as_str()
+            .is_some_and(|message| message.starts_with("slow statement"))
+    };
+    let events = server.until_logged(slow).await;
+
+    assert_eq!(created.status, 201, "{created:?}");
+    let warned = events.iter().find(|event| slow(event)).unwrap();
+    assert_eq!(warned["span"]["trace.id"], created.trace_id(), "{warned:#}");
+}
+store_test!(
+    a_creations_own_lines_carry_its_requests_trace_id,
+    postgres_only
+);
+
 async fn an_idempotency_key_reused_for_another_group_is_422_naming_the_header(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let (group_a, group_b) = (group(), group());

@@ -1101,21 +1101,12 @@ async fn hearing_hints_only(app: &TestApp) -> FeedReader {
 async fn a_creation_whose_client_left_during_its_insert_is_still_announced(backend: Backend) {
     let (app, group, key) = TestApp::with_writer(backend).await;
     let mut feed = hearing_hints_only(&app).await;
-    let mut admin = PgConnection::connect(&app.db.url).await.unwrap();
-    admin
-        .execute(
-            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN PERFORM pg_sleep(1); RETURN NEW; END $$;
-             CREATE TRIGGER slow BEFORE INSERT ON signal_scans
-             FOR EACH ROW EXECUTE FUNCTION slow();",
-        )
-        .await
-        .unwrap();
+    crate::helpers::slow_scan_inserts(&app, 1.0).await;
 
     let gave_up = reqwest::Client::new()
         .post(app.url(&scans_path(group.as_str())))
         .bearer_auth(&key)
-        .timeout(Duration::from_millis(300))
+        .timeout(Duration::from_millis(500))
         .send()
         .await;
     let heard = tokio::time::timeout(HINTED, feed.next())

@@ -21,8 +21,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
 use tokio::sync::{OnceCell, broadcast};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use super::{FeedError, FeedEvent, FeedReader, Start};
 use crate::domain::feed::{FeedCursor, FeedPage};
@@ -187,7 +188,16 @@ pub struct Follower {
     behind: bool,
     /// The read of the trail in progress, kept across calls of [`Self::next`]: see
     /// [`Self::read_trail_page`].
-    reading: Option<BoxFuture<'static, Result<FeedPage, StoreError>>>,
+    reading: Option<JoinHandle<Result<FeedPage, StoreError>>>,
+}
+
+impl Drop for Follower {
+    /// A follower gone (its stream ended) stops the read it started.
+    fn drop(&mut self) {
+        if let Some(reading) = &self.reading {
+            reading.abort();
+        }
+    }
 }
 
 impl Follower {
@@ -258,21 +268,30 @@ impl Follower {
     /// One page at a time, each handed out before the next is read: a replay from far back holds
     /// a page, not the group's history, and its first change comes after one read.
     ///
-    /// The read is the follower's until it ends, so a caller that stops waiting for it (a stream
-    /// sending its keep-alive, or checking its key) takes it up again at its next call. Started
-    /// afresh at each call, a read slower than the keep-alive never finished: the stream sent
-    /// keep-alives only, and each read given up held a database connection until its statement
-    /// ended. Boxed: a reading future is large, and an idle follower (hundreds per process)
-    /// should not carry its space. The cursor stays put meanwhile (pages are not taken while
-    /// behind), so the page read is still the one past it.
+    /// The read runs in a task of its own, which the follower keeps until it ends, so a caller
+    /// that stops waiting for it (a stream sending its keep-alive, or checking its key) takes it
+    /// up again at its next call. Started afresh at each call, a read slower than the keep-alive
+    /// never finished: the stream sent keep-alives only, and each read given up held a database
+    /// connection until its statement ended. In a task, it ends and gives its connection back
+    /// even while its stream is not polled (a client that stopped reading), and an idle follower
+    /// (hundreds per process) carries no reading future's space. The cursor stays put meanwhile
+    /// (pages are not taken while behind), so the page read is still the one past it.
     async fn read_trail_page(&mut self) -> Result<bool, FeedError> {
         let reading = self.reading.get_or_insert_with(|| {
             let (store, cursor, group) = (self.store.clone(), self.cursor.clone(), self.group);
-            Box::pin(async move { store.read_feed(&cursor, Some(&group)).await })
+            let read = async move { store.read_feed(&cursor, Some(&group)).await };
+            tokio::spawn(read.in_current_span())
         });
         let read = reading.await;
         self.reading = None;
-        let page = read?;
+        let page = match read {
+            Ok(page) => page?,
+            Err(stopped) if stopped.is_panic() => std::panic::resume_unwind(stopped.into_panic()),
+            Err(stopped) => {
+                let error = format!("a read of the audit trail stopped: {stopped}");
+                return Err(StoreError::Internal(error).into());
+            }
+        };
         if page.may_lack_rows_of(&self.cursor) {
             return Err(FeedError::Expired);
         }

@@ -1014,3 +1014,19 @@ pub fn assert_backs_off_doubling(failures: &[Value]) {
         .collect();
     assert_eq!(retries[..4], [100, 200, 400, 800], "{failures:#?}");
 }
+
+/// Makes every insert of a scan take `seconds` longer (PostgreSQL: a trigger that sleeps), so a
+/// creation can be caught between its statement's start and its end.
+pub async fn slow_scan_inserts(app: &TestApp, seconds: f64) {
+    use sqlx::{Connection, Executor};
+    let mut admin = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN PERFORM pg_sleep({seconds}); RETURN NEW; END $$;
+             CREATE TRIGGER slow BEFORE INSERT ON signal_scans
+             FOR EACH ROW EXECUTE FUNCTION slow();"
+        )))
+        .await
+        .unwrap();
+}
