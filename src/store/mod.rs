@@ -360,8 +360,7 @@ impl Store {
     /// the hint that follows it, its scan reached the streams only at their next poll (the other
     /// replicas' too: no notification), and two such polls in a row made the listener suspect
     /// itself and reconnect. The task ends within the store's own timeouts, in the request's
-    /// span (its lines keep the trace id), and a panic in it goes on in the request, as if the
-    /// creation had run there (one `panicked` line, then the 500).
+    /// span (its lines keep the trace id); a panic in it goes on in the request ([`joined`]).
     pub(crate) async fn create_scan_for(
         &self,
         group: &AccountGroupId,
@@ -385,13 +384,10 @@ impl Store {
             let once = once.as_ref().map(|(key_id, key)| (*key_id, key));
             forward!(store.create_scan(&group, ScanStatus::Queued, actor, once))
         };
-        match tokio::spawn(creating.in_current_span()).await {
-            Ok(created) => created,
-            Err(stopped) if stopped.is_panic() => std::panic::resume_unwind(stopped.into_panic()),
-            Err(stopped) => Err(StoreError::Internal(format!(
-                "a scan's creation stopped: {stopped}"
-            ))),
-        }
+        joined(
+            tokio::spawn(creating.in_current_span()).await,
+            "a scan's creation",
+        )
     }
 
     /// Forgets at most `limit` idempotency keys older than the window; how many it forgot.
@@ -713,6 +709,20 @@ fn is_transient_code(code: &str, sqlite: bool) -> bool {
         .iter()
         .any(|class| code.starts_with(class))
         || ["25006", "55P03"].contains(&code)
+}
+
+/// The outcome of store work run in a task of its own, so that a caller dropped mid-way cannot
+/// cut it short: the work's own result, or its panic carried on in the caller, as if the work
+/// had run there (one `panicked` line, then the caller's 500).
+pub(crate) fn joined<T>(
+    outcome: Result<Result<T, StoreError>, tokio::task::JoinError>,
+    what: &str,
+) -> Result<T, StoreError> {
+    match outcome {
+        Ok(done) => done,
+        Err(stopped) if stopped.is_panic() => std::panic::resume_unwind(stopped.into_panic()),
+        Err(stopped) => Err(StoreError::Internal(format!("{what} stopped: {stopped}"))),
+    }
 }
 
 /// Both stores' answer to "is this a fresh install?".

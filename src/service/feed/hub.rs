@@ -28,7 +28,7 @@ use tracing::Instrument;
 use super::{FeedError, FeedEvent, FeedReader, Start};
 use crate::domain::feed::{FeedCursor, FeedPage};
 use crate::domain::ids::AccountGroupId;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, joined};
 
 /// Pages kept per group for followers that read slowly; one that falls further behind reads the
 /// trail.
@@ -284,14 +284,7 @@ impl Follower {
         });
         let read = reading.await;
         self.reading = None;
-        let page = match read {
-            Ok(page) => page?,
-            Err(stopped) if stopped.is_panic() => std::panic::resume_unwind(stopped.into_panic()),
-            Err(stopped) => {
-                let error = format!("a read of the audit trail stopped: {stopped}");
-                return Err(StoreError::Internal(error).into());
-            }
-        };
+        let page = joined(read, "a read of the audit trail")?;
         if page.may_lack_rows_of(&self.cursor) {
             return Err(FeedError::Expired);
         }

@@ -466,17 +466,14 @@ store_test!(
 /// review: 0 changes and 49 keep-alives in 5 s, 10 of 11 connections busy with one stream).
 /// PostgreSQL: the proxy slows every answer; nothing slows a SQLite read from outside.
 async fn a_catch_up_read_slower_than_the_keep_alive_goes_on_across_it(backend: Backend) {
-    let app = with_streams(StreamSettings {
+    let settings = with_streams(StreamSettings {
         keepalive: Duration::from_millis(100),
         ..StreamSettings::default()
     })
     .through_proxy()
-    .with_db_timeout(Duration::from_secs(5))
-    .spawn(backend)
-    .await;
-    let group = group();
-    let writer = app.writer(&group).await;
-    let (reader, _) = read_key(&app, &group).await;
+    .with_db_timeout(Duration::from_secs(5));
+    // No poll either: only the follower's own read of the trail can deliver the changes.
+    let (app, group, writer, reader) = app_without_poll(backend, settings).await;
     let cancelled = cancel_fresh_scans(&app, &writer, &group, 3).await;
     // The key is cached for the stream's checks; the trail's reads wait 300 ms per answer.
     app.proxy
