@@ -781,7 +781,14 @@ impl SqliteStore {
     }
 
     pub async fn close(&self, limit: Duration) {
-        let closed = async { tokio::join!(self.pool.close(), self.writes.close()) };
+        // One pool after the other, the writes' connection last and alone. A connection finds it
+        // is the last by taking the file's exclusive lock as it closes; two closing at once can
+        // each see the other still open, and then neither writes the log back (the log was left
+        // beside the file once in a CI run, the pools closed side by side).
+        let closed = async {
+            self.pool.close().await;
+            self.writes.close().await;
+        };
         if tokio::time::timeout(limit, closed).await.is_err() {
             tracing::warn!(
                 limit_ms = limit.as_millis(),
