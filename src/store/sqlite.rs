@@ -371,11 +371,13 @@ impl SqliteStore {
     /// Fails when this process cannot write the database (a read-only file, directory or mount,
     /// `mode=ro`): the service started, reported ready and answered every write 500. A write
     /// that changes nothing asks SQLite, which refuses it at once on such a database; a lock
-    /// held elsewhere means it can be written.
+    /// held elsewhere means it can be written, and is not waited for: a start beside another
+    /// process's long write waited out the whole busy timeout (`DB_TIMEOUT_MS`) before serving.
     pub async fn check_writable(&self) -> Result<(), StoreError> {
         // On a connection of its own, as the migrations: the pool opens its own when serving.
+        let options = (*self.migrate_options).clone().busy_timeout(Duration::ZERO);
         let mut connection = self
-            .bounded(SqliteConnection::connect_with(&self.migrate_options))
+            .bounded(SqliteConnection::connect_with(&options))
             .await?;
         let write = sqlx::query("UPDATE api_keys SET name = name WHERE 0").execute(&mut connection);
         let written = tokio::time::timeout(self.timeout, write).await;

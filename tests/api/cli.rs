@@ -9,6 +9,7 @@ use signal_scans::domain::scan::ScanStatus;
 use signal_scans::store::Store;
 
 use crate::helpers::locks::WriteLock;
+use crate::helpers::process::ServerProcess;
 use crate::helpers::{
     ApiResponse, Backend, Settings, TestApp, TestDatabase, child, clock_shift, group, move_path,
     store_options,
@@ -939,6 +940,31 @@ async fn serve_refuses_a_database_it_cannot_write() {
     );
 }
 
+/// `serve` starts at once beside another process's write: its start-up check that it can write
+/// the file takes a lock held elsewhere as "writable" without waiting for it. It waited out the
+/// whole busy timeout first (`DB_TIMEOUT_MS`; here a minute, past the harness's 30 s wait for
+/// "serving"), silent, as a backup or a `sqlite3` shell held the lock.
+#[tokio::test]
+async fn serve_starts_beside_another_process_holding_the_write_lock() {
+    use sqlx::Connection;
+    let database = TestDatabase::create(Backend::Sqlite).await;
+    migrated(&database);
+    let mut other = sqlx::SqliteConnection::connect(&database.url)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+
+    let server =
+        ServerProcess::start(&[("DATABASE_URL", &database.url), ("DB_TIMEOUT_MS", "60000")]).await;
+
+    let ready = reqwest::get(server.url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+}
+
 /// A setting that cannot work stops `serve` before the database is touched, so an upgrade with a
 /// mistyped setting does not migrate first (configuration review): a malformed `REDIS_URL` and a
 /// port another process holds were refused only after the migrations had made the file; a
@@ -1440,11 +1466,13 @@ async fn a_command_the_database_cannot_answer_now_exits_75(backend: Backend) {
     let group = group();
     let scan = app.scan(&group, ScanStatus::Queued).await;
     let (url, id) = (app.db.url.clone(), scan.to_string());
-    let transition = move |to: &str| {
+    // The timeout bounds the command's connection and migration check too: the refused move's
+    // is long, so a slow start on a loaded machine cannot make its 1 a 75.
+    let transition = move |to: &str, timeout_ms: &str| {
         child::signal_scans()
             .args(["scans", "transition", &id, "--to", to, "--json"])
             .env("DATABASE_URL", &url)
-            .env("DB_TIMEOUT_MS", "300")
+            .env("DB_TIMEOUT_MS", timeout_ms)
             .env("RUST_LOG", "warn")
             .output()
             .expect("the binary runs")
@@ -1453,12 +1481,12 @@ async fn a_command_the_database_cannot_answer_now_exits_75(backend: Backend) {
     let mut lock = WriteLock::hold(&app, &scan).await;
     let held_up = tokio::task::spawn_blocking({
         let transition = transition.clone();
-        move || transition("running")
+        move || transition("running", "300")
     })
     .await
     .unwrap();
     lock.release().await;
-    let refused = transition("completed");
+    let refused = transition("completed", "5000");
 
     assert_eq!(held_up.status.code(), Some(75), "{held_up:?}");
     assert!(held_up.stdout.is_empty(), "{held_up:?}");
