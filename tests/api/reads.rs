@@ -572,3 +572,34 @@ async fn a_sqlite_read_past_its_deadline_ends_there_and_holds_up_no_write() {
     assert_eq!(cancelled.status, 200, "{cancelled:?}");
     assert_eq!(read.status, 200, "{read:?}");
 }
+
+/// A read the database refuses for a reason of its own (here a column a later version renamed:
+/// "no such column") is a 500, the service's own failure: only a read stopped at its deadline, or
+/// one that found no connection in time, is the database out of reach, a 502 to try again. On
+/// SQLite every failed read could be told as "no answer within" the timeout, and no test saw it
+/// (the eighth mutation run).
+async fn a_read_the_database_refuses_for_a_reason_of_its_own_is_a_500(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let group = group();
+    let (reader, _) = app.key_for(&[Permission::SignalsRead], &[group]).await;
+    let scan = app.scan(&group, ScanStatus::Queued).await;
+    let path = scan_path(group.as_str(), scan.as_str());
+    let before = app.get(&reader, &path).await;
+    let renamed = "ALTER TABLE signal_scans RENAME COLUMN cancelled_at TO cancelled_on";
+    match backend {
+        Backend::Postgres => {
+            let mut db = PgConnection::connect(&app.db.url).await.unwrap();
+            sqlx::raw_sql(renamed).execute(&mut db).await.unwrap();
+        }
+        Backend::Sqlite => {
+            let mut db = SqliteConnection::connect(&app.db.url).await.unwrap();
+            sqlx::raw_sql(renamed).execute(&mut db).await.unwrap();
+        }
+    }
+
+    let after = app.get(&reader, &path).await;
+
+    assert_eq!(before.status, 200, "{before:?}");
+    after.assert_error(500, "INTERNAL_ERROR");
+}
+store_test!(a_read_the_database_refuses_for_a_reason_of_its_own_is_a_500);
