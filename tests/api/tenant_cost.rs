@@ -1112,10 +1112,11 @@ async fn rows_a_restore_moved_behind_a_mark_are_still_swept(backend: Backend) {
     .unwrap();
     // As the old cluster left them, at transaction ids this one has not reached: its sweep deleted
     // the second row, first in its (xid, id) order, and marked it; the first row's transaction
-    // came after.
+    // came after. Far enough ahead that the cluster's other sessions cannot take its counter
+    // past them before the start below.
     sqlx::query(
         "WITH ahead AS (
-             SELECT pg_snapshot_xmax(pg_current_snapshot())::text::numeric + 100 AS base)
+             SELECT pg_snapshot_xmax(pg_current_snapshot())::text::numeric + 20000 AS base)
          UPDATE signal_scan_events
          SET xid = (base + array_position($1::bigint[], id))::text::xid8 FROM ahead
          WHERE id = ANY($1)",

@@ -416,13 +416,15 @@ async fn a_database_restored_into_another_cluster_streams_its_new_changes(backen
     let writer = app.writer(&group).await;
     let (reader, _) = read_key(&app, &group).await;
     cancel_fresh_scans(&app, &writer, &group, 1).await;
-    // As a restore leaves them: the rows' transaction ids ahead of this cluster's, by a little,
-    // so that the test can take this cluster's counter past them.
+    // As a restore leaves them: the rows' transaction ids ahead of this cluster's, by enough
+    // that the cluster's other sessions (other tests, and whatever else shares it) do not take
+    // its counter past them before the service starts (by 100, a benchmark beside the suite
+    // did), and little enough that the test can take it past them.
     let mut admin = PgConnection::connect(&app.db.url).await.unwrap();
     admin
         .execute(
             "UPDATE signal_scan_events
-             SET xid = (pg_snapshot_xmax(pg_current_snapshot())::text::numeric + 100)::text::xid8",
+             SET xid = (pg_snapshot_xmax(pg_current_snapshot())::text::numeric + 20000)::text::xid8",
         )
         .await
         .unwrap();
@@ -443,8 +445,17 @@ async fn a_database_restored_into_another_cluster_streams_its_new_changes(backen
     let ahead_of_the_counter =
         refused(stream_request(&url, &reader).header("last-event-id", &old_cursor)).await;
     // This cluster's counter past the restored rows' ids; a change written at such an id.
-    for _ in 0..120 {
-        admin.execute("SELECT pg_current_xact_id()").await.unwrap();
+    let restored_xid: i64 = old_cursor.split('-').next().unwrap().parse().unwrap();
+    let counter = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint";
+    while sqlx::query_scalar::<_, i64>(counter)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap()
+        <= restored_xid
+    {
+        for _ in 0..500 {
+            admin.execute("SELECT pg_current_xact_id()").await.unwrap();
+        }
     }
     cancel_fresh_scans(&app, &writer, &group, 1).await;
     let behind_the_counter =
