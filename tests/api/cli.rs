@@ -1081,23 +1081,20 @@ async fn serve_refuses_a_database_it_cannot_write() {
 /// "serving"), silent, as a backup or a `sqlite3` shell held the lock.
 #[tokio::test]
 async fn serve_starts_beside_another_process_holding_the_write_lock() {
-    use sqlx::Connection;
+    use sqlx::{Connection, Executor};
     let database = TestDatabase::create(Backend::Sqlite).await;
     migrated(&database);
     let mut other = sqlx::SqliteConnection::connect(&database.url)
         .await
         .unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut other)
-        .await
-        .unwrap();
+    other.execute("BEGIN IMMEDIATE").await.unwrap();
 
     let server =
         ServerProcess::start(&[("DATABASE_URL", &database.url), ("DB_TIMEOUT_MS", "60000")]).await;
 
     let ready = reqwest::get(server.url("/readyz")).await.unwrap();
     assert_eq!(ready.status(), 200);
-    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    other.execute("ROLLBACK").await.unwrap();
 }
 
 /// A file that is not a SQLite database (`DATABASE_URL` naming the wrong file) is told as what
