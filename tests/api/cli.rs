@@ -639,9 +639,27 @@ async fn migrate_until_it_says(
 /// until it had the lock (20 s of silence in the upgrade review).
 #[tokio::test]
 async fn a_sqlite_migration_waiting_for_the_write_lock_says_so() {
-    use sqlx::Connection;
     let database = TestDatabase::create(Backend::Sqlite).await;
     migrated(&database);
+    let mut holder = write_lock_held_with_a_migration_pending(&database).await;
+
+    let (mut waiting, told) =
+        migrate_until_it_says(&database, "holds the database's write lock").await;
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+
+    assert!(told["waited_s"].is_u64(), "{told}");
+    ends_migrated(&mut waiting).await;
+}
+
+/// A connection to `database` (SQLite, migrated) that has put one migration back to pending and
+/// holds the write lock: a `migrate` started now has work to do and waits for the lock.
+async fn write_lock_held_with_a_migration_pending(
+    database: &TestDatabase,
+) -> sqlx::SqliteConnection {
+    use sqlx::Connection;
     let mut holder = sqlx::SqliteConnection::connect(&database.url)
         .await
         .unwrap();
@@ -653,16 +671,7 @@ async fn a_sqlite_migration_waiting_for_the_write_lock_says_so() {
     .execute(&mut holder)
     .await
     .unwrap();
-
-    let (mut waiting, told) =
-        migrate_until_it_says(&database, "holds the database's write lock").await;
-    sqlx::raw_sql("ROLLBACK")
-        .execute(&mut holder)
-        .await
-        .unwrap();
-
-    assert!(told["waited_s"].is_u64(), "{told}");
-    ends_migrated(&mut waiting).await;
+    holder
 }
 
 /// `migrate` ends, and well, within 30 s (once what held it up let go).
@@ -680,21 +689,10 @@ async fn ends_migrated(migrating: &mut tokio::process::Child) {
 /// wait, and the test above reads only the first line).
 #[tokio::test]
 async fn a_sqlite_migration_waiting_for_the_write_lock_says_so_once_each_30_s() {
-    use sqlx::Connection;
     use tokio::io::AsyncBufReadExt;
     let database = TestDatabase::create(Backend::Sqlite).await;
     migrated(&database);
-    let mut holder = sqlx::SqliteConnection::connect(&database.url)
-        .await
-        .unwrap();
-    sqlx::raw_sql(
-        "DELETE FROM _sqlx_migrations WHERE version = 4;
-         DROP INDEX signal_scan_events_trimmed_position;
-         BEGIN IMMEDIATE",
-    )
-    .execute(&mut holder)
-    .await
-    .unwrap();
+    let mut holder = write_lock_held_with_a_migration_pending(&database).await;
     let mut migrating = tokio::process::Command::from(child::signal_scans())
         .kill_on_drop(true)
         .arg("migrate")
