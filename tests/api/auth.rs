@@ -28,18 +28,21 @@ async fn missing_unknown_revoked_and_expired_keys_are_401(backend: Backend) {
     let unknown = signal_scans::domain::keys::NewApiKey::generate().secret;
 
     let cases: [(Option<&str>, &str); 6] = [
-        (None, "missing"),
-        (Some(""), "invalid"),
-        (Some("not-a-key"), "invalid"),
-        (Some(&unknown), "invalid"),
-        (Some(&revoked), "revoked"),
-        (Some(&expired), "expired"),
+        (
+            None,
+            "API key is missing: send Authorization: Bearer <key> or X-API-Key: <key>",
+        ),
+        (Some(""), "API key is invalid"),
+        (Some("not-a-key"), "API key is invalid"),
+        (Some(&unknown), "API key is invalid"),
+        (Some(&revoked), "API key has been revoked"),
+        (Some(&expired), "API key has expired"),
     ];
-    for (key, reason) in cases {
+    for (key, said) in cases {
         let response = app.cancel(key, group.as_str(), scan.as_str()).await;
 
         let details = response.assert_error(401, "UNAUTHORIZED");
-        assert!(details.contains(reason), "{key:?}: {details}");
+        assert_eq!(details, said, "{key:?}");
         assert_eq!(response.header("www-authenticate"), Some("Bearer"));
         assert_eq!(
             response.header("ratelimit"),
@@ -55,11 +58,14 @@ async fn keys_are_read_from_bearer_in_any_case_or_x_api_key(backend: Backend) {
     let (app, group, key) = TestApp::with_writer(backend).await;
     let path = |scan: &ScanId| app.url(&cancel_path(group.as_str(), scan.as_str()));
 
+    // Spaces around the key, between the scheme and the key too, are not part of it.
     for (header, value) in [
         ("authorization", format!("Bearer {key}")),
         ("authorization", format!("bearer {key}")),
         ("authorization", format!("BEARER {key}")),
+        ("authorization", format!("Bearer   {key}  ")),
         ("x-api-key", key.clone()),
+        ("x-api-key", format!("  {key}  ")),
     ] {
         let scan = app.scan(&group, ScanStatus::Queued).await;
         let response = ApiResponse::of(app.client.post(path(&scan)).header(header, value)).await;
@@ -88,6 +94,11 @@ async fn keys_are_read_from_bearer_in_any_case_or_x_api_key(backend: Backend) {
         let said = refused.assert_error(401, "UNAUTHORIZED");
         let case = (authorization.split(' ').next(), x_api_key.is_some());
         assert_eq!(said, details, "{case:?}");
+        assert_eq!(
+            refused.header("www-authenticate"),
+            Some("Bearer"),
+            "{case:?}"
+        );
         assert_eq!(app.status_of(&scan).await, ScanStatus::Queued, "{case:?}");
     }
 
@@ -110,7 +121,15 @@ async fn keys_are_read_from_bearer_in_any_case_or_x_api_key(backend: Backend) {
         )
         .await;
         let details = twice.assert_error(401, "UNAUTHORIZED");
-        assert!(details.contains("more than once"), "{header}: {details}");
+        let named = match header {
+            "authorization" => "Authorization",
+            _ => "X-API-Key",
+        };
+        assert_eq!(
+            details,
+            format!("the {named} header is given more than once")
+        );
+        assert_eq!(twice.header("www-authenticate"), Some("Bearer"), "{header}");
         assert_eq!(app.status_of(&scan).await, ScanStatus::Queued);
     }
 }
@@ -127,7 +146,7 @@ async fn a_key_without_signals_write_is_403_naming_the_permission(backend: Backe
         .await;
 
     let details = response.assert_error(403, "FORBIDDEN");
-    assert!(details.contains("signals:write"), "{details}");
+    assert_eq!(details, "API key lacks the signals:write permission");
     assert_eq!(app.status_of(&scan).await, ScanStatus::Queued);
 }
 store_test!(a_key_without_signals_write_is_403_naming_the_permission);

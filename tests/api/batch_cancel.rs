@@ -130,6 +130,39 @@ async fn a_batch_cancel_answers_each_scan_in_order_and_commits_once(backend: Bac
 }
 store_test!(a_batch_cancel_answers_each_scan_in_order_and_commits_once);
 
+async fn a_batch_cancel_takes_ids_in_either_case_and_answers_them_lowercase(backend: Backend) {
+    let (app, group, writer) = TestApp::with_writer(backend).await;
+    let queued = app.scan(&group, ScanStatus::Queued).await;
+    let unknown = ScanId::generate();
+    let upper = |id: &str| id.to_uppercase();
+
+    let response = app
+        .post(
+            &writer,
+            &format!(
+                "/v1/accounts/{}/signals/scans/cancel",
+                upper(group.as_str())
+            ),
+            Some(
+                &json!({ "scanIds": [upper(queued.as_str()), upper(unknown.as_str())] })
+                    .to_string(),
+            ),
+        )
+        .await;
+
+    assert_eq!(response.status, 200, "{response:?}");
+    let (c, q, n) = ("cancelled", "queued", Value::Null);
+    assert_eq!(
+        results(&response),
+        [
+            (queued.to_string(), c.into(), json!(c), json!(q), true),
+            (unknown.to_string(), "not_found".into(), n.clone(), n, false),
+        ]
+    );
+    assert_eq!(app.status_of(&queued).await, ScanStatus::Cancelled);
+}
+store_test!(a_batch_cancel_takes_ids_in_either_case_and_answers_them_lowercase);
+
 async fn a_bad_batch_is_400_naming_what_is_wrong_and_changes_nothing(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let group = group();

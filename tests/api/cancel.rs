@@ -151,14 +151,18 @@ async fn malformed_ids_are_400_naming_the_parameter(backend: Backend) {
         let response = app.cancel(Some(&key), group_param, scan_param).await;
 
         let details = response.assert_error(400, "VALIDATION_ERROR");
-        assert!(details.contains(named), "{details:?} names {named}");
-        assert!(details.contains("24 hexadecimal"), "{details:?}");
+        assert_eq!(
+            details,
+            format!("{named} must be 24 hexadecimal characters"),
+            "{scan_param}"
+        );
     }
     let both = app.cancel(Some(&key), "x", "y").await;
     let details = both.assert_error(400, "VALIDATION_ERROR");
-    assert!(
-        details.contains("accountGroupId") && details.contains("scanId"),
-        "{details}"
+    assert_eq!(
+        details,
+        "accountGroupId must be 24 hexadecimal characters; \
+         scanId must be 24 hexadecimal characters"
     );
     assert_eq!(
         app.status_of(&scan).await,
@@ -173,7 +177,11 @@ async fn invalid_percent_encoding_is_a_400_envelope(backend: Backend) {
 
     let response = app.cancel(Some(&key), group.as_str(), "%FF%FE").await;
 
-    response.assert_error(400, "VALIDATION_ERROR");
+    let details = response.assert_error(400, "VALIDATION_ERROR");
+    assert_eq!(
+        details,
+        "path parameters must be valid percent-encoded UTF-8"
+    );
 }
 store_test!(invalid_percent_encoding_is_a_400_envelope);
 
@@ -287,6 +295,36 @@ async fn a_request_body_is_ignored(backend: Backend) {
     assert_eq!(response.body["data"]["previousStatus"], "queued");
 }
 store_test!(a_request_body_is_ignored);
+
+/// The cancel reads no query string and takes no idempotency key: what the list refuses, and
+/// what a creation replays by, changes nothing here (a client library adding either to every POST
+/// still cancels).
+async fn a_query_string_and_an_idempotency_key_are_ignored(backend: Backend) {
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let path = |scan: &signal_scans::domain::ids::ScanId| {
+        app.url(&crate::helpers::cancel_path(group.as_str(), scan.as_str()))
+    };
+    let too_long = "k".repeat(256);
+    for idempotency_key in ["k1", "k1", "not visible ascii", too_long.as_str()] {
+        let scan = app.scan(&group, ScanStatus::Queued).await;
+
+        let response = ApiResponse::of(
+            app.client
+                .post(format!("{}?status=completed&limit=0&x=%FF", path(&scan)))
+                .bearer_auth(&key)
+                .header("idempotency-key", idempotency_key),
+        )
+        .await;
+
+        assert_eq!(response.status, 200, "{idempotency_key}: {response:?}");
+        assert_eq!(response.body["data"]["scanId"], scan.as_str());
+        assert_eq!(response.body["data"]["previousStatus"], "queued");
+        assert_eq!(response.header("idempotent-replayed"), None);
+        let events = app.store.scan_events(&scan).await.unwrap();
+        assert_eq!(events.len(), 2, "creation and this cancel: {events:?}");
+    }
+}
+store_test!(a_query_string_and_an_idempotency_key_are_ignored);
 
 async fn health_endpoints_answer_without_a_key(backend: Backend) {
     let app = TestApp::spawn(backend).await;

@@ -453,6 +453,10 @@ async fn a_write_stuck_behind_another_writer_answers_502_and_changes_nothing(bac
     let after = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
 
     stuck.assert_error(502, "UPSTREAM_ERROR");
+    // Past the rate limit (step 5 of the checks), a 502 states the key's limit as any answer.
+    for header in ["ratelimit", "ratelimit-policy"] {
+        assert!(stuck.header(header).is_some(), "{header}: {stuck:?}");
+    }
     assert!(
         waited >= DB_TIMEOUT,
         "gave up before DB_TIMEOUT: {waited:?}"

@@ -778,13 +778,15 @@ impl ApiResponse {
     }
 
     /// Every response, success or not, is the documented envelope with a trace id that matches
-    /// the `X-Request-Id` header.
+    /// the `X-Request-Id` header, marked `nosniff` and `no-store` (the contract, section 3).
     fn assert_is_envelope(&self) {
         assert_eq!(
             self.header("content-type"),
             Some("application/json"),
             "{self:?}"
         );
+        let marked = ["x-content-type-options", "cache-control"].map(|name| self.header(name));
+        assert_eq!(marked, [Some("nosniff"), Some("no-store")], "{self:?}");
         let object = self.body.as_object().expect("body is an object");
         let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
         keys.sort_unstable();
@@ -810,6 +812,17 @@ impl ApiResponse {
                 "not the contract's message for {}: {self:?}",
                 self.status
             );
+            // The cause of a 500, 502 or 503 is logged, never told: its details are fixed.
+            let fixed = match self.status.as_u16() {
+                500 => Some("an error of the service; its cause is logged under this traceId"),
+                502 | 503 => {
+                    Some("the database is unavailable or did not answer in time; retry later")
+                }
+                _ => None,
+            };
+            if let Some(fixed) = fixed {
+                assert_eq!(error["details"], fixed, "{self:?}");
+            }
         }
     }
 
