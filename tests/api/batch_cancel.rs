@@ -3,6 +3,7 @@
 //! queue together commit together, each with its own outcome.
 
 use serde_json::{Value, json};
+use time::format_description::well_known::Rfc3339;
 
 use signal_scans::domain::ids::{AccountGroupId, ScanId};
 use signal_scans::domain::keys::Permission;
@@ -113,9 +114,14 @@ async fn a_batch_cancel_answers_each_scan_in_order_and_commits_once(backend: Bac
     );
     assert_eq!(app.status_of(&elsewhere).await, ScanStatus::Running);
     assert_eq!(app.status_of(&completed).await, ScanStatus::Completed);
-    // One audit row per scan this request cancelled, each with the request's trace id.
-    for scan in [&running, &queued] {
+    // One audit row per scan this request cancelled, each with the request's trace id, and the
+    // moment answered is the one stored.
+    for (scan, line) in [(&running, &lines[0]), (&queued, &lines[2])] {
         assert_eq!(app.status_of(scan).await, ScanStatus::Cancelled);
+        let stored = app.store.find_scan(None, scan).await.unwrap().unwrap();
+        let answered = line["cancelledAt"].as_str().unwrap();
+        let answered = time::OffsetDateTime::parse(answered, &Rfc3339).unwrap();
+        assert_eq!(Some(answered), stored.cancelled_at, "{line}");
         let events = app.store.scan_events(scan).await.unwrap();
         assert_eq!(events.len(), 2, "{events:?}");
         assert_eq!(
@@ -207,6 +213,12 @@ async fn a_bad_batch_is_400_naming_what_is_wrong_and_changes_nothing(backend: Ba
             "unknown field `force`",
         ),
         (
+            Some(format!(
+                r#"{{"scanIds": ["{scan}"], "scanIds": ["{scan}"]}}"#
+            )),
+            "request body: duplicate field `scanIds`",
+        ),
+        (
             Some(json!({ "scanIds": [scan.as_str(), 7] }).to_string()),
             "scanIds[1] must be a string (a scan id)",
         ),
@@ -281,9 +293,13 @@ async fn a_batch_cancel_needs_signals_write_on_the_group(backend: Backend) {
         .await;
 
     unauthenticated.assert_error(401, "UNAUTHORIZED");
-    by_reader.assert_error(403, "FORBIDDEN");
-    by_runner.assert_error(403, "FORBIDDEN");
-    other_group.assert_error(403, "FORBIDDEN");
+    let lacks = "API key lacks the signals:write permission";
+    assert_eq!(by_reader.assert_error(403, "FORBIDDEN"), lacks);
+    assert_eq!(by_runner.assert_error(403, "FORBIDDEN"), lacks);
+    assert_eq!(
+        other_group.assert_error(403, "FORBIDDEN"),
+        format!("API key has no access to account group {group}")
+    );
     assert_eq!(app.status_of(&scan).await, ScanStatus::Running);
 }
 store_test!(a_batch_cancel_needs_signals_write_on_the_group);

@@ -231,25 +231,31 @@ async fn unknown_routes_and_methods_answer_the_envelope(backend: Backend) {
 }
 store_test!(unknown_routes_and_methods_answer_the_envelope);
 
-/// The GET routes (and the scans' list, which also starts a scan by POST), sent another method
-/// (with a valid key, so only the method is wrong): 405 with `Allow` naming what the path does
-/// accept, and nothing changes.
-async fn get_routes_answer_405_with_allow_for_other_methods(backend: Backend) {
+/// Every route but the cancel (above), sent another method (with a valid key, so only the
+/// method is wrong): 405 with `Allow` naming what the path does accept, and nothing changes.
+async fn every_route_answers_405_with_allow_for_other_methods(backend: Backend) {
     let (app, group, key) = TestApp::with_writer(backend).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
     let base = format!("/v1/accounts/{group}/signals/scans");
     const GET: &[&str] = &["GET", "HEAD"];
+    const POST: &[&str] = &["POST"];
 
     for (path, accepted) in [
         (format!("{base}/{scan}"), GET),
         (format!("{base}/{scan}/events"), GET),
         (base.clone(), &["GET", "HEAD", "POST"][..]),
+        (format!("{base}/changes"), GET),
+        (format!("{base}/cancel"), POST),
+        (format!("{base}/{scan}/start"), POST),
+        (format!("{base}/{scan}/complete"), POST),
+        (format!("{base}/{scan}/fail"), POST),
         ("/healthz".into(), GET),
         ("/readyz".into(), GET),
         ("/metrics".into(), GET),
         ("/openapi.json".into(), GET),
     ] {
         for method in [
+            reqwest::Method::GET,
             reqwest::Method::POST,
             reqwest::Method::PUT,
             reqwest::Method::DELETE,
@@ -276,7 +282,7 @@ async fn get_routes_answer_405_with_allow_for_other_methods(backend: Backend) {
     assert_eq!(app.status_of(&scan).await, ScanStatus::Queued);
     assert_eq!(app.store.scan_events(&scan).await.unwrap().len(), 1);
 }
-store_test!(get_routes_answer_405_with_allow_for_other_methods);
+store_test!(every_route_answers_405_with_allow_for_other_methods);
 
 async fn a_request_body_is_ignored(backend: Backend) {
     let (app, group, key) = TestApp::with_writer(backend).await;

@@ -96,6 +96,12 @@ async fn a_creation_takes_no_body_or_an_empty_object_and_refuses_anything_else(b
         let details = response.assert_error(400, "VALIDATION_ERROR");
         assert!(details.contains(named), "{refused:?}: {details}");
     }
+    // An object broken off says where.
+    let broken = app.post(&key, &path, Some("{")).await;
+    assert_eq!(
+        broken.assert_error(400, "VALIDATION_ERROR"),
+        "request body must be empty or a JSON object: EOF while parsing an object at line 1 column 1"
+    );
     // Only the three accepted requests created anything.
     assert_eq!(scans_of(&app, &group).await, 3);
 }
@@ -130,7 +136,9 @@ async fn a_repeated_idempotency_key_answers_the_first_scan_again_and_creates_not
     let other_key = app.writer(&group).await;
 
     let first = create(&app, &key, group.as_str(), Some("retry-me-1")).await;
-    let again = create(&app, &key, group.as_str(), Some("retry-me-1")).await;
+    // The group in capitals is the same group: a replay, answered in lowercase.
+    let upper_group = group.as_str().to_uppercase();
+    let again = create(&app, &key, &upper_group, Some("retry-me-1")).await;
     let by_another_key = create(&app, &other_key, group.as_str(), Some("retry-me-1")).await;
     let another = create(&app, &key, group.as_str(), Some("retry-me-2")).await;
 

@@ -45,6 +45,7 @@ async fn a_database_that_stops_answering_gives_502_then_recovers(backend: Backen
         .await;
     let waited = started.elapsed();
     let ready = ApiResponse::of(app.client.get(app.url("/readyz"))).await;
+    let alive = ApiResponse::of(app.client.get(app.url("/healthz"))).await;
 
     // Assert: a 502 in about DB_TIMEOUT and the second a write's answer is awaited past it
     // (generous bound: it must not hang), nothing applied.
@@ -55,6 +56,8 @@ async fn a_database_that_stops_answering_gives_502_then_recovers(backend: Backen
         "answered after {waited:?}"
     );
     ready.assert_error(503, "NOT_READY");
+    // The process serves: a liveness probe that asked the database would restart it for nothing.
+    assert_eq!(alive.status, 200, "{alive:?}");
     assert_eq!(app.status_of(&during_cut).await, ScanStatus::Queued);
 
     // Act: the database comes back; the same process serves again without a restart.
@@ -620,12 +623,14 @@ async fn an_unreachable_sqlite_database_is_not_ready_and_answers_502() {
     std::fs::rename(&folder, &moved).unwrap();
 
     let ready = ApiResponse::of(app.client.get(app.url("/readyz"))).await;
+    let alive = ApiResponse::of(app.client.get(app.url("/healthz"))).await;
     let cancel = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
     std::fs::rename(&moved, &folder).unwrap();
     let ready_again = ApiResponse::of(app.client.get(app.url("/readyz"))).await;
     let cancel_again = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
 
     ready.assert_error(503, "NOT_READY");
+    assert_eq!(alive.status, 200, "{alive:?}");
     cancel.assert_error(502, "UPSTREAM_ERROR");
     assert_eq!(ready_again.status, 200, "{ready_again:?}");
     assert_eq!(cancel_again.status, 200, "{cancel_again:?}");

@@ -445,12 +445,10 @@ async fn metrics_count_requests_limits_pool_and_cancels(backend: Backend) {
     let metrics = || async {
         let response = client.get(server.url("/metrics")).send().await.unwrap();
         assert_eq!(response.status(), 200);
-        assert!(
-            response.headers()["content-type"]
-                .to_str()
-                .unwrap()
-                .starts_with("text/plain"),
-            "Prometheus text format"
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/plain; version=0.0.4; charset=utf-8",
+            "Prometheus text format 0.0.4"
         );
         response.text().await.unwrap()
     };

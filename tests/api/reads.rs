@@ -224,8 +224,17 @@ store_test!(the_list_pages_newest_first_and_filters_by_status);
 /// The scan ids of every page of the list at `path` (which has a query), following `nextCursor`
 /// to the end, and how many pages there were.
 async fn page_through(app: &TestApp, key: &str, path: &str) -> (Vec<String>, usize) {
+    page_on(app, key, path, None).await
+}
+
+/// [`page_through`] from `cursor` on.
+async fn page_on(
+    app: &TestApp,
+    key: &str,
+    path: &str,
+    mut cursor: Option<String>,
+) -> (Vec<String>, usize) {
     let (mut seen, mut pages) = (Vec::new(), 0);
-    let mut cursor: Option<String> = None;
     loop {
         let page = match &cursor {
             Some(cursor) => app.get(key, &format!("{path}&cursor={cursor}")).await,
@@ -243,9 +252,87 @@ async fn page_through(app: &TestApp, key: &str, path: &str) -> (Vec<String>, usi
     }
 }
 
+/// Paging to the end while others write lists every scan that existed when paging began exactly
+/// once (with `status`, those still in it when their page is read); scans created meanwhile are
+/// newer than the cursor and come on a new first page. A cursor read under another filter is the
+/// same place in the order.
+async fn paging_while_others_write_lists_each_scan_that_existed_once(backend: Backend) {
+    let (app, group, key) = TestApp::with_writer(backend).await;
+    let mut existing = Vec::new();
+    for _ in 0..6 {
+        existing.push(app.scan(&group, ScanStatus::Queued).await.to_string());
+    }
+    let list = |query: &str| format!("/v1/accounts/{group}/signals/scans?{query}");
+    let ids = |page: &ApiResponse| -> Vec<String> {
+        let scans = page.body["data"]["scans"].as_array().unwrap();
+        scans
+            .iter()
+            .map(|scan| scan["scanId"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let cursor = |page: &ApiResponse| page.body["data"]["nextCursor"].as_str().unwrap().to_owned();
+
+    // Unfiltered: a scan created and one of the unread ones cancelled between the pages.
+    let first = app.get(&key, &list("limit=2")).await;
+    let mut seen = ids(&first);
+    let unread: Vec<&String> = existing.iter().filter(|id| !seen.contains(id)).collect();
+    let moved = ScanId::parse(unread[0]).unwrap();
+    app.cancel_ok(&key, &group, &moved).await;
+    app.scan(&group, ScanStatus::Queued).await;
+    let queued_after_first = app
+        .get(
+            &key,
+            &list(&format!("status=queued&cursor={}", cursor(&first))),
+        )
+        .await;
+    let (rest, _) = page_on(&app, &key, &list("limit=2"), Some(cursor(&first))).await;
+    seen.extend(rest);
+
+    let mut expected = existing.clone();
+    expected.sort_unstable();
+    let mut listed = seen.clone();
+    listed.sort_unstable();
+    assert_eq!(listed, expected, "each scan that existed, once: {seen:?}");
+    // The unfiltered page's cursor, read with `status`: the same place, the rest that are queued.
+    let mut still_queued: Vec<String> = unread.iter().skip(1).map(|id| id.to_string()).collect();
+    still_queued.sort_unstable();
+    let mut read = ids(&queued_after_first);
+    read.sort_unstable();
+    assert_eq!(read, still_queued);
+
+    // Filtered by status: one scan of the first page and one unread one cancelled between pages.
+    let other = crate::helpers::group();
+    let writer = app.writer(&other).await;
+    let mut queued = Vec::new();
+    for _ in 0..6 {
+        queued.push(app.scan(&other, ScanStatus::Queued).await.to_string());
+    }
+    let filtered =
+        |query: &str| format!("/v1/accounts/{other}/signals/scans?status=queued&limit=2{query}");
+    let first = app.get(&writer, &filtered("")).await;
+    let mut seen = ids(&first);
+    let unread = queued.iter().find(|id| !seen.contains(id)).unwrap().clone();
+    for scan in [&seen[0], &unread] {
+        app.cancel_ok(&writer, &other, &ScanId::parse(scan).unwrap())
+            .await;
+    }
+    let (rest, _) = page_on(&app, &writer, &filtered(""), Some(cursor(&first))).await;
+    seen.extend(rest);
+
+    let mut expected: Vec<String> = queued.into_iter().filter(|id| *id != unread).collect();
+    expected.sort_unstable();
+    let mut listed = seen.clone();
+    listed.sort_unstable();
+    assert_eq!(
+        listed, expected,
+        "once each, those still queued when read: {seen:?}"
+    );
+}
+store_test!(paging_while_others_write_lists_each_scan_that_existed_once);
+
 /// Without `limit` a page holds 20 scans, and the next page the rest: a client that never names a
 /// limit gets neither a page of everything (a tenant with years of scans) nor more round trips
-/// than the contract promises.
+/// than the contract promises. `limit=100`, the most, is taken.
 async fn the_list_holds_20_scans_a_page_when_limit_is_absent(backend: Backend) {
     let (app, group, key) = TestApp::with_writer(backend).await;
     for _ in 0..21 {
@@ -260,9 +347,14 @@ async fn the_list_holds_20_scans_a_page_when_limit_is_absent(backend: Backend) {
         .unwrap_or_else(|| panic!("a second page: {first:?}"));
     let second = app.get(&key, &format!("{list}?cursor={cursor}")).await;
 
+    let at_most = app.get(&key, &format!("{list}?limit=100")).await;
+
     assert_eq!(count(&first), 20);
     assert_eq!(count(&second), 1);
     assert!(second.body["data"]["nextCursor"].is_null(), "{second:?}");
+    // The largest page there is: all 21 at once.
+    assert_eq!(count(&at_most), 21, "{at_most:?}");
+    assert!(at_most.body["data"]["nextCursor"].is_null());
 }
 store_test!(the_list_holds_20_scans_a_page_when_limit_is_absent);
 
@@ -329,10 +421,12 @@ async fn the_events_route_shows_the_audit_trail(backend: Backend) {
     let scan = app.scan(&group, ScanStatus::Queued).await;
     let cancel = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
 
+    // Ids in either case, answered in lowercase.
+    let (upper_group, upper_scan) = (group.as_str().to_uppercase(), scan.as_str().to_uppercase());
     let trail = app
         .get(
             &key,
-            &format!("{}/events", scan_path(group.as_str(), scan.as_str())),
+            &format!("{}/events", scan_path(&upper_group, &upper_scan)),
         )
         .await;
 

@@ -125,7 +125,7 @@ async fn size_limits_accept_exactly_the_limit_and_refuse_one_byte_more(backend: 
             "body",
             with_body(64 * 1024),
             with_body(64 * 1024 + 1),
-            "request body is 65537 bytes",
+            "request body is 65537 bytes; the limit is 65536",
         ),
     ] {
         let (accepted, _) = send_raw(app.addr, &at_limit).await;
@@ -134,8 +134,7 @@ async fn size_limits_accept_exactly_the_limit_and_refuse_one_byte_more(backend: 
         assert_eq!(accepted, 200, "{what} exactly at the limit");
         assert_eq!(refused, 400, "{what} one byte over");
         assert_eq!(body["error"]["code"], "VALIDATION_ERROR");
-        let details = body["error"]["details"].as_str().unwrap();
-        assert!(details.starts_with(named), "{what}: {details}");
+        assert_eq!(body["error"]["details"], named, "{what}");
     }
     let events = app.store.scan_events(&scan).await.unwrap();
     assert_eq!(
@@ -145,6 +144,55 @@ async fn size_limits_accept_exactly_the_limit_and_refuse_one_byte_more(backend: 
     );
 }
 store_test!(size_limits_accept_exactly_the_limit_and_refuse_one_byte_more);
+
+/// Far past the table's limits, HTTP/1.1's own refusals: more than 100 header fields (431) or a
+/// target of 65,535 bytes or more (414), bare, before the service; 100 fields reach it.
+async fn over_http1_100_header_fields_are_served_and_more_refused_bare(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let host = format!("host: {}\r\n", app.addr);
+    // `fields` in all: host, connection and the rest padding.
+    let with_fields = |fields: usize| {
+        let padding: String = (2..fields).map(|i| format!("x-f{i}: v\r\n")).collect();
+        format!("GET /healthz HTTP/1.1\r\n{host}{padding}connection: close\r\n\r\n")
+    };
+    let target = "a".repeat(65_535 - "/healthz?pad=".len());
+    let long_target =
+        format!("GET /healthz?pad={target} HTTP/1.1\r\n{host}connection: close\r\n\r\n");
+
+    let (served, _) = send_raw(app.addr, with_fields(100).as_bytes()).await;
+    let too_many = bare_answer(app.addr, with_fields(101).as_bytes()).await;
+    let too_long = bare_answer(app.addr, long_target.as_bytes()).await;
+
+    assert_eq!(served, 200);
+    for ((status, head, body), expected) in [(too_many, 431), (too_long, 414)] {
+        assert_eq!(status, expected, "{head}");
+        assert!(
+            !head.to_ascii_lowercase().contains("x-request-id"),
+            "{head}"
+        );
+        assert!(!body.contains("traceId"), "{body}");
+    }
+}
+store_test!(over_http1_100_header_fields_are_served_and_more_refused_bare);
+
+/// Sends `request` as raw bytes and reads the answer's status, head and body as they come, for an
+/// answer that may not be the envelope. The server may answer and close before it has read the
+/// whole request: what could not be written is left unsent.
+async fn bare_answer(addr: std::net::SocketAddr, request: &[u8]) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_owned(), body.to_owned())
+}
 
 /// HTTP's rule for `Host`: an HTTP/1.1 request without one, any request with two, or one whose
 /// value is no host and port is a 400 envelope naming it, and changes nothing; an HTTP/1.0
@@ -160,6 +208,7 @@ async fn a_request_without_one_valid_host_is_a_400_and_changes_nothing(backend: 
         )
     };
     let host = format!("host: {}\r\n", app.addr);
+    let invalid = "the Host header must be a host name or address with an optional port";
 
     for (hosts, named) in [
         (String::new(), "an HTTP/1.1 request must have a Host header"),
@@ -167,18 +216,14 @@ async fn a_request_without_one_valid_host_is_a_400_and_changes_nothing(backend: 
             format!("{host}{host}"),
             "a request may have only one Host header",
         ),
-        ("host: \r\n".to_owned(), "the Host header must be"),
-        (
-            "host: user@localhost\r\n".to_owned(),
-            "the Host header must be",
-        ),
-        ("host: local host\r\n".to_owned(), "the Host header must be"),
+        ("host: \r\n".to_owned(), invalid),
+        ("host: user@localhost\r\n".to_owned(), invalid),
+        ("host: local host\r\n".to_owned(), invalid),
     ] {
         let (status, body) = send_raw(app.addr, cancel("HTTP/1.1", &hosts).as_bytes()).await;
         assert_eq!(status, 400, "{hosts:?}: {body}");
         assert_eq!(body["error"]["code"], "VALIDATION_ERROR", "{hosts:?}");
-        let details = body["error"]["details"].as_str().unwrap();
-        assert!(details.starts_with(named), "{hosts:?}: {details}");
+        assert_eq!(body["error"]["details"], named, "{hosts:?}");
     }
     assert_eq!(
         app.status_of(&scan).await,
@@ -231,18 +276,14 @@ async fn over_http2_a_host_beside_authority_must_name_the_same(backend: Backend)
 
     assert_eq!(served.map(|(status, _)| status), [200, 200]);
     assert_eq!(elsewhere.0, 400);
-    assert!(
-        elsewhere
-            .1
-            .starts_with("the Host header must name the host"),
-        "{}",
-        elsewhere.1
+    assert_eq!(
+        elsewhere.1,
+        "the Host header must name the host the request's :authority names"
     );
     assert_eq!(with_user.0, 400);
-    assert!(
-        with_user.1.starts_with("the request target's host"),
-        "{}",
-        with_user.1
+    assert_eq!(
+        with_user.1,
+        "the request target's host must be a host name or address with an optional port"
     );
 }
 store_test!(over_http2_a_host_beside_authority_must_name_the_same);
@@ -340,12 +381,18 @@ async fn a_body_still_arriving_at_the_deadline_is_a_400(backend: Backend) {
         .await;
     let group = crate::helpers::group();
     let key = app.writer(&group).await;
+    let runner = app.runner(&group).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
+    let running = app.scan(&group, ScanStatus::Running).await;
     let g = group.as_str();
     let body = format!(r#"{{"scanIds":["{scan}"]}}"#);
-    for path in [
-        format!("/v1/accounts/{g}/signals/scans/cancel"),
-        scans_path(g),
+    for (path, key) in [
+        (format!("/v1/accounts/{g}/signals/scans/cancel"), &key),
+        (scans_path(g), &key),
+        (
+            format!("/v1/accounts/{g}/signals/scans/{running}/fail"),
+            &runner,
+        ),
     ] {
         // The headers announce the whole body; a tenth of it is sent, then nothing.
         let request = format!(
@@ -378,10 +425,11 @@ async fn a_body_still_arriving_at_the_deadline_is_a_400(backend: Backend) {
         ScanStatus::Queued,
         "nothing changed"
     );
+    assert_eq!(app.status_of(&running).await, ScanStatus::Running);
     let listed = ApiResponse::of(app.client.get(app.url(&scans_path(g))).bearer_auth(&key)).await;
     assert_eq!(listed.status, 200, "{}", listed.body);
     let scans = listed.body["data"]["scans"].as_array().unwrap();
-    assert_eq!(scans.len(), 1, "no scan was started: {}", listed.body);
+    assert_eq!(scans.len(), 2, "no scan was started: {}", listed.body);
 }
 store_test!(a_body_still_arriving_at_the_deadline_is_a_400);
 

@@ -102,6 +102,29 @@ async fn a_move_repeated_by_another_runners_key_is_refused_and_by_its_own_answer
     }
     assert_eq!(app.store.scan_events(&scan).await.unwrap().len(), 3);
 
+    // A failure too, the ids sent in capitals (answered in lowercase, as on every route).
+    let failing = app.scan(&group, ScanStatus::Queued).await;
+    let path = |action: &str| {
+        let (group, scan) = (group.as_str(), failing.as_str());
+        move_path(&group.to_uppercase(), &scan.to_uppercase(), action)
+    };
+    let reason = Some(r#"{"reason":"target unreachable"}"#);
+    assert_eq!(app.post(&first, &path("start"), None).await.status, 200);
+    let failed = app.post(&first, &path("fail"), reason).await;
+    let by_another = app.post(&second, &path("fail"), reason).await;
+    let again = app.post(&first, &path("fail"), reason).await;
+    assert_eq!(failed.status, 200, "{failed:?}");
+    assert_eq!(failed.body["data"]["scanId"], failing.as_str());
+    assert_eq!(failed.body["data"]["previousStatus"], "running");
+    assert_eq!(
+        by_another.assert_error(422, "VALIDATION_ERROR"),
+        "currentStatus=failed"
+    );
+    assert_eq!(again.status, 200, "{again:?}");
+    assert_eq!(again.body["data"]["previousStatus"], "failed");
+    assert_eq!(again.body["data"]["at"], failed.body["data"]["at"]);
+    assert_eq!(app.store.scan_events(&failing).await.unwrap().len(), 3);
+
     let runners = futures::future::join_all((0..6).map(|_| app.runner(&group))).await;
     let contested = app.scan(&group, ScanStatus::Queued).await;
     let starts = futures::future::join_all(
@@ -394,8 +417,16 @@ async fn each_permission_allows_its_own_routes_and_nothing_else(backend: Backend
                 "{route} with {permissions:?}: {answer:?}"
             );
             if status == 403 {
-                let details = answer.assert_error(403, "FORBIDDEN");
-                assert!(details.contains("lacks the"), "{details}");
+                let needed = match route {
+                    "create" | "cancel" => "signals:write",
+                    "get" => "signals:read or signals:write",
+                    _ => "signals:run",
+                };
+                assert_eq!(
+                    answer.assert_error(403, "FORBIDDEN"),
+                    format!("API key lacks the {needed} permission"),
+                    "{route} with {permissions:?}"
+                );
             }
         }
     }

@@ -22,8 +22,8 @@ use crate::helpers::plans::rows_touched;
 use crate::helpers::process::ServerProcess;
 use crate::helpers::sse::{SseStream, scan_ids};
 use crate::helpers::{
-    ApiResponse, Backend, TestApp, TestDatabase, group, id_strings, key_in, migrated_database,
-    store_options,
+    ApiResponse, Backend, SWEPT_410, TestApp, TestDatabase, group, id_strings, key_in,
+    migrated_database, store_options,
 };
 use crate::store_test;
 
@@ -395,8 +395,7 @@ async fn retention_deletes_old_rows_and_a_cursor_from_before_them_answers_410(ba
     // The kept scan's creation and its move.
     assert_eq!(aged_rows, 2, "young rows of the aged group are kept");
     assert_eq!(young_rows, 2, "the young group keeps every row");
-    let details = expired.assert_error(410, "CURSOR_EXPIRED");
-    assert!(details.contains("without a cursor"), "{details}");
+    assert_eq!(expired.assert_error(410, "CURSOR_EXPIRED"), SWEPT_410);
     assert_eq!(young_replayed.json()["scanId"], young_change.as_str());
     assert_eq!(live.json()["scanId"], later.as_str());
     assert!(
@@ -533,7 +532,7 @@ async fn a_stream_whose_unsent_changes_are_swept_ends_and_its_resume_is_410(back
         "{:?}",
         &body[body.len().saturating_sub(200)..]
     );
-    resumed.assert_error(410, "CURSOR_EXPIRED");
+    assert_eq!(resumed.assert_error(410, "CURSOR_EXPIRED"), SWEPT_410);
 }
 store_test!(a_stream_whose_unsent_changes_are_swept_ends_and_its_resume_is_410);
 
@@ -736,14 +735,20 @@ async fn a_400_names_each_problem_once_and_stays_small_whatever_the_input(backen
 }
 store_test!(a_400_names_each_problem_once_and_stays_small_whatever_the_input);
 
-/// Every answer carries `X-Content-Type-Options: nosniff`: successes, errors from every layer
-/// (limits, routing, authentication, handlers), the documents and the change stream.
-async fn every_response_carries_nosniff(backend: Backend) {
+/// Every answer carries `X-Content-Type-Options: nosniff`, `Cache-Control: no-store` (the change
+/// stream's 200: `no-cache`) and its trace id in `X-Request-Id`: successes, errors from every layer
+/// (limits, routing, authentication, handlers), the documents, the redirects and the change
+/// stream, enveloped or not.
+async fn every_response_carries_nosniff_no_store_and_its_trace_id(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let group = group();
     let writer = app.writer(&group).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
     let scans = format!("/v1/accounts/{group}/signals/scans");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let paths = [
         (writer.as_str(), format!("{scans}/{scan}"), 200),
         (writer.as_str(), format!("{scans}/{scan}/events"), 200),
@@ -755,44 +760,50 @@ async fn every_response_carries_nosniff(backend: Backend) {
         (writer.as_str(), "/metrics".to_owned(), 200),
         (writer.as_str(), "/openapi.json".to_owned(), 200),
         (writer.as_str(), "/docs/".to_owned(), 200),
+        (writer.as_str(), "/docs/swagger-ui.css".to_owned(), 200),
+        (writer.as_str(), "/".to_owned(), 307),
+        (writer.as_str(), "/docs".to_owned(), 308),
     ];
     let mut seen = Vec::new();
     for (key, path, status) in &paths {
-        let (answered, headers, _) = raw_get(&app, key, path).await;
-        assert_eq!(answered, *status, "{path}");
-        seen.push((path.clone(), headers.get("x-content-type-options").cloned()));
+        let response = client.get(app.url(path)).bearer_auth(key).send().await;
+        let response = response.expect("request is answered");
+        assert_eq!(response.status(), *status, "{path}");
+        seen.push((path.clone(), response.headers().clone(), "no-store"));
     }
-    let cancel = app
-        .client
+    let cancel = client
         .put(app.url(&format!("{scans}/{scan}/cancel")))
         .send()
         .await
         .unwrap();
-    seen.push((
-        "PUT cancel (405)".into(),
-        cancel.headers().get("x-content-type-options").cloned(),
-    ));
-    let stream = app
-        .client
+    assert_eq!(cancel.status(), 405);
+    seen.push(("PUT cancel".into(), cancel.headers().clone(), "no-store"));
+    let stream = client
         .get(app.url(&format!("{scans}/changes")))
         .bearer_auth(&writer)
         .send()
         .await
         .unwrap();
+    assert_eq!(stream.status(), 200);
     seen.push((
         "the change stream".into(),
-        stream.headers().get("x-content-type-options").cloned(),
+        stream.headers().clone(),
+        "no-cache",
     ));
 
-    for (what, header) in seen {
+    for (what, headers, cache) in seen {
+        let value = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
         assert_eq!(
-            header.as_ref().map(|value| value.to_str().unwrap()),
+            value("x-content-type-options").as_deref(),
             Some("nosniff"),
             "{what}"
         );
+        assert_eq!(value("cache-control").as_deref(), Some(cache), "{what}");
+        let trace_id = value("x-request-id").unwrap_or_default();
+        assert_eq!(trace_id.len(), 32, "{what}: {trace_id:?}");
     }
 }
-store_test!(every_response_carries_nosniff);
+store_test!(every_response_carries_nosniff_no_store_and_its_trace_id);
 
 /// The migrations before the one that adds the group column, copied into a folder of their own.
 async fn migrations_before_the_group_column(backend: Backend) -> sqlx::migrate::Migrator {

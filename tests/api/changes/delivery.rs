@@ -212,7 +212,17 @@ async fn filters_by_scan_id_and_status_deliver_only_matching_changes(backend: Ba
             &reader,
         ))
     };
-    let mut by_scan = open(format!("?scanId={first}&scanId={second}")).await;
+    // Ids in either case, the group's and a filter's, as on every route; events name them in
+    // lowercase.
+    let mut by_scan = follow(stream_request(
+        &app.url(&format!(
+            "/v1/accounts/{}/signals/scans/changes?scanId={first}&scanId={}",
+            group.as_str().to_uppercase(),
+            second.as_str().to_uppercase()
+        )),
+        &reader,
+    ))
+    .await;
     let mut cancels = open("?status=cancelled".into()).await;
     let mut runner_moves = open("?status=running&status=completed".into()).await;
 
@@ -317,14 +327,7 @@ store_test!(
 /// (and any proxy) still hears from the stream, and the key is still checked on every tick.
 async fn keep_alives_keep_their_rhythm_while_filtered_out_changes_pass(backend: Backend) {
     let keepalive = Duration::from_millis(500);
-    let app = streams_app(
-        backend,
-        StreamSettings {
-            keepalive,
-            ..StreamSettings::default()
-        },
-    )
-    .await;
+    let app = keeping_alive_every(backend, keepalive).await;
     let group = group();
     let writer = app.writer(&group).await;
     let (reader, _) = read_key(&app, &group).await;

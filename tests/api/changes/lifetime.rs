@@ -71,6 +71,34 @@ async fn a_revoked_keys_stream_ends_within_the_cache_ttl_and_a_tick_while_others
 }
 store_test!(a_revoked_keys_stream_ends_within_the_cache_ttl_and_a_tick_while_others_go_on);
 
+/// A key that expires ends its open stream at the first keep-alive past its expiry, with a last
+/// `retry:`, as a revoked one does.
+async fn an_expired_keys_stream_ends_at_its_next_keep_alive(backend: Backend) {
+    let keepalive = Duration::from_millis(200);
+    let app = keeping_alive_every(backend, keepalive).await;
+    let group = group();
+    let lifetime = Duration::from_secs(2);
+    let expires_at = time::OffsetDateTime::now_utc() + lifetime;
+    let access = signal_scans::domain::keys::AccountGroupAccess::Only(vec![group]);
+    let read = [signal_scans::domain::keys::Permission::SignalsRead];
+    let (expiring, _) = app.key_with(&read, access, Some(expires_at)).await;
+    let url = app.url(&changes_path(&group, ""));
+    let mut stream = follow(stream_request(&url, &expiring)).await;
+
+    // Watched well past the expiry; without the check the stream would run for its hour.
+    let frames = frames_during(&mut stream, lifetime + Duration::from_secs(4)).await;
+
+    assert_eq!(frames.last(), Some(&None), "the stream ended: {frames:?}");
+    assert_eq!(
+        frames[frames.len() - 2],
+        Some(RECONNECT),
+        "a last retry: {frames:?}"
+    );
+    // It served until then: keep-alives while the key was good.
+    assert_keep_alives(&frames[..frames.len() - 2], 2);
+}
+store_test!(an_expired_keys_stream_ends_at_its_next_keep_alive);
+
 /// A stream whose client took no bytes for long (an HTTP/2 window left closed) is polled again
 /// only once the client opens its window; its end and its key's check come first then, so a key
 /// revoked meanwhile is sent nothing committed past a revocation's bound. Before, the changes

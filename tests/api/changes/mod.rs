@@ -30,8 +30,8 @@ use uuid::Uuid;
 use crate::helpers::process::ServerProcess;
 use crate::helpers::sse::{Frame, RECONNECT, SseEvent, SseStream, scan_ids};
 use crate::helpers::{
-    ApiResponse, Backend, Settings, TestApp, TestDatabase, group, key_in, migrated_database,
-    store_options,
+    ApiResponse, Backend, ServeDefault, Settings, TestApp, TestDatabase, group, key_in,
+    migrated_database, store_options,
 };
 
 /// Long enough for anything that should happen promptly on a loaded 2-core machine.
@@ -235,6 +235,15 @@ async fn app_without_poll(
 /// A test app with these stream settings and every other setting the default.
 async fn streams_app(backend: Backend, streams: StreamSettings) -> TestApp {
     TestApp::spawn_with(backend, with_streams(streams)).await
+}
+
+/// A test app whose streams send a keep-alive every `keepalive`, the rest the defaults.
+async fn keeping_alive_every(backend: Backend, keepalive: Duration) -> TestApp {
+    let streams = StreamSettings {
+        keepalive,
+        ..StreamSettings::default()
+    };
+    streams_app(backend, streams).await
 }
 
 fn with_streams(streams: StreamSettings) -> Settings {

@@ -290,6 +290,17 @@ async fn a_key_past_its_stream_cap_is_429_until_one_closes(backend: Backend) {
     let _second = follow(stream_request(&url, &reader)).await;
 
     let third = refused(stream_request(&url, &reader)).await;
+    // At the cap, the checks keep their order (the contract, section 2): a malformed request and
+    // another group are told so first, and the cap comes before a cursor's 410.
+    let at_cap = |group: &AccountGroupId, query: &str| {
+        refused(stream_request(
+            &app.url(&changes_path(group, query)),
+            &reader,
+        ))
+    };
+    let forged = at_cap(&group, &query_after("999999999999-1")).await;
+    let malformed = at_cap(&group, "?after=zz").await;
+    let elsewhere = at_cap(&crate::helpers::group(), "").await;
     let other_key = follow(stream_request(&url, &other_reader)).await;
 
     // The contract's `Retry-After: 2`: a slot frees as soon as a stream ends, so a client is
@@ -299,6 +310,12 @@ async fn a_key_past_its_stream_cap_is_429_until_one_closes(backend: Backend) {
         "this API key has as many change streams open as it may; retry after 2 s"
     );
     assert_eq!(third.header("retry-after"), Some("2"), "{third:?}");
+    assert_eq!(
+        forged.assert_error(429, "RATE_LIMITED"),
+        third.body["error"]["details"]
+    );
+    malformed.assert_error(400, "VALIDATION_ERROR");
+    elsewhere.assert_error(403, "FORBIDDEN");
     // The document shows this answer among the stream's own 429s (it showed only the limits every
     // route has: the key's rate and the address's failures).
     let document = app.document().await;

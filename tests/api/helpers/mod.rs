@@ -796,6 +796,7 @@ impl ApiResponse {
         assert_eq!(self.header("x-request-id"), Some(trace_id));
         let success = self.body["success"].as_bool().expect("success is a bool");
         assert_eq!(success, self.status.is_success(), "{self:?}");
+        assert_instants_are_fixed_width(&self.body["data"]);
         if success {
             assert!(self.body["error"].is_null(), "{self:?}");
         } else {
@@ -842,6 +843,38 @@ impl ApiResponse {
     }
 }
 
+/// Every instant in `value` (a field `at` or named `…At`) is written in the contract's one form,
+/// UTC with six fractional digits (`2026-12-07T10:00:00.123456Z`), so that text order is time
+/// order; null where the moment has not come.
+#[track_caller]
+fn assert_instants_are_fixed_width(value: &Value) {
+    match value {
+        Value::Object(fields) => {
+            for (name, field) in fields {
+                if name == "at" || name.ends_with("At") {
+                    let text = field.as_str().unwrap_or("");
+                    let shape = text.bytes().enumerate().all(|(at, byte)| match at {
+                        4 | 7 => byte == b'-',
+                        10 => byte == b'T',
+                        13 | 16 => byte == b':',
+                        19 => byte == b'.',
+                        26 => byte == b'Z',
+                        _ => byte.is_ascii_digit(),
+                    });
+                    assert!(
+                        field.is_null() || (text.len() == 27 && shape),
+                        "{name}: {field}"
+                    );
+                } else {
+                    assert_instants_are_fixed_width(field);
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(assert_instants_are_fixed_width),
+        _ => {}
+    }
+}
+
 /// The `message`s the contract's table (§3) gives a status: fixed per status, but for a 422,
 /// whose words are the operation's (a cancel, a runner's move, a creation).
 pub fn documented_messages(status: u16) -> &'static [&'static str] {
@@ -866,6 +899,10 @@ pub fn documented_messages(status: u16) -> &'static [&'static str] {
 pub const CANCEL_422: &str = "Scan is not in a cancellable status";
 pub const MOVE_422: &str = "Scan is not in a status that allows this change";
 pub const IDEMPOTENCY_422: &str = "Idempotency key already used";
+/// The details of a 410 for a cursor from before changes the retention deleted (the other 410,
+/// a cursor that is no place in the history, has its own).
+pub const SWEPT_410: &str = "changes after this cursor are no longer kept (AUDIT_RETENTION_DAYS): \
+    reconnect without a cursor, then re-read the current state of your scans";
 
 /// Whether this run is CI's, where nothing may be skipped: `CI` set to anything but empty, `0`
 /// or `false` (CI services set `true`, `1` or their own name).
