@@ -625,6 +625,10 @@ async fn an_unreachable_sqlite_database_is_not_ready_and_answers_502() {
     let ready = ApiResponse::of(app.client.get(app.url("/readyz"))).await;
     let alive = ApiResponse::of(app.client.get(app.url("/healthz"))).await;
     let cancel = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+    // A change stream's errors before it opens are the envelope too.
+    let stream = app
+        .get(&key, &format!("/v1/accounts/{group}/signals/scans/changes"))
+        .await;
     std::fs::rename(&moved, &folder).unwrap();
     let ready_again = ApiResponse::of(app.client.get(app.url("/readyz"))).await;
     let cancel_again = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
@@ -632,6 +636,7 @@ async fn an_unreachable_sqlite_database_is_not_ready_and_answers_502() {
     ready.assert_error(503, "NOT_READY");
     assert_eq!(alive.status, 200, "{alive:?}");
     cancel.assert_error(502, "UPSTREAM_ERROR");
+    stream.assert_error(502, "UPSTREAM_ERROR");
     assert_eq!(ready_again.status, 200, "{ready_again:?}");
     assert_eq!(cancel_again.status, 200, "{cancel_again:?}");
     assert_eq!(cancel_again.body["data"]["previousStatus"], "queued");
