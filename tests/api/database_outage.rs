@@ -574,6 +574,41 @@ async fn a_sqlite_write_ahead_log_deleted_under_the_service_stops_the_writes() {
     }
 }
 
+/// SQLite: a write the database refuses as read-only is told in SQLite's words, not as a wait for
+/// a lock another connection holds: the operator looks at the file's permissions, not for another
+/// process. Only SQLite's busy answer to the BEGIN is a wait for the lock; were the wait taken as
+/// still on past it, the 502's log line would read "no answer within 400 ms: another connection
+/// holds the database's write lock".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_write_refused_as_read_only_is_not_told_as_a_lock_held() {
+    let (app, group, _, scan) = sqlite_app_with_a_queued_scan().await;
+
+    let immutable = Immutable::set(&app.db.sqlite_file());
+    let refused = app
+        .served_store
+        .transition(Some(&group), &scan, ScanStatus::Cancelled, RUNNER)
+        .await
+        .map(drop);
+    drop(immutable);
+
+    let error = refused.expect_err("no write").to_string();
+    assert!(
+        error.contains("readonly") && !error.contains("write lock"),
+        "{error}"
+    );
+}
+
+/// A SQLite service giving up on its database after `DB_TIMEOUT`, with a writer's key and a
+/// queued scan of its group.
+async fn sqlite_app_with_a_queued_scan() -> (TestApp, AccountGroupId, String, ScanId) {
+    let app = Settings::default()
+        .with_db_timeout(DB_TIMEOUT)
+        .spawn(Backend::Sqlite)
+        .await;
+    let (group, key, scan) = app.writer_and_queued_scan().await;
+    (app, group, key, scan)
+}
+
 /// A file made immutable (`chattr +i`, which binds root too) until dropped.
 struct Immutable(std::path::PathBuf);
 
@@ -606,11 +641,7 @@ fn undo(program: &str, args: &[&std::ffi::OsStr]) {
 /// `/readyz` is 503 and a cancel 502; both recover when it is back, without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_sqlite_database_is_not_ready_and_answers_502() {
-    let app = Settings::default()
-        .with_db_timeout(DB_TIMEOUT)
-        .spawn(Backend::Sqlite)
-        .await;
-    let (group, key, scan) = app.writer_and_queued_scan().await;
+    let (app, group, key, scan) = sqlite_app_with_a_queued_scan().await;
     let file = app.db.sqlite_file();
     let folder = file.parent().unwrap().to_owned();
     let moved = folder.with_extension("away");
@@ -670,17 +701,70 @@ async fn a_sqlite_database_replaced_while_serving_is_not_written() {
     .await;
 }
 
+/// The SQLite file moved away under the running service (renamed): a write is refused in words
+/// that say the file was moved away and can be moved back, and once it is back the same process
+/// writes again. The tests of a file deleted or replaced read only the answers (502, 503), which
+/// left the words free to say "cannot be checked", a fault of the disk, not the move it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_database_moved_away_while_serving_says_so_and_is_written_once_it_is_back() {
+    let (app, group, key, scan) = sqlite_app_with_a_queued_scan().await;
+    let file = app.db.sqlite_file();
+    let moved = file.with_extension("away");
+
+    std::fs::rename(&file, &moved).unwrap();
+    let refused = app
+        .served_store
+        .transition(Some(&group), &scan, ScanStatus::Cancelled, RUNNER)
+        .await
+        .map(drop);
+    std::fs::rename(&moved, &file).unwrap();
+    let cancel_again = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+
+    let error = refused.expect_err("no write").to_string();
+    assert!(
+        error.contains("test.db was deleted or moved away while this process had it open"),
+        "{error}"
+    );
+    assert_eq!(cancel_again.status, 200, "{cancel_again:?}");
+    assert_eq!(cancel_again.body["data"]["previousStatus"], "queued");
+}
+
+/// The SQLite file's path not to be looked at while serving (here a file put where its folder
+/// was; as another user, a folder it may no longer enter) refuses writes, said as a file that
+/// cannot be checked, with the system's reason, not as one deleted, which would send the
+/// operator to restore a backup over a file that may be there still.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_database_whose_path_cannot_be_looked_at_is_not_told_as_deleted() {
+    let (app, group, key, scan) = sqlite_app_with_a_queued_scan().await;
+    let folder = app.db.sqlite_file().parent().unwrap().to_owned();
+    let moved = folder.with_extension("away");
+
+    std::fs::rename(&folder, &moved).unwrap();
+    std::fs::write(&folder, "not a folder").unwrap();
+    let refused = app
+        .served_store
+        .transition(Some(&group), &scan, ScanStatus::Cancelled, RUNNER)
+        .await
+        .map(drop);
+    std::fs::remove_file(&folder).unwrap();
+    std::fs::rename(&moved, &folder).unwrap();
+    let cancel_again = app.cancel(Some(&key), group.as_str(), scan.as_str()).await;
+
+    let error = refused.expect_err("no write").to_string();
+    assert!(
+        error.contains("test.db cannot be checked (Not a directory") && !error.contains("deleted"),
+        "{error}"
+    );
+    assert_eq!(cancel_again.status, 200, "{cancel_again:?}");
+}
+
 /// Serves SQLite with a connection open on its file (a cancel made), lets `change` do what it will
 /// to the file, then checks that a cancel answers 502 and `/readyz` 503; returns the app, still
 /// serving (its database removed only when it is dropped), and the file's path.
 async fn with_the_file_changed_while_serving(
     change: impl FnOnce(&std::path::Path),
 ) -> (TestApp, std::path::PathBuf) {
-    let app = Settings::default()
-        .with_db_timeout(DB_TIMEOUT)
-        .spawn(Backend::Sqlite)
-        .await;
-    let (group, key, scan) = app.writer_and_queued_scan().await;
+    let (app, group, key, scan) = sqlite_app_with_a_queued_scan().await;
     let other = app.scan(&group, ScanStatus::Queued).await;
     let file = std::path::PathBuf::from(app.db.url.trim_start_matches("sqlite://"));
     let before = app.cancel(Some(&key), group.as_str(), other.as_str()).await;

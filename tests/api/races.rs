@@ -423,3 +423,23 @@ store_test!(
     one_scans_changes_never_hold_up_the_changes_of_others,
     postgres_only
 );
+
+/// SQLite: the served store's count of writers holding or queued for its write turn, which the
+/// race tests wait on to line their contenders up, is back to none once each write is answered.
+/// A writer left counted (creations, made through the turn as the contenders' writes are) would
+/// let a test's contenders go before they had queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_writer_is_counted_as_wanting_the_turn_only_until_it_is_answered() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let group = group();
+    let key = app.writer(&group).await;
+
+    for _ in 0..3 {
+        let created = app
+            .post(&key, &scans_path(group.as_str()), Some("{}"))
+            .await;
+        assert_eq!(created.status, 201, "{created:?}");
+    }
+
+    assert_eq!(app.served_store.writers_wanting(), Some(0));
+}

@@ -621,11 +621,8 @@ async fn hold_commits_of(app: &TestApp, held: &[ScanId], lock: i64) -> PgConnect
 /// resumes exactly. The restore is played by hand: the trail cut back to the backup's last
 /// change, the lost scan gone, the trail's id sequence set back, as the backup held them.
 async fn a_cursor_from_before_a_restore_is_refused_not_followed_past_new_changes(backend: Backend) {
-    let (db, store) = migrated_database(backend).await;
+    let (db, store, group, reader, writer) = keys_to_restore_around(backend).await;
     let arranging = || Store::connect(&store_options(&db.url, Duration::from_secs(10))).unwrap();
-    let group = group();
-    let reader = key_in(&store, Permission::SignalsRead, &[group]).await;
-    let writer = key_in(&store, Permission::SignalsWrite, &[group]).await;
     let settings = [("DATABASE_URL", db.url.as_str())];
     let mut server = ServerProcess::start(&settings).await;
     let url = server.url(&changes_path(&group, ""));
@@ -669,6 +666,54 @@ async fn a_cursor_from_before_a_restore_is_refused_not_followed_past_new_changes
     assert_eq!(moves(&replayed), cancels_of(&made_after, "running"));
 }
 store_test!(a_cursor_from_before_a_restore_is_refused_not_followed_past_new_changes);
+
+/// The same restore, the lost change the first a restarted service wrote, and the restored
+/// database's first change the first of the next start: each start moves the trail's next id
+/// past the present before its first change, so the two take different places and the lost
+/// change's cursor is refused. Were the ids moved only from a start's second write on, the new
+/// change would take the lost one's place, and its cursor be followed past it.
+async fn a_cursor_from_a_starts_first_change_lost_to_a_restore_is_refused(backend: Backend) {
+    let (db, store, group, reader, writer) = keys_to_restore_around(backend).await;
+    let arranging = || Store::connect(&store_options(&db.url, Duration::from_secs(10))).unwrap();
+    let settings = [("DATABASE_URL", db.url.as_str())];
+    let mut server = ServerProcess::start(&settings).await;
+    let backed_up = cancel_through(&server, &store, &writer, &group).await;
+    server.terminate();
+    server.wait(SOON).await;
+    drop(store);
+    let mut server = ServerProcess::start(&settings).await;
+    let mut stream = follow(stream_request(&url_of(&server, &group), &reader)).await;
+    let lost = cancel_through(&server, &arranging(), &writer, &group).await;
+    let lost_change = stream.next_event(SOON).await;
+    drop(stream);
+    server.terminate();
+    server.wait(SOON).await;
+    restore_without(&db.url, backend, &backed_up, &lost).await;
+
+    let server = ServerProcess::start(&settings).await;
+    cancel_through(&server, &arranging(), &writer, &group).await;
+    let resumed = refused(
+        stream_request(&url_of(&server, &group), &reader)
+            .header("last-event-id", id_of(&lost_change)),
+    )
+    .await;
+
+    assert_eq!(moves(&[lost_change]), cancels_of(&[lost], "running"));
+    resumed.assert_error(410, "CURSOR_EXPIRED");
+}
+store_test!(a_cursor_from_a_starts_first_change_lost_to_a_restore_is_refused);
+
+/// A migrated database and its store, with a reader's and a writer's key of one group: what the
+/// restore tests arrange before their first service.
+async fn keys_to_restore_around(
+    backend: Backend,
+) -> (TestDatabase, Store, AccountGroupId, String, String) {
+    let (db, store) = migrated_database(backend).await;
+    let group = group();
+    let reader = key_in(&store, Permission::SignalsRead, &[group]).await;
+    let writer = key_in(&store, Permission::SignalsWrite, &[group]).await;
+    (db, store, group, reader, writer)
+}
 
 fn url_of(server: &ServerProcess, group: &AccountGroupId) -> String {
     server.url(&changes_path(group, ""))
