@@ -234,6 +234,11 @@ async fn a_request_without_one_valid_host_is_a_400_and_changes_nothing(backend: 
     let (status, body) = send_raw(app.addr, cancel("HTTP/1.0", "").as_bytes()).await;
     assert_eq!(status, 200, "HTTP/1.0 without Host: {body}");
     assert_eq!(app.status_of(&scan).await, ScanStatus::Cancelled);
+    // An HTTP/1 absolute-form target's host is the request's (RFC 9112), whatever `Host` says.
+    let absolute =
+        format!("GET http://other.example/healthz HTTP/1.1\r\n{host}connection: close\r\n\r\n");
+    let (status, body) = send_raw(app.addr, absolute.as_bytes()).await;
+    assert_eq!(status, 200, "an absolute-form target: {body}");
 }
 store_test!(a_request_without_one_valid_host_is_a_400_and_changes_nothing);
 

@@ -112,7 +112,9 @@ async fn a_move_repeated_by_another_runners_key_is_refused_and_by_its_own_answer
     assert_eq!(app.post(&first, &path("start"), None).await.status, 200);
     let failed = app.post(&first, &path("fail"), reason).await;
     let by_another = app.post(&second, &path("fail"), reason).await;
-    let again = app.post(&first, &path("fail"), reason).await;
+    let again = app
+        .post(&first, &path("fail"), Some(r#"{"reason":"another"}"#))
+        .await;
     assert_eq!(failed.status, 200, "{failed:?}");
     assert_eq!(failed.body["data"]["scanId"], failing.as_str());
     assert_eq!(failed.body["data"]["previousStatus"], "running");
@@ -123,7 +125,10 @@ async fn a_move_repeated_by_another_runners_key_is_refused_and_by_its_own_answer
     assert_eq!(again.status, 200, "{again:?}");
     assert_eq!(again.body["data"]["previousStatus"], "failed");
     assert_eq!(again.body["data"]["at"], failed.body["data"]["at"]);
-    assert_eq!(app.store.scan_events(&failing).await.unwrap().len(), 3);
+    // Repeated with another reason, it changes nothing: the first reason stays.
+    let events = app.store.scan_events(&failing).await.unwrap();
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(events[2].reason.as_deref(), Some("target unreachable"));
 
     let runners = futures::future::join_all((0..6).map(|_| app.runner(&group))).await;
     let contested = app.scan(&group, ScanStatus::Queued).await;
