@@ -610,18 +610,37 @@ async fn migrate_until_it_says(
     database: &TestDatabase,
     said: &str,
 ) -> (tokio::process::Child, Value) {
+    let (migrating, mut lines) = start_migrate(database, &[]);
+    let told = until_said(&mut lines, said).await;
+    (migrating, told)
+}
+
+/// The lines of a child's log.
+type LogLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>;
+
+/// Starts `migrate` on `database` with `env` added, logging JSON: the process and its log.
+fn start_migrate(
+    database: &TestDatabase,
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, LogLines) {
     use tokio::io::AsyncBufReadExt;
     let mut migrating = tokio::process::Command::from(child::signal_scans())
         .kill_on_drop(true)
         .arg("migrate")
         .env("DATABASE_URL", &database.url)
         .env("LOG_FORMAT", "json")
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = tokio::io::BufReader::new(migrating.stderr.take().unwrap()).lines();
-    let told = tokio::time::timeout(Duration::from_secs(30), async {
+    let lines = tokio::io::BufReader::new(migrating.stderr.take().unwrap()).lines();
+    (migrating, lines)
+}
+
+/// The next line of `lines` that holds `said`, read as JSON (within 30 s).
+async fn until_said(lines: &mut LogLines, said: &str) -> Value {
+    tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(line) = lines.next_line().await.unwrap() {
             if line.contains(said) {
                 return serde_json::from_str(&line).unwrap();
@@ -630,8 +649,7 @@ async fn migrate_until_it_says(
         panic!("migrate ended without saying {said:?}");
     })
     .await
-    .unwrap_or_else(|_| panic!("migrate did not say {said:?}"));
-    (migrating, told)
+    .unwrap_or_else(|_| panic!("migrate did not say {said:?}"))
 }
 
 /// A SQLite start that has migrations to apply while another connection holds the database's
@@ -689,33 +707,13 @@ async fn ends_migrated(migrating: &mut tokio::process::Child) {
 /// wait, and the test above reads only the first line).
 #[tokio::test]
 async fn a_sqlite_migration_waiting_for_the_write_lock_says_so_once_each_30_s() {
-    use tokio::io::AsyncBufReadExt;
     let database = TestDatabase::create(Backend::Sqlite).await;
     migrated(&database);
     let mut holder = write_lock_held_with_a_migration_pending(&database).await;
-    let mut migrating = tokio::process::Command::from(child::signal_scans())
-        .kill_on_drop(true)
-        .arg("migrate")
-        .env("DATABASE_URL", &database.url)
-        .env("DB_TIMEOUT_MS", "100")
-        .env("LOG_FORMAT", "json")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(migrating.stderr.take().unwrap()).lines();
+    let (mut migrating, mut lines) = start_migrate(&database, &[("DB_TIMEOUT_MS", "100")]);
     let said = "holds the database's write lock";
-    let mut told = 0;
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            told += usize::from(line.contains(said));
-            if told > 0 {
-                break;
-            }
-        }
-    })
-    .await
-    .expect("the wait was told");
+    until_said(&mut lines, said).await;
+    let mut told = 1;
 
     // Ten of the busy handler's waits, the lock held all along.
     tokio::time::sleep(Duration::from_secs(1)).await;
