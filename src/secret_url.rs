@@ -63,6 +63,15 @@ pub(crate) fn redact_url(raw: &str) -> String {
         Some(rest) => ("//", rest),
         None => ("", rest),
     };
+    // A SQLite URL names a file and holds no password: sqlx reads all before the first `?` as
+    // the file's name, `@` and `#` included, so all of it is shown (the file shown is the file
+    // opened); its query is hidden as any other.
+    if scheme == "sqlite" {
+        return match rest.split_once('?') {
+            Some((file, _)) => format!("{scheme}:{slashes}{file}?redacted"),
+            None => format!("{scheme}:{slashes}{rest}"),
+        };
+    }
     let (user, place) = match rest.rsplit_once('@') {
         // A `?` or `#` before the `@`: either the password holds one, or the query or fragment
         // holds the `@` (`?password=a@b`). Which is unknowable, so nothing after the scheme shows.
@@ -145,6 +154,13 @@ mod tests {
                 "sqlite://data/signal-scans.db",
             ),
             ("sqlite:data.db?mode=rwc", "sqlite:data.db?redacted"),
+            // `#` and `@` in a SQLite file's name are the name's (`data/run#2.db` was shown as
+            // `data/run?redacted`, `data/a@b.db` as `redacted@b.db`).
+            (
+                "sqlite://data/run#2.db?mode=rwc",
+                "sqlite://data/run#2.db?redacted",
+            ),
+            ("sqlite://data/a@b.db", "sqlite://data/a@b.db"),
         ] {
             assert_eq!(redact_url(raw), shown, "{raw}");
         }
