@@ -407,8 +407,15 @@ async fn watch_lines_carry_their_cursor_and_trace_id_and_after_resumes_right_the
         both.iter()
             .all(|line| line["id"].as_str().is_some_and(|id| !id.is_empty()))
     );
-    // Resumed right after the first line: exactly the second, nothing before it.
-    assert_eq!(again[0], both[1]);
+    // Resumed right after the first line: exactly the second, nothing before it. Its `id` is
+    // left out: on PostgreSQL a cursor names the transactions in progress when it was read, so
+    // one change read by two streams may carry two ids (both resume right after it).
+    let without_id = |line: &Value| {
+        let mut line = line.clone();
+        line.as_object_mut().unwrap().remove("id");
+        line
+    };
+    assert_eq!(without_id(&again[0]), without_id(&both[1]));
     resumed.kill().await.unwrap();
 }
 store_test!(watch_lines_carry_their_cursor_and_trace_id_and_after_resumes_right_there);
