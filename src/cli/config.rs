@@ -40,6 +40,18 @@ pub struct LogArgs {
 
 /// `LOG_FORMAT` as it is when the command line itself was refused, for the one line that says
 /// so: text unless it says json.
+/// `REDIS_KEY_PREFIX`'s check. clap's own for an empty value says `none was supplied`, which an
+/// operator who set it empty (versions before 2026-12-07 took that as no prefix) reads as unset.
+fn non_empty_prefix(prefix: &str) -> Result<String, &'static str> {
+    match prefix {
+        "" => Err(
+            "it is empty: give a prefix (unset, it is `signal-scans:`), so that the service's \
+            keys do not mix with whatever else shares the Redis database",
+        ),
+        prefix => Ok(prefix.to_owned()),
+    }
+}
+
 pub fn log_format_before_parsing() -> LogFormat {
     std::env::var("LOG_FORMAT")
         .ok()
@@ -277,7 +289,7 @@ pub struct ServeArgs {
     /// Prefix of every Redis key this service writes; not empty (the service's keys would mix
     /// with those of whatever else shares the Redis database).
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "signal-scans:",
-          value_parser = clap::builder::NonEmptyStringValueParser::new())]
+          value_parser = non_empty_prefix)]
     pub redis_key_prefix: String,
 
     /// How long an authenticated API key is remembered in-process (0 turns the cache off). At

@@ -1433,7 +1433,8 @@ fn a_missing_or_bad_setting_is_one_line_naming_it() {
                 ("REDIS_KEY_PREFIX", ""),
             ],
             vec!["serve"],
-            "REDIS_KEY_PREFIX",
+            // Not clap's `none was supplied`: it was supplied, empty.
+            "invalid value '' for '--redis-key-prefix <REDIS_KEY_PREFIX>': it is empty: give a prefix",
         ),
         (
             vec![("TOKIO_WORKER_THREADS", "0")],
