@@ -45,7 +45,16 @@ const POSTGRES: &[Embedded] = &[
         "trimmed mark position index",
         include_str!("../../migrations/postgres/0006_trimmed_mark_position_index.sql"),
     ),
+    (
+        8,
+        "drop retired status index",
+        include_str!("../../migrations/postgres/0008_drop_retired_status_index.sql"),
+    ),
 ];
+
+/// Migrations that builds of 2026-12-05 applied and that were then removed (`0008` drops what
+/// PostgreSQL's made): a database may record them, and their numbers are never used again.
+pub(super) const POSTGRES_RETIRED: &[i64] = &[7];
 
 const SQLITE: &[Embedded] = &[
     (
@@ -68,7 +77,15 @@ const SQLITE: &[Embedded] = &[
         "trimmed mark position index",
         include_str!("../../migrations/sqlite/0004_trimmed_mark_position_index.sql"),
     ),
+    (
+        6,
+        "drop retired status index",
+        include_str!("../../migrations/sqlite/0006_drop_retired_status_index.sql"),
+    ),
 ];
+
+/// SQLite's [`POSTGRES_RETIRED`] (`0006` drops what it made).
+pub(super) const SQLITE_RETIRED: &[i64] = &[5];
 
 pub(super) fn postgres() -> Migrator {
     migrator(POSTGRES)
@@ -80,12 +97,13 @@ pub(super) fn sqlite() -> Migrator {
 
 /// Whether any migration this binary knows is not among `applied` (the versions a database
 /// records as applied), and warns once when the database records versions this binary does not
-/// know: a newer version migrated it.
-pub(super) fn pending(migrator: &Migrator, applied: &[i64]) -> bool {
+/// know: a newer version migrated it. A `retired` one is no newer version's (a later migration
+/// undid it), so it is not warned of.
+pub(super) fn pending(migrator: &Migrator, retired: &[i64], applied: &[i64]) -> bool {
     let newer: Vec<i64> = applied
         .iter()
         .copied()
-        .filter(|version| !migrator.version_exists(*version))
+        .filter(|version| !migrator.version_exists(*version) && !retired.contains(version))
         .collect();
     if !newer.is_empty() {
         tracing::warn!(
@@ -160,7 +178,8 @@ mod tests {
     /// Deployed databases record each applied file's checksum, and refuse a binary whose file of
     /// that number differs ("previously applied but has been modified"): a released migration
     /// never changes, and the numbers of files applied by builds and then removed (PostgreSQL
-    /// 0007, SQLite 0005, on 2026-12-05) are never used again. A new migration adds its line here.
+    /// 0007, SQLite 0005, on 2026-12-05: the `RETIRED` lists) are never used again. A new
+    /// migration adds its line here.
     #[test]
     fn released_migrations_never_change_and_retired_numbers_stay_unused() {
         let released = |pinned: &[(i64, &str)]| -> Vec<(i64, String)> {
@@ -175,6 +194,7 @@ mod tests {
                 (4, "1f2936b233c96d50"),
                 (5, "4cd7d1fa79d6f4be"),
                 (6, "280f7244c15fdd0e"),
+                (8, "d78bd228bdf3f1a2"),
             ]),
             "a released PostgreSQL migration changed, or a new one is not pinned"
         );
@@ -185,18 +205,18 @@ mod tests {
                 (2, "3bf65be64c20abe3"),
                 (3, "cd23a49c1a41fa86"),
                 (4, "6349fb21e2452879"),
+                (6, "e15a248a7f5204ad"),
             ]),
             "a released SQLite migration changed, or a new one is not pinned"
         );
         // Retired: a database those builds migrated would refuse another file of the number.
-        assert!(
-            !postgres().version_exists(7),
-            "PostgreSQL's 0007 is retired: take 0008"
-        );
-        assert!(
-            !sqlite().version_exists(5),
-            "SQLite's 0005 is retired: take 0006"
-        );
+        assert_eq!(POSTGRES_RETIRED, [7]);
+        assert_eq!(SQLITE_RETIRED, [5]);
+        for (migrator, retired) in [(postgres(), POSTGRES_RETIRED), (sqlite(), SQLITE_RETIRED)] {
+            for &version in retired {
+                assert!(!migrator.version_exists(version), "{version} is retired");
+            }
+        }
     }
 
     #[tokio::test]
@@ -211,6 +231,6 @@ mod tests {
             .filter(|m| m.no_tx)
             .map(|m| m.version)
             .collect();
-        assert_eq!(no_tx, [4, 5]);
+        assert_eq!(no_tx, [4, 5, 8]);
     }
 }

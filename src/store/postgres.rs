@@ -817,7 +817,11 @@ async fn pending(connection: &mut PgConnection, migrator: &Migrator) -> Result<b
         sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
             .fetch_all(&mut *connection)
             .await?;
-    Ok(super::migrations::pending(migrator, &applied))
+    Ok(super::migrations::pending(
+        migrator,
+        super::migrations::POSTGRES_RETIRED,
+        &applied,
+    ))
 }
 
 /// One batch of the retention sweep (`$1` the cutoff, `$2` the batch): the oldest rows of the

@@ -1319,7 +1319,11 @@ async fn pending(
         sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
             .fetch_all(&mut *connection)
             .await?;
-    Ok(super::migrations::pending(migrator, &applied))
+    Ok(super::migrations::pending(
+        migrator,
+        super::migrations::SQLITE_RETIRED,
+        &applied,
+    ))
 }
 
 /// A pool of at most `connections` to the file, each waited for at most `timeout`.

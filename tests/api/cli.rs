@@ -449,31 +449,11 @@ store_test!(
 /// rollback runs the previous image on it. Every command refused it ("migration 99 was
 /// previously applied but is missing").
 async fn a_database_a_newer_version_migrated_is_served_with_a_warning(backend: Backend) {
-    use sqlx::Connection;
     let database = TestDatabase::create(backend).await;
     migrated(&database);
-    let from_the_future = "INSERT INTO _sqlx_migrations
-         (version, description, success, checksum, execution_time)
-         VALUES (99, 'from a newer version', true, X'00', 0)";
-    match backend {
-        Backend::Postgres => {
-            let mut db = sqlx::PgConnection::connect(&database.url).await.unwrap();
-            let statement = from_the_future.replace("X'00'", "'\\x00'::bytea");
-            sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
-                .execute(&mut db)
-                .await
-                .unwrap();
-        }
-        Backend::Sqlite => {
-            let mut db = sqlx::SqliteConnection::connect(&database.url)
-                .await
-                .unwrap();
-            sqlx::raw_sql(from_the_future)
-                .execute(&mut db)
-                .await
-                .unwrap();
-        }
-    }
+    database
+        .execute(&recorded_as_applied(backend, 99, "from a newer version"))
+        .await;
 
     let output = migrated(&database);
 
@@ -495,6 +475,56 @@ async fn a_database_a_newer_version_migrated_is_served_with_a_warning(backend: B
     );
 }
 store_test!(a_database_a_newer_version_migrated_is_served_with_a_warning);
+
+/// A statement recording migration `version` as applied, as sqlx records one (its checksum is not
+/// checked: this binary has no file of that number).
+fn recorded_as_applied(backend: Backend, version: i64, description: &str) -> String {
+    let checksum = match backend {
+        Backend::Postgres => "'\\x00'::bytea",
+        Backend::Sqlite => "X'00'",
+    };
+    format!(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES ({version}, '{description}', true, {checksum}, 0)"
+    )
+}
+
+/// Builds of 2026-12-05 applied a migration since removed (PostgreSQL 0007, SQLite 0005): an
+/// index of scans by status, which every status change paid for and no statement reads. A
+/// database they migrated lost it at no later start, and each start warned that "a newer version
+/// … migrated this database", which none had. The next migration drops it, and no warning names it.
+async fn a_database_a_retired_migration_made_loses_its_index_without_a_warning(backend: Backend) {
+    let database = TestDatabase::create(backend).await;
+    migrated(&database);
+    // As those builds left it: the retired migration applied, with its index, and not the one
+    // that drops it.
+    let (retired, dropping) = match backend {
+        Backend::Postgres => (7, 8),
+        Backend::Sqlite => (5, 6),
+    };
+    database
+        .execute(&format!(
+            "DELETE FROM _sqlx_migrations WHERE version = {dropping};
+             {};
+             CREATE INDEX signal_scans_group_status_newest
+                 ON signal_scans (account_group_id, status, created_at DESC, id DESC)",
+            recorded_as_applied(backend, retired, "scans group status index")
+        ))
+        .await;
+    assert!(database.has_index("signal_scans_group_status_newest").await);
+
+    let output = migrated(&database);
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("applying"), "{stderr}");
+    assert!(!stderr.contains("newer version"), "{stderr}");
+    assert!(!database.has_index("signal_scans_group_status_newest").await);
+    // Once dropped, a start has nothing to apply.
+    let again = migrated(&database);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(!stderr.contains("applying"), "{stderr}");
+}
+store_test!(a_database_a_retired_migration_made_loses_its_index_without_a_warning);
 
 /// What a client's requests answer, one of each statement that reads a scan: a create, one with
 /// an idempotency key and its replay, a read, a list, the events, a runner's start and its repeat

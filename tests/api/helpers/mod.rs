@@ -214,6 +214,46 @@ impl TestDatabase {
         .unwrap()
     }
 
+    /// Runs `statements` (one or more, `;`-separated) on this database, as an administrator would
+    /// by hand, on a connection of its own.
+    pub async fn execute(&self, statements: &str) {
+        let statements = sqlx::AssertSqlSafe(statements.to_owned());
+        match self.place {
+            Place::Postgres { .. } => {
+                let mut db = PgConnection::connect(&self.url).await.unwrap();
+                sqlx::raw_sql(statements).execute(&mut db).await.unwrap();
+            }
+            Place::Sqlite { .. } => {
+                let mut db = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                sqlx::raw_sql(statements).execute(&mut db).await.unwrap();
+            }
+        }
+    }
+
+    /// Whether this database has an index of that name.
+    pub async fn has_index(&self, name: &str) -> bool {
+        match self.place {
+            Place::Postgres { .. } => {
+                let mut db = PgConnection::connect(&self.url).await.unwrap();
+                sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+                    .bind(name)
+                    .fetch_one(&mut db)
+                    .await
+                    .unwrap()
+            }
+            Place::Sqlite { .. } => {
+                let mut db = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?1)",
+                )
+                .bind(name)
+                .fetch_one(&mut db)
+                .await
+                .unwrap()
+            }
+        }
+    }
+
     /// `ALTER DATABASE <this one> <clause>`, e.g. `SET idle_session_timeout = '300ms'`: a setting
     /// that the sessions opened from now on take.
     pub async fn alter(&self, clause: &str) {
