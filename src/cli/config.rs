@@ -38,8 +38,6 @@ pub struct LogArgs {
     pub log_format: LogFormat,
 }
 
-/// `LOG_FORMAT` as it is when the command line itself was refused, for the one line that says
-/// so: text unless it says json.
 /// `REDIS_KEY_PREFIX`'s check. clap's own for an empty value says `none was supplied`, which an
 /// operator who set it empty (versions before 2026-12-07 took that as no prefix) reads as unset.
 fn non_empty_prefix(prefix: &str) -> Result<String, &'static str> {
@@ -52,6 +50,8 @@ fn non_empty_prefix(prefix: &str) -> Result<String, &'static str> {
     }
 }
 
+/// `LOG_FORMAT` as it is when the command line itself was refused, for the one line that says
+/// so: text unless it says json.
 pub fn log_format_before_parsing() -> LogFormat {
     std::env::var("LOG_FORMAT")
         .ok()

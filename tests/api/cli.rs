@@ -491,7 +491,7 @@ fn recorded_as_applied(backend: Backend, version: i64, description: &str) -> Str
 
 /// Builds of 2026-12-05 applied a migration since removed (PostgreSQL 0007, SQLite 0005): an
 /// index of scans by status, which every status change paid for and no statement reads. A
-/// database they migrated lost it at no later start, and each start warned that "a newer version
+/// database they migrated kept it through every later start, and each warned that "a newer version
 /// … migrated this database", which none had. The next migration drops it, and no warning names it.
 async fn a_database_a_retired_migration_made_loses_its_index_without_a_warning(backend: Backend) {
     let database = TestDatabase::create(backend).await;
