@@ -772,7 +772,6 @@ store_test!(a_request_that_gives_up_in_the_queue_is_never_written);
 /// as a constraint would) fails only its own request: alone, it is that request's 500; in a batch
 /// with others, the batch is written again request by request and the others commit.
 async fn one_changes_own_error_fails_only_its_own_request(backend: Backend) {
-    use sqlx::Connection;
     let (app, group, writer) = one_batch_at_a_time(backend, DB_TIMEOUT * 4).await;
     let poisoned = app.scan(&group, ScanStatus::Running).await;
     let stuck = app.scan(&group, ScanStatus::Running).await;
@@ -780,27 +779,19 @@ async fn one_changes_own_error_fails_only_its_own_request(backend: Backend) {
         app.scan(&group, ScanStatus::Running).await,
         app.scan(&group, ScanStatus::Running).await,
     ];
-    if backend == Backend::Sqlite {
-        let mut connection = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+    let poison = match backend {
+        Backend::Sqlite => format!(
             "CREATE TRIGGER poison BEFORE UPDATE ON signal_scans WHEN OLD.id = '{poisoned}'
              BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
-        )))
-        .execute(&mut connection)
-        .await
-        .unwrap();
-    } else {
-        let mut connection = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        ),
+        Backend::Postgres => format!(
             "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
              BEGIN RAISE EXCEPTION 'poisoned'; END $$;
              CREATE TRIGGER poison BEFORE UPDATE ON signal_scans
              FOR EACH ROW WHEN (OLD.id = '{poisoned}') EXECUTE FUNCTION poison()"
-        )))
-        .execute(&mut connection)
-        .await
-        .unwrap();
-    }
+        ),
+    };
+    app.db.execute(&poison).await;
 
     let alone = app
         .cancel(Some(&writer), group.as_str(), poisoned.as_str())

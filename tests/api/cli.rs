@@ -572,7 +572,6 @@ async fn every_read_of_a_scan(app: &TestApp, group: &AccountGroupId, round: usiz
 /// refused every prepared statement that answered `*` ("cached plan must not change result
 /// type"): creates, reads and lists answered 500 until the process restarted (the upgrade review).
 async fn a_column_a_later_version_adds_breaks_no_statement_of_the_running_one(backend: Backend) {
-    use sqlx::Connection;
     let group = group();
     // Two connections, each of which has prepared every statement before the migration.
     let app = Settings::default()
@@ -589,20 +588,7 @@ async fn a_column_a_later_version_adds_breaks_no_statement_of_the_running_one(ba
         "ALTER TABLE api_keys ADD COLUMN added_later text",
         "ALTER TABLE idempotency_keys ADD COLUMN added_later text",
     ];
-    match backend {
-        Backend::Postgres => {
-            let mut db = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
-            for statement in added {
-                sqlx::raw_sql(statement).execute(&mut db).await.unwrap();
-            }
-        }
-        Backend::Sqlite => {
-            let mut db = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
-            for statement in added {
-                sqlx::raw_sql(statement).execute(&mut db).await.unwrap();
-            }
-        }
-    }
+    app.db.execute(&added.join(";\n")).await;
 
     let mut after = Vec::new();
     for round in 3..6 {

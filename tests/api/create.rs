@@ -2,7 +2,6 @@
 
 use signal_scans::domain::keys::Permission;
 use signal_scans::domain::scan::ScanStatus;
-use sqlx::Connection;
 
 use crate::helpers::process::ServerProcess;
 use crate::helpers::{Backend, IDEMPOTENCY_422, TestApp, group, scans_path};
@@ -371,7 +370,7 @@ async fn an_idempotency_key_is_forgotten_after_24_hours(backend: Backend) {
     let key = app.writer(&group).await;
     let first = create(&app, &key, group.as_str(), Some("old")).await;
     let _kept = create(&app, &key, group.as_str(), Some("fresh")).await;
-    age_key(&app, backend, "old").await;
+    age_key(&app, "old").await;
 
     // An expired key starts a new scan.
     let later = create(&app, &key, group.as_str(), Some("old")).await;
@@ -381,7 +380,7 @@ async fn an_idempotency_key_is_forgotten_after_24_hours(backend: Backend) {
 
     // And the sweep deletes only keys past their window.
     let store = &app.store;
-    age_key(&app, backend, "old").await;
+    age_key(&app, "old").await;
     assert_eq!(store.forget_idempotency_keys(100).await.unwrap(), 1);
     assert_eq!(store.forget_idempotency_keys(100).await.unwrap(), 0);
     let kept = create(&app, &key, group.as_str(), Some("fresh")).await;
@@ -396,7 +395,7 @@ async fn one_sweep_forgets_every_old_key_however_many_batches_it_takes(backend: 
     let old = ["a", "b", "c", "d", "e"];
     for name in old {
         create(&app, &key, group.as_str(), Some(name)).await;
-        age_key(&app, backend, name).await;
+        age_key(&app, name).await;
     }
     create(&app, &key, group.as_str(), Some("fresh")).await;
     let service = signal_scans::service::ScanService::new(app.store.clone());
@@ -417,9 +416,9 @@ async fn an_idempotency_key_is_remembered_for_24_hours_and_no_longer(backend: Ba
     let first = create(&app, &key, group.as_str(), Some("day")).await;
     let minutes = time::Duration::minutes;
 
-    age_key_by(&app, backend, "day", minutes(24 * 60 - 5)).await;
+    age_key_by(&app, "day", minutes(24 * 60 - 5)).await;
     let within = create(&app, &key, group.as_str(), Some("day")).await;
-    age_key_by(&app, backend, "day", minutes(24 * 60 + 5)).await;
+    age_key_by(&app, "day", minutes(24 * 60 + 5)).await;
     let after = create(&app, &key, group.as_str(), Some("day")).await;
 
     assert_eq!(within.status, 201);
@@ -433,12 +432,12 @@ async fn an_idempotency_key_is_remembered_for_24_hours_and_no_longer(backend: Ba
 store_test!(an_idempotency_key_is_remembered_for_24_hours_and_no_longer);
 
 /// Makes idempotency key `key` a day and more old, as the database writes instants.
-async fn age_key(app: &TestApp, backend: Backend, key: &str) {
-    age_key_by(app, backend, key, time::Duration::days(9000)).await;
+async fn age_key(app: &TestApp, key: &str) {
+    age_key_by(app, key, time::Duration::days(9000)).await;
 }
 
 /// Makes idempotency key `key` `age` old, as the database writes instants (UTC, microseconds).
-async fn age_key_by(app: &TestApp, backend: Backend, key: &str, age: time::Duration) {
+async fn age_key_by(app: &TestApp, key: &str, age: time::Duration) {
     let at = time::OffsetDateTime::now_utc() - age;
     let at = format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
@@ -451,15 +450,5 @@ async fn age_key_by(app: &TestApp, backend: Backend, key: &str, age: time::Durat
         at.microsecond()
     );
     let age = format!("UPDATE idempotency_keys SET created_at = '{at}' WHERE key = '{key}'");
-    let age = sqlx::AssertSqlSafe(age);
-    match backend {
-        Backend::Postgres => {
-            let mut db = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
-            sqlx::raw_sql(age).execute(&mut db).await.unwrap();
-        }
-        Backend::Sqlite => {
-            let mut db = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
-            sqlx::raw_sql(age).execute(&mut db).await.unwrap();
-        }
-    }
+    app.db.execute(&age).await;
 }
