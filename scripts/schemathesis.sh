@@ -26,14 +26,8 @@ if [ ! -x "$VENV/bin/schemathesis" ]; then
 fi
 
 # The service binary.
-if [ "$PROFILE" = release ]; then
-  cargo build --locked --release --bin signal-scans
-else
-  cargo build --locked --bin signal-scans
-fi
-TARGET_DIR="$(cargo metadata --format-version 1 --no-deps |
-  python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
-BIN="$TARGET_DIR/$PROFILE/signal-scans"
+# shellcheck source=scripts/lib/binary.sh
+source scripts/lib/binary.sh
 
 WORK="$(mktemp -d)"
 SERVER_PID=""

@@ -6,15 +6,8 @@
 # DEMO_QUEUED_SCAN, DEMO_COMPLETED_SCAN, DEMO_RUNNER_KEY. PROFILE=release uses a release build (default: debug).
 # A script that needs its own clean-up on exit calls demo_service_stop from its trap.
 
-PROFILE="${PROFILE:-debug}"
-if [ "$PROFILE" = release ]; then
-  cargo build --locked --release --bin signal-scans
-else
-  cargo build --locked --bin signal-scans
-fi
-TARGET_DIR="$(cargo metadata --format-version 1 --no-deps |
-  python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
-BIN="$TARGET_DIR/$PROFILE/signal-scans"
+# shellcheck source=scripts/lib/binary.sh
+source scripts/lib/binary.sh
 
 WORK="$(mktemp -d)"
 DEMO_SERVICE_PID=""
