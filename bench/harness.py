@@ -25,7 +25,8 @@ BENCH = ROOT / "bench"
 # The cargo profile of every binary the benchmarks build (Cargo.toml: release plus fat LTO and one
 # codegen unit), the one the Docker image ships. BENCH_PROFILE=release measures the quick start's build.
 PROFILE = os.environ.get("BENCH_PROFILE", "production")
-# The service's cancel statement, which the thin peer includes and run (a2) renders for pgbench.
+# The service's cancel statement, which run (a2) renders for pgbench (the thin peer runs its own copy from
+# before group commit, bench/thin-peer/src/cancel.sql).
 CANCEL_SQL = ROOT / "src" / "store" / "postgres_transition.sql"
 
 STARTED = time.monotonic()

@@ -11,7 +11,7 @@ count through their own. In one run, for the same duration:
   (a)  pgbench -M prepared: the bare guarded UPDATE (the database's own ceiling; informational)
   (a2) pgbench -M prepared: the service's cancel statement (src/store/postgres_transition.sql, rendered with
        literals for its parameters)
-  (t)  the thin peer (bench/thin-peer): the same statement file behind axum + sqlx, nothing else; the limit
+  (t)  the thin peer (bench/thin-peer): the service's statement before group commit behind axum + sqlx, nothing else; the limit
        the service is measured against
   (b)  the service on PostgreSQL, with one `signal-scans scans watch` running
   (c)  the service on its embedded SQLite store
@@ -163,14 +163,19 @@ class Ranges:
 
 
 def check_http_run(name: str, wrk, changed_rows: int, not_found: int, recancels: int) -> None:
-    """The run completed requests; every 2xx changed a scan of the run's own range; no request ran past the
-    range (wrk's beyond_range, the service's 404s); none changed nothing (the service's re-cancels)."""
+    """The run completed requests, every one a 2xx (wrk counts the others, and its socket errors, as
+    requests); every 2xx changed a scan of the run's own range; no request ran past the range (wrk's
+    beyond_range, the service's 404s); none changed nothing (the service's re-cancels)."""
     note(f"({name}) {wrk.requests} requests, {wrk.ok} 2xx, {wrk.non2xx} non-2xx, "
          f"{changed_rows} scans changed in the run's range")
     if wrk.requests == 0:
         raise Failed(f"({name}) wrk completed no request")
     if wrk.ok == 0:
         raise Failed(f"({name}) wrk saw zero 2xx responses ({wrk.non2xx} errors)")
+    if wrk.non2xx:
+        raise Failed(f"({name}) {wrk.non2xx} answers were not 2xx: every request must cancel a scan")
+    if wrk.socket_errors:
+        raise Failed(f"({name}) {wrk.socket_errors} socket errors (connect, read, write or wrk's timeout)")
     if wrk.beyond_range:
         raise Failed(f"({name}) ran out of scans: {wrk.beyond_range} requests asked for ids past its range "
                      "(raise BENCH_SEED_FACTOR)")
@@ -506,11 +511,11 @@ class Bench:
                       db_connections=connections, batch_mean=batch)
         self.ranges.saw(wrk.rate)
         self.results[name] = result
-        if not on_pg:
-            return
         events = store.changes(mfirst, mcount)
         if events != changed:
             raise Failed(f"({name}) wrote {events} audit rows for {changed} changed scans")
+        if not on_pg:
+            return
         if watch:
             self.finish_watch(watch, mfirst, mcount, events)
         time.sleep(1)  # the servers' backends have exited and so flushed their statistics
@@ -876,7 +881,19 @@ def machine_description() -> str:
     wrk = " ".join(version(["wrk", "-v"]).split()[:2])
     return (f"{os.cpu_count()} × {cpu}, {mem_gib:.1f} GiB RAM, {os_name}, {platform.system()} {platform.release()}; "
             f"{version(['rustc', '--version'])}; {wrk}; {version(['pgbench', '--version'])}; "
-            f"SQLite {version(['sqlite3', '--version']).split()[0]}")
+            f"SQLite {bundled_sqlite()}")
+
+
+def bundled_sqlite() -> str:
+    """The SQLite the service links (libsqlite3-sys's bundled copy), not the sqlite3 command's."""
+    metadata = subprocess.run(["cargo", "metadata", "--format-version", "1", "--locked"], cwd=ROOT,
+                              capture_output=True, text=True).stdout
+    for package in json.loads(metadata or "{}").get("packages", []):
+        if package["name"] == "libsqlite3-sys":
+            header = Path(package["manifest_path"]).parent / "sqlite3" / "sqlite3.h"
+            found = re.search(r'#define SQLITE_VERSION\s+"([^"]+)"', header.read_text()) if header.exists() else None
+            return f"{found.group(1) if found else '?'}, bundled by libsqlite3-sys {package['version']}"
+    return "?"
 
 
 def commit_description() -> str:

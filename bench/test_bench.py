@@ -90,6 +90,8 @@ class RunChecks(unittest.TestCase):
             "re-cancelled": dict(w=wrk(), changed=100, not_found=0, recancels=1),
             "changed nothing": dict(w=wrk(requests=100), changed=99, not_found=0, recancels=0),
             "zero 2xx": dict(w=wrk(requests=5, non2xx=5), changed=0, not_found=0, recancels=0),
+            "were not 2xx": dict(w=wrk(requests=100, non2xx=1), changed=99, not_found=0, recancels=0),
+            "socket errors": dict(w=wrk(requests=100, socket_errors=2), changed=100, not_found=0, recancels=0),
             "no request": dict(w=wrk(requests=0), changed=0, not_found=0, recancels=0),
         }
         for message, c in cases.items():

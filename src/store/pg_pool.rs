@@ -6,7 +6,7 @@
 //! that was a second round trip, a task and a second wake-up of a PostgreSQL backend for every
 //! request, for nothing, since sqlx reads every query's answer up to its `ReadyForQuery` before
 //! the query returns. (In a copy of bench/thin-peer it was a third of that server's CPU per
-//! cancel and a sixth of the database's; BENCHMARKS.md has the figures.)
+//! cancel and a sixth of the database's; BENCHMARKS.md as of `36dc824` has the figures.)
 //!
 //! Here a connection whose query returned `Ok` goes back to the pool at once. Only one whose
 //! query failed or was cut short (the store's timeout drops it mid-answer) takes that round

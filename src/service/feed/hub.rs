@@ -43,7 +43,7 @@ pub struct ChangeHub {
     poll: Duration,
     /// The least time between two reads while changes keep coming (`STREAM_BATCH_MS`): a read
     /// costs PostgreSQL mostly per read, not per row (it is planned afresh each time: 0.65 ms for
-    /// 75 rows, 0.83 ms for 150, in BENCHMARKS.md), and every instance's hub reads. See
+    /// 75 rows, 0.83 ms for 150, in BENCHMARKS.md as of `cf02152`), and every instance's hub reads. See
     /// [`FeedReader::spaced`].
     batch: Duration,
     running: Arc<OnceCell<Running>>,
