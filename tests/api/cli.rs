@@ -609,7 +609,7 @@ store_test!(a_column_a_later_version_adds_breaks_no_statement_of_the_running_one
 async fn migrate_0005_again_until_it_says(
     database: &TestDatabase,
     said: &str,
-) -> (tokio::process::Child, Value) {
+) -> (tokio::process::Child, LogLines, Value) {
     use sqlx::Connection;
     let mut db = sqlx::PgConnection::connect(&database.url).await.unwrap();
     run_sql(
@@ -617,7 +617,9 @@ async fn migrate_0005_again_until_it_says(
         "DELETE FROM _sqlx_migrations WHERE version = 5; DROP INDEX signal_scan_events_group_feed",
     )
     .await;
-    migrate_until_it_says(database, said).await
+    let (migrating, mut lines) = start_migrate(database, &[]);
+    let told = until_said(&mut lines, said).await;
+    (migrating, lines, told)
 }
 
 /// Starts `migrate` on `database`, logging JSON: the process, and the first line of its log that
@@ -666,6 +668,18 @@ async fn until_said(lines: &mut LogLines, said: &str) -> Value {
     })
     .await
     .unwrap_or_else(|_| panic!("migrate did not say {said:?}"))
+}
+
+/// How many of the lines `lines` gives within `limit` hold `said`.
+async fn told_within(lines: &mut LogLines, said: &str, limit: Duration) -> usize {
+    let mut told = 0;
+    let _ = tokio::time::timeout(limit, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            told += usize::from(line.contains(said));
+        }
+    })
+    .await;
+    told
 }
 
 /// A SQLite start that has migrations to apply while another connection holds the database's
@@ -862,10 +876,13 @@ async fn nothing_to_migrate_waits_for_no_lock_and_a_wait_is_told(backend: Backen
     );
 
     // With a migration pending, the wait is told, and ends when the lock is let go.
-    let (mut waiting, told) =
-        migrate_0005_again_until_it_says(&database, "another process is migrating the database")
-            .await;
+    let said = "another process is migrating the database";
+    let (mut waiting, mut lines, told) = migrate_0005_again_until_it_says(&database, said).await;
     assert!(told["waited_s"].is_u64(), "{told}");
+    // Once every 30 s, not at each ask (every 100 ms): nothing more in a second, the lock held
+    // all along (the eleventh mutation run: a reversed comparison told it at every ask for 30 s).
+    let again = told_within(&mut lines, said, Duration::from_secs(1)).await;
+    assert_eq!(again, 0, "the wait told {again} more times in a second");
     // Who holds it, and what it runs: a killed migrate's session goes on running its statement.
     let held_by = told["held_by"].as_str().unwrap_or_default();
     assert!(
@@ -903,9 +920,18 @@ async fn a_migration_held_up_by_an_open_transaction_names_the_session(backend: B
         .await
         .unwrap();
 
-    let (mut migrating, told) =
-        migrate_0005_again_until_it_says(&database, "the migrations wait for other sessions").await;
+    let said = "the migrations wait for other sessions";
+    let (mut migrating, mut lines, told) = migrate_0005_again_until_it_says(&database, said).await;
     assert_eq!(told["level"], "WARN", "{told}");
+    // Told first at the look 5 s in (give or take the look's own time), not at once nor at the next
+    // look, 30 s later; and not again a second on, the transaction still open (the eleventh mutation
+    // run: the first look, or every look after it, taken at once went unseen).
+    let waited = told["waited_s"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{told}"));
+    assert!((5..20).contains(&waited), "{told}");
+    let again = told_within(&mut lines, said, Duration::from_secs(1)).await;
+    assert_eq!(again, 0, "the wait told {again} more times in a second");
     assert!(
         told["blocked_by"].as_str().unwrap().starts_with(&format!(
             "pid {dump_pid} (idle in transaction, its transaction open "
@@ -917,6 +943,48 @@ async fn a_migration_held_up_by_an_open_transaction_names_the_session(backend: B
 }
 store_test!(
     a_migration_held_up_by_an_open_transaction_names_the_session,
+    postgres_only
+);
+
+/// A start on a database restored from another cluster (its audit rows at transaction ids this
+/// cluster has not reached) moves them before this cluster's changes and says how many it moved,
+/// what an operator checks against the restored trail (the eleventh mutation run: the count, read
+/// by no test, could have been told as 0).
+async fn a_start_on_rows_of_another_cluster_says_how_many_it_moved(backend: Backend) {
+    use sqlx::Connection;
+    let database = TestDatabase::create(backend).await;
+    migrated(&database);
+    let group = group();
+    for _ in 0..3 {
+        scan_created_on_the_command_line(&database.url, group.as_str());
+    }
+    let mut db = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM signal_scan_events")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    // As a restore leaves them (see changes::outage's restored-database test for the margin).
+    run_sql(
+        &mut db,
+        "UPDATE signal_scan_events
+         SET xid = (pg_snapshot_xmax(pg_current_snapshot())::text::numeric + 20000)::text::xid8",
+    )
+    .await;
+
+    let (mut migrating, mut lines) = start_migrate(&database, &[]);
+    let told = until_said(&mut lines, "audit rows from another PostgreSQL cluster").await;
+    ends_migrated(&mut migrating).await;
+
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM signal_scan_events WHERE xid <> '0'")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert!(rows >= 3, "{rows} audit rows");
+    assert_eq!(told["moved"].as_i64(), Some(rows), "{told}");
+    assert_eq!(left, 0);
+}
+store_test!(
+    a_start_on_rows_of_another_cluster_says_how_many_it_moved,
     postgres_only
 );
 

@@ -351,6 +351,75 @@ store_test!(
     postgres_only
 );
 
+/// A statement that fails, its session still sound (here ended by the database at DB_TIMEOUT_MS,
+/// 57014, behind another transaction's row lock), costs no session: its connection, settled with
+/// one round trip, goes back to the pool. (The eleventh mutation run: a connection closed after
+/// every failed statement, or every failure taken for a lost session, which closes it and drops
+/// the idle ones with it, went unseen: the requests after it were served alike, on new sessions.)
+async fn a_statement_that_fails_gives_its_connection_back_to_the_pool(backend: Backend) {
+    let app = Settings::default()
+        .with_db_timeout(Duration::from_millis(1000))
+        .with_db_max_connections(1)
+        .spawn(backend)
+        .await;
+    let (group, key, warm_up) = app.writer_and_queued_scan().await;
+    let stuck_scan = app.scan(&group, ScanStatus::Running).await;
+    app.cancel_ok(&key, &group, &warm_up).await;
+    let warm = app.served_store.pool_usage();
+    let mut lock = WriteLock::hold(&app, &stuck_scan).await;
+
+    let stuck = app
+        .cancel(Some(&key), group.as_str(), stuck_scan.as_str())
+        .await;
+    lock.release().await;
+    // Settled (its round trip made) once no connection is in use.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut usage = app.served_store.pool_usage();
+    while usage.in_use > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        usage = app.served_store.pool_usage();
+    }
+
+    stuck.assert_error(502, "UPSTREAM_ERROR");
+    assert_eq!((warm.in_use, warm.idle), (0, 1), "{warm:?}");
+    assert_eq!((usage.in_use, usage.idle), (0, 1), "{usage:?}");
+}
+store_test!(
+    a_statement_that_fails_gives_its_connection_back_to_the_pool,
+    postgres_only
+);
+
+/// A server that refuses the connection itself (nothing listening: the server down, a wrong
+/// port) is told with the system's own words, what an operator looks up, not as a wait for the
+/// pool. (The eleventh mutation run: a session that failed to open for any reason but the
+/// server's own refusal could have been told "pool timed out", unseen.)
+async fn a_server_refusing_the_connection_is_told_so_not_as_a_pool_wait(backend: Backend) {
+    let database = crate::helpers::TestDatabase::create(backend).await;
+    // A port of this machine that nothing listens on: one the system just handed out, let go.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (server, name) = database.url.rsplit_once('/').unwrap();
+    let (scheme_and_user, _) = server.rsplit_once('@').unwrap();
+    let url = format!("{scheme_and_user}@127.0.0.1:{port}/{name}");
+    let store =
+        Store::connect(&crate::helpers::store_options(&url, Duration::from_secs(2))).unwrap();
+
+    let refused = store.ping().await.unwrap_err().to_string();
+
+    assert!(
+        refused.starts_with("database unavailable") && refused.contains("onnection refused"),
+        "{refused}"
+    );
+    assert!(!refused.contains("timed out"), "{refused}");
+}
+store_test!(
+    a_server_refusing_the_connection_is_told_so_not_as_a_pool_wait,
+    postgres_only
+);
+
 /// An app whose pool of one connection reaches the database through the proxy, with `timeout`,
 /// and a writer's key for a new group. The key is cached and the connection open (a cancel was
 /// made) before the test slows the database down.
