@@ -351,44 +351,6 @@ store_test!(
     postgres_only
 );
 
-/// A statement that fails, its session still sound (here ended by the database at DB_TIMEOUT_MS,
-/// 57014, behind another transaction's row lock), costs no session: its connection, settled with
-/// one round trip, goes back to the pool. (The eleventh mutation run: a connection closed after
-/// every failed statement, or every failure taken for a lost session, which closes it and drops
-/// the idle ones with it, went unseen: the requests after it were served alike, on new sessions.)
-async fn a_statement_that_fails_gives_its_connection_back_to_the_pool(backend: Backend) {
-    let app = Settings::default()
-        .with_db_timeout(Duration::from_millis(1000))
-        .with_db_max_connections(1)
-        .spawn(backend)
-        .await;
-    let (group, key, warm_up) = app.writer_and_queued_scan().await;
-    let stuck_scan = app.scan(&group, ScanStatus::Running).await;
-    app.cancel_ok(&key, &group, &warm_up).await;
-    let warm = app.served_store.pool_usage();
-    let mut lock = WriteLock::hold(&app, &stuck_scan).await;
-
-    let stuck = app
-        .cancel(Some(&key), group.as_str(), stuck_scan.as_str())
-        .await;
-    lock.release().await;
-    // Settled (its round trip made) once no connection is in use.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut usage = app.served_store.pool_usage();
-    while usage.in_use > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        usage = app.served_store.pool_usage();
-    }
-
-    stuck.assert_error(502, "UPSTREAM_ERROR");
-    assert_eq!((warm.in_use, warm.idle), (0, 1), "{warm:?}");
-    assert_eq!((usage.in_use, usage.idle), (0, 1), "{usage:?}");
-}
-store_test!(
-    a_statement_that_fails_gives_its_connection_back_to_the_pool,
-    postgres_only
-);
-
 /// A server that refuses the connection itself (nothing listening: the server down, a wrong
 /// port) is told with the system's own words, what an operator looks up, not as a wait for the
 /// pool. (The eleventh mutation run: a session that failed to open for any reason but the
@@ -1141,5 +1103,39 @@ async fn a_server_ending_idle_sessions_costs_no_request(backend: Backend) {
 }
 store_test!(
     a_server_ending_idle_sessions_costs_no_request,
+    postgres_only
+);
+
+/// A statement that fails, its session still sound (here ended by the database at DB_TIMEOUT_MS,
+/// 57014, behind another transaction's row lock), costs no session: its connection, settled with
+/// one round trip, goes back to the pool. (The eleventh mutation run: a connection closed after
+/// every failed statement, or every failure taken for a lost session, which closes it and drops
+/// the idle ones with it, went unseen: the requests after it were served alike, on new sessions.)
+async fn a_statement_that_fails_gives_its_connection_back_to_the_pool(backend: Backend) {
+    // One connection, so the pool's count tells what became of it; the database ends the stuck
+    // statement at 1 s.
+    let (app, group, key) = warm_through_proxy(backend, Duration::from_millis(1000)).await;
+    let stuck_scan = app.scan(&group, ScanStatus::Running).await;
+    let warm = app.served_store.pool_usage();
+    let mut lock = WriteLock::hold(&app, &stuck_scan).await;
+
+    let stuck = app
+        .cancel(Some(&key), group.as_str(), stuck_scan.as_str())
+        .await;
+    lock.release().await;
+    // Settled (its round trip made) once no connection is in use.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut usage = app.served_store.pool_usage();
+    while usage.in_use > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        usage = app.served_store.pool_usage();
+    }
+
+    stuck.assert_error(502, "UPSTREAM_ERROR");
+    assert_eq!((warm.in_use, warm.idle), (0, 1), "{warm:?}");
+    assert_eq!((usage.in_use, usage.idle), (0, 1), "{usage:?}");
+}
+store_test!(
+    a_statement_that_fails_gives_its_connection_back_to_the_pool,
     postgres_only
 );
