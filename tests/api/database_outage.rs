@@ -1139,3 +1139,53 @@ store_test!(
     a_statement_that_fails_gives_its_connection_back_to_the_pool,
     postgres_only
 );
+
+/// Sockets broken with no word from the server (a crash, a reset on the way; here the proxy
+/// closing every open one at once) are lost sessions as much as ones the server ended: the
+/// first request to meet one fails, and the idle connections, broken alike, are dropped with it
+/// rather than each failing a request of its own. (The eleventh mutation run: only the server's
+/// FATAL message, 57P01, was seen dropping them; a broken socket's I/O error went untested.)
+async fn broken_sockets_cost_one_request_not_one_per_connection(backend: Backend) {
+    const POOL: u32 = 3;
+    let app = Settings::default()
+        .with_db_max_connections(POOL)
+        .with_key_cache_ttl(Duration::from_secs(600))
+        .through_proxy()
+        .spawn(backend)
+        .await;
+    let (group, key, scan) = app.writer_and_queued_scan().await;
+    let path = format!("{}/{scan}", scans_path(group.as_str()));
+    // The key is cached, and every connection of the pool open and idle.
+    assert_eq!(app.get(&key, &path).await.status, 200);
+    let Store::Postgres(served) = &app.served_store else {
+        unreachable!("a PostgreSQL test")
+    };
+    let mut holders = Vec::new();
+    for _ in 0..POOL {
+        holders.push(served.hold_connection().await.expect("a free connection"));
+    }
+    drop(holders);
+    let proxy = app.proxy.as_ref().expect("spawned through the proxy");
+    // Cut, then restore: every socket open at the cut is closed (the pause lets each relay
+    // see the cut before the restore).
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.restore();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Within the second an idle connection is handed out without a round trip first.
+    let mut statuses = Vec::new();
+    for _ in 0..POOL {
+        statuses.push(app.get(&key, &path).await.status.as_u16());
+    }
+
+    assert!(
+        statuses.iter().filter(|status| **status != 200).count() <= 1,
+        "{statuses:?}"
+    );
+    assert_eq!(statuses.last(), Some(&200), "{statuses:?}");
+}
+store_test!(
+    broken_sockets_cost_one_request_not_one_per_connection,
+    postgres_only
+);
