@@ -18,7 +18,9 @@ count through their own. In one run, for the same duration:
   (s)  the service with BENCH_STREAMS change streams open (bench/stream-client), in short windows that take
        turns with windows of the same service without them, (s0), in the order (s0) (s), (s) (s0), ... so
        that a drift of the machine's speed weighs on both alike
-(t), (b), (c), (s) and (s0) are driven by wrk + bench/cancel.lua.
+  (b) and (c) again, in windows taking turns the same way, neither watched: (c) ÷ (b) without the minutes
+       between their own runs
+(t), (b), (c), (s), (s0) and the turns are driven by wrk + bench/cancel.lua.
 Results: bench/out/run/results.md, results.json and latency.svg, with every raw output beside them.
 
 Environment (all optional):
@@ -26,7 +28,7 @@ Environment (all optional):
   BENCH_WARMUP_SECONDS     unmeasured warm-up before each run, on its own fresh scans (default 2; smoke 1)
   BENCH_CONNECTIONS        pgbench clients and wrk connections (default 32; smoke 4)
   BENCH_STREAMS            change streams held open during each window (s) (default 500; smoke 20)
-  BENCH_PAIRS              pairs of windows (s0) and (s) (default 4; smoke 1)
+  BENCH_PAIRS              pairs of windows (s0) and (s), and of (b) and (c) in turns (default 4; smoke 1)
   BENCH_PAIR_SECONDS       measured seconds per window (default 5; smoke 2)
   BENCH_WARMUP_RATE_CAP    scans seeded per warm-up second (default 50000; smoke 20000): above any rate
                            this box reaches
@@ -157,6 +159,18 @@ class Ranges:
 
     def size(self, seconds: float) -> int:
         return max(int(self.fastest * seconds * self.seed_factor) + 1, MIN_RANGE)
+
+
+def turns(first: str, second: str, pairs: int) -> list:
+    """The order of windows of two sides taking turns, FIRST SECOND, SECOND FIRST, ...: a drift of the machine's
+    speed that is steady over a pair of pairs weighs on both sides alike."""
+    return [side for i in range(pairs) for side in ((first, second) if i % 2 == 0 else (second, first))]
+
+
+def pair_ratios(order: list, rates: list, numerator: str) -> list:
+    """NUMERATOR's rate ÷ the other side's, pair by pair, for windows in ORDER (see turns) with their RATES."""
+    return [ratio(rates[i], rates[i + 1]) if order[i] == numerator else ratio(rates[i + 1], rates[i])
+            for i in range(0, len(order), 2)]
 
 
 # ---------------------------------------------------------------- checks
@@ -553,6 +567,23 @@ class Bench:
         self.results["watch"] = report
 
     # ---------------------------------------------------- (s) and (s0)
+    def seed_windows(self, name: str, slot: int, order: list, stores: dict) -> tuple:
+        """Fresh scans for each window of ORDER (see turns), in the store STORES gives its side, PostgreSQL's
+        tables emptied first: each window's warm-up and measured run get ranges of their own within SLOT.
+        Returns the windows' (warm-up, measured) first ids and the two ranges' sizes."""
+        s = self.s
+        wcount, mcount = self.ranges.size(s.warmup), self.ranges.size(s.pair_seconds)
+        log(f"{name}: {len(order)} windows of {s.pair_seconds}s in the order {' '.join(order)}; "
+            f"{wcount} + {mcount} fresh scans each")
+        self.pg.truncate()
+        firsts = [(warmup_first(slot) + k * 10_000_000, measured_first(slot) + k * 10_000_000)
+                  for k in range(len(order))]
+        for (wfirst, mfirst), side in zip(firsts, order):
+            stores[side].seed(GROUP, wfirst, wcount, settle=False)
+            stores[side].seed(GROUP, mfirst, mcount, settle=False)
+        self.pg.settle()
+        return firsts, wcount, mcount
+
     def measure_paired(self, slot: int, store: Store) -> None:
         """What open change streams cost the cancels, read as (s) / (s0). Two runs made a minute apart cannot
         tell a 10 % difference on a machine whose speed drifts by more than that between them, so the two
@@ -560,17 +591,8 @@ class Bench:
         of pairs weighs on both alike. Each window is a run of its own: the service started afresh, a
         warm-up, the streams opened (for (s)), the measured run, the streams' reports checked."""
         s = self.s
-        order = [side for i in range(s.pairs) for side in (("s0", "s") if i % 2 == 0 else ("s", "s0"))]
-        wcount, mcount = self.ranges.size(s.warmup), self.ranges.size(s.pair_seconds)
-        log(f"(s) and (s0): {len(order)} windows of {s.pair_seconds}s in the order {' '.join(order)}; "
-            f"{wcount} + {mcount} fresh scans each")
-        self.pg.truncate()
-        firsts = [(warmup_first(slot) + k * 10_000_000, measured_first(slot) + k * 10_000_000)
-                  for k in range(len(order))]
-        for wfirst, mfirst in firsts:
-            store.seed(GROUP, wfirst, wcount, settle=False)
-            store.seed(GROUP, mfirst, mcount, settle=False)
-        self.pg.settle()
+        order = turns("s0", "s", s.pairs)
+        firsts, wcount, mcount = self.seed_windows("(s) and (s0)", slot, order, {"s": store, "s0": store})
         totals = {side: dict(requests=0, duration=0, service=0, client=0, pg=0, machine=0) for side in ("s", "s0")}
         rates = []
         streams_total = {"streams": 0, "busy": 0, "complete": 0, "missing_max": 0, "duplicates": 0, "foreign": 0}
@@ -630,10 +652,6 @@ class Bench:
                 for key in ("streams", "busy", "complete", "duplicates", "foreign"):
                     streams_total[key] += verdict[key]
                 streams_total["missing_max"] = max(streams_total["missing_max"], verdict["missing_max"])
-        pair_ratios = []
-        for i in range(0, len(order), 2):
-            with_streams, without = (rates[i], rates[i + 1]) if order[i] == "s" else (rates[i + 1], rates[i])
-            pair_ratios.append(ratio(with_streams, without))
         for side, key in (("s", "streams"), ("s0", "nostreams")):
             t = totals[side]
             self.results[key] = dict(requests=t["requests"], rps=round(t["requests"] / (t["duration"] / 1e6), 1),
@@ -642,7 +660,52 @@ class Bench:
                                      machine_per_pg=ratio(t["machine"], t["pg"]))
         self.results["streams"].update(rss_mb=round(rss_max / 1024, 1), db_connections=connections_max)
         self.results["streams_check"] = streams_total
-        self.results["pair_ratios"] = pair_ratios
+        self.results["pair_ratios"] = pair_ratios(order, rates, "s")
+
+    def measure_store_turns(self, slot: int, stores: dict) -> None:
+        """(c) ÷ (b) again, in windows taking turns as (s) and (s0) do: the 20-s runs (b) and (c) are minutes
+        apart, and the machine's speed drifts by tens of percent between them. STORES maps "b" and "c" to a
+        store with a key in self.keys["turns-b"] and ["turns-c"]. Each window is a run of its own: the service
+        started afresh on its store, a warm-up, the measured run, its answers and audit rows checked. Neither
+        side runs a watch."""
+        s = self.s
+        order = turns("b", "c", s.pairs)
+        firsts, wcount, mcount = self.seed_windows("(b) and (c) in turns", slot, order, stores)
+        totals = {side: dict(requests=0, duration=0, service=0) for side in ("b", "c")}
+        rates = []
+        for k, side in enumerate(order):
+            name, store, key = f"{side} #{k + 1}", stores[side], self.keys[f"turns-{side}"]
+            wfirst, mfirst = firsts[k]
+            server = Server("service", self.bins.service, store.url, OUT / f"serve-turn-{k}.log",
+                            s.db_max_connections)
+            try:
+                warm = run_wrk(server.base_url, key, GROUP, wfirst, wcount, s.warmup, OUT / f"warmup-turn-{k}.txt",
+                               s.threads, s.connections)
+                if warm.beyond_range:
+                    raise Failed(f"({name}) the warm-up ran out of scans")
+                before = scrape(server.base_url)
+                cpu0 = cpu_ticks(server.pid)
+                wrk = run_wrk(server.base_url, key, GROUP, mfirst, mcount, s.pair_seconds,
+                              OUT / f"latency-turn-{k}.txt", s.threads, s.connections)
+                totals[side]["service"] += cpu_ticks(server.pid) - cpu0
+                after = scrape(server.base_url)
+            finally:
+                server.stop()
+            changed, events = store.cancelled(mfirst, mcount), store.changes(mfirst, mcount)
+            not_found = metrics_count(after, "404") - metrics_count(before, "404")
+            check_http_run(name, wrk, changed, not_found, metrics_recancels(after))
+            if events != changed:
+                raise Failed(f"({name}) wrote {events} audit rows for {changed} changed scans")
+            totals[side]["requests"] += wrk.requests
+            totals[side]["duration"] += wrk.duration_us
+            rates.append(wrk.rate)
+            note(f"({name}) {wrk.rate} requests/s")
+        for side in ("b", "c"):
+            t = totals[side]
+            self.results[f"turns_{side}"] = dict(requests=t["requests"],
+                                                 rps=round(t["requests"] / (t["duration"] / 1e6), 1),
+                                                 cpu_us=round(t["service"] * 1e6 / CLK_TCK / t["requests"]))
+        self.results["turns_pair_ratios"] = pair_ratios(order, rates, "c")
 
 
 # ---------------------------------------------------------------- the report
@@ -662,6 +725,7 @@ def dash(value) -> str:
 def report_body(r: dict, s: Settings, context: dict) -> str:
     """The generated section of BENCHMARKS.md (and bench/out/run/results.md): every figure from this one run."""
     a, a2, thin, pg, sq = (r[k] for k in ("a", "a2", "thin", "pg", "sqlite"))
+    tb, tc = r["turns_b"], r["turns_c"]
     st, ns, sc, w = r["streams"], r["nostreams"], r["streams_check"], r["watch"]
     for run_ in (a, a2, thin, pg, sq):
         run_["to_thin"] = ratio(run_["rps"], thin["rps"])
@@ -698,10 +762,16 @@ def report_body(r: dict, s: Settings, context: dict) -> str:
         "",
         "| measure (issue 24, group commit; from this run) | now | target | met |",
         "|---|---|---|---|",
-        f"| (c) SQLite ÷ (b) PostgreSQL, requests/s | {ratio(sq['rps'], pg['rps'])} ({sq['rps']} vs {pg['rps']}) | "
+        f"| (c) SQLite ÷ (b) PostgreSQL, requests/s: the {s.seconds}-s runs, one after the other ((b) with its "
+        f"watch) | {ratio(sq['rps'], pg['rps'])} ({sq['rps']} vs {pg['rps']}) | "
         f"≥ 1.2 | {met(ratio(sq['rps'], pg['rps'], 9), 1.2, '>=')} |",
-        f"| (c) CPU per request ÷ (b)'s | {ratio(sq['cpu_us'], pg['cpu_us'])} ({sq['cpu_us']} vs {pg['cpu_us']} µs) "
-        f"| ≤ 1 | {met(ratio(sq['cpu_us'], pg['cpu_us'], 9), 1, '<=')} |",
+        f"| the same in windows of {s.pair_seconds} s taking turns, {s.pairs} of each, neither watched | "
+        f"{ratio(tc['rps'], tb['rps'])} ({tc['rps']} vs {tb['rps']}; pair by pair "
+        f"{', '.join(map(str, r['turns_pair_ratios']))}) | ≥ 1.2 | {met(ratio(tc['rps'], tb['rps'], 9), 1.2, '>=')} |",
+        f"| (c) CPU per request ÷ (b)'s: the {s.seconds}-s runs | {ratio(sq['cpu_us'], pg['cpu_us'])} "
+        f"({sq['cpu_us']} vs {pg['cpu_us']} µs) | ≤ 1 | {met(ratio(sq['cpu_us'], pg['cpu_us'], 9), 1, '<=')} |",
+        f"| the same in the windows taking turns | {ratio(tc['cpu_us'], tb['cpu_us'])} ({tc['cpu_us']} vs "
+        f"{tb['cpu_us']} µs) | ≤ 1 | {met(ratio(tc['cpu_us'], tb['cpu_us'], 9), 1, '<=')} |",
         f"| (c) p99 ÷ (b) p99 | {ratio(sq['p99'], pg['p99'])} ({sq['p99']} vs {pg['p99']} ms) | ≤ 1 | "
         f"{met(ratio(sq['p99'], pg['p99'], 9), 1, '<=')} |",
         f"| (b) ÷ (t) thin peer, requests/s | {pg['to_thin']} | ≥ 1.5 | {met(ratio(pg['rps'], thin['rps'], 9), 1.5, '>=')} |",
@@ -830,6 +900,8 @@ def results_json(r: dict, s: Settings, context: dict, build_seconds: dict) -> di
                                              "window_seconds": s.pair_seconds},
         "streams_pair_ratios": r["pair_ratios"],
         "service_sqlite": pick("sqlite"),
+        "store_turns": {"postgres": pick("turns_b"), "sqlite": pick("turns_c"), "windows": s.pairs,
+                        "window_seconds": s.pair_seconds, "sqlite_to_postgres_pair_ratios": r["turns_pair_ratios"]},
         "watch": r["watch"],
         "postgres": {"version": context["pg_version"], "synchronous_commit": context["sync_commit"],
                      "fsync": context["fsync"], "pg_stat_statements": context["pss"],
@@ -973,6 +1045,13 @@ def measure_and_report(bench: Bench, update_docs: bool) -> int:
     bench.keys["sqlite"] = create_key(bins.service, sqlite_store.url, "bench", "--permission", "signals:write",
                                       "--account-group", GROUP)
     bench.measure_http("sqlite", "service-sqlite", 5, sqlite_store)
+    log("(b) and (c) in turns: PostgreSQL's tables emptied, a fresh SQLite file")
+    turns_store = Store("sqlite", sqlite_file=bench.tmp / "turns.db")
+    migrate(bins.service, turns_store.url)
+    bench.keys["turns-b"] = bench.keys["pg"]
+    bench.keys["turns-c"] = create_key(bins.service, turns_store.url, "bench", "--permission", "signals:write",
+                                       "--account-group", GROUP)
+    bench.measure_store_turns(7, {"b": pg_store, "c": turns_store})
 
     log("report")
     context = dict(when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), commit=commit_description(),

@@ -79,6 +79,17 @@ class Ranges(unittest.TestCase):
                 run.settings_from({"BENCH_SECONDS": bad}, smoke=False)
 
 
+class Turns(unittest.TestCase):
+    def test_windows_take_turns_so_that_a_steady_drift_weighs_on_both(self):
+        self.assertEqual(run.turns("b", "c", 4), ["b", "c", "c", "b", "b", "c", "c", "b"])
+        self.assertEqual(run.turns("s0", "s", 1), ["s0", "s"])
+
+    def test_pair_ratios_put_the_named_side_on_top_whichever_ran_first(self):
+        order = run.turns("b", "c", 2)
+        self.assertEqual(run.pair_ratios(order, [100.0, 120.0, 150.0, 100.0], "c"), [1.2, 1.5])
+        self.assertEqual(run.pair_ratios(order, [100.0, 120.0, 150.0, 100.0], "b"), [0.83, 0.67])
+
+
 class RunChecks(unittest.TestCase):
     def test_a_clean_run_passes(self):
         run.check_http_run("b", wrk(requests=100), changed_rows=101, not_found=0, recancels=0)
