@@ -219,6 +219,8 @@ async fn a_request_without_one_valid_host_is_a_400_and_changes_nothing(backend: 
         ("host: \r\n".to_owned(), invalid),
         ("host: user@localhost\r\n".to_owned(), invalid),
         ("host: local host\r\n".to_owned(), invalid),
+        // A percent-escape, then a character no host may hold.
+        ("host: ex%61@mple.com\r\n".to_owned(), invalid),
     ] {
         let (status, body) = send_raw(app.addr, cancel("HTTP/1.1", &hosts).as_bytes()).await;
         assert_eq!(status, 400, "{hosts:?}: {body}");
