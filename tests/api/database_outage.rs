@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use signal_scans::domain::ids::{AccountGroupId, ScanId};
 use signal_scans::domain::scan::ScanStatus;
-use signal_scans::store::Store;
+use signal_scans::store::{HeldConnection, Store};
 
 use crate::helpers::locks::{WriteLock, until_waiting};
 use crate::helpers::{ApiResponse, Backend, RUNNER, Settings, TestApp, group, scans_path};
@@ -219,13 +219,7 @@ async fn an_exhausted_pool_answers_502_not_a_queue(backend: Backend) {
         .cancel(Some("ssk_typo"), group.as_str(), scan.as_str())
         .await;
     typo.assert_error(401, "UNAUTHORIZED");
-    let Store::Postgres(served) = &app.served_store else {
-        unreachable!("a PostgreSQL test")
-    };
-    let mut holders = Vec::new();
-    for _ in 0..POOL {
-        holders.push(served.hold_connection().await.expect("a free connection"));
-    }
+    let holders = hold_connections(&app, POOL).await;
     assert_eq!(
         app.served_store.pool_usage().in_use,
         POOL,
@@ -381,6 +375,19 @@ store_test!(
     a_server_refusing_the_connection_is_told_so_not_as_a_pool_wait,
     postgres_only
 );
+
+/// `count` connections of the app's PostgreSQL pool, taken and held until dropped (dropped, they
+/// go back to the pool idle).
+async fn hold_connections(app: &TestApp, count: u32) -> Vec<HeldConnection> {
+    let Store::Postgres(served) = &app.served_store else {
+        unreachable!("a PostgreSQL test")
+    };
+    let mut holders = Vec::new();
+    for _ in 0..count {
+        holders.push(served.hold_connection().await.expect("a free connection"));
+    }
+    holders
+}
 
 /// An app whose pool of one connection reaches the database through the proxy, with `timeout`,
 /// and a writer's key for a new group. The key is cached and the connection open (a cancel was
@@ -1157,14 +1164,7 @@ async fn broken_sockets_cost_one_request_not_one_per_connection(backend: Backend
     let path = format!("{}/{scan}", scans_path(group.as_str()));
     // The key is cached, and every connection of the pool open and idle.
     assert_eq!(app.get(&key, &path).await.status, 200);
-    let Store::Postgres(served) = &app.served_store else {
-        unreachable!("a PostgreSQL test")
-    };
-    let mut holders = Vec::new();
-    for _ in 0..POOL {
-        holders.push(served.hold_connection().await.expect("a free connection"));
-    }
-    drop(holders);
+    drop(hold_connections(&app, POOL).await);
     let proxy = app.proxy.as_ref().expect("spawned through the proxy");
     // Cut, then restore: every socket open at the cut is closed (the pause lets each relay
     // see the cut before the restore).
