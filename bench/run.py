@@ -20,6 +20,9 @@ count through their own. In one run, for the same duration:
        that a drift of the machine's speed weighs on both alike
   (b) and (c) again, in windows taking turns the same way, neither watched: (c) ÷ (b) without the minutes
        between their own runs
+  (t) and (b) again at one connection, in windows taking turns: one cancel at a time, each a batch of its own;
+       issue 24's single cancel on an idle service, (b)'s median against that of the thin peer's statement
+       from before group commit
 (t), (b), (c), (s), (s0) and the turns are driven by wrk + bench/cancel.lua.
 Results: bench/out/run/results.md, results.json and latency.svg, with every raw output beside them.
 
@@ -69,6 +72,9 @@ OUT = BENCH / "out" / "run"
 GROUP = "beefcafe0000000000000001"
 THREADS = 2  # wrk threads and pgbench jobs
 MIN_RANGE = 1000  # the smallest range a measured run gets, whatever its warm-up rate
+# Cancels a second at one connection, for seeding: each waits for its answer, a commit on PostgreSQL's disk
+# (0.3 to 3 ms here), so a window cannot reach this rate; one that did would run out of scans and fail.
+ONE_RATE_CAP = 5000
 BUSY_STREAMS = 10  # of the streams of a window (s), those that follow the benchmark's group
 # How long the watch may take, after the service has stopped, to print the run's last changes (its fallback
 # poll is FEED_POLL_MS, 1 s by default).
@@ -567,12 +573,16 @@ class Bench:
         self.results["watch"] = report
 
     # ---------------------------------------------------- (s) and (s0)
-    def seed_windows(self, name: str, slot: int, order: list, stores: dict) -> tuple:
+    def seed_windows(self, name: str, slot: int, order: list, stores: dict, rate_cap: int | None = None) -> tuple:
         """Fresh scans for each window of ORDER (see turns), in the store STORES gives its side, PostgreSQL's
-        tables emptied first: each window's warm-up and measured run get ranges of their own within SLOT.
-        Returns the windows' (warm-up, measured) first ids and the two ranges' sizes."""
+        tables emptied first: each window's warm-up and measured run get ranges of their own within SLOT, for
+        the fastest rate seen so far or, with RATE_CAP, for that rate. Returns the windows' (warm-up, measured)
+        first ids and the two ranges' sizes."""
         s = self.s
-        wcount, mcount = self.ranges.size(s.warmup), self.ranges.size(s.pair_seconds)
+        if rate_cap:
+            wcount, mcount = rate_cap * s.warmup, rate_cap * s.pair_seconds
+        else:
+            wcount, mcount = self.ranges.size(s.warmup), self.ranges.size(s.pair_seconds)
         log(f"{name}: {len(order)} windows of {s.pair_seconds}s in the order {' '.join(order)}; "
             f"{wcount} + {mcount} fresh scans each")
         self.pg.truncate()
@@ -662,50 +672,73 @@ class Bench:
         self.results["streams_check"] = streams_total
         self.results["pair_ratios"] = pair_ratios(order, rates, "s")
 
-    def measure_store_turns(self, slot: int, stores: dict) -> None:
-        """(c) ÷ (b) again, in windows taking turns as (s) and (s0) do: the 20-s runs (b) and (c) are minutes
-        apart, and the machine's speed drifts by tens of percent between them. STORES maps "b" and "c" to a
-        store with a key in self.keys["turns-b"] and ["turns-c"]. Each window is a run of its own: the service
-        started afresh on its store, a warm-up, the measured run, its answers and audit rows checked. Neither
-        side runs a watch."""
+    def measure_turns(self, name: str, slot: int, sides: dict, connections: int, rate_cap: int | None = None) -> list:
+        """Windows of the two SIDES taking turns (see turns), 4 of each by default; SIDES maps each side's name to
+        its (server kind: "service" or "thin", store, key), the first side first. Each window is a run of its
+        own: the server started afresh on its store, a warm-up, the measured run at CONNECTIONS connections,
+        its answers and audit rows checked. Windows are seeded for the fastest rate seen so far, or RATE_CAP.
+        Returns each window's (side, wrk run, the server's CPU ticks)."""
         s = self.s
-        order = turns("b", "c", s.pairs)
-        firsts, wcount, mcount = self.seed_windows("(b) and (c) in turns", slot, order, stores)
-        totals = {side: dict(requests=0, duration=0, service=0) for side in ("b", "c")}
-        rates = []
+        first, second = sides
+        order = turns(first, second, s.pairs)
+        stores = {side: store for side, (_, store, _) in sides.items()}
+        firsts, wcount, mcount = self.seed_windows(name, slot, order, stores, rate_cap)
+        threads = min(s.threads, connections)
+        windows = []
         for k, side in enumerate(order):
-            name, store, key = f"{side} #{k + 1}", stores[side], self.keys[f"turns-{side}"]
+            kind, store, key = sides[side]
+            window = f"{side} #{k + 1}"
             wfirst, mfirst = firsts[k]
-            server = Server("service", self.bins.service, store.url, OUT / f"serve-turn-{k}.log",
-                            s.db_max_connections)
+            binary = self.bins.thin_peer if kind == "thin" else self.bins.service
+            server = Server(kind, binary, store.url, OUT / f"serve-turn-{slot}-{k}.log", s.db_max_connections)
             try:
-                warm = run_wrk(server.base_url, key, GROUP, wfirst, wcount, s.warmup, OUT / f"warmup-turn-{k}.txt",
-                               s.threads, s.connections)
+                warm = run_wrk(server.base_url, key, GROUP, wfirst, wcount, s.warmup,
+                               OUT / f"warmup-turn-{slot}-{k}.txt", threads, connections)
                 if warm.beyond_range:
-                    raise Failed(f"({name}) the warm-up ran out of scans")
-                before = scrape(server.base_url)
+                    raise Failed(f"({window}) the warm-up ran out of scans")
+                before = scrape(server.base_url) if kind == "service" else ""
                 cpu0 = cpu_ticks(server.pid)
                 wrk = run_wrk(server.base_url, key, GROUP, mfirst, mcount, s.pair_seconds,
-                              OUT / f"latency-turn-{k}.txt", s.threads, s.connections)
-                totals[side]["service"] += cpu_ticks(server.pid) - cpu0
-                after = scrape(server.base_url)
+                              OUT / f"latency-turn-{slot}-{k}.txt", threads, connections)
+                cpu = cpu_ticks(server.pid) - cpu0
+                after = scrape(server.base_url) if kind == "service" else ""
             finally:
                 server.stop()
             changed, events = store.cancelled(mfirst, mcount), store.changes(mfirst, mcount)
-            not_found = metrics_count(after, "404") - metrics_count(before, "404")
-            check_http_run(name, wrk, changed, not_found, metrics_recancels(after))
+            not_found = metrics_count(after, "404") - metrics_count(before, "404") if after else 0
+            check_http_run(window, wrk, changed, not_found, metrics_recancels(after) if after else 0)
             if events != changed:
-                raise Failed(f"({name}) wrote {events} audit rows for {changed} changed scans")
-            totals[side]["requests"] += wrk.requests
-            totals[side]["duration"] += wrk.duration_us
-            rates.append(wrk.rate)
-            note(f"({name}) {wrk.rate} requests/s")
+                raise Failed(f"({window}) wrote {events} audit rows for {changed} changed scans")
+            note(f"({window}) {wrk.rate} requests/s, p50 {wrk.ms(50)} ms")
+            windows.append((side, wrk, cpu))
+        return windows
+
+    def measure_store_turns(self, slot: int, stores: dict) -> None:
+        """(c) ÷ (b) again, in windows taking turns as (s) and (s0) do: the 20-s runs (b) and (c) are minutes
+        apart, and the machine's speed drifts by tens of percent between them. STORES maps "b" and "c" to a
+        store with a key in self.keys["turns-b"] and ["turns-c"]. Neither side runs a watch."""
+        sides = {side: ("service", stores[side], self.keys[f"turns-{side}"]) for side in ("b", "c")}
+        windows = self.measure_turns("(b) and (c) in turns", slot, sides, self.s.connections)
         for side in ("b", "c"):
-            t = totals[side]
-            self.results[f"turns_{side}"] = dict(requests=t["requests"],
-                                                 rps=round(t["requests"] / (t["duration"] / 1e6), 1),
-                                                 cpu_us=round(t["service"] * 1e6 / CLK_TCK / t["requests"]))
-        self.results["turns_pair_ratios"] = pair_ratios(order, rates, "c")
+            mine = [(wrk, cpu) for name, wrk, cpu in windows if name == side]
+            requests = sum(wrk.requests for wrk, _ in mine)
+            self.results[f"turns_{side}"] = dict(
+                requests=requests, rps=round(requests / (sum(wrk.duration_us for wrk, _ in mine) / 1e6), 1),
+                cpu_us=round(sum(cpu for _, cpu in mine) * 1e6 / CLK_TCK / requests))
+        self.results["turns_pair_ratios"] = pair_ratios([name for name, _, _ in windows],
+                                                        [wrk.rate for _, wrk, _ in windows], "c")
+
+    def measure_one_at_a_time(self, slot: int, store: Store) -> None:
+        """Issue 24's single cancel on an idle service: one connection, so that every cancel is a batch of its
+        own, the service (b) against the thin peer (t), whose statement is the service's before group commit,
+        in windows taking turns. A batching delay would show in (b)'s median."""
+        sides = {"t": ("thin", store, self.keys["pg"]), "b": ("service", store, self.keys["pg"])}
+        windows = self.measure_turns("one cancel at a time, (t) and (b) in turns", slot, sides, 1, ONE_RATE_CAP)
+        medians = {side: [wrk.ms(50) for name, wrk, _ in windows if name == side] for side in sides}
+        self.results["one_at_a_time"] = dict(
+            p50_t=round(sum(medians["t"]) / len(medians["t"]), 2),
+            p50_b=round(sum(medians["b"]) / len(medians["b"]), 2),
+            pair_ratios=pair_ratios([name for name, _, _ in windows], [wrk.ms(50) for _, wrk, _ in windows], "b"))
 
 
 # ---------------------------------------------------------------- the report
@@ -725,7 +758,7 @@ def dash(value) -> str:
 def report_body(r: dict, s: Settings, context: dict) -> str:
     """The generated section of BENCHMARKS.md (and bench/out/run/results.md): every figure from this one run."""
     a, a2, thin, pg, sq = (r[k] for k in ("a", "a2", "thin", "pg", "sqlite"))
-    tb, tc = r["turns_b"], r["turns_c"]
+    tb, tc, one = r["turns_b"], r["turns_c"], r["one_at_a_time"]
     st, ns, sc, w = r["streams"], r["nostreams"], r["streams_check"], r["watch"]
     for run_ in (a, a2, thin, pg, sq):
         run_["to_thin"] = ratio(run_["rps"], thin["rps"])
@@ -774,6 +807,9 @@ def report_body(r: dict, s: Settings, context: dict) -> str:
         f"{tb['cpu_us']} µs) | ≤ 1 | {met(ratio(tc['cpu_us'], tb['cpu_us'], 9), 1, '<=')} |",
         f"| (c) p99 ÷ (b) p99 | {ratio(sq['p99'], pg['p99'])} ({sq['p99']} vs {pg['p99']} ms) | ≤ 1 | "
         f"{met(ratio(sq['p99'], pg['p99'], 9), 1, '<=')} |",
+        f"| one cancel at a time (one connection, windows of {s.pair_seconds} s taking turns, {s.pairs} of each): "
+        f"(b) p50 ÷ (t) p50 | {ratio(one['p50_b'], one['p50_t'])} ({one['p50_b']} vs {one['p50_t']} ms; pair by pair "
+        f"{', '.join(map(str, one['pair_ratios']))}) | ≤ 1.1 | {met(ratio(one['p50_b'], one['p50_t'], 9), 1.1, '<=')} |",
         f"| (b) ÷ (t) thin peer, requests/s | {pg['to_thin']} | ≥ 1.5 | {met(ratio(pg['rps'], thin['rps'], 9), 1.5, '>=')} |",
         f"| (b) p99 ÷ (t) p99 | {ratio(pg['p99'], thin['p99'])} ({pg['p99']} vs {thin['p99']} ms) | ≤ 1 | "
         f"{met(ratio(pg['p99'], thin['p99'], 9), 1, '<=')} |",
@@ -902,6 +938,7 @@ def results_json(r: dict, s: Settings, context: dict, build_seconds: dict) -> di
         "service_sqlite": pick("sqlite"),
         "store_turns": {"postgres": pick("turns_b"), "sqlite": pick("turns_c"), "windows": s.pairs,
                         "window_seconds": s.pair_seconds, "sqlite_to_postgres_pair_ratios": r["turns_pair_ratios"]},
+        "one_at_a_time": {**r["one_at_a_time"], "windows": s.pairs, "window_seconds": s.pair_seconds},
         "watch": r["watch"],
         "postgres": {"version": context["pg_version"], "synchronous_commit": context["sync_commit"],
                      "fsync": context["fsync"], "pg_stat_statements": context["pss"],
@@ -1052,6 +1089,7 @@ def measure_and_report(bench: Bench, update_docs: bool) -> int:
     bench.keys["turns-c"] = create_key(bins.service, turns_store.url, "bench", "--permission", "signals:write",
                                        "--account-group", GROUP)
     bench.measure_store_turns(7, {"b": pg_store, "c": turns_store})
+    bench.measure_one_at_a_time(8, pg_store)
 
     log("report")
     context = dict(when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), commit=commit_description(),
