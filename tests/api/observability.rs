@@ -249,9 +249,10 @@ store_test!(a_request_whose_client_leaves_is_counted_and_logged_as_499);
 /// A client that leaves while sending its body (HTTP/1.1: the connection closed short of its
 /// `Content-Length`; HTTP/2: the stream reset, and a connection closed) is counted and logged as
 /// 499, as one that leaves while waiting for its answer: it was counted a 400, a client's mistake
-/// in the series an operator watches. Nothing changes.
+/// in the series an operator watches. Nothing changes. A body refused while its client waits,
+/// malformed or unreadable (a malformed chunk), stays a 400 the client reads.
 async fn a_client_that_leaves_mid_body_is_counted_as_499_not_400(backend: Backend) {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let (app, group, key) = TestApp::with_writer(backend).await;
     let scan = app.scan(&group, ScanStatus::Queued).await;
@@ -331,11 +332,30 @@ async fn a_client_that_leaves_mid_body_is_counted_as_499_not_400(backend: Backen
         .await
         .unwrap();
     assert_eq!(refused.status(), 400);
-    let after = server.metrics().await;
-    assert_eq!(
-        crate::helpers::metrics::delta(&before, &after, &series(400)),
-        1.0
+    // So is a body it cannot read while its client waits (a chunk whose size is not hexadecimal):
+    // the client reads `the request body could not be read`, and it is no 499.
+    let mut http1 = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+         {:x}\r\n{part}\r\nzz\r\n",
+        part.len()
     );
+    http1.write_all(head.as_bytes()).await.unwrap();
+    let mut unreadable = String::new();
+    http1.read_to_string(&mut unreadable).await.unwrap();
+    let (status_line, body) = unreadable.split_once("\r\n\r\n").unwrap();
+    assert!(status_line.starts_with("HTTP/1.1 400 "), "{unreadable}");
+    let body: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(
+        body["error"]["details"],
+        "the request body could not be read"
+    );
+    let after = server.metrics().await;
+    let counted = |status| crate::helpers::metrics::delta(&before, &after, &series(status));
+    assert_eq!(counted(400), 2.0, "in:\n{after}");
+    assert_eq!(counted(499), 3.0, "in:\n{after}");
+    assert_eq!(app.status_of(&scan).await, ScanStatus::Queued);
 }
 store_test!(a_client_that_leaves_mid_body_is_counted_as_499_not_400);
 
